@@ -1,0 +1,102 @@
+"""Build the Cython kernels in kernels/cpu/ into fastlayers._cpu, with OpenMP where the compiler has it.
+
+Everything else about the package lives in pyproject.toml.
+
+Build switches (environment variables):
+  FASTLAYERS_DEBUG=1      Cython bounds/wraparound checks on, -O0 -g: for fuzzing and sanitizers.
+  FASTLAYERS_NATIVE=1     add -march=native (faster on the build machine, not portable).
+  FASTLAYERS_NO_OPENMP=1  build serially even where OpenMP is available.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import textwrap
+import warnings
+from pathlib import Path
+
+import numpy as np
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+KERNELS = Path("kernels") / "cpu"
+DEBUG = os.environ.get("FASTLAYERS_DEBUG", "") not in ("", "0")
+NATIVE = os.environ.get("FASTLAYERS_NATIVE", "") not in ("", "0")
+
+
+def _compiler_has_openmp(compiler):
+    """Compile and link a tiny OpenMP program, as scikit-learn's build does."""
+    if os.environ.get("FASTLAYERS_NO_OPENMP", "") not in ("", "0"):
+        return False
+    source = textwrap.dedent(
+        """
+        #include <omp.h>
+        int main(void) {
+            int n = 0;
+            #pragma omp parallel reduction(+:n)
+            n += 1;
+            return n > 0 ? 0 : 1;
+        }
+        """
+    )
+    tmp = tempfile.mkdtemp()
+    try:
+        src = os.path.join(tmp, "check_openmp.c")
+        with open(src, "w") as f:
+            f.write(source)
+        objects = compiler.compile([src], output_dir=tmp, extra_postargs=["-fopenmp"])
+        compiler.link_executable(objects, "check_openmp", output_dir=tmp, extra_postargs=["-fopenmp"])
+        return subprocess.run([os.path.join(tmp, "check_openmp")]).returncode == 0
+    except Exception:
+        return False
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class BuildExtWithOpenMP(build_ext):
+    def build_extensions(self):
+        openmp = _compiler_has_openmp(self.compiler)
+        if not openmp:
+            warnings.warn(
+                "\n*** fastlayers: this compiler has no working OpenMP support; the CPU kernels are "
+                "built SERIAL (one thread). Install a compiler with OpenMP (gcc, or clang with "
+                "libomp) and rebuild for parallel kernels. ***\n"
+            )
+        for ext in self.extensions:
+            if openmp:
+                ext.extra_compile_args.append("-fopenmp")
+                ext.extra_link_args.append("-fopenmp")
+        super().build_extensions()
+
+
+def extensions():
+    from Cython.Build import cythonize
+
+    opt = ["-O0", "-g"] if DEBUG else ["-O3"]
+    if NATIVE:
+        opt.append("-march=native")
+    exts = [
+        Extension(
+            f"fastlayers._cpu.{pyx.stem}",
+            [str(pyx)],
+            include_dirs=[np.get_include(), str(KERNELS)],
+            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+            extra_compile_args=list(opt),
+        )
+        for pyx in sorted(KERNELS.glob("*.pyx"))
+    ]
+    directives = {
+        "language_level": 3,
+        "boundscheck": DEBUG,
+        "wraparound": DEBUG,
+        "initializedcheck": DEBUG,
+        "cdivision": True,
+        "nonecheck": False,
+        "embedsignature": True,
+    }
+    return cythonize(exts, compiler_directives=directives, include_path=[str(KERNELS)])
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExtWithOpenMP})

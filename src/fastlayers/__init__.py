@@ -1,0 +1,35 @@
+"""fastlayers: fast neural-network layer kernels (conv2d, max_pool2d, RNN), forward and backward.
+
+Backends: ``"numpy"`` (the reference), ``"cpu"`` (Cython + OpenMP) and ``"cuda"`` (Numba CUDA,
+imported only when first used). See ``fastlayers.backends()``.
+"""
+from ._dispatch import backends, get_num_threads, set_backend, set_num_threads, threads, use_backend
+from .functional import (
+    conv2d,
+    conv2d_backward,
+    max_pool2d,
+    max_pool2d_backward,
+    rnn,
+    rnn_backward,
+    rnn_step,
+    rnn_step_backward,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "backends",
+    "conv2d",
+    "conv2d_backward",
+    "get_num_threads",
+    "max_pool2d",
+    "max_pool2d_backward",
+    "rnn",
+    "rnn_backward",
+    "rnn_step",
+    "rnn_step_backward",
+    "set_backend",
+    "set_num_threads",
+    "threads",
+    "use_backend",
+]

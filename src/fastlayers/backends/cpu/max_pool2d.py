@@ -1,0 +1,40 @@
+"""max_pool2d on the CPU backend: wraps kernels/cpu/max_pool2d.pyx."""
+import numpy as np
+
+from ..._cpu import max_pool2d as _kernels
+from ..._dispatch import get_num_threads
+
+OPS = frozenset({"max_pool2d", "max_pool2d_backward"})
+
+
+def max_pool2d(x, g, out):
+    y, indices = out if out is not None else (None, None)
+    if y is None:
+        y = np.empty(g.y_shape, dtype=x.dtype)
+    if indices is None:
+        indices = np.empty(g.y_shape, dtype=np.int64)
+    planes = g.N * g.C
+    xc = np.ascontiguousarray(x).reshape(planes, g.H, g.W)
+    if planes and g.OH and g.OW:
+        _kernels.max_pool2d_forward(
+            xc, y.reshape(planes, g.OH, g.OW), indices.reshape(planes, g.OH, g.OW),
+            g.KH, g.KW, g.stride_h, g.stride_w, g.pad_h, g.pad_w, get_num_threads(),
+        )
+    return y, indices
+
+
+def max_pool2d_backward(dy, indices, input_shape, out):
+    N, C, H, W = input_shape
+    dx = np.empty(input_shape, dtype=dy.dtype) if out is None else out
+    planes = N * C
+    if planes == 0 or H * W == 0:
+        return dx
+    bad = _kernels.max_pool2d_backward(
+        np.ascontiguousarray(dy).reshape(planes, -1),
+        np.ascontiguousarray(indices).reshape(planes, -1),
+        dx.reshape(planes, H * W),
+        get_num_threads(),
+    )
+    if bad:
+        raise ValueError(f"indices must lie in [0, H*W) = [0, {H * W}); {bad} do not")
+    return dx

@@ -1,0 +1,206 @@
+"""The functional API: validate, pick a backend, run the op.
+
+Every function checks its arguments here (dtype, ndim, shapes, parameters, output buffers) before
+any backend runs, so errors are the same on every backend and compiled kernels only ever see
+valid input.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _dispatch
+from ._params import (
+    check_array,
+    check_arrays_like,
+    check_conv2d_arrays,
+    check_out,
+    check_out_tuple,
+    check_pool_backward_args,
+    check_shape,
+    conv2d_geometry,
+    pool2d_geometry,
+    rnn_geometry,
+)
+
+__all__ = [
+    "conv2d",
+    "conv2d_backward",
+    "max_pool2d",
+    "max_pool2d_backward",
+    "rnn_step",
+    "rnn_step_backward",
+    "rnn",
+    "rnn_backward",
+]
+
+ALGOS = ("auto", "im2col", "direct")
+
+
+def _check_algo(algo):
+    if algo not in ALGOS:
+        raise ValueError(f"algo must be one of {ALGOS}, got {algo!r}")
+
+
+def _outs(name, out, shapes, dtypes, gpu):
+    """Validate a tuple of output buffers (entries may be None). GPU buffers are the cuda
+    backend's to check."""
+    outs = check_out_tuple(name, out, len(shapes))
+    if gpu:
+        return None if out is None else outs
+    checked = tuple(
+        None if o is None else check_out(f"{name}[{i}]", o, shape, dt)
+        for i, (o, shape, dt) in enumerate(zip(outs, shapes, dtypes))
+    )
+    return None if out is None else checked
+
+
+def _is_gpu(*arrays):
+    return any(hasattr(a, "__cuda_array_interface__") for a in arrays if a is not None)
+
+
+def _out(out, shape, dtype, gpu):
+    if out is None or gpu:
+        return out
+    return check_out("out", out, shape, dtype)
+
+
+# ============================================================================ conv2d
+
+
+def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, algo="auto", backend=None, out=None):
+    """2-D convolution (cross-correlation, as in PyTorch) of a batch of images.
+
+    Parameters
+    ----------
+    x : array (N, C, H, W), float32 or float64
+    w : array (F, C // groups, KH, KW), same dtype
+    b : array (F,) or None
+    stride, dilation : int or (int, int), >= 1
+    padding : int, (int, int), "valid" or "same" (stride 1 only; extra padding goes bottom/right)
+    groups : int dividing both C and F
+    algo : "auto", "im2col" or "direct" (CPU and CUDA backends; "auto" picks by shape)
+    backend : "numpy", "cpu", "cuda" or None (see ``fastlayers.set_backend``)
+    out : array (N, F, OH, OW), C-contiguous, same dtype, optional
+
+    Returns
+    -------
+    y : array (N, F, OH, OW) with ``OH = (H + pad_h - dilation_h * (KH - 1) - 1) // stride_h + 1``
+        (likewise OW), in the dtype of x.
+    """
+    dt = check_conv2d_arrays(x, w, b)
+    _check_algo(algo)
+    g = conv2d_geometry(x.shape, w.shape, stride, padding, dilation, groups)
+    gpu = _is_gpu(x, w, b)
+    impl = _dispatch.resolve("conv2d", backend, (x, w, b))
+    return impl(x, w, b, g, algo, _out(out, g.y_shape, dt, gpu))
+
+
+def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, algo="auto", backend=None, out=None):
+    """Gradients of :func:`conv2d` with respect to x, w and b.
+
+    ``dy`` (N, F, OH, OW) is dL/dy; the other arguments are those of the forward call.
+    Returns ``(dx, dw, db)`` shaped like x, w and (F,). ``out`` may be a tuple of three buffers
+    (any of them None)."""
+    dt = check_conv2d_arrays(x, w)
+    _check_algo(algo)
+    g = conv2d_geometry(x.shape, w.shape, stride, padding, dilation, groups)
+    check_array("dy", dy, 4, dt)
+    check_shape("dy", dy, g.y_shape)
+    gpu = _is_gpu(dy, x, w)
+    impl = _dispatch.resolve("conv2d_backward", backend, (dy, x, w))
+    outs = _outs("out", out, (g.x_shape, g.w_shape, (g.F,)), (dt,) * 3, gpu)
+    return impl(dy, x, w, g, algo, outs)
+
+
+# ============================================================================ max_pool2d
+
+
+def max_pool2d(x, kernel_size=2, stride=None, padding=0, ceil_mode=False, return_indices=True, backend=None, out=None):
+    """2-D max pooling.
+
+    Parameters
+    ----------
+    x : array (N, C, H, W), float32 or float64
+    kernel_size : int or (int, int)
+    stride : int or (int, int), default ``kernel_size``
+    padding : int or (int, int), at most half the kernel; padded cells never win
+    ceil_mode : bool, round the output size up (a last, partial window), as in PyTorch
+    return_indices : bool, also return the argmax indices (needed by the backward)
+    out : buffer for y, or a tuple (y, indices) of buffers (either may be None)
+
+    Returns
+    -------
+    y : array (N, C, OH, OW)
+    indices : int64 array (N, C, OH, OW), only if ``return_indices``: the flat index
+        ``ih * W + iw`` of each maximum in its (H, W) plane. Ties go to the first maximum in
+        row-major window order; a NaN in the window is the maximum (NaN propagates).
+    """
+    dt = check_array("x", x, 4)
+    g = pool2d_geometry(x.shape, kernel_size, stride, padding, ceil_mode)
+    gpu = _is_gpu(x)
+    impl = _dispatch.resolve("max_pool2d", backend, (x,))
+    if out is not None and not isinstance(out, (tuple, list)):
+        out = (out, None)
+    outs = _outs("out", out, (g.y_shape, g.y_shape), (dt, np.dtype(np.int64)), gpu)
+    y, indices = impl(x, g, outs)
+    return (y, indices) if return_indices else y
+
+
+def max_pool2d_backward(dy, indices, input_shape, backend=None, out=None):
+    """Gradient of :func:`max_pool2d`: dy (N, C, OH, OW) routed to the argmax ``indices``.
+
+    Returns dx of ``input_shape`` (N, C, H, W); windows that share a maximum add up."""
+    dt = check_array("dy", dy, 4)
+    input_shape = check_pool_backward_args(dy, indices, input_shape, dt, check_range=False)
+    gpu = _is_gpu(dy, indices)
+    impl = _dispatch.resolve("max_pool2d_backward", backend, (dy, indices))
+    return impl(dy, indices, input_shape, _out(out, input_shape, dt, gpu))
+
+
+# ============================================================================ rnn
+
+
+def rnn_step(x, h_prev, Wx, Wh, b=None, backend=None, out=None):
+    """One tanh RNN step: ``h = tanh(x @ Wx + h_prev @ Wh + b)``.
+
+    x (N, D), h_prev (N, H), Wx (D, H), Wh (H, H), b (H,) or None -> h (N, H)."""
+    g, dt = rnn_geometry(x, h_prev, Wx, Wh, b)
+    gpu = _is_gpu(x, h_prev, Wx, Wh, b)
+    impl = _dispatch.resolve("rnn_step", backend, (x, h_prev, Wx, Wh, b))
+    return impl(x, h_prev, Wx, Wh, b, _out(out, (g.N, g.H), dt, gpu))
+
+
+def rnn_step_backward(dh, x, h_prev, Wx, Wh, h, backend=None, out=None):
+    """Gradients of :func:`rnn_step` given dh = dL/dh and the step's output h.
+
+    Returns ``(dx (N, D), dh_prev (N, H), dWx (D, H), dWh (H, H), db (H,))``."""
+    g, dt = rnn_geometry(x, h_prev, Wx, Wh)
+    check_arrays_like(dt, (g.N, g.H), dh=dh, h=h)
+    gpu = _is_gpu(dh, x, h_prev, Wx, Wh, h)
+    impl = _dispatch.resolve("rnn_step_backward", backend, (dh, x, h_prev, Wx, Wh, h))
+    shapes = ((g.N, g.D), (g.N, g.H), (g.D, g.H), (g.H, g.H), (g.H,))
+    return impl(dh, x, h_prev, Wx, Wh, h, _outs("out", out, shapes, (dt,) * 5, gpu))
+
+
+def rnn(x_seq, h0, Wx, Wh, b=None, backend=None, out=None):
+    """All hidden states of a tanh RNN over a time-major sequence.
+
+    x_seq (T, N, D), h0 (N, H) or None (zeros), Wx (D, H), Wh (H, H), b (H,) or None
+    -> hs (T, N, H) with ``hs[t] = tanh(x_seq[t] @ Wx + hs[t-1] @ Wh + b)``, ``hs[-1] = h0``."""
+    g, dt = rnn_geometry(x_seq, h0, Wx, Wh, b, sequence=True)
+    gpu = _is_gpu(x_seq, h0, Wx, Wh, b)
+    impl = _dispatch.resolve("rnn", backend, (x_seq, h0, Wx, Wh, b))
+    return impl(x_seq, h0, Wx, Wh, b, _out(out, (g.T, g.N, g.H), dt, gpu))
+
+
+def rnn_backward(dhs, x_seq, h0, Wx, Wh, hs, backend=None, out=None):
+    """Backward through time of :func:`rnn`.
+
+    ``dhs`` (T, N, H) is dL/d(every hidden state), ``hs`` the forward's output.
+    Returns ``(dx (T, N, D), dh0 (N, H), dWx (D, H), dWh (H, H), db (H,))``."""
+    g, dt = rnn_geometry(x_seq, h0, Wx, Wh, sequence=True)
+    check_arrays_like(dt, (g.T, g.N, g.H), dhs=dhs, hs=hs)
+    gpu = _is_gpu(dhs, x_seq, h0, Wx, Wh, hs)
+    impl = _dispatch.resolve("rnn_backward", backend, (dhs, x_seq, h0, Wx, Wh, hs))
+    shapes = ((g.T, g.N, g.D), (g.N, g.H), (g.D, g.H), (g.H, g.H), (g.H,))
+    return impl(dhs, x_seq, h0, Wx, Wh, hs, _outs("out", out, shapes, (dt,) * 5, gpu))

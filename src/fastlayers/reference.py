@@ -1,0 +1,297 @@
+"""The NumPy reference: every op, forward and backward, written to be obviously right.
+
+This module is the oracle of the test suite and the ``"numpy"`` backend. It favours clarity over
+speed, but stays vectorised so that tests over hundreds of small shapes take seconds. Results are
+computed in the inputs' dtype (float32 or float64) except where a comment says otherwise.
+
+Conventions (see DESIGN.md): NCHW arrays, weights ``(F, C // groups, KH, KW)``, convolution is
+cross-correlation; sequences are time-major ``(T, N, D)``, ``h_t = tanh(x_t @ Wx + h_{t-1} @ Wh + b)``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._params import (
+    check_array,
+    check_shape,
+    conv2d_geometry,
+    check_pool_backward_args,
+    pool2d_geometry,
+    rnn_geometry,
+)
+
+__all__ = [
+    "conv2d",
+    "conv2d_backward",
+    "max_pool2d",
+    "max_pool2d_backward",
+    "rnn_step",
+    "rnn_step_backward",
+    "rnn",
+    "rnn_backward",
+    "dense",
+    "dense_backward",
+    "relu",
+    "relu_backward",
+    "flatten",
+    "flatten_backward",
+    "softmax_cross_entropy",
+]
+
+# ============================================================================ conv2d
+#
+# For every kernel tap (kh, kw) the input pixels it touches form a strided view of the padded
+# input; the convolution is the sum over taps of a (channels -> filters) contraction of that view.
+
+
+def _pad_input(x, g):
+    return np.pad(x, ((0, 0), (0, 0), (g.pad_top, g.pad_bottom), (g.pad_left, g.pad_right)))
+
+
+def _tap(a, g, kh, kw):
+    """The (N, C, OH, OW) view of padded input ``a`` seen by kernel tap (kh, kw)."""
+    h0, w0 = kh * g.dilation_h, kw * g.dilation_w
+    return a[:, :, h0 : h0 + g.stride_h * (g.OH - 1) + 1 : g.stride_h, w0 : w0 + g.stride_w * (g.OW - 1) + 1 : g.stride_w]
+
+
+def _grouped(a, groups):
+    """(N, G*K, ...) -> (N, G, K, ...)."""
+    return a.reshape(a.shape[0], groups, a.shape[1] // groups, *a.shape[2:])
+
+
+def conv2d_impl(x, w, b, g):
+    xp = _pad_input(x, g)
+    G = g.groups
+    wg = w.reshape(G, g.F // G, g.C // G, g.KH, g.KW)
+    y = np.zeros((g.N, G, g.F // G, g.OH, g.OW), dtype=x.dtype)
+    for kh in range(g.KH):
+        for kw in range(g.KW):
+            # y[n, g, f, i, j] += sum_c x[n, g, c, i, j] * w[g, f, c]
+            y += np.einsum("ngcij,gfc->ngfij", _grouped(_tap(xp, g, kh, kw), G), wg[:, :, :, kh, kw])
+    y = y.reshape(g.y_shape)
+    if b is not None:
+        y += b[None, :, None, None]
+    return y
+
+
+def conv2d_backward_impl(dy, x, w, g):
+    xp = _pad_input(x, g)
+    G = g.groups
+    wg = w.reshape(G, g.F // G, g.C // G, g.KH, g.KW)
+    dyg = _grouped(dy, G)
+    dxp = np.zeros_like(xp)
+    dw = np.zeros_like(wg)
+    for kh in range(g.KH):
+        for kw in range(g.KW):
+            tap = _grouped(_tap(xp, g, kh, kw), G)
+            dw[:, :, :, kh, kw] = np.einsum("ngfij,ngcij->gfc", dyg, tap)
+            _grouped(_tap(dxp, g, kh, kw), G)[...] += np.einsum("ngfij,gfc->ngcij", dyg, wg[:, :, :, kh, kw])
+    dx = dxp[:, :, g.pad_top : g.pad_top + g.H, g.pad_left : g.pad_left + g.W]
+    return np.ascontiguousarray(dx), dw.reshape(w.shape), dy.sum(axis=(0, 2, 3))
+
+
+def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D cross-correlation: x (N, C, H, W), w (F, C // groups, KH, KW), b (F,) -> (N, F, OH, OW)."""
+    check_conv2d_arrays(x, w, b)
+    g = conv2d_geometry(x.shape, w.shape, stride, padding, dilation, groups)
+    return conv2d_impl(x, w, b, g)
+
+
+def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1):
+    """Gradients (dx, dw, db) of conv2d given dy = dL/dy of shape (N, F, OH, OW)."""
+    dt = check_conv2d_arrays(x, w)
+    g = conv2d_geometry(x.shape, w.shape, stride, padding, dilation, groups)
+    check_array("dy", dy, 4, dt)
+    check_shape("dy", dy, g.y_shape)
+    return conv2d_backward_impl(dy, x, w, g)
+
+
+# ============================================================================ max_pool2d
+
+
+def max_pool2d_impl(x, g):
+    """Max over each window; the index is the flat ``ih * W + iw`` of the first maximum in
+    row-major window order (a NaN counts as the maximum). Padding never wins: every window holds
+    at least one input element, and only input elements are candidates."""
+    # Pad far enough right/bottom that ceil-mode windows are whole; the extra cells are not valid.
+    Hp = max(g.H + 2 * g.pad_h, (g.OH - 1) * g.stride_h + g.KH)
+    Wp = max(g.W + 2 * g.pad_w, (g.OW - 1) * g.stride_w + g.KW)
+    pads = ((0, 0), (0, 0), (g.pad_h, Hp - g.H - g.pad_h), (g.pad_w, Wp - g.W - g.pad_w))
+    xp = np.pad(x, pads, constant_values=-np.inf)
+    valid = np.pad(np.ones((g.H, g.W), dtype=bool), pads[2:], constant_values=False)
+
+    def windows(a):
+        v = np.lib.stride_tricks.sliding_window_view(a, (g.KH, g.KW), axis=(-2, -1))
+        v = v[..., :: g.stride_h, :: g.stride_w, :, :][..., : g.OH, : g.OW, :, :]
+        return v.reshape(*v.shape[:-2], g.KH * g.KW)
+
+    win, ok = windows(xp), windows(valid)
+    y = win.max(axis=-1)  # NaN propagates through max
+    yk = y[..., None]
+    hit = ok & ((win == yk) | (np.isnan(win) & np.isnan(yk)))
+    local = hit.argmax(axis=-1)  # first True
+    kh, kw = np.divmod(local, g.KW)
+    ih = np.arange(g.OH)[:, None] * g.stride_h - g.pad_h + kh
+    iw = np.arange(g.OW)[None, :] * g.stride_w - g.pad_w + kw
+    return y, (ih * g.W + iw).astype(np.int64)
+
+
+def max_pool2d_backward_impl(dy, indices, input_shape):
+    N, C, H, W = input_shape
+    planes, plane_size = N * C, H * W
+    flat = indices.reshape(planes, -1) + (np.arange(planes) * plane_size)[:, None]
+    # bincount adds the contributions of overlapping windows (in float64, rounded once).
+    dx = np.bincount(flat.ravel(), weights=dy.ravel(), minlength=planes * plane_size)
+    return dx.astype(dy.dtype).reshape(input_shape)
+
+
+def max_pool2d(x, kernel_size=2, stride=None, padding=0, ceil_mode=False, return_indices=True):
+    """Max pooling of x (N, C, H, W) -> y (N, C, OH, OW) and, if ``return_indices``, the int64
+    flat index ``ih * W + iw`` of each maximum within its (H, W) plane (PyTorch's convention)."""
+    check_array("x", x, 4)
+    g = pool2d_geometry(x.shape, kernel_size, stride, padding, ceil_mode)
+    y, idx = max_pool2d_impl(x, g)
+    return (y, idx) if return_indices else y
+
+
+def max_pool2d_backward(dy, indices, input_shape):
+    """Route dy (N, C, OH, OW) to the argmax positions given by ``indices``; returns dx of ``input_shape``.
+
+    Overlapping windows that share a maximum add their gradients."""
+    input_shape = check_pool_backward_args(dy, indices, input_shape)
+    return max_pool2d_backward_impl(dy, indices, input_shape)
+
+
+# ============================================================================ rnn
+
+
+def _tanh_grad(dh, h):
+    return dh * (1 - h * h)
+
+
+def rnn_step_impl(x, h_prev, Wx, Wh, b):
+    z = x @ Wx + h_prev @ Wh
+    if b is not None:
+        z += b
+    return np.tanh(z)
+
+
+def rnn_step_backward_impl(dh, x, h_prev, Wx, Wh, h):
+    dz = _tanh_grad(dh, h)
+    return dz @ Wx.T, dz @ Wh.T, x.T @ dz, h_prev.T @ dz, dz.sum(axis=0)
+
+
+def rnn_impl(x_seq, h0, Wx, Wh, b):
+    T, N, _ = x_seq.shape
+    hs = np.empty((T, N, Wx.shape[1]), dtype=x_seq.dtype)
+    h = np.zeros((N, Wx.shape[1]), dtype=x_seq.dtype) if h0 is None else h0
+    for t in range(T):
+        h = hs[t] = rnn_step_impl(x_seq[t], h, Wx, Wh, b)
+    return hs
+
+
+def rnn_backward_impl(dhs, x_seq, h0, Wx, Wh, hs):
+    T, N, D = x_seq.shape
+    H = Wx.shape[1]
+    if h0 is None:
+        h0 = np.zeros((N, H), dtype=x_seq.dtype)
+    dx = np.empty_like(x_seq)
+    dWx, dWh = np.zeros_like(Wx), np.zeros_like(Wh)
+    db = np.zeros(H, dtype=x_seq.dtype)
+    dh_next = np.zeros((N, H), dtype=x_seq.dtype)
+    for t in range(T - 1, -1, -1):
+        h_prev = hs[t - 1] if t > 0 else h0
+        dx[t], dh_next, dWx_t, dWh_t, db_t = rnn_step_backward_impl(dhs[t] + dh_next, x_seq[t], h_prev, Wx, Wh, hs[t])
+        dWx += dWx_t
+        dWh += dWh_t
+        db += db_t
+    return dx, dh_next, dWx, dWh, db
+
+
+def rnn_step(x, h_prev, Wx, Wh, b=None):
+    """One recurrent step: x (N, D), h_prev (N, H), Wx (D, H), Wh (H, H), b (H,) -> h (N, H)."""
+    rnn_geometry(x, h_prev, Wx, Wh, b)
+    return rnn_step_impl(x, h_prev, Wx, Wh, b)
+
+
+def rnn_step_backward(dh, x, h_prev, Wx, Wh, h):
+    """Gradients (dx, dh_prev, dWx, dWh, db) of rnn_step given dh = dL/dh and the step's output h."""
+    g, dt = rnn_geometry(x, h_prev, Wx, Wh)
+    check_arrays_like(dt, (g.N, g.H), dh=dh, h=h)
+    return rnn_step_backward_impl(dh, x, h_prev, Wx, Wh, h)
+
+
+def rnn(x_seq, h0, Wx, Wh, b=None):
+    """All hidden states (T, N, H) of a tanh RNN over the time-major sequence x_seq (T, N, D).
+
+    ``h0`` (N, H) is the initial state, zeros when None."""
+    rnn_geometry(x_seq, h0, Wx, Wh, b, sequence=True)
+    return rnn_impl(x_seq, h0, Wx, Wh, b)
+
+
+def rnn_backward(dhs, x_seq, h0, Wx, Wh, hs):
+    """Backward through time. ``dhs`` (T, N, H) is dL/d(every hidden state), ``hs`` the forward's
+    output. Returns (dx (T, N, D), dh0 (N, H), dWx, dWh, db)."""
+    g, dt = rnn_geometry(x_seq, h0, Wx, Wh, sequence=True)
+    check_arrays_like(dt, (g.T, g.N, g.H), dhs=dhs, hs=hs)
+    return rnn_backward_impl(dhs, x_seq, h0, Wx, Wh, hs)
+
+
+# ============================================================================ dense, relu, flatten, loss
+
+
+def dense(x, W, b=None):
+    """Fully connected layer on the last axis: x (..., in), W (in, out), b (out,) -> (..., out)."""
+    y = x @ W
+    if b is not None:
+        y += b
+    return y
+
+
+def dense_backward(dy, x, W):
+    """Gradients (dx, dW, db) of dense."""
+    x2 = x.reshape(-1, x.shape[-1])
+    dy2 = dy.reshape(-1, dy.shape[-1])
+    return dy @ W.T, x2.T @ dy2, dy2.sum(axis=0)
+
+
+def relu(x):
+    return np.maximum(x, 0)
+
+
+def relu_backward(dy, x):
+    """dL/dx of relu; the subgradient at 0 is 0 (as in PyTorch)."""
+    return np.where(x > 0, dy, 0).astype(dy.dtype, copy=False)
+
+
+def flatten(x):
+    """(N, ...) -> (N, prod(...)) in C order, as the notes' "Flattening" slide."""
+    return x.reshape(x.shape[0], -1)
+
+
+def flatten_backward(dy, input_shape):
+    return dy.reshape(input_shape)
+
+
+def softmax_cross_entropy(logits, labels):
+    """Mean cross-entropy of softmax(logits) over the last axis against integer ``labels``.
+
+    logits (..., K), labels (...) of ints in [0, K). Returns (loss, dlogits), where dlogits is the
+    gradient of the mean loss. Stable for any logits: the max is subtracted before exp."""
+    logits = np.asarray(logits)
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
+    if labels.shape != logits.shape[:-1]:
+        raise ValueError(f"labels must have shape {logits.shape[:-1]} (logits without its last axis), got {labels.shape}")
+    K = logits.shape[-1]
+    if labels.size and (labels.min() < 0 or labels.max() >= K):
+        raise ValueError(f"labels must lie in [0, {K}), got values in [{labels.min()}, {labels.max()}]")
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    picked = np.take_along_axis(log_p, labels[..., None], axis=-1)[..., 0]
+    count = max(labels.size, 1)
+    loss = -picked.sum() / count
+    dlogits = np.exp(log_p)
+    np.put_along_axis(dlogits, labels[..., None], np.take_along_axis(dlogits, labels[..., None], -1) - 1, axis=-1)
+    return logits.dtype.type(loss), (dlogits / count).astype(logits.dtype, copy=False)
