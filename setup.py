@@ -6,6 +6,8 @@ Build switches (environment variables):
   FASTLAYERS_DEBUG=1      Cython bounds/wraparound checks on, -O0 -g: for fuzzing and sanitizers.
   FASTLAYERS_NATIVE=1     add -march=native (faster on the build machine, not portable).
   FASTLAYERS_NO_OPENMP=1  build serially even where OpenMP is available.
+  FASTLAYERS_EXTENSIONS=a,b  developer builds: compile only kernels/cpu/{a,b}.pyx
+                          (python setup.py build_ext --inplace), leaving the others as built.
 """
 import os
 import shutil
@@ -24,6 +26,7 @@ from setuptools.command.build_ext import build_ext
 KERNELS = Path("kernels") / "cpu"
 DEBUG = os.environ.get("FASTLAYERS_DEBUG", "") not in ("", "0")
 NATIVE = os.environ.get("FASTLAYERS_NATIVE", "") not in ("", "0")
+ONLY = [s for s in os.environ.get("FASTLAYERS_EXTENSIONS", "").split(",") if s]
 
 
 def _compiler_has_openmp(compiler):
@@ -86,6 +89,7 @@ def extensions():
             extra_compile_args=list(opt),
         )
         for pyx in sorted(KERNELS.glob("*.pyx"))
+        if not ONLY or pyx.stem in ONLY
     ]
     directives = {
         "language_level": 3,
