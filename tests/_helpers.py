@@ -1,0 +1,46 @@
+"""Shared test helpers: finite differences and dtype-aware comparisons."""
+import numpy as np
+
+# float32 results are compared with the float64 reference to this relative accuracy, scaled by
+# the magnitude of the terms summed (``scale``): a sum of K products of O(1) terms in float32
+# carries an error of about K * eps32 * |terms| in the worst case and sqrt(K) * eps32 typically.
+EPS = {np.dtype(np.float32): np.finfo(np.float32).eps, np.dtype(np.float64): np.finfo(np.float64).eps}
+
+
+def assert_close(actual, expected, dtype, terms=1, scale=1.0, err_msg=""):
+    """Assert ``actual`` equals ``expected`` up to rounding of a sum of ``terms`` products whose
+    magnitude is about ``scale``: atol = rtol = 4 * terms * eps(dtype) * scale (the worst-case
+    bound of a naive sum, with a factor 4 for the reordering BLAS does)."""
+    actual = np.asarray(actual)
+    expected = np.asarray(expected)
+    assert actual.shape == expected.shape, f"shape {actual.shape} != {expected.shape} {err_msg}"
+    tol = 4 * max(terms, 1) * EPS[np.dtype(dtype)] * scale
+    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol, err_msg=err_msg)
+
+
+def numeric_grad(f, arrays, name, dy, eps=1e-6):
+    """Central-difference gradient of ``sum(f(**arrays) * dy)`` with respect to ``arrays[name]``
+    (float64). ``f`` returns one array."""
+    a = arrays[name]
+    grad = np.zeros_like(a)
+    flat, gflat = a.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        plus = np.sum(f(**arrays) * dy)
+        flat[i] = old - eps
+        minus = np.sum(f(**arrays) * dy)
+        flat[i] = old
+        gflat[i] = (plus - minus) / (2 * eps)
+    return grad
+
+
+def assert_grad_matches(analytic, numeric, err_msg=""):
+    """Central differences with eps=1e-6 on O(1) float64 data are exact to ~1e-8 (truncation
+    eps^2 * f''' plus rounding 1e-16 / eps): a 1e-6 tolerance leaves a wide margin, yet is
+    millions of times smaller than any real gradient bug."""
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-6, err_msg=err_msg)
+
+
+def make_rng(seed=0):
+    return np.random.default_rng(seed)
