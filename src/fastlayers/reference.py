@@ -13,9 +13,11 @@ import numpy as np
 
 from ._params import (
     check_array,
+    check_arrays_like,
+    check_conv2d_arrays,
+    check_pool_backward_args,
     check_shape,
     conv2d_geometry,
-    check_pool_backward_args,
     pool2d_geometry,
     rnn_geometry,
 )
