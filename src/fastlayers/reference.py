@@ -141,7 +141,7 @@ def max_pool2d_impl(x, g):
 def max_pool2d_backward_impl(dy, indices, input_shape):
     N, C, H, W = input_shape
     planes, plane_size = N * C, H * W
-    flat = indices.reshape(planes, -1) + (np.arange(planes) * plane_size)[:, None]
+    flat = indices.reshape(planes, indices.shape[2] * indices.shape[3]) + (np.arange(planes) * plane_size)[:, None]
     # bincount adds the contributions of overlapping windows (in float64, rounded once).
     dx = np.bincount(flat.ravel(), weights=dy.ravel(), minlength=planes * plane_size)
     return dx.astype(dy.dtype).reshape(input_shape)
