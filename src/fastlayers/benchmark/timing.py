@@ -1,0 +1,153 @@
+"""Timing, this machine's roofs (GEMM GFLOP/s, copy GB/s) and its description."""
+from __future__ import annotations
+
+import importlib.metadata
+import math
+import os
+import platform
+import shutil
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
+
+
+def time_call(fn, repeat, budget_s, sync=None):
+    """Seconds per call of ``fn``, one entry per timed round (at most ``repeat``).
+
+    A first, discarded call warms caches, workspaces, lazy initialisation and JIT compilers. The
+    second call is the first round and tells how long a call takes: the rounds are then cut so
+    the measurement stays near ``budget_s`` — a slow reference on a big case gets one or two
+    rounds, never none. ``sync`` (e.g. a CUDA synchronise) runs inside the timed region so
+    asynchronous backends are timed to completion."""
+
+    def timed():
+        start = time.perf_counter()
+        fn()
+        if sync is not None:
+            sync()
+        return time.perf_counter() - start
+
+    timed()
+    times = [timed()]
+    times += [timed() for _ in range(plan_rounds(times[0], repeat, budget_s) - 1)]
+    return times
+
+
+def plan_rounds(first_call_s, repeat, budget_s):
+    """Rounds that fit in ``budget_s`` given one call's time: between 1 and ``repeat``."""
+    fit = math.floor(budget_s / max(first_call_s, 1e-9))
+    return max(1, min(repeat, fit))
+
+
+# ---------------------------------------------------------------------------- roofs
+
+# A conv-like GEMM: K = C*KH*KW = 128*9 as in resnet-28's im2col product, M and N large enough
+# that BLAS reaches its peak, so the roof is what this machine's best GEMM can do.
+GEMM_SHAPE = (512, 1152, 1024)  # (M, K, N)
+COPY_BYTES = 64 * 2**20  # twice the L3 of most desktop and server parts: a DRAM copy
+
+
+def gemm_roof(dtype, threads, rounds=10):
+    """Best GFLOP/s of NumPy's BLAS on a conv-sized GEMM with ``threads`` threads."""
+    M, K, N = GEMM_SHAPE
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((M, K)).astype(dtype)
+    b = rng.standard_normal((K, N)).astype(dtype)
+    c = np.empty((M, N), dtype)
+    with threadpool_limits(limits=threads, user_api="blas"):
+        np.matmul(a, b, out=c)
+        best = min(_timed(lambda: np.matmul(a, b, out=c)) for _ in range(rounds))
+    return 2 * M * K * N / best / 1e9
+
+
+def copy_roof(threads, rounds=10):
+    """Best GB/s (bytes read + bytes written) of a DRAM-sized copy split over ``threads`` threads
+    (NumPy releases the GIL while copying)."""
+    src = np.ones(COPY_BYTES // 8)
+    dst = np.empty_like(src)
+    chunks = [slice(lo, lo + len(src) // threads + 1) for lo in range(0, len(src), len(src) // threads + 1)]
+    with ThreadPoolExecutor(threads) as pool:
+        def copy():
+            list(pool.map(lambda s: np.copyto(dst[s], src[s]), chunks))
+
+        copy()
+        best = min(_timed(copy) for _ in range(rounds))
+    return 2 * COPY_BYTES / best / 1e9
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------------- machine
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _gpu_names():
+    """GPU names from nvidia-smi (asking the CUDA driver would start CUDA; nvidia-smi does not)."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def _version(dist):
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info(threads):
+    """What a reader needs to interpret the figures: CPU, cores, threads, BLAS, GPU, versions."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    blas = [
+        {k: info.get(k) for k in ("internal_api", "version", "num_threads", "architecture", "filepath")}
+        for info in threadpool_info()
+        if info.get("user_api") == "blas"
+    ]
+    return {
+        "cpu": _cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": usable,
+        "threads": threads,
+        "blas": blas,
+        "gpus": _gpu_names(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {d: _version(d) for d in ("fastlayers", "numpy", "scipy", "numba", "numba-cuda", "torch")},
+    }
+
+
+def machine_line(machine):
+    """One line naming the machine, for the table header and the README."""
+    blas = machine["blas"][0] if machine["blas"] else {}
+    gpu = ", GPU " + "/".join(machine["gpus"]) if machine["gpus"] else ""
+    return (
+        f"{machine['cpu']}, {machine['usable_cpus']} CPUs, {machine['threads']} threads, "
+        f"BLAS {blas.get('internal_api', '?')} {blas.get('version', '')} ({blas.get('architecture', '?')}){gpu}, "
+        f"numpy {machine['versions']['numpy']}, torch {machine['versions']['torch'] or 'absent'}"
+    )
