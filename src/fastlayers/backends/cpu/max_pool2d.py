@@ -1,4 +1,8 @@
-"""max_pool2d on the CPU backend: wraps kernels/cpu/max_pool2d.pyx."""
+"""max_pool2d on the CPU backend: wraps kernels/cpu/max_pool2d.pyx.
+
+Arguments arrive validated by fastlayers.functional; here only the sizes the kernels cannot take
+(empty arrays) are handled, and the caller's ``out`` buffers are written in place.
+"""
 import numpy as np
 
 from ..._cpu import max_pool2d as _kernels
@@ -14,10 +18,11 @@ def max_pool2d(x, g, out):
     if indices is None:
         indices = np.empty(g.y_shape, dtype=np.int64)
     planes = g.N * g.C
-    xc = np.ascontiguousarray(x).reshape(planes, g.H, g.W)
     if planes and g.OH and g.OW:
         _kernels.max_pool2d_forward(
-            xc, y.reshape(planes, g.OH, g.OW), indices.reshape(planes, g.OH, g.OW),
+            np.ascontiguousarray(x).reshape(planes, g.H, g.W),
+            y.reshape(planes, g.OH, g.OW),
+            indices.reshape(planes, g.OH, g.OW),
             g.KH, g.KW, g.stride_h, g.stride_w, g.pad_h, g.pad_w, get_num_threads(),
         )
     return y, indices
@@ -29,10 +34,14 @@ def max_pool2d_backward(dy, indices, input_shape, out):
     planes = N * C
     if planes == 0 or H * W == 0:
         return dx
+    if dy.size == 0:  # no outputs: nothing routes anywhere
+        dx.fill(0)
+        return dx
+    OH, OW = dy.shape[2:]
     bad = _kernels.max_pool2d_backward(
-        np.ascontiguousarray(dy).reshape(planes, -1),
-        np.ascontiguousarray(indices).reshape(planes, -1),
-        dx.reshape(planes, H * W),
+        np.ascontiguousarray(dy).reshape(planes, OH, OW),
+        np.ascontiguousarray(indices).reshape(planes, OH, OW),
+        dx.reshape(planes, H, W),
         get_num_threads(),
     )
     if bad:

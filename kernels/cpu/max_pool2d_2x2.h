@@ -1,0 +1,213 @@
+/* Rows of the 2x2 stride-2 max-pool (the common non-overlapping, unpadded case), forward and
+ * backward, used by max_pool2d.pyx.
+ *
+ * Why C: GCC 12 does not vectorise these loops at the baseline x86-64 ISA (SSE2) when written
+ * as scalar selects (the NaN-aware compare chain and the int64 index selects defeat it), and the
+ * op is memory-bound only once it is vectorised. SSE2 is part of every x86-64 CPU, so no
+ * -march flag is needed; elsewhere the scalar loop below does all the work.
+ *
+ * Semantics, identical in the vector and scalar code: the window is read in row-major order
+ * (a b / c d) and v replaces the running maximum m when !(v <= m) && m == m, i.e. when v is
+ * larger or v is the first NaN; ties keep the first. Indices are flat ih*W + iw in the plane.
+ */
+#ifndef FASTLAYERS_MAX_POOL2D_2X2_H
+#define FASTLAYERS_MAX_POOL2D_2X2_H
+
+#include <stdint.h>
+#include <stddef.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+#define FL_WINS(v, m) (!((v) <= (m)) && (m) == (m))
+
+/* ------------------------------------------------------------------------- forward
+ * Input rows x0, x1 (x0 starts at flat index `first`, rows W apart) -> OW maxima y and their
+ * indices. Reads x0[0, 2*OW), x1[0, 2*OW). */
+
+#define FL_POOL_ROW_2X2_TAIL(T)                                              \
+    for (; ow < OW; ow++) {                                                  \
+        T m = x0[2 * ow], v;                                                 \
+        int64_t k = 0;                                                       \
+        v = x0[2 * ow + 1]; if (FL_WINS(v, m)) { m = v; k = 1; }             \
+        v = x1[2 * ow];     if (FL_WINS(v, m)) { m = v; k = W; }             \
+        v = x1[2 * ow + 1]; if (FL_WINS(v, m)) { m = v; k = W + 1; }         \
+        y[ow] = m;                                                           \
+        indices[ow] = first + 2 * ow + k;                                    \
+    }
+
+static inline void fl_pool_row_2x2_float(const float *x0, const float *x1, float *y, int64_t *indices,
+                                         ptrdiff_t OW, int64_t first, int64_t W)
+{
+    ptrdiff_t ow = 0;
+#if defined(__SSE2__)
+    const __m128i one = _mm_set1_epi32(1), two = _mm_set1_epi32(2), three = _mm_set1_epi32(3);
+    const __m128i one64 = _mm_set1_epi64x(1), W64 = _mm_set1_epi64x(W), zero = _mm_setzero_si128();
+    for (; ow + 4 <= OW; ow += 4) {
+        __m128 p = _mm_loadu_ps(x0 + 2 * ow), q = _mm_loadu_ps(x0 + 2 * ow + 4);
+        __m128 r = _mm_loadu_ps(x1 + 2 * ow), s = _mm_loadu_ps(x1 + 2 * ow + 4);
+        /* deinterleave: a = even columns of x0, b = odd; c, d likewise of x1 */
+        __m128 a = _mm_shuffle_ps(p, q, _MM_SHUFFLE(2, 0, 2, 0)), b = _mm_shuffle_ps(p, q, _MM_SHUFFLE(3, 1, 3, 1));
+        __m128 c = _mm_shuffle_ps(r, s, _MM_SHUFFLE(2, 0, 2, 0)), d = _mm_shuffle_ps(r, s, _MM_SHUFFLE(3, 1, 3, 1));
+        __m128 m = a, w;
+        __m128i code = zero; /* 0..3 = a, b, c, d */
+#define FL_STEP(v, K)                                                                  \
+        w = _mm_and_ps(_mm_cmpnle_ps(v, m), _mm_cmpord_ps(m, m));                      \
+        m = _mm_or_ps(_mm_and_ps(w, v), _mm_andnot_ps(w, m));                          \
+        code = _mm_or_si128(_mm_and_si128(_mm_castps_si128(w), K),                     \
+                            _mm_andnot_si128(_mm_castps_si128(w), code));
+        FL_STEP(b, one)
+        FL_STEP(c, two)
+        FL_STEP(d, three)
+#undef FL_STEP
+        _mm_storeu_ps(y + ow, m);
+        /* offset = (code & 1) + (code >> 1) * W, in int64 lanes */
+        __m128i lo = _mm_unpacklo_epi32(code, zero), hi = _mm_unpackhi_epi32(code, zero);
+        __m128i base = _mm_add_epi64(_mm_set1_epi64x(first + 2 * ow), _mm_set_epi64x(2, 0));
+        __m128i off_lo = _mm_add_epi64(_mm_and_si128(lo, one64),
+                                       _mm_and_si128(_mm_sub_epi64(zero, _mm_srli_epi64(lo, 1)), W64));
+        __m128i off_hi = _mm_add_epi64(_mm_and_si128(hi, one64),
+                                       _mm_and_si128(_mm_sub_epi64(zero, _mm_srli_epi64(hi, 1)), W64));
+        _mm_storeu_si128((__m128i *)(indices + ow), _mm_add_epi64(base, off_lo));
+        _mm_storeu_si128((__m128i *)(indices + ow + 2),
+                         _mm_add_epi64(_mm_add_epi64(base, _mm_set1_epi64x(4)), off_hi));
+    }
+#endif
+    FL_POOL_ROW_2X2_TAIL(float)
+}
+
+static inline void fl_pool_row_2x2_double(const double *x0, const double *x1, double *y, int64_t *indices,
+                                          ptrdiff_t OW, int64_t first, int64_t W)
+{
+    ptrdiff_t ow = 0;
+#if defined(__SSE2__)
+    const __m128i one = _mm_set1_epi64x(1), Wv = _mm_set1_epi64x(W), W1 = _mm_set1_epi64x(W + 1);
+    for (; ow + 2 <= OW; ow += 2) {
+        __m128d p = _mm_loadu_pd(x0 + 2 * ow), q = _mm_loadu_pd(x0 + 2 * ow + 2);
+        __m128d r = _mm_loadu_pd(x1 + 2 * ow), s = _mm_loadu_pd(x1 + 2 * ow + 2);
+        __m128d a = _mm_unpacklo_pd(p, q), b = _mm_unpackhi_pd(p, q);
+        __m128d c = _mm_unpacklo_pd(r, s), d = _mm_unpackhi_pd(r, s);
+        __m128d m = a, w;
+        __m128i off = _mm_setzero_si128();
+#define FL_STEP(v, K)                                                                  \
+        w = _mm_and_pd(_mm_cmpnle_pd(v, m), _mm_cmpord_pd(m, m));                      \
+        m = _mm_or_pd(_mm_and_pd(w, v), _mm_andnot_pd(w, m));                          \
+        off = _mm_or_si128(_mm_and_si128(_mm_castpd_si128(w), K),                      \
+                           _mm_andnot_si128(_mm_castpd_si128(w), off));
+        FL_STEP(b, one)
+        FL_STEP(c, Wv)
+        FL_STEP(d, W1)
+#undef FL_STEP
+        _mm_storeu_pd(y + ow, m);
+        __m128i base = _mm_add_epi64(_mm_set1_epi64x(first + 2 * ow), _mm_set_epi64x(2, 0));
+        _mm_storeu_si128((__m128i *)(indices + ow), _mm_add_epi64(base, off));
+    }
+#endif
+    FL_POOL_ROW_2X2_TAIL(double)
+}
+
+/* ------------------------------------------------------------------------- backward
+ * One row of 2x2 tiles: dy row g (OW), index row `indices`, dx rows r0, r1 (r0 starts at flat
+ * index `first`). Writes every cell of r0[0, 2*OW) and r1[0, 2*OW) once: g where the tile's index
+ * points at the cell, else 0. Returns how many of the OW indices pointed inside their tile. */
+
+#define FL_ROUTE_ROW_2X2_TAIL(T)                                             \
+    for (; ow < OW; ow++) {                                                  \
+        int64_t k = indices[ow] - (first + 2 * ow);                          \
+        T gv = g[ow];                                                        \
+        r0[2 * ow] = k == 0 ? gv : 0;                                        \
+        r0[2 * ow + 1] = k == 1 ? gv : 0;                                    \
+        r1[2 * ow] = k == W ? gv : 0;                                        \
+        r1[2 * ow + 1] = k == W + 1 ? gv : 0;                                \
+        matched += (k == 0) + (k == 1) + (k == W) + (k == W + 1);            \
+    }
+
+#if defined(__SSE2__)
+/* 64-bit lane equality from SSE2's 32-bit one (pcmpeqq is SSE4.1). */
+static inline __m128i fl_cmpeq_epi64(__m128i a, __m128i b)
+{
+    __m128i t = _mm_cmpeq_epi32(a, b);
+    return _mm_and_si128(t, _mm_shuffle_epi32(t, _MM_SHUFFLE(2, 3, 0, 1)));
+}
+#endif
+
+static inline ptrdiff_t fl_route_row_2x2_float(const float *g, const int64_t *indices, float *r0, float *r1,
+                                               ptrdiff_t OW, int64_t first, int64_t W)
+{
+    ptrdiff_t ow = 0, matched = 0;
+#if defined(__SSE2__)
+    const __m128i t0 = _mm_setzero_si128(), t1 = _mm_set1_epi64x(1);
+    const __m128i tW = _mm_set1_epi64x(W), tW1 = _mm_set1_epi64x(W + 1);
+    __m128i count = _mm_setzero_si128(); /* minus the number of hits, per 32-bit lane */
+    for (; ow + 4 <= OW; ow += 4) {
+        __m128i base = _mm_add_epi64(_mm_set1_epi64x(first + 2 * ow), _mm_set_epi64x(2, 0));
+        __m128i k01 = _mm_sub_epi64(_mm_loadu_si128((const __m128i *)(indices + ow)), base);
+        __m128i k23 = _mm_sub_epi64(_mm_loadu_si128((const __m128i *)(indices + ow + 2)),
+                                    _mm_add_epi64(base, _mm_set1_epi64x(4)));
+        __m128 gv = _mm_loadu_ps(g + ow), h0, h1, h2, h3;
+#define FL_HIT(h, T)                                                                   \
+        {                                                                              \
+            __m128 mask = _mm_shuffle_ps(_mm_castsi128_ps(fl_cmpeq_epi64(k01, T)),     \
+                                         _mm_castsi128_ps(fl_cmpeq_epi64(k23, T)),     \
+                                         _MM_SHUFFLE(2, 0, 2, 0));                     \
+            count = _mm_add_epi32(count, _mm_castps_si128(mask));                      \
+            h = _mm_and_ps(mask, gv);                                                  \
+        }
+        FL_HIT(h0, t0)
+        FL_HIT(h1, t1)
+        FL_HIT(h2, tW)
+        FL_HIT(h3, tW1)
+#undef FL_HIT
+        _mm_storeu_ps(r0 + 2 * ow, _mm_unpacklo_ps(h0, h1));
+        _mm_storeu_ps(r0 + 2 * ow + 4, _mm_unpackhi_ps(h0, h1));
+        _mm_storeu_ps(r1 + 2 * ow, _mm_unpacklo_ps(h2, h3));
+        _mm_storeu_ps(r1 + 2 * ow + 4, _mm_unpackhi_ps(h2, h3));
+    }
+    int32_t lanes[4];
+    _mm_storeu_si128((__m128i *)lanes, count);
+    matched -= (ptrdiff_t)lanes[0] + lanes[1] + lanes[2] + lanes[3];
+#endif
+    FL_ROUTE_ROW_2X2_TAIL(float)
+    return matched;
+}
+
+static inline ptrdiff_t fl_route_row_2x2_double(const double *g, const int64_t *indices, double *r0, double *r1,
+                                                ptrdiff_t OW, int64_t first, int64_t W)
+{
+    ptrdiff_t ow = 0, matched = 0;
+#if defined(__SSE2__)
+    const __m128i t0 = _mm_setzero_si128(), t1 = _mm_set1_epi64x(1);
+    const __m128i tW = _mm_set1_epi64x(W), tW1 = _mm_set1_epi64x(W + 1);
+    __m128i count = _mm_setzero_si128(); /* minus the number of hits, per 64-bit lane */
+    for (; ow + 2 <= OW; ow += 2) {
+        __m128i base = _mm_add_epi64(_mm_set1_epi64x(first + 2 * ow), _mm_set_epi64x(2, 0));
+        __m128i k = _mm_sub_epi64(_mm_loadu_si128((const __m128i *)(indices + ow)), base);
+        __m128d gv = _mm_loadu_pd(g + ow), h0, h1, h2, h3;
+#define FL_HIT(h, T)                                                                   \
+        {                                                                              \
+            __m128i mask = fl_cmpeq_epi64(k, T);                                       \
+            count = _mm_add_epi64(count, mask);                                        \
+            h = _mm_and_pd(_mm_castsi128_pd(mask), gv);                                \
+        }
+        FL_HIT(h0, t0)
+        FL_HIT(h1, t1)
+        FL_HIT(h2, tW)
+        FL_HIT(h3, tW1)
+#undef FL_HIT
+        _mm_storeu_pd(r0 + 2 * ow, _mm_unpacklo_pd(h0, h1));
+        _mm_storeu_pd(r0 + 2 * ow + 2, _mm_unpackhi_pd(h0, h1));
+        _mm_storeu_pd(r1 + 2 * ow, _mm_unpacklo_pd(h2, h3));
+        _mm_storeu_pd(r1 + 2 * ow + 2, _mm_unpackhi_pd(h2, h3));
+    }
+    int64_t lanes[2];
+    _mm_storeu_si128((__m128i *)lanes, count);
+    matched -= (ptrdiff_t)(lanes[0] + lanes[1]);
+#endif
+    FL_ROUTE_ROW_2X2_TAIL(double)
+    return matched;
+}
+
+#undef FL_POOL_ROW_2X2_TAIL
+#undef FL_ROUTE_ROW_2X2_TAIL
+
+#endif
