@@ -17,16 +17,22 @@ from .functional import (
     rnn_step,
     rnn_step_backward,
 )
+from . import augment, filters, layers, losses, optim  # NumPy only: keeps the import cheap
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "augment",
     "backends",
     "conv2d",
     "conv2d_backward",
+    "filters",
     "get_num_threads",
+    "layers",
+    "losses",
     "max_pool2d",
     "max_pool2d_backward",
+    "optim",
     "rnn",
     "rnn_backward",
     "rnn_step",
