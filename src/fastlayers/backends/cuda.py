@@ -1,7 +1,340 @@
-"""The ``"cuda"`` backend (Numba CUDA). Not implemented yet: it offers no ops."""
+"""The ``"cuda"`` backend: Numba CUDA kernels (``kernels/cuda``, installed as ``fastlayers._cuda``).
 
-OPS = frozenset()
+Arrays: NumPy inputs are copied to the GPU and the results copied back into NumPy arrays (or the
+caller's ``out``). GPU arrays (anything with ``__cuda_array_interface__``: Numba device arrays,
+CuPy arrays, PyTorch CUDA tensors) are used in place, without a copy, and the results are Numba
+device arrays (wrap them with ``cupy.asarray`` / ``torch.as_tensor(..., device="cuda")`` for free),
+or the caller's GPU ``out`` buffers. GPU inputs must be C-contiguous.
+
+Numba is imported only when an op runs or ``availability()`` is asked, never by ``import
+fastlayers``; each kernel is compiled on its first launch (per dtype), then cached in the process.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+OPS = frozenset(
+    {"conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward",
+     "rnn_step", "rnn_step_backward", "rnn", "rnn_backward"}
+)
+
+# algo="auto" takes the direct kernel when a group has fewer filters than this: the implicit GEMM
+# then fills less than a quarter of its TILE_N = 64 columns (e.g. lenet's 8 filters, depthwise).
+# A rule from the tile shape, not yet from GPU measurements.
+DIRECT_MAX_FILTERS_PER_GROUP = 16
 
 
+@functools.cache
 def availability():
-    return False, "the CUDA backend is not implemented yet"
+    try:
+        from numba import config, cuda
+    except ImportError as exc:
+        return False, f"numba is not installed ({exc}); pip install 'fastlayers[cuda]'"
+    if config.ENABLE_CUDASIM:
+        return True, "Numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1): correct, but very slow"
+    if not cuda.is_available():
+        return False, f"no usable CUDA GPU/driver: {cuda.cuda_error() or 'numba.cuda.is_available() is False'}"
+    name = cuda.get_current_device().name
+    return True, f"GPU {name.decode() if isinstance(name, bytes) else name}"
+
+
+@functools.cache
+def _k():
+    """The kernel modules, as attributes conv2d, launch, max_pool2d, reduce, rnn (imports numba)."""
+    from types import SimpleNamespace
+
+    from .._cuda import conv2d, launch, max_pool2d, reduce, rnn
+
+    return SimpleNamespace(conv2d=conv2d, launch=launch, max_pool2d=max_pool2d, reduce=reduce, rnn=rnn)
+
+
+# ---------------------------------------------------------------------------- arrays
+
+
+def _flat(d):
+    return d.reshape(d.size)
+
+
+class _Call:
+    """One op call: moves inputs to the GPU, allocates or checks outputs, returns results in the
+    callers' family (NumPy in -> NumPy out; GPU in -> device arrays out)."""
+
+    def __init__(self, *arrays):
+        from numba import cuda
+
+        self.cuda = cuda
+        self.gpu = any(hasattr(a, "__cuda_array_interface__") for a in arrays if a is not None)
+
+    def input(self, name, a):
+        if a is None:
+            return None
+        if hasattr(a, "__cuda_array_interface__"):
+            d = self.cuda.as_cuda_array(a)
+            if not d.is_c_contiguous():
+                raise ValueError(f"{name} must be C-contiguous when it lives on the GPU, got strides {d.strides}")
+            return d
+        return self.cuda.to_device(np.ascontiguousarray(a))
+
+    def empty(self, shape, dtype):
+        return self.cuda.device_array(shape, dtype=dtype)
+
+    def output(self, name, out, shape, dtype):
+        """The device buffer for an output: the caller's GPU ``out`` (checked), else a new one."""
+        if out is None or not self.gpu:
+            return self.empty(shape, dtype)
+        if not hasattr(out, "__cuda_array_interface__"):
+            raise TypeError(f"{name} must be a GPU array when the inputs are on the GPU, got {type(out).__name__}")
+        d = self.cuda.as_cuda_array(out)
+        if tuple(d.shape) != tuple(shape):
+            raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(d.shape)}")
+        if np.dtype(d.dtype) != np.dtype(dtype):
+            raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got {d.dtype}")
+        if not d.is_c_contiguous():
+            raise ValueError(f"{name} must be C-contiguous")
+        return d
+
+    def result(self, d, out):
+        if self.gpu:
+            return d
+        if out is not None:
+            d.copy_to_host(out)
+            return out
+        return d.copy_to_host()
+
+
+def _bias(call, b, dtype):
+    """b on the GPU, or an empty array: the kernels add a bias only when it has elements."""
+    return call.input("b", b) if b is not None else call.empty(0, dtype)
+
+
+def _fill(d, value):
+    launch, reduce = _k().launch, _k().reduce
+    if d.size:
+        grid, block = launch.launch_config("elementwise", d.size)
+        reduce.fill_kernel(d.dtype)[grid, block](_flat(d), value, d.size)
+
+
+def _gemm(kernel, a, b, c, p, q, geo, M, N, K, batches=1, k_chunk=None):
+    """Launch a tiled-GEMM kernel over a (M, N) result, ``batches`` x splits blocks deep."""
+    launch = _k().launch
+    if M == 0 or N == 0:
+        return
+    k_chunk = max(K, 1) if k_chunk is None else k_chunk
+    splits = max(1, -(-K // k_chunk))
+    grid, block = launch.launch_config("gemm", M, N, batches * splits)
+    kernel[grid, block](_flat(a), _flat(b), _flat(c), _flat(p), _flat(q), geo, M, N, K, k_chunk)
+
+
+def _split_k_gemm(call, kernel, a, b, c, geo, M, N, K, batches, total):
+    """A GEMM whose K is long and M x N small (weight gradients), split along K into partial
+    products summed by a second kernel in a fixed order: reproducible, no atomics.
+    ``total`` is the element count of ``c`` (all batches)."""
+    launch, reduce = _k().launch, _k().reduce
+    splits, chunk = launch.split_k(M, N, K, batches)
+    if splits == 1:
+        _gemm(kernel, a, b, c, c, c, geo, M, N, K, batches, chunk)
+        return
+    partial = call.empty(splits * total, c.dtype)
+    _gemm(kernel, a, b, partial, c, c, geo, M, N, K, batches, chunk)
+    grid, block = launch.launch_config("elementwise", total)
+    reduce.sum_splits_kernel(c.dtype)[grid, block](partial, _flat(c), splits, total)
+
+
+def _column_sums(a, out, I, J, K):
+    """out[j] = sum of a[i, j, k] over i and k, for a flat (I, J, K) array."""
+    launch, reduce = _k().launch, _k().reduce
+    if J:
+        grid, block = launch.launch_config("reduce", J)
+        reduce.sum_outer_inner_kernel(out.dtype)[grid, block](_flat(a), out, I, J, K)
+
+
+# ---------------------------------------------------------------------------- conv2d
+
+
+def _conv2d_algo(algo, g):
+    if algo == "auto":
+        return "direct" if g.F // g.groups < DIRECT_MAX_FILTERS_PER_GROUP else "im2col"
+    return algo
+
+
+def conv2d(x, w, b, g, algo, out):
+    conv, launch = _k().conv2d, _k().launch
+    call = _Call(x, w, b)
+    xd, wd = call.input("x", x), call.input("w", w)
+    bd = _bias(call, b, xd.dtype)
+    y = call.output("out", out, g.y_shape, xd.dtype)
+    geo = conv.conv2d_geo(g)
+    if y.size:
+        if _conv2d_algo(algo, g) == "direct":
+            grid, block = launch.launch_config("direct", g.N * g.F * -(-g.OH * g.OW // launch.DIRECT_BLOCK) * launch.DIRECT_BLOCK)
+            conv.direct_kernel(xd.dtype)[grid, block](_flat(xd), _flat(wd), bd, _flat(y), geo)
+        else:
+            K = g.C // g.groups * g.KH * g.KW
+            _gemm(conv.gemm_kernel("forward", xd.dtype), xd, wd, y, bd, bd, geo,
+                  g.N * g.OH * g.OW, g.F // g.groups, K, g.groups)
+    return call.result(y, out)
+
+
+def conv2d_backward(dy, x, w, g, algo, out):
+    """dX and dW by their implicit GEMMs (the same kernels for every ``algo``), db by reduction."""
+    conv = _k().conv2d
+    call = _Call(dy, x, w)
+    outs = out if out is not None else (None, None, None)
+    dyd, xd, wd = call.input("dy", dy), call.input("x", x), call.input("w", w)
+    dt = xd.dtype
+    dx = call.output("out[0]", outs[0], g.x_shape, dt)
+    dw = call.output("out[1]", outs[1], g.w_shape, dt)
+    db = call.output("out[2]", outs[2], (g.F,), dt)
+    geo = conv.conv2d_geo(g)
+    Cg, Fg, taps = g.C // g.groups, g.F // g.groups, g.KH * g.KW
+    _gemm(conv.gemm_kernel("dx", dt), dyd, wd, dx, dx, dx, geo, g.N * g.H * g.W, Cg, Fg * taps, g.groups)
+    _split_k_gemm(call, conv.gemm_kernel("dw", dt), dyd, xd, dw, geo, Fg, Cg * taps, g.N * g.OH * g.OW,
+                  g.groups, dw.size)
+    _column_sums(dyd, db, g.N, g.F, g.OH * g.OW)
+    return tuple(call.result(d, o) for d, o in zip((dx, dw, db), outs))
+
+
+# ---------------------------------------------------------------------------- max_pool2d
+
+
+def max_pool2d(x, g, out):
+    launch, pool = _k().launch, _k().max_pool2d
+    call = _Call(x)
+    outs = out if out is not None else (None, None)
+    xd = call.input("x", x)
+    y = call.output("out[0]", outs[0], g.y_shape, xd.dtype)
+    indices = call.output("out[1]", outs[1], g.y_shape, np.int64)
+    if y.size:
+        grid, block = launch.launch_config("elementwise", y.size)
+        pool.forward_kernel(xd.dtype)[grid, block](_flat(xd), _flat(y), _flat(indices), pool.pool2d_geo(g))
+    return call.result(y, outs[0]), call.result(indices, outs[1])
+
+
+def max_pool2d_backward(dy, indices, input_shape, out):
+    launch, pool = _k().launch, _k().max_pool2d
+    call = _Call(dy, indices)
+    dyd, idx = call.input("dy", dy), call.input("indices", indices)
+    N, C, H, W = input_shape
+    dx = call.output("out", out, input_shape, dyd.dtype)
+    _fill(dx, 0)
+    if dyd.size:
+        bad = call.cuda.to_device(np.zeros(1, dtype=np.int32))
+        grid, block = launch.launch_config("elementwise", dyd.size)
+        pool.backward_kernel(dyd.dtype)[grid, block](
+            _flat(dyd), _flat(idx), _flat(dx), bad, N * C, dyd.shape[2] * dyd.shape[3], H * W
+        )
+        if bad.copy_to_host()[0]:
+            raise ValueError(f"indices must lie in [0, H*W) = [0, {H * W}); some do not (those were skipped)")
+    return call.result(dx, out)
+
+
+# ---------------------------------------------------------------------------- rnn
+
+
+def _rnn_forward(call, xd, h0d, Wxd, Whd, bd, hs):
+    """hs (T, N, H) = all states; xd (T, N, D); h0d None for zeros."""
+    rnn = _k().rnn
+    T, N, D = xd.shape
+    H = hs.shape[2]
+    dt = xd.dtype
+    if h0d is None:
+        h0d = call.empty((N, H), dt)
+        _fill(h0d, 0)
+    # x @ Wx + b for every step in one GEMM, then the recurrence, one launch per step (no host
+    # synchronisation in between: launches queue on the stream).
+    _gemm(rnn.gemm_kernel("ab_bias", dt), xd, Wxd, hs, bd, bd, rnn.gemm_geo(T * N, H, D), T * N, H, D)
+    step = rnn.gemm_kernel("ab_tanh", dt)
+    for t in range(T):
+        a, a_offset = (h0d, 0) if t == 0 else (hs, (t - 1) * N * H)
+        _gemm(step, a, Whd, hs, hs, hs, rnn.gemm_geo(N, H, H, a_offset, 0, t * N * H), N, H, H)
+
+
+def _rnn_backward(call, dhs, xd, h0d, Wxd, Whd, hs, dx, dh0, dWx, dWh, db):
+    launch, rnn = _k().launch, _k().rnn
+    T, N, D = xd.shape
+    H = hs.shape[2]
+    dt = xd.dtype
+    if T == 0 or N == 0:
+        for d in (dx, dh0, dWx, dWh, db):
+            _fill(d, 0)
+        return
+    # dz[t] = dL/d(pre-activation of step t), seeded at the last step, then back through time.
+    dz = call.empty((T, N, H), dt)
+    grid, block = launch.launch_config("elementwise", N * H)
+    rnn.tanh_grad_kernel(dt)[grid, block](_flat(dz), _flat(dhs), _flat(hs), (T - 1) * N * H, N * H)
+    back = rnn.gemm_kernel("abt_tanh_grad", dt)
+    for t in range(T - 1, 0, -1):
+        _gemm(back, dz, Whd, dz, dhs, hs, rnn.gemm_geo(N, H, H, t * N * H, 0, (t - 1) * N * H), N, H, H)
+    abt = rnn.gemm_kernel("abt", dt)
+    _gemm(abt, dz, Whd, dh0, dh0, dh0, rnn.gemm_geo(N, H, H), N, H, H)
+    _gemm(abt, dz, Wxd, dx, dx, dx, rnn.gemm_geo(T * N, D, H), T * N, D, H)
+    # Weight gradients: X^T dz and Hprev^T dz over all T*N rows, Hprev = [h0, hs[:-1]].
+    atb = rnn.gemm_kernel("atb", dt)
+    _split_k_gemm(call, atb, xd, dz, dWx, rnn.gemm_geo(D, H, T * N), D, H, T * N, 1, D * H)
+    hprev = call.empty((T, N, H), dt)
+    if h0d is None:
+        _fill(hprev[0], 0)
+    else:
+        hprev[0].copy_to_device(h0d)
+    if T > 1:
+        hprev[1:].copy_to_device(hs[: T - 1])
+    _split_k_gemm(call, atb, hprev, dz, dWh, rnn.gemm_geo(H, H, T * N), H, H, T * N, 1, H * H)
+    _column_sums(dz, db, T * N, H, 1)
+
+
+def rnn(x_seq, h0, Wx, Wh, b, out):
+    call = _Call(x_seq, h0, Wx, Wh, b)
+    xd = call.input("x_seq", x_seq)
+    T, N, _ = xd.shape
+    H = Wx.shape[1]
+    hs = call.output("out", out, (T, N, H), xd.dtype)
+    _rnn_forward(call, xd, call.input("h0", h0), call.input("Wx", Wx), call.input("Wh", Wh),
+                 _bias(call, b, xd.dtype), hs)
+    return call.result(hs, out)
+
+
+def rnn_step(x, h_prev, Wx, Wh, b, out):
+    call = _Call(x, h_prev, Wx, Wh, b)
+    xd = call.input("x", x)
+    N, D = xd.shape
+    H = Wx.shape[1]
+    h = call.output("out", out, (N, H), xd.dtype)
+    _rnn_forward(call, xd.reshape(1, N, D), call.input("h_prev", h_prev), call.input("Wx", Wx),
+                 call.input("Wh", Wh), _bias(call, b, xd.dtype), h.reshape(1, N, H))
+    return call.result(h, out)
+
+
+def _backward_outputs(call, outs, shapes, dt):
+    outs = outs if outs is not None else (None,) * 5
+    names = [f"out[{i}]" for i in range(5)]
+    return outs, [call.output(n, o, s, dt) for n, o, s in zip(names, outs, shapes)]
+
+
+def rnn_backward(dhs, x_seq, h0, Wx, Wh, hs, out):
+    call = _Call(dhs, x_seq, h0, Wx, Wh, hs)
+    xd = call.input("x_seq", x_seq)
+    T, N, D = xd.shape
+    H = Wx.shape[1]
+    shapes = ((T, N, D), (N, H), (D, H), (H, H), (H,))
+    outs, grads = _backward_outputs(call, out, shapes, xd.dtype)
+    _rnn_backward(call, call.input("dhs", dhs), xd, call.input("h0", h0), call.input("Wx", Wx),
+                  call.input("Wh", Wh), call.input("hs", hs), *grads)
+    return tuple(call.result(d, o) for d, o in zip(grads, outs))
+
+
+def rnn_step_backward(dh, x, h_prev, Wx, Wh, h, out):
+    """One step is the sequence backward with T = 1 and h0 = h_prev."""
+    call = _Call(dh, x, h_prev, Wx, Wh, h)
+    xd = call.input("x", x)
+    N, D = xd.shape
+    H = Wx.shape[1]
+    shapes = ((N, D), (N, H), (D, H), (H, H), (H,))
+    outs, grads = _backward_outputs(call, out, shapes, xd.dtype)
+    seq = lambda d, width: d.reshape(1, N, width)  # noqa: E731  (a view, no copy)
+    dx = grads[0]
+    _rnn_backward(call, seq(call.input("dh", dh), H), seq(xd, D), call.input("h_prev", h_prev),
+                  call.input("Wx", Wx), call.input("Wh", Wh), seq(call.input("h", h), H),
+                  seq(dx, D), *grads[1:])
+    return tuple(call.result(d, o) for d, o in zip(grads, outs))

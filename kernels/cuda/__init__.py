@@ -1,0 +1,16 @@
+"""Numba CUDA kernels of fastlayers, installed as ``fastlayers._cuda``.
+
+Imported only by ``fastlayers.backends.cuda`` when a CUDA op first runs: importing this package
+imports numba. Modules:
+
+* ``launch``  - tile sizes, the ``jit`` wrapper and the one launch-configuration helper;
+* ``gemm``    - the shared-memory tiled GEMM with register blocking, specialised by index/epilogue
+  device functions into the implicit-GEMM conv2d kernels and the RNN kernels;
+* ``conv2d``  - conv2d forward (direct and implicit GEMM), dX, dW (split-K, no atomics);
+* ``max_pool2d`` - max_pool2d forward with indices and its backward;
+* ``rnn``     - the RNN GEMMs with fused tanh / tanh-gradient epilogues;
+* ``reduce``  - deterministic reductions (bias gradients, split-K partial sums) and fills.
+
+Kernels are made per dtype (float32, float64) by ``*_kernel(name, dtype)`` factories, cached, and
+compiled by Numba on first launch.
+"""

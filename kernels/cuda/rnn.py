@@ -1,0 +1,102 @@
+"""RNN kernels: the tiled GEMM on plain row-major matrices with the RNN's fused epilogues.
+
+``geo`` is ``gemm_geo(M, N, K, a_offset, b_offset, c_offset)``: the sizes and element offsets into
+the flat a, b and c (so one (T, N, H) buffer serves every step without slicing on the host).
+Forward: ``xw = x_seq @ Wx + b`` for all steps at once ("bias" kernel, written into hs), then per
+step ``hs[t] = tanh(hs[t] + hs[t-1] @ Wh)`` ("tanh" kernel). Backward per step
+``dz[t-1] = (dhs[t-1] + dz[t] @ Wh^T) * (1 - hs[t-1]^2)`` ("tanh_grad"), then whole-sequence GEMMs.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+from numba import cuda
+
+from .gemm import GEO_LEN, make_gemm
+from .launch import jit
+
+
+# A is (M, K) ("a") or given transposed as (K, M) ("at"); B is (K, N) ("b") or (N, K) ("bt").
+
+
+def gemm_geo(M, N, K, a_offset=0, b_offset=0, c_offset=0):
+    return (a_offset, b_offset, c_offset, M, N, K) + (0,) * (GEO_LEN - 6)
+
+
+@cuda.jit(device=True, inline=True)
+def _a(geo, grp, m, k):
+    return geo[0] + m * geo[5] + k
+
+
+@cuda.jit(device=True, inline=True)
+def _at(geo, grp, m, k):
+    return geo[0] + k * geo[3] + m
+
+
+@cuda.jit(device=True, inline=True)
+def _b(geo, grp, k, n):
+    return geo[1] + k * geo[4] + n
+
+
+@cuda.jit(device=True, inline=True)
+def _bt(geo, grp, k, n):
+    return geo[1] + n * geo[5] + k
+
+
+@cuda.jit(device=True, inline=True)
+def _store(c, p, q, geo, grp, split, m, n, acc):
+    # Split-K partials land in consecutive (M, N) slabs.
+    c[geo[2] + (split * geo[3] + m) * geo[4] + n] = acc
+
+
+@cuda.jit(device=True, inline=True)
+def _store_bias(c, bias, q, geo, grp, split, m, n, acc):
+    if bias.shape[0] > 0:
+        acc += bias[n]
+    c[geo[2] + m * geo[4] + n] = acc
+
+
+@cuda.jit(device=True, inline=True)
+def _store_tanh(c, p, q, geo, grp, split, m, n, acc):
+    # c already holds x_t @ Wx + b for this step.
+    i = geo[2] + m * geo[4] + n
+    c[i] = math.tanh(c[i] + acc)
+
+
+@cuda.jit(device=True, inline=True)
+def _store_tanh_grad(dz, dhs, hs, geo, grp, split, m, n, acc):
+    # acc = (dz[t] @ Wh^T)[m, n] = dL/dh[t-1] through the recurrence; add the direct gradient.
+    i = geo[2] + m * geo[4] + n
+    h = hs[i]
+    dz[i] = (dhs[i] + acc) * (1 - h * h)
+
+
+_GEMMS = {
+    "ab": (_a, _b, _store),
+    "abt": (_a, _bt, _store),
+    "atb": (_at, _b, _store),
+    "ab_bias": (_a, _b, _store_bias),
+    "ab_tanh": (_a, _b, _store_tanh),
+    "abt_tanh_grad": (_a, _bt, _store_tanh_grad),
+}
+
+
+@functools.cache
+def gemm_kernel(name, dtype):
+    """GEMM ``name``: operand layouts ("ab": A @ B, "abt": A @ B^T, "atb": A^T @ B) and epilogue."""
+    return make_gemm(*_GEMMS[name], np.dtype(dtype).type)
+
+
+@functools.cache
+def tanh_grad_kernel(dtype):
+    @jit(lineinfo=True)
+    def tanh_grad(dz, dhs, hs, offset, size):
+        # dz = dhs * (1 - hs^2) on ``size`` elements from ``offset`` (the last step's seed).
+        e = cuda.grid(1)
+        if e < size:
+            h = hs[offset + e]
+            dz[offset + e] = dhs[offset + e] * (1 - h * h)
+
+    return tanh_grad
