@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from .runner import SCHEMA
 from .timing import machine_line
+from .workloads import label_order
 
 COLUMNS = ("case", "dir", "backend", "median ms", "(min - max)", "n", "rate", "% roof", "vs best other")
 
@@ -117,7 +118,7 @@ def plot(report, path):
     grid = fig.add_gridspec(1 + bool(sweeps), max(1, len(sweeps)))
     ax = fig.add_subplot(grid[0, :])
     groups = list(dict.fromkeys((r["case"], r["direction"]) for r in results))
-    backends = list(dict.fromkeys(r["backend"] for r in results))
+    backends = sorted({r["backend"] for r in results}, key=label_order)
     width = 0.8 / max(1, len(backends))
     by_key = {(r["case"], r["direction"], r["backend"]): r["median_ms"] for r in results}
     for j, backend in enumerate(backends):

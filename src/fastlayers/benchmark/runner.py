@@ -50,13 +50,14 @@ def plan(cases, directions, families, found):
 
 
 def run(cases, directions=("forward", "backward"), families=FAMILIES, dtype="float32", threads=None,
-        repeat=7, budget_s=2.0, seed=0, progress=sys.stderr):
+        repeat=7, budget_s=2.0, seed=0, progress=None):
     """Time every (case, direction, backend) and return the report.
 
     ``threads`` (default: all usable CPUs) is given to fastlayers (``fl.threads``), to NumPy's BLAS
     (threadpoolctl) and to PyTorch (``torch.set_num_threads`` in its own process). Each
     measurement stays near ``budget_s`` seconds after one warm-up call, with at most ``repeat``
     rounds and at least one."""
+    progress = progress or sys.stderr
     threads = threads or _dispatch.get_num_threads()
     dtype = np.dtype(dtype).name
     found = available_families()

@@ -63,14 +63,14 @@ def _no_grad(torch, fn):
     return call
 
 
-def run_job(job, progress=sys.stderr):
+def run_job(job):
     import torch
 
     torch.set_num_threads(job["threads"])
     results = []
     for i, item in enumerate(job["items"]):
         case = Case(**item["case"])
-        print(f"  torch [{i + 1}/{len(job['items'])}] {case.name} {item['direction']}", file=progress, flush=True)
+        print(f"  torch [{i + 1}/{len(job['items'])}] {case.name} {item['direction']}", file=sys.stderr, flush=True)
         inputs = make_inputs(case, item["direction"], job["dtype"], job["seed"])
         fn = torch_call(torch, case, item["direction"], inputs, job["seed"])
         results.append(time_call(fn, job["repeat"], job["budget_s"]))

@@ -30,6 +30,12 @@ def family(label):
     return label.split(":")[0]
 
 
+def label_order(label):
+    """Sort key: the families' order, then conv2d's algos in CONV2D_ALGOS order."""
+    fam, _, algo = label.partition(":")
+    return FAMILIES.index(fam), CONV2D_ALGOS.index(algo) if algo else -1
+
+
 def labels_for(families, op):
     """The backend labels of ``families`` that apply to ``op`` (cpu splits by conv2d algo)."""
     labels = []
