@@ -6,7 +6,7 @@ missing (a broken install) leaves its ops out and says why in ``availability()``
 """
 import importlib
 
-_PARTS = ("max_pool2d",)
+_PARTS = ("max_pool2d", "conv2d", "rnn")
 
 OPS = frozenset()
 _missing = []

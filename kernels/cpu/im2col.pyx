@@ -1,0 +1,177 @@
+# conv2d as matrix products: im2col + GEMM forward, GEMM + col2im backward, over NCHW.
+#
+# The work is cut into tiles: one image, one group, a band of `rows` output rows. A tile's column
+# matrix (K x rows*OW, K = C/groups * KH * KW) lives in the calling thread's slice of the
+# workspace, sized by the Python wrapper to stay in L2; its product with the weights is one
+# single-threaded BLAS gemm (the wrapper holds BLAS to one thread for the call), so the parallel
+# loop is ours and the workspace stays bounded whatever the batch.
+#
+# Bounds: every size comes from fastlayers._params.conv2d_geometry, every array shape is checked
+# by the wrapper (backends/cpu/conv2d.py) against it, and the gemm sizes fit in a C int.
+from cython.parallel cimport prange, threadid
+from libc.string cimport memcpy, memset
+
+from _blas cimport floating, gemm
+from _conv2d cimport Conv2dShape, TapColumns, conv2d_shape, lane_sum, tap_columns
+
+
+cdef inline bint _is_pointwise(const Conv2dShape* s) noexcept nogil:
+    """A 1x1 kernel, stride 1, no padding: the image itself is the column matrix."""
+    return s.KH == 1 and s.KW == 1 and s.SH == 1 and s.SW == 1 and s.PT == 0 and s.PL == 0 \
+        and s.OH == s.H and s.OW == s.W
+
+
+cdef void _im2col(const floating* x, floating* col, const Conv2dShape* s,
+                  Py_ssize_t oh0, Py_ssize_t rows) noexcept nogil:
+    """Columns of output rows [oh0, oh0 + rows) of one image's group: x (Cg, H, W) ->
+    col (K, rows * OW), row (c, kh, kw) of col holding what tap (kh, kw) of channel c sees,
+    zero where it falls in the padding."""
+    cdef Py_ssize_t P = rows * s.OW
+    cdef Py_ssize_t c, kh, kw, r, ih, ow, lo, hi
+    cdef TapColumns cols
+    cdef floating* dst
+    cdef const floating* src
+    for kw in range(s.KW):
+        cols = tap_columns(s, kw)
+        lo, hi = cols.lo, cols.hi
+        for c in range(s.Cg):
+            for kh in range(s.KH):
+                for r in range(rows):
+                    dst = col + ((c * s.KH + kh) * s.KW + kw) * P + r * s.OW
+                    ih = (oh0 + r) * s.SH - s.PT + kh * s.DH
+                    if ih < 0 or ih >= s.H or lo == hi:
+                        memset(dst, 0, s.OW * sizeof(floating))
+                        continue
+                    src = x + (c * s.H + ih) * s.W
+                    if lo > 0:
+                        memset(dst, 0, lo * sizeof(floating))
+                    if hi < s.OW:
+                        memset(dst + hi, 0, (s.OW - hi) * sizeof(floating))
+                    if s.SW == 1:
+                        memcpy(dst + lo, src + lo + cols.iw0, (hi - lo) * sizeof(floating))
+                    else:
+                        for ow in range(lo, hi):
+                            dst[ow] = src[ow * s.SW + cols.iw0]
+
+
+cdef void _col2im(const floating* col, floating* x, const Conv2dShape* s,
+                  Py_ssize_t oh0, Py_ssize_t rows) noexcept nogil:
+    """The adjoint of _im2col: add col (K, rows * OW) into x (Cg, H, W) where each entry came
+    from; padding entries are dropped."""
+    cdef Py_ssize_t P = rows * s.OW
+    cdef Py_ssize_t c, kh, kw, r, ih, ow
+    cdef TapColumns cols
+    cdef const floating* src
+    cdef floating* dst
+    for c in range(s.Cg):
+        for kh in range(s.KH):
+            for r in range(rows):
+                ih = (oh0 + r) * s.SH - s.PT + kh * s.DH
+                if ih < 0 or ih >= s.H:
+                    continue
+                dst = x + (c * s.H + ih) * s.W
+                for kw in range(s.KW):
+                    cols = tap_columns(s, kw)
+                    src = col + ((c * s.KH + kh) * s.KW + kw) * P + r * s.OW
+                    if s.SW == 1:
+                        for ow in range(cols.lo, cols.hi):
+                            dst[ow + cols.iw0] += src[ow]
+                    else:
+                        for ow in range(cols.lo, cols.hi):
+                            dst[ow * s.SW + cols.iw0] += src[ow]
+
+
+def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
+                   const floating[::1] b, bint has_bias, floating[:, :, :, ::1] y,
+                   floating[:, ::1] workspace, object geometry, Py_ssize_t rows, int num_threads):
+    """y = conv2d(x, w) (+ b). ``workspace`` is (num_threads, K * rows * OW); every tile but a
+    last, shorter band has ``rows`` output rows. Each output element is written by exactly one
+    gemm of a fixed shape, so y is the same bit for bit at any thread count."""
+    cdef Conv2dShape s = conv2d_shape(geometry)
+    cdef Py_ssize_t bands = (s.OH + rows - 1) // rows
+    cdef Py_ssize_t tiles = s.N * s.G * bands
+    cdef Py_ssize_t HW = s.H * s.W, OHW = s.OH * s.OW
+    cdef bint pointwise = _is_pointwise(&s)
+    cdef Py_ssize_t t, n, gi, oh0, band_rows, f, p, P
+    cdef const floating* col
+    cdef floating* y_tile
+    cdef int ldb
+    for t in prange(tiles, nogil=True, schedule="static", num_threads=num_threads):
+        n = t // (s.G * bands)
+        gi = (t // bands) % s.G
+        oh0 = (t % bands) * rows
+        band_rows = min(rows, s.OH - oh0)
+        P = band_rows * s.OW
+        y_tile = &y[n, gi * s.Fg, 0, 0] + oh0 * s.OW
+        if pointwise:
+            col = &x[n, gi * s.Cg, 0, 0] + oh0 * s.OW
+            ldb = <int>HW
+        else:
+            _im2col(&x[n, gi * s.Cg, 0, 0], &workspace[threadid(), 0], &s, oh0, band_rows)
+            col = &workspace[threadid(), 0]
+            ldb = <int>P
+        if has_bias:
+            for f in range(s.Fg):
+                for p in range(P):
+                    y_tile[f * OHW + p] = b[gi * s.Fg + f]
+        gemm(False, False, <int>s.Fg, <int>P, <int>s.K, <floating>1, &w[gi * s.Fg, 0, 0, 0], <int>s.K,
+             col, ldb, <floating>(1 if has_bias else 0), y_tile, <int>OHW)
+
+
+def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
+                    const floating[:, :, :, ::1] w, floating[:, :, :, ::1] dx,
+                    floating[:, ::1] dw_partial, floating[:, ::1] db_partial,
+                    floating[:, :, ::1] workspace, object geometry, Py_ssize_t rows, int num_threads):
+    """dx, and per-thread partial sums of dw and db, of y = conv2d(x, w) + b given dy.
+
+    Parallel over (image, group) tasks: a task owns its slice of dx (so col2im needs no atomics)
+    and adds its dw (F * K) and db (F) into its thread's row of ``dw_partial``/``db_partial``
+    (zeroed by the caller, which sums the rows in order). ``workspace`` is (num_threads, 2,
+    K * rows * OW): the columns of x and the columns of dx. With a static schedule a thread's
+    tasks and their order depend only on the thread count, so results are reproducible bit for
+    bit at a given thread count."""
+    cdef Conv2dShape s = conv2d_shape(geometry)
+    cdef Py_ssize_t bands = (s.OH + rows - 1) // rows
+    cdef Py_ssize_t HW = s.H * s.W, OHW = s.OH * s.OW
+    cdef bint pointwise = _is_pointwise(&s)
+    cdef Py_ssize_t task, n, gi, band, oh0, band_rows, f, P, tid
+    cdef const floating* col
+    cdef const floating* dy_tile
+    cdef const floating* w_group
+    cdef floating* dx_group
+    cdef floating* dw_group
+    cdef int ldb
+    for task in prange(s.N * s.G, nogil=True, schedule="static", num_threads=num_threads):
+        tid = threadid()
+        n = task // s.G
+        gi = task % s.G
+        dx_group = &dx[n, gi * s.Cg, 0, 0]
+        w_group = &w[gi * s.Fg, 0, 0, 0]
+        dw_group = &dw_partial[tid, gi * s.Fg * s.K]
+        if not pointwise:
+            memset(dx_group, 0, s.Cg * HW * sizeof(floating))
+        for band in range(bands):
+            oh0 = band * rows
+            band_rows = min(rows, s.OH - oh0)
+            P = band_rows * s.OW
+            dy_tile = &dy[n, gi * s.Fg, 0, 0] + oh0 * s.OW
+            if pointwise:
+                col = &x[n, gi * s.Cg, 0, 0] + oh0 * s.OW
+                ldb = <int>HW
+            else:
+                _im2col(&x[n, gi * s.Cg, 0, 0], &workspace[tid, 0, 0], &s, oh0, band_rows)
+                col = &workspace[tid, 0, 0]
+                ldb = <int>P
+            # dw_g (Fg x K) += dy_tile (Fg x P) @ col^T
+            gemm(False, True, <int>s.Fg, <int>s.K, <int>P, <floating>1, dy_tile, <int>OHW,
+                 col, ldb, <floating>1, dw_group, <int>s.K)
+            # dcol (K x P) = w_g^T (K x Fg) @ dy_tile; the pointwise dcol is dx's band itself
+            if pointwise:
+                gemm(True, False, <int>s.K, <int>P, <int>s.Fg, <floating>1, w_group, <int>s.K,
+                     dy_tile, <int>OHW, <floating>0, dx_group + oh0 * s.OW, <int>HW)
+            else:
+                gemm(True, False, <int>s.K, <int>P, <int>s.Fg, <floating>1, w_group, <int>s.K,
+                     dy_tile, <int>OHW, <floating>0, &workspace[tid, 1, 0], <int>P)
+                _col2im(&workspace[tid, 1, 0], dx_group, &s, oh0, band_rows)
+        for f in range(gi * s.Fg, (gi + 1) * s.Fg):
+            db_partial[tid, f] += lane_sum(&dy[n, f, 0, 0], OHW)

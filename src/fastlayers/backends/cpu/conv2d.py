@@ -1,0 +1,164 @@
+"""conv2d on the CPU backend: im2col + GEMM (kernels/cpu/im2col.pyx) and direct loops
+(kernels/cpu/conv2d_direct.pyx), forward and backward.
+
+Both algorithms are reproducible bit for bit from run to run: no atomics, every sum in a fixed
+order. The forward and the direct backward do not depend on the thread count at all; the im2col
+backward sums dw and db per thread, then over threads in order, so it changes with the thread
+count by float rounding only.
+
+Scratch memory is bounded: the im2col column tiles take at most ``column_tile_bytes()`` per
+thread (a band of output rows whose columns fit, at least one row) whatever the batch size.
+Workspaces are cached per Python thread (``threading.local``), so concurrent callers never share
+one.
+"""
+import threading
+
+import numpy as np
+
+from ..._cpu import conv2d_direct as _direct
+from ..._cpu import im2col as _im2col
+from ..._dispatch import get_num_threads
+
+OPS = frozenset({"conv2d", "conv2d_backward"})
+
+# A tile's columns sized to sit in L2 beside the gemm's packed panels: measured on resnet-56
+# (bench/bench_conv2d.py --tiles), 256 KiB to 1 MiB per thread are within a few percent.
+_column_tile_bytes = 1 << 19
+
+_INT_MAX = 2**31 - 1  # BLAS sizes and leading dimensions are C ints
+_local = threading.local()
+_blas_controller = None
+
+
+def column_tile_bytes():
+    """Bytes of im2col column matrix each thread works on at a time."""
+    return _column_tile_bytes
+
+
+def set_column_tile_bytes(nbytes):
+    """Bound the im2col column workspace to ``nbytes`` per thread (at least one output row's
+    columns are always used). Returns the previous value."""
+    global _column_tile_bytes
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 1:
+        raise ValueError(f"nbytes must be an int >= 1, got {nbytes!r}")
+    previous, _column_tile_bytes = _column_tile_bytes, nbytes
+    return previous
+
+
+def _workspace(slot, shape, dtype):
+    """A scratch array of ``shape`` reused across this Python thread's calls (one per ``slot``),
+    so multi-MiB buffers are not faulted in again on every call. Contents are undefined."""
+    cache = _local.__dict__.setdefault("buffers", {})
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buf = cache.get(slot)
+    if buf is None or buf.size < size:
+        buf = cache[slot] = np.empty(size, dtype=np.uint8)
+    return buf[:size].view(dtype).reshape(shape)
+
+
+def _one_blas_thread():
+    """Hold BLAS to one thread: our OpenMP threads each call gemm on their own tile, and a
+    threaded BLAS inside them would oversubscribe the cores (threadpoolctl, imported lazily:
+    not at ``import fastlayers``)."""
+    global _blas_controller
+    if _blas_controller is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas_controller = ThreadpoolController()
+    return _blas_controller.limit(limits=1, user_api="blas")
+
+
+def _c(a):
+    return np.ascontiguousarray(a)
+
+
+def _degenerate(x, w):
+    """Nothing to convolve: no input elements (N, C, H or W zero) or no weights (F zero)."""
+    return x.size == 0 or w.size == 0
+
+
+def _band_rows(g, threads, itemsize):
+    """Output rows per im2col tile: as many as fit in the column tile bytes, but few enough that
+    every thread gets tiles."""
+    K = (g.C // g.groups) * g.KH * g.KW
+    rows = max(1, column_tile_bytes() // (K * g.OW * itemsize))
+    per_plane = -(-threads // max(1, g.N * g.groups))  # bands needed per (image, group) plane
+    return max(1, min(rows, g.OH, -(-g.OH // per_plane)))
+
+
+def _check_blas_sizes(g, rows):
+    K = (g.C // g.groups) * g.KH * g.KW
+    if max(g.H * g.W, g.OH * g.OW, K * rows * g.OW, g.F * K) > _INT_MAX:
+        raise ValueError(f"conv2d sizes exceed what BLAS can index (C int) for algo='im2col': {g}")
+
+
+# Measured on this 2-core machine (bench/bench_conv2d.py): direct loops beat im2col + GEMM when
+# the contraction is short -- C/groups * KH * KW at most 32 (lenet: 25, cifar-stem: 27), where
+# the GEMM has too few terms to amortise packing -- and lose everywhere else, by 2-10x on the
+# ResNet layers.
+DIRECT_MAX_TERMS = 32
+
+
+def choose_algo(g):
+    """``algo="auto"``: "direct" when each output sums at most DIRECT_MAX_TERMS products, else
+    "im2col"."""
+    return "direct" if (g.C // g.groups) * g.KH * g.KW <= DIRECT_MAX_TERMS else "im2col"
+
+
+def conv2d(x, w, b, g, algo, out):
+    y = np.empty(g.y_shape, dtype=x.dtype) if out is None else out
+    if _degenerate(x, w):
+        y[...] = 0 if b is None else b[None, :, None, None]
+        return y
+    algo = choose_algo(g) if algo == "auto" else algo
+    threads = get_num_threads()
+    xc, wc = _c(x), _c(w)
+    bias = _c(b) if b is not None else np.zeros(g.F, dtype=x.dtype)
+    if algo == "direct":
+        _direct.conv2d_forward(xc, wc, bias, b is not None, y, g, threads)
+        return y
+    rows = _band_rows(g, threads, x.dtype.itemsize)
+    _check_blas_sizes(g, rows)
+    K = (g.C // g.groups) * g.KH * g.KW
+    workspace = _workspace("columns", (threads, K * rows * g.OW), x.dtype)
+    with _one_blas_thread():
+        _im2col.conv2d_forward(xc, wc, bias, b is not None, y, workspace, g, rows, threads)
+    return y
+
+
+def conv2d_backward(dy, x, w, g, algo, out):
+    dx, dw, db = out if out is not None else (None, None, None)
+    dx = np.empty(g.x_shape, dtype=x.dtype) if dx is None else dx
+    dw = np.empty(g.w_shape, dtype=x.dtype) if dw is None else dw
+    db = np.empty(g.F, dtype=x.dtype) if db is None else db
+    if _degenerate(x, w):
+        dx[...] = 0
+        dw[...] = 0
+        db[...] = dy.sum(axis=(0, 2, 3)) if dy.size else 0
+        return dx, dw, db
+    algo = choose_algo(g) if algo == "auto" else algo
+    threads = get_num_threads()
+    dyc, xc, wc = _c(dy), _c(x), _c(w)
+    if algo == "direct":
+        _direct.conv2d_backward_input(dyc, wc, dx, g, threads)
+        accumulators = _workspace("rows", (threads, g.OW), x.dtype)
+        _direct.conv2d_backward_weight(dyc, xc, dw, db, accumulators, g, threads)
+        return dx, dw, db
+    threads = min(threads, g.N * g.groups)  # one (image, group) task per thread at least
+    rows = _band_rows(g, threads, x.dtype.itemsize)
+    _check_blas_sizes(g, rows)
+    K = (g.C // g.groups) * g.KH * g.KW
+    workspace = _workspace("columns", (threads, 2, K * rows * g.OW), x.dtype)
+    if threads == 1:  # the one thread's partial sums are the result
+        dw_partial, db_partial = dw.reshape(1, -1), db.reshape(1, -1)
+    else:
+        dw_partial = _workspace("dw", (threads, g.F * K), x.dtype)
+        db_partial = _workspace("db", (threads, g.F), x.dtype)
+    dw_partial[...] = 0
+    db_partial[...] = 0
+    with _one_blas_thread():
+        _im2col.conv2d_backward(dyc, xc, wc, dx, dw_partial, db_partial, workspace, g, rows, threads)
+    if threads > 1:
+        np.sum(dw_partial, axis=0, out=dw.reshape(-1))
+        np.sum(db_partial, axis=0, out=db)
+    return dx, dw, db

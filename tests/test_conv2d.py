@@ -1,0 +1,267 @@
+"""The CPU conv2d kernels (algo "im2col", "direct", "auto") against the NumPy reference.
+
+Forward and all three gradients over random configurations (hypothesis) in float32 and float64,
+with contiguous and non-contiguous inputs; finite-difference gradient checks in float64; output
+buffers, empty sizes, thread-count independence, reproducibility and concurrent callers.
+"""
+import importlib
+import threading
+
+import numpy as np
+import pytest
+from _helpers import assert_close, assert_grad_matches, make_rng, numeric_grad
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastlayers as fl
+from fastlayers import _dispatch
+from fastlayers import reference as ref
+from fastlayers._params import conv2d_geometry
+
+# The module, not the package attribute (the cpu package exports its op functions by op name).
+cpu_conv2d = importlib.import_module("fastlayers.backends.cpu.conv2d")
+
+ALGOS = ("im2col", "direct", "auto")
+DTYPES = (np.float32, np.float64)
+
+
+def _assert_conv2d_close(actual, expected, dtype, terms, err_msg=""):
+    """Data are uniform in [-1, 1), so every product is at most 1 in magnitude. A float sum of
+    ``terms`` such products is off by at most about terms * eps * (largest partial sum), and the
+    partial sums of random-signed products stay within a small multiple of the largest result:
+    scale = max(1, max |expected|). assert_close adds a factor 4 for BLAS's blocked order."""
+    scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
+    assert_close(actual, expected, dtype, terms=terms, scale=scale, err_msg=err_msg)
+
+
+def _uniform(rng, shape, dtype, layout="C"):
+    """Uniform [-1, 1) data; ``layout`` "F" is Fortran order, "strided" a view with a step of 2
+    in the last axis (neither is C-contiguous)."""
+    if layout == "strided":
+        return rng.uniform(-1, 1, shape[:-1] + (2 * shape[-1],)).astype(dtype)[..., ::2]
+    a = rng.uniform(-1, 1, shape).astype(dtype)
+    return np.asfortranarray(a) if layout == "F" else a
+
+
+def _check_against_reference(x, w, b, dy, params, algo, dtype, err_msg):
+    x64, w64, b64, dy64 = (None if a is None else a.astype(np.float64) for a in (x, w, b, dy))
+    g = conv2d_geometry(x.shape, w.shape, **params)
+    y = fl.conv2d(x, w, b, algo=algo, backend="cpu", **params)
+    assert y.dtype == dtype
+    _assert_conv2d_close(y, ref.conv2d(x64, w64, b64, **params), dtype,
+                         terms=(g.C // g.groups) * g.KH * g.KW + 1, err_msg=f"y {err_msg}")
+    dx, dw, db = fl.conv2d_backward(dy, x, w, algo=algo, backend="cpu", **params)
+    dx_ref, dw_ref, db_ref = ref.conv2d_backward(dy64, x64, w64, **params)
+    for name, got, want, terms in (
+        ("dx", dx, dx_ref, (g.F // g.groups) * g.KH * g.KW),
+        ("dw", dw, dw_ref, g.N * g.OH * g.OW),
+        ("db", db, db_ref, g.N * g.OH * g.OW),
+    ):
+        assert got.dtype == dtype
+        _assert_conv2d_close(got, want, dtype, terms=terms, err_msg=f"{name} {err_msg}")
+
+
+@st.composite
+def conv2d_configs(draw):
+    """The issue's ranges: batch 1..4, channels 1..8, groups dividing both, kernel 1..5 (non-square
+    too), stride 1..3, padding 0..3 / "same" / "valid", dilation 1..3, input sizes down to the
+    kernel's extent == the padded input."""
+    groups = draw(st.integers(1, 4))
+    C = groups * draw(st.integers(1, 8 // groups))
+    F = groups * draw(st.integers(1, 8 // groups))
+    KH, KW = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    padding = draw(st.one_of(st.integers(0, 3), st.tuples(st.integers(0, 3), st.integers(0, 3)),
+                             st.sampled_from(["same", "valid"])))
+    stride = 1 if padding == "same" else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    if isinstance(padding, str):  # "valid" pads nothing; "same" pads, but needs no smaller bound
+        pads = (0, 0)
+    else:
+        pads = (padding, padding) if isinstance(padding, int) else padding
+    sizes = []
+    for k, d, p in zip((KH, KW), dilation, pads):
+        smallest = max(1, d * (k - 1) + 1 - 2 * p)  # kernel extent == padded input
+        sizes.append(smallest + draw(st.integers(0, 6)))
+    N = draw(st.integers(1, 4))
+    params = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    return (N, C, *sizes), (F, C // groups, KH, KW), params
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("algo", ALGOS)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(config=conv2d_configs(), seed=st.integers(0, 2**32 - 1),
+       layout=st.sampled_from(["C", "F", "strided"]), bias=st.booleans())
+def test_matches_reference(algo, dtype, config, seed, layout, bias):
+    x_shape, w_shape, params = config
+    rng = make_rng(seed)
+    x = _uniform(rng, x_shape, dtype, layout)
+    w = _uniform(rng, w_shape, dtype, layout)
+    b = _uniform(rng, (w_shape[0],), dtype) if bias else None
+    g = conv2d_geometry(x_shape, w_shape, **params)
+    dy = _uniform(rng, g.y_shape, dtype, layout)
+    _check_against_reference(x, w, b, dy, params, algo, dtype, f"{algo} {x_shape} {w_shape} {params}")
+
+
+# The benchmark cases' shapes at a reduced batch and size: long contractions (K = C * 9 up to
+# 576), the pointwise 1x1 path, tiles of several output rows.
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "x_shape, w_shape, params",
+    [
+        ((2, 64, 12, 12), (64, 64, 3, 3), dict(padding=1)),
+        ((2, 32, 9, 9), (48, 32, 1, 1), dict(stride=2)),
+        ((3, 16, 10, 10), (24, 16, 1, 1), {}),
+        ((2, 16, 8, 8), (32, 4, 3, 3), dict(padding="same", groups=4)),
+        ((4, 3, 32, 32), (8, 3, 3, 3), dict(padding=1)),
+        ((2, 1, 28, 28), (8, 1, 5, 5), {}),
+    ],
+)
+def test_benchmark_shapes_match_reference(algo, dtype, x_shape, w_shape, params):
+    rng = make_rng(1)
+    x, w, b = _uniform(rng, x_shape, dtype), _uniform(rng, w_shape, dtype), _uniform(rng, (w_shape[0],), dtype)
+    dy = _uniform(rng, conv2d_geometry(x_shape, w_shape, **params).y_shape, dtype)
+    _check_against_reference(x, w, b, dy, params, algo, dtype, f"{algo} {x_shape} {w_shape} {params}")
+
+
+@pytest.mark.parametrize("algo", ("im2col", "direct"))
+@pytest.mark.parametrize(
+    "x_shape, w_shape, params",
+    [
+        ((2, 4, 6, 5), (6, 2, 3, 2), dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2)),
+        ((1, 2, 5, 6), (3, 2, 2, 3), dict(padding="same", dilation=2)),  # asymmetric padding
+        ((2, 3, 5, 5), (2, 3, 1, 1), dict(stride=3)),
+    ],
+)
+def test_gradients_match_finite_differences(algo, x_shape, w_shape, params):
+    rng = make_rng(2)
+    arrays = dict(x=rng.uniform(-1, 1, x_shape), w=rng.uniform(-1, 1, w_shape), b=rng.uniform(-1, 1, w_shape[0]))
+
+    def f(x, w, b):
+        return fl.conv2d(x, w, b, algo=algo, backend="cpu", **params)
+
+    dy = rng.uniform(-1, 1, f(**arrays).shape)
+    dx, dw, db = fl.conv2d_backward(dy, arrays["x"], arrays["w"], algo=algo, backend="cpu", **params)
+    for name, analytic in (("x", dx), ("w", dw), ("b", db)):
+        assert_grad_matches(analytic, numeric_grad(f, arrays, name, dy), err_msg=name)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_writes_into_out_buffers(algo):
+    rng = make_rng(3)
+    x, w, b = rng.uniform(-1, 1, (2, 4, 7, 7)), rng.uniform(-1, 1, (6, 4, 3, 3)), rng.uniform(-1, 1, 6)
+    y_out = np.full((2, 6, 5, 5), np.nan)  # NaN everywhere: any cell left unwritten shows
+    y = fl.conv2d(x, w, b, algo=algo, backend="cpu", out=y_out)
+    assert y is y_out
+    assert_close(y, ref.conv2d(x, w, b), np.float64, terms=37)
+    dy = rng.uniform(-1, 1, y.shape)
+    outs = (np.full(x.shape, np.nan), np.full(w.shape, np.nan), np.full(6, np.nan))
+    grads = fl.conv2d_backward(dy, x, w, algo=algo, backend="cpu", out=outs)
+    for got, buf, want in zip(grads, outs, ref.conv2d_backward(dy, x, w)):
+        assert got is buf
+        assert_close(got, want, np.float64, terms=50)
+    # A partial tuple: the None entries are allocated.
+    dx, dw, db = fl.conv2d_backward(dy, x, w, algo=algo, backend="cpu", out=(None, outs[1], None))
+    assert dw is outs[1]
+    assert_close(dx, ref.conv2d_backward(dy, x, w)[0], np.float64, terms=54)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize(
+    "x_shape, w_shape, params",
+    [
+        ((0, 3, 5, 5), (4, 3, 3, 3), {}),             # empty batch
+        ((2, 3, 5, 5), (0, 3, 3, 3), {}),             # no filters
+        ((2, 0, 5, 5), (4, 0, 3, 3), {}),             # no input channels: y = b
+        ((2, 3, 0, 4), (4, 3, 1, 1), dict(padding=1)),  # no rows, only padding
+    ],
+)
+def test_empty_sizes(algo, x_shape, w_shape, params):
+    rng = make_rng(4)
+    x, w, b = rng.uniform(-1, 1, x_shape), rng.uniform(-1, 1, w_shape), rng.uniform(-1, 1, w_shape[0])
+    y = fl.conv2d(x, w, b, algo=algo, backend="cpu", **params)
+    np.testing.assert_array_equal(y, ref.conv2d(x, w, b, **params))
+    dy = rng.uniform(-1, 1, y.shape)
+    for got, want in zip(fl.conv2d_backward(dy, x, w, algo=algo, backend="cpu", **params),
+                         ref.conv2d_backward(dy, x, w, **params)):
+        assert got.shape == want.shape
+        assert_close(got, want, np.float64, terms=max(1, dy.size))
+
+
+def _run(algo, threads, x, w, b, dy, params):
+    with fl.threads(threads):
+        return (fl.conv2d(x, w, b, algo=algo, backend="cpu", **params),
+                *fl.conv2d_backward(dy, x, w, algo=algo, backend="cpu", **params))
+
+
+@pytest.mark.parametrize("algo", ("im2col", "direct"))
+def test_reproducible_and_thread_count_independent(algo):
+    """Bit for bit the same on a second run; the same across thread counts except the im2col
+    dw and db, summed per thread (float32 rounding only)."""
+    rng = make_rng(5)
+    params = dict(padding=1, groups=2)
+    x, w, b = (rng.uniform(-1, 1, s).astype(np.float32) for s in ((5, 8, 13, 11), (12, 4, 3, 3), (12,)))
+    dy = rng.uniform(-1, 1, (5, 12, 13, 11)).astype(np.float32)
+    first = _run(algo, 2, x, w, b, dy, params)
+    for a, c in zip(first, _run(algo, 2, x, w, b, dy, params)):
+        np.testing.assert_array_equal(a, c)
+    one_thread = _run(algo, 1, x, w, b, dy, params)
+    for name, a, c in zip(("y", "dx", "dw", "db"), first, one_thread):
+        if algo == "direct" or name in ("y", "dx"):
+            np.testing.assert_array_equal(a, c, err_msg=name)
+        else:
+            assert_close(a, c, np.float32, terms=5 * 13 * 11, scale=np.abs(c).max(), err_msg=name)
+
+
+def test_column_tile_bound_keeps_results():
+    """One output row per tile (the smallest tile) gives the same results as the default."""
+    rng = make_rng(6)
+    x, w = rng.uniform(-1, 1, (2, 8, 10, 9)), rng.uniform(-1, 1, (4, 8, 3, 3))
+    dy = rng.uniform(-1, 1, (2, 4, 10, 9))
+    y = fl.conv2d(x, w, padding=1, algo="im2col", backend="cpu")
+    grads = fl.conv2d_backward(dy, x, w, padding=1, algo="im2col", backend="cpu")
+    previous = cpu_conv2d.set_column_tile_bytes(1)
+    try:
+        assert_close(fl.conv2d(x, w, padding=1, algo="im2col", backend="cpu"), y, np.float64, terms=72)
+        for a, c in zip(fl.conv2d_backward(dy, x, w, padding=1, algo="im2col", backend="cpu"), grads):
+            assert_close(a, c, np.float64, terms=180)
+    finally:
+        cpu_conv2d.set_column_tile_bytes(previous)
+    with pytest.raises(ValueError, match="nbytes must be an int >= 1, got 0"):
+        cpu_conv2d.set_column_tile_bytes(0)
+
+
+def test_concurrent_callers_keep_their_own_workspaces():
+    """Python threads calling at once, with different shapes, each get their own right answer."""
+    rng = make_rng(7)
+    jobs = []
+    for i in range(6):
+        x, w = rng.uniform(-1, 1, (2, 4 + i, 9 + i, 9)), rng.uniform(-1, 1, (3, 4 + i, 3, 3))
+        jobs.append((x, w, ref.conv2d(x, w, padding=1)))
+    errors = []
+
+    def work(x, w, want):
+        for _ in range(20):
+            got = fl.conv2d(x, w, padding=1, algo="im2col", backend="cpu")
+            if not np.allclose(got, want, rtol=1e-12, atol=1e-12):
+                errors.append(float(np.abs(got - want).max()))
+
+    workers = [threading.Thread(target=work, args=job) for job in jobs]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    assert errors == []
+
+
+def test_auto_heuristic():
+    """Short contractions (C/groups * KH * KW <= DIRECT_MAX_TERMS) go direct, the rest im2col."""
+    assert cpu_conv2d.choose_algo(conv2d_geometry((32, 1, 28, 28), (8, 1, 5, 5))) == "direct"
+    assert cpu_conv2d.choose_algo(conv2d_geometry((32, 64, 56, 56), (64, 64, 3, 3), padding=1)) == "im2col"
+
+
+def test_cpu_is_the_default_backend_for_numpy_inputs():
+    x = np.zeros((1, 1, 3, 3), np.float32)
+    assert _dispatch.resolve("conv2d", None, (x, x)) is cpu_conv2d.conv2d
+    assert _dispatch.resolve("conv2d_backward", None, (x, x)) is cpu_conv2d.conv2d_backward
