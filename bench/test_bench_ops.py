@@ -1,0 +1,63 @@
+"""pytest-benchmark suite: every case of the table x direction x backend (see conftest.py).
+
+Each benchmark is grouped by case and direction, so pytest-benchmark's table and
+``pytest-benchmark compare`` put the backends of one case side by side. ``extra_info`` carries
+the work (FLOPs or bytes) and the rate at the median. A combination this installation cannot run
+is skipped with the reason (see ``-ra``), never dropped silently; a slow one (the NumPy reference
+on the big cases) gets as few as one round after its warm-up, never none.
+"""
+import time
+
+import pytest
+from threadpoolctl import threadpool_limits
+
+import fastlayers as fl
+from fastlayers.benchmark.runner import available_families
+from fastlayers.benchmark.timing import plan_rounds
+from fastlayers.benchmark.workloads import family, fastlayers_call, make_inputs, op_name, work
+
+MAX_ROUNDS = 7
+
+
+@pytest.fixture(scope="session")
+def found():
+    return available_families()
+
+
+def _torch_call(case, direction, inputs, seed, threads):
+    torch = pytest.importorskip("torch")
+    from fastlayers.benchmark.torch_worker import torch_call
+
+    torch.set_num_threads(threads)
+    return torch_call(torch, case, direction, inputs, seed), None
+
+
+def test_bench(benchmark, bench_item, found, request):
+    case, direction, label = bench_item
+    available, reason, ops = found[family(label)]
+    if not available:
+        pytest.skip(f"{label}: {reason}")
+    if ops is not None and op_name(case.op, direction) not in ops:
+        pytest.skip(f"the {family(label)} backend has no {op_name(case.op, direction)} yet")
+    config = request.config
+    threads = config.getoption("--bench-threads") or fl.get_num_threads()
+    dtype, budget = config.getoption("--bench-dtype"), config.getoption("--bench-budget")
+    inputs = make_inputs(case, direction, dtype, seed=0)
+    if label == "torch":
+        fn, sync = _torch_call(case, direction, inputs, 0, threads)
+    else:
+        fn, sync = fastlayers_call(case, direction, label, inputs)
+    call = fn if sync is None else (lambda: (fn(), sync()))
+    benchmark.group = f"{case.name} {direction} ({dtype}, {threads} threads)"
+    with fl.threads(threads), threadpool_limits(limits=threads, user_api="blas"):
+        call()  # warm-up: workspaces, lazy initialisation, JIT
+        start = time.perf_counter()
+        call()
+        rounds = plan_rounds(time.perf_counter() - start, MAX_ROUNDS, budget)
+        benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=0)
+    amount, unit = work(case, direction, dtype)
+    benchmark.extra_info.update(case=case.name, op=case.op, direction=direction, backend=label, dtype=dtype,
+                                threads=threads, work=amount, work_unit=unit)
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        rate = amount / benchmark.stats.stats.median / 1e9
+        benchmark.extra_info["rate"] = f"{rate:.2f} {'GFLOP/s' if unit == 'flop' else 'GB/s'}"
