@@ -3,8 +3,9 @@ data augmentation".
 
 Every function draws one independent transform per image from ``rng`` (a seed or a
 ``numpy.random.Generator``), so a seed reproduces a batch exactly. Geometric transforms
-(rotation, zoom, shift) resample with bilinear interpolation; pixels that come from outside the
-image are ``fill``. :func:`random_augment` composes flip, rotation, zoom and shift into one
+(rotation, zoom) resample with bilinear interpolation; pixels that come from outside the image are
+``fill``. The deterministic transforms (:func:`hflip`, :func:`rotate`, :func:`zoom`, :func:`shift`)
+take one value per image (or one for all); the ``random_*`` functions draw those values. :func:`random_augment` composes flip, rotation, zoom and shift into one
 resampling per image (one interpolation blur instead of three).
 """
 from __future__ import annotations
@@ -13,8 +14,8 @@ import numpy as np
 
 from ._params import check_array, pair
 
-__all__ = ["hflip", "random_hflip", "random_shift", "random_rotation", "random_zoom", "random_crop",
-           "random_augment"]
+__all__ = ["hflip", "rotate", "zoom", "shift", "random_hflip", "random_rotation", "random_zoom", "random_shift",
+           "random_crop", "random_augment"]
 
 
 def _batch(x):
@@ -77,41 +78,75 @@ def _rotation_inverse(degrees):
     return np.stack([np.stack([c, s], -1), np.stack([-s, c], -1)], -2)
 
 
-def random_rotation(x, max_degrees, rng=None, fill=0.0):
-    """Rotate each image about its centre by an angle drawn uniformly from
-    ``[-max_degrees, max_degrees]`` (positive: counterclockwise)."""
+def _per_image(name, value, n):
+    try:
+        v = np.broadcast_to(np.asarray(value, dtype=np.float64), (n,))
+    except (ValueError, TypeError):
+        v = None
+    if v is None or not np.all(np.isfinite(v)):
+        raise ValueError(f"{name} must be a finite number or one per image ({n} values), got {value!r}")
+    return v
+
+
+def rotate(x, degrees, fill=0.0):
+    """Rotate each image about its centre by ``degrees`` (a number, or one per image;
+    positive: counterclockwise as displayed)."""
     x = _batch(x)
-    rng = np.random.default_rng(rng)
-    angles = rng.uniform(-max_degrees, max_degrees, x.shape[0])
+    angles = _per_image("degrees", degrees, x.shape[0])
     return _warp(x, _rotation_inverse(angles), np.zeros((x.shape[0], 2)), fill)
 
 
+def zoom(x, scale, fill=0.0):
+    """Scale each image about its centre by ``scale`` (a number, or one per image; > 1 zooms in:
+    the centre enlarged to the full size; < 1 zooms out)."""
+    x = _batch(x)
+    scale = _per_image("scale", scale, x.shape[0])
+    if np.any(scale <= 0):
+        raise ValueError(f"scale must be > 0, got {scale.min()}")
+    return _warp(x, np.eye(2)[None] / scale[:, None, None], np.zeros((x.shape[0], 2)), fill)
+
+
+def random_rotation(x, max_degrees, rng=None, fill=0.0):
+    """Rotate each image by an angle drawn uniformly from ``[-max_degrees, max_degrees]``."""
+    x = _batch(x)
+    rng = np.random.default_rng(rng)
+    return rotate(x, rng.uniform(-max_degrees, max_degrees, x.shape[0]), fill)
+
+
 def random_zoom(x, zoom_range=(0.8, 1.25), rng=None, fill=0.0):
-    """Scale each image about its centre by a factor drawn log-uniformly from ``zoom_range``
-    (> 1 zooms in: a centre crop enlarged to the full size; < 1 zooms out)."""
+    """Zoom each image by a factor drawn log-uniformly from ``zoom_range`` (see :func:`zoom`)."""
     x = _batch(x)
     lo, hi = _range("zoom_range", zoom_range, lo=0.0)
     rng = np.random.default_rng(rng)
-    scale = np.exp(rng.uniform(np.log(lo), np.log(hi), x.shape[0]))
-    inverse = np.eye(2)[None] / scale[:, None, None]
-    return _warp(x, inverse, np.zeros((x.shape[0], 2)), fill)
+    return zoom(x, np.exp(rng.uniform(np.log(lo), np.log(hi), x.shape[0])), fill)
+
+
+def shift(x, rows, cols, fill=0.0):
+    """Translate each image by whole pixels: ``rows`` down and ``cols`` right (ints, or one per
+    image; negative values go up/left). Uncovered pixels are ``fill``."""
+    x = _batch(x)
+    N, _, H, W = x.shape
+    dr = np.broadcast_to(np.asarray(rows), (N,))
+    dc = np.broadcast_to(np.asarray(cols), (N,))
+    if dr.dtype.kind not in "iu" or dc.dtype.kind not in "iu":
+        raise TypeError(f"rows and cols must be integers, got dtypes {dr.dtype} and {dc.dtype}")
+    out = np.full_like(x, fill)
+    for n in range(N):
+        r, c = int(dr[n]), int(dc[n])
+        src_r, dst_r = slice(max(0, -r), min(H, H - r)), slice(max(0, r), min(H, H + r))
+        src_c, dst_c = slice(max(0, -c), min(W, W - c)), slice(max(0, c), min(W, W + c))
+        out[n, :, dst_r, dst_c] = x[n, :, src_r, src_c]
+    return out
 
 
 def random_shift(x, max_shift, rng=None, fill=0.0):
     """Translate each image by whole pixels drawn uniformly from ``[-max_shift, max_shift]``
-    (an int, or a pair (rows, cols)); uncovered pixels are ``fill``."""
+    (an int, or a pair (rows, cols))."""
     x = _batch(x)
     mh, mw = pair("max_shift", max_shift, 0)
     rng = np.random.default_rng(rng)
-    N, _, H, W = x.shape
-    dr = rng.integers(-mh, mh + 1, N)
-    dc = rng.integers(-mw, mw + 1, N)
-    out = np.full_like(x, fill)
-    for n in range(N):
-        src_r, dst_r = slice(max(0, -dr[n]), min(H, H - dr[n])), slice(max(0, dr[n]), min(H, H + dr[n]))
-        src_c, dst_c = slice(max(0, -dc[n]), min(W, W - dc[n])), slice(max(0, dc[n]), min(W, W + dc[n]))
-        out[n, :, dst_r, dst_c] = x[n, :, src_r, src_c]
-    return out
+    N = x.shape[0]
+    return shift(x, rng.integers(-mh, mh + 1, N), rng.integers(-mw, mw + 1, N), fill)
 
 
 def random_crop(x, size, padding=0, rng=None, fill=0.0):
