@@ -70,7 +70,8 @@ def _store_tanh_grad(dz, dhs, hs, geo, grp, split, m, n, acc):
     # acc = (dz[t] @ Wh^T)[m, n] = dL/dh[t-1] through the recurrence; add the direct gradient.
     i = geo[2] + m * geo[4] + n
     h = hs[i]
-    dz[i] = (dhs[i] + acc) * (1 - h * h)
+    g = dhs[i] + acc
+    dz[i] = g - g * h * h  # g * (1 - h^2), without an integer 1 that would promote to float64
 
 
 _GEMMS = {
@@ -97,6 +98,7 @@ def tanh_grad_kernel(dtype):
         e = cuda.grid(1)
         if e < size:
             h = hs[offset + e]
-            dz[offset + e] = dhs[offset + e] * (1 - h * h)
+            g = dhs[offset + e]
+            dz[offset + e] = g - g * h * h
 
     return tanh_grad

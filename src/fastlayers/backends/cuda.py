@@ -57,6 +57,20 @@ def _flat(d):
     return d.reshape(d.size)
 
 
+def _device_array(a):
+    """``a`` as a Numba device array if it lives on the GPU (no copy), else None."""
+    from numba import config, cuda
+
+    if hasattr(a, "__cuda_array_interface__"):
+        return cuda.as_cuda_array(a)
+    if config.ENABLE_CUDASIM:  # the simulator's device arrays have no __cuda_array_interface__
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+        if isinstance(a, FakeCUDAArray):
+            return a
+    return None
+
+
 class _Call:
     """One op call: moves inputs to the GPU, allocates or checks outputs, returns results in the
     callers' family (NumPy in -> NumPy out; GPU in -> device arrays out)."""
@@ -65,17 +79,17 @@ class _Call:
         from numba import cuda
 
         self.cuda = cuda
-        self.gpu = any(hasattr(a, "__cuda_array_interface__") for a in arrays if a is not None)
+        self.gpu = any(_device_array(a) is not None for a in arrays)
 
     def input(self, name, a):
         if a is None:
             return None
-        if hasattr(a, "__cuda_array_interface__"):
-            d = self.cuda.as_cuda_array(a)
-            if not d.is_c_contiguous():
-                raise ValueError(f"{name} must be C-contiguous when it lives on the GPU, got strides {d.strides}")
-            return d
-        return self.cuda.to_device(np.ascontiguousarray(a))
+        d = _device_array(a)
+        if d is None:
+            return self.cuda.to_device(np.ascontiguousarray(a))
+        if not d.is_c_contiguous():
+            raise ValueError(f"{name} must be C-contiguous when it lives on the GPU, got strides {d.strides}")
+        return d
 
     def empty(self, shape, dtype):
         return self.cuda.device_array(shape, dtype=dtype)
@@ -84,9 +98,9 @@ class _Call:
         """The device buffer for an output: the caller's GPU ``out`` (checked), else a new one."""
         if out is None or not self.gpu:
             return self.empty(shape, dtype)
-        if not hasattr(out, "__cuda_array_interface__"):
+        d = _device_array(out)
+        if d is None:
             raise TypeError(f"{name} must be a GPU array when the inputs are on the GPU, got {type(out).__name__}")
-        d = self.cuda.as_cuda_array(out)
         if tuple(d.shape) != tuple(shape):
             raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(d.shape)}")
         if np.dtype(d.dtype) != np.dtype(dtype):
