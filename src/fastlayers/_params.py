@@ -15,6 +15,8 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 # Index arithmetic in the kernels uses signed 64-bit integers; refuse sizes near that limit.
 MAX_ELEMENTS = 2**62
+# Scalar parameters (kernel_size, stride, padding, dilation) reach the kernels as C ints.
+MAX_PARAMETER = 2**31 - 1
 
 
 # ---------------------------------------------------------------------------- arrays
@@ -110,6 +112,8 @@ def pair(name, v, minimum):
         p = (i, i)
     if min(p) < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    if max(p) > MAX_PARAMETER:
+        raise ValueError(f"{name} must be at most 2**31 - 1 (the kernels index with C ints), got {v}")
     return p
 
 
@@ -263,6 +267,8 @@ def pool2d_geometry(x_shape, kernel_size, stride=None, padding=0, ceil_mode=Fals
         raise ValueError(
             f"padding must be at most half of kernel_size, got padding={padding} for kernel_size={kernel_size}"
         )
+    if H < 1 or W < 1:  # with padding its windows would hold padding only: no maximum, no index
+        raise ValueError(f"x must have planes of at least 1x1 for max_pool2d, got {H}x{W}")
     if KH > H + 2 * PH or KW > W + 2 * PW:
         raise ValueError(f"kernel_size {KH}x{KW} is larger than the padded input {H + 2 * PH}x{W + 2 * PW}")
     if not isinstance(ceil_mode, (bool, np.bool_)):
@@ -299,6 +305,8 @@ def input_shape_4d(name, shape):
         raise TypeError(f"{name} must be a tuple of 4 ints (N, C, H, W), got {shape!r}") from None
     if len(shape) != 4 or min(shape) < 0:
         raise ValueError(f"{name} must be a tuple of 4 non-negative ints (N, C, H, W), got {shape}")
+    if int(np.prod(shape, dtype=object)) >= MAX_ELEMENTS:
+        raise ValueError(f"{name} {shape} has more elements than fastlayers can index")
     return shape
 
 
@@ -317,7 +325,7 @@ def rnn_geometry(x, h_prev, Wx, Wh, b=None, sequence=False):
     """Check shapes and dtypes of an RNN step (x (N, D)) or sequence (x (T, N, D)).
 
     ``h_prev`` may be None for a sequence (zero initial state). Returns (geometry, dtype)."""
-    dt = check_array("x", x, 3 if sequence else 2)
+    dt = check_array("x_seq" if sequence else "x", x, 3 if sequence else 2)
     if sequence:
         T, N, D = x.shape
     else:
@@ -334,4 +342,6 @@ def rnn_geometry(x, h_prev, Wx, Wh, b=None, sequence=False):
     if b is not None:
         check_array("b", b, 1, dt)
         check_shape("b", b, (H,))
+    if T * N * H >= MAX_ELEMENTS:
+        raise ValueError(f"rnn sizes T={T}, N={N}, H={H} are too large to index")
     return RnnGeometry(int(T), int(N), int(D), int(H)), dt

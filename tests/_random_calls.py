@@ -1,0 +1,302 @@
+"""Random valid calls of every op, shared by the reliability tests (fuzz, threads, memory,
+determinism).
+
+The kernels land op by op, so nothing here names a backend: ``kernel_pairs()`` reads
+``fastlayers.backends()`` at run time and the tests run on every (op, backend) pair that exists,
+each compared with the NumPy reference.
+
+A ``Call`` holds keyword arguments only (array names are the API's: ``x``, ``w``, ``dy``, ...), so
+one call runs unchanged on ``fastlayers`` (any backend) and on ``fastlayers.reference``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from hypothesis import strategies as st
+
+import fastlayers as fl
+from fastlayers import reference
+from fastlayers._params import conv2d_geometry
+
+OPS = (
+    "conv2d", "conv2d_backward",
+    "max_pool2d", "max_pool2d_backward",
+    "rnn_step", "rnn_step_backward",
+    "rnn", "rnn_backward",
+)
+# Arguments that are arrays, in the order of the signature; the first float one fixes the dtype
+# the others must share (``_params`` checks it first).
+ARRAYS = {
+    "conv2d": ("x", "w", "b"),
+    "conv2d_backward": ("dy", "x", "w"),
+    "max_pool2d": ("x",),
+    "max_pool2d_backward": ("dy", "indices"),
+    "rnn_step": ("x", "h_prev", "Wx", "Wh", "b"),
+    "rnn_step_backward": ("dh", "x", "h_prev", "Wx", "Wh", "h"),
+    "rnn": ("x_seq", "h0", "Wx", "Wh", "b"),
+    "rnn_backward": ("dhs", "x_seq", "h0", "Wx", "Wh", "hs"),
+}
+ANCHOR = {
+    "conv2d": "x", "conv2d_backward": "x", "max_pool2d": "x", "max_pool2d_backward": "dy",
+    "rnn_step": "x", "rnn_step_backward": "x", "rnn": "x_seq", "rnn_backward": "x_seq",
+}
+LAYOUTS = ("C", "F", "reversed", "strided", "readonly")
+
+
+@dataclass
+class Call:
+    """One call of ``op``: array arguments, other parameters, and for each output the length of
+    the longest sum that produced it (the rounding budget of ``tolerance_terms``; 0: exact)."""
+
+    op: str
+    arrays: dict
+    params: dict = field(default_factory=dict)
+    algo: str | None = None  # conv2d ops only; the reference has one algorithm
+    terms: tuple = ()
+
+    def kwargs(self):
+        kw = dict(self.arrays, **self.params)
+        if self.algo is not None:
+            kw["algo"] = self.algo
+        return kw
+
+    def run(self, backend, **extra):
+        return as_tuple(getattr(fl, self.op)(**self.kwargs(), backend=backend, **extra))
+
+    def expected(self):
+        """The reference's result, computed in float64 from the same values (the float32 inputs
+        are exact in float64), so it is the exact answer up to float64 rounding."""
+        arrays = {k: _upcast(v) for k, v in self.arrays.items()}
+        return as_tuple(getattr(reference, self.op)(**arrays, **self.params))
+
+    def with_arrays(self, **arrays):
+        return replace(self, arrays=dict(self.arrays, **arrays))
+
+    def with_params(self, **params):
+        return replace(self, params=dict(self.params, **params))
+
+
+def _upcast(a):
+    if isinstance(a, np.ndarray) and a.dtype == np.float32:
+        return a.astype(np.float64)
+    return a
+
+
+def as_tuple(result):
+    return tuple(to_host(r) for r in result) if isinstance(result, tuple) else (to_host(result),)
+
+
+def to_host(a):
+    """A NumPy array from whatever a backend returned (NumPy, Numba device array, CuPy)."""
+    if hasattr(a, "copy_to_host"):
+        return a.copy_to_host()
+    if hasattr(a, "get") and hasattr(a, "__cuda_array_interface__"):
+        return a.get()
+    return np.asarray(a)
+
+
+def kernel_pairs(include_reference=False):
+    """``(op, backend)`` for every op each available backend implements here."""
+    pairs = []
+    for name, entry in fl.backends().items():
+        if entry["available"] and (include_reference or name != "numpy"):
+            pairs.extend((op, name) for op in entry["ops"])
+    return sorted(pairs)
+
+
+def relayout(a, layout):
+    """The same values as ``a`` in another memory layout: Fortran order, a negative stride on the
+    last axis, every other element of a larger buffer, or read-only."""
+    if not isinstance(a, np.ndarray) or layout == "C":
+        return a
+    if layout == "F":
+        return np.asfortranarray(a)
+    if layout == "reversed":
+        return np.ascontiguousarray(a[..., ::-1])[..., ::-1]
+    if layout == "strided":
+        wide = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype) if a.ndim else None
+        if wide is None:
+            return a
+        wide[..., ::2] = a
+        return wide[..., ::2]
+    if layout == "readonly":
+        b = a.copy()
+        b.flags.writeable = False
+        return b
+    raise ValueError(layout)
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def _values(rng, shape, dtype, kind, scale=1.0):
+    """Normal values; "ties": small integers, so that max-pool windows hold equal maxima;
+    "nonfinite": normal values with a few NaN, +inf and -inf."""
+    if kind == "ties":
+        a = rng.integers(-2, 3, size=shape).astype(dtype)
+    else:
+        a = (scale * rng.standard_normal(shape)).astype(dtype)
+    if kind == "nonfinite" and a.size:
+        for v in (np.nan, np.inf, -np.inf):
+            a.flat[rng.integers(0, a.size, size=max(1, a.size // 50))] = v
+    return a
+
+
+_KINDS = st.sampled_from(("normal", "normal", "ties", "nonfinite"))
+_SEEDS = st.integers(0, 2**32 - 1)
+
+
+# ---------------------------------------------------------------------------- conv2d
+
+
+@st.composite
+def conv2d_calls(draw, dtype, backward=False, algos=("auto",)):
+    groups = draw(st.integers(1, 3))
+    C = groups * draw(st.integers(0, 3))
+    F = groups * draw(st.integers(0, 3))
+    N = draw(st.integers(0, 3))
+    KH, KW = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    padding = draw(st.one_of(st.tuples(st.integers(0, 3), st.integers(0, 3)), st.sampled_from(("valid", "same"))))
+    stride = (1, 1) if padding == "same" else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    ext = (dilation[0] * (KH - 1) + 1, dilation[1] * (KW - 1) + 1)
+    if padding == "same":
+        pads = (ext[0] - 1, ext[1] - 1)
+    elif padding == "valid":
+        pads = (0, 0)
+    else:
+        pads = (2 * padding[0], 2 * padding[1])
+    H = max(ext[0] - pads[0], 1 if padding == "same" else 0) + draw(st.integers(0, 5))
+    W = max(ext[1] - pads[1], 1 if padding == "same" else 0) + draw(st.integers(0, 5))
+    rng = np.random.default_rng(draw(_SEEDS))
+    kind = draw(_KINDS)
+    x = _values(rng, (N, C, H, W), dtype, kind)
+    w = _values(rng, (F, C // groups, KH, KW), dtype, "normal")
+    params = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    algo = draw(st.sampled_from(algos))
+    g = conv2d_geometry(x.shape, w.shape, **params)
+    taps = (C // groups) * KH * KW
+    if backward:
+        dy = _values(rng, g.y_shape, dtype, "normal")
+        # dx sums F/groups filters over the taps that reach a pixel; dw and db sum N*OH*OW terms.
+        terms = ((F // groups) * KH * KW, N * g.OH * g.OW, N * g.OH * g.OW)
+        return Call("conv2d_backward", dict(dy=dy, x=x, w=w), params, algo, terms)
+    b = _values(rng, (F,), dtype, "normal") if draw(st.booleans()) else None
+    return Call("conv2d", dict(x=x, w=w, b=b), params, algo, (taps + 1,))
+
+
+# ---------------------------------------------------------------------------- max_pool2d
+
+
+@st.composite
+def max_pool2d_calls(draw, dtype, backward=False):
+    N, C = draw(st.integers(0, 3)), draw(st.integers(0, 3))
+    KH, KW = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    stride = draw(st.one_of(st.none(), st.tuples(st.integers(1, 4), st.integers(1, 4))))
+    padding = (draw(st.integers(0, KH // 2)), draw(st.integers(0, KW // 2)))
+    ceil_mode = draw(st.booleans())
+    H = max(KH - 2 * padding[0], 1) + draw(st.integers(0, 6))
+    W = max(KW - 2 * padding[1], 1) + draw(st.integers(0, 6))
+    rng = np.random.default_rng(draw(_SEEDS))
+    x = _values(rng, (N, C, H, W), dtype, draw(_KINDS))
+    params = dict(kernel_size=(KH, KW), stride=stride, padding=padding, ceil_mode=ceil_mode)
+    if not backward:
+        return Call("max_pool2d", dict(x=x), params, None, (0, 0))
+    y, indices = reference.max_pool2d(x, **params)
+    if draw(st.booleans()) and indices.size:  # any in-range index is valid, not only argmaxes
+        indices = rng.integers(0, H * W, size=indices.shape)
+    dy = _values(rng, y.shape, dtype, "normal")
+    # A cell receives at most one gradient per window that covers it.
+    sh, sw = stride or (KH, KW)
+    overlap = math.ceil(KH / sh) * math.ceil(KW / sw)
+    return Call("max_pool2d_backward", dict(dy=dy, indices=indices), dict(input_shape=x.shape), None, (overlap,))
+
+
+# ---------------------------------------------------------------------------- rnn
+
+
+@st.composite
+def rnn_calls(draw, dtype, sequence=False, backward=False):
+    T = draw(st.integers(0, 6)) if sequence else 1
+    N, D, H = draw(st.integers(0, 4)), draw(st.integers(0, 6)), draw(st.integers(0, 6))
+    rng = np.random.default_rng(draw(_SEEDS))
+    kind = draw(_KINDS)
+    x = _values(rng, (T, N, D) if sequence else (N, D), dtype, kind)
+    # Weights scaled so that pre-activations stay O(1) and the recurrence does not amplify
+    # rounding errors (spectral radius of Wh about 0.5).
+    Wx = _values(rng, (D, H), dtype, "normal", 1 / math.sqrt(max(D, 1)))
+    Wh = _values(rng, (H, H), dtype, "normal", 0.5 / math.sqrt(max(H, 1)))
+    h0 = None if sequence and draw(st.booleans()) else _values(rng, (N, H), dtype, "normal")
+    hname, xname = ("h0", "x_seq") if sequence else ("h_prev", "x")
+    op = "rnn" if sequence else "rnn_step"
+    # Each state sums D + H + 1 terms; through T steps rounding errors add up (|tanh'| <= 1 and
+    # Wh contracts, so they do not grow); the backward's weight gradients sum T*N terms.
+    step = D + H + 1
+    if not backward:
+        b = _values(rng, (H,), dtype, "normal") if draw(st.booleans()) else None
+        return Call(op, {xname: x, hname: h0, "Wx": Wx, "Wh": Wh, "b": b}, {}, None, (T * step,))
+    b = _values(rng, (H,), dtype, "normal")
+    h = getattr(reference, op)(x, h0, Wx, Wh, b)
+    dname, outname = ("dhs", "hs") if sequence else ("dh", "h")
+    dh = _values(rng, h.shape, dtype, "normal")
+    terms = (T * (step + N),) * 5
+    return Call(op + "_backward", {dname: dh, xname: x, hname: h0, "Wx": Wx, "Wh": Wh, outname: h}, {}, None, terms)
+
+
+def calls(op, dtype, algos=("auto",)):
+    """A strategy of valid ``Call``s of ``op`` in ``dtype``."""
+    dtype = np.dtype(dtype)
+    return {
+        "conv2d": lambda: conv2d_calls(dtype, algos=algos),
+        "conv2d_backward": lambda: conv2d_calls(dtype, backward=True, algos=algos),
+        "max_pool2d": lambda: max_pool2d_calls(dtype),
+        "max_pool2d_backward": lambda: max_pool2d_calls(dtype, backward=True),
+        "rnn_step": lambda: rnn_calls(dtype),
+        "rnn_step_backward": lambda: rnn_calls(dtype, backward=True),
+        "rnn": lambda: rnn_calls(dtype, sequence=True),
+        "rnn_backward": lambda: rnn_calls(dtype, sequence=True, backward=True),
+    }[op]()
+
+
+def fixed_call(op, dtype=np.float32, seed=0, size="small"):
+    """A deterministic, moderately sized call of ``op`` (threads, memory, determinism tests):
+    big enough that the kernels run multi-threaded, small enough for CI."""
+    rng = np.random.default_rng(seed)
+    big = size == "big"
+    if op.startswith("conv2d"):
+        N, C, H, W, F = (8, 16, 16, 16, 16) if big else (4, 8, 12, 12, 8)
+        x = _values(rng, (N, C, H, W), dtype, "normal")
+        w = _values(rng, (F, C, 3, 3), dtype, "normal")
+        params = dict(stride=1, padding=1, dilation=1, groups=1)
+        if op == "conv2d":
+            return Call(op, dict(x=x, w=w, b=_values(rng, (F,), dtype, "normal")), params, "auto", (C * 9 + 1,))
+        dy = _values(rng, (N, F, H, W), dtype, "normal")
+        return Call(op, dict(dy=dy, x=x, w=w), params, "auto", (F * 9, N * H * W, N * H * W))
+    if op.startswith("max_pool2d"):
+        x = _values(rng, (8, 16, 32, 32) if big else (4, 8, 16, 16), dtype, "normal")
+        params = dict(kernel_size=3, stride=2, padding=1, ceil_mode=False)
+        if op == "max_pool2d":
+            return Call(op, dict(x=x), params, None, (0, 0))
+        y, indices = reference.max_pool2d(x, **params)
+        dy = _values(rng, y.shape, dtype, "normal")
+        return Call(op, dict(dy=dy, indices=indices), dict(input_shape=x.shape), None, (4,))
+    sequence = op.startswith("rnn") and not op.startswith("rnn_step")
+    T, N, D, H = (10, 16, 32, 48) if big else (5, 8, 16, 24)
+    if not sequence:
+        T = 1
+    x = _values(rng, (T, N, D) if sequence else (N, D), dtype, "normal")
+    Wx = _values(rng, (D, H), dtype, "normal", 1 / math.sqrt(D))
+    Wh = _values(rng, (H, H), dtype, "normal", 0.5 / math.sqrt(H))
+    h0 = _values(rng, (N, H), dtype, "normal")
+    b = _values(rng, (H,), dtype, "normal")
+    hname, xname = ("h0", "x_seq") if sequence else ("h_prev", "x")
+    fwd = "rnn" if sequence else "rnn_step"
+    step = D + H + 1
+    if op == fwd:
+        return Call(op, {xname: x, hname: h0, "Wx": Wx, "Wh": Wh, "b": b}, {}, None, (T * step,))
+    h = getattr(reference, fwd)(x, h0, Wx, Wh, b)
+    dname, outname = ("dhs", "hs") if sequence else ("dh", "h")
+    dh = _values(rng, h.shape, dtype, "normal")
+    return Call(op, {dname: dh, xname: x, hname: h0, "Wx": Wx, "Wh": Wh, outname: h}, {}, None, (T * (step + N),) * 5)

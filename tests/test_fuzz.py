@@ -1,0 +1,551 @@
+"""Fuzzing every backend against the reference, and every documented hostile input.
+
+* Random valid calls (shapes, parameters, empty dimensions, ties, NaN/Inf, memory layouts,
+  ``out=`` buffers) of every op a backend implements here must match ``fastlayers.reference``.
+* Random invalid calls (one argument corrupted) must raise TypeError/ValueError naming what is
+  wrong, on every backend: never a crash, a hang or a result.
+* ``HOSTILE`` holds one check per row of docs/validation.md (``test_validation_doc_is_complete``
+  keeps the two in step).
+
+The default (``ci``) Hypothesis profile keeps this to seconds; ``--hypothesis-profile=long`` is the
+one-off long run.
+"""
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import fastlayers as fl
+from _helpers import assert_close
+from _random_calls import ANCHOR, ARRAYS, LAYOUTS, Call, as_tuple, calls, kernel_pairs, relayout
+
+ALGOS = ("auto", "im2col", "direct")
+DTYPES = (np.float32, np.float64)
+KERNEL_PAIRS = kernel_pairs()
+ALL_PAIRS = kernel_pairs(include_reference=True)
+
+
+def _skip_unsupported_dtype(backend, dtype):
+    """The CUDA backend promises float32 only (DESIGN.md); it may refuse float64, clearly."""
+    if backend == "cuda" and np.dtype(dtype) == np.float64:
+        pytest.skip("float64 is optional on the cuda backend")
+
+
+def assert_matches_reference(call, results, dtype):
+    expected = call.expected()
+    assert len(results) == len(expected), f"{call.op}: {len(results)} results, expected {len(expected)}"
+    for i, (got, want, terms) in enumerate(zip(results, expected, call.terms)):
+        msg = f"{call.op} output {i}"
+        assert got.shape == want.shape, f"{msg}: shape {got.shape} != {want.shape}"
+        if want.dtype == np.int64:  # max-pool indices
+            assert got.dtype == np.int64, f"{msg}: dtype {got.dtype}"
+            np.testing.assert_array_equal(got, want, err_msg=msg)
+            continue
+        assert got.dtype == dtype, f"{msg}: dtype {got.dtype}, expected the input's {np.dtype(dtype)}"
+        if terms == 0:  # a selection (max-pool) or an empty sum: exact
+            np.testing.assert_array_equal(got, want.astype(dtype), err_msg=msg)
+        else:
+            # The reference ran in float64 on the same values, so it is exact to float64 rounding;
+            # the kernel may round a sum of ``terms`` products in its own dtype and order.
+            assert_close(got, want, dtype, terms=terms, err_msg=msg)
+
+
+# ---------------------------------------------------------------------------- valid calls
+
+
+def _out_buffers(expected, dtype, draw):
+    """Caller buffers for some outputs (each entry may be None), filled with garbage."""
+    dtypes = [e.dtype if e.dtype == np.int64 else dtype for e in expected]
+    bufs = tuple(np.full(e.shape, 7, dt) if draw(st.booleans()) else None for e, dt in zip(expected, dtypes))
+    if len(bufs) == 1:
+        return bufs[0], bufs
+    return bufs, bufs
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the NaN/Inf examples
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("op, backend", KERNEL_PAIRS)
+@given(data=st.data())
+def test_valid_calls_match_the_reference(op, backend, dtype, data):
+    _skip_unsupported_dtype(backend, dtype)
+    call = data.draw(calls(op, dtype, ALGOS), label="call")
+    layouts = {name: data.draw(st.sampled_from(LAYOUTS), label=f"layout of {name}") for name in call.arrays}
+    hostile = call.with_arrays(**{name: relayout(a, layouts[name]) for name, a in call.arrays.items()})
+    before = {name: np.copy(a) for name, a in call.arrays.items() if a is not None}
+    extra = {}
+    if backend != "cuda" and data.draw(st.booleans(), label="out="):
+        out, bufs = _out_buffers(call.expected(), dtype, data.draw)
+        if op == "max_pool2d" or any(b is not None for b in bufs):
+            extra["out"] = out
+    results = hostile.run(backend, **extra)
+    assert_matches_reference(call, results, np.dtype(dtype))
+    if "out" in extra:
+        for i, buf in enumerate(bufs):
+            if buf is not None:
+                np.testing.assert_array_equal(buf, results[i], err_msg=f"out[{i}] not written with the result")
+    for name, a in before.items():  # inputs are never written
+        np.testing.assert_array_equal(hostile.arrays[name], a, err_msg=f"{op} modified its input {name}")
+
+
+# ---------------------------------------------------------------------------- invalid calls
+
+# Axes of the non-anchor arrays whose size +1 always makes the call invalid. The kernel size of w
+# and its filter count without a bias may change validly, so they are left out.
+_FREE_AXES = {("conv2d", "w"): (0, 2, 3), ("conv2d_backward", "w"): (2, 3)}
+_BAD_INTS = (0, -1, (1, 0), 1.5, "1", (1, 2, 3), True, None)
+
+
+def _words(*names):
+    return set(names)
+
+
+@st.composite
+def _bad_array(draw, call):
+    op = call.op
+    names = [n for n in ARRAYS[op] if call.arrays.get(n) is not None]
+    name = draw(st.sampled_from(names))
+    a = call.arrays[name]
+    axes = [] if name == ANCHOR[op] else [ax for ax in range(a.ndim) if ax not in _FREE_AXES.get((op, name), ())]
+    hows = ["dtype", "ndim", "not_array"] + (["mixed"] if name not in (ANCHOR[op], "indices") else [])
+    how = draw(st.sampled_from(hows + (["shape"] if axes else [])))
+    if how == "dtype":
+        bad = (np.int32, np.float32, np.float64, np.bool_, np.uint64) if name == "indices" else (
+            np.int32, np.int64, np.uint8, np.bool_, np.complex64, np.complex128, np.float16, object)
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf inputs cast to ints
+            new, blame = a.astype(draw(st.sampled_from(bad))), _words(name)
+    elif how == "mixed":
+        new, blame = a.astype(np.float64 if a.dtype == np.float32 else np.float32), _words(name)
+    elif how == "ndim":
+        new = a[None] if draw(st.booleans()) or a.ndim == 0 else np.zeros(a.shape[:-1], a.dtype)
+        blame = _words(name)
+    elif how == "not_array":
+        new, blame = draw(st.sampled_from((a.tolist(), 1.0, "array", a.shape))), _words(name)
+    else:
+        axis = draw(st.sampled_from(axes))
+        shape = list(a.shape)
+        shape[axis] += 1
+        # A size that disagrees with another argument: the message names one of them.
+        new, blame = np.zeros(shape, a.dtype), _words(*ARRAYS[op], "input_shape")
+    return call.with_arrays(**{name: new}), {}, blame
+
+
+@st.composite
+def _bad_parameter(draw, call):
+    op, p = call.op, call.params
+    if op.startswith("conv2d"):
+        x, w = call.arrays["x"], call.arrays["w"]
+        C, F, (KH, KW) = x.shape[1], w.shape[0], w.shape[2:]
+        choices = ["stride", "dilation", "padding", "groups", "algo"]
+        if p["padding"] != "same":
+            choices.append("kernel")
+        what = draw(st.sampled_from(choices))
+        if what in ("stride", "dilation"):
+            return call.with_params(**{what: draw(st.sampled_from(_BAD_INTS))}), {}, _words(what)
+        if what == "padding":
+            bad = draw(st.sampled_from((-1, (0, -2), 1.5, "full", None, (1, 2, 3), "same")))
+            if bad == "same":
+                return call.with_params(padding="same", stride=(2, 1)), {}, _words("same", "stride")
+            return call.with_params(padding=bad), {}, _words("padding")
+        if what == "groups":
+            wrong = [g for g in range(2, C + F + 3) if C % g or F % g or w.shape[1] != C // g]
+            bad = draw(st.sampled_from((0, -1, 1.5, True, None) + tuple(wrong[:3])))
+            return call.with_params(groups=bad), {}, _words("groups", "w.shape[1]")
+        if what == "algo":
+            return call, {"algo": draw(st.sampled_from(("fft", None, 1, "IM2COL")))}, _words("algo")
+        pad_h = 0 if p["padding"] == "valid" else 2 * p["padding"][0]
+        ext_h = x.shape[2] + pad_h + 1  # one more than the padded input, with any dilation >= 1
+        big = np.zeros((F, w.shape[1], ext_h, KW), w.dtype)
+        return call.with_arrays(w=big), {}, _words("kernel")
+    if op == "max_pool2d":
+        H, W = call.arrays["x"].shape[2:]
+        (KH, KW), (PH, PW) = p["kernel_size"], p["padding"]
+        what = draw(st.sampled_from(("kernel_size", "stride", "padding", "ceil_mode", "too_big")))
+        if what == "kernel_size":
+            bad = draw(st.sampled_from((0, -2, (2, 0), 1.5, "2", (2,), True, None)))
+        elif what == "stride":
+            bad = draw(st.sampled_from((0, -1, (1, 0), 1.5, "2", True)))
+        elif what == "padding":
+            bad = draw(st.sampled_from((-1, (0, -1), 1.5, None, (KH // 2 + 1, PW))))
+        elif what == "ceil_mode":
+            bad = draw(st.sampled_from(("yes", 1.5)))
+        else:
+            return call.with_params(kernel_size=(H + 2 * PH + 1, KW)), {}, _words("kernel_size")
+        return call.with_params(**{what: bad}), {}, _words(what)
+    if op == "max_pool2d_backward":
+        dy, indices = call.arrays["dy"], call.arrays["indices"]
+        N, C, H, W = p["input_shape"]
+        shapes = [(N, C, H), (N, C, H, -1), (N, C, H, W, 1), None, "abc", (N + 1, C, H, W), (N, C, 1.5, W)]
+        if indices.size and draw(st.booleans()):
+            bad = indices.copy()
+            bad.flat[draw(st.integers(0, bad.size - 1))] = draw(st.sampled_from((H * W, -1, 2**40, -(2**40))))
+            return call.with_arrays(indices=bad), {}, _words("indices")
+        return call.with_params(input_shape=draw(st.sampled_from(shapes))), {}, _words("input_shape", "dy")
+    return None
+
+
+@st.composite
+def _bad_out(draw, call):
+    want = call.expected()
+    i = draw(st.integers(0, len(want) - 1))
+    ref = want[i]
+    dtype = ref.dtype if ref.dtype == np.int64 else call.arrays[ANCHOR[call.op]].dtype
+    choices = ["shape", "dtype", "readonly", "list"]
+    if ref.ndim and ref.shape[-1] > 1 and ref.size > ref.shape[-1]:
+        choices.append("noncontiguous")
+    how = draw(st.sampled_from(choices))
+    if how == "shape":
+        buf = np.zeros((ref.shape[0] + 1,) + ref.shape[1:], dtype)
+    elif how == "dtype":
+        buf = np.zeros(ref.shape, np.float32 if dtype == np.float64 else np.float64)
+    elif how == "readonly":
+        buf = np.zeros(ref.shape, dtype)
+        buf.flags.writeable = False
+    elif how == "list":
+        buf = np.zeros(ref.shape, dtype).tolist()
+    else:
+        buf = np.zeros(ref.shape[:-1] + (2 * ref.shape[-1],), dtype)[..., ::2]
+    if len(want) == 1:
+        return call, {"out": buf}, _words("out")
+    if draw(st.booleans()):  # a tuple of the wrong length
+        return call, {"out": (buf,) * (len(want) + draw(st.sampled_from((-1, 1))))}, _words("out")
+    outs = [None] * len(want)
+    outs[i] = buf
+    return call, {"out": tuple(outs)}, _words("out")
+
+
+@st.composite
+def invalid_calls(draw, op, dtype, backend):
+    call = draw(calls(op, dtype, ALGOS))
+    kinds = [_bad_array, _bad_parameter] + ([_bad_out] if backend != "cuda" else [])
+    kind = draw(st.sampled_from(kinds))
+    bad = draw(kind(call))
+    if bad is None:  # an op without scalar parameters
+        bad = draw(_bad_array(call))
+    return bad
+
+
+@pytest.mark.parametrize("op, backend", ALL_PAIRS)
+@given(data=st.data())
+def test_invalid_calls_raise_clear_errors(op, backend, data):
+    dtype = data.draw(st.sampled_from(DTYPES if backend != "cuda" else (np.float32,)), label="dtype")
+    call, extra, blame = data.draw(invalid_calls(op, dtype, backend), label="invalid call")
+    if data.draw(st.booleans(), label="bad backend name"):
+        extra, blame = dict(extra, backend=data.draw(st.sampled_from(("tpu", 3, "CPU")))), blame | {"backend"}
+    with pytest.raises((TypeError, ValueError)) as info:
+        call.run(extra.pop("backend", backend), **extra)
+    message = str(info.value)
+    assert any(re.search(rf"(?<![\w.]){re.escape(word)}(?!\w)", message) for word in blame), (
+        f"the error names none of {sorted(blame)}: {message!r}"
+    )
+
+
+# ---------------------------------------------------------------------------- documented cases
+
+HOSTILE = {}  # row id of docs/validation.md -> (op, check(backend))
+
+
+def hostile(row_id, op):
+    def register(check):
+        HOSTILE[f"{row_id}:{op}"] = (op, check)
+        return check
+    return register
+
+
+def _raises(exc, words, fn, *args, **kwargs):
+    with pytest.raises(exc) as info:
+        fn(*args, **kwargs)
+    for word in words:
+        assert word in str(info.value), f"{word!r} not in {str(info.value)!r}"
+
+
+RNG = np.random.default_rng(1)
+X = RNG.standard_normal((2, 3, 7, 6)).astype(np.float32)
+Wc = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)
+Xs = RNG.standard_normal((5, 2, 3))  # rnn (T, N, D), float64
+Wx, Wh, H0 = RNG.standard_normal((3, 4)), 0.5 * RNG.standard_normal((4, 4)), RNG.standard_normal((2, 4))
+
+
+@hostile("ndim", "conv2d")
+def _(backend):
+    _raises(ValueError, ["x", "4-D", "3-D"], fl.conv2d, X[0], Wc, backend=backend)
+
+
+@hostile("ndim", "rnn")
+def _(backend):
+    _raises(ValueError, ["Wh", "2-D", "3-D"], fl.rnn, Xs, H0, Wx, Wh[None], backend=backend)
+
+
+for _bad in ("int32", "int64", "uint8", "bool"):
+    @hostile(f"dtype-{_bad}", "max_pool2d")
+    def _(backend, _bad=_bad):
+        _raises(TypeError, ["x", "float32 or float64", _bad, "astype(numpy.float32)"],
+                fl.max_pool2d, X.astype(_bad), 2, backend=backend)
+
+for _bad in ("complex64", "float16", "object"):
+    @hostile(f"dtype-{_bad}", "conv2d")
+    def _(backend, _bad=_bad):
+        _raises(TypeError, ["x", "float32 or float64", _bad], fl.conv2d, X.astype(_bad), Wc, backend=backend)
+
+
+@hostile("not-an-array", "rnn_step")
+def _(backend):
+    _raises(TypeError, ["h_prev", "list"], fl.rnn_step, Xs[0], H0.tolist(), Wx, Wh, backend=backend)
+
+
+@hostile("mixed-dtypes", "rnn_step")
+def _(backend):
+    _raises(TypeError, ["Wx", "float32", "float64", "mixed"], fl.rnn_step, Xs[0], H0, Wx.astype(np.float32), Wh,
+            backend=backend)
+
+
+@hostile("mixed-dtypes", "conv2d_backward")
+def _(backend):
+    _raises(TypeError, ["dy", "float64", "mixed"], fl.conv2d_backward, np.zeros((2, 4, 5, 4)), X, Wc, backend=backend)
+
+
+@hostile("shapes-disagree", "rnn")
+def _(backend):
+    _raises(ValueError, ["Wh", "(4, 4)", "(4, 5)"], fl.rnn, Xs, H0, Wx, np.zeros((4, 5)), backend=backend)
+
+
+@hostile("shapes-disagree", "max_pool2d_backward")
+def _(backend):
+    dy, idx = np.zeros((2, 3, 3, 3), np.float32), np.zeros((2, 3, 3, 2), np.int64)
+    _raises(ValueError, ["indices", "(2, 3, 3, 3)", "(2, 3, 3, 2)"], fl.max_pool2d_backward, dy, idx, X.shape,
+            backend=backend)
+
+
+for _name, _value in (("stride", 0), ("stride", -2), ("dilation", 0), ("dilation", (1, -1))):
+    @hostile(f"{_name}-nonpositive", "conv2d")
+    def _(backend, _name=_name, _value=_value):
+        _raises(ValueError, [_name, ">= 1"], fl.conv2d, X, Wc, **{_name: _value}, backend=backend)
+
+
+@hostile("stride-nonpositive", "max_pool2d")
+def _(backend):
+    _raises(ValueError, ["stride", ">= 1"], fl.max_pool2d, X, 2, stride=(2, 0), backend=backend)
+
+
+@hostile("padding-negative", "conv2d")
+def _(backend):
+    _raises(ValueError, ["padding", ">= 0"], fl.conv2d, X, Wc, padding=(0, -1), backend=backend)
+
+
+@hostile("padding-negative", "max_pool2d")
+def _(backend):
+    _raises(ValueError, ["padding", ">= 0"], fl.max_pool2d, X, 3, padding=-1, backend=backend)
+
+
+@hostile("pool-padding-over-half", "max_pool2d")
+def _(backend):
+    _raises(ValueError, ["padding", "half"], fl.max_pool2d, X, (3, 4), padding=(1, 3), backend=backend)
+
+
+@hostile("groups-not-dividing", "conv2d")
+def _(backend):
+    _raises(ValueError, ["groups=2", "C=3"], fl.conv2d, X, Wc, groups=2, backend=backend)
+    x6 = np.zeros((1, 6, 5, 5), np.float32)
+    _raises(ValueError, ["groups=2", "F=3"], fl.conv2d, x6, np.zeros((3, 3, 3, 3), np.float32), groups=2,
+            backend=backend)
+
+
+@hostile("kernel-larger-than-input", "conv2d")
+def _(backend):
+    _raises(ValueError, ["kernel", "9x3", "7x6"], fl.conv2d, X, Wc, dilation=(4, 1), backend=backend)
+
+
+@hostile("kernel-larger-than-input", "conv2d_backward")
+def _(backend):
+    _raises(ValueError, ["kernel", "8x8"], fl.conv2d_backward, np.zeros((2, 4, 1, 1), np.float32), X,
+            np.zeros((4, 3, 8, 8), np.float32), backend=backend)
+
+
+@hostile("kernel-larger-than-input", "max_pool2d")
+def _(backend):
+    _raises(ValueError, ["kernel_size", "8x2", "7x6"], fl.max_pool2d, X, (8, 2), backend=backend)
+
+
+@hostile("empty-plane", "max_pool2d")
+def _(backend):
+    # With padding, a 0-row input would give windows made of padding only (no maximum, no index).
+    _raises(ValueError, ["x", "0x6"], fl.max_pool2d, X[:, :, :0], 2, padding=1, backend=backend)
+
+
+@hostile("non-integer-parameter", "conv2d")
+def _(backend):
+    _raises(TypeError, ["stride", "float"], fl.conv2d, X, Wc, stride=1.5, backend=backend)
+    _raises(TypeError, ["dilation", "bool"], fl.conv2d, X, Wc, dilation=True, backend=backend)
+    _raises(ValueError, ["padding", "'full'"], fl.conv2d, X, Wc, padding="full", backend=backend)
+    _raises(TypeError, ["groups", "float"], fl.conv2d, X, Wc, groups=1.0, backend=backend)
+
+
+@hostile("non-integer-parameter", "max_pool2d")
+def _(backend):
+    _raises(TypeError, ["kernel_size", "str"], fl.max_pool2d, X, "2", backend=backend)
+    _raises(TypeError, ["ceil_mode", "bool"], fl.max_pool2d, X, 2, ceil_mode="yes", backend=backend)
+
+
+def _zero_strided(shape, dtype=np.float64):
+    """An array of any size that occupies one element of memory."""
+    return np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape=shape, strides=(0,) * len(shape))
+
+
+@hostile("index-overflow", "conv2d")
+def _(backend):
+    one = np.zeros((1, 1, 1, 1))
+    _raises(ValueError, ["too large"], fl.conv2d, one, one, padding=2**30, backend=backend)
+    _raises(ValueError, ["padding", "2**31"], fl.conv2d, one, one, padding=2**31, backend=backend)
+
+
+@hostile("index-overflow", "rnn")
+def _(backend):
+    # NumPy itself refuses arrays of 2**63 bytes or more, so the inputs stay below; the output
+    # (T, N, H) would not.
+    x = _zero_strided((2**36, 2**20, 1))
+    Wx, Wh = _zero_strided((1, 2**10)), _zero_strided((2**10, 2**10))
+    _raises(ValueError, ["too large", "T=68719476736"], fl.rnn, x, None, Wx, Wh, backend=backend)
+
+
+@hostile("index-overflow", "max_pool2d")
+def _(backend):
+    _raises(ValueError, ["stride", "2**31"], fl.max_pool2d, X, 2, stride=2**40, backend=backend)
+
+
+@hostile("index-overflow", "max_pool2d_backward")
+def _(backend):
+    dy, idx = np.zeros((1, 1, 1, 1)), np.zeros((1, 1, 1, 1), np.int64)
+    _raises(ValueError, ["input_shape", "index"], fl.max_pool2d_backward, dy, idx, (1, 1, 2**31, 2**31),
+            backend=backend)
+
+
+def _empty_calls(op):
+    """Calls of ``op`` with an empty batch (N = 0), and for rnn an empty sequence (T = 0)."""
+    from _random_calls import fixed_call
+
+    call = fixed_call(op, np.float64)
+    batch_axis = 1 if op in ("rnn", "rnn_backward") else 0
+    cut = {}
+    for name, a in call.arrays.items():
+        if a is None or name in ("Wx", "Wh", "b", "w"):
+            continue
+        axis = 0 if name in ("h0", "h_prev") else batch_axis
+        cut[name] = np.take(a, [], axis=axis) if name != "indices" else a[:0]
+    params = dict(call.params)
+    if "input_shape" in params:
+        params["input_shape"] = (0,) + tuple(params["input_shape"][1:])
+    out = [Call(op, dict(call.arrays, **cut), params, call.algo, call.terms)]
+    if op in ("rnn", "rnn_backward"):
+        out.append(call.with_arrays(**{n: a[:0] for n, a in call.arrays.items() if n in ("x_seq", "dhs", "hs")}))
+    return out
+
+
+for _op in ("conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward", "rnn_step", "rnn_step_backward",
+            "rnn", "rnn_backward"):
+    @hostile("empty-batch", _op)
+    def _(backend, _op=_op):
+        for call in _empty_calls(_op):
+            assert_matches_reference(call, call.run(backend), np.float64)
+
+
+@hostile("layouts", "conv2d")
+def _(backend):
+    from _random_calls import fixed_call
+
+    call = fixed_call("conv2d", np.float64)
+    for layout in LAYOUTS:
+        hostile_call = call.with_arrays(**{n: relayout(a, layout) for n, a in call.arrays.items()})
+        assert_matches_reference(call, hostile_call.run(backend), np.float64)
+
+
+for _op in ("conv2d_backward", "max_pool2d", "max_pool2d_backward", "rnn", "rnn_backward"):
+    @hostile("layouts", _op)
+    def _(backend, _op=_op):
+        from _random_calls import fixed_call
+
+        call = fixed_call(_op, np.float32)
+        for layout in LAYOUTS:
+            hostile_call = call.with_arrays(**{n: relayout(a, layout) for n, a in call.arrays.items()})
+            assert_matches_reference(call, hostile_call.run(backend), np.float32)
+
+
+@hostile("nan-inf", "max_pool2d")
+def _(backend):
+    x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    x[0, 0, 0, 1] = x[0, 0, 1, 0] = np.nan  # two NaNs in the first window: the first one wins
+    x[0, 0, 3, 3] = np.inf
+    x[0, 0, 2, 0] = -np.inf
+    y, idx = fl.max_pool2d(x, 2, backend=backend)
+    assert np.isnan(y[0, 0, 0, 0]) and idx[0, 0, 0, 0] == 1
+    assert y[0, 0, 1, 1] == np.inf and idx[0, 0, 1, 1] == 15
+    assert y[0, 0, 1, 0] == 13 and idx[0, 0, 1, 0] == 13
+
+
+@hostile("nan-inf", "conv2d")
+def _(backend):
+    x = np.zeros((1, 1, 5, 5))
+    x[0, 0, 0, 0], x[0, 0, 4, 4] = np.nan, np.inf
+    y = fl.conv2d(x, np.ones((1, 1, 3, 3)), padding=1, backend=backend)[0, 0]
+    # The NaN reaches exactly the outputs whose window covers it, the inf likewise (as in PyTorch).
+    nan, inf = np.zeros((5, 5), bool), np.zeros((5, 5), bool)
+    nan[:2, :2] = inf[3:, 3:] = True
+    np.testing.assert_array_equal(np.isnan(y), nan)
+    np.testing.assert_array_equal(np.isposinf(y), inf)
+    assert (y[~nan & ~inf] == 0).all()
+
+
+@hostile("nan-inf", "rnn")
+def _(backend):
+    x = np.zeros((3, 2, 3))
+    x[0, 0, 0] = np.nan  # sample 0: NaN from the first step on
+    x[0, 1, 0] = np.inf  # sample 1: saturates (tanh(+-inf) = +-1), stays finite
+    hs = fl.rnn(x, None, np.ones((3, 2)), 0.5 * np.eye(2), backend=backend)
+    assert np.isnan(hs[:, 0]).all()
+    np.testing.assert_array_equal(hs[0, 1], [1.0, 1.0])
+    assert np.isfinite(hs[:, 1]).all()
+
+
+@hostile("out-buffer", "conv2d")
+def _(backend):
+    good = fl.conv2d(X, Wc, backend="numpy")
+    _raises(ValueError, ["out", str(good.shape)], fl.conv2d, X, Wc, out=np.zeros((2, 4, 5, 5), np.float32),
+            backend=backend)
+    _raises(TypeError, ["out", "float32"], fl.conv2d, X, Wc, out=np.zeros(good.shape), backend=backend)
+    _raises(ValueError, ["out", "C-contiguous"], fl.conv2d, X, Wc, out=np.zeros(good.shape, np.float32, order="F"),
+            backend=backend)
+    ro = np.zeros(good.shape, np.float32)
+    ro.flags.writeable = False
+    _raises(ValueError, ["out", "writeable"], fl.conv2d, X, Wc, out=ro, backend=backend)
+
+
+@hostile("pool-indices-out-of-range", "max_pool2d_backward")
+def _(backend):
+    dy = np.ones((2, 3, 3, 3), np.float32)
+    for bad in (42, -1, 2**40):
+        idx = np.zeros(dy.shape, np.int64)
+        idx[1, 2, 2, 2] = bad
+        _raises(ValueError, ["indices", "[0, 42)"], fl.max_pool2d_backward, dy, idx, (2, 3, 6, 7), backend=backend)
+
+
+@hostile("unknown-name", "conv2d")
+def _(backend):
+    _raises(ValueError, ["algo", "'fft'"], fl.conv2d, X, Wc, algo="fft", backend=backend)
+    _raises(ValueError, ["backend", "'tpu'"], fl.conv2d, X, Wc, backend="tpu")
+
+
+@pytest.mark.parametrize(
+    "row, backend",
+    [(row, backend) for row, (op, _) in HOSTILE.items() for (o, backend) in ALL_PAIRS if o == op],
+)
+def test_documented_hostile_input(row, backend):
+    HOSTILE[row][1](backend)
+
+
+def test_validation_doc_is_complete():
+    """Every row of docs/validation.md is checked above, and every check has its row."""
+    doc = (Path(__file__).parent.parent / "docs" / "validation.md").read_text()
+    documented = set(re.findall(r"^\| `([a-z0-9-]+)` \|", doc, flags=re.M))
+    checked = {row.split(":")[0] for row in HOSTILE} | {"huge-allocation"}  # the last in test_memory.py
+    assert documented == checked, f"doc only: {documented - checked}; tests only: {checked - documented}"
