@@ -22,6 +22,10 @@ def _ms(v):
     return f"{v:.3g}" if v < 10 else f"{v:.0f}" if v >= 1000 else f"{v:.1f}"
 
 
+def _short(direction):
+    return "fwd" if direction == "forward" else "bwd"
+
+
 def format_table(report):
     """The report as text: the machine, the roofs, one row per measurement, the skip notes."""
     roofs, settings = report["roofs"], report["settings"]
@@ -31,6 +35,7 @@ def format_table(report):
         f"machine: {machine_line(report['machine'])}",
         f"roofs measured in this run: GEMM {roofs['gemm_gflops']:.1f} GFLOP/s (NumPy BLAS, {M}x{K} @ {K}x{N}), "
         f"copy {roofs['copy_gbs']:.1f} GB/s; % roof = rate / roof",
+        *_load_warning(report["machine"]),
         "vs best other = median of the fastest other backend / this median (> 1: this one is faster)",
         "",
     ]
@@ -38,7 +43,7 @@ def format_table(report):
     for r in report["results"]:
         ratio = "" if r["vs_best_other"] is None else f"{r['vs_best_other']:.2f}x {r['best_other']}"
         rows.append((
-            r["case"], "fwd" if r["direction"] == "forward" else "bwd", r["backend"], _ms(r["median_ms"]),
+            r["case"], _short(r["direction"]), r["backend"], _ms(r["median_ms"]),
             f"({_ms(r['min_ms'])} - {_ms(r['max_ms'])})", str(r["rounds"]), f"{r['rate']:.2f} {r['rate_unit']}",
             f"{r['roof_pct']:.0f}%", ratio,
         ))
@@ -55,6 +60,14 @@ def format_table(report):
     for reason, (backends, cases) in notes.items():
         lines.append(f"skipped {', '.join(backends)} on {', '.join(cases)}: {reason}")
     return "\n".join(lines)
+
+
+def _load_warning(machine):
+    load = machine.get("load_average")
+    if load is None or load < machine["usable_cpus"]:
+        return []
+    return [f"warning: load average {load:.1f} on {machine['usable_cpus']} CPUs when the run started: "
+            "other processes competed for the CPUs, figures are slower and noisier than this machine can do"]
 
 
 def _key(r):
@@ -125,7 +138,7 @@ def plot(report, path):
         xs = [i + (j - (len(backends) - 1) / 2) * width for i, g in enumerate(groups) if (*g, backend) in by_key]
         ys = [by_key[(*g, backend)] for g in groups if (*g, backend) in by_key]
         ax.bar(xs, ys, width, label=backend, color=f"C{j}")
-    ax.set_xticks(range(len(groups)), [f"{c}\n{'fwd' if d == 'forward' else 'bwd'}" for c, d in groups], fontsize=8)
+    ax.set_xticks(range(len(groups)), [f"{c} {_short(d)}" for c, d in groups], fontsize=8, rotation=30, ha="right")
     ax.set_yscale("log")
     ax.set_ylabel("median time per call (ms, log)")
     machine = report["machine"]
@@ -140,8 +153,11 @@ def plot(report, path):
                 pts = sorted((r["shape"][0], r["median_ms"]) for r in results
                              if r["sweep"] == sweep and r["backend"] == backend and r["direction"] == direction)
                 if pts:
-                    ax.plot(*zip(*pts), style, color=f"C{j}", label=f"{backend} {direction[:3]}")
+                    ax.plot(*zip(*pts), style, color=f"C{j}", label=f"{backend} {_short(direction)}")
+        sizes = sorted({r["shape"][0] for r in results if r["sweep"] == sweep})
         ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.minorticks_off()
         ax.set_yscale("log")
         ax.set_xlabel(axis)
         ax.set_ylabel("median ms (log)")

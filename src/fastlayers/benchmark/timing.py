@@ -134,6 +134,8 @@ def machine_info(threads):
         "logical_cpus": os.cpu_count(),
         "usable_cpus": usable,
         "threads": threads,
+        # Other processes' load at the start of the run: above the usable CPUs, figures are disturbed.
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "blas": blas,
         "gpus": _gpu_names(),
         "platform": platform.platform(),
