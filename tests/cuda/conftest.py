@@ -2,7 +2,8 @@
 
 * ``tests/cuda/sim``: kernels run by Numba's CUDA simulator against the reference; they need
   ``NUMBA_ENABLE_CUDASIM=1`` in the environment of a separate pytest invocation (see .ci/run).
-* ``tests/cuda/test_ptx.py``: the real kernels compiled to PTX for sm_90, without the simulator.
+* the other tests in ``tests/cuda`` (the real kernels compiled to PTX for sm_90, import and
+  availability checks): without the simulator.
 
 Each run skips the other's tests, saying why."""
 import os
@@ -16,10 +17,10 @@ _SIM_DIR = Path(__file__).parent / "sim"
 
 def pytest_collection_modifyitems(config, items):
     need_sim = pytest.mark.skip(reason="simulator test: run with NUMBA_ENABLE_CUDASIM=1 (a separate pytest run)")
-    need_real = pytest.mark.skip(reason="PTX test: run without NUMBA_ENABLE_CUDASIM (the simulator compiles nothing)")
+    need_real = pytest.mark.skip(reason="needs real Numba CUDA: run without NUMBA_ENABLE_CUDASIM (the simulator compiles nothing)")
     for item in items:
         path = Path(str(item.fspath))
         if _SIM_DIR in path.parents and not SIMULATOR:
             item.add_marker(need_sim)
-        elif path.parent == _SIM_DIR.parent and path.name == "test_ptx.py" and SIMULATOR:
+        elif path.parent == _SIM_DIR.parent and SIMULATOR:
             item.add_marker(need_real)
