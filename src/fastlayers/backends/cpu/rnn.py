@@ -4,6 +4,7 @@ A step is a sequence of length one, so ``rnn_step`` and ``rnn`` share one compil
 direction. The kernels split every product among their own OpenMP threads
 (``fastlayers.get_num_threads()``) and call BLAS single-threaded inside them.
 """
+import contextlib
 import threading
 
 import numpy as np
@@ -14,19 +15,42 @@ from .. import numpy as _numpy_backend
 
 OPS = frozenset({"rnn_step", "rnn_step_backward", "rnn", "rnn_backward"})
 
-_blas = None
+# Below this much recurrent work per step and thread (N*H*H multiply-adds: 32k take a few
+# microseconds), a step costs less than the barrier that ends it, so small problems use fewer
+# threads than fastlayers.get_num_threads() allows. Tests set it to 0 to force the split.
+MIN_STEP_WORK_PER_THREAD = 1 << 15
+COLUMN_ALIGN = 16  # the kernels' column block: more threads than blocks of H would idle
+
+_blas_libraries = None
 _workspaces = threading.local()  # per calling thread: the kernels run without the GIL
 
 
-def _single_threaded_blas():
-    """Context limiting every loaded BLAS to one thread: our OpenMP team already uses the cores,
-    BLAS threads on top would oversubscribe them. threadpoolctl is imported on first use only."""
-    global _blas
-    if _blas is None:
-        from threadpoolctl import ThreadpoolController
+def _num_threads(N, H):
+    useful = min(-(-H // COLUMN_ALIGN), N * H * H // max(MIN_STEP_WORK_PER_THREAD, 1))
+    return max(1, min(get_num_threads(), useful))
 
-        _blas = ThreadpoolController().select(user_api="blas")
-    return _blas.limit(limits=1)
+
+@contextlib.contextmanager
+def _single_threaded_blas():
+    """Every loaded BLAS at one thread while our OpenMP team runs: the team already uses the
+    cores, BLAS threads on top would oversubscribe them. Cheaper than threadpool_limits (which
+    re-reads every library's state): only libraries not at one thread are touched."""
+    global _blas_libraries
+    if _blas_libraries is None:
+        from threadpoolctl import ThreadpoolController  # imported on first use only
+
+        _blas_libraries = tuple(ThreadpoolController().select(user_api="blas").lib_controllers)
+    changed = []
+    try:
+        for lib in _blas_libraries:
+            n = lib.get_num_threads()
+            if n != 1:
+                lib.set_num_threads(1)
+                changed.append((lib, n))
+        yield
+    finally:
+        for lib, n in changed:
+            lib.set_num_threads(n)
 
 
 def _workspace(shape, dtype):
@@ -63,7 +87,7 @@ def rnn(x_seq, h0, Wx, Wh, b, out):
     hs = np.empty((T, N, H), x_seq.dtype) if out is None else out
     with _single_threaded_blas():
         _kernels.rnn_forward(
-            _c(x_seq).reshape(T * N, D), _c(h0), _c(Wx), _c(Wh), _c(b), hs.reshape(T * N, H), N, get_num_threads()
+            _c(x_seq).reshape(T * N, D), _c(h0), _c(Wx), _c(Wh), _c(b), hs.reshape(T * N, H), N, _num_threads(N, H)
         )
     return hs
 
@@ -82,7 +106,7 @@ def rnn_backward(dhs, x_seq, h0, Wx, Wh, hs, out):
         _kernels.rnn_backward(
             _c(dhs).reshape(T * N, H), _c(x_seq).reshape(T * N, D), _c(h0), _c(Wx), _c(Wh),
             _c(hs).reshape(T * N, H), _workspace((T * N, H), dt),
-            dx.reshape(T * N, D), dh0, dWx, dWh, db, N, get_num_threads(),
+            dx.reshape(T * N, D), dh0, dWx, dWh, db, N, _num_threads(N, H),
         )
     return dx, dh0, dWx, dWh, db
 
