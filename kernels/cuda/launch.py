@@ -58,15 +58,18 @@ def launch_config(kind, *sizes):
     """(grid, block) of a launch.
 
     kind "gemm": sizes (M, N, batches) -> a block per TILE_M x TILE_N tile, batches along z;
-    kind "elementwise" / "direct": sizes (threads,) -> 1-D blocks of ELEMENTWISE_BLOCK / DIRECT_BLOCK;
+    kind "elementwise": sizes (threads,) -> 1-D blocks of ELEMENTWISE_BLOCK;
+    kind "direct": sizes (planes, pixels) -> DIRECT_BLOCK pixels of one output plane per block;
     kind "reduce": sizes (outputs,) -> one REDUCE_BLOCK block per output.
     Raises ValueError when the problem exceeds CUDA's grid limits."""
     if kind == "gemm":
         M, N, batches = sizes
         grid, block = (_cdiv(M, TILE_M), _cdiv(N, TILE_N), batches), (GEMM_BLOCK_X, GEMM_BLOCK_Y)
-    elif kind in ("elementwise", "direct"):
-        width = ELEMENTWISE_BLOCK if kind == "elementwise" else DIRECT_BLOCK
-        grid, block = (_cdiv(sizes[0], width),), (width,)
+    elif kind == "elementwise":
+        grid, block = (_cdiv(sizes[0], ELEMENTWISE_BLOCK),), (ELEMENTWISE_BLOCK,)
+    elif kind == "direct":
+        planes, pixels = sizes
+        grid, block = (planes * _cdiv(pixels, DIRECT_BLOCK),), (DIRECT_BLOCK,)
     elif kind == "reduce":
         grid, block = (sizes[0],), (REDUCE_BLOCK,)
     else:

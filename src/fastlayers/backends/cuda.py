@@ -35,7 +35,8 @@ def availability():
     if config.ENABLE_CUDASIM:
         return True, "Numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1): correct, but very slow"
     if not cuda.is_available():
-        return False, f"no usable CUDA GPU/driver: {cuda.cuda_error() or 'numba.cuda.is_available() is False'}"
+        why = " ".join(str(cuda.cuda_error() or "numba.cuda.is_available() is False").split())
+        return False, f"no usable CUDA GPU/driver: {why}"
     name = cuda.get_current_device().name
     return True, f"GPU {name.decode() if isinstance(name, bytes) else name}"
 
@@ -182,7 +183,7 @@ def conv2d(x, w, b, g, algo, out):
     geo = conv.conv2d_geo(g)
     if y.size:
         if _conv2d_algo(algo, g) == "direct":
-            grid, block = launch.launch_config("direct", g.N * g.F * -(-g.OH * g.OW // launch.DIRECT_BLOCK) * launch.DIRECT_BLOCK)
+            grid, block = launch.launch_config("direct", g.N * g.F, g.OH * g.OW)
             conv.direct_kernel(xd.dtype)[grid, block](_flat(xd), _flat(wd), bd, _flat(y), geo)
         else:
             K = g.C // g.groups * g.KH * g.KW
