@@ -14,7 +14,13 @@ from threadpoolctl import threadpool_limits
 import fastlayers as fl
 from fastlayers.benchmark.runner import available_families
 from fastlayers.benchmark.timing import plan_rounds
-from fastlayers.benchmark.workloads import family, fastlayers_call, make_inputs, op_name, work
+from fastlayers.benchmark.workloads import (
+    family,
+    fastlayers_call,
+    make_inputs,
+    op_name,
+    work,
+)
 
 MAX_ROUNDS = 7
 

@@ -17,7 +17,7 @@ import fastlayers as fl
 from fastlayers.__main__ import main
 from fastlayers.benchmark import workloads
 from fastlayers.benchmark.report import COLUMNS
-from fastlayers.cases import ALL_CASES, QUICK_CASES, CASES_BY_NAME, Case
+from fastlayers.cases import ALL_CASES, CASES_BY_NAME, QUICK_CASES, Case
 
 TINY = [
     "--add-case", "tiny-conv=conv2d:2,3,6,6:F=4,kernel_size=3,padding=1",

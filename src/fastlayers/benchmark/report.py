@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+
 from .runner import SCHEMA
 from .timing import machine_line
 from .workloads import label_order
@@ -120,7 +121,9 @@ def _columns(rows):
 def plot(report, path):
     """Write a PNG: median time per case and backend as grouped bars (log scale), and below, each
     sweep as lines of time against its varying size (how cost grows with work)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # the bench extra; imported only here
+    from matplotlib.backends.backend_agg import (
+        FigureCanvasAgg,  # the bench extra; imported only here
+    )
     from matplotlib.figure import Figure
 
     results = report["results"]

@@ -14,8 +14,16 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from .. import _dispatch
-from .timing import copy_roof, gemm_roof, machine_info, time_call, GEMM_SHAPE
-from .workloads import FAMILIES, family, fastlayers_call, labels_for, make_inputs, op_name, work
+from .timing import GEMM_SHAPE, copy_roof, gemm_roof, machine_info, time_call
+from .workloads import (
+    FAMILIES,
+    family,
+    fastlayers_call,
+    labels_for,
+    make_inputs,
+    op_name,
+    work,
+)
 
 SCHEMA = "fastlayers-bench/1"
 
