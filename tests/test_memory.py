@@ -1,0 +1,79 @@
+"""Memory: repeated calls do not leak, and a request bigger than the machine fails cleanly.
+
+The 10,000-iteration version of the leak check is ``python tools/reliability_long.py rss``.
+"""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from _random_calls import fixed_call, kernel_pairs
+
+FAMILIES = {"conv2d": "conv2d_backward", "max_pool2d": "max_pool2d_backward", "rnn_step": "rnn_step_backward",
+            "rnn": "rnn_backward"}
+PAIRS = [(fwd, backend) for fwd, backend in kernel_pairs() if fwd in FAMILIES and (FAMILIES[fwd], backend) in kernel_pairs()]
+WARMUP, ITERATIONS = 20, 150
+# A leaked output per iteration (each is >= 128 KiB at these sizes) would add >= 18 MiB; allocator noise (free
+# lists, per-thread arenas of the OpenMP team) stays within a few MiB.
+MAX_GROWTH = 8 << 20
+
+
+def rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def forward_backward(fwd, backend, seed=0):
+    """A closure running one forward and one backward of the family ``fwd`` (big fixed sizes)."""
+    forward, backward = fixed_call(fwd, np.float32, seed, "big"), fixed_call(FAMILIES[fwd], np.float32, seed, "big")
+
+    def step():
+        forward.run(backend)
+        backward.run(backend)
+
+    return step
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
+@pytest.mark.parametrize("fwd, backend", PAIRS)
+def test_repeated_forward_backward_keeps_rss_flat(fwd, backend):
+    step = forward_backward(fwd, backend)
+    for _ in range(WARMUP):  # workspaces, caches and allocator pools reach their steady size
+        step()
+    before = rss_bytes()
+    for _ in range(ITERATIONS):
+        step()
+    growth = rss_bytes() - before
+    assert growth < MAX_GROWTH, f"RSS grew by {growth / 2**20:.1f} MiB over {ITERATIONS} forward+backward calls"
+
+
+def _huge(call):
+    """The call with its batch made 2**34 long by zero-stride views (no memory behind them): the
+    outputs would need terabytes."""
+    if call.op == "max_pool2d_backward":  # dy stays small; dx of input_shape would not be
+        N, C = call.arrays["dy"].shape[:2]
+        return call.with_params(input_shape=(N, C, 2**20, 2**20))
+    batch_axis = 1 if call.op in ("rnn", "rnn_backward") else 0
+    arrays = {}
+    for name, a in call.arrays.items():
+        if a is None or name in ("w", "b", "Wx", "Wh"):
+            continue
+        axis = 0 if name in ("h0", "h_prev") else batch_axis
+        shape = list(a.shape)
+        shape[axis] = 2**34
+        arrays[name] = np.broadcast_to(np.take(a, [0], axis=axis), shape)
+    return call.with_arrays(**arrays)
+
+
+@pytest.mark.parametrize("op, backend", kernel_pairs(include_reference=True))
+def test_huge_request_fails_cleanly(op, backend):
+    """More memory than any machine here has: a MemoryError (or a ValueError naming the sizes)
+    before any kernel runs, and the process carries on."""
+    call = _huge(fixed_call(op, np.float64))
+    with pytest.raises((MemoryError, ValueError)) as info:
+        call.run(backend)
+    if info.type is ValueError:
+        assert "too large" in str(info.value) or "elements" in str(info.value), str(info.value)
+    # The process is intact: the same op still works.
+    fixed_call(op, np.float64).run(backend)
