@@ -12,6 +12,7 @@ fastlayers``; each kernel is compiled on its first launch (per dtype), then cach
 from __future__ import annotations
 
 import functools
+import threading
 
 import numpy as np
 
@@ -72,6 +73,9 @@ def _device_array(a):
     return None
 
 
+_workspaces = threading.local()
+
+
 class _Call:
     """One op call: moves inputs to the GPU, allocates or checks outputs, returns results in the
     callers' family (NumPy in -> NumPy out; GPU in -> device arrays out)."""
@@ -94,6 +98,19 @@ class _Call:
 
     def empty(self, shape, dtype):
         return self.cuda.device_array(shape, dtype=dtype)
+
+    def scratch(self, name, shape, dtype):
+        """A device buffer for intermediate ``name``, kept and reused by later calls (growing as
+        needed): fresh device allocations cost more than many of our kernels. Kept per host
+        thread, so two threads never share one; one thread's launches run in issue order on the
+        default stream, so a call never overwrites what an earlier call still reads."""
+        dtype = np.dtype(dtype)
+        size = int(np.prod(shape, dtype=np.int64))
+        key = (name, dtype)
+        buf = _workspaces.__dict__.get(key)
+        if buf is None or buf.size < size:
+            buf = _workspaces.__dict__[key] = self.cuda.device_array(max(size, 1), dtype=dtype)
+        return buf[:size].reshape(shape)
 
     def output(self, name, out, shape, dtype):
         """The device buffer for an output: the caller's GPU ``out`` (checked), else a new one."""
@@ -151,7 +168,7 @@ def _split_k_gemm(call, kernel, a, b, c, geo, M, N, K, batches, total):
     if splits == 1:
         _gemm(kernel, a, b, c, c, c, geo, M, N, K, batches, chunk)
         return
-    partial = call.empty(splits * total, c.dtype)
+    partial = call.scratch("split-k partial sums", splits * total, c.dtype)
     _gemm(kernel, a, b, partial, c, c, geo, M, N, K, batches, chunk)
     grid, block = launch.launch_config("elementwise", total)
     reduce.sum_splits_kernel(c.dtype)[grid, block](partial, _flat(c), splits, total)
@@ -235,7 +252,8 @@ def max_pool2d_backward(dy, indices, input_shape, out):
     dx = call.output("out", out, input_shape, dyd.dtype)
     _fill(dx, 0)
     if dyd.size:
-        bad = call.cuda.to_device(np.zeros(1, dtype=np.int32))
+        bad = call.scratch("bad index flag", 1, np.int32)
+        bad.copy_to_device(np.zeros(1, dtype=np.int32))
         grid, block = launch.launch_config("elementwise", dyd.size)
         pool.backward_kernel(dyd.dtype)[grid, block](
             _flat(dyd), _flat(idx), _flat(dx), bad, N * C, dyd.shape[2] * dyd.shape[3], H * W
@@ -255,7 +273,7 @@ def _rnn_forward(call, xd, h0d, Wxd, Whd, bd, hs):
     H = hs.shape[2]
     dt = xd.dtype
     if h0d is None:
-        h0d = call.empty((N, H), dt)
+        h0d = call.scratch("zero initial state", (N, H), dt)
         _fill(h0d, 0)
     # x @ Wx + b for every step in one GEMM, then the recurrence, one launch per step (no host
     # synchronisation in between: launches queue on the stream).
@@ -276,7 +294,7 @@ def _rnn_backward(call, dhs, xd, h0d, Wxd, Whd, hs, dx, dh0, dWx, dWh, db):
             _fill(d, 0)
         return
     # dz[t] = dL/d(pre-activation of step t), seeded at the last step, then back through time.
-    dz = call.empty((T, N, H), dt)
+    dz = call.scratch("rnn pre-activation gradients", (T, N, H), dt)
     grid, block = launch.launch_config("elementwise", N * H)
     rnn.tanh_grad_kernel(dt)[grid, block](_flat(dz), _flat(dhs), _flat(hs), (T - 1) * N * H, N * H)
     back = rnn.gemm_kernel("abt_tanh_grad", dt)
@@ -288,7 +306,7 @@ def _rnn_backward(call, dhs, xd, h0d, Wxd, Whd, hs, dx, dh0, dWx, dWh, db):
     # Weight gradients: X^T dz and Hprev^T dz over all T*N rows, Hprev = [h0, hs[:-1]].
     atb = rnn.gemm_kernel("atb", dt)
     _split_k_gemm(call, atb, xd, dz, dWx, rnn.gemm_geo(D, H, T * N), D, H, T * N, 1, D * H)
-    hprev = call.empty((T, N, H), dt)
+    hprev = call.scratch("rnn previous states", (T, N, H), dt)
     if h0d is None:
         _fill(hprev[0], 0)
     else:
