@@ -129,7 +129,7 @@ class _Call:
 
     def result(self, d, out):
         if self.gpu:
-            return d
+            return d if out is None else out  # the caller's own object (torch, CuPy, ...)
         if out is not None:
             d.copy_to_host(out)
             return out
