@@ -24,9 +24,9 @@ def rss_bytes():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def forward_backward(fwd, backend, seed=0):
-    """A closure running one forward and one backward of the family ``fwd`` (big fixed sizes)."""
-    forward, backward = fixed_call(fwd, np.float32, seed, "big"), fixed_call(FAMILIES[fwd], np.float32, seed, "big")
+def forward_backward(fwd, backend, seed=0, size="big"):
+    """A closure running one forward and one backward of the family ``fwd``."""
+    forward, backward = fixed_call(fwd, np.float32, seed, size), fixed_call(FAMILIES[fwd], np.float32, seed, size)
 
     def step():
         forward.run(backend)
