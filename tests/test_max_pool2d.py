@@ -6,6 +6,8 @@ window overlaps another (each cell receives at most one gradient) it is exact to
 windows overlap the kernel adds in float32 (or float64) while the reference adds in float64 and
 rounds once, so the tolerance is that of a sum of ``kernel area`` terms (assert_close).
 """
+import importlib
+
 import numpy as np
 import pytest
 from _helpers import assert_close, assert_grad_matches, make_rng, numeric_grad
@@ -14,6 +16,9 @@ from hypothesis import strategies as st
 
 import fastlayers as fl
 from fastlayers import reference as ref
+
+# The part module (its name is shadowed by the op function in fastlayers.backends.cpu).
+cpu_backend = importlib.import_module("fastlayers.backends.cpu.max_pool2d")
 
 DTYPES = (np.float32, np.float64)
 
@@ -59,6 +64,15 @@ def pool_problems(draw):
     return shape, params
 
 
+@pytest.fixture(params=[False, True], ids=["cached-stores", "streaming-stores"])
+def streaming(request, monkeypatch):
+    """Run a test with the 2x2 path's ordinary stores, then with its non-temporal ones (used for
+    multi-MiB outputs only, so forced here by lowering the threshold)."""
+    if request.param:
+        monkeypatch.setattr(cpu_backend, "STREAMING_MIN_BYTES", 0)
+    return request.param
+
+
 # ---------------------------------------------------------------------------- forward
 
 
@@ -73,11 +87,12 @@ def test_forward_matches_reference(problem, dtype, seed, nan, neg_inf):
 
 # The 2x2 stride-2 fast path works on 4 (float32) or 2 (float64) outputs at a time: widths
 # around those multiples exercise the vector loop and its scalar tail; odd sizes drop the last
-# row/column (floor) or fall back to the general path (ceil mode).
+# row/column (floor) or fall back to the general path (ceil mode); widths whose rows are not
+# 16-byte aligned take ordinary stores even when streaming.
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("hw", [(2, 2), (2, 8), (4, 10), (6, 14), (7, 9), (5, 16), (3, 18), (8, 17)])
 @pytest.mark.parametrize("ceil_mode", [False, True])
-def test_forward_2x2_fast_path(dtype, hw, ceil_mode):
+def test_forward_2x2_fast_path(dtype, hw, ceil_mode, streaming):
     rng = make_rng(sum(hw))
     for nan, neg_inf in [(0.0, 0.0), (0.15, 0.0), (0.0, 0.5), (0.1, 0.3)]:
         x = tie_data(rng, (2, 3, *hw), dtype, nan, neg_inf)
@@ -173,7 +188,7 @@ def test_backward_matches_reference(problem, dtype, seed):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("hw", [(2, 2), (4, 8), (6, 10), (8, 14), (4, 18)])
-def test_backward_2x2_tiles(dtype, hw):
+def test_backward_2x2_tiles(dtype, hw, streaming):
     rng = make_rng(hw[1])
     x = tie_data(rng, (2, 3, *hw), dtype, nan=0.1)
     _, idx = cpu_pool(x, 2)

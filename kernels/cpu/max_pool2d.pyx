@@ -18,13 +18,14 @@ ctypedef fused floating:
 cdef extern from "max_pool2d_2x2.h" nogil:
     # The 2x2 stride-2 rows, vectorised with SSE2 (see the header for why they are C).
     void fl_pool_row_2x2_float(const float* x0, const float* x1, float* y, int64_t* indices,
-                               Py_ssize_t OW, int64_t first, int64_t W)
+                               Py_ssize_t OW, int64_t first, int64_t W, bint stream)
     void fl_pool_row_2x2_double(const double* x0, const double* x1, double* y, int64_t* indices,
-                                Py_ssize_t OW, int64_t first, int64_t W)
+                                Py_ssize_t OW, int64_t first, int64_t W, bint stream)
     Py_ssize_t fl_route_row_2x2_float(const float* dy, const int64_t* indices, float* r0, float* r1,
-                                      Py_ssize_t OW, int64_t first, int64_t W)
+                                      Py_ssize_t OW, int64_t first, int64_t W, bint stream)
     Py_ssize_t fl_route_row_2x2_double(const double* dy, const int64_t* indices, double* r0, double* r1,
-                                       Py_ssize_t OW, int64_t first, int64_t W)
+                                       Py_ssize_t OW, int64_t first, int64_t W, bint stream)
+    void fl_store_fence()
 
 
 cdef inline bint _wins(floating v, floating m) noexcept nogil:
@@ -37,15 +38,17 @@ cdef inline bint _wins(floating v, floating m) noexcept nogil:
 
 
 cdef void _pool_plane_2x2(const floating* x, floating* y, int64_t* indices,
-                          Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW) noexcept nogil:
+                          Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, bint stream) noexcept nogil:
     cdef Py_ssize_t oh
     for oh in range(OH):
         if floating is float:
             fl_pool_row_2x2_float(x + 2 * oh * W, x + (2 * oh + 1) * W, y + oh * OW, indices + oh * OW,
-                                  OW, 2 * oh * W, W)
+                                  OW, 2 * oh * W, W, stream)
         else:
             fl_pool_row_2x2_double(x + 2 * oh * W, x + (2 * oh + 1) * W, y + oh * OW, indices + oh * OW,
-                                   OW, 2 * oh * W, W)
+                                   OW, 2 * oh * W, W, stream)
+    if stream:
+        fl_store_fence()
 
 
 cdef void _pool_plane(const floating* x, floating* y, int64_t* indices,
@@ -85,9 +88,10 @@ cdef void _pool_plane(const floating* x, floating* y, int64_t* indices,
 
 
 def max_pool2d_forward(const floating[:, :, ::1] x, floating[:, :, ::1] y, int64_t[:, :, ::1] indices,
-                       int KH, int KW, int SH, int SW, int PH, int PW, int num_threads):
+                       int KH, int KW, int SH, int SW, int PH, int PW, bint stream, int num_threads):
     """x (P, H, W) -> y, indices (P, OH, OW); P = N*C planes, all sizes > 0, geometry validated
-    (every window holds at least one input cell). First maximum wins; the first NaN wins."""
+    (every window holds at least one input cell). First maximum wins; the first NaN wins.
+    ``stream``: write the outputs around the cache (2x2 stride-2 path only)."""
     cdef Py_ssize_t P = x.shape[0], H = x.shape[1], W = x.shape[2]
     cdef Py_ssize_t OH = y.shape[1], OW = y.shape[2]
     cdef Py_ssize_t p
@@ -96,7 +100,7 @@ def max_pool2d_forward(const floating[:, :, ::1] x, floating[:, :, ::1] y, int64
                            and 2 * OH <= H and 2 * OW <= W)
     for p in prange(P, nogil=True, schedule="static", num_threads=num_threads):
         if tiles_2x2:
-            _pool_plane_2x2(&x[p, 0, 0], &y[p, 0, 0], &indices[p, 0, 0], W, OH, OW)
+            _pool_plane_2x2(&x[p, 0, 0], &y[p, 0, 0], &indices[p, 0, 0], W, OH, OW, stream)
         else:
             _pool_plane(&x[p, 0, 0], &y[p, 0, 0], &indices[p, 0, 0], H, W, OH, OW, KH, KW, SH, SW, PH, PW)
 
@@ -105,16 +109,18 @@ def max_pool2d_forward(const floating[:, :, ::1] x, floating[:, :, ::1] y, int64
 
 
 cdef Py_ssize_t _route_tiles_2x2(const floating* dy, const int64_t* indices, floating* dx,
-                                 Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW) noexcept nogil:
+                                 Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, bint stream) noexcept nogil:
     """_route_tiles for 2x2 tiles, one pass over each output row."""
     cdef Py_ssize_t oh, matched = 0
     for oh in range(OH):
         if floating is float:
             matched += fl_route_row_2x2_float(dy + oh * OW, indices + oh * OW, dx + 2 * oh * W,
-                                              dx + (2 * oh + 1) * W, OW, 2 * oh * W, W)
+                                              dx + (2 * oh + 1) * W, OW, 2 * oh * W, W, stream)
         else:
             matched += fl_route_row_2x2_double(dy + oh * OW, indices + oh * OW, dx + 2 * oh * W,
-                                               dx + (2 * oh + 1) * W, OW, 2 * oh * W, W)
+                                               dx + (2 * oh + 1) * W, OW, 2 * oh * W, W, stream)
+    if stream:
+        fl_store_fence()
     return matched
 
 
@@ -162,14 +168,15 @@ cdef Py_ssize_t _scatter_add(const floating* dy, const int64_t* indices, floatin
 
 
 def max_pool2d_backward(const floating[:, :, ::1] dy, const int64_t[:, :, ::1] indices,
-                        floating[:, :, ::1] dx, int num_threads):
+                        floating[:, :, ::1] dx, bint stream, int num_threads):
     """Route dy (P, OH, OW) into dx (P, H, W) at indices (flat ih*W+iw per plane), adding where
     several outputs share an index. All sizes > 0. Returns the number of indices outside
     [0, H*W) (skipped, never written; the caller raises).
 
     When the outputs tile the plane (H, W multiples of OH, OW: e.g. any non-overlapping pool
     without a partial window) each tile is written once, skipping the zeroing pass; a plane with
-    an index outside its tile (overlapping windows, foreign indices) is redone by scatter-add."""
+    an index outside its tile (overlapping windows, foreign indices) is redone by scatter-add.
+    ``stream``: write 2x2 tiles around the cache."""
     cdef Py_ssize_t P = dy.shape[0], OH = dy.shape[1], OW = dy.shape[2]
     cdef Py_ssize_t H = dx.shape[1], W = dx.shape[2]
     cdef Py_ssize_t p, matched, bad = 0
@@ -178,7 +185,7 @@ def max_pool2d_backward(const floating[:, :, ::1] dy, const int64_t[:, :, ::1] i
     for p in prange(P, nogil=True, schedule="static", num_threads=num_threads):
         matched = -1
         if tiled and TH == 2 and TW == 2:
-            matched = _route_tiles_2x2(&dy[p, 0, 0], &indices[p, 0, 0], &dx[p, 0, 0], W, OH, OW)
+            matched = _route_tiles_2x2(&dy[p, 0, 0], &indices[p, 0, 0], &dx[p, 0, 0], W, OH, OW, stream)
         elif tiled:
             matched = _route_tiles(&dy[p, 0, 0], &indices[p, 0, 0], &dx[p, 0, 0], W, OH, OW, TH, TW)
         if matched != OH * OW:

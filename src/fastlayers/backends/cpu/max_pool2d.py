@@ -10,6 +10,12 @@ from ..._dispatch import get_num_threads
 
 OPS = frozenset({"max_pool2d", "max_pool2d_backward"})
 
+# Outputs at least this large are written with non-temporal stores (around the cache): they
+# cannot stay cached for the next layer anyway (a typical L3 is 16-32 MiB, shared by all cores),
+# and skipping the read-before-write of each line cuts the memory traffic by a third (forward)
+# to a half (backward). Smaller outputs stay in cache, where the next op finds them.
+STREAMING_MIN_BYTES = 16 << 20
+
 
 def max_pool2d(x, g, out):
     y, indices = out if out is not None else (None, None)
@@ -23,7 +29,8 @@ def max_pool2d(x, g, out):
             np.ascontiguousarray(x).reshape(planes, g.H, g.W),
             y.reshape(planes, g.OH, g.OW),
             indices.reshape(planes, g.OH, g.OW),
-            g.KH, g.KW, g.stride_h, g.stride_w, g.pad_h, g.pad_w, get_num_threads(),
+            g.KH, g.KW, g.stride_h, g.stride_w, g.pad_h, g.pad_w,
+            y.nbytes + indices.nbytes >= STREAMING_MIN_BYTES, get_num_threads(),
         )
     return y, indices
 
@@ -42,6 +49,7 @@ def max_pool2d_backward(dy, indices, input_shape, out):
         np.ascontiguousarray(dy).reshape(planes, OH, OW),
         np.ascontiguousarray(indices).reshape(planes, OH, OW),
         dx.reshape(planes, H, W),
+        dx.nbytes >= STREAMING_MIN_BYTES,
         get_num_threads(),
     )
     if bad:
