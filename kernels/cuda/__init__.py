@@ -9,7 +9,8 @@ imports numba. Modules:
 * ``conv2d``  - conv2d forward (direct and implicit GEMM), dX, dW (split-K, no atomics);
 * ``max_pool2d`` - max_pool2d forward with indices and its backward;
 * ``rnn``     - the RNN GEMMs with fused tanh / tanh-gradient epilogues;
-* ``reduce``  - deterministic reductions (bias gradients, split-K partial sums) and fills.
+* ``reduce``  - deterministic reductions (bias gradients, split-K partial sums) and fills;
+* ``layout``  - strided-to-contiguous copies of non-contiguous GPU inputs.
 
 Kernels are made per dtype (float32, float64) by ``*_kernel(name, dtype)`` factories, cached, and
 compiled by Numba on first launch.

@@ -7,10 +7,11 @@ import pytest
 numba = pytest.importorskip("numba", reason="the cuda extra (numba, numba-cuda) is not installed")
 from numba import cuda, types  # noqa: E402
 
-from fastlayers._cuda import conv2d, max_pool2d, reduce, rnn  # noqa: E402
+from fastlayers._cuda import conv2d, layout, max_pool2d, reduce, rnn  # noqa: E402
 from fastlayers._cuda.gemm import GEO_LEN  # noqa: E402
 
 GEO = types.UniTuple(types.int64, GEO_LEN)
+QUAD = types.UniTuple(types.int64, 4)
 POOL_GEO = types.UniTuple(types.int64, 12)
 i64 = types.int64
 
@@ -34,6 +35,7 @@ KERNELS = [
     (reduce, "sum_outer_inner_kernel", (), lambda dt: (_arr(dt), _arr(dt), i64, i64, i64)),
     (reduce, "sum_splits_kernel", (), lambda dt: (_arr(dt), _arr(dt), i64, i64)),
     (reduce, "fill_kernel", (), lambda dt: (_arr(dt), i64, i64)),
+    (layout, "gather_strided_kernel", (), lambda dt: (_arr(dt), i64, QUAD, QUAD, _arr(dt))),
 ]
 
 
@@ -41,7 +43,7 @@ def test_table_lists_every_kernel_factory():
     listed = {(mod.__name__, factory) for mod, factory, _, _ in KERNELS}
     existing = {
         (mod.__name__, name)
-        for mod in (conv2d, max_pool2d, reduce, rnn)
+        for mod in (conv2d, layout, max_pool2d, reduce, rnn)
         for name in dir(mod)
         if name.endswith("_kernel") and callable(getattr(mod, name))
     }

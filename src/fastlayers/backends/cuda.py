@@ -4,7 +4,7 @@ Arrays: NumPy inputs are copied to the GPU and the results copied back into NumP
 caller's ``out``). GPU arrays (anything with ``__cuda_array_interface__``: Numba device arrays,
 CuPy arrays, PyTorch CUDA tensors) are used in place, without a copy, and the results are Numba
 device arrays (wrap them with ``cupy.asarray`` / ``torch.as_tensor(..., device="cuda")`` for free),
-or the caller's GPU ``out`` buffers. GPU inputs must be C-contiguous.
+or the caller's GPU ``out`` buffers. Non-contiguous GPU inputs are copied once, on the GPU.
 
 Numba is imported only when an op runs or ``availability()`` is asked, never by ``import
 fastlayers``; each kernel is compiled on its first launch (per dtype), then cached in the process.
@@ -44,12 +44,12 @@ def availability():
 
 @functools.cache
 def _k():
-    """The kernel modules, as attributes conv2d, launch, max_pool2d, reduce, rnn (imports numba)."""
+    """The kernel modules, as attributes conv2d, launch, layout, max_pool2d, reduce, rnn (imports numba)."""
     from types import SimpleNamespace
 
-    from .._cuda import conv2d, launch, max_pool2d, reduce, rnn
+    from .._cuda import conv2d, launch, layout, max_pool2d, reduce, rnn
 
-    return SimpleNamespace(conv2d=conv2d, launch=launch, max_pool2d=max_pool2d, reduce=reduce, rnn=rnn)
+    return SimpleNamespace(conv2d=conv2d, launch=launch, layout=layout, max_pool2d=max_pool2d, reduce=reduce, rnn=rnn)
 
 
 # ---------------------------------------------------------------------------- arrays
@@ -73,6 +73,21 @@ def _device_array(a):
     return None
 
 
+def strided_span(shape, strides):
+    """(lo, hi): the element offsets, relative to index 0, of the first and last element that an
+    array of ``shape`` and ``strides`` (in elements, any sign) touches."""
+    lo = sum(min(0, (n - 1) * s) for n, s in zip(shape, strides))
+    hi = sum(max(0, (n - 1) * s) for n, s in zip(shape, strides))
+    return lo, hi
+
+
+class _ArrayInterface:
+    """A bare ``__cuda_array_interface__`` holder: views existing GPU memory under a new shape."""
+
+    def __init__(self, interface):
+        self.__cuda_array_interface__ = interface
+
+
 _workspaces = threading.local()
 
 
@@ -92,9 +107,35 @@ class _Call:
         d = _device_array(a)
         if d is None:
             return self.cuda.to_device(np.ascontiguousarray(a))
-        if not d.is_c_contiguous():
-            raise ValueError(f"{name} must be C-contiguous when it lives on the GPU, got strides {d.strides}")
-        return d
+        return d if d.is_c_contiguous() else self._contiguous_copy(name, d)
+
+    def _contiguous_copy(self, name, d):
+        """A C-ordered copy of non-contiguous GPU array ``d``, made on the GPU: the kernel reads
+        the memory ``d`` spans as one flat array, at ``d``'s strides."""
+        from numba import config
+
+        if config.ENABLE_CUDASIM:  # the simulator's device arrays expose no memory pointer
+            return self.cuda.to_device(np.ascontiguousarray(d.copy_to_host()))
+        k = _k()
+        item = d.dtype.itemsize
+        if any(s % item for s in d.strides):
+            raise ValueError(f"{name} has strides {d.strides}, not multiples of its item size {item}")
+        strides = [s // item for s in d.strides]
+        lo, hi = strided_span(d.shape, strides)
+        out = self.empty(d.shape, d.dtype)
+        if d.size == 0:
+            return out
+        interface = d.__cuda_array_interface__
+        span = self.cuda.as_cuda_array(_ArrayInterface(dict(
+            shape=(hi - lo + 1,), strides=None, typestr=interface["typestr"],
+            data=(interface["data"][0] + lo * item, False), version=3,
+        )))
+        pad = 4 - d.ndim
+        grid, block = k.launch.launch_config("elementwise", d.size)
+        k.layout.gather_strided_kernel(d.dtype)[grid, block](
+            span, -lo, (1,) * pad + tuple(d.shape), (0,) * pad + tuple(strides), _flat(out)
+        )
+        return out
 
     def empty(self, shape, dtype):
         return self.cuda.device_array(shape, dtype=dtype)

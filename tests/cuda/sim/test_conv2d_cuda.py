@@ -152,12 +152,3 @@ def test_device_arrays_in_place_and_out_buffers():
     host_out = np.empty_like(expected)
     assert fl.conv2d(x, w, b, backend="cuda", out=host_out, **params) is host_out
     assert_close(host_out, expected, np.float64, terms=w[0].size + 1)
-
-
-def test_non_contiguous_device_input_is_refused():
-    from numba import cuda
-
-    x, w, _, params = _case(CASES[0], np.float64)
-    xd = cuda.to_device(np.ascontiguousarray(np.swapaxes(x, 2, 3))).transpose((0, 1, 3, 2))
-    with pytest.raises(ValueError, match="x must be C-contiguous"):
-        fl.conv2d(xd, w, backend="cuda", **params)
