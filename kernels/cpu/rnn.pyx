@@ -1,12 +1,14 @@
+# distutils: extra_compile_args = -fno-trapping-math
 # Tanh RNN over a time-major sequence, forward and backward through time, in one call each
 # (rnn_step is the T = 1 case). Sequences arrive flattened to (T*N, features) rows, C order,
 # validated by fastlayers.backends.cpu.rnn; the caller keeps BLAS single-threaded.
 #
-# Parallel plan: one OpenMP team for the whole call. Products over all T*N rows are split into
-# row blocks; the recurrent product of each step is split into column blocks of H, so a thread
-# keeps its slice of Wh hot in cache, applies tanh (or its derivative) to the block it has just
-# computed, and the work-sharing loop's closing barrier ends the step.
-from cython.parallel cimport parallel, prange
+# Parallel plan: one OpenMP team for the whole call, each thread owning one row block of the T*N
+# rows (for the products over all steps) and one column block of H (for the recurrent product of
+# each step: a thread keeps its slice of Wh hot in cache and applies tanh, or its derivative, to
+# the block it has just computed). One barrier ends each step. Blocks come from the thread id,
+# not from prange: Cython's prange adds a barrier of its own per loop.
+from cython.parallel cimport parallel, threadid
 from libc.math cimport tanh
 from libc.string cimport memcpy, memset
 cimport cython
@@ -21,24 +23,24 @@ cdef enum:
 
 cdef inline float _tanh_f32(float x) noexcept nogil:
     """tanh in float32 by Eigen's rational approximation (odd 13/even 6 minimax on [-7.9, 7.9],
-    a few ulp): branch-free, so GCC vectorises the loops calling it, where libm's tanhf is a
-    scalar call that cost more than the GEMMs. NaN propagates (the clamps keep it)."""
+    within 5 ulp of the float64 tanh): float arithmetic and two selects, so GCC vectorises the
+    loops calling it, where libm's tanhf is a scalar call that cost more than the GEMMs. NaN
+    propagates (the clamps keep it). Every constant is a float (a double would promote the
+    whole expression), and the module is built with -fno-trapping-math (see its first line):
+    otherwise GCC keeps the clamps as branches, as if a comparison could trap."""
+    cdef float clamp = 7.90531110763549805
+    cdef float a13 = -2.76076847742355e-16, a11 = 2.00018790482477e-13, a9 = -8.60467152213735e-11
+    cdef float a7 = 5.12229709037114e-08, a5 = 1.48572235717979e-05, a3 = 6.37261928875436e-04
+    cdef float a1 = 4.89352455891786e-03
+    cdef float b6 = 1.19825839466702e-06, b4 = 1.18534705686654e-04, b2 = 2.26843463243900e-03
+    cdef float b0 = 4.89352518554385e-03
     cdef float x2, p, q
-    if x > 7.90531110763549805:
-        x = 7.90531110763549805
-    if x < -7.90531110763549805:
-        x = -7.90531110763549805
+    x = clamp if x > clamp else x
+    x = -clamp if x < -clamp else x
     x2 = x * x
-    p = x2 * -2.76076847742355e-16 + 2.00018790482477e-13
-    p = x2 * p + -8.60467152213735e-11
-    p = x2 * p + 5.12229709037114e-08
-    p = x2 * p + 1.48572235717979e-05
-    p = x2 * p + 6.37261928875436e-04
-    p = x2 * p + 4.89352455891786e-03
-    q = x2 * 1.19825839466702e-06 + 1.18534705686654e-04
-    q = x2 * q + 2.26843463243900e-03
-    q = x2 * q + 4.89352518554385e-03
-    return x * p / q
+    p = ((((((a13 * x2 + a11) * x2 + a9) * x2 + a7) * x2 + a5) * x2 + a3) * x2 + a1) * x
+    q = (((b6 * x2 + b4) * x2 + b2) * x2 + b0)
+    return p / q
 
 
 cdef inline Py_ssize_t _block_width(Py_ssize_t count, Py_ssize_t size, Py_ssize_t align) noexcept nogil:
@@ -49,15 +51,20 @@ cdef inline Py_ssize_t _block_width(Py_ssize_t count, Py_ssize_t size, Py_ssize_
 
 cdef extern from *:
     """
-    /* An orphaned barrier binds to the enclosing parallel region: Cython's prange inside
-       `with parallel()` is `omp for nowait`, so steps that read another thread's results wait
-       here. */
-    static inline void rnn_barrier(void) {
+    /* Inside Cython's `with parallel()`: the team's size (OpenMP may grant fewer threads than
+       asked) and a barrier (orphaned: it binds to the enclosing parallel region). */
     #ifdef _OPENMP
+    #include <omp.h>
+    static inline int rnn_team_size(void) { return omp_get_num_threads(); }
+    static inline void rnn_barrier(void) {
         #pragma omp barrier
-    #endif
     }
+    #else
+    static inline int rnn_team_size(void) { return 1; }
+    static inline void rnn_barrier(void) {}
+    #endif
     """
+    int team_size "rnn_team_size"() noexcept nogil
     void barrier "rnn_barrier"() noexcept nogil
 
 
@@ -88,37 +95,38 @@ def rnn_forward(const floating[:, ::1] x, const floating[:, ::1] h0, const float
     x (T*N, D), hs (T*N, H), h0 (N, H) or None, b (H,) or None; T*N, D, H >= 1."""
     cdef Py_ssize_t TN = x.shape[0], D = x.shape[1], H = Wh.shape[0]
     cdef Py_ssize_t T = TN // N
-    cdef Py_ssize_t row_width = _block_width(num_threads, TN, 1)
-    cdef Py_ssize_t col_width = _block_width(num_threads, H, COLUMN_ALIGN)
     cdef const floating* h_init = &h0[0, 0] if h0 is not None else NULL
     cdef const floating* bias = &b[0] if b is not None else NULL
     cdef const floating* px = &x[0, 0]
     cdef const floating* pWx = &Wx[0, 0]
     cdef const floating* pWh = &Wh[0, 0]
     cdef floating* phs = &hs[0, 0]
-    cdef const floating* h_prev
-    cdef Py_ssize_t t = 0, blk, r0, r1, c0, c1
+    # Initialised only because Cython passes them into the team as firstprivate.
+    cdef const floating* h_prev = NULL
+    cdef Py_ssize_t t = 0, tid = 0, team = 1, width = 0, r0 = 0, r1 = 0, c0 = 0, c1 = 0
     with nogil, parallel(num_threads=num_threads):
+        tid = threadid()
+        team = team_size()
+        width = _block_width(team, TN, 1)
+        r0 = min(tid * width, TN)
+        r1 = min(r0 + width, TN)
+        width = _block_width(team, H, COLUMN_ALIGN)
+        c0 = min(tid * width, H)
+        c1 = min(c0 + width, H)
         # The input projection of every step at once: hs = x @ Wx.
-        for blk in prange(num_threads, schedule="static"):
-            r0 = min(blk * row_width, TN)
-            r1 = min(r0 + row_width, TN)
-            if r1 > r0:
-                gemm(False, False, <int>(r1 - r0), <int>H, <int>D, <floating>1, px + r0 * D, <int>D,
-                     pWx, <int>H, <floating>0, phs + r0 * H, <int>H)
+        if r1 > r0:
+            gemm(False, False, <int>(r1 - r0), <int>H, <int>D, <floating>1, px + r0 * D, <int>D,
+                 pWx, <int>H, <floating>0, phs + r0 * H, <int>H)
         barrier()
         for t in range(T):
-            for blk in prange(num_threads, schedule="static"):
-                c0 = min(blk * col_width, H)
-                c1 = min(c0 + col_width, H)
-                if c1 > c0:
-                    h_prev = h_init
-                    if t > 0:
-                        h_prev = phs + (t - 1) * N * H
-                    if h_prev != NULL:
-                        gemm(False, False, <int>N, <int>(c1 - c0), <int>H, <floating>1, h_prev, <int>H,
-                             pWh + c0, <int>H, <floating>1, phs + t * N * H + c0, <int>H)
-                    _add_bias_tanh(phs + t * N * H, bias, N, H, c0, c1)
+            if c1 > c0:
+                h_prev = h_init
+                if t > 0:
+                    h_prev = phs + (t - 1) * N * H
+                if h_prev != NULL:
+                    gemm(False, False, <int>N, <int>(c1 - c0), <int>H, <floating>1, h_prev, <int>H,
+                         pWh + c0, <int>H, <floating>1, phs + t * N * H + c0, <int>H)
+                _add_bias_tanh(phs + t * N * H, bias, N, H, c0, c1)
             barrier()
 
 
@@ -136,8 +144,6 @@ def rnn_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
     order for a given thread count, so results are reproducible run to run."""
     cdef Py_ssize_t TN = x.shape[0], D = x.shape[1], H = Wh.shape[0]
     cdef Py_ssize_t T = TN // N
-    cdef Py_ssize_t row_width = _block_width(num_threads, TN, 1)
-    cdef Py_ssize_t col_width = _block_width(num_threads, H, COLUMN_ALIGN)
     cdef const floating* h_init = &h0[0, 0] if h0 is not None else NULL
     cdef const floating* px = &x[0, 0]
     cdef const floating* pWx = &Wx[0, 0]
@@ -150,58 +156,58 @@ def rnn_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
     cdef floating* pdWx = &dWx[0, 0]
     cdef floating* pdWh = &dWh[0, 0]
     cdef floating* pdb = &db[0]
-    cdef floating* g
-    cdef const floating* h
-    cdef Py_ssize_t t = 0, blk, r, j, r0, r1, c0, c1
+    # Initialised only because Cython passes them into the team as firstprivate.
+    cdef floating* g = NULL
+    cdef const floating* h = NULL
+    cdef Py_ssize_t t = 0, r = 0, j = 0, tid = 0, team = 1, width = 0, r0 = 0, r1 = 0, c0 = 0, c1 = 0
     with nogil, parallel(num_threads=num_threads):
+        tid = threadid()
+        team = team_size()
+        width = _block_width(team, TN, 1)
+        r0 = min(tid * width, TN)
+        r1 = min(r0 + width, TN)
+        width = _block_width(team, H, COLUMN_ALIGN)
+        c0 = min(tid * width, H)
+        c1 = min(c0 + width, H)
         # dz[t] = (dhs[t] + dz[t+1] @ Wh^T) * (1 - hs[t]^2), from the last step back.
         for t in range(T - 1, -1, -1):
-            for blk in prange(num_threads, schedule="static"):
-                c0 = min(blk * col_width, H)
-                c1 = min(c0 + col_width, H)
-                if c1 > c0:
-                    for r in range(N):
-                        memcpy(pdz + (t * N + r) * H + c0, pdhs + (t * N + r) * H + c0,
-                               (c1 - c0) * sizeof(floating))
-                    if t < T - 1:
-                        # Columns c0:c1 of dz[t+1] @ Wh^T are dz[t+1] @ (rows c0:c1 of Wh)^T.
-                        gemm(False, True, <int>N, <int>(c1 - c0), <int>H, <floating>1, pdz + (t + 1) * N * H,
-                             <int>H, pWh + c0 * H, <int>H, <floating>1, pdz + t * N * H + c0, <int>H)
-                    for r in range(N):
-                        g = pdz + (t * N + r) * H
-                        h = phs + (t * N + r) * H
-                        for j in range(c0, c1):
-                            g[j] = g[j] * (1 - h[j] * h[j])
-            barrier()
-        # Weight gradients over all steps, by column blocks: dWx = x^T dz,
-        # dWh = hs[:-1]^T dz[1:] + h0^T dz[0], db = column sums of dz, dh0 = dz[0] @ Wh^T.
-        for blk in prange(num_threads, schedule="static"):
-            c0 = min(blk * col_width, H)
-            c1 = min(c0 + col_width, H)
             if c1 > c0:
-                gemm(True, False, <int>D, <int>(c1 - c0), <int>TN, <floating>1, px, <int>D,
-                     pdz + c0, <int>H, <floating>0, pdWx + c0, <int>H)
-                if T > 1:
-                    gemm(True, False, <int>H, <int>(c1 - c0), <int>(TN - N), <floating>1, phs, <int>H,
-                         pdz + N * H + c0, <int>H, <floating>0, pdWh + c0, <int>H)
-                else:
-                    for r in range(H):
-                        memset(pdWh + r * H + c0, 0, (c1 - c0) * sizeof(floating))
-                if h_init != NULL:
-                    gemm(True, False, <int>H, <int>(c1 - c0), <int>N, <floating>1, h_init, <int>H,
-                         pdz + c0, <int>H, <floating>1, pdWh + c0, <int>H)
-                gemm(False, True, <int>N, <int>(c1 - c0), <int>H, <floating>1, pdz, <int>H,
-                     pWh + c0 * H, <int>H, <floating>0, pdh0 + c0, <int>H)
-                memset(pdb + c0, 0, (c1 - c0) * sizeof(floating))
-                for r in range(TN):
-                    g = pdz + r * H
+                for r in range(N):
+                    memcpy(pdz + (t * N + r) * H + c0, pdhs + (t * N + r) * H + c0,
+                           (c1 - c0) * sizeof(floating))
+                if t < T - 1:
+                    # Columns c0:c1 of dz[t+1] @ Wh^T are dz[t+1] @ (rows c0:c1 of Wh)^T.
+                    gemm(False, True, <int>N, <int>(c1 - c0), <int>H, <floating>1, pdz + (t + 1) * N * H,
+                         <int>H, pWh + c0 * H, <int>H, <floating>1, pdz + t * N * H + c0, <int>H)
+                for r in range(N):
+                    g = pdz + (t * N + r) * H
+                    h = phs + (t * N + r) * H
                     for j in range(c0, c1):
-                        pdb[j] = pdb[j] + g[j]
-        # dx = dz @ Wx^T for all steps, by row blocks (dz is complete: the loop above ended with
-        # a barrier and only reads it).
-        for blk in prange(num_threads, schedule="static"):
-            r0 = min(blk * row_width, TN)
-            r1 = min(r0 + row_width, TN)
-            if r1 > r0:
-                gemm(False, True, <int>(r1 - r0), <int>D, <int>H, <floating>1, pdz + r0 * H, <int>H,
-                     pWx, <int>H, <floating>0, pdx + r0 * D, <int>D)
+                        g[j] = g[j] * (1 - h[j] * h[j])
+            barrier()
+        # From here dz is complete and only read. Weight gradients over all steps, by column
+        # blocks: dWx = x^T dz, dWh = hs[:-1]^T dz[1:] + h0^T dz[0], db = column sums of dz
+        # (rows added in order), dh0 = dz[0] @ Wh^T.
+        if c1 > c0:
+            gemm(True, False, <int>D, <int>(c1 - c0), <int>TN, <floating>1, px, <int>D,
+                 pdz + c0, <int>H, <floating>0, pdWx + c0, <int>H)
+            if T > 1:
+                gemm(True, False, <int>H, <int>(c1 - c0), <int>(TN - N), <floating>1, phs, <int>H,
+                     pdz + N * H + c0, <int>H, <floating>0, pdWh + c0, <int>H)
+            else:
+                for r in range(H):
+                    memset(pdWh + r * H + c0, 0, (c1 - c0) * sizeof(floating))
+            if h_init != NULL:
+                gemm(True, False, <int>H, <int>(c1 - c0), <int>N, <floating>1, h_init, <int>H,
+                     pdz + c0, <int>H, <floating>1, pdWh + c0, <int>H)
+            gemm(False, True, <int>N, <int>(c1 - c0), <int>H, <floating>1, pdz, <int>H,
+                 pWh + c0 * H, <int>H, <floating>0, pdh0 + c0, <int>H)
+            memset(pdb + c0, 0, (c1 - c0) * sizeof(floating))
+            for r in range(TN):
+                g = pdz + r * H
+                for j in range(c0, c1):
+                    pdb[j] = pdb[j] + g[j]
+        # dx = dz @ Wx^T for all steps, by row blocks.
+        if r1 > r0:
+            gemm(False, True, <int>(r1 - r0), <int>D, <int>H, <floating>1, pdz + r0 * H, <int>H,
+                 pWx, <int>H, <floating>0, pdx + r0 * D, <int>D)
