@@ -519,6 +519,15 @@ def _(backend):
     ro = np.zeros(good.shape, np.float32)
     ro.flags.writeable = False
     _raises(ValueError, ["out", "writeable"], fl.conv2d, X, Wc, out=ro, backend=backend)
+    _raises(TypeError, ["out", "numpy.ndarray", "list"], fl.conv2d, X, Wc, out=good.tolist(), backend=backend)
+
+
+@hostile("out-buffer", "conv2d_backward")
+def _(backend):
+    dy = np.zeros((2, 4, 5, 4), np.float32)
+    _raises(TypeError, ["out", "tuple of 3"], fl.conv2d_backward, dy, X, Wc, out=(None, None), backend=backend)
+    _raises(ValueError, ["out[1]", "(4, 3, 3, 3)"], fl.conv2d_backward, dy, X, Wc,
+            out=(None, np.zeros((4, 3, 3, 2), np.float32), None), backend=backend)
 
 
 @hostile("pool-indices-out-of-range", "max_pool2d_backward")
