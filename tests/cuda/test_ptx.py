@@ -55,9 +55,13 @@ def test_table_lists_every_kernel_factory():
                          ids=[f"{m.__name__.rsplit('.', 1)[1]}.{f}{a}" for m, f, a, _ in KERNELS])
 def test_compiles_to_ptx_for_sm90(mod, factory, args, signature, dtype):
     kernel = getattr(mod, factory)(*args, dtype)
-    ptx, _ = cuda.compile_ptx(kernel.py_func, signature(dtype), cc=(9, 0))
+    # The options the kernel is jitted with (lineinfo, launch_bounds, ...), as a real launch uses.
+    options = {k: kernel.targetoptions[k] for k in ("debug", "lineinfo", "opt", "fastmath", "launch_bounds")}
+    ptx, _ = cuda.compile_ptx(kernel.py_func, signature(dtype), cc=(9, 0), **options)
     assert ".target sm_90" in ptx
     assert ".entry" in ptx
+    if options["launch_bounds"]:
+        assert f".maxntid {options['launch_bounds']}" in ptx
     if dtype == np.float32:
         # A float32 kernel doing float64 arithmetic would run at 1/64 speed on consumer GPUs and
         # half on H100: every op on .f64 registers betrays a stray promotion.
