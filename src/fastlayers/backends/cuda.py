@@ -56,7 +56,7 @@ def _k():
 
 
 def _flat(d):
-    return d.reshape(d.size)
+    return d if d.ndim == 1 else d.reshape(d.size)
 
 
 def _device_array(a):
@@ -320,9 +320,10 @@ def _rnn_forward(call, xd, h0d, Wxd, Whd, bd, hs):
     # synchronisation in between: launches queue on the stream).
     _gemm(rnn.gemm_kernel("ab_bias", dt), xd, Wxd, hs, bd, bd, rnn.gemm_geo(T * N, H, D), T * N, H, D)
     step = rnn.gemm_kernel("ab_tanh", dt)
+    h0f, Whf, hsf = _flat(h0d), _flat(Whd), _flat(hs)  # once, not per step: launches are host-bound
     for t in range(T):
-        a, a_offset = (h0d, 0) if t == 0 else (hs, (t - 1) * N * H)
-        _gemm(step, a, Whd, hs, hs, hs, rnn.gemm_geo(N, H, H, a_offset, 0, t * N * H), N, H, H)
+        a, a_offset = (h0f, 0) if t == 0 else (hsf, (t - 1) * N * H)
+        _gemm(step, a, Whf, hsf, hsf, hsf, rnn.gemm_geo(N, H, H, a_offset, 0, t * N * H), N, H, H)
 
 
 def _rnn_backward(call, dhs, xd, h0d, Wxd, Whd, hs, dx, dh0, dWx, dWh, db):
@@ -339,8 +340,9 @@ def _rnn_backward(call, dhs, xd, h0d, Wxd, Whd, hs, dx, dh0, dWx, dWh, db):
     grid, block = launch.launch_config("elementwise", N * H)
     rnn.tanh_grad_kernel(dt)[grid, block](_flat(dz), _flat(dhs), _flat(hs), (T - 1) * N * H, N * H)
     back = rnn.gemm_kernel("abt_tanh_grad", dt)
+    dzf, Whf, dhsf, hsf = _flat(dz), _flat(Whd), _flat(dhs), _flat(hs)
     for t in range(T - 1, 0, -1):
-        _gemm(back, dz, Whd, dz, dhs, hs, rnn.gemm_geo(N, H, H, t * N * H, 0, (t - 1) * N * H), N, H, H)
+        _gemm(back, dzf, Whf, dzf, dhsf, hsf, rnn.gemm_geo(N, H, H, t * N * H, 0, (t - 1) * N * H), N, H, H)
     abt = rnn.gemm_kernel("abt", dt)
     _gemm(abt, dz, Whd, dh0, dh0, dh0, rnn.gemm_geo(N, H, H), N, H, H)
     _gemm(abt, dz, Wxd, dx, dx, dx, rnn.gemm_geo(T * N, D, H), T * N, D, H)
