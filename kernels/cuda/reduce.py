@@ -60,6 +60,7 @@ def sum_splits_kernel(dtype):
 def fill_kernel(dtype):
     @jit(lineinfo=True)
     def fill(a, value, size):
+        # One thread per element.
         e = cuda.grid(1)
         if e < size:
             a[e] = value

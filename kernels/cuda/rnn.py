@@ -94,7 +94,8 @@ def gemm_kernel(name, dtype):
 def tanh_grad_kernel(dtype):
     @jit(lineinfo=True)
     def tanh_grad(dz, dhs, hs, offset, size):
-        # dz = dhs * (1 - hs^2) on ``size`` elements from ``offset`` (the last step's seed).
+        # One thread per element: dz = dhs * (1 - hs^2) on ``size`` elements from ``offset``
+        # (the last step, which seeds the recurrence backward).
         e = cuda.grid(1)
         if e < size:
             h = hs[offset + e]
