@@ -69,6 +69,7 @@ def run(cases, directions=("forward", "backward"), families=FAMILIES, dtype="flo
     threads = threads or _dispatch.get_num_threads()
     dtype = np.dtype(dtype).name
     found = available_families()
+    machine = machine_info(threads)  # now, so that its load average is the one the timings met first
     items, skips = plan(cases, directions, families, found)
     print(f"fastlayers bench: {len(items)} measurements, {threads} threads, {dtype}; measuring roofs", file=progress)
     roofs_before = gemm_roof(dtype, threads), copy_roof(threads)
@@ -99,7 +100,7 @@ def run(cases, directions=("forward", "backward"), families=FAMILIES, dtype="flo
     return dict(
         schema=SCHEMA,
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        machine=machine_info(threads),
+        machine=machine,
         settings=dict(threads=threads, dtype=dtype, repeat=repeat, budget_s=budget_s, seed=seed,
                       note="cpu and cuda write into preallocated out= buffers; numpy and torch allocate"),
         roofs=roofs,
