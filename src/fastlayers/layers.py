@@ -58,12 +58,15 @@ class Layer:
     """
 
     def __init__(self, backend=None, dtype=np.float32, rng=None):
+        self._configure(backend, dtype)
+        self.params = {}
+        self.grads = {}
+
+    def _configure(self, backend, dtype):
         if backend is not None:
             _dispatch._check_backend_name(backend)
         self.backend = backend
         self.dtype = _float_dtype(dtype)
-        self.params = {}
-        self.grads = {}
         self._cache = None
 
     def __call__(self, *args, **kwargs):
@@ -143,7 +146,8 @@ class Conv2D(Layer):
             raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
         self.stride, self.padding, self.dilation = stride, padding, dilation
         # Check stride/padding/dilation now rather than at the first forward.
-        pair("stride", stride, 1), pair("dilation", dilation, 1)
+        pair("stride", stride, 1)
+        pair("dilation", dilation, 1)
         if not isinstance(padding, str):
             pair("padding", padding, 0)
         fan_in = in_channels // groups * self.kernel_size[0] * self.kernel_size[1]
@@ -362,7 +366,7 @@ class Sequential(Layer):
         dtypes = {layer.dtype for layer in layers}
         if len(dtypes) > 1:
             raise TypeError(f"Sequential layers must share one dtype, got {sorted(str(d) for d in dtypes)}")
-        super().__init__(backend, dtypes.pop())
+        self._configure(backend, dtypes.pop())  # no params/grads of its own: the children's
         self.layers = list(layers)
 
     def __getitem__(self, i):
@@ -375,17 +379,9 @@ class Sequential(Layer):
     def params(self):
         return {f"{i}.{k}": v for i, layer in enumerate(self.layers) for k, v in layer.params.items()}
 
-    @params.setter
-    def params(self, value):  # Layer.__init__ assigns {}; the children own the arrays
-        pass
-
     @property
     def grads(self):
         return {f"{i}.{k}": v for i, layer in enumerate(self.layers) for k, v in layer.grads.items()}
-
-    @grads.setter
-    def grads(self, value):
-        pass
 
     def _run(self, fn):
         if self.backend is None:
