@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import time
 
 import numpy as np
 
@@ -38,16 +39,16 @@ def stream(repeats):
     return ids[:-1, None], ids[1:, None]
 
 
-def recurrent_model(seed=0, hidden_size=16):
+def recurrent_model(seed=0, hidden_size=16, backend=None):
     rng = np.random.default_rng(seed)
     return L.Sequential(L.Embedding(len(VOCAB), 8, rng=rng), L.RNN(8, hidden_size, rng=rng),
-                        L.Dense(hidden_size, len(VOCAB), rng=rng))
+                        L.Dense(hidden_size, len(VOCAB), rng=rng), backend=backend)
 
 
-def current_word_model(seed=0):
+def current_word_model(seed=0, backend=None):
     """Sees one word at a time: the same embedding and output layer, no recurrence."""
     rng = np.random.default_rng(seed)
-    return L.Sequential(L.Embedding(len(VOCAB), 8, rng=rng), L.Dense(8, len(VOCAB), rng=rng))
+    return L.Sequential(L.Embedding(len(VOCAB), 8, rng=rng), L.Dense(8, len(VOCAB), rng=rng), backend=backend)
 
 
 def fit(model, inputs, targets, steps, lr=0.02):
@@ -73,17 +74,20 @@ def generate(model, first_word, length):
     return decode(ids)
 
 
-def run(steps=300, repeats=3, seed=0, out_dir=None, verbose=True):
-    """Train both models; returns their accuracies, losses and generated texts."""
+def run(steps=300, repeats=3, seed=0, backend=None, out_dir=None, verbose=True):
+    """Train both models; returns their accuracies, losses, generated texts and training times."""
     inputs, targets = stream(repeats)
     result = {}
-    for name, model in (("rnn", recurrent_model(seed)), ("current_word", current_word_model(seed))):
+    models = (("rnn", recurrent_model(seed, backend=backend)), ("current_word", current_word_model(seed, backend=backend)))
+    for name, model in models:
+        start = time.perf_counter()
         loss = fit(model, inputs, targets, steps)
+        seconds = time.perf_counter() - start
         result[name] = dict(model=model, loss=loss, accuracy=next_word_accuracy(model, inputs, targets),
-                            text=generate(model, "Steven", 11))
+                            text=generate(model, "Steven", 11), seconds=seconds)
         if verbose:
             print(f"{name:>12}: next-word accuracy {result[name]['accuracy']:6.1%}  loss {loss:.3f}  "
-                  f"generates: {result[name]['text']}")
+                  f"{steps} steps in {seconds:.2f} s  generates: {result[name]['text']}")
     if out_dir is not None:
         result["picture"] = save_probabilities(result["rnn"]["model"], inputs, pathlib.Path(out_dir))
     return result
@@ -117,8 +121,10 @@ def main(argv=None):
     parser.add_argument("out_dir", type=pathlib.Path, nargs="?")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backend", choices=("cpu", "numpy"), default=None,
+                        help="backend of the rnn (default: the dispatch's choice)")
     args = parser.parse_args(argv)
-    run(args.steps, seed=args.seed, out_dir=args.out_dir)
+    run(args.steps, seed=args.seed, backend=args.backend, out_dir=args.out_dir)
 
 
 if __name__ == "__main__":
