@@ -38,6 +38,7 @@ def format_table(report):
         f"copy {roofs['copy_gbs']:.1f} GB/s; % roof = rate / roof",
         *_load_warning(report["machine"]),
         "vs best other = median of the fastest other backend / this median (> 1: this one is faster)",
+        f"{settings['note']}; median over n rounds after a warm-up call",
         "",
     ]
     rows = [COLUMNS]
