@@ -22,15 +22,19 @@ MAX_PARAMETER = 2**31 - 1
 # ---------------------------------------------------------------------------- arrays
 
 
-def dtype_of(name, a):
-    """The dtype of array-like ``a``, refusing anything but float32/float64."""
+def array_dtype(name, a):
+    """The NumPy dtype of a NumPy or GPU array ``a`` (a TypeError naming ``name`` for non-arrays)."""
     cai = getattr(a, "__cuda_array_interface__", None)
     if cai is not None:  # GPU arrays of any family (a torch dtype is no numpy dtype)
-        dt = np.dtype(cai["typestr"])
-    elif isinstance(getattr(a, "dtype", None), np.dtype):
-        dt = a.dtype
-    else:
-        raise TypeError(f"{name} must be an array (numpy.ndarray or a GPU array), got {type(a).__name__}")
+        return np.dtype(cai["typestr"])
+    if isinstance(getattr(a, "dtype", None), np.dtype):
+        return a.dtype
+    raise TypeError(f"{name} must be an array (numpy.ndarray or a GPU array), got {type(a).__name__}")
+
+
+def dtype_of(name, a):
+    """The dtype of array-like ``a``, refusing anything but float32/float64."""
+    dt = array_dtype(name, a)
     if dt not in FLOAT_DTYPES:
         hint = ""
         if dt.kind in "iub":
@@ -284,8 +288,8 @@ def check_pool_backward_args(dy, indices, input_shape, dtype=None, check_range=T
     ``check_range=False`` is for kernels that check each index themselves as they scatter."""
     check_array("dy", dy, 4, dtype)
     input_shape = input_shape_4d("input_shape", input_shape)
-    if getattr(indices, "dtype", None) != np.int64:
-        got = getattr(indices, "dtype", type(indices).__name__)
+    got = array_dtype("indices", indices)
+    if got != np.int64:
         raise TypeError(f"indices must be an int64 array (as returned by max_pool2d), got {got}")
     check_shape("indices", indices, dy.shape)
     if tuple(dy.shape[:2]) != input_shape[:2]:
