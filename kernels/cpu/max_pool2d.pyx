@@ -3,9 +3,9 @@
 # Inputs are validated by fastlayers._params (and the sizes below by the Python wrapper) before
 # they get here: every pointer offset computed below stays inside its plane.
 #
-# Both directions are memory-bound, so the loops are written for the compiler's vectoriser:
-# branch-free selects in contiguous (or stride-2) inner loops over output columns, the running
-# maximum and its index kept in the output row itself (in L1) rather than in scratch buffers.
+# Both directions are memory-bound once vectorised; the vector row loops live in
+# max_pool2d_simd.h. The forward works a row of outputs at a time, the running maximum and its
+# index kept in the output row itself (in L1) rather than in scratch buffers.
 from cython.parallel cimport prange
 from libc.math cimport INFINITY
 from libc.stdint cimport int64_t
@@ -15,8 +15,8 @@ ctypedef fused floating:
     float
     double
 
-cdef extern from "max_pool2d_2x2.h" nogil:
-    # The 2x2 stride-2 rows, vectorised with SSE2 (see the header for why they are C).
+cdef extern from "max_pool2d_simd.h" nogil:
+    # The 2x2 stride-2 rows, vectorised with SSE2 (the header says why they are C).
     void fl_pool_row_2x2_float(const float* x0, const float* x1, float* y, int64_t* indices,
                                Py_ssize_t OW, int64_t first, int64_t W, bint stream)
     void fl_pool_row_2x2_double(const double* x0, const double* x1, double* y, int64_t* indices,
@@ -26,12 +26,11 @@ cdef extern from "max_pool2d_2x2.h" nogil:
     Py_ssize_t fl_route_row_2x2_double(const double* dy, const int64_t* indices, double* r0, double* r1,
                                        Py_ssize_t OW, int64_t first, int64_t W, bint stream)
     void fl_store_fence()
-
-
-cdef inline bint _wins(floating v, floating m) noexcept nogil:
-    """Does v replace the running maximum m? When larger, or when v is the window's first NaN
-    (a later equal value or NaN never replaces: ties go to the first in window order)."""
-    return v > m or (v != v and m == m)
+    # One window tap of the general path, vectorised over the output columns.
+    void fl_pool_tap_float(const float* x_row, float* y_row, int64_t* i_row, Py_ssize_t ow_lo,
+                           Py_ssize_t ow_hi, Py_ssize_t SW, Py_ssize_t off, int64_t row_first)
+    void fl_pool_tap_double(const double* x_row, double* y_row, int64_t* i_row, Py_ssize_t ow_lo,
+                            Py_ssize_t ow_hi, Py_ssize_t SW, Py_ssize_t off, int64_t row_first)
 
 
 # ---------------------------------------------------------------------------- forward
@@ -57,13 +56,12 @@ cdef void _pool_plane(const floating* x, floating* y, int64_t* indices,
                       Py_ssize_t PH, Py_ssize_t PW) noexcept nogil:
     """Any window, stride, padding and ceil mode. Each output row starts at -inf with the index
     of its window's first input cell, then every window tap (kh, kw) in row-major order updates
-    the whole row: a vectorisable loop over the output columns whose tap lies inside the input.
+    the whole row (fl_pool_tap_*: vectorised over the output columns whose tap is an input cell).
     Padded cells are never visited, so they never win."""
-    cdef Py_ssize_t oh, ow, ih, ih_lo, ih_hi, kw, ow_lo, ow_hi, iw, last
+    cdef Py_ssize_t oh, ow, ih, ih_lo, ih_hi, kw, ow_lo, ow_hi, last
     cdef floating* y_row
     cdef int64_t* i_row
     cdef const floating* x_row
-    cdef floating v
     for oh in range(OH):
         ih_lo = max(oh * SH - PH, 0)
         ih_hi = min(oh * SH - PH + KH, H)
@@ -79,12 +77,10 @@ cdef void _pool_plane(const floating* x, floating* y, int64_t* indices,
                 ow_lo = (PW - kw + SW - 1) // SW if PW > kw else 0
                 last = W - 1 + PW - kw
                 ow_hi = min(OW, last // SW + 1) if last >= 0 else 0
-                for ow in range(ow_lo, ow_hi):
-                    iw = ow * SW - PW + kw
-                    v = x_row[iw]
-                    if _wins(v, y_row[ow]):
-                        y_row[ow] = v
-                        i_row[ow] = ih * W + iw
+                if floating is float:
+                    fl_pool_tap_float(x_row, y_row, i_row, ow_lo, ow_hi, SW, kw - PW, ih * W)
+                else:
+                    fl_pool_tap_double(x_row, y_row, i_row, ow_lo, ow_hi, SW, kw - PW, ih * W)
 
 
 def max_pool2d_forward(const floating[:, :, ::1] x, floating[:, :, ::1] y, int64_t[:, :, ::1] indices,

@@ -1,17 +1,19 @@
-/* Rows of the 2x2 stride-2 max-pool (the common non-overlapping, unpadded case), forward and
- * backward, used by max_pool2d.pyx.
+/* The row loops of max_pool2d.pyx, vectorised with SSE2: the 2x2 stride-2 pool (the common
+ * non-overlapping, unpadded case) forward and backward, and one window tap of the general
+ * forward.
  *
  * Why C: GCC 12 does not vectorise these loops at the baseline x86-64 ISA (SSE2) when written
- * as scalar selects (the NaN-aware compare chain and the int64 index selects defeat it), and the
- * op is memory-bound only once it is vectorised. SSE2 is part of every x86-64 CPU, so no
- * -march flag is needed; elsewhere the scalar loop below does all the work.
+ * as scalar selects (the NaN-aware compare chain and the int64 index selects defeat it), and even
+ * keeps the scalar compares as branches, mispredicted about every other element on real data.
+ * SSE2 is part of every x86-64 CPU, so no -march flag is needed; elsewhere the scalar loops at
+ * the end of each function do all the work (they also do the tails here, so tests cover them).
  *
- * Semantics, identical in the vector and scalar code: the window is read in row-major order
- * (a b / c d) and v replaces the running maximum m when !(v <= m) && m == m, i.e. when v is
- * larger or v is the first NaN; ties keep the first. Indices are flat ih*W + iw in the plane.
+ * Semantics, identical in the vector and scalar code: the window is read in row-major order and
+ * v replaces the running maximum m when !(v <= m) && m == m, i.e. when v is larger or v is the
+ * first NaN; ties keep the first. Indices are flat ih*W + iw in the plane.
  */
-#ifndef FASTLAYERS_MAX_POOL2D_2X2_H
-#define FASTLAYERS_MAX_POOL2D_2X2_H
+#ifndef FASTLAYERS_MAX_POOL2D_SIMD_H
+#define FASTLAYERS_MAX_POOL2D_SIMD_H
 
 #include <stdint.h>
 #include <stddef.h>
@@ -124,6 +126,61 @@ static inline void fl_pool_row_2x2_double(const double *x0, const double *x1, do
     }
 #endif
     FL_POOL_ROW_2X2_TAIL(double)
+}
+
+/* ------------------------------------------------------------------------- forward, any window
+ * One tap of the general path (any kernel, stride, padding): for ow in [ow_lo, ow_hi) the input
+ * cell x_row[ow*SW + off] challenges the running maximum y_row[ow]; when it wins, it replaces it
+ * and i_row[ow] becomes row_first + ow*SW + off. Vectorised over ow (the strided cells are
+ * gathered by scalar loads): branch-free, where a scalar compare-and-branch is mispredicted
+ * about every other time on real data. */
+
+static inline void fl_pool_tap_float(const float *x_row, float *y_row, int64_t *i_row, ptrdiff_t ow_lo,
+                                     ptrdiff_t ow_hi, ptrdiff_t SW, ptrdiff_t off, int64_t row_first)
+{
+    ptrdiff_t ow = ow_lo;
+#if defined(__SSE2__)
+    for (; ow + 4 <= ow_hi; ow += 4) {
+        const float *p = x_row + ow * SW + off;
+        __m128 v = _mm_set_ps(p[3 * SW], p[2 * SW], p[SW], p[0]), m = _mm_loadu_ps(y_row + ow);
+        __m128 w = _mm_and_ps(_mm_cmpnle_ps(v, m), _mm_cmpord_ps(m, m));
+        _mm_storeu_ps(y_row + ow, _mm_or_ps(_mm_and_ps(w, v), _mm_andnot_ps(w, m)));
+        __m128i wi = _mm_castps_si128(w);
+        __m128i w01 = _mm_unpacklo_epi32(wi, wi), w23 = _mm_unpackhi_epi32(wi, wi); /* int64 lanes */
+        __m128i n01 = _mm_add_epi64(_mm_set1_epi64x(row_first + ow * SW + off), _mm_set_epi64x(SW, 0));
+        __m128i n23 = _mm_add_epi64(n01, _mm_set1_epi64x(2 * SW));
+        __m128i o01 = _mm_loadu_si128((const __m128i *)(i_row + ow));
+        __m128i o23 = _mm_loadu_si128((const __m128i *)(i_row + ow + 2));
+        _mm_storeu_si128((__m128i *)(i_row + ow), _mm_or_si128(_mm_and_si128(w01, n01), _mm_andnot_si128(w01, o01)));
+        _mm_storeu_si128((__m128i *)(i_row + ow + 2), _mm_or_si128(_mm_and_si128(w23, n23), _mm_andnot_si128(w23, o23)));
+    }
+#endif
+    for (; ow < ow_hi; ow++) {
+        float v = x_row[ow * SW + off], m = y_row[ow];
+        if (FL_WINS(v, m)) { y_row[ow] = v; i_row[ow] = row_first + ow * SW + off; }
+    }
+}
+
+static inline void fl_pool_tap_double(const double *x_row, double *y_row, int64_t *i_row, ptrdiff_t ow_lo,
+                                      ptrdiff_t ow_hi, ptrdiff_t SW, ptrdiff_t off, int64_t row_first)
+{
+    ptrdiff_t ow = ow_lo;
+#if defined(__SSE2__)
+    for (; ow + 2 <= ow_hi; ow += 2) {
+        const double *p = x_row + ow * SW + off;
+        __m128d v = _mm_set_pd(p[SW], p[0]), m = _mm_loadu_pd(y_row + ow);
+        __m128d w = _mm_and_pd(_mm_cmpnle_pd(v, m), _mm_cmpord_pd(m, m));
+        _mm_storeu_pd(y_row + ow, _mm_or_pd(_mm_and_pd(w, v), _mm_andnot_pd(w, m)));
+        __m128i wi = _mm_castpd_si128(w);
+        __m128i n = _mm_add_epi64(_mm_set1_epi64x(row_first + ow * SW + off), _mm_set_epi64x(SW, 0));
+        __m128i o = _mm_loadu_si128((const __m128i *)(i_row + ow));
+        _mm_storeu_si128((__m128i *)(i_row + ow), _mm_or_si128(_mm_and_si128(wi, n), _mm_andnot_si128(wi, o)));
+    }
+#endif
+    for (; ow < ow_hi; ow++) {
+        double v = x_row[ow * SW + off], m = y_row[ow];
+        if (FL_WINS(v, m)) { y_row[ow] = v; i_row[ow] = row_first + ow * SW + off; }
+    }
 }
 
 /* ------------------------------------------------------------------------- backward
