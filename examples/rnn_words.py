@@ -78,8 +78,8 @@ def run(steps=300, repeats=3, seed=0, backend=None, out_dir=None, verbose=True):
     """Train both models; returns their accuracies, losses, generated texts and training times."""
     inputs, targets = stream(repeats)
     result = {}
-    models = (("rnn", recurrent_model(seed, backend=backend)), ("current_word", current_word_model(seed, backend=backend)))
-    for name, model in models:
+    models = {"rnn": recurrent_model(seed, backend=backend), "current_word": current_word_model(seed, backend=backend)}
+    for name, model in models.items():
         start = time.perf_counter()
         loss = fit(model, inputs, targets, steps)
         seconds = time.perf_counter() - start

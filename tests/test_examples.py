@@ -224,7 +224,8 @@ def test_importing_fastlayers_loads_no_example_dependency():
 
     code = ("import sys, fastlayers; "
             "print([m for m in ('matplotlib', 'skimage', 'sklearn', 'torch') if m in sys.modules])")
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
 
 
 def test_filters_follow_the_backend_choice():

@@ -1,12 +1,12 @@
 """Random data augmentation of NCHW batches: the notes' "generation of cat pictures via random
 data augmentation".
 
-Every function draws one independent transform per image from ``rng`` (a seed or a
-``numpy.random.Generator``), so a seed reproduces a batch exactly. Geometric transforms
-(rotation, zoom) resample with bilinear interpolation; pixels that come from outside the image are
-``fill``. The deterministic transforms (:func:`hflip`, :func:`rotate`, :func:`zoom`, :func:`shift`)
-take one value per image (or one for all); the ``random_*`` functions draw those values. :func:`random_augment` composes flip, rotation, zoom and shift into one
-resampling per image (one interpolation blur instead of three).
+The deterministic transforms (:func:`hflip`, :func:`rotate`, :func:`zoom`, :func:`shift`) take
+one value per image (or one for all); the ``random_*`` functions draw one independent value per
+image from ``rng`` (a seed or a ``numpy.random.Generator``), so a seed reproduces a batch exactly.
+Rotation and zoom resample with bilinear interpolation; pixels that come from outside the image
+are ``fill``. :func:`random_augment` composes flip, rotation, zoom and shift into one resampling
+per image (one interpolation blur instead of three).
 """
 from __future__ import annotations
 
@@ -155,7 +155,7 @@ def random_crop(x, size, padding=0, rng=None, fill=0.0):
     x = _batch(x)
     oh, ow = pair("size", size, 1)
     ph, pw = pair("padding", padding, 0)
-    N, C, H, W = x.shape
+    N, _, H, W = x.shape
     if oh > H + 2 * ph or ow > W + 2 * pw:
         raise ValueError(f"size {oh}x{ow} is larger than the padded image {H + 2 * ph}x{W + 2 * pw}")
     rng = np.random.default_rng(rng)

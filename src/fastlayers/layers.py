@@ -22,7 +22,14 @@ import numpy as np
 
 from . import _dispatch, reference
 from ._params import FLOAT_DTYPES, pair
-from .functional import conv2d, conv2d_backward, max_pool2d, max_pool2d_backward, rnn, rnn_backward
+from .functional import (
+    conv2d,
+    conv2d_backward,
+    max_pool2d,
+    max_pool2d_backward,
+    rnn,
+    rnn_backward,
+)
 
 __all__ = ["Layer", "Conv2D", "MaxPool2D", "Flatten", "Dense", "ReLU", "RNN", "Embedding", "Sequential"]
 
@@ -250,7 +257,9 @@ class Dense(Layer):
     def forward(self, x):
         self._check_input(x)
         if x.ndim < 1 or x.shape[-1] != self.in_features:
-            raise ValueError(f"Dense input x must have {self.in_features} features on its last axis, got shape {x.shape}")
+            raise ValueError(
+                f"Dense input x must have {self.in_features} features on its last axis, got shape {x.shape}"
+            )
         self._cache = x
         return reference.dense(x, self.params["W"], self.params.get("b"))
 
@@ -344,7 +353,6 @@ class Embedding(Layer):
         dW = np.zeros_like(self.params["W"])
         np.add.at(dW, ids.reshape(-1), dy.reshape(-1, self.embedding_dim))
         self.grads = {"W": dW}
-        return None
 
     def _describe(self):
         return f"{self.num_embeddings}, {self.embedding_dim}"
