@@ -27,9 +27,9 @@ GRAD_NAMES = ("x_seq", "h0", "Wx", "Wh", "b")
 
 
 @pytest.fixture
-def split_steps(monkeypatch):
-    """Split even tiny steps among threads (the backend keeps small problems on one thread)."""
-    monkeypatch.setattr(importlib.import_module("fastlayers.backends.cpu.rnn"), "MIN_STEP_WORK_PER_THREAD", 0)
+def split_work(monkeypatch):
+    """Split even tiny problems among threads (the backend keeps them on one thread)."""
+    monkeypatch.setattr(importlib.import_module("fastlayers.backends.cpu.rnn"), "MIN_WORK_PER_THREAD", 0)
 
 
 def rnn_arrays(rng, T, N, D, H, dtype, h0=True, b=True):
@@ -101,9 +101,9 @@ def test_rnn_matches_reference_small_shapes(T, N, D, H, dtype, h0, b, seed):
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("T, N, D, H", [(7, 5, 9, 17), (4, 3, 20, 33), (3, 9, 5, 70), (2, 1, 1, 129)])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_rnn_matches_reference_across_column_blocks(T, N, D, H, dtype, threads, split_steps):
-    """H above one 16-column block and uneven thread counts: the steps are split among threads by
-    column blocks and by row blocks, with a barrier between steps."""
+def test_rnn_matches_reference_across_column_blocks(T, N, D, H, dtype, threads, split_work):
+    """Uneven thread counts and H above one 16-column block: the batch, the T*N rows and the
+    weight gradients' columns are split among threads in blocks of unequal (or zero) size."""
     with fl.threads(threads):
         check_against_reference(T, N, D, H, dtype, seed=threads)
 
@@ -184,7 +184,7 @@ def test_empty_shapes(shape):
         np.testing.assert_array_equal(got, want)
 
 
-def test_results_are_reproducible(split_steps):
+def test_results_are_reproducible(split_work):
     """dWx, dWh, db are summed in a fixed order: repeated calls agree bit for bit."""
     rng = make_rng(6)
     a = rnn_arrays(rng, 30, 8, 16, 48, np.float32)
@@ -200,7 +200,7 @@ def test_results_are_reproducible(split_steps):
 # ---------------------------------------------------------------------------- gradients
 
 
-def test_rnn_backward_matches_finite_differences(split_steps):
+def test_rnn_backward_matches_finite_differences(split_work):
     rng = make_rng(7)
     a = rnn_arrays(rng, 4, 2, 3, 18, np.float64)  # H > 16: two column blocks with 2 threads
     hs = cpu_rnn(**a)
@@ -229,7 +229,7 @@ def test_rnn_step_backward_matches_finite_differences():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_non_contiguous_inputs(dtype, split_steps):
+def test_non_contiguous_inputs(dtype, split_work):
     rng = make_rng(9)
     T, N, D, H = 5, 3, 4, 20
     a = rnn_arrays(rng, T, N, D, H, dtype)

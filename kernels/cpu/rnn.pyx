@@ -3,11 +3,14 @@
 # (rnn_step is the T = 1 case). Sequences arrive flattened to (T*N, features) rows, C order,
 # validated by fastlayers.backends.cpu.rnn; the caller keeps BLAS single-threaded.
 #
-# Parallel plan: one OpenMP team for the whole call, each thread owning one row block of the T*N
-# rows (for the products over all steps) and one column block of H (for the recurrent product of
-# each step: a thread keeps its slice of Wh hot in cache and applies tanh, or its derivative, to
-# the block it has just computed). One barrier ends each step. Blocks come from the thread id,
-# not from prange: Cython's prange adds a barrier of its own per loop.
+# Parallel plan: one OpenMP team for the whole call. The sequences of a batch are independent, so
+# each thread runs the whole recurrence (every step's GEMM, then tanh or its derivative fused on
+# the rows it has just computed) for its own block of the batch, without synchronising with the
+# others: no barrier per step, which also keeps a loaded machine (a thread descheduled at a
+# barrier stalls the team) from multiplying the time. Products over all steps (the input
+# projection, dx) are split by row blocks of the T*N rows and weight gradients by column blocks
+# of H, one barrier between them and the recurrence. Blocks come from the thread id, not from
+# prange: Cython's prange adds a barrier of its own per loop.
 from cython.parallel cimport parallel, threadid
 from libc.math cimport tanh
 from libc.string cimport memcpy, memset
@@ -45,7 +48,7 @@ cdef inline float _tanh_f32(float x) noexcept nogil:
 
 cdef inline Py_ssize_t _block_width(Py_ssize_t count, Py_ssize_t size, Py_ssize_t align) noexcept nogil:
     """Width of each of ``count`` blocks covering range(size), a multiple of ``align``; block i
-    is [min(i * width, size), min((i + 1) * width, size)), trailing blocks may be empty."""
+    is [_block_start, _block_stop), trailing blocks may be empty."""
     return ((size + count - 1) // count + align - 1) // align * align
 
 
@@ -85,6 +88,16 @@ cdef inline void _add_bias_tanh(floating* z, const floating* b, Py_ssize_t rows,
                 row[j] = tanh(row[j])
 
 
+cdef inline Py_ssize_t _block_start(Py_ssize_t i, Py_ssize_t count, Py_ssize_t size,
+                                    Py_ssize_t align) noexcept nogil:
+    return min(i * _block_width(count, size, align), size)
+
+
+cdef inline Py_ssize_t _block_stop(Py_ssize_t i, Py_ssize_t count, Py_ssize_t size,
+                                   Py_ssize_t align) noexcept nogil:
+    return min(_block_start(i, count, size, align) + _block_width(count, size, align), size)
+
+
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def rnn_forward(const floating[:, ::1] x, const floating[:, ::1] h0, const floating[:, ::1] Wx,
@@ -103,31 +116,29 @@ def rnn_forward(const floating[:, ::1] x, const floating[:, ::1] h0, const float
     cdef floating* phs = &hs[0, 0]
     # Initialised only because Cython passes them into the team as firstprivate.
     cdef const floating* h_prev = NULL
-    cdef Py_ssize_t t = 0, tid = 0, team = 1, width = 0, r0 = 0, r1 = 0, c0 = 0, c1 = 0
+    cdef Py_ssize_t t = 0, tid = 0, team = 1, r0 = 0, r1 = 0, n0 = 0, rows = 0
     with nogil, parallel(num_threads=num_threads):
         tid = threadid()
         team = team_size()
-        width = _block_width(team, TN, 1)
-        r0 = min(tid * width, TN)
-        r1 = min(r0 + width, TN)
-        width = _block_width(team, H, COLUMN_ALIGN)
-        c0 = min(tid * width, H)
-        c1 = min(c0 + width, H)
+        r0 = _block_start(tid, team, TN, 1)  # rows of all steps
+        r1 = _block_stop(tid, team, TN, 1)
+        n0 = _block_start(tid, team, N, 1)  # sequences of the batch
+        rows = _block_stop(tid, team, N, 1) - n0
         # The input projection of every step at once: hs = x @ Wx.
         if r1 > r0:
             gemm(False, False, <int>(r1 - r0), <int>H, <int>D, <floating>1, px + r0 * D, <int>D,
                  pWx, <int>H, <floating>0, phs + r0 * H, <int>H)
         barrier()
-        for t in range(T):
-            if c1 > c0:
-                h_prev = h_init
-                if t > 0:
-                    h_prev = phs + (t - 1) * N * H
+        if rows > 0:
+            h_prev = h_init
+            if h_init != NULL:
+                h_prev = h_init + n0 * H
+            for t in range(T):
                 if h_prev != NULL:
-                    gemm(False, False, <int>N, <int>(c1 - c0), <int>H, <floating>1, h_prev, <int>H,
-                         pWh + c0, <int>H, <floating>1, phs + t * N * H + c0, <int>H)
-                _add_bias_tanh(phs + t * N * H, bias, N, H, c0, c1)
-            barrier()
+                    gemm(False, False, <int>rows, <int>H, <int>H, <floating>1, h_prev, <int>H,
+                         pWh, <int>H, <floating>1, phs + (t * N + n0) * H, <int>H)
+                _add_bias_tanh(phs + (t * N + n0) * H, bias, rows, H, 0, H)
+                h_prev = phs + (t * N + n0) * H
 
 
 @cython.boundscheck(False)
@@ -159,32 +170,30 @@ def rnn_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
     # Initialised only because Cython passes them into the team as firstprivate.
     cdef floating* g = NULL
     cdef const floating* h = NULL
-    cdef Py_ssize_t t = 0, r = 0, j = 0, tid = 0, team = 1, width = 0, r0 = 0, r1 = 0, c0 = 0, c1 = 0
+    cdef Py_ssize_t t = 0, i = 0, r = 0, j = 0, tid = 0, team = 1
+    cdef Py_ssize_t r0 = 0, r1 = 0, n0 = 0, rows = 0, c0 = 0, c1 = 0
     with nogil, parallel(num_threads=num_threads):
         tid = threadid()
         team = team_size()
-        width = _block_width(team, TN, 1)
-        r0 = min(tid * width, TN)
-        r1 = min(r0 + width, TN)
-        width = _block_width(team, H, COLUMN_ALIGN)
-        c0 = min(tid * width, H)
-        c1 = min(c0 + width, H)
-        # dz[t] = (dhs[t] + dz[t+1] @ Wh^T) * (1 - hs[t]^2), from the last step back.
-        for t in range(T - 1, -1, -1):
-            if c1 > c0:
-                for r in range(N):
-                    memcpy(pdz + (t * N + r) * H + c0, pdhs + (t * N + r) * H + c0,
-                           (c1 - c0) * sizeof(floating))
+        r0 = _block_start(tid, team, TN, 1)  # rows of all steps
+        r1 = _block_stop(tid, team, TN, 1)
+        n0 = _block_start(tid, team, N, 1)  # sequences of the batch
+        rows = _block_stop(tid, team, N, 1) - n0
+        c0 = _block_start(tid, team, H, COLUMN_ALIGN)  # columns of the weight gradients
+        c1 = _block_stop(tid, team, H, COLUMN_ALIGN)
+        # dz[t] = (dhs[t] + dz[t+1] @ Wh^T) * (1 - hs[t]^2), from the last step back, for this
+        # thread's sequences (contiguous rows t*N + n0 ...).
+        if rows > 0:
+            for t in range(T - 1, -1, -1):
+                g = pdz + (t * N + n0) * H
+                h = phs + (t * N + n0) * H
+                memcpy(g, pdhs + (t * N + n0) * H, rows * H * sizeof(floating))
                 if t < T - 1:
-                    # Columns c0:c1 of dz[t+1] @ Wh^T are dz[t+1] @ (rows c0:c1 of Wh)^T.
-                    gemm(False, True, <int>N, <int>(c1 - c0), <int>H, <floating>1, pdz + (t + 1) * N * H,
-                         <int>H, pWh + c0 * H, <int>H, <floating>1, pdz + t * N * H + c0, <int>H)
-                for r in range(N):
-                    g = pdz + (t * N + r) * H
-                    h = phs + (t * N + r) * H
-                    for j in range(c0, c1):
-                        g[j] = g[j] * (1 - h[j] * h[j])
-            barrier()
+                    gemm(False, True, <int>rows, <int>H, <int>H, <floating>1, g + N * H, <int>H,
+                         pWh, <int>H, <floating>1, g, <int>H)
+                for i in range(rows * H):
+                    g[i] = g[i] * (1 - h[i] * h[i])
+        barrier()
         # From here dz is complete and only read. Weight gradients over all steps, by column
         # blocks: dWx = x^T dz, dWh = hs[:-1]^T dz[1:] + h0^T dz[0], db = column sums of dz
         # (rows added in order), dh0 = dz[0] @ Wh^T.

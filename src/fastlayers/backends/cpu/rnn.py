@@ -15,18 +15,18 @@ from .. import numpy as _numpy_backend
 
 OPS = frozenset({"rnn_step", "rnn_step_backward", "rnn", "rnn_backward"})
 
-# Below this much recurrent work per step and thread (N*H*H multiply-adds: 32k take a few
-# microseconds), a step costs less than the barrier that ends it, so small problems use fewer
-# threads than fastlayers.get_num_threads() allows. Tests set it to 0 to force the split.
-MIN_STEP_WORK_PER_THREAD = 1 << 15
-COLUMN_ALIGN = 16  # the kernels' column block: more threads than blocks of H would idle
+# Starting the OpenMP team and its one barrier cost microseconds: below this much work per
+# thread (T*N*H*(D+H) multiply-adds, 64k take a few microseconds) a call uses fewer threads than
+# fastlayers.get_num_threads() allows. Tests set it to 0 to force the split.
+MIN_WORK_PER_THREAD = 1 << 16
 
 _blas_libraries = None
 _workspaces = threading.local()  # per calling thread: the kernels run without the GIL
 
 
-def _num_threads(N, H):
-    useful = min(-(-H // COLUMN_ALIGN), N * H * H // max(MIN_STEP_WORK_PER_THREAD, 1))
+def _num_threads(T, N, D, H):
+    """Threads for one call: each runs the recurrence of its own block of the N sequences."""
+    useful = min(N, T * N * H * (D + H) // max(MIN_WORK_PER_THREAD, 1))
     return max(1, min(get_num_threads(), useful))
 
 
@@ -87,7 +87,7 @@ def rnn(x_seq, h0, Wx, Wh, b, out):
     hs = np.empty((T, N, H), x_seq.dtype) if out is None else out
     with _single_threaded_blas():
         _kernels.rnn_forward(
-            _c(x_seq).reshape(T * N, D), _c(h0), _c(Wx), _c(Wh), _c(b), hs.reshape(T * N, H), N, _num_threads(N, H)
+            _c(x_seq).reshape(T * N, D), _c(h0), _c(Wx), _c(Wh), _c(b), hs.reshape(T * N, H), N, _num_threads(T, N, D, H)
         )
     return hs
 
@@ -106,7 +106,7 @@ def rnn_backward(dhs, x_seq, h0, Wx, Wh, hs, out):
         _kernels.rnn_backward(
             _c(dhs).reshape(T * N, H), _c(x_seq).reshape(T * N, D), _c(h0), _c(Wx), _c(Wh),
             _c(hs).reshape(T * N, H), _workspace((T * N, H), dt),
-            dx.reshape(T * N, D), dh0, dWx, dWh, db, N, _num_threads(N, H),
+            dx.reshape(T * N, D), dh0, dWx, dWh, db, N, _num_threads(T, N, D, H),
         )
     return dx, dh0, dWx, dWh, db
 
