@@ -256,9 +256,14 @@ def test_concurrent_callers_keep_their_own_workspaces():
 
 
 def test_auto_heuristic():
-    """Short contractions (C/groups * KH * KW <= DIRECT_MAX_TERMS) go direct, the rest im2col."""
-    assert cpu_conv2d.choose_algo(conv2d_geometry((32, 1, 28, 28), (8, 1, 5, 5))) == "direct"
-    assert cpu_conv2d.choose_algo(conv2d_geometry((32, 64, 56, 56), (64, 64, 3, 3), padding=1)) == "im2col"
+    """Tiny convolutions (at most DIRECT_MAX_FLOPS) go direct, the rest im2col."""
+    tiny = conv2d_geometry((1, 1, 8, 8), (4, 1, 3, 3))
+    small = conv2d_geometry((1, 3, 16, 16), (8, 3, 3, 3), padding=1)
+    assert [cpu_conv2d.choose_algo(tiny, d) for d in ("forward", "backward")] == ["direct", "direct"]
+    assert [cpu_conv2d.choose_algo(small, d) for d in ("forward", "backward")] == ["direct", "im2col"]
+    for x_shape, w_shape in (((32, 1, 28, 28), (8, 1, 5, 5)), ((32, 64, 56, 56), (64, 64, 3, 3))):
+        g = conv2d_geometry(x_shape, w_shape)
+        assert [cpu_conv2d.choose_algo(g, d) for d in ("forward", "backward")] == ["im2col", "im2col"]
 
 
 def test_cpu_is_the_default_backend_for_numpy_inputs():

@@ -92,17 +92,21 @@ def _check_blas_sizes(g, rows):
         raise ValueError(f"conv2d sizes exceed what BLAS can index (C int) for algo='im2col': {g}")
 
 
-# Measured on this 2-core machine (bench/bench_conv2d.py): direct loops beat im2col + GEMM when
-# the contraction is short -- C/groups * KH * KW at most 32 (lenet: 25, cifar-stem: 27), where
-# the GEMM has too few terms to amortise packing -- and lose everywhere else, by 2-10x on the
-# ResNet layers.
-DIRECT_MAX_TERMS = 32
+# Measured on this 2-core machine (one thread: bench/bench_conv2d.py --small and --algos):
+# im2col + GEMM runs at 60-100 GFLOP/s on every benchmark case but pays ~20 us more per call
+# (BLAS thread limit, workspace, tile set-up) than the direct loops, which reach only 5-10
+# GFLOP/s. Direct wins the forward up to about 1e5 FLOP (one 8x8 image, four 3x3 filters: 22 vs
+# 43 us; one 3x16x16 image, eight 3x3 filters, 1.1e5 FLOP: 38 vs 47 us) and loses from 3e5 on
+# (1x16x8x8 with 16 3x3 filters: 101 vs 52 us); its backward, twice the work, wins up to about
+# 2e4 forward FLOP (37 vs 53 us at 2.6e3; 48 vs 57 us at 1.6e4; 73 vs 61 us at 1.1e5).
+DIRECT_MAX_FLOPS = {"forward": 150_000, "backward": 50_000}
 
 
-def choose_algo(g):
-    """``algo="auto"``: "direct" when each output sums at most DIRECT_MAX_TERMS products, else
-    "im2col"."""
-    return "direct" if (g.C // g.groups) * g.KH * g.KW <= DIRECT_MAX_TERMS else "im2col"
+def choose_algo(g, direction):
+    """``algo="auto"``: "direct" for convolutions of at most ``DIRECT_MAX_FLOPS[direction]``
+    forward FLOP (``direction`` "forward" or "backward"), where the per-call set-up of im2col +
+    GEMM dominates; "im2col" otherwise."""
+    return "direct" if g.flops <= DIRECT_MAX_FLOPS[direction] else "im2col"
 
 
 def conv2d(x, w, b, g, algo, out):
@@ -110,7 +114,7 @@ def conv2d(x, w, b, g, algo, out):
     if _degenerate(x, w):
         y[...] = 0 if b is None else b[None, :, None, None]
         return y
-    algo = choose_algo(g) if algo == "auto" else algo
+    algo = choose_algo(g, "forward") if algo == "auto" else algo
     threads = get_num_threads()
     xc, wc = _c(x), _c(w)
     bias = _c(b) if b is not None else np.zeros(g.F, dtype=x.dtype)
@@ -136,7 +140,7 @@ def conv2d_backward(dy, x, w, g, algo, out):
         dw[...] = 0
         db[...] = dy.sum(axis=(0, 2, 3)) if dy.size else 0
         return dx, dw, db
-    algo = choose_algo(g) if algo == "auto" else algo
+    algo = choose_algo(g, "backward") if algo == "auto" else algo
     threads = get_num_threads()
     dyc, xc, wc = _c(dy), _c(x), _c(w)
     if algo == "direct":
