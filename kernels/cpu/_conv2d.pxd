@@ -1,8 +1,6 @@
 # C-level pieces shared by the two conv2d kernels (im2col.pyx and conv2d_direct.pyx): the
-# geometry as a struct, the range of output columns a kernel tap sees inside the input, the
-# column matrix of a band of output rows, and a reproducible vectorisable sum.
-from libc.string cimport memcpy, memset
-
+# geometry as a struct, the range of output columns a kernel tap sees inside the input, and a
+# reproducible vectorisable sum.
 from _blas cimport floating
 
 
@@ -42,38 +40,6 @@ cdef inline TapColumns tap_columns(const Conv2dShape* s, Py_ssize_t kw) noexcept
     if t.hi < t.lo:
         t.hi = t.lo
     return t
-
-
-cdef inline void im2col_rows(const floating* x, floating* col, const Conv2dShape* s,
-                             Py_ssize_t oh0, Py_ssize_t rows, Py_ssize_t ld) noexcept nogil:
-    """Columns of output rows [oh0, oh0 + rows) of one image's group: x (Cg, H, W) ->
-    col (K, ld), ld >= rows * OW: row (c, kh, kw) of col holds what tap (kh, kw) of channel c
-    sees, zero where it falls in the padding (entries past rows * OW are left alone)."""
-    cdef Py_ssize_t c, kh, kw, r, ih, ow, lo, hi
-    cdef TapColumns cols
-    cdef floating* dst
-    cdef const floating* src
-    for kw in range(s.KW):
-        cols = tap_columns(s, kw)
-        lo, hi = cols.lo, cols.hi
-        for c in range(s.Cg):
-            for kh in range(s.KH):
-                for r in range(rows):
-                    dst = col + ((c * s.KH + kh) * s.KW + kw) * ld + r * s.OW
-                    ih = (oh0 + r) * s.SH - s.PT + kh * s.DH
-                    if ih < 0 or ih >= s.H or lo == hi:
-                        memset(dst, 0, s.OW * sizeof(floating))
-                        continue
-                    src = x + (c * s.H + ih) * s.W
-                    if lo > 0:
-                        memset(dst, 0, lo * sizeof(floating))
-                    if hi < s.OW:
-                        memset(dst + hi, 0, (s.OW - hi) * sizeof(floating))
-                    if s.SW == 1:
-                        memcpy(dst + lo, src + lo + cols.iw0, (hi - lo) * sizeof(floating))
-                    else:
-                        for ow in range(lo, hi):
-                            dst[ow] = src[ow * s.SW + cols.iw0]
 
 
 cdef enum:

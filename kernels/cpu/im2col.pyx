@@ -9,10 +9,10 @@
 # Bounds: every size comes from fastlayers._params.conv2d_geometry, every array shape is checked
 # by the wrapper (backends/cpu/conv2d.py) against it, and the gemm sizes fit in a C int.
 from cython.parallel cimport prange, threadid
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 from _blas cimport floating, gemm
-from _conv2d cimport Conv2dShape, TapColumns, conv2d_shape, im2col_rows, lane_sum, tap_columns
+from _conv2d cimport Conv2dShape, TapColumns, conv2d_shape, lane_sum, tap_columns
 
 
 cdef inline bint _is_pointwise(const Conv2dShape* s) noexcept nogil:
@@ -21,9 +21,42 @@ cdef inline bint _is_pointwise(const Conv2dShape* s) noexcept nogil:
         and s.OH == s.H and s.OW == s.W
 
 
+cdef void _im2col(const floating* x, floating* col, const Conv2dShape* s,
+                  Py_ssize_t oh0, Py_ssize_t rows) noexcept nogil:
+    """Columns of output rows [oh0, oh0 + rows) of one image's group: x (Cg, H, W) ->
+    col (K, rows * OW): row (c, kh, kw) of col holds what tap (kh, kw) of channel c sees, zero
+    where it falls in the padding."""
+    cdef Py_ssize_t P = rows * s.OW
+    cdef Py_ssize_t c, kh, kw, r, ih, ow, lo, hi
+    cdef TapColumns cols
+    cdef floating* dst
+    cdef const floating* src
+    for kw in range(s.KW):
+        cols = tap_columns(s, kw)
+        lo, hi = cols.lo, cols.hi
+        for c in range(s.Cg):
+            for kh in range(s.KH):
+                for r in range(rows):
+                    dst = col + ((c * s.KH + kh) * s.KW + kw) * P + r * s.OW
+                    ih = (oh0 + r) * s.SH - s.PT + kh * s.DH
+                    if ih < 0 or ih >= s.H or lo == hi:
+                        memset(dst, 0, s.OW * sizeof(floating))
+                        continue
+                    src = x + (c * s.H + ih) * s.W
+                    if lo > 0:
+                        memset(dst, 0, lo * sizeof(floating))
+                    if hi < s.OW:
+                        memset(dst + hi, 0, (s.OW - hi) * sizeof(floating))
+                    if s.SW == 1:
+                        memcpy(dst + lo, src + lo + cols.iw0, (hi - lo) * sizeof(floating))
+                    else:
+                        for ow in range(lo, hi):
+                            dst[ow] = src[ow * s.SW + cols.iw0]
+
+
 cdef void _col2im(const floating* col, floating* x, const Conv2dShape* s,
                   Py_ssize_t oh0, Py_ssize_t rows) noexcept nogil:
-    """The adjoint of im2col_rows: add col (K, rows * OW) into x (Cg, H, W) where each entry came
+    """The adjoint of _im2col: add col (K, rows * OW) into x (Cg, H, W) where each entry came
     from; padding entries are dropped."""
     cdef Py_ssize_t P = rows * s.OW
     cdef Py_ssize_t c, kh, kw, r, ih, ow
@@ -74,7 +107,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
             col = &x[n, gi * s.Cg, 0, 0] + oh0 * s.OW
             ldb = <int>HW
         else:
-            im2col_rows(&x[n, gi * s.Cg, 0, 0], &workspace[threadid(), 0], &s, oh0, band_rows, P)
+            _im2col(&x[n, gi * s.Cg, 0, 0], &workspace[threadid(), 0], &s, oh0, band_rows)
             col = &workspace[threadid(), 0]
             ldb = <int>P
         if has_bias:
@@ -126,7 +159,7 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
                 col = &x[n, gi * s.Cg, 0, 0] + oh0 * s.OW
                 ldb = <int>HW
             else:
-                im2col_rows(&x[n, gi * s.Cg, 0, 0], &workspace[tid, 0, 0], &s, oh0, band_rows, P)
+                _im2col(&x[n, gi * s.Cg, 0, 0], &workspace[tid, 0, 0], &s, oh0, band_rows)
                 col = &workspace[tid, 0, 0]
                 ldb = <int>P
             # dw_g (Fg x K) += dy_tile (Fg x P) @ col^T
