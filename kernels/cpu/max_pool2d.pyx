@@ -94,7 +94,7 @@ def max_pool2d_forward(const floating[:, :, ::1] x, floating[:, :, ::1] y, int64
     # Whole 2x2 tiles only: floor mode, or ceil mode with even sizes.
     cdef bint tiles_2x2 = (KH == 2 and KW == 2 and SH == 2 and SW == 2 and PH == 0 and PW == 0
                            and 2 * OH <= H and 2 * OW <= W)
-    for p in prange(P, nogil=True, schedule="static", num_threads=num_threads):
+    for p in prange(P, nogil=True, schedule="guided", num_threads=num_threads):
         if tiles_2x2:
             _pool_plane_2x2(&x[p, 0, 0], &y[p, 0, 0], &indices[p, 0, 0], W, OH, OW, stream)
         else:
@@ -178,7 +178,7 @@ def max_pool2d_backward(const floating[:, :, ::1] dy, const int64_t[:, :, ::1] i
     cdef Py_ssize_t p, matched, bad = 0
     cdef bint tiled = H % OH == 0 and W % OW == 0
     cdef Py_ssize_t TH = H // OH, TW = W // OW
-    for p in prange(P, nogil=True, schedule="static", num_threads=num_threads):
+    for p in prange(P, nogil=True, schedule="guided", num_threads=num_threads):
         matched = -1
         if tiled and TH == 2 and TW == 2:
             matched = _route_tiles_2x2(&dy[p, 0, 0], &indices[p, 0, 0], &dx[p, 0, 0], W, OH, OW, stream)
