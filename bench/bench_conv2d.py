@@ -2,7 +2,7 @@
 
     flock /tmp/fastlayers-bench.lock python bench/bench_conv2d.py [--threads 2] [--cases a,b]
     python bench/bench_conv2d.py --algos     # im2col vs direct per case (the "auto" heuristic)
-    python bench/bench_conv2d.py --tiles     # im2col column tile size sweep on resnet-56
+    python bench/bench_conv2d.py --tiles     # im2col column tile size sweep per case
     python bench/bench_conv2d.py --small     # im2col vs direct on tiny convolutions (min of 50 us)
 
 Times are medians of ``--repeat`` runs after a warm-up, in ms, float32. PyTorch runs in its own
@@ -232,16 +232,22 @@ def small_table(threads):
         print(f"| {x_shape} | {w_shape} | {params} | {g.flops} | " + " | ".join(cells) + " |", flush=True)
 
 
-def tile_sweep(threads, repeat):
+def tile_sweep(cases, threads, repeat):
     conv2d = importlib.import_module("fastlayers.backends.cpu.conv2d")
-    print("resnet-56 im2col, column tile bytes per thread -> forward / backward ms")
-    for nbytes in (1 << 16, 1 << 17, 1 << 18, 1 << 19, 1 << 20, 1 << 21, 1 << 22):
-        previous = conv2d.set_column_tile_bytes(nbytes)
-        try:
-            t = fastlayers_times("resnet-56", threads, repeat, "im2col")
-        finally:
-            conv2d.set_column_tile_bytes(previous)
-        print(f"{nbytes >> 10:6d} KiB  {t['fwd']:8.2f}  {t['bwd']:8.2f}", flush=True)
+    sizes = [1 << e for e in range(16, 24)]
+    print("im2col forward / backward ms by column tile bytes per thread")
+    print("| case | " + " | ".join(f"{n >> 10} KiB" for n in sizes) + " |")
+    print("|---|" + "---|" * len(sizes))
+    for name in cases:
+        cells = []
+        for nbytes in sizes:
+            previous = conv2d.set_column_tile_bytes(nbytes)
+            try:
+                t = fastlayers_times(name, threads, repeat, "im2col")
+            finally:
+                conv2d.set_column_tile_bytes(previous)
+            cells.append(f"{t['fwd']:.2f} / {t['bwd']:.2f}")
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 
 
 def main(argv=None):
@@ -262,7 +268,7 @@ def main(argv=None):
     elif args.small:
         small_table(args.threads)
     elif args.tiles:
-        tile_sweep(args.threads, args.repeat)
+        tile_sweep(cases, args.threads, args.repeat)
     else:
         main_table(cases, args.threads, args.repeat)
         gemm_and_scaling(args.threads, args.repeat)

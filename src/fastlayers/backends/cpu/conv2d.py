@@ -1,10 +1,12 @@
 """conv2d on the CPU backend: im2col + GEMM (kernels/cpu/im2col.pyx) and direct loops
 (kernels/cpu/conv2d_direct.pyx), forward and backward.
 
-Both algorithms are reproducible bit for bit from run to run: no atomics, every sum in a fixed
-order. The forward and the direct backward do not depend on the thread count at all; the im2col
-backward sums dw and db per thread, then over threads in order, so it changes with the thread
-count by float rounding only.
+Both algorithms are reproducible bit for bit from run to run at a given thread count: no
+atomics, every sum in a fixed order. The direct loops do not depend on the thread count at all.
+The im2col forward gives every output to one gemm, whose shape depends on the thread count only
+when there are fewer (image, group) pairs than threads (the bands of output rows are then cut
+thinner so every thread has work); its backward sums dw and db per thread, then over threads in
+order. So im2col results change with the thread count by float rounding only.
 
 Scratch memory is bounded: the im2col column tiles take at most ``column_tile_bytes()`` per
 thread (a band of output rows whose columns fit, at least one row) whatever the batch size.
@@ -21,9 +23,11 @@ from ..._dispatch import get_num_threads
 
 OPS = frozenset({"conv2d", "conv2d_backward"})
 
-# A tile's columns sized to sit in L2 beside the gemm's packed panels: measured on resnet-56
-# (bench/bench_conv2d.py --tiles), 256 KiB to 1 MiB per thread are within a few percent.
-_column_tile_bytes = 1 << 19
+# A tile's columns sized to sit in L2 (1-2 MiB per core) beside the gemm's packed panels.
+# Measured with 2 threads (bench/bench_conv2d.py --tiles): 512 KiB to 8 MiB per thread are
+# within 5% on resnet-56/-28/-14 and down-1x1, 2 MiB the best or near it (resnet-14 forward
+# 10.4 ms at 2 MiB, 12.0 at 512 KiB, 20.2 at 64 KiB); below 256 KiB the gemms get too thin.
+_column_tile_bytes = 1 << 21
 
 _INT_MAX = 2**31 - 1  # BLAS sizes and leading dimensions are C ints
 _local = threading.local()
