@@ -31,26 +31,46 @@ cdef enum:
     MIN_CHUNK = 32
 
 
-cdef inline float _tanh_f32(float x) noexcept nogil:
-    """tanh in float32 by Eigen's rational approximation (odd 13/even 6 minimax on [-7.9, 7.9],
-    within 5 ulp of the float64 tanh): float arithmetic and two selects, so GCC vectorises the
-    loops calling it, where libm's tanhf is a scalar call that cost more than the GEMMs. NaN
-    propagates (the clamps keep it). Every constant is a float (a double would promote the
-    whole expression), and the module is built with -fno-trapping-math (see its first line):
-    otherwise GCC keeps the clamps as branches, as if a comparison could trap."""
-    cdef float clamp = 7.90531110763549805
-    cdef float a13 = -2.76076847742355e-16, a11 = 2.00018790482477e-13, a9 = -8.60467152213735e-11
-    cdef float a7 = 5.12229709037114e-08, a5 = 1.48572235717979e-05, a3 = 6.37261928875436e-04
-    cdef float a1 = 4.89352455891786e-03
-    cdef float b6 = 1.19825839466702e-06, b4 = 1.18534705686654e-04, b2 = 2.26843463243900e-03
-    cdef float b0 = 4.89352518554385e-03
-    cdef float x2, p, q
-    x = clamp if x > clamp else x
-    x = -clamp if x < -clamp else x
-    x2 = x * x
-    p = ((((((a13 * x2 + a11) * x2 + a9) * x2 + a7) * x2 + a5) * x2 + a3) * x2 + a1) * x
-    q = (((b6 * x2 + b4) * x2 + b2) * x2 + b0)
-    return p / q
+cdef extern from *:
+    """
+    /* tanh in float32 by Eigen's rational approximation (odd 13 / even 6 minimax on [-7.9, 7.9],
+       within 5 ulp of the float64 tanh): float arithmetic and two selects, so the loop
+       vectorises, where libm's tanhf is a scalar call that cost more than the GEMMs. NaN
+       propagates (the clamps keep it). The module is built with -fno-trapping-math (its first
+       line): otherwise GCC keeps the clamps as branches, as if a comparison could trap. On
+       x86-64 Linux, GCC and Clang compile the loop for AVX-512, AVX2 and baseline SSE2 and pick
+       one at load time, so a portable build still uses the wide vectors. */
+    #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
+    __attribute__((target_clones("avx512f", "avx2", "default")))
+    #endif
+    static void rnn_bias_tanh_f32(float *z, const float *b, Py_ssize_t rows, Py_ssize_t ld,
+                                  Py_ssize_t c0, Py_ssize_t c1) {
+        const float clamp = 7.90531110763549805f;
+        for (Py_ssize_t r = 0; r < rows; r++) {
+            float *row = z + r * ld;
+            for (Py_ssize_t j = c0; j < c1; j++) {
+                float x = b ? row[j] + b[j] : row[j];
+                x = x > clamp ? clamp : x;
+                x = x < -clamp ? -clamp : x;
+                float x2 = x * x;
+                float p = -2.76076847742355e-16f;
+                p = p * x2 + 2.00018790482477e-13f;
+                p = p * x2 + -8.60467152213735e-11f;
+                p = p * x2 + 5.12229709037114e-08f;
+                p = p * x2 + 1.48572235717979e-05f;
+                p = p * x2 + 6.37261928875436e-04f;
+                p = p * x2 + 4.89352455891786e-03f;
+                float q = 1.19825839466702e-06f;
+                q = q * x2 + 1.18534705686654e-04f;
+                q = q * x2 + 2.26843463243900e-03f;
+                q = q * x2 + 4.89352518554385e-03f;
+                row[j] = x * p / q;
+            }
+        }
+    }
+    """
+    void _bias_tanh_f32 "rnn_bias_tanh_f32"(float* z, const float* b, Py_ssize_t rows, Py_ssize_t ld,
+                                            Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
 
 
 cdef inline Py_ssize_t _block_width(Py_ssize_t count, Py_ssize_t size, Py_ssize_t align) noexcept nogil:
@@ -83,16 +103,13 @@ cdef inline void _add_bias_tanh(floating* z, const floating* b, Py_ssize_t rows,
     """z[r, c0:c1] = tanh(z[r, c0:c1] + b[c0:c1]) for r < rows (b may be NULL)."""
     cdef Py_ssize_t r, j
     cdef floating* row
-    for r in range(rows):
-        row = z + r * ld
-        if b != NULL:
+    if floating is float:
+        _bias_tanh_f32(z, b, rows, ld, c0, c1)
+    else:
+        for r in range(rows):
+            row = z + r * ld
             for j in range(c0, c1):
-                row[j] = row[j] + b[j]
-        for j in range(c0, c1):
-            if floating is float:
-                row[j] = _tanh_f32(row[j])
-            else:
-                row[j] = tanh(row[j])
+                row[j] = tanh(row[j] + b[j] if b != NULL else row[j])
 
 
 cdef inline Py_ssize_t _step_chunk(Py_ssize_t rows, Py_ssize_t H) noexcept nogil:
