@@ -3,7 +3,8 @@
 # Every loop nest ends in an element-wise loop over a row of output columns (contiguous at
 # stride 1), so the compiler vectorises it; the planes it sweeps (one output or input plane) stay
 # in L1/L2 while the kernel taps go by. Each output element is owned by one task and summed in a
-# fixed order: results are reproducible bit for bit, and independent of the thread count.
+# fixed order: results are reproducible bit for bit, and independent of the thread count; so
+# tasks are scheduled dynamically (a thread descheduled on a loaded machine holds no one up).
 #
 # Bounds: sizes come from fastlayers._params.conv2d_geometry and the array shapes are checked by
 # the wrapper (backends/cpu/conv2d.py); tap_columns clips every row to the input.
@@ -49,7 +50,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     cdef floating* y_plane
     cdef const floating* x_group
     cdef floating wv
-    for task in prange(s.N * s.F, nogil=True, schedule="static", num_threads=num_threads):
+    for task in prange(s.N * s.F, nogil=True, schedule="dynamic", num_threads=num_threads):
         n = task // s.F
         f = task % s.F
         gi = f // s.Fg
@@ -77,7 +78,7 @@ def conv2d_backward_input(const floating[:, :, :, ::1] dy, const floating[:, :, 
     cdef Py_ssize_t task, n, c, gi, cg, f, kh, kw, oh, ih
     cdef floating* dx_plane
     cdef floating wv
-    for task in prange(s.N * s.C, nogil=True, schedule="static", num_threads=num_threads):
+    for task in prange(s.N * s.C, nogil=True, schedule="dynamic", num_threads=num_threads):
         n = task // s.C
         c = task % s.C
         gi = c // s.Cg
@@ -109,7 +110,7 @@ def conv2d_backward_weight(const floating[:, :, :, ::1] dy, const floating[:, :,
     cdef const floating* x_row
     cdef const floating* dy_row
     cdef floating total
-    for task in prange(s.F * s.Cg, nogil=True, schedule="static", num_threads=num_threads):
+    for task in prange(s.F * s.Cg, nogil=True, schedule="dynamic", num_threads=num_threads):
         f = task // s.Cg
         cg = task % s.Cg
         gi = f // s.Fg

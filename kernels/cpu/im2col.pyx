@@ -96,7 +96,9 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     cdef const floating* col
     cdef floating* y_tile
     cdef int ldb
-    for t in prange(tiles, nogil=True, schedule="static", num_threads=num_threads):
+    # Dynamic: a tile's result does not depend on which thread computes it, and on a loaded
+    # machine a thread that is descheduled for a while no longer holds up the whole call.
+    for t in prange(tiles, nogil=True, schedule="dynamic", num_threads=num_threads):
         n = t // (s.G * bands)
         gi = (t // bands) % s.G
         oh0 = (t % bands) * rows
