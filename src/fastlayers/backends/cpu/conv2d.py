@@ -8,10 +8,11 @@ when there are fewer (image, group) pairs than threads (the bands of output rows
 thinner so every thread has work); its backward sums dw and db per thread, then over threads in
 order. So im2col results change with the thread count by float rounding only.
 
-Scratch memory is bounded: the im2col column tiles take at most ``column_tile_bytes()`` per
-thread (a band of output rows whose columns fit, at least one row) whatever the batch size.
-Workspaces are cached per Python thread (``threading.local``), so concurrent callers never share
-one.
+Scratch memory is bounded whatever the batch size: an im2col column tile is at most
+``column_tile_bytes()`` (a band of output rows whose columns fit, at least one row) per thread,
+two of them in the backward (columns of x and of dx), plus one partial dw (the size of w) per
+thread in the backward. Workspaces are cached per Python thread (``threading.local``, kept at
+their largest size until that thread ends), so concurrent callers never share one.
 """
 import threading
 
