@@ -108,6 +108,17 @@ def test_rnn_matches_reference_across_column_blocks(T, N, D, H, dtype, threads, 
         check_against_reference(T, N, D, H, dtype, seed=threads)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("T, N, D, H", [(5, 8, 300, 272), (3, 16, 600, 200)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rnn_matches_reference_in_gemm_chunks(T, N, D, H, dtype, threads):
+    """Sizes where the kernels cut the products into OpenBLAS small-matrix pieces: several
+    column chunks per step and several row panels of the input projection, or (D = 600) the
+    fallback to one packed GEMM."""
+    with fl.threads(threads):
+        check_against_reference(T, N, D, H, dtype, seed=threads)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_rnn_step_matches_reference(dtype):
     rng = make_rng(1)

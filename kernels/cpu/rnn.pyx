@@ -29,6 +29,7 @@ cdef enum:
     # unless that would make the chunks narrower than MIN_CHUNK columns.
     SMALL_GEMM_MNK = 1 << 19
     MIN_CHUNK = 32
+    PANEL_ROWS = 32
 
 
 cdef extern from *:
@@ -112,10 +113,33 @@ cdef inline void _add_bias_tanh(floating* z, const floating* b, Py_ssize_t rows,
                 row[j] = tanh(row[j] + b[j] if b != NULL else row[j])
 
 
-cdef inline Py_ssize_t _step_chunk(Py_ssize_t rows, Py_ssize_t H) noexcept nogil:
-    """Columns per GEMM call of one step's (rows x H) @ (H x H) product (see SMALL_GEMM_MNK)."""
-    cdef Py_ssize_t chunk = SMALL_GEMM_MNK // max(rows * H, 1) // COLUMN_ALIGN * COLUMN_ALIGN
-    return chunk if chunk >= MIN_CHUNK else H
+cdef inline Py_ssize_t _small_gemm_columns(Py_ssize_t rows, Py_ssize_t K) noexcept nogil:
+    """Columns per GEMM call that keep a (rows x K) @ (K x columns) product under OpenBLAS's
+    small-matrix size (see SMALL_GEMM_MNK); 0 when that would be fewer than MIN_CHUNK."""
+    cdef Py_ssize_t columns = SMALL_GEMM_MNK // max(rows * K, 1) // COLUMN_ALIGN * COLUMN_ALIGN
+    return columns if columns >= MIN_CHUNK else 0
+
+
+cdef void _input_projection(const floating* x, const floating* Wx, floating* z, Py_ssize_t rows,
+                            Py_ssize_t D, Py_ssize_t H) noexcept nogil:
+    """z (rows x H) = x (rows x D) @ Wx (D x H), in panels of PANEL_ROWS rows and column chunks
+    under the small-matrix size (unpacked: about 15% faster here than one packed GEMM), or as
+    one GEMM when D is too large for that."""
+    cdef Py_ssize_t chunk = _small_gemm_columns(PANEL_ROWS, D)
+    cdef Py_ssize_t p0 = 0, p1, c0, c1
+    if chunk == 0:
+        gemm(False, False, <int>rows, <int>H, <int>D, <floating>1, x, <int>D, Wx, <int>H,
+             <floating>0, z, <int>H)
+        return
+    while p0 < rows:
+        p1 = min(p0 + PANEL_ROWS, rows)
+        c0 = 0
+        while c0 < H:
+            c1 = min(c0 + chunk, H)
+            gemm(False, False, <int>(p1 - p0), <int>(c1 - c0), <int>D, <floating>1, x + p0 * D, <int>D,
+                 Wx + c0, <int>H, <floating>0, z + p0 * H + c0, <int>H)
+            c0 = c1
+        p0 = p1
 
 
 cdef inline Py_ssize_t _block_start(Py_ssize_t i, Py_ssize_t count, Py_ssize_t size,
@@ -157,11 +181,12 @@ def rnn_forward(const floating[:, ::1] x, const floating[:, ::1] h0, const float
         rows = _block_stop(tid, team, N, 1) - n0
         # The input projection of every step at once: hs = x @ Wx.
         if r1 > r0:
-            gemm(False, False, <int>(r1 - r0), <int>H, <int>D, <floating>1, px + r0 * D, <int>D,
-                 pWx, <int>H, <floating>0, phs + r0 * H, <int>H)
+            _input_projection(px + r0 * D, pWx, phs + r0 * H, r1 - r0, D, H)
         barrier()
         if rows > 0:
-            chunk = _step_chunk(rows, H)
+            chunk = _small_gemm_columns(rows, H)
+            if chunk == 0:  # one packed GEMM per step
+                chunk = H
             h_prev = h_init
             if h_init != NULL:
                 h_prev = h_init + n0 * H
@@ -221,7 +246,9 @@ def rnn_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
         # dz[t] = (dhs[t] + dz[t+1] @ Wh^T) * (1 - hs[t]^2), from the last step back, for this
         # thread's sequences (contiguous rows t*N + n0 ...).
         if rows > 0:
-            chunk = _step_chunk(rows, H)
+            chunk = _small_gemm_columns(rows, H)
+            if chunk == 0:  # one packed GEMM per step
+                chunk = H
             for t in range(T - 1, -1, -1):
                 g = pdz + (t * N + n0) * H
                 h = phs + (t * N + n0) * H
