@@ -206,21 +206,23 @@ def rnn_forward(const floating[:, ::1] x, const floating[:, ::1] h0, const float
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def rnn_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const floating[:, ::1] h0,
-                 const floating[:, ::1] Wx, const floating[:, ::1] Wh, const floating[:, ::1] hs,
+                 const floating[:, ::1] Wx, const floating[:, ::1] WhT, const floating[:, ::1] hs,
                  floating[:, ::1] dz, floating[:, ::1] dx, floating[:, ::1] dh0,
                  floating[:, ::1] dWx, floating[:, ::1] dWh, floating[::1] db,
                  Py_ssize_t N, int num_threads):
     """Backward through time of rnn_forward.
 
     dhs, hs, dz (workspace) (T*N, H); x, dx (T*N, D); h0 (N, H) or None; dh0 (N, H); dWx (D, H);
-    dWh (H, H); db (H,). Every output is overwritten. dWx, dWh and db sum over steps in a fixed
+    dWh (H, H); db (H,). WhT is Wh transposed (C order): the products with Wh^T then have the
+    same untransposed form as the forward's, which OpenBLAS runs on its small-matrix path (with
+    a transposed operand it packs, 1.5x slower). Every output is overwritten. dWx, dWh and db sum over steps in a fixed
     order for a given thread count, so results are reproducible run to run."""
-    cdef Py_ssize_t TN = x.shape[0], D = x.shape[1], H = Wh.shape[0]
+    cdef Py_ssize_t TN = x.shape[0], D = x.shape[1], H = WhT.shape[0]
     cdef Py_ssize_t T = TN // N
     cdef const floating* h_init = &h0[0, 0] if h0 is not None else NULL
     cdef const floating* px = &x[0, 0]
     cdef const floating* pWx = &Wx[0, 0]
-    cdef const floating* pWh = &Wh[0, 0]
+    cdef const floating* pWhT = &WhT[0, 0]
     cdef const floating* phs = &hs[0, 0]
     cdef const floating* pdhs = &dhs[0, 0]
     cdef floating* pdz = &dz[0, 0]
@@ -257,9 +259,8 @@ def rnn_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
                 while k0 < H:
                     k1 = min(k0 + chunk, H)
                     if t < T - 1:
-                        # Columns k0:k1 of dz[t+1] @ Wh^T are dz[t+1] @ (rows k0:k1 of Wh)^T.
-                        gemm(False, True, <int>rows, <int>(k1 - k0), <int>H, <floating>1, g + N * H, <int>H,
-                             pWh + k0 * H, <int>H, <floating>1, g + k0, <int>H)
+                        gemm(False, False, <int>rows, <int>(k1 - k0), <int>H, <floating>1, g + N * H, <int>H,
+                             pWhT + k0, <int>H, <floating>1, g + k0, <int>H)
                     for r in range(rows):
                         for j in range(k0, k1):
                             g[r * H + j] = g[r * H + j] * (1 - h[r * H + j] * h[r * H + j])
@@ -280,8 +281,8 @@ def rnn_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
             if h_init != NULL:
                 gemm(True, False, <int>H, <int>(c1 - c0), <int>N, <floating>1, h_init, <int>H,
                      pdz + c0, <int>H, <floating>1, pdWh + c0, <int>H)
-            gemm(False, True, <int>N, <int>(c1 - c0), <int>H, <floating>1, pdz, <int>H,
-                 pWh + c0 * H, <int>H, <floating>0, pdh0 + c0, <int>H)
+            gemm(False, False, <int>N, <int>(c1 - c0), <int>H, <floating>1, pdz, <int>H,
+                 pWhT + c0, <int>H, <floating>0, pdh0 + c0, <int>H)
             memset(pdb + c0, 0, (c1 - c0) * sizeof(floating))
             for r in range(TN):
                 g = pdz + r * H

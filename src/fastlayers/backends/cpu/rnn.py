@@ -104,7 +104,7 @@ def rnn_backward(dhs, x_seq, h0, Wx, Wh, hs, out):
     dx, dh0, dWx, dWh, db = (np.empty(s, dt) if o is None else o for o, s in zip(outs, shapes))
     with _single_threaded_blas():
         _kernels.rnn_backward(
-            _c(dhs).reshape(T * N, H), _c(x_seq).reshape(T * N, D), _c(h0), _c(Wx), _c(Wh),
+            _c(dhs).reshape(T * N, H), _c(x_seq).reshape(T * N, D), _c(h0), _c(Wx), _c(Wh.T),
             _c(hs).reshape(T * N, H), _workspace((T * N, H), dt),
             dx.reshape(T * N, D), dh0, dWx, dWh, db, N, _num_threads(T, N, D, H),
         )
