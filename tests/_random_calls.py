@@ -11,6 +11,7 @@ one call runs unchanged on ``fastlayers`` (any backend) and on ``fastlayers.refe
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -97,12 +98,22 @@ def to_host(a):
     return np.asarray(a)
 
 
-def kernel_pairs(include_reference=False):
+def simulated(backend):
+    """Is ``backend`` Numba's CUDA simulator? It runs every GPU thread as a Python thread: right
+    answers, but far too slow for the thread, memory and determinism tests, and its threads,
+    memory and rounding say nothing about a GPU's."""
+    return backend == "cuda" and os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+
+def kernel_pairs(include_reference=False, include_simulator=True):
     """``(op, backend)`` for every op each available backend implements here."""
     pairs = []
     for name, entry in fl.backends().items():
-        if entry["available"] and (include_reference or name != "numpy"):
-            pairs.extend((op, name) for op in entry["ops"])
+        if not entry["available"] or (name == "numpy" and not include_reference):
+            continue
+        if simulated(name) and not include_simulator:
+            continue
+        pairs.extend((op, name) for op in entry["ops"])
     return sorted(pairs)
 
 

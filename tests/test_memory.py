@@ -12,7 +12,8 @@ from _random_calls import fixed_call, kernel_pairs
 
 FAMILIES = {"conv2d": "conv2d_backward", "max_pool2d": "max_pool2d_backward", "rnn_step": "rnn_step_backward",
             "rnn": "rnn_backward"}
-PAIRS = [(fwd, backend) for fwd, backend in kernel_pairs() if fwd in FAMILIES and (FAMILIES[fwd], backend) in kernel_pairs()]
+PAIRS = [(fwd, backend) for fwd, backend in kernel_pairs(include_simulator=False)
+         if fwd in FAMILIES and (FAMILIES[fwd], backend) in kernel_pairs()]
 WARMUP, ITERATIONS = 20, 150
 # A leaked output per iteration (each is >= 128 KiB at these sizes) would add >= 18 MiB; allocator noise (free
 # lists, per-thread arenas of the OpenMP team) stays within a few MiB.

@@ -15,7 +15,7 @@ import pytest
 import fastlayers as fl
 from _random_calls import fixed_call, kernel_pairs
 
-BACKENDS = sorted({backend for _, backend in kernel_pairs()})
+BACKENDS = sorted({backend for _, backend in kernel_pairs(include_simulator=False)})
 # Long enough for every thread to run every op many times, short enough for CI; the long run
 # sets FASTLAYERS_THREAD_SECONDS (tools/reliability_long.py).
 SECONDS = float(os.environ.get("FASTLAYERS_THREAD_SECONDS", "1.5"))
