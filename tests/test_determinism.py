@@ -17,8 +17,6 @@ REPEATS = 3
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("op, backend", kernel_pairs(include_simulator=False))
 def test_same_thread_count_is_bitwise_reproducible(op, backend, dtype, threads):
-    if backend == "cuda" and dtype == np.float64:
-        pytest.skip("float64 is optional on the cuda backend")
     call = fixed_call(op, dtype, size="big")
     with fl.threads(threads):
         runs = [call.run(backend) for _ in range(REPEATS)]
