@@ -1,6 +1,10 @@
-"""Hypothesis profiles: ``ci`` (the default, small enough for CI on 2 cores) and ``long`` (a
-one-off run: ``python -m pytest tests/test_fuzz.py --hypothesis-profile=long``, 1000 examples per
-test or ``FASTLAYERS_LONG_EXAMPLES``)."""
+"""Hypothesis profiles: ``ci`` (the default) and ``long`` (a one-off run:
+``python -m pytest tests/test_fuzz.py --hypothesis-profile=long``, 1000 examples per test or
+``FASTLAYERS_LONG_EXAMPLES``).
+
+``ci`` keeps Hypothesis' 100 examples for the tests that do not choose; the fuzz suite
+(tests/test_fuzz.py, about 40 tests) takes 25 each under it, and the long profile's count under
+``long``."""
 import os
 
 from hypothesis import HealthCheck, settings
@@ -8,6 +12,6 @@ from hypothesis import HealthCheck, settings
 # No deadline: the machine is shared and the first call of a kernel may compile (Numba); a hang
 # still shows as a test that never ends, and the examples are small enough to take milliseconds.
 _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], print_blob=True)
-settings.register_profile("ci", max_examples=25, **_common)
+settings.register_profile("ci", **_common)
 settings.register_profile("long", max_examples=int(os.environ.get("FASTLAYERS_LONG_EXAMPLES", 1000)), **_common)
 settings.load_profile("ci")

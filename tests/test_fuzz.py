@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastlayers as fl
@@ -24,6 +24,9 @@ from _helpers import assert_close
 from _random_calls import ANCHOR, ARRAYS, LAYOUTS, Call, as_tuple, calls, kernel_pairs, relayout
 
 ALGOS = ("auto", "im2col", "direct")
+# The default profile's 100 examples x ~40 fuzz tests would take minutes on 2 cores: 25 each in
+# CI; a profile asking for more (``--hypothesis-profile=long``) gets what it asks for.
+FUZZ = settings(max_examples=25 if settings.default.max_examples <= 100 else settings.default.max_examples)
 DTYPES = (np.float32, np.float64)
 KERNEL_PAIRS = kernel_pairs()
 ALL_PAIRS = kernel_pairs(include_reference=True)
@@ -63,6 +66,7 @@ def _out_buffers(expected, dtype, draw):
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the NaN/Inf examples
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("op, backend", KERNEL_PAIRS)
+@FUZZ
 @given(data=st.data())
 def test_valid_calls_match_the_reference(op, backend, dtype, data):
     call = data.draw(calls(op, dtype, ALGOS), label="call")
@@ -223,6 +227,7 @@ def invalid_calls(draw, op, dtype, backend):
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the NaN/Inf examples
 @pytest.mark.parametrize("op, backend", ALL_PAIRS)
+@FUZZ
 @given(data=st.data())
 def test_invalid_calls_raise_clear_errors(op, backend, data):
     dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
