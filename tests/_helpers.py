@@ -1,4 +1,7 @@
-"""Shared test helpers: finite differences and dtype-aware comparisons."""
+"""Shared test helpers: finite differences, dtype-aware comparisons, loading the examples."""
+import importlib.util
+import pathlib
+
 import numpy as np
 
 # float32 results are compared with the float64 reference to this relative accuracy, scaled by
@@ -40,6 +43,24 @@ def assert_grad_matches(analytic, numeric, err_msg=""):
     eps^2 * f''' plus rounding 1e-16 / eps): a 1e-6 tolerance leaves a wide margin, yet is
     millions of times smaller than any real gradient bug."""
     np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-6, err_msg=err_msg)
+
+
+def assert_grads_match(f, arrays, analytic, dy):
+    """Check each analytic gradient (a dict name -> array) against central differences of
+    ``sum(f(**arrays) * dy)``."""
+    for name, grad in analytic.items():
+        assert_grad_matches(grad, numeric_grad(f, arrays, name, dy), err_msg=f"d{name}")
+
+
+EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+
+
+def load_example(name):
+    """Import examples/<name>.py as a module (the examples are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_rng(seed=0):

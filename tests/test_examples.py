@@ -1,23 +1,11 @@
 """fl.filters (the notes' kernel presets), fl.augment, and the picture examples at reduced size."""
-import importlib.util
-import pathlib
-
 import numpy as np
 import pytest
-from _helpers import make_rng
+from _helpers import load_example, make_rng
+from notes_examples import ACTIVATION_MAP_ONES, IMAGE_9x9_PADDED
 
 import fastlayers as fl
 from fastlayers import augment, filters
-
-EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
-
-
-def load_example(name):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 # ---------------------------------------------------------------------------- filters
 
@@ -27,28 +15,6 @@ NOTES_PRESETS = {  # the notes' "Kernel Matrix examples", as printed
     "sharpen": [[0, -1, 0], [-1, 5, -1], [0, -1, 0]],
     "sharpen_intense": [[-1, -1, -1], [-1, 9, -1], [-1, -1, -1]],
 }
-
-# The notes' "depth in convolution layer": a 9x9 zero-bordered image and its unweighted 3x3
-# smoothing, as printed (7x7).
-DEPTH_IMAGE = np.array(
-    [[0, 0, 0, 0, 0, 0, 0, 0, 0],
-     [0, 1, 1, 1, 0, 0, 1, 1, 0],
-     [0, 1, 1, 0, 1, 0, 1, 1, 0],
-     [0, 1, 0, 0, 1, 1, 1, 0, 0],
-     [0, 0, 0, 0, 0, 0, 1, 1, 0],
-     [0, 1, 1, 0, 0, 0, 0, 1, 0],
-     [0, 1, 0, 0, 1, 1, 1, 0, 0],
-     [0, 1, 1, 1, 0, 0, 1, 1, 0],
-     [0, 0, 0, 0, 0, 0, 0, 0, 0]], dtype=float)
-DEPTH_SMOOTHED = np.array(
-    [[4, 5, 4, 2, 3, 4, 4],
-     [5, 6, 5, 4, 6, 6, 5],
-     [3, 3, 3, 3, 6, 6, 5],
-     [3, 3, 2, 2, 4, 5, 4],
-     [3, 3, 2, 2, 4, 5, 4],
-     [5, 6, 4, 3, 4, 5, 4],
-     [3, 4, 3, 3, 4, 4, 3]], dtype=float)
-
 
 def test_presets_are_the_notes_kernels():
     for name, kernel in NOTES_PRESETS.items():
@@ -65,11 +31,11 @@ def test_presets_are_the_notes_kernels():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_smoothing_preset_on_the_notes_depth_example(dtype):
-    out = filters.apply(DEPTH_IMAGE.astype(dtype), "smooth", normalize=False, padding="valid")
+    out = filters.apply(IMAGE_9x9_PADDED.astype(dtype), "smooth", normalize=False, padding="valid")
     assert out.dtype == dtype
-    np.testing.assert_array_equal(out, DEPTH_SMOOTHED)
-    np.testing.assert_allclose(filters.apply(DEPTH_IMAGE.astype(dtype), "smooth", padding="valid"),
-                               DEPTH_SMOOTHED / 9, rtol=1e-6)
+    np.testing.assert_array_equal(out, ACTIVATION_MAP_ONES)
+    np.testing.assert_allclose(filters.apply(IMAGE_9x9_PADDED.astype(dtype), "smooth", padding="valid"),
+                               ACTIVATION_MAP_ONES / 9, rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", sorted(filters.PRESETS))

@@ -5,73 +5,33 @@ The reference is the oracle of every other test, so it is checked three independ
 """
 import numpy as np
 import pytest
-from _helpers import assert_close, assert_grad_matches, make_rng, numeric_grad
+from _helpers import (
+    assert_close,
+    assert_grad_matches,
+    assert_grads_match,
+    make_rng,
+    numeric_grad,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from notes_examples import (
+    ACTIVATION_MAP_ONES,
+    DETECTOR_1,
+    DETECTOR_2,
+    FEATURE_MAP_1,
+    FEATURE_MAP_2,
+    IMAGE_KERNEL_SLIDES,
+    POOLED_MAP_1,
+    CROSS_3x3,
+    IMAGE_7x7,
+    IMAGE_9x9_PADDED,
+    SMOOTHING_3x3,
+)
 
 import fastlayers as fl
 from fastlayers import reference as ref
 
 # ---------------------------------------------------------------------------- the notes' examples
-
-IMAGE_7x7 = np.array(
-    [[0, 0, 0, 0, 0, 0, 0],
-     [0, 1, 0, 0, 0, 1, 0],
-     [0, 0, 0, 0, 0, 0, 0],
-     [0, 0, 0, 1, 0, 0, 0],
-     [0, 1, 0, 0, 0, 1, 0],
-     [0, 0, 1, 1, 1, 0, 0],
-     [0, 0, 0, 0, 0, 0, 0]], dtype=float)
-DETECTOR_1 = np.array([[0, 0, 1], [1, 0, 0], [0, 1, 1]], dtype=float)
-DETECTOR_2 = np.array([[0, 1, 0], [0, 0, 0], [1, 1, 1]], dtype=float)
-# "Feature Map1" as printed in the notes, except row 3, column 3 (1-based): the notes print 1, but
-# the detector's window there, image[2:5, 2:5], overlaps none of its ones — the sum is 0.
-FEATURE_MAP_1 = np.array(
-    [[0, 1, 0, 0, 0],
-     [0, 1, 1, 1, 0],
-     [1, 0, 0, 2, 1],
-     [1, 4, 2, 1, 0],
-     [0, 0, 1, 2, 1]], dtype=float)
-FEATURE_MAP_2 = np.array(
-    [[0, 0, 0, 0, 0],
-     [1, 1, 1, 1, 1],
-     [1, 1, 0, 1, 1],
-     [1, 2, 4, 2, 1],
-     [1, 0, 0, 0, 1]], dtype=float)
-# The notes' max-pool slide pools the printed (typo) Feature Map1; the typo cell is no window's
-# maximum, so the pooled map is the same either way.
-POOLED_MAP_1 = np.array([[1, 1, 0], [4, 2, 1], [0, 2, 1]], dtype=float)
-
-IMAGE_9x9_PADDED = np.array(
-    [[0, 0, 0, 0, 0, 0, 0, 0, 0],
-     [0, 1, 1, 1, 0, 0, 1, 1, 0],
-     [0, 1, 1, 0, 1, 0, 1, 1, 0],
-     [0, 1, 0, 0, 1, 1, 1, 0, 0],
-     [0, 0, 0, 0, 0, 0, 1, 1, 0],
-     [0, 1, 1, 0, 0, 0, 0, 1, 0],
-     [0, 1, 0, 0, 1, 1, 1, 0, 0],
-     [0, 1, 1, 1, 0, 0, 1, 1, 0],
-     [0, 0, 0, 0, 0, 0, 0, 0, 0]], dtype=float)
-ACTIVATION_MAP_ONES = np.array(
-    [[4, 5, 4, 2, 3, 4, 4],
-     [5, 6, 5, 4, 6, 6, 5],
-     [3, 3, 3, 3, 6, 6, 5],
-     [3, 3, 2, 2, 4, 5, 4],
-     [3, 3, 2, 2, 4, 5, 4],
-     [5, 6, 4, 3, 4, 5, 4],
-     [3, 4, 3, 3, 4, 4, 3]], dtype=float)
-
-IMAGE_KERNEL_SLIDES = np.array(
-    [[1, 1, 1, 0, 0, 1, 1],
-     [1, 1, 0, 1, 0, 1, 1],
-     [1, 0, 0, 1, 1, 1, 0],
-     [0, 0, 0, 0, 0, 1, 1],
-     [1, 1, 0, 0, 0, 0, 1],
-     [1, 0, 0, 1, 1, 1, 0],
-     [1, 1, 1, 0, 0, 1, 1]], dtype=float)
-SMOOTHING_3x3 = np.ones((3, 3))
-CROSS_3x3 = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=float)
-
 
 def conv_backends():
     """Every backend of this installation that runs conv2d on host arrays."""
@@ -193,8 +153,7 @@ def test_conv2d_backward_matches_finite_differences(cfg):
     def f(x, w, b):
         return ref.conv2d(x, w, b, **params)
 
-    for name, analytic in (("x", dx), ("w", dw), ("b", db)):
-        assert_grad_matches(analytic, numeric_grad(f, arrays, name, dy), err_msg=f"d{name}")
+    assert_grads_match(f, arrays, dict(x=dx, w=dw, b=db), dy)
 
 
 @pytest.mark.parametrize("kernel_size, stride, padding, ceil_mode",
@@ -226,8 +185,7 @@ def test_rnn_step_backward_matches_finite_differences():
     h = ref.rnn_step(**arrays)
     dh = rng.standard_normal(h.shape)
     grads = ref.rnn_step_backward(dh, arrays["x"], arrays["h_prev"], arrays["Wx"], arrays["Wh"], h)
-    for name, analytic in zip(("x", "h_prev", "Wx", "Wh", "b"), grads):
-        assert_grad_matches(analytic, numeric_grad(ref.rnn_step, arrays, name, dh), err_msg=f"d{name}")
+    assert_grads_match(ref.rnn_step, arrays, dict(zip(("x", "h_prev", "Wx", "Wh", "b"), grads)), dh)
 
 
 def test_rnn_backward_matches_finite_differences():
@@ -236,8 +194,7 @@ def test_rnn_backward_matches_finite_differences():
     hs = ref.rnn(**arrays)
     dhs = rng.standard_normal(hs.shape)
     grads = ref.rnn_backward(dhs, arrays["x_seq"], arrays["h0"], arrays["Wx"], arrays["Wh"], hs)
-    for name, analytic in zip(("x_seq", "h0", "Wx", "Wh", "b"), grads):
-        assert_grad_matches(analytic, numeric_grad(ref.rnn, arrays, name, dhs), err_msg=f"d{name}")
+    assert_grads_match(ref.rnn, arrays, dict(zip(("x_seq", "h0", "Wx", "Wh", "b"), grads)), dhs)
 
 
 def test_rnn_without_h0_starts_from_zeros():
@@ -252,8 +209,7 @@ def test_dense_relu_loss_backward_match_finite_differences():
     rng = make_rng(6)
     arrays = dict(x=rng.standard_normal((2, 3, 4)), W=rng.standard_normal((4, 5)), b=rng.standard_normal(5))
     dy = rng.standard_normal((2, 3, 5))
-    for name, analytic in zip(("x", "W", "b"), ref.dense_backward(dy, arrays["x"], arrays["W"])):
-        assert_grad_matches(analytic, numeric_grad(ref.dense, arrays, name, dy), err_msg=f"d{name}")
+    assert_grads_match(ref.dense, arrays, dict(zip(("x", "W", "b"), ref.dense_backward(dy, arrays["x"], arrays["W"]))), dy)
 
     x = rng.standard_normal((3, 4))
     x[np.abs(x) < 1e-3] = 0.5  # keep away from the kink at 0

@@ -1,23 +1,10 @@
 """Training pieces: the loss, the optimisers, and the two training examples reaching their accuracies."""
-import importlib.util
-import pathlib
-
 import numpy as np
 import pytest
-from _helpers import assert_grad_matches, make_rng, numeric_grad
+from _helpers import assert_grad_matches, load_example, make_rng, numeric_grad
 
 import fastlayers as fl
 from fastlayers import layers as L
-
-EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
-
-
-def load_example(name):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 # ---------------------------------------------------------------------------- losses
 
