@@ -540,6 +540,33 @@ def _(backend):
             out=(None, np.zeros((4, 3, 3, 2), np.float32), None), backend=backend)
 
 
+@hostile("out-aliases-input", "conv2d")
+def _(backend):
+    x = np.random.default_rng(2).standard_normal((2, 4, 6, 6))
+    for algo in ALGOS:  # a kernel writing y over x while still reading x would return garbage
+        _raises(ValueError, ["out", "share memory", "x"], fl.conv2d, x, np.ones((4, 4, 3, 3)), padding=1, out=x,
+                algo=algo, backend=backend)
+
+
+@hostile("out-aliases-input", "max_pool2d")
+def _(backend):
+    x = np.random.default_rng(2).standard_normal((2, 4, 6, 6))
+    _raises(ValueError, ["out[0]", "share memory", "x"], fl.max_pool2d, x, 1, out=x, backend=backend)
+
+
+@hostile("out-aliases-input", "rnn_step_backward")
+def _(backend):
+    from _random_calls import fixed_call
+
+    call = fixed_call("rnn_step_backward", np.float64)
+    dx = np.empty_like(call.arrays["x"])
+    _raises(ValueError, ["out[1]", "share memory", "h_prev"], call.run, backend,
+            out=(dx, call.arrays["h_prev"], None, None, None))
+    N, H = call.arrays["h"].shape
+    dWh = np.empty((H, H))
+    _raises(ValueError, ["out[3]", "share memory", "out[1]"], call.run, backend, out=(None, dWh[:N], None, dWh, None))
+
+
 @hostile("pool-indices-out-of-range", "max_pool2d_backward")
 def _(backend):
     dy = np.ones((2, 3, 3, 3), np.float32)

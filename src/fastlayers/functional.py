@@ -41,9 +41,17 @@ def _check_algo(algo):
         raise ValueError(f"algo must be one of {ALGOS}, got {algo!r}")
 
 
-def _outs(name, out, shapes, dtypes, gpu):
-    """Validate a tuple of output buffers (entries may be None). GPU buffers are the cuda
-    backend's to check."""
+def _check_no_alias(name, out, others):
+    """Kernels read their inputs while they write their outputs: a buffer overlapping an input
+    or another output would be read after being overwritten, a silent wrong answer."""
+    for other_name, a in others.items():
+        if isinstance(a, np.ndarray) and np.may_share_memory(out, a):
+            raise ValueError(f"{name} must not share memory with {other_name}")
+
+
+def _outs(name, out, shapes, dtypes, gpu, inputs):
+    """Validate a tuple of output buffers (entries may be None) against the op's ``inputs``
+    (a dict name -> array). GPU buffers are the cuda backend's to check."""
     outs = check_out_tuple(name, out, len(shapes))
     if gpu:
         return None if out is None else outs
@@ -51,6 +59,11 @@ def _outs(name, out, shapes, dtypes, gpu):
         None if o is None else check_out(f"{name}[{i}]", o, shape, dt)
         for i, (o, shape, dt) in enumerate(zip(outs, shapes, dtypes))
     )
+    others = dict(inputs)
+    for i, o in enumerate(checked):
+        if o is not None:
+            _check_no_alias(f"{name}[{i}]", o, others)
+            others[f"{name}[{i}]"] = o
     return None if out is None else checked
 
 
@@ -58,10 +71,12 @@ def _is_gpu(*arrays):
     return any(hasattr(a, "__cuda_array_interface__") for a in arrays if a is not None)
 
 
-def _out(out, shape, dtype, gpu):
+def _out(out, shape, dtype, gpu, inputs):
     if out is None or gpu:
         return out
-    return check_out("out", out, shape, dtype)
+    check_out("out", out, shape, dtype)
+    _check_no_alias("out", out, inputs)
+    return out
 
 
 # ============================================================================ conv2d
@@ -92,7 +107,7 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, algo="auto",
     g = conv2d_geometry(x.shape, w.shape, stride, padding, dilation, groups)
     gpu = _is_gpu(x, w, b)
     impl = _dispatch.resolve("conv2d", backend, (x, w, b))
-    return impl(x, w, b, g, algo, _out(out, g.y_shape, dt, gpu))
+    return impl(x, w, b, g, algo, _out(out, g.y_shape, dt, gpu, dict(x=x, w=w, b=b)))
 
 
 def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, algo="auto", backend=None, out=None):
@@ -108,7 +123,7 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, algo="a
     check_shape("dy", dy, g.y_shape)
     gpu = _is_gpu(dy, x, w)
     impl = _dispatch.resolve("conv2d_backward", backend, (dy, x, w))
-    outs = _outs("out", out, (g.x_shape, g.w_shape, (g.F,)), (dt,) * 3, gpu)
+    outs = _outs("out", out, (g.x_shape, g.w_shape, (g.F,)), (dt,) * 3, gpu, dict(dy=dy, x=x, w=w))
     return impl(dy, x, w, g, algo, outs)
 
 
@@ -141,7 +156,7 @@ def max_pool2d(x, kernel_size=2, stride=None, padding=0, ceil_mode=False, return
     impl = _dispatch.resolve("max_pool2d", backend, (x,))
     if out is not None and not isinstance(out, (tuple, list)):
         out = (out, None)
-    outs = _outs("out", out, (g.y_shape, g.y_shape), (dt, np.dtype(np.int64)), gpu)
+    outs = _outs("out", out, (g.y_shape, g.y_shape), (dt, np.dtype(np.int64)), gpu, dict(x=x))
     y, indices = impl(x, g, outs)
     return (y, indices) if return_indices else y
 
@@ -154,7 +169,7 @@ def max_pool2d_backward(dy, indices, input_shape, backend=None, out=None):
     input_shape = check_pool_backward_args(dy, indices, input_shape, dt, check_range=False)
     gpu = _is_gpu(dy, indices)
     impl = _dispatch.resolve("max_pool2d_backward", backend, (dy, indices))
-    return impl(dy, indices, input_shape, _out(out, input_shape, dt, gpu))
+    return impl(dy, indices, input_shape, _out(out, input_shape, dt, gpu, dict(dy=dy, indices=indices)))
 
 
 # ============================================================================ rnn
@@ -167,7 +182,8 @@ def rnn_step(x, h_prev, Wx, Wh, b=None, backend=None, out=None):
     g, dt = rnn_geometry(x, h_prev, Wx, Wh, b)
     gpu = _is_gpu(x, h_prev, Wx, Wh, b)
     impl = _dispatch.resolve("rnn_step", backend, (x, h_prev, Wx, Wh, b))
-    return impl(x, h_prev, Wx, Wh, b, _out(out, (g.N, g.H), dt, gpu))
+    inputs = dict(x=x, h_prev=h_prev, Wx=Wx, Wh=Wh, b=b)
+    return impl(x, h_prev, Wx, Wh, b, _out(out, (g.N, g.H), dt, gpu, inputs))
 
 
 def rnn_step_backward(dh, x, h_prev, Wx, Wh, h, backend=None, out=None):
@@ -179,7 +195,8 @@ def rnn_step_backward(dh, x, h_prev, Wx, Wh, h, backend=None, out=None):
     gpu = _is_gpu(dh, x, h_prev, Wx, Wh, h)
     impl = _dispatch.resolve("rnn_step_backward", backend, (dh, x, h_prev, Wx, Wh, h))
     shapes = ((g.N, g.D), (g.N, g.H), (g.D, g.H), (g.H, g.H), (g.H,))
-    return impl(dh, x, h_prev, Wx, Wh, h, _outs("out", out, shapes, (dt,) * 5, gpu))
+    inputs = dict(dh=dh, x=x, h_prev=h_prev, Wx=Wx, Wh=Wh, h=h)
+    return impl(dh, x, h_prev, Wx, Wh, h, _outs("out", out, shapes, (dt,) * 5, gpu, inputs))
 
 
 def rnn(x_seq, h0, Wx, Wh, b=None, backend=None, out=None):
@@ -190,7 +207,8 @@ def rnn(x_seq, h0, Wx, Wh, b=None, backend=None, out=None):
     g, dt = rnn_geometry(x_seq, h0, Wx, Wh, b, sequence=True)
     gpu = _is_gpu(x_seq, h0, Wx, Wh, b)
     impl = _dispatch.resolve("rnn", backend, (x_seq, h0, Wx, Wh, b))
-    return impl(x_seq, h0, Wx, Wh, b, _out(out, (g.T, g.N, g.H), dt, gpu))
+    inputs = dict(x_seq=x_seq, h0=h0, Wx=Wx, Wh=Wh, b=b)
+    return impl(x_seq, h0, Wx, Wh, b, _out(out, (g.T, g.N, g.H), dt, gpu, inputs))
 
 
 def rnn_backward(dhs, x_seq, h0, Wx, Wh, hs, backend=None, out=None):
@@ -203,4 +221,5 @@ def rnn_backward(dhs, x_seq, h0, Wx, Wh, hs, backend=None, out=None):
     gpu = _is_gpu(dhs, x_seq, h0, Wx, Wh, hs)
     impl = _dispatch.resolve("rnn_backward", backend, (dhs, x_seq, h0, Wx, Wh, hs))
     shapes = ((g.T, g.N, g.D), (g.N, g.H), (g.D, g.H), (g.H, g.H), (g.H,))
-    return impl(dhs, x_seq, h0, Wx, Wh, hs, _outs("out", out, shapes, (dt,) * 5, gpu))
+    inputs = dict(dhs=dhs, x_seq=x_seq, h0=h0, Wx=Wx, Wh=Wh, hs=hs)
+    return impl(dhs, x_seq, h0, Wx, Wh, hs, _outs("out", out, shapes, (dt,) * 5, gpu, inputs))
