@@ -3,7 +3,7 @@
     flock /tmp/fastlayers-bench.lock python bench/bench_rnn.py [--threads 2] [--cases a,b]
     python bench/bench_rnn.py --step-gemm   # one step's recurrent GEMM: BLAS 1 vs n threads vs ours
 
-Times are medians of ``--repeat`` calls after a warm-up, then the median over ``--rounds``
+Times are medians (``--stat min``: minima) of ``--repeat`` calls after a warm-up, then the median over ``--rounds``
 alternating rounds of fastlayers and PyTorch, in ms, float32, time-major (T, N, D) with H hidden
 units. PyTorch runs in its own process (its thread pool and ours disturb each other):
 ``torch.nn.RNN`` (tanh, one layer) with ``torch.set_num_threads`` equal to ours and the same
@@ -22,16 +22,21 @@ import time
 import numpy as np
 
 RNN_CASES = ("rnn-small", "rnn-large")
+# ``--stat min``: the fastest call instead of the median, for a machine shared with other work,
+# where the median measures the other work as much as the code (label the figures as minima).
+STAT = {"median": np.median, "min": np.min}
+_stat = "median"
 
 
 def median_ms(fn, repeat):
+    """Milliseconds per call: the median (or, with ``--stat min``, the minimum) of ``repeat``."""
     fn()  # warm-up: workspaces, page faults, thread pools
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
+    return 1e3 * float(STAT[_stat](times))
 
 
 def case_arrays(name, seed=0):
@@ -87,7 +92,7 @@ def torch_worker(cases, threads, repeat):
 
 def torch_times(cases, threads, repeat):
     cmd = [sys.executable, __file__, "--torch-worker", "--threads", str(threads), "--repeat", str(repeat),
-           "--cases", ",".join(cases)]
+           "--cases", ",".join(cases), "--stat", _stat]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     except subprocess.CalledProcessError as exc:
@@ -158,7 +163,7 @@ def main_table(cases, threads, repeat, rounds):
     def median(per_round, name, key):
         return float(np.median([r.get(name, nan)[key] for r in per_round]))
 
-    print(f"rnn float32, {threads} thread(s), median of {rounds} rounds x {repeat} calls, ms")
+    print(f"rnn float32, {threads} thread(s), median of {rounds} rounds x {_stat} of {repeat} calls, ms")
     head = ("case", "T,N,D,H", "fl fwd", "torch fwd", "numpy fwd", "fl GF/s", "fl/torch", "numpy/fl",
             "fl f+b", "torch f+b", "numpy f+b", "fl/torch", "numpy/fl")
     print("| " + " | ".join(head) + " |")
@@ -188,8 +193,11 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3, help="alternating fastlayers/PyTorch rounds")
     parser.add_argument("--cases", default=",".join(RNN_CASES))
     parser.add_argument("--step-gemm", action="store_true", help="one step's GEMM: BLAS threads vs ours")
+    parser.add_argument("--stat", choices=sorted(STAT), default="median", help="per-call statistic")
     parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    global _stat
+    _stat = args.stat
     cases = args.cases.split(",")
     if args.torch_worker:
         torch_worker(cases, args.threads, args.repeat)
