@@ -13,5 +13,5 @@ from hypothesis import HealthCheck, settings
 # still shows as a test that never ends, and the examples are small enough to take milliseconds.
 _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], print_blob=True)
 settings.register_profile("ci", **_common)
-settings.register_profile("long", max_examples=int(os.environ.get("FASTLAYERS_LONG_EXAMPLES", 1000)), **_common)
+settings.register_profile("long", max_examples=int(os.environ.get("FASTLAYERS_LONG_EXAMPLES", "1000")), **_common)
 settings.load_profile("ci")

@@ -6,9 +6,9 @@ reference at any thread count: tests/test_fuzz.py checks that).
 """
 import numpy as np
 import pytest
+from _random_calls import fixed_call, kernel_pairs
 
 import fastlayers as fl
-from _random_calls import fixed_call, kernel_pairs
 
 REPEATS = 3
 

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _helpers import assert_close
+from _random_calls import ANCHOR, ARRAYS, LAYOUTS, Call, calls, kernel_pairs, relayout
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastlayers as fl
 from fastlayers import reference
-from _helpers import assert_close
-from _random_calls import ANCHOR, ARRAYS, LAYOUTS, Call, as_tuple, calls, kernel_pairs, relayout
 
 ALGOS = ("auto", "im2col", "direct")
 # The default profile's 100 examples x ~40 fuzz tests would take minutes on 2 cores: 25 each in
@@ -173,7 +173,7 @@ def _bad_parameter(draw, call):
             return call.with_params(kernel_size=(H + 2 * PH + 1, KW)), {}, _words("kernel_size")
         return call.with_params(**{what: bad}), {}, _words(what)
     if op == "max_pool2d_backward":
-        dy, indices = call.arrays["dy"], call.arrays["indices"]
+        indices = call.arrays["indices"]
         N, C, H, W = p["input_shape"]
         shapes = [(N, C, H), (N, C, H, -1), (N, C, H, W, 1), None, "abc", (N + 1, C, H, W), (N, C, 1.5, W)]
         if indices.size and draw(st.booleans()):

@@ -7,7 +7,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from _random_calls import fixed_call, kernel_pairs
 
 FAMILIES = {"conv2d": "conv2d_backward", "max_pool2d": "max_pool2d_backward", "rnn_step": "rnn_step_backward",

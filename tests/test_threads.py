@@ -11,9 +11,9 @@ import time
 
 import numpy as np
 import pytest
+from _random_calls import fixed_call, kernel_pairs
 
 import fastlayers as fl
-from _random_calls import fixed_call, kernel_pairs
 
 BACKENDS = sorted({backend for _, backend in kernel_pairs(include_simulator=False)})
 # Long enough for every thread to run every op many times, short enough for CI; the long run

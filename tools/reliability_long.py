@@ -19,9 +19,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-import fastlayers as fl  # noqa: E402
-from _random_calls import fixed_call, kernel_pairs  # noqa: E402
-from test_memory import FAMILIES, forward_backward, rss_bytes  # noqa: E402
+from _random_calls import fixed_call, kernel_pairs
+from test_memory import FAMILIES, forward_backward, rss_bytes
+
+import fastlayers as fl
 
 MiB = 2**20
 
