@@ -450,6 +450,29 @@ for _op in ("conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward", "r
             assert_matches_reference(call, call.run(backend), np.float64)
 
 
+def _zero(*shape):
+    return np.zeros(shape)
+
+
+_EMPTY_DIMS = {  # no channels or filters; no input or hidden features
+    "conv2d": lambda: Call("conv2d", dict(x=_zero(2, 0, 5, 5), w=_zero(0, 0, 3, 3), b=_zero(0)), dict(padding=1),
+                           "auto", (1,)),
+    "conv2d_backward": lambda: Call("conv2d_backward", dict(dy=_zero(2, 0, 5, 5), x=_zero(2, 0, 5, 5),
+                                                            w=_zero(0, 0, 3, 3)), dict(padding=1), "auto", (1,) * 3),
+    "rnn_step_backward": lambda: Call("rnn_step_backward", dict(dh=_zero(3, 0), x=_zero(3, 0), h_prev=_zero(3, 0),
+                                                                Wx=_zero(0, 0), Wh=_zero(0, 0), h=_zero(3, 0)),
+                                      terms=(1,) * 5),
+    "rnn_backward": lambda: Call("rnn_backward", dict(dhs=_zero(2, 3, 0), x_seq=_zero(2, 3, 4), h0=None,
+                                                      Wx=_zero(4, 0), Wh=_zero(0, 0), hs=_zero(2, 3, 0)),
+                                 terms=(1,) * 5),
+}
+for _op, _make in _EMPTY_DIMS.items():
+    @hostile("empty-dimension", _op)
+    def _(backend, _make=_make):
+        call = _make()
+        assert_matches_reference(call, call.run(backend), np.float64)
+
+
 @hostile("layouts", "conv2d")
 def _(backend):
     from _random_calls import fixed_call
