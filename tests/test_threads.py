@@ -38,6 +38,41 @@ def _same(a, b):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_concurrent_calls_leave_blas_threads_alone(backend):
+    """Kernels that hold BLAS to one thread during a call must restore it whatever the overlap
+    of concurrent calls (save/restore scopes that interleave leave it at one thread for good:
+    every later NumPy matmul in the process would run single-threaded)."""
+    blas_before = _blas_threads()
+    changed = []
+    for i, op in enumerate(_ops(backend)):
+        call = fixed_call(op, np.float32, seed=i)
+        start = threading.Barrier(PYTHON_THREADS)
+
+        def worker():
+            start.wait()
+            deadline = time.monotonic() + 0.25
+            with fl.threads(2):
+                while time.monotonic() < deadline:
+                    call.run(backend)
+
+        workers = [threading.Thread(target=worker) for _ in range(PYTHON_THREADS)]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+        if _blas_threads() != blas_before:
+            changed.append(f"{op}: {_blas_threads()}")
+            _restore_blas_threads(blas_before)
+    assert not changed, f"BLAS threads were {blas_before}, left at: {changed}"
+
+
+def _restore_blas_threads(state):
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=max(n for _, n in state), user_api="blas")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_concurrent_calls_equal_serial_calls(backend):
     calls = {op: fixed_call(op, np.float32, seed=i) for i, op in enumerate(_ops(backend))}
     blas_before = _blas_threads()
