@@ -1,4 +1,5 @@
-"""Build the Cython kernels in kernels/cpu/ into fastlayers._cpu, with OpenMP where the compiler has it.
+"""Build the Cython kernels in kernels/cpu/ into fastlayers._cpu, with OpenMP where the compiler has it,
+linked against the OpenBLAS of the scipy-openblas32 package (kernels/cpu/_blas.pxd says why).
 
 Everything else about the package lives in pyproject.toml.
 
@@ -74,19 +75,39 @@ class BuildExtWithOpenMP(build_ext):
         super().build_extensions()
 
 
+def _openblas_link_args():
+    """Compile and link against scipy-openblas32's cblas.h and library. The extensions find the
+    library at run time through an rpath: relative, for an install beside the scipy_openblas32
+    package in the same site-packages (fastlayers/_cpu/ -> scipy_openblas32/lib/), and the
+    build-time directory itself, for in-place and editable builds."""
+    import scipy_openblas32
+
+    lib_dir = scipy_openblas32.get_lib_dir()
+    args = dict(include_dirs=[scipy_openblas32.get_include_dir()], library_dirs=[lib_dir],
+                libraries=[scipy_openblas32.get_library()], extra_link_args=[])
+    origin = "@loader_path" if sys.platform == "darwin" else "$ORIGIN"
+    if sys.platform != "win32":
+        args["extra_link_args"] = [f"-Wl,-rpath,{origin}/../../scipy_openblas32/lib", f"-Wl,-rpath,{lib_dir}"]
+    return args
+
+
 def extensions():
     from Cython.Build import cythonize
 
     opt = ["-O0", "-g"] if DEBUG else ["-O3"]
     if NATIVE:
         opt.append("-march=native")
+    blas = _openblas_link_args()
     exts = [
         Extension(
             f"fastlayers._cpu.{pyx.stem}",
             [str(pyx)],
-            include_dirs=[np.get_include(), str(KERNELS)],
+            include_dirs=[np.get_include(), str(KERNELS)] + blas["include_dirs"],
+            library_dirs=blas["library_dirs"],
+            libraries=blas["libraries"],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
             extra_compile_args=list(opt),
+            extra_link_args=list(blas["extra_link_args"]),
         )
         for pyx in sorted(KERNELS.glob("*.pyx"))
         if not ONLY or pyx.stem in ONLY

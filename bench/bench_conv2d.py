@@ -120,18 +120,27 @@ def reference_times(name, repeat):
 
 
 def bare_gemm_ms(name, threads, repeat):
-    """The forward's GEMM as one call to the BLAS the kernels link (scipy's OpenBLAS, allowed
-    ``threads`` threads): (F x C*KH*KW) @ (C*KH*KW x N*OH*OW), no im2col, no copies."""
-    from scipy.linalg import blas
+    """The forward's GEMM as one call to the BLAS the kernels link (scipy-openblas32's OpenBLAS,
+    allowed ``threads`` threads): (F x C*KH*KW) @ (C*KH*KW x N*OH*OW), no im2col, no copies."""
+    import ctypes
+
+    import scipy_openblas32
     from threadpoolctl import threadpool_limits
 
+    import fastlayers._cpu.im2col  # noqa: F401  loads the library first: ctypes then shares it
+
+    lib = ctypes.CDLL(f"{scipy_openblas32.get_lib_dir()}/{scipy_openblas32.get_library(fullname=True)}")
+    lib.scipy_cblas_sgemm.restype = None
     x, w, b, dy, kw, flops = case_arrays(name)
     F_, K = w.shape[0], w[0].size
-    cols = np.random.default_rng(1).uniform(-1, 1, (K, flops // (2 * F_ * K))).astype(np.float32)
-    a = w.reshape(F_, K)
-    # Column-major BLAS: C^T (P x F) = cols^T @ a^T, both operands already Fortran-ordered views.
+    P = flops // (2 * F_ * K)
+    cols = np.random.default_rng(1).uniform(-1, 1, (K, P)).astype(np.float32)
+    a, c = w.reshape(F_, K), np.empty((F_, P), np.float32)
+    ptr = ctypes.c_void_p
+    args = (101, 111, 111, F_, P, K, ctypes.c_float(1), ptr(a.ctypes.data), K, ptr(cols.ctypes.data), P,
+            ctypes.c_float(0), ptr(c.ctypes.data), P)  # CblasRowMajor, CblasNoTrans, CblasNoTrans
     with threadpool_limits(threads, user_api="blas"):
-        return median_ms(lambda: blas.sgemm(1.0, cols.T, a.T), repeat)
+        return median_ms(lambda: lib.scipy_cblas_sgemm(*args), repeat)
 
 
 # ---------------------------------------------------------------------------- tables
