@@ -1,11 +1,12 @@
 # Row-major GEMM for the Cython kernels, callable without the GIL; the one place to change the BLAS.
 #
-# Backed by the OpenBLAS of the scipy-openblas32 package, linked by setup.py. Chosen by measurement
-# over scipy.linalg.cython_blas (scipy's bundled, older OpenBLAS) and cython-blis on our conv GEMM
-# tiles, single-threaded inside prange (2 threads, float32, interleaved rounds, medians): 8-18%
-# faster than scipy's on the resnet-56/-28 tiles (e.g. 64 x 448 x 576: 158 vs 141 GFLOP/s), equal
-# on resnet-14; BLIS (the cython-blis wheel) reached 25-60 GFLOP/s. Its CBLAS takes row-major
-# arguments directly, so nothing is swapped here.
+# Backed by the OpenBLAS of the scipy-openblas32 package (linked by setup.py), chosen by measurement
+# over scipy.linalg.cython_blas (scipy's bundled, older OpenBLAS) and cython-blis, on our conv GEMM
+# tiles called single-threaded inside prange (float32, 2 threads, alternating rounds, medians):
+# the resnet-56 tile 64 x 896 x 576 (x128) 46.4 vs 50.9 ms (1.10x, also 1.09x on one thread), the
+# tiny cifar-stem tile 32 x 1024 x 27 equal within noise; BLIS (the cython-blis wheel) ran at
+# 25-60 GFLOP/s against 130-175. Whole conv2d forward/backward: 1.03-1.10x on resnet-56/-28/-14
+# and down-1x1. Its CBLAS takes row-major arguments directly, so nothing is swapped here.
 cdef extern from "cblas.h" nogil:
     ctypedef enum CBLAS_ORDER:
         CblasRowMajor

@@ -28,6 +28,8 @@ OPS = frozenset({"conv2d", "conv2d_backward"})
 # Measured with 2 threads (bench/bench_conv2d.py --tiles): 512 KiB to 8 MiB per thread are
 # within 5% on resnet-56/-28/-14 and down-1x1, 2 MiB the best or near it (resnet-14 forward
 # 10.4 ms at 2 MiB, 12.0 at 512 KiB, 20.2 at 64 KiB); below 256 KiB the gemms get too thin.
+# Re-measured after the switch to scipy-openblas32 (kernels/cpu/_blas.pxd): still flat from 512 KiB
+# to 8 MiB within the run-to-run noise (resnet-56 forward 44.6-47.3 ms, resnet-14 10.4-12.4 ms).
 _column_tile_bytes = 1 << 21
 
 _INT_MAX = 2**31 - 1  # BLAS sizes and leading dimensions are C ints
