@@ -14,6 +14,7 @@ two of them in the backward (columns of x and of dx), plus one partial dw (the s
 thread in the backward. Workspaces are cached per Python thread (``threading.local``, kept at
 their largest size until that thread ends), so concurrent callers never share one.
 """
+import contextlib
 import threading
 
 import numpy as np
@@ -34,7 +35,10 @@ _column_tile_bytes = 1 << 21
 
 _INT_MAX = 2**31 - 1  # BLAS sizes and leading dimensions are C ints
 _local = threading.local()
-_blas_controller = None
+_blas_lock = threading.Lock()
+_blas_libraries = None  # threadpoolctl controllers of the BLAS libraries loaded at first use
+_blas_saved = ()  # (controller, thread count) found by the first of the calls now running
+_blas_users = 0  # calls now inside _one_blas_thread()
 
 
 def column_tile_bytes():
@@ -63,16 +67,35 @@ def _workspace(slot, shape, dtype):
     return buf[:size].view(dtype).reshape(shape)
 
 
+@contextlib.contextmanager
 def _one_blas_thread():
-    """Hold BLAS to one thread: our OpenMP threads each call gemm on their own tile, and a
-    threaded BLAS inside them would oversubscribe the cores (threadpoolctl, imported lazily:
-    not at ``import fastlayers``)."""
-    global _blas_controller
-    if _blas_controller is None:
-        from threadpoolctl import ThreadpoolController
+    """Hold every loaded BLAS to one thread: our OpenMP threads each call gemm on their own tile,
+    and a threaded BLAS inside them would oversubscribe the cores (threadpoolctl, imported lazily:
+    not at ``import fastlayers``). The thread counts are process-wide, so concurrent calls share
+    one scope, counted under a lock: the first to enter saves the counts and sets them to one, the
+    last to leave restores them. (Per-call save/restore scopes that interleave would leave BLAS at
+    one thread for good.)"""
+    global _blas_libraries, _blas_saved, _blas_users
+    with _blas_lock:
+        if _blas_libraries is None:
+            from threadpoolctl import ThreadpoolController
 
-        _blas_controller = ThreadpoolController()
-    return _blas_controller.limit(limits=1, user_api="blas")
+            _blas_libraries = tuple(ThreadpoolController().select(user_api="blas").lib_controllers)
+        if _blas_users == 0:
+            _blas_saved = tuple((lib, lib.get_num_threads()) for lib in _blas_libraries)
+            for lib, n in _blas_saved:
+                if n != 1:
+                    lib.set_num_threads(1)
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                for lib, n in _blas_saved:
+                    if n != 1:
+                        lib.set_num_threads(n)
 
 
 def _c(a):
