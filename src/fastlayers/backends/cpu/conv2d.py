@@ -15,13 +15,34 @@ thread in the backward. Workspaces are cached per Python thread (``threading.loc
 their largest size until that thread ends), so concurrent callers never share one.
 """
 import contextlib
+import os
 import threading
 
 import numpy as np
 
 from ..._cpu import conv2d_direct as _direct
-from ..._cpu import im2col as _im2col
 from ..._dispatch import get_num_threads
+
+
+def _load_im2col():
+    """Import the im2col kernel, whose import loads scipy-openblas32's OpenBLAS (the first of our
+    kernels to do so). At load OpenBLAS starts its worker threads, and they busy-wait ~2^28 cycles
+    (~0.1 s) before sleeping: on a 2-core machine they take a core from our OpenMP team, and the
+    first calls ran at 8 ms instead of 0.55 (cifar-stem forward). Our kernels never use those
+    workers (every gemm runs single-threaded inside our own threads), so they are sent to sleep at
+    once: OPENBLAS_THREAD_TIMEOUT, read only while the library initialises, is set for the import
+    (unless the user set it) and then restored, so no other library or subprocess sees it."""
+    previous = os.environ.get("OPENBLAS_THREAD_TIMEOUT")
+    os.environ["OPENBLAS_THREAD_TIMEOUT"] = previous or "4"  # 2^4 cycles, OpenBLAS's minimum
+    try:
+        from ..._cpu import im2col
+    finally:
+        if previous is None:
+            del os.environ["OPENBLAS_THREAD_TIMEOUT"]
+    return im2col
+
+
+_im2col = _load_im2col()
 
 OPS = frozenset({"conv2d", "conv2d_backward"})
 
