@@ -14,35 +14,13 @@ two of them in the backward (columns of x and of dx), plus one partial dw (the s
 thread in the backward. Workspaces are cached per Python thread (``threading.local``, kept at
 their largest size until that thread ends), so concurrent callers never share one.
 """
-import contextlib
-import os
-import threading
-
 import numpy as np
 
 from ..._cpu import conv2d_direct as _direct
+from ..._cpu import im2col as _im2col
 from ..._dispatch import get_num_threads
-
-
-def _load_im2col():
-    """Import the im2col kernel, whose import loads scipy-openblas32's OpenBLAS (the first of our
-    kernels to do so). At load OpenBLAS starts its worker threads, and they busy-wait ~2^28 cycles
-    (~0.1 s) before sleeping: on a 2-core machine they take a core from our OpenMP team, and the
-    first calls ran at 8 ms instead of 0.55 (cifar-stem forward). Our kernels never use those
-    workers (every gemm runs single-threaded inside our own threads), so they are sent to sleep at
-    once: OPENBLAS_THREAD_TIMEOUT, read only while the library initialises, is set for the import
-    (unless the user set it) and then restored, so no other library or subprocess sees it."""
-    previous = os.environ.get("OPENBLAS_THREAD_TIMEOUT")
-    os.environ["OPENBLAS_THREAD_TIMEOUT"] = previous or "4"  # 2^4 cycles, OpenBLAS's minimum
-    try:
-        from ..._cpu import im2col
-    finally:
-        if previous is None:
-            del os.environ["OPENBLAS_THREAD_TIMEOUT"]
-    return im2col
-
-
-_im2col = _load_im2col()
+from ._common import contiguous
+from ._common import workspace as scratch
 
 OPS = frozenset({"conv2d", "conv2d_backward"})
 
@@ -55,11 +33,6 @@ OPS = frozenset({"conv2d", "conv2d_backward"})
 _column_tile_bytes = 1 << 21
 
 _INT_MAX = 2**31 - 1  # BLAS sizes and leading dimensions are C ints
-_local = threading.local()
-_blas_lock = threading.Lock()
-_blas_libraries = None  # threadpoolctl controllers of the BLAS libraries loaded at first use
-_blas_saved = ()  # (controller, thread count) found by the first of the calls now running
-_blas_users = 0  # calls now inside _one_blas_thread()
 
 
 def column_tile_bytes():
@@ -75,52 +48,6 @@ def set_column_tile_bytes(nbytes):
         raise ValueError(f"nbytes must be an int >= 1, got {nbytes!r}")
     previous, _column_tile_bytes = _column_tile_bytes, nbytes
     return previous
-
-
-def _workspace(slot, shape, dtype):
-    """A scratch array of ``shape`` reused across this Python thread's calls (one per ``slot``),
-    so multi-MiB buffers are not faulted in again on every call. Contents are undefined."""
-    cache = _local.__dict__.setdefault("buffers", {})
-    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    buf = cache.get(slot)
-    if buf is None or buf.size < size:
-        buf = cache[slot] = np.empty(size, dtype=np.uint8)
-    return buf[:size].view(dtype).reshape(shape)
-
-
-@contextlib.contextmanager
-def _one_blas_thread():
-    """Hold every loaded BLAS to one thread: our OpenMP threads each call gemm on their own tile,
-    and a threaded BLAS inside them would oversubscribe the cores (threadpoolctl, imported lazily:
-    not at ``import fastlayers``). The thread counts are process-wide, so concurrent calls share
-    one scope, counted under a lock: the first to enter saves the counts and sets them to one, the
-    last to leave restores them. (Per-call save/restore scopes that interleave would leave BLAS at
-    one thread for good.)"""
-    global _blas_libraries, _blas_saved, _blas_users
-    with _blas_lock:
-        if _blas_libraries is None:
-            from threadpoolctl import ThreadpoolController
-
-            _blas_libraries = tuple(ThreadpoolController().select(user_api="blas").lib_controllers)
-        if _blas_users == 0:
-            _blas_saved = tuple((lib, lib.get_num_threads()) for lib in _blas_libraries)
-            for lib, n in _blas_saved:
-                if n != 1:
-                    lib.set_num_threads(1)
-        _blas_users += 1
-    try:
-        yield
-    finally:
-        with _blas_lock:
-            _blas_users -= 1
-            if _blas_users == 0:
-                for lib, n in _blas_saved:
-                    if n != 1:
-                        lib.set_num_threads(n)
-
-
-def _c(a):
-    return np.ascontiguousarray(a)
 
 
 def _degenerate(x, w):
@@ -167,17 +94,16 @@ def conv2d(x, w, b, g, algo, out):
         return y
     algo = choose_algo(g, "forward") if algo == "auto" else algo
     threads = get_num_threads()
-    xc, wc = _c(x), _c(w)
-    bias = _c(b) if b is not None else np.zeros(g.F, dtype=x.dtype)
+    xc, wc = contiguous(x), contiguous(w)
+    bias = contiguous(b) if b is not None else np.zeros(g.F, dtype=x.dtype)
     if algo == "direct":
         _direct.conv2d_forward(xc, wc, bias, b is not None, y, g, threads)
         return y
     rows = _band_rows(g, threads, x.dtype.itemsize)
     _check_blas_sizes(g, rows)
     K = (g.C // g.groups) * g.KH * g.KW
-    workspace = _workspace("columns", (threads, K * rows * g.OW), x.dtype)
-    with _one_blas_thread():
-        _im2col.conv2d_forward(xc, wc, bias, b is not None, y, workspace, g, rows, threads)
+    workspace = scratch("columns", (threads, K * rows * g.OW), x.dtype)
+    _im2col.conv2d_forward(xc, wc, bias, b is not None, y, workspace, g, rows, threads)
     return y
 
 
@@ -193,26 +119,25 @@ def conv2d_backward(dy, x, w, g, algo, out):
         return dx, dw, db
     algo = choose_algo(g, "backward") if algo == "auto" else algo
     threads = get_num_threads()
-    dyc, xc, wc = _c(dy), _c(x), _c(w)
+    dyc, xc, wc = contiguous(dy), contiguous(x), contiguous(w)
     if algo == "direct":
         _direct.conv2d_backward_input(dyc, wc, dx, g, threads)
-        accumulators = _workspace("rows", (threads, g.OW), x.dtype)
+        accumulators = scratch("rows", (threads, g.OW), x.dtype)
         _direct.conv2d_backward_weight(dyc, xc, dw, db, accumulators, g, threads)
         return dx, dw, db
     threads = min(threads, g.N * g.groups)  # one (image, group) task per thread at least
     rows = _band_rows(g, threads, x.dtype.itemsize)
     _check_blas_sizes(g, rows)
     K = (g.C // g.groups) * g.KH * g.KW
-    workspace = _workspace("columns", (threads, 2, K * rows * g.OW), x.dtype)
+    workspace = scratch("columns", (threads, 2, K * rows * g.OW), x.dtype)
     if threads == 1:  # the one thread's partial sums are the result
         dw_partial, db_partial = dw.reshape(1, -1), db.reshape(1, -1)
     else:
-        dw_partial = _workspace("dw", (threads, g.F * K), x.dtype)
-        db_partial = _workspace("db", (threads, g.F), x.dtype)
+        dw_partial = scratch("dw", (threads, g.F * K), x.dtype)
+        db_partial = scratch("db", (threads, g.F), x.dtype)
     dw_partial[...] = 0
     db_partial[...] = 0
-    with _one_blas_thread():
-        _im2col.conv2d_backward(dyc, xc, wc, dx, dw_partial, db_partial, workspace, g, rows, threads)
+    _im2col.conv2d_backward(dyc, xc, wc, dx, dw_partial, db_partial, workspace, g, rows, threads)
     if threads > 1:
         np.sum(dw_partial, axis=0, out=dw.reshape(-1))
         np.sum(db_partial, axis=0, out=db)
