@@ -14,7 +14,6 @@
 from cython.parallel cimport parallel, threadid
 from libc.math cimport tanh
 from libc.string cimport memcpy, memset
-cimport cython
 
 from _blas cimport gemm, floating
 
@@ -152,8 +151,6 @@ cdef inline Py_ssize_t _block_stop(Py_ssize_t i, Py_ssize_t count, Py_ssize_t si
     return min(_block_start(i, count, size, align) + _block_width(count, size, align), size)
 
 
-@cython.boundscheck(False)
-@cython.wraparound(False)
 def rnn_forward(const floating[:, ::1] x, const floating[:, ::1] h0, const floating[:, ::1] Wx,
                 const floating[:, ::1] Wh, const floating[::1] b, floating[:, ::1] hs,
                 Py_ssize_t N, int num_threads):
@@ -203,8 +200,6 @@ def rnn_forward(const floating[:, ::1] x, const floating[:, ::1] h0, const float
                 h_prev = z
 
 
-@cython.boundscheck(False)
-@cython.wraparound(False)
 def rnn_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const floating[:, ::1] h0,
                  const floating[:, ::1] Wx, const floating[:, ::1] WhT, const floating[:, ::1] hs,
                  floating[:, ::1] dz, floating[:, ::1] dx, floating[:, ::1] dh0,

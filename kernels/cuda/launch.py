@@ -48,7 +48,7 @@ def _cdiv(a, b):
 
 def split_k(M, N, K, groups=1):
     """Number of K splits and the K chunk per split for a GEMM of this shape."""
-    tiles = _cdiv(M, TILE_M) * _cdiv(N, TILE_N) * groups
+    tiles = max(1, _cdiv(M, TILE_M) * _cdiv(N, TILE_N) * groups)  # an empty output still has one
     splits = max(1, min(_cdiv(SPLIT_K_TARGET_BLOCKS, tiles), _cdiv(K, SPLIT_K_MIN_CHUNK)))
     chunk = _cdiv(_cdiv(max(K, 1), splits), TILE_K) * TILE_K
     return _cdiv(max(K, 1), chunk), chunk

@@ -25,6 +25,12 @@ def _num_threads(T, N, D, H):
     return max(1, min(get_num_threads(), useful))
 
 
+def _initial_state(h0, N, H, dtype):
+    """An absent h0 is zeros, multiplied like any other: so NaN/inf in Wh or dz propagate through
+    h0 @ Wh and h0^T @ dz exactly as in the reference and PyTorch (0 * NaN is NaN)."""
+    return np.zeros((N, H), dtype) if h0 is None else np.ascontiguousarray(h0)
+
+
 def rnn(x_seq, h0, Wx, Wh, b, out):
     T, N, D = x_seq.shape
     H = Wx.shape[1]
@@ -32,7 +38,8 @@ def rnn(x_seq, h0, Wx, Wh, b, out):
         return _numpy_backend.rnn(x_seq, h0, Wx, Wh, b, out)
     hs = np.empty((T, N, H), x_seq.dtype) if out is None else out
     _kernels.rnn_forward(
-        contiguous(x_seq).reshape(T * N, D), contiguous(h0), contiguous(Wx), contiguous(Wh), contiguous(b),
+        contiguous(x_seq).reshape(T * N, D), _initial_state(h0, N, H, x_seq.dtype), contiguous(Wx), contiguous(Wh),
+        contiguous(b),
         hs.reshape(T * N, H), N, _num_threads(T, N, D, H),
     )
     return hs
@@ -48,7 +55,8 @@ def rnn_backward(dhs, x_seq, h0, Wx, Wh, hs, out):
     shapes = ((T, N, D), (N, H), (D, H), (H, H), (H,))
     dx, dh0, dWx, dWh, db = (np.empty(s, dt) if o is None else o for o, s in zip(outs, shapes))
     _kernels.rnn_backward(
-        contiguous(dhs).reshape(T * N, H), contiguous(x_seq).reshape(T * N, D), contiguous(h0), contiguous(Wx), contiguous(Wh.T),
+        contiguous(dhs).reshape(T * N, H), contiguous(x_seq).reshape(T * N, D), _initial_state(h0, N, H, dt),
+        contiguous(Wx), contiguous(Wh.T),
         contiguous(hs).reshape(T * N, H), workspace("rnn_dz", (T * N, H), dt),
         dx.reshape(T * N, D), dh0, dWx, dWh, db, N, _num_threads(T, N, D, H),
     )
