@@ -22,17 +22,11 @@ import time
 
 import numpy as np
 
+from fastlayers.benchmark.timing import median_ms
+
 CONV_CASES = ("cifar-stem", "resnet-56", "resnet-28", "resnet-14", "lenet", "down-1x1")
 
 
-def median_ms(fn, repeat):
-    fn()  # warm-up: workspaces, page faults, thread pools
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
 
 
 def case_arrays(name, seed=0):
@@ -124,10 +118,9 @@ def bare_gemm_ms(name, threads, repeat):
     allowed ``threads`` threads): (F x C*KH*KW) @ (C*KH*KW x N*OH*OW), no im2col, no copies."""
     import ctypes
 
+    import fastlayers._cpu.im2col  # noqa: F401  loads the library first: ctypes then shares it
     import scipy_openblas32
     from threadpoolctl import threadpool_limits
-
-    import fastlayers._cpu.im2col  # noqa: F401  loads the library first: ctypes then shares it
 
     lib = ctypes.CDLL(f"{scipy_openblas32.get_lib_dir()}/{scipy_openblas32.get_library(fullname=True)}")
     lib.scipy_cblas_sgemm.restype = None
@@ -153,7 +146,7 @@ def geomean(values):
 
 def main_table(cases, threads, repeat):
     torch_ms = torch_times(cases, threads, repeat)
-    rows, fwd_ratios, fb_ratios = [], [], []
+    fwd_ratios, fb_ratios = [], []
     print(f"conv2d float32, {threads} thread(s), median of {repeat} (reference: fewer rounds), ms")
     head = ("case", "fl fwd", "torch fwd", "numpy fwd", "fl GF/s", "fl/torch", "numpy/fl",
             "fl f+b", "torch f+b", "numpy f+b", "fl/torch", "numpy/fl")

@@ -27,9 +27,12 @@ import time
 
 import numpy as np
 
-from fastlayers import functional as F
-from fastlayers._params import conv2d_geometry, pool2d_geometry
-from fastlayers.benchmark.workloads import conv2d_weight_shape, fastlayers_call, make_inputs, work
+from fastlayers.benchmark.workloads import (
+    conv2d_weight_shape,
+    fastlayers_call,
+    make_inputs,
+    work,
+)
 from fastlayers.cases import CASES, CASES_BY_NAME
 
 WARMUP = 3

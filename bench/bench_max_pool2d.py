@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -24,19 +23,12 @@ import fastlayers as fl
 from fastlayers import reference as ref
 from fastlayers._dispatch import get_num_threads
 from fastlayers._params import pool2d_geometry
+from fastlayers.benchmark.timing import median_ms
 from fastlayers.cases import CASES
 
 POOL_CASES = [c for c in CASES if c.op == "max_pool2d"]
 
 
-def median_ms(fn, repeat):
-    fn()  # warm-up: first-touch of buffers, thread pool start
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))
 
 
 def make_inputs(case, dtype=np.float32, seed=0):

@@ -17,9 +17,10 @@ import json
 import math
 import subprocess
 import sys
-import time
 
 import numpy as np
+
+from fastlayers.benchmark.timing import median_ms
 
 RNN_CASES = ("rnn-small", "rnn-large")
 # ``--stat min``: the fastest call instead of the median, for a machine shared with other work,
@@ -28,15 +29,6 @@ STAT = {"median": np.median, "min": np.min}
 _stat = "median"
 
 
-def median_ms(fn, repeat):
-    """Milliseconds per call: the median (or, with ``--stat min``, the minimum) of ``repeat``."""
-    fn()  # warm-up: workspaces, page faults, thread pools
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(STAT[_stat](times))
 
 
 def case_arrays(name, seed=0):
@@ -78,7 +70,7 @@ def torch_worker(cases, threads, repeat):
             net.bias_hh_l0.zero_()
         h0 = t["h0"][None]
         with torch.no_grad():
-            fwd = median_ms(lambda: net(t["x_seq"], h0), repeat)
+            fwd = median_ms(lambda: net(t["x_seq"], h0), repeat, STAT[_stat])
         x_seq, h0g = t["x_seq"].clone().requires_grad_(True), h0.clone().requires_grad_(True)
         wrt = (x_seq, h0g, net.weight_ih_l0, net.weight_hh_l0, net.bias_ih_l0)
 
@@ -86,7 +78,7 @@ def torch_worker(cases, threads, repeat):
             hs, _ = net(x_seq, h0g)
             return torch.autograd.grad(hs, wrt, t["dhs"])
 
-        result[name] = {"fwd": fwd, "fwd_bwd": median_ms(fwd_bwd, repeat)}
+        result[name] = {"fwd": fwd, "fwd_bwd": median_ms(fwd_bwd, repeat, STAT[_stat])}
     print(json.dumps(result))
 
 
@@ -111,14 +103,14 @@ def fastlayers_times(name, threads, repeat, backend="cpu"):
     args = (a["x_seq"], a["h0"], a["Wx"], a["Wh"])
     hs = fl.rnn(*args, a["b"], backend=backend)
     with fl.threads(threads):
-        fwd = median_ms(lambda: fl.rnn(*args, a["b"], backend=backend), repeat)
+        fwd = median_ms(lambda: fl.rnn(*args, a["b"], backend=backend), repeat, STAT[_stat])
 
         def fwd_bwd():
             states = fl.rnn(*args, a["b"], backend=backend)
             return fl.rnn_backward(a["dhs"], *args, states, backend=backend)
 
-        fb = median_ms(fwd_bwd, repeat)
-        bwd = median_ms(lambda: fl.rnn_backward(a["dhs"], *args, hs, backend=backend), repeat)
+        fb = median_ms(fwd_bwd, repeat, STAT[_stat])
+        bwd = median_ms(lambda: fl.rnn_backward(a["dhs"], *args, hs, backend=backend), repeat, STAT[_stat])
     return {"fwd": fwd, "bwd": bwd, "fwd_bwd": fb}
 
 
@@ -126,9 +118,10 @@ def step_gemm_table(cases, threads, repeat):
     """Is one recurrent step's GEMM (N x H) @ (H x H) worth BLAS threads? Compare it alone under
     BLAS at 1 and ``threads`` threads with a whole forward step of ours (forward time / T, which
     also does tanh and its share of the hoisted input GEMM)."""
-    from fastlayers.cases import CASES_BY_NAME
     from scipy.linalg import blas
     from threadpoolctl import threadpool_limits
+
+    from fastlayers.cases import CASES_BY_NAME
 
     print(f"one step's recurrent GEMM, float32, {repeat * 20} calls, us per call")
     print(f"| case | N x H x H | BLAS 1 thread | BLAS {threads} threads | fl forward per step ({threads} threads) |")
@@ -140,7 +133,7 @@ def step_gemm_table(cases, threads, repeat):
         per_thread = {}
         for n in (1, threads):
             with threadpool_limits(n, user_api="blas"):
-                per_thread[n] = median_ms(lambda: [blas.sgemm(1.0, h, Wh) for _ in range(20)], repeat) * 50
+                per_thread[n] = median_ms(lambda: [blas.sgemm(1.0, h, Wh) for _ in range(20)], repeat, STAT[_stat]) * 50
         ours = fastlayers_times(name, threads, repeat)["fwd"] * 1e3 / T
         print(f"| {name} | {N}x{H}x{H} | {per_thread[1]:.1f} | {per_thread[threads]:.1f} | {ours:.1f} |", flush=True)
 

@@ -6,6 +6,7 @@ import math
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,13 @@ def time_call(fn, repeat, budget_s, sync=None):
     times = [timed()]
     times += [timed() for _ in range(plan_rounds(times[0], repeat, budget_s) - 1)]
     return times
+
+
+def median_ms(fn, repeat, stat=None):
+    """Milliseconds per call of ``fn``: the median (or ``stat``, e.g. ``numpy.min``) of ``repeat``
+    timed rounds after a discarded warm-up call."""
+    times = time_call(fn, repeat, budget_s=math.inf)
+    return 1e3 * float((stat or statistics.median)(times))
 
 
 def plan_rounds(first_call_s, repeat, budget_s):
