@@ -20,6 +20,21 @@ cdef extern from "cblas.h" nogil:
                            int M, int N, int K, double alpha, const double* A, int lda,
                            const double* B, int ldb, double beta, double* C, int ldc)
 
+    int scipy_openblas_get_num_threads()
+    void scipy_openblas_set_num_threads(int num_threads)
+
+
+cdef inline void single_threaded_blas() noexcept nogil:
+    """Keep this OpenBLAS at one thread. Our kernels call gemm from inside their own OpenMP
+    threads, each on its own block: OpenBLAS threads on top would oversubscribe the cores (calls
+    stalled in 4 ms steps). The library is ours alone (scipy-openblas32, not NumPy's or SciPy's),
+    so it is set once for good; the check catches a process-wide change (e.g. threadpoolctl's
+    threadpool_limits over every BLAS) made since. It also starts at one thread: see
+    fastlayers/backends/cpu/__init__.py."""
+    if scipy_openblas_get_num_threads() != 1:
+        scipy_openblas_set_num_threads(1)
+
+
 ctypedef fused floating:
     float
     double

@@ -11,7 +11,7 @@
 from cython.parallel cimport prange, threadid
 from libc.string cimport memcpy, memset
 
-from _blas cimport floating, gemm
+from _blas cimport floating, gemm, single_threaded_blas
 from _conv2d cimport Conv2dShape, TapColumns, conv2d_shape, lane_sum, tap_columns
 
 
@@ -87,6 +87,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     """y = conv2d(x, w) (+ b). ``workspace`` is (num_threads, K * rows * OW); every tile but a
     last, shorter band has ``rows`` output rows. Each output element is written by exactly one
     gemm of a fixed shape, so y is the same bit for bit at any thread count."""
+    single_threaded_blas()
     cdef Conv2dShape s = conv2d_shape(geometry)
     cdef Py_ssize_t bands = (s.OH + rows - 1) // rows
     cdef Py_ssize_t tiles = s.N * s.G * bands
@@ -132,6 +133,7 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
     K * rows * OW): the columns of x and the columns of dx. With a static schedule a thread's
     tasks and their order depend only on the thread count, so results are reproducible bit for
     bit at a given thread count."""
+    single_threaded_blas()
     cdef Conv2dShape s = conv2d_shape(geometry)
     cdef Py_ssize_t bands = (s.OH + rows - 1) // rows
     cdef Py_ssize_t HW = s.H * s.W, OHW = s.OH * s.OW

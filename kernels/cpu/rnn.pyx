@@ -15,7 +15,7 @@ from cython.parallel cimport parallel, threadid
 from libc.math cimport tanh
 from libc.string cimport memcpy, memset
 
-from _blas cimport gemm, floating
+from _blas cimport gemm, floating, single_threaded_blas
 
 # Column blocks are whole multiples of 16 elements (one 64-byte line of float32), so threads
 # never write to the same cache line.
@@ -157,6 +157,7 @@ def rnn_forward(const floating[:, ::1] x, const floating[:, ::1] h0, const float
     """hs[t] = tanh(x[t] @ Wx + hs[t-1] @ Wh + b), hs[-1] = h0 (zeros when None).
 
     x (T*N, D), hs (T*N, H), h0 (N, H) or None, b (H,) or None; T*N, D, H >= 1."""
+    single_threaded_blas()
     cdef Py_ssize_t TN = x.shape[0], D = x.shape[1], H = Wh.shape[0]
     cdef Py_ssize_t T = TN // N
     cdef const floating* h_init = &h0[0, 0] if h0 is not None else NULL
@@ -212,6 +213,7 @@ def rnn_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
     same untransposed form as the forward's, which OpenBLAS runs on its small-matrix path (with
     a transposed operand it packs, 1.5x slower). Every output is overwritten. dWx, dWh and db sum over steps in a fixed
     order for a given thread count, so results are reproducible run to run."""
+    single_threaded_blas()
     cdef Py_ssize_t TN = x.shape[0], D = x.shape[1], H = WhT.shape[0]
     cdef Py_ssize_t T = TN // N
     cdef const floating* h_init = &h0[0, 0] if h0 is not None else NULL
