@@ -8,6 +8,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from dataclasses import asdict
 
 import numpy as np
@@ -57,6 +58,9 @@ def plan(cases, directions, families, found):
     return items, skips
 
 
+SETTLE_S = 0.25
+
+
 def run(cases, directions=("forward", "backward"), families=FAMILIES, dtype="float32", threads=None,
         repeat=7, budget_s=2.0, seed=0, progress=None):
     """Time every (case, direction, backend) and return the report.
@@ -80,6 +84,10 @@ def run(cases, directions=("forward", "backward"), families=FAMILIES, dtype="flo
         for i, (case, direction, label) in enumerate(ours):
             print(f"[{i + 1}/{len(items)}] {case.name} {direction} {label}", file=progress, flush=True)
             fn, sync = fastlayers_call(case, direction, label, make_inputs(case, direction, dtype, seed))
+            # Let the previous measurement's idle workers go to sleep first: OpenBLAS (NumPy's,
+            # after the reference) and OpenMP threads busy-wait ~0.1 s after their last call, and
+            # on a 2-core machine that takes a core from the next backend's threads.
+            time.sleep(SETTLE_S)
             timings[case.name, direction, label] = time_call(fn, repeat, budget_s, sync)
     if torch_items:
         print(f"[{len(ours) + 1}-{len(items)}/{len(items)}] PyTorch, in its own process", file=progress, flush=True)

@@ -46,6 +46,8 @@ def median_ms(fn, repeat, stat=None):
 
 def plan_rounds(first_call_s, repeat, budget_s):
     """Rounds that fit in ``budget_s`` given one call's time: between 1 and ``repeat``."""
+    if math.isinf(budget_s):
+        return repeat
     fit = math.floor(budget_s / max(first_call_s, 1e-9))
     return max(1, min(repeat, fit))
 
