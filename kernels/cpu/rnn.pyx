@@ -151,16 +151,16 @@ cdef inline Py_ssize_t _block_stop(Py_ssize_t i, Py_ssize_t count, Py_ssize_t si
     return min(_block_start(i, count, size, align) + _block_width(count, size, align), size)
 
 
-def rnn_forward(const floating[:, ::1] x, const floating[:, ::1] h0, const floating[:, ::1] Wx,
+def rnn_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, const floating[:, ::1] Wx,
                 const floating[:, ::1] Wh, const floating[::1] b, floating[:, ::1] hs,
                 Py_ssize_t N, int num_threads):
-    """hs[t] = tanh(x[t] @ Wx + hs[t-1] @ Wh + b), hs[-1] = h0 (zeros when None).
+    """hs[t] = tanh(x[t] @ Wx + hs[t-1] @ Wh + b), hs[-1] = h0.
 
-    x (T*N, D), hs (T*N, H), h0 (N, H) or None, b (H,) or None; T*N, D, H >= 1."""
+    x (T*N, D), hs (T*N, H), h0 (N, H), b (H,) or None; T*N, D, H >= 1."""
     single_threaded_blas()
     cdef Py_ssize_t TN = x.shape[0], D = x.shape[1], H = Wh.shape[0]
     cdef Py_ssize_t T = TN // N
-    cdef const floating* h_init = &h0[0, 0] if h0 is not None else NULL
+    cdef const floating* h_init = &h0[0, 0]
     cdef const floating* bias = &b[0] if b is not None else NULL
     cdef const floating* px = &x[0, 0]
     cdef const floating* pWx = &Wx[0, 0]
@@ -185,30 +185,27 @@ def rnn_forward(const floating[:, ::1] x, const floating[:, ::1] h0, const float
             chunk = _small_gemm_columns(rows, H)
             if chunk == 0:  # one packed GEMM per step
                 chunk = H
-            h_prev = h_init
-            if h_init != NULL:
-                h_prev = h_init + n0 * H
+            h_prev = h_init + n0 * H
             for t in range(T):
                 z = phs + (t * N + n0) * H
                 c0 = 0
                 while c0 < H:
                     c1 = min(c0 + chunk, H)
-                    if h_prev != NULL:
-                        gemm(False, False, <int>rows, <int>(c1 - c0), <int>H, <floating>1, h_prev, <int>H,
-                             pWh + c0, <int>H, <floating>1, z + c0, <int>H)
+                    gemm(False, False, <int>rows, <int>(c1 - c0), <int>H, <floating>1, h_prev, <int>H,
+                         pWh + c0, <int>H, <floating>1, z + c0, <int>H)
                     _add_bias_tanh(z, bias, rows, H, c0, c1)
                     c0 = c1
                 h_prev = z
 
 
-def rnn_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const floating[:, ::1] h0,
+def rnn_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const floating[:, ::1] h0 not None,
                  const floating[:, ::1] Wx, const floating[:, ::1] WhT, const floating[:, ::1] hs,
                  floating[:, ::1] dz, floating[:, ::1] dx, floating[:, ::1] dh0,
                  floating[:, ::1] dWx, floating[:, ::1] dWh, floating[::1] db,
                  Py_ssize_t N, int num_threads):
     """Backward through time of rnn_forward.
 
-    dhs, hs, dz (workspace) (T*N, H); x, dx (T*N, D); h0 (N, H) or None; dh0 (N, H); dWx (D, H);
+    dhs, hs, dz (workspace) (T*N, H); x, dx (T*N, D); h0 (N, H); dh0 (N, H); dWx (D, H);
     dWh (H, H); db (H,). WhT is Wh transposed (C order): the products with Wh^T then have the
     same untransposed form as the forward's, which OpenBLAS runs on its small-matrix path (with
     a transposed operand it packs, 1.5x slower). Every output is overwritten. dWx, dWh and db sum over steps in a fixed
@@ -216,7 +213,7 @@ def rnn_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
     single_threaded_blas()
     cdef Py_ssize_t TN = x.shape[0], D = x.shape[1], H = WhT.shape[0]
     cdef Py_ssize_t T = TN // N
-    cdef const floating* h_init = &h0[0, 0] if h0 is not None else NULL
+    cdef const floating* h_init = &h0[0, 0]
     cdef const floating* px = &x[0, 0]
     cdef const floating* pWx = &Wx[0, 0]
     cdef const floating* pWhT = &WhT[0, 0]
@@ -275,9 +272,8 @@ def rnn_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
             else:
                 for r in range(H):
                     memset(pdWh + r * H + c0, 0, (c1 - c0) * sizeof(floating))
-            if h_init != NULL:
-                gemm(True, False, <int>H, <int>(c1 - c0), <int>N, <floating>1, h_init, <int>H,
-                     pdz + c0, <int>H, <floating>1, pdWh + c0, <int>H)
+            gemm(True, False, <int>H, <int>(c1 - c0), <int>N, <floating>1, h_init, <int>H,
+                 pdz + c0, <int>H, <floating>1, pdWh + c0, <int>H)
             gemm(False, False, <int>N, <int>(c1 - c0), <int>H, <floating>1, pdz, <int>H,
                  pWhT + c0, <int>H, <floating>0, pdh0 + c0, <int>H)
             memset(pdb + c0, 0, (c1 - c0) * sizeof(floating))
