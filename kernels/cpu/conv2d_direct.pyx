@@ -1,99 +1,229 @@
 # conv2d by direct loops over NCHW, no column matrix: forward, dx and dw.
 #
-# Every loop nest ends in an element-wise loop over a row of output columns (contiguous at
-# stride 1), so the compiler vectorises it; the planes it sweeps (one output or input plane) stay
-# in L1/L2 while the kernel taps go by. Each output element is owned by one task and summed in a
-# fixed order: results are reproducible bit for bit, and independent of the thread count; so
-# tasks are scheduled dynamically (a thread descheduled on a loaded machine holds no one up).
+# Forward and dx are one computation, a "row convolution" (_conv_rows). A task takes a band of
+# output rows of one image and group, copies the input rows the band reads into per-thread
+# scratch, zero-padded on every side and with the columns split into `stride` phases, so that
+# every kernel tap reads a contiguous run of it at a fixed offset; then each output row segment
+# of up to two vectors is the sum over the taps (conv2d_direct_simd.h), FL_FB filters at a time
+# with the accumulators in registers. dx is the forward of dy with each group's filters flipped
+# and transposed, dy upsampled by the stride (zeros between its samples) in the padded copy.
+#
+# Each output element is owned by one task and summed in a fixed order: results are
+# reproducible bit for bit and independent of the thread count.
 #
 # Bounds: sizes come from fastlayers._params.conv2d_geometry and the array shapes are checked by
-# the wrapper (backends/cpu/conv2d.py); tap_columns clips every row to the input.
+# the wrapper (backends/cpu/conv2d.py); the band copy reads only rows and columns checked to be
+# inside the input, and the kernel reads only inside the copy (RowConv says how wide it is).
 from cython.parallel cimport prange, threadid
-from libc.string cimport memset
+from libc.stddef cimport ptrdiff_t
+from libc.string cimport memcpy, memset
 
 from _blas cimport floating
 from _conv2d cimport Conv2dShape, TapColumns, conv2d_shape, lane_sum, tap_columns
 
+cdef extern from "conv2d_direct_simd.h" nogil:
+    enum: FL_FB
+    void fl_direct_block_float(const float* base, const ptrdiff_t* toff, ptrdiff_t ntaps,
+                               const float* wp, const float* bias, float* out, ptrdiff_t ld,
+                               int nf, int nlanes)
+    void fl_direct_block_double(const double* base, const ptrdiff_t* toff, ptrdiff_t ntaps,
+                                const double* wp, const double* bias, double* out, ptrdiff_t ld,
+                                int nf, int nlanes)
 
-cdef inline void _axpy_row(floating* y, const floating* x, floating a, Py_ssize_t lo, Py_ssize_t hi,
-                           Py_ssize_t stride) noexcept nogil:
-    """y[ow] += a * x[ow * stride] for ow in [lo, hi); the stride-1 loop is the vectorised one."""
-    cdef Py_ssize_t ow
-    if stride == 1:
-        for ow in range(lo, hi):
-            y[ow] += a * x[ow]
+cdef enum:
+    VECTOR_BYTES = 64  # one vector of the block kernel; a row segment is at most two
+
+FILTER_BLOCK = FL_FB  # filters per register block: the packed weights' last axis
+
+
+ctypedef struct RowConv:
+    # out[n, g*Co + o, r, q] = bias[g*Co + o] + sum over taps (c, kh, kw) of
+    #   wt[g, o, c, kh, kw] * src[n, g*Cs + c, th / UH, tw / UW]
+    # with th = r*SH + kh*DH - PT, tw = q*SW + kw*DW - PL, where both divide and land inside.
+    Py_ssize_t N, G
+    Py_ssize_t Cs, Hs, Ws  # source channels per group and plane
+    Py_ssize_t Co, Ho, Wo  # outputs per group and plane
+    Py_ssize_t KH, KW, SH, SW, UH, UW, DH, DW, PT, PL
+    Py_ssize_t K  # taps per group, Cs * KH * KW
+    Py_ssize_t band  # output rows per task
+    Py_ssize_t BH  # rows of a band's padded copy: (band - 1) * SH + (KH - 1) * DH + 1
+    Py_ssize_t Wq  # columns of one phase of a padded row: vector reads past Wo stay inside
+
+
+cdef Py_ssize_t _lanes(Py_ssize_t itemsize) noexcept nogil:
+    return VECTOR_BYTES // itemsize
+
+
+cdef RowConv _row_conv(Py_ssize_t N, Py_ssize_t G, Py_ssize_t Cs, Py_ssize_t Hs, Py_ssize_t Ws,
+                       Py_ssize_t Co, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t KH, Py_ssize_t KW,
+                       Py_ssize_t SH, Py_ssize_t SW, Py_ssize_t UH, Py_ssize_t UW,
+                       Py_ssize_t DH, Py_ssize_t DW, Py_ssize_t PT, Py_ssize_t PL,
+                       Py_ssize_t band, Py_ssize_t itemsize):
+    cdef RowConv r
+    cdef Py_ssize_t VL = 2 * _lanes(itemsize)
+    r.N, r.G, r.Cs, r.Hs, r.Ws, r.Co, r.Ho, r.Wo = N, G, Cs, Hs, Ws, Co, Ho, Wo
+    r.KH, r.KW, r.SH, r.SW, r.UH, r.UW, r.DH, r.DW, r.PT, r.PL = KH, KW, SH, SW, UH, UW, DH, DW, PT, PL
+    r.K = Cs * KH * KW
+    r.band = max(1, min(band, Ho))
+    r.BH = (r.band - 1) * SH + (KH - 1) * DH + 1
+    # the last segment reads a whole vector pair from column (Wo rounded down to VL), tap offsets
+    # reach (KW - 1) * DW / SW further
+    r.Wq = (Wo + VL - 1) // VL * VL + ((KW - 1) * DW) // SW + 1
+    return r
+
+
+cdef RowConv _forward_rows(object g, Py_ssize_t band, Py_ssize_t itemsize):
+    return _row_conv(g.N, g.groups, g.C // g.groups, g.H, g.W, g.F // g.groups, g.OH, g.OW,
+                     g.KH, g.KW, g.stride_h, g.stride_w, 1, 1, g.dilation_h, g.dilation_w,
+                     g.pad_top, g.pad_left, band, itemsize)
+
+
+cdef RowConv _backward_input_rows(object g, Py_ssize_t band, Py_ssize_t itemsize):
+    """dx as a row convolution of dy: dx row ih reads dy row (ih + PT - kh*DH) / SH, which with
+    the kernel flipped (kh' = KH-1-kh) is ih + kh'*DH - ((KH-1)*DH - PT), upsampled by SH."""
+    return _row_conv(g.N, g.groups, g.F // g.groups, g.OH, g.OW, g.C // g.groups, g.H, g.W,
+                     g.KH, g.KW, 1, 1, g.stride_h, g.stride_w, g.dilation_h, g.dilation_w,
+                     (g.KH - 1) * g.dilation_h - g.pad_top, (g.KW - 1) * g.dilation_w - g.pad_left,
+                     band, itemsize)
+
+
+def scratch_bytes(object geometry, Py_ssize_t band, bint backward_input, Py_ssize_t itemsize):
+    """Bytes of per-thread scratch _conv_rows needs (tap offsets and a band's padded copy),
+    rounded up to a cache line."""
+    cdef RowConv r = (_backward_input_rows(geometry, band, itemsize) if backward_input
+                      else _forward_rows(geometry, band, itemsize))
+    cdef Py_ssize_t nbytes = r.K * sizeof(ptrdiff_t) + r.Cs * r.BH * r.SW * r.Wq * itemsize
+    return (nbytes + 63) // 64 * 64
+
+
+cdef inline bint _row_is_read(Py_ssize_t br, const RowConv* r) noexcept nogil:
+    """Whether some output row of the band reads copy row br: br = i*SH + kh*DH, i < band."""
+    cdef Py_ssize_t kh, t
+    for kh in range(r.KH):
+        t = br - kh * r.DH
+        if t >= 0 and t % r.SH == 0 and t // r.SH < r.band:
+            return True
+    return False
+
+
+cdef inline bint _phase_is_read(Py_ssize_t p, const RowConv* r) noexcept nogil:
+    """Whether some kernel column reads column phase p: (kw*DW) % SW == p."""
+    cdef Py_ssize_t kw
+    for kw in range(r.KW):
+        if (kw * r.DW) % r.SW == p:
+            return True
+    return False
+
+
+cdef void _copy_band(const floating* src, floating* dst, Py_ssize_t row0,
+                     const RowConv* r) noexcept nogil:
+    """dst (Cs, BH, SW, Wq) = the source rows band row0 reads: dst[c, br, p, j] is the
+    (upsampled) source at row row0 * SH - PT + br, column j * SW + p - PL; zero outside. Rows no
+    output reads (between the rows a stride skips) and column phases no tap reads are left as
+    they are."""
+    cdef Py_ssize_t c, br, p, j, m, th, lo, hi
+    cdef floating* d
+    cdef const floating* s
+    for br in range(r.BH):
+        if not _row_is_read(br, r):
+            continue
+        th = row0 * r.SH - r.PT + br
+        for c in range(r.Cs):
+            d = dst + (c * r.BH + br) * r.SW * r.Wq
+            memset(d, 0, r.SW * r.Wq * sizeof(floating))
+            if th < 0 or th % r.UH != 0 or th // r.UH >= r.Hs:
+                continue
+            s = src + (c * r.Hs + th // r.UH) * r.Ws
+            if r.UW > 1:  # (then SW == 1) source column m lands at m * UW + PL
+                for m in range(r.Ws):
+                    j = m * r.UW + r.PL
+                    if 0 <= j < r.Wq:
+                        d[j] = s[m]
+                continue
+            for p in range(r.SW):
+                if not _phase_is_read(p, r):
+                    continue
+                # the j with 0 <= j*SW + p - PL < Ws
+                lo = max(0, (r.PL - p + r.SW - 1) // r.SW) if r.PL - p > 0 else 0
+                hi = min(r.Wq, (r.Ws - 1 + r.PL - p) // r.SW + 1) if r.Ws - 1 + r.PL - p >= 0 else 0
+                if r.SW == 1:
+                    if hi > lo:
+                        memcpy(d + lo, s + lo - r.PL, (hi - lo) * sizeof(floating))
+                else:
+                    for j in range(lo, hi):
+                        d[p * r.Wq + j] = s[j * r.SW + p - r.PL]
+
+
+cdef void _conv_rows(const floating* src, const floating* wp, const floating* bp, floating* out,
+                     const RowConv* r, unsigned char* scratch, Py_ssize_t scratch_stride,
+                     int num_threads) noexcept nogil:
+    """out (N, G*Co, Ho, Wo) from src (N, G*Cs, Hs, Ws). ``wp`` holds the weights packed as
+    (G, ceil(Co / FL_FB), K, FL_FB), zero-padded, tap k = (c*KH + kh)*KW + kw; ``bp`` the bias as
+    (G, ceil(Co / FL_FB), FL_FB). Parallel over bands of output rows; ``scratch`` gives each
+    thread ``scratch_stride`` bytes (scratch_bytes)."""
+    cdef Py_ssize_t VL = 2 * _lanes(sizeof(floating))
+    cdef Py_ssize_t nfb = (r.Co + FL_FB - 1) // FL_FB
+    cdef Py_ssize_t OHW = r.Ho * r.Wo
+    cdef Py_ssize_t bands = (r.Ho + r.band - 1) // r.band
+    cdef Py_ssize_t row_step = r.SH * r.SW * r.Wq  # between output rows, in the copy
+    cdef Py_ssize_t task, n, g, row0, oh, seg, ow0, nl, fb, c, kh, kw, k, q
+    cdef floating* copy
+    cdef floating* out_row
+    cdef ptrdiff_t* toff
+    cdef unsigned char* mine
+    for task in prange(r.N * r.G * bands, nogil=True, schedule="dynamic", num_threads=num_threads):
+        mine = scratch + threadid() * scratch_stride
+        toff = <ptrdiff_t*>mine
+        copy = <floating*>(mine + r.K * sizeof(ptrdiff_t))
+        n = task // (r.G * bands)
+        g = (task // bands) % r.G
+        row0 = (task % bands) * r.band
+        _copy_band(src + (n * r.G + g) * r.Cs * r.Hs * r.Ws, copy, row0, r)
+        # tap (c, kh, kw) reads phase (kw*DW) % SW of row kh*DH, from column (kw*DW) // SW
+        for c in range(r.Cs):
+            for kh in range(r.KH):
+                for kw in range(r.KW):
+                    k = (c * r.KH + kh) * r.KW + kw
+                    q = kw * r.DW
+                    toff[k] = ((c * r.BH + kh * r.DH) * r.SW + q % r.SW) * r.Wq + q // r.SW
+        for oh in range(row0, min(row0 + r.band, r.Ho)):
+            out_row = out + (n * r.G + g) * r.Co * OHW + oh * r.Wo
+            for seg in range((r.Wo + VL - 1) // VL):
+                ow0 = seg * VL
+                nl = min(VL, r.Wo - ow0)
+                for fb in range(nfb):
+                    _block(copy + (oh - row0) * row_step + ow0, toff, r.K,
+                           wp + (g * nfb + fb) * r.K * FL_FB, bp + (g * nfb + fb) * FL_FB,
+                           out_row + fb * FL_FB * OHW + ow0, OHW, <int>min(FL_FB, r.Co - fb * FL_FB), <int>nl)
+
+
+cdef inline void _block(const floating* base, const ptrdiff_t* toff, Py_ssize_t ntaps,
+                        const floating* wp, const floating* bias, floating* out, Py_ssize_t ld,
+                        int nf, int nl) noexcept nogil:
+    if floating is float:
+        fl_direct_block_float(base, toff, ntaps, wp, bias, out, ld, nf, nl)
     else:
-        for ow in range(lo, hi):
-            y[ow] += a * x[ow * stride]
+        fl_direct_block_double(base, toff, ntaps, wp, bias, out, ld, nf, nl)
 
 
-cdef inline void _scatter_row(floating* x, const floating* y, floating a, Py_ssize_t lo, Py_ssize_t hi,
-                              Py_ssize_t stride) noexcept nogil:
-    """x[ow * stride] += a * y[ow] for ow in [lo, hi): _axpy_row's adjoint."""
-    cdef Py_ssize_t ow
-    if stride == 1:
-        for ow in range(lo, hi):
-            x[ow] += a * y[ow]
-    else:
-        for ow in range(lo, hi):
-            x[ow * stride] += a * y[ow]
+def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] packed_w,
+                   const floating[:, :, ::1] packed_b, floating[:, :, :, ::1] y,
+                   unsigned char[:, ::1] scratch, object geometry, Py_ssize_t band, int num_threads):
+    """y = conv2d(x, w) + b with the weights and bias packed by the wrapper (see _conv_rows)."""
+    cdef RowConv r = _forward_rows(geometry, band, sizeof(floating))
+    _conv_rows(&x[0, 0, 0, 0], &packed_w[0, 0, 0, 0], &packed_b[0, 0, 0], &y[0, 0, 0, 0], &r,
+               &scratch[0, 0], scratch.shape[1], num_threads)
 
 
-def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
-                   const floating[::1] b, bint has_bias, floating[:, :, :, ::1] y,
-                   object geometry, int num_threads):
-    """y = conv2d(x, w) (+ b), parallel over (image, filter) planes of y."""
-    cdef Conv2dShape s = conv2d_shape(geometry)
-    cdef TapColumns cols
-    cdef Py_ssize_t OHW = s.OH * s.OW
-    cdef Py_ssize_t task, n, f, gi, c, kh, kw, oh, ih, p
-    cdef floating* y_plane
-    cdef const floating* x_group
-    cdef floating wv
-    for task in prange(s.N * s.F, nogil=True, schedule="dynamic", num_threads=num_threads):
-        n = task // s.F
-        f = task % s.F
-        gi = f // s.Fg
-        y_plane = &y[n, f, 0, 0]
-        x_group = &x[n, gi * s.Cg, 0, 0]
-        for p in range(OHW):
-            y_plane[p] = b[f] if has_bias else 0
-        for c in range(s.Cg):
-            for kh in range(s.KH):
-                for kw in range(s.KW):
-                    wv = w[f, c, kh, kw]
-                    cols = tap_columns(&s, kw)
-                    for oh in range(s.OH):
-                        ih = oh * s.SH - s.PT + kh * s.DH
-                        if 0 <= ih < s.H:
-                            _axpy_row(y_plane + oh * s.OW, x_group + (c * s.H + ih) * s.W + cols.iw0,
-                                      wv, cols.lo, cols.hi, s.SW)
-
-
-def conv2d_backward_input(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] w,
-                          floating[:, :, :, ::1] dx, object geometry, int num_threads):
-    """dx of y = conv2d(x, w) given dy, parallel over (image, channel) planes of dx."""
-    cdef Conv2dShape s = conv2d_shape(geometry)
-    cdef TapColumns cols
-    cdef Py_ssize_t task, n, c, gi, cg, f, kh, kw, oh, ih
-    cdef floating* dx_plane
-    cdef floating wv
-    for task in prange(s.N * s.C, nogil=True, schedule="dynamic", num_threads=num_threads):
-        n = task // s.C
-        c = task % s.C
-        gi = c // s.Cg
-        cg = c % s.Cg
-        dx_plane = &dx[n, c, 0, 0]
-        memset(dx_plane, 0, s.H * s.W * sizeof(floating))
-        for f in range(gi * s.Fg, (gi + 1) * s.Fg):
-            for kh in range(s.KH):
-                for kw in range(s.KW):
-                    wv = w[f, cg, kh, kw]
-                    cols = tap_columns(&s, kw)
-                    for oh in range(s.OH):
-                        ih = oh * s.SH - s.PT + kh * s.DH
-                        if 0 <= ih < s.H:
-                            _scatter_row(dx_plane + ih * s.W + cols.iw0, &dy[n, f, oh, 0], wv, cols.lo, cols.hi, s.SW)
+def conv2d_backward_input(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] packed_wt,
+                          const floating[:, :, ::1] zeros, floating[:, :, :, ::1] dx,
+                          unsigned char[:, ::1] scratch, object geometry, Py_ssize_t band,
+                          int num_threads):
+    """dx of y = conv2d(x, w) given dy, with the flipped, transposed weights packed by the
+    wrapper and a zero bias."""
+    cdef RowConv r = _backward_input_rows(geometry, band, sizeof(floating))
+    _conv_rows(&dy[0, 0, 0, 0], &packed_wt[0, 0, 0, 0], &zeros[0, 0, 0], &dx[0, 0, 0, 0], &r,
+               &scratch[0, 0], scratch.shape[1], num_threads)
 
 
 def conv2d_backward_weight(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,

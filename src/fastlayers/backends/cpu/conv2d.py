@@ -80,6 +80,33 @@ def _check_blas_sizes(g, rows):
 DIRECT_MAX_FLOPS = {"forward": 150_000, "backward": 50_000}
 
 
+def _pack_filters(wg):
+    """Weights (G, outputs per group, K) -> (G, blocks, K, FILTER_BLOCK): the direct kernel's
+    blocks of filters, filter-fastest, zero-padded to whole blocks."""
+    G, O, K = wg.shape
+    fb = _direct.FILTER_BLOCK
+    blocks = -(-O // fb)
+    packed = np.zeros((G, blocks * fb, K), dtype=wg.dtype)
+    packed[:, :O] = wg
+    return np.ascontiguousarray(packed.reshape(G, blocks, fb, K).transpose(0, 1, 3, 2))
+
+
+# A direct task copies the input rows its band of output rows reads; bands are whole planes but
+# cut thinner when there are fewer planes than 4 per thread, and their copies kept to L2 size.
+_DIRECT_BAND_BYTES = 1 << 20
+
+
+def _direct_band(g, backward_input, dtype, threads):
+    """Output rows per direct task, and the per-thread scratch for it."""
+    planes, rows = g.N * g.groups, g.H if backward_input else g.OH
+    band = max(1, -(-rows // -(-4 * threads // planes)))
+    itemsize = np.dtype(dtype).itemsize
+    while band > 1 and _direct.scratch_bytes(g, band, backward_input, itemsize) > _DIRECT_BAND_BYTES:
+        band = -(-band // 2)
+    nbytes = _direct.scratch_bytes(g, band, backward_input, itemsize)
+    return band, scratch("direct", (threads, nbytes), np.uint8)
+
+
 def choose_algo(g, direction):
     """``algo="auto"``: "direct" for convolutions of at most ``DIRECT_MAX_FLOPS[direction]``
     forward FLOP (``direction`` "forward" or "backward"), where the per-call set-up of im2col +
@@ -97,7 +124,10 @@ def conv2d(x, w, b, g, algo, out):
     xc, wc = contiguous(x), contiguous(w)
     bias = contiguous(b) if b is not None else np.zeros(g.F, dtype=x.dtype)
     if algo == "direct":
-        _direct.conv2d_forward(xc, wc, bias, b is not None, y, g, threads)
+        packed_b = _pack_filters(bias.reshape(g.groups, g.F // g.groups, 1))[..., 0, :]
+        band, work = _direct_band(g, False, x.dtype, threads)
+        _direct.conv2d_forward(xc, _pack_filters(wc.reshape(g.groups, g.F // g.groups, -1)),
+                               np.ascontiguousarray(packed_b), y, work, g, band, threads)
         return y
     rows = _band_rows(g, threads, x.dtype.itemsize)
     _check_blas_sizes(g, rows)
@@ -121,7 +151,13 @@ def conv2d_backward(dy, x, w, g, algo, out):
     threads = get_num_threads()
     dyc, xc, wc = contiguous(dy), contiguous(x), contiguous(w)
     if algo == "direct":
-        _direct.conv2d_backward_input(dyc, wc, dx, g, threads)
+        G, Fg, Cg = g.groups, g.F // g.groups, g.C // g.groups
+        # dx convolves dy with each group's filters flipped and transposed: (G, Cg, Fg*KH*KW)
+        flipped = wc.reshape(G, Fg, Cg, g.KH, g.KW)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+        packed_wt = _pack_filters(flipped.reshape(G, Cg, -1))
+        zeros = np.zeros((G, packed_wt.shape[1], _direct.FILTER_BLOCK), dtype=x.dtype)
+        band, work = _direct_band(g, True, x.dtype, threads)
+        _direct.conv2d_backward_input(dyc, packed_wt, zeros, dx, work, g, band, threads)
         accumulators = scratch("rows", (threads, g.OW), x.dtype)
         _direct.conv2d_backward_weight(dyc, xc, dw, db, accumulators, g, threads)
         return dx, dw, db

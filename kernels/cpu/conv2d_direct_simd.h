@@ -1,0 +1,105 @@
+/* The register-blocked inner kernel of conv2d_direct.pyx: one block of FL_FB filters by one or
+ * two vectors of output columns, summed over a list of kernel taps.
+ *
+ *   out[i][j] = bias[i] + sum_t  wp[t * FL_FB + i] * base[toff[t] + j]      i < FL_FB, j < V * lanes
+ *
+ * base + toff[t] points at the V * lanes input values tap t sees for these output columns, in
+ * the caller's padded copy of the input (so they are contiguous and always inside it), and
+ * wp + t * FL_FB at that tap's FL_FB weights, packed filter-fastest so the broadcasts read one
+ * cache line. The FL_FB * V
+ * accumulators (16 for V = 2) live in registers for the whole tap loop; each tap costs V loads,
+ * FL_FB broadcasts and FL_FB * V multiply-adds.
+ *
+ * Why C: the accumulators must stay in registers, which GCC does for these vector-extension
+ * types but not reliably for a Cython array of accumulators; and the kernel is compiled for
+ * several instruction sets (target_clones), picked at load time by the CPU it runs on, so the
+ * default portable build still uses AVX-512 or AVX2 where they exist. A vector is 64 bytes
+ * (16 floats, 8 doubles): one AVX-512 register, two AVX2 ones, four SSE2 ones.
+ *
+ * The results are stored as out[i * ld + j] for i < nf, j < nlanes: full vectors straight into
+ * the output, a partial block (the last columns of a row, the last filters) through a copy.
+ * Every output is summed over the taps in list order: the same list gives the same bits.
+ */
+#ifndef FASTLAYERS_CONV2D_DIRECT_SIMD_H
+#define FASTLAYERS_CONV2D_DIRECT_SIMD_H
+
+#include <stddef.h>
+#include <string.h>
+
+#define FL_FB 8 /* filters per register block */
+
+typedef float fl_vfloat __attribute__((vector_size(64), aligned(4), may_alias));
+typedef double fl_vdouble __attribute__((vector_size(64), aligned(8), may_alias));
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(FL_NO_CLONES)
+#define FL_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FL_CLONES
+#endif
+
+/* Store FL_FB rows of V vectors: the whole block in place, or its nf x nlanes corner through
+ * tmp. Every index into acc is a constant once the loops are unrolled, so acc never needs an
+ * address (which would keep a copy of it on the stack). */
+#define FL_STORE_BLOCK(T, VT, V, acc)                                                  \
+    do {                                                                               \
+        const int L_ = (int)(64 / sizeof(T));                                          \
+        if (nf == FL_FB && nlanes == (V) * L_) {                                       \
+            _Pragma("GCC unroll 8") for (int i = 0; i < FL_FB; i++)                    \
+                _Pragma("GCC unroll 2") for (int v = 0; v < (V); v++)                  \
+                    *(VT *)(out + i * ld + v * L_) = acc[i][v];                        \
+        } else {                                                                       \
+            VT tmp[FL_FB][V];                                                          \
+            _Pragma("GCC unroll 8") for (int i = 0; i < FL_FB; i++)                    \
+                _Pragma("GCC unroll 2") for (int v = 0; v < (V); v++)                  \
+                    tmp[i][v] = acc[i][v];                                             \
+            for (int i = 0; i < nf; i++)                                               \
+                memcpy(out + i * ld, &tmp[i][0], (size_t)nlanes * sizeof(T));          \
+        }                                                                              \
+    } while (0)
+
+/* The kernel for V vectors of columns. The accumulator array is indexed with constants only
+ * once the fixed-count loops are unrolled, so it is kept in registers. */
+#define FL_DIRECT_BLOCK(T, VT, V)                                                              \
+    FL_CLONES static void fl_direct_block##V##_##T(                                           \
+        const T *base, const ptrdiff_t *toff, ptrdiff_t ntaps, const T *wp,                    \
+        const T *bias, T *out, ptrdiff_t ld, int nf, int nlanes)                               \
+    {                                                                                          \
+        const int L = (int)(64 / sizeof(T));                                                   \
+        VT acc[FL_FB][V];                                                                      \
+        _Pragma("GCC unroll 8") for (int i = 0; i < FL_FB; i++)                                \
+            _Pragma("GCC unroll 2") for (int v = 0; v < (V); v++)                              \
+                acc[i][v] = (VT){0} + bias[i];                                                 \
+        for (ptrdiff_t t = 0; t < ntaps; t++) {                                                \
+            const T *s = base + toff[t];                                                       \
+            const T *w = wp + t * FL_FB;                                                       \
+            VT x[V];                                                                           \
+            _Pragma("GCC unroll 2") for (int v = 0; v < (V); v++)                              \
+                x[v] = *(const VT *)(s + v * L);                                               \
+            _Pragma("GCC unroll 8") for (int i = 0; i < FL_FB; i++)                            \
+                _Pragma("GCC unroll 2") for (int v = 0; v < (V); v++)                          \
+                    acc[i][v] += w[i] * x[v];                                                  \
+        }                                                                                      \
+        FL_STORE_BLOCK(T, VT, V, acc);                                                         \
+    }
+
+FL_DIRECT_BLOCK(float, fl_vfloat, 1)
+FL_DIRECT_BLOCK(float, fl_vfloat, 2)
+FL_DIRECT_BLOCK(double, fl_vdouble, 1)
+FL_DIRECT_BLOCK(double, fl_vdouble, 2)
+
+/* The block for `nlanes` columns: two vectors when more than one is needed. */
+#define FL_DIRECT_DISPATCH(T)                                                                  \
+    static inline void fl_direct_block_##T(const T *base, const ptrdiff_t *toff,               \
+                                           ptrdiff_t ntaps, const T *wp, const T *bias,        \
+                                           T *out, ptrdiff_t ld, int nf, int nlanes)           \
+    {                                                                                          \
+        if (nlanes > (int)(64 / sizeof(T)))                                                    \
+            fl_direct_block2_##T(base, toff, ntaps, wp, bias, out, ld, nf, nlanes);            \
+        else                                                                                   \
+            fl_direct_block1_##T(base, toff, ntaps, wp, bias, out, ld, nf, nlanes);            \
+    }
+
+FL_DIRECT_DISPATCH(float)
+FL_DIRECT_DISPATCH(double)
+
+#endif
