@@ -103,6 +103,36 @@ def test_matches_reference(algo, dtype, config, seed, layout, bias):
     _check_against_reference(x, w, b, dy, params, algo, dtype, f"{algo} {x_shape} {w_shape} {params}")
 
 
+@st.composite
+def wide_conv2d_configs(draw):
+    """Rows wider than the direct kernel's vector pairs (16 float or 8 double lanes each) and
+    filter counts across its blocks of 8: full, partial and several segments per row, every
+    stride/dilation/padding, so the padded band copy and its phases are exercised at width."""
+    groups = draw(st.integers(1, 2))
+    C = groups * draw(st.integers(1, 3))
+    F = groups * draw(st.integers(1, 10))
+    KH, KW = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    padding = draw(st.one_of(st.tuples(st.integers(0, 3), st.integers(0, 3)), st.just("same")))
+    stride = 1 if padding == "same" else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    H = dilation[0] * (KH - 1) + 1 + draw(st.integers(0, 5))
+    W = dilation[1] * (KW - 1) + 1 + draw(st.integers(17, 70))
+    params = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    return (draw(st.integers(1, 3)), C, H, W), (F, C // groups, KH, KW), params
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("algo", ("im2col", "direct"))
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(config=wide_conv2d_configs(), seed=st.integers(0, 2**32 - 1))
+def test_wide_rows_match_reference(algo, dtype, config, seed):
+    x_shape, w_shape, params = config
+    rng = make_rng(seed)
+    x, w, b = _uniform(rng, x_shape, dtype), _uniform(rng, w_shape, dtype), _uniform(rng, (w_shape[0],), dtype)
+    dy = _uniform(rng, conv2d_geometry(x_shape, w_shape, **params).y_shape, dtype)
+    _check_against_reference(x, w, b, dy, params, algo, dtype, f"{algo} {x_shape} {w_shape} {params}")
+
+
 # The benchmark cases' shapes at a reduced batch and size: long contractions (K = C * 9 up to
 # 576), the pointwise 1x1 path, tiles of several output rows.
 @pytest.mark.parametrize("algo", ALGOS)
@@ -256,14 +286,20 @@ def test_concurrent_callers_keep_their_own_workspaces():
 
 
 def test_auto_heuristic():
-    """Tiny convolutions (at most DIRECT_MAX_FLOPS) go direct, the rest im2col."""
-    tiny = conv2d_geometry((1, 1, 8, 8), (4, 1, 3, 3))
-    small = conv2d_geometry((1, 3, 16, 16), (8, 3, 3, 3), padding=1)
-    assert [cpu_conv2d.choose_algo(tiny, d) for d in ("forward", "backward")] == ["direct", "direct"]
-    assert [cpu_conv2d.choose_algo(small, d) for d in ("forward", "backward")] == ["direct", "im2col"]
-    for x_shape, w_shape in (((32, 1, 28, 28), (8, 1, 5, 5)), ((32, 64, 56, 56), (64, 64, 3, 3))):
-        g = conv2d_geometry(x_shape, w_shape)
-        assert [cpu_conv2d.choose_algo(g, d) for d in ("forward", "backward")] == ["im2col", "im2col"]
+    """Forward: direct for kernels larger than 1x1 from DIRECT_MIN_FLOPS on, im2col for 1x1 and
+    tiny convolutions; backward: im2col."""
+    cases = [
+        ((1, 1, 8, 8), (4, 1, 3, 3), {}, "im2col"),  # tiny: set-up dominates
+        ((32, 3, 32, 32), (32, 3, 3, 3), dict(padding=1), "direct"),  # cifar-stem
+        ((32, 1, 28, 28), (8, 1, 5, 5), {}, "direct"),  # lenet
+        ((32, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "direct"),  # resnet-56
+        ((16, 64, 56, 56), (128, 64, 1, 1), dict(stride=2), "im2col"),  # down-1x1
+        ((8, 64, 56, 56), (64, 64, 1, 1), {}, "im2col"),  # pointwise
+    ]
+    for x_shape, w_shape, params, forward in cases:
+        g = conv2d_geometry(x_shape, w_shape, **params)
+        assert g.flops >= cpu_conv2d.DIRECT_MIN_FLOPS or forward == "im2col"
+        assert [cpu_conv2d.choose_algo(g, d) for d in ("forward", "backward")] == [forward, "im2col"]
 
 
 def test_cpu_is_the_default_backend_for_numpy_inputs():

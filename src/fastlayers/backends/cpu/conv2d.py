@@ -70,14 +70,25 @@ def _check_blas_sizes(g, rows):
         raise ValueError(f"conv2d sizes exceed what BLAS can index (C int) for algo='im2col': {g}")
 
 
-# Measured on this 2-core machine (one thread: bench/bench_conv2d.py --small and --algos):
-# im2col + GEMM runs at 60-100 GFLOP/s on every benchmark case but pays ~20 us more per call
-# (BLAS thread limit, workspace, tile set-up) than the direct loops, which reach only 5-10
-# GFLOP/s. Direct wins the forward up to about 1e5 FLOP (one 8x8 image, four 3x3 filters: 22 vs
-# 43 us; one 3x16x16 image, eight 3x3 filters, 1.1e5 FLOP: 38 vs 47 us) and loses from 3e5 on
-# (1x16x8x8 with 16 3x3 filters: 101 vs 52 us); its backward, twice the work, wins up to about
-# 2e4 forward FLOP (37 vs 53 us at 2.6e3; 48 vs 57 us at 1.6e4; 73 vs 61 us at 1.1e5).
-DIRECT_MAX_FLOPS = {"forward": 150_000, "backward": 50_000}
+# Measured on this 2-core machine (float32, 2 threads, bench/bench_conv2d.py --algos and --small,
+# medians): the direct forward (a register-blocked kernel at 95-110 GFLOP/s per core) beats
+# im2col + GEMM (OpenBLAS at ~100 GFLOP/s per core, plus building the column matrix) on every
+# benchmark case with a kernel wider than 1x1: cifar-stem 0.49 vs 0.62 ms, lenet 0.13 vs 0.20,
+# resnet-56 44.9 vs 49.0, resnet-28 39.3 vs 42.7, resnet-14 about even (9.5-11.3 vs 10.1). On 1x1
+# kernels the column matrix is the input itself or a strided subsample of it, and the GEMM wins
+# (down-1x1 1.8 vs 2.4 ms). Under about 4e5 FLOP the per-call set-up decides and im2col's is
+# smaller (27-40 vs 31-55 us). The direct backward loses everywhere (its dw is a scalar loop):
+# cifar-stem 11.6 vs 1.3 ms, lenet 1.0 vs 0.3, tiny shapes 50-570 vs 36-122 us.
+DIRECT_MIN_FLOPS = 400_000
+
+
+def choose_algo(g, direction):
+    """``algo="auto"``: for the forward, "direct" for kernels larger than 1x1 of at least
+    ``DIRECT_MIN_FLOPS`` FLOP, "im2col" otherwise; for the backward ("direction" "backward"),
+    "im2col"."""
+    if direction == "forward" and g.KH * g.KW > 1 and g.flops >= DIRECT_MIN_FLOPS:
+        return "direct"
+    return "im2col"
 
 
 def _pack_filters(wg):
@@ -105,13 +116,6 @@ def _direct_band(g, backward_input, dtype, threads):
         band = -(-band // 2)
     nbytes = _direct.scratch_bytes(g, band, backward_input, itemsize)
     return band, scratch("direct", (threads, nbytes), np.uint8)
-
-
-def choose_algo(g, direction):
-    """``algo="auto"``: "direct" for convolutions of at most ``DIRECT_MAX_FLOPS[direction]``
-    forward FLOP (``direction`` "forward" or "backward"), where the per-call set-up of im2col +
-    GEMM dominates; "im2col" otherwise."""
-    return "direct" if g.flops <= DIRECT_MAX_FLOPS[direction] else "im2col"
 
 
 def conv2d(x, w, b, g, algo, out):
