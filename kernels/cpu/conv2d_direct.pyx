@@ -24,11 +24,13 @@ from _conv2d cimport Conv2dShape, TapColumns, conv2d_shape, lane_sum, tap_column
 cdef extern from "conv2d_direct_simd.h" nogil:
     enum: FL_FB
     void fl_direct_block_float(const float* base, const ptrdiff_t* toff, ptrdiff_t ntaps,
-                               const float* wp, const float* bias, float* out, ptrdiff_t ld,
-                               int nf, int nlanes)
+                               ptrdiff_t in_step, const float* wp, const float* bias, float* out,
+                               ptrdiff_t ld, ptrdiff_t out_step, int nf, int nvec, int lanes0,
+                               int lanes1)
     void fl_direct_block_double(const double* base, const ptrdiff_t* toff, ptrdiff_t ntaps,
-                                const double* wp, const double* bias, double* out, ptrdiff_t ld,
-                                int nf, int nlanes)
+                                ptrdiff_t in_step, const double* wp, const double* bias,
+                                double* out, ptrdiff_t ld, ptrdiff_t out_step, int nf, int nvec,
+                                int lanes0, int lanes1)
 
 cdef enum:
     VECTOR_BYTES = 64  # one vector of the block kernel; a row segment is at most two
@@ -161,14 +163,13 @@ cdef void _conv_rows(const floating* src, const floating* wp, const floating* bp
     (G, ceil(Co / FL_FB), K, FL_FB), zero-padded, tap k = (c*KH + kh)*KW + kw; ``bp`` the bias as
     (G, ceil(Co / FL_FB), FL_FB). Parallel over bands of output rows; ``scratch`` gives each
     thread ``scratch_stride`` bytes (scratch_bytes)."""
-    cdef Py_ssize_t VL = 2 * _lanes(sizeof(floating))
-    cdef Py_ssize_t nfb = (r.Co + FL_FB - 1) // FL_FB
+    cdef Py_ssize_t L = _lanes(sizeof(floating))
     cdef Py_ssize_t OHW = r.Ho * r.Wo
     cdef Py_ssize_t bands = (r.Ho + r.band - 1) // r.band
     cdef Py_ssize_t row_step = r.SH * r.SW * r.Wq  # between output rows, in the copy
-    cdef Py_ssize_t task, n, g, row0, oh, seg, ow0, nl, fb, c, kh, kw, k, q
+    cdef Py_ssize_t task, n, g, row0, row1, oh, seg, ow0, nl, c, kh, kw, k, q
+    cdef int nvec
     cdef floating* copy
-    cdef floating* out_row
     cdef ptrdiff_t* toff
     cdef unsigned char* mine
     for task in prange(r.N * r.G * bands, nogil=True, schedule="dynamic", num_threads=num_threads):
@@ -186,24 +187,45 @@ cdef void _conv_rows(const floating* src, const floating* wp, const floating* bp
                     k = (c * r.KH + kh) * r.KW + kw
                     q = kw * r.DW
                     toff[k] = ((c * r.BH + kh * r.DH) * r.SW + q % r.SW) * r.Wq + q // r.SW
-        for oh in range(row0, min(row0 + r.band, r.Ho)):
-            out_row = out + (n * r.G + g) * r.Co * OHW + oh * r.Wo
-            for seg in range((r.Wo + VL - 1) // VL):
-                ow0 = seg * VL
-                nl = min(VL, r.Wo - ow0)
-                for fb in range(nfb):
-                    _block(copy + (oh - row0) * row_step + ow0, toff, r.K,
-                           wp + (g * nfb + fb) * r.K * FL_FB, bp + (g * nfb + fb) * FL_FB,
-                           out_row + fb * FL_FB * OHW + ow0, OHW, <int>min(FL_FB, r.Co - fb * FL_FB), <int>nl)
+        row1 = min(row0 + r.band, r.Ho)
+        if r.Wo <= L:
+            # narrow rows: the kernel's two vectors are the same columns of two output rows
+            for oh in range(row0, row1, 2):
+                nvec = 2 if oh + 1 < row1 else 1
+                _blocks(copy + (oh - row0) * row_step, toff, row_step, wp, bp,
+                        out + (n * r.G + g) * r.Co * OHW + oh * r.Wo, r.Wo, nvec, r.Wo, r.Wo, g, r)
+        else:
+            # wide rows: segments of two vectors along the row
+            for oh in range(row0, row1):
+                for seg in range((r.Wo + 2 * L - 1) // (2 * L)):
+                    ow0 = seg * 2 * L
+                    nl = min(2 * L, r.Wo - ow0)
+                    _blocks(copy + (oh - row0) * row_step + ow0, toff, L, wp, bp,
+                            out + (n * r.G + g) * r.Co * OHW + oh * r.Wo + ow0, L,
+                            2 if nl > L else 1, min(L, nl), nl - L, g, r)
+
+
+cdef inline void _blocks(const floating* base, const ptrdiff_t* toff, Py_ssize_t in_step,
+                         const floating* wp, const floating* bp, floating* out, Py_ssize_t out_step,
+                         int nvec, Py_ssize_t lanes0, Py_ssize_t lanes1, Py_ssize_t g,
+                         const RowConv* r) noexcept nogil:
+    """Every filter block of group g for one placement of the kernel's vectors."""
+    cdef Py_ssize_t nfb = (r.Co + FL_FB - 1) // FL_FB
+    cdef Py_ssize_t fb
+    for fb in range(nfb):
+        _block(base, toff, r.K, in_step, wp + (g * nfb + fb) * r.K * FL_FB, bp + (g * nfb + fb) * FL_FB,
+               out + fb * FL_FB * r.Ho * r.Wo, r.Ho * r.Wo, out_step, <int>min(FL_FB, r.Co - fb * FL_FB),
+               nvec, <int>lanes0, <int>lanes1)
 
 
 cdef inline void _block(const floating* base, const ptrdiff_t* toff, Py_ssize_t ntaps,
-                        const floating* wp, const floating* bias, floating* out, Py_ssize_t ld,
-                        int nf, int nl) noexcept nogil:
+                        Py_ssize_t in_step, const floating* wp, const floating* bias, floating* out,
+                        Py_ssize_t ld, Py_ssize_t out_step, int nf, int nvec, int lanes0,
+                        int lanes1) noexcept nogil:
     if floating is float:
-        fl_direct_block_float(base, toff, ntaps, wp, bias, out, ld, nf, nl)
+        fl_direct_block_float(base, toff, ntaps, in_step, wp, bias, out, ld, out_step, nf, nvec, lanes0, lanes1)
     else:
-        fl_direct_block_double(base, toff, ntaps, wp, bias, out, ld, nf, nl)
+        fl_direct_block_double(base, toff, ntaps, in_step, wp, bias, out, ld, out_step, nf, nvec, lanes0, lanes1)
 
 
 def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] packed_w,

@@ -1,14 +1,17 @@
 /* The register-blocked inner kernel of conv2d_direct.pyx: one block of FL_FB filters by one or
  * two vectors of output columns, summed over a list of kernel taps.
  *
- *   out[i][j] = bias[i] + sum_t  wp[t * FL_FB + i] * base[toff[t] + j]      i < FL_FB, j < V * lanes
+ *   out[i * ld + v * out_step + j] = bias[i] + sum_t  wp[t * FL_FB + i] * base[toff[t] + v * in_step + j]
+ *                                    i < FL_FB, v < V, j < lanes of one vector
  *
- * base + toff[t] points at the V * lanes input values tap t sees for these output columns, in
- * the caller's padded copy of the input (so they are contiguous and always inside it), and
- * wp + t * FL_FB at that tap's FL_FB weights, packed filter-fastest so the broadcasts read one
- * cache line. The FL_FB * V
- * accumulators (16 for V = 2) live in registers for the whole tap loop; each tap costs V loads,
- * FL_FB broadcasts and FL_FB * V multiply-adds.
+ * The V vectors are either two halves of one row segment (in_step = out_step = one vector) or
+ * the same columns of two output rows (in_step = the input rows between them, out_step = the
+ * output row length), which keeps 16 accumulators busy on rows narrower than a vector.
+ * base + toff[t] points at the input values tap t sees, in the caller's padded copy of the input
+ * (so they are contiguous and always inside it), and wp + t * FL_FB at that tap's FL_FB weights,
+ * packed filter-fastest so the broadcasts read one cache line. The FL_FB * V accumulators live in
+ * registers for the whole tap loop; each tap costs V loads, FL_FB broadcasts and FL_FB * V
+ * multiply-adds.
  *
  * Why C: the accumulators must stay in registers, which GCC does for these vector-extension
  * types but not reliably for a Cython array of accumulators; and the kernel is compiled for
@@ -16,9 +19,10 @@
  * default portable build still uses AVX-512 or AVX2 where they exist. A vector is 64 bytes
  * (16 floats, 8 doubles): one AVX-512 register, two AVX2 ones, four SSE2 ones.
  *
- * The results are stored as out[i * ld + j] for i < nf, j < nlanes: full vectors straight into
- * the output, a partial block (the last columns of a row, the last filters) through a copy.
- * Every output is summed over the taps in list order: the same list gives the same bits.
+ * Only the first nf filters and the first lanes[v] lanes of vector v are stored: whole vectors
+ * straight into the output, a partial block (the last columns of a row, the last filters)
+ * through a copy. Every output is summed over the taps in list order: the same list gives the
+ * same bits.
  */
 #ifndef FASTLAYERS_CONV2D_DIRECT_SIMD_H
 #define FASTLAYERS_CONV2D_DIRECT_SIMD_H
@@ -37,34 +41,38 @@ typedef double fl_vdouble __attribute__((vector_size(64), aligned(8), may_alias)
 #define FL_CLONES
 #endif
 
-/* Store FL_FB rows of V vectors: the whole block in place, or its nf x nlanes corner through
+/* Store FL_FB rows of V vectors: the whole block in place, or its nf x lanes[v] corner through
  * tmp. Every index into acc is a constant once the loops are unrolled, so acc never needs an
  * address (which would keep a copy of it on the stack). */
-#define FL_STORE_BLOCK(T, VT, V, acc)                                                  \
-    do {                                                                               \
-        const int L_ = (int)(64 / sizeof(T));                                          \
-        if (nf == FL_FB && nlanes == (V) * L_) {                                       \
-            _Pragma("GCC unroll 8") for (int i = 0; i < FL_FB; i++)                    \
-                _Pragma("GCC unroll 2") for (int v = 0; v < (V); v++)                  \
-                    *(VT *)(out + i * ld + v * L_) = acc[i][v];                        \
-        } else {                                                                       \
-            VT tmp[FL_FB][V];                                                          \
-            _Pragma("GCC unroll 8") for (int i = 0; i < FL_FB; i++)                    \
-                _Pragma("GCC unroll 2") for (int v = 0; v < (V); v++)                  \
-                    tmp[i][v] = acc[i][v];                                             \
-            for (int i = 0; i < nf; i++)                                               \
-                memcpy(out + i * ld, &tmp[i][0], (size_t)nlanes * sizeof(T));          \
-        }                                                                              \
+#define FL_STORE_BLOCK(T, VT, V, acc)                                                      \
+    do {                                                                                   \
+        const int L_ = (int)(64 / sizeof(T));                                              \
+        int full = nf == FL_FB;                                                            \
+        for (int v = 0; v < (V); v++)                                                      \
+            full = full && lanes[v] == L_;                                                 \
+        if (full) {                                                                        \
+            _Pragma("GCC unroll 8") for (int i = 0; i < FL_FB; i++)                        \
+                _Pragma("GCC unroll 2") for (int v = 0; v < (V); v++)                      \
+                    *(VT *)(out + i * ld + v * out_step) = acc[i][v];                      \
+        } else {                                                                           \
+            VT tmp[FL_FB][V];                                                              \
+            _Pragma("GCC unroll 8") for (int i = 0; i < FL_FB; i++)                        \
+                _Pragma("GCC unroll 2") for (int v = 0; v < (V); v++)                      \
+                    tmp[i][v] = acc[i][v];                                                 \
+            for (int i = 0; i < nf; i++)                                                   \
+                for (int v = 0; v < (V); v++)                                              \
+                    memcpy(out + i * ld + v * out_step, &tmp[i][v], (size_t)lanes[v] * sizeof(T)); \
+        }                                                                                  \
     } while (0)
 
-/* The kernel for V vectors of columns. The accumulator array is indexed with constants only
- * once the fixed-count loops are unrolled, so it is kept in registers. */
+/* The kernel for V vectors. The accumulator array is indexed with constants only once the
+ * fixed-count loops are unrolled, so it is kept in registers. */
 #define FL_DIRECT_BLOCK(T, VT, V)                                                              \
     FL_CLONES static void fl_direct_block##V##_##T(                                           \
-        const T *base, const ptrdiff_t *toff, ptrdiff_t ntaps, const T *wp,                    \
-        const T *bias, T *out, ptrdiff_t ld, int nf, int nlanes)                               \
+        const T *base, const ptrdiff_t *toff, ptrdiff_t ntaps, ptrdiff_t in_step,              \
+        const T *wp, const T *bias, T *out, ptrdiff_t ld, ptrdiff_t out_step, int nf,          \
+        const int *lanes)                                                                      \
     {                                                                                          \
-        const int L = (int)(64 / sizeof(T));                                                   \
         VT acc[FL_FB][V];                                                                      \
         _Pragma("GCC unroll 8") for (int i = 0; i < FL_FB; i++)                                \
             _Pragma("GCC unroll 2") for (int v = 0; v < (V); v++)                              \
@@ -74,7 +82,7 @@ typedef double fl_vdouble __attribute__((vector_size(64), aligned(8), may_alias)
             const T *w = wp + t * FL_FB;                                                       \
             VT x[V];                                                                           \
             _Pragma("GCC unroll 2") for (int v = 0; v < (V); v++)                              \
-                x[v] = *(const VT *)(s + v * L);                                               \
+                x[v] = *(const VT *)(s + v * in_step);                                         \
             _Pragma("GCC unroll 8") for (int i = 0; i < FL_FB; i++)                            \
                 _Pragma("GCC unroll 2") for (int v = 0; v < (V); v++)                          \
                     acc[i][v] += w[i] * x[v];                                                  \
@@ -87,16 +95,19 @@ FL_DIRECT_BLOCK(float, fl_vfloat, 2)
 FL_DIRECT_BLOCK(double, fl_vdouble, 1)
 FL_DIRECT_BLOCK(double, fl_vdouble, 2)
 
-/* The block for `nlanes` columns: two vectors when more than one is needed. */
+/* The block for `nvec` (1 or 2) vectors, lanes0 and lanes1 of them stored. */
 #define FL_DIRECT_DISPATCH(T)                                                                  \
     static inline void fl_direct_block_##T(const T *base, const ptrdiff_t *toff,               \
-                                           ptrdiff_t ntaps, const T *wp, const T *bias,        \
-                                           T *out, ptrdiff_t ld, int nf, int nlanes)           \
+                                           ptrdiff_t ntaps, ptrdiff_t in_step, const T *wp,    \
+                                           const T *bias, T *out, ptrdiff_t ld,                \
+                                           ptrdiff_t out_step, int nf, int nvec,               \
+                                           int lanes0, int lanes1)                             \
     {                                                                                          \
-        if (nlanes > (int)(64 / sizeof(T)))                                                    \
-            fl_direct_block2_##T(base, toff, ntaps, wp, bias, out, ld, nf, nlanes);            \
+        const int lanes[2] = {lanes0, lanes1};                                                 \
+        if (nvec == 2)                                                                         \
+            fl_direct_block2_##T(base, toff, ntaps, in_step, wp, bias, out, ld, out_step, nf, lanes); \
         else                                                                                   \
-            fl_direct_block1_##T(base, toff, ntaps, wp, bias, out, ld, nf, nlanes);            \
+            fl_direct_block1_##T(base, toff, ntaps, in_step, wp, bias, out, ld, out_step, nf, lanes); \
     }
 
 FL_DIRECT_DISPATCH(float)
