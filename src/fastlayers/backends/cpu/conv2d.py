@@ -71,22 +71,26 @@ def _check_blas_sizes(g, rows):
 
 
 # Measured on this 2-core machine (float32, 2 threads, bench/bench_conv2d.py --algos and --small,
-# medians): the direct forward (a register-blocked kernel at 95-110 GFLOP/s per core) beats
-# im2col + GEMM (OpenBLAS at ~100 GFLOP/s per core, plus building the column matrix) on every
-# benchmark case with a kernel wider than 1x1: cifar-stem 0.49 vs 0.62 ms, lenet 0.13 vs 0.20,
-# resnet-56 44.9 vs 49.0, resnet-28 39.3 vs 42.7, resnet-14 about even (9.5-11.3 vs 10.1). On 1x1
-# kernels the column matrix is the input itself or a strided subsample of it, and the GEMM wins
-# (down-1x1 1.8 vs 2.4 ms). Under about 4e5 FLOP the per-call set-up decides and im2col's is
-# smaller (27-40 vs 31-55 us). The direct backward loses everywhere (its dw is a scalar loop):
-# cifar-stem 11.6 vs 1.3 ms, lenet 1.0 vs 0.3, tiny shapes 50-570 vs 36-122 us.
+# medians of 7-15): the direct forward (a register-blocked kernel at 92-95 GFLOP/s on one core)
+# beats im2col + GEMM (OpenBLAS at ~100 GFLOP/s per core, plus building the column matrix) on
+# the benchmark cases with kernels wider than 1x1 and up to K = C/groups*KH*KW = 1152 taps:
+# cifar-stem 0.35-0.49 vs 0.51-0.62 ms, lenet 0.13-0.14 vs 0.20, resnet-56 42-45 vs 45-49,
+# resnet-28 39-40 vs 43. At K = 2304 (resnet-14) im2col is as fast or faster in three runs of
+# four (10.3-10.7 vs 11.1-15.1 ms): a kernel call sums more taps than its rows and weights keep
+# in L2. On 1x1 kernels the column matrix is the input itself or a strided subsample of it, and
+# the GEMM wins (down-1x1 1.7-1.8 vs 2.2-2.4 ms). Under about 4e5 FLOP the per-call set-up
+# decides and im2col's is smaller (27-40 vs 31-55 us). The direct backward loses everywhere (its
+# dw is a scalar loop): cifar-stem 7.4-11.6 vs 1.0-1.3 ms, tiny shapes 50-570 vs 36-122 us.
 DIRECT_MIN_FLOPS = 400_000
+DIRECT_MAX_TAPS = 2048
 
 
 def choose_algo(g, direction):
-    """``algo="auto"``: for the forward, "direct" for kernels larger than 1x1 of at least
-    ``DIRECT_MIN_FLOPS`` FLOP, "im2col" otherwise; for the backward ("direction" "backward"),
-    "im2col"."""
-    if direction == "forward" and g.KH * g.KW > 1 and g.flops >= DIRECT_MIN_FLOPS:
+    """``algo="auto"``: for the forward, "direct" for kernels larger than 1x1 with at most
+    ``DIRECT_MAX_TAPS`` taps per output (C/groups * KH * KW) and at least ``DIRECT_MIN_FLOPS``
+    FLOP, "im2col" otherwise; for the backward ("direction" "backward"), "im2col"."""
+    taps = (g.C // g.groups) * g.KH * g.KW
+    if direction == "forward" and g.KH * g.KW > 1 and taps <= DIRECT_MAX_TAPS and g.flops >= DIRECT_MIN_FLOPS:
         return "direct"
     return "im2col"
 
