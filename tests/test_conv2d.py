@@ -287,13 +287,15 @@ def test_concurrent_callers_keep_their_own_workspaces():
 
 def test_auto_heuristic():
     """Forward: direct for kernels larger than 1x1 from DIRECT_MIN_FLOPS on and up to
-    DIRECT_MAX_TAPS taps, im2col for 1x1, tiny and long convolutions; backward: im2col."""
+    DIRECT_MAX_TAPS taps and DIRECT_MIN_PLANES images, im2col for 1x1, tiny, long and few-image
+    convolutions; backward: im2col."""
     cases = [
         ((1, 1, 8, 8), (4, 1, 3, 3), {}, "im2col"),  # tiny: set-up dominates
         ((32, 3, 32, 32), (32, 3, 3, 3), dict(padding=1), "direct"),  # cifar-stem
         ((32, 1, 28, 28), (8, 1, 5, 5), {}, "direct"),  # lenet
         ((32, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "direct"),  # resnet-56
         ((8, 256, 14, 14), (256, 256, 3, 3), dict(padding=1), "im2col"),  # resnet-14: 2304 taps
+        ((1, 128, 28, 28), (128, 128, 3, 3), dict(padding=1), "im2col"),  # one image
         ((16, 64, 56, 56), (128, 64, 1, 1), dict(stride=2), "im2col"),  # down-1x1
         ((8, 64, 56, 56), (64, 64, 1, 1), {}, "im2col"),  # pointwise
     ]

@@ -79,18 +79,23 @@ def _check_blas_sizes(g, rows):
 # four (10.3-10.7 vs 11.1-15.1 ms): a kernel call sums more taps than its rows and weights keep
 # in L2. On 1x1 kernels the column matrix is the input itself or a strided subsample of it, and
 # the GEMM wins (down-1x1 1.7-1.8 vs 2.2-2.4 ms). Under about 4e5 FLOP the per-call set-up
-# decides and im2col's is smaller (27-40 vs 31-55 us). The direct backward loses everywhere (its
+# decides and im2col's is smaller (27-40 vs 31-55 us). With few images the direct tasks (bands of
+# rows, each copying the input rows it reads) get thin: resnet-28 at N=1 1.76 vs 1.34 ms, at N=4
+# and N=16 even (`python -m fastlayers bench --quick`). The direct backward loses everywhere (its
 # dw is a scalar loop): cifar-stem 7.4-11.6 vs 1.0-1.3 ms, tiny shapes 50-570 vs 36-122 us.
 DIRECT_MIN_FLOPS = 400_000
 DIRECT_MAX_TAPS = 2048
+DIRECT_MIN_PLANES = 8  # images x groups
 
 
 def choose_algo(g, direction):
     """``algo="auto"``: for the forward, "direct" for kernels larger than 1x1 with at most
-    ``DIRECT_MAX_TAPS`` taps per output (C/groups * KH * KW) and at least ``DIRECT_MIN_FLOPS``
-    FLOP, "im2col" otherwise; for the backward ("direction" "backward"), "im2col"."""
+    ``DIRECT_MAX_TAPS`` taps per output (C/groups * KH * KW), at least ``DIRECT_MIN_FLOPS`` FLOP
+    and ``DIRECT_MIN_PLANES`` (image, group) planes, "im2col" otherwise; for the backward
+    ("direction" "backward"), "im2col"."""
     taps = (g.C // g.groups) * g.KH * g.KW
-    if direction == "forward" and g.KH * g.KW > 1 and taps <= DIRECT_MAX_TAPS and g.flops >= DIRECT_MIN_FLOPS:
+    if (direction == "forward" and g.KH * g.KW > 1 and taps <= DIRECT_MAX_TAPS
+            and g.flops >= DIRECT_MIN_FLOPS and g.N * g.groups >= DIRECT_MIN_PLANES):
         return "direct"
     return "im2col"
 
