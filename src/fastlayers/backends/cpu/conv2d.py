@@ -121,9 +121,10 @@ def _direct_band(g, backward_input, dtype, threads):
     planes, rows = g.N * g.groups, g.H if backward_input else g.OH
     band = max(1, -(-rows // -(-4 * threads // planes)))
     itemsize = np.dtype(dtype).itemsize
-    while band > 1 and _direct.scratch_bytes(g, band, backward_input, itemsize) > _DIRECT_BAND_BYTES:
-        band = -(-band // 2)
     nbytes = _direct.scratch_bytes(g, band, backward_input, itemsize)
+    while band > 1 and nbytes > _DIRECT_BAND_BYTES:
+        band = -(-band // 2)
+        nbytes = _direct.scratch_bytes(g, band, backward_input, itemsize)
     return band, scratch("direct", (threads, nbytes), np.uint8)
 
 
@@ -137,10 +138,10 @@ def conv2d(x, w, b, g, algo, out):
     xc, wc = contiguous(x), contiguous(w)
     bias = contiguous(b) if b is not None else np.zeros(g.F, dtype=x.dtype)
     if algo == "direct":
-        packed_b = _pack_filters(bias.reshape(g.groups, g.F // g.groups, 1))[..., 0, :]
+        packed_w = _pack_filters(wc.reshape(g.groups, g.F // g.groups, -1))
+        packed_b = _pack_filters(bias.reshape(g.groups, g.F // g.groups, 1)).reshape(packed_w.shape[:2] + (-1,))
         band, work = _direct_band(g, False, x.dtype, threads)
-        _direct.conv2d_forward(xc, _pack_filters(wc.reshape(g.groups, g.F // g.groups, -1)),
-                               np.ascontiguousarray(packed_b), y, work, g, band, threads)
+        _direct.conv2d_forward(xc, packed_w, packed_b, y, work, g, band, threads)
         return y
     rows = _band_rows(g, threads, x.dtype.itemsize)
     _check_blas_sizes(g, rows)
