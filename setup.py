@@ -13,8 +13,6 @@ Build switches (environment variables):
 import os
 import shutil
 import subprocess
-import sys
-import sysconfig
 import tempfile
 import textwrap
 import warnings
@@ -76,19 +74,13 @@ class BuildExtWithOpenMP(build_ext):
 
 
 def _openblas_link_args():
-    """Compile and link against scipy-openblas32's cblas.h and library. The extensions find the
-    library at run time through an rpath: relative, for an install beside the scipy_openblas32
-    package in the same site-packages (fastlayers/_cpu/ -> scipy_openblas32/lib/), and the
-    build-time directory itself, for in-place and editable builds."""
+    """Compile and link against scipy-openblas32's cblas.h and library. No run path is recorded:
+    fastlayers/_cpu/__init__.py loads the library from the installed package before the
+    extensions (a build-time path dies with an isolated build environment)."""
     import scipy_openblas32
 
-    lib_dir = scipy_openblas32.get_lib_dir()
-    args = dict(include_dirs=[scipy_openblas32.get_include_dir()], library_dirs=[lib_dir],
-                libraries=[scipy_openblas32.get_library()], extra_link_args=[])
-    origin = "@loader_path" if sys.platform == "darwin" else "$ORIGIN"
-    if sys.platform != "win32":
-        args["extra_link_args"] = [f"-Wl,-rpath,{origin}/../../scipy_openblas32/lib", f"-Wl,-rpath,{lib_dir}"]
-    return args
+    return dict(include_dirs=[scipy_openblas32.get_include_dir()], library_dirs=[scipy_openblas32.get_lib_dir()],
+                libraries=[scipy_openblas32.get_library()])
 
 
 def extensions():
@@ -107,7 +99,6 @@ def extensions():
             libraries=blas["libraries"],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
             extra_compile_args=list(opt),
-            extra_link_args=list(blas["extra_link_args"]),
         )
         for pyx in sorted(KERNELS.glob("*.pyx"))
         if not ONLY or pyx.stem in ONLY

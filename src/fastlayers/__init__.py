@@ -6,6 +6,7 @@ imported only when first used). See ``fastlayers.backends()``.
 # The backend implementations live in the subpackage fastlayers.backends, whose import would bind
 # the name `backends` on this package: import it (it is light) before the function takes the name.
 from . import backends as _backend_package  # noqa: F401
+from .backends import cpu as _cpu_backend  # noqa: F401  (loads the compiled kernels: a broken install warns now)
 from ._dispatch import backends, get_num_threads, set_backend, set_num_threads, threads, use_backend
 from .functional import (
     conv2d,

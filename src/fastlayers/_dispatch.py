@@ -101,6 +101,9 @@ def resolve(op, backend, arrays):
     if not available:
         raise RuntimeError(f"backend {name!r} is not available here: {reason}")
     if op not in mod.OPS:
+        load_error = getattr(mod, "load_error", lambda op: None)(op)
+        if load_error:
+            raise RuntimeError(f"backend {name!r} cannot run {op}: {load_error}")
         raise NotImplementedError(f"backend {name!r} does not implement {op}; it has {sorted(mod.OPS)}")
     if name != "cuda" and _on_gpu(arrays):
         raise TypeError(f"backend {name!r} needs host (NumPy) arrays, got GPU arrays; use backend='cuda'")

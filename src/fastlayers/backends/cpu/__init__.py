@@ -1,47 +1,56 @@
 """The ``"cpu"`` backend: Cython + OpenMP kernels (sources in kernels/cpu/, compiled into
-``fastlayers._cpu``), one part module per op family.
+``fastlayers._cpu``, which loads the libraries they link: see its docstring), one part module per
+op family.
 
-Each part module defines ``OPS`` and the functions named there; a part whose compiled kernels are
-missing (a broken install) leaves its ops out and says why in ``availability()``.
-
-BLAS threads: the kernels call the OpenBLAS of ``scipy-openblas32`` (linked at build time, see
-kernels/cpu/_blas.pxd) from inside their own OpenMP threads, each on its own block, so that
-library must run single-threaded: threads of its own would oversubscribe the cores, and its idle
-workers busy-wait after start-up (~0.1 s), taking a core from our team. It is loaded by the
-imports below with ``OPENBLAS_NUM_THREADS=1``, read once when OpenBLAS initialises, so it starts
-no worker thread at all. The variable is restored right after: NumPy's and SciPy's own BLAS
-(other libraries, loaded at other times) keep their threads, and no process-wide thread setting
-is changed during calls (which concurrent callers could otherwise leave changed).
+Each part module defines ``OPS`` and the functions named there. A part is named after its op
+family, and its ops' names start with that name (``conv2d``: ``conv2d``, ``conv2d_backward``).
+A part whose compiled kernels fail to load (a broken install) leaves its ops out, warns once
+when fastlayers is imported, and says why in ``availability()`` and in ``load_error(op)``.
 """
 import importlib
-import os
+import warnings
 
 _PARTS = ("max_pool2d", "conv2d", "rnn")
 
 OPS = frozenset()
-_missing = []
-_user_setting = os.environ.get("OPENBLAS_NUM_THREADS")
-os.environ["OPENBLAS_NUM_THREADS"] = "1"
-try:
-    for _part in _PARTS:
-        try:
-            _mod = importlib.import_module(f"{__name__}.{_part}")
-        except ImportError as exc:
-            _missing.append(f"{_part}: {exc}")
-            continue
-        OPS |= _mod.OPS
-        globals().update({op: getattr(_mod, op) for op in _mod.OPS})
-finally:
-    if _user_setting is None:
-        del os.environ["OPENBLAS_NUM_THREADS"]
-    else:
-        os.environ["OPENBLAS_NUM_THREADS"] = _user_setting
+_load_errors = {}
+for _part in _PARTS:
+    try:
+        _mod = importlib.import_module(f"{__name__}.{_part}")
+    except ImportError as exc:
+        _load_errors[_part] = f"{type(exc).__name__}: {exc}"
+        continue
+    OPS |= _mod.OPS
+    globals().update({op: getattr(_mod, op) for op in _mod.OPS})
+
+FIX = ("reinstall fastlayers so that its extensions are built for this Python and scipy-openblas32 "
+       "is installed (from a checkout: `python -m pip install .`, or `-e .`)")
+
+
+def _describe(errors):
+    return "; ".join(f"{part}: {error}" for part, error in errors.items())
+
+
+def load_error(op):
+    """Why ``op``'s compiled kernels failed to load, or None if they loaded (or it has none)."""
+    for part, error in _load_errors.items():
+        if op.startswith(part):
+            return f"the compiled {part} kernels failed to load ({error}); {FIX}"
+    return None
 
 
 def availability():
     if not OPS:
-        return False, "compiled kernels missing (reinstall with `pip install .`): " + "; ".join(_missing)
+        return False, f"compiled kernels failed to load ({_describe(_load_errors)}); {FIX}"
     reason = "Cython + OpenMP kernels"
-    if _missing:
-        reason += " (missing: " + "; ".join(_missing) + ")"
+    if _load_errors:
+        reason += f" (failed to load: {_describe(_load_errors)})"
     return True, reason
+
+
+if _load_errors:
+    warnings.warn(
+        f"fastlayers: compiled CPU kernels failed to load, so {', '.join(_load_errors)} run on the slow "
+        f"NumPy reference ({_describe(_load_errors)}). Fix: {FIX}.",
+        RuntimeWarning, stacklevel=2,
+    )
