@@ -421,6 +421,64 @@ def _(backend):
             backend=backend)
 
 
+@hostile("c-int-sizes", "rnn")
+def _(backend):
+    if backend != "cpu":
+        pytest.skip("the cpu backend's BLAS takes C-int sizes; the other backends index in 64 bits")
+    import tempfile
+
+    # D = 2**32 + 1 would reach BLAS as D = 1 (tanh(1.5) = 0.905 came back as 0.462), D = 2**31 as
+    # an "illegal value": sparse memory maps, so no memory is touched when the call is refused.
+    with tempfile.TemporaryDirectory() as tmp:
+        for D in (2**31, 2**32 + 1):
+            x = np.memmap(f"{tmp}/x{D}", np.float32, "w+", shape=(1, 1, D))
+            Wx = np.memmap(f"{tmp}/w{D}", np.float32, "w+", shape=(D, 1))
+            one = np.ones((1, 1), np.float32)
+            _raises(ValueError, ["D=" + str(D), "C ints", "2**31 - 1"], fl.rnn, x, None, Wx, one, backend=backend)
+            _raises(ValueError, ["D=" + str(D), "C ints"], fl.rnn_backward, np.ones((1, 1, 1), np.float32), x, None,
+                    Wx, one, np.zeros((1, 1, 1), np.float32), backend=backend)
+            del x, Wx
+
+
+@hostile("re-entrant-call", "conv2d_backward")
+def _(backend):
+    """A call that starts while another is between its kernel and its last step, on the same thread (as a
+    signal handler or a finalizer would), must not touch the first call's workspaces."""
+    if backend != "cpu":
+        pytest.skip("the cpu backend is the one caching workspaces across calls")
+    import importlib
+
+    cpu_conv2d = importlib.import_module("fastlayers.backends.cpu.conv2d")
+    rng = np.random.default_rng(5)
+    x, w = rng.standard_normal((4, 3, 6, 6)), rng.standard_normal((2, 3, 3, 3))
+    dy = rng.standard_normal((4, 2, 4, 4))
+    kernels = cpu_conv2d._im2col
+    nested, interrupted = [], []
+
+    class Interrupting:  # the kernel module, with a "handler" running right after the kernel returns
+        def __getattr__(self, name):
+            return getattr(kernels, name)
+
+        def conv2d_backward(self, *args):
+            kernels.conv2d_backward(*args)
+            if not interrupted:
+                interrupted.append(True)
+                nested.append(fl.conv2d_backward(-2 * dy, x, w, algo="im2col", backend=backend))
+
+    cpu_conv2d._im2col = Interrupting()
+    try:
+        with fl.threads(2):
+            got = fl.conv2d_backward(dy, x, w, algo="im2col", backend=backend)
+    finally:
+        cpu_conv2d._im2col = kernels
+    want = reference.conv2d_backward(dy, x, w)
+    assert nested, "the interrupting call did not run"
+    for i, (g, e) in enumerate(zip(got, want)):  # float64 sums of <= 432 products: 1e-12 is ~1000 ulp
+        np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-12, err_msg=f"interrupted call, output {i}")
+    for i, (g, e) in enumerate(zip(nested[0], want)):
+        np.testing.assert_allclose(g, -2 * e, rtol=1e-12, atol=1e-12, err_msg=f"nested call, output {i}")
+
+
 def _empty_calls(op):
     """Calls of ``op`` with an empty batch (N = 0), and for rnn an empty sequence (T = 0)."""
     from _random_calls import fixed_call

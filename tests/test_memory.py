@@ -77,3 +77,20 @@ def test_huge_request_fails_cleanly(op, backend):
         assert "too large" in str(info.value) or "elements" in str(info.value), str(info.value)
     # The process is intact: the same op still works.
     fixed_call(op, np.float64).run(backend)
+
+
+@pytest.mark.skipif("cpu" not in {backend for _, backend in kernel_pairs()}, reason="no cpu backend")
+def test_release_workspaces_frees_the_cached_scratch():
+    """rnn_backward caches a T*N*H workspace per thread; fl.release_workspaces() gives it back."""
+    import fastlayers as fl
+
+    T, N, D, H = 64, 8, 4, 128
+    rng = np.random.default_rng(0)
+    x, Wx, Wh = rng.standard_normal((T, N, D)), rng.standard_normal((D, H)), 0.1 * rng.standard_normal((H, H))
+    hs = fl.rnn(x, None, Wx, Wh, backend="cpu")
+    expected = fl.rnn_backward(np.ones_like(hs), x, None, Wx, Wh, hs, backend="cpu")
+    assert fl.release_workspaces() >= T * N * H * 8
+    assert fl.release_workspaces() == 0  # nothing left
+    again = fl.rnn_backward(np.ones_like(hs), x, None, Wx, Wh, hs, backend="cpu")
+    for got, want in zip(again, expected):  # a fresh workspace, the same computation
+        np.testing.assert_array_equal(got, want)

@@ -22,6 +22,17 @@ from . import augment, filters, layers, losses, optim  # NumPy only: keeps the i
 
 __version__ = "0.1.0"
 
+
+def release_workspaces():
+    """Free the scratch buffers the CPU kernels keep cached between calls, in every thread, and
+    return how many bytes that released. Each thread keeps one buffer per kind at the largest size
+    it has needed (``rnn_backward`` one of T*N*H elements, conv2d its column tiles) until the
+    thread ends; call this after a burst of large calls. Nothing to free if no CPU kernel ran."""
+    import sys
+
+    common = sys.modules.get("fastlayers.backends.cpu._common")
+    return 0 if common is None else common.release_workspaces()
+
 __all__ = [
     "augment",
     "backends",
@@ -34,6 +45,7 @@ __all__ = [
     "max_pool2d",
     "max_pool2d_backward",
     "optim",
+    "release_workspaces",
     "rnn",
     "rnn_backward",
     "rnn_step",

@@ -1,21 +1,72 @@
 """What the CPU backend's part modules share: per-thread workspaces and C-order inputs."""
 import threading
+import weakref
 
 import numpy as np
 
+BLAS_INT_MAX = 2**31 - 1  # BLAS sizes and leading dimensions are C ints
+
 _local = threading.local()
+_caches = weakref.WeakSet()  # every thread's cache, for release_workspaces()
 
 
-def workspace(slot, shape, dtype):
-    """A scratch array of ``shape`` reused across this Python thread's calls (one per ``slot``),
-    so multi-MiB buffers are not faulted in again on every call, and concurrent callers (the
-    kernels run without the GIL) never share one. Contents are undefined."""
-    cache = _local.__dict__.setdefault("buffers", {})
-    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    buf = cache.get(slot)
-    if buf is None or buf.size < size:
-        buf = cache[slot] = np.empty(size, dtype=np.uint8)
-    return buf[:size].view(dtype).reshape(shape)
+class _Cache:
+    """One Python thread's workspaces: ``buffers``, slot -> uint8 buffer."""
+
+    __slots__ = ("buffers", "__weakref__")
+
+    def __init__(self):
+        self.buffers = {}
+
+
+class workspace:
+    """``with workspace(slot, shape, dtype) as buf:`` a scratch array of ``shape`` for one call.
+
+    Buffers are reused across the calling Python thread's calls (one per ``slot``), so multi-MiB
+    buffers are not faulted in again on every call, and concurrent callers (the kernels run
+    without the GIL) never share one. A buffer is checked out of the cache for the whole ``with``
+    block and checked back in at its end: a call made meanwhile on the same thread (a signal
+    handler, a finalizer run by the garbage collector) finds the slot empty and gets a buffer of
+    its own, so it can never overwrite the interrupted call's partial results. Contents are
+    undefined. ``release_workspaces()`` drops what is cached."""
+
+    __slots__ = ("_slot", "_shape", "_dtype", "_buf")
+
+    def __init__(self, slot, shape, dtype):
+        self._slot, self._shape, self._dtype = slot, shape, np.dtype(dtype)
+
+    def __enter__(self):
+        cache = getattr(_local, "cache", None)
+        if cache is None:
+            cache = _local.cache = _Cache()
+            _caches.add(cache)
+        cache = cache.buffers
+        size = int(np.prod(self._shape, dtype=np.int64)) * self._dtype.itemsize
+        buf = cache.pop(self._slot, None)  # one C call: atomic for signal handlers and threads
+        if buf is None or buf.size < size:
+            buf = np.empty(size, dtype=np.uint8)
+        self._buf = buf
+        return buf[:size].view(self._dtype).reshape(self._shape)
+
+    def __exit__(self, *exc):
+        cache = _local.cache.buffers
+        kept = cache.get(self._slot)
+        if kept is None or kept.size < self._buf.size:  # keep the larger
+            cache[self._slot] = self._buf
+        self._buf = None
+        return False
+
+
+def release_workspaces():
+    """``fastlayers.release_workspaces()``: empty every thread's cache. Buffers checked out by a
+    running call stay with it and are cached again when it returns. Returns the bytes released."""
+    released = 0
+    for cache in list(_caches):
+        for slot in list(cache.buffers):
+            buf = cache.buffers.pop(slot, None)
+            if buf is not None:
+                released += buf.nbytes
+    return released
 
 
 def contiguous(a):

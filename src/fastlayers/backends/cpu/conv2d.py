@@ -11,15 +11,16 @@ order. So im2col results change with the thread count by float rounding only.
 Scratch memory is bounded whatever the batch size: an im2col column tile is at most
 ``column_tile_bytes()`` (a band of output rows whose columns fit, at least one row) per thread,
 two of them in the backward (columns of x and of dx), plus one partial dw (the size of w) per
-thread in the backward. Workspaces are cached per Python thread (``threading.local``, kept at
-their largest size until that thread ends), so concurrent callers never share one.
+thread in the backward. Workspaces are cached per Python thread and checked out for the call
+(``_common.workspace``), so concurrent or re-entrant callers never share one; they keep their
+largest size until the thread ends or ``fastlayers.release_workspaces()``.
 """
 import numpy as np
 
 from ..._cpu import conv2d_direct as _direct
 from ..._cpu import im2col as _im2col
 from ..._dispatch import get_num_threads
-from ._common import contiguous
+from ._common import BLAS_INT_MAX, contiguous
 from ._common import workspace as scratch
 
 OPS = frozenset({"conv2d", "conv2d_backward"})
@@ -32,7 +33,6 @@ OPS = frozenset({"conv2d", "conv2d_backward"})
 # to 8 MiB within the run-to-run noise (resnet-56 forward 44.6-47.3 ms, resnet-14 10.4-12.4 ms).
 _column_tile_bytes = 1 << 21
 
-_INT_MAX = 2**31 - 1  # BLAS sizes and leading dimensions are C ints
 
 
 def column_tile_bytes():
@@ -66,7 +66,7 @@ def _band_rows(g, threads, itemsize):
 
 def _check_blas_sizes(g, rows):
     K = (g.C // g.groups) * g.KH * g.KW
-    if max(g.H * g.W, g.OH * g.OW, K * rows * g.OW, g.F * K) > _INT_MAX:
+    if max(g.H * g.W, g.OH * g.OW, K * rows * g.OW, g.F * K) > BLAS_INT_MAX:
         raise ValueError(f"conv2d sizes exceed what BLAS can index (C int) for algo='im2col': {g}")
 
 
@@ -117,7 +117,7 @@ _DIRECT_BAND_BYTES = 1 << 20
 
 
 def _direct_band(g, backward_input, dtype, threads):
-    """Output rows per direct task, and the per-thread scratch for it."""
+    """Output rows per direct task, and the bytes of per-thread scratch it needs."""
     planes, rows = g.N * g.groups, g.H if backward_input else g.OH
     band = max(1, -(-rows // -(-4 * threads // planes)))
     itemsize = np.dtype(dtype).itemsize
@@ -125,7 +125,7 @@ def _direct_band(g, backward_input, dtype, threads):
     while band > 1 and nbytes > _DIRECT_BAND_BYTES:
         band = -(-band // 2)
         nbytes = _direct.scratch_bytes(g, band, backward_input, itemsize)
-    return band, scratch("direct", (threads, nbytes), np.uint8)
+    return band, nbytes
 
 
 def conv2d(x, w, b, g, algo, out):
@@ -140,14 +140,15 @@ def conv2d(x, w, b, g, algo, out):
     if algo == "direct":
         packed_w = _pack_filters(wc.reshape(g.groups, g.F // g.groups, -1))
         packed_b = _pack_filters(bias.reshape(g.groups, g.F // g.groups, 1)).reshape(packed_w.shape[:2] + (-1,))
-        band, work = _direct_band(g, False, x.dtype, threads)
-        _direct.conv2d_forward(xc, packed_w, packed_b, y, work, g, band, threads)
+        band, nbytes = _direct_band(g, False, x.dtype, threads)
+        with scratch("direct", (threads, nbytes), np.uint8) as work:
+            _direct.conv2d_forward(xc, packed_w, packed_b, y, work, g, band, threads)
         return y
     rows = _band_rows(g, threads, x.dtype.itemsize)
     _check_blas_sizes(g, rows)
     K = (g.C // g.groups) * g.KH * g.KW
-    workspace = scratch("columns", (threads, K * rows * g.OW), x.dtype)
-    _im2col.conv2d_forward(xc, wc, bias, b is not None, y, workspace, g, rows, threads)
+    with scratch("columns", (threads, K * rows * g.OW), x.dtype) as workspace:
+        _im2col.conv2d_forward(xc, wc, bias, b is not None, y, workspace, g, rows, threads)
     return y
 
 
@@ -170,25 +171,27 @@ def conv2d_backward(dy, x, w, g, algo, out):
         flipped = wc.reshape(G, Fg, Cg, g.KH, g.KW)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
         packed_wt = _pack_filters(flipped.reshape(G, Cg, -1))
         zeros = np.zeros((G, packed_wt.shape[1], _direct.FILTER_BLOCK), dtype=x.dtype)
-        band, work = _direct_band(g, True, x.dtype, threads)
-        _direct.conv2d_backward_input(dyc, packed_wt, zeros, dx, work, g, band, threads)
-        accumulators = scratch("rows", (threads, g.OW), x.dtype)
-        _direct.conv2d_backward_weight(dyc, xc, dw, db, accumulators, g, threads)
+        band, nbytes = _direct_band(g, True, x.dtype, threads)
+        with scratch("direct", (threads, nbytes), np.uint8) as work:
+            _direct.conv2d_backward_input(dyc, packed_wt, zeros, dx, work, g, band, threads)
+        with scratch("rows", (threads, g.OW), x.dtype) as accumulators:
+            _direct.conv2d_backward_weight(dyc, xc, dw, db, accumulators, g, threads)
         return dx, dw, db
     threads = min(threads, g.N * g.groups)  # one (image, group) task per thread at least
     rows = _band_rows(g, threads, x.dtype.itemsize)
     _check_blas_sizes(g, rows)
     K = (g.C // g.groups) * g.KH * g.KW
-    workspace = scratch("columns", (threads, 2, K * rows * g.OW), x.dtype)
-    if threads == 1:  # the one thread's partial sums are the result
-        dw_partial, db_partial = dw.reshape(1, -1), db.reshape(1, -1)
-    else:
-        dw_partial = scratch("dw", (threads, g.F * K), x.dtype)
-        db_partial = scratch("db", (threads, g.F), x.dtype)
-    dw_partial[...] = 0
-    db_partial[...] = 0
-    _im2col.conv2d_backward(dyc, xc, wc, dx, dw_partial, db_partial, workspace, g, rows, threads)
-    if threads > 1:
-        np.sum(dw_partial, axis=0, out=dw.reshape(-1))
-        np.sum(db_partial, axis=0, out=db)
+    # The partial sums are reduced inside the checkout: nothing else can write them meanwhile.
+    partials = threads if threads > 1 else 0
+    with scratch("columns", (threads, 2, K * rows * g.OW), x.dtype) as workspace, \
+            scratch("dw", (partials, g.F * K), x.dtype) as dw_partial, \
+            scratch("db", (partials, g.F), x.dtype) as db_partial:
+        if threads == 1:  # the one thread's partial sums are the result
+            dw_partial, db_partial = dw.reshape(1, -1), db.reshape(1, -1)
+        dw_partial[...] = 0
+        db_partial[...] = 0
+        _im2col.conv2d_backward(dyc, xc, wc, dx, dw_partial, db_partial, workspace, g, rows, threads)
+        if threads > 1:
+            np.sum(dw_partial, axis=0, out=dw.reshape(-1))
+            np.sum(db_partial, axis=0, out=db)
     return dx, dw, db

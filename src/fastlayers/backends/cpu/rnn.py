@@ -9,7 +9,7 @@ import numpy as np
 from ..._cpu import rnn as _kernels
 from ..._dispatch import get_num_threads
 from .. import numpy as _numpy_backend
-from ._common import contiguous, workspace
+from ._common import BLAS_INT_MAX, contiguous, workspace
 
 OPS = frozenset({"rnn_step", "rnn_step_backward", "rnn", "rnn_backward"})
 
@@ -19,10 +19,21 @@ OPS = frozenset({"rnn_step", "rnn_step_backward", "rnn", "rnn_backward"})
 MIN_WORK_PER_THREAD = 1 << 16
 
 
+
 def _num_threads(T, N, D, H):
     """Threads for one call: each runs the recurrence of its own block of the N sequences."""
     useful = min(N, T * N * H * (D + H) // max(MIN_WORK_PER_THREAD, 1))
     return max(1, min(get_num_threads(), useful))
+
+
+def _check_blas_sizes(T, N, D, H):
+    """The kernels hand T*N, D and H to BLAS as sizes and leading dimensions, which are C ints:
+    past 2**31 - 1 they would be truncated (a silent wrong result), so refuse them here."""
+    if max(T * N, D, H) > BLAS_INT_MAX:
+        raise ValueError(
+            f"rnn sizes T*N={T * N}, D={D}, H={H} are too large for the cpu backend: its BLAS takes "
+            f"sizes as C ints, so each must be at most 2**31 - 1"
+        )
 
 
 def _initial_state(h0, N, H, dtype):
@@ -36,6 +47,7 @@ def rnn(x_seq, h0, Wx, Wh, b, out):
     H = Wx.shape[1]
     if T * N * D * H == 0:  # nothing for BLAS to multiply (and lda >= 1 would not hold)
         return _numpy_backend.rnn(x_seq, h0, Wx, Wh, b, out)
+    _check_blas_sizes(T, N, D, H)
     hs = np.empty((T, N, H), x_seq.dtype) if out is None else out
     _kernels.rnn_forward(
         contiguous(x_seq).reshape(T * N, D), _initial_state(h0, N, H, x_seq.dtype), contiguous(Wx), contiguous(Wh),
@@ -51,15 +63,16 @@ def rnn_backward(dhs, x_seq, h0, Wx, Wh, hs, out):
     outs = (None,) * 5 if out is None else out
     if T * N * D * H == 0:
         return _numpy_backend.rnn_backward(dhs, x_seq, h0, Wx, Wh, hs, out)
+    _check_blas_sizes(T, N, D, H)
     dt = x_seq.dtype
     shapes = ((T, N, D), (N, H), (D, H), (H, H), (H,))
     dx, dh0, dWx, dWh, db = (np.empty(s, dt) if o is None else o for o, s in zip(outs, shapes))
-    _kernels.rnn_backward(
-        contiguous(dhs).reshape(T * N, H), contiguous(x_seq).reshape(T * N, D), _initial_state(h0, N, H, dt),
-        contiguous(Wx), contiguous(Wh.T),
-        contiguous(hs).reshape(T * N, H), workspace("rnn_dz", (T * N, H), dt),
-        dx.reshape(T * N, D), dh0, dWx, dWh, db, N, _num_threads(T, N, D, H),
-    )
+    with workspace("rnn_dz", (T * N, H), dt) as dz:
+        _kernels.rnn_backward(
+            contiguous(dhs).reshape(T * N, H), contiguous(x_seq).reshape(T * N, D), _initial_state(h0, N, H, dt),
+            contiguous(Wx), contiguous(Wh.T), contiguous(hs).reshape(T * N, H), dz,
+            dx.reshape(T * N, D), dh0, dWx, dWh, db, N, _num_threads(T, N, D, H),
+        )
     return dx, dh0, dWx, dWh, db
 
 
