@@ -349,3 +349,49 @@ def rnn_geometry(x, h_prev, Wx, Wh, b=None, sequence=False):
     if T * N * H >= MAX_ELEMENTS:
         raise ValueError(f"rnn sizes T={T}, N={N}, H={H} are too large to index")
     return RnnGeometry(int(T), int(N), int(D), int(H)), dt
+
+
+# ---------------------------------------------------------------------------- lstm, gru
+
+GATES = {"lstm": 4, "gru": 3}  # PyTorch's gate order: lstm (i, f, g, o), gru (r, z, n)
+
+
+def gated_geometry(cell, x, Wx, Wh, states, biases, sequence=False, backward=None):
+    """Check shapes and dtypes of an LSTM or GRU step (x (N, D)) or sequence (x (T, N, D)).
+
+    ``Wx`` is (D, G*H) and ``Wh`` (H, G*H) with G gates (``GATES[cell]``), gate blocks side by side
+    in PyTorch's order; ``states`` and ``biases`` are dicts name -> array or None, shaped (N, H)
+    and (G*H,); ``backward`` a dict name -> array or None of per-step arrays shaped (T, N, H)
+    for a sequence, (N, H) for a step. Returns (geometry, dtype)."""
+    gates = GATES[cell]
+    dt = check_array("x_seq" if sequence else "x", x, 3 if sequence else 2)
+    if sequence:
+        T, N, D = x.shape
+    else:
+        T, (N, D) = 1, x.shape
+    check_array("Wx", Wx, 2, dt)
+    check_array("Wh", Wh, 2, dt)
+    H = Wh.shape[0]
+    width = gates * H
+    if Wh.shape[1] != width and Wh.shape[1] * gates == Wh.shape[0]:
+        raise ValueError(f"Wh must have shape (H, {gates}*H) with {gates} gates, got {tuple(Wh.shape)}: "
+                         f"this looks like PyTorch's weight_hh ({gates}*H, H); pass weight_hh.T")
+    check_shape("Wh", Wh, (H, width))
+    if Wx.shape[0] != D and Wx.shape[1] == D and Wx.shape[0] == width:
+        raise ValueError(f"Wx must have shape {(D, width)} (input features, {gates} gates x H), got "
+                         f"{tuple(Wx.shape)}: this looks like PyTorch's weight_ih; pass weight_ih.T")
+    check_shape("Wx", Wx, (D, width))
+    for name, s in states.items():
+        if s is not None:
+            check_array(name, s, 2, dt)
+            check_shape(name, s, (N, H))
+    for name, b in biases.items():
+        if b is not None:
+            check_array(name, b, 1, dt)
+            check_shape(name, b, (width,))
+    if backward:
+        check_arrays_like(dt, (T, N, H) if sequence else (N, H),
+                          **{k: v for k, v in backward.items() if v is not None})
+    if T * N * width >= MAX_ELEMENTS:
+        raise ValueError(f"{cell} sizes T={T}, N={N}, H={H} are too large to index")
+    return RnnGeometry(int(T), int(N), int(D), int(H)), dt

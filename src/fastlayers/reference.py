@@ -18,6 +18,7 @@ from ._params import (
     check_pool_backward_args,
     check_shape,
     conv2d_geometry,
+    gated_geometry,
     pool2d_geometry,
     rnn_geometry,
 )
@@ -31,6 +32,14 @@ __all__ = [
     "rnn_step_backward",
     "rnn",
     "rnn_backward",
+    "lstm_step",
+    "lstm_step_backward",
+    "lstm",
+    "lstm_backward",
+    "gru_step",
+    "gru_step_backward",
+    "gru",
+    "gru_backward",
     "dense",
     "dense_backward",
     "relu",
@@ -237,6 +246,192 @@ def rnn_backward(dhs, x_seq, h0, Wx, Wh, hs):
     g, dt = rnn_geometry(x_seq, h0, Wx, Wh, sequence=True)
     check_arrays_like(dt, (g.T, g.N, g.H), dhs=dhs, hs=hs)
     return rnn_backward_impl(dhs, x_seq, h0, Wx, Wh, hs)
+
+
+# ============================================================================ lstm, gru
+# PyTorch's equations and gate order, in fastlayers' layout: Wx = weight_ih.T (D, G*H),
+# Wh = weight_hh.T (H, G*H), gate blocks of H columns side by side.
+#   lstm: (i, f, g, o) = (sigmoid, sigmoid, tanh, sigmoid)(x Wx + h Wh + b), b = bias_ih + bias_hh
+#         c' = f c + i g,  h' = o tanh(c')
+#   gru:  a = x Wx + bx, u = h Wh + bh (bx = bias_ih, bh = bias_hh kept apart)
+#         r = sigmoid(a_r + u_r), z = sigmoid(a_z + u_z), n = tanh(a_n + r u_n),  h' = (1 - z) n + z h
+# The backward functions recompute the gates from the inputs and the states: the forward keeps
+# nothing else.
+
+
+def _sigmoid(z):
+    """sigmoid(z) = (1 + tanh(z / 2)) / 2, which never overflows (exp(-z) does for z < -709)."""
+    return 0.5 * np.tanh(0.5 * z) + 0.5
+
+
+def _zeros_if_none(state, N, H, dtype):
+    return np.zeros((N, H), dtype=dtype) if state is None else state
+
+
+def _previous_states(s0, ss):
+    """(T, N, H) states s_{t-1} for every step t: s0, then ss[:-1]."""
+    return np.concatenate([s0[None], ss])[: ss.shape[0]]
+
+
+def _lstm_gates(x, h_prev, Wx, Wh, b):
+    """(i, f, g, o), each shaped like h_prev, for x (..., D) and h_prev (..., H)."""
+    H = Wh.shape[0]
+    z = x @ Wx + h_prev @ Wh
+    if b is not None:
+        z += b
+    return (_sigmoid(z[..., :H]), _sigmoid(z[..., H : 2 * H]), np.tanh(z[..., 2 * H : 3 * H]),
+            _sigmoid(z[..., 3 * H :]))
+
+
+def lstm_impl(x_seq, h0, c0, Wx, Wh, b):
+    T, N, _ = x_seq.shape
+    H, dt = Wh.shape[0], x_seq.dtype
+    hs = np.empty((T, N, H), dtype=dt)
+    cs = np.empty((T, N, H), dtype=dt)
+    h, c = _zeros_if_none(h0, N, H, dt), _zeros_if_none(c0, N, H, dt)
+    for t in range(T):
+        i, f, g, o = _lstm_gates(x_seq[t], h, Wx, Wh, b)
+        c = cs[t] = f * c + i * g
+        h = hs[t] = o * np.tanh(c)
+    return hs, cs
+
+
+def lstm_backward_impl(dhs, dcs, x_seq, h0, c0, Wx, Wh, b, hs, cs):
+    T, N, D = x_seq.shape
+    H, dt = Wh.shape[0], x_seq.dtype
+    h_prev = _previous_states(_zeros_if_none(h0, N, H, dt), hs)
+    c_prev = _previous_states(_zeros_if_none(c0, N, H, dt), cs)
+    i, f, g, o = _lstm_gates(x_seq, h_prev, Wx, Wh, b)
+    tanh_c = np.tanh(cs)
+    dz = np.empty((T, N, 4 * H), dtype=dt)  # dL/d(pre-activations), gate blocks (i, f, g, o)
+    dh_next = np.zeros((N, H), dtype=dt)
+    dc_next = np.zeros((N, H), dtype=dt)
+    for t in range(T - 1, -1, -1):
+        dh = dhs[t] + dh_next
+        dc = dc_next + dh * o[t] * (1 - tanh_c[t] ** 2)
+        if dcs is not None:
+            dc += dcs[t]
+        dz[t, :, :H] = dc * g[t] * i[t] * (1 - i[t])
+        dz[t, :, H : 2 * H] = dc * c_prev[t] * f[t] * (1 - f[t])
+        dz[t, :, 2 * H : 3 * H] = dc * i[t] * (1 - g[t] ** 2)
+        dz[t, :, 3 * H :] = dh * tanh_c[t] * o[t] * (1 - o[t])
+        dh_next = dz[t] @ Wh.T
+        dc_next = dc * f[t]
+    dz2 = dz.reshape(T * N, 4 * H)
+    return (dz @ Wx.T, dh_next, dc_next, x_seq.reshape(T * N, D).T @ dz2,
+            h_prev.reshape(T * N, H).T @ dz2, dz2.sum(axis=0))
+
+
+def _gru_gates(x, h_prev, Wx, Wh, bx, bh):
+    """(r, z, n, u_n), each shaped like h_prev: u_n = h_prev Whn + bhn is what r multiplies."""
+    H = Wh.shape[0]
+    a = x @ Wx
+    u = h_prev @ Wh
+    if bx is not None:
+        a += bx
+    if bh is not None:
+        u += bh
+    r = _sigmoid(a[..., :H] + u[..., :H])
+    z = _sigmoid(a[..., H : 2 * H] + u[..., H : 2 * H])
+    u_n = u[..., 2 * H :]
+    return r, z, np.tanh(a[..., 2 * H :] + r * u_n), u_n
+
+
+def gru_impl(x_seq, h0, Wx, Wh, bx, bh):
+    T, N, _ = x_seq.shape
+    H, dt = Wh.shape[0], x_seq.dtype
+    hs = np.empty((T, N, H), dtype=dt)
+    h = _zeros_if_none(h0, N, H, dt)
+    for t in range(T):
+        r, z, n, _ = _gru_gates(x_seq[t], h, Wx, Wh, bx, bh)
+        h = hs[t] = (1 - z) * n + z * h
+    return hs
+
+
+def gru_backward_impl(dhs, x_seq, h0, Wx, Wh, bx, bh, hs):
+    T, N, D = x_seq.shape
+    H, dt = Wh.shape[0], x_seq.dtype
+    h_prev = _previous_states(_zeros_if_none(h0, N, H, dt), hs)
+    r, z, n, u_n = _gru_gates(x_seq, h_prev, Wx, Wh, bx, bh)
+    da = np.empty((T, N, 3 * H), dtype=dt)  # dL/d(x Wx + bx), gate blocks (r, z, n)
+    du = np.empty((T, N, 3 * H), dtype=dt)  # dL/d(h Wh + bh); equal to da but in the n block
+    dh_next = np.zeros((N, H), dtype=dt)
+    for t in range(T - 1, -1, -1):
+        dh = dhs[t] + dh_next
+        dn = dh * (1 - z[t]) * (1 - n[t] ** 2)
+        da[t, :, :H] = du[t, :, :H] = dn * u_n[t] * r[t] * (1 - r[t])
+        da[t, :, H : 2 * H] = du[t, :, H : 2 * H] = dh * (h_prev[t] - n[t]) * z[t] * (1 - z[t])
+        da[t, :, 2 * H :] = dn
+        du[t, :, 2 * H :] = dn * r[t]
+        dh_next = dh * z[t] + du[t] @ Wh.T
+    da2, du2 = da.reshape(T * N, 3 * H), du.reshape(T * N, 3 * H)
+    return (da @ Wx.T, dh_next, x_seq.reshape(T * N, D).T @ da2, h_prev.reshape(T * N, H).T @ du2,
+            da2.sum(axis=0), du2.sum(axis=0))
+
+
+def lstm_step(x, h_prev, c_prev, Wx, Wh, b=None):
+    """One LSTM step: x (N, D), h_prev and c_prev (N, H) or None (zeros), Wx (D, 4H), Wh (H, 4H),
+    b (4H,) -> (h, c), each (N, H)."""
+    gated_geometry("lstm", x, Wx, Wh, dict(h_prev=h_prev, c_prev=c_prev), dict(b=b))
+    hs, cs = lstm_impl(x[None], h_prev, c_prev, Wx, Wh, b)
+    return hs[0], cs[0]
+
+
+def lstm_step_backward(dh, dc, x, h_prev, c_prev, Wx, Wh, b, c):
+    """Gradients (dx, dh_prev, dc_prev, dWx, dWh, db) of lstm_step given dh = dL/dh, dc = dL/dc
+    (None: zeros) and the step's cell state c."""
+    gated_geometry("lstm", x, Wx, Wh, dict(h_prev=h_prev, c_prev=c_prev), dict(b=b), backward=dict(dh=dh, dc=dc, c=c))
+    h_prev = _zeros_if_none(h_prev, *c.shape, c.dtype)
+    dx, *grads = lstm_backward_impl(dh[None], None if dc is None else dc[None], x[None], h_prev, c_prev, Wx, Wh, b,
+                                    h_prev[None], c[None])
+    return (dx[0], *grads)
+
+
+def lstm(x_seq, h0, c0, Wx, Wh, b=None):
+    """Hidden and cell states (hs, cs), each (T, N, H), of an LSTM over x_seq (T, N, D).
+
+    h0, c0 (N, H) are the initial states, zeros when None; Wx (D, 4H), Wh (H, 4H), b (4H,)."""
+    gated_geometry("lstm", x_seq, Wx, Wh, dict(h0=h0, c0=c0), dict(b=b), sequence=True)
+    return lstm_impl(x_seq, h0, c0, Wx, Wh, b)
+
+
+def lstm_backward(dhs, dcs, x_seq, h0, c0, Wx, Wh, b, hs, cs):
+    """Backward through time of lstm. ``dhs`` and ``dcs`` (T, N, H) are dL/d(every hidden and
+    cell state), dcs None for zeros; hs, cs the forward's outputs. Returns (dx (T, N, D),
+    dh0 (N, H), dc0 (N, H), dWx, dWh, db)."""
+    gated_geometry("lstm", x_seq, Wx, Wh, dict(h0=h0, c0=c0), dict(b=b), sequence=True,
+                   backward=dict(dhs=dhs, dcs=dcs, hs=hs, cs=cs))
+    return lstm_backward_impl(dhs, dcs, x_seq, h0, c0, Wx, Wh, b, hs, cs)
+
+
+def gru_step(x, h_prev, Wx, Wh, bx=None, bh=None):
+    """One GRU step: x (N, D), h_prev (N, H) or None (zeros), Wx (D, 3H), Wh (H, 3H),
+    bx, bh (3H,) -> h (N, H)."""
+    gated_geometry("gru", x, Wx, Wh, dict(h_prev=h_prev), dict(bx=bx, bh=bh))
+    return gru_impl(x[None], h_prev, Wx, Wh, bx, bh)[0]
+
+
+def gru_step_backward(dh, x, h_prev, Wx, Wh, bx, bh):
+    """Gradients (dx, dh_prev, dWx, dWh, dbx, dbh) of gru_step given dh = dL/dh."""
+    gated_geometry("gru", x, Wx, Wh, dict(h_prev=h_prev), dict(bx=bx, bh=bh), backward=dict(dh=dh))
+    h_prev = _zeros_if_none(h_prev, *dh.shape, dh.dtype)
+    dx, *grads = gru_backward_impl(dh[None], x[None], h_prev, Wx, Wh, bx, bh, h_prev[None])
+    return (dx[0], *grads)
+
+
+def gru(x_seq, h0, Wx, Wh, bx=None, bh=None):
+    """All hidden states (T, N, H) of a GRU over x_seq (T, N, D); h0 (N, H) or None (zeros),
+    Wx (D, 3H), Wh (H, 3H), bx, bh (3H,)."""
+    gated_geometry("gru", x_seq, Wx, Wh, dict(h0=h0), dict(bx=bx, bh=bh), sequence=True)
+    return gru_impl(x_seq, h0, Wx, Wh, bx, bh)
+
+
+def gru_backward(dhs, x_seq, h0, Wx, Wh, bx, bh, hs):
+    """Backward through time of gru. ``dhs`` (T, N, H) is dL/d(every hidden state), ``hs`` the
+    forward's output. Returns (dx (T, N, D), dh0 (N, H), dWx, dWh, dbx, dbh)."""
+    gated_geometry("gru", x_seq, Wx, Wh, dict(h0=h0), dict(bx=bx, bh=bh), sequence=True,
+                   backward=dict(dhs=dhs, hs=hs))
+    return gru_backward_impl(dhs, x_seq, h0, Wx, Wh, bx, bh, hs)
 
 
 # ============================================================================ dense, relu, flatten, loss
