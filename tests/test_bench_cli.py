@@ -1,22 +1,27 @@
-"""The benchmark CLI at a tiny size: its table, its JSON, its plot, --compare and its errors.
+"""The benchmark engine and its CLI at a tiny size: the table, the JSON, the plot, --compare, the
+errors, and the engine's honesty.
 
 Timings are never asserted (they are benchmarks); what is checked is that every planned
-measurement is reported or skipped with a reason, and that the derived figures follow from the
-timings."""
+measurement is reported or skipped with a reason, that the derived figures follow from the
+timings, that every backend allocates unless a row says +out, that PyTorch's worker timed the
+same inputs as the engine, and that a noisy timer is flagged."""
 import contextlib
 import importlib.util
 import io
 import json
+import platform
 import re
 import statistics
+import sys
 
 import numpy as np
 import pytest
 
 import fastlayers as fl
-from fastlayers.__main__ import main
-from fastlayers.benchmark import workloads
-from fastlayers.benchmark.report import COLUMNS
+from fastlayers.__main__ import _case_spec, main
+from fastlayers.benchmark import runner, timing, workloads
+from fastlayers.benchmark.report import COLUMNS, format_table
+from fastlayers.benchmark import format_wide as benchmark_format_wide
 from fastlayers.cases import ALL_CASES, CASES_BY_NAME, QUICK_CASES, Case
 
 TINY = [
@@ -26,6 +31,7 @@ TINY = [
     "--cases", "tiny-conv,tiny-pool,tiny-rnn",
     "--repeat", "2", "--budget", "0.01", "--threads", "1",
 ]
+TINY_CASES = {c.name: c for c in map(_case_spec, TINY[1:6:2])}
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 
@@ -53,12 +59,15 @@ def test_table_has_the_columns_and_a_row_per_measurement(tiny_run):
         for r in report["results"]
     ]
     assert "GEMM" in tiny_run["stdout"] and "machine:" in tiny_run["stdout"]
-    assert "[1/" in tiny_run["stderr"]  # the progress indicator
+    assert re.search(r"^\[1/\d+\] tiny-conv forward numpy \(\d+ left\)$", tiny_run["stderr"], re.M)
+    assert re.search(r"^\[2/\d+\] .* \(\d+ left, about \d+ s left\)$", tiny_run["stderr"], re.M)
+    total = len(report["results"]) + len(report["skipped"]) - sum(s["backend"].startswith("cuda") for s in report["skipped"])
+    assert f"[{total}/{total}]" in tiny_run["stderr"]  # the last measurement, PyTorch's included
 
 
 def test_json_accounts_for_every_planned_measurement(tiny_run):
     report = json.loads(tiny_run["json"].read_text())
-    assert report["schema"] == "fastlayers-bench/1"
+    assert report["schema"] == runner.SCHEMA
     assert {"cpu", "usable_cpus", "threads", "blas", "gpus", "versions"} <= report["machine"].keys()
     assert report["machine"]["threads"] == 1
     measured = {(r["case"], r["direction"], r["backend"]) for r in report["results"]}
@@ -68,10 +77,10 @@ def test_json_accounts_for_every_planned_measurement(tiny_run):
     for case in ("tiny-conv", "tiny-pool", "tiny-rnn"):
         op = case.split("-")[1].replace("pool", "max_pool2d").replace("conv", "conv2d")
         for direction in workloads.DIRECTIONS:
-            for label in workloads.labels_for(workloads.FAMILIES, op):
+            for label in runner.labels_for(runner.FAMILIES, op):
                 key = (case, direction, label)
                 assert key in measured | skipped, f"{key} neither measured nor skipped"
-                fam = workloads.family(label)
+                fam = runner.family(label)
                 if fam != "torch" and workloads.op_name(op, direction) in families[fam]["ops"]:
                     assert key in measured, f"{key} is available here but was not measured"
             assert (case, direction, "numpy") in measured
@@ -86,18 +95,137 @@ def test_derived_figures_follow_from_the_timings(tiny_run):
     for r in report["results"]:
         assert 1 <= r["rounds"] == len(r["times_ms"]) <= 2
         assert r["median_ms"] == pytest.approx(statistics.median(r["times_ms"]))
-        assert r["min_ms"] <= r["median_ms"] <= r["max_ms"]
+        assert r["min_ms"] <= r["q1_ms"] <= r["median_ms"] <= r["q3_ms"] <= r["max_ms"]
+        assert r["spread"] == pytest.approx((r["q3_ms"] - r["q1_ms"]) / r["median_ms"])
         assert r["rate"] == pytest.approx(r["work"] / (r["median_ms"] * 1e-3) / 1e9)
         roof = gemm if r["rate_unit"] == "GFLOP/s" else copy
         assert r["roof_pct"] == pytest.approx(100 * r["rate"] / roof)
         others = [o for o in report["results"] if (o["case"], o["direction"]) == (r["case"], r["direction"])
-                  and workloads.family(o["backend"]) != workloads.family(r["backend"])]
+                  and runner.family(o["backend"]) != runner.family(r["backend"]) and o["allocates"]]
         if others:
             best = min(others, key=lambda o: o["median_ms"])
             assert r["best_other"] == best["backend"]
             assert r["vs_best_other"] == pytest.approx(best["median_ms"] / r["median_ms"])
         else:
             assert r["vs_best_other"] is None
+
+
+def test_every_backend_allocates_unless_the_row_says_out(tiny_run):
+    report = json.loads(tiny_run["json"].read_text())
+    assert {r["allocates"] for r in report["results"]} == {True, False}
+    assert all(r["allocates"] == ("+out" not in r["backend"]) for r in report["results"])
+    labels = {r["backend"] for r in report["results"]}
+    assert {"cpu", "cpu+out", "cpu:auto", "cpu:auto+out"} <= labels
+
+
+@pytest.mark.parametrize("op", workloads.OPS)
+@pytest.mark.parametrize("direction", workloads.DIRECTIONS)
+def test_allocating_calls_return_new_outputs_and_out_calls_reuse_theirs(op, direction):
+    case = _tiny_case(op)
+    inputs = workloads.make_inputs(case, direction, np.float32, seed=0)
+    label = "cpu:auto" if workloads.WORKLOADS[op].algos else "cpu"
+    fresh, _ = runner.fastlayers_call(case, direction, label, inputs)
+    first, second = _arrays(fresh()), _arrays(fresh())
+    assert not any(np.shares_memory(a, b) for a, b in zip(first, second))
+    into, _ = runner.fastlayers_call(case, direction, label + "+out", inputs)
+    first, second = _arrays(into()), _arrays(into())
+    assert all(np.shares_memory(a, b) for a, b in zip(first, second))
+    for got, want in zip(first, _arrays(fresh())):
+        np.testing.assert_array_equal(got, want)  # the same call, only the buffers differ
+
+
+def _arrays(result):
+    return result if isinstance(result, tuple) else (result,)
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is not installed")
+def test_torch_worker_timed_the_engines_inputs(tiny_run):
+    report = json.loads(tiny_run["json"].read_text())
+    digests = {}
+    for r in report["results"]:
+        digests.setdefault((r["case"], r["direction"]), set()).add(r["inputs_sha256"])
+    assert all(len(d) == 1 for d in digests.values()), "backends of one case were timed on different inputs"
+    for (case, direction), (digest,) in digests.items():
+        inputs = workloads.make_inputs(TINY_CASES[case], direction, np.float32, seed=0)
+        assert digest == runner.inputs_digest(inputs)
+    assert report["settings"]["torch"]["threads"] == 1
+    assert report["settings"]["torch"]["allocator"] == report["settings"]["allocator"]
+
+
+def test_inputs_digest_tells_different_inputs_apart():
+    case = _tiny_case("conv2d")
+    a = workloads.make_inputs(case, "forward", np.float32, seed=0)
+    assert runner.inputs_digest(a) == runner.inputs_digest(workloads.make_inputs(case, "forward", np.float32, seed=0))
+    assert runner.inputs_digest(a) != runner.inputs_digest(workloads.make_inputs(case, "forward", np.float32, seed=1))
+    assert runner.inputs_digest(a) != runner.inputs_digest(workloads.make_inputs(case, "forward", np.float64, seed=0))
+
+
+class FakeClock:
+    """A clock under which the timed calls take the given durations in turn (seconds)."""
+
+    def __init__(self, durations):
+        self.durations, self.now, self.calls = durations, 0.0, 0
+
+    def __call__(self):
+        if self.calls % 2:  # the end of a timed call
+            self.now += self.durations[(self.calls // 2) % len(self.durations)]
+        self.calls += 1
+        return self.now
+
+
+@pytest.mark.parametrize("durations, repeat, unstable", [
+    ([1e-3], 7, False),
+    ([1e-3, 1.02e-3, 0.99e-3], 7, False),
+    ([1e-3, 2e-3], 7, True),
+    ([1e-3, 1e-3, 1e-3, 5e-3], 7, True),
+    ([1e-3, 2e-3], 2, None),  # too few rounds to tell
+])
+def test_a_noisy_timer_is_flagged_unstable(durations, repeat, unstable):
+    report = runner.run([_tiny_case("rnn")], families=("numpy", "cpu"), threads=1, repeat=repeat, budget_s=10.0,
+                        out_rows=False, progress=io.StringIO(), clock=FakeClock(durations))
+    assert len(report["results"]) == 4
+    for r in report["results"]:
+        assert r["rounds"] == repeat
+        assert r["unstable"] is unstable
+    table = format_table(report)
+    rows = [line for line in table.splitlines() if line.startswith("t ")]  # spread: the 8th word
+    assert len(rows) == 4
+    assert all(("!" in row.split()[7]) == bool(unstable) and ("?" in row.split()[7]) == (unstable is None)
+               for row in rows)
+    assert ("measurements unstable" in table) == bool(unstable)
+
+
+def test_spread_of_known_rounds():
+    s = timing.spread([4.0, 1.0, 2.0, 3.0, 5.0])
+    assert (s["min"], s["q1"], s["median"], s["q3"], s["max"]) == (1.0, 2.0, 3.0, 4.0, 5.0)
+    assert s["relative"] == pytest.approx(2 / 3) and s["unstable"] is True
+    one = timing.spread([2.0])
+    assert (one["q1"], one["q3"], one["relative"], one["unstable"]) == (2.0, 2.0, 0.0, None)
+
+
+def test_the_allocator_is_fixed_in_every_process(tiny_run):
+    report = json.loads(tiny_run["json"].read_text())
+    allocator = report["settings"]["allocator"]
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert allocator == dict(fixed=True, mmap_threshold=32 << 20, trim_threshold=64 << 20)
+    else:
+        assert allocator["fixed"] is False and allocator["reason"]
+    assert "allocator:" in tiny_run["stdout"]
+
+
+def test_wide_view_has_a_column_per_backend_and_the_sums(tiny_run, capsys):
+    report = json.loads(tiny_run["json"].read_text())
+    text = benchmark_format_wide(report)
+    header = next(line for line in text.splitlines() if line.startswith("case "))
+    labels = list(dict.fromkeys(r["backend"] for r in report["results"]))
+    assert all(f"{b} ms" in header for b in labels)
+    rows = {tuple(line.split()[:2]): line.split() for line in text.splitlines() if line.startswith("tiny-")}
+    assert {d for _, d in rows} == {"fwd", "bwd", "fwd+bwd"}
+    column = re.split(r"\s{2,}", header.strip()).index("numpy ms")
+    by = {(r["case"], r["direction"]): r["median_ms"] for r in report["results"] if r["backend"] == "numpy"}
+    for case in ("tiny-conv", "tiny-pool", "tiny-rnn"):
+        total = by[case, "forward"] + by[case, "backward"]
+        assert float(rows[case, "fwd+bwd"][column].rstrip("!")) == pytest.approx(total, rel=0.01)
 
 
 def test_plot_is_a_png(tiny_run):
@@ -181,14 +309,42 @@ def test_pool_bytes():
 @pytest.mark.parametrize("direction", workloads.DIRECTIONS)
 def test_inputs_fit_the_functional_api(op, direction):
     """The benchmark's inputs are valid arguments of the op (the reference accepts them)."""
-    shape = (3, 2, 4, 5) if op == "rnn" else (2, 3, 6, 6)
-    params = dict(F=4, kernel_size=3, stride=1, padding=1) if op == "conv2d" else dict(kernel_size=2, stride=2)
-    case = Case("t", op, shape, params if op != "rnn" else {})
+    case = _tiny_case(op)
     inputs = workloads.make_inputs(case, direction, np.float64, seed=1)
-    fn, sync = workloads.fastlayers_call(case, direction, "numpy", inputs)
+    fn, sync = runner.fastlayers_call(case, direction, "numpy", inputs)
     assert sync is None
     result = fn()
     again = workloads.make_inputs(case, direction, np.float64, seed=1)
     assert all(np.array_equal(a, inputs[k]) for k, a in again.items())  # same seed, same inputs
     outputs = result if isinstance(result, tuple) else (result,)
     assert all(np.isfinite(o).all() for o in outputs if o.dtype.kind == "f")
+
+
+def _tiny_case(op):
+    shape = (3, 2, 4, 5) if op == "rnn" else (2, 3, 6, 6)
+    params = dict(F=4, kernel_size=3, stride=1, padding=1) if op == "conv2d" else dict(kernel_size=2, stride=2)
+    return Case("t", op, shape, params if op != "rnn" else {})
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is not installed")
+@pytest.mark.parametrize("op", workloads.OPS)
+@pytest.mark.parametrize("direction", workloads.DIRECTIONS)
+def test_torch_call_computes_what_fastlayers_computes(op, direction):
+    """The PyTorch equivalent of each workload gives the reference's outputs (float64)."""
+    import torch
+
+    case = _tiny_case(op)
+    inputs = workloads.make_inputs(case, direction, np.float64, seed=2)
+    ours, _ = runner.fastlayers_call(case, direction, "numpy", inputs)
+    theirs = workloads.WORKLOADS[op].torch_call(torch, case, direction, inputs, seed=2)()
+    theirs = theirs if isinstance(theirs, tuple) else (theirs,)
+    got = [t.detach().numpy() for t in theirs if torch.is_tensor(t) and t.is_floating_point()]
+    want = [o for o in _arrays(ours()) if o.dtype.kind == "f"]
+    if op == "rnn" and direction == "forward":
+        got = got[:1]  # torch.nn.RNN also returns the last state
+    if op == "rnn" and direction == "backward":
+        got[2], got[3] = got[2].T, got[3].T  # PyTorch keeps the weights as (H, D) and (H, H)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        # float64 on both sides; the orders of summation differ only.
+        np.testing.assert_allclose(g.reshape(w.shape), w, rtol=1e-10, atol=1e-12)

@@ -5,6 +5,7 @@ Examples::
     python -m fastlayers bench --quick --plot bench.png --json bench.json
     python -m fastlayers bench --ops conv2d --backends cpu,torch --threads 1
     python -m fastlayers bench --add-case mine=conv2d:8,64,32,32:F=64,kernel_size=3,padding=1 --cases mine
+    python -m fastlayers bench --ops max_pool2d --wide       # one row per case, one column per backend
     python -m fastlayers bench --compare before.json after.json
 """
 from __future__ import annotations
@@ -13,7 +14,8 @@ import argparse
 import json
 import sys
 
-from .benchmark.workloads import DIRECTIONS, FAMILIES, OPS
+from .benchmark.runner import FAMILIES
+from .benchmark.workloads import DIRECTIONS, OPS
 from .cases import ALL_CASES, CASES, CASES_BY_NAME, QUICK_CASES, Case
 
 
@@ -51,13 +53,15 @@ def _parser():
     bench = sub.add_parser(
         "bench",
         help="time every kernel x backend on this machine",
-        description="Time the case table x direction x backend; print one table (median ms, rate, "
-                    "% of this machine's roof, ratio to the fastest other backend).",
+        description="Time the case table x direction x backend; print one table (median ms, spread, rate, "
+                    "% of this machine's roof, ratio to the fastest other backend). Every backend allocates its "
+                    "outputs, as PyTorch does; the +out rows time fastlayers writing into preallocated out= buffers. "
+                    "Progress and the time left go to stderr.",
     )
     bench.add_argument("--quick", action="store_true",
                        help=f"a subset that runs in about a minute: {', '.join(QUICK_CASES)}; repeat 5, budget 0.5 s")
     bench.add_argument("--cases", type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
-                       help="case names (default: the table of DESIGN.md; 'all' adds the sweeps)")
+                       help="case names (default: the case table of fastlayers.cases; 'all' adds the sweeps)")
     bench.add_argument("--add-case", action="append", type=_case_spec, default=[], metavar="NAME=OP:SHAPE[:k=v,...]",
                        help="define an extra case, e.g. mine=conv2d:8,64,32,32:F=64,kernel_size=3,padding=1 "
                             "(rnn shape: T,N,D,H); select it with --cases or it is added to the run")
@@ -72,6 +76,10 @@ def _parser():
     bench.add_argument("--budget", type=float,
                        help="seconds per measurement that cap the rounds (at least one); default 2, --quick 0.5")
     bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--no-out", action="store_true", help="leave out the +out rows (fastlayers into out= buffers)")
+    bench.add_argument("--wide", action="store_true",
+                       help="print the per-op comparison view: one row per case and direction (and fwd+bwd), "
+                            "one column per backend")
     bench.add_argument("--json", metavar="PATH", help="write the full report (machine, roofs, every timing) as JSON")
     bench.add_argument("--plot", metavar="PATH", help="write a PNG (needs matplotlib: pip install fastlayers[bench])")
     bench.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
@@ -119,8 +127,9 @@ def bench(args, parser):
             import matplotlib  # noqa: F401  (fail before the run, not after it)
         except ImportError:
             parser.error("--plot needs matplotlib: pip install fastlayers[bench]")
-    report = benchmark.run(cases, args.directions, args.backends, args.dtype, args.threads, repeat, budget, args.seed)
-    print(benchmark.format_table(report))
+    report = benchmark.run(cases, args.directions, args.backends, args.dtype, args.threads, repeat, budget, args.seed,
+                           out_rows=not args.no_out)
+    print((benchmark.format_wide if args.wide else benchmark.format_table)(report))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)

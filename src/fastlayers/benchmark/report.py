@@ -1,21 +1,23 @@
-"""Reading a report: the table, the comparison of two reports, the plot."""
+"""Reading a report: the table, the per-op comparison table, the comparison of two reports, the plot."""
 from __future__ import annotations
 
 import json
 
-from .runner import SCHEMA
-from .timing import machine_line
-from .workloads import label_order
+from .runner import SCHEMA, allocates, family, label_order
+from .timing import MIN_ROUNDS_FOR_SPREAD, UNSTABLE_SPREAD, allocator_line, machine_line
 
-COLUMNS = ("case", "dir", "backend", "median ms", "(min - max)", "n", "rate", "% roof", "vs best other")
+COLUMNS = ("case", "dir", "backend", "median ms", "(min - max)", "spread", "n", "rate", "% roof", "vs best other")
 
 
 def load(path):
     """A report written by ``--json``; refuses files of another kind with a clear error."""
     with open(path) as f:
         report = json.load(f)
-    if not isinstance(report, dict) or report.get("schema") != SCHEMA:
+    if not isinstance(report, dict) or not str(report.get("schema", "")).startswith("fastlayers-bench/"):
         raise ValueError(f"{path} is not a fastlayers bench report (expected schema {SCHEMA!r})")
+    if report["schema"] != SCHEMA:
+        raise ValueError(f"{path} was written by another fastlayers version (schema {report['schema']!r}, expected "
+                         f"{SCHEMA!r}; in schema 1 the cpu and cuda rows wrote into out= buffers): rerun it")
     return report
 
 
@@ -27,32 +29,66 @@ def _short(direction):
     return "fwd" if direction == "forward" else "bwd"
 
 
-def format_table(report):
-    """The report as text: the machine, the roofs, one row per measurement, the skip notes."""
+def _spread_cell(r):
+    """The relative spread, ``!`` when unstable, ``?`` when too few rounds to tell."""
+    mark = "?" if r["unstable"] is None else "!" if r["unstable"] else ""
+    return f"{100 * r['spread']:.0f}%{mark}"
+
+
+def _legend(report):
     roofs, settings = report["roofs"], report["settings"]
     M, K, N = roofs["gemm_shape"]
-    lines = [
+    torch = settings["torch"]
+    return [
         f"fastlayers bench, {report['date']}, {settings['dtype']}",
         f"machine: {machine_line(report['machine'])}",
+        *([f"PyTorch {torch['version']}, {torch['threads']} threads, in its own process"] if torch else []),
         f"roofs measured in this run: GEMM {roofs['gemm_gflops']:.1f} GFLOP/s (NumPy BLAS, {M}x{K} @ {K}x{N}), "
         f"copy {roofs['copy_gbs']:.1f} GB/s; % roof = rate / roof",
+        allocator_line(settings["allocator"]),
         *_load_warning(report["machine"]),
-        "vs best other = median of the fastest other backend / this median (> 1: this one is faster)",
-        f"{settings['note']}; median over n rounds after a warm-up call",
+        "every row allocates its outputs on each call, as PyTorch does; +out: fastlayers writing into "
+        "preallocated out= buffers instead",
+        "vs best other = median of the fastest other backend (allocating) / this median (> 1: this one is faster)",
+        f"median over n rounds after a warm-up call; spread = interquartile range / median, "
+        f"! = unstable (over {100 * UNSTABLE_SPREAD:.0f}%), ? = under {MIN_ROUNDS_FOR_SPREAD} rounds to tell",
         "",
     ]
-    rows = [COLUMNS]
+
+
+def _align(rows, right):
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+            for row in rows]
+
+
+def format_table(report):
+    """The report as text: the machine, the roofs, one row per measurement (a blank line between
+    cases), the unstable ones counted, the skip notes."""
+    rows, breaks = [COLUMNS], set()
     for r in report["results"]:
+        if len(rows) > 1 and r["case"] != report["results"][len(rows) - 2]["case"]:
+            breaks.add(len(rows))
         ratio = "" if r["vs_best_other"] is None else f"{r['vs_best_other']:.2f}x {r['best_other']}"
         rows.append((
             r["case"], _short(r["direction"]), r["backend"], _ms(r["median_ms"]),
-            f"({_ms(r['min_ms'])} - {_ms(r['max_ms'])})", str(r["rounds"]), f"{r['rate']:.2f} {r['rate_unit']}",
-            f"{r['roof_pct']:.0f}%", ratio,
+            f"({_ms(r['min_ms'])} - {_ms(r['max_ms'])})", _spread_cell(r), str(r["rounds"]),
+            f"{r['rate']:.2f} {r['rate_unit']}", f"{r['roof_pct']:.0f}%", ratio,
         ))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    right = {3, 5, 7}
-    for row in rows:
-        lines.append("  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip())
+    lines = _legend(report)
+    for i, line in enumerate(_align(rows, right={3, 5, 6, 8})):
+        lines += [""] * (i in breaks) + [line]
+    lines += _summary(report)
+    return "\n".join(lines)
+
+
+def _summary(report):
+    lines = []
+    unstable = [r for r in report["results"] if r["unstable"]]
+    if unstable:
+        cases = ",".join(dict.fromkeys(r["case"] for r in unstable))
+        lines += ["", f"{len(unstable)} of {len(report['results'])} measurements unstable (!): their ratios may not "
+                      f"hold; rerun on a quieter machine, e.g. --cases {cases} --repeat 15"]
     notes = {}
     for s in report["skipped"]:
         backends, cases = notes.setdefault(" ".join(s["reason"].split()), ({}, {}))
@@ -61,7 +97,33 @@ def format_table(report):
         lines.append("")
     for reason, (backends, cases) in notes.items():
         lines.append(f"skipped {', '.join(backends)} on {', '.join(cases)}: {reason}")
-    return "\n".join(lines)
+    return lines
+
+
+def format_wide(report):
+    """The per-op comparison table: one row per case and direction (and fwd+bwd, the sum of the
+    medians, where both were measured), one column of median ms per backend, then the fastest
+    allocating backend and its speed-up over the fastest other family."""
+    labels = sorted({r["backend"] for r in report["results"]}, key=label_order)
+    cells = {}
+    for r in report["results"]:
+        cells.setdefault((r["case"], _short(r["direction"])), {})[r["backend"]] = (r["median_ms"], r["unstable"])
+    for case in dict.fromkeys(r["case"] for r in report["results"]):
+        fwd, bwd = cells.get((case, "fwd"), {}), cells.get((case, "bwd"), {})
+        both = {b: (fwd[b][0] + bwd[b][0], bool(fwd[b][1] or bwd[b][1])) for b in fwd if b in bwd}
+        if both:
+            cells[case, "fwd+bwd"] = both
+    order = {c: i for i, c in enumerate(dict.fromkeys(r["case"] for r in report["results"]))}
+    rows = [("case", "dir", *(f"{b} ms" for b in labels), "fastest", "vs next family")]
+    for (case, direction), by_label in sorted(cells.items(), key=lambda kv: (order[kv[0][0]], kv[0][1])):
+        timed = {b: v for b, v in by_label.items() if allocates(b)}
+        best = min(timed, key=lambda b: timed[b][0])
+        others = [v[0] for b, v in timed.items() if family(b) != family(best)]
+        rows.append((case, direction,
+                     *(f"{_ms(by_label[b][0])}{'!' if by_label[b][1] else ''}" if b in by_label else "-" for b in labels),
+                     best, f"{min(others) / timed[best][0]:.2f}x" if others else ""))
+    lines = _legend(report) + ["fwd+bwd = sum of the two medians; ! = unstable", ""]
+    return "\n".join(lines + _align(rows, right=set(range(2, 2 + len(labels)))) + _summary(report))
 
 
 def _load_warning(machine):
@@ -120,51 +182,80 @@ def _columns(rows):
 
 
 def plot(report, path):
-    """Write a PNG: median time per case and backend as grouped bars (log scale), and below, each
-    sweep as lines of time against its varying size (how cost grows with work)."""
+    """Write a PNG, three panels: the median time per case and backend as grouped bars (log
+    scale) with the interquartile range as error bars and unstable ones hatched; the speed-up of
+    each backend over the fastest other one per case (bars up from 1: faster, down: slower);
+    each sweep as lines of time against its varying size (how cost grows with work)."""
     from matplotlib.backends.backend_agg import (
         FigureCanvasAgg,  # the bench extra; imported only here
     )
     from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
     results = report["results"]
     sweeps = sorted({r["sweep"] for r in results if r["sweep"]})
     sweeps = [s for s in sweeps if len({r["case"] for r in results if r["sweep"] == s}) > 1]
-    fig = Figure(figsize=(14, 5 + 4 * bool(sweeps)), layout="constrained")
-    FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(1 + bool(sweeps), max(1, len(sweeps)))
-    ax = fig.add_subplot(grid[0, :])
     groups = list(dict.fromkeys((r["case"], r["direction"]) for r in results))
     backends = sorted({r["backend"] for r in results}, key=label_order)
-    width = 0.8 / max(1, len(backends))
-    by_key = {(r["case"], r["direction"], r["backend"]): r["median_ms"] for r in results}
-    for j, backend in enumerate(backends):
-        xs = [i + (j - (len(backends) - 1) / 2) * width for i, g in enumerate(groups) if (*g, backend) in by_key]
-        ys = [by_key[(*g, backend)] for g in groups if (*g, backend) in by_key]
-        ax.bar(xs, ys, width, label=backend, color=f"C{j}")
-    ax.set_xticks(range(len(groups)), [f"{c} {_short(d)}" for c, d in groups], fontsize=8, rotation=30, ha="right")
-    ax.set_yscale("log")
-    ax.set_ylabel("median time per call (ms, log)")
+    by_key = {(r["case"], r["direction"], r["backend"]): r for r in results}
+    fig = Figure(figsize=(max(14, 0.9 * len(groups)), 10 + 4 * bool(sweeps)), layout="constrained")
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(2 + bool(sweeps), max(1, len(sweeps)))
+    times_ax, speed_ax = fig.add_subplot(grid[0, :]), fig.add_subplot(grid[1, :])
+    color = {b: f"C{j % 10}" for j, b in enumerate(backends)}
+    for i, g in enumerate(groups):
+        present = [by_key[(*g, b)] for b in backends if (*g, b) in by_key]
+        width = 0.8 / len(present)
+        xs = [i + (j - (len(present) - 1) / 2) * width for j in range(len(present))]
+        colors = [color[r["backend"]] for r in present]
+        bars = times_ax.bar(xs, [r["median_ms"] for r in present], width, color=colors,
+                            yerr=[[r["median_ms"] - r["q1_ms"] for r in present],
+                                  [r["q3_ms"] - r["median_ms"] for r in present]],
+                            error_kw=dict(elinewidth=0.8, capsize=1.5))
+        for bar, r in zip(bars, present):
+            bar.set_hatch("//" if r["unstable"] else "")
+        ratios = [(x, r) for x, r in zip(xs, present) if r["vs_best_other"]]
+        speed_ax.bar([x for x, _ in ratios], [r["vs_best_other"] - 1 for _, r in ratios], width, bottom=1,
+                     color=[color[r["backend"]] for _, r in ratios])
+    labels = [f"{c} {_short(d)}" for c, d in groups]
+    for ax in (times_ax, speed_ax):
+        ax.set_xticks(range(len(groups)), labels, fontsize=8, rotation=30, ha="right")
+        ax.set_xlim(-0.5, len(groups) - 0.5)
+        ax.set_yscale("log")
+        ax.grid(axis="y", which="major", alpha=0.3)
+    times_ax.set_ylabel("median ms per call (log)\nerror bars: interquartile range")
     machine = report["machine"]
-    ax.set_title(f"fastlayers bench, {report['settings']['dtype']}, {machine['cpu']}, "
-                 f"{machine['threads']} threads, {report['date'][:10]}")
-    ax.legend(ncols=len(backends), fontsize=8)
+    times_ax.set_title(f"fastlayers bench, {report['settings']['dtype']}, {machine['cpu']}, "
+                       f"{machine['threads']} threads, {report['date'][:10]}: time per call "
+                       "(+out: into preallocated buffers; every other bar allocates)")
+    handles = [Patch(color=color[b]) for b in backends]
+    names = list(backends)
+    if any(r["unstable"] for r in results):
+        handles.append(Patch(facecolor="white", edgecolor="black", hatch="//"))
+        names.append(f"unstable\n(spread > {100 * UNSTABLE_SPREAD:.0f}%)")
+    times_ax.legend(handles, names, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    speed_ax.axhline(1, color="black", linewidth=0.8)
+    speed_ax.set_ylabel("speed-up over the fastest\nother backend (log)")
+    speed_ax.set_title("speed-up per case: above 1 this backend beats every other family by that factor; "
+                       "below 1 the fastest other one is 1/that faster")
     for k, sweep in enumerate(sweeps):
-        ax = fig.add_subplot(grid[1, k])
-        axis = "N" if any(r["op"] == "conv2d" for r in results if r["sweep"] == sweep) else "T"
-        for j, backend in enumerate(backends):
+        ax = fig.add_subplot(grid[2, k])
+        for backend in backends:
             for direction, style in (("forward", "-o"), ("backward", "--s")):
-                pts = sorted((r["shape"][0], r["median_ms"]) for r in results
+                pts = sorted((r["shape"][0], r["median_ms"], r["q1_ms"], r["q3_ms"]) for r in results
                              if r["sweep"] == sweep and r["backend"] == backend and r["direction"] == direction)
                 if pts:
-                    ax.plot(*zip(*pts), style, color=f"C{j}", label=f"{backend} {_short(direction)}")
+                    n, med, q1, q3 = zip(*pts)
+                    ax.errorbar(n, med, yerr=[[m - a for m, a in zip(med, q1)], [b - m for m, b in zip(med, q3)]],
+                                fmt=style, color=color[backend], label=f"{backend} {_short(direction)}", capsize=2,
+                                markersize=3)
         sizes = sorted({r["shape"][0] for r in results if r["sweep"] == sweep})
         ax.set_xscale("log", base=2)
         ax.set_xticks(sizes, [str(n) for n in sizes])
         ax.minorticks_off()
         ax.set_yscale("log")
-        ax.set_xlabel(axis)
+        ax.set_xlabel("size along the sweep (conv2d: N, rnn: T)")
         ax.set_ylabel("median ms (log)")
         ax.set_title(f"sweep: {sweep}")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6, ncols=2)
     fig.savefig(path, dpi=100)

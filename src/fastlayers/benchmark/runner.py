@@ -1,13 +1,22 @@
-"""Run a set of cases x directions x backends and collect one report (a JSON-ready dict)."""
+"""The engine: plan cases x directions x backends, time each with the one timer, collect one
+report (a JSON-ready dict).
+
+Backend labels: ``family[:algo][+out]``. The family is ``numpy`` (the reference), ``cpu``,
+``cuda`` or ``torch`` (PyTorch, timed in its own process by :mod:`.torch_worker`); ``:algo``
+names an op's algorithm (conv2d's ``algo=``); ``+out`` marks fastlayers writing into
+preallocated ``out=`` buffers. Every other row allocates its outputs on every call, as PyTorch
+does, so rows without ``+out`` compare like with like, and ratios are taken against those only.
+"""
 from __future__ import annotations
 
 import datetime
+import hashlib
 import importlib.util
 import json
 import os
-import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict
 
@@ -15,18 +24,54 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from .. import _dispatch
-from .timing import GEMM_SHAPE, copy_roof, gemm_roof, machine_info, time_call
-from .workloads import (
-    FAMILIES,
-    family,
-    fastlayers_call,
-    labels_for,
-    make_inputs,
-    op_name,
-    work,
-)
+from .. import functional as F
+from .timing import GEMM_SHAPE, copy_roof, gemm_roof, machine_info, spread, steady_allocator, time_call
+from .workloads import DIRECTIONS, WORKLOADS, call_args, make_inputs, op_name, work
 
-SCHEMA = "fastlayers-bench/1"
+SCHEMA = "fastlayers-bench/2"
+FAMILIES = ("numpy", "cpu", "cuda", "torch")
+OUT = "+out"
+# Families whose kernels take out= buffers (the reference would only add a copy; PyTorch's
+# functional ops have no out=).
+OUT_FAMILIES = ("cpu", "cuda")
+# Families that take an op's algo= choice one algorithm per row.
+ALGO_FAMILIES = ("cpu", "cuda")
+DEFAULT_ALGO = "auto"
+ALGOS = tuple(dict.fromkeys(a for w in WORKLOADS.values() for a in w.algos))
+
+
+def parse_label(label):
+    """``"cpu:auto+out"`` -> ``("cpu", "auto", True)``."""
+    name, _, out = label.partition("+")
+    family, _, algo = name.partition(":")
+    return family, algo, bool(out)
+
+
+def family(label):
+    return parse_label(label)[0]
+
+
+def allocates(label):
+    return not parse_label(label)[2]
+
+
+def label_order(label):
+    """Sort key: the families' order, then the algorithms in their workload's order, ``+out`` last."""
+    fam, algo, out = parse_label(label)
+    return FAMILIES.index(fam), ALGOS.index(algo) if algo else -1, out
+
+
+def labels_for(families, op, out_rows=True):
+    """The backend labels of ``families`` for ``op``: one per algorithm where the family takes
+    the op's ``algo=``, and an ``+out`` twin of the default call where the family takes ``out=``."""
+    algos = WORKLOADS[op].algos
+    labels = []
+    for fam in families:
+        split = fam in ALGO_FAMILIES and algos
+        labels += [f"{fam}:{a}" for a in algos] if split else [fam]
+        if out_rows and fam in OUT_FAMILIES:
+            labels.append(f"{fam}:{DEFAULT_ALGO}{OUT}" if split else f"{fam}{OUT}")
+    return labels
 
 
 def available_families():
@@ -39,117 +84,194 @@ def available_families():
     return found
 
 
-def plan(cases, directions, families, found):
+def plan(cases, directions, families, found, out_rows=True):
     """The (case, direction, label) triples to time, and a skip record for every one that cannot
     run here, with the reason."""
     items, skips = [], []
     for case in cases:
         for direction in directions:
             op = op_name(case.op, direction)
-            for label in labels_for(families, case.op):
+            for label in labels_for(families, case.op, out_rows):
                 available, reason, ops = found[family(label)]
-                if not available:
-                    skips.append(dict(case=case.name, direction=direction, backend=label, reason=reason))
-                elif ops is not None and op not in ops:
-                    reason = f"the {family(label)} backend has no {op} yet"
-                    skips.append(dict(case=case.name, direction=direction, backend=label, reason=reason))
-                else:
+                if available and ops is not None and op not in ops:
+                    available, reason = False, f"the {family(label)} backend has no {op} yet"
+                if available:
                     items.append((case, direction, label))
+                else:
+                    skips.append(dict(case=case.name, direction=direction, backend=label, reason=reason))
     return items, skips
+
+
+def inputs_digest(inputs):
+    """SHA-256 of a measurement's inputs (values, shapes, dtypes, order): equal digests, equal inputs."""
+    h = hashlib.sha256()
+    for name, value in inputs.items():
+        h.update(name.encode())
+        if isinstance(value, np.ndarray):
+            h.update(f"{value.dtype.str}{value.shape}".encode())
+            h.update(np.ascontiguousarray(value).tobytes())
+        else:
+            h.update(repr(value).encode())
+    return h.hexdigest()
+
+
+def fastlayers_call(case, direction, label, inputs):
+    """The timed call of a fastlayers backend on ``inputs``, and the function that waits for it
+    to finish (``None`` on the CPU). For cuda the inputs are moved to the device once, before
+    timing; ``+out`` labels get their output buffers made here, once."""
+    fam, algo, out = parse_label(label)
+    args, kwargs = call_args(case, direction, inputs)
+    kwargs = dict(kwargs, backend=fam)
+    if algo:
+        kwargs["algo"] = algo
+    empty, sync = np.empty, None
+    if fam == "cuda":
+        from numba import cuda  # only here: importing fastlayers must not start CUDA
+
+        args = tuple(cuda.to_device(a) if isinstance(a, np.ndarray) else a for a in args)
+        empty, sync = cuda.device_array, cuda.synchronize
+    if out:
+        kwargs["out"] = WORKLOADS[case.op].outputs(case, direction, inputs, empty)
+    fn = getattr(F, op_name(case.op, direction))
+    return (lambda: fn(*args, **kwargs)), sync
+
+
+class Progress:
+    """``[i/n] what (k left, about s left)`` lines on a stream (stderr): the estimate is the mean
+    time per measurement so far times the measurements left."""
+
+    def __init__(self, total, stream, done=0, elapsed_s=0.0):
+        self.total, self.stream, self.done = total, stream, done
+        self.start = time.monotonic() - elapsed_s
+
+    def elapsed_s(self):
+        return time.monotonic() - self.start
+
+    def step(self, what):
+        left = self.total - self.done - 1
+        eta = f", about {self.elapsed_s() / self.done * (left + 1):.0f} s left" if self.done else ""
+        self.done += 1
+        print(f"[{self.done}/{self.total}] {what} ({left} left{eta})", file=self.stream, flush=True)
 
 
 SETTLE_S = 0.25
 
 
-def run(cases, directions=("forward", "backward"), families=FAMILIES, dtype="float32", threads=None,
-        repeat=7, budget_s=2.0, seed=0, progress=None):
+def run(cases, directions=DIRECTIONS, families=FAMILIES, dtype="float32", threads=None,
+        repeat=7, budget_s=2.0, seed=0, out_rows=True, progress=None, clock=time.perf_counter):
     """Time every (case, direction, backend) and return the report.
 
     ``threads`` (default: all usable CPUs) is given to fastlayers (``fl.threads``), to NumPy's BLAS
     (threadpoolctl) and to PyTorch (``torch.set_num_threads`` in its own process). Each
     measurement stays near ``budget_s`` seconds after one warm-up call, with at most ``repeat``
-    rounds and at least one."""
+    rounds and at least one. ``out_rows`` adds the ``+out`` rows; ``clock`` is the timer's clock
+    for the in-process measurements (PyTorch's worker always uses ``time.perf_counter``)."""
     progress = progress or sys.stderr
     threads = threads or _dispatch.get_num_threads()
     dtype = np.dtype(dtype).name
+    allocator = steady_allocator()
     found = available_families()
     machine = machine_info(threads)  # now, so that its load average is the one the timings met first
-    items, skips = plan(cases, directions, families, found)
-    print(f"fastlayers bench: {len(items)} measurements, {threads} threads, {dtype}; measuring roofs", file=progress)
+    items, skips = plan(cases, directions, families, found, out_rows)
+    print(f"fastlayers bench: {len(items)} measurements, {threads} threads, {dtype}; measuring roofs",
+          file=progress, flush=True)
     roofs_before = gemm_roof(dtype, threads), copy_roof(threads)
-    ours = [item for item in items if item[2] != "torch"]
-    torch_items = [item for item in items if item[2] == "torch"]
-    timings = {}
+    ours = [item for item in items if family(item[2]) != "torch"]
+    torch_items = [item for item in items if family(item[2]) == "torch"]
+    timings, digests = {}, {}
+    bar = Progress(len(items), progress)
     with _dispatch.threads(threads), threadpool_limits(limits=threads, user_api="blas"):
-        for i, (case, direction, label) in enumerate(ours):
-            print(f"[{i + 1}/{len(items)}] {case.name} {direction} {label}", file=progress, flush=True)
-            fn, sync = fastlayers_call(case, direction, label, make_inputs(case, direction, dtype, seed))
+        for case, direction, label in ours:
+            bar.step(f"{case.name} {direction} {label}")
+            inputs = make_inputs(case, direction, dtype, seed)
+            digests[case.name, direction, label] = inputs_digest(inputs)
+            fn, sync = fastlayers_call(case, direction, label, inputs)
             # Let the previous measurement's idle workers go to sleep first: OpenBLAS (NumPy's,
             # after the reference) and OpenMP threads busy-wait ~0.1 s after their last call, and
             # on a 2-core machine that takes a core from the next backend's threads.
             time.sleep(SETTLE_S)
-            timings[case.name, direction, label] = time_call(fn, repeat, budget_s, sync)
+            timings[case.name, direction, label] = time_call(fn, repeat, budget_s, sync, clock)
+    torch_info = None
     if torch_items:
-        print(f"[{len(ours) + 1}-{len(items)}/{len(items)}] PyTorch, in its own process", file=progress, flush=True)
-        torch_times, torch_skip = _run_torch(torch_items, dtype, threads, repeat, budget_s, seed)
-        if torch_times is None:
-            skips += [dict(case=c.name, direction=d, backend="torch", reason=torch_skip) for c, d, _ in torch_items]
+        job = dict(threads=threads, dtype=dtype, repeat=repeat, budget_s=budget_s, seed=seed,
+                   progress=dict(total=bar.total, done=bar.done, elapsed_s=bar.elapsed_s()),
+                   items=[dict(case=asdict(case), direction=direction) for case, direction, _ in torch_items])
+        reply, failure = _run_torch(job, threads, progress)
+        if reply is None:
+            skips += [dict(case=c.name, direction=d, backend=label, reason=failure) for c, d, label in torch_items]
         else:
-            timings.update(zip(((c.name, d, "torch") for c, d, _ in torch_items), torch_times))
+            torch_info = dict(version=reply["torch_version"], threads=reply["threads"], allocator=reply["allocator"])
+            for (case, direction, label), result in zip(torch_items, reply["results"]):
+                timings[case.name, direction, label] = result["times_s"]
+                digests[case.name, direction, label] = result["inputs_sha256"]
     # The roofs are measured before and after the timings and the better kept: a roof taken while
     # another process had the CPUs would make every % of roof look too good.
     roofs_after = gemm_roof(dtype, threads), copy_roof(threads)
     roofs = dict(gemm_gflops=max(roofs_before[0], roofs_after[0]), gemm_shape=GEMM_SHAPE,
                  copy_gbs=max(roofs_before[1], roofs_after[1]),
                  measured=dict(before=roofs_before, after=roofs_after))
-    results = [_result(case, direction, label, dtype, timings[case.name, direction, label], roofs)
-               for case, direction, label in items if (case.name, direction, label) in timings]
+    results = [_result(case, direction, label, dtype, timings[key], digests[key], roofs)
+               for case, direction, label in items if (key := (case.name, direction, label)) in timings]
     _add_ratios(results)
     return dict(
         schema=SCHEMA,
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         machine=machine,
         settings=dict(threads=threads, dtype=dtype, repeat=repeat, budget_s=budget_s, seed=seed,
-                      note="cpu and cuda write into preallocated out= buffers; numpy and torch allocate"),
+                      allocator=allocator, torch=torch_info),
         roofs=roofs,
         results=results,
         skipped=skips,
     )
 
 
-def _run_torch(items, dtype, threads, repeat, budget_s, seed):
-    """Timings of the torch items from a worker process, or ``(None, reason)`` if it failed."""
-    job = dict(threads=threads, dtype=dtype, repeat=repeat, budget_s=budget_s, seed=seed,
-               items=[dict(case=asdict(case), direction=direction) for case, direction, _ in items])
+def _run_torch(job, threads, progress):
+    """The reply of a PyTorch worker process to ``job``, or ``(None, reason)`` if it failed; its
+    stderr (progress, errors) is relayed to ``progress`` line by line as it comes."""
     src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                PYTHONPATH=os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p))
-    proc = subprocess.run([sys.executable, "-m", "fastlayers.benchmark.torch_worker"], input=json.dumps(job),
-                          stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "fastlayers.benchmark.torch_worker"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    def relay():
+        for line in proc.stderr:
+            progress.write(line)
+            progress.flush()
+
+    relaying = threading.Thread(target=relay, daemon=True)
+    relaying.start()
+    proc.stdin.write(json.dumps(job))
+    proc.stdin.close()
+    reply = proc.stdout.read()
+    proc.wait()
+    relaying.join()
     if proc.returncode != 0:
         return None, f"the PyTorch worker failed with exit code {proc.returncode} (its error is printed above)"
-    return json.loads(proc.stdout)["times_s"], None
+    return json.loads(reply), None
 
 
-def _result(case, direction, label, dtype, times_s, roofs):
+def _result(case, direction, label, dtype, times_s, digest, roofs):
     amount, unit = work(case, direction, dtype)
-    median = statistics.median(times_s)
-    rate = amount / median / 1e9
+    s = spread(times_s)
+    rate = amount / s["median"] / 1e9
     roof = roofs["gemm_gflops"] if unit == "flop" else roofs["copy_gbs"]
     return dict(
-        case=case.name, op=case.op, direction=direction, backend=label, dtype=dtype,
-        shape=list(case.shape), params=case.params, sweep=case.sweep,
+        case=case.name, op=case.op, direction=direction, backend=label, allocates=allocates(label), dtype=dtype,
+        shape=list(case.shape), params=case.params, sweep=case.sweep, inputs_sha256=digest,
         times_ms=[t * 1e3 for t in times_s], rounds=len(times_s),
-        median_ms=median * 1e3, min_ms=min(times_s) * 1e3, max_ms=max(times_s) * 1e3,
+        **{f"{k}_ms": s[k] * 1e3 for k in ("median", "min", "q1", "q3", "max")},
+        spread=s["relative"], unstable=s["unstable"],
         work=amount, rate=rate, rate_unit="GFLOP/s" if unit == "flop" else "GB/s", roof_pct=100 * rate / roof,
     )
 
 
 def _add_ratios(results):
-    """``vs_best_other``: the fastest other family's median over this one's (> 1: this is faster)."""
+    """``vs_best_other``: the fastest other family's median over this one's (> 1: this is
+    faster), among rows that allocate: a ``+out`` row is never the yardstick of another."""
     for r in results:
         others = [o for o in results if (o["case"], o["direction"]) == (r["case"], r["direction"])
-                  and family(o["backend"]) != family(r["backend"])]
+                  and o["allocates"] and family(o["backend"]) != family(r["backend"])]
         best = min(others, key=lambda o: o["median_ms"], default=None)
         r["best_other"] = best and best["backend"]
         r["vs_best_other"] = best and best["median_ms"] / r["median_ms"]

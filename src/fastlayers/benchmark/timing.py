@@ -15,21 +15,22 @@ import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
 
-def time_call(fn, repeat, budget_s, sync=None):
-    """Seconds per call of ``fn``, one entry per timed round (at most ``repeat``).
+def time_call(fn, repeat, budget_s, sync=None, clock=time.perf_counter):
+    """Seconds per call of ``fn``, one entry per timed round (at most ``repeat``): the one timer
+    of every benchmark in fastlayers.
 
     A first, discarded call warms caches, workspaces, lazy initialisation and JIT compilers. The
     second call is the first round and tells how long a call takes: the rounds are then cut so
     the measurement stays near ``budget_s`` — a slow reference on a big case gets one or two
     rounds, never none. ``sync`` (e.g. a CUDA synchronise) runs inside the timed region so
-    asynchronous backends are timed to completion."""
+    asynchronous backends are timed to completion. ``clock`` returns seconds."""
 
     def timed():
-        start = time.perf_counter()
+        start = clock()
         fn()
         if sync is not None:
             sync()
-        return time.perf_counter() - start
+        return clock() - start
 
     timed()
     times = [timed()]
@@ -50,6 +51,67 @@ def plan_rounds(first_call_s, repeat, budget_s):
         return repeat
     fit = math.floor(budget_s / max(first_call_s, 1e-9))
     return max(1, min(repeat, fit))
+
+
+# A measurement is unstable when the middle half of its rounds spans more than this fraction of
+# the median: a difference of that size between two backends is then not to be trusted.
+UNSTABLE_SPREAD = 0.10
+# Fewer rounds than this give no interquartile range worth the name.
+MIN_ROUNDS_FOR_SPREAD = 3
+
+
+def spread(times):
+    """The distribution of one measurement's rounds: min, quartiles, median, max, the relative
+    spread (interquartile range / median) and whether it is unstable (``None``: too few rounds
+    to tell)."""
+    ordered = sorted(times)
+    median = statistics.median(ordered)
+    q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive") if len(ordered) > 1 else ordered * 3
+    relative = (q3 - q1) / median if median > 0 else 0.0
+    unstable = relative > UNSTABLE_SPREAD if len(ordered) >= MIN_ROUNDS_FOR_SPREAD else None
+    return dict(min=ordered[0], q1=q1, median=median, q3=q3, max=ordered[-1], relative=relative, unstable=unstable)
+
+
+# ---------------------------------------------------------------------------- allocator
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+# glibc's largest dynamic mmap threshold on 64-bit (a long-running process that has freed a block
+# this big gets it) and the trim threshold it pairs with.
+MMAP_THRESHOLD = 32 << 20
+TRIM_THRESHOLD = 2 * MMAP_THRESHOLD
+
+
+def steady_allocator():
+    """Fix glibc's malloc thresholds in this process to a long-running process's steady state and
+    return what was done, for the report.
+
+    By default glibc serves a block above its mmap threshold by a fresh mmap and returns heap
+    memory above its trim threshold to the kernel; both thresholds start at 128 KiB and rise
+    with the largest mmapped block the process has freed so far. Every call that allocates its
+    outputs then costs page faults or not depending on what the process did before: PyTorch's
+    cifar-stem forward faulted in its two 4 MiB buffers (oneDNN's blocked output and its NCHW
+    copy) on every call in a fresh worker (2.9 ms), and not in a process that had freed an 8 MiB
+    temporary first (0.42 ms). With fixed thresholds every process of a run, fastlayers' and
+    PyTorch's, allocates the same way whatever its history; a buffer above 32 MiB is still
+    mapped afresh on each call, on every side alike."""
+    import ctypes
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        return dict(fixed=False, reason=f"not glibc ({platform.libc_ver()[0] or 'unknown libc'}): left as it is")
+    libc = ctypes.CDLL(None)
+    ok = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    if not ok:
+        return dict(fixed=False, reason="glibc refused mallopt")
+    return dict(fixed=True, mmap_threshold=MMAP_THRESHOLD, trim_threshold=TRIM_THRESHOLD)
+
+
+def allocator_line(allocator):
+    if not allocator["fixed"]:
+        return f"allocator: {allocator['reason']}"
+    return (f"allocator: glibc mmap threshold {allocator['mmap_threshold'] >> 20} MiB, trim threshold "
+            f"{allocator['trim_threshold'] >> 20} MiB in every process of the run")
 
 
 # ---------------------------------------------------------------------------- roofs

@@ -1,24 +1,19 @@
-"""What one benchmark measures: a case of the table, a direction, a backend; its inputs, its work
-(FLOPs or bytes) and the zero-argument callable that is timed.
+"""Everything the benchmark knows about one op, in one class per op, registered by op name.
 
-Backend labels: ``"numpy"`` (the reference), ``"cpu:im2col"``, ``"cpu:direct"``, ``"cpu:auto"``
-(conv2d's ``algo=``), ``"cpu"`` (the other ops, which have no ``algo``), ``"cuda"`` and
-``"torch"`` (PyTorch, timed in its own process by :mod:`fastlayers.benchmark.torch_worker`).
-The part before ``:`` is the label's *family*: ratios compare a row with other families only.
+A workload gives, for a case of the table (:mod:`fastlayers.cases`) and a direction: the inputs
+(NumPy arrays, the functional API's positional arguments in order), the keyword options of the
+call, the output buffers an ``out=`` call writes into, the work (FLOPs or bytes) and the PyTorch
+call that computes the same thing from the same inputs. The engine, the PyTorch worker and the
+tables look an op up in :data:`WORKLOADS` and never branch on its name.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .. import functional as F
 from .. import reference
 from .._params import conv2d_geometry, pool2d_geometry
-from ..cases import Case
 
 DIRECTIONS = ("forward", "backward")
-OPS = ("conv2d", "max_pool2d", "rnn")
-FAMILIES = ("numpy", "cpu", "cuda", "torch")
-CONV2D_ALGOS = ("im2col", "direct", "auto")
 
 
 def op_name(op, direction):
@@ -26,70 +21,151 @@ def op_name(op, direction):
     return op if direction == "forward" else f"{op}_backward"
 
 
-def family(label):
-    return label.split(":")[0]
-
-
-def label_order(label):
-    """Sort key: the families' order, then conv2d's algos in CONV2D_ALGOS order."""
-    fam, _, algo = label.partition(":")
-    return FAMILIES.index(fam), CONV2D_ALGOS.index(algo) if algo else -1
-
-
-def labels_for(families, op):
-    """The backend labels of ``families`` that apply to ``op`` (cpu splits by conv2d algo)."""
-    labels = []
-    for fam in families:
-        if fam == "cpu" and op == "conv2d":
-            labels += [f"cpu:{algo}" for algo in CONV2D_ALGOS]
-        else:
-            labels.append(fam)
-    return labels
-
-
-def _conv2d_kwargs(case):
-    p = case.params
-    return dict(stride=p.get("stride", 1), padding=p.get("padding", 0))
-
-
-def _pool_kwargs(case):
-    p = case.params
-    return dict(kernel_size=p.get("kernel_size", 2), stride=p.get("stride"))
-
-
-def conv2d_weight_shape(case):
-    C = case.shape[1]
-    k = case.params["kernel_size"]
-    return (case.params["F"], C, k, k)
-
-
-def make_inputs(case: Case, direction, dtype, seed=0):
-    """NumPy inputs of ``case`` in ``direction``, as keyword arguments of the functional API.
-
-    Values are O(1) (weights scaled by 1/sqrt(fan-in), as at initialisation) so no backend meets
-    denormals or saturated tanh that a real network would not. Backward inputs include the
-    forward's outputs, computed by the reference."""
+def _normal(seed, dtype):
+    """Draws O(1) values (scaled as at initialisation, so no backend meets denormals or a
+    saturated tanh that a real network would not), always from float64 so that float32 and
+    float64 runs see the same numbers."""
     rng = np.random.default_rng(seed)
-    dtype = np.dtype(dtype)
+    return lambda shape, scale=1.0: (rng.standard_normal(shape) * scale).astype(dtype)
 
-    def normal(shape, scale=1.0):
-        return (rng.standard_normal(shape) * scale).astype(dtype)
 
-    if case.op == "conv2d":
-        w_shape = conv2d_weight_shape(case)
+def _torch_no_grad(torch, fn):
+    def call():
+        with torch.no_grad():
+            return fn()
+
+    return call
+
+
+class Workload:
+    """What the three ops share: no ``algo=`` choice, the inputs as the positional arguments."""
+
+    algos = ()
+
+    @staticmethod
+    def args(case, direction, inputs):
+        return tuple(inputs.values())
+
+    @staticmethod
+    def options(case, direction):
+        return {}
+
+
+class Conv2dWorkload(Workload):
+    """conv2d: case shape (N, C, H, W); params F, kernel_size, stride, padding."""
+
+    op = "conv2d"
+    algos = ("im2col", "direct", "auto")  # conv2d's ``algo=``; "auto" is the default
+
+    @staticmethod
+    def weight_shape(case):
+        k = case.params["kernel_size"]
+        return (case.params["F"], case.shape[1], k, k)
+
+    @staticmethod
+    def options(case, direction):
+        return dict(stride=case.params.get("stride", 1), padding=case.params.get("padding", 0))
+
+    def geometry(self, case):
+        return conv2d_geometry(case.shape, self.weight_shape(case), **self.options(case, "forward"))
+
+    def inputs(self, case, direction, dtype, seed):
+        normal = _normal(seed, dtype)
+        w_shape = self.weight_shape(case)
         x = normal(case.shape)
         w = normal(w_shape, 1 / np.sqrt(np.prod(w_shape[1:])))
         if direction == "forward":
             return dict(x=x, w=w, b=normal(w_shape[0]))
-        g = conv2d_geometry(x.shape, w.shape, **_conv2d_kwargs(case))
-        return dict(dy=normal(g.y_shape), x=x, w=w)
-    if case.op == "max_pool2d":
+        return dict(dy=normal(self.geometry(case).y_shape), x=x, w=w)
+
+    def outputs(self, case, direction, inputs, empty):
+        if direction == "forward":
+            return empty(self.geometry(case).y_shape, inputs["x"].dtype)
+        x, w = inputs["x"], inputs["w"]
+        return empty(x.shape, x.dtype), empty(w.shape, w.dtype), empty(w.shape[:1], w.dtype)
+
+    def work(self, case, direction, dtype):
+        """FLOPs: the backward computes dx and dw, each as many multiply-adds as the forward (db
+        is negligible)."""
+        flops = self.geometry(case).flops
+        return (flops if direction == "forward" else 2 * flops), "flop"
+
+    def torch_call(self, torch, case, direction, inputs, seed):
+        """The timed PyTorch call on the same ``inputs`` (made with ``seed``): forward without a
+        graph; backward: autograd on a graph built once and retained."""
+        nnf, kw = torch.nn.functional, self.options(case, direction)
+        t = {k: torch.from_numpy(v) for k, v in inputs.items()}
+        if direction == "forward":
+            return _torch_no_grad(torch, lambda: nnf.conv2d(t["x"], t["w"], t["b"], **kw))
+        x, w = t["x"].requires_grad_(), t["w"].requires_grad_()
+        b = torch.zeros(w.shape[0], dtype=w.dtype, requires_grad=True)
+        y = nnf.conv2d(x, w, b, **kw)
+        return lambda: torch.autograd.grad(y, (x, w, b), t["dy"], retain_graph=True)
+
+
+class MaxPool2dWorkload(Workload):
+    """max_pool2d: case shape (N, C, H, W); params kernel_size, stride. The forward returns the
+    indices on both sides (training needs them for the backward)."""
+
+    op = "max_pool2d"
+
+    @staticmethod
+    def options(case, direction):
+        if direction == "backward":
+            return {}
+        return dict(stride=case.params.get("stride"), return_indices=True)
+
+    @staticmethod
+    def geometry(case):
+        return pool2d_geometry(case.shape, case.params["kernel_size"], case.params.get("stride"))
+
+    def inputs(self, case, direction, dtype, seed):
+        normal = _normal(seed, dtype)
         x = normal(case.shape)
         if direction == "forward":
             return dict(x=x)
-        _, indices = reference.max_pool2d(x, **_pool_kwargs(case))
+        _, indices = reference.max_pool2d(x, case.params["kernel_size"], case.params.get("stride"),
+                                          return_indices=True)
         return dict(dy=normal(indices.shape), indices=indices, input_shape=x.shape)
-    if case.op == "rnn":
+
+    @staticmethod
+    def args(case, direction, inputs):
+        """kernel_size follows the input, as in torch.nn.functional."""
+        values = tuple(inputs.values())
+        return values + (case.params["kernel_size"],) if direction == "forward" else values
+
+    def outputs(self, case, direction, inputs, empty):
+        if direction == "forward":
+            y_shape = self.geometry(case).y_shape
+            return empty(y_shape, inputs["x"].dtype), empty(y_shape, np.int64)
+        return empty(inputs["input_shape"], inputs["dy"].dtype)
+
+    def work(self, case, direction, dtype):
+        """Bytes moved: the forward reads x and writes y and the int64 indices; the backward
+        reads dy and the indices and writes dx."""
+        g = self.geometry(case)
+        x_elems, y_elems = int(np.prod(g.x_shape)), int(np.prod(g.y_shape))
+        return (x_elems + y_elems) * np.dtype(dtype).itemsize + y_elems * 8, "byte"
+
+    def torch_call(self, torch, case, direction, inputs, seed):
+        nnf, k, stride = torch.nn.functional, case.params["kernel_size"], case.params.get("stride")
+        if direction == "forward":
+            x = torch.from_numpy(inputs["x"])
+            return _torch_no_grad(torch, lambda: nnf.max_pool2d(x, k, stride, return_indices=True))
+        # The same x the indices were taken from: the forward's inputs under the same seed.
+        dy = inputs["dy"]
+        x = torch.from_numpy(self.inputs(case, "forward", dy.dtype, seed)["x"]).requires_grad_()
+        y = nnf.max_pool2d(x, k, stride)
+        return lambda: torch.autograd.grad(y, (x,), torch.from_numpy(dy), retain_graph=True)
+
+
+class RnnWorkload(Workload):
+    """rnn (tanh, time-major): case shape (T, N, D, H)."""
+
+    op = "rnn"
+
+    def inputs(self, case, direction, dtype, seed):
+        normal = _normal(seed, dtype)
         T, N, D, H = case.shape
         x_seq, h0 = normal((T, N, D)), normal((N, H), 0.5)
         Wx, Wh = normal((D, H), 1 / np.sqrt(D)), normal((H, H), 1 / np.sqrt(H))
@@ -98,74 +174,56 @@ def make_inputs(case: Case, direction, dtype, seed=0):
             return dict(x_seq=x_seq, h0=h0, Wx=Wx, Wh=Wh, b=b)
         hs = reference.rnn(x_seq, h0, Wx, Wh, b)
         return dict(dhs=normal(hs.shape), x_seq=x_seq, h0=h0, Wx=Wx, Wh=Wh, hs=hs)
-    raise ValueError(f"case {case.name!r} has unknown op {case.op!r}; expected one of {OPS}")
 
-
-def work(case: Case, direction, dtype):
-    """``(amount, unit)``: the FLOPs of compute-bound ops (conv2d, rnn) or the bytes moved by
-    memory-bound ones (max_pool2d), for one call.
-
-    conv2d backward computes dx and dw, each as many multiply-adds as the forward (db is
-    negligible); rnn is two GEMMs per step forward and four backward (dx, dh, dWx, dWh).
-    max_pool2d forward reads x and writes y and the int64 indices; backward reads dy and the
-    indices and writes dx."""
-    itemsize = np.dtype(dtype).itemsize
-    if case.op == "conv2d":
-        g = conv2d_geometry(case.shape, conv2d_weight_shape(case), **_conv2d_kwargs(case))
-        return (g.flops if direction == "forward" else 2 * g.flops), "flop"
-    if case.op == "max_pool2d":
-        g = pool2d_geometry(case.shape, **_pool_kwargs(case))
-        x_elems = int(np.prod(g.x_shape))
-        y_elems = int(np.prod(g.y_shape))
-        return (x_elems + y_elems) * itemsize + y_elems * 8, "byte"
-    if case.op == "rnn":
+    def outputs(self, case, direction, inputs, empty):
         T, N, D, H = case.shape
-        step = 2 * N * (D + H) * H
-        return T * step * (1 if direction == "forward" else 2), "flop"
-    raise ValueError(f"case {case.name!r} has unknown op {case.op!r}; expected one of {OPS}")
-
-
-def _empty_like_outputs(case, direction, inputs, empty):
-    """Output buffers of the op (so the timed calls do not allocate), made by ``empty(shape, dtype)``."""
-    if case.op == "conv2d":
+        dt = inputs["x_seq"].dtype
         if direction == "forward":
-            g = conv2d_geometry(inputs["x"].shape, inputs["w"].shape, **_conv2d_kwargs(case))
-            return empty(g.y_shape, inputs["x"].dtype)
-        x, w = inputs["x"], inputs["w"]
-        return (empty(x.shape, x.dtype), empty(w.shape, w.dtype), empty(w.shape[:1], w.dtype))
-    if case.op == "max_pool2d":
+            return empty((T, N, H), dt)
+        return tuple(empty(s, dt) for s in ((T, N, D), (N, H), (D, H), (H, H), (H,)))
+
+    def work(self, case, direction, dtype):
+        """FLOPs: two GEMMs per step forward, four backward (dx, dh, dWx, dWh)."""
+        T, N, D, H = case.shape
+        return T * 2 * N * (D + H) * H * (1 if direction == "forward" else 2), "flop"
+
+    def torch_call(self, torch, case, direction, inputs, seed):
+        """``torch.nn.RNN`` (one layer, tanh) holding the same weights (transposed: PyTorch keeps
+        (H, D)); its second bias is zero, as fastlayers has one."""
+        t = {k: torch.from_numpy(v) for k, v in inputs.items()}
+        # The backward's hs came from the forward with the bias b: the forward's inputs under the same seed.
+        b = inputs["b"] if direction == "forward" else self.inputs(case, "forward", inputs["Wx"].dtype, seed)["b"]
+        T, N, D, H = case.shape
+        rnn = torch.nn.RNN(D, H, nonlinearity="tanh", dtype=t["Wx"].dtype)
+        with torch.no_grad():
+            rnn.weight_ih_l0.copy_(t["Wx"].T)
+            rnn.weight_hh_l0.copy_(t["Wh"].T)
+            rnn.bias_ih_l0.copy_(torch.from_numpy(b))
+            rnn.bias_hh_l0.zero_()
+        h0 = t["h0"][None]
         if direction == "forward":
-            g = pool2d_geometry(inputs["x"].shape, **_pool_kwargs(case))
-            return (empty(g.y_shape, inputs["x"].dtype), empty(g.y_shape, np.int64))
-        return empty(inputs["input_shape"], inputs["dy"].dtype)
-    T, N, D, H = case.shape
-    dt = inputs["x_seq"].dtype
-    if direction == "forward":
-        return empty((T, N, H), dt)
-    return tuple(empty(s, dt) for s in ((T, N, D), (N, H), (D, H), (H, H), (H,)))
+            return _torch_no_grad(torch, lambda: rnn(t["x_seq"], h0))
+        x_seq, h0 = t["x_seq"].requires_grad_(), h0.clone().requires_grad_()
+        hs, _ = rnn(x_seq, h0)
+        params = (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0)
+        return lambda: torch.autograd.grad(hs, (x_seq, h0, *params), t["dhs"], retain_graph=True)
 
 
-def fastlayers_call(case: Case, direction, label, inputs):
-    """The timed call of a fastlayers backend, and the function that waits for it to finish.
+WORKLOADS = {w.op: w for w in (Conv2dWorkload(), MaxPool2dWorkload(), RnnWorkload())}
+OPS = tuple(WORKLOADS)
 
-    cpu and cuda write into preallocated ``out=`` buffers (the documented hot-loop use); the
-    numpy reference allocates, as it always does (``out=`` would only add a copy). For cuda the
-    inputs are moved to the device once, before timing."""
-    fam = family(label)
-    kwargs = dict(backend=fam)
-    if case.op == "conv2d":
-        kwargs.update(_conv2d_kwargs(case), algo=label.partition(":")[2] or "auto")
-    elif case.op == "max_pool2d" and direction == "forward":
-        kwargs.update(_pool_kwargs(case))
-    sync = None
-    if fam == "cuda":
-        from numba import cuda  # only here: importing fastlayers must not start CUDA
 
-        inputs = {k: cuda.to_device(v) if isinstance(v, np.ndarray) else v for k, v in inputs.items()}
-        kwargs["out"] = _empty_like_outputs(case, direction, inputs, lambda s, d: cuda.device_array(s, d))
-        sync = cuda.synchronize
-    elif fam == "cpu":
-        kwargs["out"] = _empty_like_outputs(case, direction, inputs, np.empty)
-    fn = getattr(F, op_name(case.op, direction))
-    args = tuple(inputs.values())
-    return (lambda: fn(*args, **kwargs)), sync
+def make_inputs(case, direction, dtype, seed=0):
+    """The inputs of ``case`` in ``direction``: the functional API's positional arrays, by name, in order."""
+    return WORKLOADS[case.op].inputs(case, direction, np.dtype(dtype), seed)
+
+
+def call_args(case, direction, inputs):
+    """``(args, kwargs)`` of the functional call of ``case`` in ``direction`` on ``inputs``."""
+    workload = WORKLOADS[case.op]
+    return workload.args(case, direction, inputs), workload.options(case, direction)
+
+
+def work(case, direction, dtype):
+    """``(amount, unit)``: FLOPs of compute-bound ops or bytes moved by memory-bound ones, one call."""
+    return WORKLOADS[case.op].work(case, direction, dtype)
