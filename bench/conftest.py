@@ -4,13 +4,17 @@
     pytest bench/ --benchmark-only --bench-cases quick --bench-backends cpu,torch
     pytest bench/ --benchmark-only --benchmark-json=run.json; pytest-benchmark compare ...
 
+The items, inputs, calls (every backend allocates; ``+out`` items write into out= buffers) and
+the allocator policy are the engine's (``fastlayers.benchmark``); pytest-benchmark is the timer.
 PyTorch runs in this process here (pytest-benchmark times in-process), after every fastlayers
 benchmark so that its thread pool starts only once ours are done; ``python -m fastlayers bench``
 times it in a process of its own, the cleaner comparison.
 """
 import pytest
 
-from fastlayers.benchmark.workloads import DIRECTIONS, FAMILIES, labels_for
+from fastlayers.benchmark.runner import FAMILIES, labels_for
+from fastlayers.benchmark.timing import steady_allocator
+from fastlayers.benchmark.workloads import DIRECTIONS
 from fastlayers.cases import ALL_CASES, CASES_BY_NAME, QUICK_CASES
 
 
@@ -47,6 +51,10 @@ def pytest_generate_tests(metafunc):
     items = [(case, direction, label) for case in _cases(metafunc.config) for direction in DIRECTIONS
              for label in labels_for(families, case.op)]
     metafunc.parametrize("bench_item", items, ids=[f"{c.name}-{d}-{b}" for c, d, b in items])
+
+
+def pytest_sessionstart(session):
+    steady_allocator()  # as the engine does: allocation costs the same whatever ran before
 
 
 def pytest_collection_modifyitems(items):

@@ -12,15 +12,9 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 import fastlayers as fl
-from fastlayers.benchmark.runner import available_families
+from fastlayers.benchmark.runner import available_families, family, fastlayers_call
 from fastlayers.benchmark.timing import plan_rounds
-from fastlayers.benchmark.workloads import (
-    family,
-    fastlayers_call,
-    make_inputs,
-    op_name,
-    work,
-)
+from fastlayers.benchmark.workloads import WORKLOADS, make_inputs, op_name, work
 
 MAX_ROUNDS = 7
 
@@ -32,10 +26,8 @@ def found():
 
 def _torch_call(case, direction, inputs, seed, threads):
     torch = pytest.importorskip("torch")
-    from fastlayers.benchmark.torch_worker import torch_call
-
     torch.set_num_threads(threads)
-    return torch_call(torch, case, direction, inputs, seed), None
+    return WORKLOADS[case.op].torch_call(torch, case, direction, inputs, seed), None
 
 
 def test_bench(benchmark, bench_item, found, request):
