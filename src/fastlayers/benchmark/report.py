@@ -42,7 +42,8 @@ def _legend(report):
     return [
         f"fastlayers bench, {report['date']}, {settings['dtype']}",
         f"machine: {machine_line(report['machine'])}",
-        *([f"PyTorch {torch['version']}, {torch['threads']} threads, in its own process"] if torch else []),
+        *([f"PyTorch {torch['version']} on {torch['device']}, {torch['threads']} threads, in its own process"]
+          if torch else []),
         f"roofs measured in this run: GEMM {roofs['gemm_gflops']:.1f} GFLOP/s (NumPy BLAS, {M}x{K} @ {K}x{N}), "
         f"copy {roofs['copy_gbs']:.1f} GB/s; % roof = rate / roof",
         allocator_line(settings["allocator"]),
@@ -115,7 +116,8 @@ def format_wide(report):
             cells[case, "fwd+bwd"] = both
     order = {c: i for i, c in enumerate(dict.fromkeys(r["case"] for r in report["results"]))}
     rows = [("case", "dir", *(f"{b} ms" for b in labels), "fastest", "vs next family")]
-    for (case, direction), by_label in sorted(cells.items(), key=lambda kv: (order[kv[0][0]], kv[0][1])):
+    directions = ("fwd", "bwd", "fwd+bwd")
+    for (case, direction), by_label in sorted(cells.items(), key=lambda kv: (order[kv[0][0]], directions.index(kv[0][1]))):
         timed = {b: v for b, v in by_label.items() if allocates(b)}
         best = min(timed, key=lambda b: timed[b][0])
         others = [v[0] for b, v in timed.items() if family(b) != family(best)]

@@ -158,14 +158,15 @@ SETTLE_S = 0.25
 
 
 def run(cases, directions=DIRECTIONS, families=FAMILIES, dtype="float32", threads=None,
-        repeat=7, budget_s=2.0, seed=0, out_rows=True, progress=None, clock=time.perf_counter):
+        repeat=7, budget_s=2.0, seed=0, out_rows=True, progress=None, clock=time.perf_counter, torch_device="cpu"):
     """Time every (case, direction, backend) and return the report.
 
     ``threads`` (default: all usable CPUs) is given to fastlayers (``fl.threads``), to NumPy's BLAS
     (threadpoolctl) and to PyTorch (``torch.set_num_threads`` in its own process). Each
     measurement stays near ``budget_s`` seconds after one warm-up call, with at most ``repeat``
     rounds and at least one. ``out_rows`` adds the ``+out`` rows; ``clock`` is the timer's clock
-    for the in-process measurements (PyTorch's worker always uses ``time.perf_counter``)."""
+    for the in-process measurements (PyTorch's worker always uses ``time.perf_counter``);
+    ``torch_device`` is where PyTorch runs ("cuda": its GPU, against fastlayers' cuda)."""
     progress = progress or sys.stderr
     threads = threads or _dispatch.get_num_threads()
     dtype = np.dtype(dtype).name
@@ -193,14 +194,15 @@ def run(cases, directions=DIRECTIONS, families=FAMILIES, dtype="float32", thread
             timings[case.name, direction, label] = time_call(fn, repeat, budget_s, sync, clock)
     torch_info = None
     if torch_items:
-        job = dict(threads=threads, dtype=dtype, repeat=repeat, budget_s=budget_s, seed=seed,
+        job = dict(threads=threads, dtype=dtype, repeat=repeat, budget_s=budget_s, seed=seed, device=torch_device,
                    progress=dict(total=bar.total, done=bar.done, elapsed_s=bar.elapsed_s()),
                    items=[dict(case=asdict(case), direction=direction) for case, direction, _ in torch_items])
         reply, failure = _run_torch(job, threads, progress)
         if reply is None:
             skips += [dict(case=c.name, direction=d, backend=label, reason=failure) for c, d, label in torch_items]
         else:
-            torch_info = dict(version=reply["torch_version"], threads=reply["threads"], allocator=reply["allocator"])
+            torch_info = dict(version=reply["torch_version"], threads=reply["threads"], device=reply["device"],
+                              allocator=reply["allocator"])
             for (case, direction, label), result in zip(torch_items, reply["results"]):
                 timings[case.name, direction, label] = result["times_s"]
                 digests[case.name, direction, label] = result["inputs_sha256"]

@@ -2,7 +2,7 @@
 
 PyTorch's and fastlayers' OpenMP thread pools slow each other down when both live in one process,
 so the engine sends this worker a JSON job on stdin (threads, dtype, repeat, budget, seed, the
-progress so far and the items) and reads one JSON reply from stdout; progress goes to stderr.
+device, the progress so far and the items) and reads one JSON reply from stdout; progress goes to stderr.
 The worker builds each item's inputs as the engine does (:func:`workloads.make_inputs`, same
 seed) and returns their digest with the timings, so the engine can show that both sides timed
 the same arrays; it times with the engine's timer under the engine's allocator policy.
@@ -23,15 +23,23 @@ def run_job(job, stream=sys.stderr):
     import torch
 
     torch.set_num_threads(job["threads"])
+    device, sync = job.get("device", "cpu"), None
+    if device == "cuda":
+        # cuDNN picks its fastest algorithm; FP32 means FP32 (no TF32), as fastlayers computes.
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        sync = torch.cuda.synchronize
     bar = Progress(stream=stream, **job["progress"])
     results = []
     for item in job["items"]:
         case = Case(**{**item["case"], "shape": tuple(item["case"]["shape"])})
         bar.step(f"{case.name} {item['direction']} torch")
         inputs = make_inputs(case, item["direction"], job["dtype"], job["seed"])
-        fn = WORKLOADS[case.op].torch_call(torch, case, item["direction"], inputs, job["seed"])
-        results.append(dict(times_s=time_call(fn, job["repeat"], job["budget_s"]), inputs_sha256=inputs_digest(inputs)))
-    return dict(torch_version=torch.__version__, threads=torch.get_num_threads(), allocator=allocator, results=results)
+        fn = WORKLOADS[case.op].torch_call(torch, case, item["direction"], inputs, job["seed"], device)
+        results.append(dict(times_s=time_call(fn, job["repeat"], job["budget_s"], sync),
+                            inputs_sha256=inputs_digest(inputs)))
+    return dict(torch_version=torch.__version__, threads=torch.get_num_threads(), device=device,
+                allocator=allocator, results=results)
 
 
 if __name__ == "__main__":

@@ -90,15 +90,15 @@ class Conv2dWorkload(Workload):
         flops = self.geometry(case).flops
         return (flops if direction == "forward" else 2 * flops), "flop"
 
-    def torch_call(self, torch, case, direction, inputs, seed):
-        """The timed PyTorch call on the same ``inputs`` (made with ``seed``): forward without a
-        graph; backward: autograd on a graph built once and retained."""
+    def torch_call(self, torch, case, direction, inputs, seed, device="cpu"):
+        """The timed PyTorch call on the same ``inputs`` (made with ``seed``), copied to ``device``
+        once: forward without a graph; backward: autograd on a graph built once and retained."""
         nnf, kw = torch.nn.functional, self.options(case, direction)
-        t = {k: torch.from_numpy(v) for k, v in inputs.items()}
+        t = {k: torch.from_numpy(v).to(device) for k, v in inputs.items()}
         if direction == "forward":
             return _torch_no_grad(torch, lambda: nnf.conv2d(t["x"], t["w"], t["b"], **kw))
         x, w = t["x"].requires_grad_(), t["w"].requires_grad_()
-        b = torch.zeros(w.shape[0], dtype=w.dtype, requires_grad=True)
+        b = torch.zeros(w.shape[0], dtype=w.dtype, device=device, requires_grad=True)
         y = nnf.conv2d(x, w, b, **kw)
         return lambda: torch.autograd.grad(y, (x, w, b), t["dy"], retain_graph=True)
 
@@ -147,16 +147,16 @@ class MaxPool2dWorkload(Workload):
         x_elems, y_elems = int(np.prod(g.x_shape)), int(np.prod(g.y_shape))
         return (x_elems + y_elems) * np.dtype(dtype).itemsize + y_elems * 8, "byte"
 
-    def torch_call(self, torch, case, direction, inputs, seed):
+    def torch_call(self, torch, case, direction, inputs, seed, device="cpu"):
         nnf, k, stride = torch.nn.functional, case.params["kernel_size"], case.params.get("stride")
         if direction == "forward":
-            x = torch.from_numpy(inputs["x"])
+            x = torch.from_numpy(inputs["x"]).to(device)
             return _torch_no_grad(torch, lambda: nnf.max_pool2d(x, k, stride, return_indices=True))
         # The same x the indices were taken from: the forward's inputs under the same seed.
-        dy = inputs["dy"]
-        x = torch.from_numpy(self.inputs(case, "forward", dy.dtype, seed)["x"]).requires_grad_()
+        dy = torch.from_numpy(inputs["dy"]).to(device)
+        x = torch.from_numpy(self.inputs(case, "forward", inputs["dy"].dtype, seed)["x"]).to(device).requires_grad_()
         y = nnf.max_pool2d(x, k, stride)
-        return lambda: torch.autograd.grad(y, (x,), torch.from_numpy(dy), retain_graph=True)
+        return lambda: torch.autograd.grad(y, (x,), dy, retain_graph=True)
 
 
 class RnnWorkload(Workload):
@@ -187,14 +187,14 @@ class RnnWorkload(Workload):
         T, N, D, H = case.shape
         return T * 2 * N * (D + H) * H * (1 if direction == "forward" else 2), "flop"
 
-    def torch_call(self, torch, case, direction, inputs, seed):
+    def torch_call(self, torch, case, direction, inputs, seed, device="cpu"):
         """``torch.nn.RNN`` (one layer, tanh) holding the same weights (transposed: PyTorch keeps
         (H, D)); its second bias is zero, as fastlayers has one."""
-        t = {k: torch.from_numpy(v) for k, v in inputs.items()}
+        t = {k: torch.from_numpy(v).to(device) for k, v in inputs.items()}
         # The backward's hs came from the forward with the bias b: the forward's inputs under the same seed.
         b = inputs["b"] if direction == "forward" else self.inputs(case, "forward", inputs["Wx"].dtype, seed)["b"]
         T, N, D, H = case.shape
-        rnn = torch.nn.RNN(D, H, nonlinearity="tanh", dtype=t["Wx"].dtype)
+        rnn = torch.nn.RNN(D, H, nonlinearity="tanh", dtype=t["Wx"].dtype, device=device)
         with torch.no_grad():
             rnn.weight_ih_l0.copy_(t["Wx"].T)
             rnn.weight_hh_l0.copy_(t["Wh"].T)
