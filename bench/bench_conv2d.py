@@ -14,13 +14,12 @@ differs), float32.
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 
+import _op_view
 import numpy as np
 
 import fastlayers as fl
-from fastlayers.__main__ import main as engine
 from fastlayers.benchmark.runner import fastlayers_call
 from fastlayers.benchmark.timing import median_ms
 from fastlayers.benchmark.workloads import WORKLOADS, make_inputs
@@ -125,21 +124,12 @@ def tile_sweep(names, threads, repeat):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument("--cases", default=",".join(CONV_CASES))
+    parser = _op_view.parser(__doc__, repeat=7)
     experiment = parser.add_mutually_exclusive_group()
     experiment.add_argument("--gemm", action="store_true", help="im2col forward vs a bare BLAS GEMM; thread scaling")
     experiment.add_argument("--tiles", action="store_true", help="im2col column tile size sweep")
     experiment.add_argument("--small", action="store_true", help="im2col vs direct on tiny convolutions")
-    args, rest = parser.parse_known_args(argv)
-    names = [n.strip() for n in args.cases.split(",") if n.strip()]
-    unknown = [n for n in names if n not in CASES_BY_NAME or CASES_BY_NAME[n].op != "conv2d"]
-    if unknown:
-        parser.error(f"--cases: {', '.join(unknown)} are not conv2d cases; known: {', '.join(CONV_CASES)}")
-    if rest and (args.gemm or args.tiles or args.small):
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args, names, rest = _op_view.parse(parser, argv, "conv2d", CONV_CASES, ("gemm", "tiles", "small"))
     if args.gemm:
         gemm_and_scaling(names, args.threads, args.repeat)
     elif args.tiles:
@@ -147,8 +137,7 @@ def main(argv=None):
     elif args.small:
         small_table(args.threads)
     else:
-        return engine(["bench", "--ops", "conv2d", "--backends", "numpy,cpu,torch", "--wide", "--cases", ",".join(names),
-                       "--threads", str(args.threads), "--repeat", str(args.repeat), *rest])
+        return _op_view.table("conv2d", names, args.threads, args.repeat, rest)
     return 0
 
 

@@ -11,12 +11,10 @@ inputs, float32, time-major (T, N, D) with H hidden units.
 """
 from __future__ import annotations
 
-import argparse
-
+import _op_view
 import numpy as np
 
 import fastlayers as fl
-from fastlayers.__main__ import main as engine
 from fastlayers.benchmark.runner import fastlayers_call
 from fastlayers.benchmark.timing import median_ms
 from fastlayers.benchmark.workloads import make_inputs
@@ -51,23 +49,13 @@ def step_gemm_table(names, threads, repeat):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=11)
-    parser.add_argument("--cases", default=",".join(RNN_CASES))
+    parser = _op_view.parser(__doc__, repeat=11)
     parser.add_argument("--step-gemm", action="store_true", help="one step's GEMM: BLAS threads vs ours")
-    args, rest = parser.parse_known_args(argv)
-    names = [n.strip() for n in args.cases.split(",") if n.strip()]
-    unknown = [n for n in names if n not in CASES_BY_NAME or CASES_BY_NAME[n].op != "rnn"]
-    if unknown:
-        parser.error(f"--cases: {', '.join(unknown)} are not rnn cases; known: {', '.join(RNN_CASES)}")
+    args, names, rest = _op_view.parse(parser, argv, "rnn", RNN_CASES, ("step_gemm",))
     if args.step_gemm:
-        if rest:
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
         step_gemm_table(names, args.threads, args.repeat)
         return 0
-    return engine(["bench", "--ops", "rnn", "--backends", "numpy,cpu,torch", "--wide", "--cases", ",".join(names),
-                   "--threads", str(args.threads), "--repeat", str(args.repeat), *rest])
+    return _op_view.table("rnn", names, args.threads, args.repeat, rest)
 
 
 if __name__ == "__main__":

@@ -44,3 +44,14 @@ CASES_BY_NAME = {c.name: c for c in ALL_CASES}
 # 2 s a call (resnet-28 at N=16): the whole run stays near a minute on a quiet 2-core machine.
 QUICK_CASES = ("cifar-stem", "resnet-28-n1", "resnet-28-n4", "resnet-28-n16", "pool-56",
                "rnn-small-t10", "rnn-small-t25", "rnn-small")
+
+
+def cases_named(text, op):
+    """The cases of ``op`` named in ``text`` (comma-separated), in that order; a ValueError names
+    the names that are no case of ``op``."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CASES_BY_NAME or CASES_BY_NAME[n].op != op]
+    if unknown or not names:
+        known = ", ".join(c.name for c in ALL_CASES if c.op == op)
+        raise ValueError(f"--cases: {', '.join(unknown) or 'none given'}: not {op} cases; known: {known}")
+    return [CASES_BY_NAME[n] for n in names]

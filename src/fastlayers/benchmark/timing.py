@@ -88,13 +88,12 @@ def steady_allocator():
 
     By default glibc serves a block above its mmap threshold by a fresh mmap and returns heap
     memory above its trim threshold to the kernel; both thresholds start at 128 KiB and rise
-    with the largest mmapped block the process has freed so far. Every call that allocates its
-    outputs then costs page faults or not depending on what the process did before: PyTorch's
-    cifar-stem forward faulted in its two 4 MiB buffers (oneDNN's blocked output and its NCHW
-    copy) on every call in a fresh worker (2.9 ms), and not in a process that had freed an 8 MiB
-    temporary first (0.42 ms). With fixed thresholds every process of a run, fastlayers' and
-    PyTorch's, allocates the same way whatever its history; a buffer above 32 MiB is still
-    mapped afresh on each call, on every side alike."""
+    with the largest mmapped block the process has freed so far. A call that allocates its
+    outputs then costs page faults or not depending on what its process did before, and a
+    fresh worker process pays them where a process that ran the reference does not (the 7x
+    disagreement on PyTorch's cifar-stem forward: docs/performance.md). With fixed thresholds
+    every process of a run, fastlayers' and PyTorch's, allocates alike whatever its history; a
+    buffer above 32 MiB is still mapped afresh on each call, on every side alike."""
     import ctypes
     import platform
 
