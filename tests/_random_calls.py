@@ -26,6 +26,8 @@ OPS = (
     "max_pool2d", "max_pool2d_backward",
     "rnn_step", "rnn_step_backward",
     "rnn", "rnn_backward",
+    "lstm", "lstm_backward",
+    "gru", "gru_backward",
 )
 # Arguments that are arrays, in the order of the signature; the first float one fixes the dtype
 # the others must share (``_params`` checks it first).
@@ -38,10 +40,15 @@ ARRAYS = {
     "rnn_step_backward": ("dh", "x", "h_prev", "Wx", "Wh", "h"),
     "rnn": ("x_seq", "h0", "Wx", "Wh", "b"),
     "rnn_backward": ("dhs", "x_seq", "h0", "Wx", "Wh", "hs"),
+    "lstm": ("x_seq", "h0", "c0", "Wx", "Wh", "b"),
+    "lstm_backward": ("dhs", "dcs", "x_seq", "h0", "c0", "Wx", "Wh", "b", "hs", "cs"),
+    "gru": ("x_seq", "h0", "Wx", "Wh", "bx", "bh"),
+    "gru_backward": ("dhs", "x_seq", "h0", "Wx", "Wh", "bx", "bh", "hs"),
 }
 ANCHOR = {
     "conv2d": "x", "conv2d_backward": "x", "max_pool2d": "x", "max_pool2d_backward": "dy",
     "rnn_step": "x", "rnn_step_backward": "x", "rnn": "x_seq", "rnn_backward": "x_seq",
+    "lstm": "x_seq", "lstm_backward": "x_seq", "gru": "x_seq", "gru_backward": "x_seq",
 }
 LAYOUTS = ("C", "F", "reversed", "strided", "readonly")
 
@@ -256,6 +263,51 @@ def rnn_calls(draw, dtype, sequence=False, backward=False):
     return Call(op + "_backward", {dname: dh, xname: x, hname: h0, "Wx": Wx, "Wh": Wh, outname: h}, {}, None, terms)
 
 
+# ---------------------------------------------------------------------------- lstm, gru
+
+GATES = {"lstm": 4, "gru": 3}
+
+
+def _gated_call(rng, cell, T, N, D, H, dtype, kind="normal", backward=False, absent=()):
+    """A call of ``cell`` (or its backward) on inputs drawn like rnn's; the arrays named in
+    ``absent`` (initial states, biases, dcs) are None."""
+    G = GATES[cell]
+    arrays = dict(x_seq=_values(rng, (T, N, D), dtype, kind),
+                  Wx=_values(rng, (D, G * H), dtype, "normal", 1 / math.sqrt(max(D, 1))),
+                  Wh=_values(rng, (H, G * H), dtype, "normal", 0.5 / math.sqrt(max(H, 1))))
+    for name in ("h0", "c0") if cell == "lstm" else ("h0",):
+        arrays[name] = _values(rng, (N, H), dtype, "normal")
+    for name in ("b",) if cell == "lstm" else ("bx", "bh"):
+        arrays[name] = _values(rng, (G * H,), dtype, "normal")
+    arrays = {k: None if k in absent else v for k, v in arrays.items()}
+    arrays = {k: arrays[k] for k in ARRAYS[cell]}
+    # A pre-activation sums D + H + 1 terms, then a few operations per gate; through T steps
+    # rounding errors add up (gate derivatives <= 1, Wh and the forget/update gates contract);
+    # the backward's dx and carried dh sum G*H terms, its weight gradients T*N.
+    step = D + H + 4
+    outs = getattr(reference, cell)(**arrays)
+    if not backward:
+        return Call(cell, arrays, {}, None, (T * step,) * len(as_tuple(outs)))
+    douts = {"dhs": _values(rng, (T, N, H), dtype, "normal")}
+    if cell == "lstm":
+        douts["dcs"] = None if "dcs" in absent else _values(rng, (T, N, H), dtype, "normal")
+        states = dict(zip(("hs", "cs"), outs))
+    else:
+        states = {"hs": outs}
+    args = dict(arrays, **douts, **states)
+    terms = (T * (step + G * H + N),) * 6
+    return Call(cell + "_backward", {k: args[k] for k in ARRAYS[cell + "_backward"]}, {}, None, terms)
+
+
+@st.composite
+def gated_calls(draw, dtype, cell, backward=False):
+    T, N, D, H = draw(st.integers(0, 6)), draw(st.integers(0, 4)), draw(st.integers(0, 6)), draw(st.integers(0, 6))
+    optional = ("h0", "c0", "b", "dcs") if cell == "lstm" else ("h0", "bx", "bh")
+    absent = tuple(name for name in optional if draw(st.booleans()))
+    rng = np.random.default_rng(draw(_SEEDS))
+    return _gated_call(rng, cell, T, N, D, H, dtype, draw(_KINDS), backward, absent)
+
+
 def calls(op, dtype, algos=("auto",)):
     """A strategy of valid ``Call``s of ``op`` in ``dtype``."""
     dtype = np.dtype(dtype)
@@ -268,6 +320,10 @@ def calls(op, dtype, algos=("auto",)):
         "rnn_step_backward": lambda: rnn_calls(dtype, backward=True),
         "rnn": lambda: rnn_calls(dtype, sequence=True),
         "rnn_backward": lambda: rnn_calls(dtype, sequence=True, backward=True),
+        "lstm": lambda: gated_calls(dtype, "lstm"),
+        "lstm_backward": lambda: gated_calls(dtype, "lstm", backward=True),
+        "gru": lambda: gated_calls(dtype, "gru"),
+        "gru_backward": lambda: gated_calls(dtype, "gru", backward=True),
     }[op]()
 
 
@@ -295,6 +351,9 @@ def fixed_call(op, dtype=np.float32, seed=0, size="small"):
         return Call(op, dict(dy=dy, indices=indices), dict(input_shape=x.shape), None, (4,))
     sequence = op.startswith("rnn") and not op.startswith("rnn_step")
     T, N, D, H = (10, 16, 32, 48) if big else (5, 8, 16, 24)
+    cell = op.removesuffix("_backward")
+    if cell in GATES:
+        return _gated_call(rng, cell, T, N, D, H, dtype, backward=cell != op)
     if not sequence:
         T = 1
     x = _values(rng, (T, N, D) if sequence else (N, D), dtype, "normal")

@@ -484,24 +484,26 @@ def _empty_calls(op):
     from _random_calls import fixed_call
 
     call = fixed_call(op, np.float64)
-    batch_axis = 1 if op in ("rnn", "rnn_backward") else 0
+    sequence = "x_seq" in call.arrays  # (T, N, ...)
+    batch_axis = 1 if sequence else 0
     cut = {}
     for name, a in call.arrays.items():
-        if a is None or name in ("Wx", "Wh", "b", "w"):
+        if a is None or name in ("Wx", "Wh", "b", "bx", "bh", "w"):
             continue
-        axis = 0 if name in ("h0", "h_prev") else batch_axis
+        axis = 0 if name in ("h0", "c0", "h_prev") else batch_axis
         cut[name] = np.take(a, [], axis=axis) if name != "indices" else a[:0]
     params = dict(call.params)
     if "input_shape" in params:
         params["input_shape"] = (0,) + tuple(params["input_shape"][1:])
     out = [Call(op, dict(call.arrays, **cut), params, call.algo, call.terms)]
-    if op in ("rnn", "rnn_backward"):
-        out.append(call.with_arrays(**{n: a[:0] for n, a in call.arrays.items() if n in ("x_seq", "dhs", "hs")}))
+    if sequence:
+        out.append(call.with_arrays(**{n: a[:0] for n, a in call.arrays.items()
+                                       if n in ("x_seq", "dhs", "dcs", "hs", "cs") and a is not None}))
     return out
 
 
 for _op in ("conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward", "rnn_step", "rnn_step_backward",
-            "rnn", "rnn_backward"):
+            "rnn", "rnn_backward", "lstm", "lstm_backward", "gru", "gru_backward"):
     @hostile("empty-batch", _op)
     def _(backend, _op=_op):
         for call in _empty_calls(_op):
@@ -541,7 +543,8 @@ def _(backend):
         assert_matches_reference(call, hostile_call.run(backend), np.float64)
 
 
-for _op in ("conv2d_backward", "max_pool2d", "max_pool2d_backward", "rnn", "rnn_backward"):
+for _op in ("conv2d_backward", "max_pool2d", "max_pool2d_backward", "rnn", "rnn_backward", "lstm", "lstm_backward",
+            "gru", "gru_backward"):
     @hostile("layouts", _op)
     def _(backend, _op=_op):
         from _random_calls import fixed_call
@@ -661,6 +664,103 @@ def _(backend):
 def _(backend):
     _raises(ValueError, ["algo", "'fft'"], fl.conv2d, X, Wc, algo="fft", backend=backend)
     _raises(ValueError, ["backend", "'tpu'"], fl.conv2d, X, Wc, backend="tpu")
+
+
+# ---------------------------------------------------------------------------- lstm, gru (own section of the doc)
+
+GATED_H = 4
+Wx4, Wh4 = RNG.standard_normal((3, 4 * GATED_H)), 0.5 * RNG.standard_normal((GATED_H, 4 * GATED_H))
+Wx3, Wh3 = Wx4[:, : 3 * GATED_H], Wh4[:, : 3 * GATED_H]
+
+
+@hostile("gate-weights-pytorch-layout", "lstm")
+def _(backend):
+    _raises(ValueError, ["Wx", "(3, 16)", "(16, 3)", "weight_ih.T"], fl.lstm, Xs, None, None, Wx4.T, Wh4,
+            backend=backend)
+    _raises(ValueError, ["Wh", "(16, 4)", "weight_hh.T"], fl.lstm, Xs, None, None, Wx4, Wh4.T, backend=backend)
+
+
+@hostile("gate-weights-pytorch-layout", "gru")
+def _(backend):
+    _raises(ValueError, ["Wx", "(3, 12)", "(12, 3)", "weight_ih.T"], fl.gru, Xs, None, Wx3.T, Wh3, backend=backend)
+
+
+@hostile("gate-width", "lstm")
+def _(backend):
+    # GRU-sized weights (3H columns) for an LSTM: the gate count is named.
+    _raises(ValueError, ["Wh", "(4, 16)", "(4, 12)"], fl.lstm, Xs, None, None, Wx3, Wh3, backend=backend)
+    _raises(ValueError, ["Wx", "(3, 16)", "(3, 12)"], fl.lstm, Xs, None, None, Wx3, Wh4, backend=backend)
+
+
+@hostile("gate-bias-shape", "lstm")
+def _(backend):
+    # bias_ih and bias_hh stacked instead of added
+    _raises(ValueError, ["b", "(16,)", "(32,)"], fl.lstm, Xs, None, None, Wx4, Wh4, np.zeros(32), backend=backend)
+
+
+@hostile("gate-bias-shape", "gru")
+def _(backend):
+    _raises(ValueError, ["bh", "(12,)", "(4,)"], fl.gru, Xs, None, Wx3, Wh3, np.zeros(12), np.zeros(4),
+            backend=backend)
+
+
+@hostile("lstm-states", "lstm")
+def _(backend):
+    _raises(ValueError, ["c0", "(2, 4)", "(1, 2, 4)", "per layer"], fl.lstm, Xs, H0, H0[None], Wx4, Wh4,
+            backend=backend)
+    _raises(ValueError, ["c0", "(2, 4)", "(2, 5)"], fl.lstm, Xs, H0, np.zeros((2, 5)), Wx4, Wh4, backend=backend)
+
+
+@hostile("lstm-states", "lstm_backward")
+def _(backend):
+    hs, cs = reference.lstm(Xs, None, None, Wx4, Wh4)
+    _raises(ValueError, ["dcs", "(5, 2, 4)", "(4, 2, 4)"], fl.lstm_backward, hs, cs[1:], Xs, None, None, Wx4, Wh4,
+            None, hs, cs, backend=backend)
+    _raises(ValueError, ["cs", "(5, 2, 4)", "(5, 2, 3)"], fl.lstm_backward, hs, None, Xs, None, None, Wx4, Wh4,
+            None, hs, cs[..., :3], backend=backend)
+
+
+@hostile("ndim", "gru")
+def _(backend):
+    _raises(ValueError, ["x_seq", "3-D", "2-D"], fl.gru, Xs[0], None, Wx3, Wh3, backend=backend)
+
+
+@hostile("mixed-dtypes", "lstm")
+def _(backend):
+    _raises(TypeError, ["Wh", "float32", "float64", "mixed"], fl.lstm, Xs, None, None, Wx4, Wh4.astype(np.float32),
+            backend=backend)
+
+
+@hostile("nan-inf", "lstm")
+def _(backend):
+    x = np.zeros((3, 2, 3))
+    x[0, 0, 0] = np.nan  # sequence 0: NaN from the first step on
+    x[0, 1, 0] = np.inf  # sequence 1: saturates every gate (sigmoid(inf) = 1, tanh(inf) = 1), stays finite
+    hs, cs = fl.lstm(x, None, None, np.ones((3, 16)), 0.1 * np.ones((4, 16)), backend=backend)
+    assert np.isnan(hs[:, 0]).all() and np.isnan(cs[:, 0]).all()
+    np.testing.assert_allclose(cs[0, 1], 1.0)  # c = f * 0 + i * g = 1
+    assert np.isfinite(hs[:, 1]).all()
+
+
+@hostile("nan-inf", "gru_backward")
+def _(backend):
+    # inf - inf makes the only state NaN: every gradient summing a product with it is NaN.
+    x, Wx, Wh = np.array([[[np.inf, -np.inf]]]), np.full((2, 3), 0.5), np.full((1, 3), -0.25)
+    Wx[1] = 0.25
+    hs = reference.gru(x, None, Wx, Wh)
+    call = Call("gru_backward", dict(dhs=np.ones_like(hs), x_seq=x, h0=None, Wx=Wx, Wh=Wh, bx=None, bh=None, hs=hs),
+                terms=(1,) * 6)
+    assert np.isnan(hs).all()
+    assert_matches_reference(call, call.run(backend), np.float64)
+
+
+@hostile("out-aliases-input", "lstm_backward")
+def _(backend):
+    from _random_calls import fixed_call
+
+    call = fixed_call("lstm_backward", np.float64)
+    _raises(ValueError, ["out[2]", "share memory", "c0"], call.run, backend, out=(None, None, call.arrays["c0"], None,
+                                                                                   None, None))
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the NaN/Inf rows

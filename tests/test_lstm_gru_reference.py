@@ -132,7 +132,7 @@ def test_lstm_step_matches_lstm_cell(N, D, H, with_state):
 
     dh, dc = rng.standard_normal((N, H)), rng.standard_normal((N, H))
     torch.autograd.backward([ht, ct], [torch.tensor(dh), torch.tensor(dc)])
-    dx, dh_prev, dc_prev, dWx, dWh, db = ref.lstm_step_backward(dh, dc, x, h_prev, c_prev, Wx, Wh, b, c)
+    dx, dh_prev, dc_prev, dWx, dWh, db = ref.lstm_step_backward(dh, dc, x, h_prev, c_prev, Wx, Wh, b, h, c)
     assert_normwise_close(dx, xt.grad.numpy(), "dx")
     if with_state:
         assert_normwise_close(dh_prev, state[0].grad.numpy(), "dh_prev")
@@ -159,7 +159,7 @@ def test_gru_step_matches_gru_cell(N, D, H, with_state):
 
     dh = rng.standard_normal((N, H))
     ht.backward(torch.tensor(dh))
-    dx, dh_prev, dWx, dWh, dbx, dbh = ref.gru_step_backward(dh, x, h_prev, Wx, Wh, bx, bh)
+    dx, dh_prev, dWx, dWh, dbx, dbh = ref.gru_step_backward(dh, x, h_prev, Wx, Wh, bx, bh, h)
     assert_normwise_close(dx, xt.grad.numpy(), "dx")
     if with_state:
         assert_normwise_close(dh_prev, state.grad.numpy(), "dh_prev")
@@ -204,7 +204,7 @@ def test_lstm_step_backward_matches_finite_differences():
     arrays = dict(x=a["x_seq"][0], h_prev=a["h0"], c_prev=a["c0"], Wx=a["Wx"], Wh=a["Wh"], b=a["b"])
     h, c = ref.lstm_step(**arrays)
     dh = rng.standard_normal(h.shape)
-    grads = ref.lstm_step_backward(dh, None, arrays["x"], a["h0"], a["c0"], a["Wx"], a["Wh"], a["b"], c)
+    grads = ref.lstm_step_backward(dh, None, arrays["x"], a["h0"], a["c0"], a["Wx"], a["Wh"], a["b"], h, c)
 
     def hidden(**kw):  # dc = None: the loss sees h only
         return ref.lstm_step(**kw)[0]
@@ -229,7 +229,7 @@ def test_gru_step_backward_matches_finite_differences():
     arrays = dict(x=a["x_seq"][0], h_prev=a["h0"], Wx=a["Wx"], Wh=a["Wh"], bx=a["bx"], bh=a["bh"])
     h = ref.gru_step(**arrays)
     dh = rng.standard_normal(h.shape)
-    grads = ref.gru_step_backward(dh, arrays["x"], a["h0"], a["Wx"], a["Wh"], a["bx"], a["bh"])
+    grads = ref.gru_step_backward(dh, arrays["x"], a["h0"], a["Wx"], a["Wh"], a["bx"], a["bh"], h)
     for name, analytic in zip(("x", "h_prev", "Wx", "Wh", "bx", "bh"), grads):
         assert_grad_matches(analytic, numeric_grad(ref.gru_step, arrays, name, dh), err_msg=f"d{name}")
 

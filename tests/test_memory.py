@@ -10,7 +10,7 @@ import pytest
 from _random_calls import fixed_call, kernel_pairs
 
 FAMILIES = {"conv2d": "conv2d_backward", "max_pool2d": "max_pool2d_backward", "rnn_step": "rnn_step_backward",
-            "rnn": "rnn_backward"}
+            "rnn": "rnn_backward", "lstm": "lstm_backward", "gru": "gru_backward"}
 PAIRS = [(fwd, backend) for fwd, backend in kernel_pairs(include_simulator=False)
          if fwd in FAMILIES and (FAMILIES[fwd], backend) in kernel_pairs()]
 WARMUP, ITERATIONS = 20, 150
@@ -54,12 +54,12 @@ def _huge(call):
     if call.op == "max_pool2d_backward":  # dy stays small; dx of input_shape would not be
         N, C = call.arrays["dy"].shape[:2]
         return call.with_params(input_shape=(N, C, 2**20, 2**20))
-    batch_axis = 1 if call.op in ("rnn", "rnn_backward") else 0
+    batch_axis = 1 if "x_seq" in call.arrays else 0  # sequences are (T, N, ...)
     arrays = {}
     for name, a in call.arrays.items():
-        if a is None or name in ("w", "b", "Wx", "Wh"):
+        if a is None or name in ("w", "b", "bx", "bh", "Wx", "Wh"):
             continue
-        axis = 0 if name in ("h0", "h_prev") else batch_axis
+        axis = 0 if name in ("h0", "c0", "h_prev") else batch_axis
         shape = list(a.shape)
         shape[axis] = 2**34
         arrays[name] = np.broadcast_to(np.take(a, [0], axis=axis), shape)

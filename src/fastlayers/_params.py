@@ -383,6 +383,9 @@ def gated_geometry(cell, x, Wx, Wh, states, biases, sequence=False, backward=Non
     check_shape("Wx", Wx, (D, width))
     for name, s in states.items():
         if s is not None:
+            if getattr(s, "ndim", 2) == 3 and tuple(s.shape[1:]) == (N, H):
+                raise ValueError(f"{name} must have shape {(N, H)}, got {tuple(s.shape)}: the (layers, N, H) "
+                                 f"states of torch.nn.{cell.upper()} are one (N, H) state per layer here")
             check_array(name, s, 2, dt)
             check_shape(name, s, (N, H))
     for name, b in biases.items():

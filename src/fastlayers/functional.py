@@ -18,6 +18,7 @@ from ._params import (
     check_pool_backward_args,
     check_shape,
     conv2d_geometry,
+    gated_geometry,
     pool2d_geometry,
     rnn_geometry,
 )
@@ -31,6 +32,14 @@ __all__ = [
     "rnn_step_backward",
     "rnn",
     "rnn_backward",
+    "lstm_step",
+    "lstm_step_backward",
+    "lstm",
+    "lstm_backward",
+    "gru_step",
+    "gru_step_backward",
+    "gru",
+    "gru_backward",
 ]
 
 ALGOS = ("auto", "im2col", "direct")
@@ -223,3 +232,152 @@ def rnn_backward(dhs, x_seq, h0, Wx, Wh, hs, backend=None, out=None):
     shapes = ((g.T, g.N, g.D), (g.N, g.H), (g.D, g.H), (g.H, g.H), (g.H,))
     inputs = dict(dhs=dhs, x_seq=x_seq, h0=h0, Wx=Wx, Wh=Wh, hs=hs)
     return impl(dhs, x_seq, h0, Wx, Wh, hs, _outs("out", out, shapes, (dt,) * 5, gpu, inputs))
+
+
+# ============================================================================ lstm, gru
+# PyTorch's gates in fastlayers' layout: Wx = weight_ih.T, Wh = weight_hh.T, gate blocks of H
+# columns side by side (lstm (i, f, g, o), gru (r, z, n)); ``fastlayers.reference`` states the
+# equations. The backends implement the sequence ops; a step runs as a sequence of length one.
+
+
+def _run(op, backend, arrays, out_shapes, dt, out):
+    """Validate ``out`` (a tuple for every output) and run ``op`` on ``arrays`` (a dict, in the
+    op's argument order)."""
+    values = tuple(arrays.values())
+    gpu = _is_gpu(*values)
+    impl = _dispatch.resolve(op, backend, values)
+    return impl(*values, _outs("out", out, out_shapes, (dt,) * len(out_shapes), gpu, arrays))
+
+
+def _step(a):
+    """A step's (N, ...) array as a sequence of one step (1, N, ...), a view; None stays None."""
+    return None if a is None else a.reshape((1, *a.shape))
+
+
+def _step_out(out, shapes, dt, arrays):
+    """``out`` of a step op checked against the step's shapes (before it is viewed as a
+    sequence of one step), as a tuple (entries may be None), or None."""
+    return _outs("out", out, shapes, (dt,) * len(shapes), _is_gpu(*arrays.values()), arrays)
+
+
+def _step_results(results, outs):
+    """The step's results from the sequence op's: the caller's buffers where given."""
+    return tuple(r[0] if o is None else o for r, o in zip(results, outs or (None,) * len(results)))
+
+
+def lstm(x_seq, h0, c0, Wx, Wh, b=None, backend=None, out=None):
+    """Hidden and cell states of an LSTM (torch.nn.LSTM's equations) over a time-major sequence.
+
+    Parameters
+    ----------
+    x_seq : array (T, N, D), float32 or float64
+    h0, c0 : arrays (N, H) or None (zeros), the initial hidden and cell states
+    Wx : array (D, 4H), PyTorch's ``weight_ih.T``, gate blocks (i, f, g, o)
+    Wh : array (H, 4H), ``weight_hh.T``
+    b : array (4H,) or None, ``bias_ih + bias_hh``
+    out : tuple of two buffers (hs, cs) (either may be None)
+
+    Returns
+    -------
+    hs, cs : arrays (T, N, H), every step's hidden and cell state
+    """
+    g, dt = gated_geometry("lstm", x_seq, Wx, Wh, dict(h0=h0, c0=c0), dict(b=b), sequence=True)
+    arrays = dict(x_seq=x_seq, h0=h0, c0=c0, Wx=Wx, Wh=Wh, b=b)
+    return _run("lstm", backend, arrays, ((g.T, g.N, g.H),) * 2, dt, out)
+
+
+def lstm_backward(dhs, dcs, x_seq, h0, c0, Wx, Wh, b, hs, cs, backend=None, out=None):
+    """Backward through time of :func:`lstm`.
+
+    ``dhs`` and ``dcs`` (T, N, H) are dL/d(every hidden and cell state), ``dcs`` None for zeros;
+    ``hs``, ``cs`` the forward's outputs; the other arguments those of the forward (the gates are
+    recomputed from them). Returns ``(dx (T, N, D), dh0 (N, H), dc0 (N, H), dWx (D, 4H),
+    dWh (H, 4H), db (4H,))``."""
+    g, dt = gated_geometry("lstm", x_seq, Wx, Wh, dict(h0=h0, c0=c0), dict(b=b), sequence=True,
+                           backward=dict(dhs=dhs, dcs=dcs, hs=hs, cs=cs))
+    arrays = dict(dhs=dhs, dcs=dcs, x_seq=x_seq, h0=h0, c0=c0, Wx=Wx, Wh=Wh, b=b, hs=hs, cs=cs)
+    shapes = ((g.T, g.N, g.D), (g.N, g.H), (g.N, g.H), (g.D, 4 * g.H), (g.H, 4 * g.H), (4 * g.H,))
+    return _run("lstm_backward", backend, arrays, shapes, dt, out)
+
+
+def lstm_step(x, h_prev, c_prev, Wx, Wh, b=None, backend=None, out=None):
+    """One LSTM step (torch.nn.LSTMCell): x (N, D), h_prev and c_prev (N, H) or None (zeros),
+    Wx (D, 4H), Wh (H, 4H), b (4H,) or None -> (h, c), each (N, H). ``out``: a tuple of two
+    buffers (either may be None)."""
+    g, dt = gated_geometry("lstm", x, Wx, Wh, dict(h_prev=h_prev, c_prev=c_prev), dict(b=b))
+    outs = _step_out(out, ((g.N, g.H),) * 2, dt, dict(x=x, h_prev=h_prev, c_prev=c_prev, Wx=Wx, Wh=Wh, b=b))
+    results = lstm(_step(x), h_prev, c_prev, Wx, Wh, b, backend=backend,
+                   out=None if outs is None else tuple(map(_step, outs)))
+    return _step_results(results, outs)
+
+
+def lstm_step_backward(dh, dc, x, h_prev, c_prev, Wx, Wh, b, h, c, backend=None, out=None):
+    """Gradients of :func:`lstm_step` given dh = dL/dh, dc = dL/dc (None: zeros) and the step's
+    outputs h, c. Returns ``(dx (N, D), dh_prev, dc_prev (N, H), dWx, dWh, db)``."""
+    g, dt = gated_geometry("lstm", x, Wx, Wh, dict(h_prev=h_prev, c_prev=c_prev), dict(b=b),
+                           backward=dict(dh=dh, dc=dc, h=h, c=c))
+    arrays = dict(dh=dh, dc=dc, x=x, h_prev=h_prev, c_prev=c_prev, Wx=Wx, Wh=Wh, b=b, h=h, c=c)
+    shapes = ((g.N, g.D), (g.N, g.H), (g.N, g.H), (g.D, 4 * g.H), (g.H, 4 * g.H), (4 * g.H,))
+    outs = _step_out(out, shapes, dt, arrays)
+    results = lstm_backward(_step(dh), _step(dc), _step(x), h_prev, c_prev, Wx, Wh, b, _step(h), _step(c),
+                            backend=backend, out=None if outs is None else (_step(outs[0]), *outs[1:]))
+    return (_step_results(results[:1], outs and outs[:1])[0], *results[1:])
+
+
+def gru(x_seq, h0, Wx, Wh, bx=None, bh=None, backend=None, out=None):
+    """All hidden states of a GRU (torch.nn.GRU's equations) over a time-major sequence.
+
+    Parameters
+    ----------
+    x_seq : array (T, N, D), float32 or float64
+    h0 : array (N, H) or None (zeros)
+    Wx : array (D, 3H), PyTorch's ``weight_ih.T``, gate blocks (r, z, n)
+    Wh : array (H, 3H), ``weight_hh.T``
+    bx, bh : arrays (3H,) or None, ``bias_ih`` and ``bias_hh`` (kept apart: the reset gate
+        multiplies ``h @ Wh_n + bh_n``)
+    out : buffer (T, N, H), optional
+
+    Returns
+    -------
+    hs : array (T, N, H), every step's hidden state
+    """
+    g, dt = gated_geometry("gru", x_seq, Wx, Wh, dict(h0=h0), dict(bx=bx, bh=bh), sequence=True)
+    arrays = dict(x_seq=x_seq, h0=h0, Wx=Wx, Wh=Wh, bx=bx, bh=bh)
+    values = tuple(arrays.values())
+    gpu = _is_gpu(*values)
+    impl = _dispatch.resolve("gru", backend, values)
+    return impl(*values, _out(out, (g.T, g.N, g.H), dt, gpu, arrays))
+
+
+def gru_backward(dhs, x_seq, h0, Wx, Wh, bx, bh, hs, backend=None, out=None):
+    """Backward through time of :func:`gru`.
+
+    ``dhs`` (T, N, H) is dL/d(every hidden state), ``hs`` the forward's output. Returns
+    ``(dx (T, N, D), dh0 (N, H), dWx (D, 3H), dWh (H, 3H), dbx (3H,), dbh (3H,))``."""
+    g, dt = gated_geometry("gru", x_seq, Wx, Wh, dict(h0=h0), dict(bx=bx, bh=bh), sequence=True,
+                           backward=dict(dhs=dhs, hs=hs))
+    arrays = dict(dhs=dhs, x_seq=x_seq, h0=h0, Wx=Wx, Wh=Wh, bx=bx, bh=bh, hs=hs)
+    shapes = ((g.T, g.N, g.D), (g.N, g.H), (g.D, 3 * g.H), (g.H, 3 * g.H), (3 * g.H,), (3 * g.H,))
+    return _run("gru_backward", backend, arrays, shapes, dt, out)
+
+
+def gru_step(x, h_prev, Wx, Wh, bx=None, bh=None, backend=None, out=None):
+    """One GRU step (torch.nn.GRUCell): x (N, D), h_prev (N, H) or None (zeros), Wx (D, 3H),
+    Wh (H, 3H), bx, bh (3H,) or None -> h (N, H)."""
+    g, dt = gated_geometry("gru", x, Wx, Wh, dict(h_prev=h_prev), dict(bx=bx, bh=bh))
+    arrays = dict(x=x, h_prev=h_prev, Wx=Wx, Wh=Wh, bx=bx, bh=bh)
+    _out(out, (g.N, g.H), dt, _is_gpu(*arrays.values()), arrays)
+    hs = gru(_step(x), h_prev, Wx, Wh, bx, bh, backend=backend, out=_step(out))
+    return hs[0] if out is None else out
+
+
+def gru_step_backward(dh, x, h_prev, Wx, Wh, bx, bh, h, backend=None, out=None):
+    """Gradients of :func:`gru_step` given dh = dL/dh and the step's output h. Returns
+    ``(dx (N, D), dh_prev (N, H), dWx, dWh, dbx, dbh)``."""
+    g, dt = gated_geometry("gru", x, Wx, Wh, dict(h_prev=h_prev), dict(bx=bx, bh=bh), backward=dict(dh=dh, h=h))
+    arrays = dict(dh=dh, x=x, h_prev=h_prev, Wx=Wx, Wh=Wh, bx=bx, bh=bh, h=h)
+    shapes = ((g.N, g.D), (g.N, g.H), (g.D, 3 * g.H), (g.H, 3 * g.H), (3 * g.H,), (3 * g.H,))
+    outs = _step_out(out, shapes, dt, arrays)
+    results = gru_backward(_step(dh), _step(x), h_prev, Wx, Wh, bx, bh, _step(h), backend=backend,
+                           out=None if outs is None else (_step(outs[0]), *outs[1:]))
+    return (_step_results(results[:1], outs and outs[:1])[0], *results[1:])

@@ -377,13 +377,13 @@ def lstm_step(x, h_prev, c_prev, Wx, Wh, b=None):
     return hs[0], cs[0]
 
 
-def lstm_step_backward(dh, dc, x, h_prev, c_prev, Wx, Wh, b, c):
+def lstm_step_backward(dh, dc, x, h_prev, c_prev, Wx, Wh, b, h, c):
     """Gradients (dx, dh_prev, dc_prev, dWx, dWh, db) of lstm_step given dh = dL/dh, dc = dL/dc
-    (None: zeros) and the step's cell state c."""
-    gated_geometry("lstm", x, Wx, Wh, dict(h_prev=h_prev, c_prev=c_prev), dict(b=b), backward=dict(dh=dh, dc=dc, c=c))
-    h_prev = _zeros_if_none(h_prev, *c.shape, c.dtype)
+    (None: zeros) and the step's outputs h, c."""
+    gated_geometry("lstm", x, Wx, Wh, dict(h_prev=h_prev, c_prev=c_prev), dict(b=b),
+                   backward=dict(dh=dh, dc=dc, h=h, c=c))
     dx, *grads = lstm_backward_impl(dh[None], None if dc is None else dc[None], x[None], h_prev, c_prev, Wx, Wh, b,
-                                    h_prev[None], c[None])
+                                    h[None], c[None])
     return (dx[0], *grads)
 
 
@@ -411,11 +411,11 @@ def gru_step(x, h_prev, Wx, Wh, bx=None, bh=None):
     return gru_impl(x[None], h_prev, Wx, Wh, bx, bh)[0]
 
 
-def gru_step_backward(dh, x, h_prev, Wx, Wh, bx, bh):
-    """Gradients (dx, dh_prev, dWx, dWh, dbx, dbh) of gru_step given dh = dL/dh."""
-    gated_geometry("gru", x, Wx, Wh, dict(h_prev=h_prev), dict(bx=bx, bh=bh), backward=dict(dh=dh))
-    h_prev = _zeros_if_none(h_prev, *dh.shape, dh.dtype)
-    dx, *grads = gru_backward_impl(dh[None], x[None], h_prev, Wx, Wh, bx, bh, h_prev[None])
+def gru_step_backward(dh, x, h_prev, Wx, Wh, bx, bh, h):
+    """Gradients (dx, dh_prev, dWx, dWh, dbx, dbh) of gru_step given dh = dL/dh and the step's
+    output h."""
+    gated_geometry("gru", x, Wx, Wh, dict(h_prev=h_prev), dict(bx=bx, bh=bh), backward=dict(dh=dh, h=h))
+    dx, *grads = gru_backward_impl(dh[None], x[None], h_prev, Wx, Wh, bx, bh, h[None])
     return (dx[0], *grads)
 
 

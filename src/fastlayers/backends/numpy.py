@@ -8,7 +8,7 @@ from .._params import check_pool_backward_args
 
 OPS = frozenset(
     {"conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward",
-     "rnn_step", "rnn_step_backward", "rnn", "rnn_backward"}
+     "rnn_step", "rnn_step_backward", "rnn", "rnn_backward", "lstm", "lstm_backward", "gru", "gru_backward"}
 )
 
 
@@ -57,3 +57,19 @@ def rnn(x_seq, h0, Wx, Wh, b, out):
 
 def rnn_backward(dhs, x_seq, h0, Wx, Wh, hs, out):
     return _into(out, ref.rnn_backward_impl(dhs, x_seq, h0, Wx, Wh, hs))
+
+
+def lstm(x_seq, h0, c0, Wx, Wh, b, out):
+    return _into(out, ref.lstm_impl(x_seq, h0, c0, Wx, Wh, b))
+
+
+def lstm_backward(dhs, dcs, x_seq, h0, c0, Wx, Wh, b, hs, cs, out):
+    return _into(out, ref.lstm_backward_impl(dhs, dcs, x_seq, h0, c0, Wx, Wh, b, hs, cs))
+
+
+def gru(x_seq, h0, Wx, Wh, bx, bh, out):
+    return _into(out, ref.gru_impl(x_seq, h0, Wx, Wh, bx, bh))
+
+
+def gru_backward(dhs, x_seq, h0, Wx, Wh, bx, bh, hs, out):
+    return _into(out, ref.gru_backward_impl(dhs, x_seq, h0, Wx, Wh, bx, bh, hs))

@@ -1,0 +1,91 @@
+# What the recurrent kernels share: the thread team's blocks and barrier, and the GEMM shapes
+# that keep OpenBLAS on its fast small-matrix path. Sequences arrive flattened to (T*N, features)
+# rows in C order, so step t of sequence n is row t*N + n.
+from _blas cimport floating, gemm
+
+# Column blocks are whole multiples of 16 elements (one 64-byte line of float32), so threads
+# never write to the same cache line.
+cdef enum:
+    COLUMN_ALIGN = 16
+    # OpenBLAS (0.3.30, SkylakeX kernels, also on Zen 4) multiplies without packing its operands
+    # when M*N*K stays under about 10^6: measured 1.5-2x faster on one step's product, which
+    # the general path spends repacking Wh every step. A step's product is therefore computed
+    # in column chunks under this size, unless that would make the chunks narrower than
+    # MIN_CHUNK columns.
+    SMALL_GEMM_MNK = 1 << 19
+    MIN_CHUNK = 32
+    PANEL_ROWS = 32
+
+
+cdef extern from *:
+    """
+    /* Inside Cython's `with parallel()`: the team's size (OpenMP may grant fewer threads than
+       asked) and a barrier (orphaned: it binds to the enclosing parallel region). */
+    #ifdef _OPENMP
+    #include <omp.h>
+    static inline int fl_team_size(void) { return omp_get_num_threads(); }
+    static inline void fl_team_barrier(void) {
+        #pragma omp barrier
+    }
+    #else
+    static inline int fl_team_size(void) { return 1; }
+    static inline void fl_team_barrier(void) {}
+    #endif
+    """
+    int team_size "fl_team_size"() noexcept nogil
+    void barrier "fl_team_barrier"() noexcept nogil
+
+
+cdef inline Py_ssize_t _block_width(Py_ssize_t count, Py_ssize_t size, Py_ssize_t align) noexcept nogil:
+    """Width of each of ``count`` blocks covering range(size), a multiple of ``align``; block i
+    is [block_start, block_stop), trailing blocks may be empty."""
+    return ((size + count - 1) // count + align - 1) // align * align
+
+
+cdef inline Py_ssize_t block_start(Py_ssize_t i, Py_ssize_t count, Py_ssize_t size,
+                                   Py_ssize_t align) noexcept nogil:
+    return min(i * _block_width(count, size, align), size)
+
+
+cdef inline Py_ssize_t block_stop(Py_ssize_t i, Py_ssize_t count, Py_ssize_t size,
+                                  Py_ssize_t align) noexcept nogil:
+    return min(block_start(i, count, size, align) + _block_width(count, size, align), size)
+
+
+cdef inline Py_ssize_t small_gemm_columns(Py_ssize_t rows, Py_ssize_t K) noexcept nogil:
+    """Columns per GEMM call that keep a (rows x K) @ (K x columns) product under OpenBLAS's
+    small-matrix size (see SMALL_GEMM_MNK); 0 when that would be fewer than MIN_CHUNK."""
+    cdef Py_ssize_t columns = SMALL_GEMM_MNK // max(rows * K, 1) // COLUMN_ALIGN * COLUMN_ALIGN
+    return columns if columns >= MIN_CHUNK else 0
+
+
+cdef inline void step_product(const floating* a, const floating* B, floating* c, Py_ssize_t rows,
+                              Py_ssize_t K, Py_ssize_t width, floating beta) noexcept nogil:
+    """c (rows x width) = a (rows x K) @ B (K x width) + beta * c, all C order with row strides
+    K, width, width: in column chunks under the small-matrix size, or one GEMM when those would
+    be too narrow."""
+    cdef Py_ssize_t chunk = small_gemm_columns(rows, K)
+    cdef Py_ssize_t c0 = 0, c1
+    if chunk == 0:
+        chunk = width
+    while c0 < width:
+        c1 = min(c0 + chunk, width)
+        gemm(False, False, <int>rows, <int>(c1 - c0), <int>K, <floating>1, a, <int>K, B + c0, <int>width,
+             beta, c + c0, <int>width)
+        c0 = c1
+
+
+cdef inline void input_projection(const floating* x, const floating* Wx, floating* z, Py_ssize_t rows,
+                                  Py_ssize_t D, Py_ssize_t width) noexcept nogil:
+    """z (rows x width) = x (rows x D) @ Wx (D x width), in panels of PANEL_ROWS rows and column
+    chunks under the small-matrix size (unpacked: about 15% faster here than one packed GEMM), or
+    as one GEMM when D is too large for that."""
+    cdef Py_ssize_t p0 = 0, p1
+    if small_gemm_columns(PANEL_ROWS, D) == 0:
+        gemm(False, False, <int>rows, <int>width, <int>D, <floating>1, x, <int>D, Wx, <int>width,
+             <floating>0, z, <int>width)
+        return
+    while p0 < rows:
+        p1 = min(p0 + PANEL_ROWS, rows)
+        step_product(x + p0 * D, Wx, z + p0 * width, p1 - p0, D, width, <floating>0)
+        p0 = p1

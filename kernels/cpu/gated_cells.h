@@ -1,0 +1,146 @@
+/* The element-wise half of the LSTM and GRU kernels (gated_rnn.pyx): one time step's gates,
+ * state update and their derivatives, over `rows` sequences of one thread's block, after the
+ * GEMMs have left the pre-activations in z (LSTM) or a, u (GRU). PyTorch's equations and gate
+ * order (fastlayers.reference states them); gate blocks of H columns side by side, row stride
+ * G*H for the pre-activations and H for the states. The biases are never NULL (the wrapper
+ * passes zeros for an absent one).
+ *
+ *   lstm: (i, f, g, o) = (sig, sig, tanh, sig)(z + b);  c = f c_prev + i g;  h = o tanh(c)
+ *   gru:  r = sig(a_r + bx_r + u_r + bh_r), z = sig(a_z + bx_z + u_z + bh_z),
+ *         n = tanh(a_n + bx_n + r (u_n + bh_n));  h = n + z (h_prev - n)
+ *
+ * The backward cells overwrite the pre-activations with their gradients (dL/dz, dL/da, dL/du)
+ * and update the carries that flow to the previous step (dh from the next step, dc).
+ *
+ * Why C: the float32 loops must vectorise, and they only do with a tanh made of arithmetic and
+ * selects (libm's tanhf is a scalar call): tanh by Eigen's rational approximation (odd 13 / even 6
+ * minimax on [-7.9, 7.9], within 5 ulp of the float64 tanh; NaN propagates through the clamps),
+ * sigmoid(x) = (1 + tanh(x / 2)) / 2. The including module is built with -fno-trapping-math, or
+ * GCC keeps the clamps as branches. float64 keeps libm's tanh (scalar: float64 is the accurate
+ * path). The loops are compiled for AVX-512, AVX2 and baseline SSE2, picked at load time.
+ */
+#ifndef FASTLAYERS_GATED_CELLS_H
+#define FASTLAYERS_GATED_CELLS_H
+
+#include <math.h>
+#include <stddef.h>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(FL_NO_CLONES)
+#define FL_CELL_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FL_CELL_CLONES
+#endif
+
+static inline float fl_tanh_f32(float x) {
+    const float clamp = 7.90531110763549805f;
+    x = x > clamp ? clamp : x;
+    x = x < -clamp ? -clamp : x;
+    float x2 = x * x;
+    float p = -2.76076847742355e-16f;
+    p = p * x2 + 2.00018790482477e-13f;
+    p = p * x2 + -8.60467152213735e-11f;
+    p = p * x2 + 5.12229709037114e-08f;
+    p = p * x2 + 1.48572235717979e-05f;
+    p = p * x2 + 6.37261928875436e-04f;
+    p = p * x2 + 4.89352455891786e-03f;
+    float q = 1.19825839466702e-06f;
+    q = q * x2 + 1.18534705686654e-04f;
+    q = q * x2 + 2.26843463243900e-03f;
+    q = q * x2 + 4.89352518554385e-03f;
+    return x * p / q;
+}
+
+static inline double fl_tanh_f64(double x) { return tanh(x); }
+
+#define FL_GATED_CELLS(T, SUF)                                                                     \
+    static inline T fl_sigmoid_##SUF(T x) { return (T)0.5 * fl_tanh_##SUF((T)0.5 * x) + (T)0.5; } \
+                                                                                                   \
+    FL_CELL_CLONES static void fl_lstm_cell_##SUF(                                                 \
+        const T *restrict z, const T *restrict b, const T *restrict c_prev, T *restrict c,         \
+        T *restrict h, ptrdiff_t rows, ptrdiff_t H) {                                              \
+        for (ptrdiff_t r = 0; r < rows; r++) {                                                     \
+            const T *zr = z + r * 4 * H;                                                           \
+            for (ptrdiff_t j = 0; j < H; j++) {                                                    \
+                T i = fl_sigmoid_##SUF(zr[j] + b[j]);                                              \
+                T f = fl_sigmoid_##SUF(zr[H + j] + b[H + j]);                                      \
+                T g = fl_tanh_##SUF(zr[2 * H + j] + b[2 * H + j]);                                 \
+                T o = fl_sigmoid_##SUF(zr[3 * H + j] + b[3 * H + j]);                              \
+                T cn = f * c_prev[r * H + j] + i * g;                                              \
+                c[r * H + j] = cn;                                                                 \
+                h[r * H + j] = o * fl_tanh_##SUF(cn);                                              \
+            }                                                                                      \
+        }                                                                                          \
+    }                                                                                              \
+                                                                                                   \
+    /* z: pre-activations in, dL/dz out. dh_next: dL/dh from the later steps; dc_carry: dL/dc  \
+       from the later steps in, dL/dc_prev out. dcs may be NULL. */                                \
+    FL_CELL_CLONES static void fl_lstm_cell_backward_##SUF(                                        \
+        T *restrict z, const T *restrict b, const T *restrict c_prev, const T *restrict c,         \
+        const T *restrict dhs, const T *dcs, const T *restrict dh_next, T *restrict dc_carry,      \
+        ptrdiff_t rows, ptrdiff_t H) {                                                             \
+        for (ptrdiff_t r = 0; r < rows; r++) {                                                     \
+            T *zr = z + r * 4 * H;                                                                 \
+            for (ptrdiff_t j = 0; j < H; j++) {                                                    \
+                ptrdiff_t k = r * H + j;                                                           \
+                T i = fl_sigmoid_##SUF(zr[j] + b[j]);                                              \
+                T f = fl_sigmoid_##SUF(zr[H + j] + b[H + j]);                                      \
+                T g = fl_tanh_##SUF(zr[2 * H + j] + b[2 * H + j]);                                 \
+                T o = fl_sigmoid_##SUF(zr[3 * H + j] + b[3 * H + j]);                              \
+                T tc = fl_tanh_##SUF(c[k]);                                                        \
+                T dh = dhs[k] + dh_next[k];                                                        \
+                T dc = dc_carry[k] + dh * o * (1 - tc * tc) + (dcs ? dcs[k] : (T)0);               \
+                zr[j] = dc * g * i * (1 - i);                                                      \
+                zr[H + j] = dc * c_prev[k] * f * (1 - f);                                          \
+                zr[2 * H + j] = dc * i * (1 - g * g);                                              \
+                zr[3 * H + j] = dh * tc * o * (1 - o);                                             \
+                dc_carry[k] = dc * f;                                                              \
+            }                                                                                      \
+        }                                                                                          \
+    }                                                                                              \
+                                                                                                   \
+    FL_CELL_CLONES static void fl_gru_cell_##SUF(                                                  \
+        const T *restrict a, const T *restrict u, const T *restrict bx, const T *restrict bh,      \
+        const T *restrict h_prev, T *restrict h, ptrdiff_t rows, ptrdiff_t H) {                    \
+        for (ptrdiff_t r = 0; r < rows; r++) {                                                     \
+            const T *ar = a + r * 3 * H, *ur = u + r * 3 * H;                                      \
+            for (ptrdiff_t j = 0; j < H; j++) {                                                    \
+                T rg = fl_sigmoid_##SUF(ar[j] + bx[j] + ur[j] + bh[j]);                            \
+                T zg = fl_sigmoid_##SUF(ar[H + j] + bx[H + j] + ur[H + j] + bh[H + j]);            \
+                T un = ur[2 * H + j] + bh[2 * H + j];                                              \
+                T n = fl_tanh_##SUF(ar[2 * H + j] + bx[2 * H + j] + rg * un);                      \
+                h[r * H + j] = n + zg * (h_prev[r * H + j] - n);                                   \
+            }                                                                                      \
+        }                                                                                          \
+    }                                                                                              \
+                                                                                                   \
+    /* a, u: pre-activations in, dL/da, dL/du out. dh_carry: dL/dh from the later steps in,   \
+       its part through z (dh * z) out; the caller adds du @ Wh^T to it. */                        \
+    FL_CELL_CLONES static void fl_gru_cell_backward_##SUF(                                         \
+        T *restrict a, T *restrict u, const T *restrict bx, const T *restrict bh,                  \
+        const T *restrict h_prev, const T *restrict dhs, T *restrict dh_carry,                     \
+        ptrdiff_t rows, ptrdiff_t H) {                                                             \
+        for (ptrdiff_t r = 0; r < rows; r++) {                                                     \
+            T *ar = a + r * 3 * H, *ur = u + r * 3 * H;                                            \
+            for (ptrdiff_t j = 0; j < H; j++) {                                                    \
+                ptrdiff_t k = r * H + j;                                                           \
+                T rg = fl_sigmoid_##SUF(ar[j] + bx[j] + ur[j] + bh[j]);                            \
+                T zg = fl_sigmoid_##SUF(ar[H + j] + bx[H + j] + ur[H + j] + bh[H + j]);            \
+                T un = ur[2 * H + j] + bh[2 * H + j];                                              \
+                T n = fl_tanh_##SUF(ar[2 * H + j] + bx[2 * H + j] + rg * un);                      \
+                T dh = dhs[k] + dh_carry[k];                                                       \
+                T dn = dh * (1 - zg) * (1 - n * n);                                                \
+                T dr = dn * un * rg * (1 - rg);                                                    \
+                T dz = dh * (h_prev[k] - n) * zg * (1 - zg);                                       \
+                ar[j] = ur[j] = dr;                                                                \
+                ar[H + j] = ur[H + j] = dz;                                                        \
+                ar[2 * H + j] = dn;                                                                \
+                ur[2 * H + j] = dn * rg;                                                           \
+                dh_carry[k] = dh * zg;                                                             \
+            }                                                                                      \
+        }                                                                                          \
+    }
+
+FL_GATED_CELLS(float, f32)
+FL_GATED_CELLS(double, f64)
+
+#endif

@@ -1,0 +1,332 @@
+# distutils: extra_compile_args = -fno-trapping-math
+# LSTM and GRU over a time-major sequence, forward and backward through time, one call each
+# (a step is the T = 1 case). Sequences arrive flattened to (T*N, features) rows, C order,
+# validated by fastlayers.backends.cpu.gated_rnn; the caller keeps BLAS single-threaded. G*H is
+# the width of the gate blocks (4H for the LSTM, 3H for the GRU), gates in PyTorch's order.
+#
+# Parallel plan (rnn.pyx's): one OpenMP team per call. The input projection x @ Wx of every step
+# is one product split by row blocks of the T*N rows; after one barrier each thread runs the
+# whole recurrence (a step's h @ Wh, then the gates fused on the rows it has just computed, in
+# gated_cells.h) for its own block of the batch, with no barrier per step. The backward
+# recomputes every step's pre-activations the same way (x @ Wx and h_prev @ Wh over all steps:
+# two products, since all the states are known), runs the recurrence backwards, and after a
+# second barrier computes the weight gradients by column blocks and dx by row blocks.
+from cython.parallel cimport parallel, threadid
+from libc.string cimport memset
+
+from _blas cimport floating, gemm, single_threaded_blas
+from _recurrent cimport COLUMN_ALIGN, barrier, block_start, block_stop, input_projection, step_product, team_size
+
+
+cdef extern from "gated_cells.h" nogil:
+    void lstm_cell_f32 "fl_lstm_cell_f32"(const float* z, const float* b, const float* c_prev, float* c, float* h,
+                                          Py_ssize_t rows, Py_ssize_t H)
+    void lstm_cell_f64 "fl_lstm_cell_f64"(const double* z, const double* b, const double* c_prev, double* c,
+                                          double* h, Py_ssize_t rows, Py_ssize_t H)
+    void lstm_cell_backward_f32 "fl_lstm_cell_backward_f32"(
+        float* z, const float* b, const float* c_prev, const float* c, const float* dhs, const float* dcs,
+        const float* dh_next, float* dc_carry, Py_ssize_t rows, Py_ssize_t H)
+    void lstm_cell_backward_f64 "fl_lstm_cell_backward_f64"(
+        double* z, const double* b, const double* c_prev, const double* c, const double* dhs, const double* dcs,
+        const double* dh_next, double* dc_carry, Py_ssize_t rows, Py_ssize_t H)
+    void gru_cell_f32 "fl_gru_cell_f32"(const float* a, const float* u, const float* bx, const float* bh,
+                                        const float* h_prev, float* h, Py_ssize_t rows, Py_ssize_t H)
+    void gru_cell_f64 "fl_gru_cell_f64"(const double* a, const double* u, const double* bx, const double* bh,
+                                        const double* h_prev, double* h, Py_ssize_t rows, Py_ssize_t H)
+    void gru_cell_backward_f32 "fl_gru_cell_backward_f32"(
+        float* a, float* u, const float* bx, const float* bh, const float* h_prev, const float* dhs,
+        float* dh_carry, Py_ssize_t rows, Py_ssize_t H)
+    void gru_cell_backward_f64 "fl_gru_cell_backward_f64"(
+        double* a, double* u, const double* bx, const double* bh, const double* h_prev, const double* dhs,
+        double* dh_carry, Py_ssize_t rows, Py_ssize_t H)
+
+
+cdef inline void _lstm_cell(const floating* z, const floating* b, const floating* c_prev, floating* c, floating* h,
+                            Py_ssize_t rows, Py_ssize_t H) noexcept nogil:
+    if floating is float:
+        lstm_cell_f32(z, b, c_prev, c, h, rows, H)
+    else:
+        lstm_cell_f64(z, b, c_prev, c, h, rows, H)
+
+
+cdef inline void _lstm_cell_backward(floating* z, const floating* b, const floating* c_prev, const floating* c,
+                                     const floating* dhs, const floating* dcs, const floating* dh_next,
+                                     floating* dc_carry, Py_ssize_t rows, Py_ssize_t H) noexcept nogil:
+    if floating is float:
+        lstm_cell_backward_f32(z, b, c_prev, c, dhs, dcs, dh_next, dc_carry, rows, H)
+    else:
+        lstm_cell_backward_f64(z, b, c_prev, c, dhs, dcs, dh_next, dc_carry, rows, H)
+
+
+cdef inline void _gru_cell(const floating* a, const floating* u, const floating* bx, const floating* bh,
+                           const floating* h_prev, floating* h, Py_ssize_t rows, Py_ssize_t H) noexcept nogil:
+    if floating is float:
+        gru_cell_f32(a, u, bx, bh, h_prev, h, rows, H)
+    else:
+        gru_cell_f64(a, u, bx, bh, h_prev, h, rows, H)
+
+
+cdef inline void _gru_cell_backward(floating* a, floating* u, const floating* bx, const floating* bh,
+                                    const floating* h_prev, const floating* dhs, floating* dh_carry,
+                                    Py_ssize_t rows, Py_ssize_t H) noexcept nogil:
+    if floating is float:
+        gru_cell_backward_f32(a, u, bx, bh, h_prev, dhs, dh_carry, rows, H)
+    else:
+        gru_cell_backward_f64(a, u, bx, bh, h_prev, dhs, dh_carry, rows, H)
+
+
+cdef inline void _previous_state_product(const floating* h0, const floating* hs, const floating* Wh, floating* z,
+                                         Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t N, Py_ssize_t H,
+                                         Py_ssize_t width, floating beta) noexcept nogil:
+    """Rows [r0, r1) of z (T*N x width) = h_prev @ Wh + beta * z, where h_prev of row t*N + n
+    is h0[n] for t = 0 and hs[(t-1)*N + n] after."""
+    cdef Py_ssize_t split = min(max(r0, N), r1)
+    if split > r0:
+        gemm(False, False, <int>(split - r0), <int>width, <int>H, <floating>1, h0 + r0 * H, <int>H, Wh, <int>width,
+             beta, z + r0 * width, <int>width)
+    if r1 > split:
+        gemm(False, False, <int>(r1 - split), <int>width, <int>H, <floating>1, hs + (split - N) * H, <int>H, Wh,
+             <int>width, beta, z + split * width, <int>width)
+
+
+cdef inline void _weight_gradients(const floating* x, const floating* h0, const floating* hs, const floating* dx_side,
+                                   const floating* dh_side, floating* dWx, floating* dWh, floating* dbx,
+                                   floating* dbh, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t TN, Py_ssize_t N,
+                                   Py_ssize_t D, Py_ssize_t H, Py_ssize_t width) noexcept nogil:
+    """Columns [c0, c1) of dWx = x^T dx_side, dWh = h_prev^T dh_side (h_prev as in
+    _previous_state_product), dbx and dbh their column sums (rows added in order, so the result
+    is reproducible); dbh is skipped when NULL. dx_side and dh_side (T*N x width) are the
+    gradients of the pre-activations on the x and the h side (the same array for the LSTM)."""
+    cdef Py_ssize_t r, j
+    cdef const floating* row
+    gemm(True, False, <int>D, <int>(c1 - c0), <int>TN, <floating>1, x, <int>D, dx_side + c0, <int>width,
+         <floating>0, dWx + c0, <int>width)
+    if TN > N:
+        gemm(True, False, <int>H, <int>(c1 - c0), <int>(TN - N), <floating>1, hs, <int>H, dh_side + N * width + c0,
+             <int>width, <floating>0, dWh + c0, <int>width)
+    else:
+        for r in range(H):
+            memset(dWh + r * width + c0, 0, (c1 - c0) * sizeof(floating))
+    gemm(True, False, <int>H, <int>(c1 - c0), <int>N, <floating>1, h0, <int>H, dh_side + c0, <int>width,
+         <floating>1, dWh + c0, <int>width)
+    memset(dbx + c0, 0, (c1 - c0) * sizeof(floating))
+    for r in range(TN):
+        row = dx_side + r * width
+        for j in range(c0, c1):
+            dbx[j] = dbx[j] + row[j]
+    if dbh != NULL:
+        memset(dbh + c0, 0, (c1 - c0) * sizeof(floating))
+        for r in range(TN):
+            row = dh_side + r * width
+            for j in range(c0, c1):
+                dbh[j] = dbh[j] + row[j]
+
+
+def lstm_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, const floating[:, ::1] c0 not None,
+                 const floating[:, ::1] Wx, const floating[:, ::1] Wh, const floating[::1] b not None,
+                 floating[:, ::1] hs, floating[:, ::1] cs, floating[:, ::1] z, Py_ssize_t N, int num_threads):
+    """cs[t] = f cs[t-1] + i g, hs[t] = o tanh(cs[t]) with (i, f, g, o) the activated
+    x[t] @ Wx + hs[t-1] @ Wh + b; hs[-1] = h0, cs[-1] = c0.
+
+    x (T*N, D), hs, cs (T*N, H), h0, c0 (N, H), Wx (D, 4H), Wh (H, 4H), b (4H,), z (T*N, 4H) a
+    workspace; T*N, D, H >= 1."""
+    single_threaded_blas()
+    cdef Py_ssize_t TN = x.shape[0], D = x.shape[1], H = Wh.shape[0], G = Wh.shape[1]
+    cdef Py_ssize_t T = TN // N
+    cdef const floating* pWh = &Wh[0, 0]
+    cdef const floating* pb = &b[0]
+    cdef floating* pz = &z[0, 0]
+    cdef floating* phs = &hs[0, 0]
+    cdef floating* pcs = &cs[0, 0]
+    # Initialised only because Cython passes them into the team as firstprivate.
+    cdef const floating* h_prev = NULL
+    cdef const floating* c_prev = NULL
+    cdef floating* zt = NULL
+    cdef Py_ssize_t t = 0, tid = 0, team = 1, r0 = 0, r1 = 0, n0 = 0, rows = 0, row = 0
+    with nogil, parallel(num_threads=num_threads):
+        tid = threadid()
+        team = team_size()
+        r0 = block_start(tid, team, TN, 1)  # rows of all steps
+        r1 = block_stop(tid, team, TN, 1)
+        n0 = block_start(tid, team, N, 1)  # sequences of the batch
+        rows = block_stop(tid, team, N, 1) - n0
+        if r1 > r0:
+            input_projection(&x[0, 0] + r0 * D, &Wx[0, 0], pz + r0 * G, r1 - r0, D, G)
+        barrier()
+        if rows > 0:
+            h_prev = &h0[0, 0] + n0 * H
+            c_prev = &c0[0, 0] + n0 * H
+            for t in range(T):
+                row = t * N + n0
+                zt = pz + row * G
+                step_product(h_prev, pWh, zt, rows, H, G, <floating>1)
+                _lstm_cell(zt, pb, c_prev, pcs + row * H, phs + row * H, rows, H)
+                h_prev = phs + row * H
+                c_prev = pcs + row * H
+
+
+def lstm_backward(const floating[:, ::1] dhs, const floating[:, ::1] dcs, const floating[:, ::1] x,
+                  const floating[:, ::1] h0 not None, const floating[:, ::1] c0 not None,
+                  const floating[:, ::1] Wx, const floating[:, ::1] Wh, const floating[:, ::1] WhT,
+                  const floating[::1] b not None, const floating[:, ::1] hs, const floating[:, ::1] cs,
+                  floating[:, ::1] dz, floating[:, ::1] dx, floating[:, ::1] dh0, floating[:, ::1] dc0,
+                  floating[:, ::1] dWx, floating[:, ::1] dWh, floating[::1] db, Py_ssize_t N, int num_threads):
+    """Backward through time of lstm_forward.
+
+    dhs, hs, cs (T*N, H), dcs the same or None (zeros); x, dx (T*N, D); h0, c0, dh0, dc0 (N, H);
+    Wx, dWx (D, 4H); Wh, dWh (H, 4H); WhT = Wh^T in C order (4H, H): the products with Wh^T
+    then take the untransposed form OpenBLAS runs on its small-matrix path; b, db (4H,);
+    dz (T*N, 4H) a workspace. Every output is overwritten; dWx, dWh and db sum over steps in a
+    fixed order for a given thread count, so results are reproducible run to run."""
+    single_threaded_blas()
+    cdef Py_ssize_t TN = x.shape[0], D = x.shape[1], H = Wh.shape[0], G = Wh.shape[1]
+    cdef Py_ssize_t T = TN // N
+    cdef const floating* ph0 = &h0[0, 0]
+    cdef const floating* pc0 = &c0[0, 0]
+    cdef const floating* px = &x[0, 0]
+    cdef const floating* pWx = &Wx[0, 0]
+    cdef const floating* pWhT = &WhT[0, 0]
+    cdef const floating* pb = &b[0]
+    cdef const floating* phs = &hs[0, 0]
+    cdef const floating* pcs = &cs[0, 0]
+    cdef const floating* pdhs = &dhs[0, 0]
+    cdef const floating* pdcs = &dcs[0, 0] if dcs is not None else NULL
+    cdef floating* pdz = &dz[0, 0]
+    cdef floating* pdh0 = &dh0[0, 0]
+    cdef floating* pdc0 = &dc0[0, 0]
+    # Initialised only because Cython passes them into the team as firstprivate.
+    cdef floating* zt = NULL
+    cdef const floating* c_prev = NULL
+    cdef Py_ssize_t t = 0, tid = 0, team = 1, row = 0, r0 = 0, r1 = 0, n0 = 0, rows = 0, c_lo = 0, c_hi = 0
+    with nogil, parallel(num_threads=num_threads):
+        tid = threadid()
+        team = team_size()
+        r0 = block_start(tid, team, TN, 1)  # rows of all steps
+        r1 = block_stop(tid, team, TN, 1)
+        n0 = block_start(tid, team, N, 1)  # sequences of the batch
+        rows = block_stop(tid, team, N, 1) - n0
+        c_lo = block_start(tid, team, G, COLUMN_ALIGN)  # columns of the weight gradients
+        c_hi = block_stop(tid, team, G, COLUMN_ALIGN)
+        # The pre-activations of every step, as the forward computed them (less b).
+        if r1 > r0:
+            input_projection(px + r0 * D, pWx, pdz + r0 * G, r1 - r0, D, G)
+            _previous_state_product(ph0, phs, &Wh[0, 0], pdz, r0, r1, N, H, G, <floating>1)
+        barrier()
+        # From the last step back, for this thread's sequences: dz[t] from dhs[t], dcs[t] and the
+        # carries dh (= dz[t+1] @ Wh^T) and dc, both kept in this thread's rows of dh0 and dc0.
+        if rows > 0:
+            memset(pdh0 + n0 * H, 0, rows * H * sizeof(floating))
+            memset(pdc0 + n0 * H, 0, rows * H * sizeof(floating))
+            for t in range(T - 1, -1, -1):
+                row = t * N + n0
+                zt = pdz + row * G
+                c_prev = pc0 + n0 * H if t == 0 else pcs + (row - N) * H
+                _lstm_cell_backward(zt, pb, c_prev, pcs + row * H, pdhs + row * H,
+                                    pdcs + row * H if pdcs != NULL else NULL, pdh0 + n0 * H, pdc0 + n0 * H, rows, H)
+                step_product(zt, pWhT, pdh0 + n0 * H, rows, G, H, <floating>0)
+        barrier()
+        if c_hi > c_lo:
+            _weight_gradients(px, ph0, phs, pdz, pdz, &dWx[0, 0], &dWh[0, 0], &db[0], NULL, c_lo, c_hi, TN, N, D,
+                              H, G)
+        if r1 > r0:  # dx = dz @ Wx^T for all steps, by row blocks
+            gemm(False, True, <int>(r1 - r0), <int>D, <int>G, <floating>1, pdz + r0 * G, <int>G, pWx, <int>G,
+                 <floating>0, &dx[0, 0] + r0 * D, <int>D)
+
+
+def gru_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, const floating[:, ::1] Wx,
+                const floating[:, ::1] Wh, const floating[::1] bx not None, const floating[::1] bh not None,
+                floating[:, ::1] hs, floating[:, ::1] a, floating[:, ::1] u, Py_ssize_t N, int num_threads):
+    """hs[t] = n + z (hs[t-1] - n) with r, z, n the GRU gates of a[t] = x[t] @ Wx + bx and
+    u = hs[t-1] @ Wh + bh; hs[-1] = h0.
+
+    x (T*N, D), hs (T*N, H), h0 (N, H), Wx (D, 3H), Wh (H, 3H), bx, bh (3H,); workspaces
+    a (T*N, 3H) and u (N, 3H); T*N, D, H >= 1."""
+    single_threaded_blas()
+    cdef Py_ssize_t TN = x.shape[0], D = x.shape[1], H = Wh.shape[0], G = Wh.shape[1]
+    cdef Py_ssize_t T = TN // N
+    cdef const floating* pWh = &Wh[0, 0]
+    cdef const floating* pbx = &bx[0]
+    cdef const floating* pbh = &bh[0]
+    cdef floating* pa = &a[0, 0]
+    cdef floating* phs = &hs[0, 0]
+    # Initialised only because Cython passes them into the team as firstprivate.
+    cdef const floating* h_prev = NULL
+    cdef floating* ut = NULL
+    cdef Py_ssize_t t = 0, tid = 0, team = 1, r0 = 0, r1 = 0, n0 = 0, rows = 0, row = 0
+    with nogil, parallel(num_threads=num_threads):
+        tid = threadid()
+        team = team_size()
+        r0 = block_start(tid, team, TN, 1)
+        r1 = block_stop(tid, team, TN, 1)
+        n0 = block_start(tid, team, N, 1)
+        rows = block_stop(tid, team, N, 1) - n0
+        if r1 > r0:
+            input_projection(&x[0, 0] + r0 * D, &Wx[0, 0], pa + r0 * G, r1 - r0, D, G)
+        barrier()
+        if rows > 0:
+            h_prev = &h0[0, 0] + n0 * H
+            ut = &u[0, 0] + n0 * G
+            for t in range(T):
+                row = t * N + n0
+                step_product(h_prev, pWh, ut, rows, H, G, <floating>0)
+                _gru_cell(pa + row * G, ut, pbx, pbh, h_prev, phs + row * H, rows, H)
+                h_prev = phs + row * H
+
+
+def gru_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const floating[:, ::1] h0 not None,
+                 const floating[:, ::1] Wx, const floating[:, ::1] Wh, const floating[:, ::1] WhT,
+                 const floating[::1] bx not None, const floating[::1] bh not None, const floating[:, ::1] hs,
+                 floating[:, ::1] da, floating[:, ::1] du, floating[:, ::1] dx, floating[:, ::1] dh0,
+                 floating[:, ::1] dWx, floating[:, ::1] dWh, floating[::1] dbx, floating[::1] dbh,
+                 Py_ssize_t N, int num_threads):
+    """Backward through time of gru_forward.
+
+    dhs, hs (T*N, H); x, dx (T*N, D); h0, dh0 (N, H); Wx, dWx (D, 3H); Wh, dWh (H, 3H);
+    WhT = Wh^T in C order (3H, H); bx, bh, dbx, dbh (3H,); workspaces da, du (T*N, 3H). Every
+    output is overwritten, in a fixed order for a given thread count."""
+    single_threaded_blas()
+    cdef Py_ssize_t TN = x.shape[0], D = x.shape[1], H = Wh.shape[0], G = Wh.shape[1]
+    cdef Py_ssize_t T = TN // N
+    cdef const floating* ph0 = &h0[0, 0]
+    cdef const floating* px = &x[0, 0]
+    cdef const floating* pWx = &Wx[0, 0]
+    cdef const floating* pWhT = &WhT[0, 0]
+    cdef const floating* phs = &hs[0, 0]
+    cdef const floating* pdhs = &dhs[0, 0]
+    cdef floating* pda = &da[0, 0]
+    cdef floating* pdu = &du[0, 0]
+    cdef floating* pdh0 = &dh0[0, 0]
+    # Initialised only because Cython passes them into the team as firstprivate.
+    cdef const floating* h_prev = NULL
+    cdef Py_ssize_t t = 0, tid = 0, team = 1, row = 0, r0 = 0, r1 = 0, n0 = 0, rows = 0, c_lo = 0, c_hi = 0
+    with nogil, parallel(num_threads=num_threads):
+        tid = threadid()
+        team = team_size()
+        r0 = block_start(tid, team, TN, 1)
+        r1 = block_stop(tid, team, TN, 1)
+        n0 = block_start(tid, team, N, 1)
+        rows = block_stop(tid, team, N, 1) - n0
+        c_lo = block_start(tid, team, G, COLUMN_ALIGN)
+        c_hi = block_stop(tid, team, G, COLUMN_ALIGN)
+        # The pre-activations of every step (less the biases): a = x @ Wx, u = h_prev @ Wh.
+        if r1 > r0:
+            input_projection(px + r0 * D, pWx, pda + r0 * G, r1 - r0, D, G)
+            _previous_state_product(ph0, phs, &Wh[0, 0], pdu, r0, r1, N, H, G, <floating>0)
+        barrier()
+        # From the last step back: the carry dL/dh_prev = dh z + du[t] @ Wh^T, kept in this
+        # thread's rows of dh0.
+        if rows > 0:
+            memset(pdh0 + n0 * H, 0, rows * H * sizeof(floating))
+            for t in range(T - 1, -1, -1):
+                row = t * N + n0
+                h_prev = ph0 + n0 * H if t == 0 else phs + (row - N) * H
+                _gru_cell_backward(pda + row * G, pdu + row * G, &bx[0], &bh[0], h_prev, pdhs + row * H,
+                                   pdh0 + n0 * H, rows, H)
+                step_product(pdu + row * G, pWhT, pdh0 + n0 * H, rows, G, H, <floating>1)
+        barrier()
+        if c_hi > c_lo:
+            _weight_gradients(px, ph0, phs, pda, pdu, &dWx[0, 0], &dWh[0, 0], &dbx[0], &dbh[0], c_lo, c_hi, TN, N,
+                              D, H, G)
+        if r1 > r0:
+            gemm(False, True, <int>(r1 - r0), <int>D, <int>G, <floating>1, pda + r0 * G, <int>G, pWx, <int>G,
+                 <floating>0, &dx[0, 0] + r0 * D, <int>D)

@@ -1,0 +1,393 @@
+"""lstm and gru (steps, sequences, backward through time) on the "cpu" backend against the NumPy
+reference.
+
+Tolerances. As in test_rnn.py: Wh (H, G*H) is drawn with spectral norm RHO = 0.9, and every gate
+derivative is at most 1 (sigmoid' <= 1/4, tanh' <= 1) while the forget and update gates weigh the
+previous state by a factor below 1, so a rounding error made at one step shrinks from step to
+step and the error of any state or gradient is at most about 1 / (1 - RHO) = 10 times the error
+one step makes. One step rounds a sum of ``terms`` products (D + H + 1 for a pre-activation, then
+a few operations per gate; G*H for dx and the carried dh; T*N for the weight gradients summed over
+all steps). float32 results are compared with the reference run in float64 on the same
+(float32-representable) data, so the bound covers the kernel's own float32 arithmetic, including
+its float32 tanh and sigmoid (a few ulp).
+"""
+import importlib
+
+import numpy as np
+import pytest
+from _helpers import assert_close, assert_grad_matches, make_rng, numeric_grad
+from hypothesis import given
+from hypothesis import strategies as st
+
+import fastlayers as fl
+from fastlayers import reference as ref
+
+DTYPES = (np.float32, np.float64)
+RHO = 0.9
+AMPLIFICATION = 1 / (1 - RHO)
+
+
+@pytest.fixture
+def split_work(monkeypatch):
+    """Split even tiny problems among threads (the backend keeps them on one thread)."""
+    monkeypatch.setattr(importlib.import_module("fastlayers.backends.cpu.gated_rnn"), "MIN_WORK_PER_THREAD", 0)
+
+
+class Lstm:
+    gates = 4
+    states = ("h0", "c0")
+    biases = ("b",)
+    grad_names = ("x_seq", "h0", "c0", "Wx", "Wh", "b")
+
+    @staticmethod
+    def forward(a, backend="cpu", **kw):
+        return fl.lstm(a["x_seq"], a["h0"], a["c0"], a["Wx"], a["Wh"], a["b"], backend=backend, **kw)
+
+    @staticmethod
+    def backward(douts, a, outs, backend="cpu", **kw):
+        (dhs, dcs), (hs, cs) = douts, outs
+        return fl.lstm_backward(dhs, dcs, a["x_seq"], a["h0"], a["c0"], a["Wx"], a["Wh"], a["b"], hs, cs,
+                                backend=backend, **kw)
+
+    @staticmethod
+    def reference(a):
+        return ref.lstm(**a)
+
+    @staticmethod
+    def reference_backward(douts, a, outs):
+        return ref.lstm_backward(*douts, a["x_seq"], a["h0"], a["c0"], a["Wx"], a["Wh"], a["b"], *outs)
+
+
+class Gru:
+    gates = 3
+    states = ("h0",)
+    biases = ("bx", "bh")
+    grad_names = ("x_seq", "h0", "Wx", "Wh", "bx", "bh")
+
+    @staticmethod
+    def forward(a, backend="cpu", **kw):
+        return (fl.gru(a["x_seq"], a["h0"], a["Wx"], a["Wh"], a["bx"], a["bh"], backend=backend, **kw),)
+
+    @staticmethod
+    def backward(douts, a, outs, backend="cpu", **kw):
+        return fl.gru_backward(douts[0], a["x_seq"], a["h0"], a["Wx"], a["Wh"], a["bx"], a["bh"], outs[0],
+                               backend=backend, **kw)
+
+    @staticmethod
+    def reference(a):
+        return (ref.gru(**a),)
+
+    @staticmethod
+    def reference_backward(douts, a, outs):
+        return ref.gru_backward(douts[0], a["x_seq"], a["h0"], a["Wx"], a["Wh"], a["bx"], a["bh"], outs[0])
+
+
+CELLS = {"lstm": Lstm, "gru": Gru}
+
+
+def cell_arrays(rng, cell, T, N, D, H, dtype, state=True, bias=True):
+    """O(1) inputs; Wx scaled by 1/sqrt(D) as at initialisation, Wh scaled to spectral norm RHO."""
+    G = cell.gates
+    Wh = rng.standard_normal((H, G * H))
+    Wh *= RHO / max(np.linalg.norm(Wh, 2), 1e-12)
+    arrays = dict(x_seq=rng.standard_normal((T, N, D)), Wx=rng.standard_normal((D, G * H)) / np.sqrt(max(D, 1)),
+                  Wh=Wh)
+    arrays.update({s: rng.standard_normal((N, H)) if state else None for s in cell.states})
+    arrays.update({b: rng.standard_normal(G * H) if bias else None for b in cell.biases})
+    return {k: None if v is None else v.astype(dtype) for k, v in arrays.items()}
+
+
+def as64(arrays):
+    return {k: None if v is None else v.astype(np.float64) for k, v in arrays.items()}
+
+
+def assert_states_close(actual, expected, dtype, D, H):
+    for got, want in zip(actual, expected):
+        assert got.dtype == dtype
+        assert_close(got, want, dtype, terms=D + H + 1, scale=AMPLIFICATION)
+
+
+def assert_grads_close(cell, grads, expected, dtype, T, N, D, H, err_msg=""):
+    """Gradients of O(1) losses through a contraction are at most AMPLIFICATION times the
+    incoming ones, and a weight gradient sums T*N of them."""
+    summed = T * N
+    for name, got, want in zip(cell.grad_names, grads, expected):
+        assert got.dtype == dtype, name
+        weight = name.startswith(("W", "b"))
+        assert_close(got, want, dtype, terms=summed if weight else cell.gates * H,
+                     scale=AMPLIFICATION * np.sqrt(summed if weight else 1), err_msg=f"d{name} {err_msg}")
+
+
+def check_against_reference(cell, T, N, D, H, dtype, state=True, bias=True, seed=0, no_dcs=False):
+    rng = make_rng(seed)
+    a = cell_arrays(rng, cell, T, N, D, H, dtype, state, bias)
+    a64 = as64(a)
+    outs = cell.forward(a)
+    outs_ref = cell.reference(a64)
+    assert_states_close(outs, outs_ref, dtype, D, H)
+    douts = [rng.standard_normal(o.shape).astype(dtype) for o in outs]
+    if no_dcs and cell is Lstm:
+        douts[1] = None
+    # The backward gets the reference's states (rounded to dtype) so it is tested on its own.
+    outs_in = [o.astype(dtype) for o in outs_ref]
+    grads = cell.backward(douts, a, outs_in)
+    expected = cell.reference_backward([None if d is None else d.astype(np.float64) for d in douts], a64,
+                                       [o.astype(np.float64) for o in outs_in])
+    assert_grads_close(cell, grads, expected, dtype, T, N, D, H,
+                       err_msg=f"T={T} N={N} D={D} H={H} state={state} bias={bias}")
+
+
+# ---------------------------------------------------------------------------- equal to the reference
+
+
+@given(cell=st.sampled_from(list(CELLS.values())), T=st.integers(1, 12), N=st.integers(1, 8), D=st.integers(1, 16),
+       H=st.integers(1, 16), dtype=st.sampled_from(DTYPES), state=st.booleans(), bias=st.booleans(),
+       no_dcs=st.booleans(), seed=st.integers(0, 2**16))
+def test_matches_reference_small_shapes(cell, T, N, D, H, dtype, state, bias, no_dcs, seed):
+    check_against_reference(cell, T, N, D, H, dtype, state, bias, seed, no_dcs)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("T, N, D, H", [(7, 5, 9, 17), (4, 3, 20, 33), (2, 1, 1, 70)])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cell", CELLS.values(), ids=CELLS)
+def test_matches_reference_across_thread_blocks(cell, T, N, D, H, dtype, threads, split_work):
+    """Uneven thread counts: the batch, the T*N rows and the weight gradients' G*H columns are
+    split among threads in blocks of unequal (or zero) size."""
+    with fl.threads(threads):
+        check_against_reference(cell, T, N, D, H, dtype, seed=threads)
+
+
+@pytest.mark.parametrize("T, N, D, H", [(3, 8, 300, 136), (2, 16, 600, 100)])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cell", CELLS.values(), ids=CELLS)
+def test_matches_reference_in_gemm_chunks(cell, T, N, D, H, dtype):
+    """Sizes where the kernels cut the products into OpenBLAS small-matrix pieces: several
+    column chunks per step and several row panels of the input projection, or (D = 600) the
+    fallback to one packed GEMM."""
+    with fl.threads(2):
+        check_against_reference(cell, T, N, D, H, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cell", CELLS.values(), ids=CELLS)
+def test_long_sequence_stays_finite_and_matches(cell, dtype):
+    """T = 500, with inputs large enough that many gates saturate."""
+    T, N, D, H = 500, 3, 8, 24
+    rng = make_rng(3)
+    a = cell_arrays(rng, cell, T, N, D, H, dtype)
+    a["x_seq"] *= 4
+    a64 = as64(a)
+    outs = cell.forward(a)
+    assert all(np.isfinite(o).all() for o in outs)
+    outs_ref = cell.reference(a64)
+    assert_states_close(outs, outs_ref, dtype, D, H)
+    gates = np.abs(a64["x_seq"].reshape(T * N, D) @ a64["Wx"])
+    assert (gates > 4).mean() > 0.05  # the saturated regime is really exercised
+    douts = [rng.standard_normal(o.shape).astype(dtype) for o in outs]
+    outs_in = [o.astype(dtype) for o in outs_ref]
+    grads = cell.backward(douts, a, outs_in)
+    assert all(np.isfinite(g).all() for g in grads)
+    expected = cell.reference_backward([d.astype(np.float64) for d in douts], a64,
+                                       [o.astype(np.float64) for o in outs_in])
+    assert_grads_close(cell, grads, expected, dtype, T, N, D, H)
+
+
+# ---------------------------------------------------------------------------- steps
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lstm_step_is_a_sequence_of_one(dtype):
+    a = cell_arrays(make_rng(1), Lstm, 1, 4, 6, 20, dtype)
+    x, h_prev, c_prev = a["x_seq"][0], a["h0"], a["c0"]
+    hs, cs = Lstm.forward(a)
+    h, c = fl.lstm_step(x, h_prev, c_prev, a["Wx"], a["Wh"], a["b"], backend="cpu")
+    np.testing.assert_array_equal(h, hs[0])
+    np.testing.assert_array_equal(c, cs[0])
+    dh, dc = np.ones_like(h), np.full_like(c, 0.5)
+    seq = Lstm.backward((dh[None], dc[None]), a, (hs, cs))
+    step = fl.lstm_step_backward(dh, dc, x, h_prev, c_prev, a["Wx"], a["Wh"], a["b"], h, c, backend="cpu")
+    np.testing.assert_array_equal(step[0], seq[0][0])
+    for name, s, t in zip(Lstm.grad_names[1:], seq[1:], step[1:]):
+        np.testing.assert_array_equal(t, s, err_msg=name)
+    a64 = as64(a)
+    h64, c64 = ref.lstm_step(a64["x_seq"][0], a64["h0"], a64["c0"], a64["Wx"], a64["Wh"], a64["b"])
+    assert_states_close((h, c), (h64, c64), dtype, 6, 20)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gru_step_is_a_sequence_of_one(dtype):
+    a = cell_arrays(make_rng(2), Gru, 1, 4, 6, 20, dtype)
+    x, h_prev = a["x_seq"][0], a["h0"]
+    (hs,) = Gru.forward(a)
+    h = fl.gru_step(x, h_prev, a["Wx"], a["Wh"], a["bx"], a["bh"], backend="cpu")
+    np.testing.assert_array_equal(h, hs[0])
+    dh = np.ones_like(h)
+    seq = Gru.backward((dh[None],), a, (hs,))
+    step = fl.gru_step_backward(dh, x, h_prev, a["Wx"], a["Wh"], a["bx"], a["bh"], h, backend="cpu")
+    np.testing.assert_array_equal(step[0], seq[0][0])
+    for name, s, t in zip(Gru.grad_names[1:], seq[1:], step[1:]):
+        np.testing.assert_array_equal(t, s, err_msg=name)
+    a64 = as64(a)
+    assert_states_close((h,), (ref.gru_step(a64["x_seq"][0], a64["h0"], a64["Wx"], a64["Wh"], a64["bx"], a64["bh"]),),
+                        dtype, 6, 20)
+
+
+# ---------------------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("cell", CELLS.values(), ids=CELLS)
+def test_backward_matches_finite_differences(cell, split_work):
+    rng = make_rng(7)
+    a = cell_arrays(rng, cell, 4, 2, 3, 6, np.float64)  # G*H = 18 or 24 > 16: two column blocks
+    outs = cell.forward(a)
+    douts = [rng.standard_normal(o.shape) for o in outs]
+    grads = cell.backward(douts, a, outs)
+
+    def weighted_outputs(**kw):  # the loss sum(outs * douts) as one array product with douts
+        return np.stack(cell.forward(kw))
+
+    for name, analytic in zip(cell.grad_names, grads):
+        assert_grad_matches(analytic, numeric_grad(weighted_outputs, a, name, np.stack(douts)), err_msg=f"d{name}")
+
+
+def test_lstm_step_backward_matches_finite_differences():
+    rng = make_rng(8)
+    a = cell_arrays(rng, Lstm, 1, 3, 4, 5, np.float64)
+    arrays = dict(x=a["x_seq"][0], h_prev=a["h0"], c_prev=a["c0"], Wx=a["Wx"], Wh=a["Wh"], b=a["b"])
+
+    def step(**kw):
+        return np.stack(fl.lstm_step(**kw, backend="cpu"))
+
+    h, c = step(**arrays)
+    dh, dc = rng.standard_normal(h.shape), rng.standard_normal(c.shape)
+    grads = fl.lstm_step_backward(dh, dc, *arrays.values(), h, c, backend="cpu")
+    for name, analytic in zip(arrays, grads):
+        assert_grad_matches(analytic, numeric_grad(step, arrays, name, np.stack([dh, dc])), err_msg=f"d{name}")
+
+
+def test_gru_step_backward_matches_finite_differences():
+    rng = make_rng(9)
+    a = cell_arrays(rng, Gru, 1, 3, 4, 5, np.float64)
+    arrays = dict(x=a["x_seq"][0], h_prev=a["h0"], Wx=a["Wx"], Wh=a["Wh"], bx=a["bx"], bh=a["bh"])
+
+    def step(**kw):
+        return fl.gru_step(**kw, backend="cpu")
+
+    h = step(**arrays)
+    dh = rng.standard_normal(h.shape)
+    grads = fl.gru_step_backward(dh, *arrays.values(), h, backend="cpu")
+    for name, analytic in zip(arrays, grads):
+        assert_grad_matches(analytic, numeric_grad(step, arrays, name, dh), err_msg=f"d{name}")
+
+
+# ---------------------------------------------------------------------------- edge cases
+
+
+@pytest.mark.parametrize("cell", CELLS.values(), ids=CELLS)
+def test_nan_propagates_along_its_sequence_only(cell):
+    a = cell_arrays(make_rng(4), cell, 3, 2, 3, 20, np.float32)
+    a["x_seq"][1, 0, 0] = np.nan
+    hs = cell.forward(a)[0]
+    assert np.isfinite(hs[0]).all() and np.isfinite(hs[1:, 1]).all()
+    assert np.isnan(hs[1:, 0]).all()
+
+
+@pytest.mark.parametrize("shape", [(0, 2, 3, 4), (2, 0, 3, 4), (2, 3, 0, 4), (2, 3, 4, 0)])
+@pytest.mark.parametrize("cell", CELLS.values(), ids=CELLS)
+def test_empty_shapes(cell, shape):
+    a = cell_arrays(make_rng(5), cell, *shape, np.float64)
+    outs = cell.forward(a)
+    for got, want in zip(outs, cell.reference(a)):
+        np.testing.assert_array_equal(got, want)
+    douts = [np.ones_like(o) for o in outs]
+    for got, want in zip(cell.backward(douts, a, outs), cell.reference_backward(douts, a, outs)):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("cell", CELLS.values(), ids=CELLS)
+def test_results_are_reproducible(cell, split_work):
+    """The weight gradients are summed in a fixed order: repeated calls agree bit for bit."""
+    rng = make_rng(6)
+    a = cell_arrays(rng, cell, 20, 8, 16, 40, np.float32)
+    outs = cell.forward(a)
+    douts = [rng.standard_normal(o.shape).astype(np.float32) for o in outs]
+    first = cell.backward(douts, a, outs)
+    for _ in range(3):
+        for o, f in zip(cell.forward(a), outs):
+            np.testing.assert_array_equal(o, f)
+        for g, f in zip(cell.backward(douts, a, outs), first):
+            np.testing.assert_array_equal(g, f)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cell", CELLS.values(), ids=CELLS)
+def test_non_contiguous_inputs(cell, dtype, split_work):
+    rng = make_rng(10)
+    a = cell_arrays(rng, cell, 5, 3, 4, 20, dtype)
+
+    def strided(v):  # the same values through a non-C-contiguous view
+        return np.repeat(v, 2, axis=-1)[..., ::2] if v.ndim != 2 else np.asfortranarray(v)
+
+    s = {k: strided(v) for k, v in a.items()}
+    assert not any(v.flags.c_contiguous for v in s.values())
+    outs = cell.forward(a)
+    for got, want in zip(cell.forward(s), outs):
+        np.testing.assert_array_equal(got, want)
+    douts = [rng.standard_normal(o.shape).astype(dtype) for o in outs]
+    want = cell.backward(douts, a, outs)
+    got = cell.backward([np.asfortranarray(d) for d in douts], s, [np.asfortranarray(o) for o in outs])
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cell", CELLS.values(), ids=CELLS)
+def test_out_buffers(cell, dtype):
+    rng = make_rng(11)
+    T, N, D, H = 6, 4, 5, 24
+    a = cell_arrays(rng, cell, T, N, D, H, dtype)
+    outs = cell.forward(a)
+    bufs = tuple(np.full(o.shape, np.nan, dtype) for o in outs)
+    got = cell.forward(a, out=bufs if cell is Lstm else bufs[0])
+    for b, g, o in zip(bufs, got, outs):
+        assert g is b
+        np.testing.assert_array_equal(g, o)
+    douts = [rng.standard_normal(o.shape).astype(dtype) for o in outs]
+    grads = cell.backward(douts, a, outs)
+    gbufs = tuple(np.full(g.shape, np.nan, dtype) for g in grads)
+    for b, g, w in zip(gbufs, cell.backward(douts, a, outs, out=gbufs), grads):
+        assert g is b
+        np.testing.assert_array_equal(g, w)
+    partial = tuple(b if i % 2 else None for i, b in enumerate(gbufs))  # None entries are allocated
+    for g, w in zip(cell.backward(douts, a, outs, out=partial), grads):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_step_out_buffers():
+    a = cell_arrays(make_rng(12), Lstm, 1, 3, 4, 5, np.float64)
+    args = (a["x_seq"][0], a["h0"], a["c0"], a["Wx"], a["Wh"], a["b"])
+    h, c = fl.lstm_step(*args, backend="cpu")
+    bufs = (np.full_like(h, np.nan), None)
+    got = fl.lstm_step(*args, backend="cpu", out=bufs)
+    assert got[0] is bufs[0]
+    np.testing.assert_array_equal(got[0], h)
+    np.testing.assert_array_equal(got[1], c)
+    with pytest.raises(ValueError, match="contiguous"):
+        fl.lstm_step(*args, backend="cpu", out=(np.zeros((5, 3)).T, None))
+    g = cell_arrays(make_rng(13), Gru, 1, 3, 4, 5, np.float64)
+    gargs = (g["x_seq"][0], g["h0"], g["Wx"], g["Wh"], g["bx"], g["bh"])
+    h = fl.gru_step(*gargs, backend="cpu")
+    dx = np.full((3, 4), np.nan)
+    grads = fl.gru_step_backward(np.ones_like(h), *gargs, h, backend="cpu", out=(dx, None, None, None, None, None))
+    assert grads[0] is dx
+    np.testing.assert_array_equal(dx, fl.gru_step_backward(np.ones_like(h), *gargs, h, backend="cpu")[0])
+
+
+def test_cpu_is_the_default_backend_for_numpy_inputs():
+    from fastlayers import _dispatch
+    from fastlayers.backends import cpu
+
+    x = np.zeros((2, 2, 3), np.float32)
+    for op in ("lstm", "lstm_backward", "gru", "gru_backward"):
+        assert _dispatch.resolve(op, None, (x,)) is getattr(cpu, op)
