@@ -305,6 +305,24 @@ def test_auto_heuristic():
         assert [cpu_conv2d.choose_algo(g, d) for d in ("forward", "backward")] == [forward, "im2col"]
 
 
+def test_auto_runs_an_algorithm_that_fits():
+    """auto weighs scratch: the direct loops' row copies grow with the stride (issue 13's case: 0.63 s and
+    ~400 MiB kept cached, where im2col takes 1 ms), im2col's gemm sizes are C ints."""
+    wide_stride = conv2d_geometry((8, 8, 3, 262144), (128, 8, 3, 3), stride=(1, 65536))
+    assert cpu_conv2d._direct_scratch_bytes(wide_stride, "forward") > cpu_conv2d.DIRECT_MAX_SCRATCH_BYTES
+    assert cpu_conv2d.choose_algo(wide_stride, "forward") == "im2col"
+    # An image of 2**31 + 2**21 cells: H*W past a C int for im2col; direct copies a few rows of it.
+    tall = conv2d_geometry((1, 1, 2049, 2**20), (8, 1, 3, 3))
+    assert [cpu_conv2d.choose_algo(tall, d) for d in ("forward", "backward")] == ["direct", "direct"]
+    # Too large for both: direct's error, suggesting nothing.
+    both = conv2d_geometry((1, 1, 2**16, 2**16), (1, 1, 3, 3), stride=(1, 2**20), dilation=(1, 2**20),
+                           padding=(0, 2**20))
+    assert cpu_conv2d.choose_algo(both, "forward") == "direct"
+    with pytest.raises(ValueError, match="algo='direct' would need") as info:
+        cpu_conv2d._check_fits(both, "direct", "forward")
+    assert "use algo" not in str(info.value)
+
+
 def test_cpu_is_the_default_backend_for_numpy_inputs():
     x = np.zeros((1, 1, 3, 3), np.float32)
     assert _dispatch.resolve("conv2d", None, (x, x)) is cpu_conv2d.conv2d

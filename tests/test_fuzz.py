@@ -398,6 +398,9 @@ def _(backend):
     one = np.zeros((1, 1, 1, 1))
     _raises(ValueError, ["too large"], fl.conv2d, one, one, padding=2**30, backend=backend)
     _raises(ValueError, ["padding", "2**31"], fl.conv2d, one, one, padding=2**31, backend=backend)
+    # 2**61 outputs: fewer than 2**62 elements, but 2**64 bytes, which NumPy cannot allocate.
+    _raises(ValueError, ["too large"], fl.conv2d, _zero_strided((2**31, 1, 1, 1)), _zero_strided((2**30, 1, 1, 1)),
+            backend=backend)
 
 
 @hostile("index-overflow", "rnn")
@@ -558,11 +561,11 @@ for _op in ("conv2d_backward", "max_pool2d", "max_pool2d_backward", "rnn", "rnn_
 @hostile("nan-inf", "max_pool2d")
 def _(backend):
     x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
-    x[0, 0, 0, 1] = x[0, 0, 1, 0] = np.nan  # two NaNs in the first window: the first one wins
+    x[0, 0, 0, 1] = x[0, 0, 1, 0] = np.nan  # two NaNs in the first window: the last one wins, as in PyTorch
     x[0, 0, 3, 3] = np.inf
     x[0, 0, 2, 0] = -np.inf
     y, idx = fl.max_pool2d(x, 2, backend=backend)
-    assert np.isnan(y[0, 0, 0, 0]) and idx[0, 0, 0, 0] == 1
+    assert np.isnan(y[0, 0, 0, 0]) and idx[0, 0, 0, 0] == 4
     assert y[0, 0, 1, 1] == np.inf and idx[0, 0, 1, 1] == 15
     assert y[0, 0, 1, 0] == 13 and idx[0, 0, 1, 0] == 13
 
@@ -602,6 +605,60 @@ def _(backend):
     assert_matches_reference(call, call.run(backend), np.float64)
 
 
+@hostile("nan-inf", "conv2d_backward")
+def _(backend):
+    # A NaN weight reaches only the dx cells its tap maps to; a NaN in dy at a border reaches every dw tap
+    # of its filter (the reference multiplies it by the padding's zeros too): the same on every algorithm.
+    if backend == "cuda":
+        pytest.xfail("the cuda dx gemm multiplies the weights by the implicit zeros of its gather (open)")
+    rng = np.random.default_rng(3)
+    x, w, dy = rng.standard_normal((2, 2, 7, 7)), rng.standard_normal((2, 2, 3, 3)), rng.standard_normal((2, 2, 4, 4))
+    w[1, 0, 2, 2] = np.nan
+    dy[0, 0, 0, 0] = np.nan
+    dy[1, 1, 3, 3] = np.inf
+    want = reference.conv2d_backward(dy, x, w, stride=2, padding=1)
+    for algo in ALGOS:
+        got = fl.conv2d_backward(dy, x, w, stride=2, padding=1, algo=algo, backend=backend)
+        for i, (g, e) in enumerate(zip(got, want)):
+            msg = f"algo={algo}, output {i}"
+            np.testing.assert_array_equal(np.isnan(g), np.isnan(e), err_msg=msg)
+            np.testing.assert_array_equal(np.isposinf(g), np.isposinf(e), err_msg=msg)
+            finite = np.isfinite(e)  # float64 sums of <= 32 products
+            np.testing.assert_allclose(g[finite], e[finite], rtol=1e-12, atol=1e-12, err_msg=msg)
+
+
+@hostile("auto-scratch", "conv2d")
+def _(backend):
+    # Stride and dilation 2**20 along w: direct would copy 2**20 column phases per row (hundreds of MiB
+    # per thread); im2col's columns hold the 2 taps read. y[ow] = sum_kw w[kw] * x_padded[(ow + kw) * 2**20],
+    # and the one input value sits at 2**20: y = (w1 * x, w0 * x).
+    x, w = np.full((1, 1, 1, 1), 3.0), np.array([[[[5.0, 7.0]]]])
+    params = dict(stride=(1, 2**20), dilation=(1, 2**20), padding=(0, 2**20))
+    np.testing.assert_array_equal(fl.conv2d(x, w, **params, backend=backend), [[[[21.0, 15.0]]]])
+    dy = np.array([[[[2.0, 1.0]]]])  # dx = w1 * 2 + w0 * 1, dw = (1, 2) * x, db = 3
+    for got, want in zip(fl.conv2d_backward(dy, x, w, **params, backend=backend), ([[[[19.0]]]], [[[[3.0, 6.0]]]], [3.0])):
+        np.testing.assert_array_equal(got, want)
+    if backend == "cpu":
+        _raises(ValueError, ["algo='direct'", "scratch", "algo='im2col'"], fl.conv2d, x, w, **params, algo="direct",
+                backend=backend)
+
+
+@hostile("pool-window-wider-than-input", "max_pool2d")
+def _(backend):
+    if backend == "numpy":
+        pytest.skip("the reference materialises the padded windows: 2**31 cells a row")
+    import subprocess
+    import sys
+
+    # A window of 2**31 - 1 columns over a 1-column input: 22 s when every tap was visited, whatever the
+    # input; now the one cell. In a child with a deadline, so a regression fails instead of stalling CI.
+    code = ("import numpy as np, fastlayers as fl\n"
+            f"y, i = fl.max_pool2d(-np.arange(8, dtype=np.float32).reshape(1, 8, 1, 1), (1, 2**31 - 1), "
+            f"padding=(0, 2**30 - 1), return_indices=True, backend={backend!r})\n"
+            "assert (y.ravel() == -np.arange(8)).all() and (i == 0).all(), (y, i)\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
 @hostile("out-buffer", "conv2d")
 def _(backend):
     good = fl.conv2d(X, Wc, backend="numpy")
@@ -638,6 +695,20 @@ def _(backend):
     _raises(ValueError, ["out[0]", "share memory", "x"], fl.max_pool2d, x, 1, out=x, backend=backend)
 
 
+@hostile("out-aliases-input", "max_pool2d")
+def _(backend):
+    # x takes rows 0 and 2 of a buffer, y row 1: their bounds overlap, their elements do not.
+    buf = np.arange(24, dtype=np.float64).reshape(3, 8)
+    x, y = buf[::2].reshape(2, 1, 1, 8), buf[1].reshape(2, 1, 1, 4)
+    want = reference.max_pool2d(x, (1, 2), return_indices=False)
+    got = fl.max_pool2d(x, (1, 2), out=(y, None), return_indices=False, backend=backend)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(y, want)
+    overlapping = buf[0].reshape(2, 1, 1, 4)  # row 0: x's first row
+    _raises(ValueError, ["out[0]", "share memory", "x"], fl.max_pool2d, x, (1, 2), out=(overlapping, None),
+            backend=backend)
+
+
 @hostile("out-aliases-input", "rnn_step_backward")
 def _(backend):
     from _random_calls import fixed_call
@@ -658,6 +729,13 @@ def _(backend):
         idx = np.zeros(dy.shape, np.int64)
         idx[1, 2, 2, 2] = bad
         _raises(ValueError, ["indices", "[0, 42)"], fl.max_pool2d_backward, dy, idx, (2, 3, 6, 7), backend=backend)
+        out = np.full((2, 3, 6, 7), 7, np.float32)
+        _raises(ValueError, ["indices", "[0, 42)"], fl.max_pool2d_backward, dy, idx, (2, 3, 6, 7), out=out,
+                backend=backend)
+        assert (out == 7).all(), "the caller's out= was written before the error"
+    # No cell to route to (H*W = 0) and gradients to route: every index is out of range.
+    _raises(ValueError, ["indices", "[0, 0)"], fl.max_pool2d_backward, dy, np.zeros(dy.shape, np.int64),
+            (2, 3, 0, 7), backend=backend)
 
 
 @hostile("unknown-name", "conv2d")

@@ -100,11 +100,15 @@ def test_forward_2x2_fast_path(dtype, hw, ceil_mode, streaming):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_forward_nan_first_in_window_order(dtype):
-    # Window (a b / c d) = (1 NaN / NaN 5): the first NaN in row-major order is b.
+def test_forward_nan_last_in_window_order(dtype):
+    # Window (a b / c d) = (1 NaN / NaN 5): the last NaN in row-major order is c (PyTorch's CPU rule).
     x = np.array([[[[1, np.nan], [np.nan, 5]]]], dtype=dtype)
     y, idx = cpu_pool(x, 2)
-    assert np.isnan(y[0, 0, 0, 0]) and idx[0, 0, 0, 0] == 1
+    assert np.isnan(y[0, 0, 0, 0]) and idx[0, 0, 0, 0] == 2
+    # The general path too (3x3 windows, stride 1, padding 1): several NaNs per window.
+    x = np.array([[[[np.nan, 1, np.nan], [2, np.nan, 3], [4, 5, np.nan]]]], dtype=dtype)
+    y, idx = cpu_pool(x, 3, stride=1, padding=1)
+    np.testing.assert_array_equal(idx[0, 0], [[4, 4, 4], [4, 8, 8], [4, 8, 8]])
     x = np.array([[[[-np.inf, -np.inf], [-np.inf, -np.inf]]]], dtype=dtype)
     y, idx = cpu_pool(x, 2)
     assert y[0, 0, 0, 0] == -np.inf and idx[0, 0, 0, 0] == 0

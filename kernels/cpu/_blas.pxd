@@ -7,6 +7,9 @@
 # tiny cifar-stem tile 32 x 1024 x 27 equal within noise; BLIS (the cython-blis wheel) ran at
 # 25-60 GFLOP/s against 130-175. Whole conv2d forward/backward: 1.03-1.10x on resnet-56/-28/-14
 # and down-1x1. Its CBLAS takes row-major arguments directly, so nothing is swapped here.
+from cython cimport floating
+
+
 cdef extern from "cblas.h" nogil:
     ctypedef enum CBLAS_ORDER:
         CblasRowMajor
@@ -34,10 +37,6 @@ cdef inline void single_threaded_blas() noexcept nogil:
     if scipy_openblas_get_num_threads() != 1:
         scipy_openblas_set_num_threads(1)
 
-
-ctypedef fused floating:
-    float
-    double
 
 
 cdef inline void gemm(bint trans_a, bint trans_b, int M, int N, int K,

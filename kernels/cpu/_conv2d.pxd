@@ -1,7 +1,7 @@
 # C-level pieces shared by the two conv2d kernels (im2col.pyx and conv2d_direct.pyx): the
 # geometry as a struct, the range of output columns a kernel tap sees inside the input, and a
 # reproducible vectorisable sum.
-from _blas cimport floating
+from cython cimport floating
 
 
 ctypedef struct Conv2dShape:

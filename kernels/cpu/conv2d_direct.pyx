@@ -14,11 +14,11 @@
 # Bounds: sizes come from fastlayers._params.conv2d_geometry and the array shapes are checked by
 # the wrapper (backends/cpu/conv2d.py); the band copy reads only rows and columns checked to be
 # inside the input, and the kernel reads only inside the copy (RowConv says how wide it is).
+from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.stddef cimport ptrdiff_t
 from libc.string cimport memcpy, memset
 
-from _blas cimport floating
 from _conv2d cimport Conv2dShape, TapColumns, conv2d_shape, lane_sum, tap_columns
 
 cdef extern from "conv2d_direct_simd.h" nogil:
@@ -91,10 +91,12 @@ cdef RowConv _backward_input_rows(object g, Py_ssize_t band, Py_ssize_t itemsize
 
 def scratch_bytes(object geometry, Py_ssize_t band, bint backward_input, Py_ssize_t itemsize):
     """Bytes of per-thread scratch _conv_rows needs (tap offsets and a band's padded copy),
-    rounded up to a cache line."""
+    rounded up to a cache line. The copy holds every row and column phase of the band's padded
+    input, so it grows with the stride and the dilation: the wrapper bounds it."""
     cdef RowConv r = (_backward_input_rows(geometry, band, itemsize) if backward_input
                       else _forward_rows(geometry, band, itemsize))
-    cdef Py_ssize_t nbytes = r.K * sizeof(ptrdiff_t) + r.Cs * r.BH * r.SW * r.Wq * itemsize
+    # In Python ints: with strides and dilations near 2**31 the product passes 2**63.
+    nbytes = <object>r.K * sizeof(ptrdiff_t) + <object>r.Cs * r.BH * r.SW * r.Wq * itemsize
     return (nbytes + 63) // 64 * 64
 
 

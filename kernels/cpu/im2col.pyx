@@ -8,10 +8,11 @@
 #
 # Bounds: every size comes from fastlayers._params.conv2d_geometry, every array shape is checked
 # by the wrapper (backends/cpu/conv2d.py) against it, and the gemm sizes fit in a C int.
+from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.string cimport memcpy, memset
 
-from _blas cimport floating, gemm, single_threaded_blas
+from _blas cimport gemm, single_threaded_blas
 from _conv2d cimport Conv2dShape, TapColumns, conv2d_shape, lane_sum, tap_columns
 
 

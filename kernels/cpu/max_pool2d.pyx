@@ -6,14 +6,11 @@
 # Both directions are memory-bound once vectorised; the vector row loops live in
 # max_pool2d_simd.h. The forward works a row of outputs at a time, the running maximum and its
 # index kept in the output row itself (in L1) rather than in scratch buffers.
+from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport INFINITY
 from libc.stdint cimport int64_t
 from libc.string cimport memset
-
-ctypedef fused floating:
-    float
-    double
 
 cdef extern from "max_pool2d_simd.h" nogil:
     # The 2x2 stride-2 rows, vectorised with SSE2 (the header says why they are C).
@@ -83,10 +80,39 @@ cdef void _pool_plane(const floating* x, floating* y, int64_t* indices,
                     fl_pool_tap_double(x_row, y_row, i_row, ow_lo, ow_hi, SW, kw - PW, ih * W)
 
 
+cdef void _pool_plane_wide(const floating* x, floating* y, int64_t* indices,
+                           Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW,
+                           Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH, Py_ssize_t SW,
+                           Py_ssize_t PH, Py_ssize_t PW) noexcept nogil:
+    """_pool_plane for windows wider than the input (KW > W): each output scans the cells of its
+    window that lie inside the input, where a loop over the window's taps would run KW times a
+    row (2**31 - 1 of them cost seconds a plane). Same order and rule as fl_pool_tap_*."""
+    cdef Py_ssize_t oh, ow, ih, iw, ih_lo, ih_hi, iw_lo, iw_hi
+    cdef int64_t best_index
+    cdef floating best, v
+    for oh in range(OH):
+        ih_lo = max(oh * SH - PH, 0)
+        ih_hi = min(oh * SH - PH + KH, H)
+        for ow in range(OW):
+            iw_lo = max(ow * SW - PW, 0)
+            iw_hi = min(ow * SW - PW + KW, W)
+            best = -INFINITY
+            best_index = ih_lo * W + iw_lo
+            for ih in range(ih_lo, ih_hi):
+                for iw in range(iw_lo, iw_hi):
+                    v = x[ih * W + iw]
+                    if v > best or v != v:
+                        best = v
+                        best_index = ih * W + iw
+            y[oh * OW + ow] = best
+            indices[oh * OW + ow] = best_index
+
+
 def max_pool2d_forward(const floating[:, :, ::1] x, floating[:, :, ::1] y, int64_t[:, :, ::1] indices,
                        int KH, int KW, int SH, int SW, int PH, int PW, bint stream, int num_threads):
     """x (P, H, W) -> y, indices (P, OH, OW); P = N*C planes, all sizes > 0, geometry validated
-    (every window holds at least one input cell). First maximum wins; the first NaN wins.
+    (every window holds at least one input cell). The first maximum wins, of several NaNs the
+    last (as in PyTorch).
     ``stream``: write the outputs around the cache (2x2 stride-2 path only)."""
     cdef Py_ssize_t P = x.shape[0], H = x.shape[1], W = x.shape[2]
     cdef Py_ssize_t OH = y.shape[1], OW = y.shape[2]
@@ -97,6 +123,8 @@ def max_pool2d_forward(const floating[:, :, ::1] x, floating[:, :, ::1] y, int64
     for p in prange(P, nogil=True, schedule="guided", num_threads=num_threads):
         if tiles_2x2:
             _pool_plane_2x2(&x[p, 0, 0], &y[p, 0, 0], &indices[p, 0, 0], W, OH, OW, stream)
+        elif KW > W:
+            _pool_plane_wide(&x[p, 0, 0], &y[p, 0, 0], &indices[p, 0, 0], H, W, OH, OW, KH, KW, SH, SW, PH, PW)
         else:
             _pool_plane(&x[p, 0, 0], &y[p, 0, 0], &indices[p, 0, 0], H, W, OH, OW, KH, KW, SH, SW, PH, PW)
 

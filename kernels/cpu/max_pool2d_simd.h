@@ -8,9 +8,10 @@
  * SSE2 is part of every x86-64 CPU, so no -march flag is needed; elsewhere the scalar loops at
  * the end of each function do all the work (they also do the tails here, so tests cover them).
  *
- * Semantics, identical in the vector and scalar code: the window is read in row-major order and
- * v replaces the running maximum m when !(v <= m) && m == m, i.e. when v is larger or v is the
- * first NaN; ties keep the first. Indices are flat ih*W + iw in the plane.
+ * Semantics, identical in the vector and scalar code and PyTorch's CPU kernels: the window is
+ * read in row-major order and v replaces the running maximum m when v > m or v is NaN, so ties
+ * keep the first maximum and of several NaNs the last wins. Indices are flat ih*W + iw in the
+ * plane.
  */
 #ifndef FASTLAYERS_MAX_POOL2D_SIMD_H
 #define FASTLAYERS_MAX_POOL2D_SIMD_H
@@ -21,7 +22,7 @@
 #include <emmintrin.h>
 #endif
 
-#define FL_WINS(v, m) (!((v) <= (m)) && (m) == (m))
+#define FL_WINS(v, m) ((v) > (m) || (v) != (v))
 
 #if defined(__SSE2__)
 /* `stream`: non-temporal stores, for outputs too large to stay in cache: they skip reading each
@@ -74,7 +75,7 @@ static inline void fl_pool_row_2x2_float(const float *x0, const float *x1, float
         __m128 m = a, w;
         __m128i code = zero; /* 0..3 = a, b, c, d */
 #define FL_STEP(v, K)                                                                  \
-        w = _mm_and_ps(_mm_cmpnle_ps(v, m), _mm_cmpord_ps(m, m));                      \
+        w = _mm_or_ps(_mm_cmpgt_ps(v, m), _mm_cmpunord_ps(v, v));                      \
         m = _mm_or_ps(_mm_and_ps(w, v), _mm_andnot_ps(w, m));                          \
         code = _mm_or_si128(_mm_and_si128(_mm_castps_si128(w), K),                     \
                             _mm_andnot_si128(_mm_castps_si128(w), code));
@@ -112,7 +113,7 @@ static inline void fl_pool_row_2x2_double(const double *x0, const double *x1, do
         __m128d m = a, w;
         __m128i off = _mm_setzero_si128();
 #define FL_STEP(v, K)                                                                  \
-        w = _mm_and_pd(_mm_cmpnle_pd(v, m), _mm_cmpord_pd(m, m));                      \
+        w = _mm_or_pd(_mm_cmpgt_pd(v, m), _mm_cmpunord_pd(v, v));                      \
         m = _mm_or_pd(_mm_and_pd(w, v), _mm_andnot_pd(w, m));                          \
         off = _mm_or_si128(_mm_and_si128(_mm_castpd_si128(w), K),                      \
                            _mm_andnot_si128(_mm_castpd_si128(w), off));
@@ -143,7 +144,7 @@ static inline void fl_pool_tap_float(const float *x_row, float *y_row, int64_t *
     for (; ow + 4 <= ow_hi; ow += 4) {
         const float *p = x_row + ow * SW + off;
         __m128 v = _mm_set_ps(p[3 * SW], p[2 * SW], p[SW], p[0]), m = _mm_loadu_ps(y_row + ow);
-        __m128 w = _mm_and_ps(_mm_cmpnle_ps(v, m), _mm_cmpord_ps(m, m));
+        __m128 w = _mm_or_ps(_mm_cmpgt_ps(v, m), _mm_cmpunord_ps(v, v));
         _mm_storeu_ps(y_row + ow, _mm_or_ps(_mm_and_ps(w, v), _mm_andnot_ps(w, m)));
         __m128i wi = _mm_castps_si128(w);
         __m128i w01 = _mm_unpacklo_epi32(wi, wi), w23 = _mm_unpackhi_epi32(wi, wi); /* int64 lanes */
@@ -169,7 +170,7 @@ static inline void fl_pool_tap_double(const double *x_row, double *y_row, int64_
     for (; ow + 2 <= ow_hi; ow += 2) {
         const double *p = x_row + ow * SW + off;
         __m128d v = _mm_set_pd(p[SW], p[0]), m = _mm_loadu_pd(y_row + ow);
-        __m128d w = _mm_and_pd(_mm_cmpnle_pd(v, m), _mm_cmpord_pd(m, m));
+        __m128d w = _mm_or_pd(_mm_cmpgt_pd(v, m), _mm_cmpunord_pd(v, v));
         _mm_storeu_pd(y_row + ow, _mm_or_pd(_mm_and_pd(w, v), _mm_andnot_pd(w, m)));
         __m128i wi = _mm_castpd_si128(w);
         __m128i n = _mm_add_epi64(_mm_set1_epi64x(row_first + ow * SW + off), _mm_set_epi64x(SW, 0));

@@ -11,11 +11,12 @@
 # projection, dx) are split by row blocks of the T*N rows and weight gradients by column blocks
 # of H, one barrier between them and the recurrence. Blocks come from the thread id, not from
 # prange: Cython's prange adds a barrier of its own per loop.
+from cython cimport floating
 from cython.parallel cimport parallel, threadid
 from libc.math cimport tanh
 from libc.string cimport memcpy, memset
 
-from _blas cimport gemm, floating, single_threaded_blas
+from _blas cimport gemm, single_threaded_blas
 
 # Column blocks are whole multiples of 16 elements (one 64-byte line of float32), so threads
 # never write to the same cache line.

@@ -36,12 +36,13 @@ def forward_kernel(dtype):
         w0 = ow * sw - pw
         best = scalar(-math.inf)
         arg = -1
-        # Row-major window order; a later element wins only if strictly greater, or if it is the
-        # first NaN (NaN propagates). Padded cells are skipped: they never win.
+        # Row-major window order; a later element wins if strictly greater or NaN, so ties keep
+        # the first maximum and of several NaNs the last wins (PyTorch's CPU rule). Padded cells
+        # are skipped: they never win.
         for ih in range(max(h0, 0), min(h0 + KH, H)):
             for iw in range(max(w0, 0), min(w0 + KW, W)):
                 v = x[(plane * H + ih) * W + iw]
-                if arg < 0 or v > best or (math.isnan(v) and not math.isnan(best)):
+                if arg < 0 or v > best or math.isnan(v):
                     best = v
                     arg = ih * W + iw
         y[o] = best

@@ -13,8 +13,9 @@ import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
-# Index arithmetic in the kernels uses signed 64-bit integers; refuse sizes near that limit.
-MAX_ELEMENTS = 2**62
+# Index arithmetic in the kernels uses signed 64-bit integers, and NumPy refuses arrays of 2**63
+# bytes or more: at 8 bytes an element (float64, the int64 indices) that is 2**60 elements.
+MAX_ELEMENTS = 2**60
 # Scalar parameters (kernel_size, stride, padding, dilation) reach the kernels as C ints.
 MAX_PARAMETER = 2**31 - 1
 

@@ -50,11 +50,23 @@ def _check_algo(algo):
         raise ValueError(f"algo must be one of {ALGOS}, got {algo!r}")
 
 
+def _overlap(a, b):
+    """Whether two arrays share an element: the exact test where the bounds check says maybe
+    (interleaved views of one buffer do not), an overlap when even that is too hard to tell.
+    Two mappings of one file are different memory to NumPy: they cannot be seen."""
+    if not np.may_share_memory(a, b):
+        return False
+    try:
+        return np.shares_memory(a, b, max_work=1 << 20)
+    except np.exceptions.TooHardError:
+        return True
+
+
 def _check_no_alias(name, out, others):
     """Kernels read their inputs while they write their outputs: a buffer overlapping an input
     or another output would be read after being overwritten, a silent wrong answer."""
     for other_name, a in others.items():
-        if isinstance(a, np.ndarray) and np.may_share_memory(out, a):
+        if isinstance(a, np.ndarray) and _overlap(out, a):
             raise ValueError(f"{name} must not share memory with {other_name}")
 
 
@@ -157,7 +169,8 @@ def max_pool2d(x, kernel_size=2, stride=None, padding=0, ceil_mode=False, return
     y : array (N, C, OH, OW)
     indices : int64 array (N, C, OH, OW), only if ``return_indices``: the flat index
         ``ih * W + iw`` of each maximum in its (H, W) plane. Ties go to the first maximum in
-        row-major window order; a NaN in the window is the maximum (NaN propagates).
+        row-major window order; a NaN in the window is the maximum (NaN propagates), and of
+        several NaNs the last one's index is returned, as by PyTorch's CPU kernels.
     """
     dt = check_array("x", x, 4)
     g = pool2d_geometry(x.shape, kernel_size, stride, padding, ceil_mode)

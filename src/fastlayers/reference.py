@@ -122,7 +122,7 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1):
 
 def max_pool2d_impl(x, g):
     """Max over each window; the index is the flat ``ih * W + iw`` of the first maximum in
-    row-major window order (a NaN counts as the maximum). Padding never wins: every window holds
+    row-major window order (a NaN counts as the maximum, and of several NaNs the last wins). Padding never wins: every window holds
     at least one input element, and only input elements are candidates."""
     # Pad far enough right/bottom that ceil-mode windows are whole; the extra cells are not valid.
     Hp = max(g.H + 2 * g.pad_h, (g.OH - 1) * g.stride_h + g.KH)
@@ -140,7 +140,10 @@ def max_pool2d_impl(x, g):
     y = win.max(axis=-1)  # NaN propagates through max
     yk = y[..., None]
     hit = ok & ((win == yk) | (np.isnan(win) & np.isnan(yk)))
-    local = hit.argmax(axis=-1)  # first True
+    # The first maximum, but of several NaNs the last (PyTorch's CPU rule: v wins when v > max or
+    # v is NaN).
+    first, last = hit.argmax(axis=-1), hit.shape[-1] - 1 - hit[..., ::-1].argmax(axis=-1)
+    local = np.where(np.isnan(y), last, first)
     kh, kw = np.divmod(local, g.KW)
     ih = np.arange(g.OH)[:, None] * g.stride_h - g.pad_h + kh
     iw = np.arange(g.OW)[None, :] * g.stride_w - g.pad_w + kw

@@ -11,7 +11,9 @@ order. So im2col results change with the thread count by float rounding only.
 Scratch memory is bounded whatever the batch size: an im2col column tile is at most
 ``column_tile_bytes()`` (a band of output rows whose columns fit, at least one row) per thread,
 two of them in the backward (columns of x and of dx), plus one partial dw (the size of w) per
-thread in the backward. Workspaces are cached per Python thread and checked out for the call
+thread in the backward; a direct task's row copy is kept to about 1 MiB and refused past
+``DIRECT_MAX_SCRATCH_BYTES`` per thread (its width grows with the stride and dilation).
+Workspaces are cached per Python thread and checked out for the call
 (``_common.workspace``), so concurrent or re-entrant callers never share one; they keep their
 largest size until the thread ends or ``fastlayers.release_workspaces()``.
 """
@@ -64,10 +66,38 @@ def _band_rows(g, threads, itemsize):
     return max(1, min(rows, g.OH, -(-g.OH // per_plane)))
 
 
-def _check_blas_sizes(g, rows):
+def _im2col_fits(g, rows=1):
+    """Whether im2col's gemm sizes and leading dimensions (C ints) hold ``rows``-row tiles."""
     K = (g.C // g.groups) * g.KH * g.KW
-    if max(g.H * g.W, g.OH * g.OW, K * rows * g.OW, g.F * K) > BLAS_INT_MAX:
-        raise ValueError(f"conv2d sizes exceed what BLAS can index (C int) for algo='im2col': {g}")
+    return max(g.H * g.W, g.OH * g.OW, K * rows * g.OW, g.F * K) <= BLAS_INT_MAX
+
+
+# The direct loops copy a band's padded input rows, every row and column phase the band spans,
+# so their scratch grows with stride and dilation (a stride of 65536 needs ~200 MiB a thread for
+# a 3x3 kernel, one of 2**28 hundreds of GiB). Past this much for one output row they refuse,
+# and "auto" takes im2col, whose columns hold only the taps that are read.
+DIRECT_MAX_SCRATCH_BYTES = 64 << 20
+
+
+def _direct_scratch_bytes(g, direction):
+    """Per-thread scratch of the direct loops at their thinnest band (one row), in float64."""
+    return _direct.scratch_bytes(g, 1, direction == "backward", 8)
+
+
+def _check_fits(g, algo, direction):
+    if algo == "im2col" and not _im2col_fits(g):
+        raise ValueError(
+            f"conv2d sizes exceed what BLAS can index (C ints) for algo='im2col'"
+            + ("; use algo='direct'" if _direct_scratch_bytes(g, direction) <= DIRECT_MAX_SCRATCH_BYTES else "")
+            + f": {g}"
+        )
+    if algo == "direct" and _direct_scratch_bytes(g, direction) > DIRECT_MAX_SCRATCH_BYTES:
+        raise ValueError(
+            f"conv2d with algo='direct' would need {_direct_scratch_bytes(g, direction)} bytes of scratch per "
+            f"thread (its row copies span the stride {g.stride_h}x{g.stride_w} and dilation "
+            f"{g.dilation_h}x{g.dilation_w}), more than {DIRECT_MAX_SCRATCH_BYTES}"
+            + ("; use algo='im2col'" if _im2col_fits(g) else "") + f": {g}"
+        )
 
 
 # Measured on this 2-core machine (float32, 2 threads, bench/bench_conv2d.py --algos and --small,
@@ -89,10 +119,15 @@ DIRECT_MIN_PLANES = 8  # images x groups
 
 
 def choose_algo(g, direction):
-    """``algo="auto"``: for the forward, "direct" for kernels larger than 1x1 with at most
-    ``DIRECT_MAX_TAPS`` taps per output (C/groups * KH * KW), at least ``DIRECT_MIN_FLOPS`` FLOP
-    and ``DIRECT_MIN_PLANES`` (image, group) planes, "im2col" otherwise; for the backward
-    ("direction" "backward"), "im2col"."""
+    """``algo="auto"``: the one algorithm that can run when the other cannot (im2col's BLAS sizes
+    past a C int, direct's scratch past ``DIRECT_MAX_SCRATCH_BYTES``); otherwise, for the
+    forward, "direct" for kernels larger than 1x1 with at most ``DIRECT_MAX_TAPS`` taps per output
+    (C/groups * KH * KW), at least ``DIRECT_MIN_FLOPS`` FLOP and ``DIRECT_MIN_PLANES`` (image,
+    group) planes, "im2col" otherwise; for the backward ("direction" "backward"), "im2col"."""
+    if not _im2col_fits(g):
+        return "direct"
+    if _direct_scratch_bytes(g, direction) > DIRECT_MAX_SCRATCH_BYTES:
+        return "im2col"
     taps = (g.C // g.groups) * g.KH * g.KW
     if (direction == "forward" and g.KH * g.KW > 1 and taps <= DIRECT_MAX_TAPS
             and g.flops >= DIRECT_MIN_FLOPS and g.N * g.groups >= DIRECT_MIN_PLANES):
@@ -134,6 +169,7 @@ def conv2d(x, w, b, g, algo, out):
         y[...] = 0 if b is None else b[None, :, None, None]
         return y
     algo = choose_algo(g, "forward") if algo == "auto" else algo
+    _check_fits(g, algo, "forward")
     threads = get_num_threads()
     xc, wc = contiguous(x), contiguous(w)
     bias = contiguous(b) if b is not None else np.zeros(g.F, dtype=x.dtype)
@@ -145,7 +181,8 @@ def conv2d(x, w, b, g, algo, out):
             _direct.conv2d_forward(xc, packed_w, packed_b, y, work, g, band, threads)
         return y
     rows = _band_rows(g, threads, x.dtype.itemsize)
-    _check_blas_sizes(g, rows)
+    if not _im2col_fits(g, rows):  # tiles cut thinner (one row fits: checked above)
+        rows = 1
     K = (g.C // g.groups) * g.KH * g.KW
     with scratch("columns", (threads, K * rows * g.OW), x.dtype) as workspace:
         _im2col.conv2d_forward(xc, wc, bias, b is not None, y, workspace, g, rows, threads)
@@ -163,6 +200,13 @@ def conv2d_backward(dy, x, w, g, algo, out):
         db[...] = dy.sum(axis=(0, 2, 3)) if dy.size else 0
         return dx, dw, db
     algo = choose_algo(g, "backward") if algo == "auto" else algo
+    if algo == "direct" and _im2col_fits(g) and not (np.isfinite(w).all() and np.isfinite(dy).all()):
+        # The direct dx multiplies every weight by the zeros of its padded, upsampled copy of dy
+        # (0 * NaN poisons all of dx), and its dw skips the padding taps (a NaN in dy that the
+        # reference multiplies by a padding zero leaves dw finite): im2col's products are the
+        # reference's, NaN for NaN.
+        algo = "im2col"
+    _check_fits(g, algo, "backward")
     threads = get_num_threads()
     dyc, xc, wc = contiguous(dy), contiguous(x), contiguous(w)
     if algo == "direct":
@@ -179,7 +223,8 @@ def conv2d_backward(dy, x, w, g, algo, out):
         return dx, dw, db
     threads = min(threads, g.N * g.groups)  # one (image, group) task per thread at least
     rows = _band_rows(g, threads, x.dtype.itemsize)
-    _check_blas_sizes(g, rows)
+    if not _im2col_fits(g, rows):
+        rows = 1
     K = (g.C // g.groups) * g.KH * g.KW
     # The partial sums are reduced inside the checkout: nothing else can write them meanwhile.
     partials = threads if threads > 1 else 0

@@ -7,6 +7,7 @@ import numpy as np
 
 from ..._cpu import max_pool2d as _kernels
 from ..._dispatch import get_num_threads
+from ..._params import check_pool_backward_args
 
 OPS = frozenset({"max_pool2d", "max_pool2d_backward"})
 
@@ -38,6 +39,10 @@ def max_pool2d(x, g, out):
 
 def max_pool2d_backward(dy, indices, input_shape, out):
     N, C, H, W = input_shape
+    if out is not None or H * W == 0:
+        # The kernel finds bad indices as it writes: the caller's buffer (and every case with no
+        # cell to route to) is checked first, so an error leaves it untouched, as the reference does.
+        check_pool_backward_args(dy, indices, input_shape)
     dx = np.empty(input_shape, dtype=dy.dtype) if out is None else out
     planes = N * C
     if planes == 0 or H * W == 0:
