@@ -38,7 +38,8 @@ def _torch_no_grad(torch, fn):
 
 
 class Workload:
-    """What the three ops share: no ``algo=`` choice, the inputs as the positional arguments."""
+    """A workload's defaults: no ``algo=`` choice, no keyword options, the inputs as the
+    positional arguments in order."""
 
     algos = ()
 
