@@ -264,6 +264,8 @@ def test_compare_refuses_a_file_that_is_not_a_report(tmp_path, capsys):
     (["--threads", "0"], "--threads must be >= 1"),
     (["--add-case", "x=conv2d:1,2,3"], "--add-case needs an op"),
     (["--add-case", "x=conv2d:1,2,3,3"], "needs F= and kernel_size="),
+    (["--add-case", "x=conv2d:1,2,3,3:F=2"], "for conv2d needs kernel_size=,"),
+    (["--add-case", "x=max_pool2d:1,2,4,4"], "for max_pool2d needs kernel_size=,"),
     (["--dtype", "float16"], "invalid choice: 'float16'"),
 ])
 def test_bad_arguments_are_named(argv, message, capsys):
