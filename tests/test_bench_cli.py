@@ -213,19 +213,20 @@ def test_the_allocator_is_fixed_in_every_process(tiny_run):
     assert "allocator:" in tiny_run["stdout"]
 
 
-def test_wide_view_has_a_column_per_backend_and_the_sums(tiny_run, capsys):
+def test_wide_view_has_a_table_per_op_a_column_per_backend_and_the_sums(tiny_run):
     report = json.loads(tiny_run["json"].read_text())
-    text = benchmark_format_wide(report)
-    header = next(line for line in text.splitlines() if line.startswith("case "))
-    labels = list(dict.fromkeys(r["backend"] for r in report["results"]))
-    assert all(f"{b} ms" in header for b in labels)
-    rows = {tuple(line.split()[:2]): line.split() for line in text.splitlines() if line.startswith("tiny-")}
-    assert {d for _, d in rows} == {"fwd", "bwd", "fwd+bwd"}
-    column = re.split(r"\s{2,}", header.strip()).index("numpy ms")
-    by = {(r["case"], r["direction"]): r["median_ms"] for r in report["results"] if r["backend"] == "numpy"}
-    for case in ("tiny-conv", "tiny-pool", "tiny-rnn"):
-        total = by[case, "forward"] + by[case, "backward"]
-        assert float(rows[case, "fwd+bwd"][column].rstrip("!")) == pytest.approx(total, rel=0.01)
+    lines = benchmark_format_wide(report).splitlines()
+    for op in ("conv2d", "max_pool2d", "rnn"):
+        at = lines.index(f"{op}:")
+        header = re.split(r"\s{2,}", lines[at + 1].strip())
+        labels = list(dict.fromkeys(r["backend"] for r in report["results"] if r["op"] == op))
+        assert sorted(header[2:-2]) == sorted(f"{b} ms" for b in labels)
+        rows = [line.split() for line in lines[at + 2:at + 5]]
+        case = rows[0][0]
+        assert [r[1] for r in rows] == ["fwd", "bwd", "fwd+bwd"] and {r[0] for r in rows} == {case}
+        column = header.index("numpy ms")
+        by = {r["direction"]: r["median_ms"] for r in report["results"] if (r["case"], r["backend"]) == (case, "numpy")}
+        assert float(rows[2][column].rstrip("!")) == pytest.approx(by["forward"] + by["backward"], rel=0.01)
 
 
 def test_plot_is_a_png(tiny_run):
@@ -263,6 +264,8 @@ def test_compare_refuses_a_file_that_is_not_a_report(tmp_path, capsys):
     (["--threads", "0"], "--threads must be >= 1"),
     (["--add-case", "x=conv2d:1,2,3"], "--add-case needs an op"),
     (["--add-case", "x=conv2d:1,2,3,3"], "needs F= and kernel_size="),
+    (["--add-case", "x=conv2d:1,2,3,3:F=2"], "for conv2d needs kernel_size=,"),
+    (["--add-case", "x=max_pool2d:1,2,4,4"], "for max_pool2d needs kernel_size=,"),
     (["--dtype", "float16"], "invalid choice: 'float16'"),
 ])
 def test_bad_arguments_are_named(argv, message, capsys):

@@ -15,7 +15,7 @@ import json
 import sys
 
 from .benchmark.runner import FAMILIES
-from .benchmark.workloads import DIRECTIONS, OPS
+from .benchmark.workloads import DIRECTIONS, OPS, WORKLOADS
 from .cases import ALL_CASES, CASES, CASES_BY_NAME, QUICK_CASES, Case
 
 
@@ -42,8 +42,10 @@ def _case_spec(text):
             f"--add-case must look like NAME=OP:D0,D1,D2,D3[:key=value,...], got {text!r}") from None
     if op not in OPS or len(shape) != 4 or min(shape) < 1:
         raise argparse.ArgumentTypeError(f"--add-case needs an op in {OPS} and 4 positive sizes, got {text!r}")
-    if op == "conv2d" and not {"F", "kernel_size"} <= kv.keys():
-        raise argparse.ArgumentTypeError(f"--add-case for conv2d needs F= and kernel_size=, got {text!r}")
+    missing = [k for k in WORKLOADS[op].required if k not in kv]
+    if missing:
+        raise argparse.ArgumentTypeError(
+            f"--add-case for {op} needs {' and '.join(f'{k}=' for k in missing)}, got {text!r}")
     return Case(name, op, shape, kv)
 
 

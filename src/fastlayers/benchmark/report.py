@@ -30,9 +30,10 @@ def _short(direction):
 
 
 def _spread_cell(r):
-    """The relative spread, ``!`` when unstable, ``?`` when too few rounds to tell."""
-    mark = "?" if r["unstable"] is None else "!" if r["unstable"] else ""
-    return f"{100 * r['spread']:.0f}%{mark}"
+    """The relative spread, ``!`` when unstable; ``?`` alone when too few rounds to tell."""
+    if r["unstable"] is None:
+        return "?"
+    return f"{100 * r['spread']:.0f}%{'!' if r['unstable'] else ''}"
 
 
 def _legend(report):
@@ -102,30 +103,37 @@ def _summary(report):
 
 
 def format_wide(report):
-    """The per-op comparison table: one row per case and direction (and fwd+bwd, the sum of the
-    medians, where both were measured), one column of median ms per backend, then the fastest
-    allocating backend and its speed-up over the fastest other family."""
-    labels = sorted({r["backend"] for r in report["results"]}, key=label_order)
+    """The per-op comparison tables: for each op, one row per case and direction (and fwd+bwd,
+    the sum of the medians, where both were measured), one column of median ms per backend,
+    then the fastest allocating backend and its speed-up over the fastest other family."""
+    lines = _legend(report) + ["fwd+bwd = sum of the two medians; ! = unstable"]
+    for op in dict.fromkeys(r["op"] for r in report["results"]):
+        lines += ["", f"{op}:"] + _wide_rows([r for r in report["results"] if r["op"] == op])
+    return "\n".join(lines + _summary(report))
+
+
+def _wide_rows(results):
+    labels = sorted({r["backend"] for r in results}, key=label_order)
     cells = {}
-    for r in report["results"]:
+    for r in results:
         cells.setdefault((r["case"], _short(r["direction"])), {})[r["backend"]] = (r["median_ms"], r["unstable"])
-    for case in dict.fromkeys(r["case"] for r in report["results"]):
+    cases = list(dict.fromkeys(r["case"] for r in results))
+    for case in cases:
         fwd, bwd = cells.get((case, "fwd"), {}), cells.get((case, "bwd"), {})
         both = {b: (fwd[b][0] + bwd[b][0], bool(fwd[b][1] or bwd[b][1])) for b in fwd if b in bwd}
         if both:
             cells[case, "fwd+bwd"] = both
-    order = {c: i for i, c in enumerate(dict.fromkeys(r["case"] for r in report["results"]))}
-    rows = [("case", "dir", *(f"{b} ms" for b in labels), "fastest", "vs next family")]
     directions = ("fwd", "bwd", "fwd+bwd")
-    for (case, direction), by_label in sorted(cells.items(), key=lambda kv: (order[kv[0][0]], directions.index(kv[0][1]))):
+    rows = [("case", "dir", *(f"{b} ms" for b in labels), "fastest", "vs next family")]
+    for (case, direction), by_label in sorted(cells.items(),
+                                              key=lambda kv: (cases.index(kv[0][0]), directions.index(kv[0][1]))):
         timed = {b: v for b, v in by_label.items() if allocates(b)}
         best = min(timed, key=lambda b: timed[b][0])
         others = [v[0] for b, v in timed.items() if family(b) != family(best)]
         rows.append((case, direction,
                      *(f"{_ms(by_label[b][0])}{'!' if by_label[b][1] else ''}" if b in by_label else "-" for b in labels),
                      best, f"{min(others) / timed[best][0]:.2f}x" if others else ""))
-    lines = _legend(report) + ["fwd+bwd = sum of the two medians; ! = unstable", ""]
-    return "\n".join(lines + _align(rows, right=set(range(2, 2 + len(labels)))) + _summary(report))
+    return _align(rows, right=set(range(2, 2 + len(labels))))
 
 
 def _load_warning(machine):

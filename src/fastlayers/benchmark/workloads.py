@@ -38,9 +38,11 @@ def _torch_no_grad(torch, fn):
 
 
 class Workload:
-    """What the three ops share: no ``algo=`` choice, the inputs as the positional arguments."""
+    """A workload's defaults: no ``algo=`` choice, no case parameter required, no keyword
+    options, the inputs as the positional arguments in order."""
 
     algos = ()
+    required = ()  # the case parameters the op has no default for
 
     @staticmethod
     def args(case, direction, inputs):
@@ -56,6 +58,7 @@ class Conv2dWorkload(Workload):
 
     op = "conv2d"
     algos = ("im2col", "direct", "auto")  # conv2d's ``algo=``; "auto" is the default
+    required = ("F", "kernel_size")
 
     @staticmethod
     def weight_shape(case):
@@ -108,6 +111,7 @@ class MaxPool2dWorkload(Workload):
     indices on both sides (training needs them for the backward)."""
 
     op = "max_pool2d"
+    required = ("kernel_size",)
 
     @staticmethod
     def options(case, direction):
