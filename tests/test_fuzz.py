@@ -832,6 +832,47 @@ def _(backend):
     assert_matches_reference(call, call.run(backend), np.float64)
 
 
+@hostile("index-overflow", "gru")
+def _(backend):
+    x = _zero_strided((2**36, 2**20, 1))
+    Wx, Wh = _zero_strided((1, 3 * 2**10)), _zero_strided((2**10, 3 * 2**10))
+    _raises(ValueError, ["gru", "too large", "T=68719476736"], fl.gru, x, None, Wx, Wh, backend=backend)
+
+
+@hostile("c-int-sizes", "lstm")
+def _(backend):
+    if backend != "cpu":
+        pytest.skip("the cpu backend's BLAS takes C-int sizes; the other backends index in 64 bits")
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:  # sparse memory maps: nothing is touched when refused
+        D = 2**31
+        x = np.memmap(f"{tmp}/x", np.float32, "w+", shape=(1, 1, D))
+        Wx = np.memmap(f"{tmp}/w", np.float32, "w+", shape=(D, 4))
+        Wh, hs = np.ones((1, 4), np.float32), np.zeros((1, 1, 1), np.float32)
+        _raises(ValueError, ["lstm", "D=" + str(D), "C ints"], fl.lstm, x, None, None, Wx, Wh, backend=backend)
+        _raises(ValueError, ["lstm", "D=" + str(D), "C ints"], fl.lstm_backward, hs, None, x, None, None, Wx, Wh,
+                None, hs, hs, backend=backend)
+        del x, Wx
+
+
+@hostile("c-int-sizes", "gru_backward")
+def _(backend):
+    if backend != "cpu":
+        pytest.skip("the cpu backend's BLAS takes C-int sizes; the other backends index in 64 bits")
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        D = 2**31
+        x = np.memmap(f"{tmp}/x", np.float32, "w+", shape=(1, 1, D))
+        Wx = np.memmap(f"{tmp}/w", np.float32, "w+", shape=(D, 3))
+        Wh, hs = np.ones((1, 3), np.float32), np.zeros((1, 1, 1), np.float32)
+        _raises(ValueError, ["gru", "D=" + str(D), "C ints"], fl.gru, x, None, Wx, Wh, backend=backend)
+        _raises(ValueError, ["gru", "D=" + str(D), "C ints"], fl.gru_backward, hs, x, None, Wx, Wh, None, None, hs,
+                backend=backend)
+        del x, Wx
+
+
 @hostile("out-aliases-input", "lstm_backward")
 def _(backend):
     from _random_calls import fixed_call

@@ -30,7 +30,7 @@ AMPLIFICATION = 1 / (1 - RHO)
 @pytest.fixture
 def split_work(monkeypatch):
     """Split even tiny problems among threads (the backend keeps them on one thread)."""
-    monkeypatch.setattr(importlib.import_module("fastlayers.backends.cpu.gated_rnn"), "MIN_WORK_PER_THREAD", 0)
+    monkeypatch.setattr(importlib.import_module("fastlayers.backends.cpu._gated"), "MIN_WORK_PER_THREAD", 0)
 
 
 class Lstm:

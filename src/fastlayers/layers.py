@@ -25,13 +25,17 @@ from ._params import FLOAT_DTYPES, pair
 from .functional import (
     conv2d,
     conv2d_backward,
+    gru,
+    gru_backward,
+    lstm,
+    lstm_backward,
     max_pool2d,
     max_pool2d_backward,
     rnn,
     rnn_backward,
 )
 
-__all__ = ["Layer", "Conv2D", "MaxPool2D", "Flatten", "Dense", "ReLU", "RNN", "Embedding", "Sequential"]
+__all__ = ["Layer", "Conv2D", "MaxPool2D", "Flatten", "Dense", "ReLU", "RNN", "LSTM", "GRU", "Embedding", "Sequential"]
 
 
 def _float_dtype(dtype):
@@ -322,6 +326,246 @@ class RNN(Layer):
 
     def _describe(self):
         return f"{self.input_size}, {self.hidden_size}" + (", batch_first=True" if self.batch_first else "")
+
+
+class _GatedRecurrent(Layer):
+    """What LSTM and GRU share: layers stacked (``num_layers``), both directions
+    (``bidirectional``), dropout between layers, the (T, N, features) or (N, T, features) layouts,
+    PyTorch's parameter names. A subclass says how many gates it has, which states it carries and
+    how one direction of one layer runs forward and backward."""
+
+    gates = 0
+    state_names = ()  # ("h",) or ("h", "c")
+    bias_names = ()  # the subclass's bias parameters
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, backend=None, dtype=np.float32, rng=None):
+        super().__init__(backend, dtype)
+        self.input_size = _positive_int("input_size", input_size)
+        self.hidden_size = _positive_int("hidden_size", hidden_size)
+        self.num_layers = _positive_int("num_layers", num_layers)
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.bidirectional = bool(bidirectional)
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        self.dropout = float(dropout)
+        self.training = True
+        self._rng = np.random.default_rng(rng)
+        # PyTorch's initialisation: every weight and bias uniform in +-1/sqrt(hidden_size).
+        bound = 1 / np.sqrt(hidden_size)
+        width = self.gates * hidden_size
+        for layer in range(self.num_layers):
+            fan_in = input_size if layer == 0 else hidden_size * self.directions
+            for suffix in self._suffixes(layer):
+                self.params["Wx" + suffix] = self._rng.uniform(-bound, bound, (fan_in, width)).astype(self.dtype)
+                self.params["Wh" + suffix] = self._rng.uniform(-bound, bound, (hidden_size, width)).astype(self.dtype)
+                if self.bias:
+                    for name in self.bias_names:
+                        self.params[name + suffix] = self._rng.uniform(-bound, bound, width).astype(self.dtype)
+
+    @property
+    def directions(self):
+        return 2 if self.bidirectional else 1
+
+    def _suffixes(self, layer):
+        """Parameter name suffixes of ``layer``'s directions, as PyTorch names them."""
+        return [f"_l{layer}", f"_l{layer}_reverse"][: self.directions]
+
+    def train(self, mode=True):
+        """Training mode (dropout between layers on) or, with ``mode=False``, evaluation."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def _time_major(self, a):
+        return a.swapaxes(0, 1) if self.batch_first else a
+
+    def _check_state(self, name, s, N):
+        shape = (self.num_layers * self.directions, N, self.hidden_size)
+        self._check_input(s, 3, name=name)
+        if s.shape != shape:
+            raise ValueError(f"{type(self).__name__} {name} must have shape {shape} (num_layers * directions, N, "
+                             f"hidden_size), got {s.shape}")
+
+    def forward(self, x, state=None):
+        """Run the stack over x (T, N, input_size), or (N, T, input_size) with ``batch_first``.
+
+        ``state``: the initial states, each (num_layers * directions, N, hidden_size) as in
+        PyTorch (``(h0, c0)`` for the LSTM, ``h0`` for the GRU), or None for zeros. Returns
+        ``(output, final_state)``: output (T, N, directions * hidden_size) in x's layout, the
+        final states shaped like the initial ones."""
+        name = type(self).__name__
+        self._check_input(x, 3)
+        if x.shape[2] != self.input_size:
+            raise ValueError(f"{name} input x must have {self.input_size} features on its last axis, "
+                             f"got shape {x.shape}")
+        x_seq = self._time_major(x)
+        N = x_seq.shape[1]
+        states = (state,) if len(self.state_names) == 1 else (state if state is not None else (None,) * 2)
+        if len(states) != len(self.state_names):
+            raise ValueError(f"{name} state must be a tuple {self.state_names} of arrays or None")
+        for sname, s in zip(self.state_names, states):
+            if s is not None:
+                self._check_state(sname + "0", s, N)
+        caches, finals = [], [[] for _ in self.state_names]
+        inputs = x_seq
+        for layer in range(self.num_layers):
+            outs, layer_cache = [], []
+            for d, suffix in enumerate(self._suffixes(layer)):
+                k = layer * self.directions + d
+                initial = tuple(None if s is None else s[k] for s in states)
+                seq = inputs[::-1] if d else inputs
+                result = self._run_forward(seq, initial, suffix)
+                layer_cache.append((seq, initial, result))
+                for f, r in zip(finals, result):
+                    f.append(r[-1])
+                outs.append(result[0][::-1] if d else result[0])
+            output = np.concatenate(outs, axis=2) if self.bidirectional else outs[0]
+            mask = None
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                keep = 1 - self.dropout
+                mask = (self._rng.random(output.shape) < keep).astype(self.dtype) / self.dtype.type(keep)
+                output = output * mask
+            caches.append((layer_cache, mask))
+            inputs = output
+        self._cache = (caches, states)
+        final = tuple(np.stack(f) for f in finals)
+        return self._time_major(inputs), final[0] if len(final) == 1 else final
+
+    def backward(self, doutput, dstate=None):
+        """dL/dx from dL/d(output) (in output's layout) and, optionally, dL/d(final states)
+        (shaped and grouped like ``state``). Sets ``grads``; dL/d(initial states) is left in
+        ``self.dstate`` (None where the forward started from zeros)."""
+        caches, states = self._saved()
+        H = self.hidden_size
+        dfinal = (dstate,) if len(self.state_names) == 1 else (dstate if dstate is not None else (None,) * 2)
+        grads, dinitial = {}, [[None] * (self.num_layers * self.directions) for _ in self.state_names]
+        d_out = self._time_major(doutput)
+        for layer in range(self.num_layers - 1, -1, -1):
+            layer_cache, mask = caches[layer]
+            if mask is not None:
+                d_out = d_out * mask
+            dx = None
+            for d, suffix in enumerate(self._suffixes(layer)):
+                k = layer * self.directions + d
+                seq, initial, result = layer_cache[d]
+                dhs = d_out[..., d * H:(d + 1) * H]
+                douts = [dhs[::-1] if d else dhs] + [None] * (len(self.state_names) - 1)
+                for i, df in enumerate(dfinal):  # the final states are the last step's (a copy: the
+                    if df is not None:  # caller's doutput stays as it was)
+                        douts[i] = np.zeros_like(result[i]) if douts[i] is None else douts[i].copy()
+                        douts[i][-1] += df[k]
+                dseq, dinit, layer_grads = self._run_backward(douts, seq, initial, result, suffix)
+                grads.update(layer_grads)
+                for i, g in enumerate(dinit):
+                    dinitial[i][k] = None if initial[i] is None else g
+                dseq = dseq[::-1] if d else dseq
+                dx = dseq if dx is None else dx + dseq
+            d_out = dx
+        self.grads = grads
+        self.dstate = tuple(None if s is None else np.stack(g) for s, g in zip(states, dinitial))
+        if len(self.state_names) == 1:
+            self.dstate = self.dstate[0]
+        return self._time_major(d_out)
+
+    def load_torch_state_dict(self, state_dict):
+        """Copy the weights of a torch.nn.LSTM / torch.nn.GRU of the same configuration into this
+        layer: ``Wx = weight_ih.T``, ``Wh = weight_hh.T`` and the biases (see the subclass).
+        ``state_dict`` maps PyTorch's names (``weight_ih_l0``, ``bias_hh_l1_reverse``, ...) to
+        tensors or arrays; names, shapes and the presence of biases must match."""
+        arrays = {name: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
+                  for name, v in state_dict.items()}
+        expected = {f"{kind}_{part}{suffix}" for layer in range(self.num_layers) for suffix in self._suffixes(layer)
+                    for kind in (("weight", "bias") if self.bias else ("weight",)) for part in ("ih", "hh")}
+        if set(arrays) != expected:
+            raise ValueError(f"state_dict does not match this {type(self).__name__}: missing "
+                             f"{sorted(expected - set(arrays))}, unexpected {sorted(set(arrays) - expected)}")
+        mapped = {}
+        for layer in range(self.num_layers):
+            for suffix in self._suffixes(layer):
+                mapped["Wx" + suffix] = arrays["weight_ih" + suffix].T
+                mapped["Wh" + suffix] = arrays["weight_hh" + suffix].T
+                if self.bias:
+                    mapped.update(self._map_torch_biases(arrays["bias_ih" + suffix], arrays["bias_hh" + suffix],
+                                                         suffix))
+        for name, value in mapped.items():
+            if value.shape != self.params[name].shape:
+                raise ValueError(f"{name} would get shape {value.shape} from the state_dict, the layer's is "
+                                 f"{self.params[name].shape}")
+        for name, value in mapped.items():
+            np.copyto(self.params[name], value, casting="same_kind")
+
+    def _describe(self):
+        extras = [f"num_layers={self.num_layers}"] if self.num_layers > 1 else []
+        extras += [f"{k}=True" for k in ("batch_first", "bidirectional") if getattr(self, k)]
+        extras += ["bias=False"] if not self.bias else []
+        extras += [f"dropout={self.dropout}"] if self.dropout else []
+        return ", ".join([f"{self.input_size}, {self.hidden_size}", *extras])
+
+
+class LSTM(_GatedRecurrent):
+    """Multi-layer LSTM over a whole sequence, torch.nn.LSTM's equations and gate order
+    (i, f, g, o); see :func:`fastlayers.lstm`.
+
+    ``forward(x, state=None)`` returns ``(output, (h_n, c_n))`` as torch.nn.LSTM does.
+    ``params`` per layer k and direction (suffix ``_l{k}``, ``_l{k}_reverse``): ``Wx``
+    (features in, 4 * hidden_size) = ``weight_ih.T``, ``Wh`` (hidden_size, 4 * hidden_size) =
+    ``weight_hh.T``, ``b`` (4 * hidden_size,) = ``bias_ih + bias_hh``."""
+
+    gates = 4
+    state_names = ("h", "c")
+    bias_names = ("b",)
+
+    def _run_forward(self, seq, initial, suffix):
+        p = self.params
+        return lstm(seq, *initial, p["Wx" + suffix], p["Wh" + suffix], p.get("b" + suffix), backend=self.backend)
+
+    def _run_backward(self, douts, seq, initial, result, suffix):
+        p = self.params
+        dx, dh0, dc0, dWx, dWh, db = lstm_backward(*douts, seq, *initial, p["Wx" + suffix], p["Wh" + suffix],
+                                                   p.get("b" + suffix), *result, backend=self.backend)
+        grads = {"Wx" + suffix: dWx, "Wh" + suffix: dWh}
+        if self.bias:
+            grads["b" + suffix] = db
+        return dx, (dh0, dc0), grads
+
+    def _map_torch_biases(self, bias_ih, bias_hh, suffix):
+        return {"b" + suffix: bias_ih + bias_hh}
+
+
+class GRU(_GatedRecurrent):
+    """Multi-layer GRU over a whole sequence, torch.nn.GRU's equations and gate order (r, z, n);
+    see :func:`fastlayers.gru`.
+
+    ``forward(x, h0=None)`` returns ``(output, h_n)`` as torch.nn.GRU does. ``params`` per layer
+    and direction: ``Wx`` = ``weight_ih.T``, ``Wh`` = ``weight_hh.T``, ``bx`` = ``bias_ih``,
+    ``bh`` = ``bias_hh`` (kept apart: the reset gate multiplies ``h @ Wh_n + bh_n``)."""
+
+    gates = 3
+    state_names = ("h",)
+    bias_names = ("bx", "bh")
+
+    def _run_forward(self, seq, initial, suffix):
+        p = self.params
+        hs = gru(seq, *initial, p["Wx" + suffix], p["Wh" + suffix], p.get("bx" + suffix), p.get("bh" + suffix),
+                 backend=self.backend)
+        return (hs,)
+
+    def _run_backward(self, douts, seq, initial, result, suffix):
+        p = self.params
+        dx, dh0, dWx, dWh, dbx, dbh = gru_backward(douts[0], seq, *initial, p["Wx" + suffix], p["Wh" + suffix],
+                                                   p.get("bx" + suffix), p.get("bh" + suffix), result[0],
+                                                   backend=self.backend)
+        grads = {"Wx" + suffix: dWx, "Wh" + suffix: dWh}
+        if self.bias:
+            grads.update({"bx" + suffix: dbx, "bh" + suffix: dbh})
+        return dx, (dh0,), grads
+
+    def _map_torch_biases(self, bias_ih, bias_hh, suffix):
+        return {"bx" + suffix: bias_ih, "bh" + suffix: bias_hh}
 
 
 class Embedding(Layer):

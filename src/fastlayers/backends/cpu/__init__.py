@@ -10,7 +10,7 @@ when fastlayers is imported, and says why in ``availability()`` and in ``load_er
 import importlib
 import warnings
 
-_PARTS = ("max_pool2d", "conv2d", "rnn", "gated_rnn")
+_PARTS = ("max_pool2d", "conv2d", "rnn", "lstm", "gru")
 
 OPS = frozenset()
 _load_errors = {}

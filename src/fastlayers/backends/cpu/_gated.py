@@ -1,0 +1,40 @@
+"""What the lstm and gru parts share (both wrap kernels/cpu/gated_rnn.pyx): thread count,
+sizes, biases and output buffers.
+
+The kernels split every product among their own OpenMP threads (``fastlayers.get_num_threads()``)
+and call BLAS single-threaded inside them. The step functions of the functional API run them as
+sequences of length one.
+"""
+import numpy as np
+
+from ..._dispatch import get_num_threads
+from ._common import BLAS_INT_MAX
+
+# As for rnn: below this much work per thread (T*N*G*H*(D+H) multiply-adds) a call uses fewer
+# threads than fastlayers.get_num_threads() allows. Tests set it to 0 to force the split.
+MIN_WORK_PER_THREAD = 1 << 16
+
+
+def num_threads(T, N, D, H, width):
+    """Threads for one call: each runs the recurrence of its own block of the N sequences."""
+    useful = min(N, T * N * width * (D + H) // max(MIN_WORK_PER_THREAD, 1))
+    return max(1, min(get_num_threads(), useful))
+
+
+def check_blas_sizes(cell, T, N, D, width):
+    """The kernels hand T*N, D and G*H to BLAS as sizes and leading dimensions, which are C
+    ints: past 2**31 - 1 they would be truncated (a silent wrong result), so refuse them here."""
+    if max(T * N, D, width) > BLAS_INT_MAX:
+        raise ValueError(f"{cell} sizes T*N={T * N}, D={D}, gates*H={width} are too large for the cpu backend: "
+                         f"its BLAS takes sizes as C ints, so each must be at most 2**31 - 1")
+
+
+def bias(b, width, dtype):
+    """An absent bias is zeros: the cells always add one (no branch in their loops)."""
+    return np.zeros(width, dtype) if b is None else np.ascontiguousarray(b)
+
+
+def outputs(out, shapes, dtype):
+    """The caller's buffers where given (already checked), new arrays for the others."""
+    outs = (None,) * len(shapes) if out is None else out
+    return tuple(np.empty(s, dtype) if o is None else o for o, s in zip(outs, shapes))
