@@ -1,7 +1,9 @@
 # What the recurrent kernels share: the thread team's blocks and barrier, and the GEMM shapes
 # that keep OpenBLAS on its fast small-matrix path. Sequences arrive flattened to (T*N, features)
 # rows in C order, so step t of sequence n is row t*N + n.
-from _blas cimport floating, gemm
+from cython cimport floating
+
+from _blas cimport gemm
 
 # Column blocks are whole multiples of 16 elements (one 64-byte line of float32), so threads
 # never write to the same cache line.

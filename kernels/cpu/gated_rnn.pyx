@@ -11,10 +11,11 @@
 # recomputes every step's pre-activations the same way (x @ Wx and h_prev @ Wh over all steps:
 # two products, since all the states are known), runs the recurrence backwards, and after a
 # second barrier computes the weight gradients by column blocks and dx by row blocks.
+from cython cimport floating
 from cython.parallel cimport parallel, threadid
 from libc.string cimport memset
 
-from _blas cimport floating, gemm, single_threaded_blas
+from _blas cimport gemm, single_threaded_blas
 from _recurrent cimport COLUMN_ALIGN, barrier, block_start, block_stop, input_projection, step_product, team_size
 
 
