@@ -83,6 +83,11 @@ def _openblas_link_args():
                 libraries=[scipy_openblas32.get_library()])
 
 
+# Flags of single modules: the recurrent kernels' vectorised tanh (kernels/cpu/tanh_f32.h) needs
+# its clamps as selects, which GCC makes only when comparisons cannot trap.
+MODULE_FLAGS = {"rnn": ["-fno-trapping-math"], "gated_rnn": ["-fno-trapping-math"]}
+
+
 def extensions():
     from Cython.Build import cythonize
 
@@ -98,7 +103,7 @@ def extensions():
             library_dirs=blas["library_dirs"],
             libraries=blas["libraries"],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-            extra_compile_args=list(opt),
+            extra_compile_args=list(opt) + MODULE_FLAGS.get(pyx.stem, []),
         )
         for pyx in sorted(KERNELS.glob("*.pyx"))
         if not ONLY or pyx.stem in ONLY

@@ -15,8 +15,8 @@
  *
  * Why C: the accumulators must stay in registers, which GCC does for these vector-extension
  * types but not reliably for a Cython array of accumulators; and the kernel is compiled for
- * several instruction sets (target_clones), picked at load time by the CPU it runs on, so the
- * default portable build still uses AVX-512 or AVX2 where they exist. A vector is 64 bytes
+ * several instruction sets (FL_CLONES, target_clones.h), picked at load time by the CPU it runs
+ * on, so the default portable build still uses AVX-512 or AVX2 where they exist. A vector is 64 bytes
  * (16 floats, 8 doubles): one AVX-512 register, two AVX2 ones, four SSE2 ones.
  *
  * Only the first nf filters and the first lanes[v] lanes of vector v are stored: whole vectors
@@ -30,16 +30,13 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "target_clones.h"
+
 #define FL_FB 8 /* filters per register block */
 
 typedef float fl_vfloat __attribute__((vector_size(64), aligned(4), may_alias));
 typedef double fl_vdouble __attribute__((vector_size(64), aligned(8), may_alias));
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(FL_NO_CLONES)
-#define FL_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FL_CLONES
-#endif
 
 /* Store FL_FB rows of V vectors: the whole block in place, or its nf x lanes[v] corner through
  * tmp. Every index into acc is a constant once the loops are unrolled, so acc never needs an

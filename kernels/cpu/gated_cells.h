@@ -13,11 +13,9 @@
  * and update the carries that flow to the previous step (dh from the next step, dc).
  *
  * Why C: the float32 loops must vectorise, and they only do with a tanh made of arithmetic and
- * selects (libm's tanhf is a scalar call): tanh by Eigen's rational approximation (odd 13 / even 6
- * minimax on [-7.9, 7.9], within 5 ulp of the float64 tanh; NaN propagates through the clamps),
- * sigmoid(x) = (1 + tanh(x / 2)) / 2. The including module is built with -fno-trapping-math, or
- * GCC keeps the clamps as branches. float64 keeps libm's tanh (scalar: float64 is the accurate
- * path). The loops are compiled for AVX-512, AVX2 and baseline SSE2, picked at load time.
+ * selects (fl_tanh_f32, tanh_f32.h), sigmoid(x) = (1 + tanh(x / 2)) / 2. float64 keeps libm's
+ * tanh (scalar: float64 is the accurate path). The loops are compiled for AVX-512, AVX2 and
+ * baseline SSE2, picked at load time (FL_CLONES, target_clones.h).
  */
 #ifndef FASTLAYERS_GATED_CELLS_H
 #define FASTLAYERS_GATED_CELLS_H
@@ -25,37 +23,14 @@
 #include <math.h>
 #include <stddef.h>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(FL_NO_CLONES)
-#define FL_CELL_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FL_CELL_CLONES
-#endif
+#include "target_clones.h"
+#include "tanh_f32.h"
 
-static inline float fl_tanh_f32(float x) {
-    const float clamp = 7.90531110763549805f;
-    x = x > clamp ? clamp : x;
-    x = x < -clamp ? -clamp : x;
-    float x2 = x * x;
-    float p = -2.76076847742355e-16f;
-    p = p * x2 + 2.00018790482477e-13f;
-    p = p * x2 + -8.60467152213735e-11f;
-    p = p * x2 + 5.12229709037114e-08f;
-    p = p * x2 + 1.48572235717979e-05f;
-    p = p * x2 + 6.37261928875436e-04f;
-    p = p * x2 + 4.89352455891786e-03f;
-    float q = 1.19825839466702e-06f;
-    q = q * x2 + 1.18534705686654e-04f;
-    q = q * x2 + 2.26843463243900e-03f;
-    q = q * x2 + 4.89352518554385e-03f;
-    return x * p / q;
-}
-
-static inline double fl_tanh_f64(double x) { return tanh(x); }
 
 #define FL_GATED_CELLS(T, SUF)                                                                     \
     static inline T fl_sigmoid_##SUF(T x) { return (T)0.5 * fl_tanh_##SUF((T)0.5 * x) + (T)0.5; } \
                                                                                                    \
-    FL_CELL_CLONES static void fl_lstm_cell_##SUF(                                                 \
+    FL_CLONES static void fl_lstm_cell_##SUF(                                                 \
         const T *restrict z, const T *restrict b, const T *restrict c_prev, T *restrict c,         \
         T *restrict h, ptrdiff_t rows, ptrdiff_t H) {                                              \
         for (ptrdiff_t r = 0; r < rows; r++) {                                                     \
@@ -74,7 +49,7 @@ static inline double fl_tanh_f64(double x) { return tanh(x); }
                                                                                                    \
     /* z: pre-activations in, dL/dz out. dh_next: dL/dh from the later steps; dc_carry: dL/dc  \
        from the later steps in, dL/dc_prev out. dcs may be NULL. */                                \
-    FL_CELL_CLONES static void fl_lstm_cell_backward_##SUF(                                        \
+    FL_CLONES static void fl_lstm_cell_backward_##SUF(                                        \
         T *restrict z, const T *restrict b, const T *restrict c_prev, const T *restrict c,         \
         const T *restrict dhs, const T *dcs, const T *restrict dh_next, T *restrict dc_carry,      \
         ptrdiff_t rows, ptrdiff_t H) {                                                             \
@@ -98,7 +73,7 @@ static inline double fl_tanh_f64(double x) { return tanh(x); }
         }                                                                                          \
     }                                                                                              \
                                                                                                    \
-    FL_CELL_CLONES static void fl_gru_cell_##SUF(                                                  \
+    FL_CLONES static void fl_gru_cell_##SUF(                                                  \
         const T *restrict a, const T *restrict u, const T *restrict bx, const T *restrict bh,      \
         const T *restrict h_prev, T *restrict h, ptrdiff_t rows, ptrdiff_t H) {                    \
         for (ptrdiff_t r = 0; r < rows; r++) {                                                     \
@@ -115,7 +90,7 @@ static inline double fl_tanh_f64(double x) { return tanh(x); }
                                                                                                    \
     /* a, u: pre-activations in, dL/da, dL/du out. dh_carry: dL/dh from the later steps in,   \
        its part through z (dh * z) out; the caller adds du @ Wh^T to it. */                        \
-    FL_CELL_CLONES static void fl_gru_cell_backward_##SUF(                                         \
+    FL_CLONES static void fl_gru_cell_backward_##SUF(                                         \
         T *restrict a, T *restrict u, const T *restrict bx, const T *restrict bh,                  \
         const T *restrict h_prev, const T *restrict dhs, T *restrict dh_carry,                     \
         ptrdiff_t rows, ptrdiff_t H) {                                                             \

@@ -1,4 +1,3 @@
-# distutils: extra_compile_args = -fno-trapping-math
 # LSTM and GRU over a time-major sequence, forward and backward through time, one call each
 # (a step is the T = 1 case). Sequences arrive flattened to (T*N, features) rows, C order,
 # validated by fastlayers.backends.cpu.gated_rnn; the caller keeps BLAS single-threaded. G*H is

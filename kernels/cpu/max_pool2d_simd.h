@@ -8,6 +8,10 @@
  * SSE2 is part of every x86-64 CPU, so no -march flag is needed; elsewhere the scalar loops at
  * the end of each function do all the work (they also do the tails here, so tests cover them).
  *
+ * Each loop is written once, as a macro over the element type T (float or double), from the
+ * per-type vector operations below: a vector of T holds FL_LANES_T lanes (4 or 2), and the int64
+ * indices of those lanes take FL_LANES_T / 2 integer vectors.
+ *
  * Semantics, identical in the vector and scalar code and PyTorch's CPU kernels: the window is
  * read in row-major order and v replaces the running maximum m when v > m or v is NaN, so ties
  * keep the first maximum and of several NaNs the last wins. Indices are flat ih*W + iw in the
@@ -25,14 +29,112 @@
 #define FL_WINS(v, m) ((v) > (m) || (v) != (v))
 
 #if defined(__SSE2__)
+/* ------------------------------------------------------------------------- vector operations */
+
+enum { FL_LANES_float = 4, FL_LANES_double = 2 };
+typedef __m128 fl_vec_float;
+typedef __m128d fl_vec_double;
+
+static inline int fl_aligned(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+static inline __m128i fl_select_si128(__m128i mask, __m128i a, __m128i b)
+{
+    return _mm_or_si128(_mm_and_si128(mask, a), _mm_andnot_si128(mask, b));
+}
+
+/* 64-bit lane equality from SSE2's 32-bit one (pcmpeqq is SSE4.1). */
+static inline __m128i fl_cmpeq_epi64(__m128i a, __m128i b)
+{
+    __m128i t = _mm_cmpeq_epi32(a, b);
+    return _mm_and_si128(t, _mm_shuffle_epi32(t, _MM_SHUFFLE(2, 3, 0, 1)));
+}
+
 /* `stream`: non-temporal stores, for outputs too large to stay in cache: they skip reading each
  * output line before writing it (on 2x2 pools the forward then moves 30% fewer bytes, the backward
  * 36% fewer). Needs 16-byte aligned pointers, checked per row by fl_aligned. */
-#define FL_STORE_PS(p, v) (stream ? _mm_stream_ps(p, v) : _mm_storeu_ps(p, v))
-#define FL_STORE_PD(p, v) (stream ? _mm_stream_pd(p, v) : _mm_storeu_pd(p, v))
-#define FL_STORE_SI128(p, v) (stream ? _mm_stream_si128((__m128i *)(p), v) : _mm_storeu_si128((__m128i *)(p), v))
+static inline void fl_store_si128(int64_t *p, __m128i v, int stream)
+{
+    if (stream)
+        _mm_stream_si128((__m128i *)p, v);
+    else
+        _mm_storeu_si128((__m128i *)p, v);
+}
 
-static inline int fl_aligned(const void *p) { return ((uintptr_t)p & 15) == 0; }
+/* The per-type operations, X = the intrinsics' suffix (ps, pd). */
+#define FL_VECTOR_OPS(T, X)                                                                   \
+    static inline fl_vec_##T fl_loadu_##T(const T *p) { return _mm_loadu_##X(p); }           \
+    static inline void fl_store_##T(T *p, fl_vec_##T v, int stream)                           \
+    {                                                                                         \
+        if (stream)                                                                           \
+            _mm_stream_##X(p, v);                                                             \
+        else                                                                                  \
+            _mm_storeu_##X(p, v);                                                             \
+    }                                                                                         \
+    /* The lanes where v wins against m (all ones), as in FL_WINS. */                        \
+    static inline fl_vec_##T fl_wins_##T(fl_vec_##T v, fl_vec_##T m)                          \
+    {                                                                                         \
+        return _mm_or_##X(_mm_cmpgt_##X(v, m), _mm_cmpunord_##X(v, v));                       \
+    }                                                                                         \
+    static inline fl_vec_##T fl_and_##T(fl_vec_##T mask, fl_vec_##T a) { return _mm_and_##X(mask, a); } \
+    static inline fl_vec_##T fl_select_##T(fl_vec_##T mask, fl_vec_##T a, fl_vec_##T b)       \
+    {                                                                                         \
+        return _mm_or_##X(_mm_and_##X(mask, a), _mm_andnot_##X(mask, b));                     \
+    }
+
+FL_VECTOR_OPS(float, ps)
+FL_VECTOR_OPS(double, pd)
+#undef FL_VECTOR_OPS
+
+/* What differs between the types: lane width. p[0], p[SW], ... */
+static inline __m128 fl_gather_float(const float *p, ptrdiff_t SW)
+{
+    return _mm_set_ps(p[3 * SW], p[2 * SW], p[SW], p[0]);
+}
+static inline __m128d fl_gather_double(const double *p, ptrdiff_t SW) { return _mm_set_pd(p[SW], p[0]); }
+
+/* A lane mask -> the int64 masks of the same lanes (lanes 2h, 2h+1 in wide[h]). */
+static inline void fl_widen_float(__m128 mask, __m128i *wide)
+{
+    __m128i m = _mm_castps_si128(mask);
+    wide[0] = _mm_unpacklo_epi32(m, m);
+    wide[1] = _mm_unpackhi_epi32(m, m);
+}
+static inline void fl_widen_double(__m128d mask, __m128i *wide) { wide[0] = _mm_castpd_si128(mask); }
+
+/* The inverse: int64 masks -> the lane mask. */
+static inline __m128 fl_narrow_float(const __m128i *wide)
+{
+    return _mm_shuffle_ps(_mm_castsi128_ps(wide[0]), _mm_castsi128_ps(wide[1]), _MM_SHUFFLE(2, 0, 2, 0));
+}
+static inline __m128d fl_narrow_double(const __m128i *wide) { return _mm_castsi128_pd(wide[0]); }
+
+/* Two vectors of consecutive elements p, q -> their even and odd elements; and back. */
+static inline void fl_deinterleave_float(__m128 p, __m128 q, __m128 *even, __m128 *odd)
+{
+    *even = _mm_shuffle_ps(p, q, _MM_SHUFFLE(2, 0, 2, 0));
+    *odd = _mm_shuffle_ps(p, q, _MM_SHUFFLE(3, 1, 3, 1));
+}
+static inline void fl_deinterleave_double(__m128d p, __m128d q, __m128d *even, __m128d *odd)
+{
+    *even = _mm_unpacklo_pd(p, q);
+    *odd = _mm_unpackhi_pd(p, q);
+}
+static inline void fl_interleave_float(__m128 even, __m128 odd, __m128 *p, __m128 *q)
+{
+    *p = _mm_unpacklo_ps(even, odd);
+    *q = _mm_unpackhi_ps(even, odd);
+}
+static inline void fl_interleave_double(__m128d even, __m128d odd, __m128d *p, __m128d *q)
+{
+    *p = _mm_unpacklo_pd(even, odd);
+    *q = _mm_unpackhi_pd(even, odd);
+}
+
+/* The flat indices first + 2*(ow + 2h) + {0, 2} of output lanes 2h, 2h+1 of a 2x2 row. */
+static inline __m128i fl_tile_starts(int64_t first, ptrdiff_t ow, int h)
+{
+    return _mm_add_epi64(_mm_set1_epi64x(first + 2 * (ow + 2 * h)), _mm_set_epi64x(2, 0));
+}
 #endif
 
 /* Orders the non-temporal stores before anything that follows (another thread reading dx). */
@@ -43,91 +145,57 @@ static inline void fl_store_fence(void)
 #endif
 }
 
-/* ------------------------------------------------------------------------- forward
+/* ------------------------------------------------------------------------- forward, 2x2
  * Input rows x0, x1 (x0 starts at flat index `first`, rows W apart) -> OW maxima y and their
  * indices. Reads x0[0, 2*OW), x1[0, 2*OW). */
 
-#define FL_POOL_ROW_2X2_TAIL(T)                                              \
-    for (; ow < OW; ow++) {                                                  \
-        T m = x0[2 * ow], v;                                                 \
-        int64_t k = 0;                                                       \
-        v = x0[2 * ow + 1]; if (FL_WINS(v, m)) { m = v; k = 1; }             \
-        v = x1[2 * ow];     if (FL_WINS(v, m)) { m = v; k = W; }             \
-        v = x1[2 * ow + 1]; if (FL_WINS(v, m)) { m = v; k = W + 1; }         \
-        y[ow] = m;                                                           \
-        indices[ow] = first + 2 * ow + k;                                    \
-    }
-
-static inline void fl_pool_row_2x2_float(const float *x0, const float *x1, float *y, int64_t *indices,
-                                         ptrdiff_t OW, int64_t first, int64_t W, int stream)
-{
-    ptrdiff_t ow = 0;
 #if defined(__SSE2__)
-    stream = stream && fl_aligned(y) && fl_aligned(indices);
-    const __m128i one = _mm_set1_epi32(1), two = _mm_set1_epi32(2), three = _mm_set1_epi32(3);
-    const __m128i one64 = _mm_set1_epi64x(1), W64 = _mm_set1_epi64x(W), zero = _mm_setzero_si128();
-    for (; ow + 4 <= OW; ow += 4) {
-        __m128 p = _mm_loadu_ps(x0 + 2 * ow), q = _mm_loadu_ps(x0 + 2 * ow + 4);
-        __m128 r = _mm_loadu_ps(x1 + 2 * ow), s = _mm_loadu_ps(x1 + 2 * ow + 4);
-        /* deinterleave: a = even columns of x0, b = odd; c, d likewise of x1 */
-        __m128 a = _mm_shuffle_ps(p, q, _MM_SHUFFLE(2, 0, 2, 0)), b = _mm_shuffle_ps(p, q, _MM_SHUFFLE(3, 1, 3, 1));
-        __m128 c = _mm_shuffle_ps(r, s, _MM_SHUFFLE(2, 0, 2, 0)), d = _mm_shuffle_ps(r, s, _MM_SHUFFLE(3, 1, 3, 1));
-        __m128 m = a, w;
-        __m128i code = zero; /* 0..3 = a, b, c, d */
-#define FL_STEP(v, K)                                                                  \
-        w = _mm_or_ps(_mm_cmpgt_ps(v, m), _mm_cmpunord_ps(v, v));                      \
-        m = _mm_or_ps(_mm_and_ps(w, v), _mm_andnot_ps(w, m));                          \
-        code = _mm_or_si128(_mm_and_si128(_mm_castps_si128(w), K),                     \
-                            _mm_andnot_si128(_mm_castps_si128(w), code));
-        FL_STEP(b, one)
-        FL_STEP(c, two)
-        FL_STEP(d, three)
-#undef FL_STEP
-        FL_STORE_PS(y + ow, m);
-        /* offset = (code & 1) + (code >> 1) * W, in int64 lanes */
-        __m128i lo = _mm_unpacklo_epi32(code, zero), hi = _mm_unpackhi_epi32(code, zero);
-        __m128i base = _mm_add_epi64(_mm_set1_epi64x(first + 2 * ow), _mm_set_epi64x(2, 0));
-        __m128i off_lo = _mm_add_epi64(_mm_and_si128(lo, one64),
-                                       _mm_and_si128(_mm_sub_epi64(zero, _mm_srli_epi64(lo, 1)), W64));
-        __m128i off_hi = _mm_add_epi64(_mm_and_si128(hi, one64),
-                                       _mm_and_si128(_mm_sub_epi64(zero, _mm_srli_epi64(hi, 1)), W64));
-        FL_STORE_SI128(indices + ow, _mm_add_epi64(base, off_lo));
-        FL_STORE_SI128(indices + ow + 2, _mm_add_epi64(_mm_add_epi64(base, _mm_set1_epi64x(4)), off_hi));
-    }
-#endif
-    FL_POOL_ROW_2X2_TAIL(float)
-}
+/* Challenge the running maximum m by v, whose offset in the tile is K (int64 lanes). */
+#define FL_POOL_STEP_2X2(T, v, K)                                                             \
+    w = fl_wins_##T(v, m);                                                                    \
+    m = fl_select_##T(w, v, m);                                                               \
+    fl_widen_##T(w, wide);                                                                    \
+    for (int h = 0; h < FL_LANES_##T / 2; h++)                                                \
+        off[h] = fl_select_si128(wide[h], K, off[h]);
 
-static inline void fl_pool_row_2x2_double(const double *x0, const double *x1, double *y, int64_t *indices,
-                                          ptrdiff_t OW, int64_t first, int64_t W, int stream)
-{
-    ptrdiff_t ow = 0;
-#if defined(__SSE2__)
-    stream = stream && fl_aligned(y) && fl_aligned(indices);
-    const __m128i one = _mm_set1_epi64x(1), Wv = _mm_set1_epi64x(W), W1 = _mm_set1_epi64x(W + 1);
-    for (; ow + 2 <= OW; ow += 2) {
-        __m128d p = _mm_loadu_pd(x0 + 2 * ow), q = _mm_loadu_pd(x0 + 2 * ow + 2);
-        __m128d r = _mm_loadu_pd(x1 + 2 * ow), s = _mm_loadu_pd(x1 + 2 * ow + 2);
-        __m128d a = _mm_unpacklo_pd(p, q), b = _mm_unpackhi_pd(p, q);
-        __m128d c = _mm_unpacklo_pd(r, s), d = _mm_unpackhi_pd(r, s);
-        __m128d m = a, w;
-        __m128i off = _mm_setzero_si128();
-#define FL_STEP(v, K)                                                                  \
-        w = _mm_or_pd(_mm_cmpgt_pd(v, m), _mm_cmpunord_pd(v, v));                      \
-        m = _mm_or_pd(_mm_and_pd(w, v), _mm_andnot_pd(w, m));                          \
-        off = _mm_or_si128(_mm_and_si128(_mm_castpd_si128(w), K),                      \
-                           _mm_andnot_si128(_mm_castpd_si128(w), off));
-        FL_STEP(b, one)
-        FL_STEP(c, Wv)
-        FL_STEP(d, W1)
-#undef FL_STEP
-        FL_STORE_PD(y + ow, m);
-        __m128i base = _mm_add_epi64(_mm_set1_epi64x(first + 2 * ow), _mm_set_epi64x(2, 0));
-        FL_STORE_SI128(indices + ow, _mm_add_epi64(base, off));
+#define FL_POOL_ROW_2X2_VECTOR(T)                                                             \
+    stream = stream && fl_aligned(y) && fl_aligned(indices);                                  \
+    const __m128i one = _mm_set1_epi64x(1), Wv = _mm_set1_epi64x(W), W1 = _mm_set1_epi64x(W + 1); \
+    for (; ow + FL_LANES_##T <= OW; ow += FL_LANES_##T) {                                     \
+        fl_vec_##T a, b, c, d, m, w;                                                          \
+        fl_deinterleave_##T(fl_loadu_##T(x0 + 2 * ow), fl_loadu_##T(x0 + 2 * ow + FL_LANES_##T), &a, &b); \
+        fl_deinterleave_##T(fl_loadu_##T(x1 + 2 * ow), fl_loadu_##T(x1 + 2 * ow + FL_LANES_##T), &c, &d); \
+        __m128i off[FL_LANES_##T / 2], wide[FL_LANES_##T / 2];                                \
+        for (int h = 0; h < FL_LANES_##T / 2; h++)                                            \
+            off[h] = _mm_setzero_si128();                                                     \
+        m = a;                                                                                \
+        FL_POOL_STEP_2X2(T, b, one)                                                           \
+        FL_POOL_STEP_2X2(T, c, Wv)                                                            \
+        FL_POOL_STEP_2X2(T, d, W1)                                                            \
+        fl_store_##T(y + ow, m, stream);                                                      \
+        for (int h = 0; h < FL_LANES_##T / 2; h++)                                            \
+            fl_store_si128(indices + ow + 2 * h, _mm_add_epi64(fl_tile_starts(first, ow, h), off[h]), stream); \
     }
+#else
+#define FL_POOL_ROW_2X2_VECTOR(T)
 #endif
-    FL_POOL_ROW_2X2_TAIL(double)
-}
+
+#define FL_POOL_ROW_2X2(T)                                                                    \
+    static inline void fl_pool_row_2x2_##T(const T *x0, const T *x1, T *y, int64_t *indices,  \
+                                           ptrdiff_t OW, int64_t first, int64_t W, int stream) \
+    {                                                                                         \
+        ptrdiff_t ow = 0;                                                                     \
+        FL_POOL_ROW_2X2_VECTOR(T)                                                             \
+        for (; ow < OW; ow++) {                                                               \
+            T m = x0[2 * ow], v;                                                              \
+            int64_t k = 0;                                                                    \
+            v = x0[2 * ow + 1]; if (FL_WINS(v, m)) { m = v; k = 1; }                          \
+            v = x1[2 * ow];     if (FL_WINS(v, m)) { m = v; k = W; }                          \
+            v = x1[2 * ow + 1]; if (FL_WINS(v, m)) { m = v; k = W + 1; }                      \
+            y[ow] = m;                                                                        \
+            indices[ow] = first + 2 * ow + k;                                                 \
+        }                                                                                     \
+    }
 
 /* ------------------------------------------------------------------------- forward, any window
  * One tap of the general path (any kernel, stride, padding): for ow in [ow_lo, ow_hi) the input
@@ -136,163 +204,108 @@ static inline void fl_pool_row_2x2_double(const double *x0, const double *x1, do
  * gathered by scalar loads): branch-free, where a scalar compare-and-branch is mispredicted
  * about every other time on real data. */
 
-static inline void fl_pool_tap_float(const float *x_row, float *y_row, int64_t *i_row, ptrdiff_t ow_lo,
-                                     ptrdiff_t ow_hi, ptrdiff_t SW, ptrdiff_t off, int64_t row_first)
-{
-    ptrdiff_t ow = ow_lo;
 #if defined(__SSE2__)
-    for (; ow + 4 <= ow_hi; ow += 4) {
-        const float *p = x_row + ow * SW + off;
-        __m128 v = _mm_set_ps(p[3 * SW], p[2 * SW], p[SW], p[0]), m = _mm_loadu_ps(y_row + ow);
-        __m128 w = _mm_or_ps(_mm_cmpgt_ps(v, m), _mm_cmpunord_ps(v, v));
-        _mm_storeu_ps(y_row + ow, _mm_or_ps(_mm_and_ps(w, v), _mm_andnot_ps(w, m)));
-        __m128i wi = _mm_castps_si128(w);
-        __m128i w01 = _mm_unpacklo_epi32(wi, wi), w23 = _mm_unpackhi_epi32(wi, wi); /* int64 lanes */
-        __m128i n01 = _mm_add_epi64(_mm_set1_epi64x(row_first + ow * SW + off), _mm_set_epi64x(SW, 0));
-        __m128i n23 = _mm_add_epi64(n01, _mm_set1_epi64x(2 * SW));
-        __m128i o01 = _mm_loadu_si128((const __m128i *)(i_row + ow));
-        __m128i o23 = _mm_loadu_si128((const __m128i *)(i_row + ow + 2));
-        _mm_storeu_si128((__m128i *)(i_row + ow), _mm_or_si128(_mm_and_si128(w01, n01), _mm_andnot_si128(w01, o01)));
-        _mm_storeu_si128((__m128i *)(i_row + ow + 2), _mm_or_si128(_mm_and_si128(w23, n23), _mm_andnot_si128(w23, o23)));
+#define FL_POOL_TAP_VECTOR(T)                                                                 \
+    for (; ow + FL_LANES_##T <= ow_hi; ow += FL_LANES_##T) {                                  \
+        fl_vec_##T v = fl_gather_##T(x_row + ow * SW + off, SW), m = fl_loadu_##T(y_row + ow); \
+        fl_vec_##T w = fl_wins_##T(v, m);                                                     \
+        __m128i wide[FL_LANES_##T / 2];                                                       \
+        fl_store_##T(y_row + ow, fl_select_##T(w, v, m), 0);                                  \
+        fl_widen_##T(w, wide);                                                                \
+        for (int h = 0; h < FL_LANES_##T / 2; h++) {                                          \
+            int64_t *i = i_row + ow + 2 * h;                                                  \
+            __m128i n = _mm_add_epi64(_mm_set1_epi64x(row_first + (ow + 2 * h) * SW + off),   \
+                                      _mm_set_epi64x(SW, 0));                                 \
+            fl_store_si128(i, fl_select_si128(wide[h], n, _mm_loadu_si128((const __m128i *)i)), 0); \
+        }                                                                                     \
     }
+#else
+#define FL_POOL_TAP_VECTOR(T)
 #endif
-    for (; ow < ow_hi; ow++) {
-        float v = x_row[ow * SW + off], m = y_row[ow];
-        if (FL_WINS(v, m)) { y_row[ow] = v; i_row[ow] = row_first + ow * SW + off; }
-    }
-}
 
-static inline void fl_pool_tap_double(const double *x_row, double *y_row, int64_t *i_row, ptrdiff_t ow_lo,
-                                      ptrdiff_t ow_hi, ptrdiff_t SW, ptrdiff_t off, int64_t row_first)
-{
-    ptrdiff_t ow = ow_lo;
-#if defined(__SSE2__)
-    for (; ow + 2 <= ow_hi; ow += 2) {
-        const double *p = x_row + ow * SW + off;
-        __m128d v = _mm_set_pd(p[SW], p[0]), m = _mm_loadu_pd(y_row + ow);
-        __m128d w = _mm_or_pd(_mm_cmpgt_pd(v, m), _mm_cmpunord_pd(v, v));
-        _mm_storeu_pd(y_row + ow, _mm_or_pd(_mm_and_pd(w, v), _mm_andnot_pd(w, m)));
-        __m128i wi = _mm_castpd_si128(w);
-        __m128i n = _mm_add_epi64(_mm_set1_epi64x(row_first + ow * SW + off), _mm_set_epi64x(SW, 0));
-        __m128i o = _mm_loadu_si128((const __m128i *)(i_row + ow));
-        _mm_storeu_si128((__m128i *)(i_row + ow), _mm_or_si128(_mm_and_si128(wi, n), _mm_andnot_si128(wi, o)));
+#define FL_POOL_TAP(T)                                                                        \
+    static inline void fl_pool_tap_##T(const T *x_row, T *y_row, int64_t *i_row, ptrdiff_t ow_lo, \
+                                       ptrdiff_t ow_hi, ptrdiff_t SW, ptrdiff_t off,          \
+                                       int64_t row_first)                                     \
+    {                                                                                         \
+        ptrdiff_t ow = ow_lo;                                                                 \
+        FL_POOL_TAP_VECTOR(T)                                                                 \
+        for (; ow < ow_hi; ow++) {                                                            \
+            T v = x_row[ow * SW + off], m = y_row[ow];                                        \
+            if (FL_WINS(v, m)) { y_row[ow] = v; i_row[ow] = row_first + ow * SW + off; }      \
+        }                                                                                     \
     }
-#endif
-    for (; ow < ow_hi; ow++) {
-        double v = x_row[ow * SW + off], m = y_row[ow];
-        if (FL_WINS(v, m)) { y_row[ow] = v; i_row[ow] = row_first + ow * SW + off; }
-    }
-}
 
-/* ------------------------------------------------------------------------- backward
+/* ------------------------------------------------------------------------- backward, 2x2
  * One row of 2x2 tiles: dy row g (OW), index row `indices`, dx rows r0, r1 (r0 starts at flat
  * index `first`). Writes every cell of r0[0, 2*OW) and r1[0, 2*OW) once: g where the tile's index
  * points at the cell, else 0. Returns how many of the OW indices pointed inside their tile. */
 
-#define FL_ROUTE_ROW_2X2_TAIL(T)                                             \
-    for (; ow < OW; ow++) {                                                  \
-        int64_t k = indices[ow] - (first + 2 * ow);                          \
-        T gv = g[ow];                                                        \
-        r0[2 * ow] = k == 0 ? gv : 0;                                        \
-        r0[2 * ow + 1] = k == 1 ? gv : 0;                                    \
-        r1[2 * ow] = k == W ? gv : 0;                                        \
-        r1[2 * ow + 1] = k == W + 1 ? gv : 0;                                \
-        matched += (k == 0) + (k == 1) + (k == W) + (k == W + 1);            \
+#if defined(__SSE2__)
+/* h = g where the index's offset in its tile is K; counts the hits (in int64 lanes: a count
+ * per 32-bit lane would wrap past 2**31 outputs a row). */
+#define FL_ROUTE_HIT_2X2(T, hits, K)                                                          \
+    {                                                                                         \
+        __m128i eq[FL_LANES_##T / 2];                                                         \
+        for (int h = 0; h < FL_LANES_##T / 2; h++) {                                          \
+            eq[h] = fl_cmpeq_epi64(k[h], K);                                                  \
+            count = _mm_add_epi64(count, eq[h]);                                              \
+        }                                                                                     \
+        hits = fl_and_##T(fl_narrow_##T(eq), gv);                                             \
     }
 
-#if defined(__SSE2__)
-/* 64-bit lane equality from SSE2's 32-bit one (pcmpeqq is SSE4.1). */
-static inline __m128i fl_cmpeq_epi64(__m128i a, __m128i b)
-{
-    __m128i t = _mm_cmpeq_epi32(a, b);
-    return _mm_and_si128(t, _mm_shuffle_epi32(t, _MM_SHUFFLE(2, 3, 0, 1)));
-}
-#endif
-
-static inline ptrdiff_t fl_route_row_2x2_float(const float *g, const int64_t *indices, float *r0, float *r1,
-                                               ptrdiff_t OW, int64_t first, int64_t W, int stream)
-{
-    ptrdiff_t ow = 0, matched = 0;
-#if defined(__SSE2__)
-    stream = stream && fl_aligned(r0) && fl_aligned(r1);
-    const __m128i t0 = _mm_setzero_si128(), t1 = _mm_set1_epi64x(1);
-    const __m128i tW = _mm_set1_epi64x(W), tW1 = _mm_set1_epi64x(W + 1);
-    __m128i count = _mm_setzero_si128(); /* minus the number of hits, per 32-bit lane */
-    for (; ow + 4 <= OW; ow += 4) {
-        __m128i base = _mm_add_epi64(_mm_set1_epi64x(first + 2 * ow), _mm_set_epi64x(2, 0));
-        __m128i k01 = _mm_sub_epi64(_mm_loadu_si128((const __m128i *)(indices + ow)), base);
-        __m128i k23 = _mm_sub_epi64(_mm_loadu_si128((const __m128i *)(indices + ow + 2)),
-                                    _mm_add_epi64(base, _mm_set1_epi64x(4)));
-        __m128 gv = _mm_loadu_ps(g + ow), h0, h1, h2, h3;
-#define FL_HIT(h, T)                                                                   \
-        {                                                                              \
-            __m128 mask = _mm_shuffle_ps(_mm_castsi128_ps(fl_cmpeq_epi64(k01, T)),     \
-                                         _mm_castsi128_ps(fl_cmpeq_epi64(k23, T)),     \
-                                         _MM_SHUFFLE(2, 0, 2, 0));                     \
-            count = _mm_add_epi32(count, _mm_castps_si128(mask));                      \
-            h = _mm_and_ps(mask, gv);                                                  \
-        }
-        FL_HIT(h0, t0)
-        FL_HIT(h1, t1)
-        FL_HIT(h2, tW)
-        FL_HIT(h3, tW1)
-#undef FL_HIT
-        FL_STORE_PS(r0 + 2 * ow, _mm_unpacklo_ps(h0, h1));
-        FL_STORE_PS(r0 + 2 * ow + 4, _mm_unpackhi_ps(h0, h1));
-        FL_STORE_PS(r1 + 2 * ow, _mm_unpacklo_ps(h2, h3));
-        FL_STORE_PS(r1 + 2 * ow + 4, _mm_unpackhi_ps(h2, h3));
-    }
-    int32_t lanes[4];
-    _mm_storeu_si128((__m128i *)lanes, count);
-    matched -= (ptrdiff_t)lanes[0] + lanes[1] + lanes[2] + lanes[3];
-#endif
-    FL_ROUTE_ROW_2X2_TAIL(float)
-    return matched;
-}
-
-static inline ptrdiff_t fl_route_row_2x2_double(const double *g, const int64_t *indices, double *r0, double *r1,
-                                                ptrdiff_t OW, int64_t first, int64_t W, int stream)
-{
-    ptrdiff_t ow = 0, matched = 0;
-#if defined(__SSE2__)
-    stream = stream && fl_aligned(r0) && fl_aligned(r1);
-    const __m128i t0 = _mm_setzero_si128(), t1 = _mm_set1_epi64x(1);
-    const __m128i tW = _mm_set1_epi64x(W), tW1 = _mm_set1_epi64x(W + 1);
-    __m128i count = _mm_setzero_si128(); /* minus the number of hits, per 64-bit lane */
-    for (; ow + 2 <= OW; ow += 2) {
-        __m128i base = _mm_add_epi64(_mm_set1_epi64x(first + 2 * ow), _mm_set_epi64x(2, 0));
-        __m128i k = _mm_sub_epi64(_mm_loadu_si128((const __m128i *)(indices + ow)), base);
-        __m128d gv = _mm_loadu_pd(g + ow), h0, h1, h2, h3;
-#define FL_HIT(h, T)                                                                   \
-        {                                                                              \
-            __m128i mask = fl_cmpeq_epi64(k, T);                                       \
-            count = _mm_add_epi64(count, mask);                                        \
-            h = _mm_and_pd(_mm_castsi128_pd(mask), gv);                                \
-        }
-        FL_HIT(h0, t0)
-        FL_HIT(h1, t1)
-        FL_HIT(h2, tW)
-        FL_HIT(h3, tW1)
-#undef FL_HIT
-        FL_STORE_PD(r0 + 2 * ow, _mm_unpacklo_pd(h0, h1));
-        FL_STORE_PD(r0 + 2 * ow + 2, _mm_unpackhi_pd(h0, h1));
-        FL_STORE_PD(r1 + 2 * ow, _mm_unpacklo_pd(h2, h3));
-        FL_STORE_PD(r1 + 2 * ow + 2, _mm_unpackhi_pd(h2, h3));
-    }
-    int64_t lanes[2];
-    _mm_storeu_si128((__m128i *)lanes, count);
+#define FL_ROUTE_ROW_2X2_VECTOR(T)                                                            \
+    stream = stream && fl_aligned(r0) && fl_aligned(r1);                                      \
+    const __m128i t0 = _mm_setzero_si128(), t1 = _mm_set1_epi64x(1);                         \
+    const __m128i tW = _mm_set1_epi64x(W), tW1 = _mm_set1_epi64x(W + 1);                      \
+    __m128i count = _mm_setzero_si128(); /* minus the number of hits */                       \
+    for (; ow + FL_LANES_##T <= OW; ow += FL_LANES_##T) {                                     \
+        __m128i k[FL_LANES_##T / 2];                                                          \
+        for (int h = 0; h < FL_LANES_##T / 2; h++)                                            \
+            k[h] = _mm_sub_epi64(_mm_loadu_si128((const __m128i *)(indices + ow + 2 * h)),    \
+                                 fl_tile_starts(first, ow, h));                               \
+        fl_vec_##T gv = fl_loadu_##T(g + ow), h0, h1, h2, h3, p, q;                           \
+        FL_ROUTE_HIT_2X2(T, h0, t0)                                                           \
+        FL_ROUTE_HIT_2X2(T, h1, t1)                                                           \
+        FL_ROUTE_HIT_2X2(T, h2, tW)                                                           \
+        FL_ROUTE_HIT_2X2(T, h3, tW1)                                                          \
+        fl_interleave_##T(h0, h1, &p, &q);                                                    \
+        fl_store_##T(r0 + 2 * ow, p, stream);                                                 \
+        fl_store_##T(r0 + 2 * ow + FL_LANES_##T, q, stream);                                  \
+        fl_interleave_##T(h2, h3, &p, &q);                                                    \
+        fl_store_##T(r1 + 2 * ow, p, stream);                                                 \
+        fl_store_##T(r1 + 2 * ow + FL_LANES_##T, q, stream);                                  \
+    }                                                                                         \
+    int64_t lanes[2];                                                                         \
+    _mm_storeu_si128((__m128i *)lanes, count);                                                \
     matched -= (ptrdiff_t)(lanes[0] + lanes[1]);
+#else
+#define FL_ROUTE_ROW_2X2_VECTOR(T)
 #endif
-    FL_ROUTE_ROW_2X2_TAIL(double)
-    return matched;
-}
 
-#if defined(__SSE2__)
-#undef FL_STORE_PS
-#undef FL_STORE_PD
-#undef FL_STORE_SI128
-#endif
-#undef FL_POOL_ROW_2X2_TAIL
-#undef FL_ROUTE_ROW_2X2_TAIL
+#define FL_ROUTE_ROW_2X2(T)                                                                   \
+    static inline ptrdiff_t fl_route_row_2x2_##T(const T *g, const int64_t *indices, T *r0, T *r1, \
+                                                 ptrdiff_t OW, int64_t first, int64_t W, int stream) \
+    {                                                                                         \
+        ptrdiff_t ow = 0, matched = 0;                                                        \
+        FL_ROUTE_ROW_2X2_VECTOR(T)                                                            \
+        for (; ow < OW; ow++) {                                                               \
+            int64_t k = indices[ow] - (first + 2 * ow);                                       \
+            T gv = g[ow];                                                                     \
+            r0[2 * ow] = k == 0 ? gv : 0;                                                     \
+            r0[2 * ow + 1] = k == 1 ? gv : 0;                                                 \
+            r1[2 * ow] = k == W ? gv : 0;                                                     \
+            r1[2 * ow + 1] = k == W + 1 ? gv : 0;                                             \
+            matched += (k == 0) + (k == 1) + (k == W) + (k == W + 1);                         \
+        }                                                                                     \
+        return matched;                                                                       \
+    }
+
+FL_POOL_ROW_2X2(float)
+FL_POOL_ROW_2X2(double)
+FL_POOL_TAP(float)
+FL_POOL_TAP(double)
+FL_ROUTE_ROW_2X2(float)
+FL_ROUTE_ROW_2X2(double)
 
 #endif

@@ -1,4 +1,3 @@
-# distutils: extra_compile_args = -fno-trapping-math
 # Tanh RNN over a time-major sequence, forward and backward through time, in one call each
 # (rnn_step is the T = 1 case). Sequences arrive flattened to (T*N, features) rows, C order,
 # validated by fastlayers.backends.cpu.rnn; the caller keeps BLAS single-threaded.
@@ -17,86 +16,13 @@ from libc.math cimport tanh
 from libc.string cimport memcpy, memset
 
 from _blas cimport gemm, single_threaded_blas
-
-# Column blocks are whole multiples of 16 elements (one 64-byte line of float32), so threads
-# never write to the same cache line.
-cdef enum:
-    COLUMN_ALIGN = 16
-    # OpenBLAS (0.3.30, SkylakeX kernels, also on Zen 4) multiplies without packing its operands
-    # when M*N*K stays under about 10^6: measured 1.5-2x faster on one step's product, which
-    # the general path spends repacking Wh every step. A step's product is therefore computed
-    # in column chunks under this size (with tanh applied to each chunk while it is in cache),
-    # unless that would make the chunks narrower than MIN_CHUNK columns.
-    SMALL_GEMM_MNK = 1 << 19
-    MIN_CHUNK = 32
-    PANEL_ROWS = 32
+from _recurrent cimport (COLUMN_ALIGN, barrier, block_start, block_stop, input_projection, small_gemm_columns,
+                         team_size)
 
 
-cdef extern from *:
-    """
-    /* tanh in float32 by Eigen's rational approximation (odd 13 / even 6 minimax on [-7.9, 7.9],
-       within 5 ulp of the float64 tanh): float arithmetic and two selects, so the loop
-       vectorises, where libm's tanhf is a scalar call that cost more than the GEMMs. NaN
-       propagates (the clamps keep it). The module is built with -fno-trapping-math (its first
-       line): otherwise GCC keeps the clamps as branches, as if a comparison could trap. On
-       x86-64 Linux, GCC and Clang compile the loop for AVX-512, AVX2 and baseline SSE2 and pick
-       one at load time, so a portable build still uses the wide vectors. */
-    #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
-    __attribute__((target_clones("avx512f", "avx2", "default")))
-    #endif
-    static void rnn_bias_tanh_f32(float *z, const float *b, Py_ssize_t rows, Py_ssize_t ld,
-                                  Py_ssize_t c0, Py_ssize_t c1) {
-        const float clamp = 7.90531110763549805f;
-        for (Py_ssize_t r = 0; r < rows; r++) {
-            float *row = z + r * ld;
-            for (Py_ssize_t j = c0; j < c1; j++) {
-                float x = b ? row[j] + b[j] : row[j];
-                x = x > clamp ? clamp : x;
-                x = x < -clamp ? -clamp : x;
-                float x2 = x * x;
-                float p = -2.76076847742355e-16f;
-                p = p * x2 + 2.00018790482477e-13f;
-                p = p * x2 + -8.60467152213735e-11f;
-                p = p * x2 + 5.12229709037114e-08f;
-                p = p * x2 + 1.48572235717979e-05f;
-                p = p * x2 + 6.37261928875436e-04f;
-                p = p * x2 + 4.89352455891786e-03f;
-                float q = 1.19825839466702e-06f;
-                q = q * x2 + 1.18534705686654e-04f;
-                q = q * x2 + 2.26843463243900e-03f;
-                q = q * x2 + 4.89352518554385e-03f;
-                row[j] = x * p / q;
-            }
-        }
-    }
-    """
-    void _bias_tanh_f32 "rnn_bias_tanh_f32"(float* z, const float* b, Py_ssize_t rows, Py_ssize_t ld,
-                                            Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
-
-
-cdef inline Py_ssize_t _block_width(Py_ssize_t count, Py_ssize_t size, Py_ssize_t align) noexcept nogil:
-    """Width of each of ``count`` blocks covering range(size), a multiple of ``align``; block i
-    is [_block_start, _block_stop), trailing blocks may be empty."""
-    return ((size + count - 1) // count + align - 1) // align * align
-
-
-cdef extern from *:
-    """
-    /* Inside Cython's `with parallel()`: the team's size (OpenMP may grant fewer threads than
-       asked) and a barrier (orphaned: it binds to the enclosing parallel region). */
-    #ifdef _OPENMP
-    #include <omp.h>
-    static inline int rnn_team_size(void) { return omp_get_num_threads(); }
-    static inline void rnn_barrier(void) {
-        #pragma omp barrier
-    }
-    #else
-    static inline int rnn_team_size(void) { return 1; }
-    static inline void rnn_barrier(void) {}
-    #endif
-    """
-    int team_size "rnn_team_size"() noexcept nogil
-    void barrier "rnn_barrier"() noexcept nogil
+cdef extern from "rnn_cells.h" nogil:
+    void _bias_tanh_f32 "fl_rnn_bias_tanh_f32"(float* z, const float* b, Py_ssize_t rows, Py_ssize_t ld,
+                                               Py_ssize_t c0, Py_ssize_t c1)
 
 
 cdef inline void _add_bias_tanh(floating* z, const floating* b, Py_ssize_t rows, Py_ssize_t ld,
@@ -111,45 +37,6 @@ cdef inline void _add_bias_tanh(floating* z, const floating* b, Py_ssize_t rows,
             row = z + r * ld
             for j in range(c0, c1):
                 row[j] = tanh(row[j] + b[j] if b != NULL else row[j])
-
-
-cdef inline Py_ssize_t _small_gemm_columns(Py_ssize_t rows, Py_ssize_t K) noexcept nogil:
-    """Columns per GEMM call that keep a (rows x K) @ (K x columns) product under OpenBLAS's
-    small-matrix size (see SMALL_GEMM_MNK); 0 when that would be fewer than MIN_CHUNK."""
-    cdef Py_ssize_t columns = SMALL_GEMM_MNK // max(rows * K, 1) // COLUMN_ALIGN * COLUMN_ALIGN
-    return columns if columns >= MIN_CHUNK else 0
-
-
-cdef void _input_projection(const floating* x, const floating* Wx, floating* z, Py_ssize_t rows,
-                            Py_ssize_t D, Py_ssize_t H) noexcept nogil:
-    """z (rows x H) = x (rows x D) @ Wx (D x H), in panels of PANEL_ROWS rows and column chunks
-    under the small-matrix size (unpacked: about 15% faster here than one packed GEMM), or as
-    one GEMM when D is too large for that."""
-    cdef Py_ssize_t chunk = _small_gemm_columns(PANEL_ROWS, D)
-    cdef Py_ssize_t p0 = 0, p1, c0, c1
-    if chunk == 0:
-        gemm(False, False, <int>rows, <int>H, <int>D, <floating>1, x, <int>D, Wx, <int>H,
-             <floating>0, z, <int>H)
-        return
-    while p0 < rows:
-        p1 = min(p0 + PANEL_ROWS, rows)
-        c0 = 0
-        while c0 < H:
-            c1 = min(c0 + chunk, H)
-            gemm(False, False, <int>(p1 - p0), <int>(c1 - c0), <int>D, <floating>1, x + p0 * D, <int>D,
-                 Wx + c0, <int>H, <floating>0, z + p0 * H + c0, <int>H)
-            c0 = c1
-        p0 = p1
-
-
-cdef inline Py_ssize_t _block_start(Py_ssize_t i, Py_ssize_t count, Py_ssize_t size,
-                                    Py_ssize_t align) noexcept nogil:
-    return min(i * _block_width(count, size, align), size)
-
-
-cdef inline Py_ssize_t _block_stop(Py_ssize_t i, Py_ssize_t count, Py_ssize_t size,
-                                   Py_ssize_t align) noexcept nogil:
-    return min(_block_start(i, count, size, align) + _block_width(count, size, align), size)
 
 
 def rnn_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, const floating[:, ::1] Wx,
@@ -174,16 +61,16 @@ def rnn_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, co
     with nogil, parallel(num_threads=num_threads):
         tid = threadid()
         team = team_size()
-        r0 = _block_start(tid, team, TN, 1)  # rows of all steps
-        r1 = _block_stop(tid, team, TN, 1)
-        n0 = _block_start(tid, team, N, 1)  # sequences of the batch
-        rows = _block_stop(tid, team, N, 1) - n0
+        r0 = block_start(tid, team, TN, 1)  # rows of all steps
+        r1 = block_stop(tid, team, TN, 1)
+        n0 = block_start(tid, team, N, 1)  # sequences of the batch
+        rows = block_stop(tid, team, N, 1) - n0
         # The input projection of every step at once: hs = x @ Wx.
         if r1 > r0:
-            _input_projection(px + r0 * D, pWx, phs + r0 * H, r1 - r0, D, H)
+            input_projection(px + r0 * D, pWx, phs + r0 * H, r1 - r0, D, H)
         barrier()
         if rows > 0:
-            chunk = _small_gemm_columns(rows, H)
+            chunk = small_gemm_columns(rows, H)
             if chunk == 0:  # one packed GEMM per step
                 chunk = H
             h_prev = h_init + n0 * H
@@ -234,16 +121,16 @@ def rnn_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
     with nogil, parallel(num_threads=num_threads):
         tid = threadid()
         team = team_size()
-        r0 = _block_start(tid, team, TN, 1)  # rows of all steps
-        r1 = _block_stop(tid, team, TN, 1)
-        n0 = _block_start(tid, team, N, 1)  # sequences of the batch
-        rows = _block_stop(tid, team, N, 1) - n0
-        c0 = _block_start(tid, team, H, COLUMN_ALIGN)  # columns of the weight gradients
-        c1 = _block_stop(tid, team, H, COLUMN_ALIGN)
+        r0 = block_start(tid, team, TN, 1)  # rows of all steps
+        r1 = block_stop(tid, team, TN, 1)
+        n0 = block_start(tid, team, N, 1)  # sequences of the batch
+        rows = block_stop(tid, team, N, 1) - n0
+        c0 = block_start(tid, team, H, COLUMN_ALIGN)  # columns of the weight gradients
+        c1 = block_stop(tid, team, H, COLUMN_ALIGN)
         # dz[t] = (dhs[t] + dz[t+1] @ Wh^T) * (1 - hs[t]^2), from the last step back, for this
         # thread's sequences (contiguous rows t*N + n0 ...).
         if rows > 0:
-            chunk = _small_gemm_columns(rows, H)
+            chunk = small_gemm_columns(rows, H)
             if chunk == 0:  # one packed GEMM per step
                 chunk = H
             for t in range(T - 1, -1, -1):

@@ -1,0 +1,17 @@
+/* FL_CLONES: the one instruction-set policy of the C helpers. A function marked with it is
+ * compiled for x86-64-v4 (AVX-512), x86-64-v3 (AVX2, FMA) and the baseline (SSE2), and the loader
+ * picks the version for the CPU it runs on (an ifunc: GCC on x86-64 Linux), so the default,
+ * portable build still uses the wide vectors where they exist. Elsewhere, with other compilers or
+ * with FL_NO_CLONES defined, it is the one baseline build (FASTLAYERS_NATIVE=1 in setup.py
+ * compiles everything for the build machine instead). Loops the baseline already vectorises
+ * well (the SSE2 max-pool rows) do without. */
+#ifndef FASTLAYERS_TARGET_CLONES_H
+#define FASTLAYERS_TARGET_CLONES_H
+
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__) && !defined(FL_NO_CLONES)
+#define FL_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FL_CLONES
+#endif
+
+#endif
