@@ -294,9 +294,10 @@ def test_flop_counts(case):
         k, s, pad = p["kernel_size"], p["stride"], p["padding"]
         OH, OW = (H + 2 * pad - k) // s + 1, (W + 2 * pad - k) // s + 1
         forward = 2 * N * p["F"] * OH * OW * C * k * k
-    else:
+    else:  # the recurrent ops: both products of a step, as wide as the cell's gates
         T, N, D, H = case.shape
-        forward = T * (2 * N * D * H + 2 * N * H * H)
+        gates = {"rnn": 1, "lstm": 4, "gru": 3}[case.op]
+        forward = T * (2 * N * D * H + 2 * N * H * H) * gates
     assert workloads.work(case, "forward", np.float32) == (forward, "flop")
     assert workloads.work(case, "backward", np.float32) == (2 * forward, "flop")
 
@@ -347,6 +348,13 @@ def test_torch_call_computes_what_fastlayers_computes(op, direction):
         got = got[:1]  # torch.nn.RNN also returns the last state
     if op == "rnn" and direction == "backward":
         got[2], got[3] = got[2].T, got[3].T  # PyTorch keeps the weights as (H, D) and (H, H)
+    if op in ("lstm", "gru") and direction == "forward":  # torch: (hs, final states); lstm: ours (hs, cs)
+        final = theirs[1][-1] if op == "lstm" else theirs[1]
+        np.testing.assert_allclose(final[0].detach().numpy(), want[-1][-1], rtol=1e-10, atol=1e-12)
+        got, want = got[:1], want[:1]
+    if op in ("lstm", "gru") and direction == "backward":
+        w = 1 + (op == "lstm") + 1  # dx, dh0 (and dc0), then the weights, which PyTorch keeps transposed
+        got[w], got[w + 1] = got[w].T, got[w + 1].T
     assert len(got) == len(want)
     for g, w in zip(got, want):
         # float64 on both sides; the orders of summation differ only.

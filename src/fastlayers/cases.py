@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class Case:
     name: str
-    op: str  # "conv2d", "max_pool2d" or "rnn"
-    shape: tuple  # conv2d/max_pool2d: (N, C, H, W); rnn: (T, N, D, H)
+    op: str  # "conv2d", "max_pool2d", "rnn", "lstm" or "gru"
+    shape: tuple  # conv2d/max_pool2d: (N, C, H, W); rnn, lstm, gru: (T, N, D, H)
     params: dict = field(default_factory=dict)  # conv2d: F, kernel_size, stride, padding; pool: kernel_size, stride
     # Cases of one sweep vary only shape[0] (N for conv2d, T for rnn): plots draw them as a line.
     sweep: str = ""
@@ -28,6 +28,10 @@ CASES = (
     Case("pool-56", "max_pool2d", (32, 128, 56, 56), dict(kernel_size=2, stride=2)),
     Case("rnn-small", "rnn", (50, 32, 128, 256), sweep="rnn-small length"),
     Case("rnn-large", "rnn", (100, 64, 256, 512)),
+    Case("lstm-small", "lstm", (50, 32, 128, 256)),
+    Case("lstm-large", "lstm", (100, 64, 256, 512)),
+    Case("gru-small", "gru", (50, 32, 128, 256)),
+    Case("gru-large", "gru", (100, 64, 256, 512)),
 )
 
 # How cost grows with work: resnet-28 over the batch size N, rnn-small over the sequence length T
@@ -43,7 +47,7 @@ CASES_BY_NAME = {c.name: c for c in ALL_CASES}
 # ``--quick``: every op, and both sweeps up to a size where the NumPy reference still takes about
 # 2 s a call (resnet-28 at N=16): the whole run stays near a minute on a quiet 2-core machine.
 QUICK_CASES = ("cifar-stem", "resnet-28-n1", "resnet-28-n4", "resnet-28-n16", "pool-56",
-               "rnn-small-t10", "rnn-small-t25", "rnn-small")
+               "rnn-small-t10", "rnn-small-t25", "rnn-small", "lstm-small", "gru-small")
 
 
 def cases_named(text, op):
