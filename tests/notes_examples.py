@@ -1,4 +1,7 @@
-"""The lecture notes' worked examples (../shared/lecture-notes.txt), as arrays for the tests."""
+"""The worked examples of the course notes the library grew from, as arrays for the tests.
+
+The notes are not part of the repository: their examples live here, with the values as printed,
+except one cell they misprint (computed, not copied: see FEATURE_MAP_1)."""
 import numpy as np
 
 IMAGE_7x7 = np.array(
@@ -11,14 +14,16 @@ IMAGE_7x7 = np.array(
      [0, 0, 0, 0, 0, 0, 0]], dtype=float)
 DETECTOR_1 = np.array([[0, 0, 1], [1, 0, 0], [0, 1, 1]], dtype=float)
 DETECTOR_2 = np.array([[0, 1, 0], [0, 0, 0], [1, 1, 1]], dtype=float)
-# "Feature Map1" as printed in the notes, except row 3, column 3 (1-based): the notes print 1, but
-# the detector's window there, image[2:5, 2:5], overlaps none of its ones — the sum is 0.
+# "Feature Map1" as the notes print it, but for row 3, column 3 (1-based), which they misprint
+# as 1. That cell is computed from the definition (a window times the detector, summed) instead:
+# image[2:5, 2:5] holds a single one, under the detector's central zero.
 FEATURE_MAP_1 = np.array(
     [[0, 1, 0, 0, 0],
      [0, 1, 1, 1, 0],
-     [1, 0, 0, 2, 1],
+     [1, 0, 1, 2, 1],
      [1, 4, 2, 1, 0],
      [0, 0, 1, 2, 1]], dtype=float)
+FEATURE_MAP_1[2, 2] = np.sum(IMAGE_7x7[2:5, 2:5] * DETECTOR_1)
 FEATURE_MAP_2 = np.array(
     [[0, 0, 0, 0, 0],
      [1, 1, 1, 1, 1],

@@ -1,4 +1,4 @@
-"""The NumPy reference: the lecture notes' worked examples, finite-difference gradients, PyTorch.
+"""The NumPy reference: the course notes' worked examples, finite-difference gradients, PyTorch.
 
 The reference is the oracle of every other test, so it is checked three independent ways: by hand
 (the notes' numbers), by calculus (central differences in float64) and against PyTorch.
@@ -58,7 +58,8 @@ def test_notes_feature_maps(backend, dtype, detector, expected):
 
 
 def test_notes_feature_map_1_typo_cell():
-    """The cell the notes print as 1 is computed, not copied: it is 0."""
+    """The cell the notes misprint as 1 is 0, by the definition and by the reference."""
+    assert FEATURE_MAP_1[2, 2] == 0
     y = ref.conv2d(_image(IMAGE_7x7, float), _image(DETECTOR_1, float))
     assert y[0, 0, 2, 2] == 0
 

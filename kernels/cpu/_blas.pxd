@@ -1,12 +1,9 @@
 # Row-major GEMM for the Cython kernels, callable without the GIL; the one place to change the BLAS.
 #
-# Backed by the OpenBLAS of the scipy-openblas32 package (linked by setup.py), chosen by measurement
-# over scipy.linalg.cython_blas (scipy's bundled, older OpenBLAS) and cython-blis, on our conv GEMM
-# tiles called single-threaded inside prange (float32, 2 threads, alternating rounds, medians):
-# the resnet-56 tile 64 x 896 x 576 (x128) 46.4 vs 50.9 ms (1.10x, also 1.09x on one thread), the
-# tiny cifar-stem tile 32 x 1024 x 27 equal within noise; BLIS (the cython-blis wheel) ran at
-# 25-60 GFLOP/s against 130-175. Whole conv2d forward/backward: 1.03-1.10x on resnet-56/-28/-14
-# and down-1x1. Its CBLAS takes row-major arguments directly, so nothing is swapped here.
+# Backed by the OpenBLAS of the scipy-openblas32 package (linked by setup.py): on our conv GEMM
+# tiles, called single-threaded inside prange, it beat scipy.linalg.cython_blas (SciPy's bundled,
+# older OpenBLAS) and cython-blis (docs/performance.md). Its CBLAS takes row-major arguments
+# directly, so nothing is swapped here.
 from cython cimport floating
 
 

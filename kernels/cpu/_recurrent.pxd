@@ -10,8 +10,8 @@ from _blas cimport gemm
 cdef enum:
     COLUMN_ALIGN = 16
     # OpenBLAS (0.3.30, SkylakeX kernels, also on Zen 4) multiplies without packing its operands
-    # when M*N*K stays under about 10^6: measured 1.5-2x faster on one step's product, which
-    # the general path spends repacking Wh every step. A step's product is therefore computed
+    # when M*N*K stays under about 10^6, which saves repacking Wh at every step (measured:
+    # docs/performance.md). A step's product is therefore computed
     # in column chunks under this size, unless that would make the chunks narrower than
     # MIN_CHUNK columns.
     SMALL_GEMM_MNK = 1 << 19
@@ -80,7 +80,7 @@ cdef inline void step_product(const floating* a, const floating* B, floating* c,
 cdef inline void input_projection(const floating* x, const floating* Wx, floating* z, Py_ssize_t rows,
                                   Py_ssize_t D, Py_ssize_t width) noexcept nogil:
     """z (rows x width) = x (rows x D) @ Wx (D x width), in panels of PANEL_ROWS rows and column
-    chunks under the small-matrix size (unpacked: about 15% faster here than one packed GEMM), or
+    chunks under the small-matrix size (unpacked, faster than one packed GEMM), or
     as one GEMM when D is too large for that."""
     cdef Py_ssize_t p0 = 0, p1
     if small_gemm_columns(PANEL_ROWS, D) == 0:

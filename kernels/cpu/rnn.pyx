@@ -96,7 +96,7 @@ def rnn_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
     dhs, hs, dz (workspace) (T*N, H); x, dx (T*N, D); h0 (N, H); dh0 (N, H); dWx (D, H);
     dWh (H, H); db (H,). WhT is Wh transposed (C order): the products with Wh^T then have the
     same untransposed form as the forward's, which OpenBLAS runs on its small-matrix path (with
-    a transposed operand it packs, 1.5x slower). Every output is overwritten. dWx, dWh and db sum over steps in a fixed
+    a transposed operand it packs). Every output is overwritten. dWx, dWh and db sum over steps in a fixed
     order for a given thread count, so results are reproducible run to run."""
     single_threaded_blas()
     cdef Py_ssize_t TN = x.shape[0], D = x.shape[1], H = WhT.shape[0]

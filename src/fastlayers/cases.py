@@ -1,4 +1,4 @@
-"""The benchmark case table (DESIGN.md), shared by bench/ and ``python -m fastlayers bench``.
+"""The benchmark case table, shared by bench/ and ``python -m fastlayers bench``.
 
 Shapes are for float32 unless a run asks for another dtype.
 """

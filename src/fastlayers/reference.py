@@ -4,7 +4,7 @@ This module is the oracle of the test suite and the ``"numpy"`` backend. It favo
 speed, but stays vectorised so that tests over hundreds of small shapes take seconds. Results are
 computed in the inputs' dtype (float32 or float64) except where a comment says otherwise.
 
-Conventions (see DESIGN.md): NCHW arrays, weights ``(F, C // groups, KH, KW)``, convolution is
+Conventions (docs/design.md): NCHW arrays, weights ``(F, C // groups, KH, KW)``, convolution is
 cross-correlation; sequences are time-major ``(T, N, D)``, ``h_t = tanh(x_t @ Wx + h_{t-1} @ Wh + b)``.
 """
 from __future__ import annotations

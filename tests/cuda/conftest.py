@@ -4,7 +4,7 @@
   simulator (``NUMBA_ENABLE_CUDASIM=1`` in the environment of a separate pytest invocation, see
   .ci/run), or on a real GPU where one is present.
 * the other tests in ``tests/cuda`` (the real kernels compiled to PTX for sm_90, import and
-  availability checks, DESIGN.md cases on a real GPU): without the simulator.
+  availability checks, the benchmark cases on a real GPU): without the simulator.
 
 Each run skips the other's tests, saying why."""
 from pathlib import Path

@@ -27,12 +27,8 @@ from ._common import workspace as scratch
 
 OPS = frozenset({"conv2d", "conv2d_backward"})
 
-# A tile's columns sized to sit in L2 (1-2 MiB per core) beside the gemm's packed panels.
-# Measured with 2 threads (bench/bench_conv2d.py --tiles): 512 KiB to 8 MiB per thread are
-# within 5% on resnet-56/-28/-14 and down-1x1, 2 MiB the best or near it (resnet-14 forward
-# 10.4 ms at 2 MiB, 12.0 at 512 KiB, 20.2 at 64 KiB); below 256 KiB the gemms get too thin.
-# Re-measured after the switch to scipy-openblas32 (kernels/cpu/_blas.pxd): still flat from 512 KiB
-# to 8 MiB within the run-to-run noise (resnet-56 forward 44.6-47.3 ms, resnet-14 10.4-12.4 ms).
+# A tile's columns sized to sit in L2 (1-2 MiB per core) beside the gemm's packed panels; timings
+# are flat from 512 KiB to 8 MiB and the gemms get too thin below 256 KiB (docs/performance.md).
 _column_tile_bytes = 1 << 21
 
 
@@ -100,19 +96,13 @@ def _check_fits(g, algo, direction):
         )
 
 
-# Measured on this 2-core machine (float32, 2 threads, bench/bench_conv2d.py --algos and --small,
-# medians of 7-15): the direct forward (a register-blocked kernel at 92-95 GFLOP/s on one core)
-# beats im2col + GEMM (OpenBLAS at ~100 GFLOP/s per core, plus building the column matrix) on
-# the benchmark cases with kernels wider than 1x1 and up to K = C/groups*KH*KW = 1152 taps:
-# cifar-stem 0.35-0.49 vs 0.51-0.62 ms, lenet 0.13-0.14 vs 0.20, resnet-56 42-45 vs 45-49,
-# resnet-28 39-40 vs 43. At K = 2304 (resnet-14) im2col is as fast or faster in three runs of
-# four (10.3-10.7 vs 11.1-15.1 ms): a kernel call sums more taps than its rows and weights keep
-# in L2. On 1x1 kernels the column matrix is the input itself or a strided subsample of it, and
-# the GEMM wins (down-1x1 1.7-1.8 vs 2.2-2.4 ms). Under about 4e5 FLOP the per-call set-up
-# decides and im2col's is smaller (27-40 vs 31-55 us). With few images the direct tasks (bands of
-# rows, each copying the input rows it reads) get thin: resnet-28 at N=1 1.76 vs 1.34 ms, at N=4
-# and N=16 even (`python -m fastlayers bench --quick`). The direct backward loses everywhere (its
-# dw is a scalar loop): cifar-stem 7.4-11.6 vs 1.0-1.3 ms, tiny shapes 50-570 vs 36-122 us.
+# Where each algorithm wins (measured: docs/performance.md): the direct forward skips building
+# the column matrix, which pays on kernels wider than 1x1 with up to ~2k taps per output; beyond
+# that a kernel call sums more taps than its rows and weights keep in L2. On 1x1 kernels the
+# column matrix is the input itself or a strided subsample of it, so the GEMM wins. Small calls
+# are decided by the per-call set-up, which is im2col's smaller; with few (image, group) planes
+# the direct tasks (bands of rows, each copying the input rows it reads) get thin. The direct
+# backward loses everywhere (its dw is a scalar loop).
 DIRECT_MIN_FLOPS = 400_000
 DIRECT_MAX_TAPS = 2048
 DIRECT_MIN_PLANES = 8  # images x groups

@@ -13,9 +13,9 @@ OPS = frozenset({"max_pool2d", "max_pool2d_backward"})
 
 # Outputs at least this large are written by the 2x2 path with non-temporal stores (around the
 # cache): they cannot stay cached for the next layer anyway (a typical L3 is 16-32 MiB, shared by
-# all cores), and skipping the read-before-write of each line saves memory traffic. Measured at 2
-# threads (same process, alternating): pool-112 forward 6.0 vs 7.0 ms, backward 5.5 vs 6.2 ms;
-# pool-56 (half the size) about even. Smaller outputs stay in cache, where the next op finds them.
+# all cores), and skipping the read-before-write of each line saves memory traffic: a gain from
+# pool-112's size, even at half of it (docs/performance.md). Smaller outputs stay in cache, where
+# the next op finds them.
 STREAMING_MIN_BYTES = 16 << 20
 
 
