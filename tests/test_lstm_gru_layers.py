@@ -127,6 +127,7 @@ def test_dropout_backward_matches_finite_differences(kind):
             return forward(x)
 
         original = weights[name].copy()
+        layer.zero_grad()  # gradients accumulate over backward calls
         forward(x)
         layer.backward(dout)
         analytic = layer.grads[name]
@@ -162,7 +163,7 @@ def test_bad_states_and_state_dicts_are_refused():
         lstm.load_torch_state_dict(module.state_dict())  # a GRU's weights into an LSTM
     with pytest.raises(ValueError, match="dropout"):
         layers.LSTM(3, 5, dropout=1.0)
-    with pytest.raises(RuntimeError, match="before forward"):
+    with pytest.raises(RuntimeError, match="GRU.backward has no forward to go back through"):
         layers.GRU(3, 5).backward(np.zeros((4, 3, 5), np.float32))
 
 

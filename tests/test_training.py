@@ -122,6 +122,23 @@ def test_optimisers_keep_float32_parameters_float32():
         assert all(p.dtype == np.float32 for p in model.params.values())
 
 
+def test_optimisers_skip_parameters_without_a_gradient_and_clear_them():
+    model = Quadratic()
+    model.backward()
+    del model.grads["b"]  # as a parameter no backward reached
+    b0 = model.params["b"].copy()
+    opt = fl.optim.SGD(model, lr=0.1)
+    opt.step()
+    np.testing.assert_array_equal(model.params["b"], b0)
+    opt.zero_grad()
+    assert model.grads == {}
+    layer = L.Dense(2, 2)
+    layer.forward(np.ones((1, 2), np.float32))
+    layer.backward(np.ones((1, 2), np.float32))
+    fl.optim.Adam(layer).zero_grad()
+    assert dict(layer.grads) == {}
+
+
 def test_optimiser_errors():
     model = Quadratic()
     with pytest.raises(RuntimeError, match=r"no gradient for \['a', 'b'\]: call model.backward"):
@@ -134,6 +151,94 @@ def test_optimiser_errors():
         fl.optim.SGD(object())
 
 
+@pytest.mark.parametrize("make_opt", [lambda m: fl.optim.SGD(m, lr=0.05, momentum=0.9, weight_decay=0.01),
+                                      lambda m: fl.optim.Adam(m, lr=0.05, betas=(0.8, 0.95))], ids=["sgd", "adam"])
+def test_optimiser_state_dict_resumes_exactly(make_opt):
+    """Three steps, a checkpoint, two more steps: the same parameters, bit for bit, as a run that
+    resumed from the checkpoint in a fresh optimiser."""
+    model = Quadratic()
+    opt = make_opt(model)
+    for _ in range(3):
+        model.backward()
+        opt.step()
+    params, state = {k: v.copy() for k, v in model.params.items()}, opt.state_dict()
+    for _ in range(2):
+        model.backward()
+        opt.step()
+    resumed = Quadratic()
+    for k, v in params.items():
+        resumed.params[k][...] = v
+    opt2 = make_opt(resumed)
+    opt2.load_state_dict(state)
+    for _ in range(2):
+        resumed.backward()
+        opt2.step()
+    for k in params:
+        np.testing.assert_array_equal(resumed.params[k], model.params[k])
+    with pytest.raises(ValueError, match="optimiser state for 'c', which the model does not have"):
+        make_opt(Quadratic()).load_state_dict({**state, "state": {"c": (np.zeros(3),)}})
+
+
+def _torch_schedule(torch, name, epochs):
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    schedule = (torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5) if name == "step"
+                else torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10, eta_min=0.001))
+    lrs = []
+    for _ in range(epochs):
+        opt.step()
+        schedule.step()
+        lrs.append(schedule.get_last_lr()[0])
+    return lrs
+
+
+@pytest.mark.parametrize("name", ["step", "cosine"])
+def test_lr_schedules(name):
+    opt = fl.optim.SGD(Quadratic(), lr=0.1)
+    schedule = (fl.optim.StepLR(opt, step_size=3, gamma=0.5) if name == "step"
+                else fl.optim.CosineAnnealingLR(opt, T_max=10, eta_min=0.001))
+    lrs = []
+    for _ in range(12):
+        schedule.step()
+        lrs.append(opt.lr)
+    if name == "step":
+        assert lrs[:7] == [0.1, 0.1, 0.05, 0.05, 0.05, 0.025, 0.025]
+    else:
+        assert lrs[4] == pytest.approx(0.001 + 0.099 * (1 + np.cos(np.pi / 2)) / 2) and lrs[9] == pytest.approx(0.001)
+        assert all(a > b for a, b in zip(lrs[:9], lrs[1:10]))  # down all the way to T_max
+    # a schedule restored from its state carries on where the saved one was
+    again = type(schedule)(fl.optim.SGD(Quadratic(), lr=0.1), *((3, 0.5) if name == "step" else (10, 0.001)))
+    again.load_state_dict(schedule.state_dict())
+    assert again.get_last_lr() == opt.lr
+    torch = pytest.importorskip("torch")
+    np.testing.assert_allclose(lrs, _torch_schedule(torch, name, 12), rtol=1e-12)
+
+
+def test_clip_grad_norm():
+    model = Quadratic()
+    model.backward()
+    grads = {k: v.copy() for k, v in model.grads.items()}
+    total = np.sqrt(sum((g**2).sum() for g in grads.values()))
+    assert fl.optim.clip_grad_norm_(model, 10 * total) == pytest.approx(total)
+    for k, g in model.grads.items():  # under the bound: unchanged
+        np.testing.assert_array_equal(g, grads[k])
+    assert fl.optim.clip_grad_norm_(model, 0.5) == pytest.approx(total)
+    clipped = np.sqrt(sum((g**2).sum() for g in model.grads.values()))
+    assert clipped == pytest.approx(0.5, rel=1e-5)
+    for k, g in model.grads.items():  # every gradient scaled by the same factor
+        np.testing.assert_allclose(g, grads[k] * 0.5 / (total + 1e-6), rtol=1e-14)
+    model.backward()
+    assert fl.optim.clip_grad_norm_(model, 1.0, norm_type=np.inf) == pytest.approx(max(np.abs(g).max() for g in grads.values()))
+    torch = pytest.importorskip("torch")
+    model.backward()
+    tensors = [torch.tensor(g.copy(), requires_grad=True) for g in model.grads.values()]
+    for tensor in tensors:
+        tensor.grad = tensor.detach().clone()
+    want = torch.nn.utils.clip_grad_norm_(tensors, 0.3)
+    assert fl.optim.clip_grad_norm_(model, 0.3) == pytest.approx(float(want), rel=1e-12)
+    for g, tensor in zip(model.grads.values(), tensors):
+        np.testing.assert_allclose(g, tensor.grad.numpy(), rtol=1e-12)
+
+
 def test_sequential_trains_on_a_separable_problem():
     """Dense -> ReLU -> Dense with Adam drives the loss of a tiny separable problem near zero."""
     rng = make_rng(3)
@@ -143,6 +248,7 @@ def test_sequential_trains_on_a_separable_problem():
     opt = fl.optim.Adam(model, lr=0.05)
     first = None
     for _ in range(200):
+        opt.zero_grad()
         loss, dlogits = fl.losses.softmax_cross_entropy(model.forward(x), labels)
         first = loss if first is None else first
         model.backward(dlogits)
@@ -159,8 +265,20 @@ def test_cnn_digits_reaches_97_percent(tmp_path):
     pytest.importorskip("matplotlib")
     result = load_example("cnn_digits").train(epochs=12, seed=0, out_dir=tmp_path, verbose=False)
     assert result["test_accuracy"] >= 0.97, result["test_accuracy"]
+    assert result["restored_test_accuracy"] == result["test_accuracy"]  # the checkpoint is the model
     assert len(result["epoch_seconds"]) == 12
     assert result["picture"].stat().st_size > 10_000
+
+
+def test_cnn_batchnorm_example_reaches_98_percent_and_checkpoints_its_statistics(tmp_path):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    result = load_example("cnn_batchnorm").train(epochs=12, seed=0, out_dir=tmp_path, verbose=False)
+    assert result["test_accuracy"] >= 0.98, result["test_accuracy"]
+    assert result["restored_test_accuracy"] == result["test_accuracy"]
+    with np.load(result["checkpoint"]) as data:
+        assert {"1.running_mean", "1.running_var", "5.running_mean"} <= set(data.files)
+    assert result["model"][1].training  # the example leaves the model in training mode
 
 
 def test_rnn_words_learns_the_stream_and_the_current_word_model_cannot(tmp_path):

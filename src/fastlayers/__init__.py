@@ -26,7 +26,8 @@ from .functional import (
     rnn_step,
     rnn_step_backward,
 )
-from . import augment, filters, layers, losses, optim  # NumPy only: keeps the import cheap
+from . import augment, filters, init, layers, losses, optim  # NumPy only: keeps the import cheap
+from .layers import is_grad_enabled, no_grad
 
 __version__ = "0.1.0"
 
@@ -52,6 +53,8 @@ __all__ = [
     "gru_backward",
     "gru_step",
     "gru_step_backward",
+    "init",
+    "is_grad_enabled",
     "layers",
     "losses",
     "lstm",
@@ -60,6 +63,7 @@ __all__ = [
     "lstm_step_backward",
     "max_pool2d",
     "max_pool2d_backward",
+    "no_grad",
     "optim",
     "release_workspaces",
     "rnn",

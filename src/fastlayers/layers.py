@@ -1,26 +1,49 @@
-"""Layer objects: PyTorch-like constructors around the functional API.
+"""Layer objects: PyTorch-like constructors around the functional API, with PyTorch's gradient
+semantics.
 
-Every layer has ``forward(x)`` (also ``layer(x)``), ``backward(dy)`` returning dL/dx, and two
-dicts: ``params`` (name -> array, updated in place by the optimisers) and ``grads`` (name ->
-array, *replaced* by every ``backward``: gradients are set, never accumulated).
-``Sequential`` exposes its children's entries under nested names (``"0.w"``, ``"3.b"``).
+Every layer has ``forward(x)`` (also ``layer(x)``) and ``backward(dy)``, which returns dL/dx and
+adds dL/d(parameter) into ``grads``:
 
-Conv2D, MaxPool2D and RNN call :func:`fastlayers.conv2d`, :func:`fastlayers.max_pool2d` and
-:func:`fastlayers.rnn` (and their backwards), so they run on the backend the dispatch picks, or
-on the one given as ``backend``. Dense, ReLU, Flatten and Embedding are a matrix product or a
-gather: they use the NumPy reference on every backend. Parameters live in host memory (NumPy
-arrays); layers that keep their parameters on a GPU are not implemented.
+* Each forward in training mode keeps a record of what its backward needs (its input, the
+  pooling indices, ...), one record per call; each backward consumes the latest record. A layer
+  called several times in one forward (a shared Dense, an Embedding also used for the output
+  scores through :class:`TiedOutput`) thus goes back through every call, last call first, as
+  backpropagation through a chain does, and the gradients of the calls add up.
+* Gradients accumulate across backward calls until ``zero_grad()``, which also drops the records
+  of forwards that were never gone back through.
+* ``eval()`` mode (Dropout off, BatchNorm2d on its running statistics) and the ``no_grad()``
+  context keep nothing: inference holds no memory for a backward. Unlike PyTorch, eval mode
+  records nothing either, so there is no backward in eval mode.
 
-Initialisation: He (Kaiming) normal for Conv2D and Dense (both are followed by ReLU in the usual
-stacks), Xavier uniform for the RNN input weights and an orthogonal recurrent matrix (its
-singular values are 1, so the state neither explodes nor vanishes at the start), N(0, 1) for
-Embedding, zero biases. ``rng`` is a seed or a ``numpy.random.Generator``.
+``params`` maps names to the parameter arrays (assignment copies into the array, checked, so the
+arrays an optimiser or a tied layer holds stay the ones trained); ``grads`` maps names to the
+accumulated gradients. ``Sequential`` names its children's entries ``"<index>.<name>"``; a layer
+placed several times is listed once, under its first index. ``state_dict()``/``load_state_dict()``
+carry the parameters and the buffers (BatchNorm2d's running statistics); ``save``/``load`` write
+and read them at exactly the path given.
+
+Conv2D, MaxPool2D, RNN, LSTM and GRU call :func:`fastlayers.conv2d`, :func:`fastlayers.max_pool2d`,
+:func:`fastlayers.rnn`, :func:`fastlayers.lstm` and :func:`fastlayers.gru` (and their backwards),
+so they run on the backend the dispatch picks, or on the one given as ``backend``. Dense, Embedding, TiedOutput, ReLU, Tanh, Sigmoid, Flatten,
+Dropout and BatchNorm2d are NumPy on every backend. Parameters live in host memory (NumPy arrays):
+layers that keep their parameters on a GPU are not implemented.
+
+Initialisation is PyTorch's default (see :mod:`fastlayers.init` for Kaiming, Xavier and the
+others): Conv2D and Dense weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)), RNN weights and
+bias U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)), Embedding N(0, 1), BatchNorm2d scale 1 and
+shift 0. ``rng`` is a seed or a ``numpy.random.Generator``.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import math
+from collections.abc import Mapping
+from types import MappingProxyType
+
 import numpy as np
 
-from . import _dispatch, reference
+from . import _dispatch, init, reference
 from ._params import FLOAT_DTYPES, pair
 from .functional import (
     conv2d,
@@ -35,7 +58,26 @@ from .functional import (
     rnn_backward,
 )
 
-__all__ = ["Layer", "Conv2D", "MaxPool2D", "Flatten", "Dense", "ReLU", "RNN", "LSTM", "GRU", "Embedding", "Sequential"]
+__all__ = ["no_grad", "is_grad_enabled", "Layer", "Conv2D", "MaxPool2D", "Flatten", "Dense", "ReLU", "Tanh",
+           "Sigmoid", "Dropout", "BatchNorm2d", "RNN", "LSTM", "GRU", "Embedding", "TiedOutput", "Sequential"]
+
+_grad_enabled = contextvars.ContextVar("fastlayers_grad_enabled", default=True)
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Within this context (per thread and per asyncio task) no layer keeps a record for a
+    backward, as ``torch.no_grad()``."""
+    token = _grad_enabled.set(False)
+    try:
+        yield
+    finally:
+        _grad_enabled.reset(token)
+
+
+def is_grad_enabled():
+    """False inside :func:`no_grad`."""
+    return _grad_enabled.get()
 
 
 def _float_dtype(dtype):
@@ -55,8 +97,39 @@ def _shape(a):
     return "x".join(str(s) for s in a.shape)
 
 
+class ParameterDict(Mapping):
+    """A live view of a model's parameters by name. ``view[name] = value`` copies ``value`` into
+    the parameter's array, which keeps its dtype (float64 values are rounded into a float32
+    model): the arrays an optimiser or a tied layer holds stay the ones trained."""
+
+    def __init__(self, named):
+        self._named = named
+
+    def __getitem__(self, name):
+        return self._named()[name]
+
+    def __iter__(self):
+        return iter(self._named())
+
+    def __len__(self):
+        return len(self._named())
+
+    def __setitem__(self, name, value):
+        params = self._named()
+        if name not in params:
+            raise KeyError(f"no parameter {name!r}; the parameters are {list(params)}")
+        target = params[name]
+        value = np.asarray(value)
+        if value.shape != target.shape:
+            raise ValueError(f"parameter {name!r} has shape {target.shape}, got a value of shape {value.shape}")
+        np.copyto(target, value, casting="same_kind")
+
+    def __repr__(self):
+        return "{" + ", ".join(f"{k!r}: array({_shape(v)}, {v.dtype})" for k, v in self._named().items()) + "}"
+
+
 class Layer:
-    """Base class: parameter bookkeeping, dtype checks, repr, save/load.
+    """Base class: records, gradient accumulation, modes, parameters, state dicts, dtype.
 
     Parameters
     ----------
@@ -65,27 +138,137 @@ class Layer:
     dtype : float32 or float64
         dtype of the parameters; inputs must have it (fastlayers never casts silently).
     rng : None, int or numpy.random.Generator
-        Source of the initial parameters (unused by layers without parameters).
+        Source of the initial parameters and of Dropout's masks (unused by the other layers; every
+        layer takes it, so that one set of keyword arguments builds any of them).
     """
 
     def __init__(self, backend=None, dtype=np.float32, rng=None):
         self._configure(backend, dtype)
-        self.params = {}
-        self.grads = {}
+        self._parameters = {}
+        self._buffers = {}
+        self._grads = {}
+        self._records = []
+        self.training = True
 
     def _configure(self, backend, dtype):
         if backend is not None:
             _dispatch._check_backend_name(backend)
         self.backend = backend
         self.dtype = _float_dtype(dtype)
-        self._cache = None
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
 
+    # ------------------------------------------------------------------ records and gradients
+
+    @property
+    def recording(self):
+        """Whether a forward now keeps a record for its backward (training mode, outside no_grad)."""
+        return self.training and _grad_enabled.get()
+
+    def _record(self, record):
+        if self.recording:
+            self._records.append(record)
+
+    def _last_record(self):
+        if not self._records:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward has no forward to go back through: each forward in training "
+                f"mode (outside fastlayers.no_grad()) is gone back through by one backward, last forward first")
+        return self._records.pop()
+
+    def _accumulate(self, name, grad):
+        if name in self._grads:
+            self._grads[name] += grad
+        else:
+            self._grads[name] = np.array(grad, dtype=self.dtype)
+
+    def zero_grad(self):
+        """Forget the gradients (they start again from the next backward) and the records of
+        forwards that no backward went through."""
+        for layer in self._unique_layers():
+            layer._grads.clear()
+            layer._records.clear()
+
+    # ------------------------------------------------------------------ structure
+
+    def children(self):
+        """The layers this one is made of (each once)."""
+        return []
+
+    def _unique_layers(self):
+        seen, out = set(), []
+        stack = [self]
+        while stack:
+            layer = stack.pop(0)
+            if id(layer) not in seen:
+                seen.add(id(layer))
+                out.append(layer)
+                stack = list(layer.children()) + stack
+        return out
+
+    def _named(self, attribute, prefix=""):
+        """(name, array) of ``attribute`` ("_parameters", "_buffers" or "_grads") of this layer and
+        its children, each array once (the first name it has)."""
+        out, seen = {}, set()
+        for name, array in self._named_items(attribute, prefix):
+            if id(array) not in seen:
+                seen.add(id(array))
+                out[name] = array
+        return out
+
+    def _named_items(self, attribute, prefix):
+        yield from ((prefix + name, a) for name, a in getattr(self, attribute).items())
+
+    def named_parameters(self):
+        """(name, array) pairs of every trainable parameter, each once."""
+        return iter(self._named("_parameters").items())
+
+    def parameters(self):
+        return iter(self._named("_parameters").values())
+
+    def named_buffers(self):
+        """(name, array) pairs of the state that is saved but not trained (running statistics)."""
+        return iter(self._named("_buffers").items())
+
+    @property
+    def params(self):
+        return ParameterDict(lambda: self._named("_parameters"))
+
+    @property
+    def grads(self):
+        """Accumulated gradients by parameter name (only parameters that a backward reached)."""
+        return MappingProxyType(self._named("_grads"))
+
     @property
     def num_parameters(self):
-        return int(sum(p.size for p in self.params.values()))
+        return int(sum(p.size for p in self.parameters()))
+
+    # ------------------------------------------------------------------ modes and dtype
+
+    def train(self, mode=True):
+        """Training mode (the default) for this layer and its children; returns self."""
+        for layer in self._unique_layers():
+            layer.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Evaluation mode: Dropout passes its input through, BatchNorm2d uses its running
+        statistics, and no forward keeps a record. Returns self."""
+        return self.train(False)
+
+    def to(self, dtype):
+        """Convert every parameter and buffer to ``dtype`` (float32 or float64); drops gradients
+        and records. Returns self. (Create optimisers after converting.)"""
+        dtype = _float_dtype(dtype)
+        for layer in self._unique_layers():
+            for table in (layer._parameters, layer._buffers):
+                for name, array in table.items():
+                    if array.dtype.kind == "f":
+                        table[name] = array.astype(dtype)
+            layer.dtype = dtype
+        self.zero_grad()
+        return self
 
     def _check_input(self, x, ndim=None, name="x"):
         if not isinstance(x, np.ndarray):
@@ -98,35 +281,50 @@ class Layer:
         if ndim is not None and x.ndim != ndim:
             raise ValueError(f"{type(self).__name__} input {name} must be {ndim}-D, got shape {x.shape}")
 
-    def _saved(self):
-        if self._cache is None:
-            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
-        return self._cache
-
     # ------------------------------------------------------------------ persistence
 
-    def save(self, path):
-        """Write every parameter to one ``.npz`` file (names as in ``params``)."""
-        np.savez(path, **self.params)
+    def state_dict(self):
+        """Copies of every parameter and buffer by name (a checkpoint that later training does not
+        change)."""
+        state = {name: a.copy() for name, a in self._named("_parameters").items()}
+        state.update((name, a.copy()) for name, a in self._named("_buffers").items())
+        return state
 
-    def load(self, path):
-        """Read parameters written by :meth:`save` into this layer's arrays (in place, so an
-        optimiser keeps tracking them). Names, shapes and dtypes must match exactly."""
-        with np.load(path) as data:
-            stored = {name: data[name] for name in data.files}
-        params = self.params
-        if set(stored) != set(params):
-            missing, extra = sorted(set(params) - set(stored)), sorted(set(stored) - set(params))
-            raise ValueError(f"{path} does not match {type(self).__name__}: missing {missing}, unexpected {extra}")
-        for name, value in stored.items():
-            p = params[name]
-            if value.shape != p.shape or value.dtype != p.dtype:
-                raise ValueError(
-                    f"parameter {name!r} in {path} has shape {value.shape} and dtype {value.dtype}, "
-                    f"the layer's has {p.shape} and {p.dtype}"
-                )
-        for name, value in stored.items():
-            np.copyto(params[name], value)
+    def load_state_dict(self, state, strict=True):
+        """Copy ``state`` (from :meth:`state_dict`) into this model's arrays, in place.
+
+        With ``strict`` the names must match exactly; otherwise names missing on either side are
+        skipped and returned as ``(missing, unexpected)``. Shapes and dtypes must match in either
+        case (convert a model with :meth:`to` first)."""
+        targets = {**self._named("_parameters"), **self._named("_buffers")}
+        missing = sorted(set(targets) - set(state))
+        unexpected = sorted(set(state) - set(targets))
+        if strict and (missing or unexpected):
+            raise ValueError(f"state dict does not match {type(self).__name__}: missing keys {missing}, "
+                             f"unexpected keys {unexpected}")
+        for name in targets.keys() & state.keys():
+            value, target = np.asarray(state[name]), targets[name]
+            if value.shape != target.shape or value.dtype != target.dtype:
+                raise ValueError(f"state dict entry {name!r} has shape {value.shape} and dtype {value.dtype}, "
+                                 f"the model's has {target.shape} and {target.dtype}")
+        for name in targets.keys() & state.keys():
+            np.copyto(targets[name], state[name])
+        return missing, unexpected
+
+    def save(self, file):
+        """Write :meth:`state_dict` as an ``.npz`` archive to ``file``: exactly that path (no
+        suffix added) or an open binary file."""
+        if hasattr(file, "write"):
+            np.savez(file, **self.state_dict())
+        else:
+            with open(file, "wb") as f:
+                np.savez(f, **self.state_dict())
+
+    def load(self, file, strict=True):
+        """Read what :meth:`save` wrote (a path or an open binary file) with :meth:`load_state_dict`."""
+        with np.load(file) as data:
+            state = {name: data[name] for name in data.files}
+        return self.load_state_dict(state, strict=strict)
 
     # ------------------------------------------------------------------ repr
 
@@ -134,10 +332,16 @@ class Layer:
         return ""
 
     def __repr__(self):
-        shapes = ", ".join(f"{name}={_shape(p)}" for name, p in self.params.items())
+        shapes = ", ".join(f"{name}={_shape(p)}" for name, p in self._parameters.items())
         parts = [s for s in (self._describe(), shapes) if s]
-        count = f", {self.num_parameters} parameters" if self.params else ""
+        count = f", {self.num_parameters} parameters" if self._parameters else ""
         return f"{type(self).__name__}({', '.join(parts)}{count})"
+
+
+def _uniform_fan_in(array, fan_in, rng):
+    """PyTorch's default for weights and biases: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1 / math.sqrt(fan_in) if fan_in else 0.0
+    return init.uniform_(array, -bound, bound, rng)
 
 
 class Conv2D(Layer):
@@ -161,12 +365,16 @@ class Conv2D(Layer):
         pair("dilation", dilation, 1)
         if not isinstance(padding, str):
             pair("padding", padding, 0)
-        fan_in = in_channels // groups * self.kernel_size[0] * self.kernel_size[1]
-        shape = (out_channels, in_channels // groups, *self.kernel_size)
         rng = np.random.default_rng(rng)
-        self.params["w"] = (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(self.dtype)
+        shape = (out_channels, in_channels // groups, *self.kernel_size)
+        self._parameters["w"] = _uniform_fan_in(np.empty(shape, self.dtype), self.fans("w")[0], rng)
         if bias:
-            self.params["b"] = np.zeros(out_channels, dtype=self.dtype)
+            self._parameters["b"] = _uniform_fan_in(np.empty(out_channels, self.dtype), self.fans("w")[0], rng)
+
+    def fans(self, name):
+        """(fan_in, fan_out) of parameter ``name``, for :mod:`fastlayers.init`."""
+        taps = self.kernel_size[0] * self.kernel_size[1]
+        return self.in_channels // self.groups * taps, self.out_channels // self.groups * taps
 
     def _conv_args(self):
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups,
@@ -176,13 +384,16 @@ class Conv2D(Layer):
         self._check_input(x, 4)
         if x.shape[1] != self.in_channels:
             raise ValueError(f"Conv2D input x must have {self.in_channels} channels (axis 1), got shape {x.shape}")
-        self._cache = x
-        return conv2d(x, self.params["w"], self.params.get("b"), **self._conv_args())
+        w = self._parameters["w"]
+        self._record((x, w))
+        return conv2d(x, w, self._parameters.get("b"), **self._conv_args())
 
     def backward(self, dy):
-        x = self._saved()
-        dx, dw, db = conv2d_backward(dy, x, self.params["w"], **self._conv_args())
-        self.grads = {"w": dw, "b": db} if "b" in self.params else {"w": dw}
+        x, w = self._last_record()
+        dx, dw, db = conv2d_backward(dy, x, w, **self._conv_args())
+        self._accumulate("w", dw)
+        if "b" in self._parameters:
+            self._accumulate("b", db)
         return dx
 
     def _describe(self):
@@ -198,7 +409,7 @@ class MaxPool2D(Layer):
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, backend=None, dtype=np.float32,
                  rng=None):
-        super().__init__(backend, dtype, rng)
+        super().__init__(backend, dtype)
         self.kernel_size = pair("kernel_size", kernel_size, 1)
         self.stride = self.kernel_size if stride is None else pair("stride", stride, 1)
         self.padding = pair("padding", padding, 0)
@@ -206,13 +417,15 @@ class MaxPool2D(Layer):
 
     def forward(self, x):
         self._check_input(x, 4)
-        y, indices = max_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                                return_indices=True, backend=self.backend)
-        self._cache = (indices, x.shape)
+        pool = dict(ceil_mode=self.ceil_mode, backend=self.backend)
+        if not self.recording:
+            return max_pool2d(x, self.kernel_size, self.stride, self.padding, return_indices=False, **pool)
+        y, indices = max_pool2d(x, self.kernel_size, self.stride, self.padding, return_indices=True, **pool)
+        self._record((indices, x.shape))
         return y
 
     def backward(self, dy):
-        indices, shape = self._saved()
+        indices, shape = self._last_record()
         return max_pool2d_backward(dy, indices, shape, backend=self.backend)
 
     def _describe(self):
@@ -224,11 +437,11 @@ class Flatten(Layer):
 
     def forward(self, x):
         self._check_input(x)
-        self._cache = x.shape
+        self._record(x.shape)
         return reference.flatten(x)
 
     def backward(self, dy):
-        return reference.flatten_backward(dy, self._saved())
+        return reference.flatten_backward(dy, self._last_record())
 
 
 class ReLU(Layer):
@@ -236,11 +449,140 @@ class ReLU(Layer):
 
     def forward(self, x):
         self._check_input(x)
-        self._cache = x
+        self._record(x)
         return reference.relu(x)
 
     def backward(self, dy):
-        return reference.relu_backward(dy, self._saved())
+        return reference.relu_backward(dy, self._last_record())
+
+
+class Tanh(Layer):
+    """tanh(x); its backward uses the output: dL/dx = dy * (1 - y^2)."""
+
+    def forward(self, x):
+        self._check_input(x)
+        y = np.tanh(x)
+        self._record(y)
+        return y
+
+    def backward(self, dy):
+        y = self._last_record()
+        return dy * (1 - y * y)
+
+
+class Sigmoid(Layer):
+    """1 / (1 + exp(-x)), without overflow for any x; dL/dx = dy * y * (1 - y)."""
+
+    def forward(self, x):
+        self._check_input(x)
+        e = np.exp(-np.abs(x))  # in (0, 1]: exp never overflows
+        y = np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+        self._record(y)
+        return y
+
+    def backward(self, dy):
+        y = self._last_record()
+        return dy * y * (1 - y)
+
+
+class Dropout(Layer):
+    """In training mode, zero each element with probability ``p`` and scale the others by
+    1 / (1 - p), so the expected output is the input (as ``torch.nn.Dropout``); in eval mode, the
+    identity. ``rng`` draws the masks."""
+
+    def __init__(self, p=0.5, backend=None, dtype=np.float32, rng=None):
+        super().__init__(backend, dtype)
+        p = float(p)
+        if not 0 <= p <= 1:
+            raise ValueError(f"Dropout probability p must lie in [0, 1], got {p}")
+        self.p = p
+        self.rng = np.random.default_rng(rng)
+
+    def forward(self, x):
+        self._check_input(x)
+        if not self.training or self.p == 0:
+            self._record(None)
+            return x
+        keep = self.rng.random(x.shape) >= self.p
+        scale = np.zeros((), x.dtype) if self.p == 1 else x.dtype.type(1 / (1 - self.p))
+        mask = keep * scale
+        self._record(mask)
+        return x * mask
+
+    def backward(self, dy):
+        mask = self._last_record()
+        return dy if mask is None else dy * mask
+
+    def _describe(self):
+        return f"p={self.p}"
+
+
+class BatchNorm2d(Layer):
+    """Batch normalisation over (N, H, W) per channel of NCHW input, as ``torch.nn.BatchNorm2d``.
+
+    Training mode normalises with the batch's mean and (biased) variance and updates the running
+    statistics ``running_mean``/``running_var`` (buffers; the unbiased variance, weight
+    ``momentum``); eval mode normalises with the running statistics. ``params``: ``w`` (scale,
+    ones) and ``b`` (shift, zeros), if ``affine``. Statistics are accumulated in float64."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, backend=None, dtype=np.float32,
+                 rng=None):
+        super().__init__(backend, dtype)
+        self.num_features = _positive_int("num_features", num_features)
+        self.eps, self.momentum = float(eps), float(momentum)
+        if not self.eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
+        if not 0 <= self.momentum <= 1:
+            raise ValueError(f"momentum must lie in [0, 1], got {momentum}")
+        if affine:
+            self._parameters["w"] = np.ones(num_features, self.dtype)
+            self._parameters["b"] = np.zeros(num_features, self.dtype)
+        self._buffers["running_mean"] = np.zeros(num_features, self.dtype)
+        self._buffers["running_var"] = np.ones(num_features, self.dtype)
+        self._buffers["num_batches_tracked"] = np.zeros((), np.int64)
+
+    def _affine(self, xhat):
+        if "w" not in self._parameters:
+            return xhat
+        return xhat * self._parameters["w"][:, None, None] + self._parameters["b"][:, None, None]
+
+    def forward(self, x):
+        self._check_input(x, 4)
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"BatchNorm2d input x must have {self.num_features} channels (axis 1), got shape {x.shape}")
+        if not self.training:
+            mean, var = self._buffers["running_mean"], self._buffers["running_var"]
+            inv_std = (1 / np.sqrt(var.astype(np.float64) + self.eps)).astype(self.dtype)
+            return self._affine((x - mean[:, None, None]) * inv_std[:, None, None])
+        count = x.shape[0] * x.shape[2] * x.shape[3]
+        if count < 2:
+            raise ValueError(f"BatchNorm2d in training mode needs more than one value per channel, got shape {x.shape}")
+        mean = x.mean(axis=(0, 2, 3), dtype=np.float64)
+        var = np.square(x - mean.astype(self.dtype)[:, None, None], dtype=np.float64).mean(axis=(0, 2, 3))
+        inv_std = 1 / np.sqrt(var + self.eps)
+        xhat = ((x - mean.astype(self.dtype)[:, None, None]) * inv_std.astype(self.dtype)[:, None, None])
+        buffers, m = self._buffers, self.momentum
+        buffers["running_mean"][...] = (1 - m) * buffers["running_mean"] + m * mean
+        buffers["running_var"][...] = (1 - m) * buffers["running_var"] + m * var * count / (count - 1)
+        buffers["num_batches_tracked"] += 1
+        self._record((xhat, inv_std.astype(self.dtype)))
+        return self._affine(xhat)
+
+    def backward(self, dy):
+        xhat, inv_std = self._last_record()
+        if "w" in self._parameters:
+            self._accumulate("w", np.sum(dy * xhat, axis=(0, 2, 3), dtype=np.float64))
+            self._accumulate("b", np.sum(dy, axis=(0, 2, 3), dtype=np.float64))
+            dxhat = dy * self._parameters["w"][:, None, None]
+        else:
+            dxhat = dy
+        # d/dx of (x - mean) / std through the batch's mean and variance
+        mean_dxhat = dxhat.mean(axis=(0, 2, 3), dtype=np.float64).astype(self.dtype)
+        mean_dxhat_xhat = (dxhat * xhat).mean(axis=(0, 2, 3), dtype=np.float64).astype(self.dtype)
+        return (dxhat - mean_dxhat[:, None, None] - xhat * mean_dxhat_xhat[:, None, None]) * inv_std[:, None, None]
+
+    def _describe(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
 
 
 class Dense(Layer):
@@ -253,10 +595,13 @@ class Dense(Layer):
         self.in_features = _positive_int("in_features", in_features)
         self.out_features = _positive_int("out_features", out_features)
         rng = np.random.default_rng(rng)
-        scale = np.sqrt(2.0 / in_features)
-        self.params["W"] = (rng.standard_normal((in_features, out_features)) * scale).astype(self.dtype)
+        self._parameters["W"] = _uniform_fan_in(np.empty((in_features, out_features), self.dtype), in_features, rng)
         if bias:
-            self.params["b"] = np.zeros(out_features, dtype=self.dtype)
+            self._parameters["b"] = _uniform_fan_in(np.empty(out_features, self.dtype), in_features, rng)
+
+    def fans(self, name):
+        """(fan_in, fan_out) of parameter ``name``, for :mod:`fastlayers.init`."""
+        return self.in_features, self.out_features
 
     def forward(self, x):
         self._check_input(x)
@@ -264,13 +609,16 @@ class Dense(Layer):
             raise ValueError(
                 f"Dense input x must have {self.in_features} features on its last axis, got shape {x.shape}"
             )
-        self._cache = x
-        return reference.dense(x, self.params["W"], self.params.get("b"))
+        W = self._parameters["W"]
+        self._record((x, W))
+        return reference.dense(x, W, self._parameters.get("b"))
 
     def backward(self, dy):
-        x = self._saved()
-        dx, dW, db = reference.dense_backward(dy, x, self.params["W"])
-        self.grads = {"W": dW, "b": db} if "b" in self.params else {"W": dW}
+        x, W = self._last_record()
+        dx, dW, db = reference.dense_backward(dy, x, W)
+        self._accumulate("W", dW)
+        if "b" in self._parameters:
+            self._accumulate("b", db)
         return dx
 
     def _describe(self):
@@ -282,9 +630,9 @@ class RNN(Layer):
 
     ``forward(x, h0=None)`` takes x (T, N, input_size), or (N, T, input_size) with
     ``batch_first=True``, and returns every hidden state in the same layout. ``backward(dhs)``
-    takes dL/d(every state) and returns dL/dx; dL/dh0 is left in ``self.dh0`` (None when the
-    forward started from zeros). ``params``: ``Wx`` (input_size, hidden_size), ``Wh``
-    (hidden_size, hidden_size), ``b`` (hidden_size,)."""
+    takes dL/d(every state) and returns dL/dx; dL/dh0 of that call is left in ``self.dh0`` (None
+    when the forward started from zeros). ``params``: ``Wx`` (input_size, hidden_size), ``Wh``
+    (hidden_size, hidden_size), ``b`` (hidden_size,): one bias where PyTorch has two."""
 
     def __init__(self, input_size, hidden_size, batch_first=False, backend=None, dtype=np.float32, rng=None):
         super().__init__(backend, dtype)
@@ -292,13 +640,14 @@ class RNN(Layer):
         self.hidden_size = _positive_int("hidden_size", hidden_size)
         self.batch_first = bool(batch_first)
         rng = np.random.default_rng(rng)
-        limit = np.sqrt(6.0 / (input_size + hidden_size))
-        q, r = np.linalg.qr(rng.standard_normal((hidden_size, hidden_size)))
-        q *= np.sign(np.diag(r))  # makes the orthogonal matrix uniformly distributed
-        self.params["Wx"] = rng.uniform(-limit, limit, (input_size, hidden_size)).astype(self.dtype)
-        self.params["Wh"] = q.astype(self.dtype)
-        self.params["b"] = np.zeros(hidden_size, dtype=self.dtype)
+        for name, shape in (("Wx", (input_size, hidden_size)), ("Wh", (hidden_size, hidden_size)),
+                            ("b", (hidden_size,))):
+            self._parameters[name] = _uniform_fan_in(np.empty(shape, self.dtype), hidden_size, rng)
         self.dh0 = None
+
+    def fans(self, name):
+        """(fan_in, fan_out) of parameter ``name``, for :mod:`fastlayers.init`."""
+        return (self.input_size if name == "Wx" else self.hidden_size), self.hidden_size
 
     def _time_major(self, a):
         return a.swapaxes(0, 1) if self.batch_first else a
@@ -310,17 +659,16 @@ class RNN(Layer):
         if h0 is not None:
             self._check_input(h0, 2, name="h0")
         x_seq = self._time_major(x)
-        p = self.params
+        p = self._parameters
         hs = rnn(x_seq, h0, p["Wx"], p["Wh"], p["b"], backend=self.backend)
-        self._cache = (x_seq, h0, hs)
+        self._record((x_seq, h0, hs, p["Wx"], p["Wh"]))
         return self._time_major(hs)
 
     def backward(self, dhs):
-        x_seq, h0, hs = self._saved()
-        p = self.params
-        dx, dh0, dWx, dWh, db = rnn_backward(self._time_major(dhs), x_seq, h0, p["Wx"], p["Wh"], hs,
-                                             backend=self.backend)
-        self.grads = {"Wx": dWx, "Wh": dWh, "b": db}
+        x_seq, h0, hs, Wx, Wh = self._last_record()
+        dx, dh0, dWx, dWh, db = rnn_backward(self._time_major(dhs), x_seq, h0, Wx, Wh, hs, backend=self.backend)
+        for name, grad in (("Wx", dWx), ("Wh", dWh), ("b", db)):
+            self._accumulate(name, grad)
         self.dh0 = None if h0 is None else dh0
         return self._time_major(dx)
 
@@ -350,7 +698,6 @@ class _GatedRecurrent(Layer):
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
             raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
         self.dropout = float(dropout)
-        self.training = True
         self._rng = np.random.default_rng(rng)
         # PyTorch's initialisation: every weight and bias uniform in +-1/sqrt(hidden_size).
         bound = 1 / np.sqrt(hidden_size)
@@ -358,11 +705,11 @@ class _GatedRecurrent(Layer):
         for layer in range(self.num_layers):
             fan_in = input_size if layer == 0 else hidden_size * self.directions
             for suffix in self._suffixes(layer):
-                self.params["Wx" + suffix] = self._rng.uniform(-bound, bound, (fan_in, width)).astype(self.dtype)
-                self.params["Wh" + suffix] = self._rng.uniform(-bound, bound, (hidden_size, width)).astype(self.dtype)
+                self._parameters["Wx" + suffix] = self._rng.uniform(-bound, bound, (fan_in, width)).astype(self.dtype)
+                self._parameters["Wh" + suffix] = self._rng.uniform(-bound, bound, (hidden_size, width)).astype(self.dtype)
                 if self.bias:
                     for name in self.bias_names:
-                        self.params[name + suffix] = self._rng.uniform(-bound, bound, width).astype(self.dtype)
+                        self._parameters[name + suffix] = self._rng.uniform(-bound, bound, width).astype(self.dtype)
 
     @property
     def directions(self):
@@ -371,14 +718,6 @@ class _GatedRecurrent(Layer):
     def _suffixes(self, layer):
         """Parameter name suffixes of ``layer``'s directions, as PyTorch names them."""
         return [f"_l{layer}", f"_l{layer}_reverse"][: self.directions]
-
-    def train(self, mode=True):
-        """Training mode (dropout between layers on) or, with ``mode=False``, evaluation."""
-        self.training = bool(mode)
-        return self
-
-    def eval(self):
-        return self.train(False)
 
     def _time_major(self, a):
         return a.swapaxes(0, 1) if self.batch_first else a
@@ -431,15 +770,15 @@ class _GatedRecurrent(Layer):
                 output = output * mask
             caches.append((layer_cache, mask))
             inputs = output
-        self._cache = (caches, states)
+        self._record((caches, states))
         final = tuple(np.stack(f) for f in finals)
         return self._time_major(inputs), final[0] if len(final) == 1 else final
 
     def backward(self, doutput, dstate=None):
         """dL/dx from dL/d(output) (in output's layout) and, optionally, dL/d(final states)
-        (shaped and grouped like ``state``). Sets ``grads``; dL/d(initial states) is left in
+        (shaped and grouped like ``state``). Adds into ``grads``; dL/d(initial states) is left in
         ``self.dstate`` (None where the forward started from zeros)."""
-        caches, states = self._saved()
+        caches, states = self._last_record()
         H = self.hidden_size
         dfinal = (dstate,) if len(self.state_names) == 1 else (dstate if dstate is not None else (None,) * 2)
         grads, dinitial = {}, [[None] * (self.num_layers * self.directions) for _ in self.state_names]
@@ -465,7 +804,8 @@ class _GatedRecurrent(Layer):
                 dseq = dseq[::-1] if d else dseq
                 dx = dseq if dx is None else dx + dseq
             d_out = dx
-        self.grads = grads
+        for name, grad in grads.items():
+            self._accumulate(name, grad)
         self.dstate = tuple(None if s is None else np.stack(g) for s, g in zip(states, dinitial))
         if len(self.state_names) == 1:
             self.dstate = self.dstate[0]
@@ -492,11 +832,11 @@ class _GatedRecurrent(Layer):
                     mapped.update(self._map_torch_biases(arrays["bias_ih" + suffix], arrays["bias_hh" + suffix],
                                                          suffix))
         for name, value in mapped.items():
-            if value.shape != self.params[name].shape:
+            if value.shape != self._parameters[name].shape:
                 raise ValueError(f"{name} would get shape {value.shape} from the state_dict, the layer's is "
-                                 f"{self.params[name].shape}")
+                                 f"{self._parameters[name].shape}")
         for name, value in mapped.items():
-            np.copyto(self.params[name], value, casting="same_kind")
+            np.copyto(self._parameters[name], value, casting="same_kind")
 
     def _describe(self):
         extras = [f"num_layers={self.num_layers}"] if self.num_layers > 1 else []
@@ -520,11 +860,11 @@ class LSTM(_GatedRecurrent):
     bias_names = ("b",)
 
     def _run_forward(self, seq, initial, suffix):
-        p = self.params
+        p = self._parameters
         return lstm(seq, *initial, p["Wx" + suffix], p["Wh" + suffix], p.get("b" + suffix), backend=self.backend)
 
     def _run_backward(self, douts, seq, initial, result, suffix):
-        p = self.params
+        p = self._parameters
         dx, dh0, dc0, dWx, dWh, db = lstm_backward(*douts, seq, *initial, p["Wx" + suffix], p["Wh" + suffix],
                                                    p.get("b" + suffix), *result, backend=self.backend)
         grads = {"Wx" + suffix: dWx, "Wh" + suffix: dWh}
@@ -549,13 +889,13 @@ class GRU(_GatedRecurrent):
     bias_names = ("bx", "bh")
 
     def _run_forward(self, seq, initial, suffix):
-        p = self.params
+        p = self._parameters
         hs = gru(seq, *initial, p["Wx" + suffix], p["Wh" + suffix], p.get("bx" + suffix), p.get("bh" + suffix),
                  backend=self.backend)
         return (hs,)
 
     def _run_backward(self, douts, seq, initial, result, suffix):
-        p = self.params
+        p = self._parameters
         dx, dh0, dWx, dWh, dbx, dbh = gru_backward(douts[0], seq, *initial, p["Wx" + suffix], p["Wh" + suffix],
                                                    p.get("bx" + suffix), p.get("bh" + suffix), result[0],
                                                    backend=self.backend)
@@ -571,15 +911,15 @@ class GRU(_GatedRecurrent):
 class Embedding(Layer):
     """Lookup table: integer ids of any shape -> their rows of ``W`` (num_embeddings, embedding_dim).
 
-    ``backward(dy)`` sets ``grads["W"]`` (rows of repeated ids add up) and returns None: integer
-    ids have no gradient."""
+    ``backward(dy)`` adds into ``grads["W"]`` (rows of repeated ids add up) and returns None:
+    integer ids have no gradient. :class:`TiedOutput` reuses ``W`` for output scores."""
 
     def __init__(self, num_embeddings, embedding_dim, backend=None, dtype=np.float32, rng=None):
         super().__init__(backend, dtype)
         self.num_embeddings = _positive_int("num_embeddings", num_embeddings)
         self.embedding_dim = _positive_int("embedding_dim", embedding_dim)
-        rng = np.random.default_rng(rng)
-        self.params["W"] = rng.standard_normal((num_embeddings, embedding_dim)).astype(self.dtype)
+        self._parameters["W"] = init.normal_(np.empty((num_embeddings, embedding_dim), self.dtype),
+                                             rng=np.random.default_rng(rng))
 
     def forward(self, ids):
         ids = np.asarray(ids)
@@ -589,25 +929,63 @@ class Embedding(Layer):
             raise ValueError(
                 f"Embedding input ids must lie in [0, {self.num_embeddings}), got values in [{ids.min()}, {ids.max()}]"
             )
-        self._cache = ids
-        return self.params["W"][ids]
+        self._record(ids)
+        return self._parameters["W"][ids]
 
     def backward(self, dy):
-        ids = self._saved()
-        dW = np.zeros_like(self.params["W"])
+        ids = self._last_record()
+        dW = np.zeros_like(self._parameters["W"])
         np.add.at(dW, ids.reshape(-1), dy.reshape(-1, self.embedding_dim))
-        self.grads = {"W": dW}
+        self._accumulate("W", dW)
 
     def _describe(self):
         return f"{self.num_embeddings}, {self.embedding_dim}"
 
 
+class TiedOutput(Layer):
+    """Scores against every row of an :class:`Embedding`'s table, ``y = h @ W.T`` (..., num_embeddings):
+    weight tying, as in language models whose output layer shares the input embedding. The
+    parameter is the embedding's (listed there, not here), and this layer's gradient adds into
+    the embedding's ``grads["W"]``."""
+
+    def __init__(self, embedding):
+        if not isinstance(embedding, Embedding):
+            raise TypeError(f"TiedOutput needs an Embedding, got {type(embedding).__name__}")
+        super().__init__(embedding.backend, embedding.dtype)
+        self.embedding = embedding
+
+    def children(self):
+        return [self.embedding]
+
+    def forward(self, h):
+        self._check_input(h, name="h")
+        if h.ndim < 1 or h.shape[-1] != self.embedding.embedding_dim:
+            raise ValueError(f"TiedOutput input h must have {self.embedding.embedding_dim} features on its last "
+                             f"axis, got shape {h.shape}")
+        W = self.embedding._parameters["W"]
+        self._record((h, W))
+        return h @ W.T
+
+    def backward(self, dy):
+        h, W = self._last_record()
+        dh, dWT, _ = reference.dense_backward(dy, h, W.T)
+        self.embedding._accumulate("W", dWT.T)
+        return dh
+
+    def _named_items(self, attribute, prefix):
+        # the embedding's entries, under this layer's name unless the embedding came first
+        return self.embedding._named_items(attribute, f"{prefix}embedding.")
+
+    def _describe(self):
+        return f"tied to Embedding({self.embedding.num_embeddings}, {self.embedding.embedding_dim})"
+
+
 class Sequential(Layer):
     """Layers applied in order; ``backward`` runs them in reverse.
 
-    ``params``/``grads`` hold every child's entries under ``"<index>.<name>"``. ``backend``, when
-    given, is used by every child that was built with ``backend=None``. ``dtype`` is the
-    children's (they must agree)."""
+    ``params``/``grads``/``state_dict`` hold every child's entries under ``"<index>.<name>"`` (a
+    layer placed twice is listed once, at its first index). ``backend``, when given, is used by
+    every child that was built with ``backend=None``. ``dtype`` is the children's (they must agree)."""
 
     def __init__(self, *layers, backend=None):
         if not layers:
@@ -618,7 +996,7 @@ class Sequential(Layer):
         dtypes = {layer.dtype for layer in layers}
         if len(dtypes) > 1:
             raise TypeError(f"Sequential layers must share one dtype, got {sorted(str(d) for d in dtypes)}")
-        self._configure(backend, dtypes.pop())  # no params/grads of its own: the children's
+        super().__init__(backend, dtypes.pop())  # no parameters of its own: the children's
         self.layers = list(layers)
 
     def __getitem__(self, i):
@@ -627,13 +1005,12 @@ class Sequential(Layer):
     def __len__(self):
         return len(self.layers)
 
-    @property
-    def params(self):
-        return {f"{i}.{k}": v for i, layer in enumerate(self.layers) for k, v in layer.params.items()}
+    def children(self):
+        return list({id(layer): layer for layer in self.layers}.values())
 
-    @property
-    def grads(self):
-        return {f"{i}.{k}": v for i, layer in enumerate(self.layers) for k, v in layer.grads.items()}
+    def _named_items(self, attribute, prefix):
+        for i, layer in enumerate(self.layers):
+            yield from layer._named_items(attribute, f"{prefix}{i}.")
 
     def _run(self, fn):
         if self.backend is None:

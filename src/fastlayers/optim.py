@@ -1,19 +1,31 @@
-"""Optimisers for any object with ``params`` and ``grads`` dicts (a layer or a ``Sequential``).
+"""Optimisers, learning-rate schedules and gradient clipping, as ``torch.optim`` and
+``torch.nn.utils.clip_grad_norm_``.
 
-``step()`` updates every array of ``model.params`` in place from ``model.grads`` (read afresh at
-each step, since ``backward`` replaces the gradient arrays). Semantics follow ``torch.optim``.
+An optimiser works on any object with ``params`` and ``grads`` mappings (a layer or a
+``Sequential``): ``step()`` updates every parameter that has a gradient, in place, from
+``model.grads`` (read afresh at each step); ``zero_grad()`` clears the model's gradients, which
+otherwise accumulate over backward calls. ``state_dict()``/``load_state_dict()`` carry the
+optimiser's state (learning rate, step count, moments) for checkpoints.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-__all__ = ["Optimizer", "SGD", "Adam"]
+__all__ = ["Optimizer", "SGD", "Adam", "StepLR", "CosineAnnealingLR", "clip_grad_norm_"]
 
 
 def _non_negative(name, value):
     value = float(value)
     if not value >= 0:  # also refuses NaN
         raise ValueError(f"{name} must be >= 0, got {value}")
+    return value
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     return value
 
 
@@ -29,17 +41,18 @@ class Optimizer:
 
     def _pairs(self):
         params, grads = self.model.params, self.model.grads
-        missing = sorted(set(params) - set(grads))
-        if missing:
-            raise RuntimeError(f"no gradient for {missing}: call model.backward(...) before step()")
+        if not set(params) & set(grads):
+            raise RuntimeError(f"no gradient for {sorted(params)}: call model.backward(...) before step()")
         for name, p in params.items():
-            g = grads[name]
+            g = grads.get(name)
+            if g is None:
+                continue  # a parameter no backward reached (as torch.optim skips grad None)
             if g.shape != p.shape:
                 raise ValueError(f"gradient of {name!r} has shape {g.shape}, the parameter {p.shape}")
             yield name, p, g
 
     def step(self):
-        """Update every parameter once (checks every gradient before changing anything)."""
+        """Update every parameter that has a gradient, once (checks every gradient first)."""
         pairs = list(self._pairs())
         self._begin_step()
         for name, p, g in pairs:
@@ -47,6 +60,42 @@ class Optimizer:
 
     def _begin_step(self):
         pass
+
+    def zero_grad(self):
+        """Clear the model's gradients (``model.zero_grad()``, or ``model.grads.clear()`` for a
+        plain object)."""
+        if hasattr(self.model, "zero_grad"):
+            self.model.zero_grad()
+        else:
+            self.model.grads.clear()
+
+    _HYPER = ("lr",)
+
+    def state_dict(self):
+        """Hyper-parameters, step count and per-parameter state (copies)."""
+        return dict(hyper={k: getattr(self, k) for k in self._HYPER}, t=getattr(self, "t", 0),
+                    state={name: tuple(a.copy() for a in arrays) for name, arrays in self.state.items()})
+
+    def load_state_dict(self, state):
+        """Restore :meth:`state_dict`'s output (the state of an optimiser of the same kind over a
+        model with the same parameter names and shapes)."""
+        hyper = state["hyper"]
+        if set(hyper) != set(self._HYPER):
+            raise ValueError(f"{type(self).__name__} state needs hyper-parameters {list(self._HYPER)}, got {sorted(hyper)}")
+        params = self.model.params
+        for name, arrays in state["state"].items():
+            if name not in params:
+                raise ValueError(f"optimiser state for {name!r}, which the model does not have ({sorted(params)})")
+            for a in arrays:
+                if np.shape(a) != params[name].shape:
+                    raise ValueError(f"optimiser state for {name!r} has shape {np.shape(a)}, the parameter "
+                                     f"{params[name].shape}")
+        for k, v in hyper.items():
+            setattr(self, k, v)
+        if hasattr(self, "t"):
+            self.t = int(state["t"])
+        self.state = {name: tuple(np.array(a, dtype=params[name].dtype) for a in arrays)
+                      for name, arrays in state["state"].items()}
 
 
 class SGD(Optimizer):
@@ -57,6 +106,8 @@ class SGD(Optimizer):
         p -= lr * v
     """
 
+    _HYPER = ("lr", "momentum", "weight_decay")
+
     def __init__(self, model, lr=0.01, momentum=0.0, weight_decay=0.0):
         super().__init__(model, lr)
         self.momentum = _non_negative("momentum", momentum)
@@ -66,13 +117,13 @@ class SGD(Optimizer):
         if self.weight_decay:
             g = g + self.weight_decay * p
         if self.momentum:
-            v = self.state.get(name)
-            if v is None:
-                v = self.state[name] = np.array(g, dtype=p.dtype)
+            if name not in self.state:
+                self.state[name] = (np.array(g, dtype=p.dtype),)
             else:
+                (v,) = self.state[name]
                 v *= self.momentum
                 v += g
-            g = v
+            g = self.state[name][0]
         p -= (self.lr * g).astype(p.dtype, copy=False)
 
 
@@ -82,6 +133,8 @@ class Adam(Optimizer):
         m = b1 * m + (1 - b1) * g;   v = b2 * v + (1 - b2) * g**2
         p -= lr * (m / (1 - b1**t)) / (sqrt(v / (1 - b2**t)) + eps)
     """
+
+    _HYPER = ("lr", "betas", "eps", "weight_decay")
 
     def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(model, lr)
@@ -110,3 +163,73 @@ class Adam(Optimizer):
         m_hat = m / (1 - b1**self.t)
         v_hat = v / (1 - b2**self.t)
         p -= (self.lr * m_hat / (np.sqrt(v_hat) + self.eps)).astype(p.dtype, copy=False)
+
+
+class _Schedule:
+    """Base of the learning-rate schedules: ``step()`` once per epoch (after the optimiser's
+    steps) sets ``optimizer.lr`` for the next epoch, as ``torch.optim.lr_scheduler``."""
+
+    def __init__(self, optimizer):
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a fastlayers optimiser, got {type(optimizer).__name__}")
+        self.optimizer = optimizer
+        self.base_lr = optimizer.lr
+        self.last_epoch = 0
+
+    def step(self):
+        self.last_epoch += 1
+        self.optimizer.lr = self.lr_at(self.last_epoch)
+
+    def get_last_lr(self):
+        return self.optimizer.lr
+
+    def state_dict(self):
+        return dict(base_lr=self.base_lr, last_epoch=self.last_epoch)
+
+    def load_state_dict(self, state):
+        self.base_lr, self.last_epoch = float(state["base_lr"]), int(state["last_epoch"])
+        self.optimizer.lr = self.lr_at(self.last_epoch)
+
+
+class StepLR(_Schedule):
+    """lr = base_lr * gamma ** (epoch // step_size)."""
+
+    def __init__(self, optimizer, step_size, gamma=0.1):
+        super().__init__(optimizer)
+        self.step_size, self.gamma = _positive_int("step_size", step_size), _non_negative("gamma", gamma)
+
+    def lr_at(self, epoch):
+        return self.base_lr * self.gamma ** (epoch // self.step_size)
+
+
+class CosineAnnealingLR(_Schedule):
+    """lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * epoch / T_max)) / 2 (Loshchilov and
+    Hutter's SGDR without restarts): from base_lr down to eta_min over T_max epochs."""
+
+    def __init__(self, optimizer, T_max, eta_min=0.0):
+        super().__init__(optimizer)
+        self.T_max, self.eta_min = _positive_int("T_max", T_max), _non_negative("eta_min", eta_min)
+
+    def lr_at(self, epoch):
+        return self.eta_min + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * epoch / self.T_max)) / 2
+
+
+def clip_grad_norm_(model, max_norm, norm_type=2.0):
+    """Scale every gradient of ``model.grads`` in place so that their joint ``norm_type`` norm is
+    at most ``max_norm`` (factor max_norm / (norm + 1e-6), as PyTorch); returns the norm before
+    clipping (``inf`` norm: the largest magnitude)."""
+    max_norm, norm_type = _non_negative("max_norm", max_norm), float(norm_type)
+    grads = list(model.grads.values())
+    if not grads:
+        return 0.0
+    if norm_type == math.inf:
+        total = max(float(np.abs(g).max(initial=0.0)) for g in grads)
+    elif norm_type > 0:
+        total = float(sum(np.sum(np.abs(g.astype(np.float64)) ** norm_type) for g in grads) ** (1 / norm_type))
+    else:
+        raise ValueError(f"norm_type must be > 0 or inf, got {norm_type}")
+    coefficient = max_norm / (total + 1e-6)
+    if coefficient < 1:
+        for g in grads:
+            g *= g.dtype.type(coefficient)
+    return total
