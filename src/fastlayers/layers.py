@@ -114,6 +114,15 @@ class ParameterDict(Mapping):
     def __len__(self):
         return len(self._named())
 
+    def keys(self):
+        return self._named().keys()
+
+    def items(self):
+        return self._named().items()
+
+    def values(self):
+        return self._named().values()
+
     def __setitem__(self, name, value):
         params = self._named()
         if name not in params:
