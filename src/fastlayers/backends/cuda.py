@@ -385,8 +385,8 @@ def rnn_step(x, h_prev, Wx, Wh, b, out):
 
 
 def _backward_outputs(call, outs, shapes, dt):
-    outs = outs if outs is not None else (None,) * 5
-    names = [f"out[{i}]" for i in range(5)]
+    outs = outs if outs is not None else (None,) * len(shapes)
+    names = [f"out[{i}]" for i in range(len(shapes))]
     return outs, [call.output(n, o, s, dt) for n, o, s in zip(names, outs, shapes)]
 
 
@@ -446,6 +446,28 @@ def _optional(call, name, a, dt):
     return call.input(name, a) if a is not None else call.empty(0, dt)
 
 
+def _pre_activations(call, xd, hprev, Wxd, Whd):
+    """The backward's recomputed pre-activations of every step, x @ Wx and h_prev @ Wh, each
+    (T, N, G*H) (without the biases), in scratch buffers the backward cells overwrite."""
+    rnn = _k().rnn
+    T, N, D = xd.shape
+    H, G = Whd.shape
+    dt = xd.dtype
+    zx = call.scratch("gated pre-activations", (T, N, G), dt)
+    zh = call.scratch("gated recurrent pre-activations", (T, N, G), dt)
+    ab = rnn.gemm_kernel("ab", dt)
+    _gemm(ab, xd, Wxd, zx, zx, zx, rnn.gemm_geo(T * N, G, D), T * N, G, D)
+    _gemm(ab, hprev, Whd, zh, zh, zh, rnn.gemm_geo(T * N, G, H), T * N, G, H)
+    return zx, zh
+
+
+def _zero_results(call, grads, outs):
+    """An empty sequence or batch: every gradient is zeros."""
+    for d in grads:
+        _fill(d, 0)
+    return tuple(call.result(d, o) for d, o in zip(grads, outs))
+
+
 def _weight_gradients(call, xd, hprev, dzx, dzh, dWx, dWh, dbx, dbh):
     rnn = _k().rnn
     T, N, D = xd.shape
@@ -493,26 +515,19 @@ def lstm_backward(dhs, dcs, x_seq, h0, c0, Wx, Wh, b, hs, cs, out):
     T, N, D = xd.shape
     H, G = Wh.shape
     dt = xd.dtype
-    outs = out if out is not None else (None,) * 6
     shapes = ((T, N, D), (N, H), (N, H), (D, G), (H, G), (G,))
-    grads = [call.output(f"out[{i}]", o, s, dt) for i, (o, s) in enumerate(zip(outs, shapes))]
+    outs, grads = _backward_outputs(call, out, shapes, dt)
     dx, dh0, dc0, dWx, dWh, db = grads
     if T == 0 or N == 0:
-        for d in grads:
-            _fill(d, 0)
-        return tuple(call.result(d, o) for d, o in zip(grads, outs))
+        return _zero_results(call, grads, outs)
     Wxd, Whd, bd = call.input("Wx", Wx), call.input("Wh", Wh), _bias(call, b, dt)
     hsd, csd, dhsd = call.input("hs", hs), call.input("cs", cs), call.input("dhs", dhs)
     dcsd = _flat(_optional(call, "dcs", dcs, dt))
     h0d = _zeros_state(call, "zero initial state", call.input("h0", h0), N, H, dt)
     c0d = _zeros_state(call, "zero initial cell state", call.input("c0", c0), N, H, dt)
     hprev = _previous_states(call, "gated previous states", h0d, hsd)
-    # The pre-activations of every step: dz (x part, overwritten by the gradients) and the h part.
-    dz = call.scratch("gated pre-activations", (T, N, G), dt)
-    zh = call.scratch("gated recurrent pre-activations", (T, N, G), dt)
-    ab, abt = rnn.gemm_kernel("ab", dt), rnn.gemm_kernel("abt", dt)
-    _gemm(ab, xd, Wxd, dz, dz, dz, rnn.gemm_geo(T * N, G, D), T * N, G, D)
-    _gemm(ab, hprev, Whd, zh, zh, zh, rnn.gemm_geo(T * N, G, H), T * N, G, H)
+    dz, zh = _pre_activations(call, xd, hprev, Wxd, Whd)  # dz: the x part, overwritten by the gradients
+    abt = rnn.gemm_kernel("abt", dt)
     dh_next = call.scratch("gated hidden-state carry", (N, H), dt)
     _fill(dh_next, 0)
     _fill(dc0, 0)  # the cell-state carry, dL/dc0 once the loop is done
@@ -563,24 +578,18 @@ def gru_backward(dhs, x_seq, h0, Wx, Wh, bx, bh, hs, out):
     T, N, D = xd.shape
     H, G = Wh.shape
     dt = xd.dtype
-    outs = out if out is not None else (None,) * 6
     shapes = ((T, N, D), (N, H), (D, G), (H, G), (G,), (G,))
-    grads = [call.output(f"out[{i}]", o, s, dt) for i, (o, s) in enumerate(zip(outs, shapes))]
+    outs, grads = _backward_outputs(call, out, shapes, dt)
     dx, dh0, dWx, dWh, dbx, dbh = grads
     if T == 0 or N == 0:
-        for d in grads:
-            _fill(d, 0)
-        return tuple(call.result(d, o) for d, o in zip(grads, outs))
+        return _zero_results(call, grads, outs)
     Wxd, Whd = call.input("Wx", Wx), call.input("Wh", Wh)
     bxd, bhd = _optional(call, "bx", bx, dt), _optional(call, "bh", bh, dt)
     hsd, dhsd = call.input("hs", hs), call.input("dhs", dhs)
     h0d = _zeros_state(call, "zero initial state", call.input("h0", h0), N, H, dt)
     hprev = _previous_states(call, "gated previous states", h0d, hsd)
-    da = call.scratch("gated pre-activations", (T, N, G), dt)
-    du = call.scratch("gated recurrent pre-activations", (T, N, G), dt)
-    ab, abt = rnn.gemm_kernel("ab", dt), rnn.gemm_kernel("abt", dt)
-    _gemm(ab, xd, Wxd, da, da, da, rnn.gemm_geo(T * N, G, D), T * N, G, D)
-    _gemm(ab, hprev, Whd, du, du, du, rnn.gemm_geo(T * N, G, H), T * N, G, H)
+    da, du = _pre_activations(call, xd, hprev, Wxd, Whd)
+    abt = rnn.gemm_kernel("abt", dt)
     carry_z = call.scratch("gated hidden-state carry", (N, H), dt)
     carry_h = call.scratch("gated recurrent carry", (N, H), dt)
     _fill(carry_z, 0)
