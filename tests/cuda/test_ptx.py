@@ -7,7 +7,7 @@ import pytest
 numba = pytest.importorskip("numba", reason="the cuda extra (numba, numba-cuda) is not installed")
 from numba import cuda, types  # noqa: E402
 
-from fastlayers._cuda import conv2d, layout, max_pool2d, reduce, rnn  # noqa: E402
+from fastlayers._cuda import conv2d, gated_rnn, layout, max_pool2d, reduce, rnn  # noqa: E402
 from fastlayers._cuda.gemm import GEO_LEN  # noqa: E402
 
 GEO = types.UniTuple(types.int64, GEO_LEN)
@@ -32,6 +32,11 @@ KERNELS = [
     (max_pool2d, "backward_kernel", (), lambda dt: (_arr(dt), _arr(np.int64), _arr(dt), _arr(np.int32), i64, i64, i64)),
     *[(rnn, "gemm_kernel", (name,), _gemm_sig) for name in sorted(rnn._GEMMS)],
     (rnn, "tanh_grad_kernel", (), lambda dt: (_arr(dt),) * 3 + (i64, i64)),
+    (gated_rnn, "lstm_cell_kernel", (), lambda dt: (_arr(dt),) * 6 + (i64,) * 5),
+    (gated_rnn, "lstm_cell_backward_kernel", (), lambda dt: (_arr(dt),) * 9 + (i64,) * 5),
+    (gated_rnn, "gru_cell_kernel", (), lambda dt: (_arr(dt),) * 6 + (i64,) * 6),
+    (gated_rnn, "gru_cell_backward_kernel", (), lambda dt: (_arr(dt),) * 8 + (i64,) * 4),
+    (gated_rnn, "add_kernel", (), lambda dt: (_arr(dt),) * 3 + (i64,)),
     (reduce, "sum_outer_inner_kernel", (), lambda dt: (_arr(dt), _arr(dt), i64, i64, i64)),
     (reduce, "sum_splits_kernel", (), lambda dt: (_arr(dt), _arr(dt), i64, i64)),
     (reduce, "fill_kernel", (), lambda dt: (_arr(dt), i64, i64)),
@@ -43,7 +48,7 @@ def test_table_lists_every_kernel_factory():
     listed = {(mod.__name__, factory) for mod, factory, _, _ in KERNELS}
     existing = {
         (mod.__name__, name)
-        for mod in (conv2d, layout, max_pool2d, reduce, rnn)
+        for mod in (conv2d, gated_rnn, layout, max_pool2d, reduce, rnn)
         for name in dir(mod)
         if name.endswith("_kernel") and callable(getattr(mod, name))
     }
