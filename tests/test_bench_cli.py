@@ -152,6 +152,21 @@ def test_torch_worker_timed_the_engines_inputs(tiny_run):
     assert report["settings"]["torch"]["allocator"] == report["settings"]["allocator"]
 
 
+def test_a_torch_timing_on_other_inputs_is_refused(monkeypatch):
+    def worker_with_other_inputs(job, threads, progress):
+        results = [dict(times_s=[1e-3], inputs_sha256="0" * 64) for _ in job["items"]]
+        return dict(torch_version="x", threads=threads, device="cpu", allocator={}, results=results), None
+
+    found = dict(runner.available_families(), torch=(True, "a stand-in worker", None))  # installed or not
+    monkeypatch.setattr(runner, "available_families", lambda: found)
+    monkeypatch.setattr(runner, "_run_torch", worker_with_other_inputs)
+    report = runner.run([_tiny_case("rnn")], families=("numpy", "torch"), threads=1, repeat=1, budget_s=0.01,
+                        progress=io.StringIO())
+    assert {r["backend"] for r in report["results"]} == {"numpy"}
+    refused = [s for s in report["skipped"] if s["backend"] == "torch"]
+    assert len(refused) == 2 and all("other inputs" in s["reason"] for s in refused)
+
+
 def test_inputs_digest_tells_different_inputs_apart():
     case = _tiny_case("conv2d")
     a = workloads.make_inputs(case, "forward", np.float32, seed=0)
