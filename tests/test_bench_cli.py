@@ -339,10 +339,19 @@ def test_inputs_fit_the_functional_api(op, direction):
     assert all(np.isfinite(o).all() for o in outputs if o.dtype.kind == "f")
 
 
+# A tiny case of every op (a new op without one fails here, by KeyError): (shape, params).
+TINY_SHAPES = {
+    "conv2d": ((2, 3, 6, 6), dict(F=4, kernel_size=3, stride=1, padding=1)),
+    "max_pool2d": ((2, 3, 6, 6), dict(kernel_size=2, stride=2)),
+    "rnn": ((3, 2, 4, 5), {}),
+    "lstm": ((3, 2, 4, 5), {}),
+    "gru": ((3, 2, 4, 5), {}),
+}
+
+
 def _tiny_case(op):
-    shape = (3, 2, 4, 5) if op == "rnn" else (2, 3, 6, 6)
-    params = dict(F=4, kernel_size=3, stride=1, padding=1) if op == "conv2d" else dict(kernel_size=2, stride=2)
-    return Case("t", op, shape, params if op != "rnn" else {})
+    shape, params = TINY_SHAPES[op]
+    return Case("t", op, shape, params)
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is not installed")
