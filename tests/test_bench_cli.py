@@ -152,6 +152,21 @@ def test_torch_worker_timed_the_engines_inputs(tiny_run):
     assert report["settings"]["torch"]["allocator"] == report["settings"]["allocator"]
 
 
+def test_a_torch_timing_on_other_inputs_is_refused(monkeypatch):
+    def worker_with_other_inputs(job, threads, progress):
+        results = [dict(times_s=[1e-3], inputs_sha256="0" * 64) for _ in job["items"]]
+        return dict(torch_version="x", threads=threads, device="cpu", allocator={}, results=results), None
+
+    found = dict(runner.available_families(), torch=(True, "a stand-in worker", None))  # installed or not
+    monkeypatch.setattr(runner, "available_families", lambda: found)
+    monkeypatch.setattr(runner, "_run_torch", worker_with_other_inputs)
+    report = runner.run([_tiny_case("rnn")], families=("numpy", "torch"), threads=1, repeat=1, budget_s=0.01,
+                        progress=io.StringIO())
+    assert {r["backend"] for r in report["results"]} == {"numpy"}
+    refused = [s for s in report["skipped"] if s["backend"] == "torch"]
+    assert len(refused) == 2 and all("other inputs" in s["reason"] for s in refused)
+
+
 def test_inputs_digest_tells_different_inputs_apart():
     case = _tiny_case("conv2d")
     a = workloads.make_inputs(case, "forward", np.float32, seed=0)
@@ -324,10 +339,19 @@ def test_inputs_fit_the_functional_api(op, direction):
     assert all(np.isfinite(o).all() for o in outputs if o.dtype.kind == "f")
 
 
+# A tiny case of every op (a new op without one fails here, by KeyError): (shape, params).
+TINY_SHAPES = {
+    "conv2d": ((2, 3, 6, 6), dict(F=4, kernel_size=3, stride=1, padding=1)),
+    "max_pool2d": ((2, 3, 6, 6), dict(kernel_size=2, stride=2)),
+    "rnn": ((3, 2, 4, 5), {}),
+    "lstm": ((3, 2, 4, 5), {}),
+    "gru": ((3, 2, 4, 5), {}),
+}
+
+
 def _tiny_case(op):
-    shape = (3, 2, 4, 5) if op == "rnn" else (2, 3, 6, 6)
-    params = dict(F=4, kernel_size=3, stride=1, padding=1) if op == "conv2d" else dict(kernel_size=2, stride=2)
-    return Case("t", op, shape, params if op != "rnn" else {})
+    shape, params = TINY_SHAPES[op]
+    return Case("t", op, shape, params)
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is not installed")
