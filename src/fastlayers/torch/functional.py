@@ -1,0 +1,134 @@
+"""torch.autograd Functions that run fastlayers' CPU kernels forward and backward.
+
+``conv2d`` and ``max_pool2d`` take torch.nn.functional's arguments; ``rnn`` takes fastlayers'
+layout (time-major input, ``Wx`` (D, H), ``Wh`` (H, H), one bias), which :class:`~fastlayers.torch.RNN`
+maps from torch.nn.RNN's parameters. What the adapter does not carry:
+
+* double backward: the backward is one fastlayers kernel, not torch operations, so it is marked
+  ``once_differentiable``; differentiating it again raises a RuntimeError (never a wrong value);
+* ``torch.compile``: each op is excluded from compilation (``torch.compiler.disable``), so a
+  compiled model breaks its graph at every fastlayers op and runs that op eagerly;
+* channels-last and other non-contiguous tensors are copied to contiguous NCHW memory first, and
+  results are NCHW-contiguous;
+* CUDA tensors, dtypes other than float32/float64, sparse tensors: a TypeError.
+"""
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+from torch.nn.modules.utils import _pair
+
+import fastlayers as fl
+
+from ._tensors import as_array, as_tensor
+
+__all__ = ["conv2d", "max_pool2d", "rnn"]
+
+
+class _Conv2d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, input, weight, bias, stride, padding, dilation, groups):
+        b = None if bias is None else as_array("bias", bias)
+        y = fl.conv2d(as_array("input", input), as_array("weight", weight), b, stride, padding, dilation, groups)
+        ctx.save_for_backward(input, weight)
+        ctx.geometry = (stride, padding, dilation, groups)
+        ctx.has_bias = bias is not None
+        return as_tensor(y)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        input, weight = ctx.saved_tensors
+        dx, dw, db = fl.conv2d_backward(as_array("grad_output", grad_output), as_array("input", input),
+                                        as_array("weight", weight), *ctx.geometry)
+        return as_tensor(dx), as_tensor(dw), as_tensor(db) if ctx.has_bias else None, None, None, None, None
+
+
+class _MaxPool2d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, input, kernel_size, stride, padding, ceil_mode):
+        y, indices = fl.max_pool2d(as_array("input", input), kernel_size, stride, padding,
+                                   ceil_mode=ceil_mode, return_indices=True)
+        indices = as_tensor(indices)
+        ctx.mark_non_differentiable(indices)
+        ctx.save_for_backward(indices)
+        ctx.input_shape = tuple(input.shape)
+        return as_tensor(y), indices
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output, grad_indices):
+        (indices,) = ctx.saved_tensors
+        dx = fl.max_pool2d_backward(as_array("grad_output", grad_output), indices.numpy(), ctx.input_shape)
+        return as_tensor(dx), None, None, None, None
+
+
+class _Rnn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, input, hx, Wx, Wh, bias):
+        h0 = None if hx is None else as_array("hx", hx)
+        b = None if bias is None else as_array("bias", bias)
+        hs = as_tensor(fl.rnn(as_array("input", input), h0, as_array("Wx", Wx), as_array("Wh", Wh), b))
+        ctx.save_for_backward(input, hx, Wx, Wh, hs)
+        ctx.has_bias = bias is not None
+        return hs
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        input, hx, Wx, Wh, hs = ctx.saved_tensors
+        h0 = None if hx is None else as_array("hx", hx)
+        dx, dh0, dWx, dWh, db = fl.rnn_backward(as_array("grad_output", grad_output), as_array("input", input), h0,
+                                                as_array("Wx", Wx), as_array("Wh", Wh), hs.numpy())
+        return (as_tensor(dx), None if hx is None else as_tensor(dh0), as_tensor(dWx), as_tensor(dWh),
+                as_tensor(db) if ctx.has_bias else None)
+
+
+def _batched(input, name, batched_ndim):
+    """``input`` with a batch dimension, and whether one was added (PyTorch's unbatched inputs)."""
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(input).__name__}")
+    if input.dim() == batched_ndim - 1:
+        return input.unsqueeze(0), True
+    if input.dim() != batched_ndim:
+        raise ValueError(f"{name} must be {batched_ndim - 1}-D (unbatched) or {batched_ndim}-D (batched), "
+                         f"got {input.dim()}-D tensor of shape {tuple(input.shape)}")
+    return input, False
+
+
+@torch.compiler.disable
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """``torch.nn.functional.conv2d`` on fastlayers' kernels.
+
+    input (N, C, H, W) or unbatched (C, H, W), weight (F, C // groups, KH, KW), bias (F,) or None
+    -> (N, F, OH, OW) (or (F, OH, OW)). ``padding`` may be "same" or "valid"."""
+    input, unbatched = _batched(input, "input", 4)
+    y = _Conv2d.apply(input, weight, bias, stride, padding, dilation, groups)
+    return y.squeeze(0) if unbatched else y
+
+
+@torch.compiler.disable
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """``torch.nn.functional.max_pool2d`` on fastlayers' kernels.
+
+    input (N, C, H, W) or unbatched (C, H, W) -> y (N, C, OH, OW), and with ``return_indices``
+    the int64 flat indices ``ih * W + iw`` of each maximum, as PyTorch's. ``dilation`` must be 1
+    (fastlayers' kernel has none); a ValueError says so."""
+    if _pair(dilation) != (1, 1):
+        raise ValueError(f"dilation must be 1: fastlayers' max_pool2d has no dilation, got dilation={dilation}")
+    input, unbatched = _batched(input, "input", 4)
+    if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
+        stride = kernel_size  # PyTorch's default, also spelt stride=[]
+    y, indices = _MaxPool2d.apply(input, kernel_size, stride, padding, ceil_mode)
+    if unbatched:
+        y, indices = y.squeeze(0), indices.squeeze(0)
+    return (y, indices) if return_indices else y
+
+
+@torch.compiler.disable
+def rnn(input, hx, Wx, Wh, bias=None):
+    """All hidden states of a tanh RNN, in fastlayers' layout.
+
+    input (T, N, D), hx (N, H) or None (zeros), Wx (D, H), Wh (H, H), bias (H,) or None
+    -> (T, N, H) with ``h[t] = tanh(input[t] @ Wx + h[t-1] @ Wh + bias)``."""
+    return _Rnn.apply(input, hx, Wx, Wh, bias)
