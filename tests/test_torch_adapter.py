@@ -171,3 +171,227 @@ def test_moduleinfo_samples(module_db, torch_cls, dtype, training):
         ran += tally.run(run)
     assert set(tally.hits) == expected_limits
     assert ran >= 3
+
+
+# ---------------------------------------------------------------------------- gradcheck
+
+
+def random_conv2d_case(rng):
+    groups = int(rng.choice([1, 2]))
+    C, F = groups * int(rng.integers(1, 3)), groups * int(rng.integers(1, 3))
+    KH, KW = (int(k) for k in rng.integers(1, 4, 2))
+    stride, dilation = tuple(int(s) for s in rng.integers(1, 3, 2)), tuple(int(d) for d in rng.integers(1, 3, 2))
+    padding = tuple(int(p) for p in rng.integers(0, 3, 2))
+    H = int(rng.integers(dilation[0] * (KH - 1) + 1, 7))
+    W = int(rng.integers(dilation[1] * (KW - 1) + 1, 7))
+    x = torch.from_numpy(rng.standard_normal((int(rng.integers(1, 3)), C, H, W))).requires_grad_()
+    w = torch.from_numpy(rng.standard_normal((F, C // groups, KH, KW))).requires_grad_()
+    b = torch.from_numpy(rng.standard_normal(F)).requires_grad_() if rng.random() < 0.7 else None
+    return (x, w, b, stride, padding, dilation, groups)
+
+
+def random_max_pool2d_case(rng):
+    KH, KW = (int(k) for k in rng.integers(1, 4, 2))
+    stride = tuple(int(s) for s in rng.integers(1, 3, 2))
+    padding = (int(rng.integers(0, KH // 2 + 1)), int(rng.integers(0, KW // 2 + 1)))
+    shape = (int(rng.integers(1, 3)), int(rng.integers(1, 3)), int(rng.integers(KH, 7)), int(rng.integers(KW, 7)))
+    # distinct values spaced far beyond gradcheck's step (1e-6): no window has a near-tie, so the
+    # max is differentiable where gradcheck probes it
+    x = torch.from_numpy(rng.permutation(np.prod(shape)).reshape(shape) * 0.1).requires_grad_()
+    return (x, (KH, KW), stride, padding, 1, bool(rng.random() < 0.5))
+
+
+def random_rnn_case(rng):
+    T, N, D, H = (int(s) for s in rng.integers(1, 5, 4))
+    x = torch.from_numpy(rng.standard_normal((T, N, D))).requires_grad_()
+    h0 = torch.from_numpy(rng.standard_normal((N, H))).requires_grad_() if rng.random() < 0.7 else None
+    Wx = torch.from_numpy(rng.standard_normal((D, H)) * 0.5).requires_grad_()
+    Wh = torch.from_numpy(rng.standard_normal((H, H)) * 0.5).requires_grad_()
+    b = torch.from_numpy(rng.standard_normal(H)).requires_grad_() if rng.random() < 0.7 else None
+    return (x, h0, Wx, Wh, b)
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("op, make_case", [(flt.conv2d, random_conv2d_case), (flt.max_pool2d, random_max_pool2d_case),
+                                           (flt.rnn, random_rnn_case)], ids=["conv2d", "max_pool2d", "rnn"])
+def test_gradcheck(op, make_case, seed):
+    case = make_case(np.random.default_rng(seed))
+    with fl.threads(1):  # hundreds of tiny calls: see LimitTally.run
+        assert torch.autograd.gradcheck(op, case, eps=1e-6, atol=1e-7, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------- converted models
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels * stride, 3, stride, 1, bias=False)
+        self.conv2 = nn.Conv2d(channels * stride, channels * stride, 3, padding=1)
+        self.shortcut = nn.Conv2d(channels, channels * stride, 1, stride) if stride > 1 else nn.Identity()
+
+    def forward(self, x):
+        return torch.relu(self.conv2(torch.relu(self.conv1(x))) + self.shortcut(x))
+
+
+def small_resnet():
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), ResidualBlock(8),
+                         ResidualBlock(8, stride=2), nn.MaxPool2d(3, 2, 1, ceil_mode=True), nn.Flatten(),
+                         nn.Linear(16 * 3 * 3, 10))
+
+
+class RnnLanguageModel(nn.Module):
+    def __init__(self, vocabulary=20, embedding=8, hidden=12):
+        super().__init__()
+        self.embed = nn.Embedding(vocabulary, embedding)
+        self.rnn = nn.RNN(embedding, hidden, num_layers=2, batch_first=True)
+        self.head = nn.Linear(hidden, vocabulary)
+
+    def forward(self, tokens):
+        hs, _ = self.rnn(self.embed(tokens))
+        return self.head(hs)
+
+
+def loss_and_grads(model, inputs, targets):
+    logits = model(inputs)
+    loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    return logits, torch.autograd.grad(loss, list(model.parameters()))
+
+
+def assert_same_model(make_model, inputs, targets, swapped):
+    torch.manual_seed(0)
+    original = make_model().double()
+    converted = copy.deepcopy(original)
+    report = flt.convert(converted)
+    assert sorted(name for name, _, _ in report.swapped) == sorted(swapped)
+    logits_t, grads_t = loss_and_grads(original, inputs, targets)
+    logits_f, grads_f = loss_and_grads(converted, inputs, targets)
+    # float64 through a few layers: rounding is ~1e-15 normwise; 1e-10 is the issue's bound
+    tol = 1e-10
+    assert torch.linalg.vector_norm(logits_f - logits_t) <= tol * torch.linalg.vector_norm(logits_t)
+    for (name, _), gf, gt in zip(original.named_parameters(), grads_f, grads_t):
+        assert torch.linalg.vector_norm(gf - gt) <= tol * torch.linalg.vector_norm(gt), name
+
+
+def test_converted_resnet_equals_the_original():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 3, 16, 16, generator=gen, dtype=torch.float64)
+    assert_same_model(small_resnet, x, torch.randint(0, 10, (4,), generator=gen),
+                      ["0", "2", "3.conv1", "3.conv2", "4.conv1", "4.conv2", "4.shortcut", "5"])
+
+
+def test_converted_rnn_language_model_equals_the_original():
+    gen = torch.Generator().manual_seed(2)
+    tokens = torch.randint(0, 20, (3, 9), generator=gen)
+    assert_same_model(RnnLanguageModel, tokens[:, :-1], tokens[:, 1:], ["rnn"])
+
+
+# ---------------------------------------------------------------------------- modules, convert, revert
+
+
+def test_convert_reports_what_it_kept_and_why_and_revert_restores():
+    class MyConv(nn.Conv2d):
+        pass
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.RNN(3, 4, nonlinearity="relu"), nn.MaxPool2d(2, dilation=2),
+                          MyConv(2, 2, 1), nn.ReLU(), nn.RNN(3, 4))
+    params = list(model.parameters())
+    report = flt.convert(model)
+    assert [(n, new) for n, _, new in report.swapped] == [("0", "fastlayers.torch.modules.Conv2d"),
+                                                         ("5", "fastlayers.torch.modules.RNN")]
+    kept = {name: reason for name, _, reason in report.kept}
+    assert kept == {"1": "nonlinearity='relu': fastlayers' rnn kernel is tanh only",
+                    "2": "dilation=2: fastlayers' max_pool2d has no dilation",
+                    "3": "a subclass of torch.nn.modules.conv.Conv2d: its forward may differ",
+                    "4": "no fastlayers equivalent"}
+    assert "swapped 2, kept 4" in str(report)
+    assert [type(m) for m in model] == [flt.Conv2d, nn.RNN, nn.MaxPool2d, MyConv, nn.ReLU, flt.RNN]
+    assert list(model.parameters()) == params  # the same Parameter objects: optimisers keep working
+    again = flt.revert(model)
+    assert [n for n, _, _ in again.swapped] == ["0", "5"]
+    assert [type(m) for m in model] == [nn.Conv2d, nn.RNN, nn.MaxPool2d, MyConv, nn.ReLU, nn.RNN]
+    root = nn.Conv2d(1, 1, 1)
+    assert flt.convert(root).swapped == [("", "torch.nn.modules.conv.Conv2d", "fastlayers.torch.modules.Conv2d")]
+    assert type(root) is flt.Conv2d
+
+
+def test_modules_take_torch_checkpoints_and_refuse_what_they_cannot_run():
+    torch.manual_seed(0)
+    for reference, ours in ((nn.Conv2d(3, 4, 3, padding_mode="circular", padding=1), flt.Conv2d(3, 4, 3, padding_mode="circular", padding=1)),
+                            (nn.RNN(3, 5, 2, bidirectional=True), flt.RNN(3, 5, 2, bidirectional=True))):
+        assert list(ours.state_dict()) == list(reference.state_dict())
+        ours.load_state_dict(reference.state_dict())
+        x = torch.randn((2, 3, 6, 6) if isinstance(ours, nn.Conv2d) else (4, 2, 3))
+        out_r, out_o = tensors_of(reference(x)), tensors_of(ours(x))
+        for r, o in zip(out_r, out_o):
+            assert_normwise_close(o, r, torch.float32, type(ours).__name__)
+        assert isinstance(ours, type(reference)) and repr(ours).split("(", 1)[1] == repr(reference).split("(", 1)[1]
+    with pytest.raises(ValueError, match="RNN: nonlinearity='relu': fastlayers' rnn kernel is tanh only"):
+        flt.RNN(2, 3, nonlinearity="relu")
+    with pytest.raises(ValueError, match=r"MaxPool2d: dilation=\(1, 2\): fastlayers' max_pool2d has no dilation"):
+        flt.MaxPool2d(2, dilation=(1, 2))
+    with pytest.raises(ValueError, match="Conv2d: parameter weight has dtype torch.float16"):
+        flt.Conv2d(1, 1, 1, dtype=torch.float16)
+    with pytest.raises(TypeError, match="fastlayers.torch.RNN does not take a PackedSequence"):
+        flt.RNN(2, 3)(nn.utils.rnn.pack_sequence([torch.randn(3, 2), torch.randn(2, 2)]))
+
+
+# ---------------------------------------------------------------------------- documented limits
+
+
+def test_double_backward_raises_instead_of_a_wrong_gradient():
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    (gx,) = torch.autograd.grad(flt.conv2d(x, w).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        gx.sum().backward()
+
+
+def test_channels_last_and_strided_inputs_are_copied_and_give_torch_gradients():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 7, 7, dtype=torch.float64).to(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64).to(memory_format=torch.channels_last).requires_grad_()
+    compare(lambda: nn.functional.conv2d(x, w, None, 1, 1), lambda: flt.conv2d(x, w, None, 1, 1), [x, w],
+            torch.float64, "channels_last conv2d")
+    compare(lambda: nn.functional.max_pool2d(x[:, :, ::2], 2, return_indices=True),
+            lambda: flt.max_pool2d(x[:, :, ::2], 2, return_indices=True), [x], torch.float64, "strided max_pool2d")
+
+
+def test_compiled_model_runs_each_fastlayers_op_eagerly():
+    torch.manual_seed(0)
+    model = small_resnet().double()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    expected = model(x)
+    flt.convert(model)
+    compiled = torch.compile(model, backend="eager")  # dynamo's graph breaks, without a C++ build
+    assert torch.linalg.vector_norm(compiled(x) - expected) <= 1e-12 * torch.linalg.vector_norm(expected)
+
+
+def test_contiguous_tensors_are_shared_not_copied():
+    from fastlayers.torch._tensors import as_array
+
+    t = torch.randn(2, 3, 4, 4)
+    assert np.shares_memory(as_array("t", t), t.numpy())
+    strided = t.transpose(2, 3)
+    assert not np.shares_memory(as_array("t", strided), t.numpy()) and as_array("t", strided).flags.c_contiguous
+    y = flt.conv2d(t, torch.randn(2, 3, 1, 1))
+    assert y.is_contiguous() and y.dtype == torch.float32
+
+
+def test_unsupported_tensors_are_refused_clearly():
+    with pytest.raises(TypeError, match="input must have dtype torch.float32 or torch.float64, got torch.float16"):
+        flt.conv2d(torch.zeros(1, 1, 3, 3, dtype=torch.float16), torch.zeros(1, 1, 1, 1, dtype=torch.float16))
+    with pytest.raises(TypeError, match="input is on meta, but fastlayers.torch runs CPU tensors only"):
+        flt.max_pool2d(torch.zeros(1, 1, 4, 4, device="meta"), 2)
+    with pytest.raises(TypeError, match="input must be a dense"):
+        flt.max_pool2d(torch.zeros(1, 1, 4, 4).to_sparse(), 2)
+    with pytest.raises(ValueError, match=r"input must be 3-D \(unbatched\) or 4-D \(batched\), got 2-D"):
+        flt.conv2d(torch.zeros(3, 3), torch.zeros(1, 1, 1, 1))
+
+
+def test_importing_fastlayers_torch_imports_torch_but_fastlayers_alone_does_not():
+    import subprocess
+    import sys
+
+    code = "import sys, fastlayers; a = 'torch' in sys.modules; import fastlayers.torch; print(a, 'torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split() == ["False", "True"]
