@@ -199,3 +199,17 @@ def test_filters_follow_the_backend_choice():
     with fl.use_backend("numpy"):
         ref = filters.apply(img, "gaussian_blur")
     np.testing.assert_allclose(filters.apply(img, "gaussian_blur"), ref, rtol=1e-12, atol=1e-15)
+
+
+# ---------------------------------------------------------------------------- the PyTorch drop-in example
+
+
+def test_torch_drop_in_example_trains_the_converted_model_like_the_original():
+    pytest.importorskip("torch", reason="the example needs PyTorch (the torch extra)")
+    result = load_example("torch_drop_in").run(batch=4, size=8, steps=3, width=4, verbose=False)
+    assert [name for name, _, _ in result["report"].swapped] == ["0", "2", "4", "5", "7", "9"]
+    # float32, the same weights and batches: the losses differ by rounding only (sums of a few
+    # hundred products per activation, 3 SGD steps)
+    np.testing.assert_allclose(result["fastlayers_losses"], result["torch_losses"], rtol=1e-4)
+    assert result["torch_losses"][-1] != result["torch_losses"][0]  # it trained
+    assert result["torch_step_s"] > 0 and result["fastlayers_step_s"] > 0
