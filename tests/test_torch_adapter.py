@@ -307,8 +307,12 @@ def test_convert_reports_what_it_kept_and_why_and_revert_restores():
     assert "swapped 2, kept 4" in str(report)
     assert [type(m) for m in model] == [flt.Conv2d, nn.RNN, nn.MaxPool2d, MyConv, nn.ReLU, flt.RNN]
     assert list(model.parameters()) == params  # the same Parameter objects: optimisers keep working
+    kept_again = {name: reason for name, _, reason in flt.convert(model).kept}
+    assert kept_again["0"] == "already fastlayers.torch.modules.Conv2d"
     again = flt.revert(model)
     assert [n for n, _, _ in again.swapped] == ["0", "5"]
+    assert {name: reason for name, _, reason in again.kept}["1"] == "already torch.nn.modules.rnn.RNN"
+    assert {name: reason for name, _, reason in again.kept}["4"] == "not a fastlayers.torch module"
     assert [type(m) for m in model] == [nn.Conv2d, nn.RNN, nn.MaxPool2d, MyConv, nn.ReLU, nn.RNN]
     root = nn.Conv2d(1, 1, 1)
     assert flt.convert(root).swapped == [("", "torch.nn.modules.conv.Conv2d", "fastlayers.torch.modules.Conv2d")]

@@ -33,25 +33,26 @@ def _qualified(cls):
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _swap(model, mapping, reason_for):
+def _swap(model, mapping, reason_for, leaf_reason):
     """Change the class of every module whose exact class is in ``mapping``: the classes differ
     only in ``forward``, so the module keeps its parameters (the same Parameter objects: an
-    optimiser built before still updates them), buffers, hooks and identity."""
+    optimiser built before still updates them), buffers, hooks and identity. ``reason_for(target,
+    module)`` may refuse a swap; other leaf modules are kept for ``leaf_reason(module)``."""
     report = ConversionReport()
     for name, module in model.named_modules():
         cls = type(module)
         target = mapping.get(cls)
-        reason = None
-        if target is None:
-            kinds = tuple(k for k in mapping if isinstance(module, k))
-            if kinds:
-                reason = f"a subclass of {kinds[0].__module__}.{kinds[0].__name__}: its forward may differ"
-            elif next(module.children(), None) is None:
-                reason = "no fastlayers equivalent"
-            else:
-                continue  # a container: its leaves are reported
-        else:
+        if target is not None:
             reason = reason_for(target, module)
+        elif cls in mapping.values():
+            reason = f"already {_qualified(cls)}"
+        elif any(isinstance(module, kind) for kind in mapping):
+            kind = next(kind for kind in mapping if isinstance(module, kind))
+            reason = f"a subclass of {_qualified(kind)}: its forward may differ"
+        elif next(module.children(), None) is None:
+            reason = leaf_reason(module)
+        else:
+            continue  # a container: its leaves are reported
         if reason is None:
             module.__class__ = target
             report.swapped.append((name, _qualified(cls), _qualified(target)))
@@ -67,9 +68,10 @@ def convert(model):
     Only modules of exactly these classes are swapped (a subclass may have its own forward); one
     whose configuration the kernels cannot run (e.g. RNN nonlinearity="relu", CUDA parameters) is
     kept, and the report says why."""
-    return _swap(model, FASTLAYERS_MODULES, lambda target, module: target.unsupported_reason(module))
+    return _swap(model, FASTLAYERS_MODULES, lambda target, module: target.unsupported_reason(module),
+                 lambda module: "no fastlayers equivalent")
 
 
 def revert(model):
     """The inverse of :func:`convert`: swap fastlayers.torch's modules back to torch.nn's, in place."""
-    return _swap(model, TORCH_MODULES, lambda target, module: None)
+    return _swap(model, TORCH_MODULES, lambda target, module: None, lambda module: "not a fastlayers.torch module")
