@@ -1,6 +1,6 @@
 # LSTM and GRU over a time-major sequence, forward and backward through time, one call each
 # (a step is the T = 1 case). Sequences arrive flattened to (T*N, features) rows, C order,
-# validated by fastlayers.backends.cpu.gated_rnn; the caller keeps BLAS single-threaded. G*H is
+# validated by fastlayers.backends.cpu.lstm and .gru; the caller keeps BLAS single-threaded. G*H is
 # the width of the gate blocks (4H for the LSTM, 3H for the GRU), gates in PyTorch's order.
 #
 # Parallel plan (rnn.pyx's): one OpenMP team per call. The input projection x @ Wx of every step
