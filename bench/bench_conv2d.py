@@ -46,7 +46,7 @@ def bare_gemm_ms(case, threads, repeat):
 
     lib = ctypes.CDLL(f"{scipy_openblas32.get_lib_dir()}/{scipy_openblas32.get_library(fullname=True)}")
     lib.scipy_cblas_sgemm.restype = None
-    w = make_inputs(case, "forward", np.float32)["w"]
+    w = make_inputs(case, "forward", np.float32)["weight"]
     F_, K = w.shape[0], w[0].size
     P = CONV.work(case, "forward", np.float32)[0] // (2 * F_ * K)
     cols = np.random.default_rng(1).uniform(-1, 1, (K, P)).astype(np.float32)

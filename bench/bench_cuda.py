@@ -86,7 +86,7 @@ def main(argv=None):
 
     import fastlayers as fl
 
-    available, reason = fl.backends()["cuda"]["available"], fl.backends()["cuda"]["reason"]
+    available, reason = fl.available_backends()["cuda"]["available"], fl.available_backends()["cuda"]["reason"]
     if not available or "simulator" in reason:
         print(f"bench_cuda needs a CUDA GPU: {reason}", file=sys.stderr)
         return 2

@@ -2,10 +2,10 @@
 determinism).
 
 The kernels land op by op, so nothing here names a backend: ``kernel_pairs()`` reads
-``fastlayers.backends()`` at run time and the tests run on every (op, backend) pair that exists,
+``fastlayers.available_backends()`` at run time and the tests run on every (op, backend) pair that exists,
 each compared with the NumPy reference.
 
-A ``Call`` holds keyword arguments only (array names are the API's: ``x``, ``w``, ``dy``, ...), so
+A ``Call`` holds keyword arguments only (array names are the API's: ``input``, ``weight``, ...), so
 one call runs unchanged on ``fastlayers`` (any backend) and on ``fastlayers.reference``.
 """
 from __future__ import annotations
@@ -19,37 +19,23 @@ from hypothesis import strategies as st
 
 import fastlayers as fl
 from fastlayers import reference
-from fastlayers._params import conv2d_geometry
+from fastlayers.ops import FUNCTIONS
+from fastlayers.ops.conv2d import conv2d_geometry
 
-OPS = (
-    "conv2d", "conv2d_backward",
-    "max_pool2d", "max_pool2d_backward",
-    "rnn_step", "rnn_step_backward",
-    "rnn", "rnn_backward",
-    "lstm", "lstm_backward",
-    "gru", "gru_backward",
-)
+# The ops with generators below (every public function but the lstm and gru steps).
+OPS = tuple(op for op in FUNCTIONS if not op.startswith(("lstm_step", "gru_step")))
 # Arguments that are arrays, in the order of the signature; the first float one fixes the dtype
-# the others must share (``_params`` checks it first).
-ARRAYS = {
-    "conv2d": ("x", "w", "b"),
-    "conv2d_backward": ("dy", "x", "w"),
-    "max_pool2d": ("x",),
-    "max_pool2d_backward": ("dy", "indices"),
-    "rnn_step": ("x", "h_prev", "Wx", "Wh", "b"),
-    "rnn_step_backward": ("dh", "x", "h_prev", "Wx", "Wh", "h"),
-    "rnn": ("x_seq", "h0", "Wx", "Wh", "b"),
-    "rnn_backward": ("dhs", "x_seq", "h0", "Wx", "Wh", "hs"),
-    "lstm": ("x_seq", "h0", "c0", "Wx", "Wh", "b"),
-    "lstm_backward": ("dhs", "dcs", "x_seq", "h0", "c0", "Wx", "Wh", "b", "hs", "cs"),
-    "gru": ("x_seq", "h0", "Wx", "Wh", "bx", "bh"),
-    "gru_backward": ("dhs", "x_seq", "h0", "Wx", "Wh", "bx", "bh", "hs"),
-}
-ANCHOR = {
-    "conv2d": "x", "conv2d_backward": "x", "max_pool2d": "x", "max_pool2d_backward": "dy",
-    "rnn_step": "x", "rnn_step_backward": "x", "rnn": "x_seq", "rnn_backward": "x_seq",
-    "lstm": "x_seq", "lstm_backward": "x_seq", "gru": "x_seq", "gru_backward": "x_seq",
-}
+# the others must share (the spec checks it first).
+_FORWARD = {"conv2d": ("input", "weight", "bias"), "max_pool2d": ("input",), "rnn": ("input", "hx", "Wx", "Wh", "bias"),
+            "lstm": ("x_seq", "h0", "c0", "Wx", "Wh", "b"), "gru": ("x_seq", "h0", "Wx", "Wh", "bx", "bh")}
+_BACKWARD = {"conv2d": ("grad_output", "input", "weight"), "max_pool2d": ("grad_output", "indices"),
+             "rnn": ("grad_output", "input", "hx", "Wx", "Wh", "output"),
+             "lstm": ("dhs", "dcs", "x_seq", "h0", "c0", "Wx", "Wh", "b", "hs", "cs"),
+             "gru": ("dhs", "x_seq", "h0", "Wx", "Wh", "bx", "bh", "hs")}
+ARRAYS = {op: (_FORWARD if FUNCTIONS[op].functions[op] == "forward" else _BACKWARD)[FUNCTIONS[op].name] for op in OPS}
+# The array whose dtype and shape the others are checked against: the forward's input (the
+# pooled gradient for max_pool2d_backward, which has none).
+ANCHOR = {op: next(a for a in (_FORWARD[FUNCTIONS[op].name][0], "grad_output") if a in ARRAYS[op]) for op in OPS}
 LAYOUTS = ("C", "F", "reversed", "strided", "readonly")
 
 
@@ -115,12 +101,12 @@ def simulated(backend):
 def kernel_pairs(include_reference=False, include_simulator=True):
     """``(op, backend)`` for every op each available backend implements here."""
     pairs = []
-    for name, entry in fl.backends().items():
+    for name, entry in fl.available_backends().items():
         if not entry["available"] or (name == "numpy" and not include_reference):
             continue
         if simulated(name) and not include_simulator:
             continue
-        pairs.extend((op, name) for op in entry["ops"])
+        pairs.extend((op, name) for op in entry["ops"] if op in OPS)
     return sorted(pairs)
 
 
@@ -200,9 +186,9 @@ def conv2d_calls(draw, dtype, backward=False, algos=("auto",)):
         dy = _values(rng, g.y_shape, dtype, "normal")
         # dx sums F/groups filters over the taps that reach a pixel; dw and db sum N*OH*OW terms.
         terms = ((F // groups) * KH * KW, N * g.OH * g.OW, N * g.OH * g.OW)
-        return Call("conv2d_backward", dict(dy=dy, x=x, w=w), params, algo, terms)
+        return Call("conv2d_backward", dict(grad_output=dy, input=x, weight=w), params, algo, terms)
     b = _values(rng, (F,), dtype, "normal") if draw(st.booleans()) else None
-    return Call("conv2d", dict(x=x, w=w, b=b), params, algo, (taps + 1,))
+    return Call("conv2d", dict(input=x, weight=w, bias=b), params, algo, (taps + 1,))
 
 
 # ---------------------------------------------------------------------------- max_pool2d
@@ -221,15 +207,16 @@ def max_pool2d_calls(draw, dtype, backward=False):
     x = _values(rng, (N, C, H, W), dtype, draw(_KINDS))
     params = dict(kernel_size=(KH, KW), stride=stride, padding=padding, ceil_mode=ceil_mode)
     if not backward:
-        return Call("max_pool2d", dict(x=x), params, None, (0, 0))
-    y, indices = reference.max_pool2d(x, **params)
+        return Call("max_pool2d", dict(input=x), dict(params, return_indices=True), None, (0, 0))
+    y, indices = reference.max_pool2d(x, **params, return_indices=True)
     if draw(st.booleans()) and indices.size:  # any in-range index is valid, not only argmaxes
         indices = rng.integers(0, H * W, size=indices.shape)
     dy = _values(rng, y.shape, dtype, "normal")
     # A cell receives at most one gradient per window that covers it.
     sh, sw = stride or (KH, KW)
     overlap = math.ceil(KH / sh) * math.ceil(KW / sw)
-    return Call("max_pool2d_backward", dict(dy=dy, indices=indices), dict(input_shape=x.shape), None, (overlap,))
+    return Call("max_pool2d_backward", dict(grad_output=dy, indices=indices), dict(input_shape=x.shape), None,
+                (overlap,))
 
 
 # ---------------------------------------------------------------------------- rnn
@@ -247,20 +234,18 @@ def rnn_calls(draw, dtype, sequence=False, backward=False):
     Wx = _values(rng, (D, H), dtype, "normal", 1 / math.sqrt(max(D, 1)))
     Wh = _values(rng, (H, H), dtype, "normal", 0.5 / math.sqrt(max(H, 1)))
     h0 = None if sequence and draw(st.booleans()) else _values(rng, (N, H), dtype, "normal")
-    hname, xname = ("h0", "x_seq") if sequence else ("h_prev", "x")
     op = "rnn" if sequence else "rnn_step"
     # Each state sums D + H + 1 terms; through T steps rounding errors add up (|tanh'| <= 1 and
     # Wh contracts, so they do not grow); the backward's weight gradients sum T*N terms.
     step = D + H + 1
     if not backward:
         b = _values(rng, (H,), dtype, "normal") if draw(st.booleans()) else None
-        return Call(op, {xname: x, hname: h0, "Wx": Wx, "Wh": Wh, "b": b}, {}, None, (T * step,))
+        return Call(op, dict(input=x, hx=h0, Wx=Wx, Wh=Wh, bias=b), {}, None, (T * step,))
     b = _values(rng, (H,), dtype, "normal")
     h = getattr(reference, op)(x, h0, Wx, Wh, b)
-    dname, outname = ("dhs", "hs") if sequence else ("dh", "h")
     dh = _values(rng, h.shape, dtype, "normal")
     terms = (T * (step + N),) * 5
-    return Call(op + "_backward", {dname: dh, xname: x, hname: h0, "Wx": Wx, "Wh": Wh, outname: h}, {}, None, terms)
+    return Call(op + "_backward", dict(grad_output=dh, input=x, hx=h0, Wx=Wx, Wh=Wh, output=h), {}, None, terms)
 
 
 # ---------------------------------------------------------------------------- lstm, gru
@@ -338,17 +323,18 @@ def fixed_call(op, dtype=np.float32, seed=0, size="small"):
         w = _values(rng, (F, C, 3, 3), dtype, "normal")
         params = dict(stride=1, padding=1, dilation=1, groups=1)
         if op == "conv2d":
-            return Call(op, dict(x=x, w=w, b=_values(rng, (F,), dtype, "normal")), params, "auto", (C * 9 + 1,))
+            return Call(op, dict(input=x, weight=w, bias=_values(rng, (F,), dtype, "normal")), params, "auto",
+                        (C * 9 + 1,))
         dy = _values(rng, (N, F, H, W), dtype, "normal")
-        return Call(op, dict(dy=dy, x=x, w=w), params, "auto", (F * 9, N * H * W, N * H * W))
+        return Call(op, dict(grad_output=dy, input=x, weight=w), params, "auto", (F * 9, N * H * W, N * H * W))
     if op.startswith("max_pool2d"):
         x = _values(rng, (8, 16, 32, 32) if big else (4, 8, 16, 16), dtype, "normal")
         params = dict(kernel_size=3, stride=2, padding=1, ceil_mode=False)
         if op == "max_pool2d":
-            return Call(op, dict(x=x), params, None, (0, 0))
-        y, indices = reference.max_pool2d(x, **params)
+            return Call(op, dict(input=x), dict(params, return_indices=True), None, (0, 0))
+        y, indices = reference.max_pool2d(x, **params, return_indices=True)
         dy = _values(rng, y.shape, dtype, "normal")
-        return Call(op, dict(dy=dy, indices=indices), dict(input_shape=x.shape), None, (4,))
+        return Call(op, dict(grad_output=dy, indices=indices), dict(input_shape=x.shape), None, (4,))
     sequence = op.startswith("rnn") and not op.startswith("rnn_step")
     T, N, D, H = (10, 16, 32, 48) if big else (5, 8, 16, 24)
     cell = op.removesuffix("_backward")
@@ -361,12 +347,10 @@ def fixed_call(op, dtype=np.float32, seed=0, size="small"):
     Wh = _values(rng, (H, H), dtype, "normal", 0.5 / math.sqrt(H))
     h0 = _values(rng, (N, H), dtype, "normal")
     b = _values(rng, (H,), dtype, "normal")
-    hname, xname = ("h0", "x_seq") if sequence else ("h_prev", "x")
     fwd = "rnn" if sequence else "rnn_step"
     step = D + H + 1
     if op == fwd:
-        return Call(op, {xname: x, hname: h0, "Wx": Wx, "Wh": Wh, "b": b}, {}, None, (T * step,))
+        return Call(op, dict(input=x, hx=h0, Wx=Wx, Wh=Wh, bias=b), {}, None, (T * step,))
     h = getattr(reference, fwd)(x, h0, Wx, Wh, b)
-    dname, outname = ("dhs", "hs") if sequence else ("dh", "h")
     dh = _values(rng, h.shape, dtype, "normal")
-    return Call(op, {dname: dh, xname: x, hname: h0, "Wx": Wx, "Wh": Wh, outname: h}, {}, None, (T * (step + N),) * 5)
+    return Call(op, dict(grad_output=dh, input=x, hx=h0, Wx=Wx, Wh=Wh, output=h), {}, None, (T * (step + N),) * 5)

@@ -73,7 +73,7 @@ def test_json_accounts_for_every_planned_measurement(tiny_run):
     measured = {(r["case"], r["direction"], r["backend"]) for r in report["results"]}
     skipped = {(s["case"], s["direction"], s["backend"]) for s in report["skipped"]}
     assert not measured & skipped
-    families = fl.backends()
+    families = fl.available_backends()
     for case in ("tiny-conv", "tiny-pool", "tiny-rnn"):
         op = case.split("-")[1].replace("pool", "max_pool2d").replace("conv", "conv2d")
         for direction in workloads.DIRECTIONS:

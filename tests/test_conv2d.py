@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 import fastlayers as fl
 from fastlayers import _dispatch
 from fastlayers import reference as ref
-from fastlayers._params import conv2d_geometry
+from fastlayers.ops import CONV2D
+from fastlayers.ops.conv2d import conv2d_geometry
 
 # The module, not the package attribute (the cpu package exports its op functions by op name).
 cpu_conv2d = importlib.import_module("fastlayers.backends.cpu.conv2d")
@@ -166,14 +167,15 @@ def test_benchmark_shapes_match_reference(algo, dtype, x_shape, w_shape, params)
 )
 def test_gradients_match_finite_differences(algo, x_shape, w_shape, params):
     rng = make_rng(2)
-    arrays = dict(x=rng.uniform(-1, 1, x_shape), w=rng.uniform(-1, 1, w_shape), b=rng.uniform(-1, 1, w_shape[0]))
+    arrays = dict(input=rng.uniform(-1, 1, x_shape), weight=rng.uniform(-1, 1, w_shape),
+                  bias=rng.uniform(-1, 1, w_shape[0]))
 
-    def f(x, w, b):
-        return fl.conv2d(x, w, b, algo=algo, backend="cpu", **params)
+    def f(input, weight, bias):
+        return fl.conv2d(input, weight, bias, algo=algo, backend="cpu", **params)
 
     dy = rng.uniform(-1, 1, f(**arrays).shape)
-    dx, dw, db = fl.conv2d_backward(dy, arrays["x"], arrays["w"], algo=algo, backend="cpu", **params)
-    for name, analytic in (("x", dx), ("w", dw), ("b", db)):
+    dx, dw, db = fl.conv2d_backward(dy, arrays["input"], arrays["weight"], algo=algo, backend="cpu", **params)
+    for name, analytic in (("input", dx), ("weight", dw), ("bias", db)):
         assert_grad_matches(analytic, numeric_grad(f, arrays, name, dy), err_msg=name)
 
 
@@ -302,7 +304,18 @@ def test_auto_heuristic():
     for x_shape, w_shape, params, forward in cases:
         g = conv2d_geometry(x_shape, w_shape, **params)
         assert g.flops >= cpu_conv2d.DIRECT_MIN_FLOPS or forward == "im2col"
-        assert [cpu_conv2d.choose_algo(g, d) for d in ("forward", "backward")] == [forward, "im2col"]
+        x, w = np.zeros(x_shape, np.float32), np.zeros(w_shape, np.float32)
+        dy = np.zeros(g.y_shape, np.float32)
+        args = (params.get("stride", 1), params.get("padding", 0), 1, 1, "zeros")
+        problems = (CONV2D.forward(x, w, None, *args), CONV2D.backward(dy, x, w, *args))
+        assert [_dispatch.select_kernel(CONV2D, p, None).algo for p in problems] == [forward, "im2col"]
+
+
+def _auto(g, direction):
+    """The cpu "auto" choice for a problem of geometry ``g`` (no arrays: the choice reads sizes only)."""
+    from fastlayers.ops._spec import Problem
+
+    return cpu_conv2d.choose_algo(Problem(direction, g, {}, ()))
 
 
 def test_auto_runs_an_algorithm_that_fits():
@@ -310,14 +323,14 @@ def test_auto_runs_an_algorithm_that_fits():
     ~400 MiB kept cached, where im2col takes 1 ms), im2col's gemm sizes are C ints."""
     wide_stride = conv2d_geometry((8, 8, 3, 262144), (128, 8, 3, 3), stride=(1, 65536))
     assert cpu_conv2d._direct_scratch_bytes(wide_stride, "forward") > cpu_conv2d.DIRECT_MAX_SCRATCH_BYTES
-    assert cpu_conv2d.choose_algo(wide_stride, "forward") == "im2col"
+    assert _auto(wide_stride, "forward") == "im2col"
     # An image of 2**31 + 2**21 cells: H*W past a C int for im2col; direct copies a few rows of it.
     tall = conv2d_geometry((1, 1, 2049, 2**20), (8, 1, 3, 3))
-    assert [cpu_conv2d.choose_algo(tall, d) for d in ("forward", "backward")] == ["direct", "direct"]
+    assert [_auto(tall, d) for d in ("forward", "backward")] == ["direct", "direct"]
     # Too large for both: direct's error, suggesting nothing.
     both = conv2d_geometry((1, 1, 2**16, 2**16), (1, 1, 3, 3), stride=(1, 2**20), dilation=(1, 2**20),
                            padding=(0, 2**20))
-    assert cpu_conv2d.choose_algo(both, "forward") == "direct"
+    assert _auto(both, "forward") == "direct"
     with pytest.raises(ValueError, match="algo='direct' would need") as info:
         cpu_conv2d._check_fits(both, "direct", "forward")
     assert "use algo" not in str(info.value)
@@ -325,5 +338,7 @@ def test_auto_runs_an_algorithm_that_fits():
 
 def test_cpu_is_the_default_backend_for_numpy_inputs():
     x = np.zeros((1, 1, 3, 3), np.float32)
-    assert _dispatch.resolve("conv2d", None, (x, x)) is cpu_conv2d.conv2d
-    assert _dispatch.resolve("conv2d_backward", None, (x, x)) is cpu_conv2d.conv2d_backward
+    forward = CONV2D.forward(x, x, None, 1, 0, 1, 1, "zeros")
+    backward = CONV2D.backward(np.zeros((1, 1, 1, 1), np.float32), x, x, 1, 0, 1, 1, "zeros")
+    for problem in (forward, backward):
+        assert _dispatch.select_kernel(CONV2D, problem, None).backend == "cpu"

@@ -14,7 +14,7 @@ from fastlayers import layers as L
 
 def _backends(op):
     """Backends to run a layer on: the reference, and the CPU kernels where they implement ``op``."""
-    cpu = fl.backends()["cpu"]
+    cpu = fl.available_backends()["cpu"]
     return ["numpy"] + (["cpu"] if op in cpu["ops"] else [])
 
 
@@ -586,13 +586,14 @@ def test_mixed_sequential_is_refused():
 def test_sequential_backend_reaches_its_children(monkeypatch):
     """Sequential(backend=...) runs children built with backend=None on that backend."""
     seen = []
-    real = fl._dispatch.resolve
+    real = fl._dispatch.select_kernel
 
-    def spy(op, backend, arrays):
-        seen.append(backend or fl._dispatch._backend_override.get())
-        return real(op, backend, arrays)
+    def spy(spec, problem, backend, algo="auto"):
+        kernel = real(spec, problem, backend, algo)
+        seen.append(kernel.backend)
+        return kernel
 
-    monkeypatch.setattr(fl._dispatch, "resolve", spy)
+    monkeypatch.setattr(fl._dispatch, "select_kernel", spy)
     model = small_cnn(backend="numpy")
     model.backward(np.ones_like(model.forward(np.ones((1, 1, 8, 8)))))
     assert seen and set(seen) == {"numpy"}

@@ -386,8 +386,13 @@ def test_step_out_buffers():
 
 def test_cpu_is_the_default_backend_for_numpy_inputs():
     from fastlayers import _dispatch
-    from fastlayers.backends import cpu
+    from fastlayers.ops import GRU, LSTM
 
-    x = np.zeros((2, 2, 3), np.float32)
-    for op in ("lstm", "lstm_backward", "gru", "gru_backward"):
-        assert _dispatch.resolve(op, None, (x,)) is getattr(cpu, op)
+    x, h = np.zeros((2, 2, 3), np.float32), np.zeros((2, 2, 4), np.float32)
+    lstm = dict(x_seq=x, h0=None, c0=None, Wx=np.zeros((3, 16), np.float32), Wh=np.zeros((4, 16), np.float32), b=None)
+    gru = dict(x_seq=x, h0=None, Wx=np.zeros((3, 12), np.float32), Wh=np.zeros((4, 12), np.float32), bx=None, bh=None)
+    problems = ((LSTM, LSTM.forward(lstm, step=False)), (LSTM, LSTM.backward(dict(dhs=h, dcs=None, **lstm, hs=h, cs=h),
+                                                                             step=False)),
+                (GRU, GRU.forward(gru, step=False)), (GRU, GRU.backward(dict(dhs=h, **gru, hs=h), step=False)))
+    for spec, problem in problems:
+        assert _dispatch.select_kernel(spec, problem, None).backend == "cpu"

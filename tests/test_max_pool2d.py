@@ -17,14 +17,13 @@ from hypothesis import strategies as st
 import fastlayers as fl
 from fastlayers import reference as ref
 
-# The part module (its name is shadowed by the op function in fastlayers.backends.cpu).
 cpu_backend = importlib.import_module("fastlayers.backends.cpu.max_pool2d")
 
 DTYPES = (np.float32, np.float64)
 
 
-def cpu_pool(x, *args, **kwargs):
-    return fl.max_pool2d(x, *args, backend="cpu", **kwargs)
+def cpu_pool(x, *args, return_indices=True, **kwargs):
+    return fl.max_pool2d(x, *args, return_indices=return_indices, backend="cpu", **kwargs)
 
 
 def cpu_pool_backward(dy, indices, input_shape, **kwargs):
@@ -33,7 +32,7 @@ def cpu_pool_backward(dy, indices, input_shape, **kwargs):
 
 def assert_forward_matches(x, **params):
     y, idx = cpu_pool(x, **params)
-    y_ref, idx_ref = ref.max_pool2d(x, **params)
+    y_ref, idx_ref = ref.max_pool2d(x, **params, return_indices=True)
     assert y.dtype == x.dtype and idx.dtype == np.int64
     np.testing.assert_array_equal(y, y_ref, err_msg=str(params))  # NaN == NaN here
     np.testing.assert_array_equal(idx, idx_ref, err_msg=str(params))
@@ -127,7 +126,7 @@ def test_forward_non_contiguous_input(dtype):
 def test_forward_out_buffers(dtype):
     rng = make_rng(2)
     x = rng.standard_normal((2, 3, 10, 12)).astype(dtype)
-    y_ref, idx_ref = ref.max_pool2d(x, 2)
+    y_ref, idx_ref = ref.max_pool2d(x, 2, return_indices=True)
     y_buf = np.full(y_ref.shape, 7, dtype=dtype)
     idx_buf = np.full(y_ref.shape, -7, dtype=np.int64)
     y, idx = cpu_pool(x, 2, out=(y_buf, idx_buf))
@@ -287,8 +286,10 @@ def test_nan_matches_torch_values():
 
 
 @pytest.mark.parametrize("args, kwargs, error, match", [
-    ((np.zeros((3, 4, 4), np.float32), 2), {}, ValueError, "x must be 4-D"),
-    ((np.zeros((1, 1, 4, 4), np.int32), 2), {}, TypeError, "x must have dtype float32 or float64, got int32"),
+    ((np.zeros((4, 4), np.float32), 2), {}, ValueError, "input must be 3-D or 4-D"),
+    ((np.zeros((1, 1, 4, 4), np.int32), 2), {}, TypeError, "input must have dtype float32 or float64, got int32"),
+    ((np.zeros((1, 1, 9, 9), np.float32), 2), dict(dilation=2), NotImplementedError,
+     "cpu max_pool2d kernel has no dilation"),
     ((np.zeros((1, 1, 4, 4), np.float32), 2), dict(padding=2), ValueError, "padding must be at most half"),
     ((np.zeros((1, 1, 3, 4), np.float32), (4, 2)), dict(padding=(0, 1)), ValueError, "kernel_size 4x2 is larger than"),
     ((np.zeros((1, 1, 4, 4), np.float32), 0), {}, ValueError, "kernel_size must be >= 1"),
@@ -313,8 +314,11 @@ def backward_args(indices=None, dy_dtype=np.float32):
 @pytest.mark.parametrize("args, error, match", [
     (backward_args(indices=np.zeros((1, 2, 2, 2), np.int32)), TypeError, "indices must be an int64 array"),
     (backward_args(indices=np.zeros((1, 2, 2, 3), np.int64)), ValueError, r"indices must have shape \(1, 2, 2, 2\)"),
-    (backward_args(dy_dtype=np.int64), TypeError, "dy must have dtype float32 or float64"),
-    ((np.ones((2, 2, 2), np.float32), np.zeros((2, 2, 2), np.int64), (1, 2, 4, 4)), ValueError, "dy must be 4-D"),
+    (backward_args(dy_dtype=np.int64), TypeError, "grad_output must have dtype float32 or float64"),
+    ((np.ones((2, 2), np.float32), np.zeros((2, 2), np.int64), (1, 2, 4, 4)), ValueError,
+     "grad_output must be 3-D or 4-D"),
+    ((np.ones((2, 2, 2), np.float32), np.zeros((2, 2, 2), np.int64), (1, 2, 4, 4)), ValueError,
+     r"input_shape must be a tuple of 3 .*grad_output is 3-D"),
     (backward_args()[:2] + ((1, 3, 4, 4),), ValueError, "must match input_shape"),
     (backward_args()[:2] + ((1, 2, 4),), ValueError, "input_shape must be a tuple of 4"),
 ])

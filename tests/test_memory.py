@@ -52,14 +52,14 @@ def _huge(call):
     """The call with its batch made 2**34 long by zero-stride views (no memory behind them): the
     outputs would need terabytes."""
     if call.op == "max_pool2d_backward":  # dy stays small; dx of input_shape would not be
-        N, C = call.arrays["dy"].shape[:2]
+        N, C = call.arrays["grad_output"].shape[:2]
         return call.with_params(input_shape=(N, C, 2**20, 2**20))
-    batch_axis = 1 if "x_seq" in call.arrays else 0  # sequences are (T, N, ...)
+    batch_axis = 1 if call.op in ("rnn", "rnn_backward") or "x_seq" in call.arrays else 0  # sequences: (T, N, ...)
     arrays = {}
     for name, a in call.arrays.items():
-        if a is None or name in ("w", "b", "bx", "bh", "Wx", "Wh"):
+        if a is None or name in ("weight", "bias", "b", "bx", "bh", "Wx", "Wh"):
             continue
-        axis = 0 if name in ("h0", "c0", "h_prev") else batch_axis
+        axis = 0 if name in ("hx", "h0", "c0") else batch_axis
         shape = list(a.shape)
         shape[axis] = 2**34
         arrays[name] = np.broadcast_to(np.take(a, [0], axis=axis), shape)

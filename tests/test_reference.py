@@ -35,11 +35,11 @@ from fastlayers import reference as ref
 
 def conv_backends():
     """Every backend of this installation that runs conv2d on host arrays."""
-    return [b for b in ("numpy", "cpu") if "conv2d" in fl.backends()[b]["ops"]]
+    return [b for b in ("numpy", "cpu") if "conv2d" in fl.available_backends()[b]["ops"]]
 
 
 def pool_backends():
-    return [b for b in ("numpy", "cpu") if "max_pool2d" in fl.backends()[b]["ops"]]
+    return [b for b in ("numpy", "cpu") if "max_pool2d" in fl.available_backends()[b]["ops"]]
 
 
 def _image(a, dtype):
@@ -66,7 +66,7 @@ def test_notes_feature_map_1_typo_cell():
 
 @pytest.mark.parametrize("backend", pool_backends())
 def test_notes_ceil_mode_pool(backend):
-    y, idx = fl.max_pool2d(FEATURE_MAP_1[None, None], 2, 2, ceil_mode=True, backend=backend)
+    y, idx = fl.max_pool2d(FEATURE_MAP_1[None, None], 2, 2, ceil_mode=True, return_indices=True, backend=backend)
     np.testing.assert_array_equal(y[0, 0], POOLED_MAP_1)
     # Each index points at a cell that holds the pooled value (first maximum in window order).
     np.testing.assert_array_equal(FEATURE_MAP_1.ravel()[idx[0, 0]], POOLED_MAP_1)
@@ -145,16 +145,16 @@ def test_conv2d_backward_matches_finite_differences(cfg):
     N, C, H, W, F, KH, KW, stride, padding, dilation, groups = cfg
     rng = make_rng(1)
     params = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-    arrays = dict(x=rng.standard_normal((N, C, H, W)), w=rng.standard_normal((F, C // groups, KH, KW)),
-                  b=rng.standard_normal(F))
+    arrays = dict(input=rng.standard_normal((N, C, H, W)), weight=rng.standard_normal((F, C // groups, KH, KW)),
+                  bias=rng.standard_normal(F))
     y = ref.conv2d(**arrays, **params)
     dy = rng.standard_normal(y.shape)
-    dx, dw, db = ref.conv2d_backward(dy, arrays["x"], arrays["w"], **params)
+    dx, dw, db = ref.conv2d_backward(dy, arrays["input"], arrays["weight"], **params)
 
-    def f(x, w, b):
-        return ref.conv2d(x, w, b, **params)
+    def f(input, weight, bias):
+        return ref.conv2d(input, weight, bias, **params)
 
-    assert_grads_match(f, arrays, dict(x=dx, w=dw, b=db), dy)
+    assert_grads_match(f, arrays, dict(input=dx, weight=dw, bias=db), dy)
 
 
 @pytest.mark.parametrize("kernel_size, stride, padding, ceil_mode",
@@ -164,46 +164,59 @@ def test_max_pool2d_backward_matches_finite_differences(kernel_size, stride, pad
     # A permutation of distinct values spaced 1 apart: eps=1e-6 cannot change any argmax.
     x = rng.permutation(2 * 3 * 5 * 6).astype(float).reshape(2, 3, 5, 6)
     params = dict(kernel_size=kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode)
-    y, idx = ref.max_pool2d(x, **params)
+    y, idx = ref.max_pool2d(x, **params, return_indices=True)
     dy = rng.standard_normal(y.shape)
     dx = ref.max_pool2d_backward(dy, idx, x.shape)
 
     def f(x):
-        return ref.max_pool2d(x, return_indices=False, **params)
+        return ref.max_pool2d(x, **params)
 
     assert_grad_matches(dx, numeric_grad(f, {"x": x}, "x", dy))
 
 
 def _rnn_arrays(rng, T, N, D, H):
-    return dict(x_seq=rng.standard_normal((T, N, D)), h0=rng.standard_normal((N, H)),
-                Wx=rng.standard_normal((D, H)) * 0.5, Wh=rng.standard_normal((H, H)) * 0.5, b=rng.standard_normal(H))
+    return dict(input=rng.standard_normal((T, N, D)), hx=rng.standard_normal((N, H)),
+                Wx=rng.standard_normal((D, H)) * 0.5, Wh=rng.standard_normal((H, H)) * 0.5, bias=rng.standard_normal(H))
 
 
-def test_rnn_step_backward_matches_finite_differences():
+RNN_ARGS = ("input", "hx", "Wx", "Wh", "bias")
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_rnn_step_backward_matches_finite_differences(nonlinearity):
     rng = make_rng(3)
     a = _rnn_arrays(rng, 1, 3, 4, 5)
-    arrays = dict(x=a["x_seq"][0], h_prev=a["h0"], Wx=a["Wx"], Wh=a["Wh"], b=a["b"])
-    h = ref.rnn_step(**arrays)
+    arrays = dict(a, input=a["input"][0])
+    h = ref.rnn_step(**arrays, nonlinearity=nonlinearity)
     dh = rng.standard_normal(h.shape)
-    grads = ref.rnn_step_backward(dh, arrays["x"], arrays["h_prev"], arrays["Wx"], arrays["Wh"], h)
-    assert_grads_match(ref.rnn_step, arrays, dict(zip(("x", "h_prev", "Wx", "Wh", "b"), grads)), dh)
+    grads = ref.rnn_step_backward(dh, arrays["input"], arrays["hx"], arrays["Wx"], arrays["Wh"], h, nonlinearity)
+
+    def f(**arrays):
+        return ref.rnn_step(**arrays, nonlinearity=nonlinearity)
+
+    assert_grads_match(f, arrays, dict(zip(RNN_ARGS, grads)), dh)
 
 
-def test_rnn_backward_matches_finite_differences():
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_rnn_backward_matches_finite_differences(nonlinearity):
     rng = make_rng(4)
     arrays = _rnn_arrays(rng, 4, 2, 3, 4)
-    hs = ref.rnn(**arrays)
+    hs = ref.rnn(**arrays, nonlinearity=nonlinearity)
     dhs = rng.standard_normal(hs.shape)
-    grads = ref.rnn_backward(dhs, arrays["x_seq"], arrays["h0"], arrays["Wx"], arrays["Wh"], hs)
-    assert_grads_match(ref.rnn, arrays, dict(zip(("x_seq", "h0", "Wx", "Wh", "b"), grads)), dhs)
+    grads = ref.rnn_backward(dhs, arrays["input"], arrays["hx"], arrays["Wx"], arrays["Wh"], hs, nonlinearity)
+
+    def f(**arrays):
+        return ref.rnn(**arrays, nonlinearity=nonlinearity)
+
+    assert_grads_match(f, arrays, dict(zip(RNN_ARGS, grads)), dhs)
 
 
-def test_rnn_without_h0_starts_from_zeros():
+def test_rnn_without_hx_starts_from_zeros():
     rng = make_rng(5)
     a = _rnn_arrays(rng, 3, 2, 3, 4)
-    zeros = np.zeros_like(a["h0"])
-    np.testing.assert_array_equal(ref.rnn(a["x_seq"], None, a["Wx"], a["Wh"], a["b"]),
-                                  ref.rnn(a["x_seq"], zeros, a["Wx"], a["Wh"], a["b"]))
+    zeros = np.zeros_like(a["hx"])
+    np.testing.assert_array_equal(ref.rnn(a["input"], None, a["Wx"], a["Wh"], a["bias"]),
+                                  ref.rnn(a["input"], zeros, a["Wx"], a["Wh"], a["bias"]))
 
 
 def test_dense_relu_loss_backward_match_finite_differences():
@@ -279,30 +292,31 @@ def test_max_pool2d_matches_torch(k, s, p, ceil_mode, h, w, ties):
     rng = make_rng(9)
     shape = (2, 3, k + h, k + w)
     x = rng.integers(0, 3, shape).astype(float) if ties else rng.standard_normal(shape)
-    y, idx = ref.max_pool2d(x, k, s, p, ceil_mode)
+    y, idx = ref.max_pool2d(x, k, s, p, 1, ceil_mode, True)
     yt, it = torch.nn.functional.max_pool2d(torch.tensor(x), k, s, p, ceil_mode=ceil_mode, return_indices=True)
     np.testing.assert_array_equal(y, yt.numpy())
     np.testing.assert_array_equal(idx, it.numpy())
 
 
-def test_rnn_matches_torch():
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_rnn_matches_torch(nonlinearity):
     torch = pytest.importorskip("torch")
     rng = make_rng(10)
     a = _rnn_arrays(rng, 6, 3, 4, 5)
-    hs = ref.rnn(**a)
-    net = torch.nn.RNN(4, 5, nonlinearity="tanh", dtype=torch.float64)
+    hs = ref.rnn(**a, nonlinearity=nonlinearity)
+    net = torch.nn.RNN(4, 5, nonlinearity=nonlinearity, dtype=torch.float64)
     with torch.no_grad():
         net.weight_ih_l0.copy_(torch.tensor(a["Wx"].T))
         net.weight_hh_l0.copy_(torch.tensor(a["Wh"].T))
-        net.bias_ih_l0.copy_(torch.tensor(a["b"]))
+        net.bias_ih_l0.copy_(torch.tensor(a["bias"]))
         net.bias_hh_l0.zero_()
-    xt = torch.tensor(a["x_seq"], requires_grad=True)
-    h0t = torch.tensor(a["h0"][None], requires_grad=True)
+    xt = torch.tensor(a["input"], requires_grad=True)
+    h0t = torch.tensor(a["hx"][None], requires_grad=True)
     out, _ = net(xt, h0t)
     np.testing.assert_allclose(hs, out.detach().numpy(), rtol=1e-12, atol=1e-12)
     dhs = rng.standard_normal(hs.shape)
     out.backward(torch.tensor(dhs))
-    dx, dh0, dWx, dWh, db = ref.rnn_backward(dhs, a["x_seq"], a["h0"], a["Wx"], a["Wh"], hs)
+    dx, dh0, dWx, dWh, db = ref.rnn_backward(dhs, a["input"], a["hx"], a["Wx"], a["Wh"], hs, nonlinearity)
     np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(dh0, h0t.grad.numpy()[0], rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(dWx, net.weight_ih_l0.grad.numpy().T, rtol=1e-10, atol=1e-12)

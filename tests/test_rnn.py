@@ -23,7 +23,7 @@ from fastlayers import reference as ref
 DTYPES = (np.float32, np.float64)
 RHO = 0.9
 AMPLIFICATION = 1 / (1 - RHO)
-GRAD_NAMES = ("x_seq", "h0", "Wx", "Wh", "b")
+GRAD_NAMES = ("input", "hx", "Wx", "Wh", "bias")
 
 
 @pytest.fixture
@@ -37,11 +37,11 @@ def rnn_arrays(rng, T, N, D, H, dtype, h0=True, b=True):
     Wh = rng.standard_normal((H, H))
     Wh *= RHO / max(np.linalg.norm(Wh, 2), 1e-12)
     arrays = dict(
-        x_seq=rng.standard_normal((T, N, D)),
-        h0=rng.standard_normal((N, H)) if h0 else None,
+        input=rng.standard_normal((T, N, D)),
+        hx=rng.standard_normal((N, H)) if h0 else None,
         Wx=rng.standard_normal((D, H)) / np.sqrt(max(D, 1)),
         Wh=Wh,
-        b=rng.standard_normal(H) if b else None,
+        bias=rng.standard_normal(H) if b else None,
     )
     return {k: None if v is None else v.astype(dtype) for k, v in arrays.items()}
 
@@ -50,12 +50,12 @@ def as64(arrays):
     return {k: None if v is None else v.astype(np.float64) for k, v in arrays.items()}
 
 
-def cpu_rnn(x_seq, h0, Wx, Wh, b, **kw):
-    return fl.rnn(x_seq, h0, Wx, Wh, b, backend="cpu", **kw)
+def cpu_rnn(input, hx, Wx, Wh, bias, **kw):
+    return fl.rnn(input, hx, Wx, Wh, bias, backend="cpu", **kw)
 
 
-def cpu_rnn_backward(dhs, x_seq, h0, Wx, Wh, hs, **kw):
-    return fl.rnn_backward(dhs, x_seq, h0, Wx, Wh, hs, backend="cpu", **kw)
+def cpu_rnn_backward(grad_output, input, hx, Wx, Wh, output, **kw):
+    return fl.rnn_backward(grad_output, input, hx, Wx, Wh, output, backend="cpu", **kw)
 
 
 def assert_state_close(actual, expected, dtype, D, H):
@@ -66,8 +66,8 @@ def assert_state_close(actual, expected, dtype, D, H):
 def assert_grads_close(grads, expected, dtype, T, N, D, H, err_msg=""):
     """grads and expected are (dx, dh0, dWx, dWh, db); gradients of O(1) losses through a
     contraction are at most AMPLIFICATION times dhs, and a weight gradient sums T*N of them."""
-    terms = dict(x_seq=H, h0=H, Wx=T * N, Wh=T * N, b=T * N)
-    magnitude = dict(x_seq=1, h0=1, Wx=T * N, Wh=T * N, b=T * N)
+    terms = dict(input=H, hx=H, Wx=T * N, Wh=T * N, bias=T * N)
+    magnitude = dict(input=1, hx=1, Wx=T * N, Wh=T * N, bias=T * N)
     for name, actual, want in zip(GRAD_NAMES, grads, expected):
         assert actual.dtype == dtype, name
         assert_close(actual, want, dtype, terms=terms[name], scale=AMPLIFICATION * np.sqrt(magnitude[name]),
@@ -83,8 +83,8 @@ def check_against_reference(T, N, D, H, dtype, h0=True, b=True, seed=0):
     assert_state_close(hs, hs_ref, dtype, D, H)
     dhs = rng.standard_normal(hs.shape).astype(dtype)
     # The backward gets the reference's states (rounded to dtype) so it is tested on its own.
-    grads = cpu_rnn_backward(dhs, a["x_seq"], a["h0"], a["Wx"], a["Wh"], hs_ref.astype(dtype))
-    expected = ref.rnn_backward(dhs.astype(np.float64), a64["x_seq"], a64["h0"], a64["Wx"], a64["Wh"],
+    grads = cpu_rnn_backward(dhs, a["input"], a["hx"], a["Wx"], a["Wh"], hs_ref.astype(dtype))
+    expected = ref.rnn_backward(dhs.astype(np.float64), a64["input"], a64["hx"], a64["Wx"], a64["Wh"],
                                 hs_ref.astype(dtype).astype(np.float64))
     assert_grads_close(grads, expected, dtype, T, N, D, H, err_msg=f"T={T} N={N} D={D} H={H} h0={h0} b={b}")
 
@@ -124,15 +124,15 @@ def test_rnn_step_matches_reference(dtype):
     rng = make_rng(1)
     for N, D, H in [(1, 1, 1), (3, 4, 5), (8, 16, 40)]:
         a = rnn_arrays(rng, 1, N, D, H, dtype)
-        x, h_prev = a["x_seq"][0], a["h0"]
-        h = fl.rnn_step(x, h_prev, a["Wx"], a["Wh"], a["b"], backend="cpu")
+        x, h_prev = a["input"][0], a["hx"]
+        h = fl.rnn_step(x, h_prev, a["Wx"], a["Wh"], a["bias"], backend="cpu")
         a64 = as64(a)
-        h_ref = ref.rnn_step(a64["x_seq"][0], a64["h0"], a64["Wx"], a64["Wh"], a64["b"])
+        h_ref = ref.rnn_step(a64["input"][0], a64["hx"], a64["Wx"], a64["Wh"], a64["bias"])
         assert_state_close(h, h_ref, dtype, D, H)
         dh = rng.standard_normal(h.shape).astype(dtype)
         h_in = h_ref.astype(dtype)
         grads = fl.rnn_step_backward(dh, x, h_prev, a["Wx"], a["Wh"], h_in, backend="cpu")
-        expected = ref.rnn_step_backward(dh.astype(np.float64), a64["x_seq"][0], a64["h0"], a64["Wx"], a64["Wh"],
+        expected = ref.rnn_step_backward(dh.astype(np.float64), a64["input"][0], a64["hx"], a64["Wx"], a64["Wh"],
                                          h_in.astype(np.float64))
         assert_grads_close(grads, expected, dtype, 1, N, D, H)
 
@@ -141,12 +141,12 @@ def test_rnn_step_matches_reference(dtype):
 def test_rnn_of_length_one_equals_rnn_step(dtype):
     rng = make_rng(2)
     a = rnn_arrays(rng, 1, 4, 6, 20, dtype)
-    x, h_prev = a["x_seq"][0], a["h0"]
+    x, h_prev = a["input"][0], a["hx"]
     hs = cpu_rnn(**a)
-    h = fl.rnn_step(x, h_prev, a["Wx"], a["Wh"], a["b"], backend="cpu")
+    h = fl.rnn_step(x, h_prev, a["Wx"], a["Wh"], a["bias"], backend="cpu")
     np.testing.assert_array_equal(hs[0], h)
     dh = rng.standard_normal(h.shape).astype(dtype)
-    seq = cpu_rnn_backward(dh[None], a["x_seq"], h_prev, a["Wx"], a["Wh"], hs)
+    seq = cpu_rnn_backward(dh[None], a["input"], h_prev, a["Wx"], a["Wh"], hs)
     step = fl.rnn_step_backward(dh, x, h_prev, a["Wx"], a["Wh"], h, backend="cpu")
     np.testing.assert_array_equal(seq[0][0], step[0])
     for name, s, t in zip(GRAD_NAMES[1:], seq[1:], step[1:]):
@@ -159,7 +159,7 @@ def test_long_sequence_stays_finite_and_matches(dtype):
     T, N, D, H = 1000, 3, 8, 24
     rng = make_rng(3)
     a = rnn_arrays(rng, T, N, D, H, dtype)
-    a["x_seq"] *= 3
+    a["input"] *= 3
     a64 = as64(a)
     hs = cpu_rnn(**a)
     assert np.isfinite(hs).all()
@@ -167,9 +167,9 @@ def test_long_sequence_stays_finite_and_matches(dtype):
     assert_state_close(hs, hs_ref, dtype, D, H)
     assert (np.abs(hs) > 0.99).mean() > 0.05  # the saturated regime is really exercised
     dhs = rng.standard_normal(hs.shape).astype(dtype)
-    grads = cpu_rnn_backward(dhs, a["x_seq"], a["h0"], a["Wx"], a["Wh"], hs_ref.astype(dtype))
+    grads = cpu_rnn_backward(dhs, a["input"], a["hx"], a["Wx"], a["Wh"], hs_ref.astype(dtype))
     assert all(np.isfinite(g).all() for g in grads)
-    expected = ref.rnn_backward(dhs.astype(np.float64), a64["x_seq"], a64["h0"], a64["Wx"], a64["Wh"],
+    expected = ref.rnn_backward(dhs.astype(np.float64), a64["input"], a64["hx"], a64["Wx"], a64["Wh"],
                                 hs_ref.astype(dtype).astype(np.float64))
     assert_grads_close(grads, expected, dtype, T, N, D, H)
 
@@ -177,7 +177,7 @@ def test_long_sequence_stays_finite_and_matches(dtype):
 def test_nan_propagates():
     rng = make_rng(4)
     a = rnn_arrays(rng, 3, 2, 3, 20, np.float32)
-    a["x_seq"][1, 0, 0] = np.nan
+    a["input"][1, 0, 0] = np.nan
     hs = cpu_rnn(**a)
     assert np.isfinite(hs[0]).all() and np.isfinite(hs[1:, 1]).all()
     assert np.isnan(hs[1:, 0]).all()
@@ -190,8 +190,8 @@ def test_empty_shapes(shape):
     hs = cpu_rnn(**a)
     np.testing.assert_array_equal(hs, ref.rnn(**a))
     dhs = np.ones_like(hs)
-    for got, want in zip(cpu_rnn_backward(dhs, a["x_seq"], a["h0"], a["Wx"], a["Wh"], hs),
-                         ref.rnn_backward(dhs, a["x_seq"], a["h0"], a["Wx"], a["Wh"], hs)):
+    for got, want in zip(cpu_rnn_backward(dhs, a["input"], a["hx"], a["Wx"], a["Wh"], hs),
+                         ref.rnn_backward(dhs, a["input"], a["hx"], a["Wx"], a["Wh"], hs)):
         np.testing.assert_array_equal(got, want)
 
 
@@ -201,10 +201,10 @@ def test_results_are_reproducible(split_work):
     a = rnn_arrays(rng, 30, 8, 16, 48, np.float32)
     hs = cpu_rnn(**a)
     dhs = rng.standard_normal(hs.shape).astype(np.float32)
-    first = cpu_rnn_backward(dhs, a["x_seq"], a["h0"], a["Wx"], a["Wh"], hs)
+    first = cpu_rnn_backward(dhs, a["input"], a["hx"], a["Wx"], a["Wh"], hs)
     for _ in range(3):
         np.testing.assert_array_equal(cpu_rnn(**a), hs)
-        for g, f in zip(cpu_rnn_backward(dhs, a["x_seq"], a["h0"], a["Wx"], a["Wh"], hs), first):
+        for g, f in zip(cpu_rnn_backward(dhs, a["input"], a["hx"], a["Wx"], a["Wh"], hs), first):
             np.testing.assert_array_equal(g, f)
 
 
@@ -216,7 +216,7 @@ def test_rnn_backward_matches_finite_differences(split_work):
     a = rnn_arrays(rng, 4, 2, 3, 18, np.float64)  # H > 16: two column blocks with 2 threads
     hs = cpu_rnn(**a)
     dhs = rng.standard_normal(hs.shape)
-    grads = cpu_rnn_backward(dhs, a["x_seq"], a["h0"], a["Wx"], a["Wh"], hs)
+    grads = cpu_rnn_backward(dhs, a["input"], a["hx"], a["Wx"], a["Wh"], hs)
     for name, analytic in zip(GRAD_NAMES, grads):
         assert_grad_matches(analytic, numeric_grad(cpu_rnn, a, name, dhs), err_msg=f"d{name}")
 
@@ -224,15 +224,15 @@ def test_rnn_backward_matches_finite_differences(split_work):
 def test_rnn_step_backward_matches_finite_differences():
     rng = make_rng(8)
     a = rnn_arrays(rng, 1, 3, 4, 5, np.float64)
-    arrays = dict(x=a["x_seq"][0], h_prev=a["h0"], Wx=a["Wx"], Wh=a["Wh"], b=a["b"])
+    arrays = dict(input=a["input"][0], hx=a["hx"], Wx=a["Wx"], Wh=a["Wh"], bias=a["bias"])
 
     def step(**kw):
         return fl.rnn_step(**kw, backend="cpu")
 
     h = step(**arrays)
     dh = rng.standard_normal(h.shape)
-    grads = fl.rnn_step_backward(dh, arrays["x"], arrays["h_prev"], a["Wx"], a["Wh"], h, backend="cpu")
-    for name, analytic in zip(("x", "h_prev", "Wx", "Wh", "b"), grads):
+    grads = fl.rnn_step_backward(dh, arrays["input"], arrays["hx"], a["Wx"], a["Wh"], h, backend="cpu")
+    for name, analytic in zip(("input", "hx", "Wx", "Wh", "bias"), grads):
         assert_grad_matches(analytic, numeric_grad(step, arrays, name, dh), err_msg=f"d{name}")
 
 
@@ -245,19 +245,19 @@ def test_non_contiguous_inputs(dtype, split_work):
     T, N, D, H = 5, 3, 4, 20
     a = rnn_arrays(rng, T, N, D, H, dtype)
     strided = dict(
-        x_seq=np.repeat(a["x_seq"], 2, axis=2)[:, :, ::2],
-        h0=np.asfortranarray(a["h0"]),
+        input=np.repeat(a["input"], 2, axis=2)[:, :, ::2],
+        hx=np.asfortranarray(a["hx"]),
         Wx=np.asfortranarray(a["Wx"]),
         Wh=np.ascontiguousarray(a["Wh"].T).T,
-        b=np.repeat(a["b"], 3)[::3],
+        bias=np.repeat(a["bias"], 3)[::3],
     )
     assert not any(v.flags.c_contiguous for v in strided.values())
     hs = cpu_rnn(**a)
     np.testing.assert_array_equal(cpu_rnn(**strided), hs)
     dhs = rng.standard_normal((H, N, T)).astype(dtype).T  # (T, N, H), Fortran order
     hs_f = np.asfortranarray(hs)
-    grads = cpu_rnn_backward(dhs, strided["x_seq"], strided["h0"], strided["Wx"], strided["Wh"], hs_f)
-    for g, want in zip(grads, cpu_rnn_backward(np.ascontiguousarray(dhs), a["x_seq"], a["h0"], a["Wx"], a["Wh"], hs)):
+    grads = cpu_rnn_backward(dhs, strided["input"], strided["hx"], strided["Wx"], strided["Wh"], hs_f)
+    for g, want in zip(grads, cpu_rnn_backward(np.ascontiguousarray(dhs), a["input"], a["hx"], a["Wx"], a["Wh"], hs)):
         np.testing.assert_array_equal(g, want)
 
 
@@ -272,21 +272,21 @@ def test_out_buffers(dtype):
     np.testing.assert_array_equal(out, hs)
 
     dhs = rng.standard_normal(hs.shape).astype(dtype)
-    grads = cpu_rnn_backward(dhs, a["x_seq"], a["h0"], a["Wx"], a["Wh"], hs)
+    grads = cpu_rnn_backward(dhs, a["input"], a["hx"], a["Wx"], a["Wh"], hs)
     shapes = ((T, N, D), (N, H), (D, H), (H, H), (H,))
     outs = tuple(np.full(s, np.nan, dtype) for s in shapes)
-    got = cpu_rnn_backward(dhs, a["x_seq"], a["h0"], a["Wx"], a["Wh"], hs, out=outs)
+    got = cpu_rnn_backward(dhs, a["input"], a["hx"], a["Wx"], a["Wh"], hs, out=outs)
     for o, g, want in zip(outs, got, grads):
         assert g is o
         np.testing.assert_array_equal(g, want)
     partial = (None, outs[1], None, outs[3], None)  # None entries are allocated
-    for g, want in zip(cpu_rnn_backward(dhs, a["x_seq"], a["h0"], a["Wx"], a["Wh"], hs, out=partial), grads):
+    for g, want in zip(cpu_rnn_backward(dhs, a["input"], a["hx"], a["Wx"], a["Wh"], hs, out=partial), grads):
         np.testing.assert_array_equal(g, want)
 
-    x, h_prev = a["x_seq"][0], a["h0"]
+    x, h_prev = a["input"][0], a["hx"]
     h_out = np.full((N, H), np.nan, dtype)
-    assert fl.rnn_step(x, h_prev, a["Wx"], a["Wh"], a["b"], backend="cpu", out=h_out) is h_out
-    np.testing.assert_array_equal(h_out, fl.rnn_step(x, h_prev, a["Wx"], a["Wh"], a["b"], backend="cpu"))
+    assert fl.rnn_step(x, h_prev, a["Wx"], a["Wh"], a["bias"], backend="cpu", out=h_out) is h_out
+    np.testing.assert_array_equal(h_out, fl.rnn_step(x, h_prev, a["Wx"], a["Wh"], a["bias"], backend="cpu"))
     step_outs = ((N, D), (N, H), (D, H), (H, H), (H,))
     step_outs = tuple(np.full(s, np.nan, dtype) for s in step_outs)
     got = fl.rnn_step_backward(dhs[0], x, h_prev, a["Wx"], a["Wh"], h_out, backend="cpu", out=step_outs)
@@ -299,21 +299,33 @@ def test_out_buffers(dtype):
 def test_out_sharing_memory_with_an_input_is_refused():
     a = rnn_arrays(make_rng(11), 3, 2, 4, 4, np.float64)
     with pytest.raises(ValueError, match="out"):
-        cpu_rnn(a["x_seq"], a["h0"], a["Wx"], a["Wh"], a["b"], out=a["x_seq"])
+        cpu_rnn(a["input"], a["hx"], a["Wx"], a["Wh"], a["bias"], out=a["input"])
     hs = cpu_rnn(**a)
-    outs = (None, a["h0"], None, None, None)
+    outs = (None, a["hx"], None, None, None)
     with pytest.raises(ValueError, match=r"out\[1\]"):
-        cpu_rnn_backward(np.ones_like(hs), a["x_seq"], a["h0"], a["Wx"], a["Wh"], hs, out=outs)
+        cpu_rnn_backward(np.ones_like(hs), a["input"], a["hx"], a["Wx"], a["Wh"], hs, out=outs)
 
 
 def test_cpu_is_the_default_backend_for_numpy_inputs():
     from fastlayers import _dispatch
-    from fastlayers.backends import cpu
+    from fastlayers.ops import RNN
 
     a = rnn_arrays(make_rng(12), 2, 2, 3, 4, np.float32)
-    for op in ("rnn_step", "rnn_step_backward", "rnn", "rnn_backward"):
-        assert _dispatch.resolve(op, None, (a["x_seq"],)) is getattr(cpu, op)
-    np.testing.assert_array_equal(fl.rnn(**a), cpu_rnn(**a))
+    hs = cpu_rnn(**a)
+    problems = (RNN.forward(*a.values(), "tanh", step=False),
+                RNN.backward(hs, a["input"], a["hx"], a["Wx"], a["Wh"], hs, "tanh", step=False))
+    for problem in problems:
+        assert _dispatch.select_kernel(RNN, problem, None).backend == "cpu"
+    np.testing.assert_array_equal(fl.rnn(**a), hs)
+
+
+def test_relu_runs_on_the_reference_unless_cpu_is_asked_for():
+    """The cpu kernel is tanh only: the automatic choice runs relu on the reference, and an
+    explicit backend='cpu' says why it cannot."""
+    a = rnn_arrays(make_rng(13), 3, 2, 3, 4, np.float64)
+    np.testing.assert_array_equal(fl.rnn(**a, nonlinearity="relu"), ref.rnn(**a, nonlinearity="relu"))
+    with pytest.raises(NotImplementedError, match="tanh only"):
+        cpu_rnn(**a, nonlinearity="relu")
 
 
 # ---------------------------------------------------------------------------- bad input
@@ -329,20 +341,22 @@ HS = np.zeros((5, 2, 4))
     "call, exc, words",
     [
         (lambda: cpu_rnn(X, H0, np.zeros((2, 4)), WH, None), ValueError, ["Wx", "(3, 4)", "(2, 4)"]),
-        (lambda: cpu_rnn(X, H0, WX, np.zeros((4, 5)), None), ValueError, ["Wh", "(4, 4)", "(4, 5)"]),
-        (lambda: cpu_rnn(X, np.zeros((3, 4)), WX, WH, None), ValueError, ["h0", "(2, 4)", "(3, 4)"]),
-        (lambda: cpu_rnn(X, H0, WX, WH, np.zeros(5)), ValueError, ["b", "(4,)", "(5,)"]),
-        (lambda: cpu_rnn(X[0], H0, WX, WH, None), ValueError, ["x", "3-D", "2-D"]),
-        (lambda: cpu_rnn(X, H0.astype(np.float32), WX, WH, None), TypeError, ["h0", "float32", "float64"]),
-        (lambda: cpu_rnn(X.astype(np.int64), H0, WX, WH, None), TypeError, ["x", "int64"]),
+        (lambda: cpu_rnn(X, H0, WX, np.zeros((4, 5)), None), ValueError, ["Wh", "square", "(4, 5)"]),
+        (lambda: cpu_rnn(X, np.zeros((3, 4)), WX, WH, None), ValueError, ["hx", "(2, 4)", "(3, 4)"]),
+        (lambda: cpu_rnn(X, H0, WX, WH, np.zeros(5)), ValueError, ["bias", "(4,)", "(5,)"]),
+        (lambda: cpu_rnn(X[0, 0], H0, WX, WH, None), ValueError, ["input", "3-D", "1-D"]),
+        (lambda: cpu_rnn(X[:, 0], H0, WX, WH, None), ValueError, ["hx", "1-D", "2-D"]),  # unbatched input
+        (lambda: cpu_rnn(X, H0.astype(np.float32), WX, WH, None), TypeError, ["hx", "float32", "float64"]),
+        (lambda: cpu_rnn(X.astype(np.int64), H0, WX, WH, None), TypeError, ["input", "int64"]),
         (lambda: cpu_rnn(X, H0, WX, WH, None, out=np.zeros((5, 2, 3))), ValueError, ["out", "(5, 2, 4)"]),
         (lambda: cpu_rnn(X, H0, WX, WH, None, out=np.zeros((5, 2, 4), np.float32)), TypeError, ["out", "float64"]),
         (lambda: cpu_rnn(X, H0, WX, WH, None, out=np.zeros((5, 2, 8))[:, :, ::2]), ValueError, ["out", "contiguous"]),
-        (lambda: cpu_rnn_backward(np.zeros((5, 2, 3)), X, H0, WX, WH, HS), ValueError, ["dhs", "(5, 2, 4)"]),
-        (lambda: cpu_rnn_backward(HS, X, H0, WX, WH, HS[:4]), ValueError, ["hs", "(5, 2, 4)", "(4, 2, 4)"]),
+        (lambda: cpu_rnn_backward(np.zeros((5, 2, 3)), X, H0, WX, WH, HS), ValueError, ["grad_output", "(5, 2, 4)"]),
+        (lambda: cpu_rnn_backward(HS, X, H0, WX, WH, HS[:4]), ValueError, ["output", "(5, 2, 4)", "(4, 2, 4)"]),
         (lambda: cpu_rnn_backward(HS, X, H0, WX, WH, HS, out=(None,) * 4), TypeError, ["out", "5"]),
-        (lambda: fl.rnn_step(X[0], None, WX, WH, backend="cpu"), TypeError, ["h_prev"]),
-        (lambda: fl.rnn_step_backward(H0[:1], X[0], H0, WX, WH, H0, backend="cpu"), ValueError, ["dh", "(2, 4)"]),
+        (lambda: fl.rnn_step(X[0], None, WX, WH, backend="cpu"), TypeError, ["hx"]),
+        (lambda: fl.rnn_step_backward(H0[:1], X[0], H0, WX, WH, H0, backend="cpu"), ValueError,
+         ["grad_output", "(2, 4)"]),
     ],
 )
 def test_bad_input_names_the_argument(call, exc, words):

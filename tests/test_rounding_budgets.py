@@ -21,7 +21,7 @@ SMALL_CASES = (
 
 
 def cpu_available():
-    return "conv2d" in fl.backends()["cpu"]["ops"]
+    return "conv2d" in fl.available_backends()["cpu"]["ops"]
 
 
 def _results(name, args, backend):

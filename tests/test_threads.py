@@ -129,17 +129,23 @@ def test_concurrent_calls_equal_serial_calls(backend):
 def test_threads_setting_stays_in_its_thread(backend, monkeypatch):
     """Each thread's kernels see its own ``fl.threads(n)``; a thread without one sees the process
     default, even while others hold theirs, and so does a thread started inside a block."""
-    module = fl._dispatch.backend_module(backend)
+    from fastlayers.ops._spec import Kernel
+
     op = _ops(backend)[0]
     call = fixed_call(op, np.float32)
     seen = {}
-    real = getattr(module, op)
+    real_load = Kernel.load
 
-    def spy(*args):
-        seen.setdefault(threading.current_thread().name, set()).add(fl.get_num_threads())
-        return real(*args)
+    def load(kernel, direction):
+        real = real_load(kernel, direction)
 
-    monkeypatch.setattr(module, op, spy)
+        def spy(*args):
+            seen.setdefault(threading.current_thread().name, set()).add(fl.get_num_threads())
+            return real(*args)
+
+        return spy
+
+    monkeypatch.setattr(Kernel, "load", load)
     default = fl.get_num_threads()
     inside = threading.Barrier(3)
 

@@ -11,7 +11,7 @@ ctypedef struct Conv2dShape:
 
 
 cdef inline Conv2dShape conv2d_shape(object g):
-    """The struct of a validated fastlayers._params.Conv2dGeometry."""
+    """The struct of a validated fastlayers.ops.conv2d.Conv2dGeometry, built once per call."""
     cdef Conv2dShape s
     s.N, s.C, s.H, s.W, s.F = g.N, g.C, g.H, g.W, g.F
     s.KH, s.KW, s.OH, s.OW = g.KH, g.KW, g.OH, g.OW

@@ -11,7 +11,7 @@
 # Each output element is owned by one task and summed in a fixed order: results are
 # reproducible bit for bit and independent of the thread count.
 #
-# Bounds: sizes come from fastlayers._params.conv2d_geometry and the array shapes are checked by
+# Bounds: sizes come from the conv2d spec (fastlayers.ops.conv2d) and the array shapes are checked by
 # the wrapper (backends/cpu/conv2d.py); the band copy reads only rows and columns checked to be
 # inside the input, and the kernel reads only inside the copy (RowConv says how wide it is).
 from cython cimport floating

@@ -6,7 +6,7 @@
 # single-threaded BLAS gemm (the wrapper holds BLAS to one thread for the call), so the parallel
 # loop is ours and the workspace stays bounded whatever the batch.
 #
-# Bounds: every size comes from fastlayers._params.conv2d_geometry, every array shape is checked
+# Bounds: every size comes from the conv2d spec (fastlayers.ops.conv2d), every array shape is checked
 # by the wrapper (backends/cpu/conv2d.py) against it, and the gemm sizes fit in a C int.
 from cython cimport floating
 from cython.parallel cimport prange, threadid
@@ -83,13 +83,14 @@ cdef void _col2im(const floating* col, floating* x, const Conv2dShape* s,
 
 
 def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
-                   const floating[::1] b, bint has_bias, floating[:, :, :, ::1] y,
+                   const floating[::1] b, floating[:, :, :, ::1] y,
                    floating[:, ::1] workspace, object geometry, Py_ssize_t rows, int num_threads):
-    """y = conv2d(x, w) (+ b). ``workspace`` is (num_threads, K * rows * OW); every tile but a
+    """y = conv2d(x, w) (+ b; None for no bias). ``workspace`` is (num_threads, K * rows * OW); every tile but a
     last, shorter band has ``rows`` output rows. Each output element is written by exactly one
     gemm of a fixed shape, so y is the same bit for bit at any thread count."""
     single_threaded_blas()
     cdef Conv2dShape s = conv2d_shape(geometry)
+    cdef bint has_bias = b is not None
     cdef Py_ssize_t bands = (s.OH + rows - 1) // rows
     cdef Py_ssize_t tiles = s.N * s.G * bands
     cdef Py_ssize_t HW = s.H * s.W, OHW = s.OH * s.OW

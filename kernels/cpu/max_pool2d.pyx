@@ -1,6 +1,6 @@
 # Max-pool 2-D forward and backward over NCHW planes, parallel over the N*C planes.
 #
-# Inputs are validated by fastlayers._params (and the sizes below by the Python wrapper) before
+# Inputs are validated by the max_pool2d spec (fastlayers.ops.max_pool2d) (and the sizes below by the Python wrapper) before
 # they get here: every pointer offset computed below stays inside its plane.
 #
 # Both directions are memory-bound once vectorised; the vector row loops live in

@@ -1,6 +1,7 @@
 """max_pool2d forward (values and argmax indices) and backward (scatter to the argmax).
 
-``geo`` is ``pool2d_geo(g)``: (N, C, H, W, KH, KW, OH, OW, stride_h, stride_w, pad_h, pad_w).
+``geo`` is ``pool2d_geo(g)``: (N, C, H, W, KH, KW, OH, OW, stride_h, stride_w, pad_h, pad_w,
+dilation_h, dilation_w).
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from .launch import jit
 
 
 def pool2d_geo(g):
-    return (g.N, g.C, g.H, g.W, g.KH, g.KW, g.OH, g.OW, g.stride_h, g.stride_w, g.pad_h, g.pad_w)
+    return (g.N, g.C, g.H, g.W, g.KH, g.KW, g.OH, g.OW, g.stride_h, g.stride_w, g.pad_h, g.pad_w,
+            g.dilation_h, g.dilation_w)
 
 
 @functools.cache
@@ -24,7 +26,7 @@ def forward_kernel(dtype):
     @jit(lineinfo=True)
     def max_pool2d_forward(x, y, indices, geo):
         # One thread per output element (n, c, oh, ow), 1-D grid.
-        N, C, H, W, KH, KW, OH, OW, sh, sw, ph, pw = geo
+        N, C, H, W, KH, KW, OH, OW, sh, sw, ph, pw, dh, dw = geo
         o = cuda.grid(1)
         if o >= N * C * OH * OW:
             return
@@ -39,8 +41,14 @@ def forward_kernel(dtype):
         # Row-major window order; a later element wins if strictly greater or NaN, so ties keep
         # the first maximum and of several NaNs the last wins (PyTorch's CPU rule). Padded cells
         # are skipped: they never win.
-        for ih in range(max(h0, 0), min(h0 + KH, H)):
-            for iw in range(max(w0, 0), min(w0 + KW, W)):
+        for kh in range(KH):
+            ih = h0 + kh * dh
+            if ih < 0 or ih >= H:
+                continue
+            for kw in range(KW):
+                iw = w0 + kw * dw
+                if iw < 0 or iw >= W:
+                    continue
                 v = x[(plane * H + ih) * W + iw]
                 if arg < 0 or v > best or math.isnan(v):
                     best = v

@@ -3,8 +3,9 @@
 ``geo`` is ``gemm_geo(M, N, K, a_offset, b_offset, c_offset)``: the sizes and element offsets into
 the flat a, b and c (so one (T, N, H) buffer serves every step without slicing on the host).
 Forward: ``xw = x_seq @ Wx + b`` for all steps at once ("bias" kernel, written into hs), then per
-step ``hs[t] = tanh(hs[t] + hs[t-1] @ Wh)`` ("tanh" kernel). Backward per step
-``dz[t-1] = (dhs[t-1] + dz[t] @ Wh^T) * (1 - hs[t-1]^2)`` ("tanh_grad"), then whole-sequence GEMMs.
+step ``hs[t] = tanh(hs[t] + hs[t-1] @ Wh)`` ("tanh" kernel; "relu" likewise). Backward per step
+``dz[t-1] = (dhs[t-1] + dz[t] @ Wh^T) * (1 - hs[t-1]^2)`` ("tanh_grad"; "relu_grad" multiplies by
+``hs[t-1] > 0``), then whole-sequence GEMMs.
 """
 from __future__ import annotations
 
@@ -74,6 +75,25 @@ def _store_tanh_grad(dz, dhs, hs, geo, grp, split, m, n, acc):
     dz[i] = g - g * h * h  # g * (1 - h^2), without an integer 1 that would promote to float64
 
 
+@cuda.jit(device=True, inline=True)
+def _store_relu(c, p, q, geo, grp, split, m, n, acc):
+    i = geo[2] + m * geo[4] + n
+    z = c[i] + acc
+    c[i] = z if z > 0 else z * 0  # z * 0 keeps NaN (as max(z, 0) does in the reference) and the dtype
+
+
+@cuda.jit(device=True, inline=True)
+def _relu_grad(g, h):
+    # relu's gradient from its output: h > 0 exactly where the pre-activation was (0 at 0, as in PyTorch)
+    return g if h > 0 else g * 0
+
+
+@cuda.jit(device=True, inline=True)
+def _store_relu_grad(dz, dhs, hs, geo, grp, split, m, n, acc):
+    i = geo[2] + m * geo[4] + n
+    dz[i] = _relu_grad(dhs[i] + acc, hs[i])
+
+
 _GEMMS = {
     "ab": (_a, _b, _store),
     "abt": (_a, _bt, _store),
@@ -81,6 +101,8 @@ _GEMMS = {
     "ab_bias": (_a, _b, _store_bias),
     "ab_tanh": (_a, _b, _store_tanh),
     "abt_tanh_grad": (_a, _bt, _store_tanh_grad),
+    "ab_relu": (_a, _b, _store_relu),
+    "abt_relu_grad": (_a, _bt, _store_relu_grad),
 }
 
 
@@ -91,15 +113,20 @@ def gemm_kernel(name, dtype):
 
 
 @functools.cache
-def tanh_grad_kernel(dtype):
+def activation_grad_kernel(nonlinearity, dtype):
+    """dz = dhs * act'(hs) on ``size`` elements from ``offset`` (the last step, which seeds the
+    recurrence backward), one thread per element; act "tanh" or "relu"."""
+    tanh = nonlinearity == "tanh"
+
     @jit(lineinfo=True)
-    def tanh_grad(dz, dhs, hs, offset, size):
-        # One thread per element: dz = dhs * (1 - hs^2) on ``size`` elements from ``offset``
-        # (the last step, which seeds the recurrence backward).
+    def activation_grad(dz, dhs, hs, offset, size):
         e = cuda.grid(1)
         if e < size:
             h = hs[offset + e]
             g = dhs[offset + e]
-            dz[offset + e] = g - g * h * h
+            if tanh:
+                dz[offset + e] = g - g * h * h
+            else:
+                dz[offset + e] = _relu_grad(g, h)
 
-    return tanh_grad
+    return activation_grad

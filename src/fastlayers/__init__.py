@@ -1,13 +1,12 @@
 """fastlayers: fast neural-network layer kernels (conv2d, max_pool2d, RNN), forward and backward.
 
 Backends: ``"numpy"`` (the reference), ``"cpu"`` (Cython + OpenMP) and ``"cuda"`` (Numba CUDA,
-imported only when first used). See ``fastlayers.backends()``.
+imported only when first used). See ``fastlayers.available_backends()``. The ops' specs (arguments,
+geometry, kernels per backend) are in ``fastlayers.ops``; the design in docs/design.md.
 """
-# The backend implementations live in the subpackage fastlayers.backends, whose import would bind
-# the name `backends` on this package: import it (it is light) before the function takes the name.
-from . import backends as _backend_package  # noqa: F401
+from . import backends, ops  # noqa: F401
 from .backends import cpu as _cpu_backend  # noqa: F401  (loads the compiled kernels: a broken install warns now)
-from ._dispatch import backends, get_num_threads, set_backend, set_num_threads, threads, use_backend
+from ._dispatch import available_backends, get_num_threads, set_backend, set_num_threads, threads, use_backend
 from .functional import (
     conv2d,
     conv2d_backward,
@@ -44,6 +43,7 @@ def release_workspaces():
 
 __all__ = [
     "augment",
+    "available_backends",
     "backends",
     "conv2d",
     "conv2d_backward",
@@ -64,6 +64,7 @@ __all__ = [
     "max_pool2d",
     "max_pool2d_backward",
     "no_grad",
+    "ops",
     "optim",
     "release_workspaces",
     "rnn",

@@ -8,7 +8,10 @@ Semantics (also in the README):
   calls are never changed by them.
 * ``backend=None`` resolves to: the context's backend if set, else the process default if set,
   else ``"cuda"`` for arrays that live on a GPU (``__cuda_array_interface__``), else ``"cpu"`` when
-  the compiled kernels implement the op, else ``"numpy"``.
+  one of its compiled kernels accepts the call, else ``"numpy"``.
+* Within the backend, the op's spec (``fastlayers.ops``) lists the kernels; ``select_kernel``
+  takes the one ``algo=`` names or, for "auto", the backend's choice among those that do not
+  decline the call.
 """
 from __future__ import annotations
 
@@ -31,22 +34,40 @@ def _check_backend_name(name):
 
 
 def backend_module(name):
-    """The module implementing backend ``name`` (imported on first use: cuda starts nothing before)."""
+    """The package of backend ``name`` (imported on first use: cuda starts nothing before)."""
     _check_backend_name(name)
     return importlib.import_module(f"fastlayers.backends.{name}")
 
 
-def backends():
+def _loads(kernel):
+    """Does ``kernel``'s module import here (compiled kernels built, numba installed)?"""
+    try:
+        importlib.import_module(kernel.module)
+    except ImportError:
+        return False
+    return True
+
+
+def _functions_on(name):
+    from .ops import FUNCTIONS
+
+    return sorted(
+        function for function, spec in FUNCTIONS.items()
+        if any(spec.functions[function] in k.functions and _loads(k) for k in spec.kernels_on(name))
+    )
+
+
+def available_backends():
     """Which backends this installation can run, and why a missing one is missing.
 
-    Returns a dict ``{name: {"available": bool, "reason": str, "ops": [...]}}``. Checking cuda
-    imports numba and asks the driver, so call this only when you want to know."""
+    Returns a dict ``{name: {"available": bool, "reason": str, "ops": [...]}}`` (``ops``: the
+    public functions it has a kernel for). Checking cuda imports numba and asks the driver, so
+    call this only when you want to know."""
     report = {}
     for name in BACKENDS:
         try:
-            mod = backend_module(name)
-            available, reason = mod.availability()
-            ops = sorted(mod.OPS) if available else []
+            available, reason = backend_module(name).availability()
+            ops = _functions_on(name) if available else []
         except ImportError as exc:  # the backend's own imports failed (e.g. numba not installed)
             available, reason, ops = False, f"cannot import: {exc}", []
         report[name] = {"available": available, "reason": reason, "ops": ops}
@@ -72,42 +93,66 @@ def use_backend(name):
         _backend_override.reset(token)
 
 
-def _on_gpu(arrays):
-    return any(hasattr(a, "__cuda_array_interface__") for a in arrays if a is not None)
+def _declines(kernel, problem):
+    """Why ``kernel`` cannot run ``problem``, or None."""
+    if problem.direction not in kernel.functions:
+        return f"the {kernel.backend} {kernel.algo!r} kernel has no {problem.direction}"
+    return kernel.declines(problem)
 
 
-def _has_op(name, op):
-    try:
-        mod = backend_module(name)
-    except ImportError:
-        return False
-    return op in mod.OPS and mod.availability()[0]
+def _accepting(spec, name, problem):
+    return [k for k in spec.kernels_on(name) if _declines(k, problem) is None]
 
 
-def resolve(op, backend, arrays):
-    """The backend module that runs ``op`` for these arrays.
-
-    An explicit choice (argument, ``use_backend``, ``set_backend``) that cannot run the op is an
-    error, never a silent fallback."""
+def _backend_name(spec, problem, backend):
     name = backend or _backend_override.get() or _default_backend
-    if name is None:
-        if _on_gpu(arrays):
-            name = "cuda"
-        else:
-            name = "cpu" if _has_op("cpu", op) else "numpy"
+    if name is not None:
+        return name
+    if problem.on_gpu:
+        return "cuda"
+    cpu = _accepting(spec, "cpu", problem)
+    return "cpu" if cpu and _loads(cpu[0]) and backend_module("cpu").availability()[0] else "numpy"
+
+
+def select_kernel(spec, problem, backend, algo="auto"):
+    """The kernel that runs ``problem`` of ``spec``.
+
+    The backend: the ``backend`` argument, else ``use_backend``'s, else ``set_backend``'s, else
+    "cuda" for GPU arrays, "cpu" when one of its kernels accepts the problem, "numpy" otherwise.
+    The kernel: the one named ``algo``, or with "auto" the backend's choice among those that do
+    not decline. An explicit choice that cannot run the problem is an error that says why, never
+    a silent fallback."""
+    name = _backend_name(spec, problem, backend)
     _check_backend_name(name)
-    mod = backend_module(name)
-    available, reason = mod.availability()
+    available, reason = backend_module(name).availability()
     if not available:
         raise RuntimeError(f"backend {name!r} is not available here: {reason}")
-    if op not in mod.OPS:
-        load_error = getattr(mod, "load_error", lambda op: None)(op)
-        if load_error:
-            raise RuntimeError(f"backend {name!r} cannot run {op}: {load_error}")
-        raise NotImplementedError(f"backend {name!r} does not implement {op}; it has {sorted(mod.OPS)}")
-    if name != "cuda" and _on_gpu(arrays):
+    kernels = spec.kernels_on(name)
+    if not kernels:
+        raise NotImplementedError(f"backend {name!r} has no {spec.name} kernel")
+    loaded = [k for k in kernels if _loads(k)]
+    if not loaded:  # a broken install: say so, never fall back silently
+        why = getattr(backend_module(name), "load_error", lambda family: None)(spec.name)
+        raise RuntimeError(f"backend {name!r} cannot run {spec.name}: {why or 'its kernels failed to import'}")
+    kernels = tuple(loaded)
+    if name != "cuda" and problem.on_gpu:
         raise TypeError(f"backend {name!r} needs host (NumPy) arrays, got GPU arrays; use backend='cuda'")
-    return getattr(mod, op)
+    if algo != "auto":
+        chosen = [k for k in kernels if k.algo == algo]
+        if not chosen:
+            if algo not in spec.algos():
+                raise ValueError(f"algo must be 'auto' or one of {spec.algos()}, got {algo!r}")
+            raise ValueError(f"backend {name!r} has no {spec.name} algo {algo!r}; it has "
+                             f"{tuple(k.algo for k in kernels)}")
+        why = _declines(chosen[0], problem)
+        if why:
+            raise NotImplementedError(why)
+        return chosen[0]
+    candidates = _accepting(spec, name, problem)
+    if not candidates:
+        reasons = "; ".join(_declines(k, problem) for k in kernels)
+        raise NotImplementedError(f"backend {name!r} cannot run this {spec.name}: {reasons}")
+    return spec.choose(name, problem, candidates)
 
 
 # ---------------------------------------------------------------------------- threads

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._params import check_array, pair
+from .ops._checks import check_array, pair
 
 __all__ = ["hflip", "rotate", "zoom", "shift", "random_hflip", "random_rotation", "random_zoom", "random_shift",
            "random_crop", "random_augment"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._params import FLOAT_DTYPES
+from .ops._checks import FLOAT_DTYPES
 from .functional import conv2d
 
 __all__ = ["PRESETS", "get", "apply"]

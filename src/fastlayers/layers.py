@@ -44,7 +44,9 @@ from types import MappingProxyType
 import numpy as np
 
 from . import _dispatch, init, reference
-from ._params import FLOAT_DTYPES, pair
+from .ops._checks import FLOAT_DTYPES, check_choice, pair
+from .ops.conv2d import PADDING_MODES
+from .ops.rnn import NONLINEARITIES
 from .functional import (
     conv2d,
     conv2d_backward,
@@ -360,7 +362,7 @@ class Conv2D(Layer):
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, backend=None, dtype=np.float32, rng=None):
+                 bias=True, padding_mode="zeros", backend=None, dtype=np.float32, rng=None):
         super().__init__(backend, dtype)
         self.in_channels = _positive_int("in_channels", in_channels)
         self.out_channels = _positive_int("out_channels", out_channels)
@@ -369,6 +371,7 @@ class Conv2D(Layer):
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
         self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.padding_mode = check_choice("padding_mode", padding_mode, PADDING_MODES)
         # Check stride/padding/dilation now rather than at the first forward.
         pair("stride", stride, 1)
         pair("dilation", dilation, 1)
@@ -387,7 +390,7 @@ class Conv2D(Layer):
 
     def _conv_args(self):
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups,
-                    backend=self.backend)
+                    padding_mode=self.padding_mode, backend=self.backend)
 
     def forward(self, x):
         self._check_input(x, 4)
@@ -407,7 +410,7 @@ class Conv2D(Layer):
 
     def _describe(self):
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
-        for name, default in (("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1)):
+        for name, default in (("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1), ("padding_mode", "zeros")):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
         return s
@@ -635,7 +638,8 @@ class Dense(Layer):
 
 
 class RNN(Layer):
-    """Tanh RNN over a whole sequence: ``h_t = tanh(x_t @ Wx + h_{t-1} @ Wh + b)``.
+    """RNN over a whole sequence: ``h_t = act(x_t @ Wx + h_{t-1} @ Wh + b)``, act ``nonlinearity``
+    ("tanh" or "relu", as in ``torch.nn.RNN``).
 
     ``forward(x, h0=None)`` takes x (T, N, input_size), or (N, T, input_size) with
     ``batch_first=True``, and returns every hidden state in the same layout. ``backward(dhs)``
@@ -643,8 +647,10 @@ class RNN(Layer):
     when the forward started from zeros). ``params``: ``Wx`` (input_size, hidden_size), ``Wh``
     (hidden_size, hidden_size), ``b`` (hidden_size,): one bias where PyTorch has two."""
 
-    def __init__(self, input_size, hidden_size, batch_first=False, backend=None, dtype=np.float32, rng=None):
+    def __init__(self, input_size, hidden_size, nonlinearity="tanh", batch_first=False, backend=None,
+                 dtype=np.float32, rng=None):
         super().__init__(backend, dtype)
+        self.nonlinearity = check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
         self.input_size = _positive_int("input_size", input_size)
         self.hidden_size = _positive_int("hidden_size", hidden_size)
         self.batch_first = bool(batch_first)
@@ -669,20 +675,24 @@ class RNN(Layer):
             self._check_input(h0, 2, name="h0")
         x_seq = self._time_major(x)
         p = self._parameters
-        hs = rnn(x_seq, h0, p["Wx"], p["Wh"], p["b"], backend=self.backend)
+        hs = rnn(x_seq, h0, p["Wx"], p["Wh"], p["b"], self.nonlinearity, backend=self.backend)
         self._record((x_seq, h0, hs, p["Wx"], p["Wh"]))
         return self._time_major(hs)
 
     def backward(self, dhs):
         x_seq, h0, hs, Wx, Wh = self._last_record()
-        dx, dh0, dWx, dWh, db = rnn_backward(self._time_major(dhs), x_seq, h0, Wx, Wh, hs, backend=self.backend)
+        dx, dh0, dWx, dWh, db = rnn_backward(self._time_major(dhs), x_seq, h0, Wx, Wh, hs, self.nonlinearity,
+                                             backend=self.backend)
         for name, grad in (("Wx", dWx), ("Wh", dWh), ("b", db)):
             self._accumulate(name, grad)
         self.dh0 = None if h0 is None else dh0
         return self._time_major(dx)
 
     def _describe(self):
-        return f"{self.input_size}, {self.hidden_size}" + (", batch_first=True" if self.batch_first else "")
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.nonlinearity != "tanh":
+            s += f", nonlinearity={self.nonlinearity!r}"
+        return s + (", batch_first=True" if self.batch_first else "")
 
 
 class _GatedRecurrent(Layer):

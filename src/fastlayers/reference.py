@@ -5,23 +5,19 @@ speed, but stays vectorised so that tests over hundreds of small shapes take sec
 computed in the inputs' dtype (float32 or float64) except where a comment says otherwise.
 
 Conventions (docs/design.md): NCHW arrays, weights ``(F, C // groups, KH, KW)``, convolution is
-cross-correlation; sequences are time-major ``(T, N, D)``, ``h_t = tanh(x_t @ Wx + h_{t-1} @ Wh + b)``.
+cross-correlation; sequences are time-major ``(T, N, D)``, ``h_t = act(x_t @ Wx + h_{t-1} @ Wh + b)``.
+
+The public functions take the arguments of ``fastlayers.functional`` (without its keyword-only
+options) and validate them through the same specs; the ``*_impl`` functions take validated arrays
+and the op's geometry (they are the ``"numpy"`` backend's kernels).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ._params import (
-    check_array,
-    check_arrays_like,
-    check_conv2d_arrays,
-    check_pool_backward_args,
-    check_shape,
-    conv2d_geometry,
-    gated_geometry,
-    pool2d_geometry,
-    rnn_geometry,
-)
+from .ops import CONV2D, MAX_POOL2D, RNN
+from .ops._spec import run
+from .ops.gated import gated_geometry
 
 __all__ = [
     "conv2d",
@@ -101,20 +97,16 @@ def conv2d_backward_impl(dy, x, w, g):
     return np.ascontiguousarray(dx), dw.reshape(w.shape), dy.sum(axis=(0, 2, 3))
 
 
-def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
-    """2-D cross-correlation: x (N, C, H, W), w (F, C // groups, KH, KW), b (F,) -> (N, F, OH, OW)."""
-    check_conv2d_arrays(x, w, b)
-    g = conv2d_geometry(x.shape, w.shape, stride, padding, dilation, groups)
-    return conv2d_impl(x, w, b, g)
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros"):
+    """2-D cross-correlation: input (N, C, H, W), weight (F, C // groups, KH, KW), bias (F,) -> (N, F, OH, OW)."""
+    problem = CONV2D.forward(input, weight, bias, stride, padding, dilation, groups, padding_mode)
+    return run(CONV2D, problem, "numpy", "auto", None)
 
 
-def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1):
-    """Gradients (dx, dw, db) of conv2d given dy = dL/dy of shape (N, F, OH, OW)."""
-    dt = check_conv2d_arrays(x, w)
-    g = conv2d_geometry(x.shape, w.shape, stride, padding, dilation, groups)
-    check_array("dy", dy, 4, dt)
-    check_shape("dy", dy, g.y_shape)
-    return conv2d_backward_impl(dy, x, w, g)
+def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros"):
+    """Gradients (grad_input, grad_weight, grad_bias) of conv2d given grad_output (N, F, OH, OW)."""
+    problem = CONV2D.backward(grad_output, input, weight, stride, padding, dilation, groups, padding_mode)
+    return run(CONV2D, problem, "numpy", "auto", None, single_out=False)
 
 
 # ============================================================================ max_pool2d
@@ -125,15 +117,16 @@ def max_pool2d_impl(x, g):
     row-major window order (a NaN counts as the maximum, and of several NaNs the last wins). Padding never wins: every window holds
     at least one input element, and only input elements are candidates."""
     # Pad far enough right/bottom that ceil-mode windows are whole; the extra cells are not valid.
-    Hp = max(g.H + 2 * g.pad_h, (g.OH - 1) * g.stride_h + g.KH)
-    Wp = max(g.W + 2 * g.pad_w, (g.OW - 1) * g.stride_w + g.KW)
+    ext_h, ext_w = g.dilation_h * (g.KH - 1) + 1, g.dilation_w * (g.KW - 1) + 1
+    Hp = max(g.H + 2 * g.pad_h, (g.OH - 1) * g.stride_h + ext_h)
+    Wp = max(g.W + 2 * g.pad_w, (g.OW - 1) * g.stride_w + ext_w)
     pads = ((0, 0), (0, 0), (g.pad_h, Hp - g.H - g.pad_h), (g.pad_w, Wp - g.W - g.pad_w))
     xp = np.pad(x, pads, constant_values=-np.inf)
     valid = np.pad(np.ones((g.H, g.W), dtype=bool), pads[2:], constant_values=False)
 
     def windows(a):
-        v = np.lib.stride_tricks.sliding_window_view(a, (g.KH, g.KW), axis=(-2, -1))
-        v = v[..., :: g.stride_h, :: g.stride_w, :, :][..., : g.OH, : g.OW, :, :]
+        v = np.lib.stride_tricks.sliding_window_view(a, (ext_h, ext_w), axis=(-2, -1))
+        v = v[..., :: g.stride_h, :: g.stride_w, :: g.dilation_h, :: g.dilation_w][..., : g.OH, : g.OW, :, :]
         return v.reshape(*v.shape[:-2], g.KH * g.KW)
 
     win, ok = windows(xp), windows(valid)
@@ -145,8 +138,8 @@ def max_pool2d_impl(x, g):
     first, last = hit.argmax(axis=-1), hit.shape[-1] - 1 - hit[..., ::-1].argmax(axis=-1)
     local = np.where(np.isnan(y), last, first)
     kh, kw = np.divmod(local, g.KW)
-    ih = np.arange(g.OH)[:, None] * g.stride_h - g.pad_h + kh
-    iw = np.arange(g.OW)[None, :] * g.stride_w - g.pad_w + kw
+    ih = np.arange(g.OH)[:, None] * g.stride_h - g.pad_h + kh * g.dilation_h
+    iw = np.arange(g.OW)[None, :] * g.stride_w - g.pad_w + kw * g.dilation_w
     return y, (ih * g.W + iw).astype(np.int64)
 
 
@@ -159,52 +152,47 @@ def max_pool2d_backward_impl(dy, indices, input_shape):
     return dx.astype(dy.dtype).reshape(input_shape)
 
 
-def max_pool2d(x, kernel_size=2, stride=None, padding=0, ceil_mode=False, return_indices=True):
-    """Max pooling of x (N, C, H, W) -> y (N, C, OH, OW) and, if ``return_indices``, the int64
-    flat index ``ih * W + iw`` of each maximum within its (H, W) plane (PyTorch's convention)."""
-    check_array("x", x, 4)
-    g = pool2d_geometry(x.shape, kernel_size, stride, padding, ceil_mode)
-    y, idx = max_pool2d_impl(x, g)
-    return (y, idx) if return_indices else y
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """Max pooling of input (N, C, H, W) -> output (N, C, OH, OW) and, if ``return_indices``, the
+    int64 flat index ``ih * W + iw`` of each maximum within its (H, W) plane (PyTorch's convention)."""
+    problem = MAX_POOL2D.forward(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+    return run(MAX_POOL2D, problem, "numpy", "auto", None)
 
 
-def max_pool2d_backward(dy, indices, input_shape):
-    """Route dy (N, C, OH, OW) to the argmax positions given by ``indices``; returns dx of ``input_shape``.
-
-    Overlapping windows that share a maximum add their gradients."""
-    input_shape = check_pool_backward_args(dy, indices, input_shape)
-    return max_pool2d_backward_impl(dy, indices, input_shape)
+def max_pool2d_backward(grad_output, indices, input_shape):
+    """Route grad_output (N, C, OH, OW) to the argmax positions given by ``indices``; returns the
+    gradient of ``input_shape``. Overlapping windows that share a maximum add their gradients."""
+    problem = MAX_POOL2D.backward(grad_output, indices, input_shape)
+    return run(MAX_POOL2D, problem, "numpy", "auto", None)
 
 
 # ============================================================================ rnn
 
 
-def _tanh_grad(dh, h):
-    return dh * (1 - h * h)
+_ACTIVATIONS = {
+    "tanh": (np.tanh, lambda dh, h: dh * (1 - h * h)),
+    # relu's gradient from its output: h > 0 exactly where the pre-activation was (0 at 0, as in PyTorch)
+    "relu": (lambda z: np.maximum(z, 0), lambda dh, h: np.where(h > 0, dh, 0).astype(dh.dtype, copy=False)),
+}
 
 
-def rnn_step_impl(x, h_prev, Wx, Wh, b):
-    z = x @ Wx + h_prev @ Wh
-    if b is not None:
-        z += b
-    return np.tanh(z)
-
-
-def rnn_step_backward_impl(dh, x, h_prev, Wx, Wh, h):
-    dz = _tanh_grad(dh, h)
-    return dz @ Wx.T, dz @ Wh.T, x.T @ dz, h_prev.T @ dz, dz.sum(axis=0)
-
-
-def rnn_impl(x_seq, h0, Wx, Wh, b):
+def rnn_impl(x_seq, h0, Wx, Wh, b, nonlinearity="tanh"):
+    """All states (T, N, H) of the recurrence over x_seq (T, N, D) from h0 (zeros when None)."""
+    act = _ACTIVATIONS[nonlinearity][0]
     T, N, _ = x_seq.shape
     hs = np.empty((T, N, Wx.shape[1]), dtype=x_seq.dtype)
     h = np.zeros((N, Wx.shape[1]), dtype=x_seq.dtype) if h0 is None else h0
     for t in range(T):
-        h = hs[t] = rnn_step_impl(x_seq[t], h, Wx, Wh, b)
+        z = x_seq[t] @ Wx + h @ Wh
+        if b is not None:
+            z += b
+        h = hs[t] = act(z)
     return hs
 
 
-def rnn_backward_impl(dhs, x_seq, h0, Wx, Wh, hs):
+def rnn_backward_impl(dhs, x_seq, h0, Wx, Wh, hs, nonlinearity="tanh"):
+    """(dx (T, N, D), dh0 (N, H), dWx, dWh, db) of ``rnn_impl``."""
+    grad = _ACTIVATIONS[nonlinearity][1]
     T, N, D = x_seq.shape
     H = Wx.shape[1]
     if h0 is None:
@@ -215,40 +203,38 @@ def rnn_backward_impl(dhs, x_seq, h0, Wx, Wh, hs):
     dh_next = np.zeros((N, H), dtype=x_seq.dtype)
     for t in range(T - 1, -1, -1):
         h_prev = hs[t - 1] if t > 0 else h0
-        dx[t], dh_next, dWx_t, dWh_t, db_t = rnn_step_backward_impl(dhs[t] + dh_next, x_seq[t], h_prev, Wx, Wh, hs[t])
-        dWx += dWx_t
-        dWh += dWh_t
-        db += db_t
+        dz = grad(dhs[t] + dh_next, hs[t])
+        dx[t], dh_next = dz @ Wx.T, dz @ Wh.T
+        dWx += x_seq[t].T @ dz
+        dWh += h_prev.T @ dz
+        db += dz.sum(axis=0)
     return dx, dh_next, dWx, dWh, db
 
 
-def rnn_step(x, h_prev, Wx, Wh, b=None):
-    """One recurrent step: x (N, D), h_prev (N, H), Wx (D, H), Wh (H, H), b (H,) -> h (N, H)."""
-    rnn_geometry(x, h_prev, Wx, Wh, b)
-    return rnn_step_impl(x, h_prev, Wx, Wh, b)
+def rnn_step(input, hx, Wx, Wh, bias=None, nonlinearity="tanh"):
+    """One recurrent step: input (N, D), hx (N, H), Wx (D, H), Wh (H, H), bias (H,) -> h (N, H)."""
+    return run(RNN, RNN.forward(input, hx, Wx, Wh, bias, nonlinearity, step=True), "numpy", "auto", None)
 
 
-def rnn_step_backward(dh, x, h_prev, Wx, Wh, h):
-    """Gradients (dx, dh_prev, dWx, dWh, db) of rnn_step given dh = dL/dh and the step's output h."""
-    g, dt = rnn_geometry(x, h_prev, Wx, Wh)
-    check_arrays_like(dt, (g.N, g.H), dh=dh, h=h)
-    return rnn_step_backward_impl(dh, x, h_prev, Wx, Wh, h)
+def rnn_step_backward(grad_output, input, hx, Wx, Wh, output, nonlinearity="tanh"):
+    """Gradients (grad_input, grad_hx, grad_Wx, grad_Wh, grad_bias) of rnn_step given
+    grad_output = dL/dh and the step's output h."""
+    problem = RNN.backward(grad_output, input, hx, Wx, Wh, output, nonlinearity, step=True)
+    return run(RNN, problem, "numpy", "auto", None, single_out=False)
 
 
-def rnn(x_seq, h0, Wx, Wh, b=None):
-    """All hidden states (T, N, H) of a tanh RNN over the time-major sequence x_seq (T, N, D).
+def rnn(input, hx, Wx, Wh, bias=None, nonlinearity="tanh"):
+    """All hidden states (T, N, H) of an RNN over the time-major sequence input (T, N, D).
 
-    ``h0`` (N, H) is the initial state, zeros when None."""
-    rnn_geometry(x_seq, h0, Wx, Wh, b, sequence=True)
-    return rnn_impl(x_seq, h0, Wx, Wh, b)
+    ``hx`` (N, H) is the initial state, zeros when None."""
+    return run(RNN, RNN.forward(input, hx, Wx, Wh, bias, nonlinearity, step=False), "numpy", "auto", None)
 
 
-def rnn_backward(dhs, x_seq, h0, Wx, Wh, hs):
-    """Backward through time. ``dhs`` (T, N, H) is dL/d(every hidden state), ``hs`` the forward's
-    output. Returns (dx (T, N, D), dh0 (N, H), dWx, dWh, db)."""
-    g, dt = rnn_geometry(x_seq, h0, Wx, Wh, sequence=True)
-    check_arrays_like(dt, (g.T, g.N, g.H), dhs=dhs, hs=hs)
-    return rnn_backward_impl(dhs, x_seq, h0, Wx, Wh, hs)
+def rnn_backward(grad_output, input, hx, Wx, Wh, output, nonlinearity="tanh"):
+    """Backward through time. ``grad_output`` (T, N, H) is dL/d(every hidden state), ``output`` the
+    forward's result. Returns (grad_input (T, N, D), grad_hx (N, H), grad_Wx, grad_Wh, grad_bias)."""
+    problem = RNN.backward(grad_output, input, hx, Wx, Wh, output, nonlinearity, step=False)
+    return run(RNN, problem, "numpy", "auto", None, single_out=False)
 
 
 # ============================================================================ lstm, gru

@@ -19,7 +19,7 @@ def test_availability_reports_the_driver_state():
     cuda = pytest.importorskip("numba.cuda", reason="the cuda extra (numba, numba-cuda) is not installed")
     import fastlayers as fl
 
-    report = fl.backends()["cuda"]
+    report = fl.available_backends()["cuda"]
     if cuda.is_available():
         assert report["available"] and report["reason"].startswith("GPU")
         return

@@ -12,7 +12,7 @@ from fastlayers._cuda.gemm import GEO_LEN  # noqa: E402
 
 GEO = types.UniTuple(types.int64, GEO_LEN)
 QUAD = types.UniTuple(types.int64, 4)
-POOL_GEO = types.UniTuple(types.int64, 12)
+POOL_GEO = types.UniTuple(types.int64, 14)
 i64 = types.int64
 
 
@@ -31,7 +31,7 @@ KERNELS = [
     (max_pool2d, "forward_kernel", (), lambda dt: (_arr(dt), _arr(dt), _arr(np.int64), POOL_GEO)),
     (max_pool2d, "backward_kernel", (), lambda dt: (_arr(dt), _arr(np.int64), _arr(dt), _arr(np.int32), i64, i64, i64)),
     *[(rnn, "gemm_kernel", (name,), _gemm_sig) for name in sorted(rnn._GEMMS)],
-    (rnn, "tanh_grad_kernel", (), lambda dt: (_arr(dt),) * 3 + (i64, i64)),
+    *[(rnn, "activation_grad_kernel", (act,), lambda dt: (_arr(dt),) * 3 + (i64, i64)) for act in ("tanh", "relu")],
     (gated_rnn, "lstm_cell_kernel", (), lambda dt: (_arr(dt),) * 6 + (i64,) * 5),
     (gated_rnn, "lstm_cell_backward_kernel", (), lambda dt: (_arr(dt),) * 9 + (i64,) * 5),
     (gated_rnn, "gru_cell_kernel", (), lambda dt: (_arr(dt),) * 6 + (i64,) * 6),

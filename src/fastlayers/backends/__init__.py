@@ -1,19 +1,21 @@
-"""Backends: one module per backend, each exposing the same functions.
+"""Backends: ``numpy`` (a module), ``cpu`` and ``cuda`` (packages, one module per op family).
 
-A backend module has ``OPS`` (the op names it implements), ``availability() -> (bool, reason)``
-and, for each op in ``OPS``, a function taking *validated* arrays and the op's geometry from
-``fastlayers._params`` (plus caller-supplied output buffers, already checked, or None):
+A backend has ``availability() -> (bool, reason)``. Its kernels are functions listed by the op
+specs (``fastlayers.ops``, one ``Kernel`` entry each), called with the validated arrays of the
+problem in the spec's order, its geometry, and a tuple of output buffers, and returning the tuple
+of outputs:
 
-    conv2d(x, w, b, g, algo, out) -> y
-    conv2d_backward(dy, x, w, g, algo, out) -> (dx, dw, db)          out: (dx, dw, db) or None
-    max_pool2d(x, g, out) -> (y, indices)                            out: (y, indices) or None
-    max_pool2d_backward(dy, indices, input_shape, out) -> dx         indices NOT range-checked
-    rnn_step(x, h_prev, Wx, Wh, b, out) -> h
-    rnn_step_backward(dh, x, h_prev, Wx, Wh, h, out) -> (dx, dh_prev, dWx, dWh, db)
-    rnn(x_seq, h0, Wx, Wh, b, out) -> hs                             h0 may be None
-    rnn_backward(dhs, x_seq, h0, Wx, Wh, hs, out) -> (dx, dh0, dWx, dWh, db)
+    conv2d   forward  (input, weight, bias, g, outs) -> (output,)
+             backward (grad_output, input, weight, g, outs) -> (grad_input, grad_weight, grad_bias)
+    max_pool2d forward  (input, g, outs) -> (output, indices)
+             backward (grad_output, indices, g, outs) -> (grad_input,)     indices NOT range-checked
+    rnn      forward  (input, hx, Wx, Wh, bias, g, outs) -> (output,)      hx may be None (zeros)
+             backward (grad_output, input, hx, Wx, Wh, output, g, outs)
+                      -> (grad_input, grad_hx, grad_Wx, grad_Wh, grad_bias)
 
-Inputs may be non-contiguous; a backend copies what its kernels need in C order. ``b`` may be
-None. ``max_pool2d_backward`` must check every index against ``[0, H*W)`` itself (or call
-``_params.check_pool_backward_args``) before writing.
+"No bias" is ``bias=None`` everywhere. Inputs may be non-contiguous; a kernel copies what it needs
+in C order. ``outs`` holds host buffers for every output, except for kernels declared
+``allocates`` (the reference, cuda), which get the caller's buffers or None. An rnn kernel gets
+step-shaped arrays (N, .) when ``g.step`` (T = 1). A max_pool2d backward kernel must check every
+index against ``[0, H*W)`` itself before writing.
 """

@@ -1,75 +1,69 @@
-"""The ``"numpy"`` backend: the reference implementation (``fastlayers.reference``)."""
+"""The ``"numpy"`` backend: the reference (``fastlayers.reference``) as kernels.
+
+Each function takes the validated arrays and geometry of its spec's problem and the caller's
+buffers (None where none was given), and returns its outputs as a tuple.
+"""
 from __future__ import annotations
 
 import numpy as np
 
 from .. import reference as ref
-from .._params import check_pool_backward_args
-
-OPS = frozenset(
-    {"conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward",
-     "rnn_step", "rnn_step_backward", "rnn", "rnn_backward", "lstm", "lstm_backward", "gru", "gru_backward"}
-)
+from ..ops.max_pool2d import check_indices_range
 
 
 def availability():
     return True, "NumPy reference, always available"
 
 
-def _into(out, result):
-    """Copy ``result`` into the caller's buffer(s) when given; return what the op returns."""
-    if out is None:
-        return result
-    if isinstance(result, tuple):
-        return tuple(_into(o, r) for o, r in zip(out, result))
-    np.copyto(out, result)
-    return out
+def _into(outs, results):
+    """The results, copied into the caller's buffers where given."""
+    return tuple(r if o is None else (np.copyto(o, r), o)[1] for o, r in zip(outs, results))
 
 
-def conv2d(x, w, b, g, algo, out):
-    return _into(out, ref.conv2d_impl(x, w, b, g))
+def conv2d_forward(x, w, b, g, outs):
+    return _into(outs, (ref.conv2d_impl(x, w, b, g),))
 
 
-def conv2d_backward(dy, x, w, g, algo, out):
-    return _into(out, ref.conv2d_backward_impl(dy, x, w, g))
+def conv2d_backward(dy, x, w, g, outs):
+    return _into(outs, ref.conv2d_backward_impl(dy, x, w, g))
 
 
-def max_pool2d(x, g, out):
-    return _into(out, ref.max_pool2d_impl(x, g))
+def max_pool2d_forward(x, g, outs):
+    return _into(outs, ref.max_pool2d_impl(x, g))
 
 
-def max_pool2d_backward(dy, indices, input_shape, out):
-    check_pool_backward_args(dy, indices, input_shape)
-    return _into(out, ref.max_pool2d_backward_impl(dy, indices, input_shape))
+def max_pool2d_backward(dy, indices, g, outs):
+    check_indices_range(indices, g.H * g.W)
+    return _into(outs, (ref.max_pool2d_backward_impl(dy, indices, g.x_shape),))
 
 
-def rnn_step(x, h_prev, Wx, Wh, b, out):
-    return _into(out, ref.rnn_step_impl(x, h_prev, Wx, Wh, b))
+def _sequence(a, g):
+    """A step's (N, .) array as a sequence of one, (1, N, .); None stays None."""
+    return None if a is None else a.reshape(g.T, g.N, a.shape[-1])
 
 
-def rnn_step_backward(dh, x, h_prev, Wx, Wh, h, out):
-    return _into(out, ref.rnn_step_backward_impl(dh, x, h_prev, Wx, Wh, h))
+def rnn_forward(x, h0, Wx, Wh, b, g, outs):
+    hs = ref.rnn_impl(_sequence(x, g), h0, Wx, Wh, b, g.nonlinearity)
+    return _into(outs, (hs.reshape(g.shaped(g.H)),))
 
 
-def rnn(x_seq, h0, Wx, Wh, b, out):
-    return _into(out, ref.rnn_impl(x_seq, h0, Wx, Wh, b))
+def rnn_backward(dhs, x, h0, Wx, Wh, hs, g, outs):
+    dx, dh0, dWx, dWh, db = ref.rnn_backward_impl(_sequence(dhs, g), _sequence(x, g), h0, Wx, Wh,
+                                                  _sequence(hs, g), g.nonlinearity)
+    return _into(outs, (dx.reshape(g.shaped(g.D)), dh0, dWx, dWh, db))
 
 
-def rnn_backward(dhs, x_seq, h0, Wx, Wh, hs, out):
-    return _into(out, ref.rnn_backward_impl(dhs, x_seq, h0, Wx, Wh, hs))
+def lstm_forward(x, h0, c0, Wx, Wh, b, g, outs):
+    return _into(outs, ref.lstm_impl(x, h0, c0, Wx, Wh, b))
 
 
-def lstm(x_seq, h0, c0, Wx, Wh, b, out):
-    return _into(out, ref.lstm_impl(x_seq, h0, c0, Wx, Wh, b))
+def lstm_backward(dhs, dcs, x, h0, c0, Wx, Wh, b, hs, cs, g, outs):
+    return _into(outs, ref.lstm_backward_impl(dhs, dcs, x, h0, c0, Wx, Wh, b, hs, cs))
 
 
-def lstm_backward(dhs, dcs, x_seq, h0, c0, Wx, Wh, b, hs, cs, out):
-    return _into(out, ref.lstm_backward_impl(dhs, dcs, x_seq, h0, c0, Wx, Wh, b, hs, cs))
+def gru_forward(x, h0, Wx, Wh, bx, bh, g, outs):
+    return _into(outs, (ref.gru_impl(x, h0, Wx, Wh, bx, bh),))
 
 
-def gru(x_seq, h0, Wx, Wh, bx, bh, out):
-    return _into(out, ref.gru_impl(x_seq, h0, Wx, Wh, bx, bh))
-
-
-def gru_backward(dhs, x_seq, h0, Wx, Wh, bx, bh, hs, out):
-    return _into(out, ref.gru_backward_impl(dhs, x_seq, h0, Wx, Wh, bx, bh, hs))
+def gru_backward(dhs, x, h0, Wx, Wh, bx, bh, hs, g, outs):
+    return _into(outs, ref.gru_backward_impl(dhs, x, h0, Wx, Wh, bx, bh, hs))

@@ -76,7 +76,7 @@ def labels_for(families, op, out_rows=True):
 
 def available_families():
     """``{family: (available, reason, ops)}`` for every backend family, torch included."""
-    found = {name: (r["available"], r["reason"], set(r["ops"])) for name, r in _dispatch.backends().items()}
+    found = {name: (r["available"], r["reason"], set(r["ops"])) for name, r in _dispatch.available_backends().items()}
     if importlib.util.find_spec("torch") is not None:  # not imported here: it runs in its own process
         found["torch"] = (True, "PyTorch, in a separate process", None)
     else:

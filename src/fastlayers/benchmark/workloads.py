@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import reference
-from .._params import conv2d_geometry, pool2d_geometry
+from ..ops.conv2d import conv2d_geometry
+from ..ops.max_pool2d import pool2d_geometry
 
 DIRECTIONS = ("forward", "backward")
 
@@ -78,13 +79,13 @@ class Conv2dWorkload(Workload):
         x = normal(case.shape)
         w = normal(w_shape, 1 / np.sqrt(np.prod(w_shape[1:])))
         if direction == "forward":
-            return dict(x=x, w=w, b=normal(w_shape[0]))
-        return dict(dy=normal(self.geometry(case).y_shape), x=x, w=w)
+            return dict(input=x, weight=w, bias=normal(w_shape[0]))
+        return dict(grad_output=normal(self.geometry(case).y_shape), input=x, weight=w)
 
     def outputs(self, case, direction, inputs, empty):
         if direction == "forward":
-            return empty(self.geometry(case).y_shape, inputs["x"].dtype)
-        x, w = inputs["x"], inputs["w"]
+            return empty(self.geometry(case).y_shape, inputs["input"].dtype)
+        x, w = inputs["input"], inputs["weight"]
         return empty(x.shape, x.dtype), empty(w.shape, w.dtype), empty(w.shape[:1], w.dtype)
 
     def work(self, case, direction, dtype):
@@ -99,11 +100,11 @@ class Conv2dWorkload(Workload):
         nnf, kw = torch.nn.functional, self.options(case, direction)
         t = {k: torch.from_numpy(v).to(device) for k, v in inputs.items()}
         if direction == "forward":
-            return _torch_no_grad(torch, lambda: nnf.conv2d(t["x"], t["w"], t["b"], **kw))
-        x, w = t["x"].requires_grad_(), t["w"].requires_grad_()
+            return _torch_no_grad(torch, lambda: nnf.conv2d(t["input"], t["weight"], t["bias"], **kw))
+        x, w = t["input"].requires_grad_(), t["weight"].requires_grad_()
         b = torch.zeros(w.shape[0], dtype=w.dtype, device=device, requires_grad=True)
         y = nnf.conv2d(x, w, b, **kw)
-        return lambda: torch.autograd.grad(y, (x, w, b), t["dy"], retain_graph=True)
+        return lambda: torch.autograd.grad(y, (x, w, b), t["grad_output"], retain_graph=True)
 
 
 class MaxPool2dWorkload(Workload):
@@ -127,10 +128,10 @@ class MaxPool2dWorkload(Workload):
         normal = _normal(seed, dtype)
         x = normal(case.shape)
         if direction == "forward":
-            return dict(x=x)
+            return dict(input=x)
         _, indices = reference.max_pool2d(x, case.params["kernel_size"], case.params.get("stride"),
                                           return_indices=True)
-        return dict(dy=normal(indices.shape), indices=indices, input_shape=x.shape)
+        return dict(grad_output=normal(indices.shape), indices=indices, input_shape=x.shape)
 
     @staticmethod
     def args(case, direction, inputs):
@@ -141,8 +142,8 @@ class MaxPool2dWorkload(Workload):
     def outputs(self, case, direction, inputs, empty):
         if direction == "forward":
             y_shape = self.geometry(case).y_shape
-            return empty(y_shape, inputs["x"].dtype), empty(y_shape, np.int64)
-        return empty(inputs["input_shape"], inputs["dy"].dtype)
+            return empty(y_shape, inputs["input"].dtype), empty(y_shape, np.int64)
+        return empty(inputs["input_shape"], inputs["grad_output"].dtype)
 
     def work(self, case, direction, dtype):
         """Bytes moved: the forward reads x and writes y and the int64 indices; the backward
@@ -154,11 +155,11 @@ class MaxPool2dWorkload(Workload):
     def torch_call(self, torch, case, direction, inputs, seed, device="cpu"):
         nnf, k, stride = torch.nn.functional, case.params["kernel_size"], case.params.get("stride")
         if direction == "forward":
-            x = torch.from_numpy(inputs["x"]).to(device)
+            x = torch.from_numpy(inputs["input"]).to(device)
             return _torch_no_grad(torch, lambda: nnf.max_pool2d(x, k, stride, return_indices=True))
         # The same x the indices were taken from: the forward's inputs under the same seed.
-        dy = torch.from_numpy(inputs["dy"]).to(device)
-        x = torch.from_numpy(self.inputs(case, "forward", inputs["dy"].dtype, seed)["x"]).to(device).requires_grad_()
+        dy = torch.from_numpy(inputs["grad_output"]).to(device)
+        x = torch.from_numpy(self.inputs(case, "forward", inputs["grad_output"].dtype, seed)["input"]).to(device).requires_grad_()
         y = nnf.max_pool2d(x, k, stride)
         return lambda: torch.autograd.grad(y, (x,), dy, retain_graph=True)
 
@@ -175,13 +176,13 @@ class RnnWorkload(Workload):
         Wx, Wh = normal((D, H), 1 / np.sqrt(D)), normal((H, H), 1 / np.sqrt(H))
         b = normal(H, 0.1)
         if direction == "forward":
-            return dict(x_seq=x_seq, h0=h0, Wx=Wx, Wh=Wh, b=b)
+            return dict(input=x_seq, hx=h0, Wx=Wx, Wh=Wh, bias=b)
         hs = reference.rnn(x_seq, h0, Wx, Wh, b)
-        return dict(dhs=normal(hs.shape), x_seq=x_seq, h0=h0, Wx=Wx, Wh=Wh, hs=hs)
+        return dict(grad_output=normal(hs.shape), input=x_seq, hx=h0, Wx=Wx, Wh=Wh, output=hs)
 
     def outputs(self, case, direction, inputs, empty):
         T, N, D, H = case.shape
-        dt = inputs["x_seq"].dtype
+        dt = inputs["input"].dtype
         if direction == "forward":
             return empty((T, N, H), dt)
         return tuple(empty(s, dt) for s in ((T, N, D), (N, H), (D, H), (H, H), (H,)))
@@ -196,7 +197,7 @@ class RnnWorkload(Workload):
         (H, D)); its second bias is zero, as fastlayers has one."""
         t = {k: torch.from_numpy(v).to(device) for k, v in inputs.items()}
         # The backward's hs came from the forward with the bias b: the forward's inputs under the same seed.
-        b = inputs["b"] if direction == "forward" else self.inputs(case, "forward", inputs["Wx"].dtype, seed)["b"]
+        b = inputs["bias"] if direction == "forward" else self.inputs(case, "forward", inputs["Wx"].dtype, seed)["bias"]
         T, N, D, H = case.shape
         rnn = torch.nn.RNN(D, H, nonlinearity="tanh", dtype=t["Wx"].dtype, device=device)
         with torch.no_grad():
@@ -204,13 +205,13 @@ class RnnWorkload(Workload):
             rnn.weight_hh_l0.copy_(t["Wh"].T)
             rnn.bias_ih_l0.copy_(torch.from_numpy(b))
             rnn.bias_hh_l0.zero_()
-        h0 = t["h0"][None]
+        h0 = t["hx"][None]
         if direction == "forward":
-            return _torch_no_grad(torch, lambda: rnn(t["x_seq"], h0))
-        x_seq, h0 = t["x_seq"].requires_grad_(), h0.clone().requires_grad_()
+            return _torch_no_grad(torch, lambda: rnn(t["input"], h0))
+        x_seq, h0 = t["input"].requires_grad_(), h0.clone().requires_grad_()
         hs, _ = rnn(x_seq, h0)
         params = (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0)
-        return lambda: torch.autograd.grad(hs, (x_seq, h0, *params), t["dhs"], retain_graph=True)
+        return lambda: torch.autograd.grad(hs, (x_seq, h0, *params), t["grad_output"], retain_graph=True)
 
 
 class _GatedWorkload(Workload):

@@ -8,7 +8,7 @@ import pytest
 
 import fastlayers as fl
 from fastlayers import reference as ref
-from fastlayers._params import conv2d_geometry
+from fastlayers.ops.conv2d import conv2d_geometry
 from tests._helpers import assert_close, assert_grad_matches, make_rng, numeric_grad
 
 # (x shape, w shape, params, bias): each case mixes several parameters; comments say which tile
@@ -43,7 +43,7 @@ def _f64(a):
     return None if a is None else a.astype(np.float64)
 
 
-@pytest.mark.parametrize("algo", ["direct", "im2col"])
+@pytest.mark.parametrize("algo", ["direct", "implicit_gemm"])
 @pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
 def test_forward_float64(case, algo):
     x, w, b, params = _case(case, np.float64)
@@ -77,7 +77,7 @@ def test_float32_forward_and_backward(case):
     dy = make_rng(1).uniform(-1, 1, g.y_shape).astype(np.float32)
     # The float64 reference of the same float32 data: only our float32 rounding differs.
     expected = ref.conv2d(_f64(x), _f64(w), _f64(b), **params)
-    for algo in ("direct", "im2col"):
+    for algo in ("direct", "implicit_gemm"):
         y = fl.conv2d(x, w, b, algo=algo, backend="cuda", **params)
         assert y.dtype == np.float32
         assert_close(y, expected, np.float32, terms=w[0].size + 1, err_msg=algo)
@@ -94,7 +94,7 @@ def test_forward_gemm_two_partial_tiles_each_way(dtype):
     (forward only: the direct kernel and the backward have no filter tiles, and 132 filter
     planes would cost the simulator minutes)."""
     x, w, b, params = _case(((2, 1, 6, 6), (66, 1, 1, 1), dict(), True), dtype)
-    y = fl.conv2d(x, w, b, algo="im2col", backend="cuda")
+    y = fl.conv2d(x, w, b, algo="implicit_gemm", backend="cuda")
     assert_close(y, ref.conv2d(_f64(x), _f64(w), _f64(b)), dtype, terms=2)
 
 
@@ -130,7 +130,7 @@ def test_device_arrays_in_place_and_out_buffers():
     through the backend interface."""
     from numba import cuda
 
-    from fastlayers.backends import cuda as backend
+    from fastlayers.backends.cuda import conv2d as backend
 
     x, w, b, params = _case(CASES[0], np.float64)
     xd, wd, bd = cuda.to_device(x), cuda.to_device(w), cuda.to_device(b)
@@ -141,13 +141,29 @@ def test_device_arrays_in_place_and_out_buffers():
 
     g = conv2d_geometry(x.shape, w.shape, **params)
     out = cuda.device_array(g.y_shape)
-    assert backend.conv2d(xd, wd, bd, g, "im2col", out) is out
+    assert backend.implicit_gemm_forward(xd, wd, bd, g, (out,))[0] is out
     assert_close(out.copy_to_host(), expected, np.float64, terms=w[0].size + 1)
     with pytest.raises(TypeError, match="out must be a GPU array"):
-        backend.conv2d(xd, wd, bd, g, "im2col", np.empty(g.y_shape))
+        backend.implicit_gemm_forward(xd, wd, bd, g, (np.empty(g.y_shape),))
     with pytest.raises(ValueError, match=r"out must have shape \(2, 4, 5, 6\)"):
-        backend.conv2d(xd, wd, bd, g, "im2col", cuda.device_array((2, 4, 5, 5)))
+        backend.implicit_gemm_forward(xd, wd, bd, g, (cuda.device_array((2, 4, 5, 5)),))
 
     host_out = np.empty_like(expected)
     assert fl.conv2d(x, w, b, backend="cuda", out=host_out, **params) is host_out
     assert_close(host_out, expected, np.float64, terms=w[0].size + 1)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "circular"])
+def test_padding_mode_and_unbatched_match_reference(mode):
+    """padding_mode pads on the host before the kernel; an unbatched (C, H, W) input runs as N = 1."""
+    rng = make_rng(4)
+    x, w, b = rng.uniform(-1, 1, (3, 5, 6)), rng.uniform(-1, 1, (4, 3, 3, 3)), rng.uniform(-1, 1, 4)
+    kw = dict(padding=1, padding_mode=mode)
+    y = fl.conv2d(x, w, b, backend="cuda", **kw)
+    assert y.shape == (4, 5, 6)
+    assert_close(y, ref.conv2d(x, w, b, **kw), np.float64, terms=w[0].size + 1)
+    dy = rng.uniform(-1, 1, y.shape)
+    # dx: F*KH*KW = 36 terms per padded cell, folded onto an input cell up to twice per axis (144);
+    # dw and db: OH*OW = 30 terms.
+    for got, want in zip(fl.conv2d_backward(dy, x, w, backend="cuda", **kw), ref.conv2d_backward(dy, x, w, **kw)):
+        assert_close(got, want, np.float64, terms=144)

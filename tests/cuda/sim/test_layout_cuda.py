@@ -23,7 +23,7 @@ def test_gather_strided_copies_any_view(view, dtype):
     from numba import cuda
 
     from fastlayers._cuda import launch, layout
-    from fastlayers.backends.cuda import strided_span
+    from fastlayers.backends.cuda._arrays import strided_span
 
     base = make_rng(0).standard_normal((2, 3, 5, 7)).astype(dtype)
     v = view(base)

@@ -29,8 +29,8 @@ def test_forward_and_backward(case, dtype):
     rng = make_rng(0)
     # Values rounded to a coarse grid so windows hold ties: the first maximum must win.
     x = np.round(rng.uniform(-2, 2, case[0]) * 2).astype(dtype) / 2
-    y, idx = fl.max_pool2d(x, backend="cuda", **_params(case))
-    ry, ridx = ref.max_pool2d(x, **_params(case))
+    y, idx = fl.max_pool2d(x, backend="cuda", return_indices=True, **_params(case))
+    ry, ridx = ref.max_pool2d(x, return_indices=True, **_params(case))
     np.testing.assert_array_equal(y, ry)  # a max is exact
     np.testing.assert_array_equal(idx, ridx)
     assert y.dtype == dtype and idx.dtype == np.int64
@@ -49,8 +49,8 @@ def test_nan_propagates_and_infinities():
                     [np.nan, 0.0, -np.inf, -np.inf], [1.0, 2.0, -np.inf, -np.inf]]]])
     for dtype in (np.float32, np.float64):
         xt = x.astype(dtype)
-        y, idx = fl.max_pool2d(xt, 2, backend="cuda")
-        ry, ridx = ref.max_pool2d(xt, 2)
+        y, idx = fl.max_pool2d(xt, 2, return_indices=True, backend="cuda")
+        ry, ridx = ref.max_pool2d(xt, 2, return_indices=True)
         np.testing.assert_array_equal(y, ry)  # NaN == NaN for assert_array_equal
         np.testing.assert_array_equal(idx, ridx)
     assert np.isnan(y[0, 0, 0, 0]) and idx[0, 0, 0, 0] == 1  # the first NaN, not the later 3.0
@@ -68,10 +68,25 @@ def test_device_arrays_in_place():
     from numba import cuda
 
     x = make_rng(1).standard_normal((2, 2, 5, 5))
-    y, idx = fl.max_pool2d(cuda.to_device(x), 3, stride=2, backend="cuda")
-    ry, ridx = ref.max_pool2d(x, 3, stride=2)
+    y, idx = fl.max_pool2d(cuda.to_device(x), 3, stride=2, return_indices=True, backend="cuda")
+    ry, ridx = ref.max_pool2d(x, 3, stride=2, return_indices=True)
     np.testing.assert_array_equal(y.copy_to_host(), ry)
     np.testing.assert_array_equal(idx.copy_to_host(), ridx)
     dy = make_rng(2).standard_normal(ry.shape)
     dx = fl.max_pool2d_backward(cuda.to_device(dy), idx, x.shape, backend="cuda")
     assert_close(dx.copy_to_host(), ref.max_pool2d_backward(dy, ridx, x.shape), np.float64, terms=4)
+
+
+@pytest.mark.parametrize("case", [((1, 2, 9, 10), 3, 2, 1, (2, 1), True), ((2, 1, 7, 7), 2, 1, 0, 3, False)])
+def test_dilation_and_unbatched_match_reference(case):
+    """Dilated windows (which the cpu kernel declines) and an unbatched (C, H, W) input."""
+    shape, k, s, p, d, ceil = case
+    x = np.round(make_rng(3).uniform(-2, 2, shape) * 2) / 2  # ties: the first maximum must win
+    kw = dict(kernel_size=k, stride=s, padding=p, dilation=d, ceil_mode=ceil, return_indices=True)
+    y, idx = fl.max_pool2d(x, backend="cuda", **kw)
+    ry, ridx = ref.max_pool2d(x, **kw)
+    np.testing.assert_array_equal(y, ry)
+    np.testing.assert_array_equal(idx, ridx)
+    y1, idx1 = fl.max_pool2d(x[0], backend="cuda", **kw)
+    np.testing.assert_array_equal(y1, ry[0])
+    np.testing.assert_array_equal(idx1, ridx[0])

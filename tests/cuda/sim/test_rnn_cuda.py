@@ -22,9 +22,9 @@ def _data(case, dtype, seed=0):
     u = lambda *shape: rng.uniform(-1, 1, shape).astype(dtype)  # noqa: E731
     # Weights scaled by 1/sqrt(fan-in) keep the pre-activations O(1), away from tanh saturation.
     return dict(
-        x_seq=u(T, N, D), h0=u(N, H) if with_h0 else None,
+        input=u(T, N, D), hx=u(N, H) if with_h0 else None,
         Wx=u(D, H) / np.sqrt(D).astype(dtype), Wh=u(H, H) / np.sqrt(H).astype(dtype),
-        b=u(H) if with_bias else None,
+        bias=u(H) if with_bias else None,
     )
 
 
@@ -54,7 +54,7 @@ def test_rnn_forward_and_backward(case, dtype):
     assert hs.dtype == dtype
     assert_close(hs, rhs, dtype, terms=state_terms)
     dhs = make_rng(1).uniform(-1, 1, hs.shape).astype(dtype)
-    args = dict(dhs=dhs, x_seq=a["x_seq"], h0=a["h0"], Wx=a["Wx"], Wh=a["Wh"], hs=hs)
+    args = dict(grad_output=dhs, input=a["input"], hx=a["hx"], Wx=a["Wx"], Wh=a["Wh"], output=hs)
     grads = fl.rnn_backward(**args, backend="cuda")
     expected = ref.rnn_backward(**_f64(args))
     for name, got, want in zip(("dx", "dh0", "dWx", "dWh", "db"), grads, expected):
@@ -74,11 +74,12 @@ def test_rnn_forward_two_column_tiles(dtype):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_rnn_step_forward_and_backward(dtype):
     a = _data((1, 3, 4, 5, True, True), dtype)
-    x, h_prev = a["x_seq"][0], a["h0"]
-    h = fl.rnn_step(x, h_prev, a["Wx"], a["Wh"], a["b"], backend="cuda")
-    assert_close(h, ref.rnn_step(**_f64(dict(x=x, h_prev=h_prev, Wx=a["Wx"], Wh=a["Wh"], b=a["b"]))), dtype, terms=10)
+    x, h_prev = a["input"][0], a["hx"]
+    h = fl.rnn_step(x, h_prev, a["Wx"], a["Wh"], a["bias"], backend="cuda")
+    step = dict(input=x, hx=h_prev, Wx=a["Wx"], Wh=a["Wh"], bias=a["bias"])
+    assert_close(h, ref.rnn_step(**_f64(step)), dtype, terms=10)
     dh = make_rng(1).uniform(-1, 1, h.shape).astype(dtype)
-    args = dict(dh=dh, x=x, h_prev=h_prev, Wx=a["Wx"], Wh=a["Wh"], h=h)
+    args = dict(grad_output=dh, input=x, hx=h_prev, Wx=a["Wx"], Wh=a["Wh"], output=h)
     for got, want in zip(fl.rnn_step_backward(**args, backend="cuda"), ref.rnn_step_backward(**_f64(args))):
         assert_close(got, want, dtype, terms=3 * 10)
 
@@ -87,8 +88,8 @@ def test_rnn_backward_matches_finite_differences():
     a = _data(CASES[0], np.float64)
     hs = ref.rnn(**a)
     dhs = make_rng(1).uniform(-1, 1, hs.shape)
-    grads = fl.rnn_backward(dhs, a["x_seq"], a["h0"], a["Wx"], a["Wh"], hs, backend="cuda")
-    for name, analytic in zip(("x_seq", "h0", "Wx", "Wh", "b"), grads):
+    grads = fl.rnn_backward(dhs, a["input"], a["hx"], a["Wx"], a["Wh"], hs, backend="cuda")
+    for name, analytic in zip(("input", "hx", "Wx", "Wh", "bias"), grads):
         assert_grad_matches(analytic, numeric_grad(ref.rnn, dict(a), name, dhs), err_msg=name)
 
 
@@ -98,5 +99,21 @@ def test_device_arrays_in_place():
     a = _data(CASES[0], np.float64)
     dev = {k: cuda.to_device(v) for k, v in a.items()}
     hs = fl.rnn(**dev, backend="cuda")
-    assert isinstance(hs, type(dev["x_seq"]))
+    assert isinstance(hs, type(dev["input"]))
     assert_close(hs.copy_to_host(), ref.rnn(**a), np.float64, terms=_terms(CASES[0])[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_relu_matches_reference(dtype):
+    """nonlinearity="relu": the fused epilogues of the forward and the backward, and the seed of
+    the last step's gradient."""
+    a = _data(CASES[0], dtype)
+    hs = fl.rnn(**a, nonlinearity="relu", backend="cuda")
+    state_terms, grad_terms = _terms(CASES[0])
+    assert_close(hs, ref.rnn(**_f64(a), nonlinearity="relu"), dtype, terms=state_terms)
+    dhs = make_rng(1).uniform(-1, 1, hs.shape).astype(dtype)
+    args = dict(grad_output=dhs, input=a["input"], hx=a["hx"], Wx=a["Wx"], Wh=a["Wh"], output=hs)
+    grads = fl.rnn_backward(**args, nonlinearity="relu", backend="cuda")
+    expected = ref.rnn_backward(**_f64(args), nonlinearity="relu")
+    for name, got, want in zip(("dx", "dh0", "dWx", "dWh", "db"), grads, expected):
+        assert_close(got, want, dtype, terms=grad_terms, err_msg=name)

@@ -1,27 +1,33 @@
 """The ``"cpu"`` backend: Cython + OpenMP kernels (sources in kernels/cpu/, compiled into
-``fastlayers._cpu``, which loads the libraries they link: see its docstring), one part module per
-op family.
+``fastlayers._cpu``, which loads the libraries they link: see its docstring), one module per op
+family (``conv2d``, ``max_pool2d``, ``rnn``, ``lstm``, ``gru``; the last two share ``_gated``) holding
+the kernel functions its spec lists (``fastlayers.ops``).
 
-Each part module defines ``OPS`` and the functions named there. A part is named after its op
-family, and its ops' names start with that name (``conv2d``: ``conv2d``, ``conv2d_backward``).
-A part whose compiled kernels fail to load (a broken install) leaves its ops out, warns once
-when fastlayers is imported, and says why in ``availability()`` and in ``load_error(op)``.
+A module whose compiled kernels fail to load (a broken install) leaves its family's kernels
+unavailable, warns once when fastlayers is imported, and says why in ``availability()`` and in
+``load_error(family)``.
 """
 import importlib
 import warnings
 
-_PARTS = ("max_pool2d", "conv2d", "rnn", "lstm", "gru")
+_PARTS = ("max_pool2d", "conv2d", "rnn", "lstm", "gru")  # one module per op family, named after it
 
-OPS = frozenset()
 _load_errors = {}
 for _part in _PARTS:
     try:
-        _mod = importlib.import_module(f"{__name__}.{_part}")
+        importlib.import_module(f"{__name__}.{_part}")
     except ImportError as exc:
         _load_errors[_part] = f"{type(exc).__name__}: {exc}"
-        continue
-    OPS |= _mod.OPS
-    globals().update({op: getattr(_mod, op) for op in _mod.OPS})
+
+
+def _functions():
+    from ...ops import SPECS
+
+    return frozenset(f for part in _PARTS if part not in _load_errors for f in SPECS[part].functions)
+
+
+# The public functions whose compiled kernels loaded.
+OPS = _functions()
 
 FIX = ("reinstall fastlayers so that its extensions are built for this Python and scipy-openblas32 "
        "is installed (from a checkout: `python -m pip install .`, or `-e .`)")
@@ -31,12 +37,10 @@ def _describe(errors):
     return "; ".join(f"{part}: {error}" for part, error in errors.items())
 
 
-def load_error(op):
-    """Why ``op``'s compiled kernels failed to load, or None if they loaded (or it has none)."""
-    for part, error in _load_errors.items():
-        if op.startswith(part):
-            return f"the compiled {part} kernels failed to load ({error}); {FIX}"
-    return None
+def load_error(family):
+    """Why the compiled kernels of op family ``family`` failed to load, or None if they loaded."""
+    error = _load_errors.get(family)
+    return None if error is None else f"the compiled {family} kernels failed to load ({error}); {FIX}"
 
 
 def availability():

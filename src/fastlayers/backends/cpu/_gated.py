@@ -1,9 +1,11 @@
-"""What the lstm and gru parts share (both wrap kernels/cpu/gated_rnn.pyx): thread count,
-sizes, biases and output buffers.
+"""What the lstm and gru modules share (both wrap kernels/cpu/gated_rnn.pyx): thread count,
+sizes and biases.
 
 The kernels split every product among their own OpenMP threads (``fastlayers.get_num_threads()``)
-and call BLAS single-threaded inside them. The step functions of the functional API run them as
-sequences of length one.
+and call BLAS single-threaded inside them. Steps arrive as sequences of length one (the spec,
+fastlayers.ops.gated, views them so). The kernels allocate the outputs the caller gave no buffer
+for themselves, after checking the sizes (an oversized call fails with its reason, not an
+allocation error).
 """
 import numpy as np
 
@@ -34,7 +36,6 @@ def bias(b, width, dtype):
     return np.zeros(width, dtype) if b is None else np.ascontiguousarray(b)
 
 
-def outputs(out, shapes, dtype):
+def outputs(outs, shapes, dtype):
     """The caller's buffers where given (already checked), new arrays for the others."""
-    outs = (None,) * len(shapes) if out is None else out
     return tuple(np.empty(s, dtype) if o is None else o for o, s in zip(outs, shapes))

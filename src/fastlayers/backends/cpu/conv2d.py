@@ -25,8 +25,6 @@ from ..._dispatch import get_num_threads
 from ._common import BLAS_INT_MAX, contiguous
 from ._common import workspace as scratch
 
-OPS = frozenset({"conv2d", "conv2d_backward"})
-
 # A tile's columns sized to sit in L2 (1-2 MiB per core) beside the gemm's packed panels; timings
 # are flat from 512 KiB to 8 MiB and the gemms get too thin below 256 KiB (docs/performance.md).
 _column_tile_bytes = 1 << 21
@@ -56,16 +54,14 @@ def _degenerate(x, w):
 def _band_rows(g, threads, itemsize):
     """Output rows per im2col tile: as many as fit in the column tile bytes, but few enough that
     every thread gets tiles."""
-    K = (g.C // g.groups) * g.KH * g.KW
-    rows = max(1, column_tile_bytes() // (K * g.OW * itemsize))
+    rows = max(1, column_tile_bytes() // (g.K * g.OW * itemsize))
     per_plane = -(-threads // max(1, g.N * g.groups))  # bands needed per (image, group) plane
     return max(1, min(rows, g.OH, -(-g.OH // per_plane)))
 
 
 def _im2col_fits(g, rows=1):
     """Whether im2col's gemm sizes and leading dimensions (C ints) hold ``rows``-row tiles."""
-    K = (g.C // g.groups) * g.KH * g.KW
-    return max(g.H * g.W, g.OH * g.OW, K * rows * g.OW, g.F * K) <= BLAS_INT_MAX
+    return max(g.H * g.W, g.OH * g.OW, g.K * rows * g.OW, g.F * g.K) <= BLAS_INT_MAX
 
 
 # The direct loops copy a band's padded input rows, every row and column phase the band spans,
@@ -108,18 +104,18 @@ DIRECT_MAX_TAPS = 2048
 DIRECT_MIN_PLANES = 8  # images x groups
 
 
-def choose_algo(g, direction):
+def choose_algo(problem):
     """``algo="auto"``: the one algorithm that can run when the other cannot (im2col's BLAS sizes
     past a C int, direct's scratch past ``DIRECT_MAX_SCRATCH_BYTES``); otherwise, for the
     forward, "direct" for kernels larger than 1x1 with at most ``DIRECT_MAX_TAPS`` taps per output
     (C/groups * KH * KW), at least ``DIRECT_MIN_FLOPS`` FLOP and ``DIRECT_MIN_PLANES`` (image,
-    group) planes, "im2col" otherwise; for the backward ("direction" "backward"), "im2col"."""
+    group) planes, "im2col" otherwise; for the backward, "im2col"."""
+    g, direction = problem.geometry, problem.direction
     if not _im2col_fits(g):
         return "direct"
     if _direct_scratch_bytes(g, direction) > DIRECT_MAX_SCRATCH_BYTES:
         return "im2col"
-    taps = (g.C // g.groups) * g.KH * g.KW
-    if (direction == "forward" and g.KH * g.KW > 1 and taps <= DIRECT_MAX_TAPS
+    if (direction == "forward" and g.KH * g.KW > 1 and g.K <= DIRECT_MAX_TAPS
             and g.flops >= DIRECT_MIN_FLOPS and g.N * g.groups >= DIRECT_MIN_PLANES):
         return "direct"
     return "im2col"
@@ -153,80 +149,96 @@ def _direct_band(g, backward_input, dtype, threads):
     return band, nbytes
 
 
-def conv2d(x, w, b, g, algo, out):
-    y = np.empty(g.y_shape, dtype=x.dtype) if out is None else out
+def _degenerate_forward(b, y):
+    y[...] = 0 if b is None else b[None, :, None, None]
+    return (y,)
+
+
+def _degenerate_backward(dy, outs):
+    dx, dw, db = outs
+    dx[...] = 0
+    dw[...] = 0
+    db[...] = dy.sum(axis=(0, 2, 3)) if dy.size else 0
+    return outs
+
+
+def direct_forward(x, w, b, g, outs):
+    (y,) = outs
     if _degenerate(x, w):
-        y[...] = 0 if b is None else b[None, :, None, None]
-        return y
-    algo = choose_algo(g, "forward") if algo == "auto" else algo
-    _check_fits(g, algo, "forward")
+        return _degenerate_forward(b, y)
+    _check_fits(g, "direct", "forward")
     threads = get_num_threads()
-    xc, wc = contiguous(x), contiguous(w)
+    # The packed bias is the accumulators' starting value: zeros when there is no bias.
     bias = contiguous(b) if b is not None else np.zeros(g.F, dtype=x.dtype)
-    if algo == "direct":
-        packed_w = _pack_filters(wc.reshape(g.groups, g.F // g.groups, -1))
-        packed_b = _pack_filters(bias.reshape(g.groups, g.F // g.groups, 1)).reshape(packed_w.shape[:2] + (-1,))
-        band, nbytes = _direct_band(g, False, x.dtype, threads)
-        with scratch("direct", (threads, nbytes), np.uint8) as work:
-            _direct.conv2d_forward(xc, packed_w, packed_b, y, work, g, band, threads)
-        return y
+    packed_w = _pack_filters(contiguous(w).reshape(g.groups, g.Fg, -1))
+    packed_b = _pack_filters(bias.reshape(g.groups, g.Fg, 1)).reshape(packed_w.shape[:2] + (-1,))
+    band, nbytes = _direct_band(g, False, x.dtype, threads)
+    with scratch("direct", (threads, nbytes), np.uint8) as work:
+        _direct.conv2d_forward(contiguous(x), packed_w, packed_b, y, work, g, band, threads)
+    return (y,)
+
+
+def im2col_forward(x, w, b, g, outs):
+    (y,) = outs
+    if _degenerate(x, w):
+        return _degenerate_forward(b, y)
+    _check_fits(g, "im2col", "forward")
+    threads = get_num_threads()
     rows = _band_rows(g, threads, x.dtype.itemsize)
     if not _im2col_fits(g, rows):  # tiles cut thinner (one row fits: checked above)
         rows = 1
-    K = (g.C // g.groups) * g.KH * g.KW
-    with scratch("columns", (threads, K * rows * g.OW), x.dtype) as workspace:
-        _im2col.conv2d_forward(xc, wc, bias, b is not None, y, workspace, g, rows, threads)
-    return y
+    with scratch("columns", (threads, g.K * rows * g.OW), x.dtype) as workspace:
+        _im2col.conv2d_forward(contiguous(x), contiguous(w), contiguous(b), y, workspace, g, rows, threads)
+    return (y,)
 
 
-def conv2d_backward(dy, x, w, g, algo, out):
-    dx, dw, db = out if out is not None else (None, None, None)
-    dx = np.empty(g.x_shape, dtype=x.dtype) if dx is None else dx
-    dw = np.empty(g.w_shape, dtype=x.dtype) if dw is None else dw
-    db = np.empty(g.F, dtype=x.dtype) if db is None else db
+def direct_backward(dy, x, w, g, outs):
+    dx, dw, db = outs
     if _degenerate(x, w):
-        dx[...] = 0
-        dw[...] = 0
-        db[...] = dy.sum(axis=(0, 2, 3)) if dy.size else 0
-        return dx, dw, db
-    algo = choose_algo(g, "backward") if algo == "auto" else algo
-    if algo == "direct" and _im2col_fits(g) and not (np.isfinite(w).all() and np.isfinite(dy).all()):
+        return _degenerate_backward(dy, outs)
+    if _im2col_fits(g) and not (np.isfinite(w).all() and np.isfinite(dy).all()):
         # The direct dx multiplies every weight by the zeros of its padded, upsampled copy of dy
         # (0 * NaN poisons all of dx), and its dw skips the padding taps (a NaN in dy that the
         # reference multiplies by a padding zero leaves dw finite): im2col's products are the
         # reference's, NaN for NaN.
-        algo = "im2col"
-    _check_fits(g, algo, "backward")
+        return im2col_backward(dy, x, w, g, outs)
+    _check_fits(g, "direct", "backward")
     threads = get_num_threads()
-    dyc, xc, wc = contiguous(dy), contiguous(x), contiguous(w)
-    if algo == "direct":
-        G, Fg, Cg = g.groups, g.F // g.groups, g.C // g.groups
-        # dx convolves dy with each group's filters flipped and transposed: (G, Cg, Fg*KH*KW)
-        flipped = wc.reshape(G, Fg, Cg, g.KH, g.KW)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
-        packed_wt = _pack_filters(flipped.reshape(G, Cg, -1))
-        zeros = np.zeros((G, packed_wt.shape[1], _direct.FILTER_BLOCK), dtype=x.dtype)
-        band, nbytes = _direct_band(g, True, x.dtype, threads)
-        with scratch("direct", (threads, nbytes), np.uint8) as work:
-            _direct.conv2d_backward_input(dyc, packed_wt, zeros, dx, work, g, band, threads)
-        with scratch("rows", (threads, g.OW), x.dtype) as accumulators:
-            _direct.conv2d_backward_weight(dyc, xc, dw, db, accumulators, g, threads)
-        return dx, dw, db
-    threads = min(threads, g.N * g.groups)  # one (image, group) task per thread at least
+    dyc = contiguous(dy)
+    G, Fg, Cg = g.groups, g.Fg, g.Cg
+    # dx convolves dy with each group's filters flipped and transposed: (G, Cg, Fg*KH*KW)
+    flipped = contiguous(w).reshape(G, Fg, Cg, g.KH, g.KW)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+    packed_wt = _pack_filters(flipped.reshape(G, Cg, -1))
+    zeros = np.zeros((G, packed_wt.shape[1], _direct.FILTER_BLOCK), dtype=x.dtype)
+    band, nbytes = _direct_band(g, True, x.dtype, threads)
+    with scratch("direct", (threads, nbytes), np.uint8) as work:
+        _direct.conv2d_backward_input(dyc, packed_wt, zeros, dx, work, g, band, threads)
+    with scratch("rows", (threads, g.OW), x.dtype) as accumulators:
+        _direct.conv2d_backward_weight(dyc, contiguous(x), dw, db, accumulators, g, threads)
+    return outs
+
+
+def im2col_backward(dy, x, w, g, outs):
+    dx, dw, db = outs
+    if _degenerate(x, w):
+        return _degenerate_backward(dy, outs)
+    _check_fits(g, "im2col", "backward")
+    threads = min(get_num_threads(), g.N * g.groups)  # one (image, group) task per thread at least
     rows = _band_rows(g, threads, x.dtype.itemsize)
     if not _im2col_fits(g, rows):
         rows = 1
-    K = (g.C // g.groups) * g.KH * g.KW
     # The partial sums are reduced inside the checkout: nothing else can write them meanwhile.
     partials = threads if threads > 1 else 0
-    with scratch("columns", (threads, 2, K * rows * g.OW), x.dtype) as workspace, \
-            scratch("dw", (partials, g.F * K), x.dtype) as dw_partial, \
+    with scratch("columns", (threads, 2, g.K * rows * g.OW), x.dtype) as workspace, \
+            scratch("dw", (partials, g.F * g.K), x.dtype) as dw_partial, \
             scratch("db", (partials, g.F), x.dtype) as db_partial:
         if threads == 1:  # the one thread's partial sums are the result
             dw_partial, db_partial = dw.reshape(1, -1), db.reshape(1, -1)
         dw_partial[...] = 0
         db_partial[...] = 0
-        _im2col.conv2d_backward(dyc, xc, wc, dx, dw_partial, db_partial, workspace, g, rows, threads)
+        _im2col.conv2d_backward(contiguous(dy), contiguous(x), contiguous(w), dx, dw_partial, db_partial,
+                                workspace, g, rows, threads)
         if threads > 1:
             np.sum(dw_partial, axis=0, out=dw.reshape(-1))
             np.sum(db_partial, axis=0, out=db)
-    return dx, dw, db
+    return outs

@@ -1,15 +1,14 @@
 """max_pool2d on the CPU backend: wraps kernels/cpu/max_pool2d.pyx.
 
-Arguments arrive validated by fastlayers.functional; here only the sizes the kernels cannot take
-(empty arrays) are handled, and the caller's ``out`` buffers are written in place.
+Arguments arrive validated by the max_pool2d spec (fastlayers.ops.max_pool2d); here only the sizes
+the kernels cannot take (empty arrays) are handled, and the caller's ``out`` buffers (None where
+not given: the spec's entry says ``allocates``) are written in place.
 """
 import numpy as np
 
 from ..._cpu import max_pool2d as _kernels
 from ..._dispatch import get_num_threads
-from ..._params import check_pool_backward_args
-
-OPS = frozenset({"max_pool2d", "max_pool2d_backward"})
+from ...ops.max_pool2d import check_indices_range
 
 # Outputs at least this large are written by the 2x2 path with non-temporal stores (around the
 # cache): they cannot stay cached for the next layer anyway (a typical L3 is 16-32 MiB, shared by
@@ -19,8 +18,8 @@ OPS = frozenset({"max_pool2d", "max_pool2d_backward"})
 STREAMING_MIN_BYTES = 16 << 20
 
 
-def max_pool2d(x, g, out):
-    y, indices = out if out is not None else (None, None)
+def forward(x, g, outs):
+    y, indices = outs
     if y is None:
         y = np.empty(g.y_shape, dtype=x.dtype)
     if indices is None:
@@ -37,27 +36,26 @@ def max_pool2d(x, g, out):
     return y, indices
 
 
-def max_pool2d_backward(dy, indices, input_shape, out):
-    N, C, H, W = input_shape
-    if out is not None or H * W == 0:
+def backward(dy, indices, g, outs):
+    (out,) = outs
+    if out is not None or g.H * g.W == 0:
         # The kernel finds bad indices as it writes: the caller's buffer (and every case with no
         # cell to route to) is checked first, so an error leaves it untouched, as the reference does.
-        check_pool_backward_args(dy, indices, input_shape)
-    dx = np.empty(input_shape, dtype=dy.dtype) if out is None else out
-    planes = N * C
-    if planes == 0 or H * W == 0:
-        return dx
+        check_indices_range(indices, g.H * g.W)
+    dx = np.empty(g.x_shape, dtype=dy.dtype) if out is None else out
+    planes = g.N * g.C
+    if planes == 0 or g.H * g.W == 0:
+        return (dx,)
     if dy.size == 0:  # no outputs: nothing routes anywhere
         dx.fill(0)
-        return dx
-    OH, OW = dy.shape[2:]
+        return (dx,)
     bad = _kernels.max_pool2d_backward(
-        np.ascontiguousarray(dy).reshape(planes, OH, OW),
-        np.ascontiguousarray(indices).reshape(planes, OH, OW),
-        dx.reshape(planes, H, W),
+        np.ascontiguousarray(dy).reshape(planes, g.OH, g.OW),
+        np.ascontiguousarray(indices).reshape(planes, g.OH, g.OW),
+        dx.reshape(planes, g.H, g.W),
         dx.nbytes >= STREAMING_MIN_BYTES,
         get_num_threads(),
     )
     if bad:
-        raise ValueError(f"indices must lie in [0, H*W) = [0, {H * W}); {bad} do not")
-    return dx
+        raise ValueError(f"indices must lie in [0, H*W) = [0, {g.H * g.W}); {bad} do not")
+    return (dx,)

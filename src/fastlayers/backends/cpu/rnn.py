@@ -1,23 +1,20 @@
-"""rnn_step and rnn on the CPU backend: wraps kernels/cpu/rnn.pyx.
+"""rnn (and rnn_step, a sequence of one) on the CPU backend: wraps kernels/cpu/rnn.pyx (tanh only:
+the spec's kernel entry declines other nonlinearities).
 
-A step is a sequence of length one, so ``rnn_step`` and ``rnn`` share one compiled kernel per
-direction. The kernels split every product among their own OpenMP threads
+Step arrays (N, .) and sequence arrays (T, N, .) are both read as (T*N, .) row blocks. The kernels split every product among their own OpenMP threads
 (``fastlayers.get_num_threads()``) and call BLAS single-threaded inside them.
 """
 import numpy as np
 
 from ..._cpu import rnn as _kernels
 from ..._dispatch import get_num_threads
-from .. import numpy as _numpy_backend
+from .. import numpy as _reference
 from ._common import BLAS_INT_MAX, contiguous, workspace
-
-OPS = frozenset({"rnn_step", "rnn_step_backward", "rnn", "rnn_backward"})
 
 # Starting the OpenMP team and its one barrier cost microseconds: below this much work per
 # thread (T*N*H*(D+H) multiply-adds, 64k take a few microseconds) a call uses fewer threads than
 # fastlayers.get_num_threads() allows. Tests set it to 0 to force the split.
 MIN_WORK_PER_THREAD = 1 << 16
-
 
 
 def _num_threads(T, N, D, H):
@@ -42,48 +39,30 @@ def _initial_state(h0, N, H, dtype):
     return np.zeros((N, H), dtype) if h0 is None else np.ascontiguousarray(h0)
 
 
-def rnn(x_seq, h0, Wx, Wh, b, out):
-    T, N, D = x_seq.shape
-    H = Wx.shape[1]
+def forward(x, h0, Wx, Wh, b, g, outs):
+    T, N, D, H = g.T, g.N, g.D, g.H
     if T * N * D * H == 0:  # nothing for BLAS to multiply (and lda >= 1 would not hold)
-        return _numpy_backend.rnn(x_seq, h0, Wx, Wh, b, out)
+        return _reference.rnn_forward(x, h0, Wx, Wh, b, g, outs)
     _check_blas_sizes(T, N, D, H)
-    hs = np.empty((T, N, H), x_seq.dtype) if out is None else out
+    (hs,) = outs
     _kernels.rnn_forward(
-        contiguous(x_seq).reshape(T * N, D), _initial_state(h0, N, H, x_seq.dtype), contiguous(Wx), contiguous(Wh),
-        contiguous(b),
-        hs.reshape(T * N, H), N, _num_threads(T, N, D, H),
+        contiguous(x).reshape(T * N, D), _initial_state(h0, N, H, x.dtype), contiguous(Wx), contiguous(Wh),
+        contiguous(b), hs.reshape(T * N, H), N, _num_threads(T, N, D, H),
     )
-    return hs
+    return outs
 
 
-def rnn_backward(dhs, x_seq, h0, Wx, Wh, hs, out):
-    T, N, D = x_seq.shape
-    H = Wx.shape[1]
-    outs = (None,) * 5 if out is None else out
+def backward(dhs, x, h0, Wx, Wh, hs, g, outs):
+    T, N, D, H = g.T, g.N, g.D, g.H
     if T * N * D * H == 0:
-        return _numpy_backend.rnn_backward(dhs, x_seq, h0, Wx, Wh, hs, out)
+        return _reference.rnn_backward(dhs, x, h0, Wx, Wh, hs, g, outs)
     _check_blas_sizes(T, N, D, H)
-    dt = x_seq.dtype
-    shapes = ((T, N, D), (N, H), (D, H), (H, H), (H,))
-    dx, dh0, dWx, dWh, db = (np.empty(s, dt) if o is None else o for o, s in zip(outs, shapes))
+    dx, dh0, dWx, dWh, db = outs
+    dt = x.dtype
     with workspace("rnn_dz", (T * N, H), dt) as dz:
         _kernels.rnn_backward(
-            contiguous(dhs).reshape(T * N, H), contiguous(x_seq).reshape(T * N, D), _initial_state(h0, N, H, dt),
+            contiguous(dhs).reshape(T * N, H), contiguous(x).reshape(T * N, D), _initial_state(h0, N, H, dt),
             contiguous(Wx), contiguous(Wh.T), contiguous(hs).reshape(T * N, H), dz,
             dx.reshape(T * N, D), dh0, dWx, dWh, db, N, _num_threads(T, N, D, H),
         )
-    return dx, dh0, dWx, dWh, db
-
-
-def rnn_step(x, h_prev, Wx, Wh, b, out):
-    h = rnn(x[None], h_prev, Wx, Wh, b, None if out is None else out[None])
-    return h[0] if out is None else out
-
-
-def rnn_step_backward(dh, x, h_prev, Wx, Wh, h, out):
-    dx_out = None if out is None else out[0]
-    if out is not None:
-        out = (None if dx_out is None else dx_out[None], *out[1:])
-    dx, dh_prev, dWx, dWh, db = rnn_backward(dh[None], x[None], h_prev, Wx, Wh, h[None], out)
-    return dx[0] if dx_out is None else dx_out, dh_prev, dWx, dWh, db
+    return outs

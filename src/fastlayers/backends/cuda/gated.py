@@ -1,0 +1,190 @@
+"""lstm and gru on the cuda backend: the GEMMs of the RNN kernels, the gates in
+kernels/cuda/gated_rnn.py: per step one launch of h_prev @ Wh and one of the cell (forward), or of
+the backward cell and d(pre-activations) @ Wh^T. Steps arrive as sequences of one (the spec views
+them so)."""
+from __future__ import annotations
+
+from ._arrays import Call, bias_or_empty, column_sums, fill, flat, gemm, kernels, split_k_gemm
+
+
+def _zeros_state(call, name, s, N, H, dt):
+    if s is not None:
+        return s
+    z = call.scratch(name, (N, H), dt)
+    fill(z, 0)
+    return z
+
+
+def _previous_states(call, name, s0, ss):
+    """(T, N, H): s0, then ss[:-1], on the device."""
+    T = ss.shape[0]
+    prev = call.scratch(name, ss.shape, ss.dtype)
+    prev[0].copy_to_device(s0)
+    if T > 1:
+        prev[1:].copy_to_device(ss[: T - 1])
+    return prev
+
+
+def _optional(call, name, a, dt):
+    """``a`` on the GPU, or an empty array: the kernels skip an input with no elements."""
+    return call.input(name, a) if a is not None else call.empty(0, dt)
+
+
+def _pre_activations(call, xd, hprev, Wxd, Whd):
+    """The backward's recomputed pre-activations of every step, x @ Wx and h_prev @ Wh, each
+    (T, N, G*H) (without the biases), in scratch buffers the backward cells overwrite."""
+    rnn = kernels().rnn
+    T, N, D = xd.shape
+    H, G = Whd.shape
+    dt = xd.dtype
+    zx = call.scratch("gated pre-activations", (T, N, G), dt)
+    zh = call.scratch("gated recurrent pre-activations", (T, N, G), dt)
+    ab = rnn.gemm_kernel("ab", dt)
+    gemm(ab, xd, Wxd, zx, zx, zx, rnn.gemm_geo(T * N, G, D), T * N, G, D)
+    gemm(ab, hprev, Whd, zh, zh, zh, rnn.gemm_geo(T * N, G, H), T * N, G, H)
+    return zx, zh
+
+
+def _zero_results(call, grads, outs):
+    """An empty sequence or batch: every gradient is zeros."""
+    for d in grads:
+        fill(d, 0)
+    return tuple(call.result(d, o) for d, o in zip(grads, outs))
+
+
+def _weight_gradients(call, xd, hprev, dzx, dzh, dWx, dWh, dbx, dbh):
+    rnn = kernels().rnn
+    T, N, D = xd.shape
+    H, G = dWh.shape
+    atb = rnn.gemm_kernel("atb", xd.dtype)
+    split_k_gemm(call, atb, xd, dzx, dWx, rnn.gemm_geo(D, G, T * N), D, G, T * N, 1, D * G)
+    split_k_gemm(call, atb, hprev, dzh, dWh, rnn.gemm_geo(H, G, T * N), H, G, T * N, 1, H * G)
+    column_sums(dzx, dbx, T * N, G, 1)
+    if dbh is not None:
+        column_sums(dzh, dbh, T * N, G, 1)
+
+
+def lstm_forward(x_seq, h0, c0, Wx, Wh, b, g, outs):
+    launch, rnn, gated = kernels().launch, kernels().rnn, kernels().gated_rnn
+    call = Call(x_seq, h0, c0, Wx, Wh, b)
+    xd = call.input("x_seq", x_seq)
+    T, N, D = xd.shape
+    H, G = Wh.shape
+    dt = xd.dtype
+    hs = call.output("out[0]", outs[0], (T, N, H), dt)
+    cs = call.output("out[1]", outs[1], (T, N, H), dt)
+    if hs.size:
+        Wxd, Whd, bd = call.input("Wx", Wx), call.input("Wh", Wh), bias_or_empty(call, b, dt)
+        h0d = _zeros_state(call, "zero initial state", call.input("h0", h0), N, H, dt)
+        c0d = _zeros_state(call, "zero initial cell state", call.input("c0", c0), N, H, dt)
+        zx = call.scratch("gated pre-activations", (T, N, G), dt)
+        u = call.scratch("gated recurrent products", (N, G), dt)
+        ab = rnn.gemm_kernel("ab", dt)
+        gemm(ab, xd, Wxd, zx, zx, zx, rnn.gemm_geo(T * N, G, D), T * N, G, D)
+        cell = gated.lstm_cell_kernel(dt)
+        grid, block = launch.launch_config("elementwise", N * H)
+        hsf, csf, zxf, uf, Whf = flat(hs), flat(cs), flat(zx), flat(u), flat(Whd)
+        for t in range(T):
+            (hp, cp, off) = (flat(h0d), flat(c0d), 0) if t == 0 else (hsf, csf, (t - 1) * N * H)
+            gemm(ab, hp, Whf, uf, uf, uf, rnn.gemm_geo(N, G, H, off), N, G, H)
+            cell[grid, block](zxf, uf, bd, cp, csf, hsf, t * N * G, off, t * N * H, N, H)
+    return call.result(hs, outs[0]), call.result(cs, outs[1])
+
+
+def lstm_backward(dhs, dcs, x_seq, h0, c0, Wx, Wh, b, hs, cs, g, outs):
+    launch, rnn, gated = kernels().launch, kernels().rnn, kernels().gated_rnn
+    call = Call(dhs, dcs, x_seq, h0, c0, Wx, Wh, b, hs, cs)
+    xd = call.input("x_seq", x_seq)
+    T, N, D = xd.shape
+    H, G = Wh.shape
+    dt = xd.dtype
+    shapes = ((T, N, D), (N, H), (N, H), (D, G), (H, G), (G,))
+    grads = [call.output(f"out[{i}]", o, s, dt) for i, (o, s) in enumerate(zip(outs, shapes))]
+    dx, dh0, dc0, dWx, dWh, db = grads
+    if T == 0 or N == 0:
+        return _zero_results(call, grads, outs)
+    Wxd, Whd, bd = call.input("Wx", Wx), call.input("Wh", Wh), bias_or_empty(call, b, dt)
+    hsd, csd, dhsd = call.input("hs", hs), call.input("cs", cs), call.input("dhs", dhs)
+    dcsd = flat(_optional(call, "dcs", dcs, dt))
+    h0d = _zeros_state(call, "zero initial state", call.input("h0", h0), N, H, dt)
+    c0d = _zeros_state(call, "zero initial cell state", call.input("c0", c0), N, H, dt)
+    hprev = _previous_states(call, "gated previous states", h0d, hsd)
+    dz, zh = _pre_activations(call, xd, hprev, Wxd, Whd)  # dz: the x part, overwritten by the gradients
+    abt = rnn.gemm_kernel("abt", dt)
+    dh_next = call.scratch("gated hidden-state carry", (N, H), dt)
+    fill(dh_next, 0)
+    fill(dc0, 0)  # the cell-state carry, dL/dc0 once the loop is done
+    cell = gated.lstm_cell_backward_kernel(dt)
+    grid, block = launch.launch_config("elementwise", N * H)
+    dzf, zhf, Whf, csf, c0f = flat(dz), flat(zh), flat(Whd), flat(csd), flat(c0d)
+    for t in range(T - 1, -1, -1):
+        cp, cp_off = (c0f, 0) if t == 0 else (csf, (t - 1) * N * H)
+        cell[grid, block](dzf, zhf, bd, cp, csf, flat(dhsd), dcsd, flat(dh_next), flat(dc0), t * N * G, cp_off,
+                          t * N * H, N, H)
+        target = dh0 if t == 0 else dh_next
+        gemm(abt, dzf, Whf, flat(target), dzf, dzf, rnn.gemm_geo(N, H, G, t * N * G), N, H, G)
+    gemm(abt, dz, Wxd, dx, dx, dx, rnn.gemm_geo(T * N, D, G), T * N, D, G)
+    _weight_gradients(call, xd, hprev, dz, dz, dWx, dWh, db, None)
+    return tuple(call.result(d, o) for d, o in zip(grads, outs))
+
+
+def gru_forward(x_seq, h0, Wx, Wh, bx, bh, g, outs):
+    launch, rnn, gated = kernels().launch, kernels().rnn, kernels().gated_rnn
+    call = Call(x_seq, h0, Wx, Wh, bx, bh)
+    xd = call.input("x_seq", x_seq)
+    T, N, D = xd.shape
+    H, G = Wh.shape
+    dt = xd.dtype
+    hs = call.output("out", outs[0], (T, N, H), dt)
+    if hs.size:
+        Wxd, Whd = call.input("Wx", Wx), call.input("Wh", Wh)
+        bxd, bhd = _optional(call, "bx", bx, dt), _optional(call, "bh", bh, dt)
+        h0d = _zeros_state(call, "zero initial state", call.input("h0", h0), N, H, dt)
+        a = call.scratch("gated pre-activations", (T, N, G), dt)
+        u = call.scratch("gated recurrent products", (N, G), dt)
+        ab = rnn.gemm_kernel("ab", dt)
+        gemm(ab, xd, Wxd, a, a, a, rnn.gemm_geo(T * N, G, D), T * N, G, D)
+        cell = gated.gru_cell_kernel(dt)
+        grid, block = launch.launch_config("elementwise", N * H)
+        hsf, af, uf, Whf = flat(hs), flat(a), flat(u), flat(Whd)
+        for t in range(T):
+            hp, off = (flat(h0d), 0) if t == 0 else (hsf, (t - 1) * N * H)
+            gemm(ab, hp, Whf, uf, uf, uf, rnn.gemm_geo(N, G, H, off), N, G, H)
+            cell[grid, block](af, uf, bxd, bhd, hp, hsf, t * N * G, 0, off, t * N * H, N, H)
+    return (call.result(hs, outs[0]),)
+
+
+def gru_backward(dhs, x_seq, h0, Wx, Wh, bx, bh, hs, g, outs):
+    launch, rnn, gated = kernels().launch, kernels().rnn, kernels().gated_rnn
+    call = Call(dhs, x_seq, h0, Wx, Wh, bx, bh, hs)
+    xd = call.input("x_seq", x_seq)
+    T, N, D = xd.shape
+    H, G = Wh.shape
+    dt = xd.dtype
+    shapes = ((T, N, D), (N, H), (D, G), (H, G), (G,), (G,))
+    grads = [call.output(f"out[{i}]", o, s, dt) for i, (o, s) in enumerate(zip(outs, shapes))]
+    dx, dh0, dWx, dWh, dbx, dbh = grads
+    if T == 0 or N == 0:
+        return _zero_results(call, grads, outs)
+    Wxd, Whd = call.input("Wx", Wx), call.input("Wh", Wh)
+    bxd, bhd = _optional(call, "bx", bx, dt), _optional(call, "bh", bh, dt)
+    hsd, dhsd = call.input("hs", hs), call.input("dhs", dhs)
+    h0d = _zeros_state(call, "zero initial state", call.input("h0", h0), N, H, dt)
+    hprev = _previous_states(call, "gated previous states", h0d, hsd)
+    da, du = _pre_activations(call, xd, hprev, Wxd, Whd)
+    abt = rnn.gemm_kernel("abt", dt)
+    carry_z = call.scratch("gated hidden-state carry", (N, H), dt)
+    carry_h = call.scratch("gated recurrent carry", (N, H), dt)
+    fill(carry_z, 0)
+    fill(carry_h, 0)
+    cell = gated.gru_cell_backward_kernel(dt)
+    grid, block = launch.launch_config("elementwise", N * H)
+    daf, duf, Whf, hprevf = flat(da), flat(du), flat(Whd), flat(hprev)
+    for t in range(T - 1, -1, -1):
+        cell[grid, block](daf, duf, bxd, bhd, hprevf, flat(dhsd), flat(carry_z), flat(carry_h), t * N * H,
+                          t * N * H, N, H)
+        gemm(abt, duf, Whf, flat(carry_h), duf, duf, rnn.gemm_geo(N, H, G, t * N * G), N, H, G)
+    gated.add_kernel(dt)[grid, block](flat(carry_z), flat(carry_h), flat(dh0), N * H)
+    gemm(abt, da, Wxd, dx, dx, dx, rnn.gemm_geo(T * N, D, G), T * N, D, G)
+    _weight_gradients(call, xd, hprev, da, du, dWx, dWh, dbx, dbh)
+    return tuple(call.result(d, o) for d, o in zip(grads, outs))

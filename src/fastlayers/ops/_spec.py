@@ -1,0 +1,144 @@
+"""What every op spec is made of: a ``Problem`` (one validated call: its geometry, its arrays, its
+outputs) and ``Kernel`` entries (one implementation on one backend, and which problems it declines).
+
+The run of a problem is the same for every op (``run``): check the caller's ``out=``, let the
+dispatch pick a backend and a kernel, allocate the host outputs the kernel does not allocate
+itself, call it, and hand the results to the problem's ``finish``.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from ._checks import check_no_alias, check_out, is_gpu
+
+
+def _never(problem):
+    return None
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One implementation of an op family on one backend.
+
+    ``functions`` maps a direction ("forward", "backward") to the name of a function in
+    ``module`` called as ``fn(*problem.arrays.values(), problem.geometry, outs)`` and returning
+    the tuple of its outputs. ``declines(problem)`` returns why this kernel cannot run a problem
+    (a sentence) or None: the dispatch then takes another kernel, or says why none can.
+    ``allocates``: the kernel gets the caller's buffers (None where none was given) and makes the
+    others itself (the reference, and the cuda kernels, which allocate on the device); otherwise it
+    gets host buffers for every output."""
+
+    backend: str
+    algo: str
+    module: str
+    functions: dict
+    declines: Callable = _never
+    allocates: bool = False
+
+    def load(self, direction):
+        return getattr(importlib.import_module(self.module), self.functions[direction])
+
+
+@dataclass
+class Problem:
+    """One validated call of an op.
+
+    ``arrays``: the kernel's array arguments by name, in its argument order (None where absent);
+    ``outputs``: ``(name, shape, dtype)`` of every output as the caller sees it (what ``out=`` is
+    checked against); ``kernel_outputs``: the same for the kernel, when they differ (an unbatched
+    call runs as a batch of one); ``to_kernel_out`` maps the caller's buffers to the kernel's;
+    ``finish`` maps the kernel's results (and the caller's buffers) to what the function returns."""
+
+    direction: str
+    geometry: Any
+    arrays: dict
+    outputs: tuple
+    kernel_outputs: Optional[tuple] = None
+    to_kernel_out: Callable = staticmethod(lambda outs: outs)
+    finish: Callable = staticmethod(lambda results, outs: results)
+    options: dict = field(default_factory=dict)  # op parameters kernels may decline (e.g. nonlinearity)
+
+    @property
+    def on_gpu(self):
+        return any(is_gpu(a) for a in self.arrays.values())
+
+
+def check_outs(problem, out, single):
+    """The caller's ``out`` as a tuple with one entry (maybe None) per output, each host buffer
+    checked (shape, dtype, contiguity, no overlap with the inputs or the other outputs). GPU
+    buffers are the cuda backend's to check. ``single``: ``out`` may be one buffer for the first
+    output (the others then allocated)."""
+    count = len(problem.outputs)
+    if out is None:
+        return (None,) * count
+    if count == 1 or (single and not isinstance(out, (tuple, list))):
+        out = (out,) + (None,) * (count - 1)
+    if not isinstance(out, (tuple, list)) or len(out) != count:
+        raise TypeError(f"out must be a tuple of {count} arrays (or None), got {type(out).__name__}")
+    name = (lambda i: "out") if count == 1 else (lambda i: f"out[{i}]")
+    if problem.on_gpu:
+        return tuple(out)
+    others = dict(problem.arrays)
+    for i, (o, (_, shape, dtype)) in enumerate(zip(out, problem.outputs)):
+        if o is not None:
+            check_out(name(i), o, shape, dtype)
+            check_no_alias(name(i), o, others)
+            others[name(i)] = o
+    return tuple(out)
+
+
+def run(spec, problem, backend, algo, out, single_out=True):
+    """Run ``problem`` of ``spec`` on the kernel the dispatch picks; return what the function returns."""
+    from .._dispatch import select_kernel
+
+    outs = check_outs(problem, out, single_out)
+    kernel = select_kernel(spec, problem, backend, algo)
+    kernel_outs = problem.to_kernel_out(outs)
+    if not kernel.allocates:
+        specs = problem.kernel_outputs or problem.outputs
+        kernel_outs = tuple(np.empty(shape, dtype) if o is None else o
+                            for o, (_, shape, dtype) in zip(kernel_outs, specs))
+    results = kernel.load(problem.direction)(*problem.arrays.values(), problem.geometry, kernel_outs)
+    return problem.finish(tuple(results), outs)
+
+
+def lead_one(a):
+    """``a`` with an axis of one in front (a view): an unbatched input as a batch of one, a step
+    as a sequence of one."""
+    return None if a is None else a.reshape((1,) + tuple(a.shape))
+
+
+def drop_lead(results, outs):
+    """The kernel's results without their leading axis of one (``lead_one`` undone): the caller's
+    buffers where given."""
+    return tuple(r.reshape(tuple(r.shape)[1:]) if o is None else o for r, o in zip(results, outs))
+
+
+class OpSpec:
+    """An op family: its public functions (name -> direction), its kernels on every backend and,
+    per backend with several, how ``algo="auto"`` chooses (``auto``: backend -> "module:function"
+    taking the problem and returning an algo name)."""
+
+    name = ""
+    functions: dict = {}
+    kernels: tuple = ()
+    auto: dict = {}
+
+    def kernels_on(self, backend):
+        return tuple(k for k in self.kernels if k.backend == backend)
+
+    def algos(self):
+        return tuple(dict.fromkeys(k.algo for k in self.kernels if k.backend != "numpy"))
+
+    def choose(self, backend, problem, candidates):
+        """The kernel ``algo="auto"`` runs among ``candidates`` (kernels that accept the problem)."""
+        where = self.auto.get(backend)
+        if where is None or len(candidates) == 1:
+            return candidates[0]
+        module, function = where.split(":")
+        algo = getattr(importlib.import_module(module), function)(problem)
+        return next((k for k in candidates if k.algo == algo), candidates[0])

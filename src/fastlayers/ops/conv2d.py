@@ -1,0 +1,267 @@
+"""The conv2d spec: arguments, geometry, outputs and kernels of ``conv2d`` and ``conv2d_backward``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._checks import MAX_ELEMENTS, check_array, check_choice, check_int, check_shape, is_gpu, pair
+from ._spec import Kernel, OpSpec, Problem, drop_lead, lead_one
+
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+_NUMPY_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+@dataclass(frozen=True)
+class Conv2dGeometry:
+    """Sizes and normalised parameters of one 2-D convolution, and every size derived from them.
+
+    Padding is (top, bottom, left, right): ``padding="same"`` can be asymmetric. The kernels get
+    these fields as one C struct (kernels/cpu/_conv2d.pxd) or one tuple (kernels/cuda/conv2d.py)."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    F: int
+    KH: int
+    KW: int
+    OH: int
+    OW: int
+    stride_h: int
+    stride_w: int
+    pad_top: int
+    pad_bottom: int
+    pad_left: int
+    pad_right: int
+    dilation_h: int
+    dilation_w: int
+    groups: int
+
+    @property
+    def Cg(self):
+        """Input channels per group."""
+        return self.C // self.groups
+
+    @property
+    def Fg(self):
+        """Filters (output channels) per group."""
+        return self.F // self.groups
+
+    @property
+    def K(self):
+        """Taps summed by one output: ``Cg * KH * KW`` (an im2col column's length)."""
+        return self.Cg * self.KH * self.KW
+
+    @property
+    def x_shape(self):
+        return (self.N, self.C, self.H, self.W)
+
+    @property
+    def w_shape(self):
+        return (self.F, self.Cg, self.KH, self.KW)
+
+    @property
+    def y_shape(self):
+        return (self.N, self.F, self.OH, self.OW)
+
+    @property
+    def flops(self):
+        """Multiply-adds x 2 of the forward pass."""
+        return 2 * self.N * self.F * self.OH * self.OW * self.K
+
+    def work(self, direction):
+        """``(amount, unit)`` of one call: the backward computes dx and dw, each as many
+        multiply-adds as the forward (db is negligible)."""
+        return (self.flops if direction == "forward" else 2 * self.flops), "flop"
+
+
+def conv2d_geometry(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1):
+    """Validate conv2d parameters against the shapes of the input (N, C, H, W) and the weight
+    (F, C / groups, KH, KW)."""
+    N, C, H, W = (int(s) for s in x_shape)
+    F, Cg, KH, KW = (int(s) for s in w_shape)
+    groups = check_int("groups", groups)
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    if C % groups:
+        raise ValueError(f"groups={groups} must divide the input channels C={C} of input")
+    if F % groups:
+        raise ValueError(f"groups={groups} must divide the output channels F={F} (weight.shape[0])")
+    if Cg != C // groups:
+        hint = ""
+        if W == Cg * groups:  # the channels are the last axis: NHWC
+            hint = (f"; input {tuple(x_shape)} looks channels-last (N, H, W, C) with C={W}: fastlayers, like "
+                    f"PyTorch, takes (N, C, H, W), e.g. input.transpose(0, 3, 1, 2)")
+        raise ValueError(
+            f"weight.shape[1] must be C // groups = {C} // {groups} = {C // groups} (input has C={C} channels "
+            f"on axis 1), got {Cg}{hint}"
+        )
+    if KH < 1 or KW < 1:
+        raise ValueError(f"weight must have a kernel of at least 1x1, got {KH}x{KW}")
+    sh, sw = pair("stride", stride, 1)
+    dh, dw = pair("dilation", dilation, 1)
+    ext_h, ext_w = dh * (KH - 1) + 1, dw * (KW - 1) + 1
+    if isinstance(padding, str):
+        if padding == "valid":
+            pt = pb = pl = pr = 0
+        elif padding == "same":
+            if (sh, sw) != (1, 1):
+                raise ValueError(f"padding='same' needs stride 1 (as in PyTorch), got stride={stride}")
+            pt, pl = (ext_h - 1) // 2, (ext_w - 1) // 2
+            pb, pr = ext_h - 1 - pt, ext_w - 1 - pl
+        else:
+            raise ValueError(f"padding must be an int, a pair of ints, 'same' or 'valid', got {padding!r}")
+    else:
+        pt, pl = pair("padding", padding, 0)
+        pb, pr = pt, pl
+    Hp, Wp = H + pt + pb, W + pl + pr
+    if ext_h > Hp or ext_w > Wp:
+        raise ValueError(
+            f"kernel extent {ext_h}x{ext_w} (kernel {KH}x{KW}, dilation {dh}x{dw}) is larger than "
+            f"the padded input {Hp}x{Wp}"
+        )
+    OH = (Hp - ext_h) // sh + 1
+    OW = (Wp - ext_w) // sw + 1
+    g = Conv2dGeometry(N, C, H, W, F, KH, KW, OH, OW, sh, sw, pt, pb, pl, pr, dh, dw, groups)
+    if N * F * OH * OW >= MAX_ELEMENTS or N * C * Hp * Wp >= MAX_ELEMENTS:
+        raise ValueError("conv2d sizes are too large to index")
+    return g
+
+
+# ---------------------------------------------------------------------------- padding modes
+#
+# A padding mode other than "zeros" pads the input explicitly (the kernels then run unpadded);
+# the backward folds the padded input's gradient back with the adjoint of that padding: every
+# padded cell is a copy of one input cell, so its gradient adds to that cell.
+
+
+def _pad_indices(g, mode):
+    """Rows and columns of the input that each padded row and column copies."""
+    for name, size, lo, hi in (("height", g.H, g.pad_top, g.pad_bottom), ("width", g.W, g.pad_left, g.pad_right)):
+        pad = max(lo, hi)
+        if mode == "reflect" and pad >= size and pad:
+            raise ValueError(f"padding_mode='reflect' needs padding < the input {name} {size}, got {pad}")
+        if mode == "circular" and pad > size:
+            raise ValueError(f"padding_mode='circular' needs padding <= the input {name} {size}, got {pad}")
+        if mode == "replicate" and pad and size == 0:
+            raise ValueError(f"padding_mode='replicate' needs a non-empty input {name}")
+    rows = np.pad(np.arange(g.H), (g.pad_top, g.pad_bottom), mode=_NUMPY_PAD_MODE[mode])
+    cols = np.pad(np.arange(g.W), (g.pad_left, g.pad_right), mode=_NUMPY_PAD_MODE[mode])
+    return rows, cols
+
+
+def _unpadded(g):
+    Hp, Wp = g.H + g.pad_top + g.pad_bottom, g.W + g.pad_left + g.pad_right
+    return Conv2dGeometry(g.N, g.C, Hp, Wp, g.F, g.KH, g.KW, g.OH, g.OW, g.stride_h, g.stride_w, 0, 0, 0, 0,
+                          g.dilation_h, g.dilation_w, g.groups)
+
+
+def pad_input(x, rows, cols):
+    return x[:, :, rows[:, None], cols[None, :]]
+
+
+def fold_padding(dxp, rows, cols, shape):
+    """The adjoint of ``pad_input``: every padded cell's gradient added to the cell it copies."""
+    by_rows = np.zeros(shape[:3] + (dxp.shape[3],), dxp.dtype)
+    np.add.at(by_rows, (slice(None), slice(None), rows), dxp)
+    dx = np.zeros(shape, dxp.dtype)
+    np.add.at(dx, (slice(None), slice(None), slice(None), cols), by_rows)
+    return dx
+
+
+# ---------------------------------------------------------------------------- kernels
+
+
+def _cuda_direct_declines(problem):
+    if problem.direction == "backward":
+        return "the cuda 'direct' kernel is forward only (the backward runs implicit GEMMs whatever algo= says)"
+    return None
+
+
+KERNELS = (
+    Kernel("numpy", "reference", "fastlayers.backends.numpy",
+           {"forward": "conv2d_forward", "backward": "conv2d_backward"}, allocates=True),
+    Kernel("cpu", "im2col", "fastlayers.backends.cpu.conv2d", {"forward": "im2col_forward", "backward": "im2col_backward"}),
+    Kernel("cpu", "direct", "fastlayers.backends.cpu.conv2d", {"forward": "direct_forward", "backward": "direct_backward"}),
+    Kernel("cuda", "implicit_gemm", "fastlayers.backends.cuda.conv2d",
+           {"forward": "implicit_gemm_forward", "backward": "implicit_gemm_backward"}, allocates=True),
+    Kernel("cuda", "direct", "fastlayers.backends.cuda.conv2d", {"forward": "direct_forward"},
+           declines=_cuda_direct_declines, allocates=True),
+)
+
+
+class Conv2dSpec(OpSpec):
+    name = "conv2d"
+    functions = {"conv2d": "forward", "conv2d_backward": "backward"}
+    kernels = KERNELS
+    auto = {"cpu": "fastlayers.backends.cpu.conv2d:choose_algo", "cuda": "fastlayers.backends.cuda.conv2d:choose_algo"}
+
+    @staticmethod
+    def _common(input, weight, stride, padding, dilation, groups, padding_mode):
+        dt = check_array("input", input, (3, 4))
+        check_array("weight", weight, 4, dt)
+        check_choice("padding_mode", padding_mode, PADDING_MODES)
+        batched = input.ndim == 4
+        x_shape = tuple(input.shape) if batched else (1,) + tuple(input.shape)
+        g = conv2d_geometry(x_shape, weight.shape, stride, padding, dilation, groups)
+        return dt, batched, g
+
+    def _padding(self, input, g, padding_mode):
+        """(kernel geometry, padded input, rows, cols) for an explicit padding mode."""
+        if is_gpu(input):
+            raise NotImplementedError(
+                f"padding_mode={padding_mode!r} on GPU arrays is not implemented (it pads on the host); "
+                f"pass NumPy arrays or padding_mode='zeros'")
+        rows, cols = _pad_indices(g, padding_mode)
+        return _unpadded(g), rows, cols
+
+    def forward(self, input, weight, bias, stride, padding, dilation, groups, padding_mode):
+        dt, batched, g = self._common(input, weight, stride, padding, dilation, groups, padding_mode)
+        if bias is not None:
+            check_array("bias", bias, 1, dt)
+            check_shape("bias", bias, (weight.shape[0],))
+        x = input if batched else lead_one(input)
+        kernel_g = g
+        if padding_mode != "zeros":
+            kernel_g, rows, cols = self._padding(input, g, padding_mode)
+            x = pad_input(x, rows, cols)
+        y_shape = g.y_shape if batched else g.y_shape[1:]
+        return Problem(
+            "forward", kernel_g, dict(input=x, weight=weight, bias=bias), (("output", y_shape, dt),),
+            kernel_outputs=(("output", g.y_shape, dt),),
+            to_kernel_out=(lambda outs: outs) if batched else (lambda outs: tuple(map(lead_one, outs))),
+            finish=(lambda r, outs: r[0]) if batched else (lambda r, outs: drop_lead(r, outs)[0]),
+        )
+
+    def backward(self, grad_output, input, weight, stride, padding, dilation, groups, padding_mode):
+        dt, batched, g = self._common(input, weight, stride, padding, dilation, groups, padding_mode)
+        check_array("grad_output", grad_output, input.ndim, dt)
+        check_shape("grad_output", grad_output, g.y_shape if batched else g.y_shape[1:])
+        x, dy = (input, grad_output) if batched else (lead_one(input), lead_one(grad_output))
+        x_shape = g.x_shape if batched else g.x_shape[1:]
+        outputs = (("grad_input", x_shape, dt), ("grad_weight", g.w_shape, dt), ("grad_bias", (g.F,), dt))
+        kernel_g = g
+        to_kernel = (lambda outs: outs) if batched else (lambda outs: (lead_one(outs[0]),) + tuple(outs[1:]))
+        unbatch = (lambda r: r) if batched else (lambda r: (r[0].reshape(x_shape),) + tuple(r[1:]))
+        finish = lambda r, outs: unbatch(r)  # noqa: E731
+        if padding_mode != "zeros":
+            kernel_g, rows, cols = self._padding(input, g, padding_mode)
+            x = pad_input(x, rows, cols)
+
+            def to_kernel(outs):  # the padded input's gradient is the kernel's; out[0] gets it folded
+                return (None,) + tuple(outs[1:])
+
+            def finish(r, outs):
+                dx = fold_padding(r[0], rows, cols, g.x_shape).reshape(x_shape)
+                if outs[0] is not None:
+                    np.copyto(outs[0], dx)
+                    dx = outs[0]
+                return (dx,) + tuple(r[1:])
+
+        kernel_outputs = (("grad_input", kernel_g.x_shape, dt),) + outputs[1:]
+        return Problem("backward", kernel_g, dict(grad_output=dy, input=x, weight=weight), outputs,
+                       kernel_outputs=kernel_outputs, to_kernel_out=to_kernel, finish=finish)
+
+
+CONV2D = Conv2dSpec()

@@ -1,0 +1,139 @@
+"""The LSTM and GRU specs (PyTorch's gates in fastlayers' layout: ``Wx = weight_ih.T``,
+``Wh = weight_hh.T``, gate blocks of H columns side by side, lstm (i, f, g, o), gru (r, z, n);
+``fastlayers.reference`` states the equations).
+
+The two families share their geometry and their shape of problem: per-step arrays (the input,
+the outputs and their gradients) of shape (T, N, .), states (N, H), weights and biases. Kernels
+run sequences; a step is a sequence of one (its (N, .) arrays viewed as (1, N, .)).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._checks import MAX_ELEMENTS, check_array, check_arrays_like, check_shape
+from ._spec import Kernel, OpSpec, Problem, drop_lead, lead_one
+
+
+@dataclass(frozen=True)
+class GatedGeometry:
+    T: int  # 1 for a step
+    N: int
+    D: int
+    H: int
+
+
+GATES = {"lstm": 4, "gru": 3}  # PyTorch's gate order: lstm (i, f, g, o), gru (r, z, n)
+
+
+def gated_geometry(cell, x, Wx, Wh, states, biases, sequence=False, backward=None):
+    """Check shapes and dtypes of an LSTM or GRU step (x (N, D)) or sequence (x (T, N, D)).
+
+    ``Wx`` is (D, G*H) and ``Wh`` (H, G*H) with G gates (``GATES[cell]``), gate blocks side by side
+    in PyTorch's order; ``states`` and ``biases`` are dicts name -> array or None, shaped (N, H)
+    and (G*H,); ``backward`` a dict name -> array or None of per-step arrays shaped (T, N, H)
+    for a sequence, (N, H) for a step. Returns (geometry, dtype)."""
+    gates = GATES[cell]
+    dt = check_array("x_seq" if sequence else "x", x, 3 if sequence else 2)
+    if sequence:
+        T, N, D = x.shape
+    else:
+        T, (N, D) = 1, x.shape
+    check_array("Wx", Wx, 2, dt)
+    check_array("Wh", Wh, 2, dt)
+    H = Wh.shape[0]
+    width = gates * H
+    if Wh.shape[1] != width and Wh.shape[1] * gates == Wh.shape[0]:
+        raise ValueError(f"Wh must have shape (H, {gates}*H) with {gates} gates, got {tuple(Wh.shape)}: "
+                         f"this looks like PyTorch's weight_hh ({gates}*H, H); pass weight_hh.T")
+    check_shape("Wh", Wh, (H, width))
+    if Wx.shape[0] != D and Wx.shape[1] == D and Wx.shape[0] == width:
+        raise ValueError(f"Wx must have shape {(D, width)} (input features, {gates} gates x H), got "
+                         f"{tuple(Wx.shape)}: this looks like PyTorch's weight_ih; pass weight_ih.T")
+    check_shape("Wx", Wx, (D, width))
+    for name, s in states.items():
+        if s is not None:
+            if getattr(s, "ndim", 2) == 3 and tuple(s.shape[1:]) == (N, H):
+                raise ValueError(f"{name} must have shape {(N, H)}, got {tuple(s.shape)}: the (layers, N, H) "
+                                 f"states of torch.nn.{cell.upper()} are one (N, H) state per layer here")
+            check_array(name, s, 2, dt)
+            check_shape(name, s, (N, H))
+    for name, b in biases.items():
+        if b is not None:
+            check_array(name, b, 1, dt)
+            check_shape(name, b, (width,))
+    if backward:
+        check_arrays_like(dt, (T, N, H) if sequence else (N, H),
+                          **{k: v for k, v in backward.items() if v is not None})
+    if T * N * width >= MAX_ELEMENTS:
+        raise ValueError(f"{cell} sizes T={T}, N={N}, H={H} are too large to index")
+    return GatedGeometry(int(T), int(N), int(D), int(H)), dt
+
+
+class GatedSpec(OpSpec):
+    """An LSTM or GRU: ``states`` (initial states, e.g. ("h0", "c0")), ``biases`` and ``outputs``
+    (every step's states, e.g. ("hs", "cs")) name the arrays of the sequence functions; the step
+    functions name them ``step_names`` maps to."""
+
+    def __init__(self, cell, states, biases, outputs, step_names):
+        self.name = self.cell = cell
+        self.states, self.biases, self.outputs = states, biases, outputs
+        self.step_names = step_names
+        self.functions = {cell: "forward", f"{cell}_backward": "backward",
+                          f"{cell}_step": "forward", f"{cell}_step_backward": "backward"}
+        functions = {"forward": f"{cell}_forward", "backward": f"{cell}_backward"}
+        self.kernels = (
+            Kernel("numpy", "reference", "fastlayers.backends.numpy", functions, allocates=True),
+            # allocates: it checks its BLAS sizes before the outputs are made.
+            Kernel("cpu", "fused_gemm", f"fastlayers.backends.cpu.{cell}", functions, allocates=True),
+            Kernel("cuda", "fused_gemm", "fastlayers.backends.cuda.gated", functions, allocates=True),
+        )
+
+    def _name(self, name, step):
+        return self.step_names.get(name, name) if step else name
+
+    def _problem(self, direction, arrays, grads, step):
+        """``arrays``: the kernel's arguments by sequence name, in order; ``grads``: the names of
+        the per-step gradients among them (backward)."""
+        n = lambda name: self._name(name, step)  # noqa: E731
+        g, dt = gated_geometry(
+            self.cell, arrays["x_seq"], arrays["Wx"], arrays["Wh"], {n(s): arrays[s] for s in self.states},
+            {b: arrays[b] for b in self.biases}, sequence=not step,
+            backward={n(k): arrays[k] for k in grads + self.outputs} if direction == "backward" else None)
+        per_step = {"x_seq", *grads, *(self.outputs if direction == "backward" else ())}
+        kernel_arrays = {k: lead_one(a) if step and k in per_step else a for k, a in arrays.items()}
+        seq = lambda width: (g.T, g.N, width)  # noqa: E731
+        if direction == "forward":
+            shapes = {o: seq(g.H) for o in self.outputs}
+        else:
+            G = g.H * GATES[self.cell]
+            shapes = {"dx": seq(g.D), **{f"d{s}": (g.N, g.H) for s in self.states}, "dWx": (g.D, G), "dWh": (g.H, G),
+                      **{f"d{b}": (G,) for b in self.biases}}
+        stepped = {k for k in shapes if k in self.outputs or k == "dx"}
+        public = {k: s[1:] if step and k in stepped else s for k, s in shapes.items()}
+        to_kernel = (lambda outs: tuple(lead_one(o) if o is not None and k in stepped else o
+                                        for k, o in zip(shapes, outs))) if step else (lambda outs: outs)
+
+        def finish(r, outs):
+            if step:
+                r = tuple(drop_lead((x,), (o,))[0] if k in stepped else x for k, x, o in zip(shapes, r, outs))
+                r = tuple(x if o is None else o for x, o in zip(r, outs))
+            return r[0] if len(r) == 1 else r
+
+        return Problem(direction, g, {n(k): a for k, a in kernel_arrays.items()},
+                       tuple((n(k), public[k], dt) for k in shapes),
+                       kernel_outputs=tuple((k, shapes[k], dt) for k in shapes),
+                       to_kernel_out=to_kernel, finish=finish)
+
+    def forward(self, arrays, step):
+        return self._problem("forward", arrays, (), step)
+
+    def backward(self, arrays, step):
+        grads = tuple(f"d{o}" for o in self.outputs)
+        return self._problem("backward", arrays, grads, step)
+
+
+LSTM = GatedSpec("lstm", ("h0", "c0"), ("b",), ("hs", "cs"),
+                 dict(x_seq="x", h0="h_prev", c0="c_prev", hs="h", cs="c", dhs="dh", dcs="dc", dh0="dh_prev",
+                      dc0="dc_prev"))
+GRU = GatedSpec("gru", ("h0",), ("bx", "bh"), ("hs",),
+                dict(x_seq="x", h0="h_prev", hs="h", dhs="dh", dh0="dh_prev"))

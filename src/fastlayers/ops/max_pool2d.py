@@ -1,0 +1,188 @@
+"""The max_pool2d spec: arguments, geometry, outputs and kernels of ``max_pool2d`` and
+``max_pool2d_backward``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._checks import MAX_ELEMENTS, array_dtype, check_array, check_bool, check_int, check_shape, pair
+from ._spec import Kernel, OpSpec, Problem, drop_lead, lead_one
+
+INDEX_DTYPE = np.dtype(np.int64)
+
+
+@dataclass(frozen=True)
+class Pool2dGeometry:
+    """Sizes and normalised parameters of one 2-D max pooling."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    KH: int
+    KW: int
+    OH: int
+    OW: int
+    stride_h: int
+    stride_w: int
+    pad_h: int
+    pad_w: int
+    dilation_h: int
+    dilation_w: int
+    ceil_mode: bool
+
+    @property
+    def x_shape(self):
+        return (self.N, self.C, self.H, self.W)
+
+    @property
+    def y_shape(self):
+        return (self.N, self.C, self.OH, self.OW)
+
+    def work(self, direction, itemsize):
+        """``(bytes, "byte")`` moved by one call: the forward reads x and writes y and the int64
+        indices; the backward reads dy and the indices and writes dx."""
+        x, y = int(np.prod(self.x_shape)), int(np.prod(self.y_shape))
+        return (x + y) * itemsize + y * INDEX_DTYPE.itemsize, "byte"
+
+
+@dataclass(frozen=True)
+class Unpool2dGeometry:
+    """Sizes of a max_pool2d backward: the input (N, C, H, W) and the pooled planes (OH, OW)."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    OH: int
+    OW: int
+
+    @property
+    def x_shape(self):
+        return (self.N, self.C, self.H, self.W)
+
+
+def _pool_out(size, k, s, p, d, ceil_mode):
+    span = size + 2 * p - d * (k - 1) - 1
+    out = (-(-span // s) if ceil_mode else span // s) + 1
+    # PyTorch's rule: the last window must start inside the input or the left padding.
+    if ceil_mode and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def pool2d_geometry(x_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    """Validate max_pool2d parameters against the input's shape (N, C, H, W)."""
+    N, C, H, W = (int(s) for s in x_shape)
+    KH, KW = pair("kernel_size", kernel_size, 1)
+    SH, SW = (KH, KW) if stride is None or (isinstance(stride, (tuple, list)) and not stride) else pair("stride", stride, 1)
+    PH, PW = pair("padding", padding, 0)
+    DH, DW = pair("dilation", dilation, 1)
+    if 2 * PH > KH or 2 * PW > KW:
+        raise ValueError(
+            f"padding must be at most half of kernel_size, got padding={padding} for kernel_size={kernel_size}"
+        )
+    if H < 1 or W < 1:  # with padding its windows would hold padding only: no maximum, no index
+        raise ValueError(f"input must have planes of at least 1x1 for max_pool2d, got {H}x{W}")
+    ext_h, ext_w = DH * (KH - 1) + 1, DW * (KW - 1) + 1
+    if ext_h > H + 2 * PH or ext_w > W + 2 * PW:
+        what = f"kernel_size {KH}x{KW}" + (f" at dilation {DH}x{DW} spans {ext_h}x{ext_w}, which" if (DH, DW) != (1, 1) else "")
+        raise ValueError(f"{what} is larger than the padded input {H + 2 * PH}x{W + 2 * PW}")
+    ceil_mode = check_bool("ceil_mode", ceil_mode)
+    OH = _pool_out(H, KH, SH, PH, DH, ceil_mode)
+    OW = _pool_out(W, KW, SW, PW, DW, ceil_mode)
+    return Pool2dGeometry(N, C, H, W, KH, KW, OH, OW, SH, SW, PH, PW, DH, DW, ceil_mode)
+
+
+def check_indices_range(indices, plane):
+    """Every index in [0, plane): what the kernels that do not check as they scatter rely on."""
+    if indices.size:
+        lo, hi = int(indices.min()), int(indices.max())
+        if lo < 0 or hi >= plane:
+            raise ValueError(f"indices must lie in [0, H*W) = [0, {plane}), got values in [{lo}, {hi}]")
+
+
+def input_shape_tuple(name, shape, ndim):
+    try:
+        shape = tuple(check_int(name, s) for s in shape)
+    except TypeError:
+        raise TypeError(f"{name} must be a tuple of {ndim} ints, got {shape!r}") from None
+    if len(shape) != ndim or min(shape) < 0:
+        raise ValueError(f"{name} must be a tuple of {ndim} non-negative ints (grad_output is {ndim}-D), got {shape}")
+    if int(np.prod(shape, dtype=object)) >= MAX_ELEMENTS:
+        raise ValueError(f"{name} {shape} has more elements than fastlayers can index")
+    return shape
+
+
+# ---------------------------------------------------------------------------- kernels
+
+
+def _cpu_declines(problem):
+    g = problem.geometry
+    if problem.direction == "forward" and (g.dilation_h, g.dilation_w) != (1, 1):
+        return "the cpu max_pool2d kernel has no dilation (kernels/cpu/max_pool2d.pyx): use backend 'numpy' or 'cuda'"
+    return None
+
+
+KERNELS = (
+    Kernel("numpy", "reference", "fastlayers.backends.numpy",
+           {"forward": "max_pool2d_forward", "backward": "max_pool2d_backward"}, allocates=True),
+    # allocates: the backward checks a caller's buffer's indices before writing it.
+    Kernel("cpu", "simd", "fastlayers.backends.cpu.max_pool2d", {"forward": "forward", "backward": "backward"},
+           declines=_cpu_declines, allocates=True),
+    Kernel("cuda", "thread_per_output", "fastlayers.backends.cuda.max_pool2d",
+           {"forward": "forward", "backward": "backward"}, allocates=True),
+)
+
+
+class MaxPool2dSpec(OpSpec):
+    name = "max_pool2d"
+    functions = {"max_pool2d": "forward", "max_pool2d_backward": "backward"}
+    kernels = KERNELS
+
+    def forward(self, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
+        dt = check_array("input", input, (3, 4))
+        return_indices = check_bool("return_indices", return_indices)
+        batched = input.ndim == 4
+        g = pool2d_geometry(input.shape if batched else (1,) + tuple(input.shape), kernel_size, stride, padding,
+                            dilation, ceil_mode)
+        shape = g.y_shape if batched else g.y_shape[1:]
+        outputs = (("output", shape, dt), ("indices", shape, INDEX_DTYPE))
+        unbatch = (lambda r, outs: r) if batched else drop_lead
+        pick = (lambda r: r) if return_indices else (lambda r: r[0])
+        return Problem(
+            "forward", g, dict(input=input if batched else lead_one(input)), outputs,
+            kernel_outputs=(("output", g.y_shape, dt), ("indices", g.y_shape, INDEX_DTYPE)),
+            to_kernel_out=(lambda outs: outs) if batched else (lambda outs: tuple(map(lead_one, outs))),
+            finish=lambda r, outs: pick(unbatch(r, outs)),
+        )
+
+    def backward(self, grad_output, indices, input_shape):
+        """Indices are not range-checked here: each kernel checks them as it scatters (reading them
+        once), the reference with ``check_indices_range``."""
+        dt = check_array("grad_output", grad_output, (3, 4))
+        batched = grad_output.ndim == 4
+        input_shape = input_shape_tuple("input_shape", input_shape, grad_output.ndim)
+        got = array_dtype("indices", indices)
+        if got != INDEX_DTYPE:
+            raise TypeError(f"indices must be an int64 array (as returned by max_pool2d), got {got}")
+        check_shape("indices", indices, grad_output.shape)
+        lead = grad_output.ndim - 2
+        if tuple(grad_output.shape[:lead]) != input_shape[:lead]:
+            what = "(N, C)" if batched else "C"
+            raise ValueError(f"grad_output's {what} = {tuple(grad_output.shape[:lead])} must match input_shape's "
+                             f"{input_shape[:lead]}")
+        full = input_shape if batched else (1,) + input_shape
+        g = Unpool2dGeometry(*full, *grad_output.shape[-2:])
+        arrays = dict(grad_output=grad_output, indices=indices)
+        if not batched:
+            arrays = {k: lead_one(v) for k, v in arrays.items()}
+        return Problem(
+            "backward", g, arrays, (("grad_input", input_shape, dt),), kernel_outputs=(("grad_input", full, dt),),
+            to_kernel_out=(lambda outs: outs) if batched else (lambda outs: tuple(map(lead_one, outs))),
+            finish=(lambda r, outs: r[0]) if batched else (lambda r, outs: drop_lead(r, outs)[0]),
+        )
+
+
+MAX_POOL2D = MaxPool2dSpec()
