@@ -21,7 +21,7 @@ import numpy as np
 
 from ..._cpu import conv2d_direct as _direct
 from ..._cpu import im2col as _im2col
-from ..._dispatch import get_num_threads
+from ..._dispatch import threads_for
 from ._common import BLAS_INT_MAX, contiguous
 from ._common import workspace as scratch
 
@@ -160,7 +160,7 @@ def conv2d(x, w, b, g, algo, out):
         return y
     algo = choose_algo(g, "forward") if algo == "auto" else algo
     _check_fits(g, algo, "forward")
-    threads = get_num_threads()
+    threads = threads_for(g.flops // 2)  # multiply-adds
     xc, wc = contiguous(x), contiguous(w)
     bias = contiguous(b) if b is not None else np.zeros(g.F, dtype=x.dtype)
     if algo == "direct":
@@ -197,7 +197,7 @@ def conv2d_backward(dy, x, w, g, algo, out):
         # reference's, NaN for NaN.
         algo = "im2col"
     _check_fits(g, algo, "backward")
-    threads = get_num_threads()
+    threads = threads_for(g.flops)  # multiply-adds of dx and dw
     dyc, xc, wc = contiguous(dy), contiguous(x), contiguous(w)
     if algo == "direct":
         G, Fg, Cg = g.groups, g.F // g.groups, g.C // g.groups

@@ -6,7 +6,7 @@ Arguments arrive validated by fastlayers.functional; here only the sizes the ker
 import numpy as np
 
 from ..._cpu import max_pool2d as _kernels
-from ..._dispatch import get_num_threads
+from ..._dispatch import threads_for
 from ..._params import check_pool_backward_args
 
 OPS = frozenset({"max_pool2d", "max_pool2d_backward"})
@@ -32,7 +32,7 @@ def max_pool2d(x, g, out):
             y.reshape(planes, g.OH, g.OW),
             indices.reshape(planes, g.OH, g.OW),
             g.KH, g.KW, g.stride_h, g.stride_w, g.pad_h, g.pad_w,
-            y.nbytes + indices.nbytes >= STREAMING_MIN_BYTES, get_num_threads(),
+            y.nbytes + indices.nbytes >= STREAMING_MIN_BYTES, threads_for(y.size * g.KH * g.KW),
         )
     return y, indices
 
@@ -56,7 +56,7 @@ def max_pool2d_backward(dy, indices, input_shape, out):
         np.ascontiguousarray(indices).reshape(planes, OH, OW),
         dx.reshape(planes, H, W),
         dx.nbytes >= STREAMING_MIN_BYTES,
-        get_num_threads(),
+        threads_for(dx.size + dy.size),
     )
     if bad:
         raise ValueError(f"indices must lie in [0, H*W) = [0, {H * W}); {bad} do not")
