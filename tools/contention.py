@@ -10,6 +10,7 @@ loads), rounds alternate between the settings compared, and medians are reported
 scikit-learn (the digits data) and at least 2 CPUs.
 """
 import argparse
+import importlib
 import json
 import os
 import statistics
@@ -34,9 +35,9 @@ def _digits_epochs(threads, epochs, grain, conv_algo):
     import numpy as np
 
     import fastlayers as fl
-    from fastlayers.backends.cpu import conv2d
 
     if conv_algo != "auto":
+        conv2d = importlib.import_module("fastlayers.backends.cpu.conv2d")
         conv2d.choose_algo = lambda g, direction: conv_algo
 
     sys.path.insert(0, str(ROOT / "examples"))
@@ -63,7 +64,7 @@ def _digits_epochs(threads, epochs, grain, conv_algo):
     return seconds[1:]
 
 
-def _resnet56_forward(rounds):
+def _resnet56_forward(rounds, conv_algo):
     """Seconds of the resnet-56 conv2d forward, alternating 1 and 2 threads: {threads: [s, ...]}."""
     import numpy as np
 
@@ -78,7 +79,7 @@ def _resnet56_forward(rounds):
         for n in times:
             with fl.threads(n):
                 start = time.perf_counter()
-                fl.conv2d(x, w, None, 1, 1, backend="cpu", out=out)
+                fl.conv2d(x, w, None, 1, 1, backend="cpu", algo=conv_algo, out=out)
                 times[n].append(time.perf_counter() - start)
     return {n: t[1:] for n, t in times.items()}
 
@@ -109,7 +110,7 @@ def _worker(args):
     elif args.worker == "rnn":
         result = _rnn_small_forward(args.rounds)
     else:
-        result = _resnet56_forward(args.rounds)
+        result = _resnet56_forward(args.rounds, args.conv_algo)
     print(json.dumps(result))
 
 
@@ -151,7 +152,7 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per digits run (default 3)")
     parser.add_argument("--sweep", action="store_true", help="also compare grain sizes and OpenMP wait policies")
     parser.add_argument("--conv-algo", choices=("auto", "im2col"), default="auto",
-                        help="conv2d algorithm of the digits CNN (default auto: what the example runs)")
+                        help="conv2d algorithm of every convolution run (default auto: what the example runs)")
     parser.add_argument("--worker", choices=("digits", "resnet56", "rnn"), help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--grain", type=int, default=0, help=argparse.SUPPRESS)
@@ -167,12 +168,12 @@ def main(argv=None):
           f"{ {k: os.environ[k] for k in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT') if k in os.environ} or fl._cpu.OPENMP_WAIT}")
     medians = digits_under_load(args.rounds, args.epochs, args.conv_algo)
     ratio = medians["default"] / medians["1 thread"]
-    print(f"digits CNN epoch, one busy process pinned to a core: default threads {medians['default'] * 1e3:.1f} ms, "
+    print(f"digits CNN epoch (conv2d {args.conv_algo}), one busy process pinned to a core: default threads {medians['default'] * 1e3:.1f} ms, "
           f"1 thread {medians['1 thread'] * 1e3:.1f} ms, ratio {ratio:.2f}x "
           f"(target <= {DIGITS_TARGET}x: {'met' if ratio <= DIGITS_TARGET else 'MISSED'})")
-    resnet = {n: statistics.median(t) for n, t in _run_worker("resnet56", rounds=2 * args.rounds + 1).items()}
+    resnet = {n: statistics.median(t) for n, t in _run_worker("resnet56", rounds=2 * args.rounds + 1, conv_algo=args.conv_algo).items()}
     speedup = resnet["1"] / resnet["2"]
-    print(f"resnet-56 conv2d forward, no competitor: 1 thread {resnet['1'] * 1e3:.1f} ms, 2 threads "
+    print(f"resnet-56 conv2d forward ({args.conv_algo}), no competitor: 1 thread {resnet['1'] * 1e3:.1f} ms, 2 threads "
           f"{resnet['2'] * 1e3:.1f} ms, speed-up {speedup:.2f}x "
           f"(target >= {RESNET_TARGET}x: {'met' if speedup >= RESNET_TARGET else 'MISSED'})")
     if args.sweep:

@@ -17,7 +17,9 @@ import contextvars
 import importlib
 import operator
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from types import ModuleType
+from typing import Any
 
 BACKENDS = ("numpy", "cpu", "cuda")
 
@@ -27,18 +29,18 @@ _backend_override = contextvars.ContextVar("fastlayers_backend", default=None)
 _threads_override = contextvars.ContextVar("fastlayers_threads", default=None)
 
 
-def _check_backend_name(name):
+def _check_backend_name(name: str | None) -> None:
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS} or None, got {name!r}")
 
 
-def backend_module(name):
+def backend_module(name: str) -> ModuleType:
     """The module implementing backend ``name`` (imported on first use: cuda starts nothing before)."""
     _check_backend_name(name)
     return importlib.import_module(f"fastlayers.backends.{name}")
 
 
-def backends():
+def backends() -> dict[str, dict[str, Any]]:
     """Which backends this installation can run, and why a missing one is missing.
 
     Returns a dict ``{name: {"available": bool, "reason": str, "ops": [...]}}``. Checking cuda
@@ -55,7 +57,7 @@ def backends():
     return report
 
 
-def set_backend(name):
+def set_backend(name: str | None) -> None:
     """Set the process-wide default backend (``None`` restores automatic choice)."""
     global _default_backend
     if name is not None:
@@ -64,7 +66,7 @@ def set_backend(name):
 
 
 @contextlib.contextmanager
-def use_backend(name):
+def use_backend(name: str) -> Iterator[None]:
     """Use backend ``name`` for ops called inside the block, in this thread only."""
     _check_backend_name(name)
     token = _backend_override.set(name)
@@ -74,11 +76,11 @@ def use_backend(name):
         _backend_override.reset(token)
 
 
-def _on_gpu(arrays):
+def _on_gpu(arrays: Iterable[Any]) -> bool:
     return any(hasattr(a, "__cuda_array_interface__") for a in arrays if a is not None)
 
 
-def _has_op(name, op):
+def _has_op(name: str, op: str) -> bool:
     try:
         mod = backend_module(name)
     except ImportError:
@@ -86,7 +88,7 @@ def _has_op(name, op):
     return op in mod.OPS and mod.availability()[0]
 
 
-def resolve(op, backend, arrays):
+def resolve(op: str, backend: str | None, arrays: Iterable[Any]) -> Callable[..., Any]:
     """The backend module that runs ``op`` for these arrays.
 
     An explicit choice (argument, ``use_backend``, ``set_backend``) that cannot run the op is an
@@ -134,7 +136,7 @@ _forked_after_team = False  # this process is a fork() child of a process that r
 _started_team = False
 
 
-def _after_fork_in_child():
+def _after_fork_in_child() -> None:
     global _forked_after_team
     _forked_after_team = _forked_after_team or _started_team
 
@@ -142,7 +144,7 @@ def _after_fork_in_child():
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _cgroup_cpu_quota():
+def _cgroup_cpu_quota() -> int | None:
     """CPUs' worth of time the container's CPU quota grants (rounded up), or None if unlimited or
     not told: cgroup v2 (cpu.max of this process's cgroup and its ancestors) or v1 (cpu.cfs_*)."""
     try:
@@ -165,7 +167,7 @@ def _cgroup_cpu_quota():
     return min(limits) if limits else None
 
 
-def _read_quota(quota_file, period_file):
+def _read_quota(quota_file: str | os.PathLike, period_file: str | os.PathLike | None) -> int | None:
     try:
         with open(quota_file) as f:
             fields = f.read().split()
@@ -194,7 +196,7 @@ def cpu_limit() -> int:
     return max(1, min(count, _quota[0] or count))
 
 
-def _openmp_max_threads():
+def _openmp_max_threads() -> int:
     try:
         from ._cpu import openmp_runtime
     except ImportError:  # no compiled kernels: nothing runs OpenMP threads
@@ -202,7 +204,7 @@ def _openmp_max_threads():
     return openmp_runtime.max_threads()
 
 
-def _check_threads(n, name="n"):
+def _check_threads(n: object, name: str = "n") -> int:
     """``n`` as a Python int (NumPy integers accepted), or a ValueError saying what was expected."""
     if not isinstance(n, bool):
         try:

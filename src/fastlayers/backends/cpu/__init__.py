@@ -2,10 +2,9 @@
 ``fastlayers._cpu``, which loads the libraries they link: see its docstring), one part module per
 op family.
 
-Each part module defines ``OPS`` and the functions named there. A part is named after its op
-family, and its ops' names start with that name (``conv2d``: ``conv2d``, ``conv2d_backward``).
-A part whose compiled kernels fail to load (a broken install) leaves its ops out, warns once
-when fastlayers is imported, and says why in ``availability()`` and in ``load_error(op)``.
+Each part module defines ``OPS`` and the functions named there. A part whose compiled kernels
+fail to load (a broken install) leaves its ops out, warns once when fastlayers is imported, and
+says why in ``availability()`` and ``load_error(op)``.
 """
 import importlib
 import warnings
@@ -32,11 +31,12 @@ def _describe(errors):
 
 
 def load_error(op):
-    """Why ``op``'s compiled kernels failed to load, or None if they loaded (or it has none)."""
-    for part, error in _load_errors.items():
-        if op.startswith(part):
-            return f"the compiled {part} kernels failed to load ({error}); {FIX}"
-    return None
+    """Why ``op`` may be missing: the compiled kernels that failed to load (those of its own
+    family when a part is named after it, else all), or None if every part loaded."""
+    if not _load_errors:
+        return None
+    own = {part: error for part, error in _load_errors.items() if op.startswith(part)}
+    return f"compiled kernels failed to load ({_describe(own or _load_errors)}); {FIX}"
 
 
 def availability():
