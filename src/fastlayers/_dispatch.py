@@ -128,7 +128,7 @@ MAX_THREADS = 4 * (os.cpu_count() or 1)
 # A call runs on one more thread for every GRAIN_SIZE elementary steps of work (multiply-adds,
 # window taps, elements written): smaller calls run on the calling thread alone, where waking a
 # team would cost more than it saves, and on a loaded machine a team member that is not running
-# holds every other one at the closing barrier. docs/performance.md ("Grain size") has the
+# holds every other one at the closing barrier. docs/performance.md ("Threads under load") has the
 # measurements behind the value.
 GRAIN_SIZE = 1 << 18
 
