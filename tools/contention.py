@@ -41,7 +41,7 @@ def _digits_epochs(threads, epochs, grain, conv_algo):
         conv2d.choose_algo = lambda g, direction: conv_algo
 
     sys.path.insert(0, str(ROOT / "examples"))
-    from cnn_digits import build_model, load_data
+    from cnn_digits import build_model, load_data, train_epoch
 
     if grain:
         fl._dispatch.GRAIN_SIZE = grain
@@ -54,12 +54,7 @@ def _digits_epochs(threads, epochs, grain, conv_algo):
     seconds = []
     for _ in range(epochs + 1):  # the first epoch warms up (page faults, caches) and is dropped
         start = time.perf_counter()
-        order = rng.permutation(len(x_train))
-        for i in range(0, len(order), 32):
-            batch = order[i : i + 32]
-            _, dlogits = fl.losses.softmax_cross_entropy(model.forward(x_train[batch]), y_train[batch])
-            model.backward(dlogits)
-            opt.step()
+        train_epoch(model, opt, x_train, y_train, 32, rng)
         seconds.append(time.perf_counter() - start)
     return seconds[1:]
 
