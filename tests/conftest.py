@@ -7,7 +7,10 @@
 ``long``."""
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
+
+import fastlayers as fl
 
 # No deadline: the machine is shared and the first call of a kernel may compile (Numba); a hang
 # still shows as a test that never ends, and the examples are small enough to take milliseconds.
@@ -15,3 +18,10 @@ _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, Healt
 settings.register_profile("ci", **_common)
 settings.register_profile("long", max_examples=int(os.environ.get("FASTLAYERS_LONG_EXAMPLES", "1000")), **_common)
 settings.load_profile("ci")
+
+
+@pytest.fixture
+def split_work(monkeypatch):
+    """Run even tiny calls on every thread asked for (``fastlayers._dispatch.GRAIN_SIZE`` keeps
+    them on one), so the kernels' multi-thread paths run on test-sized inputs."""
+    monkeypatch.setattr(fl._dispatch, "GRAIN_SIZE", 1)

@@ -217,7 +217,7 @@ def test_threads_setting():
             fl.set_num_threads(bad)
 
 
-def test_results_do_not_depend_on_thread_count():
+def test_results_do_not_depend_on_thread_count(split_work):
     x = np.random.default_rng(0).standard_normal((3, 5, 9, 11))
     with fl.threads(1):
         y1, i1 = fl.max_pool2d(x, 3, 2, 1, return_indices=True)

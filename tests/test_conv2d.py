@@ -228,7 +228,7 @@ def _run(algo, threads, x, w, b, dy, params):
 
 
 @pytest.mark.parametrize("algo", ("im2col", "direct"))
-def test_reproducible_and_thread_count_independent(algo):
+def test_reproducible_and_thread_count_independent(algo, split_work):
     """Bit for bit the same on a second run; the same across thread counts except the im2col
     dw and db, summed per thread (float32 rounding only)."""
     rng = make_rng(5)

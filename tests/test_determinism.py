@@ -16,7 +16,7 @@ REPEATS = 3
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("op, backend", kernel_pairs(include_simulator=False))
-def test_same_thread_count_is_bitwise_reproducible(op, backend, dtype, threads):
+def test_same_thread_count_is_bitwise_reproducible(op, backend, dtype, threads, split_work):
     call = fixed_call(op, dtype, size="big")
     with fl.threads(threads):
         runs = [call.run(backend) for _ in range(REPEATS)]

@@ -11,7 +11,6 @@ all steps). float32 results are compared with the reference run in float64 on th
 (float32-representable) data, so the bound covers the kernel's own float32 arithmetic, including
 its float32 tanh and sigmoid (a few ulp).
 """
-import importlib
 
 import numpy as np
 import pytest
@@ -25,12 +24,6 @@ from fastlayers import reference as ref
 DTYPES = (np.float32, np.float64)
 RHO = 0.9
 AMPLIFICATION = 1 / (1 - RHO)
-
-
-@pytest.fixture
-def split_work(monkeypatch):
-    """Split even tiny problems among threads (the backend keeps them on one thread)."""
-    monkeypatch.setattr(importlib.import_module("fastlayers.backends.cpu._gated"), "MIN_WORK_PER_THREAD", 0)
 
 
 class Lstm:

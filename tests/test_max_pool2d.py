@@ -151,7 +151,7 @@ def test_forward_empty_batch(shape):
     assert y.shape == idx.shape == shape[:2] + (2, 2)
 
 
-def test_forward_same_result_any_thread_count():
+def test_forward_same_result_any_thread_count(split_work):
     x = tie_data(make_rng(3), (4, 5, 9, 11), np.float32, nan=0.05)
     results = []
     for n in (1, 2, 3):

@@ -9,7 +9,6 @@ weight gradients summed over all steps), which is what ``assert_close`` bounds; 
 are compared with the reference run in float64 on the same (float32-representable) data, so the
 bound covers the kernel's own float32 arithmetic, including its float32 tanh (a few ulp).
 """
-import importlib
 
 import numpy as np
 import pytest
@@ -24,12 +23,6 @@ DTYPES = (np.float32, np.float64)
 RHO = 0.9
 AMPLIFICATION = 1 / (1 - RHO)
 GRAD_NAMES = ("input", "hx", "Wx", "Wh", "bias")
-
-
-@pytest.fixture
-def split_work(monkeypatch):
-    """Split even tiny problems among threads (the backend keeps them on one thread)."""
-    monkeypatch.setattr(importlib.import_module("fastlayers.backends.cpu.rnn"), "MIN_WORK_PER_THREAD", 0)
 
 
 def rnn_arrays(rng, T, N, D, H, dtype, h0=True, b=True):

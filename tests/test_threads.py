@@ -5,6 +5,8 @@ Semantics (see ``fastlayers._dispatch``): ``with fl.threads(n)`` is a ``contextv
 it applies to the calls of the thread (or asyncio task) that entered it, and to no other; a thread
 started inside the block starts from the process default (``fl.set_num_threads``, else all CPUs).
 """
+import ast
+import importlib
 import os
 import subprocess
 import sys
@@ -86,7 +88,7 @@ def test_concurrent_calls_leave_blas_threads_alone(op, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_concurrent_calls_equal_serial_calls(backend):
+def test_concurrent_calls_equal_serial_calls(backend, split_work):
     calls = {op: fixed_call(op, np.float32, seed=i) for i, op in enumerate(_ops(backend))}
     blas_before = _blas_threads()
     serial = {}
@@ -169,3 +171,138 @@ def test_threads_setting_stays_in_its_thread(backend, monkeypatch):
     for t in threads:
         t.join()
     assert seen == {"1": {1}, "3": {3}, "None": {default}, "child-of-1": {default}, "child-of-3": {default}}
+
+
+# ---------------------------------------------------------------------------- thread-count policy
+
+
+def _python(code, **env):
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, **env})
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout.strip()
+
+
+def test_omp_num_threads_sets_the_default():
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    code = "import fastlayers as fl; print(fl.get_num_threads())"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**env, "OMP_NUM_THREADS": "1"})
+    assert run.stdout.strip() == "1", run.stderr[-3000:]
+
+
+def _team_sizes(monkeypatch):
+    """The thread counts the compiled max-pool kernels are called with."""
+    part = importlib.import_module("fastlayers.backends.cpu.max_pool2d")
+    sizes = []
+    real = part._kernels
+
+    class Spy:
+        def __getattr__(self, name):
+            def call(*args):
+                sizes.append(args[-1])
+                return getattr(real, name)(*args)
+            return call
+
+    monkeypatch.setattr(part, "_kernels", Spy())
+    return sizes
+
+
+@pytest.mark.skipif(min(fl._dispatch._openmp_max_threads(), fl._dispatch.cpu_limit()) < 2,
+                    reason="needs OpenMP and 2 CPUs to tell 1 thread from the default")
+def test_threadpool_limits_limits_the_kernels(monkeypatch, split_work):
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    assert any(info["user_api"] == "openmp" for info in threadpool_info()), "fastlayers' OpenMP pool is not visible"
+    sizes = _team_sizes(monkeypatch)
+    x = np.ones((4, 4, 16, 16), np.float32)
+    fl.max_pool2d(x, 2, return_indices=True, backend="cpu")
+    for limits in (dict(limits=1), dict(limits=1, user_api="openmp")):
+        with threadpool_limits(**limits):
+            assert fl.get_num_threads() == 1
+            fl.max_pool2d(x, 2, return_indices=True, backend="cpu")
+    fl.max_pool2d(x, 2, return_indices=True, backend="cpu")
+    assert sizes == [fl.get_num_threads(), 1, 1, fl.get_num_threads()]
+    assert sizes[0] >= 2
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2", None, fl._dispatch.MAX_THREADS + 1, 10**30])
+def test_absurd_thread_counts_are_refused(bad):
+    with pytest.raises(ValueError, match=r"number of threads\) must be an integer from 1 to"):
+        with fl.threads(bad):
+            pass
+    if bad is not None:
+        with pytest.raises(ValueError, match="number of threads"):
+            fl.set_num_threads(bad)
+
+
+def test_numpy_integer_thread_counts_are_accepted():
+    with fl.threads(np.int64(2)):
+        assert fl.get_num_threads() == 2
+        assert type(fl.get_num_threads()) is int
+    try:
+        fl.set_num_threads(np.int32(1))
+        assert fl.get_num_threads() == 1
+    finally:
+        fl.set_num_threads(None)
+
+
+def test_small_calls_run_on_the_calling_thread(monkeypatch):
+    sizes = _team_sizes(monkeypatch)
+    grain = fl._dispatch.GRAIN_SIZE
+    with fl.threads(2):
+        fl.max_pool2d(np.ones((1, 1, 8, 8), np.float32), 2, return_indices=True, backend="cpu")  # 16 windows of 4 taps
+        assert fl._dispatch.threads_for(grain - 1) == 1
+        assert fl._dispatch.threads_for(2 * grain) == 2
+        assert fl._dispatch.threads_for(100 * grain) == 2
+    assert sizes == [1]
+
+
+@pytest.mark.parametrize("files, cpus", [
+    ({"cpu.max": "max 100000"}, None),
+    ({"cpu.max": "150000 100000"}, 2),
+    ({"cpu.max": "50000 100000"}, 1),
+    ({"cpu.cfs_quota_us": "-1", "cpu.cfs_period_us": "100000"}, None),
+    ({"cpu.cfs_quota_us": "300000", "cpu.cfs_period_us": "100000"}, 3),
+])
+def test_container_cpu_quota_is_read(tmp_path, files, cpus):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text + "\n")
+    if "cpu.max" in files:
+        assert fl._dispatch._read_quota(tmp_path / "cpu.max", None) == cpus
+    else:
+        assert fl._dispatch._read_quota(tmp_path / "cpu.cfs_quota_us", tmp_path / "cpu.cfs_period_us") == cpus
+
+
+_FORK_SCRIPT = """
+import multiprocessing
+import numpy as np
+import fastlayers as fl
+
+fl._dispatch.GRAIN_SIZE = 1  # the parent's call must start a team, however small
+x = np.ones((8, 8, 32, 32), np.float32)
+
+def work(i):
+    return fl.get_num_threads(), float(fl.max_pool2d(x, 2, return_indices=True)[0].sum())
+
+if __name__ == "__main__":
+    with fl.threads(2):
+        parent = float(fl.max_pool2d(x, 2, return_indices=True)[0].sum())
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            print(parent, pool.map(work, range(2)))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() on this platform")
+def test_forked_children_run_kernels_after_the_parent_used_threads(tmp_path):
+    """issue 13, item 1: a fork() child used to hang in the OpenMP runtime. Bounded by a timeout
+    so that a hang fails the test instead of blocking the run."""
+    script = tmp_path / "fork_after_team.py"
+    script.write_text(_FORK_SCRIPT)
+    try:
+        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a forked child hung running a kernel after the parent ran one on 2 threads")
+    assert out.returncode == 0, out.stderr[-3000:]
+    parent, children = out.stdout.split(" ", 1)
+    assert ast.literal_eval(children) == [(1, float(parent))] * 2

@@ -30,7 +30,7 @@ cdef inline void single_threaded_blas() noexcept nogil:
     stalled in 4 ms steps). The library is ours alone (scipy-openblas32, not NumPy's or SciPy's),
     so it is set once for good; the check catches a process-wide change (e.g. threadpoolctl's
     threadpool_limits over every BLAS) made since. It also starts at one thread: see
-    fastlayers/backends/cpu/__init__.py."""
+    fastlayers/_cpu/__init__.py."""
     if scipy_openblas_get_num_threads() != 1:
         scipy_openblas_set_num_threads(1)
 

@@ -28,7 +28,7 @@ from .functional import (
 from . import augment, filters, init, layers, losses, optim  # NumPy only: keeps the import cheap
 from .layers import is_grad_enabled, no_grad
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 
 def release_workspaces():

@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 
+from ._version import __version__
 from .benchmark.runner import FAMILIES
 from .benchmark.workloads import DIRECTIONS, OPS, WORKLOADS
 from .cases import ALL_CASES, CASES, CASES_BY_NAME, QUICK_CASES, Case
@@ -51,6 +52,7 @@ def _case_spec(text):
 
 def _parser():
     parser = argparse.ArgumentParser(prog="fastlayers", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"fastlayers {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     bench = sub.add_parser(
         "bench",

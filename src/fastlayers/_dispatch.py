@@ -18,7 +18,11 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import importlib
+import operator
 import os
+from collections.abc import Callable, Iterable, Iterator
+from types import ModuleType
+from typing import Any
 
 BACKENDS = ("numpy", "cpu", "cuda")
 
@@ -28,12 +32,12 @@ _backend_override = contextvars.ContextVar("fastlayers_backend", default=None)
 _threads_override = contextvars.ContextVar("fastlayers_threads", default=None)
 
 
-def _check_backend_name(name):
+def _check_backend_name(name: str | None) -> None:
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS} or None, got {name!r}")
 
 
-def backend_module(name):
+def backend_module(name: str) -> ModuleType:
     """The package of backend ``name`` (imported on first use: cuda starts nothing before)."""
     _check_backend_name(name)
     return importlib.import_module(f"fastlayers.backends.{name}")
@@ -57,7 +61,7 @@ def _functions_on(name):
     )
 
 
-def available_backends():
+def available_backends() -> dict[str, dict[str, Any]]:
     """Which backends this installation can run, and why a missing one is missing.
 
     Returns a dict ``{name: {"available": bool, "reason": str, "ops": [...]}}`` (``ops``: the
@@ -74,7 +78,7 @@ def available_backends():
     return report
 
 
-def set_backend(name):
+def set_backend(name: str | None) -> None:
     """Set the process-wide default backend (``None`` restores automatic choice)."""
     global _default_backend
     if name is not None:
@@ -83,7 +87,7 @@ def set_backend(name):
 
 
 @contextlib.contextmanager
-def use_backend(name):
+def use_backend(name: str) -> Iterator[None]:
     """Use backend ``name`` for ops called inside the block, in this thread only."""
     _check_backend_name(name)
     token = _backend_override.set(name)
@@ -156,39 +160,146 @@ def select_kernel(spec, problem, backend, algo="auto"):
 
 
 # ---------------------------------------------------------------------------- threads
+#
+# The default thread count follows the conventions NumPy, scikit-learn and PyTorch users rely on:
+# OpenMP's own setting (OMP_NUM_THREADS, threadpoolctl's limits on user_api="openmp"), bounded by
+# the CPUs this process may run on (affinity mask) and by its container's CPU quota (cgroup).
+
+# Past a few threads per logical CPU no kernel gets faster, and every OpenMP thread reserves a
+# stack: 300 threads under a 2 GiB address-space limit made the OpenMP runtime fail to create one
+# and exit the process, with no Python exception. Larger requests are refused.
+MAX_THREADS = 4 * (os.cpu_count() or 1)
+
+# A call runs on one more thread for every GRAIN_SIZE elementary steps of work (multiply-adds,
+# window taps, elements written): smaller calls run on the calling thread alone, where waking a
+# team would cost more than it saves, and on a loaded machine a team member that is not running
+# holds every other one at the closing barrier. docs/performance.md ("Threads under load") has the
+# measurements behind the value.
+GRAIN_SIZE = 1 << 18
+
+_forked_after_team = False  # this process is a fork() child of a process that ran an OpenMP team
+_started_team = False
 
 
-def _cpu_count():
+def _after_fork_in_child() -> None:
+    global _forked_after_team
+    _forked_after_team = _forked_after_team or _started_team
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _cgroup_cpu_quota() -> int | None:
+    """CPUs' worth of time the container's CPU quota grants (rounded up), or None if unlimited or
+    not told: cgroup v2 (cpu.max of this process's cgroup and its ancestors) or v1 (cpu.cfs_*)."""
     try:
-        return len(os.sched_getaffinity(0))
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    limits = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2: "max 100000" or "QUOTA PERIOD", checked up to the root
+            parts = path.strip("/").split("/") if path.strip("/") else []
+            for depth in range(len(parts), -1, -1):
+                limits.append(_read_quota(os.path.join("/sys/fs/cgroup", *parts[:depth], "cpu.max"), None))
+        elif "cpu" in controllers.split(","):
+            base = os.path.join("/sys/fs/cgroup", controllers)
+            for root in (os.path.join(base, path.lstrip("/")), base):
+                limits.append(_read_quota(os.path.join(root, "cpu.cfs_quota_us"), os.path.join(root, "cpu.cfs_period_us")))
+    limits = [n for n in limits if n is not None]
+    return min(limits) if limits else None
+
+
+def _read_quota(quota_file: str | os.PathLike, period_file: str | os.PathLike | None) -> int | None:
+    try:
+        with open(quota_file) as f:
+            fields = f.read().split()
+        if period_file is not None:
+            with open(period_file) as f:
+                fields.append(f.read().strip())
+        quota, period = fields[0], fields[1]
+        if quota in ("max", "-1"):
+            return None
+        return max(1, -(-int(quota) // int(period)))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+_quota = []  # computed on first use: [CPUs or None]
+
+
+def cpu_limit() -> int:
+    """CPUs this process may use: its affinity mask, bounded by its container's CPU quota."""
+    try:
+        count = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        count = os.cpu_count() or 1
+    if not _quota:
+        _quota.append(_cgroup_cpu_quota())
+    return max(1, min(count, _quota[0] or count))
 
 
-def _check_threads(n):
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"number of threads must be an int >= 1, got {n!r}")
+def _openmp_max_threads() -> int:
+    try:
+        from ._cpu import openmp_runtime
+    except ImportError:  # no compiled kernels: nothing runs OpenMP threads
+        return 1
+    return openmp_runtime.max_threads()
 
 
-def get_num_threads():
-    """Threads the CPU kernels use: the context's (``threads``), else the process default
-    (``set_num_threads``), else the CPUs this process may run on."""
-    return _threads_override.get() or _default_threads or _cpu_count()
+def _check_threads(n: object, name: str = "n") -> int:
+    """``n`` as a Python int (NumPy integers accepted), or a ValueError saying what was expected."""
+    if not isinstance(n, bool):
+        try:
+            n = operator.index(n)
+        except TypeError:
+            pass
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_THREADS:
+        raise ValueError(
+            f"{name} (number of threads) must be an integer from 1 to {MAX_THREADS} (4 per CPU of this "
+            f"machine), got {n!r}")
+    return n
 
 
-def set_num_threads(n):
-    """Set the process-wide number of threads of the CPU kernels (``None``: all available CPUs)."""
+def get_num_threads() -> int:
+    """Threads the CPU kernels may use: the context's (``threads``), else the process default
+    (``set_num_threads``), else OpenMP's own default (``OMP_NUM_THREADS``,
+    ``threadpoolctl.threadpool_limits``) bounded by ``cpu_limit()`` (affinity mask, container
+    quota). Each call uses fewer when it has little work (``GRAIN_SIZE``).
+
+    In a child made by ``fork()`` after this process ran kernels on several threads it is 1:
+    the OpenMP runtime's thread pool does not survive ``fork()`` (a team would wait forever for
+    threads the child does not have), so, as PyTorch does, such a child runs the kernels on one
+    thread. Use the "spawn" or "forkserver" start method for workers that need more."""
+    if _forked_after_team:
+        return 1
+    n = _threads_override.get() or _default_threads
+    return n if n is not None else max(1, min(_openmp_max_threads(), cpu_limit()))
+
+
+def threads_for(work: int) -> int:
+    """Threads for one kernel call of ``work`` elementary steps: one per ``GRAIN_SIZE`` steps, at
+    most ``get_num_threads()``. Every CPU op's wrapper asks this before it starts a team."""
+    n = min(get_num_threads(), max(1, work // GRAIN_SIZE))
+    if n > 1:
+        global _started_team
+        _started_team = True
+    return n
+
+
+def set_num_threads(n: int | None) -> None:
+    """Set the process-wide number of threads of the CPU kernels (``None``: the default of
+    ``get_num_threads``). ``n`` is an integer from 1 to ``MAX_THREADS``."""
     global _default_threads
-    if n is not None:
-        _check_threads(n)
-    _default_threads = n
+    _default_threads = None if n is None else _check_threads(n)
 
 
 @contextlib.contextmanager
-def threads(n):
-    """Run the CPU kernels called inside the block with ``n`` threads, in this thread only."""
-    _check_threads(n)
-    token = _threads_override.set(n)
+def threads(n: int) -> Iterator[None]:
+    """Run the CPU kernels called inside the block with at most ``n`` threads, in this thread only."""
+    token = _threads_override.set(_check_threads(n))
     try:
         yield
     finally:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .reference import softmax_cross_entropy
 
 __all__ = ["softmax", "softmax_cross_entropy"]
 
 
-def softmax(logits, axis=-1):
+def softmax(logits: ArrayLike, axis: int = -1) -> np.ndarray:
     """Probabilities ``exp(z) / sum(exp(z))`` along ``axis``, stable for any logits (the maximum is
     subtracted first, so exp never overflows)."""
     z = np.asarray(logits)

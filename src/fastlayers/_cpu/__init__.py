@@ -13,7 +13,8 @@ environment is deleted after the build):
   core from our team. OpenBLAS reads the variable once, when it initialises, and then starts no
   worker thread at all. The library is ours alone (NumPy's and SciPy's BLAS are other libraries).
 * The OpenMP runtime, by importing ``openmp_runtime``, with the wait policy of ``OPENMP_WAIT``
-  (below) unless the user has set one.
+  (below) unless the user has set one (``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``). It has effect
+  only if the runtime is not loaded yet (by another library imported before fastlayers).
 
 The variables are restored right after, so subprocesses and the other libraries loaded later see
 the user's environment.
@@ -21,11 +22,12 @@ the user's environment.
 import ctypes
 import os
 
-# libgomp's idle team threads spin GOMP_SPINCOUNT times (300000 by default, about 0.1-0.3 ms)
-# before they sleep. Between back-to-back kernel calls that keeps a core busy for nothing, and
-# on a loaded machine a spinning thread takes the core a descheduled team mate or another
-# process needs. docs/performance.md ("OpenMP wait policy") has the measurements behind the value.
-OPENMP_WAIT = {"GOMP_SPINCOUNT": "10000"}
+# Idle team threads sleep at once instead of spinning (libgomp spins about 0.1-0.3 ms after every
+# parallel region and at every barrier by default): on a loaded machine a spinning thread takes
+# the core that a descheduled team mate or another process needs, which multiplied the time of
+# small layers, while waking sleeping threads costs microseconds per call. Chosen by measurement:
+# docs/performance.md, "Threads under load" (tools/contention.py --sweep).
+OPENMP_WAIT = {"OMP_WAIT_POLICY": "passive"}
 _USER_OPENMP_WAIT = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 

@@ -1,7 +1,7 @@
 """What the lstm and gru modules share (both wrap kernels/cpu/gated_rnn.pyx): thread count,
 sizes and biases.
 
-The kernels split every product among their own OpenMP threads (``fastlayers.get_num_threads()``)
+The kernels split every product among their own OpenMP threads (``fastlayers._dispatch.threads_for``)
 and call BLAS single-threaded inside them. Steps arrive as sequences of length one (the spec,
 fastlayers.ops.gated, views them so). The kernels allocate the outputs the caller gave no buffer
 for themselves, after checking the sizes (an oversized call fails with its reason, not an
@@ -9,18 +9,13 @@ allocation error).
 """
 import numpy as np
 
-from ..._dispatch import get_num_threads
+from ..._dispatch import threads_for
 from ._common import BLAS_INT_MAX
 
-# As for rnn: below this much work per thread (T*N*G*H*(D+H) multiply-adds) a call uses fewer
-# threads than fastlayers.get_num_threads() allows. Tests set it to 0 to force the split.
-MIN_WORK_PER_THREAD = 1 << 16
-
-
 def num_threads(T, N, D, H, width):
-    """Threads for one call: each runs the recurrence of its own block of the N sequences."""
-    useful = min(N, T * N * width * (D + H) // max(MIN_WORK_PER_THREAD, 1))
-    return max(1, min(get_num_threads(), useful))
+    """Threads for one call (``threads_for`` its T*N*width*(D+H) multiply-adds): each runs the
+    recurrence of its own block of the N sequences."""
+    return min(N, threads_for(T * N * width * (D + H)))
 
 
 def check_blas_sizes(cell, T, N, D, width):

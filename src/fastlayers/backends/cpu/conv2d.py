@@ -21,7 +21,7 @@ import numpy as np
 
 from ..._cpu import conv2d_direct as _direct
 from ..._cpu import im2col as _im2col
-from ..._dispatch import get_num_threads
+from ..._dispatch import threads_for
 from ._common import BLAS_INT_MAX, contiguous
 from ._common import workspace as scratch
 
@@ -167,7 +167,7 @@ def direct_forward(x, w, b, g, outs):
     if _degenerate(x, w):
         return _degenerate_forward(b, y)
     _check_fits(g, "direct", "forward")
-    threads = get_num_threads()
+    threads = threads_for(g.flops // 2)  # multiply-adds
     # The packed bias is the accumulators' starting value: zeros when there is no bias.
     bias = contiguous(b) if b is not None else np.zeros(g.F, dtype=x.dtype)
     packed_w = _pack_filters(contiguous(w).reshape(g.groups, g.Fg, -1))
@@ -183,7 +183,7 @@ def im2col_forward(x, w, b, g, outs):
     if _degenerate(x, w):
         return _degenerate_forward(b, y)
     _check_fits(g, "im2col", "forward")
-    threads = get_num_threads()
+    threads = threads_for(g.flops // 2)  # multiply-adds
     rows = _band_rows(g, threads, x.dtype.itemsize)
     if not _im2col_fits(g, rows):  # tiles cut thinner (one row fits: checked above)
         rows = 1
@@ -203,7 +203,7 @@ def direct_backward(dy, x, w, g, outs):
         # reference's, NaN for NaN.
         return im2col_backward(dy, x, w, g, outs)
     _check_fits(g, "direct", "backward")
-    threads = get_num_threads()
+    threads = threads_for(g.flops)  # multiply-adds of dx and dw
     dyc = contiguous(dy)
     G, Fg, Cg = g.groups, g.Fg, g.Cg
     # dx convolves dy with each group's filters flipped and transposed: (G, Cg, Fg*KH*KW)
@@ -223,7 +223,7 @@ def im2col_backward(dy, x, w, g, outs):
     if _degenerate(x, w):
         return _degenerate_backward(dy, outs)
     _check_fits(g, "im2col", "backward")
-    threads = min(get_num_threads(), g.N * g.groups)  # one (image, group) task per thread at least
+    threads = min(threads_for(g.flops), g.N * g.groups)  # one (image, group) task per thread at least
     rows = _band_rows(g, threads, x.dtype.itemsize)
     if not _im2col_fits(g, rows):
         rows = 1

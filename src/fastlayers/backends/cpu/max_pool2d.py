@@ -7,7 +7,7 @@ not given: the spec's entry says ``allocates``) are written in place.
 import numpy as np
 
 from ..._cpu import max_pool2d as _kernels
-from ..._dispatch import get_num_threads
+from ..._dispatch import threads_for
 from ...ops.max_pool2d import check_indices_range
 
 # Outputs at least this large are written by the 2x2 path with non-temporal stores (around the
@@ -31,7 +31,7 @@ def forward(x, g, outs):
             y.reshape(planes, g.OH, g.OW),
             indices.reshape(planes, g.OH, g.OW),
             g.KH, g.KW, g.stride_h, g.stride_w, g.pad_h, g.pad_w,
-            y.nbytes + indices.nbytes >= STREAMING_MIN_BYTES, get_num_threads(),
+            y.nbytes + indices.nbytes >= STREAMING_MIN_BYTES, threads_for(y.size * g.KH * g.KW),
         )
     return y, indices
 
@@ -54,7 +54,7 @@ def backward(dy, indices, g, outs):
         np.ascontiguousarray(indices).reshape(planes, g.OH, g.OW),
         dx.reshape(planes, g.H, g.W),
         dx.nbytes >= STREAMING_MIN_BYTES,
-        get_num_threads(),
+        threads_for(dx.size + dy.size),
     )
     if bad:
         raise ValueError(f"indices must lie in [0, H*W) = [0, {g.H * g.W}); {bad} do not")

@@ -2,25 +2,20 @@
 the spec's kernel entry declines other nonlinearities).
 
 Step arrays (N, .) and sequence arrays (T, N, .) are both read as (T*N, .) row blocks. The kernels split every product among their own OpenMP threads
-(``fastlayers.get_num_threads()``) and call BLAS single-threaded inside them.
+(``fastlayers._dispatch.threads_for``) and call BLAS single-threaded inside them.
 """
 import numpy as np
 
 from ..._cpu import rnn as _kernels
-from ..._dispatch import get_num_threads
+from ..._dispatch import threads_for
 from .. import numpy as _reference
 from ._common import BLAS_INT_MAX, contiguous, workspace
 
-# Starting the OpenMP team and its one barrier cost microseconds: below this much work per
-# thread (T*N*H*(D+H) multiply-adds, 64k take a few microseconds) a call uses fewer threads than
-# fastlayers.get_num_threads() allows. Tests set it to 0 to force the split.
-MIN_WORK_PER_THREAD = 1 << 16
-
 
 def _num_threads(T, N, D, H):
-    """Threads for one call: each runs the recurrence of its own block of the N sequences."""
-    useful = min(N, T * N * H * (D + H) // max(MIN_WORK_PER_THREAD, 1))
-    return max(1, min(get_num_threads(), useful))
+    """Threads for one call (``threads_for`` its T*N*H*(D+H) multiply-adds): each runs the
+    recurrence of its own block of the N sequences."""
+    return min(N, threads_for(T * N * H * (D + H)))
 
 
 def _check_blas_sizes(T, N, D, H):
