@@ -9,6 +9,7 @@
 #define FASTLAYERS_TARGET_CLONES_H
 
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__) && !defined(FL_NO_CLONES)
+#define FL_HAS_CLONES 1
 #define FL_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define FL_CLONES
@@ -19,7 +20,7 @@
  * or what the compiler targeted where there are no clones. Python asks it to choose between
  * algorithms whose speed depends on the vector width. */
 static inline const char *fl_clone_isa(void) {
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__) && !defined(FL_NO_CLONES)
+#ifdef FL_HAS_CLONES
     __builtin_cpu_init();
     if (__builtin_cpu_supports("x86-64-v4"))
         return "x86-64-v4";
