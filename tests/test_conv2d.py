@@ -288,9 +288,10 @@ def test_concurrent_callers_keep_their_own_workspaces():
 
 
 def test_auto_heuristic():
-    """Forward: direct for kernels larger than 1x1 from DIRECT_MIN_FLOPS on and up to
-    DIRECT_MAX_TAPS taps and DIRECT_MIN_PLANES images, im2col for 1x1, tiny, long and few-image
-    convolutions; backward: im2col."""
+    """Forward with AVX-512: direct for kernels larger than 1x1 from DIRECT_MIN_FLOPS on and up
+    to DIRECT_MAX_TAPS taps and DIRECT_MIN_PLANES images, im2col for 1x1, tiny, long and
+    few-image convolutions; with AVX2 or less (the direct kernel's register block spills):
+    im2col; backward: im2col."""
     cases = [
         ((1, 1, 8, 8), (4, 1, 3, 3), {}, "im2col"),  # tiny: set-up dominates
         ((32, 3, 32, 32), (32, 3, 3, 3), dict(padding=1), "direct"),  # cifar-stem
@@ -308,14 +309,21 @@ def test_auto_heuristic():
         dy = np.zeros(g.y_shape, np.float32)
         args = (params.get("stride", 1), params.get("padding", 0), 1, 1, "zeros")
         problems = (CONV2D.forward(x, w, None, *args), CONV2D.backward(dy, x, w, *args))
-        assert [_dispatch.select_kernel(CONV2D, p, None).algo for p in problems] == [forward, "im2col"]
+        isa = cpu_conv2d._direct.vector_isa()
+        expected = [forward if isa in cpu_conv2d.DIRECT_FAST_ISAS else "im2col", "im2col"]
+        assert [_dispatch.select_kernel(CONV2D, p, None).algo for p in problems] == expected
+        assert [_auto(g, d, "x86-64-v4") for d in ("forward", "backward")] == [forward, "im2col"]
+        for isa in ("x86-64-v3", "baseline"):
+            assert [_auto(g, d, isa) for d in ("forward", "backward")] == ["im2col", "im2col"]
+    assert cpu_conv2d._direct.vector_isa() in ("x86-64-v4", "x86-64-v3", "baseline")
 
 
-def _auto(g, direction):
-    """The cpu "auto" choice for a problem of geometry ``g`` (no arrays: the choice reads sizes only)."""
+def _auto(g, direction, isa=None):
+    """The cpu "auto" choice for a problem of geometry ``g`` (no arrays: the choice reads sizes only)
+    on instruction set ``isa`` (default: this CPU's)."""
     from fastlayers.ops._spec import Problem
 
-    return cpu_conv2d.choose_algo(Problem(direction, g, {}, ()))
+    return cpu_conv2d.choose_algo(Problem(direction, g, {}, ()), isa)
 
 
 def test_auto_runs_an_algorithm_that_fits():
@@ -326,7 +334,8 @@ def test_auto_runs_an_algorithm_that_fits():
     assert _auto(wide_stride, "forward") == "im2col"
     # An image of 2**31 + 2**21 cells: H*W past a C int for im2col; direct copies a few rows of it.
     tall = conv2d_geometry((1, 1, 2049, 2**20), (8, 1, 3, 3))
-    assert [_auto(tall, d) for d in ("forward", "backward")] == ["direct", "direct"]
+    for isa in ("x86-64-v4", "x86-64-v3", "baseline"):  # whatever its speed, the one that runs
+        assert [_auto(tall, d, isa) for d in ("forward", "backward")] == ["direct", "direct"]
     # Too large for both: direct's error, suggesting nothing.
     both = conv2d_geometry((1, 1, 2**16, 2**16), (1, 1, 3, 3), stride=(1, 2**20), dilation=(1, 2**20),
                            padding=(0, 2**20))

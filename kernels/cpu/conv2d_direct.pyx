@@ -32,10 +32,19 @@ cdef extern from "conv2d_direct_simd.h" nogil:
                                 double* out, ptrdiff_t ld, ptrdiff_t out_step, int nf, int nvec,
                                 int lanes0, int lanes1)
 
+cdef extern from "target_clones.h" nogil:
+    const char* fl_clone_isa()
+
 cdef enum:
     VECTOR_BYTES = 64  # one vector of the block kernel; a row segment is at most two
 
 FILTER_BLOCK = FL_FB  # filters per register block: the packed weights' last axis
+
+
+def vector_isa():
+    """The instruction set the block kernel runs with on this CPU: "x86-64-v4" (AVX-512),
+    "x86-64-v3" (AVX2, FMA) or "baseline"."""
+    return fl_clone_isa().decode("ascii")
 
 
 ctypedef struct RowConv:

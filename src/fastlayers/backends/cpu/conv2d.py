@@ -98,24 +98,31 @@ def _check_fits(g, algo, direction):
 # column matrix is the input itself or a strided subsample of it, so the GEMM wins. Small calls
 # are decided by the per-call set-up, which is im2col's smaller; with few (image, group) planes
 # the direct tasks (bands of rows, each copying the input rows it reads) get thin. The direct
-# backward loses everywhere (its dw is a scalar loop).
+# backward loses everywhere (its dw is a scalar loop). All of this holds where the kernel's
+# register block fits the registers: 8 filters x 2 vectors of 64 bytes are 16 zmm registers with
+# AVX-512, but 32 ymm with AVX2 (of 16) and more with SSE2, which spill and run 10-40x slower
+# than im2col.
 DIRECT_MIN_FLOPS = 400_000
 DIRECT_MAX_TAPS = 2048
 DIRECT_MIN_PLANES = 8  # images x groups
+DIRECT_FAST_ISAS = frozenset({"x86-64-v4"})  # instruction sets where the direct forward can win
 
 
-def choose_algo(problem):
+def choose_algo(problem, isa=None):
     """``algo="auto"``: the one algorithm that can run when the other cannot (im2col's BLAS sizes
     past a C int, direct's scratch past ``DIRECT_MAX_SCRATCH_BYTES``); otherwise, for the
-    forward, "direct" for kernels larger than 1x1 with at most ``DIRECT_MAX_TAPS`` taps per output
-    (C/groups * KH * KW), at least ``DIRECT_MIN_FLOPS`` FLOP and ``DIRECT_MIN_PLANES`` (image,
-    group) planes, "im2col" otherwise; for the backward, "im2col"."""
+    forward on a CPU whose instruction set ``isa`` (default: the running one, as the direct
+    kernel's loader picked it) is in ``DIRECT_FAST_ISAS``, "direct" for kernels larger than 1x1
+    with at most ``DIRECT_MAX_TAPS`` taps per output (C/groups * KH * KW), at least
+    ``DIRECT_MIN_FLOPS`` FLOP and ``DIRECT_MIN_PLANES`` (image, group) planes, "im2col" otherwise;
+    for the backward, "im2col"."""
     g, direction = problem.geometry, problem.direction
     if not _im2col_fits(g):
         return "direct"
     if _direct_scratch_bytes(g, direction) > DIRECT_MAX_SCRATCH_BYTES:
         return "im2col"
-    if (direction == "forward" and g.KH * g.KW > 1 and g.K <= DIRECT_MAX_TAPS
+    isa = _direct.vector_isa() if isa is None else isa
+    if (direction == "forward" and isa in DIRECT_FAST_ISAS and g.KH * g.KW > 1 and g.K <= DIRECT_MAX_TAPS
             and g.flops >= DIRECT_MIN_FLOPS and g.N * g.groups >= DIRECT_MIN_PLANES):
         return "direct"
     return "im2col"
