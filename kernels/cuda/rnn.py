@@ -79,19 +79,28 @@ def _store_tanh_grad(dz, dhs, hs, geo, grp, split, m, n, acc):
 def _store_relu(c, p, q, geo, grp, split, m, n, acc):
     i = geo[2] + m * geo[4] + n
     z = c[i] + acc
-    c[i] = z if z > 0 else z * 0  # z * 0 keeps NaN (as max(z, 0) does in the reference) and the dtype
+    # max(z, 0) as in the reference (NaN propagates, -inf gives 0). Separate stores, not a
+    # conditional expression: z and the literal 0 would unify to float64; a stored 0 takes c's dtype.
+    if z > 0 or z != z:
+        c[i] = z
+    else:
+        c[i] = 0
 
 
 @cuda.jit(device=True, inline=True)
-def _relu_grad(g, h):
-    # relu's gradient from its output: h > 0 exactly where the pre-activation was (0 at 0, as in PyTorch)
-    return g if h > 0 else g * 0
+def _set_relu_grad(dz, i, g, h):
+    # relu's gradient from its output: h > 0 exactly where the pre-activation was (0 at 0, as in
+    # PyTorch and the reference); stores as in _store_relu, so float32 stays float32
+    if h > 0:
+        dz[i] = g
+    else:
+        dz[i] = 0
 
 
 @cuda.jit(device=True, inline=True)
 def _store_relu_grad(dz, dhs, hs, geo, grp, split, m, n, acc):
     i = geo[2] + m * geo[4] + n
-    dz[i] = _relu_grad(dhs[i] + acc, hs[i])
+    _set_relu_grad(dz, i, dhs[i] + acc, hs[i])
 
 
 _GEMMS = {
@@ -127,6 +136,6 @@ def activation_grad_kernel(nonlinearity, dtype):
             if tanh:
                 dz[offset + e] = g - g * h * h
             else:
-                dz[offset + e] = _relu_grad(g, h)
+                _set_relu_grad(dz, offset + e, g, h)
 
     return activation_grad
