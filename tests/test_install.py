@@ -100,3 +100,15 @@ def test_openblas_loaded_from_its_package_single_threaded():
     ours = [i for i in threadpool_info() if i["filepath"].startswith(os.path.realpath(scipy_openblas32.get_lib_dir()))]
     assert len(ours) == 1
     assert ours[0]["num_threads"] == 1
+
+
+def test_every_subpackage_is_listed_for_installation():
+    """pyproject.toml lists the packages explicitly (kernels/cuda installs as fastlayers._cuda): a
+    subpackage missing there works in an editable install and is absent from a regular one."""
+    if not (ROOT / "pyproject.toml").exists():
+        pytest.skip("needs the source tree")
+    tomllib = pytest.importorskip("tomllib")
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    src = ROOT / "src"
+    found = {".".join(p.parent.relative_to(src).parts) for p in src.rglob("__init__.py")}
+    assert found - listed == set()
