@@ -7,6 +7,7 @@ started inside the block starts from the process default (``fl.set_num_threads``
 """
 import ast
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -208,25 +209,46 @@ def _team_sizes(monkeypatch):
     return sizes
 
 
+_THREADPOOL_LIMITS = """
+import json
+import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
+import fastlayers as fl
+from fastlayers.backends.cpu import max_pool2d as part
+
+fl._dispatch.GRAIN_SIZE = 1  # tiny calls use every thread allowed
+sizes, real = [], part._kernels
+class Spy:  # records the thread count each compiled max-pool call gets
+    def __getattr__(self, name):
+        def call(*args):
+            sizes.append(args[-1])
+            return getattr(real, name)(*args)
+        return call
+part._kernels = Spy()
+x = np.ones((4, 4, 16, 16), np.float32)
+default = fl.get_num_threads()
+fl.max_pool2d(x, 2, return_indices=True, backend="cpu")
+for limits in (dict(limits=1), dict(limits=1, user_api="openmp")):
+    with threadpool_limits(**limits):
+        assert fl.get_num_threads() == 1
+        fl.max_pool2d(x, 2, return_indices=True, backend="cpu")
+fl.max_pool2d(x, 2, return_indices=True, backend="cpu")
+visible = any(info["user_api"] == "openmp" for info in threadpool_info())
+print(json.dumps([default, sizes, visible]))
+"""
+
+
 @pytest.mark.skipif(min(fl._dispatch._openmp_max_threads(), fl._dispatch.cpu_limit()) < 2,
                     reason="needs OpenMP and 2 CPUs to tell 1 thread from the default")
-def test_threadpool_limits_limits_the_kernels(monkeypatch, split_work):
-    from threadpoolctl import threadpool_info, threadpool_limits
-
-    assert any(info["user_api"] == "openmp" for info in threadpool_info()), "fastlayers' OpenMP pool is not visible"
-    sizes = _team_sizes(monkeypatch)
-    x = np.ones((4, 4, 16, 16), np.float32)
-    # A known starting point: earlier code in the process (PyTorch shares its libgomp) may have
-    # changed OpenMP's setting, which the default follows.
-    with threadpool_limits(limits=2, user_api="openmp"):
-        fl.max_pool2d(x, 2, return_indices=True, backend="cpu")
-        for limits in (dict(limits=1), dict(limits=1, user_api="openmp")):
-            with threadpool_limits(**limits):
-                assert fl.get_num_threads() == 1
-                fl.max_pool2d(x, 2, return_indices=True, backend="cpu")
-        fl.max_pool2d(x, 2, return_indices=True, backend="cpu")
-        assert sizes == [fl.get_num_threads(), 1, 1, fl.get_num_threads()]
-        assert sizes[0] == 2
+def test_threadpool_limits_limits_the_kernels():
+    # In a fresh process: the default follows OpenMP's setting and the CPUs this process may
+    # use, which earlier code in a long test process may have changed.
+    run = subprocess.run([sys.executable, "-c", _THREADPOOL_LIMITS], capture_output=True, text=True,
+                         timeout=120, env={k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    default, sizes, visible = json.loads(run.stdout.strip().splitlines()[-1])
+    assert visible, "fastlayers' OpenMP pool is not visible to threadpoolctl"
+    assert sizes == [default, 1, 1, default]
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2", None, fl._dispatch.MAX_THREADS + 1, 10**30])
