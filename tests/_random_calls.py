@@ -27,11 +27,12 @@ OPS = tuple(op for op in FUNCTIONS if not op.startswith(("lstm_step", "gru_step"
 # Arguments that are arrays, in the order of the signature; the first float one fixes the dtype
 # the others must share (the spec checks it first).
 _FORWARD = {"conv2d": ("input", "weight", "bias"), "max_pool2d": ("input",), "rnn": ("input", "hx", "Wx", "Wh", "bias"),
-            "lstm": ("x_seq", "h0", "c0", "Wx", "Wh", "b"), "gru": ("x_seq", "h0", "Wx", "Wh", "bx", "bh")}
+            "lstm": ("input", "hx", "cx", "Wx", "Wh", "bias"),
+            "gru": ("input", "hx", "Wx", "Wh", "bias_ih", "bias_hh")}
 _BACKWARD = {"conv2d": ("grad_output", "input", "weight"), "max_pool2d": ("grad_output", "indices"),
              "rnn": ("grad_output", "input", "hx", "Wx", "Wh", "output"),
-             "lstm": ("dhs", "dcs", "x_seq", "h0", "c0", "Wx", "Wh", "b", "hs", "cs"),
-             "gru": ("dhs", "x_seq", "h0", "Wx", "Wh", "bx", "bh", "hs")}
+             "lstm": ("grad_output", "grad_cell", "input", "hx", "cx", "Wx", "Wh", "bias", "output", "cell"),
+             "gru": ("grad_output", "input", "hx", "Wx", "Wh", "bias_ih", "bias_hh", "output")}
 ARRAYS = {op: (_FORWARD if FUNCTIONS[op].functions[op] == "forward" else _BACKWARD)[FUNCTIONS[op].name] for op in OPS}
 # The array whose dtype and shape the others are checked against: the forward's input (the
 # pooled gradient for max_pool2d_backward, which has none).
@@ -255,14 +256,14 @@ GATES = {"lstm": 4, "gru": 3}
 
 def _gated_call(rng, cell, T, N, D, H, dtype, kind="normal", backward=False, absent=()):
     """A call of ``cell`` (or its backward) on inputs drawn like rnn's; the arrays named in
-    ``absent`` (initial states, biases, dcs) are None."""
+    ``absent`` (initial states, biases, grad_cell) are None."""
     G = GATES[cell]
-    arrays = dict(x_seq=_values(rng, (T, N, D), dtype, kind),
+    arrays = dict(input=_values(rng, (T, N, D), dtype, kind),
                   Wx=_values(rng, (D, G * H), dtype, "normal", 1 / math.sqrt(max(D, 1))),
                   Wh=_values(rng, (H, G * H), dtype, "normal", 0.5 / math.sqrt(max(H, 1))))
-    for name in ("h0", "c0") if cell == "lstm" else ("h0",):
+    for name in ("hx", "cx") if cell == "lstm" else ("hx",):
         arrays[name] = _values(rng, (N, H), dtype, "normal")
-    for name in ("b",) if cell == "lstm" else ("bx", "bh"):
+    for name in ("bias",) if cell == "lstm" else ("bias_ih", "bias_hh"):
         arrays[name] = _values(rng, (G * H,), dtype, "normal")
     arrays = {k: None if k in absent else v for k, v in arrays.items()}
     arrays = {k: arrays[k] for k in ARRAYS[cell]}
@@ -273,12 +274,12 @@ def _gated_call(rng, cell, T, N, D, H, dtype, kind="normal", backward=False, abs
     outs = getattr(reference, cell)(**arrays)
     if not backward:
         return Call(cell, arrays, {}, None, (T * step,) * len(as_tuple(outs)))
-    douts = {"dhs": _values(rng, (T, N, H), dtype, "normal")}
+    douts = {"grad_output": _values(rng, (T, N, H), dtype, "normal")}
     if cell == "lstm":
-        douts["dcs"] = None if "dcs" in absent else _values(rng, (T, N, H), dtype, "normal")
-        states = dict(zip(("hs", "cs"), outs))
+        douts["grad_cell"] = None if "grad_cell" in absent else _values(rng, (T, N, H), dtype, "normal")
+        states = dict(zip(("output", "cell"), outs))
     else:
-        states = {"hs": outs}
+        states = {"output": outs}
     args = dict(arrays, **douts, **states)
     terms = (T * (step + G * H + N),) * 6
     return Call(cell + "_backward", {k: args[k] for k in ARRAYS[cell + "_backward"]}, {}, None, terms)
@@ -287,7 +288,7 @@ def _gated_call(rng, cell, T, N, D, H, dtype, kind="normal", backward=False, abs
 @st.composite
 def gated_calls(draw, dtype, cell, backward=False):
     T, N, D, H = draw(st.integers(0, 6)), draw(st.integers(0, 4)), draw(st.integers(0, 6)), draw(st.integers(0, 6))
-    optional = ("h0", "c0", "b", "dcs") if cell == "lstm" else ("h0", "bx", "bh")
+    optional = ("hx", "cx", "bias", "grad_cell") if cell == "lstm" else ("hx", "bias_ih", "bias_hh")
     absent = tuple(name for name in optional if draw(st.booleans()))
     rng = np.random.default_rng(draw(_SEEDS))
     return _gated_call(rng, cell, T, N, D, H, dtype, draw(_KINDS), backward, absent)

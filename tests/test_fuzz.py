@@ -488,13 +488,13 @@ def _empty_calls(op):
     from _random_calls import fixed_call
 
     call = fixed_call(op, np.float64)
-    sequence = op in ("rnn", "rnn_backward") or "x_seq" in call.arrays  # (T, N, ...)
+    sequence = op in ("rnn", "rnn_backward", "lstm", "lstm_backward", "gru", "gru_backward")  # (T, N, ...)
     batch_axis = 1 if sequence else 0
     cut = {}
     for name, a in call.arrays.items():
-        if a is None or name in ("Wx", "Wh", "bias", "weight", "b", "bx", "bh"):
+        if a is None or name in ("Wx", "Wh", "bias", "weight", "bias_ih", "bias_hh"):
             continue
-        axis = 0 if name in ("hx", "h0", "c0") else batch_axis
+        axis = 0 if name in ("hx", "cx") else batch_axis
         cut[name] = np.take(a, [], axis=axis) if name != "indices" else a[:0]
     params = dict(call.params)
     if "input_shape" in params:
@@ -502,7 +502,7 @@ def _empty_calls(op):
     out = [Call(op, dict(call.arrays, **cut), params, call.algo, call.terms)]
     if sequence:
         out.append(call.with_arrays(**{n: a[:0] for n, a in call.arrays.items()
-                                       if n in ("input", "grad_output", "output", "x_seq", "dhs", "dcs", "hs", "cs")
+                                       if n in ("input", "grad_output", "output", "grad_cell", "cell")
                                        and a is not None}))
     return out
 
@@ -812,34 +812,34 @@ def _(backend):
 @hostile("gate-bias-shape", "lstm")
 def _(backend):
     # bias_ih and bias_hh stacked instead of added
-    _raises(ValueError, ["b", "(16,)", "(32,)"], fl.lstm, Xs, None, None, Wx4, Wh4, np.zeros(32), backend=backend)
+    _raises(ValueError, ["bias", "(16,)", "(32,)"], fl.lstm, Xs, None, None, Wx4, Wh4, np.zeros(32), backend=backend)
 
 
 @hostile("gate-bias-shape", "gru")
 def _(backend):
-    _raises(ValueError, ["bh", "(12,)", "(4,)"], fl.gru, Xs, None, Wx3, Wh3, np.zeros(12), np.zeros(4),
+    _raises(ValueError, ["bias_hh", "(12,)", "(4,)"], fl.gru, Xs, None, Wx3, Wh3, np.zeros(12), np.zeros(4),
             backend=backend)
 
 
 @hostile("lstm-states", "lstm")
 def _(backend):
-    _raises(ValueError, ["c0", "(2, 4)", "(1, 2, 4)", "per layer"], fl.lstm, Xs, H0, H0[None], Wx4, Wh4,
+    _raises(ValueError, ["cx", "(2, 4)", "(1, 2, 4)", "per layer"], fl.lstm, Xs, H0, H0[None], Wx4, Wh4,
             backend=backend)
-    _raises(ValueError, ["c0", "(2, 4)", "(2, 5)"], fl.lstm, Xs, H0, np.zeros((2, 5)), Wx4, Wh4, backend=backend)
+    _raises(ValueError, ["cx", "(2, 4)", "(2, 5)"], fl.lstm, Xs, H0, np.zeros((2, 5)), Wx4, Wh4, backend=backend)
 
 
 @hostile("lstm-states", "lstm_backward")
 def _(backend):
     hs, cs = reference.lstm(Xs, None, None, Wx4, Wh4)
-    _raises(ValueError, ["dcs", "(5, 2, 4)", "(4, 2, 4)"], fl.lstm_backward, hs, cs[1:], Xs, None, None, Wx4, Wh4,
+    _raises(ValueError, ["grad_cell", "(5, 2, 4)", "(4, 2, 4)"], fl.lstm_backward, hs, cs[1:], Xs, None, None, Wx4, Wh4,
             None, hs, cs, backend=backend)
-    _raises(ValueError, ["cs", "(5, 2, 4)", "(5, 2, 3)"], fl.lstm_backward, hs, None, Xs, None, None, Wx4, Wh4,
+    _raises(ValueError, ["cell", "(5, 2, 4)", "(5, 2, 3)"], fl.lstm_backward, hs, None, Xs, None, None, Wx4, Wh4,
             None, hs, cs[..., :3], backend=backend)
 
 
 @hostile("ndim", "gru")
 def _(backend):
-    _raises(ValueError, ["x_seq", "3-D", "2-D"], fl.gru, Xs[0], None, Wx3, Wh3, backend=backend)
+    _raises(ValueError, ["input", "3-D", "2-D"], fl.gru, Xs[0], None, Wx3, Wh3, backend=backend)
 
 
 @hostile("mixed-dtypes", "lstm")
@@ -865,8 +865,8 @@ def _(backend):
     x, Wx, Wh = np.array([[[np.inf, -np.inf]]]), np.full((2, 3), 0.5), np.full((1, 3), -0.25)
     Wx[1] = 0.25
     hs = reference.gru(x, None, Wx, Wh)
-    call = Call("gru_backward", dict(dhs=np.ones_like(hs), x_seq=x, h0=None, Wx=Wx, Wh=Wh, bx=None, bh=None, hs=hs),
-                terms=(1,) * 6)
+    call = Call("gru_backward", dict(grad_output=np.ones_like(hs), input=x, hx=None, Wx=Wx, Wh=Wh, bias_ih=None,
+                                     bias_hh=None, output=hs), terms=(1,) * 6)
     assert np.isnan(hs).all()
     assert_matches_reference(call, call.run(backend), np.float64)
 
@@ -917,7 +917,7 @@ def _(backend):
     from _random_calls import fixed_call
 
     call = fixed_call("lstm_backward", np.float64)
-    _raises(ValueError, ["out[2]", "share memory", "c0"], call.run, backend, out=(None, None, call.arrays["c0"], None,
+    _raises(ValueError, ["out[2]", "share memory", "cx"], call.run, backend, out=(None, None, call.arrays["cx"], None,
                                                                                    None, None))
 
 

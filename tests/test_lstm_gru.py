@@ -28,18 +28,18 @@ AMPLIFICATION = 1 / (1 - RHO)
 
 class Lstm:
     gates = 4
-    states = ("h0", "c0")
-    biases = ("b",)
-    grad_names = ("x_seq", "h0", "c0", "Wx", "Wh", "b")
+    states = ("hx", "cx")
+    biases = ("bias",)
+    grad_names = ("input", "hx", "cx", "Wx", "Wh", "bias")
 
     @staticmethod
     def forward(a, backend="cpu", **kw):
-        return fl.lstm(a["x_seq"], a["h0"], a["c0"], a["Wx"], a["Wh"], a["b"], backend=backend, **kw)
+        return fl.lstm(a["input"], a["hx"], a["cx"], a["Wx"], a["Wh"], a["bias"], backend=backend, **kw)
 
     @staticmethod
     def backward(douts, a, outs, backend="cpu", **kw):
         (dhs, dcs), (hs, cs) = douts, outs
-        return fl.lstm_backward(dhs, dcs, a["x_seq"], a["h0"], a["c0"], a["Wx"], a["Wh"], a["b"], hs, cs,
+        return fl.lstm_backward(dhs, dcs, a["input"], a["hx"], a["cx"], a["Wx"], a["Wh"], a["bias"], hs, cs,
                                 backend=backend, **kw)
 
     @staticmethod
@@ -48,22 +48,22 @@ class Lstm:
 
     @staticmethod
     def reference_backward(douts, a, outs):
-        return ref.lstm_backward(*douts, a["x_seq"], a["h0"], a["c0"], a["Wx"], a["Wh"], a["b"], *outs)
+        return ref.lstm_backward(*douts, a["input"], a["hx"], a["cx"], a["Wx"], a["Wh"], a["bias"], *outs)
 
 
 class Gru:
     gates = 3
-    states = ("h0",)
-    biases = ("bx", "bh")
-    grad_names = ("x_seq", "h0", "Wx", "Wh", "bx", "bh")
+    states = ("hx",)
+    biases = ("bias_ih", "bias_hh")
+    grad_names = ("input", "hx", "Wx", "Wh", "bias_ih", "bias_hh")
 
     @staticmethod
     def forward(a, backend="cpu", **kw):
-        return (fl.gru(a["x_seq"], a["h0"], a["Wx"], a["Wh"], a["bx"], a["bh"], backend=backend, **kw),)
+        return (fl.gru(a["input"], a["hx"], a["Wx"], a["Wh"], a["bias_ih"], a["bias_hh"], backend=backend, **kw),)
 
     @staticmethod
     def backward(douts, a, outs, backend="cpu", **kw):
-        return fl.gru_backward(douts[0], a["x_seq"], a["h0"], a["Wx"], a["Wh"], a["bx"], a["bh"], outs[0],
+        return fl.gru_backward(douts[0], a["input"], a["hx"], a["Wx"], a["Wh"], a["bias_ih"], a["bias_hh"], outs[0],
                                backend=backend, **kw)
 
     @staticmethod
@@ -72,7 +72,7 @@ class Gru:
 
     @staticmethod
     def reference_backward(douts, a, outs):
-        return ref.gru_backward(douts[0], a["x_seq"], a["h0"], a["Wx"], a["Wh"], a["bx"], a["bh"], outs[0])
+        return ref.gru_backward(douts[0], a["input"], a["hx"], a["Wx"], a["Wh"], a["bias_ih"], a["bias_hh"], outs[0])
 
 
 CELLS = {"lstm": Lstm, "gru": Gru}
@@ -83,7 +83,7 @@ def cell_arrays(rng, cell, T, N, D, H, dtype, state=True, bias=True):
     G = cell.gates
     Wh = rng.standard_normal((H, G * H))
     Wh *= RHO / max(np.linalg.norm(Wh, 2), 1e-12)
-    arrays = dict(x_seq=rng.standard_normal((T, N, D)), Wx=rng.standard_normal((D, G * H)) / np.sqrt(max(D, 1)),
+    arrays = dict(input=rng.standard_normal((T, N, D)), Wx=rng.standard_normal((D, G * H)) / np.sqrt(max(D, 1)),
                   Wh=Wh)
     arrays.update({s: rng.standard_normal((N, H)) if state else None for s in cell.states})
     arrays.update({b: rng.standard_normal(G * H) if bias else None for b in cell.biases})
@@ -108,7 +108,7 @@ def assert_grads_close(cell, grads, expected, dtype, T, N, D, H, err_msg=""):
         assert got.dtype == dtype, name
         weight = name.startswith(("W", "b"))
         assert_close(got, want, dtype, terms=summed if weight else cell.gates * H,
-                     scale=AMPLIFICATION * np.sqrt(summed if weight else 1), err_msg=f"d{name} {err_msg}")
+                     scale=AMPLIFICATION * np.sqrt(summed if weight else 1), err_msg=f"grad_{name} {err_msg}")
 
 
 def check_against_reference(cell, T, N, D, H, dtype, state=True, bias=True, seed=0, no_dcs=False):
@@ -169,13 +169,13 @@ def test_long_sequence_stays_finite_and_matches(cell, dtype):
     T, N, D, H = 500, 3, 8, 24
     rng = make_rng(3)
     a = cell_arrays(rng, cell, T, N, D, H, dtype)
-    a["x_seq"] *= 4
+    a["input"] *= 4
     a64 = as64(a)
     outs = cell.forward(a)
     assert all(np.isfinite(o).all() for o in outs)
     outs_ref = cell.reference(a64)
     assert_states_close(outs, outs_ref, dtype, D, H)
-    gates = np.abs(a64["x_seq"].reshape(T * N, D) @ a64["Wx"])
+    gates = np.abs(a64["input"].reshape(T * N, D) @ a64["Wx"])
     assert (gates > 4).mean() > 0.05  # the saturated regime is really exercised
     douts = [rng.standard_normal(o.shape).astype(dtype) for o in outs]
     outs_in = [o.astype(dtype) for o in outs_ref]
@@ -192,38 +192,38 @@ def test_long_sequence_stays_finite_and_matches(cell, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_lstm_step_is_a_sequence_of_one(dtype):
     a = cell_arrays(make_rng(1), Lstm, 1, 4, 6, 20, dtype)
-    x, h_prev, c_prev = a["x_seq"][0], a["h0"], a["c0"]
+    x, hx, cx = a["input"][0], a["hx"], a["cx"]
     hs, cs = Lstm.forward(a)
-    h, c = fl.lstm_step(x, h_prev, c_prev, a["Wx"], a["Wh"], a["b"], backend="cpu")
+    h, c = fl.lstm_step(x, hx, cx, a["Wx"], a["Wh"], a["bias"], backend="cpu")
     np.testing.assert_array_equal(h, hs[0])
     np.testing.assert_array_equal(c, cs[0])
     dh, dc = np.ones_like(h), np.full_like(c, 0.5)
     seq = Lstm.backward((dh[None], dc[None]), a, (hs, cs))
-    step = fl.lstm_step_backward(dh, dc, x, h_prev, c_prev, a["Wx"], a["Wh"], a["b"], h, c, backend="cpu")
+    step = fl.lstm_step_backward(dh, dc, x, hx, cx, a["Wx"], a["Wh"], a["bias"], h, c, backend="cpu")
     np.testing.assert_array_equal(step[0], seq[0][0])
     for name, s, t in zip(Lstm.grad_names[1:], seq[1:], step[1:]):
         np.testing.assert_array_equal(t, s, err_msg=name)
     a64 = as64(a)
-    h64, c64 = ref.lstm_step(a64["x_seq"][0], a64["h0"], a64["c0"], a64["Wx"], a64["Wh"], a64["b"])
+    h64, c64 = ref.lstm_step(a64["input"][0], a64["hx"], a64["cx"], a64["Wx"], a64["Wh"], a64["bias"])
     assert_states_close((h, c), (h64, c64), dtype, 6, 20)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gru_step_is_a_sequence_of_one(dtype):
     a = cell_arrays(make_rng(2), Gru, 1, 4, 6, 20, dtype)
-    x, h_prev = a["x_seq"][0], a["h0"]
+    x, hx = a["input"][0], a["hx"]
     (hs,) = Gru.forward(a)
-    h = fl.gru_step(x, h_prev, a["Wx"], a["Wh"], a["bx"], a["bh"], backend="cpu")
+    h = fl.gru_step(x, hx, a["Wx"], a["Wh"], a["bias_ih"], a["bias_hh"], backend="cpu")
     np.testing.assert_array_equal(h, hs[0])
     dh = np.ones_like(h)
     seq = Gru.backward((dh[None],), a, (hs,))
-    step = fl.gru_step_backward(dh, x, h_prev, a["Wx"], a["Wh"], a["bx"], a["bh"], h, backend="cpu")
+    step = fl.gru_step_backward(dh, x, hx, a["Wx"], a["Wh"], a["bias_ih"], a["bias_hh"], h, backend="cpu")
     np.testing.assert_array_equal(step[0], seq[0][0])
     for name, s, t in zip(Gru.grad_names[1:], seq[1:], step[1:]):
         np.testing.assert_array_equal(t, s, err_msg=name)
     a64 = as64(a)
-    assert_states_close((h,), (ref.gru_step(a64["x_seq"][0], a64["h0"], a64["Wx"], a64["Wh"], a64["bx"], a64["bh"]),),
-                        dtype, 6, 20)
+    h64 = ref.gru_step(a64["input"][0], a64["hx"], a64["Wx"], a64["Wh"], a64["bias_ih"], a64["bias_hh"])
+    assert_states_close((h,), (h64,), dtype, 6, 20)
 
 
 # ---------------------------------------------------------------------------- gradients
@@ -241,13 +241,13 @@ def test_backward_matches_finite_differences(cell, split_work):
         return np.stack(cell.forward(kw))
 
     for name, analytic in zip(cell.grad_names, grads):
-        assert_grad_matches(analytic, numeric_grad(weighted_outputs, a, name, np.stack(douts)), err_msg=f"d{name}")
+        assert_grad_matches(analytic, numeric_grad(weighted_outputs, a, name, np.stack(douts)), err_msg=f"grad_{name}")
 
 
 def test_lstm_step_backward_matches_finite_differences():
     rng = make_rng(8)
     a = cell_arrays(rng, Lstm, 1, 3, 4, 5, np.float64)
-    arrays = dict(x=a["x_seq"][0], h_prev=a["h0"], c_prev=a["c0"], Wx=a["Wx"], Wh=a["Wh"], b=a["b"])
+    arrays = dict(input=a["input"][0], hx=a["hx"], cx=a["cx"], Wx=a["Wx"], Wh=a["Wh"], bias=a["bias"])
 
     def step(**kw):
         return np.stack(fl.lstm_step(**kw, backend="cpu"))
@@ -256,13 +256,13 @@ def test_lstm_step_backward_matches_finite_differences():
     dh, dc = rng.standard_normal(h.shape), rng.standard_normal(c.shape)
     grads = fl.lstm_step_backward(dh, dc, *arrays.values(), h, c, backend="cpu")
     for name, analytic in zip(arrays, grads):
-        assert_grad_matches(analytic, numeric_grad(step, arrays, name, np.stack([dh, dc])), err_msg=f"d{name}")
+        assert_grad_matches(analytic, numeric_grad(step, arrays, name, np.stack([dh, dc])), err_msg=f"grad_{name}")
 
 
 def test_gru_step_backward_matches_finite_differences():
     rng = make_rng(9)
     a = cell_arrays(rng, Gru, 1, 3, 4, 5, np.float64)
-    arrays = dict(x=a["x_seq"][0], h_prev=a["h0"], Wx=a["Wx"], Wh=a["Wh"], bx=a["bx"], bh=a["bh"])
+    arrays = dict(input=a["input"][0], hx=a["hx"], Wx=a["Wx"], Wh=a["Wh"], bias_ih=a["bias_ih"], bias_hh=a["bias_hh"])
 
     def step(**kw):
         return fl.gru_step(**kw, backend="cpu")
@@ -271,7 +271,7 @@ def test_gru_step_backward_matches_finite_differences():
     dh = rng.standard_normal(h.shape)
     grads = fl.gru_step_backward(dh, *arrays.values(), h, backend="cpu")
     for name, analytic in zip(arrays, grads):
-        assert_grad_matches(analytic, numeric_grad(step, arrays, name, dh), err_msg=f"d{name}")
+        assert_grad_matches(analytic, numeric_grad(step, arrays, name, dh), err_msg=f"grad_{name}")
 
 
 # ---------------------------------------------------------------------------- edge cases
@@ -280,7 +280,7 @@ def test_gru_step_backward_matches_finite_differences():
 @pytest.mark.parametrize("cell", CELLS.values(), ids=CELLS)
 def test_nan_propagates_along_its_sequence_only(cell):
     a = cell_arrays(make_rng(4), cell, 3, 2, 3, 20, np.float32)
-    a["x_seq"][1, 0, 0] = np.nan
+    a["input"][1, 0, 0] = np.nan
     hs = cell.forward(a)[0]
     assert np.isfinite(hs[0]).all() and np.isfinite(hs[1:, 1]).all()
     assert np.isnan(hs[1:, 0]).all()
@@ -359,7 +359,7 @@ def test_out_buffers(cell, dtype):
 
 def test_step_out_buffers():
     a = cell_arrays(make_rng(12), Lstm, 1, 3, 4, 5, np.float64)
-    args = (a["x_seq"][0], a["h0"], a["c0"], a["Wx"], a["Wh"], a["b"])
+    args = (a["input"][0], a["hx"], a["cx"], a["Wx"], a["Wh"], a["bias"])
     h, c = fl.lstm_step(*args, backend="cpu")
     bufs = (np.full_like(h, np.nan), None)
     got = fl.lstm_step(*args, backend="cpu", out=bufs)
@@ -369,7 +369,7 @@ def test_step_out_buffers():
     with pytest.raises(ValueError, match="contiguous"):
         fl.lstm_step(*args, backend="cpu", out=(np.zeros((5, 3)).T, None))
     g = cell_arrays(make_rng(13), Gru, 1, 3, 4, 5, np.float64)
-    gargs = (g["x_seq"][0], g["h0"], g["Wx"], g["Wh"], g["bx"], g["bh"])
+    gargs = (g["input"][0], g["hx"], g["Wx"], g["Wh"], g["bias_ih"], g["bias_hh"])
     h = fl.gru_step(*gargs, backend="cpu")
     dx = np.full((3, 4), np.nan)
     grads = fl.gru_step_backward(np.ones_like(h), *gargs, h, backend="cpu", out=(dx, None, None, None, None, None))
@@ -382,10 +382,13 @@ def test_cpu_is_the_default_backend_for_numpy_inputs():
     from fastlayers.ops import GRU, LSTM
 
     x, h = np.zeros((2, 2, 3), np.float32), np.zeros((2, 2, 4), np.float32)
-    lstm = dict(x_seq=x, h0=None, c0=None, Wx=np.zeros((3, 16), np.float32), Wh=np.zeros((4, 16), np.float32), b=None)
-    gru = dict(x_seq=x, h0=None, Wx=np.zeros((3, 12), np.float32), Wh=np.zeros((4, 12), np.float32), bx=None, bh=None)
-    problems = ((LSTM, LSTM.forward(lstm, step=False)), (LSTM, LSTM.backward(dict(dhs=h, dcs=None, **lstm, hs=h, cs=h),
-                                                                             step=False)),
-                (GRU, GRU.forward(gru, step=False)), (GRU, GRU.backward(dict(dhs=h, **gru, hs=h), step=False)))
+    lstm = dict(input=x, hx=None, cx=None, Wx=np.zeros((3, 16), np.float32), Wh=np.zeros((4, 16), np.float32),
+                bias=None)
+    gru = dict(input=x, hx=None, Wx=np.zeros((3, 12), np.float32), Wh=np.zeros((4, 12), np.float32), bias_ih=None,
+               bias_hh=None)
+    lstm_grads = dict(grad_output=h, grad_cell=None, **lstm, output=h, cell=h)
+    problems = ((LSTM, LSTM.forward(lstm, step=False)), (LSTM, LSTM.backward(lstm_grads, step=False)),
+                (GRU, GRU.forward(gru, step=False)),
+                (GRU, GRU.backward(dict(grad_output=h, **gru, output=h), step=False)))
     for spec, problem in problems:
         assert _dispatch.select_kernel(spec, problem, None).backend == "cpu"

@@ -174,12 +174,12 @@ def test_gru_step_matches_gru_cell(N, D, H, with_state):
 
 def gated_arrays(rng, cell, T, N, D, H, with_state=True):
     G = 4 if cell == "lstm" else 3
-    a = dict(x_seq=rng.standard_normal((T, N, D)), h0=rng.standard_normal((N, H)) if with_state else None,
+    a = dict(input=rng.standard_normal((T, N, D)), hx=rng.standard_normal((N, H)) if with_state else None,
              Wx=rng.standard_normal((D, G * H)) / np.sqrt(D), Wh=rng.standard_normal((H, G * H)) / np.sqrt(H))
     if cell == "lstm":
-        a.update(c0=rng.standard_normal((N, H)) if with_state else None, b=rng.standard_normal(G * H))
+        a.update(cx=rng.standard_normal((N, H)) if with_state else None, bias=rng.standard_normal(G * H))
     else:
-        a.update(bx=rng.standard_normal(G * H), bh=rng.standard_normal(G * H))
+        a.update(bias_ih=rng.standard_normal(G * H), bias_hh=rng.standard_normal(G * H))
     return a
 
 
@@ -188,29 +188,29 @@ def test_lstm_backward_matches_finite_differences():
     a = gated_arrays(rng, "lstm", 4, 2, 3, 5)
     hs, cs = ref.lstm(**a)
     dhs, dcs = rng.standard_normal(hs.shape), rng.standard_normal(cs.shape)
-    grads = ref.lstm_backward(dhs, dcs, a["x_seq"], a["h0"], a["c0"], a["Wx"], a["Wh"], a["b"], hs, cs)
+    grads = ref.lstm_backward(dhs, dcs, a["input"], a["hx"], a["cx"], a["Wx"], a["Wh"], a["bias"], hs, cs)
 
     def loss_weighted_states(**kw):  # sum(hs * dhs) + sum(cs * dcs) as one array product with (dhs, dcs)
         return np.stack(ref.lstm(**kw))
 
-    for name, analytic in zip(("x_seq", "h0", "c0", "Wx", "Wh", "b"), grads):
+    for name, analytic in zip(("input", "hx", "cx", "Wx", "Wh", "bias"), grads):
         numeric = numeric_grad(loss_weighted_states, a, name, np.stack([dhs, dcs]))
-        assert_grad_matches(analytic, numeric, err_msg=f"d{name}")
+        assert_grad_matches(analytic, numeric, err_msg=f"grad_{name}")
 
 
 def test_lstm_step_backward_matches_finite_differences():
     rng = make_rng(4)
     a = gated_arrays(rng, "lstm", 1, 3, 4, 2)
-    arrays = dict(x=a["x_seq"][0], h_prev=a["h0"], c_prev=a["c0"], Wx=a["Wx"], Wh=a["Wh"], b=a["b"])
+    arrays = dict(input=a["input"][0], hx=a["hx"], cx=a["cx"], Wx=a["Wx"], Wh=a["Wh"], bias=a["bias"])
     h, c = ref.lstm_step(**arrays)
     dh = rng.standard_normal(h.shape)
-    grads = ref.lstm_step_backward(dh, None, arrays["x"], a["h0"], a["c0"], a["Wx"], a["Wh"], a["b"], h, c)
+    grads = ref.lstm_step_backward(dh, None, arrays["input"], a["hx"], a["cx"], a["Wx"], a["Wh"], a["bias"], h, c)
 
     def hidden(**kw):  # dc = None: the loss sees h only
         return ref.lstm_step(**kw)[0]
 
-    for name, analytic in zip(("x", "h_prev", "c_prev", "Wx", "Wh", "b"), grads):
-        assert_grad_matches(analytic, numeric_grad(hidden, arrays, name, dh), err_msg=f"d{name}")
+    for name, analytic in zip(("input", "hx", "cx", "Wx", "Wh", "bias"), grads):
+        assert_grad_matches(analytic, numeric_grad(hidden, arrays, name, dh), err_msg=f"grad_{name}")
 
 
 def test_gru_backward_matches_finite_differences():
@@ -218,20 +218,20 @@ def test_gru_backward_matches_finite_differences():
     a = gated_arrays(rng, "gru", 4, 2, 3, 5)
     hs = ref.gru(**a)
     dhs = rng.standard_normal(hs.shape)
-    grads = ref.gru_backward(dhs, a["x_seq"], a["h0"], a["Wx"], a["Wh"], a["bx"], a["bh"], hs)
-    for name, analytic in zip(("x_seq", "h0", "Wx", "Wh", "bx", "bh"), grads):
-        assert_grad_matches(analytic, numeric_grad(ref.gru, a, name, dhs), err_msg=f"d{name}")
+    grads = ref.gru_backward(dhs, a["input"], a["hx"], a["Wx"], a["Wh"], a["bias_ih"], a["bias_hh"], hs)
+    for name, analytic in zip(("input", "hx", "Wx", "Wh", "bias_ih", "bias_hh"), grads):
+        assert_grad_matches(analytic, numeric_grad(ref.gru, a, name, dhs), err_msg=f"grad_{name}")
 
 
 def test_gru_step_backward_matches_finite_differences():
     rng = make_rng(6)
     a = gated_arrays(rng, "gru", 1, 3, 4, 2)
-    arrays = dict(x=a["x_seq"][0], h_prev=a["h0"], Wx=a["Wx"], Wh=a["Wh"], bx=a["bx"], bh=a["bh"])
+    arrays = dict(input=a["input"][0], hx=a["hx"], Wx=a["Wx"], Wh=a["Wh"], bias_ih=a["bias_ih"], bias_hh=a["bias_hh"])
     h = ref.gru_step(**arrays)
     dh = rng.standard_normal(h.shape)
-    grads = ref.gru_step_backward(dh, arrays["x"], a["h0"], a["Wx"], a["Wh"], a["bx"], a["bh"], h)
-    for name, analytic in zip(("x", "h_prev", "Wx", "Wh", "bx", "bh"), grads):
-        assert_grad_matches(analytic, numeric_grad(ref.gru_step, arrays, name, dh), err_msg=f"d{name}")
+    grads = ref.gru_step_backward(dh, arrays["input"], a["hx"], a["Wx"], a["Wh"], a["bias_ih"], a["bias_hh"], h)
+    for name, analytic in zip(("input", "hx", "Wx", "Wh", "bias_ih", "bias_hh"), grads):
+        assert_grad_matches(analytic, numeric_grad(ref.gru_step, arrays, name, dh), err_msg=f"grad_{name}")
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
@@ -241,11 +241,11 @@ def test_empty_shapes(cell, T, N, D, H):
     a = gated_arrays(make_rng(0), cell, T, N, D, H, with_state=False)
     if cell == "lstm":
         hs, cs = ref.lstm(**a)
-        grads = ref.lstm_backward(np.ones_like(hs), None, a["x_seq"], None, None, a["Wx"], a["Wh"], a["b"], hs, cs)
+        grads = ref.lstm_backward(np.ones_like(hs), None, a["input"], None, None, a["Wx"], a["Wh"], a["bias"], hs, cs)
         shapes = [(T, N, D), (N, H), (N, H), (D, 4 * H), (H, 4 * H), (4 * H,)]
     else:
         hs = ref.gru(**a)
-        grads = ref.gru_backward(np.ones_like(hs), a["x_seq"], None, a["Wx"], a["Wh"], a["bx"], a["bh"], hs)
+        grads = ref.gru_backward(np.ones_like(hs), a["input"], None, a["Wx"], a["Wh"], a["bias_ih"], a["bias_hh"], hs)
         shapes = [(T, N, D), (N, H), (D, 3 * H), (H, 3 * H), (3 * H,), (3 * H,)]
     assert hs.shape == (T, N, H)
     assert [g.shape for g in grads] == shapes

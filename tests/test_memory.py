@@ -54,12 +54,13 @@ def _huge(call):
     if call.op == "max_pool2d_backward":  # dy stays small; dx of input_shape would not be
         N, C = call.arrays["grad_output"].shape[:2]
         return call.with_params(input_shape=(N, C, 2**20, 2**20))
-    batch_axis = 1 if call.op in ("rnn", "rnn_backward") or "x_seq" in call.arrays else 0  # sequences: (T, N, ...)
+    sequences = ("rnn", "rnn_backward", "lstm", "lstm_backward", "gru", "gru_backward")
+    batch_axis = 1 if call.op in sequences else 0  # sequences: (T, N, ...)
     arrays = {}
     for name, a in call.arrays.items():
-        if a is None or name in ("weight", "bias", "b", "bx", "bh", "Wx", "Wh"):
+        if a is None or name in ("weight", "bias", "bias_ih", "bias_hh", "Wx", "Wh"):
             continue
-        axis = 0 if name in ("hx", "h0", "c0") else batch_axis
+        axis = 0 if name in ("hx", "cx") else batch_axis
         shape = list(a.shape)
         shape[axis] = 2**34
         arrays[name] = np.broadcast_to(np.take(a, [0], axis=axis), shape)

@@ -187,102 +187,109 @@ def rnn_backward(grad_output: Array, input: Array, hx: Optional[Array], Wx: Arra
 # equations. Initial states may be None (zeros).
 
 
-def lstm(x_seq: Array, h0: Optional[Array], c0: Optional[Array], Wx: Array, Wh: Array, b: Optional[Array] = None,
+def lstm(input: Array, hx: Optional[Array], cx: Optional[Array], Wx: Array, Wh: Array, bias: Optional[Array] = None,
          *, backend: Optional[str] = None, out: Out = None) -> Tuple[Array, Array]:
     """Hidden and cell states of an LSTM (torch.nn.LSTM's equations) over a time-major sequence.
 
     Parameters
     ----------
-    x_seq : array (T, N, D), float32 or float64
-    h0, c0 : arrays (N, H) or None (zeros), the initial hidden and cell states
+    input : array (T, N, D), float32 or float64
+    hx, cx : arrays (N, H) or None (zeros), the initial hidden and cell states
     Wx : array (D, 4H), PyTorch's ``weight_ih.T``, gate blocks (i, f, g, o)
     Wh : array (H, 4H), ``weight_hh.T``
-    b : array (4H,) or None, ``bias_ih + bias_hh``
-    out : tuple of two buffers (hs, cs) (either may be None)
+    bias : array (4H,) or None, ``bias_ih + bias_hh``
+    out : tuple of two buffers (output, cell) (either may be None)
 
     Returns
     -------
-    hs, cs : arrays (T, N, H), every step's hidden and cell state
+    output, cell : arrays (T, N, H), every step's hidden and cell state
     """
-    problem = LSTM.forward(dict(x_seq=x_seq, h0=h0, c0=c0, Wx=Wx, Wh=Wh, b=b), step=False)
+    problem = LSTM.forward(dict(input=input, hx=hx, cx=cx, Wx=Wx, Wh=Wh, bias=bias), step=False)
     return run(LSTM, problem, backend, "auto", out, single_out=False)
 
 
-def lstm_backward(dhs: Array, dcs: Optional[Array], x_seq: Array, h0: Optional[Array], c0: Optional[Array],
-                  Wx: Array, Wh: Array, b: Optional[Array], hs: Array, cs: Array, *, backend: Optional[str] = None,
-                  out: Out = None) -> Tuple[Array, ...]:
+def lstm_backward(grad_output: Array, grad_cell: Optional[Array], input: Array, hx: Optional[Array],
+                  cx: Optional[Array], Wx: Array, Wh: Array, bias: Optional[Array], output: Array, cell: Array, *,
+                  backend: Optional[str] = None, out: Out = None) -> Tuple[Array, ...]:
     """Backward through time of :func:`lstm`.
 
-    ``dhs`` and ``dcs`` (T, N, H) are dL/d(every hidden and cell state), ``dcs`` None for zeros;
-    ``hs``, ``cs`` the forward's outputs; the other arguments those of the forward (the gates are
-    recomputed from them). Returns ``(dx (T, N, D), dh0 (N, H), dc0 (N, H), dWx (D, 4H),
-    dWh (H, 4H), db (4H,))``."""
-    arrays = dict(dhs=dhs, dcs=dcs, x_seq=x_seq, h0=h0, c0=c0, Wx=Wx, Wh=Wh, b=b, hs=hs, cs=cs)
+    ``grad_output`` and ``grad_cell`` (T, N, H) are dL/d(every hidden and cell state),
+    ``grad_cell`` None for zeros; ``output``, ``cell`` the forward's results; the other arguments
+    those of the forward (the gates are recomputed from them). Returns ``(grad_input (T, N, D),
+    grad_hx (N, H), grad_cx (N, H), grad_Wx (D, 4H), grad_Wh (H, 4H), grad_bias (4H,))``."""
+    arrays = dict(grad_output=grad_output, grad_cell=grad_cell, input=input, hx=hx, cx=cx, Wx=Wx, Wh=Wh, bias=bias,
+                  output=output, cell=cell)
     return run(LSTM, LSTM.backward(arrays, step=False), backend, "auto", out, single_out=False)
 
 
-def lstm_step(x: Array, h_prev: Optional[Array], c_prev: Optional[Array], Wx: Array, Wh: Array,
-              b: Optional[Array] = None, *, backend: Optional[str] = None, out: Out = None) -> Tuple[Array, Array]:
-    """One LSTM step (torch.nn.LSTMCell): x (N, D), h_prev and c_prev (N, H) or None (zeros),
-    Wx (D, 4H), Wh (H, 4H), b (4H,) or None -> (h, c), each (N, H). ``out``: a tuple of two
-    buffers (either may be None)."""
-    problem = LSTM.forward(dict(x_seq=x, h0=h_prev, c0=c_prev, Wx=Wx, Wh=Wh, b=b), step=True)
+def lstm_step(input: Array, hx: Optional[Array], cx: Optional[Array], Wx: Array, Wh: Array,
+              bias: Optional[Array] = None, *, backend: Optional[str] = None, out: Out = None) -> Tuple[Array, Array]:
+    """One LSTM step (torch.nn.LSTMCell): input (N, D), hx and cx (N, H) or None (zeros),
+    Wx (D, 4H), Wh (H, 4H), bias (4H,) or None -> (output, cell), each (N, H). ``out``: a tuple of
+    two buffers (either may be None)."""
+    problem = LSTM.forward(dict(input=input, hx=hx, cx=cx, Wx=Wx, Wh=Wh, bias=bias), step=True)
     return run(LSTM, problem, backend, "auto", out, single_out=False)
 
 
-def lstm_step_backward(dh: Array, dc: Optional[Array], x: Array, h_prev: Optional[Array], c_prev: Optional[Array],
-                       Wx: Array, Wh: Array, b: Optional[Array], h: Array, c: Array, *,
-                       backend: Optional[str] = None, out: Out = None) -> Tuple[Array, ...]:
-    """Gradients of :func:`lstm_step` given dh = dL/dh, dc = dL/dc (None: zeros) and the step's
-    outputs h, c. Returns ``(dx (N, D), dh_prev, dc_prev (N, H), dWx, dWh, db)``."""
-    arrays = dict(dhs=dh, dcs=dc, x_seq=x, h0=h_prev, c0=c_prev, Wx=Wx, Wh=Wh, b=b, hs=h, cs=c)
+def lstm_step_backward(grad_output: Array, grad_cell: Optional[Array], input: Array, hx: Optional[Array],
+                       cx: Optional[Array], Wx: Array, Wh: Array, bias: Optional[Array], output: Array, cell: Array,
+                       *, backend: Optional[str] = None, out: Out = None) -> Tuple[Array, ...]:
+    """Gradients of :func:`lstm_step` given grad_output = dL/dh, grad_cell = dL/dc (None: zeros)
+    and the step's results ``output``, ``cell``. Returns ``(grad_input (N, D), grad_hx, grad_cx
+    (N, H), grad_Wx, grad_Wh, grad_bias)``."""
+    arrays = dict(grad_output=grad_output, grad_cell=grad_cell, input=input, hx=hx, cx=cx, Wx=Wx, Wh=Wh, bias=bias,
+                  output=output, cell=cell)
     return run(LSTM, LSTM.backward(arrays, step=True), backend, "auto", out, single_out=False)
 
 
-def gru(x_seq: Array, h0: Optional[Array], Wx: Array, Wh: Array, bx: Optional[Array] = None,
-        bh: Optional[Array] = None, *, backend: Optional[str] = None, out: Optional[Array] = None) -> Array:
+def gru(input: Array, hx: Optional[Array], Wx: Array, Wh: Array, bias_ih: Optional[Array] = None,
+        bias_hh: Optional[Array] = None, *, backend: Optional[str] = None, out: Optional[Array] = None) -> Array:
     """All hidden states of a GRU (torch.nn.GRU's equations) over a time-major sequence.
 
     Parameters
     ----------
-    x_seq : array (T, N, D), float32 or float64
-    h0 : array (N, H) or None (zeros)
+    input : array (T, N, D), float32 or float64
+    hx : array (N, H) or None (zeros)
     Wx : array (D, 3H), PyTorch's ``weight_ih.T``, gate blocks (r, z, n)
     Wh : array (H, 3H), ``weight_hh.T``
-    bx, bh : arrays (3H,) or None, ``bias_ih`` and ``bias_hh`` (kept apart: the reset gate
-        multiplies ``h @ Wh_n + bh_n``)
+    bias_ih, bias_hh : arrays (3H,) or None, PyTorch's biases (kept apart: the reset gate
+        multiplies ``h @ Wh_n + bias_hh_n``)
     out : buffer (T, N, H), optional
 
     Returns
     -------
-    hs : array (T, N, H), every step's hidden state
+    output : array (T, N, H), every step's hidden state
     """
-    problem = GRU.forward(dict(x_seq=x_seq, h0=h0, Wx=Wx, Wh=Wh, bx=bx, bh=bh), step=False)
+    problem = GRU.forward(dict(input=input, hx=hx, Wx=Wx, Wh=Wh, bias_ih=bias_ih, bias_hh=bias_hh), step=False)
     return run(GRU, problem, backend, "auto", out)
 
 
-def gru_backward(dhs: Array, x_seq: Array, h0: Optional[Array], Wx: Array, Wh: Array, bx: Optional[Array],
-                 bh: Optional[Array], hs: Array, *, backend: Optional[str] = None, out: Out = None) -> Tuple[Array, ...]:
+def gru_backward(grad_output: Array, input: Array, hx: Optional[Array], Wx: Array, Wh: Array,
+                 bias_ih: Optional[Array], bias_hh: Optional[Array], output: Array, *, backend: Optional[str] = None,
+                 out: Out = None) -> Tuple[Array, ...]:
     """Backward through time of :func:`gru`.
 
-    ``dhs`` (T, N, H) is dL/d(every hidden state), ``hs`` the forward's output. Returns
-    ``(dx (T, N, D), dh0 (N, H), dWx (D, 3H), dWh (H, 3H), dbx (3H,), dbh (3H,))``."""
-    arrays = dict(dhs=dhs, x_seq=x_seq, h0=h0, Wx=Wx, Wh=Wh, bx=bx, bh=bh, hs=hs)
+    ``grad_output`` (T, N, H) is dL/d(every hidden state), ``output`` the forward's result.
+    Returns ``(grad_input (T, N, D), grad_hx (N, H), grad_Wx (D, 3H), grad_Wh (H, 3H),
+    grad_bias_ih (3H,), grad_bias_hh (3H,))``."""
+    arrays = dict(grad_output=grad_output, input=input, hx=hx, Wx=Wx, Wh=Wh, bias_ih=bias_ih, bias_hh=bias_hh,
+                  output=output)
     return run(GRU, GRU.backward(arrays, step=False), backend, "auto", out, single_out=False)
 
 
-def gru_step(x: Array, h_prev: Optional[Array], Wx: Array, Wh: Array, bx: Optional[Array] = None,
-             bh: Optional[Array] = None, *, backend: Optional[str] = None, out: Optional[Array] = None) -> Array:
-    """One GRU step (torch.nn.GRUCell): x (N, D), h_prev (N, H) or None (zeros), Wx (D, 3H),
-    Wh (H, 3H), bx, bh (3H,) or None -> h (N, H)."""
-    problem = GRU.forward(dict(x_seq=x, h0=h_prev, Wx=Wx, Wh=Wh, bx=bx, bh=bh), step=True)
+def gru_step(input: Array, hx: Optional[Array], Wx: Array, Wh: Array, bias_ih: Optional[Array] = None,
+             bias_hh: Optional[Array] = None, *, backend: Optional[str] = None, out: Optional[Array] = None) -> Array:
+    """One GRU step (torch.nn.GRUCell): input (N, D), hx (N, H) or None (zeros), Wx (D, 3H),
+    Wh (H, 3H), bias_ih, bias_hh (3H,) or None -> output (N, H)."""
+    problem = GRU.forward(dict(input=input, hx=hx, Wx=Wx, Wh=Wh, bias_ih=bias_ih, bias_hh=bias_hh), step=True)
     return run(GRU, problem, backend, "auto", out)
 
 
-def gru_step_backward(dh: Array, x: Array, h_prev: Optional[Array], Wx: Array, Wh: Array, bx: Optional[Array],
-                      bh: Optional[Array], h: Array, *, backend: Optional[str] = None,
-                      out: Out = None) -> Tuple[Array, ...]:
-    """Gradients of :func:`gru_step` given dh = dL/dh and the step's output h. Returns
-    ``(dx (N, D), dh_prev (N, H), dWx, dWh, dbx, dbh)``."""
-    arrays = dict(dhs=dh, x_seq=x, h0=h_prev, Wx=Wx, Wh=Wh, bx=bx, bh=bh, hs=h)
+def gru_step_backward(grad_output: Array, input: Array, hx: Optional[Array], Wx: Array, Wh: Array,
+                      bias_ih: Optional[Array], bias_hh: Optional[Array], output: Array, *,
+                      backend: Optional[str] = None, out: Out = None) -> Tuple[Array, ...]:
+    """Gradients of :func:`gru_step` given grad_output = dL/dh and the step's result ``output``.
+    Returns ``(grad_input (N, D), grad_hx (N, H), grad_Wx, grad_Wh, grad_bias_ih, grad_bias_hh)``."""
+    arrays = dict(grad_output=grad_output, input=input, hx=hx, Wx=Wx, Wh=Wh, bias_ih=bias_ih, bias_hh=bias_hh,
+                  output=output)
     return run(GRU, GRU.backward(arrays, step=True), backend, "auto", out, single_out=False)

@@ -900,31 +900,31 @@ class GRU(_GatedRecurrent):
     see :func:`fastlayers.gru`.
 
     ``forward(x, h0=None)`` returns ``(output, h_n)`` as torch.nn.GRU does. ``params`` per layer
-    and direction: ``Wx`` = ``weight_ih.T``, ``Wh`` = ``weight_hh.T``, ``bx`` = ``bias_ih``,
-    ``bh`` = ``bias_hh`` (kept apart: the reset gate multiplies ``h @ Wh_n + bh_n``)."""
+    and direction: ``Wx`` = ``weight_ih.T``, ``Wh`` = ``weight_hh.T``, ``bias_ih`` and
+    ``bias_hh`` as PyTorch's (kept apart: the reset gate multiplies ``h @ Wh_n + bias_hh_n``)."""
 
     gates = 3
     state_names = ("h",)
-    bias_names = ("bx", "bh")
+    bias_names = ("bias_ih", "bias_hh")
 
     def _run_forward(self, seq, initial, suffix):
         p = self._parameters
-        hs = gru(seq, *initial, p["Wx" + suffix], p["Wh" + suffix], p.get("bx" + suffix), p.get("bh" + suffix),
-                 backend=self.backend)
-        return (hs,)
+        output = gru(seq, *initial, p["Wx" + suffix], p["Wh" + suffix], p.get("bias_ih" + suffix),
+                     p.get("bias_hh" + suffix), backend=self.backend)
+        return (output,)
 
     def _run_backward(self, douts, seq, initial, result, suffix):
         p = self._parameters
-        dx, dh0, dWx, dWh, dbx, dbh = gru_backward(douts[0], seq, *initial, p["Wx" + suffix], p["Wh" + suffix],
-                                                   p.get("bx" + suffix), p.get("bh" + suffix), result[0],
-                                                   backend=self.backend)
+        dx, dh0, dWx, dWh, dbias_ih, dbias_hh = gru_backward(
+            douts[0], seq, *initial, p["Wx" + suffix], p["Wh" + suffix], p.get("bias_ih" + suffix),
+            p.get("bias_hh" + suffix), result[0], backend=self.backend)
         grads = {"Wx" + suffix: dWx, "Wh" + suffix: dWh}
         if self.bias:
-            grads.update({"bx" + suffix: dbx, "bh" + suffix: dbh})
+            grads.update({"bias_ih" + suffix: dbias_ih, "bias_hh" + suffix: dbias_hh})
         return dx, (dh0,), grads
 
     def _map_torch_biases(self, bias_ih, bias_hh, suffix):
-        return {"bx" + suffix: bias_ih, "bh" + suffix: bias_hh}
+        return {"bias_ih" + suffix: bias_ih, "bias_hh" + suffix: bias_hh}
 
 
 class Embedding(Layer):

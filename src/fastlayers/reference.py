@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ops import CONV2D, MAX_POOL2D, RNN
+from .ops import CONV2D, GRU, LSTM, MAX_POOL2D, RNN
 from .ops._spec import run
-from .ops.gated import gated_geometry
 
 __all__ = [
     "conv2d",
@@ -358,69 +357,67 @@ def gru_backward_impl(dhs, x_seq, h0, Wx, Wh, bx, bh, hs):
             da2.sum(axis=0), du2.sum(axis=0))
 
 
-def lstm_step(x, h_prev, c_prev, Wx, Wh, b=None):
-    """One LSTM step: x (N, D), h_prev and c_prev (N, H) or None (zeros), Wx (D, 4H), Wh (H, 4H),
-    b (4H,) -> (h, c), each (N, H)."""
-    gated_geometry("lstm", x, Wx, Wh, dict(h_prev=h_prev, c_prev=c_prev), dict(b=b))
-    hs, cs = lstm_impl(x[None], h_prev, c_prev, Wx, Wh, b)
-    return hs[0], cs[0]
+def lstm_step(input, hx, cx, Wx, Wh, bias=None):
+    """One LSTM step: input (N, D), hx and cx (N, H) or None (zeros), Wx (D, 4H), Wh (H, 4H),
+    bias (4H,) -> (output, cell), each (N, H)."""
+    problem = LSTM.forward(dict(input=input, hx=hx, cx=cx, Wx=Wx, Wh=Wh, bias=bias), step=True)
+    return run(LSTM, problem, "numpy", "auto", None, single_out=False)
 
 
-def lstm_step_backward(dh, dc, x, h_prev, c_prev, Wx, Wh, b, h, c):
-    """Gradients (dx, dh_prev, dc_prev, dWx, dWh, db) of lstm_step given dh = dL/dh, dc = dL/dc
-    (None: zeros) and the step's outputs h, c."""
-    gated_geometry("lstm", x, Wx, Wh, dict(h_prev=h_prev, c_prev=c_prev), dict(b=b),
-                   backward=dict(dh=dh, dc=dc, h=h, c=c))
-    dx, *grads = lstm_backward_impl(dh[None], None if dc is None else dc[None], x[None], h_prev, c_prev, Wx, Wh, b,
-                                    h[None], c[None])
-    return (dx[0], *grads)
+def lstm_step_backward(grad_output, grad_cell, input, hx, cx, Wx, Wh, bias, output, cell):
+    """Gradients (grad_input, grad_hx, grad_cx, grad_Wx, grad_Wh, grad_bias) of lstm_step given
+    grad_output = dL/dh, grad_cell = dL/dc (None: zeros) and the step's results output, cell."""
+    arrays = dict(grad_output=grad_output, grad_cell=grad_cell, input=input, hx=hx, cx=cx, Wx=Wx, Wh=Wh, bias=bias,
+                  output=output, cell=cell)
+    return run(LSTM, LSTM.backward(arrays, step=True), "numpy", "auto", None, single_out=False)
 
 
-def lstm(x_seq, h0, c0, Wx, Wh, b=None):
-    """Hidden and cell states (hs, cs), each (T, N, H), of an LSTM over x_seq (T, N, D).
+def lstm(input, hx, cx, Wx, Wh, bias=None):
+    """Hidden and cell states (output, cell), each (T, N, H), of an LSTM over input (T, N, D).
 
-    h0, c0 (N, H) are the initial states, zeros when None; Wx (D, 4H), Wh (H, 4H), b (4H,)."""
-    gated_geometry("lstm", x_seq, Wx, Wh, dict(h0=h0, c0=c0), dict(b=b), sequence=True)
-    return lstm_impl(x_seq, h0, c0, Wx, Wh, b)
-
-
-def lstm_backward(dhs, dcs, x_seq, h0, c0, Wx, Wh, b, hs, cs):
-    """Backward through time of lstm. ``dhs`` and ``dcs`` (T, N, H) are dL/d(every hidden and
-    cell state), dcs None for zeros; hs, cs the forward's outputs. Returns (dx (T, N, D),
-    dh0 (N, H), dc0 (N, H), dWx, dWh, db)."""
-    gated_geometry("lstm", x_seq, Wx, Wh, dict(h0=h0, c0=c0), dict(b=b), sequence=True,
-                   backward=dict(dhs=dhs, dcs=dcs, hs=hs, cs=cs))
-    return lstm_backward_impl(dhs, dcs, x_seq, h0, c0, Wx, Wh, b, hs, cs)
+    hx, cx (N, H) are the initial states, zeros when None; Wx (D, 4H), Wh (H, 4H), bias (4H,)."""
+    problem = LSTM.forward(dict(input=input, hx=hx, cx=cx, Wx=Wx, Wh=Wh, bias=bias), step=False)
+    return run(LSTM, problem, "numpy", "auto", None, single_out=False)
 
 
-def gru_step(x, h_prev, Wx, Wh, bx=None, bh=None):
-    """One GRU step: x (N, D), h_prev (N, H) or None (zeros), Wx (D, 3H), Wh (H, 3H),
-    bx, bh (3H,) -> h (N, H)."""
-    gated_geometry("gru", x, Wx, Wh, dict(h_prev=h_prev), dict(bx=bx, bh=bh))
-    return gru_impl(x[None], h_prev, Wx, Wh, bx, bh)[0]
+def lstm_backward(grad_output, grad_cell, input, hx, cx, Wx, Wh, bias, output, cell):
+    """Backward through time of lstm. ``grad_output`` and ``grad_cell`` (T, N, H) are dL/d(every
+    hidden and cell state), grad_cell None for zeros; output, cell the forward's results. Returns
+    (grad_input (T, N, D), grad_hx (N, H), grad_cx (N, H), grad_Wx, grad_Wh, grad_bias)."""
+    arrays = dict(grad_output=grad_output, grad_cell=grad_cell, input=input, hx=hx, cx=cx, Wx=Wx, Wh=Wh, bias=bias,
+                  output=output, cell=cell)
+    return run(LSTM, LSTM.backward(arrays, step=False), "numpy", "auto", None, single_out=False)
 
 
-def gru_step_backward(dh, x, h_prev, Wx, Wh, bx, bh, h):
-    """Gradients (dx, dh_prev, dWx, dWh, dbx, dbh) of gru_step given dh = dL/dh and the step's
-    output h."""
-    gated_geometry("gru", x, Wx, Wh, dict(h_prev=h_prev), dict(bx=bx, bh=bh), backward=dict(dh=dh, h=h))
-    dx, *grads = gru_backward_impl(dh[None], x[None], h_prev, Wx, Wh, bx, bh, h[None])
-    return (dx[0], *grads)
+def gru_step(input, hx, Wx, Wh, bias_ih=None, bias_hh=None):
+    """One GRU step: input (N, D), hx (N, H) or None (zeros), Wx (D, 3H), Wh (H, 3H),
+    bias_ih, bias_hh (3H,) -> output (N, H)."""
+    problem = GRU.forward(dict(input=input, hx=hx, Wx=Wx, Wh=Wh, bias_ih=bias_ih, bias_hh=bias_hh), step=True)
+    return run(GRU, problem, "numpy", "auto", None)
 
 
-def gru(x_seq, h0, Wx, Wh, bx=None, bh=None):
-    """All hidden states (T, N, H) of a GRU over x_seq (T, N, D); h0 (N, H) or None (zeros),
-    Wx (D, 3H), Wh (H, 3H), bx, bh (3H,)."""
-    gated_geometry("gru", x_seq, Wx, Wh, dict(h0=h0), dict(bx=bx, bh=bh), sequence=True)
-    return gru_impl(x_seq, h0, Wx, Wh, bx, bh)
+def gru_step_backward(grad_output, input, hx, Wx, Wh, bias_ih, bias_hh, output):
+    """Gradients (grad_input, grad_hx, grad_Wx, grad_Wh, grad_bias_ih, grad_bias_hh) of gru_step
+    given grad_output = dL/dh and the step's result output."""
+    arrays = dict(grad_output=grad_output, input=input, hx=hx, Wx=Wx, Wh=Wh, bias_ih=bias_ih, bias_hh=bias_hh,
+                  output=output)
+    return run(GRU, GRU.backward(arrays, step=True), "numpy", "auto", None, single_out=False)
 
 
-def gru_backward(dhs, x_seq, h0, Wx, Wh, bx, bh, hs):
-    """Backward through time of gru. ``dhs`` (T, N, H) is dL/d(every hidden state), ``hs`` the
-    forward's output. Returns (dx (T, N, D), dh0 (N, H), dWx, dWh, dbx, dbh)."""
-    gated_geometry("gru", x_seq, Wx, Wh, dict(h0=h0), dict(bx=bx, bh=bh), sequence=True,
-                   backward=dict(dhs=dhs, hs=hs))
-    return gru_backward_impl(dhs, x_seq, h0, Wx, Wh, bx, bh, hs)
+def gru(input, hx, Wx, Wh, bias_ih=None, bias_hh=None):
+    """All hidden states (T, N, H) of a GRU over input (T, N, D); hx (N, H) or None (zeros),
+    Wx (D, 3H), Wh (H, 3H), bias_ih, bias_hh (3H,)."""
+    problem = GRU.forward(dict(input=input, hx=hx, Wx=Wx, Wh=Wh, bias_ih=bias_ih, bias_hh=bias_hh), step=False)
+    return run(GRU, problem, "numpy", "auto", None)
+
+
+def gru_backward(grad_output, input, hx, Wx, Wh, bias_ih, bias_hh, output):
+    """Backward through time of gru. ``grad_output`` (T, N, H) is dL/d(every hidden state),
+    ``output`` the forward's result. Returns (grad_input (T, N, D), grad_hx (N, H), grad_Wx,
+    grad_Wh, grad_bias_ih, grad_bias_hh)."""
+    arrays = dict(grad_output=grad_output, input=input, hx=hx, Wx=Wx, Wh=Wh, bias_ih=bias_ih, bias_hh=bias_hh,
+                  output=output)
+    return run(GRU, GRU.backward(arrays, step=False), "numpy", "auto", None, single_out=False)
 
 
 # ============================================================================ dense, relu, flatten, loss

@@ -221,12 +221,12 @@ class _GatedWorkload(Workload):
 
     gates = 0
     biases = ()  # the cell's bias arguments, in order
-    states = ("h0",)  # its initial states, in order
+    states = ("hx",)  # its initial states, in order
 
     def _forward_inputs(self, case, normal):
         T, N, D, H = case.shape
         G = self.gates
-        inputs = dict(x_seq=normal((T, N, D)))
+        inputs = dict(input=normal((T, N, D)))
         inputs.update({s: normal((N, H), 0.5) for s in self.states})
         inputs.update(Wx=normal((D, G * H), 1 / np.sqrt(D)), Wh=normal((H, G * H), 1 / np.sqrt(H)))
         inputs.update({b: normal(G * H, 0.1) for b in self.biases})
@@ -234,7 +234,7 @@ class _GatedWorkload(Workload):
 
     def outputs(self, case, direction, inputs, empty):
         T, N, D, H = case.shape
-        G, dt = self.gates, inputs["x_seq"].dtype
+        G, dt = self.gates, inputs["input"].dtype
         if direction == "forward":
             return tuple(empty((T, N, H), dt) for _ in self.states) if len(self.states) > 1 else empty((T, N, H), dt)
         shapes = ((T, N, D), *[(N, H)] * len(self.states), (D, G * H), (H, G * H), *[(G * H,)] * len(self.biases))
@@ -264,41 +264,41 @@ class _GatedWorkload(Workload):
         states = [t[s][None] for s in self.states]
         if direction == "forward":
             state = tuple(states) if len(states) > 1 else states[0]
-            return _torch_no_grad(torch, lambda: module(t["x_seq"], state))
-        x_seq = t["x_seq"].requires_grad_()
+            return _torch_no_grad(torch, lambda: module(t["input"], state))
+        x_seq = t["input"].requires_grad_()
         states = [s.clone().requires_grad_() for s in states]
         hs, _ = module(x_seq, tuple(states) if len(states) > 1 else states[0])
         params = (module.weight_ih_l0, module.weight_hh_l0, module.bias_ih_l0, module.bias_hh_l0)
-        return lambda: torch.autograd.grad(hs, (x_seq, *states, *params[: 2 + len(self.biases)]), t["dhs"],
+        return lambda: torch.autograd.grad(hs, (x_seq, *states, *params[: 2 + len(self.biases)]), t["grad_output"],
                                            retain_graph=True)
 
 
 class LstmWorkload(_GatedWorkload):
     op = "lstm"
     gates = 4
-    biases = ("b",)
-    states = ("h0", "c0")
+    biases = ("bias",)
+    states = ("hx", "cx")
 
     def inputs(self, case, direction, dtype, seed):
         inputs = self._forward_inputs(case, _normal(seed, dtype))
         if direction == "forward":
             return inputs
-        hs, cs = reference.lstm(**inputs)
-        dhs = _normal(seed + 1, dtype)(hs.shape)
-        return dict(dhs=dhs, dcs=None, **inputs, hs=hs, cs=cs)
+        output, cell = reference.lstm(**inputs)
+        grad_output = _normal(seed + 1, dtype)(output.shape)
+        return dict(grad_output=grad_output, grad_cell=None, **inputs, output=output, cell=cell)
 
 
 class GruWorkload(_GatedWorkload):
     op = "gru"
     gates = 3
-    biases = ("bx", "bh")
+    biases = ("bias_ih", "bias_hh")
 
     def inputs(self, case, direction, dtype, seed):
         inputs = self._forward_inputs(case, _normal(seed, dtype))
         if direction == "forward":
             return inputs
-        hs = reference.gru(**inputs)
-        return dict(dhs=_normal(seed + 1, dtype)(hs.shape), **inputs, hs=hs)
+        output = reference.gru(**inputs)
+        return dict(grad_output=_normal(seed + 1, dtype)(output.shape), **inputs, output=output)
 
 
 WORKLOADS = {w.op: w for w in (Conv2dWorkload(), MaxPool2dWorkload(), RnnWorkload(), LstmWorkload(), GruWorkload())}

@@ -25,19 +25,19 @@ class GatedGeometry:
 GATES = {"lstm": 4, "gru": 3}  # PyTorch's gate order: lstm (i, f, g, o), gru (r, z, n)
 
 
-def gated_geometry(cell, x, Wx, Wh, states, biases, sequence=False, backward=None):
-    """Check shapes and dtypes of an LSTM or GRU step (x (N, D)) or sequence (x (T, N, D)).
+def gated_geometry(cell, input, Wx, Wh, states, biases, sequence=False, backward=None):
+    """Check shapes and dtypes of an LSTM or GRU step (input (N, D)) or sequence (input (T, N, D)).
 
     ``Wx`` is (D, G*H) and ``Wh`` (H, G*H) with G gates (``GATES[cell]``), gate blocks side by side
     in PyTorch's order; ``states`` and ``biases`` are dicts name -> array or None, shaped (N, H)
     and (G*H,); ``backward`` a dict name -> array or None of per-step arrays shaped (T, N, H)
     for a sequence, (N, H) for a step. Returns (geometry, dtype)."""
     gates = GATES[cell]
-    dt = check_array("x_seq" if sequence else "x", x, 3 if sequence else 2)
+    dt = check_array("input", input, 3 if sequence else 2)
     if sequence:
-        T, N, D = x.shape
+        T, N, D = input.shape
     else:
-        T, (N, D) = 1, x.shape
+        T, (N, D) = 1, input.shape
     check_array("Wx", Wx, 2, dt)
     check_array("Wh", Wh, 2, dt)
     H = Wh.shape[0]
@@ -70,14 +70,13 @@ def gated_geometry(cell, x, Wx, Wh, states, biases, sequence=False, backward=Non
 
 
 class GatedSpec(OpSpec):
-    """An LSTM or GRU: ``states`` (initial states, e.g. ("h0", "c0")), ``biases`` and ``outputs``
-    (every step's states, e.g. ("hs", "cs")) name the arrays of the sequence functions; the step
-    functions name them ``step_names`` maps to."""
+    """An LSTM or GRU: ``states`` (initial states, e.g. ("hx", "cx")), ``biases`` and ``outputs``
+    (every step's states, e.g. ("output", "cell")) name the arrays of its functions, the same for
+    the sequence and the step functions; the gradients are named ``grad_`` + the array's name."""
 
-    def __init__(self, cell, states, biases, outputs, step_names):
+    def __init__(self, cell, states, biases, outputs):
         self.name = self.cell = cell
         self.states, self.biases, self.outputs = states, biases, outputs
-        self.step_names = step_names
         self.functions = {cell: "forward", f"{cell}_backward": "backward",
                           f"{cell}_step": "forward", f"{cell}_step_backward": "backward"}
         functions = {"forward": f"{cell}_forward", "backward": f"{cell}_backward"}
@@ -88,27 +87,23 @@ class GatedSpec(OpSpec):
             Kernel("cuda", "fused_gemm", "fastlayers.backends.cuda.gated", functions, allocates=True),
         )
 
-    def _name(self, name, step):
-        return self.step_names.get(name, name) if step else name
-
     def _problem(self, direction, arrays, grads, step):
-        """``arrays``: the kernel's arguments by sequence name, in order; ``grads``: the names of
-        the per-step gradients among them (backward)."""
-        n = lambda name: self._name(name, step)  # noqa: E731
+        """``arrays``: the kernel's arguments by name, in order; ``grads``: the names of the
+        per-step gradients among them (backward)."""
         g, dt = gated_geometry(
-            self.cell, arrays["x_seq"], arrays["Wx"], arrays["Wh"], {n(s): arrays[s] for s in self.states},
+            self.cell, arrays["input"], arrays["Wx"], arrays["Wh"], {s: arrays[s] for s in self.states},
             {b: arrays[b] for b in self.biases}, sequence=not step,
-            backward={n(k): arrays[k] for k in grads + self.outputs} if direction == "backward" else None)
-        per_step = {"x_seq", *grads, *(self.outputs if direction == "backward" else ())}
+            backward={k: arrays[k] for k in grads + self.outputs} if direction == "backward" else None)
+        per_step = {"input", *grads, *(self.outputs if direction == "backward" else ())}
         kernel_arrays = {k: lead_one(a) if step and k in per_step else a for k, a in arrays.items()}
         seq = lambda width: (g.T, g.N, width)  # noqa: E731
         if direction == "forward":
             shapes = {o: seq(g.H) for o in self.outputs}
         else:
             G = g.H * GATES[self.cell]
-            shapes = {"dx": seq(g.D), **{f"d{s}": (g.N, g.H) for s in self.states}, "dWx": (g.D, G), "dWh": (g.H, G),
-                      **{f"d{b}": (G,) for b in self.biases}}
-        stepped = {k for k in shapes if k in self.outputs or k == "dx"}
+            shapes = {"grad_input": seq(g.D), **{f"grad_{s}": (g.N, g.H) for s in self.states},
+                      "grad_Wx": (g.D, G), "grad_Wh": (g.H, G), **{f"grad_{b}": (G,) for b in self.biases}}
+        stepped = {k for k in shapes if k in self.outputs or k == "grad_input"}
         public = {k: s[1:] if step and k in stepped else s for k, s in shapes.items()}
         to_kernel = (lambda outs: tuple(lead_one(o) if o is not None and k in stepped else o
                                         for k, o in zip(shapes, outs))) if step else (lambda outs: outs)
@@ -119,8 +114,7 @@ class GatedSpec(OpSpec):
                 r = tuple(x if o is None else o for x, o in zip(r, outs))
             return r[0] if len(r) == 1 else r
 
-        return Problem(direction, g, {n(k): a for k, a in kernel_arrays.items()},
-                       tuple((n(k), public[k], dt) for k in shapes),
+        return Problem(direction, g, kernel_arrays, tuple((k, public[k], dt) for k in shapes),
                        kernel_outputs=tuple((k, shapes[k], dt) for k in shapes),
                        to_kernel_out=to_kernel, finish=finish)
 
@@ -128,12 +122,9 @@ class GatedSpec(OpSpec):
         return self._problem("forward", arrays, (), step)
 
     def backward(self, arrays, step):
-        grads = tuple(f"d{o}" for o in self.outputs)
+        grads = tuple(f"grad_{o}" for o in self.outputs)
         return self._problem("backward", arrays, grads, step)
 
 
-LSTM = GatedSpec("lstm", ("h0", "c0"), ("b",), ("hs", "cs"),
-                 dict(x_seq="x", h0="h_prev", c0="c_prev", hs="h", cs="c", dhs="dh", dcs="dc", dh0="dh_prev",
-                      dc0="dc_prev"))
-GRU = GatedSpec("gru", ("h0",), ("bx", "bh"), ("hs",),
-                dict(x_seq="x", h0="h_prev", hs="h", dhs="dh", dh0="dh_prev"))
+LSTM = GatedSpec("lstm", ("hx", "cx"), ("bias",), ("output", "cell"))
+GRU = GatedSpec("gru", ("hx",), ("bias_ih", "bias_hh"), ("output",))

@@ -25,14 +25,14 @@ def _data(cell, case, dtype, seed=0):
     u = lambda *shape: rng.uniform(-1, 1, shape).astype(dtype)  # noqa: E731
     G = GATES[cell] * H
     # Weights scaled by 1/sqrt(fan-in) keep the pre-activations O(1), away from saturation.
-    a = dict(x_seq=u(T, N, D), h0=u(N, H) if with_state else None)
+    a = dict(input=u(T, N, D), hx=u(N, H) if with_state else None)
     if cell == "lstm":
-        a["c0"] = u(N, H) if with_state else None
+        a["cx"] = u(N, H) if with_state else None
     a.update(Wx=u(D, G) / np.sqrt(D).astype(dtype), Wh=u(H, G) / np.sqrt(H).astype(dtype))
     if cell == "lstm":
-        a["b"] = u(G) if with_bias else None
+        a["bias"] = u(G) if with_bias else None
     else:
-        a.update(bx=u(G) if with_bias else None, bh=u(G) if with_bias else None)
+        a.update(bias_ih=u(G) if with_bias else None, bias_hh=u(G) if with_bias else None)
     return a
 
 
@@ -50,8 +50,8 @@ def _terms(case, gates):
 
 def _backward_args(cell, a, outs, douts):
     if cell == "lstm":
-        return dict(dhs=douts[0], dcs=douts[1], **a, hs=outs[0], cs=outs[1])
-    return dict(dhs=douts[0], **a, hs=outs[0])
+        return dict(grad_output=douts[0], grad_cell=douts[1], **a, output=outs[0], cell=outs[1])
+    return dict(grad_output=douts[0], **a, output=outs[0])
 
 
 # float32 on the first two cases only: the kernels are the same, and each case costs seconds.
@@ -77,11 +77,11 @@ def test_forward_and_backward(cell, case, dtype, name):
     args = _backward_args(cell, a, outs, douts)
     grads = getattr(fl, cell + "_backward")(*args.values(), backend="cuda")
     want = getattr(ref, cell + "_backward")(*_f64(args).values())
-    names = ["dx", "dh0", "dc0"][: 3 if cell == "lstm" else 2] + ["dWx", "dWh"] + (["db"] if cell == "lstm" else
-                                                                                    ["dbx", "dbh"])
+    names = ["grad_input", "grad_hx", "grad_cx"][: 3 if cell == "lstm" else 2] + ["grad_Wx", "grad_Wh"] + (
+        ["grad_bias"] if cell == "lstm" else ["grad_bias_ih", "grad_bias_hh"])
     for gname, g, w in zip(names, grads, want):
         assert g.dtype == dtype
-        terms = weight_terms if gname.startswith(("dW", "db")) else grad_terms
+        terms = weight_terms if gname.startswith(("grad_W", "grad_b")) else grad_terms
         assert_close(g, w, dtype, terms=terms, err_msg=gname)
 
 
@@ -106,20 +106,21 @@ def test_backward_matches_finite_differences(cell):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_steps_on_cuda(dtype):
     a = _data("lstm", (1, 3, 4, 5, True, True, True), dtype)
-    x = a["x_seq"][0]
-    h, c = fl.lstm_step(x, a["h0"], a["c0"], a["Wx"], a["Wh"], a["b"], backend="cuda")
-    rh, rc = ref.lstm_step(*_f64(dict(x=x, h0=a["h0"], c0=a["c0"], Wx=a["Wx"], Wh=a["Wh"], b=a["b"])).values())
+    x = a["input"][0]
+    h, c = fl.lstm_step(x, a["hx"], a["cx"], a["Wx"], a["Wh"], a["bias"], backend="cuda")
+    rh, rc = ref.lstm_step(**_f64(dict(input=x, hx=a["hx"], cx=a["cx"], Wx=a["Wx"], Wh=a["Wh"], bias=a["bias"])))
     assert_close(h, rh, dtype, terms=20)
     assert_close(c, rc, dtype, terms=20)
     g = _data("gru", (1, 3, 4, 5, True, True, False), dtype)
-    x = g["x_seq"][0]
-    h = fl.gru_step(x, g["h0"], g["Wx"], g["Wh"], g["bx"], g["bh"], backend="cuda")
-    want = ref.gru_step(*_f64(dict(x=x, h0=g["h0"], Wx=g["Wx"], Wh=g["Wh"], bx=g["bx"], bh=g["bh"])).values())
+    x = g["input"][0]
+    h = fl.gru_step(x, g["hx"], g["Wx"], g["Wh"], g["bias_ih"], g["bias_hh"], backend="cuda")
+    want = ref.gru_step(*_f64(dict(input=x, hx=g["hx"], Wx=g["Wx"], Wh=g["Wh"], bias_ih=g["bias_ih"],
+                                   bias_hh=g["bias_hh"])).values())
     assert_close(h, want, dtype, terms=20)
     dh = np.ones_like(h)
-    grads = fl.gru_step_backward(dh, x, g["h0"], g["Wx"], g["Wh"], g["bx"], g["bh"], h, backend="cuda")
-    expected = ref.gru_step_backward(*_f64(dict(dh=dh, x=x, h0=g["h0"], Wx=g["Wx"], Wh=g["Wh"], bx=g["bx"],
-                                                bh=g["bh"], h=h)).values())
+    grads = fl.gru_step_backward(dh, x, g["hx"], g["Wx"], g["Wh"], g["bias_ih"], g["bias_hh"], h, backend="cuda")
+    expected = ref.gru_step_backward(*_f64(dict(grad_output=dh, input=x, hx=g["hx"], Wx=g["Wx"], Wh=g["Wh"],
+                                                bias_ih=g["bias_ih"], bias_hh=g["bias_hh"], output=h)).values())
     for got, w in zip(grads, expected):
         assert_close(got, w, dtype, terms=60)
 
@@ -130,5 +131,5 @@ def test_device_arrays_in_place():
     a = _data("gru", CASES[0], np.float64)
     dev = {k: cuda.to_device(v) for k, v in a.items()}
     hs = fl.gru(*dev.values(), backend="cuda")
-    assert isinstance(hs, type(dev["x_seq"]))
+    assert isinstance(hs, type(dev["input"]))
     assert_close(hs.copy_to_host(), ref.gru(**a), np.float64, terms=_terms(CASES[0], 3)[0])

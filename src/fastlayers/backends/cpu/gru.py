@@ -6,34 +6,34 @@ from ._common import contiguous, workspace
 from .rnn import _initial_state
 
 
-def gru_forward(x_seq, h0, Wx, Wh, bx, bh, g, outs):
-    T, N, D = x_seq.shape
+def gru_forward(x, h0, Wx, Wh, bx, bh, g, outs):
+    T, N, D = x.shape
     H, G = Wh.shape
     if T * N * D * H == 0:  # nothing for BLAS to multiply (and lda >= 1 would not hold)
-        return _reference.gru_forward(x_seq, h0, Wx, Wh, bx, bh, g, outs)
+        return _reference.gru_forward(x, h0, Wx, Wh, bx, bh, g, outs)
     _gated.check_blas_sizes("gru", T, N, D, G)
-    dt = x_seq.dtype
+    dt = x.dtype
     outs = (hs,) = _gated.outputs(outs, ((T, N, H),), dt)
     with workspace("gated_rnn_z", (T * N, G), dt) as a, workspace("gated_rnn_u", (N, G), dt) as u:
         _kernels.gru_forward(
-            contiguous(x_seq).reshape(T * N, D), _initial_state(h0, N, H, dt), contiguous(Wx), contiguous(Wh),
+            contiguous(x).reshape(T * N, D), _initial_state(h0, N, H, dt), contiguous(Wx), contiguous(Wh),
             _gated.bias(bx, G, dt), _gated.bias(bh, G, dt), hs.reshape(T * N, H), a, u, N,
             _gated.num_threads(T, N, D, H, G),
         )
     return outs
 
 
-def gru_backward(dhs, x_seq, h0, Wx, Wh, bx, bh, hs, g, outs):
-    T, N, D = x_seq.shape
+def gru_backward(dhs, x, h0, Wx, Wh, bx, bh, hs, g, outs):
+    T, N, D = x.shape
     H, G = Wh.shape
     if T * N * D * H == 0:
-        return _reference.gru_backward(dhs, x_seq, h0, Wx, Wh, bx, bh, hs, g, outs)
+        return _reference.gru_backward(dhs, x, h0, Wx, Wh, bx, bh, hs, g, outs)
     _gated.check_blas_sizes("gru", T, N, D, G)
-    dt = x_seq.dtype
+    dt = x.dtype
     outs = dx, dh0, dWx, dWh, dbx, dbh = _gated.outputs(outs, ((T, N, D), (N, H), (D, G), (H, G), (G,), (G,)), dt)
     with workspace("gated_rnn_z", (T * N, G), dt) as da, workspace("gated_rnn_u", (T * N, G), dt) as du:
         _kernels.gru_backward(
-            contiguous(dhs).reshape(T * N, H), contiguous(x_seq).reshape(T * N, D), _initial_state(h0, N, H, dt),
+            contiguous(dhs).reshape(T * N, H), contiguous(x).reshape(T * N, D), _initial_state(h0, N, H, dt),
             contiguous(Wx), contiguous(Wh), contiguous(Wh.T), _gated.bias(bx, G, dt), _gated.bias(bh, G, dt),
             contiguous(hs).reshape(T * N, H), da, du, dx.reshape(T * N, D), dh0, dWx, dWh, dbx, dbh, N,
             _gated.num_threads(T, N, D, H, G),

@@ -6,35 +6,35 @@ from ._common import contiguous, workspace
 from .rnn import _initial_state
 
 
-def lstm_forward(x_seq, h0, c0, Wx, Wh, b, g, outs):
-    T, N, D = x_seq.shape
+def lstm_forward(x, h0, c0, Wx, Wh, b, g, outs):
+    T, N, D = x.shape
     H, G = Wh.shape
     if T * N * D * H == 0:  # nothing for BLAS to multiply (and lda >= 1 would not hold)
-        return _reference.lstm_forward(x_seq, h0, c0, Wx, Wh, b, g, outs)
+        return _reference.lstm_forward(x, h0, c0, Wx, Wh, b, g, outs)
     _gated.check_blas_sizes("lstm", T, N, D, G)
-    dt = x_seq.dtype
+    dt = x.dtype
     outs = hs, cs = _gated.outputs(outs, ((T, N, H), (T, N, H)), dt)
     with workspace("gated_rnn_z", (T * N, G), dt) as z:
         _kernels.lstm_forward(
-            contiguous(x_seq).reshape(T * N, D), _initial_state(h0, N, H, dt), _initial_state(c0, N, H, dt),
+            contiguous(x).reshape(T * N, D), _initial_state(h0, N, H, dt), _initial_state(c0, N, H, dt),
             contiguous(Wx), contiguous(Wh), _gated.bias(b, G, dt), hs.reshape(T * N, H), cs.reshape(T * N, H), z,
             N, _gated.num_threads(T, N, D, H, G),
         )
     return outs
 
 
-def lstm_backward(dhs, dcs, x_seq, h0, c0, Wx, Wh, b, hs, cs, g, outs):
-    T, N, D = x_seq.shape
+def lstm_backward(dhs, dcs, x, h0, c0, Wx, Wh, b, hs, cs, g, outs):
+    T, N, D = x.shape
     H, G = Wh.shape
     if T * N * D * H == 0:
-        return _reference.lstm_backward(dhs, dcs, x_seq, h0, c0, Wx, Wh, b, hs, cs, g, outs)
+        return _reference.lstm_backward(dhs, dcs, x, h0, c0, Wx, Wh, b, hs, cs, g, outs)
     _gated.check_blas_sizes("lstm", T, N, D, G)
-    dt = x_seq.dtype
+    dt = x.dtype
     outs = dx, dh0, dc0, dWx, dWh, db = _gated.outputs(outs, ((T, N, D), (N, H), (N, H), (D, G), (H, G), (G,)), dt)
     with workspace("gated_rnn_z", (T * N, G), dt) as dz:
         _kernels.lstm_backward(
             contiguous(dhs).reshape(T * N, H), None if dcs is None else contiguous(dcs).reshape(T * N, H),
-            contiguous(x_seq).reshape(T * N, D), _initial_state(h0, N, H, dt), _initial_state(c0, N, H, dt),
+            contiguous(x).reshape(T * N, D), _initial_state(h0, N, H, dt), _initial_state(c0, N, H, dt),
             contiguous(Wx), contiguous(Wh), contiguous(Wh.T), _gated.bias(b, G, dt),
             contiguous(hs).reshape(T * N, H), contiguous(cs).reshape(T * N, H), dz,
             dx.reshape(T * N, D), dh0, dc0, dWx, dWh, db, N, _gated.num_threads(T, N, D, H, G),

@@ -64,10 +64,10 @@ def _weight_gradients(call, xd, hprev, dzx, dzh, dWx, dWh, dbx, dbh):
         column_sums(dzh, dbh, T * N, G, 1)
 
 
-def lstm_forward(x_seq, h0, c0, Wx, Wh, b, g, outs):
+def lstm_forward(x, h0, c0, Wx, Wh, b, g, outs):
     launch, rnn, gated = kernels().launch, kernels().rnn, kernels().gated_rnn
-    call = Call(x_seq, h0, c0, Wx, Wh, b)
-    xd = call.input("x_seq", x_seq)
+    call = Call(x, h0, c0, Wx, Wh, b)
+    xd = call.input("input", x)
     T, N, D = xd.shape
     H, G = Wh.shape
     dt = xd.dtype
@@ -75,8 +75,8 @@ def lstm_forward(x_seq, h0, c0, Wx, Wh, b, g, outs):
     cs = call.output("out[1]", outs[1], (T, N, H), dt)
     if hs.size:
         Wxd, Whd, bd = call.input("Wx", Wx), call.input("Wh", Wh), bias_or_empty(call, b, dt)
-        h0d = _zeros_state(call, "zero initial state", call.input("h0", h0), N, H, dt)
-        c0d = _zeros_state(call, "zero initial cell state", call.input("c0", c0), N, H, dt)
+        h0d = _zeros_state(call, "zero initial state", call.input("hx", h0), N, H, dt)
+        c0d = _zeros_state(call, "zero initial cell state", call.input("cx", c0), N, H, dt)
         zx = call.scratch("gated pre-activations", (T, N, G), dt)
         u = call.scratch("gated recurrent products", (N, G), dt)
         ab = rnn.gemm_kernel("ab", dt)
@@ -91,10 +91,10 @@ def lstm_forward(x_seq, h0, c0, Wx, Wh, b, g, outs):
     return call.result(hs, outs[0]), call.result(cs, outs[1])
 
 
-def lstm_backward(dhs, dcs, x_seq, h0, c0, Wx, Wh, b, hs, cs, g, outs):
+def lstm_backward(dhs, dcs, x, h0, c0, Wx, Wh, b, hs, cs, g, outs):
     launch, rnn, gated = kernels().launch, kernels().rnn, kernels().gated_rnn
-    call = Call(dhs, dcs, x_seq, h0, c0, Wx, Wh, b, hs, cs)
-    xd = call.input("x_seq", x_seq)
+    call = Call(dhs, dcs, x, h0, c0, Wx, Wh, b, hs, cs)
+    xd = call.input("input", x)
     T, N, D = xd.shape
     H, G = Wh.shape
     dt = xd.dtype
@@ -104,10 +104,10 @@ def lstm_backward(dhs, dcs, x_seq, h0, c0, Wx, Wh, b, hs, cs, g, outs):
     if T == 0 or N == 0:
         return _zero_results(call, grads, outs)
     Wxd, Whd, bd = call.input("Wx", Wx), call.input("Wh", Wh), bias_or_empty(call, b, dt)
-    hsd, csd, dhsd = call.input("hs", hs), call.input("cs", cs), call.input("dhs", dhs)
-    dcsd = flat(_optional(call, "dcs", dcs, dt))
-    h0d = _zeros_state(call, "zero initial state", call.input("h0", h0), N, H, dt)
-    c0d = _zeros_state(call, "zero initial cell state", call.input("c0", c0), N, H, dt)
+    hsd, csd, dhsd = call.input("output", hs), call.input("cell", cs), call.input("grad_output", dhs)
+    dcsd = flat(_optional(call, "grad_cell", dcs, dt))
+    h0d = _zeros_state(call, "zero initial state", call.input("hx", h0), N, H, dt)
+    c0d = _zeros_state(call, "zero initial cell state", call.input("cx", c0), N, H, dt)
     hprev = _previous_states(call, "gated previous states", h0d, hsd)
     dz, zh = _pre_activations(call, xd, hprev, Wxd, Whd)  # dz: the x part, overwritten by the gradients
     abt = rnn.gemm_kernel("abt", dt)
@@ -128,18 +128,18 @@ def lstm_backward(dhs, dcs, x_seq, h0, c0, Wx, Wh, b, hs, cs, g, outs):
     return tuple(call.result(d, o) for d, o in zip(grads, outs))
 
 
-def gru_forward(x_seq, h0, Wx, Wh, bx, bh, g, outs):
+def gru_forward(x, h0, Wx, Wh, bx, bh, g, outs):
     launch, rnn, gated = kernels().launch, kernels().rnn, kernels().gated_rnn
-    call = Call(x_seq, h0, Wx, Wh, bx, bh)
-    xd = call.input("x_seq", x_seq)
+    call = Call(x, h0, Wx, Wh, bx, bh)
+    xd = call.input("input", x)
     T, N, D = xd.shape
     H, G = Wh.shape
     dt = xd.dtype
     hs = call.output("out", outs[0], (T, N, H), dt)
     if hs.size:
         Wxd, Whd = call.input("Wx", Wx), call.input("Wh", Wh)
-        bxd, bhd = _optional(call, "bx", bx, dt), _optional(call, "bh", bh, dt)
-        h0d = _zeros_state(call, "zero initial state", call.input("h0", h0), N, H, dt)
+        bxd, bhd = _optional(call, "bias_ih", bx, dt), _optional(call, "bias_hh", bh, dt)
+        h0d = _zeros_state(call, "zero initial state", call.input("hx", h0), N, H, dt)
         a = call.scratch("gated pre-activations", (T, N, G), dt)
         u = call.scratch("gated recurrent products", (N, G), dt)
         ab = rnn.gemm_kernel("ab", dt)
@@ -154,10 +154,10 @@ def gru_forward(x_seq, h0, Wx, Wh, bx, bh, g, outs):
     return (call.result(hs, outs[0]),)
 
 
-def gru_backward(dhs, x_seq, h0, Wx, Wh, bx, bh, hs, g, outs):
+def gru_backward(dhs, x, h0, Wx, Wh, bx, bh, hs, g, outs):
     launch, rnn, gated = kernels().launch, kernels().rnn, kernels().gated_rnn
-    call = Call(dhs, x_seq, h0, Wx, Wh, bx, bh, hs)
-    xd = call.input("x_seq", x_seq)
+    call = Call(dhs, x, h0, Wx, Wh, bx, bh, hs)
+    xd = call.input("input", x)
     T, N, D = xd.shape
     H, G = Wh.shape
     dt = xd.dtype
@@ -167,9 +167,9 @@ def gru_backward(dhs, x_seq, h0, Wx, Wh, bx, bh, hs, g, outs):
     if T == 0 or N == 0:
         return _zero_results(call, grads, outs)
     Wxd, Whd = call.input("Wx", Wx), call.input("Wh", Wh)
-    bxd, bhd = _optional(call, "bx", bx, dt), _optional(call, "bh", bh, dt)
-    hsd, dhsd = call.input("hs", hs), call.input("dhs", dhs)
-    h0d = _zeros_state(call, "zero initial state", call.input("h0", h0), N, H, dt)
+    bxd, bhd = _optional(call, "bias_ih", bx, dt), _optional(call, "bias_hh", bh, dt)
+    hsd, dhsd = call.input("output", hs), call.input("grad_output", dhs)
+    h0d = _zeros_state(call, "zero initial state", call.input("hx", h0), N, H, dt)
     hprev = _previous_states(call, "gated previous states", h0d, hsd)
     da, du = _pre_activations(call, xd, hprev, Wxd, Whd)
     abt = rnn.gemm_kernel("abt", dt)
