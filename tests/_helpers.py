@@ -21,6 +21,26 @@ def assert_close(actual, expected, dtype, terms=1, scale=1.0, err_msg=""):
     np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol, err_msg=err_msg)
 
 
+def assert_normwise_close(actual, expected, name, tol=1e-10):
+    """||actual - expected|| <= tol * ||expected|| (Frobenius): for float64 results that two
+    implementations (fastlayers and PyTorch) compute in different orders, where elementwise
+    bounds would be loose. The default suits float64 through the recurrent tests' depths: a few
+    ulp per operation, about 1e-14 relative, leaves four orders of magnitude of margin while a
+    wrong gate, sign or bias shows up at 1e-2."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
+    err = np.linalg.norm(actual - expected) / max(np.linalg.norm(expected), 1e-300)
+    assert err <= tol, f"{name}: normwise error {err:.2e} > {tol}"
+
+
+def torch_float64(a):
+    """``a`` as a float64 torch tensor that requires grad (torch imported here: the helpers load
+    without it)."""
+    import torch
+
+    return torch.tensor(a, dtype=torch.float64, requires_grad=True)
+
+
 def numeric_grad(f, arrays, name, dy, eps=1e-6):
     """Central-difference gradient of ``sum(f(**arrays) * dy)`` with respect to ``arrays[name]``
     (float64). ``f`` returns one array."""

@@ -10,26 +10,14 @@ import itertools
 
 import numpy as np
 import pytest
-from _helpers import assert_grad_matches, numeric_grad
+from _helpers import assert_grad_matches, assert_normwise_close, numeric_grad, torch_float64
 
 from fastlayers import layers
 
 torch = pytest.importorskip("torch")
 
-NORMWISE = 1e-10
 CONFIGS = [dict(num_layers=L, bidirectional=bi, batch_first=bf, bias=bias)
            for L, bi, bf, bias in itertools.product((1, 2), (False, True), (False, True), (True, False))]
-
-
-def assert_normwise_close(actual, expected, name):
-    actual, expected = np.asarray(actual), np.asarray(expected)
-    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
-    err = np.linalg.norm(actual - expected) / max(np.linalg.norm(expected), 1e-300)
-    assert err <= NORMWISE, f"{name}: normwise error {err:.2e} > {NORMWISE}"
-
-
-def tensor(a):
-    return torch.tensor(a, dtype=torch.float64, requires_grad=True)
 
 
 def pair(kind, config, D=3, H=5, backend="cpu"):
@@ -66,8 +54,8 @@ def test_layer_matches_torch(kind, config, with_state):
     state = None if states is None else (tuple(states) if kind == "LSTM" else states[0])
 
     out, final = layer.forward(x, state)
-    xt = tensor(x)
-    tstates = None if states is None else [tensor(s) for s in states]
+    xt = torch_float64(x)
+    tstates = None if states is None else [torch_float64(s) for s in states]
     tstate = None if tstates is None else (tuple(tstates) if kind == "LSTM" else tstates[0])
     out_t, final_t = module(xt, tstate)
     assert_normwise_close(out, out_t.detach().numpy(), "output")

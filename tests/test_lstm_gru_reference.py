@@ -9,21 +9,11 @@ leaves four orders of magnitude of margin, and a wrong gate, sign or bias shows 
 """
 import numpy as np
 import pytest
-from _helpers import assert_grad_matches, make_rng, numeric_grad
+from _helpers import assert_grad_matches, assert_normwise_close, make_rng, numeric_grad, torch_float64
 
 from fastlayers import reference as ref
 
 torch = pytest.importorskip("torch")
-
-NORMWISE = 1e-10
-
-
-def assert_normwise_close(actual, expected, name):
-    actual, expected = np.asarray(actual), np.asarray(expected)
-    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
-    err = np.linalg.norm(actual - expected) / max(np.linalg.norm(expected), 1e-300)
-    assert err <= NORMWISE, f"{name}: normwise error {err:.2e} > {NORMWISE}"
-
 
 def torch_arrays(module):
     """The module's float64 parameters as NumPy arrays."""
@@ -41,8 +31,16 @@ def gru_weights(module, suffix=""):
     return p["weight_ih" + suffix].T, p["weight_hh" + suffix].T, p["bias_ih" + suffix], p["bias_hh" + suffix]
 
 
-def tensor(a):
-    return torch.tensor(a, dtype=torch.float64, requires_grad=True)
+def step_case(kind, N, D, H, with_state):
+    """A torch.nn.LSTMCell or GRUCell, its weights in fastlayers' layout, the generator, an input
+    (N, D) and the initial states (N, H) (None without)."""
+    torch.manual_seed(N + D + H)
+    cell = getattr(torch.nn, kind + "Cell")(D, H).double()
+    weights = (lstm_weights if kind == "LSTM" else gru_weights)(cell)
+    rng = make_rng(N * D * H)
+    x = rng.standard_normal((N, D))
+    states = tuple(rng.standard_normal((N, H)) if with_state else None for _ in range(2 if kind == "LSTM" else 1))
+    return cell, weights, rng, x, states
 
 
 SHAPES = [(5, 3, 4, 6), (1, 3, 4, 6), (6, 1, 2, 3), (1, 1, 1, 1), (4, 2, 7, 17)]  # T, N, D, H
@@ -60,8 +58,8 @@ def test_lstm_matches_torch(T, N, D, H, with_state):
     c0 = rng.standard_normal((N, H)) if with_state else None
     hs, cs = ref.lstm(x, h0, c0, Wx, Wh, b)
 
-    xt = tensor(x)
-    state = (tensor(h0[None]), tensor(c0[None])) if with_state else None
+    xt = torch_float64(x)
+    state = (torch_float64(h0[None]), torch_float64(c0[None])) if with_state else None
     out, (hT, cT) = module(xt, state)
     assert_normwise_close(hs, out.detach().numpy(), "hs")
     assert_normwise_close(hs[-1], hT[0].detach().numpy(), "h_T")
@@ -95,8 +93,8 @@ def test_gru_matches_torch(T, N, D, H, with_state):
     h0 = rng.standard_normal((N, H)) if with_state else None
     hs = ref.gru(x, h0, Wx, Wh, bx, bh)
 
-    xt = tensor(x)
-    state = tensor(h0[None]) if with_state else None
+    xt = torch_float64(x)
+    state = torch_float64(h0[None]) if with_state else None
     out, hT = module(xt, state)
     assert_normwise_close(hs, out.detach().numpy(), "hs")
     assert_normwise_close(hs[-1], hT[0].detach().numpy(), "h_T")
@@ -116,16 +114,10 @@ def test_gru_matches_torch(T, N, D, H, with_state):
 @pytest.mark.parametrize("with_state", [True, False])
 @pytest.mark.parametrize("N, D, H", [(3, 4, 6), (1, 2, 5), (1, 1, 1)])
 def test_lstm_step_matches_lstm_cell(N, D, H, with_state):
-    torch.manual_seed(N + D + H)
-    cell = torch.nn.LSTMCell(D, H).double()
-    Wx, Wh, b = lstm_weights(cell)
-    rng = make_rng(N * D * H)
-    x = rng.standard_normal((N, D))
-    h_prev = rng.standard_normal((N, H)) if with_state else None
-    c_prev = rng.standard_normal((N, H)) if with_state else None
+    cell, (Wx, Wh, b), rng, x, (h_prev, c_prev) = step_case("LSTM", N, D, H, with_state)
     h, c = ref.lstm_step(x, h_prev, c_prev, Wx, Wh, b)
-    xt = tensor(x)
-    state = (tensor(h_prev), tensor(c_prev)) if with_state else None
+    xt = torch_float64(x)
+    state = (torch_float64(h_prev), torch_float64(c_prev)) if with_state else None
     ht, ct = cell(xt, state)
     assert_normwise_close(h, ht.detach().numpy(), "h")
     assert_normwise_close(c, ct.detach().numpy(), "c")
@@ -145,15 +137,10 @@ def test_lstm_step_matches_lstm_cell(N, D, H, with_state):
 @pytest.mark.parametrize("with_state", [True, False])
 @pytest.mark.parametrize("N, D, H", [(3, 4, 6), (1, 2, 5), (1, 1, 1)])
 def test_gru_step_matches_gru_cell(N, D, H, with_state):
-    torch.manual_seed(N + D + H)
-    cell = torch.nn.GRUCell(D, H).double()
-    Wx, Wh, bx, bh = gru_weights(cell)
-    rng = make_rng(N * D * H)
-    x = rng.standard_normal((N, D))
-    h_prev = rng.standard_normal((N, H)) if with_state else None
+    cell, (Wx, Wh, bx, bh), rng, x, (h_prev,) = step_case("GRU", N, D, H, with_state)
     h = ref.gru_step(x, h_prev, Wx, Wh, bx, bh)
-    xt = tensor(x)
-    state = tensor(h_prev) if with_state else None
+    xt = torch_float64(x)
+    state = torch_float64(h_prev) if with_state else None
     ht = cell(xt, state)
     assert_normwise_close(h, ht.detach().numpy(), "h")
 

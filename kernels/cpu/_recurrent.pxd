@@ -26,15 +26,18 @@ cdef extern from *:
     #ifdef _OPENMP
     #include <omp.h>
     static inline int fl_team_size(void) { return omp_get_num_threads(); }
+    static inline int fl_thread_id(void) { return omp_get_thread_num(); }
     static inline void fl_team_barrier(void) {
         #pragma omp barrier
     }
     #else
     static inline int fl_team_size(void) { return 1; }
+    static inline int fl_thread_id(void) { return 0; }
     static inline void fl_team_barrier(void) {}
     #endif
     """
     int team_size "fl_team_size"() noexcept nogil
+    int thread_id "fl_thread_id"() noexcept nogil
     void barrier "fl_team_barrier"() noexcept nogil
 
 
@@ -52,6 +55,27 @@ cdef inline Py_ssize_t block_start(Py_ssize_t i, Py_ssize_t count, Py_ssize_t si
 cdef inline Py_ssize_t block_stop(Py_ssize_t i, Py_ssize_t count, Py_ssize_t size,
                                   Py_ssize_t align) noexcept nogil:
     return min(block_start(i, count, size, align) + _block_width(count, size, align), size)
+
+
+cdef struct Blocks:
+    # One thread's share of a call (the parallel plan of rnn.pyx): rows [r0, r1) of the T*N rows
+    # of all steps, the sequences [n0, n0 + rows) of the batch, columns [c0, c1) of the weight
+    # gradients (COLUMN_ALIGN-aligned).
+    Py_ssize_t r0, r1, n0, rows, c0, c1
+
+
+cdef inline Blocks thread_blocks(Py_ssize_t TN, Py_ssize_t N, Py_ssize_t width) noexcept nogil:
+    """The calling thread's Blocks, inside ``with parallel()``, for T*N rows, N sequences and
+    weight gradients ``width`` columns wide."""
+    cdef Py_ssize_t tid = thread_id(), team = team_size()
+    cdef Blocks b
+    b.r0 = block_start(tid, team, TN, 1)
+    b.r1 = block_stop(tid, team, TN, 1)
+    b.n0 = block_start(tid, team, N, 1)
+    b.rows = block_stop(tid, team, N, 1) - b.n0
+    b.c0 = block_start(tid, team, width, COLUMN_ALIGN)
+    b.c1 = block_stop(tid, team, width, COLUMN_ALIGN)
+    return b
 
 
 cdef inline Py_ssize_t small_gemm_columns(Py_ssize_t rows, Py_ssize_t K) noexcept nogil:

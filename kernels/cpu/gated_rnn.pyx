@@ -11,11 +11,11 @@
 # two products, since all the states are known), runs the recurrence backwards, and after a
 # second barrier computes the weight gradients by column blocks and dx by row blocks.
 from cython cimport floating
-from cython.parallel cimport parallel, threadid
+from cython.parallel cimport parallel
 from libc.string cimport memset
 
 from _blas cimport gemm, single_threaded_blas
-from _recurrent cimport COLUMN_ALIGN, barrier, block_start, block_stop, input_projection, step_product, team_size
+from _recurrent cimport Blocks, barrier, input_projection, step_product, thread_blocks
 
 
 cdef extern from "gated_cells.h" nogil:
@@ -89,37 +89,55 @@ cdef inline void _previous_state_product(const floating* h0, const floating* hs,
              <int>width, beta, z + split * width, <int>width)
 
 
-cdef inline void _weight_gradients(const floating* x, const floating* h0, const floating* hs, const floating* dx_side,
-                                   const floating* dh_side, floating* dWx, floating* dWh, floating* dbx,
-                                   floating* dbh, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t TN, Py_ssize_t N,
-                                   Py_ssize_t D, Py_ssize_t H, Py_ssize_t width) noexcept nogil:
-    """Columns [c0, c1) of dWx = x^T dx_side, dWh = h_prev^T dh_side (h_prev as in
-    _previous_state_product), dbx and dbh their column sums (rows added in order, so the result
-    is reproducible); dbh is skipped when NULL. dx_side and dh_side (T*N x width) are the
-    gradients of the pre-activations on the x and the h side (the same array for the LSTM)."""
-    cdef Py_ssize_t r, j
+cdef inline void _pre_activations(const floating* x, const floating* Wx, const floating* h0, const floating* hs,
+                                  const floating* Wh, floating* zx, floating* zh, Blocks blk, Py_ssize_t N,
+                                  Py_ssize_t D, Py_ssize_t H, Py_ssize_t width) noexcept nogil:
+    """The backward's recomputation of the forward's pre-activations (less the biases) on this
+    thread's rows: zx = x @ Wx, and h_prev @ Wh added into it when zh is zx (the LSTM sums them)
+    or written to zh (the GRU keeps them apart)."""
+    if blk.r1 > blk.r0:
+        input_projection(x + blk.r0 * D, Wx, zx + blk.r0 * width, blk.r1 - blk.r0, D, width)
+        _previous_state_product(h0, hs, Wh, zh, blk.r0, blk.r1, N, H, width,
+                                <floating>1 if zh == zx else <floating>0)
+
+
+cdef inline void _parameter_gradients(const floating* x, const floating* h0, const floating* hs,
+                                      const floating* Wx, const floating* dx_side, const floating* dh_side,
+                                      floating* dx, floating* dWx, floating* dWh, floating* dbx, floating* dbh,
+                                      Blocks blk, Py_ssize_t TN, Py_ssize_t N, Py_ssize_t D, Py_ssize_t H,
+                                      Py_ssize_t width) noexcept nogil:
+    """After the recurrence: this thread's columns of dWx = x^T dx_side, dWh = h_prev^T dh_side
+    (h_prev as in _previous_state_product), dbx and dbh their column sums (rows added in order,
+    so the result is reproducible; dbh skipped when NULL), and its rows of dx = dx_side @ Wx^T.
+    dx_side and dh_side (T*N x width) are the gradients of the pre-activations on the x and the
+    h side (the same array for the LSTM)."""
+    cdef Py_ssize_t r, j, c0 = blk.c0, c1 = blk.c1
     cdef const floating* row
-    gemm(True, False, <int>D, <int>(c1 - c0), <int>TN, <floating>1, x, <int>D, dx_side + c0, <int>width,
-         <floating>0, dWx + c0, <int>width)
-    if TN > N:
-        gemm(True, False, <int>H, <int>(c1 - c0), <int>(TN - N), <floating>1, hs, <int>H, dh_side + N * width + c0,
-             <int>width, <floating>0, dWh + c0, <int>width)
-    else:
-        for r in range(H):
-            memset(dWh + r * width + c0, 0, (c1 - c0) * sizeof(floating))
-    gemm(True, False, <int>H, <int>(c1 - c0), <int>N, <floating>1, h0, <int>H, dh_side + c0, <int>width,
-         <floating>1, dWh + c0, <int>width)
-    memset(dbx + c0, 0, (c1 - c0) * sizeof(floating))
-    for r in range(TN):
-        row = dx_side + r * width
-        for j in range(c0, c1):
-            dbx[j] = dbx[j] + row[j]
-    if dbh != NULL:
-        memset(dbh + c0, 0, (c1 - c0) * sizeof(floating))
+    if c1 > c0:
+        gemm(True, False, <int>D, <int>(c1 - c0), <int>TN, <floating>1, x, <int>D, dx_side + c0, <int>width,
+             <floating>0, dWx + c0, <int>width)
+        if TN > N:
+            gemm(True, False, <int>H, <int>(c1 - c0), <int>(TN - N), <floating>1, hs, <int>H,
+                 dh_side + N * width + c0, <int>width, <floating>0, dWh + c0, <int>width)
+        else:
+            for r in range(H):
+                memset(dWh + r * width + c0, 0, (c1 - c0) * sizeof(floating))
+        gemm(True, False, <int>H, <int>(c1 - c0), <int>N, <floating>1, h0, <int>H, dh_side + c0, <int>width,
+             <floating>1, dWh + c0, <int>width)
+        memset(dbx + c0, 0, (c1 - c0) * sizeof(floating))
         for r in range(TN):
-            row = dh_side + r * width
+            row = dx_side + r * width
             for j in range(c0, c1):
-                dbh[j] = dbh[j] + row[j]
+                dbx[j] = dbx[j] + row[j]
+        if dbh != NULL:
+            memset(dbh + c0, 0, (c1 - c0) * sizeof(floating))
+            for r in range(TN):
+                row = dh_side + r * width
+                for j in range(c0, c1):
+                    dbh[j] = dbh[j] + row[j]
+    if blk.r1 > blk.r0:
+        gemm(False, True, <int>(blk.r1 - blk.r0), <int>D, <int>width, <floating>1, dx_side + blk.r0 * width,
+             <int>width, Wx, <int>width, <floating>0, dx + blk.r0 * D, <int>D)
 
 
 def lstm_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, const floating[:, ::1] c0 not None,
@@ -142,25 +160,21 @@ def lstm_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, c
     cdef const floating* h_prev = NULL
     cdef const floating* c_prev = NULL
     cdef floating* zt = NULL
-    cdef Py_ssize_t t = 0, tid = 0, team = 1, r0 = 0, r1 = 0, n0 = 0, rows = 0, row = 0
+    cdef Py_ssize_t t = 0, row = 0
+    cdef Blocks blk
     with nogil, parallel(num_threads=num_threads):
-        tid = threadid()
-        team = team_size()
-        r0 = block_start(tid, team, TN, 1)  # rows of all steps
-        r1 = block_stop(tid, team, TN, 1)
-        n0 = block_start(tid, team, N, 1)  # sequences of the batch
-        rows = block_stop(tid, team, N, 1) - n0
-        if r1 > r0:
-            input_projection(&x[0, 0] + r0 * D, &Wx[0, 0], pz + r0 * G, r1 - r0, D, G)
+        blk = thread_blocks(TN, N, G)
+        if blk.r1 > blk.r0:
+            input_projection(&x[0, 0] + blk.r0 * D, &Wx[0, 0], pz + blk.r0 * G, blk.r1 - blk.r0, D, G)
         barrier()
-        if rows > 0:
-            h_prev = &h0[0, 0] + n0 * H
-            c_prev = &c0[0, 0] + n0 * H
+        if blk.rows > 0:
+            h_prev = &h0[0, 0] + blk.n0 * H
+            c_prev = &c0[0, 0] + blk.n0 * H
             for t in range(T):
-                row = t * N + n0
+                row = t * N + blk.n0
                 zt = pz + row * G
-                step_product(h_prev, pWh, zt, rows, H, G, <floating>1)
-                _lstm_cell(zt, pb, c_prev, pcs + row * H, phs + row * H, rows, H)
+                step_product(h_prev, pWh, zt, blk.rows, H, G, <floating>1)
+                _lstm_cell(zt, pb, c_prev, pcs + row * H, phs + row * H, blk.rows, H)
                 h_prev = phs + row * H
                 c_prev = pcs + row * H
 
@@ -183,54 +197,39 @@ def lstm_backward(const floating[:, ::1] dhs, const floating[:, ::1] dcs, const 
     cdef Py_ssize_t T = TN // N
     cdef const floating* ph0 = &h0[0, 0]
     cdef const floating* pc0 = &c0[0, 0]
-    cdef const floating* px = &x[0, 0]
-    cdef const floating* pWx = &Wx[0, 0]
-    cdef const floating* pWhT = &WhT[0, 0]
-    cdef const floating* pb = &b[0]
     cdef const floating* phs = &hs[0, 0]
     cdef const floating* pcs = &cs[0, 0]
     cdef const floating* pdhs = &dhs[0, 0]
     cdef const floating* pdcs = &dcs[0, 0] if dcs is not None else NULL
     cdef floating* pdz = &dz[0, 0]
-    cdef floating* pdh0 = &dh0[0, 0]
-    cdef floating* pdc0 = &dc0[0, 0]
+    cdef floating* pdh = NULL  # this thread's rows of dh0 and dc0, which carry dh and dc
+    cdef floating* pdc = NULL
     # Initialised only because Cython passes them into the team as firstprivate.
     cdef floating* zt = NULL
     cdef const floating* c_prev = NULL
-    cdef Py_ssize_t t = 0, tid = 0, team = 1, row = 0, r0 = 0, r1 = 0, n0 = 0, rows = 0, c_lo = 0, c_hi = 0
+    cdef Py_ssize_t t = 0, row = 0
+    cdef Blocks blk
     with nogil, parallel(num_threads=num_threads):
-        tid = threadid()
-        team = team_size()
-        r0 = block_start(tid, team, TN, 1)  # rows of all steps
-        r1 = block_stop(tid, team, TN, 1)
-        n0 = block_start(tid, team, N, 1)  # sequences of the batch
-        rows = block_stop(tid, team, N, 1) - n0
-        c_lo = block_start(tid, team, G, COLUMN_ALIGN)  # columns of the weight gradients
-        c_hi = block_stop(tid, team, G, COLUMN_ALIGN)
-        # The pre-activations of every step, as the forward computed them (less b).
-        if r1 > r0:
-            input_projection(px + r0 * D, pWx, pdz + r0 * G, r1 - r0, D, G)
-            _previous_state_product(ph0, phs, &Wh[0, 0], pdz, r0, r1, N, H, G, <floating>1)
+        blk = thread_blocks(TN, N, G)
+        _pre_activations(&x[0, 0], &Wx[0, 0], ph0, phs, &Wh[0, 0], pdz, pdz, blk, N, D, H, G)
         barrier()
         # From the last step back, for this thread's sequences: dz[t] from dhs[t], dcs[t] and the
-        # carries dh (= dz[t+1] @ Wh^T) and dc, both kept in this thread's rows of dh0 and dc0.
-        if rows > 0:
-            memset(pdh0 + n0 * H, 0, rows * H * sizeof(floating))
-            memset(pdc0 + n0 * H, 0, rows * H * sizeof(floating))
+        # carries dh (= dz[t+1] @ Wh^T) and dc.
+        if blk.rows > 0:
+            pdh = &dh0[0, 0] + blk.n0 * H
+            pdc = &dc0[0, 0] + blk.n0 * H
+            memset(pdh, 0, blk.rows * H * sizeof(floating))
+            memset(pdc, 0, blk.rows * H * sizeof(floating))
             for t in range(T - 1, -1, -1):
-                row = t * N + n0
+                row = t * N + blk.n0
                 zt = pdz + row * G
-                c_prev = pc0 + n0 * H if t == 0 else pcs + (row - N) * H
-                _lstm_cell_backward(zt, pb, c_prev, pcs + row * H, pdhs + row * H,
-                                    pdcs + row * H if pdcs != NULL else NULL, pdh0 + n0 * H, pdc0 + n0 * H, rows, H)
-                step_product(zt, pWhT, pdh0 + n0 * H, rows, G, H, <floating>0)
+                c_prev = pc0 + blk.n0 * H if t == 0 else pcs + (row - N) * H
+                _lstm_cell_backward(zt, &b[0], c_prev, pcs + row * H, pdhs + row * H,
+                                    pdcs + row * H if pdcs != NULL else NULL, pdh, pdc, blk.rows, H)
+                step_product(zt, &WhT[0, 0], pdh, blk.rows, G, H, <floating>0)
         barrier()
-        if c_hi > c_lo:
-            _weight_gradients(px, ph0, phs, pdz, pdz, &dWx[0, 0], &dWh[0, 0], &db[0], NULL, c_lo, c_hi, TN, N, D,
-                              H, G)
-        if r1 > r0:  # dx = dz @ Wx^T for all steps, by row blocks
-            gemm(False, True, <int>(r1 - r0), <int>D, <int>G, <floating>1, pdz + r0 * G, <int>G, pWx, <int>G,
-                 <floating>0, &dx[0, 0] + r0 * D, <int>D)
+        _parameter_gradients(&x[0, 0], ph0, phs, &Wx[0, 0], pdz, pdz, &dx[0, 0], &dWx[0, 0], &dWh[0, 0], &db[0],
+                             NULL, blk, TN, N, D, H, G)
 
 
 def gru_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, const floating[:, ::1] Wx,
@@ -245,31 +244,25 @@ def gru_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, co
     cdef Py_ssize_t TN = x.shape[0], D = x.shape[1], H = Wh.shape[0], G = Wh.shape[1]
     cdef Py_ssize_t T = TN // N
     cdef const floating* pWh = &Wh[0, 0]
-    cdef const floating* pbx = &bx[0]
-    cdef const floating* pbh = &bh[0]
     cdef floating* pa = &a[0, 0]
     cdef floating* phs = &hs[0, 0]
     # Initialised only because Cython passes them into the team as firstprivate.
     cdef const floating* h_prev = NULL
     cdef floating* ut = NULL
-    cdef Py_ssize_t t = 0, tid = 0, team = 1, r0 = 0, r1 = 0, n0 = 0, rows = 0, row = 0
+    cdef Py_ssize_t t = 0, row = 0
+    cdef Blocks blk
     with nogil, parallel(num_threads=num_threads):
-        tid = threadid()
-        team = team_size()
-        r0 = block_start(tid, team, TN, 1)
-        r1 = block_stop(tid, team, TN, 1)
-        n0 = block_start(tid, team, N, 1)
-        rows = block_stop(tid, team, N, 1) - n0
-        if r1 > r0:
-            input_projection(&x[0, 0] + r0 * D, &Wx[0, 0], pa + r0 * G, r1 - r0, D, G)
+        blk = thread_blocks(TN, N, G)
+        if blk.r1 > blk.r0:
+            input_projection(&x[0, 0] + blk.r0 * D, &Wx[0, 0], pa + blk.r0 * G, blk.r1 - blk.r0, D, G)
         barrier()
-        if rows > 0:
-            h_prev = &h0[0, 0] + n0 * H
-            ut = &u[0, 0] + n0 * G
+        if blk.rows > 0:
+            h_prev = &h0[0, 0] + blk.n0 * H
+            ut = &u[0, 0] + blk.n0 * G
             for t in range(T):
-                row = t * N + n0
-                step_product(h_prev, pWh, ut, rows, H, G, <floating>0)
-                _gru_cell(pa + row * G, ut, pbx, pbh, h_prev, phs + row * H, rows, H)
+                row = t * N + blk.n0
+                step_product(h_prev, pWh, ut, blk.rows, H, G, <floating>0)
+                _gru_cell(pa + row * G, ut, &bx[0], &bh[0], h_prev, phs + row * H, blk.rows, H)
                 h_prev = phs + row * H
 
 
@@ -288,45 +281,29 @@ def gru_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
     cdef Py_ssize_t TN = x.shape[0], D = x.shape[1], H = Wh.shape[0], G = Wh.shape[1]
     cdef Py_ssize_t T = TN // N
     cdef const floating* ph0 = &h0[0, 0]
-    cdef const floating* px = &x[0, 0]
-    cdef const floating* pWx = &Wx[0, 0]
-    cdef const floating* pWhT = &WhT[0, 0]
     cdef const floating* phs = &hs[0, 0]
     cdef const floating* pdhs = &dhs[0, 0]
     cdef floating* pda = &da[0, 0]
     cdef floating* pdu = &du[0, 0]
-    cdef floating* pdh0 = &dh0[0, 0]
+    cdef floating* pdh = NULL  # this thread's rows of dh0, which carry dh
     # Initialised only because Cython passes them into the team as firstprivate.
     cdef const floating* h_prev = NULL
-    cdef Py_ssize_t t = 0, tid = 0, team = 1, row = 0, r0 = 0, r1 = 0, n0 = 0, rows = 0, c_lo = 0, c_hi = 0
+    cdef Py_ssize_t t = 0, row = 0
+    cdef Blocks blk
     with nogil, parallel(num_threads=num_threads):
-        tid = threadid()
-        team = team_size()
-        r0 = block_start(tid, team, TN, 1)
-        r1 = block_stop(tid, team, TN, 1)
-        n0 = block_start(tid, team, N, 1)
-        rows = block_stop(tid, team, N, 1) - n0
-        c_lo = block_start(tid, team, G, COLUMN_ALIGN)
-        c_hi = block_stop(tid, team, G, COLUMN_ALIGN)
-        # The pre-activations of every step (less the biases): a = x @ Wx, u = h_prev @ Wh.
-        if r1 > r0:
-            input_projection(px + r0 * D, pWx, pda + r0 * G, r1 - r0, D, G)
-            _previous_state_product(ph0, phs, &Wh[0, 0], pdu, r0, r1, N, H, G, <floating>0)
+        blk = thread_blocks(TN, N, G)
+        _pre_activations(&x[0, 0], &Wx[0, 0], ph0, phs, &Wh[0, 0], pda, pdu, blk, N, D, H, G)
         barrier()
-        # From the last step back: the carry dL/dh_prev = dh z + du[t] @ Wh^T, kept in this
-        # thread's rows of dh0.
-        if rows > 0:
-            memset(pdh0 + n0 * H, 0, rows * H * sizeof(floating))
+        # From the last step back: the carry dL/dh_prev = dh z + du[t] @ Wh^T.
+        if blk.rows > 0:
+            pdh = &dh0[0, 0] + blk.n0 * H
+            memset(pdh, 0, blk.rows * H * sizeof(floating))
             for t in range(T - 1, -1, -1):
-                row = t * N + n0
-                h_prev = ph0 + n0 * H if t == 0 else phs + (row - N) * H
-                _gru_cell_backward(pda + row * G, pdu + row * G, &bx[0], &bh[0], h_prev, pdhs + row * H,
-                                   pdh0 + n0 * H, rows, H)
-                step_product(pdu + row * G, pWhT, pdh0 + n0 * H, rows, G, H, <floating>1)
+                row = t * N + blk.n0
+                h_prev = ph0 + blk.n0 * H if t == 0 else phs + (row - N) * H
+                _gru_cell_backward(pda + row * G, pdu + row * G, &bx[0], &bh[0], h_prev, pdhs + row * H, pdh,
+                                   blk.rows, H)
+                step_product(pdu + row * G, &WhT[0, 0], pdh, blk.rows, G, H, <floating>1)
         barrier()
-        if c_hi > c_lo:
-            _weight_gradients(px, ph0, phs, pda, pdu, &dWx[0, 0], &dWh[0, 0], &dbx[0], &dbh[0], c_lo, c_hi, TN, N,
-                              D, H, G)
-        if r1 > r0:
-            gemm(False, True, <int>(r1 - r0), <int>D, <int>G, <floating>1, pda + r0 * G, <int>G, pWx, <int>G,
-                 <floating>0, &dx[0, 0] + r0 * D, <int>D)
+        _parameter_gradients(&x[0, 0], ph0, phs, &Wx[0, 0], pda, pdu, &dx[0, 0], &dWx[0, 0], &dWh[0, 0], &dbx[0],
+                             &dbh[0], blk, TN, N, D, H, G)

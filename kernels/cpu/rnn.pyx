@@ -11,13 +11,12 @@
 # of H, one barrier between them and the recurrence. Blocks come from the thread id, not from
 # prange: Cython's prange adds a barrier of its own per loop.
 from cython cimport floating
-from cython.parallel cimport parallel, threadid
+from cython.parallel cimport parallel
 from libc.math cimport tanh
 from libc.string cimport memcpy, memset
 
 from _blas cimport gemm, single_threaded_blas
-from _recurrent cimport (COLUMN_ALIGN, barrier, block_start, block_stop, input_projection, small_gemm_columns,
-                         team_size)
+from _recurrent cimport Blocks, input_projection, barrier, small_gemm_columns, thread_blocks
 
 
 cdef extern from "rnn_cells.h" nogil:
@@ -57,31 +56,27 @@ def rnn_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, co
     # Initialised only because Cython passes them into the team as firstprivate.
     cdef const floating* h_prev = NULL
     cdef floating* z = NULL
-    cdef Py_ssize_t t = 0, tid = 0, team = 1, r0 = 0, r1 = 0, n0 = 0, rows = 0, chunk = 0, c0 = 0, c1 = 0
+    cdef Py_ssize_t t = 0, chunk = 0, c0 = 0, c1 = 0
+    cdef Blocks blk
     with nogil, parallel(num_threads=num_threads):
-        tid = threadid()
-        team = team_size()
-        r0 = block_start(tid, team, TN, 1)  # rows of all steps
-        r1 = block_stop(tid, team, TN, 1)
-        n0 = block_start(tid, team, N, 1)  # sequences of the batch
-        rows = block_stop(tid, team, N, 1) - n0
+        blk = thread_blocks(TN, N, H)
         # The input projection of every step at once: hs = x @ Wx.
-        if r1 > r0:
-            input_projection(px + r0 * D, pWx, phs + r0 * H, r1 - r0, D, H)
+        if blk.r1 > blk.r0:
+            input_projection(px + blk.r0 * D, pWx, phs + blk.r0 * H, blk.r1 - blk.r0, D, H)
         barrier()
-        if rows > 0:
-            chunk = small_gemm_columns(rows, H)
+        if blk.rows > 0:
+            chunk = small_gemm_columns(blk.rows, H)
             if chunk == 0:  # one packed GEMM per step
                 chunk = H
-            h_prev = h_init + n0 * H
+            h_prev = h_init + blk.n0 * H
             for t in range(T):
-                z = phs + (t * N + n0) * H
+                z = phs + (t * N + blk.n0) * H
                 c0 = 0
                 while c0 < H:
                     c1 = min(c0 + chunk, H)
-                    gemm(False, False, <int>rows, <int>(c1 - c0), <int>H, <floating>1, h_prev, <int>H,
+                    gemm(False, False, <int>blk.rows, <int>(c1 - c0), <int>H, <floating>1, h_prev, <int>H,
                          pWh + c0, <int>H, <floating>1, z + c0, <int>H)
-                    _add_bias_tanh(z, bias, rows, H, c0, c1)
+                    _add_bias_tanh(z, bias, blk.rows, H, c0, c1)
                     c0 = c1
                 h_prev = z
 
@@ -116,17 +111,11 @@ def rnn_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
     # Initialised only because Cython passes them into the team as firstprivate.
     cdef floating* g = NULL
     cdef const floating* h = NULL
-    cdef Py_ssize_t t = 0, r = 0, j = 0, tid = 0, team = 1, chunk = 0, k0 = 0, k1 = 0
-    cdef Py_ssize_t r0 = 0, r1 = 0, n0 = 0, rows = 0, c0 = 0, c1 = 0
+    cdef Py_ssize_t t = 0, r = 0, j = 0, chunk = 0, k0 = 0, k1 = 0, r0 = 0, r1 = 0, n0 = 0, rows = 0, c0 = 0, c1 = 0
+    cdef Blocks blk
     with nogil, parallel(num_threads=num_threads):
-        tid = threadid()
-        team = team_size()
-        r0 = block_start(tid, team, TN, 1)  # rows of all steps
-        r1 = block_stop(tid, team, TN, 1)
-        n0 = block_start(tid, team, N, 1)  # sequences of the batch
-        rows = block_stop(tid, team, N, 1) - n0
-        c0 = block_start(tid, team, H, COLUMN_ALIGN)  # columns of the weight gradients
-        c1 = block_stop(tid, team, H, COLUMN_ALIGN)
+        blk = thread_blocks(TN, N, H)
+        r0, r1, n0, rows, c0, c1 = blk.r0, blk.r1, blk.n0, blk.rows, blk.c0, blk.c1
         # dz[t] = (dhs[t] + dz[t+1] @ Wh^T) * (1 - hs[t]^2), from the last step back, for this
         # thread's sequences (contiguous rows t*N + n0 ...).
         if rows > 0:

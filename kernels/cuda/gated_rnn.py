@@ -20,6 +20,9 @@ from .launch import jit
 
 
 def _gate_functions(scalar):
+    """Device functions for ``scalar``: (lstm_gates, gru_gates), each reading one element's
+    pre-activations from the x-side array at p and the h-side array at q (flat offsets of gate
+    block 0, column j) and adding the biases."""
     half = scalar(0.5)
 
     @cuda.jit(device=True, inline=True)
@@ -31,14 +34,42 @@ def _gate_functions(scalar):
     def bias(b, i):
         return b[i] if b.shape[0] > 0 else scalar(0)
 
-    return sigmoid, bias
+    @cuda.jit(device=True, inline=True)
+    def lstm_gates(zx, zh, p, q, b, j, H):
+        # (i, f, g, o) of zx + zh + b
+        i = sigmoid(zx[p] + zh[q] + bias(b, j))
+        f = sigmoid(zx[p + H] + zh[q + H] + bias(b, H + j))
+        g = math.tanh(zx[p + 2 * H] + zh[q + 2 * H] + bias(b, 2 * H + j))
+        o = sigmoid(zx[p + 3 * H] + zh[q + 3 * H] + bias(b, 3 * H + j))
+        return i, f, g, o
+
+    @cuda.jit(device=True, inline=True)
+    def gru_gates(a, u, p, q, bx, bh, j, H):
+        # (r, z, n, u_n) of a + bx and u + bh; u_n = u_n + bh_n is what r multiplies
+        r = sigmoid(a[p] + bias(bx, j) + u[q] + bias(bh, j))
+        z = sigmoid(a[p + H] + bias(bx, H + j) + u[q + H] + bias(bh, H + j))
+        un = u[q + 2 * H] + bias(bh, 2 * H + j)
+        return r, z, math.tanh(a[p + 2 * H] + bias(bx, 2 * H + j) + r * un), un
+
+    return lstm_gates, gru_gates
 
 
-@functools.cache
-def lstm_cell_kernel(dtype):
-    scalar = np.dtype(dtype).type
-    sigmoid, bias = _gate_functions(scalar)
+def _cell_kernel(build):
+    """A cell kernel factory, cached per dtype: ``build(scalar, lstm_gates, gru_gates)`` compiles
+    the kernel for the scalar type with that type's gate functions (``_gate_functions``)."""
 
+    @functools.cache
+    def kernel(dtype):
+        scalar = np.dtype(dtype).type
+        return build(scalar, *_gate_functions(scalar))
+
+    kernel.__name__ = kernel.__qualname__ = build.__name__
+    kernel.__doc__ = build.__doc__
+    return kernel
+
+
+@_cell_kernel
+def lstm_cell_kernel(scalar, lstm_gates, gru_gates):
     @jit(lineinfo=True)
     def lstm_cell(zx, u, b, c_prev, c, h, zx_off, c_prev_off, out_off, N, H):
         # zx[t] (x @ Wx) + u (h_prev @ Wh) + b -> c = f c_prev + i g, h = o tanh(c)
@@ -46,12 +77,7 @@ def lstm_cell_kernel(dtype):
         if e < N * H:
             n = e // H
             j = e - n * H
-            z = zx_off + n * 4 * H + j
-            w = n * 4 * H + j
-            i = sigmoid(zx[z] + u[w] + bias(b, j))
-            f = sigmoid(zx[z + H] + u[w + H] + bias(b, H + j))
-            g = math.tanh(zx[z + 2 * H] + u[w + 2 * H] + bias(b, 2 * H + j))
-            o = sigmoid(zx[z + 3 * H] + u[w + 3 * H] + bias(b, 3 * H + j))
+            i, f, g, o = lstm_gates(zx, u, zx_off + n * 4 * H + j, n * 4 * H + j, b, j, H)
             cn = f * c_prev[c_prev_off + e] + i * g
             c[out_off + e] = cn
             h[out_off + e] = o * math.tanh(cn)
@@ -59,10 +85,8 @@ def lstm_cell_kernel(dtype):
     return lstm_cell
 
 
-@functools.cache
-def lstm_cell_backward_kernel(dtype):
-    scalar = np.dtype(dtype).type
-    sigmoid, bias = _gate_functions(scalar)
+@_cell_kernel
+def lstm_cell_backward_kernel(scalar, lstm_gates, gru_gates):
     one = scalar(1)
 
     @jit(lineinfo=True)
@@ -74,10 +98,7 @@ def lstm_cell_backward_kernel(dtype):
             n = e // H
             j = e - n * H
             z = z_off + n * 4 * H + j
-            i = sigmoid(zx[z] + zh[z] + bias(b, j))
-            f = sigmoid(zx[z + H] + zh[z + H] + bias(b, H + j))
-            g = math.tanh(zx[z + 2 * H] + zh[z + 2 * H] + bias(b, 2 * H + j))
-            o = sigmoid(zx[z + 3 * H] + zh[z + 3 * H] + bias(b, 3 * H + j))
+            i, f, g, o = lstm_gates(zx, zh, z, z, b, j, H)
             tc = math.tanh(c[off + e])
             dh = dhs[off + e] + dh_next[e]
             dc = dc_carry[e] + dh * o * (one - tc * tc)
@@ -92,11 +113,8 @@ def lstm_cell_backward_kernel(dtype):
     return lstm_cell_backward
 
 
-@functools.cache
-def gru_cell_kernel(dtype):
-    scalar = np.dtype(dtype).type
-    sigmoid, bias = _gate_functions(scalar)
-
+@_cell_kernel
+def gru_cell_kernel(scalar, lstm_gates, gru_gates):
     @jit(lineinfo=True)
     def gru_cell(a, u, bx, bh, h_prev, h, a_off, u_off, h_prev_off, out_off, N, H):
         # a (x @ Wx) + bx, u (h_prev @ Wh) + bh -> r, z, n; h = n + z (h_prev - n)
@@ -104,21 +122,14 @@ def gru_cell_kernel(dtype):
         if e < N * H:
             n = e // H
             j = e - n * H
-            p = a_off + n * 3 * H + j
-            q = u_off + n * 3 * H + j
-            r = sigmoid(a[p] + bias(bx, j) + u[q] + bias(bh, j))
-            z = sigmoid(a[p + H] + bias(bx, H + j) + u[q + H] + bias(bh, H + j))
-            un = u[q + 2 * H] + bias(bh, 2 * H + j)
-            cand = math.tanh(a[p + 2 * H] + bias(bx, 2 * H + j) + r * un)
+            r, z, cand, un = gru_gates(a, u, a_off + n * 3 * H + j, u_off + n * 3 * H + j, bx, bh, j, H)
             h[out_off + e] = cand + z * (h_prev[h_prev_off + e] - cand)
 
     return gru_cell
 
 
-@functools.cache
-def gru_cell_backward_kernel(dtype):
-    scalar = np.dtype(dtype).type
-    sigmoid, bias = _gate_functions(scalar)
+@_cell_kernel
+def gru_cell_backward_kernel(scalar, lstm_gates, gru_gates):
     one = scalar(1)
 
     @jit(lineinfo=True)
@@ -130,10 +141,7 @@ def gru_cell_backward_kernel(dtype):
             n = e // H
             j = e - n * H
             p = off * 3 + n * 3 * H + j
-            r = sigmoid(a[p] + bias(bx, j) + u[p] + bias(bh, j))
-            z = sigmoid(a[p + H] + bias(bx, H + j) + u[p + H] + bias(bh, H + j))
-            un = u[p + 2 * H] + bias(bh, 2 * H + j)
-            cand = math.tanh(a[p + 2 * H] + bias(bx, 2 * H + j) + r * un)
+            r, z, cand, un = gru_gates(a, u, p, p, bx, bh, j, H)
             dh = dhs[off + e] + carry_z[e] + carry_h[e]
             dn = dh * (one - z) * (one - cand * cand)
             dr = dn * un * r * (one - r)

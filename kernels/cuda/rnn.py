@@ -26,24 +26,23 @@ def gemm_geo(M, N, K, a_offset=0, b_offset=0, c_offset=0):
     return (a_offset, b_offset, c_offset, M, N, K) + (0,) * (GEO_LEN - 6)
 
 
-@cuda.jit(device=True, inline=True)
-def _a(geo, grp, m, k):
-    return geo[0] + m * geo[5] + k
+def _operand_index(offset, stride, transposed):
+    """The flat index of element (i, j) of an operand (A: (m, k), B: (k, n)) at geo[offset], rows
+    geo[stride] long, stored as given or transposed (the constants fold at compile time)."""
+
+    @cuda.jit(device=True, inline=True)
+    def index(geo, grp, i, j):
+        return geo[offset] + (j * geo[stride] + i if transposed else i * geo[stride] + j)
+
+    return index
 
 
-@cuda.jit(device=True, inline=True)
-def _at(geo, grp, m, k):
-    return geo[0] + k * geo[3] + m
-
-
-@cuda.jit(device=True, inline=True)
-def _b(geo, grp, k, n):
-    return geo[1] + k * geo[4] + n
-
-
-@cuda.jit(device=True, inline=True)
-def _bt(geo, grp, k, n):
-    return geo[1] + n * geo[5] + k
+# geo = (a_offset, b_offset, c_offset, M, N, K, ...): A (M, K) row length K, A^T (K, M) row length M,
+# B (K, N) row length N, B^T (N, K) row length K.
+_a = _operand_index(0, 5, False)
+_at = _operand_index(0, 3, True)
+_b = _operand_index(1, 4, False)
+_bt = _operand_index(1, 5, True)
 
 
 @cuda.jit(device=True, inline=True)

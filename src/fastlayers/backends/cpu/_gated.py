@@ -1,5 +1,5 @@
 """What the lstm and gru modules share (both wrap kernels/cpu/gated_rnn.pyx): thread count,
-sizes and biases.
+the empty-size and BLAS-size cases, biases.
 
 The kernels split every product among their own OpenMP threads (``fastlayers._dispatch.threads_for``)
 and call BLAS single-threaded inside them. Steps arrive as sequences of length one (the spec,
@@ -7,10 +7,15 @@ fastlayers.ops.gated, views them so). The kernels allocate the outputs the calle
 for themselves, after checking the sizes (an oversized call fails with its reason, not an
 allocation error).
 """
+import functools
+
 import numpy as np
 
 from ..._dispatch import threads_for
+from ...ops.gated import GATES
+from .. import numpy as _reference
 from ._common import BLAS_INT_MAX
+
 
 def num_threads(T, N, D, H, width):
     """Threads for one call (``threads_for`` its T*N*width*(D+H) multiply-adds): each runs the
@@ -18,12 +23,28 @@ def num_threads(T, N, D, H, width):
     return min(N, threads_for(T * N * width * (D + H)))
 
 
-def check_blas_sizes(cell, T, N, D, width):
-    """The kernels hand T*N, D and G*H to BLAS as sizes and leading dimensions, which are C
-    ints: past 2**31 - 1 they would be truncated (a silent wrong result), so refuse them here."""
-    if max(T * N, D, width) > BLAS_INT_MAX:
-        raise ValueError(f"{cell} sizes T*N={T * N}, D={D}, gates*H={width} are too large for the cpu backend: "
-                         f"its BLAS takes sizes as C ints, so each must be at most 2**31 - 1")
+def blas_kernel(fn):
+    """Wraps the cpu function ``fn`` of lstm or gru (named ``<cell>_forward`` or ``<cell>_backward``,
+    called as ``fn(*arrays, geometry, outs)``): a problem with a zero size runs on the reference
+    (nothing for BLAS to multiply, and lda >= 1 would not hold), one too large for BLAS is refused.
+
+    The kernels hand T*N, D and G*H to BLAS as sizes and leading dimensions, which are C ints:
+    past 2**31 - 1 they would be truncated (a silent wrong result)."""
+    cell = fn.__name__.split("_")[0]
+    reference = getattr(_reference, fn.__name__)
+
+    @functools.wraps(fn)
+    def run(*args):
+        g = args[-2]
+        if g.T * g.N * g.D * g.H == 0:
+            return reference(*args)
+        width = GATES[cell] * g.H
+        if max(g.T * g.N, g.D, width) > BLAS_INT_MAX:
+            raise ValueError(f"{cell} sizes T*N={g.T * g.N}, D={g.D}, gates*H={width} are too large for the cpu "
+                             f"backend: its BLAS takes sizes as C ints, so each must be at most 2**31 - 1")
+        return fn(*args)
+
+    return run
 
 
 def bias(b, width, dtype):

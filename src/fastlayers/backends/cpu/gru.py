@@ -1,17 +1,13 @@
 """gru on the CPU backend: wraps kernels/cpu/gated_rnn.pyx (see ._gated)."""
 from ..._cpu import gated_rnn as _kernels
-from .. import numpy as _reference
 from . import _gated
 from ._common import contiguous, workspace
 from .rnn import _initial_state
 
 
+@_gated.blas_kernel
 def gru_forward(x, h0, Wx, Wh, bx, bh, g, outs):
-    T, N, D = x.shape
-    H, G = Wh.shape
-    if T * N * D * H == 0:  # nothing for BLAS to multiply (and lda >= 1 would not hold)
-        return _reference.gru_forward(x, h0, Wx, Wh, bx, bh, g, outs)
-    _gated.check_blas_sizes("gru", T, N, D, G)
+    T, N, D, H, G = g.T, g.N, g.D, g.H, Wh.shape[1]
     dt = x.dtype
     outs = (hs,) = _gated.outputs(outs, ((T, N, H),), dt)
     with workspace("gated_rnn_z", (T * N, G), dt) as a, workspace("gated_rnn_u", (N, G), dt) as u:
@@ -23,12 +19,9 @@ def gru_forward(x, h0, Wx, Wh, bx, bh, g, outs):
     return outs
 
 
+@_gated.blas_kernel
 def gru_backward(dhs, x, h0, Wx, Wh, bx, bh, hs, g, outs):
-    T, N, D = x.shape
-    H, G = Wh.shape
-    if T * N * D * H == 0:
-        return _reference.gru_backward(dhs, x, h0, Wx, Wh, bx, bh, hs, g, outs)
-    _gated.check_blas_sizes("gru", T, N, D, G)
+    T, N, D, H, G = g.T, g.N, g.D, g.H, Wh.shape[1]
     dt = x.dtype
     outs = dx, dh0, dWx, dWh, dbx, dbh = _gated.outputs(outs, ((T, N, D), (N, H), (D, G), (H, G), (G,), (G,)), dt)
     with workspace("gated_rnn_z", (T * N, G), dt) as da, workspace("gated_rnn_u", (T * N, G), dt) as du:

@@ -1,17 +1,13 @@
 """lstm on the CPU backend: wraps kernels/cpu/gated_rnn.pyx (see ._gated)."""
 from ..._cpu import gated_rnn as _kernels
-from .. import numpy as _reference
 from . import _gated
 from ._common import contiguous, workspace
 from .rnn import _initial_state
 
 
+@_gated.blas_kernel
 def lstm_forward(x, h0, c0, Wx, Wh, b, g, outs):
-    T, N, D = x.shape
-    H, G = Wh.shape
-    if T * N * D * H == 0:  # nothing for BLAS to multiply (and lda >= 1 would not hold)
-        return _reference.lstm_forward(x, h0, c0, Wx, Wh, b, g, outs)
-    _gated.check_blas_sizes("lstm", T, N, D, G)
+    T, N, D, H, G = g.T, g.N, g.D, g.H, Wh.shape[1]
     dt = x.dtype
     outs = hs, cs = _gated.outputs(outs, ((T, N, H), (T, N, H)), dt)
     with workspace("gated_rnn_z", (T * N, G), dt) as z:
@@ -23,12 +19,9 @@ def lstm_forward(x, h0, c0, Wx, Wh, b, g, outs):
     return outs
 
 
+@_gated.blas_kernel
 def lstm_backward(dhs, dcs, x, h0, c0, Wx, Wh, b, hs, cs, g, outs):
-    T, N, D = x.shape
-    H, G = Wh.shape
-    if T * N * D * H == 0:
-        return _reference.lstm_backward(dhs, dcs, x, h0, c0, Wx, Wh, b, hs, cs, g, outs)
-    _gated.check_blas_sizes("lstm", T, N, D, G)
+    T, N, D, H, G = g.T, g.N, g.D, g.H, Wh.shape[1]
     dt = x.dtype
     outs = dx, dh0, dc0, dWx, dWh, db = _gated.outputs(outs, ((T, N, D), (N, H), (N, H), (D, G), (H, G), (G,)), dt)
     with workspace("gated_rnn_z", (T * N, G), dt) as dz:
