@@ -163,6 +163,19 @@ def test_matches_reference_in_gemm_chunks(cell, T, N, D, H, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cell, H", [(Lstm, 128), (Gru, 512)], ids=["lstm", "gru"])
+def test_matches_reference_with_padded_rows(cell, H, dtype):
+    """Gate widths G*H whose rows are a multiple of 2 KiB long: the forward copies the weights
+    into rows one cache line longer (fastlayers.backends.cpu._gated.leading_dimension)."""
+    from fastlayers.backends.cpu._gated import leading_dimension
+
+    width = cell.gates * H
+    assert leading_dimension(width, np.dtype(dtype).itemsize) > width  # the padded path is the one tested
+    with fl.threads(2):
+        check_against_reference(cell, 3, 5, 7, H, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("cell", CELLS.values(), ids=CELLS)
 def test_long_sequence_stays_finite_and_matches(cell, dtype):
     """T = 500, with inputs large enough that many gates saturate."""

@@ -85,33 +85,33 @@ cdef inline Py_ssize_t small_gemm_columns(Py_ssize_t rows, Py_ssize_t K) noexcep
     return columns if columns >= MIN_CHUNK else 0
 
 
-cdef inline void step_product(const floating* a, const floating* B, floating* c, Py_ssize_t rows,
-                              Py_ssize_t K, Py_ssize_t width, floating beta) noexcept nogil:
+cdef inline void step_product(const floating* a, const floating* B, Py_ssize_t ldb, floating* c, Py_ssize_t ldc,
+                              Py_ssize_t rows, Py_ssize_t K, Py_ssize_t width, floating beta) noexcept nogil:
     """c (rows x width) = a (rows x K) @ B (K x width) + beta * c, all C order with row strides
-    K, width, width: in column chunks under the small-matrix size, or one GEMM when those would
-    be too narrow."""
+    K, ldb, ldc: in column chunks under the small-matrix size, or one GEMM when those would be
+    too narrow."""
     cdef Py_ssize_t chunk = small_gemm_columns(rows, K)
     cdef Py_ssize_t c0 = 0, c1
     if chunk == 0:
         chunk = width
     while c0 < width:
         c1 = min(c0 + chunk, width)
-        gemm(False, False, <int>rows, <int>(c1 - c0), <int>K, <floating>1, a, <int>K, B + c0, <int>width,
-             beta, c + c0, <int>width)
+        gemm(False, False, <int>rows, <int>(c1 - c0), <int>K, <floating>1, a, <int>K, B + c0, <int>ldb,
+             beta, c + c0, <int>ldc)
         c0 = c1
 
 
-cdef inline void input_projection(const floating* x, const floating* Wx, floating* z, Py_ssize_t rows,
-                                  Py_ssize_t D, Py_ssize_t width) noexcept nogil:
-    """z (rows x width) = x (rows x D) @ Wx (D x width), in panels of PANEL_ROWS rows and column
-    chunks under the small-matrix size (unpacked, faster than one packed GEMM), or
-    as one GEMM when D is too large for that."""
+cdef inline void input_projection(const floating* x, const floating* Wx, floating* z, Py_ssize_t ld,
+                                  Py_ssize_t rows, Py_ssize_t D, Py_ssize_t width) noexcept nogil:
+    """z (rows x width) = x (rows x D) @ Wx (D x width), Wx and z with row stride ld, in panels
+    of PANEL_ROWS rows and column chunks under the small-matrix size (unpacked, faster than one
+    packed GEMM), or as one GEMM when D is too large for that."""
     cdef Py_ssize_t p0 = 0, p1
     if small_gemm_columns(PANEL_ROWS, D) == 0:
-        gemm(False, False, <int>rows, <int>width, <int>D, <floating>1, x, <int>D, Wx, <int>width,
-             <floating>0, z, <int>width)
+        gemm(False, False, <int>rows, <int>width, <int>D, <floating>1, x, <int>D, Wx, <int>ld,
+             <floating>0, z, <int>ld)
         return
     while p0 < rows:
         p1 = min(p0 + PANEL_ROWS, rows)
-        step_product(x + p0 * D, Wx, z + p0 * width, p1 - p0, D, width, <floating>0)
+        step_product(x + p0 * D, Wx, ld, z + p0 * ld, ld, p1 - p0, D, width, <floating>0)
         p0 = p1

@@ -1,11 +1,13 @@
 /* The element-wise half of the LSTM and GRU kernels (gated_rnn.pyx): one time step's gates,
  * state update and their derivatives, over `rows` sequences of one thread's block, after the
- * GEMMs have left the pre-activations in z (LSTM) or a, u (GRU). PyTorch's equations and gate
- * order (fastlayers.reference states them); gate blocks of H columns side by side, row stride
- * G*H for the pre-activations and H for the states. The biases are never NULL (the wrapper
+ * GEMMs have left the pre-activations in a and u (their x and h parts; the LSTM's backward has
+ * their sum z). PyTorch's equations and gate order (fastlayers.reference states them); gate
+ * blocks of H columns side by side, row stride ld (at least G*H) for the pre-activations and H
+ * for the states. The biases are never NULL (the wrapper
  * passes zeros for an absent one).
  *
- *   lstm: (i, f, g, o) = (sig, sig, tanh, sig)(z + b);  c = f c_prev + i g;  h = o tanh(c)
+ *   lstm: (i, f, g, o) = (sig, sig, tanh, sig)(z + b), z = a + u in the forward;
+ *         c = f c_prev + i g;  h = o tanh(c)
  *   gru:  r = sig(a_r + bx_r + u_r + bh_r), z = sig(a_z + bx_z + u_z + bh_z),
  *         n = tanh(a_n + bx_n + r (u_n + bh_n));  h = n + z (h_prev - n)
  *
@@ -28,18 +30,20 @@
 
 
 #define FL_GATED_CELLS(T, SUF)                                                                     \
-    static inline T fl_sigmoid_##SUF(T x) { return (T)0.5 * fl_tanh_##SUF((T)0.5 * x) + (T)0.5; } \
+    static inline T fl_sigmoid_##SUF(T x) { return (T)0.5 * fl_tanh_##SUF((T)0.5 * x) + (T)0.5; }  \
                                                                                                    \
-    FL_CLONES static void fl_lstm_cell_##SUF(                                                 \
-        const T *restrict z, const T *restrict b, const T *restrict c_prev, T *restrict c,         \
-        T *restrict h, ptrdiff_t rows, ptrdiff_t H) {                                              \
+    /* a: x @ Wx of the step's rows, u: h_prev @ Wh (kept apart so that the step's GEMM writes     \
+       a small buffer that stays in cache instead of updating the large a). */                     \
+    FL_CLONES static void fl_lstm_cell_##SUF(                                                      \
+        const T *restrict a, const T *restrict u, const T *restrict b, const T *restrict c_prev,   \
+        T *restrict c, T *restrict h, ptrdiff_t rows, ptrdiff_t H, ptrdiff_t ld) {                 \
         for (ptrdiff_t r = 0; r < rows; r++) {                                                     \
-            const T *zr = z + r * 4 * H;                                                           \
+            const T *ar = a + r * ld, *ur = u + r * ld;                                            \
             for (ptrdiff_t j = 0; j < H; j++) {                                                    \
-                T i = fl_sigmoid_##SUF(zr[j] + b[j]);                                              \
-                T f = fl_sigmoid_##SUF(zr[H + j] + b[H + j]);                                      \
-                T g = fl_tanh_##SUF(zr[2 * H + j] + b[2 * H + j]);                                 \
-                T o = fl_sigmoid_##SUF(zr[3 * H + j] + b[3 * H + j]);                              \
+                T i = fl_sigmoid_##SUF(ar[j] + ur[j] + b[j]);                                      \
+                T f = fl_sigmoid_##SUF(ar[H + j] + ur[H + j] + b[H + j]);                          \
+                T g = fl_tanh_##SUF(ar[2 * H + j] + ur[2 * H + j] + b[2 * H + j]);                 \
+                T o = fl_sigmoid_##SUF(ar[3 * H + j] + ur[3 * H + j] + b[3 * H + j]);              \
                 T cn = f * c_prev[r * H + j] + i * g;                                              \
                 c[r * H + j] = cn;                                                                 \
                 h[r * H + j] = o * fl_tanh_##SUF(cn);                                              \
@@ -47,14 +51,14 @@
         }                                                                                          \
     }                                                                                              \
                                                                                                    \
-    /* z: pre-activations in, dL/dz out. dh_next: dL/dh from the later steps; dc_carry: dL/dc  \
+    /* z: pre-activations in, dL/dz out. dh_next: dL/dh from the later steps; dc_carry: dL/dc      \
        from the later steps in, dL/dc_prev out. dcs may be NULL. */                                \
-    FL_CLONES static void fl_lstm_cell_backward_##SUF(                                        \
+    FL_CLONES static void fl_lstm_cell_backward_##SUF(                                             \
         T *restrict z, const T *restrict b, const T *restrict c_prev, const T *restrict c,         \
         const T *restrict dhs, const T *dcs, const T *restrict dh_next, T *restrict dc_carry,      \
-        ptrdiff_t rows, ptrdiff_t H) {                                                             \
+        ptrdiff_t rows, ptrdiff_t H, ptrdiff_t ld) {                                               \
         for (ptrdiff_t r = 0; r < rows; r++) {                                                     \
-            T *zr = z + r * 4 * H;                                                                 \
+            T *zr = z + r * ld;                                                                    \
             for (ptrdiff_t j = 0; j < H; j++) {                                                    \
                 ptrdiff_t k = r * H + j;                                                           \
                 T i = fl_sigmoid_##SUF(zr[j] + b[j]);                                              \
@@ -73,11 +77,11 @@
         }                                                                                          \
     }                                                                                              \
                                                                                                    \
-    FL_CLONES static void fl_gru_cell_##SUF(                                                  \
+    FL_CLONES static void fl_gru_cell_##SUF(                                                       \
         const T *restrict a, const T *restrict u, const T *restrict bx, const T *restrict bh,      \
-        const T *restrict h_prev, T *restrict h, ptrdiff_t rows, ptrdiff_t H) {                    \
+        const T *restrict h_prev, T *restrict h, ptrdiff_t rows, ptrdiff_t H, ptrdiff_t ld) {      \
         for (ptrdiff_t r = 0; r < rows; r++) {                                                     \
-            const T *ar = a + r * 3 * H, *ur = u + r * 3 * H;                                      \
+            const T *ar = a + r * ld, *ur = u + r * ld;                                            \
             for (ptrdiff_t j = 0; j < H; j++) {                                                    \
                 T rg = fl_sigmoid_##SUF(ar[j] + bx[j] + ur[j] + bh[j]);                            \
                 T zg = fl_sigmoid_##SUF(ar[H + j] + bx[H + j] + ur[H + j] + bh[H + j]);            \
@@ -88,14 +92,14 @@
         }                                                                                          \
     }                                                                                              \
                                                                                                    \
-    /* a, u: pre-activations in, dL/da, dL/du out. dh_carry: dL/dh from the later steps in,   \
+    /* a, u: pre-activations in, dL/da, dL/du out. dh_carry: dL/dh from the later steps in,        \
        its part through z (dh * z) out; the caller adds du @ Wh^T to it. */                        \
-    FL_CLONES static void fl_gru_cell_backward_##SUF(                                         \
+    FL_CLONES static void fl_gru_cell_backward_##SUF(                                              \
         T *restrict a, T *restrict u, const T *restrict bx, const T *restrict bh,                  \
         const T *restrict h_prev, const T *restrict dhs, T *restrict dh_carry,                     \
-        ptrdiff_t rows, ptrdiff_t H) {                                                             \
+        ptrdiff_t rows, ptrdiff_t H, ptrdiff_t ld) {                                               \
         for (ptrdiff_t r = 0; r < rows; r++) {                                                     \
-            T *ar = a + r * 3 * H, *ur = u + r * 3 * H;                                            \
+            T *ar = a + r * ld, *ur = u + r * ld;                                                  \
             for (ptrdiff_t j = 0; j < H; j++) {                                                    \
                 ptrdiff_t k = r * H + j;                                                           \
                 T rg = fl_sigmoid_##SUF(ar[j] + bx[j] + ur[j] + bh[j]);                            \

@@ -19,60 +19,60 @@ from _recurrent cimport Blocks, barrier, input_projection, step_product, thread_
 
 
 cdef extern from "gated_cells.h" nogil:
-    void lstm_cell_f32 "fl_lstm_cell_f32"(const float* z, const float* b, const float* c_prev, float* c, float* h,
-                                          Py_ssize_t rows, Py_ssize_t H)
-    void lstm_cell_f64 "fl_lstm_cell_f64"(const double* z, const double* b, const double* c_prev, double* c,
-                                          double* h, Py_ssize_t rows, Py_ssize_t H)
+    void lstm_cell_f32 "fl_lstm_cell_f32"(const float* a, const float* u, const float* b, const float* c_prev,
+                                          float* c, float* h, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ld)
+    void lstm_cell_f64 "fl_lstm_cell_f64"(const double* a, const double* u, const double* b, const double* c_prev,
+                                          double* c, double* h, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ld)
     void lstm_cell_backward_f32 "fl_lstm_cell_backward_f32"(
         float* z, const float* b, const float* c_prev, const float* c, const float* dhs, const float* dcs,
-        const float* dh_next, float* dc_carry, Py_ssize_t rows, Py_ssize_t H)
+        const float* dh_next, float* dc_carry, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ld)
     void lstm_cell_backward_f64 "fl_lstm_cell_backward_f64"(
         double* z, const double* b, const double* c_prev, const double* c, const double* dhs, const double* dcs,
-        const double* dh_next, double* dc_carry, Py_ssize_t rows, Py_ssize_t H)
+        const double* dh_next, double* dc_carry, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ld)
     void gru_cell_f32 "fl_gru_cell_f32"(const float* a, const float* u, const float* bx, const float* bh,
-                                        const float* h_prev, float* h, Py_ssize_t rows, Py_ssize_t H)
+                                        const float* h_prev, float* h, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ld)
     void gru_cell_f64 "fl_gru_cell_f64"(const double* a, const double* u, const double* bx, const double* bh,
-                                        const double* h_prev, double* h, Py_ssize_t rows, Py_ssize_t H)
+                                        const double* h_prev, double* h, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ld)
     void gru_cell_backward_f32 "fl_gru_cell_backward_f32"(
         float* a, float* u, const float* bx, const float* bh, const float* h_prev, const float* dhs,
-        float* dh_carry, Py_ssize_t rows, Py_ssize_t H)
+        float* dh_carry, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ld)
     void gru_cell_backward_f64 "fl_gru_cell_backward_f64"(
         double* a, double* u, const double* bx, const double* bh, const double* h_prev, const double* dhs,
-        double* dh_carry, Py_ssize_t rows, Py_ssize_t H)
+        double* dh_carry, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ld)
 
 
-cdef inline void _lstm_cell(const floating* z, const floating* b, const floating* c_prev, floating* c, floating* h,
-                            Py_ssize_t rows, Py_ssize_t H) noexcept nogil:
+cdef inline void _lstm_cell(const floating* a, const floating* u, const floating* b, const floating* c_prev,
+                            floating* c, floating* h, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ld) noexcept nogil:
     if floating is float:
-        lstm_cell_f32(z, b, c_prev, c, h, rows, H)
+        lstm_cell_f32(a, u, b, c_prev, c, h, rows, H, ld)
     else:
-        lstm_cell_f64(z, b, c_prev, c, h, rows, H)
+        lstm_cell_f64(a, u, b, c_prev, c, h, rows, H, ld)
 
 
 cdef inline void _lstm_cell_backward(floating* z, const floating* b, const floating* c_prev, const floating* c,
                                      const floating* dhs, const floating* dcs, const floating* dh_next,
-                                     floating* dc_carry, Py_ssize_t rows, Py_ssize_t H) noexcept nogil:
+                                     floating* dc_carry, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ld) noexcept nogil:
     if floating is float:
-        lstm_cell_backward_f32(z, b, c_prev, c, dhs, dcs, dh_next, dc_carry, rows, H)
+        lstm_cell_backward_f32(z, b, c_prev, c, dhs, dcs, dh_next, dc_carry, rows, H, ld)
     else:
-        lstm_cell_backward_f64(z, b, c_prev, c, dhs, dcs, dh_next, dc_carry, rows, H)
+        lstm_cell_backward_f64(z, b, c_prev, c, dhs, dcs, dh_next, dc_carry, rows, H, ld)
 
 
 cdef inline void _gru_cell(const floating* a, const floating* u, const floating* bx, const floating* bh,
-                           const floating* h_prev, floating* h, Py_ssize_t rows, Py_ssize_t H) noexcept nogil:
+                           const floating* h_prev, floating* h, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ld) noexcept nogil:
     if floating is float:
-        gru_cell_f32(a, u, bx, bh, h_prev, h, rows, H)
+        gru_cell_f32(a, u, bx, bh, h_prev, h, rows, H, ld)
     else:
-        gru_cell_f64(a, u, bx, bh, h_prev, h, rows, H)
+        gru_cell_f64(a, u, bx, bh, h_prev, h, rows, H, ld)
 
 
 cdef inline void _gru_cell_backward(floating* a, floating* u, const floating* bx, const floating* bh,
                                     const floating* h_prev, const floating* dhs, floating* dh_carry,
-                                    Py_ssize_t rows, Py_ssize_t H) noexcept nogil:
+                                    Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ld) noexcept nogil:
     if floating is float:
-        gru_cell_backward_f32(a, u, bx, bh, h_prev, dhs, dh_carry, rows, H)
+        gru_cell_backward_f32(a, u, bx, bh, h_prev, dhs, dh_carry, rows, H, ld)
     else:
-        gru_cell_backward_f64(a, u, bx, bh, h_prev, dhs, dh_carry, rows, H)
+        gru_cell_backward_f64(a, u, bx, bh, h_prev, dhs, dh_carry, rows, H, ld)
 
 
 cdef inline void _previous_state_product(const floating* h0, const floating* hs, const floating* Wh, floating* z,
@@ -96,7 +96,7 @@ cdef inline void _pre_activations(const floating* x, const floating* Wx, const f
     thread's rows: zx = x @ Wx, and h_prev @ Wh added into it when zh is zx (the LSTM sums them)
     or written to zh (the GRU keeps them apart)."""
     if blk.r1 > blk.r0:
-        input_projection(x + blk.r0 * D, Wx, zx + blk.r0 * width, blk.r1 - blk.r0, D, width)
+        input_projection(x + blk.r0 * D, Wx, zx + blk.r0 * width, width, blk.r1 - blk.r0, D, width)
         _previous_state_product(h0, hs, Wh, zh, blk.r0, blk.r1, N, H, width,
                                 <floating>1 if zh == zx else <floating>0)
 
@@ -140,43 +140,54 @@ cdef inline void _parameter_gradients(const floating* x, const floating* h0, con
              <int>width, Wx, <int>width, <floating>0, dx + blk.r0 * D, <int>D)
 
 
-def lstm_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, const floating[:, ::1] c0 not None,
-                 const floating[:, ::1] Wx, const floating[:, ::1] Wh, const floating[::1] b not None,
-                 floating[:, ::1] hs, floating[:, ::1] cs, floating[:, ::1] z, Py_ssize_t N, int num_threads):
-    """cs[t] = f cs[t-1] + i g, hs[t] = o tanh(cs[t]) with (i, f, g, o) the activated
-    x[t] @ Wx + hs[t-1] @ Wh + b; hs[-1] = h0, cs[-1] = c0.
-
-    x (T*N, D), hs, cs (T*N, H), h0, c0 (N, H), Wx (D, 4H), Wh (H, 4H), b (4H,), z (T*N, 4H) a
-    workspace; T*N, D, H >= 1."""
-    single_threaded_blas()
-    cdef Py_ssize_t TN = x.shape[0], D = x.shape[1], H = Wh.shape[0], G = Wh.shape[1]
+cdef void _forward(const floating* x, const floating* Wx, const floating* Wh, const floating* h0, const floating* c0,
+                   const floating* bx, const floating* bh, floating* hs, floating* cs, floating* a, floating* u,
+                   Py_ssize_t TN, Py_ssize_t N, Py_ssize_t D, Py_ssize_t H, Py_ssize_t G, Py_ssize_t ld,
+                   int num_threads) noexcept nogil:
+    """The LSTM forward (c0 and cs given) or the GRU's (c0 = cs = NULL, bh given): a = x @ Wx
+    for every step, then per step u = h_prev @ Wh (this thread's rows of u, beta = 0: a buffer
+    that stays in cache; accumulating into a instead reads it back from memory at every step)
+    and the cell. Wx, Wh, a and u have rows ld >= G apart (see fastlayers.backends.cpu._gated)."""
     cdef Py_ssize_t T = TN // N
-    cdef const floating* pWh = &Wh[0, 0]
-    cdef const floating* pb = &b[0]
-    cdef floating* pz = &z[0, 0]
-    cdef floating* phs = &hs[0, 0]
-    cdef floating* pcs = &cs[0, 0]
     # Initialised only because Cython passes them into the team as firstprivate.
     cdef const floating* h_prev = NULL
     cdef const floating* c_prev = NULL
-    cdef floating* zt = NULL
+    cdef floating* ut = NULL
     cdef Py_ssize_t t = 0, row = 0
     cdef Blocks blk
-    with nogil, parallel(num_threads=num_threads):
+    with parallel(num_threads=num_threads):
         blk = thread_blocks(TN, N, G)
         if blk.r1 > blk.r0:
-            input_projection(&x[0, 0] + blk.r0 * D, &Wx[0, 0], pz + blk.r0 * G, blk.r1 - blk.r0, D, G)
+            input_projection(x + blk.r0 * D, Wx, a + blk.r0 * ld, ld, blk.r1 - blk.r0, D, G)
         barrier()
         if blk.rows > 0:
-            h_prev = &h0[0, 0] + blk.n0 * H
-            c_prev = &c0[0, 0] + blk.n0 * H
+            h_prev = h0 + blk.n0 * H
+            c_prev = c0 + blk.n0 * H if c0 != NULL else NULL
+            ut = u + blk.n0 * ld
             for t in range(T):
                 row = t * N + blk.n0
-                zt = pz + row * G
-                step_product(h_prev, pWh, zt, blk.rows, H, G, <floating>1)
-                _lstm_cell(zt, pb, c_prev, pcs + row * H, phs + row * H, blk.rows, H)
-                h_prev = phs + row * H
-                c_prev = pcs + row * H
+                step_product(h_prev, Wh, ld, ut, ld, blk.rows, H, G, <floating>0)
+                if cs != NULL:
+                    _lstm_cell(a + row * ld, ut, bx, c_prev, cs + row * H, hs + row * H, blk.rows, H, ld)
+                    c_prev = cs + row * H
+                else:
+                    _gru_cell(a + row * ld, ut, bx, bh, h_prev, hs + row * H, blk.rows, H, ld)
+                h_prev = hs + row * H
+
+
+def lstm_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, const floating[:, ::1] c0 not None,
+                 const floating[:, ::1] Wx, const floating[:, ::1] Wh, const floating[::1] b not None,
+                 floating[:, ::1] hs, floating[:, ::1] cs, floating[:, ::1] a, floating[:, ::1] u, Py_ssize_t N,
+                 int num_threads):
+    """cs[t] = f cs[t-1] + i g, hs[t] = o tanh(cs[t]) with (i, f, g, o) the activated
+    x[t] @ Wx + hs[t-1] @ Wh + b; hs[-1] = h0, cs[-1] = c0.
+
+    x (T*N, D), hs, cs (T*N, H), h0, c0 (N, H), b (4H,); Wx (D, ld), Wh (H, ld) and the
+    workspaces a (T*N, ld), u (N, ld) hold 4H columns in rows ld >= 4H long; T*N, D, H >= 1."""
+    single_threaded_blas()
+    with nogil:
+        _forward(&x[0, 0], &Wx[0, 0], &Wh[0, 0], &h0[0, 0], &c0[0, 0], &b[0], NULL, &hs[0, 0], &cs[0, 0], &a[0, 0],
+                 &u[0, 0], x.shape[0], N, x.shape[1], h0.shape[1], b.shape[0], Wh.shape[1], num_threads)
 
 
 def lstm_backward(const floating[:, ::1] dhs, const floating[:, ::1] dcs, const floating[:, ::1] x,
@@ -225,8 +236,8 @@ def lstm_backward(const floating[:, ::1] dhs, const floating[:, ::1] dcs, const 
                 zt = pdz + row * G
                 c_prev = pc0 + blk.n0 * H if t == 0 else pcs + (row - N) * H
                 _lstm_cell_backward(zt, &b[0], c_prev, pcs + row * H, pdhs + row * H,
-                                    pdcs + row * H if pdcs != NULL else NULL, pdh, pdc, blk.rows, H)
-                step_product(zt, &WhT[0, 0], pdh, blk.rows, G, H, <floating>0)
+                                    pdcs + row * H if pdcs != NULL else NULL, pdh, pdc, blk.rows, H, G)
+                step_product(zt, &WhT[0, 0], H, pdh, H, blk.rows, G, H, <floating>0)
         barrier()
         _parameter_gradients(&x[0, 0], ph0, phs, &Wx[0, 0], pdz, pdz, &dx[0, 0], &dWx[0, 0], &dWh[0, 0], &db[0],
                              NULL, blk, TN, N, D, H, G)
@@ -238,32 +249,12 @@ def gru_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, co
     """hs[t] = n + z (hs[t-1] - n) with r, z, n the GRU gates of a[t] = x[t] @ Wx + bx and
     u = hs[t-1] @ Wh + bh; hs[-1] = h0.
 
-    x (T*N, D), hs (T*N, H), h0 (N, H), Wx (D, 3H), Wh (H, 3H), bx, bh (3H,); workspaces
-    a (T*N, 3H) and u (N, 3H); T*N, D, H >= 1."""
+    x (T*N, D), hs (T*N, H), h0 (N, H), bx, bh (3H,); Wx (D, ld), Wh (H, ld) and the
+    workspaces a (T*N, ld), u (N, ld) hold 3H columns in rows ld >= 3H long; T*N, D, H >= 1."""
     single_threaded_blas()
-    cdef Py_ssize_t TN = x.shape[0], D = x.shape[1], H = Wh.shape[0], G = Wh.shape[1]
-    cdef Py_ssize_t T = TN // N
-    cdef const floating* pWh = &Wh[0, 0]
-    cdef floating* pa = &a[0, 0]
-    cdef floating* phs = &hs[0, 0]
-    # Initialised only because Cython passes them into the team as firstprivate.
-    cdef const floating* h_prev = NULL
-    cdef floating* ut = NULL
-    cdef Py_ssize_t t = 0, row = 0
-    cdef Blocks blk
-    with nogil, parallel(num_threads=num_threads):
-        blk = thread_blocks(TN, N, G)
-        if blk.r1 > blk.r0:
-            input_projection(&x[0, 0] + blk.r0 * D, &Wx[0, 0], pa + blk.r0 * G, blk.r1 - blk.r0, D, G)
-        barrier()
-        if blk.rows > 0:
-            h_prev = &h0[0, 0] + blk.n0 * H
-            ut = &u[0, 0] + blk.n0 * G
-            for t in range(T):
-                row = t * N + blk.n0
-                step_product(h_prev, pWh, ut, blk.rows, H, G, <floating>0)
-                _gru_cell(pa + row * G, ut, &bx[0], &bh[0], h_prev, phs + row * H, blk.rows, H)
-                h_prev = phs + row * H
+    with nogil:
+        _forward(&x[0, 0], &Wx[0, 0], &Wh[0, 0], &h0[0, 0], NULL, &bx[0], &bh[0], &hs[0, 0], NULL, &a[0, 0],
+                 &u[0, 0], x.shape[0], N, x.shape[1], h0.shape[1], bx.shape[0], Wh.shape[1], num_threads)
 
 
 def gru_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const floating[:, ::1] h0 not None,
@@ -302,8 +293,8 @@ def gru_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
                 row = t * N + blk.n0
                 h_prev = ph0 + blk.n0 * H if t == 0 else phs + (row - N) * H
                 _gru_cell_backward(pda + row * G, pdu + row * G, &bx[0], &bh[0], h_prev, pdhs + row * H, pdh,
-                                   blk.rows, H)
-                step_product(pdu + row * G, &WhT[0, 0], pdh, blk.rows, G, H, <floating>1)
+                                   blk.rows, H, G)
+                step_product(pdu + row * G, &WhT[0, 0], H, pdh, H, blk.rows, G, H, <floating>1)
         barrier()
         _parameter_gradients(&x[0, 0], ph0, phs, &Wx[0, 0], pda, pdu, &dx[0, 0], &dWx[0, 0], &dWh[0, 0], &dbx[0],
                              &dbh[0], blk, TN, N, D, H, G)

@@ -7,6 +7,7 @@ fastlayers.ops.gated, views them so). The kernels allocate the outputs the calle
 for themselves, after checking the sizes (an oversized call fails with its reason, not an
 allocation error).
 """
+import contextlib
 import functools
 
 import numpy as np
@@ -14,7 +15,10 @@ import numpy as np
 from ..._dispatch import threads_for
 from ...ops.gated import GATES
 from .. import numpy as _reference
-from ._common import BLAS_INT_MAX
+from ._common import BLAS_INT_MAX, contiguous, workspace
+
+# Bytes of one cache line: the padding of the forward's rows (see leading_dimension).
+CACHE_LINE = 64
 
 
 def num_threads(T, N, D, H, width):
@@ -55,3 +59,29 @@ def bias(b, width, dtype):
 def outputs(outs, shapes, dtype):
     """The caller's buffers where given (already checked), new arrays for the others."""
     return tuple(np.empty(s, dtype) if o is None else o for o, s in zip(outs, shapes))
+
+
+def leading_dimension(width, itemsize):
+    """Row length (in elements) of the forward's gate-wide arrays (Wx, Wh, the pre-activations).
+
+    Rows whose byte length is a multiple of 2 KiB (4H = 2048 float32 columns: 8 KiB) fall into a
+    few cache sets, as the sets repeat every few KiB (L1) or tens of KiB (L2); the step's GEMM,
+    which reads Wh in column chunks row by row (OpenBLAS's small-matrix path), then misses on
+    every row. One cache line of padding spreads them over all sets."""
+    return width + CACHE_LINE // itemsize if (width * itemsize) % 2048 == 0 else width
+
+
+@contextlib.contextmanager
+def forward_workspaces(Wx, Wh, TN, N):
+    """``(Wx, Wh, a, u)`` for a forward kernel, rows ``leading_dimension`` apart: the weights
+    (copied into padded buffers when padded), the pre-activations a (T*N rows) and u (N rows)."""
+    (D, width), H, dt = Wx.shape, Wh.shape[0], Wx.dtype
+    ld = leading_dimension(width, dt.itemsize)
+    with workspace("gated_rnn_z", (TN, ld), dt) as a, workspace("gated_rnn_u", (N, ld), dt) as u:
+        if ld == width:
+            yield contiguous(Wx), contiguous(Wh), a, u
+            return
+        with workspace("gated_rnn_wx", (D, ld), dt) as Wxp, workspace("gated_rnn_wh", (H, ld), dt) as Whp:
+            Wxp[:, :width] = Wx
+            Whp[:, :width] = Wh
+            yield Wxp, Whp, a, u

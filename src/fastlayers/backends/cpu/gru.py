@@ -10,9 +10,9 @@ def gru_forward(x, h0, Wx, Wh, bx, bh, g, outs):
     T, N, D, H, G = g.T, g.N, g.D, g.H, Wh.shape[1]
     dt = x.dtype
     outs = (hs,) = _gated.outputs(outs, ((T, N, H),), dt)
-    with workspace("gated_rnn_z", (T * N, G), dt) as a, workspace("gated_rnn_u", (N, G), dt) as u:
+    with _gated.forward_workspaces(Wx, Wh, T * N, N) as (Wx_rows, Wh_rows, a, u):
         _kernels.gru_forward(
-            contiguous(x).reshape(T * N, D), _initial_state(h0, N, H, dt), contiguous(Wx), contiguous(Wh),
+            contiguous(x).reshape(T * N, D), _initial_state(h0, N, H, dt), Wx_rows, Wh_rows,
             _gated.bias(bx, G, dt), _gated.bias(bh, G, dt), hs.reshape(T * N, H), a, u, N,
             _gated.num_threads(T, N, D, H, G),
         )

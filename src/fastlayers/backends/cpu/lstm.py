@@ -10,10 +10,10 @@ def lstm_forward(x, h0, c0, Wx, Wh, b, g, outs):
     T, N, D, H, G = g.T, g.N, g.D, g.H, Wh.shape[1]
     dt = x.dtype
     outs = hs, cs = _gated.outputs(outs, ((T, N, H), (T, N, H)), dt)
-    with workspace("gated_rnn_z", (T * N, G), dt) as z:
+    with _gated.forward_workspaces(Wx, Wh, T * N, N) as (Wx_rows, Wh_rows, a, u):
         _kernels.lstm_forward(
             contiguous(x).reshape(T * N, D), _initial_state(h0, N, H, dt), _initial_state(c0, N, H, dt),
-            contiguous(Wx), contiguous(Wh), _gated.bias(b, G, dt), hs.reshape(T * N, H), cs.reshape(T * N, H), z,
+            Wx_rows, Wh_rows, _gated.bias(b, G, dt), hs.reshape(T * N, H), cs.reshape(T * N, H), a, u,
             N, _gated.num_threads(T, N, D, H, G),
         )
     return outs
