@@ -24,6 +24,7 @@ DTYPES = (torch.float32, torch.float64)
 KNOWN_LIMITS = {
     "dilation must be 1: fastlayers' max_pool2d has no dilation",
     "nonlinearity='relu': fastlayers' rnn kernel is tanh only",
+    "proj_size=2: fastlayers' lstm has no projection",
 }
 
 
@@ -141,6 +142,9 @@ MODULEINFO = {
     nn.Conv2d: (flt.Conv2d, set()),
     nn.MaxPool2d: (flt.MaxPool2d, set()),
     nn.RNN: (flt.RNN, {"nonlinearity='relu': fastlayers' rnn kernel is tanh only"}),
+    # 32 samples, all unbatched (states 2-D), half of them with proj_size=2
+    nn.LSTM: (flt.LSTM, {"proj_size=2: fastlayers' lstm has no projection"}),
+    nn.GRU: (flt.GRU, set()),
 }
 
 
@@ -211,9 +215,27 @@ def random_rnn_case(rng):
     return (x, h0, Wx, Wh, b)
 
 
+def random_gated_case(rng, gates):
+    """Arguments of flt.lstm (gates=4: input, hx, cx, Wx, Wh, bias) or flt.gru (gates=3: input, hx,
+    Wx, Wh, bias_ih, bias_hh), states and biases present or None at random."""
+    T, N, D, H = (int(s) for s in rng.integers(1, 4, 4))
+
+    def tensor(shape, scale=1.0, optional=False):
+        if optional and rng.random() < 0.3:
+            return None
+        return torch.from_numpy(rng.standard_normal(shape) * scale).requires_grad_()
+
+    states = [tensor((N, H), optional=True) for _ in range(2 if gates == 4 else 1)]
+    biases = [tensor(gates * H, optional=True) for _ in range(1 if gates == 4 else 2)]
+    return (tensor((T, N, D)), *states, tensor((D, gates * H), 0.5), tensor((H, gates * H), 0.5), *biases)
+
+
 @pytest.mark.parametrize("seed", range(8))
 @pytest.mark.parametrize("op, make_case", [(flt.conv2d, random_conv2d_case), (flt.max_pool2d, random_max_pool2d_case),
-                                           (flt.rnn, random_rnn_case)], ids=["conv2d", "max_pool2d", "rnn"])
+                                           (flt.rnn, random_rnn_case),
+                                           (flt.lstm, lambda rng: random_gated_case(rng, 4)),
+                                           (flt.gru, lambda rng: random_gated_case(rng, 3))],
+                         ids=["conv2d", "max_pool2d", "rnn", "lstm", "gru"])
 def test_gradcheck(op, make_case, seed):
     case = make_case(np.random.default_rng(seed))
     with fl.threads(1):  # hundreds of tiny calls: see LimitTally.run
@@ -241,10 +263,10 @@ def small_resnet():
 
 
 class RnnLanguageModel(nn.Module):
-    def __init__(self, vocabulary=20, embedding=8, hidden=12):
+    def __init__(self, vocabulary=20, embedding=8, hidden=12, recurrent=nn.RNN):
         super().__init__()
         self.embed = nn.Embedding(vocabulary, embedding)
-        self.rnn = nn.RNN(embedding, hidden, num_layers=2, batch_first=True)
+        self.rnn = recurrent(embedding, hidden, num_layers=2, batch_first=True)
         self.head = nn.Linear(hidden, vocabulary)
 
     def forward(self, tokens):
@@ -280,10 +302,11 @@ def test_converted_resnet_equals_the_original():
                       ["0", "2", "3.conv1", "3.conv2", "4.conv1", "4.conv2", "4.shortcut", "5"])
 
 
-def test_converted_rnn_language_model_equals_the_original():
+@pytest.mark.parametrize("recurrent", [nn.RNN, nn.LSTM, nn.GRU], ids=lambda c: c.__name__)
+def test_converted_rnn_language_model_equals_the_original(recurrent):
     gen = torch.Generator().manual_seed(2)
     tokens = torch.randint(0, 20, (3, 9), generator=gen)
-    assert_same_model(RnnLanguageModel, tokens[:, :-1], tokens[:, 1:], ["rnn"])
+    assert_same_model(lambda: RnnLanguageModel(recurrent=recurrent), tokens[:, :-1], tokens[:, 1:], ["rnn"])
 
 
 # ---------------------------------------------------------------------------- modules, convert, revert
@@ -322,7 +345,9 @@ def test_convert_reports_what_it_kept_and_why_and_revert_restores():
 def test_modules_take_torch_checkpoints_and_refuse_what_they_cannot_run():
     torch.manual_seed(0)
     for reference, ours in ((nn.Conv2d(3, 4, 3, padding_mode="circular", padding=1), flt.Conv2d(3, 4, 3, padding_mode="circular", padding=1)),
-                            (nn.RNN(3, 5, 2, bidirectional=True), flt.RNN(3, 5, 2, bidirectional=True))):
+                            (nn.RNN(3, 5, 2, bidirectional=True), flt.RNN(3, 5, 2, bidirectional=True)),
+                            (nn.LSTM(3, 5, 2, bidirectional=True), flt.LSTM(3, 5, 2, bidirectional=True)),
+                            (nn.GRU(3, 5, bias=False), flt.GRU(3, 5, bias=False))):
         assert list(ours.state_dict()) == list(reference.state_dict())
         ours.load_state_dict(reference.state_dict())
         x = torch.randn((2, 3, 6, 6) if isinstance(ours, nn.Conv2d) else (4, 2, 3))
@@ -338,6 +363,60 @@ def test_modules_take_torch_checkpoints_and_refuse_what_they_cannot_run():
         flt.Conv2d(1, 1, 1, dtype=torch.float16)
     with pytest.raises(TypeError, match="fastlayers.torch.RNN does not take a PackedSequence"):
         flt.RNN(2, 3)(nn.utils.rnn.pack_sequence([torch.randn(3, 2), torch.randn(2, 2)]))
+    with pytest.raises(ValueError, match="LSTM: proj_size=2: fastlayers' lstm has no projection"):
+        flt.LSTM(2, 3, proj_size=2)
+    with pytest.raises(TypeError, match=r"hx must be a tuple \(h_0, c_0\) of tensors, got Tensor"):
+        flt.LSTM(2, 3)(torch.randn(4, 1, 2), torch.zeros(1, 1, 3))
+    with pytest.raises(ValueError, match=r"c_0 must have shape \(1, 1, 3\), got \(1, 1, 4\)"):
+        flt.LSTM(2, 3)(torch.randn(4, 1, 2), (torch.zeros(1, 1, 3), torch.zeros(1, 1, 4)))
+    with pytest.raises(TypeError, match="fastlayers.torch.GRU does not take a PackedSequence"):
+        flt.GRU(2, 3)(nn.utils.rnn.pack_sequence([torch.randn(3, 2), torch.randn(2, 2)]))
+
+
+@pytest.mark.parametrize("with_state", [False, True], ids=["zeros", "given"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("config", [dict(), dict(num_layers=2, bidirectional=True), dict(batch_first=True, bias=False),
+                                    dict(num_layers=3, batch_first=True, bidirectional=True)],
+                         ids=["plain", "2-layer-bi", "batch-first-nobias", "3-layer-bi-batch-first"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_gated_modules_match_torch_on_batches(kind, config, dtype, with_state):
+    """Batched inputs (PyTorch's ModuleInfo samples of nn.LSTM and nn.GRU are all unbatched), the
+    initial states given or zeros; outputs, final states and every gradient."""
+    torch.manual_seed(0)
+    reference = getattr(nn, kind)(4, 6, **config).to(dtype)
+    ours = getattr(flt, kind)(4, 6, **config).to(dtype)
+    ours.load_state_dict(reference.state_dict())
+    T, N = 5, 3
+    x = torch.randn((N, T, 4) if config.get("batch_first") else (T, N, 4), dtype=dtype, requires_grad=True)
+    shape = (reference.num_layers * (2 if reference.bidirectional else 1), N, 6)
+    states = [torch.randn(shape, dtype=dtype, requires_grad=True) for _ in range(2 if kind == "LSTM" else 1)]
+    hx = (tuple(states) if kind == "LSTM" else states[0]) if with_state else None
+    leaves = [x, *(states if with_state else [])]
+    compare(lambda: reference(x, hx), lambda: ours(x, hx), leaves + list(reference.parameters()), dtype,
+            f"{kind} {config} {dtype}", own_leaves=leaves + list(ours.parameters()))
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_gated_modules_dropout_between_layers(kind):
+    """Dropout acts in training only (PyTorch's F.dropout between layers, so its masks differ from
+    torch.nn's fused kernel: compared with the module's own eval output and by gradcheck under a
+    fixed mask)."""
+    torch.manual_seed(0)
+    reference = getattr(nn, kind)(3, 4, num_layers=2, dropout=0.5).double().eval()
+    ours = getattr(flt, kind)(3, 4, num_layers=2, dropout=0.5).double().eval()
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    compare(lambda: reference(x), lambda: ours(x), [x], torch.float64, f"{kind} eval")
+    ours.train()
+
+    def output(x):
+        torch.manual_seed(1)  # the same dropout mask on every call
+        return ours(x)[0]
+
+    assert torch.linalg.vector_norm(output(x) - ours.eval()(x)[0]) > 1e-3
+    ours.train()
+    with fl.threads(1):
+        assert torch.autograd.gradcheck(output, (x,), eps=1e-6, atol=1e-7, rtol=1e-6)
 
 
 # ---------------------------------------------------------------------------- documented limits

@@ -5,11 +5,11 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from .modules import RNN, Conv2d, MaxPool2d
+from .modules import GRU, LSTM, RNN, Conv2d, MaxPool2d
 
 __all__ = ["ConversionReport", "convert", "revert"]
 
-FASTLAYERS_MODULES = {nn.Conv2d: Conv2d, nn.MaxPool2d: MaxPool2d, nn.RNN: RNN}
+FASTLAYERS_MODULES = {nn.Conv2d: Conv2d, nn.MaxPool2d: MaxPool2d, nn.RNN: RNN, nn.LSTM: LSTM, nn.GRU: GRU}
 TORCH_MODULES = {fast: torch_cls for torch_cls, fast in FASTLAYERS_MODULES.items()}
 
 
@@ -62,11 +62,11 @@ def _swap(model, mapping, reason_for, leaf_reason):
 
 
 def convert(model):
-    """Swap, in place, every torch.nn.Conv2d, MaxPool2d and RNN of ``model`` (itself included) for
+    """Swap, in place, every torch.nn.Conv2d, MaxPool2d, RNN, LSTM and GRU of ``model`` (itself included) for
     fastlayers.torch's, which run fastlayers' kernels. Returns a :class:`ConversionReport`.
 
     Only modules of exactly these classes are swapped (a subclass may have its own forward); one
-    whose configuration the kernels cannot run (e.g. RNN nonlinearity="relu", CUDA parameters) is
+    whose configuration the kernels cannot run (e.g. RNN nonlinearity="relu", LSTM proj_size, CUDA parameters) is
     kept, and the report says why."""
     return _swap(model, FASTLAYERS_MODULES, lambda target, module: target.unsupported_reason(module),
                  lambda module: "no fastlayers equivalent")

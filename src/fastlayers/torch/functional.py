@@ -1,8 +1,9 @@
 """torch.autograd Functions that run fastlayers' CPU kernels forward and backward.
 
-``conv2d`` and ``max_pool2d`` take torch.nn.functional's arguments; ``rnn`` takes fastlayers'
-layout (time-major input, ``Wx`` (D, H), ``Wh`` (H, H), one bias), which :class:`~fastlayers.torch.RNN`
-maps from torch.nn.RNN's parameters. What the adapter does not carry:
+``conv2d`` and ``max_pool2d`` take torch.nn.functional's arguments; ``rnn``, ``lstm`` and ``gru``
+take fastlayers' layout (time-major input, ``Wx`` (D, G*H), ``Wh`` (H, G*H), the LSTM's one bias),
+which :class:`~fastlayers.torch.RNN`, :class:`~fastlayers.torch.LSTM` and
+:class:`~fastlayers.torch.GRU` map from torch.nn's parameters. What the adapter does not carry:
 
 * double backward: the backward is one fastlayers kernel, not torch operations, so it is marked
   ``once_differentiable``; differentiating it again raises a RuntimeError (never a wrong value);
@@ -14,6 +15,7 @@ maps from torch.nn.RNN's parameters. What the adapter does not carry:
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _pair
@@ -22,7 +24,7 @@ import fastlayers as fl
 
 from ._tensors import as_array, as_tensor
 
-__all__ = ["conv2d", "max_pool2d", "rnn"]
+__all__ = ["conv2d", "gru", "lstm", "max_pool2d", "rnn"]
 
 
 class _Conv2d(torch.autograd.Function):
@@ -84,6 +86,37 @@ class _Rnn(torch.autograd.Function):
                 as_tensor(db) if ctx.has_bias else None)
 
 
+# The array arguments of fastlayers' lstm and gru after ``input``, in their order.
+_GATED_ARGUMENTS = {"lstm": ("hx", "cx", "Wx", "Wh", "bias"), "gru": ("hx", "Wx", "Wh", "bias_ih", "bias_hh")}
+
+
+class _Gated(torch.autograd.Function):
+    """fastlayers' ``lstm`` (outputs: every step's hidden and cell states) or ``gru`` (the hidden
+    states), its backward from the states it saved (the kernels recompute the gates)."""
+
+    @staticmethod
+    def forward(ctx, cell, input, *args):
+        arrays = [None if t is None else as_array(n, t) for n, t in zip(_GATED_ARGUMENTS[cell], args)]
+        outputs = getattr(fl, cell)(as_array("input", input), *arrays)
+        outputs = tuple(as_tensor(o) for o in (outputs if isinstance(outputs, tuple) else (outputs,)))
+        ctx.cell = cell
+        ctx.save_for_backward(input, *args, *outputs)
+        ctx.set_materialize_grads(False)  # an unused cell state passes None: no zeros to add
+        return outputs if len(outputs) > 1 else outputs[0]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads):
+        saved = ctx.saved_tensors
+        inputs, outputs = saved[: len(saved) - len(grads)], saved[len(saved) - len(grads):]
+        grad_output = np.zeros_like(outputs[0].numpy()) if grads[0] is None else as_array("grad_output", grads[0])
+        grad_cell = [None if g is None else as_array("grad_cell", g) for g in grads[1:]]
+        names = ("input",) + _GATED_ARGUMENTS[ctx.cell]
+        arrays = [None if t is None else as_array(n, t) for n, t in zip(names, inputs)]
+        results = getattr(fl, ctx.cell + "_backward")(grad_output, *grad_cell, *arrays, *(o.numpy() for o in outputs))
+        return (None, *(None if t is None else as_tensor(r) for r, t in zip(results, inputs)))
+
+
 def _batched(input, name, batched_ndim):
     """``input`` with a batch dimension, and whether one was added (PyTorch's unbatched inputs)."""
     if not isinstance(input, torch.Tensor):
@@ -132,3 +165,20 @@ def rnn(input, hx, Wx, Wh, bias=None):
     input (T, N, D), hx (N, H) or None (zeros), Wx (D, H), Wh (H, H), bias (H,) or None
     -> (T, N, H) with ``h[t] = tanh(input[t] @ Wx + h[t-1] @ Wh + bias)``."""
     return _Rnn.apply(input, hx, Wx, Wh, bias)
+
+
+@torch.compiler.disable
+def lstm(input, hx, cx, Wx, Wh, bias=None):
+    """Every step's hidden and cell states ``(output, cell)``, each (T, N, H), of an LSTM in
+    fastlayers' layout (:func:`fastlayers.lstm`): input (T, N, D), hx and cx (N, H) or None
+    (zeros), Wx (D, 4H) = ``weight_ih.T``, Wh (H, 4H) = ``weight_hh.T``, bias (4H,) =
+    ``bias_ih + bias_hh`` or None; gates (i, f, g, o) as torch.nn.LSTM's."""
+    return _Gated.apply("lstm", input, hx, cx, Wx, Wh, bias)
+
+
+@torch.compiler.disable
+def gru(input, hx, Wx, Wh, bias_ih=None, bias_hh=None):
+    """Every step's hidden state (T, N, H) of a GRU in fastlayers' layout (:func:`fastlayers.gru`):
+    input (T, N, D), hx (N, H) or None (zeros), Wx (D, 3H) = ``weight_ih.T``, Wh (H, 3H) =
+    ``weight_hh.T``, bias_ih and bias_hh (3H,) or None; gates (r, z, n) as torch.nn.GRU's."""
+    return _Gated.apply("gru", input, hx, Wx, Wh, bias_ih, bias_hh)
