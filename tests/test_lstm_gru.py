@@ -151,13 +151,14 @@ def test_matches_reference_across_thread_blocks(cell, T, N, D, H, dtype, threads
         check_against_reference(cell, T, N, D, H, dtype, seed=threads)
 
 
-@pytest.mark.parametrize("T, N, D, H", [(3, 8, 300, 136), (2, 16, 600, 100)])
+@pytest.mark.parametrize("T, N, D, H", [(3, 8, 300, 136), (2, 16, 600, 100), (2, 64, 5, 200)])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("cell", CELLS.values(), ids=CELLS)
 def test_matches_reference_in_gemm_chunks(cell, T, N, D, H, dtype):
     """Sizes where the kernels cut the products into OpenBLAS small-matrix pieces: several
     column chunks per step and several row panels of the input projection, or (D = 600) the
-    fallback to one packed GEMM."""
+    fallback to one packed GEMM; (N = 64, H = 200) the backward's per-step dz @ Wh^T, 32 rows
+    deep in G*H = 600 or 800, in slices of K."""
     with fl.threads(2):
         check_against_reference(cell, T, N, D, H, dtype)
 

@@ -16,6 +16,10 @@ cdef enum:
     # MIN_CHUNK columns.
     SMALL_GEMM_MNK = 1 << 19
     MIN_CHUNK = 32
+    # A product too deep for such chunks is cut into slices of K added up when each slice keeps
+    # at least MIN_DEPTH of K (a few rows: a step's product); with many rows c would be re-read
+    # per slice, and one packed GEMM amortises its packing over the rows instead.
+    MIN_DEPTH = 256
     PANEL_ROWS = 32
 
 
@@ -85,20 +89,37 @@ cdef inline Py_ssize_t small_gemm_columns(Py_ssize_t rows, Py_ssize_t K) noexcep
     return columns if columns >= MIN_CHUNK else 0
 
 
+cdef inline void _column_chunks(const floating* a, Py_ssize_t lda, const floating* B, Py_ssize_t ldb, floating* c,
+                                Py_ssize_t ldc, Py_ssize_t rows, Py_ssize_t K, Py_ssize_t width, Py_ssize_t chunk,
+                                floating beta) noexcept nogil:
+    """c (rows x width) = a (rows x K) @ B (K x width) + beta * c, ``chunk`` columns per GEMM."""
+    cdef Py_ssize_t c0 = 0, c1
+    while c0 < width:
+        c1 = min(c0 + chunk, width)
+        gemm(False, False, <int>rows, <int>(c1 - c0), <int>K, <floating>1, a, <int>lda, B + c0, <int>ldb,
+             beta, c + c0, <int>ldc)
+        c0 = c1
+
+
 cdef inline void step_product(const floating* a, const floating* B, Py_ssize_t ldb, floating* c, Py_ssize_t ldc,
                               Py_ssize_t rows, Py_ssize_t K, Py_ssize_t width, floating beta) noexcept nogil:
     """c (rows x width) = a (rows x K) @ B (K x width) + beta * c, all C order with row strides
-    K, ldb, ldc: in column chunks under the small-matrix size, or one GEMM when those would be
-    too narrow."""
-    cdef Py_ssize_t chunk = small_gemm_columns(rows, K)
-    cdef Py_ssize_t c0 = 0, c1
+    K, ldb, ldc, on the small-matrix path: in column chunks under its size, and when K is too deep
+    for chunks of MIN_CHUNK columns (the backward's dz @ Wh^T, K = G*H), in slices of K added up
+    (c is a step's rows, small enough to stay in cache). One packed GEMM when the slices would be
+    thinner than MIN_DEPTH."""
+    cdef Py_ssize_t chunk = small_gemm_columns(rows, K), depth = K, k0 = 0, k1
     if chunk == 0:
-        chunk = width
-    while c0 < width:
-        c1 = min(c0 + chunk, width)
-        gemm(False, False, <int>rows, <int>(c1 - c0), <int>K, <floating>1, a, <int>K, B + c0, <int>ldb,
-             beta, c + c0, <int>ldc)
-        c0 = c1
+        depth = SMALL_GEMM_MNK // max(rows * MIN_CHUNK, 1)
+        chunk = MIN_CHUNK
+        if depth < MIN_DEPTH:
+            _column_chunks(a, K, B, ldb, c, ldc, rows, K, width, width, beta)
+            return
+    while k0 < K:
+        k1 = min(k0 + depth, K)
+        _column_chunks(a + k0, K, B + k0 * ldb, ldb, c, ldc, rows, k1 - k0, width, chunk,
+                       beta if k0 == 0 else <floating>1)
+        k0 = k1
 
 
 cdef inline void input_projection(const floating* x, const floating* Wx, floating* z, Py_ssize_t ld,

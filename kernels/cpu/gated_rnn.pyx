@@ -199,8 +199,8 @@ def lstm_backward(const floating[:, ::1] dhs, const floating[:, ::1] dcs, const 
     """Backward through time of lstm_forward.
 
     dhs, hs, cs (T*N, H), dcs the same or None (zeros); x, dx (T*N, D); h0, c0, dh0, dc0 (N, H);
-    Wx, dWx (D, 4H); Wh, dWh (H, 4H); WhT = Wh^T in C order (4H, H): the products with Wh^T
-    then take the untransposed form OpenBLAS runs on its small-matrix path; b, db (4H,);
+    Wx, dWx (D, 4H); Wh, dWh (H, 4H); WhT = Wh^T in C order (4H, H), in rows at least H long:
+    the products with Wh^T then take the untransposed form OpenBLAS runs on its small-matrix path; b, db (4H,);
     dz (T*N, 4H) a workspace. Every output is overwritten; dWx, dWh and db sum over steps in a
     fixed order for a given thread count, so results are reproducible run to run."""
     single_threaded_blas()
@@ -237,7 +237,7 @@ def lstm_backward(const floating[:, ::1] dhs, const floating[:, ::1] dcs, const 
                 c_prev = pc0 + blk.n0 * H if t == 0 else pcs + (row - N) * H
                 _lstm_cell_backward(zt, &b[0], c_prev, pcs + row * H, pdhs + row * H,
                                     pdcs + row * H if pdcs != NULL else NULL, pdh, pdc, blk.rows, H, G)
-                step_product(zt, &WhT[0, 0], H, pdh, H, blk.rows, G, H, <floating>0)
+                step_product(zt, &WhT[0, 0], WhT.shape[1], pdh, H, blk.rows, G, H, <floating>0)
         barrier()
         _parameter_gradients(&x[0, 0], ph0, phs, &Wx[0, 0], pdz, pdz, &dx[0, 0], &dWx[0, 0], &dWh[0, 0], &db[0],
                              NULL, blk, TN, N, D, H, G)
@@ -266,7 +266,7 @@ def gru_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
     """Backward through time of gru_forward.
 
     dhs, hs (T*N, H); x, dx (T*N, D); h0, dh0 (N, H); Wx, dWx (D, 3H); Wh, dWh (H, 3H);
-    WhT = Wh^T in C order (3H, H); bx, bh, dbx, dbh (3H,); workspaces da, du (T*N, 3H). Every
+    WhT = Wh^T in C order (3H, H), in rows at least H long; bx, bh, dbx, dbh (3H,); workspaces da, du (T*N, 3H). Every
     output is overwritten, in a fixed order for a given thread count."""
     single_threaded_blas()
     cdef Py_ssize_t TN = x.shape[0], D = x.shape[1], H = Wh.shape[0], G = Wh.shape[1]
@@ -294,7 +294,7 @@ def gru_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
                 h_prev = ph0 + blk.n0 * H if t == 0 else phs + (row - N) * H
                 _gru_cell_backward(pda + row * G, pdu + row * G, &bx[0], &bh[0], h_prev, pdhs + row * H, pdh,
                                    blk.rows, H, G)
-                step_product(pdu + row * G, &WhT[0, 0], H, pdh, H, blk.rows, G, H, <floating>1)
+                step_product(pdu + row * G, &WhT[0, 0], WhT.shape[1], pdh, H, blk.rows, G, H, <floating>1)
         barrier()
         _parameter_gradients(&x[0, 0], ph0, phs, &Wx[0, 0], pda, pdu, &dx[0, 0], &dWx[0, 0], &dWh[0, 0], &dbx[0],
                              &dbh[0], blk, TN, N, D, H, G)

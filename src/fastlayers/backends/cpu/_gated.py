@@ -85,3 +85,17 @@ def forward_workspaces(Wx, Wh, TN, N):
             Wxp[:, :width] = Wx
             Whp[:, :width] = Wh
             yield Wxp, Whp, a, u
+
+
+@contextlib.contextmanager
+def transposed_rows(Wh):
+    """Wh^T (G*H, H) in C order for a backward kernel, in rows ``leading_dimension(H)`` long (its
+    per-step product reads Wh^T as the forward's reads Wh)."""
+    H, dt = Wh.shape[0], Wh.dtype
+    ld = leading_dimension(H, dt.itemsize)
+    if ld == H:
+        yield contiguous(Wh.T)
+        return
+    with workspace("gated_rnn_wht", (Wh.shape[1], ld), dt) as WhT:
+        WhT[:, :H] = Wh.T
+        yield WhT

@@ -24,11 +24,11 @@ def lstm_backward(dhs, dcs, x, h0, c0, Wx, Wh, b, hs, cs, g, outs):
     T, N, D, H, G = g.T, g.N, g.D, g.H, Wh.shape[1]
     dt = x.dtype
     outs = dx, dh0, dc0, dWx, dWh, db = _gated.outputs(outs, ((T, N, D), (N, H), (N, H), (D, G), (H, G), (G,)), dt)
-    with workspace("gated_rnn_z", (T * N, G), dt) as dz:
+    with workspace("gated_rnn_z", (T * N, G), dt) as dz, _gated.transposed_rows(Wh) as WhT:
         _kernels.lstm_backward(
             contiguous(dhs).reshape(T * N, H), None if dcs is None else contiguous(dcs).reshape(T * N, H),
             contiguous(x).reshape(T * N, D), _initial_state(h0, N, H, dt), _initial_state(c0, N, H, dt),
-            contiguous(Wx), contiguous(Wh), contiguous(Wh.T), _gated.bias(b, G, dt),
+            contiguous(Wx), contiguous(Wh), WhT, _gated.bias(b, G, dt),
             contiguous(hs).reshape(T * N, H), contiguous(cs).reshape(T * N, H), dz,
             dx.reshape(T * N, D), dh0, dc0, dWx, dWh, db, N, _gated.num_threads(T, N, D, H, G),
         )
