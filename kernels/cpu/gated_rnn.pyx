@@ -59,7 +59,8 @@ cdef inline void _lstm_cell_backward(floating* z, const floating* b, const float
 
 
 cdef inline void _gru_cell(const floating* a, const floating* u, const floating* bx, const floating* bh,
-                           const floating* h_prev, floating* h, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ld) noexcept nogil:
+                           const floating* h_prev, floating* h, Py_ssize_t rows, Py_ssize_t H,
+                           Py_ssize_t ld) noexcept nogil:
     if floating is float:
         gru_cell_f32(a, u, bx, bh, h_prev, h, rows, H, ld)
     else:

@@ -54,7 +54,7 @@ def _gate_functions(scalar):
     return lstm_gates, gru_gates
 
 
-def _cell_kernel(build):
+def _cell_factory(build):
     """A cell kernel factory, cached per dtype: ``build(scalar, lstm_gates, gru_gates)`` compiles
     the kernel for the scalar type with that type's gate functions (``_gate_functions``)."""
 
@@ -68,7 +68,7 @@ def _cell_kernel(build):
     return kernel
 
 
-@_cell_kernel
+@_cell_factory
 def lstm_cell_kernel(scalar, lstm_gates, gru_gates):
     @jit(lineinfo=True)
     def lstm_cell(zx, u, b, c_prev, c, h, zx_off, c_prev_off, out_off, N, H):
@@ -85,7 +85,7 @@ def lstm_cell_kernel(scalar, lstm_gates, gru_gates):
     return lstm_cell
 
 
-@_cell_kernel
+@_cell_factory
 def lstm_cell_backward_kernel(scalar, lstm_gates, gru_gates):
     one = scalar(1)
 
@@ -113,7 +113,7 @@ def lstm_cell_backward_kernel(scalar, lstm_gates, gru_gates):
     return lstm_cell_backward
 
 
-@_cell_kernel
+@_cell_factory
 def gru_cell_kernel(scalar, lstm_gates, gru_gates):
     @jit(lineinfo=True)
     def gru_cell(a, u, bx, bh, h_prev, h, a_off, u_off, h_prev_off, out_off, N, H):
@@ -128,7 +128,7 @@ def gru_cell_kernel(scalar, lstm_gates, gru_gates):
     return gru_cell
 
 
-@_cell_kernel
+@_cell_factory
 def gru_cell_backward_kernel(scalar, lstm_gates, gru_gates):
     one = scalar(1)
 
