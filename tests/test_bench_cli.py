@@ -123,7 +123,7 @@ def test_every_backend_allocates_unless_the_row_says_out(tiny_run):
 def test_allocating_calls_return_new_outputs_and_out_calls_reuse_theirs(op, direction):
     case = _tiny_case(op)
     inputs = workloads.make_inputs(case, direction, np.float32, seed=0)
-    label = "cpu:auto" if workloads.WORKLOADS[op].algos else "cpu"
+    label = "cpu:auto" if workloads.workload(op).algos else "cpu"
     fresh, _ = runner.fastlayers_call(case, direction, label, inputs)
     first, second = _arrays(fresh()), _arrays(fresh())
     assert not any(np.shares_memory(a, b) for a, b in zip(first, second))
@@ -364,7 +364,7 @@ def test_torch_call_computes_what_fastlayers_computes(op, direction):
     case = _tiny_case(op)
     inputs = workloads.make_inputs(case, direction, np.float64, seed=2)
     ours, _ = runner.fastlayers_call(case, direction, "numpy", inputs)
-    theirs = workloads.WORKLOADS[op].torch_call(torch, case, direction, inputs, seed=2)()
+    theirs = workloads.workload(op).torch_call(torch, case, direction, inputs, seed=2)()
     theirs = theirs if isinstance(theirs, tuple) else (theirs,)
     got = [t.detach().numpy() for t in theirs if torch.is_tensor(t) and t.is_floating_point()]
     want = [o for o in _arrays(ours()) if o.dtype.kind == "f"]

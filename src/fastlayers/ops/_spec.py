@@ -119,14 +119,16 @@ def drop_lead(results, outs):
 
 
 class OpSpec:
-    """An op family: its public functions (name -> direction), its kernels on every backend and,
+    """An op family: its public functions (name -> direction), its kernels on every backend,
     per backend with several, how ``algo="auto"`` chooses (``auto``: backend -> "module:function"
-    taking the problem and returning an algo name)."""
+    taking the problem and returning an algo name), and what the benchmark times (``workload``,
+    an ``ops._workload.Workload``)."""
 
     name = ""
     functions: dict = {}
     kernels: tuple = ()
     auto: dict = {}
+    workload = None
 
     def kernels_on(self, backend):
         return tuple(k for k in self.kernels if k.backend == backend)

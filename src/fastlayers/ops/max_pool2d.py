@@ -8,6 +8,7 @@ import numpy as np
 
 from ._checks import MAX_ELEMENTS, array_dtype, check_array, check_bool, check_int, check_shape, pair
 from ._spec import Kernel, OpSpec, Problem, drop_lead, lead_one
+from ._workload import Workload, normal, torch_no_grad
 
 INDEX_DTYPE = np.dtype(np.int64)
 
@@ -136,10 +137,68 @@ KERNELS = (
 )
 
 
+# ---------------------------------------------------------------------------- benchmark
+
+
+class MaxPool2dWorkload(Workload):
+    """max_pool2d: case shape (N, C, H, W); params kernel_size, stride. The forward returns the
+    indices on both sides (training needs them for the backward)."""
+
+    required = ("kernel_size",)
+
+    @staticmethod
+    def options(case, direction):
+        if direction == "backward":
+            return {}
+        return dict(stride=case.params.get("stride"), return_indices=True)
+
+    @staticmethod
+    def geometry(case):
+        return pool2d_geometry(case.shape, case.params["kernel_size"], case.params.get("stride"))
+
+    def inputs(self, case, direction, dtype, seed):
+        from .. import reference  # it validates through this module's spec
+
+        draw = normal(seed, dtype)
+        x = draw(case.shape)
+        if direction == "forward":
+            return dict(input=x)
+        _, indices = reference.max_pool2d(x, case.params["kernel_size"], case.params.get("stride"),
+                                          return_indices=True)
+        return dict(grad_output=draw(indices.shape), indices=indices, input_shape=x.shape)
+
+    @staticmethod
+    def args(case, direction, inputs):
+        """kernel_size follows the input, as in torch.nn.functional."""
+        values = tuple(inputs.values())
+        return values + (case.params["kernel_size"],) if direction == "forward" else values
+
+    def outputs(self, case, direction, inputs, empty):
+        if direction == "forward":
+            y_shape = self.geometry(case).y_shape
+            return empty(y_shape, inputs["input"].dtype), empty(y_shape, INDEX_DTYPE)
+        return empty(inputs["input_shape"], inputs["grad_output"].dtype)
+
+    def work(self, case, direction, dtype):
+        return self.geometry(case).work(direction, np.dtype(dtype).itemsize)
+
+    def torch_call(self, torch, case, direction, inputs, seed, device="cpu"):
+        nnf, k, stride = torch.nn.functional, case.params["kernel_size"], case.params.get("stride")
+        if direction == "forward":
+            x = torch.from_numpy(inputs["input"]).to(device)
+            return torch_no_grad(torch, lambda: nnf.max_pool2d(x, k, stride, return_indices=True))
+        # The same x the indices were taken from: the forward's inputs under the same seed.
+        dy = torch.from_numpy(inputs["grad_output"]).to(device)
+        x = torch.from_numpy(self.inputs(case, "forward", inputs["grad_output"].dtype, seed)["input"]).to(device).requires_grad_()
+        y = nnf.max_pool2d(x, k, stride)
+        return lambda: torch.autograd.grad(y, (x,), dy, retain_graph=True)
+
+
 class MaxPool2dSpec(OpSpec):
     name = "max_pool2d"
     functions = {"max_pool2d": "forward", "max_pool2d_backward": "backward"}
     kernels = KERNELS
+    workload = MaxPool2dWorkload()
 
     def forward(self, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
         dt = check_array("input", input, (3, 4))
