@@ -34,6 +34,11 @@ class Workload:
 
     algos = ()
     required = ()  # the case parameters the op has no default for
+    # What bench/bench_cuda.py holds the op's cuda kernels to: None, or (kind, bound) with kind
+    # "throughput" (forward at least bound x cuDNN's throughput, geometric mean over the cases),
+    # "bandwidth" (each direction at least bound x the device's copy bandwidth: memory-bound ops)
+    # or "time" (forward + backward at most bound x cuDNN's time).
+    gpu_target = None
 
     @staticmethod
     def args(case, direction, inputs):

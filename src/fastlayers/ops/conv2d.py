@@ -200,6 +200,7 @@ class Conv2dWorkload(Workload):
 
     algos = ("im2col", "direct", "auto")  # conv2d's ``algo=``; "auto" is the default
     required = ("F", "kernel_size")
+    gpu_target = ("throughput", 0.5)
 
     @staticmethod
     def weight_shape(case):

@@ -145,6 +145,7 @@ class MaxPool2dWorkload(Workload):
     indices on both sides (training needs them for the backward)."""
 
     required = ("kernel_size",)
+    gpu_target = ("bandwidth", 0.7)
 
     @staticmethod
     def options(case, direction):

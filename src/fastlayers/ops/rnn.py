@@ -74,6 +74,8 @@ KERNELS = (
 class RnnWorkload(Workload):
     """rnn (tanh, time-major): case shape (T, N, D, H)."""
 
+    gpu_target = ("time", 2.0)
+
     def inputs(self, case, direction, dtype, seed):
         from .. import reference  # it validates through this module's spec
 
