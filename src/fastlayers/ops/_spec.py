@@ -43,6 +43,20 @@ class Kernel:
         return getattr(importlib.import_module(self.module), self.functions[direction])
 
 
+@dataclass(frozen=True)
+class ImageBatch:
+    """The input sizes of a 2-D op's geometry (its first fields): N images of C channels of H x W."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+
+    @property
+    def x_shape(self):
+        return (self.N, self.C, self.H, self.W)
+
+
 @dataclass
 class Problem:
     """One validated call of an op.
@@ -116,6 +130,17 @@ def drop_lead(results, outs):
     """The kernel's results without their leading axis of one (``lead_one`` undone): the caller's
     buffers where given."""
     return tuple(r.reshape(tuple(r.shape)[1:]) if o is None else o for r, o in zip(results, outs))
+
+
+def batch_hooks(batched, pick=lambda results: results[0]):
+    """``to_kernel_out`` and ``finish`` (a dict to pass to ``Problem``) of a call whose arrays
+    may lack the batch axis (an unbatched call runs as a batch of one): the caller's buffers
+    viewed with it, the kernel's results without it, then ``pick`` (what the function returns
+    from the tuple of results: by default the first)."""
+    if batched:
+        return dict(to_kernel_out=lambda outs: outs, finish=lambda r, outs: pick(r))
+    return dict(to_kernel_out=lambda outs: tuple(map(lead_one, outs)),
+                finish=lambda r, outs: pick(drop_lead(r, outs)))
 
 
 class OpSpec:

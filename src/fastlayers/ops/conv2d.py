@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._checks import MAX_ELEMENTS, check_array, check_choice, check_int, check_shape, is_gpu, pair
-from ._spec import Kernel, OpSpec, Problem, drop_lead, lead_one
+from ._spec import ImageBatch, Kernel, OpSpec, Problem, batch_hooks, lead_one
 from ._workload import Workload, normal, torch_no_grad
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -14,16 +14,12 @@ _NUMPY_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"
 
 
 @dataclass(frozen=True)
-class Conv2dGeometry:
+class Conv2dGeometry(ImageBatch):
     """Sizes and normalised parameters of one 2-D convolution, and every size derived from them.
 
     Padding is (top, bottom, left, right): ``padding="same"`` can be asymmetric. The kernels get
     these fields as one C struct (kernels/cpu/_conv2d.pxd) or one tuple (kernels/cuda/conv2d.py)."""
 
-    N: int
-    C: int
-    H: int
-    W: int
     F: int
     KH: int
     KW: int
@@ -53,10 +49,6 @@ class Conv2dGeometry:
     def K(self):
         """Taps summed by one output: ``Cg * KH * KW`` (an im2col column's length)."""
         return self.Cg * self.KH * self.KW
-
-    @property
-    def x_shape(self):
-        return (self.N, self.C, self.H, self.W)
 
     @property
     def w_shape(self):
@@ -285,8 +277,7 @@ class Conv2dSpec(OpSpec):
         return Problem(
             "forward", kernel_g, dict(input=x, weight=weight, bias=bias), (("output", y_shape, dt),),
             kernel_outputs=(("output", g.y_shape, dt),),
-            to_kernel_out=(lambda outs: outs) if batched else (lambda outs: tuple(map(lead_one, outs))),
-            finish=(lambda r, outs: r[0]) if batched else (lambda r, outs: drop_lead(r, outs)[0]),
+            **batch_hooks(batched),
         )
 
     def backward(self, grad_output, input, weight, stride, padding, dilation, groups, padding_mode):

@@ -7,20 +7,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._checks import MAX_ELEMENTS, array_dtype, check_array, check_bool, check_int, check_shape, pair
-from ._spec import Kernel, OpSpec, Problem, drop_lead, lead_one
+from ._spec import ImageBatch, Kernel, OpSpec, Problem, batch_hooks, lead_one
 from ._workload import Workload, normal, torch_no_grad
 
 INDEX_DTYPE = np.dtype(np.int64)
 
 
 @dataclass(frozen=True)
-class Pool2dGeometry:
+class Pool2dGeometry(ImageBatch):
     """Sizes and normalised parameters of one 2-D max pooling."""
 
-    N: int
-    C: int
-    H: int
-    W: int
     KH: int
     KW: int
     OH: int
@@ -34,10 +30,6 @@ class Pool2dGeometry:
     ceil_mode: bool
 
     @property
-    def x_shape(self):
-        return (self.N, self.C, self.H, self.W)
-
-    @property
     def y_shape(self):
         return (self.N, self.C, self.OH, self.OW)
 
@@ -49,19 +41,11 @@ class Pool2dGeometry:
 
 
 @dataclass(frozen=True)
-class Unpool2dGeometry:
+class Unpool2dGeometry(ImageBatch):
     """Sizes of a max_pool2d backward: the input (N, C, H, W) and the pooled planes (OH, OW)."""
 
-    N: int
-    C: int
-    H: int
-    W: int
     OH: int
     OW: int
-
-    @property
-    def x_shape(self):
-        return (self.N, self.C, self.H, self.W)
 
 
 def _pool_out(size, k, s, p, d, ceil_mode):
@@ -209,13 +193,11 @@ class MaxPool2dSpec(OpSpec):
                             dilation, ceil_mode)
         shape = g.y_shape if batched else g.y_shape[1:]
         outputs = (("output", shape, dt), ("indices", shape, INDEX_DTYPE))
-        unbatch = (lambda r, outs: r) if batched else drop_lead
         pick = (lambda r: r) if return_indices else (lambda r: r[0])
         return Problem(
             "forward", g, dict(input=input if batched else lead_one(input)), outputs,
             kernel_outputs=(("output", g.y_shape, dt), ("indices", g.y_shape, INDEX_DTYPE)),
-            to_kernel_out=(lambda outs: outs) if batched else (lambda outs: tuple(map(lead_one, outs))),
-            finish=lambda r, outs: pick(unbatch(r, outs)),
+            **batch_hooks(batched, pick),
         )
 
     def backward(self, grad_output, indices, input_shape):
@@ -240,8 +222,7 @@ class MaxPool2dSpec(OpSpec):
             arrays = {k: lead_one(v) for k, v in arrays.items()}
         return Problem(
             "backward", g, arrays, (("grad_input", input_shape, dt),), kernel_outputs=(("grad_input", full, dt),),
-            to_kernel_out=(lambda outs: outs) if batched else (lambda outs: tuple(map(lead_one, outs))),
-            finish=(lambda r, outs: r[0]) if batched else (lambda r, outs: drop_lead(r, outs)[0]),
+            **batch_hooks(batched),
         )
 
 
