@@ -153,7 +153,7 @@ class OpSpec:
     functions: dict = {}
     kernels: tuple = ()
     auto: dict = {}
-    workload = None
+    workload: Any = None  # an ops._workload.Workload
 
     def kernels_on(self, backend):
         return tuple(k for k in self.kernels if k.backend == backend)

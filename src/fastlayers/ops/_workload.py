@@ -9,6 +9,8 @@ specs. PyTorch is an argument of ``torch_call``, never imported here.
 """
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import numpy as np
 
 
@@ -32,13 +34,13 @@ class Workload:
     """A workload's defaults: no ``algo=`` choice, no case parameter required, no keyword
     options, the inputs as the positional arguments in order."""
 
-    algos = ()
-    required = ()  # the case parameters the op has no default for
+    algos: Tuple[str, ...] = ()
+    required: Tuple[str, ...] = ()  # the case parameters the op has no default for
     # What bench/bench_cuda.py holds the op's cuda kernels to: None, or (kind, bound) with kind
     # "throughput" (forward at least bound x cuDNN's throughput, geometric mean over the cases),
     # "bandwidth" (each direction at least bound x the device's copy bandwidth: memory-bound ops)
     # or "time" (forward + backward at most bound x cuDNN's time).
-    gpu_target = None
+    gpu_target: Optional[Tuple[str, float]] = None
 
     @staticmethod
     def args(case, direction, inputs):

@@ -9,6 +9,7 @@ run sequences; a step is a sequence of one (its (N, .) arrays viewed as (1, N, .
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Tuple
 
 import numpy as np
 
@@ -78,8 +79,8 @@ class _GatedWorkload(Workload):
     computes from the PyTorch module's output."""
 
     gates = 0
-    biases = ()  # the cell's bias arguments, in order
-    states = ("h0",)  # its initial states, in order
+    biases: Tuple[str, ...] = ()  # the cell's bias arguments, in order
+    states: Tuple[str, ...] = ("h0",)  # its initial states, in order
 
     def _forward_inputs(self, case, normal):
         T, N, D, H = case.shape
