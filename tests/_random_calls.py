@@ -313,34 +313,32 @@ def calls(op, dtype, algos=("auto",)):
     }[op]()
 
 
-def fixed_call(op, dtype=np.float32, seed=0, size="small"):
-    """A deterministic, moderately sized call of ``op`` (threads, memory, determinism tests):
-    big enough that the kernels run multi-threaded, small enough for CI."""
-    rng = np.random.default_rng(seed)
-    big = size == "big"
-    if op.startswith("conv2d"):
-        N, C, H, W, F = (8, 16, 16, 16, 16) if big else (4, 8, 12, 12, 8)
-        x = _values(rng, (N, C, H, W), dtype, "normal")
-        w = _values(rng, (F, C, 3, 3), dtype, "normal")
-        params = dict(stride=1, padding=1, dilation=1, groups=1)
-        if op == "conv2d":
-            return Call(op, dict(input=x, weight=w, bias=_values(rng, (F,), dtype, "normal")), params, "auto",
-                        (C * 9 + 1,))
-        dy = _values(rng, (N, F, H, W), dtype, "normal")
-        return Call(op, dict(grad_output=dy, input=x, weight=w), params, "auto", (F * 9, N * H * W, N * H * W))
-    if op.startswith("max_pool2d"):
-        x = _values(rng, (8, 16, 32, 32) if big else (4, 8, 16, 16), dtype, "normal")
-        params = dict(kernel_size=3, stride=2, padding=1, ceil_mode=False)
-        if op == "max_pool2d":
-            return Call(op, dict(input=x), dict(params, return_indices=True), None, (0, 0))
-        y, indices = reference.max_pool2d(x, **params, return_indices=True)
-        dy = _values(rng, y.shape, dtype, "normal")
-        return Call(op, dict(grad_output=dy, indices=indices), dict(input_shape=x.shape), None, (4,))
-    sequence = op.startswith("rnn") and not op.startswith("rnn_step")
+def _fixed_conv2d(op, backward, rng, dtype, big):
+    N, C, H, W, F = (8, 16, 16, 16, 16) if big else (4, 8, 12, 12, 8)
+    x = _values(rng, (N, C, H, W), dtype, "normal")
+    w = _values(rng, (F, C, 3, 3), dtype, "normal")
+    params = dict(stride=1, padding=1, dilation=1, groups=1)
+    if not backward:
+        return Call(op, dict(input=x, weight=w, bias=_values(rng, (F,), dtype, "normal")), params, "auto",
+                    (C * 9 + 1,))
+    dy = _values(rng, (N, F, H, W), dtype, "normal")
+    return Call(op, dict(grad_output=dy, input=x, weight=w), params, "auto", (F * 9, N * H * W, N * H * W))
+
+
+def _fixed_max_pool2d(op, backward, rng, dtype, big):
+    x = _values(rng, (8, 16, 32, 32) if big else (4, 8, 16, 16), dtype, "normal")
+    params = dict(kernel_size=3, stride=2, padding=1, ceil_mode=False)
+    if not backward:
+        return Call(op, dict(input=x), dict(params, return_indices=True), None, (0, 0))
+    y, indices = reference.max_pool2d(x, **params, return_indices=True)
+    dy = _values(rng, y.shape, dtype, "normal")
+    return Call(op, dict(grad_output=dy, indices=indices), dict(input_shape=x.shape), None, (4,))
+
+
+def _fixed_rnn(op, backward, rng, dtype, big):
+    fwd = op.removesuffix("_backward")  # the forward of the pair: rnn or rnn_step
+    sequence = fwd == "rnn"
     T, N, D, H = (10, 16, 32, 48) if big else (5, 8, 16, 24)
-    cell = op.removesuffix("_backward")
-    if cell in GATES:
-        return _gated_call(rng, cell, T, N, D, H, dtype, backward=cell != op)
     if not sequence:
         T = 1
     x = _values(rng, (T, N, D) if sequence else (N, D), dtype, "normal")
@@ -348,10 +346,27 @@ def fixed_call(op, dtype=np.float32, seed=0, size="small"):
     Wh = _values(rng, (H, H), dtype, "normal", 0.5 / math.sqrt(H))
     h0 = _values(rng, (N, H), dtype, "normal")
     b = _values(rng, (H,), dtype, "normal")
-    fwd = "rnn" if sequence else "rnn_step"
     step = D + H + 1
-    if op == fwd:
+    if not backward:
         return Call(op, dict(input=x, hx=h0, Wx=Wx, Wh=Wh, bias=b), {}, None, (T * step,))
     h = getattr(reference, fwd)(x, h0, Wx, Wh, b)
     dh = _values(rng, h.shape, dtype, "normal")
     return Call(op, dict(grad_output=dh, input=x, hx=h0, Wx=Wx, Wh=Wh, output=h), {}, None, (T * (step + N),) * 5)
+
+
+def _fixed_gated(op, backward, rng, dtype, big):
+    T, N, D, H = (10, 16, 32, 48) if big else (5, 8, 16, 24)
+    return _gated_call(rng, FUNCTIONS[op].name, T, N, D, H, dtype, backward=backward)
+
+
+# One fixed-call generator per spec (``FUNCTIONS[op].name``), given the function's direction.
+_FIXED = {"conv2d": _fixed_conv2d, "max_pool2d": _fixed_max_pool2d, "rnn": _fixed_rnn, "lstm": _fixed_gated,
+          "gru": _fixed_gated}
+
+
+def fixed_call(op, dtype=np.float32, seed=0, size="small"):
+    """A deterministic, moderately sized call of ``op`` (threads, memory, determinism tests):
+    big enough that the kernels run multi-threaded, small enough for CI."""
+    spec = FUNCTIONS[op]
+    backward = spec.functions[op] == "backward"
+    return _FIXED[spec.name](op, backward, np.random.default_rng(seed), dtype, size == "big")

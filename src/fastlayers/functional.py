@@ -17,27 +17,11 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence, Tuple, Union
 
-from .ops import CONV2D, GRU, LSTM, MAX_POOL2D, RNN
+from .ops import CONV2D, FUNCTIONS, GRU, LSTM, MAX_POOL2D, RNN
 from .ops._spec import run
 
-__all__ = [
-    "conv2d",
-    "conv2d_backward",
-    "max_pool2d",
-    "max_pool2d_backward",
-    "rnn_step",
-    "rnn_step_backward",
-    "rnn",
-    "rnn_backward",
-    "lstm_step",
-    "lstm_step_backward",
-    "lstm",
-    "lstm_backward",
-    "gru_step",
-    "gru_step_backward",
-    "gru",
-    "gru_backward",
-]
+# One function per name a spec lists (conv2d, conv2d_backward, ..., gru_step_backward).
+__all__ = list(FUNCTIONS)
 
 Array = Any  # numpy.ndarray, or a GPU array for the cuda backend
 IntOrPair = Union[int, Tuple[int], Tuple[int, int]]

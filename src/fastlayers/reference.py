@@ -15,34 +15,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ops import CONV2D, GRU, LSTM, MAX_POOL2D, RNN
+from .ops import CONV2D, FUNCTIONS, GRU, LSTM, MAX_POOL2D, RNN
 from .ops._spec import run
 
-__all__ = [
-    "conv2d",
-    "conv2d_backward",
-    "max_pool2d",
-    "max_pool2d_backward",
-    "rnn_step",
-    "rnn_step_backward",
-    "rnn",
-    "rnn_backward",
-    "lstm_step",
-    "lstm_step_backward",
-    "lstm",
-    "lstm_backward",
-    "gru_step",
-    "gru_step_backward",
-    "gru",
-    "gru_backward",
-    "dense",
-    "dense_backward",
-    "relu",
-    "relu_backward",
-    "flatten",
-    "flatten_backward",
-    "softmax_cross_entropy",
-]
+# Every function of the functional API (``ops.FUNCTIONS``), and the layers' own ops.
+__all__ = [*FUNCTIONS, "dense", "dense_backward", "relu", "relu_backward", "flatten", "flatten_backward",
+           "softmax_cross_entropy"]
 
 # ============================================================================ conv2d
 #
