@@ -32,8 +32,9 @@ _DEVICE_NAMES = {2: "CUDA", 4: "OpenCL", 7: "Vulkan", 8: "Metal", 9: "VPI", 10: 
 
 def _foreign(a):
     """Whether ``a`` is an array to take through DLPack (not NumPy, not a GPU array of the cuda
-    backend's own path)."""
-    return (not isinstance(a, np.ndarray) and hasattr(a, "__dlpack__")
+    backend's own path). Its type must implement ``__dlpack__``: an object that only forwards
+    attributes to a NumPy array it holds (Numba's simulated device arrays) is not one."""
+    return (not isinstance(a, np.ndarray) and hasattr(type(a), "__dlpack__")
             and not hasattr(a, "__cuda_array_interface__"))
 
 
