@@ -42,7 +42,7 @@ __all__ = [
     "gru_backward",
 ]
 
-Array = Any  # numpy.ndarray, or a GPU array for the cuda backend
+Array = Any  # numpy.ndarray, a host array with __dlpack__, or a GPU array for the cuda backend
 IntOrPair = Union[int, Tuple[int], Tuple[int, int]]
 Out = Union[None, Array, Tuple[Optional[Array], ...]]
 
