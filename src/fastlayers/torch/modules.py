@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.utils import _pair
 
 from . import functional
 from ._tensors import FLOAT_DTYPES
@@ -55,18 +54,14 @@ class Conv2d(_Refusing, nn.Conv2d):
         return functional.conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
-class MaxPool2d(_Refusing, nn.MaxPool2d):
-    """:class:`torch.nn.MaxPool2d` on fastlayers' max_pool2d kernels (``dilation`` 1 only)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._refuse_unsupported()
+class MaxPool2d(nn.MaxPool2d):
+    """:class:`torch.nn.MaxPool2d` on fastlayers' max_pool2d kernels (every configuration; with
+    ``dilation`` > 1 the forward runs on fastlayers' NumPy reference, see
+    :func:`fastlayers.torch.max_pool2d`)."""
 
     @staticmethod
     def unsupported_reason(module):
-        if _pair(module.dilation) != (1, 1):
-            return f"dilation={module.dilation}: fastlayers' max_pool2d has no dilation"
-        return None
+        return None  # no parameters, and the kernels run every configuration
 
     def forward(self, input):
         return functional.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
@@ -153,20 +148,18 @@ class _Stacked(_Refusing):
 
 
 class RNN(_Stacked, nn.RNN):
-    """:class:`torch.nn.RNN` on fastlayers' rnn kernels (``nonlinearity="tanh"``), one bias
-    ``bias_ih + bias_hh`` per layer and direction (see _Stacked)."""
+    """:class:`torch.nn.RNN` on fastlayers' rnn kernels (``nonlinearity`` "tanh" or "relu"), one
+    bias ``bias_ih + bias_hh`` per layer and direction (see _Stacked)."""
 
     @staticmethod
     def unsupported_reason(module):
-        if module.nonlinearity != "tanh":
-            return f"nonlinearity={module.nonlinearity!r}: fastlayers' rnn kernel is tanh only"
         if getattr(module, "proj_size", 0):
             return f"proj_size={module.proj_size}: fastlayers' rnn has no projection"
         return _parameters_reason(module)
 
-    @staticmethod
-    def _cell(input, initial, Wx, Wh, bias_ih, bias_hh):
-        return (functional.rnn(input, initial[0], Wx, Wh, None if bias_ih is None else bias_ih + bias_hh),)
+    def _cell(self, input, initial, Wx, Wh, bias_ih, bias_hh):
+        return (functional.rnn(input, initial[0], Wx, Wh, None if bias_ih is None else bias_ih + bias_hh,
+                               self.nonlinearity),)
 
 
 class LSTM(_Stacked, nn.LSTM):
