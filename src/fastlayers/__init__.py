@@ -8,6 +8,8 @@ from . import backends, ops  # noqa: F401
 from .backends import cpu as _cpu_backend  # noqa: F401  (loads the compiled kernels: a broken install warns now)
 from ._dispatch import available_backends, get_num_threads, set_backend, set_num_threads, threads, use_backend
 from .functional import (
+    batch_norm,
+    batch_norm_backward,
     conv2d,
     conv2d_backward,
     gru,
@@ -20,6 +22,8 @@ from .functional import (
     lstm_step_backward,
     max_pool2d,
     max_pool2d_backward,
+    relu,
+    relu_backward,
     rnn,
     rnn_backward,
     rnn_step,
@@ -45,6 +49,8 @@ __all__ = [
     "augment",
     "available_backends",
     "backends",
+    "batch_norm",
+    "batch_norm_backward",
     "conv2d",
     "conv2d_backward",
     "filters",
@@ -67,6 +73,8 @@ __all__ = [
     "ops",
     "optim",
     "release_workspaces",
+    "relu",
+    "relu_backward",
     "rnn",
     "rnn_backward",
     "rnn_step",

@@ -118,6 +118,17 @@ def _backend_name(spec, problem, backend):
     return "cpu" if cpu and _loads(cpu[0]) and backend_module("cpu").availability()[0] else "numpy"
 
 
+def host_backend(backend: str | None) -> str:
+    """The backend for ops with host kernels only, called from code that may run inside
+    ``use_backend("cuda")`` (the layers with no GPU kernels): ``backend``, ``use_backend``'s or
+    ``set_backend``'s choice when it is a host backend, else "cpu" where its kernels load, else
+    "numpy"."""
+    name = backend or _backend_override.get() or _default_backend
+    if name in ("numpy", "cpu"):
+        return name
+    return "cpu" if backend_module("cpu").availability()[0] else "numpy"
+
+
 def select_kernel(spec, problem, backend, algo="auto"):
     """The kernel that runs ``problem`` of ``spec``.
 

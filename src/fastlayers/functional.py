@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence, Tuple, Union
 
-from .ops import CONV2D, GRU, LSTM, MAX_POOL2D, RNN
+from .ops import BATCH_NORM, CONV2D, GRU, LSTM, MAX_POOL2D, RELU, RNN
 from .ops._spec import run
 
 __all__ = [
@@ -37,6 +37,10 @@ __all__ = [
     "gru_step_backward",
     "gru",
     "gru_backward",
+    "relu",
+    "relu_backward",
+    "batch_norm",
+    "batch_norm_backward",
 ]
 
 Array = Any  # numpy.ndarray, or a GPU array for the cuda backend
@@ -286,3 +290,52 @@ def gru_step_backward(dh: Array, x: Array, h_prev: Optional[Array], Wx: Array, W
     ``(dx (N, D), dh_prev (N, H), dWx, dWh, dbx, dbh)``."""
     arrays = dict(dhs=dh, x_seq=x, h0=h_prev, Wx=Wx, Wh=Wh, bx=bx, bh=bh, hs=h)
     return run(GRU, GRU.backward(arrays, step=True), backend, "auto", out, single_out=False)
+
+
+# ============================================================================ relu, batch_norm
+
+
+def relu(input: Array, *, backend: Optional[str] = None, out: Optional[Array] = None) -> Array:
+    """max(input, 0) elementwise, any shape; NaN propagates (as ``torch.relu``)."""
+    return run(RELU, RELU.forward(input), backend, "auto", out)
+
+
+def relu_backward(grad_output: Array, input: Array, *, backend: Optional[str] = None,
+                  out: Optional[Array] = None) -> Array:
+    """Gradient of :func:`relu`: grad_output where input > 0, else 0 (at 0 too, as PyTorch)."""
+    return run(RELU, RELU.backward(grad_output, input), backend, "auto", out)
+
+
+def batch_norm(input: Array, running_mean: Optional[Array], running_var: Optional[Array],
+               weight: Optional[Array] = None, bias: Optional[Array] = None, training: bool = False,
+               momentum: float = 0.1, eps: float = 1e-5, *, backend: Optional[str] = None,
+               out: Optional[Array] = None) -> Array:
+    """Batch normalisation per channel, as ``torch.nn.functional.batch_norm``.
+
+    Parameters
+    ----------
+    input : array (N, C, ...) (2-D to 5-D), float32 or float64
+    running_mean, running_var : arrays (C,) or None (allowed in training mode only)
+    weight, bias : arrays (C,) or None (scale 1, shift 0)
+    training : bool; True normalises with the batch's mean and biased variance over N and the
+        trailing axes, and updates ``running_mean`` and ``running_var`` in place (weight
+        ``momentum``; the variance unbiased); False normalises with the running statistics
+    eps : float > 0, added to the variance
+    out : buffer for the output, optional
+
+    Returns
+    -------
+    output : array of the input's shape, ``(input - mean) / sqrt(var + eps) * weight + bias``
+    """
+    problem = BATCH_NORM.forward(input, running_mean, running_var, weight, bias, training, momentum, eps)
+    return run(BATCH_NORM, problem, backend, "auto", out)
+
+
+def batch_norm_backward(grad_output: Array, input: Array, running_mean: Optional[Array],
+                        running_var: Optional[Array], weight: Optional[Array] = None, training: bool = False,
+                        eps: float = 1e-5, *, backend: Optional[str] = None, out: Out = None) -> Tuple[Array, ...]:
+    """Gradients of :func:`batch_norm` given the forward's arguments (in training mode the batch
+    statistics are recomputed from ``input``; the running statistics are not used then and may
+    be None). Returns ``(grad_input (N, C, ...), grad_weight (C,), grad_bias (C,))``."""
+    problem = BATCH_NORM.backward(grad_output, input, running_mean, running_var, weight, training, eps)
+    return run(BATCH_NORM, problem, backend, "auto", out, single_out=False)
