@@ -27,16 +27,22 @@ OPS = tuple(op for op in FUNCTIONS if not op.startswith(("lstm_step", "gru_step"
 # Arguments that are arrays, in the order of the signature; the first float one fixes the dtype
 # the others must share (the spec checks it first).
 _FORWARD = {"conv2d": ("input", "weight", "bias"), "max_pool2d": ("input",), "rnn": ("input", "hx", "Wx", "Wh", "bias"),
-            "lstm": ("x_seq", "h0", "c0", "Wx", "Wh", "b"), "gru": ("x_seq", "h0", "Wx", "Wh", "bx", "bh")}
+            "lstm": ("x_seq", "h0", "c0", "Wx", "Wh", "b"), "gru": ("x_seq", "h0", "Wx", "Wh", "bx", "bh"),
+            "relu": ("input",), "batch_norm": ("input", "running_mean", "running_var", "weight", "bias")}
 _BACKWARD = {"conv2d": ("grad_output", "input", "weight"), "max_pool2d": ("grad_output", "indices"),
              "rnn": ("grad_output", "input", "hx", "Wx", "Wh", "output"),
              "lstm": ("dhs", "dcs", "x_seq", "h0", "c0", "Wx", "Wh", "b", "hs", "cs"),
-             "gru": ("dhs", "x_seq", "h0", "Wx", "Wh", "bx", "bh", "hs")}
+             "gru": ("dhs", "x_seq", "h0", "Wx", "Wh", "bx", "bh", "hs"),
+             "relu": ("grad_output", "input"),
+             "batch_norm": ("grad_output", "input", "running_mean", "running_var", "weight")}
 ARRAYS = {op: (_FORWARD if FUNCTIONS[op].functions[op] == "forward" else _BACKWARD)[FUNCTIONS[op].name] for op in OPS}
 # The array whose dtype and shape the others are checked against: the forward's input (the
 # pooled gradient for max_pool2d_backward, which has none).
 ANCHOR = {op: next(a for a in (_FORWARD[FUNCTIONS[op].name][0], "grad_output") if a in ARRAYS[op]) for op in OPS}
 LAYOUTS = ("C", "F", "reversed", "strided", "readonly")
+# Ops whose input may have any rank of a range: op -> the array that may (relu's input: any rank,
+# so a rank change is no error there; batch_norm's input: 2-D to 5-D, its vectors then disagree).
+ANY_RANK = {"relu": "input", "relu_backward": None, "batch_norm": None, "batch_norm_backward": None}
 
 
 @dataclass
@@ -293,6 +299,49 @@ def gated_calls(draw, dtype, cell, backward=False):
     return _gated_call(rng, cell, T, N, D, H, dtype, draw(_KINDS), backward, absent)
 
 
+# ---------------------------------------------------------------------------- relu, batch_norm
+
+
+def _relu_call(rng, shape, dtype, kind="normal", backward=False):
+    x = _values(rng, shape, dtype, kind)
+    if not backward:
+        return Call("relu", dict(input=x), {}, None, (0,))  # a selection: exact
+    return Call("relu_backward", dict(grad_output=_values(rng, shape, dtype, "normal"), input=x), {}, None, (0,))
+
+
+@st.composite
+def relu_calls(draw, dtype, backward=False):
+    shape = tuple(draw(st.lists(st.integers(0, 5), min_size=1, max_size=4)))
+    return _relu_call(np.random.default_rng(draw(_SEEDS)), shape, dtype, draw(_KINDS), backward)
+
+
+def _batch_norm_call(rng, shape, dtype, training, kind="normal", backward=False, affine=True):
+    """Training calls pass no running statistics (the forward would update them in place: the
+    layer tests and tests/test_batch_norm.py check that); eval calls pass them."""
+    C = shape[1]
+    x = _values(rng, shape, dtype, kind)
+    stats = (None, None) if training else (_values(rng, (C,), dtype, "normal"), 0.5 + np.abs(_values(rng, (C,), dtype, "normal")))
+    weight = _values(rng, (C,), dtype, "normal") if affine else None
+    params = dict(training=training, eps=1e-5)
+    arrays = dict(input=x, running_mean=stats[0], running_var=stats[1], weight=weight)
+    # Each output is a normalised value of a few operations; the gradients sum N*S terms.
+    count = max(x.size // max(C, 1), 1)
+    if not backward:
+        bias = _values(rng, (C,), dtype, "normal") if affine else None
+        return Call("batch_norm", dict(arrays, bias=bias), params, None, (8,))
+    dy = _values(rng, shape, dtype, "normal")
+    return Call("batch_norm_backward", dict(grad_output=dy, **arrays), params, None, (4 * count,) * 3)
+
+
+@st.composite
+def batch_norm_calls(draw, dtype, backward=False):
+    N, C = draw(st.integers(1, 4)), draw(st.integers(0, 4))
+    trailing = tuple(draw(st.lists(st.integers(1, 5), min_size=0, max_size=3)))
+    training = draw(st.booleans()) and N * int(np.prod(trailing)) > 1
+    return _batch_norm_call(np.random.default_rng(draw(_SEEDS)), (N, C) + trailing, dtype, training, draw(_KINDS),
+                            backward, affine=draw(st.booleans()))
+
+
 def calls(op, dtype, algos=("auto",)):
     """A strategy of valid ``Call``s of ``op`` in ``dtype``."""
     dtype = np.dtype(dtype)
@@ -309,6 +358,10 @@ def calls(op, dtype, algos=("auto",)):
         "lstm_backward": lambda: gated_calls(dtype, "lstm", backward=True),
         "gru": lambda: gated_calls(dtype, "gru"),
         "gru_backward": lambda: gated_calls(dtype, "gru", backward=True),
+        "relu": lambda: relu_calls(dtype),
+        "relu_backward": lambda: relu_calls(dtype, backward=True),
+        "batch_norm": lambda: batch_norm_calls(dtype),
+        "batch_norm_backward": lambda: batch_norm_calls(dtype, backward=True),
     }[op]()
 
 
@@ -335,6 +388,11 @@ def fixed_call(op, dtype=np.float32, seed=0, size="small"):
         y, indices = reference.max_pool2d(x, **params, return_indices=True)
         dy = _values(rng, y.shape, dtype, "normal")
         return Call(op, dict(grad_output=dy, indices=indices), dict(input_shape=x.shape), None, (4,))
+    if op.startswith("relu"):
+        return _relu_call(rng, (8, 16, 32, 32) if big else (4, 8, 16, 16), dtype, backward=op != "relu")
+    if op.startswith("batch_norm"):
+        return _batch_norm_call(rng, (8, 16, 32, 32) if big else (4, 8, 16, 16), dtype, True,
+                                backward=op != "batch_norm")
     sequence = op.startswith("rnn") and not op.startswith("rnn_step")
     T, N, D, H = (10, 16, 32, 48) if big else (5, 8, 16, 24)
     cell = op.removesuffix("_backward")

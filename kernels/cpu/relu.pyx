@@ -2,7 +2,7 @@
 #
 # Sizes are checked by the relu spec (fastlayers.ops.relu) and its CPU wrapper before they get
 # here. NaN propagates as in NumPy's maximum and PyTorch's relu (x < 0 is false for NaN); the
-# backward passes the gradient where x > 0 only (0 at 0 and at NaN, as PyTorch's).
+# backward gives 0 where x <= 0 (at 0 too) and the gradient elsewhere, NaN included, as PyTorch's.
 from cython cimport floating
 from cython.parallel cimport prange
 
@@ -20,7 +20,7 @@ cdef void _forward_block(const floating* x, floating* y, Py_ssize_t n) noexcept 
 cdef void _backward_block(const floating* dy, const floating* x, floating* dx, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(n):
-        dx[i] = dy[i] if x[i] > 0 else 0
+        dx[i] = 0 if x[i] <= 0 else dy[i]
 
 
 def forward(const floating[::1] x, floating[::1] y, int num_threads):

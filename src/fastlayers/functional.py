@@ -302,7 +302,8 @@ def relu(input: Array, *, backend: Optional[str] = None, out: Optional[Array] = 
 
 def relu_backward(grad_output: Array, input: Array, *, backend: Optional[str] = None,
                   out: Optional[Array] = None) -> Array:
-    """Gradient of :func:`relu`: grad_output where input > 0, else 0 (at 0 too, as PyTorch)."""
+    """Gradient of :func:`relu`: 0 where input <= 0 (at 0 too), grad_output elsewhere (NaN input
+    included), as PyTorch's."""
     return run(RELU, RELU.backward(grad_output, input), backend, "auto", out)
 
 

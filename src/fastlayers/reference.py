@@ -451,8 +451,9 @@ def relu_impl(x, g):
 
 
 def relu_backward_impl(dy, x, g):
-    """dL/dx of relu; the subgradient at 0 is 0 (as in PyTorch)."""
-    return (np.where(x > 0, dy, 0).astype(dy.dtype, copy=False),)
+    """dL/dx of relu: 0 where x <= 0 (the subgradient at 0 is 0), dy elsewhere (NaN included), as
+    PyTorch's threshold_backward."""
+    return (np.where(x <= 0, 0, dy).astype(dy.dtype, copy=False),)
 
 
 def relu(input):
@@ -461,7 +462,7 @@ def relu(input):
 
 
 def relu_backward(grad_output, input):
-    """grad_output where input > 0, else 0."""
+    """0 where input <= 0, else grad_output."""
     return run(RELU, RELU.backward(grad_output, input), "numpy", "auto", None)
 
 

@@ -104,6 +104,10 @@ class BatchNormSpec(OpSpec):
         g, dt = _geometry(input, running_mean, running_var, weight, training, eps, "input")
         _check_channel_vectors(g.C, dt, bias=bias)
         momentum = _check_real("momentum", momentum, 0.0, 1.0, low_open=False)
+        if g.training and running_mean is not None:
+            for name, v in (("running_mean", running_mean), ("running_var", running_var)):
+                if not getattr(v, "flags", None) or not v.flags.writeable:
+                    raise ValueError(f"{name} must be a writeable NumPy array in training mode (it is updated in place)")
         stats = (("mean", (g.C,), STATS_DTYPE), ("var", (g.C,), STATS_DTYPE))
         return Problem(
             "forward", g,

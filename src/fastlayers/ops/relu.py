@@ -1,7 +1,7 @@
 """The relu spec: arguments, geometry, outputs and kernels of ``relu`` and ``relu_backward``.
 
-Elementwise: any shape, the output of the input's shape and dtype. The backward passes the
-gradient where the input is > 0 and gives 0 elsewhere (at 0 too, and at NaN), as PyTorch's.
+Elementwise: any shape, the output of the input's shape and dtype. The backward gives 0 where
+the input is <= 0 (at 0 too) and passes the gradient elsewhere (at NaN too), as PyTorch's.
 """
 from __future__ import annotations
 
