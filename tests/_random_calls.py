@@ -28,12 +28,12 @@ OPS = tuple(op for op in FUNCTIONS if not op.startswith(("lstm_step", "gru_step"
 # the others must share (the spec checks it first).
 _FORWARD = {"conv2d": ("input", "weight", "bias"), "max_pool2d": ("input",), "rnn": ("input", "hx", "Wx", "Wh", "bias"),
             "lstm": ("x_seq", "h0", "c0", "Wx", "Wh", "b"), "gru": ("x_seq", "h0", "Wx", "Wh", "bx", "bh"),
-            "relu": ("input",), "batch_norm": ("input", "running_mean", "running_var", "weight", "bias")}
+            "linear": ("input", "weight", "bias"), "relu": ("input",), "batch_norm": ("input", "running_mean", "running_var", "weight", "bias")}
 _BACKWARD = {"conv2d": ("grad_output", "input", "weight"), "max_pool2d": ("grad_output", "indices"),
              "rnn": ("grad_output", "input", "hx", "Wx", "Wh", "output"),
              "lstm": ("dhs", "dcs", "x_seq", "h0", "c0", "Wx", "Wh", "b", "hs", "cs"),
              "gru": ("dhs", "x_seq", "h0", "Wx", "Wh", "bx", "bh", "hs"),
-             "relu": ("grad_output", "input"),
+             "linear": ("grad_output", "input", "weight"), "relu": ("grad_output", "input"),
              "batch_norm": ("grad_output", "input", "running_mean", "running_var", "weight")}
 ARRAYS = {op: (_FORWARD if FUNCTIONS[op].functions[op] == "forward" else _BACKWARD)[FUNCTIONS[op].name] for op in OPS}
 # The array whose dtype and shape the others are checked against: the forward's input (the
@@ -42,7 +42,8 @@ ANCHOR = {op: next(a for a in (_FORWARD[FUNCTIONS[op].name][0], "grad_output") i
 LAYOUTS = ("C", "F", "reversed", "strided", "readonly")
 # Ops whose input may have any rank of a range: op -> the array that may (relu's input: any rank,
 # so a rank change is no error there; batch_norm's input: 2-D to 5-D, its vectors then disagree).
-ANY_RANK = {"relu": "input", "relu_backward": None, "batch_norm": None, "batch_norm_backward": None}
+ANY_RANK = {"relu": "input", "relu_backward": None, "linear": "input", "linear_backward": None, "batch_norm": None,
+            "batch_norm_backward": None}
 
 
 @dataclass
@@ -299,7 +300,29 @@ def gated_calls(draw, dtype, cell, backward=False):
     return _gated_call(rng, cell, T, N, D, H, dtype, draw(_KINDS), backward, absent)
 
 
-# ---------------------------------------------------------------------------- relu, batch_norm
+# ---------------------------------------------------------------------------- linear, relu, batch_norm
+
+
+def _linear_call(rng, lead, I, O, dtype, kind="normal", backward=False, has_bias=True, transposed=False):
+    """``transposed``: the weight is the transpose of a C-contiguous (I, O) array, as the Dense
+    layer passes it."""
+    x = _values(rng, lead + (I,), dtype, kind)
+    w = _values(rng, (I, O), dtype, "normal").T if transposed else _values(rng, (O, I), dtype, "normal")
+    if not backward:
+        b = _values(rng, (O,), dtype, "normal") if has_bias else None
+        return Call("linear", dict(input=x, weight=w, bias=b), {}, None, (I + 1,))
+    M = int(np.prod(lead, dtype=np.int64))
+    dy = _values(rng, lead + (O,), dtype, "normal")
+    return Call("linear_backward", dict(grad_output=dy, input=x, weight=w), {}, None, (O, M, M))
+
+
+@st.composite
+def linear_calls(draw, dtype, backward=False):
+    lead = tuple(draw(st.lists(st.integers(0, 4), min_size=0, max_size=2)))
+    I, O = draw(st.integers(0, 9)), draw(st.integers(0, 9))
+    return _linear_call(np.random.default_rng(draw(_SEEDS)), lead, I, O, dtype, draw(_KINDS), backward,
+                        draw(st.booleans()), draw(st.booleans()))
+
 
 
 def _relu_call(rng, shape, dtype, kind="normal", backward=False):
@@ -358,6 +381,8 @@ def calls(op, dtype, algos=("auto",)):
         "lstm_backward": lambda: gated_calls(dtype, "lstm", backward=True),
         "gru": lambda: gated_calls(dtype, "gru"),
         "gru_backward": lambda: gated_calls(dtype, "gru", backward=True),
+        "linear": lambda: linear_calls(dtype),
+        "linear_backward": lambda: linear_calls(dtype, backward=True),
         "relu": lambda: relu_calls(dtype),
         "relu_backward": lambda: relu_calls(dtype, backward=True),
         "batch_norm": lambda: batch_norm_calls(dtype),
@@ -388,6 +413,9 @@ def fixed_call(op, dtype=np.float32, seed=0, size="small"):
         y, indices = reference.max_pool2d(x, **params, return_indices=True)
         dy = _values(rng, y.shape, dtype, "normal")
         return Call(op, dict(grad_output=dy, indices=indices), dict(input_shape=x.shape), None, (4,))
+    if op.startswith("linear"):
+        return _linear_call(rng, (64,) if big else (16,), 512 if big else 128, 64 if big else 32, dtype,
+                            backward=op != "linear", transposed=True)
     if op.startswith("relu"):
         return _relu_call(rng, (8, 16, 32, 32) if big else (4, 8, 16, 16), dtype, backward=op != "relu")
     if op.startswith("batch_norm"):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence, Tuple, Union
 
-from .ops import BATCH_NORM, CONV2D, GRU, LSTM, MAX_POOL2D, RELU, RNN
+from .ops import BATCH_NORM, CONV2D, GRU, LINEAR, LSTM, MAX_POOL2D, RELU, RNN
 from .ops._spec import run
 
 __all__ = [
@@ -37,6 +37,8 @@ __all__ = [
     "gru_step_backward",
     "gru",
     "gru_backward",
+    "linear",
+    "linear_backward",
     "relu",
     "relu_backward",
     "batch_norm",
@@ -292,7 +294,23 @@ def gru_step_backward(dh: Array, x: Array, h_prev: Optional[Array], Wx: Array, W
     return run(GRU, GRU.backward(arrays, step=True), backend, "auto", out, single_out=False)
 
 
-# ============================================================================ relu, batch_norm
+# ============================================================================ linear, relu, batch_norm
+
+
+def linear(input: Array, weight: Array, bias: Optional[Array] = None, *, backend: Optional[str] = None,
+           out: Optional[Array] = None) -> Array:
+    """``input @ weight.T + bias``, as ``torch.nn.functional.linear``: input (..., in_features),
+    weight (out_features, in_features), bias (out_features,) or None -> (..., out_features).
+
+    The cpu kernel runs the product on fastlayers' own threads (it wakes no other library's BLAS
+    threads); a weight that is the transpose of a C-contiguous array is read without a copy."""
+    return run(LINEAR, LINEAR.forward(input, weight, bias), backend, "auto", out)
+
+
+def linear_backward(grad_output: Array, input: Array, weight: Array, *, backend: Optional[str] = None,
+                    out: Out = None) -> Tuple[Array, Array, Array]:
+    """Gradients of :func:`linear`: ``(grad_input (..., in), grad_weight (out, in), grad_bias (out,))``."""
+    return run(LINEAR, LINEAR.backward(grad_output, input, weight), backend, "auto", out, single_out=False)
 
 
 def relu(input: Array, *, backend: Optional[str] = None, out: Optional[Array] = None) -> Array:

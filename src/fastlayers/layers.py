@@ -24,10 +24,10 @@ and read them at exactly the path given.
 
 Conv2D, MaxPool2D, RNN, LSTM and GRU call :func:`fastlayers.conv2d`, :func:`fastlayers.max_pool2d`,
 :func:`fastlayers.rnn`, :func:`fastlayers.lstm` and :func:`fastlayers.gru` (and their backwards),
-so they run on the backend the dispatch picks, or on the one given as ``backend``. ReLU and
-BatchNorm2d call :func:`fastlayers.relu` and :func:`fastlayers.batch_norm`, which have host
-kernels only: with the cuda backend they run on the CPU's. Dense, Embedding, TiedOutput, Tanh,
-Sigmoid, Flatten and Dropout are NumPy on every backend. Parameters live in host memory (NumPy
+so they run on the backend the dispatch picks, or on the one given as ``backend``. Dense and
+TiedOutput, ReLU and BatchNorm2d call :func:`fastlayers.linear`, :func:`fastlayers.relu` and
+:func:`fastlayers.batch_norm`, which have host kernels only: with the cuda backend they run on the
+CPU's. Embedding, Tanh, Sigmoid, Flatten and Dropout are NumPy on every backend. Parameters live in host memory (NumPy
 arrays): layers that keep their parameters on a GPU are not implemented.
 
 Initialisation is PyTorch's default (see :mod:`fastlayers.init` for Kaiming, Xavier and the
@@ -56,6 +56,8 @@ from .functional import (
     conv2d_backward,
     gru,
     gru_backward,
+    linear,
+    linear_backward,
     lstm,
     lstm_backward,
     max_pool2d,
@@ -618,12 +620,12 @@ class Dense(Layer):
             )
         W = self._parameters["W"]
         self._record((x, W))
-        return reference.dense(x, W, self._parameters.get("b"))
+        return linear(x, W.T, self._parameters.get("b"), backend=self.host_backend)
 
     def backward(self, dy):
         x, W = self._last_record()
-        dx, dW, db = reference.dense_backward(dy, x, W)
-        self._accumulate("W", dW)
+        dx, dWt, db = linear_backward(dy, x, W.T, backend=self.host_backend)
+        self._accumulate("W", dWt.T)
         if "b" in self._parameters:
             self._accumulate("b", db)
         return dx
@@ -978,12 +980,12 @@ class TiedOutput(Layer):
                              f"axis, got shape {h.shape}")
         W = self.embedding._parameters["W"]
         self._record((h, W))
-        return h @ W.T
+        return linear(h, W, backend=self.host_backend)
 
     def backward(self, dy):
         h, W = self._last_record()
-        dh, dWT, _ = reference.dense_backward(dy, h, W.T)
-        self.embedding._accumulate("W", dWT.T)
+        dh, dW, _ = linear_backward(dy, h, W, backend=self.host_backend)
+        self.embedding._accumulate("W", dW)
         return dh
 
     def _named_items(self, attribute, prefix):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ops import BATCH_NORM, CONV2D, MAX_POOL2D, RELU, RNN
+from .ops import BATCH_NORM, CONV2D, LINEAR, MAX_POOL2D, RELU, RNN
 from .ops._spec import run
 from .ops.gated import gated_geometry
 
@@ -36,8 +36,8 @@ __all__ = [
     "gru_step_backward",
     "gru",
     "gru_backward",
-    "dense",
-    "dense_backward",
+    "linear",
+    "linear_backward",
     "relu",
     "relu_backward",
     "batch_norm",
@@ -425,22 +425,27 @@ def gru_backward(dhs, x_seq, h0, Wx, Wh, bx, bh, hs):
     return gru_backward_impl(dhs, x_seq, h0, Wx, Wh, bx, bh, hs)
 
 
-# ============================================================================ dense
+# ============================================================================ linear
 
 
-def dense(x, W, b=None):
-    """Fully connected layer on the last axis: x (..., in), W (in, out), b (out,) -> (..., out)."""
-    y = x @ W
-    if b is not None:
-        y += b
-    return y
+def linear_impl(x, w, b, g):
+    y = x @ w.T
+    return (y if b is None else y + b,)
 
 
-def dense_backward(dy, x, W):
-    """Gradients (dx, dW, db) of dense."""
-    x2 = x.reshape(-1, x.shape[-1])
-    dy2 = dy.reshape(-1, dy.shape[-1])
-    return dy @ W.T, x2.T @ dy2, dy2.sum(axis=0)
+def linear_backward_impl(dy, x, w, g):
+    x2, dy2 = x.reshape(g.M, g.I), dy.reshape(g.M, g.O)
+    return dy @ w, dy2.T @ x2, dy2.sum(axis=0)
+
+
+def linear(input, weight, bias=None):
+    """input (..., in) @ weight.T + bias: weight (out, in), bias (out,) -> (..., out)."""
+    return run(LINEAR, LINEAR.forward(input, weight, bias), "numpy", "auto", None)
+
+
+def linear_backward(grad_output, input, weight):
+    """Gradients (grad_input, grad_weight, grad_bias) of linear."""
+    return run(LINEAR, LINEAR.backward(grad_output, input, weight), "numpy", "auto", None, single_out=False)
 
 
 # ============================================================================ relu

@@ -69,6 +69,14 @@ def gru_backward(dhs, x, h0, Wx, Wh, bx, bh, hs, g, outs):
     return _into(outs, ref.gru_backward_impl(dhs, x, h0, Wx, Wh, bx, bh, hs))
 
 
+def linear_forward(x, w, b, g, outs):
+    return _into(outs, ref.linear_impl(x, w, b, g))
+
+
+def linear_backward(dy, x, w, g, outs):
+    return _into(outs, ref.linear_backward_impl(dy, x, w, g))
+
+
 def relu_forward(x, g, outs):
     return _into(outs, ref.relu_impl(x, g))
 
