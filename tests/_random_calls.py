@@ -40,9 +40,10 @@ ARRAYS = {op: (_FORWARD if FUNCTIONS[op].functions[op] == "forward" else _BACKWA
 # pooled gradient for max_pool2d_backward, which has none).
 ANCHOR = {op: next(a for a in (_FORWARD[FUNCTIONS[op].name][0], "grad_output") if a in ARRAYS[op]) for op in OPS}
 LAYOUTS = ("C", "F", "reversed", "strided", "readonly")
-# Ops whose input may have any rank of a range: op -> the array that may (relu's input: any rank,
-# so a rank change is no error there; batch_norm's input: 2-D to 5-D, its vectors then disagree).
-ANY_RANK = {"relu": "input", "relu_backward": None, "linear": "input", "linear_backward": None, "batch_norm": None,
+# Ops whose arrays may have several ranks: op -> the array of the forward whose rank may change
+# validly (relu's and linear's input: any rank; batch_norm's: 2-D to 5-D, valid again where the
+# channel axis keeps its size). A rank change elsewhere may be blamed on any array of the call.
+ANY_RANK = {"relu": "input", "relu_backward": None, "linear": "input", "linear_backward": None, "batch_norm": "input",
             "batch_norm_backward": None}
 
 
