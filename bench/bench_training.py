@@ -12,8 +12,9 @@ step with momentum, timed by the engine's timer (fastlayers.benchmark.timing.tim
 runs the same step in a process of its own (torch.nn with autograd, torch.optim.SGD) with the same
 thread count and the engine's allocator policy in both processes.
 
-The breakdown times every layer's forward and backward inside fastlayers' step: Conv2D and
-MaxPool2D call the compiled kernels; every other layer, the loss and the optimiser are NumPy.
+The breakdown times every layer's forward and backward inside fastlayers' step: Conv2D,
+MaxPool2D, BatchNorm2d, ReLU and Dense call the compiled kernels; Flatten, Dropout, the loss and
+the optimiser are NumPy.
 """
 from __future__ import annotations
 
@@ -140,7 +141,7 @@ def torch_worker(model, threads, repeat, budget):
     return statistics.median(time_call(step, repeat, budget))
 
 
-COMPILED = ("Conv2D", "MaxPool2D")
+COMPILED = ("Conv2D", "MaxPool2D", "BatchNorm2d", "ReLU", "Dense")
 
 
 def main(argv=None):
@@ -181,7 +182,7 @@ def main(argv=None):
         total, parts = breakdown(net, step, max(3, args.repeat // 3))
         compiled = sum(s for key, s in parts.items() if key.split()[0] in COMPILED)
         print(f"  where fastlayers' step goes ({total * 1e3:.2f} ms per step, timers on): compiled kernels "
-              f"(Conv2D, MaxPool2D) {100 * compiled / total:.0f}%, outside them {100 * (1 - compiled / total):.0f}%")
+              f"({', '.join(COMPILED)}) {100 * compiled / total:.0f}%, outside them {100 * (1 - compiled / total):.0f}%")
         for key, seconds in sorted(parts.items(), key=lambda kv: -kv[1]):
             print(f"    {key:24} {1e3 * seconds:8.3f} ms  {100 * seconds / total:5.1f}%")
     return 0
