@@ -10,6 +10,7 @@ backend shares that step.
 from __future__ import annotations
 
 import numbers
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,7 +60,7 @@ def _check_channel_vectors(C, dt, **vectors):
 def _geometry(input, running_mean, running_var, weight, training, eps, what):
     dt = check_array(what, input, (2, 3, 4, 5))
     N, C = (int(s) for s in input.shape[:2])
-    S = int(np.prod(input.shape[2:], dtype=np.int64))
+    S = math.prod(input.shape[2:])
     _check_channel_vectors(C, dt, running_mean=running_mean, running_var=running_var, weight=weight)
     training = check_bool("training", training)
     eps = _check_real("eps", eps, 0.0, float("inf"), low_open=True)

@@ -5,9 +5,9 @@ The input may have any leading axes (..., in_features); kernels see it as (M, in
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-import numpy as np
 
 from ._checks import check_array, check_shape
 from ._spec import Kernel, OpSpec, Problem
@@ -38,7 +38,7 @@ def _geometry(input, weight):
         raise ValueError(f"input's last axis ({input.shape[-1]}) must equal weight.shape[1] = in_features = {I} "
                          f"(weight is (out_features, in_features) = {tuple(weight.shape)}){hint}")
     lead = tuple(int(s) for s in input.shape[:-1])
-    return LinearGeometry(int(np.prod(lead, dtype=np.int64)), I, O, lead), dt
+    return LinearGeometry(math.prod(lead), I, O, lead), dt
 
 
 def _first(results, outs):

@@ -5,9 +5,9 @@ the input is <= 0 (at 0 too) and passes the gradient elsewhere (at NaN too), as 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-import numpy as np
 
 from ._checks import check_array, check_shape
 from ._spec import Kernel, OpSpec, Problem
@@ -21,7 +21,7 @@ class ElementwiseGeometry:
 
     @property
     def size(self):
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)
 
     def work(self, direction, itemsize):
         """``(bytes, "byte")`` moved: the forward reads x and writes y, the backward reads dy and x
