@@ -179,11 +179,20 @@ def _cuda_direct_declines(problem):
     return None
 
 
+def _cpu_depthwise_declines(problem):
+    if problem.geometry.Cg != 1:
+        return (f"the cpu 'depthwise' kernel takes one input channel per group (groups == in_channels), got "
+                f"{problem.geometry.Cg} channels per group")
+    return None
+
+
 KERNELS = (
     Kernel("numpy", "reference", "fastlayers.backends.numpy",
            {"forward": "conv2d_forward", "backward": "conv2d_backward"}, allocates=True),
     Kernel("cpu", "im2col", "fastlayers.backends.cpu.conv2d", {"forward": "im2col_forward", "backward": "im2col_backward"}),
     Kernel("cpu", "direct", "fastlayers.backends.cpu.conv2d", {"forward": "direct_forward", "backward": "direct_backward"}),
+    Kernel("cpu", "depthwise", "fastlayers.backends.cpu.conv2d",
+           {"forward": "depthwise_forward", "backward": "depthwise_backward"}, declines=_cpu_depthwise_declines),
     Kernel("cuda", "implicit_gemm", "fastlayers.backends.cuda.conv2d",
            {"forward": "implicit_gemm_forward", "backward": "implicit_gemm_backward"}, allocates=True),
     Kernel("cuda", "direct", "fastlayers.backends.cuda.conv2d", {"forward": "direct_forward"},

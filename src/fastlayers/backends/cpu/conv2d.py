@@ -1,5 +1,7 @@
-"""conv2d on the CPU backend: im2col + GEMM (kernels/cpu/im2col.pyx) and direct loops
-(kernels/cpu/conv2d_direct.pyx), forward and backward.
+"""conv2d on the CPU backend: im2col + GEMM (kernels/cpu/im2col.pyx), direct loops
+(kernels/cpu/conv2d_direct.pyx) and, for one input channel per group, depthwise plane loops
+(kernels/cpu/conv2d_depthwise.pyx), forward and backward. The depthwise loops give every output
+to one task in a fixed order: their results do not depend on the thread count.
 
 Both algorithms are reproducible bit for bit from run to run at a given thread count: no
 atomics, every sum in a fixed order. The direct loops do not depend on the thread count at all.
@@ -19,6 +21,7 @@ largest size until the thread ends or ``fastlayers.release_workspaces()``.
 """
 import numpy as np
 
+from ..._cpu import conv2d_depthwise as _depthwise
 from ..._cpu import conv2d_direct as _direct
 from ..._cpu import im2col as _im2col
 from ..._dispatch import threads_for
@@ -115,8 +118,11 @@ def choose_algo(problem, isa=None):
     kernel's loader picked it) is in ``DIRECT_FAST_ISAS``, "direct" for kernels larger than 1x1
     with at most ``DIRECT_MAX_TAPS`` taps per output (C/groups * KH * KW), at least
     ``DIRECT_MIN_FLOPS`` FLOP and ``DIRECT_MIN_PLANES`` (image, group) planes, "im2col" otherwise;
-    for the backward, "im2col"."""
+    for the backward, "im2col". Several groups of one input channel each (depthwise): "depthwise",
+    both ways (a single input channel, groups 1, keeps the rules above)."""
     g, direction = problem.geometry, problem.direction
+    if g.Cg == 1 and g.groups > 1:
+        return "depthwise"
     if not _im2col_fits(g):
         return "direct"
     if _direct_scratch_bytes(g, direction) > DIRECT_MAX_SCRATCH_BYTES:
@@ -248,4 +254,28 @@ def im2col_backward(dy, x, w, g, outs):
         if threads > 1:
             np.sum(dw_partial, axis=0, out=dw.reshape(-1))
             np.sum(db_partial, axis=0, out=db)
+    return outs
+
+
+def _finite(*arrays):
+    return all(np.isfinite(a).all() for a in arrays)
+
+
+def depthwise_forward(x, w, b, g, outs):
+    (y,) = outs
+    if _degenerate(x, w):
+        return _degenerate_forward(b, y)
+    if not _finite(w):  # padding taps are skipped, not multiplied by zero: the reference's NaNs need im2col
+        return im2col_forward(x, w, b, g, outs)
+    _depthwise.conv2d_forward(contiguous(x), contiguous(w), contiguous(b), y, g, threads_for(g.flops // 2))
+    return (y,)
+
+
+def depthwise_backward(dy, x, w, g, outs):
+    dx, dw, db = outs
+    if _degenerate(x, w):
+        return _degenerate_backward(dy, outs)
+    if not _finite(w, dy):  # as in depthwise_forward: non-finite values meet padding taps in the reference
+        return im2col_backward(dy, x, w, g, outs)
+    _depthwise.conv2d_backward(contiguous(dy), contiguous(x), contiguous(w), dx, dw, db, g, threads_for(g.flops))
     return outs
