@@ -22,11 +22,12 @@ import numpy as np
 import fastlayers as fl
 from fastlayers.benchmark.runner import fastlayers_call
 from fastlayers.benchmark.timing import median_ms
-from fastlayers.benchmark.workloads import WORKLOADS, make_inputs
+from fastlayers.benchmark.workloads import make_inputs
 from fastlayers.cases import CASES, CASES_BY_NAME
+from fastlayers.ops import CONV2D
 
 CONV_CASES = tuple(c.name for c in CASES if c.op == "conv2d")
-CONV = WORKLOADS["conv2d"]
+CONV = CONV2D.workload
 
 
 def im2col_forward_ms(case, threads, repeat):

@@ -26,6 +26,7 @@ import numpy as np
 from fastlayers.benchmark import format_table, run
 from fastlayers.benchmark.runner import allocates, family
 from fastlayers.benchmark.timing import time_call
+from fastlayers.benchmark.workloads import OPS, workload
 from fastlayers.cases import CASES, CASES_BY_NAME
 
 
@@ -41,7 +42,7 @@ def copy_bandwidth_gbs(nbytes=1 << 28, repeat=20):
 
 def targets(report, copy_gbs):
     """Issue 5's targets from the report: the best allocating fastlayers cuda row per case and
-    direction against PyTorch's."""
+    direction against PyTorch's, for every op whose workload sets a ``gpu_target``."""
     best, torch_ms, ops = {}, {}, {}
     for r in report["results"]:
         key = r["case"], r["direction"]
@@ -52,21 +53,29 @@ def targets(report, copy_gbs):
             if key not in best or r["median_ms"] < best[key]["median_ms"]:
                 best[key] = r
     lines = []
-    conv = [torch_ms[k] / r["median_ms"] for k, r in best.items()
-            if ops[k[0]] == "conv2d" and k[1] == "forward" and k in torch_ms]
-    if conv:
-        gmean = math.exp(sum(math.log(v) for v in conv) / len(conv))
-        lines.append(f"conv2d forward: {gmean:.0%} of cuDNN's throughput (geometric mean; target >= 50%)")
-    for (case, direction), r in best.items():
-        if r["op"] == "max_pool2d":
-            lines.append(f"{case} {direction}: {r['rate']:.0f} GB/s = {r['rate'] / copy_gbs:.0%} of copy bandwidth "
-                         "(target >= 70%)")
-    for case, op in ops.items():
-        keys = [(case, d) for d in ("forward", "backward")]
-        if op == "rnn" and all(k in best and k in torch_ms for k in keys):
-            ours = sum(best[k]["median_ms"] for k in keys)
-            theirs = sum(torch_ms[k] for k in keys)
-            lines.append(f"{case} forward+backward: {ours / theirs:.2f}x cuDNN's time (target <= 2x)")
+    for op in OPS:
+        if workload(op).gpu_target is None:
+            continue
+        kind, bound = workload(op).gpu_target
+        mine = {k: r for k, r in best.items() if ops[k[0]] == op}
+        if kind == "throughput":
+            ratios = [torch_ms[k] / r["median_ms"] for k, r in mine.items() if k[1] == "forward" and k in torch_ms]
+            if ratios:
+                gmean = math.exp(sum(math.log(v) for v in ratios) / len(ratios))
+                lines.append(f"{op} forward: {gmean:.0%} of cuDNN's throughput (geometric mean; target >= {bound:.0%})")
+        elif kind == "bandwidth":
+            for (case, direction), r in mine.items():
+                lines.append(f"{case} {direction}: {r['rate']:.0f} GB/s = {r['rate'] / copy_gbs:.0%} of copy bandwidth "
+                             f"(target >= {bound:.0%})")
+        elif kind == "time":
+            for case in dict.fromkeys(c for c, _ in mine):
+                keys = [(case, d) for d in ("forward", "backward")]
+                if all(k in best and k in torch_ms for k in keys):
+                    ours = sum(best[k]["median_ms"] for k in keys)
+                    theirs = sum(torch_ms[k] for k in keys)
+                    lines.append(f"{case} forward+backward: {ours / theirs:.2f}x cuDNN's time (target <= {bound:g}x)")
+        else:
+            raise ValueError(f"{op}: unknown gpu_target kind {kind!r}")
     return lines
 
 

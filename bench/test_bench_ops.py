@@ -14,7 +14,7 @@ from threadpoolctl import threadpool_limits
 import fastlayers as fl
 from fastlayers.benchmark.runner import available_families, family, fastlayers_call
 from fastlayers.benchmark.timing import plan_rounds
-from fastlayers.benchmark.workloads import WORKLOADS, make_inputs, op_name, work
+from fastlayers.benchmark.workloads import make_inputs, op_name, work, workload
 
 MAX_ROUNDS = 7
 
@@ -27,7 +27,7 @@ def found():
 def _torch_call(case, direction, inputs, seed, threads):
     torch = pytest.importorskip("torch")
     torch.set_num_threads(threads)
-    return WORKLOADS[case.op].torch_call(torch, case, direction, inputs, seed), None
+    return workload(case.op).torch_call(torch, case, direction, inputs, seed), None
 
 
 def test_bench(benchmark, bench_item, found, request):

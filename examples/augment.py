@@ -9,22 +9,14 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import sys
 
 import numpy as np
 
 from fastlayers import augment
 
-
-def load_cat(size=None):
-    """scikit-image's bundled cat as a (1, 3, H, W) float32 batch in [0, 1] (striding down to
-    about ``size`` pixels on the longer side when given)."""
-    from skimage import data
-
-    img = data.chelsea().astype(np.float32) / 255.0
-    if size is not None:
-        step = max(1, max(img.shape[:2]) // size)
-        img = img[::step, ::step]
-    return np.ascontiguousarray(img.transpose(2, 0, 1)[None])
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # the examples are scripts, not a package
+from _pictures import load_photo, save_png  # noqa: E402
 
 
 def run(out_dir, count=11, seed=0, size=None):
@@ -34,7 +26,7 @@ def run(out_dir, count=11, seed=0, size=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cat = load_cat(size)
+    cat = np.ascontiguousarray(load_photo("chelsea", size).transpose(2, 0, 1)[None])  # a (1, 3, H, W) batch
     batch = augment.random_augment(np.repeat(cat, count, axis=0), rng=seed, flip=True, max_degrees=25,
                                    zoom_range=(0.8, 1.3), max_shift=(0.1 * cat.shape[2], 0.1 * cat.shape[3]),
                                    fill=1.0)
@@ -47,13 +39,7 @@ def run(out_dir, count=11, seed=0, size=None):
         if i < len(images):
             ax.imshow(np.clip(images[i].transpose(1, 2, 0), 0, 1))
             ax.set_title("original" if i == 0 else f"augmented {i}", fontsize=8)
-    fig.tight_layout()
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "augment.png"
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return batch, path
+    return batch, save_png(fig, out_dir, "augment.png", dpi=80)
 
 
 def main(argv=None):

@@ -10,24 +10,16 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import sys
 
 import numpy as np
 
 from fastlayers import filters
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # the examples are scripts, not a package
+from _pictures import load_photo, save_png  # noqa: E402
+
 SHOWN = ("smooth", "gaussian_blur", "sharpen", "sharpen_intense", "edges", "sobel_x", "sobel_y")
-
-
-def load_image(name="chelsea", size=None):
-    """A bundled scikit-image photograph as float32 in [0, 1], its longer side cut down to about
-    ``size`` pixels by striding (None: full size)."""
-    from skimage import data
-
-    img = getattr(data, name)().astype(np.float32) / 255.0
-    if size is not None:
-        step = max(1, max(img.shape[:2]) // size)
-        img = img[::step, ::step]
-    return np.ascontiguousarray(img)
 
 
 def _display(filtered, kernel_name):
@@ -46,7 +38,7 @@ def run(out_dir, image="chelsea", size=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    img = load_image(image, size)
+    img = load_photo(image, size)
     results = {name: filters.apply(img, name) for name in SHOWN}
     fig, axes = plt.subplots(2, 4, figsize=(12, 6.2))
     grey = img.ndim == 2
@@ -58,13 +50,7 @@ def run(out_dir, image="chelsea", size=None):
         ax.set_title(f"{name}\n{matrix}", fontsize=7, family="monospace")
     for ax in axes.ravel():
         ax.axis("off")
-    fig.tight_layout()
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "filters.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return results, path
+    return results, save_png(fig, out_dir, "filters.png", dpi=90)
 
 
 def main(argv=None):

@@ -339,6 +339,24 @@ def relu_calls(draw, dtype, backward=False):
     return _relu_call(np.random.default_rng(draw(_SEEDS)), shape, dtype, draw(_KINDS), backward)
 
 
+def _batch_norm_conditioning(x, stats, eps):
+    """(kappa, invstd): how much float32 rounding of x - mean is amplified, the max over channels
+    of (|x| + |mean|) / sqrt(var + eps), and the largest 1 / sqrt(var + eps) (the mean and
+    variance are the batch's, or ``stats``, the running ones). Channels holding a NaN or an
+    infinity are all NaN in both results: left out."""
+    axes = (0,) + tuple(range(2, x.ndim))
+    x64 = x.astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        if stats[0] is None:
+            mean, var = x64.mean(axis=axes), x64.var(axis=axes)
+        else:
+            mean, var = stats[0].astype(np.float64), stats[1].astype(np.float64)
+        invstd = 1 / np.sqrt(var + eps)
+        kappa = (np.abs(x64).max(axis=axes, initial=0) + np.abs(mean)) * invstd
+    finite = np.isfinite(kappa)
+    return max(1.0, float(kappa[finite].max(initial=1.0))), float(invstd[finite].max(initial=1.0))
+
+
 def _batch_norm_call(rng, shape, dtype, training, kind="normal", backward=False, affine=True):
     """Training calls pass no running statistics (the forward would update them in place: the
     layer tests and tests/test_batch_norm.py check that); eval calls pass them."""
@@ -348,13 +366,19 @@ def _batch_norm_call(rng, shape, dtype, training, kind="normal", backward=False,
     weight = _values(rng, (C,), dtype, "normal") if affine else None
     params = dict(training=training, eps=1e-5)
     arrays = dict(input=x, running_mean=stats[0], running_var=stats[1], weight=weight)
-    # Each output is a normalised value of a few operations; the gradients sum N*S terms.
+    # A normalised value carries the rounding of x - mean amplified by the conditioning (a batch of
+    # nearly equal values has a tiny variance); dx = a * dy + b * (x - mean) + c adds terms of
+    # the size of weight * invstd * dy, each with that rounding; the parameter gradients sum N*S
+    # terms in float64, rounded once.
+    kappa, invstd = _batch_norm_conditioning(x, stats, 1e-5)
     count = max(x.size // max(C, 1), 1)
     if not backward:
         bias = _values(rng, (C,), dtype, "normal") if affine else None
-        return Call("batch_norm", dict(arrays, bias=bias), params, None, (8,))
+        return Call("batch_norm", dict(arrays, bias=bias), params, None, (8 * kappa,))
     dy = _values(rng, shape, dtype, "normal")
-    return Call("batch_norm_backward", dict(grad_output=dy, **arrays), params, None, (4 * count,) * 3)
+    scale = invstd * float(np.abs(dy).max(initial=0)) * (1 if weight is None else float(np.abs(weight).max(initial=0)))
+    return Call("batch_norm_backward", dict(grad_output=dy, **arrays), params, None,
+                (8 * kappa * max(scale, 1.0), 4 * count, 4 * count))
 
 
 @st.composite
@@ -391,42 +415,32 @@ def calls(op, dtype, algos=("auto",)):
     }[op]()
 
 
-def fixed_call(op, dtype=np.float32, seed=0, size="small"):
-    """A deterministic, moderately sized call of ``op`` (threads, memory, determinism tests):
-    big enough that the kernels run multi-threaded, small enough for CI."""
-    rng = np.random.default_rng(seed)
-    big = size == "big"
-    if op.startswith("conv2d"):
-        N, C, H, W, F = (8, 16, 16, 16, 16) if big else (4, 8, 12, 12, 8)
-        x = _values(rng, (N, C, H, W), dtype, "normal")
-        w = _values(rng, (F, C, 3, 3), dtype, "normal")
-        params = dict(stride=1, padding=1, dilation=1, groups=1)
-        if op == "conv2d":
-            return Call(op, dict(input=x, weight=w, bias=_values(rng, (F,), dtype, "normal")), params, "auto",
-                        (C * 9 + 1,))
-        dy = _values(rng, (N, F, H, W), dtype, "normal")
-        return Call(op, dict(grad_output=dy, input=x, weight=w), params, "auto", (F * 9, N * H * W, N * H * W))
-    if op.startswith("max_pool2d"):
-        x = _values(rng, (8, 16, 32, 32) if big else (4, 8, 16, 16), dtype, "normal")
-        params = dict(kernel_size=3, stride=2, padding=1, ceil_mode=False)
-        if op == "max_pool2d":
-            return Call(op, dict(input=x), dict(params, return_indices=True), None, (0, 0))
-        y, indices = reference.max_pool2d(x, **params, return_indices=True)
-        dy = _values(rng, y.shape, dtype, "normal")
-        return Call(op, dict(grad_output=dy, indices=indices), dict(input_shape=x.shape), None, (4,))
-    if op.startswith("linear"):
-        return _linear_call(rng, (64,) if big else (16,), 512 if big else 128, 64 if big else 32, dtype,
-                            backward=op != "linear", transposed=True)
-    if op.startswith("relu"):
-        return _relu_call(rng, (8, 16, 32, 32) if big else (4, 8, 16, 16), dtype, backward=op != "relu")
-    if op.startswith("batch_norm"):
-        return _batch_norm_call(rng, (8, 16, 32, 32) if big else (4, 8, 16, 16), dtype, True,
-                                backward=op != "batch_norm")
-    sequence = op.startswith("rnn") and not op.startswith("rnn_step")
+def _fixed_conv2d(op, backward, rng, dtype, big):
+    N, C, H, W, F = (8, 16, 16, 16, 16) if big else (4, 8, 12, 12, 8)
+    x = _values(rng, (N, C, H, W), dtype, "normal")
+    w = _values(rng, (F, C, 3, 3), dtype, "normal")
+    params = dict(stride=1, padding=1, dilation=1, groups=1)
+    if not backward:
+        return Call(op, dict(input=x, weight=w, bias=_values(rng, (F,), dtype, "normal")), params, "auto",
+                    (C * 9 + 1,))
+    dy = _values(rng, (N, F, H, W), dtype, "normal")
+    return Call(op, dict(grad_output=dy, input=x, weight=w), params, "auto", (F * 9, N * H * W, N * H * W))
+
+
+def _fixed_max_pool2d(op, backward, rng, dtype, big):
+    x = _values(rng, (8, 16, 32, 32) if big else (4, 8, 16, 16), dtype, "normal")
+    params = dict(kernel_size=3, stride=2, padding=1, ceil_mode=False)
+    if not backward:
+        return Call(op, dict(input=x), dict(params, return_indices=True), None, (0, 0))
+    y, indices = reference.max_pool2d(x, **params, return_indices=True)
+    dy = _values(rng, y.shape, dtype, "normal")
+    return Call(op, dict(grad_output=dy, indices=indices), dict(input_shape=x.shape), None, (4,))
+
+
+def _fixed_rnn(op, backward, rng, dtype, big):
+    fwd = op.removesuffix("_backward")  # the forward of the pair: rnn or rnn_step
+    sequence = fwd == "rnn"
     T, N, D, H = (10, 16, 32, 48) if big else (5, 8, 16, 24)
-    cell = op.removesuffix("_backward")
-    if cell in GATES:
-        return _gated_call(rng, cell, T, N, D, H, dtype, backward=cell != op)
     if not sequence:
         T = 1
     x = _values(rng, (T, N, D) if sequence else (N, D), dtype, "normal")
@@ -434,10 +448,40 @@ def fixed_call(op, dtype=np.float32, seed=0, size="small"):
     Wh = _values(rng, (H, H), dtype, "normal", 0.5 / math.sqrt(H))
     h0 = _values(rng, (N, H), dtype, "normal")
     b = _values(rng, (H,), dtype, "normal")
-    fwd = "rnn" if sequence else "rnn_step"
     step = D + H + 1
-    if op == fwd:
+    if not backward:
         return Call(op, dict(input=x, hx=h0, Wx=Wx, Wh=Wh, bias=b), {}, None, (T * step,))
     h = getattr(reference, fwd)(x, h0, Wx, Wh, b)
     dh = _values(rng, h.shape, dtype, "normal")
     return Call(op, dict(grad_output=dh, input=x, hx=h0, Wx=Wx, Wh=Wh, output=h), {}, None, (T * (step + N),) * 5)
+
+
+def _fixed_gated(op, backward, rng, dtype, big):
+    T, N, D, H = (10, 16, 32, 48) if big else (5, 8, 16, 24)
+    return _gated_call(rng, FUNCTIONS[op].name, T, N, D, H, dtype, backward=backward)
+
+
+def _fixed_linear(op, backward, rng, dtype, big):
+    return _linear_call(rng, (64,) if big else (16,), 512 if big else 128, 64 if big else 32, dtype,
+                        backward=backward, transposed=True)
+
+
+def _fixed_relu(op, backward, rng, dtype, big):
+    return _relu_call(rng, (8, 16, 32, 32) if big else (4, 8, 16, 16), dtype, backward=backward)
+
+
+def _fixed_batch_norm(op, backward, rng, dtype, big):
+    return _batch_norm_call(rng, (8, 16, 32, 32) if big else (4, 8, 16, 16), dtype, True, backward=backward)
+
+
+# One fixed-call generator per spec (``FUNCTIONS[op].name``), given the function's direction.
+_FIXED = {"conv2d": _fixed_conv2d, "max_pool2d": _fixed_max_pool2d, "rnn": _fixed_rnn, "lstm": _fixed_gated,
+          "gru": _fixed_gated, "linear": _fixed_linear, "relu": _fixed_relu, "batch_norm": _fixed_batch_norm}
+
+
+def fixed_call(op, dtype=np.float32, seed=0, size="small"):
+    """A deterministic, moderately sized call of ``op`` (threads, memory, determinism tests):
+    big enough that the kernels run multi-threaded, small enough for CI."""
+    spec = FUNCTIONS[op]
+    backward = spec.functions[op] == "backward"
+    return _FIXED[spec.name](op, backward, np.random.default_rng(seed), dtype, size == "big")

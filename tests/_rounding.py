@@ -31,7 +31,7 @@ import math
 import numpy as np
 
 from fastlayers import reference as ref
-from fastlayers.benchmark.workloads import make_inputs, op_name
+from fastlayers.benchmark.workloads import call_args, make_inputs, op_name, workload
 
 EPS32 = float(np.finfo(np.float32).eps)
 TANH_ULPS = 4  # CUDA's tanhf is within 2 ulp; NumPy's and libm's within 1
@@ -72,9 +72,9 @@ def conv2d_backward_budget(dy, x, w, stride=1, padding=0, dilation=1, groups=1):
     return tuple(sum_budget(n, m) for n, m in zip(terms, magnitudes))
 
 
-def max_pool2d_budget(x):
-    """(y, indices): a selection, exact."""
-    return (np.zeros(()), np.zeros(()))
+def max_pool2d_budget(x, return_indices=False):
+    """(y,) or (y, indices): a selection, exact."""
+    return (np.zeros(()),) * (2 if return_indices else 1)
 
 
 def max_pool2d_backward_budget(dy, indices, input_shape, overlap):
@@ -161,21 +161,31 @@ def assert_within_budget(actual, expected, budget, err_msg=""):
             f"error {error[worst]:.3g} > budget {budget[worst]:.3g}")
 
 
+def _pool_overlap(case):
+    """How many windows of a max_pool2d case can cover one cell."""
+    g = workload(case.op).geometry(case)
+    return math.ceil(g.KH / g.stride_h) * math.ceil(g.KW / g.stride_w)
+
+
+# The budgets of a benchmark case's call, from the case (what the call does not carry: a pool's
+# windows) and the call's positional and keyword arguments; by functional op, one entry per spec
+# and direction. The lstm and gru have none yet.
+CASE_BUDGETS = {
+    "conv2d": lambda case, args, kwargs: conv2d_budget(*args, **kwargs),
+    "conv2d_backward": lambda case, args, kwargs: conv2d_backward_budget(*args, **kwargs),
+    "max_pool2d": lambda case, args, kwargs: max_pool2d_budget(args[0], kwargs["return_indices"]),
+    "max_pool2d_backward": lambda case, args, kwargs: max_pool2d_backward_budget(*args, _pool_overlap(case)),
+    "rnn": lambda case, args, kwargs: rnn_budget(*args),
+    "rnn_backward": lambda case, args, kwargs: rnn_backward_budget(*args),
+}
+
+
 def case_call(case, direction):
-    """``(name, args, budgets)`` for a benchmark case (fastlayers.cases.Case): the functional
-    op's name, its positional arguments (float32 inputs from make_inputs, in its order, then the
-    case's parameters) and the rounding budget of each of its outputs."""
-    args = list(make_inputs(case, direction, np.float32).values())
+    """``(name, args, kwargs, budgets)`` for a benchmark case (fastlayers.cases.Case): the
+    functional op's name, its positional and keyword arguments as the benchmark calls it (float32
+    inputs from make_inputs) and the rounding budget of each of its outputs. A KeyError for an op
+    without budgets (``CASE_BUDGETS``)."""
     name = op_name(case.op, direction)
-    if case.op == "conv2d":
-        args += [case.params["stride"], case.params["padding"]]
-        budget = conv2d_budget if direction == "forward" else conv2d_backward_budget
-        return name, args, budget(*args)
-    if case.op == "max_pool2d":
-        k, s = case.params["kernel_size"], case.params["stride"]
-        if direction == "forward":
-            return name, args + [k, s], max_pool2d_budget(args[0])
-        overlap = math.ceil(k / (s or k)) ** 2  # windows that can cover one cell
-        return name, args, max_pool2d_backward_budget(*args, overlap)
-    budget = rnn_budget if direction == "forward" else rnn_backward_budget
-    return name, args, budget(*args)
+    budget = CASE_BUDGETS[name]
+    args, kwargs = call_args(case, direction, make_inputs(case, direction, np.float32))
+    return name, args, kwargs, budget(case, args, kwargs)

@@ -34,16 +34,6 @@ FEATURE_MAP_2 = np.array(
 # maximum, so the pooled map is the same either way.
 POOLED_MAP_1 = np.array([[1, 1, 0], [4, 2, 1], [0, 2, 1]], dtype=float)
 
-IMAGE_9x9_PADDED = np.array(
-    [[0, 0, 0, 0, 0, 0, 0, 0, 0],
-     [0, 1, 1, 1, 0, 0, 1, 1, 0],
-     [0, 1, 1, 0, 1, 0, 1, 1, 0],
-     [0, 1, 0, 0, 1, 1, 1, 0, 0],
-     [0, 0, 0, 0, 0, 0, 1, 1, 0],
-     [0, 1, 1, 0, 0, 0, 0, 1, 0],
-     [0, 1, 0, 0, 1, 1, 1, 0, 0],
-     [0, 1, 1, 1, 0, 0, 1, 1, 0],
-     [0, 0, 0, 0, 0, 0, 0, 0, 0]], dtype=float)
 ACTIVATION_MAP_ONES = np.array(
     [[4, 5, 4, 2, 3, 4, 4],
      [5, 6, 5, 4, 6, 6, 5],
@@ -61,5 +51,7 @@ IMAGE_KERNEL_SLIDES = np.array(
      [1, 1, 0, 0, 0, 0, 1],
      [1, 0, 0, 1, 1, 1, 0],
      [1, 1, 1, 0, 0, 1, 1]], dtype=float)
+# The depth example's image is the kernel slides' image with one ring of zero padding.
+IMAGE_9x9_PADDED = np.pad(IMAGE_KERNEL_SLIDES, 1)
 SMOOTHING_3x3 = np.ones((3, 3))
 CROSS_3x3 = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=float)

@@ -123,7 +123,7 @@ def test_every_backend_allocates_unless_the_row_says_out(tiny_run):
 def test_allocating_calls_return_new_outputs_and_out_calls_reuse_theirs(op, direction):
     case = _tiny_case(op)
     inputs = workloads.make_inputs(case, direction, np.float32, seed=0)
-    label = "cpu:auto" if workloads.WORKLOADS[op].algos else "cpu"
+    label = "cpu:auto" if workloads.workload(op).algos else "cpu"
     fresh, _ = runner.fastlayers_call(case, direction, label, inputs)
     first, second = _arrays(fresh()), _arrays(fresh())
     assert not any(np.shares_memory(a, b) for a, b in zip(first, second))
@@ -328,10 +328,7 @@ def test_pool_bytes():
 @pytest.mark.parametrize("direction", workloads.DIRECTIONS)
 def test_inputs_fit_the_functional_api(op, direction):
     """The benchmark's inputs are valid arguments of the op (the reference accepts them)."""
-    case = _tiny_case(op)
-    inputs = workloads.make_inputs(case, direction, np.float64, seed=1)
-    fn, sync = runner.fastlayers_call(case, direction, "numpy", inputs)
-    assert sync is None
+    case, inputs, fn = _tiny_reference_call(op, direction, seed=1)
     result = fn()
     again = workloads.make_inputs(case, direction, np.float64, seed=1)
     assert all(np.array_equal(a, inputs[k]) for k, a in again.items())  # same seed, same inputs
@@ -354,6 +351,16 @@ def _tiny_case(op):
     return Case("t", op, shape, params)
 
 
+def _tiny_reference_call(op, direction, seed):
+    """The tiny case of ``op``, its float64 inputs made with ``seed`` and the engine's call of
+    the reference on them."""
+    case = _tiny_case(op)
+    inputs = workloads.make_inputs(case, direction, np.float64, seed=seed)
+    fn, sync = runner.fastlayers_call(case, direction, "numpy", inputs)
+    assert sync is None  # the host waits for nothing
+    return case, inputs, fn
+
+
 @pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is not installed")
 @pytest.mark.parametrize("op", workloads.OPS)
 @pytest.mark.parametrize("direction", workloads.DIRECTIONS)
@@ -361,10 +368,8 @@ def test_torch_call_computes_what_fastlayers_computes(op, direction):
     """The PyTorch equivalent of each workload gives the reference's outputs (float64)."""
     import torch
 
-    case = _tiny_case(op)
-    inputs = workloads.make_inputs(case, direction, np.float64, seed=2)
-    ours, _ = runner.fastlayers_call(case, direction, "numpy", inputs)
-    theirs = workloads.WORKLOADS[op].torch_call(torch, case, direction, inputs, seed=2)()
+    case, inputs, ours = _tiny_reference_call(op, direction, seed=2)
+    theirs = workloads.workload(op).torch_call(torch, case, direction, inputs, seed=2)()
     theirs = theirs if isinstance(theirs, tuple) else (theirs,)
     got = [t.detach().numpy() for t in theirs if torch.is_tensor(t) and t.is_floating_point()]
     want = [o for o in _arrays(ours()) if o.dtype.kind == "f"]

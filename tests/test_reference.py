@@ -183,32 +183,23 @@ RNN_ARGS = ("input", "hx", "Wx", "Wh", "bias")
 
 
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
-def test_rnn_step_backward_matches_finite_differences(nonlinearity):
-    rng = make_rng(3)
-    a = _rnn_arrays(rng, 1, 3, 4, 5)
-    arrays = dict(a, input=a["input"][0])
-    h = ref.rnn_step(**arrays, nonlinearity=nonlinearity)
-    dh = rng.standard_normal(h.shape)
-    grads = ref.rnn_step_backward(dh, arrays["input"], arrays["hx"], arrays["Wx"], arrays["Wh"], h, nonlinearity)
+@pytest.mark.parametrize("step", [True, False], ids=["rnn_step", "rnn"])
+def test_rnn_backward_matches_finite_differences(step, nonlinearity):
+    forward, backward = (ref.rnn_step, ref.rnn_step_backward) if step else (ref.rnn, ref.rnn_backward)
+    rng = make_rng(3 if step else 4)
+    if step:
+        a = _rnn_arrays(rng, 1, 3, 4, 5)
+        arrays = dict(a, input=a["input"][0])
+    else:
+        arrays = _rnn_arrays(rng, 4, 2, 3, 4)
+    out = forward(**arrays, nonlinearity=nonlinearity)
+    dout = rng.standard_normal(out.shape)
+    grads = backward(dout, arrays["input"], arrays["hx"], arrays["Wx"], arrays["Wh"], out, nonlinearity)
 
     def f(**arrays):
-        return ref.rnn_step(**arrays, nonlinearity=nonlinearity)
+        return forward(**arrays, nonlinearity=nonlinearity)
 
-    assert_grads_match(f, arrays, dict(zip(RNN_ARGS, grads)), dh)
-
-
-@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
-def test_rnn_backward_matches_finite_differences(nonlinearity):
-    rng = make_rng(4)
-    arrays = _rnn_arrays(rng, 4, 2, 3, 4)
-    hs = ref.rnn(**arrays, nonlinearity=nonlinearity)
-    dhs = rng.standard_normal(hs.shape)
-    grads = ref.rnn_backward(dhs, arrays["input"], arrays["hx"], arrays["Wx"], arrays["Wh"], hs, nonlinearity)
-
-    def f(**arrays):
-        return ref.rnn(**arrays, nonlinearity=nonlinearity)
-
-    assert_grads_match(f, arrays, dict(zip(RNN_ARGS, grads)), dhs)
+    assert_grads_match(f, arrays, dict(zip(RNN_ARGS, grads)), dout)
 
 
 def test_rnn_without_hx_starts_from_zeros():

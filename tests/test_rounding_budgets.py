@@ -24,12 +24,11 @@ def cpu_available():
     return "conv2d" in fl.available_backends()["cpu"]["ops"]
 
 
-def _results(name, args, backend):
-    extra = dict(return_indices=True) if name == "max_pool2d" else {}
+def _results(name, args, kwargs, backend):
     if backend == "exact":
-        out = getattr(ref, name)(*[exact(a) for a in args], **extra)
+        out = getattr(ref, name)(*[exact(a) for a in args], **kwargs)
     else:
-        out = getattr(fl, name)(*args, **extra, backend=backend)
+        out = getattr(fl, name)(*args, **kwargs, backend=backend)
     return out if isinstance(out, tuple) else (out,)
 
 
@@ -37,8 +36,8 @@ def _results(name, args, backend):
 @pytest.mark.parametrize("direction", ["forward", "backward"])
 @pytest.mark.parametrize("case", SMALL_CASES, ids=[c.name for c in SMALL_CASES])
 def test_cpu_float32_results_are_within_budget(case, direction):
-    name, args, budgets = case_call(case, direction)
-    got, want = _results(name, args, "cpu"), _results(name, args, "exact")
+    name, args, kwargs, budgets = case_call(case, direction)
+    got, want = _results(name, args, kwargs, "cpu"), _results(name, args, kwargs, "exact")
     for i, (g, w, budget) in enumerate(zip(got, want, budgets, strict=True)):
         if w.dtype == np.int64:
             np.testing.assert_array_equal(g, w)
@@ -52,22 +51,22 @@ def _reject(result, want, budget):
 
 
 def test_a_missing_conv2d_tap_is_rejected():
-    name, (x, w, b, stride, padding), (budget,) = case_call(SMALL_CASES[0], "forward")
-    want = ref.conv2d(exact(x), exact(w), exact(b), stride, padding)
+    name, (x, w, b), kw, (budget,) = case_call(SMALL_CASES[0], "forward")
+    want = ref.conv2d(exact(x), exact(w), exact(b), **kw)
     w_bug = w.copy()
     w_bug[2, 3, 1, 1] = 0  # one tap of one filter skipped
-    _reject(ref.conv2d(x, w_bug, b, stride, padding), want, budget)
+    _reject(ref.conv2d(x, w_bug, b, **kw), want, budget)
 
 
 def test_a_conv2d_weight_gradient_missing_one_image_is_rejected():
-    _, (dy, x, w, stride, padding), budgets = case_call(SMALL_CASES[0], "backward")
-    want = ref.conv2d_backward(exact(dy), exact(x), exact(w), stride, padding)
-    dw_bug = ref.conv2d_backward(dy[1:], x[1:], w, stride, padding)[1]
+    _, (dy, x, w), kw, budgets = case_call(SMALL_CASES[0], "backward")
+    want = ref.conv2d_backward(exact(dy), exact(x), exact(w), **kw)
+    dw_bug = ref.conv2d_backward(dy[1:], x[1:], w, **kw)[1]
     _reject(dw_bug, want[1], budgets[1])
 
 
 def test_a_pool_gradient_sent_to_a_neighbour_is_rejected():
-    _, (dy, indices, shape), (budget,) = case_call(SMALL_CASES[3], "backward")
+    _, (dy, indices, shape), _, (budget,) = case_call(SMALL_CASES[3], "backward")
     want = ref.max_pool2d_backward(exact(dy), indices, shape)
     bug = indices.copy()
     bug.reshape(-1)[0] += 1
@@ -78,7 +77,7 @@ def test_an_rnn_state_one_step_behind_is_rejected():
     """The last state computed from h_{T-2} instead of h_{T-1}: an O(0.1) error on values in
     [-1, 1], which the former GPU tolerance (one sum length for every output, scale 10: 2.9 on
     the rnn-small benchmark case) let through."""
-    _, (x_seq, h0, Wx, Wh, b), (budget,) = case_call(SMALL_CASES[4], "forward")
+    _, (x_seq, h0, Wx, Wh, b), _, (budget,) = case_call(SMALL_CASES[4], "forward")
     want = ref.rnn(exact(x_seq), exact(h0), exact(Wx), exact(Wh), exact(b))
     bug = want.astype(np.float32)
     bug[-1] = ref.rnn_step(x_seq[-1], bug[-3], Wx, Wh, b)
@@ -88,7 +87,7 @@ def test_an_rnn_state_one_step_behind_is_rejected():
 def test_an_rnn_weight_gradient_missing_the_first_step_is_rejected():
     """dWh without h0^T @ dz_0, the first step's share (dz does not depend on h0 given hs, so a
     backward with h0 = 0 computes exactly that mistake)."""
-    _, (dhs, x_seq, h0, Wx, Wh, hs), budgets = case_call(SMALL_CASES[4], "backward")
+    _, (dhs, x_seq, h0, Wx, Wh, hs), _, budgets = case_call(SMALL_CASES[4], "backward")
     want = ref.rnn_backward(*[exact(a) for a in (dhs, x_seq, h0, Wx, Wh, hs)])
     bug = ref.rnn_backward(dhs, x_seq, np.zeros_like(h0), Wx, Wh, hs)
     np.testing.assert_array_equal(bug[2], ref.rnn_backward(dhs, x_seq, h0, Wx, Wh, hs)[2])  # dWx untouched

@@ -55,6 +55,17 @@ cdef void _im2col(const floating* x, floating* col, const Conv2dShape* s,
                             dst[ow] = src[ow * s.SW + cols.iw0]
 
 
+cdef inline const floating* _columns(const floating* x, floating* tile, const Conv2dShape* s, bint pointwise,
+                                    Py_ssize_t oh0, Py_ssize_t rows) noexcept nogil:
+    """The gemm operand (K x rows * OW) of output rows [oh0, oh0 + rows) of one image's group
+    x (Cg, H, W): for a pointwise convolution x's band itself (leading dimension H * W), else its
+    columns built in ``tile`` (leading dimension rows * OW)."""
+    if pointwise:
+        return x + oh0 * s.OW
+    _im2col(x, tile, s, oh0, rows)
+    return tile
+
+
 cdef void _col2im(const floating* col, floating* x, const Conv2dShape* s,
                   Py_ssize_t oh0, Py_ssize_t rows) noexcept nogil:
     """The adjoint of _im2col: add col (K, rows * OW) into x (Cg, H, W) where each entry came
@@ -108,13 +119,8 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
         band_rows = min(rows, s.OH - oh0)
         P = band_rows * s.OW
         y_tile = &y[n, gi * s.Fg, 0, 0] + oh0 * s.OW
-        if pointwise:
-            col = &x[n, gi * s.Cg, 0, 0] + oh0 * s.OW
-            ldb = <int>HW
-        else:
-            _im2col(&x[n, gi * s.Cg, 0, 0], &workspace[threadid(), 0], &s, oh0, band_rows)
-            col = &workspace[threadid(), 0]
-            ldb = <int>P
+        col = _columns(&x[n, gi * s.Cg, 0, 0], &workspace[threadid(), 0], &s, pointwise, oh0, band_rows)
+        ldb = <int>HW if pointwise else <int>P
         if has_bias:
             for f in range(s.Fg):
                 for p in range(P):
@@ -161,13 +167,8 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
             band_rows = min(rows, s.OH - oh0)
             P = band_rows * s.OW
             dy_tile = &dy[n, gi * s.Fg, 0, 0] + oh0 * s.OW
-            if pointwise:
-                col = &x[n, gi * s.Cg, 0, 0] + oh0 * s.OW
-                ldb = <int>HW
-            else:
-                _im2col(&x[n, gi * s.Cg, 0, 0], &workspace[tid, 0, 0], &s, oh0, band_rows)
-                col = &workspace[tid, 0, 0]
-                ldb = <int>P
+            col = _columns(&x[n, gi * s.Cg, 0, 0], &workspace[tid, 0, 0], &s, pointwise, oh0, band_rows)
+            ldb = <int>HW if pointwise else <int>P
             # dw_g (Fg x K) += dy_tile (Fg x P) @ col^T
             gemm(False, True, <int>s.Fg, <int>s.K, <int>P, <floating>1, dy_tile, <int>OHW,
                  col, ldb, <floating>1, dw_group, <int>s.K)

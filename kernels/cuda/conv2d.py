@@ -13,6 +13,7 @@ from numba import cuda
 
 from .gemm import GEO_LEN, make_gemm
 from .launch import DIRECT_BLOCK, DIRECT_W_CHUNK, jit
+from .layout import unravel3
 
 
 def conv2d_geo(g):
@@ -27,14 +28,8 @@ def x_index(geo, grp, pixel, tap):
     """Flat index in x of output ``pixel`` = (n, oh, ow) seen through kernel ``tap`` = (c, kh, kw)
     of group ``grp`` (the im2col matrix, never built); -1 in the padding."""
     N, C, H, W, F, KH, KW, OH, OW, sh, sw, pt, pl, dh, dw, G = geo
-    ow = pixel % OW
-    t = pixel // OW
-    oh = t % OH
-    n = t // OH
-    kw = tap % KW
-    t = tap // KW
-    kh = t % KH
-    c = t // KH
+    n, oh, ow = unravel3(pixel, OH, OW)
+    c, kh, kw = unravel3(tap, KH, KW)
     ih = oh * sh - pt + kh * dh
     iw = ow * sw - pl + kw * dw
     if ih < 0 or ih >= H or iw < 0 or iw >= W:
@@ -76,14 +71,8 @@ def _forward_store(y, bias, unused, geo, grp, split, m, f, acc):
 @cuda.jit(device=True, inline=True)
 def _dx_a(geo, grp, m, k):  # A[m = (n, ih, iw), k = (f, kh, kw)] = dy[n, f, oh, ow] or 0
     N, C, H, W, F, KH, KW, OH, OW, sh, sw, pt, pl, dh, dw, G = geo
-    iw = m % W
-    t = m // W
-    ih = t % H
-    n = t // H
-    kw = k % KW
-    t = k // KW
-    kh = t % KH
-    f = t // KH
+    n, ih, iw = unravel3(m, H, W)
+    f, kh, kw = unravel3(k, KH, KW)
     oh_s = ih + pt - kh * dh
     ow_s = iw + pl - kw * dw
     if oh_s < 0 or ow_s < 0 or oh_s % sh != 0 or ow_s % sw != 0:

@@ -31,7 +31,35 @@ from .launch import (
 GEO_LEN = 16
 
 
+def _make_stage(index, width, k_first):
+    """A device function that stages one TILE_K x ``width`` tile of an operand into shared memory
+    ``tile`` (implicit zeros as 0): element (kk, rr) is the operand's element at row r0 + rr and
+    k0 + kk along K, ``index(geo, grp, k, r)`` if ``k_first`` else ``index(geo, grp, r, k)``, for
+    r0 + rr < rows and k0 + kk < k_end; consecutive threads take consecutive rr."""
+
+    @cuda.jit(device=True, inline=True)
+    def stage(tile, src, geo, grp, tid, r0, rows, k0, k_end):
+        for e in range(tid, TILE_K * width, GEMM_THREADS):
+            kk = e // width
+            rr = e - kk * width
+            idx = -1
+            if r0 + rr < rows and k0 + kk < k_end:
+                if k_first:
+                    idx = index(geo, grp, k0 + kk, r0 + rr)
+                else:
+                    idx = index(geo, grp, r0 + rr, k0 + kk)
+            if idx >= 0:
+                tile[kk, rr] = src[idx]
+            else:
+                tile[kk, rr] = 0
+
+    return stage
+
+
 def make_gemm(a_index, b_index, store, dtype):
+    stage_a = _make_stage(a_index, TILE_M, False)
+    stage_b = _make_stage(b_index, TILE_N, True)
+
     @jit(lineinfo=True, launch_bounds=GEMM_THREADS)
     def gemm(a, b, c, p, q, geo, M, N, K, k_chunk):
         # Block (tile_m, tile_n, grp * splits + split); thread (tx, ty) owns rows
@@ -56,26 +84,8 @@ def make_gemm(a_index, b_index, store, dtype):
                 acc[i, j] = 0
         for k0 in range(k_begin, k_end, TILE_K):
             # Stage the A and B tiles; consecutive threads take consecutive m (A) / n (B).
-            for e in range(tid, TILE_K * TILE_M, GEMM_THREADS):
-                kk = e // TILE_M
-                mm = e - kk * TILE_M
-                idx = -1
-                if m0 + mm < M and k0 + kk < k_end:
-                    idx = a_index(geo, grp, m0 + mm, k0 + kk)
-                if idx >= 0:
-                    sa[kk, mm] = a[idx]
-                else:
-                    sa[kk, mm] = 0
-            for e in range(tid, TILE_K * TILE_N, GEMM_THREADS):
-                kk = e // TILE_N
-                nn = e - kk * TILE_N
-                idx = -1
-                if n0 + nn < N and k0 + kk < k_end:
-                    idx = b_index(geo, grp, k0 + kk, n0 + nn)
-                if idx >= 0:
-                    sb[kk, nn] = b[idx]
-                else:
-                    sb[kk, nn] = 0
+            stage_a(sa, a, geo, grp, tid, m0, M, k0, k_end)
+            stage_b(sb, b, geo, grp, tid, n0, N, k0, k_end)
             cuda.syncthreads()
             for kk in range(TILE_K):
                 for i in range(THREAD_M):

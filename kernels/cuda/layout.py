@@ -1,4 +1,5 @@
-"""Strided-to-contiguous copy on the GPU, for non-contiguous GPU inputs (transposed views, ...)."""
+"""C-order index arithmetic on the GPU, and the strided-to-contiguous copy for non-contiguous GPU
+inputs (transposed views, ...)."""
 from __future__ import annotations
 
 import functools
@@ -6,6 +7,15 @@ import functools
 from numba import cuda
 
 from .launch import jit
+
+
+@cuda.jit(device=True, inline=True)
+def unravel3(i, n1, n2):
+    """``(i0, i1, i2)``: the coordinates of flat index ``i`` in a C-order grid (., n1, n2)."""
+    i2 = i % n2
+    t = i // n2
+    i1 = t % n1
+    return t // n1, i1, i2
 
 
 @functools.cache
@@ -21,11 +31,7 @@ def gather_strided_kernel(dtype):
         s0, s1, s2, s3 = shape
         t0, t1, t2, t3 = strides
         i3 = e % s3
-        r = e // s3
-        i2 = r % s2
-        r = r // s2
-        i1 = r % s1
-        i0 = r // s1
+        i0, i1, i2 = unravel3(e // s3, s1, s2)
         dst[e] = src[offset + i0 * t0 + i1 * t1 + i2 * t2 + i3 * t3]
 
     return gather_strided

@@ -12,6 +12,7 @@ import numpy as np
 from numba import cuda
 
 from .launch import jit
+from .layout import unravel3
 
 
 def pool2d_geo(g):
@@ -30,10 +31,7 @@ def forward_kernel(dtype):
         o = cuda.grid(1)
         if o >= N * C * OH * OW:
             return
-        ow = o % OW
-        t = o // OW
-        oh = t % OH
-        plane = t // OH
+        plane, oh, ow = unravel3(o, OH, OW)
         h0 = oh * sh - ph
         w0 = ow * sw - pw
         best = scalar(-math.inf)

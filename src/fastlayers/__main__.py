@@ -16,7 +16,7 @@ import sys
 
 from ._version import __version__
 from .benchmark.runner import FAMILIES
-from .benchmark.workloads import DIRECTIONS, OPS, WORKLOADS
+from .benchmark.workloads import DIRECTIONS, OPS, workload
 from .cases import ALL_CASES, CASES, CASES_BY_NAME, QUICK_CASES, Case
 
 
@@ -43,7 +43,7 @@ def _case_spec(text):
             f"--add-case must look like NAME=OP:D0,D1,D2,D3[:key=value,...], got {text!r}") from None
     if op not in OPS or len(shape) != 4 or min(shape) < 1:
         raise argparse.ArgumentTypeError(f"--add-case needs an op in {OPS} and 4 positive sizes, got {text!r}")
-    missing = [k for k in WORKLOADS[op].required if k not in kv]
+    missing = [k for k in workload(op).required if k not in kv]
     if missing:
         raise argparse.ArgumentTypeError(
             f"--add-case for {op} needs {' and '.join(f'{k}=' for k in missing)}, got {text!r}")

@@ -30,8 +30,8 @@ BACKENDS = ("numpy", "cpu", "cuda")
 
 _default_backend = None
 _default_threads = None
-_backend_override = contextvars.ContextVar("fastlayers_backend", default=None)
-_threads_override = contextvars.ContextVar("fastlayers_threads", default=None)
+_backend_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastlayers_backend", default=None)
+_threads_override: contextvars.ContextVar[int | None] = contextvars.ContextVar("fastlayers_threads", default=None)
 
 
 def _check_backend_name(name: str | None) -> None:
@@ -221,8 +221,8 @@ def _cgroup_cpu_quota() -> int | None:
             base = os.path.join("/sys/fs/cgroup", controllers)
             for root in (os.path.join(base, path.lstrip("/")), base):
                 limits.append(_read_quota(os.path.join(root, "cpu.cfs_quota_us"), os.path.join(root, "cpu.cfs_period_us")))
-    limits = [n for n in limits if n is not None]
-    return min(limits) if limits else None
+    known = [n for n in limits if n is not None]
+    return min(known) if known else None
 
 
 def _read_quota(quota_file: str | os.PathLike, period_file: str | os.PathLike | None) -> int | None:
@@ -240,7 +240,7 @@ def _read_quota(quota_file: str | os.PathLike, period_file: str | os.PathLike | 
         return None
 
 
-_quota = []  # computed on first use: [CPUs or None]
+_quota: list[int | None] = []  # computed on first use: [CPUs or None]
 
 
 def cpu_limit() -> int:
@@ -266,7 +266,7 @@ def _check_threads(n: object, name: str = "n") -> int:
     """``n`` as a Python int (NumPy integers accepted), or a ValueError saying what was expected."""
     if not isinstance(n, bool):
         try:
-            n = operator.index(n)
+            n = operator.index(n)  # type: ignore[arg-type]  # a TypeError without __index__
         except TypeError:
             pass
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_THREADS:

@@ -17,33 +17,11 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence, Tuple, Union
 
-from .ops import BATCH_NORM, CONV2D, GRU, LINEAR, LSTM, MAX_POOL2D, RELU, RNN
+from .ops import BATCH_NORM, CONV2D, FUNCTIONS, GRU, LINEAR, LSTM, MAX_POOL2D, RELU, RNN
 from .ops._spec import run
 
-__all__ = [
-    "conv2d",
-    "conv2d_backward",
-    "max_pool2d",
-    "max_pool2d_backward",
-    "rnn_step",
-    "rnn_step_backward",
-    "rnn",
-    "rnn_backward",
-    "lstm_step",
-    "lstm_step_backward",
-    "lstm",
-    "lstm_backward",
-    "gru_step",
-    "gru_step_backward",
-    "gru",
-    "gru_backward",
-    "linear",
-    "linear_backward",
-    "relu",
-    "relu_backward",
-    "batch_norm",
-    "batch_norm_backward",
-]
+# One function per name a spec lists (conv2d, conv2d_backward, ..., batch_norm_backward).
+__all__ = list(FUNCTIONS)
 
 Array = Any  # numpy.ndarray, or a GPU array for the cuda backend
 IntOrPair = Union[int, Tuple[int], Tuple[int, int]]

@@ -40,16 +40,21 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+import os
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import (TYPE_CHECKING, Any, BinaryIO, Callable, Dict, ItemsView, Iterator, KeysView, List, Optional, Tuple,
+                    TypeVar, Union, ValuesView, cast)
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from . import _dispatch, init, reference
 from .ops._checks import FLOAT_DTYPES, check_choice, pair
 from .ops.conv2d import PADDING_MODES
 from .ops.rnn import NONLINEARITIES
 from .functional import (
+    IntOrPair,
     batch_norm,
     batch_norm_backward,
     conv2d,
@@ -71,11 +76,15 @@ from .functional import (
 __all__ = ["no_grad", "is_grad_enabled", "Layer", "Conv2D", "MaxPool2D", "Flatten", "Dense", "ReLU", "Tanh",
            "Sigmoid", "Dropout", "BatchNorm2d", "RNN", "LSTM", "GRU", "Embedding", "TiedOutput", "Sequential"]
 
+Seed = Union[None, int, np.random.Generator]  # rng: a seed or a generator
+State = Union[None, np.ndarray, Tuple[Optional[np.ndarray], ...]]  # LSTM (h, c), GRU h, or None
+_L = TypeVar("_L", bound="Layer")
+
 _grad_enabled = contextvars.ContextVar("fastlayers_grad_enabled", default=True)
 
 
 @contextlib.contextmanager
-def no_grad():
+def no_grad() -> Iterator[None]:
     """Within this context (per thread and per asyncio task) no layer keeps a record for a
     backward, as ``torch.no_grad()``."""
     token = _grad_enabled.set(False)
@@ -85,55 +94,55 @@ def no_grad():
         _grad_enabled.reset(token)
 
 
-def is_grad_enabled():
+def is_grad_enabled() -> bool:
     """False inside :func:`no_grad`."""
     return _grad_enabled.get()
 
 
-def _float_dtype(dtype):
+def _float_dtype(dtype: DTypeLike) -> np.dtype:
     dt = np.dtype(dtype)
     if dt not in FLOAT_DTYPES:
         raise TypeError(f"dtype must be float32 or float64, got {dt}")
     return dt
 
 
-def _positive_int(name, value):
+def _positive_int(name: str, value: int) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     return int(value)
 
 
-def _shape(a):
+def _shape(a: np.ndarray) -> str:
     return "x".join(str(s) for s in a.shape)
 
 
-class ParameterDict(Mapping):
+class ParameterDict(Mapping[str, np.ndarray]):
     """A live view of a model's parameters by name. ``view[name] = value`` copies ``value`` into
     the parameter's array, which keeps its dtype (float64 values are rounded into a float32
     model): the arrays an optimiser or a tied layer holds stay the ones trained."""
 
-    def __init__(self, named):
+    def __init__(self, named: Callable[[], Dict[str, np.ndarray]]) -> None:
         self._named = named
 
-    def __getitem__(self, name):
+    def __getitem__(self, name: str) -> np.ndarray:
         return self._named()[name]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self._named())
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._named())
 
-    def keys(self):
+    def keys(self) -> KeysView[str]:
         return self._named().keys()
 
-    def items(self):
+    def items(self) -> ItemsView[str, np.ndarray]:
         return self._named().items()
 
-    def values(self):
+    def values(self) -> ValuesView[np.ndarray]:
         return self._named().values()
 
-    def __setitem__(self, name, value):
+    def __setitem__(self, name: str, value: ArrayLike) -> None:
         params = self._named()
         if name not in params:
             raise KeyError(f"no parameter {name!r}; the parameters are {list(params)}")
@@ -143,7 +152,7 @@ class ParameterDict(Mapping):
             raise ValueError(f"parameter {name!r} has shape {target.shape}, got a value of shape {value.shape}")
         np.copyto(target, value, casting="same_kind")
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "{" + ", ".join(f"{k!r}: array({_shape(v)}, {v.dtype})" for k, v in self._named().items()) + "}"
 
 
@@ -161,55 +170,60 @@ class Layer:
         layer takes it, so that one set of keyword arguments builds any of them).
     """
 
-    def __init__(self, backend=None, dtype=np.float32, rng=None):
+    def __init__(self, backend: Optional[str] = None, dtype: DTypeLike = np.float32, rng: Seed = None) -> None:
         self._configure(backend, dtype)
-        self._parameters = {}
-        self._buffers = {}
-        self._grads = {}
-        self._records = []
+        self._parameters: Dict[str, np.ndarray] = {}
+        self._buffers: Dict[str, np.ndarray] = {}
+        self._grads: Dict[str, np.ndarray] = {}
+        self._records: List[Any] = []
         self.training = True
 
-    def _configure(self, backend, dtype):
+    def _configure(self, backend: Optional[str], dtype: DTypeLike) -> None:
         if backend is not None:
             _dispatch._check_backend_name(backend)
         self.backend = backend
         self.dtype = _float_dtype(dtype)
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.forward(*args, **kwargs)
 
     @property
-    def host_backend(self):
-        """The backend of the layers whose ops have host kernels only (ReLU, BatchNorm2d): this
+    def host_backend(self) -> str:
+        """The backend of the layers whose ops have host kernels only (Dense, ReLU, BatchNorm2d): this
         layer's if it is a host one, else (cuda, or none given) the host backend the dispatch would
         choose, which a surrounding ``use_backend("cuda")`` must not override."""
         return _dispatch.host_backend(self.backend)
 
+    if TYPE_CHECKING:  # every layer defines them, with its own arguments
+        def forward(self, *args: Any, **kwargs: Any) -> Any: ...
+
+        def backward(self, *args: Any, **kwargs: Any) -> Any: ...
+
     # ------------------------------------------------------------------ records and gradients
 
     @property
-    def recording(self):
+    def recording(self) -> bool:
         """Whether a forward now keeps a record for its backward (training mode, outside no_grad)."""
         return self.training and _grad_enabled.get()
 
-    def _record(self, record):
+    def _record(self, record: Any) -> None:
         if self.recording:
             self._records.append(record)
 
-    def _last_record(self):
+    def _last_record(self) -> Any:
         if not self._records:
             raise RuntimeError(
                 f"{type(self).__name__}.backward has no forward to go back through: each forward in training "
                 f"mode (outside fastlayers.no_grad()) is gone back through by one backward, last forward first")
         return self._records.pop()
 
-    def _accumulate(self, name, grad):
+    def _accumulate(self, name: str, grad: ArrayLike) -> None:
         if name in self._grads:
             self._grads[name] += grad
         else:
             self._grads[name] = np.array(grad, dtype=self.dtype)
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         """Forget the gradients (they start again from the next backward) and the records of
         forwards that no backward went through."""
         for layer in self._unique_layers():
@@ -218,11 +232,11 @@ class Layer:
 
     # ------------------------------------------------------------------ structure
 
-    def children(self):
+    def children(self) -> List[Layer]:
         """The layers this one is made of (each once)."""
         return []
 
-    def _unique_layers(self):
+    def _unique_layers(self) -> List[Layer]:
         seen, out = set(), []
         stack = [self]
         while stack:
@@ -233,7 +247,7 @@ class Layer:
                 stack = list(layer.children()) + stack
         return out
 
-    def _named(self, attribute, prefix=""):
+    def _named(self, attribute: str, prefix: str = "") -> Dict[str, np.ndarray]:
         """(name, array) of ``attribute`` ("_parameters", "_buffers" or "_grads") of this layer and
         its children, each array once (the first name it has)."""
         out, seen = {}, set()
@@ -243,47 +257,47 @@ class Layer:
                 out[name] = array
         return out
 
-    def _named_items(self, attribute, prefix):
+    def _named_items(self, attribute: str, prefix: str) -> Iterator[Tuple[str, np.ndarray]]:
         yield from ((prefix + name, a) for name, a in getattr(self, attribute).items())
 
-    def named_parameters(self):
+    def named_parameters(self) -> Iterator[Tuple[str, np.ndarray]]:
         """(name, array) pairs of every trainable parameter, each once."""
         return iter(self._named("_parameters").items())
 
-    def parameters(self):
+    def parameters(self) -> Iterator[np.ndarray]:
         return iter(self._named("_parameters").values())
 
-    def named_buffers(self):
+    def named_buffers(self) -> Iterator[Tuple[str, np.ndarray]]:
         """(name, array) pairs of the state that is saved but not trained (running statistics)."""
         return iter(self._named("_buffers").items())
 
     @property
-    def params(self):
+    def params(self) -> ParameterDict:
         return ParameterDict(lambda: self._named("_parameters"))
 
     @property
-    def grads(self):
+    def grads(self) -> Mapping[str, np.ndarray]:
         """Accumulated gradients by parameter name (only parameters that a backward reached)."""
         return MappingProxyType(self._named("_grads"))
 
     @property
-    def num_parameters(self):
+    def num_parameters(self) -> int:
         return int(sum(p.size for p in self.parameters()))
 
     # ------------------------------------------------------------------ modes and dtype
 
-    def train(self, mode=True):
+    def train(self: _L, mode: bool = True) -> _L:
         """Training mode (the default) for this layer and its children; returns self."""
         for layer in self._unique_layers():
             layer.training = bool(mode)
         return self
 
-    def eval(self):
+    def eval(self: _L) -> _L:
         """Evaluation mode: Dropout passes its input through, BatchNorm2d uses its running
         statistics, and no forward keeps a record. Returns self."""
         return self.train(False)
 
-    def to(self, dtype):
+    def to(self: _L, dtype: DTypeLike) -> _L:
         """Convert every parameter and buffer to ``dtype`` (float32 or float64); drops gradients
         and records. Returns self. (Create optimisers after converting.)"""
         dtype = _float_dtype(dtype)
@@ -296,7 +310,7 @@ class Layer:
         self.zero_grad()
         return self
 
-    def _check_input(self, x, ndim=None, name="x"):
+    def _check_input(self, x: Any, ndim: Optional[int] = None, name: str = "x") -> None:
         if not isinstance(x, np.ndarray):
             raise TypeError(f"{type(self).__name__} input {name} must be a numpy.ndarray, got {type(x).__name__}")
         if x.dtype != self.dtype:
@@ -309,14 +323,14 @@ class Layer:
 
     # ------------------------------------------------------------------ persistence
 
-    def state_dict(self):
+    def state_dict(self) -> Dict[str, np.ndarray]:
         """Copies of every parameter and buffer by name (a checkpoint that later training does not
         change)."""
         state = {name: a.copy() for name, a in self._named("_parameters").items()}
         state.update((name, a.copy()) for name, a in self._named("_buffers").items())
         return state
 
-    def load_state_dict(self, state, strict=True):
+    def load_state_dict(self, state: Mapping[str, ArrayLike], strict: bool = True) -> Tuple[List[str], List[str]]:
         """Copy ``state`` (from :meth:`state_dict`) into this model's arrays, in place.
 
         With ``strict`` the names must match exactly; otherwise names missing on either side are
@@ -337,16 +351,16 @@ class Layer:
             np.copyto(targets[name], state[name])
         return missing, unexpected
 
-    def save(self, file):
+    def save(self, file: Union[str, os.PathLike, BinaryIO]) -> None:
         """Write :meth:`state_dict` as an ``.npz`` archive to ``file``: exactly that path (no
         suffix added) or an open binary file."""
         if hasattr(file, "write"):
-            np.savez(file, **self.state_dict())
+            np.savez(file, **self.state_dict())  # type: ignore[arg-type]  # numpy's stub: allow_pickle
         else:
             with open(file, "wb") as f:
-                np.savez(f, **self.state_dict())
+                np.savez(f, **self.state_dict())  # type: ignore[arg-type]  # numpy's stub: allow_pickle
 
-    def load(self, file, strict=True):
+    def load(self, file: Union[str, os.PathLike, BinaryIO], strict: bool = True) -> Tuple[List[str], List[str]]:
         """Read what :meth:`save` wrote (a path or an open binary file) with :meth:`load_state_dict`."""
         with np.load(file) as data:
             state = {name: data[name] for name in data.files}
@@ -354,17 +368,17 @@ class Layer:
 
     # ------------------------------------------------------------------ repr
 
-    def _describe(self):
+    def _describe(self) -> str:
         return ""
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         shapes = ", ".join(f"{name}={_shape(p)}" for name, p in self._parameters.items())
         parts = [s for s in (self._describe(), shapes) if s]
         count = f", {self.num_parameters} parameters" if self._parameters else ""
         return f"{type(self).__name__}({', '.join(parts)}{count})"
 
 
-def _uniform_fan_in(array, fan_in, rng):
+def _uniform_fan_in(array: np.ndarray, fan_in: int, rng: np.random.Generator) -> np.ndarray:
     """PyTorch's default for weights and biases: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     bound = 1 / math.sqrt(fan_in) if fan_in else 0.0
     return init.uniform_(array, -bound, bound, rng)
@@ -376,8 +390,10 @@ class Conv2D(Layer):
     ``params``: ``w`` (out_channels, in_channels // groups, KH, KW) and, if ``bias``, ``b`` (out_channels,).
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, padding_mode="zeros", backend=None, dtype=np.float32, rng=None):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair, stride: IntOrPair = 1,
+                 padding: Union[IntOrPair, str] = 0, dilation: IntOrPair = 1, groups: int = 1, bias: bool = True,
+                 padding_mode: str = "zeros", backend: Optional[str] = None, dtype: DTypeLike = np.float32,
+                 rng: Seed = None) -> None:
         super().__init__(backend, dtype)
         self.in_channels = _positive_int("in_channels", in_channels)
         self.out_channels = _positive_int("out_channels", out_channels)
@@ -398,16 +414,16 @@ class Conv2D(Layer):
         if bias:
             self._parameters["b"] = _uniform_fan_in(np.empty(out_channels, self.dtype), self.fans("w")[0], rng)
 
-    def fans(self, name):
+    def fans(self, name: str) -> Tuple[int, int]:
         """(fan_in, fan_out) of parameter ``name``, for :mod:`fastlayers.init`."""
         taps = self.kernel_size[0] * self.kernel_size[1]
         return self.in_channels // self.groups * taps, self.out_channels // self.groups * taps
 
-    def _conv_args(self):
+    def _conv_args(self) -> Dict[str, Any]:
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups,
                     padding_mode=self.padding_mode, backend=self.backend)
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         self._check_input(x, 4)
         if x.shape[1] != self.in_channels:
             raise ValueError(f"Conv2D input x must have {self.in_channels} channels (axis 1), got shape {x.shape}")
@@ -415,7 +431,7 @@ class Conv2D(Layer):
         self._record((x, w))
         return conv2d(x, w, self._parameters.get("b"), **self._conv_args())
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray:
         x, w = self._last_record()
         dx, dw, db = conv2d_backward(dy, x, w, **self._conv_args())
         self._accumulate("w", dw)
@@ -423,7 +439,7 @@ class Conv2D(Layer):
             self._accumulate("b", db)
         return dx
 
-    def _describe(self):
+    def _describe(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
         for name, default in (("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1), ("padding_mode", "zeros")):
             if getattr(self, name) != default:
@@ -434,65 +450,67 @@ class Conv2D(Layer):
 class MaxPool2D(Layer):
     """Max pooling on NCHW batches (no parameters); see :func:`fastlayers.max_pool2d`."""
 
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, backend=None, dtype=np.float32,
-                 rng=None):
+    def __init__(self, kernel_size: IntOrPair, stride: Optional[IntOrPair] = None, padding: IntOrPair = 0,
+                 ceil_mode: bool = False, backend: Optional[str] = None, dtype: DTypeLike = np.float32,
+                 rng: Seed = None) -> None:
         super().__init__(backend, dtype)
         self.kernel_size = pair("kernel_size", kernel_size, 1)
         self.stride = self.kernel_size if stride is None else pair("stride", stride, 1)
         self.padding = pair("padding", padding, 0)
         self.ceil_mode = ceil_mode
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         self._check_input(x, 4)
-        pool = dict(ceil_mode=self.ceil_mode, backend=self.backend)
+        pool: Dict[str, Any] = dict(ceil_mode=self.ceil_mode, backend=self.backend)
         if not self.recording:
-            return max_pool2d(x, self.kernel_size, self.stride, self.padding, return_indices=False, **pool)
+            return cast(np.ndarray, max_pool2d(x, self.kernel_size, self.stride, self.padding, return_indices=False,
+                                               **pool))
         y, indices = max_pool2d(x, self.kernel_size, self.stride, self.padding, return_indices=True, **pool)
         self._record((indices, x.shape))
         return y
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray:
         indices, shape = self._last_record()
         return max_pool2d_backward(dy, indices, shape, backend=self.backend)
 
-    def _describe(self):
+    def _describe(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
 class Flatten(Layer):
     """(N, ...) -> (N, prod(...)), C order: the notes' "Flattening" slide."""
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         self._check_input(x)
         self._record(x.shape)
         return reference.flatten(x)
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray:
         return reference.flatten_backward(dy, self._last_record())
 
 
 class ReLU(Layer):
     """max(x, 0); the gradient at 0 is 0 (as in PyTorch). See :func:`fastlayers.relu`."""
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         self._check_input(x)
         self._record(x)
         return relu(x, backend=self.host_backend)
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray:
         return relu_backward(dy, self._last_record(), backend=self.host_backend)
 
 
 class Tanh(Layer):
     """tanh(x); its backward uses the output: dL/dx = dy * (1 - y^2)."""
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         self._check_input(x)
         y = np.tanh(x)
         self._record(y)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray:
         y = self._last_record()
         return dy * (1 - y * y)
 
@@ -500,14 +518,14 @@ class Tanh(Layer):
 class Sigmoid(Layer):
     """1 / (1 + exp(-x)), without overflow for any x; dL/dx = dy * y * (1 - y)."""
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         self._check_input(x)
         e = np.exp(-np.abs(x))  # in (0, 1]: exp never overflows
         y = np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
         self._record(y)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray:
         y = self._last_record()
         return dy * y * (1 - y)
 
@@ -517,7 +535,8 @@ class Dropout(Layer):
     1 / (1 - p), so the expected output is the input (as ``torch.nn.Dropout``); in eval mode, the
     identity. ``rng`` draws the masks."""
 
-    def __init__(self, p=0.5, backend=None, dtype=np.float32, rng=None):
+    def __init__(self, p: float = 0.5, backend: Optional[str] = None, dtype: DTypeLike = np.float32,
+                 rng: Seed = None) -> None:
         super().__init__(backend, dtype)
         p = float(p)
         if not 0 <= p <= 1:
@@ -525,7 +544,7 @@ class Dropout(Layer):
         self.p = p
         self.rng = np.random.default_rng(rng)
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         self._check_input(x)
         if not self.training or self.p == 0:
             self._record(None)
@@ -536,11 +555,11 @@ class Dropout(Layer):
         self._record(mask)
         return x * mask
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray:
         mask = self._last_record()
         return dy if mask is None else dy * mask
 
-    def _describe(self):
+    def _describe(self) -> str:
         return f"p={self.p}"
 
 
@@ -552,8 +571,8 @@ class BatchNorm2d(Layer):
     ``momentum``); eval mode normalises with the running statistics. ``params``: ``w`` (scale,
     ones) and ``b`` (shift, zeros), if ``affine``. Statistics are accumulated in float64."""
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, backend=None, dtype=np.float32,
-                 rng=None):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
+                 backend: Optional[str] = None, dtype: DTypeLike = np.float32, rng: Seed = None) -> None:
         super().__init__(backend, dtype)
         self.num_features = _positive_int("num_features", num_features)
         self.eps, self.momentum = float(eps), float(momentum)
@@ -568,7 +587,7 @@ class BatchNorm2d(Layer):
         self._buffers["running_var"] = np.ones(num_features, self.dtype)
         self._buffers["num_batches_tracked"] = np.zeros((), np.int64)
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         self._check_input(x, 4)
         if x.shape[1] != self.num_features:
             raise ValueError(f"BatchNorm2d input x must have {self.num_features} channels (axis 1), got shape {x.shape}")
@@ -580,7 +599,7 @@ class BatchNorm2d(Layer):
             self._record(x)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray:
         x = self._last_record()
         buffers = self._buffers
         dx, dw, db = batch_norm_backward(dy, x, buffers["running_mean"], buffers["running_var"],
@@ -590,7 +609,7 @@ class BatchNorm2d(Layer):
             self._accumulate("b", db)
         return dx
 
-    def _describe(self):
+    def _describe(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
 
 
@@ -599,7 +618,8 @@ class Dense(Layer):
 
     ``params``: ``W`` (in_features, out_features) and, if ``bias``, ``b`` (out_features,)."""
 
-    def __init__(self, in_features, out_features, bias=True, backend=None, dtype=np.float32, rng=None):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, backend: Optional[str] = None,
+                 dtype: DTypeLike = np.float32, rng: Seed = None) -> None:
         super().__init__(backend, dtype)
         self.in_features = _positive_int("in_features", in_features)
         self.out_features = _positive_int("out_features", out_features)
@@ -608,11 +628,11 @@ class Dense(Layer):
         if bias:
             self._parameters["b"] = _uniform_fan_in(np.empty(out_features, self.dtype), in_features, rng)
 
-    def fans(self, name):
+    def fans(self, name: str) -> Tuple[int, int]:
         """(fan_in, fan_out) of parameter ``name``, for :mod:`fastlayers.init`."""
         return self.in_features, self.out_features
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         self._check_input(x)
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(
@@ -622,7 +642,7 @@ class Dense(Layer):
         self._record((x, W))
         return linear(x, W.T, self._parameters.get("b"), backend=self.host_backend)
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray:
         x, W = self._last_record()
         dx, dWt, db = linear_backward(dy, x, W.T, backend=self.host_backend)
         self._accumulate("W", dWt.T)
@@ -630,7 +650,7 @@ class Dense(Layer):
             self._accumulate("b", db)
         return dx
 
-    def _describe(self):
+    def _describe(self) -> str:
         return f"{self.in_features}, {self.out_features}"
 
 
@@ -644,8 +664,8 @@ class RNN(Layer):
     when the forward started from zeros). ``params``: ``Wx`` (input_size, hidden_size), ``Wh``
     (hidden_size, hidden_size), ``b`` (hidden_size,): one bias where PyTorch has two."""
 
-    def __init__(self, input_size, hidden_size, nonlinearity="tanh", batch_first=False, backend=None,
-                 dtype=np.float32, rng=None):
+    def __init__(self, input_size: int, hidden_size: int, nonlinearity: str = "tanh", batch_first: bool = False,
+                 backend: Optional[str] = None, dtype: DTypeLike = np.float32, rng: Seed = None) -> None:
         super().__init__(backend, dtype)
         self.nonlinearity = check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
         self.input_size = _positive_int("input_size", input_size)
@@ -655,16 +675,16 @@ class RNN(Layer):
         for name, shape in (("Wx", (input_size, hidden_size)), ("Wh", (hidden_size, hidden_size)),
                             ("b", (hidden_size,))):
             self._parameters[name] = _uniform_fan_in(np.empty(shape, self.dtype), hidden_size, rng)
-        self.dh0 = None
+        self.dh0: Optional[np.ndarray] = None
 
-    def fans(self, name):
+    def fans(self, name: str) -> Tuple[int, int]:
         """(fan_in, fan_out) of parameter ``name``, for :mod:`fastlayers.init`."""
         return (self.input_size if name == "Wx" else self.hidden_size), self.hidden_size
 
-    def _time_major(self, a):
+    def _time_major(self, a: np.ndarray) -> np.ndarray:
         return a.swapaxes(0, 1) if self.batch_first else a
 
-    def forward(self, x, h0=None):
+    def forward(self, x: np.ndarray, h0: Optional[np.ndarray] = None) -> np.ndarray:
         self._check_input(x, 3)
         if x.shape[2] != self.input_size:
             raise ValueError(f"RNN input x must have {self.input_size} features on its last axis, got shape {x.shape}")
@@ -676,7 +696,7 @@ class RNN(Layer):
         self._record((x_seq, h0, hs, p["Wx"], p["Wh"]))
         return self._time_major(hs)
 
-    def backward(self, dhs):
+    def backward(self, dhs: np.ndarray) -> np.ndarray:
         x_seq, h0, hs, Wx, Wh = self._last_record()
         dx, dh0, dWx, dWh, db = rnn_backward(self._time_major(dhs), x_seq, h0, Wx, Wh, hs, self.nonlinearity,
                                              backend=self.backend)
@@ -685,7 +705,7 @@ class RNN(Layer):
         self.dh0 = None if h0 is None else dh0
         return self._time_major(dx)
 
-    def _describe(self):
+    def _describe(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         if self.nonlinearity != "tanh":
             s += f", nonlinearity={self.nonlinearity!r}"
@@ -699,11 +719,23 @@ class _GatedRecurrent(Layer):
     how one direction of one layer runs forward and backward."""
 
     gates = 0
-    state_names = ()  # ("h",) or ("h", "c")
-    bias_names = ()  # the subclass's bias parameters
+    state_names: Tuple[str, ...] = ()  # ("h",) or ("h", "c")
+    bias_names: Tuple[str, ...] = ()  # the subclass's bias parameters
+    dstate: State  # set by backward
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, backend=None, dtype=np.float32, rng=None):
+    if TYPE_CHECKING:  # each subclass defines them
+        def _run_forward(self, seq: np.ndarray, initial: Tuple[Optional[np.ndarray], ...],
+                         suffix: str) -> Tuple[np.ndarray, ...]: ...
+
+        def _run_backward(self, douts: List[Optional[np.ndarray]], seq: np.ndarray,
+                          initial: Tuple[Optional[np.ndarray], ...], result: Tuple[np.ndarray, ...],
+                          suffix: str) -> Tuple[np.ndarray, Tuple[np.ndarray, ...], Dict[str, np.ndarray]]: ...
+
+        def _map_torch_biases(self, bias_ih: np.ndarray, bias_hh: np.ndarray, suffix: str) -> Dict[str, np.ndarray]: ...
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 backend: Optional[str] = None, dtype: DTypeLike = np.float32, rng: Seed = None) -> None:
         super().__init__(backend, dtype)
         self.input_size = _positive_int("input_size", input_size)
         self.hidden_size = _positive_int("hidden_size", hidden_size)
@@ -728,24 +760,24 @@ class _GatedRecurrent(Layer):
                         self._parameters[name + suffix] = self._rng.uniform(-bound, bound, width).astype(self.dtype)
 
     @property
-    def directions(self):
+    def directions(self) -> int:
         return 2 if self.bidirectional else 1
 
-    def _suffixes(self, layer):
+    def _suffixes(self, layer: int) -> List[str]:
         """Parameter name suffixes of ``layer``'s directions, as PyTorch names them."""
         return [f"_l{layer}", f"_l{layer}_reverse"][: self.directions]
 
-    def _time_major(self, a):
+    def _time_major(self, a: np.ndarray) -> np.ndarray:
         return a.swapaxes(0, 1) if self.batch_first else a
 
-    def _check_state(self, name, s, N):
+    def _check_state(self, name: str, s: np.ndarray, N: int) -> None:
         shape = (self.num_layers * self.directions, N, self.hidden_size)
         self._check_input(s, 3, name=name)
         if s.shape != shape:
             raise ValueError(f"{type(self).__name__} {name} must have shape {shape} (num_layers * directions, N, "
                              f"hidden_size), got {s.shape}")
 
-    def forward(self, x, state=None):
+    def forward(self, x: np.ndarray, state: State = None) -> Tuple[np.ndarray, State]:
         """Run the stack over x (T, N, input_size), or (N, T, input_size) with ``batch_first``.
 
         ``state``: the initial states, each (num_layers * directions, N, hidden_size) as in
@@ -765,7 +797,8 @@ class _GatedRecurrent(Layer):
         for sname, s in zip(self.state_names, states):
             if s is not None:
                 self._check_state(sname + "0", s, N)
-        caches, finals = [], [[] for _ in self.state_names]
+        caches: List[Any] = []
+        finals: List[List[np.ndarray]] = [[] for _ in self.state_names]
         inputs = x_seq
         for layer in range(self.num_layers):
             outs, layer_cache = [], []
@@ -790,15 +823,16 @@ class _GatedRecurrent(Layer):
         final = tuple(np.stack(f) for f in finals)
         return self._time_major(inputs), final[0] if len(final) == 1 else final
 
-    def backward(self, doutput, dstate=None):
+    def backward(self, doutput: np.ndarray, dstate: State = None) -> np.ndarray:
         """dL/dx from dL/d(output) (in output's layout) and, optionally, dL/d(final states)
         (shaped and grouped like ``state``). Adds into ``grads``; dL/d(initial states) is left in
         ``self.dstate`` (None where the forward started from zeros)."""
         caches, states = self._last_record()
         H = self.hidden_size
         dfinal = (dstate,) if len(self.state_names) == 1 else (dstate if dstate is not None else (None,) * 2)
-        grads, dinitial = {}, [[None] * (self.num_layers * self.directions) for _ in self.state_names]
-        d_out = self._time_major(doutput)
+        grads: Dict[str, np.ndarray] = {}
+        dinitial: List[List[Any]] = [[None] * (self.num_layers * self.directions) for _ in self.state_names]
+        d_out: Any = self._time_major(doutput)
         for layer in range(self.num_layers - 1, -1, -1):
             layer_cache, mask = caches[layer]
             if mask is not None:
@@ -808,7 +842,7 @@ class _GatedRecurrent(Layer):
                 k = layer * self.directions + d
                 seq, initial, result = layer_cache[d]
                 dhs = d_out[..., d * H:(d + 1) * H]
-                douts = [dhs[::-1] if d else dhs] + [None] * (len(self.state_names) - 1)
+                douts: List[Any] = [dhs[::-1] if d else dhs] + [None] * (len(self.state_names) - 1)
                 for i, df in enumerate(dfinal):  # the final states are the last step's (a copy: the
                     if df is not None:  # caller's doutput stays as it was)
                         douts[i] = np.zeros_like(result[i]) if douts[i] is None else douts[i].copy()
@@ -827,7 +861,7 @@ class _GatedRecurrent(Layer):
             self.dstate = self.dstate[0]
         return self._time_major(d_out)
 
-    def load_torch_state_dict(self, state_dict):
+    def load_torch_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Copy the weights of a torch.nn.LSTM / torch.nn.GRU of the same configuration into this
         layer: ``Wx = weight_ih.T``, ``Wh = weight_hh.T`` and the biases (see the subclass).
         ``state_dict`` maps PyTorch's names (``weight_ih_l0``, ``bias_hh_l1_reverse``, ...) to
@@ -854,7 +888,7 @@ class _GatedRecurrent(Layer):
         for name, value in mapped.items():
             np.copyto(self._parameters[name], value, casting="same_kind")
 
-    def _describe(self):
+    def _describe(self) -> str:
         extras = [f"num_layers={self.num_layers}"] if self.num_layers > 1 else []
         extras += [f"{k}=True" for k in ("batch_first", "bidirectional") if getattr(self, k)]
         extras += ["bias=False"] if not self.bias else []
@@ -930,14 +964,15 @@ class Embedding(Layer):
     ``backward(dy)`` adds into ``grads["W"]`` (rows of repeated ids add up) and returns None:
     integer ids have no gradient. :class:`TiedOutput` reuses ``W`` for output scores."""
 
-    def __init__(self, num_embeddings, embedding_dim, backend=None, dtype=np.float32, rng=None):
+    def __init__(self, num_embeddings: int, embedding_dim: int, backend: Optional[str] = None,
+                 dtype: DTypeLike = np.float32, rng: Seed = None) -> None:
         super().__init__(backend, dtype)
         self.num_embeddings = _positive_int("num_embeddings", num_embeddings)
         self.embedding_dim = _positive_int("embedding_dim", embedding_dim)
         self._parameters["W"] = init.normal_(np.empty((num_embeddings, embedding_dim), self.dtype),
                                              rng=np.random.default_rng(rng))
 
-    def forward(self, ids):
+    def forward(self, ids: ArrayLike) -> np.ndarray:
         ids = np.asarray(ids)
         if ids.dtype.kind not in "iu":
             raise TypeError(f"Embedding input ids must be integers, got dtype {ids.dtype}")
@@ -948,13 +983,13 @@ class Embedding(Layer):
         self._record(ids)
         return self._parameters["W"][ids]
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> None:
         ids = self._last_record()
         dW = np.zeros_like(self._parameters["W"])
         np.add.at(dW, ids.reshape(-1), dy.reshape(-1, self.embedding_dim))
         self._accumulate("W", dW)
 
-    def _describe(self):
+    def _describe(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}"
 
 
@@ -964,16 +999,16 @@ class TiedOutput(Layer):
     parameter is the embedding's (listed there, not here), and this layer's gradient adds into
     the embedding's ``grads["W"]``."""
 
-    def __init__(self, embedding):
+    def __init__(self, embedding: Embedding) -> None:
         if not isinstance(embedding, Embedding):
             raise TypeError(f"TiedOutput needs an Embedding, got {type(embedding).__name__}")
         super().__init__(embedding.backend, embedding.dtype)
         self.embedding = embedding
 
-    def children(self):
+    def children(self) -> List[Layer]:
         return [self.embedding]
 
-    def forward(self, h):
+    def forward(self, h: np.ndarray) -> np.ndarray:
         self._check_input(h, name="h")
         if h.ndim < 1 or h.shape[-1] != self.embedding.embedding_dim:
             raise ValueError(f"TiedOutput input h must have {self.embedding.embedding_dim} features on its last "
@@ -982,17 +1017,17 @@ class TiedOutput(Layer):
         self._record((h, W))
         return linear(h, W, backend=self.host_backend)
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray:
         h, W = self._last_record()
         dh, dW, _ = linear_backward(dy, h, W, backend=self.host_backend)
         self.embedding._accumulate("W", dW)
         return dh
 
-    def _named_items(self, attribute, prefix):
+    def _named_items(self, attribute: str, prefix: str) -> Iterator[Tuple[str, np.ndarray]]:
         # the embedding's entries, under this layer's name unless the embedding came first
         return self.embedding._named_items(attribute, f"{prefix}embedding.")
 
-    def _describe(self):
+    def _describe(self) -> str:
         return f"tied to Embedding({self.embedding.num_embeddings}, {self.embedding.embedding_dim})"
 
 
@@ -1003,7 +1038,7 @@ class Sequential(Layer):
     layer placed twice is listed once, at its first index). ``backend``, when given, is used by
     every child that was built with ``backend=None``. ``dtype`` is the children's (they must agree)."""
 
-    def __init__(self, *layers, backend=None):
+    def __init__(self, *layers: Layer, backend: Optional[str] = None) -> None:
         if not layers:
             raise ValueError("Sequential needs at least one layer")
         for i, layer in enumerate(layers):
@@ -1015,26 +1050,26 @@ class Sequential(Layer):
         super().__init__(backend, dtypes.pop())  # no parameters of its own: the children's
         self.layers = list(layers)
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: int) -> Layer:
         return self.layers[i]
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.layers)
 
-    def children(self):
+    def children(self) -> List[Layer]:
         return list({id(layer): layer for layer in self.layers}.values())
 
-    def _named_items(self, attribute, prefix):
+    def _named_items(self, attribute: str, prefix: str) -> Iterator[Tuple[str, np.ndarray]]:
         for i, layer in enumerate(self.layers):
             yield from layer._named_items(attribute, f"{prefix}{i}.")
 
-    def _run(self, fn):
+    def _run(self, fn: Callable[[], Any]) -> Any:
         if self.backend is None:
             return fn()
         with _dispatch.use_backend(self.backend):
             return fn()
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
         def run():
             out = x
             for layer in self.layers:
@@ -1043,7 +1078,7 @@ class Sequential(Layer):
 
         return self._run(run)
 
-    def backward(self, dy):
+    def backward(self, dy: Any) -> Any:
         def run():
             grad = dy
             for layer in reversed(self.layers):
@@ -1052,6 +1087,6 @@ class Sequential(Layer):
 
         return self._run(run)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         lines = [f"  ({i}) {layer!r}" for i, layer in enumerate(self.layers)]
         return "Sequential(\n" + "\n".join(lines) + f"\n)  # {self.num_parameters} parameters"

@@ -10,20 +10,23 @@ optimiser's state (learning rate, step count, moments) for checkpoints.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Mapping, Tuple
 
 import numpy as np
 
 __all__ = ["Optimizer", "SGD", "Adam", "StepLR", "CosineAnnealingLR", "clip_grad_norm_"]
 
+Model = Any  # an object with ``params`` and ``grads`` mappings: a layer, a Sequential
 
-def _non_negative(name, value):
+
+def _non_negative(name: str, value: float) -> float:
     value = float(value)
     if not value >= 0:  # also refuses NaN
         raise ValueError(f"{name} must be >= 0, got {value}")
     return value
 
 
-def _positive_int(name, value):
+def _positive_int(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     return value
@@ -32,14 +35,14 @@ def _positive_int(name, value):
 class Optimizer:
     """Base class: holds the model and per-parameter state keyed by parameter name."""
 
-    def __init__(self, model, lr):
+    def __init__(self, model: Model, lr: float) -> None:
         if not (hasattr(model, "params") and hasattr(model, "grads")):
             raise TypeError(f"model must have params and grads dicts, got {type(model).__name__}")
         self.model = model
         self.lr = _non_negative("lr", lr)
-        self.state = {}
+        self.state: Dict[str, Tuple[np.ndarray, ...]] = {}
 
-    def _pairs(self):
+    def _pairs(self) -> Iterator[Tuple[str, np.ndarray, np.ndarray]]:
         params, grads = self.model.params, self.model.grads
         if not set(params) & set(grads):
             raise RuntimeError(f"no gradient for {sorted(params)}: call model.backward(...) before step()")
@@ -51,17 +54,20 @@ class Optimizer:
                 raise ValueError(f"gradient of {name!r} has shape {g.shape}, the parameter {p.shape}")
             yield name, p, g
 
-    def step(self):
+    def step(self) -> None:
         """Update every parameter that has a gradient, once (checks every gradient first)."""
         pairs = list(self._pairs())
         self._begin_step()
         for name, p, g in pairs:
             self._update(name, p, g)
 
-    def _begin_step(self):
+    def _begin_step(self) -> None:
         pass
 
-    def zero_grad(self):
+    if TYPE_CHECKING:  # each optimiser defines it
+        def _update(self, name: str, p: np.ndarray, g: np.ndarray) -> None: ...
+
+    def zero_grad(self) -> None:
         """Clear the model's gradients (``model.zero_grad()``, or ``model.grads.clear()`` for a
         plain object)."""
         if hasattr(self.model, "zero_grad"):
@@ -69,14 +75,14 @@ class Optimizer:
         else:
             self.model.grads.clear()
 
-    _HYPER = ("lr",)
+    _HYPER: Tuple[str, ...] = ("lr",)
 
-    def state_dict(self):
+    def state_dict(self) -> Dict[str, Any]:
         """Hyper-parameters, step count and per-parameter state (copies)."""
         return dict(hyper={k: getattr(self, k) for k in self._HYPER}, t=getattr(self, "t", 0),
                     state={name: tuple(a.copy() for a in arrays) for name, arrays in self.state.items()})
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output (the state of an optimiser of the same kind over a
         model with the same parameter names and shapes)."""
         hyper = state["hyper"]
@@ -108,12 +114,12 @@ class SGD(Optimizer):
 
     _HYPER = ("lr", "momentum", "weight_decay")
 
-    def __init__(self, model, lr=0.01, momentum=0.0, weight_decay=0.0):
+    def __init__(self, model: Model, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0) -> None:
         super().__init__(model, lr)
         self.momentum = _non_negative("momentum", momentum)
         self.weight_decay = _non_negative("weight_decay", weight_decay)
 
-    def _update(self, name, p, g):
+    def _update(self, name: str, p: np.ndarray, g: np.ndarray) -> None:
         if self.weight_decay:
             g = g + self.weight_decay * p
         if self.momentum:
@@ -136,7 +142,8 @@ class Adam(Optimizer):
 
     _HYPER = ("lr", "betas", "eps", "weight_decay")
 
-    def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, model: Model, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0) -> None:
         super().__init__(model, lr)
         b1, b2 = (float(b) for b in betas)
         if not (0 <= b1 < 1 and 0 <= b2 < 1):
@@ -146,10 +153,10 @@ class Adam(Optimizer):
         self.weight_decay = _non_negative("weight_decay", weight_decay)
         self.t = 0
 
-    def _begin_step(self):
+    def _begin_step(self) -> None:
         self.t += 1
 
-    def _update(self, name, p, g):
+    def _update(self, name: str, p: np.ndarray, g: np.ndarray) -> None:
         b1, b2 = self.betas
         if self.weight_decay:
             g = g + self.weight_decay * p
@@ -169,24 +176,27 @@ class _Schedule:
     """Base of the learning-rate schedules: ``step()`` once per epoch (after the optimiser's
     steps) sets ``optimizer.lr`` for the next epoch, as ``torch.optim.lr_scheduler``."""
 
-    def __init__(self, optimizer):
+    def __init__(self, optimizer: Optimizer) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be a fastlayers optimiser, got {type(optimizer).__name__}")
         self.optimizer = optimizer
         self.base_lr = optimizer.lr
         self.last_epoch = 0
 
-    def step(self):
+    if TYPE_CHECKING:  # each schedule defines it
+        def lr_at(self, epoch: int) -> float: ...
+
+    def step(self) -> None:
         self.last_epoch += 1
         self.optimizer.lr = self.lr_at(self.last_epoch)
 
-    def get_last_lr(self):
+    def get_last_lr(self) -> float:
         return self.optimizer.lr
 
-    def state_dict(self):
+    def state_dict(self) -> Dict[str, Any]:
         return dict(base_lr=self.base_lr, last_epoch=self.last_epoch)
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.base_lr, self.last_epoch = float(state["base_lr"]), int(state["last_epoch"])
         self.optimizer.lr = self.lr_at(self.last_epoch)
 
@@ -194,11 +204,11 @@ class _Schedule:
 class StepLR(_Schedule):
     """lr = base_lr * gamma ** (epoch // step_size)."""
 
-    def __init__(self, optimizer, step_size, gamma=0.1):
+    def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1) -> None:
         super().__init__(optimizer)
         self.step_size, self.gamma = _positive_int("step_size", step_size), _non_negative("gamma", gamma)
 
-    def lr_at(self, epoch):
+    def lr_at(self, epoch: int) -> float:
         return self.base_lr * self.gamma ** (epoch // self.step_size)
 
 
@@ -206,15 +216,15 @@ class CosineAnnealingLR(_Schedule):
     """lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * epoch / T_max)) / 2 (Loshchilov and
     Hutter's SGDR without restarts): from base_lr down to eta_min over T_max epochs."""
 
-    def __init__(self, optimizer, T_max, eta_min=0.0):
+    def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0) -> None:
         super().__init__(optimizer)
         self.T_max, self.eta_min = _positive_int("T_max", T_max), _non_negative("eta_min", eta_min)
 
-    def lr_at(self, epoch):
+    def lr_at(self, epoch: int) -> float:
         return self.eta_min + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * epoch / self.T_max)) / 2
 
 
-def clip_grad_norm_(model, max_norm, norm_type=2.0):
+def clip_grad_norm_(model: Model, max_norm: float, norm_type: float = 2.0) -> float:
     """Scale every gradient of ``model.grads`` in place so that their joint ``norm_type`` norm is
     at most ``max_norm`` (factor max_norm / (norm + 1e-6), as PyTorch); returns the norm before
     clipping (``inf`` norm: the largest magnitude)."""

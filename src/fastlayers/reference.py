@@ -15,37 +15,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ops import BATCH_NORM, CONV2D, LINEAR, MAX_POOL2D, RELU, RNN
+from .ops import BATCH_NORM, CONV2D, FUNCTIONS, LINEAR, MAX_POOL2D, RELU, RNN
 from .ops._spec import run
 from .ops.gated import gated_geometry
 
-__all__ = [
-    "conv2d",
-    "conv2d_backward",
-    "max_pool2d",
-    "max_pool2d_backward",
-    "rnn_step",
-    "rnn_step_backward",
-    "rnn",
-    "rnn_backward",
-    "lstm_step",
-    "lstm_step_backward",
-    "lstm",
-    "lstm_backward",
-    "gru_step",
-    "gru_step_backward",
-    "gru",
-    "gru_backward",
-    "linear",
-    "linear_backward",
-    "relu",
-    "relu_backward",
-    "batch_norm",
-    "batch_norm_backward",
-    "flatten",
-    "flatten_backward",
-    "softmax_cross_entropy",
-]
+# Every function of the functional API (``ops.FUNCTIONS``), and the layers' own ops.
+__all__ = [*FUNCTIONS, "flatten", "flatten_backward", "softmax_cross_entropy"]
 
 # ============================================================================ conv2d
 #

@@ -7,6 +7,7 @@ import pytest
 
 import fastlayers as fl
 from fastlayers import reference as ref
+from fastlayers.benchmark.workloads import op_name
 from fastlayers.cases import CASES
 from tests import _rounding
 from tests._random_calls import to_host
@@ -18,10 +19,11 @@ pytestmark = pytest.mark.skipif(not real_gpu(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("direction", ["forward", "backward"])
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_design_case_matches_reference(case, direction):
-    name, args, budgets = _rounding.case_call(case, direction)
-    extra = dict(return_indices=True) if name == "max_pool2d" else {}
-    got = getattr(fl, name)(*args, **extra, backend="cuda")
-    want = getattr(ref, name)(*[_rounding.exact(a) for a in args], **extra)
+    if op_name(case.op, direction) not in _rounding.CASE_BUDGETS:
+        pytest.skip(f"no rounding budget for {case.op} in tests/_rounding.py yet")
+    name, args, kwargs, budgets = _rounding.case_call(case, direction)
+    got = getattr(fl, name)(*args, **kwargs, backend="cuda")
+    want = getattr(ref, name)(*[_rounding.exact(a) for a in args], **kwargs)
     got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
     assert len(got) == len(want) == len(budgets)
     for i, (g, w, budget) in enumerate(zip(got, want, budgets)):

@@ -2,8 +2,9 @@
 bench/: the case table (:mod:`fastlayers.cases`) x direction x backend, timed side by side with
 this machine's roofs measured in the same run.
 
-* :mod:`.workloads` — one class per op: inputs, options, output buffers, work (FLOPs or bytes)
-  and the equivalent PyTorch call;
+* :mod:`.workloads` — each op's workload, looked up on its spec (``SPECS[op].workload``, in
+  ``ops/<family>.py``): inputs, options, output buffers, work (FLOPs or bytes) and the
+  equivalent PyTorch call;
 * :mod:`.timing` — the one timer, the spread of a measurement, the allocator policy, the GEMM
   and copy roofs, the machine description;
 * :mod:`.runner` — the engine: plans, times (progress on stderr) and returns the report (a

@@ -26,7 +26,7 @@ from threadpoolctl import threadpool_limits
 from .. import _dispatch
 from .. import functional as F
 from .timing import GEMM_SHAPE, copy_roof, gemm_roof, machine_info, spread, steady_allocator, time_call
-from .workloads import DIRECTIONS, WORKLOADS, call_args, make_inputs, op_name, work
+from .workloads import DIRECTIONS, OPS, call_args, make_inputs, op_name, work, workload
 
 SCHEMA = "fastlayers-bench/2"
 FAMILIES = ("numpy", "cpu", "cuda", "torch")
@@ -37,7 +37,7 @@ OUT_FAMILIES = ("cpu", "cuda")
 # Families that take an op's algo= choice one algorithm per row.
 ALGO_FAMILIES = ("cpu", "cuda")
 DEFAULT_ALGO = "auto"
-ALGOS = tuple(dict.fromkeys(a for w in WORKLOADS.values() for a in w.algos))
+ALGOS = tuple(dict.fromkeys(a for op in OPS for a in workload(op).algos))
 
 
 def parse_label(label):
@@ -64,7 +64,7 @@ def label_order(label):
 def labels_for(families, op, out_rows=True):
     """The backend labels of ``families`` for ``op``: one per algorithm where the family takes
     the op's ``algo=``, and an ``+out`` twin of the default call where the family takes ``out=``."""
-    algos = WORKLOADS[op].algos
+    algos = workload(op).algos
     labels = []
     for fam in families:
         split = fam in ALGO_FAMILIES and algos
@@ -131,7 +131,7 @@ def fastlayers_call(case, direction, label, inputs):
         args = tuple(cuda.to_device(a) if isinstance(a, np.ndarray) else a for a in args)
         empty, sync = cuda.device_array, cuda.synchronize
     if out:
-        kwargs["out"] = WORKLOADS[case.op].outputs(case, direction, inputs, empty)
+        kwargs["out"] = workload(case.op).outputs(case, direction, inputs, empty)
     fn = getattr(F, op_name(case.op, direction))
     return (lambda: fn(*args, **kwargs)), sync
 

@@ -15,7 +15,7 @@ import sys
 from ..cases import Case
 from .runner import Progress, inputs_digest
 from .timing import steady_allocator, time_call
-from .workloads import WORKLOADS, make_inputs
+from .workloads import make_inputs, workload
 
 
 def run_job(job, stream=sys.stderr):
@@ -35,7 +35,7 @@ def run_job(job, stream=sys.stderr):
         case = Case(**{**item["case"], "shape": tuple(item["case"]["shape"])})
         bar.step(f"{case.name} {item['direction']} torch")
         inputs = make_inputs(case, item["direction"], job["dtype"], job["seed"])
-        fn = WORKLOADS[case.op].torch_call(torch, case, item["direction"], inputs, job["seed"], device)
+        fn = workload(case.op).torch_call(torch, case, item["direction"], inputs, job["seed"], device)
         results.append(dict(times_s=time_call(fn, job["repeat"], job["budget_s"], sync),
                             inputs_sha256=inputs_digest(inputs)))
     return dict(torch_version=torch.__version__, threads=torch.get_num_threads(), device=device,

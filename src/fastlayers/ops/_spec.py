@@ -51,6 +51,20 @@ class Kernel:
         return getattr(module(self.module), self.functions[direction])
 
 
+@dataclass(frozen=True)
+class ImageBatch:
+    """The input sizes of a 2-D op's geometry (its first fields): N images of C channels of H x W."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+
+    @property
+    def x_shape(self):
+        return (self.N, self.C, self.H, self.W)
+
+
 @dataclass
 class Problem:
     """One validated call of an op.
@@ -126,15 +140,28 @@ def drop_lead(results, outs):
     return tuple(r.reshape(tuple(r.shape)[1:]) if o is None else o for r, o in zip(results, outs))
 
 
+def batch_hooks(batched, pick=lambda results: results[0]):
+    """``to_kernel_out`` and ``finish`` (a dict to pass to ``Problem``) of a call whose arrays
+    may lack the batch axis (an unbatched call runs as a batch of one): the caller's buffers
+    viewed with it, the kernel's results without it, then ``pick`` (what the function returns
+    from the tuple of results: by default the first)."""
+    if batched:
+        return dict(to_kernel_out=lambda outs: outs, finish=lambda r, outs: pick(r))
+    return dict(to_kernel_out=lambda outs: tuple(map(lead_one, outs)),
+                finish=lambda r, outs: pick(drop_lead(r, outs)))
+
+
 class OpSpec:
-    """An op family: its public functions (name -> direction), its kernels on every backend and,
+    """An op family: its public functions (name -> direction), its kernels on every backend,
     per backend with several, how ``algo="auto"`` chooses (``auto``: backend -> "module:function"
-    taking the problem and returning an algo name)."""
+    taking the problem and returning an algo name), and what the benchmark times (``workload``,
+    an ``ops._workload.Workload``)."""
 
     name = ""
     functions: dict = {}
     kernels: tuple = ()
     auto: dict = {}
+    workload: Any = None  # an ops._workload.Workload
 
     def kernels_on(self, backend):
         return tuple(k for k in self.kernels if k.backend == backend)

@@ -6,23 +6,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._checks import MAX_ELEMENTS, check_array, check_choice, check_int, check_shape, is_gpu, pair
-from ._spec import Kernel, OpSpec, Problem, drop_lead, lead_one
+from ._spec import ImageBatch, Kernel, OpSpec, Problem, batch_hooks, lead_one
+from ._workload import Workload, normal, torch_no_grad
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 _NUMPY_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
 
 @dataclass(frozen=True)
-class Conv2dGeometry:
+class Conv2dGeometry(ImageBatch):
     """Sizes and normalised parameters of one 2-D convolution, and every size derived from them.
 
     Padding is (top, bottom, left, right): ``padding="same"`` can be asymmetric. The kernels get
     these fields as one C struct (kernels/cpu/_conv2d.pxd) or one tuple (kernels/cuda/conv2d.py)."""
 
-    N: int
-    C: int
-    H: int
-    W: int
     F: int
     KH: int
     KW: int
@@ -52,10 +49,6 @@ class Conv2dGeometry:
     def K(self):
         """Taps summed by one output: ``Cg * KH * KW`` (an im2col column's length)."""
         return self.Cg * self.KH * self.KW
-
-    @property
-    def x_shape(self):
-        return (self.N, self.C, self.H, self.W)
 
     @property
     def w_shape(self):
@@ -200,11 +193,65 @@ KERNELS = (
 )
 
 
+# ---------------------------------------------------------------------------- benchmark
+
+
+class Conv2dWorkload(Workload):
+    """conv2d: case shape (N, C, H, W); params F, kernel_size, stride, padding."""
+
+    algos = ("im2col", "direct", "auto")  # conv2d's ``algo=``; "auto" is the default
+    required = ("F", "kernel_size")
+    gpu_target = ("throughput", 0.5)
+
+    @staticmethod
+    def weight_shape(case):
+        k = case.params["kernel_size"]
+        return (case.params["F"], case.shape[1], k, k)
+
+    @staticmethod
+    def options(case, direction):
+        return dict(stride=case.params.get("stride", 1), padding=case.params.get("padding", 0))
+
+    def geometry(self, case):
+        return conv2d_geometry(case.shape, self.weight_shape(case), **self.options(case, "forward"))
+
+    def inputs(self, case, direction, dtype, seed):
+        draw = normal(seed, dtype)
+        w_shape = self.weight_shape(case)
+        x = draw(case.shape)
+        w = draw(w_shape, 1 / np.sqrt(np.prod(w_shape[1:])))
+        if direction == "forward":
+            return dict(input=x, weight=w, bias=draw(w_shape[0]))
+        return dict(grad_output=draw(self.geometry(case).y_shape), input=x, weight=w)
+
+    def outputs(self, case, direction, inputs, empty):
+        if direction == "forward":
+            return empty(self.geometry(case).y_shape, inputs["input"].dtype)
+        x, w = inputs["input"], inputs["weight"]
+        return empty(x.shape, x.dtype), empty(w.shape, w.dtype), empty(w.shape[:1], w.dtype)
+
+    def work(self, case, direction, dtype):
+        return self.geometry(case).work(direction)
+
+    def torch_call(self, torch, case, direction, inputs, seed, device="cpu"):
+        """The timed PyTorch call on the same ``inputs`` (made with ``seed``), copied to ``device``
+        once: forward without a graph; backward: autograd on a graph built once and retained."""
+        nnf, kw = torch.nn.functional, self.options(case, direction)
+        t = {k: torch.from_numpy(v).to(device) for k, v in inputs.items()}
+        if direction == "forward":
+            return torch_no_grad(torch, lambda: nnf.conv2d(t["input"], t["weight"], t["bias"], **kw))
+        x, w = t["input"].requires_grad_(), t["weight"].requires_grad_()
+        b = torch.zeros(w.shape[0], dtype=w.dtype, device=device, requires_grad=True)
+        y = nnf.conv2d(x, w, b, **kw)
+        return lambda: torch.autograd.grad(y, (x, w, b), t["grad_output"], retain_graph=True)
+
+
 class Conv2dSpec(OpSpec):
     name = "conv2d"
     functions = {"conv2d": "forward", "conv2d_backward": "backward"}
     kernels = KERNELS
     auto = {"cpu": "fastlayers.backends.cpu.conv2d:choose_algo", "cuda": "fastlayers.backends.cuda.conv2d:choose_algo"}
+    workload = Conv2dWorkload()
 
     @staticmethod
     def _common(input, weight, stride, padding, dilation, groups, padding_mode):
@@ -239,8 +286,7 @@ class Conv2dSpec(OpSpec):
         return Problem(
             "forward", kernel_g, dict(input=x, weight=weight, bias=bias), (("output", y_shape, dt),),
             kernel_outputs=(("output", g.y_shape, dt),),
-            to_kernel_out=(lambda outs: outs) if batched else (lambda outs: tuple(map(lead_one, outs))),
-            finish=(lambda r, outs: r[0]) if batched else (lambda r, outs: drop_lead(r, outs)[0]),
+            **batch_hooks(batched),
         )
 
     def backward(self, grad_output, input, weight, stride, padding, dilation, groups, padding_mode):

@@ -9,9 +9,13 @@ run sequences; a step is a sequence of one (its (N, .) arrays viewed as (1, N, .
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Tuple
+
+import numpy as np
 
 from ._checks import MAX_ELEMENTS, check_array, check_arrays_like, check_shape
 from ._spec import Kernel, OpSpec, Problem, drop_lead, lead_one
+from ._workload import Workload, normal, torch_no_grad
 
 
 @dataclass(frozen=True)
@@ -69,13 +73,105 @@ def gated_geometry(cell, x, Wx, Wh, states, biases, sequence=False, backward=Non
     return GatedGeometry(int(T), int(N), int(D), int(H)), dt
 
 
+class _GatedWorkload(Workload):
+    """lstm and gru (time-major): case shape (T, N, D, H), weights of G gate blocks. The
+    backward is timed for dL/d(hidden states) only (no dL/d(cell states)): what autograd
+    computes from the PyTorch module's output."""
+
+    gates = 0
+    biases: Tuple[str, ...] = ()  # the cell's bias arguments, in order
+    states: Tuple[str, ...] = ("h0",)  # its initial states, in order
+
+    def _forward_inputs(self, case, normal):
+        T, N, D, H = case.shape
+        G = self.gates
+        inputs = dict(x_seq=normal((T, N, D)))
+        inputs.update({s: normal((N, H), 0.5) for s in self.states})
+        inputs.update(Wx=normal((D, G * H), 1 / np.sqrt(D)), Wh=normal((H, G * H), 1 / np.sqrt(H)))
+        inputs.update({b: normal(G * H, 0.1) for b in self.biases})
+        return inputs
+
+    def outputs(self, case, direction, inputs, empty):
+        T, N, D, H = case.shape
+        G, dt = self.gates, inputs["x_seq"].dtype
+        if direction == "forward":
+            return tuple(empty((T, N, H), dt) for _ in self.states) if len(self.states) > 1 else empty((T, N, H), dt)
+        shapes = ((T, N, D), *[(N, H)] * len(self.states), (D, G * H), (H, G * H), *[(G * H,)] * len(self.biases))
+        return tuple(empty(s, dt) for s in shapes)
+
+    def work(self, case, direction, dtype):
+        """FLOPs: two GEMMs per step forward, G*H columns wide; four backward (dx, dh, dWx,
+        dWh). The cpu kernels also recompute the forward's pre-activations in the backward
+        (two more), which this count leaves out, as PyTorch keeps its gates instead."""
+        T, N, D, H = case.shape
+        return T * 2 * N * (D + H) * self.gates * H * (1 if direction == "forward" else 2), "flop"
+
+    def torch_call(self, torch, case, direction, inputs, seed, device="cpu"):
+        """``torch.nn.LSTM`` / ``torch.nn.GRU`` (one layer) holding the same weights, transposed
+        (PyTorch keeps (G*H, D)); the LSTM's second bias is zero, as fastlayers adds them."""
+        t = {k: torch.from_numpy(v).to(device) for k, v in inputs.items() if v is not None}
+        T, N, D, H = case.shape
+        module = getattr(torch.nn, self.op.upper())(D, H, dtype=t["Wx"].dtype, device=device)
+        with torch.no_grad():
+            module.weight_ih_l0.copy_(t["Wx"].T)
+            module.weight_hh_l0.copy_(t["Wh"].T)
+            module.bias_ih_l0.copy_(t[self.biases[0]])
+            if len(self.biases) > 1:
+                module.bias_hh_l0.copy_(t[self.biases[1]])
+            else:
+                module.bias_hh_l0.zero_()
+        states = [t[s][None] for s in self.states]
+        if direction == "forward":
+            state = tuple(states) if len(states) > 1 else states[0]
+            return torch_no_grad(torch, lambda: module(t["x_seq"], state))
+        x_seq = t["x_seq"].requires_grad_()
+        states = [s.clone().requires_grad_() for s in states]
+        hs, _ = module(x_seq, tuple(states) if len(states) > 1 else states[0])
+        params = (module.weight_ih_l0, module.weight_hh_l0, module.bias_ih_l0, module.bias_hh_l0)
+        return lambda: torch.autograd.grad(hs, (x_seq, *states, *params[: 2 + len(self.biases)]), t["dhs"],
+                                           retain_graph=True)
+
+
+class LstmWorkload(_GatedWorkload):
+    op = "lstm"
+    gates = 4
+    biases = ("b",)
+    states = ("h0", "c0")
+
+    def inputs(self, case, direction, dtype, seed):
+        from .. import reference  # it validates through this module's spec
+
+        inputs = self._forward_inputs(case, normal(seed, dtype))
+        if direction == "forward":
+            return inputs
+        hs, cs = reference.lstm(**inputs)
+        dhs = normal(seed + 1, dtype)(hs.shape)
+        return dict(dhs=dhs, dcs=None, **inputs, hs=hs, cs=cs)
+
+
+class GruWorkload(_GatedWorkload):
+    op = "gru"
+    gates = 3
+    biases = ("bx", "bh")
+
+    def inputs(self, case, direction, dtype, seed):
+        from .. import reference  # it validates through this module's spec
+
+        inputs = self._forward_inputs(case, normal(seed, dtype))
+        if direction == "forward":
+            return inputs
+        hs = reference.gru(**inputs)
+        return dict(dhs=normal(seed + 1, dtype)(hs.shape), **inputs, hs=hs)
+
+
 class GatedSpec(OpSpec):
     """An LSTM or GRU: ``states`` (initial states, e.g. ("h0", "c0")), ``biases`` and ``outputs``
     (every step's states, e.g. ("hs", "cs")) name the arrays of the sequence functions; the step
     functions name them ``step_names`` maps to."""
 
-    def __init__(self, cell, states, biases, outputs, step_names):
+    def __init__(self, cell, states, biases, outputs, step_names, workload):
         self.name = self.cell = cell
+        self.workload = workload
         self.states, self.biases, self.outputs = states, biases, outputs
         self.step_names = step_names
         self.functions = {cell: "forward", f"{cell}_backward": "backward",
@@ -134,6 +230,6 @@ class GatedSpec(OpSpec):
 
 LSTM = GatedSpec("lstm", ("h0", "c0"), ("b",), ("hs", "cs"),
                  dict(x_seq="x", h0="h_prev", c0="c_prev", hs="h", cs="c", dhs="dh", dcs="dc", dh0="dh_prev",
-                      dc0="dc_prev"))
+                      dc0="dc_prev"), LstmWorkload())
 GRU = GatedSpec("gru", ("h0",), ("bx", "bh"), ("hs",),
-                dict(x_seq="x", h0="h_prev", hs="h", dhs="dh", dh0="dh_prev"))
+                dict(x_seq="x", h0="h_prev", hs="h", dhs="dh", dh0="dh_prev"), GruWorkload())

@@ -7,19 +7,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._checks import MAX_ELEMENTS, array_dtype, check_array, check_bool, check_int, check_shape, pair
-from ._spec import Kernel, OpSpec, Problem, drop_lead, lead_one
+from ._spec import ImageBatch, Kernel, OpSpec, Problem, batch_hooks, lead_one
+from ._workload import Workload, normal, torch_no_grad
 
 INDEX_DTYPE = np.dtype(np.int64)
 
 
 @dataclass(frozen=True)
-class Pool2dGeometry:
+class Pool2dGeometry(ImageBatch):
     """Sizes and normalised parameters of one 2-D max pooling."""
 
-    N: int
-    C: int
-    H: int
-    W: int
     KH: int
     KW: int
     OH: int
@@ -33,10 +30,6 @@ class Pool2dGeometry:
     ceil_mode: bool
 
     @property
-    def x_shape(self):
-        return (self.N, self.C, self.H, self.W)
-
-    @property
     def y_shape(self):
         return (self.N, self.C, self.OH, self.OW)
 
@@ -48,19 +41,11 @@ class Pool2dGeometry:
 
 
 @dataclass(frozen=True)
-class Unpool2dGeometry:
+class Unpool2dGeometry(ImageBatch):
     """Sizes of a max_pool2d backward: the input (N, C, H, W) and the pooled planes (OH, OW)."""
 
-    N: int
-    C: int
-    H: int
-    W: int
     OH: int
     OW: int
-
-    @property
-    def x_shape(self):
-        return (self.N, self.C, self.H, self.W)
 
 
 def _pool_out(size, k, s, p, d, ceil_mode):
@@ -136,10 +121,69 @@ KERNELS = (
 )
 
 
+# ---------------------------------------------------------------------------- benchmark
+
+
+class MaxPool2dWorkload(Workload):
+    """max_pool2d: case shape (N, C, H, W); params kernel_size, stride. The forward returns the
+    indices on both sides (training needs them for the backward)."""
+
+    required = ("kernel_size",)
+    gpu_target = ("bandwidth", 0.7)
+
+    @staticmethod
+    def options(case, direction):
+        if direction == "backward":
+            return {}
+        return dict(stride=case.params.get("stride"), return_indices=True)
+
+    @staticmethod
+    def geometry(case):
+        return pool2d_geometry(case.shape, case.params["kernel_size"], case.params.get("stride"))
+
+    def inputs(self, case, direction, dtype, seed):
+        from .. import reference  # it validates through this module's spec
+
+        draw = normal(seed, dtype)
+        x = draw(case.shape)
+        if direction == "forward":
+            return dict(input=x)
+        _, indices = reference.max_pool2d(x, case.params["kernel_size"], case.params.get("stride"),
+                                          return_indices=True)
+        return dict(grad_output=draw(indices.shape), indices=indices, input_shape=x.shape)
+
+    @staticmethod
+    def args(case, direction, inputs):
+        """kernel_size follows the input, as in torch.nn.functional."""
+        values = tuple(inputs.values())
+        return values + (case.params["kernel_size"],) if direction == "forward" else values
+
+    def outputs(self, case, direction, inputs, empty):
+        if direction == "forward":
+            y_shape = self.geometry(case).y_shape
+            return empty(y_shape, inputs["input"].dtype), empty(y_shape, INDEX_DTYPE)
+        return empty(inputs["input_shape"], inputs["grad_output"].dtype)
+
+    def work(self, case, direction, dtype):
+        return self.geometry(case).work(direction, np.dtype(dtype).itemsize)
+
+    def torch_call(self, torch, case, direction, inputs, seed, device="cpu"):
+        nnf, k, stride = torch.nn.functional, case.params["kernel_size"], case.params.get("stride")
+        if direction == "forward":
+            x = torch.from_numpy(inputs["input"]).to(device)
+            return torch_no_grad(torch, lambda: nnf.max_pool2d(x, k, stride, return_indices=True))
+        # The same x the indices were taken from: the forward's inputs under the same seed.
+        dy = torch.from_numpy(inputs["grad_output"]).to(device)
+        x = torch.from_numpy(self.inputs(case, "forward", inputs["grad_output"].dtype, seed)["input"]).to(device).requires_grad_()
+        y = nnf.max_pool2d(x, k, stride)
+        return lambda: torch.autograd.grad(y, (x,), dy, retain_graph=True)
+
+
 class MaxPool2dSpec(OpSpec):
     name = "max_pool2d"
     functions = {"max_pool2d": "forward", "max_pool2d_backward": "backward"}
     kernels = KERNELS
+    workload = MaxPool2dWorkload()
 
     def forward(self, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
         dt = check_array("input", input, (3, 4))
@@ -149,13 +193,11 @@ class MaxPool2dSpec(OpSpec):
                             dilation, ceil_mode)
         shape = g.y_shape if batched else g.y_shape[1:]
         outputs = (("output", shape, dt), ("indices", shape, INDEX_DTYPE))
-        unbatch = (lambda r, outs: r) if batched else drop_lead
         pick = (lambda r: r) if return_indices else (lambda r: r[0])
         return Problem(
             "forward", g, dict(input=input if batched else lead_one(input)), outputs,
             kernel_outputs=(("output", g.y_shape, dt), ("indices", g.y_shape, INDEX_DTYPE)),
-            to_kernel_out=(lambda outs: outs) if batched else (lambda outs: tuple(map(lead_one, outs))),
-            finish=lambda r, outs: pick(unbatch(r, outs)),
+            **batch_hooks(batched, pick),
         )
 
     def backward(self, grad_output, indices, input_shape):
@@ -180,8 +222,7 @@ class MaxPool2dSpec(OpSpec):
             arrays = {k: lead_one(v) for k, v in arrays.items()}
         return Problem(
             "backward", g, arrays, (("grad_input", input_shape, dt),), kernel_outputs=(("grad_input", full, dt),),
-            to_kernel_out=(lambda outs: outs) if batched else (lambda outs: tuple(map(lead_one, outs))),
-            finish=(lambda r, outs: r[0]) if batched else (lambda r, outs: drop_lead(r, outs)[0]),
+            **batch_hooks(batched),
         )
 
 

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from ._checks import MAX_ELEMENTS, check_array, check_choice, check_shape
 from ._spec import Kernel, OpSpec, Problem
+from ._workload import Workload, normal, torch_no_grad
 
 NONLINEARITIES = ("tanh", "relu")
 
@@ -68,10 +71,61 @@ KERNELS = (
 )
 
 
+class RnnWorkload(Workload):
+    """rnn (tanh, time-major): case shape (T, N, D, H)."""
+
+    gpu_target = ("time", 2.0)
+
+    def inputs(self, case, direction, dtype, seed):
+        from .. import reference  # it validates through this module's spec
+
+        draw = normal(seed, dtype)
+        T, N, D, H = case.shape
+        x_seq, h0 = draw((T, N, D)), draw((N, H), 0.5)
+        Wx, Wh = draw((D, H), 1 / np.sqrt(D)), draw((H, H), 1 / np.sqrt(H))
+        b = draw(H, 0.1)
+        if direction == "forward":
+            return dict(input=x_seq, hx=h0, Wx=Wx, Wh=Wh, bias=b)
+        hs = reference.rnn(x_seq, h0, Wx, Wh, b)
+        return dict(grad_output=draw(hs.shape), input=x_seq, hx=h0, Wx=Wx, Wh=Wh, output=hs)
+
+    def outputs(self, case, direction, inputs, empty):
+        T, N, D, H = case.shape
+        dt = inputs["input"].dtype
+        if direction == "forward":
+            return empty((T, N, H), dt)
+        return tuple(empty(s, dt) for s in ((T, N, D), (N, H), (D, H), (H, H), (H,)))
+
+    def work(self, case, direction, dtype):
+        return RnnGeometry(*case.shape, nonlinearity="tanh", step=False).work(direction)
+
+    def torch_call(self, torch, case, direction, inputs, seed, device="cpu"):
+        """``torch.nn.RNN`` (one layer, tanh) holding the same weights (transposed: PyTorch keeps
+        (H, D)); its second bias is zero, as fastlayers has one."""
+        t = {k: torch.from_numpy(v).to(device) for k, v in inputs.items()}
+        # The backward's hs came from the forward with the bias b: the forward's inputs under the same seed.
+        b = inputs["bias"] if direction == "forward" else self.inputs(case, "forward", inputs["Wx"].dtype, seed)["bias"]
+        T, N, D, H = case.shape
+        rnn = torch.nn.RNN(D, H, nonlinearity="tanh", dtype=t["Wx"].dtype, device=device)
+        with torch.no_grad():
+            rnn.weight_ih_l0.copy_(t["Wx"].T)
+            rnn.weight_hh_l0.copy_(t["Wh"].T)
+            rnn.bias_ih_l0.copy_(torch.from_numpy(b))
+            rnn.bias_hh_l0.zero_()
+        h0 = t["hx"][None]
+        if direction == "forward":
+            return torch_no_grad(torch, lambda: rnn(t["input"], h0))
+        x_seq, h0 = t["input"].requires_grad_(), h0.clone().requires_grad_()
+        hs, _ = rnn(x_seq, h0)
+        params = (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0)
+        return lambda: torch.autograd.grad(hs, (x_seq, h0, *params), t["grad_output"], retain_graph=True)
+
+
 class RnnSpec(OpSpec):
     name = "rnn"
     functions = {"rnn_step": "forward", "rnn_step_backward": "backward", "rnn": "forward", "rnn_backward": "backward"}
     kernels = KERNELS
+    workload = RnnWorkload()
 
     @staticmethod
     def _geometry(input, hx, Wx, Wh, nonlinearity, step):

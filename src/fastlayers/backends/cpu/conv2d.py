@@ -162,9 +162,14 @@ def _direct_band(g, backward_input, dtype, threads):
     return band, nbytes
 
 
-def _degenerate_forward(b, y):
-    y[...] = 0 if b is None else b[None, :, None, None]
-    return (y,)
+def _forward_threads(x, w, b, g, y, algo):
+    """The thread count of a forward that runs ``algo``'s compiled loops, once its sizes are
+    checked to fit them; None when the problem is degenerate, answered here (y is the bias)."""
+    if _degenerate(x, w):
+        y[...] = 0 if b is None else b[None, :, None, None]
+        return None
+    _check_fits(g, algo, "forward")
+    return threads_for(g.flops // 2)  # multiply-adds
 
 
 def _degenerate_backward(dy, outs):
@@ -177,10 +182,9 @@ def _degenerate_backward(dy, outs):
 
 def direct_forward(x, w, b, g, outs):
     (y,) = outs
-    if _degenerate(x, w):
-        return _degenerate_forward(b, y)
-    _check_fits(g, "direct", "forward")
-    threads = threads_for(g.flops // 2)  # multiply-adds
+    threads = _forward_threads(x, w, b, g, y, "direct")
+    if threads is None:
+        return (y,)
     # The packed bias is the accumulators' starting value: zeros when there is no bias.
     bias = contiguous(b) if b is not None else np.zeros(g.F, dtype=x.dtype)
     packed_w = _pack_filters(contiguous(w).reshape(g.groups, g.Fg, -1))
@@ -193,10 +197,9 @@ def direct_forward(x, w, b, g, outs):
 
 def im2col_forward(x, w, b, g, outs):
     (y,) = outs
-    if _degenerate(x, w):
-        return _degenerate_forward(b, y)
-    _check_fits(g, "im2col", "forward")
-    threads = threads_for(g.flops // 2)  # multiply-adds
+    threads = _forward_threads(x, w, b, g, y, "im2col")
+    if threads is None:
+        return (y,)
     rows = _band_rows(g, threads, x.dtype.itemsize)
     if not _im2col_fits(g, rows):  # tiles cut thinner (one row fits: checked above)
         rows = 1

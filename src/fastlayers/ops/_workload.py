@@ -1,0 +1,51 @@
+"""What the benchmark needs to know about an op, the part of a spec it reads: ``spec.workload``.
+
+A workload gives, for a case of the table (:mod:`fastlayers.cases`) and a direction: the inputs
+(NumPy arrays, the functional API's positional arguments in order), the keyword options of the
+call, the output buffers an ``out=`` call writes into, the work (FLOPs or bytes) and the PyTorch
+call that computes the same thing from the same inputs. Each op's workload class stands in its
+spec's module (``ops/<family>.py``); :mod:`fastlayers.benchmark.workloads` only iterates over the
+specs. PyTorch is an argument of ``torch_call``, never imported here.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+
+
+def normal(seed, dtype):
+    """Draws O(1) values (scaled as at initialisation, so no backend meets denormals or a
+    saturated tanh that a real network would not), always from float64 so that float32 and
+    float64 runs see the same numbers."""
+    rng = np.random.default_rng(seed)
+    return lambda shape, scale=1.0: (rng.standard_normal(shape) * scale).astype(dtype)
+
+
+def torch_no_grad(torch, fn):
+    def call():
+        with torch.no_grad():
+            return fn()
+
+    return call
+
+
+class Workload:
+    """A workload's defaults: no ``algo=`` choice, no case parameter required, no keyword
+    options, the inputs as the positional arguments in order."""
+
+    algos: Tuple[str, ...] = ()
+    required: Tuple[str, ...] = ()  # the case parameters the op has no default for
+    # What bench/bench_cuda.py holds the op's cuda kernels to: None, or (kind, bound) with kind
+    # "throughput" (forward at least bound x cuDNN's throughput, geometric mean over the cases),
+    # "bandwidth" (each direction at least bound x the device's copy bandwidth: memory-bound ops)
+    # or "time" (forward + backward at most bound x cuDNN's time).
+    gpu_target: Optional[Tuple[str, float]] = None
+
+    @staticmethod
+    def args(case, direction, inputs):
+        return tuple(inputs.values())
+
+    @staticmethod
+    def options(case, direction):
+        return {}
