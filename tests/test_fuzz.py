@@ -90,9 +90,9 @@ def test_valid_calls_match_the_reference(op, backend, dtype, data):
 
 # ---------------------------------------------------------------------------- invalid calls
 
-# Axes of the non-anchor arrays whose size +1 always makes the call invalid. The kernel size of the
-# weight and its filter count without a bias may change validly, so they are left out.
-_FREE_AXES = {("conv2d", "weight"): (0, 2, 3), ("conv2d_backward", "weight"): (2, 3)}
+# Axes of the non-anchor arrays whose size +1 may leave the call valid, so they are left out: the
+# kernel size of the weight and its filter count without a bias, linear's out_features likewise.
+_FREE_AXES = {("conv2d", "weight"): (0, 2, 3), ("conv2d_backward", "weight"): (2, 3), ("linear", "weight"): (0,)}
 _BAD_INTS = (0, -1, (1, 0), 1.5, "1", (1, 2, 3), True, None)
 
 

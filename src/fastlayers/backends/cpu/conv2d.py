@@ -266,11 +266,11 @@ def _finite(*arrays):
 
 def depthwise_forward(x, w, b, g, outs):
     (y,) = outs
-    if _degenerate(x, w):
-        return _degenerate_forward(b, y)
     if not _finite(w):  # padding taps are skipped, not multiplied by zero: the reference's NaNs need im2col
         return im2col_forward(x, w, b, g, outs)
-    _depthwise.conv2d_forward(contiguous(x), contiguous(w), contiguous(b), y, g, threads_for(g.flops // 2))
+    threads = _forward_threads(x, w, b, g, y, "depthwise")  # no size limit of its own
+    if threads is not None:
+        _depthwise.conv2d_forward(contiguous(x), contiguous(w), contiguous(b), y, g, threads)
     return (y,)
 
 
