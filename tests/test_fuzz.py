@@ -924,6 +924,32 @@ def _(backend):
                                                                                    None, None))
 
 
+@hostile("batch-norm-statistics", "batch_norm")
+def _(backend):
+    x = RNG.standard_normal((2, 3, 4, 4)).astype(np.float32)
+    stats = np.zeros(3, np.float32), np.ones(3, np.float32)
+    _raises(ValueError, ["running_mean and running_var are required", "training=False"], fl.batch_norm, x, None,
+            None, backend=backend)
+    _raises(ValueError, ["given together"], fl.batch_norm, x, stats[0], None, training=True, backend=backend)
+    frozen = stats[0].copy()
+    frozen.flags.writeable = False
+    _raises(ValueError, ["running_mean", "writeable"], fl.batch_norm, x, frozen, stats[1], training=True,
+            backend=backend)
+    assert not frozen.any()  # left as it was
+
+
+@hostile("batch-norm-one-value", "batch_norm")
+def _(backend):
+    _raises(ValueError, ["more than one value per channel", "(1, 3, 1, 1)"], fl.batch_norm,
+            np.ones((1, 3, 1, 1)), None, None, training=True, backend=backend)
+
+
+@hostile("linear-weight-layout", "linear")
+def _(backend):
+    _raises(ValueError, ["in_features = 3", "pass weight.T"], fl.linear, np.ones((2, 4)), np.ones((4, 3)),
+            backend=backend)
+
+
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the NaN/Inf rows
 @pytest.mark.parametrize(
     "row, backend",
