@@ -243,17 +243,19 @@ def rnn_calls(draw, dtype, sequence=False, backward=False):
     Wh = _values(rng, (H, H), dtype, "normal", 0.5 / math.sqrt(max(H, 1)))
     h0 = None if sequence and draw(st.booleans()) else _values(rng, (N, H), dtype, "normal")
     op = "rnn" if sequence else "rnn_step"
-    # Each state sums D + H + 1 terms; through T steps rounding errors add up (|tanh'| <= 1 and
-    # Wh contracts, so they do not grow); the backward's weight gradients sum T*N terms.
+    params = dict(nonlinearity=draw(st.sampled_from(("tanh", "relu"))))
+    # Each state sums D + H + 1 terms; through T steps rounding errors add up (the activation's
+    # slope is at most 1 and Wh contracts, so they do not grow); the backward's weight gradients
+    # sum T*N terms.
     step = D + H + 1
     if not backward:
         b = _values(rng, (H,), dtype, "normal") if draw(st.booleans()) else None
-        return Call(op, dict(input=x, hx=h0, Wx=Wx, Wh=Wh, bias=b), {}, None, (T * step,))
+        return Call(op, dict(input=x, hx=h0, Wx=Wx, Wh=Wh, bias=b), params, None, (T * step,))
     b = _values(rng, (H,), dtype, "normal")
-    h = getattr(reference, op)(x, h0, Wx, Wh, b)
+    h = getattr(reference, op)(x, h0, Wx, Wh, b, **params)
     dh = _values(rng, h.shape, dtype, "normal")
     terms = (T * (step + N),) * 5
-    return Call(op + "_backward", dict(grad_output=dh, input=x, hx=h0, Wx=Wx, Wh=Wh, output=h), {}, None, terms)
+    return Call(op + "_backward", dict(grad_output=dh, input=x, hx=h0, Wx=Wx, Wh=Wh, output=h), params, None, terms)
 
 
 # ---------------------------------------------------------------------------- lstm, gru

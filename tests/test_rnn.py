@@ -1,7 +1,9 @@
 """rnn_step and rnn (forward and backward through time) on the "cpu" backend against the NumPy
 reference.
 
-Tolerances. Every test draws Wh with spectral norm RHO = 0.9 (and tanh' <= 1), so the recurrence
+Both nonlinearities, tanh and relu, run on the cpu kernel.
+
+Tolerances. Every test draws Wh with spectral norm RHO = 0.9 (and tanh', relu' <= 1), so the recurrence
 is a contraction: a rounding error made at one step shrinks by at least RHO per later step, and
 the error of any state or gradient is at most 1 / (1 - RHO) = 10 times the error one step makes.
 One step rounds a sum of ``terms`` products (D + H + 1 for a state, H for dx and dh0, T*N for the
@@ -20,6 +22,7 @@ import fastlayers as fl
 from fastlayers import reference as ref
 
 DTYPES = (np.float32, np.float64)
+NONLINEARITIES = ("tanh", "relu")
 RHO = 0.9
 AMPLIFICATION = 1 / (1 - RHO)
 GRAD_NAMES = ("input", "hx", "Wx", "Wh", "bias")
@@ -67,49 +70,54 @@ def assert_grads_close(grads, expected, dtype, T, N, D, H, err_msg=""):
                      err_msg=f"d{name} {err_msg}")
 
 
-def check_against_reference(T, N, D, H, dtype, h0=True, b=True, seed=0):
+def check_against_reference(T, N, D, H, dtype, h0=True, b=True, seed=0, nonlinearity="tanh"):
     rng = make_rng(seed)
     a = rnn_arrays(rng, T, N, D, H, dtype, h0, b)
     a64 = as64(a)
-    hs = cpu_rnn(**a)
-    hs_ref = ref.rnn(**a64)
+    hs = cpu_rnn(**a, nonlinearity=nonlinearity)
+    hs_ref = ref.rnn(**a64, nonlinearity=nonlinearity)
     assert_state_close(hs, hs_ref, dtype, D, H)
     dhs = rng.standard_normal(hs.shape).astype(dtype)
     # The backward gets the reference's states (rounded to dtype) so it is tested on its own.
-    grads = cpu_rnn_backward(dhs, a["input"], a["hx"], a["Wx"], a["Wh"], hs_ref.astype(dtype))
+    grads = cpu_rnn_backward(dhs, a["input"], a["hx"], a["Wx"], a["Wh"], hs_ref.astype(dtype),
+                             nonlinearity=nonlinearity)
     expected = ref.rnn_backward(dhs.astype(np.float64), a64["input"], a64["hx"], a64["Wx"], a64["Wh"],
-                                hs_ref.astype(dtype).astype(np.float64))
-    assert_grads_close(grads, expected, dtype, T, N, D, H, err_msg=f"T={T} N={N} D={D} H={H} h0={h0} b={b}")
+                                hs_ref.astype(dtype).astype(np.float64), nonlinearity)
+    assert_grads_close(grads, expected, dtype, T, N, D, H,
+                       err_msg=f"T={T} N={N} D={D} H={H} h0={h0} b={b} {nonlinearity}")
 
 
 # ---------------------------------------------------------------------------- equal to the reference
 
 
 @given(T=st.integers(1, 20), N=st.integers(1, 8), D=st.integers(1, 16), H=st.integers(1, 16),
-       dtype=st.sampled_from(DTYPES), h0=st.booleans(), b=st.booleans(), seed=st.integers(0, 2**16))
-def test_rnn_matches_reference_small_shapes(T, N, D, H, dtype, h0, b, seed):
-    check_against_reference(T, N, D, H, dtype, h0, b, seed)
+       dtype=st.sampled_from(DTYPES), h0=st.booleans(), b=st.booleans(), seed=st.integers(0, 2**16),
+       nonlinearity=st.sampled_from(NONLINEARITIES))
+def test_rnn_matches_reference_small_shapes(T, N, D, H, dtype, h0, b, seed, nonlinearity):
+    check_against_reference(T, N, D, H, dtype, h0, b, seed, nonlinearity)
 
 
+@pytest.mark.parametrize("nonlinearity", NONLINEARITIES)
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("T, N, D, H", [(7, 5, 9, 17), (4, 3, 20, 33), (3, 9, 5, 70), (2, 1, 1, 129)])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_rnn_matches_reference_across_column_blocks(T, N, D, H, dtype, threads, split_work):
+def test_rnn_matches_reference_across_column_blocks(T, N, D, H, dtype, threads, nonlinearity, split_work):
     """Uneven thread counts and H above one 16-column block: the batch, the T*N rows and the
     weight gradients' columns are split among threads in blocks of unequal (or zero) size."""
     with fl.threads(threads):
-        check_against_reference(T, N, D, H, dtype, seed=threads)
+        check_against_reference(T, N, D, H, dtype, seed=threads, nonlinearity=nonlinearity)
 
 
+@pytest.mark.parametrize("nonlinearity", NONLINEARITIES)
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("T, N, D, H", [(5, 8, 300, 272), (3, 16, 600, 200)])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_rnn_matches_reference_in_gemm_chunks(T, N, D, H, dtype, threads):
+def test_rnn_matches_reference_in_gemm_chunks(T, N, D, H, dtype, threads, nonlinearity):
     """Sizes where the kernels cut the products into OpenBLAS small-matrix pieces: several
     column chunks per step and several row panels of the input projection, or (D = 600) the
     fallback to one packed GEMM."""
     with fl.threads(threads):
-        check_against_reference(T, N, D, H, dtype, seed=threads)
+        check_against_reference(T, N, D, H, dtype, seed=threads, nonlinearity=nonlinearity)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -204,14 +212,22 @@ def test_results_are_reproducible(split_work):
 # ---------------------------------------------------------------------------- gradients
 
 
-def test_rnn_backward_matches_finite_differences(split_work):
+@pytest.mark.parametrize("nonlinearity", NONLINEARITIES)
+def test_rnn_backward_matches_finite_differences(nonlinearity, split_work):
     rng = make_rng(7)
     a = rnn_arrays(rng, 4, 2, 3, 18, np.float64)  # H > 16: two column blocks with 2 threads
-    hs = cpu_rnn(**a)
+
+    def forward(**kw):
+        return cpu_rnn(**kw, nonlinearity=nonlinearity)
+
+    hs = forward(**a)
+    # relu: no pre-activation near its kink, where a difference step would cross it
+    pre = a["input"] @ a["Wx"] + np.concatenate([a["hx"][None], hs[:-1]]) @ a["Wh"] + a["bias"]
+    assert np.abs(pre).min() > 1e-4
     dhs = rng.standard_normal(hs.shape)
-    grads = cpu_rnn_backward(dhs, a["input"], a["hx"], a["Wx"], a["Wh"], hs)
+    grads = cpu_rnn_backward(dhs, a["input"], a["hx"], a["Wx"], a["Wh"], hs, nonlinearity=nonlinearity)
     for name, analytic in zip(GRAD_NAMES, grads):
-        assert_grad_matches(analytic, numeric_grad(cpu_rnn, a, name, dhs), err_msg=f"d{name}")
+        assert_grad_matches(analytic, numeric_grad(forward, a, name, dhs), err_msg=f"d{name}")
 
 
 def test_rnn_step_backward_matches_finite_differences():
@@ -312,13 +328,35 @@ def test_cpu_is_the_default_backend_for_numpy_inputs():
     np.testing.assert_array_equal(fl.rnn(**a), hs)
 
 
-def test_relu_runs_on_the_reference_unless_cpu_is_asked_for():
-    """The cpu kernel is tanh only: the automatic choice runs relu on the reference, and an
-    explicit backend='cpu' says why it cannot."""
-    a = rnn_arrays(make_rng(13), 3, 2, 3, 4, np.float64)
-    np.testing.assert_array_equal(fl.rnn(**a, nonlinearity="relu"), ref.rnn(**a, nonlinearity="relu"))
-    with pytest.raises(NotImplementedError, match="tanh only"):
-        cpu_rnn(**a, nonlinearity="relu")
+def test_relu_runs_on_the_cpu_kernel():
+    """The automatic choice takes the cpu kernel for relu as for tanh."""
+    from fastlayers import _dispatch
+    from fastlayers.ops import RNN
+
+    a = rnn_arrays(make_rng(13), 3, 4, 3, 20, np.float64)
+    hs = cpu_rnn(**a, nonlinearity="relu")
+    problems = (RNN.forward(*a.values(), "relu", step=False),
+                RNN.backward(hs, a["input"], a["hx"], a["Wx"], a["Wh"], hs, "relu", step=False))
+    for problem in problems:
+        assert _dispatch.select_kernel(RNN, problem, None).backend == "cpu"
+    assert (hs == 0).any() and (hs > 0).any()  # both sides of the kink are exercised
+    np.testing.assert_array_equal(fl.rnn(**a, nonlinearity="relu"), hs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relu_propagates_nan_and_clamps_negative_infinity(dtype):
+    """As the reference (np.maximum): NaN stays NaN, -inf becomes 0 (and its gradient is 0)."""
+    a = rnn_arrays(make_rng(14), 1, 2, 3, 20, dtype, h0=False, b=False)
+    a["input"][0, 0, 0], a["input"][0, 1, 0] = np.nan, -np.inf
+    a["Wx"][0] = np.abs(a["Wx"][0]) + 0.1  # -inf reaches every unit of sequence 1 as -inf
+    hs = cpu_rnn(**a, nonlinearity="relu")
+    assert np.isnan(hs[0, 0]).all()
+    np.testing.assert_array_equal(hs[0, 1], np.zeros(20, dtype))
+    with np.errstate(invalid="ignore"):  # NumPy warns of the NaN and inf it is given
+        np.testing.assert_array_equal(hs, ref.rnn(**a, nonlinearity="relu"))
+    dhs = np.ones_like(hs)
+    grads = cpu_rnn_backward(dhs, a["input"], None, a["Wx"], a["Wh"], hs, nonlinearity="relu")
+    np.testing.assert_array_equal(grads[0][0, 1], np.zeros(3, dtype))
 
 
 # ---------------------------------------------------------------------------- bad input

@@ -1,5 +1,5 @@
-# Tanh RNN over a time-major sequence, forward and backward through time, in one call each
-# (rnn_step is the T = 1 case). Sequences arrive flattened to (T*N, features) rows, C order,
+# Tanh or relu RNN over a time-major sequence, forward and backward through time, in one call
+# each (rnn_step is the T = 1 case). Sequences arrive flattened to (T*N, features) rows, C order,
 # validated by fastlayers.backends.cpu.rnn; the caller keeps BLAS single-threaded.
 #
 # Parallel plan: one OpenMP team for the whole call. The sequences of a batch are independent, so
@@ -39,10 +39,24 @@ cdef inline void _add_bias_tanh(floating* z, const floating* b, Py_ssize_t rows,
                 row[j] = tanh(row[j] + b[j] if b != NULL else row[j])
 
 
+cdef inline void _add_bias_relu(floating* z, const floating* b, Py_ssize_t rows, Py_ssize_t ld,
+                                Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+    """z[r, c0:c1] = max(z[r, c0:c1] + b[c0:c1], 0) for r < rows (b may be NULL); NaN propagates
+    and -inf gives 0, as in the reference."""
+    cdef Py_ssize_t r, j
+    cdef floating v
+    cdef floating* row
+    for r in range(rows):
+        row = z + r * ld
+        for j in range(c0, c1):
+            v = row[j] + b[j] if b != NULL else row[j]
+            row[j] = v if (v > 0 or v != v) else 0
+
+
 def rnn_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, const floating[:, ::1] Wx,
                 const floating[:, ::1] Wh, const floating[::1] b, floating[:, ::1] hs,
-                Py_ssize_t N, int num_threads):
-    """hs[t] = tanh(x[t] @ Wx + hs[t-1] @ Wh + b), hs[-1] = h0.
+                Py_ssize_t N, int num_threads, bint relu=False):
+    """hs[t] = tanh(x[t] @ Wx + hs[t-1] @ Wh + b) (max(., 0) with ``relu``), hs[-1] = h0.
 
     x (T*N, D), hs (T*N, H), h0 (N, H), b (H,) or None; T*N, D, H >= 1."""
     single_threaded_blas()
@@ -81,7 +95,10 @@ def rnn_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, co
                     c1 = min(c0 + chunk, H)
                     gemm(False, False, <int>rows, <int>(c1 - c0), <int>H, <floating>1, h_prev, <int>H,
                          pWh + c0, <int>H, <floating>1, z + c0, <int>H)
-                    _add_bias_tanh(z, bias, rows, H, c0, c1)
+                    if relu:
+                        _add_bias_relu(z, bias, rows, H, c0, c1)
+                    else:
+                        _add_bias_tanh(z, bias, rows, H, c0, c1)
                     c0 = c1
                 h_prev = z
 
@@ -90,8 +107,8 @@ def rnn_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
                  const floating[:, ::1] Wx, const floating[:, ::1] WhT, const floating[:, ::1] hs,
                  floating[:, ::1] dz, floating[:, ::1] dx, floating[:, ::1] dh0,
                  floating[:, ::1] dWx, floating[:, ::1] dWh, floating[::1] db,
-                 Py_ssize_t N, int num_threads):
-    """Backward through time of rnn_forward.
+                 Py_ssize_t N, int num_threads, bint relu=False):
+    """Backward through time of rnn_forward (``relu`` as there).
 
     dhs, hs, dz (workspace) (T*N, H); x, dx (T*N, D); h0 (N, H); dh0 (N, H); dWx (D, H);
     dWh (H, H); db (H,). WhT is Wh transposed (C order): the products with Wh^T then have the
@@ -128,7 +145,8 @@ def rnn_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
         c0 = block_start(tid, team, H, COLUMN_ALIGN)  # columns of the weight gradients
         c1 = block_stop(tid, team, H, COLUMN_ALIGN)
         # dz[t] = (dhs[t] + dz[t+1] @ Wh^T) * (1 - hs[t]^2), from the last step back, for this
-        # thread's sequences (contiguous rows t*N + n0 ...).
+        # thread's sequences (contiguous rows t*N + n0 ...). relu's factor is (hs[t] > 0): its
+        # output is positive exactly where its input was (0 at 0, as in PyTorch).
         if rows > 0:
             chunk = small_gemm_columns(rows, H)
             if chunk == 0:  # one packed GEMM per step
@@ -145,7 +163,10 @@ def rnn_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
                              pWhT + k0, <int>H, <floating>1, g + k0, <int>H)
                     for r in range(rows):
                         for j in range(k0, k1):
-                            g[r * H + j] = g[r * H + j] * (1 - h[r * H + j] * h[r * H + j])
+                            if relu:
+                                g[r * H + j] = g[r * H + j] if h[r * H + j] > 0 else 0
+                            else:
+                                g[r * H + j] = g[r * H + j] * (1 - h[r * H + j] * h[r * H + j])
                     k0 = k1
         barrier()
         # From here dz is complete and only read. Weight gradients over all steps, by column

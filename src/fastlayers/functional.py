@@ -9,21 +9,24 @@ Backward functions take the gradient of the output first (``grad_output``), then
 arguments (and, for the RNN, its ``output``), and return the gradients of the forward's array
 arguments in their order, named ``grad_<argument>``.
 
-Arrays: NumPy arrays, or GPU arrays (anything with ``__cuda_array_interface__``) for the cuda
-backend. Every op takes float32 or float64 (all arrays of one call in one dtype) and accepts an
-unbatched input (without the N axis) as PyTorch does.
+Arrays: NumPy arrays, host arrays of other libraries through DLPack (a PyTorch CPU tensor: read
+without a copy, results returned as tensors over the kernels' memory; the rule is in
+:mod:`fastlayers._dlpack`), or GPU arrays (anything with ``__cuda_array_interface__``) for the
+cuda backend. Every op takes float32 or float64 (all arrays of one call in one dtype) and accepts
+an unbatched input (without the N axis) as PyTorch does.
 """
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence, Tuple, Union
 
+from ._dlpack import accepts_dlpack
 from .ops import BATCH_NORM, CONV2D, FUNCTIONS, GRU, LINEAR, LSTM, MAX_POOL2D, RELU, RNN
 from .ops._spec import run
 
 # One function per name a spec lists (conv2d, conv2d_backward, ..., batch_norm_backward).
 __all__ = list(FUNCTIONS)
 
-Array = Any  # numpy.ndarray, or a GPU array for the cuda backend
+Array = Any  # numpy.ndarray, a host array with __dlpack__, or a GPU array for the cuda backend
 IntOrPair = Union[int, Tuple[int], Tuple[int, int]]
 Out = Union[None, Array, Tuple[Optional[Array], ...]]
 
@@ -336,3 +339,10 @@ def batch_norm_backward(grad_output: Array, input: Array, running_mean: Optional
     be None). Returns ``(grad_input (N, C, ...), grad_weight (C,), grad_bias (C,))``."""
     problem = BATCH_NORM.backward(grad_output, input, running_mean, running_var, weight, training, eps)
     return run(BATCH_NORM, problem, backend, "auto", out, single_out=False)
+
+
+# Every function takes DLPack arrays (fastlayers._dlpack): wrapped here, in one place, so that no
+# function of __all__ can miss it.
+for _name in __all__:
+    globals()[_name] = accepts_dlpack(globals()[_name])
+del _name

@@ -33,7 +33,7 @@ def array_dtype(name, a):
         return np.dtype(cai["typestr"])
     if isinstance(getattr(a, "dtype", None), np.dtype):
         return a.dtype
-    raise TypeError(f"{name} must be an array (numpy.ndarray or a GPU array), got {type(a).__name__}")
+    raise TypeError(f"{name} must be an array (numpy.ndarray, a host array with __dlpack__, or a GPU array), got {type(a).__name__}")
 
 
 def dtype_of(name, a):

@@ -54,18 +54,10 @@ def _check_weights(D, Wx, Wh, dt):
     return H
 
 
-def _rnn_relu_declines(problem):
-    if problem.geometry.nonlinearity != "tanh":
-        return (f"the cpu rnn kernel is tanh only (kernels/cpu/rnn.pyx), got nonlinearity="
-                f"{problem.geometry.nonlinearity!r}: use backend 'numpy' or 'cuda'")
-    return None
-
-
 KERNELS = (
     Kernel("numpy", "reference", "fastlayers.backends.numpy", {"forward": "rnn_forward", "backward": "rnn_backward"},
            allocates=True),
-    Kernel("cpu", "fused_gemm", "fastlayers.backends.cpu.rnn", {"forward": "forward", "backward": "backward"},
-           declines=_rnn_relu_declines),
+    Kernel("cpu", "fused_gemm", "fastlayers.backends.cpu.rnn", {"forward": "forward", "backward": "backward"}),
     Kernel("cuda", "fused_gemm", "fastlayers.backends.cuda.rnn", {"forward": "forward", "backward": "backward"},
            allocates=True),
 )

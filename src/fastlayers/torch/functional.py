@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import torch
 from torch.autograd.function import once_differentiable
-from torch.nn.modules.utils import _pair
 
 import fastlayers as fl
 
@@ -46,9 +45,9 @@ class _Conv2d(torch.autograd.Function):
 
 class _MaxPool2d(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, input, kernel_size, stride, padding, ceil_mode):
-        y, indices = fl.max_pool2d(as_array("input", input), kernel_size, stride, padding,
-                                   ceil_mode=ceil_mode, return_indices=True)
+    def forward(ctx, input, kernel_size, stride, padding, dilation, ceil_mode):
+        y, indices = fl.max_pool2d(as_array("input", input), kernel_size, stride, padding, dilation, ceil_mode,
+                                   return_indices=True)
         indices = as_tensor(indices)
         ctx.mark_non_differentiable(indices)
         ctx.save_for_backward(indices)
@@ -60,17 +59,18 @@ class _MaxPool2d(torch.autograd.Function):
     def backward(ctx, grad_output, grad_indices):
         (indices,) = ctx.saved_tensors
         dx = fl.max_pool2d_backward(as_array("grad_output", grad_output), indices.numpy(), ctx.input_shape)
-        return as_tensor(dx), None, None, None, None
+        return as_tensor(dx), None, None, None, None, None
 
 
 class _Rnn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, input, hx, Wx, Wh, bias):
+    def forward(ctx, input, hx, Wx, Wh, bias, nonlinearity):
         h0 = None if hx is None else as_array("hx", hx)
         b = None if bias is None else as_array("bias", bias)
-        hs = as_tensor(fl.rnn(as_array("input", input), h0, as_array("Wx", Wx), as_array("Wh", Wh), b))
+        hs = as_tensor(fl.rnn(as_array("input", input), h0, as_array("Wx", Wx), as_array("Wh", Wh), b, nonlinearity))
         ctx.save_for_backward(input, hx, Wx, Wh, hs)
         ctx.has_bias = bias is not None
+        ctx.nonlinearity = nonlinearity
         return hs
 
     @staticmethod
@@ -79,9 +79,9 @@ class _Rnn(torch.autograd.Function):
         input, hx, Wx, Wh, hs = ctx.saved_tensors
         h0 = None if hx is None else as_array("hx", hx)
         dx, dh0, dWx, dWh, db = fl.rnn_backward(as_array("grad_output", grad_output), as_array("input", input), h0,
-                                                as_array("Wx", Wx), as_array("Wh", Wh), hs.numpy())
+                                                as_array("Wx", Wx), as_array("Wh", Wh), hs.numpy(), ctx.nonlinearity)
         return (as_tensor(dx), None if hx is None else as_tensor(dh0), as_tensor(dWx), as_tensor(dWh),
-                as_tensor(db) if ctx.has_bias else None)
+                as_tensor(db) if ctx.has_bias else None, None)
 
 
 def _batched(input, name, batched_ndim):
@@ -112,23 +112,23 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     """``torch.nn.functional.max_pool2d`` on fastlayers' kernels.
 
     input (N, C, H, W) or unbatched (C, H, W) -> y (N, C, OH, OW), and with ``return_indices``
-    the int64 flat indices ``ih * W + iw`` of each maximum, as PyTorch's. ``dilation`` must be 1
-    (fastlayers' kernel has none); a ValueError says so."""
-    if _pair(dilation) != (1, 1):
-        raise ValueError(f"dilation must be 1: fastlayers' max_pool2d has no dilation, got dilation={dilation}")
+    the int64 flat indices ``ih * W + iw`` of each maximum, as PyTorch's. With ``dilation`` > 1
+    the forward runs on fastlayers' NumPy reference (the cpu kernel has no dilation), the
+    backward on the cpu kernel."""
     input, unbatched = _batched(input, "input", 4)
     if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
         stride = kernel_size  # PyTorch's default, also spelt stride=[]
-    y, indices = _MaxPool2d.apply(input, kernel_size, stride, padding, ceil_mode)
+    y, indices = _MaxPool2d.apply(input, kernel_size, stride, padding, dilation, ceil_mode)
     if unbatched:
         y, indices = y.squeeze(0), indices.squeeze(0)
     return (y, indices) if return_indices else y
 
 
 @torch.compiler.disable
-def rnn(input, hx, Wx, Wh, bias=None):
-    """All hidden states of a tanh RNN, in fastlayers' layout.
+def rnn(input, hx, Wx, Wh, bias=None, nonlinearity="tanh"):
+    """All hidden states of an RNN, in fastlayers' layout.
 
     input (T, N, D), hx (N, H) or None (zeros), Wx (D, H), Wh (H, H), bias (H,) or None
-    -> (T, N, H) with ``h[t] = tanh(input[t] @ Wx + h[t-1] @ Wh + bias)``."""
-    return _Rnn.apply(input, hx, Wx, Wh, bias)
+    -> (T, N, H) with ``h[t] = f(input[t] @ Wx + h[t-1] @ Wh + bias)``, ``f`` tanh or relu
+    (``nonlinearity``)."""
+    return _Rnn.apply(input, hx, Wx, Wh, bias, nonlinearity)

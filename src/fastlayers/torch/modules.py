@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.utils import _pair
 
 from . import functional
 from ._tensors import FLOAT_DTYPES
@@ -55,18 +54,14 @@ class Conv2d(_Refusing, nn.Conv2d):
         return functional.conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
-class MaxPool2d(_Refusing, nn.MaxPool2d):
-    """:class:`torch.nn.MaxPool2d` on fastlayers' max_pool2d kernels (``dilation`` 1 only)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._refuse_unsupported()
+class MaxPool2d(nn.MaxPool2d):
+    """:class:`torch.nn.MaxPool2d` on fastlayers' max_pool2d kernels (every configuration; with
+    ``dilation`` > 1 the forward runs on fastlayers' NumPy reference, see
+    :func:`fastlayers.torch.max_pool2d`)."""
 
     @staticmethod
     def unsupported_reason(module):
-        if _pair(module.dilation) != (1, 1):
-            return f"dilation={module.dilation}: fastlayers' max_pool2d has no dilation"
-        return None
+        return None  # no parameters, and the kernels run every configuration
 
     def forward(self, input):
         return functional.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
@@ -74,7 +69,7 @@ class MaxPool2d(_Refusing, nn.MaxPool2d):
 
 
 class RNN(_Refusing, nn.RNN):
-    """:class:`torch.nn.RNN` on fastlayers' rnn kernels (``nonlinearity="tanh"``).
+    """:class:`torch.nn.RNN` on fastlayers' rnn kernels (``nonlinearity`` "tanh" or "relu").
 
     Each layer and direction is one fastlayers ``rnn`` call with ``Wx = weight_ih.T``,
     ``Wh = weight_hh.T`` (copied to contiguous memory: fastlayers' layout is (D, H)) and the one
@@ -87,8 +82,6 @@ class RNN(_Refusing, nn.RNN):
 
     @staticmethod
     def unsupported_reason(module):
-        if module.nonlinearity != "tanh":
-            return f"nonlinearity={module.nonlinearity!r}: fastlayers' rnn kernel is tanh only"
         if getattr(module, "proj_size", 0):
             return f"proj_size={module.proj_size}: fastlayers' rnn has no projection"
         return _parameters_reason(module)
@@ -99,9 +92,9 @@ class RNN(_Refusing, nn.RNN):
         weight_ih, weight_hh = getattr(self, f"weight_ih_{suffix}"), getattr(self, f"weight_hh_{suffix}")
         bias = getattr(self, f"bias_ih_{suffix}") + getattr(self, f"bias_hh_{suffix}") if self.bias else None
         if reverse:
-            hs = functional.rnn(input.flip(0), h0, weight_ih.t(), weight_hh.t(), bias)
+            hs = functional.rnn(input.flip(0), h0, weight_ih.t(), weight_hh.t(), bias, self.nonlinearity)
             return hs.flip(0), hs[-1]
-        hs = functional.rnn(input, h0, weight_ih.t(), weight_hh.t(), bias)
+        hs = functional.rnn(input, h0, weight_ih.t(), weight_hh.t(), bias, self.nonlinearity)
         return hs, hs[-1]
 
     def forward(self, input, hx=None):

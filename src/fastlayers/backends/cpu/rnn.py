@@ -1,5 +1,5 @@
-"""rnn (and rnn_step, a sequence of one) on the CPU backend: wraps kernels/cpu/rnn.pyx (tanh only:
-the spec's kernel entry declines other nonlinearities).
+"""rnn (and rnn_step, a sequence of one) on the CPU backend: wraps kernels/cpu/rnn.pyx (tanh and
+relu).
 
 Step arrays (N, .) and sequence arrays (T, N, .) are both read as (T*N, .) row blocks. The kernels split every product among their own OpenMP threads
 (``fastlayers._dispatch.threads_for``) and call BLAS single-threaded inside them.
@@ -42,7 +42,7 @@ def forward(x, h0, Wx, Wh, b, g, outs):
     (hs,) = outs
     _kernels.rnn_forward(
         contiguous(x).reshape(T * N, D), _initial_state(h0, N, H, x.dtype), contiguous(Wx), contiguous(Wh),
-        contiguous(b), hs.reshape(T * N, H), N, _num_threads(T, N, D, H),
+        contiguous(b), hs.reshape(T * N, H), N, _num_threads(T, N, D, H), g.nonlinearity == "relu",
     )
     return outs
 
@@ -58,6 +58,6 @@ def backward(dhs, x, h0, Wx, Wh, hs, g, outs):
         _kernels.rnn_backward(
             contiguous(dhs).reshape(T * N, H), contiguous(x).reshape(T * N, D), _initial_state(h0, N, H, dt),
             contiguous(Wx), contiguous(Wh.T), contiguous(hs).reshape(T * N, H), dz,
-            dx.reshape(T * N, D), dh0, dWx, dWh, db, N, _num_threads(T, N, D, H),
+            dx.reshape(T * N, D), dh0, dWx, dWh, db, N, _num_threads(T, N, D, H), g.nonlinearity == "relu",
         )
     return outs
