@@ -23,6 +23,7 @@ import numpy as np
 
 from ..._cpu import conv2d_depthwise as _depthwise
 from ..._cpu import conv2d_direct as _direct
+from ..._cpu import conv2d_winograd as _winograd
 from ..._cpu import im2col as _im2col
 from ..._dispatch import threads_for
 from ._common import BLAS_INT_MAX, contiguous
@@ -282,3 +283,41 @@ def depthwise_backward(dy, x, w, g, outs):
         return im2col_backward(dy, x, w, g, outs)
     _depthwise.conv2d_backward(contiguous(dy), contiguous(x), contiguous(w), dx, dw, db, g, threads_for(g.flops))
     return outs
+
+
+# ---------------------------------------------------------------------------- winograd F(2x2, 3x3)
+
+# The filter transform G of F(2x2, 3x3) (kernels/cpu/winograd_f2x3.h has B and A): halves, exact.
+_WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+_WINOGRAD_TILE_BYTES = 1 << 20  # a task's V and M, about L2's size
+
+
+def _winograd_filters(w, g):
+    """U (groups, 16, Fg, Cg) = G w G^T for every filter and channel, computed in float64 and
+    rounded once to w's dtype."""
+    wg = w.astype(np.float64).reshape(g.groups, g.Fg, g.Cg, 3, 3)
+    U = np.einsum("ik,gfckl,jl->gijfc", _WINOGRAD_G, wg, _WINOGRAD_G)
+    return np.ascontiguousarray(U.reshape(g.groups, 16, g.Fg, g.Cg), dtype=w.dtype)
+
+
+def _winograd_band(g, itemsize):
+    """Tile rows per task: as many as keep V and M (16 * (Cg + Fg) values a tile) within
+    ``_WINOGRAD_TILE_BYTES``; at least one. It does not depend on the thread count."""
+    tiles_w = -(-g.OW // 2)
+    per_row = 16 * (g.Cg + g.Fg) * tiles_w * itemsize
+    return max(1, min(-(-g.OH // 2), _WINOGRAD_TILE_BYTES // per_row)), tiles_w
+
+
+def winograd_forward(x, w, b, g, outs):
+    (y,) = outs
+    if not _finite(x, w):  # a tile's transforms spread a NaN or an infinity to all four of its outputs
+        return im2col_forward(x, w, b, g, outs)
+    threads = _forward_threads(x, w, b, g, y, "winograd")
+    if threads is None:
+        return (y,)
+    rows, tiles_w = _winograd_band(g, x.dtype.itemsize)
+    if max(g.Fg, g.Cg, rows * tiles_w) > BLAS_INT_MAX:
+        raise ValueError(f"conv2d sizes exceed what BLAS can index (C ints) for algo='winograd': {g}")
+    with scratch("winograd", (threads, 16 * (g.Cg + g.Fg) * rows * tiles_w + 8 * (2 * tiles_w + 2)), x.dtype) as work:
+        _winograd.conv2d_forward(contiguous(x), _winograd_filters(w, g), contiguous(b), y, work, g, rows, threads)
+    return (y,)
