@@ -15,8 +15,9 @@
  * The elementwise products summed over the channels are 16 GEMMs, one per position xi of the
  * 4x4 transformed tile (the caller runs them). B and A hold only 0 and +-1, so the input and
  * output transforms add and subtract; G's halves are exact in binary. Here: the input transform
- * of a band of tiles into V (16, Cg, P) and the output transform of M (16, Fg, P) into y, for one
- * image and one group, with the input's zero padding applied as the tiles are read. Each loop is
+ * of one row of tiles into its columns of V (16, Cg, P) and the output transform of its columns
+ * of M (16, Fg, P) into y, for one image and one group, with the input's zero padding applied as
+ * the tiles are read. Each loop is
  * written once, as a macro over the element type T (float or double), and compiled for AVX-512,
  * AVX2 and the baseline (target_clones.h).
  */
@@ -28,27 +29,28 @@
 
 #include "target_clones.h"
 
-/* V[xi][c][p] = (B^T d B)[xi] for the tiles p = (tile row i - i0) * tiles_w + tile column j of the
- * band of tile rows [i0, i0 + rows), d the 4x4 patch of channel c at input rows 2i - PT ..,
- * columns 2j - PL .. (zero outside the H x W input). A tile row at a time, vectorised along it:
+/* V[xi][c][j] = (B^T d B)[xi] for the tiles j of tile row i of one image (V at the row's first
+ * tile, ``plane`` values between positions xi, ``P`` between channels), d the 4x4 patch of
+ * channel c at input rows 2i - PT .., columns 2j - PL .. (zero outside the H x W input).
+ * Vectorised along the tile row:
  * its 4 input rows are copied, zero-padded, into ``rows4`` (4 x (2 tiles_w + 2)), B^T combines
  * them row against row into ``t`` (the same size), and B then combines columns 2j .. 2j + 3 of
  * each row of t into the 16 positions, stored contiguously along the tile row. */
 #define FL_WINO_INPUT(T)                                                                      \
-    FL_CLONES static void fl_wino_input_##T(const T *x, T *V, T *scratch, ptrdiff_t Cg, ptrdiff_t H,     \
-                                            ptrdiff_t W, ptrdiff_t i0, ptrdiff_t rows, ptrdiff_t tiles_w, \
-                                            ptrdiff_t PT, ptrdiff_t PL)                       \
+    FL_CLONES static void fl_wino_input_##T(const T *x, T *V, ptrdiff_t P, ptrdiff_t plane, T *scratch, \
+                                            ptrdiff_t Cg, ptrdiff_t H, ptrdiff_t W, ptrdiff_t i,  \
+                                            ptrdiff_t tiles_w, ptrdiff_t PT, ptrdiff_t PL)    \
     {                                                                                         \
-        const ptrdiff_t P = rows * tiles_w, plane = Cg * P, len = 2 * tiles_w + 2;            \
+        const ptrdiff_t len = 2 * tiles_w + 2;                                                \
         T *d = scratch, *t = scratch + 4 * len;                                               \
         /* the input columns a tile row reads: [-PL, -PL + len), of which [lo, hi) lie inside */ \
         const ptrdiff_t lo = PL < len ? PL : len, end = PL + W < len ? PL + W : len;          \
         const ptrdiff_t hi = end > lo ? end : lo;                                             \
         for (ptrdiff_t c = 0; c < Cg; c++) {                                                  \
             const T *xc = x + c * H * W;                                                      \
-            for (ptrdiff_t i = 0; i < rows; i++) {                                            \
+            {                                                                                 \
                 for (int r = 0; r < 4; r++) {                                                 \
-                    ptrdiff_t ih = 2 * (i0 + i) - PT + r;                                     \
+                    ptrdiff_t ih = 2 * i - PT + r;                                            \
                     T *dr = d + r * len;                                                      \
                     if (ih < 0 || ih >= H || hi == lo) {                                      \
                         memset(dr, 0, len * sizeof(T));                                       \
@@ -66,7 +68,7 @@
                     t2[k] = d2[k] - d1[k];                                                    \
                     t3[k] = d1[k] - d3[k];                                                    \
                 }                                                                             \
-                T *v = V + c * P + i * tiles_w;                                               \
+                T *v = V + c * P;                                                             \
                 for (int r = 0; r < 4; r++) { /* (B^T d) B, row r of every tile */            \
                     const T *tr = t + r * len;                                                \
                     T *v0 = v + (4 * r) * plane, *v1 = v0 + plane, *v2 = v1 + plane, *v3 = v2 + plane; \
@@ -81,22 +83,23 @@
         }                                                                                     \
     }
 
-/* y[f] over the band's output rows = A^T M[.][f][p] A (+ bias[f]), a tile row at a time,
- * vectorised along it: A^T combines the 16 positions into two rows of 4 (``u``, 8 x tiles_w),
+/* y[f] over the output rows of tile row i of one image = A^T M[.][f][j] A (+ bias[f]) (M at the
+ * row's first tile, ``plane`` values between positions, ``P`` between filters), vectorised along
+ * the tile row: A^T combines the 16 positions into two rows of 4 (``u``, 8 x tiles_w),
  * then A gives each output row's even and odd columns. The second column of a last tile past OW
  * and the second row past OH (odd output sizes) are cut. */
 #define FL_WINO_OUTPUT(T)                                                                     \
-    FL_CLONES static void fl_wino_output_##T(const T *M, T *y, const T *bias, T *scratch, ptrdiff_t Fg,  \
-                                             ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t i0, ptrdiff_t rows,    \
-                                             ptrdiff_t tiles_w)                               \
+    FL_CLONES static void fl_wino_output_##T(const T *M, ptrdiff_t P, ptrdiff_t plane, T *y, const T *bias, \
+                                             T *scratch, ptrdiff_t Fg, ptrdiff_t OH, ptrdiff_t OW, \
+                                             ptrdiff_t i, ptrdiff_t tiles_w)                  \
     {                                                                                         \
-        const ptrdiff_t P = rows * tiles_w, plane = Fg * P, odd = OW / 2;                     \
+        const ptrdiff_t odd = OW / 2;                                                         \
         T *u = scratch;                                                                       \
         for (ptrdiff_t f = 0; f < Fg; f++) {                                                  \
             T *yf = y + f * OH * OW;                                                          \
             const T b = bias ? bias[f] : (T)0;                                                \
-            for (ptrdiff_t i = 0; i < rows; i++) {                                            \
-                const T *m = M + f * P + i * tiles_w;                                         \
+            {                                                                                 \
+                const T *m = M + f * P;                                                       \
                 for (int s = 0; s < 4; s++) { /* u = A^T m */                                 \
                     const T *m0 = m + s * plane, *m1 = m0 + 4 * plane, *m2 = m1 + 4 * plane, *m3 = m2 + 4 * plane; \
                     T *u0 = u + s * tiles_w, *u1 = u + (4 + s) * tiles_w;                     \
@@ -105,7 +108,7 @@
                         u1[j] = m1[j] - m2[j] - m3[j];                                        \
                     }                                                                         \
                 }                                                                             \
-                ptrdiff_t oh = 2 * (i0 + i);                                                  \
+                ptrdiff_t oh = 2 * i;                                                         \
                 for (int r = 0; r < 2 && oh + r < OH; r++) { /* (A^T m) A */                  \
                     const T *a0 = u + 4 * r * tiles_w, *a1 = a0 + tiles_w, *a2 = a1 + tiles_w, *a3 = a2 + tiles_w; \
                     T *yr = yf + (oh + r) * OW;                                               \

@@ -289,7 +289,10 @@ def depthwise_backward(dy, x, w, g, outs):
 
 # The filter transform G of F(2x2, 3x3) (kernels/cpu/winograd_f2x3.h has B and A): halves, exact.
 _WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
-_WINOGRAD_TILE_BYTES = 1 << 20  # a task's V and M, about L2's size
+# A task's tiles: enough for the 16 GEMMs to run at speed (their N), across images where planes
+# are small, while its V and M stay near L2's size.
+_WINOGRAD_TILES = 128
+_WINOGRAD_TILE_BYTES = 2 << 20
 
 
 def _winograd_filters(w, g):
@@ -301,11 +304,13 @@ def _winograd_filters(w, g):
 
 
 def _winograd_band(g, itemsize):
-    """Tile rows per task: as many as keep V and M (16 * (Cg + Fg) values a tile) within
+    """Tile rows per task (consecutive rows of the batch, across images): about ``_WINOGRAD_TILES``
+    tiles, fewer where V and M (16 * (Cg + Fg) values a tile) would pass
     ``_WINOGRAD_TILE_BYTES``; at least one. It does not depend on the thread count."""
     tiles_w = -(-g.OW // 2)
     per_row = 16 * (g.Cg + g.Fg) * tiles_w * itemsize
-    return max(1, min(-(-g.OH // 2), _WINOGRAD_TILE_BYTES // per_row)), tiles_w
+    rows = min(-(-_WINOGRAD_TILES // tiles_w), max(1, _WINOGRAD_TILE_BYTES // per_row))
+    return max(1, min(g.N * -(-g.OH // 2), rows)), tiles_w
 
 
 def winograd_forward(x, w, b, g, outs):
