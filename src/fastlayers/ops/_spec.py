@@ -128,6 +128,11 @@ def run(spec, problem, backend, algo, out, single_out=True):
     return problem.finish(tuple(results), outs)
 
 
+def first_result(results, outs):
+    """The ``finish`` of a single-output op: its one result (the caller's buffer where given)."""
+    return results[0]
+
+
 def lead_one(a):
     """``a`` with an axis of one in front (a view): an unbatched input as a batch of one, a step
     as a sequence of one."""

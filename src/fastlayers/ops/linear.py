@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 
 from ._checks import check_array, check_shape
-from ._spec import Kernel, OpSpec, Problem
+from ._spec import Kernel, OpSpec, Problem, first_result
 
 INPUT_NDIM = range(1, 65)
 
@@ -41,10 +41,6 @@ def _geometry(input, weight):
     return LinearGeometry(math.prod(lead), I, O, lead), dt
 
 
-def _first(results, outs):
-    return results[0]
-
-
 KERNELS = (
     Kernel("numpy", "reference", "fastlayers.backends.numpy",
            {"forward": "linear_forward", "backward": "linear_backward"}, allocates=True),
@@ -63,7 +59,7 @@ class LinearSpec(OpSpec):
             check_array("bias", bias, 1, dt)
             check_shape("bias", bias, (g.O,))
         return Problem("forward", g, dict(input=input, weight=weight, bias=bias), (("output", g.lead + (g.O,), dt),),
-                       finish=_first)
+                       finish=first_result)
 
     def backward(self, grad_output, input, weight):
         g, dt = _geometry(input, weight)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 
 from ._checks import check_array, check_shape
-from ._spec import Kernel, OpSpec, Problem
+from ._spec import Kernel, OpSpec, Problem, first_result
 
 ANY_NDIM = range(65)  # any rank NumPy 2 allows (NPY_MAXDIMS)
 
@@ -29,10 +29,6 @@ class ElementwiseGeometry:
         return self.size * itemsize * (2 if direction == "forward" else 3), "byte"
 
 
-def _first(results, outs):
-    return results[0]
-
-
 KERNELS = (
     Kernel("numpy", "reference", "fastlayers.backends.numpy", {"forward": "relu_forward", "backward": "relu_backward"},
            allocates=True),
@@ -48,7 +44,7 @@ class ReluSpec(OpSpec):
     def forward(self, input):
         dt = check_array("input", input, ANY_NDIM)
         g = ElementwiseGeometry(tuple(input.shape))
-        return Problem("forward", g, dict(input=input), (("output", g.shape, dt),), finish=_first)
+        return Problem("forward", g, dict(input=input), (("output", g.shape, dt),), finish=first_result)
 
     def backward(self, grad_output, input):
         dt = check_array("input", input, ANY_NDIM)
@@ -56,7 +52,7 @@ class ReluSpec(OpSpec):
         check_shape("grad_output", grad_output, input.shape)
         g = ElementwiseGeometry(tuple(input.shape))
         return Problem("backward", g, dict(grad_output=grad_output, input=input), (("grad_input", g.shape, dt),),
-                       finish=_first)
+                       finish=first_result)
 
 
 RELU = ReluSpec()
