@@ -28,16 +28,24 @@ OPS = tuple(op for op in FUNCTIONS if not op.startswith(("lstm_step", "gru_step"
 # the others must share (the spec checks it first).
 _FORWARD = {"conv2d": ("input", "weight", "bias"), "max_pool2d": ("input",), "rnn": ("input", "hx", "Wx", "Wh", "bias"),
             "lstm": ("input", "hx", "cx", "Wx", "Wh", "bias"),
-            "gru": ("input", "hx", "Wx", "Wh", "bias_ih", "bias_hh")}
+            "gru": ("input", "hx", "Wx", "Wh", "bias_ih", "bias_hh"),
+            "linear": ("input", "weight", "bias"), "relu": ("input",), "batch_norm": ("input", "running_mean", "running_var", "weight", "bias")}
 _BACKWARD = {"conv2d": ("grad_output", "input", "weight"), "max_pool2d": ("grad_output", "indices"),
              "rnn": ("grad_output", "input", "hx", "Wx", "Wh", "output"),
              "lstm": ("grad_output", "grad_cell", "input", "hx", "cx", "Wx", "Wh", "bias", "output", "cell"),
-             "gru": ("grad_output", "input", "hx", "Wx", "Wh", "bias_ih", "bias_hh", "output")}
+             "gru": ("grad_output", "input", "hx", "Wx", "Wh", "bias_ih", "bias_hh", "output"),
+             "linear": ("grad_output", "input", "weight"), "relu": ("grad_output", "input"),
+             "batch_norm": ("grad_output", "input", "running_mean", "running_var", "weight")}
 ARRAYS = {op: (_FORWARD if FUNCTIONS[op].functions[op] == "forward" else _BACKWARD)[FUNCTIONS[op].name] for op in OPS}
 # The array whose dtype and shape the others are checked against: the forward's input (the
 # pooled gradient for max_pool2d_backward, which has none).
 ANCHOR = {op: next(a for a in (_FORWARD[FUNCTIONS[op].name][0], "grad_output") if a in ARRAYS[op]) for op in OPS}
 LAYOUTS = ("C", "F", "reversed", "strided", "readonly")
+# Ops whose arrays may have several ranks: op -> the array of the forward whose rank may change
+# validly (relu's and linear's input: any rank; batch_norm's: 2-D to 5-D, valid again where the
+# channel axis keeps its size). A rank change elsewhere may be blamed on any array of the call.
+ANY_RANK = {"relu": "input", "relu_backward": None, "linear": "input", "linear_backward": None, "batch_norm": "input",
+            "batch_norm_backward": None}
 
 
 @dataclass
@@ -296,6 +304,95 @@ def gated_calls(draw, dtype, cell, backward=False):
     return _gated_call(rng, cell, T, N, D, H, dtype, draw(_KINDS), backward, absent)
 
 
+# ---------------------------------------------------------------------------- linear, relu, batch_norm
+
+
+def _linear_call(rng, lead, I, O, dtype, kind="normal", backward=False, has_bias=True, transposed=False):
+    """``transposed``: the weight is the transpose of a C-contiguous (I, O) array, as the Dense
+    layer passes it."""
+    x = _values(rng, lead + (I,), dtype, kind)
+    w = _values(rng, (I, O), dtype, "normal").T if transposed else _values(rng, (O, I), dtype, "normal")
+    if not backward:
+        b = _values(rng, (O,), dtype, "normal") if has_bias else None
+        return Call("linear", dict(input=x, weight=w, bias=b), {}, None, (I + 1,))
+    M = int(np.prod(lead, dtype=np.int64))
+    dy = _values(rng, lead + (O,), dtype, "normal")
+    return Call("linear_backward", dict(grad_output=dy, input=x, weight=w), {}, None, (O, M, M))
+
+
+@st.composite
+def linear_calls(draw, dtype, backward=False):
+    lead = tuple(draw(st.lists(st.integers(0, 4), min_size=0, max_size=2)))
+    I, O = draw(st.integers(0, 9)), draw(st.integers(0, 9))
+    return _linear_call(np.random.default_rng(draw(_SEEDS)), lead, I, O, dtype, draw(_KINDS), backward,
+                        draw(st.booleans()), draw(st.booleans()))
+
+
+
+def _relu_call(rng, shape, dtype, kind="normal", backward=False):
+    x = _values(rng, shape, dtype, kind)
+    if not backward:
+        return Call("relu", dict(input=x), {}, None, (0,))  # a selection: exact
+    return Call("relu_backward", dict(grad_output=_values(rng, shape, dtype, "normal"), input=x), {}, None, (0,))
+
+
+@st.composite
+def relu_calls(draw, dtype, backward=False):
+    shape = tuple(draw(st.lists(st.integers(0, 5), min_size=1, max_size=4)))
+    return _relu_call(np.random.default_rng(draw(_SEEDS)), shape, dtype, draw(_KINDS), backward)
+
+
+def _batch_norm_conditioning(x, stats, eps):
+    """(kappa, invstd): how much float32 rounding of x - mean is amplified, the max over channels
+    of (|x| + |mean|) / sqrt(var + eps), and the largest 1 / sqrt(var + eps) (the mean and
+    variance are the batch's, or ``stats``, the running ones). Channels holding a NaN or an
+    infinity are all NaN in both results: left out."""
+    axes = (0,) + tuple(range(2, x.ndim))
+    x64 = x.astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        if stats[0] is None:
+            mean, var = x64.mean(axis=axes), x64.var(axis=axes)
+        else:
+            mean, var = stats[0].astype(np.float64), stats[1].astype(np.float64)
+        invstd = 1 / np.sqrt(var + eps)
+        kappa = (np.abs(x64).max(axis=axes, initial=0) + np.abs(mean)) * invstd
+    finite = np.isfinite(kappa)
+    return max(1.0, float(kappa[finite].max(initial=1.0))), float(invstd[finite].max(initial=1.0))
+
+
+def _batch_norm_call(rng, shape, dtype, training, kind="normal", backward=False, affine=True):
+    """Training calls pass no running statistics (the forward would update them in place: the
+    layer tests and tests/test_batch_norm.py check that); eval calls pass them."""
+    C = shape[1]
+    x = _values(rng, shape, dtype, kind)
+    stats = (None, None) if training else (_values(rng, (C,), dtype, "normal"), 0.5 + np.abs(_values(rng, (C,), dtype, "normal")))
+    weight = _values(rng, (C,), dtype, "normal") if affine else None
+    params = dict(training=training, eps=1e-5)
+    arrays = dict(input=x, running_mean=stats[0], running_var=stats[1], weight=weight)
+    # A normalised value carries the rounding of x - mean amplified by the conditioning (a batch of
+    # nearly equal values has a tiny variance); dx = a * dy + b * (x - mean) + c adds terms of
+    # the size of weight * invstd * dy, each with that rounding; the parameter gradients sum N*S
+    # terms in float64, rounded once.
+    kappa, invstd = _batch_norm_conditioning(x, stats, 1e-5)
+    count = max(x.size // max(C, 1), 1)
+    if not backward:
+        bias = _values(rng, (C,), dtype, "normal") if affine else None
+        return Call("batch_norm", dict(arrays, bias=bias), params, None, (8 * kappa,))
+    dy = _values(rng, shape, dtype, "normal")
+    scale = invstd * float(np.abs(dy).max(initial=0)) * (1 if weight is None else float(np.abs(weight).max(initial=0)))
+    return Call("batch_norm_backward", dict(grad_output=dy, **arrays), params, None,
+                (8 * kappa * max(scale, 1.0), 4 * count, 4 * count))
+
+
+@st.composite
+def batch_norm_calls(draw, dtype, backward=False):
+    N, C = draw(st.integers(1, 4)), draw(st.integers(0, 4))
+    trailing = tuple(draw(st.lists(st.integers(1, 5), min_size=0, max_size=3)))
+    training = draw(st.booleans()) and N * int(np.prod(trailing)) > 1
+    return _batch_norm_call(np.random.default_rng(draw(_SEEDS)), (N, C) + trailing, dtype, training, draw(_KINDS),
+                            backward, affine=draw(st.booleans()))
+
+
 def calls(op, dtype, algos=("auto",)):
     """A strategy of valid ``Call``s of ``op`` in ``dtype``."""
     dtype = np.dtype(dtype)
@@ -312,6 +409,12 @@ def calls(op, dtype, algos=("auto",)):
         "lstm_backward": lambda: gated_calls(dtype, "lstm", backward=True),
         "gru": lambda: gated_calls(dtype, "gru"),
         "gru_backward": lambda: gated_calls(dtype, "gru", backward=True),
+        "linear": lambda: linear_calls(dtype),
+        "linear_backward": lambda: linear_calls(dtype, backward=True),
+        "relu": lambda: relu_calls(dtype),
+        "relu_backward": lambda: relu_calls(dtype, backward=True),
+        "batch_norm": lambda: batch_norm_calls(dtype),
+        "batch_norm_backward": lambda: batch_norm_calls(dtype, backward=True),
     }[op]()
 
 
@@ -361,9 +464,22 @@ def _fixed_gated(op, backward, rng, dtype, big):
     return _gated_call(rng, FUNCTIONS[op].name, T, N, D, H, dtype, backward=backward)
 
 
+def _fixed_linear(op, backward, rng, dtype, big):
+    return _linear_call(rng, (64,) if big else (16,), 512 if big else 128, 64 if big else 32, dtype,
+                        backward=backward, transposed=True)
+
+
+def _fixed_relu(op, backward, rng, dtype, big):
+    return _relu_call(rng, (8, 16, 32, 32) if big else (4, 8, 16, 16), dtype, backward=backward)
+
+
+def _fixed_batch_norm(op, backward, rng, dtype, big):
+    return _batch_norm_call(rng, (8, 16, 32, 32) if big else (4, 8, 16, 16), dtype, True, backward=backward)
+
+
 # One fixed-call generator per spec (``FUNCTIONS[op].name``), given the function's direction.
 _FIXED = {"conv2d": _fixed_conv2d, "max_pool2d": _fixed_max_pool2d, "rnn": _fixed_rnn, "lstm": _fixed_gated,
-          "gru": _fixed_gated}
+          "gru": _fixed_gated, "linear": _fixed_linear, "relu": _fixed_relu, "batch_norm": _fixed_batch_norm}
 
 
 def fixed_call(op, dtype=np.float32, seed=0, size="small"):

@@ -1,4 +1,4 @@
-"""The CPU conv2d kernels (algo "im2col", "direct", "auto") against the NumPy reference.
+"""The CPU conv2d kernels (algo "im2col", "direct", "depthwise", "auto") against the NumPy reference.
 
 Forward and all three gradients over random configurations (hypothesis) in float32 and float64,
 with contiguous and non-contiguous inputs; finite-difference gradient checks in float64; output
@@ -351,3 +351,168 @@ def test_cpu_is_the_default_backend_for_numpy_inputs():
     backward = CONV2D.backward(np.zeros((1, 1, 1, 1), np.float32), x, x, 1, 0, 1, 1, "zeros")
     for problem in (forward, backward):
         assert _dispatch.select_kernel(CONV2D, problem, None).backend == "cpu"
+
+
+# ---------------------------------------------------------------------------- depthwise
+
+
+@st.composite
+def depthwise_configs(draw):
+    """One input channel per group (groups == C), a channel multiplier of 1 to 3 filters per
+    group, every kernel size, stride, padding and dilation of conv2d_configs, wide rows too (the
+    vectorised stride-1 rows and their tails)."""
+    C = draw(st.integers(1, 6))
+    F = C * draw(st.integers(1, 3))
+    KH, KW = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    padding = draw(st.one_of(st.tuples(st.integers(0, 3), st.integers(0, 3)), st.sampled_from(["same", "valid"])))
+    stride = 1 if padding == "same" else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    pads = (0, 0) if isinstance(padding, str) else padding
+    H = max(1, dilation[0] * (KH - 1) + 1 - 2 * pads[0]) + draw(st.integers(0, 6))
+    W = max(1, dilation[1] * (KW - 1) + 1 - 2 * pads[1]) + draw(st.sampled_from([0, 3, 17, 40]))
+    params = dict(stride=stride, padding=padding, dilation=dilation, groups=C)
+    return (draw(st.integers(1, 3)), C, H, W), (F, 1, KH, KW), params
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(config=depthwise_configs(), seed=st.integers(0, 2**32 - 1), layout=st.sampled_from(["C", "F", "strided"]))
+def test_depthwise_matches_reference(dtype, config, seed, layout):
+    x_shape, w_shape, params = config
+    rng = make_rng(seed)
+    x, w = _uniform(rng, x_shape, dtype, layout), _uniform(rng, w_shape, dtype, layout)
+    b = _uniform(rng, (w_shape[0],), dtype)
+    dy = _uniform(rng, conv2d_geometry(x_shape, w_shape, **params).y_shape, dtype, layout)
+    _check_against_reference(x, w, b, dy, params, "depthwise", dtype, f"depthwise {x_shape} {w_shape} {params}")
+
+
+@pytest.mark.parametrize("x_shape, w_shape, params", [
+    ((2, 3, 6, 7), (3, 1, 3, 3), dict(padding=1, groups=3)),
+    ((2, 2, 7, 6), (4, 1, 3, 2), dict(stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=2)),
+])
+def test_depthwise_gradients_match_finite_differences(x_shape, w_shape, params):
+    rng = make_rng(7)
+    arrays = dict(input=rng.uniform(-1, 1, x_shape), weight=rng.uniform(-1, 1, w_shape),
+                  bias=rng.uniform(-1, 1, w_shape[0]))
+
+    def f(input, weight, bias):
+        return fl.conv2d(input, weight, bias, algo="depthwise", backend="cpu", **params)
+
+    dy = rng.uniform(-1, 1, f(**arrays).shape)
+    dx, dw, db = fl.conv2d_backward(dy, arrays["input"], arrays["weight"], algo="depthwise", backend="cpu", **params)
+    for name, analytic in (("input", dx), ("weight", dw), ("bias", db)):
+        assert_grad_matches(analytic, numeric_grad(f, arrays, name, dy), err_msg=name)
+
+
+def test_depthwise_is_thread_count_independent_and_auto_picks_it(split_work):
+    rng = make_rng(8)
+    params = dict(padding=1, groups=8)
+    x, w, b = (rng.uniform(-1, 1, s).astype(np.float32) for s in ((5, 8, 13, 11), (16, 1, 3, 3), (16,)))
+    dy = rng.uniform(-1, 1, (5, 16, 13, 11)).astype(np.float32)
+    for a, c in zip(_run("depthwise", 2, x, w, b, dy, params), _run("depthwise", 1, x, w, b, dy, params)):
+        np.testing.assert_array_equal(a, c)
+    for problem in (CONV2D.forward(x, w, b, 1, 1, 1, 8, "zeros"), CONV2D.backward(dy, x, w, 1, 1, 1, 8, "zeros")):
+        assert _dispatch.select_kernel(CONV2D, problem, None).algo == "depthwise"
+
+
+def test_depthwise_declines_several_channels_per_group():
+    x, w = np.ones((1, 4, 5, 5)), np.ones((4, 2, 3, 3))
+    with pytest.raises(NotImplementedError, match="one input channel per group"):
+        fl.conv2d(x, w, groups=2, algo="depthwise")
+
+
+def test_depthwise_non_finite_weights_give_the_references_nans():
+    """Padding taps are skipped, not multiplied by zero: with a NaN weight the reference's border
+    outputs are NaN, so such calls run im2col."""
+    rng = make_rng(9)
+    x, w = rng.uniform(-1, 1, (1, 2, 4, 4)), rng.uniform(-1, 1, (2, 1, 3, 3))
+    w[0, 0, 0, 0] = np.nan
+    y = fl.conv2d(x, w, padding=1, groups=2, algo="depthwise")
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(ref.conv2d(x, w, padding=1, groups=2)))
+    dy = rng.uniform(-1, 1, y.shape)
+    dy[0, 1, 0, 0] = np.inf
+    for got, want in zip(fl.conv2d_backward(dy, x, w, padding=1, groups=2, algo="depthwise"),
+                         ref.conv2d_backward(dy, x, w, padding=1, groups=2)):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+
+
+# ---------------------------------------------------------------------------- winograd F(2x2, 3x3)
+
+
+@st.composite
+def winograd_configs(draw):
+    """3x3 kernels at stride 1 and dilation 1 (what F(2x2, 3x3) takes): any channels and groups,
+    any padding (odd and even output sizes, tiles cut at the edges), planes from 1x1 up."""
+    groups = draw(st.integers(1, 3))
+    C, F = groups * draw(st.integers(1, 4)), groups * draw(st.integers(1, 4))
+    padding = draw(st.one_of(st.tuples(st.integers(0, 2), st.integers(0, 2)), st.sampled_from(["same", "valid"])))
+    pads = (1, 1) if padding == "same" else (0, 0) if padding == "valid" else padding
+    H = max(1, 3 - 2 * pads[0]) + draw(st.integers(0, 9))
+    W = max(1, 3 - 2 * pads[1]) + draw(st.sampled_from([0, 1, 4, 19, 36]))
+    return (draw(st.integers(1, 3)), C, H, W), (F, C // groups, 3, 3), dict(padding=padding, groups=groups)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(config=winograd_configs(), seed=st.integers(0, 2**32 - 1), layout=st.sampled_from(["C", "F", "strided"]),
+       bias=st.booleans())
+def test_winograd_matches_reference(dtype, config, seed, layout, bias):
+    """Elementwise budget: a transformed filter entry is at most 2.25x the filter's largest and a
+    transformed input entry sums 4 inputs, so the products summed per output are up to 9x the
+    direct sum's (float64 reference, float32 and float64 results)."""
+    x_shape, w_shape, params = config
+    rng = make_rng(seed)
+    x, w = _uniform(rng, x_shape, dtype, layout), _uniform(rng, w_shape, dtype, layout)
+    b = _uniform(rng, (w_shape[0],), dtype) if bias else None
+    g = conv2d_geometry(x_shape, w_shape, **params)
+    y = fl.conv2d(x, w, b, algo="winograd", **params)
+    assert y.dtype == dtype
+    expected = ref.conv2d(x.astype(np.float64), w.astype(np.float64), None if b is None else b.astype(np.float64),
+                          **params)
+    _assert_conv2d_close(y, expected, dtype, terms=9 * (g.K + 1), err_msg=f"{x_shape} {w_shape} {params}")
+
+
+# The float32 normwise error bound asserted below (and documented in docs/performance.md): a sum
+# of n rounded terms with independent rounding errors is off by about sqrt(n) units of roundoff
+# (Higham and Mary 2019); here n = K + 8 (the channels' products and the transforms' additions),
+# with a factor 4 for the transforms' growth (|U| <= 2.25 |w|, |V| <= 4 |x|); measured errors stay near
+# a tenth of it (docs/performance.md).
+def winograd_float32_bound(K):
+    return 4 * np.sqrt(K + 8) * np.finfo(np.float32).eps / 2
+
+
+@pytest.mark.parametrize("x_shape, F", [((2, 3, 32, 32), 32), ((2, 64, 28, 28), 64), ((1, 128, 14, 14), 128),
+                                        ((1, 256, 8, 8), 256)])
+def test_winograd_float32_error_within_its_bound(x_shape, F):
+    """Normwise error against the float64 reference on the benchmark layers' shapes (fewer images),
+    data drawn as at initialisation; im2col's error is printed beside it for scale."""
+    rng = make_rng(11)
+    C = x_shape[1]
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = (rng.standard_normal((F, C, 3, 3)) / np.sqrt(9 * C)).astype(np.float32)
+    exact = ref.conv2d(x.astype(np.float64), w.astype(np.float64), padding=1)
+    errors = {algo: np.linalg.norm(fl.conv2d(x, w, padding=1, algo=algo) - exact) / np.linalg.norm(exact)
+              for algo in ("winograd", "im2col")}
+    assert errors["winograd"] <= winograd_float32_bound(9 * C), errors
+
+
+def test_winograd_takes_3x3_stride_1_forwards_only():
+    x, w = np.ones((1, 2, 6, 6)), np.ones((2, 2, 3, 3))
+    with pytest.raises(NotImplementedError, match="3x3 kernels at stride 1 and dilation 1"):
+        fl.conv2d(x, w, stride=2, algo="winograd")
+    with pytest.raises(NotImplementedError, match="3x3 kernels at stride 1 and dilation 1"):
+        fl.conv2d(x, np.ones((2, 2, 5, 5)), algo="winograd")
+    with pytest.raises(NotImplementedError, match="has no backward"):
+        fl.conv2d_backward(np.ones((1, 2, 4, 4)), x, w, algo="winograd")
+
+
+def test_winograd_is_thread_count_independent_and_keeps_the_references_nans(split_work):
+    rng = make_rng(12)
+    x, w = rng.uniform(-1, 1, (3, 8, 13, 11)).astype(np.float32), rng.uniform(-1, 1, (6, 8, 3, 3)).astype(np.float32)
+    with fl.threads(1):
+        one = fl.conv2d(x, w, padding=1, algo="winograd")
+    with fl.threads(2):
+        np.testing.assert_array_equal(fl.conv2d(x, w, padding=1, algo="winograd"), one)
+    x[0, 0, 0, 0] = np.nan  # a tile's transforms would spread it to the tile's four outputs: im2col runs
+    np.testing.assert_array_equal(np.isnan(fl.conv2d(x, w, padding=1, algo="winograd")),
+                                  np.isnan(ref.conv2d(x, w, padding=1)))

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _helpers import assert_close
-from _random_calls import ANCHOR, ARRAYS, LAYOUTS, Call, calls, kernel_pairs, relayout
+from _random_calls import ANCHOR, ANY_RANK, ARRAYS, LAYOUTS, Call, calls, kernel_pairs, relayout
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -90,9 +90,9 @@ def test_valid_calls_match_the_reference(op, backend, dtype, data):
 
 # ---------------------------------------------------------------------------- invalid calls
 
-# Axes of the non-anchor arrays whose size +1 always makes the call invalid. The kernel size of the
-# weight and its filter count without a bias may change validly, so they are left out.
-_FREE_AXES = {("conv2d", "weight"): (0, 2, 3), ("conv2d_backward", "weight"): (2, 3)}
+# Axes of the non-anchor arrays whose size +1 may leave the call valid, so they are left out: the
+# kernel size of the weight and its filter count without a bias, linear's out_features likewise.
+_FREE_AXES = {("conv2d", "weight"): (0, 2, 3), ("conv2d_backward", "weight"): (2, 3), ("linear", "weight"): (0,)}
 _BAD_INTS = (0, -1, (1, 0), 1.5, "1", (1, 2, 3), True, None)
 
 
@@ -107,7 +107,9 @@ def _bad_array(draw, call):
     name = draw(st.sampled_from(names))
     a = call.arrays[name]
     axes = [] if name == ANCHOR[op] else [ax for ax in range(a.ndim) if ax not in _FREE_AXES.get((op, name), ())]
-    hows = ["dtype", "ndim", "not_array"] + (["mixed"] if name not in (ANCHOR[op], "indices") else [])
+    hows = ["dtype", "not_array"] + (["mixed"] if name not in (ANCHOR[op], "indices") else [])
+    if ANY_RANK.get(op) != name:
+        hows.append("ndim")
     how = draw(st.sampled_from(hows + (["shape"] if axes else [])))
     if how == "dtype":
         bad = (np.int32, np.float32, np.float64, np.bool_, np.uint64) if name == "indices" else (
@@ -119,7 +121,8 @@ def _bad_array(draw, call):
     elif how == "ndim":
         # One axis less can be a valid unbatched call: take two away (or add one).
         new = a[None] if draw(st.booleans()) or a.ndim <= 2 else np.zeros(a.shape[:-2], a.dtype)
-        blame = _words(name)
+        # Where the rank may vary (batch_norm), another rank moves the axes the others match.
+        blame = _words(name) if op not in ANY_RANK else _words(*ARRAYS[op])
     elif how == "not_array":
         new, blame = draw(st.sampled_from((a.tolist(), 1.0, "array", a.shape))), _words(name)
     else:
@@ -920,6 +923,32 @@ def _(backend):
     call = fixed_call("lstm_backward", np.float64)
     _raises(ValueError, ["out[2]", "share memory", "cx"], call.run, backend, out=(None, None, call.arrays["cx"], None,
                                                                                    None, None))
+
+
+@hostile("batch-norm-statistics", "batch_norm")
+def _(backend):
+    x = RNG.standard_normal((2, 3, 4, 4)).astype(np.float32)
+    stats = np.zeros(3, np.float32), np.ones(3, np.float32)
+    _raises(ValueError, ["running_mean and running_var are required", "training=False"], fl.batch_norm, x, None,
+            None, backend=backend)
+    _raises(ValueError, ["given together"], fl.batch_norm, x, stats[0], None, training=True, backend=backend)
+    frozen = stats[0].copy()
+    frozen.flags.writeable = False
+    _raises(ValueError, ["running_mean", "writeable"], fl.batch_norm, x, frozen, stats[1], training=True,
+            backend=backend)
+    assert not frozen.any()  # left as it was
+
+
+@hostile("batch-norm-one-value", "batch_norm")
+def _(backend):
+    _raises(ValueError, ["more than one value per channel", "(1, 3, 1, 1)"], fl.batch_norm,
+            np.ones((1, 3, 1, 1)), None, None, training=True, backend=backend)
+
+
+@hostile("linear-weight-layout", "linear")
+def _(backend):
+    _raises(ValueError, ["in_features = 3", "pass weight.T"], fl.linear, np.ones((2, 4)), np.ones((4, 3)),
+            backend=backend)
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the NaN/Inf rows

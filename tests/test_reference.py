@@ -210,16 +210,17 @@ def test_rnn_without_hx_starts_from_zeros():
                                   ref.rnn(a["input"], zeros, a["Wx"], a["Wh"], a["bias"]))
 
 
-def test_dense_relu_loss_backward_match_finite_differences():
+def test_linear_relu_loss_backward_match_finite_differences():
     rng = make_rng(6)
-    arrays = dict(x=rng.standard_normal((2, 3, 4)), W=rng.standard_normal((4, 5)), b=rng.standard_normal(5))
+    arrays = dict(input=rng.standard_normal((2, 3, 4)), weight=rng.standard_normal((5, 4)), bias=rng.standard_normal(5))
     dy = rng.standard_normal((2, 3, 5))
-    assert_grads_match(ref.dense, arrays, dict(zip(("x", "W", "b"), ref.dense_backward(dy, arrays["x"], arrays["W"]))), dy)
+    grads = ref.linear_backward(dy, arrays["input"], arrays["weight"])
+    assert_grads_match(ref.linear, arrays, dict(zip(("input", "weight", "bias"), grads)), dy)
 
     x = rng.standard_normal((3, 4))
     x[np.abs(x) < 1e-3] = 0.5  # keep away from the kink at 0
     dy = rng.standard_normal(x.shape)
-    assert_grad_matches(ref.relu_backward(dy, x), numeric_grad(ref.relu, {"x": x}, "x", dy))
+    assert_grad_matches(ref.relu_backward(dy, x), numeric_grad(ref.relu, {"input": x}, "input", dy))
 
     labels = np.array([[0, 2], [1, 1]])
     logits = {"logits": rng.standard_normal((2, 2, 3))}

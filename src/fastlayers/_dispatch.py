@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable, Iterator
 from types import ModuleType
 from typing import Any
 
+from .ops._spec import module
+
 BACKENDS = ("numpy", "cpu", "cuda")
 
 _default_backend = None
@@ -40,13 +42,13 @@ def _check_backend_name(name: str | None) -> None:
 def backend_module(name: str) -> ModuleType:
     """The package of backend ``name`` (imported on first use: cuda starts nothing before)."""
     _check_backend_name(name)
-    return importlib.import_module(f"fastlayers.backends.{name}")
+    return module(f"fastlayers.backends.{name}")
 
 
 def _loads(kernel):
     """Does ``kernel``'s module import here (compiled kernels built, numba installed)?"""
     try:
-        importlib.import_module(kernel.module)
+        module(kernel.module)
     except ImportError:
         return False
     return True
@@ -116,6 +118,17 @@ def _backend_name(spec, problem, backend):
         return "cuda"
     cpu = _accepting(spec, "cpu", problem)
     return "cpu" if cpu and _loads(cpu[0]) and backend_module("cpu").availability()[0] else "numpy"
+
+
+def host_backend(backend: str | None) -> str:
+    """The backend for ops with host kernels only, called from code that may run inside
+    ``use_backend("cuda")`` (the layers with no GPU kernels): ``backend``, ``use_backend``'s or
+    ``set_backend``'s choice when it is a host backend, else "cpu" where its kernels load, else
+    "numpy"."""
+    name = backend or _backend_override.get() or _default_backend
+    if name in ("numpy", "cpu"):
+        return name
+    return "cpu" if backend_module("cpu").availability()[0] else "numpy"
 
 
 def select_kernel(spec, problem, backend, algo="auto"):
@@ -243,10 +256,10 @@ def cpu_limit() -> int:
 
 def _openmp_max_threads() -> int:
     try:
-        from ._cpu import openmp_runtime  # type: ignore[attr-defined]  # compiled, no stub
+        runtime = module("fastlayers._cpu.openmp_runtime")
     except ImportError:  # no compiled kernels: nothing runs OpenMP threads
         return 1
-    return openmp_runtime.max_threads()
+    return runtime.max_threads()
 
 
 def _check_threads(n: object, name: str = "n") -> int:

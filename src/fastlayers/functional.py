@@ -20,10 +20,10 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence, Tuple, Union
 
 from ._dlpack import accepts_dlpack
-from .ops import CONV2D, FUNCTIONS, GRU, LSTM, MAX_POOL2D, RNN
+from .ops import BATCH_NORM, CONV2D, FUNCTIONS, GRU, LINEAR, LSTM, MAX_POOL2D, RELU, RNN
 from .ops._spec import run
 
-# One function per name a spec lists (conv2d, conv2d_backward, ..., gru_step_backward).
+# One function per name a spec lists (conv2d, conv2d_backward, ..., batch_norm_backward).
 __all__ = list(FUNCTIONS)
 
 Array = Any  # numpy.ndarray, a host array with __dlpack__, or a GPU array for the cuda backend
@@ -280,6 +280,72 @@ def gru_step_backward(grad_output: Array, input: Array, hx: Optional[Array], Wx:
     arrays = dict(grad_output=grad_output, input=input, hx=hx, Wx=Wx, Wh=Wh, bias_ih=bias_ih, bias_hh=bias_hh,
                   output=output)
     return run(GRU, GRU.backward(arrays, step=True), backend, "auto", out, single_out=False)
+
+
+# ============================================================================ linear, relu, batch_norm
+
+
+def linear(input: Array, weight: Array, bias: Optional[Array] = None, *, backend: Optional[str] = None,
+           out: Optional[Array] = None) -> Array:
+    """``input @ weight.T + bias``, as ``torch.nn.functional.linear``: input (..., in_features),
+    weight (out_features, in_features), bias (out_features,) or None -> (..., out_features).
+
+    The cpu kernel runs the product on fastlayers' own threads (it wakes no other library's BLAS
+    threads); a weight that is the transpose of a C-contiguous array is read without a copy."""
+    return run(LINEAR, LINEAR.forward(input, weight, bias), backend, "auto", out)
+
+
+def linear_backward(grad_output: Array, input: Array, weight: Array, *, backend: Optional[str] = None,
+                    out: Out = None) -> Tuple[Array, Array, Array]:
+    """Gradients of :func:`linear`: ``(grad_input (..., in), grad_weight (out, in), grad_bias (out,))``."""
+    return run(LINEAR, LINEAR.backward(grad_output, input, weight), backend, "auto", out, single_out=False)
+
+
+def relu(input: Array, *, backend: Optional[str] = None, out: Optional[Array] = None) -> Array:
+    """max(input, 0) elementwise, any shape; NaN propagates (as ``torch.relu``)."""
+    return run(RELU, RELU.forward(input), backend, "auto", out)
+
+
+def relu_backward(grad_output: Array, input: Array, *, backend: Optional[str] = None,
+                  out: Optional[Array] = None) -> Array:
+    """Gradient of :func:`relu`: 0 where input <= 0 (at 0 too), grad_output elsewhere (NaN input
+    included), as PyTorch's."""
+    return run(RELU, RELU.backward(grad_output, input), backend, "auto", out)
+
+
+def batch_norm(input: Array, running_mean: Optional[Array], running_var: Optional[Array],
+               weight: Optional[Array] = None, bias: Optional[Array] = None, training: bool = False,
+               momentum: float = 0.1, eps: float = 1e-5, *, backend: Optional[str] = None,
+               out: Optional[Array] = None) -> Array:
+    """Batch normalisation per channel, as ``torch.nn.functional.batch_norm``.
+
+    Parameters
+    ----------
+    input : array (N, C, ...) (2-D to 5-D), float32 or float64
+    running_mean, running_var : arrays (C,) or None (allowed in training mode only)
+    weight, bias : arrays (C,) or None (scale 1, shift 0)
+    training : bool; True normalises with the batch's mean and biased variance over N and the
+        trailing axes, and updates ``running_mean`` and ``running_var`` in place (weight
+        ``momentum``; the variance unbiased); False normalises with the running statistics
+    eps : float > 0, added to the variance
+    out : buffer for the output, optional
+
+    Returns
+    -------
+    output : array of the input's shape, ``(input - mean) / sqrt(var + eps) * weight + bias``
+    """
+    problem = BATCH_NORM.forward(input, running_mean, running_var, weight, bias, training, momentum, eps)
+    return run(BATCH_NORM, problem, backend, "auto", out)
+
+
+def batch_norm_backward(grad_output: Array, input: Array, running_mean: Optional[Array],
+                        running_var: Optional[Array], weight: Optional[Array] = None, training: bool = False,
+                        eps: float = 1e-5, *, backend: Optional[str] = None, out: Out = None) -> Tuple[Array, ...]:
+    """Gradients of :func:`batch_norm` given the forward's arguments (in training mode the batch
+    statistics are recomputed from ``input``; the running statistics are not used then and may
+    be None). Returns ``(grad_input (N, C, ...), grad_weight (C,), grad_bias (C,))``."""
+    problem = BATCH_NORM.backward(grad_output, input, running_mean, running_var, weight, training, eps)
+    return run(BATCH_NORM, problem, backend, "auto", out, single_out=False)
 
 
 # Every function takes DLPack arrays (fastlayers._dlpack): wrapped here, in one place, so that no

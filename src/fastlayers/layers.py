@@ -24,9 +24,11 @@ and read them at exactly the path given.
 
 Conv2D, MaxPool2D, RNN, LSTM and GRU call :func:`fastlayers.conv2d`, :func:`fastlayers.max_pool2d`,
 :func:`fastlayers.rnn`, :func:`fastlayers.lstm` and :func:`fastlayers.gru` (and their backwards),
-so they run on the backend the dispatch picks, or on the one given as ``backend``. Dense, Embedding, TiedOutput, ReLU, Tanh, Sigmoid, Flatten,
-Dropout and BatchNorm2d are NumPy on every backend. Parameters live in host memory (NumPy arrays):
-layers that keep their parameters on a GPU are not implemented.
+so they run on the backend the dispatch picks, or on the one given as ``backend``. Dense and
+TiedOutput, ReLU and BatchNorm2d call :func:`fastlayers.linear`, :func:`fastlayers.relu` and
+:func:`fastlayers.batch_norm`, which have host kernels only: with the cuda backend they run on the
+CPU's. Embedding, Tanh, Sigmoid, Flatten and Dropout are NumPy on every backend. Parameters live in host memory (NumPy
+arrays): layers that keep their parameters on a GPU are not implemented.
 
 Initialisation is PyTorch's default (see :mod:`fastlayers.init` for Kaiming, Xavier and the
 others): Conv2D and Dense weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)), RNN weights and
@@ -53,14 +55,20 @@ from .ops.conv2d import PADDING_MODES
 from .ops.rnn import NONLINEARITIES
 from .functional import (
     IntOrPair,
+    batch_norm,
+    batch_norm_backward,
     conv2d,
     conv2d_backward,
     gru,
     gru_backward,
+    linear,
+    linear_backward,
     lstm,
     lstm_backward,
     max_pool2d,
     max_pool2d_backward,
+    relu,
+    relu_backward,
     rnn,
     rnn_backward,
 )
@@ -178,6 +186,13 @@ class Layer:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.forward(*args, **kwargs)
+
+    @property
+    def host_backend(self) -> str:
+        """The backend of the layers whose ops have host kernels only (Dense, ReLU, BatchNorm2d): this
+        layer's if it is a host one, else (cuda, or none given) the host backend the dispatch would
+        choose, which a surrounding ``use_backend("cuda")`` must not override."""
+        return _dispatch.host_backend(self.backend)
 
     if TYPE_CHECKING:  # every layer defines them, with its own arguments
         def forward(self, *args: Any, **kwargs: Any) -> Any: ...
@@ -475,15 +490,15 @@ class Flatten(Layer):
 
 
 class ReLU(Layer):
-    """max(x, 0); the gradient at 0 is 0 (as in PyTorch)."""
+    """max(x, 0); the gradient at 0 is 0 (as in PyTorch). See :func:`fastlayers.relu`."""
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         self._check_input(x)
         self._record(x)
-        return reference.relu(x)
+        return relu(x, backend=self.host_backend)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        return reference.relu_backward(dy, self._last_record())
+        return relu_backward(dy, self._last_record(), backend=self.host_backend)
 
 
 class Tanh(Layer):
@@ -572,45 +587,27 @@ class BatchNorm2d(Layer):
         self._buffers["running_var"] = np.ones(num_features, self.dtype)
         self._buffers["num_batches_tracked"] = np.zeros((), np.int64)
 
-    def _affine(self, xhat: np.ndarray) -> np.ndarray:
-        if "w" not in self._parameters:
-            return xhat
-        return xhat * self._parameters["w"][:, None, None] + self._parameters["b"][:, None, None]
-
     def forward(self, x: np.ndarray) -> np.ndarray:
         self._check_input(x, 4)
         if x.shape[1] != self.num_features:
             raise ValueError(f"BatchNorm2d input x must have {self.num_features} channels (axis 1), got shape {x.shape}")
-        if not self.training:
-            mean, var = self._buffers["running_mean"], self._buffers["running_var"]
-            inv_std = (1 / np.sqrt(var.astype(np.float64) + self.eps)).astype(self.dtype)
-            return self._affine((x - mean[:, None, None]) * inv_std[:, None, None])
-        count = x.shape[0] * x.shape[2] * x.shape[3]
-        if count < 2:
-            raise ValueError(f"BatchNorm2d in training mode needs more than one value per channel, got shape {x.shape}")
-        mean = x.mean(axis=(0, 2, 3), dtype=np.float64)
-        var = np.square(x - mean.astype(self.dtype)[:, None, None], dtype=np.float64).mean(axis=(0, 2, 3))
-        inv_std = 1 / np.sqrt(var + self.eps)
-        xhat = ((x - mean.astype(self.dtype)[:, None, None]) * inv_std.astype(self.dtype)[:, None, None])
-        buffers, m = self._buffers, self.momentum
-        buffers["running_mean"][...] = (1 - m) * buffers["running_mean"] + m * mean
-        buffers["running_var"][...] = (1 - m) * buffers["running_var"] + m * var * count / (count - 1)
-        buffers["num_batches_tracked"] += 1
-        self._record((xhat, inv_std.astype(self.dtype)))
-        return self._affine(xhat)
+        p, buffers = self._parameters, self._buffers
+        y = batch_norm(x, buffers["running_mean"], buffers["running_var"], p.get("w"), p.get("b"), self.training,
+                       self.momentum, self.eps, backend=self.host_backend)
+        if self.training:
+            buffers["num_batches_tracked"] += 1
+            self._record(x)
+        return y
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        xhat, inv_std = self._last_record()
+        x = self._last_record()
+        buffers = self._buffers
+        dx, dw, db = batch_norm_backward(dy, x, buffers["running_mean"], buffers["running_var"],
+                                         self._parameters.get("w"), True, self.eps, backend=self.host_backend)
         if "w" in self._parameters:
-            self._accumulate("w", np.sum(dy * xhat, axis=(0, 2, 3), dtype=np.float64))
-            self._accumulate("b", np.sum(dy, axis=(0, 2, 3), dtype=np.float64))
-            dxhat = dy * self._parameters["w"][:, None, None]
-        else:
-            dxhat = dy
-        # d/dx of (x - mean) / std through the batch's mean and variance
-        mean_dxhat = dxhat.mean(axis=(0, 2, 3), dtype=np.float64).astype(self.dtype)
-        mean_dxhat_xhat = (dxhat * xhat).mean(axis=(0, 2, 3), dtype=np.float64).astype(self.dtype)
-        return (dxhat - mean_dxhat[:, None, None] - xhat * mean_dxhat_xhat[:, None, None]) * inv_std[:, None, None]
+            self._accumulate("w", dw)
+            self._accumulate("b", db)
+        return dx
 
     def _describe(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
@@ -643,12 +640,12 @@ class Dense(Layer):
             )
         W = self._parameters["W"]
         self._record((x, W))
-        return reference.dense(x, W, self._parameters.get("b"))
+        return linear(x, W.T, self._parameters.get("b"), backend=self.host_backend)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         x, W = self._last_record()
-        dx, dW, db = reference.dense_backward(dy, x, W)
-        self._accumulate("W", dW)
+        dx, dWt, db = linear_backward(dy, x, W.T, backend=self.host_backend)
+        self._accumulate("W", dWt.T)
         if "b" in self._parameters:
             self._accumulate("b", db)
         return dx
@@ -1018,12 +1015,12 @@ class TiedOutput(Layer):
                              f"axis, got shape {h.shape}")
         W = self.embedding._parameters["W"]
         self._record((h, W))
-        return h @ W.T
+        return linear(h, W, backend=self.host_backend)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         h, W = self._last_record()
-        dh, dWT, _ = reference.dense_backward(dy, h, W.T)
-        self.embedding._accumulate("W", dWT.T)
+        dh, dW, _ = linear_backward(dy, h, W, backend=self.host_backend)
+        self.embedding._accumulate("W", dW)
         return dh
 
     def _named_items(self, attribute: str, prefix: str) -> Iterator[Tuple[str, np.ndarray]]:

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ops import CONV2D, FUNCTIONS, GRU, LSTM, MAX_POOL2D, RNN
+from .ops import BATCH_NORM, CONV2D, FUNCTIONS, GRU, LINEAR, LSTM, MAX_POOL2D, RELU, RNN
 from .ops._spec import run
 
 # Every function of the functional API (``ops.FUNCTIONS``), and the layers' own ops.
-__all__ = [*FUNCTIONS, "dense", "dense_backward", "relu", "relu_backward", "flatten", "flatten_backward",
-           "softmax_cross_entropy"]
+__all__ = [*FUNCTIONS, "flatten", "flatten_backward", "softmax_cross_entropy"]
 
 # ============================================================================ conv2d
 #
@@ -398,31 +397,109 @@ def gru_backward(grad_output, input, hx, Wx, Wh, bias_ih, bias_hh, output):
     return run(GRU, GRU.backward(arrays, step=False), "numpy", "auto", None, single_out=False)
 
 
-# ============================================================================ dense, relu, flatten, loss
+# ============================================================================ linear
 
 
-def dense(x, W, b=None):
-    """Fully connected layer on the last axis: x (..., in), W (in, out), b (out,) -> (..., out)."""
-    y = x @ W
-    if b is not None:
-        y += b
-    return y
+def linear_impl(x, w, b, g):
+    y = x @ w.T
+    return (y if b is None else y + b,)
 
 
-def dense_backward(dy, x, W):
-    """Gradients (dx, dW, db) of dense."""
-    x2 = x.reshape(-1, x.shape[-1])
-    dy2 = dy.reshape(-1, dy.shape[-1])
-    return dy @ W.T, x2.T @ dy2, dy2.sum(axis=0)
+def linear_backward_impl(dy, x, w, g):
+    x2, dy2 = x.reshape(g.M, g.I), dy.reshape(g.M, g.O)
+    return dy @ w, dy2.T @ x2, dy2.sum(axis=0)
 
 
-def relu(x):
-    return np.maximum(x, 0)
+def linear(input, weight, bias=None):
+    """input (..., in) @ weight.T + bias: weight (out, in), bias (out,) -> (..., out)."""
+    return run(LINEAR, LINEAR.forward(input, weight, bias), "numpy", "auto", None)
 
 
-def relu_backward(dy, x):
-    """dL/dx of relu; the subgradient at 0 is 0 (as in PyTorch)."""
-    return np.where(x > 0, dy, 0).astype(dy.dtype, copy=False)
+def linear_backward(grad_output, input, weight):
+    """Gradients (grad_input, grad_weight, grad_bias) of linear."""
+    return run(LINEAR, LINEAR.backward(grad_output, input, weight), "numpy", "auto", None, single_out=False)
+
+
+# ============================================================================ relu
+
+
+def relu_impl(x, g):
+    return (np.maximum(x, 0),)
+
+
+def relu_backward_impl(dy, x, g):
+    """dL/dx of relu: 0 where x <= 0 (the subgradient at 0 is 0), dy elsewhere (NaN included), as
+    PyTorch's threshold_backward."""
+    return (np.where(x <= 0, 0, dy).astype(dy.dtype, copy=False),)
+
+
+def relu(input):
+    """max(input, 0), elementwise; NaN propagates."""
+    return run(RELU, RELU.forward(input), "numpy", "auto", None)
+
+
+def relu_backward(grad_output, input):
+    """0 where input <= 0, else grad_output."""
+    return run(RELU, RELU.backward(grad_output, input), "numpy", "auto", None)
+
+
+# ============================================================================ batch_norm
+#
+# The input seen as (N, C, S); statistics per channel over N and S, in float64.
+
+
+def _channel_view(a, g):
+    return a.reshape(g.N, g.C, g.S)
+
+
+def _per_channel(v):
+    return np.asarray(v, dtype=np.float64)[None, :, None]
+
+
+def _batch_stats(x, g):
+    """The statistics to normalise with: the batch's mean and biased variance (training)."""
+    x3 = _channel_view(x, g).astype(np.float64)
+    return x3.mean(axis=(0, 2)), x3.var(axis=(0, 2))
+
+
+def batch_norm_impl(x, running_mean, running_var, weight, bias, g):
+    """(output, mean, var): mean and var those normalised with, float64."""
+    mean, var = _batch_stats(x, g) if g.training else (running_mean.astype(np.float64), running_var.astype(np.float64))
+    xhat = (_channel_view(x, g) - _per_channel(mean)) / np.sqrt(_per_channel(var) + g.eps)
+    y = xhat * (1 if weight is None else _per_channel(weight)) + (0 if bias is None else _per_channel(bias))
+    return y.astype(x.dtype).reshape(x.shape), mean, var
+
+
+def batch_norm_backward_impl(dy, x, running_mean, running_var, weight, g):
+    """(grad_input, grad_weight, grad_bias). In training mode the mean and variance are functions of
+    the batch: with xhat = (x - mean) / std, dx = (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) / std."""
+    mean, var = _batch_stats(x, g) if g.training else (running_mean.astype(np.float64), running_var.astype(np.float64))
+    std = np.sqrt(_per_channel(var) + g.eps)
+    xhat = (_channel_view(x, g) - _per_channel(mean)) / std
+    dy3 = _channel_view(dy, g).astype(np.float64)
+    dxhat = dy3 * (1 if weight is None else _per_channel(weight))
+    if g.training:
+        dx = (dxhat - dxhat.mean(axis=(0, 2), keepdims=True) - xhat * (dxhat * xhat).mean(axis=(0, 2), keepdims=True)) / std
+    else:
+        dx = dxhat / std
+    dt = x.dtype
+    return dx.astype(dt).reshape(x.shape), (dy3 * xhat).sum(axis=(0, 2)).astype(dt), dy3.sum(axis=(0, 2)).astype(dt)
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
+    """Batch normalisation per channel (axis 1), as torch.nn.functional.batch_norm; in training mode
+    the running statistics are updated in place."""
+    problem = BATCH_NORM.forward(input, running_mean, running_var, weight, bias, training, momentum, eps)
+    return run(BATCH_NORM, problem, "numpy", "auto", None)
+
+
+def batch_norm_backward(grad_output, input, running_mean, running_var, weight=None, training=False, eps=1e-5):
+    """Gradients (grad_input, grad_weight, grad_bias) of batch_norm."""
+    problem = BATCH_NORM.backward(grad_output, input, running_mean, running_var, weight, training, eps)
+    return run(BATCH_NORM, problem, "numpy", "auto", None, single_out=False)
+
+
+# ============================================================================ layers without a spec
 
 
 def flatten(x):

@@ -67,3 +67,27 @@ def gru_forward(x, h0, Wx, Wh, bx, bh, g, outs):
 
 def gru_backward(dhs, x, h0, Wx, Wh, bx, bh, hs, g, outs):
     return _into(outs, ref.gru_backward_impl(dhs, x, h0, Wx, Wh, bx, bh, hs))
+
+
+def linear_forward(x, w, b, g, outs):
+    return _into(outs, ref.linear_impl(x, w, b, g))
+
+
+def linear_backward(dy, x, w, g, outs):
+    return _into(outs, ref.linear_backward_impl(dy, x, w, g))
+
+
+def relu_forward(x, g, outs):
+    return _into(outs, ref.relu_impl(x, g))
+
+
+def relu_backward(dy, x, g, outs):
+    return _into(outs, ref.relu_backward_impl(dy, x, g))
+
+
+def batch_norm_forward(x, running_mean, running_var, weight, bias, g, outs):
+    return _into(outs, ref.batch_norm_impl(x, running_mean, running_var, weight, bias, g))
+
+
+def batch_norm_backward(dy, x, running_mean, running_var, weight, g, outs):
+    return _into(outs, ref.batch_norm_backward_impl(dy, x, running_mean, running_var, weight, g))

@@ -5,6 +5,7 @@ Compiled kernels trust what the specs return: these checks are what keeps them i
 """
 from __future__ import annotations
 
+import math
 import operator
 
 import numpy as np
@@ -60,7 +61,7 @@ def check_array(name, a, ndim, dtype=None):
         raise ValueError(f"{name} must be {want}, got {a.ndim}-D array of shape {tuple(a.shape)}")
     if dtype is not None and dt != dtype:
         raise TypeError(f"{name} has dtype {dt} but the other arguments are {dtype}; mixed dtypes are not supported")
-    size = int(np.prod(a.shape, dtype=object))
+    size = math.prod(a.shape)
     if size >= MAX_ELEMENTS:
         raise ValueError(f"{name} has {size} elements, more than fastlayers can index")
     return dt

@@ -8,6 +8,7 @@ itself, call it, and hand the results to the problem's ``finish``.
 from __future__ import annotations
 
 import importlib
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -18,6 +19,13 @@ from ._checks import check_no_alias, check_out, is_gpu
 
 def _never(problem):
     return None
+
+
+def module(name):
+    """The module ``name``, imported on first use. An imported module is read from sys.modules
+    directly: import_module's own lookup costs microseconds, on every call of every op."""
+    found = sys.modules.get(name)
+    return found if found is not None else importlib.import_module(name)
 
 
 @dataclass(frozen=True)
@@ -40,7 +48,7 @@ class Kernel:
     allocates: bool = False
 
     def load(self, direction):
-        return getattr(importlib.import_module(self.module), self.functions[direction])
+        return getattr(module(self.module), self.functions[direction])
 
 
 @dataclass(frozen=True)
@@ -120,6 +128,11 @@ def run(spec, problem, backend, algo, out, single_out=True):
     return problem.finish(tuple(results), outs)
 
 
+def first_result(results, outs):
+    """The ``finish`` of a single-output op: its one result (the caller's buffer where given)."""
+    return results[0]
+
+
 def lead_one(a):
     """``a`` with an axis of one in front (a view): an unbatched input as a batch of one, a step
     as a sequence of one."""
@@ -166,6 +179,6 @@ class OpSpec:
         where = self.auto.get(backend)
         if where is None or len(candidates) == 1:
             return candidates[0]
-        module, function = where.split(":")
-        algo = getattr(importlib.import_module(module), function)(problem)
+        name, function = where.split(":")
+        algo = getattr(module(name), function)(problem)
         return next((k for k in candidates if k.algo == algo), candidates[0])

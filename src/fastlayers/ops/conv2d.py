@@ -172,11 +172,31 @@ def _cuda_direct_declines(problem):
     return None
 
 
+def _cpu_depthwise_declines(problem):
+    if problem.geometry.Cg != 1:
+        return (f"the cpu 'depthwise' kernel takes one input channel per group (groups == in_channels), got "
+                f"{problem.geometry.Cg} channels per group")
+    return None
+
+
+def _cpu_winograd_declines(problem):
+    g = problem.geometry
+    if (g.KH, g.KW, g.stride_h, g.stride_w, g.dilation_h, g.dilation_w) != (3, 3, 1, 1, 1, 1):
+        return (f"the cpu 'winograd' kernel (F(2x2, 3x3)) takes 3x3 kernels at stride 1 and dilation 1, got "
+                f"kernel {g.KH}x{g.KW}, stride {g.stride_h}x{g.stride_w}, dilation {g.dilation_h}x{g.dilation_w}")
+    return None
+
+
 KERNELS = (
     Kernel("numpy", "reference", "fastlayers.backends.numpy",
            {"forward": "conv2d_forward", "backward": "conv2d_backward"}, allocates=True),
     Kernel("cpu", "im2col", "fastlayers.backends.cpu.conv2d", {"forward": "im2col_forward", "backward": "im2col_backward"}),
     Kernel("cpu", "direct", "fastlayers.backends.cpu.conv2d", {"forward": "direct_forward", "backward": "direct_backward"}),
+    Kernel("cpu", "depthwise", "fastlayers.backends.cpu.conv2d",
+           {"forward": "depthwise_forward", "backward": "depthwise_backward"}, declines=_cpu_depthwise_declines),
+    # Forward only: explicit algo="winograd" backwards are refused, "auto" never picks it backward.
+    Kernel("cpu", "winograd", "fastlayers.backends.cpu.conv2d", {"forward": "winograd_forward"},
+           declines=_cpu_winograd_declines),
     Kernel("cuda", "implicit_gemm", "fastlayers.backends.cuda.conv2d",
            {"forward": "implicit_gemm_forward", "backward": "implicit_gemm_backward"}, allocates=True),
     Kernel("cuda", "direct", "fastlayers.backends.cuda.conv2d", {"forward": "direct_forward"},

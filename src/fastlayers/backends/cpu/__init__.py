@@ -1,7 +1,7 @@
 """The ``"cpu"`` backend: Cython + OpenMP kernels (sources in kernels/cpu/, compiled into
 ``fastlayers._cpu``, which loads the libraries they link: see its docstring), one module per op
-family (``conv2d``, ``max_pool2d``, ``rnn``, ``lstm``, ``gru``; the last two share ``_gated``) holding
-the kernel functions its spec lists (``fastlayers.ops``).
+family (``conv2d``, ``max_pool2d``, ``rnn``, ``lstm``, ``gru``, ``linear``, ``relu``, ``batch_norm``; lstm and gru
+share ``_gated``) holding the kernel functions its spec lists (``fastlayers.ops``).
 
 A module whose compiled kernels fail to load (a broken install) leaves its family's kernels
 unavailable, warns once when fastlayers is imported, and says why in ``availability()`` and in
@@ -10,7 +10,7 @@ unavailable, warns once when fastlayers is imported, and says why in ``availabil
 import importlib
 import warnings
 
-_PARTS = ("max_pool2d", "conv2d", "rnn", "lstm", "gru")  # one module per op family, named after it
+_PARTS = ("max_pool2d", "conv2d", "rnn", "lstm", "gru", "linear", "relu", "batch_norm")  # one module per op family, named after it
 
 _load_errors = {}
 for _part in _PARTS:

@@ -1,5 +1,7 @@
-"""conv2d on the CPU backend: im2col + GEMM (kernels/cpu/im2col.pyx) and direct loops
-(kernels/cpu/conv2d_direct.pyx), forward and backward.
+"""conv2d on the CPU backend: im2col + GEMM (kernels/cpu/im2col.pyx), direct loops
+(kernels/cpu/conv2d_direct.pyx) and, for one input channel per group, depthwise plane loops
+(kernels/cpu/conv2d_depthwise.pyx), forward and backward. The depthwise loops give every output
+to one task in a fixed order: their results do not depend on the thread count.
 
 Both algorithms are reproducible bit for bit from run to run at a given thread count: no
 atomics, every sum in a fixed order. The direct loops do not depend on the thread count at all.
@@ -19,7 +21,9 @@ largest size until the thread ends or ``fastlayers.release_workspaces()``.
 """
 import numpy as np
 
+from ..._cpu import conv2d_depthwise as _depthwise
 from ..._cpu import conv2d_direct as _direct
+from ..._cpu import conv2d_winograd as _winograd
 from ..._cpu import im2col as _im2col
 from ..._dispatch import threads_for
 from ._common import BLAS_INT_MAX, contiguous
@@ -115,8 +119,11 @@ def choose_algo(problem, isa=None):
     kernel's loader picked it) is in ``DIRECT_FAST_ISAS``, "direct" for kernels larger than 1x1
     with at most ``DIRECT_MAX_TAPS`` taps per output (C/groups * KH * KW), at least
     ``DIRECT_MIN_FLOPS`` FLOP and ``DIRECT_MIN_PLANES`` (image, group) planes, "im2col" otherwise;
-    for the backward, "im2col"."""
+    for the backward, "im2col". Several groups of one input channel each (depthwise): "depthwise",
+    both ways (a single input channel, groups 1, keeps the rules above)."""
     g, direction = problem.geometry, problem.direction
+    if g.Cg == 1 and g.groups > 1:
+        return "depthwise"
     if not _im2col_fits(g):
         return "direct"
     if _direct_scratch_bytes(g, direction) > DIRECT_MAX_SCRATCH_BYTES:
@@ -252,3 +259,70 @@ def im2col_backward(dy, x, w, g, outs):
             np.sum(dw_partial, axis=0, out=dw.reshape(-1))
             np.sum(db_partial, axis=0, out=db)
     return outs
+
+
+def _finite(*arrays):
+    return all(np.isfinite(a).all() for a in arrays)
+
+
+def depthwise_forward(x, w, b, g, outs):
+    (y,) = outs
+    if not _finite(w):  # padding taps are skipped, not multiplied by zero: the reference's NaNs need im2col
+        return im2col_forward(x, w, b, g, outs)
+    threads = _forward_threads(x, w, b, g, y, "depthwise")  # no size limit of its own
+    if threads is not None:
+        _depthwise.conv2d_forward(contiguous(x), contiguous(w), contiguous(b), y, g, threads)
+    return (y,)
+
+
+def depthwise_backward(dy, x, w, g, outs):
+    dx, dw, db = outs
+    if _degenerate(x, w):
+        return _degenerate_backward(dy, outs)
+    if not _finite(w, dy):  # as in depthwise_forward: non-finite values meet padding taps in the reference
+        return im2col_backward(dy, x, w, g, outs)
+    _depthwise.conv2d_backward(contiguous(dy), contiguous(x), contiguous(w), dx, dw, db, g, threads_for(g.flops))
+    return outs
+
+
+# ---------------------------------------------------------------------------- winograd F(2x2, 3x3)
+
+# The filter transform G of F(2x2, 3x3) (kernels/cpu/winograd_f2x3.h has B and A): halves, exact.
+_WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+# A task's tiles: enough for the 16 GEMMs to run at speed (their N), across images where planes
+# are small, while its V and M stay near L2's size.
+_WINOGRAD_TILES = 128
+_WINOGRAD_TILE_BYTES = 2 << 20
+
+
+def _winograd_filters(w, g):
+    """U (groups, 16, Fg, Cg) = G w G^T for every filter and channel, computed in float64 and
+    rounded once to w's dtype."""
+    wg = w.astype(np.float64).reshape(g.groups, g.Fg, g.Cg, 3, 3)
+    U = np.einsum("ik,gfckl,jl->gijfc", _WINOGRAD_G, wg, _WINOGRAD_G)
+    return np.ascontiguousarray(U.reshape(g.groups, 16, g.Fg, g.Cg), dtype=w.dtype)
+
+
+def _winograd_band(g, itemsize):
+    """Tile rows per task (consecutive rows of the batch, across images): about ``_WINOGRAD_TILES``
+    tiles, fewer where V and M (16 * (Cg + Fg) values a tile) would pass
+    ``_WINOGRAD_TILE_BYTES``; at least one. It does not depend on the thread count."""
+    tiles_w = -(-g.OW // 2)
+    per_row = 16 * (g.Cg + g.Fg) * tiles_w * itemsize
+    rows = min(-(-_WINOGRAD_TILES // tiles_w), max(1, _WINOGRAD_TILE_BYTES // per_row))
+    return max(1, min(g.N * -(-g.OH // 2), rows)), tiles_w
+
+
+def winograd_forward(x, w, b, g, outs):
+    (y,) = outs
+    if not _finite(x, w):  # a tile's transforms spread a NaN or an infinity to all four of its outputs
+        return im2col_forward(x, w, b, g, outs)
+    threads = _forward_threads(x, w, b, g, y, "winograd")
+    if threads is None:
+        return (y,)
+    rows, tiles_w = _winograd_band(g, x.dtype.itemsize)
+    if max(g.Fg, g.Cg, rows * tiles_w) > BLAS_INT_MAX:
+        raise ValueError(f"conv2d sizes exceed what BLAS can index (C ints) for algo='winograd': {g}")
+    with scratch("winograd", (threads, 16 * (g.Cg + g.Fg) * rows * tiles_w + 8 * (2 * tiles_w + 2)), x.dtype) as work:
+        _winograd.conv2d_forward(contiguous(x), _winograd_filters(w, g), contiguous(b), y, work, g, rows, threads)
+    return (y,)

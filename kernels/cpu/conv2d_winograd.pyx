@@ -1,0 +1,86 @@
+# conv2d forward by Winograd's F(2x2, 3x3) over NCHW: for 3x3 kernels at stride 1 and dilation 1.
+#
+# The work is cut into tasks of one group and a block of ``rows`` consecutive tile rows (2 output
+# rows each) of the batch, which may span images (small planes have few tiles; the GEMMs want
+# P = rows x tiles_w of them). A task transforms its input tiles into V (16, Cg, P), multiplies each of the 16
+# transformed positions by the transformed filters U[xi] (Fg x Cg) in one single-threaded BLAS
+# gemm (M[xi] = U[xi] @ V[xi]) and transforms M back into its band of y; the transforms are in
+# winograd_f2x3.h. V and M live in the calling thread's slice of the workspace, sized by the
+# Python wrapper (backends/cpu/conv2d.py) to stay in cache. The band height does not depend on the
+# thread count, and every output is written by one task: y is the same bit for bit at any thread
+# count.
+#
+# Bounds: every size comes from the conv2d spec (fastlayers.ops.conv2d); the wrapper checks the
+# arrays' shapes against it and that the gemm sizes fit a C int.
+from cython cimport floating
+from cython.parallel cimport prange, threadid
+
+from _blas cimport gemm, single_threaded_blas
+from _conv2d cimport Conv2dShape, conv2d_shape
+
+cdef extern from "winograd_f2x3.h" nogil:
+    void fl_wino_input_float(const float* x, float* V, Py_ssize_t P, Py_ssize_t plane, float* scratch, Py_ssize_t Cg,
+                             Py_ssize_t H, Py_ssize_t W, Py_ssize_t i, Py_ssize_t tiles_w, Py_ssize_t PT, Py_ssize_t PL)
+    void fl_wino_input_double(const double* x, double* V, Py_ssize_t P, Py_ssize_t plane, double* scratch,
+                              Py_ssize_t Cg, Py_ssize_t H, Py_ssize_t W, Py_ssize_t i, Py_ssize_t tiles_w,
+                              Py_ssize_t PT, Py_ssize_t PL)
+    void fl_wino_output_float(const float* M, Py_ssize_t P, Py_ssize_t plane, float* y, const float* bias,
+                              float* scratch, Py_ssize_t Fg, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t i,
+                              Py_ssize_t tiles_w)
+    void fl_wino_output_double(const double* M, Py_ssize_t P, Py_ssize_t plane, double* y, const double* bias,
+                               double* scratch, Py_ssize_t Fg, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t i,
+                               Py_ssize_t tiles_w)
+
+cdef enum:
+    POSITIONS = 16  # of a 4x4 transformed tile
+
+
+cdef void _block(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] U, const floating[::1] b,
+                 bint has_bias, floating[:, :, :, ::1] y, floating* V, const Conv2dShape* s, Py_ssize_t gi,
+                 Py_ssize_t first, Py_ssize_t rows, Py_ssize_t tiles_h, Py_ssize_t tiles_w) noexcept nogil:
+    """Tile rows [first, first + rows) of the batch (row R: image R // tiles_h, tile row R % tiles_h)
+    of group gi. V: the thread's workspace, (16, Cg, P) then M (16, Fg, P) then the transforms'
+    row scratch."""
+    cdef Py_ssize_t P = rows * tiles_w, r, n, xi
+    cdef floating* M = V + POSITIONS * s.Cg * P
+    cdef floating* scratch = M + POSITIONS * s.Fg * P  # 8 rows of 2 * tiles_w + 2
+    cdef const floating* bias = &b[gi * s.Fg] if has_bias else NULL
+    for r in range(rows):
+        n = (first + r) // tiles_h
+        if floating is float:
+            fl_wino_input_float(&x[n, gi * s.Cg, 0, 0], V + r * tiles_w, P, s.Cg * P, scratch, s.Cg, s.H, s.W,
+                                (first + r) % tiles_h, tiles_w, s.PT, s.PL)
+        else:
+            fl_wino_input_double(&x[n, gi * s.Cg, 0, 0], V + r * tiles_w, P, s.Cg * P, scratch, s.Cg, s.H, s.W,
+                                 (first + r) % tiles_h, tiles_w, s.PT, s.PL)
+    for xi in range(POSITIONS):
+        # M[xi] (Fg x P) = U[gi, xi] (Fg x Cg) @ V[xi] (Cg x P)
+        gemm(False, False, <int>s.Fg, <int>P, <int>s.Cg, <floating>1, &U[gi, xi, 0, 0], <int>s.Cg,
+             V + xi * s.Cg * P, <int>P, <floating>0, M + xi * s.Fg * P, <int>P)
+    for r in range(rows):
+        n = (first + r) // tiles_h
+        if floating is float:
+            fl_wino_output_float(M + r * tiles_w, P, s.Fg * P, &y[n, gi * s.Fg, 0, 0], bias, scratch, s.Fg, s.OH,
+                                 s.OW, (first + r) % tiles_h, tiles_w)
+        else:
+            fl_wino_output_double(M + r * tiles_w, P, s.Fg * P, &y[n, gi * s.Fg, 0, 0], bias, scratch, s.Fg, s.OH,
+                                  s.OW, (first + r) % tiles_h, tiles_w)
+
+
+def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] U, const floating[::1] b,
+                   floating[:, :, :, ::1] y, floating[:, ::1] workspace, object geometry, Py_ssize_t rows,
+                   int num_threads):
+    """y = conv2d(x, w) (+ b; None for no bias) for 3x3 kernels, stride 1, dilation 1. ``U`` is
+    (groups, 16, Fg, Cg), the transformed filters; ``workspace`` (num_threads, 16 * (Cg + Fg) *
+    rows * tiles_w + 8 * (2 * tiles_w + 2)); ``rows``: tile rows per task (across images)."""
+    single_threaded_blas()
+    cdef Conv2dShape s = conv2d_shape(geometry)
+    cdef bint has_bias = b is not None
+    cdef Py_ssize_t tiles_h = (s.OH + 1) // 2, tiles_w = (s.OW + 1) // 2
+    cdef Py_ssize_t total = s.N * tiles_h, blocks = (total + rows - 1) // rows
+    cdef Py_ssize_t task, gi, first
+    for task in prange(s.G * blocks, nogil=True, schedule="dynamic", num_threads=num_threads):
+        gi = task // blocks
+        first = (task % blocks) * rows
+        _block(x, U, b, has_bias, y, &workspace[threadid(), 0], &s, gi, first, min(rows, total - first), tiles_h,
+               tiles_w)

@@ -1,0 +1,56 @@
+# Fully connected layer (``y = x @ W^T + b``) forward and backward through the OpenBLAS the other
+# kernels link, called single-threaded inside our own OpenMP team: a model's Dense layers then
+# wake no other library's thread pool (NumPy's BLAS threads, woken by ``x @ W``, spin for a while
+# after each call and fight our team for the cores).
+#
+# Sizes are validated by the linear spec (fastlayers.ops.linear) and the wrapper (C ints) before
+# they get here. The weight is (O, I) C-contiguous (``weight_t`` false) or its transpose (I, O)
+# C-contiguous (``weight_t`` true: the Dense layer's (in, out) parameter, passed as a view).
+# Threads take blocks of rows of their output, so no result depends on the thread count.
+from cython cimport floating
+from cython.parallel cimport prange
+
+from _blas cimport gemm, single_threaded_blas
+
+
+def forward(const floating[:, ::1] x, const floating[:, ::1] w, bint weight_t, const floating[::1] b,
+            bint has_bias, floating[:, ::1] y, Py_ssize_t rows, int num_threads):
+    """y (M, O) = x (M, I) @ W^T (+ b); M, I, O > 0; ``rows``: rows of y per task."""
+    single_threaded_blas()
+    cdef Py_ssize_t M = x.shape[0], I = x.shape[1], O = y.shape[1]
+    cdef Py_ssize_t task, m0, mr, m, o
+    cdef int ldw = <int>(O if weight_t else I)
+    for task in prange((M + rows - 1) // rows, nogil=True, schedule="static", num_threads=num_threads):
+        m0 = task * rows
+        mr = min(rows, M - m0)
+        if has_bias:
+            for m in range(m0, m0 + mr):
+                for o in range(O):
+                    y[m, o] = b[o]
+        gemm(False, not weight_t, <int>mr, <int>O, <int>I, <floating>1, &x[m0, 0], <int>I, &w[0, 0], ldw,
+             <floating>(1 if has_bias else 0), &y[m0, 0], <int>O)
+
+
+def backward(const floating[:, ::1] dy, const floating[:, ::1] x, const floating[:, ::1] w, bint weight_t,
+             floating[:, ::1] dx, floating[:, ::1] dw, Py_ssize_t rows, Py_ssize_t weight_rows, int num_threads):
+    """dx (M, I) = dy (M, O) @ W and dw (O, I) = dy^T @ x, whatever the layout of w.
+    Tasks: blocks of ``rows`` rows of dx, then blocks of ``weight_rows`` rows of dw."""
+    single_threaded_blas()
+    cdef Py_ssize_t M = x.shape[0], I = x.shape[1], O = dy.shape[1]
+    cdef Py_ssize_t dx_tasks = (M + rows - 1) // rows
+    cdef int ldw = <int>(O if weight_t else I)
+    cdef Py_ssize_t task, r0, nr
+    for task in prange(dx_tasks + (O + weight_rows - 1) // weight_rows, nogil=True, schedule="static",
+                       num_threads=num_threads):
+        if task < dx_tasks:
+            r0 = task * rows
+            nr = min(rows, M - r0)
+            # dx rows = dy rows (nr x O) @ W (O x I)
+            gemm(False, weight_t, <int>nr, <int>I, <int>O, <floating>1, &dy[r0, 0], <int>O, &w[0, 0], ldw,
+                 <floating>0, &dx[r0, 0], <int>I)
+        else:
+            r0 = (task - dx_tasks) * weight_rows
+            nr = min(weight_rows, O - r0)
+            # dw rows r0.. (nr x I) = dy^T (columns r0.. of dy: nr x M) @ x (M x I)
+            gemm(True, False, <int>nr, <int>I, <int>M, <floating>1, &dy[0, r0], <int>O, &x[0, 0], <int>I,
+                 <floating>0, &dw[r0, 0], <int>I)
