@@ -289,8 +289,8 @@ def test_concurrent_callers_keep_their_own_workspaces():
 
 def test_auto_heuristic():
     """Forward with AVX-512: direct for kernels larger than 1x1 from DIRECT_MIN_FLOPS on and up
-    to DIRECT_MAX_TAPS taps and DIRECT_MIN_PLANES images, im2col for 1x1, tiny, long and
-    few-image convolutions; with AVX2 or less (the direct kernel's register block spills):
+    to DIRECT_MAX_TAPS taps, DIRECT_MIN_PLANES images and DIRECT_MIN_WIDTH columns, im2col for
+    1x1, tiny, long, narrow and few-image convolutions; with AVX2 or less (the direct kernel's register block spills):
     im2col; backward: im2col."""
     cases = [
         ((1, 1, 8, 8), (4, 1, 3, 3), {}, "im2col"),  # tiny: set-up dominates
@@ -299,6 +299,7 @@ def test_auto_heuristic():
         ((32, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "direct"),  # resnet-56
         ((8, 256, 14, 14), (256, 256, 3, 3), dict(padding=1), "im2col"),  # resnet-14: 2304 taps
         ((1, 128, 28, 28), (128, 128, 3, 3), dict(padding=1), "im2col"),  # one image
+        ((32, 64, 8, 8), (128, 64, 3, 3), dict(padding=1), "im2col"),  # VGG's 8x8 stage: narrower than a vector
         ((16, 64, 56, 56), (128, 64, 1, 1), dict(stride=2), "im2col"),  # down-1x1
         ((8, 64, 56, 56), (64, 64, 1, 1), {}, "im2col"),  # pointwise
     ]
@@ -405,14 +406,18 @@ def test_depthwise_gradients_match_finite_differences(x_shape, w_shape, params):
 
 
 def test_depthwise_is_thread_count_independent_and_auto_picks_it(split_work):
+    """auto: depthwise forwards on planes of at least DEPTHWISE_MIN_OUTPUTS outputs; backward im2col."""
     rng = make_rng(8)
     params = dict(padding=1, groups=8)
-    x, w, b = (rng.uniform(-1, 1, s).astype(np.float32) for s in ((5, 8, 13, 11), (16, 1, 3, 3), (16,)))
-    dy = rng.uniform(-1, 1, (5, 16, 13, 11)).astype(np.float32)
+    x, w, b = (rng.uniform(-1, 1, s).astype(np.float32) for s in ((5, 8, 33, 32), (16, 1, 3, 3), (16,)))
+    dy = rng.uniform(-1, 1, (5, 16, 33, 32)).astype(np.float32)
     for a, c in zip(_run("depthwise", 2, x, w, b, dy, params), _run("depthwise", 1, x, w, b, dy, params)):
         np.testing.assert_array_equal(a, c)
-    for problem in (CONV2D.forward(x, w, b, 1, 1, 1, 8, "zeros"), CONV2D.backward(dy, x, w, 1, 1, 1, 8, "zeros")):
-        assert _dispatch.select_kernel(CONV2D, problem, None).algo == "depthwise"
+    args = (1, 1, 1, 8, "zeros")
+    chosen = [_dispatch.select_kernel(CONV2D, p, None).algo
+              for p in (CONV2D.forward(x, w, b, *args), CONV2D.backward(dy, x, w, *args),
+                        CONV2D.forward(x[:, :, :8, :8], w, b, *args))]
+    assert chosen[:2] == ["depthwise", "im2col"] and chosen[2] != "depthwise", chosen
 
 
 def test_depthwise_declines_several_channels_per_group():

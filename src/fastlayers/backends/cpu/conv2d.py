@@ -105,11 +105,16 @@ def _check_fits(g, algo, direction):
 # backward loses everywhere (its dw is a scalar loop). All of this holds where the kernel's
 # register block fits the registers: 8 filters x 2 vectors of 64 bytes are 16 zmm registers with
 # AVX-512, but 32 ymm with AVX2 (of 16) and more with SSE2, which spill and run 10-40x slower
-# than im2col.
+# than im2col. Its rows are vectors along the output columns: on planes narrower than one
+# (8x8: VGG's third stage) half of each vector is idle and im2col wins. The depthwise loops (one
+# input channel per group) beat both on large planes, where each plane's taps are long vector
+# passes; on small planes the direct kernel's blocks win, and backward im2col.
 DIRECT_MIN_FLOPS = 400_000
 DIRECT_MAX_TAPS = 2048
 DIRECT_MIN_PLANES = 8  # images x groups
+DIRECT_MIN_WIDTH = 16  # output columns: one AVX-512 vector of float32
 DIRECT_FAST_ISAS = frozenset({"x86-64-v4"})  # instruction sets where the direct forward can win
+DEPTHWISE_MIN_OUTPUTS = 1024  # output cells per plane (32x32)
 
 
 def choose_algo(problem, isa=None):
@@ -118,11 +123,13 @@ def choose_algo(problem, isa=None):
     forward on a CPU whose instruction set ``isa`` (default: the running one, as the direct
     kernel's loader picked it) is in ``DIRECT_FAST_ISAS``, "direct" for kernels larger than 1x1
     with at most ``DIRECT_MAX_TAPS`` taps per output (C/groups * KH * KW), at least
-    ``DIRECT_MIN_FLOPS`` FLOP and ``DIRECT_MIN_PLANES`` (image, group) planes, "im2col" otherwise;
-    for the backward, "im2col". Several groups of one input channel each (depthwise): "depthwise",
-    both ways (a single input channel, groups 1, keeps the rules above)."""
+    ``DIRECT_MIN_FLOPS`` FLOP, ``DIRECT_MIN_PLANES`` (image, group) planes and
+    ``DIRECT_MIN_WIDTH`` output columns, "im2col" otherwise; for the backward, "im2col". Forwards
+    with several groups of one input channel each (depthwise) and planes of at least
+    ``DEPTHWISE_MIN_OUTPUTS`` outputs: "depthwise". "winograd" is never chosen: measured, it is at
+    best even with "direct" (docs/performance.md)."""
     g, direction = problem.geometry, problem.direction
-    if g.Cg == 1 and g.groups > 1:
+    if direction == "forward" and g.Cg == 1 and g.groups > 1 and g.OH * g.OW >= DEPTHWISE_MIN_OUTPUTS:
         return "depthwise"
     if not _im2col_fits(g):
         return "direct"
@@ -130,7 +137,7 @@ def choose_algo(problem, isa=None):
         return "im2col"
     isa = _direct.vector_isa() if isa is None else isa
     if (direction == "forward" and isa in DIRECT_FAST_ISAS and g.KH * g.KW > 1 and g.K <= DIRECT_MAX_TAPS
-            and g.flops >= DIRECT_MIN_FLOPS and g.N * g.groups >= DIRECT_MIN_PLANES):
+            and g.flops >= DIRECT_MIN_FLOPS and g.N * g.groups >= DIRECT_MIN_PLANES and g.OW >= DIRECT_MIN_WIDTH):
         return "direct"
     return "im2col"
 
