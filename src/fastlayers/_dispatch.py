@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import importlib
 import operator
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 

@@ -6,6 +6,7 @@ Compiled kernels trust what the specs return: these checks are what keeps them i
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 
 import numpy as np
@@ -147,6 +148,16 @@ def pair(name, v, minimum):
     if max(p) > MAX_PARAMETER:
         raise ValueError(f"{name} must be at most 2**31 - 1 (the kernels index with C ints), got {v}")
     return p
+
+
+def check_real(name, v, low, high, low_open):
+    """A real number (not a bool) in [low, high], or (low, high] with ``low_open``, as a float."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+    v = float(v)
+    if not (low < v if low_open else low <= v) or not v <= high:
+        raise ValueError(f"{name} must lie in {'(' if low_open else '['}{low}, {high}], got {v}")
+    return v
 
 
 def check_choice(name, v, choices):

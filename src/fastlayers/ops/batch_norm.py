@@ -9,13 +9,12 @@ backend shares that step.
 """
 from __future__ import annotations
 
-import numbers
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from ._checks import check_array, check_bool, check_shape
+from ._checks import check_array, check_bool, check_real, check_shape
 from ._spec import Kernel, OpSpec, Problem
 
 STATS_DTYPE = np.dtype(np.float64)
@@ -41,15 +40,6 @@ class BatchNormGeometry:
         return size * itemsize * (2 if direction == "forward" else 3), "byte"
 
 
-def _check_real(name, v, low, high, low_open):
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
-    v = float(v)
-    if not (low < v if low_open else low <= v) or not v <= high:
-        raise ValueError(f"{name} must lie in {'(' if low_open else '['}{low}, {high}], got {v}")
-    return v
-
-
 def _check_channel_vectors(C, dt, **vectors):
     for name, v in vectors.items():
         if v is not None:
@@ -63,7 +53,7 @@ def _geometry(input, running_mean, running_var, weight, training, eps, what):
     S = math.prod(input.shape[2:])
     _check_channel_vectors(C, dt, running_mean=running_mean, running_var=running_var, weight=weight)
     training = check_bool("training", training)
-    eps = _check_real("eps", eps, 0.0, float("inf"), low_open=True)
+    eps = check_real("eps", eps, 0.0, float("inf"), low_open=True)
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together (or both None)")
     if not training and running_mean is None:
@@ -104,7 +94,7 @@ class BatchNormSpec(OpSpec):
     def forward(self, input, running_mean, running_var, weight, bias, training, momentum, eps):
         g, dt = _geometry(input, running_mean, running_var, weight, training, eps, "input")
         _check_channel_vectors(g.C, dt, bias=bias)
-        momentum = _check_real("momentum", momentum, 0.0, 1.0, low_open=False)
+        momentum = check_real("momentum", momentum, 0.0, 1.0, low_open=False)
         if g.training and running_mean is not None:
             for name, v in (("running_mean", running_mean), ("running_var", running_var)):
                 if not getattr(v, "flags", None) or not v.flags.writeable:

@@ -50,6 +50,10 @@ def set_column_tile_bytes(nbytes):
     return previous
 
 
+def _finite(*arrays):
+    return all(np.isfinite(a).all() for a in arrays)
+
+
 def _degenerate(x, w):
     """Nothing to convolve: no input elements (N, C, H or W zero) or no weights (F zero)."""
     return x.size == 0 or w.size == 0
@@ -220,7 +224,7 @@ def direct_backward(dy, x, w, g, outs):
     dx, dw, db = outs
     if _degenerate(x, w):
         return _degenerate_backward(dy, outs)
-    if _im2col_fits(g) and not (np.isfinite(w).all() and np.isfinite(dy).all()):
+    if _im2col_fits(g) and not _finite(w, dy):
         # The direct dx multiplies every weight by the zeros of its padded, upsampled copy of dy
         # (0 * NaN poisons all of dx), and its dw skips the padding taps (a NaN in dy that the
         # reference multiplies by a padding zero leaves dw finite): im2col's products are the
@@ -266,10 +270,6 @@ def im2col_backward(dy, x, w, g, outs):
             np.sum(dw_partial, axis=0, out=dw.reshape(-1))
             np.sum(db_partial, axis=0, out=db)
     return outs
-
-
-def _finite(*arrays):
-    return all(np.isfinite(a).all() for a in arrays)
 
 
 def depthwise_forward(x, w, b, g, outs):
