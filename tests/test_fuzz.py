@@ -166,7 +166,7 @@ def _bad_parameter(draw, call):
         (KH, KW), (PH, PW) = p["kernel_size"], p["padding"]
         what = draw(st.sampled_from(("kernel_size", "stride", "padding", "ceil_mode", "too_big")))
         if what == "kernel_size":
-            bad = draw(st.sampled_from((0, -2, (2, 0), 1.5, "2", (2,), True, None)))
+            bad = draw(st.sampled_from((0, -2, (2, 0), 1.5, "2", (2, 2, 2), True, None)))
         elif what == "stride":
             bad = draw(st.sampled_from((0, -1, (1, 0), 1.5, "2", True)))
         elif what == "padding":
