@@ -283,6 +283,106 @@ def test_small_calls_run_on_the_calling_thread(monkeypatch):
     assert sizes == [1]
 
 
+class _FakeMachine:
+    """Readers for ``FreeCpus``: the CPUs' busy seconds and this process's own CPU seconds, advanced
+    by ``run(seconds, others, own)`` (CPUs' worth of time kept busy by others and by us)."""
+
+    def __init__(self):
+        self.clock, self.busy, self.own, self.reads = 0.0, 100.0, 5.0, 0
+
+    def run(self, seconds, others, own):
+        self.clock += seconds
+        self.busy += seconds * (others + own)
+        self.own += seconds * own
+
+    def monitor(self, cpus, interval=0.1):
+        def busy(_):
+            self.reads += 1
+            return self.busy
+        return fl._cpu_load.FreeCpus(cpus, interval, busy=busy, own=lambda: self.own, clock=lambda: self.clock)
+
+
+@pytest.mark.parametrize("cpus, others, own, free", [
+    (2, 0.0, 2.0, 2),   # our own team keeps both CPUs busy: nothing is taken
+    (2, 0.3, 1.0, 2),   # background noise below TAKEN_FRACTION of a CPU
+    (2, 1.0, 1.0, 1),   # one competing busy process
+    (2, 0.5, 0.0, 1),
+    (4, 1.0, 3.0, 3),
+    (4, 6.0, 0.5, 1),   # more competitors than CPUs: still one thread
+])
+def test_free_cpus_discount_what_other_processes_keep_busy(cpus, others, own, free):
+    machine = _FakeMachine()
+    monitor = machine.monitor(list(range(cpus)))
+    assert monitor() == cpus  # the first reading only starts the measurement
+    machine.run(0.5, others, own)
+    assert monitor() == free
+    assert monitor.others == pytest.approx(others)
+
+
+def test_free_cpus_are_read_at_most_once_per_interval():
+    machine = _FakeMachine()
+    monitor = machine.monitor([0, 1], interval=0.1)
+    monitor()
+    machine.run(0.05, 2.0, 0.0)
+    assert monitor() == 2 and machine.reads == 1  # too soon: the last answer
+    machine.run(0.06, 2.0, 0.0)
+    assert monitor() == 1 and machine.reads == 2
+    machine.run(0.2, 0.0, 1.0)
+    assert monitor() == 2  # the competitor has gone
+
+
+def test_free_cpus_without_proc_stat_take_nothing():
+    monitor = fl._cpu_load.FreeCpus([0, 1, 2], 0.0, busy=lambda cpus: None)
+    assert monitor() == monitor() == 3
+
+
+def test_proc_stat_is_summed_over_the_cpus_asked_for(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  9 9 9 9 9 9 9 9 0 0\n"
+                    "cpu0 10 1 5 900 7 2 3 4 0 0\n"
+                    "cpu1 20 0 6 800 1 0 0 0 0 0\n"
+                    "cpu2 1000 0 0 0 0 0 0 0 0 0\n"
+                    "intr 12345\n")
+    ticks = (10 + 1 + 5 + 2 + 3 + 4) + (20 + 6)  # user nice system irq softirq steal; not idle, iowait
+    assert fl._cpu_load.read_proc_stat([0, 1], stat) == pytest.approx(ticks / fl._cpu_load._TICKS_PER_SECOND)
+    assert fl._cpu_load.read_proc_stat([0], tmp_path / "missing") is None
+
+
+def test_only_the_default_thread_count_follows_the_free_cpus(monkeypatch):
+    monkeypatch.setattr(fl._dispatch, "_openmp_max_threads", lambda: 4)
+    monkeypatch.setattr(fl._dispatch, "cpu_limit", lambda: 4)
+    monkeypatch.setattr(fl._dispatch, "free_cpus", lambda: 3)
+    big = 100 * fl._dispatch.GRAIN_SIZE
+    assert fl._dispatch.threads_for(big) == 3
+    assert fl._dispatch.threads_for(2 * fl._dispatch.GRAIN_SIZE) == 2
+    with fl.threads(4):  # a count the user set is kept, loaded machine or not
+        assert fl._dispatch.threads_for(big) == 4
+    fl.set_num_threads(4)
+    try:
+        assert fl._dispatch.threads_for(big) == 4
+    finally:
+        fl.set_num_threads(None)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux's /proc/stat and at least 2 CPUs")
+def test_busy_processes_on_every_cpu_leave_one_thread():
+    """Real processes, one spinning on each CPU of the affinity mask: the monitor sees them."""
+    cpus = sorted(os.sched_getaffinity(0))
+    spinners = [subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{c}}})\nwhile True: pass"])
+                for c in cpus]
+    try:
+        time.sleep(0.5)  # the interpreters start
+        monitor = fl._cpu_load.FreeCpus(cpus, 0.0)
+        monitor()
+        time.sleep(0.5)
+        assert monitor() == 1, f"{monitor.others:.2f} CPUs busy with others"
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
 @pytest.mark.parametrize("files, cpus", [
     ({"cpu.max": "max 100000"}, None),
     ({"cpu.max": "150000 100000"}, 2),

@@ -27,6 +27,7 @@ WAIT_POLICIES = {
     "libgomp default (spin 300000)": {"GOMP_SPINCOUNT": "300000"},
     "spin 10000": {"GOMP_SPINCOUNT": "10000"},
     "OMP_WAIT_POLICY=passive": {"OMP_WAIT_POLICY": "passive"},
+    "OMP_WAIT_POLICY=active": {"OMP_WAIT_POLICY": "active"},
 }
 
 
@@ -131,11 +132,14 @@ def busy_core():
 
 
 def digits_under_load(rounds, epochs, conv_algo, env=None, grain=0):
-    """Median epoch seconds {"default": s, "1 thread": s}, rounds alternating in fresh processes."""
-    epochs_by_setting = {"default": [], "1 thread": []}
+    """Median epoch seconds {"default": s, "set": s, "1 thread": s}, rounds alternating in fresh
+    processes: the default thread count (which follows the CPUs the competitor leaves free), the
+    same count set with ``fl.set_num_threads`` (which does not), and one thread."""
+    settings = (("default", 0), ("set", len(os.sched_getaffinity(0))), ("1 thread", 1))
+    epochs_by_setting = {setting: [] for setting, _ in settings}
     with busy_core():
         for _ in range(rounds):
-            for setting, threads in (("default", 0), ("1 thread", 1)):
+            for setting, threads in settings:
                 epochs_by_setting[setting] += _run_worker("digits", env, threads=threads, epochs=epochs, grain=grain,
                                                            conv_algo=conv_algo)
     return {setting: statistics.median(s) for setting, s in epochs_by_setting.items()}
@@ -158,13 +162,15 @@ def main(argv=None):
         parser.error("needs at least 2 CPUs")
     import fastlayers as fl
 
+    policy = {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ} or "the runtime's default"
     print(f"fastlayers {fl.__version__}, {len(os.sched_getaffinity(0))} CPUs, default threads {fl.get_num_threads()}, "
-          f"grain size {fl._dispatch.GRAIN_SIZE}, wait policy "
-          f"{ {k: os.environ[k] for k in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT') if k in os.environ} or fl._cpu.OPENMP_WAIT}")
+          f"grain size {fl._dispatch.GRAIN_SIZE}, wait policy {policy}")
     medians = digits_under_load(args.rounds, args.epochs, args.conv_algo)
     ratio = medians["default"] / medians["1 thread"]
     print(f"digits CNN epoch (conv2d {args.conv_algo}), one busy process pinned to a core: default threads {medians['default'] * 1e3:.1f} ms, "
           f"1 thread {medians['1 thread'] * 1e3:.1f} ms, ratio {ratio:.2f}x "
+          f"(the same count set, not following the load: {medians['set'] * 1e3:.1f} ms, "
+          f"{medians['set'] / medians['1 thread']:.2f}x) "
           f"(target <= {DIGITS_TARGET}x: {'met' if ratio <= DIGITS_TARGET else 'MISSED'})")
     resnet = {n: statistics.median(t) for n, t in _run_worker("resnet56", rounds=2 * args.rounds + 1, conv_algo=args.conv_algo).items()}
     speedup = resnet["1"] / resnet["2"]
@@ -172,15 +178,15 @@ def main(argv=None):
           f"{resnet['2'] * 1e3:.1f} ms, speed-up {speedup:.2f}x "
           f"(target >= {RESNET_TARGET}x: {'met' if speedup >= RESNET_TARGET else 'MISSED'})")
     if args.sweep:
-        print(f"\ndigits CNN epoch under load (median ms, conv2d {args.conv_algo}): default threads / 1 thread;"
+        print(f"\ndigits CNN epoch under load (median ms, conv2d {args.conv_algo}): default threads / set / 1 thread;"
               " rnn-small forward on 2 threads, no competitor (median ms)")
         for name, env in WAIT_POLICIES.items():
             rnn = statistics.median(_run_worker("rnn", env, rounds=4 * args.rounds))
             print(f"  {name:32s} rnn-small {rnn * 1e3:6.1f} ms")
             for grain in (1, 1 << 16, fl._dispatch.GRAIN_SIZE):
                 m = digits_under_load(args.rounds, args.epochs, args.conv_algo, env, grain)
-                print(f"  {name:32s} grain {grain:>8d}: {m['default'] * 1e3:7.1f} / {m['1 thread'] * 1e3:6.1f}"
-                      f"  = {m['default'] / m['1 thread']:5.2f}x")
+                print(f"  {name:32s} grain {grain:>8d}: {m['default'] * 1e3:7.1f} / {m['set'] * 1e3:7.1f} / "
+                      f"{m['1 thread'] * 1e3:6.1f} = {m['default'] / m['1 thread']:5.2f}x / {m['set'] / m['1 thread']:5.2f}x")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
+from ._cpu_load import free_cpus
 from .ops._spec import module
 
 BACKENDS = ("numpy", "cpu", "cuda")
@@ -293,8 +294,12 @@ def get_num_threads() -> int:
 
 def threads_for(work: int) -> int:
     """Threads for one kernel call of ``work`` elementary steps: one per ``GRAIN_SIZE`` steps, at
-    most ``get_num_threads()``. Every CPU op's wrapper asks this before it starts a team."""
+    most ``get_num_threads()``, and, unless a count was set (``set_num_threads``, ``threads``), at
+    most the CPUs that other processes leave free (``fastlayers._cpu_load``). Every CPU op's
+    wrapper asks this before it starts a team."""
     n = min(get_num_threads(), max(1, work // GRAIN_SIZE))
+    if n > 1 and _threads_override.get() is None and _default_threads is None:
+        n = min(n, free_cpus())
     if n > 1:
         global _started_team
         _started_team = True

@@ -12,23 +12,19 @@ environment is deleted after the build):
   would oversubscribe the cores, and its idle workers busy-wait after start-up (~0.1 s), taking a
   core from our team. OpenBLAS reads the variable once, when it initialises, and then starts no
   worker thread at all. The library is ours alone (NumPy's and SciPy's BLAS are other libraries).
-* The OpenMP runtime, by importing ``openmp_runtime``, with the wait policy of ``OPENMP_WAIT``
-  (below) unless the user has set one (``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``). It has effect
-  only if the runtime is not loaded yet (by another library imported before fastlayers).
+* The OpenMP runtime, by importing ``openmp_runtime``, with its own default wait policy (idle
+  team threads spin a while, then sleep) or the user's (``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``).
+  Sleeping at once (``OMP_WAIT_POLICY=passive``) made every parallel region of a small layer pay
+  the wake-up of a virtual CPU (cifar-stem's forward 1.7x, rnn-small's 2.2x on an idle machine);
+  what spinning costs a loaded machine is avoided instead by running on no more threads than the
+  other processes leave CPUs free (``fastlayers._cpu_load``). Measured: docs/performance.md,
+  "Threads under load".
 
-The variables are restored right after, so subprocesses and the other libraries loaded later see
+The variable is restored right after, so subprocesses and the other libraries loaded later see
 the user's environment.
 """
 import ctypes
 import os
-
-# Idle team threads sleep at once instead of spinning (libgomp spins about 0.1-0.3 ms after every
-# parallel region and at every barrier by default): on a loaded machine a spinning thread takes
-# the core that a descheduled team mate or another process needs, which multiplied the time of
-# small layers, while waking sleeping threads costs microseconds per call. Chosen by measurement:
-# docs/performance.md, "Threads under load" (tools/contention.py --sweep).
-OPENMP_WAIT = {"OMP_WAIT_POLICY": "passive"}
-_USER_OPENMP_WAIT = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
 def _openblas_path():
@@ -39,8 +35,6 @@ def _openblas_path():
 
 def _load_runtime_libraries():
     settings = {"OPENBLAS_NUM_THREADS": "1"}
-    if not any(name in os.environ for name in _USER_OPENMP_WAIT):
-        settings.update(OPENMP_WAIT)
     saved = {name: os.environ.get(name) for name in settings}
     os.environ.update(settings)
     try:
