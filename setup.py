@@ -84,9 +84,11 @@ def _openblas_link_args():
 
 
 # Flags of single modules: the recurrent kernels' vectorised tanh (kernels/cpu/tanh_f32.h) needs
-# its clamps as selects, and relu's backward its x <= 0 test, which GCC makes only when
+# its clamps as selects, relu's backward its x <= 0 test and the general max-pool its compares
+# (kernels/cpu/max_pool2d_phases.h), which GCC makes only when
 # comparisons cannot trap (else a branch, mispredicted on every other element of real data).
-MODULE_FLAGS = {"rnn": ["-fno-trapping-math"], "gated_rnn": ["-fno-trapping-math"], "relu": ["-fno-trapping-math"]}
+MODULE_FLAGS = {"rnn": ["-fno-trapping-math"], "gated_rnn": ["-fno-trapping-math"], "relu": ["-fno-trapping-math"],
+                "max_pool2d": ["-fno-trapping-math"]}
 
 
 def extensions():

@@ -338,3 +338,23 @@ def test_backward_index_out_of_range_never_written(bad_index, dtype):
     with pytest.raises(ValueError, match=r"indices must lie in \[0, H\*W\) = \[0, 16\)"):
         cpu_pool_backward(dy, idx, shape, out=backing[: np.prod(shape)].reshape(shape))
     np.testing.assert_array_equal(backing[np.prod(shape):], 42)
+
+
+@pytest.mark.parametrize("path", ["phase rows", "phase rows, 16-byte vectors", "window scan"])
+@settings(max_examples=80, deadline=None)
+@given(problem=pool_problems(), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**31),
+       nan=st.sampled_from([0.0, 0.1]), neg_inf=st.sampled_from([0.0, 0.3]))
+def test_forward_general_paths_match_reference(path, problem, dtype, seed, nan, neg_inf):
+    """Each way of the general forward (kernels/cpu/max_pool2d_phases.h, in the variant for AVX2
+    CPUs and the one for the others, and the window scan taken past the phase rows' budget) on
+    ties, NaNs and -inf, bit for bit the reference's values and indices."""
+    shape, params = problem
+    x = tie_data(make_rng(seed), shape, dtype, nan, neg_inf)
+    budget = cpu_backend.PHASE_ROWS_MAX_BYTES
+    previous = cpu_backend._kernels.use_baseline_vectors(path == "phase rows, 16-byte vectors")
+    cpu_backend.PHASE_ROWS_MAX_BYTES = 0 if path == "window scan" else budget
+    try:
+        assert_forward_matches(x, **params)
+    finally:
+        cpu_backend.PHASE_ROWS_MAX_BYTES = budget
+        cpu_backend._kernels.use_baseline_vectors(previous)

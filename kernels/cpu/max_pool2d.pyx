@@ -7,9 +7,9 @@
 # max_pool2d_simd.h. The forward works a row of outputs at a time, the running maximum and its
 # index kept in the output row itself (in L1) rather than in scratch buffers.
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 from libc.math cimport INFINITY
-from libc.stdint cimport int64_t
+from libc.stdint cimport INT32_MAX, int32_t, int64_t
 from libc.string cimport memset
 
 cdef extern from "max_pool2d_simd.h" nogil:
@@ -23,11 +23,31 @@ cdef extern from "max_pool2d_simd.h" nogil:
     Py_ssize_t fl_route_row_2x2_double(const double* dy, const int64_t* indices, double* r0, double* r1,
                                        Py_ssize_t OW, int64_t first, int64_t W, bint stream)
     void fl_store_fence()
-    # One window tap of the general path, vectorised over the output columns.
-    void fl_pool_tap_float(const float* x_row, float* y_row, int64_t* i_row, Py_ssize_t ow_lo,
-                           Py_ssize_t ow_hi, Py_ssize_t SW, Py_ssize_t off, int64_t row_first)
-    void fl_pool_tap_double(const double* x_row, double* y_row, int64_t* i_row, Py_ssize_t ow_lo,
-                            Py_ssize_t ow_hi, Py_ssize_t SW, Py_ssize_t off, int64_t row_first)
+
+cdef extern from "max_pool2d_phases.h" nogil:
+    # A plane of the general path (any window, stride, padding), over phase rows.
+    Py_ssize_t fl_pool_phase_cells(Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SW)
+    void fl_pool_plane_phases_float(const float* x, float* y, int64_t* indices, Py_ssize_t H, Py_ssize_t W,
+                                    Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH,
+                                    Py_ssize_t SW, Py_ssize_t PH, Py_ssize_t PW, float* work)
+    void fl_pool_plane_phases_double(const double* x, double* y, int64_t* indices, Py_ssize_t H, Py_ssize_t W,
+                                     Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH,
+                                     Py_ssize_t SW, Py_ssize_t PH, Py_ssize_t PW, double* work)
+    int fl_pool_baseline_only
+
+
+def use_baseline_vectors(bint only):
+    """Tests: run the general path's 16-byte (SSE2) variant even where AVX2 is there. Returns
+    the previous setting."""
+    global fl_pool_baseline_only
+    previous = bool(fl_pool_baseline_only)
+    fl_pool_baseline_only = only
+    return previous
+
+
+def phase_cells(Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SW):
+    """Cells of work per thread the general forward path needs (max_pool2d_phases.h)."""
+    return fl_pool_phase_cells(OW, KH, KW, SW)
 
 
 # ---------------------------------------------------------------------------- forward
@@ -47,46 +67,14 @@ cdef void _pool_plane_2x2(const floating* x, floating* y, int64_t* indices,
         fl_store_fence()
 
 
-cdef void _pool_plane(const floating* x, floating* y, int64_t* indices,
-                      Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW,
-                      Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH, Py_ssize_t SW,
-                      Py_ssize_t PH, Py_ssize_t PW) noexcept nogil:
-    """Any window, stride, padding and ceil mode. Each output row starts at -inf with the index
-    of its window's first input cell, then every window tap (kh, kw) in row-major order updates
-    the whole row (fl_pool_tap_*: vectorised over the output columns whose tap is an input cell).
-    Padded cells are never visited, so they never win."""
-    cdef Py_ssize_t oh, ow, ih, ih_lo, ih_hi, kw, ow_lo, ow_hi, last
-    cdef floating* y_row
-    cdef int64_t* i_row
-    cdef const floating* x_row
-    for oh in range(OH):
-        ih_lo = max(oh * SH - PH, 0)
-        ih_hi = min(oh * SH - PH + KH, H)
-        y_row = y + oh * OW
-        i_row = indices + oh * OW
-        for ow in range(OW):
-            y_row[ow] = -INFINITY
-            i_row[ow] = ih_lo * W + max(ow * SW - PW, 0)
-        for ih in range(ih_lo, ih_hi):
-            x_row = x + ih * W
-            for kw in range(KW):
-                # Columns ow whose tap iw = ow * SW - PW + kw lies in [0, W).
-                ow_lo = (PW - kw + SW - 1) // SW if PW > kw else 0
-                last = W - 1 + PW - kw
-                ow_hi = min(OW, last // SW + 1) if last >= 0 else 0
-                if floating is float:
-                    fl_pool_tap_float(x_row, y_row, i_row, ow_lo, ow_hi, SW, kw - PW, ih * W)
-                else:
-                    fl_pool_tap_double(x_row, y_row, i_row, ow_lo, ow_hi, SW, kw - PW, ih * W)
-
-
-cdef void _pool_plane_wide(const floating* x, floating* y, int64_t* indices,
+cdef void _pool_plane_scan(const floating* x, floating* y, int64_t* indices,
                            Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW,
                            Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH, Py_ssize_t SW,
                            Py_ssize_t PH, Py_ssize_t PW) noexcept nogil:
-    """_pool_plane for windows wider than the input (KW > W): each output scans the cells of its
-    window that lie inside the input, where a loop over the window's taps would run KW times a
-    row (2**31 - 1 of them cost seconds a plane). Same order and rule as fl_pool_tap_*."""
+    """Where the phase rows do not fit (windows wider than the input, whose taps would run KW
+    times a row: 2**31 - 1 of them cost seconds a plane; offsets past int32; phase rows past the
+    work budget): each output scans the cells of its window that lie inside the input. Same order
+    and rule as max_pool2d_phases.h."""
     cdef Py_ssize_t oh, ow, ih, iw, ih_lo, ih_hi, iw_lo, iw_hi
     cdef int64_t best_index
     cdef floating best, v
@@ -109,24 +97,36 @@ cdef void _pool_plane_wide(const floating* x, floating* y, int64_t* indices,
 
 
 def max_pool2d_forward(const floating[:, :, ::1] x, floating[:, :, ::1] y, int64_t[:, :, ::1] indices,
-                       int KH, int KW, int SH, int SW, int PH, int PW, bint stream, int num_threads):
+                       int KH, int KW, int SH, int SW, int PH, int PW, bint stream,
+                       floating[:, ::1] work, int num_threads):
     """x (P, H, W) -> y, indices (P, OH, OW); P = N*C planes, all sizes > 0, geometry validated
     (every window holds at least one input cell). The first maximum wins, of several NaNs the
     last (as in PyTorch).
-    ``stream``: write the outputs around the cache (2x2 stride-2 path only)."""
+    ``stream``: write the outputs around the cache (2x2 stride-2 path only).
+    ``work`` (at least num_threads rows): each thread's phase rows for the general path, taken
+    when a row holds ``phase_cells(OW, KH, KW, SW)`` (and KW <= W, KH * W < 2**31); otherwise
+    each output scans its window."""
     cdef Py_ssize_t P = x.shape[0], H = x.shape[1], W = x.shape[2]
     cdef Py_ssize_t OH = y.shape[1], OW = y.shape[2]
-    cdef Py_ssize_t p
+    cdef Py_ssize_t p, tid
     # Whole 2x2 tiles only: floor mode, or ceil mode with even sizes.
     cdef bint tiles_2x2 = (KH == 2 and KW == 2 and SH == 2 and SW == 2 and PH == 0 and PW == 0
                            and 2 * OH <= H and 2 * OW <= W)
+    cdef bint phases = (KW <= W and <int64_t>KH * W < INT32_MAX and work.shape[0] >= num_threads
+                        and work.shape[1] >= fl_pool_phase_cells(OW, KH, KW, SW))
     for p in prange(P, nogil=True, schedule="guided", num_threads=num_threads):
         if tiles_2x2:
             _pool_plane_2x2(&x[p, 0, 0], &y[p, 0, 0], &indices[p, 0, 0], W, OH, OW, stream)
-        elif KW > W:
-            _pool_plane_wide(&x[p, 0, 0], &y[p, 0, 0], &indices[p, 0, 0], H, W, OH, OW, KH, KW, SH, SW, PH, PW)
+        elif phases:
+            tid = threadid()
+            if floating is float:
+                fl_pool_plane_phases_float(&x[p, 0, 0], &y[p, 0, 0], &indices[p, 0, 0], H, W, OH, OW, KH, KW,
+                                           SH, SW, PH, PW, &work[tid, 0])
+            else:
+                fl_pool_plane_phases_double(&x[p, 0, 0], &y[p, 0, 0], &indices[p, 0, 0], H, W, OH, OW, KH, KW,
+                                            SH, SW, PH, PW, &work[tid, 0])
         else:
-            _pool_plane(&x[p, 0, 0], &y[p, 0, 0], &indices[p, 0, 0], H, W, OH, OW, KH, KW, SH, SW, PH, PW)
+            _pool_plane_scan(&x[p, 0, 0], &y[p, 0, 0], &indices[p, 0, 0], H, W, OH, OW, KH, KW, SH, SW, PH, PW)
 
 
 # ---------------------------------------------------------------------------- backward

@@ -1,6 +1,6 @@
 /* The row loops of max_pool2d.pyx, vectorised with SSE2: the 2x2 stride-2 pool (the common
- * non-overlapping, unpadded case) forward and backward, and one window tap of the general
- * forward.
+ * non-overlapping, unpadded case) forward and backward (max_pool2d_phases.h has the general
+ * forward).
  *
  * Why C: GCC 12 does not vectorise these loops at the baseline x86-64 ISA (SSE2) when written
  * as scalar selects (the NaN-aware compare chain and the int64 index selects defeat it), and even
@@ -84,13 +84,6 @@ static inline void fl_store_si128(int64_t *p, __m128i v, int stream)
 FL_VECTOR_OPS(float, ps)
 FL_VECTOR_OPS(double, pd)
 #undef FL_VECTOR_OPS
-
-/* What differs between the types: lane width. p[0], p[SW], ... */
-static inline __m128 fl_gather_float(const float *p, ptrdiff_t SW)
-{
-    return _mm_set_ps(p[3 * SW], p[2 * SW], p[SW], p[0]);
-}
-static inline __m128d fl_gather_double(const double *p, ptrdiff_t SW) { return _mm_set_pd(p[SW], p[0]); }
 
 /* A lane mask -> the int64 masks of the same lanes (lanes 2h, 2h+1 in wide[h]). */
 static inline void fl_widen_float(__m128 mask, __m128i *wide)
@@ -197,45 +190,6 @@ static inline void fl_store_fence(void)
         }                                                                                     \
     }
 
-/* ------------------------------------------------------------------------- forward, any window
- * One tap of the general path (any kernel, stride, padding): for ow in [ow_lo, ow_hi) the input
- * cell x_row[ow*SW + off] challenges the running maximum y_row[ow]; when it wins, it replaces it
- * and i_row[ow] becomes row_first + ow*SW + off. Vectorised over ow (the strided cells are
- * gathered by scalar loads): branch-free, where a scalar compare-and-branch is mispredicted
- * about every other time on real data. */
-
-#if defined(__SSE2__)
-#define FL_POOL_TAP_VECTOR(T)                                                                 \
-    for (; ow + FL_LANES_##T <= ow_hi; ow += FL_LANES_##T) {                                  \
-        fl_vec_##T v = fl_gather_##T(x_row + ow * SW + off, SW), m = fl_loadu_##T(y_row + ow); \
-        fl_vec_##T w = fl_wins_##T(v, m);                                                     \
-        __m128i wide[FL_LANES_##T / 2];                                                       \
-        fl_store_##T(y_row + ow, fl_select_##T(w, v, m), 0);                                  \
-        fl_widen_##T(w, wide);                                                                \
-        for (int h = 0; h < FL_LANES_##T / 2; h++) {                                          \
-            int64_t *i = i_row + ow + 2 * h;                                                  \
-            __m128i n = _mm_add_epi64(_mm_set1_epi64x(row_first + (ow + 2 * h) * SW + off),   \
-                                      _mm_set_epi64x(SW, 0));                                 \
-            fl_store_si128(i, fl_select_si128(wide[h], n, _mm_loadu_si128((const __m128i *)i)), 0); \
-        }                                                                                     \
-    }
-#else
-#define FL_POOL_TAP_VECTOR(T)
-#endif
-
-#define FL_POOL_TAP(T)                                                                        \
-    static inline void fl_pool_tap_##T(const T *x_row, T *y_row, int64_t *i_row, ptrdiff_t ow_lo, \
-                                       ptrdiff_t ow_hi, ptrdiff_t SW, ptrdiff_t off,          \
-                                       int64_t row_first)                                     \
-    {                                                                                         \
-        ptrdiff_t ow = ow_lo;                                                                 \
-        FL_POOL_TAP_VECTOR(T)                                                                 \
-        for (; ow < ow_hi; ow++) {                                                            \
-            T v = x_row[ow * SW + off], m = y_row[ow];                                        \
-            if (FL_WINS(v, m)) { y_row[ow] = v; i_row[ow] = row_first + ow * SW + off; }      \
-        }                                                                                     \
-    }
-
 /* ------------------------------------------------------------------------- backward, 2x2
  * One row of 2x2 tiles: dy row g (OW), index row `indices`, dx rows r0, r1 (r0 starts at flat
  * index `first`). Writes every cell of r0[0, 2*OW) and r1[0, 2*OW) once: g where the tile's index
@@ -303,8 +257,6 @@ static inline void fl_store_fence(void)
 
 FL_POOL_ROW_2X2(float)
 FL_POOL_ROW_2X2(double)
-FL_POOL_TAP(float)
-FL_POOL_TAP(double)
 FL_ROUTE_ROW_2X2(float)
 FL_ROUTE_ROW_2X2(double)
 

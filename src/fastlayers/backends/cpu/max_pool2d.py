@@ -8,6 +8,7 @@ import numpy as np
 
 from ..._cpu import max_pool2d as _kernels
 from ..._dispatch import threads_for
+from ._common import workspace
 from ...ops.max_pool2d import check_indices_range
 
 # Outputs at least this large are written by the 2x2 path with non-temporal stores (around the
@@ -16,6 +17,11 @@ from ...ops.max_pool2d import check_indices_range
 # pool-112's size, even at half of it (docs/performance.md). Smaller outputs stay in cache, where
 # the next op finds them.
 STREAMING_MIN_BYTES = 16 << 20
+
+# The general forward copies the input rows a row of windows reads into phase rows
+# (kernels/cpu/max_pool2d_phases.h): KH rows, kept in a thread's L2 cache. Larger windows
+# (global pooling of big planes) scan each window in place instead.
+PHASE_ROWS_MAX_BYTES = 1 << 20
 
 
 def forward(x, g, outs):
@@ -26,13 +32,18 @@ def forward(x, g, outs):
         indices = np.empty(g.y_shape, dtype=np.int64)
     planes = g.N * g.C
     if planes and g.OH and g.OW:
-        _kernels.max_pool2d_forward(
-            np.ascontiguousarray(x).reshape(planes, g.H, g.W),
-            y.reshape(planes, g.OH, g.OW),
-            indices.reshape(planes, g.OH, g.OW),
-            g.KH, g.KW, g.stride_h, g.stride_w, g.pad_h, g.pad_w,
-            y.nbytes + indices.nbytes >= STREAMING_MIN_BYTES, threads_for(y.size * g.KH * g.KW),
-        )
+        threads = threads_for(y.size * g.KH * g.KW)
+        cells = _kernels.phase_cells(g.OW, g.KH, g.KW, g.stride_w)
+        if cells * x.itemsize > PHASE_ROWS_MAX_BYTES:
+            cells = 1  # too small: the kernel scans each window instead
+        with workspace("max_pool2d_phases", (threads, cells), x.dtype) as work:
+            _kernels.max_pool2d_forward(
+                np.ascontiguousarray(x).reshape(planes, g.H, g.W),
+                y.reshape(planes, g.OH, g.OW),
+                indices.reshape(planes, g.OH, g.OW),
+                g.KH, g.KW, g.stride_h, g.stride_w, g.pad_h, g.pad_w,
+                y.nbytes + indices.nbytes >= STREAMING_MIN_BYTES, work, threads,
+            )
     return y, indices
 
 
