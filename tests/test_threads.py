@@ -201,7 +201,8 @@ def _team_sizes(monkeypatch):
     class Spy:
         def __getattr__(self, name):
             def call(*args):
-                sizes.append(args[-1])
+                if name.startswith("max_pool2d_"):
+                    sizes.append(args[-1])
                 return getattr(real, name)(*args)
             return call
 
@@ -221,10 +222,12 @@ sizes, real = [], part._kernels
 class Spy:  # records the thread count each compiled max-pool call gets
     def __getattr__(self, name):
         def call(*args):
-            sizes.append(args[-1])
+            if name.startswith("max_pool2d_"):
+                sizes.append(args[-1])
             return getattr(real, name)(*args)
         return call
 part._kernels = Spy()
+fl._dispatch.free_cpus = lambda: 1 << 10  # what other processes keep busy is not this test's matter
 x = np.ones((4, 4, 16, 16), np.float32)
 default = fl.get_num_threads()
 fl.max_pool2d(x, 2, return_indices=True, backend="cpu")

@@ -6,7 +6,8 @@ geometry, kernels per backend) are in ``fastlayers.ops``; the design in docs/des
 """
 from . import backends, ops  # noqa: F401
 from .backends import cpu as _cpu_backend  # noqa: F401  (loads the compiled kernels: a broken install warns now)
-from ._dispatch import available_backends, get_num_threads, set_backend, set_num_threads, threads, use_backend
+from ._dispatch import (available_backends, autotuned, clear_autotuned, get_num_threads, set_autotune, set_backend,
+                        set_num_threads, threads, use_backend)
 from .functional import (
     batch_norm,
     batch_norm_backward,
@@ -49,10 +50,12 @@ def release_workspaces():
 
 __all__ = [
     "augment",
+    "autotuned",
     "available_backends",
     "backends",
     "batch_norm",
     "batch_norm_backward",
+    "clear_autotuned",
     "conv2d",
     "conv2d_backward",
     "filters",
@@ -83,6 +86,7 @@ __all__ = [
     "rnn_backward",
     "rnn_step",
     "rnn_step_backward",
+    "set_autotune",
     "set_backend",
     "set_num_threads",
     "threads",

@@ -19,6 +19,7 @@ import contextlib
 import contextvars
 import operator
 import os
+import time
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -170,6 +171,66 @@ def select_kernel(spec, problem, backend, algo="auto"):
         reasons = "; ".join(_declines(k, problem) for k in kernels)
         raise NotImplementedError(f"backend {name!r} cannot run this {spec.name}: {reasons}")
     return spec.choose(name, problem, candidates)
+
+
+# ---------------------------------------------------------------------------- autotuning
+
+_autotune = False
+_tuned: dict[tuple, str] = {}  # (op, direction, backend, geometry, dtype, threads) -> algo
+TUNING_RUNS = 2  # timed runs of each kernel after its warm-up run; the fastest run counts
+
+
+def set_autotune(enabled: bool) -> None:
+    """Choose ``algo="auto"``'s kernel by timing (``True``) or by the backend's rules (``False``,
+    the default), as cuDNN's benchmark mode does.
+
+    With it on, the first call of each problem (op, direction, sizes and parameters, dtype,
+    thread count) that several kernels accept runs each of them on the call's own arrays, once
+    to warm up and ``TUNING_RUNS`` times timed, and keeps the fastest for every later call of
+    that problem (``autotuned()`` lists the choices). Only kernels that write into host buffers
+    (the cpu backend's) are timed. With it off, auto's choice depends on the problem alone and
+    results are reproducible bit for bit; with it on, timing noise can make two processes choose
+    differently, and algorithms differ in the last bits of their results."""
+    global _autotune
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be True or False, got {enabled!r}")
+    _autotune = enabled
+
+
+def autotuned() -> dict[tuple, str]:
+    """The choices autotuning has made: (op, direction, backend, geometry, dtype, threads) -> algo."""
+    return dict(_tuned)
+
+
+def clear_autotuned() -> None:
+    """Forget the choices autotuning has made (they are timed again on the next calls)."""
+    _tuned.clear()
+
+
+def autotuned_kernel(spec, problem, kernel, call):
+    """The kernel ``algo="auto"`` runs: ``kernel`` (the backend's rules), unless autotuning is on,
+    ``kernel`` writes into host buffers and several kernels accept ``problem``: then the fastest
+    of them, timed with ``call(kernel)`` (which runs it on the call's arrays and outputs)."""
+    if not _autotune or kernel.allocates:
+        return kernel
+    dtype = next((a.dtype for a in problem.arrays.values() if hasattr(a, "dtype")), None)
+    key = (spec.name, problem.direction, kernel.backend, problem.geometry, str(dtype), get_num_threads())
+    algo = _tuned.get(key)
+    if algo is None:
+        candidates = [k for k in _accepting(spec, kernel.backend, problem) if not k.allocates and _loads(k)]
+        if len(candidates) < 2:
+            return kernel
+        seconds = {}
+        for candidate in candidates:
+            call(candidate)  # warm-up: page faults, caches, packed operands
+            runs = []
+            for _ in range(TUNING_RUNS):
+                start = time.perf_counter()
+                call(candidate)
+                runs.append(time.perf_counter() - start)
+            seconds[candidate.algo] = min(runs)
+        algo = _tuned[key] = min(seconds, key=seconds.get)
+    return next(k for k in spec.kernels_on(kernel.backend) if k.algo == algo)
 
 
 # ---------------------------------------------------------------------------- threads

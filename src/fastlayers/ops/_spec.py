@@ -115,7 +115,7 @@ def check_outs(problem, out, single):
 
 def run(spec, problem, backend, algo, out, single_out=True):
     """Run ``problem`` of ``spec`` on the kernel the dispatch picks; return what the function returns."""
-    from .._dispatch import select_kernel
+    from .._dispatch import autotuned_kernel, select_kernel
 
     outs = check_outs(problem, out, single_out)
     kernel = select_kernel(spec, problem, backend, algo)
@@ -124,8 +124,13 @@ def run(spec, problem, backend, algo, out, single_out=True):
         specs = problem.kernel_outputs or problem.outputs
         kernel_outs = tuple(np.empty(shape, dtype) if o is None else o
                             for o, (_, shape, dtype) in zip(kernel_outs, specs))
-    results = kernel.load(problem.direction)(*problem.arrays.values(), problem.geometry, kernel_outs)
-    return problem.finish(tuple(results), outs)
+
+    def call(k):
+        return k.load(problem.direction)(*problem.arrays.values(), problem.geometry, kernel_outs)
+
+    if algo == "auto":
+        kernel = autotuned_kernel(spec, problem, kernel, call)
+    return problem.finish(tuple(call(kernel)), outs)
 
 
 def first_result(results, outs):
