@@ -4,6 +4,7 @@
     python bench/bench_conv2d.py --gemm      # im2col forward vs one bare BLAS GEMM of its size; 1 vs n threads
     python bench/bench_conv2d.py --tiles     # im2col column tile size sweep per case
     python bench/bench_conv2d.py --small     # im2col vs direct on tiny convolutions (min of 50 calls)
+    python bench/bench_conv2d.py --networks  # real-network layers: every algo, auto, autotuned, PyTorch
 
 The table is ``python -m fastlayers bench --ops conv2d --backends numpy,cpu,torch --wide``: every
 algorithm (``cpu:im2col``, ``cpu:direct``, ``cpu:auto``) as a column, PyTorch in its own process,
@@ -102,6 +103,89 @@ def small_table(threads):
         print(f"| {x_shape} | {(F_, x_shape[1], k, k)} | {params} | {flops} | " + " | ".join(cells) + " |", flush=True)
 
 
+# Layers of real networks, outside the benchmark table: (name, x shape, F, kernel, stride,
+# padding, dilation, groups).
+NETWORK_LAYERS = (
+    ("ResNet-18 stem, batch 1", (1, 3, 224, 224), 64, 7, 2, 3, 1, 1),
+    ("ResNet-18 3x3 64, batch 1", (1, 64, 56, 56), 64, 3, 1, 1, 1, 1),
+    ("ResNet-18 3x3 512 7x7, batch 1", (1, 512, 7, 7), 512, 3, 1, 1, 1, 1),
+    ("ResNet-50 1x1 256->64, batch 8", (8, 256, 56, 56), 64, 1, 1, 0, 1, 1),
+    ("VGG conv1_2, batch 2", (2, 64, 224, 224), 64, 3, 1, 1, 1, 1),
+    ("VGG-small stage 3, batch 32", (32, 64, 8, 8), 128, 3, 1, 1, 1, 1),
+    ("MobileNet depthwise 32 112x112, batch 8", (8, 32, 112, 112), 32, 3, 1, 1, 1, 32),
+    ("MobileNet depthwise 512 14x14, batch 8", (8, 512, 14, 14), 512, 3, 1, 1, 1, 512),
+    ("3x3 dilation 2, 256 channels, batch 4", (4, 256, 28, 28), 256, 3, 1, 2, 2, 1),
+)
+
+
+def network_table(threads, repeat):
+    """Every algorithm, auto and autotuned (``fl.set_autotune``) on NETWORK_LAYERS, forward and
+    forward+backward, fastest of ``repeat`` calls (ms), and auto's and autotuning's time over the
+    fastest algorithm's; PyTorch's where it is installed."""
+    try:
+        import torch
+        torch.set_num_threads(threads)
+    except ImportError:
+        torch = None
+    algos = ("im2col", "direct", "winograd", "depthwise")
+    print(f"conv2d on real-network layers, float32, {threads} thread(s), fastest of {repeat} calls, ms "
+          "(forward | forward+backward)")
+    print("| layer | " + " | ".join(algos) + " | auto | autotuned | auto / best | autotuned / best | PyTorch |")
+    print("|---|" + "---|" * (len(algos) + 5))
+    rng = np.random.default_rng(0)
+    for name, shape, F, k, stride, padding, dilation, groups in NETWORK_LAYERS:
+        x = rng.standard_normal(shape, dtype=np.float32)
+        w = rng.standard_normal((F, shape[1] // groups, k, k), dtype=np.float32) / np.float32(np.sqrt(shape[1] // groups * k * k))
+        params = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+        dy = np.ones(fl.conv2d(x, w, **params).shape, np.float32)
+
+        def step(algo):
+            fl.conv2d(x, w, **params, algo=algo)
+            return fl.conv2d_backward(dy, x, w, **params, algo=algo)
+
+        def forward(algo):
+            return fl.conv2d(x, w, **params, algo=algo)
+
+        times = {}
+        with fl.threads(threads):
+            for algo in algos + ("auto",):
+                try:
+                    times[algo] = [median_ms(lambda: f(algo), repeat, stat=min) for f in (forward, step)]
+                except NotImplementedError:  # declined (forward-only winograd, depthwise's groups)
+                    try:
+                        times[algo] = [median_ms(lambda: forward(algo), repeat, stat=min), None]
+                    except NotImplementedError:
+                        times[algo] = [None, None]
+            fl.set_autotune(True)
+            try:
+                step("auto")  # the first calls choose
+                times["autotuned"] = [median_ms(lambda: f("auto"), repeat, stat=min) for f in (forward, step)]
+            finally:
+                fl.set_autotune(False)
+                fl.clear_autotuned()
+        best = [min(t[i] for a, t in times.items() if a in algos and t[i] is not None) for i in (0, 1)]
+        if torch is not None:
+            tx, tw, tdy = (torch.from_numpy(a) for a in (x, w, dy))
+            txg = tx.clone().requires_grad_(True)
+            twg = tw.clone().requires_grad_(True)
+
+            def torch_step():
+                torch.nn.functional.conv2d(txg, twg, None, **params).backward(tdy)
+
+            with torch.no_grad():
+                t_fwd = median_ms(lambda: torch.nn.functional.conv2d(tx, tw, None, **params), repeat, stat=min)
+            torch_cell = f"{t_fwd:.3f} / {median_ms(torch_step, repeat, stat=min):.3f}"
+        else:
+            torch_cell = "-"
+
+        def cell(t):
+            return " / ".join("-" if v is None else f"{v:.3f}" for v in t)
+
+        ratios = [" / ".join(f"{times[a][i] / best[i]:.2f}" for i in (0, 1)) for a in ("auto", "autotuned")]
+        print(f"| {name} | " + " | ".join(cell(times[a]) for a in algos) + f" | {cell(times['auto'])} | "
+              f"{cell(times['autotuned'])} | {ratios[0]} | {ratios[1]} | {torch_cell} |", flush=True)
+
+
 def tile_sweep(names, threads, repeat):
     conv2d = importlib.import_module("fastlayers.backends.cpu.conv2d")
     sizes = [1 << e for e in range(16, 24)]
@@ -130,13 +214,17 @@ def main(argv=None):
     experiment.add_argument("--gemm", action="store_true", help="im2col forward vs a bare BLAS GEMM; thread scaling")
     experiment.add_argument("--tiles", action="store_true", help="im2col column tile size sweep")
     experiment.add_argument("--small", action="store_true", help="im2col vs direct on tiny convolutions")
-    args, names, rest = _op_view.parse(parser, argv, "conv2d", CONV_CASES, ("gemm", "tiles", "small"))
+    experiment.add_argument("--networks", action="store_true",
+                            help="real-network layers: every algo, auto, autotuned, PyTorch")
+    args, names, rest = _op_view.parse(parser, argv, "conv2d", CONV_CASES, ("gemm", "tiles", "small", "networks"))
     if args.gemm:
         gemm_and_scaling(names, args.threads, args.repeat)
     elif args.tiles:
         tile_sweep(names, args.threads, args.repeat)
     elif args.small:
         small_table(args.threads)
+    elif args.networks:
+        network_table(args.threads, args.repeat)
     else:
         return _op_view.table("conv2d", names, args.threads, args.repeat, rest)
     return 0
