@@ -12,7 +12,7 @@ class Case:
     name: str
     op: str  # "conv2d", "max_pool2d", "rnn", "lstm" or "gru"
     shape: tuple  # conv2d/max_pool2d: (N, C, H, W); rnn, lstm, gru: (T, N, D, H)
-    params: dict = field(default_factory=dict)  # conv2d: F, kernel_size, stride, padding; pool: kernel_size, stride
+    params: dict = field(default_factory=dict)  # conv2d: F, kernel_size, stride, padding; pool: kernel_size, stride, padding
     # Cases of one sweep vary only shape[0] (N for conv2d, T for rnn): plots draw them as a line.
     sweep: str = ""
 
@@ -26,6 +26,8 @@ CASES = (
     Case("down-1x1", "conv2d", (16, 64, 56, 56), dict(F=128, kernel_size=1, stride=2, padding=0)),
     Case("pool-112", "max_pool2d", (32, 64, 112, 112), dict(kernel_size=2, stride=2)),
     Case("pool-56", "max_pool2d", (32, 128, 56, 56), dict(kernel_size=2, stride=2)),
+    # ResNet's stem pool: overlapping 3x3 windows, stride 2, padded
+    Case("pool-stem", "max_pool2d", (32, 64, 112, 112), dict(kernel_size=3, stride=2, padding=1)),
     Case("rnn-small", "rnn", (50, 32, 128, 256), sweep="rnn-small length"),
     Case("rnn-large", "rnn", (100, 64, 256, 512)),
     Case("lstm-small", "lstm", (50, 32, 128, 256)),

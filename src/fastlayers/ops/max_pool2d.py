@@ -125,8 +125,8 @@ KERNELS = (
 
 
 class MaxPool2dWorkload(Workload):
-    """max_pool2d: case shape (N, C, H, W); params kernel_size, stride. The forward returns the
-    indices on both sides (training needs them for the backward)."""
+    """max_pool2d: case shape (N, C, H, W); params kernel_size, stride, padding. The forward
+    returns the indices on both sides (training needs them for the backward)."""
 
     required = ("kernel_size",)
     gpu_target = ("bandwidth", 0.7)
@@ -135,11 +135,12 @@ class MaxPool2dWorkload(Workload):
     def options(case, direction):
         if direction == "backward":
             return {}
-        return dict(stride=case.params.get("stride"), return_indices=True)
+        return dict(stride=case.params.get("stride"), padding=case.params.get("padding", 0), return_indices=True)
 
     @staticmethod
     def geometry(case):
-        return pool2d_geometry(case.shape, case.params["kernel_size"], case.params.get("stride"))
+        return pool2d_geometry(case.shape, case.params["kernel_size"], case.params.get("stride"),
+                               case.params.get("padding", 0))
 
     def inputs(self, case, direction, dtype, seed):
         from .. import reference  # it validates through this module's spec
@@ -149,7 +150,7 @@ class MaxPool2dWorkload(Workload):
         if direction == "forward":
             return dict(input=x)
         _, indices = reference.max_pool2d(x, case.params["kernel_size"], case.params.get("stride"),
-                                          return_indices=True)
+                                          case.params.get("padding", 0), return_indices=True)
         return dict(grad_output=draw(indices.shape), indices=indices, input_shape=x.shape)
 
     @staticmethod
@@ -169,13 +170,14 @@ class MaxPool2dWorkload(Workload):
 
     def torch_call(self, torch, case, direction, inputs, seed, device="cpu"):
         nnf, k, stride = torch.nn.functional, case.params["kernel_size"], case.params.get("stride")
+        padding = case.params.get("padding", 0)
         if direction == "forward":
             x = torch.from_numpy(inputs["input"]).to(device)
-            return torch_no_grad(torch, lambda: nnf.max_pool2d(x, k, stride, return_indices=True))
+            return torch_no_grad(torch, lambda: nnf.max_pool2d(x, k, stride, padding, return_indices=True))
         # The same x the indices were taken from: the forward's inputs under the same seed.
         dy = torch.from_numpy(inputs["grad_output"]).to(device)
         x = torch.from_numpy(self.inputs(case, "forward", inputs["grad_output"].dtype, seed)["input"]).to(device).requires_grad_()
-        y = nnf.max_pool2d(x, k, stride)
+        y = nnf.max_pool2d(x, k, stride, padding)
         return lambda: torch.autograd.grad(y, (x,), dy, retain_graph=True)
 
 
