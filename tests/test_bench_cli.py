@@ -61,8 +61,9 @@ def test_table_has_the_columns_and_a_row_per_measurement(tiny_run):
     assert "GEMM" in tiny_run["stdout"] and "machine:" in tiny_run["stdout"]
     assert re.search(r"^\[1/\d+\] tiny-conv forward numpy \(\d+ left\)$", tiny_run["stderr"], re.M)
     assert re.search(r"^\[2/\d+\] .* \(\d+ left, about \d+ s left\)$", tiny_run["stderr"], re.M)
-    total = len(report["results"]) + len(report["skipped"]) - sum(s["backend"].startswith("cuda") for s in report["skipped"])
-    assert f"[{total}/{total}]" in tiny_run["stderr"]  # the last measurement, PyTorch's included
+    total = int(re.search(r"fastlayers bench: (\d+) measurements", tiny_run["stderr"]).group(1))
+    assert total == len(report["results"])  # every measurement planned ran, the other processes' included
+    assert f"[{total}/{total}]" in tiny_run["stderr"]  # the last one, PyTorch's or an inference engine's
 
 
 def test_json_accounts_for_every_planned_measurement(tiny_run):
@@ -73,7 +74,7 @@ def test_json_accounts_for_every_planned_measurement(tiny_run):
     measured = {(r["case"], r["direction"], r["backend"]) for r in report["results"]}
     skipped = {(s["case"], s["direction"], s["backend"]) for s in report["skipped"]}
     assert not measured & skipped
-    families = fl.available_backends()
+    families = runner.available_families()  # {family: (available, reason, ops or None)}
     for case in ("tiny-conv", "tiny-pool", "tiny-rnn"):
         op = case.split("-")[1].replace("pool", "max_pool2d").replace("conv", "conv2d")
         for direction in workloads.DIRECTIONS:
@@ -81,7 +82,8 @@ def test_json_accounts_for_every_planned_measurement(tiny_run):
                 key = (case, direction, label)
                 assert key in measured | skipped, f"{key} neither measured nor skipped"
                 fam = runner.family(label)
-                if fam != "torch" and workloads.op_name(op, direction) in families[fam]["ops"]:
+                available, _, ops = families[fam]
+                if available and (ops is None or workloads.op_name(op, direction) in ops):
                     assert key in measured, f"{key} is available here but was not measured"
             assert (case, direction, "numpy") in measured
             assert ((case, direction, "torch") in measured) == HAS_TORCH
@@ -153,13 +155,13 @@ def test_torch_worker_timed_the_engines_inputs(tiny_run):
 
 
 def test_a_torch_timing_on_other_inputs_is_refused(monkeypatch):
-    def worker_with_other_inputs(job, threads, progress):
+    def worker_with_other_inputs(module, job, threads, progress):
         results = [dict(times_s=[1e-3], inputs_sha256="0" * 64) for _ in job["items"]]
         return dict(torch_version="x", threads=threads, device="cpu", allocator={}, results=results), None
 
     found = dict(runner.available_families(), torch=(True, "a stand-in worker", None))  # installed or not
     monkeypatch.setattr(runner, "available_families", lambda: found)
-    monkeypatch.setattr(runner, "_run_torch", worker_with_other_inputs)
+    monkeypatch.setattr(runner, "_run_worker", worker_with_other_inputs)
     report = runner.run([_tiny_case("rnn")], families=("numpy", "torch"), threads=1, repeat=1, budget_s=0.01,
                         progress=io.StringIO())
     assert {r["backend"] for r in report["results"]} == {"numpy"}
@@ -388,3 +390,21 @@ def test_torch_call_computes_what_fastlayers_computes(op, direction):
     for g, w in zip(got, want):
         # float64 on both sides; the orders of summation differ only.
         np.testing.assert_allclose(g.reshape(w.shape), w, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("case", ["tiny-conv", "tiny-pool"])
+def test_inference_engines_time_the_same_forward(engine, case):
+    """The one-node ONNX model an engine times computes what fastlayers' forward computes."""
+    pytest.importorskip("onnx")
+    pytest.importorskip(engine)
+    from fastlayers.benchmark.onnx_worker import engine_call
+
+    case = TINY_CASES[case]
+    inputs = workloads.make_inputs(case, "forward", np.float32, seed=0)
+    fn, version = engine_call(engine, case, inputs, threads=1)
+    got = np.asarray(list(fn().values())[0] if engine == "openvino" else fn()[0])
+    ours = runner.fastlayers_call(case, "forward", "cpu", inputs)[0]()
+    want = ours[0] if isinstance(ours, tuple) else ours  # the pool's maxima (its indices aside)
+    assert version
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -45,6 +45,8 @@ def _legend(report):
         f"machine: {machine_line(report['machine'])}",
         *([f"PyTorch {torch['version']} on {torch['device']}, {torch['threads']} threads, in its own process"]
           if torch else []),
+        *(f"{engine} {info['version']}, {info['threads']} threads, float32, in its own process: forwards as "
+          f"one-node ONNX models" for engine, info in settings.get("engines", {}).items()),
         f"roofs measured in this run: GEMM {roofs['gemm_gflops']:.1f} GFLOP/s (NumPy BLAS, {M}x{K} @ {K}x{N}), "
         f"copy {roofs['copy_gbs']:.1f} GB/s; % roof = rate / roof",
         allocator_line(settings["allocator"]),

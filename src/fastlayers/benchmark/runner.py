@@ -2,7 +2,9 @@
 report (a JSON-ready dict).
 
 Backend labels: ``family[:algo][+out]``. The family is ``numpy`` (the reference), ``cpu``,
-``cuda`` or ``torch`` (PyTorch, timed in its own process by :mod:`.torch_worker`); ``:algo``
+``cuda``, ``torch`` (PyTorch, timed in its own process by :mod:`.torch_worker`), or an inference
+engine, ``onnxruntime`` or ``openvino`` (the forward as a one-node ONNX model, timed in its own
+process by :mod:`.onnx_worker`: these are the peers ``PEERS`` run outside); ``:algo``
 names an op's algorithm (conv2d's ``algo=``); ``+out`` marks fastlayers writing into
 preallocated ``out=`` buffers. Every other row allocates its outputs on every call, as PyTorch
 does, so rows without ``+out`` compare like with like, and ratios are taken against those only.
@@ -29,7 +31,10 @@ from .timing import GEMM_SHAPE, copy_roof, gemm_roof, machine_info, spread, stea
 from .workloads import DIRECTIONS, OPS, call_args, make_inputs, op_name, work, workload
 
 SCHEMA = "fastlayers-bench/2"
-FAMILIES = ("numpy", "cpu", "cuda", "torch")
+FAMILIES = ("numpy", "cpu", "cuda", "torch", "onnxruntime", "openvino")
+# Families timed in a worker process of their own: family -> the worker's module.
+PEERS = {"torch": "fastlayers.benchmark.torch_worker", "onnxruntime": "fastlayers.benchmark.onnx_worker",
+         "openvino": "fastlayers.benchmark.onnx_worker"}
 OUT = "+out"
 # Families whose kernels take out= buffers (the reference would only add a copy; PyTorch's
 # functional ops have no out=).
@@ -81,6 +86,11 @@ def available_families():
         found["torch"] = (True, "PyTorch, in a separate process", None)
     else:
         found["torch"] = (False, "PyTorch is not installed (pip install fastlayers[torch])", None)
+    inference = {op for op in OPS if workload(op).onnx_forward}  # the forwards, by op name
+    for engine, package in (("onnxruntime", "onnxruntime"), ("openvino", "openvino")):
+        missing = [p for p in ("onnx", package) if importlib.util.find_spec(p) is None]
+        found[engine] = ((False, f"{' and '.join(missing)} not installed (pip install fastlayers[bench])", None)
+                         if missing else (True, f"{engine}, in a separate process (forwards only)", inference))
     return found
 
 
@@ -94,7 +104,7 @@ def plan(cases, directions, families, found, out_rows=True):
             for label in labels_for(families, case.op, out_rows):
                 available, reason, ops = found[family(label)]
                 if available and ops is not None and op not in ops:
-                    available, reason = False, f"the {family(label)} backend has no {op} yet"
+                    available, reason = False, f"the {family(label)} backend has no {op}"
                 if available:
                     items.append((case, direction, label))
                 else:
@@ -177,8 +187,7 @@ def run(cases, directions=DIRECTIONS, families=FAMILIES, dtype="float32", thread
     print(f"fastlayers bench: {len(items)} measurements, {threads} threads, {dtype}; measuring roofs",
           file=progress, flush=True)
     roofs_before = gemm_roof(dtype, threads), copy_roof(threads)
-    ours = [item for item in items if family(item[2]) != "torch"]
-    torch_items = [item for item in items if family(item[2]) == "torch"]
+    ours = [item for item in items if family(item[2]) not in PEERS]
     timings, digests = {}, {}
     bar = Progress(len(items), progress)
     with _dispatch.threads(threads), threadpool_limits(limits=threads, user_api="blas"):
@@ -192,28 +201,33 @@ def run(cases, directions=DIRECTIONS, families=FAMILIES, dtype="float32", thread
             # on a 2-core machine that takes a core from the next backend's threads.
             time.sleep(SETTLE_S)
             timings[case.name, direction, label] = time_call(fn, repeat, budget_s, sync, clock)
-    torch_info = None
-    if torch_items:
-        job = dict(threads=threads, dtype=dtype, repeat=repeat, budget_s=budget_s, seed=seed, device=torch_device,
-                   progress=dict(total=bar.total, done=bar.done, elapsed_s=bar.elapsed_s()),
-                   items=[dict(case=asdict(case), direction=direction) for case, direction, _ in torch_items])
-        reply, failure = _run_torch(job, threads, progress)
+    peers = {}
+    ours_digest = {(c, d): digest for (c, d, _), digest in digests.items()}
+    for peer in dict.fromkeys(family(label) for _, _, label in items if family(label) in PEERS):
+        peer_items = [item for item in items if family(item[2]) == peer]
+        job = dict(engine=peer, threads=threads, dtype=dtype, repeat=repeat, budget_s=budget_s, seed=seed,
+                   device=torch_device, progress=dict(total=bar.total, done=bar.done, elapsed_s=bar.elapsed_s()),
+                   items=[dict(case=asdict(case), direction=direction) for case, direction, _ in peer_items])
+        reply, failure = _run_worker(PEERS[peer], job, threads, progress)
+        bar.done += len(peer_items)
         if reply is None:
-            skips += [dict(case=c.name, direction=d, backend=label, reason=failure) for c, d, label in torch_items]
-        else:
-            torch_info = dict(version=reply["torch_version"], threads=reply["threads"], device=reply["device"],
-                              allocator=reply["allocator"])
-            ours_digest = {(c, d): digest for (c, d, _), digest in digests.items()}
-            for (case, direction, label), result in zip(torch_items, reply["results"]):
-                expected = ours_digest.get((case.name, direction))
-                if expected is None:
-                    expected = inputs_digest(make_inputs(case, direction, dtype, seed))
-                if result["inputs_sha256"] != expected:
-                    skips.append(dict(case=case.name, direction=direction, backend=label,
-                                      reason="PyTorch's worker built other inputs than the engine's (their digests differ)"))
-                    continue
-                timings[case.name, direction, label] = result["times_s"]
-                digests[case.name, direction, label] = result["inputs_sha256"]
+            skips += [dict(case=c.name, direction=d, backend=label, reason=failure) for c, d, label in peer_items]
+            continue
+        peers[peer] = {k: v for k, v in reply.items() if k != "results"}
+        for (case, direction, label), result in zip(peer_items, reply["results"]):
+            expected = ours_digest.get((case.name, direction))
+            if expected is None:
+                expected = ours_digest[case.name, direction] = inputs_digest(make_inputs(case, direction, dtype, seed))
+            if result["inputs_sha256"] != expected:
+                skips.append(dict(case=case.name, direction=direction, backend=label,
+                                  reason=f"the {peer} worker built other inputs than the engine's (their digests differ)"))
+                continue
+            timings[case.name, direction, label] = result["times_s"]
+            digests[case.name, direction, label] = result["inputs_sha256"]
+    torch_info = peers.pop("torch", None)
+    if torch_info is not None:
+        torch_info = dict(version=torch_info["torch_version"], threads=torch_info["threads"],
+                          device=torch_info["device"], allocator=torch_info["allocator"])
     # The roofs are measured before and after the timings and the better kept: a roof taken while
     # another process had the CPUs would make every % of roof look too good.
     roofs_after = gemm_roof(dtype, threads), copy_roof(threads)
@@ -228,20 +242,21 @@ def run(cases, directions=DIRECTIONS, families=FAMILIES, dtype="float32", thread
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         machine=machine,
         settings=dict(threads=threads, dtype=dtype, repeat=repeat, budget_s=budget_s, seed=seed,
-                      allocator=allocator, torch=torch_info),
+                      allocator=allocator, torch=torch_info, engines=peers),
         roofs=roofs,
         results=results,
         skipped=skips,
     )
 
 
-def _run_torch(job, threads, progress):
-    """The reply of a PyTorch worker process to ``job``, or ``(None, reason)`` if it failed; its
-    stderr (progress, errors) is relayed to ``progress`` line by line as it comes."""
+def _run_worker(module, job, threads, progress):
+    """The reply of a worker process (``python -m module``: PyTorch's, the inference engines') to
+    ``job``, or ``(None, reason)`` if it failed; its stderr (progress, errors) is relayed to
+    ``progress`` line by line as it comes."""
     src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                PYTHONPATH=os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p))
-    proc = subprocess.Popen([sys.executable, "-m", "fastlayers.benchmark.torch_worker"], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", module], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
     def relay():
@@ -257,7 +272,7 @@ def _run_torch(job, threads, progress):
     proc.wait()
     relaying.join()
     if proc.returncode != 0:
-        return None, f"the PyTorch worker failed with exit code {proc.returncode} (its error is printed above)"
+        return None, f"the {job['engine']} worker failed with exit code {proc.returncode} (its error is printed above)"
     return json.loads(reply), None
 
 

@@ -3,9 +3,11 @@
 A workload gives, for a case of the table (:mod:`fastlayers.cases`) and a direction: the inputs
 (NumPy arrays, the functional API's positional arguments in order), the keyword options of the
 call, the output buffers an ``out=`` call writes into, the work (FLOPs or bytes) and the PyTorch
-call that computes the same thing from the same inputs. Each op's workload class stands in its
-spec's module (``ops/<family>.py``); :mod:`fastlayers.benchmark.workloads` only iterates over the
-specs. PyTorch is an argument of ``torch_call``, never imported here.
+call that computes the same thing from the same inputs, and, for the ops an inference engine
+runs, the forward as a one-node ONNX model (``onnx_model``: ONNX Runtime's and OpenVINO's rows).
+Each op's workload class stands in its spec's module (``ops/<family>.py``);
+:mod:`fastlayers.benchmark.workloads` only iterates over the specs. PyTorch and ``onnx`` are
+arguments of ``torch_call`` and ``onnx_model``, never imported here.
 """
 from __future__ import annotations
 
@@ -49,3 +51,25 @@ class Workload:
     @staticmethod
     def options(case, direction):
         return {}
+
+    # Whether ``onnx_model`` builds the forward (the inference engines run no backward).
+    onnx_forward = False
+
+    def onnx_model(self, onnx, case, inputs):
+        """The forward of ``case`` on ``inputs`` as a one-node ONNX model (its weights constant
+        initializers, as an exported network's are) and the feed {input name: array}."""
+        raise NotImplementedError(f"no ONNX model for {type(self).__name__}")
+
+
+def onnx_graph(onnx, case, node, feed, outputs, constants):
+    """A one-node ONNX model (opset 17): ``feed`` {name: array} its inputs, ``outputs`` [(name,
+    array dtype, shape)], ``constants`` {name: array} initializers."""
+    helper, numpy_helper = onnx.helper, onnx.numpy_helper
+
+    def info(name, dtype, shape):
+        return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), list(shape))
+
+    graph = helper.make_graph([node], case.name, [info(n, a.dtype, a.shape) for n, a in feed.items()],
+                              [info(*o) for o in outputs],
+                              initializer=[numpy_helper.from_array(a, n) for n, a in constants.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

@@ -7,7 +7,7 @@ import numpy as np
 
 from ._checks import MAX_ELEMENTS, check_array, check_choice, check_int, check_shape, is_gpu, pair
 from ._spec import ImageBatch, Kernel, OpSpec, Problem, batch_hooks, lead_one
-from ._workload import Workload, normal, torch_no_grad
+from ._workload import Workload, normal, onnx_graph, torch_no_grad
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 _NUMPY_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
@@ -255,6 +255,20 @@ class Conv2dWorkload(Workload):
         b = torch.zeros(w.shape[0], dtype=w.dtype, device=device, requires_grad=True)
         y = nnf.conv2d(x, w, b, **kw)
         return lambda: torch.autograd.grad(y, (x, w, b), t["grad_output"], retain_graph=True)
+
+
+    onnx_forward = True
+
+    def onnx_model(self, onnx, case, inputs):
+        g = self.geometry(case)
+        node = onnx.helper.make_node(
+            "Conv", ["input", "weight", "bias"], ["output"], kernel_shape=[g.KH, g.KW],
+            strides=[g.stride_h, g.stride_w], pads=[g.pad_top, g.pad_left, g.pad_bottom, g.pad_right],
+            dilations=[g.dilation_h, g.dilation_w], group=g.groups)
+        feed = {"input": inputs["input"]}
+        model = onnx_graph(onnx, case, node, feed, [("output", inputs["input"].dtype, g.y_shape)],
+                           {"weight": inputs["weight"], "bias": inputs["bias"]})
+        return model, feed
 
 
 class Conv2dSpec(OpSpec):

@@ -8,7 +8,7 @@ import numpy as np
 
 from ._checks import MAX_ELEMENTS, array_dtype, check_array, check_bool, check_int, check_shape, pair
 from ._spec import ImageBatch, Kernel, OpSpec, Problem, batch_hooks, lead_one
-from ._workload import Workload, normal, torch_no_grad
+from ._workload import Workload, normal, onnx_graph, torch_no_grad
 
 INDEX_DTYPE = np.dtype(np.int64)
 
@@ -179,6 +179,18 @@ class MaxPool2dWorkload(Workload):
         x = torch.from_numpy(self.inputs(case, "forward", inputs["grad_output"].dtype, seed)["input"]).to(device).requires_grad_()
         y = nnf.max_pool2d(x, k, stride, padding)
         return lambda: torch.autograd.grad(y, (x,), dy, retain_graph=True)
+
+
+    onnx_forward = True
+
+    def onnx_model(self, onnx, case, inputs):
+        """The inference engines' pool: the maxima only (with ONNX's optional indices output,
+        OpenVINO ran pool-stem 8x slower than without)."""
+        g = self.geometry(case)
+        node = onnx.helper.make_node("MaxPool", ["input"], ["output"], kernel_shape=[g.KH, g.KW],
+                                     strides=[g.stride_h, g.stride_w], pads=[g.pad_h, g.pad_w, g.pad_h, g.pad_w])
+        feed = {"input": inputs["input"]}
+        return onnx_graph(onnx, case, node, feed, [("output", inputs["input"].dtype, g.y_shape)], {}), feed
 
 
 class MaxPool2dSpec(OpSpec):
