@@ -86,7 +86,9 @@ def _openblas_link_args():
 # Flags of single modules: the recurrent kernels' vectorised tanh (kernels/cpu/tanh_f32.h) needs
 # its clamps as selects, and relu's backward its x <= 0 test, which GCC makes only when
 # comparisons cannot trap (else a branch, mispredicted on every other element of real data).
-MODULE_FLAGS = {"rnn": ["-fno-trapping-math"], "gated_rnn": ["-fno-trapping-math"], "relu": ["-fno-trapping-math"]}
+# im2col's row copies stay loops: as memcpy/memset calls they cost more than the copy on small planes.
+MODULE_FLAGS = {"rnn": ["-fno-trapping-math"], "gated_rnn": ["-fno-trapping-math"], "relu": ["-fno-trapping-math"],
+                "im2col": ["-fno-tree-loop-distribute-patterns"]}
 
 
 def extensions():

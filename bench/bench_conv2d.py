@@ -4,6 +4,7 @@
     python bench/bench_conv2d.py --gemm      # im2col forward vs one bare BLAS GEMM of its size; 1 vs n threads
     python bench/bench_conv2d.py --tiles     # im2col column tile size sweep per case
     python bench/bench_conv2d.py --small     # im2col vs direct on tiny convolutions (min of 50 calls)
+    python bench/bench_conv2d.py --layers    # real-network layers (VGG's, ResNet's): each algorithm vs PyTorch
 
 The table is ``python -m fastlayers bench --ops conv2d --backends numpy,cpu,torch --wide``: every
 algorithm (``cpu:im2col``, ``cpu:direct``, ``cpu:auto``) as a column, PyTorch in its own process,
@@ -15,6 +16,8 @@ differs), float32.
 from __future__ import annotations
 
 import importlib
+import statistics
+import time
 
 import _op_view
 import numpy as np
@@ -102,6 +105,80 @@ def small_table(threads):
         print(f"| {x_shape} | {(F_, x_shape[1], k, k)} | {params} | {flops} | " + " | ".join(cells) + " |", flush=True)
 
 
+# Real-network layers: name, x shape, w shape (3x3, padding 1, stride 1); the VGG-style model of
+# bench/bench_training.py at batch 32 and 1 (its first layer's input needs no gradient), ResNet's.
+LAYER_SHAPES = (
+    ("vgg conv1", (32, 3, 32, 32), (32, 3, 3, 3)),
+    ("vgg conv2", (32, 32, 16, 16), (64, 32, 3, 3)),
+    ("vgg conv3", (32, 64, 8, 8), (128, 64, 3, 3)),
+    ("vgg conv1 n1", (1, 3, 32, 32), (32, 3, 3, 3)),
+    ("vgg conv2 n1", (1, 32, 16, 16), (64, 32, 3, 3)),
+    ("vgg conv3 n1", (1, 64, 8, 8), (128, 64, 3, 3)),
+    ("resnet-14", (8, 256, 14, 14), (256, 256, 3, 3)),
+    ("resnet-18 7x7 n1", (1, 512, 7, 7), (512, 512, 3, 3)),
+)
+
+
+def _alternate(calls, rounds, per_round=3):
+    """Median ms of each call: ``rounds`` rounds, each timing every call in turn (the minimum of
+    ``per_round`` calls: a thread woken late or a neighbour's burst shows in one call, not all)."""
+    times = {name: [] for name in calls}
+    for fn in calls.values():
+        fn()
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            best = float("inf")
+            for _ in range(per_round):
+                start = time.perf_counter()
+                fn()
+                best = min(best, time.perf_counter() - start)
+            times[name].append(best)
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+
+
+def layers_table(threads, repeat):
+    """Forward (into ``out=``) and backward of each algorithm and of PyTorch (its own conv2d and
+    autograd, in this process) on ``LAYER_SHAPES``, alternating rounds, median ms. Backward
+    without dx: fastlayers' ``input_grad=False``; PyTorch's autograd asked for dw and db only."""
+    import torch
+
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    algos = ("im2col", "direct", "auto")
+    backward_algos = ("im2col", "auto")  # the direct backward's dw is a scalar loop, 10-40x slower
+    print(f"conv2d layers, float32, {threads} threads, 3x3 padding 1, median of {repeat} alternating rounds, ms")
+    print("| layer | " + " | ".join(f"fwd {a}" for a in algos) + " | fwd PyTorch | "
+          + " | ".join(f"bwd {a}" for a in backward_algos) + " | bwd auto no dx | bwd PyTorch | bwd PyTorch no dx |")
+    print("|---|" + "---|" * (len(algos) + len(backward_algos) + 4))
+    for name, x_shape, w_shape in LAYER_SHAPES:
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        w = (rng.standard_normal(w_shape) / np.sqrt(np.prod(w_shape[1:]))).astype(np.float32)
+        b = rng.standard_normal(w_shape[0]).astype(np.float32)
+        y = fl.conv2d(x, w, b, padding=1)
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        grads = (np.empty_like(x), np.empty_like(w), np.empty_like(b))
+        calls = {}
+        for a in algos:
+            calls[f"fwd {a}"] = lambda a=a: fl.conv2d(x, w, b, padding=1, algo=a, out=y)
+        tx, tw, tb, tdy = (torch.from_numpy(v) for v in (x, w, b, dy))
+
+        def torch_forward():
+            with torch.no_grad():
+                return torch.nn.functional.conv2d(tx, tw, tb, padding=1)
+
+        calls["fwd PyTorch"] = torch_forward
+        for a in backward_algos:
+            calls[f"bwd {a}"] = lambda a=a: fl.conv2d_backward(dy, x, w, padding=1, algo=a, out=grads)
+        calls["bwd auto no dx"] = lambda: fl.conv2d_backward(dy, x, w, padding=1, input_grad=False, out=(None,) + grads[1:])
+        gx, gw, gb = (t.clone().requires_grad_() for t in (tx, tw, tb))
+        ty = torch.nn.functional.conv2d(gx, gw, gb, padding=1)
+        calls["bwd PyTorch"] = lambda: torch.autograd.grad(ty, (gx, gw, gb), tdy, retain_graph=True)
+        calls["bwd PyTorch no dx"] = lambda: torch.autograd.grad(ty, (gw, gb), tdy, retain_graph=True)
+        with fl.threads(threads):
+            ms = _alternate(calls, repeat)
+        print(f"| {name} {x_shape} F={w_shape[0]} | " + " | ".join(f"{v:.3f}" for v in ms.values()) + " |", flush=True)
+
+
 def tile_sweep(names, threads, repeat):
     conv2d = importlib.import_module("fastlayers.backends.cpu.conv2d")
     sizes = [1 << e for e in range(16, 24)]
@@ -130,13 +207,16 @@ def main(argv=None):
     experiment.add_argument("--gemm", action="store_true", help="im2col forward vs a bare BLAS GEMM; thread scaling")
     experiment.add_argument("--tiles", action="store_true", help="im2col column tile size sweep")
     experiment.add_argument("--small", action="store_true", help="im2col vs direct on tiny convolutions")
-    args, names, rest = _op_view.parse(parser, argv, "conv2d", CONV_CASES, ("gemm", "tiles", "small"))
+    experiment.add_argument("--layers", action="store_true", help="real-network layers: each algorithm vs PyTorch")
+    args, names, rest = _op_view.parse(parser, argv, "conv2d", CONV_CASES, ("gemm", "tiles", "small", "layers"))
     if args.gemm:
         gemm_and_scaling(names, args.threads, args.repeat)
     elif args.tiles:
         tile_sweep(names, args.threads, args.repeat)
     elif args.small:
         small_table(args.threads)
+    elif args.layers:
+        layers_table(args.threads, args.repeat)
     else:
         return _op_view.table("conv2d", names, args.threads, args.repeat, rest)
     return 0

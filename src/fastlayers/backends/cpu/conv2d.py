@@ -67,6 +67,30 @@ def _band_rows(g, threads, itemsize):
     return max(1, min(rows, g.OH, -(-g.OH // per_plane)))
 
 
+# Images per im2col tile on small planes: a gemm over one 8x8 plane has 64 columns, too narrow for
+# OpenBLAS's kernels (137 against 165 GFLOP/s at 512 on VGG's third stage), so the columns of
+# several whole images go side by side, up to about this many (docs/performance.md).
+GEMM_COLUMNS = 512
+
+
+def _tile_images(g, rows, threads, itemsize):
+    """Images per im2col tile: one, unless a tile of ``rows`` rows is a whole plane narrower
+    than ``GEMM_COLUMNS`` columns (and not the input itself, as pointwise columns are); then as
+    many as make about that many columns, fit the column tile bytes, and leave two tiles per
+    thread."""
+    P = g.OH * g.OW
+    if rows < g.OH or P >= GEMM_COLUMNS or _is_pointwise(g):
+        return 1
+    per_thread = -(-2 * threads // g.groups)  # batches of images needed for two tiles per thread
+    fit = column_tile_bytes() // (g.K * P * itemsize)
+    return max(1, min(GEMM_COLUMNS // P, fit, g.N // per_thread))
+
+
+def _is_pointwise(g):
+    """A 1x1 kernel, stride 1, no padding: the image itself is the column matrix (im2col.pyx)."""
+    return (g.KH, g.KW, g.stride_h, g.stride_w, g.pad_top, g.pad_left, g.OH, g.OW) == (1, 1, 1, 1, 0, 0, g.H, g.W)
+
+
 def _im2col_fits(g, rows=1):
     """Whether im2col's gemm sizes and leading dimensions (C ints) hold ``rows``-row tiles."""
     return max(g.H * g.W, g.OH * g.OW, g.K * rows * g.OW, g.F * g.K) <= BLAS_INT_MAX
@@ -212,11 +236,10 @@ def im2col_forward(x, w, b, g, outs):
     threads = _forward_threads(x, w, b, g, y, "im2col")
     if threads is None:
         return (y,)
-    rows = _band_rows(g, threads, x.dtype.itemsize)
-    if not _im2col_fits(g, rows):  # tiles cut thinner (one row fits: checked above)
-        rows = 1
-    with scratch("columns", (threads, g.K * rows * g.OW), x.dtype) as workspace:
-        _im2col.conv2d_forward(contiguous(x), contiguous(w), contiguous(b), y, workspace, g, rows, threads)
+    rows, images = _tiles(g, threads, x.dtype.itemsize)
+    size = g.K * rows * g.OW if images == 1 else (g.K + g.Fg) * images * rows * g.OW  # columns (and product)
+    with scratch("columns", (threads, size), x.dtype) as workspace:
+        _im2col.conv2d_forward(contiguous(x), contiguous(w), contiguous(b), y, workspace, g, rows, images, threads)
     return (y,)
 
 
@@ -246,18 +269,28 @@ def direct_backward(dy, x, w, g, outs):
     return outs
 
 
+def _tiles(g, threads, itemsize):
+    """Output rows and images of an im2col tile."""
+    rows = _band_rows(g, threads, itemsize)
+    if not _im2col_fits(g, rows):  # tiles cut thinner (one row fits: checked by _check_fits)
+        rows = 1
+    return rows, _tile_images(g, rows, threads, itemsize)
+
+
 def im2col_backward(dy, x, w, g, outs):
     dx, dw, db = outs
     if _degenerate(x, w):
         return _degenerate_backward(dy, outs)
     _check_fits(g, "im2col", "backward")
-    threads = min(threads_for(g.flops), g.N * g.groups)  # one (image, group) task per thread at least
-    rows = _band_rows(g, threads, x.dtype.itemsize)
-    if not _im2col_fits(g, rows):
-        rows = 1
+    # one task (a group of a batch of images) per thread at least
+    threads = min(threads_for(g.work("backward")[0] // 2), g.N * g.groups)
+    rows, images = _tiles(g, threads, x.dtype.itemsize)
+    threads = min(threads, -(-g.N // images) * g.groups)
+    # columns of x and of dx (and of dy when several images share a task)
+    size = 2 * g.K * rows * g.OW if images == 1 else (2 * g.K + g.Fg) * images * rows * g.OW
     # The partial sums are reduced inside the checkout: nothing else can write them meanwhile.
     partials = threads if threads > 1 else 0
-    with scratch("columns", (threads, 2, g.K * rows * g.OW), x.dtype) as workspace, \
+    with scratch("columns", (threads, size), x.dtype) as workspace, \
             scratch("dw", (partials, g.F * g.K), x.dtype) as dw_partial, \
             scratch("db", (partials, g.F), x.dtype) as db_partial:
         if threads == 1:  # the one thread's partial sums are the result
@@ -265,7 +298,7 @@ def im2col_backward(dy, x, w, g, outs):
         dw_partial[...] = 0
         db_partial[...] = 0
         _im2col.conv2d_backward(contiguous(dy), contiguous(x), contiguous(w), dx, dw_partial, db_partial,
-                                workspace, g, rows, threads)
+                                workspace, g, rows, images, threads)
         if threads > 1:
             np.sum(dw_partial, axis=0, out=dw.reshape(-1))
             np.sum(db_partial, axis=0, out=db)
