@@ -210,7 +210,8 @@ def _forward_threads(x, w, b, g, y, algo):
 
 def _degenerate_backward(dy, outs):
     dx, dw, db = outs
-    dx[...] = 0
+    if dx is not None:
+        dx[...] = 0
     dw[...] = 0
     db[...] = dy.sum(axis=(0, 2, 3)) if dy.size else 0
     return outs
@@ -254,16 +255,17 @@ def direct_backward(dy, x, w, g, outs):
         # reference's, NaN for NaN.
         return im2col_backward(dy, x, w, g, outs)
     _check_fits(g, "direct", "backward")
-    threads = threads_for(g.flops)  # multiply-adds of dx and dw
+    threads = threads_for(g.work("backward")[0] // 2)  # multiply-adds of dx and dw
     dyc = contiguous(dy)
-    G, Fg, Cg = g.groups, g.Fg, g.Cg
-    # dx convolves dy with each group's filters flipped and transposed: (G, Cg, Fg*KH*KW)
-    flipped = contiguous(w).reshape(G, Fg, Cg, g.KH, g.KW)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
-    packed_wt = _pack_filters(flipped.reshape(G, Cg, -1))
-    zeros = np.zeros((G, packed_wt.shape[1], _direct.FILTER_BLOCK), dtype=x.dtype)
-    band, nbytes = _direct_band(g, True, x.dtype, threads)
-    with scratch("direct", (threads, nbytes), np.uint8) as work:
-        _direct.conv2d_backward_input(dyc, packed_wt, zeros, dx, work, g, band, threads)
+    if dx is not None:
+        G, Fg, Cg = g.groups, g.Fg, g.Cg
+        # dx convolves dy with each group's filters flipped and transposed: (G, Cg, Fg*KH*KW)
+        flipped = contiguous(w).reshape(G, Fg, Cg, g.KH, g.KW)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+        packed_wt = _pack_filters(flipped.reshape(G, Cg, -1))
+        zeros = np.zeros((G, packed_wt.shape[1], _direct.FILTER_BLOCK), dtype=x.dtype)
+        band, nbytes = _direct_band(g, True, x.dtype, threads)
+        with scratch("direct", (threads, nbytes), np.uint8) as work:
+            _direct.conv2d_backward_input(dyc, packed_wt, zeros, dx, work, g, band, threads)
     with scratch("rows", (threads, g.OW), x.dtype) as accumulators:
         _direct.conv2d_backward_weight(dyc, contiguous(x), dw, db, accumulators, g, threads)
     return outs
@@ -283,7 +285,7 @@ def im2col_backward(dy, x, w, g, outs):
         return _degenerate_backward(dy, outs)
     _check_fits(g, "im2col", "backward")
     # one task (a group of a batch of images) per thread at least
-    threads = min(threads_for(g.work("backward")[0] // 2), g.N * g.groups)
+    threads = min(threads_for(g.work("backward")[0] // 2), g.N * g.groups)  # multiply-adds
     rows, images = _tiles(g, threads, x.dtype.itemsize)
     threads = min(threads, -(-g.N // images) * g.groups)
     # columns of x and of dx (and of dy when several images share a task)
@@ -321,7 +323,8 @@ def depthwise_backward(dy, x, w, g, outs):
         return _degenerate_backward(dy, outs)
     if not _finite(w, dy):  # as in depthwise_forward: non-finite values meet padding taps in the reference
         return im2col_backward(dy, x, w, g, outs)
-    _depthwise.conv2d_backward(contiguous(dy), contiguous(x), contiguous(w), dx, dw, db, g, threads_for(g.flops))
+    _depthwise.conv2d_backward(contiguous(dy), contiguous(x), contiguous(w), dx, dw, db, g,
+                               threads_for(g.work("backward")[0] // 2))
     return outs
 
 
