@@ -6,14 +6,18 @@ to one task in a fixed order: their results do not depend on the thread count.
 Both algorithms are reproducible bit for bit from run to run at a given thread count: no
 atomics, every sum in a fixed order. The direct loops do not depend on the thread count at all.
 The im2col forward gives every output to one gemm, whose shape depends on the thread count only
-when there are fewer (image, group) pairs than threads (the bands of output rows are then cut
-thinner so every thread has work); its backward sums dw and db per thread, then over threads in
-order. So im2col results change with the thread count by float rounding only.
+when there are few (image, group) pairs for the threads: fewer than threads (the bands of output
+rows are then cut thinner so every thread has work), or, on small planes whose images share a
+tile, fewer than two tiles per thread (fewer images then share one); its backward sums dw and db
+per thread, then over threads in order. So im2col results change with the thread count by float
+rounding only.
 
 Scratch memory is bounded whatever the batch size: an im2col column tile is at most
-``column_tile_bytes()`` (a band of output rows whose columns fit, at least one row) per thread,
-two of them in the backward (columns of x and of dx), plus one partial dw (the size of w) per
-thread in the backward; a direct task's row copy is kept to about 1 MiB and refused past
+``column_tile_bytes()`` (a band of output rows whose columns fit, at least one row, or the
+columns of several whole small images) per thread, two of them in the backward (columns of x and
+of dx), plus, when images share a tile, their gemm's product in the forward and their dy in the
+backward (filters per group x the tile's columns), and one partial dw (the size of w) per thread
+in the backward; a direct task's row copy is kept to about 1 MiB and refused past
 ``DIRECT_MAX_SCRATCH_BYTES`` per thread (its width grows with the stride and dilation).
 Workspaces are cached per Python thread and checked out for the call
 (``_common.workspace``), so concurrent or re-entrant callers never share one; they keep their
