@@ -43,7 +43,8 @@ cdef void _im2col(const floating* x, floating* col, Py_ssize_t ld, const Conv2dS
     cdef const floating* src
     for kw in range(s.KW):
         cols = tap_columns(s, kw)
-        lo, hi = cols.lo, cols.hi
+        # A tap that sees no column has lo == hi, which may lie past OW: the zeros stop at OW.
+        lo, hi = min(cols.lo, s.OW), min(cols.hi, s.OW)
         for c in range(s.Cg):
             for kh in range(s.KH):
                 for r in range(rows):
