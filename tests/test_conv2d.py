@@ -226,12 +226,15 @@ def test_images_batched_per_tile_where_planes_are_small():
 
 @pytest.mark.parametrize("algo", ("im2col", "direct", "depthwise", "auto", "reference"))
 @pytest.mark.parametrize("dtype", DTYPES)
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(config=st.one_of(conv2d_configs(), small_plane_configs()), seed=st.integers(0, 2**32 - 1),
-       unbatched=st.booleans(), padding_mode=st.sampled_from(["zeros", "zeros", "reflect"]))
-def test_backward_without_input_grad(algo, dtype, config, seed, unbatched, padding_mode):
+       unbatched=st.booleans(), padding_mode=st.sampled_from(["zeros", "zeros", "reflect"]),
+       threads=st.integers(1, 3))
+def test_backward_without_input_grad(algo, dtype, config, seed, unbatched, padding_mode, threads, split_work):
     """``input_grad=False``: grad_input is None, grad_weight and grad_bias the reference's (with
-    and without a batch axis, padding modes, depthwise groups); ``out=`` buffers for them filled."""
+    and without a batch axis, padding modes, depthwise groups, 1-3 threads: im2col then splits
+    one image's bands over threads); ``out=`` buffers for them filled."""
     x_shape, w_shape, params = config
     if algo == "depthwise":  # one input channel per group
         groups = x_shape[1]
@@ -253,7 +256,8 @@ def test_backward_without_input_grad(algo, dtype, config, seed, unbatched, paddi
     _, dw_ref, db_ref = ref.conv2d_backward(dy.astype(np.float64), x.astype(np.float64), w.astype(np.float64),
                                             **params)
     out = (None, np.empty(w.shape, dtype), np.empty(w.shape[0], dtype))
-    dx, dw, db = fl.conv2d_backward(dy, x, w, input_grad=False, out=out, **params, **kw)
+    with fl.threads(threads):
+        dx, dw, db = fl.conv2d_backward(dy, x, w, input_grad=False, out=out, **params, **kw)
     assert dx is None and dw is out[1] and db is out[2]
     _assert_conv2d_close(dw, dw_ref, dtype, terms=g.N * g.OH * g.OW)
     _assert_conv2d_close(db, db_ref, dtype, terms=g.N * g.OH * g.OW)
@@ -293,6 +297,30 @@ def test_gradients_of_batched_small_planes_match_finite_differences(algo, x_shap
                                                  input_grad=False, **params)
     for name, analytic in (("input", dx), ("weight", dw), ("bias", db), ("weight", dw_only), ("bias", db_only)):
         assert_grad_matches(analytic, numeric_grad(f, arrays, name, dy), err_msg=name)
+
+
+@pytest.mark.parametrize("threads", (2, 3))
+def test_backward_without_input_grad_splits_one_images_bands(threads, split_work):
+    """One image, no dx: im2col's backward gives each thread bands of output rows (per-thread dw
+    and db summed in order); finite differences in float64, and the same bits on a second run."""
+    rng = make_rng(4)
+    arrays = dict(input=rng.uniform(-1, 1, (1, 3, 9, 7)), weight=rng.uniform(-1, 1, (4, 3, 3, 3)),
+                  bias=rng.uniform(-1, 1, 4))
+    params = dict(padding=1, stride=(1, 2))
+    g = conv2d_geometry(arrays["input"].shape, arrays["weight"].shape, **params)
+    assert cpu_conv2d._tiles(g, threads, 8)[0] < g.OH  # several bands
+
+    def f(input, weight, bias):
+        return fl.conv2d(input, weight, bias, algo="im2col", backend="cpu", **params)
+
+    dy = rng.uniform(-1, 1, f(**arrays).shape)
+    with fl.threads(threads):
+        runs = [fl.conv2d_backward(dy, arrays["input"], arrays["weight"], algo="im2col", backend="cpu",
+                                   input_grad=False, **params) for _ in range(2)]
+    for a, b in zip(runs[0][1:], runs[1][1:]):
+        np.testing.assert_array_equal(a, b)
+    assert_grad_matches(runs[0][1], numeric_grad(f, arrays, "weight", dy), err_msg="weight")
+    assert_grad_matches(runs[0][2], numeric_grad(f, arrays, "bias", dy), err_msg="bias")
 
 
 @pytest.mark.parametrize("algo", ALGOS)

@@ -211,8 +211,8 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
     given dy.
 
     Parallel over tasks of one group of ``images`` images (a last batch may have fewer; ``images``
-    > 1 needs ``rows`` == OH and a non-pointwise convolution): a task owns its slice of dx (so
-    col2im needs no atomics) and adds its dw (F * K) and db (F) into its thread's row of
+    > 1 needs ``rows`` == OH and a non-pointwise convolution), or without dx and with one image a
+    task, of one band of output rows: a task owns its slice of dx (so col2im needs no atomics) and adds its dw (F * K) and db (F) into its thread's row of
     ``dw_partial``/``db_partial`` (zeroed by the caller, which sums the rows in order). A task
     with one image goes through bands of ``rows`` output rows. ``workspace`` is (num_threads,
     2 * K * rows * OW) for one image a task (the columns of x and of dx), (num_threads, (2 * K +
@@ -234,10 +234,16 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
     cdef floating* dx_group
     cdef floating* dw_group
     cdef int ldb
-    for task in prange(batches * s.G, nogil=True, schedule="static", num_threads=num_threads):
+    # Without dx the bands of one image are independent tasks too (with dx they would add into
+    # the same rows of dx): so few images still keep every thread busy.
+    cdef Py_ssize_t split = bands if not input_grad and images == 1 else 1
+    cdef Py_ssize_t band0, band1
+    for task in prange(batches * s.G * split, nogil=True, schedule="static", num_threads=num_threads):
         tid = threadid()
-        n = (task // s.G) * images
-        gi = task % s.G
+        n = (task // (s.G * split)) * images
+        gi = (task // split) % s.G
+        band0 = task % split if split > 1 else 0
+        band1 = band0 + 1 if split > 1 else bands
         dx_group = &dx[n, gi * s.Cg, 0, 0] if input_grad else NULL
         w_group = &w[gi * s.Fg, 0, 0, 0]
         dw_group = &dw_partial[tid, gi * s.Fg * s.K]
@@ -247,7 +253,7 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
             continue
         if input_grad and not pointwise:
             memset(dx_group, 0, s.Cg * HW * sizeof(floating))
-        for band in range(bands):
+        for band in range(band0, band1):
             oh0 = band * rows
             band_rows = min(rows, s.OH - oh0)
             P = band_rows * s.OW
@@ -257,6 +263,9 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
             # dw_g (Fg x K) += dy_tile (Fg x P) @ col^T
             gemm(False, True, <int>s.Fg, <int>s.K, <int>P, <floating>1, dy_tile, <int>OHW,
                  col, ldb, <floating>1, dw_group, <int>s.K)
+            if split > 1:
+                for f in range(gi * s.Fg, (gi + 1) * s.Fg):
+                    db_partial[tid, f] += lane_sum(&dy[n, f, 0, 0] + oh0 * s.OW, P)
             if not input_grad:
                 continue
             # dcol (K x P) = w_g^T (K x Fg) @ dy_tile; the pointwise dcol is dx's band itself
@@ -267,5 +276,6 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
                 gemm(True, False, <int>s.K, <int>P, <int>s.Fg, <floating>1, w_group, <int>s.K,
                      dy_tile, <int>OHW, <floating>0, &workspace[tid, tile], <int>P)
                 _col2im(&workspace[tid, tile], P, dx_group, &s, oh0, band_rows)
-        for f in range(gi * s.Fg, (gi + 1) * s.Fg):
-            db_partial[tid, f] += lane_sum(&dy[n, f, 0, 0], OHW)
+        if split == 1:
+            for f in range(gi * s.Fg, (gi + 1) * s.Fg):
+                db_partial[tid, f] += lane_sum(&dy[n, f, 0, 0], OHW)

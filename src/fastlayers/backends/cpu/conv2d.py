@@ -294,10 +294,13 @@ def im2col_backward(dy, x, w, g, outs):
     if _degenerate(x, w):
         return _degenerate_backward(dy, outs)
     _check_fits(g, "im2col", "backward")
-    # one task (a group of a batch of images) per thread at least
-    threads = min(threads_for(g.work("backward")[0] // 2), g.N * g.groups)  # multiply-adds
+    threads = threads_for(g.work("backward")[0] // 2)  # multiply-adds
+    if g.input_grad:  # a task (the dx of a group of images) per thread at most
+        threads = min(threads, g.N * g.groups)
     rows, images = _tiles(g, threads, x.dtype.itemsize)
-    threads = min(threads, -(-g.N // images) * g.groups)
+    # without dx, one image's bands are tasks of their own (the kernel's ``split``)
+    bands = 1 if g.input_grad or images > 1 else -(-g.OH // rows)
+    threads = min(threads, -(-g.N // images) * g.groups * bands)
     # columns of x and of dx (and of dy when several images share a task)
     size = 2 * g.K * rows * g.OW if images == 1 else (2 * g.K + g.Fg) * images * rows * g.OW
     # The partial sums are reduced inside the checkout: nothing else can write them meanwhile.
