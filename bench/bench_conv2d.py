@@ -169,7 +169,8 @@ def layers_table(threads, repeat):
         calls["fwd PyTorch"] = torch_forward
         for a in backward_algos:
             calls[f"bwd {a}"] = lambda a=a: fl.conv2d_backward(dy, x, w, padding=1, algo=a, out=grads)
-        calls["bwd auto no dx"] = lambda: fl.conv2d_backward(dy, x, w, padding=1, input_grad=False, out=(None,) + grads[1:])
+        calls["bwd auto no dx"] = lambda: fl.conv2d_backward(dy, x, w, padding=1, input_grad=False,
+                                                            out=(None,) + grads[1:])
         gx, gw, gb = (t.clone().requires_grad_() for t in (tx, tw, tb))
         ty = torch.nn.functional.conv2d(gx, gw, gb, padding=1)
         calls["bwd PyTorch"] = lambda: torch.autograd.grad(ty, (gx, gw, gb), tdy, retain_graph=True)

@@ -212,8 +212,8 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
 
     Parallel over tasks of one group of ``images`` images (a last batch may have fewer; ``images``
     > 1 needs ``rows`` == OH and a non-pointwise convolution), or without dx and with one image a
-    task, of one band of output rows: a task owns its slice of dx (so col2im needs no atomics) and adds its dw (F * K) and db (F) into its thread's row of
-    ``dw_partial``/``db_partial`` (zeroed by the caller, which sums the rows in order). A task
+    task, of one band of output rows: a task owns its slice of dx (so col2im needs no atomics)
+    and adds its dw (F * K) and db (F) into its thread's row of ``dw_partial``/``db_partial`` (zeroed by the caller, which sums the rows in order). A task
     with one image goes through bands of ``rows`` output rows. ``workspace`` is (num_threads,
     2 * K * rows * OW) for one image a task (the columns of x and of dx), (num_threads, (2 * K +
     Fg) * images * OH * OW) for several (and dy's). With a static schedule a thread's tasks and

@@ -137,10 +137,10 @@ def _check_fits(g, algo, direction):
 # column matrix is the input itself or a strided subsample of it, so the GEMM wins. Small calls
 # are decided by the per-call set-up, which is im2col's smaller; with few (image, group) planes
 # the direct tasks (bands of rows, each copying the input rows it reads) get thin. The direct
-# backward (its dx, with im2col's dw) ran 0.8-2x im2col's time, faster only on some batch-1 planes. All of this holds where the kernel's
-# register block fits the registers: 8 filters x 2 vectors of 64 bytes are 16 zmm registers with
-# AVX-512, but 32 ymm with AVX2 (of 16) and more with SSE2, which spill and run 10-40x slower
-# than im2col. Its rows are vectors along the output columns: on planes narrower than one
+# backward (its dx, with im2col's dw) ran 0.8-2x im2col's time, faster only on some batch-1
+# planes. All of this holds where the kernel's register block fits the registers: 8 filters x 2
+# vectors of 64 bytes are 16 zmm registers with AVX-512, but 32 ymm with AVX2 (of 16) and more
+# with SSE2, which spill and run 10-40x slower than im2col. Its rows are vectors along the output columns: on planes narrower than one
 # (8x8: VGG's third stage) half of each vector is idle and im2col wins. The depthwise loops (one
 # input channel per group) beat both on large planes, where each plane's taps are long vector
 # passes; on small planes the direct kernel's blocks win, and backward im2col.
