@@ -87,8 +87,9 @@ def _openblas_link_args():
 # its clamps as selects, relu's backward its x <= 0 test and the general max-pool its compares
 # (kernels/cpu/max_pool2d_phases.h), which GCC makes only when
 # comparisons cannot trap (else a branch, mispredicted on every other element of real data).
+# im2col's row copies stay loops: as memcpy/memset calls they cost more than the copy on small planes.
 MODULE_FLAGS = {"rnn": ["-fno-trapping-math"], "gated_rnn": ["-fno-trapping-math"], "relu": ["-fno-trapping-math"],
-                "max_pool2d": ["-fno-trapping-math"]}
+                "max_pool2d": ["-fno-trapping-math"], "im2col": ["-fno-tree-loop-distribute-patterns"]}
 
 
 def extensions():

@@ -4,7 +4,7 @@
     python bench/bench_conv2d.py --gemm      # im2col forward vs one bare BLAS GEMM of its size; 1 vs n threads
     python bench/bench_conv2d.py --tiles     # im2col column tile size sweep per case
     python bench/bench_conv2d.py --small     # im2col vs direct on tiny convolutions (min of 50 calls)
-    python bench/bench_conv2d.py --networks  # real-network layers: every algo, auto, autotuned, PyTorch
+    python bench/bench_conv2d.py --layers    # real-network layers: each algorithm, auto, autotuned vs PyTorch
 
 The table is ``python -m fastlayers bench --ops conv2d --backends numpy,cpu,torch --wide``: every
 algorithm (``cpu:im2col``, ``cpu:direct``, ``cpu:auto``) as a column, PyTorch in its own process,
@@ -16,6 +16,8 @@ differs), float32.
 from __future__ import annotations
 
 import importlib
+import statistics
+import time
 
 import _op_view
 import numpy as np
@@ -103,87 +105,117 @@ def small_table(threads):
         print(f"| {x_shape} | {(F_, x_shape[1], k, k)} | {params} | {flops} | " + " | ".join(cells) + " |", flush=True)
 
 
-# Layers of real networks, outside the benchmark table: (name, x shape, F, kernel, stride,
-# padding, dilation, groups).
-NETWORK_LAYERS = (
-    ("ResNet-18 stem, batch 1", (1, 3, 224, 224), 64, 7, 2, 3, 1, 1),
-    ("ResNet-18 3x3 64, batch 1", (1, 64, 56, 56), 64, 3, 1, 1, 1, 1),
-    ("ResNet-18 3x3 512 7x7, batch 1", (1, 512, 7, 7), 512, 3, 1, 1, 1, 1),
-    ("ResNet-50 1x1 256->64, batch 8", (8, 256, 56, 56), 64, 1, 1, 0, 1, 1),
-    ("VGG conv1_2, batch 2", (2, 64, 224, 224), 64, 3, 1, 1, 1, 1),
-    ("VGG-small stage 3, batch 32", (32, 64, 8, 8), 128, 3, 1, 1, 1, 1),
-    ("MobileNet depthwise 32 112x112, batch 8", (8, 32, 112, 112), 32, 3, 1, 1, 1, 32),
-    ("MobileNet depthwise 512 14x14, batch 8", (8, 512, 14, 14), 512, 3, 1, 1, 1, 512),
-    ("3x3 dilation 2, 256 channels, batch 4", (4, 256, 28, 28), 256, 3, 1, 2, 2, 1),
+# Real-network layers: name, x shape, w shape, parameters. The VGG-style model of
+# bench/bench_training.py at batch 32 and 1 (its first layer's input needs no gradient), ResNet's,
+# MobileNet's depthwise layers, VGG-16's full-size layer and a dilated one.
+PAD1 = dict(padding=1)
+LAYER_SHAPES = (
+    ("vgg conv1", (32, 3, 32, 32), (32, 3, 3, 3), PAD1),
+    ("vgg conv2", (32, 32, 16, 16), (64, 32, 3, 3), PAD1),
+    ("vgg conv3", (32, 64, 8, 8), (128, 64, 3, 3), PAD1),
+    ("vgg conv1 n1", (1, 3, 32, 32), (32, 3, 3, 3), PAD1),
+    ("vgg conv2 n1", (1, 32, 16, 16), (64, 32, 3, 3), PAD1),
+    ("vgg conv3 n1", (1, 64, 8, 8), (128, 64, 3, 3), PAD1),
+    ("resnet-14", (8, 256, 14, 14), (256, 256, 3, 3), PAD1),
+    ("resnet-18 7x7 n1", (1, 512, 7, 7), (512, 512, 3, 3), PAD1),
+    ("resnet-18 stem n1", (1, 3, 224, 224), (64, 3, 7, 7), dict(stride=2, padding=3)),
+    ("resnet-18 3x3 64 n1", (1, 64, 56, 56), (64, 64, 3, 3), PAD1),
+    ("resnet-50 1x1 n8", (8, 256, 56, 56), (64, 256, 1, 1), {}),
+    ("vgg-16 conv1_2 n2", (2, 64, 224, 224), (64, 64, 3, 3), PAD1),
+    ("mobilenet dw 32 112x112 n8", (8, 32, 112, 112), (32, 1, 3, 3), dict(padding=1, groups=32)),
+    ("mobilenet dw 512 14x14 n8", (8, 512, 14, 14), (512, 1, 3, 3), dict(padding=1, groups=512)),
+    ("dilation 2, 256 n4", (4, 256, 28, 28), (256, 256, 3, 3), dict(padding=2, dilation=2)),
 )
 
 
-def network_table(threads, repeat):
-    """Every algorithm, auto and autotuned (``fl.set_autotune``) on NETWORK_LAYERS, forward and
-    forward+backward, fastest of ``repeat`` calls (ms), and auto's and autotuning's time over the
-    fastest algorithm's; PyTorch's where it is installed."""
+def _alternate(calls, rounds, per_round=3):
+    """Median ms of each call: ``rounds`` rounds, each timing every call in turn (the minimum of
+    ``per_round`` calls: a thread woken late or a neighbour's burst shows in one call, not all)."""
+    times = {name: [] for name in calls}
+    for fn in calls.values():
+        fn()
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            best = float("inf")
+            for _ in range(per_round):
+                start = time.perf_counter()
+                fn()
+                best = min(best, time.perf_counter() - start)
+            times[name].append(best)
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+
+
+def _autotuned(call):
+    """``call`` with ``fl.set_autotune(True)``: its first run times the algorithms and chooses."""
+    def run():
+        fl.set_autotune(True)
+        try:
+            return call()
+        finally:
+            fl.set_autotune(False)
+
+    return run
+
+
+def _accepts(call):
     try:
-        import torch
-        torch.set_num_threads(threads)
-    except ImportError:
-        torch = None
-    algos = ("im2col", "direct", "winograd", "depthwise")
-    print(f"conv2d on real-network layers, float32, {threads} thread(s), fastest of {repeat} calls, ms "
-          "(forward | forward+backward)")
-    print("| layer | " + " | ".join(algos) + " | auto | autotuned | auto / best | autotuned / best | PyTorch |")
-    print("|---|" + "---|" * (len(algos) + 5))
+        call()
+        return True
+    except NotImplementedError:  # declined: winograd's backward, depthwise on other groups
+        return False
+
+
+def layers_table(threads, repeat):
+    """Forward (into ``out=``) and backward of each algorithm, of auto and autotuned auto
+    (``fl.set_autotune``) and of PyTorch (its own conv2d and autograd, in this process) on
+    ``LAYER_SHAPES``, alternating rounds, median ms ("-": the algorithm declines). Backward without
+    dx: fastlayers' ``input_grad=False``; PyTorch's autograd asked for dw and db only."""
+    import torch
+
+    torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
-    for name, shape, F, k, stride, padding, dilation, groups in NETWORK_LAYERS:
-        x = rng.standard_normal(shape, dtype=np.float32)
-        w = rng.standard_normal((F, shape[1] // groups, k, k), dtype=np.float32) / np.float32(np.sqrt(shape[1] // groups * k * k))
-        params = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-        dy = np.ones(fl.conv2d(x, w, **params).shape, np.float32)
+    algos = ("im2col", "direct", "winograd", "depthwise", "auto")
+    backward_algos = ("im2col", "auto")  # the direct backward is 0.8-2x im2col's, winograd has none
+    columns = ([f"fwd {a}" for a in algos] + ["fwd autotuned", "fwd PyTorch"]
+               + [f"bwd {a}" for a in backward_algos] + ["bwd autotuned", "bwd auto no dx", "bwd PyTorch",
+                                                         "bwd PyTorch no dx"])
+    print(f"conv2d layers, float32, {threads} threads, median of {repeat} alternating rounds, ms")
+    print("| layer | " + " | ".join(columns) + " |")
+    print("|---|" + "---|" * len(columns))
+    fl.clear_autotuned()
+    for name, x_shape, w_shape, params in LAYER_SHAPES:
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        w = (rng.standard_normal(w_shape) / np.sqrt(np.prod(w_shape[1:]))).astype(np.float32)
+        b = rng.standard_normal(w_shape[0]).astype(np.float32)
+        y = fl.conv2d(x, w, b, **params)
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        grads = (np.empty_like(x), np.empty_like(w), np.empty_like(b))
+        calls = {}
+        for a in algos:
+            calls[f"fwd {a}"] = lambda a=a: fl.conv2d(x, w, b, **params, algo=a, out=y)
+        calls["fwd autotuned"] = _autotuned(lambda: fl.conv2d(x, w, b, **params, out=y))
+        tx, tw, tb, tdy = (torch.from_numpy(v) for v in (x, w, b, dy))
 
-        def step(algo):
-            fl.conv2d(x, w, **params, algo=algo)
-            return fl.conv2d_backward(dy, x, w, **params, algo=algo)
-
-        def forward(algo):
-            return fl.conv2d(x, w, **params, algo=algo)
-
-        times = {}
-        with fl.threads(threads):
-            for algo in algos + ("auto",):
-                try:
-                    times[algo] = [median_ms(lambda: f(algo), repeat, stat=min) for f in (forward, step)]
-                except NotImplementedError:  # declined (forward-only winograd, depthwise's groups)
-                    try:
-                        times[algo] = [median_ms(lambda: forward(algo), repeat, stat=min), None]
-                    except NotImplementedError:
-                        times[algo] = [None, None]
-            fl.set_autotune(True)
-            try:
-                step("auto")  # the first calls choose
-                times["autotuned"] = [median_ms(lambda: f("auto"), repeat, stat=min) for f in (forward, step)]
-            finally:
-                fl.set_autotune(False)
-                fl.clear_autotuned()
-        best = [min(t[i] for a, t in times.items() if a in algos and t[i] is not None) for i in (0, 1)]
-        if torch is not None:
-            tx, tw, tdy = (torch.from_numpy(a) for a in (x, w, dy))
-            txg = tx.clone().requires_grad_(True)
-            twg = tw.clone().requires_grad_(True)
-
-            def torch_step():
-                torch.nn.functional.conv2d(txg, twg, None, **params).backward(tdy)
-
+        def torch_forward():
             with torch.no_grad():
-                t_fwd = median_ms(lambda: torch.nn.functional.conv2d(tx, tw, None, **params), repeat, stat=min)
-            torch_cell = f"{t_fwd:.3f} / {median_ms(torch_step, repeat, stat=min):.3f}"
-        else:
-            torch_cell = "-"
+                return torch.nn.functional.conv2d(tx, tw, tb, **params)
 
-        def cell(t):
-            return " / ".join("-" if v is None else f"{v:.3f}" for v in t)
-
-        ratios = [" / ".join(f"{times[a][i] / best[i]:.2f}" for i in (0, 1)) for a in ("auto", "autotuned")]
-        print(f"| {name} | " + " | ".join(cell(times[a]) for a in algos) + f" | {cell(times['auto'])} | "
-              f"{cell(times['autotuned'])} | {ratios[0]} | {ratios[1]} | {torch_cell} |", flush=True)
+        calls["fwd PyTorch"] = torch_forward
+        for a in backward_algos:
+            calls[f"bwd {a}"] = lambda a=a: fl.conv2d_backward(dy, x, w, **params, algo=a, out=grads)
+        calls["bwd autotuned"] = _autotuned(lambda: fl.conv2d_backward(dy, x, w, **params, out=grads))
+        calls["bwd auto no dx"] = lambda: fl.conv2d_backward(dy, x, w, **params, input_grad=False,
+                                                            out=(None,) + grads[1:])
+        gx, gw, gb = (t.clone().requires_grad_() for t in (tx, tw, tb))
+        ty = torch.nn.functional.conv2d(gx, gw, gb, **params)
+        calls["bwd PyTorch"] = lambda: torch.autograd.grad(ty, (gx, gw, gb), tdy, retain_graph=True)
+        calls["bwd PyTorch no dx"] = lambda: torch.autograd.grad(ty, (gw, gb), tdy, retain_graph=True)
+        with fl.threads(threads):
+            ran = {k: fn for k, fn in calls.items() if _accepts(fn)}
+            ms = _alternate(ran, repeat)
+        print(f"| {name} {x_shape} F={w_shape[0]} | " + " | ".join(f"{ms[c]:.3f}" if c in ms else "-" for c in columns)
+              + " |", flush=True)
+    fl.clear_autotuned()
 
 
 def tile_sweep(names, threads, repeat):
@@ -214,17 +246,16 @@ def main(argv=None):
     experiment.add_argument("--gemm", action="store_true", help="im2col forward vs a bare BLAS GEMM; thread scaling")
     experiment.add_argument("--tiles", action="store_true", help="im2col column tile size sweep")
     experiment.add_argument("--small", action="store_true", help="im2col vs direct on tiny convolutions")
-    experiment.add_argument("--networks", action="store_true",
-                            help="real-network layers: every algo, auto, autotuned, PyTorch")
-    args, names, rest = _op_view.parse(parser, argv, "conv2d", CONV_CASES, ("gemm", "tiles", "small", "networks"))
+    experiment.add_argument("--layers", action="store_true", help="real-network layers: each algorithm vs PyTorch")
+    args, names, rest = _op_view.parse(parser, argv, "conv2d", CONV_CASES, ("gemm", "tiles", "small", "layers"))
     if args.gemm:
         gemm_and_scaling(names, args.threads, args.repeat)
     elif args.tiles:
         tile_sweep(names, args.threads, args.repeat)
     elif args.small:
         small_table(args.threads)
-    elif args.networks:
-        network_table(args.threads, args.repeat)
+    elif args.layers:
+        layers_table(args.threads, args.repeat)
     else:
         return _op_view.table("conv2d", names, args.threads, args.repeat, rest)
     return 0

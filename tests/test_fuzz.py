@@ -761,6 +761,15 @@ def _(backend):
     _raises(ValueError, ["nonlinearity", "'sigmoid'"], fl.rnn, Xs, H0, Wx, Wh, None, "sigmoid", backend=backend)
 
 
+@hostile("output-not-computed", "conv2d_backward")
+def _(backend):
+    dy = np.zeros((2, 4, 5, 4), np.float32)
+    _raises(ValueError, ["out[0] must be None", "grad_input is not computed"], fl.conv2d_backward, dy, X, Wc,
+            input_grad=False, out=(np.empty_like(X), None, None), backend=backend)
+    _raises(TypeError, ["input_grad must be a bool", "int"], fl.conv2d_backward, dy, X, Wc, input_grad=0,
+            backend=backend)
+
+
 @hostile("channels-last", "conv2d")
 def _(backend):
     _raises(ValueError, ["weight.shape[1]", "channels-last", "(N, C, H, W)", "transpose(0, 3, 1, 2)"],

@@ -597,3 +597,19 @@ def test_sequential_backend_reaches_its_children(monkeypatch):
     model = small_cnn(backend="numpy")
     model.backward(np.ones_like(model.forward(np.ones((1, 1, 8, 8)))))
     assert seen and set(seen) == {"numpy"}
+
+
+@pytest.mark.parametrize("backend", _backends("conv2d"))
+def test_conv2d_layer_backward_without_input_grad(backend):
+    """backward(dy, input_grad=False): None for dL/dx, the same parameter gradients."""
+    layer = L.Conv2D(3, 4, 3, padding=1, backend=backend, dtype=np.float64, rng=0)
+    x = make_rng(1).standard_normal((2, 3, 5, 6))
+    dy = make_rng(2).standard_normal((2, 4, 5, 6))
+    layer.forward(x)
+    layer.backward(dy)
+    full = {name: g.copy() for name, g in layer.grads.items()}
+    layer.zero_grad()
+    layer.forward(x)
+    assert layer.backward(dy, input_grad=False) is None
+    for name, g in layer.grads.items():
+        assert_close(g, full[name], np.float64, terms=2 * 5 * 6, err_msg=name)

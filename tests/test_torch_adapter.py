@@ -412,6 +412,23 @@ def test_double_backward_raises_instead_of_a_wrong_gradient():
         gx.sum().backward()
 
 
+def test_conv2d_skips_the_input_gradient_when_the_input_needs_none(monkeypatch):
+    """An input without requires_grad (a network's input): the backward asks for dw and db only."""
+    asked = []
+    backward = fl.conv2d_backward
+    monkeypatch.setattr(fl, "conv2d_backward", lambda *a, **k: asked.append(k["input_grad"]) or backward(*a, **k))
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    gw, gb = torch.autograd.grad(flt.conv2d(x, w, b, 1, 1).square().sum(), (w, b))
+    tw, tb = torch.autograd.grad(nn.functional.conv2d(x, w, b, 1, 1).square().sum(), (w, b))
+    torch.testing.assert_close(gw, tw)
+    torch.testing.assert_close(gb, tb)
+    x.requires_grad_()
+    torch.autograd.grad(flt.conv2d(x, w, b, 1, 1).sum(), (x,))
+    assert asked == [False, True]
+
+
 def test_channels_last_and_strided_inputs_are_copied_and_give_torch_gradients():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 7, 7, dtype=torch.float64).to(memory_format=torch.channels_last).requires_grad_()

@@ -86,11 +86,12 @@ cdef void _weight_channel(const floating[:, :, :, ::1] dy, const floating[:, :, 
 def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
                     const floating[:, :, :, ::1] w, floating[:, :, :, ::1] dx, floating[:, :, :, ::1] dw,
                     floating[::1] db, object geometry, int num_threads):
-    """dx, dw and db of y = conv2d(x, w) + b given dy, for C/groups == 1. Tasks: the N*C input
-    planes of dx, then the F filters of dw and db (each summed over the images in order), so every
-    output is written by one task in a fixed order whatever the thread count."""
+    """dx (None: not computed), dw and db of y = conv2d(x, w) + b given dy, for C/groups == 1.
+    Tasks: the N*C input planes of dx, then the F filters of dw and db (each summed over the
+    images in order), so every output is written by one task in a fixed order whatever the thread
+    count."""
     cdef Conv2dShape s = conv2d_shape(geometry)
-    cdef Py_ssize_t task, planes = s.N * s.C
+    cdef Py_ssize_t task, planes = s.N * s.C if dx is not None else 0
     for task in prange(planes + s.F, nogil=True, schedule="dynamic", num_threads=num_threads):
         if task < planes:
             _input_plane(dy, w, dx, &s, task // s.C, task % s.C)

@@ -1,10 +1,12 @@
 # conv2d as matrix products: im2col + GEMM forward, GEMM + col2im backward, over NCHW.
 #
-# The work is cut into tiles: one image, one group, a band of `rows` output rows. A tile's column
-# matrix (K x rows*OW, K = C/groups * KH * KW) lives in the calling thread's slice of the
-# workspace, sized by the Python wrapper to stay in L2; its product with the weights is one
-# single-threaded BLAS gemm (the wrapper holds BLAS to one thread for the call), so the parallel
-# loop is ours and the workspace stays bounded whatever the batch.
+# The work is cut into tiles: one group of a batch of `images` images, a band of `rows` output
+# rows. A tile's column matrix (K x images*rows*OW, K = C/groups * KH * KW) lives in the calling
+# thread's slice of the workspace, sized by the Python wrapper to stay in L2; its product with the
+# weights is one single-threaded BLAS gemm (the wrapper holds BLAS to one thread for the call), so
+# the parallel loop is ours and the workspace stays bounded whatever the batch. Several images
+# share a tile only when each is one whole band (small planes): their columns side by side make
+# the gemm wide enough for OpenBLAS's kernels, and its product is scattered back into NCHW.
 #
 # Bounds: every size comes from the conv2d spec (fastlayers.ops.conv2d), every array shape is checked
 # by the wrapper (backends/cpu/conv2d.py) against it, and the gemm sizes fit in a C int.
@@ -22,37 +24,44 @@ cdef inline bint _is_pointwise(const Conv2dShape* s) noexcept nogil:
         and s.OH == s.H and s.OW == s.W
 
 
-cdef void _im2col(const floating* x, floating* col, const Conv2dShape* s,
+cdef inline void _zero(floating* a, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        a[i] = 0
+
+
+cdef void _im2col(const floating* x, floating* col, Py_ssize_t ld, const Conv2dShape* s,
                   Py_ssize_t oh0, Py_ssize_t rows) noexcept nogil:
     """Columns of output rows [oh0, oh0 + rows) of one image's group: x (Cg, H, W) ->
-    col (K, rows * OW): row (c, kh, kw) of col holds what tap (kh, kw) of channel c sees, zero
-    where it falls in the padding."""
-    cdef Py_ssize_t P = rows * s.OW
+    col (K, rows * OW), rows ``ld`` apart: row (c, kh, kw) of col holds what tap (kh, kw) of
+    channel c sees, zero where it falls in the padding."""
+    # Rows are copied by loops, not memcpy/memset calls (setup.py keeps GCC from turning them
+    # back into calls): on small planes a row is a few elements and the call's cost dominated.
     cdef Py_ssize_t c, kh, kw, r, ih, ow, lo, hi
     cdef TapColumns cols
     cdef floating* dst
     cdef const floating* src
     for kw in range(s.KW):
         cols = tap_columns(s, kw)
-        lo, hi = cols.lo, cols.hi
+        # A tap that sees no column has lo == hi, which may lie past OW: the zeros stop at OW.
+        lo, hi = min(cols.lo, s.OW), min(cols.hi, s.OW)
         for c in range(s.Cg):
             for kh in range(s.KH):
                 for r in range(rows):
-                    dst = col + ((c * s.KH + kh) * s.KW + kw) * P + r * s.OW
+                    dst = col + ((c * s.KH + kh) * s.KW + kw) * ld + r * s.OW
                     ih = (oh0 + r) * s.SH - s.PT + kh * s.DH
-                    if ih < 0 or ih >= s.H or lo == hi:
-                        memset(dst, 0, s.OW * sizeof(floating))
+                    if ih < 0 or ih >= s.H:
+                        _zero(dst, s.OW)
                         continue
-                    src = x + (c * s.H + ih) * s.W
-                    if lo > 0:
-                        memset(dst, 0, lo * sizeof(floating))
-                    if hi < s.OW:
-                        memset(dst + hi, 0, (s.OW - hi) * sizeof(floating))
+                    src = x + (c * s.H + ih) * s.W + cols.iw0
+                    _zero(dst, lo)
                     if s.SW == 1:
-                        memcpy(dst + lo, src + lo + cols.iw0, (hi - lo) * sizeof(floating))
+                        for ow in range(lo, hi):
+                            dst[ow] = src[ow]
                     else:
                         for ow in range(lo, hi):
-                            dst[ow] = src[ow * s.SW + cols.iw0]
+                            dst[ow] = src[ow * s.SW]
+                    _zero(dst + hi, s.OW - hi)
 
 
 cdef inline const floating* _columns(const floating* x, floating* tile, const Conv2dShape* s, bint pointwise,
@@ -62,15 +71,14 @@ cdef inline const floating* _columns(const floating* x, floating* tile, const Co
     columns built in ``tile`` (leading dimension rows * OW)."""
     if pointwise:
         return x + oh0 * s.OW
-    _im2col(x, tile, s, oh0, rows)
+    _im2col(x, tile, rows * s.OW, s, oh0, rows)
     return tile
 
 
-cdef void _col2im(const floating* col, floating* x, const Conv2dShape* s,
+cdef void _col2im(const floating* col, Py_ssize_t ld, floating* x, const Conv2dShape* s,
                   Py_ssize_t oh0, Py_ssize_t rows) noexcept nogil:
-    """The adjoint of _im2col: add col (K, rows * OW) into x (Cg, H, W) where each entry came
-    from; padding entries are dropped."""
-    cdef Py_ssize_t P = rows * s.OW
+    """The adjoint of _im2col: add col (K, rows * OW; rows ``ld`` apart) into x (Cg, H, W)
+    where each entry came from; padding entries are dropped."""
     cdef Py_ssize_t c, kh, kw, r, ih, ow
     cdef TapColumns cols
     cdef const floating* src
@@ -84,7 +92,7 @@ cdef void _col2im(const floating* col, floating* x, const Conv2dShape* s,
                 dst = x + (c * s.H + ih) * s.W
                 for kw in range(s.KW):
                     cols = tap_columns(s, kw)
-                    src = col + ((c * s.KH + kh) * s.KW + kw) * P + r * s.OW
+                    src = col + ((c * s.KH + kh) * s.KW + kw) * ld + r * s.OW
                     if s.SW == 1:
                         for ow in range(cols.lo, cols.hi):
                             dst[ow + cols.iw0] += src[ow]
@@ -93,17 +101,48 @@ cdef void _col2im(const floating* col, floating* x, const Conv2dShape* s,
                             dst[ow * s.SW + cols.iw0] += src[ow]
 
 
+cdef void _forward_images(const floating* x, const floating* w_group, const floating* b_group, floating* y,
+                         floating* work, const Conv2dShape* s, Py_ssize_t count) noexcept nogil:
+    """One group of ``count`` whole images (x and y at their first image's group; b_group NULL
+    for no bias): their columns side by side in ``work`` (K x count*OH*OW), one gemm into the
+    rest of ``work`` (Fg x count*OH*OW), scattered into y with the bias added."""
+    cdef Py_ssize_t P = s.OH * s.OW, cols = count * P
+    cdef Py_ssize_t j, f, p
+    cdef floating* col = work
+    cdef floating* prod = work + s.K * cols
+    cdef floating* dst
+    cdef const floating* src
+    cdef floating bias = 0
+    for j in range(count):
+        _im2col(x + j * s.C * s.H * s.W, col + j * P, cols, s, 0, s.OH)
+    gemm(False, False, <int>s.Fg, <int>cols, <int>s.K, <floating>1, w_group, <int>s.K, col, <int>cols,
+         <floating>0, prod, <int>cols)
+    for j in range(count):
+        for f in range(s.Fg):
+            dst = y + (j * s.F + f) * P
+            src = prod + f * cols + j * P
+            if b_group != NULL:
+                bias = b_group[f]
+            for p in range(P):
+                dst[p] = src[p] + bias
+
+
 def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
                    const floating[::1] b, floating[:, :, :, ::1] y,
-                   floating[:, ::1] workspace, object geometry, Py_ssize_t rows, int num_threads):
-    """y = conv2d(x, w) (+ b; None for no bias). ``workspace`` is (num_threads, K * rows * OW); every tile but a
-    last, shorter band has ``rows`` output rows. Each output element is written by exactly one
-    gemm of a fixed shape, so y is the same bit for bit at any thread count."""
+                   floating[:, ::1] workspace, object geometry, Py_ssize_t rows, Py_ssize_t images,
+                   int num_threads):
+    """y = conv2d(x, w) (+ b; None for no bias). A tile is one group of ``images`` images (a last
+    batch may have fewer), and of ``rows`` output rows (a last band may have fewer); ``images`` > 1
+    needs ``rows`` == OH and a non-pointwise convolution. ``workspace`` is (num_threads,
+    K * rows * OW) for one image a tile, (num_threads, (K + Fg) * images * OH * OW) for several.
+    Each output element is written by exactly one gemm whose shape depends on ``rows`` and
+    ``images`` only, so y is the same bit for bit for the same tiles at any thread count."""
     single_threaded_blas()
     cdef Conv2dShape s = conv2d_shape(geometry)
     cdef bint has_bias = b is not None
     cdef Py_ssize_t bands = (s.OH + rows - 1) // rows
-    cdef Py_ssize_t tiles = s.N * s.G * bands
+    cdef Py_ssize_t batches = (s.N + images - 1) // images
+    cdef Py_ssize_t tiles = batches * s.G * bands
     cdef Py_ssize_t HW = s.H * s.W, OHW = s.OH * s.OW
     cdef bint pointwise = _is_pointwise(&s)
     cdef Py_ssize_t t, n, gi, oh0, band_rows, f, p, P
@@ -113,8 +152,13 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     # Dynamic: a tile's result does not depend on which thread computes it, and on a loaded
     # machine a thread that is descheduled for a while no longer holds up the whole call.
     for t in prange(tiles, nogil=True, schedule="dynamic", num_threads=num_threads):
-        n = t // (s.G * bands)
+        n = (t // (s.G * bands)) * images
         gi = (t // bands) % s.G
+        if images > 1:
+            _forward_images(&x[n, gi * s.Cg, 0, 0], &w[gi * s.Fg, 0, 0, 0],
+                            &b[gi * s.Fg] if has_bias else NULL, &y[n, gi * s.Fg, 0, 0],
+                            &workspace[threadid(), 0], &s, min(images, s.N - n))
+            continue
         oh0 = (t % bands) * rows
         band_rows = min(rows, s.OH - oh0)
         P = band_rows * s.OW
@@ -129,22 +173,59 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
              col, ldb, <floating>(1 if has_bias else 0), y_tile, <int>OHW)
 
 
+cdef void _backward_images(const floating* dy, const floating* x, const floating* w_group, floating* dx,
+                          floating* dw_group, floating* db_group, floating* work, const Conv2dShape* s,
+                          Py_ssize_t count) noexcept nogil:
+    """One group of ``count`` whole images (dy, x and dx at their first image's group; dx NULL:
+    no input gradient): dy gathered (Fg x count*OH*OW) and the columns of x side by side (K x
+    count*OH*OW) in ``work``, dw_group (Fg x K) += one gemm over all their columns, db_group (Fg)
+    += their sums; then the columns of dx, one gemm, added into dx image by image."""
+    cdef Py_ssize_t P = s.OH * s.OW, cols = count * P, HW = s.H * s.W
+    cdef Py_ssize_t j, f
+    cdef floating* col = work
+    cdef floating* dy_cols = work + s.K * cols
+    cdef floating* dcol = dy_cols + s.Fg * cols
+    for j in range(count):
+        _im2col(x + j * s.C * HW, col + j * P, cols, s, 0, s.OH)
+        for f in range(s.Fg):
+            memcpy(dy_cols + f * cols + j * P, dy + (j * s.F + f) * P, P * sizeof(floating))
+    gemm(False, True, <int>s.Fg, <int>s.K, <int>cols, <floating>1, dy_cols, <int>cols, col, <int>cols,
+         <floating>1, dw_group, <int>s.K)
+    for f in range(s.Fg):
+        db_group[f] += lane_sum(dy_cols + f * cols, cols)
+    if dx == NULL:
+        return
+    gemm(True, False, <int>s.K, <int>cols, <int>s.Fg, <floating>1, w_group, <int>s.K, dy_cols, <int>cols,
+         <floating>0, dcol, <int>cols)
+    for j in range(count):
+        memset(dx + j * s.C * HW, 0, s.Cg * HW * sizeof(floating))
+        _col2im(dcol + j * P, cols, dx + j * s.C * HW, s, 0, s.OH)
+
+
 def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
                     const floating[:, :, :, ::1] w, floating[:, :, :, ::1] dx,
                     floating[:, ::1] dw_partial, floating[:, ::1] db_partial,
-                    floating[:, :, ::1] workspace, object geometry, Py_ssize_t rows, int num_threads):
-    """dx, and per-thread partial sums of dw and db, of y = conv2d(x, w) + b given dy.
+                    floating[:, ::1] workspace, object geometry, Py_ssize_t rows, Py_ssize_t images,
+                    int num_threads):
+    """dx (None: not computed), and per-thread partial sums of dw and db, of y = conv2d(x, w) + b
+    given dy.
 
-    Parallel over (image, group) tasks: a task owns its slice of dx (so col2im needs no atomics)
-    and adds its dw (F * K) and db (F) into its thread's row of ``dw_partial``/``db_partial``
-    (zeroed by the caller, which sums the rows in order). ``workspace`` is (num_threads, 2,
-    K * rows * OW): the columns of x and the columns of dx. With a static schedule a thread's
-    tasks and their order depend only on the thread count, so results are reproducible bit for
-    bit at a given thread count."""
+    Parallel over tasks of one group of ``images`` images (a last batch may have fewer; ``images``
+    > 1 needs ``rows`` == OH and a non-pointwise convolution), or without dx and with one image a
+    task, of one band of output rows: a task owns its slice of dx (so col2im needs no atomics)
+    and adds its dw (F * K) and db (F) into its thread's row of ``dw_partial``/``db_partial`` (zeroed by the caller, which sums the rows in order). A task
+    with one image goes through bands of ``rows`` output rows. ``workspace`` is (num_threads,
+    2 * K * rows * OW) for one image a task (the columns of x and of dx), (num_threads, (2 * K +
+    Fg) * images * OH * OW) for several (and dy's). With a static schedule a thread's tasks and
+    their order depend only on the thread count, so results are reproducible bit for bit at a
+    given thread count."""
     single_threaded_blas()
     cdef Conv2dShape s = conv2d_shape(geometry)
+    cdef bint input_grad = dx is not None
     cdef Py_ssize_t bands = (s.OH + rows - 1) // rows
+    cdef Py_ssize_t batches = (s.N + images - 1) // images
     cdef Py_ssize_t HW = s.H * s.W, OHW = s.OH * s.OW
+    cdef Py_ssize_t tile = s.K * rows * s.OW  # the columns of x, then those of dx
     cdef bint pointwise = _is_pointwise(&s)
     cdef Py_ssize_t task, n, gi, band, oh0, band_rows, f, P, tid
     cdef const floating* col
@@ -153,32 +234,48 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
     cdef floating* dx_group
     cdef floating* dw_group
     cdef int ldb
-    for task in prange(s.N * s.G, nogil=True, schedule="static", num_threads=num_threads):
+    # Without dx the bands of one image are independent tasks too (with dx they would add into
+    # the same rows of dx): so few images still keep every thread busy.
+    cdef Py_ssize_t split = bands if not input_grad and images == 1 else 1
+    cdef Py_ssize_t band0, band1
+    for task in prange(batches * s.G * split, nogil=True, schedule="static", num_threads=num_threads):
         tid = threadid()
-        n = task // s.G
-        gi = task % s.G
-        dx_group = &dx[n, gi * s.Cg, 0, 0]
+        n = (task // (s.G * split)) * images
+        gi = (task // split) % s.G
+        band0 = task % split if split > 1 else 0
+        band1 = band0 + 1 if split > 1 else bands
+        dx_group = &dx[n, gi * s.Cg, 0, 0] if input_grad else NULL
         w_group = &w[gi * s.Fg, 0, 0, 0]
         dw_group = &dw_partial[tid, gi * s.Fg * s.K]
-        if not pointwise:
+        if images > 1:
+            _backward_images(&dy[n, gi * s.Fg, 0, 0], &x[n, gi * s.Cg, 0, 0], w_group, dx_group, dw_group,
+                             &db_partial[tid, gi * s.Fg], &workspace[tid, 0], &s, min(images, s.N - n))
+            continue
+        if input_grad and not pointwise:
             memset(dx_group, 0, s.Cg * HW * sizeof(floating))
-        for band in range(bands):
+        for band in range(band0, band1):
             oh0 = band * rows
             band_rows = min(rows, s.OH - oh0)
             P = band_rows * s.OW
             dy_tile = &dy[n, gi * s.Fg, 0, 0] + oh0 * s.OW
-            col = _columns(&x[n, gi * s.Cg, 0, 0], &workspace[tid, 0, 0], &s, pointwise, oh0, band_rows)
+            col = _columns(&x[n, gi * s.Cg, 0, 0], &workspace[tid, 0], &s, pointwise, oh0, band_rows)
             ldb = <int>HW if pointwise else <int>P
             # dw_g (Fg x K) += dy_tile (Fg x P) @ col^T
             gemm(False, True, <int>s.Fg, <int>s.K, <int>P, <floating>1, dy_tile, <int>OHW,
                  col, ldb, <floating>1, dw_group, <int>s.K)
+            if split > 1:
+                for f in range(gi * s.Fg, (gi + 1) * s.Fg):
+                    db_partial[tid, f] += lane_sum(&dy[n, f, 0, 0] + oh0 * s.OW, P)
+            if not input_grad:
+                continue
             # dcol (K x P) = w_g^T (K x Fg) @ dy_tile; the pointwise dcol is dx's band itself
             if pointwise:
                 gemm(True, False, <int>s.K, <int>P, <int>s.Fg, <floating>1, w_group, <int>s.K,
                      dy_tile, <int>OHW, <floating>0, dx_group + oh0 * s.OW, <int>HW)
             else:
                 gemm(True, False, <int>s.K, <int>P, <int>s.Fg, <floating>1, w_group, <int>s.K,
-                     dy_tile, <int>OHW, <floating>0, &workspace[tid, 1, 0], <int>P)
-                _col2im(&workspace[tid, 1, 0], dx_group, &s, oh0, band_rows)
-        for f in range(gi * s.Fg, (gi + 1) * s.Fg):
-            db_partial[tid, f] += lane_sum(&dy[n, f, 0, 0], OHW)
+                     dy_tile, <int>OHW, <floating>0, &workspace[tid, tile], <int>P)
+                _col2im(&workspace[tid, tile], P, dx_group, &s, oh0, band_rows)
+        if split == 1:
+            for f in range(gi * s.Fg, (gi + 1) * s.Fg):
+                db_partial[tid, f] += lane_sum(&dy[n, f, 0, 0], OHW)

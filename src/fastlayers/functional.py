@@ -66,14 +66,17 @@ def conv2d(input: Array, weight: Array, bias: Optional[Array] = None, stride: In
 
 def conv2d_backward(grad_output: Array, input: Array, weight: Array, stride: IntOrPair = 1,
                     padding: Union[IntOrPair, str] = 0, dilation: IntOrPair = 1, groups: int = 1, *,
-                    padding_mode: str = "zeros", algo: str = "auto", backend: Optional[str] = None,
-                    out: Out = None) -> Tuple[Array, Array, Array]:
+                    padding_mode: str = "zeros", input_grad: bool = True, algo: str = "auto",
+                    backend: Optional[str] = None, out: Out = None) -> Tuple[Optional[Array], Array, Array]:
     """Gradients of :func:`conv2d` with respect to input, weight and bias.
 
     ``grad_output`` (N, F, OH, OW) is dL/d(output); the other arguments are the forward call's.
     Returns ``(grad_input, grad_weight, grad_bias)`` shaped like input, weight and (F,). ``out``
-    may be a tuple of three buffers (any of them None)."""
-    problem = CONV2D.backward(grad_output, input, weight, stride, padding, dilation, groups, padding_mode)
+    may be a tuple of three buffers (any of them None). ``input_grad=False`` (as PyTorch's
+    ``output_mask``, for an input that needs no gradient, e.g. a network's first layer) skips the
+    input gradient's work, about half of the call: ``grad_input`` is None, and ``out[0]`` must be."""
+    problem = CONV2D.backward(grad_output, input, weight, stride, padding, dilation, groups, padding_mode,
+                              input_grad)
     return run(CONV2D, problem, backend, algo, out, single_out=False)
 
 

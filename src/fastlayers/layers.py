@@ -431,9 +431,11 @@ class Conv2D(Layer):
         self._record((x, w))
         return conv2d(x, w, self._parameters.get("b"), **self._conv_args())
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def backward(self, dy: np.ndarray, input_grad: bool = True) -> Optional[np.ndarray]:
+        """dL/dx (None with ``input_grad=False``: for an input that needs no gradient, such as a
+        network's input, the backward then computes only the parameters' gradients)."""
         x, w = self._last_record()
-        dx, dw, db = conv2d_backward(dy, x, w, **self._conv_args())
+        dx, dw, db = conv2d_backward(dy, x, w, input_grad=input_grad, **self._conv_args())
         self._accumulate("w", dw)
         if "b" in self._parameters:
             self._accumulate("b", db)

@@ -58,6 +58,7 @@ def conv2d_impl(x, w, b, g):
 
 
 def conv2d_backward_impl(dy, x, w, g):
+    """(dx, dw, db); dx None when ``g.input_grad`` is False."""
     xp = _pad_input(x, g)
     G = g.groups
     wg = w.reshape(G, g.F // G, g.C // G, g.KH, g.KW)
@@ -68,9 +69,10 @@ def conv2d_backward_impl(dy, x, w, g):
         for kw in range(g.KW):
             tap = _grouped(_tap(xp, g, kh, kw), G)
             dw[:, :, :, kh, kw] = np.einsum("ngfij,ngcij->gfc", dyg, tap)
-            _grouped(_tap(dxp, g, kh, kw), G)[...] += np.einsum("ngfij,gfc->ngcij", dyg, wg[:, :, :, kh, kw])
+            if g.input_grad:
+                _grouped(_tap(dxp, g, kh, kw), G)[...] += np.einsum("ngfij,gfc->ngcij", dyg, wg[:, :, :, kh, kw])
     dx = dxp[:, :, g.pad_top : g.pad_top + g.H, g.pad_left : g.pad_left + g.W]
-    return np.ascontiguousarray(dx), dw.reshape(w.shape), dy.sum(axis=(0, 2, 3))
+    return np.ascontiguousarray(dx) if g.input_grad else None, dw.reshape(w.shape), dy.sum(axis=(0, 2, 3))
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros"):
@@ -79,9 +81,12 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     return run(CONV2D, problem, "numpy", "auto", None)
 
 
-def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros"):
-    """Gradients (grad_input, grad_weight, grad_bias) of conv2d given grad_output (N, F, OH, OW)."""
-    problem = CONV2D.backward(grad_output, input, weight, stride, padding, dilation, groups, padding_mode)
+def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros",
+                    input_grad=True):
+    """Gradients (grad_input, grad_weight, grad_bias) of conv2d given grad_output (N, F, OH, OW);
+    grad_input None with ``input_grad=False``."""
+    problem = CONV2D.backward(grad_output, input, weight, stride, padding, dilation, groups, padding_mode,
+                              input_grad)
     return run(CONV2D, problem, "numpy", "auto", None, single_out=False)
 
 

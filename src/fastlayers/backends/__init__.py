@@ -7,6 +7,7 @@ of outputs:
 
     conv2d   forward  (input, weight, bias, g, outs) -> (output,)
              backward (grad_output, input, weight, g, outs) -> (grad_input, grad_weight, grad_bias)
+                      grad_input None, its work skipped, when not g.input_grad (outs[0] is None)
     max_pool2d forward  (input, g, outs) -> (output, indices)
              backward (grad_output, indices, g, outs) -> (grad_input,)     indices NOT range-checked
     rnn      forward  (input, hx, Wx, Wh, bias, g, outs) -> (output,)      hx may be None (zeros)

@@ -17,7 +17,7 @@ def availability():
 
 def _into(outs, results):
     """The results, copied into the caller's buffers where given."""
-    return tuple(r if o is None else (np.copyto(o, r), o)[1] for o, r in zip(outs, results))
+    return tuple(r if o is None or r is None else (np.copyto(o, r), o)[1] for o, r in zip(outs, results))
 
 
 def conv2d_forward(x, w, b, g, outs):

@@ -71,7 +71,7 @@ class Problem:
 
     ``arrays``: the kernel's array arguments by name, in its argument order (None where absent);
     ``outputs``: ``(name, shape, dtype)`` of every output as the caller sees it (what ``out=`` is
-    checked against); ``kernel_outputs``: the same for the kernel, when they differ (an unbatched
+    checked against; a shape of None: an output this call does not compute, returned as None); ``kernel_outputs``: the same for the kernel, when they differ (an unbatched
     call runs as a batch of one); ``to_kernel_out`` maps the caller's buffers to the kernel's;
     ``finish`` maps the kernel's results (and the caller's buffers) to what the function returns."""
 
@@ -102,6 +102,9 @@ def check_outs(problem, out, single):
     if not isinstance(out, (tuple, list)) or len(out) != count:
         raise TypeError(f"out must be a tuple of {count} arrays (or None), got {type(out).__name__}")
     name = (lambda i: "out") if count == 1 else (lambda i: f"out[{i}]")
+    for i, (o, (output, shape, _)) in enumerate(zip(out, problem.outputs)):
+        if shape is None and o is not None:
+            raise ValueError(f"{name(i)} must be None: {output} is not computed by this call")
     if problem.on_gpu:
         return tuple(out)
     others = dict(problem.arrays)
@@ -122,7 +125,7 @@ def run(spec, problem, backend, algo, out, single_out=True):
     kernel_outs = problem.to_kernel_out(outs)
     if not kernel.allocates:
         specs = problem.kernel_outputs or problem.outputs
-        kernel_outs = tuple(np.empty(shape, dtype) if o is None else o
+        kernel_outs = tuple(np.empty(shape, dtype) if o is None and shape is not None else o
                             for o, (_, shape, dtype) in zip(kernel_outs, specs))
 
     def call(k):

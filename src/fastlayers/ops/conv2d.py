@@ -1,7 +1,7 @@
 """The conv2d spec: arguments, geometry, outputs and kernels of ``conv2d`` and ``conv2d_backward``."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -18,7 +18,9 @@ class Conv2dGeometry(ImageBatch):
     """Sizes and normalised parameters of one 2-D convolution, and every size derived from them.
 
     Padding is (top, bottom, left, right): ``padding="same"`` can be asymmetric. The kernels get
-    these fields as one C struct (kernels/cpu/_conv2d.pxd) or one tuple (kernels/cuda/conv2d.py)."""
+    these fields as one C struct (kernels/cpu/_conv2d.pxd) or one tuple (kernels/cuda/conv2d.py).
+    ``input_grad`` (backward only): whether the backward computes grad_input; when False its
+    kernels skip that work and return None for it."""
 
     F: int
     KH: int
@@ -34,6 +36,7 @@ class Conv2dGeometry(ImageBatch):
     dilation_h: int
     dilation_w: int
     groups: int
+    input_grad: bool = True
 
     @property
     def Cg(self):
@@ -64,9 +67,9 @@ class Conv2dGeometry(ImageBatch):
         return 2 * self.N * self.F * self.OH * self.OW * self.K
 
     def work(self, direction):
-        """``(amount, unit)`` of one call: the backward computes dx and dw, each as many
-        multiply-adds as the forward (db is negligible)."""
-        return (self.flops if direction == "forward" else 2 * self.flops), "flop"
+        """``(amount, unit)`` of one call: the backward computes dx (unless ``input_grad`` is
+        False) and dw, each as many multiply-adds as the forward (db is negligible)."""
+        return (self.flops if direction == "forward" else (1 + self.input_grad) * self.flops), "flop"
 
 
 def conv2d_geometry(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1):
@@ -314,32 +317,42 @@ class Conv2dSpec(OpSpec):
             **batch_hooks(batched),
         )
 
-    def backward(self, grad_output, input, weight, stride, padding, dilation, groups, padding_mode):
+    def backward(self, grad_output, input, weight, stride, padding, dilation, groups, padding_mode,
+                 input_grad=True):
         dt, batched, g = self._common(input, weight, stride, padding, dilation, groups, padding_mode)
         check_array("grad_output", grad_output, input.ndim, dt)
         check_shape("grad_output", grad_output, g.y_shape if batched else g.y_shape[1:])
+        if not isinstance(input_grad, (bool, np.bool_)):
+            raise TypeError(f"input_grad must be a bool, got {type(input_grad).__name__}")
+        if not input_grad:
+            g = replace(g, input_grad=False)
         x, dy = (input, grad_output) if batched else (lead_one(input), lead_one(grad_output))
         x_shape = g.x_shape if batched else g.x_shape[1:]
-        outputs = (("grad_input", x_shape, dt), ("grad_weight", g.w_shape, dt), ("grad_bias", (g.F,), dt))
+        # A shape of None: the output is not computed (None returned, no out= buffer taken).
+        outputs = (("grad_input", x_shape if input_grad else None, dt), ("grad_weight", g.w_shape, dt),
+                   ("grad_bias", (g.F,), dt))
         kernel_g = g
         to_kernel = (lambda outs: outs) if batched else (lambda outs: (lead_one(outs[0]),) + tuple(outs[1:]))
-        unbatch = (lambda r: r) if batched else (lambda r: (r[0].reshape(x_shape),) + tuple(r[1:]))
+        unbatch = (lambda r: r) if batched or not input_grad else (lambda r: (r[0].reshape(x_shape),) + tuple(r[1:]))
         finish = lambda r, outs: unbatch(r)  # noqa: E731
         if padding_mode != "zeros":
             kernel_g, rows, cols = self._padding(input, g, padding_mode)
+            kernel_g = replace(kernel_g, input_grad=g.input_grad)
             x = pad_input(x, rows, cols)
 
             def to_kernel(outs):  # the padded input's gradient is the kernel's; out[0] gets it folded
                 return (None,) + tuple(outs[1:])
 
             def finish(r, outs):
+                if r[0] is None:
+                    return r
                 dx = fold_padding(r[0], rows, cols, g.x_shape).reshape(x_shape)
                 if outs[0] is not None:
                     np.copyto(outs[0], dx)
                     dx = outs[0]
                 return (dx,) + tuple(r[1:])
 
-        kernel_outputs = (("grad_input", kernel_g.x_shape, dt),) + outputs[1:]
+        kernel_outputs = (("grad_input", kernel_g.x_shape if input_grad else None, dt),) + outputs[1:]
         return Problem("backward", kernel_g, dict(grad_output=dy, input=x, weight=weight), outputs,
                        kernel_outputs=kernel_outputs, to_kernel_out=to_kernel, finish=finish)
 

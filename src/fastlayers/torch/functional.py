@@ -41,8 +41,9 @@ class _Conv2d(torch.autograd.Function):
     def backward(ctx, grad_output):
         input, weight = ctx.saved_tensors
         dx, dw, db = fl.conv2d_backward(as_array("grad_output", grad_output), as_array("input", input),
-                                        as_array("weight", weight), *ctx.geometry)
-        return as_tensor(dx), as_tensor(dw), as_tensor(db) if ctx.has_bias else None, None, None, None, None
+                                        as_array("weight", weight), *ctx.geometry,
+                                        input_grad=bool(ctx.needs_input_grad[0]))
+        return None if dx is None else as_tensor(dx), as_tensor(dw), as_tensor(db) if ctx.has_bias else None, None, None, None, None
 
 
 class _MaxPool2d(torch.autograd.Function):

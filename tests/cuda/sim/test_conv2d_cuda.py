@@ -66,6 +66,19 @@ def test_backward_float64(case):
     assert_close(db, rb, np.float64, terms=g.N * g.OH * g.OW)
 
 
+@pytest.mark.parametrize("case", CASES[:3], ids=_ids(CASES[:3]))
+def test_backward_without_input_grad(case):
+    """input_grad=False: no grad_input (None), the others the reference's."""
+    x, w, _, params = _case(case, np.float64)
+    g = conv2d_geometry(x.shape, w.shape, **params)
+    dy = make_rng(1).uniform(-1, 1, g.y_shape)
+    dx, dw, db = fl.conv2d_backward(dy, x, w, backend="cuda", input_grad=False, **params)
+    _, rw, rb = ref.conv2d_backward(dy, x, w, **params)
+    assert dx is None
+    assert_close(dw, rw, np.float64, terms=g.N * g.OH * g.OW)
+    assert_close(db, rb, np.float64, terms=g.N * g.OH * g.OW)
+
+
 # float32: a representative subset (each case costs seconds in the simulator).
 F32 = [CASES[0], CASES[2], CASES[6]]  # K-tile edge; groups + dilation; 65 channels
 

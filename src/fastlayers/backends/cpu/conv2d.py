@@ -4,21 +4,28 @@
 to one task in a fixed order: their results do not depend on the thread count.
 
 Both algorithms are reproducible bit for bit from run to run at a given thread count: no
-atomics, every sum in a fixed order. The direct loops do not depend on the thread count at all.
+atomics, every sum in a fixed order. The direct loops do not depend on the thread count at all;
+the direct backward takes dw and db from im2col's GEMMs where their sizes fit a C int.
 The im2col forward gives every output to one gemm, whose shape depends on the thread count only
-when there are fewer (image, group) pairs than threads (the bands of output rows are then cut
-thinner so every thread has work); its backward sums dw and db per thread, then over threads in
-order. So im2col results change with the thread count by float rounding only.
+when there are few (image, group) pairs for the threads: fewer than threads (the bands of output
+rows are then cut thinner so every thread has work), or, on small planes whose images share a
+tile, fewer than two tiles per thread (fewer images then share one); its backward sums dw and db
+per thread, then over threads in order. So im2col results change with the thread count by float
+rounding only.
 
 Scratch memory is bounded whatever the batch size: an im2col column tile is at most
-``column_tile_bytes()`` (a band of output rows whose columns fit, at least one row) per thread,
-two of them in the backward (columns of x and of dx), plus one partial dw (the size of w) per
-thread in the backward; a direct task's row copy is kept to about 1 MiB and refused past
+``column_tile_bytes()`` (a band of output rows whose columns fit, at least one row, or the
+columns of several whole small images) per thread, two of them in the backward (columns of x and
+of dx), plus, when images share a tile, their gemm's product in the forward and their dy in the
+backward (filters per group x the tile's columns), and one partial dw (the size of w) per thread
+in the backward; a direct task's row copy is kept to about 1 MiB and refused past
 ``DIRECT_MAX_SCRATCH_BYTES`` per thread (its width grows with the stride and dilation).
 Workspaces are cached per Python thread and checked out for the call
 (``_common.workspace``), so concurrent or re-entrant callers never share one; they keep their
 largest size until the thread ends or ``fastlayers.release_workspaces()``.
 """
+from dataclasses import replace
+
 import numpy as np
 
 from ..._cpu import conv2d_depthwise as _depthwise
@@ -67,6 +74,30 @@ def _band_rows(g, threads, itemsize):
     return max(1, min(rows, g.OH, -(-g.OH // per_plane)))
 
 
+# Images per im2col tile on small planes: a gemm over one 8x8 plane has 64 columns, too narrow for
+# OpenBLAS's kernels (137 against 165 GFLOP/s at 512 on VGG's third stage), so the columns of
+# several whole images go side by side, up to about this many (docs/performance.md).
+GEMM_COLUMNS = 512
+
+
+def _tile_images(g, rows, threads, itemsize):
+    """Images per im2col tile: one, unless a tile of ``rows`` rows is a whole plane narrower
+    than ``GEMM_COLUMNS`` columns (and not the input itself, as pointwise columns are); then as
+    many as make about that many columns, fit the column tile bytes, and leave two tiles per
+    thread."""
+    P = g.OH * g.OW
+    if rows < g.OH or P >= GEMM_COLUMNS or _is_pointwise(g):
+        return 1
+    per_thread = -(-2 * threads // g.groups)  # batches of images needed for two tiles per thread
+    fit = column_tile_bytes() // (g.K * P * itemsize)
+    return max(1, min(GEMM_COLUMNS // P, fit, g.N // per_thread))
+
+
+def _is_pointwise(g):
+    """A 1x1 kernel, stride 1, no padding: the image itself is the column matrix (im2col.pyx)."""
+    return (g.KH, g.KW, g.stride_h, g.stride_w, g.pad_top, g.pad_left, g.OH, g.OW) == (1, 1, 1, 1, 0, 0, g.H, g.W)
+
+
 def _im2col_fits(g, rows=1):
     """Whether im2col's gemm sizes and leading dimensions (C ints) hold ``rows``-row tiles."""
     return max(g.H * g.W, g.OH * g.OW, g.K * rows * g.OW, g.F * g.K) <= BLAS_INT_MAX
@@ -106,10 +137,10 @@ def _check_fits(g, algo, direction):
 # column matrix is the input itself or a strided subsample of it, so the GEMM wins. Small calls
 # are decided by the per-call set-up, which is im2col's smaller; with few (image, group) planes
 # the direct tasks (bands of rows, each copying the input rows it reads) get thin. The direct
-# backward loses everywhere (its dw is a scalar loop). All of this holds where the kernel's
-# register block fits the registers: 8 filters x 2 vectors of 64 bytes are 16 zmm registers with
-# AVX-512, but 32 ymm with AVX2 (of 16) and more with SSE2, which spill and run 10-40x slower
-# than im2col. Its rows are vectors along the output columns: on planes narrower than one
+# backward (its dx, with im2col's dw) ran 0.8-2x im2col's time, faster only on some batch-1
+# planes. All of this holds where the kernel's register block fits the registers: 8 filters x 2
+# vectors of 64 bytes are 16 zmm registers with AVX-512, but 32 ymm with AVX2 (of 16) and more
+# with SSE2, which spill and run 10-40x slower than im2col. Its rows are vectors along the output columns: on planes narrower than one
 # (8x8: VGG's third stage) half of each vector is idle and im2col wins. The depthwise loops (one
 # input channel per group) beat both on large planes, where each plane's taps are long vector
 # passes; on small planes the direct kernel's blocks win, and backward im2col.
@@ -186,7 +217,8 @@ def _forward_threads(x, w, b, g, y, algo):
 
 def _degenerate_backward(dy, outs):
     dx, dw, db = outs
-    dx[...] = 0
+    if dx is not None:
+        dx[...] = 0
     dw[...] = 0
     db[...] = dy.sum(axis=(0, 2, 3)) if dy.size else 0
     return outs
@@ -212,11 +244,10 @@ def im2col_forward(x, w, b, g, outs):
     threads = _forward_threads(x, w, b, g, y, "im2col")
     if threads is None:
         return (y,)
-    rows = _band_rows(g, threads, x.dtype.itemsize)
-    if not _im2col_fits(g, rows):  # tiles cut thinner (one row fits: checked above)
-        rows = 1
-    with scratch("columns", (threads, g.K * rows * g.OW), x.dtype) as workspace:
-        _im2col.conv2d_forward(contiguous(x), contiguous(w), contiguous(b), y, workspace, g, rows, threads)
+    rows, images = _tiles(g, threads, x.dtype.itemsize)
+    size = g.K * rows * g.OW if images == 1 else (g.K + g.Fg) * images * rows * g.OW  # columns (and product)
+    with scratch("columns", (threads, size), x.dtype) as workspace:
+        _im2col.conv2d_forward(contiguous(x), contiguous(w), contiguous(b), y, workspace, g, rows, images, threads)
     return (y,)
 
 
@@ -231,19 +262,31 @@ def direct_backward(dy, x, w, g, outs):
         # reference's, NaN for NaN.
         return im2col_backward(dy, x, w, g, outs)
     _check_fits(g, "direct", "backward")
-    threads = threads_for(g.flops)  # multiply-adds of dx and dw
+    threads = threads_for(g.work("backward")[0] // 2)  # multiply-adds of dx and dw
     dyc = contiguous(dy)
-    G, Fg, Cg = g.groups, g.Fg, g.Cg
-    # dx convolves dy with each group's filters flipped and transposed: (G, Cg, Fg*KH*KW)
-    flipped = contiguous(w).reshape(G, Fg, Cg, g.KH, g.KW)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
-    packed_wt = _pack_filters(flipped.reshape(G, Cg, -1))
-    zeros = np.zeros((G, packed_wt.shape[1], _direct.FILTER_BLOCK), dtype=x.dtype)
-    band, nbytes = _direct_band(g, True, x.dtype, threads)
-    with scratch("direct", (threads, nbytes), np.uint8) as work:
-        _direct.conv2d_backward_input(dyc, packed_wt, zeros, dx, work, g, band, threads)
-    with scratch("rows", (threads, g.OW), x.dtype) as accumulators:
-        _direct.conv2d_backward_weight(dyc, contiguous(x), dw, db, accumulators, g, threads)
+    if dx is not None:
+        G, Fg, Cg = g.groups, g.Fg, g.Cg
+        # dx convolves dy with each group's filters flipped and transposed: (G, Cg, Fg*KH*KW)
+        flipped = contiguous(w).reshape(G, Fg, Cg, g.KH, g.KW)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+        packed_wt = _pack_filters(flipped.reshape(G, Cg, -1))
+        zeros = np.zeros((G, packed_wt.shape[1], _direct.FILTER_BLOCK), dtype=x.dtype)
+        band, nbytes = _direct_band(g, True, x.dtype, threads)
+        with scratch("direct", (threads, nbytes), np.uint8) as work:
+            _direct.conv2d_backward_input(dyc, packed_wt, zeros, dx, work, g, band, threads)
+    if _im2col_fits(g):  # dw and db by im2col's GEMMs: the direct loops' are 10-40x slower
+        im2col_backward(dyc, x, w, replace(g, input_grad=False), (None, dw, db))
+    else:
+        with scratch("rows", (threads, g.OW), x.dtype) as accumulators:
+            _direct.conv2d_backward_weight(dyc, contiguous(x), dw, db, accumulators, g, threads)
     return outs
+
+
+def _tiles(g, threads, itemsize):
+    """Output rows and images of an im2col tile."""
+    rows = _band_rows(g, threads, itemsize)
+    if not _im2col_fits(g, rows):  # tiles cut thinner (one row fits: checked by _check_fits)
+        rows = 1
+    return rows, _tile_images(g, rows, threads, itemsize)
 
 
 def im2col_backward(dy, x, w, g, outs):
@@ -251,13 +294,18 @@ def im2col_backward(dy, x, w, g, outs):
     if _degenerate(x, w):
         return _degenerate_backward(dy, outs)
     _check_fits(g, "im2col", "backward")
-    threads = min(threads_for(g.flops), g.N * g.groups)  # one (image, group) task per thread at least
-    rows = _band_rows(g, threads, x.dtype.itemsize)
-    if not _im2col_fits(g, rows):
-        rows = 1
+    threads = threads_for(g.work("backward")[0] // 2)  # multiply-adds
+    if g.input_grad:  # a task (the dx of a group of images) per thread at most
+        threads = min(threads, g.N * g.groups)
+    rows, images = _tiles(g, threads, x.dtype.itemsize)
+    # without dx, one image's bands are tasks of their own (the kernel's ``split``)
+    bands = 1 if g.input_grad or images > 1 else -(-g.OH // rows)
+    threads = min(threads, -(-g.N // images) * g.groups * bands)
+    # columns of x and of dx (and of dy when several images share a task)
+    size = 2 * g.K * rows * g.OW if images == 1 else (2 * g.K + g.Fg) * images * rows * g.OW
     # The partial sums are reduced inside the checkout: nothing else can write them meanwhile.
     partials = threads if threads > 1 else 0
-    with scratch("columns", (threads, 2, g.K * rows * g.OW), x.dtype) as workspace, \
+    with scratch("columns", (threads, size), x.dtype) as workspace, \
             scratch("dw", (partials, g.F * g.K), x.dtype) as dw_partial, \
             scratch("db", (partials, g.F), x.dtype) as db_partial:
         if threads == 1:  # the one thread's partial sums are the result
@@ -265,7 +313,7 @@ def im2col_backward(dy, x, w, g, outs):
         dw_partial[...] = 0
         db_partial[...] = 0
         _im2col.conv2d_backward(contiguous(dy), contiguous(x), contiguous(w), dx, dw_partial, db_partial,
-                                workspace, g, rows, threads)
+                                workspace, g, rows, images, threads)
         if threads > 1:
             np.sum(dw_partial, axis=0, out=dw.reshape(-1))
             np.sum(db_partial, axis=0, out=db)
@@ -288,7 +336,8 @@ def depthwise_backward(dy, x, w, g, outs):
         return _degenerate_backward(dy, outs)
     if not _finite(w, dy):  # as in depthwise_forward: non-finite values meet padding taps in the reference
         return im2col_backward(dy, x, w, g, outs)
-    _depthwise.conv2d_backward(contiguous(dy), contiguous(x), contiguous(w), dx, dw, db, g, threads_for(g.flops))
+    _depthwise.conv2d_backward(contiguous(dy), contiguous(x), contiguous(w), dx, dw, db, g,
+                               threads_for(g.work("backward")[0] // 2))
     return outs
 
 

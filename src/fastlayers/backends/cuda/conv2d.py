@@ -53,13 +53,14 @@ def implicit_gemm_backward(dy, x, w, g, outs):
     call = Call(dy, x, w)
     dyd, xd, wd = call.input("grad_output", dy), call.input("input", x), call.input("weight", w)
     dt = xd.dtype
-    dx = call.output("out[0]", outs[0], g.x_shape, dt)
+    dx = call.output("out[0]", outs[0], g.x_shape, dt) if g.input_grad else None
     dw = call.output("out[1]", outs[1], g.w_shape, dt)
     db = call.output("out[2]", outs[2], (g.F,), dt)
     geo = conv.conv2d_geo(g)
     taps = g.KH * g.KW
-    gemm(conv.gemm_kernel("dx", dt), dyd, wd, dx, dx, dx, geo, g.N * g.H * g.W, g.Cg, g.Fg * taps, g.groups)
+    if dx is not None:
+        gemm(conv.gemm_kernel("dx", dt), dyd, wd, dx, dx, dx, geo, g.N * g.H * g.W, g.Cg, g.Fg * taps, g.groups)
     split_k_gemm(call, conv.gemm_kernel("dw", dt), dyd, xd, dw, geo, g.Fg, g.Cg * taps, g.N * g.OH * g.OW,
                  g.groups, dw.size)
     column_sums(dyd, db, g.N, g.F, g.OH * g.OW)
-    return tuple(call.result(d, o) for d, o in zip((dx, dw, db), outs))
+    return tuple(None if d is None else call.result(d, o) for d, o in zip((dx, dw, db), outs))
