@@ -216,7 +216,7 @@ class MaxPool2dSpec(OpSpec):
             raise ValueError(f"grad_output's {what} = {tuple(grad_output.shape[:lead])} must match input_shape's "
                              f"{input_shape[:lead]}")
         full = input_shape if batched else (1,) + input_shape
-        g = Unpool2dGeometry(*full, *grad_output.shape[-2:])
+        g = Unpool2dGeometry(*full, *tuple(grad_output.shape)[-2:])
         arrays = dict(grad_output=grad_output, indices=indices)
         if not batched:
             arrays = {k: lead_one(v) for k, v in arrays.items()}
