@@ -32,8 +32,9 @@ def _non_negative(name: str, value: float) -> float:
 
 
 def _on_device(a: Any) -> bool:
-    """Whether ``a`` is a GPU array (only those reach here without being NumPy arrays)."""
-    return not isinstance(a, np.ndarray)
+    """Whether ``a`` is a GPU array (a Numba device array, real or simulated, or any array with
+    ``__cuda_array_interface__``)."""
+    return not isinstance(a, np.ndarray) and (hasattr(a, "__cuda_array_interface__") or hasattr(a, "copy_to_host"))
 
 
 def _device() -> Any:

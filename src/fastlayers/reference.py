@@ -503,10 +503,8 @@ def batch_norm_backward(grad_output, input, running_mean, running_var, weight=No
 
 
 def flatten(x):
-    """(N, ...) -> (N, prod(...)) in C order, as the notes' "Flattening" slide (a view; sizes
-    spelt out, so that GPU device arrays, whose reshape takes no -1, flatten the same way)."""
-    shape = tuple(x.shape)
-    return x.reshape(shape[0], int(np.prod(shape[1:], dtype=np.int64)))
+    """(N, ...) -> (N, prod(...)) in C order, as the notes' "Flattening" slide."""
+    return x.reshape(x.shape[0], -1)
 
 
 def flatten_backward(dy, input_shape):
