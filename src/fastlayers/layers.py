@@ -26,8 +26,10 @@ Conv2D, MaxPool2D, RNN, LSTM and GRU call :func:`fastlayers.conv2d`, :func:`fast
 :func:`fastlayers.rnn`, :func:`fastlayers.lstm` and :func:`fastlayers.gru` (and their backwards),
 so they run on the backend the dispatch picks, or on the one given as ``backend``. Dense and
 TiedOutput, ReLU and BatchNorm2d call :func:`fastlayers.linear`, :func:`fastlayers.relu` and
-:func:`fastlayers.batch_norm`, which have host kernels only: with the cuda backend they run on the
-CPU's. Embedding, Tanh, Sigmoid, Flatten and Dropout are NumPy on every backend.
+:func:`fastlayers.batch_norm`: with host parameters and the cuda backend they run on the CPU's
+kernels (a GPU call would copy the parameters over each time); on a model moved to the GPU
+(below) Dense and ReLU run the cuda kernels. Embedding, Tanh, Sigmoid, Flatten and Dropout are
+NumPy on every backend (Flatten is a reshape, on device arrays too).
 
 Parameters live in host memory (NumPy arrays) unless the model is moved to the GPU with
 ``model.cuda()`` (``model.to("cuda")``; back with ``model.cpu()``): its parameters, buffers and
