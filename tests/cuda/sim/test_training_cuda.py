@@ -198,7 +198,8 @@ class _Transfers:
         self.to_device = self.host_to_device = self.to_host = 0
         fake = devicearray.FakeCUDAArray
         original_to_device, original_copy_in, original_copy_out = cuda.to_device, fake.copy_to_device, fake.copy_to_host
-        original_getattr, original_getitem, original_call = fake.__getattr__, fake.__getitem__, kernel.FakeCUDAKernel.__call__
+        original_getattr, original_getitem = fake.__getattr__, fake.__getitem__
+        original_call = kernel.FakeCUDAKernel.__call__
 
         def to_device(*args, **kwargs):
             self.to_device += 1
