@@ -28,7 +28,7 @@ so they run on the backend the dispatch picks, or on the one given as ``backend`
 TiedOutput, ReLU and BatchNorm2d call :func:`fastlayers.linear`, :func:`fastlayers.relu` and
 :func:`fastlayers.batch_norm`: with host parameters and the cuda backend they run on the CPU's
 kernels (a GPU call would copy the parameters over each time); on a model moved to the GPU
-(below) Dense and ReLU run the cuda kernels. Embedding, Tanh, Sigmoid, Flatten and Dropout are
+(below) Dense, ReLU and BatchNorm2d run the cuda kernels. Embedding, Tanh, Sigmoid, Flatten and Dropout are
 NumPy on every backend (Flatten is a reshape, on device arrays too).
 
 Parameters live in host memory (NumPy arrays) unless the model is moved to the GPU with
@@ -37,8 +37,9 @@ gradients are then Numba device arrays, its layers run the cuda backend's kernel
 GPU arrays (``numba.cuda.to_device(x)``, or any ``__cuda_array_interface__`` array) and outputs
 are device arrays. With :func:`fastlayers.losses.softmax_cross_entropy` and the optimisers of
 :mod:`fastlayers.optim`, which keep their state on the GPU too, a training step then moves nothing
-between host and GPU but the loss the caller reads. Conv2D, MaxPool2D, Flatten, ReLU, Dense and
-Sequential can move; the other layers raise NotImplementedError (no device-resident version yet).
+between host and GPU but the loss the caller reads. Conv2D, MaxPool2D, Flatten, ReLU, Dense,
+BatchNorm2d and Sequential can move; the other layers raise NotImplementedError (no device-resident
+version yet).
 
 Initialisation is PyTorch's default (see :mod:`fastlayers.init` for Kaiming, Xavier and the
 others): Conv2D and Dense weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)), RNN weights and
@@ -371,8 +372,8 @@ class Layer:
             fixed = sorted({type(layer).__name__ for layer in layers if not layer.movable})
             if fixed:
                 raise NotImplementedError(f"{', '.join(fixed)} cannot be moved to the GPU yet (no device-resident "
-                                          f"version): the movable layers are Conv2D, MaxPool2D, Flatten, ReLU, Dense "
-                                          f"and Sequential")
+                                          f"version): the movable layers are Conv2D, MaxPool2D, Flatten, ReLU, Dense, "
+                                          f"BatchNorm2d and Sequential")
         for layer in layers:
             target = layer.device if device is None else device
             for table in (layer._parameters, layer._buffers):
@@ -381,10 +382,11 @@ class Layer:
                         if dtype is not None and array.dtype.kind == "f":
                             table[name] = array.astype(dtype)
                         continue
-                    host = _gpu().to_host(array) if layer.device == "cuda" else array
+                    host = _gpu().to_host(array) if _on_gpu(array) else array
                     if dtype is not None and host.dtype.kind == "f":
                         host = host.astype(dtype)
-                    table[name] = _gpu().to_device(host) if target == "cuda" else host
+                    # Integer buffers (BatchNorm2d's batch count) stay on the host: counters the host updates.
+                    table[name] = _gpu().to_device(host) if target == "cuda" and host.dtype.kind == "f" else host
             if dtype is not None:
                 layer.dtype = dtype
             if target == "cuda":
@@ -680,7 +682,10 @@ class BatchNorm2d(Layer):
     Training mode normalises with the batch's mean and (biased) variance and updates the running
     statistics ``running_mean``/``running_var`` (buffers; the unbiased variance, weight
     ``momentum``); eval mode normalises with the running statistics. ``params``: ``w`` (scale,
-    ones) and ``b`` (shift, zeros), if ``affine``. Statistics are accumulated in float64."""
+    ones) and ``b`` (shift, zeros), if ``affine``. Statistics are accumulated in float64 (on the
+    GPU, after ``.cuda()``, in the input's dtype; ``num_batches_tracked`` stays on the host)."""
+
+    movable = True
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
                  backend: Optional[str] = None, dtype: DTypeLike = np.float32, rng: Seed = None) -> None:

@@ -7,7 +7,8 @@ import pytest
 numba = pytest.importorskip("numba", reason="the cuda extra (numba, numba-cuda) is not installed")
 from numba import cuda, types  # noqa: E402
 
-from fastlayers._cuda import activation, conv2d, gated_rnn, layout, loss, max_pool2d, optim, reduce, rnn  # noqa: E402
+from fastlayers._cuda import (activation, batch_norm, conv2d, gated_rnn, layout, loss, max_pool2d, optim,  # noqa: E402
+                              reduce, rnn)
 from fastlayers._cuda.gemm import GEO_LEN  # noqa: E402
 
 GEO = types.UniTuple(types.int64, GEO_LEN)
@@ -51,6 +52,10 @@ KERNELS = [
      lambda dt: (_arr(dt), _arr(np.int64), _arr(dt), _arr(dt), i64, i64, _scalar(dt))),
     (optim, "sgd_kernel", (), lambda dt: (_arr(dt),) * 3 + (_scalar(dt),) * 3 + (types.boolean, i64)),
     (optim, "adam_kernel", (), lambda dt: (_arr(dt),) * 4 + (_scalar(dt),) * 9 + (i64,)),
+    *[(batch_norm, f"{direction}_kernel", (), lambda dt: (_arr(dt),) * 8 + (types.boolean, _scalar(dt), i64, i64, i64,
+                                                                          _scalar(dt)))
+      for direction in ("forward", "backward")],
+    (batch_norm, "update_running_kernel", (), lambda dt: (_arr(dt),) * 4 + (_scalar(dt),) * 3 + (i64,)),
 ]
 
 
@@ -58,7 +63,7 @@ def test_table_lists_every_kernel_factory():
     listed = {(mod.__name__, factory) for mod, factory, _, _ in KERNELS}
     existing = {
         (mod.__name__, name)
-        for mod in (activation, conv2d, gated_rnn, layout, loss, max_pool2d, optim, reduce, rnn)
+        for mod in (activation, batch_norm, conv2d, gated_rnn, layout, loss, max_pool2d, optim, reduce, rnn)
         for name in dir(mod)
         if name.endswith("_kernel") and callable(getattr(mod, name))
     }

@@ -99,8 +99,12 @@ def test_clip_grad_norm_refuses_device_gradients():
 # ---------------------------------------------------------------------------- layers
 
 
-def _cnn(dtype):
-    return L.Sequential(L.Conv2D(1, 2, 3, padding=1, dtype=dtype, rng=0), L.ReLU(dtype=dtype),
+def _cnn(dtype, batch_norm=False):
+    # Before a BatchNorm2d the convolution has no bias: its gradient would be rounding noise
+    # around 0, which Adam's normalisation blows up to full steps (no test could compare those).
+    norm = [L.BatchNorm2d(2, dtype=dtype)] if batch_norm else []
+    conv = L.Conv2D(1, 2, 3, padding=1, bias=not batch_norm, dtype=dtype, rng=0)
+    return L.Sequential(conv, *norm, L.ReLU(dtype=dtype),
                         L.MaxPool2D(2, dtype=dtype), L.Flatten(dtype=dtype), L.Dense(8, 3, dtype=dtype, rng=1))
 
 
@@ -143,6 +147,24 @@ def test_cnn_trained_on_device_matches_the_host(optimiser):
     np.testing.assert_allclose(back(x), host(x), rtol=1e-12, atol=1e-13)
 
 
+def test_cnn_with_batch_norm_on_device_matches_the_host():
+    """BatchNorm2d on the GPU: batch statistics in training, the running ones (updated on the
+    GPU; the batch count on the host) in eval mode."""
+    host, dev = _cnn(np.float64, batch_norm=True), _cnn(np.float64, batch_norm=True).cuda()
+    opt_host, opt_dev = OPTIMISERS["adam"](host), OPTIMISERS["adam"](dev)
+    x, labels = _batch()
+    for _ in range(2):
+        want = _step(host, opt_host, x, labels)
+        got = _step(dev, opt_dev, cuda.to_device(x), cuda.to_device(labels))
+        np.testing.assert_allclose(float(_host(got)), float(want), rtol=1e-12)
+    state, want_state = dev.state_dict(), host.state_dict()
+    assert int(state["1.num_batches_tracked"]) == 2
+    for name, a in want_state.items():
+        np.testing.assert_allclose(state[name], a, rtol=1e-12, atol=1e-13, err_msg=name)
+    x2 = make_rng(5).standard_normal((3, 1, 4, 4))
+    np.testing.assert_allclose(_host(dev.eval()(cuda.to_device(x2))), host.eval()(x2), rtol=1e-12, atol=1e-13)
+
+
 def test_shared_dense_accumulates_on_device():
     """A Dense placed twice: its two calls' gradients add up on the GPU as on the host."""
     def model():
@@ -164,8 +186,8 @@ def test_shared_dense_accumulates_on_device():
 
 
 def test_moving_models_and_their_errors():
-    with pytest.raises(NotImplementedError, match="BatchNorm2d cannot be moved to the GPU"):
-        L.Sequential(L.Conv2D(1, 2, 3), L.BatchNorm2d(2)).cuda()
+    with pytest.raises(NotImplementedError, match="Dropout cannot be moved to the GPU"):
+        L.Sequential(L.Conv2D(1, 2, 3), L.Dropout(0.5)).cuda()
     dev = _cnn(np.float64).to("cuda")
     assert dev.device == "cuda" and dev[0].backend == "cuda"
     with pytest.raises(TypeError, match="must be a GPU array"):
@@ -260,7 +282,7 @@ class _Transfers:
 
 @pytest.mark.parametrize("optimiser", ["sgd-momentum-decay", "adam-decay"])
 def test_a_training_step_moves_nothing_but_the_loss(monkeypatch, optimiser):
-    model = _cnn(np.float32).cuda()
+    model = _cnn(np.float32, batch_norm=True).cuda()
     opt = OPTIMISERS[optimiser](model)
     x, labels = _batch()
     xd, labels_d = cuda.to_device(x.astype(np.float32)), cuda.to_device(labels)

@@ -10,14 +10,16 @@ import numpy as np
 
 @functools.cache
 def kernels():
-    """The kernel modules, as attributes activation, conv2d, gated_rnn, launch, layout, loss,
-    max_pool2d, optim, reduce, rnn (imports numba)."""
+    """The kernel modules, as attributes activation, batch_norm, conv2d, gated_rnn, launch, layout,
+    loss, max_pool2d, optim, reduce, rnn (imports numba)."""
     from types import SimpleNamespace
 
-    from ..._cuda import activation, conv2d, gated_rnn, launch, layout, loss, max_pool2d, optim, reduce, rnn
+    from ..._cuda import (activation, batch_norm, conv2d, gated_rnn, launch, layout, loss, max_pool2d, optim, reduce,
+                          rnn)
 
-    return SimpleNamespace(activation=activation, conv2d=conv2d, gated_rnn=gated_rnn, launch=launch, layout=layout,
-                           loss=loss, max_pool2d=max_pool2d, optim=optim, reduce=reduce, rnn=rnn)
+    return SimpleNamespace(activation=activation, batch_norm=batch_norm, conv2d=conv2d, gated_rnn=gated_rnn,
+                           launch=launch, layout=layout, loss=loss, max_pool2d=max_pool2d, optim=optim, reduce=reduce,
+                           rnn=rnn)
 
 
 # ---------------------------------------------------------------------------- arrays
