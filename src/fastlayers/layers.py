@@ -61,7 +61,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from . import _dispatch, init, reference
-from .ops._checks import FLOAT_DTYPES, array_dtype, check_choice, pair
+from .ops._checks import FLOAT_DTYPES, array_dtype, check_choice, is_device_array, pair
 from .ops.conv2d import PADDING_MODES
 from .ops.rnn import NONLINEARITIES
 from .functional import (
@@ -131,25 +131,15 @@ DEVICES = ("cpu", "cuda")
 
 
 def _gpu() -> Any:
-    """The cuda backend's device-array helpers (imports numba: only for models on the GPU)."""
+    """The cuda backend's device-array helpers (numba is imported only where one runs on the GPU)."""
     from .backends.cuda import training
 
     return training
 
 
-def _on_gpu(a: Any) -> bool:
-    """Whether ``a`` is a GPU array (False at once for NumPy arrays: no numba import)."""
-    return not isinstance(a, np.ndarray) and (hasattr(a, "__cuda_array_interface__") or hasattr(a, "copy_to_host"))
-
-
-def _host(a: Any) -> np.ndarray:
-    """A host copy of parameter/buffer ``a``, wherever it lives."""
-    return _gpu().to_host(a) if _on_gpu(a) else a.copy()
-
-
 def _copy_into(target: Any, value: Any) -> None:
     """Copy ``value`` into ``target`` (host or GPU), ``same_kind`` casting into target's dtype."""
-    if _on_gpu(target):
+    if is_device_array(target):
         target.copy_to_device(np.ascontiguousarray(np.asarray(value).astype(target.dtype, casting="same_kind")))
     else:
         np.copyto(target, value, casting="same_kind")
@@ -382,7 +372,7 @@ class Layer:
                         if dtype is not None and array.dtype.kind == "f":
                             table[name] = array.astype(dtype)
                         continue
-                    host = _gpu().to_host(array) if _on_gpu(array) else array
+                    host = _gpu().to_host(array) if is_device_array(array) else array
                     if dtype is not None and host.dtype.kind == "f":
                         host = host.astype(dtype)
                     # Integer buffers (BatchNorm2d's batch count) stay on the host: counters the host updates.
@@ -407,12 +397,12 @@ class Layer:
 
     def _check_input(self, x: Any, ndim: Optional[int] = None, name: str = "x") -> None:
         if self.device == "cuda":
-            if not _on_gpu(x):
+            if not is_device_array(x):
                 raise TypeError(f"{type(self).__name__} input {name} must be a GPU array (the layer is on the GPU: "
                                 f"move the batch with numba.cuda.to_device({name})), got {type(x).__name__}")
             dtype = array_dtype(name, x)
         elif not isinstance(x, np.ndarray):
-            hint = " (a GPU array: move the model with model.cuda())" if _on_gpu(x) else ""
+            hint = " (a GPU array: move the model with model.cuda())" if is_device_array(x) else ""
             raise TypeError(f"{type(self).__name__} input {name} must be a numpy.ndarray, got {type(x).__name__}{hint}")
         else:
             dtype = x.dtype
@@ -429,8 +419,8 @@ class Layer:
     def state_dict(self) -> Dict[str, np.ndarray]:
         """Copies of every parameter and buffer by name (a checkpoint that later training does not
         change)."""
-        state = {name: _host(a) for name, a in self._named("_parameters").items()}
-        state.update((name, _host(a)) for name, a in self._named("_buffers").items())
+        state = {name: _gpu().host_copy(a) for name, a in self._named("_parameters").items()}
+        state.update((name, _gpu().host_copy(a)) for name, a in self._named("_buffers").items())
         return state
 
     def load_state_dict(self, state: Mapping[str, ArrayLike], strict: bool = True) -> Tuple[List[str], List[str]]:

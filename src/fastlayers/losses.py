@@ -10,7 +10,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import reference
-from .ops._checks import array_dtype, is_gpu
+from .ops._checks import array_dtype, is_device_array
 
 __all__ = ["softmax", "softmax_cross_entropy"]
 
@@ -25,16 +25,6 @@ def softmax(logits: ArrayLike, axis: int = -1) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def _on_gpu(a):
-    if is_gpu(a):
-        return True
-    if isinstance(a, np.ndarray) or a is None or not hasattr(a, "copy_to_host"):
-        return False
-    from .backends.cuda.training import is_device_array  # a simulated device array (NUMBA_ENABLE_CUDASIM)
-
-    return is_device_array(a)
-
-
 def softmax_cross_entropy(logits, labels):
     """Mean cross-entropy of softmax(logits) over the last axis against integer ``labels``.
 
@@ -44,7 +34,7 @@ def softmax_cross_entropy(logits, labels):
     GPU logits: loss is a 0-d device array and dlogits a device array; labels may be on the GPU
     (no transfer) or the host (copied); a label outside [0, K) makes the loss NaN instead of
     raising, since checking would read the labels back to the host."""
-    if not _on_gpu(logits):
+    if not is_device_array(logits):
         return reference.softmax_cross_entropy(logits, labels)
     dt = array_dtype("logits", logits)
     if dt not in (np.float32, np.float64):

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, Mapping, Tuple
 
 import numpy as np
 
+from .ops._checks import is_device_array
+
 __all__ = ["Optimizer", "SGD", "Adam", "StepLR", "CosineAnnealingLR", "clip_grad_norm_"]
 
 Model = Any  # an object with ``params`` and ``grads`` mappings: a layer, a Sequential
@@ -31,26 +33,16 @@ def _non_negative(name: str, value: float) -> float:
     return value
 
 
-def _on_device(a: Any) -> bool:
-    """Whether ``a`` is a GPU array (a Numba device array, real or simulated, or any array with
-    ``__cuda_array_interface__``)."""
-    return not isinstance(a, np.ndarray) and (hasattr(a, "__cuda_array_interface__") or hasattr(a, "copy_to_host"))
-
-
 def _device() -> Any:
-    from .backends.cuda import training  # imports numba: only for parameters on the GPU
+    from .backends.cuda import training  # numba is imported only where a device function runs
 
     return training
-
-
-def _host_copy(a: Any) -> np.ndarray:
-    return _device().to_host(a) if _on_device(a) else a.copy()
 
 
 def _like(value: Any, p: Any) -> Any:
     """``value`` as an array of parameter ``p``'s dtype, where ``p`` lives (host or GPU)."""
     a = np.array(value, dtype=p.dtype)
-    return _device().to_device(a) if _on_device(p) else a
+    return _device().to_device(a) if is_device_array(p) else a
 
 
 def _positive_int(name: str, value: int) -> int:
@@ -107,7 +99,7 @@ class Optimizer:
     def state_dict(self) -> Dict[str, Any]:
         """Hyper-parameters, step count and per-parameter state (copies)."""
         return dict(hyper={k: getattr(self, k) for k in self._HYPER}, t=getattr(self, "t", 0),
-                    state={name: tuple(_host_copy(a) for a in arrays) for name, arrays in self.state.items()})
+                    state={name: tuple(_device().host_copy(a) for a in arrays) for name, arrays in self.state.items()})
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output (the state of an optimiser of the same kind over a
@@ -146,7 +138,7 @@ class SGD(Optimizer):
         self.weight_decay = _non_negative("weight_decay", weight_decay)
 
     def _update(self, name: str, p: np.ndarray, g: np.ndarray) -> None:
-        if _on_device(p):
+        if is_device_array(p):
             first = self.momentum and name not in self.state
             if first:
                 self.state[name] = (_device().zeros(tuple(p.shape), p.dtype),)
@@ -191,7 +183,7 @@ class Adam(Optimizer):
 
     def _update(self, name: str, p: np.ndarray, g: np.ndarray) -> None:
         b1, b2 = self.betas
-        if _on_device(p):
+        if is_device_array(p):
             if name not in self.state:
                 self.state[name] = tuple(_device().zeros(tuple(p.shape), p.dtype) for _ in range(2))
             _device().adam_update(p, g, *self.state[name], self.lr, self.betas, self.eps, self.weight_decay, self.t)
@@ -270,7 +262,7 @@ def clip_grad_norm_(model: Model, max_norm: float, norm_type: float = 2.0) -> fl
     grads = list(model.grads.values())
     if not grads:
         return 0.0
-    if any(_on_device(g) for g in grads):
+    if any(is_device_array(g) for g in grads):
         raise NotImplementedError("clip_grad_norm_ has no GPU implementation yet: gradients on the GPU (a model "
                                   "moved with .cuda()) cannot be clipped")
     if norm_type == math.inf:

@@ -1,17 +1,13 @@
 """What device-resident training needs besides the ops: moving arrays between host and GPU, the
 device-side gradient accumulation and copies, the softmax cross-entropy loss and the optimiser
 updates (kernels/cuda/loss.py, optim.py). Used by fastlayers.layers, losses and optim when their
-arrays live on the GPU; nothing here reads GPU memory back to the host except ``to_host``."""
+arrays live on the GPU; importing it does not import numba (its functions do). Nothing here reads
+GPU memory back to the host but ``to_host`` and ``host_copy``."""
 from __future__ import annotations
 
 import numpy as np
 
 from ._arrays import Call, _device_array, column_sums, fill, flat, kernels
-
-
-def is_device_array(a):
-    """Whether ``a`` lives on the GPU (``__cuda_array_interface__``, or a simulated device array)."""
-    return a is not None and not isinstance(a, np.ndarray) and _device_array(a) is not None
 
 
 def to_device(a):
@@ -24,6 +20,11 @@ def to_device(a):
 def to_host(a):
     """A NumPy copy of device array ``a``."""
     return _device_array(a).copy_to_host()
+
+
+def host_copy(a):
+    """A NumPy copy of ``a``, a NumPy or a device array (checkpoints of models and optimisers)."""
+    return a.copy() if isinstance(a, np.ndarray) else to_host(a)
 
 
 def copy(a):
