@@ -8,7 +8,11 @@ imports numba. Modules:
   device functions into the implicit-GEMM conv2d kernels and the RNN kernels;
 * ``conv2d``  - conv2d forward (direct and implicit GEMM), dX, dW (split-K, no atomics);
 * ``max_pool2d`` - max_pool2d forward with indices and its backward;
-* ``rnn``     - the RNN GEMMs with fused tanh / tanh-gradient epilogues;
+* ``rnn``     - the plain row-major GEMMs (also linear's) and the RNN's fused tanh / relu epilogues;
+* ``activation`` - relu forward and backward;
+* ``batch_norm`` - batch_norm forward, backward and the running-statistics update, a block per channel;
+* ``loss``    - softmax cross-entropy (per-row terms and the gradient);
+* ``optim``   - the SGD (momentum, weight decay) and Adam updates, in place;
 * ``reduce``  - deterministic reductions (bias gradients, split-K partial sums) and fills;
 * ``layout``  - strided-to-contiguous copies of non-contiguous GPU inputs.
 

@@ -5,7 +5,8 @@ the flat a, b and c (so one (T, N, H) buffer serves every step without slicing o
 Forward: ``xw = x_seq @ Wx + b`` for all steps at once ("bias" kernel, written into hs), then per
 step ``hs[t] = tanh(hs[t] + hs[t-1] @ Wh)`` ("tanh" kernel; "relu" likewise). Backward per step
 ``dz[t-1] = (dhs[t-1] + dz[t] @ Wh^T) * (1 - hs[t-1]^2)`` ("tanh_grad"; "relu_grad" multiplies by
-``hs[t-1] > 0``), then whole-sequence GEMMs.
+``hs[t-1] > 0``), then whole-sequence GEMMs. The plain layouts (with or without a bias) also
+serve the LSTM and GRU (``gated_rnn``) and linear (``backends/cuda/linear.py``).
 """
 from __future__ import annotations
 
@@ -107,6 +108,7 @@ _GEMMS = {
     "abt": (_a, _bt, _store),
     "atb": (_at, _b, _store),
     "ab_bias": (_a, _b, _store_bias),
+    "abt_bias": (_a, _bt, _store_bias),  # linear's forward with a (out, in) weight
     "ab_tanh": (_a, _b, _store_tanh),
     "abt_tanh_grad": (_a, _bt, _store_tanh_grad),
     "ab_relu": (_a, _b, _store_relu),

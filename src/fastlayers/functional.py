@@ -113,12 +113,17 @@ def max_pool2d(input: Array, kernel_size: IntOrPair, stride: Optional[IntOrPair]
 
 
 def max_pool2d_backward(grad_output: Array, indices: Array, input_shape: Sequence[int], *,
-                        backend: Optional[str] = None, out: Optional[Array] = None) -> Array:
+                        check_indices: bool = True, backend: Optional[str] = None,
+                        out: Optional[Array] = None) -> Array:
     """Gradient of :func:`max_pool2d`: grad_output (N, C, OH, OW) routed to the argmax ``indices``
     (from ``max_pool2d(..., return_indices=True)``).
 
-    Returns grad_input of ``input_shape`` (N, C, H, W); windows that share a maximum add up."""
-    problem = MAX_POOL2D.backward(grad_output, indices, input_shape)
+    Returns grad_input of ``input_shape`` (N, C, H, W); windows that share a maximum add up. An
+    index outside [0, H*W) is a ValueError; with ``check_indices=False`` (indices that came from
+    ``max_pool2d`` itself) the cuda backend skips reading its out-of-range flag back to the host,
+    so the call makes no device-to-host transfer, and such an index is then skipped silently.
+    Nothing is ever written outside grad_input either way; the host backends always check."""
+    problem = MAX_POOL2D.backward(grad_output, indices, input_shape, check_indices)
     return run(MAX_POOL2D, problem, backend, "auto", out)
 
 

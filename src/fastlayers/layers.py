@@ -26,9 +26,20 @@ Conv2D, MaxPool2D, RNN, LSTM and GRU call :func:`fastlayers.conv2d`, :func:`fast
 :func:`fastlayers.rnn`, :func:`fastlayers.lstm` and :func:`fastlayers.gru` (and their backwards),
 so they run on the backend the dispatch picks, or on the one given as ``backend``. Dense and
 TiedOutput, ReLU and BatchNorm2d call :func:`fastlayers.linear`, :func:`fastlayers.relu` and
-:func:`fastlayers.batch_norm`, which have host kernels only: with the cuda backend they run on the
-CPU's. Embedding, Tanh, Sigmoid, Flatten and Dropout are NumPy on every backend. Parameters live in host memory (NumPy
-arrays): layers that keep their parameters on a GPU are not implemented.
+:func:`fastlayers.batch_norm`: with host parameters and the cuda backend they run on the CPU's
+kernels (a GPU call would copy the parameters over each time); on a model moved to the GPU
+(below) Dense, ReLU and BatchNorm2d run the cuda kernels. Embedding, Tanh, Sigmoid, Flatten and Dropout are
+NumPy on every backend (Flatten is a reshape, on device arrays too).
+
+Parameters live in host memory (NumPy arrays) unless the model is moved to the GPU with
+``model.cuda()`` (``model.to("cuda")``; back with ``model.cpu()``): its parameters, buffers and
+gradients are then Numba device arrays, its layers run the cuda backend's kernels, inputs must be
+GPU arrays (``numba.cuda.to_device(x)``, or any ``__cuda_array_interface__`` array) and outputs
+are device arrays. With :func:`fastlayers.losses.softmax_cross_entropy` and the optimisers of
+:mod:`fastlayers.optim`, which keep their state on the GPU too, a training step then moves nothing
+between host and GPU but the loss the caller reads. Conv2D, MaxPool2D, Flatten, ReLU, Dense,
+BatchNorm2d and Sequential can move; the other layers raise NotImplementedError (no device-resident
+version yet).
 
 Initialisation is PyTorch's default (see :mod:`fastlayers.init` for Kaiming, Xavier and the
 others): Conv2D and Dense weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)), RNN weights and
@@ -50,7 +61,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from . import _dispatch, init, reference
-from .ops._checks import FLOAT_DTYPES, check_choice, pair
+from .ops._checks import FLOAT_DTYPES, array_dtype, check_choice, is_device_array, pair
 from .ops.conv2d import PADDING_MODES
 from .ops.rnn import NONLINEARITIES
 from .functional import (
@@ -116,6 +127,33 @@ def _shape(a: np.ndarray) -> str:
     return "x".join(str(s) for s in a.shape)
 
 
+DEVICES = ("cpu", "cuda")
+
+
+def _gpu() -> Any:
+    """The cuda backend's device-array helpers (numba is imported only where one runs on the GPU)."""
+    from .backends.cuda import training
+
+    return training
+
+
+def _copy_into(target: Any, value: Any) -> None:
+    """Copy ``value`` into ``target`` (host or GPU), ``same_kind`` casting into target's dtype."""
+    if is_device_array(target):
+        target.copy_to_device(np.ascontiguousarray(np.asarray(value).astype(target.dtype, casting="same_kind")))
+    else:
+        np.copyto(target, value, casting="same_kind")
+
+
+def _transpose(a: Any) -> Any:
+    """``a.T`` as a view for NumPy and GPU arrays alike (Numba's device ``.T`` copies)."""
+    if isinstance(a, np.ndarray):
+        return a.T
+    from .backends.cuda._arrays import transpose_view
+
+    return transpose_view(a)
+
+
 class ParameterDict(Mapping[str, np.ndarray]):
     """A live view of a model's parameters by name. ``view[name] = value`` copies ``value`` into
     the parameter's array, which keeps its dtype (float64 values are rounded into a float32
@@ -148,16 +186,16 @@ class ParameterDict(Mapping[str, np.ndarray]):
             raise KeyError(f"no parameter {name!r}; the parameters are {list(params)}")
         target = params[name]
         value = np.asarray(value)
-        if value.shape != target.shape:
+        if value.shape != tuple(target.shape):
             raise ValueError(f"parameter {name!r} has shape {target.shape}, got a value of shape {value.shape}")
-        np.copyto(target, value, casting="same_kind")
+        _copy_into(target, value)
 
     def __repr__(self) -> str:
         return "{" + ", ".join(f"{k!r}: array({_shape(v)}, {v.dtype})" for k, v in self._named().items()) + "}"
 
 
 class Layer:
-    """Base class: records, gradient accumulation, modes, parameters, state dicts, dtype.
+    """Base class: records, gradient accumulation, modes, parameters, state dicts, dtype, device.
 
     Parameters
     ----------
@@ -169,6 +207,9 @@ class Layer:
         Source of the initial parameters and of Dropout's masks (unused by the other layers; every
         layer takes it, so that one set of keyword arguments builds any of them).
     """
+
+    device = "cpu"  # where the parameters live: "cpu" (NumPy) or "cuda" (after .cuda())
+    movable = False  # whether .cuda() can move this layer (its forward and backward run on device arrays)
 
     def __init__(self, backend: Optional[str] = None, dtype: DTypeLike = np.float32, rng: Seed = None) -> None:
         self._configure(backend, dtype)
@@ -189,9 +230,12 @@ class Layer:
 
     @property
     def host_backend(self) -> str:
-        """The backend of the layers whose ops have host kernels only (Dense, ReLU, BatchNorm2d): this
-        layer's if it is a host one, else (cuda, or none given) the host backend the dispatch would
-        choose, which a surrounding ``use_backend("cuda")`` must not override."""
+        """The backend of the layers that keep host parameters on the CPU kernels (Dense, ReLU,
+        BatchNorm2d): "cuda" once the layer is on the GPU (``.cuda()``); else this layer's if it is
+        a host one, else (cuda, or none given) the host backend the dispatch would choose, which a
+        surrounding ``use_backend("cuda")`` must not override (each call would copy the parameters)."""
+        if self.device == "cuda":
+            return "cuda"
         return _dispatch.host_backend(self.backend)
 
     if TYPE_CHECKING:  # every layer defines them, with its own arguments
@@ -218,7 +262,12 @@ class Layer:
         return self._records.pop()
 
     def _accumulate(self, name: str, grad: ArrayLike) -> None:
-        if name in self._grads:
+        if self.device == "cuda":  # on the GPU, as the host path: a copy, then += in place
+            if name in self._grads:
+                _gpu().accumulate(self._grads[name], grad)
+            else:
+                self._grads[name] = _gpu().copy(grad)
+        elif name in self._grads:
             self._grads[name] += grad
         else:
             self._grads[name] = np.array(grad, dtype=self.dtype)
@@ -297,25 +346,69 @@ class Layer:
         statistics, and no forward keeps a record. Returns self."""
         return self.train(False)
 
-    def to(self: _L, dtype: DTypeLike) -> _L:
-        """Convert every parameter and buffer to ``dtype`` (float32 or float64); drops gradients
-        and records. Returns self. (Create optimisers after converting.)"""
-        dtype = _float_dtype(dtype)
-        for layer in self._unique_layers():
+    def to(self: _L, dtype: Optional[DTypeLike] = None, device: Optional[str] = None) -> _L:
+        """Convert every parameter and buffer to ``dtype`` (float32 or float64) and/or move them to
+        ``device`` ("cuda": GPU device arrays, and the layers run the cuda backend; "cpu": NumPy
+        arrays, and a layer whose backend was "cuda" lets the dispatch choose again); as in
+        PyTorch, ``model.to("cuda")`` names a device. Drops gradients and records. Returns self.
+        (Create optimisers after converting.)"""
+        if isinstance(dtype, str) and dtype in DEVICES and device is None:
+            dtype, device = None, dtype
+        dtype = None if dtype is None else _float_dtype(dtype)
+        if device is not None and device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+        layers = self._unique_layers()
+        if device == "cuda":
+            fixed = sorted({type(layer).__name__ for layer in layers if not layer.movable})
+            if fixed:
+                raise NotImplementedError(f"{', '.join(fixed)} cannot be moved to the GPU yet (no device-resident "
+                                          f"version): the movable layers are Conv2D, MaxPool2D, Flatten, ReLU, Dense, "
+                                          f"BatchNorm2d and Sequential")
+        for layer in layers:
+            target = layer.device if device is None else device
             for table in (layer._parameters, layer._buffers):
                 for name, array in table.items():
-                    if array.dtype.kind == "f":
-                        table[name] = array.astype(dtype)
-            layer.dtype = dtype
+                    if target == layer.device == "cpu":
+                        if dtype is not None and array.dtype.kind == "f":
+                            table[name] = array.astype(dtype)
+                        continue
+                    host = _gpu().to_host(array) if is_device_array(array) else array
+                    if dtype is not None and host.dtype.kind == "f":
+                        host = host.astype(dtype)
+                    # Integer buffers (BatchNorm2d's batch count) stay on the host: counters the host updates.
+                    table[name] = _gpu().to_device(host) if target == "cuda" and host.dtype.kind == "f" else host
+            if dtype is not None:
+                layer.dtype = dtype
+            if target == "cuda":
+                layer.backend = "cuda"
+            elif layer.device == "cuda" and layer.backend == "cuda":
+                layer.backend = None
+            layer.device = target
         self.zero_grad()
         return self
 
+    def cuda(self: _L) -> _L:
+        """``to(device="cuda")``: parameters, buffers and gradients on the GPU. Returns self."""
+        return self.to(device="cuda")
+
+    def cpu(self: _L) -> _L:
+        """``to(device="cpu")``: parameters and buffers back in NumPy arrays. Returns self."""
+        return self.to(device="cpu")
+
     def _check_input(self, x: Any, ndim: Optional[int] = None, name: str = "x") -> None:
-        if not isinstance(x, np.ndarray):
-            raise TypeError(f"{type(self).__name__} input {name} must be a numpy.ndarray, got {type(x).__name__}")
-        if x.dtype != self.dtype:
+        if self.device == "cuda":
+            if not is_device_array(x):
+                raise TypeError(f"{type(self).__name__} input {name} must be a GPU array (the layer is on the GPU: "
+                                f"move the batch with numba.cuda.to_device({name})), got {type(x).__name__}")
+            dtype = array_dtype(name, x)
+        elif not isinstance(x, np.ndarray):
+            hint = " (a GPU array: move the model with model.cuda())" if is_device_array(x) else ""
+            raise TypeError(f"{type(self).__name__} input {name} must be a numpy.ndarray, got {type(x).__name__}{hint}")
+        else:
+            dtype = x.dtype
+        if dtype != self.dtype:
             raise TypeError(
-                f"{type(self).__name__} input {name} must have the layer's dtype {self.dtype}, got {x.dtype}; "
+                f"{type(self).__name__} input {name} must have the layer's dtype {self.dtype}, got {dtype}; "
                 f"cast with {name}.astype(numpy.{self.dtype})"
             )
         if ndim is not None and x.ndim != ndim:
@@ -326,8 +419,8 @@ class Layer:
     def state_dict(self) -> Dict[str, np.ndarray]:
         """Copies of every parameter and buffer by name (a checkpoint that later training does not
         change)."""
-        state = {name: a.copy() for name, a in self._named("_parameters").items()}
-        state.update((name, a.copy()) for name, a in self._named("_buffers").items())
+        state = {name: _gpu().host_copy(a) for name, a in self._named("_parameters").items()}
+        state.update((name, _gpu().host_copy(a)) for name, a in self._named("_buffers").items())
         return state
 
     def load_state_dict(self, state: Mapping[str, ArrayLike], strict: bool = True) -> Tuple[List[str], List[str]]:
@@ -344,11 +437,11 @@ class Layer:
                              f"unexpected keys {unexpected}")
         for name in targets.keys() & state.keys():
             value, target = np.asarray(state[name]), targets[name]
-            if value.shape != target.shape or value.dtype != target.dtype:
+            if value.shape != tuple(target.shape) or value.dtype != target.dtype:
                 raise ValueError(f"state dict entry {name!r} has shape {value.shape} and dtype {value.dtype}, "
                                  f"the model's has {target.shape} and {target.dtype}")
         for name in targets.keys() & state.keys():
-            np.copyto(targets[name], state[name])
+            _copy_into(targets[name], state[name])
         return missing, unexpected
 
     def save(self, file: Union[str, os.PathLike, BinaryIO]) -> None:
@@ -389,6 +482,8 @@ class Conv2D(Layer):
 
     ``params``: ``w`` (out_channels, in_channels // groups, KH, KW) and, if ``bias``, ``b`` (out_channels,).
     """
+
+    movable = True
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair, stride: IntOrPair = 1,
                  padding: Union[IntOrPair, str] = 0, dilation: IntOrPair = 1, groups: int = 1, bias: bool = True,
@@ -452,6 +547,8 @@ class Conv2D(Layer):
 class MaxPool2D(Layer):
     """Max pooling on NCHW batches (no parameters); see :func:`fastlayers.max_pool2d`."""
 
+    movable = True
+
     def __init__(self, kernel_size: IntOrPair, stride: Optional[IntOrPair] = None, padding: IntOrPair = 0,
                  ceil_mode: bool = False, backend: Optional[str] = None, dtype: DTypeLike = np.float32,
                  rng: Seed = None) -> None:
@@ -473,7 +570,9 @@ class MaxPool2D(Layer):
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         indices, shape = self._last_record()
-        return max_pool2d_backward(dy, indices, shape, backend=self.backend)
+        # The indices are this layer's own forward's: in range, so the cuda backend need not read
+        # its out-of-range flag back (a device-to-host transfer per call).
+        return max_pool2d_backward(dy, indices, shape, check_indices=False, backend=self.backend)
 
     def _describe(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -481,6 +580,8 @@ class MaxPool2D(Layer):
 
 class Flatten(Layer):
     """(N, ...) -> (N, prod(...)), C order: the notes' "Flattening" slide."""
+
+    movable = True
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         self._check_input(x)
@@ -493,6 +594,8 @@ class Flatten(Layer):
 
 class ReLU(Layer):
     """max(x, 0); the gradient at 0 is 0 (as in PyTorch). See :func:`fastlayers.relu`."""
+
+    movable = True
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         self._check_input(x)
@@ -571,7 +674,10 @@ class BatchNorm2d(Layer):
     Training mode normalises with the batch's mean and (biased) variance and updates the running
     statistics ``running_mean``/``running_var`` (buffers; the unbiased variance, weight
     ``momentum``); eval mode normalises with the running statistics. ``params``: ``w`` (scale,
-    ones) and ``b`` (shift, zeros), if ``affine``. Statistics are accumulated in float64."""
+    ones) and ``b`` (shift, zeros), if ``affine``. Statistics are accumulated in float64 (on the
+    GPU, after ``.cuda()``, in the input's dtype; ``num_batches_tracked`` stays on the host)."""
+
+    movable = True
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
                  backend: Optional[str] = None, dtype: DTypeLike = np.float32, rng: Seed = None) -> None:
@@ -620,6 +726,8 @@ class Dense(Layer):
 
     ``params``: ``W`` (in_features, out_features) and, if ``bias``, ``b`` (out_features,)."""
 
+    movable = True
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, backend: Optional[str] = None,
                  dtype: DTypeLike = np.float32, rng: Seed = None) -> None:
         super().__init__(backend, dtype)
@@ -636,18 +744,18 @@ class Dense(Layer):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         self._check_input(x)
-        if x.ndim < 1 or x.shape[-1] != self.in_features:
+        if x.ndim < 1 or tuple(x.shape)[-1] != self.in_features:
             raise ValueError(
                 f"Dense input x must have {self.in_features} features on its last axis, got shape {x.shape}"
             )
         W = self._parameters["W"]
         self._record((x, W))
-        return linear(x, W.T, self._parameters.get("b"), backend=self.host_backend)
+        return linear(x, _transpose(W), self._parameters.get("b"), backend=self.host_backend)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         x, W = self._last_record()
-        dx, dWt, db = linear_backward(dy, x, W.T, backend=self.host_backend)
-        self._accumulate("W", dWt.T)
+        dx, dWt, db = linear_backward(dy, x, _transpose(W), backend=self.host_backend)
+        self._accumulate("W", _transpose(dWt))
         if "b" in self._parameters:
             self._accumulate("b", db)
         return dx
@@ -1039,6 +1147,8 @@ class Sequential(Layer):
     ``params``/``grads``/``state_dict`` hold every child's entries under ``"<index>.<name>"`` (a
     layer placed twice is listed once, at its first index). ``backend``, when given, is used by
     every child that was built with ``backend=None``. ``dtype`` is the children's (they must agree)."""
+
+    movable = True
 
     def __init__(self, *layers: Layer, backend: Optional[str] = None) -> None:
         if not layers:

@@ -6,6 +6,11 @@ An optimiser works on any object with ``params`` and ``grads`` mappings (a layer
 ``model.grads`` (read afresh at each step); ``zero_grad()`` clears the model's gradients, which
 otherwise accumulate over backward calls. ``state_dict()``/``load_state_dict()`` carry the
 optimiser's state (learning rate, step count, moments) for checkpoints.
+
+Parameters on the GPU (a model moved with ``model.cuda()``) are updated there by the cuda
+backend's kernels, their state (momentum buffers, moments) kept on the GPU too: a step moves
+nothing between host and GPU. ``state_dict()`` then copies the state to the host and
+``load_state_dict`` back. ``clip_grad_norm_`` has no GPU implementation yet.
 """
 from __future__ import annotations
 
@@ -13,6 +18,8 @@ import math
 from typing import TYPE_CHECKING, Any, Dict, Iterator, Mapping, Tuple
 
 import numpy as np
+
+from .ops._checks import is_device_array
 
 __all__ = ["Optimizer", "SGD", "Adam", "StepLR", "CosineAnnealingLR", "clip_grad_norm_"]
 
@@ -24,6 +31,18 @@ def _non_negative(name: str, value: float) -> float:
     if not value >= 0:  # also refuses NaN
         raise ValueError(f"{name} must be >= 0, got {value}")
     return value
+
+
+def _device() -> Any:
+    from .backends.cuda import training  # numba is imported only where a device function runs
+
+    return training
+
+
+def _like(value: Any, p: Any) -> Any:
+    """``value`` as an array of parameter ``p``'s dtype, where ``p`` lives (host or GPU)."""
+    a = np.array(value, dtype=p.dtype)
+    return _device().to_device(a) if is_device_array(p) else a
 
 
 def _positive_int(name: str, value: int) -> int:
@@ -80,7 +99,7 @@ class Optimizer:
     def state_dict(self) -> Dict[str, Any]:
         """Hyper-parameters, step count and per-parameter state (copies)."""
         return dict(hyper={k: getattr(self, k) for k in self._HYPER}, t=getattr(self, "t", 0),
-                    state={name: tuple(a.copy() for a in arrays) for name, arrays in self.state.items()})
+                    state={name: tuple(_device().host_copy(a) for a in arrays) for name, arrays in self.state.items()})
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output (the state of an optimiser of the same kind over a
@@ -100,8 +119,7 @@ class Optimizer:
             setattr(self, k, v)
         if hasattr(self, "t"):
             self.t = int(state["t"])
-        self.state = {name: tuple(np.array(a, dtype=params[name].dtype) for a in arrays)
-                      for name, arrays in state["state"].items()}
+        self.state = {name: tuple(_like(a, params[name]) for a in arrays) for name, arrays in state["state"].items()}
 
 
 class SGD(Optimizer):
@@ -120,6 +138,13 @@ class SGD(Optimizer):
         self.weight_decay = _non_negative("weight_decay", weight_decay)
 
     def _update(self, name: str, p: np.ndarray, g: np.ndarray) -> None:
+        if is_device_array(p):
+            first = self.momentum and name not in self.state
+            if first:
+                self.state[name] = (_device().zeros(tuple(p.shape), p.dtype),)
+            v = self.state[name][0] if self.momentum else None
+            _device().sgd_update(p, g, v, self.lr, self.momentum, self.weight_decay, first)
+            return
         if self.weight_decay:
             g = g + self.weight_decay * p
         if self.momentum:
@@ -158,6 +183,11 @@ class Adam(Optimizer):
 
     def _update(self, name: str, p: np.ndarray, g: np.ndarray) -> None:
         b1, b2 = self.betas
+        if is_device_array(p):
+            if name not in self.state:
+                self.state[name] = tuple(_device().zeros(tuple(p.shape), p.dtype) for _ in range(2))
+            _device().adam_update(p, g, *self.state[name], self.lr, self.betas, self.eps, self.weight_decay, self.t)
+            return
         if self.weight_decay:
             g = g + self.weight_decay * p
         if name not in self.state:
@@ -232,6 +262,9 @@ def clip_grad_norm_(model: Model, max_norm: float, norm_type: float = 2.0) -> fl
     grads = list(model.grads.values())
     if not grads:
         return 0.0
+    if any(is_device_array(g) for g in grads):
+        raise NotImplementedError("clip_grad_norm_ has no GPU implementation yet: gradients on the GPU (a model "
+                                  "moved with .cuda()) cannot be clipped")
     if norm_type == math.inf:
         total = max(float(np.abs(g).max(initial=0.0)) for g in grads)
     elif norm_type > 0:

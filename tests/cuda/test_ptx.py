@@ -7,7 +7,8 @@ import pytest
 numba = pytest.importorskip("numba", reason="the cuda extra (numba, numba-cuda) is not installed")
 from numba import cuda, types  # noqa: E402
 
-from fastlayers._cuda import conv2d, gated_rnn, layout, max_pool2d, reduce, rnn  # noqa: E402
+from fastlayers._cuda import (activation, batch_norm, conv2d, gated_rnn, layout, loss, max_pool2d, optim,  # noqa: E402
+                              reduce, rnn)
 from fastlayers._cuda.gemm import GEO_LEN  # noqa: E402
 
 GEO = types.UniTuple(types.int64, GEO_LEN)
@@ -18,6 +19,10 @@ i64 = types.int64
 
 def _arr(dtype):
     return types.Array(numba.from_dtype(np.dtype(dtype)), 1, "C")
+
+
+def _scalar(dtype):
+    return numba.from_dtype(np.dtype(dtype))
 
 
 def _gemm_sig(dt):
@@ -41,6 +46,16 @@ KERNELS = [
     (reduce, "sum_splits_kernel", (), lambda dt: (_arr(dt), _arr(dt), i64, i64)),
     (reduce, "fill_kernel", (), lambda dt: (_arr(dt), i64, i64)),
     (layout, "gather_strided_kernel", (), lambda dt: (_arr(dt), i64, QUAD, QUAD, _arr(dt))),
+    (activation, "relu_kernel", (), lambda dt: (_arr(dt),) * 2 + (i64,)),
+    (activation, "relu_backward_kernel", (), lambda dt: (_arr(dt),) * 3 + (i64,)),
+    (loss, "softmax_cross_entropy_kernel", (),
+     lambda dt: (_arr(dt), _arr(np.int64), _arr(dt), _arr(dt), i64, i64, _scalar(dt))),
+    (optim, "sgd_kernel", (), lambda dt: (_arr(dt),) * 3 + (_scalar(dt),) * 3 + (types.boolean, i64)),
+    (optim, "adam_kernel", (), lambda dt: (_arr(dt),) * 4 + (_scalar(dt),) * 9 + (i64,)),
+    *[(batch_norm, f"{direction}_kernel", (), lambda dt: (_arr(dt),) * 8 + (types.boolean, _scalar(dt), i64, i64, i64,
+                                                                          _scalar(dt)))
+      for direction in ("forward", "backward")],
+    (batch_norm, "update_running_kernel", (), lambda dt: (_arr(dt),) * 4 + (_scalar(dt),) * 3 + (i64,)),
 ]
 
 
@@ -48,7 +63,7 @@ def test_table_lists_every_kernel_factory():
     listed = {(mod.__name__, factory) for mod, factory, _, _ in KERNELS}
     existing = {
         (mod.__name__, name)
-        for mod in (conv2d, gated_rnn, layout, max_pool2d, reduce, rnn)
+        for mod in (activation, batch_norm, conv2d, gated_rnn, layout, loss, max_pool2d, optim, reduce, rnn)
         for name in dir(mod)
         if name.endswith("_kernel") and callable(getattr(mod, name))
     }

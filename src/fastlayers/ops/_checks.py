@@ -27,6 +27,13 @@ def is_gpu(a):
     return a is not None and hasattr(a, "__cuda_array_interface__")
 
 
+def is_device_array(a):
+    """Whether ``a`` lives on the GPU: ``is_gpu``, or a device array of Numba's CUDA simulator
+    (``copy_to_host`` but no ``__cuda_array_interface__``). What the layers, losses and optimisers
+    go by, where the dispatch goes by ``is_gpu``; False at once for NumPy arrays."""
+    return not isinstance(a, np.ndarray) and (hasattr(a, "__cuda_array_interface__") or hasattr(a, "copy_to_host"))
+
+
 def array_dtype(name, a):
     """The NumPy dtype of a NumPy or GPU array ``a`` (a TypeError naming ``name`` for non-arrays)."""
     cai = getattr(a, "__cuda_array_interface__", None)

@@ -4,8 +4,9 @@
 Every kernel works on the input seen as (N, C, S), S the product of the axes after the channels
 (1 for (N, C) input, H*W for NCHW). A forward kernel returns the output and the statistics it
 normalised with (the batch's mean and biased variance in training mode, else the running ones),
-in float64; the spec then updates the running statistics in place, as PyTorch does, so every
-backend shares that step.
+in float64 (the cuda kernel, given GPU arrays: device arrays in the input's dtype); the spec then
+updates the running statistics in place, as PyTorch does, so every backend shares that step (on
+the GPU, by the cuda backend's kernel, when the running statistics live there).
 """
 from __future__ import annotations
 
@@ -71,7 +72,11 @@ def _update_running(running_mean, running_var, momentum, g):
 
     def finish(results, outs):
         output, mean, var = results
-        if g.training and running_mean is not None:
+        if g.training and running_mean is not None and not isinstance(running_mean, np.ndarray):
+            from ..backends.cuda.batch_norm import update_running  # GPU running statistics
+
+            update_running(running_mean, running_var, mean, var, momentum, g.count)
+        elif g.training and running_mean is not None:
             running_mean[...] = (1 - momentum) * running_mean + momentum * mean
             running_var[...] = (1 - momentum) * running_var + momentum * var * (g.count / (g.count - 1))
         return output
@@ -83,6 +88,8 @@ KERNELS = (
     Kernel("numpy", "reference", "fastlayers.backends.numpy",
            {"forward": "batch_norm_forward", "backward": "batch_norm_backward"}, allocates=True),
     Kernel("cpu", "per_channel", "fastlayers.backends.cpu.batch_norm", {"forward": "forward", "backward": "backward"}),
+    Kernel("cuda", "block_per_channel", "fastlayers.backends.cuda.batch_norm",
+           {"forward": "forward", "backward": "backward"}, allocates=True),
 )
 
 
@@ -97,7 +104,8 @@ class BatchNormSpec(OpSpec):
         momentum = check_real("momentum", momentum, 0.0, 1.0, low_open=False)
         if g.training and running_mean is not None:
             for name, v in (("running_mean", running_mean), ("running_var", running_var)):
-                if not getattr(v, "flags", None) or not v.flags.writeable:
+                # Arrays other than NumPy's arrive here on the GPU only (host ones came through DLPack).
+                if isinstance(v, np.ndarray) and not v.flags.writeable:
                     raise ValueError(f"{name} must be a writeable NumPy array in training mode (it is updated in place)")
         stats = (("mean", (g.C,), STATS_DTYPE), ("var", (g.C,), STATS_DTYPE))
         return Problem(

@@ -31,13 +31,14 @@ def _geometry(input, weight):
     dt = check_array("input", input, INPUT_NDIM)
     check_array("weight", weight, 2, dt)
     O, I = (int(s) for s in weight.shape)  # noqa: E741
-    if input.shape[-1] != I:
+    shape = tuple(input.shape)  # a tuple: the CUDA simulator's shapes refuse negative indices
+    if shape[-1] != I:
         hint = ""
-        if input.shape[-1] == O and O != I:
+        if shape[-1] == O and O != I:
             hint = "; a weight of shape (in_features, out_features) is the transpose of torch's layout: pass weight.T"
-        raise ValueError(f"input's last axis ({input.shape[-1]}) must equal weight.shape[1] = in_features = {I} "
+        raise ValueError(f"input's last axis ({shape[-1]}) must equal weight.shape[1] = in_features = {I} "
                          f"(weight is (out_features, in_features) = {tuple(weight.shape)}){hint}")
-    lead = tuple(int(s) for s in input.shape[:-1])
+    lead = tuple(int(s) for s in shape[:-1])
     return LinearGeometry(math.prod(lead), I, O, lead), dt
 
 
@@ -45,6 +46,8 @@ KERNELS = (
     Kernel("numpy", "reference", "fastlayers.backends.numpy",
            {"forward": "linear_forward", "backward": "linear_backward"}, allocates=True),
     Kernel("cpu", "gemm", "fastlayers.backends.cpu.linear", {"forward": "forward", "backward": "backward"}),
+    Kernel("cuda", "gemm", "fastlayers.backends.cuda.linear", {"forward": "forward", "backward": "backward"},
+           allocates=True),
 )
 
 

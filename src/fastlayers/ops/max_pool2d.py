@@ -42,10 +42,13 @@ class Pool2dGeometry(ImageBatch):
 
 @dataclass(frozen=True)
 class Unpool2dGeometry(ImageBatch):
-    """Sizes of a max_pool2d backward: the input (N, C, H, W) and the pooled planes (OH, OW)."""
+    """Sizes of a max_pool2d backward: the input (N, C, H, W) and the pooled planes (OH, OW);
+    ``check_indices``: whether an out-of-range index must raise (False: the caller vouches for
+    them, a GPU kernel may skip the read-back of its flag)."""
 
     OH: int
     OW: int
+    check_indices: bool = True
 
 
 def _pool_out(size, k, s, p, d, ceil_mode):
@@ -214,7 +217,7 @@ class MaxPool2dSpec(OpSpec):
             **batch_hooks(batched, pick),
         )
 
-    def backward(self, grad_output, indices, input_shape):
+    def backward(self, grad_output, indices, input_shape, check_indices=True):
         """Indices are not range-checked here: each kernel checks them as it scatters (reading them
         once), the reference with ``check_indices_range``."""
         dt = check_array("grad_output", grad_output, (3, 4))
@@ -230,7 +233,7 @@ class MaxPool2dSpec(OpSpec):
             raise ValueError(f"grad_output's {what} = {tuple(grad_output.shape[:lead])} must match input_shape's "
                              f"{input_shape[:lead]}")
         full = input_shape if batched else (1,) + input_shape
-        g = Unpool2dGeometry(*full, *grad_output.shape[-2:])
+        g = Unpool2dGeometry(*full, *tuple(grad_output.shape)[-2:], check_bool("check_indices", check_indices))
         arrays = dict(grad_output=grad_output, indices=indices)
         if not batched:
             arrays = {k: lead_one(v) for k, v in arrays.items()}

@@ -33,6 +33,8 @@ KERNELS = (
     Kernel("numpy", "reference", "fastlayers.backends.numpy", {"forward": "relu_forward", "backward": "relu_backward"},
            allocates=True),
     Kernel("cpu", "blocked", "fastlayers.backends.cpu.relu", {"forward": "forward", "backward": "backward"}),
+    Kernel("cuda", "thread_per_element", "fastlayers.backends.cuda.relu",
+           {"forward": "forward", "backward": "backward"}, allocates=True),
 )
 
 

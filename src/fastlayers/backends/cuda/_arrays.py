@@ -10,14 +10,16 @@ import numpy as np
 
 @functools.cache
 def kernels():
-    """The kernel modules, as attributes conv2d, gated_rnn, launch, layout, max_pool2d, reduce, rnn
-    (imports numba)."""
+    """The kernel modules, as attributes activation, batch_norm, conv2d, gated_rnn, launch, layout,
+    loss, max_pool2d, optim, reduce, rnn (imports numba)."""
     from types import SimpleNamespace
 
-    from ..._cuda import conv2d, gated_rnn, launch, layout, max_pool2d, reduce, rnn
+    from ..._cuda import (activation, batch_norm, conv2d, gated_rnn, launch, layout, loss, max_pool2d, optim, reduce,
+                          rnn)
 
-    return SimpleNamespace(conv2d=conv2d, gated_rnn=gated_rnn, launch=launch, layout=layout, max_pool2d=max_pool2d,
-                           reduce=reduce, rnn=rnn)
+    return SimpleNamespace(activation=activation, batch_norm=batch_norm, conv2d=conv2d, gated_rnn=gated_rnn,
+                           launch=launch, layout=layout, loss=loss, max_pool2d=max_pool2d, optim=optim, reduce=reduce,
+                           rnn=rnn)
 
 
 # ---------------------------------------------------------------------------- arrays
@@ -50,10 +52,30 @@ def strided_span(shape, strides):
 
 
 class _ArrayInterface:
-    """A bare ``__cuda_array_interface__`` holder: views existing GPU memory under a new shape."""
+    """A bare ``__cuda_array_interface__`` holder: views existing GPU memory under a new shape
+    (``owner``: the array whose memory it is, kept alive as long as the view)."""
 
-    def __init__(self, interface):
+    def __init__(self, interface, owner=None):
         self.__cuda_array_interface__ = interface
+        self.owner = owner
+
+
+def transpose_view(d):
+    """The transpose of 2-D device array ``d`` as a view of the same memory (Numba's ``d.T``
+    launches a copy kernel; the simulator's is a NumPy view already)."""
+    from numba import config, cuda
+
+    if config.ENABLE_CUDASIM:
+        return d.T
+    interface = dict(d.__cuda_array_interface__)
+    interface.update(shape=tuple(d.shape)[::-1], strides=tuple(d.strides)[::-1])
+    return cuda.as_cuda_array(_ArrayInterface(interface, owner=d))
+
+
+def is_transpose_of_contiguous(d):
+    """Whether 2-D ``d`` is the transpose of a C-ordered array (and not C-ordered itself): a
+    kernel may then read ``d.T`` as a row-major matrix instead of copying ``d``."""
+    return d.ndim == 2 and not d.is_c_contiguous() and d.is_f_contiguous()
 
 
 _workspaces = threading.local()
