@@ -119,18 +119,15 @@ def _signature(a: Any) -> Any:
     return None if a is None else (type(a), a.shape, a.dtype, a.strides)
 
 
-def _refcounts(buffers: Tuple[Any, ...]) -> Tuple[int, ...]:
-    return tuple(sys.getrefcount(b) for b in buffers)
-
-
-# The reference count of a buffer that only a _Planned's tuple holds, as _refcounts sees it.
-_ALONE = _refcounts((np.empty(0),))[0]
-
-
-def _unshared(buffers: Tuple[Any, ...]) -> Tuple[Any, ...]:
+def _unshared(buffers: Tuple[Any, ...], alone: int) -> Tuple[Any, ...]:
     """``buffers`` with None for every one that anything besides the layer holds (the caller, a
-    record, a view of it): those must not be written again."""
-    return tuple(b if n <= _ALONE else None for b, n in zip(buffers, _refcounts(buffers)))
+    record, a view of it): those must not be written again. ``alone``: the reference count of a
+    buffer only ``buffers`` holds, as seen here."""
+    return tuple(b if sys.getrefcount(b) <= alone else None for b in buffers)
+
+
+# Calibrated, not assumed: the count the interpreter reports for a buffer that only a tuple holds.
+_ALONE = next(n for n in range(1, 64) if _unshared((np.empty(0),), n)[0] is not None)
 
 
 def _owned(a: Any) -> Any:
@@ -154,10 +151,11 @@ class _Planned:
 
     def __call__(self, arrays: Tuple[Any, ...]) -> Any:
         p = self.plan
-        outs = _unshared(self.buffers) if self.keep else self.buffers
+        if not self.keep:
+            return p.finish(p.call(arrays, p.to_kernel_out(self.buffers)), self.buffers)
+        outs = _unshared(self.buffers, _ALONE)
         results = p.call(arrays, p.to_kernel_out(outs))
-        if self.keep:
-            self.buffers = tuple(map(_owned, results))
+        self.buffers = tuple(r if r is o else _owned(r) for r, o in zip(results, outs))
         return p.finish(results, outs)
 
 

@@ -143,9 +143,9 @@ class Plan:
 def plan(spec, problem, backend, algo, arguments=None):
     """The ``Plan`` of ``problem`` of ``spec`` on the kernel the dispatch picks (``arguments``:
     the array arguments of the call, to tell whether the plan is ``direct``)."""
-    from .._dispatch import select_kernel
-
-    return Plan(problem, select_kernel(spec, problem, backend, algo), arguments)
+    # The dispatch imports this module: it is looked up at the call (an import statement here
+    # would cost a microsecond on every call).
+    return Plan(problem, module("fastlayers._dispatch").select_kernel(spec, problem, backend, algo), arguments)
 
 
 def run(spec, problem, backend, algo, out, single_out=True):
