@@ -120,7 +120,9 @@ class Plan:
     kernel on ``arrays`` (in the kernel's argument order) and the kernel's view of the caller's
     buffers ``outs`` (None where not given) and returns the kernel's results; ``finish(results,
     outs)`` what the function returns. ``direct``: the problem's arrays are the call's arguments
-    themselves (no padded or reshaped copy), so a caller may pass its new arguments as they are."""
+    themselves (no padded or reshaped copy), so a caller may pass its new arguments as they are.
+    Keeping a plan is sound only where the problem's hooks depend on its geometry alone (not on
+    the arrays of the call they were made for, as batch_norm's training ``finish`` does)."""
 
     __slots__ = ("fn", "geometry", "specs", "to_kernel_out", "finish", "direct")
 
