@@ -61,7 +61,7 @@ from numpy.typing import ArrayLike, DTypeLike
 from . import _dispatch, init, reference
 from .ops import CONV2D, LINEAR, MAX_POOL2D, RELU
 from .ops._checks import FLOAT_DTYPES, check_choice, pair
-from .ops._spec import plan
+from .ops._spec import NONE, plan
 from .ops.conv2d import PADDING_MODES
 from .ops.rnn import NONLINEARITIES
 from .functional import (
@@ -163,7 +163,8 @@ class _Planned:
             return p.finish(p.call(arrays, p.to_kernel_out(self.buffers)), self.buffers)
         outs = _unshared(self.buffers, _ALONE)
         results = p.call(arrays, p.to_kernel_out(outs))
-        self.buffers = tuple(r if r is o else _owned(r) for r, o in zip(results, outs))
+        if NONE in map(type, outs):  # new buffers: keep those that may be written again
+            self.buffers = tuple(r if r is o else _owned(r) for r, o in zip(results, outs))
         return p.finish(results, outs)
 
 

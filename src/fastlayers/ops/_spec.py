@@ -17,6 +17,9 @@ import numpy as np
 from ._checks import check_no_alias, check_out, is_gpu
 
 
+NONE = type(None)  # ``NONE in map(type, outs)``: is a buffer missing (``None in outs`` would compare arrays)
+
+
 def _never(problem):
     return None
 
@@ -137,7 +140,7 @@ class Plan:
             a is b for a, b in zip(arguments, problem.arrays.values()))
 
     def call(self, arrays, outs):
-        if self.specs is not None:
+        if self.specs is not None and NONE in map(type, outs):
             outs = tuple(np.empty(shape, dtype) if o is None else o for o, (_, shape, dtype) in zip(outs, self.specs))
         return tuple(self.fn(*arrays, self.geometry, outs))
 
