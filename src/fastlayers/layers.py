@@ -22,12 +22,13 @@ placed several times is listed once, under its first index. ``state_dict()``/``l
 carry the parameters and the buffers (BatchNorm2d's running statistics); ``save``/``load`` write
 and read them at exactly the path given.
 
-Conv2D, MaxPool2D, RNN, LSTM and GRU run :func:`fastlayers.conv2d`, :func:`fastlayers.max_pool2d`,
+Conv2D, MaxPool2D, RNN, LSTM and GRU call :func:`fastlayers.conv2d`, :func:`fastlayers.max_pool2d`,
 :func:`fastlayers.rnn`, :func:`fastlayers.lstm` and :func:`fastlayers.gru` (and their backwards),
 so they run on the backend the dispatch picks, or on the one given as ``backend``. Dense and
-TiedOutput, ReLU and BatchNorm2d run :func:`fastlayers.linear`, :func:`fastlayers.relu` and
+TiedOutput, ReLU and BatchNorm2d call :func:`fastlayers.linear`, :func:`fastlayers.relu` and
 :func:`fastlayers.batch_norm`, which have host kernels only: with the cuda backend they run on the
-CPU's.
+CPU's. Embedding, Tanh, Sigmoid, Flatten and Dropout are NumPy on every backend. Parameters live in host memory (NumPy
+arrays): layers that keep their parameters on a GPU are not implemented.
 
 Conv2D, MaxPool2D, ReLU and Dense keep a plan per signature of their calls' arguments (type,
 shape, dtype and strides of every array, the layer's options, the backend settings): the first
@@ -35,8 +36,7 @@ call is validated through the op's spec and dispatched in full, later ones call 
 directly, and write their outputs into the buffers of the previous call when nothing refers to
 those any more (the caller dropped them, no record or view holds them); an output you hold is
 never overwritten. Assigning any attribute of a layer (its options, ``training``, ``backend``,
-``.to(dtype)``) drops its plans; the thread count is read at every call. Embedding, Tanh, Sigmoid, Flatten and Dropout are NumPy on every backend. Parameters live in host memory (NumPy
-arrays): layers that keep their parameters on a GPU are not implemented.
+``.to(dtype)``) drops its plans; the thread count is read at every call.
 
 Initialisation is PyTorch's default (see :mod:`fastlayers.init` for Kaiming, Xavier and the
 others): Conv2D and Dense weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)), RNN weights and
