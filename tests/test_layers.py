@@ -199,9 +199,26 @@ def test_zero_grad_drops_records_of_forwards_never_gone_back_through():
 # ---------------------------------------------------------------------------- modes
 
 
-def _held_by_forward(model, x):
+def _held_by_records(model):
+    """Bytes of the arrays the layers' records hold (each buffer once)."""
+    held = {}
+
+    def walk(o):
+        if isinstance(o, np.ndarray):
+            owner = o if o.base is None else o.base
+            held[id(owner)] = owner.nbytes
+        elif isinstance(o, (tuple, list)):
+            for item in o:
+                walk(item)
+
+    for layer in model._unique_layers():
+        walk(layer._records)
+    return sum(held.values())
+
+
+def _allocated_by_forward(model, x):
     """Bytes a forward allocates and keeps, beyond its output (tracemalloc sees NumPy's buffers)."""
-    model.forward(x)  # once first: kernels' cached workspaces reach their size
+    model.forward(x)  # once first: kernels' cached workspaces and the layers' buffers reach their size
     model.zero_grad()
     tracemalloc.start()
     try:
@@ -218,16 +235,22 @@ def test_eval_and_no_grad_keep_nothing_for_a_backward():
     x = make_rng(13).standard_normal((64, 1, 8, 8)).astype(np.float32)
     # training mode keeps at least every layer's input: conv, ReLU and pool inputs alone are
     # several times x (64 x 3 x 8 x 8 floats each)
-    kept_train = _held_by_forward(model, x)
-    assert kept_train > 4 * x.nbytes
+    model.forward(x)
+    assert _held_by_records(model) > 4 * x.nbytes
+    model.zero_grad()
     model.eval()
-    kept_eval = _held_by_forward(model, x)
+    model.forward(x)
+    assert _held_by_records(model) == 0
+    kept_eval = _allocated_by_forward(model, x)
     model.train()
     with fl.no_grad():
-        kept_no_grad = _held_by_forward(model, x)
+        model.forward(x)
+        assert _held_by_records(model) == 0
+        kept_no_grad = _allocated_by_forward(model, x)
     assert fl.is_grad_enabled()  # back on after the context
-    # nothing but small bookkeeping (a few hundred bytes of Python objects)
-    assert kept_eval < 2048 and kept_no_grad < 2048, (kept_train, kept_eval, kept_no_grad)
+    # a repeated forward writes the buffers of the previous one (no one holds them): nothing
+    # new but small bookkeeping (a few hundred bytes of Python objects)
+    assert kept_eval < 2048 and kept_no_grad < 2048, (kept_eval, kept_no_grad)
     model.eval()
     model.forward(x)
     with pytest.raises(RuntimeError, match="no forward"):

@@ -121,6 +121,12 @@ def _backend_name(spec, problem, backend):
     return "cpu" if cpu and _loads(cpu[0]) and backend_module("cpu").availability()[0] else "numpy"
 
 
+def backend_settings() -> tuple:
+    """What the backend choice depends on besides the call: ``use_backend``'s and
+    ``set_backend``'s choices (what a layer's plans are kept under)."""
+    return _backend_override.get(), _default_backend
+
+
 def host_backend(backend: str | None) -> str:
     """The backend for ops with host kernels only, called from code that may run inside
     ``use_backend("cuda")`` (the layers with no GPU kernels): ``backend``, ``use_backend``'s or
@@ -139,7 +145,34 @@ def select_kernel(spec, problem, backend, algo="auto"):
     "cuda" for GPU arrays, "cpu" when one of its kernels accepts the problem, "numpy" otherwise.
     The kernel: the one named ``algo``, or with "auto" the backend's choice among those that do
     not decline. An explicit choice that cannot run the problem is an error that says why, never
-    a silent fallback."""
+    a silent fallback.
+
+    The choice depends on the problem's direction, geometry, outputs (their shapes and dtypes),
+    options and whether its arrays are on a GPU, and on the backend settings: it is remembered
+    under those (``_choices``), so that a call on a small shape does not pay for the search
+    again. Errors are not remembered."""
+    try:
+        key = (spec, problem.direction, problem.geometry, problem.outputs, tuple(problem.options.items()),
+               problem.on_gpu, backend, _backend_override.get(), _default_backend, algo)
+        kernel = _choices.get(key)
+    except TypeError:  # an unhashable geometry or option: chosen every time
+        key, kernel = None, None
+    if kernel is None:
+        kernel = _select_kernel(spec, problem, backend, algo)
+        if key is not None:
+            if len(_choices) >= _MAX_CHOICES:
+                _choices.clear()
+            _choices[key] = kernel
+    return kernel
+
+
+# Kernel choices by problem and settings (select_kernel); bounded: a program that calls ops on
+# ever new shapes starts over past this many.
+_MAX_CHOICES = 4096
+_choices: dict = {}
+
+
+def _select_kernel(spec, problem, backend, algo):
     name = _backend_name(spec, problem, backend)
     _check_backend_name(name)
     available, reason = backend_module(name).availability()

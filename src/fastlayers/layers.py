@@ -41,6 +41,14 @@ between host and GPU but the loss the caller reads. Conv2D, MaxPool2D, Flatten, 
 BatchNorm2d and Sequential can move; the other layers raise NotImplementedError (no device-resident
 version yet).
 
+Conv2D, MaxPool2D, ReLU and Dense keep a plan per signature of their calls' arguments (type,
+shape, dtype and strides of every array, the layer's options, the backend settings): the first
+call is validated through the op's spec and dispatched in full, later ones call the chosen kernel
+directly, and write their outputs into the buffers of the previous call when nothing refers to
+those any more (the caller dropped them, no record or view holds them); an output you hold is
+never overwritten. Assigning any attribute of a layer (its options, ``training``, ``backend``,
+``.to(dtype)``) drops its plans; the thread count is read at every call.
+
 Initialisation is PyTorch's default (see :mod:`fastlayers.init` for Kaiming, Xavier and the
 others): Conv2D and Dense weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)), RNN weights and
 bias U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)), Embedding N(0, 1), BatchNorm2d scale 1 and
@@ -52,6 +60,7 @@ import contextlib
 import contextvars
 import math
 import os
+import sys
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import (TYPE_CHECKING, Any, BinaryIO, Callable, Dict, ItemsView, Iterator, KeysView, List, Optional, Tuple,
@@ -61,25 +70,21 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from . import _dispatch, init, reference
+from .ops import CONV2D, LINEAR, MAX_POOL2D, RELU
 from .ops._checks import FLOAT_DTYPES, array_dtype, check_choice, is_device_array, pair
+from .ops._spec import NONE, plan
 from .ops.conv2d import PADDING_MODES
 from .ops.rnn import NONLINEARITIES
 from .functional import (
     IntOrPair,
     batch_norm,
     batch_norm_backward,
-    conv2d,
-    conv2d_backward,
     gru,
     gru_backward,
     linear,
     linear_backward,
     lstm,
     lstm_backward,
-    max_pool2d,
-    max_pool2d_backward,
-    relu,
-    relu_backward,
     rnn,
     rnn_backward,
 )
@@ -154,6 +159,57 @@ def _transpose(a: Any) -> Any:
     return transpose_view(a)
 
 
+def _signature(a: Any) -> Any:
+    """What validating array ``a`` depends on: its type, shape, dtype and strides (None: no
+    array). An AttributeError for what is not an array: such a call takes the full path."""
+    return None if a is None else (type(a), a.shape, a.dtype, a.strides)
+
+
+def _unshared(buffers: Tuple[Any, ...], alone: int) -> Tuple[Any, ...]:
+    """``buffers`` with None for every one that anything besides the layer holds (the caller, a
+    record, a view of it): those must not be written again. ``alone``: the reference count of a
+    buffer only ``buffers`` holds, as seen here."""
+    return tuple(b if sys.getrefcount(b) <= alone else None for b in buffers)
+
+
+# Calibrated, not assumed: the count the interpreter reports for a buffer that only a tuple holds.
+_ALONE = next(n for n in range(1, 64) if _unshared((np.empty(0),), n)[0] is not None)
+
+
+def _owned(a: Any) -> Any:
+    """``a`` if it is a NumPy array that owns its memory (none of its views is anyone else's
+    array), else None: what a layer may keep to write again."""
+    return a if type(a) is np.ndarray and a.flags.owndata else None
+
+
+class _Planned:
+    """A layer's op call planned for one signature of its arguments (``ops._spec.Plan``), and
+    the output buffers of its last call: the next call writes them again when no one but this
+    object holds them any more (the caller dropped them, no record refers to them), else it gets
+    new ones. ``keep=False``: every call gets new buffers (outputs the kernel checks again when
+    given, as max_pool2d's backward does)."""
+
+    __slots__ = ("plan", "buffers", "keep")
+
+    def __init__(self, p: Any, count: int, keep: bool) -> None:
+        self.plan, self.keep = p, keep
+        self.buffers: Tuple[Any, ...] = (None,) * count
+
+    def __call__(self, arrays: Tuple[Any, ...]) -> Any:
+        p = self.plan
+        if not self.keep:
+            return p.finish(p.call(arrays, p.to_kernel_out(self.buffers)), self.buffers)
+        outs = _unshared(self.buffers, _ALONE)
+        results = p.call(arrays, p.to_kernel_out(outs))
+        if NONE in map(type, outs):  # new buffers: keep those that may be written again
+            self.buffers = tuple(r if r is o else _owned(r) for r, o in zip(results, outs))
+        return p.finish(results, outs)
+
+
+# Plans a layer keeps (one per signature of its calls' arguments); past this many it starts over.
+_MAX_PLANS = 8
+
+
 class ParameterDict(Mapping[str, np.ndarray]):
     """A live view of a model's parameters by name. ``view[name] = value`` copies ``value`` into
     the parameter's array, which keeps its dtype (float64 values are rounded into a float32
@@ -217,6 +273,7 @@ class Layer:
         self._buffers: Dict[str, np.ndarray] = {}
         self._grads: Dict[str, np.ndarray] = {}
         self._records: List[Any] = []
+        self._plans: Dict[Any, _Planned] = {}
         self.training = True
 
     def _configure(self, backend: Optional[str], dtype: DTypeLike) -> None:
@@ -227,6 +284,48 @@ class Layer:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.forward(*args, **kwargs)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Plans are valid for the layer's attributes as they were (options, mode, backend, dtype):
+        # any assignment drops them.
+        object.__setattr__(self, name, value)
+        plans = self.__dict__.get("_plans")
+        if plans:
+            plans.clear()
+
+    def __getstate__(self) -> Dict[str, Any]:
+        return {**self.__dict__, "_plans": {}}  # plans hold closures and buffers, not state
+
+    def _run(self, key: Any, arrays: Tuple[Any, ...], prepare: Callable[[], Tuple[Any, Any, Any]],
+             keep: bool = True) -> Any:
+        """Run one op call on ``arrays`` (the kernel's array arguments, in its order) through the
+        plan kept under ``key`` (what the call depends on besides the layer's attributes: the
+        arrays' signatures, the backend settings). Without one, ``prepare()`` checks the call and
+        returns ``(spec, problem, backend)``, and the plan made from it is kept; so a call is
+        validated in full once per signature, and its outputs are written into the buffers of
+        the previous call when no one holds them any more."""
+        try:
+            planned = self._plans.get(key)
+        except TypeError:  # an unhashable option (a list): planned every time
+            planned, key = None, None
+        if planned is None:
+            spec, problem, backend = prepare()
+            p = plan(spec, problem, backend, "auto", arrays)
+            none = (None,) * len(problem.outputs)
+            if key is None or not p.direct:
+                return p.finish(p.call(problem.arrays.values(), p.to_kernel_out(none)), none)
+            if len(self._plans) >= _MAX_PLANS:
+                self._plans.clear()  # one C call: safe beside another thread's call of this layer
+            planned = self._plans[key] = _Planned(p, len(none), keep)
+        return planned(arrays)
+
+    def _key(self, arrays: Tuple[Any, ...], *options: Any) -> Any:
+        """A plan's key: the signatures of ``arrays``, ``options`` and the backend settings; None
+        (no plan) when one of ``arrays`` is not an array."""
+        try:
+            return (*map(_signature, arrays), *options, self.backend, *_dispatch.backend_settings())
+        except AttributeError:
+            return None
 
     @property
     def host_backend(self) -> str:
@@ -514,23 +613,30 @@ class Conv2D(Layer):
         taps = self.kernel_size[0] * self.kernel_size[1]
         return self.in_channels // self.groups * taps, self.out_channels // self.groups * taps
 
-    def _conv_args(self) -> Dict[str, Any]:
-        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups,
-                    padding_mode=self.padding_mode, backend=self.backend)
+    def _options(self) -> Tuple[Any, ...]:
+        return self.stride, self.padding, self.dilation, self.groups, self.padding_mode
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        self._check_input(x, 4)
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"Conv2D input x must have {self.in_channels} channels (axis 1), got shape {x.shape}")
-        w = self._parameters["w"]
+        w, b = self._parameters["w"], self._parameters.get("b")
+
+        def prepare():
+            self._check_input(x, 4)
+            if x.shape[1] != self.in_channels:
+                raise ValueError(f"Conv2D input x must have {self.in_channels} channels (axis 1), got shape {x.shape}")
+            return CONV2D, CONV2D.forward(x, w, b, *self._options()), self.backend
+
+        arrays = (x, w, b)
+        y = self._run(self._key(arrays, "forward", *self._options()), arrays, prepare)
         self._record((x, w))
-        return conv2d(x, w, self._parameters.get("b"), **self._conv_args())
+        return y
 
     def backward(self, dy: np.ndarray, input_grad: bool = True) -> Optional[np.ndarray]:
         """dL/dx (None with ``input_grad=False``: for an input that needs no gradient, such as a
         network's input, the backward then computes only the parameters' gradients)."""
         x, w = self._last_record()
-        dx, dw, db = conv2d_backward(dy, x, w, input_grad=input_grad, **self._conv_args())
+        arrays = (dy, x, w)
+        dx, dw, db = self._run(self._key(arrays, "backward", *self._options(), input_grad), arrays,
+                               lambda: (CONV2D, CONV2D.backward(dy, x, w, *self._options(), input_grad), self.backend))
         self._accumulate("w", dw)
         if "b" in self._parameters:
             self._accumulate("b", db)
@@ -559,20 +665,29 @@ class MaxPool2D(Layer):
         self.ceil_mode = ceil_mode
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        self._check_input(x, 4)
-        pool: Dict[str, Any] = dict(ceil_mode=self.ceil_mode, backend=self.backend)
-        if not self.recording:
-            return cast(np.ndarray, max_pool2d(x, self.kernel_size, self.stride, self.padding, return_indices=False,
-                                               **pool))
-        y, indices = max_pool2d(x, self.kernel_size, self.stride, self.padding, return_indices=True, **pool)
+        recording = self.recording
+        options = (self.kernel_size, self.stride, self.padding, 1, self.ceil_mode, recording)
+
+        def prepare():
+            self._check_input(x, 4)
+            return MAX_POOL2D, MAX_POOL2D.forward(x, *options), self.backend
+
+        result = self._run(self._key((x,), "forward", *options), (x,), prepare)
+        if not recording:
+            return cast(np.ndarray, result)
+        y, indices = result
         self._record((indices, x.shape))
         return y
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         indices, shape = self._last_record()
+        arrays = (dy, indices)
         # The indices are this layer's own forward's: in range, so the cuda backend need not read
-        # its out-of-range flag back (a device-to-host transfer per call).
-        return max_pool2d_backward(dy, indices, shape, check_indices=False, backend=self.backend)
+        # its out-of-range flag back (a device-to-host transfer per call). New buffers every call:
+        # the host kernels check every index of a buffer they are given first.
+        return self._run(self._key(arrays, "backward", shape), arrays,
+                         lambda: (MAX_POOL2D, MAX_POOL2D.backward(dy, indices, shape, False), self.backend),
+                         keep=False)
 
     def _describe(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -598,12 +713,19 @@ class ReLU(Layer):
     movable = True
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        self._check_input(x)
+        def prepare():
+            self._check_input(x)
+            return RELU, RELU.forward(x), self.host_backend
+
+        y = self._run(self._key((x,), "forward"), (x,), prepare)
         self._record(x)
-        return relu(x, backend=self.host_backend)
+        return y
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        return relu_backward(dy, self._last_record(), backend=self.host_backend)
+        x = self._last_record()
+        arrays = (dy, x)
+        return self._run(self._key(arrays, "backward"), arrays,
+                         lambda: (RELU, RELU.backward(dy, x), self.host_backend))
 
 
 class Tanh(Layer):
@@ -743,18 +865,26 @@ class Dense(Layer):
         return self.in_features, self.out_features
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        self._check_input(x)
-        if x.ndim < 1 or tuple(x.shape)[-1] != self.in_features:
-            raise ValueError(
-                f"Dense input x must have {self.in_features} features on its last axis, got shape {x.shape}"
-            )
-        W = self._parameters["W"]
+        W, b = self._parameters["W"], self._parameters.get("b")
+        arrays = (x, _transpose(W), b)
+
+        def prepare():
+            self._check_input(x)
+            if x.ndim < 1 or tuple(x.shape)[-1] != self.in_features:
+                raise ValueError(
+                    f"Dense input x must have {self.in_features} features on its last axis, got shape {x.shape}"
+                )
+            return LINEAR, LINEAR.forward(*arrays), self.host_backend
+
+        y = self._run(self._key(arrays, "forward"), arrays, prepare)
         self._record((x, W))
-        return linear(x, _transpose(W), self._parameters.get("b"), backend=self.host_backend)
+        return y
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         x, W = self._last_record()
-        dx, dWt, db = linear_backward(dy, x, _transpose(W), backend=self.host_backend)
+        arrays = (dy, x, _transpose(W))
+        dx, dWt, db = self._run(self._key(arrays, "backward"), arrays,
+                                lambda: (LINEAR, LINEAR.backward(*arrays), self.host_backend))
         self._accumulate("W", _transpose(dWt))
         if "b" in self._parameters:
             self._accumulate("b", db)

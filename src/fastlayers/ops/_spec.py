@@ -17,6 +17,9 @@ import numpy as np
 from ._checks import check_no_alias, check_out, is_gpu
 
 
+NONE = type(None)  # ``NONE in map(type, outs)``: is a buffer missing (``None in outs`` would compare arrays)
+
+
 def _never(problem):
     return None
 
@@ -116,24 +119,56 @@ def check_outs(problem, out, single):
     return tuple(out)
 
 
+class Plan:
+    """The kernel call of a validated problem, to run again on arrays of the same signature
+    (type, shape, dtype, strides) and the same options without validating them again: what a
+    layer keeps per input signature (``fastlayers.layers``). ``call(arrays, outs)`` runs the
+    kernel on ``arrays`` (in the kernel's argument order) and the kernel's view of the caller's
+    buffers ``outs`` (None where not given) and returns the kernel's results; ``finish(results,
+    outs)`` what the function returns. ``direct``: the problem's arrays are the call's arguments
+    themselves (no padded or reshaped copy), so a caller may pass its new arguments as they are.
+    Keeping a plan is sound only where the problem's hooks depend on its geometry alone (not on
+    the arrays of the call they were made for, as batch_norm's training ``finish`` does)."""
+
+    __slots__ = ("fn", "geometry", "specs", "to_kernel_out", "finish", "direct")
+
+    def __init__(self, problem, kernel, arguments=None):
+        self.fn = kernel.load(problem.direction)
+        self.geometry = problem.geometry
+        # Host buffers for the kernels that do not allocate their outputs themselves.
+        self.specs = None if kernel.allocates else (problem.kernel_outputs or problem.outputs)
+        self.to_kernel_out = problem.to_kernel_out
+        self.finish = problem.finish
+        self.direct = arguments is not None and len(arguments) == len(problem.arrays) and all(
+            a is b for a, b in zip(arguments, problem.arrays.values()))
+
+    def call(self, arrays, outs):
+        if self.specs is not None and NONE in map(type, outs):
+            # an output of shape None is not computed (conv2d_backward's input_grad=False)
+            outs = tuple(np.empty(shape, dtype) if o is None and shape is not None else o
+                         for o, (_, shape, dtype) in zip(outs, self.specs))
+        return tuple(self.fn(*arrays, self.geometry, outs))
+
+
+def plan(spec, problem, backend, algo, arguments=None):
+    """The ``Plan`` of ``problem`` of ``spec`` on the kernel the dispatch picks (``arguments``:
+    the array arguments of the call, to tell whether the plan is ``direct``)."""
+    # The dispatch imports this module: it is looked up at the call (an import statement here
+    # would cost a microsecond on every call).
+    dispatch = module("fastlayers._dispatch")
+    kernel = dispatch.select_kernel(spec, problem, backend, algo)
+    if algo == "auto":  # with fl.set_autotune(True): the fastest, timed on the problem's arrays
+        blank = problem.to_kernel_out((None,) * len(problem.outputs))
+        kernel = dispatch.autotuned_kernel(spec, problem, kernel,
+                                           lambda k: Plan(problem, k).call(problem.arrays.values(), blank))
+    return Plan(problem, kernel, arguments)
+
+
 def run(spec, problem, backend, algo, out, single_out=True):
     """Run ``problem`` of ``spec`` on the kernel the dispatch picks; return what the function returns."""
-    from .._dispatch import autotuned_kernel, select_kernel
-
     outs = check_outs(problem, out, single_out)
-    kernel = select_kernel(spec, problem, backend, algo)
-    kernel_outs = problem.to_kernel_out(outs)
-    if not kernel.allocates:
-        specs = problem.kernel_outputs or problem.outputs
-        kernel_outs = tuple(np.empty(shape, dtype) if o is None and shape is not None else o
-                            for o, (_, shape, dtype) in zip(kernel_outs, specs))
-
-    def call(k):
-        return k.load(problem.direction)(*problem.arrays.values(), problem.geometry, kernel_outs)
-
-    if algo == "auto":
-        kernel = autotuned_kernel(spec, problem, kernel, call)
-    return problem.finish(tuple(call(kernel)), outs)
+    p = plan(spec, problem, backend, algo)
+    return p.finish(p.call(problem.arrays.values(), p.to_kernel_out(outs)), outs)
 
 
 def first_result(results, outs):

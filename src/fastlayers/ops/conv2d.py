@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 
@@ -38,17 +39,19 @@ class Conv2dGeometry(ImageBatch):
     groups: int
     input_grad: bool = True
 
-    @property
+    # The derived sizes are read several times a call by the kernel wrappers, and on every call of
+    # a layer's kept plan (the geometry is the same object): computed once.
+    @cached_property
     def Cg(self):
         """Input channels per group."""
         return self.C // self.groups
 
-    @property
+    @cached_property
     def Fg(self):
         """Filters (output channels) per group."""
         return self.F // self.groups
 
-    @property
+    @cached_property
     def K(self):
         """Taps summed by one output: ``Cg * KH * KW`` (an im2col column's length)."""
         return self.Cg * self.KH * self.KW
@@ -61,7 +64,7 @@ class Conv2dGeometry(ImageBatch):
     def y_shape(self):
         return (self.N, self.F, self.OH, self.OW)
 
-    @property
+    @cached_property
     def flops(self):
         """Multiply-adds x 2 of the forward pass."""
         return 2 * self.N * self.F * self.OH * self.OW * self.K

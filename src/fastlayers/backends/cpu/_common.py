@@ -1,4 +1,5 @@
 """What the CPU backend's part modules share: per-thread workspaces and C-order inputs."""
+import math
 import threading
 import weakref
 
@@ -41,7 +42,7 @@ class workspace:
             cache = _local.cache = _Cache()
             _caches.add(cache)
         cache = cache.buffers
-        size = int(np.prod(self._shape, dtype=np.int64)) * self._dtype.itemsize
+        size = math.prod(self._shape) * self._dtype.itemsize  # Python ints: exact, and numpy.prod costs microseconds
         buf = cache.pop(self._slot, None)  # one C call: atomic for signal handlers and threads
         if buf is None or buf.size < size:
             buf = np.empty(size, dtype=np.uint8)
