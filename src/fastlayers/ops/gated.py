@@ -13,7 +13,7 @@ from typing import Tuple
 
 import numpy as np
 
-from ._checks import MAX_ELEMENTS, check_array, check_arrays_like, check_shape
+from ._checks import MAX_ELEMENTS, check_array, check_arrays_like, check_shape, is_gpu
 from ._spec import Kernel, OpSpec, Problem, drop_lead, lead_one
 from ._workload import Workload, normal, torch_no_grad
 
@@ -24,9 +24,58 @@ class GatedGeometry:
     N: int
     D: int
     H: int
+    keep: bool = False  # a forward that keeps its gates for the backward (return_workspace=True)
+
+    @property
+    def sizes(self):
+        return (self.T, self.N, self.D, self.H)
 
 
 GATES = {"lstm": 4, "gru": 3}  # PyTorch's gate order: lstm (i, f, g, o), gru (r, z, n)
+# H-wide blocks of the gates a forward keeps for its backward: the LSTM's activated (i, f, g, o),
+# the GRU's (r, z, n, u_n) with u_n = h_prev Whn + bhn, the term the reset gate multiplies.
+KEPT_BLOCKS = 4
+
+
+class GateWorkspace:
+    """The gates a forward kept for its backward: what ``fastlayers.lstm(...,
+    return_workspace=True)`` (or ``gru``) returns last, to pass to the backward of the same call
+    as ``workspace=``, which then reads the gates instead of recomputing them (two GEMMs over
+    every step fewer, as PyTorch's and cuDNN's reserve space).
+
+    Opaque and read only. It records the op, the sizes and the dtype of the call that made it and
+    that call's last hidden state, which the backward checks against its arguments (a workspace
+    of another call is refused, never misread). Memory: T*N*4H elements (padded rows)."""
+
+    __slots__ = ("_cell", "_geometry", "_gates", "_last")
+
+    def __init__(self, cell, geometry, gates, last_output):
+        gates.flags.writeable = False
+        self._cell, self._geometry, self._gates = cell, geometry, gates
+        self._last = np.array(last_output)
+
+    @property
+    def cell(self):
+        """"lstm" or "gru": the op whose forward made it."""
+        return self._cell
+
+    @property
+    def dtype(self):
+        return self._gates.dtype
+
+    @property
+    def nbytes(self):
+        return self._gates.nbytes
+
+    def __repr__(self):
+        T, N, D, H = self._geometry.sizes
+        return f"GateWorkspace({self._cell}, T={T}, N={N}, D={D}, H={H}, dtype={self.dtype})"
+
+
+def _fingerprint(output):
+    """What a workspace keeps of its forward's output, to recognise it: the last step's states
+    (``output[-1:]``: empty for T = 0)."""
+    return output[-1:]
 
 
 def gated_geometry(cell, input, Wx, Wh, states, biases, sequence=False, backward=None):
@@ -68,7 +117,7 @@ def gated_geometry(cell, input, Wx, Wh, states, biases, sequence=False, backward
     if backward:
         check_arrays_like(dt, (T, N, H) if sequence else (N, H),
                           **{k: v for k, v in backward.items() if v is not None})
-    if T * N * width >= MAX_ELEMENTS:
+    if T * N * max(width, KEPT_BLOCKS * H) >= MAX_ELEMENTS:
         raise ValueError(f"{cell} sizes T={T}, N={N}, H={H} are too large to index")
     return GatedGeometry(int(T), int(N), int(D), int(H)), dt
 
@@ -180,18 +229,25 @@ class GatedSpec(OpSpec):
             Kernel("numpy", "reference", "fastlayers.backends.numpy", functions, allocates=True),
             # allocates: it checks its BLAS sizes before the outputs are made.
             Kernel("cpu", "fused_gemm", f"fastlayers.backends.cpu.{cell}", functions, allocates=True),
-            Kernel("cuda", "fused_gemm", "fastlayers.backends.cuda.gated", functions, allocates=True),
+            Kernel("cuda", "fused_gemm", "fastlayers.backends.cuda.gated", functions, allocates=True,
+                   declines=_keeps_gates),
         )
 
-    def _problem(self, direction, arrays, grads, step):
+    def _problem(self, direction, arrays, grads, step, keep=False, workspace=None):
         """``arrays``: the kernel's arguments by name, in order; ``grads``: the names of the
-        per-step gradients among them (backward)."""
+        per-step gradients among them (backward); ``keep``: the forward returns a GateWorkspace
+        after its outputs; ``workspace``: the backward's (checked here, its gates passed as the
+        kernel's last array, ``gates``; None: the kernel recomputes them)."""
         g, dt = gated_geometry(
             self.cell, arrays["input"], arrays["Wx"], arrays["Wh"], {s: arrays[s] for s in self.states},
             {b: arrays[b] for b in self.biases}, sequence=not step,
             backward={k: arrays[k] for k in grads + self.outputs} if direction == "backward" else None)
+        if keep:
+            g = GatedGeometry(g.T, g.N, g.D, g.H, keep=True)
         per_step = {"input", *grads, *(self.outputs if direction == "backward" else ())}
         kernel_arrays = {k: lead_one(a) if step and k in per_step else a for k, a in arrays.items()}
+        if direction == "backward":
+            kernel_arrays["gates"] = self._gates_of(workspace, g, dt, arrays["output"])
         seq = lambda width: (g.T, g.N, width)  # noqa: E731
         if direction == "forward":
             shapes = {o: seq(g.H) for o in self.outputs}
@@ -205,6 +261,9 @@ class GatedSpec(OpSpec):
                                         for k, o in zip(shapes, outs))) if step else (lambda outs: outs)
 
         def finish(r, outs):
+            if keep:
+                *r, gates = r
+                r = (*r, GateWorkspace(self.cell, g, gates, _fingerprint(r[0])))
             if step:
                 r = tuple(drop_lead((x,), (o,))[0] if k in stepped else x for k, x, o in zip(shapes, r, outs))
                 r = tuple(x if o is None else o for x, o in zip(r, outs))
@@ -214,12 +273,47 @@ class GatedSpec(OpSpec):
                        kernel_outputs=tuple((k, shapes[k], dt) for k in shapes),
                        to_kernel_out=to_kernel, finish=finish)
 
-    def forward(self, arrays, step):
-        return self._problem("forward", arrays, (), step)
+    def _gates_of(self, workspace, g, dt, output):
+        """The gates array of the backward's ``workspace`` (None: none given), once it is known to
+        come from this op's forward of these sizes, dtype and output."""
+        if workspace is None:
+            return None
+        made_by = f"fastlayers.{self.cell}(..., return_workspace=True)"
+        if not isinstance(workspace, GateWorkspace):
+            raise TypeError(f"workspace must be None or the GateWorkspace that {made_by} returned, got "
+                            f"{type(workspace).__name__}")
+        if workspace.cell != self.cell:
+            raise ValueError(f"workspace was kept by {workspace.cell}'s forward; {self.cell}_backward needs the one "
+                             f"that {made_by} returned")
+        if workspace._geometry.sizes != g.sizes:
+            raise ValueError(f"workspace was kept by a forward of sizes (T, N, D, H) = {workspace._geometry.sizes}, "
+                             f"this backward's are {g.sizes}")
+        if workspace.dtype != dt:
+            raise TypeError(f"workspace has dtype {workspace.dtype} but the other arguments are {dt}")
+        gates = workspace._gates
+        if gates.ndim != 2 or gates.shape[0] != g.T * g.N or gates.shape[1] < KEPT_BLOCKS * g.H \
+                or not gates.flags.c_contiguous:
+            raise ValueError(f"workspace holds gates of shape {gates.shape}, expected ({g.T * g.N}, >= "
+                             f"{KEPT_BLOCKS * g.H}) in C order")
+        if not is_gpu(output) and not np.array_equal(_fingerprint(output), workspace._last):
+            raise ValueError("workspace was kept by another forward: its last hidden state differs from output's; "
+                             "pass the workspace returned with this output")
+        return gates
 
-    def backward(self, arrays, step):
+    def forward(self, arrays, step, keep=False):
+        return self._problem("forward", arrays, (), step, keep=keep)
+
+    def backward(self, arrays, step, workspace=None):
         grads = tuple(f"grad_{o}" for o in self.outputs)
-        return self._problem("backward", arrays, grads, step)
+        return self._problem("backward", arrays, grads, step, workspace=workspace)
+
+
+def _keeps_gates(problem):
+    """The cuda kernels' decline: they recompute the gates and keep none."""
+    if problem.geometry.keep or problem.arrays.get("gates") is not None:
+        return ("the cuda lstm/gru kernels keep no gate workspace (return_workspace=True, workspace=): "
+                "call them without, the backward then recomputes the gates")
+    return None
 
 
 LSTM = GatedSpec("lstm", ("hx", "cx"), ("bias",), ("output", "cell"), LstmWorkload())

@@ -121,7 +121,8 @@ def lstm_forward(x, h0, c0, Wx, Wh, b, g, outs):
     return call.result(hs, outs[0]), call.result(cs, outs[1])
 
 
-def lstm_backward(dhs, dcs, x, h0, c0, Wx, Wh, b, hs, cs, g, outs):
+def lstm_backward(dhs, dcs, x, h0, c0, Wx, Wh, b, hs, cs, gates, g, outs):
+    # gates: always None (the spec's kernel entry declines a workspace): recomputed here.
     launch, rnn, gated = kernels().launch, kernels().rnn, kernels().gated_rnn
     call, xd, (T, N, D, H, G) = _start((dhs, dcs, x, h0, c0, Wx, Wh, b, hs, cs), x, Wh)
     dt = xd.dtype
@@ -172,7 +173,8 @@ def gru_forward(x, h0, Wx, Wh, bx, bh, g, outs):
     return (call.result(hs, outs[0]),)
 
 
-def gru_backward(dhs, x, h0, Wx, Wh, bx, bh, hs, g, outs):
+def gru_backward(dhs, x, h0, Wx, Wh, bx, bh, hs, gates, g, outs):
+    # gates: always None (the spec's kernel entry declines a workspace): recomputed here.
     launch, rnn, gated = kernels().launch, kernels().rnn, kernels().gated_rnn
     call, xd, (T, N, D, H, G) = _start((dhs, x, h0, Wx, Wh, bx, bh, hs), x, Wh)
     dt = xd.dtype
