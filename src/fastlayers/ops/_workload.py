@@ -49,3 +49,8 @@ class Workload:
     @staticmethod
     def options(case, direction):
         return {}
+
+    def keywords(self, case, direction, inputs):
+        """The call's keyword arguments: ``options``, and in workloads that need them, keyword
+        arguments made with the inputs (the gated ops' backward ``workspace``)."""
+        return self.options(case, direction)

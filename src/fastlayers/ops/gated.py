@@ -125,11 +125,25 @@ def gated_geometry(cell, input, Wx, Wh, states, biases, sequence=False, backward
 class _GatedWorkload(Workload):
     """lstm and gru (time-major): case shape (T, N, D, H), weights of G gate blocks. The
     backward is timed for dL/d(hidden states) only (no dL/d(cell states)): what autograd
-    computes from the PyTorch module's output."""
+    computes from the PyTorch module's output. It gets the gates its forward kept (the
+    ``workspace`` input), as PyTorch's backward gets those its forward saved."""
 
     gates = 0
     biases: Tuple[str, ...] = ()  # the cell's bias arguments, in order
     states: Tuple[str, ...] = ("hx",)  # its initial states, in order
+
+    @staticmethod
+    def args(case, direction, inputs):
+        return tuple(v for k, v in inputs.items() if k != "workspace")
+
+    def keywords(self, case, direction, inputs):
+        return {"workspace": inputs["workspace"]} if "workspace" in inputs else {}
+
+    def _forward_of(self, inputs):
+        """The reference forward's results on ``inputs``, with the GateWorkspace last."""
+        from .. import functional  # it validates through this module's spec
+
+        return getattr(functional, self.op)(**inputs, return_workspace=True, backend="numpy")
 
     def _forward_inputs(self, case, normal):
         T, N, D, H = case.shape
@@ -150,15 +164,15 @@ class _GatedWorkload(Workload):
 
     def work(self, case, direction, dtype):
         """FLOPs: two GEMMs per step forward, G*H columns wide; four backward (dx, dh, dWx,
-        dWh). The cpu kernels also recompute the forward's pre-activations in the backward
-        (two more), which this count leaves out, as PyTorch keeps its gates instead."""
+        dWh), the gates read from the forward's workspace (a backward without one recomputes
+        them: two GEMMs more)."""
         T, N, D, H = case.shape
         return T * 2 * N * (D + H) * self.gates * H * (1 if direction == "forward" else 2), "flop"
 
     def torch_call(self, torch, case, direction, inputs, seed, device="cpu"):
         """``torch.nn.LSTM`` / ``torch.nn.GRU`` (one layer) holding the same weights, transposed
         (PyTorch keeps (G*H, D)); the LSTM's second bias is zero, as fastlayers adds them."""
-        t = {k: torch.from_numpy(v).to(device) for k, v in inputs.items() if v is not None}
+        t = {k: torch.from_numpy(v).to(device) for k, v in inputs.items() if isinstance(v, np.ndarray)}
         T, N, D, H = case.shape
         module = getattr(torch.nn, self.op.upper())(D, H, dtype=t["Wx"].dtype, device=device)
         with torch.no_grad():
@@ -188,14 +202,12 @@ class LstmWorkload(_GatedWorkload):
     states = ("hx", "cx")
 
     def inputs(self, case, direction, dtype, seed):
-        from .. import reference  # it validates through this module's spec
-
         inputs = self._forward_inputs(case, normal(seed, dtype))
         if direction == "forward":
             return inputs
-        output, cell = reference.lstm(**inputs)
+        output, cell, workspace = self._forward_of(inputs)
         grad_output = normal(seed + 1, dtype)(output.shape)
-        return dict(grad_output=grad_output, grad_cell=None, **inputs, output=output, cell=cell)
+        return dict(grad_output=grad_output, grad_cell=None, **inputs, output=output, cell=cell, workspace=workspace)
 
 
 class GruWorkload(_GatedWorkload):
@@ -204,13 +216,11 @@ class GruWorkload(_GatedWorkload):
     biases = ("bias_ih", "bias_hh")
 
     def inputs(self, case, direction, dtype, seed):
-        from .. import reference  # it validates through this module's spec
-
         inputs = self._forward_inputs(case, normal(seed, dtype))
         if direction == "forward":
             return inputs
-        output = reference.gru(**inputs)
-        return dict(grad_output=normal(seed + 1, dtype)(output.shape), **inputs, output=output)
+        output, workspace = self._forward_of(inputs)
+        return dict(grad_output=normal(seed + 1, dtype)(output.shape), **inputs, output=output, workspace=workspace)
 
 
 class GatedSpec(OpSpec):
