@@ -52,6 +52,33 @@ cdef extern from "gated_cells.h" nogil:
         Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ldg, Py_ssize_t ldd)
 
 
+cdef extern from "packed_gemm.h" nogil:
+    enum: FL_PANEL
+    void packed_gemm_f32 "fl_packed_gemm_f32"(const float* a, Py_ssize_t lda, const float* packed, Py_ssize_t K,
+                                              float* c, Py_ssize_t ldc, Py_ssize_t rows, Py_ssize_t width,
+                                              int accumulate)
+    const char* clone_isa "fl_clone_isa"()
+
+
+PANEL = FL_PANEL
+
+
+def isa():
+    """The instruction set the C helpers run with here (target_clones.h): "x86-64-v4", ..."""
+    return clone_isa().decode()
+
+
+cdef inline bint _packed_product(const floating* a, Py_ssize_t K, const float* packed, floating* c, Py_ssize_t ldc,
+                                 Py_ssize_t rows, Py_ssize_t G) noexcept nogil:
+    """c (rows x G) = a (rows x K) @ W on W packed once (packed_gemm.h, float32), when it is
+    given; False (nothing done) otherwise, for the caller's OpenBLAS path."""
+    if floating is float:
+        if packed != NULL:
+            packed_gemm_f32(a, K, packed, K, c, ldc, rows, G, 0)
+            return True
+    return False
+
+
 cdef inline void _lstm_cell(floating* a, const floating* u, const floating* b, const floating* c_prev,
                             floating* c, floating* h, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ld,
                             int keep) noexcept nogil:
@@ -150,15 +177,28 @@ cdef inline void _parameter_gradients(const floating* x, const floating* h0, con
              <int>width, Wx, <int>width, <floating>0, dx + blk.r0 * D, <int>D)
 
 
+cdef const float* _packed(const float[::1] packed, Py_ssize_t K, Py_ssize_t G) except? NULL:
+    """The pointer of a weight (K, G) packed in panels (NULL for None), once its size is known to
+    be the panels'."""
+    if packed is None:
+        return NULL
+    if packed.shape[0] != (G + FL_PANEL - 1) // FL_PANEL * FL_PANEL * K:
+        raise ValueError(f"a packed weight has {packed.shape[0]} elements, expected ceil({G} / {FL_PANEL}) * "
+                         f"{FL_PANEL} * {K}")
+    return &packed[0]
+
+
 cdef void _forward(const floating* x, const floating* Wx, const floating* Wh, const floating* h0, const floating* c0,
                    const floating* bx, const floating* bh, floating* hs, floating* cs, floating* a, floating* u,
                    Py_ssize_t TN, Py_ssize_t N, Py_ssize_t D, Py_ssize_t H, Py_ssize_t G, Py_ssize_t ldw,
-                   Py_ssize_t lda, Py_ssize_t ldu, int keep, int num_threads) noexcept nogil:
+                   Py_ssize_t lda, Py_ssize_t ldu, int keep, const float* packed_x, const float* packed,
+                   int num_threads) noexcept nogil:
     """The LSTM forward (c0 and cs given) or the GRU's (c0 = cs = NULL, bh given): a = x @ Wx
     for every step, then per step u = h_prev @ Wh (this thread's rows of u, beta = 0: a buffer
     that stays in cache; accumulating into a instead reads it back from memory at every step)
     and the cell, which overwrites a's rows with the gates when ``keep``. Wx, Wh, a and u have
-    rows ldw, lda, ldu >= G apart (see fastlayers.backends.cpu._gated; lda >= 4H when keep)."""
+    rows ldw, lda, ldu >= G apart (see fastlayers.backends.cpu._gated; lda >= 4H when keep);
+    ``packed_x``, ``packed``: Wx and Wh packed for packed_gemm.h (float32), or NULL."""
     cdef Py_ssize_t T = TN // N
     # Initialised only because Cython passes them into the team as firstprivate.
     cdef const floating* h_prev = NULL
@@ -169,7 +209,8 @@ cdef void _forward(const floating* x, const floating* Wx, const floating* Wh, co
     with parallel(num_threads=num_threads):
         blk = thread_blocks(TN, N, G)
         if blk.r1 > blk.r0:
-            input_projection(x + blk.r0 * D, Wx, ldw, a + blk.r0 * lda, lda, blk.r1 - blk.r0, D, G)
+            if not _packed_product(x + blk.r0 * D, D, packed_x, a + blk.r0 * lda, lda, blk.r1 - blk.r0, G):
+                input_projection(x + blk.r0 * D, Wx, ldw, a + blk.r0 * lda, lda, blk.r1 - blk.r0, D, G)
         barrier()
         if blk.rows > 0:
             h_prev = h0 + blk.n0 * H
@@ -177,7 +218,8 @@ cdef void _forward(const floating* x, const floating* Wx, const floating* Wh, co
             ut = u + blk.n0 * ldu
             for t in range(T):
                 row = t * N + blk.n0
-                step_product(h_prev, Wh, ldw, ut, ldu, blk.rows, H, G, <floating>0)
+                if not _packed_product(h_prev, H, packed, ut, ldu, blk.rows, G):
+                    step_product(h_prev, Wh, ldw, ut, ldu, blk.rows, H, G, <floating>0)
                 if cs != NULL:
                     _lstm_cell(a + row * lda, ut, bx, c_prev, cs + row * H, hs + row * H, blk.rows, H, lda, keep)
                     c_prev = cs + row * H
@@ -189,18 +231,22 @@ cdef void _forward(const floating* x, const floating* Wx, const floating* Wh, co
 def lstm_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, const floating[:, ::1] c0 not None,
                  const floating[:, ::1] Wx, const floating[:, ::1] Wh, const floating[::1] b not None,
                  floating[:, ::1] hs, floating[:, ::1] cs, floating[:, ::1] a, floating[:, ::1] u, Py_ssize_t N,
-                 bint keep, int num_threads):
+                 bint keep, const float[::1] packed_x, const float[::1] packed, int num_threads):
     """cs[t] = f cs[t-1] + i g, hs[t] = o tanh(cs[t]) with (i, f, g, o) the activated
     x[t] @ Wx + hs[t-1] @ Wh + b; hs[-1] = h0, cs[-1] = c0. With ``keep``, a's rows end holding
     the gates (i, f, g, o) (the backward's saved gates).
 
     x (T*N, D), hs, cs (T*N, H), h0, c0 (N, H), b (4H,); Wx (D, ldw), Wh (H, ldw) and the
-    workspaces a (T*N, lda), u (N, ldu) hold 4H columns in rows at least 4H long; T*N, D, H >= 1."""
+    workspaces a (T*N, lda), u (N, ldu) hold 4H columns in rows at least 4H long; T*N, D, H >= 1.
+    ``packed_x``, ``packed``: None, or (float32) Wx and Wh packed in panels (packed_gemm.h),
+    ceil(4H / PANEL) * D (or H) * PANEL elements."""
     single_threaded_blas()
+    cdef const float* px = _packed(packed_x, x.shape[1], b.shape[0])
+    cdef const float* pp = _packed(packed, Wh.shape[0], b.shape[0])
     with nogil:
         _forward(&x[0, 0], &Wx[0, 0], &Wh[0, 0], &h0[0, 0], &c0[0, 0], &b[0], NULL, &hs[0, 0], &cs[0, 0], &a[0, 0],
                  &u[0, 0], x.shape[0], N, x.shape[1], h0.shape[1], b.shape[0], Wh.shape[1], a.shape[1], u.shape[1],
-                 keep, num_threads)
+                 keep, px, pp, num_threads)
 
 
 def lstm_backward(const floating[:, ::1] dhs, const floating[:, ::1] dcs, const floating[:, ::1] x,
@@ -266,19 +312,21 @@ def lstm_backward(const floating[:, ::1] dhs, const floating[:, ::1] dcs, const 
 def gru_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, const floating[:, ::1] Wx,
                 const floating[:, ::1] Wh, const floating[::1] bx not None, const floating[::1] bh not None,
                 floating[:, ::1] hs, floating[:, ::1] a, floating[:, ::1] u, Py_ssize_t N, bint keep,
-                int num_threads):
+                const float[::1] packed_x, const float[::1] packed, int num_threads):
     """hs[t] = n + z (hs[t-1] - n) with r, z, n the GRU gates of a[t] = x[t] @ Wx + bx and
     u = hs[t-1] @ Wh + bh; hs[-1] = h0. With ``keep``, a's rows end holding the gates (r, z, n,
     u_n) (the backward's saved gates).
 
     x (T*N, D), hs (T*N, H), h0 (N, H), bx, bh (3H,); Wx (D, ldw), Wh (H, ldw) and the
     workspaces a (T*N, lda), u (N, ldu) hold 3H columns in rows at least 3H long (a: 4H with
-    ``keep``); T*N, D, H >= 1."""
+    ``keep``); T*N, D, H >= 1. ``packed_x``, ``packed`` as for lstm_forward (3H columns)."""
     single_threaded_blas()
+    cdef const float* px = _packed(packed_x, x.shape[1], bx.shape[0])
+    cdef const float* pp = _packed(packed, Wh.shape[0], bx.shape[0])
     with nogil:
         _forward(&x[0, 0], &Wx[0, 0], &Wh[0, 0], &h0[0, 0], NULL, &bx[0], &bh[0], &hs[0, 0], NULL, &a[0, 0],
                  &u[0, 0], x.shape[0], N, x.shape[1], h0.shape[1], bx.shape[0], Wh.shape[1], a.shape[1],
-                 u.shape[1], keep, num_threads)
+                 u.shape[1], keep, px, pp, num_threads)
 
 
 def gru_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const floating[:, ::1] h0 not None,

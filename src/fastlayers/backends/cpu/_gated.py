@@ -15,10 +15,15 @@ import numpy as np
 from ..._dispatch import threads_for
 from ...ops.gated import GATES, KEPT_BLOCKS
 from .. import numpy as _reference
+from ..._cpu import gated_rnn as _kernels
 from ._common import BLAS_INT_MAX, contiguous, workspace
 
 # Bytes of one cache line: the padding of the forward's rows (see leading_dimension).
 CACHE_LINE = 64
+# Whether the float32 forward runs its per-step product on Wh packed once per call
+# (kernels/cpu/packed_gemm.h) rather than on OpenBLAS's small-matrix path: where the C helpers
+# run with AVX-512 (measured: docs/performance.md).
+PACK_WH = _kernels.isa() == "x86-64-v4"
 
 
 def num_threads(T, N, D, H, width):
@@ -93,6 +98,31 @@ def forward_workspaces(Wx, Wh, TN, N, keep):
         Wxp[:, :width] = Wx
         Whp[:, :width] = Wh
         yield Wxp, Whp, a, u
+
+
+@contextlib.contextmanager
+def packed_weights(Wx, Wh):
+    """``(Wx, Wh)`` packed for the forward's products (kernels/cpu/packed_gemm.h: panels of PANEL
+    columns, each K x PANEL in C order, zeros past G), or ``(None, None)`` where PACK_WH does not
+    hold or for float64 (the small-matrix path)."""
+    if not PACK_WH or Wh.dtype != np.float32:
+        yield None, None
+        return
+    with _packed("gated_rnn_packed_x", Wx) as px, _packed("gated_rnn_packed_h", Wh) as ph:
+        yield px, ph
+
+
+@contextlib.contextmanager
+def _packed(slot, W):
+    (K, G), P = W.shape, _kernels.PANEL
+    panels, full = -(-G // P), G // P
+    with workspace(slot, (panels * K * P,), W.dtype) as packed:
+        view = packed.reshape(panels, K, P)
+        view[:full] = W[:, : full * P].reshape(K, full, P).transpose(1, 0, 2)
+        if full < panels:
+            view[full] = 0
+            view[full, :, : G - full * P] = W[:, full * P:]
+        yield packed
 
 
 @contextlib.contextmanager
