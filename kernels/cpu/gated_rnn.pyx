@@ -69,12 +69,12 @@ def isa():
 
 
 cdef inline bint _packed_product(const floating* a, Py_ssize_t K, const float* packed, floating* c, Py_ssize_t ldc,
-                                 Py_ssize_t rows, Py_ssize_t G) noexcept nogil:
-    """c (rows x G) = a (rows x K) @ W on W packed once (packed_gemm.h, float32), when it is
-    given; False (nothing done) otherwise, for the caller's OpenBLAS path."""
+                                 Py_ssize_t rows, Py_ssize_t G, int accumulate=0) noexcept nogil:
+    """c (rows x G) = a (rows x K) @ W (+ c with ``accumulate``) on W packed once (packed_gemm.h,
+    float32), when it is given; False (nothing done) otherwise, for the caller's OpenBLAS path."""
     if floating is float:
         if packed != NULL:
-            packed_gemm_f32(a, K, packed, K, c, ldc, rows, G, 0)
+            packed_gemm_f32(a, K, packed, K, c, ldc, rows, G, accumulate)
             return True
     return False
 
@@ -255,17 +255,19 @@ def lstm_backward(const floating[:, ::1] dhs, const floating[:, ::1] dcs, const 
                   const floating[::1] b not None, const floating[:, ::1] hs, const floating[:, ::1] cs,
                   const floating[:, ::1] gates, bint recompute, floating[:, ::1] dz, floating[:, ::1] dx,
                   floating[:, ::1] dh0, floating[:, ::1] dc0, floating[:, ::1] dWx, floating[:, ::1] dWh,
-                  floating[::1] db, Py_ssize_t N, int num_threads):
+                  floating[::1] db, const float[::1] packed_t, Py_ssize_t N, int num_threads):
     """Backward through time of lstm_forward.
 
     dhs, hs, cs (T*N, H), dcs the same or None (zeros); x, dx (T*N, D); h0, c0, dh0, dc0 (N, H);
     Wx, dWx (D, 4H); Wh, dWh (H, 4H); WhT = Wh^T in C order (4H, H), in rows at least H long:
     the products with Wh^T then take the untransposed form OpenBLAS runs on its small-matrix path; b, db (4H,);
     gates (T*N, ldg >= 4H): the forward's kept gates, read only, or with ``recompute`` a workspace
-    the gates are recomputed into; dz (T*N, 4H) a workspace. Every output is overwritten; dWx, dWh
-    and db sum over steps in a fixed order for a given thread count, so results are reproducible
-    run to run."""
+    the gates are recomputed into; dz (T*N, 4H) a workspace; ``packed_t``: None, or (float32) Wh^T
+    packed in panels for the per-step dz @ Wh^T (packed_gemm.h). Every output is overwritten; dWx,
+    dWh and db sum over steps in a fixed order for a given thread count, so results are
+    reproducible run to run."""
     single_threaded_blas()
+    cdef const float* pt = _packed(packed_t, Wh.shape[1], Wh.shape[0])
     cdef Py_ssize_t TN = x.shape[0], D = x.shape[1], H = Wh.shape[0], G = Wh.shape[1], ldg = gates.shape[1]
     cdef Py_ssize_t T = TN // N
     cdef const floating* ph0 = &h0[0, 0]
@@ -303,7 +305,8 @@ def lstm_backward(const floating[:, ::1] dhs, const floating[:, ::1] dcs, const 
                 c_prev = pc0 + blk.n0 * H if t == 0 else pcs + (row - N) * H
                 _lstm_cell_backward(pg + row * ldg, c_prev, pcs + row * H, pdhs + row * H,
                                     pdcs + row * H if pdcs != NULL else NULL, pdh, pdc, zt, blk.rows, H, ldg, G)
-                step_product(zt, &WhT[0, 0], WhT.shape[1], pdh, H, blk.rows, G, H, <floating>0)
+                if not _packed_product(zt, G, pt, pdh, H, blk.rows, H):
+                    step_product(zt, &WhT[0, 0], WhT.shape[1], pdh, H, blk.rows, G, H, <floating>0)
         barrier()
         _parameter_gradients(&x[0, 0], ph0, phs, &Wx[0, 0], pdz, pdz, &dx[0, 0], &dWx[0, 0], &dWh[0, 0], &db[0],
                              NULL, blk, TN, N, D, H, G)
@@ -334,15 +337,16 @@ def gru_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
                  const floating[::1] bx not None, const floating[::1] bh not None, const floating[:, ::1] hs,
                  const floating[:, ::1] gates, bint recompute, floating[:, ::1] da, floating[:, ::1] du,
                  floating[:, ::1] dx, floating[:, ::1] dh0, floating[:, ::1] dWx, floating[:, ::1] dWh,
-                 floating[::1] dbx, floating[::1] dbh, Py_ssize_t N, int num_threads):
+                 floating[::1] dbx, floating[::1] dbh, const float[::1] packed_t, Py_ssize_t N, int num_threads):
     """Backward through time of gru_forward.
 
     dhs, hs (T*N, H); x, dx (T*N, D); h0, dh0 (N, H); Wx, dWx (D, 3H); Wh, dWh (H, 3H);
     WhT = Wh^T in C order (3H, H), in rows at least H long; bx, bh, dbx, dbh (3H,); gates
     (T*N, ldg >= 4H): the forward's kept gates, read only, or with ``recompute`` a workspace the
-    gates are recomputed into; workspaces da, du (T*N, 3H). Every output is overwritten, in a
-    fixed order for a given thread count."""
+    gates are recomputed into; workspaces da, du (T*N, 3H); ``packed_t`` as for lstm_backward.
+    Every output is overwritten, in a fixed order for a given thread count."""
     single_threaded_blas()
+    cdef const float* pt = _packed(packed_t, Wh.shape[1], Wh.shape[0])
     cdef Py_ssize_t TN = x.shape[0], D = x.shape[1], H = Wh.shape[0], G = Wh.shape[1], ldg = gates.shape[1]
     cdef Py_ssize_t T = TN // N
     cdef const floating* ph0 = &h0[0, 0]
@@ -374,7 +378,8 @@ def gru_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
                 h_prev = ph0 + blk.n0 * H if t == 0 else phs + (row - N) * H
                 _gru_cell_backward(pg + row * ldg, h_prev, pdhs + row * H, pdh, pda + row * G, pdu + row * G,
                                    blk.rows, H, ldg, G)
-                step_product(pdu + row * G, &WhT[0, 0], WhT.shape[1], pdh, H, blk.rows, G, H, <floating>1)
+                if not _packed_product(pdu + row * G, G, pt, pdh, H, blk.rows, H, 1):
+                    step_product(pdu + row * G, &WhT[0, 0], WhT.shape[1], pdh, H, blk.rows, G, H, <floating>1)
         barrier()
         _parameter_gradients(&x[0, 0], ph0, phs, &Wx[0, 0], pda, pdu, &dx[0, 0], &dWx[0, 0], &dWh[0, 0], &dbx[0],
                              &dbh[0], blk, TN, N, D, H, G)

@@ -113,6 +113,16 @@ def packed_weights(Wx, Wh):
 
 
 @contextlib.contextmanager
+def packed_transpose(Wh):
+    """Wh^T (G, H) packed for the backward's per-step dz @ Wh^T, or None (see packed_weights)."""
+    if not PACK_WH or Wh.dtype != np.float32:
+        yield None
+        return
+    with _packed("gated_rnn_packed_t", Wh.T) as pt:
+        yield pt
+
+
+@contextlib.contextmanager
 def _packed(slot, W):
     (K, G), P = W.shape, _kernels.PANEL
     panels, full = -(-G // P), G // P
