@@ -11,8 +11,12 @@
  *   gru:  r = sig(a_r + bx_r + u_r + bh_r), z = sig(a_z + bx_z + u_z + bh_z),
  *         n = tanh(a_n + bx_n + r (u_n + bh_n));  h = n + z (h_prev - n)
  *
- * The backward cells overwrite the pre-activations with their gradients (dL/dz, dL/da, dL/du)
- * and update the carries that flow to the previous step (dh from the next step, dc).
+ * A forward that a backward will follow keeps the gates (`keep`: written over a's rows): the
+ * LSTM's activated (i, f, g, o), the GRU's (r, z, n, u_n), u_n = h_prev Whn + bhn. The backward
+ * cells read those gates (the forward's, or recomputed: fl_lstm_activate, the GRU's forward cell
+ * without states), write the gradients of the pre-activations (dL/dz, dL/da, dL/du) to their
+ * own buffers, leaving the gates as they were, and update the carries that flow to the previous
+ * step (dh from the next step, dc).
  *
  * Why C: the float32 loops must vectorise, and they only do with a tanh made of arithmetic and
  * selects (fl_tanh_f32, tanh_f32.h), sigmoid(x) = (1 + tanh(x / 2)) / 2. float64 keeps libm's

@@ -220,8 +220,9 @@ def rnn_backward(grad_output, input, hx, Wx, Wh, output, nonlinearity="tanh"):
 #         c' = f c + i g,  h' = o tanh(c')
 #   gru:  a = x Wx + bx, u = h Wh + bh (bx = bias_ih, bh = bias_hh kept apart)
 #         r = sigmoid(a_r + u_r), z = sigmoid(a_z + u_z), n = tanh(a_n + r u_n),  h' = (1 - z) n + z h
-# The backward functions recompute the gates from the inputs and the states: the forward keeps
-# nothing else.
+# The backward functions recompute the gates from the inputs and the states, unless the forward
+# kept them (``keep``: the gates of fastlayers.ops.gated.GateWorkspace, LSTM (i, f, g, o), GRU
+# (r, z, n, u_n), each (T*N, 4H)).
 
 
 def _sigmoid(z):

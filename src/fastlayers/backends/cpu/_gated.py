@@ -77,11 +77,12 @@ def leading_dimension(width, itemsize):
 
 
 @contextlib.contextmanager
-def forward_workspaces(Wx, Wh, TN, N, keep):
+def forward_workspaces(Wx, Wh, TN, N, keep, packed):
     """``(Wx, Wh, a, u)`` for a forward kernel, rows ``leading_dimension`` apart: the weights
-    (copied into padded buffers when padded), the pre-activations a (T*N rows) and u (N rows).
-    With ``keep``, a is a new array KEPT_BLOCKS * H columns wide (in padded rows), which the kernel
-    leaves holding the gates: the caller keeps it."""
+    (copied into padded buffers when padded, unless ``packed``: the kernel then multiplies by the
+    packed copies only), the pre-activations a (T*N rows) and u (N rows). With ``keep``, a is a
+    new array KEPT_BLOCKS * H columns wide (in padded rows), which the kernel leaves holding the
+    gates: the caller keeps it."""
     (D, width), H, dt = Wx.shape, Wh.shape[0], Wx.dtype
     ld = leading_dimension(width, dt.itemsize)
     with contextlib.ExitStack() as stack:
@@ -90,7 +91,7 @@ def forward_workspaces(Wx, Wh, TN, N, keep):
         else:
             a = stack.enter_context(workspace("gated_rnn_z", (TN, ld), dt))
         u = stack.enter_context(workspace("gated_rnn_u", (N, ld), dt))
-        if ld == width:
+        if ld == width or packed:
             yield contiguous(Wx), contiguous(Wh), a, u
             return
         Wxp = stack.enter_context(workspace("gated_rnn_wx", (D, ld), dt))

@@ -11,8 +11,8 @@ def gru_forward(x, h0, Wx, Wh, bx, bh, g, outs):
     T, N, D, H, G = g.T, g.N, g.D, g.H, Wh.shape[1]
     dt = x.dtype
     outs = (hs,) = _gated.outputs(outs, ((T, N, H),), dt)
-    with (_gated.forward_workspaces(Wx, Wh, T * N, N, g.keep) as (Wx_rows, Wh_rows, a, u),
-          _gated.packed_weights(Wx, Wh) as (packed_x, packed)):
+    with (_gated.packed_weights(Wx, Wh) as (packed_x, packed),
+          _gated.forward_workspaces(Wx, Wh, T * N, N, g.keep, packed is not None) as (Wx_rows, Wh_rows, a, u)):
         _kernels.gru_forward(
             contiguous(x).reshape(T * N, D), _initial_state(h0, N, H, dt), Wx_rows, Wh_rows,
             _gated.bias(bx, G, dt), _gated.bias(bh, G, dt), hs.reshape(T * N, H), a, u, N, g.keep,

@@ -11,8 +11,8 @@ def lstm_forward(x, h0, c0, Wx, Wh, b, g, outs):
     T, N, D, H, G = g.T, g.N, g.D, g.H, Wh.shape[1]
     dt = x.dtype
     outs = hs, cs = _gated.outputs(outs, ((T, N, H), (T, N, H)), dt)
-    with (_gated.forward_workspaces(Wx, Wh, T * N, N, g.keep) as (Wx_rows, Wh_rows, a, u),
-          _gated.packed_weights(Wx, Wh) as (packed_x, packed)):
+    with (_gated.packed_weights(Wx, Wh) as (packed_x, packed),
+          _gated.forward_workspaces(Wx, Wh, T * N, N, g.keep, packed is not None) as (Wx_rows, Wh_rows, a, u)):
         _kernels.lstm_forward(
             contiguous(x).reshape(T * N, D), _initial_state(h0, N, H, dt), _initial_state(c0, N, H, dt),
             Wx_rows, Wh_rows, _gated.bias(b, G, dt), hs.reshape(T * N, H), cs.reshape(T * N, H), a, u,
