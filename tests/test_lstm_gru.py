@@ -167,13 +167,40 @@ def test_matches_reference_in_gemm_chunks(cell, T, N, D, H, dtype):
 @pytest.mark.parametrize("cell, H", [(Lstm, 128), (Gru, 512)], ids=["lstm", "gru"])
 def test_matches_reference_with_padded_rows(cell, H, dtype):
     """Gate widths G*H whose rows are a multiple of 2 KiB long: the forward copies the weights
-    into rows one cache line longer (fastlayers.backends.cpu._gated.leading_dimension)."""
+    into rows one cache line longer (fastlayers.backends.cpu._gated.leading_dimension) where it
+    multiplies them on OpenBLAS's path (float64; float32 without packed weights: see
+    test_float32_on_either_product_path)."""
     from fastlayers.backends.cpu._gated import leading_dimension
 
     width = cell.gates * H
     assert leading_dimension(width, np.dtype(dtype).itemsize) > width  # the padded path is the one tested
     with fl.threads(2):
         check_against_reference(cell, 3, 5, 7, H, dtype)
+
+
+@pytest.mark.parametrize("pack", [False, True], ids=["openblas", "packed"])
+@pytest.mark.parametrize("T, N, D, H", [(7, 5, 9, 17), (3, 8, 300, 136), (2, 64, 5, 200), (3, 5, 7, 128),
+                                        (2, 70, 40, 33)])
+@pytest.mark.parametrize("cell", CELLS.values(), ids=CELLS)
+def test_float32_on_either_product_path(cell, T, N, D, H, pack, monkeypatch):
+    """float32 runs its products on weights packed once per call where the C helpers have
+    AVX-512 (fastlayers.backends.cpu._gated.PACK_WH), on OpenBLAS's paths elsewhere: both are
+    tested here whatever this machine picks (the packed kernel's clones are correct on every
+    instruction set, only slower without AVX-512). Shapes: remainders of the 32-column panels
+    and of the 8-row blocks, chunked and padded rows, and (N = 70, 2 threads) 35 rows per thread."""
+    from fastlayers.backends.cpu import _gated
+
+    monkeypatch.setattr(_gated, "PACK_WH", pack)
+    with fl.threads(2):
+        check_against_reference(cell, T, N, D, H, np.float32, seed=T)
+        rng = make_rng(N)
+        a = cell_arrays(rng, cell, T, N, D, H, np.float32)
+        outs, ws = forward_keeping(cell, a, "cpu")
+        douts = [rng.standard_normal(o.shape).astype(np.float32) for o in outs]
+        grads = cell.backward(douts, a, outs, workspace=ws)
+    expected = cell.reference_backward([d.astype(np.float64) for d in douts], as64(a),
+                                       [o.astype(np.float64) for o in outs])
+    assert_grads_close(cell, grads, expected, np.float32, T, N, D, H)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

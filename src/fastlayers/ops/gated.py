@@ -67,6 +67,16 @@ class GateWorkspace:
     def nbytes(self):
         return self._gates.nbytes
 
+    def __eq__(self, other):
+        """The same op, sizes and gates (two forwards of the same call keep equal workspaces)."""
+        if not isinstance(other, GateWorkspace):
+            return NotImplemented
+        return (self._cell, self._geometry.sizes) == (other._cell, other._geometry.sizes) and \
+            np.array_equal(self._gates[:, : KEPT_BLOCKS * self._geometry.H],
+                           other._gates[:, : KEPT_BLOCKS * other._geometry.H]) and np.array_equal(self._last, other._last)
+
+    __hash__ = None  # equal by value, as NumPy arrays: not hashable
+
     def __repr__(self):
         T, N, D, H = self._geometry.sizes
         return f"GateWorkspace({self._cell}, T={T}, N={N}, D={D}, H={H}, dtype={self.dtype})"
