@@ -532,3 +532,16 @@ def test_workspace_is_refused_by_the_cuda_kernels():
     a = cell_arrays(make_rng(1), Lstm, 2, 2, 3, 4, np.float64)
     assert "keep no gate workspace" in cuda.declines(LSTM.forward(a, step=False, keep=True))
     assert cuda.declines(LSTM.forward(a, step=False)) is None
+
+
+@pytest.mark.parametrize("backend", ["cpu", "numpy"])
+@pytest.mark.parametrize("T, N, D, H", [(0, 2, 3, 4), (2, 0, 3, 4), (2, 2, 0, 4), (2, 2, 3, 0)])
+@pytest.mark.parametrize("cell", CELLS.values(), ids=CELLS)
+def test_saved_gates_of_empty_sizes(cell, T, N, D, H, backend):
+    """A size of zero keeps an empty workspace, which its backward accepts: the same gradients
+    as recomputing (zeros, or the empty arrays)."""
+    a = cell_arrays(make_rng(4), cell, T, N, D, H, np.float64)
+    outs, ws = forward_keeping(cell, a, backend)
+    douts = [np.ones_like(o) for o in outs]
+    for got, want in zip(cell.backward(douts, a, outs, backend, workspace=ws), cell.backward(douts, a, outs, backend)):
+        np.testing.assert_array_equal(got, want)
