@@ -13,8 +13,7 @@
  *
  * A forward that a backward will follow keeps the gates (`keep`: written over a's rows): the
  * LSTM's activated (i, f, g, o), the GRU's (r, z, n, u_n), u_n = h_prev Whn + bhn. The backward
- * cells read those gates (the forward's, or recomputed: fl_lstm_activate, the GRU's forward cell
- * without states), write the gradients of the pre-activations (dL/dz, dL/da, dL/du) to their
+ * cells read those gates (the forward's, or recomputed: fl_lstm_activate, fl_gru_activate), write the gradients of the pre-activations (dL/dz, dL/da, dL/du) to their
  * own buffers, leaving the gates as they were, and update the carries that flow to the previous
  * step (dh from the next step, dc).
  *
@@ -82,8 +81,12 @@
        out. dcs may be NULL. */                                                                    \
     FL_CLONES static void fl_lstm_cell_backward_##SUF(                                             \
         const T *restrict gates, const T *restrict c_prev, const T *restrict c,                    \
-        const T *restrict dhs, const T *dcs, const T *restrict dh_next, T *restrict dc_carry,      \
-        T *restrict dz, ptrdiff_t rows, ptrdiff_t H, ptrdiff_t ldg, ptrdiff_t ldz) {               \
+        const T *restrict dhs, const T *restrict dcs, const T *restrict dh_next,                   \
+        T *restrict dc_carry, T *restrict dz, ptrdiff_t rows, ptrdiff_t H, ptrdiff_t ldg,          \
+        ptrdiff_t ldz) {                                                                           \
+        if (dcs) /* apart: a select in the main loop keeps it from vectorising */                 \
+            for (ptrdiff_t k = 0; k < rows * H; k++)                                               \
+                dc_carry[k] += dcs[k];                                                             \
         for (ptrdiff_t r = 0; r < rows; r++) {                                                     \
             const T *gr = gates + r * ldg;                                                         \
             T *zr = dz + r * ldz;                                                                  \
@@ -92,12 +95,39 @@
                 T i = gr[j], f = gr[H + j], g = gr[2 * H + j], o = gr[3 * H + j];                  \
                 T tc = fl_tanh_##SUF(c[k]);                                                        \
                 T dh = dhs[k] + dh_next[k];                                                        \
-                T dc = dc_carry[k] + dh * o * (1 - tc * tc) + (dcs ? dcs[k] : (T)0);               \
+                T dc = dc_carry[k] + dh * o * (1 - tc * tc);                                       \
                 zr[j] = dc * g * i * (1 - i);                                                      \
                 zr[H + j] = dc * c_prev[k] * f * (1 - f);                                          \
                 zr[2 * H + j] = dc * i * (1 - g * g);                                              \
                 zr[3 * H + j] = dh * tc * o * (1 - o);                                             \
                 dc_carry[k] = dc * f;                                                              \
+            }                                                                                      \
+        }                                                                                          \
+    }                                                                                              \
+                                                                                                   \
+    /* The GRU's gates of column j: a = x Wx, u = h_prev Wh of one row (before the biases). */     \
+    static inline void fl_gru_gates_##SUF(const T *a, const T *u, const T *bx, const T *bh,        \
+                                          ptrdiff_t j, ptrdiff_t H, T *rg, T *zg, T *n, T *un) {   \
+        *rg = fl_sigmoid_##SUF(a[j] + bx[j] + u[j] + bh[j]);                                       \
+        *zg = fl_sigmoid_##SUF(a[H + j] + bx[H + j] + u[H + j] + bh[H + j]);                       \
+        *un = u[2 * H + j] + bh[2 * H + j];                                                        \
+        *n = fl_tanh_##SUF(a[2 * H + j] + bx[2 * H + j] + *rg * *un);                              \
+    }                                                                                              \
+                                                                                                   \
+    /* One row of the GRU's forward cell; inlined with a constant keep, so that its loop has no   \
+       branch (GCC would not vectorise it with one). */                                            \
+    static inline __attribute__((always_inline)) void fl_gru_row_##SUF(                            \
+        T *restrict ar, const T *restrict ur, const T *restrict bx, const T *restrict bh,          \
+        const T *restrict hp, T *restrict hr, ptrdiff_t H, const int keep) {                       \
+        for (ptrdiff_t j = 0; j < H; j++) {                                                        \
+            T rg, zg, n, un;                                                                       \
+            fl_gru_gates_##SUF(ar, ur, bx, bh, j, H, &rg, &zg, &n, &un);                           \
+            hr[j] = n + zg * (hp[j] - n);                                                          \
+            if (keep) {                                                                            \
+                ar[j] = rg;                                                                        \
+                ar[H + j] = zg;                                                                    \
+                ar[2 * H + j] = n;                                                                 \
+                ar[3 * H + j] = un;                                                                \
             }                                                                                      \
         }                                                                                          \
     }                                                                                              \
@@ -109,20 +139,28 @@
         const T *restrict h_prev, T *restrict h, ptrdiff_t rows, ptrdiff_t H, ptrdiff_t lda,       \
         ptrdiff_t ldu, int keep) {                                                                 \
         for (ptrdiff_t r = 0; r < rows; r++) {                                                     \
+            if (keep)                                                                              \
+                fl_gru_row_##SUF(a + r * lda, u + r * ldu, bx, bh, h_prev + r * H, h + r * H, H, 1); \
+            else                                                                                   \
+                fl_gru_row_##SUF(a + r * lda, u + r * ldu, bx, bh, h_prev + r * H, h + r * H, H, 0); \
+        }                                                                                          \
+    }                                                                                              \
+                                                                                                   \
+    /* The backward's recomputed gates: a (4H columns wide) and u in, (r, z, n, u_n) out in a. */  \
+    FL_CLONES static void fl_gru_activate_##SUF(T *restrict a, const T *restrict u,                \
+                                                const T *restrict bx, const T *restrict bh,        \
+                                                ptrdiff_t rows, ptrdiff_t H, ptrdiff_t lda,        \
+                                                ptrdiff_t ldu) {                                   \
+        for (ptrdiff_t r = 0; r < rows; r++) {                                                     \
             T *ar = a + r * lda;                                                                   \
             const T *ur = u + r * ldu;                                                             \
             for (ptrdiff_t j = 0; j < H; j++) {                                                    \
-                T rg = fl_sigmoid_##SUF(ar[j] + bx[j] + ur[j] + bh[j]);                            \
-                T zg = fl_sigmoid_##SUF(ar[H + j] + bx[H + j] + ur[H + j] + bh[H + j]);            \
-                T un = ur[2 * H + j] + bh[2 * H + j];                                              \
-                T n = fl_tanh_##SUF(ar[2 * H + j] + bx[2 * H + j] + rg * un);                      \
-                if (h) h[r * H + j] = n + zg * (h_prev[r * H + j] - n);                            \
-                if (keep) {                                                                        \
-                    ar[j] = rg;                                                                    \
-                    ar[H + j] = zg;                                                                \
-                    ar[2 * H + j] = n;                                                             \
-                    ar[3 * H + j] = un;                                                            \
-                }                                                                                  \
+                T rg, zg, n, un;                                                                   \
+                fl_gru_gates_##SUF(ar, ur, bx, bh, j, H, &rg, &zg, &n, &un);                       \
+                ar[j] = rg;                                                                        \
+                ar[H + j] = zg;                                                                    \
+                ar[2 * H + j] = n;                                                                 \
+                ar[3 * H + j] = un;                                                                \
             }                                                                                      \
         }                                                                                          \
     }                                                                                              \

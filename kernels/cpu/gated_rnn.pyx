@@ -44,6 +44,10 @@ cdef extern from "gated_cells.h" nogil:
     void gru_cell_f64 "fl_gru_cell_f64"(double* a, const double* u, const double* bx, const double* bh,
                                         const double* h_prev, double* h, Py_ssize_t rows, Py_ssize_t H,
                                         Py_ssize_t lda, Py_ssize_t ldu, int keep)
+    void gru_activate_f32 "fl_gru_activate_f32"(float* a, const float* u, const float* bx, const float* bh,
+                                                Py_ssize_t rows, Py_ssize_t H, Py_ssize_t lda, Py_ssize_t ldu)
+    void gru_activate_f64 "fl_gru_activate_f64"(double* a, const double* u, const double* bx, const double* bh,
+                                                Py_ssize_t rows, Py_ssize_t H, Py_ssize_t lda, Py_ssize_t ldu)
     void gru_cell_backward_f32 "fl_gru_cell_backward_f32"(
         const float* gates, const float* h_prev, const float* dhs, float* dh_carry, float* da, float* du,
         Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ldg, Py_ssize_t ldd)
@@ -113,6 +117,14 @@ cdef inline void _gru_cell(floating* a, const floating* u, const floating* bx, c
         gru_cell_f32(a, u, bx, bh, h_prev, h, rows, H, lda, ldu, keep)
     else:
         gru_cell_f64(a, u, bx, bh, h_prev, h, rows, H, lda, ldu, keep)
+
+
+cdef inline void _gru_activate(floating* a, const floating* u, const floating* bx, const floating* bh,
+                               Py_ssize_t rows, Py_ssize_t H, Py_ssize_t lda, Py_ssize_t ldu) noexcept nogil:
+    if floating is float:
+        gru_activate_f32(a, u, bx, bh, rows, H, lda, ldu)
+    else:
+        gru_activate_f64(a, u, bx, bh, rows, H, lda, ldu)
 
 
 cdef inline void _gru_cell_backward(const floating* gates, const floating* h_prev, const floating* dhs,
@@ -364,10 +376,10 @@ def gru_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
         blk = thread_blocks(TN, N, G)
         if recompute and blk.r1 > blk.r0:
             # a = x @ Wx into the gates' rows, u = h_prev @ Wh into du (free until the recurrence),
-            # then the forward's cell, states not written, turns them into the gates.
+            # which the activation turns into the gates.
             input_projection(&x[0, 0] + blk.r0 * D, &Wx[0, 0], G, pg + blk.r0 * ldg, ldg, blk.r1 - blk.r0, D, G)
             _previous_state_product(ph0, phs, &Wh[0, 0], pdu, blk.r0, blk.r1, N, H, G, G, <floating>0)
-            _gru_cell(pg + blk.r0 * ldg, pdu + blk.r0 * G, &bx[0], &bh[0], NULL, NULL, blk.r1 - blk.r0, H, ldg, G, 1)
+            _gru_activate(pg + blk.r0 * ldg, pdu + blk.r0 * G, &bx[0], &bh[0], blk.r1 - blk.r0, H, ldg, G)
         barrier()
         # From the last step back: the carry dL/dh_prev = dh z + du[t] @ Wh^T.
         if blk.rows > 0:
