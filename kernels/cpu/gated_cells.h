@@ -13,9 +13,10 @@
  *
  * A forward that a backward will follow keeps the gates (`keep`: written over a's rows): the
  * LSTM's activated (i, f, g, o), the GRU's (r, z, n, u_n), u_n = h_prev Whn + bhn. The backward
- * cells read those gates (the forward's, or recomputed: fl_lstm_activate, fl_gru_activate), write the gradients of the pre-activations (dL/dz, dL/da, dL/du) to their
- * own buffers, leaving the gates as they were, and update the carries that flow to the previous
- * step (dh from the next step, dc).
+ * cells read those gates (the forward's, or recomputed: fl_lstm_activate, fl_gru_activate),
+ * write the gradients of the pre-activations (dL/dz, dL/da, dL/du) to their own buffers, leaving
+ * the gates as they were, and update the carries that flow to the previous step (dh from the
+ * next step, dc).
  *
  * Why C: the float32 loops must vectorise, and they only do with a tanh made of arithmetic and
  * selects (fl_tanh_f32, tanh_f32.h), sigmoid(x) = (1 + tanh(x / 2)) / 2. float64 keeps libm's

@@ -1,6 +1,7 @@
 /* The recurrent kernels' products c = h @ W (+ c) against a weight packed once per call, float32
- * (gated_rnn.pyx: the per-step h @ Wh and the input projection x @ Wx). OpenBLAS repacks its operand at every call of its packed path and runs
- * a step's few rows x thousands of columns at about half its large-GEMM rate on its unpacked
+ * (gated_rnn.pyx: the forward's per-step h @ Wh and input projection x @ Wx, the backward's
+ * per-step dz @ Wh^T). OpenBLAS repacks its operand at every call of its packed path and runs a
+ * step's few rows x thousands of columns at about half its large-GEMM rate on its unpacked
  * small-matrix path (measured: docs/performance.md); the weight does not change between steps,
  * so it is packed once here, into panels of FL_PANEL columns:
  *

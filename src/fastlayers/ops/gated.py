@@ -71,9 +71,9 @@ class GateWorkspace:
         """The same op, sizes and gates (two forwards of the same call keep equal workspaces)."""
         if not isinstance(other, GateWorkspace):
             return NotImplemented
+        width = KEPT_BLOCKS * self._geometry.H  # the rows' padding is no part of the gates
         return (self._cell, self._geometry.sizes) == (other._cell, other._geometry.sizes) and \
-            np.array_equal(self._gates[:, : KEPT_BLOCKS * self._geometry.H],
-                           other._gates[:, : KEPT_BLOCKS * other._geometry.H]) and np.array_equal(self._last, other._last)
+            np.array_equal(self._gates[:, :width], other._gates[:, :width]) and np.array_equal(self._last, other._last)
 
     __hash__ = None  # equal by value, as NumPy arrays: not hashable
 
