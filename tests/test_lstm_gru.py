@@ -524,16 +524,6 @@ def test_workspace_is_read_only_and_reusable(cell):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
-def test_workspace_is_refused_by_the_cuda_kernels():
-    """The cuda kernels keep no gates: their entry declines either direction with a workspace."""
-    from fastlayers.ops import LSTM
-
-    cuda = next(k for k in LSTM.kernels if k.backend == "cuda")
-    a = cell_arrays(make_rng(1), Lstm, 2, 2, 3, 4, np.float64)
-    assert "keep no gate workspace" in cuda.declines(LSTM.forward(a, step=False, keep=True))
-    assert cuda.declines(LSTM.forward(a, step=False)) is None
-
-
 @pytest.mark.parametrize("backend", ["cpu", "numpy"])
 @pytest.mark.parametrize("T, N, D, H", [(0, 2, 3, 4), (2, 0, 3, 4), (2, 2, 0, 4), (2, 2, 3, 0)])
 @pytest.mark.parametrize("cell", CELLS.values(), ids=CELLS)

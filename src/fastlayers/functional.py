@@ -195,7 +195,7 @@ def lstm(input: Array, hx: Optional[Array], cx: Optional[Array], Wx: Array, Wh: 
     bias : array (4H,) or None, ``bias_ih + bias_hh``
     return_workspace : bool
         Also return the gates, for :func:`lstm_backward`'s ``workspace`` (training: its backward
-        then skips recomputing them). numpy and cpu backends.
+        then skips recomputing them; the cuda kernels keep none and recompute).
     out : tuple of two buffers (output, cell) (either may be None)
 
     Returns

@@ -45,14 +45,18 @@ class GateWorkspace:
 
     Opaque and read only. It records the op, the sizes and the dtype of the call that made it and
     that call's last hidden state, which the backward checks against its arguments (a workspace
-    of another call is refused, never misread). Memory: T*N*4H elements (padded rows)."""
+    of another call is refused, never misread). Memory: T*N*4H elements (padded rows). The cuda
+    kernels keep no gates: their workspace holds none (nor the last state, left on the device),
+    and the backward recomputes the gates."""
 
-    __slots__ = ("_cell", "_geometry", "_gates", "_last")
+    __slots__ = ("_cell", "_geometry", "_geometry_dtype", "_gates", "_last")
 
-    def __init__(self, cell, geometry, gates, last_output):
-        gates.flags.writeable = False
+    def __init__(self, cell, geometry, dtype, gates, last_output):
+        self._geometry_dtype = np.dtype(dtype)
+        if gates is not None:
+            gates.flags.writeable = False
         self._cell, self._geometry, self._gates = cell, geometry, gates
-        self._last = np.array(last_output)
+        self._last = None if is_gpu(last_output) else np.array(last_output)
 
     @property
     def cell(self):
@@ -61,19 +65,21 @@ class GateWorkspace:
 
     @property
     def dtype(self):
-        return self._gates.dtype
+        return self._geometry_dtype
 
     @property
     def nbytes(self):
-        return self._gates.nbytes
+        return 0 if self._gates is None else self._gates.nbytes
 
     def __eq__(self, other):
         """The same op, sizes and gates (two forwards of the same call keep equal workspaces)."""
         if not isinstance(other, GateWorkspace):
             return NotImplemented
         width = KEPT_BLOCKS * self._geometry.H  # the rows' padding is no part of the gates
-        return (self._cell, self._geometry.sizes) == (other._cell, other._geometry.sizes) and \
-            np.array_equal(self._gates[:, :width], other._gates[:, :width]) and np.array_equal(self._last, other._last)
+        gates = [None if w._gates is None else w._gates[:, :width] for w in (self, other)]
+        same = (lambda a, b: a is b if a is None or b is None else np.array_equal(a, b))  # noqa: E731
+        return (self._cell, self._geometry.sizes, self.dtype) == (other._cell, other._geometry.sizes, other.dtype) \
+            and same(*gates) and same(self._last, other._last)
 
     __hash__ = None  # equal by value, as NumPy arrays: not hashable
 
@@ -249,8 +255,7 @@ class GatedSpec(OpSpec):
             Kernel("numpy", "reference", "fastlayers.backends.numpy", functions, allocates=True),
             # allocates: it checks its BLAS sizes before the outputs are made.
             Kernel("cpu", "fused_gemm", f"fastlayers.backends.cpu.{cell}", functions, allocates=True),
-            Kernel("cuda", "fused_gemm", "fastlayers.backends.cuda.gated", functions, allocates=True,
-                   declines=_keeps_gates),
+            Kernel("cuda", "fused_gemm", "fastlayers.backends.cuda.gated", functions, allocates=True),
         )
 
     def _problem(self, direction, arrays, grads, step, keep=False, workspace=None):
@@ -283,7 +288,7 @@ class GatedSpec(OpSpec):
         def finish(r, outs):
             if keep:
                 *r, gates = r
-                r = (*r, GateWorkspace(self.cell, g, gates, _fingerprint(r[0])))
+                r = (*r, GateWorkspace(self.cell, g, dt, gates, _fingerprint(r[0])))
             if step:
                 r = tuple(drop_lead((x,), (o,))[0] if k in stepped else x for k, x, o in zip(shapes, r, outs))
                 r = tuple(x if o is None else o for x, o in zip(r, outs))
@@ -311,11 +316,12 @@ class GatedSpec(OpSpec):
         if workspace.dtype != dt:
             raise TypeError(f"workspace has dtype {workspace.dtype} but the other arguments are {dt}")
         gates = workspace._gates
-        if gates.ndim != 2 or gates.shape[0] != g.T * g.N or gates.shape[1] < KEPT_BLOCKS * g.H \
-                or not gates.flags.c_contiguous:
+        if gates is not None and (gates.ndim != 2 or gates.shape[0] != g.T * g.N
+                                  or gates.shape[1] < KEPT_BLOCKS * g.H or not gates.flags.c_contiguous):
             raise ValueError(f"workspace holds gates of shape {gates.shape}, expected ({g.T * g.N}, >= "
                              f"{KEPT_BLOCKS * g.H}) in C order")
-        if not is_gpu(output) and not np.array_equal(_fingerprint(output), workspace._last):
+        if workspace._last is not None and not is_gpu(output) and \
+                not np.array_equal(_fingerprint(output), workspace._last):
             raise ValueError("workspace was kept by another forward: its last hidden state differs from output's; "
                              "pass the workspace returned with this output")
         return gates
@@ -326,14 +332,6 @@ class GatedSpec(OpSpec):
     def backward(self, arrays, step, workspace=None):
         grads = tuple(f"grad_{o}" for o in self.outputs)
         return self._problem("backward", arrays, grads, step, workspace=workspace)
-
-
-def _keeps_gates(problem):
-    """The cuda kernels' decline: they recompute the gates and keep none."""
-    if problem.geometry.keep or problem.arrays.get("gates") is not None:
-        return ("the cuda lstm/gru kernels keep no gate workspace (return_workspace=True, workspace=): "
-                "call them without, the backward then recomputes the gates")
-    return None
 
 
 LSTM = GatedSpec("lstm", ("hx", "cx"), ("bias",), ("output", "cell"), LstmWorkload())
