@@ -850,6 +850,43 @@ def _(backend):
             None, hs, cs[..., :3], backend=backend)
 
 
+@hostile("gate-workspace", "lstm_backward")
+def _(backend):
+    hs, cs, ws = fl.lstm(Xs, None, None, Wx4, Wh4, return_workspace=True, backend=backend)
+    args = (hs, None, Xs, None, None, Wx4, Wh4, None, hs, cs)
+    _raises(TypeError, ["return_workspace", "True or False", "str"], fl.lstm, Xs, None, None, Wx4, Wh4,
+            return_workspace="yes", backend=backend)
+    _raises(TypeError, ["workspace", "GateWorkspace", "return_workspace=True", "ndarray"], fl.lstm_backward, *args,
+            workspace=np.zeros((10, 16)), backend=backend)
+    _, gru_ws = fl.gru(Xs, None, Wx3, Wh3, return_workspace=True, backend=backend)
+    _raises(ValueError, ["workspace", "gru", "lstm_backward"], fl.lstm_backward, *args, workspace=gru_ws,
+            backend=backend)
+    hs4, cs4, ws4 = fl.lstm(Xs[:4], None, None, Wx4, Wh4, return_workspace=True, backend=backend)
+    _raises(ValueError, ["workspace", "(4, 2, 3, 4)", "(5, 2, 3, 4)"], fl.lstm_backward, *args, workspace=ws4,
+            backend=backend)
+    ws32 = fl.lstm(*(a.astype(np.float32) for a in (Xs, H0, H0, Wx4, Wh4)), return_workspace=True,
+                   backend=backend)[2]
+    _raises(TypeError, ["workspace", "float32", "float64"], fl.lstm_backward, *args, workspace=ws32, backend=backend)
+    other = fl.lstm(Xs + 1, None, None, Wx4, Wh4, return_workspace=True, backend=backend)[2]  # same sizes
+    _raises(ValueError, ["workspace", "another forward", "last hidden state"], fl.lstm_backward, *args,
+            workspace=other, backend=backend)
+    fl.lstm_backward(*args, workspace=ws, backend=backend)  # its own forward's: accepted
+
+
+@hostile("gate-workspace", "gru_backward")
+def _(backend):
+    hs, ws = fl.gru(Xs, None, Wx3, Wh3, return_workspace=True, backend=backend)
+    args = (hs, Xs, None, Wx3, Wh3, None, None, hs)
+    _raises(TypeError, ["workspace", "GateWorkspace", "tuple"], fl.gru_backward, *args, workspace=(ws,),
+            backend=backend)
+    lstm_ws = fl.lstm(Xs, None, None, Wx4, Wh4, return_workspace=True, backend=backend)[2]
+    _raises(ValueError, ["workspace", "lstm", "gru_backward"], fl.gru_backward, *args, workspace=lstm_ws,
+            backend=backend)
+    other = fl.gru(Xs, H0, Wx3, Wh3, return_workspace=True, backend=backend)[1]
+    _raises(ValueError, ["workspace", "another forward"], fl.gru_backward, *args, workspace=other, backend=backend)
+    fl.gru_backward(*args, workspace=ws, backend=backend)
+
+
 @hostile("ndim", "gru")
 def _(backend):
     _raises(ValueError, ["input", "3-D", "2-D"], fl.gru, Xs[0], None, Wx3, Wh3, backend=backend)

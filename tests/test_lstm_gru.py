@@ -167,13 +167,40 @@ def test_matches_reference_in_gemm_chunks(cell, T, N, D, H, dtype):
 @pytest.mark.parametrize("cell, H", [(Lstm, 128), (Gru, 512)], ids=["lstm", "gru"])
 def test_matches_reference_with_padded_rows(cell, H, dtype):
     """Gate widths G*H whose rows are a multiple of 2 KiB long: the forward copies the weights
-    into rows one cache line longer (fastlayers.backends.cpu._gated.leading_dimension)."""
+    into rows one cache line longer (fastlayers.backends.cpu._gated.leading_dimension) where it
+    multiplies them on OpenBLAS's path (float64; float32 without packed weights: see
+    test_float32_on_either_product_path)."""
     from fastlayers.backends.cpu._gated import leading_dimension
 
     width = cell.gates * H
     assert leading_dimension(width, np.dtype(dtype).itemsize) > width  # the padded path is the one tested
     with fl.threads(2):
         check_against_reference(cell, 3, 5, 7, H, dtype)
+
+
+@pytest.mark.parametrize("pack", [False, True], ids=["openblas", "packed"])
+@pytest.mark.parametrize("T, N, D, H", [(7, 5, 9, 17), (3, 8, 300, 136), (2, 64, 5, 200), (3, 5, 7, 128),
+                                        (2, 70, 40, 33)])
+@pytest.mark.parametrize("cell", CELLS.values(), ids=CELLS)
+def test_float32_on_either_product_path(cell, T, N, D, H, pack, monkeypatch):
+    """float32 runs its products on weights packed once per call where the C helpers have
+    AVX-512 (fastlayers.backends.cpu._gated.PACK_WH), on OpenBLAS's paths elsewhere: both are
+    tested here whatever this machine picks (the packed kernel's clones are correct on every
+    instruction set, only slower without AVX-512). Shapes: remainders of the 32-column panels
+    and of the 8-row blocks, chunked and padded rows, and (N = 70, 2 threads) 35 rows per thread."""
+    from fastlayers.backends.cpu import _gated
+
+    monkeypatch.setattr(_gated, "PACK_WH", pack)
+    with fl.threads(2):
+        check_against_reference(cell, T, N, D, H, np.float32, seed=T)
+        rng = make_rng(N)
+        a = cell_arrays(rng, cell, T, N, D, H, np.float32)
+        outs, ws = forward_keeping(cell, a, "cpu")
+        douts = [rng.standard_normal(o.shape).astype(np.float32) for o in outs]
+        grads = cell.backward(douts, a, outs, workspace=ws)
+    expected = cell.reference_backward([d.astype(np.float64) for d in douts], as64(a),
+                                       [o.astype(np.float64) for o in outs])
+    assert_grads_close(cell, grads, expected, np.float32, T, N, D, H)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -406,3 +433,105 @@ def test_cpu_is_the_default_backend_for_numpy_inputs():
                 (GRU, GRU.backward(dict(grad_output=h, **gru, output=h), step=False)))
     for spec, problem in problems:
         assert _dispatch.select_kernel(spec, problem, None).backend == "cpu"
+
+
+# ---------------------------------------------------------------------------- saved gates (workspace)
+
+
+def forward_keeping(cell, a, backend):
+    """The forward with return_workspace=True: (outputs, workspace)."""
+    *outs, ws = cell.forward(a, backend, return_workspace=True) if cell is Lstm else \
+        Gru.forward(a, backend, return_workspace=True)[0]
+    return tuple(outs), ws
+
+
+@given(cell=st.sampled_from(list(CELLS.values())), T=st.integers(1, 10), N=st.integers(1, 7), D=st.integers(1, 12),
+       H=st.integers(1, 20), dtype=st.sampled_from(DTYPES), state=st.booleans(), bias=st.booleans(),
+       backend=st.sampled_from(["cpu", "numpy"]), seed=st.integers(0, 2**16))
+def test_backward_from_saved_gates_matches_reference(cell, T, N, D, H, dtype, state, bias, backend, seed):
+    """A forward keeping its gates gives the same states as one that does not (the same
+    arithmetic, bit for bit), and the backward reading them matches the reference's (which
+    recomputes the gates in float64) within the recompute path's bounds, and the recompute path
+    of the same backend within twice them."""
+    rng = make_rng(seed)
+    a = cell_arrays(rng, cell, T, N, D, H, dtype, state, bias)
+    outs, ws = forward_keeping(cell, a, backend)
+    for kept, plain in zip(outs, cell.forward(a, backend)):
+        np.testing.assert_array_equal(kept, plain)
+    douts = [rng.standard_normal(o.shape).astype(dtype) for o in outs]
+    grads = cell.backward(douts, a, outs, backend, workspace=ws)
+    a64 = as64(a)
+    expected = cell.reference_backward([d.astype(np.float64) for d in douts], a64, [o.astype(np.float64) for o in outs])
+    assert_grads_close(cell, grads, expected, dtype, T, N, D, H, err_msg=f"T={T} N={N} D={D} H={H} {backend}")
+    recomputed = cell.backward(douts, a, outs, backend)
+    for name, got, want in zip(cell.grad_names, grads, recomputed):
+        weight = name.startswith(("W", "b"))
+        assert_close(got, want, dtype, terms=T * N if weight else cell.gates * H,
+                     scale=2 * AMPLIFICATION * np.sqrt(T * N if weight else 1), err_msg=f"grad_{name} {backend}")
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("T, N, D, H", [(7, 5, 9, 17), (3, 8, 300, 136), (2, 64, 5, 200), (3, 5, 7, 128)])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cell", CELLS.values(), ids=CELLS)
+def test_saved_gates_across_blocks_chunks_and_padding(cell, T, N, D, H, dtype, threads):
+    """The saved-gates path where the kernels split the batch and the rows among threads, cut
+    the products into small-matrix chunks, and pad the rows (4H = 512 float32 columns: 2 KiB)."""
+    rng = make_rng(threads)
+    a = cell_arrays(rng, cell, T, N, D, H, dtype)
+    with fl.threads(threads):
+        outs, ws = forward_keeping(cell, a, "cpu")
+        douts = [rng.standard_normal(o.shape).astype(dtype) for o in outs]
+        grads = cell.backward(douts, a, outs, workspace=ws)
+    expected = cell.reference_backward([d.astype(np.float64) for d in douts], as64(a),
+                                       [o.astype(np.float64) for o in outs])
+    assert_grads_close(cell, grads, expected, dtype, T, N, D, H)
+
+
+@pytest.mark.parametrize("cell", CELLS.values(), ids=CELLS)
+def test_backward_from_saved_gates_matches_finite_differences(cell):
+    rng = make_rng(8)
+    a = cell_arrays(rng, cell, 4, 2, 3, 6, np.float64)
+    outs, ws = forward_keeping(cell, a, "cpu")
+    douts = [rng.standard_normal(o.shape) for o in outs]
+    grads = cell.backward(douts, a, outs, workspace=ws)
+
+    def weighted_outputs(**kw):
+        return np.stack(cell.forward(kw))
+
+    for name, analytic in zip(cell.grad_names, grads):
+        assert_grad_matches(analytic, numeric_grad(weighted_outputs, a, name, np.stack(douts)), err_msg=f"grad_{name}")
+
+
+@pytest.mark.parametrize("cell", CELLS.values(), ids=CELLS)
+def test_workspace_is_read_only_and_reusable(cell):
+    """The backward leaves the saved gates as they were: a second backward from the same
+    workspace (autograd's retain_graph) gives the same gradients, bit for bit; the workspace of
+    one backend serves the other's backward (the same gates, in the spec's layout), with the
+    outputs of the same forward (another's, even equal up to rounding, are refused)."""
+    rng = make_rng(9)
+    a = cell_arrays(rng, cell, 5, 3, 4, 8, np.float64)
+    outs, ws = forward_keeping(cell, a, "cpu")
+    douts = [rng.standard_normal(o.shape) for o in outs]
+    first = cell.backward(douts, a, outs, workspace=ws)
+    second = cell.backward(douts, a, outs, workspace=ws)
+    for g1, g2 in zip(first, second):
+        np.testing.assert_array_equal(g1, g2)
+    assert not ws._gates.flags.writeable
+    outs_numpy, ws_numpy = forward_keeping(cell, a, "numpy")
+    for got, want in zip(cell.backward(douts, a, outs_numpy, "cpu", workspace=ws_numpy),
+                         cell.backward(douts, a, outs_numpy, "numpy", workspace=ws_numpy)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "numpy"])
+@pytest.mark.parametrize("T, N, D, H", [(0, 2, 3, 4), (2, 0, 3, 4), (2, 2, 0, 4), (2, 2, 3, 0)])
+@pytest.mark.parametrize("cell", CELLS.values(), ids=CELLS)
+def test_saved_gates_of_empty_sizes(cell, T, N, D, H, backend):
+    """A size of zero keeps an empty workspace, which its backward accepts: the same gradients
+    as recomputing (zeros, or the empty arrays)."""
+    a = cell_arrays(make_rng(4), cell, T, N, D, H, np.float64)
+    outs, ws = forward_keeping(cell, a, backend)
+    douts = [np.ones_like(o) for o in outs]
+    for got, want in zip(cell.backward(douts, a, outs, backend, workspace=ws), cell.backward(douts, a, outs, backend)):
+        np.testing.assert_array_equal(got, want)

@@ -122,17 +122,17 @@ cdef inline void step_product(const floating* a, const floating* B, Py_ssize_t l
         k0 = k1
 
 
-cdef inline void input_projection(const floating* x, const floating* Wx, floating* z, Py_ssize_t ld,
+cdef inline void input_projection(const floating* x, const floating* Wx, Py_ssize_t ldw, floating* z, Py_ssize_t ldz,
                                   Py_ssize_t rows, Py_ssize_t D, Py_ssize_t width) noexcept nogil:
-    """z (rows x width) = x (rows x D) @ Wx (D x width), Wx and z with row stride ld, in panels
-    of PANEL_ROWS rows and column chunks under the small-matrix size (unpacked, faster than one
-    packed GEMM), or as one GEMM when D is too large for that."""
+    """z (rows x width) = x (rows x D) @ Wx (D x width), Wx and z with row strides ldw and ldz, in
+    panels of PANEL_ROWS rows and column chunks under the small-matrix size (unpacked, faster than
+    one packed GEMM), or as one GEMM when D is too large for that."""
     cdef Py_ssize_t p0 = 0, p1
     if small_gemm_columns(PANEL_ROWS, D) == 0:
-        gemm(False, False, <int>rows, <int>width, <int>D, <floating>1, x, <int>D, Wx, <int>ld,
-             <floating>0, z, <int>ld)
+        gemm(False, False, <int>rows, <int>width, <int>D, <floating>1, x, <int>D, Wx, <int>ldw,
+             <floating>0, z, <int>ldz)
         return
     while p0 < rows:
         p1 = min(p0 + PANEL_ROWS, rows)
-        step_product(x + p0 * D, Wx, ld, z + p0 * ld, ld, p1 - p0, D, width, <floating>0)
+        step_product(x + p0 * D, Wx, ldw, z + p0 * ldz, ldz, p1 - p0, D, width, <floating>0)
         p0 = p1

@@ -6,10 +6,12 @@
 # Parallel plan (rnn.pyx's): one OpenMP team per call. The input projection x @ Wx of every step
 # is one product split by row blocks of the T*N rows; after one barrier each thread runs the
 # whole recurrence (a step's h @ Wh, then the gates fused on the rows it has just computed, in
-# gated_cells.h) for its own block of the batch, with no barrier per step. The backward
-# recomputes every step's pre-activations the same way (x @ Wx and h_prev @ Wh over all steps:
-# two products, since all the states are known), runs the recurrence backwards, and after a
-# second barrier computes the weight gradients by column blocks and dx by row blocks.
+# gated_cells.h) for its own block of the batch, with no barrier per step. A forward that a
+# backward will follow can keep its gates (the LSTM's activated (i, f, g, o), the GRU's (r, z,
+# n, u_n)) in its pre-activations' rows: the backward then reads them. Without them, the backward
+# recomputes them first (x @ Wx and h_prev @ Wh over all steps: two products, since all the
+# states are known, then the activations). It runs the recurrence backwards, and after a second
+# barrier computes the weight gradients by column blocks and dx by row blocks.
 from cython cimport floating
 from cython.parallel cimport parallel
 from libc.string cimport memset
@@ -19,87 +21,133 @@ from _recurrent cimport Blocks, barrier, input_projection, step_product, thread_
 
 
 cdef extern from "gated_cells.h" nogil:
-    void lstm_cell_f32 "fl_lstm_cell_f32"(const float* a, const float* u, const float* b, const float* c_prev,
-                                          float* c, float* h, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ld)
-    void lstm_cell_f64 "fl_lstm_cell_f64"(const double* a, const double* u, const double* b, const double* c_prev,
-                                          double* c, double* h, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ld)
+    void lstm_cell_f32 "fl_lstm_cell_f32"(float* a, const float* u, const float* b, const float* c_prev,
+                                          float* c, float* h, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ld, int keep)
+    void lstm_cell_f64 "fl_lstm_cell_f64"(double* a, const double* u, const double* b, const double* c_prev,
+                                          double* c, double* h, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ld,
+                                          int keep)
+    void lstm_activate_f32 "fl_lstm_activate_f32"(float* z, const float* b, Py_ssize_t rows, Py_ssize_t H,
+                                                  Py_ssize_t ld)
+    void lstm_activate_f64 "fl_lstm_activate_f64"(double* z, const double* b, Py_ssize_t rows, Py_ssize_t H,
+                                                  Py_ssize_t ld)
     void lstm_cell_backward_f32 "fl_lstm_cell_backward_f32"(
-        float* z, const float* b, const float* c_prev, const float* c, const float* dhs, const float* dcs,
-        const float* dh_next, float* dc_carry, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ld)
+        const float* gates, const float* c_prev, const float* c, const float* dhs, const float* dcs,
+        const float* dh_next, float* dc_carry, float* dz, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ldg,
+        Py_ssize_t ldz)
     void lstm_cell_backward_f64 "fl_lstm_cell_backward_f64"(
-        double* z, const double* b, const double* c_prev, const double* c, const double* dhs, const double* dcs,
-        const double* dh_next, double* dc_carry, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ld)
-    void gru_cell_f32 "fl_gru_cell_f32"(const float* a, const float* u, const float* bx, const float* bh,
-                                        const float* h_prev, float* h, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ld)
-    void gru_cell_f64 "fl_gru_cell_f64"(const double* a, const double* u, const double* bx, const double* bh,
-                                        const double* h_prev, double* h, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ld)
+        const double* gates, const double* c_prev, const double* c, const double* dhs, const double* dcs,
+        const double* dh_next, double* dc_carry, double* dz, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ldg,
+        Py_ssize_t ldz)
+    void gru_cell_f32 "fl_gru_cell_f32"(float* a, const float* u, const float* bx, const float* bh,
+                                        const float* h_prev, float* h, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t lda,
+                                        Py_ssize_t ldu, int keep)
+    void gru_cell_f64 "fl_gru_cell_f64"(double* a, const double* u, const double* bx, const double* bh,
+                                        const double* h_prev, double* h, Py_ssize_t rows, Py_ssize_t H,
+                                        Py_ssize_t lda, Py_ssize_t ldu, int keep)
+    void gru_activate_f32 "fl_gru_activate_f32"(float* a, const float* u, const float* bx, const float* bh,
+                                                Py_ssize_t rows, Py_ssize_t H, Py_ssize_t lda, Py_ssize_t ldu)
+    void gru_activate_f64 "fl_gru_activate_f64"(double* a, const double* u, const double* bx, const double* bh,
+                                                Py_ssize_t rows, Py_ssize_t H, Py_ssize_t lda, Py_ssize_t ldu)
     void gru_cell_backward_f32 "fl_gru_cell_backward_f32"(
-        float* a, float* u, const float* bx, const float* bh, const float* h_prev, const float* dhs,
-        float* dh_carry, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ld)
+        const float* gates, const float* h_prev, const float* dhs, float* dh_carry, float* da, float* du,
+        Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ldg, Py_ssize_t ldd)
     void gru_cell_backward_f64 "fl_gru_cell_backward_f64"(
-        double* a, double* u, const double* bx, const double* bh, const double* h_prev, const double* dhs,
-        double* dh_carry, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ld)
+        const double* gates, const double* h_prev, const double* dhs, double* dh_carry, double* da, double* du,
+        Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ldg, Py_ssize_t ldd)
 
 
-cdef inline void _lstm_cell(const floating* a, const floating* u, const floating* b, const floating* c_prev,
-                            floating* c, floating* h, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ld) noexcept nogil:
+cdef extern from "packed_gemm.h" nogil:
+    enum: FL_PANEL
+    void packed_gemm_f32 "fl_packed_gemm_f32"(const float* a, Py_ssize_t lda, const float* packed, Py_ssize_t K,
+                                              float* c, Py_ssize_t ldc, Py_ssize_t rows, Py_ssize_t width,
+                                              int accumulate)
+    const char* clone_isa "fl_clone_isa"()
+
+
+PANEL = FL_PANEL
+
+
+def isa():
+    """The instruction set the C helpers run with here (target_clones.h): "x86-64-v4", ..."""
+    return clone_isa().decode()
+
+
+cdef inline bint _packed_product(const floating* a, Py_ssize_t K, const float* packed, floating* c, Py_ssize_t ldc,
+                                 Py_ssize_t rows, Py_ssize_t G, int accumulate=0) noexcept nogil:
+    """c (rows x G) = a (rows x K) @ W (+ c with ``accumulate``) on W packed once (packed_gemm.h,
+    float32), when it is given; False (nothing done) otherwise, for the caller's OpenBLAS path."""
     if floating is float:
-        lstm_cell_f32(a, u, b, c_prev, c, h, rows, H, ld)
+        if packed != NULL:
+            packed_gemm_f32(a, K, packed, K, c, ldc, rows, G, accumulate)
+            return True
+    return False
+
+
+cdef inline void _lstm_cell(floating* a, const floating* u, const floating* b, const floating* c_prev,
+                            floating* c, floating* h, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ld,
+                            int keep) noexcept nogil:
+    if floating is float:
+        lstm_cell_f32(a, u, b, c_prev, c, h, rows, H, ld, keep)
     else:
-        lstm_cell_f64(a, u, b, c_prev, c, h, rows, H, ld)
+        lstm_cell_f64(a, u, b, c_prev, c, h, rows, H, ld, keep)
 
 
-cdef inline void _lstm_cell_backward(floating* z, const floating* b, const floating* c_prev, const floating* c,
+cdef inline void _lstm_activate(floating* z, const floating* b, Py_ssize_t rows, Py_ssize_t H,
+                                Py_ssize_t ld) noexcept nogil:
+    if floating is float:
+        lstm_activate_f32(z, b, rows, H, ld)
+    else:
+        lstm_activate_f64(z, b, rows, H, ld)
+
+
+cdef inline void _lstm_cell_backward(const floating* gates, const floating* c_prev, const floating* c,
                                      const floating* dhs, const floating* dcs, const floating* dh_next,
-                                     floating* dc_carry, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ld) noexcept nogil:
+                                     floating* dc_carry, floating* dz, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ldg,
+                                     Py_ssize_t ldz) noexcept nogil:
     if floating is float:
-        lstm_cell_backward_f32(z, b, c_prev, c, dhs, dcs, dh_next, dc_carry, rows, H, ld)
+        lstm_cell_backward_f32(gates, c_prev, c, dhs, dcs, dh_next, dc_carry, dz, rows, H, ldg, ldz)
     else:
-        lstm_cell_backward_f64(z, b, c_prev, c, dhs, dcs, dh_next, dc_carry, rows, H, ld)
+        lstm_cell_backward_f64(gates, c_prev, c, dhs, dcs, dh_next, dc_carry, dz, rows, H, ldg, ldz)
 
 
-cdef inline void _gru_cell(const floating* a, const floating* u, const floating* bx, const floating* bh,
-                           const floating* h_prev, floating* h, Py_ssize_t rows, Py_ssize_t H,
-                           Py_ssize_t ld) noexcept nogil:
+cdef inline void _gru_cell(floating* a, const floating* u, const floating* bx, const floating* bh,
+                           const floating* h_prev, floating* h, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t lda,
+                           Py_ssize_t ldu, int keep) noexcept nogil:
     if floating is float:
-        gru_cell_f32(a, u, bx, bh, h_prev, h, rows, H, ld)
+        gru_cell_f32(a, u, bx, bh, h_prev, h, rows, H, lda, ldu, keep)
     else:
-        gru_cell_f64(a, u, bx, bh, h_prev, h, rows, H, ld)
+        gru_cell_f64(a, u, bx, bh, h_prev, h, rows, H, lda, ldu, keep)
 
 
-cdef inline void _gru_cell_backward(floating* a, floating* u, const floating* bx, const floating* bh,
-                                    const floating* h_prev, const floating* dhs, floating* dh_carry,
-                                    Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ld) noexcept nogil:
+cdef inline void _gru_activate(floating* a, const floating* u, const floating* bx, const floating* bh,
+                               Py_ssize_t rows, Py_ssize_t H, Py_ssize_t lda, Py_ssize_t ldu) noexcept nogil:
     if floating is float:
-        gru_cell_backward_f32(a, u, bx, bh, h_prev, dhs, dh_carry, rows, H, ld)
+        gru_activate_f32(a, u, bx, bh, rows, H, lda, ldu)
     else:
-        gru_cell_backward_f64(a, u, bx, bh, h_prev, dhs, dh_carry, rows, H, ld)
+        gru_activate_f64(a, u, bx, bh, rows, H, lda, ldu)
+
+
+cdef inline void _gru_cell_backward(const floating* gates, const floating* h_prev, const floating* dhs,
+                                    floating* dh_carry, floating* da, floating* du, Py_ssize_t rows, Py_ssize_t H,
+                                    Py_ssize_t ldg, Py_ssize_t ldd) noexcept nogil:
+    if floating is float:
+        gru_cell_backward_f32(gates, h_prev, dhs, dh_carry, da, du, rows, H, ldg, ldd)
+    else:
+        gru_cell_backward_f64(gates, h_prev, dhs, dh_carry, da, du, rows, H, ldg, ldd)
 
 
 cdef inline void _previous_state_product(const floating* h0, const floating* hs, const floating* Wh, floating* z,
                                          Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t N, Py_ssize_t H,
-                                         Py_ssize_t width, floating beta) noexcept nogil:
-    """Rows [r0, r1) of z (T*N x width) = h_prev @ Wh + beta * z, where h_prev of row t*N + n
-    is h0[n] for t = 0 and hs[(t-1)*N + n] after."""
+                                         Py_ssize_t width, Py_ssize_t ldz, floating beta) noexcept nogil:
+    """Rows [r0, r1) of z (T*N x width, row stride ldz) = h_prev @ Wh + beta * z, where h_prev of
+    row t*N + n is h0[n] for t = 0 and hs[(t-1)*N + n] after."""
     cdef Py_ssize_t split = min(max(r0, N), r1)
     if split > r0:
         gemm(False, False, <int>(split - r0), <int>width, <int>H, <floating>1, h0 + r0 * H, <int>H, Wh, <int>width,
-             beta, z + r0 * width, <int>width)
+             beta, z + r0 * ldz, <int>ldz)
     if r1 > split:
         gemm(False, False, <int>(r1 - split), <int>width, <int>H, <floating>1, hs + (split - N) * H, <int>H, Wh,
-             <int>width, beta, z + split * width, <int>width)
-
-
-cdef inline void _pre_activations(const floating* x, const floating* Wx, const floating* h0, const floating* hs,
-                                  const floating* Wh, floating* zx, floating* zh, Blocks blk, Py_ssize_t N,
-                                  Py_ssize_t D, Py_ssize_t H, Py_ssize_t width) noexcept nogil:
-    """The backward's recomputation of the forward's pre-activations (less the biases) on this
-    thread's rows: zx = x @ Wx, and h_prev @ Wh added into it when zh is zx (the LSTM sums them)
-    or written to zh (the GRU keeps them apart)."""
-    if blk.r1 > blk.r0:
-        input_projection(x + blk.r0 * D, Wx, zx + blk.r0 * width, width, blk.r1 - blk.r0, D, width)
-        _previous_state_product(h0, hs, Wh, zh, blk.r0, blk.r1, N, H, width,
-                                <floating>1 if zh == zx else <floating>0)
+             <int>width, beta, z + split * ldz, <int>ldz)
 
 
 cdef inline void _parameter_gradients(const floating* x, const floating* h0, const floating* hs,
@@ -141,14 +189,28 @@ cdef inline void _parameter_gradients(const floating* x, const floating* h0, con
              <int>width, Wx, <int>width, <floating>0, dx + blk.r0 * D, <int>D)
 
 
+cdef const float* _packed(const float[::1] packed, Py_ssize_t K, Py_ssize_t G) except? NULL:
+    """The pointer of a weight (K, G) packed in panels (NULL for None), once its size is known to
+    be the panels'."""
+    if packed is None:
+        return NULL
+    if packed.shape[0] != (G + FL_PANEL - 1) // FL_PANEL * FL_PANEL * K:
+        raise ValueError(f"a packed weight has {packed.shape[0]} elements, expected ceil({G} / {FL_PANEL}) * "
+                         f"{FL_PANEL} * {K}")
+    return &packed[0]
+
+
 cdef void _forward(const floating* x, const floating* Wx, const floating* Wh, const floating* h0, const floating* c0,
                    const floating* bx, const floating* bh, floating* hs, floating* cs, floating* a, floating* u,
-                   Py_ssize_t TN, Py_ssize_t N, Py_ssize_t D, Py_ssize_t H, Py_ssize_t G, Py_ssize_t ld,
+                   Py_ssize_t TN, Py_ssize_t N, Py_ssize_t D, Py_ssize_t H, Py_ssize_t G, Py_ssize_t ldw,
+                   Py_ssize_t lda, Py_ssize_t ldu, int keep, const float* packed_x, const float* packed,
                    int num_threads) noexcept nogil:
     """The LSTM forward (c0 and cs given) or the GRU's (c0 = cs = NULL, bh given): a = x @ Wx
     for every step, then per step u = h_prev @ Wh (this thread's rows of u, beta = 0: a buffer
     that stays in cache; accumulating into a instead reads it back from memory at every step)
-    and the cell. Wx, Wh, a and u have rows ld >= G apart (see fastlayers.backends.cpu._gated)."""
+    and the cell, which overwrites a's rows with the gates when ``keep``. Wx, Wh, a and u have
+    rows ldw, lda, ldu >= G apart (see fastlayers.backends.cpu._gated; lda >= 4H when keep);
+    ``packed_x``, ``packed``: Wx and Wh packed for packed_gemm.h (float32), or NULL."""
     cdef Py_ssize_t T = TN // N
     # Initialised only because Cython passes them into the team as firstprivate.
     cdef const floating* h_prev = NULL
@@ -159,53 +221,66 @@ cdef void _forward(const floating* x, const floating* Wx, const floating* Wh, co
     with parallel(num_threads=num_threads):
         blk = thread_blocks(TN, N, G)
         if blk.r1 > blk.r0:
-            input_projection(x + blk.r0 * D, Wx, a + blk.r0 * ld, ld, blk.r1 - blk.r0, D, G)
+            if not _packed_product(x + blk.r0 * D, D, packed_x, a + blk.r0 * lda, lda, blk.r1 - blk.r0, G):
+                input_projection(x + blk.r0 * D, Wx, ldw, a + blk.r0 * lda, lda, blk.r1 - blk.r0, D, G)
         barrier()
         if blk.rows > 0:
             h_prev = h0 + blk.n0 * H
             c_prev = c0 + blk.n0 * H if c0 != NULL else NULL
-            ut = u + blk.n0 * ld
+            ut = u + blk.n0 * ldu
             for t in range(T):
                 row = t * N + blk.n0
-                step_product(h_prev, Wh, ld, ut, ld, blk.rows, H, G, <floating>0)
+                if not _packed_product(h_prev, H, packed, ut, ldu, blk.rows, G):
+                    step_product(h_prev, Wh, ldw, ut, ldu, blk.rows, H, G, <floating>0)
                 if cs != NULL:
-                    _lstm_cell(a + row * ld, ut, bx, c_prev, cs + row * H, hs + row * H, blk.rows, H, ld)
+                    _lstm_cell(a + row * lda, ut, bx, c_prev, cs + row * H, hs + row * H, blk.rows, H, lda, keep)
                     c_prev = cs + row * H
                 else:
-                    _gru_cell(a + row * ld, ut, bx, bh, h_prev, hs + row * H, blk.rows, H, ld)
+                    _gru_cell(a + row * lda, ut, bx, bh, h_prev, hs + row * H, blk.rows, H, lda, ldu, keep)
                 h_prev = hs + row * H
 
 
 def lstm_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, const floating[:, ::1] c0 not None,
                  const floating[:, ::1] Wx, const floating[:, ::1] Wh, const floating[::1] b not None,
                  floating[:, ::1] hs, floating[:, ::1] cs, floating[:, ::1] a, floating[:, ::1] u, Py_ssize_t N,
-                 int num_threads):
+                 bint keep, const float[::1] packed_x, const float[::1] packed, int num_threads):
     """cs[t] = f cs[t-1] + i g, hs[t] = o tanh(cs[t]) with (i, f, g, o) the activated
-    x[t] @ Wx + hs[t-1] @ Wh + b; hs[-1] = h0, cs[-1] = c0.
+    x[t] @ Wx + hs[t-1] @ Wh + b; hs[-1] = h0, cs[-1] = c0. With ``keep``, a's rows end holding
+    the gates (i, f, g, o) (the backward's saved gates).
 
-    x (T*N, D), hs, cs (T*N, H), h0, c0 (N, H), b (4H,); Wx (D, ld), Wh (H, ld) and the
-    workspaces a (T*N, ld), u (N, ld) hold 4H columns in rows ld >= 4H long; T*N, D, H >= 1."""
+    x (T*N, D), hs, cs (T*N, H), h0, c0 (N, H), b (4H,); Wx (D, ldw), Wh (H, ldw) and the
+    workspaces a (T*N, lda), u (N, ldu) hold 4H columns in rows at least 4H long; T*N, D, H >= 1.
+    ``packed_x``, ``packed``: None, or (float32) Wx and Wh packed in panels (packed_gemm.h),
+    ceil(4H / PANEL) * D (or H) * PANEL elements."""
     single_threaded_blas()
+    cdef const float* px = _packed(packed_x, x.shape[1], b.shape[0])
+    cdef const float* pp = _packed(packed, Wh.shape[0], b.shape[0])
     with nogil:
         _forward(&x[0, 0], &Wx[0, 0], &Wh[0, 0], &h0[0, 0], &c0[0, 0], &b[0], NULL, &hs[0, 0], &cs[0, 0], &a[0, 0],
-                 &u[0, 0], x.shape[0], N, x.shape[1], h0.shape[1], b.shape[0], Wh.shape[1], num_threads)
+                 &u[0, 0], x.shape[0], N, x.shape[1], h0.shape[1], b.shape[0], Wh.shape[1], a.shape[1], u.shape[1],
+                 keep, px, pp, num_threads)
 
 
 def lstm_backward(const floating[:, ::1] dhs, const floating[:, ::1] dcs, const floating[:, ::1] x,
                   const floating[:, ::1] h0 not None, const floating[:, ::1] c0 not None,
                   const floating[:, ::1] Wx, const floating[:, ::1] Wh, const floating[:, ::1] WhT,
                   const floating[::1] b not None, const floating[:, ::1] hs, const floating[:, ::1] cs,
-                  floating[:, ::1] dz, floating[:, ::1] dx, floating[:, ::1] dh0, floating[:, ::1] dc0,
-                  floating[:, ::1] dWx, floating[:, ::1] dWh, floating[::1] db, Py_ssize_t N, int num_threads):
+                  const floating[:, ::1] gates, bint recompute, floating[:, ::1] dz, floating[:, ::1] dx,
+                  floating[:, ::1] dh0, floating[:, ::1] dc0, floating[:, ::1] dWx, floating[:, ::1] dWh,
+                  floating[::1] db, const float[::1] packed_t, Py_ssize_t N, int num_threads):
     """Backward through time of lstm_forward.
 
     dhs, hs, cs (T*N, H), dcs the same or None (zeros); x, dx (T*N, D); h0, c0, dh0, dc0 (N, H);
     Wx, dWx (D, 4H); Wh, dWh (H, 4H); WhT = Wh^T in C order (4H, H), in rows at least H long:
     the products with Wh^T then take the untransposed form OpenBLAS runs on its small-matrix path; b, db (4H,);
-    dz (T*N, 4H) a workspace. Every output is overwritten; dWx, dWh and db sum over steps in a
-    fixed order for a given thread count, so results are reproducible run to run."""
+    gates (T*N, ldg >= 4H): the forward's kept gates, read only, or with ``recompute`` a workspace
+    the gates are recomputed into; dz (T*N, 4H) a workspace; ``packed_t``: None, or (float32) Wh^T
+    packed in panels for the per-step dz @ Wh^T (packed_gemm.h). Every output is overwritten; dWx,
+    dWh and db sum over steps in a fixed order for a given thread count, so results are
+    reproducible run to run."""
     single_threaded_blas()
-    cdef Py_ssize_t TN = x.shape[0], D = x.shape[1], H = Wh.shape[0], G = Wh.shape[1]
+    cdef const float* pt = _packed(packed_t, Wh.shape[1], Wh.shape[0])
+    cdef Py_ssize_t TN = x.shape[0], D = x.shape[1], H = Wh.shape[0], G = Wh.shape[1], ldg = gates.shape[1]
     cdef Py_ssize_t T = TN // N
     cdef const floating* ph0 = &h0[0, 0]
     cdef const floating* pc0 = &c0[0, 0]
@@ -213,6 +288,7 @@ def lstm_backward(const floating[:, ::1] dhs, const floating[:, ::1] dcs, const 
     cdef const floating* pcs = &cs[0, 0]
     cdef const floating* pdhs = &dhs[0, 0]
     cdef const floating* pdcs = &dcs[0, 0] if dcs is not None else NULL
+    cdef floating* pg = <floating*>&gates[0, 0]  # written only with recompute (then writable)
     cdef floating* pdz = &dz[0, 0]
     cdef floating* pdh = NULL  # this thread's rows of dh0 and dc0, which carry dh and dc
     cdef floating* pdc = NULL
@@ -223,7 +299,10 @@ def lstm_backward(const floating[:, ::1] dhs, const floating[:, ::1] dcs, const 
     cdef Blocks blk
     with nogil, parallel(num_threads=num_threads):
         blk = thread_blocks(TN, N, G)
-        _pre_activations(&x[0, 0], &Wx[0, 0], ph0, phs, &Wh[0, 0], pdz, pdz, blk, N, D, H, G)
+        if recompute and blk.r1 > blk.r0:
+            input_projection(&x[0, 0] + blk.r0 * D, &Wx[0, 0], G, pg + blk.r0 * ldg, ldg, blk.r1 - blk.r0, D, G)
+            _previous_state_product(ph0, phs, &Wh[0, 0], pg, blk.r0, blk.r1, N, H, G, ldg, <floating>1)
+            _lstm_activate(pg + blk.r0 * ldg, &b[0], blk.r1 - blk.r0, H, ldg)
         barrier()
         # From the last step back, for this thread's sequences: dz[t] from dhs[t], dcs[t] and the
         # carries dh (= dz[t+1] @ Wh^T) and dc.
@@ -236,9 +315,10 @@ def lstm_backward(const floating[:, ::1] dhs, const floating[:, ::1] dcs, const 
                 row = t * N + blk.n0
                 zt = pdz + row * G
                 c_prev = pc0 + blk.n0 * H if t == 0 else pcs + (row - N) * H
-                _lstm_cell_backward(zt, &b[0], c_prev, pcs + row * H, pdhs + row * H,
-                                    pdcs + row * H if pdcs != NULL else NULL, pdh, pdc, blk.rows, H, G)
-                step_product(zt, &WhT[0, 0], WhT.shape[1], pdh, H, blk.rows, G, H, <floating>0)
+                _lstm_cell_backward(pg + row * ldg, c_prev, pcs + row * H, pdhs + row * H,
+                                    pdcs + row * H if pdcs != NULL else NULL, pdh, pdc, zt, blk.rows, H, ldg, G)
+                if not _packed_product(zt, G, pt, pdh, H, blk.rows, H):
+                    step_product(zt, &WhT[0, 0], WhT.shape[1], pdh, H, blk.rows, G, H, <floating>0)
         barrier()
         _parameter_gradients(&x[0, 0], ph0, phs, &Wx[0, 0], pdz, pdz, &dx[0, 0], &dWx[0, 0], &dWh[0, 0], &db[0],
                              NULL, blk, TN, N, D, H, G)
@@ -246,35 +326,45 @@ def lstm_backward(const floating[:, ::1] dhs, const floating[:, ::1] dcs, const 
 
 def gru_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, const floating[:, ::1] Wx,
                 const floating[:, ::1] Wh, const floating[::1] bx not None, const floating[::1] bh not None,
-                floating[:, ::1] hs, floating[:, ::1] a, floating[:, ::1] u, Py_ssize_t N, int num_threads):
+                floating[:, ::1] hs, floating[:, ::1] a, floating[:, ::1] u, Py_ssize_t N, bint keep,
+                const float[::1] packed_x, const float[::1] packed, int num_threads):
     """hs[t] = n + z (hs[t-1] - n) with r, z, n the GRU gates of a[t] = x[t] @ Wx + bx and
-    u = hs[t-1] @ Wh + bh; hs[-1] = h0.
+    u = hs[t-1] @ Wh + bh; hs[-1] = h0. With ``keep``, a's rows end holding the gates (r, z, n,
+    u_n) (the backward's saved gates).
 
-    x (T*N, D), hs (T*N, H), h0 (N, H), bx, bh (3H,); Wx (D, ld), Wh (H, ld) and the
-    workspaces a (T*N, ld), u (N, ld) hold 3H columns in rows ld >= 3H long; T*N, D, H >= 1."""
+    x (T*N, D), hs (T*N, H), h0 (N, H), bx, bh (3H,); Wx (D, ldw), Wh (H, ldw) and the
+    workspaces a (T*N, lda), u (N, ldu) hold 3H columns in rows at least 3H long (a: 4H with
+    ``keep``); T*N, D, H >= 1. ``packed_x``, ``packed`` as for lstm_forward (3H columns)."""
     single_threaded_blas()
+    cdef const float* px = _packed(packed_x, x.shape[1], bx.shape[0])
+    cdef const float* pp = _packed(packed, Wh.shape[0], bx.shape[0])
     with nogil:
         _forward(&x[0, 0], &Wx[0, 0], &Wh[0, 0], &h0[0, 0], NULL, &bx[0], &bh[0], &hs[0, 0], NULL, &a[0, 0],
-                 &u[0, 0], x.shape[0], N, x.shape[1], h0.shape[1], bx.shape[0], Wh.shape[1], num_threads)
+                 &u[0, 0], x.shape[0], N, x.shape[1], h0.shape[1], bx.shape[0], Wh.shape[1], a.shape[1],
+                 u.shape[1], keep, px, pp, num_threads)
 
 
 def gru_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const floating[:, ::1] h0 not None,
                  const floating[:, ::1] Wx, const floating[:, ::1] Wh, const floating[:, ::1] WhT,
                  const floating[::1] bx not None, const floating[::1] bh not None, const floating[:, ::1] hs,
-                 floating[:, ::1] da, floating[:, ::1] du, floating[:, ::1] dx, floating[:, ::1] dh0,
-                 floating[:, ::1] dWx, floating[:, ::1] dWh, floating[::1] dbx, floating[::1] dbh,
-                 Py_ssize_t N, int num_threads):
+                 const floating[:, ::1] gates, bint recompute, floating[:, ::1] da, floating[:, ::1] du,
+                 floating[:, ::1] dx, floating[:, ::1] dh0, floating[:, ::1] dWx, floating[:, ::1] dWh,
+                 floating[::1] dbx, floating[::1] dbh, const float[::1] packed_t, Py_ssize_t N, int num_threads):
     """Backward through time of gru_forward.
 
     dhs, hs (T*N, H); x, dx (T*N, D); h0, dh0 (N, H); Wx, dWx (D, 3H); Wh, dWh (H, 3H);
-    WhT = Wh^T in C order (3H, H), in rows at least H long; bx, bh, dbx, dbh (3H,); workspaces da, du (T*N, 3H). Every
-    output is overwritten, in a fixed order for a given thread count."""
+    WhT = Wh^T in C order (3H, H), in rows at least H long; bx, bh, dbx, dbh (3H,); gates
+    (T*N, ldg >= 4H): the forward's kept gates, read only, or with ``recompute`` a workspace the
+    gates are recomputed into; workspaces da, du (T*N, 3H); ``packed_t`` as for lstm_backward.
+    Every output is overwritten, in a fixed order for a given thread count."""
     single_threaded_blas()
-    cdef Py_ssize_t TN = x.shape[0], D = x.shape[1], H = Wh.shape[0], G = Wh.shape[1]
+    cdef const float* pt = _packed(packed_t, Wh.shape[1], Wh.shape[0])
+    cdef Py_ssize_t TN = x.shape[0], D = x.shape[1], H = Wh.shape[0], G = Wh.shape[1], ldg = gates.shape[1]
     cdef Py_ssize_t T = TN // N
     cdef const floating* ph0 = &h0[0, 0]
     cdef const floating* phs = &hs[0, 0]
     cdef const floating* pdhs = &dhs[0, 0]
+    cdef floating* pg = <floating*>&gates[0, 0]  # written only with recompute (then writable)
     cdef floating* pda = &da[0, 0]
     cdef floating* pdu = &du[0, 0]
     cdef floating* pdh = NULL  # this thread's rows of dh0, which carry dh
@@ -284,7 +374,12 @@ def gru_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
     cdef Blocks blk
     with nogil, parallel(num_threads=num_threads):
         blk = thread_blocks(TN, N, G)
-        _pre_activations(&x[0, 0], &Wx[0, 0], ph0, phs, &Wh[0, 0], pda, pdu, blk, N, D, H, G)
+        if recompute and blk.r1 > blk.r0:
+            # a = x @ Wx into the gates' rows, u = h_prev @ Wh into du (free until the recurrence),
+            # which the activation turns into the gates.
+            input_projection(&x[0, 0] + blk.r0 * D, &Wx[0, 0], G, pg + blk.r0 * ldg, ldg, blk.r1 - blk.r0, D, G)
+            _previous_state_product(ph0, phs, &Wh[0, 0], pdu, blk.r0, blk.r1, N, H, G, G, <floating>0)
+            _gru_activate(pg + blk.r0 * ldg, pdu + blk.r0 * G, &bx[0], &bh[0], blk.r1 - blk.r0, H, ldg, G)
         barrier()
         # From the last step back: the carry dL/dh_prev = dh z + du[t] @ Wh^T.
         if blk.rows > 0:
@@ -293,9 +388,10 @@ def gru_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
             for t in range(T - 1, -1, -1):
                 row = t * N + blk.n0
                 h_prev = ph0 + blk.n0 * H if t == 0 else phs + (row - N) * H
-                _gru_cell_backward(pda + row * G, pdu + row * G, &bx[0], &bh[0], h_prev, pdhs + row * H, pdh,
-                                   blk.rows, H, G)
-                step_product(pdu + row * G, &WhT[0, 0], WhT.shape[1], pdh, H, blk.rows, G, H, <floating>1)
+                _gru_cell_backward(pg + row * ldg, h_prev, pdhs + row * H, pdh, pda + row * G, pdu + row * G,
+                                   blk.rows, H, ldg, G)
+                if not _packed_product(pdu + row * G, G, pt, pdh, H, blk.rows, H, 1):
+                    step_product(pdu + row * G, &WhT[0, 0], WhT.shape[1], pdh, H, blk.rows, G, H, <floating>1)
         barrier()
         _parameter_gradients(&x[0, 0], ph0, phs, &Wx[0, 0], pda, pdu, &dx[0, 0], &dWx[0, 0], &dWh[0, 0], &dbx[0],
                              &dbh[0], blk, TN, N, D, H, G)

@@ -76,7 +76,7 @@ def rnn_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, co
         blk = thread_blocks(TN, N, H)
         # The input projection of every step at once: hs = x @ Wx.
         if blk.r1 > blk.r0:
-            input_projection(px + blk.r0 * D, pWx, phs + blk.r0 * H, H, blk.r1 - blk.r0, D, H)
+            input_projection(px + blk.r0 * D, pWx, H, phs + blk.r0 * H, H, blk.r1 - blk.r0, D, H)
         barrier()
         if blk.rows > 0:
             chunk = small_gemm_columns(blk.rows, H)

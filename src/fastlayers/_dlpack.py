@@ -68,12 +68,12 @@ def from_dlpack_of(like):
 def _to_caller(results, wrap, given):
     """``results`` (an array, a tuple of them, or None) wrapped by ``wrap`` (None: as they are),
     except the views of the caller's ``out=`` objects, which become those objects (``given``:
-    id(view) -> object)."""
+    id(view) -> object), and what is no array (a GateWorkspace), returned as it is."""
     if isinstance(results, tuple):
         return tuple(_to_caller(r, wrap, given) for r in results)
     if id(results) in given:
         return given[id(results)]
-    return results if results is None or wrap is None else wrap(results)
+    return results if results is None or wrap is None or not isinstance(results, np.ndarray) else wrap(results)
 
 
 def _is_array(a):

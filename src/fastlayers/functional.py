@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence, Tuple, Union
 
+import numpy as np
+
 from ._dlpack import accepts_dlpack
 from .ops import BATCH_NORM, CONV2D, FUNCTIONS, GRU, LINEAR, LSTM, MAX_POOL2D, RELU, RNN
 from .ops._spec import run
@@ -182,8 +184,14 @@ def rnn_backward(grad_output: Array, input: Array, hx: Optional[Array], Wx: Arra
 # equations. Initial states may be None (zeros).
 
 
+def _flag(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
+    return bool(value)
+
+
 def lstm(input: Array, hx: Optional[Array], cx: Optional[Array], Wx: Array, Wh: Array, bias: Optional[Array] = None,
-         *, backend: Optional[str] = None, out: Out = None) -> Tuple[Array, Array]:
+         *, return_workspace: bool = False, backend: Optional[str] = None, out: Out = None) -> Tuple[Array, ...]:
     """Hidden and cell states of an LSTM (torch.nn.LSTM's equations) over a time-major sequence.
 
     Parameters
@@ -193,28 +201,35 @@ def lstm(input: Array, hx: Optional[Array], cx: Optional[Array], Wx: Array, Wh: 
     Wx : array (D, 4H), PyTorch's ``weight_ih.T``, gate blocks (i, f, g, o)
     Wh : array (H, 4H), ``weight_hh.T``
     bias : array (4H,) or None, ``bias_ih + bias_hh``
+    return_workspace : bool
+        Also return the gates, for :func:`lstm_backward`'s ``workspace`` (training: its backward
+        then skips recomputing them; the cuda kernels keep none and recompute).
     out : tuple of two buffers (output, cell) (either may be None)
 
     Returns
     -------
     output, cell : arrays (T, N, H), every step's hidden and cell state
+    workspace : GateWorkspace, with ``return_workspace`` only
     """
-    problem = LSTM.forward(dict(input=input, hx=hx, cx=cx, Wx=Wx, Wh=Wh, bias=bias), step=False)
+    problem = LSTM.forward(dict(input=input, hx=hx, cx=cx, Wx=Wx, Wh=Wh, bias=bias), step=False,
+                           keep=_flag("return_workspace", return_workspace))
     return run(LSTM, problem, backend, "auto", out, single_out=False)
 
 
 def lstm_backward(grad_output: Array, grad_cell: Optional[Array], input: Array, hx: Optional[Array],
                   cx: Optional[Array], Wx: Array, Wh: Array, bias: Optional[Array], output: Array, cell: Array, *,
-                  backend: Optional[str] = None, out: Out = None) -> Tuple[Array, ...]:
+                  workspace: Any = None, backend: Optional[str] = None, out: Out = None) -> Tuple[Array, ...]:
     """Backward through time of :func:`lstm`.
 
     ``grad_output`` and ``grad_cell`` (T, N, H) are dL/d(every hidden and cell state),
     ``grad_cell`` None for zeros; ``output``, ``cell`` the forward's results; the other arguments
-    those of the forward (the gates are recomputed from them). Returns ``(grad_input (T, N, D),
-    grad_hx (N, H), grad_cx (N, H), grad_Wx (D, 4H), grad_Wh (H, 4H), grad_bias (4H,))``."""
+    those of the forward. ``workspace``: the GateWorkspace the forward returned
+    (``return_workspace=True``), whose gates are then read; None: they are recomputed from the
+    arguments. Returns ``(grad_input (T, N, D), grad_hx (N, H), grad_cx (N, H), grad_Wx (D, 4H),
+    grad_Wh (H, 4H), grad_bias (4H,))``."""
     arrays = dict(grad_output=grad_output, grad_cell=grad_cell, input=input, hx=hx, cx=cx, Wx=Wx, Wh=Wh, bias=bias,
                   output=output, cell=cell)
-    return run(LSTM, LSTM.backward(arrays, step=False), backend, "auto", out, single_out=False)
+    return run(LSTM, LSTM.backward(arrays, step=False, workspace=workspace), backend, "auto", out, single_out=False)
 
 
 def lstm_step(input: Array, hx: Optional[Array], cx: Optional[Array], Wx: Array, Wh: Array,
@@ -238,7 +253,8 @@ def lstm_step_backward(grad_output: Array, grad_cell: Optional[Array], input: Ar
 
 
 def gru(input: Array, hx: Optional[Array], Wx: Array, Wh: Array, bias_ih: Optional[Array] = None,
-        bias_hh: Optional[Array] = None, *, backend: Optional[str] = None, out: Optional[Array] = None) -> Array:
+        bias_hh: Optional[Array] = None, *, return_workspace: bool = False, backend: Optional[str] = None,
+        out: Optional[Array] = None) -> Any:
     """All hidden states of a GRU (torch.nn.GRU's equations) over a time-major sequence.
 
     Parameters
@@ -249,27 +265,32 @@ def gru(input: Array, hx: Optional[Array], Wx: Array, Wh: Array, bias_ih: Option
     Wh : array (H, 3H), ``weight_hh.T``
     bias_ih, bias_hh : arrays (3H,) or None, PyTorch's biases (kept apart: the reset gate
         multiplies ``h @ Wh_n + bias_hh_n``)
+    return_workspace : bool
+        Also return the gates, for :func:`gru_backward`'s ``workspace`` (see :func:`lstm`).
     out : buffer (T, N, H), optional
 
     Returns
     -------
     output : array (T, N, H), every step's hidden state
+    workspace : GateWorkspace, with ``return_workspace`` only (then ``(output, workspace)``)
     """
-    problem = GRU.forward(dict(input=input, hx=hx, Wx=Wx, Wh=Wh, bias_ih=bias_ih, bias_hh=bias_hh), step=False)
-    return run(GRU, problem, backend, "auto", out)
+    problem = GRU.forward(dict(input=input, hx=hx, Wx=Wx, Wh=Wh, bias_ih=bias_ih, bias_hh=bias_hh), step=False,
+                          keep=_flag("return_workspace", return_workspace))
+    return run(GRU, problem, backend, "auto", out, single_out=True)
 
 
 def gru_backward(grad_output: Array, input: Array, hx: Optional[Array], Wx: Array, Wh: Array,
-                 bias_ih: Optional[Array], bias_hh: Optional[Array], output: Array, *, backend: Optional[str] = None,
-                 out: Out = None) -> Tuple[Array, ...]:
+                 bias_ih: Optional[Array], bias_hh: Optional[Array], output: Array, *, workspace: Any = None,
+                 backend: Optional[str] = None, out: Out = None) -> Tuple[Array, ...]:
     """Backward through time of :func:`gru`.
 
-    ``grad_output`` (T, N, H) is dL/d(every hidden state), ``output`` the forward's result.
+    ``grad_output`` (T, N, H) is dL/d(every hidden state), ``output`` the forward's result;
+    ``workspace`` the forward's GateWorkspace or None (see :func:`lstm_backward`).
     Returns ``(grad_input (T, N, D), grad_hx (N, H), grad_Wx (D, 3H), grad_Wh (H, 3H),
     grad_bias_ih (3H,), grad_bias_hh (3H,))``."""
     arrays = dict(grad_output=grad_output, input=input, hx=hx, Wx=Wx, Wh=Wh, bias_ih=bias_ih, bias_hh=bias_hh,
                   output=output)
-    return run(GRU, GRU.backward(arrays, step=False), backend, "auto", out, single_out=False)
+    return run(GRU, GRU.backward(arrays, step=False, workspace=workspace), backend, "auto", out, single_out=False)
 
 
 def gru_step(input: Array, hx: Optional[Array], Wx: Array, Wh: Array, bias_ih: Optional[Array] = None,

@@ -964,11 +964,12 @@ class _GatedRecurrent(Layer):
     dstate: State  # set by backward
 
     if TYPE_CHECKING:  # each subclass defines them
+        # The result: every step's states, then the forward's GateWorkspace (None when not recording).
         def _run_forward(self, seq: np.ndarray, initial: Tuple[Optional[np.ndarray], ...],
-                         suffix: str) -> Tuple[np.ndarray, ...]: ...
+                         suffix: str) -> Tuple[Any, ...]: ...
 
         def _run_backward(self, douts: List[Optional[np.ndarray]], seq: np.ndarray,
-                          initial: Tuple[Optional[np.ndarray], ...], result: Tuple[np.ndarray, ...],
+                          initial: Tuple[Optional[np.ndarray], ...], result: Tuple[Any, ...],
                           suffix: str) -> Tuple[np.ndarray, Tuple[np.ndarray, ...], Dict[str, np.ndarray]]: ...
 
         def _map_torch_biases(self, bias_ih: np.ndarray, bias_hh: np.ndarray, suffix: str) -> Dict[str, np.ndarray]: ...
@@ -1150,13 +1151,18 @@ class LSTM(_GatedRecurrent):
     bias_names = ("b",)
 
     def _run_forward(self, seq, initial, suffix):
+        """(output, cell, workspace): the gates are kept (GateWorkspace) when a backward may follow."""
         p = self._parameters
-        return lstm(seq, *initial, p["Wx" + suffix], p["Wh" + suffix], p.get("b" + suffix), backend=self.backend)
+        results = lstm(seq, *initial, p["Wx" + suffix], p["Wh" + suffix], p.get("b" + suffix),
+                       return_workspace=self.recording, backend=self.backend)
+        return results if self.recording else (*results, None)
 
     def _run_backward(self, douts, seq, initial, result, suffix):
         p = self._parameters
+        *states, workspace = result
         dx, dh0, dc0, dWx, dWh, db = lstm_backward(*douts, seq, *initial, p["Wx" + suffix], p["Wh" + suffix],
-                                                   p.get("b" + suffix), *result, backend=self.backend)
+                                                   p.get("b" + suffix), *states, workspace=workspace,
+                                                   backend=self.backend)
         grads = {"Wx" + suffix: dWx, "Wh" + suffix: dWh}
         if self.bias:
             grads["b" + suffix] = db
@@ -1179,16 +1185,18 @@ class GRU(_GatedRecurrent):
     bias_names = ("bias_ih", "bias_hh")
 
     def _run_forward(self, seq, initial, suffix):
+        """(output, workspace): the gates are kept (GateWorkspace) when a backward may follow."""
         p = self._parameters
-        output = gru(seq, *initial, p["Wx" + suffix], p["Wh" + suffix], p.get("bias_ih" + suffix),
-                     p.get("bias_hh" + suffix), backend=self.backend)
-        return (output,)
+        results = gru(seq, *initial, p["Wx" + suffix], p["Wh" + suffix], p.get("bias_ih" + suffix),
+                      p.get("bias_hh" + suffix), return_workspace=self.recording, backend=self.backend)
+        return results if self.recording else (results, None)
 
     def _run_backward(self, douts, seq, initial, result, suffix):
         p = self._parameters
+        output, workspace = result
         dx, dh0, dWx, dWh, dbias_ih, dbias_hh = gru_backward(
             douts[0], seq, *initial, p["Wx" + suffix], p["Wh" + suffix], p.get("bias_ih" + suffix),
-            p.get("bias_hh" + suffix), result[0], backend=self.backend)
+            p.get("bias_hh" + suffix), output, workspace=workspace, backend=self.backend)
         grads = {"Wx" + suffix: dWx, "Wh" + suffix: dWh}
         if self.bias:
             grads.update({"bias_ih" + suffix: dbias_ih, "bias_hh" + suffix: dbias_hh})

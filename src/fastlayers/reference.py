@@ -225,8 +225,9 @@ def rnn_backward(grad_output, input, hx, Wx, Wh, output, nonlinearity="tanh"):
 #         c' = f c + i g,  h' = o tanh(c')
 #   gru:  a = x Wx + bx, u = h Wh + bh (bx = bias_ih, bh = bias_hh kept apart)
 #         r = sigmoid(a_r + u_r), z = sigmoid(a_z + u_z), n = tanh(a_n + r u_n),  h' = (1 - z) n + z h
-# The backward functions recompute the gates from the inputs and the states: the forward keeps
-# nothing else.
+# The backward functions recompute the gates from the inputs and the states, unless the forward
+# kept them (``keep``: the gates of fastlayers.ops.gated.GateWorkspace, LSTM (i, f, g, o), GRU
+# (r, z, n, u_n), each (T*N, 4H)).
 
 
 def _sigmoid(z):
@@ -253,25 +254,35 @@ def _lstm_gates(x, h_prev, Wx, Wh, b):
             _sigmoid(z[..., 3 * H :]))
 
 
-def lstm_impl(x_seq, h0, c0, Wx, Wh, b):
+def lstm_impl(x_seq, h0, c0, Wx, Wh, b, keep=False):
+    """(hs, cs), and with ``keep`` the gates (i, f, g, o) of every step, (T*N, 4H)."""
     T, N, _ = x_seq.shape
     H, dt = Wh.shape[0], x_seq.dtype
     hs = np.empty((T, N, H), dtype=dt)
     cs = np.empty((T, N, H), dtype=dt)
+    gates = np.empty((T, N, 4 * H), dtype=dt) if keep else None
     h, c = _zeros_if_none(h0, N, H, dt), _zeros_if_none(c0, N, H, dt)
     for t in range(T):
         i, f, g, o = _lstm_gates(x_seq[t], h, Wx, Wh, b)
+        if keep:
+            gates[t] = np.concatenate((i, f, g, o), axis=-1)
         c = cs[t] = f * c + i * g
         h = hs[t] = o * np.tanh(c)
-    return hs, cs
+    return (hs, cs, gates.reshape(T * N, 4 * H)) if keep else (hs, cs)
 
 
-def lstm_backward_impl(dhs, dcs, x_seq, h0, c0, Wx, Wh, b, hs, cs):
+def _kept(gates, blocks, T, N, H):
+    """The ``blocks`` (T, N, H) gate arrays of a forward's kept gates (T*N, >= blocks*H)."""
+    return tuple(gates[:, k * H:(k + 1) * H].reshape(T, N, H) for k in range(blocks))
+
+
+def lstm_backward_impl(dhs, dcs, x_seq, h0, c0, Wx, Wh, b, hs, cs, gates=None):
+    """``gates``: the forward's kept gates (lstm_impl's ``keep``), or None: recomputed."""
     T, N, D = x_seq.shape
     H, dt = Wh.shape[0], x_seq.dtype
     h_prev = _previous_states(_zeros_if_none(h0, N, H, dt), hs)
     c_prev = _previous_states(_zeros_if_none(c0, N, H, dt), cs)
-    i, f, g, o = _lstm_gates(x_seq, h_prev, Wx, Wh, b)
+    i, f, g, o = _lstm_gates(x_seq, h_prev, Wx, Wh, b) if gates is None else _kept(gates, 4, T, N, H)
     tanh_c = np.tanh(cs)
     dz = np.empty((T, N, 4 * H), dtype=dt)  # dL/d(pre-activations), gate blocks (i, f, g, o)
     dh_next = np.zeros((N, H), dtype=dt)
@@ -307,22 +318,27 @@ def _gru_gates(x, h_prev, Wx, Wh, bx, bh):
     return r, z, np.tanh(a[..., 2 * H :] + r * u_n), u_n
 
 
-def gru_impl(x_seq, h0, Wx, Wh, bx, bh):
+def gru_impl(x_seq, h0, Wx, Wh, bx, bh, keep=False):
+    """hs, and with ``keep`` the gates (r, z, n, u_n) of every step, (T*N, 4H)."""
     T, N, _ = x_seq.shape
     H, dt = Wh.shape[0], x_seq.dtype
     hs = np.empty((T, N, H), dtype=dt)
+    gates = np.empty((T, N, 4 * H), dtype=dt) if keep else None
     h = _zeros_if_none(h0, N, H, dt)
     for t in range(T):
-        r, z, n, _ = _gru_gates(x_seq[t], h, Wx, Wh, bx, bh)
+        r, z, n, u_n = _gru_gates(x_seq[t], h, Wx, Wh, bx, bh)
+        if keep:
+            gates[t] = np.concatenate((r, z, n, u_n), axis=-1)
         h = hs[t] = (1 - z) * n + z * h
-    return hs
+    return (hs, gates.reshape(T * N, 4 * H)) if keep else (hs,)
 
 
-def gru_backward_impl(dhs, x_seq, h0, Wx, Wh, bx, bh, hs):
+def gru_backward_impl(dhs, x_seq, h0, Wx, Wh, bx, bh, hs, gates=None):
+    """``gates``: the forward's kept gates (gru_impl's ``keep``), or None: recomputed."""
     T, N, D = x_seq.shape
     H, dt = Wh.shape[0], x_seq.dtype
     h_prev = _previous_states(_zeros_if_none(h0, N, H, dt), hs)
-    r, z, n, u_n = _gru_gates(x_seq, h_prev, Wx, Wh, bx, bh)
+    r, z, n, u_n = _gru_gates(x_seq, h_prev, Wx, Wh, bx, bh) if gates is None else _kept(gates, 4, T, N, H)
     da = np.empty((T, N, 3 * H), dtype=dt)  # dL/d(x Wx + bx), gate blocks (r, z, n)
     du = np.empty((T, N, 3 * H), dtype=dt)  # dL/d(h Wh + bh); equal to da but in the n block
     dh_next = np.zeros((N, H), dtype=dt)

@@ -54,19 +54,23 @@ def rnn_backward(dhs, x, h0, Wx, Wh, hs, g, outs):
 
 
 def lstm_forward(x, h0, c0, Wx, Wh, b, g, outs):
-    return _into(outs, ref.lstm_impl(x, h0, c0, Wx, Wh, b))
+    """(output, cell), and the kept gates when ``g.keep`` (no ``out=`` for them)."""
+    results = ref.lstm_impl(x, h0, c0, Wx, Wh, b, g.keep)
+    return _into(outs, results[:2]) + results[2:]
 
 
-def lstm_backward(dhs, dcs, x, h0, c0, Wx, Wh, b, hs, cs, g, outs):
-    return _into(outs, ref.lstm_backward_impl(dhs, dcs, x, h0, c0, Wx, Wh, b, hs, cs))
+def lstm_backward(dhs, dcs, x, h0, c0, Wx, Wh, b, hs, cs, gates, g, outs):
+    return _into(outs, ref.lstm_backward_impl(dhs, dcs, x, h0, c0, Wx, Wh, b, hs, cs, gates))
 
 
 def gru_forward(x, h0, Wx, Wh, bx, bh, g, outs):
-    return _into(outs, (ref.gru_impl(x, h0, Wx, Wh, bx, bh),))
+    """(output,), and the kept gates when ``g.keep``."""
+    results = ref.gru_impl(x, h0, Wx, Wh, bx, bh, g.keep)
+    return _into(outs, results[:1]) + results[1:]
 
 
-def gru_backward(dhs, x, h0, Wx, Wh, bx, bh, hs, g, outs):
-    return _into(outs, ref.gru_backward_impl(dhs, x, h0, Wx, Wh, bx, bh, hs))
+def gru_backward(dhs, x, h0, Wx, Wh, bx, bh, hs, gates, g, outs):
+    return _into(outs, ref.gru_backward_impl(dhs, x, h0, Wx, Wh, bx, bh, hs, gates))
 
 
 def linear_forward(x, w, b, g, outs):

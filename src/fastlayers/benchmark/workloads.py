@@ -36,7 +36,7 @@ def make_inputs(case, direction, dtype, seed=0):
 def call_args(case, direction, inputs):
     """``(args, kwargs)`` of the functional call of ``case`` in ``direction`` on ``inputs``."""
     w = workload(case.op)
-    return w.args(case, direction, inputs), w.options(case, direction)
+    return w.args(case, direction, inputs), w.keywords(case, direction, inputs)
 
 
 def work(case, direction, dtype):

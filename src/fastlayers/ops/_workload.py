@@ -52,6 +52,11 @@ class Workload:
     def options(case, direction):
         return {}
 
+    def keywords(self, case, direction, inputs):
+        """The call's keyword arguments: ``options``, and in workloads that need them, keyword
+        arguments made with the inputs (the gated ops' backward ``workspace``)."""
+        return self.options(case, direction)
+
     # Whether ``onnx_model`` builds the forward (the inference engines run no backward).
     onnx_forward = False
 

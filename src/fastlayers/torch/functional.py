@@ -93,13 +93,17 @@ _GATED_ARGUMENTS = {"lstm": ("hx", "cx", "Wx", "Wh", "bias"), "gru": ("hx", "Wx"
 
 class _Gated(torch.autograd.Function):
     """fastlayers' ``lstm`` (outputs: every step's hidden and cell states) or ``gru`` (the hidden
-    states), its backward from the states it saved (the kernels recompute the gates)."""
+    states), its backward from the states it saved and, when a gradient is wanted, the gates its
+    forward kept (the GateWorkspace, as torch.nn.LSTM keeps its own)."""
 
     @staticmethod
     def forward(ctx, cell, input, *args):
         arrays = [None if t is None else as_array(n, t) for n, t in zip(_GATED_ARGUMENTS[cell], args)]
-        outputs = getattr(fl, cell)(as_array("input", input), *arrays)
-        outputs = tuple(as_tensor(o) for o in (outputs if isinstance(outputs, tuple) else (outputs,)))
+        keep = any(ctx.needs_input_grad)
+        outputs = getattr(fl, cell)(as_array("input", input), *arrays, return_workspace=keep)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        ctx.workspace = outputs[-1] if keep else None
+        outputs = tuple(as_tensor(o) for o in (outputs[:-1] if keep else outputs))
         ctx.cell = cell
         ctx.save_for_backward(input, *args, *outputs)
         ctx.set_materialize_grads(False)  # an unused cell state passes None: no zeros to add
@@ -114,7 +118,8 @@ class _Gated(torch.autograd.Function):
         grad_cell = [None if g is None else as_array("grad_cell", g) for g in grads[1:]]
         names = ("input",) + _GATED_ARGUMENTS[ctx.cell]
         arrays = [None if t is None else as_array(n, t) for n, t in zip(names, inputs)]
-        results = getattr(fl, ctx.cell + "_backward")(grad_output, *grad_cell, *arrays, *(o.numpy() for o in outputs))
+        results = getattr(fl, ctx.cell + "_backward")(grad_output, *grad_cell, *arrays, *(o.numpy() for o in outputs),
+                                                      workspace=ctx.workspace)
         return (None, *(None if t is None else as_tensor(r) for r, t in zip(results, inputs)))
 
 

@@ -133,3 +133,18 @@ def test_device_arrays_in_place():
     hs = fl.gru(*dev.values(), backend="cuda")
     assert isinstance(hs, type(dev["input"]))
     assert_close(hs.copy_to_host(), ref.gru(**a), np.float64, terms=_terms(CASES[0], 3)[0])
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_workspace_keeps_no_gates_and_the_backward_recomputes(cell):
+    """return_workspace=True on cuda: the kernels keep no gates, so the workspace holds none and
+    the backward given it recomputes them, as without one (the same results, bit for bit)."""
+    a = _data(cell, CASES[0], np.float64)
+    outs = getattr(fl, cell)(**a, return_workspace=True, backend="cuda")
+    *outs, ws = outs if isinstance(outs, tuple) else (outs,)
+    assert ws.cell == cell and ws.nbytes == 0
+    douts = [np.ones_like(o) for o in outs]
+    args = _backward_args(cell, a, outs, douts)
+    backward = getattr(fl, f"{cell}_backward")
+    for got, want in zip(backward(**args, workspace=ws, backend="cuda"), backward(**args, backend="cuda")):
+        np.testing.assert_array_equal(got, want)

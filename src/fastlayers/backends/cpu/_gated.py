@@ -13,12 +13,17 @@ import functools
 import numpy as np
 
 from ..._dispatch import threads_for
-from ...ops.gated import GATES
+from ...ops.gated import GATES, KEPT_BLOCKS
 from .. import numpy as _reference
+from ..._cpu import gated_rnn as _kernels
 from ._common import BLAS_INT_MAX, contiguous, workspace
 
 # Bytes of one cache line: the padding of the forward's rows (see leading_dimension).
 CACHE_LINE = 64
+# Whether the float32 forward runs its per-step product on Wh packed once per call
+# (kernels/cpu/packed_gemm.h) rather than on OpenBLAS's small-matrix path: where the C helpers
+# run with AVX-512 (measured: docs/performance.md).
+PACK_WH = _kernels.isa() == "x86-64-v4"
 
 
 def num_threads(T, N, D, H, width):
@@ -42,7 +47,7 @@ def blas_kernel(fn):
         g = args[-2]
         if g.T * g.N * g.D * g.H == 0:
             return reference(*args)
-        width = GATES[cell] * g.H
+        width = max(GATES[cell], KEPT_BLOCKS) * g.H + CACHE_LINE  # the widest rows, padded
         if max(g.T * g.N, g.D, width) > BLAS_INT_MAX:
             raise ValueError(f"{cell} sizes T*N={g.T * g.N}, D={g.D}, gates*H={width} are too large for the cpu "
                              f"backend: its BLAS takes sizes as C ints, so each must be at most 2**31 - 1")
@@ -72,19 +77,74 @@ def leading_dimension(width, itemsize):
 
 
 @contextlib.contextmanager
-def forward_workspaces(Wx, Wh, TN, N):
+def forward_workspaces(Wx, Wh, TN, N, keep, packed):
     """``(Wx, Wh, a, u)`` for a forward kernel, rows ``leading_dimension`` apart: the weights
-    (copied into padded buffers when padded), the pre-activations a (T*N rows) and u (N rows)."""
+    (copied into padded buffers when padded, unless ``packed``: the kernel then multiplies by the
+    packed copies only), the pre-activations a (T*N rows) and u (N rows). With ``keep``, a is a
+    new array KEPT_BLOCKS * H columns wide (in padded rows), which the kernel leaves holding the
+    gates: the caller keeps it."""
     (D, width), H, dt = Wx.shape, Wh.shape[0], Wx.dtype
     ld = leading_dimension(width, dt.itemsize)
-    with workspace("gated_rnn_z", (TN, ld), dt) as a, workspace("gated_rnn_u", (N, ld), dt) as u:
-        if ld == width:
+    with contextlib.ExitStack() as stack:
+        if keep:
+            a = np.empty((TN, leading_dimension(KEPT_BLOCKS * H, dt.itemsize)), dt)
+        else:
+            a = stack.enter_context(workspace("gated_rnn_z", (TN, ld), dt))
+        u = stack.enter_context(workspace("gated_rnn_u", (N, ld), dt))
+        if ld == width or packed:
             yield contiguous(Wx), contiguous(Wh), a, u
             return
-        with workspace("gated_rnn_wx", (D, ld), dt) as Wxp, workspace("gated_rnn_wh", (H, ld), dt) as Whp:
-            Wxp[:, :width] = Wx
-            Whp[:, :width] = Wh
-            yield Wxp, Whp, a, u
+        Wxp = stack.enter_context(workspace("gated_rnn_wx", (D, ld), dt))
+        Whp = stack.enter_context(workspace("gated_rnn_wh", (H, ld), dt))
+        Wxp[:, :width] = Wx
+        Whp[:, :width] = Wh
+        yield Wxp, Whp, a, u
+
+
+@contextlib.contextmanager
+def packed_weights(Wx, Wh):
+    """``(Wx, Wh)`` packed for the forward's products (kernels/cpu/packed_gemm.h: panels of PANEL
+    columns, each K x PANEL in C order, zeros past G), or ``(None, None)`` where PACK_WH does not
+    hold or for float64 (the small-matrix path)."""
+    if not PACK_WH or Wh.dtype != np.float32:
+        yield None, None
+        return
+    with _packed("gated_rnn_packed_x", Wx) as px, _packed("gated_rnn_packed_h", Wh) as ph:
+        yield px, ph
+
+
+@contextlib.contextmanager
+def packed_transpose(Wh):
+    """Wh^T (G, H) packed for the backward's per-step dz @ Wh^T, or None (see packed_weights)."""
+    if not PACK_WH or Wh.dtype != np.float32:
+        yield None
+        return
+    with _packed("gated_rnn_packed_t", Wh.T) as pt:
+        yield pt
+
+
+@contextlib.contextmanager
+def _packed(slot, W):
+    (K, G), P = W.shape, _kernels.PANEL
+    panels, full = -(-G // P), G // P
+    with workspace(slot, (panels * K * P,), W.dtype) as packed:
+        view = packed.reshape(panels, K, P)
+        view[:full] = W[:, : full * P].reshape(K, full, P).transpose(1, 0, 2)
+        if full < panels:
+            view[full] = 0
+            view[full, :, : G - full * P] = W[:, full * P:]
+        yield packed
+
+
+@contextlib.contextmanager
+def backward_gates(gates, TN, H, dt):
+    """``(gates, recompute)`` for a backward kernel: the forward's kept gates (read only), or a
+    workspace of KEPT_BLOCKS * H columns the kernel recomputes them into."""
+    if gates is not None:
+        yield gates, False
+        return
+    with workspace("gated_rnn_gates", (TN, KEPT_BLOCKS * H), dt) as scratch:
+        yield scratch, True
 
 
 @contextlib.contextmanager

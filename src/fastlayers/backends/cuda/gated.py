@@ -118,10 +118,12 @@ def lstm_forward(x, h0, c0, Wx, Wh, b, g, outs):
             (hp, cp, off) = (flat(h0d), flat(c0d), 0) if t == 0 else (hsf, csf, (t - 1) * N * H)
             gemm(ab, hp, Whf, uf, uf, uf, rnn.gemm_geo(N, G, H, off), N, G, H)
             cell[grid, block](zxf, uf, bd, cp, csf, hsf, t * N * G, off, t * N * H, N, H)
-    return call.result(hs, outs[0]), call.result(cs, outs[1])
+    # A forward asked to keep its gates keeps none (None): the backward recomputes them.
+    return (call.result(hs, outs[0]), call.result(cs, outs[1])) + ((None,) if g.keep else ())
 
 
-def lstm_backward(dhs, dcs, x, h0, c0, Wx, Wh, b, hs, cs, g, outs):
+def lstm_backward(dhs, dcs, x, h0, c0, Wx, Wh, b, hs, cs, gates, g, outs):
+    # gates: a host workspace's, unused: the cuda kernels recompute the gates.
     launch, rnn, gated = kernels().launch, kernels().rnn, kernels().gated_rnn
     call, xd, (T, N, D, H, G) = _start((dhs, dcs, x, h0, c0, Wx, Wh, b, hs, cs), x, Wh)
     dt = xd.dtype
@@ -169,10 +171,11 @@ def gru_forward(x, h0, Wx, Wh, bx, bh, g, outs):
             hp, off = (flat(h0d), 0) if t == 0 else (hsf, (t - 1) * N * H)
             gemm(ab, hp, Whf, uf, uf, uf, rnn.gemm_geo(N, G, H, off), N, G, H)
             cell[grid, block](af, uf, bxd, bhd, hp, hsf, t * N * G, 0, off, t * N * H, N, H)
-    return (call.result(hs, outs[0]),)
+    return (call.result(hs, outs[0]),) + ((None,) if g.keep else ())
 
 
-def gru_backward(dhs, x, h0, Wx, Wh, bx, bh, hs, g, outs):
+def gru_backward(dhs, x, h0, Wx, Wh, bx, bh, hs, gates, g, outs):
+    # gates: a host workspace's, unused: the cuda kernels recompute the gates.
     launch, rnn, gated = kernels().launch, kernels().rnn, kernels().gated_rnn
     call, xd, (T, N, D, H, G) = _start((dhs, x, h0, Wx, Wh, bx, bh, hs), x, Wh)
     dt = xd.dtype
