@@ -17,22 +17,7 @@ import numpy as np
 from numba import cuda
 
 from .launch import REDUCE_BLOCK, jit
-
-
-@cuda.jit(device=True, inline=True)
-def _block_sum(part, t, value):
-    """The sum of ``value`` over the block's threads, in every thread (part: shared scratch)."""
-    part[t] = value
-    cuda.syncthreads()
-    width = REDUCE_BLOCK // 2
-    while width > 0:
-        if t < width:
-            part[t] += part[t + width]
-        cuda.syncthreads()
-        width //= 2
-    total = part[0]
-    cuda.syncthreads()  # before part is written again
-    return total
+from .reduce import block_sum
 
 
 def _statistics(scalar):
@@ -48,13 +33,13 @@ def _statistics(scalar):
         for e in range(t, count, REDUCE_BLOCK):
             n = e // S
             s += x[(n * C + c) * S + e - n * S]
-        mean = _block_sum(part, t, s) / countf
+        mean = block_sum(part, t, s) / countf
         s = zero
         for e in range(t, count, REDUCE_BLOCK):
             n = e // S
             d = x[(n * C + c) * S + e - n * S] - mean
             s += d * d
-        return mean, _block_sum(part, t, s) / countf
+        return mean, block_sum(part, t, s) / countf
 
     return statistics
 
@@ -111,8 +96,8 @@ def backward_kernel(dtype):
             i = (n * C + c) * S + e - n * S
             s_dy += dy[i]
             s_dy_xhat += dy[i] * ((x[i] - mean) / std)
-        sum_dy = _block_sum(part, t, s_dy)
-        sum_dy_xhat = _block_sum(part, t, s_dy_xhat)
+        sum_dy = block_sum(part, t, s_dy)
+        sum_dy_xhat = block_sum(part, t, s_dy_xhat)
         for e in range(t, count, REDUCE_BLOCK):
             n = e // S
             i = (n * C + c) * S + e - n * S

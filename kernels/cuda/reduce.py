@@ -9,6 +9,23 @@ from numba import cuda
 from .launch import REDUCE_BLOCK, jit
 
 
+@cuda.jit(device=True, inline=True)
+def block_sum(part, t, value):
+    """The sum of ``value`` over the block's REDUCE_BLOCK threads, in every thread (``part``:
+    shared scratch of REDUCE_BLOCK; ``t`` this thread's index): a tree in a fixed order."""
+    part[t] = value
+    cuda.syncthreads()
+    width = REDUCE_BLOCK // 2
+    while width > 0:
+        if t < width:
+            part[t] += part[t + width]
+        cuda.syncthreads()
+        width //= 2
+    total = part[0]
+    cuda.syncthreads()  # before part is written again
+    return total
+
+
 @functools.cache
 def sum_outer_inner_kernel(dtype):
     """``out[j] = sum over (i, k) of a[i, j, k]`` for a flat (I, J, K) array: conv2d's db
@@ -25,16 +42,9 @@ def sum_outer_inner_kernel(dtype):
         for e in range(t, I * K, REDUCE_BLOCK):
             i = e // K
             s += a[(i * J + j) * K + e - i * K]
-        part[t] = s
-        cuda.syncthreads()
-        width = REDUCE_BLOCK // 2
-        while width > 0:
-            if t < width:
-                part[t] += part[t + width]
-            cuda.syncthreads()
-            width //= 2
+        total = block_sum(part, t, s)
         if t == 0:
-            out[j] = part[0]
+            out[j] = total
 
     return sum_outer_inner
 
