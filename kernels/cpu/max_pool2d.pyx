@@ -9,7 +9,7 @@
 from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.math cimport INFINITY
-from libc.stdint cimport INT32_MAX, int32_t, int64_t
+from libc.stdint cimport INT32_MAX, int32_t, int64_t, uint64_t
 from libc.string cimport memset
 
 cdef extern from "max_pool2d_simd.h" nogil:
@@ -188,6 +188,16 @@ cdef Py_ssize_t _scatter_add(const floating* dy, const int64_t* indices, floatin
             bad += 1
         else:
             dx[i] += dy[q]
+    return bad
+
+
+def count_out_of_range(const int64_t[::1] indices, int64_t plane, int num_threads):
+    """How many of ``indices`` lie outside [0, plane): one pass, in parallel (the check of a
+    caller's buffer before the backward writes it; NumPy's min and max took two serial passes)."""
+    cdef Py_ssize_t i
+    cdef Py_ssize_t bad = 0
+    for i in prange(indices.shape[0], nogil=True, schedule="static", num_threads=num_threads):
+        bad += <uint64_t>indices[i] >= <uint64_t>plane  # a negative index wraps past any plane
     return bad
 
 

@@ -49,10 +49,14 @@ def forward(x, g, outs):
 
 def backward(dy, indices, g, outs):
     (out,) = outs
-    if out is not None or g.H * g.W == 0:
-        # The kernel finds bad indices as it writes: the caller's buffer (and every case with no
-        # cell to route to) is checked first, so an error leaves it untouched, as the reference does.
-        check_indices_range(indices, g.H * g.W)
+    if g.H * g.W == 0:
+        check_indices_range(indices, 0)
+    elif out is not None and indices.size:
+        # The kernel finds bad indices as it writes: the caller's buffer is checked first, so an
+        # error leaves it untouched, as the reference does.
+        flat = np.ascontiguousarray(indices).reshape(-1)
+        if _kernels.count_out_of_range(flat, g.H * g.W, threads_for(flat.size)):
+            check_indices_range(indices, g.H * g.W)  # raises, naming the range found
     dx = np.empty(g.x_shape, dtype=dy.dtype) if out is None else out
     planes = g.N * g.C
     if planes == 0 or g.H * g.W == 0:
