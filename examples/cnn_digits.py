@@ -69,7 +69,7 @@ def train_epoch(model, opt, x, y, batch_size, rng):
         batch = order[i : i + batch_size]
         opt.zero_grad()
         loss, dlogits = fl.losses.softmax_cross_entropy(model.forward(x[batch]), y[batch])
-        model.backward(dlogits)
+        model.backward(dlogits, input_grad=False)  # the images need no gradient
         opt.step()
         total += float(loss) * len(batch)
     return total / len(order)

@@ -636,3 +636,34 @@ def test_conv2d_layer_backward_without_input_grad(backend):
     assert layer.backward(dy, input_grad=False) is None
     for name, g in layer.grads.items():
         assert_close(g, full[name], np.float64, terms=2 * 5 * 6, err_msg=name)
+
+
+@pytest.mark.parametrize("first", ["conv", "dense"])
+def test_sequential_backward_without_input_grad(first):
+    """``input_grad=False``: None comes back, the first Conv2D skips dL/dx, and every parameter's
+    gradient is the one of the full backward (float64: within rounding of a different summation
+    split)."""
+    rng = np.random.default_rng(3)
+    f64 = dict(dtype=np.float64)
+
+    def model():
+        head = (L.Conv2D(2, 3, 3, padding=1, rng=1, **f64) if first == "conv"
+                else L.Sequential(L.Flatten(**f64), L.Dense(2 * 5 * 5, 3 * 5 * 5, rng=1, **f64)))
+        return L.Sequential(head, L.ReLU(**f64), L.Flatten(**f64), L.Dense(3 * 5 * 5, 4, rng=2, **f64))
+
+    x = rng.standard_normal((2, 2, 5, 5))
+    dy = rng.standard_normal((2, 4))
+    full, skipped = model(), model()
+    full(x)
+    assert full.backward(dy) is not None
+    skipped(x)
+    asked = []
+    first_backward = skipped.layers[0].backward
+    skipped.layers[0].backward = lambda g, **kw: asked.append(kw) or first_backward(g, **kw)
+    assert skipped.backward(dy, input_grad=False) is None
+    assert asked == [{"input_grad": False}]  # the first layer was told (and skipped dL/dx)
+    assert set(skipped.grads) == set(full.grads) == {name for name, _ in full.named_parameters()}
+    for name, g in full.grads.items():
+        np.testing.assert_allclose(skipped.grads[name], g, rtol=1e-13, atol=1e-15, err_msg=name)
+    with pytest.raises(TypeError, match="input_grad must be True or False"):
+        skipped.backward(dy, input_grad=0)

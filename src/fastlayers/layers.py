@@ -266,6 +266,7 @@ class Layer:
 
     device = "cpu"  # where the parameters live: "cpu" (NumPy) or "cuda" (after .cuda())
     movable = False  # whether .cuda() can move this layer (its forward and backward run on device arrays)
+    skips_input_grad = False  # whether backward takes input_grad=False (computes no dL/dx)
 
     def __init__(self, backend: Optional[str] = None, dtype: DTypeLike = np.float32, rng: Seed = None) -> None:
         self._configure(backend, dtype)
@@ -583,6 +584,7 @@ class Conv2D(Layer):
     """
 
     movable = True
+    skips_input_grad = True
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair, stride: IntOrPair = 1,
                  padding: Union[IntOrPair, str] = 0, dilation: IntOrPair = 1, groups: int = 1, bias: bool = True,
@@ -1287,6 +1289,7 @@ class Sequential(Layer):
     every child that was built with ``backend=None``. ``dtype`` is the children's (they must agree)."""
 
     movable = True
+    skips_input_grad = True
 
     def __init__(self, *layers: Layer, backend: Optional[str] = None) -> None:
         if not layers:
@@ -1328,12 +1331,25 @@ class Sequential(Layer):
 
         return self._run(run)
 
-    def backward(self, dy: Any) -> Any:
+    def backward(self, dy: Any, input_grad: bool = True) -> Any:
+        """dL/dx of the model's input; with ``input_grad=False`` (the input is data, as in
+        training) None, and the first layer skips computing it where it can (``Conv2D``, a
+        ``Sequential``)."""
+        if not isinstance(input_grad, bool):
+            raise TypeError(f"input_grad must be True or False, got {input_grad!r}")
+
         def run():
             grad = dy
-            for layer in reversed(self.layers):
+            for layer in reversed(self.layers[1:]):
                 grad = layer.backward(grad)
-            return grad
+            first = self.layers[0]  # a Sequential has at least one layer
+            if input_grad:
+                return first.backward(grad)
+            if first.skips_input_grad:
+                first.backward(grad, input_grad=False)
+            else:
+                first.backward(grad)
+            return None
 
         return self._run(run)
 
