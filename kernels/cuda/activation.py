@@ -1,10 +1,13 @@
-"""relu forward and backward: one thread per element of the flat C-ordered arrays, 1-D grid of
-ELEMENTWISE_BLOCK threads (``launch_config("elementwise", size)``)."""
+"""relu, and the Tanh and Sigmoid layers' activations, forward and backward: one thread per
+element of the flat C-ordered arrays, 1-D grid of ELEMENTWISE_BLOCK threads
+(``launch_config("elementwise", size)``). Constants take the arrays' dtype, so float32 stays
+float32."""
 from __future__ import annotations
 
 import functools
 import math
 
+import numpy as np
 from numba import cuda
 
 from .launch import jit
@@ -40,3 +43,61 @@ def relu_backward_kernel(dtype):
                 dx[e] = dy[e]
 
     return relu_backward
+
+
+@functools.cache
+def tanh_kernel(dtype):
+    @jit(lineinfo=True)
+    def tanh(x, y, size):
+        e = cuda.grid(1)
+        if e < size:
+            y[e] = math.tanh(x[e])
+
+    return tanh
+
+
+@functools.cache
+def sigmoid_kernel(dtype):
+    one = np.dtype(dtype).type(1)
+
+    @jit(lineinfo=True)
+    def sigmoid(x, y, size):
+        # 1 / (1 + exp(-x)) from exp(-|x|), in (0, 1]: it never overflows (as the host layer).
+        e = cuda.grid(1)
+        if e < size:
+            v = x[e]
+            z = math.exp(-abs(v))
+            if v >= 0:
+                y[e] = one / (one + z)
+            else:
+                y[e] = z / (one + z)
+
+    return sigmoid
+
+
+@functools.cache
+def tanh_backward_kernel(dtype):
+    one = np.dtype(dtype).type(1)
+
+    @jit(lineinfo=True)
+    def tanh_backward(dy, y, dx, size):
+        # dx = dy * (1 - y^2), from the forward's output y
+        e = cuda.grid(1)
+        if e < size:
+            dx[e] = dy[e] * (one - y[e] * y[e])
+
+    return tanh_backward
+
+
+@functools.cache
+def sigmoid_backward_kernel(dtype):
+    one = np.dtype(dtype).type(1)
+
+    @jit(lineinfo=True)
+    def sigmoid_backward(dy, y, dx, size):
+        # dx = dy * y * (1 - y), from the forward's output y
+        e = cuda.grid(1)
+        if e < size:
+            dx[e] = dy[e] * y[e] * (one - y[e])
+
+    return sigmoid_backward

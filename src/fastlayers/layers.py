@@ -28,8 +28,9 @@ so they run on the backend the dispatch picks, or on the one given as ``backend`
 TiedOutput, ReLU and BatchNorm2d call :func:`fastlayers.linear`, :func:`fastlayers.relu` and
 :func:`fastlayers.batch_norm`: with host parameters and the cuda backend they run on the CPU's
 kernels (a GPU call would copy the parameters over each time); on a model moved to the GPU
-(below) Dense, ReLU and BatchNorm2d run the cuda kernels. Embedding, Tanh, Sigmoid, Flatten and Dropout are
-NumPy on every backend (Flatten is a reshape, on device arrays too).
+(below) Dense, ReLU and BatchNorm2d run the cuda kernels, Tanh and Sigmoid elementwise cuda
+kernels of their own. Embedding, Flatten and Dropout are NumPy on every backend (Flatten is a
+reshape, on device arrays too), Tanh and Sigmoid on host arrays.
 
 Parameters live in host memory (NumPy arrays) unless the model is moved to the GPU with
 ``model.cuda()`` (``model.to("cuda")``; back with ``model.cpu()``): its parameters, buffers and
@@ -38,8 +39,8 @@ GPU arrays (``numba.cuda.to_device(x)``, or any ``__cuda_array_interface__`` arr
 are device arrays. With :func:`fastlayers.losses.softmax_cross_entropy` and the optimisers of
 :mod:`fastlayers.optim`, which keep their state on the GPU too, a training step then moves nothing
 between host and GPU but the loss the caller reads. Conv2D, MaxPool2D, Flatten, ReLU, Dense,
-BatchNorm2d and Sequential can move; the other layers raise NotImplementedError (no device-resident
-version yet).
+BatchNorm2d, Tanh, Sigmoid and Sequential can move; the other layers (Dropout, the recurrent ones,
+Embedding) raise NotImplementedError (no device-resident version yet).
 
 Conv2D, MaxPool2D, ReLU and Dense keep a plan per signature of their calls' arguments (type,
 shape, dtype and strides of every array, the layer's options, the backend settings): the first
@@ -733,30 +734,37 @@ class ReLU(Layer):
 class Tanh(Layer):
     """tanh(x); its backward uses the output: dL/dx = dy * (1 - y^2)."""
 
+    movable = True
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         self._check_input(x)
-        y = np.tanh(x)
+        y = _gpu().tanh(x) if is_device_array(x) else np.tanh(x)
         self._record(y)
         return y
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         y = self._last_record()
-        return dy * (1 - y * y)
+        return _gpu().tanh_backward(dy, y) if is_device_array(y) else dy * (1 - y * y)
 
 
 class Sigmoid(Layer):
     """1 / (1 + exp(-x)), without overflow for any x; dL/dx = dy * y * (1 - y)."""
 
+    movable = True
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         self._check_input(x)
-        e = np.exp(-np.abs(x))  # in (0, 1]: exp never overflows
-        y = np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+        if is_device_array(x):
+            y = _gpu().sigmoid(x)
+        else:
+            e = np.exp(-np.abs(x))  # in (0, 1]: exp never overflows
+            y = np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
         self._record(y)
         return y
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         y = self._last_record()
-        return dy * y * (1 - y)
+        return _gpu().sigmoid_backward(dy, y) if is_device_array(y) else dy * y * (1 - y)
 
 
 class Dropout(Layer):

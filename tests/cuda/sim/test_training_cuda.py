@@ -165,6 +165,46 @@ def test_cnn_with_batch_norm_on_device_matches_the_host():
     np.testing.assert_allclose(_host(dev.eval()(cuda.to_device(x2))), host.eval()(x2), rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layer", [L.Tanh, L.Sigmoid])
+def test_tanh_and_sigmoid_on_device_match_the_host(layer, dtype):
+    """Forward and backward against the host layer, extreme inputs included (the sigmoid from
+    exp(-|x|) never overflows). Forward: float32 within 2 units in the last place of the host's
+    values (the GPU's tanhf/expf are within 2 ulp), float64 to 1e-15. Backward: the host's formula
+    on the device's own y, to 4 eps |dy| absolute: 1 - y^2 and 1 - y lose all relative accuracy
+    as |y| nears 1 (a contracted multiply-add on the GPU rounds them differently), but never more
+    than 2 eps absolute."""
+    x = np.concatenate([make_rng(2).standard_normal(37) * 4, [0.0, -0.0, 30.0, -30.0, 200.0, -200.0]])
+    x = x.astype(dtype).reshape(1, -1)
+    dy = make_rng(3).standard_normal(x.shape).astype(dtype)
+    host, dev = layer(dtype=dtype), layer(dtype=dtype).cuda()
+    y = dev(cuda.to_device(x))
+    dx = dev.backward(cuda.to_device(dy))
+    rtol = 2 * np.finfo(dtype).eps if dtype == np.float32 else 1e-15
+    np.testing.assert_allclose(_host(y), host(x), rtol=rtol, atol=np.finfo(dtype).tiny)
+    y_dev = _host(y)
+    want = dy * (1 - y_dev * y_dev) if layer is L.Tanh else dy * y_dev * (1 - y_dev)
+    assert np.all(np.abs(_host(dx) - want) <= 4 * np.finfo(dtype).eps * np.abs(dy))
+    assert np.isfinite(y_dev).all()
+
+
+def test_mlp_with_tanh_and_sigmoid_trained_on_device_matches_the_host():
+    def mlp():
+        f64 = dict(dtype=np.float64)
+        return L.Sequential(L.Flatten(**f64), L.Dense(16, 6, rng=0, **f64), L.Tanh(**f64),
+                            L.Dense(6, 5, rng=1, **f64), L.Sigmoid(**f64), L.Dense(5, 3, rng=2, **f64))
+
+    host, dev = mlp(), mlp().cuda()
+    opt_host, opt_dev = OPTIMISERS["sgd-momentum-decay"](host), OPTIMISERS["sgd-momentum-decay"](dev)
+    x, labels = _batch()
+    for step in range(2):
+        want = _step(host, opt_host, x, labels)
+        got = _step(dev, opt_dev, cuda.to_device(x), cuda.to_device(labels))
+        np.testing.assert_allclose(float(_host(got)), float(want), rtol=1e-12, err_msg=f"loss at step {step}")
+    for (name, p_dev), (_, p_host) in zip(dev.named_parameters(), host.named_parameters()):
+        np.testing.assert_allclose(_host(p_dev), p_host, rtol=1e-12, atol=1e-13, err_msg=name)
+
+
 def test_shared_dense_accumulates_on_device():
     """A Dense placed twice: its two calls' gradients add up on the GPU as on the host."""
     def model():

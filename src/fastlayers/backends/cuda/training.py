@@ -79,6 +79,38 @@ def softmax_cross_entropy(logits, labels):
     return loss, dz
 
 
+def _elementwise(factory, *arrays):
+    """A new device array of ``arrays[-1]``'s shape from ``factory(dtype)``'s kernel, called on
+    the flat ``arrays`` and the output (all of one shape and dtype, on the device)."""
+    from numba import cuda
+
+    call = Call(*arrays)
+    d = [call.input(f"argument {i}", a) for i, a in enumerate(arrays)]
+    out = cuda.device_array(tuple(d[-1].shape), dtype=d[-1].dtype)
+    _launch(factory(out.dtype), out.size, *map(flat, d), flat(out))
+    return out
+
+
+def tanh(x):
+    """tanh(x) of device array ``x``, a new device array (the Tanh layer on the GPU)."""
+    return _elementwise(kernels().activation.tanh_kernel, x)
+
+
+def tanh_backward(dy, y):
+    """dy * (1 - y^2): the Tanh layer's backward from its output ``y``."""
+    return _elementwise(kernels().activation.tanh_backward_kernel, dy, y)
+
+
+def sigmoid(x):
+    """1 / (1 + exp(-x)) of device array ``x``, without overflow (the Sigmoid layer on the GPU)."""
+    return _elementwise(kernels().activation.sigmoid_kernel, x)
+
+
+def sigmoid_backward(dy, y):
+    """dy * y * (1 - y): the Sigmoid layer's backward from its output ``y``."""
+    return _elementwise(kernels().activation.sigmoid_backward_kernel, dy, y)
+
+
 def _launch(kernel, size, *args):
     if size:
         grid, block = kernels().launch.launch_config("elementwise", size)
