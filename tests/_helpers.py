@@ -85,3 +85,20 @@ def load_example(name):
 
 def make_rng(seed=0):
     return np.random.default_rng(seed)
+
+
+def spy_backends(monkeypatch):
+    """The backend of every kernel ``select_kernel`` picks from now on, in order (a list that
+    grows as the dispatch runs)."""
+    import fastlayers as fl
+
+    seen = []
+    real = fl._dispatch.select_kernel
+
+    def spy(spec, problem, backend, algo="auto"):
+        kernel = real(spec, problem, backend, algo)
+        seen.append(kernel.backend)
+        return kernel
+
+    monkeypatch.setattr(fl._dispatch, "select_kernel", spy)
+    return seen

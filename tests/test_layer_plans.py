@@ -6,7 +6,7 @@ import weakref
 
 import numpy as np
 import pytest
-from _helpers import make_rng
+from _helpers import make_rng, spy_backends
 
 import fastlayers as fl
 from fastlayers import layers as L
@@ -225,15 +225,7 @@ def test_train_and_eval_switch_the_plans():
 
 
 def test_backend_settings_after_a_call_choose_the_kernel_again(monkeypatch):
-    seen = []
-    real = fl._dispatch.select_kernel
-
-    def spy(spec, problem, backend, algo="auto"):
-        kernel = real(spec, problem, backend, algo)
-        seen.append(kernel.backend)
-        return kernel
-
-    monkeypatch.setattr(fl._dispatch, "select_kernel", spy)
+    seen = spy_backends(monkeypatch)
     layer = L.Conv2D(1, 2, 3, rng=0)
     x = np.ones((1, 1, 5, 5), np.float32)
     layer(x)

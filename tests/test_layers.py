@@ -6,7 +6,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from _helpers import assert_close, assert_grad_matches, make_rng, numeric_grad
+from _helpers import assert_close, assert_grad_matches, make_rng, numeric_grad, spy_backends
 
 import fastlayers as fl
 from fastlayers import layers as L
@@ -608,15 +608,7 @@ def test_mixed_sequential_is_refused():
 
 def test_sequential_backend_reaches_its_children(monkeypatch):
     """Sequential(backend=...) runs children built with backend=None on that backend."""
-    seen = []
-    real = fl._dispatch.select_kernel
-
-    def spy(spec, problem, backend, algo="auto"):
-        kernel = real(spec, problem, backend, algo)
-        seen.append(kernel.backend)
-        return kernel
-
-    monkeypatch.setattr(fl._dispatch, "select_kernel", spy)
+    seen = spy_backends(monkeypatch)
     model = small_cnn(backend="numpy")
     model.backward(np.ones_like(model.forward(np.ones((1, 1, 8, 8)))))
     assert seen and set(seen) == {"numpy"}

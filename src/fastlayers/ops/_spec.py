@@ -158,9 +158,11 @@ def plan(spec, problem, backend, algo, arguments=None):
     dispatch = module("fastlayers._dispatch")
     kernel = dispatch.select_kernel(spec, problem, backend, algo)
     if algo == "auto":  # with fl.set_autotune(True): the fastest, timed on the problem's arrays
-        blank = problem.to_kernel_out((None,) * len(problem.outputs))
-        kernel = dispatch.autotuned_kernel(spec, problem, kernel,
-                                           lambda k: Plan(problem, k).call(problem.arrays.values(), blank))
+        def call(k):
+            blank = problem.to_kernel_out((None,) * len(problem.outputs))
+            return Plan(problem, k).call(problem.arrays.values(), blank)
+
+        kernel = dispatch.autotuned_kernel(spec, problem, kernel, call)
     return Plan(problem, kernel, arguments)
 
 
