@@ -15,13 +15,14 @@ import pytest
 from fastlayers.benchmark.runner import FAMILIES, labels_for
 from fastlayers.benchmark.timing import steady_allocator
 from fastlayers.benchmark.workloads import DIRECTIONS
-from fastlayers.cases import ALL_CASES, CASES_BY_NAME, QUICK_CASES
+from fastlayers.cases import CASE_GROUPS, CASES_BY_NAME, QUICK_CASES, expand_groups
 
 
 def pytest_addoption(parser):
     group = parser.getgroup("fastlayers bench")
     group.addoption("--bench-cases", default="all",
-                    help="comma-separated case names, 'quick' (the --quick subset) or 'all' (default)")
+                    help="comma-separated case names, 'quick' (the --quick subset), 'layers' (real networks' "
+                         "layers) or 'all' (default)")
     group.addoption("--bench-backends", default=",".join(FAMILIES),
                     help=f"comma-separated backend families among {', '.join(FAMILIES)} (default all)")
     group.addoption("--bench-threads", type=int, default=None, help="threads (default: all usable CPUs)")
@@ -32,12 +33,11 @@ def pytest_addoption(parser):
 
 def _cases(config):
     spec = config.getoption("--bench-cases")
-    if spec == "all":
-        return list(ALL_CASES)
-    names = QUICK_CASES if spec == "quick" else [n.strip() for n in spec.split(",") if n.strip()]
+    names = QUICK_CASES if spec == "quick" else expand_groups(n.strip() for n in spec.split(",") if n.strip())
     unknown = [n for n in names if n not in CASES_BY_NAME]
     if unknown:
-        raise pytest.UsageError(f"--bench-cases: unknown case {', '.join(unknown)}; known: {', '.join(CASES_BY_NAME)}")
+        raise pytest.UsageError(f"--bench-cases: unknown case {', '.join(unknown)}; known: {', '.join(CASES_BY_NAME)}, "
+                               f"{', '.join(CASE_GROUPS)}, quick")
     return [CASES_BY_NAME[n] for n in names]
 
 

@@ -22,7 +22,7 @@ from fastlayers.__main__ import _case_spec, main
 from fastlayers.benchmark import runner, timing, workloads
 from fastlayers.benchmark.report import COLUMNS, format_table
 from fastlayers.benchmark import format_wide as benchmark_format_wide
-from fastlayers.cases import ALL_CASES, CASES_BY_NAME, QUICK_CASES, Case
+from fastlayers.cases import ALL_CASES, CASES_BY_NAME, LAYER_CASES, QUICK_CASES, Case, cases_named, expand_groups
 
 TINY = [
     "--add-case", "tiny-conv=conv2d:2,3,6,6:F=4,kernel_size=3,padding=1",
@@ -300,6 +300,37 @@ def test_case_table_has_the_sweeps_and_quick_subset():
     assert rnn == [10, 25, 50, 100]
     assert set(QUICK_CASES) <= set(CASES_BY_NAME)
     assert {CASES_BY_NAME[n].op for n in QUICK_CASES} == set(workloads.OPS)
+    layers = [c.name for c in LAYER_CASES]
+    assert expand_groups(["cifar-stem", "layers", "vgg-conv1"]) == ["cifar-stem"] + layers
+    assert [c.name for c in cases_named("layers", "conv2d")] == layers
+    with pytest.raises(ValueError, match="none given"):
+        cases_named("layers", "max_pool2d")  # the group holds no pools
+
+
+# Groups and dilation, which the design cases lack and the real-network layers have.
+GROUPED_CONV = Case("t-grouped", "conv2d", (2, 4, 7, 7), dict(F=6, kernel_size=3, padding=2, dilation=2, groups=2))
+
+
+@pytest.mark.parametrize("direction", workloads.DIRECTIONS)
+def test_conv_workload_carries_groups_and_dilation(direction):
+    """The workload's call and its PyTorch call are the grouped, dilated convolution."""
+    inputs = workloads.make_inputs(GROUPED_CONV, direction, np.float64, seed=3)
+    assert inputs["weight"].shape == (6, 2, 3, 3)
+    ours = _arrays(runner.fastlayers_call(GROUPED_CONV, direction, "numpy", inputs)[0]())
+    kw = dict(padding=2, dilation=2, groups=2)
+    if direction == "forward":
+        want = [fl.reference.conv2d(inputs["input"], inputs["weight"], inputs["bias"], **kw)]
+    else:
+        want = fl.reference.conv2d_backward(inputs["grad_output"], inputs["input"], inputs["weight"], **kw)
+    for o, w in zip(ours, want, strict=True):
+        np.testing.assert_array_equal(o, w)
+    if HAS_TORCH:
+        import torch
+
+        theirs = workloads.workload("conv2d").torch_call(torch, GROUPED_CONV, direction, inputs, seed=3)()
+        theirs = theirs if isinstance(theirs, tuple) else (theirs,)
+        for t, w in zip(theirs, want, strict=True):
+            np.testing.assert_allclose(t.detach().numpy(), w, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("case", [c for c in ALL_CASES if c.op != "max_pool2d"], ids=lambda c: c.name)
@@ -308,9 +339,10 @@ def test_flop_counts(case):
     if case.op == "conv2d":
         N, C, H, W = case.shape
         p = case.params
-        k, s, pad = p["kernel_size"], p["stride"], p["padding"]
-        OH, OW = (H + 2 * pad - k) // s + 1, (W + 2 * pad - k) // s + 1
-        forward = 2 * N * p["F"] * OH * OW * C * k * k
+        k, s, pad, d = p["kernel_size"], p.get("stride", 1), p.get("padding", 0), p.get("dilation", 1)
+        span = d * (k - 1) + 1
+        OH, OW = (H + 2 * pad - span) // s + 1, (W + 2 * pad - span) // s + 1
+        forward = 2 * N * p["F"] * OH * OW * (C // p.get("groups", 1)) * k * k
     else:  # the recurrent ops: both products of a step, as wide as the cell's gates
         T, N, D, H = case.shape
         gates = {"rnn": 1, "lstm": 4, "gru": 3}[case.op]
@@ -393,14 +425,14 @@ def test_torch_call_computes_what_fastlayers_computes(op, direction):
 
 
 @pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
-@pytest.mark.parametrize("case", ["tiny-conv", "tiny-pool"])
+@pytest.mark.parametrize("case", ["tiny-conv", "tiny-pool", "t-grouped"])
 def test_inference_engines_time_the_same_forward(engine, case):
     """The one-node ONNX model an engine times computes what fastlayers' forward computes."""
     pytest.importorskip("onnx")
     pytest.importorskip(engine)
     from fastlayers.benchmark.onnx_worker import engine_call
 
-    case = TINY_CASES[case]
+    case = {**TINY_CASES, GROUPED_CONV.name: GROUPED_CONV}[case]
     inputs = workloads.make_inputs(case, "forward", np.float32, seed=0)
     fn, version = engine_call(engine, case, inputs, threads=1)
     got = np.asarray(list(fn().values())[0] if engine == "openvino" else fn()[0])

@@ -17,7 +17,7 @@ import sys
 from ._version import __version__
 from .benchmark.runner import FAMILIES
 from .benchmark.workloads import DIRECTIONS, OPS, workload
-from .cases import ALL_CASES, CASES, CASES_BY_NAME, QUICK_CASES, Case
+from .cases import CASE_GROUPS, CASES, CASES_BY_NAME, QUICK_CASES, Case, expand_groups
 
 
 def _csv(choices, what):
@@ -65,7 +65,8 @@ def _parser():
     bench.add_argument("--quick", action="store_true",
                        help=f"a subset that runs in about a minute: {', '.join(QUICK_CASES)}; repeat 5, budget 0.5 s")
     bench.add_argument("--cases", type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
-                       help="case names (default: the case table of fastlayers.cases; 'all' adds the sweeps)")
+                       help="case names (default: the case table of fastlayers.cases; 'layers': real networks' "
+                            "layers; 'all': the table, the sweeps and the layers)")
     bench.add_argument("--add-case", action="append", type=_case_spec, default=[], metavar="NAME=OP:SHAPE[:k=v,...]",
                        help="define an extra case, e.g. mine=conv2d:8,64,32,32:F=64,kernel_size=3,padding=1 "
                             "(rnn shape: T,N,D,H); select it with --cases or it is added to the run")
@@ -95,10 +96,11 @@ def _select_cases(args, parser):
     extra = {c.name: c for c in args.add_case}
     by_name = {**CASES_BY_NAME, **extra}
     if args.cases:
-        names = [c.name for c in ALL_CASES] if args.cases == ["all"] else args.cases
+        names = expand_groups(args.cases)
         unknown = [n for n in names if n not in by_name]
         if unknown:
-            parser.error(f"--cases: unknown case {', '.join(unknown)}; known: {', '.join(by_name)}, all")
+            parser.error(f"--cases: unknown case {', '.join(unknown)}; known: {', '.join(by_name)}, "
+                         f"{', '.join(CASE_GROUPS)}")
     elif args.quick:
         names = list(QUICK_CASES)
     else:

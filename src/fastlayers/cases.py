@@ -12,7 +12,8 @@ class Case:
     name: str
     op: str  # "conv2d", "max_pool2d", "rnn", "lstm" or "gru"
     shape: tuple  # conv2d/max_pool2d: (N, C, H, W); rnn, lstm, gru: (T, N, D, H)
-    params: dict = field(default_factory=dict)  # conv2d: F, kernel_size, stride, padding; pool: kernel_size, stride, padding
+    # conv2d: F, kernel_size, stride, padding (dilation, groups: 1 unless given); pool: kernel_size, stride, padding
+    params: dict = field(default_factory=dict)
     # Cases of one sweep vary only shape[0] (N for conv2d, T for rnn): plots draw them as a line.
     sweep: str = ""
 
@@ -43,7 +44,29 @@ SWEEP_CASES = tuple(
     for n in (1, 4, 16, 64)
 ) + tuple(Case(f"rnn-small-t{t}", "rnn", (t, 32, 128, 256), sweep="rnn-small length") for t in (10, 25, 100))
 
-ALL_CASES = CASES + SWEEP_CASES
+# Layers of real networks, outside the design table: the VGG-style model of bench/bench_training.py
+# (batch 32 and 1), ResNet-18's stem and 3x3 layers at batch 1, a ResNet-50 bottleneck 1x1,
+# VGG-16's full-size layer, MobileNet's depthwise layers and a dilated layer.
+# ``--cases layers`` selects them.
+_PAD1 = dict(kernel_size=3, padding=1)
+LAYER_CASES = (
+    Case("vgg-conv1", "conv2d", (32, 3, 32, 32), dict(F=32, **_PAD1)),
+    Case("vgg-conv2", "conv2d", (32, 32, 16, 16), dict(F=64, **_PAD1)),
+    Case("vgg-conv3", "conv2d", (32, 64, 8, 8), dict(F=128, **_PAD1)),
+    Case("vgg-conv1-n1", "conv2d", (1, 3, 32, 32), dict(F=32, **_PAD1)),
+    Case("vgg-conv2-n1", "conv2d", (1, 32, 16, 16), dict(F=64, **_PAD1)),
+    Case("vgg-conv3-n1", "conv2d", (1, 64, 8, 8), dict(F=128, **_PAD1)),
+    Case("resnet18-stem-n1", "conv2d", (1, 3, 224, 224), dict(F=64, kernel_size=7, stride=2, padding=3)),
+    Case("resnet18-64-n1", "conv2d", (1, 64, 56, 56), dict(F=64, **_PAD1)),
+    Case("resnet18-512-n1", "conv2d", (1, 512, 7, 7), dict(F=512, **_PAD1)),
+    Case("resnet50-1x1-n8", "conv2d", (8, 256, 56, 56), dict(F=64, kernel_size=1)),
+    Case("vgg16-conv1_2-n2", "conv2d", (2, 64, 224, 224), dict(F=64, **_PAD1)),
+    Case("mobilenet-dw32-n8", "conv2d", (8, 32, 112, 112), dict(F=32, groups=32, **_PAD1)),
+    Case("mobilenet-dw512-n8", "conv2d", (8, 512, 14, 14), dict(F=512, groups=512, **_PAD1)),
+    Case("dilated-256-n4", "conv2d", (4, 256, 28, 28), dict(F=256, kernel_size=3, padding=2, dilation=2)),
+)
+
+ALL_CASES = CASES + SWEEP_CASES + LAYER_CASES
 CASES_BY_NAME = {c.name: c for c in ALL_CASES}
 
 # ``--quick``: every op, and both sweeps up to a size where the NumPy reference still takes about
@@ -52,10 +75,22 @@ QUICK_CASES = ("cifar-stem", "resnet-28-n1", "resnet-28-n4", "resnet-28-n16", "p
                "rnn-small-t10", "rnn-small-t25", "rnn-small", "lstm-small", "gru-small")
 
 
+# Names that stand for a group of cases in ``--cases``.
+CASE_GROUPS = {"all": tuple(c.name for c in ALL_CASES), "layers": tuple(c.name for c in LAYER_CASES)}
+
+
+def expand_groups(names):
+    """``names`` with each group name of ``CASE_GROUPS`` replaced by its cases, repeats dropped."""
+    return list(dict.fromkeys(n for name in names for n in CASE_GROUPS.get(name, (name,))))
+
+
 def cases_named(text, op):
-    """The cases of ``op`` named in ``text`` (comma-separated), in that order; a ValueError names
-    the names that are no case of ``op``."""
+    """The cases of ``op`` named in ``text`` (comma-separated; a group name of ``CASE_GROUPS``
+    stands for its cases of ``op``), in that order; a ValueError names the names that are no
+    case of ``op``."""
     names = [n.strip() for n in text.split(",") if n.strip()]
+    names = list(dict.fromkeys(m for n in names for m in CASE_GROUPS.get(n, (n,))
+                               if n not in CASE_GROUPS or CASES_BY_NAME[m].op == op))
     unknown = [n for n in names if n not in CASES_BY_NAME or CASES_BY_NAME[n].op != op]
     if unknown or not names:
         known = ", ".join(c.name for c in ALL_CASES if c.op == op)

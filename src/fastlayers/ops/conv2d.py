@@ -214,7 +214,8 @@ KERNELS = (
 
 
 class Conv2dWorkload(Workload):
-    """conv2d: case shape (N, C, H, W); params F, kernel_size, stride, padding."""
+    """conv2d: case shape (N, C, H, W); params F, kernel_size, stride, padding, and optionally
+    dilation and groups (default 1)."""
 
     algos = ("im2col", "direct", "auto")  # conv2d's ``algo=``; "auto" is the default
     required = ("F", "kernel_size")
@@ -223,11 +224,13 @@ class Conv2dWorkload(Workload):
     @staticmethod
     def weight_shape(case):
         k = case.params["kernel_size"]
-        return (case.params["F"], case.shape[1], k, k)
+        return (case.params["F"], case.shape[1] // case.params.get("groups", 1), k, k)
 
     @staticmethod
     def options(case, direction):
-        return dict(stride=case.params.get("stride", 1), padding=case.params.get("padding", 0))
+        p = case.params
+        return dict(stride=p.get("stride", 1), padding=p.get("padding", 0), dilation=p.get("dilation", 1),
+                    groups=p.get("groups", 1))
 
     def geometry(self, case):
         return conv2d_geometry(case.shape, self.weight_shape(case), **self.options(case, "forward"))
