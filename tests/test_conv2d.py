@@ -4,8 +4,10 @@ Forward and all three gradients over random configurations (hypothesis) in float
 with contiguous and non-contiguous inputs; finite-difference gradient checks in float64; output
 buffers, empty sizes, thread-count independence, reproducibility and concurrent callers.
 """
+import contextlib
 import importlib
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -522,23 +524,40 @@ def depthwise_configs(draw):
     return (draw(st.integers(1, 3)), C, H, W), (F, 1, KH, KW), params
 
 
+@contextlib.contextmanager
+def depthwise_loops(loops):
+    """Run the depthwise kernel's "padded" plane loops wherever they apply (stride 1) or its "rows"
+    loops everywhere."""
+    saved = dict(cpu_conv2d.DEPTHWISE_PADDED_MAX_BYTES)
+    for direction in saved:
+        cpu_conv2d.DEPTHWISE_PADDED_MAX_BYTES[direction] = 1 << 40 if loops == "padded" else 0
+    try:
+        yield
+    finally:
+        cpu_conv2d.DEPTHWISE_PADDED_MAX_BYTES.update(saved)
+
+
+@pytest.mark.parametrize("loops", ["padded", "rows"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(config=depthwise_configs(), seed=st.integers(0, 2**32 - 1), layout=st.sampled_from(["C", "F", "strided"]))
-def test_depthwise_matches_reference(dtype, config, seed, layout):
+def test_depthwise_matches_reference(loops, dtype, config, seed, layout):
     x_shape, w_shape, params = config
     rng = make_rng(seed)
     x, w = _uniform(rng, x_shape, dtype, layout), _uniform(rng, w_shape, dtype, layout)
     b = _uniform(rng, (w_shape[0],), dtype)
     dy = _uniform(rng, conv2d_geometry(x_shape, w_shape, **params).y_shape, dtype, layout)
-    _check_against_reference(x, w, b, dy, params, "depthwise", dtype, f"depthwise {x_shape} {w_shape} {params}")
+    with depthwise_loops(loops):
+        _check_against_reference(x, w, b, dy, params, "depthwise", dtype, f"depthwise {x_shape} {w_shape} {params}")
 
 
 @pytest.mark.parametrize("x_shape, w_shape, params", [
     ((2, 3, 6, 7), (3, 1, 3, 3), dict(padding=1, groups=3)),
     ((2, 2, 7, 6), (4, 1, 3, 2), dict(stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=2)),
+    ((1, 2, 5, 6), (6, 1, 3, 2), dict(padding=(2, 1), dilation=(2, 1), groups=2)),  # multiplier 3, stride 1
 ])
-def test_depthwise_gradients_match_finite_differences(x_shape, w_shape, params):
+@pytest.mark.parametrize("loops", ["padded", "rows"])
+def test_depthwise_gradients_match_finite_differences(loops, x_shape, w_shape, params):
     rng = make_rng(7)
     arrays = dict(input=rng.uniform(-1, 1, x_shape), weight=rng.uniform(-1, 1, w_shape),
                   bias=rng.uniform(-1, 1, w_shape[0]))
@@ -546,14 +565,17 @@ def test_depthwise_gradients_match_finite_differences(x_shape, w_shape, params):
     def f(input, weight, bias):
         return fl.conv2d(input, weight, bias, algo="depthwise", backend="cpu", **params)
 
-    dy = rng.uniform(-1, 1, f(**arrays).shape)
-    dx, dw, db = fl.conv2d_backward(dy, arrays["input"], arrays["weight"], algo="depthwise", backend="cpu", **params)
-    for name, analytic in (("input", dx), ("weight", dw), ("bias", db)):
-        assert_grad_matches(analytic, numeric_grad(f, arrays, name, dy), err_msg=name)
+    with depthwise_loops(loops):
+        dy = rng.uniform(-1, 1, f(**arrays).shape)
+        dx, dw, db = fl.conv2d_backward(dy, arrays["input"], arrays["weight"], algo="depthwise", backend="cpu",
+                                        **params)
+        for name, analytic in (("input", dx), ("weight", dw), ("bias", db)):
+            assert_grad_matches(analytic, numeric_grad(f, arrays, name, dy), err_msg=name)
 
 
 def test_depthwise_is_thread_count_independent_and_auto_picks_it(split_work):
-    """auto: depthwise forwards on planes of at least DEPTHWISE_MIN_OUTPUTS outputs; backward im2col."""
+    """auto: depthwise for one input channel per group, forward and backward, on large planes (the
+    forward's row loops, the backward's padded loops) and small ones (padded loops)."""
     rng = make_rng(8)
     params = dict(padding=1, groups=8)
     x, w, b = (rng.uniform(-1, 1, s).astype(np.float32) for s in ((5, 8, 33, 32), (16, 1, 3, 3), (16,)))
@@ -563,8 +585,13 @@ def test_depthwise_is_thread_count_independent_and_auto_picks_it(split_work):
     args = (1, 1, 1, 8, "zeros")
     chosen = [_dispatch.select_kernel(CONV2D, p, None).algo
               for p in (CONV2D.forward(x, w, b, *args), CONV2D.backward(dy, x, w, *args),
-                        CONV2D.forward(x[:, :, :8, :8], w, b, *args))]
-    assert chosen[:2] == ["depthwise", "im2col"] and chosen[2] != "depthwise", chosen
+                        CONV2D.forward(x[:, :, :8, :8], w, b, *args), CONV2D.backward(dy[:, :, :8, :8], x[:, :, :8, :8], w, *args))]
+    assert chosen == ["depthwise"] * 4, chosen
+    wide = conv2d_geometry((1, 8, 112, 112), (8, 1, 3, 3), padding=1, groups=8)  # MobileNet's first planes
+    assert [cpu_conv2d._depthwise_padded_size(g, 4, d) > 0
+            for g, d in ((wide, "forward"), (wide, "backward"), (replace(wide, stride_h=2), "backward"),
+                         (conv2d_geometry((1, 8, 14, 14), (8, 1, 3, 3), padding=1, groups=8), "forward"))] == [
+        False, True, False, True]
 
 
 def test_depthwise_declines_several_channels_per_group():

@@ -1,7 +1,9 @@
 """conv2d on the CPU backend: im2col + GEMM (kernels/cpu/im2col.pyx), direct loops
 (kernels/cpu/conv2d_direct.pyx) and, for one input channel per group, depthwise plane loops
 (kernels/cpu/conv2d_depthwise.pyx), forward and backward. The depthwise loops give every output
-to one task in a fixed order: their results do not depend on the thread count.
+to one task in a fixed order: their results do not depend on the thread count. At stride 1 their
+plane copies (a thread's padded input or gradient plane and widened output plane, in its
+workspace) stay within ``DEPTHWISE_PADDED_MAX_BYTES``.
 
 Both algorithms are reproducible bit for bit from run to run at a given thread count: no
 atomics, every sum in a fixed order. The direct loops do not depend on the thread count at all;
@@ -149,7 +151,6 @@ DIRECT_MAX_TAPS = 2048
 DIRECT_MIN_PLANES = 8  # images x groups
 DIRECT_MIN_WIDTH = 16  # output columns: one AVX-512 vector of float32
 DIRECT_FAST_ISAS = frozenset({"x86-64-v4"})  # instruction sets where the direct forward can win
-DEPTHWISE_MIN_OUTPUTS = 1024  # output cells per plane (32x32)
 
 
 def choose_algo(problem, isa=None):
@@ -160,11 +161,10 @@ def choose_algo(problem, isa=None):
     with at most ``DIRECT_MAX_TAPS`` taps per output (C/groups * KH * KW), at least
     ``DIRECT_MIN_FLOPS`` FLOP, ``DIRECT_MIN_PLANES`` (image, group) planes and
     ``DIRECT_MIN_WIDTH`` output columns, "im2col" otherwise; for the backward, "im2col". Forwards
-    with several groups of one input channel each (depthwise) and planes of at least
-    ``DEPTHWISE_MIN_OUTPUTS`` outputs: "depthwise". "winograd" is never chosen: measured, it is at
+    with several groups of one input channel each (depthwise), forward and backward: "depthwise". "winograd" is never chosen: measured, it is at
     best even with "direct" (docs/performance.md)."""
     g, direction = problem.geometry, problem.direction
-    if direction == "forward" and g.Cg == 1 and g.groups > 1 and g.OH * g.OW >= DEPTHWISE_MIN_OUTPUTS:
+    if g.Cg == 1 and g.groups > 1:
         return "depthwise"
     if not _im2col_fits(g):
         return "direct"
@@ -320,13 +320,32 @@ def im2col_backward(dy, x, w, g, outs):
     return outs
 
 
+# The depthwise padded-plane loops (stride 1) keep one padded plane and one widened output or
+# gradient plane per thread. The forward's row loops are long vector passes on wide planes
+# (112x112), where the copies in and out cost more than they save: it takes the padded loops while
+# the two planes fit L1. The backward's do more per plane and win while they fit L2.
+DEPTHWISE_PADDED_MAX_BYTES = {"forward": 32 << 10, "backward": 512 << 10}
+
+
+def _depthwise_padded_size(g, itemsize, direction):
+    """Values of a thread's workspace for the depthwise padded-plane loops, (Hp + OH) * Wp; 0 where
+    the row loops run (stride > 1, or past ``DEPTHWISE_PADDED_MAX_BYTES[direction]``)."""
+    if (g.stride_h, g.stride_w) != (1, 1):
+        return 0
+    size = (2 * g.OH + g.dilation_h * (g.KH - 1)) * (g.OW + g.dilation_w * (g.KW - 1))
+    return size if size * itemsize <= DEPTHWISE_PADDED_MAX_BYTES[direction] else 0
+
+
 def depthwise_forward(x, w, b, g, outs):
     (y,) = outs
     if not _finite(w):  # padding taps are skipped, not multiplied by zero: the reference's NaNs need im2col
         return im2col_forward(x, w, b, g, outs)
     threads = _forward_threads(x, w, b, g, y, "depthwise")  # no size limit of its own
     if threads is not None:
-        _depthwise.conv2d_forward(contiguous(x), contiguous(w), contiguous(b), y, g, threads)
+        size = _depthwise_padded_size(g, x.dtype.itemsize, "forward")
+        with scratch("depthwise", (threads, max(size, 1)), x.dtype) as work:
+            _depthwise.conv2d_forward(contiguous(x), contiguous(w), contiguous(b), y, work if size else None, g,
+                                      threads)
     return (y,)
 
 
@@ -336,8 +355,11 @@ def depthwise_backward(dy, x, w, g, outs):
         return _degenerate_backward(dy, outs)
     if not _finite(w, dy):  # as in depthwise_forward: non-finite values meet padding taps in the reference
         return im2col_backward(dy, x, w, g, outs)
-    _depthwise.conv2d_backward(contiguous(dy), contiguous(x), contiguous(w), dx, dw, db, g,
-                               threads_for(g.work("backward")[0] // 2))
+    threads = threads_for(g.work("backward")[0] // 2)
+    size = _depthwise_padded_size(g, x.dtype.itemsize, "backward")
+    with scratch("depthwise", (threads, max(size, 1)), x.dtype) as work:
+        _depthwise.conv2d_backward(contiguous(dy), contiguous(x), contiguous(w), dx, dw, db, work if size else None,
+                                   g, threads)
     return outs
 
 
