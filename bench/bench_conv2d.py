@@ -26,7 +26,7 @@ import fastlayers as fl
 from fastlayers.benchmark.runner import fastlayers_call
 from fastlayers.benchmark.timing import median_ms
 from fastlayers.benchmark.workloads import make_inputs
-from fastlayers.cases import CASES, CASES_BY_NAME
+from fastlayers.cases import CASES, CASES_BY_NAME, LAYER_CASES
 from fastlayers.ops import CONV2D
 
 CONV_CASES = tuple(c.name for c in CASES if c.op == "conv2d")
@@ -105,27 +105,11 @@ def small_table(threads):
         print(f"| {x_shape} | {(F_, x_shape[1], k, k)} | {params} | {flops} | " + " | ".join(cells) + " |", flush=True)
 
 
-# Real-network layers: name, x shape, w shape, parameters. The VGG-style model of
-# bench/bench_training.py at batch 32 and 1 (its first layer's input needs no gradient), ResNet's,
-# MobileNet's depthwise layers, VGG-16's full-size layer and a dilated one.
-PAD1 = dict(padding=1)
-LAYER_SHAPES = (
-    ("vgg conv1", (32, 3, 32, 32), (32, 3, 3, 3), PAD1),
-    ("vgg conv2", (32, 32, 16, 16), (64, 32, 3, 3), PAD1),
-    ("vgg conv3", (32, 64, 8, 8), (128, 64, 3, 3), PAD1),
-    ("vgg conv1 n1", (1, 3, 32, 32), (32, 3, 3, 3), PAD1),
-    ("vgg conv2 n1", (1, 32, 16, 16), (64, 32, 3, 3), PAD1),
-    ("vgg conv3 n1", (1, 64, 8, 8), (128, 64, 3, 3), PAD1),
-    ("resnet-14", (8, 256, 14, 14), (256, 256, 3, 3), PAD1),
-    ("resnet-18 7x7 n1", (1, 512, 7, 7), (512, 512, 3, 3), PAD1),
-    ("resnet-18 stem n1", (1, 3, 224, 224), (64, 3, 7, 7), dict(stride=2, padding=3)),
-    ("resnet-18 3x3 64 n1", (1, 64, 56, 56), (64, 64, 3, 3), PAD1),
-    ("resnet-50 1x1 n8", (8, 256, 56, 56), (64, 256, 1, 1), {}),
-    ("vgg-16 conv1_2 n2", (2, 64, 224, 224), (64, 64, 3, 3), PAD1),
-    ("mobilenet dw 32 112x112 n8", (8, 32, 112, 112), (32, 1, 3, 3), dict(padding=1, groups=32)),
-    ("mobilenet dw 512 14x14 n8", (8, 512, 14, 14), (512, 1, 3, 3), dict(padding=1, groups=512)),
-    ("dilation 2, 256 n4", (4, 256, 28, 28), (256, 256, 3, 3), dict(padding=2, dilation=2)),
-)
+def _layer_shapes():
+    """The real-network layers of ``--cases layers`` (``fastlayers.cases.LAYER_CASES``): name, x
+    shape, w shape and the conv2d keyword arguments."""
+    w = CONV2D.workload
+    return [(c.name, c.shape, w.weight_shape(c), w.options(c, "forward")) for c in LAYER_CASES]
 
 
 def _alternate(calls, rounds, per_round=3):
@@ -168,7 +152,7 @@ def _accepts(call):
 def layers_table(threads, repeat):
     """Forward (into ``out=``) and backward of each algorithm, of auto and autotuned auto
     (``fl.set_autotune``) and of PyTorch (its own conv2d and autograd, in this process) on
-    ``LAYER_SHAPES``, alternating rounds, median ms ("-": the algorithm declines). Backward without
+    ``_layer_shapes()``, alternating rounds, median ms ("-": the algorithm declines). Backward without
     dx: fastlayers' ``input_grad=False``; PyTorch's autograd asked for dw and db only."""
     import torch
 
@@ -183,7 +167,7 @@ def layers_table(threads, repeat):
     print("| layer | " + " | ".join(columns) + " |")
     print("|---|" + "---|" * len(columns))
     fl.clear_autotuned()
-    for name, x_shape, w_shape, params in LAYER_SHAPES:
+    for name, x_shape, w_shape, params in _layer_shapes():
         x = rng.standard_normal(x_shape).astype(np.float32)
         w = (rng.standard_normal(w_shape) / np.sqrt(np.prod(w_shape[1:]))).astype(np.float32)
         b = rng.standard_normal(w_shape[0]).astype(np.float32)
