@@ -171,8 +171,10 @@ FL_DW_SUM(double)
  * with i = oh*Wp + ow; the cells at ow >= OW are scratch, dropped when the rows are copied out.
  * Padding taps add w * 0 (the caller takes the row loops when w is not finite, so 0 * inf never
  * arises). The scratch, from the caller: Hp*Wp + OH*Wp values. */
-static inline ptrdiff_t fl_dw_padded_width(ptrdiff_t OW, ptrdiff_t KW, ptrdiff_t DW) { return OW + DW * (KW - 1); }
-static inline ptrdiff_t fl_dw_padded_height(ptrdiff_t OH, ptrdiff_t KH, ptrdiff_t DH) { return OH + DH * (KH - 1); }
+/* The padded plane's width Wp and height Hp and the cells n of a tap's pass, from the loop's
+ * arguments OH, OW, KH, KW, DH, DW. */
+#define FL_DW_PADDED_SIZES                                                                    \
+    const ptrdiff_t Wp = OW + DW * (KW - 1), Hp = OH + DH * (KH - 1), n = (OH - 1) * Wp + OW
 
 /* xp (Hp, Wp) = x (H, W) placed at (PT, PL), zero elsewhere; rows and columns past the padded
  * plane (bottom and right padding smaller than the taps' reach) are not read by any output. */
@@ -204,8 +206,7 @@ static inline ptrdiff_t fl_dw_padded_height(ptrdiff_t OH, ptrdiff_t KH, ptrdiff_
                                                    ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t PT,    \
                                                    ptrdiff_t PL, ptrdiff_t DH, ptrdiff_t DW, T *scratch) \
     {                                                                                         \
-        const ptrdiff_t Wp = fl_dw_padded_width(OW, KW, DW), Hp = fl_dw_padded_height(OH, KH, DH); \
-        const ptrdiff_t n = (OH - 1) * Wp + OW;                                               \
+        FL_DW_PADDED_SIZES;                                                                   \
         T *xp = scratch, *yp = scratch + Hp * Wp;                                             \
         fl_dw_pad_##T(x, xp, H, W, Hp, Wp, PT, PL);                                           \
         for (ptrdiff_t i = 0; i < n; i++)                                                     \
@@ -228,8 +229,7 @@ static inline ptrdiff_t fl_dw_padded_height(ptrdiff_t OH, ptrdiff_t KH, ptrdiff_
                                                           ptrdiff_t PT, ptrdiff_t PL, ptrdiff_t DH, \
                                                           ptrdiff_t DW, T *scratch)           \
     {                                                                                         \
-        const ptrdiff_t Wp = fl_dw_padded_width(OW, KW, DW), Hp = fl_dw_padded_height(OH, KH, DH); \
-        const ptrdiff_t n = (OH - 1) * Wp + OW;                                               \
+        FL_DW_PADDED_SIZES;                                                                   \
         T *dxp = scratch, *dyp = scratch + Hp * Wp;                                           \
         memset(dxp, 0, Hp * Wp * sizeof(T));                                                  \
         for (ptrdiff_t f = 0; f < Fg; f++) {                                                  \
@@ -254,8 +254,7 @@ static inline ptrdiff_t fl_dw_padded_height(ptrdiff_t OH, ptrdiff_t KH, ptrdiff_
                                                            ptrdiff_t PT, ptrdiff_t PL, ptrdiff_t DH, \
                                                            ptrdiff_t DW, T *scratch)          \
     {                                                                                         \
-        const ptrdiff_t Wp = fl_dw_padded_width(OW, KW, DW), Hp = fl_dw_padded_height(OH, KH, DH); \
-        const ptrdiff_t n = (OH - 1) * Wp + OW;                                               \
+        FL_DW_PADDED_SIZES;                                                                   \
         T *xp = scratch, *dyp = scratch + Hp * Wp;                                            \
         ptrdiff_t i, k;                                                                       \
         fl_dw_pad_##T(x, xp, H, W, Hp, Wp, PT, PL);                                           \
