@@ -90,6 +90,18 @@ def test_json_accounts_for_every_planned_measurement(tiny_run):
     assert all(s["reason"] for s in report["skipped"])
 
 
+def test_algos_selects_the_algorithm_rows():
+    """``--algos auto``: one algorithm row per family that takes algo= (and its +out twin); the
+    ops without algo= are untouched."""
+    assert runner.labels_for(("cpu", "torch"), "conv2d", algos=["auto"]) == ["cpu:auto", "cpu:auto+out", "torch"]
+    assert runner.labels_for(("cpu",), "rnn", algos=["auto"]) == runner.labels_for(("cpu",), "rnn")
+    report = runner.run([TINY_CASES["tiny-conv"]], ["forward"], ["cpu"], repeat=1, budget_s=0.01, threads=1,
+                        out_rows=False, progress=io.StringIO(), algos=["im2col"])
+    assert [r["backend"] for r in report["results"]] == ["cpu:im2col"]
+    with pytest.raises(SystemExit):
+        main(["bench", "--algos", "fastest"])
+
+
 def test_derived_figures_follow_from_the_timings(tiny_run):
     report = json.loads(tiny_run["json"].read_text())
     gemm, copy = report["roofs"]["gemm_gflops"], report["roofs"]["copy_gbs"]

@@ -15,7 +15,7 @@ import json
 import sys
 
 from ._version import __version__
-from .benchmark.runner import FAMILIES
+from .benchmark.runner import ALGOS, FAMILIES
 from .benchmark.workloads import DIRECTIONS, OPS, workload
 from .cases import CASE_GROUPS, CASES, CASES_BY_NAME, QUICK_CASES, Case, expand_groups
 
@@ -75,6 +75,8 @@ def _parser():
     bench.add_argument("--backends", type=_csv(FAMILIES, "--backends"), default=list(FAMILIES),
                        help="backend families (cpu covers conv2d's im2col, direct and auto); default all, "
                             "unavailable ones are listed as skipped")
+    bench.add_argument("--algos", type=_csv(ALGOS, "--algos"),
+                       help="the algo= rows of the backends that take one (e.g. auto); default all")
     bench.add_argument("--threads", type=int, help="threads for fastlayers, NumPy's BLAS and PyTorch (default: all CPUs)")
     bench.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     bench.add_argument("--repeat", type=int, help="most timed rounds per measurement (default 7, --quick 5)")
@@ -134,7 +136,7 @@ def bench(args, parser):
         except ImportError:
             parser.error("--plot needs matplotlib: pip install fastlayers[bench]")
     report = benchmark.run(cases, args.directions, args.backends, args.dtype, args.threads, repeat, budget, args.seed,
-                           out_rows=not args.no_out)
+                           out_rows=not args.no_out, algos=args.algos)
     print((benchmark.format_wide if args.wide else benchmark.format_table)(report))
     if args.json:
         with open(args.json, "w") as f:

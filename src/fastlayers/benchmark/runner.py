@@ -66,10 +66,11 @@ def label_order(label):
     return FAMILIES.index(fam), ALGOS.index(algo) if algo else -1, out
 
 
-def labels_for(families, op, out_rows=True):
+def labels_for(families, op, out_rows=True, algos=None):
     """The backend labels of ``families`` for ``op``: one per algorithm where the family takes
-    the op's ``algo=``, and an ``+out`` twin of the default call where the family takes ``out=``."""
-    algos = workload(op).algos
+    the op's ``algo=`` (those in ``algos`` only, when given), and an ``+out`` twin of the default
+    call where the family takes ``out=``."""
+    algos = tuple(a for a in workload(op).algos if algos is None or a in algos)
     labels = []
     for fam in families:
         split = fam in ALGO_FAMILIES and algos
@@ -94,14 +95,14 @@ def available_families():
     return found
 
 
-def plan(cases, directions, families, found, out_rows=True):
-    """The (case, direction, label) triples to time, and a skip record for every one that cannot
-    run here, with the reason."""
+def plan(cases, directions, families, found, out_rows=True, algos=None):
+    """The (case, direction, label) triples to time (``algos``: as in ``labels_for``), and a skip
+    record for every one that cannot run here, with the reason."""
     items, skips = [], []
     for case in cases:
         for direction in directions:
             op = op_name(case.op, direction)
-            for label in labels_for(families, case.op, out_rows):
+            for label in labels_for(families, case.op, out_rows, algos):
                 available, reason, ops = found[family(label)]
                 if available and ops is not None and op not in ops:
                     available, reason = False, f"the {family(label)} backend has no {op}"
@@ -168,7 +169,8 @@ SETTLE_S = 0.25
 
 
 def run(cases, directions=DIRECTIONS, families=FAMILIES, dtype="float32", threads=None,
-        repeat=7, budget_s=2.0, seed=0, out_rows=True, progress=None, clock=time.perf_counter, torch_device="cpu"):
+        repeat=7, budget_s=2.0, seed=0, out_rows=True, progress=None, clock=time.perf_counter, torch_device="cpu",
+        algos=None):
     """Time every (case, direction, backend) and return the report.
 
     ``threads`` (default: all usable CPUs) is given to fastlayers (``fl.threads``), to NumPy's BLAS
@@ -176,14 +178,15 @@ def run(cases, directions=DIRECTIONS, families=FAMILIES, dtype="float32", thread
     measurement stays near ``budget_s`` seconds after one warm-up call, with at most ``repeat``
     rounds and at least one. ``out_rows`` adds the ``+out`` rows; ``clock`` is the timer's clock
     for the in-process measurements (PyTorch's worker always uses ``time.perf_counter``);
-    ``torch_device`` is where PyTorch runs ("cuda": its GPU, against fastlayers' cuda)."""
+    ``torch_device`` is where PyTorch runs ("cuda": its GPU, against fastlayers' cuda); ``algos``
+    (default all) the ``algo=`` rows of the families that take one."""
     progress = progress or sys.stderr
     threads = threads or _dispatch.get_num_threads()
     dtype = np.dtype(dtype).name
     allocator = steady_allocator()
     found = available_families()
     machine = machine_info(threads)  # now, so that its load average is the one the timings met first
-    items, skips = plan(cases, directions, families, found, out_rows)
+    items, skips = plan(cases, directions, families, found, out_rows, algos)
     print(f"fastlayers bench: {len(items)} measurements, {threads} threads, {dtype}; measuring roofs",
           file=progress, flush=True)
     roofs_before = gemm_roof(dtype, threads), copy_roof(threads)
