@@ -1,14 +1,14 @@
-# conv2d forward by Winograd's F(2x2, 3x3) over NCHW: for 3x3 kernels at stride 1 and dilation 1.
+# conv2d forward by Winograd's F(4x4, 3x3) over NCHW: for 3x3 kernels at stride 1 and dilation 1.
 #
-# The work is cut into tasks of one group and a block of ``rows`` consecutive tile rows (2 output
+# The work is cut into tasks of one group and a block of ``rows`` consecutive tile rows (4 output
 # rows each) of the batch, which may span images (small planes have few tiles; the GEMMs want
-# P = rows x tiles_w of them). A task transforms its input tiles into V (16, Cg, P), multiplies each of the 16
-# transformed positions by the transformed filters U[xi] (Fg x Cg) in one single-threaded BLAS
-# gemm (M[xi] = U[xi] @ V[xi]) and transforms M back into its band of y; the transforms are in
-# winograd_f2x3.h. V and M live in the calling thread's slice of the workspace, sized by the
-# Python wrapper (backends/cpu/conv2d.py) to stay in cache. The band height does not depend on the
-# thread count, and every output is written by one task: y is the same bit for bit at any thread
-# count.
+# P = rows x tiles_w of them). A task transforms its input tiles into V (36, Cg, P), multiplies
+# each of the 36 transformed positions by the transformed filters U[xi] (Fg x Cg) in one
+# single-threaded BLAS gemm (M[xi] = U[xi] @ V[xi]) and transforms M back into its band of y; the
+# transforms are in winograd_f4x3.h. V and M live in the calling thread's slice of the workspace,
+# sized by the Python wrapper (backends/cpu/conv2d.py) to stay in cache. The band height does not
+# depend on the thread count, and every output is written by one task: y is the same bit for bit
+# at any thread count.
 #
 # Bounds: every size comes from the conv2d spec (fastlayers.ops.conv2d); the wrapper checks the
 # arrays' shapes against it and that the gemm sizes fit a C int.
@@ -18,7 +18,10 @@ from cython.parallel cimport prange, threadid
 from _blas cimport gemm, single_threaded_blas
 from _conv2d cimport Conv2dShape, conv2d_shape
 
-cdef extern from "winograd_f2x3.h" nogil:
+cdef extern from "winograd_f4x3.h" nogil:
+    Py_ssize_t fl_wino_scratch(Py_ssize_t tiles_w)
+    void fl_wino_filter_float(const float* w, float* U, Py_ssize_t plane, Py_ssize_t Cg)
+    void fl_wino_filter_double(const double* w, double* U, Py_ssize_t plane, Py_ssize_t Cg)
     void fl_wino_input_float(const float* x, float* V, Py_ssize_t P, Py_ssize_t plane, float* scratch, Py_ssize_t Cg,
                              Py_ssize_t H, Py_ssize_t W, Py_ssize_t i, Py_ssize_t tiles_w, Py_ssize_t PT, Py_ssize_t PL)
     void fl_wino_input_double(const double* x, double* V, Py_ssize_t P, Py_ssize_t plane, double* scratch,
@@ -32,18 +35,43 @@ cdef extern from "winograd_f2x3.h" nogil:
                                Py_ssize_t tiles_w)
 
 cdef enum:
-    POSITIONS = 16  # of a 4x4 transformed tile
+    POSITIONS = 36  # of a 6x6 transformed tile
+    TILE = 4  # output rows and columns of a tile
+
+TILE_SIZE = TILE
+
+
+def workspace_size(Py_ssize_t Cg, Py_ssize_t Fg, Py_ssize_t rows, Py_ssize_t tiles_w):
+    """Values of one thread's workspace: V, M and the transforms' row scratch."""
+    return POSITIONS * (Cg + Fg) * rows * tiles_w + fl_wino_scratch(tiles_w)
+
+
+def transform_filters(const floating[:, :, :, ::1] w, floating[:, :, :, ::1] U, Py_ssize_t groups,
+                      int num_threads):
+    """U (groups, 36, Fg, Cg) = G w[f, c] G^T for the filters w (F, Cg, 3, 3), F = groups * Fg:
+    computed in double and rounded once to w's type."""
+    cdef Py_ssize_t F = w.shape[0], Fg = F // groups, f
+    if w.shape[2] != 3 or w.shape[3] != 3 or F % groups:
+        raise ValueError(f"w must be (groups * Fg, Cg, 3, 3) filters, got {w.shape[0]}x{w.shape[1]}x{w.shape[2]}x"
+                         f"{w.shape[3]} for {groups} groups")
+    if U.shape[0] != groups or U.shape[1] != POSITIONS or U.shape[2] != Fg or U.shape[3] != w.shape[1]:
+        raise ValueError(f"U must be ({groups}, {POSITIONS}, {Fg}, {w.shape[1]})")
+    for f in prange(F, nogil=True, schedule="static", num_threads=num_threads):
+        if floating is float:
+            fl_wino_filter_float(&w[f, 0, 0, 0], &U[f // Fg, 0, f % Fg, 0], Fg * w.shape[1], w.shape[1])
+        else:
+            fl_wino_filter_double(&w[f, 0, 0, 0], &U[f // Fg, 0, f % Fg, 0], Fg * w.shape[1], w.shape[1])
 
 
 cdef void _block(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] U, const floating[::1] b,
                  bint has_bias, floating[:, :, :, ::1] y, floating* V, const Conv2dShape* s, Py_ssize_t gi,
                  Py_ssize_t first, Py_ssize_t rows, Py_ssize_t tiles_h, Py_ssize_t tiles_w) noexcept nogil:
     """Tile rows [first, first + rows) of the batch (row R: image R // tiles_h, tile row R % tiles_h)
-    of group gi. V: the thread's workspace, (16, Cg, P) then M (16, Fg, P) then the transforms'
+    of group gi. V: the thread's workspace, (36, Cg, P) then M (36, Fg, P) then the transforms'
     row scratch."""
     cdef Py_ssize_t P = rows * tiles_w, r, n, xi
     cdef floating* M = V + POSITIONS * s.Cg * P
-    cdef floating* scratch = M + POSITIONS * s.Fg * P  # 8 rows of 2 * tiles_w + 2
+    cdef floating* scratch = M + POSITIONS * s.Fg * P
     cdef const floating* bias = &b[gi * s.Fg] if has_bias else NULL
     for r in range(rows):
         n = (first + r) // tiles_h
@@ -71,12 +99,12 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                    floating[:, :, :, ::1] y, floating[:, ::1] workspace, object geometry, Py_ssize_t rows,
                    int num_threads):
     """y = conv2d(x, w) (+ b; None for no bias) for 3x3 kernels, stride 1, dilation 1. ``U`` is
-    (groups, 16, Fg, Cg), the transformed filters; ``workspace`` (num_threads, 16 * (Cg + Fg) *
-    rows * tiles_w + 8 * (2 * tiles_w + 2)); ``rows``: tile rows per task (across images)."""
+    (groups, 36, Fg, Cg), the transformed filters; ``workspace`` (num_threads,
+    workspace_size(Cg, Fg, rows, tiles_w)); ``rows``: tile rows per task (across images)."""
     single_threaded_blas()
     cdef Conv2dShape s = conv2d_shape(geometry)
     cdef bint has_bias = b is not None
-    cdef Py_ssize_t tiles_h = (s.OH + 1) // 2, tiles_w = (s.OW + 1) // 2
+    cdef Py_ssize_t tiles_h = (s.OH + TILE - 1) // TILE, tiles_w = (s.OW + TILE - 1) // TILE
     cdef Py_ssize_t total = s.N * tiles_h, blocks = (total + rows - 1) // rows
     cdef Py_ssize_t task, gi, first
     for task in prange(s.G * blocks, nogil=True, schedule="dynamic", num_threads=num_threads):

@@ -188,7 +188,7 @@ def _cpu_depthwise_declines(problem):
 def _cpu_winograd_declines(problem):
     g = problem.geometry
     if (g.KH, g.KW, g.stride_h, g.stride_w, g.dilation_h, g.dilation_w) != (3, 3, 1, 1, 1, 1):
-        return (f"the cpu 'winograd' kernel (F(2x2, 3x3)) takes 3x3 kernels at stride 1 and dilation 1, got "
+        return (f"the cpu 'winograd' kernel (F(4x4, 3x3)) takes 3x3 kernels at stride 1 and dilation 1, got "
                 f"kernel {g.KH}x{g.KW}, stride {g.stride_h}x{g.stride_w}, dilation {g.dilation_h}x{g.dilation_w}")
     return None
 

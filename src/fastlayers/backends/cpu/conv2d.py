@@ -341,44 +341,47 @@ def depthwise_backward(dy, x, w, g, outs):
     return outs
 
 
-# ---------------------------------------------------------------------------- winograd F(2x2, 3x3)
+# ---------------------------------------------------------------------------- winograd F(4x4, 3x3)
 
-# The filter transform G of F(2x2, 3x3) (kernels/cpu/winograd_f2x3.h has B and A): halves, exact.
-_WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
-# A task's tiles: enough for the 16 GEMMs to run at speed (their N), across images where planes
-# are small, while its V and M stay near L2's size.
+# A task's tiles: enough for the 36 GEMMs to run at speed (their N), across images where planes
+# are small, while its V and M stay near L2's size (docs/performance.md).
 _WINOGRAD_TILES = 128
 _WINOGRAD_TILE_BYTES = 2 << 20
 
 
 def _winograd_filters(w, g):
-    """U (groups, 16, Fg, Cg) = G w G^T for every filter and channel, computed in float64 and
-    rounded once to w's dtype."""
-    wg = w.astype(np.float64).reshape(g.groups, g.Fg, g.Cg, 3, 3)
-    U = np.einsum("ik,gfckl,jl->gijfc", _WINOGRAD_G, wg, _WINOGRAD_G)
-    return np.ascontiguousarray(U.reshape(g.groups, 16, g.Fg, g.Cg), dtype=w.dtype)
+    """U (groups, 36, Fg, Cg) = G w G^T for every filter and channel, computed in float64 and
+    rounded once to w's dtype (conv2d_winograd.pyx)."""
+    U = np.empty((g.groups, 36, g.Fg, g.Cg), dtype=w.dtype)
+    _winograd.transform_filters(contiguous(w), U, g.groups, threads_for(g.F * g.Cg * 36 * 9))
+    return U
 
 
 def _winograd_band(g, itemsize):
     """Tile rows per task (consecutive rows of the batch, across images): about ``_WINOGRAD_TILES``
-    tiles, fewer where V and M (16 * (Cg + Fg) values a tile) would pass
+    tiles, fewer where V and M (36 * (Cg + Fg) values a tile) would pass
     ``_WINOGRAD_TILE_BYTES``; at least one. It does not depend on the thread count."""
-    tiles_w = -(-g.OW // 2)
-    per_row = 16 * (g.Cg + g.Fg) * tiles_w * itemsize
+    tile = _winograd.TILE_SIZE
+    tiles_w = -(-g.OW // tile)
+    per_row = 36 * (g.Cg + g.Fg) * tiles_w * itemsize
     rows = min(-(-_WINOGRAD_TILES // tiles_w), max(1, _WINOGRAD_TILE_BYTES // per_row))
-    return max(1, min(g.N * -(-g.OH // 2), rows)), tiles_w
+    return max(1, min(g.N * -(-g.OH // tile), rows)), tiles_w
+
+
+def _winograd_run(x, w, b, g, y, threads):
+    """y = conv2d(x, w) + b by the F(4x4, 3x3) kernel: x, w, b finite, sizes checked non-degenerate."""
+    rows, tiles_w = _winograd_band(g, x.dtype.itemsize)
+    if max(g.Fg, g.Cg, rows * tiles_w) > BLAS_INT_MAX:
+        raise ValueError(f"conv2d sizes exceed what BLAS can index (C ints) for algo='winograd': {g}")
+    with scratch("winograd", (threads, _winograd.workspace_size(g.Cg, g.Fg, rows, tiles_w)), x.dtype) as work:
+        _winograd.conv2d_forward(contiguous(x), _winograd_filters(w, g), contiguous(b), y, work, g, rows, threads)
 
 
 def winograd_forward(x, w, b, g, outs):
     (y,) = outs
-    if not _finite(x, w):  # a tile's transforms spread a NaN or an infinity to all four of its outputs
+    if not _finite(x, w):  # a tile's transforms spread a NaN or an infinity to all its outputs
         return im2col_forward(x, w, b, g, outs)
     threads = _forward_threads(x, w, b, g, y, "winograd")
-    if threads is None:
-        return (y,)
-    rows, tiles_w = _winograd_band(g, x.dtype.itemsize)
-    if max(g.Fg, g.Cg, rows * tiles_w) > BLAS_INT_MAX:
-        raise ValueError(f"conv2d sizes exceed what BLAS can index (C ints) for algo='winograd': {g}")
-    with scratch("winograd", (threads, 16 * (g.Cg + g.Fg) * rows * tiles_w + 8 * (2 * tiles_w + 2)), x.dtype) as work:
-        _winograd.conv2d_forward(contiguous(x), _winograd_filters(w, g), contiguous(b), y, work, g, rows, threads)
+    if threads is not None:
+        _winograd_run(x, w, b, g, y, threads)
     return (y,)
