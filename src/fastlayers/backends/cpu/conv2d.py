@@ -33,6 +33,7 @@ from ..._cpu import conv2d_direct as _direct
 from ..._cpu import conv2d_winograd as _winograd
 from ..._cpu import im2col as _im2col
 from ..._dispatch import threads_for
+from ...ops.conv2d import Conv2dGeometry
 from ._common import BLAS_INT_MAX, contiguous
 from ._common import workspace as scratch
 
@@ -343,10 +344,12 @@ def depthwise_backward(dy, x, w, g, outs):
 
 # ---------------------------------------------------------------------------- winograd F(4x4, 3x3)
 
-# A task's tiles: enough for the 36 GEMMs to run at speed (their N), across images where planes
-# are small, while its V and M stay near L2's size (docs/performance.md).
-_WINOGRAD_TILES = 128
-_WINOGRAD_TILE_BYTES = 2 << 20
+# A task's tiles (the 36 GEMMs' N): each gemm packs its U[xi] (Fg x Cg) for N columns, so
+# wider channels want more tiles, while V and M (36 (Cg + Fg) values a tile) grow with them.
+# Measured best on the design layers (docs/performance.md): about (Cg + Fg) / 4 tiles, at least
+# 16; and at least 4 tasks a call, so that two threads share the work evenly.
+_WINOGRAD_MIN_TILES = 16
+_WINOGRAD_MIN_TASKS = 4
 
 
 def _winograd_filters(w, g):
@@ -357,20 +360,20 @@ def _winograd_filters(w, g):
     return U
 
 
-def _winograd_band(g, itemsize):
-    """Tile rows per task (consecutive rows of the batch, across images): about ``_WINOGRAD_TILES``
-    tiles, fewer where V and M (36 * (Cg + Fg) values a tile) would pass
-    ``_WINOGRAD_TILE_BYTES``; at least one. It does not depend on the thread count."""
+def _winograd_band(g):
+    """Tile rows per task (consecutive rows of the batch, across images) and tiles per row: about
+    max(``_WINOGRAD_MIN_TILES``, (Cg + Fg) / 4) tiles, fewer where the call would have fewer
+    than ``_WINOGRAD_MIN_TASKS`` tasks; at least one row. It does not depend on the thread count."""
     tile = _winograd.TILE_SIZE
-    tiles_w = -(-g.OW // tile)
-    per_row = 36 * (g.Cg + g.Fg) * tiles_w * itemsize
-    rows = min(-(-_WINOGRAD_TILES // tiles_w), max(1, _WINOGRAD_TILE_BYTES // per_row))
-    return max(1, min(g.N * -(-g.OH // tile), rows)), tiles_w
+    tiles_w, tile_rows = -(-g.OW // tile), g.N * -(-g.OH // tile)
+    rows = -(-max(_WINOGRAD_MIN_TILES, (g.Cg + g.Fg) // 4) // tiles_w)
+    blocks = -(-_WINOGRAD_MIN_TASKS // g.groups)  # blocks of rows per group for that many tasks
+    return max(1, min(rows, -(-tile_rows // blocks))), tiles_w
 
 
 def _winograd_run(x, w, b, g, y, threads):
     """y = conv2d(x, w) + b by the F(4x4, 3x3) kernel: x, w, b finite, sizes checked non-degenerate."""
-    rows, tiles_w = _winograd_band(g, x.dtype.itemsize)
+    rows, tiles_w = _winograd_band(g)
     if max(g.Fg, g.Cg, rows * tiles_w) > BLAS_INT_MAX:
         raise ValueError(f"conv2d sizes exceed what BLAS can index (C ints) for algo='winograd': {g}")
     with scratch("winograd", (threads, _winograd.workspace_size(g.Cg, g.Fg, rows, tiles_w)), x.dtype) as work:
@@ -385,3 +388,29 @@ def winograd_forward(x, w, b, g, outs):
     if threads is not None:
         _winograd_run(x, w, b, g, y, threads)
     return (y,)
+
+
+# The data gradient is the forward kernel on dy: at stride 1, dx = conv2d(dy, w flipped 180
+# degrees with each group's in- and out-channels swapped, padding 2 - p per side), for paddings
+# p <= 2 (the spec's _cpu_winograd_declines refuses more).
+def _winograd_input_geometry(g):
+    """The forward geometry whose output is dx: dy's planes in, x's planes out."""
+    return Conv2dGeometry(g.N, g.F, g.OH, g.OW, g.C, 3, 3, g.H, g.W, 1, 1, 2 - g.pad_top, 2 - g.pad_bottom,
+                          2 - g.pad_left, 2 - g.pad_right, 1, 1, g.groups)
+
+
+def winograd_backward(dy, x, w, g, outs):
+    dx, dw, db = outs
+    if _degenerate(x, w):
+        return _degenerate_backward(dy, outs)
+    if not _finite(w, dy):  # as in winograd_forward: the reference's NaNs need im2col's products
+        return im2col_backward(dy, x, w, g, outs)
+    _check_fits(g, "im2col", "backward")  # dw and db are im2col's
+    dyc = contiguous(dy)
+    if dx is not None:
+        G = g.groups
+        flipped = contiguous(w).reshape(G, g.Fg, g.Cg, 3, 3)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+        _winograd_run(dyc, np.ascontiguousarray(flipped).reshape(g.C, g.Fg, 3, 3), None,
+                      _winograd_input_geometry(g), dx, threads_for(g.flops // 2))
+    im2col_backward(dyc, x, w, replace(g, input_grad=False), (None, dw, db))
+    return outs
