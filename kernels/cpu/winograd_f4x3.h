@@ -35,37 +35,49 @@
  * their B^T combination (6 x 4 x (tiles_w + 1) each); the output transform uses less. */
 static inline ptrdiff_t fl_wino_scratch(ptrdiff_t tiles_w) { return 48 * (tiles_w + 1); }
 
-/* G of the filter transform, in double (1/6, 1/12 and 1/24 rounded there, far below a float32
- * result's rounding). */
-static const double fl_wino_G[6][3] = {{0.25, 0, 0},          {-1.0 / 6, -1.0 / 6, -1.0 / 6},
-                                       {-1.0 / 6, 1.0 / 6, -1.0 / 6}, {1.0 / 24, 1.0 / 12, 1.0 / 6},
-                                       {1.0 / 24, -1.0 / 12, 1.0 / 6}, {0, 0, 1}};
+/* G applied to three vectors (a column or a row of a filter), in double: 1/6, 1/12 and 1/24
+ * are rounded there, far below a float32 result's rounding. */
+#define FL_WINO_G(a, b, c, t0, t1, t2, t3, t4, t5)                                            \
+    do {                                                                                      \
+        const double p_ = (a) + (c), q_ = (a) * (1.0 / 24) + (c) * (1.0 / 6);                 \
+        t0 = (a) * 0.25;                                                                      \
+        t1 = (p_ + (b)) * (-1.0 / 6);                                                         \
+        t2 = (p_ - (b)) * (-1.0 / 6);                                                         \
+        t3 = q_ + (b) * (1.0 / 12);                                                           \
+        t4 = q_ - (b) * (1.0 / 12);                                                           \
+        t5 = (c);                                                                             \
+    } while (0)
 
 /* U[xi][c] = (G w[c] G^T)[xi] for the Cg channels of one filter w (Cg x 3 x 3, contiguous), U
- * at the filter's row of position 0, ``plane`` values between positions: each position a sum
- * of the 9 taps times G[r][a] G[k][b], in double, rounded once to T. Blocks of channels are
- * first transposed to tap-major doubles, so that the loop over channels is the vector one. */
+ * at the filter's row of position 0, ``plane`` values between positions: in double, rounded
+ * once to T. Blocks of channels are first transposed to tap-major doubles, so that every step
+ * is a vector loop over channels. */
 #define FL_WINO_FILTER_BLOCK 64
 #define FL_WINO_FILTER(T)                                                                     \
     FL_CLONES static void fl_wino_filter_##T(const T *w, T *U, ptrdiff_t plane, ptrdiff_t Cg) \
     {                                                                                         \
-        double coef[36][9];                                                                   \
-        for (int xi = 0; xi < 36; xi++)                                                       \
-            for (int t = 0; t < 9; t++)                                                       \
-                coef[xi][t] = fl_wino_G[xi / 6][t / 3] * fl_wino_G[xi % 6][t % 3];            \
-        double g[9][FL_WINO_FILTER_BLOCK];                                                    \
+        double g[9][FL_WINO_FILTER_BLOCK], t[18][FL_WINO_FILTER_BLOCK];                      \
         for (ptrdiff_t c0 = 0; c0 < Cg; c0 += FL_WINO_FILTER_BLOCK) {                         \
             const ptrdiff_t nc = Cg - c0 < FL_WINO_FILTER_BLOCK ? Cg - c0 : FL_WINO_FILTER_BLOCK; \
             for (ptrdiff_t c = 0; c < nc; c++)                                                \
-                for (int t = 0; t < 9; t++)                                                   \
-                    g[t][c] = (double)w[9 * (c0 + c) + t];                                    \
-            for (int xi = 0; xi < 36; xi++) {                                                 \
-                T *u = U + xi * plane + c0;                                                   \
+                for (int k = 0; k < 9; k++)                                                   \
+                    g[k][c] = (double)w[9 * (c0 + c) + k];                                    \
+            for (int k = 0; k < 3; k++) /* t = G g, column k: t[3r + k] */                    \
+                for (ptrdiff_t c = 0; c < nc; c++)                                            \
+                    FL_WINO_G(g[k][c], g[3 + k][c], g[6 + k][c], t[k][c], t[3 + k][c], t[6 + k][c], \
+                              t[9 + k][c], t[12 + k][c], t[15 + k][c]);                       \
+            for (int r = 0; r < 6; r++) { /* (G g) G^T, row r */                              \
+                T *u0 = U + 6 * r * plane + c0, *u1 = u0 + plane, *u2 = u1 + plane;           \
+                T *u3 = u2 + plane, *u4 = u3 + plane, *u5 = u4 + plane;                       \
                 for (ptrdiff_t c = 0; c < nc; c++) {                                          \
-                    double acc = 0;                                                           \
-                    for (int t = 0; t < 9; t++)                                               \
-                        acc += coef[xi][t] * g[t][c];                                         \
-                    u[c] = (T)acc;                                                            \
+                    double o0, o1, o2, o3, o4, o5;                                            \
+                    FL_WINO_G(t[3 * r][c], t[3 * r + 1][c], t[3 * r + 2][c], o0, o1, o2, o3, o4, o5); \
+                    u0[c] = (T)o0;                                                            \
+                    u1[c] = (T)o1;                                                            \
+                    u2[c] = (T)o2;                                                            \
+                    u3[c] = (T)o3;                                                            \
+                    u4[c] = (T)o4;                                                            \
+                    u5[c] = (T)o5;                                                            \
                 }                                                                             \
             }                                                                                 \
         }                                                                                     \
@@ -107,36 +119,59 @@ static const double fl_wino_G[6][3] = {{0.25, 0, 0},          {-1.0 / 6, -1.0 / 
             if (hi[q] < lo[q])                                                                \
                 hi[q] = lo[q];                                                                \
         }                                                                                     \
+        /* where all four phases read inside, one interleaved pass (vectorised) splits them */ \
+        ptrdiff_t in_lo = lo[0], in_hi = hi[0];                                               \
+        for (int q = 1; q < 4; q++) {                                                         \
+            in_lo = lo[q] > in_lo ? lo[q] : in_lo;                                            \
+            in_hi = hi[q] < in_hi ? hi[q] : in_hi;                                            \
+        }                                                                                     \
+        if (in_hi < in_lo)                                                                    \
+            in_hi = in_lo;                                                                    \
         for (ptrdiff_t c = 0; c < Cg; c++) {                                                  \
             const T *xc = x + c * H * W;                                                      \
             for (int r = 0; r < 6; r++) {                                                     \
                 const ptrdiff_t ih = 4 * i - PT + r;                                          \
-                T *dr = d + r * row;                                                          \
-                for (int q = 0; q < 4; q++) {                                                 \
-                    T *dq = dr + q * n;                                                       \
-                    if (ih < 0 || ih >= H) {                                                  \
-                        for (ptrdiff_t j = 0; j < n; j++)                                     \
-                            dq[j] = 0;                                                        \
-                        continue;                                                             \
-                    }                                                                         \
-                    const T *xr = xc + ih * W;                                                \
+                T *restrict d0 = d + r * row, *restrict d1 = d0 + n, *restrict d2 = d1 + n, *restrict d3 = d2 + n; \
+                if (ih < 0 || ih >= H) {                                                      \
+                    for (ptrdiff_t k = 0; k < row; k++)                                       \
+                        d0[k] = 0;                                                            \
+                    continue;                                                                 \
+                }                                                                             \
+                const T *restrict xr = xc + ih * W;                                           \
+                for (int q = 0; q < 4; q++) { /* the edges, phase by phase */                 \
+                    T *dq = d0 + q * n;                                                       \
                     for (ptrdiff_t j = 0; j < lo[q]; j++)                                     \
                         dq[j] = 0;                                                            \
-                    for (ptrdiff_t j = lo[q]; j < hi[q]; j++)                                 \
+                    for (ptrdiff_t j = lo[q]; j < hi[q] && j < in_lo; j++)                    \
+                        dq[j] = xr[4 * j + q - PL];                                           \
+                    for (ptrdiff_t j = in_hi > lo[q] ? in_hi : lo[q]; j < hi[q]; j++)         \
                         dq[j] = xr[4 * j + q - PL];                                           \
                     for (ptrdiff_t j = hi[q]; j < n; j++)                                     \
                         dq[j] = 0;                                                            \
                 }                                                                             \
+                const T *restrict xs = xr - PL;                                               \
+                for (ptrdiff_t j = in_lo; j < in_hi; j++) {                                   \
+                    d0[j] = xs[4 * j];                                                        \
+                    d1[j] = xs[4 * j + 1];                                                    \
+                    d2[j] = xs[4 * j + 2];                                                    \
+                    d3[j] = xs[4 * j + 3];                                                    \
+                }                                                                             \
             }                                                                                 \
-            for (ptrdiff_t k = 0; k < row; k++) /* t = B^T d */                               \
-                FL_WINO_BT(T, d[k], d[row + k], d[2 * row + k], d[3 * row + k], d[4 * row + k], \
-                           d[5 * row + k], t[k], t[row + k], t[2 * row + k], t[3 * row + k],  \
-                           t[4 * row + k], t[5 * row + k]);                                   \
+            {                                                                                 \
+                const T *restrict e0 = d, *restrict e1 = d + row, *restrict e2 = d + 2 * row; \
+                const T *restrict e3 = d + 3 * row, *restrict e4 = d + 4 * row, *restrict e5 = d + 5 * row; \
+                T *restrict t0 = t, *restrict t1 = t + row, *restrict t2 = t + 2 * row;       \
+                T *restrict t3 = t + 3 * row, *restrict t4 = t + 4 * row, *restrict t5 = t + 5 * row; \
+                for (ptrdiff_t k = 0; k < row; k++) /* t = B^T d */                           \
+                    FL_WINO_BT(T, e0[k], e1[k], e2[k], e3[k], e4[k], e5[k], t0[k], t1[k], t2[k], t3[k], \
+                               t4[k], t5[k]);                                                 \
+            }                                                                                 \
             T *v = V + c * P;                                                                 \
             for (int r = 0; r < 6; r++) { /* (B^T d) B, row r of every tile */                \
-                const T *p0 = t + r * row, *p1 = p0 + n, *p2 = p1 + n, *p3 = p2 + n;          \
-                T *v0 = v + (6 * r) * plane, *v1 = v0 + plane, *v2 = v1 + plane, *v3 = v2 + plane; \
-                T *v4 = v3 + plane, *v5 = v4 + plane;                                         \
+                const T *restrict p0 = t + r * row, *restrict p1 = p0 + n, *restrict p2 = p1 + n; \
+                const T *restrict p3 = p2 + n;                                                \
+                T *restrict v0 = v + (6 * r) * plane, *restrict v1 = v0 + plane, *restrict v2 = v1 + plane; \
+                T *restrict v3 = v2 + plane, *restrict v4 = v3 + plane, *restrict v5 = v4 + plane; \
                 for (ptrdiff_t j = 0; j < tiles_w; j++)                                       \
                     FL_WINO_BT(T, p0[j], p1[j], p2[j], p3[j], p0[j + 1], p1[j + 1],           \
                                v0[j], v1[j], v2[j], v3[j], v4[j], v5[j]);                     \
@@ -171,17 +206,20 @@ static const double fl_wino_G[6][3] = {{0.25, 0, 0},          {-1.0 / 6, -1.0 / 
             const T b = bias ? bias[f] : (T)0;                                                \
             const T *m = M + f * P;                                                           \
             for (int k = 0; k < 6; k++) { /* u = A^T m: column k of the tiles' 4 rows */      \
-                const T *m0 = m + k * plane, *m1 = m0 + 6 * plane, *m2 = m1 + 6 * plane;      \
-                const T *m3 = m2 + 6 * plane, *m4 = m3 + 6 * plane, *m5 = m4 + 6 * plane;     \
-                T *u0 = u + k * tiles_w, *u1 = u0 + 6 * tiles_w, *u2 = u1 + 6 * tiles_w, *u3 = u2 + 6 * tiles_w; \
+                const T *restrict m0 = m + k * plane, *restrict m1 = m0 + 6 * plane;          \
+                const T *restrict m2 = m1 + 6 * plane, *restrict m3 = m2 + 6 * plane;         \
+                const T *restrict m4 = m3 + 6 * plane, *restrict m5 = m4 + 6 * plane;         \
+                T *restrict u0 = u + k * tiles_w, *restrict u1 = u0 + 6 * tiles_w;            \
+                T *restrict u2 = u1 + 6 * tiles_w, *restrict u3 = u2 + 6 * tiles_w;           \
                 for (ptrdiff_t j = 0; j < tiles_w; j++)                                       \
                     FL_WINO_AT(T, m0[j], m1[j], m2[j], m3[j], m4[j], m5[j], u0[j], u1[j], u2[j], u3[j]); \
             }                                                                                 \
             const ptrdiff_t oh = 4 * i;                                                       \
             for (int r = 0; r < 4 && oh + r < OH; r++) { /* (A^T m) A */                      \
-                const T *a0 = u + 6 * r * tiles_w, *a1 = a0 + tiles_w, *a2 = a1 + tiles_w;    \
-                const T *a3 = a2 + tiles_w, *a4 = a3 + tiles_w, *a5 = a4 + tiles_w;           \
-                T *yr = yf + (oh + r) * OW;                                                   \
+                const T *restrict a0 = u + 6 * r * tiles_w, *restrict a1 = a0 + tiles_w;      \
+                const T *restrict a2 = a1 + tiles_w, *restrict a3 = a2 + tiles_w;             \
+                const T *restrict a4 = a3 + tiles_w, *restrict a5 = a4 + tiles_w;             \
+                T *restrict yr = yf + (oh + r) * OW;                                          \
                 for (ptrdiff_t j = 0; j < full; j++) {                                        \
                     T o0, o1, o2, o3;                                                         \
                     FL_WINO_AT(T, a0[j], a1[j], a2[j], a3[j], a4[j], a5[j], o0, o1, o2, o3);  \
