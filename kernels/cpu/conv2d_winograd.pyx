@@ -19,20 +19,21 @@ from _blas cimport gemm, single_threaded_blas
 from _conv2d cimport Conv2dShape, conv2d_shape
 
 cdef extern from "winograd_f4x3.h" nogil:
-    Py_ssize_t fl_wino_scratch(Py_ssize_t tiles_w)
+    Py_ssize_t fl_wino_scratch(Py_ssize_t P)
     void fl_wino_filter_float(const float* w, float* U, Py_ssize_t plane, Py_ssize_t Cg)
     void fl_wino_filter_double(const double* w, double* U, Py_ssize_t plane, Py_ssize_t Cg)
-    void fl_wino_input_float(const float* x, float* V, Py_ssize_t P, Py_ssize_t plane, float* scratch, Py_ssize_t Cg,
-                             Py_ssize_t H, Py_ssize_t W, Py_ssize_t i, Py_ssize_t tiles_w, Py_ssize_t PT, Py_ssize_t PL)
-    void fl_wino_input_double(const double* x, double* V, Py_ssize_t P, Py_ssize_t plane, double* scratch,
-                              Py_ssize_t Cg, Py_ssize_t H, Py_ssize_t W, Py_ssize_t i, Py_ssize_t tiles_w,
-                              Py_ssize_t PT, Py_ssize_t PL)
-    void fl_wino_output_float(const float* M, Py_ssize_t P, Py_ssize_t plane, float* y, const float* bias,
-                              float* scratch, Py_ssize_t Fg, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t i,
-                              Py_ssize_t tiles_w)
-    void fl_wino_output_double(const double* M, Py_ssize_t P, Py_ssize_t plane, double* y, const double* bias,
-                               double* scratch, Py_ssize_t Fg, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t i,
-                               Py_ssize_t tiles_w)
+    void fl_wino_input_float(const float* x, Py_ssize_t image, float* V, Py_ssize_t P, float* scratch,
+                             Py_ssize_t Cg, Py_ssize_t H, Py_ssize_t W, Py_ssize_t first, Py_ssize_t rows,
+                             Py_ssize_t tiles_h, Py_ssize_t tiles_w, Py_ssize_t PT, Py_ssize_t PL)
+    void fl_wino_input_double(const double* x, Py_ssize_t image, double* V, Py_ssize_t P, double* scratch,
+                              Py_ssize_t Cg, Py_ssize_t H, Py_ssize_t W, Py_ssize_t first, Py_ssize_t rows,
+                              Py_ssize_t tiles_h, Py_ssize_t tiles_w, Py_ssize_t PT, Py_ssize_t PL)
+    void fl_wino_output_float(const float* M, Py_ssize_t P, float* y, Py_ssize_t image, const float* bias,
+                              float* scratch, Py_ssize_t Fg, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t first,
+                              Py_ssize_t rows, Py_ssize_t tiles_h, Py_ssize_t tiles_w)
+    void fl_wino_output_double(const double* M, Py_ssize_t P, double* y, Py_ssize_t image, const double* bias,
+                               double* scratch, Py_ssize_t Fg, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t first,
+                               Py_ssize_t rows, Py_ssize_t tiles_h, Py_ssize_t tiles_w)
 
 cdef enum:
     POSITIONS = 36  # of a 6x6 transformed tile
@@ -42,8 +43,8 @@ TILE_SIZE = TILE
 
 
 def workspace_size(Py_ssize_t Cg, Py_ssize_t Fg, Py_ssize_t rows, Py_ssize_t tiles_w):
-    """Values of one thread's workspace: V, M and the transforms' row scratch."""
-    return POSITIONS * (Cg + Fg) * rows * tiles_w + fl_wino_scratch(tiles_w)
+    """Values of one thread's workspace: V, M and the transforms' scratch."""
+    return POSITIONS * (Cg + Fg) * rows * tiles_w + fl_wino_scratch(rows * tiles_w)
 
 
 def transform_filters(const floating[:, :, :, ::1] w, floating[:, :, :, ::1] U, Py_ssize_t groups,
@@ -68,31 +69,27 @@ cdef void _block(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] U,
                  Py_ssize_t first, Py_ssize_t rows, Py_ssize_t tiles_h, Py_ssize_t tiles_w) noexcept nogil:
     """Tile rows [first, first + rows) of the batch (row R: image R // tiles_h, tile row R % tiles_h)
     of group gi. V: the thread's workspace, (36, Cg, P) then M (36, Fg, P) then the transforms'
-    row scratch."""
-    cdef Py_ssize_t P = rows * tiles_w, r, n, xi
+    scratch."""
+    cdef Py_ssize_t P = rows * tiles_w, xi
     cdef floating* M = V + POSITIONS * s.Cg * P
     cdef floating* scratch = M + POSITIONS * s.Fg * P
     cdef const floating* bias = &b[gi * s.Fg] if has_bias else NULL
-    for r in range(rows):
-        n = (first + r) // tiles_h
-        if floating is float:
-            fl_wino_input_float(&x[n, gi * s.Cg, 0, 0], V + r * tiles_w, P, s.Cg * P, scratch, s.Cg, s.H, s.W,
-                                (first + r) % tiles_h, tiles_w, s.PT, s.PL)
-        else:
-            fl_wino_input_double(&x[n, gi * s.Cg, 0, 0], V + r * tiles_w, P, s.Cg * P, scratch, s.Cg, s.H, s.W,
-                                 (first + r) % tiles_h, tiles_w, s.PT, s.PL)
+    if floating is float:
+        fl_wino_input_float(&x[0, gi * s.Cg, 0, 0], s.C * s.H * s.W, V, P, scratch, s.Cg, s.H, s.W, first, rows,
+                            tiles_h, tiles_w, s.PT, s.PL)
+    else:
+        fl_wino_input_double(&x[0, gi * s.Cg, 0, 0], s.C * s.H * s.W, V, P, scratch, s.Cg, s.H, s.W, first, rows,
+                             tiles_h, tiles_w, s.PT, s.PL)
     for xi in range(POSITIONS):
         # M[xi] (Fg x P) = U[gi, xi] (Fg x Cg) @ V[xi] (Cg x P)
         gemm(False, False, <int>s.Fg, <int>P, <int>s.Cg, <floating>1, &U[gi, xi, 0, 0], <int>s.Cg,
              V + xi * s.Cg * P, <int>P, <floating>0, M + xi * s.Fg * P, <int>P)
-    for r in range(rows):
-        n = (first + r) // tiles_h
-        if floating is float:
-            fl_wino_output_float(M + r * tiles_w, P, s.Fg * P, &y[n, gi * s.Fg, 0, 0], bias, scratch, s.Fg, s.OH,
-                                 s.OW, (first + r) % tiles_h, tiles_w)
-        else:
-            fl_wino_output_double(M + r * tiles_w, P, s.Fg * P, &y[n, gi * s.Fg, 0, 0], bias, scratch, s.Fg, s.OH,
-                                  s.OW, (first + r) % tiles_h, tiles_w)
+    if floating is float:
+        fl_wino_output_float(M, P, &y[0, gi * s.Fg, 0, 0], s.F * s.OH * s.OW, bias, scratch, s.Fg, s.OH, s.OW, first,
+                             rows, tiles_h, tiles_w)
+    else:
+        fl_wino_output_double(M, P, &y[0, gi * s.Fg, 0, 0], s.F * s.OH * s.OW, bias, scratch, s.Fg, s.OH, s.OW,
+                              first, rows, tiles_h, tiles_w)
 
 
 def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] U, const floating[::1] b,

@@ -15,14 +15,13 @@
  *           [0  4  0 -5  0  1]        [  0     0     1   ]
  *
  * The elementwise products summed over the channels are 36 GEMMs, one per position xi of the
- * 6x6 transformed tile (the caller runs them).
- * Here: the filter transform, in double, and the input transform of one row of tiles into its columns of V (36, Cg, P) and the output
- * transform of its columns of M (36, Fg, P) into y, for one image and one group, with the input's
- * zero padding applied as the tiles are read. Both are vectorised along the tile row: tile j
- * reads input columns 4j .. 4j + 5, so the rows are kept split into their 4 column phases
- * (phase q holds columns 4j + q at index j), and every step is an elementwise pass over
- * contiguous arrays. Each loop is written once, as a macro over the element type T (float or
- * double), and compiled for AVX-512, AVX2 and the baseline (target_clones.h).
+ * 6x6 transformed tile (the caller runs them). Here: the filter transform, in double, the
+ * input transform of a block of P tiles into V (36, Cg, P) and the output transform of M
+ * (36, Fg, P) into y, for one group, with the input's zero padding applied as the tiles are
+ * read. The transforms run as vector loops along the block's tiles (which span tile rows and
+ * images), so that small planes (2 or 4 tiles a row) vectorise as well as large ones. Each loop
+ * is written once, as a macro over the element type T (float or double), and compiled for
+ * AVX-512, AVX2 and the baseline (target_clones.h).
  */
 #ifndef FASTLAYERS_WINOGRAD_F4X3_H
 #define FASTLAYERS_WINOGRAD_F4X3_H
@@ -31,9 +30,9 @@
 
 #include "target_clones.h"
 
-/* Values of the transforms' row scratch for ``tiles_w`` tiles: 6 phase-split input rows and
- * their B^T combination (6 x 4 x (tiles_w + 1) each); the output transform uses less. */
-static inline ptrdiff_t fl_wino_scratch(ptrdiff_t tiles_w) { return 48 * (tiles_w + 1); }
+/* Values of the transforms' scratch for a block of P tiles: the tiles' 6x6 input patches and
+ * their B^T combination (36 x P each); the output transform uses less. */
+static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P; }
 
 /* G applied to three vectors (a column or a row of a filter), in double: 1/6, 1/12 and 1/24
  * are rounded there, far below a float32 result's rounding. */
@@ -96,85 +95,71 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t tiles_w) { return 48 * (tiles_
         t5 = 4 * (d1) - 5 * (d3) + (d5);                                                      \
     } while (0)
 
-/* V[xi][c][j] = (B^T d B)[xi] for the tiles j of tile row i of one image (V at the row's first
- * tile, ``plane`` values between positions xi, ``P`` between channels), d the 6x6 patch of
- * channel c at input rows 4i - PT .., columns 4j - PL .. (zero outside the H x W input). Each
- * of the 6 input rows is copied, zero-padded and split into its column phases, into ``d``
- * (6 x 4 x (tiles_w + 1)); B^T combines them row against row into ``t`` (the same size); B then
- * combines phases 0-3 at j and 0-1 at j + 1 (columns 4j .. 4j + 5) of each row of t. */
+/* V[xi][c][p] = (B^T d B)[xi] for the P = rows x tiles_w tiles of tile rows first ..
+ * first + rows - 1 of the batch (row R: image R / tiles_h, tile row R % tiles_h; ``image``
+ * values between x's images, x at the group's first channel), d the 6x6 patch of channel c at
+ * input rows 4i - PT .., columns 4j - PL .. (zero outside the H x W input). Vectorised along
+ * the block's tiles, whatever the plane's width: each channel's patches are gathered into
+ * ``d`` (36 x P: input row a, column k of every tile), B^T combines them row against row into
+ * ``t`` (the same), and B each row's 6 columns into the 36 positions. */
 #define FL_WINO_INPUT(T)                                                                      \
-    FL_CLONES static void fl_wino_input_##T(const T *x, T *V, ptrdiff_t P, ptrdiff_t plane, T *scratch, \
-                                            ptrdiff_t Cg, ptrdiff_t H, ptrdiff_t W, ptrdiff_t i,  \
-                                            ptrdiff_t tiles_w, ptrdiff_t PT, ptrdiff_t PL)    \
+    FL_CLONES static void fl_wino_input_##T(const T *x, ptrdiff_t image, T *V, ptrdiff_t P, T *scratch, \
+                                            ptrdiff_t Cg, ptrdiff_t H, ptrdiff_t W, ptrdiff_t first, \
+                                            ptrdiff_t rows, ptrdiff_t tiles_h, ptrdiff_t tiles_w, \
+                                            ptrdiff_t PT, ptrdiff_t PL)                       \
     {                                                                                         \
-        const ptrdiff_t n = tiles_w + 1, row = 4 * n; /* a phase's and a row's length */      \
-        T *d = scratch, *t = scratch + 6 * row;                                               \
-        /* phase q, index j reads input column 4j + q - PL: inside for j in [lo[q], hi[q]) */ \
-        ptrdiff_t lo[4], hi[4];                                                               \
-        for (int q = 0; q < 4; q++) {                                                         \
-            ptrdiff_t a = PL - q > 0 ? (PL - q + 3) / 4 : 0;                                  \
-            ptrdiff_t b = W + PL - q > 0 ? (W + PL - q + 3) / 4 : 0;                          \
-            lo[q] = a < n ? a : n;                                                            \
-            hi[q] = b < n ? b : n;                                                            \
-            if (hi[q] < lo[q])                                                                \
-                hi[q] = lo[q];                                                                \
+        T *restrict d = scratch, *restrict t = scratch + 36 * P;                              \
+        /* column k of tile j is input column 4j + k - PL: inside for j in [lo[k], hi[k]) */  \
+        ptrdiff_t lo[6], hi[6];                                                               \
+        for (int k = 0; k < 6; k++) {                                                         \
+            const ptrdiff_t a = PL - k > 0 ? (PL - k + 3) / 4 : 0;                            \
+            const ptrdiff_t b = W + PL - k > 0 ? (W + PL - k + 3) / 4 : 0;                    \
+            lo[k] = a < tiles_w ? a : tiles_w;                                                \
+            hi[k] = b < tiles_w ? b : tiles_w;                                                \
+            if (hi[k] < lo[k])                                                                \
+                hi[k] = lo[k];                                                                \
         }                                                                                     \
-        /* where all four phases read inside, one interleaved pass (vectorised) splits them */ \
-        ptrdiff_t in_lo = lo[0], in_hi = hi[0];                                               \
-        for (int q = 1; q < 4; q++) {                                                         \
-            in_lo = lo[q] > in_lo ? lo[q] : in_lo;                                            \
-            in_hi = hi[q] < in_hi ? hi[q] : in_hi;                                            \
-        }                                                                                     \
-        if (in_hi < in_lo)                                                                    \
-            in_hi = in_lo;                                                                    \
         for (ptrdiff_t c = 0; c < Cg; c++) {                                                  \
-            const T *xc = x + c * H * W;                                                      \
-            for (int r = 0; r < 6; r++) {                                                     \
-                const ptrdiff_t ih = 4 * i - PT + r;                                          \
-                T *restrict d0 = d + r * row, *restrict d1 = d0 + n, *restrict d2 = d1 + n, *restrict d3 = d2 + n; \
-                if (ih < 0 || ih >= H) {                                                      \
-                    for (ptrdiff_t k = 0; k < row; k++)                                       \
-                        d0[k] = 0;                                                            \
-                    continue;                                                                 \
-                }                                                                             \
-                const T *restrict xr = xc + ih * W;                                           \
-                for (int q = 0; q < 4; q++) { /* the edges, phase by phase */                 \
-                    T *dq = d0 + q * n;                                                       \
-                    for (ptrdiff_t j = 0; j < lo[q]; j++)                                     \
-                        dq[j] = 0;                                                            \
-                    for (ptrdiff_t j = lo[q]; j < hi[q] && j < in_lo; j++)                    \
-                        dq[j] = xr[4 * j + q - PL];                                           \
-                    for (ptrdiff_t j = in_hi > lo[q] ? in_hi : lo[q]; j < hi[q]; j++)         \
-                        dq[j] = xr[4 * j + q - PL];                                           \
-                    for (ptrdiff_t j = hi[q]; j < n; j++)                                     \
-                        dq[j] = 0;                                                            \
-                }                                                                             \
-                const T *restrict xs = xr - PL;                                               \
-                for (ptrdiff_t j = in_lo; j < in_hi; j++) {                                   \
-                    d0[j] = xs[4 * j];                                                        \
-                    d1[j] = xs[4 * j + 1];                                                    \
-                    d2[j] = xs[4 * j + 2];                                                    \
-                    d3[j] = xs[4 * j + 3];                                                    \
+            for (ptrdiff_t r = 0; r < rows; r++) {                                            \
+                const ptrdiff_t R = first + r, i = R % tiles_h;                               \
+                const T *xc = x + (R / tiles_h) * image + c * H * W;                          \
+                for (int a = 0; a < 6; a++) {                                                 \
+                    const ptrdiff_t ih = 4 * i - PT + a;                                      \
+                    for (int k = 0; k < 6; k++) {                                             \
+                        T *dk = d + (6 * a + k) * P + r * tiles_w;                            \
+                        if (ih < 0 || ih >= H) {                                              \
+                            for (ptrdiff_t j = 0; j < tiles_w; j++)                           \
+                                dk[j] = 0;                                                    \
+                            continue;                                                         \
+                        }                                                                     \
+                        const T *xr = xc + ih * W;                                            \
+                        for (ptrdiff_t j = 0; j < lo[k]; j++)                                 \
+                            dk[j] = 0;                                                        \
+                        for (ptrdiff_t j = lo[k]; j < hi[k]; j++)                             \
+                            dk[j] = xr[4 * j + k - PL];                                       \
+                        for (ptrdiff_t j = hi[k]; j < tiles_w; j++)                           \
+                            dk[j] = 0;                                                        \
+                    }                                                                         \
                 }                                                                             \
             }                                                                                 \
             {                                                                                 \
-                const T *restrict e0 = d, *restrict e1 = d + row, *restrict e2 = d + 2 * row; \
-                const T *restrict e3 = d + 3 * row, *restrict e4 = d + 4 * row, *restrict e5 = d + 5 * row; \
-                T *restrict t0 = t, *restrict t1 = t + row, *restrict t2 = t + 2 * row;       \
-                T *restrict t3 = t + 3 * row, *restrict t4 = t + 4 * row, *restrict t5 = t + 5 * row; \
-                for (ptrdiff_t k = 0; k < row; k++) /* t = B^T d */                           \
-                    FL_WINO_BT(T, e0[k], e1[k], e2[k], e3[k], e4[k], e5[k], t0[k], t1[k], t2[k], t3[k], \
-                               t4[k], t5[k]);                                                 \
+                const T *restrict e0 = d, *restrict e1 = d + 6 * P, *restrict e2 = d + 12 * P; \
+                const T *restrict e3 = d + 18 * P, *restrict e4 = d + 24 * P, *restrict e5 = d + 30 * P; \
+                T *restrict t0 = t, *restrict t1 = t + 6 * P, *restrict t2 = t + 12 * P;      \
+                T *restrict t3 = t + 18 * P, *restrict t4 = t + 24 * P, *restrict t5 = t + 30 * P; \
+                for (ptrdiff_t q = 0; q < 6 * P; q++) /* t = B^T d, every column of every tile */ \
+                    FL_WINO_BT(T, e0[q], e1[q], e2[q], e3[q], e4[q], e5[q], t0[q], t1[q], t2[q], t3[q], \
+                               t4[q], t5[q]);                                                 \
             }                                                                                 \
-            T *v = V + c * P;                                                                 \
-            for (int r = 0; r < 6; r++) { /* (B^T d) B, row r of every tile */                \
-                const T *restrict p0 = t + r * row, *restrict p1 = p0 + n, *restrict p2 = p1 + n; \
-                const T *restrict p3 = p2 + n;                                                \
-                T *restrict v0 = v + (6 * r) * plane, *restrict v1 = v0 + plane, *restrict v2 = v1 + plane; \
-                T *restrict v3 = v2 + plane, *restrict v4 = v3 + plane, *restrict v5 = v4 + plane; \
-                for (ptrdiff_t j = 0; j < tiles_w; j++)                                       \
-                    FL_WINO_BT(T, p0[j], p1[j], p2[j], p3[j], p0[j + 1], p1[j + 1],           \
-                               v0[j], v1[j], v2[j], v3[j], v4[j], v5[j]);                     \
+            for (int a = 0; a < 6; a++) { /* (B^T d) B, row a of every tile */                \
+                const T *restrict s0 = t + 6 * a * P, *restrict s1 = s0 + P, *restrict s2 = s1 + P; \
+                const T *restrict s3 = s2 + P, *restrict s4 = s3 + P, *restrict s5 = s4 + P;  \
+                T *restrict v0 = V + (6 * a * Cg + c) * P, *restrict v1 = v0 + Cg * P;        \
+                T *restrict v2 = v1 + Cg * P, *restrict v3 = v2 + Cg * P, *restrict v4 = v3 + Cg * P; \
+                T *restrict v5 = v4 + Cg * P;                                                 \
+                for (ptrdiff_t p = 0; p < P; p++)                                             \
+                    FL_WINO_BT(T, s0[p], s1[p], s2[p], s3[p], s4[p], s5[p], v0[p], v1[p], v2[p], v3[p], \
+                               v4[p], v5[p]);                                                 \
             }                                                                                 \
         }                                                                                     \
     }
@@ -189,51 +174,60 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t tiles_w) { return 48 * (tiles_
         o3 = b_ + 8 * e_ + (m5);                                                              \
     } while (0)
 
-/* y[f] over the output rows of tile row i of one image = A^T M[.][f][j] A (+ bias[f]) (M at the
- * row's first tile, ``plane`` values between positions, ``P`` between filters): A^T combines
- * the 36 positions into 4 rows of 6 (``u``, 24 x tiles_w), then A gives each output row's 4
- * column phases, stored interleaved. The columns of a last tile past OW and the rows past OH
- * are cut. */
+/* y[f] over the output rows of the block's tiles (as in fl_wino_input; ``image`` values
+ * between y's images, y at the group's first filter) = A^T M[.][f][p] A (+ bias[f]), M (36, Fg,
+ * P): A^T combines the 36 positions into 4 rows of 6 (``u``, 24 x P), A each row's 6 columns
+ * into its 4 outputs (``o``, 16 x P, the bias added), both vectorised along the tiles; then
+ * every tile row's outputs are stored, their columns interleaved. The columns of a last tile
+ * past OW and the rows past OH are cut. */
 #define FL_WINO_OUTPUT(T)                                                                     \
-    FL_CLONES static void fl_wino_output_##T(const T *M, ptrdiff_t P, ptrdiff_t plane, T *y, const T *bias, \
+    FL_CLONES static void fl_wino_output_##T(const T *M, ptrdiff_t P, T *y, ptrdiff_t image, const T *bias, \
                                              T *scratch, ptrdiff_t Fg, ptrdiff_t OH, ptrdiff_t OW, \
-                                             ptrdiff_t i, ptrdiff_t tiles_w)                  \
+                                             ptrdiff_t first, ptrdiff_t rows, ptrdiff_t tiles_h, \
+                                             ptrdiff_t tiles_w)                               \
     {                                                                                         \
-        const ptrdiff_t full = OW / 4; /* tiles whose 4 columns all lie inside */             \
-        T *u = scratch;                                                                       \
+        const ptrdiff_t full = OW / 4, plane = Fg * P; /* tiles whose 4 columns all lie inside */ \
+        T *restrict u = scratch, *restrict o = scratch + 24 * P;                              \
         for (ptrdiff_t f = 0; f < Fg; f++) {                                                  \
-            T *yf = y + f * OH * OW;                                                          \
             const T b = bias ? bias[f] : (T)0;                                                \
             const T *m = M + f * P;                                                           \
             for (int k = 0; k < 6; k++) { /* u = A^T m: column k of the tiles' 4 rows */      \
                 const T *restrict m0 = m + k * plane, *restrict m1 = m0 + 6 * plane;          \
                 const T *restrict m2 = m1 + 6 * plane, *restrict m3 = m2 + 6 * plane;         \
                 const T *restrict m4 = m3 + 6 * plane, *restrict m5 = m4 + 6 * plane;         \
-                T *restrict u0 = u + k * tiles_w, *restrict u1 = u0 + 6 * tiles_w;            \
-                T *restrict u2 = u1 + 6 * tiles_w, *restrict u3 = u2 + 6 * tiles_w;           \
-                for (ptrdiff_t j = 0; j < tiles_w; j++)                                       \
-                    FL_WINO_AT(T, m0[j], m1[j], m2[j], m3[j], m4[j], m5[j], u0[j], u1[j], u2[j], u3[j]); \
+                T *restrict u0 = u + k * P, *restrict u1 = u0 + 6 * P, *restrict u2 = u1 + 6 * P; \
+                T *restrict u3 = u2 + 6 * P;                                                  \
+                for (ptrdiff_t p = 0; p < P; p++)                                             \
+                    FL_WINO_AT(T, m0[p], m1[p], m2[p], m3[p], m4[p], m5[p], u0[p], u1[p], u2[p], u3[p]); \
             }                                                                                 \
-            const ptrdiff_t oh = 4 * i;                                                       \
-            for (int r = 0; r < 4 && oh + r < OH; r++) { /* (A^T m) A */                      \
-                const T *restrict a0 = u + 6 * r * tiles_w, *restrict a1 = a0 + tiles_w;      \
-                const T *restrict a2 = a1 + tiles_w, *restrict a3 = a2 + tiles_w;             \
-                const T *restrict a4 = a3 + tiles_w, *restrict a5 = a4 + tiles_w;             \
-                T *restrict yr = yf + (oh + r) * OW;                                          \
-                for (ptrdiff_t j = 0; j < full; j++) {                                        \
-                    T o0, o1, o2, o3;                                                         \
-                    FL_WINO_AT(T, a0[j], a1[j], a2[j], a3[j], a4[j], a5[j], o0, o1, o2, o3);  \
-                    yr[4 * j] = o0 + b;                                                       \
-                    yr[4 * j + 1] = o1 + b;                                                   \
-                    yr[4 * j + 2] = o2 + b;                                                   \
-                    yr[4 * j + 3] = o3 + b;                                                   \
+            for (int s = 0; s < 4; s++) { /* o = (A^T m) A + b: output row s, columns 0-3 */  \
+                const T *restrict a0 = u + 6 * s * P, *restrict a1 = a0 + P, *restrict a2 = a1 + P; \
+                const T *restrict a3 = a2 + P, *restrict a4 = a3 + P, *restrict a5 = a4 + P;  \
+                T *restrict o0 = o + 4 * s * P, *restrict o1 = o0 + P, *restrict o2 = o1 + P; \
+                T *restrict o3 = o2 + P;                                                      \
+                for (ptrdiff_t p = 0; p < P; p++) {                                           \
+                    FL_WINO_AT(T, a0[p], a1[p], a2[p], a3[p], a4[p], a5[p], o0[p], o1[p], o2[p], o3[p]); \
+                    o0[p] += b;                                                               \
+                    o1[p] += b;                                                               \
+                    o2[p] += b;                                                               \
+                    o3[p] += b;                                                               \
                 }                                                                             \
-                if (full < tiles_w) { /* the last tile, cut at OW */                          \
-                    T o[4];                                                                   \
-                    const ptrdiff_t j = full;                                                 \
-                    FL_WINO_AT(T, a0[j], a1[j], a2[j], a3[j], a4[j], a5[j], o[0], o[1], o[2], o[3]); \
-                    for (ptrdiff_t q = 0; q < OW - 4 * j; q++)                                \
-                        yr[4 * j + q] = o[q] + b;                                             \
+            }                                                                                 \
+            for (ptrdiff_t r = 0; r < rows; r++) {                                            \
+                const ptrdiff_t R = first + r, oh = 4 * (R % tiles_h);                        \
+                T *yf = y + (R / tiles_h) * image + f * OH * OW;                              \
+                for (int s = 0; s < 4 && oh + s < OH; s++) {                                  \
+                    const T *restrict o0 = o + 4 * s * P + r * tiles_w, *restrict o1 = o0 + P; \
+                    const T *restrict o2 = o1 + P, *restrict o3 = o2 + P;                     \
+                    T *restrict yr = yf + (oh + s) * OW;                                      \
+                    for (ptrdiff_t j = 0; j < full; j++) {                                    \
+                        yr[4 * j] = o0[j];                                                    \
+                        yr[4 * j + 1] = o1[j];                                                \
+                        yr[4 * j + 2] = o2[j];                                                \
+                        yr[4 * j + 3] = o3[j];                                                \
+                    }                                                                         \
+                    for (ptrdiff_t q = 0; q < OW - 4 * full; q++) /* the last tile, cut at OW */ \
+                        yr[4 * full + q] = o[(4 * s + q) * P + r * tiles_w + full];           \
                 }                                                                             \
             }                                                                                 \
         }                                                                                     \

@@ -344,11 +344,12 @@ def depthwise_backward(dy, x, w, g, outs):
 
 # ---------------------------------------------------------------------------- winograd F(4x4, 3x3)
 
-# A task's tiles (the 36 GEMMs' N): each gemm packs its U[xi] (Fg x Cg) for N columns, so
-# wider channels want more tiles, while V and M (36 (Cg + Fg) values a tile) grow with them.
-# Measured best on the design layers (docs/performance.md): about (Cg + Fg) / 4 tiles, at least
-# 16; and at least 4 tasks a call, so that two threads share the work evenly.
-_WINOGRAD_MIN_TILES = 16
+# A task's tiles (the 36 GEMMs' N; the transforms' vector loops run along them too): each gemm
+# packs its U[xi] (Fg x Cg) for N columns, so wider channels want more tiles. Measured best on
+# the design layers (docs/performance.md): about (Cg + Fg) / 4 tiles, at least 64; fewer where a
+# call would have under 4 tasks, so that the threads share the work, but not under 64 (half
+# the speed-up is lost at 16).
+_WINOGRAD_MIN_TILES = 64
 _WINOGRAD_MIN_TASKS = 4
 
 
@@ -362,13 +363,16 @@ def _winograd_filters(w, g):
 
 def _winograd_band(g):
     """Tile rows per task (consecutive rows of the batch, across images) and tiles per row: about
-    max(``_WINOGRAD_MIN_TILES``, (Cg + Fg) / 4) tiles, fewer where the call would have fewer
-    than ``_WINOGRAD_MIN_TASKS`` tasks; at least one row. It does not depend on the thread count."""
+    max(``_WINOGRAD_MIN_TILES``, (Cg + Fg) / 4) tiles, cut to make ``_WINOGRAD_MIN_TASKS``
+    tasks but not below ``_WINOGRAD_MIN_TILES``; at least one row, at most all of them. It does
+    not depend on the thread count."""
     tile = _winograd.TILE_SIZE
     tiles_w, tile_rows = -(-g.OW // tile), g.N * -(-g.OH // tile)
+    floor = -(-_WINOGRAD_MIN_TILES // tiles_w)
     rows = -(-max(_WINOGRAD_MIN_TILES, (g.Cg + g.Fg) // 4) // tiles_w)
     blocks = -(-_WINOGRAD_MIN_TASKS // g.groups)  # blocks of rows per group for that many tasks
-    return max(1, min(rows, -(-tile_rows // blocks))), tiles_w
+    rows = max(floor, min(rows, -(-tile_rows // blocks)))
+    return max(1, min(rows, tile_rows)), tiles_w
 
 
 def _winograd_run(x, w, b, g, y, threads):
