@@ -438,33 +438,45 @@ def test_concurrent_callers_keep_their_own_workspaces():
 def test_auto_heuristic():
     """Forward with AVX-512: direct for kernels larger than 1x1 from DIRECT_MIN_FLOPS on and up
     to DIRECT_MAX_TAPS taps, DIRECT_MIN_PLANES images and DIRECT_MIN_WIDTH columns, im2col for
-    1x1, tiny, long, narrow and few-image convolutions; with AVX2 or less (the direct kernel's register block spills):
-    im2col; backward: im2col."""
-    cases = [
-        ((1, 1, 8, 8), (4, 1, 3, 3), {}, "im2col"),  # tiny: set-up dominates
-        ((32, 3, 32, 32), (32, 3, 3, 3), dict(padding=1), "direct"),  # cifar-stem
-        ((32, 1, 28, 28), (8, 1, 5, 5), {}, "direct"),  # lenet
-        ((32, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "direct"),  # resnet-56
-        ((8, 256, 14, 14), (256, 256, 3, 3), dict(padding=1), "im2col"),  # resnet-14: 2304 taps
-        ((1, 128, 28, 28), (128, 128, 3, 3), dict(padding=1), "im2col"),  # one image
-        ((32, 64, 8, 8), (128, 64, 3, 3), dict(padding=1), "im2col"),  # VGG's 8x8 stage: narrower than a vector
-        ((16, 64, 56, 56), (128, 64, 1, 1), dict(stride=2), "im2col"),  # down-1x1
-        ((8, 64, 56, 56), (64, 64, 1, 1), {}, "im2col"),  # pointwise
+    1x1, tiny, long, narrow and few-image convolutions. With AVX2 (the direct kernel's register
+    block spills): winograd, forward and backward, for 3x3 stride-1 kernels with at least
+    WINOGRAD_MIN_TILES output tiles and WINOGRAD_MIN_CHANNELS channels a group each way (the
+    backward with dx and paddings up to 2), im2col otherwise; with less, im2col. Backward on
+    AVX-512: im2col."""
+    cases = [  # forward with AVX-512, with AVX2
+        ((1, 1, 8, 8), (4, 1, 3, 3), {}, "im2col", "im2col"),  # tiny: set-up dominates
+        ((32, 3, 32, 32), (32, 3, 3, 3), dict(padding=1), "direct", "im2col"),  # cifar-stem: 3 channels
+        ((32, 1, 28, 28), (8, 1, 5, 5), {}, "direct", "im2col"),  # lenet
+        ((32, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "direct", "winograd"),  # resnet-56
+        ((8, 256, 14, 14), (256, 256, 3, 3), dict(padding=1), "im2col", "winograd"),  # resnet-14: 2304 taps
+        ((1, 128, 28, 28), (128, 128, 3, 3), dict(padding=1), "im2col", "im2col"),  # one image: 49 tiles
+        ((1, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "im2col", "winograd"),  # one image: 196 tiles
+        ((32, 64, 8, 8), (128, 64, 3, 3), dict(padding=1), "im2col", "winograd"),  # VGG's 8x8 stage
+        ((32, 16, 32, 32), (16, 16, 3, 3), dict(padding=1), "direct", "im2col"),  # 16 channels
+        ((32, 64, 8, 8), (128, 16, 3, 3), dict(padding=1, groups=4), "im2col", "im2col"),  # 16 a group
+        ((16, 64, 56, 56), (128, 64, 1, 1), dict(stride=2), "im2col", "im2col"),  # down-1x1
+        ((8, 64, 56, 56), (64, 64, 1, 1), {}, "im2col", "im2col"),  # pointwise
+        ((8, 64, 56, 56), (64, 64, 3, 3), dict(stride=2, padding=1), "direct", "im2col"),  # stride 2
     ]
-    for x_shape, w_shape, params, forward in cases:
+    isa = cpu_conv2d._direct.vector_isa()
+    for x_shape, w_shape, params, forward_v4, forward_v3 in cases:
         g = conv2d_geometry(x_shape, w_shape, **params)
-        assert g.flops >= cpu_conv2d.DIRECT_MIN_FLOPS or forward == "im2col"
+        assert g.flops >= cpu_conv2d.DIRECT_MIN_FLOPS or forward_v4 == "im2col"
         x, w = np.zeros(x_shape, np.float32), np.zeros(w_shape, np.float32)
         dy = np.zeros(g.y_shape, np.float32)
-        args = (params.get("stride", 1), params.get("padding", 0), 1, 1, "zeros")
-        problems = (CONV2D.forward(x, w, None, *args), CONV2D.backward(dy, x, w, *args))
-        isa = cpu_conv2d._direct.vector_isa()
-        expected = [forward if isa in cpu_conv2d.DIRECT_FAST_ISAS else "im2col", "im2col"]
-        assert [_dispatch.select_kernel(CONV2D, p, None).algo for p in problems] == expected
-        assert [_auto(g, d, "x86-64-v4") for d in ("forward", "backward")] == [forward, "im2col"]
-        for isa in ("x86-64-v3", "baseline"):
-            assert [_auto(g, d, isa) for d in ("forward", "backward")] == ["im2col", "im2col"]
-    assert cpu_conv2d._direct.vector_isa() in ("x86-64-v4", "x86-64-v3", "baseline")
+        args = (params.get("stride", 1), params.get("padding", 0), 1, params.get("groups", 1), "zeros")
+        problems = (CONV2D.forward(x, w, None, *args), CONV2D.backward(dy, x, w, *args),
+                    CONV2D.backward(dy, x, w, *args, input_grad=False))
+        expected = {"x86-64-v4": [forward_v4, "im2col", "im2col"],
+                    "x86-64-v3": [forward_v3, forward_v3 if forward_v3 == "winograd" else "im2col", "im2col"],
+                    "baseline": ["im2col"] * 3}
+        assert [_dispatch.select_kernel(CONV2D, p, None).algo for p in problems] == expected[isa], x_shape
+        for other in expected:
+            assert [cpu_conv2d.choose_algo(p, other) for p in problems] == expected[other], (x_shape, other)
+    assert isa in ("x86-64-v4", "x86-64-v3", "baseline")
+    # the winograd backward declines paddings past 2: auto does not ask it
+    g = conv2d_geometry((32, 64, 28, 28), (64, 64, 3, 3), padding=3)
+    assert [_auto(g, d, "x86-64-v3") for d in ("forward", "backward")] == ["winograd", "im2col"]
 
 
 def _auto(g, direction, isa=None):

@@ -151,6 +151,24 @@ DIRECT_MIN_PLANES = 8  # images x groups
 DIRECT_MIN_WIDTH = 16  # output columns: one AVX-512 vector of float32
 DIRECT_FAST_ISAS = frozenset({"x86-64-v4"})  # instruction sets where the direct forward can win
 DEPTHWISE_MIN_OUTPUTS = 1024  # output cells per plane (32x32)
+# Winograd F(4x4, 3x3) (3x3 kernels, stride 1, dilation 1) against im2col, measured with AVX2
+# only (docs/performance.md): its fixed costs (the filter transform, each task's pass over the 36
+# transformed filters) scale with Cg x Fg as its savings do with tiles x Cg x Fg, so it needs a
+# number of tiles, two tasks' worth so both threads work; and its transforms (per input and
+# output element) must be spread over enough channels: with 3 to 16 it runs 1.1-2.6x im2col's time.
+WINOGRAD_MIN_TILES = 128  # 4x4 output tiles of the batch
+WINOGRAD_MIN_CHANNELS = 32  # input and output channels per group
+WINOGRAD_FAST_ISAS = frozenset({"x86-64-v3"})  # where the rule was measured
+
+
+def _winograd_wins(g, direction, isa):
+    """Whether "auto" takes winograd for this problem (both directions: the backward's dx is a
+    winograd forward with Cg and Fg swapped; without dx the backward is im2col's either way)."""
+    tiles = g.N * -(-g.OH // 4) * -(-g.OW // 4)
+    return ((g.KH, g.KW, g.stride_h, g.stride_w, g.dilation_h, g.dilation_w) == (3, 3, 1, 1, 1, 1)
+            and isa in WINOGRAD_FAST_ISAS and tiles >= WINOGRAD_MIN_TILES and min(g.Cg, g.Fg) >= WINOGRAD_MIN_CHANNELS
+            and (direction == "forward" or (g.input_grad and max(g.pad_top, g.pad_bottom, g.pad_left,
+                                                                 g.pad_right) <= 2)))
 
 
 def choose_algo(problem, isa=None):
@@ -160,10 +178,12 @@ def choose_algo(problem, isa=None):
     kernel's loader picked it) is in ``DIRECT_FAST_ISAS``, "direct" for kernels larger than 1x1
     with at most ``DIRECT_MAX_TAPS`` taps per output (C/groups * KH * KW), at least
     ``DIRECT_MIN_FLOPS`` FLOP, ``DIRECT_MIN_PLANES`` (image, group) planes and
-    ``DIRECT_MIN_WIDTH`` output columns, "im2col" otherwise; for the backward, "im2col". Forwards
-    with several groups of one input channel each (depthwise) and planes of at least
-    ``DEPTHWISE_MIN_OUTPUTS`` outputs: "depthwise". "winograd" is never chosen: measured, it is at
-    best even with "direct" (docs/performance.md)."""
+    ``DIRECT_MIN_WIDTH`` output columns; on one in ``WINOGRAD_FAST_ISAS``, "winograd" forward and
+    backward (with dx) for 3x3 kernels at stride 1 and dilation 1 with at least
+    ``WINOGRAD_MIN_TILES`` 4x4 output tiles and ``WINOGRAD_MIN_CHANNELS`` input and output
+    channels per group (backward: paddings up to 2); "im2col" otherwise. Forwards with several
+    groups of one input channel each (depthwise) and planes of at least ``DEPTHWISE_MIN_OUTPUTS``
+    outputs: "depthwise"."""
     g, direction = problem.geometry, problem.direction
     if direction == "forward" and g.Cg == 1 and g.groups > 1 and g.OH * g.OW >= DEPTHWISE_MIN_OUTPUTS:
         return "depthwise"
@@ -175,6 +195,8 @@ def choose_algo(problem, isa=None):
     if (direction == "forward" and isa in DIRECT_FAST_ISAS and g.KH * g.KW > 1 and g.K <= DIRECT_MAX_TAPS
             and g.flops >= DIRECT_MIN_FLOPS and g.N * g.groups >= DIRECT_MIN_PLANES and g.OW >= DIRECT_MIN_WIDTH):
         return "direct"
+    if _winograd_wins(g, direction, isa):
+        return "winograd"
     return "im2col"
 
 
