@@ -34,6 +34,12 @@ cdef extern from "winograd_f4x3.h" nogil:
     void fl_wino_output_double(const double* M, Py_ssize_t P, double* y, Py_ssize_t image, const double* bias,
                                double* scratch, Py_ssize_t Fg, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t first,
                                Py_ssize_t rows, Py_ssize_t tiles_h, Py_ssize_t tiles_w)
+    void fl_wino_grad_output_float(const float* dy, Py_ssize_t image, float* dM, Py_ssize_t P, float* scratch,
+                                   Py_ssize_t Fg, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t first, Py_ssize_t rows,
+                                   Py_ssize_t tiles_h, Py_ssize_t tiles_w)
+    void fl_wino_grad_output_double(const double* dy, Py_ssize_t image, double* dM, Py_ssize_t P, double* scratch,
+                                    Py_ssize_t Fg, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t first, Py_ssize_t rows,
+                                    Py_ssize_t tiles_h, Py_ssize_t tiles_w)
 
 cdef enum:
     POSITIONS = 36  # of a 6x6 transformed tile
@@ -109,3 +115,49 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
         first = (task % blocks) * rows
         _block(x, U, b, has_bias, y, &workspace[threadid(), 0], &s, gi, first, min(rows, total - first), tiles_h,
                tiles_w)
+
+
+cdef void _weight_block(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dU,
+                        floating* V, const Conv2dShape* s, Py_ssize_t gi, Py_ssize_t first, Py_ssize_t rows,
+                        Py_ssize_t tiles_h, Py_ssize_t tiles_w) noexcept nogil:
+    """dU[gi, xi] += dM[xi] @ V[xi]^T over tile rows [first, first + rows) of the batch: V from x
+    (as in _block), dM the transformed gradients of the same tiles of dy, in M's place."""
+    cdef Py_ssize_t P = rows * tiles_w, xi
+    cdef floating* dM = V + POSITIONS * s.Cg * P
+    cdef floating* scratch = dM + POSITIONS * s.Fg * P
+    if floating is float:
+        fl_wino_input_float(&x[0, gi * s.Cg, 0, 0], s.C * s.H * s.W, V, P, scratch, s.Cg, s.H, s.W, first, rows,
+                            tiles_h, tiles_w, s.PT, s.PL)
+        fl_wino_grad_output_float(&dy[0, gi * s.Fg, 0, 0], s.F * s.OH * s.OW, dM, P, scratch, s.Fg, s.OH, s.OW,
+                                  first, rows, tiles_h, tiles_w)
+    else:
+        fl_wino_input_double(&x[0, gi * s.Cg, 0, 0], s.C * s.H * s.W, V, P, scratch, s.Cg, s.H, s.W, first, rows,
+                             tiles_h, tiles_w, s.PT, s.PL)
+        fl_wino_grad_output_double(&dy[0, gi * s.Fg, 0, 0], s.F * s.OH * s.OW, dM, P, scratch, s.Fg, s.OH, s.OW,
+                                   first, rows, tiles_h, tiles_w)
+    for xi in range(POSITIONS):
+        # dU[gi, xi] (Fg x Cg) += dM[xi] (Fg x P) @ V[xi]^T (P x Cg)
+        gemm(False, True, <int>s.Fg, <int>s.Cg, <int>P, <floating>1, dM + xi * s.Fg * P, <int>P,
+             V + xi * s.Cg * P, <int>P, <floating>1, &dU[gi, xi, 0, 0], <int>s.Cg)
+
+
+def conv2d_backward_weight(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dy,
+                           floating[:, :, :, :, ::1] dU, floating[:, ::1] workspace, object geometry,
+                           Py_ssize_t rows, int num_threads):
+    """dU[q] += the transformed weight gradient (groups, 36, Fg, Cg) of the q-th of ``dU.shape[0]``
+    consecutive runs of tasks (tasks as in conv2d_forward; dU zeroed by the caller): each run
+    sums its tasks in order on one thread, so every partial is the same at any thread count.
+    ``workspace`` as for conv2d_forward."""
+    single_threaded_blas()
+    cdef Conv2dShape s = conv2d_shape(geometry)
+    cdef Py_ssize_t tiles_h = (s.OH + TILE - 1) // TILE, tiles_w = (s.OW + TILE - 1) // TILE
+    cdef Py_ssize_t total = s.N * tiles_h, blocks = (total + rows - 1) // rows
+    cdef Py_ssize_t tasks = s.G * blocks, runs = dU.shape[0], q, task, gi, first
+    if dU.shape[1] != s.G or dU.shape[2] != POSITIONS or dU.shape[3] != s.Fg or dU.shape[4] != s.Cg or runs > tasks:
+        raise ValueError(f"dU must be (runs <= {tasks}, {s.G}, {POSITIONS}, {s.Fg}, {s.Cg})")
+    for q in prange(runs, nogil=True, schedule="dynamic", num_threads=num_threads):
+        for task in range(q * tasks // runs, (q + 1) * tasks // runs):
+            gi = task // blocks
+            first = (task % blocks) * rows
+            _weight_block(x, dy, dU[q], &workspace[threadid(), 0], &s, gi, first, min(rows, total - first),
+                          tiles_h, tiles_w)

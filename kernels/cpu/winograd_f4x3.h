@@ -233,11 +233,80 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P; }
         }                                                                                     \
     }
 
+/* A applied to four vectors (a row or a column of an output tile's gradient): the adjoint of
+ * A^T, 6 values from 4. */
+#define FL_WINO_A(T, d0, d1, d2, d3, o0, o1, o2, o3, o4, o5)                                  \
+    do {                                                                                      \
+        const T e_ = (d0) + (d2), f_ = (d1) + (d3), g_ = (d0) + 4 * (d2), h_ = 2 * (d1) + 8 * (d3); \
+        o0 = (d0);                                                                            \
+        o1 = e_ + f_;                                                                         \
+        o2 = e_ - f_;                                                                         \
+        o3 = g_ + h_;                                                                         \
+        o4 = g_ - h_;                                                                         \
+        o5 = (d3);                                                                            \
+    } while (0)
+
+/* dM[xi][f][p] = (A dY A^T)[xi] for the block's tiles (as in fl_wino_input; ``image`` values
+ * between dy's images, dy at the group's first filter), dY the 4x4 block of dy[f] at rows 4i ..,
+ * columns 4j .. (zero past OH x OW): the gradient of the output transform, for the weight
+ * gradient's GEMMs dU[xi] += dM[xi] V[xi]^T. The blocks are gathered into ``d`` (16 x P), A
+ * combines their rows into ``t`` (24 x P) and their columns into dM, along the tiles. */
+#define FL_WINO_GRAD_OUTPUT(T)                                                                \
+    FL_CLONES static void fl_wino_grad_output_##T(const T *dy, ptrdiff_t image, T *dM, ptrdiff_t P, T *scratch, \
+                                                  ptrdiff_t Fg, ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t first, \
+                                                  ptrdiff_t rows, ptrdiff_t tiles_h, ptrdiff_t tiles_w) \
+    {                                                                                         \
+        T *restrict d = scratch, *restrict t = scratch + 16 * P;                              \
+        ptrdiff_t hi[4]; /* column q of tile j is output column 4j + q: inside for j < hi[q] */ \
+        for (int q = 0; q < 4; q++) {                                                         \
+            const ptrdiff_t b = OW - q > 0 ? (OW - q + 3) / 4 : 0;                            \
+            hi[q] = b < tiles_w ? b : tiles_w;                                                \
+        }                                                                                     \
+        const ptrdiff_t plane = Fg * P;                                                       \
+        for (ptrdiff_t f = 0; f < Fg; f++) {                                                  \
+            for (ptrdiff_t r = 0; r < rows; r++) {                                            \
+                const ptrdiff_t R = first + r, oh = 4 * (R % tiles_h);                        \
+                const T *yf = dy + (R / tiles_h) * image + f * OH * OW;                       \
+                for (int s = 0; s < 4; s++)                                                   \
+                    for (int q = 0; q < 4; q++) {                                             \
+                        T *dq = d + (4 * s + q) * P + r * tiles_w;                            \
+                        ptrdiff_t j = 0;                                                      \
+                        if (oh + s < OH) {                                                    \
+                            const T *yr = yf + (oh + s) * OW;                                 \
+                            for (; j < hi[q]; j++)                                            \
+                                dq[j] = yr[4 * j + q];                                        \
+                        }                                                                     \
+                        for (; j < tiles_w; j++)                                              \
+                            dq[j] = 0;                                                        \
+                    }                                                                         \
+            }                                                                                 \
+            for (int q = 0; q < 4; q++) { /* t = A dY: column q of every tile */              \
+                const T *restrict d0 = d + q * P, *restrict d1 = d0 + 4 * P, *restrict d2 = d1 + 4 * P; \
+                const T *restrict d3 = d2 + 4 * P;                                            \
+                T *restrict t0 = t + q * P, *restrict t1 = t0 + 4 * P, *restrict t2 = t1 + 4 * P; \
+                T *restrict t3 = t2 + 4 * P, *restrict t4 = t3 + 4 * P, *restrict t5 = t4 + 4 * P; \
+                for (ptrdiff_t p = 0; p < P; p++)                                             \
+                    FL_WINO_A(T, d0[p], d1[p], d2[p], d3[p], t0[p], t1[p], t2[p], t3[p], t4[p], t5[p]); \
+            }                                                                                 \
+            for (int r = 0; r < 6; r++) { /* (A dY) A^T, row r */                             \
+                const T *restrict a0 = t + 4 * r * P, *restrict a1 = a0 + P, *restrict a2 = a1 + P; \
+                const T *restrict a3 = a2 + P;                                                \
+                T *restrict m0 = dM + 6 * r * plane + f * P, *restrict m1 = m0 + plane;       \
+                T *restrict m2 = m1 + plane, *restrict m3 = m2 + plane, *restrict m4 = m3 + plane; \
+                T *restrict m5 = m4 + plane;                                                  \
+                for (ptrdiff_t p = 0; p < P; p++)                                             \
+                    FL_WINO_A(T, a0[p], a1[p], a2[p], a3[p], m0[p], m1[p], m2[p], m3[p], m4[p], m5[p]); \
+            }                                                                                 \
+        }                                                                                     \
+    }
+
 FL_WINO_FILTER(float)
 FL_WINO_FILTER(double)
 FL_WINO_INPUT(float)
 FL_WINO_INPUT(double)
 FL_WINO_OUTPUT(float)
 FL_WINO_OUTPUT(double)
+FL_WINO_GRAD_OUTPUT(float)
+FL_WINO_GRAD_OUTPUT(double)
 
 #endif

@@ -425,18 +425,54 @@ def _winograd_input_geometry(g):
                           2 - g.pad_left, 2 - g.pad_right, 1, 1, g.groups)
 
 
+# The weight gradient by Winograd: dU[xi] = sum over tiles of (A dY A^T)[xi] V[xi]^T, then
+# dW = G^T dU G. The tasks are summed in consecutive runs of fixed count, each into its own
+# partial dU (36 Fg x Cg a group: 4 times w's size), added in order: as many runs as
+# _WINOGRAD_DW_RUNS, fewer where the tasks are fewer or the partials would pass
+# _WINOGRAD_DW_BYTES; never a count that depends on the threads.
+_WINOGRAD_DW_RUNS = 4
+_WINOGRAD_DW_BYTES = 64 << 20
+_WINOGRAD_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                        [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
+
+
+def _winograd_dw_runs(g, itemsize):
+    rows, _ = _winograd_band(g)
+    tasks = g.groups * -(-g.N * -(-g.OH // 4) // rows)
+    return max(1, min(_WINOGRAD_DW_RUNS, tasks, _WINOGRAD_DW_BYTES // (36 * g.F * g.Cg * itemsize)))
+
+
+def _winograd_weight_grad(dy, x, g, dw, db, threads):
+    """dw and db of a stride-1 3x3 convolution, dw by Winograd (x and dy finite, C-contiguous)."""
+    rows, tiles_w = _winograd_band(g)
+    if max(g.Fg, g.Cg, rows * tiles_w) > BLAS_INT_MAX:
+        raise ValueError(f"conv2d sizes exceed what BLAS can index (C ints) for algo='winograd': {g}")
+    runs = _winograd_dw_runs(g, x.dtype.itemsize)
+    threads = min(threads, runs)
+    dU = np.zeros((runs, g.groups, 36, g.Fg, g.Cg), dtype=x.dtype)
+    with scratch("winograd", (threads, _winograd.workspace_size(g.Cg, g.Fg, rows, tiles_w)), x.dtype) as work:
+        _winograd.conv2d_backward_weight(x, dy, dU, work, g, rows, threads)
+    total = dU.sum(axis=0, dtype=np.float64).reshape(g.groups, 6, 6, g.Fg, g.Cg)
+    # dW[a, b] = sum over r, k of G[r, a] dU[r, k] G[k, b], in float64, rounded once
+    dwg = np.tensordot(np.tensordot(total, _WINOGRAD_G, axes=([2], [0])), _WINOGRAD_G, axes=([1], [0]))
+    dw[...] = dwg.transpose(0, 1, 2, 4, 3).reshape(g.F, g.Cg, 3, 3)  # (groups, Fg, Cg, b, a) -> (F, Cg, a, b)
+    db[...] = dy.sum(axis=(0, 2, 3), dtype=np.float64)
+
+
 def winograd_backward(dy, x, w, g, outs):
     dx, dw, db = outs
     if _degenerate(x, w):
         return _degenerate_backward(dy, outs)
     if not _finite(w, dy):  # as in winograd_forward: the reference's NaNs need im2col's products
         return im2col_backward(dy, x, w, g, outs)
-    _check_fits(g, "im2col", "backward")  # dw and db are im2col's
     dyc = contiguous(dy)
     if dx is not None:
         G = g.groups
         flipped = contiguous(w).reshape(G, g.Fg, g.Cg, 3, 3)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
         _winograd_run(dyc, np.ascontiguousarray(flipped).reshape(g.C, g.Fg, 3, 3), None,
                       _winograd_input_geometry(g), dx, threads_for(g.flops // 2))
-    im2col_backward(dyc, x, w, replace(g, input_grad=False), (None, dw, db))
+    if _finite(x):
+        _winograd_weight_grad(dyc, contiguous(x), g, dw, db, threads_for(g.flops // 2))
+    else:  # a NaN of x spreads over its tiles' transforms: im2col's products are the reference's
+        im2col_backward(dyc, x, w, replace(g, input_grad=False), (None, dw, db))
     return outs
