@@ -22,6 +22,10 @@ cdef extern from "winograd_f4x3.h" nogil:
     Py_ssize_t fl_wino_scratch(Py_ssize_t P)
     void fl_wino_filter_float(const float* w, float* U, Py_ssize_t plane, Py_ssize_t Cg)
     void fl_wino_filter_double(const double* w, double* U, Py_ssize_t plane, Py_ssize_t Cg)
+    void fl_wino_filter_grad_float(const float* dU, Py_ssize_t runs, Py_ssize_t stride, Py_ssize_t plane,
+                                   Py_ssize_t Cg, float* dw)
+    void fl_wino_filter_grad_double(const double* dU, Py_ssize_t runs, Py_ssize_t stride, Py_ssize_t plane,
+                                    Py_ssize_t Cg, double* dw)
     void fl_wino_input_float(const float* x, Py_ssize_t image, float* V, Py_ssize_t P, float* scratch,
                              Py_ssize_t Cg, Py_ssize_t H, Py_ssize_t W, Py_ssize_t first, Py_ssize_t rows,
                              Py_ssize_t tiles_h, Py_ssize_t tiles_w, Py_ssize_t PT, Py_ssize_t PL)
@@ -161,3 +165,19 @@ def conv2d_backward_weight(const floating[:, :, :, ::1] x, const floating[:, :, 
             first = (task % blocks) * rows
             _weight_block(x, dy, dU[q], &workspace[threadid(), 0], &s, gi, first, min(rows, total - first),
                           tiles_h, tiles_w)
+
+
+def filters_grad(const floating[:, :, :, :, ::1] dU, floating[:, :, :, ::1] dw, int num_threads):
+    """dw (F, Cg, 3, 3) = G^T (dU summed over its first axis, the runs) G for the transformed
+    weight gradient dU (runs, groups, 36, Fg, Cg): in double, rounded once to dw's type."""
+    cdef Py_ssize_t runs = dU.shape[0], groups = dU.shape[1], Fg = dU.shape[3], Cg = dU.shape[4], f
+    if dU.shape[2] != POSITIONS or dw.shape[0] != groups * Fg or dw.shape[1] != Cg or dw.shape[2] != 3 \
+            or dw.shape[3] != 3 or runs < 1:
+        raise ValueError(f"dU must be (runs >= 1, groups, {POSITIONS}, Fg, Cg) and dw (groups * Fg, Cg, 3, 3)")
+    for f in prange(groups * Fg, nogil=True, schedule="static", num_threads=num_threads):
+        if floating is float:
+            fl_wino_filter_grad_float(&dU[0, f // Fg, 0, f % Fg, 0], runs, groups * POSITIONS * Fg * Cg, Fg * Cg, Cg,
+                                      &dw[f, 0, 0, 0])
+        else:
+            fl_wino_filter_grad_double(&dU[0, f // Fg, 0, f % Fg, 0], runs, groups * POSITIONS * Fg * Cg, Fg * Cg,
+                                       Cg, &dw[f, 0, 0, 0])

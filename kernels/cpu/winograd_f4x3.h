@@ -82,6 +82,51 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P; }
         }                                                                                     \
     }
 
+/* G^T applied to six vectors, in double: the adjoint of FL_WINO_G, 3 values from 6. */
+#define FL_WINO_GT(s0, s1, s2, s3, s4, s5, o0, o1, o2)                                        \
+    do {                                                                                      \
+        const double p_ = (s1) + (s2), m_ = (s2) - (s1), q_ = (s3) + (s4), n_ = (s3) - (s4); \
+        o0 = (s0) * 0.25 - p_ * (1.0 / 6) + q_ * (1.0 / 24);                                  \
+        o1 = m_ * (1.0 / 6) + n_ * (1.0 / 12);                                                \
+        o2 = (q_ - p_) * (1.0 / 6) + (s5);                                                    \
+    } while (0)
+
+/* dw[c] (3 x 3, for the Cg channels of one filter, contiguous) = G^T dU[c] G, dU summed over
+ * ``runs`` partials (``stride`` values apart; ``plane`` values between positions, dU at the
+ * filter's row of position 0): the sums and the transform in double, in a fixed order, rounded
+ * once to T; vector loops over blocks of channels, as in fl_wino_filter. */
+#define FL_WINO_FILTER_GRAD(T)                                                                \
+    FL_CLONES static void fl_wino_filter_grad_##T(const T *dU, ptrdiff_t runs, ptrdiff_t stride, ptrdiff_t plane, \
+                                                  ptrdiff_t Cg, T *dw)                        \
+    {                                                                                         \
+        double u[36][FL_WINO_FILTER_BLOCK], t[18][FL_WINO_FILTER_BLOCK];                     \
+        for (ptrdiff_t c0 = 0; c0 < Cg; c0 += FL_WINO_FILTER_BLOCK) {                         \
+            const ptrdiff_t nc = Cg - c0 < FL_WINO_FILTER_BLOCK ? Cg - c0 : FL_WINO_FILTER_BLOCK; \
+            for (int xi = 0; xi < 36; xi++) {                                                 \
+                const T *src = dU + xi * plane + c0;                                          \
+                for (ptrdiff_t c = 0; c < nc; c++)                                            \
+                    u[xi][c] = (double)src[c];                                                \
+                for (ptrdiff_t q = 1; q < runs; q++)                                          \
+                    for (ptrdiff_t c = 0; c < nc; c++)                                        \
+                        u[xi][c] += (double)src[q * stride + c];                              \
+            }                                                                                 \
+            for (int r = 0; r < 6; r++) /* t = dU G: row r, t[3r + b] */                     \
+                for (ptrdiff_t c = 0; c < nc; c++)                                            \
+                    FL_WINO_GT(u[6 * r][c], u[6 * r + 1][c], u[6 * r + 2][c], u[6 * r + 3][c], u[6 * r + 4][c], \
+                               u[6 * r + 5][c], t[3 * r][c], t[3 * r + 1][c], t[3 * r + 2][c]); \
+            for (int b = 0; b < 3; b++) /* G^T t: column b */                                 \
+                for (ptrdiff_t c = 0; c < nc; c++) {                                          \
+                    double o0, o1, o2;                                                        \
+                    FL_WINO_GT(t[b][c], t[3 + b][c], t[6 + b][c], t[9 + b][c], t[12 + b][c], t[15 + b][c], \
+                               o0, o1, o2);                                                   \
+                    T *g = dw + 9 * (c0 + c);                                                 \
+                    g[b] = (T)o0;                                                             \
+                    g[3 + b] = (T)o1;                                                         \
+                    g[6 + b] = (T)o2;                                                         \
+                }                                                                             \
+        }                                                                                     \
+    }
+
 /* B^T applied to six vectors (rows of a tile, or its columns): the 36 products' input side. */
 #define FL_WINO_BT(T, d0, d1, d2, d3, d4, d5, t0, t1, t2, t3, t4, t5)                         \
     do {                                                                                      \
@@ -302,6 +347,8 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P; }
 
 FL_WINO_FILTER(float)
 FL_WINO_FILTER(double)
+FL_WINO_FILTER_GRAD(float)
+FL_WINO_FILTER_GRAD(double)
 FL_WINO_INPUT(float)
 FL_WINO_INPUT(double)
 FL_WINO_OUTPUT(float)

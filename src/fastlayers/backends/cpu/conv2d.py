@@ -432,10 +432,6 @@ def _winograd_input_geometry(g):
 # _WINOGRAD_DW_BYTES; never a count that depends on the threads.
 _WINOGRAD_DW_RUNS = 4
 _WINOGRAD_DW_BYTES = 64 << 20
-_WINOGRAD_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
-                        [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
-
-
 def _winograd_dw_runs(g, itemsize):
     rows, _ = _winograd_band(g)
     tasks = g.groups * -(-g.N * -(-g.OH // 4) // rows)
@@ -452,10 +448,7 @@ def _winograd_weight_grad(dy, x, g, dw, db, threads):
     dU = np.zeros((runs, g.groups, 36, g.Fg, g.Cg), dtype=x.dtype)
     with scratch("winograd", (threads, _winograd.workspace_size(g.Cg, g.Fg, rows, tiles_w)), x.dtype) as work:
         _winograd.conv2d_backward_weight(x, dy, dU, work, g, rows, threads)
-    total = dU.sum(axis=0, dtype=np.float64).reshape(g.groups, 6, 6, g.Fg, g.Cg)
-    # dW[a, b] = sum over r, k of G[r, a] dU[r, k] G[k, b], in float64, rounded once
-    dwg = np.tensordot(np.tensordot(total, _WINOGRAD_G, axes=([2], [0])), _WINOGRAD_G, axes=([1], [0]))
-    dw[...] = dwg.transpose(0, 1, 2, 4, 3).reshape(g.F, g.Cg, 3, 3)  # (groups, Fg, Cg, b, a) -> (F, Cg, a, b)
+    _winograd.filters_grad(dU, dw, threads_for(g.F * g.Cg * 36 * (runs + 9)))
     db[...] = dy.sum(axis=(0, 2, 3), dtype=np.float64)
 
 
