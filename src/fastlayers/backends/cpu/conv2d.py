@@ -426,16 +426,20 @@ def _winograd_input_geometry(g):
 
 
 # The weight gradient by Winograd: dU[xi] = sum over tiles of (A dY A^T)[xi] V[xi]^T, then
-# dW = G^T dU G. The tasks are summed in consecutive runs of fixed count, each into its own
-# partial dU (36 Fg x Cg a group: 4 times w's size), added in order: as many runs as
-# _WINOGRAD_DW_RUNS, fewer where the tasks are fewer or the partials would pass
-# _WINOGRAD_DW_BYTES; never a count that depends on the threads.
+# dW = G^T dU G. The tasks are summed in consecutive runs of fixed count, each on one thread into
+# its own partial dU (36 Fg x Cg a group: 4 times w's size), added in order: _WINOGRAD_DW_RUNS
+# runs, fewer where the tasks are fewer or the partials would pass _WINOGRAD_DW_BYTES, but two
+# where there are two tasks, so that two threads share the work; never a count that depends on
+# the threads.
 _WINOGRAD_DW_RUNS = 4
 _WINOGRAD_DW_BYTES = 64 << 20
+
+
 def _winograd_dw_runs(g, itemsize):
     rows, _ = _winograd_band(g)
     tasks = g.groups * -(-g.N * -(-g.OH // 4) // rows)
-    return max(1, min(_WINOGRAD_DW_RUNS, tasks, _WINOGRAD_DW_BYTES // (36 * g.F * g.Cg * itemsize)))
+    fit = _WINOGRAD_DW_BYTES // (36 * g.F * g.Cg * itemsize)
+    return max(1, min(_WINOGRAD_DW_RUNS, tasks, max(2, fit)))
 
 
 def _winograd_weight_grad(dy, x, g, dw, db, threads):
