@@ -1,7 +1,10 @@
 """conv2d on the CPU backend: im2col + GEMM (kernels/cpu/im2col.pyx), direct loops
-(kernels/cpu/conv2d_direct.pyx) and, for one input channel per group, depthwise plane loops
-(kernels/cpu/conv2d_depthwise.pyx), forward and backward. The depthwise loops give every output
-to one task in a fixed order: their results do not depend on the thread count.
+(kernels/cpu/conv2d_direct.pyx), for one input channel per group, depthwise plane loops
+(kernels/cpu/conv2d_depthwise.pyx), and for 3x3 kernels at stride 1 Winograd's F(4x4, 3x3)
+(kernels/cpu/conv2d_winograd.pyx), forward and backward. The depthwise loops give every output
+to one task in a fixed order, and so do the Winograd forward and dx (their tasks' tiles do not
+depend on the thread count), whose dw sums a fixed number of runs of tasks in order: their
+results do not depend on the thread count.
 
 Both algorithms are reproducible bit for bit from run to run at a given thread count: no
 atomics, every sum in a fixed order. The direct loops do not depend on the thread count at all;
@@ -19,7 +22,9 @@ columns of several whole small images) per thread, two of them in the backward (
 of dx), plus, when images share a tile, their gemm's product in the forward and their dy in the
 backward (filters per group x the tile's columns), and one partial dw (the size of w) per thread
 in the backward; a direct task's row copy is kept to about 1 MiB and refused past
-``DIRECT_MAX_SCRATCH_BYTES`` per thread (its width grows with the stride and dilation).
+``DIRECT_MAX_SCRATCH_BYTES`` per thread (its width grows with the stride and dilation); a
+Winograd task holds its tiles' transforms, 36 (Cg + Fg) values a tile (``_winograd_band``), and
+its dw up to ``_WINOGRAD_DW_RUNS`` partial transformed gradients of 36 F Cg values.
 Workspaces are cached per Python thread and checked out for the call
 (``_common.workspace``), so concurrent or re-entrant callers never share one; they keep their
 largest size until the thread ends or ``fastlayers.release_workspaces()``.
