@@ -441,8 +441,9 @@ _WINOGRAD_DW_BYTES = 64 << 20
 
 
 def _winograd_dw_runs(g, itemsize):
+    """Partial dU sums of the weight gradient: runs of consecutive tasks, one thread each."""
     rows, _ = _winograd_band(g)
-    tasks = g.groups * -(-g.N * -(-g.OH // 4) // rows)
+    tasks = g.groups * -(-g.N * -(-g.OH // _winograd.TILE_SIZE) // rows)
     fit = _WINOGRAD_DW_BYTES // (36 * g.F * g.Cg * itemsize)
     return max(1, min(_WINOGRAD_DW_RUNS, tasks, max(2, fit)))
 
