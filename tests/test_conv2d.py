@@ -740,7 +740,8 @@ def test_winograd_takes_3x3_stride_1_and_backward_paddings_up_to_2():
 
 
 def test_winograd_is_thread_count_independent_and_keeps_the_references_nans(split_work, monkeypatch):
-    monkeypatch.setattr(cpu_conv2d, "_WINOGRAD_MIN_TILES", 4)  # several tasks, and dw runs, on a small call
+    for name in ("_WINOGRAD_TILES", "_WINOGRAD_MIN_TILES"):  # several tasks, and dw runs, on a small call
+        monkeypatch.setattr(cpu_conv2d, name, 4)
     rng = make_rng(12)
     x, w = rng.uniform(-1, 1, (3, 8, 13, 11)).astype(np.float32), rng.uniform(-1, 1, (6, 8, 3, 3)).astype(np.float32)
     dy = rng.uniform(-1, 1, (3, 6, 13, 11)).astype(np.float32)

@@ -159,8 +159,9 @@ DEPTHWISE_MIN_OUTPUTS = 1024  # output cells per plane (32x32)
 # Winograd F(4x4, 3x3) (3x3 kernels, stride 1, dilation 1) against im2col, measured with AVX2
 # only (docs/performance.md): its fixed costs (the filter transform, each task's pass over the 36
 # transformed filters) scale with Cg x Fg as its savings do with tiles x Cg x Fg, so it needs a
-# number of tiles, two tasks' worth so both threads work; and its transforms (per input and
-# output element) must be spread over enough channels: with 3 to 16 it runs 1.1-2.6x im2col's time.
+# number of tiles (under 128, two threads, the gains are mixed: 0.6-1.4x im2col's time); and its
+# transforms (per input and output element) must be spread over enough channels: with 3 to 16
+# it runs 1.1-3x im2col's time.
 WINOGRAD_MIN_TILES = 128  # 4x4 output tiles of the batch
 WINOGRAD_MIN_CHANNELS = 32  # input and output channels per group
 WINOGRAD_FAST_ISAS = frozenset({"x86-64-v3"})  # where the rule was measured
@@ -373,11 +374,12 @@ def depthwise_backward(dy, x, w, g, outs):
 
 # A task's tiles (the 36 GEMMs' N; the transforms' vector loops run along them too): each gemm
 # packs its U[xi] (Fg x Cg) for N columns, so wider channels want more tiles. Measured best on
-# the design layers (docs/performance.md): about (Cg + Fg) / 4 tiles, at least 64; fewer where a
-# call would have under 4 tasks, so that the threads share the work, but not under 64 (half
-# the speed-up is lost at 16).
-_WINOGRAD_MIN_TILES = 64
-_WINOGRAD_MIN_TASKS = 4
+# the design layers (docs/performance.md): about (Cg + Fg) / 4 tiles, at least 64; on calls too
+# small for 2 such tasks, fewer, so that both threads work, but at least 32 (half the speed-up
+# is lost at 16).
+_WINOGRAD_TILES = 64
+_WINOGRAD_MIN_TILES = 32
+_WINOGRAD_MIN_TASKS = 2
 
 
 def _winograd_filters(w, g):
@@ -390,13 +392,13 @@ def _winograd_filters(w, g):
 
 def _winograd_band(g):
     """Tile rows per task (consecutive rows of the batch, across images) and tiles per row: about
-    max(``_WINOGRAD_MIN_TILES``, (Cg + Fg) / 4) tiles, cut to make ``_WINOGRAD_MIN_TASKS``
-    tasks but not below ``_WINOGRAD_MIN_TILES``; at least one row, at most all of them. It does
-    not depend on the thread count."""
+    max(``_WINOGRAD_TILES``, (Cg + Fg) / 4) tiles, cut to make ``_WINOGRAD_MIN_TASKS`` tasks but
+    not below ``_WINOGRAD_MIN_TILES``; at least one row, at most all of them. It does not depend
+    on the thread count."""
     tile = _winograd.TILE_SIZE
     tiles_w, tile_rows = -(-g.OW // tile), g.N * -(-g.OH // tile)
     floor = -(-_WINOGRAD_MIN_TILES // tiles_w)
-    rows = -(-max(_WINOGRAD_MIN_TILES, (g.Cg + g.Fg) // 4) // tiles_w)
+    rows = -(-max(_WINOGRAD_TILES, (g.Cg + g.Fg) // 4) // tiles_w)
     blocks = -(-_WINOGRAD_MIN_TASKS // g.groups)  # blocks of rows per group for that many tasks
     rows = max(floor, min(rows, -(-tile_rows // blocks)))
     return max(1, min(rows, tile_rows)), tiles_w
