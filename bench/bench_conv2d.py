@@ -145,7 +145,7 @@ def _accepts(call):
     try:
         call()
         return True
-    except NotImplementedError:  # declined: winograd's backward, depthwise on other groups
+    except NotImplementedError:  # declined: winograd on other kernels, depthwise on other groups
         return False
 
 
@@ -159,7 +159,7 @@ def layers_table(threads, repeat):
     torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
     algos = ("im2col", "direct", "winograd", "depthwise", "auto")
-    backward_algos = ("im2col", "auto")  # the direct backward is 0.8-2x im2col's, winograd has none
+    backward_algos = ("im2col", "winograd", "auto")  # the direct backward is 0.8-2x im2col's
     columns = ([f"fwd {a}" for a in algos] + ["fwd autotuned", "fwd PyTorch"]
                + [f"bwd {a}" for a in backward_algos] + ["bwd autotuned", "bwd auto no dx", "bwd PyTorch",
                                                          "bwd PyTorch no dx"])

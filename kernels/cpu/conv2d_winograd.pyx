@@ -1,14 +1,14 @@
-# conv2d forward by Winograd's F(2x2, 3x3) over NCHW: for 3x3 kernels at stride 1 and dilation 1.
+# conv2d forward by Winograd's F(4x4, 3x3) over NCHW: for 3x3 kernels at stride 1 and dilation 1.
 #
-# The work is cut into tasks of one group and a block of ``rows`` consecutive tile rows (2 output
+# The work is cut into tasks of one group and a block of ``rows`` consecutive tile rows (4 output
 # rows each) of the batch, which may span images (small planes have few tiles; the GEMMs want
-# P = rows x tiles_w of them). A task transforms its input tiles into V (16, Cg, P), multiplies each of the 16
-# transformed positions by the transformed filters U[xi] (Fg x Cg) in one single-threaded BLAS
-# gemm (M[xi] = U[xi] @ V[xi]) and transforms M back into its band of y; the transforms are in
-# winograd_f2x3.h. V and M live in the calling thread's slice of the workspace, sized by the
-# Python wrapper (backends/cpu/conv2d.py) to stay in cache. The band height does not depend on the
-# thread count, and every output is written by one task: y is the same bit for bit at any thread
-# count.
+# P = rows x tiles_w of them). A task transforms its input tiles into V (36, Cg, P), multiplies
+# each of the 36 transformed positions by the transformed filters U[xi] (Fg x Cg) in one
+# single-threaded BLAS gemm (M[xi] = U[xi] @ V[xi]) and transforms M back into its band of y; the
+# transforms are in winograd_f4x3.h. V and M live in the calling thread's slice of the workspace,
+# sized by the Python wrapper (backends/cpu/conv2d.py) to stay in cache. The band height does not
+# depend on the thread count, and every output is written by one task: y is the same bit for bit
+# at any thread count.
 #
 # Bounds: every size comes from the conv2d spec (fastlayers.ops.conv2d); the wrapper checks the
 # arrays' shapes against it and that the gemm sizes fit a C int.
@@ -18,65 +18,100 @@ from cython.parallel cimport prange, threadid
 from _blas cimport gemm, single_threaded_blas
 from _conv2d cimport Conv2dShape, conv2d_shape
 
-cdef extern from "winograd_f2x3.h" nogil:
-    void fl_wino_input_float(const float* x, float* V, Py_ssize_t P, Py_ssize_t plane, float* scratch, Py_ssize_t Cg,
-                             Py_ssize_t H, Py_ssize_t W, Py_ssize_t i, Py_ssize_t tiles_w, Py_ssize_t PT, Py_ssize_t PL)
-    void fl_wino_input_double(const double* x, double* V, Py_ssize_t P, Py_ssize_t plane, double* scratch,
-                              Py_ssize_t Cg, Py_ssize_t H, Py_ssize_t W, Py_ssize_t i, Py_ssize_t tiles_w,
-                              Py_ssize_t PT, Py_ssize_t PL)
-    void fl_wino_output_float(const float* M, Py_ssize_t P, Py_ssize_t plane, float* y, const float* bias,
-                              float* scratch, Py_ssize_t Fg, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t i,
-                              Py_ssize_t tiles_w)
-    void fl_wino_output_double(const double* M, Py_ssize_t P, Py_ssize_t plane, double* y, const double* bias,
-                               double* scratch, Py_ssize_t Fg, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t i,
-                               Py_ssize_t tiles_w)
+cdef extern from "winograd_f4x3.h" nogil:
+    Py_ssize_t fl_wino_scratch(Py_ssize_t P)
+    void fl_wino_filter_float(const float* w, float* U, Py_ssize_t plane, Py_ssize_t Cg)
+    void fl_wino_filter_double(const double* w, double* U, Py_ssize_t plane, Py_ssize_t Cg)
+    void fl_wino_filter_grad_float(const float* dU, Py_ssize_t runs, Py_ssize_t stride, Py_ssize_t plane,
+                                   Py_ssize_t Cg, float* dw)
+    void fl_wino_filter_grad_double(const double* dU, Py_ssize_t runs, Py_ssize_t stride, Py_ssize_t plane,
+                                    Py_ssize_t Cg, double* dw)
+    void fl_wino_input_float(const float* x, Py_ssize_t image, float* V, Py_ssize_t P, float* scratch,
+                             Py_ssize_t Cg, Py_ssize_t H, Py_ssize_t W, Py_ssize_t first, Py_ssize_t rows,
+                             Py_ssize_t tiles_h, Py_ssize_t tiles_w, Py_ssize_t PT, Py_ssize_t PL)
+    void fl_wino_input_double(const double* x, Py_ssize_t image, double* V, Py_ssize_t P, double* scratch,
+                              Py_ssize_t Cg, Py_ssize_t H, Py_ssize_t W, Py_ssize_t first, Py_ssize_t rows,
+                              Py_ssize_t tiles_h, Py_ssize_t tiles_w, Py_ssize_t PT, Py_ssize_t PL)
+    void fl_wino_output_float(const float* M, Py_ssize_t P, float* y, Py_ssize_t image, const float* bias,
+                              float* scratch, Py_ssize_t Fg, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t first,
+                              Py_ssize_t rows, Py_ssize_t tiles_h, Py_ssize_t tiles_w)
+    void fl_wino_output_double(const double* M, Py_ssize_t P, double* y, Py_ssize_t image, const double* bias,
+                               double* scratch, Py_ssize_t Fg, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t first,
+                               Py_ssize_t rows, Py_ssize_t tiles_h, Py_ssize_t tiles_w)
+    void fl_wino_grad_output_float(const float* dy, Py_ssize_t image, float* dM, Py_ssize_t P, float* scratch,
+                                   Py_ssize_t Fg, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t first, Py_ssize_t rows,
+                                   Py_ssize_t tiles_h, Py_ssize_t tiles_w)
+    void fl_wino_grad_output_double(const double* dy, Py_ssize_t image, double* dM, Py_ssize_t P, double* scratch,
+                                    Py_ssize_t Fg, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t first, Py_ssize_t rows,
+                                    Py_ssize_t tiles_h, Py_ssize_t tiles_w)
 
 cdef enum:
-    POSITIONS = 16  # of a 4x4 transformed tile
+    POSITIONS = 36  # of a 6x6 transformed tile
+    TILE = 4  # output rows and columns of a tile
+
+TILE_SIZE = TILE
+
+
+def workspace_size(Py_ssize_t Cg, Py_ssize_t Fg, Py_ssize_t rows, Py_ssize_t tiles_w):
+    """Values of one thread's workspace: V, M and the transforms' scratch."""
+    return POSITIONS * (Cg + Fg) * rows * tiles_w + fl_wino_scratch(rows * tiles_w)
+
+
+def transform_filters(const floating[:, :, :, ::1] w, floating[:, :, :, ::1] U, Py_ssize_t groups,
+                      int num_threads):
+    """U (groups, 36, Fg, Cg) = G w[f, c] G^T for the filters w (F, Cg, 3, 3), F = groups * Fg:
+    computed in double and rounded once to w's type."""
+    cdef Py_ssize_t F = w.shape[0], Fg = F // groups, f
+    if w.shape[2] != 3 or w.shape[3] != 3 or F % groups:
+        raise ValueError(f"w must be (groups * Fg, Cg, 3, 3) filters, got {w.shape[0]}x{w.shape[1]}x{w.shape[2]}x"
+                         f"{w.shape[3]} for {groups} groups")
+    if U.shape[0] != groups or U.shape[1] != POSITIONS or U.shape[2] != Fg or U.shape[3] != w.shape[1]:
+        raise ValueError(f"U must be ({groups}, {POSITIONS}, {Fg}, {w.shape[1]})")
+    for f in prange(F, nogil=True, schedule="static", num_threads=num_threads):
+        if floating is float:
+            fl_wino_filter_float(&w[f, 0, 0, 0], &U[f // Fg, 0, f % Fg, 0], Fg * w.shape[1], w.shape[1])
+        else:
+            fl_wino_filter_double(&w[f, 0, 0, 0], &U[f // Fg, 0, f % Fg, 0], Fg * w.shape[1], w.shape[1])
 
 
 cdef void _block(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] U, const floating[::1] b,
                  bint has_bias, floating[:, :, :, ::1] y, floating* V, const Conv2dShape* s, Py_ssize_t gi,
                  Py_ssize_t first, Py_ssize_t rows, Py_ssize_t tiles_h, Py_ssize_t tiles_w) noexcept nogil:
     """Tile rows [first, first + rows) of the batch (row R: image R // tiles_h, tile row R % tiles_h)
-    of group gi. V: the thread's workspace, (16, Cg, P) then M (16, Fg, P) then the transforms'
-    row scratch."""
-    cdef Py_ssize_t P = rows * tiles_w, r, n, xi
+    of group gi. V: the thread's workspace, (36, Cg, P) then M (36, Fg, P) then the transforms'
+    scratch."""
+    cdef Py_ssize_t P = rows * tiles_w, xi
     cdef floating* M = V + POSITIONS * s.Cg * P
-    cdef floating* scratch = M + POSITIONS * s.Fg * P  # 8 rows of 2 * tiles_w + 2
+    cdef floating* scratch = M + POSITIONS * s.Fg * P
     cdef const floating* bias = &b[gi * s.Fg] if has_bias else NULL
-    for r in range(rows):
-        n = (first + r) // tiles_h
-        if floating is float:
-            fl_wino_input_float(&x[n, gi * s.Cg, 0, 0], V + r * tiles_w, P, s.Cg * P, scratch, s.Cg, s.H, s.W,
-                                (first + r) % tiles_h, tiles_w, s.PT, s.PL)
-        else:
-            fl_wino_input_double(&x[n, gi * s.Cg, 0, 0], V + r * tiles_w, P, s.Cg * P, scratch, s.Cg, s.H, s.W,
-                                 (first + r) % tiles_h, tiles_w, s.PT, s.PL)
+    if floating is float:
+        fl_wino_input_float(&x[0, gi * s.Cg, 0, 0], s.C * s.H * s.W, V, P, scratch, s.Cg, s.H, s.W, first, rows,
+                            tiles_h, tiles_w, s.PT, s.PL)
+    else:
+        fl_wino_input_double(&x[0, gi * s.Cg, 0, 0], s.C * s.H * s.W, V, P, scratch, s.Cg, s.H, s.W, first, rows,
+                             tiles_h, tiles_w, s.PT, s.PL)
     for xi in range(POSITIONS):
         # M[xi] (Fg x P) = U[gi, xi] (Fg x Cg) @ V[xi] (Cg x P)
         gemm(False, False, <int>s.Fg, <int>P, <int>s.Cg, <floating>1, &U[gi, xi, 0, 0], <int>s.Cg,
              V + xi * s.Cg * P, <int>P, <floating>0, M + xi * s.Fg * P, <int>P)
-    for r in range(rows):
-        n = (first + r) // tiles_h
-        if floating is float:
-            fl_wino_output_float(M + r * tiles_w, P, s.Fg * P, &y[n, gi * s.Fg, 0, 0], bias, scratch, s.Fg, s.OH,
-                                 s.OW, (first + r) % tiles_h, tiles_w)
-        else:
-            fl_wino_output_double(M + r * tiles_w, P, s.Fg * P, &y[n, gi * s.Fg, 0, 0], bias, scratch, s.Fg, s.OH,
-                                  s.OW, (first + r) % tiles_h, tiles_w)
+    if floating is float:
+        fl_wino_output_float(M, P, &y[0, gi * s.Fg, 0, 0], s.F * s.OH * s.OW, bias, scratch, s.Fg, s.OH, s.OW, first,
+                             rows, tiles_h, tiles_w)
+    else:
+        fl_wino_output_double(M, P, &y[0, gi * s.Fg, 0, 0], s.F * s.OH * s.OW, bias, scratch, s.Fg, s.OH, s.OW,
+                              first, rows, tiles_h, tiles_w)
 
 
 def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] U, const floating[::1] b,
                    floating[:, :, :, ::1] y, floating[:, ::1] workspace, object geometry, Py_ssize_t rows,
                    int num_threads):
     """y = conv2d(x, w) (+ b; None for no bias) for 3x3 kernels, stride 1, dilation 1. ``U`` is
-    (groups, 16, Fg, Cg), the transformed filters; ``workspace`` (num_threads, 16 * (Cg + Fg) *
-    rows * tiles_w + 8 * (2 * tiles_w + 2)); ``rows``: tile rows per task (across images)."""
+    (groups, 36, Fg, Cg), the transformed filters; ``workspace`` (num_threads,
+    workspace_size(Cg, Fg, rows, tiles_w)); ``rows``: tile rows per task (across images)."""
     single_threaded_blas()
     cdef Conv2dShape s = conv2d_shape(geometry)
     cdef bint has_bias = b is not None
-    cdef Py_ssize_t tiles_h = (s.OH + 1) // 2, tiles_w = (s.OW + 1) // 2
+    cdef Py_ssize_t tiles_h = (s.OH + TILE - 1) // TILE, tiles_w = (s.OW + TILE - 1) // TILE
     cdef Py_ssize_t total = s.N * tiles_h, blocks = (total + rows - 1) // rows
     cdef Py_ssize_t task, gi, first
     for task in prange(s.G * blocks, nogil=True, schedule="dynamic", num_threads=num_threads):
@@ -84,3 +119,65 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
         first = (task % blocks) * rows
         _block(x, U, b, has_bias, y, &workspace[threadid(), 0], &s, gi, first, min(rows, total - first), tiles_h,
                tiles_w)
+
+
+cdef void _weight_block(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dU,
+                        floating* V, const Conv2dShape* s, Py_ssize_t gi, Py_ssize_t first, Py_ssize_t rows,
+                        Py_ssize_t tiles_h, Py_ssize_t tiles_w) noexcept nogil:
+    """dU[gi, xi] += dM[xi] @ V[xi]^T over tile rows [first, first + rows) of the batch: V from x
+    (as in _block), dM the transformed gradients of the same tiles of dy, in M's place."""
+    cdef Py_ssize_t P = rows * tiles_w, xi
+    cdef floating* dM = V + POSITIONS * s.Cg * P
+    cdef floating* scratch = dM + POSITIONS * s.Fg * P
+    if floating is float:
+        fl_wino_input_float(&x[0, gi * s.Cg, 0, 0], s.C * s.H * s.W, V, P, scratch, s.Cg, s.H, s.W, first, rows,
+                            tiles_h, tiles_w, s.PT, s.PL)
+        fl_wino_grad_output_float(&dy[0, gi * s.Fg, 0, 0], s.F * s.OH * s.OW, dM, P, scratch, s.Fg, s.OH, s.OW,
+                                  first, rows, tiles_h, tiles_w)
+    else:
+        fl_wino_input_double(&x[0, gi * s.Cg, 0, 0], s.C * s.H * s.W, V, P, scratch, s.Cg, s.H, s.W, first, rows,
+                             tiles_h, tiles_w, s.PT, s.PL)
+        fl_wino_grad_output_double(&dy[0, gi * s.Fg, 0, 0], s.F * s.OH * s.OW, dM, P, scratch, s.Fg, s.OH, s.OW,
+                                   first, rows, tiles_h, tiles_w)
+    for xi in range(POSITIONS):
+        # dU[gi, xi] (Fg x Cg) += dM[xi] (Fg x P) @ V[xi]^T (P x Cg)
+        gemm(False, True, <int>s.Fg, <int>s.Cg, <int>P, <floating>1, dM + xi * s.Fg * P, <int>P,
+             V + xi * s.Cg * P, <int>P, <floating>1, &dU[gi, xi, 0, 0], <int>s.Cg)
+
+
+def conv2d_backward_weight(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dy,
+                           floating[:, :, :, :, ::1] dU, floating[:, ::1] workspace, object geometry,
+                           Py_ssize_t rows, int num_threads):
+    """dU[q] += the transformed weight gradient (groups, 36, Fg, Cg) of the q-th of ``dU.shape[0]``
+    consecutive runs of tasks (tasks as in conv2d_forward; dU zeroed by the caller): each run
+    sums its tasks in order on one thread, so every partial is the same at any thread count.
+    ``workspace`` as for conv2d_forward."""
+    single_threaded_blas()
+    cdef Conv2dShape s = conv2d_shape(geometry)
+    cdef Py_ssize_t tiles_h = (s.OH + TILE - 1) // TILE, tiles_w = (s.OW + TILE - 1) // TILE
+    cdef Py_ssize_t total = s.N * tiles_h, blocks = (total + rows - 1) // rows
+    cdef Py_ssize_t tasks = s.G * blocks, runs = dU.shape[0], q, task, gi, first
+    if dU.shape[1] != s.G or dU.shape[2] != POSITIONS or dU.shape[3] != s.Fg or dU.shape[4] != s.Cg or runs > tasks:
+        raise ValueError(f"dU must be (runs <= {tasks}, {s.G}, {POSITIONS}, {s.Fg}, {s.Cg})")
+    for q in prange(runs, nogil=True, schedule="dynamic", num_threads=num_threads):
+        for task in range(q * tasks // runs, (q + 1) * tasks // runs):
+            gi = task // blocks
+            first = (task % blocks) * rows
+            _weight_block(x, dy, dU[q], &workspace[threadid(), 0], &s, gi, first, min(rows, total - first),
+                          tiles_h, tiles_w)
+
+
+def filters_grad(const floating[:, :, :, :, ::1] dU, floating[:, :, :, ::1] dw, int num_threads):
+    """dw (F, Cg, 3, 3) = G^T (dU summed over its first axis, the runs) G for the transformed
+    weight gradient dU (runs, groups, 36, Fg, Cg): in double, rounded once to dw's type."""
+    cdef Py_ssize_t runs = dU.shape[0], groups = dU.shape[1], Fg = dU.shape[3], Cg = dU.shape[4], f
+    if dU.shape[2] != POSITIONS or dw.shape[0] != groups * Fg or dw.shape[1] != Cg or dw.shape[2] != 3 \
+            or dw.shape[3] != 3 or runs < 1:
+        raise ValueError(f"dU must be (runs >= 1, groups, {POSITIONS}, Fg, Cg) and dw (groups * Fg, Cg, 3, 3)")
+    for f in prange(groups * Fg, nogil=True, schedule="static", num_threads=num_threads):
+        if floating is float:
+            fl_wino_filter_grad_float(&dU[0, f // Fg, 0, f % Fg, 0], runs, groups * POSITIONS * Fg * Cg, Fg * Cg, Cg,
+                                      &dw[f, 0, 0, 0])
+        else:
+            fl_wino_filter_grad_double(&dU[0, f // Fg, 0, f % Fg, 0], runs, groups * POSITIONS * Fg * Cg, Fg * Cg,
+                                       Cg, &dw[f, 0, 0, 0])

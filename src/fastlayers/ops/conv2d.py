@@ -188,8 +188,12 @@ def _cpu_depthwise_declines(problem):
 def _cpu_winograd_declines(problem):
     g = problem.geometry
     if (g.KH, g.KW, g.stride_h, g.stride_w, g.dilation_h, g.dilation_w) != (3, 3, 1, 1, 1, 1):
-        return (f"the cpu 'winograd' kernel (F(2x2, 3x3)) takes 3x3 kernels at stride 1 and dilation 1, got "
+        return (f"the cpu 'winograd' kernel (F(4x4, 3x3)) takes 3x3 kernels at stride 1 and dilation 1, got "
                 f"kernel {g.KH}x{g.KW}, stride {g.stride_h}x{g.stride_w}, dilation {g.dilation_h}x{g.dilation_w}")
+    pads = (g.pad_top, g.pad_bottom, g.pad_left, g.pad_right)
+    if problem.direction == "backward" and max(pads) > 2:
+        return (f"the cpu 'winograd' backward (its grad_input a forward on the flipped filters, padded by "
+                f"2 - padding) takes paddings of at most 2 a side, got {pads} (top, bottom, left, right)")
     return None
 
 
@@ -200,9 +204,8 @@ KERNELS = (
     Kernel("cpu", "direct", "fastlayers.backends.cpu.conv2d", {"forward": "direct_forward", "backward": "direct_backward"}),
     Kernel("cpu", "depthwise", "fastlayers.backends.cpu.conv2d",
            {"forward": "depthwise_forward", "backward": "depthwise_backward"}, declines=_cpu_depthwise_declines),
-    # Forward only: explicit algo="winograd" backwards are refused, "auto" never picks it backward.
-    Kernel("cpu", "winograd", "fastlayers.backends.cpu.conv2d", {"forward": "winograd_forward"},
-           declines=_cpu_winograd_declines),
+    Kernel("cpu", "winograd", "fastlayers.backends.cpu.conv2d",
+           {"forward": "winograd_forward", "backward": "winograd_backward"}, declines=_cpu_winograd_declines),
     Kernel("cuda", "implicit_gemm", "fastlayers.backends.cuda.conv2d",
            {"forward": "implicit_gemm_forward", "backward": "implicit_gemm_backward"}, allocates=True),
     Kernel("cuda", "direct", "fastlayers.backends.cuda.conv2d", {"forward": "direct_forward"},

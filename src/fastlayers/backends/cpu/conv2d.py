@@ -1,9 +1,12 @@
 """conv2d on the CPU backend: im2col + GEMM (kernels/cpu/im2col.pyx), direct loops
-(kernels/cpu/conv2d_direct.pyx) and, for one input channel per group, depthwise plane loops
-(kernels/cpu/conv2d_depthwise.pyx), forward and backward. The depthwise loops give every output
-to one task in a fixed order: their results do not depend on the thread count. At stride 1 their
-plane copies (a thread's padded input or gradient plane and widened output plane, in its
-workspace) stay within ``DEPTHWISE_PADDED_MAX_BYTES``.
+(kernels/cpu/conv2d_direct.pyx), for one input channel per group, depthwise plane loops
+(kernels/cpu/conv2d_depthwise.pyx), and for 3x3 kernels at stride 1 Winograd's F(4x4, 3x3)
+(kernels/cpu/conv2d_winograd.pyx), forward and backward. The depthwise loops give every output
+to one task in a fixed order, and so do the Winograd forward and dx (their tasks' tiles do not
+depend on the thread count), whose dw sums a fixed number of runs of tasks in order: their
+results do not depend on the thread count. At stride 1 the depthwise plane copies (a thread's
+padded input or gradient plane and widened output plane, in its workspace) stay within
+``DEPTHWISE_PADDED_MAX_BYTES``.
 
 Both algorithms are reproducible bit for bit from run to run at a given thread count: no
 atomics, every sum in a fixed order. The direct loops do not depend on the thread count at all;
@@ -21,7 +24,9 @@ columns of several whole small images) per thread, two of them in the backward (
 of dx), plus, when images share a tile, their gemm's product in the forward and their dy in the
 backward (filters per group x the tile's columns), and one partial dw (the size of w) per thread
 in the backward; a direct task's row copy is kept to about 1 MiB and refused past
-``DIRECT_MAX_SCRATCH_BYTES`` per thread (its width grows with the stride and dilation).
+``DIRECT_MAX_SCRATCH_BYTES`` per thread (its width grows with the stride and dilation); a
+Winograd task holds its tiles' transforms, 36 (Cg + Fg) values a tile (``_winograd_band``), and
+its dw up to ``_WINOGRAD_DW_RUNS`` partial transformed gradients of 36 F Cg values.
 Workspaces are cached per Python thread and checked out for the call
 (``_common.workspace``), so concurrent or re-entrant callers never share one; they keep their
 largest size until the thread ends or ``fastlayers.release_workspaces()``.
@@ -35,6 +40,7 @@ from ..._cpu import conv2d_direct as _direct
 from ..._cpu import conv2d_winograd as _winograd
 from ..._cpu import im2col as _im2col
 from ..._dispatch import threads_for
+from ...ops.conv2d import Conv2dGeometry
 from ._common import BLAS_INT_MAX, contiguous
 from ._common import workspace as scratch
 
@@ -151,6 +157,25 @@ DIRECT_MAX_TAPS = 2048
 DIRECT_MIN_PLANES = 8  # images x groups
 DIRECT_MIN_WIDTH = 16  # output columns: one AVX-512 vector of float32
 DIRECT_FAST_ISAS = frozenset({"x86-64-v4"})  # instruction sets where the direct forward can win
+# Winograd F(4x4, 3x3) (3x3 kernels, stride 1, dilation 1) against im2col, measured with AVX2
+# only (docs/performance.md): its fixed costs (the filter transform, each task's pass over the 36
+# transformed filters) scale with Cg x Fg as its savings do with tiles x Cg x Fg, so it needs a
+# number of tiles (under 128, two threads, the gains are mixed: 0.6-1.4x im2col's time); and its
+# transforms (per input and output element) must be spread over enough channels: with 3 to 16
+# it runs 1.1-3x im2col's time.
+WINOGRAD_MIN_TILES = 128  # 4x4 output tiles of the batch
+WINOGRAD_MIN_CHANNELS = 32  # input and output channels per group
+WINOGRAD_FAST_ISAS = frozenset({"x86-64-v3"})  # where the rule was measured
+
+
+def _winograd_wins(g, direction, isa):
+    """Whether "auto" takes winograd for this problem (both directions: the backward's dx is a
+    winograd forward with Cg and Fg swapped; without dx the backward is im2col's either way)."""
+    tiles = g.N * -(-g.OH // 4) * -(-g.OW // 4)
+    return ((g.KH, g.KW, g.stride_h, g.stride_w, g.dilation_h, g.dilation_w) == (3, 3, 1, 1, 1, 1)
+            and isa in WINOGRAD_FAST_ISAS and tiles >= WINOGRAD_MIN_TILES and min(g.Cg, g.Fg) >= WINOGRAD_MIN_CHANNELS
+            and (direction == "forward" or (g.input_grad and max(g.pad_top, g.pad_bottom, g.pad_left,
+                                                                 g.pad_right) <= 2)))
 
 
 def choose_algo(problem, isa=None):
@@ -160,9 +185,11 @@ def choose_algo(problem, isa=None):
     kernel's loader picked it) is in ``DIRECT_FAST_ISAS``, "direct" for kernels larger than 1x1
     with at most ``DIRECT_MAX_TAPS`` taps per output (C/groups * KH * KW), at least
     ``DIRECT_MIN_FLOPS`` FLOP, ``DIRECT_MIN_PLANES`` (image, group) planes and
-    ``DIRECT_MIN_WIDTH`` output columns, "im2col" otherwise; for the backward, "im2col". Forwards
-    with several groups of one input channel each (depthwise), forward and backward: "depthwise". "winograd" is never chosen: measured, it is at
-    best even with "direct" (docs/performance.md)."""
+    ``DIRECT_MIN_WIDTH`` output columns; on one in ``WINOGRAD_FAST_ISAS``, "winograd" forward and
+    backward (with dx) for 3x3 kernels at stride 1 and dilation 1 with at least
+    ``WINOGRAD_MIN_TILES`` 4x4 output tiles and ``WINOGRAD_MIN_CHANNELS`` input and output
+    channels per group (backward: paddings up to 2); "im2col" otherwise. Several groups of one
+    input channel each (depthwise), forward and backward: "depthwise"."""
     g, direction = problem.geometry, problem.direction
     if g.Cg == 1 and g.groups > 1:
         return "depthwise"
@@ -174,6 +201,8 @@ def choose_algo(problem, isa=None):
     if (direction == "forward" and isa in DIRECT_FAST_ISAS and g.KH * g.KW > 1 and g.K <= DIRECT_MAX_TAPS
             and g.flops >= DIRECT_MIN_FLOPS and g.N * g.groups >= DIRECT_MIN_PLANES and g.OW >= DIRECT_MIN_WIDTH):
         return "direct"
+    if _winograd_wins(g, direction, isa):
+        return "winograd"
     return "im2col"
 
 
@@ -363,44 +392,114 @@ def depthwise_backward(dy, x, w, g, outs):
     return outs
 
 
-# ---------------------------------------------------------------------------- winograd F(2x2, 3x3)
+# ---------------------------------------------------------------------------- winograd F(4x4, 3x3)
 
-# The filter transform G of F(2x2, 3x3) (kernels/cpu/winograd_f2x3.h has B and A): halves, exact.
-_WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
-# A task's tiles: enough for the 16 GEMMs to run at speed (their N), across images where planes
-# are small, while its V and M stay near L2's size.
-_WINOGRAD_TILES = 128
-_WINOGRAD_TILE_BYTES = 2 << 20
+# A task's tiles (the 36 GEMMs' N; the transforms' vector loops run along them too): each gemm
+# packs its U[xi] (Fg x Cg) for N columns, so wider channels want more tiles. Measured best on
+# the design layers (docs/performance.md): about (Cg + Fg) / 4 tiles, at least 64; on calls too
+# small for 2 such tasks, fewer, so that both threads work, but at least 32 (half the speed-up
+# is lost at 16).
+_WINOGRAD_TILES = 64
+_WINOGRAD_MIN_TILES = 32
+_WINOGRAD_MIN_TASKS = 2
 
 
 def _winograd_filters(w, g):
-    """U (groups, 16, Fg, Cg) = G w G^T for every filter and channel, computed in float64 and
-    rounded once to w's dtype."""
-    wg = w.astype(np.float64).reshape(g.groups, g.Fg, g.Cg, 3, 3)
-    U = np.einsum("ik,gfckl,jl->gijfc", _WINOGRAD_G, wg, _WINOGRAD_G)
-    return np.ascontiguousarray(U.reshape(g.groups, 16, g.Fg, g.Cg), dtype=w.dtype)
+    """U (groups, 36, Fg, Cg) = G w G^T for every filter and channel, computed in float64 and
+    rounded once to w's dtype (conv2d_winograd.pyx)."""
+    U = np.empty((g.groups, 36, g.Fg, g.Cg), dtype=w.dtype)
+    _winograd.transform_filters(contiguous(w), U, g.groups, threads_for(g.F * g.Cg * 36 * 9))
+    return U
 
 
-def _winograd_band(g, itemsize):
-    """Tile rows per task (consecutive rows of the batch, across images): about ``_WINOGRAD_TILES``
-    tiles, fewer where V and M (16 * (Cg + Fg) values a tile) would pass
-    ``_WINOGRAD_TILE_BYTES``; at least one. It does not depend on the thread count."""
-    tiles_w = -(-g.OW // 2)
-    per_row = 16 * (g.Cg + g.Fg) * tiles_w * itemsize
-    rows = min(-(-_WINOGRAD_TILES // tiles_w), max(1, _WINOGRAD_TILE_BYTES // per_row))
-    return max(1, min(g.N * -(-g.OH // 2), rows)), tiles_w
+def _winograd_band(g):
+    """Tile rows per task (consecutive rows of the batch, across images) and tiles per row: about
+    max(``_WINOGRAD_TILES``, (Cg + Fg) / 4) tiles, cut to make ``_WINOGRAD_MIN_TASKS`` tasks but
+    not below ``_WINOGRAD_MIN_TILES``; at least one row, at most all of them. It does not depend
+    on the thread count."""
+    tile = _winograd.TILE_SIZE
+    tiles_w, tile_rows = -(-g.OW // tile), g.N * -(-g.OH // tile)
+    floor = -(-_WINOGRAD_MIN_TILES // tiles_w)
+    rows = -(-max(_WINOGRAD_TILES, (g.Cg + g.Fg) // 4) // tiles_w)
+    blocks = -(-_WINOGRAD_MIN_TASKS // g.groups)  # blocks of rows per group for that many tasks
+    rows = max(floor, min(rows, -(-tile_rows // blocks)))
+    return max(1, min(rows, tile_rows)), tiles_w
+
+
+def _winograd_run(x, w, b, g, y, threads):
+    """y = conv2d(x, w) + b by the F(4x4, 3x3) kernel: x, w, b finite, sizes checked non-degenerate."""
+    rows, tiles_w = _winograd_band(g)
+    if max(g.Fg, g.Cg, rows * tiles_w) > BLAS_INT_MAX:
+        raise ValueError(f"conv2d sizes exceed what BLAS can index (C ints) for algo='winograd': {g}")
+    with scratch("winograd", (threads, _winograd.workspace_size(g.Cg, g.Fg, rows, tiles_w)), x.dtype) as work:
+        _winograd.conv2d_forward(contiguous(x), _winograd_filters(w, g), contiguous(b), y, work, g, rows, threads)
 
 
 def winograd_forward(x, w, b, g, outs):
     (y,) = outs
-    if not _finite(x, w):  # a tile's transforms spread a NaN or an infinity to all four of its outputs
+    if not _finite(x, w):  # a tile's transforms spread a NaN or an infinity to all its outputs
         return im2col_forward(x, w, b, g, outs)
     threads = _forward_threads(x, w, b, g, y, "winograd")
-    if threads is None:
-        return (y,)
-    rows, tiles_w = _winograd_band(g, x.dtype.itemsize)
+    if threads is not None:
+        _winograd_run(x, w, b, g, y, threads)
+    return (y,)
+
+
+# The data gradient is the forward kernel on dy: at stride 1, dx = conv2d(dy, w flipped 180
+# degrees with each group's in- and out-channels swapped, padding 2 - p per side), for paddings
+# p <= 2 (the spec's _cpu_winograd_declines refuses more).
+def _winograd_input_geometry(g):
+    """The forward geometry whose output is dx: dy's planes in, x's planes out."""
+    return Conv2dGeometry(g.N, g.F, g.OH, g.OW, g.C, 3, 3, g.H, g.W, 1, 1, 2 - g.pad_top, 2 - g.pad_bottom,
+                          2 - g.pad_left, 2 - g.pad_right, 1, 1, g.groups)
+
+
+# The weight gradient by Winograd: dU[xi] = sum over tiles of (A dY A^T)[xi] V[xi]^T, then
+# dW = G^T dU G. The tasks are summed in consecutive runs of fixed count, each on one thread into
+# its own partial dU (36 Fg x Cg a group: 4 times w's size), added in order: _WINOGRAD_DW_RUNS
+# runs, fewer where the tasks are fewer or the partials would pass _WINOGRAD_DW_BYTES, but two
+# where there are two tasks, so that two threads share the work; never a count that depends on
+# the threads.
+_WINOGRAD_DW_RUNS = 4
+_WINOGRAD_DW_BYTES = 64 << 20
+
+
+def _winograd_dw_runs(g, itemsize):
+    """Partial dU sums of the weight gradient: runs of consecutive tasks, one thread each."""
+    rows, _ = _winograd_band(g)
+    tasks = g.groups * -(-g.N * -(-g.OH // _winograd.TILE_SIZE) // rows)
+    fit = _WINOGRAD_DW_BYTES // (36 * g.F * g.Cg * itemsize)
+    return max(1, min(_WINOGRAD_DW_RUNS, tasks, max(2, fit)))
+
+
+def _winograd_weight_grad(dy, x, g, dw, db, threads):
+    """dw and db of a stride-1 3x3 convolution, dw by Winograd (x and dy finite, C-contiguous)."""
+    rows, tiles_w = _winograd_band(g)
     if max(g.Fg, g.Cg, rows * tiles_w) > BLAS_INT_MAX:
         raise ValueError(f"conv2d sizes exceed what BLAS can index (C ints) for algo='winograd': {g}")
-    with scratch("winograd", (threads, 16 * (g.Cg + g.Fg) * rows * tiles_w + 8 * (2 * tiles_w + 2)), x.dtype) as work:
-        _winograd.conv2d_forward(contiguous(x), _winograd_filters(w, g), contiguous(b), y, work, g, rows, threads)
-    return (y,)
+    runs = _winograd_dw_runs(g, x.dtype.itemsize)
+    threads = min(threads, runs)
+    dU = np.zeros((runs, g.groups, 36, g.Fg, g.Cg), dtype=x.dtype)
+    with scratch("winograd", (threads, _winograd.workspace_size(g.Cg, g.Fg, rows, tiles_w)), x.dtype) as work:
+        _winograd.conv2d_backward_weight(x, dy, dU, work, g, rows, threads)
+    _winograd.filters_grad(dU, dw, threads_for(g.F * g.Cg * 36 * (runs + 9)))
+    db[...] = dy.sum(axis=(0, 2, 3), dtype=np.float64)
+
+
+def winograd_backward(dy, x, w, g, outs):
+    dx, dw, db = outs
+    if _degenerate(x, w):
+        return _degenerate_backward(dy, outs)
+    if not _finite(w, dy):  # as in winograd_forward: the reference's NaNs need im2col's products
+        return im2col_backward(dy, x, w, g, outs)
+    dyc = contiguous(dy)
+    if dx is not None:
+        G = g.groups
+        flipped = contiguous(w).reshape(G, g.Fg, g.Cg, 3, 3)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+        _winograd_run(dyc, np.ascontiguousarray(flipped).reshape(g.C, g.Fg, 3, 3), None,
+                      _winograd_input_geometry(g), dx, threads_for(g.flops // 2))
+    if _finite(x):
+        _winograd_weight_grad(dyc, contiguous(x), g, dw, db, threads_for(g.flops // 2))
+    else:  # a NaN of x spreads over its tiles' transforms: im2col's products are the reference's
+        im2col_backward(dyc, x, w, replace(g, input_grad=False), (None, dw, db))
+    return outs
