@@ -16,7 +16,7 @@ def lstm_forward(x, h0, c0, Wx, Wh, b, g, outs):
         _kernels.lstm_forward(
             contiguous(x).reshape(T * N, D), _initial_state(h0, N, H, dt), _initial_state(c0, N, H, dt),
             Wx_rows, Wh_rows, _gated.bias(b, G, dt), hs.reshape(T * N, H), cs.reshape(T * N, H), a, u,
-            N, g.keep, packed_x, packed, _gated.num_threads(T, N, D, H, G),
+            N, g.keep, packed_x, packed, _gated.avx512_blocking(), _gated.num_threads(T, N, D, H, G),
         )
     return outs + (a,) if g.keep else outs
 
@@ -34,6 +34,7 @@ def lstm_backward(dhs, dcs, x, h0, c0, Wx, Wh, b, hs, cs, gates, g, outs):
             contiguous(x).reshape(T * N, D), _initial_state(h0, N, H, dt), _initial_state(c0, N, H, dt),
             contiguous(Wx), contiguous(Wh), WhT, _gated.bias(b, G, dt),
             contiguous(hs).reshape(T * N, H), contiguous(cs).reshape(T * N, H), gates, recompute, dz,
-            dx.reshape(T * N, D), dh0, dc0, dWx, dWh, db, packed_t, N, _gated.num_threads(T, N, D, H, G),
+            dx.reshape(T * N, D), dh0, dc0, dWx, dWh, db, packed_t, _gated.avx512_blocking(), N,
+            _gated.num_threads(T, N, D, H, G),
         )
     return outs
