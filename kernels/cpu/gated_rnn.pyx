@@ -207,6 +207,16 @@ cdef const float* _packed(const float[::1] packed, Py_ssize_t K, Py_ssize_t G) e
     return &packed[0]
 
 
+cdef const floating* _transposed(const floating[:, ::1] WhT, const float* packed) except? NULL:
+    """The pointer of the backward's Wh^T (NULL for None), which must be given when its packed
+    copy is not."""
+    if WhT is None:
+        if packed == NULL:
+            raise ValueError("the backward needs Wh^T (WhT) when it gets no packed copy (packed_t)")
+        return NULL
+    return &WhT[0, 0]
+
+
 cdef void _forward(const floating* x, const floating* Wx, const floating* Wh, const floating* h0, const floating* c0,
                    const floating* bx, const floating* bh, floating* hs, floating* cs, floating* a, floating* u,
                    Py_ssize_t TN, Py_ssize_t N, Py_ssize_t D, Py_ssize_t H, Py_ssize_t G, Py_ssize_t ldw,
@@ -280,15 +290,18 @@ def lstm_backward(const floating[:, ::1] dhs, const floating[:, ::1] dcs, const 
     """Backward through time of lstm_forward.
 
     dhs, hs, cs (T*N, H), dcs the same or None (zeros); x, dx (T*N, D); h0, c0, dh0, dc0 (N, H);
-    Wx, dWx (D, 4H); Wh, dWh (H, 4H); WhT = Wh^T in C order (4H, H), in rows at least H long:
-    the products with Wh^T then take the untransposed form OpenBLAS runs on its small-matrix path; b, db (4H,);
-    gates (T*N, ldg >= 4H): the forward's kept gates, read only, or with ``recompute`` a workspace
-    the gates are recomputed into; dz (T*N, 4H) a workspace; ``packed_t``: None, or (float32) Wh^T
-    packed in panels for the per-step dz @ Wh^T (packed_gemm.h), ``avx512`` as for lstm_forward. Every output is overwritten; dWx,
-    dWh and db sum over steps in a fixed order for a given thread count, so results are
-    reproducible run to run."""
+    Wx, dWx (D, 4H); Wh, dWh (H, 4H); b, db (4H,); gates (T*N, ldg >= 4H): the forward's kept
+    gates, read only, or with ``recompute`` a workspace the gates are recomputed into; dz
+    (T*N, 4H) a workspace. The per-step dz @ Wh^T multiplies ``packed_t``, (float32) Wh^T packed
+    in panels (packed_gemm.h, in the AVX-512 blocking with ``avx512``), or where that is None
+    ``WhT``, Wh^T in C order (4H, H) in rows at least H long (the untransposed form OpenBLAS runs
+    on its small-matrix path); WhT may be None when packed_t is given. Every output is
+    overwritten; dWx, dWh and db sum over steps in a fixed order for a given thread count, so
+    results are reproducible run to run."""
     single_threaded_blas()
     cdef const float* pt = _packed(packed_t, Wh.shape[1], Wh.shape[0])
+    cdef const floating* pwt = _transposed(WhT, pt)
+    cdef Py_ssize_t ldwt = WhT.shape[1] if pwt != NULL else 0
     cdef Py_ssize_t TN = x.shape[0], D = x.shape[1], H = Wh.shape[0], G = Wh.shape[1], ldg = gates.shape[1]
     cdef Py_ssize_t T = TN // N
     cdef const floating* ph0 = &h0[0, 0]
@@ -327,7 +340,7 @@ def lstm_backward(const floating[:, ::1] dhs, const floating[:, ::1] dcs, const 
                 _lstm_cell_backward(pg + row * ldg, c_prev, pcs + row * H, pdhs + row * H,
                                     pdcs + row * H if pdcs != NULL else NULL, pdh, pdc, zt, blk.rows, H, ldg, G)
                 if not _packed_product(zt, G, pt, avx512, pdh, H, blk.rows, H):
-                    step_product(zt, &WhT[0, 0], WhT.shape[1], pdh, H, blk.rows, G, H, <floating>0)
+                    step_product(zt, pwt, ldwt, pdh, H, blk.rows, G, H, <floating>0)
         barrier()
         _parameter_gradients(&x[0, 0], ph0, phs, &Wx[0, 0], pdz, pdz, &dx[0, 0], &dWx[0, 0], &dWh[0, 0], &db[0],
                              NULL, blk, TN, N, D, H, G)
@@ -363,12 +376,14 @@ def gru_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
     """Backward through time of gru_forward.
 
     dhs, hs (T*N, H); x, dx (T*N, D); h0, dh0 (N, H); Wx, dWx (D, 3H); Wh, dWh (H, 3H);
-    WhT = Wh^T in C order (3H, H), in rows at least H long; bx, bh, dbx, dbh (3H,); gates
-    (T*N, ldg >= 4H): the forward's kept gates, read only, or with ``recompute`` a workspace the
-    gates are recomputed into; workspaces da, du (T*N, 3H); ``packed_t``, ``avx512`` as for lstm_backward.
-    Every output is overwritten, in a fixed order for a given thread count."""
+    WhT (3H, H) or None, ``packed_t`` and ``avx512`` as for lstm_backward; bx, bh, dbx, dbh
+    (3H,); gates (T*N, ldg >= 4H): the forward's kept gates, read only, or with ``recompute`` a
+    workspace the gates are recomputed into; workspaces da, du (T*N, 3H). Every output is
+    overwritten, in a fixed order for a given thread count."""
     single_threaded_blas()
     cdef const float* pt = _packed(packed_t, Wh.shape[1], Wh.shape[0])
+    cdef const floating* pwt = _transposed(WhT, pt)
+    cdef Py_ssize_t ldwt = WhT.shape[1] if pwt != NULL else 0
     cdef Py_ssize_t TN = x.shape[0], D = x.shape[1], H = Wh.shape[0], G = Wh.shape[1], ldg = gates.shape[1]
     cdef Py_ssize_t T = TN // N
     cdef const floating* ph0 = &h0[0, 0]
@@ -401,7 +416,7 @@ def gru_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
                 _gru_cell_backward(pg + row * ldg, h_prev, pdhs + row * H, pdh, pda + row * G, pdu + row * G,
                                    blk.rows, H, ldg, G)
                 if not _packed_product(pdu + row * G, G, pt, avx512, pdh, H, blk.rows, H, 1):
-                    step_product(pdu + row * G, &WhT[0, 0], WhT.shape[1], pdh, H, blk.rows, G, H, <floating>1)
+                    step_product(pdu + row * G, pwt, ldwt, pdh, H, blk.rows, G, H, <floating>1)
         barrier()
         _parameter_gradients(&x[0, 0], ph0, phs, &Wx[0, 0], pda, pdu, &dx[0, 0], &dWx[0, 0], &dWh[0, 0], &dbx[0],
                              &dbh[0], blk, TN, N, D, H, G)

@@ -153,9 +153,13 @@ def backward_gates(gates, TN, H, dt):
 
 
 @contextlib.contextmanager
-def transposed_rows(Wh):
+def transposed_rows(Wh, packed):
     """Wh^T (G*H, H) in C order for a backward kernel, in rows ``leading_dimension(H)`` long (its
-    per-step product reads Wh^T as the forward's reads Wh)."""
+    per-step product reads Wh^T as the forward's reads Wh); None when ``packed`` (the kernel
+    multiplies the packed copy only)."""
+    if packed:
+        yield None
+        return
     H, dt = Wh.shape[0], Wh.dtype
     ld = leading_dimension(H, dt.itemsize)
     if ld == H:

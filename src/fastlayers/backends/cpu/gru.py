@@ -28,8 +28,8 @@ def gru_backward(dhs, x, h0, Wx, Wh, bx, bh, hs, gates, g, outs):
     dt = x.dtype
     outs = dx, dh0, dWx, dWh, dbx, dbh = _gated.outputs(outs, ((T, N, D), (N, H), (D, G), (H, G), (G,), (G,)), dt)
     with (workspace("gated_rnn_z", (T * N, G), dt) as da, workspace("gated_rnn_u", (T * N, G), dt) as du,
-          _gated.transposed_rows(Wh) as WhT,
-          _gated.backward_gates(gates, T * N, H, dt) as (gates, recompute), _gated.packed_transpose(Wh) as packed_t):
+          _gated.packed_transpose(Wh) as packed_t, _gated.transposed_rows(Wh, packed_t is not None) as WhT,
+          _gated.backward_gates(gates, T * N, H, dt) as (gates, recompute)):
         _kernels.gru_backward(
             contiguous(dhs).reshape(T * N, H), contiguous(x).reshape(T * N, D), _initial_state(h0, N, H, dt),
             contiguous(Wx), contiguous(Wh), WhT, _gated.bias(bx, G, dt), _gated.bias(bh, G, dt),

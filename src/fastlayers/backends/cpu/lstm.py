@@ -27,8 +27,9 @@ def lstm_backward(dhs, dcs, x, h0, c0, Wx, Wh, b, hs, cs, gates, g, outs):
     T, N, D, H, G = g.T, g.N, g.D, g.H, Wh.shape[1]
     dt = x.dtype
     outs = dx, dh0, dc0, dWx, dWh, db = _gated.outputs(outs, ((T, N, D), (N, H), (N, H), (D, G), (H, G), (G,)), dt)
-    with (workspace("gated_rnn_z", (T * N, G), dt) as dz, _gated.transposed_rows(Wh) as WhT,
-          _gated.backward_gates(gates, T * N, H, dt) as (gates, recompute), _gated.packed_transpose(Wh) as packed_t):
+    with (workspace("gated_rnn_z", (T * N, G), dt) as dz, _gated.packed_transpose(Wh) as packed_t,
+          _gated.transposed_rows(Wh, packed_t is not None) as WhT,
+          _gated.backward_gates(gates, T * N, H, dt) as (gates, recompute)):
         _kernels.lstm_backward(
             contiguous(dhs).reshape(T * N, H), None if dcs is None else contiguous(dcs).reshape(T * N, H),
             contiguous(x).reshape(T * N, D), _initial_state(h0, N, H, dt), _initial_state(c0, N, H, dt),
