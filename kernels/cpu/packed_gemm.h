@@ -39,8 +39,11 @@ typedef float fl_v8u __attribute__((vector_size(32), aligned(4), may_alias));
 
 /* fl_block_<R>x<V>_<W>: rows [0, R) of a times columns [0, V * W) of a panel (b: its first
  * column in row k = 0, rows FL_PANEL apart): c[:, :n] = a @ b (+ c when accumulate), n <= V * W
- * (the columns left in the panel); W lanes per vector of type VT (unaligned UT). */
-#define FL_BLOCK(R, V, W, VT, UT)                                                                  \
+ * (the columns left in the panel); W lanes per vector of type VT (unaligned UT). PREFETCH: also
+ * prefetch row k of the next panel (past the last one: a hint, which never faults); the AVX2
+ * blocking does, which gained where the packed weight streams from L3 (measured:
+ * docs/performance.md), the AVX-512 one stays as it was measured. */
+#define FL_BLOCK(R, V, W, VT, UT, PREFETCH)                                                        \
     static inline __attribute__((always_inline)) void fl_block_##R##x##V##_##W(                   \
         const float *restrict a, ptrdiff_t lda, const float *restrict b, ptrdiff_t K,             \
         float *restrict c, ptrdiff_t ldc, ptrdiff_t n, int accumulate) {                           \
@@ -51,6 +54,8 @@ typedef float fl_v8u __attribute__((vector_size(32), aligned(4), may_alias));
             VT bk[V];                                                                              \
             _Pragma("GCC unroll 4") for (int v = 0; v < V; v++)                                    \
                 bk[v] = *(const UT *)(b + k * FL_PANEL + v * W);                                   \
+            if (PREFETCH)                                                                          \
+                __builtin_prefetch(b + K * FL_PANEL + k * FL_PANEL);                               \
             _Pragma("GCC unroll 8") for (int i = 0; i < R; i++) {                                  \
                 float ai = a[i * lda + k];                                                         \
                 _Pragma("GCC unroll 4") for (int v = 0; v < V; v++) acc[i][v] += ai * bk[v];       \
@@ -73,13 +78,13 @@ typedef float fl_v8u __attribute__((vector_size(32), aligned(4), may_alias));
         }                                                                                          \
     }
 
-FL_BLOCK(8, 2, 16, fl_v16, fl_v16u)
-FL_BLOCK(4, 2, 16, fl_v16, fl_v16u)
-FL_BLOCK(1, 2, 16, fl_v16, fl_v16u)
-FL_BLOCK(6, 2, 8, fl_v8, fl_v8u)
-FL_BLOCK(4, 2, 8, fl_v8, fl_v8u)
-FL_BLOCK(2, 4, 8, fl_v8, fl_v8u)
-FL_BLOCK(1, 4, 8, fl_v8, fl_v8u)
+FL_BLOCK(8, 2, 16, fl_v16, fl_v16u, 0)
+FL_BLOCK(4, 2, 16, fl_v16, fl_v16u, 0)
+FL_BLOCK(1, 2, 16, fl_v16, fl_v16u, 0)
+FL_BLOCK(6, 2, 8, fl_v8, fl_v8u, 1)
+FL_BLOCK(4, 2, 8, fl_v8, fl_v8u, 1)
+FL_BLOCK(2, 4, 8, fl_v8, fl_v8u, 1)
+FL_BLOCK(1, 4, 8, fl_v8, fl_v8u, 1)
 
 /* Rows [r, r1) of one panel in blocks of R rows (r advances past them) x V * W columns, the
  * panel's n columns in turn (the arguments of fl_packed_gemm_* in scope). */
