@@ -205,6 +205,34 @@ def test_float32_on_every_product_path(cell, T, N, D, H, pack, monkeypatch):
     assert_grads_close(cell, grads, expected, np.float32, T, N, D, H)
 
 
+@pytest.mark.parametrize("pack", ["avx512", "avx2"])
+@pytest.mark.parametrize("cell", CELLS.values(), ids=CELLS)
+def test_packed_products_do_not_depend_on_the_thread_count(cell, pack, monkeypatch):
+    """Each element of a packed product is the same sum (its products in the order of k) however
+    the rows are blocked (kernels/cpu/packed_gemm.h), so in float32 the forward's states and
+    gates, and the backward's carries (grad_hx, grad_cx) and bias gradients, are bitwise the same
+    whether the 26 sequences run on 1, 2 or 3 threads (26, 13 or 9 rows a step: every row block
+    of both blockings). dx and the weight gradients are OpenBLAS products split by blocks, not
+    covered."""
+    from fastlayers.backends.cpu import _gated
+
+    monkeypatch.setattr(_gated, "PACKED_BLOCKING", pack)
+    T, N, D, H = 4, 26, 11, 40
+    rng = make_rng(5)
+    a = cell_arrays(rng, cell, T, N, D, H, np.float32)
+    douts = [rng.standard_normal((T, N, H)).astype(np.float32) for _ in cell.states]
+    kept = [i for i, name in enumerate(cell.grad_names) if name in cell.states + cell.biases]
+    runs = []
+    for threads in (1, 2, 3):
+        with fl.threads(threads):
+            outs, ws = forward_keeping(cell, a, "cpu")
+            grads = cell.backward(douts, a, outs, workspace=ws)
+        runs.append((outs, ws, [grads[i] for i in kept]))
+    for outs, ws, grads in runs[1:]:
+        assert all(np.array_equal(x, y) for x, y in zip(outs + tuple(grads), runs[0][0] + tuple(runs[0][2])))
+        assert ws == runs[0][1]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("cell", CELLS.values(), ids=CELLS)
 def test_long_sequence_stays_finite_and_matches(cell, dtype):
