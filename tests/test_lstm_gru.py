@@ -169,7 +169,7 @@ def test_matches_reference_with_padded_rows(cell, H, dtype):
     """Gate widths G*H whose rows are a multiple of 2 KiB long: the forward copies the weights
     into rows one cache line longer (fastlayers.backends.cpu._gated.leading_dimension) where it
     multiplies them on OpenBLAS's path (float64; float32 without packed weights: see
-    test_float32_on_either_product_path)."""
+    test_float32_on_every_product_path)."""
     from fastlayers.backends.cpu._gated import leading_dimension
 
     width = cell.gates * H
@@ -178,19 +178,21 @@ def test_matches_reference_with_padded_rows(cell, H, dtype):
         check_against_reference(cell, 3, 5, 7, H, dtype)
 
 
-@pytest.mark.parametrize("pack", [False, True], ids=["openblas", "packed"])
+@pytest.mark.parametrize("pack", [None, "avx512", "avx2"], ids=["openblas", "packed-avx512", "packed-avx2"])
 @pytest.mark.parametrize("T, N, D, H", [(7, 5, 9, 17), (3, 8, 300, 136), (2, 64, 5, 200), (3, 5, 7, 128),
-                                        (2, 70, 40, 33)])
+                                        (2, 70, 40, 33), (3, 26, 11, 20), (2, 14, 8, 40)])
 @pytest.mark.parametrize("cell", CELLS.values(), ids=CELLS)
-def test_float32_on_either_product_path(cell, T, N, D, H, pack, monkeypatch):
-    """float32 runs its products on weights packed once per call where the C helpers have
-    AVX-512 (fastlayers.backends.cpu._gated.PACK_WH), on OpenBLAS's paths elsewhere: both are
-    tested here whatever this machine picks (the packed kernel's clones are correct on every
-    instruction set, only slower without AVX-512). Shapes: remainders of the 32-column panels
-    and of the 8-row blocks, chunked and padded rows, and (N = 70, 2 threads) 35 rows per thread."""
+def test_float32_on_every_product_path(cell, T, N, D, H, pack, monkeypatch):
+    """float32 runs its products on weights packed once per call, in the blocking of the C
+    helpers' vector width (fastlayers.backends.cpu._gated.PACKED_BLOCKING: AVX-512 or AVX2), on
+    OpenBLAS's paths without either: all three are tested here whatever this machine picks (the
+    packed kernel's clones are correct on every instruction set, only slower on the other width).
+    Shapes: remainders of the 32-column panels (and of their 16-column halves: 3H = 60, 4H = 80),
+    of the 8-, 4- and 1-row blocks (AVX-512) and of the 6-, 4-, 2- and 1-row ones (AVX2: 13 and
+    7 rows per thread), chunked and padded rows, and (N = 70, 2 threads) 35 rows per thread."""
     from fastlayers.backends.cpu import _gated
 
-    monkeypatch.setattr(_gated, "PACK_WH", pack)
+    monkeypatch.setattr(_gated, "PACKED_BLOCKING", pack)
     with fl.threads(2):
         check_against_reference(cell, T, N, D, H, np.float32, seed=T)
         rng = make_rng(N)
@@ -201,6 +203,34 @@ def test_float32_on_either_product_path(cell, T, N, D, H, pack, monkeypatch):
     expected = cell.reference_backward([d.astype(np.float64) for d in douts], as64(a),
                                        [o.astype(np.float64) for o in outs])
     assert_grads_close(cell, grads, expected, np.float32, T, N, D, H)
+
+
+@pytest.mark.parametrize("pack", ["avx512", "avx2"])
+@pytest.mark.parametrize("cell", CELLS.values(), ids=CELLS)
+def test_packed_products_do_not_depend_on_the_thread_count(cell, pack, monkeypatch):
+    """Each element of a packed product is the same sum (its products in the order of k) however
+    the rows are blocked (kernels/cpu/packed_gemm.h), so in float32 the forward's states and
+    gates, and the backward's carries (grad_hx, grad_cx) and bias gradients, are bitwise the same
+    whether the 26 sequences run on 1, 2 or 3 threads (26, 13 or 9 rows a step: every row block
+    of both blockings). dx and the weight gradients are OpenBLAS products split by blocks, not
+    covered."""
+    from fastlayers.backends.cpu import _gated
+
+    monkeypatch.setattr(_gated, "PACKED_BLOCKING", pack)
+    T, N, D, H = 4, 26, 11, 40
+    rng = make_rng(5)
+    a = cell_arrays(rng, cell, T, N, D, H, np.float32)
+    douts = [rng.standard_normal((T, N, H)).astype(np.float32) for _ in cell.states]
+    kept = [i for i, name in enumerate(cell.grad_names) if name in cell.states + cell.biases]
+    runs = []
+    for threads in (1, 2, 3):
+        with fl.threads(threads):
+            outs, ws = forward_keeping(cell, a, "cpu")
+            grads = cell.backward(douts, a, outs, workspace=ws)
+        runs.append((outs, ws, [grads[i] for i in kept]))
+    for outs, ws, grads in runs[1:]:
+        assert all(np.array_equal(x, y) for x, y in zip(outs + tuple(grads), runs[0][0] + tuple(runs[0][2])))
+        assert ws == runs[0][1]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

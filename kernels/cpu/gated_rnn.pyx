@@ -61,6 +61,9 @@ cdef extern from "packed_gemm.h" nogil:
     void packed_gemm_f32 "fl_packed_gemm_f32"(const float* a, Py_ssize_t lda, const float* packed, Py_ssize_t K,
                                               float* c, Py_ssize_t ldc, Py_ssize_t rows, Py_ssize_t width,
                                               int accumulate)
+    void packed_gemm_avx2_f32 "fl_packed_gemm_avx2_f32"(const float* a, Py_ssize_t lda, const float* packed,
+                                                        Py_ssize_t K, float* c, Py_ssize_t ldc, Py_ssize_t rows,
+                                                        Py_ssize_t width, int accumulate)
     const char* clone_isa "fl_clone_isa"()
 
 
@@ -72,13 +75,17 @@ def isa():
     return clone_isa().decode()
 
 
-cdef inline bint _packed_product(const floating* a, Py_ssize_t K, const float* packed, floating* c, Py_ssize_t ldc,
-                                 Py_ssize_t rows, Py_ssize_t G, int accumulate=0) noexcept nogil:
+cdef inline bint _packed_product(const floating* a, Py_ssize_t K, const float* packed, bint avx512, floating* c,
+                                 Py_ssize_t ldc, Py_ssize_t rows, Py_ssize_t G, int accumulate=0) noexcept nogil:
     """c (rows x G) = a (rows x K) @ W (+ c with ``accumulate``) on W packed once (packed_gemm.h,
-    float32), when it is given; False (nothing done) otherwise, for the caller's OpenBLAS path."""
+    float32, in its AVX-512 blocking or its AVX2 one), when it is given; False (nothing done)
+    otherwise, for the caller's OpenBLAS path."""
     if floating is float:
         if packed != NULL:
-            packed_gemm_f32(a, K, packed, K, c, ldc, rows, G, accumulate)
+            if avx512:
+                packed_gemm_f32(a, K, packed, K, c, ldc, rows, G, accumulate)
+            else:
+                packed_gemm_avx2_f32(a, K, packed, K, c, ldc, rows, G, accumulate)
             return True
     return False
 
@@ -200,17 +207,28 @@ cdef const float* _packed(const float[::1] packed, Py_ssize_t K, Py_ssize_t G) e
     return &packed[0]
 
 
+cdef const floating* _transposed(const floating[:, ::1] WhT, const float* packed) except? NULL:
+    """The pointer of the backward's Wh^T (NULL for None), which must be given when its packed
+    copy is not."""
+    if WhT is None:
+        if packed == NULL:
+            raise ValueError("the backward needs Wh^T (WhT) when it gets no packed copy (packed_t)")
+        return NULL
+    return &WhT[0, 0]
+
+
 cdef void _forward(const floating* x, const floating* Wx, const floating* Wh, const floating* h0, const floating* c0,
                    const floating* bx, const floating* bh, floating* hs, floating* cs, floating* a, floating* u,
                    Py_ssize_t TN, Py_ssize_t N, Py_ssize_t D, Py_ssize_t H, Py_ssize_t G, Py_ssize_t ldw,
                    Py_ssize_t lda, Py_ssize_t ldu, int keep, const float* packed_x, const float* packed,
-                   int num_threads) noexcept nogil:
+                   bint avx512, int num_threads) noexcept nogil:
     """The LSTM forward (c0 and cs given) or the GRU's (c0 = cs = NULL, bh given): a = x @ Wx
     for every step, then per step u = h_prev @ Wh (this thread's rows of u, beta = 0: a buffer
     that stays in cache; accumulating into a instead reads it back from memory at every step)
     and the cell, which overwrites a's rows with the gates when ``keep``. Wx, Wh, a and u have
     rows ldw, lda, ldu >= G apart (see fastlayers.backends.cpu._gated; lda >= 4H when keep);
-    ``packed_x``, ``packed``: Wx and Wh packed for packed_gemm.h (float32), or NULL."""
+    ``packed_x``, ``packed``: Wx and Wh packed for packed_gemm.h (float32), or NULL; ``avx512``:
+    its blocking."""
     cdef Py_ssize_t T = TN // N
     # Initialised only because Cython passes them into the team as firstprivate.
     cdef const floating* h_prev = NULL
@@ -221,7 +239,7 @@ cdef void _forward(const floating* x, const floating* Wx, const floating* Wh, co
     with parallel(num_threads=num_threads):
         blk = thread_blocks(TN, N, G)
         if blk.r1 > blk.r0:
-            if not _packed_product(x + blk.r0 * D, D, packed_x, a + blk.r0 * lda, lda, blk.r1 - blk.r0, G):
+            if not _packed_product(x + blk.r0 * D, D, packed_x, avx512, a + blk.r0 * lda, lda, blk.r1 - blk.r0, G):
                 input_projection(x + blk.r0 * D, Wx, ldw, a + blk.r0 * lda, lda, blk.r1 - blk.r0, D, G)
         barrier()
         if blk.rows > 0:
@@ -230,7 +248,7 @@ cdef void _forward(const floating* x, const floating* Wx, const floating* Wh, co
             ut = u + blk.n0 * ldu
             for t in range(T):
                 row = t * N + blk.n0
-                if not _packed_product(h_prev, H, packed, ut, ldu, blk.rows, G):
+                if not _packed_product(h_prev, H, packed, avx512, ut, ldu, blk.rows, G):
                     step_product(h_prev, Wh, ldw, ut, ldu, blk.rows, H, G, <floating>0)
                 if cs != NULL:
                     _lstm_cell(a + row * lda, ut, bx, c_prev, cs + row * H, hs + row * H, blk.rows, H, lda, keep)
@@ -243,7 +261,7 @@ cdef void _forward(const floating* x, const floating* Wx, const floating* Wh, co
 def lstm_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, const floating[:, ::1] c0 not None,
                  const floating[:, ::1] Wx, const floating[:, ::1] Wh, const floating[::1] b not None,
                  floating[:, ::1] hs, floating[:, ::1] cs, floating[:, ::1] a, floating[:, ::1] u, Py_ssize_t N,
-                 bint keep, const float[::1] packed_x, const float[::1] packed, int num_threads):
+                 bint keep, const float[::1] packed_x, const float[::1] packed, bint avx512, int num_threads):
     """cs[t] = f cs[t-1] + i g, hs[t] = o tanh(cs[t]) with (i, f, g, o) the activated
     x[t] @ Wx + hs[t-1] @ Wh + b; hs[-1] = h0, cs[-1] = c0. With ``keep``, a's rows end holding
     the gates (i, f, g, o) (the backward's saved gates).
@@ -251,14 +269,15 @@ def lstm_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, c
     x (T*N, D), hs, cs (T*N, H), h0, c0 (N, H), b (4H,); Wx (D, ldw), Wh (H, ldw) and the
     workspaces a (T*N, lda), u (N, ldu) hold 4H columns in rows at least 4H long; T*N, D, H >= 1.
     ``packed_x``, ``packed``: None, or (float32) Wx and Wh packed in panels (packed_gemm.h),
-    ceil(4H / PANEL) * D (or H) * PANEL elements."""
+    ceil(4H / PANEL) * D (or H) * PANEL elements; ``avx512``: multiply them in packed_gemm.h's
+    AVX-512 blocking (else its AVX2 one; either is correct on any CPU)."""
     single_threaded_blas()
     cdef const float* px = _packed(packed_x, x.shape[1], b.shape[0])
     cdef const float* pp = _packed(packed, Wh.shape[0], b.shape[0])
     with nogil:
         _forward(&x[0, 0], &Wx[0, 0], &Wh[0, 0], &h0[0, 0], &c0[0, 0], &b[0], NULL, &hs[0, 0], &cs[0, 0], &a[0, 0],
                  &u[0, 0], x.shape[0], N, x.shape[1], h0.shape[1], b.shape[0], Wh.shape[1], a.shape[1], u.shape[1],
-                 keep, px, pp, num_threads)
+                 keep, px, pp, avx512, num_threads)
 
 
 def lstm_backward(const floating[:, ::1] dhs, const floating[:, ::1] dcs, const floating[:, ::1] x,
@@ -267,19 +286,22 @@ def lstm_backward(const floating[:, ::1] dhs, const floating[:, ::1] dcs, const 
                   const floating[::1] b not None, const floating[:, ::1] hs, const floating[:, ::1] cs,
                   const floating[:, ::1] gates, bint recompute, floating[:, ::1] dz, floating[:, ::1] dx,
                   floating[:, ::1] dh0, floating[:, ::1] dc0, floating[:, ::1] dWx, floating[:, ::1] dWh,
-                  floating[::1] db, const float[::1] packed_t, Py_ssize_t N, int num_threads):
+                  floating[::1] db, const float[::1] packed_t, bint avx512, Py_ssize_t N, int num_threads):
     """Backward through time of lstm_forward.
 
     dhs, hs, cs (T*N, H), dcs the same or None (zeros); x, dx (T*N, D); h0, c0, dh0, dc0 (N, H);
-    Wx, dWx (D, 4H); Wh, dWh (H, 4H); WhT = Wh^T in C order (4H, H), in rows at least H long:
-    the products with Wh^T then take the untransposed form OpenBLAS runs on its small-matrix path; b, db (4H,);
-    gates (T*N, ldg >= 4H): the forward's kept gates, read only, or with ``recompute`` a workspace
-    the gates are recomputed into; dz (T*N, 4H) a workspace; ``packed_t``: None, or (float32) Wh^T
-    packed in panels for the per-step dz @ Wh^T (packed_gemm.h). Every output is overwritten; dWx,
-    dWh and db sum over steps in a fixed order for a given thread count, so results are
-    reproducible run to run."""
+    Wx, dWx (D, 4H); Wh, dWh (H, 4H); b, db (4H,); gates (T*N, ldg >= 4H): the forward's kept
+    gates, read only, or with ``recompute`` a workspace the gates are recomputed into; dz
+    (T*N, 4H) a workspace. The per-step dz @ Wh^T multiplies ``packed_t``, (float32) Wh^T packed
+    in panels (packed_gemm.h, in the AVX-512 blocking with ``avx512``), or where that is None
+    ``WhT``, Wh^T in C order (4H, H) in rows at least H long (the untransposed form OpenBLAS runs
+    on its small-matrix path); WhT may be None when packed_t is given. Every output is
+    overwritten; dWx, dWh and db sum over steps in a fixed order for a given thread count, so
+    results are reproducible run to run."""
     single_threaded_blas()
     cdef const float* pt = _packed(packed_t, Wh.shape[1], Wh.shape[0])
+    cdef const floating* pwt = _transposed(WhT, pt)
+    cdef Py_ssize_t ldwt = WhT.shape[1] if pwt != NULL else 0
     cdef Py_ssize_t TN = x.shape[0], D = x.shape[1], H = Wh.shape[0], G = Wh.shape[1], ldg = gates.shape[1]
     cdef Py_ssize_t T = TN // N
     cdef const floating* ph0 = &h0[0, 0]
@@ -317,8 +339,8 @@ def lstm_backward(const floating[:, ::1] dhs, const floating[:, ::1] dcs, const 
                 c_prev = pc0 + blk.n0 * H if t == 0 else pcs + (row - N) * H
                 _lstm_cell_backward(pg + row * ldg, c_prev, pcs + row * H, pdhs + row * H,
                                     pdcs + row * H if pdcs != NULL else NULL, pdh, pdc, zt, blk.rows, H, ldg, G)
-                if not _packed_product(zt, G, pt, pdh, H, blk.rows, H):
-                    step_product(zt, &WhT[0, 0], WhT.shape[1], pdh, H, blk.rows, G, H, <floating>0)
+                if not _packed_product(zt, G, pt, avx512, pdh, H, blk.rows, H):
+                    step_product(zt, pwt, ldwt, pdh, H, blk.rows, G, H, <floating>0)
         barrier()
         _parameter_gradients(&x[0, 0], ph0, phs, &Wx[0, 0], pdz, pdz, &dx[0, 0], &dWx[0, 0], &dWh[0, 0], &db[0],
                              NULL, blk, TN, N, D, H, G)
@@ -327,7 +349,7 @@ def lstm_backward(const floating[:, ::1] dhs, const floating[:, ::1] dcs, const 
 def gru_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, const floating[:, ::1] Wx,
                 const floating[:, ::1] Wh, const floating[::1] bx not None, const floating[::1] bh not None,
                 floating[:, ::1] hs, floating[:, ::1] a, floating[:, ::1] u, Py_ssize_t N, bint keep,
-                const float[::1] packed_x, const float[::1] packed, int num_threads):
+                const float[::1] packed_x, const float[::1] packed, bint avx512, int num_threads):
     """hs[t] = n + z (hs[t-1] - n) with r, z, n the GRU gates of a[t] = x[t] @ Wx + bx and
     u = hs[t-1] @ Wh + bh; hs[-1] = h0. With ``keep``, a's rows end holding the gates (r, z, n,
     u_n) (the backward's saved gates).
@@ -341,7 +363,7 @@ def gru_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, co
     with nogil:
         _forward(&x[0, 0], &Wx[0, 0], &Wh[0, 0], &h0[0, 0], NULL, &bx[0], &bh[0], &hs[0, 0], NULL, &a[0, 0],
                  &u[0, 0], x.shape[0], N, x.shape[1], h0.shape[1], bx.shape[0], Wh.shape[1], a.shape[1],
-                 u.shape[1], keep, px, pp, num_threads)
+                 u.shape[1], keep, px, pp, avx512, num_threads)
 
 
 def gru_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const floating[:, ::1] h0 not None,
@@ -349,16 +371,19 @@ def gru_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
                  const floating[::1] bx not None, const floating[::1] bh not None, const floating[:, ::1] hs,
                  const floating[:, ::1] gates, bint recompute, floating[:, ::1] da, floating[:, ::1] du,
                  floating[:, ::1] dx, floating[:, ::1] dh0, floating[:, ::1] dWx, floating[:, ::1] dWh,
-                 floating[::1] dbx, floating[::1] dbh, const float[::1] packed_t, Py_ssize_t N, int num_threads):
+                 floating[::1] dbx, floating[::1] dbh, const float[::1] packed_t, bint avx512, Py_ssize_t N,
+                 int num_threads):
     """Backward through time of gru_forward.
 
     dhs, hs (T*N, H); x, dx (T*N, D); h0, dh0 (N, H); Wx, dWx (D, 3H); Wh, dWh (H, 3H);
-    WhT = Wh^T in C order (3H, H), in rows at least H long; bx, bh, dbx, dbh (3H,); gates
-    (T*N, ldg >= 4H): the forward's kept gates, read only, or with ``recompute`` a workspace the
-    gates are recomputed into; workspaces da, du (T*N, 3H); ``packed_t`` as for lstm_backward.
-    Every output is overwritten, in a fixed order for a given thread count."""
+    WhT (3H, H) or None, ``packed_t`` and ``avx512`` as for lstm_backward; bx, bh, dbx, dbh
+    (3H,); gates (T*N, ldg >= 4H): the forward's kept gates, read only, or with ``recompute`` a
+    workspace the gates are recomputed into; workspaces da, du (T*N, 3H). Every output is
+    overwritten, in a fixed order for a given thread count."""
     single_threaded_blas()
     cdef const float* pt = _packed(packed_t, Wh.shape[1], Wh.shape[0])
+    cdef const floating* pwt = _transposed(WhT, pt)
+    cdef Py_ssize_t ldwt = WhT.shape[1] if pwt != NULL else 0
     cdef Py_ssize_t TN = x.shape[0], D = x.shape[1], H = Wh.shape[0], G = Wh.shape[1], ldg = gates.shape[1]
     cdef Py_ssize_t T = TN // N
     cdef const floating* ph0 = &h0[0, 0]
@@ -390,8 +415,8 @@ def gru_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
                 h_prev = ph0 + blk.n0 * H if t == 0 else phs + (row - N) * H
                 _gru_cell_backward(pg + row * ldg, h_prev, pdhs + row * H, pdh, pda + row * G, pdu + row * G,
                                    blk.rows, H, ldg, G)
-                if not _packed_product(pdu + row * G, G, pt, pdh, H, blk.rows, H, 1):
-                    step_product(pdu + row * G, &WhT[0, 0], WhT.shape[1], pdh, H, blk.rows, G, H, <floating>1)
+                if not _packed_product(pdu + row * G, G, pt, avx512, pdh, H, blk.rows, H, 1):
+                    step_product(pdu + row * G, pwt, ldwt, pdh, H, blk.rows, G, H, <floating>1)
         barrier()
         _parameter_gradients(&x[0, 0], ph0, phs, &Wx[0, 0], pda, pdu, &dx[0, 0], &dWx[0, 0], &dWh[0, 0], &dbx[0],
                              &dbh[0], blk, TN, N, D, H, G)

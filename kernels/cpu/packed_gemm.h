@@ -7,12 +7,21 @@
  *
  *   panel p holds W[k, FL_PANEL * p + j] at p * K * FL_PANEL + k * FL_PANEL + j, zero past width.
  *
- * Each panel is multiplied by row blocks of 8 (then 4, then 1) rows of h, the block's 8 x 32 sums
- * held in registers over the whole depth K: 16 AVX-512 accumulators, 16 FMAs per two panel loads
- * and 8 broadcasts. Panels are the outer loop, so W streams through the cache once per step
- * and each panel is reused by every row block. Written with GCC vector types and compiled by
- * FL_CLONES; the kernels use it where fl_clone_isa() is "x86-64-v4" (on AVX2 the 16 accumulators
- * would be 32 registers: spills). */
+ * Each panel is multiplied by row blocks of h, a block's sums held in registers over the whole
+ * depth K. Panels are the outer loop, so W streams through the cache once per step and each
+ * panel is reused by every row block. Two blockings of the one layout, one per vector width:
+ *
+ *   AVX-512 (fl_packed_gemm_f32): blocks of 8 (then 4, 1) rows x 32 columns, 16 accumulators
+ *     of 16 lanes, 16 FMAs per two panel loads and 8 broadcasts;
+ *   AVX2 (fl_packed_gemm_avx2_f32): 16 registers of 8 lanes hold 12 accumulators at most, so
+ *     blocks of 6 (then 4) rows x 16 columns, each half of the panel in turn (12 FMAs per two
+ *     loads and 6 broadcasts), and the last 2 or 1 rows x 32 columns (8 or 4 FMA chains rather
+ *     than 4 or 2, against the FMA latency).
+ *
+ * Every element is the same sum in either blocking (its products added in the order of k, then
+ * c's value), so a result does not depend on how the rows were split among threads. Written with
+ * GCC vector types and compiled by FL_CLONES; the kernels use the blocking that matches
+ * fl_clone_isa() (either would spill or idle on the other width). */
 #ifndef FASTLAYERS_PACKED_GEMM_H
 #define FASTLAYERS_PACKED_GEMM_H
 
@@ -25,66 +34,87 @@
 
 typedef float fl_v16 __attribute__((vector_size(64)));
 typedef float fl_v16u __attribute__((vector_size(64), aligned(4), may_alias));
+typedef float fl_v8 __attribute__((vector_size(32)));
+typedef float fl_v8u __attribute__((vector_size(32), aligned(4), may_alias));
 
-/* Rows [r, r + R) of one panel: c[:, c0:c0+n] = a @ panel (+ c when accumulate). */
-#define FL_PANEL_BLOCK(R)                                                                          \
-    static inline __attribute__((always_inline)) void fl_panel_block_##R(                         \
+/* fl_block_<R>x<V>_<W>: rows [0, R) of a times columns [0, V * W) of a panel (b: its first
+ * column in row k = 0, rows FL_PANEL apart): c[:, :n] = a @ b (+ c when accumulate), n <= V * W
+ * (the columns left in the panel); W lanes per vector of type VT (unaligned UT). PREFETCH: also
+ * prefetch row k of the next panel (past the last one: a hint, which never faults); the AVX2
+ * blocking does, which gained where the packed weight streams from L3 (measured:
+ * docs/performance.md), the AVX-512 one stays as it was measured. */
+#define FL_BLOCK(R, V, W, VT, UT, PREFETCH)                                                        \
+    static inline __attribute__((always_inline)) void fl_block_##R##x##V##_##W(                   \
         const float *restrict a, ptrdiff_t lda, const float *restrict b, ptrdiff_t K,             \
         float *restrict c, ptrdiff_t ldc, ptrdiff_t n, int accumulate) {                           \
-        fl_v16 lo[R], hi[R];                                                                       \
-        _Pragma("GCC unroll 8") for (int i = 0; i < R; i++) lo[i] = hi[i] = (fl_v16){0};           \
+        VT acc[R][V];                                                                              \
+        _Pragma("GCC unroll 8") for (int i = 0; i < R; i++)                                        \
+            _Pragma("GCC unroll 4") for (int v = 0; v < V; v++) acc[i][v] = (VT){0};               \
         for (ptrdiff_t k = 0; k < K; k++) {                                                        \
-            fl_v16 b0 = *(const fl_v16u *)(b + k * FL_PANEL);                                      \
-            fl_v16 b1 = *(const fl_v16u *)(b + k * FL_PANEL + 16);                                 \
+            VT bk[V];                                                                              \
+            _Pragma("GCC unroll 4") for (int v = 0; v < V; v++)                                    \
+                bk[v] = *(const UT *)(b + k * FL_PANEL + v * W);                                   \
+            if (PREFETCH)                                                                          \
+                __builtin_prefetch(b + K * FL_PANEL + k * FL_PANEL);                               \
             _Pragma("GCC unroll 8") for (int i = 0; i < R; i++) {                                  \
                 float ai = a[i * lda + k];                                                         \
-                lo[i] += ai * b0;                                                                  \
-                hi[i] += ai * b1;                                                                  \
+                _Pragma("GCC unroll 4") for (int v = 0; v < V; v++) acc[i][v] += ai * bk[v];       \
             }                                                                                      \
         }                                                                                          \
         _Pragma("GCC unroll 8") for (int i = 0; i < R; i++) {                                      \
             float *ci = c + i * ldc;                                                               \
-            if (n == FL_PANEL) {                                                                   \
-                if (accumulate) {                                                                  \
-                    lo[i] += *(fl_v16u *)ci;                                                       \
-                    hi[i] += *(fl_v16u *)(ci + 16);                                                \
+            if (n == V * W) {                                                                      \
+                _Pragma("GCC unroll 4") for (int v = 0; v < V; v++) {                              \
+                    if (accumulate)                                                                \
+                        acc[i][v] += *(UT *)(ci + v * W);                                          \
+                    *(UT *)(ci + v * W) = acc[i][v];                                               \
                 }                                                                                  \
-                *(fl_v16u *)ci = lo[i];                                                            \
-                *(fl_v16u *)(ci + 16) = hi[i];                                                     \
             } else {                                                                               \
-                float row[FL_PANEL];                                                               \
-                memcpy(row, &lo[i], sizeof lo[i]);                                                 \
-                memcpy(row + 16, &hi[i], sizeof hi[i]);                                            \
+                float row[V * W];                                                                  \
+                memcpy(row, acc[i], sizeof acc[i]);                                                \
                 for (ptrdiff_t j = 0; j < n; j++)                                                  \
                     ci[j] = accumulate ? ci[j] + row[j] : row[j];                                  \
             }                                                                                      \
         }                                                                                          \
     }
 
-FL_PANEL_BLOCK(8)
-FL_PANEL_BLOCK(4)
-FL_PANEL_BLOCK(1)
+FL_BLOCK(8, 2, 16, fl_v16, fl_v16u, 0)
+FL_BLOCK(4, 2, 16, fl_v16, fl_v16u, 0)
+FL_BLOCK(1, 2, 16, fl_v16, fl_v16u, 0)
+FL_BLOCK(6, 2, 8, fl_v8, fl_v8u, 1)
+FL_BLOCK(4, 2, 8, fl_v8, fl_v8u, 1)
+FL_BLOCK(2, 4, 8, fl_v8, fl_v8u, 1)
+FL_BLOCK(1, 4, 8, fl_v8, fl_v8u, 1)
+
+/* Rows [r, r1) of one panel in blocks of R rows (r advances past them) x V * W columns, the
+ * panel's n columns in turn (the arguments of fl_packed_gemm_* in scope). */
+#define FL_ROW_BLOCKS(R, V, W)                                                                     \
+    for (; r + R <= r1; r += R)                                                                    \
+        for (ptrdiff_t j = 0; j < n; j += V * W)                                                   \
+            fl_block_##R##x##V##_##W(a + r * lda, lda, b + j, K, c + r * ldc + c0 + j, ldc,        \
+                                     n - j < V * W ? n - j : V * W, accumulate)
 
 /* c (rows x width, row stride ldc) = a (rows x K, row stride lda) @ W (+ c when accumulate), W
  * packed as above (ceil(width / FL_PANEL) panels of K x FL_PANEL). Rows go by FL_ROW_CHUNK, whose
- * rows of a stay in cache while every panel passes (a step has fewer rows: one chunk). */
+ * rows of a stay in cache while every panel passes (a step has fewer rows: one chunk). BLOCKS
+ * lists the row blockings, widest first. */
 #define FL_ROW_CHUNK 64
-FL_CLONES static void fl_packed_gemm_f32(const float *restrict a, ptrdiff_t lda, const float *restrict packed,
-                                         ptrdiff_t K, float *restrict c, ptrdiff_t ldc, ptrdiff_t rows,
-                                         ptrdiff_t width, int accumulate) {
-    for (ptrdiff_t r0 = 0; r0 < rows; r0 += FL_ROW_CHUNK) {
-        ptrdiff_t r1 = rows - r0 < FL_ROW_CHUNK ? rows : r0 + FL_ROW_CHUNK;
-        for (ptrdiff_t c0 = 0; c0 < width; c0 += FL_PANEL) {
-            const float *b = packed + (c0 / FL_PANEL) * K * FL_PANEL;
-            ptrdiff_t n = width - c0 < FL_PANEL ? width - c0 : FL_PANEL, r = r0;
-            for (; r + 8 <= r1; r += 8)
-                fl_panel_block_8(a + r * lda, lda, b, K, c + r * ldc + c0, ldc, n, accumulate);
-            for (; r + 4 <= r1; r += 4)
-                fl_panel_block_4(a + r * lda, lda, b, K, c + r * ldc + c0, ldc, n, accumulate);
-            for (; r < r1; r++)
-                fl_panel_block_1(a + r * lda, lda, b, K, c + r * ldc + c0, ldc, n, accumulate);
-        }
+#define FL_PACKED_GEMM(NAME, BLOCKS)                                                               \
+    FL_CLONES static void NAME(const float *restrict a, ptrdiff_t lda, const float *restrict packed, \
+                               ptrdiff_t K, float *restrict c, ptrdiff_t ldc, ptrdiff_t rows,     \
+                               ptrdiff_t width, int accumulate) {                                 \
+        for (ptrdiff_t r0 = 0; r0 < rows; r0 += FL_ROW_CHUNK) {                                    \
+            ptrdiff_t r1 = rows - r0 < FL_ROW_CHUNK ? rows : r0 + FL_ROW_CHUNK;                    \
+            for (ptrdiff_t c0 = 0; c0 < width; c0 += FL_PANEL) {                                   \
+                const float *b = packed + (c0 / FL_PANEL) * K * FL_PANEL;                          \
+                ptrdiff_t n = width - c0 < FL_PANEL ? width - c0 : FL_PANEL, r = r0;               \
+                BLOCKS;                                                                            \
+            }                                                                                      \
+        }                                                                                          \
     }
-}
+
+FL_PACKED_GEMM(fl_packed_gemm_f32, FL_ROW_BLOCKS(8, 2, 16); FL_ROW_BLOCKS(4, 2, 16); FL_ROW_BLOCKS(1, 2, 16))
+FL_PACKED_GEMM(fl_packed_gemm_avx2_f32, FL_ROW_BLOCKS(6, 2, 8); FL_ROW_BLOCKS(4, 2, 8); FL_ROW_BLOCKS(2, 4, 8);
+               FL_ROW_BLOCKS(1, 4, 8))
 
 #endif

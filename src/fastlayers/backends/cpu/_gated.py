@@ -20,10 +20,10 @@ from ._common import BLAS_INT_MAX, contiguous, workspace
 
 # Bytes of one cache line: the padding of the forward's rows (see leading_dimension).
 CACHE_LINE = 64
-# Whether the float32 forward runs its per-step product on Wh packed once per call
-# (kernels/cpu/packed_gemm.h) rather than on OpenBLAS's small-matrix path: where the C helpers
-# run with AVX-512 (measured: docs/performance.md).
-PACK_WH = _kernels.isa() == "x86-64-v4"
+# The blocking ("avx512" or "avx2") in which the float32 products run on weights packed once per
+# call (kernels/cpu/packed_gemm.h), for the vector width the C helpers run with; None (OpenBLAS's
+# paths) on the baseline's SSE2 (measured: docs/performance.md).
+PACKED_BLOCKING = {"x86-64-v4": "avx512", "x86-64-v3": "avx2"}.get(_kernels.isa())
 
 
 def num_threads(T, N, D, H, width):
@@ -104,9 +104,9 @@ def forward_workspaces(Wx, Wh, TN, N, keep, packed):
 @contextlib.contextmanager
 def packed_weights(Wx, Wh):
     """``(Wx, Wh)`` packed for the forward's products (kernels/cpu/packed_gemm.h: panels of PANEL
-    columns, each K x PANEL in C order, zeros past G), or ``(None, None)`` where PACK_WH does not
-    hold or for float64 (the small-matrix path)."""
-    if not PACK_WH or Wh.dtype != np.float32:
+    columns, each K x PANEL in C order, zeros past G), or ``(None, None)`` where PACKED_BLOCKING is
+    None or for float64 (the small-matrix path)."""
+    if PACKED_BLOCKING is None or Wh.dtype != np.float32:
         yield None, None
         return
     with _packed("gated_rnn_packed_x", Wx) as px, _packed("gated_rnn_packed_h", Wh) as ph:
@@ -116,11 +116,16 @@ def packed_weights(Wx, Wh):
 @contextlib.contextmanager
 def packed_transpose(Wh):
     """Wh^T (G, H) packed for the backward's per-step dz @ Wh^T, or None (see packed_weights)."""
-    if not PACK_WH or Wh.dtype != np.float32:
+    if PACKED_BLOCKING is None or Wh.dtype != np.float32:
         yield None
         return
     with _packed("gated_rnn_packed_t", Wh.T) as pt:
         yield pt
+
+
+def avx512_blocking():
+    """The kernels' ``avx512`` argument: whether the packed products take the AVX-512 blocking."""
+    return PACKED_BLOCKING == "avx512"
 
 
 @contextlib.contextmanager
@@ -148,9 +153,13 @@ def backward_gates(gates, TN, H, dt):
 
 
 @contextlib.contextmanager
-def transposed_rows(Wh):
+def transposed_rows(Wh, packed):
     """Wh^T (G*H, H) in C order for a backward kernel, in rows ``leading_dimension(H)`` long (its
-    per-step product reads Wh^T as the forward's reads Wh)."""
+    per-step product reads Wh^T as the forward's reads Wh); None when ``packed`` (the kernel
+    multiplies the packed copy only)."""
+    if packed:
+        yield None
+        return
     H, dt = Wh.shape[0], Wh.dtype
     ld = leading_dimension(H, dt.itemsize)
     if ld == H:

@@ -16,7 +16,7 @@ def gru_forward(x, h0, Wx, Wh, bx, bh, g, outs):
         _kernels.gru_forward(
             contiguous(x).reshape(T * N, D), _initial_state(h0, N, H, dt), Wx_rows, Wh_rows,
             _gated.bias(bx, G, dt), _gated.bias(bh, G, dt), hs.reshape(T * N, H), a, u, N, g.keep,
-            packed_x, packed, _gated.num_threads(T, N, D, H, G),
+            packed_x, packed, _gated.avx512_blocking(), _gated.num_threads(T, N, D, H, G),
         )
     return outs + (a,) if g.keep else outs
 
@@ -28,12 +28,12 @@ def gru_backward(dhs, x, h0, Wx, Wh, bx, bh, hs, gates, g, outs):
     dt = x.dtype
     outs = dx, dh0, dWx, dWh, dbx, dbh = _gated.outputs(outs, ((T, N, D), (N, H), (D, G), (H, G), (G,), (G,)), dt)
     with (workspace("gated_rnn_z", (T * N, G), dt) as da, workspace("gated_rnn_u", (T * N, G), dt) as du,
-          _gated.transposed_rows(Wh) as WhT,
-          _gated.backward_gates(gates, T * N, H, dt) as (gates, recompute), _gated.packed_transpose(Wh) as packed_t):
+          _gated.packed_transpose(Wh) as packed_t, _gated.transposed_rows(Wh, packed_t is not None) as WhT,
+          _gated.backward_gates(gates, T * N, H, dt) as (gates, recompute)):
         _kernels.gru_backward(
             contiguous(dhs).reshape(T * N, H), contiguous(x).reshape(T * N, D), _initial_state(h0, N, H, dt),
             contiguous(Wx), contiguous(Wh), WhT, _gated.bias(bx, G, dt), _gated.bias(bh, G, dt),
             contiguous(hs).reshape(T * N, H), gates, recompute, da, du, dx.reshape(T * N, D), dh0, dWx, dWh,
-            dbx, dbh, packed_t, N, _gated.num_threads(T, N, D, H, G),
+            dbx, dbh, packed_t, _gated.avx512_blocking(), N, _gated.num_threads(T, N, D, H, G),
         )
     return outs

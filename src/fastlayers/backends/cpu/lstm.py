@@ -16,7 +16,7 @@ def lstm_forward(x, h0, c0, Wx, Wh, b, g, outs):
         _kernels.lstm_forward(
             contiguous(x).reshape(T * N, D), _initial_state(h0, N, H, dt), _initial_state(c0, N, H, dt),
             Wx_rows, Wh_rows, _gated.bias(b, G, dt), hs.reshape(T * N, H), cs.reshape(T * N, H), a, u,
-            N, g.keep, packed_x, packed, _gated.num_threads(T, N, D, H, G),
+            N, g.keep, packed_x, packed, _gated.avx512_blocking(), _gated.num_threads(T, N, D, H, G),
         )
     return outs + (a,) if g.keep else outs
 
@@ -27,13 +27,15 @@ def lstm_backward(dhs, dcs, x, h0, c0, Wx, Wh, b, hs, cs, gates, g, outs):
     T, N, D, H, G = g.T, g.N, g.D, g.H, Wh.shape[1]
     dt = x.dtype
     outs = dx, dh0, dc0, dWx, dWh, db = _gated.outputs(outs, ((T, N, D), (N, H), (N, H), (D, G), (H, G), (G,)), dt)
-    with (workspace("gated_rnn_z", (T * N, G), dt) as dz, _gated.transposed_rows(Wh) as WhT,
-          _gated.backward_gates(gates, T * N, H, dt) as (gates, recompute), _gated.packed_transpose(Wh) as packed_t):
+    with (workspace("gated_rnn_z", (T * N, G), dt) as dz, _gated.packed_transpose(Wh) as packed_t,
+          _gated.transposed_rows(Wh, packed_t is not None) as WhT,
+          _gated.backward_gates(gates, T * N, H, dt) as (gates, recompute)):
         _kernels.lstm_backward(
             contiguous(dhs).reshape(T * N, H), None if dcs is None else contiguous(dcs).reshape(T * N, H),
             contiguous(x).reshape(T * N, D), _initial_state(h0, N, H, dt), _initial_state(c0, N, H, dt),
             contiguous(Wx), contiguous(Wh), WhT, _gated.bias(b, G, dt),
             contiguous(hs).reshape(T * N, H), contiguous(cs).reshape(T * N, H), gates, recompute, dz,
-            dx.reshape(T * N, D), dh0, dc0, dWx, dWh, db, packed_t, N, _gated.num_threads(T, N, D, H, G),
+            dx.reshape(T * N, D), dh0, dc0, dWx, dWh, db, packed_t, _gated.avx512_blocking(), N,
+            _gated.num_threads(T, N, D, H, G),
         )
     return outs
