@@ -25,10 +25,12 @@ PHASE_ROWS_MAX_BYTES = 1 << 20
 
 
 def forward(x, g, outs):
+    """(y, indices); indices None when the caller takes none (``g.indices`` False, no buffer given):
+    the kernel then writes the maxima only."""
     y, indices = outs
     if y is None:
         y = np.empty(g.y_shape, dtype=x.dtype)
-    if indices is None:
+    if indices is None and g.indices:
         indices = np.empty(g.y_shape, dtype=np.int64)
     planes = g.N * g.C
     if planes and g.OH and g.OW:
@@ -40,9 +42,9 @@ def forward(x, g, outs):
             _kernels.max_pool2d_forward(
                 np.ascontiguousarray(x).reshape(planes, g.H, g.W),
                 y.reshape(planes, g.OH, g.OW),
-                indices.reshape(planes, g.OH, g.OW),
+                None if indices is None else indices.reshape(planes, g.OH, g.OW),
                 g.KH, g.KW, g.stride_h, g.stride_w, g.pad_h, g.pad_w,
-                y.nbytes + indices.nbytes >= STREAMING_MIN_BYTES, work, threads,
+                y.nbytes + (0 if indices is None else indices.nbytes) >= STREAMING_MIN_BYTES, work, threads,
             )
     return y, indices
 
