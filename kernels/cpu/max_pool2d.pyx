@@ -118,9 +118,8 @@ def max_pool2d_forward(const floating[:, :, ::1] x, floating[:, :, ::1] y, int64
     each output scans its window."""
     cdef Py_ssize_t P = x.shape[0], H = x.shape[1], W = x.shape[2]
     cdef Py_ssize_t OH = y.shape[1], OW = y.shape[2]
-    cdef Py_ssize_t p, tid
+    cdef Py_ssize_t p
     cdef int64_t* index_base = NULL
-    cdef int64_t* plane_indices
     if indices is not None:
         if indices.shape[0] != P or indices.shape[1] != OH or indices.shape[2] != OW:
             raise ValueError("indices must have y's shape")
@@ -130,20 +129,32 @@ def max_pool2d_forward(const floating[:, :, ::1] x, floating[:, :, ::1] y, int64
                            and 2 * OH <= H and 2 * OW <= W)
     cdef bint phases = (KW <= W and <int64_t>KH * W < INT32_MAX and work.shape[0] >= num_threads
                         and work.shape[1] >= fl_pool_phase_cells(OW, KH, KW, SW))
+    if num_threads == 1:  # no OpenMP region: entering one costs more than a small batch's planes
+        with nogil:
+            for p in range(P):
+                _pool_plane(x, y, index_base, p, KH, KW, SH, SW, PH, PW, stream, tiles_2x2, phases, &work[0, 0])
+        return
     for p in prange(P, nogil=True, schedule="guided", num_threads=num_threads):
-        plane_indices = NULL if index_base == NULL else index_base + p * OH * OW
-        if tiles_2x2:
-            _pool_plane_2x2(&x[p, 0, 0], &y[p, 0, 0], plane_indices, W, OH, OW, stream)
-        elif phases:
-            tid = threadid()
-            if floating is float:
-                fl_pool_plane_phases_float(&x[p, 0, 0], &y[p, 0, 0], plane_indices, H, W, OH, OW, KH, KW,
-                                           SH, SW, PH, PW, &work[tid, 0])
-            else:
-                fl_pool_plane_phases_double(&x[p, 0, 0], &y[p, 0, 0], plane_indices, H, W, OH, OW, KH, KW,
-                                            SH, SW, PH, PW, &work[tid, 0])
+        _pool_plane(x, y, index_base, p, KH, KW, SH, SW, PH, PW, stream, tiles_2x2, phases, &work[threadid(), 0])
+
+
+cdef void _pool_plane(const floating[:, :, ::1] x, floating[:, :, ::1] y, int64_t* index_base, Py_ssize_t p,
+                      Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH, Py_ssize_t SW, Py_ssize_t PH, Py_ssize_t PW,
+                      bint stream, bint tiles_2x2, bint phases, floating* work) noexcept nogil:
+    """Plane p of max_pool2d_forward, by the path it chose; ``work``: this thread's phase rows."""
+    cdef Py_ssize_t H = x.shape[1], W = x.shape[2], OH = y.shape[1], OW = y.shape[2]
+    cdef int64_t* plane_indices = NULL if index_base == NULL else index_base + p * OH * OW
+    if tiles_2x2:
+        _pool_plane_2x2(&x[p, 0, 0], &y[p, 0, 0], plane_indices, W, OH, OW, stream)
+    elif phases:
+        if floating is float:
+            fl_pool_plane_phases_float(&x[p, 0, 0], &y[p, 0, 0], plane_indices, H, W, OH, OW, KH, KW,
+                                       SH, SW, PH, PW, work)
         else:
-            _pool_plane_scan(&x[p, 0, 0], &y[p, 0, 0], plane_indices, H, W, OH, OW, KH, KW, SH, SW, PH, PW)
+            fl_pool_plane_phases_double(&x[p, 0, 0], &y[p, 0, 0], plane_indices, H, W, OH, OW, KH, KW,
+                                        SH, SW, PH, PW, work)
+    else:
+        _pool_plane_scan(&x[p, 0, 0], &y[p, 0, 0], plane_indices, H, W, OH, OW, KH, KW, SH, SW, PH, PW)
 
 
 # ---------------------------------------------------------------------------- backward
@@ -230,15 +241,26 @@ def max_pool2d_backward(const floating[:, :, ::1] dy, const int64_t[:, :, ::1] i
     ``stream``: write 2x2 tiles around the cache."""
     cdef Py_ssize_t P = dy.shape[0], OH = dy.shape[1], OW = dy.shape[2]
     cdef Py_ssize_t H = dx.shape[1], W = dx.shape[2]
-    cdef Py_ssize_t p, matched, bad = 0
-    cdef bint tiled = H % OH == 0 and W % OW == 0
-    cdef Py_ssize_t TH = H // OH, TW = W // OW
+    cdef Py_ssize_t p, bad = 0
+    if num_threads == 1:  # no OpenMP region: entering one costs more than a small batch's planes
+        with nogil:
+            for p in range(P):
+                bad += _route_plane(&dy[p, 0, 0], &indices[p, 0, 0], &dx[p, 0, 0], H, W, OH, OW, stream)
+        return bad
     for p in prange(P, nogil=True, schedule="guided", num_threads=num_threads):
-        matched = -1
-        if tiled and TH == 2 and TW == 2:
-            matched = _route_tiles_2x2(&dy[p, 0, 0], &indices[p, 0, 0], &dx[p, 0, 0], W, OH, OW, stream)
-        elif tiled:
-            matched = _route_tiles(&dy[p, 0, 0], &indices[p, 0, 0], &dx[p, 0, 0], W, OH, OW, TH, TW)
-        if matched != OH * OW:
-            bad += _scatter_add(&dy[p, 0, 0], &indices[p, 0, 0], &dx[p, 0, 0], H * W, OH * OW)
+        bad += _route_plane(&dy[p, 0, 0], &indices[p, 0, 0], &dx[p, 0, 0], H, W, OH, OW, stream)
     return bad
+
+
+cdef Py_ssize_t _route_plane(const floating* dy, const int64_t* indices, floating* dx, Py_ssize_t H, Py_ssize_t W,
+                             Py_ssize_t OH, Py_ssize_t OW, bint stream) noexcept nogil:
+    """One plane of max_pool2d_backward; returns its count of indices outside [0, H*W)."""
+    cdef Py_ssize_t matched = -1
+    if H % OH == 0 and W % OW == 0:
+        if H // OH == 2 and W // OW == 2:
+            matched = _route_tiles_2x2(dy, indices, dx, W, OH, OW, stream)
+        else:
+            matched = _route_tiles(dy, indices, dx, W, OH, OW, H // OH, W // OW)
+    if matched != OH * OW:
+        return _scatter_add(dy, indices, dx, H * W, OH * OW)
+    return 0

@@ -48,7 +48,10 @@ call is validated through the op's spec and dispatched in full, later ones call 
 directly, and write their outputs into the buffers of the previous call when nothing refers to
 those any more (the caller dropped them, no record or view holds them); an output you hold is
 never overwritten. Assigning any attribute of a layer (its options, ``training``, ``backend``,
-``.to(dtype)``) drops its plans; the thread count is read at every call.
+``.to(dtype)``) drops its plans; the thread count is read at every call. A Sequential in which no
+layer keeps records (eval mode, ``no_grad()``) runs its forward on NumPy inputs through an
+inference plan per input signature (``_InferencePlan``): the layers' kernels called directly into
+buffers the plan keeps, ReLU in place, and MaxPool2D without indices.
 
 Initialisation is PyTorch's default (see :mod:`fastlayers.init` for Kaiming, Xavier and the
 others): Conv2D and Dense weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)), RNN weights and
