@@ -171,3 +171,76 @@ def test_a_model_in_training_mode_makes_no_plan():
     model.forward(x)
     assert not model._plans
     model.zero_grad()
+
+
+# ---------------------------------------------------------------------------- training order
+
+
+def twins(dtype, pool_kw):
+    def make():
+        rng = np.random.default_rng(11)
+        kw = dict(dtype=dtype, rng=rng)
+        return L.Sequential(
+            L.Conv2D(2, 3, 3, padding=1, **kw), L.ReLU(**kw), L.MaxPool2D(**pool_kw, **kw),
+            L.Conv2D(3, 4, 3, padding=1, **kw), L.ReLU(**kw), L.MaxPool2D(**pool_kw, **kw), L.Flatten(**kw))
+    return make(), make()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("pool_kw", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1),
+                                     dict(kernel_size=3, stride=1, ceil_mode=True)])
+def test_training_runs_relu_after_the_pool_with_the_same_gradients(dtype, pool_kw):
+    """Sequential runs ReLU -> MaxPool2D as MaxPool2D -> ReLU (forward and backward): the same
+    outputs, input gradients and parameter gradients as the layers in their own order, on data
+    full of ties, zeros of both signs, NaN and -inf."""
+    model, reference = twins(dtype, pool_kw)
+    assert [type(layer).__name__ for layer in model._order()][:3] == ["Conv2D", "MaxPool2D", "ReLU"]
+    rng = make_rng(12)
+    for special in (False, True):
+        x = rng.integers(-2, 3, size=(2, 2, 9, 9)).astype(dtype)  # ties and zeros in every window
+        if special:
+            x = draw(rng, 2, 9, 2, dtype, special=True)
+        for m in (model, reference):
+            m.zero_grad()
+        y = model.forward(x)
+        expected = layer_by_layer(reference, x)
+        assert_same_values(y, expected)
+        dy = rng.integers(-3, 4, size=y.shape).astype(dtype)
+        dx = model.backward(dy)
+        for layer in reversed(reference.layers):
+            dy = layer.backward(dy)
+        assert_same_values(dx, dy)
+        for name, g in reference.grads.items():
+            assert_same_values(model.grads[name], g)
+
+
+def test_training_order_gradient_check():
+    """dL/dx and dL/dw of the reordered model against central differences, float64."""
+    model, _ = twins(np.float64, dict(kernel_size=3, stride=2, padding=1))
+    rng = make_rng(13)
+    x = rng.standard_normal((1, 2, 6, 6))
+    dy = rng.standard_normal(model.forward(x).shape)
+    model.zero_grad()
+    model.forward(x)
+    dx = model.backward(dy)
+    grads = dict(model.grads)
+
+    def loss(xv):
+        with fl.no_grad():
+            return float(np.sum(model.forward(xv) * dy))
+
+    eps = 1e-6
+    for index in [(0, 0, 1, 2), (0, 1, 3, 3), (0, 0, 5, 0), (0, 1, 0, 4)]:
+        xp, xm = x.copy(), x.copy()
+        xp[index] += eps
+        xm[index] -= eps
+        np.testing.assert_allclose(dx[index], (loss(xp) - loss(xm)) / (2 * eps), rtol=1e-6, atol=1e-8)
+    w = model.params["3.w"]
+    for index in [(0, 0, 1, 1), (2, 1, 0, 2), (3, 2, 2, 0)]:
+        keep = w[index]
+        w[index] = keep + eps
+        up = loss(x)
+        w[index] = keep - eps
+        down = loss(x)
+        w[index] = keep
+        np.testing.assert_allclose(grads["3.w"][index], (up - down) / (2 * eps), rtol=1e-6, atol=1e-8)

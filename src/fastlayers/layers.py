@@ -51,7 +51,9 @@ never overwritten. Assigning any attribute of a layer (its options, ``training``
 ``.to(dtype)``) drops its plans; the thread count is read at every call. A Sequential in which no
 layer keeps records (eval mode, ``no_grad()``) runs its forward on NumPy inputs through an
 inference plan per input signature (``_InferencePlan``): the layers' kernels called directly into
-buffers the plan keeps, ReLU in place, and MaxPool2D without indices.
+buffers the plan keeps, ReLU in place, and MaxPool2D without indices. In every mode a Sequential
+runs a ReLU followed by a MaxPool2D as the pool then the ReLU (the same values and gradients, but
+for the sign of a zero; see ``Sequential._order``).
 
 Initialisation is PyTorch's default (see :mod:`fastlayers.init` for Kaiming, Xavier and the
 others): Conv2D and Dense weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)), RNN weights and
@@ -796,8 +798,7 @@ class ReLU(Layer):
         return self._in_place_step(x, keep, owned) if owned else self._planned_step(x, keep)
 
     def _in_place_step(self, x: Any, keep: bool, owned: bool) -> Tuple[Callable[[Any], Any], Any, bool]:
-        """A step that rewrites x, which must be the plan's to rewrite: its own buffer, or an
-        output the previous step makes new each call (``owned`` False: passed on as is)."""
+        """A step that rewrites x, a buffer of the plan's own."""
         key, arrays, prepare = self._forward_call(x)
         try:
             planned = self._plans.get(key)
@@ -1395,18 +1396,17 @@ class TiedOutput(Layer):
 
 class _InferencePlan:
     """A Sequential's forward for one input signature where no layer keeps records: each layer's
-    ``_inference_step`` (its planned kernel called directly, checked once), the outputs of all but
-    the last written into buffers the plan keeps (no allocation per call), a ReLU in place on the
-    buffer before it, and a ReLU followed by a MaxPool2D run as the pool then the ReLU in place on
-    its output (max commutes with ReLU, which then touches a quarter of the cells; only the sign of
-    a zero maximum may differ). The last step's output is new at every call (a copy where it is a
-    view of a kept buffer), as the caller may hold it. Made by its first call; ``lock``: one call
-    at a time (the kept buffers), a concurrent one takes the layers' own forwards."""
+    ``_inference_step`` in ``Sequential._order`` (its planned kernel called directly, checked
+    once), the outputs of all but the last written into buffers the plan keeps (no allocation per
+    call), a ReLU in place on the buffer before it (so a ReLU moved after its MaxPool2D rewrites
+    the pool's output). The last step's output is new at every call (a copy where it is a view of
+    a kept buffer), as the caller may hold it. Made by its first call; ``lock``: one call at a time
+    (the kept buffers), a concurrent one takes the layers' own forwards."""
 
-    __slots__ = ("layers", "epoch", "usable", "lock", "steps", "copy_out")
+    __slots__ = ("layers", "order", "epoch", "usable", "lock", "steps", "copy_out")
 
-    def __init__(self, layers: List[Layer], usable: bool) -> None:
-        self.layers, self.epoch, self.usable = list(layers), _epoch, usable
+    def __init__(self, layers: List[Layer], order: List[Layer], usable: bool) -> None:
+        self.layers, self.order, self.epoch, self.usable = list(layers), order, _epoch, usable
         self.lock = threading.Lock()
         self.steps: Optional[List[Callable[[Any], Any]]] = None
         self.copy_out = False
@@ -1420,18 +1420,9 @@ class _InferencePlan:
         return x.copy() if self.copy_out else x
 
     def _make(self, x: Any) -> Any:
-        layers, steps, owned, i = self.layers, [], False, 0
-        last = len(layers) - 1
-        while i <= last:
-            layer = layers[i]
-            if type(layer) is ReLU and i < last and type(layers[i + 1]) is MaxPool2D:
-                step, x, owned = layers[i + 1]._inference_step(x, i + 1 < last, owned)
-                steps.append(step)
-                step, x, owned = layer._in_place_step(x, i + 1 < last, owned)
-                i += 2
-            else:
-                step, x, owned = layer._inference_step(x, i < last, owned)
-                i += 1
+        steps, owned, last = [], False, len(self.order) - 1
+        for i, layer in enumerate(self.order):
+            step, x, owned = layer._inference_step(x, i < last, owned)
             steps.append(step)
         self.steps, self.copy_out = steps, owned
         return x.copy() if owned else x
@@ -1491,11 +1482,29 @@ class Sequential(Layer):
 
         def run():
             out = x
-            for layer in self.layers:
+            for layer in self._order():
                 out = layer.forward(out)
             return out
 
         return self._run(run)
+
+    def _order(self) -> List[Layer]:
+        """The layers in the order their forwards run (their backwards in reverse): ``layers``,
+        but a ReLU followed by a MaxPool2D runs after it. Max commutes with ReLU, which then
+        touches a quarter of the cells (forward, and backward on the pool's output), and the
+        gradient is the same: where a window's maximum is positive its first maximum is the same
+        cell either way, and where it is not the gradient is zero either way. Only a zero's sign
+        may differ (the maximum of -0.0 and a negative is -0.0, of their ReLUs +0.0)."""
+        layers = self.layers
+        order, i, last = [], 0, len(layers) - 1
+        while i <= last:
+            if type(layers[i]) is ReLU and i < last and type(layers[i + 1]) is MaxPool2D:
+                order += (layers[i + 1], layers[i])
+                i += 2
+            else:
+                order.append(layers[i])
+                i += 1
+        return order
 
     def _inference_plan(self, x: np.ndarray) -> Optional[_InferencePlan]:
         """The plan for x's signature (made at its first call), where no layer keeps records (no
@@ -1510,7 +1519,7 @@ class Sequential(Layer):
             usable = not any(layer.recording or layer.device != "cpu" for layer in self._unique_layers())
             if len(self._plans) >= _MAX_PLANS:
                 self._plans.clear()
-            planned = self._plans[key] = _InferencePlan(self.layers, usable)
+            planned = self._plans[key] = _InferencePlan(self.layers, self._order(), usable)
         return planned if planned.usable else None
 
     def backward(self, dy: Any, input_grad: bool = True) -> Any:
@@ -1522,9 +1531,10 @@ class Sequential(Layer):
 
         def run():
             grad = dy
-            for layer in reversed(self.layers[1:]):
+            order = self._order()  # as the forward ran them
+            for layer in reversed(order[1:]):
                 grad = layer.backward(grad)
-            first = self.layers[0]  # a Sequential has at least one layer
+            first = order[0]  # a Sequential has at least one layer
             if input_grad:
                 return first.backward(grad)
             if first.skips_input_grad:
