@@ -48,9 +48,18 @@ def use_baseline_vectors(bint only):
     return previous
 
 
-def phase_cells(Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SW):
-    """Cells of work per thread the general forward path needs (max_pool2d_phases.h)."""
-    return fl_pool_phase_cells(OW, KH, KW, SW)
+cdef inline bint _tiles_2x2(Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW,
+                            Py_ssize_t SH, Py_ssize_t SW, Py_ssize_t PH, Py_ssize_t PW) noexcept nogil:
+    """Whether the forward takes the 2x2 stride-2 path: whole tiles only (floor mode, or ceil mode
+    with even sizes)."""
+    return KH == 2 and KW == 2 and SH == 2 and SW == 2 and PH == 0 and PW == 0 and 2 * OH <= H and 2 * OW <= W
+
+
+def phase_cells(Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW,
+                Py_ssize_t SH, Py_ssize_t SW, Py_ssize_t PH, Py_ssize_t PW):
+    """Cells of work per thread the forward needs: the general path's phase rows
+    (max_pool2d_phases.h); 0 where it takes the 2x2 path, which needs none."""
+    return 0 if _tiles_2x2(H, W, OH, OW, KH, KW, SH, SW, PH, PW) else fl_pool_phase_cells(OW, KH, KW, SW)
 
 
 # ---------------------------------------------------------------------------- forward
@@ -113,20 +122,20 @@ def max_pool2d_forward(const floating[:, :, ::1] x, floating[:, :, ::1] y, int64
     (every window holds at least one input cell). The first maximum wins, of several NaNs the
     last (as in PyTorch). ``indices`` None: the maxima only (inference), the same values.
     ``stream``: write the outputs around the cache (2x2 stride-2 path only).
-    ``work`` (at least num_threads rows): each thread's phase rows for the general path, taken
-    when a row holds ``phase_cells(OW, KH, KW, SW)`` (and KW <= W, KH * W < 2**31); otherwise
-    each output scans its window."""
+    ``work`` (at least num_threads rows, of at least one cell): each thread's phase rows for the
+    general path, taken when a row holds ``phase_cells(...)`` (and KW <= W, KH * W < 2**31);
+    otherwise each output scans its window."""
     cdef Py_ssize_t P = x.shape[0], H = x.shape[1], W = x.shape[2]
     cdef Py_ssize_t OH = y.shape[1], OW = y.shape[2]
     cdef Py_ssize_t p
     cdef int64_t* index_base = NULL
+    if work.shape[0] < 1 or work.shape[1] < 1:
+        raise ValueError("work must have at least one cell")
     if indices is not None:
         if indices.shape[0] != P or indices.shape[1] != OH or indices.shape[2] != OW:
             raise ValueError("indices must have y's shape")
         index_base = &indices[0, 0, 0]
-    # Whole 2x2 tiles only: floor mode, or ceil mode with even sizes.
-    cdef bint tiles_2x2 = (KH == 2 and KW == 2 and SH == 2 and SW == 2 and PH == 0 and PW == 0
-                           and 2 * OH <= H and 2 * OW <= W)
+    cdef bint tiles_2x2 = _tiles_2x2(H, W, OH, OW, KH, KW, SH, SW, PH, PW)
     cdef bint phases = (KW <= W and <int64_t>KH * W < INT32_MAX and work.shape[0] >= num_threads
                         and work.shape[1] >= fl_pool_phase_cells(OW, KH, KW, SW))
     if num_threads == 1:  # no OpenMP region: entering one costs more than a small batch's planes
@@ -135,7 +144,8 @@ def max_pool2d_forward(const floating[:, :, ::1] x, floating[:, :, ::1] y, int64
                 _pool_plane(x, y, index_base, p, KH, KW, SH, SW, PH, PW, stream, tiles_2x2, phases, &work[0, 0])
         return
     for p in prange(P, nogil=True, schedule="guided", num_threads=num_threads):
-        _pool_plane(x, y, index_base, p, KH, KW, SH, SW, PH, PW, stream, tiles_2x2, phases, &work[threadid(), 0])
+        _pool_plane(x, y, index_base, p, KH, KW, SH, SW, PH, PW, stream, tiles_2x2, phases,
+                    &work[threadid(), 0] if phases else NULL)  # a row per thread only for phase rows
 
 
 cdef void _pool_plane(const floating[:, :, ::1] x, floating[:, :, ::1] y, int64_t* index_base, Py_ssize_t p,
