@@ -31,11 +31,14 @@ def cpu_pool_backward(dy, indices, input_shape, **kwargs):
 
 
 def assert_forward_matches(x, **params):
+    """With indices, and without (the kernel's maxima-only path: the same values, bit for bit)."""
     y, idx = cpu_pool(x, **params)
     y_ref, idx_ref = ref.max_pool2d(x, **params, return_indices=True)
     assert y.dtype == x.dtype and idx.dtype == np.int64
     np.testing.assert_array_equal(y, y_ref, err_msg=str(params))  # NaN == NaN here
     np.testing.assert_array_equal(idx, idx_ref, err_msg=str(params))
+    values = cpu_pool(x, return_indices=False, **params)
+    np.testing.assert_array_equal(values.view(f"u{x.itemsize}"), y_ref.view(f"u{x.itemsize}"), err_msg=str(params))
     return y, idx
 
 
@@ -96,6 +99,29 @@ def test_forward_2x2_fast_path(dtype, hw, ceil_mode, streaming):
     for nan, neg_inf in [(0.0, 0.0), (0.15, 0.0), (0.0, 0.5), (0.1, 0.3)]:
         x = tie_data(rng, (2, 3, *hw), dtype, nan, neg_inf)
         assert_forward_matches(x, kernel_size=2, stride=2, ceil_mode=ceil_mode)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("params", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1)])
+def test_forward_without_indices_writes_none(dtype, params, monkeypatch):
+    """return_indices=False: the kernel gets no index buffer at all (the maxima-only path), unless
+    the caller passes one in ``out``, which is then filled as with return_indices=True."""
+    seen = []
+    kernel = cpu_backend._kernels.max_pool2d_forward
+
+    def spy(x, y, indices, *args):
+        seen.append(indices)
+        return kernel(x, y, indices, *args)
+
+    monkeypatch.setattr(cpu_backend._kernels, "max_pool2d_forward", spy)
+    x = make_rng(3).standard_normal((2, 3, 8, 8)).astype(dtype)
+    y_ref, idx_ref = ref.max_pool2d(x, **params, return_indices=True)
+    np.testing.assert_array_equal(cpu_pool(x, return_indices=False, **params), y_ref)
+    assert seen == [None]
+    idx = np.full(idx_ref.shape, -5, np.int64)
+    np.testing.assert_array_equal(cpu_pool(x, return_indices=False, out=(None, idx), **params), y_ref)
+    np.testing.assert_array_equal(idx, idx_ref)
+    assert seen[1] is not None
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

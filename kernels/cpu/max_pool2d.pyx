@@ -18,6 +18,8 @@ cdef extern from "max_pool2d_simd.h" nogil:
                                Py_ssize_t OW, int64_t first, int64_t W, bint stream)
     void fl_pool_row_2x2_double(const double* x0, const double* x1, double* y, int64_t* indices,
                                 Py_ssize_t OW, int64_t first, int64_t W, bint stream)
+    void fl_pool_values_2x2_float(const float* x0, const float* x1, float* y, Py_ssize_t OW, bint stream)
+    void fl_pool_values_2x2_double(const double* x0, const double* x1, double* y, Py_ssize_t OW, bint stream)
     Py_ssize_t fl_route_row_2x2_float(const float* dy, const int64_t* indices, float* r0, float* r1,
                                       Py_ssize_t OW, int64_t first, int64_t W, bint stream)
     Py_ssize_t fl_route_row_2x2_double(const double* dy, const int64_t* indices, double* r0, double* r1,
@@ -25,7 +27,8 @@ cdef extern from "max_pool2d_simd.h" nogil:
     void fl_store_fence()
 
 cdef extern from "max_pool2d_phases.h" nogil:
-    # A plane of the general path (any window, stride, padding), over phase rows.
+    # A plane of the general path (any window, stride, padding), over phase rows; NULL indices:
+    # the maxima only.
     Py_ssize_t fl_pool_phase_cells(Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SW)
     void fl_pool_plane_phases_float(const float* x, float* y, int64_t* indices, Py_ssize_t H, Py_ssize_t W,
                                     Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH,
@@ -45,9 +48,18 @@ def use_baseline_vectors(bint only):
     return previous
 
 
-def phase_cells(Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SW):
-    """Cells of work per thread the general forward path needs (max_pool2d_phases.h)."""
-    return fl_pool_phase_cells(OW, KH, KW, SW)
+cdef inline bint _tiles_2x2(Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW,
+                            Py_ssize_t SH, Py_ssize_t SW, Py_ssize_t PH, Py_ssize_t PW) noexcept nogil:
+    """Whether the forward takes the 2x2 stride-2 path: whole tiles only (floor mode, or ceil mode
+    with even sizes)."""
+    return KH == 2 and KW == 2 and SH == 2 and SW == 2 and PH == 0 and PW == 0 and 2 * OH <= H and 2 * OW <= W
+
+
+def phase_cells(Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW,
+                Py_ssize_t SH, Py_ssize_t SW, Py_ssize_t PH, Py_ssize_t PW):
+    """Cells of work per thread the forward needs: the general path's phase rows
+    (max_pool2d_phases.h); 0 where it takes the 2x2 path, which needs none."""
+    return 0 if _tiles_2x2(H, W, OH, OW, KH, KW, SH, SW, PH, PW) else fl_pool_phase_cells(OW, KH, KW, SW)
 
 
 # ---------------------------------------------------------------------------- forward
@@ -55,9 +67,15 @@ def phase_cells(Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SW):
 
 cdef void _pool_plane_2x2(const floating* x, floating* y, int64_t* indices,
                           Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, bint stream) noexcept nogil:
+    """NULL indices: the maxima only."""
     cdef Py_ssize_t oh
     for oh in range(OH):
-        if floating is float:
+        if indices == NULL:
+            if floating is float:
+                fl_pool_values_2x2_float(x + 2 * oh * W, x + (2 * oh + 1) * W, y + oh * OW, OW, stream)
+            else:
+                fl_pool_values_2x2_double(x + 2 * oh * W, x + (2 * oh + 1) * W, y + oh * OW, OW, stream)
+        elif floating is float:
             fl_pool_row_2x2_float(x + 2 * oh * W, x + (2 * oh + 1) * W, y + oh * OW, indices + oh * OW,
                                   OW, 2 * oh * W, W, stream)
         else:
@@ -74,7 +92,7 @@ cdef void _pool_plane_scan(const floating* x, floating* y, int64_t* indices,
     """Where the phase rows do not fit (windows wider than the input, whose taps would run KW
     times a row: 2**31 - 1 of them cost seconds a plane; offsets past int32; phase rows past the
     work budget): each output scans the cells of its window that lie inside the input. Same order
-    and rule as max_pool2d_phases.h."""
+    and rule as max_pool2d_phases.h. NULL indices: the maxima only."""
     cdef Py_ssize_t oh, ow, ih, iw, ih_lo, ih_hi, iw_lo, iw_hi
     cdef int64_t best_index
     cdef floating best, v
@@ -93,7 +111,8 @@ cdef void _pool_plane_scan(const floating* x, floating* y, int64_t* indices,
                         best = v
                         best_index = ih * W + iw
             y[oh * OW + ow] = best
-            indices[oh * OW + ow] = best_index
+            if indices != NULL:
+                indices[oh * OW + ow] = best_index
 
 
 def max_pool2d_forward(const floating[:, :, ::1] x, floating[:, :, ::1] y, int64_t[:, :, ::1] indices,
@@ -101,32 +120,51 @@ def max_pool2d_forward(const floating[:, :, ::1] x, floating[:, :, ::1] y, int64
                        floating[:, ::1] work, int num_threads):
     """x (P, H, W) -> y, indices (P, OH, OW); P = N*C planes, all sizes > 0, geometry validated
     (every window holds at least one input cell). The first maximum wins, of several NaNs the
-    last (as in PyTorch).
+    last (as in PyTorch). ``indices`` None: the maxima only (inference), the same values.
     ``stream``: write the outputs around the cache (2x2 stride-2 path only).
-    ``work`` (at least num_threads rows): each thread's phase rows for the general path, taken
-    when a row holds ``phase_cells(OW, KH, KW, SW)`` (and KW <= W, KH * W < 2**31); otherwise
-    each output scans its window."""
+    ``work`` (at least num_threads rows, of at least one cell): each thread's phase rows for the
+    general path, taken when a row holds ``phase_cells(...)`` (and KW <= W, KH * W < 2**31);
+    otherwise each output scans its window."""
     cdef Py_ssize_t P = x.shape[0], H = x.shape[1], W = x.shape[2]
     cdef Py_ssize_t OH = y.shape[1], OW = y.shape[2]
-    cdef Py_ssize_t p, tid
-    # Whole 2x2 tiles only: floor mode, or ceil mode with even sizes.
-    cdef bint tiles_2x2 = (KH == 2 and KW == 2 and SH == 2 and SW == 2 and PH == 0 and PW == 0
-                           and 2 * OH <= H and 2 * OW <= W)
+    cdef Py_ssize_t p
+    cdef int64_t* index_base = NULL
+    if work.shape[0] < 1 or work.shape[1] < 1:
+        raise ValueError("work must have at least one cell")
+    if indices is not None:
+        if indices.shape[0] != P or indices.shape[1] != OH or indices.shape[2] != OW:
+            raise ValueError("indices must have y's shape")
+        index_base = &indices[0, 0, 0]
+    cdef bint tiles_2x2 = _tiles_2x2(H, W, OH, OW, KH, KW, SH, SW, PH, PW)
     cdef bint phases = (KW <= W and <int64_t>KH * W < INT32_MAX and work.shape[0] >= num_threads
                         and work.shape[1] >= fl_pool_phase_cells(OW, KH, KW, SW))
+    if num_threads == 1:  # no OpenMP region: entering one costs more than a small batch's planes
+        with nogil:
+            for p in range(P):
+                _pool_plane(x, y, index_base, p, KH, KW, SH, SW, PH, PW, stream, tiles_2x2, phases, &work[0, 0])
+        return
     for p in prange(P, nogil=True, schedule="guided", num_threads=num_threads):
-        if tiles_2x2:
-            _pool_plane_2x2(&x[p, 0, 0], &y[p, 0, 0], &indices[p, 0, 0], W, OH, OW, stream)
-        elif phases:
-            tid = threadid()
-            if floating is float:
-                fl_pool_plane_phases_float(&x[p, 0, 0], &y[p, 0, 0], &indices[p, 0, 0], H, W, OH, OW, KH, KW,
-                                           SH, SW, PH, PW, &work[tid, 0])
-            else:
-                fl_pool_plane_phases_double(&x[p, 0, 0], &y[p, 0, 0], &indices[p, 0, 0], H, W, OH, OW, KH, KW,
-                                            SH, SW, PH, PW, &work[tid, 0])
+        _pool_plane(x, y, index_base, p, KH, KW, SH, SW, PH, PW, stream, tiles_2x2, phases,
+                    &work[threadid(), 0] if phases else NULL)  # a row per thread only for phase rows
+
+
+cdef void _pool_plane(const floating[:, :, ::1] x, floating[:, :, ::1] y, int64_t* index_base, Py_ssize_t p,
+                      Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH, Py_ssize_t SW, Py_ssize_t PH, Py_ssize_t PW,
+                      bint stream, bint tiles_2x2, bint phases, floating* work) noexcept nogil:
+    """Plane p of max_pool2d_forward, by the path it chose; ``work``: this thread's phase rows."""
+    cdef Py_ssize_t H = x.shape[1], W = x.shape[2], OH = y.shape[1], OW = y.shape[2]
+    cdef int64_t* plane_indices = NULL if index_base == NULL else index_base + p * OH * OW
+    if tiles_2x2:
+        _pool_plane_2x2(&x[p, 0, 0], &y[p, 0, 0], plane_indices, W, OH, OW, stream)
+    elif phases:
+        if floating is float:
+            fl_pool_plane_phases_float(&x[p, 0, 0], &y[p, 0, 0], plane_indices, H, W, OH, OW, KH, KW,
+                                       SH, SW, PH, PW, work)
         else:
-            _pool_plane_scan(&x[p, 0, 0], &y[p, 0, 0], &indices[p, 0, 0], H, W, OH, OW, KH, KW, SH, SW, PH, PW)
+            fl_pool_plane_phases_double(&x[p, 0, 0], &y[p, 0, 0], plane_indices, H, W, OH, OW, KH, KW,
+                                        SH, SW, PH, PW, work)
+    else:
+        _pool_plane_scan(&x[p, 0, 0], &y[p, 0, 0], plane_indices, H, W, OH, OW, KH, KW, SH, SW, PH, PW)
 
 
 # ---------------------------------------------------------------------------- backward
@@ -213,15 +251,26 @@ def max_pool2d_backward(const floating[:, :, ::1] dy, const int64_t[:, :, ::1] i
     ``stream``: write 2x2 tiles around the cache."""
     cdef Py_ssize_t P = dy.shape[0], OH = dy.shape[1], OW = dy.shape[2]
     cdef Py_ssize_t H = dx.shape[1], W = dx.shape[2]
-    cdef Py_ssize_t p, matched, bad = 0
-    cdef bint tiled = H % OH == 0 and W % OW == 0
-    cdef Py_ssize_t TH = H // OH, TW = W // OW
+    cdef Py_ssize_t p, bad = 0
+    if num_threads == 1:  # no OpenMP region: entering one costs more than a small batch's planes
+        with nogil:
+            for p in range(P):
+                bad += _route_plane(&dy[p, 0, 0], &indices[p, 0, 0], &dx[p, 0, 0], H, W, OH, OW, stream)
+        return bad
     for p in prange(P, nogil=True, schedule="guided", num_threads=num_threads):
-        matched = -1
-        if tiled and TH == 2 and TW == 2:
-            matched = _route_tiles_2x2(&dy[p, 0, 0], &indices[p, 0, 0], &dx[p, 0, 0], W, OH, OW, stream)
-        elif tiled:
-            matched = _route_tiles(&dy[p, 0, 0], &indices[p, 0, 0], &dx[p, 0, 0], W, OH, OW, TH, TW)
-        if matched != OH * OW:
-            bad += _scatter_add(&dy[p, 0, 0], &indices[p, 0, 0], &dx[p, 0, 0], H * W, OH * OW)
+        bad += _route_plane(&dy[p, 0, 0], &indices[p, 0, 0], &dx[p, 0, 0], H, W, OH, OW, stream)
     return bad
+
+
+cdef Py_ssize_t _route_plane(const floating* dy, const int64_t* indices, floating* dx, Py_ssize_t H, Py_ssize_t W,
+                             Py_ssize_t OH, Py_ssize_t OW, bint stream) noexcept nogil:
+    """One plane of max_pool2d_backward; returns its count of indices outside [0, H*W)."""
+    cdef Py_ssize_t matched = -1
+    if H % OH == 0 and W % OW == 0:
+        if H // OH == 2 and W // OW == 2:
+            matched = _route_tiles_2x2(dy, indices, dx, W, OH, OW, stream)
+        else:
+            matched = _route_tiles(dy, indices, dx, W, OH, OW, H // OH, W // OW)
+    if matched != OH * OW:
+        return _scatter_add(dy, indices, dx, H * W, OH * OW)
+    return 0

@@ -71,9 +71,10 @@ FL_PHASE_ROWS(float)
 FL_PHASE_ROWS(double)
 
 /* The taps of the block of outputs b .. b + LANES - 1: m its maxima, t its winning offsets (of
- * the integer type I as wide as T). The tap's phase row and shift are stepped, not divided. */
+ * the integer type I as wide as T; kept only when INDEXED, a constant the compiler folds). The
+ * tap's phase row and shift are stepped, not divided. */
 #if defined(__GNUC__)
-#define FL_POOL_BLOCK(T, I, BYTES)                                                            \
+#define FL_POOL_BLOCK(T, I, BYTES, INDEXED)                                                            \
     typedef T vec __attribute__((vector_size(BYTES)));                                        \
     typedef I mask __attribute__((vector_size(BYTES)));                                       \
     enum { LANES = BYTES / sizeof(T) };                                                       \
@@ -89,12 +90,13 @@ FL_PHASE_ROWS(double)
             mask wins = (v > m) | (v != v);                                                   \
             mask offset = (mask){0} + (I)((ih - top) * W + kw);                               \
             m = (vec)((wins & (mask)v) | (~wins & (mask)m));                                  \
-            t = (wins & offset) | (~wins & t);                                                \
+            if (INDEXED)                                                                      \
+                t = (wins & offset) | (~wins & t);                                            \
             if (++q == SW) { q = 0; shift++; }                                                \
         }                                                                                     \
     }
 #else
-#define FL_POOL_BLOCK(T, I, BYTES)                                                            \
+#define FL_POOL_BLOCK(T, I, BYTES, INDEXED)                                                            \
     enum { LANES = BYTES / sizeof(T) };                                                       \
     T m[LANES];                                                                               \
     I t[LANES];                                                                               \
@@ -105,21 +107,23 @@ FL_PHASE_ROWS(double)
         for (ptrdiff_t kw = 0; kw < KW; kw++) {                                               \
             const T *src = rows + q * len + shift;                                            \
             for (int l = 0; l < LANES; l++)                                                   \
-                if (FL_WINS(src[l], m[l])) { m[l] = src[l]; t[l] = (I)((ih - top) * W + kw); } \
+                if (FL_WINS(src[l], m[l])) { m[l] = src[l]; if (INDEXED) t[l] = (I)((ih - top) * W + kw); } \
             if (++q == SW) { q = 0; shift++; }                                                \
         }                                                                                     \
     }
 #endif
 
-/* A plane: y, indices (OH x OW) from x (H x W), with fl_pool_phase_cells(...) of work. */
-#define FL_POOL_PLANE(T, I, BYTES, NAME, ATTRIBUTES)                                          \
+/* A plane: y (OH x OW) from x (H x W), with fl_pool_phase_cells(...) of work; with INDEXED the
+ * indices too (else `indices` is not touched: inference, where no backward follows). */
+#define FL_POOL_PLANE(T, I, BYTES, NAME, ATTRIBUTES, INDEXED)                                 \
     ATTRIBUTES static void NAME(                                                              \
         const T *restrict x, T *restrict y, int64_t *restrict indices, ptrdiff_t H, ptrdiff_t W, \
         ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t SH, ptrdiff_t SW,   \
         ptrdiff_t PH, ptrdiff_t PW, T *restrict work)                                         \
     {                                                                                         \
         ptrdiff_t phases = SW < KW ? SW : KW, len = fl_pool_phase_len(OW, KW, SW);            \
-        for (ptrdiff_t oh = 0; oh < OH; oh++, y += OW, indices += OW) {                       \
+        for (ptrdiff_t oh = 0; oh < OH; oh++) {                                               \
+            T *y_row = y + oh * OW;                                                           \
             ptrdiff_t top = oh * SH - PH;                                                     \
             ptrdiff_t ih_lo = top > 0 ? top : 0, ih_hi = top + KH < H ? top + KH : H;         \
             for (ptrdiff_t ih = ih_lo; ih < ih_hi; ih++)                                      \
@@ -128,13 +132,15 @@ FL_PHASE_ROWS(double)
              * window's first cell inside the input */                                        \
             int64_t window = (int64_t)top * W - PW, first = (int64_t)ih_lo * W;               \
             for (ptrdiff_t b = 0; b < OW; b += BYTES / sizeof(T)) {                           \
-                FL_POOL_BLOCK(T, I, BYTES)                                                    \
+                FL_POOL_BLOCK(T, I, BYTES, INDEXED)                                           \
                 ptrdiff_t n = OW - b < LANES ? OW - b : LANES;                                \
                 for (ptrdiff_t l = 0; l < n; l++) {                                           \
-                    ptrdiff_t left = (b + l) * SW - PW;                                       \
-                    y[b + l] = m[l];                                                          \
-                    indices[b + l] = t[l] >= 0 ? window + (b + l) * SW + t[l]                 \
-                                               : first + (left > 0 ? left : 0);               \
+                    y_row[b + l] = m[l];                                                      \
+                    if (INDEXED) {                                                            \
+                        ptrdiff_t left = (b + l) * SW - PW;                                   \
+                        indices[oh * OW + b + l] = t[l] >= 0 ? window + (b + l) * SW + t[l]   \
+                                                             : first + (left > 0 ? left : 0); \
+                    }                                                                         \
                 }                                                                             \
             }                                                                                 \
         }                                                                                     \
@@ -145,11 +151,23 @@ FL_PHASE_ROWS(double)
     ptrdiff_t PH, ptrdiff_t PW, T *work
 #define FL_POOL_PHASES_CALL x, y, indices, H, W, OH, OW, KH, KW, SH, SW, PH, PW, work
 
+/* Each variant twice, with indices (training) and without (NULL indices: inference). */
+#define FL_POOL_PLANE_PAIR(T, I, BYTES, NAME, ATTRIBUTES)                                     \
+    FL_POOL_PLANE(T, I, BYTES, NAME##_indexed, ATTRIBUTES, 1)                                 \
+    FL_POOL_PLANE(T, I, BYTES, NAME##_values, ATTRIBUTES, 0)                                  \
+    static inline void NAME(FL_POOL_PHASES_ARGS(T))                                           \
+    {                                                                                         \
+        if (indices)                                                                          \
+            NAME##_indexed(FL_POOL_PHASES_CALL);                                              \
+        else                                                                                  \
+            NAME##_values(FL_POOL_PHASES_CALL);                                               \
+    }
+
 #ifdef FL_HAS_CLONES
 static int fl_pool_baseline_only = 0; /* tests run the 16-byte variant on AVX2 CPUs too */
 #define FL_POOL_PHASES(T, I)                                                                  \
-    FL_POOL_PLANE(T, I, 32, fl_pool_plane_phases_avx2_##T, __attribute__((target("arch=x86-64-v3")))) \
-    FL_POOL_PLANE(T, I, 16, fl_pool_plane_phases_base_##T, )                                  \
+    FL_POOL_PLANE_PAIR(T, I, 32, fl_pool_plane_phases_avx2_##T, __attribute__((target("arch=x86-64-v3")))) \
+    FL_POOL_PLANE_PAIR(T, I, 16, fl_pool_plane_phases_base_##T, )                             \
     static inline void fl_pool_plane_phases_##T(FL_POOL_PHASES_ARGS(T))                       \
     {                                                                                         \
         __builtin_cpu_init();                                                                 \
@@ -161,9 +179,9 @@ static int fl_pool_baseline_only = 0; /* tests run the 16-byte variant on AVX2 C
 #else
 static int fl_pool_baseline_only = 0; /* one variant only: nothing to choose */
 #if defined(__AVX2__) || !(defined(__x86_64__) || defined(__i386__))
-#define FL_POOL_PHASES(T, I) FL_POOL_PLANE(T, I, 32, fl_pool_plane_phases_##T, )
+#define FL_POOL_PHASES(T, I) FL_POOL_PLANE_PAIR(T, I, 32, fl_pool_plane_phases_##T, )
 #else
-#define FL_POOL_PHASES(T, I) FL_POOL_PLANE(T, I, 16, fl_pool_plane_phases_##T, )
+#define FL_POOL_PHASES(T, I) FL_POOL_PLANE_PAIR(T, I, 16, fl_pool_plane_phases_##T, )
 #endif
 #endif
 

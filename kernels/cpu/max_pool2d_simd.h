@@ -190,6 +190,38 @@ static inline void fl_store_fence(void)
         }                                                                                     \
     }
 
+/* The same maxima without their indices (inference: no backward follows), in the same order
+ * and rule, so y is the same bit for bit. */
+#if defined(__SSE2__)
+#define FL_POOL_VALUES_2X2_VECTOR(T)                                                          \
+    stream = stream && fl_aligned(y);                                                         \
+    for (; ow + FL_LANES_##T <= OW; ow += FL_LANES_##T) {                                     \
+        fl_vec_##T a, b, c, d, m;                                                             \
+        fl_deinterleave_##T(fl_loadu_##T(x0 + 2 * ow), fl_loadu_##T(x0 + 2 * ow + FL_LANES_##T), &a, &b); \
+        fl_deinterleave_##T(fl_loadu_##T(x1 + 2 * ow), fl_loadu_##T(x1 + 2 * ow + FL_LANES_##T), &c, &d); \
+        m = fl_select_##T(fl_wins_##T(b, a), b, a);                                           \
+        m = fl_select_##T(fl_wins_##T(c, m), c, m);                                           \
+        m = fl_select_##T(fl_wins_##T(d, m), d, m);                                           \
+        fl_store_##T(y + ow, m, stream);                                                      \
+    }
+#else
+#define FL_POOL_VALUES_2X2_VECTOR(T)
+#endif
+
+#define FL_POOL_VALUES_2X2(T)                                                                 \
+    static inline void fl_pool_values_2x2_##T(const T *x0, const T *x1, T *y, ptrdiff_t OW, int stream) \
+    {                                                                                         \
+        ptrdiff_t ow = 0;                                                                     \
+        FL_POOL_VALUES_2X2_VECTOR(T)                                                          \
+        for (; ow < OW; ow++) {                                                               \
+            T m = x0[2 * ow], v;                                                              \
+            v = x0[2 * ow + 1]; if (FL_WINS(v, m)) m = v;                                     \
+            v = x1[2 * ow];     if (FL_WINS(v, m)) m = v;                                     \
+            v = x1[2 * ow + 1]; if (FL_WINS(v, m)) m = v;                                     \
+            y[ow] = m;                                                                        \
+        }                                                                                     \
+    }
+
 /* ------------------------------------------------------------------------- backward, 2x2
  * One row of 2x2 tiles: dy row g (OW), index row `indices`, dx rows r0, r1 (r0 starts at flat
  * index `first`). Writes every cell of r0[0, 2*OW) and r1[0, 2*OW) once: g where the tile's index
@@ -257,6 +289,8 @@ static inline void fl_store_fence(void)
 
 FL_POOL_ROW_2X2(float)
 FL_POOL_ROW_2X2(double)
+FL_POOL_VALUES_2X2(float)
+FL_POOL_VALUES_2X2(double)
 FL_ROUTE_ROW_2X2(float)
 FL_ROUTE_ROW_2X2(double)
 

@@ -26,12 +26,24 @@ cdef void _backward_block(const floating* dy, const floating* x, floating* dx, P
 
 
 def forward(const floating[::1] x, floating[::1] y, int num_threads):
+    """y = relu(x); y may be x itself (each element is read before its own is written)."""
     cdef Py_ssize_t n = x.shape[0], b
+    if num_threads == 1:  # no OpenMP region: entering one costs more than a small array's loop
+        if n:
+            with nogil:
+                _forward_block(&x[0], &y[0], n)
+        return
     for b in prange((n + BLOCK - 1) // BLOCK, nogil=True, schedule="static", num_threads=num_threads):
         _forward_block(&x[b * BLOCK], &y[b * BLOCK], min(BLOCK, n - b * BLOCK))
 
 
 def backward(const floating[::1] dy, const floating[::1] x, floating[::1] dx, int num_threads):
     cdef Py_ssize_t n = x.shape[0], b
+    if num_threads == 1:
+        if n:
+            with nogil:
+                _backward_block(&dy[0], &x[0], &dx[0], n)
+        return
     for b in prange((n + BLOCK - 1) // BLOCK, nogil=True, schedule="static", num_threads=num_threads):
         _backward_block(&dy[b * BLOCK], &x[b * BLOCK], &dx[b * BLOCK], min(BLOCK, n - b * BLOCK))
+

@@ -48,7 +48,12 @@ call is validated through the op's spec and dispatched in full, later ones call 
 directly, and write their outputs into the buffers of the previous call when nothing refers to
 those any more (the caller dropped them, no record or view holds them); an output you hold is
 never overwritten. Assigning any attribute of a layer (its options, ``training``, ``backend``,
-``.to(dtype)``) drops its plans; the thread count is read at every call.
+``.to(dtype)``) drops its plans; the thread count is read at every call. A Sequential in which no
+layer keeps records (eval mode, ``no_grad()``) runs its forward on NumPy inputs through an
+inference plan per input signature (``_InferencePlan``): the layers' kernels called directly into
+buffers the plan keeps, ReLU in place, and MaxPool2D without indices. In every mode a Sequential
+runs a ReLU followed by a MaxPool2D as the pool then the ReLU (the same values and gradients, but
+for the sign of a zero; see ``Sequential._order``).
 
 Initialisation is PyTorch's default (see :mod:`fastlayers.init` for Kaiming, Xavier and the
 others): Conv2D and Dense weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)), RNN weights and
@@ -62,6 +67,7 @@ import contextvars
 import math
 import os
 import sys
+import threading
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import (TYPE_CHECKING, Any, BinaryIO, Callable, Dict, ItemsView, Iterator, KeysView, List, Optional, Tuple,
@@ -210,6 +216,10 @@ class _Planned:
 # Plans a layer keeps (one per signature of its calls' arguments); past this many it starts over.
 _MAX_PLANS = 8
 
+# Bumped by every assignment of any layer's attribute: a Sequential's inference plan, made of its
+# children's plans, is valid while this stays what it was when the plan was made.
+_epoch = 0
+
 
 class ParameterDict(Mapping[str, np.ndarray]):
     """A live view of a model's parameters by name. ``view[name] = value`` copies ``value`` into
@@ -290,7 +300,9 @@ class Layer:
     def __setattr__(self, name: str, value: Any) -> None:
         # Plans are valid for the layer's attributes as they were (options, mode, backend, dtype):
         # any assignment drops them.
+        global _epoch
         object.__setattr__(self, name, value)
+        _epoch += 1
         plans = self.__dict__.get("_plans")
         if plans:
             plans.clear()
@@ -328,6 +340,37 @@ class Layer:
             return (*map(_signature, arrays), *options, self.backend, *_dispatch.backend_settings())
         except AttributeError:
             return None
+
+    def _inference_step(self, x: Any, keep: bool, owned: bool) -> Tuple[Callable[[Any], Any], Any, bool]:
+        """A step of a Sequential's inference plan (no record kept, input signature fixed):
+        ``(step, y, owned)``: the function the plan calls on later inputs of x's signature, this
+        call's output, and whether that output is (a view of) a buffer of the plan's own, written
+        again each call, which the next step may overwrite. ``keep``: the step may keep its output
+        buffer across calls (else each call's output is new: the plan's last step); ``owned``:
+        whether x is such a buffer. By default the layer's forward, whose output is never one."""
+        return self.forward, self.forward(x), False
+
+    def _planned_step(self, x: Any, keep: bool, owned: bool = False) -> Tuple[Callable[[Any], Any], Any, bool]:
+        """``_inference_step`` of a layer whose forward is one planned op call on x and the
+        layer's parameters (``_forward_call``): the step calls the plan's kernel directly."""
+        key, arrays, prepare = self._forward_call(x)
+        y = self._run(key, arrays, prepare)
+        try:
+            planned = self._plans.get(key)
+        except TypeError:  # an unhashable option: no plan kept
+            planned = None
+        if planned is None:
+            return self.forward, y, False
+        p, rest = planned.plan, arrays[1:]
+        call, finish = p.call, p.finish
+        if keep and planned.buffers[0] is not None:  # this call's outputs, now the step's own (None:
+            # an output not computed, max_pool2d's indices outside training)
+            buffers = tuple(list(planned.buffers))  # a tuple of its own: the layer's calls see them held
+            outs = p.to_kernel_out(buffers)
+            return (lambda x: finish(call((x, *rest), outs), buffers)), y, True
+        none = (None,) * len(planned.buffers)
+        blank = p.to_kernel_out(none)
+        return (lambda x: finish(call((x, *rest), blank), none)), y, False
 
     @property
     def host_backend(self) -> str:
@@ -619,7 +662,8 @@ class Conv2D(Layer):
     def _options(self) -> Tuple[Any, ...]:
         return self.stride, self.padding, self.dilation, self.groups, self.padding_mode
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def _forward_call(self, x: Any) -> Tuple[Any, Tuple[Any, ...], Callable[[], Tuple[Any, Any, Any]]]:
+        """The forward's op call: its plan key, its arrays and how to check it."""
         w, b = self._parameters["w"], self._parameters.get("b")
 
         def prepare():
@@ -629,8 +673,14 @@ class Conv2D(Layer):
             return CONV2D, CONV2D.forward(x, w, b, *self._options()), self.backend
 
         arrays = (x, w, b)
-        y = self._run(self._key(arrays, "forward", *self._options()), arrays, prepare)
-        self._record((x, w))
+        return self._key(arrays, "forward", *self._options()), arrays, prepare
+
+    _inference_step = Layer._planned_step
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        key, arrays, prepare = self._forward_call(x)
+        y = self._run(key, arrays, prepare)
+        self._record((x, arrays[1]))
         return y
 
     def backward(self, dy: np.ndarray, input_grad: bool = True) -> Optional[np.ndarray]:
@@ -667,15 +717,23 @@ class MaxPool2D(Layer):
         self.padding = pair("padding", padding, 0)
         self.ceil_mode = ceil_mode
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        recording = self.recording
-        options = (self.kernel_size, self.stride, self.padding, 1, self.ceil_mode, recording)
+    def _forward_call(self, x: Any) -> Tuple[Any, Tuple[Any, ...], Callable[[], Tuple[Any, Any, Any]]]:
+        """The forward's op call: its plan key, its arrays and how to check it. The indices only
+        when recording: without them the kernel writes the maxima alone."""
+        options = (self.kernel_size, self.stride, self.padding, 1, self.ceil_mode, self.recording)
 
         def prepare():
             self._check_input(x, 4)
             return MAX_POOL2D, MAX_POOL2D.forward(x, *options), self.backend
 
-        result = self._run(self._key((x,), "forward", *options), (x,), prepare)
+        return self._key((x,), "forward", *options), (x,), prepare
+
+    _inference_step = Layer._planned_step
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        recording = self.recording
+        key, arrays, prepare = self._forward_call(x)
+        result = self._run(key, arrays, prepare)
         if not recording:
             return cast(np.ndarray, result)
         y, indices = result
@@ -709,20 +767,55 @@ class Flatten(Layer):
     def backward(self, dy: np.ndarray) -> np.ndarray:
         return reference.flatten_backward(dy, self._last_record())
 
+    def _inference_step(self, x: Any, keep: bool, owned: bool) -> Tuple[Callable[[Any], Any], Any, bool]:
+        y = self.forward(x)  # checked once: later inputs have x's signature, so y's shape
+        shape = y.shape
+        return (lambda x: x.reshape(shape)), y, owned
+
 
 class ReLU(Layer):
     """max(x, 0); the gradient at 0 is 0 (as in PyTorch). See :func:`fastlayers.relu`."""
 
     movable = True
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def _forward_call(self, x: Any) -> Tuple[Any, Tuple[Any, ...], Callable[[], Tuple[Any, Any, Any]]]:
+        """The forward's op call: its plan key, its arrays and how to check it."""
         def prepare():
             self._check_input(x)
             return RELU, RELU.forward(x), self.host_backend
 
-        y = self._run(self._key((x,), "forward"), (x,), prepare)
+        return self._key((x,), "forward"), (x,), prepare
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        key, arrays, prepare = self._forward_call(x)
+        y = self._run(key, arrays, prepare)
         self._record(x)
         return y
+
+    def _inference_step(self, x: Any, keep: bool, owned: bool) -> Tuple[Callable[[Any], Any], Any, bool]:
+        """With ``owned`` (x is a buffer of the plan's own) the step rewrites x in place instead of
+        writing a new buffer."""
+        return self._in_place_step(x, keep, owned) if owned else self._planned_step(x, keep)
+
+    def _in_place_step(self, x: Any, keep: bool, owned: bool) -> Tuple[Callable[[Any], Any], Any, bool]:
+        """A step that rewrites x, a buffer of the plan's own."""
+        key, arrays, prepare = self._forward_call(x)
+        try:
+            planned = self._plans.get(key)
+        except TypeError:
+            planned = None
+        if planned is None:  # planned by a first call (into a buffer of its own)
+            self._run(key, arrays, prepare)
+            planned = self._plans.get(key)
+        if planned is None or planned.plan.specs is None:  # kernels that allocate: no in-place call
+            return self._planned_step(x, keep)
+        call = planned.plan.call
+
+        def step(x):
+            call((x,), (x,))  # elementwise: each element read before its own is written
+            return x
+
+        return step, step(x), owned
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         x = self._last_record()
@@ -795,6 +888,12 @@ class Dropout(Layer):
     def backward(self, dy: np.ndarray) -> np.ndarray:
         mask = self._last_record()
         return dy if mask is None else dy * mask
+
+    def _inference_step(self, x: Any, keep: bool, owned: bool) -> Tuple[Callable[[Any], Any], Any, bool]:
+        y = self.forward(x)
+        if self.training and self.p:  # masks under no_grad too, as in PyTorch
+            return self.forward, y, False
+        return (lambda x: x), y, owned
 
     def _describe(self) -> str:
         return f"p={self.p}"
@@ -874,9 +973,9 @@ class Dense(Layer):
         """(fan_in, fan_out) of parameter ``name``, for :mod:`fastlayers.init`."""
         return self.in_features, self.out_features
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        W, b = self._parameters["W"], self._parameters.get("b")
-        arrays = (x, _transpose(W), b)
+    def _forward_call(self, x: Any) -> Tuple[Any, Tuple[Any, ...], Callable[[], Tuple[Any, Any, Any]]]:
+        """The forward's op call: its plan key, its arrays and how to check it."""
+        arrays = (x, _transpose(self._parameters["W"]), self._parameters.get("b"))
 
         def prepare():
             self._check_input(x)
@@ -886,8 +985,14 @@ class Dense(Layer):
                 )
             return LINEAR, LINEAR.forward(*arrays), self.host_backend
 
-        y = self._run(self._key(arrays, "forward"), arrays, prepare)
-        self._record((x, W))
+        return self._key(arrays, "forward"), arrays, prepare
+
+    _inference_step = Layer._planned_step
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        key, arrays, prepare = self._forward_call(x)
+        y = self._run(key, arrays, prepare)
+        self._record((x, self._parameters["W"]))
         return y
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
@@ -1289,6 +1394,40 @@ class TiedOutput(Layer):
         return f"tied to Embedding({self.embedding.num_embeddings}, {self.embedding.embedding_dim})"
 
 
+class _InferencePlan:
+    """A Sequential's forward for one input signature where no layer keeps records: each layer's
+    ``_inference_step`` in ``Sequential._order`` (its planned kernel called directly, checked
+    once), the outputs of all but the last written into buffers the plan keeps (no allocation per
+    call), a ReLU in place on the buffer before it (so a ReLU moved after its MaxPool2D rewrites
+    the pool's output). The last step's output is new at every call (a copy where it is a view of
+    a kept buffer), as the caller may hold it. Made by its first call; ``lock``: one call at a time
+    (the kept buffers), a concurrent one takes the layers' own forwards."""
+
+    __slots__ = ("layers", "order", "epoch", "usable", "lock", "steps", "copy_out")
+
+    def __init__(self, layers: List[Layer], order: List[Layer], usable: bool) -> None:
+        self.layers, self.order, self.epoch, self.usable = list(layers), order, _epoch, usable
+        self.lock = threading.Lock()
+        self.steps: Optional[List[Callable[[Any], Any]]] = None
+        self.copy_out = False
+
+    def __call__(self, x: Any) -> Any:
+        steps = self.steps
+        if steps is None:
+            return self._make(x)
+        for step in steps:
+            x = step(x)
+        return x.copy() if self.copy_out else x
+
+    def _make(self, x: Any) -> Any:
+        steps, owned, last = [], False, len(self.order) - 1
+        for i, layer in enumerate(self.order):
+            step, x, owned = layer._inference_step(x, i < last, owned)
+            steps.append(step)
+        self.steps, self.copy_out = steps, owned
+        return x.copy() if owned else x
+
+
 class Sequential(Layer):
     """Layers applied in order; ``backward`` runs them in reverse.
 
@@ -1331,13 +1470,57 @@ class Sequential(Layer):
             return fn()
 
     def forward(self, x: Any) -> Any:
+        """The layers in order. Where no layer keeps a record (eval mode, or ``no_grad()``) and x
+        is a NumPy array, through the inference plan kept for x's signature (``_InferencePlan``)."""
+        if type(x) is np.ndarray:
+            planned = self._inference_plan(x)
+            if planned is not None and planned.lock.acquire(False):  # a concurrent call takes the loop
+                try:
+                    return self._run(lambda: planned(x))
+                finally:
+                    planned.lock.release()
+
         def run():
             out = x
-            for layer in self.layers:
+            for layer in self._order():
                 out = layer.forward(out)
             return out
 
         return self._run(run)
+
+    def _order(self) -> List[Layer]:
+        """The layers in the order their forwards run (their backwards in reverse): ``layers``,
+        but a ReLU followed by a MaxPool2D runs after it. Max commutes with ReLU, which then
+        touches a quarter of the cells (forward, and backward on the pool's output), and the
+        gradient is the same: where a window's maximum is positive its first maximum is the same
+        cell either way, and where it is not the gradient is zero either way. Only a zero's sign
+        may differ (the maximum of -0.0 and a negative is -0.0, of their ReLUs +0.0)."""
+        layers = self.layers
+        order, i, last = [], 0, len(layers) - 1
+        while i <= last:
+            if type(layers[i]) is ReLU and i < last and type(layers[i + 1]) is MaxPool2D:
+                order += (layers[i + 1], layers[i])
+                i += 2
+            else:
+                order.append(layers[i])
+                i += 1
+        return order
+
+    def _inference_plan(self, x: np.ndarray) -> Optional[_InferencePlan]:
+        """The plan for x's signature (made at its first call), where no layer keeps records (no
+        backward may follow) and none is on the GPU; else None. A plan is stale once any layer's
+        attribute was assigned (``_epoch``: the children's options, modes, dtypes, devices) or
+        ``layers`` changed."""
+        if self.recording:  # the usual training forward: no look-up
+            return None
+        key = (x.shape, x.dtype, x.strides, _grad_enabled.get(), *_dispatch.backend_settings())
+        planned = self._plans.get(key)
+        if planned is None or planned.epoch != _epoch or planned.layers != self.layers:
+            usable = not any(layer.recording or layer.device != "cpu" for layer in self._unique_layers())
+            if len(self._plans) >= _MAX_PLANS:
+                self._plans.clear()
+            planned = self._plans[key] = _InferencePlan(self.layers, self._order(), usable)
+        return planned if planned.usable else None
 
     def backward(self, dy: Any, input_grad: bool = True) -> Any:
         """dL/dx of the model's input; with ``input_grad=False`` (the input is data, as in
@@ -1348,9 +1531,10 @@ class Sequential(Layer):
 
         def run():
             grad = dy
-            for layer in reversed(self.layers[1:]):
+            order = self._order()  # as the forward ran them
+            for layer in reversed(order[1:]):
                 grad = layer.backward(grad)
-            first = self.layers[0]  # a Sequential has at least one layer
+            first = order[0]  # a Sequential has at least one layer
             if input_grad:
                 return first.backward(grad)
             if first.skips_input_grad:

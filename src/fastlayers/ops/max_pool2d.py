@@ -2,7 +2,7 @@
 ``max_pool2d_backward``."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -28,16 +28,17 @@ class Pool2dGeometry(ImageBatch):
     dilation_h: int
     dilation_w: int
     ceil_mode: bool
+    indices: bool = True  # whether the caller takes the indices (False: a kernel may skip them)
 
     @property
     def y_shape(self):
         return (self.N, self.C, self.OH, self.OW)
 
     def work(self, direction, itemsize):
-        """``(bytes, "byte")`` moved by one call: the forward reads x and writes y and the int64
-        indices; the backward reads dy and the indices and writes dx."""
+        """``(bytes, "byte")`` moved by one call: the forward reads x and writes y and (when taken)
+        the int64 indices; the backward reads dy and the indices and writes dx."""
         x, y = int(np.prod(self.x_shape)), int(np.prod(self.y_shape))
-        return (x + y) * itemsize + y * INDEX_DTYPE.itemsize, "byte"
+        return (x + y) * itemsize + y * INDEX_DTYPE.itemsize * self.indices, "byte"
 
 
 @dataclass(frozen=True)
@@ -208,6 +209,8 @@ class MaxPool2dSpec(OpSpec):
         batched = input.ndim == 4
         g = pool2d_geometry(input.shape if batched else (1,) + tuple(input.shape), kernel_size, stride, padding,
                             dilation, ceil_mode)
+        if not return_indices:
+            g = replace(g, indices=False)
         shape = g.y_shape if batched else g.y_shape[1:]
         outputs = (("output", shape, dt), ("indices", shape, INDEX_DTYPE))
         pick = (lambda r: r) if return_indices else (lambda r: r[0])

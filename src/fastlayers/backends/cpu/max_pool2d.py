@@ -23,27 +23,33 @@ STREAMING_MIN_BYTES = 16 << 20
 # (global pooling of big planes) scan each window in place instead.
 PHASE_ROWS_MAX_BYTES = 1 << 20
 
+# The work argument of the calls that need none (the 2x2 path): never written.
+_NO_WORK = {np.dtype(dt): np.empty((1, 1), dt) for dt in (np.float32, np.float64)}
+
 
 def forward(x, g, outs):
+    """(y, indices); indices None when the caller takes none (``g.indices`` False, no buffer given):
+    the kernel then writes the maxima only."""
     y, indices = outs
     if y is None:
         y = np.empty(g.y_shape, dtype=x.dtype)
-    if indices is None:
+    if indices is None and g.indices:
         indices = np.empty(g.y_shape, dtype=np.int64)
     planes = g.N * g.C
     if planes and g.OH and g.OW:
         threads = threads_for(y.size * g.KH * g.KW)
-        cells = _kernels.phase_cells(g.OW, g.KH, g.KW, g.stride_w)
+        cells = _kernels.phase_cells(g.H, g.W, g.OH, g.OW, g.KH, g.KW, g.stride_h, g.stride_w, g.pad_h, g.pad_w)
+        args = (np.ascontiguousarray(x).reshape(planes, g.H, g.W), y.reshape(planes, g.OH, g.OW),
+                None if indices is None else indices.reshape(planes, g.OH, g.OW),
+                g.KH, g.KW, g.stride_h, g.stride_w, g.pad_h, g.pad_w,
+                y.nbytes + (0 if indices is None else indices.nbytes) >= STREAMING_MIN_BYTES)
+        if cells == 0:  # the 2x2 path: no workspace to check out (microseconds a call)
+            _kernels.max_pool2d_forward(*args, _NO_WORK[x.dtype], threads)
+            return y, indices
         if cells * x.itemsize > PHASE_ROWS_MAX_BYTES:
             cells = 1  # too small: the kernel scans each window instead
         with workspace("max_pool2d_phases", (threads, cells), x.dtype) as work:
-            _kernels.max_pool2d_forward(
-                np.ascontiguousarray(x).reshape(planes, g.H, g.W),
-                y.reshape(planes, g.OH, g.OW),
-                indices.reshape(planes, g.OH, g.OW),
-                g.KH, g.KW, g.stride_h, g.stride_w, g.pad_h, g.pad_w,
-                y.nbytes + indices.nbytes >= STREAMING_MIN_BYTES, work, threads,
-            )
+            _kernels.max_pool2d_forward(*args, work, threads)
     return y, indices
 
 
