@@ -26,9 +26,17 @@ def _weight(w):
     return np.ascontiguousarray(w), False
 
 
-def _rows(count, threads):
-    """Rows per task: one block per thread."""
-    return max(1, -(-count // threads))
+# Row blocks of a size set by the problem alone, never by the thread count: every row of a result
+# then comes from the same GEMM call at any thread count (OpenBLAS's kernels round a row by its
+# place in the call's blocking: with one block per thread, 1 and 2 threads differed). Enough
+# blocks for 8 threads, none under 16 rows.
+LINEAR_TASKS = 8
+LINEAR_MIN_ROWS = 16
+
+
+def _rows(count):
+    """Rows per task."""
+    return max(LINEAR_MIN_ROWS, -(-count // LINEAR_TASKS))
 
 
 def forward(x, w, b, g, outs):
@@ -41,10 +49,11 @@ def forward(x, w, b, g, outs):
         return (y,)
     _check_blas_sizes(g)
     weight, transposed = _weight(w)
-    threads = min(threads_for(g.M * g.I * g.O), g.M)
+    rows = _rows(g.M)
+    threads = min(threads_for(g.M * g.I * g.O), -(-g.M // rows))
     bias = contiguous(b) if b is not None else np.zeros(1, x.dtype)
     _kernels.forward(contiguous(x).reshape(g.M, g.I), weight, transposed, bias, b is not None, y2,
-                     _rows(g.M, threads), threads)
+                     rows, threads)
     return (y,)
 
 
@@ -60,5 +69,5 @@ def backward(dy, x, w, g, outs):
     weight, transposed = _weight(w)
     threads = threads_for(2 * g.M * g.I * g.O)
     _kernels.backward(dy2, contiguous(x).reshape(g.M, g.I), weight, transposed, dx.reshape(g.M, g.I), dw,
-                      _rows(g.M, threads), _rows(g.O, threads), threads)
+                      _rows(g.M), _rows(g.O), threads)
     return outs
