@@ -1,6 +1,7 @@
 """A Sequential's inference plan (fastlayers.layers._InferencePlan): where no layer keeps records
 its forward runs the layers' planned kernels directly into buffers it keeps, ReLU in place, a
-ReLU before a MaxPool2D after the pool. Checked against the layers' own forwards one by one (the
+ReLU before a MaxPool2D after the pool (the order Sequential runs them in training too, checked here
+against the layers' own order, gradients included). Checked against the layers' own forwards one by one (the
 path without the plan): the same values (bit for bit, but for the sign of a zero where the ReLU
 moved after the pool), for new inputs at every call, with outputs the caller holds never
 overwritten, and the plan made again whenever anything it depends on changes."""
