@@ -203,13 +203,14 @@ class FakeClock:
 
 
 @pytest.mark.parametrize("durations, repeat, unstable", [
-    ([1e-3], 7, False),
-    ([1e-3, 1.02e-3, 0.99e-3], 7, False),
-    ([1e-3, 2e-3], 7, True),
-    ([1e-3, 1e-3, 1e-3, 5e-3], 7, True),
-    ([1e-3, 2e-3], 2, None),  # too few rounds to tell
+    ([10e-3], 7, False),
+    ([10e-3, 10.2e-3, 9.9e-3], 7, False),
+    ([10e-3, 20e-3], 7, True),
+    ([10e-3, 10e-3, 50e-3], 7, True),  # any 7 rounds in a row hold 2 or 3 outliers
+    ([10e-3, 20e-3], 2, None),  # too few rounds to tell
 ])
 def test_a_noisy_timer_is_flagged_unstable(durations, repeat, unstable):
+    # calls over timing.MIN_ROUND_S: a round is one call, so the rounds are the durations
     report = runner.run([_tiny_case("rnn")], families=("numpy", "cpu"), threads=1, repeat=repeat, budget_s=10.0,
                         out_rows=False, progress=io.StringIO(), clock=FakeClock(durations))
     assert len(report["results"]) == 4
@@ -452,3 +453,17 @@ def test_inference_engines_time_the_same_forward(engine, case):
     want = ours[0] if isinstance(ours, tuple) else ours  # the pool's maxima (its indices aside)
     assert version
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("one_call, repeat, budget_s, warmups, calls, rounds", [
+    (1e-4, 7, 2.0, 500, 20, 7),  # fast: 50 ms of warm-up, rounds of 2 ms
+    (2e-3, 7, 2.0, 25, 1, 7),  # a call of 2 ms is a round of its own
+    (1.0, 7, 2.0, 1, 1, 2),  # slow: one warm-up call, the rounds cut to the budget
+    (1e-4, 3, 1e-3, 500, 20, 1),  # a budget under one round still gets one
+])
+def test_rounds_of_fast_calls_make_several_calls_after_a_warm_up(one_call, repeat, budget_s, warmups, calls, rounds):
+    made = []
+    clock = FakeClock([one_call])  # every timed block takes one_call seconds, whatever it calls
+    times = timing.time_call(lambda: made.append(1), repeat, budget_s, clock=clock)
+    assert len(made) == warmups + calls * rounds
+    assert times == pytest.approx([one_call / calls] * rounds)

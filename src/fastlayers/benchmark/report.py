@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from .runner import SCHEMA, allocates, family, label_order
-from .timing import MIN_ROUNDS_FOR_SPREAD, UNSTABLE_SPREAD, allocator_line, machine_line
+from .timing import MIN_ROUND_S, MIN_ROUNDS_FOR_SPREAD, UNSTABLE_SPREAD, WARMUP_S, allocator_line, machine_line
 
 COLUMNS = ("case", "dir", "backend", "median ms", "(min - max)", "spread", "n", "rate", "% roof", "vs best other")
 
@@ -54,7 +54,8 @@ def _legend(report):
         "every row allocates its outputs on each call, as PyTorch does; +out: fastlayers writing into "
         "preallocated out= buffers instead",
         "vs best other = median of the fastest other backend (allocating) / this median (> 1: this one is faster)",
-        f"median over n rounds after a warm-up call; spread = interquartile range / median, "
+        f"median over n rounds (of calls lasting at least {1e3 * MIN_ROUND_S:g} ms) after "
+        f"{1e3 * WARMUP_S:g} ms of warm-up calls; spread = interquartile range / median, "
         f"! = unstable (over {100 * UNSTABLE_SPREAD:.0f}%), ? = under {MIN_ROUNDS_FOR_SPREAD} rounds to tell",
         "",
     ]

@@ -175,8 +175,8 @@ def run(cases, directions=DIRECTIONS, families=FAMILIES, dtype="float32", thread
 
     ``threads`` (default: all usable CPUs) is given to fastlayers (``fl.threads``), to NumPy's BLAS
     (threadpoolctl) and to PyTorch (``torch.set_num_threads`` in its own process). Each
-    measurement stays near ``budget_s`` seconds after one warm-up call, with at most ``repeat``
-    rounds and at least one. ``out_rows`` adds the ``+out`` rows; ``clock`` is the timer's clock
+    measurement stays near ``budget_s`` seconds after its warm-up, with at most ``repeat``
+    rounds and at least one (``timing.time_call``: a round of a fast call makes several calls). ``out_rows`` adds the ``+out`` rows; ``clock`` is the timer's clock
     for the in-process measurements (PyTorch's worker always uses ``time.perf_counter``);
     ``torch_device`` is where PyTorch runs ("cuda": its GPU, against fastlayers' cuda); ``algos``
     (default all) the ``algo=`` rows of the families that take one."""

@@ -15,32 +15,46 @@ import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
 
+# A fast call is timed in rounds of several calls after a warm-up of many: timed once, right
+# after one warm-up call in a fresh process, a call of a few hundred microseconds costs 1.2-1.8x
+# what it costs a loop that calls it again and again (docs/performance.md), for every library
+# alike; the loop is what a user's training or inference feels.
+WARMUP_S = 0.05  # warm-up: calls until this long has passed, at least one
+MIN_ROUND_S = 2e-3  # a round's least duration: calls per round = ceil(MIN_ROUND_S / one call)
+
+
 def time_call(fn, repeat, budget_s, sync=None, clock=time.perf_counter):
     """Seconds per call of ``fn``, one entry per timed round (at most ``repeat``): the one timer
     of every benchmark in fastlayers.
 
-    A first, discarded call warms caches, workspaces, lazy initialisation and JIT compilers. The
-    second call is the first round and tells how long a call takes: the rounds are then cut so
-    the measurement stays near ``budget_s`` — a slow reference on a big case gets one or two
-    rounds, never none. ``sync`` (e.g. a CUDA synchronise) runs inside the timed region so
-    asynchronous backends are timed to completion. ``clock`` returns seconds."""
+    Warm-up calls, discarded, run for ``WARMUP_S`` (at least one): they warm caches, workspaces,
+    thread teams, lazy initialisation and JIT compilers. The last of them tells how long a call
+    takes: a round then makes enough calls to last ``MIN_ROUND_S`` (one, for a call that long),
+    and the rounds are cut so the measurement stays near ``budget_s`` — a slow reference on a
+    big case gets one or two rounds, never none. ``sync`` (e.g. a CUDA synchronise) runs inside
+    the timed region, once per round, so asynchronous backends are timed to completion.
+    ``clock`` returns seconds."""
 
-    def timed():
+    def timed(calls):
         start = clock()
-        fn()
+        for _ in range(calls):
+            fn()
         if sync is not None:
             sync()
-        return clock() - start
+        return (clock() - start) / calls
 
-    timed()
-    times = [timed()]
-    times += [timed() for _ in range(plan_rounds(times[0], repeat, budget_s) - 1)]
-    return times
+    one_call = warmed = timed(1)
+    while warmed < WARMUP_S:
+        one_call = timed(1)
+        warmed += one_call
+    calls = max(1, math.ceil(MIN_ROUND_S / max(one_call, 1e-9)))
+    rounds = plan_rounds(calls * one_call, repeat, budget_s)
+    return [timed(calls) for _ in range(rounds)]
 
 
 def median_ms(fn, repeat, stat=None):
     """Milliseconds per call of ``fn``: the median (or ``stat``, e.g. ``numpy.min``) of ``repeat``
-    timed rounds after a discarded warm-up call."""
+    timed rounds after the warm-up (``time_call``)."""
     times = time_call(fn, repeat, budget_s=math.inf)
     return 1e3 * float((stat or statistics.median)(times))
 
