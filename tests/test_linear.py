@@ -43,6 +43,17 @@ def test_cpu_matches_reference(lead, I, O, dtype, layout, seed):  # noqa: E741
         assert_close(got, want, dtype, terms=terms)
 
 
+@pytest.mark.parametrize("M", [1, 2, 3])  # up to LINEAR_GEMV_MAX_ROWS rows: a gemv per row
+@pytest.mark.parametrize("layout", ["C", "transposed", "strided"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_few_rows_match_reference(M, layout, dtype, bias):
+    x, w, b, _ = make_arrays(make_rng(M), (M,), 300, 37, dtype, layout)
+    b = b if bias else None
+    up = [None if a is None else a.astype(np.float64) for a in (x, w, b)]
+    assert_close(fl.linear(x, w, b, backend="cpu"), ref.linear(*up), dtype, terms=300 + 1)
+
+
 @pytest.mark.parametrize("backend", ["numpy", "cpu"])
 def test_gradients_match_finite_differences(backend):
     x, w, b, dy = make_arrays(make_rng(1), (3, 2), 4, 5, np.float64, "transposed")

@@ -20,6 +20,13 @@ cdef extern from "cblas.h" nogil:
                            int M, int N, int K, double alpha, const double* A, int lda,
                            const double* B, int ldb, double beta, double* C, int ldc)
 
+    void scipy_cblas_sgemv(CBLAS_ORDER order, CBLAS_TRANSPOSE trans, int M, int N, float alpha,
+                           const float* A, int lda, const float* x, int incx, float beta, float* y,
+                           int incy)
+    void scipy_cblas_dgemv(CBLAS_ORDER order, CBLAS_TRANSPOSE trans, int M, int N, double alpha,
+                           const double* A, int lda, const double* x, int incx, double beta,
+                           double* y, int incy)
+
     int scipy_openblas_get_num_threads()
     void scipy_openblas_set_num_threads(int num_threads)
 
@@ -47,3 +54,14 @@ cdef inline void gemm(bint trans_a, bint trans_b, int M, int N, int K,
         scipy_cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
     else:
         scipy_cblas_dgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
+
+
+cdef inline void gemv(bint trans_a, int M, int N, floating alpha, const floating* A, int lda,
+                      const floating* x, floating beta, floating* y) noexcept nogil:
+    """Row-major y = alpha * op(A) @ x + beta * y, A M x N, op(A) A or its transpose; x and y
+    contiguous."""
+    cdef CBLAS_TRANSPOSE ta = CblasTrans if trans_a else CblasNoTrans
+    if floating is float:
+        scipy_cblas_sgemv(CblasRowMajor, ta, M, N, alpha, A, lda, x, 1, beta, y, 1)
+    else:
+        scipy_cblas_dgemv(CblasRowMajor, ta, M, N, alpha, A, lda, x, 1, beta, y, 1)

@@ -10,12 +10,13 @@
 from cython cimport floating
 from cython.parallel cimport prange
 
-from _blas cimport gemm, single_threaded_blas
+from _blas cimport gemm, gemv, single_threaded_blas
 
 
 cdef void _forward_task(const floating[:, ::1] x, const floating[:, ::1] w, bint weight_t, const floating[::1] b,
-                        bint has_bias, floating[:, ::1] y, Py_ssize_t rows, Py_ssize_t task) noexcept nogil:
-    """Rows task * rows .. of y."""
+                        bint has_bias, floating[:, ::1] y, Py_ssize_t rows, bint by_rows,
+                        Py_ssize_t task) noexcept nogil:
+    """Rows task * rows .. of y: one gemm, or with ``by_rows`` a gemv per row."""
     cdef Py_ssize_t M = x.shape[0], I = x.shape[1], O = y.shape[1]
     cdef Py_ssize_t m0 = task * rows, mr = min(rows, M - m0), m, o
     cdef int ldw = <int>(O if weight_t else I)
@@ -23,22 +24,32 @@ cdef void _forward_task(const floating[:, ::1] x, const floating[:, ::1] w, bint
         for m in range(m0, m0 + mr):
             for o in range(O):
                 y[m, o] = b[o]
+    if by_rows:
+        for m in range(m0, m0 + mr):
+            if weight_t:  # y[m] = W^T x[m], W^T stored (I, O)
+                gemv(True, <int>I, <int>O, <floating>1, &w[0, 0], ldw, &x[m, 0],
+                     <floating>(1 if has_bias else 0), &y[m, 0])
+            else:
+                gemv(False, <int>O, <int>I, <floating>1, &w[0, 0], ldw, &x[m, 0],
+                     <floating>(1 if has_bias else 0), &y[m, 0])
+        return
     gemm(False, not weight_t, <int>mr, <int>O, <int>I, <floating>1, &x[m0, 0], <int>I, &w[0, 0], ldw,
          <floating>(1 if has_bias else 0), &y[m0, 0], <int>O)
 
 
 def forward(const floating[:, ::1] x, const floating[:, ::1] w, bint weight_t, const floating[::1] b,
-            bint has_bias, floating[:, ::1] y, Py_ssize_t rows, int num_threads):
-    """y (M, O) = x (M, I) @ W^T (+ b); M, I, O > 0; ``rows``: rows of y per task."""
+            bint has_bias, floating[:, ::1] y, Py_ssize_t rows, bint by_rows, int num_threads):
+    """y (M, O) = x (M, I) @ W^T (+ b); M, I, O > 0; ``rows``: rows of y per task; ``by_rows``:
+    each row by a matrix-vector product instead of the task's rows by one gemm."""
     single_threaded_blas()
     cdef Py_ssize_t tasks = (x.shape[0] + rows - 1) // rows, task
     if num_threads == 1:  # no OpenMP region: entering one costs more than a small layer's GEMM
         with nogil:
             for task in range(tasks):
-                _forward_task(x, w, weight_t, b, has_bias, y, rows, task)
+                _forward_task(x, w, weight_t, b, has_bias, y, rows, by_rows, task)
         return
     for task in prange(tasks, nogil=True, schedule="static", num_threads=num_threads):
-        _forward_task(x, w, weight_t, b, has_bias, y, rows, task)
+        _forward_task(x, w, weight_t, b, has_bias, y, rows, by_rows, task)
 
 
 cdef void _backward_task(const floating[:, ::1] dy, const floating[:, ::1] x, const floating[:, ::1] w,

@@ -34,6 +34,12 @@ LINEAR_TASKS = 8
 LINEAR_MIN_ROWS = 16
 
 
+# Up to this many rows (the problem's, so the choice holds at any thread count) a matrix-vector
+# product per row beats one gemm, which packs the whole weight on every call
+# (docs/performance.md).
+LINEAR_GEMV_MAX_ROWS = 2
+
+
 def _rows(count):
     """Rows per task."""
     return max(LINEAR_MIN_ROWS, -(-count // LINEAR_TASKS))
@@ -53,7 +59,7 @@ def forward(x, w, b, g, outs):
     threads = min(threads_for(g.M * g.I * g.O), -(-g.M // rows))
     bias = contiguous(b) if b is not None else np.zeros(1, x.dtype)
     _kernels.forward(contiguous(x).reshape(g.M, g.I), weight, transposed, bias, b is not None, y2,
-                     rows, threads)
+                     rows, g.M <= LINEAR_GEMV_MAX_ROWS, threads)
     return (y,)
 
 
