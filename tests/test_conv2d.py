@@ -326,6 +326,53 @@ def test_backward_without_input_grad_splits_one_images_bands(threads, split_work
     assert_grad_matches(runs[0][2], numeric_grad(f, arrays, "bias", dy), err_msg="bias")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("threads", (2, 3))
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(config=conv2d_configs(), seed=st.integers(0, 2**32 - 1), bias=st.booleans())
+def test_small_batch_input_grad_splits_input_channels(threads, dtype, config, seed, bias, split_work):
+    """Fewer (image, group) planes than threads, with dx: im2col's backward takes a task per
+    plane's dw and db and per block of its input channels for dx (every kernel size, stride, padding and dilation of
+    the issue's ranges; one or two images, one or two groups)."""
+    x_shape, w_shape, params = config
+    if params["groups"] >= threads:  # one group: then one image is fewer planes than threads
+        params = dict(params, groups=1)
+        w_shape = (w_shape[0], x_shape[1]) + w_shape[2:]
+    x_shape = (1 if params["groups"] * 2 >= threads else 2,) + x_shape[1:]
+    g = conv2d_geometry(x_shape, w_shape, **params)
+    assert g.N * g.groups < threads
+    rng = make_rng(seed)
+    x, w = _uniform(rng, x_shape, dtype), _uniform(rng, w_shape, dtype)
+    b = _uniform(rng, (w_shape[0],), dtype) if bias else None
+    dy = _uniform(rng, g.y_shape, dtype)
+    with fl.threads(threads):
+        _check_against_reference(x, w, b, dy, params, "im2col", dtype, f"{x_shape} {w_shape} {params}")
+
+
+@pytest.mark.parametrize("w_shape, params", [
+    ((4, 5, 3, 3), dict(padding=1, stride=(1, 2))),
+    ((4, 5, 1, 1), {}),  # pointwise: the channel blocks' columns are dx itself
+    ((6, 5, 2, 3), dict(padding=(2, 0), dilation=(2, 1))),
+])
+def test_small_batch_input_grad_matches_finite_differences(w_shape, params, split_work):
+    rng = make_rng(5)
+    arrays = dict(input=rng.uniform(-1, 1, (1, 5, 7, 6)), weight=rng.uniform(-1, 1, w_shape),
+                  bias=rng.uniform(-1, 1, w_shape[0]))
+
+    def f(input, weight, bias):
+        return fl.conv2d(input, weight, bias, algo="im2col", backend="cpu", **params)
+
+    dy = rng.uniform(-1, 1, f(**arrays).shape)
+    with fl.threads(2):
+        runs = [fl.conv2d_backward(dy, arrays["input"], arrays["weight"], algo="im2col", backend="cpu", **params)
+                for _ in range(2)]
+    for a, c in zip(runs[0], runs[1]):
+        np.testing.assert_array_equal(a, c)
+    for name, analytic in zip(("input", "weight", "bias"), runs[0]):
+        assert_grad_matches(analytic, numeric_grad(f, arrays, name, dy), err_msg=name)
+
+
 @pytest.mark.parametrize("algo", ALGOS)
 def test_writes_into_out_buffers(algo):
     rng = make_rng(3)

@@ -76,14 +76,15 @@ cdef inline const floating* _columns(const floating* x, floating* tile, const Co
 
 
 cdef void _col2im(const floating* col, Py_ssize_t ld, floating* x, const Conv2dShape* s,
-                  Py_ssize_t oh0, Py_ssize_t rows) noexcept nogil:
-    """The adjoint of _im2col: add col (K, rows * OW; rows ``ld`` apart) into x (Cg, H, W)
-    where each entry came from; padding entries are dropped."""
+                  Py_ssize_t oh0, Py_ssize_t rows, Py_ssize_t channels) noexcept nogil:
+    """The adjoint of _im2col for ``channels`` channels: add col (channels * KH * KW, rows * OW;
+    rows ``ld`` apart) into x (channels, H, W) where each entry came from; padding entries are
+    dropped."""
     cdef Py_ssize_t c, kh, kw, r, ih, ow
     cdef TapColumns cols
     cdef const floating* src
     cdef floating* dst
-    for c in range(s.Cg):
+    for c in range(channels):
         for kh in range(s.KH):
             for r in range(rows):
                 ih = (oh0 + r) * s.SH - s.PT + kh * s.DH
@@ -199,7 +200,7 @@ cdef void _backward_images(const floating* dy, const floating* x, const floating
          <floating>0, dcol, <int>cols)
     for j in range(count):
         memset(dx + j * s.C * HW, 0, s.Cg * HW * sizeof(floating))
-        _col2im(dcol + j * P, cols, dx + j * s.C * HW, s, 0, s.OH)
+        _col2im(dcol + j * P, cols, dx + j * s.C * HW, s, 0, s.OH, s.Cg)
 
 
 def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
@@ -275,7 +276,82 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
             else:
                 gemm(True, False, <int>s.K, <int>P, <int>s.Fg, <floating>1, w_group, <int>s.K,
                      dy_tile, <int>OHW, <floating>0, &workspace[tid, tile], <int>P)
-                _col2im(&workspace[tid, tile], P, dx_group, &s, oh0, band_rows)
+                _col2im(&workspace[tid, tile], P, dx_group, &s, oh0, band_rows, s.Cg)
         if split == 1:
             for f in range(gi * s.Fg, (gi + 1) * s.Fg):
                 db_partial[tid, f] += lane_sum(&dy[n, f, 0, 0], OHW)
+
+
+cdef void _weight_grad_plane(const floating* dy, const floating* x, floating* dw_group, floating* db_group,
+                             floating* col_tile, const Conv2dShape* s, Py_ssize_t rows) noexcept nogil:
+    """dw_group (Fg x K) += one (image, group) plane's products, band by band of ``rows`` output
+    rows (its columns built in col_tile), and db_group (Fg) += the plane's dy sums."""
+    cdef Py_ssize_t OHW = s.OH * s.OW, band, oh0, band_rows, P, f
+    cdef bint pointwise = _is_pointwise(s)
+    cdef const floating* col
+    for band in range((s.OH + rows - 1) // rows):
+        oh0 = band * rows
+        band_rows = min(rows, s.OH - oh0)
+        P = band_rows * s.OW
+        col = _columns(x, col_tile, s, pointwise, oh0, band_rows)
+        gemm(False, True, <int>s.Fg, <int>s.K, <int>P, <floating>1, dy + oh0 * s.OW, <int>OHW,
+             col, <int>(s.H * s.W if pointwise else P), <floating>1, dw_group, <int>s.K)
+    for f in range(s.Fg):
+        db_group[f] += lane_sum(dy + f * OHW, OHW)
+
+
+cdef void _input_grad_block(const floating* dy, const floating* w_block, floating* dx_block,
+                            floating* dcol, const Conv2dShape* s, Py_ssize_t rows,
+                            Py_ssize_t channels) noexcept nogil:
+    """dx_block (channels, H, W) of one (image, group) plane: band by band of ``rows`` output
+    rows, the block's columns (channels * KH * KW x band) = its rows of w_g^T (w_block: columns
+    c0 * KH * KW .. of w_g, Fg x K) @ dy's band, added in by col2im; a pointwise convolution's
+    columns are dx's band itself."""
+    cdef Py_ssize_t HW = s.H * s.W, OHW = s.OH * s.OW, band, oh0, band_rows, P
+    cdef bint pointwise = _is_pointwise(s)
+    if not pointwise:
+        memset(dx_block, 0, channels * HW * sizeof(floating))
+    for band in range((s.OH + rows - 1) // rows):
+        oh0 = band * rows
+        band_rows = min(rows, s.OH - oh0)
+        P = band_rows * s.OW
+        if pointwise:
+            gemm(True, False, <int>channels, <int>P, <int>s.Fg, <floating>1, w_block, <int>s.K,
+                 dy + oh0 * s.OW, <int>OHW, <floating>0, dx_block + oh0 * s.OW, <int>HW)
+        else:
+            gemm(True, False, <int>(channels * s.KH * s.KW), <int>P, <int>s.Fg, <floating>1, w_block,
+                 <int>s.K, dy + oh0 * s.OW, <int>OHW, <floating>0, dcol, <int>P)
+            _col2im(dcol, P, dx_block, s, oh0, band_rows, channels)
+
+
+def conv2d_backward_small_batch(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
+                                const floating[:, :, :, ::1] w, floating[:, :, :, ::1] dx,
+                                floating[:, ::1] dw_partial, floating[:, ::1] db_partial,
+                                floating[:, ::1] workspace, object geometry, Py_ssize_t rows,
+                                Py_ssize_t channels, int num_threads):
+    """dx, and per-image partial sums of dw and db, for batches with fewer (image, group) planes
+    than threads. Tasks: first each plane's dw and db (into its image's row of
+    ``dw_partial``/``db_partial``, zeroed by the caller, which sums the rows in order), then
+    each plane's blocks of ``channels`` input channels, whose slice of dx a task owns; taken
+    dynamically, so the dx blocks fill the threads around the longer dw tasks. ``workspace`` is
+    (num_threads, K * rows * OW). Every task's gemms depend on ``rows`` and ``channels`` only:
+    the same arguments give the same bits at any thread count."""
+    single_threaded_blas()
+    cdef Conv2dShape s = conv2d_shape(geometry)
+    cdef Py_ssize_t blocks = (s.Cg + channels - 1) // channels
+    cdef Py_ssize_t planes = s.N * s.G
+    cdef Py_ssize_t task, n, gi, c0, b
+    for task in prange(planes * (1 + blocks), nogil=True, schedule="dynamic", num_threads=num_threads):
+        if task < planes:
+            n = task // s.G
+            gi = task % s.G
+            _weight_grad_plane(&dy[n, gi * s.Fg, 0, 0], &x[n, gi * s.Cg, 0, 0],
+                               &dw_partial[n, gi * s.Fg * s.K], &db_partial[n, gi * s.Fg],
+                               &workspace[threadid(), 0], &s, rows)
+        else:
+            b = task - planes
+            n = b // (s.G * blocks)
+            gi = (b // blocks) % s.G
+            c0 = (b % blocks) * channels
+            _input_grad_block(&dy[n, gi * s.Fg, 0, 0], &w[gi * s.Fg, c0, 0, 0], &dx[n, gi * s.Cg + c0, 0, 0],
+                              &workspace[threadid(), 0], &s, rows, min(channels, s.Cg - c0))

@@ -324,6 +324,8 @@ def im2col_backward(dy, x, w, g, outs):
         return _degenerate_backward(dy, outs)
     _check_fits(g, "im2col", "backward")
     threads = threads_for(g.work("backward")[0] // 2)  # multiply-adds
+    if g.input_grad and g.N * g.groups < threads:  # too few planes for a task each
+        return _small_batch_backward(dy, x, w, g, outs, threads)
     if g.input_grad:  # a task (the dx of a group of images) per thread at most
         threads = min(threads, g.N * g.groups)
     rows, images = _tiles(g, threads, x.dtype.itemsize)
@@ -344,6 +346,34 @@ def im2col_backward(dy, x, w, g, outs):
         _im2col.conv2d_backward(contiguous(dy), contiguous(x), contiguous(w), dx, dw_partial, db_partial,
                                 workspace, g, rows, images, threads)
         if threads > 1:
+            np.sum(dw_partial, axis=0, out=dw.reshape(-1))
+            np.sum(db_partial, axis=0, out=db)
+    return outs
+
+
+# dx of a small batch is cut into this many blocks of input channels per (image, group) plane
+# (fewer where there are fewer channels): a count of the problem's, so the bits do not depend on
+# the thread count.
+SMALL_BATCH_CHANNEL_BLOCKS = 8
+
+
+def _small_batch_backward(dy, x, w, g, outs, threads):
+    """im2col's backward with dx over fewer (image, group) planes than threads: a task per
+    plane's dw and db, and per block of a plane's input channels for dx."""
+    dx, dw, db = outs
+    channels = -(-g.Cg // min(g.Cg, SMALL_BATCH_CHANNEL_BLOCKS))
+    rows, _ = _tiles(g, 1, x.dtype.itemsize)
+    partials = g.N if g.N > 1 else 0
+    with scratch("columns", (threads, g.K * rows * g.OW), x.dtype) as workspace, \
+            scratch("dw", (partials, g.F * g.K), x.dtype) as dw_partial, \
+            scratch("db", (partials, g.F), x.dtype) as db_partial:
+        if g.N == 1:  # the one image's partial sums are the result
+            dw_partial, db_partial = dw.reshape(1, -1), db.reshape(1, -1)
+        dw_partial[...] = 0
+        db_partial[...] = 0
+        _im2col.conv2d_backward_small_batch(contiguous(dy), contiguous(x), contiguous(w), dx, dw_partial,
+                                            db_partial, workspace, g, rows, channels, threads)
+        if g.N > 1:
             np.sum(dw_partial, axis=0, out=dw.reshape(-1))
             np.sum(db_partial, axis=0, out=db)
     return outs
