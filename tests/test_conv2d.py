@@ -137,6 +137,31 @@ def test_wide_rows_match_reference(algo, dtype, config, seed):
     _check_against_reference(x, w, b, dy, params, algo, dtype, f"{algo} {x_shape} {w_shape} {params}")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("vectors", ("32-byte passes", "64-byte kernel"))
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(config=st.one_of(conv2d_configs(), wide_conv2d_configs()), seed=st.integers(0, 2**32 - 1),
+       bias=st.booleans())
+def test_direct_kernels_of_each_vector_width_match_reference(vectors, dtype, config, seed, bias):
+    """The direct kernel's AVX2 passes (4 filters x 1-2 chunks of 32 bytes, empty chunks
+    skipped) and its 64-byte block (the clone this CPU takes: AVX-512 or the baseline), forward
+    and dx, on narrow rows (two output rows a block), wide ones and partial filter blocks."""
+    direct = importlib.import_module("fastlayers._cpu.conv2d_direct")
+    wide = vectors == "64-byte kernel"
+    if not wide and not direct.runs_avx2_passes():
+        pytest.skip("the AVX2 passes run only on a CPU with AVX2 and without AVX-512")
+    x_shape, w_shape, params = config
+    rng = make_rng(seed)
+    x, w = _uniform(rng, x_shape, dtype), _uniform(rng, w_shape, dtype)
+    b = _uniform(rng, (w_shape[0],), dtype) if bias else None
+    dy = _uniform(rng, conv2d_geometry(x_shape, w_shape, **params).y_shape, dtype)
+    previous = direct.use_wide_vectors(wide)
+    try:
+        _check_against_reference(x, w, b, dy, params, "direct", dtype, f"{vectors} {x_shape} {w_shape} {params}")
+    finally:
+        direct.use_wide_vectors(previous)
+
+
 # The benchmark cases' shapes at a reduced batch and size: long contractions (K = C * 9 up to
 # 576), the pointwise 1x1 path, tiles of several output rows.
 @pytest.mark.parametrize("algo", ALGOS)

@@ -32,6 +32,8 @@ cdef extern from "conv2d_direct_simd.h" nogil:
                                 ptrdiff_t in_step, const double* wp, const double* bias,
                                 double* out, ptrdiff_t ld, ptrdiff_t out_step, int nf, int nvec,
                                 int lanes0, int lanes1)
+    int fl_direct_wide_only
+    int fl_direct_uses_avx2()
 
 cdef extern from "target_clones.h" nogil:
     const char* fl_clone_isa()
@@ -46,6 +48,20 @@ def vector_isa():
     """The instruction set the block kernel runs with on this CPU: "x86-64-v4" (AVX-512),
     "x86-64-v3" (AVX2, FMA) or "baseline"."""
     return fl_clone_isa().decode("ascii")
+
+
+def use_wide_vectors(bint only):
+    """Tests: run the 64-byte kernel (its baseline clone here) even where the AVX2 passes would
+    run. Returns the previous setting."""
+    global fl_direct_wide_only
+    previous = bool(fl_direct_wide_only)
+    fl_direct_wide_only = only
+    return previous
+
+
+def runs_avx2_passes():
+    """Whether the block kernel runs as AVX2 passes of 32-byte chunks on this CPU."""
+    return bool(fl_direct_uses_avx2())
 
 
 ctypedef struct RowConv:

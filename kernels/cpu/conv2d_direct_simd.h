@@ -34,6 +34,14 @@
 
 #define FL_FB 8 /* filters per register block */
 
+/* The 64-byte kernel runs on AVX-512 (and, slowly, the baseline); AVX2 CPUs take the 32-byte
+ * passes below, whose blocks fit their 16 registers. */
+#ifdef FL_HAS_CLONES
+#define FL_WIDE_CLONES __attribute__((target_clones("arch=x86-64-v4", "default")))
+#else
+#define FL_WIDE_CLONES
+#endif
+
 typedef float fl_vfloat __attribute__((vector_size(64), aligned(4), may_alias));
 typedef double fl_vdouble __attribute__((vector_size(64), aligned(8), may_alias));
 
@@ -65,7 +73,7 @@ typedef double fl_vdouble __attribute__((vector_size(64), aligned(8), may_alias)
 /* The kernel for V vectors. The accumulator array is indexed with constants only once the
  * fixed-count loops are unrolled, so it is kept in registers. */
 #define FL_DIRECT_BLOCK(T, VT, V)                                                              \
-    FL_CLONES static void fl_direct_block##V##_##T(                                           \
+    FL_WIDE_CLONES static void fl_direct_block##V##_##T(                                      \
         const T *base, const ptrdiff_t *toff, ptrdiff_t ntaps, ptrdiff_t in_step,              \
         const T *wp, const T *bias, T *out, ptrdiff_t ld, ptrdiff_t out_step, int nf,          \
         const int *lanes)                                                                      \
@@ -92,6 +100,117 @@ FL_DIRECT_BLOCK(float, fl_vfloat, 2)
 FL_DIRECT_BLOCK(double, fl_vdouble, 1)
 FL_DIRECT_BLOCK(double, fl_vdouble, 2)
 
+#ifdef FL_HAS_CLONES
+/* AVX2 (x86-64-v3): the same block as passes of FL_HALF = 4 filters x C = 1 or 2 chunks of 32
+ * bytes (a 64-byte vector is two chunks), 4 * C accumulators, C loads and 4 broadcasts a tap:
+ * 11 of the 16 ymm registers at most. Chunk c reads base + in_off[c] and writes out + out_off[c],
+ * lanes[c] of its lanes stored; the wp/bias/out given are the half's (4 filters on). Chunks
+ * holding no stored lane are not computed. Each output is still bias + its taps in list order. */
+#define FL_HALF 4
+
+typedef float fl_v8float __attribute__((vector_size(32), aligned(4), may_alias));
+typedef double fl_v4double __attribute__((vector_size(32), aligned(8), may_alias));
+
+#define FL_DIRECT_PASS(T, VT, C)                                                               \
+    __attribute__((target("arch=x86-64-v3"))) static void fl_direct_pass##C##_##T(             \
+        const T *base, const ptrdiff_t *toff, ptrdiff_t ntaps, ptrdiff_t in0, ptrdiff_t in1,   \
+        const T *wp, const T *bias, T *out, ptrdiff_t ld, ptrdiff_t out0, ptrdiff_t out1,      \
+        int nf, int lanes0, int lanes1)                                                        \
+    {                                                                                          \
+        const ptrdiff_t in_off[2] = {in0, in1}, out_off[2] = {out0, out1};                     \
+        const int lanes[2] = {lanes0, lanes1};                                                 \
+        VT acc[FL_HALF][C];                                                                    \
+        _Pragma("GCC unroll 4") for (int i = 0; i < FL_HALF; i++)                              \
+            _Pragma("GCC unroll 2") for (int c = 0; c < (C); c++)                              \
+                acc[i][c] = (VT){0} + bias[i];                                                 \
+        for (ptrdiff_t t = 0; t < ntaps; t++) {                                                \
+            const T *s = base + toff[t];                                                       \
+            const T *w = wp + t * FL_FB;                                                       \
+            VT x[C];                                                                           \
+            _Pragma("GCC unroll 2") for (int c = 0; c < (C); c++)                              \
+                x[c] = *(const VT *)(s + in_off[c]);                                           \
+            _Pragma("GCC unroll 4") for (int i = 0; i < FL_HALF; i++)                          \
+                _Pragma("GCC unroll 2") for (int c = 0; c < (C); c++)                          \
+                    acc[i][c] += w[i] * x[c];                                                  \
+        }                                                                                      \
+        const int L_ = (int)(32 / sizeof(T));                                                  \
+        int full = nf == FL_HALF;                                                              \
+        for (int c = 0; c < (C); c++)                                                          \
+            full = full && lanes[c] == L_;                                                     \
+        if (full) {                                                                            \
+            _Pragma("GCC unroll 4") for (int i = 0; i < FL_HALF; i++)                          \
+                _Pragma("GCC unroll 2") for (int c = 0; c < (C); c++)                          \
+                    *(VT *)(out + i * ld + out_off[c]) = acc[i][c];                            \
+        } else {                                                                               \
+            VT tmp[FL_HALF][C];                                                                \
+            _Pragma("GCC unroll 4") for (int i = 0; i < FL_HALF; i++)                          \
+                _Pragma("GCC unroll 2") for (int c = 0; c < (C); c++)                          \
+                    tmp[i][c] = acc[i][c];                                                     \
+            for (int i = 0; i < nf; i++)                                                       \
+                for (int c = 0; c < (C); c++)                                                  \
+                    memcpy(out + i * ld + out_off[c], &tmp[i][c], (size_t)lanes[c] * sizeof(T)); \
+        }                                                                                      \
+    }
+
+FL_DIRECT_PASS(float, fl_v8float, 1)
+FL_DIRECT_PASS(float, fl_v8float, 2)
+FL_DIRECT_PASS(double, fl_v4double, 1)
+FL_DIRECT_PASS(double, fl_v4double, 2)
+
+/* The block on AVX2: its stored chunks in pairs, for each half of its filters. */
+#define FL_DIRECT_AVX2(T)                                                                      \
+    static void fl_direct_block_avx2_##T(const T *base, const ptrdiff_t *toff, ptrdiff_t ntaps,\
+                                         ptrdiff_t in_step, const T *wp, const T *bias, T *out,\
+                                         ptrdiff_t ld, ptrdiff_t out_step, int nf, int nvec,   \
+                                         const int *lanes)                                     \
+    {                                                                                          \
+        const int H = (int)(32 / sizeof(T));                                                   \
+        ptrdiff_t in_off[4], out_off[4];                                                       \
+        int stored[4], n = 0;                                                                  \
+        for (int v = 0; v < nvec; v++)                                                         \
+            for (int h = 0; h < 2; h++) {                                                      \
+                int l = lanes[v] - h * H;                                                      \
+                if (l <= 0)                                                                    \
+                    continue;                                                                  \
+                in_off[n] = v * in_step + h * H;                                               \
+                out_off[n] = v * out_step + h * H;                                             \
+                stored[n++] = l < H ? l : H;                                                   \
+            }                                                                                  \
+        for (int f0 = 0; f0 < nf; f0 += FL_HALF) {                                             \
+            int f = nf - f0 < FL_HALF ? nf - f0 : FL_HALF;                                     \
+            int k = 0;                                                                         \
+            for (; k + 1 < n; k += 2)                                                          \
+                fl_direct_pass2_##T(base, toff, ntaps, in_off[k], in_off[k + 1], wp + f0, bias + f0, \
+                                    out + f0 * ld, ld, out_off[k], out_off[k + 1], f, stored[k], \
+                                    stored[k + 1]);                                            \
+            if (k < n)                                                                         \
+                fl_direct_pass1_##T(base, toff, ntaps, in_off[k], 0, wp + f0, bias + f0,       \
+                                    out + f0 * ld, ld, out_off[k], 0, f, stored[k], 0);        \
+        }                                                                                      \
+    }
+
+FL_DIRECT_AVX2(float)
+FL_DIRECT_AVX2(double)
+
+/* Whether the block runs as AVX2 passes: an AVX2 CPU without AVX-512 (with it, the 64-byte
+ * kernel's clone). Tests may set fl_direct_wide_only to run the 64-byte kernel instead. */
+static int fl_direct_wide_only = 0;
+static inline int fl_direct_uses_avx2(void)
+{
+    __builtin_cpu_init();
+    return !fl_direct_wide_only && __builtin_cpu_supports("x86-64-v3") && !__builtin_cpu_supports("x86-64-v4");
+}
+#define FL_DIRECT_TRY_AVX2(T)                                                                  \
+    if (fl_direct_uses_avx2()) {                                                               \
+        fl_direct_block_avx2_##T(base, toff, ntaps, in_step, wp, bias, out, ld, out_step, nf, nvec, lanes); \
+        return;                                                                                \
+    }
+#else
+static int fl_direct_wide_only = 0; /* one kernel only: nothing to choose */
+static inline int fl_direct_uses_avx2(void) { return 0; }
+#define FL_DIRECT_TRY_AVX2(T)
+#endif
+
 /* The block for `nvec` (1 or 2) vectors, lanes0 and lanes1 of them stored. */
 #define FL_DIRECT_DISPATCH(T)                                                                  \
     static inline void fl_direct_block_##T(const T *base, const ptrdiff_t *toff,               \
@@ -101,6 +220,7 @@ FL_DIRECT_BLOCK(double, fl_vdouble, 2)
                                            int lanes0, int lanes1)                             \
     {                                                                                          \
         const int lanes[2] = {lanes0, lanes1};                                                 \
+        FL_DIRECT_TRY_AVX2(T)                                                                  \
         if (nvec == 2)                                                                         \
             fl_direct_block2_##T(base, toff, ntaps, in_step, wp, bias, out, ld, out_step, nf, lanes); \
         else                                                                                   \
