@@ -101,17 +101,18 @@ FL_DIRECT_BLOCK(double, fl_vdouble, 1)
 FL_DIRECT_BLOCK(double, fl_vdouble, 2)
 
 #ifdef FL_HAS_CLONES
-/* AVX2 (x86-64-v3): the same block as passes of FL_HALF = 4 filters x C = 1 or 2 chunks of 32
- * bytes (a 64-byte vector is two chunks), 4 * C accumulators, C loads and 4 broadcasts a tap:
- * 11 of the 16 ymm registers at most. Chunk c reads base + in_off[c] and writes out + out_off[c],
- * lanes[c] of its lanes stored; the wp/bias/out given are the half's (4 filters on). Chunks
- * holding no stored lane are not computed. Each output is still bias + its taps in list order. */
-#define FL_HALF 4
+/* AVX2 (x86-64-v3): the same block as passes over chunks of 32 bytes (a 64-byte vector is two
+ * chunks): NF = 4 filters x C = 2 chunks, or all FL_FB = 8 filters x 1 chunk, NF * C = 8
+ * accumulators (enough multiply-adds in flight to hide their latency), C loads and NF broadcasts
+ * a tap: 11 of the 16 ymm registers at most. Chunk c reads base + in_off[c] and writes out +
+ * out_off[c], lanes[c] of its lanes stored; the wp/bias/out given are those of the pass's first
+ * filter, nf <= NF of them stored. Chunks holding no stored lane are not computed. Each output
+ * is still bias + its taps in list order. */
 
 typedef float fl_v8float __attribute__((vector_size(32), aligned(4), may_alias));
 typedef double fl_v4double __attribute__((vector_size(32), aligned(8), may_alias));
 
-#define FL_DIRECT_PASS(T, VT, C)                                                               \
+#define FL_DIRECT_PASS(T, VT, C, NF)                                                           \
     __attribute__((target("arch=x86-64-v3"))) static void fl_direct_pass##C##_##T(             \
         const T *base, const ptrdiff_t *toff, ptrdiff_t ntaps, ptrdiff_t in0, ptrdiff_t in1,   \
         const T *wp, const T *bias, T *out, ptrdiff_t ld, ptrdiff_t out0, ptrdiff_t out1,      \
@@ -119,8 +120,8 @@ typedef double fl_v4double __attribute__((vector_size(32), aligned(8), may_alias
     {                                                                                          \
         const ptrdiff_t in_off[2] = {in0, in1}, out_off[2] = {out0, out1};                     \
         const int lanes[2] = {lanes0, lanes1};                                                 \
-        VT acc[FL_HALF][C];                                                                    \
-        _Pragma("GCC unroll 4") for (int i = 0; i < FL_HALF; i++)                              \
+        VT acc[(NF)][C];                                                                    \
+        _Pragma("GCC unroll 8") for (int i = 0; i < (NF); i++)                              \
             _Pragma("GCC unroll 2") for (int c = 0; c < (C); c++)                              \
                 acc[i][c] = (VT){0} + bias[i];                                                 \
         for (ptrdiff_t t = 0; t < ntaps; t++) {                                                \
@@ -129,21 +130,21 @@ typedef double fl_v4double __attribute__((vector_size(32), aligned(8), may_alias
             VT x[C];                                                                           \
             _Pragma("GCC unroll 2") for (int c = 0; c < (C); c++)                              \
                 x[c] = *(const VT *)(s + in_off[c]);                                           \
-            _Pragma("GCC unroll 4") for (int i = 0; i < FL_HALF; i++)                          \
+            _Pragma("GCC unroll 8") for (int i = 0; i < (NF); i++)                          \
                 _Pragma("GCC unroll 2") for (int c = 0; c < (C); c++)                          \
                     acc[i][c] += w[i] * x[c];                                                  \
         }                                                                                      \
         const int L_ = (int)(32 / sizeof(T));                                                  \
-        int full = nf == FL_HALF;                                                              \
+        int full = nf == (NF);                                                              \
         for (int c = 0; c < (C); c++)                                                          \
             full = full && lanes[c] == L_;                                                     \
         if (full) {                                                                            \
-            _Pragma("GCC unroll 4") for (int i = 0; i < FL_HALF; i++)                          \
+            _Pragma("GCC unroll 8") for (int i = 0; i < (NF); i++)                          \
                 _Pragma("GCC unroll 2") for (int c = 0; c < (C); c++)                          \
                     *(VT *)(out + i * ld + out_off[c]) = acc[i][c];                            \
         } else {                                                                               \
-            VT tmp[FL_HALF][C];                                                                \
-            _Pragma("GCC unroll 4") for (int i = 0; i < FL_HALF; i++)                          \
+            VT tmp[(NF)][C];                                                                \
+            _Pragma("GCC unroll 8") for (int i = 0; i < (NF); i++)                          \
                 _Pragma("GCC unroll 2") for (int c = 0; c < (C); c++)                          \
                     tmp[i][c] = acc[i][c];                                                     \
             for (int i = 0; i < nf; i++)                                                       \
@@ -152,12 +153,13 @@ typedef double fl_v4double __attribute__((vector_size(32), aligned(8), may_alias
         }                                                                                      \
     }
 
-FL_DIRECT_PASS(float, fl_v8float, 1)
-FL_DIRECT_PASS(float, fl_v8float, 2)
-FL_DIRECT_PASS(double, fl_v4double, 1)
-FL_DIRECT_PASS(double, fl_v4double, 2)
+FL_DIRECT_PASS(float, fl_v8float, 1, FL_FB)
+FL_DIRECT_PASS(float, fl_v8float, 2, 4)
+FL_DIRECT_PASS(double, fl_v4double, 1, FL_FB)
+FL_DIRECT_PASS(double, fl_v4double, 2, 4)
 
-/* The block on AVX2: its stored chunks in pairs, for each half of its filters. */
+/* The block on AVX2: its stored chunks in pairs, for each half of its filters; a last chunk
+ * alone, for all of them. */
 #define FL_DIRECT_AVX2(T)                                                                      \
     static void fl_direct_block_avx2_##T(const T *base, const ptrdiff_t *toff, ptrdiff_t ntaps,\
                                          ptrdiff_t in_step, const T *wp, const T *bias, T *out,\
@@ -176,17 +178,15 @@ FL_DIRECT_PASS(double, fl_v4double, 2)
                 out_off[n] = v * out_step + h * H;                                             \
                 stored[n++] = l < H ? l : H;                                                   \
             }                                                                                  \
-        for (int f0 = 0; f0 < nf; f0 += FL_HALF) {                                             \
-            int f = nf - f0 < FL_HALF ? nf - f0 : FL_HALF;                                     \
-            int k = 0;                                                                         \
-            for (; k + 1 < n; k += 2)                                                          \
+        int k = 0;                                                                             \
+        for (; k + 1 < n; k += 2)                                                              \
+            for (int f0 = 0; f0 < nf; f0 += 4)                                                 \
                 fl_direct_pass2_##T(base, toff, ntaps, in_off[k], in_off[k + 1], wp + f0, bias + f0, \
-                                    out + f0 * ld, ld, out_off[k], out_off[k + 1], f, stored[k], \
-                                    stored[k + 1]);                                            \
-            if (k < n)                                                                         \
-                fl_direct_pass1_##T(base, toff, ntaps, in_off[k], 0, wp + f0, bias + f0,       \
-                                    out + f0 * ld, ld, out_off[k], 0, f, stored[k], 0);        \
-        }                                                                                      \
+                                    out + f0 * ld, ld, out_off[k], out_off[k + 1],             \
+                                    nf - f0 < 4 ? nf - f0 : 4, stored[k], stored[k + 1]);      \
+        if (k < n)                                                                             \
+            fl_direct_pass1_##T(base, toff, ntaps, in_off[k], 0, wp, bias, out, ld, out_off[k], 0, \
+                                nf, stored[k], 0);                                             \
     }
 
 FL_DIRECT_AVX2(float)

@@ -140,23 +140,27 @@ def _check_fits(g, algo, direction):
 
 
 # Where each algorithm wins (measured: docs/performance.md): the direct forward skips building
-# the column matrix, which pays on kernels wider than 1x1 with up to ~2k taps per output; beyond
-# that a kernel call sums more taps than its rows and weights keep in L2. On 1x1 kernels the
-# column matrix is the input itself or a strided subsample of it, so the GEMM wins. Small calls
-# are decided by the per-call set-up, which is im2col's smaller; with few (image, group) planes
-# the direct tasks (bands of rows, each copying the input rows it reads) get thin. The direct
-# backward (its dx, with im2col's dw) ran 0.8-2x im2col's time, faster only on some batch-1
-# planes. All of this holds where the kernel's register block fits the registers: 8 filters x 2
-# vectors of 64 bytes are 16 zmm registers with AVX-512, but 32 ymm with AVX2 (of 16) and more
-# with SSE2, which spill and run 10-40x slower than im2col. Its rows are vectors along the output columns: on planes narrower than one
-# (8x8: VGG's third stage) half of each vector is idle and im2col wins. The depthwise loops (one
-# input channel per group) beat both on large planes, where each plane's taps are long vector
-# passes; on small planes the direct kernel's blocks win, and backward im2col.
+# the column matrix, which pays on kernels wider than 1x1 whose contraction is short enough that
+# a kernel call's taps stay in L1/L2 (on AVX-512 up to ~2k taps per output; with AVX2, whose
+# 16 registers hold a block of half the filters and outputs, up to about 150 (at 288, level): past that,
+# and with 128 filters or more, re-reading the band copy for every block of 8 filters costs more
+# than the GEMM). On 1x1 kernels the column matrix is the input or a strided subsample of it, so
+# the GEMM wins. Small calls are decided by the per-call set-up, which is im2col's smaller; with
+# few output rows in all (batch 1 and small planes) the direct tasks, bands of rows each copying
+# the input rows it reads, get thin (on AVX-512 it needed 8 images even on large planes). Its
+# rows are vectors along the output columns: on planes narrower than one (8x8: VGG's third
+# stage) much of each vector is idle and im2col wins. Winograd, where it applies, beats both. The
+# direct backward (its dx, with im2col's dw) ran 0.8-2x im2col's time, faster only on some
+# batch-1 planes. Without AVX2 (SSE2 only) the block spills and runs 10-40x slower than im2col.
+# The depthwise loops (one input channel per group) beat both on large planes, where each
+# plane's taps are long vector passes; on small planes the direct kernel's blocks win, and
+# backward im2col. By instruction set, where measured:
 DIRECT_MIN_FLOPS = 400_000
-DIRECT_MAX_TAPS = 2048
-DIRECT_MIN_PLANES = 8  # images x groups
-DIRECT_MIN_WIDTH = 16  # output columns: one AVX-512 vector of float32
-DIRECT_FAST_ISAS = frozenset({"x86-64-v4"})  # instruction sets where the direct forward can win
+DIRECT_MAX_TAPS = {"x86-64-v4": 2048, "x86-64-v3": 160}  # taps per output, C/groups * KH * KW
+DIRECT_MIN_PLANES = {"x86-64-v4": 8, "x86-64-v3": 1}  # images x groups
+DIRECT_MIN_ROWS = {"x86-64-v4": 0, "x86-64-v3": 64}  # output rows of all planes, N * groups * OH
+DIRECT_MIN_WIDTH = 16  # output columns: a vector of float32 (AVX-512), two (AVX2)
+DIRECT_FAST_ISAS = frozenset(DIRECT_MAX_TAPS)  # instruction sets where the direct forward can win
 # Winograd F(4x4, 3x3) (3x3 kernels, stride 1, dilation 1) against im2col, measured with AVX2
 # only (docs/performance.md): its fixed costs (the filter transform, each task's pass over the 36
 # transformed filters) scale with Cg x Fg as its savings do with tiles x Cg x Fg, so it needs a
@@ -180,15 +184,16 @@ def _winograd_wins(g, direction, isa):
 
 def choose_algo(problem, isa=None):
     """``algo="auto"``: the one algorithm that can run when the other cannot (im2col's BLAS sizes
-    past a C int, direct's scratch past ``DIRECT_MAX_SCRATCH_BYTES``); otherwise, for the
-    forward on a CPU whose instruction set ``isa`` (default: the running one, as the direct
-    kernel's loader picked it) is in ``DIRECT_FAST_ISAS``, "direct" for kernels larger than 1x1
-    with at most ``DIRECT_MAX_TAPS`` taps per output (C/groups * KH * KW), at least
-    ``DIRECT_MIN_FLOPS`` FLOP, ``DIRECT_MIN_PLANES`` (image, group) planes and
-    ``DIRECT_MIN_WIDTH`` output columns; on one in ``WINOGRAD_FAST_ISAS``, "winograd" forward and
-    backward (with dx) for 3x3 kernels at stride 1 and dilation 1 with at least
-    ``WINOGRAD_MIN_TILES`` 4x4 output tiles and ``WINOGRAD_MIN_CHANNELS`` input and output
-    channels per group (backward: paddings up to 2); "im2col" otherwise. Several groups of one
+    past a C int, direct's scratch past ``DIRECT_MAX_SCRATCH_BYTES``); otherwise, on a CPU whose
+    instruction set ``isa`` (default: the running one, as the direct kernel's loader picked it)
+    is in ``WINOGRAD_FAST_ISAS``, "winograd" forward and backward (with dx) for 3x3 kernels at
+    stride 1 and dilation 1 with at least ``WINOGRAD_MIN_TILES`` 4x4 output tiles and
+    ``WINOGRAD_MIN_CHANNELS`` input and output channels per group (backward: paddings up to 2);
+    else, for the forward on one in ``DIRECT_FAST_ISAS``, "direct" for kernels larger than 1x1
+    with at most ``DIRECT_MAX_TAPS[isa]`` taps per output (C/groups * KH * KW), at least
+    ``DIRECT_MIN_FLOPS`` FLOP, ``DIRECT_MIN_PLANES[isa]`` (image, group) planes,
+    ``DIRECT_MIN_ROWS[isa]`` output rows over all of them and ``DIRECT_MIN_WIDTH`` output
+    columns; "im2col" otherwise. Several groups of one
     input channel each (depthwise), forward and backward: "depthwise"."""
     g, direction = problem.geometry, problem.direction
     if g.Cg == 1 and g.groups > 1:
@@ -198,11 +203,12 @@ def choose_algo(problem, isa=None):
     if _direct_scratch_bytes(g, direction) > DIRECT_MAX_SCRATCH_BYTES:
         return "im2col"
     isa = _direct.vector_isa() if isa is None else isa
-    if (direction == "forward" and isa in DIRECT_FAST_ISAS and g.KH * g.KW > 1 and g.K <= DIRECT_MAX_TAPS
-            and g.flops >= DIRECT_MIN_FLOPS and g.N * g.groups >= DIRECT_MIN_PLANES and g.OW >= DIRECT_MIN_WIDTH):
-        return "direct"
     if _winograd_wins(g, direction, isa):
         return "winograd"
+    if (direction == "forward" and isa in DIRECT_FAST_ISAS and g.KH * g.KW > 1 and g.K <= DIRECT_MAX_TAPS[isa]
+            and g.flops >= DIRECT_MIN_FLOPS and g.N * g.groups >= DIRECT_MIN_PLANES[isa]
+            and g.N * g.groups * g.OH >= DIRECT_MIN_ROWS[isa] and g.OW >= DIRECT_MIN_WIDTH):
+        return "direct"
     return "im2col"
 
 
