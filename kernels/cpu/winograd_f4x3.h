@@ -34,6 +34,11 @@
  * their B^T combination (36 x P each); the output transform uses less. */
 static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P; }
 
+/* The tile loops' pointers (rows of one scratch or V/M array) never overlap, but GCC
+ * versions a loop for aliasing only up to 10 pointer pairs and leaves the 12-pointer transform
+ * loops scalar without this. */
+#define FL_WINO_SIMD _Pragma("GCC ivdep")
+
 /* G applied to three vectors (a column or a row of a filter), in double: 1/6, 1/12 and 1/24
  * are rounded there, far below a float32 result's rounding. */
 #define FL_WINO_G(a, b, c, t0, t1, t2, t3, t4, t5)                                            \
@@ -192,6 +197,7 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P; }
                 const T *restrict e3 = d + 18 * P, *restrict e4 = d + 24 * P, *restrict e5 = d + 30 * P; \
                 T *restrict t0 = t, *restrict t1 = t + 6 * P, *restrict t2 = t + 12 * P;      \
                 T *restrict t3 = t + 18 * P, *restrict t4 = t + 24 * P, *restrict t5 = t + 30 * P; \
+                FL_WINO_SIMD                                                                  \
                 for (ptrdiff_t q = 0; q < 6 * P; q++) /* t = B^T d, every column of every tile */ \
                     FL_WINO_BT(T, e0[q], e1[q], e2[q], e3[q], e4[q], e5[q], t0[q], t1[q], t2[q], t3[q], \
                                t4[q], t5[q]);                                                 \
@@ -202,6 +208,7 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P; }
                 T *restrict v0 = V + (6 * a * Cg + c) * P, *restrict v1 = v0 + Cg * P;        \
                 T *restrict v2 = v1 + Cg * P, *restrict v3 = v2 + Cg * P, *restrict v4 = v3 + Cg * P; \
                 T *restrict v5 = v4 + Cg * P;                                                 \
+                FL_WINO_SIMD                                                                  \
                 for (ptrdiff_t p = 0; p < P; p++)                                             \
                     FL_WINO_BT(T, s0[p], s1[p], s2[p], s3[p], s4[p], s5[p], v0[p], v1[p], v2[p], v3[p], \
                                v4[p], v5[p]);                                                 \
@@ -242,6 +249,7 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P; }
                 const T *restrict m4 = m3 + 6 * plane, *restrict m5 = m4 + 6 * plane;         \
                 T *restrict u0 = u + k * P, *restrict u1 = u0 + 6 * P, *restrict u2 = u1 + 6 * P; \
                 T *restrict u3 = u2 + 6 * P;                                                  \
+                FL_WINO_SIMD                                                                  \
                 for (ptrdiff_t p = 0; p < P; p++)                                             \
                     FL_WINO_AT(T, m0[p], m1[p], m2[p], m3[p], m4[p], m5[p], u0[p], u1[p], u2[p], u3[p]); \
             }                                                                                 \
@@ -250,6 +258,7 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P; }
                 const T *restrict a3 = a2 + P, *restrict a4 = a3 + P, *restrict a5 = a4 + P;  \
                 T *restrict o0 = o + 4 * s * P, *restrict o1 = o0 + P, *restrict o2 = o1 + P; \
                 T *restrict o3 = o2 + P;                                                      \
+                FL_WINO_SIMD                                                                  \
                 for (ptrdiff_t p = 0; p < P; p++) {                                           \
                     FL_WINO_AT(T, a0[p], a1[p], a2[p], a3[p], a4[p], a5[p], o0[p], o1[p], o2[p], o3[p]); \
                     o0[p] += b;                                                               \
@@ -330,6 +339,7 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P; }
                 const T *restrict d3 = d2 + 4 * P;                                            \
                 T *restrict t0 = t + q * P, *restrict t1 = t0 + 4 * P, *restrict t2 = t1 + 4 * P; \
                 T *restrict t3 = t2 + 4 * P, *restrict t4 = t3 + 4 * P, *restrict t5 = t4 + 4 * P; \
+                FL_WINO_SIMD                                                                  \
                 for (ptrdiff_t p = 0; p < P; p++)                                             \
                     FL_WINO_A(T, d0[p], d1[p], d2[p], d3[p], t0[p], t1[p], t2[p], t3[p], t4[p], t5[p]); \
             }                                                                                 \
@@ -339,6 +349,7 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P; }
                 T *restrict m0 = dM + 6 * r * plane + f * P, *restrict m1 = m0 + plane;       \
                 T *restrict m2 = m1 + plane, *restrict m3 = m2 + plane, *restrict m4 = m3 + plane; \
                 T *restrict m5 = m4 + plane;                                                  \
+                FL_WINO_SIMD                                                                  \
                 for (ptrdiff_t p = 0; p < P; p++)                                             \
                     FL_WINO_A(T, a0[p], a1[p], a2[p], a3[p], m0[p], m1[p], m2[p], m3[p], m4[p], m5[p]); \
             }                                                                                 \
