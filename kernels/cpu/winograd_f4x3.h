@@ -159,37 +159,49 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P; }
                                             ptrdiff_t PT, ptrdiff_t PL)                       \
     {                                                                                         \
         T *restrict d = scratch, *restrict t = scratch + 36 * P;                              \
-        /* column k of tile j is input column 4j + k - PL: inside for j in [lo[k], hi[k]) */  \
-        ptrdiff_t lo[6], hi[6];                                                               \
-        for (int k = 0; k < 6; k++) {                                                         \
-            const ptrdiff_t a = PL - k > 0 ? (PL - k + 3) / 4 : 0;                            \
-            const ptrdiff_t b = W + PL - k > 0 ? (W + PL - k + 3) / 4 : 0;                    \
-            lo[k] = a < tiles_w ? a : tiles_w;                                                \
-            hi[k] = b < tiles_w ? b : tiles_w;                                                \
-            if (hi[k] < lo[k])                                                                \
-                hi[k] = lo[k];                                                                \
-        }                                                                                     \
+        /* line[4p + m] (in t's place) = input column 4j + m - PL of tile p = (r, j): inside for \
+         * m in [m_lo, m_hi) of the tile row's 4 tiles_w values */                            \
+        const ptrdiff_t n4 = 4 * tiles_w, m_lo = PL < n4 ? PL : n4;                           \
+        const ptrdiff_t m_hi = W + PL < n4 ? (W + PL > m_lo ? W + PL : m_lo) : n4;            \
         for (ptrdiff_t c = 0; c < Cg; c++) {                                                  \
-            for (ptrdiff_t r = 0; r < rows; r++) {                                            \
-                const ptrdiff_t R = first + r, i = R % tiles_h;                               \
-                const T *xc = x + (R / tiles_h) * image + c * H * W;                          \
-                for (int a = 0; a < 6; a++) {                                                 \
-                    const ptrdiff_t ih = 4 * i - PT + a;                                      \
-                    for (int k = 0; k < 6; k++) {                                             \
-                        T *dk = d + (6 * a + k) * P + r * tiles_w;                            \
-                        if (ih < 0 || ih >= H) {                                              \
-                            for (ptrdiff_t j = 0; j < tiles_w; j++)                           \
-                                dk[j] = 0;                                                    \
-                            continue;                                                         \
-                        }                                                                     \
-                        const T *xr = xc + ih * W;                                            \
-                        for (ptrdiff_t j = 0; j < lo[k]; j++)                                 \
-                            dk[j] = 0;                                                        \
-                        for (ptrdiff_t j = lo[k]; j < hi[k]; j++)                             \
-                            dk[j] = xr[4 * j + k - PL];                                       \
-                        for (ptrdiff_t j = hi[k]; j < tiles_w; j++)                           \
-                            dk[j] = 0;                                                        \
+            for (int a = 0; a < 6; a++) { /* input row a of every tile: d[6a + k][p] */       \
+                T *restrict line = t;                                                         \
+                for (ptrdiff_t r = 0; r < rows; r++) {                                        \
+                    const ptrdiff_t R = first + r, ih = 4 * (R % tiles_h) - PT + a;           \
+                    T *restrict ln = line + r * n4;                                           \
+                    if (ih < 0 || ih >= H) {                                                  \
+                        for (ptrdiff_t m = 0; m < n4; m++)                                    \
+                            ln[m] = 0;                                                        \
+                        continue;                                                             \
                     }                                                                         \
+                    const T *restrict xr = x + (R / tiles_h) * image + c * H * W + ih * W;                        \
+                    for (ptrdiff_t m = 0; m < m_lo; m++)                                      \
+                        ln[m] = 0;                                                            \
+                    for (ptrdiff_t m = m_lo; m < m_hi; m++)                                   \
+                        ln[m] = xr[m - PL];                                                   \
+                    for (ptrdiff_t m = m_hi; m < n4; m++)                                     \
+                        ln[m] = 0;                                                            \
+                }                                                                             \
+                T *restrict d0 = d + 6 * a * P, *restrict d1 = d0 + P, *restrict d2 = d1 + P; \
+                T *restrict d3 = d2 + P, *restrict d4 = d3 + P, *restrict d5 = d4 + P;        \
+                FL_WINO_SIMD                                                                  \
+                for (ptrdiff_t p = 0; p < P; p++) {                                           \
+                    d0[p] = line[4 * p];                                                      \
+                    d1[p] = line[4 * p + 1];                                                  \
+                    d2[p] = line[4 * p + 2];                                                  \
+                    d3[p] = line[4 * p + 3];                                                  \
+                }                                                                             \
+                FL_WINO_SIMD                                                                  \
+                for (ptrdiff_t p = 0; p + 1 < P; p++) { /* columns 4 and 5: the next tile's 0 and 1 */ \
+                    d4[p] = d0[p + 1];                                                        \
+                    d5[p] = d1[p + 1];                                                        \
+                }                                                                             \
+                for (ptrdiff_t r = 0; r < rows; r++) { /* but a row's last tile's lie past its line */ \
+                    const ptrdiff_t R = first + r, ih = 4 * (R % tiles_h) - PT + a, p = (r + 1) * tiles_w - 1; \
+                    const T *xr = x + (R / tiles_h) * image + c * H * W;                      \
+                    const ptrdiff_t col = n4 - PL, in_row = ih >= 0 && ih < H;                \
+                    d4[p] = in_row && col >= 0 && col < W ? xr[ih * W + col] : (T)0;          \
+                    d5[p] = in_row && col + 1 >= 0 && col + 1 < W ? xr[ih * W + col + 1] : (T)0; \
                 }                                                                             \
             }                                                                                 \
             {                                                                                 \
@@ -238,7 +250,7 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P; }
                                              ptrdiff_t first, ptrdiff_t rows, ptrdiff_t tiles_h, \
                                              ptrdiff_t tiles_w)                               \
     {                                                                                         \
-        const ptrdiff_t full = OW / 4, plane = Fg * P; /* tiles whose 4 columns all lie inside */ \
+        const ptrdiff_t plane = Fg * P;                                                       \
         T *restrict u = scratch, *restrict o = scratch + 24 * P;                              \
         for (ptrdiff_t f = 0; f < Fg; f++) {                                                  \
             const T b = bias ? bias[f] : (T)0;                                                \
@@ -253,35 +265,26 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P; }
                 for (ptrdiff_t p = 0; p < P; p++)                                             \
                     FL_WINO_AT(T, m0[p], m1[p], m2[p], m3[p], m4[p], m5[p], u0[p], u1[p], u2[p], u3[p]); \
             }                                                                                 \
-            for (int s = 0; s < 4; s++) { /* o = (A^T m) A + b: output row s, columns 0-3 */  \
+            for (int s = 0; s < 4; s++) { /* output row s of every tile, + b: o[4p + q] = column q */ \
                 const T *restrict a0 = u + 6 * s * P, *restrict a1 = a0 + P, *restrict a2 = a1 + P; \
                 const T *restrict a3 = a2 + P, *restrict a4 = a3 + P, *restrict a5 = a4 + P;  \
-                T *restrict o0 = o + 4 * s * P, *restrict o1 = o0 + P, *restrict o2 = o1 + P; \
-                T *restrict o3 = o2 + P;                                                      \
                 FL_WINO_SIMD                                                                  \
                 for (ptrdiff_t p = 0; p < P; p++) {                                           \
-                    FL_WINO_AT(T, a0[p], a1[p], a2[p], a3[p], a4[p], a5[p], o0[p], o1[p], o2[p], o3[p]); \
-                    o0[p] += b;                                                               \
-                    o1[p] += b;                                                               \
-                    o2[p] += b;                                                               \
-                    o3[p] += b;                                                               \
+                    T o0, o1, o2, o3;                                                         \
+                    FL_WINO_AT(T, a0[p], a1[p], a2[p], a3[p], a4[p], a5[p], o0, o1, o2, o3);  \
+                    o[4 * p] = o0 + b;                                                        \
+                    o[4 * p + 1] = o1 + b;                                                    \
+                    o[4 * p + 2] = o2 + b;                                                    \
+                    o[4 * p + 3] = o3 + b;                                                    \
                 }                                                                             \
-            }                                                                                 \
-            for (ptrdiff_t r = 0; r < rows; r++) {                                            \
-                const ptrdiff_t R = first + r, oh = 4 * (R % tiles_h);                        \
-                T *yf = y + (R / tiles_h) * image + f * OH * OW;                              \
-                for (int s = 0; s < 4 && oh + s < OH; s++) {                                  \
-                    const T *restrict o0 = o + 4 * s * P + r * tiles_w, *restrict o1 = o0 + P; \
-                    const T *restrict o2 = o1 + P, *restrict o3 = o2 + P;                     \
-                    T *restrict yr = yf + (oh + s) * OW;                                      \
-                    for (ptrdiff_t j = 0; j < full; j++) {                                    \
-                        yr[4 * j] = o0[j];                                                    \
-                        yr[4 * j + 1] = o1[j];                                                \
-                        yr[4 * j + 2] = o2[j];                                                \
-                        yr[4 * j + 3] = o3[j];                                                \
-                    }                                                                         \
-                    for (ptrdiff_t q = 0; q < OW - 4 * full; q++) /* the last tile, cut at OW */ \
-                        yr[4 * full + q] = o[(4 * s + q) * P + r * tiles_w + full];           \
+                for (ptrdiff_t r = 0; r < rows; r++) { /* a tile row's outputs, cut at OW */  \
+                    const ptrdiff_t R = first + r, oh = 4 * (R % tiles_h) + s;                \
+                    if (oh >= OH)                                                             \
+                        continue;                                                             \
+                    T *restrict yr = y + (R / tiles_h) * image + f * OH * OW + oh * OW;       \
+                    const T *restrict orow = o + 4 * r * tiles_w;                             \
+                    for (ptrdiff_t q = 0; q < OW; q++)                                        \
+                        yr[q] = orow[q];                                                      \
                 }                                                                             \
             }                                                                                 \
         }                                                                                     \
