@@ -313,29 +313,30 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P; }
                                                   ptrdiff_t Fg, ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t first, \
                                                   ptrdiff_t rows, ptrdiff_t tiles_h, ptrdiff_t tiles_w) \
     {                                                                                         \
-        T *restrict d = scratch, *restrict t = scratch + 16 * P;                              \
-        ptrdiff_t hi[4]; /* column q of tile j is output column 4j + q: inside for j < hi[q] */ \
-        for (int q = 0; q < 4; q++) {                                                         \
-            const ptrdiff_t b = OW - q > 0 ? (OW - q + 3) / 4 : 0;                            \
-            hi[q] = b < tiles_w ? b : tiles_w;                                                \
-        }                                                                                     \
-        const ptrdiff_t plane = Fg * P;                                                       \
+        T *restrict d = scratch, *restrict t = scratch + 16 * P, *restrict line = scratch + 40 * P; \
+        const ptrdiff_t plane = Fg * P, n4 = 4 * tiles_w;                                     \
         for (ptrdiff_t f = 0; f < Fg; f++) {                                                  \
-            for (ptrdiff_t r = 0; r < rows; r++) {                                            \
-                const ptrdiff_t R = first + r, oh = 4 * (R % tiles_h);                        \
-                const T *yf = dy + (R / tiles_h) * image + f * OH * OW;                       \
-                for (int s = 0; s < 4; s++)                                                   \
-                    for (int q = 0; q < 4; q++) {                                             \
-                        T *dq = d + (4 * s + q) * P + r * tiles_w;                            \
-                        ptrdiff_t j = 0;                                                      \
-                        if (oh + s < OH) {                                                    \
-                            const T *yr = yf + (oh + s) * OW;                                 \
-                            for (; j < hi[q]; j++)                                            \
-                                dq[j] = yr[4 * j + q];                                        \
-                        }                                                                     \
-                        for (; j < tiles_w; j++)                                              \
-                            dq[j] = 0;                                                        \
+            for (int s = 0; s < 4; s++) { /* row s of every tile: line[4p + q] = column q, then d */ \
+                for (ptrdiff_t r = 0; r < rows; r++) {                                        \
+                    const ptrdiff_t R = first + r, oh = 4 * (R % tiles_h) + s;                \
+                    T *restrict ln = line + r * n4;                                           \
+                    ptrdiff_t m = 0;                                                          \
+                    if (oh < OH) {                                                            \
+                        const T *restrict yr = dy + (R / tiles_h) * image + f * OH * OW + oh * OW; \
+                        for (; m < OW; m++)                                                   \
+                            ln[m] = yr[m];                                                    \
                     }                                                                         \
+                    for (; m < n4; m++)                                                       \
+                        ln[m] = 0;                                                            \
+                }                                                                             \
+                T *restrict d0 = d + 4 * s * P, *restrict d1 = d0 + P, *restrict d2 = d1 + P, *restrict d3 = d2 + P; \
+                FL_WINO_SIMD                                                                  \
+                for (ptrdiff_t p = 0; p < P; p++) {                                           \
+                    d0[p] = line[4 * p];                                                      \
+                    d1[p] = line[4 * p + 1];                                                  \
+                    d2[p] = line[4 * p + 2];                                                  \
+                    d3[p] = line[4 * p + 3];                                                  \
+                }                                                                             \
             }                                                                                 \
             for (int q = 0; q < 4; q++) { /* t = A dY: column q of every tile */              \
                 const T *restrict d0 = d + q * P, *restrict d1 = d0 + 4 * P, *restrict d2 = d1 + 4 * P; \
