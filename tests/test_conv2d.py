@@ -454,8 +454,10 @@ def test_auto_heuristic():
         ((1, 128, 28, 28), (128, 128, 3, 3), dict(padding=1), "im2col", "im2col"),  # one image: 49 tiles
         ((1, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "im2col", "winograd"),  # one image: 196 tiles
         ((32, 64, 8, 8), (128, 64, 3, 3), dict(padding=1), "im2col", "winograd"),  # VGG's 8x8 stage
-        ((32, 16, 32, 32), (16, 16, 3, 3), dict(padding=1), "direct", "im2col"),  # 16 channels
-        ((32, 64, 8, 8), (128, 16, 3, 3), dict(padding=1, groups=4), "im2col", "im2col"),  # 16 a group
+        ((32, 16, 32, 32), (16, 16, 3, 3), dict(padding=1), "direct", "winograd"),  # 16 channels
+        ((32, 64, 8, 8), (128, 16, 3, 3), dict(padding=1, groups=4), "im2col", "winograd"),  # 16 a group
+        ((32, 64, 8, 8), (128, 8, 3, 3), dict(padding=1, groups=8), "im2col", "im2col"),  # 8 a group
+        ((32, 8, 16, 16), (16, 8, 3, 3), dict(padding=1), "direct", "im2col"),  # 8 input channels
         ((16, 64, 56, 56), (128, 64, 1, 1), dict(stride=2), "im2col", "im2col"),  # down-1x1
         ((8, 64, 56, 56), (64, 64, 1, 1), {}, "im2col", "im2col"),  # pointwise
         ((8, 64, 56, 56), (64, 64, 3, 3), dict(stride=2, padding=1), "direct", "im2col"),  # stride 2
