@@ -705,6 +705,33 @@ def test_winograd_takes_asymmetric_padding(pads):
                          err_msg="dw")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pads=st.tuples(*[st.integers(0, 3)] * 4), H=st.integers(1, 10), W=st.integers(1, 13),
+       N=st.integers(1, 3), band=st.integers(1, 12), seed=st.integers(0, 2**32 - 1))
+def test_winograd_forward_over_paddings_and_bands(dtype, pads, H, W, N, band, seed):
+    """The transforms read whole input rows into lines and take a tile's columns 4 and 5 from
+    the next tile, but a tile row's last tile's from x: against the reference on the explicitly
+    padded input, for (top, bottom, left, right) paddings up to 3 and tasks of 1 to 12 tiles (a
+    task's tile rows span images, a row's last tile anywhere in it)."""
+    pt, pb, pl, pr = pads
+    if H + pt + pb < 3 or W + pl + pr < 3:
+        return
+    rng = make_rng(seed)
+    x, w = _uniform(rng, (N, 3, H, W), dtype, "C"), _uniform(rng, (4, 3, 3, 3), dtype, "C")
+    b = _uniform(rng, (4,), dtype)
+    g = replace(conv2d_geometry(x.shape, w.shape, padding=3), OH=H + pt + pb - 2, OW=W + pl + pr - 2, pad_top=pt,
+                pad_bottom=pb, pad_left=pl, pad_right=pr)
+    y = np.empty(g.y_shape, dtype)
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("_WINOGRAD_TILES", "_WINOGRAD_MIN_TILES"):
+            mp.setattr(cpu_conv2d, name, band)
+        cpu_conv2d.winograd_forward(x, w, b, g, (y,))
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    _assert_winograd_close(y, ref.conv2d(xp, w.astype(np.float64), b.astype(np.float64)), dtype, g.K,
+                           f"{x.shape} {pads} {band}")
+
+
 def test_winograd_gradients_match_finite_differences():
     rng = make_rng(14)
     params = dict(padding=(2, 1), groups=2)

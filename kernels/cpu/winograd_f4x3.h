@@ -149,9 +149,11 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P; }
  * first + rows - 1 of the batch (row R: image R / tiles_h, tile row R % tiles_h; ``image``
  * values between x's images, x at the group's first channel), d the 6x6 patch of channel c at
  * input rows 4i - PT .., columns 4j - PL .. (zero outside the H x W input). Vectorised along
- * the block's tiles, whatever the plane's width: each channel's patches are gathered into
- * ``d`` (36 x P: input row a, column k of every tile), B^T combines them row against row into
- * ``t`` (the same), and B each row's 6 columns into the 36 positions. */
+ * the block's tiles, whatever the plane's width: for each patch row a, the tile rows' input
+ * rows are copied (zero-padded) into one line, 4 values a tile, which is deinterleaved along
+ * all P tiles into ``d`` (36 x P: row a, column k of every tile; columns 4 and 5 are the next
+ * tile's 0 and 1, but for a tile row's last tile); B^T combines d row against row into ``t``
+ * (the same), and B each row's 6 columns into the 36 positions. */
 #define FL_WINO_INPUT(T)                                                                      \
     FL_CLONES static void fl_wino_input_##T(const T *x, ptrdiff_t image, T *V, ptrdiff_t P, T *scratch, \
                                             ptrdiff_t Cg, ptrdiff_t H, ptrdiff_t W, ptrdiff_t first, \
@@ -240,10 +242,10 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P; }
 
 /* y[f] over the output rows of the block's tiles (as in fl_wino_input; ``image`` values
  * between y's images, y at the group's first filter) = A^T M[.][f][p] A (+ bias[f]), M (36, Fg,
- * P): A^T combines the 36 positions into 4 rows of 6 (``u``, 24 x P), A each row's 6 columns
- * into its 4 outputs (``o``, 16 x P, the bias added), both vectorised along the tiles; then
- * every tile row's outputs are stored, their columns interleaved. The columns of a last tile
- * past OW and the rows past OH are cut. */
+ * P): A^T combines the 36 positions into 4 rows of 6 (``u``, 24 x P), then for each output
+ * row s, A each tile's 6 columns into its 4 outputs, the bias added, written interleaved into
+ * one line (``o``, 4 x P) whose tile rows are copied into y: the columns of a last tile past OW
+ * and the rows past OH are cut. */
 #define FL_WINO_OUTPUT(T)                                                                     \
     FL_CLONES static void fl_wino_output_##T(const T *M, ptrdiff_t P, T *y, ptrdiff_t image, const T *bias, \
                                              T *scratch, ptrdiff_t Fg, ptrdiff_t OH, ptrdiff_t OW, \
@@ -306,7 +308,8 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P; }
 /* dM[xi][f][p] = (A dY A^T)[xi] for the block's tiles (as in fl_wino_input; ``image`` values
  * between dy's images, dy at the group's first filter), dY the 4x4 block of dy[f] at rows 4i ..,
  * columns 4j .. (zero past OH x OW): the gradient of the output transform, for the weight
- * gradient's GEMMs dU[xi] += dM[xi] V[xi]^T. The blocks are gathered into ``d`` (16 x P), A
+ * gradient's GEMMs dU[xi] += dM[xi] V[xi]^T. The blocks are gathered into ``d`` (16 x P) as in
+ * fl_wino_input (a line of each row s over the tile rows, deinterleaved along the tiles), A
  * combines their rows into ``t`` (24 x P) and their columns into dM, along the tiles. */
 #define FL_WINO_GRAD_OUTPUT(T)                                                                \
     FL_CLONES static void fl_wino_grad_output_##T(const T *dy, ptrdiff_t image, T *dM, ptrdiff_t P, T *scratch, \
