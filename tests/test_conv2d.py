@@ -527,13 +527,16 @@ def test_auto_heuristic():
         ((1, 128, 28, 28), (128, 128, 3, 3), dict(padding=1), "im2col", "im2col"),  # one image: 49 tiles
         ((1, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "im2col", "winograd"),  # one image: 196 tiles
         ((32, 64, 8, 8), (128, 64, 3, 3), dict(padding=1), "im2col", "winograd"),  # VGG's 8x8 stage
-        ((32, 16, 32, 32), (16, 16, 3, 3), dict(padding=1), "direct", "direct"),  # 16 channels
-        ((32, 64, 8, 8), (128, 16, 3, 3), dict(padding=1, groups=4), "im2col", "im2col"),  # 16 a group, 8 wide
+        ((32, 16, 32, 32), (16, 16, 3, 3), dict(padding=1), "direct", "winograd"),  # 16 channels
+        ((32, 64, 8, 8), (128, 16, 3, 3), dict(padding=1, groups=4), "im2col", "winograd"),  # 16 a group
+        ((32, 64, 8, 8), (128, 8, 3, 3), dict(padding=1, groups=8), "im2col", "im2col"),  # 8 a group, 8 wide
+        ((32, 8, 16, 16), (16, 8, 3, 3), dict(padding=1), "direct", "direct"),  # 8 input channels: 72 taps
         ((16, 64, 56, 56), (128, 64, 1, 1), dict(stride=2), "im2col", "im2col"),  # down-1x1
         ((8, 64, 56, 56), (64, 64, 1, 1), {}, "im2col", "im2col"),  # pointwise
         ((8, 64, 56, 56), (64, 64, 3, 3), dict(stride=2, padding=1), "direct", "im2col"),  # stride 2: 576 taps
         ((1, 3, 224, 224), (64, 3, 7, 7), dict(stride=2, padding=3), "im2col", "direct"),  # ResNet stem, batch 1
-        ((1, 16, 64, 64), (32, 16, 3, 3), dict(padding=1), "im2col", "direct"),  # batch 1, 64 rows
+        ((1, 16, 64, 64), (32, 16, 3, 3), dict(padding=1), "im2col", "winograd"),  # batch 1: 256 tiles
+        ((1, 8, 64, 64), (32, 8, 3, 3), dict(padding=1), "im2col", "direct"),  # batch 1, 64 rows, 72 taps
         ((1, 32, 16, 16), (64, 32, 3, 3), dict(padding=1), "im2col", "im2col"),  # batch 1, 16 rows
     ]
     isa = cpu_conv2d._direct.vector_isa()
@@ -777,6 +780,33 @@ def test_winograd_takes_asymmetric_padding(pads):
     _assert_winograd_close(outs[0], dxp[:, :, pt:pt + 7, pl:pl + 9], np.float64, 9 * g.Fg, "dx")
     _assert_conv2d_close(outs[1], ref.conv2d_backward(dy, xp, w, groups=2)[1], np.float64, g.N * g.OH * g.OW,
                          err_msg="dw")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pads=st.tuples(*[st.integers(0, 3)] * 4), H=st.integers(1, 10), W=st.integers(1, 13),
+       N=st.integers(1, 3), band=st.integers(1, 12), seed=st.integers(0, 2**32 - 1))
+def test_winograd_forward_over_paddings_and_bands(dtype, pads, H, W, N, band, seed):
+    """The transforms read whole input rows into lines and take a tile's columns 4 and 5 from
+    the next tile, but a tile row's last tile's from x: against the reference on the explicitly
+    padded input, for (top, bottom, left, right) paddings up to 3 and tasks of 1 to 12 tiles (a
+    task's tile rows span images, a row's last tile anywhere in it)."""
+    pt, pb, pl, pr = pads
+    if H + pt + pb < 3 or W + pl + pr < 3:
+        return
+    rng = make_rng(seed)
+    x, w = _uniform(rng, (N, 3, H, W), dtype, "C"), _uniform(rng, (4, 3, 3, 3), dtype, "C")
+    b = _uniform(rng, (4,), dtype)
+    g = replace(conv2d_geometry(x.shape, w.shape, padding=3), OH=H + pt + pb - 2, OW=W + pl + pr - 2, pad_top=pt,
+                pad_bottom=pb, pad_left=pl, pad_right=pr)
+    y = np.empty(g.y_shape, dtype)
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("_WINOGRAD_TILES", "_WINOGRAD_MIN_TILES"):
+            mp.setattr(cpu_conv2d, name, band)
+        cpu_conv2d.winograd_forward(x, w, b, g, (y,))
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    _assert_winograd_close(y, ref.conv2d(xp, w.astype(np.float64), b.astype(np.float64)), dtype, g.K,
+                           f"{x.shape} {pads} {band}")
 
 
 def test_winograd_gradients_match_finite_differences():

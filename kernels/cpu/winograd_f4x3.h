@@ -34,6 +34,11 @@
  * their B^T combination (36 x P each); the output transform uses less. */
 static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P; }
 
+/* The tile loops' pointers (rows of one scratch or V/M array) never overlap, but GCC
+ * versions a loop for aliasing only up to 10 pointer pairs and leaves the 12-pointer transform
+ * loops scalar without this. */
+#define FL_WINO_SIMD _Pragma("GCC ivdep")
+
 /* G applied to three vectors (a column or a row of a filter), in double: 1/6, 1/12 and 1/24
  * are rounded there, far below a float32 result's rounding. */
 #define FL_WINO_G(a, b, c, t0, t1, t2, t3, t4, t5)                                            \
@@ -144,9 +149,11 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P; }
  * first + rows - 1 of the batch (row R: image R / tiles_h, tile row R % tiles_h; ``image``
  * values between x's images, x at the group's first channel), d the 6x6 patch of channel c at
  * input rows 4i - PT .., columns 4j - PL .. (zero outside the H x W input). Vectorised along
- * the block's tiles, whatever the plane's width: each channel's patches are gathered into
- * ``d`` (36 x P: input row a, column k of every tile), B^T combines them row against row into
- * ``t`` (the same), and B each row's 6 columns into the 36 positions. */
+ * the block's tiles, whatever the plane's width: for each patch row a, the tile rows' input
+ * rows are copied (zero-padded) into one line, 4 values a tile, which is deinterleaved along
+ * all P tiles into ``d`` (36 x P: row a, column k of every tile; columns 4 and 5 are the next
+ * tile's 0 and 1, but for a tile row's last tile); B^T combines d row against row into ``t``
+ * (the same), and B each row's 6 columns into the 36 positions. */
 #define FL_WINO_INPUT(T)                                                                      \
     FL_CLONES static void fl_wino_input_##T(const T *x, ptrdiff_t image, T *V, ptrdiff_t P, T *scratch, \
                                             ptrdiff_t Cg, ptrdiff_t H, ptrdiff_t W, ptrdiff_t first, \
@@ -154,37 +161,49 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P; }
                                             ptrdiff_t PT, ptrdiff_t PL)                       \
     {                                                                                         \
         T *restrict d = scratch, *restrict t = scratch + 36 * P;                              \
-        /* column k of tile j is input column 4j + k - PL: inside for j in [lo[k], hi[k]) */  \
-        ptrdiff_t lo[6], hi[6];                                                               \
-        for (int k = 0; k < 6; k++) {                                                         \
-            const ptrdiff_t a = PL - k > 0 ? (PL - k + 3) / 4 : 0;                            \
-            const ptrdiff_t b = W + PL - k > 0 ? (W + PL - k + 3) / 4 : 0;                    \
-            lo[k] = a < tiles_w ? a : tiles_w;                                                \
-            hi[k] = b < tiles_w ? b : tiles_w;                                                \
-            if (hi[k] < lo[k])                                                                \
-                hi[k] = lo[k];                                                                \
-        }                                                                                     \
+        /* line[4p + m] (in t's place) = input column 4j + m - PL of tile p = (r, j): inside for \
+         * m in [m_lo, m_hi) of the tile row's 4 tiles_w values */                            \
+        const ptrdiff_t n4 = 4 * tiles_w, m_lo = PL < n4 ? PL : n4;                           \
+        const ptrdiff_t m_hi = W + PL < n4 ? (W + PL > m_lo ? W + PL : m_lo) : n4;            \
         for (ptrdiff_t c = 0; c < Cg; c++) {                                                  \
-            for (ptrdiff_t r = 0; r < rows; r++) {                                            \
-                const ptrdiff_t R = first + r, i = R % tiles_h;                               \
-                const T *xc = x + (R / tiles_h) * image + c * H * W;                          \
-                for (int a = 0; a < 6; a++) {                                                 \
-                    const ptrdiff_t ih = 4 * i - PT + a;                                      \
-                    for (int k = 0; k < 6; k++) {                                             \
-                        T *dk = d + (6 * a + k) * P + r * tiles_w;                            \
-                        if (ih < 0 || ih >= H) {                                              \
-                            for (ptrdiff_t j = 0; j < tiles_w; j++)                           \
-                                dk[j] = 0;                                                    \
-                            continue;                                                         \
-                        }                                                                     \
-                        const T *xr = xc + ih * W;                                            \
-                        for (ptrdiff_t j = 0; j < lo[k]; j++)                                 \
-                            dk[j] = 0;                                                        \
-                        for (ptrdiff_t j = lo[k]; j < hi[k]; j++)                             \
-                            dk[j] = xr[4 * j + k - PL];                                       \
-                        for (ptrdiff_t j = hi[k]; j < tiles_w; j++)                           \
-                            dk[j] = 0;                                                        \
+            for (int a = 0; a < 6; a++) { /* input row a of every tile: d[6a + k][p] */       \
+                T *restrict line = t;                                                         \
+                for (ptrdiff_t r = 0; r < rows; r++) {                                        \
+                    const ptrdiff_t R = first + r, ih = 4 * (R % tiles_h) - PT + a;           \
+                    T *restrict ln = line + r * n4;                                           \
+                    if (ih < 0 || ih >= H) {                                                  \
+                        for (ptrdiff_t m = 0; m < n4; m++)                                    \
+                            ln[m] = 0;                                                        \
+                        continue;                                                             \
                     }                                                                         \
+                    const T *restrict xr = x + (R / tiles_h) * image + c * H * W + ih * W;                        \
+                    for (ptrdiff_t m = 0; m < m_lo; m++)                                      \
+                        ln[m] = 0;                                                            \
+                    for (ptrdiff_t m = m_lo; m < m_hi; m++)                                   \
+                        ln[m] = xr[m - PL];                                                   \
+                    for (ptrdiff_t m = m_hi; m < n4; m++)                                     \
+                        ln[m] = 0;                                                            \
+                }                                                                             \
+                T *restrict d0 = d + 6 * a * P, *restrict d1 = d0 + P, *restrict d2 = d1 + P; \
+                T *restrict d3 = d2 + P, *restrict d4 = d3 + P, *restrict d5 = d4 + P;        \
+                FL_WINO_SIMD                                                                  \
+                for (ptrdiff_t p = 0; p < P; p++) {                                           \
+                    d0[p] = line[4 * p];                                                      \
+                    d1[p] = line[4 * p + 1];                                                  \
+                    d2[p] = line[4 * p + 2];                                                  \
+                    d3[p] = line[4 * p + 3];                                                  \
+                }                                                                             \
+                FL_WINO_SIMD                                                                  \
+                for (ptrdiff_t p = 0; p + 1 < P; p++) { /* columns 4 and 5: the next tile's 0 and 1 */ \
+                    d4[p] = d0[p + 1];                                                        \
+                    d5[p] = d1[p + 1];                                                        \
+                }                                                                             \
+                for (ptrdiff_t r = 0; r < rows; r++) { /* but a row's last tile's lie past its line */ \
+                    const ptrdiff_t R = first + r, ih = 4 * (R % tiles_h) - PT + a, p = (r + 1) * tiles_w - 1; \
+                    const T *xr = x + (R / tiles_h) * image + c * H * W;                      \
+                    const ptrdiff_t col = n4 - PL, in_row = ih >= 0 && ih < H;                \
+                    d4[p] = in_row && col >= 0 && col < W ? xr[ih * W + col] : (T)0;          \
+                    d5[p] = in_row && col + 1 >= 0 && col + 1 < W ? xr[ih * W + col + 1] : (T)0; \
                 }                                                                             \
             }                                                                                 \
             {                                                                                 \
@@ -192,6 +211,7 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P; }
                 const T *restrict e3 = d + 18 * P, *restrict e4 = d + 24 * P, *restrict e5 = d + 30 * P; \
                 T *restrict t0 = t, *restrict t1 = t + 6 * P, *restrict t2 = t + 12 * P;      \
                 T *restrict t3 = t + 18 * P, *restrict t4 = t + 24 * P, *restrict t5 = t + 30 * P; \
+                FL_WINO_SIMD                                                                  \
                 for (ptrdiff_t q = 0; q < 6 * P; q++) /* t = B^T d, every column of every tile */ \
                     FL_WINO_BT(T, e0[q], e1[q], e2[q], e3[q], e4[q], e5[q], t0[q], t1[q], t2[q], t3[q], \
                                t4[q], t5[q]);                                                 \
@@ -202,6 +222,7 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P; }
                 T *restrict v0 = V + (6 * a * Cg + c) * P, *restrict v1 = v0 + Cg * P;        \
                 T *restrict v2 = v1 + Cg * P, *restrict v3 = v2 + Cg * P, *restrict v4 = v3 + Cg * P; \
                 T *restrict v5 = v4 + Cg * P;                                                 \
+                FL_WINO_SIMD                                                                  \
                 for (ptrdiff_t p = 0; p < P; p++)                                             \
                     FL_WINO_BT(T, s0[p], s1[p], s2[p], s3[p], s4[p], s5[p], v0[p], v1[p], v2[p], v3[p], \
                                v4[p], v5[p]);                                                 \
@@ -221,17 +242,17 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P; }
 
 /* y[f] over the output rows of the block's tiles (as in fl_wino_input; ``image`` values
  * between y's images, y at the group's first filter) = A^T M[.][f][p] A (+ bias[f]), M (36, Fg,
- * P): A^T combines the 36 positions into 4 rows of 6 (``u``, 24 x P), A each row's 6 columns
- * into its 4 outputs (``o``, 16 x P, the bias added), both vectorised along the tiles; then
- * every tile row's outputs are stored, their columns interleaved. The columns of a last tile
- * past OW and the rows past OH are cut. */
+ * P): A^T combines the 36 positions into 4 rows of 6 (``u``, 24 x P), then for each output
+ * row s, A each tile's 6 columns into its 4 outputs, the bias added, written interleaved into
+ * one line (``o``, 4 x P) whose tile rows are copied into y: the columns of a last tile past OW
+ * and the rows past OH are cut. */
 #define FL_WINO_OUTPUT(T)                                                                     \
     FL_CLONES static void fl_wino_output_##T(const T *M, ptrdiff_t P, T *y, ptrdiff_t image, const T *bias, \
                                              T *scratch, ptrdiff_t Fg, ptrdiff_t OH, ptrdiff_t OW, \
                                              ptrdiff_t first, ptrdiff_t rows, ptrdiff_t tiles_h, \
                                              ptrdiff_t tiles_w)                               \
     {                                                                                         \
-        const ptrdiff_t full = OW / 4, plane = Fg * P; /* tiles whose 4 columns all lie inside */ \
+        const ptrdiff_t plane = Fg * P;                                                       \
         T *restrict u = scratch, *restrict o = scratch + 24 * P;                              \
         for (ptrdiff_t f = 0; f < Fg; f++) {                                                  \
             const T b = bias ? bias[f] : (T)0;                                                \
@@ -242,37 +263,30 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P; }
                 const T *restrict m4 = m3 + 6 * plane, *restrict m5 = m4 + 6 * plane;         \
                 T *restrict u0 = u + k * P, *restrict u1 = u0 + 6 * P, *restrict u2 = u1 + 6 * P; \
                 T *restrict u3 = u2 + 6 * P;                                                  \
+                FL_WINO_SIMD                                                                  \
                 for (ptrdiff_t p = 0; p < P; p++)                                             \
                     FL_WINO_AT(T, m0[p], m1[p], m2[p], m3[p], m4[p], m5[p], u0[p], u1[p], u2[p], u3[p]); \
             }                                                                                 \
-            for (int s = 0; s < 4; s++) { /* o = (A^T m) A + b: output row s, columns 0-3 */  \
+            for (int s = 0; s < 4; s++) { /* output row s of every tile, + b: o[4p + q] = column q */ \
                 const T *restrict a0 = u + 6 * s * P, *restrict a1 = a0 + P, *restrict a2 = a1 + P; \
                 const T *restrict a3 = a2 + P, *restrict a4 = a3 + P, *restrict a5 = a4 + P;  \
-                T *restrict o0 = o + 4 * s * P, *restrict o1 = o0 + P, *restrict o2 = o1 + P; \
-                T *restrict o3 = o2 + P;                                                      \
+                FL_WINO_SIMD                                                                  \
                 for (ptrdiff_t p = 0; p < P; p++) {                                           \
-                    FL_WINO_AT(T, a0[p], a1[p], a2[p], a3[p], a4[p], a5[p], o0[p], o1[p], o2[p], o3[p]); \
-                    o0[p] += b;                                                               \
-                    o1[p] += b;                                                               \
-                    o2[p] += b;                                                               \
-                    o3[p] += b;                                                               \
+                    T o0, o1, o2, o3;                                                         \
+                    FL_WINO_AT(T, a0[p], a1[p], a2[p], a3[p], a4[p], a5[p], o0, o1, o2, o3);  \
+                    o[4 * p] = o0 + b;                                                        \
+                    o[4 * p + 1] = o1 + b;                                                    \
+                    o[4 * p + 2] = o2 + b;                                                    \
+                    o[4 * p + 3] = o3 + b;                                                    \
                 }                                                                             \
-            }                                                                                 \
-            for (ptrdiff_t r = 0; r < rows; r++) {                                            \
-                const ptrdiff_t R = first + r, oh = 4 * (R % tiles_h);                        \
-                T *yf = y + (R / tiles_h) * image + f * OH * OW;                              \
-                for (int s = 0; s < 4 && oh + s < OH; s++) {                                  \
-                    const T *restrict o0 = o + 4 * s * P + r * tiles_w, *restrict o1 = o0 + P; \
-                    const T *restrict o2 = o1 + P, *restrict o3 = o2 + P;                     \
-                    T *restrict yr = yf + (oh + s) * OW;                                      \
-                    for (ptrdiff_t j = 0; j < full; j++) {                                    \
-                        yr[4 * j] = o0[j];                                                    \
-                        yr[4 * j + 1] = o1[j];                                                \
-                        yr[4 * j + 2] = o2[j];                                                \
-                        yr[4 * j + 3] = o3[j];                                                \
-                    }                                                                         \
-                    for (ptrdiff_t q = 0; q < OW - 4 * full; q++) /* the last tile, cut at OW */ \
-                        yr[4 * full + q] = o[(4 * s + q) * P + r * tiles_w + full];           \
+                for (ptrdiff_t r = 0; r < rows; r++) { /* a tile row's outputs, cut at OW */  \
+                    const ptrdiff_t R = first + r, oh = 4 * (R % tiles_h) + s;                \
+                    if (oh >= OH)                                                             \
+                        continue;                                                             \
+                    T *restrict yr = y + (R / tiles_h) * image + f * OH * OW + oh * OW;       \
+                    const T *restrict orow = o + 4 * r * tiles_w;                             \
+                    for (ptrdiff_t q = 0; q < OW; q++)                                        \
+                        yr[q] = orow[q];                                                      \
                 }                                                                             \
             }                                                                                 \
         }                                                                                     \
@@ -294,42 +308,45 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P; }
 /* dM[xi][f][p] = (A dY A^T)[xi] for the block's tiles (as in fl_wino_input; ``image`` values
  * between dy's images, dy at the group's first filter), dY the 4x4 block of dy[f] at rows 4i ..,
  * columns 4j .. (zero past OH x OW): the gradient of the output transform, for the weight
- * gradient's GEMMs dU[xi] += dM[xi] V[xi]^T. The blocks are gathered into ``d`` (16 x P), A
+ * gradient's GEMMs dU[xi] += dM[xi] V[xi]^T. The blocks are gathered into ``d`` (16 x P) as in
+ * fl_wino_input (a line of each row s over the tile rows, deinterleaved along the tiles), A
  * combines their rows into ``t`` (24 x P) and their columns into dM, along the tiles. */
 #define FL_WINO_GRAD_OUTPUT(T)                                                                \
     FL_CLONES static void fl_wino_grad_output_##T(const T *dy, ptrdiff_t image, T *dM, ptrdiff_t P, T *scratch, \
                                                   ptrdiff_t Fg, ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t first, \
                                                   ptrdiff_t rows, ptrdiff_t tiles_h, ptrdiff_t tiles_w) \
     {                                                                                         \
-        T *restrict d = scratch, *restrict t = scratch + 16 * P;                              \
-        ptrdiff_t hi[4]; /* column q of tile j is output column 4j + q: inside for j < hi[q] */ \
-        for (int q = 0; q < 4; q++) {                                                         \
-            const ptrdiff_t b = OW - q > 0 ? (OW - q + 3) / 4 : 0;                            \
-            hi[q] = b < tiles_w ? b : tiles_w;                                                \
-        }                                                                                     \
-        const ptrdiff_t plane = Fg * P;                                                       \
+        T *restrict d = scratch, *restrict t = scratch + 16 * P, *restrict line = scratch + 40 * P; \
+        const ptrdiff_t plane = Fg * P, n4 = 4 * tiles_w;                                     \
         for (ptrdiff_t f = 0; f < Fg; f++) {                                                  \
-            for (ptrdiff_t r = 0; r < rows; r++) {                                            \
-                const ptrdiff_t R = first + r, oh = 4 * (R % tiles_h);                        \
-                const T *yf = dy + (R / tiles_h) * image + f * OH * OW;                       \
-                for (int s = 0; s < 4; s++)                                                   \
-                    for (int q = 0; q < 4; q++) {                                             \
-                        T *dq = d + (4 * s + q) * P + r * tiles_w;                            \
-                        ptrdiff_t j = 0;                                                      \
-                        if (oh + s < OH) {                                                    \
-                            const T *yr = yf + (oh + s) * OW;                                 \
-                            for (; j < hi[q]; j++)                                            \
-                                dq[j] = yr[4 * j + q];                                        \
-                        }                                                                     \
-                        for (; j < tiles_w; j++)                                              \
-                            dq[j] = 0;                                                        \
+            for (int s = 0; s < 4; s++) { /* row s of every tile: line[4p + q] = column q, then d */ \
+                for (ptrdiff_t r = 0; r < rows; r++) {                                        \
+                    const ptrdiff_t R = first + r, oh = 4 * (R % tiles_h) + s;                \
+                    T *restrict ln = line + r * n4;                                           \
+                    ptrdiff_t m = 0;                                                          \
+                    if (oh < OH) {                                                            \
+                        const T *restrict yr = dy + (R / tiles_h) * image + f * OH * OW + oh * OW; \
+                        for (; m < OW; m++)                                                   \
+                            ln[m] = yr[m];                                                    \
                     }                                                                         \
+                    for (; m < n4; m++)                                                       \
+                        ln[m] = 0;                                                            \
+                }                                                                             \
+                T *restrict d0 = d + 4 * s * P, *restrict d1 = d0 + P, *restrict d2 = d1 + P, *restrict d3 = d2 + P; \
+                FL_WINO_SIMD                                                                  \
+                for (ptrdiff_t p = 0; p < P; p++) {                                           \
+                    d0[p] = line[4 * p];                                                      \
+                    d1[p] = line[4 * p + 1];                                                  \
+                    d2[p] = line[4 * p + 2];                                                  \
+                    d3[p] = line[4 * p + 3];                                                  \
+                }                                                                             \
             }                                                                                 \
             for (int q = 0; q < 4; q++) { /* t = A dY: column q of every tile */              \
                 const T *restrict d0 = d + q * P, *restrict d1 = d0 + 4 * P, *restrict d2 = d1 + 4 * P; \
                 const T *restrict d3 = d2 + 4 * P;                                            \
                 T *restrict t0 = t + q * P, *restrict t1 = t0 + 4 * P, *restrict t2 = t1 + 4 * P; \
                 T *restrict t3 = t2 + 4 * P, *restrict t4 = t3 + 4 * P, *restrict t5 = t4 + 4 * P; \
+                FL_WINO_SIMD                                                                  \
                 for (ptrdiff_t p = 0; p < P; p++)                                             \
                     FL_WINO_A(T, d0[p], d1[p], d2[p], d3[p], t0[p], t1[p], t2[p], t3[p], t4[p], t5[p]); \
             }                                                                                 \
@@ -339,6 +356,7 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P; }
                 T *restrict m0 = dM + 6 * r * plane + f * P, *restrict m1 = m0 + plane;       \
                 T *restrict m2 = m1 + plane, *restrict m3 = m2 + plane, *restrict m4 = m3 + plane; \
                 T *restrict m5 = m4 + plane;                                                  \
+                FL_WINO_SIMD                                                                  \
                 for (ptrdiff_t p = 0; p < P; p++)                                             \
                     FL_WINO_A(T, a0[p], a1[p], a2[p], a3[p], m0[p], m1[p], m2[p], m3[p], m4[p], m5[p]); \
             }                                                                                 \

@@ -165,10 +165,10 @@ DIRECT_FAST_ISAS = frozenset(DIRECT_MAX_TAPS)  # instruction sets where the dire
 # only (docs/performance.md): its fixed costs (the filter transform, each task's pass over the 36
 # transformed filters) scale with Cg x Fg as its savings do with tiles x Cg x Fg, so it needs a
 # number of tiles (under 128, two threads, the gains are mixed: 0.6-1.4x im2col's time); and its
-# transforms (per input and output element) must be spread over enough channels: with 3 to 16
-# it runs 1.1-3x im2col's time.
+# transforms (per input and output element) must be spread over enough channels: with 16 a
+# group it takes 0.6-0.9x im2col's time, with 8 0.8-1.1x, with 3 1.5-2x.
 WINOGRAD_MIN_TILES = 128  # 4x4 output tiles of the batch
-WINOGRAD_MIN_CHANNELS = 32  # input and output channels per group
+WINOGRAD_MIN_CHANNELS = 16  # input and output channels per group
 WINOGRAD_FAST_ISAS = frozenset({"x86-64-v3"})  # where the rule was measured
 
 
