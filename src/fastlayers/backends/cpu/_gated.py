@@ -104,12 +104,15 @@ def forward_workspaces(Wx, Wh, TN, N, keep, packed):
 @contextlib.contextmanager
 def packed_weights(Wx, Wh):
     """``(Wx, Wh)`` packed for the forward's products (kernels/cpu/packed_gemm.h: panels of PANEL
-    columns, each K x PANEL in C order, zeros past G), or ``(None, None)`` where PACKED_BLOCKING is
-    None or for float64 (the small-matrix path)."""
+    columns, each K x PANEL in C order, zeros past the columns), or ``(None, None)`` where
+    PACKED_BLOCKING is None or for float64 (the small-matrix path). Wh is packed gate by gate,
+    each gate's H columns in whole panels, so that a thread's share of the hidden units starts
+    on a panel in every gate (the kernel's per-step column split)."""
     if PACKED_BLOCKING is None or Wh.dtype != np.float32:
         yield None, None
         return
-    with _packed("gated_rnn_packed_x", Wx) as px, _packed("gated_rnn_packed_h", Wh) as ph:
+    H = Wh.shape[0]
+    with _packed("gated_rnn_packed_x", Wx) as px, _packed("gated_rnn_packed_h", Wh, Wh.shape[1] // H) as ph:
         yield px, ph
 
 
@@ -129,15 +132,18 @@ def avx512_blocking():
 
 
 @contextlib.contextmanager
-def _packed(slot, W):
+def _packed(slot, W, blocks=1):
+    """W packed in panels, its ``blocks`` equal column blocks in turn, each in whole panels."""
     (K, G), P = W.shape, _kernels.PANEL
-    panels, full = -(-G // P), G // P
-    with workspace(slot, (panels * K * P,), W.dtype) as packed:
-        view = packed.reshape(panels, K, P)
-        view[:full] = W[:, : full * P].reshape(K, full, P).transpose(1, 0, 2)
-        if full < panels:
-            view[full] = 0
-            view[full, :, : G - full * P] = W[:, full * P:]
+    width = G // blocks
+    panels, full = -(-width // P), width // P
+    with workspace(slot, (blocks * panels * K * P,), W.dtype) as packed:
+        for block, view in enumerate(packed.reshape(blocks, panels, K, P)):
+            Wb = W[:, block * width:(block + 1) * width]
+            view[:full] = Wb[:, : full * P].reshape(K, full, P).transpose(1, 0, 2)
+            if full < panels:
+                view[full] = 0
+                view[full, :, : width - full * P] = Wb[:, full * P:]
         yield packed
 
 
