@@ -3,10 +3,13 @@
 # validated by fastlayers.backends.cpu.lstm and .gru; the caller keeps BLAS single-threaded. G*H is
 # the width of the gate blocks (4H for the LSTM, 3H for the GRU), gates in PyTorch's order.
 #
-# Parallel plan (rnn.pyx's): one OpenMP team per call. The input projection x @ Wx of every step
-# is one product split by row blocks of the T*N rows; after one barrier each thread runs the
-# whole recurrence (a step's h @ Wh, then the gates fused on the rows it has just computed, in
-# gated_cells.h) for its own block of the batch, with no barrier per step. A forward that a
+# Parallel plan: one OpenMP team per call. The input projection x @ Wx of every step is one
+# product split by row blocks of the T*N rows. After one barrier the forward's recurrence (a
+# step's h @ Wh, then the gates fused on what it has just computed, in gated_cells.h) runs either
+# by hidden units, when Wh is packed (float32): each thread computes its units' columns of all
+# gates for the whole batch and their cells, and the team meets once per step; or (rnn.pyx's
+# plan) by sequences: each thread runs the whole recurrence of its own block of the batch, with
+# no barrier per step. The backward runs by sequences. A forward that a
 # backward will follow can keep its gates (the LSTM's activated (i, f, g, o), the GRU's (r, z,
 # n, u_n)) in its pre-activations' rows: the backward then reads them. Without them, the backward
 # recomputes them first (x @ Wx and h_prev @ Wh over all steps: two products, since all the

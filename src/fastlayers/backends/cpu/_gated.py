@@ -27,8 +27,9 @@ PACKED_BLOCKING = {"x86-64-v4": "avx512", "x86-64-v3": "avx2"}.get(_kernels.isa(
 
 
 def num_threads(T, N, D, H, width):
-    """Threads for one call (``threads_for`` its T*N*width*(D+H) multiply-adds): each runs the
-    recurrence of its own block of the N sequences."""
+    """Threads for one call (``threads_for`` its T*N*width*(D+H) multiply-adds), at most N: the
+    backward (and the forward on OpenBLAS's path) runs the recurrence of each thread's own block
+    of the N sequences."""
     return min(N, threads_for(T * N * width * (D + H)))
 
 
