@@ -6,8 +6,9 @@
 # Parallel plan: one OpenMP team per call. The input projection x @ Wx of every step is one
 # product split by row blocks of the T*N rows. After one barrier the forward's recurrence (a
 # step's h @ Wh, then the gates fused on what it has just computed, in gated_cells.h) runs either
-# by hidden units, when Wh is packed (float32): each thread computes its units' columns of all
-# gates for the whole batch and their cells, and the team meets once per step; or (rnn.pyx's
+# by hidden units, when Wh is packed (float32) and the team's CPUs are free (by_units): each
+# thread computes its units' columns of all gates for the whole batch and their cells, and the
+# team meets once per step; or (rnn.pyx's
 # plan) by sequences: each thread runs the whole recurrence of its own block of the batch, with
 # no barrier per step. The backward runs by sequences. A forward that a
 # backward will follow can keep its gates (the LSTM's activated (i, f, g, o), the GRU's (r, z,
@@ -242,7 +243,7 @@ cdef void _forward(const floating* x, const floating* Wx, const floating* Wh, co
                    const floating* bx, const floating* bh, floating* hs, floating* cs, floating* a, floating* u,
                    Py_ssize_t TN, Py_ssize_t N, Py_ssize_t D, Py_ssize_t H, Py_ssize_t G, Py_ssize_t ldw,
                    Py_ssize_t lda, Py_ssize_t ldu, int keep, const float* packed_x, const float* packed,
-                   bint avx512, int num_threads) noexcept nogil:
+                   bint avx512, bint by_units, int num_threads) noexcept nogil:
     """The LSTM forward (c0 and cs given) or the GRU's (c0 = cs = NULL, bh given): a = x @ Wx
     for every step, then per step u = h_prev @ Wh (beta = 0: a buffer that stays in cache;
     accumulating into a instead reads it back from memory at every step) and the cell, which
@@ -251,14 +252,16 @@ cdef void _forward(const floating* x, const floating* Wx, const floating* Wh, co
     Wx packed for packed_gemm.h (float32), or NULL; ``packed``: Wh packed gate by gate, or NULL;
     ``avx512``: their blocking.
 
-    The steps split two ways. With ``packed``, by columns: each thread owns a block of the hidden
+    The steps split two ways. With ``packed`` and ``by_units``, by columns: each thread owns a
+    block of the hidden
     units (whole panels) and computes, for the whole batch, the columns of u of its units' gates
     (reading only its part of Wh, which stays in its core's cache from step to step), then the
-    cell of its units; the team meets once per step, as the next step reads all of h. Without
-    (OpenBLAS's small-matrix path), by rows: each thread runs the recurrence of its own block of
-    the batch, with no barrier per step. Either way each element is the same sum, in the order
+    cell of its units; the team meets once per step, as the next step reads all of h. Otherwise
+    by rows: each thread runs the recurrence of its own block of the batch (on the packed Wh, or
+    OpenBLAS's small-matrix path), with no barrier per step. Either way each element is the same sum, in the order
     of k, whatever the thread count."""
     cdef Py_ssize_t T = TN // N
+    cdef bint units = packed != NULL and by_units
     # Initialised only because Cython passes them into the team as firstprivate.
     cdef const floating* h_prev = NULL
     cdef const floating* c_prev = NULL
@@ -271,7 +274,7 @@ cdef void _forward(const floating* x, const floating* Wx, const floating* Wh, co
             if not _packed_product(x + blk.r0 * D, D, packed_x, avx512, a + blk.r0 * lda, lda, blk.r1 - blk.r0, G):
                 input_projection(x + blk.r0 * D, Wx, ldw, a + blk.r0 * lda, lda, blk.r1 - blk.r0, D, G)
         barrier()
-        if packed != NULL:
+        if units:
             j0 = block_start(thread_id(), team_size(), H, FL_PANEL)
             j1 = block_stop(thread_id(), team_size(), H, FL_PANEL)
             n0 = 0
@@ -295,7 +298,7 @@ cdef void _forward(const floating* x, const floating* Wx, const floating* Wh, co
                     _lstm_cell(a + row * lda, ut, bx, c_prev, cs + row * H, hs + row * H, rows, H, j0, j1, lda, keep)
                 else:
                     _gru_cell(a + row * lda, ut, bx, bh, h_prev, hs + row * H, rows, H, j0, j1, lda, ldu, keep)
-            if packed != NULL:
+            if units:
                 barrier()
             c_prev = cs + row * H if cs != NULL else NULL
             h_prev = hs + row * H
@@ -304,7 +307,8 @@ cdef void _forward(const floating* x, const floating* Wx, const floating* Wh, co
 def lstm_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, const floating[:, ::1] c0 not None,
                  const floating[:, ::1] Wx, const floating[:, ::1] Wh, const floating[::1] b not None,
                  floating[:, ::1] hs, floating[:, ::1] cs, floating[:, ::1] a, floating[:, ::1] u, Py_ssize_t N,
-                 bint keep, const float[::1] packed_x, const float[::1] packed, bint avx512, int num_threads):
+                 bint keep, const float[::1] packed_x, const float[::1] packed, bint avx512, bint by_units,
+                 int num_threads):
     """cs[t] = f cs[t-1] + i g, hs[t] = o tanh(cs[t]) with (i, f, g, o) the activated
     x[t] @ Wx + hs[t-1] @ Wh + b; hs[-1] = h0, cs[-1] = c0. With ``keep``, a's rows end holding
     the gates (i, f, g, o) (the backward's saved gates).
@@ -314,14 +318,16 @@ def lstm_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, c
     ``packed_x``, ``packed``: None, or (float32) Wx packed in panels (packed_gemm.h),
     ceil(4H / PANEL) * D * PANEL elements, and Wh packed gate by gate, each gate's H columns in
     whole panels, 4 * ceil(H / PANEL) * H * PANEL elements; ``avx512``: multiply them in packed_gemm.h's
-    AVX-512 blocking (else its AVX2 one; either is correct on any CPU)."""
+    AVX-512 blocking (else its AVX2 one; either is correct on any CPU); ``by_units``: with
+    ``packed``, split each step among the threads by hidden units (a barrier per step) rather than
+    by sequences (see _forward)."""
     single_threaded_blas()
     cdef const float* px = _packed(packed_x, x.shape[1], b.shape[0])
     cdef const float* pp = _packed(packed, Wh.shape[0], b.shape[0], 4)
     with nogil:
         _forward(&x[0, 0], &Wx[0, 0], &Wh[0, 0], &h0[0, 0], &c0[0, 0], &b[0], NULL, &hs[0, 0], &cs[0, 0], &a[0, 0],
                  &u[0, 0], x.shape[0], N, x.shape[1], h0.shape[1], b.shape[0], Wh.shape[1], a.shape[1], u.shape[1],
-                 keep, px, pp, avx512, num_threads)
+                 keep, px, pp, avx512, by_units, num_threads)
 
 
 def lstm_backward(const floating[:, ::1] dhs, const floating[:, ::1] dcs, const floating[:, ::1] x,
@@ -393,21 +399,22 @@ def lstm_backward(const floating[:, ::1] dhs, const floating[:, ::1] dcs, const 
 def gru_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, const floating[:, ::1] Wx,
                 const floating[:, ::1] Wh, const floating[::1] bx not None, const floating[::1] bh not None,
                 floating[:, ::1] hs, floating[:, ::1] a, floating[:, ::1] u, Py_ssize_t N, bint keep,
-                const float[::1] packed_x, const float[::1] packed, bint avx512, int num_threads):
+                const float[::1] packed_x, const float[::1] packed, bint avx512, bint by_units, int num_threads):
     """hs[t] = n + z (hs[t-1] - n) with r, z, n the GRU gates of a[t] = x[t] @ Wx + bx and
     u = hs[t-1] @ Wh + bh; hs[-1] = h0. With ``keep``, a's rows end holding the gates (r, z, n,
     u_n) (the backward's saved gates).
 
     x (T*N, D), hs (T*N, H), h0 (N, H), bx, bh (3H,); Wx (D, ldw), Wh (H, ldw) and the
     workspaces a (T*N, lda), u (N, ldu) hold 3H columns in rows at least 3H long (a: 4H with
-    ``keep``); T*N, D, H >= 1. ``packed_x``, ``packed`` as for lstm_forward (3H columns)."""
+    ``keep``); T*N, D, H >= 1. ``packed_x``, ``packed``, ``by_units`` as for lstm_forward (3H
+    columns)."""
     single_threaded_blas()
     cdef const float* px = _packed(packed_x, x.shape[1], bx.shape[0])
     cdef const float* pp = _packed(packed, Wh.shape[0], bx.shape[0], 3)
     with nogil:
         _forward(&x[0, 0], &Wx[0, 0], &Wh[0, 0], &h0[0, 0], NULL, &bx[0], &bh[0], &hs[0, 0], NULL, &a[0, 0],
                  &u[0, 0], x.shape[0], N, x.shape[1], h0.shape[1], bx.shape[0], Wh.shape[1], a.shape[1],
-                 u.shape[1], keep, px, pp, avx512, num_threads)
+                 u.shape[1], keep, px, pp, avx512, by_units, num_threads)
 
 
 def gru_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const floating[:, ::1] h0 not None,

@@ -12,6 +12,7 @@ import functools
 
 import numpy as np
 
+from ..._cpu_load import free_cpus
 from ..._dispatch import threads_for
 from ...ops.gated import GATES, KEPT_BLOCKS
 from .. import numpy as _reference
@@ -31,6 +32,15 @@ def num_threads(T, N, D, H, width):
     backward (and the forward on OpenBLAS's path) runs the recurrence of each thread's own block
     of the N sequences."""
     return min(N, threads_for(T * N * width * (D + H)))
+
+
+def split_by_units(threads):
+    """The forward kernels' ``by_units``: whether a call on ``threads`` threads splits each step by
+    hidden units (on packed weights, a barrier per step) rather than by sequences (no barrier):
+    only while other processes leave that many CPUs free (``free_cpus``), as a team mate that
+    another process deschedules holds the whole team at every barrier (measured:
+    docs/performance.md, "lstm/gru: the packed forward split by hidden units")."""
+    return threads == 1 or free_cpus() >= threads
 
 
 def blas_kernel(fn):
