@@ -233,6 +233,45 @@ def test_packed_products_do_not_depend_on_the_thread_count(cell, pack, monkeypat
         assert ws == runs[0][1]
 
 
+@given(cell=st.sampled_from(list(CELLS.values())), T=st.integers(1, 4), N=st.integers(4, 9), D=st.integers(1, 12),
+       H=st.integers(1, 150), dtype=st.sampled_from(DTYPES), threads=st.integers(2, 4),
+       pack=st.sampled_from(["avx512", "avx2"]), by_units=st.booleans(), seed=st.integers(0, 2**16))
+def test_column_split_steps_match_reference_and_one_thread(cell, T, N, D, H, dtype, threads, pack, by_units, seed):
+    """With packed weights (float32) and ``by_units`` the threads split each step by hidden
+    units, in whole 32-column panels of every gate (kernels/cpu/gated_rnn.pyx, _forward): H from
+    1 to 150 gives teams where some threads own several panels, a partial last panel or none;
+    without, by sequences on the same gate-by-gate packed Wh. The states and the kept gates
+    match the reference and are bitwise those of one thread (each element is the same sum
+    whichever thread computes it). float64 (the row split on OpenBLAS, whose results may change
+    with the rows per thread) is compared with the reference only. The backward of those gates:
+    as in test_float32_on_every_product_path."""
+    from fastlayers.backends.cpu import _gated
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_gated, "PACKED_BLOCKING", pack)
+        patch.setattr(_gated, "split_by_units", lambda threads: by_units)
+        patch.setattr(fl._dispatch, "GRAIN_SIZE", 1)  # every thread asked for (see split_work)
+        a = cell_arrays(make_rng(seed), cell, T, N, D, H, dtype)
+        runs = []
+        for count in (1, threads):
+            with fl.threads(count):
+                runs.append(forward_keeping(cell, a, "cpu"))
+    (outs, ws), (outs_t, ws_t) = runs
+    assert_states_close(outs_t, cell.reference(as64(a)), dtype, D, H)
+    if dtype == np.float32:
+        assert all(np.array_equal(x, y) for x, y in zip(outs, outs_t))
+        assert ws == ws_t
+
+
+@pytest.mark.parametrize("threads, free, expected", [(1, 1, True), (2, 2, True), (2, 1, False), (3, 2, False)])
+def test_steps_split_by_units_only_on_free_cpus(threads, free, expected, monkeypatch):
+    """A barrier per step only while other processes leave the team its CPUs."""
+    from fastlayers.backends.cpu import _gated
+
+    monkeypatch.setattr(_gated, "free_cpus", lambda: free)
+    assert _gated.split_by_units(threads) is expected
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("cell", CELLS.values(), ids=CELLS)
 def test_long_sequence_stays_finite_and_matches(cell, dtype):

@@ -3,7 +3,8 @@
  * GEMMs have left the pre-activations in a and u (their x and h parts; the LSTM's backward has
  * their sum z). PyTorch's equations and gate order (fastlayers.reference states them); gate
  * blocks of H columns side by side, row stride ld (at least G*H) for the pre-activations and H
- * for the states. The biases are never NULL (the wrapper
+ * for the states. The forward cells update the hidden units [j0, j1) only (a thread's share of
+ * the units when the threads split a step by columns). The biases are never NULL (the wrapper
  * passes zeros for an absent one).
  *
  *   lstm: (i, f, g, o) = (sig, sig, tanh, sig)(z + b), z = a + u in the forward;
@@ -41,11 +42,12 @@
        with the activated gates (i, f, g, o), the saved gates of the backward. */                  \
     FL_CLONES static void fl_lstm_cell_##SUF(                                                      \
         T *restrict a, const T *restrict u, const T *restrict b, const T *restrict c_prev,         \
-        T *restrict c, T *restrict h, ptrdiff_t rows, ptrdiff_t H, ptrdiff_t ld, int keep) {       \
+        T *restrict c, T *restrict h, ptrdiff_t rows, ptrdiff_t H, ptrdiff_t j0, ptrdiff_t j1,     \
+        ptrdiff_t ld, int keep) {                                                                  \
         for (ptrdiff_t r = 0; r < rows; r++) {                                                     \
             T *ar = a + r * ld;                                                                    \
             const T *ur = u + r * ld;                                                              \
-            for (ptrdiff_t j = 0; j < H; j++) {                                                    \
+            for (ptrdiff_t j = j0; j < j1; j++) {                                                  \
                 T i = fl_sigmoid_##SUF(ar[j] + ur[j] + b[j]);                                      \
                 T f = fl_sigmoid_##SUF(ar[H + j] + ur[H + j] + b[H + j]);                          \
                 T g = fl_tanh_##SUF(ar[2 * H + j] + ur[2 * H + j] + b[2 * H + j]);                 \
@@ -119,8 +121,9 @@
        branch (GCC would not vectorise it with one). */                                            \
     static inline __attribute__((always_inline)) void fl_gru_row_##SUF(                            \
         T *restrict ar, const T *restrict ur, const T *restrict bx, const T *restrict bh,          \
-        const T *restrict hp, T *restrict hr, ptrdiff_t H, const int keep) {                       \
-        for (ptrdiff_t j = 0; j < H; j++) {                                                        \
+        const T *restrict hp, T *restrict hr, ptrdiff_t H, ptrdiff_t j0, ptrdiff_t j1,             \
+        const int keep) {                                                                          \
+        for (ptrdiff_t j = j0; j < j1; j++) {                                                      \
             T rg, zg, n, un;                                                                       \
             fl_gru_gates_##SUF(ar, ur, bx, bh, j, H, &rg, &zg, &n, &un);                           \
             hr[j] = n + zg * (hp[j] - n);                                                          \
@@ -137,13 +140,15 @@
        (what r multiplies), the saved gates of the backward. */                                    \
     FL_CLONES static void fl_gru_cell_##SUF(                                                       \
         T *restrict a, const T *restrict u, const T *restrict bx, const T *restrict bh,            \
-        const T *restrict h_prev, T *restrict h, ptrdiff_t rows, ptrdiff_t H, ptrdiff_t lda,       \
-        ptrdiff_t ldu, int keep) {                                                                 \
+        const T *restrict h_prev, T *restrict h, ptrdiff_t rows, ptrdiff_t H, ptrdiff_t j0,        \
+        ptrdiff_t j1, ptrdiff_t lda, ptrdiff_t ldu, int keep) {                                    \
         for (ptrdiff_t r = 0; r < rows; r++) {                                                     \
+            T *ar = a + r * lda;                                                                   \
+            const T *ur = u + r * ldu, *hp = h_prev + r * H;                                       \
             if (keep)                                                                              \
-                fl_gru_row_##SUF(a + r * lda, u + r * ldu, bx, bh, h_prev + r * H, h + r * H, H, 1); \
+                fl_gru_row_##SUF(ar, ur, bx, bh, hp, h + r * H, H, j0, j1, 1);                     \
             else                                                                                   \
-                fl_gru_row_##SUF(a + r * lda, u + r * ldu, bx, bh, h_prev + r * H, h + r * H, H, 0); \
+                fl_gru_row_##SUF(ar, ur, bx, bh, hp, h + r * H, H, j0, j1, 0);                     \
         }                                                                                          \
     }                                                                                              \
                                                                                                    \

@@ -3,10 +3,14 @@
 # validated by fastlayers.backends.cpu.lstm and .gru; the caller keeps BLAS single-threaded. G*H is
 # the width of the gate blocks (4H for the LSTM, 3H for the GRU), gates in PyTorch's order.
 #
-# Parallel plan (rnn.pyx's): one OpenMP team per call. The input projection x @ Wx of every step
-# is one product split by row blocks of the T*N rows; after one barrier each thread runs the
-# whole recurrence (a step's h @ Wh, then the gates fused on the rows it has just computed, in
-# gated_cells.h) for its own block of the batch, with no barrier per step. A forward that a
+# Parallel plan: one OpenMP team per call. The input projection x @ Wx of every step is one
+# product split by row blocks of the T*N rows. After one barrier the forward's recurrence (a
+# step's h @ Wh, then the gates fused on what it has just computed, in gated_cells.h) runs either
+# by hidden units, when Wh is packed (float32) and the team's CPUs are free (by_units): each
+# thread computes its units' columns of all gates for the whole batch and their cells, and the
+# team meets once per step; or (rnn.pyx's
+# plan) by sequences: each thread runs the whole recurrence of its own block of the batch, with
+# no barrier per step. The backward runs by sequences. A forward that a
 # backward will follow can keep its gates (the LSTM's activated (i, f, g, o), the GRU's (r, z,
 # n, u_n)) in its pre-activations' rows: the backward then reads them. Without them, the backward
 # recomputes them first (x @ Wx and h_prev @ Wh over all steps: two products, since all the
@@ -17,15 +21,17 @@ from cython.parallel cimport parallel
 from libc.string cimport memset
 
 from _blas cimport gemm, single_threaded_blas
-from _recurrent cimport Blocks, barrier, input_projection, step_product, thread_blocks
+from _recurrent cimport (Blocks, barrier, block_start, block_stop, input_projection, step_product, team_size,
+                         thread_blocks, thread_id)
 
 
 cdef extern from "gated_cells.h" nogil:
     void lstm_cell_f32 "fl_lstm_cell_f32"(float* a, const float* u, const float* b, const float* c_prev,
-                                          float* c, float* h, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ld, int keep)
+                                          float* c, float* h, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t j0,
+                                          Py_ssize_t j1, Py_ssize_t ld, int keep)
     void lstm_cell_f64 "fl_lstm_cell_f64"(double* a, const double* u, const double* b, const double* c_prev,
-                                          double* c, double* h, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ld,
-                                          int keep)
+                                          double* c, double* h, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t j0,
+                                          Py_ssize_t j1, Py_ssize_t ld, int keep)
     void lstm_activate_f32 "fl_lstm_activate_f32"(float* z, const float* b, Py_ssize_t rows, Py_ssize_t H,
                                                   Py_ssize_t ld)
     void lstm_activate_f64 "fl_lstm_activate_f64"(double* z, const double* b, Py_ssize_t rows, Py_ssize_t H,
@@ -39,11 +45,11 @@ cdef extern from "gated_cells.h" nogil:
         const double* dh_next, double* dc_carry, double* dz, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ldg,
         Py_ssize_t ldz)
     void gru_cell_f32 "fl_gru_cell_f32"(float* a, const float* u, const float* bx, const float* bh,
-                                        const float* h_prev, float* h, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t lda,
-                                        Py_ssize_t ldu, int keep)
+                                        const float* h_prev, float* h, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t j0,
+                                        Py_ssize_t j1, Py_ssize_t lda, Py_ssize_t ldu, int keep)
     void gru_cell_f64 "fl_gru_cell_f64"(double* a, const double* u, const double* bx, const double* bh,
                                         const double* h_prev, double* h, Py_ssize_t rows, Py_ssize_t H,
-                                        Py_ssize_t lda, Py_ssize_t ldu, int keep)
+                                        Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t lda, Py_ssize_t ldu, int keep)
     void gru_activate_f32 "fl_gru_activate_f32"(float* a, const float* u, const float* bx, const float* bh,
                                                 Py_ssize_t rows, Py_ssize_t H, Py_ssize_t lda, Py_ssize_t ldu)
     void gru_activate_f64 "fl_gru_activate_f64"(double* a, const double* u, const double* bx, const double* bh,
@@ -91,12 +97,12 @@ cdef inline bint _packed_product(const floating* a, Py_ssize_t K, const float* p
 
 
 cdef inline void _lstm_cell(floating* a, const floating* u, const floating* b, const floating* c_prev,
-                            floating* c, floating* h, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ld,
-                            int keep) noexcept nogil:
+                            floating* c, floating* h, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
+                            Py_ssize_t ld, int keep) noexcept nogil:
     if floating is float:
-        lstm_cell_f32(a, u, b, c_prev, c, h, rows, H, ld, keep)
+        lstm_cell_f32(a, u, b, c_prev, c, h, rows, H, j0, j1, ld, keep)
     else:
-        lstm_cell_f64(a, u, b, c_prev, c, h, rows, H, ld, keep)
+        lstm_cell_f64(a, u, b, c_prev, c, h, rows, H, j0, j1, ld, keep)
 
 
 cdef inline void _lstm_activate(floating* z, const floating* b, Py_ssize_t rows, Py_ssize_t H,
@@ -118,12 +124,12 @@ cdef inline void _lstm_cell_backward(const floating* gates, const floating* c_pr
 
 
 cdef inline void _gru_cell(floating* a, const floating* u, const floating* bx, const floating* bh,
-                           const floating* h_prev, floating* h, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t lda,
-                           Py_ssize_t ldu, int keep) noexcept nogil:
+                           const floating* h_prev, floating* h, Py_ssize_t rows, Py_ssize_t H, Py_ssize_t j0,
+                           Py_ssize_t j1, Py_ssize_t lda, Py_ssize_t ldu, int keep) noexcept nogil:
     if floating is float:
-        gru_cell_f32(a, u, bx, bh, h_prev, h, rows, H, lda, ldu, keep)
+        gru_cell_f32(a, u, bx, bh, h_prev, h, rows, H, j0, j1, lda, ldu, keep)
     else:
-        gru_cell_f64(a, u, bx, bh, h_prev, h, rows, H, lda, ldu, keep)
+        gru_cell_f64(a, u, bx, bh, h_prev, h, rows, H, j0, j1, lda, ldu, keep)
 
 
 cdef inline void _gru_activate(floating* a, const floating* u, const floating* bx, const floating* bh,
@@ -196,14 +202,14 @@ cdef inline void _parameter_gradients(const floating* x, const floating* h0, con
              <int>width, Wx, <int>width, <floating>0, dx + blk.r0 * D, <int>D)
 
 
-cdef const float* _packed(const float[::1] packed, Py_ssize_t K, Py_ssize_t G) except? NULL:
+cdef const float* _packed(const float[::1] packed, Py_ssize_t K, Py_ssize_t G, Py_ssize_t blocks=1) except? NULL:
     """The pointer of a weight (K, G) packed in panels (NULL for None), once its size is known to
-    be the panels'."""
+    be the panels': of its ``blocks`` column blocks (the gates) in turn, each in whole panels."""
     if packed is None:
         return NULL
-    if packed.shape[0] != (G + FL_PANEL - 1) // FL_PANEL * FL_PANEL * K:
-        raise ValueError(f"a packed weight has {packed.shape[0]} elements, expected ceil({G} / {FL_PANEL}) * "
-                         f"{FL_PANEL} * {K}")
+    if packed.shape[0] != blocks * ((G // blocks + FL_PANEL - 1) // FL_PANEL) * FL_PANEL * K:
+        raise ValueError(f"a packed weight has {packed.shape[0]} elements, expected {blocks} * "
+                         f"ceil({G // blocks} / {FL_PANEL}) * {FL_PANEL} * {K}")
     return &packed[0]
 
 
@@ -217,24 +223,50 @@ cdef const floating* _transposed(const floating[:, ::1] WhT, const float* packed
     return &WhT[0, 0]
 
 
+cdef inline void _gate_columns_product(const floating* h, Py_ssize_t H, const float* packed, bint avx512,
+                                       floating* u, Py_ssize_t ldu, Py_ssize_t rows, Py_ssize_t G, Py_ssize_t j0,
+                                       Py_ssize_t j1) noexcept nogil:
+    """Columns g*H + [j0, j1) of u (rows x G) = h @ Wh for every gate block g, Wh packed gate by
+    gate (each block in whole panels, see _packed's ``blocks``); j0 a multiple of FL_PANEL."""
+    cdef Py_ssize_t g, panels = (H + FL_PANEL - 1) // FL_PANEL
+    if floating is float:
+        for g in range(G // H):
+            if avx512:
+                packed_gemm_f32(h, H, packed + (g * panels + j0 // FL_PANEL) * H * FL_PANEL, H, u + g * H + j0, ldu,
+                                rows, j1 - j0, 0)
+            else:
+                packed_gemm_avx2_f32(h, H, packed + (g * panels + j0 // FL_PANEL) * H * FL_PANEL, H,
+                                     u + g * H + j0, ldu, rows, j1 - j0, 0)
+
+
 cdef void _forward(const floating* x, const floating* Wx, const floating* Wh, const floating* h0, const floating* c0,
                    const floating* bx, const floating* bh, floating* hs, floating* cs, floating* a, floating* u,
                    Py_ssize_t TN, Py_ssize_t N, Py_ssize_t D, Py_ssize_t H, Py_ssize_t G, Py_ssize_t ldw,
                    Py_ssize_t lda, Py_ssize_t ldu, int keep, const float* packed_x, const float* packed,
-                   bint avx512, int num_threads) noexcept nogil:
+                   bint avx512, bint by_units, int num_threads) noexcept nogil:
     """The LSTM forward (c0 and cs given) or the GRU's (c0 = cs = NULL, bh given): a = x @ Wx
-    for every step, then per step u = h_prev @ Wh (this thread's rows of u, beta = 0: a buffer
-    that stays in cache; accumulating into a instead reads it back from memory at every step)
-    and the cell, which overwrites a's rows with the gates when ``keep``. Wx, Wh, a and u have
-    rows ldw, lda, ldu >= G apart (see fastlayers.backends.cpu._gated; lda >= 4H when keep);
-    ``packed_x``, ``packed``: Wx and Wh packed for packed_gemm.h (float32), or NULL; ``avx512``:
-    its blocking."""
+    for every step, then per step u = h_prev @ Wh (beta = 0: a buffer that stays in cache;
+    accumulating into a instead reads it back from memory at every step) and the cell, which
+    overwrites a's rows with the gates when ``keep``. Wx, Wh, a and u have rows ldw, lda,
+    ldu >= G apart (see fastlayers.backends.cpu._gated; lda >= 4H when keep); ``packed_x``:
+    Wx packed for packed_gemm.h (float32), or NULL; ``packed``: Wh packed gate by gate, or NULL;
+    ``avx512``: their blocking.
+
+    The steps split two ways. With ``packed`` and ``by_units``, by columns: each thread owns a
+    block of the hidden
+    units (whole panels) and computes, for the whole batch, the columns of u of its units' gates
+    (reading only its part of Wh, which stays in its core's cache from step to step), then the
+    cell of its units; the team meets once per step, as the next step reads all of h. Otherwise
+    by rows: each thread runs the recurrence of its own block of the batch (on the packed Wh, or
+    OpenBLAS's small-matrix path), with no barrier per step. Either way each element is the same sum, in the order
+    of k, whatever the thread count."""
     cdef Py_ssize_t T = TN // N
+    cdef bint units = packed != NULL and by_units
     # Initialised only because Cython passes them into the team as firstprivate.
     cdef const floating* h_prev = NULL
     cdef const floating* c_prev = NULL
     cdef floating* ut = NULL
-    cdef Py_ssize_t t = 0, row = 0
+    cdef Py_ssize_t t = 0, row = 0, j0 = 0, j1 = 0, n0 = 0, rows = 0
     cdef Blocks blk
     with parallel(num_threads=num_threads):
         blk = thread_blocks(TN, N, G)
@@ -242,42 +274,60 @@ cdef void _forward(const floating* x, const floating* Wx, const floating* Wh, co
             if not _packed_product(x + blk.r0 * D, D, packed_x, avx512, a + blk.r0 * lda, lda, blk.r1 - blk.r0, G):
                 input_projection(x + blk.r0 * D, Wx, ldw, a + blk.r0 * lda, lda, blk.r1 - blk.r0, D, G)
         barrier()
-        if blk.rows > 0:
-            h_prev = h0 + blk.n0 * H
-            c_prev = c0 + blk.n0 * H if c0 != NULL else NULL
-            ut = u + blk.n0 * ldu
-            for t in range(T):
-                row = t * N + blk.n0
-                if not _packed_product(h_prev, H, packed, avx512, ut, ldu, blk.rows, G):
-                    step_product(h_prev, Wh, ldw, ut, ldu, blk.rows, H, G, <floating>0)
-                if cs != NULL:
-                    _lstm_cell(a + row * lda, ut, bx, c_prev, cs + row * H, hs + row * H, blk.rows, H, lda, keep)
-                    c_prev = cs + row * H
+        if units:
+            j0 = block_start(thread_id(), team_size(), H, FL_PANEL)
+            j1 = block_stop(thread_id(), team_size(), H, FL_PANEL)
+            n0 = 0
+            rows = N
+        else:
+            j0 = 0
+            j1 = H
+            n0 = blk.n0
+            rows = blk.rows
+        h_prev = h0 + n0 * H
+        c_prev = c0 + n0 * H if c0 != NULL else NULL
+        ut = u + n0 * ldu
+        for t in range(T):
+            row = t * N + n0
+            if rows > 0 and j1 > j0:
+                if packed != NULL:
+                    _gate_columns_product(h_prev, H, packed, avx512, ut, ldu, rows, G, j0, j1)
                 else:
-                    _gru_cell(a + row * lda, ut, bx, bh, h_prev, hs + row * H, blk.rows, H, lda, ldu, keep)
-                h_prev = hs + row * H
+                    step_product(h_prev, Wh, ldw, ut, ldu, rows, H, G, <floating>0)
+                if cs != NULL:
+                    _lstm_cell(a + row * lda, ut, bx, c_prev, cs + row * H, hs + row * H, rows, H, j0, j1, lda, keep)
+                else:
+                    _gru_cell(a + row * lda, ut, bx, bh, h_prev, hs + row * H, rows, H, j0, j1, lda, ldu, keep)
+            if units:
+                barrier()
+            c_prev = cs + row * H if cs != NULL else NULL
+            h_prev = hs + row * H
 
 
 def lstm_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, const floating[:, ::1] c0 not None,
                  const floating[:, ::1] Wx, const floating[:, ::1] Wh, const floating[::1] b not None,
                  floating[:, ::1] hs, floating[:, ::1] cs, floating[:, ::1] a, floating[:, ::1] u, Py_ssize_t N,
-                 bint keep, const float[::1] packed_x, const float[::1] packed, bint avx512, int num_threads):
+                 bint keep, const float[::1] packed_x, const float[::1] packed, bint avx512, bint by_units,
+                 int num_threads):
     """cs[t] = f cs[t-1] + i g, hs[t] = o tanh(cs[t]) with (i, f, g, o) the activated
     x[t] @ Wx + hs[t-1] @ Wh + b; hs[-1] = h0, cs[-1] = c0. With ``keep``, a's rows end holding
     the gates (i, f, g, o) (the backward's saved gates).
 
     x (T*N, D), hs, cs (T*N, H), h0, c0 (N, H), b (4H,); Wx (D, ldw), Wh (H, ldw) and the
     workspaces a (T*N, lda), u (N, ldu) hold 4H columns in rows at least 4H long; T*N, D, H >= 1.
-    ``packed_x``, ``packed``: None, or (float32) Wx and Wh packed in panels (packed_gemm.h),
-    ceil(4H / PANEL) * D (or H) * PANEL elements; ``avx512``: multiply them in packed_gemm.h's
-    AVX-512 blocking (else its AVX2 one; either is correct on any CPU)."""
+    ``packed_x``, ``packed``: None, or (float32) Wx packed in panels (packed_gemm.h),
+    ceil(4H / PANEL) * D * PANEL elements, and Wh packed gate by gate, each gate's H columns in
+    whole panels, 4 * ceil(H / PANEL) * H * PANEL elements; ``avx512``: multiply them in packed_gemm.h's
+    AVX-512 blocking (else its AVX2 one; either is correct on any CPU); ``by_units``: with
+    ``packed``, split each step among the threads by hidden units (a barrier per step) rather than
+    by sequences (see _forward)."""
     single_threaded_blas()
     cdef const float* px = _packed(packed_x, x.shape[1], b.shape[0])
-    cdef const float* pp = _packed(packed, Wh.shape[0], b.shape[0])
+    cdef const float* pp = _packed(packed, Wh.shape[0], b.shape[0], 4)
     with nogil:
         _forward(&x[0, 0], &Wx[0, 0], &Wh[0, 0], &h0[0, 0], &c0[0, 0], &b[0], NULL, &hs[0, 0], &cs[0, 0], &a[0, 0],
                  &u[0, 0], x.shape[0], N, x.shape[1], h0.shape[1], b.shape[0], Wh.shape[1], a.shape[1], u.shape[1],
-                 keep, px, pp, avx512, num_threads)
+                 keep, px, pp, avx512, by_units, num_threads)
 
 
 def lstm_backward(const floating[:, ::1] dhs, const floating[:, ::1] dcs, const floating[:, ::1] x,
@@ -349,21 +399,22 @@ def lstm_backward(const floating[:, ::1] dhs, const floating[:, ::1] dcs, const 
 def gru_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, const floating[:, ::1] Wx,
                 const floating[:, ::1] Wh, const floating[::1] bx not None, const floating[::1] bh not None,
                 floating[:, ::1] hs, floating[:, ::1] a, floating[:, ::1] u, Py_ssize_t N, bint keep,
-                const float[::1] packed_x, const float[::1] packed, bint avx512, int num_threads):
+                const float[::1] packed_x, const float[::1] packed, bint avx512, bint by_units, int num_threads):
     """hs[t] = n + z (hs[t-1] - n) with r, z, n the GRU gates of a[t] = x[t] @ Wx + bx and
     u = hs[t-1] @ Wh + bh; hs[-1] = h0. With ``keep``, a's rows end holding the gates (r, z, n,
     u_n) (the backward's saved gates).
 
     x (T*N, D), hs (T*N, H), h0 (N, H), bx, bh (3H,); Wx (D, ldw), Wh (H, ldw) and the
     workspaces a (T*N, lda), u (N, ldu) hold 3H columns in rows at least 3H long (a: 4H with
-    ``keep``); T*N, D, H >= 1. ``packed_x``, ``packed`` as for lstm_forward (3H columns)."""
+    ``keep``); T*N, D, H >= 1. ``packed_x``, ``packed``, ``by_units`` as for lstm_forward (3H
+    columns)."""
     single_threaded_blas()
     cdef const float* px = _packed(packed_x, x.shape[1], bx.shape[0])
-    cdef const float* pp = _packed(packed, Wh.shape[0], bx.shape[0])
+    cdef const float* pp = _packed(packed, Wh.shape[0], bx.shape[0], 3)
     with nogil:
         _forward(&x[0, 0], &Wx[0, 0], &Wh[0, 0], &h0[0, 0], NULL, &bx[0], &bh[0], &hs[0, 0], NULL, &a[0, 0],
                  &u[0, 0], x.shape[0], N, x.shape[1], h0.shape[1], bx.shape[0], Wh.shape[1], a.shape[1],
-                 u.shape[1], keep, px, pp, avx512, num_threads)
+                 u.shape[1], keep, px, pp, avx512, by_units, num_threads)
 
 
 def gru_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const floating[:, ::1] h0 not None,

@@ -12,6 +12,7 @@ import functools
 
 import numpy as np
 
+from ..._cpu_load import free_cpus
 from ..._dispatch import threads_for
 from ...ops.gated import GATES, KEPT_BLOCKS
 from .. import numpy as _reference
@@ -27,9 +28,19 @@ PACKED_BLOCKING = {"x86-64-v4": "avx512", "x86-64-v3": "avx2"}.get(_kernels.isa(
 
 
 def num_threads(T, N, D, H, width):
-    """Threads for one call (``threads_for`` its T*N*width*(D+H) multiply-adds): each runs the
-    recurrence of its own block of the N sequences."""
+    """Threads for one call (``threads_for`` its T*N*width*(D+H) multiply-adds), at most N: the
+    backward (and the forward on OpenBLAS's path) runs the recurrence of each thread's own block
+    of the N sequences."""
     return min(N, threads_for(T * N * width * (D + H)))
+
+
+def split_by_units(threads):
+    """The forward kernels' ``by_units``: whether a call on ``threads`` threads splits each step by
+    hidden units (on packed weights, a barrier per step) rather than by sequences (no barrier):
+    only while other processes leave that many CPUs free (``free_cpus``), as a team mate that
+    another process deschedules holds the whole team at every barrier (measured:
+    docs/performance.md, "lstm/gru: the packed forward split by hidden units")."""
+    return threads == 1 or free_cpus() >= threads
 
 
 def blas_kernel(fn):
@@ -104,12 +115,15 @@ def forward_workspaces(Wx, Wh, TN, N, keep, packed):
 @contextlib.contextmanager
 def packed_weights(Wx, Wh):
     """``(Wx, Wh)`` packed for the forward's products (kernels/cpu/packed_gemm.h: panels of PANEL
-    columns, each K x PANEL in C order, zeros past G), or ``(None, None)`` where PACKED_BLOCKING is
-    None or for float64 (the small-matrix path)."""
+    columns, each K x PANEL in C order, zeros past the columns), or ``(None, None)`` where
+    PACKED_BLOCKING is None or for float64 (the small-matrix path). Wh is packed gate by gate,
+    each gate's H columns in whole panels, so that a thread's share of the hidden units starts
+    on a panel in every gate (the kernel's per-step column split)."""
     if PACKED_BLOCKING is None or Wh.dtype != np.float32:
         yield None, None
         return
-    with _packed("gated_rnn_packed_x", Wx) as px, _packed("gated_rnn_packed_h", Wh) as ph:
+    H = Wh.shape[0]
+    with _packed("gated_rnn_packed_x", Wx) as px, _packed("gated_rnn_packed_h", Wh, Wh.shape[1] // H) as ph:
         yield px, ph
 
 
@@ -129,15 +143,18 @@ def avx512_blocking():
 
 
 @contextlib.contextmanager
-def _packed(slot, W):
+def _packed(slot, W, blocks=1):
+    """W packed in panels, its ``blocks`` equal column blocks in turn, each in whole panels."""
     (K, G), P = W.shape, _kernels.PANEL
-    panels, full = -(-G // P), G // P
-    with workspace(slot, (panels * K * P,), W.dtype) as packed:
-        view = packed.reshape(panels, K, P)
-        view[:full] = W[:, : full * P].reshape(K, full, P).transpose(1, 0, 2)
-        if full < panels:
-            view[full] = 0
-            view[full, :, : G - full * P] = W[:, full * P:]
+    width = G // blocks
+    panels, full = -(-width // P), width // P
+    with workspace(slot, (blocks * panels * K * P,), W.dtype) as packed:
+        for block, view in enumerate(packed.reshape(blocks, panels, K, P)):
+            Wb = W[:, block * width:(block + 1) * width]
+            view[:full] = Wb[:, : full * P].reshape(K, full, P).transpose(1, 0, 2)
+            if full < panels:
+                view[full] = 0
+                view[full, :, : width - full * P] = Wb[:, full * P:]
         yield packed
 
 

@@ -9,14 +9,14 @@ from .rnn import _initial_state
 def gru_forward(x, h0, Wx, Wh, bx, bh, g, outs):
     """(output,), and the kept gates (T*N, >= 4H) when ``g.keep``."""
     T, N, D, H, G = g.T, g.N, g.D, g.H, Wh.shape[1]
-    dt = x.dtype
+    dt, threads = x.dtype, _gated.num_threads(T, N, D, H, G)
     outs = (hs,) = _gated.outputs(outs, ((T, N, H),), dt)
     with (_gated.packed_weights(Wx, Wh) as (packed_x, packed),
           _gated.forward_workspaces(Wx, Wh, T * N, N, g.keep, packed is not None) as (Wx_rows, Wh_rows, a, u)):
         _kernels.gru_forward(
             contiguous(x).reshape(T * N, D), _initial_state(h0, N, H, dt), Wx_rows, Wh_rows,
             _gated.bias(bx, G, dt), _gated.bias(bh, G, dt), hs.reshape(T * N, H), a, u, N, g.keep,
-            packed_x, packed, _gated.avx512_blocking(), _gated.num_threads(T, N, D, H, G),
+            packed_x, packed, _gated.avx512_blocking(), _gated.split_by_units(threads), threads,
         )
     return outs + (a,) if g.keep else outs
 
