@@ -133,6 +133,22 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P; }
     }
 
 /* B^T applied to six vectors (rows of a tile, or its columns): the 36 products' input side. */
+/* Planes q = 0..3 of `out` (P apart) = columns q of a line of P interleaved 4-wide tiles:
+ * out[q * P + p] = line[4 p + q]. */
+#define FL_WINO_DEINTERLEAVE4(T, line, out, P)                                                \
+    do {                                                                                      \
+        const T *restrict in_ = (line);                                                       \
+        T *restrict o0_ = (out), *restrict o1_ = o0_ + (P), *restrict o2_ = o1_ + (P);        \
+        T *restrict o3_ = o2_ + (P);                                                          \
+        FL_WINO_SIMD                                                                          \
+        for (ptrdiff_t p_ = 0; p_ < (P); p_++) {                                              \
+            o0_[p_] = in_[4 * p_];                                                            \
+            o1_[p_] = in_[4 * p_ + 1];                                                        \
+            o2_[p_] = in_[4 * p_ + 2];                                                        \
+            o3_[p_] = in_[4 * p_ + 3];                                                        \
+        }                                                                                     \
+    } while (0)
+
 #define FL_WINO_BT(T, d0, d1, d2, d3, d4, d5, t0, t1, t2, t3, t4, t5)                         \
     do {                                                                                      \
         const T s1_ = (d4) - 4 * (d2), s2_ = (d3) - 4 * (d1);                                 \
@@ -184,15 +200,9 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P; }
                     for (ptrdiff_t m = m_hi; m < n4; m++)                                     \
                         ln[m] = 0;                                                            \
                 }                                                                             \
-                T *restrict d0 = d + 6 * a * P, *restrict d1 = d0 + P, *restrict d2 = d1 + P; \
-                T *restrict d3 = d2 + P, *restrict d4 = d3 + P, *restrict d5 = d4 + P;        \
-                FL_WINO_SIMD                                                                  \
-                for (ptrdiff_t p = 0; p < P; p++) {                                           \
-                    d0[p] = line[4 * p];                                                      \
-                    d1[p] = line[4 * p + 1];                                                  \
-                    d2[p] = line[4 * p + 2];                                                  \
-                    d3[p] = line[4 * p + 3];                                                  \
-                }                                                                             \
+                T *restrict d0 = d + 6 * a * P, *restrict d1 = d0 + P;                        \
+                T *restrict d4 = d0 + 4 * P, *restrict d5 = d4 + P;                           \
+                FL_WINO_DEINTERLEAVE4(T, line, d0, P);                                        \
                 FL_WINO_SIMD                                                                  \
                 for (ptrdiff_t p = 0; p + 1 < P; p++) { /* columns 4 and 5: the next tile's 0 and 1 */ \
                     d4[p] = d0[p + 1];                                                        \
@@ -332,14 +342,7 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P; }
                     for (; m < n4; m++)                                                       \
                         ln[m] = 0;                                                            \
                 }                                                                             \
-                T *restrict d0 = d + 4 * s * P, *restrict d1 = d0 + P, *restrict d2 = d1 + P, *restrict d3 = d2 + P; \
-                FL_WINO_SIMD                                                                  \
-                for (ptrdiff_t p = 0; p < P; p++) {                                           \
-                    d0[p] = line[4 * p];                                                      \
-                    d1[p] = line[4 * p + 1];                                                  \
-                    d2[p] = line[4 * p + 2];                                                  \
-                    d3[p] = line[4 * p + 3];                                                  \
-                }                                                                             \
+                FL_WINO_DEINTERLEAVE4(T, line, d + 4 * s * P, P);                             \
             }                                                                                 \
             for (int q = 0; q < 4; q++) { /* t = A dY: column q of every tile */              \
                 const T *restrict d0 = d + q * P, *restrict d1 = d0 + 4 * P, *restrict d2 = d1 + 4 * P; \
