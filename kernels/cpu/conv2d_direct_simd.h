@@ -46,54 +46,56 @@ typedef float fl_vfloat __attribute__((vector_size(64), aligned(4), may_alias));
 typedef double fl_vdouble __attribute__((vector_size(64), aligned(8), may_alias));
 
 
-/* Store FL_FB rows of V vectors: the whole block in place, or its nf x lanes[v] corner through
- * tmp. Every index into acc is a constant once the loops are unrolled, so acc never needs an
- * address (which would keep a copy of it on the stack). */
-#define FL_STORE_BLOCK(T, VT, V, acc)                                                      \
-    do {                                                                                   \
-        const int L_ = (int)(64 / sizeof(T));                                              \
-        int full = nf == FL_FB;                                                            \
-        for (int v = 0; v < (V); v++)                                                      \
-            full = full && lanes[v] == L_;                                                 \
-        if (full) {                                                                        \
-            _Pragma("GCC unroll 8") for (int i = 0; i < FL_FB; i++)                        \
-                _Pragma("GCC unroll 2") for (int v = 0; v < (V); v++)                      \
-                    *(VT *)(out + i * ld + v * out_step) = acc[i][v];                      \
-        } else {                                                                           \
-            VT tmp[FL_FB][V];                                                              \
-            _Pragma("GCC unroll 8") for (int i = 0; i < FL_FB; i++)                        \
-                _Pragma("GCC unroll 2") for (int v = 0; v < (V); v++)                      \
-                    tmp[i][v] = acc[i][v];                                                 \
-            for (int i = 0; i < nf; i++)                                                   \
-                for (int v = 0; v < (V); v++)                                              \
-                    memcpy(out + i * ld + v * out_step, &tmp[i][v], (size_t)lanes[v] * sizeof(T)); \
-        }                                                                                  \
-    } while (0)
-
-/* The kernel for V vectors. The accumulator array is indexed with constants only once the
- * fixed-count loops are unrolled, so it is kept in registers. */
-#define FL_DIRECT_BLOCK(T, VT, V)                                                              \
-    FL_WIDE_CLONES static void fl_direct_block##V##_##T(                                      \
-        const T *base, const ptrdiff_t *toff, ptrdiff_t ntaps, ptrdiff_t in_step,              \
-        const T *wp, const T *bias, T *out, ptrdiff_t ld, ptrdiff_t out_step, int nf,          \
-        const int *lanes)                                                                      \
+/* The kernel: NF filters x C vectors of BYTES bytes, vector c read at base + in_off[c] + the
+ * tap's offset and stored at out + out_off[c], lanes[c] of its lanes (in0/in1, out0/out1,
+ * lanes0/lanes1: c = 0, 1). The accumulator array is indexed with constants only once the
+ * fixed-count loops are unrolled, so it is kept in registers and never needs an address (which
+ * would keep a copy of it on the stack). The whole block is stored in place, or its nf x
+ * lanes[c] corner through tmp. */
+#define FL_DIRECT_KERNEL(NAME, ATTRIBUTES, T, VT, BYTES, C, NF)                                \
+    ATTRIBUTES static void NAME(const T *base, const ptrdiff_t *toff, ptrdiff_t ntaps,         \
+                                ptrdiff_t in0, ptrdiff_t in1, const T *wp, const T *bias,      \
+                                T *out, ptrdiff_t ld, ptrdiff_t out0, ptrdiff_t out1, int nf,  \
+                                int lanes0, int lanes1)                                        \
     {                                                                                          \
-        VT acc[FL_FB][V];                                                                      \
-        _Pragma("GCC unroll 8") for (int i = 0; i < FL_FB; i++)                                \
-            _Pragma("GCC unroll 2") for (int v = 0; v < (V); v++)                              \
-                acc[i][v] = (VT){0} + bias[i];                                                 \
+        const ptrdiff_t in_off[2] = {in0, in1}, out_off[2] = {out0, out1};                     \
+        const int lanes[2] = {lanes0, lanes1};                                                 \
+        VT acc[(NF)][C];                                                                       \
+        _Pragma("GCC unroll 8") for (int i = 0; i < (NF); i++)                                 \
+            _Pragma("GCC unroll 2") for (int c = 0; c < (C); c++)                              \
+                acc[i][c] = (VT){0} + bias[i];                                                 \
         for (ptrdiff_t t = 0; t < ntaps; t++) {                                                \
             const T *s = base + toff[t];                                                       \
             const T *w = wp + t * FL_FB;                                                       \
-            VT x[V];                                                                           \
-            _Pragma("GCC unroll 2") for (int v = 0; v < (V); v++)                              \
-                x[v] = *(const VT *)(s + v * in_step);                                         \
-            _Pragma("GCC unroll 8") for (int i = 0; i < FL_FB; i++)                            \
-                _Pragma("GCC unroll 2") for (int v = 0; v < (V); v++)                          \
-                    acc[i][v] += w[i] * x[v];                                                  \
+            VT x[C];                                                                           \
+            _Pragma("GCC unroll 2") for (int c = 0; c < (C); c++)                              \
+                x[c] = *(const VT *)(s + in_off[c]);                                           \
+            _Pragma("GCC unroll 8") for (int i = 0; i < (NF); i++)                             \
+                _Pragma("GCC unroll 2") for (int c = 0; c < (C); c++)                          \
+                    acc[i][c] += w[i] * x[c];                                                  \
         }                                                                                      \
-        FL_STORE_BLOCK(T, VT, V, acc);                                                         \
+        const int L_ = (int)((BYTES) / sizeof(T));                                             \
+        int full = nf == (NF);                                                                 \
+        for (int c = 0; c < (C); c++)                                                          \
+            full = full && lanes[c] == L_;                                                     \
+        if (full) {                                                                            \
+            _Pragma("GCC unroll 8") for (int i = 0; i < (NF); i++)                             \
+                _Pragma("GCC unroll 2") for (int c = 0; c < (C); c++)                          \
+                    *(VT *)(out + i * ld + out_off[c]) = acc[i][c];                            \
+        } else {                                                                               \
+            VT tmp[(NF)][C];                                                                   \
+            _Pragma("GCC unroll 8") for (int i = 0; i < (NF); i++)                             \
+                _Pragma("GCC unroll 2") for (int c = 0; c < (C); c++)                          \
+                    tmp[i][c] = acc[i][c];                                                     \
+            for (int i = 0; i < nf; i++)                                                       \
+                for (int c = 0; c < (C); c++)                                                  \
+                    memcpy(out + i * ld + out_off[c], &tmp[i][c], (size_t)lanes[c] * sizeof(T)); \
+        }                                                                                      \
     }
+
+/* The 64-byte block: all FL_FB filters x V vectors (two halves of one row segment, or the same
+ * columns of two output rows). */
+#define FL_DIRECT_BLOCK(T, VT, V) FL_DIRECT_KERNEL(fl_direct_block##V##_##T, FL_WIDE_CLONES, T, VT, 64, V, FL_FB)
 
 FL_DIRECT_BLOCK(float, fl_vfloat, 1)
 FL_DIRECT_BLOCK(float, fl_vfloat, 2)
@@ -113,45 +115,7 @@ typedef float fl_v8float __attribute__((vector_size(32), aligned(4), may_alias))
 typedef double fl_v4double __attribute__((vector_size(32), aligned(8), may_alias));
 
 #define FL_DIRECT_PASS(T, VT, C, NF)                                                           \
-    __attribute__((target("arch=x86-64-v3"))) static void fl_direct_pass##C##_##T(             \
-        const T *base, const ptrdiff_t *toff, ptrdiff_t ntaps, ptrdiff_t in0, ptrdiff_t in1,   \
-        const T *wp, const T *bias, T *out, ptrdiff_t ld, ptrdiff_t out0, ptrdiff_t out1,      \
-        int nf, int lanes0, int lanes1)                                                        \
-    {                                                                                          \
-        const ptrdiff_t in_off[2] = {in0, in1}, out_off[2] = {out0, out1};                     \
-        const int lanes[2] = {lanes0, lanes1};                                                 \
-        VT acc[(NF)][C];                                                                    \
-        _Pragma("GCC unroll 8") for (int i = 0; i < (NF); i++)                              \
-            _Pragma("GCC unroll 2") for (int c = 0; c < (C); c++)                              \
-                acc[i][c] = (VT){0} + bias[i];                                                 \
-        for (ptrdiff_t t = 0; t < ntaps; t++) {                                                \
-            const T *s = base + toff[t];                                                       \
-            const T *w = wp + t * FL_FB;                                                       \
-            VT x[C];                                                                           \
-            _Pragma("GCC unroll 2") for (int c = 0; c < (C); c++)                              \
-                x[c] = *(const VT *)(s + in_off[c]);                                           \
-            _Pragma("GCC unroll 8") for (int i = 0; i < (NF); i++)                          \
-                _Pragma("GCC unroll 2") for (int c = 0; c < (C); c++)                          \
-                    acc[i][c] += w[i] * x[c];                                                  \
-        }                                                                                      \
-        const int L_ = (int)(32 / sizeof(T));                                                  \
-        int full = nf == (NF);                                                              \
-        for (int c = 0; c < (C); c++)                                                          \
-            full = full && lanes[c] == L_;                                                     \
-        if (full) {                                                                            \
-            _Pragma("GCC unroll 8") for (int i = 0; i < (NF); i++)                          \
-                _Pragma("GCC unroll 2") for (int c = 0; c < (C); c++)                          \
-                    *(VT *)(out + i * ld + out_off[c]) = acc[i][c];                            \
-        } else {                                                                               \
-            VT tmp[(NF)][C];                                                                \
-            _Pragma("GCC unroll 8") for (int i = 0; i < (NF); i++)                          \
-                _Pragma("GCC unroll 2") for (int c = 0; c < (C); c++)                          \
-                    tmp[i][c] = acc[i][c];                                                     \
-            for (int i = 0; i < nf; i++)                                                       \
-                for (int c = 0; c < (C); c++)                                                  \
-                    memcpy(out + i * ld + out_off[c], &tmp[i][c], (size_t)lanes[c] * sizeof(T)); \
-        }                                                                                      \
-    }
+    FL_DIRECT_KERNEL(fl_direct_pass##C##_##T, __attribute__((target("arch=x86-64-v3"))), T, VT, 32, C, NF)
 
 FL_DIRECT_PASS(float, fl_v8float, 1, FL_FB)
 FL_DIRECT_PASS(float, fl_v8float, 2, 4)
@@ -202,6 +166,7 @@ static inline int fl_direct_uses_avx2(void)
 }
 #define FL_DIRECT_TRY_AVX2(T)                                                                  \
     if (fl_direct_uses_avx2()) {                                                               \
+        const int lanes[2] = {lanes0, lanes1};                                                 \
         fl_direct_block_avx2_##T(base, toff, ntaps, in_step, wp, bias, out, ld, out_step, nf, nvec, lanes); \
         return;                                                                                \
     }
@@ -219,12 +184,13 @@ static inline int fl_direct_uses_avx2(void) { return 0; }
                                            ptrdiff_t out_step, int nf, int nvec,               \
                                            int lanes0, int lanes1)                             \
     {                                                                                          \
-        const int lanes[2] = {lanes0, lanes1};                                                 \
         FL_DIRECT_TRY_AVX2(T)                                                                  \
         if (nvec == 2)                                                                         \
-            fl_direct_block2_##T(base, toff, ntaps, in_step, wp, bias, out, ld, out_step, nf, lanes); \
+            fl_direct_block2_##T(base, toff, ntaps, 0, in_step, wp, bias, out, ld, 0, out_step, nf, \
+                                 lanes0, lanes1);                                              \
         else                                                                                   \
-            fl_direct_block1_##T(base, toff, ntaps, in_step, wp, bias, out, ld, out_step, nf, lanes); \
+            fl_direct_block1_##T(base, toff, ntaps, 0, in_step, wp, bias, out, ld, 0, out_step, nf, \
+                                 lanes0, 0);                                                   \
     }
 
 FL_DIRECT_DISPATCH(float)
