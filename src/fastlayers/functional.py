@@ -23,7 +23,7 @@ import numpy as np
 
 from ._dlpack import accepts_dlpack
 from .ops import BATCH_NORM, CONV2D, FUNCTIONS, GRU, LINEAR, LSTM, MAX_POOL2D, RELU, RNN
-from .ops._spec import run
+from .ops._spec import replays, run
 
 # One function per name a spec lists (conv2d, conv2d_backward, ..., batch_norm_backward).
 __all__ = list(FUNCTIONS)
@@ -377,8 +377,9 @@ def batch_norm_backward(grad_output: Array, input: Array, running_mean: Optional
     return run(BATCH_NORM, problem, backend, "auto", out, single_out=False)
 
 
-# Every function takes DLPack arrays (fastlayers._dlpack): wrapped here, in one place, so that no
-# function of __all__ can miss it.
+# Every function takes DLPack arrays (fastlayers._dlpack) and replays the plans of its calls on
+# NumPy arrays (ops._spec.replays): wrapped here, in one place, so that no function of __all__
+# can miss it.
 for _name in __all__:
-    globals()[_name] = accepts_dlpack(globals()[_name])
+    globals()[_name] = accepts_dlpack(replays(globals()[_name]))
 del _name

@@ -7,8 +7,11 @@ itself, call it, and hand the results to the problem's ``finish``.
 """
 from __future__ import annotations
 
+import functools
 import importlib
+import operator
 import sys
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -86,6 +89,10 @@ class Problem:
     to_kernel_out: Callable = staticmethod(lambda outs: outs)
     finish: Callable = staticmethod(lambda results, outs: results)
     options: dict = field(default_factory=dict)  # op parameters kernels may decline (e.g. nonlinearity)
+    # Whether a plan of this problem may run again on other arrays of the same signatures: not
+    # where its hooks hold the call's own arrays (batch_norm's training update of the running
+    # statistics).
+    replayable: bool = True
 
     @property
     def on_gpu(self):
@@ -97,7 +104,12 @@ def check_outs(problem, out, single):
     checked (shape, dtype, contiguity, no overlap with the inputs or the other outputs). GPU
     buffers are the cuda backend's to check. ``single``: ``out`` may be one buffer for the first
     output (the others then allocated)."""
-    count = len(problem.outputs)
+    return _checked_outs(problem.outputs, problem.arrays, out, single, problem.on_gpu)
+
+
+def _checked_outs(outputs, arrays, out, single, on_gpu=False):
+    """``check_outs`` of a problem's ``outputs`` and ``arrays`` (name -> array)."""
+    count = len(outputs)
     if out is None:
         return (None,) * count
     if count == 1 or (single and not isinstance(out, (tuple, list))):
@@ -105,13 +117,13 @@ def check_outs(problem, out, single):
     if not isinstance(out, (tuple, list)) or len(out) != count:
         raise TypeError(f"out must be a tuple of {count} arrays (or None), got {type(out).__name__}")
     name = (lambda i: "out") if count == 1 else (lambda i: f"out[{i}]")
-    for i, (o, (output, shape, _)) in enumerate(zip(out, problem.outputs)):
+    for i, (o, (output, shape, _)) in enumerate(zip(out, outputs)):
         if shape is None and o is not None:
             raise ValueError(f"{name(i)} must be None: {output} is not computed by this call")
-    if problem.on_gpu:
+    if on_gpu:
         return tuple(out)
-    others = dict(problem.arrays)
-    for i, (o, (_, shape, dtype)) in enumerate(zip(out, problem.outputs)):
+    others = dict(arrays)
+    for i, (o, (_, shape, dtype)) in enumerate(zip(out, outputs)):
         if o is not None:
             check_out(name(i), o, shape, dtype)
             check_no_alias(name(i), o, others)
@@ -128,7 +140,8 @@ class Plan:
     outs)`` what the function returns. ``direct``: the problem's arrays are the call's arguments
     themselves (no padded or reshaped copy), so a caller may pass its new arguments as they are.
     Keeping a plan is sound only where the problem's hooks depend on its geometry alone (not on
-    the arrays of the call they were made for, as batch_norm's training ``finish`` does)."""
+    the arrays of the call they were made for, as batch_norm's training ``finish`` does: such a
+    problem is not ``replayable``)."""
 
     __slots__ = ("fn", "geometry", "specs", "to_kernel_out", "finish", "direct")
 
@@ -170,7 +183,116 @@ def run(spec, problem, backend, algo, out, single_out=True):
     """Run ``problem`` of ``spec`` on the kernel the dispatch picks; return what the function returns."""
     outs = check_outs(problem, out, single_out)
     p = plan(spec, problem, backend, algo)
+    _last_run.made = (problem, p, single_out)
     return p.finish(p.call(problem.arrays.values(), p.to_kernel_out(outs)), outs)
+
+
+# The problem and plan of this thread's last ``run`` (read by ``replays`` after the call).
+_last_run = threading.local()
+
+
+def _signature(a):
+    """What validating argument ``a`` of a functional call depends on: type, shape, dtype and
+    strides of a NumPy array, type and value of a plain value. A TypeError for anything else (a
+    GPU array, a NumPy scalar, a list): such calls are never replayed, and no key holds an object
+    the caller may want freed."""
+    kind = type(a)
+    if kind is np.ndarray:
+        return a.shape, a.dtype, a.strides
+    if kind is tuple:
+        return tuple(map(_signature, a))
+    if kind in _PLAIN:
+        return kind, a
+    raise TypeError("not replayable")
+
+
+_PLAIN = frozenset({int, float, bool, str, NONE})
+# Replays a function keeps (one per signature of its calls); past this many it starts over.
+MAX_REPLAYS = 256
+
+
+class _Replay:
+    """A functional call's plan, to run again on the arguments of a call with the same
+    signatures: ``pick`` takes the kernel's arrays from the call's argument values (positional,
+    then keyword, then None for the arrays that are None)."""
+
+    __slots__ = ("plan", "pick", "names", "outputs", "single")
+
+    def __init__(self, problem, p, single, positions):
+        self.plan, self.single = p, single
+        self.names, self.outputs = tuple(problem.arrays), problem.outputs
+        getter = operator.itemgetter(*(-1 if i is None else i for i in positions))
+        self.pick = getter if len(positions) > 1 else (lambda values: (getter(values),))
+
+    def __call__(self, values, out):
+        arrays = self.pick(values)
+        outs = (None,) * len(self.outputs) if out is None else _checked_outs(
+            self.outputs, zip(self.names, arrays), out, self.single)
+        p = self.plan
+        return p.finish(p.call(arrays, p.to_kernel_out(outs)), outs)
+
+
+def _positions(problem, values):
+    """Where each of ``problem``'s arrays is among the call's argument ``values`` (None for an
+    array that is None); None when one
+    is not an argument itself (a padded, reshaped or zero-filled array: the call is not replayed)."""
+    positions = []
+    for a in problem.arrays.values():
+        if a is None:
+            positions.append(None)
+            continue
+        found = [i for i, v in enumerate(values) if v is a]
+        if len(found) != 1:  # none, or one array given as two arguments: which is which later?
+            return None
+        positions.append(found[0])
+    return tuple(positions)
+
+
+_replays = []  # every replaying function's plans, for forget_replays()
+
+
+def forget_replays():
+    """Drop every kept plan of the functional API: the next call of each signature is validated
+    and dispatched in full again (what a test that spies on the dispatch needs)."""
+    for plans in _replays:
+        plans.clear()
+
+
+def replays(fn):
+    """``fn``, a function of the functional API, replaying its calls' plans: the first call on
+    NumPy arrays of one signature (their shapes, dtypes and strides, and the other arguments'
+    values) is validated in full and its plan (``Plan``: the kernel chosen, the geometry) kept;
+    a later call of the same signature under the same backend settings runs that plan on its
+    arrays after checking only its ``out=`` buffers (contiguity, dtype, overlap with the
+    inputs), since nothing else that validation depends on can differ. That cuts a small
+    call's cost from tens of microseconds to a few."""
+    plans = {}
+    _replays.append(plans)
+    dispatch = module("fastlayers._dispatch")
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            key = (len(args), *kwargs, *map(_signature, args), *map(_signature, kwargs.values()),
+                   *dispatch.backend_settings(), dispatch.autotune_enabled())
+        except TypeError:
+            return fn(*args, **kwargs)
+        kept = plans.get(key)
+        values = (*args, *kwargs.values(), None)  # None: where the kernel's absent arrays are read
+        if kept is not None:
+            return kept(values, kwargs.get("out"))
+        _last_run.made = None
+        result = fn(*args, **kwargs)
+        made, _last_run.made = _last_run.made, None
+        if made is not None and made[0].replayable and not made[0].on_gpu:
+            positions = _positions(made[0], values)
+            if positions is not None:
+                if len(plans) >= MAX_REPLAYS:
+                    plans.clear()
+                plans[key] = _Replay(made[0], made[1], made[2], positions)
+        return result
+
+    return wrapper
 
 
 def first_result(results, outs):

@@ -124,6 +124,19 @@ def _direct_scratch_bytes(g, direction):
 
 
 def _check_fits(g, algo, direction):
+    """A ValueError where ``algo``'s sizes do not fit (remembered for the sizes that do)."""
+    key = (g, algo, direction)
+    if key not in _fitting:
+        _raise_unless_fits(g, algo, direction)
+        if len(_fitting) >= 4096:
+            _fitting.clear()
+        _fitting.add(key)
+
+
+_fitting = set()  # (geometry, algo, direction) that _raise_unless_fits let through
+
+
+def _raise_unless_fits(g, algo, direction):
     if algo == "im2col" and not _im2col_fits(g):
         raise ValueError(
             f"conv2d sizes exceed what BLAS can index (C ints) for algo='im2col'"
@@ -317,11 +330,22 @@ def direct_backward(dy, x, w, g, outs):
 
 
 def _tiles(g, threads, itemsize):
-    """Output rows and images of an im2col tile."""
-    rows = _band_rows(g, threads, itemsize)
-    if not _im2col_fits(g, rows):  # tiles cut thinner (one row fits: checked by _check_fits)
-        rows = 1
-    return rows, _tile_images(g, rows, threads, itemsize)
+    """Output rows and images of an im2col tile (remembered: a small call's set-up costs as
+    much as its kernel)."""
+    key = (g, threads, itemsize, _column_tile_bytes)
+    tiles = _tiles_of.get(key)
+    if tiles is None:
+        rows = _band_rows(g, threads, itemsize)
+        if not _im2col_fits(g, rows):  # tiles cut thinner (one row fits: checked by _check_fits)
+            rows = 1
+        tiles = rows, _tile_images(g, rows, threads, itemsize)
+        if len(_tiles_of) >= 4096:
+            _tiles_of.clear()
+        _tiles_of[key] = tiles
+    return tiles
+
+
+_tiles_of = {}  # (geometry, threads, itemsize, tile bytes) -> (rows, images)
 
 
 def im2col_backward(dy, x, w, g, outs):
