@@ -138,6 +138,30 @@ def test_wide_rows_match_reference(algo, dtype, config, seed):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=40, deadline=None)
+@given(G=st.integers(1, 3), O=st.integers(1, 20), K=st.integers(1, 30), transposed=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_direct_filter_packing_is_the_blocked_transpose(dtype, G, O, K, transposed, seed):
+    """The direct kernel's packed weights (compiled): blocks of FILTER_BLOCK filters,
+    filter-fastest, zeros past the last filter, from C-ordered or strided weights."""
+    from fastlayers._cpu import conv2d_direct
+
+    rng = make_rng(seed)
+    w = rng.standard_normal((G, K, O) if transposed else (G, O, K)).astype(dtype)
+    w = w.transpose(0, 2, 1) if transposed else w
+    fb = conv2d_direct.FILTER_BLOCK
+    blocks = -(-O // fb)
+    want = np.zeros((G, blocks * fb, K), dtype)
+    want[:, :O] = w
+    want = want.reshape(G, blocks, fb, K).transpose(0, 1, 3, 2)
+    packed = np.full((G, blocks, K, fb), np.nan, dtype)
+    conv2d_direct.pack_filters(w, packed)
+    np.testing.assert_array_equal(packed, want)
+    with pytest.raises(ValueError, match="packed must have shape"):
+        conv2d_direct.pack_filters(w, np.empty((G, blocks + 1, K, fb), dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("vectors", ("32-byte passes", "64-byte kernel"))
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(config=st.one_of(conv2d_configs(), wide_conv2d_configs()), seed=st.integers(0, 2**32 - 1),

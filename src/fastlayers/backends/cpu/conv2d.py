@@ -225,15 +225,19 @@ def choose_algo(problem, isa=None):
     return "im2col"
 
 
-def _pack_filters(wg):
-    """Weights (G, outputs per group, K) -> (G, blocks, K, FILTER_BLOCK): the direct kernel's
-    blocks of filters, filter-fastest, zero-padded to whole blocks."""
-    G, O, K = wg.shape
+def _packed_shape(G, O, K):
+    """The shape of the direct kernel's packed weights of G groups of O filters of K taps."""
     fb = _direct.FILTER_BLOCK
-    blocks = -(-O // fb)
-    packed = np.zeros((G, blocks * fb, K), dtype=wg.dtype)
-    packed[:, :O] = wg
-    return np.ascontiguousarray(packed.reshape(G, blocks, fb, K).transpose(0, 1, 3, 2))
+    return (G, -(-O // fb), K, fb)
+
+
+def _pack_filters(wg, packed=None):
+    """Weights (G, outputs per group, K) -> (G, blocks, K, FILTER_BLOCK): the direct kernel's
+    blocks of filters, filter-fastest, zero-padded to whole blocks (into ``packed`` if given)."""
+    if packed is None:
+        packed = np.empty(_packed_shape(*wg.shape), dtype=wg.dtype)
+    _direct.pack_filters(wg, packed)
+    return packed
 
 
 # A direct task copies the input rows its band of output rows reads; bands are whole planes but
@@ -279,11 +283,15 @@ def direct_forward(x, w, b, g, outs):
         return (y,)
     # The packed bias is the accumulators' starting value: zeros when there is no bias.
     bias = contiguous(b) if b is not None else np.zeros(g.F, dtype=x.dtype)
-    packed_w = _pack_filters(contiguous(w).reshape(g.groups, g.Fg, -1))
-    packed_b = _pack_filters(bias.reshape(g.groups, g.Fg, 1)).reshape(packed_w.shape[:2] + (-1,))
+    packed_b = _pack_filters(bias.reshape(g.groups, g.Fg, 1))
     band, nbytes = _direct_band(g, False, x.dtype, threads)
-    with scratch("direct", (threads, nbytes), np.uint8) as work:
-        _direct.conv2d_forward(contiguous(x), packed_w, packed_b, y, work, g, band, threads)
+    # The packed weights in a workspace too: a fresh array of a few hundred KiB is mapped and
+    # faulted in anew at every call, which costs as much as packing it.
+    with scratch("packed filters", _packed_shape(g.groups, g.Fg, g.K), x.dtype) as packed_w, \
+            scratch("direct", (threads, nbytes), np.uint8) as work:
+        _pack_filters(contiguous(w).reshape(g.groups, g.Fg, -1), packed_w)
+        _direct.conv2d_forward(contiguous(x), packed_w, packed_b.reshape(packed_b.shape[:2] + (-1,)), y, work, g,
+                               band, threads)
     return (y,)
 
 
