@@ -13,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from _helpers import assert_close, assert_grad_matches, make_rng, numeric_grad
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import fastlayers as fl
@@ -394,6 +394,31 @@ def test_small_batch_input_grad_splits_input_channels(threads, dtype, config, se
     rng = make_rng(seed)
     x, w = _uniform(rng, x_shape, dtype), _uniform(rng, w_shape, dtype)
     b = _uniform(rng, (w_shape[0],), dtype) if bias else None
+    dy = _uniform(rng, g.y_shape, dtype)
+    with fl.threads(threads):
+        _check_against_reference(x, w, b, dy, params, "im2col", dtype, f"{x_shape} {w_shape} {params}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("threads", (2, 3, 4))
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(config=conv2d_configs(), F=st.integers(17, 70), seed=st.integers(0, 2**32 - 1), bias=st.booleans())
+def test_small_batch_forward_splits_many_filters(threads, dtype, config, F, seed, bias, split_work):
+    """Fewer (image, group) planes than threads and many filters on a small plane: im2col's
+    forward tiles take a part of the filters each (whole tiles of FILTER_SPLIT_MULTIPLE and a
+    last partial one), every kernel size, stride, padding and dilation of the issue's ranges."""
+    from fastlayers.backends.cpu import conv2d as cpu_conv2d
+
+    x_shape, w_shape, params = config
+    params = dict(params, groups=1)
+    x_shape, w_shape = (1,) + x_shape[1:], (F, x_shape[1]) + w_shape[2:]
+    g = conv2d_geometry(x_shape, w_shape, **params)
+    assume(g.OH * g.OW * cpu_conv2d.FILTER_SPLIT_RATIO <= F)
+    assert cpu_conv2d._tile_filters(g, threads) < F
+    rng = make_rng(seed)
+    x, w = _uniform(rng, x_shape, dtype), _uniform(rng, w_shape, dtype)
+    b = _uniform(rng, (F,), dtype) if bias else None
     dy = _uniform(rng, g.y_shape, dtype)
     with fl.threads(threads):
         _check_against_reference(x, w, b, dy, params, "im2col", dtype, f"{x_shape} {w_shape} {params}")

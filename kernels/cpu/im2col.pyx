@@ -131,46 +131,53 @@ cdef void _forward_images(const floating* x, const floating* w_group, const floa
 def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
                    const floating[::1] b, floating[:, :, :, ::1] y,
                    floating[:, ::1] workspace, object geometry, Py_ssize_t rows, Py_ssize_t images,
-                   int num_threads):
+                   Py_ssize_t filters, int num_threads):
     """y = conv2d(x, w) (+ b; None for no bias). A tile is one group of ``images`` images (a last
-    batch may have fewer), and of ``rows`` output rows (a last band may have fewer); ``images`` > 1
-    needs ``rows`` == OH and a non-pointwise convolution. ``workspace`` is (num_threads,
-    K * rows * OW) for one image a tile, (num_threads, (K + Fg) * images * OH * OW) for several.
-    Each output element is written by exactly one gemm whose shape depends on ``rows`` and
-    ``images`` only, so y is the same bit for bit for the same tiles at any thread count."""
+    batch may have fewer), of ``rows`` output rows (a last band may have fewer) and of ``filters``
+    of the group's filters (a last block may have fewer); ``images`` > 1 needs ``rows`` == OH,
+    ``filters`` == Fg and a non-pointwise convolution. A tile builds its band's columns itself:
+    tiles of one band but other filters build the same ones (where the weights outweigh the
+    columns, as on small planes with many filters, splitting the filters costs less than
+    splitting the band). ``workspace`` is (num_threads, K * rows * OW) for one image a tile,
+    (num_threads, (K + Fg) * images * OH * OW) for several. Each output element is written by
+    exactly one gemm whose shape depends on ``rows``, ``images`` and ``filters`` only, so y is
+    the same bit for bit for the same tiles at any thread count."""
     single_threaded_blas()
     cdef Conv2dShape s = conv2d_shape(geometry)
     cdef bint has_bias = b is not None
     cdef Py_ssize_t bands = (s.OH + rows - 1) // rows
     cdef Py_ssize_t batches = (s.N + images - 1) // images
-    cdef Py_ssize_t tiles = batches * s.G * bands
+    cdef Py_ssize_t blocks = (s.Fg + filters - 1) // filters
+    cdef Py_ssize_t tiles = batches * s.G * bands * blocks
     cdef Py_ssize_t HW = s.H * s.W, OHW = s.OH * s.OW
     cdef bint pointwise = _is_pointwise(&s)
-    cdef Py_ssize_t t, n, gi, oh0, band_rows, f, p, P
+    cdef Py_ssize_t t, n, gi, oh0, band_rows, f, f0, nf, p, P
     cdef const floating* col
     cdef floating* y_tile
     cdef int ldb
     # Dynamic: a tile's result does not depend on which thread computes it, and on a loaded
     # machine a thread that is descheduled for a while no longer holds up the whole call.
     for t in prange(tiles, nogil=True, schedule="dynamic", num_threads=num_threads):
-        n = (t // (s.G * bands)) * images
-        gi = (t // bands) % s.G
+        n = (t // (s.G * bands * blocks)) * images
+        gi = (t // (bands * blocks)) % s.G
         if images > 1:
             _forward_images(&x[n, gi * s.Cg, 0, 0], &w[gi * s.Fg, 0, 0, 0],
                             &b[gi * s.Fg] if has_bias else NULL, &y[n, gi * s.Fg, 0, 0],
                             &workspace[threadid(), 0], &s, min(images, s.N - n))
             continue
-        oh0 = (t % bands) * rows
+        oh0 = ((t // blocks) % bands) * rows
         band_rows = min(rows, s.OH - oh0)
+        f0 = gi * s.Fg + (t % blocks) * filters  # the tile's first filter
+        nf = min(filters, (gi + 1) * s.Fg - f0)
         P = band_rows * s.OW
-        y_tile = &y[n, gi * s.Fg, 0, 0] + oh0 * s.OW
+        y_tile = &y[n, f0, 0, 0] + oh0 * s.OW
         col = _columns(&x[n, gi * s.Cg, 0, 0], &workspace[threadid(), 0], &s, pointwise, oh0, band_rows)
         ldb = <int>HW if pointwise else <int>P
         if has_bias:
-            for f in range(s.Fg):
+            for f in range(nf):
                 for p in range(P):
-                    y_tile[f * OHW + p] = b[gi * s.Fg + f]
-        gemm(False, False, <int>s.Fg, <int>P, <int>s.K, <floating>1, &w[gi * s.Fg, 0, 0, 0], <int>s.K,
+                    y_tile[f * OHW + p] = b[f0 + f]
+        gemm(False, False, <int>nf, <int>P, <int>s.K, <floating>1, &w[f0, 0, 0, 0], <int>s.K,
              col, ldb, <floating>(1 if has_bias else 0), y_tile, <int>OHW)
 
 

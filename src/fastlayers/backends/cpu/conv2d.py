@@ -300,11 +300,33 @@ def im2col_forward(x, w, b, g, outs):
     threads = _forward_threads(x, w, b, g, y, "im2col")
     if threads is None:
         return (y,)
-    rows, images = _tiles(g, threads, x.dtype.itemsize)
+    filters = _tile_filters(g, threads)
+    # Tiles of a part of the filters need no thinner bands: tiled as for one thread.
+    rows, images = _tiles(g, threads if filters == g.Fg else 1, x.dtype.itemsize)
     size = g.K * rows * g.OW if images == 1 else (g.K + g.Fg) * images * rows * g.OW  # columns (and product)
     with scratch("columns", (threads, size), x.dtype) as workspace:
-        _im2col.conv2d_forward(contiguous(x), contiguous(w), contiguous(b), y, workspace, g, rows, images, threads)
+        _im2col.conv2d_forward(contiguous(x), contiguous(w), contiguous(b), y, workspace, g, rows, images, filters,
+                               threads)
     return (y,)
+
+
+# With fewer (image, group) planes than threads the tiles split planes. Thinner bands give every
+# thread all the weights to pack and stream for a part of the columns; where the weights outweigh
+# a plane's columns by this much (Fg >= FILTER_SPLIT_RATIO * OH * OW: many filters on small
+# planes, as ResNet's 7x7 stage at batch 1), tiles split the filters instead, each building its
+# band's columns itself (docs/performance.md).
+FILTER_SPLIT_RATIO = 4
+FILTER_SPLIT_MULTIPLE = 16  # filters a tile: whole blocks of OpenBLAS's AVX2 kernel rows
+
+
+def _tile_filters(g, threads):
+    """Filters per im2col forward tile: the group's ``Fg``, or a part of them (see
+    ``FILTER_SPLIT_RATIO``)."""
+    planes = g.N * g.groups
+    if planes >= threads or g.Fg < FILTER_SPLIT_RATIO * g.OH * g.OW:
+        return g.Fg
+    per_plane = -(-threads // planes)
+    return min(g.Fg, FILTER_SPLIT_MULTIPLE * -(-g.Fg // (per_plane * FILTER_SPLIT_MULTIPLE)))
 
 
 def direct_backward(dy, x, w, g, outs):
