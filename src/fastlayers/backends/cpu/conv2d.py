@@ -13,7 +13,7 @@ atomics, every sum in a fixed order. The direct loops do not depend on the threa
 the direct backward takes dw and db from im2col's GEMMs where their sizes fit a C int.
 The im2col forward gives every output to one gemm, whose shape depends on the thread count only
 when there are few (image, group) pairs for the threads: fewer than threads (the bands of output
-rows are then cut thinner so every thread has work), or, on small planes whose images share a
+rows, or on small planes with many filters the filters, are then cut so every thread has work), or, on small planes whose images share a
 tile, fewer than two tiles per thread (fewer images then share one); its backward sums dw and db
 per thread, then over threads in order. So im2col results change with the thread count by float
 rounding only.
