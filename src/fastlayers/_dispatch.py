@@ -230,9 +230,10 @@ def set_autotune(enabled: bool) -> None:
     _autotune = enabled
 
 
-def autotune_enabled() -> bool:
-    """Whether ``set_autotune(True)`` is in force."""
-    return _autotune
+def plan_settings() -> tuple:
+    """What a kept plan's kernel choice depends on besides the call: ``backend_settings()`` and
+    whether ``set_autotune(True)`` is in force (the functional API's replays are keyed by it)."""
+    return _backend_override.get(), _default_backend, _autotune
 
 
 def autotuned() -> dict[tuple, str]:

@@ -88,7 +88,7 @@ _NATIVE = frozenset({np.ndarray, int, float, bool, str, tuple, type(None)})
 def accepts_dlpack(fn):
     """``fn`` (a function of the functional API) taking DLPack arrays as the module docstring says;
     calls without them pass straight through."""
-    code = getattr(fn, "__wrapped__", fn).__code__  # the function's own arguments, under other wrappers
+    code = fn.__code__
     names = code.co_varnames[:code.co_argcount + code.co_kwonlyargcount]
 
     @functools.wraps(fn)

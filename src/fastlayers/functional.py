@@ -378,8 +378,8 @@ def batch_norm_backward(grad_output: Array, input: Array, running_mean: Optional
 
 
 # Every function takes DLPack arrays (fastlayers._dlpack) and replays the plans of its calls on
-# NumPy arrays (ops._spec.replays): wrapped here, in one place, so that no function of __all__
-# can miss it.
+# NumPy arrays (ops._spec.replays: outside, so that a replayed call skips the DLPack wrapper's
+# tests too): wrapped here, in one place, so that no function of __all__ can miss it.
 for _name in __all__:
-    globals()[_name] = accepts_dlpack(replays(globals()[_name]))
+    globals()[_name] = replays(accepts_dlpack(globals()[_name]))
 del _name

@@ -274,7 +274,7 @@ def replays(fn):
     def wrapper(*args, **kwargs):
         try:
             key = (len(args), *kwargs, *map(_signature, args), *map(_signature, kwargs.values()),
-                   *dispatch.backend_settings(), dispatch.autotune_enabled())
+                   *dispatch.plan_settings())
         except TypeError:
             return fn(*args, **kwargs)
         kept = plans.get(key)
