@@ -607,6 +607,11 @@ def test_auto_heuristic():
     # the winograd backward declines paddings past 2: auto does not ask it
     g = conv2d_geometry((32, 64, 28, 28), (64, 64, 3, 3), padding=3)
     assert [_auto(g, d, "x86-64-v3") for d in ("forward", "backward")] == ["winograd", "im2col"]
+    # dilated: by the phases' undilated rule (dilated-256-n4: 16 phase images of 14x14), where they tile x
+    g = conv2d_geometry((4, 256, 28, 28), (256, 256, 3, 3), padding=2, dilation=2)
+    assert [_auto(g, d, "x86-64-v3") for d in ("forward", "backward")] == ["winograd", "winograd"]
+    g = conv2d_geometry((4, 256, 27, 27), (256, 256, 3, 3), padding=2, dilation=2)
+    assert [_auto(g, d, "x86-64-v3") for d in ("forward", "backward")] == ["im2col", "im2col"]
 
 
 def _auto(g, direction, isa=None):
@@ -858,6 +863,70 @@ def test_winograd_forward_over_paddings_and_bands(dtype, pads, H, W, N, band, se
                            f"{x.shape} {pads} {band}")
 
 
+@st.composite
+def dilated_winograd_configs(draw):
+    """Dilated 3x3 kernels at stride 1 that Winograd takes through the dilation phases: planes
+    and paddings multiples of the dilation (each phase padded by 0..2, what the backward takes)."""
+    groups = draw(st.integers(1, 2))
+    C, F = groups * draw(st.integers(1, 4)), groups * draw(st.integers(1, 4))
+    dh, dw = draw(st.integers(1, 3)), draw(st.integers(2, 3))
+    ph, pw = dh * draw(st.integers(0, 2)), dw * draw(st.integers(0, 2))
+    H = dh * (max(1, 3 - 2 * ph // dh) + draw(st.integers(0, 5)))
+    W = dw * (max(1, 3 - 2 * pw // dw) + draw(st.integers(0, 9)))
+    return (draw(st.integers(1, 2)), C, H, W), (F, C // groups, 3, 3), dict(padding=(ph, pw), dilation=(dh, dw),
+                                                                            groups=groups)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(config=dilated_winograd_configs(), seed=st.integers(0, 2**32 - 1), bias=st.booleans())
+def test_dilated_winograd_matches_reference(dtype, config, seed, bias):
+    """A dilated convolution by Winograd over its dilation phases (ops.conv2d.dilation_phases):
+    forward and backward against the float64 reference, within the undilated budgets."""
+    x_shape, w_shape, params = config
+    rng = make_rng(seed)
+    x, w = _uniform(rng, x_shape, dtype), _uniform(rng, w_shape, dtype)
+    b = _uniform(rng, (w_shape[0],), dtype) if bias else None
+    g = conv2d_geometry(x_shape, w_shape, **params)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    y = fl.conv2d(x, w, b, algo="winograd", **params)
+    assert y.dtype == dtype
+    expected = ref.conv2d(x64, w64, None if b is None else b.astype(np.float64), **params)
+    _assert_winograd_close(y, expected, dtype, g.K, f"y {x_shape} {w_shape} {params}")
+    dy = _uniform(rng, g.y_shape, dtype)
+    dx, dw, db = fl.conv2d_backward(dy, x, w, algo="winograd", **params)
+    dx_ref, dw_ref, db_ref = ref.conv2d_backward(dy.astype(np.float64), x64, w64, **params)
+    _assert_winograd_close(dx, dx_ref, dtype, 9 * g.Fg, f"dx {x_shape} {w_shape} {params}")
+    _assert_conv2d_close(dw, dw_ref, dtype, terms=g.N * g.OH * g.OW, err_msg="dw")
+    _assert_conv2d_close(db, db_ref, dtype, terms=g.N * g.OH * g.OW, err_msg="db")
+    _, dw_only, _ = fl.conv2d_backward(dy, x, w, algo="winograd", input_grad=False, **params)
+    np.testing.assert_array_equal(dw_only, dw)
+
+
+def test_dilated_winograd_gradients_match_finite_differences():
+    rng = make_rng(15)
+    params = dict(padding=(2, 3), dilation=(2, 3), groups=2)
+    arrays = dict(input=rng.uniform(-1, 1, (2, 4, 6, 9)), weight=rng.uniform(-1, 1, (4, 2, 3, 3)),
+                  bias=rng.uniform(-1, 1, 4))
+
+    def f(input, weight, bias):
+        return fl.conv2d(input, weight, bias, algo="winograd", **params)
+
+    dy = rng.uniform(-1, 1, f(**arrays).shape)
+    dx, dw, db = fl.conv2d_backward(dy, arrays["input"], arrays["weight"], algo="winograd", **params)
+    for name, analytic in (("input", dx), ("weight", dw), ("bias", db)):
+        assert_grad_matches(analytic, numeric_grad(f, arrays, name, dy), err_msg=name)
+
+
+def test_winograd_declines_dilations_whose_phases_do_not_tile_the_input():
+    x, w = np.zeros((1, 2, 9, 8)), np.zeros((2, 2, 3, 3))
+    with pytest.raises(NotImplementedError, match="multiples of the dilation"):
+        fl.conv2d(x, w, padding=2, dilation=2, algo="winograd")  # 9 rows: phases of 5 and 4
+    with pytest.raises(NotImplementedError, match="multiples of the dilation"):
+        fl.conv2d(np.zeros((1, 2, 8, 8)), w, padding=1, dilation=2, algo="winograd")  # padding 1
+    assert fl.conv2d(np.zeros((1, 2, 8, 8)), w, padding=1, dilation=2).shape == (1, 2, 6, 6)  # auto: im2col
+
+
 def test_winograd_gradients_match_finite_differences():
     rng = make_rng(14)
     params = dict(padding=(2, 1), groups=2)
@@ -909,12 +978,12 @@ def test_winograd_float32_error_within_its_bound(x_shape, F):
 
 def test_winograd_takes_3x3_stride_1_and_backward_paddings_up_to_2():
     x, w = np.ones((1, 2, 6, 6)), np.ones((2, 2, 3, 3))
-    with pytest.raises(NotImplementedError, match="3x3 kernels at stride 1 and dilation 1"):
+    with pytest.raises(NotImplementedError, match="3x3 kernels at stride 1"):
         fl.conv2d(x, w, stride=2, algo="winograd")
-    with pytest.raises(NotImplementedError, match="3x3 kernels at stride 1 and dilation 1"):
+    with pytest.raises(NotImplementedError, match="3x3 kernels at stride 1"):
         fl.conv2d(x, np.ones((2, 2, 5, 5)), algo="winograd")
-    with pytest.raises(NotImplementedError, match="3x3 kernels at stride 1 and dilation 1"):
-        fl.conv2d_backward(np.ones((1, 2, 2, 2)), x, w, dilation=2, algo="winograd")
+    with pytest.raises(NotImplementedError, match="multiples of the dilation"):  # 7 rows: phases of 4 and 3
+        fl.conv2d_backward(np.ones((1, 2, 3, 3)), np.ones((1, 2, 7, 7)), w, dilation=2, algo="winograd")
     _assert_winograd_close(fl.conv2d(x, w, padding=3, algo="winograd"), ref.conv2d(x, w, padding=3), np.float64, 18,
                            "forward, padding 3")
     with pytest.raises(NotImplementedError, match="paddings of at most 2 a side"):

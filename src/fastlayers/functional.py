@@ -52,8 +52,8 @@ def conv2d(input: Array, weight: Array, bias: Optional[Array] = None, stride: In
     groups : int dividing both C and F
     padding_mode : "zeros", "reflect", "replicate" or "circular" (what the padding holds, as in
         ``torch.nn.Conv2d``; the last three pad the input on the host first)
-    algo : "auto" or a kernel of the backend: cpu "im2col" or "direct", cuda "implicit_gemm" or
-        "direct" ("auto" picks by shape)
+    algo : "auto" or a kernel of the backend: cpu "im2col", "direct", "depthwise" or "winograd",
+        cuda "implicit_gemm" or "direct" ("auto" picks by shape)
     backend : "numpy", "cpu", "cuda" or None (see ``fastlayers.set_backend``)
     out : array (N, F, OH, OW), C-contiguous, same dtype, optional
 

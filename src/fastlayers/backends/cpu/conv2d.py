@@ -1,7 +1,8 @@
 """conv2d on the CPU backend: im2col + GEMM (kernels/cpu/im2col.pyx), direct loops
 (kernels/cpu/conv2d_direct.pyx), for one input channel per group, depthwise plane loops
 (kernels/cpu/conv2d_depthwise.pyx), and for 3x3 kernels at stride 1 Winograd's F(4x4, 3x3)
-(kernels/cpu/conv2d_winograd.pyx), forward and backward. The depthwise loops give every output
+(kernels/cpu/conv2d_winograd.pyx; a dilated one as the undilated convolution of its dilation
+phases, ``ops.conv2d.dilation_phases``), forward and backward. The depthwise loops give every output
 to one task in a fixed order, and so do the Winograd forward and dx (their tasks' tiles do not
 depend on the thread count), whose dw sums a fixed number of runs of tasks in order: their
 results do not depend on the thread count. At stride 1 the depthwise plane copies (a thread's
@@ -40,7 +41,7 @@ from ..._cpu import conv2d_direct as _direct
 from ..._cpu import conv2d_winograd as _winograd
 from ..._cpu import im2col as _im2col
 from ..._dispatch import threads_for
-from ...ops.conv2d import Conv2dGeometry
+from ...ops.conv2d import Conv2dGeometry, dilation_phases
 from ._common import BLAS_INT_MAX, contiguous
 from ._common import workspace as scratch
 
@@ -174,7 +175,7 @@ DIRECT_MIN_PLANES = {"x86-64-v4": 8, "x86-64-v3": 1}  # images x groups
 DIRECT_MIN_ROWS = {"x86-64-v4": 0, "x86-64-v3": 64}  # output rows of all planes, N * groups * OH
 DIRECT_MIN_WIDTH = 16  # output columns: a vector of float32 (AVX-512), two (AVX2)
 DIRECT_FAST_ISAS = frozenset(DIRECT_MAX_TAPS)  # instruction sets where the direct forward can win
-# Winograd F(4x4, 3x3) (3x3 kernels, stride 1, dilation 1) against im2col, measured with AVX2
+# Winograd F(4x4, 3x3) (3x3 kernels, stride 1; dilated ones by their phases) against im2col, measured with AVX2
 # only (docs/performance.md): its fixed costs (the filter transform, each task's pass over the 36
 # transformed filters) scale with Cg x Fg as its savings do with tiles x Cg x Fg, so it needs a
 # number of tiles (under 128, two threads, the gains are mixed: 0.6-1.4x im2col's time); and its
@@ -187,10 +188,13 @@ WINOGRAD_FAST_ISAS = frozenset({"x86-64-v3"})  # where the rule was measured
 
 def _winograd_wins(g, direction, isa):
     """Whether "auto" takes winograd for this problem (both directions: the backward's dx is a
-    winograd forward with Cg and Fg swapped; without dx the backward is im2col's either way)."""
+    winograd forward with Cg and Fg swapped; without dx the backward is im2col's either way); a
+    dilated one by the undilated convolution of its phases (``dilation_phases``)."""
+    if (g.KH, g.KW, g.stride_h, g.stride_w) != (3, 3, 1, 1) or dilation_phases(g) is None:
+        return False
+    g = dilation_phases(g)
     tiles = g.N * -(-g.OH // 4) * -(-g.OW // 4)
-    return ((g.KH, g.KW, g.stride_h, g.stride_w, g.dilation_h, g.dilation_w) == (3, 3, 1, 1, 1, 1)
-            and isa in WINOGRAD_FAST_ISAS and tiles >= WINOGRAD_MIN_TILES and min(g.Cg, g.Fg) >= WINOGRAD_MIN_CHANNELS
+    return (isa in WINOGRAD_FAST_ISAS and tiles >= WINOGRAD_MIN_TILES and min(g.Cg, g.Fg) >= WINOGRAD_MIN_CHANNELS
             and (direction == "forward" or (g.input_grad and max(g.pad_top, g.pad_bottom, g.pad_left,
                                                                  g.pad_right) <= 2)))
 
@@ -200,7 +204,7 @@ def choose_algo(problem, isa=None):
     past a C int, direct's scratch past ``DIRECT_MAX_SCRATCH_BYTES``); otherwise, on a CPU whose
     instruction set ``isa`` (default: the running one, as the direct kernel's loader picked it)
     is in ``WINOGRAD_FAST_ISAS``, "winograd" forward and backward (with dx) for 3x3 kernels at
-    stride 1 and dilation 1 with at least ``WINOGRAD_MIN_TILES`` 4x4 output tiles and
+    stride 1 (dilated ones by their phases' undilated geometry, ``dilation_phases``) with at least ``WINOGRAD_MIN_TILES`` 4x4 output tiles and
     ``WINOGRAD_MIN_CHANNELS`` input and output channels per group (backward: paddings up to 2);
     else, for the forward on one in ``DIRECT_FAST_ISAS``, "direct" for kernels larger than 1x1
     with at most ``DIRECT_MAX_TAPS[isa]`` taps per output (C/groups * KH * KW), at least
@@ -525,8 +529,41 @@ def _winograd_run(x, w, b, g, y, threads):
         _winograd.conv2d_forward(contiguous(x), _winograd_filters(w, g), contiguous(b), y, work, g, rows, threads)
 
 
+def _phase_split(a, dh, dw, out):
+    """a (N, C, H, W) -> out (N * dh * dw, C, H / dh, W / dw): each image's dilation phases
+    (rows r mod dh, columns s mod dw) as images (r, s) of it; a phase at a time, as one strided
+    copy of all of them runs several times slower."""
+    N, C, H, W = a.shape
+    a6, o6 = a.reshape(N, C, H // dh, dh, W // dw, dw), out.reshape(N, dh, dw, C, H // dh, W // dw)
+    for r in range(dh):
+        for s in range(dw):
+            o6[:, r, s] = a6[:, :, :, r, :, s]
+    return out
+
+
+def _phase_merge(phases, dh, dw, out):
+    """The inverse of ``_phase_split``: phases (N * dh * dw, C, H / dh, W / dw) -> out (N, C, H, W)."""
+    N, C, H, W = out.shape
+    p6, o6 = phases.reshape(N, dh, dw, C, H // dh, W // dw), out.reshape(N, C, H // dh, dh, W // dw, dw)
+    for r in range(dh):
+        for s in range(dw):
+            o6[:, :, :, r, :, s] = p6[:, r, s]
+    return out
+
+
+def _phased_winograd_forward(x, w, b, g, y):
+    """A dilated forward as the undilated Winograd forward of its phase batch."""
+    pg, dh, dw = dilation_phases(g), g.dilation_h, g.dilation_w
+    with scratch("phases in", pg.x_shape, x.dtype) as xs, scratch("phases out", pg.y_shape, x.dtype) as ys:
+        winograd_forward(_phase_split(x, dh, dw, xs), w, b, pg, (ys,))
+        _phase_merge(ys, dh, dw, y)
+    return (y,)
+
+
 def winograd_forward(x, w, b, g, outs):
     (y,) = outs
+    if (g.dilation_h, g.dilation_w) != (1, 1):
+        return _phased_winograd_forward(x, w, b, g, y)
     if not _finite(x, w):  # a tile's transforms spread a NaN or an infinity to all its outputs
         return im2col_forward(x, w, b, g, outs)
     threads = _forward_threads(x, w, b, g, y, "winograd")
@@ -576,10 +613,26 @@ def _winograd_weight_grad(dy, x, g, dw, db, threads):
     db[...] = dy.sum(axis=(0, 2, 3), dtype=np.float64)
 
 
+def _phased_winograd_backward(dy, x, w, g, outs):
+    """A dilated backward as the undilated Winograd backward of its phase batch: dx's phases are
+    the phase batch's dx, dw and db its sums over all phases, which hold every output once."""
+    dx, dw, db = outs
+    pg, dh, dwl = dilation_phases(g), g.dilation_h, g.dilation_w
+    with scratch("phases in", pg.x_shape, x.dtype) as xs, scratch("phases out", pg.y_shape, x.dtype) as dys, \
+            scratch("phases grad", pg.x_shape if dx is not None else (0,), x.dtype) as dxs:
+        winograd_backward(_phase_split(dy, dh, dwl, dys), _phase_split(x, dh, dwl, xs), w, pg,
+                          (dxs if dx is not None else None, dw, db))
+        if dx is not None:
+            _phase_merge(dxs, dh, dwl, dx)
+    return outs
+
+
 def winograd_backward(dy, x, w, g, outs):
     dx, dw, db = outs
     if _degenerate(x, w):
         return _degenerate_backward(dy, outs)
+    if (g.dilation_h, g.dilation_w) != (1, 1):
+        return _phased_winograd_backward(dy, x, w, g, outs)
     if not _finite(w, dy):  # as in winograd_forward: the reference's NaNs need im2col's products
         return im2col_backward(dy, x, w, g, outs)
     dyc = contiguous(dy)
