@@ -138,6 +138,24 @@ def test_wide_rows_match_reference(algo, dtype, config, seed):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(KH=st.integers(1, 5), KW=st.integers(1, 5), DH=st.integers(1, 3), H=st.integers(1, 10),
+       W=st.integers(1, 20), N=st.integers(1, 2), groups=st.integers(1, 2), seed=st.integers(0, 2**32 - 1))
+def test_im2col_runs_of_same_width_rows(dtype, KH, KW, DH, H, W, N, groups, seed):
+    """Stride 1 with as many output columns as input ones ("same" padding, even kernels padded
+    more on the right): im2col copies each tap's rows as one run and zeroes the padding columns
+    after (kernels/cpu/im2col.pyx _im2col_runs); forward and backward against the reference."""
+    params = dict(padding="same", dilation=(DH, 1), groups=groups)
+    x_shape, w_shape = (N, 2 * groups, H, W), (3 * groups, 2, KH, KW)
+    g = conv2d_geometry(x_shape, w_shape, **params)
+    assert g.OW == g.W
+    rng = make_rng(seed)
+    x, w, b = _uniform(rng, x_shape, dtype), _uniform(rng, w_shape, dtype), _uniform(rng, (w_shape[0],), dtype)
+    dy = _uniform(rng, g.y_shape, dtype)
+    _check_against_reference(x, w, b, dy, params, "im2col", dtype, f"{x_shape} {w_shape} {params}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @settings(max_examples=40, deadline=None)
 @given(G=st.integers(1, 3), O=st.integers(1, 20), K=st.integers(1, 30), transposed=st.booleans(),
        seed=st.integers(0, 2**32 - 1))
