@@ -796,6 +796,20 @@ def winograd_configs(draw):
     return (draw(st.integers(1, 3)), C, H, W), (F, C // groups, 3, 3), dict(padding=padding, groups=groups)
 
 
+@st.composite
+def dilated_winograd_configs(draw):
+    """Dilated 3x3 kernels at stride 1 that Winograd takes through the dilation phases: planes
+    and paddings multiples of the dilation (each phase padded by 0..2, what the backward takes)."""
+    groups = draw(st.integers(1, 2))
+    C, F = groups * draw(st.integers(1, 4)), groups * draw(st.integers(1, 4))
+    dh, dw = draw(st.integers(1, 3)), draw(st.integers(2, 3))
+    ph, pw = dh * draw(st.integers(0, 2)), dw * draw(st.integers(0, 2))
+    H = dh * (max(1, 3 - 2 * ph // dh) + draw(st.integers(0, 5)))
+    W = dw * (max(1, 3 - 2 * pw // dw) + draw(st.integers(0, 9)))
+    return (draw(st.integers(1, 2)), C, H, W), (F, C // groups, 3, 3), dict(padding=(ph, pw), dilation=(dh, dw),
+                                                                            groups=groups)
+
+
 def _assert_winograd_close(actual, expected, dtype, K, err_msg):
     """Elementwise budget of a Winograd result summing K products: that of a direct sum of K + 1
     terms times 9 for the transforms' growth (B^T's rows sum to 10 in magnitude, A^T's to 19, but
@@ -806,10 +820,12 @@ def _assert_winograd_close(actual, expected, dtype, K, err_msg):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(config=winograd_configs(), seed=st.integers(0, 2**32 - 1), layout=st.sampled_from(["C", "F", "strided"]),
-       bias=st.booleans())
+@given(config=st.one_of(winograd_configs(), dilated_winograd_configs()), seed=st.integers(0, 2**32 - 1),
+       layout=st.sampled_from(["C", "F", "strided"]), bias=st.booleans())
 def test_winograd_matches_reference(dtype, config, seed, layout, bias):
-    """Forward and backward (dx and dw by Winograd) against the float64 reference."""
+    """Forward and backward (dx and dw by Winograd) against the float64 reference; dilated
+    convolutions by their dilation phases (ops.conv2d.dilation_phases), within the undilated
+    budgets."""
     x_shape, w_shape, params = config
     rng = make_rng(seed)
     x, w = _uniform(rng, x_shape, dtype, layout), _uniform(rng, w_shape, dtype, layout)
@@ -829,6 +845,8 @@ def test_winograd_matches_reference(dtype, config, seed, layout, bias):
     # worst error measured 0.35 of a direct sum's budget
     _assert_conv2d_close(dw, dw_ref, dtype, terms=g.N * g.OH * g.OW, err_msg="dw")
     _assert_conv2d_close(db, db_ref, dtype, terms=g.N * g.OH * g.OW, err_msg="db")
+    _, dw_only, _ = fl.conv2d_backward(dy, x, w, algo="winograd", input_grad=False, **params)
+    np.testing.assert_array_equal(dw_only, dw)
 
 
 @pytest.mark.parametrize("pads", [(0, 2, 1, 0), (2, 0, 0, 2), (1, 2, 2, 1)])
@@ -881,61 +899,6 @@ def test_winograd_forward_over_paddings_and_bands(dtype, pads, H, W, N, band, se
                            f"{x.shape} {pads} {band}")
 
 
-@st.composite
-def dilated_winograd_configs(draw):
-    """Dilated 3x3 kernels at stride 1 that Winograd takes through the dilation phases: planes
-    and paddings multiples of the dilation (each phase padded by 0..2, what the backward takes)."""
-    groups = draw(st.integers(1, 2))
-    C, F = groups * draw(st.integers(1, 4)), groups * draw(st.integers(1, 4))
-    dh, dw = draw(st.integers(1, 3)), draw(st.integers(2, 3))
-    ph, pw = dh * draw(st.integers(0, 2)), dw * draw(st.integers(0, 2))
-    H = dh * (max(1, 3 - 2 * ph // dh) + draw(st.integers(0, 5)))
-    W = dw * (max(1, 3 - 2 * pw // dw) + draw(st.integers(0, 9)))
-    return (draw(st.integers(1, 2)), C, H, W), (F, C // groups, 3, 3), dict(padding=(ph, pw), dilation=(dh, dw),
-                                                                            groups=groups)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(config=dilated_winograd_configs(), seed=st.integers(0, 2**32 - 1), bias=st.booleans())
-def test_dilated_winograd_matches_reference(dtype, config, seed, bias):
-    """A dilated convolution by Winograd over its dilation phases (ops.conv2d.dilation_phases):
-    forward and backward against the float64 reference, within the undilated budgets."""
-    x_shape, w_shape, params = config
-    rng = make_rng(seed)
-    x, w = _uniform(rng, x_shape, dtype), _uniform(rng, w_shape, dtype)
-    b = _uniform(rng, (w_shape[0],), dtype) if bias else None
-    g = conv2d_geometry(x_shape, w_shape, **params)
-    x64, w64 = x.astype(np.float64), w.astype(np.float64)
-    y = fl.conv2d(x, w, b, algo="winograd", **params)
-    assert y.dtype == dtype
-    expected = ref.conv2d(x64, w64, None if b is None else b.astype(np.float64), **params)
-    _assert_winograd_close(y, expected, dtype, g.K, f"y {x_shape} {w_shape} {params}")
-    dy = _uniform(rng, g.y_shape, dtype)
-    dx, dw, db = fl.conv2d_backward(dy, x, w, algo="winograd", **params)
-    dx_ref, dw_ref, db_ref = ref.conv2d_backward(dy.astype(np.float64), x64, w64, **params)
-    _assert_winograd_close(dx, dx_ref, dtype, 9 * g.Fg, f"dx {x_shape} {w_shape} {params}")
-    _assert_conv2d_close(dw, dw_ref, dtype, terms=g.N * g.OH * g.OW, err_msg="dw")
-    _assert_conv2d_close(db, db_ref, dtype, terms=g.N * g.OH * g.OW, err_msg="db")
-    _, dw_only, _ = fl.conv2d_backward(dy, x, w, algo="winograd", input_grad=False, **params)
-    np.testing.assert_array_equal(dw_only, dw)
-
-
-def test_dilated_winograd_gradients_match_finite_differences():
-    rng = make_rng(15)
-    params = dict(padding=(2, 3), dilation=(2, 3), groups=2)
-    arrays = dict(input=rng.uniform(-1, 1, (2, 4, 6, 9)), weight=rng.uniform(-1, 1, (4, 2, 3, 3)),
-                  bias=rng.uniform(-1, 1, 4))
-
-    def f(input, weight, bias):
-        return fl.conv2d(input, weight, bias, algo="winograd", **params)
-
-    dy = rng.uniform(-1, 1, f(**arrays).shape)
-    dx, dw, db = fl.conv2d_backward(dy, arrays["input"], arrays["weight"], algo="winograd", **params)
-    for name, analytic in (("input", dx), ("weight", dw), ("bias", db)):
-        assert_grad_matches(analytic, numeric_grad(f, arrays, name, dy), err_msg=name)
-
-
 def test_winograd_declines_dilations_whose_phases_do_not_tile_the_input():
     x, w = np.zeros((1, 2, 9, 8)), np.zeros((2, 2, 3, 3))
     with pytest.raises(NotImplementedError, match="multiples of the dilation"):
@@ -945,10 +908,13 @@ def test_winograd_declines_dilations_whose_phases_do_not_tile_the_input():
     assert fl.conv2d(np.zeros((1, 2, 8, 8)), w, padding=1, dilation=2).shape == (1, 2, 6, 6)  # auto: im2col
 
 
-def test_winograd_gradients_match_finite_differences():
+@pytest.mark.parametrize("x_shape, params", [
+    ((2, 4, 6, 5), dict(padding=(2, 1), groups=2)),
+    ((2, 4, 6, 9), dict(padding=(2, 3), dilation=(2, 3), groups=2)),  # by the dilation phases
+])
+def test_winograd_gradients_match_finite_differences(x_shape, params):
     rng = make_rng(14)
-    params = dict(padding=(2, 1), groups=2)
-    arrays = dict(input=rng.uniform(-1, 1, (2, 4, 6, 5)), weight=rng.uniform(-1, 1, (4, 2, 3, 3)),
+    arrays = dict(input=rng.uniform(-1, 1, x_shape), weight=rng.uniform(-1, 1, (4, 2, 3, 3)),
                   bias=rng.uniform(-1, 1, 4))
 
     def f(input, weight, bias):
