@@ -134,6 +134,22 @@ FL_PHASE_ROWS(double)
             for (ptrdiff_t b = 0; b < OW; b += BYTES / sizeof(T)) {                           \
                 FL_POOL_BLOCK(T, I, BYTES, INDEXED)                                           \
                 ptrdiff_t n = OW - b < LANES ? OW - b : LANES;                                \
+                /* A whole block where a cell won in every window (all but windows wholly in \
+                 * the padding): stored as vectors, the indices widened lane by lane in one   \
+                 * loop the compiler vectorises (a store and a branch per output cost more    \
+                 * than the window's taps). */                                               \
+                int whole = n == LANES;                                                       \
+                for (int l = 0; INDEXED && whole && l < LANES; l++)                            \
+                    whole = t[l] >= 0;                                                        \
+                if (whole) {                                                                  \
+                    memcpy(y_row + b, &m, sizeof m);                                          \
+                    if (INDEXED) {                                                            \
+                        int64_t *ix = indices + oh * OW + b, base = window + (int64_t)b * SW; \
+                        for (int l = 0; l < LANES; l++)                                       \
+                            ix[l] = base + (int64_t)l * SW + (int64_t)t[l];                   \
+                    }                                                                         \
+                    continue;                                                                 \
+                }                                                                             \
                 for (ptrdiff_t l = 0; l < n; l++) {                                           \
                     y_row[b + l] = m[l];                                                      \
                     if (INDEXED) {                                                            \
