@@ -121,3 +121,26 @@ def test_arguments_without_a_signature_take_the_full_path():
     for _ in range(2):
         np.testing.assert_array_equal(fl.conv2d(x, w, padding=[1, 1]), want)  # a list: unhashable
         np.testing.assert_array_equal(fl.conv2d(x, w, padding=np.int64(1)), want)  # a NumPy scalar
+
+
+def test_replay_takes_tuples_of_buffers_with_gaps():
+    rng = np.random.default_rng(7)
+    x, w = rng.standard_normal((2, 3, 6, 6)), rng.standard_normal((4, 3, 3, 3))
+    dy = rng.standard_normal((2, 4, 4, 4))
+    for _ in range(2):  # the first keeps the plan, the second replays it
+        dw, db = np.empty_like(w), np.empty(4)
+        dx, got_dw, got_db = fl.conv2d_backward(dy, x, w, out=(None, dw, db))
+        assert got_dw is dw and got_db is db
+        forget = fl.conv2d_backward(dy, x, w)
+        np.testing.assert_array_equal(dx, forget[0])
+        np.testing.assert_array_equal(dw, forget[1])
+    read_only = np.empty(4)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match=r"out\[2\] must be writeable"):
+        fl.conv2d_backward(dy, x, w, out=(None, np.empty_like(w), read_only))
+    for _ in range(2):  # one buffer for the first of two outputs
+        y = np.empty((2, 3, 3, 3))
+        got, indices = fl.max_pool2d(x, 2, return_indices=True, out=y)
+        assert got is y and indices.shape == y.shape
+    with pytest.raises(ValueError, match=r"out\[0\] must not share memory with input"):
+        fl.max_pool2d(x, 2, return_indices=True, out=x.reshape(-1)[:54].reshape(2, 3, 3, 3))

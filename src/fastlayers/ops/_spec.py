@@ -104,12 +104,7 @@ def check_outs(problem, out, single):
     checked (shape, dtype, contiguity, no overlap with the inputs or the other outputs). GPU
     buffers are the cuda backend's to check. ``single``: ``out`` may be one buffer for the first
     output (the others then allocated)."""
-    return _checked_outs(problem.outputs, problem.arrays, out, single, problem.on_gpu)
-
-
-def _checked_outs(outputs, arrays, out, single, on_gpu=False):
-    """``check_outs`` of a problem's ``outputs`` and ``arrays`` (name -> array)."""
-    count = len(outputs)
+    count = len(problem.outputs)
     if out is None:
         return (None,) * count
     if count == 1 or (single and not isinstance(out, (tuple, list))):
@@ -117,13 +112,13 @@ def _checked_outs(outputs, arrays, out, single, on_gpu=False):
     if not isinstance(out, (tuple, list)) or len(out) != count:
         raise TypeError(f"out must be a tuple of {count} arrays (or None), got {type(out).__name__}")
     name = (lambda i: "out") if count == 1 else (lambda i: f"out[{i}]")
-    for i, (o, (output, shape, _)) in enumerate(zip(out, outputs)):
+    for i, (o, (output, shape, _)) in enumerate(zip(out, problem.outputs)):
         if shape is None and o is not None:
             raise ValueError(f"{name(i)} must be None: {output} is not computed by this call")
-    if on_gpu:
+    if problem.on_gpu:
         return tuple(out)
-    others = dict(arrays)
-    for i, (o, (_, shape, dtype)) in enumerate(zip(out, outputs)):
+    others = dict(problem.arrays)
+    for i, (o, (_, shape, dtype)) in enumerate(zip(out, problem.outputs)):
         if o is not None:
             check_out(name(i), o, shape, dtype)
             check_no_alias(name(i), o, others)
@@ -183,7 +178,7 @@ def run(spec, problem, backend, algo, out, single_out=True):
     """Run ``problem`` of ``spec`` on the kernel the dispatch picks; return what the function returns."""
     outs = check_outs(problem, out, single_out)
     p = plan(spec, problem, backend, algo)
-    _last_run.made = (problem, p, single_out)
+    _last_run.made = (problem, p)
     return p.finish(p.call(problem.arrays.values(), p.to_kernel_out(outs)), outs)
 
 
@@ -216,18 +211,31 @@ class _Replay:
     signatures: ``pick`` takes the kernel's arrays from the call's argument values (positional,
     then keyword, then None for the arrays that are None)."""
 
-    __slots__ = ("plan", "pick", "names", "outputs", "single")
+    __slots__ = ("plan", "pick", "names", "out_names", "count")
 
-    def __init__(self, problem, p, single, positions):
-        self.plan, self.single = p, single
-        self.names, self.outputs = tuple(problem.arrays), problem.outputs
+    def __init__(self, problem, p, positions):
+        self.plan, self.names, self.count = p, tuple(problem.arrays), len(problem.outputs)
+        self.out_names = ("out",) if self.count == 1 else tuple(f"out[{i}]" for i in range(self.count))
         getter = operator.itemgetter(*(-1 if i is None else i for i in positions))
         self.pick = getter if len(positions) > 1 else (lambda values: (getter(values),))
 
+    def _outs(self, out, arrays):
+        """The caller's buffers as the first call's ``check_outs`` laid them out. Their shapes,
+        dtypes, strides and which are None are the key's: what is left to check is that each
+        is writeable and overlaps no input and no other buffer."""
+        outs = out if type(out) is tuple else (out,) + (None,) * (self.count - 1)
+        others = dict(zip(self.names, arrays))
+        for name, o in zip(self.out_names, outs):
+            if o is not None:
+                if not o.flags.writeable:
+                    raise ValueError(f"{name} must be writeable")
+                check_no_alias(name, o, others)
+                others[name] = o
+        return outs
+
     def __call__(self, values, out):
         arrays = self.pick(values)
-        outs = (None,) * len(self.outputs) if out is None else _checked_outs(
-            self.outputs, zip(self.names, arrays), out, self.single)
+        outs = (None,) * self.count if out is None else self._outs(out, arrays)
         p = self.plan
         return p.finish(p.call(arrays, p.to_kernel_out(outs)), outs)
 
@@ -289,7 +297,7 @@ def replays(fn):
             if positions is not None:
                 if len(plans) >= MAX_REPLAYS:
                     plans.clear()
-                plans[key] = _Replay(made[0], made[1], made[2], positions)
+                plans[key] = _Replay(made[0], made[1], positions)
         return result
 
     return wrapper
