@@ -372,8 +372,10 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
 
 cdef void _weight_grad_plane(const floating* dy, const floating* x, floating* dw_group, floating* db_group,
                              floating* col_tile, const Conv2dShape* s, Py_ssize_t rows) noexcept nogil:
-    """dw_group (Fg x K) += one (image, group) plane's products, band by band of ``rows`` output
-    rows (its columns built in col_tile), and db_group (Fg) += the plane's dy sums."""
+    """dw_group (Fg x K) = one (image, group) plane's products, band by band of ``rows`` output
+    rows (its columns built in col_tile; the first band's product overwrites dw_group, so it
+    needs no zeroing, which on a large weight costs a pass over it), and db_group (Fg) += the
+    plane's dy sums."""
     cdef Py_ssize_t OHW = s.OH * s.OW, band, oh0, band_rows, P, f
     cdef bint pointwise = _is_pointwise(s)
     cdef const floating* col
@@ -383,7 +385,7 @@ cdef void _weight_grad_plane(const floating* dy, const floating* x, floating* dw
         P = band_rows * s.OW
         col = _columns(x, col_tile, s, pointwise, oh0, band_rows)
         gemm(False, True, <int>s.Fg, <int>s.K, <int>P, <floating>1, dy + oh0 * s.OW, <int>OHW,
-             col, <int>(s.H * s.W if pointwise else P), <floating>1, dw_group, <int>s.K)
+             col, <int>(s.H * s.W if pointwise else P), <floating>(1 if band > 0 else 0), dw_group, <int>s.K)
     for f in range(s.Fg):
         db_group[f] += lane_sum(dy + f * OHW, OHW)
 
@@ -419,7 +421,8 @@ def conv2d_backward_small_batch(const floating[:, :, :, ::1] dy, const floating[
                                 Py_ssize_t channels, int num_threads):
     """dx, and per-image partial sums of dw and db, for batches with fewer (image, group) planes
     than threads. Tasks: first each plane's dw and db (into its image's row of
-    ``dw_partial``/``db_partial``, zeroed by the caller, which sums the rows in order), then
+    ``dw_partial``/``db_partial``, which the caller sums in order: dw written, db added into
+    rows it zeroed), then
     each plane's blocks of ``channels`` input channels, whose slice of dx a task owns; taken
     dynamically, so the dx blocks fill the threads around the longer dw tasks. ``workspace`` is
     (num_threads, K * rows * OW). Every task's gemms depend on ``rows`` and ``channels`` only:

@@ -433,8 +433,7 @@ def _small_batch_backward(dy, x, w, g, outs, threads):
             scratch("db", (partials, g.F), x.dtype) as db_partial:
         if g.N == 1:  # the one image's partial sums are the result
             dw_partial, db_partial = dw.reshape(1, -1), db.reshape(1, -1)
-        dw_partial[...] = 0
-        db_partial[...] = 0
+        db_partial[...] = 0  # dw_partial: every plane's part is written (its first band's gemm)
         _im2col.conv2d_backward_small_batch(contiguous(dy), contiguous(x), contiguous(w), dx, dw_partial,
                                             db_partial, workspace, g, rows, channels, threads)
         if g.N > 1:
