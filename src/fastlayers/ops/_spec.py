@@ -242,8 +242,8 @@ class _Replay:
 
 def _positions(problem, values):
     """Where each of ``problem``'s arrays is among the call's argument ``values`` (None for an
-    array that is None); None when one
-    is not an argument itself (a padded, reshaped or zero-filled array: the call is not replayed)."""
+    array that is None); None when one is not an argument itself (a padded, reshaped or
+    zero-filled array: the call is not replayed) or is given as several."""
     positions = []
     for a in problem.arrays.values():
         if a is None:
@@ -271,9 +271,9 @@ def replays(fn):
     NumPy arrays of one signature (their shapes, dtypes and strides, and the other arguments'
     values) is validated in full and its plan (``Plan``: the kernel chosen, the geometry) kept;
     a later call of the same signature under the same backend settings runs that plan on its
-    arrays after checking only its ``out=`` buffers (contiguity, dtype, overlap with the
-    inputs), since nothing else that validation depends on can differ. That cuts a small
-    call's cost from tens of microseconds to a few."""
+    arrays after checking only that its ``out=`` buffers are writeable and overlap nothing,
+    since nothing else that validation depends on can differ. That cuts a small call's cost
+    by about two thirds (docs/performance.md)."""
     plans = {}
     _replays.append(plans)
     dispatch = module("fastlayers._dispatch")
