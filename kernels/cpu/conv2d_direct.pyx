@@ -54,7 +54,8 @@ def pack_filters(const floating[:, :, :] w, floating[:, :, :, ::1] packed):
     cdef Py_ssize_t gi, blk, k, i, f
     cdef Py_ssize_t fb = FL_FB
     if packed.shape[0] != G or packed.shape[1] != blocks or packed.shape[2] != K or packed.shape[3] != fb:
-        raise ValueError(f"packed must have shape {(G, blocks, K, fb)}, got {(packed.shape[0], packed.shape[1], packed.shape[2], packed.shape[3])}")
+        raise ValueError(f"packed must have shape {(G, blocks, K, fb)}, got "
+                         f"{(packed.shape[0], packed.shape[1], packed.shape[2], packed.shape[3])}")
     with nogil:
         # A block (K x FILTER_BLOCK) stays in L1 while its filters are read along their rows.
         for gi in range(G):

@@ -14,8 +14,9 @@ atomics, every sum in a fixed order. The direct loops do not depend on the threa
 the direct backward takes dw and db from im2col's GEMMs where their sizes fit a C int.
 The im2col forward gives every output to one gemm, whose shape depends on the thread count only
 when there are few (image, group) pairs for the threads: fewer than threads (the bands of output
-rows, or on small planes with many filters the filters, are then cut so every thread has work), or, on small planes whose images share a
-tile, fewer than two tiles per thread (fewer images then share one); its backward sums dw and db
+rows, or on small planes with many filters the filters, are then cut so every thread has work),
+or, on small planes whose images share a tile, fewer than two tiles per thread (fewer images then
+share one); its backward sums dw and db
 per thread, then over threads in order. So im2col results change with the thread count by float
 rounding only.
 
@@ -175,8 +176,8 @@ DIRECT_MIN_PLANES = {"x86-64-v4": 8, "x86-64-v3": 1}  # images x groups
 DIRECT_MIN_ROWS = {"x86-64-v4": 0, "x86-64-v3": 64}  # output rows of all planes, N * groups * OH
 DIRECT_MIN_WIDTH = 16  # output columns: a vector of float32 (AVX-512), two (AVX2)
 DIRECT_FAST_ISAS = frozenset(DIRECT_MAX_TAPS)  # instruction sets where the direct forward can win
-# Winograd F(4x4, 3x3) (3x3 kernels, stride 1; dilated ones by their phases) against im2col, measured with AVX2
-# only (docs/performance.md): its fixed costs (the filter transform, each task's pass over the 36
+# Winograd F(4x4, 3x3) (3x3 kernels, stride 1; dilated ones by their phases) against im2col,
+# measured with AVX2 only (docs/performance.md): its fixed costs (the filter transform, each task's pass over the 36
 # transformed filters) scale with Cg x Fg as its savings do with tiles x Cg x Fg, so it needs a
 # number of tiles (under 128, two threads, the gains are mixed: 0.6-1.4x im2col's time); and its
 # transforms (per input and output element) must be spread over enough channels: with 16 a
@@ -204,8 +205,9 @@ def choose_algo(problem, isa=None):
     past a C int, direct's scratch past ``DIRECT_MAX_SCRATCH_BYTES``); otherwise, on a CPU whose
     instruction set ``isa`` (default: the running one, as the direct kernel's loader picked it)
     is in ``WINOGRAD_FAST_ISAS``, "winograd" forward and backward (with dx) for 3x3 kernels at
-    stride 1 (dilated ones by their phases' undilated geometry, ``dilation_phases``) with at least ``WINOGRAD_MIN_TILES`` 4x4 output tiles and
-    ``WINOGRAD_MIN_CHANNELS`` input and output channels per group (backward: paddings up to 2);
+    stride 1 (dilated ones by their phases' undilated geometry, ``dilation_phases``) with at
+    least ``WINOGRAD_MIN_TILES`` 4x4 output tiles and ``WINOGRAD_MIN_CHANNELS`` input and output
+    channels per group (backward: paddings up to 2);
     else, for the forward on one in ``DIRECT_FAST_ISAS``, "direct" for kernels larger than 1x1
     with at most ``DIRECT_MAX_TAPS[isa]`` taps per output (C/groups * KH * KW), at least
     ``DIRECT_MIN_FLOPS`` FLOP, ``DIRECT_MIN_PLANES[isa]`` (image, group) planes,
@@ -289,8 +291,7 @@ def direct_forward(x, w, b, g, outs):
     bias = contiguous(b) if b is not None else np.zeros(g.F, dtype=x.dtype)
     packed_b = _pack_filters(bias.reshape(g.groups, g.Fg, 1))
     band, nbytes = _direct_band(g, False, x.dtype, threads)
-    # The packed weights in a workspace too: a fresh array of a few hundred KiB is mapped and
-    # faulted in anew at every call, which costs as much as packing it.
+    # The packed weights in a workspace, as the other scratch: no allocation per call.
     with scratch("packed filters", _packed_shape(g.groups, g.Fg, g.K), x.dtype) as packed_w, \
             scratch("direct", (threads, nbytes), np.uint8) as work:
         _pack_filters(contiguous(w).reshape(g.groups, g.Fg, -1), packed_w)
