@@ -3,9 +3,11 @@
 # validated by fastlayers.backends.cpu.lstm and .gru; the caller keeps BLAS single-threaded. G*H is
 # the width of the gate blocks (4H for the LSTM, 3H for the GRU), gates in PyTorch's order.
 #
-# Parallel plan: one OpenMP team per call. The input projection x @ Wx of every step is one
-# product split by row blocks of the T*N rows. After one barrier the forward's recurrence (a
-# step's h @ Wh, then the gates fused on what it has just computed, in gated_cells.h) runs either
+# Parallel plan: one OpenMP team per call. On packed weights (float32) the forward computes each
+# step's input projection x[t] @ Wx with its h @ Wh, into rows that stay in cache for the cell;
+# otherwise the projection of every step is one product split by row blocks of the T*N rows,
+# and a barrier follows. The forward's recurrence (a step's products, then the gates fused on
+# what they have just computed, in gated_cells.h) runs either
 # by hidden units, when Wh is packed (float32) and the team's CPUs are free (by_units): each
 # thread computes its units' columns of all gates for the whole batch and their cells, and the
 # team meets once per step; or (rnn.pyx's
@@ -213,6 +215,18 @@ cdef const float* _packed(const float[::1] packed, Py_ssize_t K, Py_ssize_t G, P
     return &packed[0]
 
 
+cdef int _check_forward(const float* packed_x, const float* packed, Py_ssize_t a_rows, Py_ssize_t TN, Py_ssize_t N,
+                        bint keep) except -1:
+    """Packed weights come both or neither, and the pre-activations a hold the rows the forward
+    writes (_forward: T*N, or the step's N on packed weights unless ``keep``)."""
+    cdef Py_ssize_t needed = TN if keep or packed_x == NULL else N
+    if (packed_x == NULL) != (packed == NULL):
+        raise ValueError("packed_x and packed are given together or not at all")
+    if a_rows < needed:
+        raise ValueError(f"a has {a_rows} rows, this forward writes {needed}")
+    return 0
+
+
 cdef const floating* _transposed(const floating[:, ::1] WhT, const float* packed) except? NULL:
     """The pointer of the backward's Wh^T (NULL for None), which must be given when its packed
     copy is not."""
@@ -223,19 +237,20 @@ cdef const floating* _transposed(const floating[:, ::1] WhT, const float* packed
     return &WhT[0, 0]
 
 
-cdef inline void _gate_columns_product(const floating* h, Py_ssize_t H, const float* packed, bint avx512,
-                                       floating* u, Py_ssize_t ldu, Py_ssize_t rows, Py_ssize_t G, Py_ssize_t j0,
-                                       Py_ssize_t j1) noexcept nogil:
-    """Columns g*H + [j0, j1) of u (rows x G) = h @ Wh for every gate block g, Wh packed gate by
-    gate (each block in whole panels, see _packed's ``blocks``); j0 a multiple of FL_PANEL."""
+cdef inline void _gate_columns_product(const floating* h, Py_ssize_t K, const float* packed, bint avx512,
+                                       floating* u, Py_ssize_t ldu, Py_ssize_t rows, Py_ssize_t G, Py_ssize_t H,
+                                       Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
+    """Columns g*H + [j0, j1) of u (rows x G) = h (rows x K) @ W for every gate block g, W (K x G)
+    packed gate by gate (each block in whole panels, see _packed's ``blocks``); j0 a multiple of
+    FL_PANEL."""
     cdef Py_ssize_t g, panels = (H + FL_PANEL - 1) // FL_PANEL
     if floating is float:
         for g in range(G // H):
             if avx512:
-                packed_gemm_f32(h, H, packed + (g * panels + j0 // FL_PANEL) * H * FL_PANEL, H, u + g * H + j0, ldu,
+                packed_gemm_f32(h, K, packed + (g * panels + j0 // FL_PANEL) * K * FL_PANEL, K, u + g * H + j0, ldu,
                                 rows, j1 - j0, 0)
             else:
-                packed_gemm_avx2_f32(h, H, packed + (g * panels + j0 // FL_PANEL) * H * FL_PANEL, H,
+                packed_gemm_avx2_f32(h, K, packed + (g * panels + j0 // FL_PANEL) * K * FL_PANEL, K,
                                      u + g * H + j0, ldu, rows, j1 - j0, 0)
 
 
@@ -244,13 +259,16 @@ cdef void _forward(const floating* x, const floating* Wx, const floating* Wh, co
                    Py_ssize_t TN, Py_ssize_t N, Py_ssize_t D, Py_ssize_t H, Py_ssize_t G, Py_ssize_t ldw,
                    Py_ssize_t lda, Py_ssize_t ldu, int keep, const float* packed_x, const float* packed,
                    bint avx512, bint by_units, int num_threads) noexcept nogil:
-    """The LSTM forward (c0 and cs given) or the GRU's (c0 = cs = NULL, bh given): a = x @ Wx
-    for every step, then per step u = h_prev @ Wh (beta = 0: a buffer that stays in cache;
-    accumulating into a instead reads it back from memory at every step) and the cell, which
-    overwrites a's rows with the gates when ``keep``. Wx, Wh, a and u have rows ldw, lda,
-    ldu >= G apart (see fastlayers.backends.cpu._gated; lda >= 4H when keep); ``packed_x``:
-    Wx packed for packed_gemm.h (float32), or NULL; ``packed``: Wh packed gate by gate, or NULL;
-    ``avx512``: their blocking.
+    """The LSTM forward (c0 and cs given) or the GRU's (c0 = cs = NULL, bh given): per step
+    a = x[t] @ Wx, u = h_prev @ Wh (beta = 0: a buffer that stays in cache; accumulating into a
+    instead reads it back from memory at every step) and the cell, which overwrites a's rows
+    with the gates when ``keep``. Wx, Wh, a and u have rows ldw, lda, ldu >= G apart (see
+    fastlayers.backends.cpu._gated; lda >= 4H when keep); ``packed_x``, ``packed``: Wx and Wh
+    packed gate by gate for packed_gemm.h (float32, given together), or NULL; ``avx512``: their
+    blocking. On packed weights a step's x[t] @ Wx is computed with its h @ Wh, by the same
+    thread and for the same columns, so a holds N rows (the step's, written again at every step)
+    unless ``keep`` (all T*N, the gates); without, a = x @ Wx of all steps comes first, one
+    product split by rows, and a holds T*N rows.
 
     The steps split two ways. With ``packed`` and ``by_units``, by columns: each thread owns a
     block of the hidden
@@ -262,18 +280,20 @@ cdef void _forward(const floating* x, const floating* Wx, const floating* Wh, co
     of k, whatever the thread count."""
     cdef Py_ssize_t T = TN // N
     cdef bint units = packed != NULL and by_units
+    cdef bint all_rows = keep or packed_x == NULL  # a holds every step's rows, not only the current step's
     # Initialised only because Cython passes them into the team as firstprivate.
     cdef const floating* h_prev = NULL
     cdef const floating* c_prev = NULL
     cdef floating* ut = NULL
+    cdef floating* at = NULL
     cdef Py_ssize_t t = 0, row = 0, j0 = 0, j1 = 0, n0 = 0, rows = 0
     cdef Blocks blk
     with parallel(num_threads=num_threads):
         blk = thread_blocks(TN, N, G)
-        if blk.r1 > blk.r0:
-            if not _packed_product(x + blk.r0 * D, D, packed_x, avx512, a + blk.r0 * lda, lda, blk.r1 - blk.r0, G):
+        if packed_x == NULL:
+            if blk.r1 > blk.r0:
                 input_projection(x + blk.r0 * D, Wx, ldw, a + blk.r0 * lda, lda, blk.r1 - blk.r0, D, G)
-        barrier()
+            barrier()
         if units:
             j0 = block_start(thread_id(), team_size(), H, FL_PANEL)
             j1 = block_stop(thread_id(), team_size(), H, FL_PANEL)
@@ -289,15 +309,17 @@ cdef void _forward(const floating* x, const floating* Wx, const floating* Wh, co
         ut = u + n0 * ldu
         for t in range(T):
             row = t * N + n0
+            at = a + (row if all_rows else n0) * lda
             if rows > 0 and j1 > j0:
                 if packed != NULL:
-                    _gate_columns_product(h_prev, H, packed, avx512, ut, ldu, rows, G, j0, j1)
+                    _gate_columns_product(x + row * D, D, packed_x, avx512, at, lda, rows, G, H, j0, j1)
+                    _gate_columns_product(h_prev, H, packed, avx512, ut, ldu, rows, G, H, j0, j1)
                 else:
                     step_product(h_prev, Wh, ldw, ut, ldu, rows, H, G, <floating>0)
                 if cs != NULL:
-                    _lstm_cell(a + row * lda, ut, bx, c_prev, cs + row * H, hs + row * H, rows, H, j0, j1, lda, keep)
+                    _lstm_cell(at, ut, bx, c_prev, cs + row * H, hs + row * H, rows, H, j0, j1, lda, keep)
                 else:
-                    _gru_cell(a + row * lda, ut, bx, bh, h_prev, hs + row * H, rows, H, j0, j1, lda, ldu, keep)
+                    _gru_cell(at, ut, bx, bh, h_prev, hs + row * H, rows, H, j0, j1, lda, ldu, keep)
             if units:
                 barrier()
             c_prev = cs + row * H if cs != NULL else NULL
@@ -314,16 +336,17 @@ def lstm_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, c
     the gates (i, f, g, o) (the backward's saved gates).
 
     x (T*N, D), hs, cs (T*N, H), h0, c0 (N, H), b (4H,); Wx (D, ldw), Wh (H, ldw) and the
-    workspaces a (T*N, lda), u (N, ldu) hold 4H columns in rows at least 4H long; T*N, D, H >= 1.
-    ``packed_x``, ``packed``: None, or (float32) Wx packed in panels (packed_gemm.h),
-    ceil(4H / PANEL) * D * PANEL elements, and Wh packed gate by gate, each gate's H columns in
-    whole panels, 4 * ceil(H / PANEL) * H * PANEL elements; ``avx512``: multiply them in packed_gemm.h's
-    AVX-512 blocking (else its AVX2 one; either is correct on any CPU); ``by_units``: with
-    ``packed``, split each step among the threads by hidden units (a barrier per step) rather than
-    by sequences (see _forward)."""
+    workspaces a (T*N rows, or N on packed weights without ``keep``, lda), u (N, ldu) hold 4H
+    columns in rows at least 4H long; T*N, D, H >= 1. ``packed_x``, ``packed``: both None, or
+    (float32) Wx and Wh packed gate by gate in panels (packed_gemm.h), each gate's H columns in
+    whole panels: 4 * ceil(H / PANEL) * D * PANEL and 4 * ceil(H / PANEL) * H * PANEL elements;
+    ``avx512``: multiply them in packed_gemm.h's AVX-512 blocking (else its AVX2 one; either is
+    correct on any CPU); ``by_units``: with them, split each step among the threads by hidden
+    units (a barrier per step) rather than by sequences (see _forward)."""
     single_threaded_blas()
-    cdef const float* px = _packed(packed_x, x.shape[1], b.shape[0])
+    cdef const float* px = _packed(packed_x, x.shape[1], b.shape[0], 4)
     cdef const float* pp = _packed(packed, Wh.shape[0], b.shape[0], 4)
+    _check_forward(px, pp, a.shape[0], x.shape[0], N, keep)
     with nogil:
         _forward(&x[0, 0], &Wx[0, 0], &Wh[0, 0], &h0[0, 0], &c0[0, 0], &b[0], NULL, &hs[0, 0], &cs[0, 0], &a[0, 0],
                  &u[0, 0], x.shape[0], N, x.shape[1], h0.shape[1], b.shape[0], Wh.shape[1], a.shape[1], u.shape[1],
@@ -405,12 +428,13 @@ def gru_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, co
     u_n) (the backward's saved gates).
 
     x (T*N, D), hs (T*N, H), h0 (N, H), bx, bh (3H,); Wx (D, ldw), Wh (H, ldw) and the
-    workspaces a (T*N, lda), u (N, ldu) hold 3H columns in rows at least 3H long (a: 4H with
-    ``keep``); T*N, D, H >= 1. ``packed_x``, ``packed``, ``by_units`` as for lstm_forward (3H
-    columns)."""
+    workspaces a (rows as for lstm_forward, lda), u (N, ldu) hold 3H columns in rows at least 3H
+    long (a: 4H with ``keep``); T*N, D, H >= 1. ``packed_x``, ``packed``, ``by_units`` as for
+    lstm_forward (3 gates)."""
     single_threaded_blas()
-    cdef const float* px = _packed(packed_x, x.shape[1], bx.shape[0])
+    cdef const float* px = _packed(packed_x, x.shape[1], bx.shape[0], 3)
     cdef const float* pp = _packed(packed, Wh.shape[0], bx.shape[0], 3)
+    _check_forward(px, pp, a.shape[0], x.shape[0], N, keep)
     with nogil:
         _forward(&x[0, 0], &Wx[0, 0], &Wh[0, 0], &h0[0, 0], NULL, &bx[0], &bh[0], &hs[0, 0], NULL, &a[0, 0],
                  &u[0, 0], x.shape[0], N, x.shape[1], h0.shape[1], bx.shape[0], Wh.shape[1], a.shape[1],
