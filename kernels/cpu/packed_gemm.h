@@ -135,6 +135,35 @@ FL_BLOCK(1, 4, 8, fl_v8, fl_v8u, 1)
         }                                                                                          \
     }
 
+/* Panels [p0, p1) of a weight W (K x width) packed as above, W[k, j] at w[k * ldw + j], or with
+ * `transposed` at w[j * ldw + k] (W is then the transpose of the C-order array w: the backward's
+ * Wh^T from Wh). The kernels pack each call's weights with it, every thread its own panels.
+ * The transposed copy goes by slices of FL_DEPTH_SLICE rows of the panel, whose 128-byte rows
+ * stay in L1 while the panel's columns are read, each a contiguous run of w. */
+static void fl_pack_panels_f32(const float *restrict w, ptrdiff_t ldw, int transposed, ptrdiff_t K,
+                               ptrdiff_t width, float *restrict packed, ptrdiff_t p0, ptrdiff_t p1) {
+    for (ptrdiff_t p = p0; p < p1; p++) {
+        float *panel = packed + p * K * FL_PANEL;
+        ptrdiff_t c0 = p * FL_PANEL, n = width - c0 < FL_PANEL ? width - c0 : FL_PANEL;
+        if (!transposed) {
+            for (ptrdiff_t k = 0; k < K; k++) {
+                memcpy(panel + k * FL_PANEL, w + k * ldw + c0, n * sizeof(float));
+                memset(panel + k * FL_PANEL + n, 0, (FL_PANEL - n) * sizeof(float));
+            }
+            continue;
+        }
+        for (ptrdiff_t k0 = 0; k0 < K; k0 += FL_DEPTH_SLICE) {
+            ptrdiff_t k1 = K - k0 < FL_DEPTH_SLICE ? K : k0 + FL_DEPTH_SLICE;
+            for (ptrdiff_t j = 0; j < n; j++)
+                for (ptrdiff_t k = k0; k < k1; k++)
+                    panel[k * FL_PANEL + j] = w[(c0 + j) * ldw + k];
+            for (ptrdiff_t j = n; j < FL_PANEL; j++)
+                for (ptrdiff_t k = k0; k < k1; k++)
+                    panel[k * FL_PANEL + j] = 0.0f;
+        }
+    }
+}
+
 FL_PACKED_GEMM(fl_packed_gemm_f32, FL_ROW_BLOCKS(8, 2, 16); FL_ROW_BLOCKS(4, 2, 16); FL_ROW_BLOCKS(1, 2, 16))
 FL_PACKED_GEMM(fl_packed_gemm_avx2_f32, FL_ROW_BLOCKS(6, 2, 8); FL_ROW_BLOCKS(4, 2, 8); FL_ROW_BLOCKS(2, 4, 8);
                FL_ROW_BLOCKS(1, 4, 8))

@@ -115,26 +115,30 @@ def forward_workspaces(Wx, Wh, TN, N, keep, packed):
 
 @contextlib.contextmanager
 def packed_weights(Wx, Wh):
-    """``(Wx, Wh)`` packed for the forward's products (kernels/cpu/packed_gemm.h: panels of PANEL
-    columns, each K x PANEL in C order, zeros past the columns), or ``(None, None)`` where
-    PACKED_BLOCKING is None or for float64 (the small-matrix path). Both are packed gate by gate,
-    each gate's H columns in whole panels, so that a thread's share of the hidden units starts
-    on a panel in every gate (the kernel's per-step column split)."""
+    """``(packed_x, packed)``: the buffers a forward kernel packs Wx and Wh into for its products
+    (kernels/cpu/packed_gemm.h: panels of PANEL columns, each K x PANEL in C order, zeros past the
+    columns), or ``(None, None)`` where PACKED_BLOCKING is None or for float64 (the small-matrix
+    path). Both are packed gate by gate, each gate's H columns in whole panels, so that a thread's
+    share of the hidden units starts on a panel in every gate (the kernel's per-step column
+    split)."""
     if PACKED_BLOCKING is None or Wh.dtype != np.float32:
         yield None, None
         return
-    gates = Wh.shape[1] // Wh.shape[0]
-    with _packed("gated_rnn_packed_x", Wx, gates) as px, _packed("gated_rnn_packed_h", Wh, gates) as ph:
+    (D, G), H = Wx.shape, Wh.shape[0]
+    with (_packed_buffer("gated_rnn_packed_x", D, G, G // H) as px,
+          _packed_buffer("gated_rnn_packed_h", H, G, G // H) as ph):
         yield px, ph
 
 
 @contextlib.contextmanager
 def packed_transpose(Wh):
-    """Wh^T (G, H) packed for the backward's per-step dz @ Wh^T, or None (see packed_weights)."""
+    """The buffer a backward kernel packs Wh^T (G, H) into for its per-step dz @ Wh^T, or None (see
+    packed_weights)."""
     if PACKED_BLOCKING is None or Wh.dtype != np.float32:
         yield None
         return
-    with _packed("gated_rnn_packed_t", Wh.T) as pt:
+    H, G = Wh.shape
+    with _packed_buffer("gated_rnn_packed_t", G, H) as pt:
         yield pt
 
 
@@ -143,20 +147,11 @@ def avx512_blocking():
     return PACKED_BLOCKING == "avx512"
 
 
-@contextlib.contextmanager
-def _packed(slot, W, blocks=1):
-    """W packed in panels, its ``blocks`` equal column blocks in turn, each in whole panels."""
-    (K, G), P = W.shape, _kernels.PANEL
-    width = G // blocks
-    panels, full = -(-width // P), width // P
-    with workspace(slot, (blocks * panels * K * P,), W.dtype) as packed:
-        for block, view in enumerate(packed.reshape(blocks, panels, K, P)):
-            Wb = W[:, block * width:(block + 1) * width]
-            view[:full] = Wb[:, : full * P].reshape(K, full, P).transpose(1, 0, 2)
-            if full < panels:
-                view[full] = 0
-                view[full, :, : width - full * P] = Wb[:, full * P:]
-        yield packed
+def _packed_buffer(slot, K, G, blocks=1):
+    """A workspace for a (K, G) float32 weight packed in panels, its ``blocks`` equal column blocks
+    in turn, each in whole panels (the kernels fill it)."""
+    panels = -(-(G // blocks) // _kernels.PANEL)
+    return workspace(slot, (blocks * panels * K * _kernels.PANEL,), np.float32)
 
 
 @contextlib.contextmanager
