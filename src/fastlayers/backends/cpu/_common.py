@@ -16,7 +16,7 @@ _caches = weakref.WeakSet()  # every thread's cache, for release_workspaces()
 
 
 class _Cache:
-    """One Python thread's workspaces: ``buffers``, slot -> uint8 buffer."""
+    """One Python thread's workspaces: ``buffers``, slot -> uint8 buffer (ALIGNMENT-aligned)."""
 
     __slots__ = ("buffers", "__weakref__")
 
@@ -48,11 +48,12 @@ class workspace:
         cache = cache.buffers
         size = math.prod(self._shape) * self._dtype.itemsize  # Python ints: exact, and numpy.prod costs microseconds
         buf = cache.pop(self._slot, None)  # one C call: atomic for signal handlers and threads
-        if buf is None or buf.size < size + ALIGNMENT:
-            buf = np.empty(size + ALIGNMENT, dtype=np.uint8)
+        if buf is None or buf.size < size:
+            raw = np.empty(size + ALIGNMENT, dtype=np.uint8)
+            start = -raw.ctypes.data % ALIGNMENT
+            buf = raw[start:start + size]  # cached aligned, so that a reuse costs no address lookup
         self._buf = buf
-        start = -buf.ctypes.data % ALIGNMENT
-        return buf[start:start + size].view(self._dtype).reshape(self._shape)
+        return buf[:size].view(self._dtype).reshape(self._shape)
 
     def __exit__(self, *exc):
         cache = _local.cache.buffers
