@@ -2,26 +2,40 @@
 # each (rnn_step is the T = 1 case). Sequences arrive flattened to (T*N, features) rows, C order,
 # validated by fastlayers.backends.cpu.rnn; the caller keeps BLAS single-threaded.
 #
-# Parallel plan: one OpenMP team for the whole call. The sequences of a batch are independent, so
+# Parallel plan: one OpenMP team for the whole call. float32 with packed weights (packed_gemm.h,
+# where the C helpers have AVX2 or AVX-512) multiplies Wx, Wh and Wh^T packed once per call into
+# buffers the caller gives, each step's x[t] @ Wx computed with its h @ Wh into the step's rows
+# of hs, which stay in cache for the activation. Its forward runs either by hidden units
+# (``by_units``): each thread owns whole panels of the H units and computes their columns for
+# the whole batch, the team meeting once per step as the next step reads all of h; or by
+# sequences, as the other paths do. Otherwise (float64, or no packed buffers) the input
+# projection of every step is one product split by row blocks of the T*N rows, then a barrier,
+# and the steps' products go through OpenBLAS's small-matrix path (column chunks; one packed GEMM
+# when the chunks would be too narrow). By sequences: the sequences of a batch are independent, so
 # each thread runs the whole recurrence (every step's GEMM, then tanh or its derivative fused on
 # the rows it has just computed) for its own block of the batch, without synchronising with the
 # others: no barrier per step, which also keeps a loaded machine (a thread descheduled at a
-# barrier stalls the team) from multiplying the time. Products over all steps (the input
-# projection, dx) are split by row blocks of the T*N rows and weight gradients by column blocks
-# of H, one barrier between them and the recurrence. Blocks come from the thread id, not from
-# prange: Cython's prange adds a barrier of its own per loop.
+# barrier stalls the team) from multiplying the time. The backward runs its recurrence by
+# sequences, then (one barrier) the weight gradients by column blocks of H and dx by row blocks.
+# Blocks come from the thread id, not from prange: Cython's prange adds a barrier of its own per
+# loop.
 from cython cimport floating
 from cython.parallel cimport parallel
 from libc.math cimport tanh
 from libc.string cimport memcpy, memset
 
 from _blas cimport gemm, single_threaded_blas
-from _recurrent cimport Blocks, input_projection, barrier, small_gemm_columns, thread_blocks
+from _packed cimport FL_PANEL, pack_panels_f32, packed_product, panel, panel_count
+from _recurrent cimport (Blocks, barrier, block_start, block_stop, input_projection, small_gemm_columns, team_size,
+                         thread_blocks, thread_id)
 
 
 cdef extern from "rnn_cells.h" nogil:
     void _bias_tanh_f32 "fl_rnn_bias_tanh_f32"(float* z, const float* b, Py_ssize_t rows, Py_ssize_t ld,
                                                Py_ssize_t c0, Py_ssize_t c1)
+
+
+PANEL = FL_PANEL
 
 
 cdef inline void _add_bias_tanh(floating* z, const floating* b, Py_ssize_t rows, Py_ssize_t ld,
@@ -52,21 +66,125 @@ cdef inline void _add_bias_relu(floating* z, const floating* b, Py_ssize_t rows,
             row[j] = v if (v > 0 or v != v) else 0
 
 
+cdef inline void _activate(floating* z, const floating* b, Py_ssize_t rows, Py_ssize_t ld, Py_ssize_t c0,
+                           Py_ssize_t c1, bint relu) noexcept nogil:
+    if relu:
+        _add_bias_relu(z, b, rows, ld, c0, c1)
+    else:
+        _add_bias_tanh(z, b, rows, ld, c0, c1)
+
+
+cdef inline void _times_derivative(floating* g, const floating* dh, const floating* h, Py_ssize_t rows,
+                                   Py_ssize_t ld, Py_ssize_t c0, Py_ssize_t c1, bint relu) noexcept nogil:
+    """g[r, c0:c1] = (g + dh)[r, c0:c1] (g alone when dh is NULL) times the nonlinearity's
+    derivative, from its output h: 1 - h^2 for tanh, (h > 0) for relu (its output is positive
+    exactly where its input was; 0 at 0, as in PyTorch)."""
+    cdef Py_ssize_t r, j
+    cdef floating v
+    for r in range(rows):
+        for j in range(c0, c1):
+            v = g[r * ld + j] + dh[r * ld + j] if dh != NULL else g[r * ld + j]
+            if relu:
+                g[r * ld + j] = v if h[r * ld + j] > 0 else 0
+            else:
+                g[r * ld + j] = v * (1 - h[r * ld + j] * h[r * ld + j])
+
+
+cdef float* _packed(float[::1] packed, Py_ssize_t K, Py_ssize_t width) except? NULL:
+    """The pointer of a buffer (NULL for None) that a weight (K, width) is packed into, once its
+    size is known to be the panels' (packed_gemm.h)."""
+    if packed is None:
+        return NULL
+    if packed.shape[0] != panel_count(width) * FL_PANEL * K:
+        raise ValueError(f"a packed weight has {packed.shape[0]} elements, expected ceil({width} / {FL_PANEL}) * "
+                         f"{FL_PANEL} * {K}")
+    return &packed[0]
+
+
+cdef int _check_packed(bint is_float, bint given) except -1:
+    if given and not is_float:
+        raise ValueError("packed weights are float32 only")
+    return 0
+
+
+cdef void _packed_forward(const float* x, const float* h0, const float* b, float* hs, const float* Wx,
+                          const float* Wh, float* packed_x, float* packed, Py_ssize_t TN, Py_ssize_t N,
+                          Py_ssize_t D, Py_ssize_t H, bint relu, bint avx512, bint by_units,
+                          int num_threads) noexcept nogil:
+    """rnn_forward on packed weights: per step hs[t] = x[t] @ Wx, then += h_prev @ Wh, then the
+    activation, for the calling thread's columns [j0, j1) (whole panels, ``by_units``) of all N
+    rows, or all columns of its block of the batch. Each element is the same sum (x's products
+    in the order of k, then h's) whichever thread computes it, so the states do not depend on
+    the thread count. Each thread packs the panels it multiplies when it owns units, or an equal
+    share of them before a barrier when every thread reads all of them."""
+    cdef Py_ssize_t T = TN // N, panels = panel_count(H)
+    # Initialised only because Cython passes them into the team as firstprivate.
+    cdef const float* h_prev = NULL
+    cdef float* z = NULL
+    cdef Py_ssize_t t = 0, j0 = 0, j1 = 0, n0 = 0, rows = 0, p0 = 0, p1 = 0
+    with parallel(num_threads=num_threads):
+        if by_units:
+            j0 = block_start(thread_id(), team_size(), H, FL_PANEL)
+            j1 = block_stop(thread_id(), team_size(), H, FL_PANEL)
+            n0 = 0
+            rows = N
+            p0 = j0 // FL_PANEL
+            p1 = panel_count(j1)
+        else:
+            j0 = 0
+            j1 = H
+            n0 = block_start(thread_id(), team_size(), N, 1)
+            rows = block_stop(thread_id(), team_size(), N, 1) - n0
+            p0 = block_start(thread_id(), team_size(), panels, 1)
+            p1 = block_stop(thread_id(), team_size(), panels, 1)
+        pack_panels_f32(Wx, H, 0, D, H, packed_x, p0, p1)
+        pack_panels_f32(Wh, H, 0, H, H, packed, p0, p1)
+        if not by_units:
+            barrier()
+        h_prev = h0 + n0 * H
+        for t in range(T):
+            z = hs + (t * N + n0) * H
+            if rows > 0 and j1 > j0:
+                packed_product(x + (t * N + n0) * D, D, panel(packed_x, D, j0), D, z + j0, H, rows, j1 - j0, False,
+                               avx512)
+                packed_product(h_prev, H, panel(packed, H, j0), H, z + j0, H, rows, j1 - j0, True, avx512)
+                _activate(z, b, rows, H, j0, j1, relu)
+            if by_units:
+                barrier()
+            h_prev = z
+
+
 def rnn_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, const floating[:, ::1] Wx,
                 const floating[:, ::1] Wh, const floating[::1] b, floating[:, ::1] hs,
-                Py_ssize_t N, int num_threads, bint relu=False):
+                Py_ssize_t N, int num_threads, bint relu=False, float[::1] packed_x=None, float[::1] packed=None,
+                bint avx512=False, bint by_units=False):
     """hs[t] = tanh(x[t] @ Wx + hs[t-1] @ Wh + b) (max(., 0) with ``relu``), hs[-1] = h0.
 
-    x (T*N, D), hs (T*N, H), h0 (N, H), b (H,) or None; T*N, D, H >= 1."""
+    x (T*N, D), hs (T*N, H), h0 (N, H), b (H,) or None; T*N, D, H >= 1. ``packed_x``,
+    ``packed``: both None, or (float32) buffers of ceil(H / PANEL) * PANEL * D and
+    ... * H elements that the kernel packs Wx and Wh into and multiplies (packed_gemm.h, in its
+    AVX-512 blocking with ``avx512``, else its AVX2 one); ``by_units``: with them, split each
+    step among the threads by hidden units (a barrier per step) rather than by sequences."""
+    cdef float* px = _packed(packed_x, x.shape[1], Wh.shape[0])
+    cdef float* pp = _packed(packed, Wh.shape[0], Wh.shape[0])
+    if (px == NULL) != (pp == NULL):
+        raise ValueError("packed_x and packed are given together or not at all")
+    _check_packed(floating is float, pp != NULL)
     single_threaded_blas()
     cdef Py_ssize_t TN = x.shape[0], D = x.shape[1], H = Wh.shape[0]
     cdef Py_ssize_t T = TN // N
     cdef const floating* h_init = &h0[0, 0]
     cdef const floating* bias = &b[0] if b is not None else NULL
-    cdef const floating* px = &x[0, 0]
+    cdef const floating* px_ = &x[0, 0]
     cdef const floating* pWx = &Wx[0, 0]
     cdef const floating* pWh = &Wh[0, 0]
     cdef floating* phs = &hs[0, 0]
+    if floating is float:
+        if pp != NULL:
+            with nogil:
+                _packed_forward(px_, h_init, bias, phs, pWx, pWh, px, pp, TN, N, D, H, relu, avx512, by_units,
+                                num_threads)
+            return
     # Initialised only because Cython passes them into the team as firstprivate.
     cdef const floating* h_prev = NULL
     cdef floating* z = NULL
@@ -76,7 +194,7 @@ def rnn_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, co
         blk = thread_blocks(TN, N, H)
         # The input projection of every step at once: hs = x @ Wx.
         if blk.r1 > blk.r0:
-            input_projection(px + blk.r0 * D, pWx, H, phs + blk.r0 * H, H, blk.r1 - blk.r0, D, H)
+            input_projection(px_ + blk.r0 * D, pWx, H, phs + blk.r0 * H, H, blk.r1 - blk.r0, D, H)
         barrier()
         if blk.rows > 0:
             chunk = small_gemm_columns(blk.rows, H)
@@ -90,33 +208,39 @@ def rnn_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, co
                     c1 = min(c0 + chunk, H)
                     gemm(False, False, <int>blk.rows, <int>(c1 - c0), <int>H, <floating>1, h_prev, <int>H,
                          pWh + c0, <int>H, <floating>1, z + c0, <int>H)
-                    if relu:
-                        _add_bias_relu(z, bias, blk.rows, H, c0, c1)
-                    else:
-                        _add_bias_tanh(z, bias, blk.rows, H, c0, c1)
+                    _activate(z, bias, blk.rows, H, c0, c1, relu)
                     c0 = c1
                 h_prev = z
 
 
 def rnn_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const floating[:, ::1] h0 not None,
-                 const floating[:, ::1] Wx, const floating[:, ::1] WhT, const floating[:, ::1] hs,
-                 floating[:, ::1] dz, floating[:, ::1] dx, floating[:, ::1] dh0,
-                 floating[:, ::1] dWx, floating[:, ::1] dWh, floating[::1] db,
-                 Py_ssize_t N, int num_threads, bint relu=False):
+                 const floating[:, ::1] Wx, const floating[:, ::1] Wh, const floating[:, ::1] WhT,
+                 const floating[:, ::1] hs, floating[:, ::1] dz, floating[:, ::1] dx, floating[:, ::1] dh0,
+                 floating[:, ::1] dWx, floating[:, ::1] dWh, floating[::1] db, Py_ssize_t N, int num_threads,
+                 bint relu=False, float[::1] packed_t=None, bint avx512=False):
     """Backward through time of rnn_forward (``relu`` as there).
 
     dhs, hs, dz (workspace) (T*N, H); x, dx (T*N, D); h0 (N, H); dh0 (N, H); dWx (D, H);
-    dWh (H, H); db (H,). WhT is Wh transposed (C order): the products with Wh^T then have the
-    same untransposed form as the forward's, which OpenBLAS runs on its small-matrix path (with
-    a transposed operand it packs). Every output is overwritten. dWx, dWh and db sum over steps in a fixed
-    order for a given thread count, so results are reproducible run to run."""
+    dWh (H, H); db (H,); Wh (H, H). The products with Wh^T (the per-step dz[t+1] @ Wh^T and
+    dh0 = dz[0] @ Wh^T) multiply ``packed_t``, a (float32) buffer of ceil(H / PANEL) * PANEL * H
+    elements the kernel packs Wh^T into (packed_gemm.h, ``avx512`` as for rnn_forward), or where
+    that is None ``WhT``, Wh transposed (C order): they then have the same untransposed form as
+    the forward's, which OpenBLAS runs on its small-matrix path (with a transposed operand it
+    packs). WhT may be None when packed_t is given. Every output is overwritten. dWx, dWh and db
+    sum over steps in a fixed order for a given thread count, so results are reproducible run to
+    run; on packed_t, dz (so db) and dh0 are the same sums at any thread count."""
+    cdef float* pt = _packed(packed_t, Wh.shape[0], Wh.shape[0])
+    _check_packed(floating is float, pt != NULL)
+    if WhT is None and pt == NULL:
+        raise ValueError("the backward needs Wh^T (WhT) when it gets no packed copy (packed_t)")
     single_threaded_blas()
-    cdef Py_ssize_t TN = x.shape[0], D = x.shape[1], H = WhT.shape[0]
-    cdef Py_ssize_t T = TN // N
+    cdef Py_ssize_t TN = x.shape[0], D = x.shape[1], H = Wh.shape[0]
+    cdef Py_ssize_t T = TN // N, panels = panel_count(H)
     cdef const floating* h_init = &h0[0, 0]
     cdef const floating* px = &x[0, 0]
     cdef const floating* pWx = &Wx[0, 0]
-    cdef const floating* pWhT = &WhT[0, 0]
+    cdef const floating* pWh = &Wh[0, 0]
+    cdef const floating* pWhT = &WhT[0, 0] if WhT is not None else NULL
     cdef const floating* phs = &hs[0, 0]
     cdef const floating* pdhs = &dhs[0, 0]
     cdef floating* pdz = &dz[0, 0]
@@ -134,9 +258,23 @@ def rnn_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
         blk = thread_blocks(TN, N, H)
         r0, r1, n0, rows, c0, c1 = blk.r0, blk.r1, blk.n0, blk.rows, blk.c0, blk.c1
         # dz[t] = (dhs[t] + dz[t+1] @ Wh^T) * (1 - hs[t]^2), from the last step back, for this
-        # thread's sequences (contiguous rows t*N + n0 ...). relu's factor is (hs[t] > 0): its
-        # output is positive exactly where its input was (0 at 0, as in PyTorch).
-        if rows > 0:
+        # thread's sequences (contiguous rows t*N + n0 ...); relu's factor is (hs[t] > 0).
+        if floating is float:
+            if pt != NULL:
+                pack_panels_f32(pWh, H, 1, H, H, pt, block_start(thread_id(), team_size(), panels, 1),
+                                block_stop(thread_id(), team_size(), panels, 1))
+                barrier()
+                if rows > 0:
+                    for t in range(T - 1, -1, -1):
+                        g = pdz + (t * N + n0) * H
+                        if t < T - 1:
+                            packed_product(g + N * H, H, pt, H, g, H, rows, H, False, avx512)
+                            _times_derivative(g, pdhs + (t * N + n0) * H, phs + (t * N + n0) * H, rows, H, 0, H, relu)
+                        else:
+                            memcpy(g, pdhs + (t * N + n0) * H, rows * H * sizeof(floating))
+                            _times_derivative(g, NULL, phs + (t * N + n0) * H, rows, H, 0, H, relu)
+                    packed_product(pdz + n0 * H, H, pt, H, pdh0 + n0 * H, H, rows, H, False, avx512)
+        if pt == NULL and rows > 0:
             chunk = small_gemm_columns(rows, H)
             if chunk == 0:  # one packed GEMM per step
                 chunk = H
@@ -150,17 +288,12 @@ def rnn_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
                     if t < T - 1:
                         gemm(False, False, <int>rows, <int>(k1 - k0), <int>H, <floating>1, g + N * H, <int>H,
                              pWhT + k0, <int>H, <floating>1, g + k0, <int>H)
-                    for r in range(rows):
-                        for j in range(k0, k1):
-                            if relu:
-                                g[r * H + j] = g[r * H + j] if h[r * H + j] > 0 else 0
-                            else:
-                                g[r * H + j] = g[r * H + j] * (1 - h[r * H + j] * h[r * H + j])
+                    _times_derivative(g, NULL, h, rows, H, k0, k1, relu)
                     k0 = k1
         barrier()
         # From here dz is complete and only read. Weight gradients over all steps, by column
         # blocks: dWx = x^T dz, dWh = hs[:-1]^T dz[1:] + h0^T dz[0], db = column sums of dz
-        # (rows added in order), dh0 = dz[0] @ Wh^T.
+        # (rows added in order), dh0 = dz[0] @ Wh^T (on packed_t: done above, by sequences).
         if c1 > c0:
             gemm(True, False, <int>D, <int>(c1 - c0), <int>TN, <floating>1, px, <int>D,
                  pdz + c0, <int>H, <floating>0, pdWx + c0, <int>H)
@@ -172,8 +305,9 @@ def rnn_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
                     memset(pdWh + r * H + c0, 0, (c1 - c0) * sizeof(floating))
             gemm(True, False, <int>H, <int>(c1 - c0), <int>N, <floating>1, h_init, <int>H,
                  pdz + c0, <int>H, <floating>1, pdWh + c0, <int>H)
-            gemm(False, False, <int>N, <int>(c1 - c0), <int>H, <floating>1, pdz, <int>H,
-                 pWhT + c0, <int>H, <floating>0, pdh0 + c0, <int>H)
+            if pt == NULL:
+                gemm(False, False, <int>N, <int>(c1 - c0), <int>H, <floating>1, pdz, <int>H,
+                     pWhT + c0, <int>H, <floating>0, pdh0 + c0, <int>H)
             memset(pdb + c0, 0, (c1 - c0) * sizeof(floating))
             for r in range(TN):
                 g = pdz + r * H
