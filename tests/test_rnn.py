@@ -120,6 +120,78 @@ def test_rnn_matches_reference_in_gemm_chunks(T, N, D, H, dtype, threads, nonlin
         check_against_reference(T, N, D, H, dtype, seed=threads, nonlinearity=nonlinearity)
 
 
+def _run_cpu(a, threads, nonlinearity, dhs):
+    with fl.threads(threads):
+        hs = cpu_rnn(**a, nonlinearity=nonlinearity)
+        grads = cpu_rnn_backward(dhs, a["input"], a["hx"], a["Wx"], a["Wh"], hs, nonlinearity=nonlinearity)
+    return hs, grads
+
+
+@pytest.mark.parametrize("nonlinearity", NONLINEARITIES)
+@pytest.mark.parametrize("pack, by_units", [(None, False), ("avx512", False), ("avx512", True), ("avx2", False),
+                                            ("avx2", True)],
+                         ids=["openblas", "avx512-by-sequences", "avx512-by-units", "avx2-by-sequences", "avx2-by-units"])
+@pytest.mark.parametrize("T, N, D, H", [(1, 1, 1, 1), (1, 5, 7, 33), (4, 1, 9, 40), (3, 13, 20, 70), (2, 7, 3, 129),
+                                        (5, 26, 11, 96), (2, 4, 40, 16)])
+def test_float32_on_every_product_path(T, N, D, H, pack, by_units, nonlinearity, monkeypatch):
+    """float32 multiplies weights packed once per call (kernels/cpu/packed_gemm.h) in the blocking
+    of the C helpers' vector width (backends/cpu/_gated.PACKED_BLOCKING), or OpenBLAS without: all
+    three are tested whatever this machine picks (either blocking is correct on any CPU). With
+    ``by_units`` the packed forward and backward recurrences split each step by hidden units in
+    whole 32-column panels (some threads owning a partial panel, several or none), else by
+    sequences. Shapes: H off the panels and their 16-column halves, T = 1, N = 1, row counts off
+    the 8/4/1 (AVX-512) and 6/4/2/1 (AVX2) row blocks for 1, 2 and 3 threads. On packed weights
+    each element is the same sum whichever thread computes it, so the states and the backward's
+    carries (dh0) and bias gradient are bitwise those of one thread; dx and the weight gradients
+    are OpenBLAS products split by blocks, compared with the reference only."""
+    from fastlayers.backends.cpu import _gated
+
+    monkeypatch.setattr(_gated, "PACKED_BLOCKING", pack)
+    monkeypatch.setattr(_gated, "split_by_units", lambda threads: by_units)
+    monkeypatch.setattr(fl._dispatch, "GRAIN_SIZE", 1)  # every thread asked for (see split_work)
+    for threads in (1, 2, 3):
+        with fl.threads(threads):
+            check_against_reference(T, N, D, H, np.float32, seed=H + threads, nonlinearity=nonlinearity)
+    if pack is None:
+        return
+    rng = make_rng(T * N)
+    a = rnn_arrays(rng, T, N, D, H, np.float32)
+    dhs = rng.standard_normal((T, N, H)).astype(np.float32)
+    hs, grads = _run_cpu(a, 1, nonlinearity, dhs)
+    for threads in (2, 3):
+        hs_t, grads_t = _run_cpu(a, threads, nonlinearity, dhs)
+        np.testing.assert_array_equal(hs_t, hs, err_msg=f"{threads} threads")
+        np.testing.assert_array_equal(grads_t[1], grads[1], err_msg=f"dhx, {threads} threads")
+        np.testing.assert_array_equal(grads_t[4], grads[4], err_msg=f"dbias, {threads} threads")
+
+
+def test_kernels_refuse_packed_buffers_that_do_not_fit():
+    """The compiled kernels check the packed buffers they are handed before writing to them."""
+    from fastlayers._cpu import rnn as kernels
+
+    T, N, D, H = 2, 3, 5, 40
+    f32 = np.float32
+    x, h0, Wx, Wh, b = np.zeros((T * N, D), f32), np.zeros((N, H), f32), np.zeros((D, H), f32), np.zeros((H, H), f32), None
+    hs = np.zeros((T * N, H), f32)
+    size = -(-H // kernels.PANEL) * kernels.PANEL
+    px, ph = np.zeros(size * D, f32), np.zeros(size * H, f32)
+    kernels.rnn_forward(x, h0, Wx, Wh, b, hs, N, 1, False, px, ph)
+    with pytest.raises(ValueError, match="elements"):
+        kernels.rnn_forward(x, h0, Wx, Wh, b, hs, N, 1, False, px, ph[:-1])
+    with pytest.raises(ValueError, match="together"):
+        kernels.rnn_forward(x, h0, Wx, Wh, b, hs, N, 1, False, px, None)
+    with pytest.raises(ValueError, match="float32"):
+        kernels.rnn_forward(*(v.astype(np.float64) for v in (x, h0, Wx, Wh)), b, hs.astype(np.float64), N, 1, False,
+                            px, ph)
+    dz, dx, dh0, dWx, dWh, db = (np.zeros_like(v) for v in (hs, x, h0, Wx, Wh, np.zeros(H, f32)))
+    grads = (hs, dz, dx, dh0, dWx, dWh, db, N, 1, False)
+    kernels.rnn_backward(hs, x, h0, Wx, Wh, None, *grads, ph)
+    with pytest.raises(ValueError, match="elements"):
+        kernels.rnn_backward(hs, x, h0, Wx, Wh, None, *grads, px)
+    with pytest.raises(ValueError, match="WhT"):
+        kernels.rnn_backward(hs, x, h0, Wx, Wh, None, *grads, None)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_rnn_step_matches_reference(dtype):
     rng = make_rng(1)

@@ -213,17 +213,61 @@ def rnn_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, co
                 h_prev = z
 
 
+cdef void _packed_recurrence_backward(const float* dhs, const float* hs, const float* Wh, float* packed_t, float* dz,
+                                      float* dh0, Py_ssize_t TN, Py_ssize_t N, Py_ssize_t H, bint relu, bint avx512,
+                                      bint by_units) noexcept nogil:
+    """Inside the team: rnn_backward's recurrence on Wh^T packed (each thread its panels, or an
+    equal share before a barrier), dz[t] = (dhs[t] + dz[t+1] @ Wh^T) * f'(hs[t]) from the last
+    step back and dh0 = dz[0] @ Wh^T, split as _packed_forward's steps: by hidden units (whole
+    panels of dz's columns for all N rows, a barrier per step as step t-1 reads all of dz[t]) or
+    by sequences. Each element is the same sum whichever thread computes it."""
+    cdef Py_ssize_t T = TN // N, j0, j1, n0, rows, p0, p1, t, r, row
+    if by_units:
+        j0 = block_start(thread_id(), team_size(), H, FL_PANEL)
+        j1 = block_stop(thread_id(), team_size(), H, FL_PANEL)
+        n0 = 0
+        rows = N
+        p0 = j0 // FL_PANEL
+        p1 = panel_count(j1)
+    else:
+        j0 = 0
+        j1 = H
+        n0 = block_start(thread_id(), team_size(), N, 1)
+        rows = block_stop(thread_id(), team_size(), N, 1) - n0
+        p0 = block_start(thread_id(), team_size(), panel_count(H), 1)
+        p1 = block_stop(thread_id(), team_size(), panel_count(H), 1)
+    pack_panels_f32(Wh, H, 1, H, H, packed_t, p0, p1)
+    if not by_units:
+        barrier()
+    for t in range(T - 1, -1, -1):
+        row = t * N + n0
+        if rows > 0 and j1 > j0:
+            if t < T - 1:
+                packed_product(dz + row * H + N * H, H, panel(packed_t, H, j0), H, dz + row * H + j0, H, rows,
+                               j1 - j0, False, avx512)
+                _times_derivative(dz + row * H, dhs + row * H, hs + row * H, rows, H, j0, j1, relu)
+            else:
+                for r in range(rows):
+                    memcpy(dz + (row + r) * H + j0, dhs + (row + r) * H + j0, (j1 - j0) * sizeof(float))
+                _times_derivative(dz + row * H, NULL, hs + row * H, rows, H, j0, j1, relu)
+        if by_units:
+            barrier()
+    if rows > 0 and j1 > j0:
+        packed_product(dz + n0 * H, H, panel(packed_t, H, j0), H, dh0 + n0 * H + j0, H, rows, j1 - j0, False, avx512)
+
+
 def rnn_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const floating[:, ::1] h0 not None,
                  const floating[:, ::1] Wx, const floating[:, ::1] Wh, const floating[:, ::1] WhT,
                  const floating[:, ::1] hs, floating[:, ::1] dz, floating[:, ::1] dx, floating[:, ::1] dh0,
                  floating[:, ::1] dWx, floating[:, ::1] dWh, floating[::1] db, Py_ssize_t N, int num_threads,
-                 bint relu=False, float[::1] packed_t=None, bint avx512=False):
+                 bint relu=False, float[::1] packed_t=None, bint avx512=False, bint by_units=False):
     """Backward through time of rnn_forward (``relu`` as there).
 
     dhs, hs, dz (workspace) (T*N, H); x, dx (T*N, D); h0 (N, H); dh0 (N, H); dWx (D, H);
     dWh (H, H); db (H,); Wh (H, H). The products with Wh^T (the per-step dz[t+1] @ Wh^T and
     dh0 = dz[0] @ Wh^T) multiply ``packed_t``, a (float32) buffer of ceil(H / PANEL) * PANEL * H
-    elements the kernel packs Wh^T into (packed_gemm.h, ``avx512`` as for rnn_forward), or where
+    elements the kernel packs Wh^T into (packed_gemm.h, ``avx512`` and ``by_units`` as for
+    rnn_forward: the recurrence then splits by hidden units, a barrier per step), or where
     that is None ``WhT``, Wh transposed (C order): they then have the same untransposed form as
     the forward's, which OpenBLAS runs on its small-matrix path (with a transposed operand it
     packs). WhT may be None when packed_t is given. Every output is overwritten. dWx, dWh and db
@@ -235,7 +279,7 @@ def rnn_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
         raise ValueError("the backward needs Wh^T (WhT) when it gets no packed copy (packed_t)")
     single_threaded_blas()
     cdef Py_ssize_t TN = x.shape[0], D = x.shape[1], H = Wh.shape[0]
-    cdef Py_ssize_t T = TN // N, panels = panel_count(H)
+    cdef Py_ssize_t T = TN // N
     cdef const floating* h_init = &h0[0, 0]
     cdef const floating* px = &x[0, 0]
     cdef const floating* pWx = &Wx[0, 0]
@@ -261,19 +305,7 @@ def rnn_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
         # thread's sequences (contiguous rows t*N + n0 ...); relu's factor is (hs[t] > 0).
         if floating is float:
             if pt != NULL:
-                pack_panels_f32(pWh, H, 1, H, H, pt, block_start(thread_id(), team_size(), panels, 1),
-                                block_stop(thread_id(), team_size(), panels, 1))
-                barrier()
-                if rows > 0:
-                    for t in range(T - 1, -1, -1):
-                        g = pdz + (t * N + n0) * H
-                        if t < T - 1:
-                            packed_product(g + N * H, H, pt, H, g, H, rows, H, False, avx512)
-                            _times_derivative(g, pdhs + (t * N + n0) * H, phs + (t * N + n0) * H, rows, H, 0, H, relu)
-                        else:
-                            memcpy(g, pdhs + (t * N + n0) * H, rows * H * sizeof(floating))
-                            _times_derivative(g, NULL, phs + (t * N + n0) * H, rows, H, 0, H, relu)
-                    packed_product(pdz + n0 * H, H, pt, H, pdh0 + n0 * H, H, rows, H, False, avx512)
+                _packed_recurrence_backward(pdhs, phs, pWh, pt, pdz, pdh0, TN, N, H, relu, avx512, by_units)
         if pt == NULL and rows > 0:
             chunk = small_gemm_columns(rows, H)
             if chunk == 0:  # one packed GEMM per step
