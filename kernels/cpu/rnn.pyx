@@ -33,6 +33,16 @@ from _recurrent cimport (Blocks, barrier, block_start, block_stop, input_project
 cdef extern from "rnn_cells.h" nogil:
     void _bias_tanh_f32 "fl_rnn_bias_tanh_f32"(float* z, const float* b, Py_ssize_t rows, Py_ssize_t ld,
                                                Py_ssize_t c0, Py_ssize_t c1)
+    void _times_derivative_f32 "fl_rnn_times_derivative_f32"(float* g, const float* dh, const float* h,
+                                                             Py_ssize_t rows, Py_ssize_t ld, Py_ssize_t c0,
+                                                             Py_ssize_t c1, int relu)
+    void _times_derivative_f64 "fl_rnn_times_derivative_f64"(double* g, const double* dh, const double* h,
+                                                             Py_ssize_t rows, Py_ssize_t ld, Py_ssize_t c0,
+                                                             Py_ssize_t c1, int relu)
+    void _column_sums_f32 "fl_rnn_column_sums_f32"(const float* z, Py_ssize_t rows, Py_ssize_t ld, Py_ssize_t c0,
+                                                   Py_ssize_t c1, float* sums)
+    void _column_sums_f64 "fl_rnn_column_sums_f64"(const double* z, Py_ssize_t rows, Py_ssize_t ld, Py_ssize_t c0,
+                                                   Py_ssize_t c1, double* sums)
 
 
 PANEL = FL_PANEL
@@ -77,17 +87,20 @@ cdef inline void _activate(floating* z, const floating* b, Py_ssize_t rows, Py_s
 cdef inline void _times_derivative(floating* g, const floating* dh, const floating* h, Py_ssize_t rows,
                                    Py_ssize_t ld, Py_ssize_t c0, Py_ssize_t c1, bint relu) noexcept nogil:
     """g[r, c0:c1] = (g + dh)[r, c0:c1] (g alone when dh is NULL) times the nonlinearity's
-    derivative, from its output h: 1 - h^2 for tanh, (h > 0) for relu (its output is positive
-    exactly where its input was; 0 at 0, as in PyTorch)."""
-    cdef Py_ssize_t r, j
-    cdef floating v
-    for r in range(rows):
-        for j in range(c0, c1):
-            v = g[r * ld + j] + dh[r * ld + j] if dh != NULL else g[r * ld + j]
-            if relu:
-                g[r * ld + j] = v if h[r * ld + j] > 0 else 0
-            else:
-                g[r * ld + j] = v * (1 - h[r * ld + j] * h[r * ld + j])
+    derivative at its output h (rnn_cells.h)."""
+    if floating is float:
+        _times_derivative_f32(g, dh, h, rows, ld, c0, c1, relu)
+    else:
+        _times_derivative_f64(g, dh, h, rows, ld, c0, c1, relu)
+
+
+cdef inline void _column_sums(const floating* z, Py_ssize_t rows, Py_ssize_t ld, Py_ssize_t c0, Py_ssize_t c1,
+                              floating* sums) noexcept nogil:
+    """sums[c0:c1] = the column sums of z's first rows, added in order (rnn_cells.h)."""
+    if floating is float:
+        _column_sums_f32(z, rows, ld, c0, c1, sums)
+    else:
+        _column_sums_f64(z, rows, ld, c0, c1, sums)
 
 
 cdef float* _packed(float[::1] packed, Py_ssize_t K, Py_ssize_t width) except? NULL:
@@ -296,7 +309,7 @@ def rnn_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
     # Initialised only because Cython passes them into the team as firstprivate.
     cdef floating* g = NULL
     cdef const floating* h = NULL
-    cdef Py_ssize_t t = 0, r = 0, j = 0, chunk = 0, k0 = 0, k1 = 0, r0 = 0, r1 = 0, n0 = 0, rows = 0, c0 = 0, c1 = 0
+    cdef Py_ssize_t t = 0, r = 0, chunk = 0, k0 = 0, k1 = 0, r0 = 0, r1 = 0, n0 = 0, rows = 0, c0 = 0, c1 = 0
     cdef Blocks blk
     with nogil, parallel(num_threads=num_threads):
         blk = thread_blocks(TN, N, H)
@@ -340,11 +353,7 @@ def rnn_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
             if pt == NULL:
                 gemm(False, False, <int>N, <int>(c1 - c0), <int>H, <floating>1, pdz, <int>H,
                      pWhT + c0, <int>H, <floating>0, pdh0 + c0, <int>H)
-            memset(pdb + c0, 0, (c1 - c0) * sizeof(floating))
-            for r in range(TN):
-                g = pdz + r * H
-                for j in range(c0, c1):
-                    pdb[j] = pdb[j] + g[j]
+            _column_sums(pdz, TN, H, c0, c1, pdb)
         # dx = dz @ Wx^T for all steps, by row blocks.
         if r1 > r0:
             gemm(False, True, <int>(r1 - r0), <int>D, <int>H, <floating>1, pdz + r0 * H, <int>H,
