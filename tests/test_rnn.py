@@ -165,8 +165,9 @@ def test_float32_on_every_product_path(T, N, D, H, pack, by_units, nonlinearity,
         np.testing.assert_array_equal(grads_t[4], grads[4], err_msg=f"dbias, {threads} threads")
 
 
-def test_kernels_refuse_packed_buffers_that_do_not_fit():
-    """The compiled kernels check the packed buffers they are handed before writing to them."""
+def test_kernels_refuse_buffers_that_do_not_fit():
+    """The compiled kernels check the packed buffers and the backward's workspace for the other
+    threads' partial weight gradients before writing to them."""
     from fastlayers._cpu import rnn as kernels
 
     T, N, D, H = 2, 3, 5, 40
@@ -184,12 +185,17 @@ def test_kernels_refuse_packed_buffers_that_do_not_fit():
         kernels.rnn_forward(*(v.astype(np.float64) for v in (x, h0, Wx, Wh)), b, hs.astype(np.float64), N, 1, False,
                             px, ph)
     dz, dx, dh0, dWx, dWh, db = (np.zeros_like(v) for v in (hs, x, h0, Wx, Wh, np.zeros(H, f32)))
-    grads = (hs, dz, dx, dh0, dWx, dWh, db, N, 1, False)
+    grads = (hs, dz, dx, dh0, dWx, dWh, db, None, N, 1, False)
     kernels.rnn_backward(hs, x, h0, Wx, Wh, None, *grads, ph)
     with pytest.raises(ValueError, match="elements"):
         kernels.rnn_backward(hs, x, h0, Wx, Wh, None, *grads, px)
     with pytest.raises(ValueError, match="WhT"):
         kernels.rnn_backward(hs, x, h0, Wx, Wh, None, *grads, None)
+    # Two threads: the second one's share of the weight gradients, (D + H) * H elements.
+    partial = np.zeros((D + H) * H, f32)
+    kernels.rnn_backward(hs, x, h0, Wx, Wh, None, hs, dz, dx, dh0, dWx, dWh, db, partial, N, 2, False, ph)
+    with pytest.raises(ValueError, match="partial"):
+        kernels.rnn_backward(hs, x, h0, Wx, Wh, None, hs, dz, dx, dh0, dWx, dWh, db, partial[:-1], N, 2, False, ph)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

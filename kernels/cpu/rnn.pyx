@@ -15,8 +15,10 @@
 # each thread runs the whole recurrence (every step's GEMM, then tanh or its derivative fused on
 # the rows it has just computed) for its own block of the batch, without synchronising with the
 # others: no barrier per step, which also keeps a loaded machine (a thread descheduled at a
-# barrier stalls the team) from multiplying the time. The backward runs its recurrence by
-# sequences, then (one barrier) the weight gradients by column blocks of H and dx by row blocks.
+# barrier stalls the team) from multiplying the time. The backward runs its recurrence (on packed
+# Wh^T split as the forward, else by sequences), then (one barrier) the weight gradients over each
+# thread's row block of the T*N rows into partial sums, which each thread adds up on its column
+# block of H after a second barrier, and dx by row blocks.
 # Blocks come from the thread id, not from prange: Cython's prange adds a barrier of its own per
 # loop.
 from cython cimport floating
@@ -269,15 +271,52 @@ cdef void _packed_recurrence_backward(const float* dhs, const float* hs, const f
         packed_product(dz + n0 * H, H, panel(packed_t, H, j0), H, dh0 + n0 * H + j0, H, rows, j1 - j0, False, avx512)
 
 
+cdef inline void _weight_gradients(const floating* x, const floating* h0, const floating* hs, const floating* dz,
+                                   floating* dWx, floating* dWh, floating* partial, Blocks blk, Py_ssize_t TN,
+                                   Py_ssize_t N, Py_ssize_t D, Py_ssize_t H) noexcept nogil:
+    """Inside the team, after dz is complete: dWx = x^T dz and dWh = h_prev^T dz (h_prev of row
+    t*N + n: h0[n] for t = 0, hs[(t-1)*N + n] after), each thread over its rows [r0, r1) of the
+    T*N, thread 0 into dWx and dWh, thread i > 0 into the (D + H) x H block i - 1 of ``partial``
+    (dWx's rows, then dWh's); then, after a barrier, each thread adds the blocks to its columns
+    [c0, c1) in the order of i. Split by rows rather than by columns, every operand is read and
+    packed (by OpenBLAS) by one thread only: by columns each thread packed all of x and hs. The
+    sums are in a fixed order for a given thread count."""
+    cdef Py_ssize_t tid = thread_id(), team = team_size(), split = min(max(blk.r0, N), blk.r1), i, r, j
+    cdef floating* gx = dWx if tid == 0 else partial + (tid - 1) * (D + H) * H
+    cdef floating* gh = dWh if tid == 0 else gx + D * H
+    cdef const floating* p
+    if blk.r1 > blk.r0:
+        gemm(True, False, <int>D, <int>H, <int>(blk.r1 - blk.r0), <floating>1, x + blk.r0 * D, <int>D,
+             dz + blk.r0 * H, <int>H, <floating>0, gx, <int>H)
+        if split > blk.r0:
+            gemm(True, False, <int>H, <int>H, <int>(split - blk.r0), <floating>1, h0 + blk.r0 * H, <int>H,
+                 dz + blk.r0 * H, <int>H, <floating>0, gh, <int>H)
+        if blk.r1 > split:
+            gemm(True, False, <int>H, <int>H, <int>(blk.r1 - split), <floating>1, hs + (split - N) * H, <int>H,
+                 dz + split * H, <int>H, <floating>1 if split > blk.r0 else <floating>0, gh, <int>H)
+    else:
+        memset(gx, 0, D * H * sizeof(floating))
+        memset(gh, 0, H * H * sizeof(floating))
+    barrier()
+    for i in range(team - 1):
+        p = partial + i * (D + H) * H
+        for r in range(D + H):
+            gx = (dWx + r * H) if r < D else (dWh + (r - D) * H)
+            for j in range(blk.c0, blk.c1):
+                gx[j] = gx[j] + p[r * H + j]
+
+
 def rnn_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const floating[:, ::1] h0 not None,
                  const floating[:, ::1] Wx, const floating[:, ::1] Wh, const floating[:, ::1] WhT,
                  const floating[:, ::1] hs, floating[:, ::1] dz, floating[:, ::1] dx, floating[:, ::1] dh0,
-                 floating[:, ::1] dWx, floating[:, ::1] dWh, floating[::1] db, Py_ssize_t N, int num_threads,
-                 bint relu=False, float[::1] packed_t=None, bint avx512=False, bint by_units=False):
+                 floating[:, ::1] dWx, floating[:, ::1] dWh, floating[::1] db, floating[::1] partial,
+                 Py_ssize_t N, int num_threads, bint relu=False, float[::1] packed_t=None, bint avx512=False,
+                 bint by_units=False):
     """Backward through time of rnn_forward (``relu`` as there).
 
     dhs, hs, dz (workspace) (T*N, H); x, dx (T*N, D); h0 (N, H); dh0 (N, H); dWx (D, H);
-    dWh (H, H); db (H,); Wh (H, H). The products with Wh^T (the per-step dz[t+1] @ Wh^T and
+    dWh (H, H); db (H,); Wh (H, H); partial: a workspace of (num_threads - 1) * (D + H) * H
+    elements (None for one thread), the other threads' shares of the weight gradients. The products with Wh^T (the per-step dz[t+1] @ Wh^T and
     dh0 = dz[0] @ Wh^T) multiply ``packed_t``, a (float32) buffer of ceil(H / PANEL) * PANEL * H
     elements the kernel packs Wh^T into (packed_gemm.h, ``avx512`` and ``by_units`` as for
     rnn_forward: the recurrence then splits by hidden units, a barrier per step), or where
@@ -290,6 +329,10 @@ def rnn_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
     _check_packed(floating is float, pt != NULL)
     if WhT is None and pt == NULL:
         raise ValueError("the backward needs Wh^T (WhT) when it gets no packed copy (packed_t)")
+    cdef Py_ssize_t partial_size = (max(num_threads, 1) - 1) * (x.shape[1] + Wh.shape[0]) * Wh.shape[0]
+    if (0 if partial is None else partial.shape[0]) < partial_size:
+        raise ValueError(f"partial holds {0 if partial is None else partial.shape[0]} elements, {num_threads} threads "
+                         f"need (threads - 1) * (D + H) * H = {partial_size}")
     single_threaded_blas()
     cdef Py_ssize_t TN = x.shape[0], D = x.shape[1], H = Wh.shape[0]
     cdef Py_ssize_t T = TN // N
@@ -306,10 +349,11 @@ def rnn_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
     cdef floating* pdWx = &dWx[0, 0]
     cdef floating* pdWh = &dWh[0, 0]
     cdef floating* pdb = &db[0]
+    cdef floating* ppart = &partial[0] if partial is not None and partial.shape[0] > 0 else NULL
     # Initialised only because Cython passes them into the team as firstprivate.
     cdef floating* g = NULL
     cdef const floating* h = NULL
-    cdef Py_ssize_t t = 0, r = 0, chunk = 0, k0 = 0, k1 = 0, r0 = 0, r1 = 0, n0 = 0, rows = 0, c0 = 0, c1 = 0
+    cdef Py_ssize_t t = 0, chunk = 0, k0 = 0, k1 = 0, r0 = 0, r1 = 0, n0 = 0, rows = 0, c0 = 0, c1 = 0
     cdef Blocks blk
     with nogil, parallel(num_threads=num_threads):
         blk = thread_blocks(TN, N, H)
@@ -336,20 +380,9 @@ def rnn_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
                     _times_derivative(g, NULL, h, rows, H, k0, k1, relu)
                     k0 = k1
         barrier()
-        # From here dz is complete and only read. Weight gradients over all steps, by column
-        # blocks: dWx = x^T dz, dWh = hs[:-1]^T dz[1:] + h0^T dz[0], db = column sums of dz
-        # (rows added in order), dh0 = dz[0] @ Wh^T (on packed_t: done above, by sequences).
+        # From here dz is complete and only read.
+        _weight_gradients(px, h_init, phs, pdz, pdWx, pdWh, ppart, blk, TN, N, D, H)
         if c1 > c0:
-            gemm(True, False, <int>D, <int>(c1 - c0), <int>TN, <floating>1, px, <int>D,
-                 pdz + c0, <int>H, <floating>0, pdWx + c0, <int>H)
-            if T > 1:
-                gemm(True, False, <int>H, <int>(c1 - c0), <int>(TN - N), <floating>1, phs, <int>H,
-                     pdz + N * H + c0, <int>H, <floating>0, pdWh + c0, <int>H)
-            else:
-                for r in range(H):
-                    memset(pdWh + r * H + c0, 0, (c1 - c0) * sizeof(floating))
-            gemm(True, False, <int>H, <int>(c1 - c0), <int>N, <floating>1, h_init, <int>H,
-                 pdz + c0, <int>H, <floating>1, pdWh + c0, <int>H)
             if pt == NULL:
                 gemm(False, False, <int>N, <int>(c1 - c0), <int>H, <floating>1, pdz, <int>H,
                      pWhT + c0, <int>H, <floating>0, pdh0 + c0, <int>H)

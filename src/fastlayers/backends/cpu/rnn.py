@@ -80,11 +80,12 @@ def backward(dhs, x, h0, Wx, Wh, hs, g, outs):
     _check_blas_sizes(T, N, D, H)
     dx, dh0, dWx, dWh, db = outs
     dt, threads = x.dtype, _num_threads(T, N, D, H)
-    with workspace("rnn_dz", (T * N, H), dt) as dz, _packed_buffers(("rnn_packed_t",), (H,), H, dt) as (packed_t,):
+    with (workspace("rnn_dz", (T * N, H), dt) as dz, workspace("rnn_partial", ((threads - 1) * (D + H) * H,), dt) as partial,
+          _packed_buffers(("rnn_packed_t",), (H,), H, dt) as (packed_t,)):
         _kernels.rnn_backward(
             contiguous(dhs).reshape(T * N, H), contiguous(x).reshape(T * N, D), _initial_state(h0, N, H, dt),
             contiguous(Wx), contiguous(Wh), None if packed_t is not None else contiguous(Wh.T),
-            contiguous(hs).reshape(T * N, H), dz, dx.reshape(T * N, D), dh0, dWx, dWh, db, N,
+            contiguous(hs).reshape(T * N, H), dz, dx.reshape(T * N, D), dh0, dWx, dWh, db, partial, N,
             threads, g.nonlinearity == "relu", packed_t, _gated.avx512_blocking(),
             packed_t is not None and _gated.split_by_units(threads),
         )
