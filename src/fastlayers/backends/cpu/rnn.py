@@ -46,10 +46,10 @@ def _packs(dtype):
 
 
 @contextlib.contextmanager
-def _packed_buffers(slots, K, H, dtype):
+def _packed_buffers(slots, K, H, dtype, pack=True):
     """One workspace per slot for a (K[i], H) weight packed in panels (the kernels fill them), or
-    Nones where the kernels take OpenBLAS's paths."""
-    if not _packs(dtype):
+    Nones where the kernels take OpenBLAS's paths (and where not ``pack``)."""
+    if not (pack and _packs(dtype)):
         yield (None,) * len(slots)
         return
     size = -(-H // _kernels.PANEL) * _kernels.PANEL
@@ -64,7 +64,9 @@ def forward(x, h0, Wx, Wh, b, g, outs):
     _check_blas_sizes(T, N, D, H)
     (hs,) = outs
     threads = _num_threads(T, N, D, H)
-    with _packed_buffers(("rnn_packed_x", "rnn_packed_h"), (D, H), H, x.dtype) as (packed_x, packed):
+    # A single step gains nothing from packing its weights (measured: docs/performance.md, "rnn:
+    # packed weights"); its backward does (no Wh^T copy), so the backward packs at any T.
+    with _packed_buffers(("rnn_packed_x", "rnn_packed_h"), (D, H), H, x.dtype, T > 1) as (packed_x, packed):
         _kernels.rnn_forward(
             contiguous(x).reshape(T * N, D), _initial_state(h0, N, H, x.dtype), contiguous(Wx), contiguous(Wh),
             contiguous(b), hs.reshape(T * N, H), N, threads, g.nonlinearity == "relu", packed_x, packed,
