@@ -130,18 +130,14 @@ def _run_cpu(a, threads, nonlinearity, dhs, hs_in=None):
 
 
 @pytest.mark.parametrize("nonlinearity", NONLINEARITIES)
-@pytest.mark.parametrize("pack, by_units", [(None, False), ("avx512", False), ("avx512", True), ("avx2", False),
-                                            ("avx2", True)],
-                         ids=["openblas", "avx512-by-sequences", "avx512-by-units", "avx2-by-sequences", "avx2-by-units"])
+@pytest.mark.parametrize("pack", [None, "avx512", "avx2"], ids=["openblas", "packed-avx512", "packed-avx2"])
 @pytest.mark.parametrize("T, N, D, H", [(1, 1, 1, 1), (1, 5, 7, 33), (4, 1, 9, 40), (3, 13, 20, 70), (2, 7, 3, 129),
                                         (5, 26, 11, 96), (2, 4, 40, 16)])
-def test_float32_on_every_product_path(T, N, D, H, pack, by_units, nonlinearity, monkeypatch):
+def test_float32_on_every_product_path(T, N, D, H, pack, nonlinearity, monkeypatch):
     """float32 multiplies weights packed once per call (kernels/cpu/packed_gemm.h) in the blocking
     of the C helpers' vector width (backends/cpu/_gated.PACKED_BLOCKING), or OpenBLAS without: all
-    three are tested whatever this machine picks (either blocking is correct on any CPU). With
-    ``by_units`` the packed forward and backward recurrences split each step by hidden units in
-    whole 32-column panels (some threads owning a partial panel, several or none), else by
-    sequences. Shapes: H off the panels and their 16-column halves, T = 1, N = 1, row counts off
+    three are tested whatever this machine picks (either blocking is correct on any CPU), each
+    thread packing its share of the panels (some threads a partial panel, several or none). Shapes: H off the panels and their 16-column halves, T = 1, N = 1, row counts off
     the 8/4/1 (AVX-512) and 6/4/2/1 (AVX2) row blocks for 1, 2 and 3 threads. On packed weights
     each element is the same sum whichever thread computes it, so the states (T > 1: a single
     step's forward stays on OpenBLAS) and the backward's carries (dh0) and bias gradient are
@@ -150,7 +146,6 @@ def test_float32_on_every_product_path(T, N, D, H, pack, by_units, nonlinearity,
     from fastlayers.backends.cpu import _gated
 
     monkeypatch.setattr(_gated, "PACKED_BLOCKING", pack)
-    monkeypatch.setattr(_gated, "split_by_units", lambda threads: by_units)
     monkeypatch.setattr(fl._dispatch, "GRAIN_SIZE", 1)  # every thread asked for (see split_work)
     for threads in (1, 2, 3):
         with fl.threads(threads):

@@ -17,17 +17,12 @@ cdef inline Py_ssize_t panel_count(Py_ssize_t width) noexcept nogil:
     return (width + FL_PANEL - 1) // FL_PANEL
 
 
-cdef inline const float* panel(const float* packed, Py_ssize_t K, Py_ssize_t column) noexcept nogil:
-    """The start of the panel holding ``column`` (a multiple of FL_PANEL) of a packed K-deep weight."""
-    return packed + column // FL_PANEL * K * FL_PANEL
-
-
 cdef inline void packed_product(const float* a, Py_ssize_t lda, const float* packed, Py_ssize_t K, float* c,
                                 Py_ssize_t ldc, Py_ssize_t rows, Py_ssize_t width, bint accumulate,
                                 bint avx512) noexcept nogil:
-    """c (rows x width) = a (rows x K) @ W (+ c with ``accumulate``), ``packed`` the panels of W
-    from its first column on, in packed_gemm.h's AVX-512 blocking or its AVX2 one (either is
-    correct on any CPU, and gives the same sums)."""
+    """c (rows x width) = a (rows x K) @ W (+ c with ``accumulate``), ``packed`` the panels of W,
+    in packed_gemm.h's AVX-512 blocking or its AVX2 one (either is correct on any CPU, and gives
+    the same sums)."""
     if avx512:
         packed_gemm_f32(a, lda, packed, K, c, ldc, rows, width, accumulate)
     else:

@@ -4,19 +4,18 @@
 #
 # Parallel plan: one OpenMP team for the whole call. float32 with packed weights (packed_gemm.h,
 # where the C helpers have AVX2 or AVX-512) multiplies Wx, Wh and Wh^T packed once per call into
-# buffers the caller gives, each step's x[t] @ Wx computed with its h @ Wh into the step's rows
-# of hs, which stay in cache for the activation. Its forward runs either by hidden units
-# (``by_units``): each thread owns whole panels of the H units and computes their columns for
-# the whole batch, the team meeting once per step as the next step reads all of h; or by
-# sequences, as the other paths do. Otherwise (float64, or no packed buffers) the input
-# projection of every step is one product split by row blocks of the T*N rows, then a barrier,
-# and the steps' products go through OpenBLAS's small-matrix path (column chunks; one packed GEMM
-# when the chunks would be too narrow). By sequences: the sequences of a batch are independent, so
-# each thread runs the whole recurrence (every step's GEMM, then tanh or its derivative fused on
-# the rows it has just computed) for its own block of the batch, without synchronising with the
-# others: no barrier per step, which also keeps a loaded machine (a thread descheduled at a
-# barrier stalls the team) from multiplying the time. The backward runs its recurrence (on packed
-# Wh^T split as the forward, else by sequences), then (one barrier) the weight gradients over each
+# buffers the caller gives (each thread an equal share of the panels, then a barrier), each
+# step's x[t] @ Wx computed with its h @ Wh into the step's rows of hs, which stay in cache for
+# the activation. Otherwise (float64, a single step, or no packed buffers) the input projection
+# of every step is one product split by row blocks of the T*N rows, then a barrier, and the
+# steps' products go through OpenBLAS's small-matrix path (column chunks; one packed GEMM when
+# the chunks would be too narrow). The recurrences run by sequences: the sequences of a batch are
+# independent, so each thread runs the whole recurrence (every step's GEMM, then tanh or its
+# derivative fused on the rows it has just computed) for its own block of the batch, without
+# synchronising with the others: no barrier per step, which also keeps a loaded machine (a
+# thread descheduled at a barrier stalls the team) from multiplying the time, and no state
+# written by one core and read by the other at every step (measured: docs/performance.md, "rnn:
+# packed weights"). The backward then (one barrier) computes the weight gradients over each
 # thread's row block of the T*N rows into partial sums, which each thread adds up on its column
 # block of H after a second barrier, and dx by row blocks.
 # Blocks come from the thread id, not from prange: Cython's prange adds a barrier of its own per
@@ -27,7 +26,7 @@ from libc.math cimport tanh
 from libc.string cimport memcpy, memset
 
 from _blas cimport gemm, single_threaded_blas
-from _packed cimport FL_PANEL, pack_panels_f32, packed_product, panel, panel_count
+from _packed cimport FL_PANEL, pack_panels_f32, packed_product, panel_count
 from _recurrent cimport (Blocks, barrier, block_start, block_stop, input_projection, small_gemm_columns, team_size,
                          thread_blocks, thread_id)
 
@@ -124,62 +123,44 @@ cdef int _check_packed(bint is_float, bint given) except -1:
 
 cdef void _packed_forward(const float* x, const float* h0, const float* b, float* hs, const float* Wx,
                           const float* Wh, float* packed_x, float* packed, Py_ssize_t TN, Py_ssize_t N,
-                          Py_ssize_t D, Py_ssize_t H, bint relu, bint avx512, bint by_units,
-                          int num_threads) noexcept nogil:
-    """rnn_forward on packed weights: per step hs[t] = x[t] @ Wx, then += h_prev @ Wh, then the
-    activation, for the calling thread's columns [j0, j1) (whole panels, ``by_units``) of all N
-    rows, or all columns of its block of the batch. Each element is the same sum (x's products
-    in the order of k, then h's) whichever thread computes it, so the states do not depend on
-    the thread count. Each thread packs the panels it multiplies when it owns units, or an equal
-    share of them before a barrier when every thread reads all of them."""
+                          Py_ssize_t D, Py_ssize_t H, bint relu, bint avx512, int num_threads) noexcept nogil:
+    """rnn_forward on packed weights, for the calling thread's block of the batch: per step
+    hs[t] = x[t] @ Wx, then += h_prev @ Wh, then the activation. Each element is the same sum
+    (x's products in the order of k, then h's) whichever thread computes it, so the states do not
+    depend on the thread count."""
     cdef Py_ssize_t T = TN // N, panels = panel_count(H)
     # Initialised only because Cython passes them into the team as firstprivate.
     cdef const float* h_prev = NULL
     cdef float* z = NULL
-    cdef Py_ssize_t t = 0, j0 = 0, j1 = 0, n0 = 0, rows = 0, p0 = 0, p1 = 0
+    cdef Py_ssize_t t = 0, n0 = 0, rows = 0, p0 = 0, p1 = 0
     with parallel(num_threads=num_threads):
-        if by_units:
-            j0 = block_start(thread_id(), team_size(), H, FL_PANEL)
-            j1 = block_stop(thread_id(), team_size(), H, FL_PANEL)
-            n0 = 0
-            rows = N
-            p0 = j0 // FL_PANEL
-            p1 = panel_count(j1)
-        else:
-            j0 = 0
-            j1 = H
-            n0 = block_start(thread_id(), team_size(), N, 1)
-            rows = block_stop(thread_id(), team_size(), N, 1) - n0
-            p0 = block_start(thread_id(), team_size(), panels, 1)
-            p1 = block_stop(thread_id(), team_size(), panels, 1)
+        n0 = block_start(thread_id(), team_size(), N, 1)
+        rows = block_stop(thread_id(), team_size(), N, 1) - n0
+        p0 = block_start(thread_id(), team_size(), panels, 1)
+        p1 = block_stop(thread_id(), team_size(), panels, 1)
         pack_panels_f32(Wx, H, 0, D, H, packed_x, p0, p1)
         pack_panels_f32(Wh, H, 0, H, H, packed, p0, p1)
-        if not by_units:
-            barrier()
+        barrier()
         h_prev = h0 + n0 * H
-        for t in range(T):
-            z = hs + (t * N + n0) * H
-            if rows > 0 and j1 > j0:
-                packed_product(x + (t * N + n0) * D, D, panel(packed_x, D, j0), D, z + j0, H, rows, j1 - j0, False,
-                               avx512)
-                packed_product(h_prev, H, panel(packed, H, j0), H, z + j0, H, rows, j1 - j0, True, avx512)
-                _activate(z, b, rows, H, j0, j1, relu)
-            if by_units:
-                barrier()
-            h_prev = z
+        if rows > 0:
+            for t in range(T):
+                z = hs + (t * N + n0) * H
+                packed_product(x + (t * N + n0) * D, D, packed_x, D, z, H, rows, H, False, avx512)
+                packed_product(h_prev, H, packed, H, z, H, rows, H, True, avx512)
+                _activate(z, b, rows, H, 0, H, relu)
+                h_prev = z
 
 
 def rnn_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, const floating[:, ::1] Wx,
                 const floating[:, ::1] Wh, const floating[::1] b, floating[:, ::1] hs,
                 Py_ssize_t N, int num_threads, bint relu=False, float[::1] packed_x=None, float[::1] packed=None,
-                bint avx512=False, bint by_units=False):
+                bint avx512=False):
     """hs[t] = tanh(x[t] @ Wx + hs[t-1] @ Wh + b) (max(., 0) with ``relu``), hs[-1] = h0.
 
     x (T*N, D), hs (T*N, H), h0 (N, H), b (H,) or None; T*N, D, H >= 1. ``packed_x``,
     ``packed``: both None, or (float32) buffers of ceil(H / PANEL) * PANEL * D and
     ... * H elements that the kernel packs Wx and Wh into and multiplies (packed_gemm.h, in its
-    AVX-512 blocking with ``avx512``, else its AVX2 one); ``by_units``: with them, split each
-    step among the threads by hidden units (a barrier per step) rather than by sequences."""
+    AVX-512 blocking with ``avx512``, else its AVX2 one)."""
     cdef float* px = _packed(packed_x, x.shape[1], Wh.shape[0])
     cdef float* pp = _packed(packed, Wh.shape[0], Wh.shape[0])
     if (px == NULL) != (pp == NULL):
@@ -197,8 +178,7 @@ def rnn_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, co
     if floating is float:
         if pp != NULL:
             with nogil:
-                _packed_forward(px_, h_init, bias, phs, pWx, pWh, px, pp, TN, N, D, H, relu, avx512, by_units,
-                                num_threads)
+                _packed_forward(px_, h_init, bias, phs, pWx, pWh, px, pp, TN, N, D, H, relu, avx512, num_threads)
             return
     # Initialised only because Cython passes them into the team as firstprivate.
     cdef const floating* h_prev = NULL
@@ -229,46 +209,29 @@ def rnn_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, co
 
 
 cdef void _packed_recurrence_backward(const float* dhs, const float* hs, const float* Wh, float* packed_t, float* dz,
-                                      float* dh0, Py_ssize_t TN, Py_ssize_t N, Py_ssize_t H, bint relu, bint avx512,
-                                      bint by_units) noexcept nogil:
-    """Inside the team: rnn_backward's recurrence on Wh^T packed (each thread its panels, or an
-    equal share before a barrier), dz[t] = (dhs[t] + dz[t+1] @ Wh^T) * f'(hs[t]) from the last
-    step back and dh0 = dz[0] @ Wh^T, split as _packed_forward's steps: by hidden units (whole
-    panels of dz's columns for all N rows, a barrier per step as step t-1 reads all of dz[t]) or
-    by sequences. Each element is the same sum whichever thread computes it."""
-    cdef Py_ssize_t T = TN // N, j0, j1, n0, rows, p0, p1, t, r, row
-    if by_units:
-        j0 = block_start(thread_id(), team_size(), H, FL_PANEL)
-        j1 = block_stop(thread_id(), team_size(), H, FL_PANEL)
-        n0 = 0
-        rows = N
-        p0 = j0 // FL_PANEL
-        p1 = panel_count(j1)
-    else:
-        j0 = 0
-        j1 = H
-        n0 = block_start(thread_id(), team_size(), N, 1)
-        rows = block_stop(thread_id(), team_size(), N, 1) - n0
-        p0 = block_start(thread_id(), team_size(), panel_count(H), 1)
-        p1 = block_stop(thread_id(), team_size(), panel_count(H), 1)
-    pack_panels_f32(Wh, H, 1, H, H, packed_t, p0, p1)
-    if not by_units:
-        barrier()
+                                      float* dh0, Py_ssize_t TN, Py_ssize_t N, Py_ssize_t H, bint relu,
+                                      bint avx512) noexcept nogil:
+    """Inside the team: rnn_backward's recurrence on Wh^T packed (each thread an equal share of
+    the panels, then a barrier), dz[t] = (dhs[t] + dz[t+1] @ Wh^T) * f'(hs[t]) from the last step
+    back and dh0 = dz[0] @ Wh^T, for the calling thread's block of the batch. Each element is the
+    same sum whichever thread computes it."""
+    cdef Py_ssize_t T = TN // N, t, row
+    cdef Py_ssize_t n0 = block_start(thread_id(), team_size(), N, 1)
+    cdef Py_ssize_t rows = block_stop(thread_id(), team_size(), N, 1) - n0
+    pack_panels_f32(Wh, H, 1, H, H, packed_t, block_start(thread_id(), team_size(), panel_count(H), 1),
+                    block_stop(thread_id(), team_size(), panel_count(H), 1))
+    barrier()
+    if rows == 0:
+        return
     for t in range(T - 1, -1, -1):
         row = t * N + n0
-        if rows > 0 and j1 > j0:
-            if t < T - 1:
-                packed_product(dz + row * H + N * H, H, panel(packed_t, H, j0), H, dz + row * H + j0, H, rows,
-                               j1 - j0, False, avx512)
-                _times_derivative(dz + row * H, dhs + row * H, hs + row * H, rows, H, j0, j1, relu)
-            else:
-                for r in range(rows):
-                    memcpy(dz + (row + r) * H + j0, dhs + (row + r) * H + j0, (j1 - j0) * sizeof(float))
-                _times_derivative(dz + row * H, NULL, hs + row * H, rows, H, j0, j1, relu)
-        if by_units:
-            barrier()
-    if rows > 0 and j1 > j0:
-        packed_product(dz + n0 * H, H, panel(packed_t, H, j0), H, dh0 + n0 * H + j0, H, rows, j1 - j0, False, avx512)
+        if t < T - 1:
+            packed_product(dz + (row + N) * H, H, packed_t, H, dz + row * H, H, rows, H, False, avx512)
+            _times_derivative(dz + row * H, dhs + row * H, hs + row * H, rows, H, 0, H, relu)
+        else:
+            memcpy(dz + row * H, dhs + row * H, rows * H * sizeof(float))
+            _times_derivative(dz + row * H, NULL, hs + row * H, rows, H, 0, H, relu)
+    packed_product(dz + n0 * H, H, packed_t, H, dh0 + n0 * H, H, rows, H, False, avx512)
 
 
 cdef inline void _weight_gradients(const floating* x, const floating* h0, const floating* hs, const floating* dz,
@@ -310,16 +273,14 @@ def rnn_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
                  const floating[:, ::1] Wx, const floating[:, ::1] Wh, const floating[:, ::1] WhT,
                  const floating[:, ::1] hs, floating[:, ::1] dz, floating[:, ::1] dx, floating[:, ::1] dh0,
                  floating[:, ::1] dWx, floating[:, ::1] dWh, floating[::1] db, floating[::1] partial,
-                 Py_ssize_t N, int num_threads, bint relu=False, float[::1] packed_t=None, bint avx512=False,
-                 bint by_units=False):
+                 Py_ssize_t N, int num_threads, bint relu=False, float[::1] packed_t=None, bint avx512=False):
     """Backward through time of rnn_forward (``relu`` as there).
 
     dhs, hs, dz (workspace) (T*N, H); x, dx (T*N, D); h0 (N, H); dh0 (N, H); dWx (D, H);
     dWh (H, H); db (H,); Wh (H, H); partial: a workspace of (num_threads - 1) * (D + H) * H
     elements (None for one thread), the other threads' shares of the weight gradients. The products with Wh^T (the per-step dz[t+1] @ Wh^T and
     dh0 = dz[0] @ Wh^T) multiply ``packed_t``, a (float32) buffer of ceil(H / PANEL) * PANEL * H
-    elements the kernel packs Wh^T into (packed_gemm.h, ``avx512`` and ``by_units`` as for
-    rnn_forward: the recurrence then splits by hidden units, a barrier per step), or where
+    elements the kernel packs Wh^T into (packed_gemm.h, ``avx512`` as for rnn_forward), or where
     that is None ``WhT``, Wh transposed (C order): they then have the same untransposed form as
     the forward's, which OpenBLAS runs on its small-matrix path (with a transposed operand it
     packs). WhT may be None when packed_t is given. Every output is overwritten. dWx, dWh and db
@@ -362,7 +323,7 @@ def rnn_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
         # thread's sequences (contiguous rows t*N + n0 ...); relu's factor is (hs[t] > 0).
         if floating is float:
             if pt != NULL:
-                _packed_recurrence_backward(pdhs, phs, pWh, pt, pdz, pdh0, TN, N, H, relu, avx512, by_units)
+                _packed_recurrence_backward(pdhs, phs, pWh, pt, pdz, pdh0, TN, N, H, relu, avx512)
         if pt == NULL and rows > 0:
             chunk = small_gemm_columns(rows, H)
             if chunk == 0:  # one packed GEMM per step

@@ -4,8 +4,7 @@ relu).
 Step arrays (N, .) and sequence arrays (T, N, .) are both read as (T*N, .) row blocks. The kernels split every product among their own OpenMP threads
 (``fastlayers._dispatch.threads_for``) and call BLAS single-threaded inside them. float32 runs its
 products on weights the kernels pack once per call (kernels/cpu/packed_gemm.h) wherever the LSTM's
-and GRU's do (``_gated.PACKED_BLOCKING``), and splits the forward's steps by hidden units on the
-same condition (``_gated.split_by_units``).
+and GRU's do (``_gated.PACKED_BLOCKING``).
 """
 import contextlib
 
@@ -70,7 +69,7 @@ def forward(x, h0, Wx, Wh, b, g, outs):
         _kernels.rnn_forward(
             contiguous(x).reshape(T * N, D), _initial_state(h0, N, H, x.dtype), contiguous(Wx), contiguous(Wh),
             contiguous(b), hs.reshape(T * N, H), N, threads, g.nonlinearity == "relu", packed_x, packed,
-            _gated.avx512_blocking(), packed is not None and _gated.split_by_units(threads),
+            _gated.avx512_blocking(),
         )
     return outs
 
@@ -89,6 +88,5 @@ def backward(dhs, x, h0, Wx, Wh, hs, g, outs):
             contiguous(Wx), contiguous(Wh), None if packed_t is not None else contiguous(Wh.T),
             contiguous(hs).reshape(T * N, H), dz, dx.reshape(T * N, D), dh0, dWx, dWh, db, partial, N,
             threads, g.nonlinearity == "relu", packed_t, _gated.avx512_blocking(),
-            packed_t is not None and _gated.split_by_units(threads),
         )
     return outs
