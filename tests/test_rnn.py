@@ -137,8 +137,9 @@ def test_float32_on_every_product_path(T, N, D, H, pack, nonlinearity, monkeypat
     """float32 multiplies weights packed once per call (kernels/cpu/packed_gemm.h) in the blocking
     of the C helpers' vector width (backends/cpu/_gated.PACKED_BLOCKING), or OpenBLAS without: all
     three are tested whatever this machine picks (either blocking is correct on any CPU), each
-    thread packing its share of the panels (some threads a partial panel, several or none). Shapes: H off the panels and their 16-column halves, T = 1, N = 1, row counts off
-    the 8/4/1 (AVX-512) and 6/4/2/1 (AVX2) row blocks for 1, 2 and 3 threads. On packed weights
+    thread packing its share of the panels (some threads a partial panel, several or none).
+    Shapes: H off the panels and their 16-column halves, T = 1, N = 1, row counts off the 8/4/1
+    (AVX-512) and 6/4/2/1 (AVX2) row blocks for 1, 2 and 3 threads. On packed weights
     each element is the same sum whichever thread computes it, so the states (T > 1: a single
     step's forward stays on OpenBLAS) and the backward's carries (dh0) and bias gradient are
     bitwise those of one thread; dx and the weight gradients are OpenBLAS products split by
@@ -171,7 +172,8 @@ def test_kernels_refuse_buffers_that_do_not_fit():
 
     T, N, D, H = 2, 3, 5, 40
     f32 = np.float32
-    x, h0, Wx, Wh, b = np.zeros((T * N, D), f32), np.zeros((N, H), f32), np.zeros((D, H), f32), np.zeros((H, H), f32), None
+    x, h0, Wx, Wh = np.zeros((T * N, D), f32), np.zeros((N, H), f32), np.zeros((D, H), f32), np.zeros((H, H), f32)
+    b = None
     hs = np.zeros((T * N, H), f32)
     size = -(-H // kernels.PANEL) * kernels.PANEL
     px, ph = np.zeros(size * D, f32), np.zeros(size * H, f32)

@@ -116,6 +116,7 @@ cdef float* _packed(float[::1] packed, Py_ssize_t K, Py_ssize_t width) except? N
 
 
 cdef int _check_packed(bint is_float, bint given) except -1:
+    """Packed buffers hold float32 panels: a float64 call gets none."""
     if given and not is_float:
         raise ValueError("packed weights are float32 only")
     return 0
@@ -161,24 +162,25 @@ def rnn_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, co
     ``packed``: both None, or (float32) buffers of ceil(H / PANEL) * PANEL * D and
     ... * H elements that the kernel packs Wx and Wh into and multiplies (packed_gemm.h, in its
     AVX-512 blocking with ``avx512``, else its AVX2 one)."""
-    cdef float* px = _packed(packed_x, x.shape[1], Wh.shape[0])
-    cdef float* pp = _packed(packed, Wh.shape[0], Wh.shape[0])
-    if (px == NULL) != (pp == NULL):
+    cdef float* panels_x = _packed(packed_x, x.shape[1], Wh.shape[0])
+    cdef float* panels_h = _packed(packed, Wh.shape[0], Wh.shape[0])
+    if (panels_x == NULL) != (panels_h == NULL):
         raise ValueError("packed_x and packed are given together or not at all")
-    _check_packed(floating is float, pp != NULL)
+    _check_packed(floating is float, panels_h != NULL)
     single_threaded_blas()
     cdef Py_ssize_t TN = x.shape[0], D = x.shape[1], H = Wh.shape[0]
     cdef Py_ssize_t T = TN // N
     cdef const floating* h_init = &h0[0, 0]
     cdef const floating* bias = &b[0] if b is not None else NULL
-    cdef const floating* px_ = &x[0, 0]
+    cdef const floating* px = &x[0, 0]
     cdef const floating* pWx = &Wx[0, 0]
     cdef const floating* pWh = &Wh[0, 0]
     cdef floating* phs = &hs[0, 0]
     if floating is float:
-        if pp != NULL:
+        if panels_h != NULL:
             with nogil:
-                _packed_forward(px_, h_init, bias, phs, pWx, pWh, px, pp, TN, N, D, H, relu, avx512, num_threads)
+                _packed_forward(px, h_init, bias, phs, pWx, pWh, panels_x, panels_h, TN, N, D, H, relu, avx512,
+                                num_threads)
             return
     # Initialised only because Cython passes them into the team as firstprivate.
     cdef const floating* h_prev = NULL
@@ -189,7 +191,7 @@ def rnn_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, co
         blk = thread_blocks(TN, N, H)
         # The input projection of every step at once: hs = x @ Wx.
         if blk.r1 > blk.r0:
-            input_projection(px_ + blk.r0 * D, pWx, H, phs + blk.r0 * H, H, blk.r1 - blk.r0, D, H)
+            input_projection(px + blk.r0 * D, pWx, H, phs + blk.r0 * H, H, blk.r1 - blk.r0, D, H)
         barrier()
         if blk.rows > 0:
             chunk = small_gemm_columns(blk.rows, H)
@@ -278,17 +280,17 @@ def rnn_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
 
     dhs, hs, dz (workspace) (T*N, H); x, dx (T*N, D); h0 (N, H); dh0 (N, H); dWx (D, H);
     dWh (H, H); db (H,); Wh (H, H); partial: a workspace of (num_threads - 1) * (D + H) * H
-    elements (None for one thread), the other threads' shares of the weight gradients. The products with Wh^T (the per-step dz[t+1] @ Wh^T and
-    dh0 = dz[0] @ Wh^T) multiply ``packed_t``, a (float32) buffer of ceil(H / PANEL) * PANEL * H
+    elements (None for one thread), the other threads' shares of the weight gradients. The
+    products with Wh^T (the per-step dz[t+1] @ Wh^T and dh0 = dz[0] @ Wh^T) multiply ``packed_t``, a (float32) buffer of ceil(H / PANEL) * PANEL * H
     elements the kernel packs Wh^T into (packed_gemm.h, ``avx512`` as for rnn_forward), or where
     that is None ``WhT``, Wh transposed (C order): they then have the same untransposed form as
     the forward's, which OpenBLAS runs on its small-matrix path (with a transposed operand it
     packs). WhT may be None when packed_t is given. Every output is overwritten. dWx, dWh and db
     sum over steps in a fixed order for a given thread count, so results are reproducible run to
     run; on packed_t, dz (so db) and dh0 are the same sums at any thread count."""
-    cdef float* pt = _packed(packed_t, Wh.shape[0], Wh.shape[0])
-    _check_packed(floating is float, pt != NULL)
-    if WhT is None and pt == NULL:
+    cdef float* panels_t = _packed(packed_t, Wh.shape[0], Wh.shape[0])
+    _check_packed(floating is float, panels_t != NULL)
+    if WhT is None and panels_t == NULL:
         raise ValueError("the backward needs Wh^T (WhT) when it gets no packed copy (packed_t)")
     cdef Py_ssize_t partial_size = (max(num_threads, 1) - 1) * (x.shape[1] + Wh.shape[0]) * Wh.shape[0]
     if (0 if partial is None else partial.shape[0]) < partial_size:
@@ -322,9 +324,9 @@ def rnn_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
         # dz[t] = (dhs[t] + dz[t+1] @ Wh^T) * (1 - hs[t]^2), from the last step back, for this
         # thread's sequences (contiguous rows t*N + n0 ...); relu's factor is (hs[t] > 0).
         if floating is float:
-            if pt != NULL:
-                _packed_recurrence_backward(pdhs, phs, pWh, pt, pdz, pdh0, TN, N, H, relu, avx512)
-        if pt == NULL and rows > 0:
+            if panels_t != NULL:
+                _packed_recurrence_backward(pdhs, phs, pWh, panels_t, pdz, pdh0, TN, N, H, relu, avx512)
+        if panels_t == NULL and rows > 0:
             chunk = small_gemm_columns(rows, H)
             if chunk == 0:  # one packed GEMM per step
                 chunk = H
@@ -344,7 +346,7 @@ def rnn_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
         # From here dz is complete and only read.
         _weight_gradients(px, h_init, phs, pdz, pdWx, pdWh, ppart, blk, TN, N, D, H)
         if c1 > c0:
-            if pt == NULL:
+            if panels_t == NULL:
                 gemm(False, False, <int>N, <int>(c1 - c0), <int>H, <floating>1, pdz, <int>H,
                      pWhT + c0, <int>H, <floating>0, pdh0 + c0, <int>H)
             _column_sums(pdz, TN, H, c0, c1, pdb)

@@ -81,7 +81,8 @@ def backward(dhs, x, h0, Wx, Wh, hs, g, outs):
     _check_blas_sizes(T, N, D, H)
     dx, dh0, dWx, dWh, db = outs
     dt, threads = x.dtype, _num_threads(T, N, D, H)
-    with (workspace("rnn_dz", (T * N, H), dt) as dz, workspace("rnn_partial", ((threads - 1) * (D + H) * H,), dt) as partial,
+    with (workspace("rnn_dz", (T * N, H), dt) as dz,
+          workspace("rnn_partial", ((threads - 1) * (D + H) * H,), dt) as partial,  # the other threads' dWx, dWh
           _packed_buffers(("rnn_packed_t",), (H,), H, dt) as (packed_t,)):
         _kernels.rnn_backward(
             contiguous(dhs).reshape(T * N, H), contiguous(x).reshape(T * N, D), _initial_state(h0, N, H, dt),
