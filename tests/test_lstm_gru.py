@@ -242,9 +242,10 @@ def test_column_split_steps_match_reference_and_one_thread(cell, T, N, D, H, dty
     1 to 150 gives teams where some threads own several panels, a partial last panel or none;
     without, by sequences on the same gate-by-gate packed Wh. The states and the kept gates
     match the reference and are bitwise those of one thread (each element is the same sum
-    whichever thread computes it). float64 (the row split on OpenBLAS, whose results may change
-    with the rows per thread) is compared with the reference only. The backward of those gates:
-    as in test_float32_on_every_product_path."""
+    whichever thread computes it), and so are the states of a forward that keeps no gates (its
+    pre-activations in the step's N rows only, written again at every step). float64 (the row
+    split on OpenBLAS, whose results may change with the rows per thread) is compared with the
+    reference only. The backward of those gates: as in test_float32_on_every_product_path."""
     from fastlayers.backends.cpu import _gated
 
     with pytest.MonkeyPatch.context() as patch:
@@ -255,12 +256,43 @@ def test_column_split_steps_match_reference_and_one_thread(cell, T, N, D, H, dty
         runs = []
         for count in (1, threads):
             with fl.threads(count):
-                runs.append(forward_keeping(cell, a, "cpu"))
-    (outs, ws), (outs_t, ws_t) = runs
+                runs.append(forward_keeping(cell, a, "cpu") + (_as_tuple(cell.forward(a)),))
+    (outs, ws, plain), (outs_t, ws_t, plain_t) = runs
     assert_states_close(outs_t, cell.reference(as64(a)), dtype, D, H)
+    assert_states_close(plain_t, cell.reference(as64(a)), dtype, D, H)
     if dtype == np.float32:
-        assert all(np.array_equal(x, y) for x, y in zip(outs, outs_t))
+        assert all(np.array_equal(x, y) for x, y in zip(outs + outs, outs_t + plain_t))
         assert ws == ws_t
+
+
+def _as_tuple(outs):
+    return outs if isinstance(outs, tuple) else (outs,)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_forward_kernel_refuses_buffers_that_do_not_fit(keep):
+    """The compiled forward checks what it is handed before it writes: packed buffers come both or
+    neither, and the pre-activations hold the rows it writes (the step's N rows on packed weights,
+    all T*N when it keeps the gates or multiplies unpacked weights)."""
+    from fastlayers._cpu import gated_rnn as kernels
+
+    T, N, D, H = 3, 4, 5, 32
+    G, f32 = 4 * H, np.float32
+    x, h0, Wx, Wh = np.zeros((T * N, D), f32), np.zeros((N, H), f32), np.zeros((D, G), f32), np.zeros((H, G), f32)
+    hs, cs, u, b = np.zeros((T * N, H), f32), np.zeros((T * N, H), f32), np.zeros((N, G), f32), np.zeros(G, f32)
+    px, ph = np.zeros(G * D, f32), np.zeros(G * H, f32)
+
+    def run(a_rows, packed_x, packed):
+        kernels.lstm_forward(x, h0, h0, Wx, Wh, b, hs, cs, np.zeros((a_rows, G), f32), u, N, keep, packed_x, packed,
+                             False, True, 1)
+
+    run(T * N if keep else N, px, ph)
+    with pytest.raises(ValueError, match="rows"):
+        run(T * N - 1 if keep else N - 1, px, ph)
+    with pytest.raises(ValueError, match="rows"):
+        run(N, None, None)  # unpacked: every step's rows
+    with pytest.raises(ValueError, match="together"):
+        run(T * N, px, None)
 
 
 @pytest.mark.parametrize("threads, free, expected", [(1, 1, True), (2, 2, True), (2, 1, False), (3, 2, False)])

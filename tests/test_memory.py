@@ -95,3 +95,13 @@ def test_release_workspaces_frees_the_cached_scratch():
     again = fl.rnn_backward(np.ones_like(hs), x, None, Wx, Wh, hs, backend="cpu")
     for got, want in zip(again, expected):  # a fresh workspace, the same computation
         np.testing.assert_array_equal(got, want)
+
+
+def test_workspaces_start_on_a_cache_line():
+    """Workspaces start 64-byte aligned (the packed weights' vector loads then never straddle two
+    lines), fresh or reused for a smaller request."""
+    from fastlayers.backends.cpu._common import ALIGNMENT, workspace
+
+    for shape in ((1000, 3), (7,), (1000, 3)):
+        with workspace("test_alignment", shape, np.float32) as buf:
+            assert buf.shape == shape and buf.ctypes.data % ALIGNMENT == 0

@@ -120,6 +120,85 @@ def test_rnn_matches_reference_in_gemm_chunks(T, N, D, H, dtype, threads, nonlin
         check_against_reference(T, N, D, H, dtype, seed=threads, nonlinearity=nonlinearity)
 
 
+def _run_cpu(a, threads, nonlinearity, dhs, hs_in=None):
+    """The forward's states, and the gradients of the backward of ``hs_in`` (default: those)."""
+    with fl.threads(threads):
+        hs = cpu_rnn(**a, nonlinearity=nonlinearity)
+        hs_in = hs if hs_in is None else hs_in
+        grads = cpu_rnn_backward(dhs, a["input"], a["hx"], a["Wx"], a["Wh"], hs_in, nonlinearity=nonlinearity)
+    return hs, grads
+
+
+@pytest.mark.parametrize("nonlinearity", NONLINEARITIES)
+@pytest.mark.parametrize("pack", [None, "avx512", "avx2"], ids=["openblas", "packed-avx512", "packed-avx2"])
+@pytest.mark.parametrize("T, N, D, H", [(1, 1, 1, 1), (1, 5, 7, 33), (4, 1, 9, 40), (3, 13, 20, 70), (2, 7, 3, 129),
+                                        (5, 26, 11, 96), (2, 4, 40, 16)])
+def test_float32_on_every_product_path(T, N, D, H, pack, nonlinearity, monkeypatch):
+    """float32 multiplies weights packed once per call (kernels/cpu/packed_gemm.h) in the blocking
+    of the C helpers' vector width (backends/cpu/_gated.PACKED_BLOCKING), or OpenBLAS without: all
+    three are tested whatever this machine picks (either blocking is correct on any CPU), each
+    thread packing its share of the panels (some threads a partial panel, several or none).
+    Shapes: H off the panels and their 16-column halves, T = 1, N = 1, row counts off the 8/4/1
+    (AVX-512) and 6/4/2/1 (AVX2) row blocks for 1, 2 and 3 threads. On packed weights
+    each element is the same sum whichever thread computes it, so the states (T > 1: a single
+    step's forward stays on OpenBLAS) and the backward's carries (dh0) and bias gradient are
+    bitwise those of one thread; dx and the weight gradients are OpenBLAS products split by
+    blocks, compared with the reference only."""
+    from fastlayers.backends.cpu import _gated
+
+    monkeypatch.setattr(_gated, "PACKED_BLOCKING", pack)
+    monkeypatch.setattr(fl._dispatch, "GRAIN_SIZE", 1)  # every thread asked for (see split_work)
+    for threads in (1, 2, 3):
+        with fl.threads(threads):
+            check_against_reference(T, N, D, H, np.float32, seed=H + threads, nonlinearity=nonlinearity)
+    if pack is None:
+        return
+    rng = make_rng(T * N)
+    a = rnn_arrays(rng, T, N, D, H, np.float32)
+    dhs = rng.standard_normal((T, N, H)).astype(np.float32)
+    hs, grads = _run_cpu(a, 1, nonlinearity, dhs)
+    for threads in (2, 3):
+        hs_t, grads_t = _run_cpu(a, threads, nonlinearity, dhs, hs)
+        if T > 1:
+            np.testing.assert_array_equal(hs_t, hs, err_msg=f"{threads} threads")
+        np.testing.assert_array_equal(grads_t[1], grads[1], err_msg=f"dhx, {threads} threads")
+        np.testing.assert_array_equal(grads_t[4], grads[4], err_msg=f"dbias, {threads} threads")
+
+
+def test_kernels_refuse_buffers_that_do_not_fit():
+    """The compiled kernels check the packed buffers and the backward's workspace for the other
+    threads' partial weight gradients before writing to them."""
+    from fastlayers._cpu import rnn as kernels
+
+    T, N, D, H = 2, 3, 5, 40
+    f32 = np.float32
+    x, h0, Wx, Wh = np.zeros((T * N, D), f32), np.zeros((N, H), f32), np.zeros((D, H), f32), np.zeros((H, H), f32)
+    b = None
+    hs = np.zeros((T * N, H), f32)
+    size = -(-H // kernels.PANEL) * kernels.PANEL
+    px, ph = np.zeros(size * D, f32), np.zeros(size * H, f32)
+    kernels.rnn_forward(x, h0, Wx, Wh, b, hs, N, 1, False, px, ph)
+    with pytest.raises(ValueError, match="elements"):
+        kernels.rnn_forward(x, h0, Wx, Wh, b, hs, N, 1, False, px, ph[:-1])
+    with pytest.raises(ValueError, match="together"):
+        kernels.rnn_forward(x, h0, Wx, Wh, b, hs, N, 1, False, px, None)
+    with pytest.raises(ValueError, match="float32"):
+        kernels.rnn_forward(*(v.astype(np.float64) for v in (x, h0, Wx, Wh)), b, hs.astype(np.float64), N, 1, False,
+                            px, ph)
+    dz, dx, dh0, dWx, dWh, db = (np.zeros_like(v) for v in (hs, x, h0, Wx, Wh, np.zeros(H, f32)))
+    grads = (hs, dz, dx, dh0, dWx, dWh, db, None, N, 1, False)
+    kernels.rnn_backward(hs, x, h0, Wx, Wh, None, *grads, ph)
+    with pytest.raises(ValueError, match="elements"):
+        kernels.rnn_backward(hs, x, h0, Wx, Wh, None, *grads, px)
+    with pytest.raises(ValueError, match="WhT"):
+        kernels.rnn_backward(hs, x, h0, Wx, Wh, None, *grads, None)
+    # Two threads: the second one's share of the weight gradients, (D + H) * H elements.
+    partial = np.zeros((D + H) * H, f32)
+    kernels.rnn_backward(hs, x, h0, Wx, Wh, None, hs, dz, dx, dh0, dWx, dWh, db, partial, N, 2, False, ph)
+    with pytest.raises(ValueError, match="partial"):
+        kernels.rnn_backward(hs, x, h0, Wx, Wh, None, hs, dz, dx, dh0, dWx, dWh, db, partial[:-1], N, 2, False, ph)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_rnn_step_matches_reference(dtype):
     rng = make_rng(1)

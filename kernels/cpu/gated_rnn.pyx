@@ -3,9 +3,11 @@
 # validated by fastlayers.backends.cpu.lstm and .gru; the caller keeps BLAS single-threaded. G*H is
 # the width of the gate blocks (4H for the LSTM, 3H for the GRU), gates in PyTorch's order.
 #
-# Parallel plan: one OpenMP team per call. The input projection x @ Wx of every step is one
-# product split by row blocks of the T*N rows. After one barrier the forward's recurrence (a
-# step's h @ Wh, then the gates fused on what it has just computed, in gated_cells.h) runs either
+# Parallel plan: one OpenMP team per call. On packed weights (float32) the forward computes each
+# step's input projection x[t] @ Wx with its h @ Wh, into rows that stay in cache for the cell;
+# otherwise the projection of every step is one product split by row blocks of the T*N rows,
+# and a barrier follows. The forward's recurrence (a step's products, then the gates fused on
+# what they have just computed, in gated_cells.h) runs either
 # by hidden units, when Wh is packed (float32) and the team's CPUs are free (by_units): each
 # thread computes its units' columns of all gates for the whole batch and their cells, and the
 # team meets once per step; or (rnn.pyx's
@@ -70,6 +72,8 @@ cdef extern from "packed_gemm.h" nogil:
     void packed_gemm_avx2_f32 "fl_packed_gemm_avx2_f32"(const float* a, Py_ssize_t lda, const float* packed,
                                                         Py_ssize_t K, float* c, Py_ssize_t ldc, Py_ssize_t rows,
                                                         Py_ssize_t width, int accumulate)
+    void pack_panels_f32 "fl_pack_panels_f32"(const float* w, Py_ssize_t ldw, int transposed, Py_ssize_t K,
+                                              Py_ssize_t width, float* packed, Py_ssize_t p0, Py_ssize_t p1)
     const char* clone_isa "fl_clone_isa"()
 
 
@@ -202,15 +206,28 @@ cdef inline void _parameter_gradients(const floating* x, const floating* h0, con
              <int>width, Wx, <int>width, <floating>0, dx + blk.r0 * D, <int>D)
 
 
-cdef const float* _packed(const float[::1] packed, Py_ssize_t K, Py_ssize_t G, Py_ssize_t blocks=1) except? NULL:
-    """The pointer of a weight (K, G) packed in panels (NULL for None), once its size is known to
-    be the panels': of its ``blocks`` column blocks (the gates) in turn, each in whole panels."""
+cdef float* _packed(float[::1] packed, Py_ssize_t K, Py_ssize_t G, Py_ssize_t blocks=1) except? NULL:
+    """The pointer of the buffer (NULL for None) a weight (K, G) is packed into in panels, once
+    its size is known to be the panels': of its ``blocks`` column blocks (the gates) in turn, each
+    in whole panels."""
     if packed is None:
         return NULL
     if packed.shape[0] != blocks * ((G // blocks + FL_PANEL - 1) // FL_PANEL) * FL_PANEL * K:
         raise ValueError(f"a packed weight has {packed.shape[0]} elements, expected {blocks} * "
                          f"ceil({G // blocks} / {FL_PANEL}) * {FL_PANEL} * {K}")
     return &packed[0]
+
+
+cdef int _check_forward(float* packed_x, float* packed, Py_ssize_t a_rows, Py_ssize_t TN, Py_ssize_t N,
+                        bint keep) except -1:
+    """Packed weights come both or neither, and the pre-activations a hold the rows the forward
+    writes (_forward: T*N, or the step's N on packed weights unless ``keep``)."""
+    cdef Py_ssize_t needed = TN if keep or packed_x == NULL else N
+    if (packed_x == NULL) != (packed == NULL):
+        raise ValueError("packed_x and packed are given together or not at all")
+    if a_rows < needed:
+        raise ValueError(f"a has {a_rows} rows, this forward writes {needed}")
+    return 0
 
 
 cdef const floating* _transposed(const floating[:, ::1] WhT, const float* packed) except? NULL:
@@ -223,34 +240,58 @@ cdef const floating* _transposed(const floating[:, ::1] WhT, const float* packed
     return &WhT[0, 0]
 
 
-cdef inline void _gate_columns_product(const floating* h, Py_ssize_t H, const float* packed, bint avx512,
-                                       floating* u, Py_ssize_t ldu, Py_ssize_t rows, Py_ssize_t G, Py_ssize_t j0,
-                                       Py_ssize_t j1) noexcept nogil:
-    """Columns g*H + [j0, j1) of u (rows x G) = h @ Wh for every gate block g, Wh packed gate by
-    gate (each block in whole panels, see _packed's ``blocks``); j0 a multiple of FL_PANEL."""
+cdef inline void _gate_columns_product(const floating* h, Py_ssize_t K, const float* packed, bint avx512,
+                                       floating* u, Py_ssize_t ldu, Py_ssize_t rows, Py_ssize_t G, Py_ssize_t H,
+                                       Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
+    """Columns g*H + [j0, j1) of u (rows x G) = h (rows x K) @ W for every gate block g, W (K x G)
+    packed gate by gate (each block in whole panels, see _packed's ``blocks``); j0 a multiple of
+    FL_PANEL."""
     cdef Py_ssize_t g, panels = (H + FL_PANEL - 1) // FL_PANEL
     if floating is float:
         for g in range(G // H):
             if avx512:
-                packed_gemm_f32(h, H, packed + (g * panels + j0 // FL_PANEL) * H * FL_PANEL, H, u + g * H + j0, ldu,
+                packed_gemm_f32(h, K, packed + (g * panels + j0 // FL_PANEL) * K * FL_PANEL, K, u + g * H + j0, ldu,
                                 rows, j1 - j0, 0)
             else:
-                packed_gemm_avx2_f32(h, H, packed + (g * panels + j0 // FL_PANEL) * H * FL_PANEL, H,
+                packed_gemm_avx2_f32(h, K, packed + (g * panels + j0 // FL_PANEL) * K * FL_PANEL, K,
                                      u + g * H + j0, ldu, rows, j1 - j0, 0)
+
+
+cdef inline void _pack_gates(const floating* W, Py_ssize_t ldw, Py_ssize_t K, Py_ssize_t G, Py_ssize_t H,
+                             float* packed, Py_ssize_t p0, Py_ssize_t p1) noexcept nogil:
+    """Panels [p0, p1) of every gate block of W (K x G, rows ldw apart) packed gate by gate, each
+    block in whole panels (the layout _packed checks), float32."""
+    cdef Py_ssize_t g, panels = (H + FL_PANEL - 1) // FL_PANEL
+    if floating is float:
+        for g in range(G // H):
+            pack_panels_f32(W + g * H, ldw, 0, K, H, packed + g * panels * K * FL_PANEL, p0, p1)
+
+
+cdef inline void _pack_transpose(const floating* Wh, Py_ssize_t G, Py_ssize_t H, float* packed) noexcept nogil:
+    """This thread's share of the panels of Wh^T (G x H; Wh (H x G) in C order) packed into
+    ``packed`` (float32; nothing when NULL), inside the team, before a barrier."""
+    cdef Py_ssize_t panels = (H + FL_PANEL - 1) // FL_PANEL
+    if floating is float:
+        if packed != NULL:
+            pack_panels_f32(Wh, G, 1, G, H, packed, block_start(thread_id(), team_size(), panels, 1),
+                            block_stop(thread_id(), team_size(), panels, 1))
 
 
 cdef void _forward(const floating* x, const floating* Wx, const floating* Wh, const floating* h0, const floating* c0,
                    const floating* bx, const floating* bh, floating* hs, floating* cs, floating* a, floating* u,
                    Py_ssize_t TN, Py_ssize_t N, Py_ssize_t D, Py_ssize_t H, Py_ssize_t G, Py_ssize_t ldw,
-                   Py_ssize_t lda, Py_ssize_t ldu, int keep, const float* packed_x, const float* packed,
+                   Py_ssize_t lda, Py_ssize_t ldu, int keep, float* packed_x, float* packed,
                    bint avx512, bint by_units, int num_threads) noexcept nogil:
-    """The LSTM forward (c0 and cs given) or the GRU's (c0 = cs = NULL, bh given): a = x @ Wx
-    for every step, then per step u = h_prev @ Wh (beta = 0: a buffer that stays in cache;
-    accumulating into a instead reads it back from memory at every step) and the cell, which
-    overwrites a's rows with the gates when ``keep``. Wx, Wh, a and u have rows ldw, lda,
-    ldu >= G apart (see fastlayers.backends.cpu._gated; lda >= 4H when keep); ``packed_x``:
-    Wx packed for packed_gemm.h (float32), or NULL; ``packed``: Wh packed gate by gate, or NULL;
-    ``avx512``: their blocking.
+    """The LSTM forward (c0 and cs given) or the GRU's (c0 = cs = NULL, bh given): per step
+    a = x[t] @ Wx, u = h_prev @ Wh (beta = 0: a buffer that stays in cache; accumulating into a
+    instead reads it back from memory at every step) and the cell, which overwrites a's rows
+    with the gates when ``keep``. Wx, Wh, a and u have rows ldw, lda, ldu >= G apart (see
+    fastlayers.backends.cpu._gated; lda >= 4H when keep); ``packed_x``, ``packed``: buffers
+    (float32, given together) the team packs Wx and Wh into, gate by gate for packed_gemm.h,
+    and multiplies, or NULL; ``avx512``: their blocking. On packed weights a step's x[t] @ Wx
+    is computed with its h @ Wh, by the same thread and for the same columns, so a holds N rows
+    (the step's, written again at every step) unless ``keep`` (all T*N, the gates); without,
+    a = x @ Wx of all steps comes first, one product split by rows, and a holds T*N rows.
 
     The steps split two ways. With ``packed`` and ``by_units``, by columns: each thread owns a
     block of the hidden
@@ -259,21 +300,20 @@ cdef void _forward(const floating* x, const floating* Wx, const floating* Wh, co
     cell of its units; the team meets once per step, as the next step reads all of h. Otherwise
     by rows: each thread runs the recurrence of its own block of the batch (on the packed Wh, or
     OpenBLAS's small-matrix path), with no barrier per step. Either way each element is the same sum, in the order
-    of k, whatever the thread count."""
-    cdef Py_ssize_t T = TN // N
+    of k, whatever the thread count. Each thread packs the panels it multiplies when it owns
+    units, or an equal share of them before a barrier when all threads read all of them."""
+    cdef Py_ssize_t T = TN // N, panels = (H + FL_PANEL - 1) // FL_PANEL
     cdef bint units = packed != NULL and by_units
+    cdef bint all_rows = keep or packed_x == NULL  # a holds every step's rows, not only the current step's
     # Initialised only because Cython passes them into the team as firstprivate.
     cdef const floating* h_prev = NULL
     cdef const floating* c_prev = NULL
     cdef floating* ut = NULL
+    cdef floating* at = NULL
     cdef Py_ssize_t t = 0, row = 0, j0 = 0, j1 = 0, n0 = 0, rows = 0
     cdef Blocks blk
     with parallel(num_threads=num_threads):
         blk = thread_blocks(TN, N, G)
-        if blk.r1 > blk.r0:
-            if not _packed_product(x + blk.r0 * D, D, packed_x, avx512, a + blk.r0 * lda, lda, blk.r1 - blk.r0, G):
-                input_projection(x + blk.r0 * D, Wx, ldw, a + blk.r0 * lda, lda, blk.r1 - blk.r0, D, G)
-        barrier()
         if units:
             j0 = block_start(thread_id(), team_size(), H, FL_PANEL)
             j1 = block_stop(thread_id(), team_size(), H, FL_PANEL)
@@ -284,20 +324,36 @@ cdef void _forward(const floating* x, const floating* Wx, const floating* Wh, co
             j1 = H
             n0 = blk.n0
             rows = blk.rows
+        if packed_x == NULL:
+            if blk.r1 > blk.r0:
+                input_projection(x + blk.r0 * D, Wx, ldw, a + blk.r0 * lda, lda, blk.r1 - blk.r0, D, G)
+            barrier()
+        elif units:
+            if j1 > j0:
+                _pack_gates(Wx, ldw, D, G, H, packed_x, j0 // FL_PANEL, (j1 + FL_PANEL - 1) // FL_PANEL)
+                _pack_gates(Wh, ldw, H, G, H, packed, j0 // FL_PANEL, (j1 + FL_PANEL - 1) // FL_PANEL)
+        else:
+            _pack_gates(Wx, ldw, D, G, H, packed_x, block_start(thread_id(), team_size(), panels, 1),
+                        block_stop(thread_id(), team_size(), panels, 1))
+            _pack_gates(Wh, ldw, H, G, H, packed, block_start(thread_id(), team_size(), panels, 1),
+                        block_stop(thread_id(), team_size(), panels, 1))
+            barrier()
         h_prev = h0 + n0 * H
         c_prev = c0 + n0 * H if c0 != NULL else NULL
         ut = u + n0 * ldu
         for t in range(T):
             row = t * N + n0
+            at = a + (row if all_rows else n0) * lda
             if rows > 0 and j1 > j0:
                 if packed != NULL:
-                    _gate_columns_product(h_prev, H, packed, avx512, ut, ldu, rows, G, j0, j1)
+                    _gate_columns_product(x + row * D, D, packed_x, avx512, at, lda, rows, G, H, j0, j1)
+                    _gate_columns_product(h_prev, H, packed, avx512, ut, ldu, rows, G, H, j0, j1)
                 else:
                     step_product(h_prev, Wh, ldw, ut, ldu, rows, H, G, <floating>0)
                 if cs != NULL:
-                    _lstm_cell(a + row * lda, ut, bx, c_prev, cs + row * H, hs + row * H, rows, H, j0, j1, lda, keep)
+                    _lstm_cell(at, ut, bx, c_prev, cs + row * H, hs + row * H, rows, H, j0, j1, lda, keep)
                 else:
-                    _gru_cell(a + row * lda, ut, bx, bh, h_prev, hs + row * H, rows, H, j0, j1, lda, ldu, keep)
+                    _gru_cell(at, ut, bx, bh, h_prev, hs + row * H, rows, H, j0, j1, lda, ldu, keep)
             if units:
                 barrier()
             c_prev = cs + row * H if cs != NULL else NULL
@@ -307,23 +363,24 @@ cdef void _forward(const floating* x, const floating* Wx, const floating* Wh, co
 def lstm_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, const floating[:, ::1] c0 not None,
                  const floating[:, ::1] Wx, const floating[:, ::1] Wh, const floating[::1] b not None,
                  floating[:, ::1] hs, floating[:, ::1] cs, floating[:, ::1] a, floating[:, ::1] u, Py_ssize_t N,
-                 bint keep, const float[::1] packed_x, const float[::1] packed, bint avx512, bint by_units,
+                 bint keep, float[::1] packed_x, float[::1] packed, bint avx512, bint by_units,
                  int num_threads):
     """cs[t] = f cs[t-1] + i g, hs[t] = o tanh(cs[t]) with (i, f, g, o) the activated
     x[t] @ Wx + hs[t-1] @ Wh + b; hs[-1] = h0, cs[-1] = c0. With ``keep``, a's rows end holding
     the gates (i, f, g, o) (the backward's saved gates).
 
     x (T*N, D), hs, cs (T*N, H), h0, c0 (N, H), b (4H,); Wx (D, ldw), Wh (H, ldw) and the
-    workspaces a (T*N, lda), u (N, ldu) hold 4H columns in rows at least 4H long; T*N, D, H >= 1.
-    ``packed_x``, ``packed``: None, or (float32) Wx packed in panels (packed_gemm.h),
-    ceil(4H / PANEL) * D * PANEL elements, and Wh packed gate by gate, each gate's H columns in
-    whole panels, 4 * ceil(H / PANEL) * H * PANEL elements; ``avx512``: multiply them in packed_gemm.h's
-    AVX-512 blocking (else its AVX2 one; either is correct on any CPU); ``by_units``: with
-    ``packed``, split each step among the threads by hidden units (a barrier per step) rather than
-    by sequences (see _forward)."""
+    workspaces a (T*N rows, or N on packed weights without ``keep``, lda), u (N, ldu) hold 4H
+    columns in rows at least 4H long; T*N, D, H >= 1. ``packed_x``, ``packed``: both None, or
+    (float32) buffers the kernel packs Wx and Wh into, gate by gate in panels (packed_gemm.h),
+    each gate's H columns in whole panels, 4 * ceil(H / PANEL) * D * PANEL and
+    4 * ceil(H / PANEL) * H * PANEL elements; ``avx512``: multiply them in packed_gemm.h's AVX-512 blocking (else its AVX2 one; either is
+    correct on any CPU); ``by_units``: with them, split each step among the threads by hidden
+    units (a barrier per step) rather than by sequences (see _forward)."""
     single_threaded_blas()
-    cdef const float* px = _packed(packed_x, x.shape[1], b.shape[0])
-    cdef const float* pp = _packed(packed, Wh.shape[0], b.shape[0], 4)
+    cdef float* px = _packed(packed_x, x.shape[1], b.shape[0], 4)
+    cdef float* pp = _packed(packed, Wh.shape[0], b.shape[0], 4)
+    _check_forward(px, pp, a.shape[0], x.shape[0], N, keep)
     with nogil:
         _forward(&x[0, 0], &Wx[0, 0], &Wh[0, 0], &h0[0, 0], &c0[0, 0], &b[0], NULL, &hs[0, 0], &cs[0, 0], &a[0, 0],
                  &u[0, 0], x.shape[0], N, x.shape[1], h0.shape[1], b.shape[0], Wh.shape[1], a.shape[1], u.shape[1],
@@ -336,20 +393,21 @@ def lstm_backward(const floating[:, ::1] dhs, const floating[:, ::1] dcs, const 
                   const floating[::1] b not None, const floating[:, ::1] hs, const floating[:, ::1] cs,
                   const floating[:, ::1] gates, bint recompute, floating[:, ::1] dz, floating[:, ::1] dx,
                   floating[:, ::1] dh0, floating[:, ::1] dc0, floating[:, ::1] dWx, floating[:, ::1] dWh,
-                  floating[::1] db, const float[::1] packed_t, bint avx512, Py_ssize_t N, int num_threads):
+                  floating[::1] db, float[::1] packed_t, bint avx512, Py_ssize_t N, int num_threads):
     """Backward through time of lstm_forward.
 
     dhs, hs, cs (T*N, H), dcs the same or None (zeros); x, dx (T*N, D); h0, c0, dh0, dc0 (N, H);
     Wx, dWx (D, 4H); Wh, dWh (H, 4H); b, db (4H,); gates (T*N, ldg >= 4H): the forward's kept
     gates, read only, or with ``recompute`` a workspace the gates are recomputed into; dz
-    (T*N, 4H) a workspace. The per-step dz @ Wh^T multiplies ``packed_t``, (float32) Wh^T packed
-    in panels (packed_gemm.h, in the AVX-512 blocking with ``avx512``), or where that is None
+    (T*N, 4H) a workspace. The per-step dz @ Wh^T multiplies ``packed_t``, a (float32) buffer the
+    kernel packs Wh^T into in panels (packed_gemm.h, in the AVX-512 blocking with ``avx512``;
+    Wh is then read in C order, rows 4H long), or where that is None
     ``WhT``, Wh^T in C order (4H, H) in rows at least H long (the untransposed form OpenBLAS runs
     on its small-matrix path); WhT may be None when packed_t is given. Every output is
     overwritten; dWx, dWh and db sum over steps in a fixed order for a given thread count, so
     results are reproducible run to run."""
     single_threaded_blas()
-    cdef const float* pt = _packed(packed_t, Wh.shape[1], Wh.shape[0])
+    cdef float* pt = _packed(packed_t, Wh.shape[1], Wh.shape[0])
     cdef const floating* pwt = _transposed(WhT, pt)
     cdef Py_ssize_t ldwt = WhT.shape[1] if pwt != NULL else 0
     cdef Py_ssize_t TN = x.shape[0], D = x.shape[1], H = Wh.shape[0], G = Wh.shape[1], ldg = gates.shape[1]
@@ -375,6 +433,7 @@ def lstm_backward(const floating[:, ::1] dhs, const floating[:, ::1] dcs, const 
             input_projection(&x[0, 0] + blk.r0 * D, &Wx[0, 0], G, pg + blk.r0 * ldg, ldg, blk.r1 - blk.r0, D, G)
             _previous_state_product(ph0, phs, &Wh[0, 0], pg, blk.r0, blk.r1, N, H, G, ldg, <floating>1)
             _lstm_activate(pg + blk.r0 * ldg, &b[0], blk.r1 - blk.r0, H, ldg)
+        _pack_transpose(&Wh[0, 0], G, H, pt)
         barrier()
         # From the last step back, for this thread's sequences: dz[t] from dhs[t], dcs[t] and the
         # carries dh (= dz[t+1] @ Wh^T) and dc.
@@ -399,18 +458,19 @@ def lstm_backward(const floating[:, ::1] dhs, const floating[:, ::1] dcs, const 
 def gru_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, const floating[:, ::1] Wx,
                 const floating[:, ::1] Wh, const floating[::1] bx not None, const floating[::1] bh not None,
                 floating[:, ::1] hs, floating[:, ::1] a, floating[:, ::1] u, Py_ssize_t N, bint keep,
-                const float[::1] packed_x, const float[::1] packed, bint avx512, bint by_units, int num_threads):
+                float[::1] packed_x, float[::1] packed, bint avx512, bint by_units, int num_threads):
     """hs[t] = n + z (hs[t-1] - n) with r, z, n the GRU gates of a[t] = x[t] @ Wx + bx and
     u = hs[t-1] @ Wh + bh; hs[-1] = h0. With ``keep``, a's rows end holding the gates (r, z, n,
     u_n) (the backward's saved gates).
 
     x (T*N, D), hs (T*N, H), h0 (N, H), bx, bh (3H,); Wx (D, ldw), Wh (H, ldw) and the
-    workspaces a (T*N, lda), u (N, ldu) hold 3H columns in rows at least 3H long (a: 4H with
-    ``keep``); T*N, D, H >= 1. ``packed_x``, ``packed``, ``by_units`` as for lstm_forward (3H
-    columns)."""
+    workspaces a (rows as for lstm_forward, lda), u (N, ldu) hold 3H columns in rows at least 3H
+    long (a: 4H with ``keep``); T*N, D, H >= 1. ``packed_x``, ``packed``, ``by_units`` as for
+    lstm_forward (3 gates)."""
     single_threaded_blas()
-    cdef const float* px = _packed(packed_x, x.shape[1], bx.shape[0])
-    cdef const float* pp = _packed(packed, Wh.shape[0], bx.shape[0], 3)
+    cdef float* px = _packed(packed_x, x.shape[1], bx.shape[0], 3)
+    cdef float* pp = _packed(packed, Wh.shape[0], bx.shape[0], 3)
+    _check_forward(px, pp, a.shape[0], x.shape[0], N, keep)
     with nogil:
         _forward(&x[0, 0], &Wx[0, 0], &Wh[0, 0], &h0[0, 0], NULL, &bx[0], &bh[0], &hs[0, 0], NULL, &a[0, 0],
                  &u[0, 0], x.shape[0], N, x.shape[1], h0.shape[1], bx.shape[0], Wh.shape[1], a.shape[1],
@@ -422,7 +482,7 @@ def gru_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
                  const floating[::1] bx not None, const floating[::1] bh not None, const floating[:, ::1] hs,
                  const floating[:, ::1] gates, bint recompute, floating[:, ::1] da, floating[:, ::1] du,
                  floating[:, ::1] dx, floating[:, ::1] dh0, floating[:, ::1] dWx, floating[:, ::1] dWh,
-                 floating[::1] dbx, floating[::1] dbh, const float[::1] packed_t, bint avx512, Py_ssize_t N,
+                 floating[::1] dbx, floating[::1] dbh, float[::1] packed_t, bint avx512, Py_ssize_t N,
                  int num_threads):
     """Backward through time of gru_forward.
 
@@ -432,7 +492,7 @@ def gru_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
     workspace the gates are recomputed into; workspaces da, du (T*N, 3H). Every output is
     overwritten, in a fixed order for a given thread count."""
     single_threaded_blas()
-    cdef const float* pt = _packed(packed_t, Wh.shape[1], Wh.shape[0])
+    cdef float* pt = _packed(packed_t, Wh.shape[1], Wh.shape[0])
     cdef const floating* pwt = _transposed(WhT, pt)
     cdef Py_ssize_t ldwt = WhT.shape[1] if pwt != NULL else 0
     cdef Py_ssize_t TN = x.shape[0], D = x.shape[1], H = Wh.shape[0], G = Wh.shape[1], ldg = gates.shape[1]
@@ -456,6 +516,7 @@ def gru_backward(const floating[:, ::1] dhs, const floating[:, ::1] x, const flo
             input_projection(&x[0, 0] + blk.r0 * D, &Wx[0, 0], G, pg + blk.r0 * ldg, ldg, blk.r1 - blk.r0, D, G)
             _previous_state_product(ph0, phs, &Wh[0, 0], pdu, blk.r0, blk.r1, N, H, G, G, <floating>0)
             _gru_activate(pg + blk.r0 * ldg, pdu + blk.r0 * G, &bx[0], &bh[0], blk.r1 - blk.r0, H, ldg, G)
+        _pack_transpose(&Wh[0, 0], G, H, pt)
         barrier()
         # From the last step back: the carry dL/dh_prev = dh z + du[t] @ Wh^T.
         if blk.rows > 0:

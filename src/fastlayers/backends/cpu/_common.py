@@ -6,13 +6,17 @@ import weakref
 import numpy as np
 
 BLAS_INT_MAX = 2**31 - 1  # BLAS sizes and leading dimensions are C ints
+# Workspaces start on a cache line: NumPy's large buffers start 16 bytes past a page, which puts
+# half of a 32-byte vector load from a packed weight across two lines (measured:
+# docs/performance.md, "lstm: aligned packed weights").
+ALIGNMENT = 64
 
 _local = threading.local()
 _caches = weakref.WeakSet()  # every thread's cache, for release_workspaces()
 
 
 class _Cache:
-    """One Python thread's workspaces: ``buffers``, slot -> uint8 buffer."""
+    """One Python thread's workspaces: ``buffers``, slot -> uint8 buffer (ALIGNMENT-aligned)."""
 
     __slots__ = ("buffers", "__weakref__")
 
@@ -29,7 +33,7 @@ class workspace:
     block and checked back in at its end: a call made meanwhile on the same thread (a signal
     handler, a finalizer run by the garbage collector) finds the slot empty and gets a buffer of
     its own, so it can never overwrite the interrupted call's partial results. Contents are
-    undefined. ``release_workspaces()`` drops what is cached."""
+    undefined, the first element ALIGNMENT-aligned. ``release_workspaces()`` drops what is cached."""
 
     __slots__ = ("_slot", "_shape", "_dtype", "_buf")
 
@@ -45,7 +49,9 @@ class workspace:
         size = math.prod(self._shape) * self._dtype.itemsize  # Python ints: exact, and numpy.prod costs microseconds
         buf = cache.pop(self._slot, None)  # one C call: atomic for signal handlers and threads
         if buf is None or buf.size < size:
-            buf = np.empty(size, dtype=np.uint8)
+            raw = np.empty(size + ALIGNMENT, dtype=np.uint8)
+            start = -raw.ctypes.data % ALIGNMENT
+            buf = raw[start:start + size]  # cached aligned, so that a reuse costs no address lookup
         self._buf = buf
         return buf[:size].view(self._dtype).reshape(self._shape)
 

@@ -91,16 +91,17 @@ def leading_dimension(width, itemsize):
 def forward_workspaces(Wx, Wh, TN, N, keep, packed):
     """``(Wx, Wh, a, u)`` for a forward kernel, rows ``leading_dimension`` apart: the weights
     (copied into padded buffers when padded, unless ``packed``: the kernel then multiplies by the
-    packed copies only), the pre-activations a (T*N rows) and u (N rows). With ``keep``, a is a
-    new array KEPT_BLOCKS * H columns wide (in padded rows), which the kernel leaves holding the
-    gates: the caller keeps it."""
+    packed copies only), the pre-activations a (T*N rows; N when ``packed``: the kernel computes
+    each step's x @ Wx with its h @ Wh, into the same rows every step) and u (N rows). With
+    ``keep``, a is a new array of T*N rows, KEPT_BLOCKS * H columns wide (in padded rows), which
+    the kernel leaves holding the gates: the caller keeps it."""
     (D, width), H, dt = Wx.shape, Wh.shape[0], Wx.dtype
     ld = leading_dimension(width, dt.itemsize)
     with contextlib.ExitStack() as stack:
         if keep:
             a = np.empty((TN, leading_dimension(KEPT_BLOCKS * H, dt.itemsize)), dt)
         else:
-            a = stack.enter_context(workspace("gated_rnn_z", (TN, ld), dt))
+            a = stack.enter_context(workspace("gated_rnn_z", (N if packed else TN, ld), dt))
         u = stack.enter_context(workspace("gated_rnn_u", (N, ld), dt))
         if ld == width or packed:
             yield contiguous(Wx), contiguous(Wh), a, u
@@ -114,26 +115,30 @@ def forward_workspaces(Wx, Wh, TN, N, keep, packed):
 
 @contextlib.contextmanager
 def packed_weights(Wx, Wh):
-    """``(Wx, Wh)`` packed for the forward's products (kernels/cpu/packed_gemm.h: panels of PANEL
-    columns, each K x PANEL in C order, zeros past the columns), or ``(None, None)`` where
-    PACKED_BLOCKING is None or for float64 (the small-matrix path). Wh is packed gate by gate,
-    each gate's H columns in whole panels, so that a thread's share of the hidden units starts
-    on a panel in every gate (the kernel's per-step column split)."""
+    """``(packed_x, packed)``: the buffers a forward kernel packs Wx and Wh into for its products
+    (kernels/cpu/packed_gemm.h: panels of PANEL columns, each K x PANEL in C order, zeros past the
+    columns), or ``(None, None)`` where PACKED_BLOCKING is None or for float64 (the small-matrix
+    path). Both are packed gate by gate, each gate's H columns in whole panels, so that a thread's
+    share of the hidden units starts on a panel in every gate (the kernel's per-step column
+    split)."""
     if PACKED_BLOCKING is None or Wh.dtype != np.float32:
         yield None, None
         return
-    H = Wh.shape[0]
-    with _packed("gated_rnn_packed_x", Wx) as px, _packed("gated_rnn_packed_h", Wh, Wh.shape[1] // H) as ph:
+    (D, G), H = Wx.shape, Wh.shape[0]
+    with (_packed_buffer("gated_rnn_packed_x", D, G, G // H) as px,
+          _packed_buffer("gated_rnn_packed_h", H, G, G // H) as ph):
         yield px, ph
 
 
 @contextlib.contextmanager
 def packed_transpose(Wh):
-    """Wh^T (G, H) packed for the backward's per-step dz @ Wh^T, or None (see packed_weights)."""
+    """The buffer a backward kernel packs Wh^T (G, H) into for its per-step dz @ Wh^T, or None (see
+    packed_weights)."""
     if PACKED_BLOCKING is None or Wh.dtype != np.float32:
         yield None
         return
-    with _packed("gated_rnn_packed_t", Wh.T) as pt:
+    H, G = Wh.shape
+    with _packed_buffer("gated_rnn_packed_t", G, H) as pt:
         yield pt
 
 
@@ -142,20 +147,11 @@ def avx512_blocking():
     return PACKED_BLOCKING == "avx512"
 
 
-@contextlib.contextmanager
-def _packed(slot, W, blocks=1):
-    """W packed in panels, its ``blocks`` equal column blocks in turn, each in whole panels."""
-    (K, G), P = W.shape, _kernels.PANEL
-    width = G // blocks
-    panels, full = -(-width // P), width // P
-    with workspace(slot, (blocks * panels * K * P,), W.dtype) as packed:
-        for block, view in enumerate(packed.reshape(blocks, panels, K, P)):
-            Wb = W[:, block * width:(block + 1) * width]
-            view[:full] = Wb[:, : full * P].reshape(K, full, P).transpose(1, 0, 2)
-            if full < panels:
-                view[full] = 0
-                view[full, :, : width - full * P] = Wb[:, full * P:]
-        yield packed
+def _packed_buffer(slot, K, G, blocks=1):
+    """A workspace for a (K, G) float32 weight packed in panels, its ``blocks`` equal column blocks
+    in turn, each in whole panels (the kernels fill it)."""
+    panels = -(-(G // blocks) // _kernels.PANEL)
+    return workspace(slot, (blocks * panels * K * _kernels.PANEL,), np.float32)
 
 
 @contextlib.contextmanager
