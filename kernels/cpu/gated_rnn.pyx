@@ -374,9 +374,10 @@ def lstm_forward(const floating[:, ::1] x, const floating[:, ::1] h0 not None, c
     columns in rows at least 4H long; T*N, D, H >= 1. ``packed_x``, ``packed``: both None, or
     (float32) buffers the kernel packs Wx and Wh into, gate by gate in panels (packed_gemm.h),
     each gate's H columns in whole panels, 4 * ceil(H / PANEL) * D * PANEL and
-    4 * ceil(H / PANEL) * H * PANEL elements; ``avx512``: multiply them in packed_gemm.h's AVX-512 blocking (else its AVX2 one; either is
-    correct on any CPU); ``by_units``: with them, split each step among the threads by hidden
-    units (a barrier per step) rather than by sequences (see _forward)."""
+    4 * ceil(H / PANEL) * H * PANEL elements; ``avx512``: multiply them in packed_gemm.h's
+    AVX-512 blocking (else its AVX2 one; either is correct on any CPU); ``by_units``: with them,
+    split each step among the threads by hidden units (a barrier per step) rather than by
+    sequences (see _forward)."""
     single_threaded_blas()
     cdef float* px = _packed(packed_x, x.shape[1], b.shape[0], 4)
     cdef float* pp = _packed(packed, Wh.shape[0], b.shape[0], 4)
