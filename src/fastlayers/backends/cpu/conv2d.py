@@ -385,20 +385,33 @@ def _small_batch_backward(dy, x, w, g, outs, threads):
     return outs
 
 
-# The depthwise padded-plane loops (stride 1) keep one padded plane and one widened output or
-# gradient plane per thread. The forward's row loops are long vector passes on wide planes
-# (112x112), where the copies in and out cost more than they save: it takes the padded loops while
-# the two planes fit L1. The backward's do more per plane and win while they fit L2.
+# The depthwise plane loops (conv2d_depthwise.pyx). At stride 1 with output rows (and, backward,
+# input rows) of at least one vector (``BLOCKED_VECTOR_BYTES``: 8 floats), the blocked loops,
+# which keep a block of outputs (or a filter's sums) in registers over the taps, beat the others
+# on every plane measured (docs/performance.md); their padded plane copy (a thread's workspace row)
+# is bounded by ``DEPTHWISE_BLOCKED_MAX_BYTES``, past which they give way. Narrower rows take the
+# padded-plane loops while their two plane copies fit L1 (forward) or L2 (backward), which there
+# beat the row loops' short passes; the row loops take the rest (any stride).
+DEPTHWISE_BLOCKED_MAX_BYTES = 64 << 20
 DEPTHWISE_PADDED_MAX_BYTES = {"forward": 32 << 10, "backward": 512 << 10}
 
 
-def _depthwise_padded_size(g, itemsize, direction):
-    """Values of a thread's workspace for the depthwise padded-plane loops, (Hp + OH) * Wp; 0 where
-    the row loops run (stride > 1, or past ``DEPTHWISE_PADDED_MAX_BYTES[direction]``)."""
+def _depthwise_loops(g, itemsize, direction):
+    """The depthwise plane loops ("blocked", "padded" or "rows") and a thread's workspace values."""
+    backward = direction == "backward"
     if (g.stride_h, g.stride_w) != (1, 1):
-        return 0
-    size = (2 * g.OH + g.dilation_h * (g.KH - 1)) * (g.OW + g.dilation_w * (g.KW - 1))
-    return size if size * itemsize <= DEPTHWISE_PADDED_MAX_BYTES[direction] else 0
+        return "rows", 0
+    size = _depthwise.workspace_size(g, _depthwise.BLOCKED, backward)
+    vector = _depthwise.BLOCKED_VECTOR_BYTES // itemsize
+    if g.OW >= vector and (not backward or g.W >= vector) and size * itemsize <= DEPTHWISE_BLOCKED_MAX_BYTES:
+        return "blocked", size
+    size = _depthwise.workspace_size(g, _depthwise.PADDED, backward)
+    if size * itemsize <= DEPTHWISE_PADDED_MAX_BYTES[direction]:
+        return "padded", size
+    return "rows", 0
+
+
+_DEPTHWISE_LOOPS = {"rows": _depthwise.ROWS, "padded": _depthwise.PADDED, "blocked": _depthwise.BLOCKED}
 
 
 def depthwise_forward(x, w, b, g, outs):
@@ -407,10 +420,10 @@ def depthwise_forward(x, w, b, g, outs):
         return im2col_forward(x, w, b, g, outs)
     threads = _forward_threads(x, w, b, g, y, "depthwise")  # no size limit of its own
     if threads is not None:
-        size = _depthwise_padded_size(g, x.dtype.itemsize, "forward")
+        loops, size = _depthwise_loops(g, x.dtype.itemsize, "forward")
         with scratch("depthwise", (threads, max(size, 1)), x.dtype) as work:
             _depthwise.conv2d_forward(contiguous(x), contiguous(w), contiguous(b), y, work if size else None, g,
-                                      threads)
+                                      _DEPTHWISE_LOOPS[loops], threads)
     return (y,)
 
 
@@ -421,10 +434,10 @@ def depthwise_backward(dy, x, w, g, outs):
     if not _finite(w, dy):  # as in depthwise_forward: non-finite values meet padding taps in the reference
         return im2col_backward(dy, x, w, g, outs)
     threads = threads_for(g.work("backward")[0] // 2)
-    size = _depthwise_padded_size(g, x.dtype.itemsize, "backward")
+    loops, size = _depthwise_loops(g, x.dtype.itemsize, "backward")
     with scratch("depthwise", (threads, max(size, 1)), x.dtype) as work:
         _depthwise.conv2d_backward(contiguous(dy), contiguous(x), contiguous(w), dx, dw, db, work if size else None,
-                                   g, threads)
+                                   g, _DEPTHWISE_LOOPS[loops], threads)
     return outs
 
 
