@@ -74,28 +74,33 @@ cdef extern from "conv2d_depthwise_blocked.h" nogil:
                               Py_ssize_t ntaps, float bias, float* out, Py_ssize_t OH, Py_ssize_t OW)
     void fl_dwb_forward_double(const double* xp, Py_ssize_t Wp, const Py_ssize_t* toff, const double* tw,
                                Py_ssize_t ntaps, double bias, double* out, Py_ssize_t OH, Py_ssize_t OW)
-    void fl_dwb_forward_3x3_float(const float* xp, Py_ssize_t Wp, const float* tw, float bias, float* out,
-                                  Py_ssize_t OH, Py_ssize_t OW)
-    void fl_dwb_forward_3x3_double(const double* xp, Py_ssize_t Wp, const double* tw, double bias, double* out,
-                                   Py_ssize_t OH, Py_ssize_t OW)
     void fl_dwb_weight_float(const float* dy, Py_ssize_t OH, Py_ssize_t OW, const float* xp, Py_ssize_t Wp,
                              const Py_ssize_t* toff, Py_ssize_t ntaps, float* dw)
     void fl_dwb_weight_double(const double* dy, Py_ssize_t OH, Py_ssize_t OW, const double* xp, Py_ssize_t Wp,
                               const Py_ssize_t* toff, Py_ssize_t ntaps, double* dw)
+
+cdef extern from "conv2d_depthwise_3x3.h" nogil:
+    void fl_dw3_forward_float(const float* x, const float* tw, float bias, float* out, Py_ssize_t H, Py_ssize_t W)
+    void fl_dw3_forward_double(const double* x, const double* tw, double bias, double* out, Py_ssize_t H,
+                               Py_ssize_t W)
+    void fl_dw3_weight_float(const float* dy, const float* x, float* dw, float* db, Py_ssize_t H, Py_ssize_t W)
+    void fl_dw3_weight_double(const double* dy, const double* x, double* dw, double* db, Py_ssize_t H,
+                              Py_ssize_t W)
 
 # The plane loops (``loops`` of conv2d_forward and conv2d_backward).
 cdef enum:
     LOOPS_ROWS = 0
     LOOPS_PADDED = 1
     LOOPS_BLOCKED = 2
-ROWS, PADDED, BLOCKED = LOOPS_ROWS, LOOPS_PADDED, LOOPS_BLOCKED
-# Bytes of the blocked loops' vectors: they need output rows (and, backward, input rows) of at
-# least this many bytes.
-BLOCKED_VECTOR_BYTES = FL_DWB_BYTES
+    LOOPS_SAME_3X3 = 3
+ROWS, PADDED, BLOCKED, SAME_3X3 = LOOPS_ROWS, LOOPS_PADDED, LOOPS_BLOCKED, LOOPS_SAME_3X3
+# Bytes of the blocked and 3x3 loops' vectors: they need output rows (and, backward, input rows)
+# of at least this many bytes.
+VECTOR_BYTES = FL_DWB_BYTES
 
 
 def workspace_size(object geometry, int loops, bint backward):
-    """Values of a thread's workspace row for ``loops``: none for ROWS; for PADDED a padded plane
+    """Values of a thread's workspace row for ``loops``: none for ROWS and SAME_3X3; for PADDED a padded plane
     and a widened output or gradient plane, (Hp + OH) * Wp; for BLOCKED the forward's padded input
     plane, Hp * Wp with Hp = OH + DH*(KH-1), Wp = OW + DW*(KW-1), and backward the larger of that
     (the weight gradient's) and the data gradient's Fg padded gradient planes,
@@ -112,11 +117,6 @@ def workspace_size(object geometry, int loops, bint backward):
 cdef inline Py_ssize_t _dx_plane(const Conv2dShape* s) noexcept nogil:
     """Values of one padded gradient plane of the blocked data gradient."""
     return (s.H + s.DH * (s.KH - 1)) * (s.W + s.DW * (s.KW - 1))
-
-
-cdef inline bint _is_3x3(const Conv2dShape* s) noexcept nogil:
-    """A 3x3 filter at dilation 1: the blocked loops' row-sweeping kernel (fl_dwb_forward_3x3)."""
-    return s.KH == 3 and s.KW == 3 and s.DH == 1 and s.DW == 1
 
 
 cdef Py_ssize_t* _tap_offsets(const Conv2dShape* s, bint data_gradient) except NULL:
@@ -147,13 +147,11 @@ cdef void _forward_plane(const floating[:, :, :, ::1] x, const floating[:, :, :,
     cdef const floating* xc = &x[n, f // s.Fg, 0, 0]
     cdef Py_ssize_t Wp = s.OW + s.DW * (s.KW - 1), Hp = s.OH + s.DH * (s.KH - 1)
     if floating is float:
-        if loops == LOOPS_BLOCKED:
+        if loops == LOOPS_SAME_3X3:
+            fl_dw3_forward_float(xc, &w[f, 0, 0, 0], bias, &y[n, f, 0, 0], s.H, s.W)
+        elif loops == LOOPS_BLOCKED:
             fl_dwb_pad_float(xc, s.H, s.W, scratch, Hp, Wp, s.PT, s.PL)
-            if _is_3x3(s):
-                fl_dwb_forward_3x3_float(scratch, Wp, &w[f, 0, 0, 0], bias, &y[n, f, 0, 0], s.OH, s.OW)
-            else:
-                fl_dwb_forward_float(scratch, Wp, toff, &w[f, 0, 0, 0], s.KH * s.KW, bias, &y[n, f, 0, 0], s.OH,
-                                     s.OW)
+            fl_dwb_forward_float(scratch, Wp, toff, &w[f, 0, 0, 0], s.KH * s.KW, bias, &y[n, f, 0, 0], s.OH, s.OW)
         elif loops == LOOPS_PADDED:
             fl_dw_padded_forward_float(xc, &w[f, 0, 0, 0], bias, &y[n, f, 0, 0], s.H, s.W, s.OH, s.OW, s.KH, s.KW,
                                        s.PT, s.PL, s.DH, s.DW, scratch)
@@ -163,11 +161,7 @@ cdef void _forward_plane(const floating[:, :, :, ::1] x, const floating[:, :, :,
     else:
         if loops == LOOPS_BLOCKED:
             fl_dwb_pad_double(xc, s.H, s.W, scratch, Hp, Wp, s.PT, s.PL)
-            if _is_3x3(s):
-                fl_dwb_forward_3x3_double(scratch, Wp, &w[f, 0, 0, 0], bias, &y[n, f, 0, 0], s.OH, s.OW)
-            else:
-                fl_dwb_forward_double(scratch, Wp, toff, &w[f, 0, 0, 0], s.KH * s.KW, bias, &y[n, f, 0, 0], s.OH,
-                                      s.OW)
+            fl_dwb_forward_double(scratch, Wp, toff, &w[f, 0, 0, 0], s.KH * s.KW, bias, &y[n, f, 0, 0], s.OH, s.OW)
         elif loops == LOOPS_PADDED:
             fl_dw_padded_forward_double(xc, &w[f, 0, 0, 0], bias, &y[n, f, 0, 0], s.H, s.W, s.OH, s.OW, s.KH, s.KW,
                                         s.PT, s.PL, s.DH, s.DW, scratch)
@@ -179,17 +173,18 @@ cdef void _forward_plane(const floating[:, :, :, ::1] x, const floating[:, :, :,
 def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w, const floating[::1] b,
                    floating[:, :, :, ::1] y, floating[:, ::1] workspace, object geometry, int loops,
                    int num_threads):
-    """y = conv2d(x, w) (+ b; None for no bias) for C/groups == 1 by ``loops`` (ROWS, PADDED at
-    stride 1, BLOCKED at stride 1 with OW of at least a vector): one task per output plane.
-    ``workspace`` (num_threads, workspace_size(geometry, loops, False)), or None for ROWS."""
+    """y = conv2d(x, w) (+ b; None for no bias) for C/groups == 1 by ``loops`` (ROWS; PADDED at
+    stride 1; BLOCKED at stride 1 with OW of at least a vector; SAME_3X3 for 3x3 filters at
+    stride 1, dilation 1 and padding 1 with W of at least a vector): one task per output plane.
+    ``workspace`` (num_threads, workspace_size(geometry, loops, False)), or None where that is 0."""
     cdef Conv2dShape s = conv2d_shape(geometry)
-    cdef bint has_bias = b is not None
+    cdef bint has_bias = b is not None, has_workspace = workspace is not None
     cdef Py_ssize_t task
     cdef Py_ssize_t* toff = _tap_offsets(&s, False)
     try:
         for task in prange(s.N * s.F, nogil=True, schedule="static", num_threads=num_threads):
             _forward_plane(x, w, b[task % s.F] if has_bias else 0, y, &s, task // s.F, task % s.F, loops, toff,
-                           &workspace[threadid(), 0] if loops != LOOPS_ROWS else NULL)
+                           &workspace[threadid(), 0] if has_workspace else NULL)
     finally:
         free(toff)
 
@@ -203,20 +198,21 @@ cdef void _input_plane(const floating[:, :, :, ::1] dy, const floating[:, :, :, 
     cdef Py_ssize_t f, plane = _dx_plane(s), Wq = s.W + s.DW * (s.KW - 1), Hq = s.H + s.DH * (s.KH - 1)
     cdef Py_ssize_t top = (s.KH - 1) * s.DH - s.PT, left = (s.KW - 1) * s.DW - s.PL
     cdef floating mirrored[9]
+    if loops == LOOPS_SAME_3X3:  # the forward with the filter mirrored (Fg == 1)
+        for f in range(9):
+            mirrored[f] = w[c, 0, 2 - f // 3, 2 - f % 3]
+        if floating is float:
+            fl_dw3_forward_float(&dy[n, c, 0, 0], mirrored, 0, &dx[n, c, 0, 0], s.H, s.W)
+        else:
+            fl_dw3_forward_double(&dy[n, c, 0, 0], mirrored, 0, &dx[n, c, 0, 0], s.H, s.W)
+        return
     if loops == LOOPS_BLOCKED:
         for f in range(s.Fg):
             if floating is float:
                 fl_dwb_pad_float(&dy[n, c * s.Fg + f, 0, 0], s.OH, s.OW, scratch + f * plane, Hq, Wq, top, left)
             else:
                 fl_dwb_pad_double(&dy[n, c * s.Fg + f, 0, 0], s.OH, s.OW, scratch + f * plane, Hq, Wq, top, left)
-        if _is_3x3(s) and s.Fg == 1:  # the mirrored taps as a filter of their own
-            for f in range(9):
-                mirrored[f] = w[c, 0, 2 - f // 3, 2 - f % 3]
-            if floating is float:
-                fl_dwb_forward_3x3_float(scratch, Wq, mirrored, 0, &dx[n, c, 0, 0], s.H, s.W)
-            else:
-                fl_dwb_forward_3x3_double(scratch, Wq, mirrored, 0, &dx[n, c, 0, 0], s.H, s.W)
-        elif floating is float:
+        if floating is float:
             fl_dwb_forward_float(scratch, Wq, toff, &w[c * s.Fg, 0, 0, 0], s.Fg * s.KH * s.KW, 0, &dx[n, c, 0, 0],
                                  s.H, s.W)
         else:
@@ -246,7 +242,9 @@ cdef void _weight_image(const floating* dy, const floating* x, floating* dw, flo
     """dw (KH, KW) and db += one image's terms of one filter (dy and x: its planes)."""
     cdef Py_ssize_t Wp = s.OW + s.DW * (s.KW - 1), Hp = s.OH + s.DH * (s.KH - 1)
     if floating is float:
-        if loops == LOOPS_BLOCKED:
+        if loops == LOOPS_SAME_3X3:
+            fl_dw3_weight_float(dy, x, dw, db, s.H, s.W)
+        elif loops == LOOPS_BLOCKED:
             fl_dwb_pad_float(x, s.H, s.W, scratch, Hp, Wp, s.PT, s.PL)
             fl_dwb_weight_float(dy, s.OH, s.OW, scratch, Wp, toff, s.KH * s.KW, dw)
             db[0] += fl_dw_sum_float(dy, s.OH * s.OW)
@@ -257,7 +255,9 @@ cdef void _weight_image(const floating* dy, const floating* x, floating* dw, flo
             fl_dw_backward_weight_float(dy, x, dw, db, s.H, s.W, s.OH, s.OW, s.KH, s.KW, s.SH, s.SW, s.PT, s.PL,
                                         s.DH, s.DW)
     else:
-        if loops == LOOPS_BLOCKED:
+        if loops == LOOPS_SAME_3X3:
+            fl_dw3_weight_double(dy, x, dw, db, s.H, s.W)
+        elif loops == LOOPS_BLOCKED:
             fl_dwb_pad_double(x, s.H, s.W, scratch, Hp, Wp, s.PT, s.PL)
             fl_dwb_weight_double(dy, s.OH, s.OW, scratch, Wp, toff, s.KH * s.KW, dw)
             db[0] += fl_dw_sum_double(dy, s.OH * s.OW)
@@ -284,19 +284,21 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
                     const floating[:, :, :, ::1] w, floating[:, :, :, ::1] dx, floating[:, :, :, ::1] dw,
                     floating[::1] db, floating[:, ::1] workspace, object geometry, int loops, int num_threads):
     """dx (None: not computed), dw and db of y = conv2d(x, w) + b given dy, for C/groups == 1, by
-    ``loops`` as in conv2d_forward (BLOCKED also needs W of at least a vector). Tasks: the N*C
+    ``loops`` as in conv2d_forward (BLOCKED also needs W of at least a vector, SAME_3X3 one filter
+    per channel). Tasks: the N*C
     input planes of dx, then the F filters of dw and db (each summed over the images in order),
     so every output is written by one task in a fixed order whatever the thread count.
-    ``workspace`` (num_threads, workspace_size(geometry, loops, True)), or None for ROWS."""
+    ``workspace`` (num_threads, workspace_size(geometry, loops, True)), or None where that is 0."""
     cdef Conv2dShape s = conv2d_shape(geometry)
     cdef Py_ssize_t task, planes = s.N * s.C if dx is not None else 0
     cdef floating* scratch
+    cdef bint has_workspace = workspace is not None
     cdef Py_ssize_t* weight_taps = _tap_offsets(&s, False)
     cdef Py_ssize_t* input_taps = NULL
     try:
         input_taps = _tap_offsets(&s, True)
         for task in prange(planes + s.F, nogil=True, schedule="dynamic", num_threads=num_threads):
-            scratch = &workspace[threadid(), 0] if loops != LOOPS_ROWS else NULL
+            scratch = &workspace[threadid(), 0] if has_workspace else NULL
             if task < planes:
                 _input_plane(dy, w, dx, &s, task // s.C, task % s.C, loops, input_taps, scratch)
             else:

@@ -134,41 +134,6 @@ static inline void fl_dwb_next(ptrdiff_t *oh, ptrdiff_t *ow, ptrdiff_t OW, ptrdi
         }                                                                                     \
     }
 
-/* FL_DWB_FORWARD for a 3x3 filter at dilation 1, its taps tw in row-major order: each vector
- * column of the output (a strip of L columns) is swept down the padded rows, each row's three
- * vectors loaded once and multiplied into the three output rows that read it (the weights held in
- * registers): 3 loads and 9 multiply-adds per output vector instead of 9 and 9. Output row oh is
- * summed in the same order as there, bias, then row kh = 0, 1, 2 of the taps. */
-#define FL_DWB_FORWARD_3X3(T)                                                                 \
-    FL_CLONES static void fl_dwb_forward_3x3_##T(const T *xp, ptrdiff_t Wp, const T *tw, T bias, \
-                                                 T *out, ptrdiff_t OH, ptrdiff_t OW)          \
-    {                                                                                         \
-        typedef fl_dwb_v##T VT;                                                               \
-        const ptrdiff_t L = FL_DWB_LANES(T);                                                  \
-        const VT w00 = (VT){0} + tw[0], w01 = (VT){0} + tw[1], w02 = (VT){0} + tw[2];         \
-        const VT w10 = (VT){0} + tw[3], w11 = (VT){0} + tw[4], w12 = (VT){0} + tw[5];         \
-        const VT w20 = (VT){0} + tw[6], w21 = (VT){0} + tw[7], w22 = (VT){0} + tw[8];         \
-        for (ptrdiff_t ow = 0;; ow = ow + 2 * L <= OW ? ow + L : OW - L) {                    \
-            const T *s = xp + ow;                                                             \
-            T *o = out + ow;                                                                  \
-            VT x0 = *(const VT *)s, x1 = *(const VT *)(s + 1), x2 = *(const VT *)(s + 2);     \
-            VT below = bias + w00 * x0 + w01 * x1 + w02 * x2; /* output row 0 */              \
-            s += Wp;                                                                          \
-            x0 = *(const VT *)s, x1 = *(const VT *)(s + 1), x2 = *(const VT *)(s + 2);        \
-            VT above = below + w10 * x0 + w11 * x1 + w12 * x2; /* row 0, rows 0..1 read */    \
-            below = bias + w00 * x0 + w01 * x1 + w02 * x2;    /* row 1 */                     \
-            for (ptrdiff_t oh = 0; oh < OH; oh++) {                                           \
-                s += Wp;                                                                      \
-                x0 = *(const VT *)s, x1 = *(const VT *)(s + 1), x2 = *(const VT *)(s + 2);    \
-                *(VT *)(o + oh * OW) = above + w20 * x0 + w21 * x1 + w22 * x2;                \
-                above = below + w10 * x0 + w11 * x1 + w12 * x2;                               \
-                below = bias + w00 * x0 + w01 * x1 + w02 * x2;                                \
-            }                                                                                 \
-            if (ow + L == OW)                                                                 \
-                break;                                                                        \
-        }                                                                                     \
-    }
-
 /* dw[t] += sum over the cells of dy (OH, OW) of dy times tap t of xp (rows of Wp cells);
  * OW >= L. A row's last vector, where it overlaps its neighbour, counts only its new lanes
  * (the others times zero: dy is finite). The taps go FL_DWB_TAPS at a time; a last short block
@@ -215,8 +180,6 @@ FL_DWB_PAD(float)
 FL_DWB_PAD(double)
 FL_DWB_FORWARD(float)
 FL_DWB_FORWARD(double)
-FL_DWB_FORWARD_3X3(float)
-FL_DWB_FORWARD_3X3(double)
 FL_DWB_WEIGHT(float)
 FL_DWB_WEIGHT(double)
 

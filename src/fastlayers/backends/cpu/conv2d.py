@@ -385,33 +385,42 @@ def _small_batch_backward(dy, x, w, g, outs, threads):
     return outs
 
 
-# The depthwise plane loops (conv2d_depthwise.pyx). At stride 1 with output rows (and, backward,
-# input rows) of at least one vector (``BLOCKED_VECTOR_BYTES``: 8 floats), the blocked loops,
-# which keep a block of outputs (or a filter's sums) in registers over the taps, beat the others
-# on every plane measured (docs/performance.md); their padded plane copy (a thread's workspace row)
-# is bounded by ``DEPTHWISE_BLOCKED_MAX_BYTES``, past which they give way. Narrower rows take the
-# padded-plane loops while their two plane copies fit L1 (forward) or L2 (backward), which there
-# beat the row loops' short passes; the row loops take the rest (any stride).
+# The depthwise plane loops (conv2d_depthwise.pyx). MobileNet's layers (3x3 filters, stride 1,
+# dilation 1, padding 1, rows of at least one vector: ``_depthwise.VECTOR_BYTES``, 8 floats;
+# backward one filter per channel) take the 3x3 loops, which sweep each vector column down the
+# plane with the filter in registers and need no copy. Other stride-1 problems with rows of at
+# least a vector take the blocked loops, a block of outputs (or a filter's sums) in registers over
+# the taps, read from a padded copy of the plane (a thread's workspace row, bounded by
+# ``DEPTHWISE_BLOCKED_MAX_BYTES``). Both beat the others on every plane measured
+# (docs/performance.md). Narrower rows take the padded-plane loops while their two plane copies fit
+# L1 (forward) or L2 (backward), which there beat the row loops' short passes; the row loops take
+# the rest (any stride).
 DEPTHWISE_BLOCKED_MAX_BYTES = 64 << 20
 DEPTHWISE_PADDED_MAX_BYTES = {"forward": 32 << 10, "backward": 512 << 10}
 
 
 def _depthwise_loops(g, itemsize, direction):
-    """The depthwise plane loops ("blocked", "padded" or "rows") and a thread's workspace values."""
+    """The depthwise plane loops ("3x3", "blocked", "padded" or "rows") and a thread's workspace
+    values."""
     backward = direction == "backward"
     if (g.stride_h, g.stride_w) != (1, 1):
         return "rows", 0
-    size = _depthwise.workspace_size(g, _depthwise.BLOCKED, backward)
-    vector = _depthwise.BLOCKED_VECTOR_BYTES // itemsize
-    if g.OW >= vector and (not backward or g.W >= vector) and size * itemsize <= DEPTHWISE_BLOCKED_MAX_BYTES:
-        return "blocked", size
+    vector = _depthwise.VECTOR_BYTES // itemsize
+    if g.OW >= vector and (not backward or g.W >= vector):
+        if ((g.KH, g.KW, g.dilation_h, g.dilation_w, g.pad_top, g.pad_bottom, g.pad_left, g.pad_right)
+                == (3, 3, 1, 1, 1, 1, 1, 1) and (not backward or g.Fg == 1)):
+            return "3x3", 0
+        size = _depthwise.workspace_size(g, _depthwise.BLOCKED, backward)
+        if size * itemsize <= DEPTHWISE_BLOCKED_MAX_BYTES:
+            return "blocked", size
     size = _depthwise.workspace_size(g, _depthwise.PADDED, backward)
     if size * itemsize <= DEPTHWISE_PADDED_MAX_BYTES[direction]:
         return "padded", size
     return "rows", 0
 
 
-_DEPTHWISE_LOOPS = {"rows": _depthwise.ROWS, "padded": _depthwise.PADDED, "blocked": _depthwise.BLOCKED}
+_DEPTHWISE_LOOPS = {"rows": _depthwise.ROWS, "padded": _depthwise.PADDED, "blocked": _depthwise.BLOCKED,
+                    "3x3": _depthwise.SAME_3X3}
 
 
 def depthwise_forward(x, w, b, g, outs):
