@@ -599,16 +599,17 @@ def test_cpu_is_the_default_backend_for_numpy_inputs():
 
 
 @st.composite
-def depthwise_configs(draw):
+def depthwise_configs(draw, stride_one=False):
     """One input channel per group (groups == C), a channel multiplier of 1 to 3 filters per
-    group, every kernel size, stride, padding and dilation of conv2d_configs, wide rows too (the
-    vectorised stride-1 rows and their tails)."""
+    group, every kernel size, stride (only 1 with ``stride_one``: the loops that take no other),
+    padding and dilation of conv2d_configs, wide rows too (the vectorised stride-1 rows and their
+    tails)."""
     C = draw(st.integers(1, 6))
     F = C * draw(st.integers(1, 3))
     KH, KW = draw(st.integers(1, 5)), draw(st.integers(1, 5))
     dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     padding = draw(st.one_of(st.tuples(st.integers(0, 3), st.integers(0, 3)), st.sampled_from(["same", "valid"])))
-    stride = 1 if padding == "same" else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    stride = 1 if padding == "same" or stride_one else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     pads = (0, 0) if isinstance(padding, str) else padding
     H = max(1, dilation[0] * (KH - 1) + 1 - 2 * pads[0]) + draw(st.integers(0, 6))
     W = max(1, dilation[1] * (KW - 1) + 1 - 2 * pads[1]) + draw(st.sampled_from([0, 3, 17, 40]))
@@ -616,25 +617,44 @@ def depthwise_configs(draw):
     return (draw(st.integers(1, 3)), C, H, W), (F, 1, KH, KW), params
 
 
+@st.composite
+def same_3x3_configs(draw):
+    """MobileNet's layer, what the "3x3" loops take: a 3x3 filter, stride 1, padding 1, a
+    multiplier of 1 or 2 (whose backward takes other loops), planes from 1 row and rows from 1
+    column (narrower than a vector: other loops) through whole and cut vectors of both dtypes."""
+    C = draw(st.integers(1, 5))
+    H, W = draw(st.integers(1, 9)), draw(st.sampled_from([1, 3, 4, 5, 7, 8, 9, 12, 14, 16, 17, 23, 40]))
+    params = dict(padding=1, groups=C)
+    return (draw(st.integers(1, 3)), C, H, W), (C * draw(st.integers(1, 2)), 1, 3, 3), params
+
+
+DEPTHWISE_LOOP_KINDS = ("3x3", "blocked", "padded", "rows")
+
+
 @contextlib.contextmanager
 def depthwise_loops(loops):
-    """Run the depthwise kernel's "padded" plane loops wherever they apply (stride 1) or its "rows"
-    loops everywhere."""
-    saved = dict(cpu_conv2d.DEPTHWISE_PADDED_MAX_BYTES)
-    for direction in saved:
-        cpu_conv2d.DEPTHWISE_PADDED_MAX_BYTES[direction] = 1 << 40 if loops == "padded" else 0
+    """Run the depthwise kernel's ``loops`` wherever they apply (see _depthwise_loops), the row
+    loops elsewhere; the padded loops whatever their planes' size."""
+    saved = dict(cpu_conv2d.DEPTHWISE_PADDED_MAX_BYTES), cpu_conv2d.DEPTHWISE_LOOPS
+    cpu_conv2d.DEPTHWISE_LOOPS = (loops, "rows")
+    for direction in saved[0]:
+        cpu_conv2d.DEPTHWISE_PADDED_MAX_BYTES[direction] = 1 << 40
     try:
         yield
     finally:
-        cpu_conv2d.DEPTHWISE_PADDED_MAX_BYTES.update(saved)
+        cpu_conv2d.DEPTHWISE_PADDED_MAX_BYTES.update(saved[0])
+        cpu_conv2d.DEPTHWISE_LOOPS = saved[1]
 
 
-@pytest.mark.parametrize("loops", ["padded", "rows"])
+@pytest.mark.parametrize("loops", DEPTHWISE_LOOP_KINDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(config=depthwise_configs(), seed=st.integers(0, 2**32 - 1), layout=st.sampled_from(["C", "F", "strided"]))
-def test_depthwise_matches_reference(loops, dtype, config, seed, layout):
-    x_shape, w_shape, params = config
+@given(data=st.data(), seed=st.integers(0, 2**32 - 1), layout=st.sampled_from(["C", "F", "strided"]))
+def test_depthwise_matches_reference(loops, dtype, data, seed, layout):
+    """Every kind of plane loops against the reference: the "3x3" loops on the shapes they take,
+    the others on any depthwise problem."""
+    strategy = {"3x3": same_3x3_configs(), "blocked": depthwise_configs(stride_one=True)}.get(loops, depthwise_configs())
+    x_shape, w_shape, params = data.draw(strategy)
     rng = make_rng(seed)
     x, w = _uniform(rng, x_shape, dtype, layout), _uniform(rng, w_shape, dtype, layout)
     b = _uniform(rng, (w_shape[0],), dtype)
@@ -644,11 +664,13 @@ def test_depthwise_matches_reference(loops, dtype, config, seed, layout):
 
 
 @pytest.mark.parametrize("x_shape, w_shape, params", [
-    ((2, 3, 6, 7), (3, 1, 3, 3), dict(padding=1, groups=3)),
+    ((2, 3, 6, 7), (3, 1, 3, 3), dict(padding=1, groups=3)),  # 3x3: a whole and a cut vector of doubles
+    ((2, 2, 5, 9), (2, 1, 3, 3), dict(padding=1, groups=2)),
     ((2, 2, 7, 6), (4, 1, 3, 2), dict(stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=2)),
     ((1, 2, 5, 6), (6, 1, 3, 2), dict(padding=(2, 1), dilation=(2, 1), groups=2)),  # multiplier 3, stride 1
+    ((1, 2, 4, 11), (2, 1, 2, 4), dict(padding=(0, 3), groups=2)),  # blocked: taps past the plane's right
 ])
-@pytest.mark.parametrize("loops", ["padded", "rows"])
+@pytest.mark.parametrize("loops", DEPTHWISE_LOOP_KINDS)
 def test_depthwise_gradients_match_finite_differences(loops, x_shape, w_shape, params):
     rng = make_rng(7)
     arrays = dict(input=rng.uniform(-1, 1, x_shape), weight=rng.uniform(-1, 1, w_shape),
@@ -665,25 +687,43 @@ def test_depthwise_gradients_match_finite_differences(loops, x_shape, w_shape, p
             assert_grad_matches(analytic, numeric_grad(f, arrays, name, dy), err_msg=name)
 
 
-def test_depthwise_is_thread_count_independent_and_auto_picks_it(split_work):
-    """auto: depthwise for one input channel per group, forward and backward, on large planes (the
-    forward's row loops, the backward's padded loops) and small ones (padded loops)."""
+@pytest.mark.parametrize("shape, w_shape, padding", [
+    ((5, 8, 33, 32), (16, 1, 3, 3), 1),  # forward 3x3, backward (multiplier 2) blocked
+    ((5, 8, 33, 32), (8, 1, 3, 3), 1),  # 3x3 both ways
+    ((5, 8, 9, 11), (8, 1, 5, 5), 2),  # blocked
+    ((5, 8, 7, 7), (8, 1, 3, 3), 1),  # padded (rows narrower than a vector of floats)
+])
+def test_depthwise_is_thread_count_independent(shape, w_shape, padding, split_work):
+    rng = make_rng(8)
+    params = dict(padding=padding, groups=shape[1])
+    x, w, b = (rng.uniform(-1, 1, s).astype(np.float32) for s in (shape, w_shape, (w_shape[0],)))
+    dy = rng.uniform(-1, 1, conv2d_geometry(shape, w_shape, **params).y_shape).astype(np.float32)
+    for a, c in zip(_run("depthwise", 2, x, w, b, dy, params), _run("depthwise", 1, x, w, b, dy, params)):
+        np.testing.assert_array_equal(a, c)
+
+
+def test_depthwise_auto_picks_it_and_its_loops():
+    """auto: depthwise for one input channel per group, forward and backward, on large planes and
+    small; its loops by the rule of _depthwise_loops."""
     rng = make_rng(8)
     params = dict(padding=1, groups=8)
     x, w, b = (rng.uniform(-1, 1, s).astype(np.float32) for s in ((5, 8, 33, 32), (16, 1, 3, 3), (16,)))
     dy = rng.uniform(-1, 1, (5, 16, 33, 32)).astype(np.float32)
-    for a, c in zip(_run("depthwise", 2, x, w, b, dy, params), _run("depthwise", 1, x, w, b, dy, params)):
-        np.testing.assert_array_equal(a, c)
     args = (1, 1, 1, 8, "zeros")
     chosen = [_dispatch.select_kernel(CONV2D, p, None).algo
               for p in (CONV2D.forward(x, w, b, *args), CONV2D.backward(dy, x, w, *args),
                         CONV2D.forward(x[:, :, :8, :8], w, b, *args), CONV2D.backward(dy[:, :, :8, :8], x[:, :, :8, :8], w, *args))]
     assert chosen == ["depthwise"] * 4, chosen
     wide = conv2d_geometry((1, 8, 112, 112), (8, 1, 3, 3), padding=1, groups=8)  # MobileNet's first planes
-    assert [cpu_conv2d._depthwise_padded_size(g, 4, d) > 0
-            for g, d in ((wide, "forward"), (wide, "backward"), (replace(wide, stride_h=2), "backward"),
-                         (conv2d_geometry((1, 8, 14, 14), (8, 1, 3, 3), padding=1, groups=8), "forward"))] == [
-        False, True, False, True]
+    small = conv2d_geometry((1, 8, 14, 14), (8, 1, 3, 3), padding=1, groups=8)
+    narrow = conv2d_geometry((1, 8, 7, 7), (8, 1, 3, 3), padding=1, groups=8)
+    cases = [(wide, 4, "forward", "3x3"), (wide, 4, "backward", "3x3"), (small, 4, "backward", "3x3"),
+             (conv2d_geometry((1, 8, 112, 112), (8, 1, 3, 3), stride=2, padding=1, groups=8), 4, "forward", "rows"),
+             (narrow, 4, "forward", "padded"), (narrow, 8, "backward", "3x3"),
+             (conv2d_geometry((1, 8, 14, 14), (16, 1, 3, 3), padding=1, groups=8), 4, "backward", "blocked"),
+             (conv2d_geometry((1, 8, 14, 14), (8, 1, 5, 5), padding=2, groups=8), 4, "forward", "blocked"),
+             (conv2d_geometry((1, 8, 14, 14), (8, 1, 3, 3), padding=0, groups=8), 4, "forward", "blocked")]
+    assert [cpu_conv2d._depthwise_loops(g, itemsize, d)[0] for g, itemsize, d, _ in cases] == [c[3] for c in cases]
 
 
 def test_depthwise_declines_several_channels_per_group():

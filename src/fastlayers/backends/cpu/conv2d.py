@@ -397,25 +397,33 @@ def _small_batch_backward(dy, x, w, g, outs, threads):
 # the rest (any stride).
 DEPTHWISE_BLOCKED_MAX_BYTES = 64 << 20
 DEPTHWISE_PADDED_MAX_BYTES = {"forward": 32 << 10, "backward": 512 << 10}
+# The loops in that order of preference: the first that applies runs ("rows" always does).
+DEPTHWISE_LOOPS = ("3x3", "blocked", "padded", "rows")
 
 
 def _depthwise_loops(g, itemsize, direction):
-    """The depthwise plane loops ("3x3", "blocked", "padded" or "rows") and a thread's workspace
-    values."""
+    """The depthwise plane loops (the first of ``DEPTHWISE_LOOPS`` that applies) and a thread's
+    workspace values."""
     backward = direction == "backward"
-    if (g.stride_h, g.stride_w) != (1, 1):
-        return "rows", 0
     vector = _depthwise.VECTOR_BYTES // itemsize
-    if g.OW >= vector and (not backward or g.W >= vector):
-        if ((g.KH, g.KW, g.dilation_h, g.dilation_w, g.pad_top, g.pad_bottom, g.pad_left, g.pad_right)
-                == (3, 3, 1, 1, 1, 1, 1, 1) and (not backward or g.Fg == 1)):
-            return "3x3", 0
-        size = _depthwise.workspace_size(g, _depthwise.BLOCKED, backward)
-        if size * itemsize <= DEPTHWISE_BLOCKED_MAX_BYTES:
-            return "blocked", size
-    size = _depthwise.workspace_size(g, _depthwise.PADDED, backward)
-    if size * itemsize <= DEPTHWISE_PADDED_MAX_BYTES[direction]:
-        return "padded", size
+    wide = g.OW >= vector and (not backward or g.W >= vector)
+    same_3x3 = ((g.KH, g.KW, g.dilation_h, g.dilation_w, g.pad_top, g.pad_bottom, g.pad_left, g.pad_right)
+                == (3, 3, 1, 1, 1, 1, 1, 1) and (not backward or g.Fg == 1))
+    for loops in DEPTHWISE_LOOPS:
+        if loops == "rows":
+            break
+        if (g.stride_h, g.stride_w) != (1, 1):
+            continue
+        if loops == "3x3" and wide and same_3x3:
+            return loops, 0
+        if loops == "blocked" and wide:
+            size = _depthwise.workspace_size(g, _depthwise.BLOCKED, backward)
+            if size * itemsize <= DEPTHWISE_BLOCKED_MAX_BYTES:
+                return loops, size
+        if loops == "padded":
+            size = _depthwise.workspace_size(g, _depthwise.PADDED, backward)
+            if size * itemsize <= DEPTHWISE_PADDED_MAX_BYTES[direction]:
+                return loops, size
     return "rows", 0
 
 
