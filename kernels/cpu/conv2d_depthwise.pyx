@@ -297,7 +297,7 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
     cdef Py_ssize_t* input_taps = NULL
     try:
         input_taps = _tap_offsets(&s, True)
-        for task in prange(planes + s.F, nogil=True, schedule="dynamic", num_threads=num_threads):
+        for task in prange(planes + s.F, nogil=True, schedule="guided", num_threads=num_threads):
             scratch = &workspace[threadid(), 0] if has_workspace else NULL
             if task < planes:
                 _input_plane(dy, w, dx, &s, task // s.C, task % s.C, loops, input_taps, scratch)
