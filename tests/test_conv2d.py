@@ -621,9 +621,10 @@ def depthwise_configs(draw, stride_one=False):
 def same_3x3_configs(draw):
     """MobileNet's layer, what the "3x3" loops take: a 3x3 filter, stride 1, padding 1, a
     multiplier of 1 or 2 (whose backward takes other loops), planes from 1 row and rows from 1
-    column (narrower than a vector: other loops) through whole and cut vectors of both dtypes."""
+    column (narrower than half a vector: other loops) through whole and cut vectors of both
+    dtypes, the narrow kernels' (under a 32-byte vector) too."""
     C = draw(st.integers(1, 5))
-    H, W = draw(st.integers(1, 9)), draw(st.sampled_from([1, 3, 4, 5, 7, 8, 9, 12, 14, 16, 17, 23, 40]))
+    H, W = draw(st.integers(1, 9)), draw(st.sampled_from([1, 2, 3, 4, 5, 7, 8, 9, 12, 14, 16, 17, 23, 40]))
     params = dict(padding=1, groups=C)
     return (draw(st.integers(1, 3)), C, H, W), (C * draw(st.integers(1, 2)), 1, 3, 3), params
 
@@ -691,7 +692,8 @@ def test_depthwise_gradients_match_finite_differences(loops, x_shape, w_shape, p
     ((5, 8, 33, 32), (16, 1, 3, 3), 1),  # forward 3x3, backward (multiplier 2) blocked
     ((5, 8, 33, 32), (8, 1, 3, 3), 1),  # 3x3 both ways
     ((5, 8, 9, 11), (8, 1, 5, 5), 2),  # blocked
-    ((5, 8, 7, 7), (8, 1, 3, 3), 1),  # padded (rows narrower than a vector of floats)
+    ((5, 8, 7, 7), (8, 1, 3, 3), 1),  # 3x3 on 16-byte vectors (rows narrower than 8 floats)
+    ((5, 8, 7, 7), (8, 1, 2, 2), 0),  # padded (output rows of 6 floats)
 ])
 def test_depthwise_is_thread_count_independent(shape, w_shape, padding, split_work):
     rng = make_rng(8)
@@ -719,7 +721,8 @@ def test_depthwise_auto_picks_it_and_its_loops():
     narrow = conv2d_geometry((1, 8, 7, 7), (8, 1, 3, 3), padding=1, groups=8)
     cases = [(wide, 4, "forward", "3x3"), (wide, 4, "backward", "3x3"), (small, 4, "backward", "3x3"),
              (conv2d_geometry((1, 8, 112, 112), (8, 1, 3, 3), stride=2, padding=1, groups=8), 4, "forward", "rows"),
-             (narrow, 4, "forward", "padded"), (narrow, 8, "backward", "3x3"),
+             (narrow, 4, "forward", "3x3"), (narrow, 8, "backward", "3x3"),
+             (conv2d_geometry((1, 8, 7, 3), (8, 1, 3, 3), padding=1, groups=8), 4, "forward", "padded"),
              (conv2d_geometry((1, 8, 14, 14), (16, 1, 3, 3), padding=1, groups=8), 4, "backward", "blocked"),
              (conv2d_geometry((1, 8, 14, 14), (8, 1, 5, 5), padding=2, groups=8), 4, "forward", "blocked"),
              (conv2d_geometry((1, 8, 14, 14), (8, 1, 3, 3), padding=0, groups=8), 4, "forward", "blocked")]

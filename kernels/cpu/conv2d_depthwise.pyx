@@ -86,6 +86,14 @@ cdef extern from "conv2d_depthwise_3x3.h" nogil:
     void fl_dw3_weight_float(const float* dy, const float* x, float* dw, float* db, Py_ssize_t H, Py_ssize_t W)
     void fl_dw3_weight_double(const double* dy, const double* x, double* dw, double* db, Py_ssize_t H,
                               Py_ssize_t W)
+    void fl_dw3_forward_float_narrow(const float* x, const float* tw, float bias, float* out, Py_ssize_t H,
+                                     Py_ssize_t W)
+    void fl_dw3_forward_double_narrow(const double* x, const double* tw, double bias, double* out, Py_ssize_t H,
+                                      Py_ssize_t W)
+    void fl_dw3_weight_float_narrow(const float* dy, const float* x, float* dw, float* db, Py_ssize_t H,
+                                    Py_ssize_t W)
+    void fl_dw3_weight_double_narrow(const double* dy, const double* x, double* dw, double* db, Py_ssize_t H,
+                                     Py_ssize_t W)
 
 # The plane loops (``loops`` of conv2d_forward and conv2d_backward).
 cdef enum:
@@ -94,9 +102,41 @@ cdef enum:
     LOOPS_BLOCKED = 2
     LOOPS_SAME_3X3 = 3
 ROWS, PADDED, BLOCKED, SAME_3X3 = LOOPS_ROWS, LOOPS_PADDED, LOOPS_BLOCKED, LOOPS_SAME_3X3
-# Bytes of the blocked and 3x3 loops' vectors: they need output rows (and, backward, input rows)
-# of at least this many bytes.
+# Bytes of the blocked loops' vectors: they need output rows (and, backward, input rows) of at
+# least this many bytes; the 3x3 loops of half as many (their narrow kernels below a vector).
 VECTOR_BYTES = FL_DWB_BYTES
+
+
+cdef inline void _same_3x3_forward(const floating* x, const floating* tw, floating bias, floating* out, Py_ssize_t H,
+                                   Py_ssize_t W) noexcept nogil:
+    """out = the 3x3 filter tw over x, padding 1, on 32-byte vectors or, rows narrower, 16-byte."""
+    cdef bint narrow = W * sizeof(floating) < FL_DWB_BYTES
+    if floating is float:
+        if narrow:
+            fl_dw3_forward_float_narrow(x, tw, bias, out, H, W)
+        else:
+            fl_dw3_forward_float(x, tw, bias, out, H, W)
+    else:
+        if narrow:
+            fl_dw3_forward_double_narrow(x, tw, bias, out, H, W)
+        else:
+            fl_dw3_forward_double(x, tw, bias, out, H, W)
+
+
+cdef inline void _same_3x3_weight(const floating* dy, const floating* x, floating* dw, floating* db, Py_ssize_t H,
+                                  Py_ssize_t W) noexcept nogil:
+    """dw and db += one image's terms of the 3x3 filter, padding 1, vectors as _same_3x3_forward's."""
+    cdef bint narrow = W * sizeof(floating) < FL_DWB_BYTES
+    if floating is float:
+        if narrow:
+            fl_dw3_weight_float_narrow(dy, x, dw, db, H, W)
+        else:
+            fl_dw3_weight_float(dy, x, dw, db, H, W)
+    else:
+        if narrow:
+            fl_dw3_weight_double_narrow(dy, x, dw, db, H, W)
+        else:
+            fl_dw3_weight_double(dy, x, dw, db, H, W)
 
 
 def workspace_size(object geometry, int loops, bint backward):
@@ -146,10 +186,10 @@ cdef void _forward_plane(const floating[:, :, :, ::1] x, const floating[:, :, :,
     """y[n, f] by ``loops`` (``scratch``: the thread's workspace row)."""
     cdef const floating* xc = &x[n, f // s.Fg, 0, 0]
     cdef Py_ssize_t Wp = s.OW + s.DW * (s.KW - 1), Hp = s.OH + s.DH * (s.KH - 1)
-    if floating is float:
-        if loops == LOOPS_SAME_3X3:
-            fl_dw3_forward_float(xc, &w[f, 0, 0, 0], bias, &y[n, f, 0, 0], s.H, s.W)
-        elif loops == LOOPS_BLOCKED:
+    if loops == LOOPS_SAME_3X3:
+        _same_3x3_forward(xc, &w[f, 0, 0, 0], bias, &y[n, f, 0, 0], s.H, s.W)
+    elif floating is float:
+        if loops == LOOPS_BLOCKED:
             fl_dwb_pad_float(xc, s.H, s.W, scratch, Hp, Wp, s.PT, s.PL)
             fl_dwb_forward_float(scratch, Wp, toff, &w[f, 0, 0, 0], s.KH * s.KW, bias, &y[n, f, 0, 0], s.OH, s.OW)
         elif loops == LOOPS_PADDED:
@@ -201,10 +241,7 @@ cdef void _input_plane(const floating[:, :, :, ::1] dy, const floating[:, :, :, 
     if loops == LOOPS_SAME_3X3:  # the forward with the filter mirrored (Fg == 1)
         for f in range(9):
             mirrored[f] = w[c, 0, 2 - f // 3, 2 - f % 3]
-        if floating is float:
-            fl_dw3_forward_float(&dy[n, c, 0, 0], mirrored, 0, &dx[n, c, 0, 0], s.H, s.W)
-        else:
-            fl_dw3_forward_double(&dy[n, c, 0, 0], mirrored, 0, &dx[n, c, 0, 0], s.H, s.W)
+        _same_3x3_forward(&dy[n, c, 0, 0], mirrored, 0, &dx[n, c, 0, 0], s.H, s.W)
         return
     if loops == LOOPS_BLOCKED:
         for f in range(s.Fg):
@@ -241,10 +278,10 @@ cdef void _weight_image(const floating* dy, const floating* x, floating* dw, flo
                         int loops, const Py_ssize_t* toff, floating* scratch) noexcept nogil:
     """dw (KH, KW) and db += one image's terms of one filter (dy and x: its planes)."""
     cdef Py_ssize_t Wp = s.OW + s.DW * (s.KW - 1), Hp = s.OH + s.DH * (s.KH - 1)
-    if floating is float:
-        if loops == LOOPS_SAME_3X3:
-            fl_dw3_weight_float(dy, x, dw, db, s.H, s.W)
-        elif loops == LOOPS_BLOCKED:
+    if loops == LOOPS_SAME_3X3:
+        _same_3x3_weight(dy, x, dw, db, s.H, s.W)
+    elif floating is float:
+        if loops == LOOPS_BLOCKED:
             fl_dwb_pad_float(x, s.H, s.W, scratch, Hp, Wp, s.PT, s.PL)
             fl_dwb_weight_float(dy, s.OH, s.OW, scratch, Wp, toff, s.KH * s.KW, dw)
             db[0] += fl_dw_sum_float(dy, s.OH * s.OW)
@@ -255,9 +292,7 @@ cdef void _weight_image(const floating* dy, const floating* x, floating* dw, flo
             fl_dw_backward_weight_float(dy, x, dw, db, s.H, s.W, s.OH, s.OW, s.KH, s.KW, s.SH, s.SW, s.PT, s.PL,
                                         s.DH, s.DW)
     else:
-        if loops == LOOPS_SAME_3X3:
-            fl_dw3_weight_double(dy, x, dw, db, s.H, s.W)
-        elif loops == LOOPS_BLOCKED:
+        if loops == LOOPS_BLOCKED:
             fl_dwb_pad_double(x, s.H, s.W, scratch, Hp, Wp, s.PT, s.PL)
             fl_dwb_weight_double(dy, s.OH, s.OW, scratch, Wp, toff, s.KH * s.KW, dw)
             db[0] += fl_dw_sum_double(dy, s.OH * s.OW)
