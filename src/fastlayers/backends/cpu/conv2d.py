@@ -5,8 +5,9 @@
 to one task in a fixed order, and so do the Winograd forward and dx (their tasks' tiles do not
 depend on the thread count), whose dw sums a fixed number of runs of tasks in order: their
 results do not depend on the thread count. At stride 1 the depthwise plane copies (a thread's
-padded input or gradient plane and widened output plane, in its workspace) stay within
-``DEPTHWISE_PADDED_MAX_BYTES``.
+padded input or gradient planes, and for the padded loops a widened output plane, in its
+workspace) stay within ``DEPTHWISE_BLOCKED_MAX_BYTES`` (blocked loops) or
+``DEPTHWISE_PADDED_MAX_BYTES`` (padded loops); the 3x3 loops copy nothing.
 
 Both algorithms are reproducible bit for bit from run to run at a given thread count: no
 atomics, every sum in a fixed order. The direct loops do not depend on the thread count at all;
