@@ -599,20 +599,20 @@ def test_cpu_is_the_default_backend_for_numpy_inputs():
 
 
 @st.composite
-def depthwise_configs(draw, stride_one=False):
+def depthwise_configs(draw, wide=False):
     """One input channel per group (groups == C), a channel multiplier of 1 to 3 filters per
-    group, every kernel size, stride (only 1 with ``stride_one``: the loops that take no other),
-    padding and dilation of conv2d_configs, wide rows too (the vectorised stride-1 rows and their
-    tails)."""
+    group, every kernel size, stride, padding and dilation of conv2d_configs, wide rows too (the
+    vectorised rows and their tails; with ``wide`` only those, mostly past a vector of outputs:
+    what the blocked loops take)."""
     C = draw(st.integers(1, 6))
     F = C * draw(st.integers(1, 3))
     KH, KW = draw(st.integers(1, 5)), draw(st.integers(1, 5))
     dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     padding = draw(st.one_of(st.tuples(st.integers(0, 3), st.integers(0, 3)), st.sampled_from(["same", "valid"])))
-    stride = 1 if padding == "same" or stride_one else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    stride = 1 if padding == "same" else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     pads = (0, 0) if isinstance(padding, str) else padding
     H = max(1, dilation[0] * (KH - 1) + 1 - 2 * pads[0]) + draw(st.integers(0, 6))
-    W = max(1, dilation[1] * (KW - 1) + 1 - 2 * pads[1]) + draw(st.sampled_from([0, 3, 17, 40]))
+    W = max(1, dilation[1] * (KW - 1) + 1 - 2 * pads[1]) + draw(st.sampled_from([17, 40] if wide else [0, 3, 17, 40]))
     params = dict(stride=stride, padding=padding, dilation=dilation, groups=C)
     return (draw(st.integers(1, 3)), C, H, W), (F, 1, KH, KW), params
 
@@ -654,7 +654,7 @@ def depthwise_loops(loops):
 def test_depthwise_matches_reference(loops, dtype, data, seed, layout):
     """Every kind of plane loops against the reference: the "3x3" loops on the shapes they take,
     the others on any depthwise problem."""
-    strategy = {"3x3": same_3x3_configs(), "blocked": depthwise_configs(stride_one=True)}.get(loops, depthwise_configs())
+    strategy = {"3x3": same_3x3_configs(), "blocked": depthwise_configs(wide=True)}.get(loops, depthwise_configs())
     x_shape, w_shape, params = data.draw(strategy)
     rng = make_rng(seed)
     x, w = _uniform(rng, x_shape, dtype, layout), _uniform(rng, w_shape, dtype, layout)
@@ -670,6 +670,8 @@ def test_depthwise_matches_reference(loops, dtype, data, seed, layout):
     ((2, 2, 7, 6), (4, 1, 3, 2), dict(stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=2)),
     ((1, 2, 5, 6), (6, 1, 3, 2), dict(padding=(2, 1), dilation=(2, 1), groups=2)),  # multiplier 3, stride 1
     ((1, 2, 4, 11), (2, 1, 2, 4), dict(padding=(0, 3), groups=2)),  # blocked: taps past the plane's right
+    ((2, 2, 7, 13), (4, 1, 3, 3), dict(stride=2, padding=1, groups=2)),  # blocked at stride 2 (dx by rows)
+    ((1, 2, 8, 17), (2, 1, 2, 3), dict(stride=(1, 3), padding=(1, 2), dilation=(2, 1), groups=2)),
 ])
 @pytest.mark.parametrize("loops", DEPTHWISE_LOOP_KINDS)
 def test_depthwise_gradients_match_finite_differences(loops, x_shape, w_shape, params):
@@ -688,16 +690,17 @@ def test_depthwise_gradients_match_finite_differences(loops, x_shape, w_shape, p
             assert_grad_matches(analytic, numeric_grad(f, arrays, name, dy), err_msg=name)
 
 
-@pytest.mark.parametrize("shape, w_shape, padding", [
-    ((5, 8, 33, 32), (16, 1, 3, 3), 1),  # forward 3x3, backward (multiplier 2) blocked
-    ((5, 8, 33, 32), (8, 1, 3, 3), 1),  # 3x3 both ways
-    ((5, 8, 9, 11), (8, 1, 5, 5), 2),  # blocked
-    ((5, 8, 7, 7), (8, 1, 3, 3), 1),  # 3x3 on 16-byte vectors (rows narrower than 8 floats)
-    ((5, 8, 7, 7), (8, 1, 2, 2), 0),  # padded (output rows of 6 floats)
+@pytest.mark.parametrize("shape, w_shape, padding, stride", [
+    ((5, 8, 33, 32), (16, 1, 3, 3), 1, 1),  # forward 3x3, backward (multiplier 2) blocked
+    ((5, 8, 33, 32), (8, 1, 3, 3), 1, 1),  # 3x3 both ways
+    ((5, 8, 9, 11), (8, 1, 5, 5), 2, 1),  # blocked
+    ((5, 8, 33, 32), (8, 1, 3, 3), 1, 2),  # blocked at stride 2
+    ((5, 8, 7, 7), (8, 1, 3, 3), 1, 1),  # 3x3 on 16-byte vectors (rows narrower than 8 floats)
+    ((5, 8, 7, 7), (8, 1, 2, 2), 0, 1),  # padded (output rows of 6 floats)
 ])
-def test_depthwise_is_thread_count_independent(shape, w_shape, padding, split_work):
+def test_depthwise_is_thread_count_independent(shape, w_shape, padding, stride, split_work):
     rng = make_rng(8)
-    params = dict(padding=padding, groups=shape[1])
+    params = dict(padding=padding, stride=stride, groups=shape[1])
     x, w, b = (rng.uniform(-1, 1, s).astype(np.float32) for s in (shape, w_shape, (w_shape[0],)))
     dy = rng.uniform(-1, 1, conv2d_geometry(shape, w_shape, **params).y_shape).astype(np.float32)
     for a, c in zip(_run("depthwise", 2, x, w, b, dy, params), _run("depthwise", 1, x, w, b, dy, params)):
@@ -720,7 +723,9 @@ def test_depthwise_auto_picks_it_and_its_loops():
     small = conv2d_geometry((1, 8, 14, 14), (8, 1, 3, 3), padding=1, groups=8)
     narrow = conv2d_geometry((1, 8, 7, 7), (8, 1, 3, 3), padding=1, groups=8)
     cases = [(wide, 4, "forward", "3x3"), (wide, 4, "backward", "3x3"), (small, 4, "backward", "3x3"),
-             (conv2d_geometry((1, 8, 112, 112), (8, 1, 3, 3), stride=2, padding=1, groups=8), 4, "forward", "rows"),
+             (conv2d_geometry((1, 8, 112, 112), (8, 1, 3, 3), stride=2, padding=1, groups=8), 4, "forward", "blocked"),
+             (conv2d_geometry((1, 8, 112, 112), (8, 1, 3, 3), stride=2, padding=1, groups=8), 4, "backward", "blocked"),
+             (conv2d_geometry((1, 8, 14, 14), (8, 1, 3, 3), stride=2, padding=1, groups=8), 4, "forward", "rows"),
              (narrow, 4, "forward", "3x3"), (narrow, 8, "backward", "3x3"),
              (conv2d_geometry((1, 8, 7, 3), (8, 1, 3, 3), padding=1, groups=8), 4, "forward", "padded"),
              (conv2d_geometry((1, 8, 14, 14), (16, 1, 3, 3), padding=1, groups=8), 4, "backward", "blocked"),

@@ -1,11 +1,13 @@
 # conv2d with one input channel per group (groups == C: depthwise, as in MobileNet), forward and
 # backward, over NCHW. Output channel f reads input channel f // Fg (Fg filters per group, the
-# channel multiplier). Every output plane is a sum of shifted, scaled input planes. Three kinds of
+# channel multiplier). Every output plane is a sum of shifted, scaled input planes. Four kinds of
 # plane loops, chosen by the wrapper (``loops``): ROWS (conv2d_depthwise_loops.h, any stride: a
 # tap is one pass over an output row), PADDED (same header, stride 1: a tap is one pass over a
-# zero-padded copy of the plane) and BLOCKED (conv2d_depthwise_blocked.h, stride 1, rows at least
-# one vector wide: a block of output vectors in registers for all the taps, read from a padded
-# copy). A thread's workspace row holds its padded planes.
+# zero-padded copy of the plane), BLOCKED (conv2d_depthwise_blocked.h, output rows at least one
+# vector wide, its data gradient at stride 1 only: a block of output vectors in registers for all
+# the taps, read from a padded copy) and SAME_3X3 (conv2d_depthwise_3x3.h: 3x3 filters, stride 1,
+# padding 1, each vector column swept down the plane, no copy). A thread's workspace row holds its
+# padded planes.
 #
 # Bounds: every size comes from the conv2d spec (fastlayers.ops.conv2d) and the wrapper
 # (backends/cpu/conv2d.py) checks the arrays' shapes and the workspace's size against it
@@ -70,13 +72,17 @@ cdef extern from "conv2d_depthwise_blocked.h" nogil:
                           Py_ssize_t top, Py_ssize_t left)
     void fl_dwb_pad_double(const double* src, Py_ssize_t R, Py_ssize_t S, double* xp, Py_ssize_t Hp,
                            Py_ssize_t Wp, Py_ssize_t top, Py_ssize_t left)
-    void fl_dwb_forward_float(const float* xp, Py_ssize_t Wp, const Py_ssize_t* toff, const float* tw,
+    void fl_dwb_pad_phases_float(const float* src, Py_ssize_t R, Py_ssize_t S, float* xp, Py_ssize_t Hp,
+                                 Py_ssize_t SW, Py_ssize_t Wh, Py_ssize_t top, Py_ssize_t left)
+    void fl_dwb_pad_phases_double(const double* src, Py_ssize_t R, Py_ssize_t S, double* xp, Py_ssize_t Hp,
+                                  Py_ssize_t SW, Py_ssize_t Wh, Py_ssize_t top, Py_ssize_t left)
+    void fl_dwb_forward_float(const float* xp, Py_ssize_t ld, const Py_ssize_t* toff, const float* tw,
                               Py_ssize_t ntaps, float bias, float* out, Py_ssize_t OH, Py_ssize_t OW)
-    void fl_dwb_forward_double(const double* xp, Py_ssize_t Wp, const Py_ssize_t* toff, const double* tw,
+    void fl_dwb_forward_double(const double* xp, Py_ssize_t ld, const Py_ssize_t* toff, const double* tw,
                                Py_ssize_t ntaps, double bias, double* out, Py_ssize_t OH, Py_ssize_t OW)
-    void fl_dwb_weight_float(const float* dy, Py_ssize_t OH, Py_ssize_t OW, const float* xp, Py_ssize_t Wp,
+    void fl_dwb_weight_float(const float* dy, Py_ssize_t OH, Py_ssize_t OW, const float* xp, Py_ssize_t ld,
                              const Py_ssize_t* toff, Py_ssize_t ntaps, float* dw)
-    void fl_dwb_weight_double(const double* dy, Py_ssize_t OH, Py_ssize_t OW, const double* xp, Py_ssize_t Wp,
+    void fl_dwb_weight_double(const double* dy, Py_ssize_t OH, Py_ssize_t OW, const double* xp, Py_ssize_t ld,
                               const Py_ssize_t* toff, Py_ssize_t ntaps, double* dw)
 
 cdef extern from "conv2d_depthwise_3x3.h" nogil:
@@ -140,18 +146,30 @@ cdef inline void _same_3x3_weight(const floating* dy, const floating* x, floatin
 
 
 def workspace_size(object geometry, int loops, bint backward):
-    """Values of a thread's workspace row for ``loops``: none for ROWS and SAME_3X3; for PADDED a padded plane
-    and a widened output or gradient plane, (Hp + OH) * Wp; for BLOCKED the forward's padded input
-    plane, Hp * Wp with Hp = OH + DH*(KH-1), Wp = OW + DW*(KW-1), and backward the larger of that
-    (the weight gradient's) and the data gradient's Fg padded gradient planes,
-    Fg * (H + DH*(KH-1)) * (W + DW*(KW-1))."""
+    """Values of a thread's workspace row for ``loops``: none for ROWS and SAME_3X3; for PADDED a
+    padded plane and a widened output or gradient plane, (Hp + OH) * Wp with Hp = OH + DH*(KH-1),
+    Wp = OW + DW*(KW-1); for BLOCKED the padded input plane, _padded_rows * SW * _phase_cells
+    (Hp * Wp at stride 1), and backward at stride 1 the larger of that (the weight gradient's) and
+    the data gradient's Fg padded gradient planes, Fg * (H + DH*(KH-1)) * (W + DW*(KW-1))."""
     cdef Conv2dShape s = conv2d_shape(geometry)
     cdef Py_ssize_t Wp = s.OW + s.DW * (s.KW - 1), Hp = s.OH + s.DH * (s.KH - 1)
+    cdef Py_ssize_t blocked = _padded_rows(&s) * s.SW * _phase_cells(&s)
     if loops == LOOPS_PADDED:
         return (Hp + s.OH) * Wp
     if loops == LOOPS_BLOCKED:
-        return max(Hp * Wp, s.Fg * _dx_plane(&s)) if backward else Hp * Wp
+        return max(blocked, s.Fg * _dx_plane(&s)) if backward and s.SH == 1 and s.SW == 1 else blocked
     return 0
+
+
+cdef inline Py_ssize_t _padded_rows(const Conv2dShape* s) noexcept nogil:
+    """Rows of the blocked loops' padded input plane: every row an output reads."""
+    return (s.OH - 1) * s.SH + s.DH * (s.KH - 1) + 1
+
+
+cdef inline Py_ssize_t _phase_cells(const Conv2dShape* s) noexcept nogil:
+    """Cells of one column phase of a row of the blocked loops' padded input plane: its Wp =
+    (OW-1)*SW + DW*(KW-1) + 1 columns (every one an output reads) over SW, rounded up."""
+    return ((s.OW - 1) * s.SW + s.DW * (s.KW - 1) + s.SW) // s.SW
 
 
 cdef inline Py_ssize_t _dx_plane(const Conv2dShape* s) noexcept nogil:
@@ -159,13 +177,29 @@ cdef inline Py_ssize_t _dx_plane(const Conv2dShape* s) noexcept nogil:
     return (s.H + s.DH * (s.KH - 1)) * (s.W + s.DW * (s.KW - 1))
 
 
+cdef void _pad_blocked(const floating* x, const Conv2dShape* s, floating* xp) noexcept nogil:
+    """The blocked loops' padded copy of the input plane x (phase-split at a column stride over 1)."""
+    cdef Py_ssize_t Wh = _phase_cells(s), Hp = _padded_rows(s)
+    if floating is float:
+        if s.SW == 1:
+            fl_dwb_pad_float(x, s.H, s.W, xp, Hp, Wh, s.PT, s.PL)
+        else:
+            fl_dwb_pad_phases_float(x, s.H, s.W, xp, Hp, s.SW, Wh, s.PT, s.PL)
+    else:
+        if s.SW == 1:
+            fl_dwb_pad_double(x, s.H, s.W, xp, Hp, Wh, s.PT, s.PL)
+        else:
+            fl_dwb_pad_phases_double(x, s.H, s.W, xp, Hp, s.SW, Wh, s.PT, s.PL)
+
+
 cdef Py_ssize_t* _tap_offsets(const Conv2dShape* s, bint data_gradient) except NULL:
     """The blocked loops' tap table (freed by the caller). Forward and weight gradient: tap
-    (kh, kw) at kh*DH*Wp + kw*DW of the padded input (Wp = OW + DW*(KW-1)). Data gradient: the
-    taps (f, kh, kw) of the Fg filters of a channel, at f * plane + the mirrored tap,
-    (KH-1-kh)*DH*Wq + (KW-1-kw)*DW of the padded gradient planes (Wq = W + DW*(KW-1))."""
+    (kh, kw) at kh*DH rows of the padded input, column phase (kw*DW) % SW, cell (kw*DW) // SW
+    (at stride 1 kh*DH*Wp + kw*DW). Data gradient (stride 1): the taps (f, kh, kw) of the Fg
+    filters of a channel, at f * plane + the mirrored tap, (KH-1-kh)*DH*Wq + (KW-1-kw)*DW of the
+    padded gradient planes (Wq = W + DW*(KW-1))."""
     cdef Py_ssize_t planes = s.Fg if data_gradient else 1, f, kh, kw, t = 0
-    cdef Py_ssize_t Wp = (s.W if data_gradient else s.OW) + s.DW * (s.KW - 1)
+    cdef Py_ssize_t Wq = s.W + s.DW * (s.KW - 1), Wh = _phase_cells(s)
     cdef Py_ssize_t* toff = <Py_ssize_t*>malloc(planes * s.KH * s.KW * sizeof(Py_ssize_t))
     if toff == NULL:
         raise MemoryError()
@@ -173,9 +207,9 @@ cdef Py_ssize_t* _tap_offsets(const Conv2dShape* s, bint data_gradient) except N
         for kh in range(s.KH):
             for kw in range(s.KW):
                 if data_gradient:
-                    toff[t] = f * _dx_plane(s) + (s.KH - 1 - kh) * s.DH * Wp + (s.KW - 1 - kw) * s.DW
+                    toff[t] = f * _dx_plane(s) + (s.KH - 1 - kh) * s.DH * Wq + (s.KW - 1 - kw) * s.DW
                 else:
-                    toff[t] = kh * s.DH * Wp + kw * s.DW
+                    toff[t] = kh * s.DH * s.SW * Wh + (kw * s.DW) % s.SW * Wh + (kw * s.DW) // s.SW
                 t += 1
     return toff
 
@@ -185,13 +219,13 @@ cdef void _forward_plane(const floating[:, :, :, ::1] x, const floating[:, :, :,
                          const Py_ssize_t* toff, floating* scratch) noexcept nogil:
     """y[n, f] by ``loops`` (``scratch``: the thread's workspace row)."""
     cdef const floating* xc = &x[n, f // s.Fg, 0, 0]
-    cdef Py_ssize_t Wp = s.OW + s.DW * (s.KW - 1), Hp = s.OH + s.DH * (s.KH - 1)
+    cdef Py_ssize_t ld = s.SH * s.SW * _phase_cells(s)  # the padded input's cells between output rows
     if loops == LOOPS_SAME_3X3:
         _same_3x3_forward(xc, &w[f, 0, 0, 0], bias, &y[n, f, 0, 0], s.H, s.W)
     elif floating is float:
         if loops == LOOPS_BLOCKED:
-            fl_dwb_pad_float(xc, s.H, s.W, scratch, Hp, Wp, s.PT, s.PL)
-            fl_dwb_forward_float(scratch, Wp, toff, &w[f, 0, 0, 0], s.KH * s.KW, bias, &y[n, f, 0, 0], s.OH, s.OW)
+            _pad_blocked(xc, s, scratch)
+            fl_dwb_forward_float(scratch, ld, toff, &w[f, 0, 0, 0], s.KH * s.KW, bias, &y[n, f, 0, 0], s.OH, s.OW)
         elif loops == LOOPS_PADDED:
             fl_dw_padded_forward_float(xc, &w[f, 0, 0, 0], bias, &y[n, f, 0, 0], s.H, s.W, s.OH, s.OW, s.KH, s.KW,
                                        s.PT, s.PL, s.DH, s.DW, scratch)
@@ -200,8 +234,8 @@ cdef void _forward_plane(const floating[:, :, :, ::1] x, const floating[:, :, :,
                                 s.SW, s.PT, s.PL, s.DH, s.DW)
     else:
         if loops == LOOPS_BLOCKED:
-            fl_dwb_pad_double(xc, s.H, s.W, scratch, Hp, Wp, s.PT, s.PL)
-            fl_dwb_forward_double(scratch, Wp, toff, &w[f, 0, 0, 0], s.KH * s.KW, bias, &y[n, f, 0, 0], s.OH, s.OW)
+            _pad_blocked(xc, s, scratch)
+            fl_dwb_forward_double(scratch, ld, toff, &w[f, 0, 0, 0], s.KH * s.KW, bias, &y[n, f, 0, 0], s.OH, s.OW)
         elif loops == LOOPS_PADDED:
             fl_dw_padded_forward_double(xc, &w[f, 0, 0, 0], bias, &y[n, f, 0, 0], s.H, s.W, s.OH, s.OW, s.KH, s.KW,
                                         s.PT, s.PL, s.DH, s.DW, scratch)
@@ -214,8 +248,8 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                    floating[:, :, :, ::1] y, floating[:, ::1] workspace, object geometry, int loops,
                    int num_threads):
     """y = conv2d(x, w) (+ b; None for no bias) for C/groups == 1 by ``loops`` (ROWS; PADDED at
-    stride 1; BLOCKED at stride 1 with OW of at least a vector; SAME_3X3 for 3x3 filters at
-    stride 1, dilation 1 and padding 1 with W of at least a vector): one task per output plane.
+    stride 1; BLOCKED with OW of at least a vector; SAME_3X3 for 3x3 filters at stride 1, dilation
+    1 and padding 1 with W of at least half a vector): one task per output plane.
     ``workspace`` (num_threads, workspace_size(geometry, loops, False)), or None where that is 0."""
     cdef Conv2dShape s = conv2d_shape(geometry)
     cdef bint has_bias = b is not None, has_workspace = workspace is not None
@@ -243,7 +277,7 @@ cdef void _input_plane(const floating[:, :, :, ::1] dy, const floating[:, :, :, 
             mirrored[f] = w[c, 0, 2 - f // 3, 2 - f % 3]
         _same_3x3_forward(&dy[n, c, 0, 0], mirrored, 0, &dx[n, c, 0, 0], s.H, s.W)
         return
-    if loops == LOOPS_BLOCKED:
+    if loops == LOOPS_BLOCKED and s.SH == 1 and s.SW == 1:
         for f in range(s.Fg):
             if floating is float:
                 fl_dwb_pad_float(&dy[n, c * s.Fg + f, 0, 0], s.OH, s.OW, scratch + f * plane, Hq, Wq, top, left)
@@ -277,13 +311,13 @@ cdef void _input_plane(const floating[:, :, :, ::1] dy, const floating[:, :, :, 
 cdef void _weight_image(const floating* dy, const floating* x, floating* dw, floating* db, const Conv2dShape* s,
                         int loops, const Py_ssize_t* toff, floating* scratch) noexcept nogil:
     """dw (KH, KW) and db += one image's terms of one filter (dy and x: its planes)."""
-    cdef Py_ssize_t Wp = s.OW + s.DW * (s.KW - 1), Hp = s.OH + s.DH * (s.KH - 1)
+    cdef Py_ssize_t ld = s.SH * s.SW * _phase_cells(s)  # the padded input's cells between output rows
     if loops == LOOPS_SAME_3X3:
         _same_3x3_weight(dy, x, dw, db, s.H, s.W)
     elif floating is float:
         if loops == LOOPS_BLOCKED:
-            fl_dwb_pad_float(x, s.H, s.W, scratch, Hp, Wp, s.PT, s.PL)
-            fl_dwb_weight_float(dy, s.OH, s.OW, scratch, Wp, toff, s.KH * s.KW, dw)
+            _pad_blocked(x, s, scratch)
+            fl_dwb_weight_float(dy, s.OH, s.OW, scratch, ld, toff, s.KH * s.KW, dw)
             db[0] += fl_dw_sum_float(dy, s.OH * s.OW)
         elif loops == LOOPS_PADDED:
             fl_dw_padded_backward_weight_float(dy, x, dw, db, s.H, s.W, s.OH, s.OW, s.KH, s.KW, s.PT, s.PL, s.DH,
@@ -293,8 +327,8 @@ cdef void _weight_image(const floating* dy, const floating* x, floating* dw, flo
                                         s.DH, s.DW)
     else:
         if loops == LOOPS_BLOCKED:
-            fl_dwb_pad_double(x, s.H, s.W, scratch, Hp, Wp, s.PT, s.PL)
-            fl_dwb_weight_double(dy, s.OH, s.OW, scratch, Wp, toff, s.KH * s.KW, dw)
+            _pad_blocked(x, s, scratch)
+            fl_dwb_weight_double(dy, s.OH, s.OW, scratch, ld, toff, s.KH * s.KW, dw)
             db[0] += fl_dw_sum_double(dy, s.OH * s.OW)
         elif loops == LOOPS_PADDED:
             fl_dw_padded_backward_weight_double(dy, x, dw, db, s.H, s.W, s.OH, s.OW, s.KH, s.KW, s.PT, s.PL, s.DH,
@@ -319,10 +353,10 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
                     const floating[:, :, :, ::1] w, floating[:, :, :, ::1] dx, floating[:, :, :, ::1] dw,
                     floating[::1] db, floating[:, ::1] workspace, object geometry, int loops, int num_threads):
     """dx (None: not computed), dw and db of y = conv2d(x, w) + b given dy, for C/groups == 1, by
-    ``loops`` as in conv2d_forward (BLOCKED also needs W of at least a vector, SAME_3X3 one filter
-    per channel). Tasks: the N*C
-    input planes of dx, then the F filters of dw and db (each summed over the images in order),
-    so every output is written by one task in a fixed order whatever the thread count.
+    ``loops`` as in conv2d_forward (BLOCKED: dx by it at stride 1, with W of at least a vector,
+    else by the row loops; SAME_3X3: one filter per channel). Tasks: the N*C input planes of dx,
+    then the F filters of dw and db (each summed over the images in order), so every output is
+    written by one task in a fixed order whatever the thread count.
     ``workspace`` (num_threads, workspace_size(geometry, loops, True)), or None where that is 0."""
     cdef Conv2dShape s = conv2d_shape(geometry)
     cdef Py_ssize_t task, planes = s.N * s.C if dx is not None else 0

@@ -1,22 +1,23 @@
-/* The register-blocked plane loops of conv2d_depthwise.pyx (stride 1, output rows at least one
- * vector wide): the loops of conv2d_depthwise_loops.h make one pass over the plane per tap, each
- * loading and storing the output (or, for the weight gradient, loading two operands per
- * multiply-add); here a block of output vectors stays in registers for all the taps.
+/* The register-blocked plane loops of conv2d_depthwise.pyx (output rows at least one vector
+ * wide; the data gradient at stride 1 only): the loops of conv2d_depthwise_loops.h make one pass
+ * over the plane per tap, each loading and storing the output (or, for the weight gradient,
+ * loading two operands per multiply-add); here a block of output vectors stays in registers for
+ * all the taps.
  *
  * The input plane is first copied, zero-padded, into the caller's scratch: xp (Hp, Wp) with every
- * cell any output reads inside it (fl_dwb_pad), so a tap t of output cell (oh, ow) reads
- * xp[oh * Wp + ow + toff[t]]. The output rows are cut into vectors of FL_DWB_LANES(T) columns at
- * ow = 0, L, 2L, ..., the last one at OW - L, overlapping its neighbour when L does not divide
- * OW (so OW >= L): every vector is loaded and stored whole, straight from and into the planes,
- * with no scratch columns to copy out. A 14-wide row (MobileNet's 14x14 planes) is two vectors of
- * floats, 16 lanes for 14 outputs.
+ * cell any output reads inside it (fl_dwb_pad; at a column stride over 1 with its columns split
+ * by phase, fl_dwb_pad_phases), so tap t of output cell (oh, ow) reads xp[oh * ld + ow + toff[t]],
+ * ld being the cells between two output rows' first taps (Wp at stride 1). The output rows are
+ * cut into vectors of L = FL_DWB_LANES(T) columns at ow = 0, L, 2L, ..., the last one at OW - L,
+ * overlapping its neighbour when L does not divide OW (so OW >= L): every vector is loaded and
+ * stored whole, straight from and into the planes, with no scratch columns to copy out.
  *
- *   forward / data gradient:  out[oh, ow] = bias + sum_t  tw[t] * xp[oh * Wp + ow + toff[t]]
- *   weight gradient:          dw[t] += sum_(oh, ow)  dy[oh, ow] * xp[oh * Wp + ow + toff[t]]
+ *   forward / data gradient:  out[oh, ow] = bias + sum_t  tw[t] * xp[oh * ld + ow + toff[t]]
+ *   weight gradient:          dw[t] += sum_(oh, ow)  dy[oh, ow] * xp[oh * ld + ow + toff[t]]
  *
- * The forward's taps are the filter's (toff[t] = kh*DH*Wp + kw*DW); the data gradient is the same
- * loop over the gradient planes padded the other way, with the taps mirrored (the caller's
- * tables). FL_DWB_BLOCK vectors (across rows on small planes) share the tap loop, enough
+ * The forward's taps are the filter's (at stride 1 toff[t] = kh*DH*Wp + kw*DW); the data gradient
+ * is the same loop over the gradient planes padded the other way, with the taps mirrored (the
+ * caller's tables). FL_DWB_BLOCK vectors (across rows on small planes) share the tap loop, enough
  * independent multiply-add chains to hide their latency; the weight gradient holds
  * FL_DWB_TAPS taps' sums instead, one vector of dy against that many taps.
  *
@@ -100,10 +101,48 @@ static inline void fl_dwb_next(ptrdiff_t *oh, ptrdiff_t *ow, ptrdiff_t OW, ptrdi
         }                                                                                     \
     }
 
-/* out (OH, OW) = bias + the taps (toff, tw) of xp (rows of Wp cells); OW >= L. The block's last
+/* At a column stride SW > 1, xp holds the padded plane's Hp rows of Wp cells split by column
+ * phase: Hp rows of SW phases of Wh = ceil(Wp / SW) cells, cell (r, c) at
+ * r * SW * Wh + (c % SW) * Wh + c / SW, so that a tap's cells for consecutive outputs are
+ * consecutive. Each phase row is zeros around a strided copy of its source cells (stride 2, the
+ * usual one, with the stride known to the compiler, which vectorises it). */
+#define FL_DWB_PAD_PHASES(T)                                                                  \
+    FL_CLONES static void fl_dwb_pad_phases_##T(const T *src, ptrdiff_t R, ptrdiff_t S, T *xp,  \
+                                                ptrdiff_t Hp, ptrdiff_t SW, ptrdiff_t Wh,     \
+                                                ptrdiff_t top, ptrdiff_t left)                \
+    {                                                                                         \
+        for (ptrdiff_t r = 0; r < Hp; r++) {                                                  \
+            const ptrdiff_t sr = r - top;                                                     \
+            for (ptrdiff_t p = 0; p < SW; p++) {                                              \
+                T *row = xp + (r * SW + p) * Wh;                                              \
+                /* the cells i whose source column i * SW + p - left lies in [0, S) */        \
+                ptrdiff_t lo = left - p > 0 ? (left - p + SW - 1) / SW : 0;                   \
+                ptrdiff_t hi = S + left - p > 0 ? (S + left - p - 1) / SW + 1 : 0;            \
+                hi = hi < Wh ? hi : Wh;                                                       \
+                if (sr < 0 || sr >= R || hi < lo)                                             \
+                    lo = hi = 0;                                                              \
+                for (ptrdiff_t i = 0; i < lo; i++)                                            \
+                    row[i] = 0;                                                               \
+                for (ptrdiff_t i = hi; i < Wh; i++)                                           \
+                    row[i] = 0;                                                               \
+                if (lo == hi)                                                                 \
+                    continue;                                                                 \
+                const T *s = src + sr * S + lo * SW + p - left;                               \
+                T *d = row + lo;                                                              \
+                if (SW == 2)                                                                  \
+                    for (ptrdiff_t i = 0; i < hi - lo; i++)                                   \
+                        d[i] = s[2 * i];                                                      \
+                else                                                                          \
+                    for (ptrdiff_t i = 0; i < hi - lo; i++)                                   \
+                        d[i] = s[i * SW];                                                     \
+            }                                                                                 \
+        }                                                                                     \
+    }
+
+/* out (OH, OW) = bias + the taps (toff, tw) of xp (output row oh at oh * ld); OW >= L. The block's last
  * vectors repeat the plane's last one when fewer are left (the same value stored again). */
 #define FL_DWB_FORWARD(T)                                                                     \
-    FL_CLONES static void fl_dwb_forward_##T(const T *xp, ptrdiff_t Wp, const ptrdiff_t *toff, \
+    FL_CLONES static void fl_dwb_forward_##T(const T *xp, ptrdiff_t ld, const ptrdiff_t *toff, \
                                              const T *tw, ptrdiff_t ntaps, T bias, T *out,    \
                                              ptrdiff_t OH, ptrdiff_t OW)                      \
     {                                                                                         \
@@ -113,7 +152,7 @@ static inline void fl_dwb_next(ptrdiff_t *oh, ptrdiff_t *ow, ptrdiff_t OW, ptrdi
         while (oh < OH) {                                                                     \
             ptrdiff_t in[FL_DWB_BLOCK], at[FL_DWB_BLOCK];                                     \
             _Pragma("GCC unroll 8") for (int b = 0; b < FL_DWB_BLOCK; b++) {                  \
-                in[b] = oh * Wp + ow;                                                         \
+                in[b] = oh * ld + ow;                                                         \
                 at[b] = oh * OW + ow;                                                         \
                 if (!(oh == OH - 1 && ow == OW - L))                                          \
                     fl_dwb_next(&oh, &ow, OW, L);                                             \
@@ -134,13 +173,13 @@ static inline void fl_dwb_next(ptrdiff_t *oh, ptrdiff_t *ow, ptrdiff_t OW, ptrdi
         }                                                                                     \
     }
 
-/* dw[t] += sum over the cells of dy (OH, OW) of dy times tap t of xp (rows of Wp cells);
+/* dw[t] += sum over the cells of dy (OH, OW) of dy times tap t of xp (output row oh at oh * ld);
  * OW >= L. A row's last vector, where it overlaps its neighbour, counts only its new lanes
  * (the others times zero: dy is finite). The taps go FL_DWB_TAPS at a time; a last short block
  * fills its table with tap offset 0 and drops those sums. */
 #define FL_DWB_WEIGHT(T)                                                                      \
     FL_CLONES static void fl_dwb_weight_##T(const T *dy, ptrdiff_t OH, ptrdiff_t OW, const T *xp, \
-                                            ptrdiff_t Wp, const ptrdiff_t *toff, ptrdiff_t ntaps, \
+                                            ptrdiff_t ld, const ptrdiff_t *toff, ptrdiff_t ntaps, \
                                             T *dw)                                            \
     {                                                                                         \
         typedef fl_dwb_v##T VT;                                                               \
@@ -156,7 +195,7 @@ static inline void fl_dwb_next(ptrdiff_t *oh, ptrdiff_t *ow, ptrdiff_t OW, ptrdi
                 acc[k] = (VT){0};                                                             \
             }                                                                                 \
             for (ptrdiff_t oh = 0; oh < OH; oh++) {                                           \
-                const T *g = dy + oh * OW, *s = xp + oh * Wp;                                 \
+                const T *g = dy + oh * OW, *s = xp + oh * ld;                                 \
                 for (ptrdiff_t ow = 0; ow <= last; ow = ow + L <= last || ow == last ? ow + L : last) { \
                     VT gv = *(const VT *)(g + ow);                                            \
                     if (ow == last)                                                           \
@@ -178,6 +217,8 @@ FL_DWB_ZERO(float)
 FL_DWB_ZERO(double)
 FL_DWB_PAD(float)
 FL_DWB_PAD(double)
+FL_DWB_PAD_PHASES(float)
+FL_DWB_PAD_PHASES(double)
 FL_DWB_FORWARD(float)
 FL_DWB_FORWARD(double)
 FL_DWB_WEIGHT(float)

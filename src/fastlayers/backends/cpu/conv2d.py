@@ -389,13 +389,14 @@ def _small_batch_backward(dy, x, w, g, outs, threads):
 # The depthwise plane loops (conv2d_depthwise.pyx). MobileNet's layers (3x3 filters, stride 1,
 # dilation 1, padding 1, rows of at least half a vector: ``_depthwise.VECTOR_BYTES`` / 2, 4
 # floats; backward one filter per channel) take the 3x3 loops, which sweep each vector column
-# down the plane with the filter in registers and need no copy. Other stride-1 problems with rows of at
-# least a vector take the blocked loops, a block of outputs (or a filter's sums) in registers over
-# the taps, read from a padded copy of the plane (a thread's workspace row, bounded by
+# down the plane with the filter in registers and need no copy. Other problems with output rows
+# of at least a vector (any stride; backward at stride 1 input rows too, its dx by the row loops
+# at other strides) take the blocked loops, a block of outputs (or a filter's sums) in registers
+# over the taps, read from a padded copy of the plane (a thread's workspace row, bounded by
 # ``DEPTHWISE_BLOCKED_MAX_BYTES``). Both beat the others on every plane measured
-# (docs/performance.md). Narrower rows take the padded-plane loops while their two plane copies fit
-# L1 (forward) or L2 (backward), which there beat the row loops' short passes; the row loops take
-# the rest (any stride).
+# (docs/performance.md). Narrower rows take, at stride 1, the padded-plane loops while their two
+# plane copies fit L1 (forward) or L2 (backward), which there beat the row loops' short passes;
+# the row loops take the rest.
 DEPTHWISE_BLOCKED_MAX_BYTES = 8 << 20
 DEPTHWISE_PADDED_MAX_BYTES = {"forward": 32 << 10, "backward": 512 << 10}
 # The loops in that order of preference: the first that applies runs ("rows" always does).
@@ -405,22 +406,22 @@ DEPTHWISE_LOOPS = ("3x3", "blocked", "padded", "rows")
 def _depthwise_loops(g, itemsize, direction):
     """The depthwise plane loops (the first of ``DEPTHWISE_LOOPS`` that applies) and a thread's
     workspace values."""
-    backward = direction == "backward"
+    backward, stride_1 = direction == "backward", (g.stride_h, g.stride_w) == (1, 1)
     vector = _depthwise.VECTOR_BYTES // itemsize
-    wide = g.OW >= vector and (not backward or g.W >= vector)
+    wide = g.OW >= vector and (not backward or not stride_1 or g.W >= vector)  # dx by rows at stride > 1
     same_3x3 = ((g.KH, g.KW, g.dilation_h, g.dilation_w, g.pad_top, g.pad_bottom, g.pad_left, g.pad_right)
                 == (3, 3, 1, 1, 1, 1, 1, 1) and (not backward or g.Fg == 1) and 2 * g.W >= vector)
     for loops in DEPTHWISE_LOOPS:
         if loops == "rows":
             break
-        if (g.stride_h, g.stride_w) != (1, 1):
-            continue
-        if loops == "3x3" and same_3x3:
-            return loops, 0
         if loops == "blocked" and wide:
             size = _depthwise.workspace_size(g, _depthwise.BLOCKED, backward)
             if size * itemsize <= DEPTHWISE_BLOCKED_MAX_BYTES:
                 return loops, size
+        if not stride_1:
+            continue
+        if loops == "3x3" and same_3x3:
+            return loops, 0
         if loops == "padded":
             size = _depthwise.workspace_size(g, _depthwise.PADDED, backward)
             if size * itemsize <= DEPTHWISE_PADDED_MAX_BYTES[direction]:
