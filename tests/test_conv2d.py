@@ -612,7 +612,7 @@ def depthwise_configs(draw, wide=False):
     stride = 1 if padding == "same" else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     pads = (0, 0) if isinstance(padding, str) else padding
     H = max(1, dilation[0] * (KH - 1) + 1 - 2 * pads[0]) + draw(st.integers(0, 6))
-    W = max(1, dilation[1] * (KW - 1) + 1 - 2 * pads[1]) + draw(st.sampled_from([17, 40] if wide else [0, 3, 17, 40]))
+    W = max(1, dilation[1] * (KW - 1) + 1 - 2 * pads[1]) + draw(st.sampled_from([3, 17, 40] if wide else [0, 3, 17, 40]))
     params = dict(stride=stride, padding=padding, dilation=dilation, groups=C)
     return (draw(st.integers(1, 3)), C, H, W), (F, 1, KH, KW), params
 
@@ -696,7 +696,8 @@ def test_depthwise_gradients_match_finite_differences(loops, x_shape, w_shape, p
     ((5, 8, 9, 11), (8, 1, 5, 5), 2, 1),  # blocked
     ((5, 8, 33, 32), (8, 1, 3, 3), 1, 2),  # blocked at stride 2
     ((5, 8, 7, 7), (8, 1, 3, 3), 1, 1),  # 3x3 on 16-byte vectors (rows narrower than 8 floats)
-    ((5, 8, 7, 7), (8, 1, 2, 2), 0, 1),  # padded (output rows of 6 floats)
+    ((5, 8, 7, 7), (8, 1, 3, 3), 1, 2),  # blocked at stride 2 on 16-byte vectors
+    ((5, 8, 7, 3), (8, 1, 3, 3), 1, 1),  # padded (rows of 3 floats)
 ])
 def test_depthwise_is_thread_count_independent(shape, w_shape, padding, stride, split_work):
     rng = make_rng(8)
@@ -725,7 +726,8 @@ def test_depthwise_auto_picks_it_and_its_loops():
     cases = [(wide, 4, "forward", "3x3"), (wide, 4, "backward", "3x3"), (small, 4, "backward", "3x3"),
              (conv2d_geometry((1, 8, 112, 112), (8, 1, 3, 3), stride=2, padding=1, groups=8), 4, "forward", "blocked"),
              (conv2d_geometry((1, 8, 112, 112), (8, 1, 3, 3), stride=2, padding=1, groups=8), 4, "backward", "blocked"),
-             (conv2d_geometry((1, 8, 14, 14), (8, 1, 3, 3), stride=2, padding=1, groups=8), 4, "forward", "rows"),
+             (conv2d_geometry((1, 8, 14, 14), (8, 1, 3, 3), stride=2, padding=1, groups=8), 4, "forward", "blocked"),
+             (conv2d_geometry((1, 8, 5, 5), (8, 1, 3, 3), stride=2, padding=1, groups=8), 4, "forward", "rows"),
              (narrow, 4, "forward", "3x3"), (narrow, 8, "backward", "3x3"),
              (conv2d_geometry((1, 8, 7, 3), (8, 1, 3, 3), padding=1, groups=8), 4, "forward", "padded"),
              (conv2d_geometry((1, 8, 14, 14), (16, 1, 3, 3), padding=1, groups=8), 4, "backward", "blocked"),

@@ -3,8 +3,8 @@
 # channel multiplier). Every output plane is a sum of shifted, scaled input planes. Four kinds of
 # plane loops, chosen by the wrapper (``loops``): ROWS (conv2d_depthwise_loops.h, any stride: a
 # tap is one pass over an output row), PADDED (same header, stride 1: a tap is one pass over a
-# zero-padded copy of the plane), BLOCKED (conv2d_depthwise_blocked.h, output rows at least one
-# vector wide, its data gradient at stride 1 only: a block of output vectors in registers for all
+# zero-padded copy of the plane), BLOCKED (conv2d_depthwise_blocked.h, output rows at least half
+# a vector wide, its data gradient at stride 1 only: a block of output vectors in registers for all
 # the taps, read from a padded copy) and SAME_3X3 (conv2d_depthwise_3x3.h: 3x3 filters, stride 1,
 # padding 1, each vector column swept down the plane, no copy). A thread's workspace row holds its
 # padded planes.
@@ -84,6 +84,14 @@ cdef extern from "conv2d_depthwise_blocked.h" nogil:
                              const Py_ssize_t* toff, Py_ssize_t ntaps, float* dw)
     void fl_dwb_weight_double(const double* dy, Py_ssize_t OH, Py_ssize_t OW, const double* xp, Py_ssize_t ld,
                               const Py_ssize_t* toff, Py_ssize_t ntaps, double* dw)
+    void fl_dwb_forward_float_narrow(const float* xp, Py_ssize_t ld, const Py_ssize_t* toff, const float* tw,
+                                     Py_ssize_t ntaps, float bias, float* out, Py_ssize_t OH, Py_ssize_t OW)
+    void fl_dwb_forward_double_narrow(const double* xp, Py_ssize_t ld, const Py_ssize_t* toff, const double* tw,
+                                      Py_ssize_t ntaps, double bias, double* out, Py_ssize_t OH, Py_ssize_t OW)
+    void fl_dwb_weight_float_narrow(const float* dy, Py_ssize_t OH, Py_ssize_t OW, const float* xp, Py_ssize_t ld,
+                                    const Py_ssize_t* toff, Py_ssize_t ntaps, float* dw)
+    void fl_dwb_weight_double_narrow(const double* dy, Py_ssize_t OH, Py_ssize_t OW, const double* xp,
+                                     Py_ssize_t ld, const Py_ssize_t* toff, Py_ssize_t ntaps, double* dw)
 
 cdef extern from "conv2d_depthwise_3x3.h" nogil:
     void fl_dw3_forward_float(const float* x, const float* tw, float bias, float* out, Py_ssize_t H, Py_ssize_t W)
@@ -108,9 +116,42 @@ cdef enum:
     LOOPS_BLOCKED = 2
     LOOPS_SAME_3X3 = 3
 ROWS, PADDED, BLOCKED, SAME_3X3 = LOOPS_ROWS, LOOPS_PADDED, LOOPS_BLOCKED, LOOPS_SAME_3X3
-# Bytes of the blocked loops' vectors: they need output rows (and, backward, input rows) of at
-# least this many bytes; the 3x3 loops of half as many (their narrow kernels below a vector).
+# Bytes of the blocked and 3x3 loops' vectors: they need output rows (and, backward at stride 1,
+# input rows) of at least half this many bytes (their narrow kernels below it).
 VECTOR_BYTES = FL_DWB_BYTES
+
+
+cdef inline void _blocked_forward(const floating* xp, Py_ssize_t ld, const Py_ssize_t* toff, const floating* tw,
+                                  Py_ssize_t ntaps, floating bias, floating* out, Py_ssize_t OH,
+                                  Py_ssize_t OW) noexcept nogil:
+    """fl_dwb_forward on 32-byte vectors or, rows narrower, 16-byte."""
+    cdef bint narrow = OW * sizeof(floating) < FL_DWB_BYTES
+    if floating is float:
+        if narrow:
+            fl_dwb_forward_float_narrow(xp, ld, toff, tw, ntaps, bias, out, OH, OW)
+        else:
+            fl_dwb_forward_float(xp, ld, toff, tw, ntaps, bias, out, OH, OW)
+    else:
+        if narrow:
+            fl_dwb_forward_double_narrow(xp, ld, toff, tw, ntaps, bias, out, OH, OW)
+        else:
+            fl_dwb_forward_double(xp, ld, toff, tw, ntaps, bias, out, OH, OW)
+
+
+cdef inline void _blocked_weight(const floating* dy, Py_ssize_t OH, Py_ssize_t OW, const floating* xp, Py_ssize_t ld,
+                                 const Py_ssize_t* toff, Py_ssize_t ntaps, floating* dw) noexcept nogil:
+    """fl_dwb_weight, vectors as _blocked_forward's."""
+    cdef bint narrow = OW * sizeof(floating) < FL_DWB_BYTES
+    if floating is float:
+        if narrow:
+            fl_dwb_weight_float_narrow(dy, OH, OW, xp, ld, toff, ntaps, dw)
+        else:
+            fl_dwb_weight_float(dy, OH, OW, xp, ld, toff, ntaps, dw)
+    else:
+        if narrow:
+            fl_dwb_weight_double_narrow(dy, OH, OW, xp, ld, toff, ntaps, dw)
+        else:
+            fl_dwb_weight_double(dy, OH, OW, xp, ld, toff, ntaps, dw)
 
 
 cdef inline void _same_3x3_forward(const floating* x, const floating* tw, floating bias, floating* out, Py_ssize_t H,
@@ -222,21 +263,18 @@ cdef void _forward_plane(const floating[:, :, :, ::1] x, const floating[:, :, :,
     cdef Py_ssize_t ld = s.SH * s.SW * _phase_cells(s)  # the padded input's cells between output rows
     if loops == LOOPS_SAME_3X3:
         _same_3x3_forward(xc, &w[f, 0, 0, 0], bias, &y[n, f, 0, 0], s.H, s.W)
+    elif loops == LOOPS_BLOCKED:
+        _pad_blocked(xc, s, scratch)
+        _blocked_forward(scratch, ld, toff, &w[f, 0, 0, 0], s.KH * s.KW, bias, &y[n, f, 0, 0], s.OH, s.OW)
     elif floating is float:
-        if loops == LOOPS_BLOCKED:
-            _pad_blocked(xc, s, scratch)
-            fl_dwb_forward_float(scratch, ld, toff, &w[f, 0, 0, 0], s.KH * s.KW, bias, &y[n, f, 0, 0], s.OH, s.OW)
-        elif loops == LOOPS_PADDED:
+        if loops == LOOPS_PADDED:
             fl_dw_padded_forward_float(xc, &w[f, 0, 0, 0], bias, &y[n, f, 0, 0], s.H, s.W, s.OH, s.OW, s.KH, s.KW,
                                        s.PT, s.PL, s.DH, s.DW, scratch)
         else:
             fl_dw_forward_float(xc, &w[f, 0, 0, 0], bias, &y[n, f, 0, 0], s.H, s.W, s.OH, s.OW, s.KH, s.KW, s.SH,
                                 s.SW, s.PT, s.PL, s.DH, s.DW)
     else:
-        if loops == LOOPS_BLOCKED:
-            _pad_blocked(xc, s, scratch)
-            fl_dwb_forward_double(scratch, ld, toff, &w[f, 0, 0, 0], s.KH * s.KW, bias, &y[n, f, 0, 0], s.OH, s.OW)
-        elif loops == LOOPS_PADDED:
+        if loops == LOOPS_PADDED:
             fl_dw_padded_forward_double(xc, &w[f, 0, 0, 0], bias, &y[n, f, 0, 0], s.H, s.W, s.OH, s.OW, s.KH, s.KW,
                                         s.PT, s.PL, s.DH, s.DW, scratch)
         else:
@@ -248,7 +286,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                    floating[:, :, :, ::1] y, floating[:, ::1] workspace, object geometry, int loops,
                    int num_threads):
     """y = conv2d(x, w) (+ b; None for no bias) for C/groups == 1 by ``loops`` (ROWS; PADDED at
-    stride 1; BLOCKED with OW of at least a vector; SAME_3X3 for 3x3 filters at stride 1, dilation
+    stride 1; BLOCKED with OW of at least half a vector; SAME_3X3 for 3x3 filters at stride 1, dilation
     1 and padding 1 with W of at least half a vector): one task per output plane.
     ``workspace`` (num_threads, workspace_size(geometry, loops, False)), or None where that is 0."""
     cdef Conv2dShape s = conv2d_shape(geometry)
@@ -283,12 +321,8 @@ cdef void _input_plane(const floating[:, :, :, ::1] dy, const floating[:, :, :, 
                 fl_dwb_pad_float(&dy[n, c * s.Fg + f, 0, 0], s.OH, s.OW, scratch + f * plane, Hq, Wq, top, left)
             else:
                 fl_dwb_pad_double(&dy[n, c * s.Fg + f, 0, 0], s.OH, s.OW, scratch + f * plane, Hq, Wq, top, left)
-        if floating is float:
-            fl_dwb_forward_float(scratch, Wq, toff, &w[c * s.Fg, 0, 0, 0], s.Fg * s.KH * s.KW, 0, &dx[n, c, 0, 0],
-                                 s.H, s.W)
-        else:
-            fl_dwb_forward_double(scratch, Wq, toff, &w[c * s.Fg, 0, 0, 0], s.Fg * s.KH * s.KW, 0, &dx[n, c, 0, 0],
-                                  s.H, s.W)
+        _blocked_forward(scratch, Wq, toff, &w[c * s.Fg, 0, 0, 0], s.Fg * s.KH * s.KW, 0, &dx[n, c, 0, 0], s.H,
+                         s.W)
         return
     if loops == LOOPS_PADDED:
         if floating is float:
@@ -314,23 +348,22 @@ cdef void _weight_image(const floating* dy, const floating* x, floating* dw, flo
     cdef Py_ssize_t ld = s.SH * s.SW * _phase_cells(s)  # the padded input's cells between output rows
     if loops == LOOPS_SAME_3X3:
         _same_3x3_weight(dy, x, dw, db, s.H, s.W)
-    elif floating is float:
-        if loops == LOOPS_BLOCKED:
-            _pad_blocked(x, s, scratch)
-            fl_dwb_weight_float(dy, s.OH, s.OW, scratch, ld, toff, s.KH * s.KW, dw)
+    elif loops == LOOPS_BLOCKED:
+        _pad_blocked(x, s, scratch)
+        _blocked_weight(dy, s.OH, s.OW, scratch, ld, toff, s.KH * s.KW, dw)
+        if floating is float:
             db[0] += fl_dw_sum_float(dy, s.OH * s.OW)
-        elif loops == LOOPS_PADDED:
+        else:
+            db[0] += fl_dw_sum_double(dy, s.OH * s.OW)
+    elif floating is float:
+        if loops == LOOPS_PADDED:
             fl_dw_padded_backward_weight_float(dy, x, dw, db, s.H, s.W, s.OH, s.OW, s.KH, s.KW, s.PT, s.PL, s.DH,
                                                s.DW, scratch)
         else:
             fl_dw_backward_weight_float(dy, x, dw, db, s.H, s.W, s.OH, s.OW, s.KH, s.KW, s.SH, s.SW, s.PT, s.PL,
                                         s.DH, s.DW)
     else:
-        if loops == LOOPS_BLOCKED:
-            _pad_blocked(x, s, scratch)
-            fl_dwb_weight_double(dy, s.OH, s.OW, scratch, ld, toff, s.KH * s.KW, dw)
-            db[0] += fl_dw_sum_double(dy, s.OH * s.OW)
-        elif loops == LOOPS_PADDED:
+        if loops == LOOPS_PADDED:
             fl_dw_padded_backward_weight_double(dy, x, dw, db, s.H, s.W, s.OH, s.OW, s.KH, s.KW, s.PT, s.PL, s.DH,
                                                 s.DW, scratch)
         else:
@@ -353,7 +386,7 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
                     const floating[:, :, :, ::1] w, floating[:, :, :, ::1] dx, floating[:, :, :, ::1] dw,
                     floating[::1] db, floating[:, ::1] workspace, object geometry, int loops, int num_threads):
     """dx (None: not computed), dw and db of y = conv2d(x, w) + b given dy, for C/groups == 1, by
-    ``loops`` as in conv2d_forward (BLOCKED: dx by it at stride 1, with W of at least a vector,
+    ``loops`` as in conv2d_forward (BLOCKED: dx by it at stride 1, with W of at least half a vector,
     else by the row loops; SAME_3X3: one filter per channel). Tasks: the N*C input planes of dx,
     then the F filters of dw and db (each summed over the images in order), so every output is
     written by one task in a fixed order whatever the thread count.

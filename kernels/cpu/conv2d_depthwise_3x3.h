@@ -27,12 +27,8 @@
 #include "conv2d_depthwise_blocked.h"
 #include "target_clones.h"
 
-/* The vectors: 32 bytes (K = float, double), and 16 bytes for rows narrower than that (K =
- * float_narrow, double_narrow: 4 floats, 2 doubles; MobileNet's last planes are 7 wide). */
-typedef fl_dwb_vfloat fl_dw3_vfloat;
-typedef fl_dwb_vdouble fl_dw3_vdouble;
-typedef float fl_dw3_vfloat_narrow __attribute__((vector_size(16), aligned(4), may_alias));
-typedef double fl_dw3_vdouble_narrow __attribute__((vector_size(16), aligned(8), may_alias));
+/* The vectors fl_dwb_v##K of conv2d_depthwise_blocked.h, by kind K; the lane indices of their
+ * shuffles. */
 typedef int fl_dw3_ifloat __attribute__((vector_size(32)));
 typedef long long fl_dw3_idouble __attribute__((vector_size(32)));
 typedef int fl_dw3_ifloat_narrow __attribute__((vector_size(16)));
@@ -40,7 +36,7 @@ typedef long long fl_dw3_idouble_narrow __attribute__((vector_size(16)));
 
 /* v moved one lane up (lane l takes lane l - 1, lane 0 a zero) or down (lane l takes l + 1, the
  * top lane a zero): the vector one column left (right) of v at the plane's edge. */
-#define FL_DW3_SHIFT(K, v, ...) __builtin_shuffle((v), (fl_dw3_v##K){0}, (fl_dw3_i##K){__VA_ARGS__})
+#define FL_DW3_SHIFT(K, v, ...) __builtin_shuffle((v), (fl_dwb_v##K){0}, (fl_dw3_i##K){__VA_ARGS__})
 #define FL_DW3_UP_float(v) FL_DW3_SHIFT(float, v, 8, 0, 1, 2, 3, 4, 5, 6)
 #define FL_DW3_DOWN_float(v) FL_DW3_SHIFT(float, v, 1, 2, 3, 4, 5, 6, 7, 8)
 #define FL_DW3_UP_double(v) FL_DW3_SHIFT(double, v, 4, 0, 1, 2)
@@ -120,7 +116,7 @@ typedef long long fl_dw3_idouble_narrow __attribute__((vector_size(16)));
                                              ptrdiff_t W)                                     \
     {                                                                                         \
         typedef T ST;                                                                         \
-        typedef fl_dw3_v##K VT;                                                               \
+        typedef fl_dwb_v##K VT;                                                               \
         const ptrdiff_t L = sizeof(VT) / sizeof(T);                                           \
         const VT w00 = (VT){0} + tw[0], w01 = (VT){0} + tw[1], w02 = (VT){0} + tw[2];         \
         const VT w10 = (VT){0} + tw[3], w11 = (VT){0} + tw[4], w12 = (VT){0} + tw[5];         \
@@ -161,7 +157,7 @@ typedef long long fl_dw3_idouble_narrow __attribute__((vector_size(16)));
                                             ptrdiff_t W)                                      \
     {                                                                                         \
         typedef T ST;                                                                         \
-        typedef fl_dw3_v##K VT;                                                               \
+        typedef fl_dwb_v##K VT;                                                               \
         const ptrdiff_t L = sizeof(VT) / sizeof(T), full = W / L * L;                         \
         VT keep, a00 = {0}, a01 = {0}, a02 = {0}, a10 = {0}, a11 = {0}, a12 = {0};            \
         VT a20 = {0}, a21 = {0}, a22 = {0}, ab = {0};                                         \

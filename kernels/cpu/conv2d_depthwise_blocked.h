@@ -1,5 +1,5 @@
 /* The register-blocked plane loops of conv2d_depthwise.pyx (output rows at least one vector
- * wide; the data gradient at stride 1 only): the loops of conv2d_depthwise_loops.h make one pass
+ * wide, 16-byte vectors for rows under 32 bytes; the data gradient at stride 1 only): the loops of conv2d_depthwise_loops.h make one pass
  * over the plane per tap, each loading and storing the output (or, for the weight gradient,
  * loading two operands per multiply-add); here a block of output vectors stays in registers for
  * all the taps.
@@ -8,7 +8,7 @@
  * cell any output reads inside it (fl_dwb_pad; at a column stride over 1 with its columns split
  * by phase, fl_dwb_pad_phases), so tap t of output cell (oh, ow) reads xp[oh * ld + ow + toff[t]],
  * ld being the cells between two output rows' first taps (Wp at stride 1). The output rows are
- * cut into vectors of L = FL_DWB_LANES(T) columns at ow = 0, L, 2L, ..., the last one at OW - L,
+ * cut into vectors of L columns (the lanes of a vector) at ow = 0, L, 2L, ..., the last one at OW - L,
  * overlapping its neighbour when L does not divide OW (so OW >= L): every vector is loaded and
  * stored whole, straight from and into the planes, with no scratch columns to copy out.
  *
@@ -41,8 +41,13 @@
 #define FL_DWB_BLOCK 8 /* output vectors per forward block */
 #define FL_DWB_TAPS 9  /* taps per weight-gradient block: a whole 3x3 filter */
 
+/* The vectors, by kind K: 32 bytes (K = float, double), and 16 bytes for output rows narrower
+ * than that (K = float_narrow, double_narrow: 4 floats, 2 doubles; MobileNet's last planes are 7
+ * wide). */
 typedef float fl_dwb_vfloat __attribute__((vector_size(FL_DWB_BYTES), aligned(4), may_alias));
 typedef double fl_dwb_vdouble __attribute__((vector_size(FL_DWB_BYTES), aligned(8), may_alias));
+typedef float fl_dwb_vfloat_narrow __attribute__((vector_size(FL_DWB_BYTES / 2), aligned(4), may_alias));
+typedef double fl_dwb_vdouble_narrow __attribute__((vector_size(FL_DWB_BYTES / 2), aligned(8), may_alias));
 
 /* The output vector after (oh, ow): the next one along the row, the last one at OW - L, then
  * the next row. */
@@ -141,13 +146,13 @@ static inline void fl_dwb_next(ptrdiff_t *oh, ptrdiff_t *ow, ptrdiff_t OW, ptrdi
 
 /* out (OH, OW) = bias + the taps (toff, tw) of xp (output row oh at oh * ld); OW >= L. The block's last
  * vectors repeat the plane's last one when fewer are left (the same value stored again). */
-#define FL_DWB_FORWARD(T)                                                                     \
-    FL_CLONES static void fl_dwb_forward_##T(const T *xp, ptrdiff_t ld, const ptrdiff_t *toff, \
+#define FL_DWB_FORWARD(K, T)                                                                  \
+    FL_CLONES static void fl_dwb_forward_##K(const T *xp, ptrdiff_t ld, const ptrdiff_t *toff, \
                                              const T *tw, ptrdiff_t ntaps, T bias, T *out,    \
                                              ptrdiff_t OH, ptrdiff_t OW)                      \
     {                                                                                         \
-        typedef fl_dwb_v##T VT;                                                               \
-        const ptrdiff_t L = FL_DWB_LANES(T);                                                  \
+        typedef fl_dwb_v##K VT;                                                               \
+        const ptrdiff_t L = sizeof(VT) / sizeof(T);                                           \
         ptrdiff_t oh = 0, ow = 0;                                                             \
         while (oh < OH) {                                                                     \
             ptrdiff_t in[FL_DWB_BLOCK], at[FL_DWB_BLOCK];                                     \
@@ -177,13 +182,13 @@ static inline void fl_dwb_next(ptrdiff_t *oh, ptrdiff_t *ow, ptrdiff_t OW, ptrdi
  * OW >= L. A row's last vector, where it overlaps its neighbour, counts only its new lanes
  * (the others times zero: dy is finite). The taps go FL_DWB_TAPS at a time; a last short block
  * fills its table with tap offset 0 and drops those sums. */
-#define FL_DWB_WEIGHT(T)                                                                      \
-    FL_CLONES static void fl_dwb_weight_##T(const T *dy, ptrdiff_t OH, ptrdiff_t OW, const T *xp, \
+#define FL_DWB_WEIGHT(K, T)                                                                   \
+    FL_CLONES static void fl_dwb_weight_##K(const T *dy, ptrdiff_t OH, ptrdiff_t OW, const T *xp, \
                                             ptrdiff_t ld, const ptrdiff_t *toff, ptrdiff_t ntaps, \
                                             T *dw)                                            \
     {                                                                                         \
-        typedef fl_dwb_v##T VT;                                                               \
-        const ptrdiff_t L = FL_DWB_LANES(T), full = OW / L * L, last = OW - L;                \
+        typedef fl_dwb_v##K VT;                                                               \
+        const ptrdiff_t L = sizeof(VT) / sizeof(T), full = OW / L * L, last = OW - L;         \
         VT keep;                                                                              \
         for (ptrdiff_t l = 0; l < L; l++)                                                     \
             keep[l] = last + l >= full - (full == OW ? L : 0) ? 1 : 0;                        \
@@ -219,9 +224,13 @@ FL_DWB_PAD(float)
 FL_DWB_PAD(double)
 FL_DWB_PAD_PHASES(float)
 FL_DWB_PAD_PHASES(double)
-FL_DWB_FORWARD(float)
-FL_DWB_FORWARD(double)
-FL_DWB_WEIGHT(float)
-FL_DWB_WEIGHT(double)
+FL_DWB_FORWARD(float, float)
+FL_DWB_FORWARD(double, double)
+FL_DWB_FORWARD(float_narrow, float)
+FL_DWB_FORWARD(double_narrow, double)
+FL_DWB_WEIGHT(float, float)
+FL_DWB_WEIGHT(double, double)
+FL_DWB_WEIGHT(float_narrow, float)
+FL_DWB_WEIGHT(double_narrow, double)
 
 #endif

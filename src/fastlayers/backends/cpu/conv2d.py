@@ -390,8 +390,8 @@ def _small_batch_backward(dy, x, w, g, outs, threads):
 # dilation 1, padding 1, rows of at least half a vector: ``_depthwise.VECTOR_BYTES`` / 2, 4
 # floats; backward one filter per channel) take the 3x3 loops, which sweep each vector column
 # down the plane with the filter in registers and need no copy. Other problems with output rows
-# of at least a vector (any stride; backward at stride 1 input rows too, its dx by the row loops
-# at other strides) take the blocked loops, a block of outputs (or a filter's sums) in registers
+# of at least half a vector (any stride; backward at stride 1 input rows too, its dx by the row
+# loops at other strides) take the blocked loops, a block of outputs (or a filter's sums) in registers
 # over the taps, read from a padded copy of the plane (a thread's workspace row, bounded by
 # ``DEPTHWISE_BLOCKED_MAX_BYTES``). Both beat the others on every plane measured
 # (docs/performance.md). Narrower rows take, at stride 1, the padded-plane loops while their two
@@ -408,9 +408,10 @@ def _depthwise_loops(g, itemsize, direction):
     workspace values."""
     backward, stride_1 = direction == "backward", (g.stride_h, g.stride_w) == (1, 1)
     vector = _depthwise.VECTOR_BYTES // itemsize
-    wide = g.OW >= vector and (not backward or not stride_1 or g.W >= vector)  # dx by rows at stride > 1
+    # rows of at least half a vector (the narrow kernels'); dx by the row loops at stride > 1
+    wide = 2 * g.OW >= vector and (not backward or not stride_1 or 2 * g.W >= vector)
     same_3x3 = ((g.KH, g.KW, g.dilation_h, g.dilation_w, g.pad_top, g.pad_bottom, g.pad_left, g.pad_right)
-                == (3, 3, 1, 1, 1, 1, 1, 1) and (not backward or g.Fg == 1) and 2 * g.W >= vector)
+                == (3, 3, 1, 1, 1, 1, 1, 1) and (not backward or g.Fg == 1))
     for loops in DEPTHWISE_LOOPS:
         if loops == "rows":
             break
@@ -420,7 +421,7 @@ def _depthwise_loops(g, itemsize, direction):
                 return loops, size
         if not stride_1:
             continue
-        if loops == "3x3" and same_3x3:
+        if loops == "3x3" and same_3x3 and wide:
             return loops, 0
         if loops == "padded":
             size = _depthwise.workspace_size(g, _depthwise.PADDED, backward)
