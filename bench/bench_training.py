@@ -236,7 +236,7 @@ COMPILED = ("Conv2D", "MaxPool2D", "BatchNorm2d", "ReLU", "Dense")
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=15, help="most timed steps per figure (median)")

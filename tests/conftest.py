@@ -25,3 +25,13 @@ def split_work(monkeypatch):
     """Run even tiny calls on every thread asked for (``fastlayers._dispatch.GRAIN_SIZE`` keeps
     them on one), so the kernels' multi-thread paths run on test-sized inputs."""
     monkeypatch.setattr(fl._dispatch, "GRAIN_SIZE", 1)
+
+
+@pytest.fixture(autouse=True)
+def fresh_dispatch():
+    """Every test's first call of each signature goes through the dispatch in full: the
+    functional API's kept plans (ops._spec.replays) would otherwise skip the spies and
+    monkeypatched rules a test installs after an earlier test made the same call."""
+    from fastlayers.ops._spec import forget_replays
+
+    forget_replays()

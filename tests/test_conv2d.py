@@ -13,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from _helpers import assert_close, assert_grad_matches, make_rng, numeric_grad
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import fastlayers as fl
@@ -135,6 +135,48 @@ def test_wide_rows_match_reference(algo, dtype, config, seed):
     x, w, b = _uniform(rng, x_shape, dtype), _uniform(rng, w_shape, dtype), _uniform(rng, (w_shape[0],), dtype)
     dy = _uniform(rng, conv2d_geometry(x_shape, w_shape, **params).y_shape, dtype)
     _check_against_reference(x, w, b, dy, params, algo, dtype, f"{algo} {x_shape} {w_shape} {params}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(KH=st.integers(1, 5), KW=st.integers(1, 5), DH=st.integers(1, 3), H=st.integers(1, 10),
+       W=st.integers(1, 20), N=st.integers(1, 2), groups=st.integers(1, 2), seed=st.integers(0, 2**32 - 1))
+def test_im2col_runs_of_same_width_rows(dtype, KH, KW, DH, H, W, N, groups, seed):
+    """Stride 1 with as many output columns as input ones ("same" padding, even kernels padded
+    more on the right): im2col copies each tap's rows as one run and zeroes the padding columns
+    after (kernels/cpu/im2col.pyx _im2col_runs); forward and backward against the reference."""
+    params = dict(padding="same", dilation=(DH, 1), groups=groups)
+    x_shape, w_shape = (N, 2 * groups, H, W), (3 * groups, 2, KH, KW)
+    g = conv2d_geometry(x_shape, w_shape, **params)
+    assert g.OW == g.W
+    rng = make_rng(seed)
+    x, w, b = _uniform(rng, x_shape, dtype), _uniform(rng, w_shape, dtype), _uniform(rng, (w_shape[0],), dtype)
+    dy = _uniform(rng, g.y_shape, dtype)
+    _check_against_reference(x, w, b, dy, params, "im2col", dtype, f"{x_shape} {w_shape} {params}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=40, deadline=None)
+@given(G=st.integers(1, 3), O=st.integers(1, 20), K=st.integers(1, 30), transposed=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_direct_filter_packing_is_the_blocked_transpose(dtype, G, O, K, transposed, seed):
+    """The direct kernel's packed weights (compiled): blocks of FILTER_BLOCK filters,
+    filter-fastest, zeros past the last filter, from C-ordered or strided weights."""
+    from fastlayers._cpu import conv2d_direct
+
+    rng = make_rng(seed)
+    w = rng.standard_normal((G, K, O) if transposed else (G, O, K)).astype(dtype)
+    w = w.transpose(0, 2, 1) if transposed else w
+    fb = conv2d_direct.FILTER_BLOCK
+    blocks = -(-O // fb)
+    want = np.zeros((G, blocks * fb, K), dtype)
+    want[:, :O] = w
+    want = want.reshape(G, blocks, fb, K).transpose(0, 1, 3, 2)
+    packed = np.full((G, blocks, K, fb), np.nan, dtype)
+    conv2d_direct.pack_filters(w, packed)
+    np.testing.assert_array_equal(packed, want)
+    with pytest.raises(ValueError, match="packed must have shape"):
+        conv2d_direct.pack_filters(w, np.empty((G, blocks + 1, K, fb), dtype))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -375,6 +417,31 @@ def test_small_batch_input_grad_splits_input_channels(threads, dtype, config, se
         _check_against_reference(x, w, b, dy, params, "im2col", dtype, f"{x_shape} {w_shape} {params}")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("threads", (2, 3, 4))
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(config=conv2d_configs(), F=st.integers(17, 70), seed=st.integers(0, 2**32 - 1), bias=st.booleans())
+def test_small_batch_forward_splits_many_filters(threads, dtype, config, F, seed, bias, split_work):
+    """Fewer (image, group) planes than threads and many filters on a small plane: im2col's
+    forward tiles take a part of the filters each (whole tiles of FILTER_SPLIT_MULTIPLE and a
+    last partial one), every kernel size, stride, padding and dilation of the issue's ranges."""
+    from fastlayers.backends.cpu import conv2d as cpu_conv2d
+
+    x_shape, w_shape, params = config
+    params = dict(params, groups=1)
+    x_shape, w_shape = (1,) + x_shape[1:], (F, x_shape[1]) + w_shape[2:]
+    g = conv2d_geometry(x_shape, w_shape, **params)
+    assume(g.OH * g.OW * cpu_conv2d.FILTER_SPLIT_RATIO <= F)
+    assert cpu_conv2d._tile_filters(g, threads) < F
+    rng = make_rng(seed)
+    x, w = _uniform(rng, x_shape, dtype), _uniform(rng, w_shape, dtype)
+    b = _uniform(rng, (F,), dtype) if bias else None
+    dy = _uniform(rng, g.y_shape, dtype)
+    with fl.threads(threads):
+        _check_against_reference(x, w, b, dy, params, "im2col", dtype, f"{x_shape} {w_shape} {params}")
+
+
 @pytest.mark.parametrize("w_shape, params", [
     ((4, 5, 3, 3), dict(padding=1, stride=(1, 2))),
     ((4, 5, 1, 1), {}),  # pointwise: the channel blocks' columns are dx itself
@@ -558,6 +625,11 @@ def test_auto_heuristic():
     # the winograd backward declines paddings past 2: auto does not ask it
     g = conv2d_geometry((32, 64, 28, 28), (64, 64, 3, 3), padding=3)
     assert [_auto(g, d, "x86-64-v3") for d in ("forward", "backward")] == ["winograd", "im2col"]
+    # dilated: by the phases' undilated rule (dilated-256-n4: 16 phase images of 14x14), where they tile x
+    g = conv2d_geometry((4, 256, 28, 28), (256, 256, 3, 3), padding=2, dilation=2)
+    assert [_auto(g, d, "x86-64-v3") for d in ("forward", "backward")] == ["winograd", "winograd"]
+    g = conv2d_geometry((4, 256, 27, 27), (256, 256, 3, 3), padding=2, dilation=2)
+    assert [_auto(g, d, "x86-64-v3") for d in ("forward", "backward")] == ["im2col", "im2col"]
 
 
 def _auto(g, direction, isa=None):
@@ -774,6 +846,20 @@ def winograd_configs(draw):
     return (draw(st.integers(1, 3)), C, H, W), (F, C // groups, 3, 3), dict(padding=padding, groups=groups)
 
 
+@st.composite
+def dilated_winograd_configs(draw):
+    """Dilated 3x3 kernels at stride 1 that Winograd takes through the dilation phases: planes
+    and paddings multiples of the dilation (each phase padded by 0..2, what the backward takes)."""
+    groups = draw(st.integers(1, 2))
+    C, F = groups * draw(st.integers(1, 4)), groups * draw(st.integers(1, 4))
+    dh, dw = draw(st.integers(1, 3)), draw(st.integers(2, 3))
+    ph, pw = dh * draw(st.integers(0, 2)), dw * draw(st.integers(0, 2))
+    H = dh * (max(1, 3 - 2 * ph // dh) + draw(st.integers(0, 5)))
+    W = dw * (max(1, 3 - 2 * pw // dw) + draw(st.integers(0, 9)))
+    return (draw(st.integers(1, 2)), C, H, W), (F, C // groups, 3, 3), dict(padding=(ph, pw), dilation=(dh, dw),
+                                                                            groups=groups)
+
+
 def _assert_winograd_close(actual, expected, dtype, K, err_msg):
     """Elementwise budget of a Winograd result summing K products: that of a direct sum of K + 1
     terms times 9 for the transforms' growth (B^T's rows sum to 10 in magnitude, A^T's to 19, but
@@ -784,10 +870,12 @@ def _assert_winograd_close(actual, expected, dtype, K, err_msg):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(config=winograd_configs(), seed=st.integers(0, 2**32 - 1), layout=st.sampled_from(["C", "F", "strided"]),
-       bias=st.booleans())
+@given(config=st.one_of(winograd_configs(), dilated_winograd_configs()), seed=st.integers(0, 2**32 - 1),
+       layout=st.sampled_from(["C", "F", "strided"]), bias=st.booleans())
 def test_winograd_matches_reference(dtype, config, seed, layout, bias):
-    """Forward and backward (dx and dw by Winograd) against the float64 reference."""
+    """Forward and backward (dx and dw by Winograd) against the float64 reference; dilated
+    convolutions by their dilation phases (ops.conv2d.dilation_phases), within the undilated
+    budgets."""
     x_shape, w_shape, params = config
     rng = make_rng(seed)
     x, w = _uniform(rng, x_shape, dtype, layout), _uniform(rng, w_shape, dtype, layout)
@@ -807,6 +895,8 @@ def test_winograd_matches_reference(dtype, config, seed, layout, bias):
     # worst error measured 0.35 of a direct sum's budget
     _assert_conv2d_close(dw, dw_ref, dtype, terms=g.N * g.OH * g.OW, err_msg="dw")
     _assert_conv2d_close(db, db_ref, dtype, terms=g.N * g.OH * g.OW, err_msg="db")
+    _, dw_only, _ = fl.conv2d_backward(dy, x, w, algo="winograd", input_grad=False, **params)
+    np.testing.assert_array_equal(dw_only, dw)
 
 
 @pytest.mark.parametrize("pads", [(0, 2, 1, 0), (2, 0, 0, 2), (1, 2, 2, 1)])
@@ -859,10 +949,22 @@ def test_winograd_forward_over_paddings_and_bands(dtype, pads, H, W, N, band, se
                            f"{x.shape} {pads} {band}")
 
 
-def test_winograd_gradients_match_finite_differences():
+def test_winograd_declines_dilations_whose_phases_do_not_tile_the_input():
+    x, w = np.zeros((1, 2, 9, 8)), np.zeros((2, 2, 3, 3))
+    with pytest.raises(NotImplementedError, match="multiples of the dilation"):
+        fl.conv2d(x, w, padding=2, dilation=2, algo="winograd")  # 9 rows: phases of 5 and 4
+    with pytest.raises(NotImplementedError, match="multiples of the dilation"):
+        fl.conv2d(np.zeros((1, 2, 8, 8)), w, padding=1, dilation=2, algo="winograd")  # padding 1
+    assert fl.conv2d(np.zeros((1, 2, 8, 8)), w, padding=1, dilation=2).shape == (1, 2, 6, 6)  # auto: im2col
+
+
+@pytest.mark.parametrize("x_shape, params", [
+    ((2, 4, 6, 5), dict(padding=(2, 1), groups=2)),
+    ((2, 4, 6, 9), dict(padding=(2, 3), dilation=(2, 3), groups=2)),  # by the dilation phases
+])
+def test_winograd_gradients_match_finite_differences(x_shape, params):
     rng = make_rng(14)
-    params = dict(padding=(2, 1), groups=2)
-    arrays = dict(input=rng.uniform(-1, 1, (2, 4, 6, 5)), weight=rng.uniform(-1, 1, (4, 2, 3, 3)),
+    arrays = dict(input=rng.uniform(-1, 1, x_shape), weight=rng.uniform(-1, 1, (4, 2, 3, 3)),
                   bias=rng.uniform(-1, 1, 4))
 
     def f(input, weight, bias):
@@ -910,12 +1012,12 @@ def test_winograd_float32_error_within_its_bound(x_shape, F):
 
 def test_winograd_takes_3x3_stride_1_and_backward_paddings_up_to_2():
     x, w = np.ones((1, 2, 6, 6)), np.ones((2, 2, 3, 3))
-    with pytest.raises(NotImplementedError, match="3x3 kernels at stride 1 and dilation 1"):
+    with pytest.raises(NotImplementedError, match="3x3 kernels at stride 1"):
         fl.conv2d(x, w, stride=2, algo="winograd")
-    with pytest.raises(NotImplementedError, match="3x3 kernels at stride 1 and dilation 1"):
+    with pytest.raises(NotImplementedError, match="3x3 kernels at stride 1"):
         fl.conv2d(x, np.ones((2, 2, 5, 5)), algo="winograd")
-    with pytest.raises(NotImplementedError, match="3x3 kernels at stride 1 and dilation 1"):
-        fl.conv2d_backward(np.ones((1, 2, 2, 2)), x, w, dilation=2, algo="winograd")
+    with pytest.raises(NotImplementedError, match="multiples of the dilation"):  # 7 rows: phases of 4 and 3
+        fl.conv2d_backward(np.ones((1, 2, 3, 3)), np.ones((1, 2, 7, 7)), w, dilation=2, algo="winograd")
     _assert_winograd_close(fl.conv2d(x, w, padding=3, algo="winograd"), ref.conv2d(x, w, padding=3), np.float64, 18,
                            "forward, padding 3")
     with pytest.raises(NotImplementedError, match="paddings of at most 2 a side"):

@@ -44,6 +44,31 @@ cdef enum:
 FILTER_BLOCK = FL_FB  # filters per register block: the packed weights' last axis
 
 
+def pack_filters(const floating[:, :, :] w, floating[:, :, :, ::1] packed):
+    """w (G, O, K), any strides -> packed (G, ceil(O / FILTER_BLOCK), K, FILTER_BLOCK): each
+    group's filters in blocks of FILTER_BLOCK, filter-fastest (the block kernel's broadcasts read
+    one cache line a tap), zero past the last filter. In compiled code, as the kernel's inputs
+    are: a strided NumPy copy of this transpose costs more than a small layer's convolution."""
+    cdef Py_ssize_t G = w.shape[0], O = w.shape[1], K = w.shape[2]
+    cdef Py_ssize_t blocks = (O + FL_FB - 1) // FL_FB
+    cdef Py_ssize_t gi, blk, k, i, f
+    cdef Py_ssize_t fb = FL_FB
+    if packed.shape[0] != G or packed.shape[1] != blocks or packed.shape[2] != K or packed.shape[3] != fb:
+        raise ValueError(f"packed must have shape {(G, blocks, K, fb)}, got {(packed.shape[0], packed.shape[1], packed.shape[2], packed.shape[3])}")
+    with nogil:
+        # A block (K x FILTER_BLOCK) stays in L1 while its filters are read along their rows.
+        for gi in range(G):
+            for blk in range(blocks):
+                for i in range(FL_FB):
+                    f = blk * FL_FB + i
+                    if f < O:
+                        for k in range(K):
+                            packed[gi, blk, k, i] = w[gi, f, k]
+                    else:
+                        for k in range(K):
+                            packed[gi, blk, k, i] = 0
+
+
 def vector_isa():
     """The instruction set the block kernel runs with on this CPU: "x86-64-v4" (AVX-512),
     "x86-64-v3" (AVX2, FMA) or "baseline"."""

@@ -82,7 +82,7 @@ FL_PHASE_ROWS(double)
     mask t;                                                                                   \
     for (int l = 0; l < LANES; l++) { m[l] = -INFINITY; t[l] = -1; }                          \
     for (ptrdiff_t ih = ih_lo; ih < ih_hi; ih++) {                                            \
-        const T *rows = work + (ih - ih_lo) * phases * len + b;                               \
+        const T *rows = work + (ih % KH) * phases * len + b;                                  \
         ptrdiff_t q = 0, shift = 0; /* kw % SW, kw / SW */                                    \
         for (ptrdiff_t kw = 0; kw < KW; kw++) {                                               \
             vec v;                                                                            \
@@ -102,7 +102,7 @@ FL_PHASE_ROWS(double)
     I t[LANES];                                                                               \
     for (int l = 0; l < LANES; l++) { m[l] = -INFINITY; t[l] = -1; }                          \
     for (ptrdiff_t ih = ih_lo; ih < ih_hi; ih++) {                                            \
-        const T *rows = work + (ih - ih_lo) * phases * len + b;                               \
+        const T *rows = work + (ih % KH) * phases * len + b;                                  \
         ptrdiff_t q = 0, shift = 0;                                                           \
         for (ptrdiff_t kw = 0; kw < KW; kw++) {                                               \
             const T *src = rows + q * len + shift;                                            \
@@ -122,18 +122,39 @@ FL_PHASE_ROWS(double)
         ptrdiff_t PH, ptrdiff_t PW, T *restrict work)                                         \
     {                                                                                         \
         ptrdiff_t phases = SW < KW ? SW : KW, len = fl_pool_phase_len(OW, KW, SW);            \
+        /* Input row ih's phase rows sit in slot ih % KH: the rows that the window before     \
+         * also read (overlapping windows, SH < KH) are there already, and a row copied now   \
+         * replaces one above the window (ih - KH). */                                        \
+        ptrdiff_t copied = 0; /* rows [0, copied) have been copied, the last KH of them kept */ \
         for (ptrdiff_t oh = 0; oh < OH; oh++) {                                               \
             T *y_row = y + oh * OW;                                                           \
             ptrdiff_t top = oh * SH - PH;                                                     \
             ptrdiff_t ih_lo = top > 0 ? top : 0, ih_hi = top + KH < H ? top + KH : H;         \
-            for (ptrdiff_t ih = ih_lo; ih < ih_hi; ih++)                                      \
-                fl_phase_rows_##T(x + ih * W, W, PW, SW, phases, len, work + (ih - ih_lo) * phases * len); \
+            for (ptrdiff_t ih = ih_lo > copied ? ih_lo : copied; ih < ih_hi; ih++)            \
+                fl_phase_rows_##T(x + ih * W, W, PW, SW, phases, len, work + (ih % KH) * phases * len); \
+            copied = ih_hi > copied ? ih_hi : copied;                                         \
             /* flat index of the window's (0, 0) cell; where no cell won (all -inf), the      \
              * window's first cell inside the input */                                        \
             int64_t window = (int64_t)top * W - PW, first = (int64_t)ih_lo * W;               \
             for (ptrdiff_t b = 0; b < OW; b += BYTES / sizeof(T)) {                           \
                 FL_POOL_BLOCK(T, I, BYTES, INDEXED)                                           \
                 ptrdiff_t n = OW - b < LANES ? OW - b : LANES;                                \
+                /* A whole block where a cell won in every window (all but windows wholly in \
+                 * the padding): stored as vectors, the indices widened lane by lane in one   \
+                 * loop the compiler vectorises (a store and a branch per output cost more    \
+                 * than the window's taps). */                                               \
+                int whole = n == LANES;                                                       \
+                for (int l = 0; INDEXED && whole && l < LANES; l++)                            \
+                    whole = t[l] >= 0;                                                        \
+                if (whole) {                                                                  \
+                    memcpy(y_row + b, &m, sizeof m);                                          \
+                    if (INDEXED) {                                                            \
+                        int64_t *ix = indices + oh * OW + b, base = window + (int64_t)b * SW; \
+                        for (int l = 0; l < LANES; l++)                                       \
+                            ix[l] = base + (int64_t)l * SW + (int64_t)t[l];                   \
+                    }                                                                         \
+                    continue;                                                                 \
+                }                                                                             \
                 for (ptrdiff_t l = 0; l < n; l++) {                                           \
                     y_row[b + l] = m[l];                                                      \
                     if (INDEXED) {                                                            \

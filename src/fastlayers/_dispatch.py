@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
-from ._cpu_load import free_cpus
+from ._cpu_load import SAMPLE_SECONDS, free_cpus
 from .ops._spec import module
 
 BACKENDS = ("numpy", "cpu", "cuda")
@@ -230,6 +230,12 @@ def set_autotune(enabled: bool) -> None:
     _autotune = enabled
 
 
+def plan_settings() -> tuple:
+    """What a kept plan's kernel choice depends on besides the call: ``backend_settings()`` and
+    whether ``set_autotune(True)`` is in force (the functional API's replays are keyed by it)."""
+    return _backend_override.get(), _default_backend, _autotune
+
+
 def autotuned() -> dict[tuple, str]:
     """The choices autotuning has made: (op, direction, backend, geometry, dtype, threads) -> algo."""
     return dict(_tuned)
@@ -335,14 +341,22 @@ def _read_quota(quota_file: str | os.PathLike, period_file: str | os.PathLike | 
 
 
 _quota: list[int | None] = []  # computed on first use: [CPUs or None]
+# The affinity mask's size as last read, and when: read again at most every SAMPLE_SECONDS (the
+# system call costs about a microsecond, on every kernel call).
+_affinity = [0, -float("inf")]
 
 
 def cpu_limit() -> int:
-    """CPUs this process may use: its affinity mask, bounded by its container's CPU quota."""
-    try:
-        count = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        count = os.cpu_count() or 1
+    """CPUs this process may use: its affinity mask (read at most every ``SAMPLE_SECONDS``),
+    bounded by its container's CPU quota."""
+    now = time.monotonic()
+    if now - _affinity[1] >= SAMPLE_SECONDS:
+        try:
+            _affinity[0] = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            _affinity[0] = os.cpu_count() or 1
+        _affinity[1] = now
+    count = _affinity[0]
     if not _quota:
         _quota.append(_cgroup_cpu_quota())
     return max(1, min(count, _quota[0] or count))

@@ -23,7 +23,7 @@ import numpy as np
 
 from ._dlpack import accepts_dlpack
 from .ops import BATCH_NORM, CONV2D, FUNCTIONS, GRU, LINEAR, LSTM, MAX_POOL2D, RELU, RNN
-from .ops._spec import run
+from .ops._spec import replays, run
 
 # One function per name a spec lists (conv2d, conv2d_backward, ..., batch_norm_backward).
 __all__ = list(FUNCTIONS)
@@ -52,8 +52,8 @@ def conv2d(input: Array, weight: Array, bias: Optional[Array] = None, stride: In
     groups : int dividing both C and F
     padding_mode : "zeros", "reflect", "replicate" or "circular" (what the padding holds, as in
         ``torch.nn.Conv2d``; the last three pad the input on the host first)
-    algo : "auto" or a kernel of the backend: cpu "im2col" or "direct", cuda "implicit_gemm" or
-        "direct" ("auto" picks by shape)
+    algo : "auto" or a kernel of the backend: cpu "im2col", "direct", "depthwise" or "winograd",
+        cuda "implicit_gemm" or "direct" ("auto" picks by shape)
     backend : "numpy", "cpu", "cuda" or None (see ``fastlayers.set_backend``)
     out : array (N, F, OH, OW), C-contiguous, same dtype, optional
 
@@ -377,8 +377,9 @@ def batch_norm_backward(grad_output: Array, input: Array, running_mean: Optional
     return run(BATCH_NORM, problem, backend, "auto", out, single_out=False)
 
 
-# Every function takes DLPack arrays (fastlayers._dlpack): wrapped here, in one place, so that no
-# function of __all__ can miss it.
+# Every function takes DLPack arrays (fastlayers._dlpack) and replays the plans of its calls on
+# NumPy arrays (ops._spec.replays: outside, so that a replayed call skips the DLPack wrapper's
+# tests too): wrapped here, in one place, so that no function of __all__ can miss it.
 for _name in __all__:
-    globals()[_name] = accepts_dlpack(globals()[_name])
+    globals()[_name] = replays(accepts_dlpack(globals()[_name]))
 del _name

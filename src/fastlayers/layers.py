@@ -326,7 +326,7 @@ class Layer:
             spec, problem, backend = prepare()
             p = plan(spec, problem, backend, "auto", arrays)
             none = (None,) * len(problem.outputs)
-            if key is None or not p.direct:
+            if key is None or not p.direct or not problem.replayable:
                 return p.finish(p.call(problem.arrays.values(), p.to_kernel_out(none)), none)
             if len(self._plans) >= _MAX_PLANS:
                 self._plans.clear()  # one C call: safe beside another thread's call of this layer

@@ -7,8 +7,11 @@ itself, call it, and hand the results to the problem's ``finish``.
 """
 from __future__ import annotations
 
+import functools
 import importlib
+import operator
 import sys
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -86,6 +89,10 @@ class Problem:
     to_kernel_out: Callable = staticmethod(lambda outs: outs)
     finish: Callable = staticmethod(lambda results, outs: results)
     options: dict = field(default_factory=dict)  # op parameters kernels may decline (e.g. nonlinearity)
+    # Whether a plan of this problem may run again on other arrays of the same signatures: not
+    # where its hooks hold the call's own arrays (batch_norm's training update of the running
+    # statistics).
+    replayable: bool = True
 
     @property
     def on_gpu(self):
@@ -128,7 +135,8 @@ class Plan:
     outs)`` what the function returns. ``direct``: the problem's arrays are the call's arguments
     themselves (no padded or reshaped copy), so a caller may pass its new arguments as they are.
     Keeping a plan is sound only where the problem's hooks depend on its geometry alone (not on
-    the arrays of the call they were made for, as batch_norm's training ``finish`` does)."""
+    the arrays of the call they were made for, as batch_norm's training ``finish`` does: such a
+    problem is not ``replayable``)."""
 
     __slots__ = ("fn", "geometry", "specs", "to_kernel_out", "finish", "direct")
 
@@ -170,7 +178,129 @@ def run(spec, problem, backend, algo, out, single_out=True):
     """Run ``problem`` of ``spec`` on the kernel the dispatch picks; return what the function returns."""
     outs = check_outs(problem, out, single_out)
     p = plan(spec, problem, backend, algo)
+    _last_run.made = (problem, p)
     return p.finish(p.call(problem.arrays.values(), p.to_kernel_out(outs)), outs)
+
+
+# The problem and plan of this thread's last ``run`` (read by ``replays`` after the call).
+_last_run = threading.local()
+
+
+def _signature(a):
+    """What validating argument ``a`` of a functional call depends on: type, shape, dtype and
+    strides of a NumPy array, type and value of a plain value. A TypeError for anything else (a
+    GPU array, a NumPy scalar, a list): such calls are never replayed, and no key holds an object
+    the caller may want freed."""
+    kind = type(a)
+    if kind is np.ndarray:
+        return a.shape, a.dtype, a.strides
+    if kind is tuple:
+        return tuple(map(_signature, a))
+    if kind in _PLAIN:
+        return kind, a
+    raise TypeError("not replayable")
+
+
+_PLAIN = frozenset({int, float, bool, str, NONE})
+# Replays a function keeps (one per signature of its calls); past this many it starts over.
+MAX_REPLAYS = 256
+
+
+class _Replay:
+    """A functional call's plan, to run again on the arguments of a call with the same
+    signatures: ``pick`` takes the kernel's arrays from the call's argument values (positional,
+    then keyword, then None for the arrays that are None)."""
+
+    __slots__ = ("plan", "pick", "names", "out_names", "count")
+
+    def __init__(self, problem, p, positions):
+        self.plan, self.names, self.count = p, tuple(problem.arrays), len(problem.outputs)
+        self.out_names = ("out",) if self.count == 1 else tuple(f"out[{i}]" for i in range(self.count))
+        getter = operator.itemgetter(*(-1 if i is None else i for i in positions))
+        self.pick = getter if len(positions) > 1 else (lambda values: (getter(values),))
+
+    def _outs(self, out, arrays):
+        """The caller's buffers as the first call's ``check_outs`` laid them out. Their shapes,
+        dtypes, strides and which are None are the key's: what is left to check is that each
+        is writeable and overlaps no input and no other buffer."""
+        outs = out if type(out) is tuple else (out,) + (None,) * (self.count - 1)
+        others = dict(zip(self.names, arrays))
+        for name, o in zip(self.out_names, outs):
+            if o is not None:
+                if not o.flags.writeable:
+                    raise ValueError(f"{name} must be writeable")
+                check_no_alias(name, o, others)
+                others[name] = o
+        return outs
+
+    def __call__(self, values, out):
+        arrays = self.pick(values)
+        outs = (None,) * self.count if out is None else self._outs(out, arrays)
+        p = self.plan
+        return p.finish(p.call(arrays, p.to_kernel_out(outs)), outs)
+
+
+def _positions(problem, values):
+    """Where each of ``problem``'s arrays is among the call's argument ``values`` (None for an
+    array that is None); None when one is not an argument itself (a padded, reshaped or
+    zero-filled array: the call is not replayed) or is given as several."""
+    positions = []
+    for a in problem.arrays.values():
+        if a is None:
+            positions.append(None)
+            continue
+        found = [i for i, v in enumerate(values) if v is a]
+        if len(found) != 1:  # none, or one array given as two arguments: which is which later?
+            return None
+        positions.append(found[0])
+    return tuple(positions)
+
+
+_replays = []  # every replaying function's plans, for forget_replays()
+
+
+def forget_replays():
+    """Drop every kept plan of the functional API: the next call of each signature is validated
+    and dispatched in full again (what a test that spies on the dispatch needs)."""
+    for plans in _replays:
+        plans.clear()
+
+
+def replays(fn):
+    """``fn``, a function of the functional API, replaying its calls' plans: the first call on
+    NumPy arrays of one signature (their shapes, dtypes and strides, and the other arguments'
+    values) is validated in full and its plan (``Plan``: the kernel chosen, the geometry) kept;
+    a later call of the same signature under the same backend settings runs that plan on its
+    arrays after checking only that its ``out=`` buffers are writeable and overlap nothing,
+    since nothing else that validation depends on can differ. That cuts a small call's cost
+    by about two thirds (docs/performance.md)."""
+    plans = {}
+    _replays.append(plans)
+    dispatch = module("fastlayers._dispatch")
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            key = (len(args), *kwargs, *map(_signature, args), *map(_signature, kwargs.values()),
+                   *dispatch.plan_settings())
+        except TypeError:
+            return fn(*args, **kwargs)
+        kept = plans.get(key)
+        values = (*args, *kwargs.values(), None)  # None: where the kernel's absent arrays are read
+        if kept is not None:
+            return kept(values, kwargs.get("out"))
+        _last_run.made = None
+        result = fn(*args, **kwargs)
+        made, _last_run.made = _last_run.made, None
+        if made is not None and made[0].replayable and not made[0].on_gpu:
+            positions = _positions(made[0], values)
+            if positions is not None:
+                if len(plans) >= MAX_REPLAYS:
+                    plans.clear()
+                plans[key] = _Replay(made[0], made[1], positions)
+        return result
+
+    return wrapper
 
 
 def first_result(results, outs):

@@ -115,6 +115,7 @@ class BatchNormSpec(OpSpec):
             kernel_outputs=(("output", tuple(input.shape), dt),) + stats,
             to_kernel_out=lambda outs: (outs[0], None, None),
             finish=_update_running(running_mean, running_var, momentum, g),
+            replayable=not g.training,  # the update writes into this call's running statistics
         )
 
     def backward(self, grad_output, input, running_mean, running_var, weight, training, eps):

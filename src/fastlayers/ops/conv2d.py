@@ -185,15 +185,37 @@ def _cpu_depthwise_declines(problem):
     return None
 
 
+def dilation_phases(g):
+    """A dilated convolution at stride 1 as an undilated one over its dilation phases. Output
+    rows of one phase modulo the dilation read input rows of that phase alone when the padding is
+    a multiple of the dilation (likewise columns); where the input's sizes are multiples of it
+    too, the d_h * d_w phase sub-images of each image are all H / d_h x W / d_w and form one batch
+    of N * d_h * d_w images, whose undilated convolution gives the output's phases. That
+    geometry (``g`` itself when undilated), or None where the phases do not tile the input so."""
+    dh, dw = g.dilation_h, g.dilation_w
+    if (dh, dw) == (1, 1):
+        return g
+    if (g.stride_h, g.stride_w) != (1, 1) or g.H % dh or g.W % dw or g.pad_top % dh or g.pad_bottom % dh \
+            or g.pad_left % dw or g.pad_right % dw:
+        return None
+    return Conv2dGeometry(g.N * dh * dw, g.C, g.H // dh, g.W // dw, g.F, g.KH, g.KW, g.OH // dh, g.OW // dw, 1, 1,
+                          g.pad_top // dh, g.pad_bottom // dh, g.pad_left // dw, g.pad_right // dw, 1, 1, g.groups,
+                          g.input_grad)
+
+
 def _cpu_winograd_declines(problem):
     g = problem.geometry
-    if (g.KH, g.KW, g.stride_h, g.stride_w, g.dilation_h, g.dilation_w) != (3, 3, 1, 1, 1, 1):
-        return (f"the cpu 'winograd' kernel (F(4x4, 3x3)) takes 3x3 kernels at stride 1 and dilation 1, got "
-                f"kernel {g.KH}x{g.KW}, stride {g.stride_h}x{g.stride_w}, dilation {g.dilation_h}x{g.dilation_w}")
+    if (g.KH, g.KW, g.stride_h, g.stride_w) != (3, 3, 1, 1) or dilation_phases(g) is None:
+        return (f"the cpu 'winograd' kernel (F(4x4, 3x3)) takes 3x3 kernels at stride 1, undilated or with "
+                f"sizes and paddings that are multiples of the dilation, got kernel {g.KH}x{g.KW}, stride "
+                f"{g.stride_h}x{g.stride_w}, dilation {g.dilation_h}x{g.dilation_w}, input {g.H}x{g.W}, "
+                f"padding {(g.pad_top, g.pad_bottom, g.pad_left, g.pad_right)}")
+    g = dilation_phases(g)
     pads = (g.pad_top, g.pad_bottom, g.pad_left, g.pad_right)
     if problem.direction == "backward" and max(pads) > 2:
         return (f"the cpu 'winograd' backward (its grad_input a forward on the flipped filters, padded by "
-                f"2 - padding) takes paddings of at most 2 a side, got {pads} (top, bottom, left, right)")
+                f"2 - padding) takes paddings of at most 2 a side (divided by the dilation), got {pads} (top, "
+                f"bottom, left, right)")
     return None
 
 

@@ -1,7 +1,8 @@
 """conv2d on the CPU backend: im2col + GEMM (kernels/cpu/im2col.pyx), direct loops
 (kernels/cpu/conv2d_direct.pyx), for one input channel per group, depthwise plane loops
 (kernels/cpu/conv2d_depthwise.pyx), and for 3x3 kernels at stride 1 Winograd's F(4x4, 3x3)
-(kernels/cpu/conv2d_winograd.pyx), forward and backward. The depthwise loops give every output
+(kernels/cpu/conv2d_winograd.pyx; a dilated one as the undilated convolution of its dilation
+phases, ``ops.conv2d.dilation_phases``), forward and backward. The depthwise loops give every output
 to one task in a fixed order, and so do the Winograd forward and dx (their tasks' tiles do not
 depend on the thread count), whose dw sums a fixed number of runs of tasks in order: their
 results do not depend on the thread count. At stride 1 the depthwise plane copies (a thread's
@@ -14,7 +15,7 @@ atomics, every sum in a fixed order. The direct loops do not depend on the threa
 the direct backward takes dw and db from im2col's GEMMs where their sizes fit a C int.
 The im2col forward gives every output to one gemm, whose shape depends on the thread count only
 when there are few (image, group) pairs for the threads: fewer than threads (the bands of output
-rows are then cut thinner so every thread has work), or, on small planes whose images share a
+rows, or on small planes with many filters the filters, are then cut so every thread has work), or, on small planes whose images share a
 tile, fewer than two tiles per thread (fewer images then share one); its backward sums dw and db
 per thread, then over threads in order. So im2col results change with the thread count by float
 rounding only.
@@ -41,7 +42,7 @@ from ..._cpu import conv2d_direct as _direct
 from ..._cpu import conv2d_winograd as _winograd
 from ..._cpu import im2col as _im2col
 from ..._dispatch import threads_for
-from ...ops.conv2d import Conv2dGeometry
+from ...ops.conv2d import Conv2dGeometry, dilation_phases
 from ._common import BLAS_INT_MAX, contiguous
 from ._common import workspace as scratch
 
@@ -125,6 +126,19 @@ def _direct_scratch_bytes(g, direction):
 
 
 def _check_fits(g, algo, direction):
+    """A ValueError where ``algo``'s sizes do not fit (remembered for the sizes that do)."""
+    key = (g, algo, direction)
+    if key not in _fitting:
+        _raise_unless_fits(g, algo, direction)
+        if len(_fitting) >= 4096:
+            _fitting.clear()
+        _fitting.add(key)
+
+
+_fitting = set()  # (geometry, algo, direction) that _raise_unless_fits let through
+
+
+def _raise_unless_fits(g, algo, direction):
     if algo == "im2col" and not _im2col_fits(g):
         raise ValueError(
             f"conv2d sizes exceed what BLAS can index (C ints) for algo='im2col'"
@@ -162,7 +176,7 @@ DIRECT_MIN_PLANES = {"x86-64-v4": 8, "x86-64-v3": 1}  # images x groups
 DIRECT_MIN_ROWS = {"x86-64-v4": 0, "x86-64-v3": 64}  # output rows of all planes, N * groups * OH
 DIRECT_MIN_WIDTH = 16  # output columns: a vector of float32 (AVX-512), two (AVX2)
 DIRECT_FAST_ISAS = frozenset(DIRECT_MAX_TAPS)  # instruction sets where the direct forward can win
-# Winograd F(4x4, 3x3) (3x3 kernels, stride 1, dilation 1) against im2col, measured with AVX2
+# Winograd F(4x4, 3x3) (3x3 kernels, stride 1; dilated ones by their phases) against im2col, measured with AVX2
 # only (docs/performance.md): its fixed costs (the filter transform, each task's pass over the 36
 # transformed filters) scale with Cg x Fg as its savings do with tiles x Cg x Fg, so it needs a
 # number of tiles (under 128, two threads, the gains are mixed: 0.6-1.4x im2col's time); and its
@@ -175,10 +189,13 @@ WINOGRAD_FAST_ISAS = frozenset({"x86-64-v3"})  # where the rule was measured
 
 def _winograd_wins(g, direction, isa):
     """Whether "auto" takes winograd for this problem (both directions: the backward's dx is a
-    winograd forward with Cg and Fg swapped; without dx the backward is im2col's either way)."""
+    winograd forward with Cg and Fg swapped; without dx the backward is im2col's either way); a
+    dilated one by the undilated convolution of its phases (``dilation_phases``)."""
+    if (g.KH, g.KW, g.stride_h, g.stride_w) != (3, 3, 1, 1) or dilation_phases(g) is None:
+        return False
+    g = dilation_phases(g)
     tiles = g.N * -(-g.OH // 4) * -(-g.OW // 4)
-    return ((g.KH, g.KW, g.stride_h, g.stride_w, g.dilation_h, g.dilation_w) == (3, 3, 1, 1, 1, 1)
-            and isa in WINOGRAD_FAST_ISAS and tiles >= WINOGRAD_MIN_TILES and min(g.Cg, g.Fg) >= WINOGRAD_MIN_CHANNELS
+    return (isa in WINOGRAD_FAST_ISAS and tiles >= WINOGRAD_MIN_TILES and min(g.Cg, g.Fg) >= WINOGRAD_MIN_CHANNELS
             and (direction == "forward" or (g.input_grad and max(g.pad_top, g.pad_bottom, g.pad_left,
                                                                  g.pad_right) <= 2)))
 
@@ -188,7 +205,7 @@ def choose_algo(problem, isa=None):
     past a C int, direct's scratch past ``DIRECT_MAX_SCRATCH_BYTES``); otherwise, on a CPU whose
     instruction set ``isa`` (default: the running one, as the direct kernel's loader picked it)
     is in ``WINOGRAD_FAST_ISAS``, "winograd" forward and backward (with dx) for 3x3 kernels at
-    stride 1 and dilation 1 with at least ``WINOGRAD_MIN_TILES`` 4x4 output tiles and
+    stride 1 (dilated ones by their phases' undilated geometry, ``dilation_phases``) with at least ``WINOGRAD_MIN_TILES`` 4x4 output tiles and
     ``WINOGRAD_MIN_CHANNELS`` input and output channels per group (backward: paddings up to 2);
     else, for the forward on one in ``DIRECT_FAST_ISAS``, "direct" for kernels larger than 1x1
     with at most ``DIRECT_MAX_TAPS[isa]`` taps per output (C/groups * KH * KW), at least
@@ -213,15 +230,19 @@ def choose_algo(problem, isa=None):
     return "im2col"
 
 
-def _pack_filters(wg):
-    """Weights (G, outputs per group, K) -> (G, blocks, K, FILTER_BLOCK): the direct kernel's
-    blocks of filters, filter-fastest, zero-padded to whole blocks."""
-    G, O, K = wg.shape
+def _packed_shape(G, O, K):
+    """The shape of the direct kernel's packed weights of G groups of O filters of K taps."""
     fb = _direct.FILTER_BLOCK
-    blocks = -(-O // fb)
-    packed = np.zeros((G, blocks * fb, K), dtype=wg.dtype)
-    packed[:, :O] = wg
-    return np.ascontiguousarray(packed.reshape(G, blocks, fb, K).transpose(0, 1, 3, 2))
+    return (G, -(-O // fb), K, fb)
+
+
+def _pack_filters(wg, packed=None):
+    """Weights (G, outputs per group, K) -> (G, blocks, K, FILTER_BLOCK): the direct kernel's
+    blocks of filters, filter-fastest, zero-padded to whole blocks (into ``packed`` if given)."""
+    if packed is None:
+        packed = np.empty(_packed_shape(*wg.shape), dtype=wg.dtype)
+    _direct.pack_filters(wg, packed)
+    return packed
 
 
 # A direct task copies the input rows its band of output rows reads; bands are whole planes but
@@ -267,11 +288,15 @@ def direct_forward(x, w, b, g, outs):
         return (y,)
     # The packed bias is the accumulators' starting value: zeros when there is no bias.
     bias = contiguous(b) if b is not None else np.zeros(g.F, dtype=x.dtype)
-    packed_w = _pack_filters(contiguous(w).reshape(g.groups, g.Fg, -1))
-    packed_b = _pack_filters(bias.reshape(g.groups, g.Fg, 1)).reshape(packed_w.shape[:2] + (-1,))
+    packed_b = _pack_filters(bias.reshape(g.groups, g.Fg, 1))
     band, nbytes = _direct_band(g, False, x.dtype, threads)
-    with scratch("direct", (threads, nbytes), np.uint8) as work:
-        _direct.conv2d_forward(contiguous(x), packed_w, packed_b, y, work, g, band, threads)
+    # The packed weights in a workspace too: a fresh array of a few hundred KiB is mapped and
+    # faulted in anew at every call, which costs as much as packing it.
+    with scratch("packed filters", _packed_shape(g.groups, g.Fg, g.K), x.dtype) as packed_w, \
+            scratch("direct", (threads, nbytes), np.uint8) as work:
+        _pack_filters(contiguous(w).reshape(g.groups, g.Fg, -1), packed_w)
+        _direct.conv2d_forward(contiguous(x), packed_w, packed_b.reshape(packed_b.shape[:2] + (-1,)), y, work, g,
+                               band, threads)
     return (y,)
 
 
@@ -280,11 +305,33 @@ def im2col_forward(x, w, b, g, outs):
     threads = _forward_threads(x, w, b, g, y, "im2col")
     if threads is None:
         return (y,)
-    rows, images = _tiles(g, threads, x.dtype.itemsize)
+    filters = _tile_filters(g, threads)
+    # Tiles of a part of the filters need no thinner bands: tiled as for one thread.
+    rows, images = _tiles(g, threads if filters == g.Fg else 1, x.dtype.itemsize)
     size = g.K * rows * g.OW if images == 1 else (g.K + g.Fg) * images * rows * g.OW  # columns (and product)
     with scratch("columns", (threads, size), x.dtype) as workspace:
-        _im2col.conv2d_forward(contiguous(x), contiguous(w), contiguous(b), y, workspace, g, rows, images, threads)
+        _im2col.conv2d_forward(contiguous(x), contiguous(w), contiguous(b), y, workspace, g, rows, images, filters,
+                               threads)
     return (y,)
+
+
+# With fewer (image, group) planes than threads the tiles split planes. Thinner bands give every
+# thread all the weights to pack and stream for a part of the columns; where the weights outweigh
+# a plane's columns by this much (Fg >= FILTER_SPLIT_RATIO * OH * OW: many filters on small
+# planes, as ResNet's 7x7 stage at batch 1), tiles split the filters instead, each building its
+# band's columns itself (docs/performance.md).
+FILTER_SPLIT_RATIO = 4
+FILTER_SPLIT_MULTIPLE = 16  # filters a tile: whole blocks of OpenBLAS's AVX2 kernel rows
+
+
+def _tile_filters(g, threads):
+    """Filters per im2col forward tile: the group's ``Fg``, or a part of them (see
+    ``FILTER_SPLIT_RATIO``)."""
+    planes = g.N * g.groups
+    if planes >= threads or g.Fg < FILTER_SPLIT_RATIO * g.OH * g.OW:
+        return g.Fg
+    per_plane = -(-threads // planes)
+    return min(g.Fg, FILTER_SPLIT_MULTIPLE * -(-g.Fg // (per_plane * FILTER_SPLIT_MULTIPLE)))
 
 
 def direct_backward(dy, x, w, g, outs):
@@ -318,11 +365,22 @@ def direct_backward(dy, x, w, g, outs):
 
 
 def _tiles(g, threads, itemsize):
-    """Output rows and images of an im2col tile."""
-    rows = _band_rows(g, threads, itemsize)
-    if not _im2col_fits(g, rows):  # tiles cut thinner (one row fits: checked by _check_fits)
-        rows = 1
-    return rows, _tile_images(g, rows, threads, itemsize)
+    """Output rows and images of an im2col tile (remembered: a small call's set-up costs as
+    much as its kernel)."""
+    key = (g, threads, itemsize, _column_tile_bytes)
+    tiles = _tiles_of.get(key)
+    if tiles is None:
+        rows = _band_rows(g, threads, itemsize)
+        if not _im2col_fits(g, rows):  # tiles cut thinner (one row fits: checked by _check_fits)
+            rows = 1
+        tiles = rows, _tile_images(g, rows, threads, itemsize)
+        if len(_tiles_of) >= 4096:
+            _tiles_of.clear()
+        _tiles_of[key] = tiles
+    return tiles
+
+
+_tiles_of = {}  # (geometry, threads, itemsize, tile bytes) -> (rows, images)
 
 
 def im2col_backward(dy, x, w, g, outs):
@@ -376,8 +434,7 @@ def _small_batch_backward(dy, x, w, g, outs, threads):
             scratch("db", (partials, g.F), x.dtype) as db_partial:
         if g.N == 1:  # the one image's partial sums are the result
             dw_partial, db_partial = dw.reshape(1, -1), db.reshape(1, -1)
-        dw_partial[...] = 0
-        db_partial[...] = 0
+        db_partial[...] = 0  # dw_partial: every plane's part is written (its first band's gemm)
         _im2col.conv2d_backward_small_batch(contiguous(dy), contiguous(x), contiguous(w), dx, dw_partial,
                                             db_partial, workspace, g, rows, channels, threads)
         if g.N > 1:
@@ -504,8 +561,41 @@ def _winograd_run(x, w, b, g, y, threads):
         _winograd.conv2d_forward(contiguous(x), _winograd_filters(w, g), contiguous(b), y, work, g, rows, threads)
 
 
+def _phase_split(a, dh, dw, out):
+    """a (N, C, H, W) -> out (N * dh * dw, C, H / dh, W / dw): each image's dilation phases
+    (rows r mod dh, columns s mod dw) as images (r, s) of it; a phase at a time, as one strided
+    copy of all of them runs several times slower."""
+    N, C, H, W = a.shape
+    a6, o6 = a.reshape(N, C, H // dh, dh, W // dw, dw), out.reshape(N, dh, dw, C, H // dh, W // dw)
+    for r in range(dh):
+        for s in range(dw):
+            o6[:, r, s] = a6[:, :, :, r, :, s]
+    return out
+
+
+def _phase_merge(phases, dh, dw, out):
+    """The inverse of ``_phase_split``: phases (N * dh * dw, C, H / dh, W / dw) -> out (N, C, H, W)."""
+    N, C, H, W = out.shape
+    p6, o6 = phases.reshape(N, dh, dw, C, H // dh, W // dw), out.reshape(N, C, H // dh, dh, W // dw, dw)
+    for r in range(dh):
+        for s in range(dw):
+            o6[:, :, :, r, :, s] = p6[:, r, s]
+    return out
+
+
+def _phased_winograd_forward(x, w, b, g, y):
+    """A dilated forward as the undilated Winograd forward of its phase batch."""
+    pg, dh, dw = dilation_phases(g), g.dilation_h, g.dilation_w
+    with scratch("phases in", pg.x_shape, x.dtype) as xs, scratch("phases out", pg.y_shape, x.dtype) as ys:
+        winograd_forward(_phase_split(x, dh, dw, xs), w, b, pg, (ys,))
+        _phase_merge(ys, dh, dw, y)
+    return (y,)
+
+
 def winograd_forward(x, w, b, g, outs):
     (y,) = outs
+    if (g.dilation_h, g.dilation_w) != (1, 1):
+        return _phased_winograd_forward(x, w, b, g, y)
     if not _finite(x, w):  # a tile's transforms spread a NaN or an infinity to all its outputs
         return im2col_forward(x, w, b, g, outs)
     threads = _forward_threads(x, w, b, g, y, "winograd")
@@ -555,10 +645,26 @@ def _winograd_weight_grad(dy, x, g, dw, db, threads):
     db[...] = dy.sum(axis=(0, 2, 3), dtype=np.float64)
 
 
+def _phased_winograd_backward(dy, x, w, g, outs):
+    """A dilated backward as the undilated Winograd backward of its phase batch: dx's phases are
+    the phase batch's dx, dw and db its sums over all phases, which hold every output once."""
+    dx, dw, db = outs
+    pg, dh, dwl = dilation_phases(g), g.dilation_h, g.dilation_w
+    with scratch("phases in", pg.x_shape, x.dtype) as xs, scratch("phases out", pg.y_shape, x.dtype) as dys, \
+            scratch("phases grad", pg.x_shape if dx is not None else (0,), x.dtype) as dxs:
+        winograd_backward(_phase_split(dy, dh, dwl, dys), _phase_split(x, dh, dwl, xs), w, pg,
+                          (dxs if dx is not None else None, dw, db))
+        if dx is not None:
+            _phase_merge(dxs, dh, dwl, dx)
+    return outs
+
+
 def winograd_backward(dy, x, w, g, outs):
     dx, dw, db = outs
     if _degenerate(x, w):
         return _degenerate_backward(dy, outs)
+    if (g.dilation_h, g.dilation_w) != (1, 1):
+        return _phased_winograd_backward(dy, x, w, g, outs)
     if not _finite(w, dy):  # as in winograd_forward: the reference's NaNs need im2col's products
         return im2col_backward(dy, x, w, g, outs)
     dyc = contiguous(dy)
