@@ -707,16 +707,13 @@ DEPTHWISE_LOOP_KINDS = ("3x3", "blocked", "padded", "rows")
 @contextlib.contextmanager
 def depthwise_loops(loops):
     """Run the depthwise kernel's ``loops`` wherever they apply (see _depthwise_loops), the row
-    loops elsewhere; the padded loops whatever their planes' size."""
-    saved = dict(cpu_conv2d.DEPTHWISE_PADDED_MAX_BYTES), cpu_conv2d.DEPTHWISE_LOOPS
-    cpu_conv2d.DEPTHWISE_LOOPS = (loops, "rows")
-    for direction in saved[0]:
-        cpu_conv2d.DEPTHWISE_PADDED_MAX_BYTES[direction] = 1 << 40
+    loops elsewhere; the padded loops (a forward) whatever their planes' size."""
+    saved = cpu_conv2d.DEPTHWISE_PADDED_MAX_BYTES, cpu_conv2d.DEPTHWISE_LOOPS
+    cpu_conv2d.DEPTHWISE_PADDED_MAX_BYTES, cpu_conv2d.DEPTHWISE_LOOPS = 1 << 40, (loops, "rows")
     try:
         yield
     finally:
-        cpu_conv2d.DEPTHWISE_PADDED_MAX_BYTES.update(saved[0])
-        cpu_conv2d.DEPTHWISE_LOOPS = saved[1]
+        cpu_conv2d.DEPTHWISE_PADDED_MAX_BYTES, cpu_conv2d.DEPTHWISE_LOOPS = saved
 
 
 @pytest.mark.parametrize("loops", DEPTHWISE_LOOP_KINDS)
@@ -769,7 +766,7 @@ def test_depthwise_gradients_match_finite_differences(loops, x_shape, w_shape, p
     ((5, 8, 33, 32), (8, 1, 3, 3), 1, 2),  # blocked at stride 2
     ((5, 8, 7, 7), (8, 1, 3, 3), 1, 1),  # 3x3 on 16-byte vectors (rows narrower than 8 floats)
     ((5, 8, 7, 7), (8, 1, 3, 3), 1, 2),  # blocked at stride 2 on 16-byte vectors
-    ((5, 8, 7, 3), (8, 1, 3, 3), 1, 1),  # padded (rows of 3 floats)
+    ((5, 8, 7, 3), (8, 1, 3, 3), 1, 1),  # padded forward (rows of 3 floats)
 ])
 def test_depthwise_is_thread_count_independent(shape, w_shape, padding, stride, split_work):
     rng = make_rng(8)
@@ -827,6 +824,32 @@ def test_depthwise_non_finite_weights_give_the_references_nans():
     for got, want in zip(fl.conv2d_backward(dy, x, w, padding=1, groups=2, algo="depthwise"),
                          ref.conv2d_backward(dy, x, w, padding=1, groups=2)):
         np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+
+
+@pytest.mark.parametrize("x_shape, w_shape, params", [
+    ((2, 2, 5, 9), (2, 1, 3, 3), dict(padding=1, groups=2)),
+    ((2, 2, 4, 6), (2, 1, 3, 3), dict(padding=1, groups=2)),  # 16-byte vectors of floats
+    ((1, 2, 6, 21), (4, 1, 3, 2), dict(padding=(1, 0), groups=2)),
+    ((1, 2, 7, 23), (2, 1, 3, 3), dict(stride=2, padding=1, groups=2)),
+])
+@pytest.mark.parametrize("loops", DEPTHWISE_LOOP_KINDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_depthwise_non_finite_inputs_give_the_references_infinities_and_nans(loops, dtype, x_shape, w_shape, params):
+    """Infinite and NaN inputs: each output and gradient is infinite or NaN where the reference's
+    is (a vector lane that overlaps its neighbour, or a padding row, is no term, not zero times
+    the input)."""
+    rng = make_rng(10)
+    x, w = rng.uniform(-1, 1, x_shape).astype(dtype), rng.uniform(-1, 1, w_shape).astype(dtype)
+    x[0, 0, -1, -1], x[0, 1, 0, 2], x[-1, -1, -1, 0] = np.inf, -np.inf, np.nan
+    dy = rng.uniform(-1, 1, conv2d_geometry(x_shape, w_shape, **params).y_shape).astype(dtype)
+    with depthwise_loops(loops):
+        got = (fl.conv2d(x, w, algo="depthwise", **params),) + fl.conv2d_backward(dy, x, w, algo="depthwise",
+                                                                                   **params)
+    want = (ref.conv2d(x, w, **params),) + ref.conv2d_backward(dy, x, w, **params)
+    for name, a, b in zip(("y", "dx", "dw", "db"), got, want):
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=name)
+        np.testing.assert_array_equal(np.isposinf(a), np.isposinf(b), err_msg=name)
+        np.testing.assert_array_equal(np.isneginf(a), np.isneginf(b), err_msg=name)
 
 
 # ---------------------------------------------------------------------------- winograd F(4x4, 3x3)

@@ -2,8 +2,8 @@
 # backward, over NCHW. Output channel f reads input channel f // Fg (Fg filters per group, the
 # channel multiplier). Every output plane is a sum of shifted, scaled input planes. Four kinds of
 # plane loops, chosen by the wrapper (``loops``): ROWS (conv2d_depthwise_loops.h, any stride: a
-# tap is one pass over an output row), PADDED (same header, stride 1: a tap is one pass over a
-# zero-padded copy of the plane), BLOCKED (conv2d_depthwise_blocked.h, output rows at least half
+# tap is one pass over an output row), PADDED (same header, forward at stride 1: a tap is one
+# pass over a zero-padded copy of the plane), BLOCKED (conv2d_depthwise_blocked.h, output rows at least half
 # a vector wide, its data gradient at stride 1 only: a block of output vectors in registers for all
 # the taps, read from a padded copy) and SAME_3X3 (conv2d_depthwise_3x3.h: 3x3 filters, stride 1,
 # padding 1, each vector column swept down the plane, no copy). A thread's workspace row holds its
@@ -49,21 +49,6 @@ cdef extern from "conv2d_depthwise_loops.h" nogil:
     void fl_dw_padded_forward_double(const double* x, const double* w, double bias, double* y, Py_ssize_t H,
                                      Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW,
                                      Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t DH, Py_ssize_t DW, double* scratch)
-    void fl_dw_padded_backward_input_float(const float* dy, const float* w, float* dx, Py_ssize_t Fg, Py_ssize_t H,
-                                           Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW,
-                                           Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t DH, Py_ssize_t DW, float* scratch)
-    void fl_dw_padded_backward_input_double(const double* dy, const double* w, double* dx, Py_ssize_t Fg,
-                                            Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t KH,
-                                            Py_ssize_t KW, Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t DH, Py_ssize_t DW,
-                                            double* scratch)
-    void fl_dw_padded_backward_weight_float(const float* dy, const float* x, float* dw, float* db, Py_ssize_t H,
-                                            Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW,
-                                            Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t DH, Py_ssize_t DW, float* scratch)
-    void fl_dw_padded_backward_weight_double(const double* dy, const double* x, double* dw, double* db, Py_ssize_t H,
-                                             Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t KH,
-                                             Py_ssize_t KW, Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t DH,
-                                             Py_ssize_t DW, double* scratch)
-
 
 
 cdef extern from "conv2d_depthwise_blocked.h" nogil:
@@ -187,15 +172,17 @@ cdef inline void _same_3x3_weight(const floating* dy, const floating* x, floatin
 
 
 def workspace_size(object geometry, int loops, bint backward):
-    """Values of a thread's workspace row for ``loops``: none for ROWS and SAME_3X3; for PADDED a
-    padded plane and a widened output or gradient plane, (Hp + OH) * Wp with Hp = OH + DH*(KH-1),
-    Wp = OW + DW*(KW-1); for BLOCKED the padded input plane, _padded_rows * SW * _phase_cells
+    """Values of a thread's workspace row for ``loops``: none for ROWS and SAME_3X3; for PADDED
+    (forward only) a padded plane and a widened output plane, (Hp + OH) * Wp with
+    Hp = OH + DH*(KH-1), Wp = OW + DW*(KW-1); for BLOCKED the padded input plane, _padded_rows * SW * _phase_cells
     (Hp * Wp at stride 1), and backward at stride 1 the larger of that (the weight gradient's) and
     the data gradient's Fg padded gradient planes, Fg * (H + DH*(KH-1)) * (W + DW*(KW-1))."""
     cdef Conv2dShape s = conv2d_shape(geometry)
     cdef Py_ssize_t Wp = s.OW + s.DW * (s.KW - 1), Hp = s.OH + s.DH * (s.KH - 1)
     cdef Py_ssize_t blocked = _padded_rows(&s) * s.SW * _phase_cells(&s)
     if loops == LOOPS_PADDED:
+        if backward:
+            raise ValueError("the depthwise padded-plane loops have no backward")
         return (Hp + s.OH) * Wp
     if loops == LOOPS_BLOCKED:
         return max(blocked, s.Fg * _dx_plane(&s)) if backward and s.SH == 1 and s.SW == 1 else blocked
@@ -324,14 +311,6 @@ cdef void _input_plane(const floating[:, :, :, ::1] dy, const floating[:, :, :, 
         _blocked_forward(scratch, Wq, toff, &w[c * s.Fg, 0, 0, 0], s.Fg * s.KH * s.KW, 0, &dx[n, c, 0, 0], s.H,
                          s.W)
         return
-    if loops == LOOPS_PADDED:
-        if floating is float:
-            fl_dw_padded_backward_input_float(&dy[n, c * s.Fg, 0, 0], &w[c * s.Fg, 0, 0, 0], &dx[n, c, 0, 0], s.Fg,
-                                              s.H, s.W, s.OH, s.OW, s.KH, s.KW, s.PT, s.PL, s.DH, s.DW, scratch)
-        else:
-            fl_dw_padded_backward_input_double(&dy[n, c * s.Fg, 0, 0], &w[c * s.Fg, 0, 0, 0], &dx[n, c, 0, 0], s.Fg,
-                                               s.H, s.W, s.OH, s.OW, s.KH, s.KW, s.PT, s.PL, s.DH, s.DW, scratch)
-        return
     memset(&dx[n, c, 0, 0], 0, s.H * s.W * sizeof(floating))
     for f in range(c * s.Fg, (c + 1) * s.Fg):
         if floating is float:
@@ -356,19 +335,11 @@ cdef void _weight_image(const floating* dy, const floating* x, floating* dw, flo
         else:
             db[0] += fl_dw_sum_double(dy, s.OH * s.OW)
     elif floating is float:
-        if loops == LOOPS_PADDED:
-            fl_dw_padded_backward_weight_float(dy, x, dw, db, s.H, s.W, s.OH, s.OW, s.KH, s.KW, s.PT, s.PL, s.DH,
-                                               s.DW, scratch)
-        else:
-            fl_dw_backward_weight_float(dy, x, dw, db, s.H, s.W, s.OH, s.OW, s.KH, s.KW, s.SH, s.SW, s.PT, s.PL,
-                                        s.DH, s.DW)
+        fl_dw_backward_weight_float(dy, x, dw, db, s.H, s.W, s.OH, s.OW, s.KH, s.KW, s.SH, s.SW, s.PT, s.PL, s.DH,
+                                    s.DW)
     else:
-        if loops == LOOPS_PADDED:
-            fl_dw_padded_backward_weight_double(dy, x, dw, db, s.H, s.W, s.OH, s.OW, s.KH, s.KW, s.PT, s.PL, s.DH,
-                                                s.DW, scratch)
-        else:
-            fl_dw_backward_weight_double(dy, x, dw, db, s.H, s.W, s.OH, s.OW, s.KH, s.KW, s.SH, s.SW, s.PT, s.PL,
-                                         s.DH, s.DW)
+        fl_dw_backward_weight_double(dy, x, dw, db, s.H, s.W, s.OH, s.OW, s.KH, s.KW, s.SH, s.SW, s.PT, s.PL, s.DH,
+                                     s.DW)
 
 
 cdef void _weight_channel(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x, floating[:, :, :, ::1] dw,
@@ -386,8 +357,8 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
                     const floating[:, :, :, ::1] w, floating[:, :, :, ::1] dx, floating[:, :, :, ::1] dw,
                     floating[::1] db, floating[:, ::1] workspace, object geometry, int loops, int num_threads):
     """dx (None: not computed), dw and db of y = conv2d(x, w) + b given dy, for C/groups == 1, by
-    ``loops`` as in conv2d_forward (BLOCKED: dx by it at stride 1, with W of at least half a vector,
-    else by the row loops; SAME_3X3: one filter per channel). Tasks: the N*C input planes of dx,
+    ``loops`` as in conv2d_forward but PADDED, which has no backward (BLOCKED: dx by it at stride 1,
+    with W of at least half a vector, else by the row loops; SAME_3X3: one filter per channel). Tasks: the N*C input planes of dx,
     then the F filters of dw and db (each summed over the images in order), so every output is
     written by one task in a fixed order whatever the thread count.
     ``workspace`` (num_threads, workspace_size(geometry, loops, True)), or None where that is 0."""

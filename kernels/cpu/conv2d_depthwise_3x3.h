@@ -27,16 +27,12 @@
 #include "conv2d_depthwise_blocked.h"
 #include "target_clones.h"
 
-/* The vectors fl_dwb_v##K of conv2d_depthwise_blocked.h, by kind K; the lane indices of their
- * shuffles. */
-typedef int fl_dw3_ifloat __attribute__((vector_size(32)));
-typedef long long fl_dw3_idouble __attribute__((vector_size(32)));
-typedef int fl_dw3_ifloat_narrow __attribute__((vector_size(16)));
-typedef long long fl_dw3_idouble_narrow __attribute__((vector_size(16)));
+/* The vectors fl_dwb_v##K of conv2d_depthwise_blocked.h, by kind K, and their lanes' indices
+ * fl_dwb_i##K. */
 
 /* v moved one lane up (lane l takes lane l - 1, lane 0 a zero) or down (lane l takes l + 1, the
  * top lane a zero): the vector one column left (right) of v at the plane's edge. */
-#define FL_DW3_SHIFT(K, v, ...) __builtin_shuffle((v), (fl_dwb_v##K){0}, (fl_dw3_i##K){__VA_ARGS__})
+#define FL_DW3_SHIFT(K, v, ...) __builtin_shuffle((v), (fl_dwb_v##K){0}, (fl_dwb_i##K){__VA_ARGS__})
 #define FL_DW3_UP_float(v) FL_DW3_SHIFT(float, v, 8, 0, 1, 2, 3, 4, 5, 6)
 #define FL_DW3_DOWN_float(v) FL_DW3_SHIFT(float, v, 1, 2, 3, 4, 5, 6, 7, 8)
 #define FL_DW3_UP_double(v) FL_DW3_SHIFT(double, v, 4, 0, 1, 2)
@@ -125,33 +121,38 @@ typedef long long fl_dw3_idouble_narrow __attribute__((vector_size(16)));
     }
 
 /* One strip of the weight gradient over the band of input rows [r0, r1): input row r meets dy
- * rows r + 1, r and r - 1 (gn, gc, gp) through the filter rows 0, 1, 2; mask keeps a strip's
- * lanes that no strip before it counted. */
+ * rows r + 1, r and r - 1 (gn, gc, gp) through the filter rows 0, 1, 2, where those rows exist (a
+ * missing row is no term: not zero times the input, which may be infinite). A strip that overlaps
+ * its neighbour keeps only its new lanes of the input (and of dy for db). */
 #define FL_DW3_WEIGHT_STRIP(K, LEFT, RIGHT)                                                   \
     do {                                                                                      \
-        VT mask = keep;                                                                       \
-        if (ow + L != W)                                                                      \
-            mask = (VT){0} + 1;                                                               \
+        const int partial = ow + L == W && full != W;                                         \
         const ST *s = x + ow, *g = dy + ow;                                                   \
-        VT gp = {0}, gc = *(const VT *)(g + r0 * W) * mask, x0, x1, x2;                       \
+        VT gp = {0}, gc = *(const VT *)(g + r0 * W), x0, x1, x2;                              \
         if (r0 > 0)                                                                           \
-            gp = *(const VT *)(g + (r0 - 1) * W) * mask;                                      \
+            gp = *(const VT *)(g + (r0 - 1) * W);                                             \
         for (ptrdiff_t r = r0; r < r1; r++) {                                                 \
-            VT gn = {0};                                                                      \
-            if (r + 1 < H)                                                                    \
-                gn = *(const VT *)(g + (r + 1) * W) * mask;                                   \
             FL_DW3_ROW(K, LEFT, RIGHT, s + r * W);                                            \
-            a00 += gn * x0, a01 += gn * x1, a02 += gn * x2;                                   \
+            VT gn = {0}, counted = gc;                                                        \
+            if (partial) {                                                                    \
+                x0 = FL_DWB_KEEP(K, x0, keep), x1 = FL_DWB_KEEP(K, x1, keep);                 \
+                x2 = FL_DWB_KEEP(K, x2, keep), counted = FL_DWB_KEEP(K, gc, keep);            \
+            }                                                                                 \
+            if (r + 1 < H) {                                                                  \
+                gn = *(const VT *)(g + (r + 1) * W);                                          \
+                a00 += gn * x0, a01 += gn * x1, a02 += gn * x2;                               \
+            }                                                                                 \
             a10 += gc * x0, a11 += gc * x1, a12 += gc * x2;                                   \
-            a20 += gp * x0, a21 += gp * x1, a22 += gp * x2;                                   \
-            ab += gc;                                                                         \
+            if (r > 0)                                                                        \
+                a20 += gp * x0, a21 += gp * x1, a22 += gp * x2;                               \
+            ab += counted;                                                                    \
             gp = gc, gc = gn;                                                                 \
         }                                                                                     \
     } while (0)
 
 /* dw (3, 3) += sum over the cells of dy (H, W) of dy times the input cell each tap reads in
- * x (H, W) padded by 1, and db += sum of dy; W >= L, dy finite (a strip's repeated lanes are
- * multiplied by zero). */
+ * x (H, W) padded by 1, and db += sum of dy; W >= L, dy finite (the padding's zeros, shifted
+ * into the edge vectors, are multiplied by dy). */
 #define FL_DW3_WEIGHT(K, T)                                                                   \
     FL_CLONES static void fl_dw3_weight_##K(const T *dy, const T *x, T *dw, T *db, ptrdiff_t H, \
                                             ptrdiff_t W)                                      \
@@ -159,10 +160,11 @@ typedef long long fl_dw3_idouble_narrow __attribute__((vector_size(16)));
         typedef T ST;                                                                         \
         typedef fl_dwb_v##K VT;                                                               \
         const ptrdiff_t L = sizeof(VT) / sizeof(T), full = W / L * L;                         \
-        VT keep, a00 = {0}, a01 = {0}, a02 = {0}, a10 = {0}, a11 = {0}, a12 = {0};            \
+        VT a00 = {0}, a01 = {0}, a02 = {0}, a10 = {0}, a11 = {0}, a12 = {0};                  \
         VT a20 = {0}, a21 = {0}, a22 = {0}, ab = {0};                                         \
+        fl_dwb_i##K keep;                                                                     \
         for (ptrdiff_t l = 0; l < L; l++)                                                     \
-            keep[l] = full == W || W - L + l >= full ? 1 : 0;                                 \
+            keep[l] = W - L + l >= full ? -1 : 0;                                             \
         FL_DW3_STRIPS(K, FL_DW3_WEIGHT_STRIP)                                                   \
         const VT acc[10] = {a00, a01, a02, a10, a11, a12, a20, a21, a22, ab};                 \
         for (int k = 0; k < 10; k++) {                                                        \

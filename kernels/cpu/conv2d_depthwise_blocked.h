@@ -48,6 +48,14 @@ typedef float fl_dwb_vfloat __attribute__((vector_size(FL_DWB_BYTES), aligned(4)
 typedef double fl_dwb_vdouble __attribute__((vector_size(FL_DWB_BYTES), aligned(8), may_alias));
 typedef float fl_dwb_vfloat_narrow __attribute__((vector_size(FL_DWB_BYTES / 2), aligned(4), may_alias));
 typedef double fl_dwb_vdouble_narrow __attribute__((vector_size(FL_DWB_BYTES / 2), aligned(8), may_alias));
+/* Their lanes' bits, and v with the lanes of keep's zero bits set to +0 by a bitwise and (not a
+ * product: an infinite or NaN lane of v times zero would be NaN, where the reference has no
+ * term). */
+typedef int fl_dwb_ifloat __attribute__((vector_size(FL_DWB_BYTES)));
+typedef long long fl_dwb_idouble __attribute__((vector_size(FL_DWB_BYTES)));
+typedef int fl_dwb_ifloat_narrow __attribute__((vector_size(FL_DWB_BYTES / 2)));
+typedef long long fl_dwb_idouble_narrow __attribute__((vector_size(FL_DWB_BYTES / 2)));
+#define FL_DWB_KEEP(K, v, keep) ((fl_dwb_v##K)((fl_dwb_i##K)(v) & (keep)))
 
 /* The output vector after (oh, ow): the next one along the row, the last one at OW - L, then
  * the next row. */
@@ -179,9 +187,9 @@ static inline void fl_dwb_next(ptrdiff_t *oh, ptrdiff_t *ow, ptrdiff_t OW, ptrdi
     }
 
 /* dw[t] += sum over the cells of dy (OH, OW) of dy times tap t of xp (output row oh at oh * ld);
- * OW >= L. A row's last vector, where it overlaps its neighbour, counts only its new lanes
- * (the others times zero: dy is finite). The taps go FL_DWB_TAPS at a time; a last short block
- * fills its table with tap offset 0 and drops those sums. */
+ * OW >= L. A row's last vector, where it overlaps its neighbour, counts only its new lanes (the
+ * others' input lanes kept to zero, dy finite). The taps go FL_DWB_TAPS at a time; a last short
+ * block fills its table with tap offset 0 and drops those sums. */
 #define FL_DWB_WEIGHT(K, T)                                                                   \
     FL_CLONES static void fl_dwb_weight_##K(const T *dy, ptrdiff_t OH, ptrdiff_t OW, const T *xp, \
                                             ptrdiff_t ld, const ptrdiff_t *toff, ptrdiff_t ntaps, \
@@ -189,9 +197,9 @@ static inline void fl_dwb_next(ptrdiff_t *oh, ptrdiff_t *ow, ptrdiff_t OW, ptrdi
     {                                                                                         \
         typedef fl_dwb_v##K VT;                                                               \
         const ptrdiff_t L = sizeof(VT) / sizeof(T), full = OW / L * L, last = OW - L;         \
-        VT keep;                                                                              \
+        fl_dwb_i##K keep;                                                                     \
         for (ptrdiff_t l = 0; l < L; l++)                                                     \
-            keep[l] = last + l >= full - (full == OW ? L : 0) ? 1 : 0;                        \
+            keep[l] = last + l >= full ? -1 : 0;                                              \
         for (ptrdiff_t t0 = 0; t0 < ntaps; t0 += FL_DWB_TAPS) {                               \
             ptrdiff_t off[FL_DWB_TAPS];                                                       \
             VT acc[FL_DWB_TAPS];                                                              \
@@ -202,11 +210,13 @@ static inline void fl_dwb_next(ptrdiff_t *oh, ptrdiff_t *ow, ptrdiff_t OW, ptrdi
             for (ptrdiff_t oh = 0; oh < OH; oh++) {                                           \
                 const T *g = dy + oh * OW, *s = xp + oh * ld;                                 \
                 for (ptrdiff_t ow = 0; ow <= last; ow = ow + L <= last || ow == last ? ow + L : last) { \
-                    VT gv = *(const VT *)(g + ow);                                            \
-                    if (ow == last)                                                           \
-                        gv *= keep;                                                           \
-                    _Pragma("GCC unroll 9") for (int k = 0; k < FL_DWB_TAPS; k++)             \
-                        acc[k] += gv * *(const VT *)(s + ow + off[k]);                        \
+                    const VT gv = *(const VT *)(g + ow);                                      \
+                    if (ow == last && full != OW)                                             \
+                        _Pragma("GCC unroll 9") for (int k = 0; k < FL_DWB_TAPS; k++)         \
+                            acc[k] += gv * FL_DWB_KEEP(K, *(const VT *)(s + ow + off[k]), keep); \
+                    else                                                                      \
+                        _Pragma("GCC unroll 9") for (int k = 0; k < FL_DWB_TAPS; k++)         \
+                            acc[k] += gv * *(const VT *)(s + ow + off[k]);                    \
                 }                                                                             \
             }                                                                                 \
             for (int k = 0; k < FL_DWB_TAPS && t0 + k < ntaps; k++) {                         \

@@ -6,9 +6,9 @@ phases, ``ops.conv2d.dilation_phases``), forward and backward. The depthwise loo
 to one task in a fixed order, and so do the Winograd forward and dx (their tasks' tiles do not
 depend on the thread count), whose dw sums a fixed number of runs of tasks in order: their
 results do not depend on the thread count. At stride 1 the depthwise plane copies (a thread's
-padded input or gradient planes, and for the padded loops a widened output plane, in its
+padded input or gradient planes, and for the padded forward a widened output plane, in its
 workspace) stay within ``DEPTHWISE_BLOCKED_MAX_BYTES`` (blocked loops) or
-``DEPTHWISE_PADDED_MAX_BYTES`` (padded loops); the 3x3 loops copy nothing.
+``DEPTHWISE_PADDED_MAX_BYTES`` (padded forward); the 3x3 loops copy nothing.
 
 Both algorithms are reproducible bit for bit from run to run at a given thread count: no
 atomics, every sum in a fixed order. The direct loops do not depend on the thread count at all;
@@ -451,11 +451,12 @@ def _small_batch_backward(dy, x, w, g, outs, threads):
 # loops at other strides) take the blocked loops, a block of outputs (or a filter's sums) in registers
 # over the taps, read from a padded copy of the plane (a thread's workspace row, bounded by
 # ``DEPTHWISE_BLOCKED_MAX_BYTES``). Both beat the others on every plane measured
-# (docs/performance.md). Narrower rows take, at stride 1, the padded-plane loops while their two
-# plane copies fit L1 (forward) or L2 (backward), which there beat the row loops' short passes;
-# the row loops take the rest.
+# (docs/performance.md). Narrower rows take, forward at stride 1, the padded-plane loops while
+# their two plane copies fit L1, which there beat the row loops' short passes; the row loops take
+# the rest (a padded backward would multiply its widened dy's zero columns by input cells, NaN
+# for an infinite one where the reference has no term).
 DEPTHWISE_BLOCKED_MAX_BYTES = 8 << 20
-DEPTHWISE_PADDED_MAX_BYTES = {"forward": 32 << 10, "backward": 512 << 10}
+DEPTHWISE_PADDED_MAX_BYTES = 32 << 10
 # The loops in that order of preference: the first that applies runs ("rows" always does).
 DEPTHWISE_LOOPS = ("3x3", "blocked", "padded", "rows")
 
@@ -480,9 +481,9 @@ def _depthwise_loops(g, itemsize, direction):
             continue
         if loops == "3x3" and same_3x3 and wide:
             return loops, 0
-        if loops == "padded":
-            size = _depthwise.workspace_size(g, _depthwise.PADDED, backward)
-            if size * itemsize <= DEPTHWISE_PADDED_MAX_BYTES[direction]:
+        if loops == "padded" and not backward:
+            size = _depthwise.workspace_size(g, _depthwise.PADDED, False)
+            if size * itemsize <= DEPTHWISE_PADDED_MAX_BYTES:
                 return loops, size
     return "rows", 0
 
