@@ -120,34 +120,47 @@
         FL_DW3_STRIPS(K, FL_DW3_FORWARD_STRIP)                                                 \
     }
 
-/* One strip of the weight gradient over the band of input rows [r0, r1): input row r meets dy
- * rows r + 1, r and r - 1 (gn, gc, gp) through the filter rows 0, 1, 2, where those rows exist (a
- * missing row is no term: not zero times the input, which may be infinite). A strip that overlaps
- * its neighbour keeps only its new lanes of the input (and of dy for db). */
+/* Input row r of a weight-gradient strip: it meets dy rows r + 1, r and r - 1 (gn, gc, gp)
+ * through the filter rows 0, 1, 2, where those rows exist (NEXT, PREV: a missing row is no term,
+ * not zero times the input, which may be infinite). A strip that overlaps its neighbour keeps
+ * only its new lanes of the input (and of dy for db). */
+#define FL_DW3_WEIGHT_ROW(K, LEFT, RIGHT, r, NEXT, PREV)                                      \
+    do {                                                                                      \
+        VT x0, x1, x2, gn = {0}, counted = gc;                                                \
+        FL_DW3_ROW(K, LEFT, RIGHT, s + (r) * W);                                              \
+        if (partial) {                                                                        \
+            x0 = FL_DWB_KEEP(K, x0, keep), x1 = FL_DWB_KEEP(K, x1, keep);                     \
+            x2 = FL_DWB_KEEP(K, x2, keep), counted = FL_DWB_KEEP(K, gc, keep);                \
+        }                                                                                     \
+        if (NEXT) {                                                                           \
+            gn = *(const VT *)(g + ((r) + 1) * W);                                            \
+            a00 += gn * x0, a01 += gn * x1, a02 += gn * x2;                                   \
+        }                                                                                     \
+        a10 += gc * x0, a11 += gc * x1, a12 += gc * x2;                                       \
+        if (PREV)                                                                             \
+            a20 += gp * x0, a21 += gp * x1, a22 += gp * x2;                                   \
+        ab += counted;                                                                        \
+        gp = gc, gc = gn;                                                                     \
+    } while (0)
+
+/* One strip of the weight gradient over the band of input rows [r0, r1): the plane's first and
+ * last rows apart, the rows between with all three dy rows. */
 #define FL_DW3_WEIGHT_STRIP(K, LEFT, RIGHT)                                                   \
     do {                                                                                      \
         const int partial = ow + L == W && full != W;                                         \
         const ST *s = x + ow, *g = dy + ow;                                                   \
-        VT gp = {0}, gc = *(const VT *)(g + r0 * W), x0, x1, x2;                              \
+        VT gp = {0}, gc = *(const VT *)(g + r0 * W);                                          \
+        ptrdiff_t r = r0;                                                                     \
         if (r0 > 0)                                                                           \
             gp = *(const VT *)(g + (r0 - 1) * W);                                             \
-        for (ptrdiff_t r = r0; r < r1; r++) {                                                 \
-            FL_DW3_ROW(K, LEFT, RIGHT, s + r * W);                                            \
-            VT gn = {0}, counted = gc;                                                        \
-            if (partial) {                                                                    \
-                x0 = FL_DWB_KEEP(K, x0, keep), x1 = FL_DWB_KEEP(K, x1, keep);                 \
-                x2 = FL_DWB_KEEP(K, x2, keep), counted = FL_DWB_KEEP(K, gc, keep);            \
-            }                                                                                 \
-            if (r + 1 < H) {                                                                  \
-                gn = *(const VT *)(g + (r + 1) * W);                                          \
-                a00 += gn * x0, a01 += gn * x1, a02 += gn * x2;                               \
-            }                                                                                 \
-            a10 += gc * x0, a11 += gc * x1, a12 += gc * x2;                                   \
-            if (r > 0)                                                                        \
-                a20 += gp * x0, a21 += gp * x1, a22 += gp * x2;                               \
-            ab += counted;                                                                    \
-            gp = gc, gc = gn;                                                                 \
+        else {                                                                                \
+            FL_DW3_WEIGHT_ROW(K, LEFT, RIGHT, 0, H > 1, 0);                                   \
+            r = 1;                                                                            \
         }                                                                                     \
+        for (; r < r1 && r < H - 1; r++)                                                      \
+            FL_DW3_WEIGHT_ROW(K, LEFT, RIGHT, r, 1, 1);                                       \
+        if (r < r1)                                                                           \
+            FL_DW3_WEIGHT_ROW(K, LEFT, RIGHT, r, 0, 1);                                       \
     } while (0)
 
 /* dw (3, 3) += sum over the cells of dy (H, W) of dy times the input cell each tap reads in
