@@ -163,13 +163,13 @@ FL_DW_SUM(double)
             }                                                                                 \
     }
 
-/* Stride 1, the padded-plane loops: on small planes the row loops above make KH*KW short passes
- * per output row (14 columns on MobileNet's 14x14 planes, under two AVX2 vectors). Here the input
- * plane is first copied, zero-padded, into a plane of Wp = OW + DW*(KW-1) columns and
+/* Stride 1, the padded-plane forward: on planes too narrow for the blocked loops' vectors
+ * (conv2d_depthwise_blocked.h) the row loops above make KH*KW short passes per output row. Here
+ * the input plane is first copied, zero-padded, into a plane of Wp = OW + DW*(KW-1) columns and
  * Hp = OH + DH*(KH-1) rows, so that every output row is as wide as the padded one: a tap is then
  * one pass of n = (OH-1)*Wp + OW cells over the whole plane, y[i] += w * xp[i + kh*DH*Wp + kw*DW],
  * with i = oh*Wp + ow; the cells at ow >= OW are scratch, dropped when the rows are copied out.
- * Padding taps add w * 0 (the caller takes the row loops when w is not finite, so 0 * inf never
+ * Padding taps add w * 0 (the caller takes im2col when w is not finite, so 0 * inf never
  * arises). The scratch, from the caller: Hp*Wp + OH*Wp values. */
 /* The padded plane's width Wp and height Hp and the cells n of a tap's pass, from the loop's
  * arguments OH, OW, KH, KW, DH, DW. */
@@ -187,16 +187,6 @@ FL_DW_SUM(double)
         for (ptrdiff_t ih = 0; ih < H && ih + PT < Hp; ih++)                                  \
             if (cols > 0)                                                                     \
                 memcpy(xp + (ih + PT) * Wp + PL, x + ih * W, cols * sizeof(T));               \
-    }
-
-/* dyp (OH, Wp) = dy (OH, OW) with zeros in the scratch columns ow >= OW. */
-#define FL_DW_WIDEN(T)                                                                        \
-    static void fl_dw_widen_##T(const T *dy, T *dyp, ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t Wp) \
-    {                                                                                         \
-        for (ptrdiff_t oh = 0; oh < OH; oh++) {                                               \
-            memcpy(dyp + oh * Wp, dy + oh * OW, OW * sizeof(T));                              \
-            memset(dyp + oh * Wp + OW, 0, (Wp - OW) * sizeof(T));                             \
-        }                                                                                     \
     }
 
 /* FL_DW_FORWARD at stride 1 through the padded plane. */
@@ -218,64 +208,6 @@ FL_DW_SUM(double)
             memcpy(y + oh * OW, yp + oh * Wp, OW * sizeof(T));                                \
     }
 
-/* FL_DW_BACKWARD_INPUT at stride 1 for the Fg output planes dy (Fg, OH, OW) that read one input
- * plane, with their filters w (Fg, KH, KW): dx (H, W) = the sum of their adjoints (overwritten).
- * The padded plane accumulates them (dyp's zero scratch columns add nothing), then its interior
- * is copied out; input cells no output reads get 0. */
-#define FL_DW_PADDED_BACKWARD_INPUT(T)                                                        \
-    FL_CLONES static void fl_dw_padded_backward_input_##T(const T *dy, const T *w, T *dx, ptrdiff_t Fg, \
-                                                          ptrdiff_t H, ptrdiff_t W, ptrdiff_t OH, \
-                                                          ptrdiff_t OW, ptrdiff_t KH, ptrdiff_t KW, \
-                                                          ptrdiff_t PT, ptrdiff_t PL, ptrdiff_t DH, \
-                                                          ptrdiff_t DW, T *scratch)           \
-    {                                                                                         \
-        FL_DW_PADDED_SIZES;                                                                   \
-        T *dxp = scratch, *dyp = scratch + Hp * Wp;                                           \
-        memset(dxp, 0, Hp * Wp * sizeof(T));                                                  \
-        for (ptrdiff_t f = 0; f < Fg; f++) {                                                  \
-            fl_dw_widen_##T(dy + f * OH * OW, dyp, OH, OW, Wp);                               \
-            for (ptrdiff_t kh = 0; kh < KH; kh++)                                             \
-                for (ptrdiff_t kw = 0; kw < KW; kw++)                                         \
-                    fl_dw_axpy_##T(dxp + kh * DH * Wp + kw * DW, dyp, n, w[(f * KH + kh) * KW + kw]); \
-        }                                                                                     \
-        const ptrdiff_t cols = W < Wp - PL ? W : Wp - PL;                                     \
-        memset(dx, 0, H * W * sizeof(T));                                                     \
-        for (ptrdiff_t ih = 0; ih < H && ih + PT < Hp; ih++)                                  \
-            if (cols > 0)                                                                     \
-                memcpy(dx + ih * W, dxp + (ih + PT) * Wp + PL, cols * sizeof(T));             \
-    }
-
-/* FL_DW_BACKWARD_WEIGHT at stride 1: each tap's sum is one dot product of n cells of the widened
- * dy (zeros at the scratch columns) and the padded plane, in FL_DW_PARTS partial sums; db as there. */
-#define FL_DW_PADDED_BACKWARD_WEIGHT(T)                                                       \
-    FL_CLONES static void fl_dw_padded_backward_weight_##T(const T *dy, const T *x, T *dw, T *db,  \
-                                                           ptrdiff_t H, ptrdiff_t W, ptrdiff_t OH, \
-                                                           ptrdiff_t OW, ptrdiff_t KH, ptrdiff_t KW, \
-                                                           ptrdiff_t PT, ptrdiff_t PL, ptrdiff_t DH, \
-                                                           ptrdiff_t DW, T *scratch)          \
-    {                                                                                         \
-        FL_DW_PADDED_SIZES;                                                                   \
-        T *xp = scratch, *dyp = scratch + Hp * Wp;                                            \
-        ptrdiff_t i, k;                                                                       \
-        fl_dw_pad_##T(x, xp, H, W, Hp, Wp, PT, PL);                                           \
-        fl_dw_widen_##T(dy, dyp, OH, OW, Wp);                                                 \
-        *db += fl_dw_sum_##T(dy, OH * OW);                                                    \
-        for (ptrdiff_t kh = 0; kh < KH; kh++)                                                 \
-            for (ptrdiff_t kw = 0; kw < KW; kw++) {                                           \
-                const T *xt = xp + kh * DH * Wp + kw * DW;                                    \
-                T part[FL_DW_PARTS] = {0};                                                    \
-                for (i = 0; i + FL_DW_PARTS <= n; i += FL_DW_PARTS)                           \
-                    for (k = 0; k < FL_DW_PARTS; k++)                                         \
-                        part[k] += dyp[i + k] * xt[i + k];                                    \
-                for (; i < n; i++)                                                            \
-                    part[0] += dyp[i] * xt[i];                                                \
-                T total = 0;                                                                  \
-                for (k = 0; k < FL_DW_PARTS; k++)                                             \
-                    total += part[k];                                                         \
-                dw[kh * KW + kw] += total;                                                    \
-            }                                                                                 \
-    }
-
 FL_DW_FORWARD(float)
 FL_DW_FORWARD(double)
 FL_DW_BACKWARD_INPUT(float)
@@ -284,13 +216,7 @@ FL_DW_BACKWARD_WEIGHT(float)
 FL_DW_BACKWARD_WEIGHT(double)
 FL_DW_PAD(float)
 FL_DW_PAD(double)
-FL_DW_WIDEN(float)
-FL_DW_WIDEN(double)
 FL_DW_PADDED_FORWARD(float)
 FL_DW_PADDED_FORWARD(double)
-FL_DW_PADDED_BACKWARD_INPUT(float)
-FL_DW_PADDED_BACKWARD_INPUT(double)
-FL_DW_PADDED_BACKWARD_WEIGHT(float)
-FL_DW_PADDED_BACKWARD_WEIGHT(double)
 
 #endif

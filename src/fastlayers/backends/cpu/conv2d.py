@@ -6,8 +6,9 @@ phases, ``ops.conv2d.dilation_phases``), forward and backward. The depthwise loo
 to one task in a fixed order, and so do the Winograd forward and dx (their tasks' tiles do not
 depend on the thread count), whose dw sums a fixed number of runs of tasks in order: their
 results do not depend on the thread count. At stride 1 the depthwise plane copies (a thread's
-padded input or gradient plane and widened output plane, in its workspace) stay within
-``DEPTHWISE_PADDED_MAX_BYTES``.
+padded input or gradient planes, and for the padded forward a widened output plane, in its
+workspace) stay within ``DEPTHWISE_BLOCKED_MAX_BYTES`` (blocked loops) or
+``DEPTHWISE_PADDED_MAX_BYTES`` (padded forward); the 3x3 loops copy nothing.
 
 Both algorithms are reproducible bit for bit from run to run at a given thread count: no
 atomics, every sum in a fixed order. The direct loops do not depend on the thread count at all;
@@ -443,20 +444,53 @@ def _small_batch_backward(dy, x, w, g, outs, threads):
     return outs
 
 
-# The depthwise padded-plane loops (stride 1) keep one padded plane and one widened output or
-# gradient plane per thread. The forward's row loops are long vector passes on wide planes
-# (112x112), where the copies in and out cost more than they save: it takes the padded loops while
-# the two planes fit L1. The backward's do more per plane and win while they fit L2.
-DEPTHWISE_PADDED_MAX_BYTES = {"forward": 32 << 10, "backward": 512 << 10}
+# The depthwise plane loops (conv2d_depthwise.pyx). MobileNet's layers (3x3 filters, stride 1,
+# dilation 1, padding 1, rows of at least half a vector: ``_depthwise.VECTOR_BYTES`` / 2, 4
+# floats; backward one filter per channel) take the 3x3 loops, which sweep each vector column
+# down the plane with the filter in registers and need no copy. Other problems with output rows
+# of at least half a vector (any stride; backward at stride 1 input rows too, its dx by the row
+# loops at other strides) take the blocked loops, a block of outputs (or a filter's sums) in registers
+# over the taps, read from a padded copy of the plane (a thread's workspace row, bounded by
+# ``DEPTHWISE_BLOCKED_MAX_BYTES``). Both beat the others on every plane measured
+# (docs/performance.md). Narrower rows take, forward at stride 1, the padded-plane loops while
+# their two plane copies fit L1, which there beat the row loops' short passes; the row loops take
+# the rest (a padded backward would multiply its widened dy's zero columns by input cells, NaN
+# for an infinite one where the reference has no term).
+DEPTHWISE_BLOCKED_MAX_BYTES = 8 << 20
+DEPTHWISE_PADDED_MAX_BYTES = 32 << 10
+# The loops in that order of preference: the first that applies runs ("rows" always does).
+DEPTHWISE_LOOPS = ("3x3", "blocked", "padded", "rows")
 
 
-def _depthwise_padded_size(g, itemsize, direction):
-    """Values of a thread's workspace for the depthwise padded-plane loops, (Hp + OH) * Wp; 0 where
-    the row loops run (stride > 1, or past ``DEPTHWISE_PADDED_MAX_BYTES[direction]``)."""
-    if (g.stride_h, g.stride_w) != (1, 1):
-        return 0
-    size = (2 * g.OH + g.dilation_h * (g.KH - 1)) * (g.OW + g.dilation_w * (g.KW - 1))
-    return size if size * itemsize <= DEPTHWISE_PADDED_MAX_BYTES[direction] else 0
+def _depthwise_loops(g, itemsize, direction):
+    """The depthwise plane loops (the first of ``DEPTHWISE_LOOPS`` that applies) and a thread's
+    workspace values."""
+    backward, stride_1 = direction == "backward", (g.stride_h, g.stride_w) == (1, 1)
+    vector = _depthwise.VECTOR_BYTES // itemsize
+    # rows of at least half a vector (the narrow kernels'); dx by the row loops at stride > 1
+    wide = 2 * g.OW >= vector and (not backward or not stride_1 or 2 * g.W >= vector)
+    same_3x3 = ((g.KH, g.KW, g.dilation_h, g.dilation_w, g.pad_top, g.pad_bottom, g.pad_left, g.pad_right)
+                == (3, 3, 1, 1, 1, 1, 1, 1) and (not backward or g.Fg == 1))
+    for loops in DEPTHWISE_LOOPS:
+        if loops == "rows":
+            break
+        if loops == "blocked" and wide:
+            size = _depthwise.workspace_size(g, _depthwise.BLOCKED, backward)
+            if size * itemsize <= DEPTHWISE_BLOCKED_MAX_BYTES:
+                return loops, size
+        if not stride_1:
+            continue
+        if loops == "3x3" and same_3x3 and wide:
+            return loops, 0
+        if loops == "padded" and not backward:
+            size = _depthwise.workspace_size(g, _depthwise.PADDED, False)
+            if size * itemsize <= DEPTHWISE_PADDED_MAX_BYTES:
+                return loops, size
+    return "rows", 0
+
+
+_DEPTHWISE_LOOPS = {"rows": _depthwise.ROWS, "padded": _depthwise.PADDED, "blocked": _depthwise.BLOCKED,
+                    "3x3": _depthwise.SAME_3X3}
 
 
 def depthwise_forward(x, w, b, g, outs):
@@ -465,10 +499,10 @@ def depthwise_forward(x, w, b, g, outs):
         return im2col_forward(x, w, b, g, outs)
     threads = _forward_threads(x, w, b, g, y, "depthwise")  # no size limit of its own
     if threads is not None:
-        size = _depthwise_padded_size(g, x.dtype.itemsize, "forward")
+        loops, size = _depthwise_loops(g, x.dtype.itemsize, "forward")
         with scratch("depthwise", (threads, max(size, 1)), x.dtype) as work:
             _depthwise.conv2d_forward(contiguous(x), contiguous(w), contiguous(b), y, work if size else None, g,
-                                      threads)
+                                      _DEPTHWISE_LOOPS[loops], threads)
     return (y,)
 
 
@@ -479,10 +513,10 @@ def depthwise_backward(dy, x, w, g, outs):
     if not _finite(w, dy):  # as in depthwise_forward: non-finite values meet padding taps in the reference
         return im2col_backward(dy, x, w, g, outs)
     threads = threads_for(g.work("backward")[0] // 2)
-    size = _depthwise_padded_size(g, x.dtype.itemsize, "backward")
+    loops, size = _depthwise_loops(g, x.dtype.itemsize, "backward")
     with scratch("depthwise", (threads, max(size, 1)), x.dtype) as work:
         _depthwise.conv2d_backward(contiguous(dy), contiguous(x), contiguous(w), dx, dw, db, work if size else None,
-                                   g, threads)
+                                   g, _DEPTHWISE_LOOPS[loops], threads)
     return outs
 
 
