@@ -64,16 +64,9 @@ cdef extern from "gated_cells.h" nogil:
         Py_ssize_t rows, Py_ssize_t H, Py_ssize_t ldg, Py_ssize_t ldd)
 
 
+from _packed cimport FL_PANEL, pack_panels_f32, packed_gemm_avx2_f32, packed_gemm_f32
+
 cdef extern from "packed_gemm.h" nogil:
-    enum: FL_PANEL
-    void packed_gemm_f32 "fl_packed_gemm_f32"(const float* a, Py_ssize_t lda, const float* packed, Py_ssize_t K,
-                                              float* c, Py_ssize_t ldc, Py_ssize_t rows, Py_ssize_t width,
-                                              int accumulate)
-    void packed_gemm_avx2_f32 "fl_packed_gemm_avx2_f32"(const float* a, Py_ssize_t lda, const float* packed,
-                                                        Py_ssize_t K, float* c, Py_ssize_t ldc, Py_ssize_t rows,
-                                                        Py_ssize_t width, int accumulate)
-    void pack_panels_f32 "fl_pack_panels_f32"(const float* w, Py_ssize_t ldw, int transposed, Py_ssize_t K,
-                                              Py_ssize_t width, float* packed, Py_ssize_t p0, Py_ssize_t p1)
     const char* clone_isa "fl_clone_isa"()
 
 
