@@ -34,6 +34,7 @@ Workspaces are cached per Python thread and checked out for the call
 (``_common.workspace``), so concurrent or re-entrant callers never share one; they keep their
 largest size until the thread ends or ``fastlayers.release_workspaces()``.
 """
+import functools
 from dataclasses import replace
 
 import numpy as np
@@ -126,20 +127,9 @@ def _direct_scratch_bytes(g, direction):
     return _direct.scratch_bytes(g, 1, direction == "backward", 8)
 
 
+@functools.lru_cache(maxsize=4096)  # remembers the sizes that fit (a raise is not cached)
 def _check_fits(g, algo, direction):
-    """A ValueError where ``algo``'s sizes do not fit (remembered for the sizes that do)."""
-    key = (g, algo, direction)
-    if key not in _fitting:
-        _raise_unless_fits(g, algo, direction)
-        if len(_fitting) >= 4096:
-            _fitting.clear()
-        _fitting.add(key)
-
-
-_fitting = set()  # (geometry, algo, direction) that _raise_unless_fits let through
-
-
-def _raise_unless_fits(g, algo, direction):
+    """A ValueError where ``algo``'s sizes do not fit."""
     if algo == "im2col" and not _im2col_fits(g):
         raise ValueError(
             f"conv2d sizes exceed what BLAS can index (C ints) for algo='im2col'"
@@ -366,22 +356,18 @@ def direct_backward(dy, x, w, g, outs):
 
 
 def _tiles(g, threads, itemsize):
-    """Output rows and images of an im2col tile (remembered: a small call's set-up costs as
-    much as its kernel)."""
-    key = (g, threads, itemsize, _column_tile_bytes)
-    tiles = _tiles_of.get(key)
-    if tiles is None:
-        rows = _band_rows(g, threads, itemsize)
-        if not _im2col_fits(g, rows):  # tiles cut thinner (one row fits: checked by _check_fits)
-            rows = 1
-        tiles = rows, _tile_images(g, rows, threads, itemsize)
-        if len(_tiles_of) >= 4096:
-            _tiles_of.clear()
-        _tiles_of[key] = tiles
-    return tiles
+    """Output rows and images of an im2col tile."""
+    return _tiles_for(g, threads, itemsize, _column_tile_bytes)
 
 
-_tiles_of = {}  # (geometry, threads, itemsize, tile bytes) -> (rows, images)
+@functools.lru_cache(maxsize=4096)  # a small call's set-up costs as much as its kernel
+def _tiles_for(g, threads, itemsize, tile_bytes):
+    """``_tiles`` under column tile bytes ``tile_bytes`` (the value ``_band_rows`` and
+    ``_tile_images`` read: a key of the cache)."""
+    rows = _band_rows(g, threads, itemsize)
+    if not _im2col_fits(g, rows):  # tiles cut thinner (one row fits: checked by _check_fits)
+        rows = 1
+    return rows, _tile_images(g, rows, threads, itemsize)
 
 
 def im2col_backward(dy, x, w, g, outs):
