@@ -40,7 +40,15 @@ class Conv2dGeometry(ImageBatch):
     input_grad: bool = True
 
     # The derived sizes are read several times a call by the kernel wrappers, and on every call of
-    # a layer's kept plan (the geometry is the same object): computed once.
+    # a layer's kept plan (the geometry is the same object): computed once. So is the hash, which
+    # keys the CPU wrappers' caches of tilings and size checks on every call.
+    def __hash__(self):
+        return self._hash
+
+    @cached_property
+    def _hash(self):
+        return hash(tuple(getattr(self, name) for name in self.__dataclass_fields__))
+
     @cached_property
     def Cg(self):
         """Input channels per group."""

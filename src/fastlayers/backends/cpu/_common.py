@@ -16,7 +16,8 @@ _caches = weakref.WeakSet()  # every thread's cache, for release_workspaces()
 
 
 class _Cache:
-    """One Python thread's workspaces: ``buffers``, slot -> uint8 buffer (ALIGNMENT-aligned)."""
+    """One Python thread's workspaces: ``buffers``, slot -> (uint8 buffer, ALIGNMENT-aligned; the
+    typed view of it the last call used, handed out again to a call of the same shape and dtype)."""
 
     __slots__ = ("buffers", "__weakref__")
 
@@ -35,32 +36,36 @@ class workspace:
     its own, so it can never overwrite the interrupted call's partial results. Contents are
     undefined, the first element ALIGNMENT-aligned. ``release_workspaces()`` drops what is cached."""
 
-    __slots__ = ("_slot", "_shape", "_dtype", "_buf")
+    __slots__ = ("_slot", "_shape", "_dtype", "_entry")
 
     def __init__(self, slot, shape, dtype):
-        self._slot, self._shape, self._dtype = slot, shape, np.dtype(dtype)
+        self._slot, self._shape, self._dtype = slot, shape, dtype
 
     def __enter__(self):
         cache = getattr(_local, "cache", None)
         if cache is None:
             cache = _local.cache = _Cache()
             _caches.add(cache)
-        cache = cache.buffers
-        size = math.prod(self._shape) * self._dtype.itemsize  # Python ints: exact, and numpy.prod costs microseconds
-        buf = cache.pop(self._slot, None)  # one C call: atomic for signal handlers and threads
+        entry = cache.buffers.pop(self._slot, None)  # one C call: atomic for signal handlers and threads
+        if entry is not None and entry[1].shape == self._shape and entry[1].dtype == self._dtype:
+            self._entry = entry  # a small call's set-up costs as much as its kernel: no new view
+            return entry[1]
+        dtype = np.dtype(self._dtype)
+        size = math.prod(self._shape) * dtype.itemsize  # Python ints: exact, and numpy.prod costs microseconds
+        buf = None if entry is None else entry[0]
         if buf is None or buf.size < size:
             raw = np.empty(size + ALIGNMENT, dtype=np.uint8)
             start = -raw.ctypes.data % ALIGNMENT
             buf = raw[start:start + size]  # cached aligned, so that a reuse costs no address lookup
-        self._buf = buf
-        return buf[:size].view(self._dtype).reshape(self._shape)
+        self._entry = (buf, buf[:size].view(dtype).reshape(self._shape))
+        return self._entry[1]
 
     def __exit__(self, *exc):
         cache = _local.cache.buffers
         kept = cache.get(self._slot)
-        if kept is None or kept.size < self._buf.size:  # keep the larger
-            cache[self._slot] = self._buf
-        self._buf = None
+        if kept is None or kept[0].size < self._entry[0].size:  # keep the larger
+            cache[self._slot] = self._entry
+        self._entry = None
         return False
 
 
@@ -70,9 +75,9 @@ def release_workspaces():
     released = 0
     for cache in list(_caches):
         for slot in list(cache.buffers):
-            buf = cache.buffers.pop(slot, None)
-            if buf is not None:
-                released += buf.nbytes
+            entry = cache.buffers.pop(slot, None)
+            if entry is not None:
+                released += entry[0].nbytes
     return released
 
 

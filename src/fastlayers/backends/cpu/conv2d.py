@@ -296,10 +296,7 @@ def im2col_forward(x, w, b, g, outs):
     threads = _forward_threads(x, w, b, g, y, "im2col")
     if threads is None:
         return (y,)
-    filters = _tile_filters(g, threads)
-    # Tiles of a part of the filters need no thinner bands: tiled as for one thread.
-    rows, images = _tiles(g, threads if filters == g.Fg else 1, x.dtype.itemsize)
-    size = g.K * rows * g.OW if images == 1 else (g.K + g.Fg) * images * rows * g.OW  # columns (and product)
+    rows, images, filters, size = _forward_tiles(g, threads, x.dtype.itemsize, _column_tile_bytes)
     with scratch("columns", (threads, size), x.dtype) as workspace:
         _im2col.conv2d_forward(contiguous(x), contiguous(w), contiguous(b), y, workspace, g, rows, images, filters,
                                threads)
@@ -313,6 +310,17 @@ def im2col_forward(x, w, b, g, outs):
 # band's columns itself (docs/performance.md).
 FILTER_SPLIT_RATIO = 4
 FILTER_SPLIT_MULTIPLE = 16  # filters a tile: whole blocks of OpenBLAS's AVX2 kernel rows
+
+
+@functools.lru_cache(maxsize=4096)  # a small call's set-up costs as much as its kernel
+def _forward_tiles(g, threads, itemsize, tile_bytes):
+    """An im2col forward tile's output rows, images and filters, and the workspace elements per
+    thread, under column tile bytes ``tile_bytes`` (a key of the cache, as for ``_tiles_for``)."""
+    filters = _tile_filters(g, threads)
+    # Tiles of a part of the filters need no thinner bands: tiled as for one thread.
+    rows, images = _tiles_for(g, threads if filters == g.Fg else 1, itemsize, tile_bytes)
+    size = g.K * rows * g.OW if images == 1 else (g.K + g.Fg) * images * rows * g.OW  # columns (and product)
+    return rows, images, filters, size
 
 
 def _tile_filters(g, threads):
