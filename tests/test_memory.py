@@ -105,3 +105,24 @@ def test_workspaces_start_on_a_cache_line():
     for shape in ((1000, 3), (7,), (1000, 3)):
         with workspace("test_alignment", shape, np.float32) as buf:
             assert buf.shape == shape and buf.ctypes.data % ALIGNMENT == 0
+
+
+def test_workspace_views_match_each_request_and_nested_calls_get_their_own():
+    """A slot's buffer is reused with the view of each request's shape and dtype (the last view
+    handed back as it is when they match), and a call made while the slot is checked out (as a
+    signal handler's or a finalizer's would be) gets a buffer that overlaps nothing of it."""
+    from fastlayers.backends.cpu._common import workspace
+
+    for shape, dtype in (((4, 6), np.float32), ((4, 6), np.float32), ((3, 2), np.float64), ((5,), np.uint8),
+                         ((4, 6), np.float32)):
+        with workspace("test_views", shape, dtype) as buf:
+            assert buf.shape == shape and buf.dtype == dtype and buf.flags.c_contiguous
+            buf[...] = 1
+            with workspace("test_views", shape, dtype) as inner:
+                assert inner.shape == shape and not np.shares_memory(buf, inner)
+                inner[...] = 2
+            assert np.all(buf == 1)
+    with workspace("test_views", (4, 6), np.float32) as first:
+        pass
+    with workspace("test_views", (4, 6), np.float32) as again:
+        assert again is first
