@@ -19,7 +19,7 @@ import pytest
 
 import fastlayers as fl
 from fastlayers.__main__ import _case_spec, main
-from fastlayers.benchmark import runner, timing, workloads
+from fastlayers.benchmark import report as report_module, runner, timing, workloads
 from fastlayers.benchmark.report import COLUMNS, format_table
 from fastlayers.benchmark import format_wide as benchmark_format_wide
 from fastlayers.cases import ALL_CASES, CASES_BY_NAME, LAYER_CASES, QUICK_CASES, Case, cases_named, expand_groups
@@ -223,6 +223,28 @@ def test_a_noisy_timer_is_flagged_unstable(durations, repeat, unstable):
     assert all(("!" in row.split()[7]) == bool(unstable) and ("?" in row.split()[7]) == (unstable is None)
                for row in rows)
     assert ("measurements unstable" in table) == bool(unstable)
+
+
+@pytest.mark.parametrize("coretype, isa, architecture, warns", [
+    ("Haswell", "x86-64-v4", "Haswell", True),  # AVX2 kernels forced on an AVX-512 CPU
+    (None, "x86-64-v4", "Haswell", False),  # OpenBLAS's own choice
+    ("Haswell", "x86-64-v3", "Haswell", False),  # the kernels the CPU runs anyway
+    ("SkylakeX", "x86-64-v4", "SkylakeX", False),
+])
+def test_a_forced_older_blas_core_is_warned_of(coretype, isa, architecture, warns):
+    machine = dict(load_average=0.0, usable_cpus=2, openblas_coretype=coretype, kernel_isa=isa,
+                   blas=[dict(internal_api="openblas", architecture=architecture)])
+    lines = report_module._blas_core_warning(machine)
+    assert len(lines) == warns
+    if warns:
+        assert "OPENBLAS_CORETYPE=Haswell" in lines[0] and "Haswell kernels" in lines[0]
+
+
+def test_the_machine_record_names_the_blas_core_setting(monkeypatch):
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Zen")
+    machine = timing.machine_info(1)
+    assert machine["openblas_coretype"] == "Zen"
+    assert machine["kernel_isa"] in ("x86-64-v4", "x86-64-v3", "baseline")
 
 
 def test_spread_of_known_rounds():

@@ -577,32 +577,32 @@ def test_concurrent_callers_keep_their_own_workspaces():
 
 
 def test_auto_heuristic():
-    """Forward with AVX-512: direct for kernels larger than 1x1 from DIRECT_MIN_FLOPS on and up
-    to DIRECT_MAX_TAPS taps, DIRECT_MIN_PLANES images and DIRECT_MIN_WIDTH columns, im2col for
-    1x1, tiny, long, narrow and few-image convolutions. With AVX2: winograd, forward and
-    backward, for 3x3 stride-1 kernels with at least WINOGRAD_MIN_TILES output tiles and
-    WINOGRAD_MIN_CHANNELS channels a group each way (the backward with dx and paddings up to 2);
-    else direct forward for short contractions (DIRECT_MAX_TAPS["x86-64-v3"]) over at least
+    """With AVX-512 or AVX2: winograd, forward and backward, for 3x3 stride-1 kernels with at
+    least WINOGRAD_MIN_TILES output tiles and WINOGRAD_MIN_CHANNELS channels a group each way (the
+    backward with dx and paddings up to 2). Else, forward with AVX-512: direct for kernels larger
+    than 1x1 from DIRECT_MIN_FLOPS on and up to DIRECT_MAX_TAPS taps, DIRECT_MIN_PLANES images
+    and DIRECT_MIN_WIDTH columns, im2col for 1x1, tiny, long, narrow and few-image convolutions;
+    with AVX2: direct forward for short contractions (DIRECT_MAX_TAPS["x86-64-v3"]) over at least
     DIRECT_MIN_ROWS output rows, even of one image; im2col otherwise. Backward: im2col (or
     winograd)."""
     cases = [  # forward with AVX-512, with AVX2
         ((1, 1, 8, 8), (4, 1, 3, 3), {}, "im2col", "im2col"),  # tiny: set-up dominates
         ((32, 3, 32, 32), (32, 3, 3, 3), dict(padding=1), "direct", "direct"),  # cifar-stem: 3 channels
         ((32, 1, 28, 28), (8, 1, 5, 5), {}, "direct", "direct"),  # lenet
-        ((32, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "direct", "winograd"),  # resnet-56
-        ((8, 256, 14, 14), (256, 256, 3, 3), dict(padding=1), "im2col", "winograd"),  # resnet-14: 2304 taps
+        ((32, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "winograd", "winograd"),  # resnet-56
+        ((8, 256, 14, 14), (256, 256, 3, 3), dict(padding=1), "winograd", "winograd"),  # resnet-14: 2304 taps
         ((1, 128, 28, 28), (128, 128, 3, 3), dict(padding=1), "im2col", "im2col"),  # one image: 49 tiles
-        ((1, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "im2col", "winograd"),  # one image: 196 tiles
-        ((32, 64, 8, 8), (128, 64, 3, 3), dict(padding=1), "im2col", "winograd"),  # VGG's 8x8 stage
-        ((32, 16, 32, 32), (16, 16, 3, 3), dict(padding=1), "direct", "winograd"),  # 16 channels
-        ((32, 64, 8, 8), (128, 16, 3, 3), dict(padding=1, groups=4), "im2col", "winograd"),  # 16 a group
+        ((1, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "winograd", "winograd"),  # one image: 196 tiles
+        ((32, 64, 8, 8), (128, 64, 3, 3), dict(padding=1), "winograd", "winograd"),  # VGG's 8x8 stage
+        ((32, 16, 32, 32), (16, 16, 3, 3), dict(padding=1), "winograd", "winograd"),  # 16 channels
+        ((32, 64, 8, 8), (128, 16, 3, 3), dict(padding=1, groups=4), "winograd", "winograd"),  # 16 a group
         ((32, 64, 8, 8), (128, 8, 3, 3), dict(padding=1, groups=8), "im2col", "im2col"),  # 8 a group, 8 wide
         ((32, 8, 16, 16), (16, 8, 3, 3), dict(padding=1), "direct", "direct"),  # 8 input channels: 72 taps
         ((16, 64, 56, 56), (128, 64, 1, 1), dict(stride=2), "im2col", "im2col"),  # down-1x1
         ((8, 64, 56, 56), (64, 64, 1, 1), {}, "im2col", "im2col"),  # pointwise
         ((8, 64, 56, 56), (64, 64, 3, 3), dict(stride=2, padding=1), "direct", "im2col"),  # stride 2: 576 taps
         ((1, 3, 224, 224), (64, 3, 7, 7), dict(stride=2, padding=3), "im2col", "direct"),  # ResNet stem, batch 1
-        ((1, 16, 64, 64), (32, 16, 3, 3), dict(padding=1), "im2col", "winograd"),  # batch 1: 256 tiles
+        ((1, 16, 64, 64), (32, 16, 3, 3), dict(padding=1), "winograd", "winograd"),  # batch 1: 256 tiles
         ((1, 8, 64, 64), (32, 8, 3, 3), dict(padding=1), "im2col", "direct"),  # batch 1, 64 rows, 72 taps
         ((1, 32, 16, 16), (64, 32, 3, 3), dict(padding=1), "im2col", "im2col"),  # batch 1, 16 rows
     ]
@@ -615,9 +615,9 @@ def test_auto_heuristic():
         args = (params.get("stride", 1), params.get("padding", 0), 1, params.get("groups", 1), "zeros")
         problems = (CONV2D.forward(x, w, None, *args), CONV2D.backward(dy, x, w, *args),
                     CONV2D.backward(dy, x, w, *args, input_grad=False))
-        expected = {"x86-64-v4": [forward_v4, "im2col", "im2col"],
-                    "x86-64-v3": [forward_v3, forward_v3 if forward_v3 == "winograd" else "im2col", "im2col"],
-                    "baseline": ["im2col"] * 3}
+        expected = {isa: [forward, forward if forward == "winograd" else "im2col", "im2col"]
+                    for isa, forward in (("x86-64-v4", forward_v4), ("x86-64-v3", forward_v3))}
+        expected["baseline"] = ["im2col"] * 3
         assert [_dispatch.select_kernel(CONV2D, p, None).algo for p in problems] == expected[isa], x_shape
         for other in expected:
             assert [cpu_conv2d.choose_algo(p, other) for p in problems] == expected[other], (x_shape, other)

@@ -51,6 +51,7 @@ def _legend(report):
         f"copy {roofs['copy_gbs']:.1f} GB/s; % roof = rate / roof",
         allocator_line(settings["allocator"]),
         *_load_warning(report["machine"]),
+        *_blas_core_warning(report["machine"]),
         "every row allocates its outputs on each call, as PyTorch does; +out: fastlayers writing into "
         "preallocated out= buffers instead",
         "vs best other = median of the fastest other backend (allocating) / this median (> 1: this one is faster)",
@@ -145,6 +146,25 @@ def _load_warning(machine):
         return []
     return [f"warning: load average {load:.1f} on {machine['usable_cpus']} CPUs when the run started: "
             "other processes competed for the CPUs, figures are slower and noisier than this machine can do"]
+
+
+# OpenBLAS's kernels for AVX-512 CPUs (its DYNAMIC_ARCH core names).
+AVX512_OPENBLAS_CORES = frozenset({"SkylakeX", "Cooperlake", "SapphireRapids"})
+
+
+def _blas_core_warning(machine):
+    """A warning when OPENBLAS_CORETYPE holds OpenBLAS (NumPy's, and the one fastlayers' GEMM
+    paths call) to kernels older than an AVX-512 CPU runs: those paths then run at about half
+    the speed the CPU can do, while PyTorch, ONNX Runtime and OpenVINO never read the variable."""
+    forced = machine.get("openblas_coretype")
+    slower = sorted({b["architecture"] for b in machine["blas"]
+                     if b.get("architecture") and b["architecture"] not in AVX512_OPENBLAS_CORES})
+    if not forced or machine.get("kernel_isa") != "x86-64-v4" or not slower:
+        return []
+    return [f"warning: OPENBLAS_CORETYPE={forced} runs OpenBLAS's {'/'.join(slower)} kernels on this AVX-512 CPU: "
+            "fastlayers' GEMM-based paths (im2col, linear, the recurrent weight gradients) and NumPy's run at "
+            "about half speed, the other engines are unaffected; unset OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE "
+            "for this command to measure what the CPU can do"]
 
 
 def _key(r):

@@ -222,11 +222,21 @@ def machine_info(threads):
         # Other processes' load at the start of the run: above the usable CPUs, figures are disturbed.
         "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "blas": blas,
+        # OpenBLAS runs the kernels this names (e.g. Haswell: AVX2) whatever the CPU supports.
+        "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
+        "kernel_isa": _kernel_isa(),
         "gpus": _gpu_names(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "versions": {d: _version(d) for d in ("fastlayers", "numpy", "scipy", "numba", "numba-cuda", "torch")},
     }
+
+
+def _kernel_isa():
+    """The instruction set fastlayers' C kernels picked on this CPU (target_clones.h)."""
+    from .._cpu import conv2d_direct
+
+    return conv2d_direct.vector_isa()
 
 
 def machine_line(machine):

@@ -168,14 +168,14 @@ DIRECT_MIN_ROWS = {"x86-64-v4": 0, "x86-64-v3": 64}  # output rows of all planes
 DIRECT_MIN_WIDTH = 16  # output columns: a vector of float32 (AVX-512), two (AVX2)
 DIRECT_FAST_ISAS = frozenset(DIRECT_MAX_TAPS)  # instruction sets where the direct forward can win
 # Winograd F(4x4, 3x3) (3x3 kernels, stride 1; dilated ones by their phases) against im2col,
-# measured with AVX2 only (docs/performance.md): its fixed costs (the filter transform, each task's pass over the 36
+# measured with AVX2 (Zen 3) and AVX-512 (Zen 5) (docs/performance.md): its fixed costs (the filter transform, each task's pass over the 36
 # transformed filters) scale with Cg x Fg as its savings do with tiles x Cg x Fg, so it needs a
 # number of tiles (under 128, two threads, the gains are mixed: 0.6-1.4x im2col's time); and its
 # transforms (per input and output element) must be spread over enough channels: with 16 a
 # group it takes 0.6-0.9x im2col's time, with 8 0.8-1.1x, with 3 1.5-2x.
 WINOGRAD_MIN_TILES = 128  # 4x4 output tiles of the batch
 WINOGRAD_MIN_CHANNELS = 16  # input and output channels per group
-WINOGRAD_FAST_ISAS = frozenset({"x86-64-v3"})  # where the rule was measured
+WINOGRAD_FAST_ISAS = frozenset({"x86-64-v4", "x86-64-v3"})  # where the rule was measured
 
 
 def _winograd_wins(g, direction, isa):
