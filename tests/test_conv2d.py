@@ -581,33 +581,34 @@ def test_auto_heuristic():
     least WINOGRAD_MIN_TILES output tiles and WINOGRAD_MIN_CHANNELS channels a group each way (the
     backward with dx and paddings up to 2). Else, forward with AVX-512: direct for kernels larger
     than 1x1 from DIRECT_MIN_FLOPS on and up to DIRECT_MAX_TAPS taps, DIRECT_MIN_PLANES images
-    and DIRECT_MIN_WIDTH columns, im2col for 1x1, tiny, long, narrow and few-image convolutions;
+    (Intel) or DIRECT_MIN_ROWS output rows (AMD) and DIRECT_MIN_WIDTH columns, im2col for 1x1,
+    tiny, long, narrow and few-image convolutions;
     with AVX2: direct forward for short contractions (DIRECT_MAX_TAPS["x86-64-v3"]) over at least
     DIRECT_MIN_ROWS output rows, even of one image; im2col otherwise. Backward: im2col (or
     winograd)."""
-    cases = [  # forward with AVX-512, with AVX2
-        ((1, 1, 8, 8), (4, 1, 3, 3), {}, "im2col", "im2col"),  # tiny: set-up dominates
-        ((32, 3, 32, 32), (32, 3, 3, 3), dict(padding=1), "direct", "direct"),  # cifar-stem: 3 channels
-        ((32, 1, 28, 28), (8, 1, 5, 5), {}, "direct", "direct"),  # lenet
-        ((32, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "winograd", "winograd"),  # resnet-56
-        ((8, 256, 14, 14), (256, 256, 3, 3), dict(padding=1), "winograd", "winograd"),  # resnet-14: 2304 taps
-        ((1, 128, 28, 28), (128, 128, 3, 3), dict(padding=1), "im2col", "im2col"),  # one image: 49 tiles
-        ((1, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "winograd", "winograd"),  # one image: 196 tiles
-        ((32, 64, 8, 8), (128, 64, 3, 3), dict(padding=1), "winograd", "winograd"),  # VGG's 8x8 stage
-        ((32, 16, 32, 32), (16, 16, 3, 3), dict(padding=1), "winograd", "winograd"),  # 16 channels
-        ((32, 64, 8, 8), (128, 16, 3, 3), dict(padding=1, groups=4), "winograd", "winograd"),  # 16 a group
-        ((32, 64, 8, 8), (128, 8, 3, 3), dict(padding=1, groups=8), "im2col", "im2col"),  # 8 a group, 8 wide
-        ((32, 8, 16, 16), (16, 8, 3, 3), dict(padding=1), "direct", "direct"),  # 8 input channels: 72 taps
-        ((16, 64, 56, 56), (128, 64, 1, 1), dict(stride=2), "im2col", "im2col"),  # down-1x1
-        ((8, 64, 56, 56), (64, 64, 1, 1), {}, "im2col", "im2col"),  # pointwise
-        ((8, 64, 56, 56), (64, 64, 3, 3), dict(stride=2, padding=1), "direct", "im2col"),  # stride 2: 576 taps
-        ((1, 3, 224, 224), (64, 3, 7, 7), dict(stride=2, padding=3), "im2col", "direct"),  # ResNet stem, batch 1
-        ((1, 16, 64, 64), (32, 16, 3, 3), dict(padding=1), "winograd", "winograd"),  # batch 1: 256 tiles
-        ((1, 8, 64, 64), (32, 8, 3, 3), dict(padding=1), "im2col", "direct"),  # batch 1, 64 rows, 72 taps
-        ((1, 32, 16, 16), (64, 32, 3, 3), dict(padding=1), "im2col", "im2col"),  # batch 1, 16 rows
+    cases = [  # forward with AVX-512 (Intel, AMD), with AVX2
+        ((1, 1, 8, 8), (4, 1, 3, 3), {}, "im2col", "im2col", "im2col"),  # tiny: set-up dominates
+        ((32, 3, 32, 32), (32, 3, 3, 3), dict(padding=1), "direct", "direct", "direct"),  # cifar-stem: 3 channels
+        ((32, 1, 28, 28), (8, 1, 5, 5), {}, "direct", "direct", "direct"),  # lenet
+        ((32, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "winograd", "winograd", "winograd"),  # resnet-56
+        ((8, 256, 14, 14), (256, 256, 3, 3), dict(padding=1), "winograd", "winograd", "winograd"),  # resnet-14: 2304 taps
+        ((1, 128, 28, 28), (128, 128, 3, 3), dict(padding=1), "im2col", "im2col", "im2col"),  # one image: 49 tiles
+        ((1, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "winograd", "winograd", "winograd"),  # one image: 196 tiles
+        ((32, 64, 8, 8), (128, 64, 3, 3), dict(padding=1), "winograd", "winograd", "winograd"),  # VGG's 8x8 stage
+        ((32, 16, 32, 32), (16, 16, 3, 3), dict(padding=1), "winograd", "winograd", "winograd"),  # 16 channels
+        ((32, 64, 8, 8), (128, 16, 3, 3), dict(padding=1, groups=4), "winograd", "winograd", "winograd"),  # 16 a group
+        ((32, 64, 8, 8), (128, 8, 3, 3), dict(padding=1, groups=8), "im2col", "im2col", "im2col"),  # 8 a group, 8 wide
+        ((32, 8, 16, 16), (16, 8, 3, 3), dict(padding=1), "direct", "direct", "direct"),  # 8 input channels: 72 taps
+        ((16, 64, 56, 56), (128, 64, 1, 1), dict(stride=2), "im2col", "im2col", "im2col"),  # down-1x1
+        ((8, 64, 56, 56), (64, 64, 1, 1), {}, "im2col", "im2col", "im2col"),  # pointwise
+        ((8, 64, 56, 56), (64, 64, 3, 3), dict(stride=2, padding=1), "direct", "direct", "im2col"),  # stride 2: 576 taps
+        ((1, 3, 224, 224), (64, 3, 7, 7), dict(stride=2, padding=3), "im2col", "direct", "direct"),  # ResNet stem, batch 1
+        ((1, 16, 64, 64), (32, 16, 3, 3), dict(padding=1), "winograd", "winograd", "winograd"),  # batch 1: 256 tiles
+        ((1, 8, 64, 64), (32, 8, 3, 3), dict(padding=1), "im2col", "direct", "direct"),  # batch 1, 64 rows, 72 taps
+        ((1, 32, 16, 16), (64, 32, 3, 3), dict(padding=1), "im2col", "im2col", "im2col"),  # batch 1, 16 rows
     ]
-    isa = cpu_conv2d._direct.vector_isa()
-    for x_shape, w_shape, params, forward_v4, forward_v3 in cases:
+    isa = cpu_conv2d.rule_isa()
+    for x_shape, w_shape, params, forward_v4, forward_v4_amd, forward_v3 in cases:
         g = conv2d_geometry(x_shape, w_shape, **params)
         assert g.flops >= cpu_conv2d.DIRECT_MIN_FLOPS or forward_v4 == "im2col"
         x, w = np.zeros(x_shape, np.float32), np.zeros(w_shape, np.float32)
@@ -616,12 +617,13 @@ def test_auto_heuristic():
         problems = (CONV2D.forward(x, w, None, *args), CONV2D.backward(dy, x, w, *args),
                     CONV2D.backward(dy, x, w, *args, input_grad=False))
         expected = {isa: [forward, forward if forward == "winograd" else "im2col", "im2col"]
-                    for isa, forward in (("x86-64-v4", forward_v4), ("x86-64-v3", forward_v3))}
+                    for isa, forward in (("x86-64-v4", forward_v4), ("x86-64-v4-amd", forward_v4_amd),
+                                         ("x86-64-v3", forward_v3))}
         expected["baseline"] = ["im2col"] * 3
         assert [_dispatch.select_kernel(CONV2D, p, None).algo for p in problems] == expected[isa], x_shape
         for other in expected:
             assert [cpu_conv2d.choose_algo(p, other) for p in problems] == expected[other], (x_shape, other)
-    assert isa in ("x86-64-v4", "x86-64-v3", "baseline")
+    assert isa in ("x86-64-v4", "x86-64-v4-amd", "x86-64-v3", "baseline")
     # the winograd backward declines paddings past 2: auto does not ask it
     g = conv2d_geometry((32, 64, 28, 28), (64, 64, 3, 3), padding=3)
     assert [_auto(g, d, "x86-64-v3") for d in ("forward", "backward")] == ["winograd", "im2col"]
@@ -648,7 +650,7 @@ def test_auto_runs_an_algorithm_that_fits():
     assert _auto(wide_stride, "forward") == "im2col"
     # An image of 2**31 + 2**21 cells: H*W past a C int for im2col; direct copies a few rows of it.
     tall = conv2d_geometry((1, 1, 2049, 2**20), (8, 1, 3, 3))
-    for isa in ("x86-64-v4", "x86-64-v3", "baseline"):  # whatever its speed, the one that runs
+    for isa in ("x86-64-v4", "x86-64-v4-amd", "x86-64-v3", "baseline"):  # whatever its speed, the one that runs
         assert [_auto(tall, d, isa) for d in ("forward", "backward")] == ["direct", "direct"]
     # Too large for both: direct's error, suggesting nothing.
     both = conv2d_geometry((1, 1, 2**16, 2**16), (1, 1, 3, 3), stride=(1, 2**20), dilation=(1, 2**20),

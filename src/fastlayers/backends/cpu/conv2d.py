@@ -153,18 +153,19 @@ def _check_fits(g, algo, direction):
 # than the GEMM). On 1x1 kernels the column matrix is the input or a strided subsample of it, so
 # the GEMM wins. Small calls are decided by the per-call set-up, which is im2col's smaller; with
 # few output rows in all (batch 1 and small planes) the direct tasks, bands of rows each copying
-# the input rows it reads, get thin (on AVX-512 it needed 8 images even on large planes). Its
+# the input rows it reads, get thin (on Intel's AVX-512 it needed 8 images even on large planes;
+# on AMD's Zen 5, with 2 MiB of L2 a core, 64 rows of one image pay as with AVX2). Its
 # rows are vectors along the output columns: on planes narrower than one (8x8: VGG's third
 # stage) much of each vector is idle and im2col wins. Winograd, where it applies, beats both. The
 # direct backward (its dx, with im2col's dw) ran 0.8-2x im2col's time, faster only on some
 # batch-1 planes. Without AVX2 (SSE2 only) the block spills and runs 10-40x slower than im2col.
 # The depthwise loops (one input channel per group) beat both on large planes, where each
 # plane's taps are long vector passes; on small planes the direct kernel's blocks win, and
-# backward im2col. By instruction set, where measured:
+# backward im2col. By instruction set ("-amd": on AMD's CPUs, where they differ), where measured:
 DIRECT_MIN_FLOPS = 400_000
-DIRECT_MAX_TAPS = {"x86-64-v4": 2048, "x86-64-v3": 160}  # taps per output, C/groups * KH * KW
-DIRECT_MIN_PLANES = {"x86-64-v4": 8, "x86-64-v3": 1}  # images x groups
-DIRECT_MIN_ROWS = {"x86-64-v4": 0, "x86-64-v3": 64}  # output rows of all planes, N * groups * OH
+DIRECT_MAX_TAPS = {"x86-64-v4": 2048, "x86-64-v4-amd": 2048, "x86-64-v3": 160}  # taps per output, C/groups * KH * KW
+DIRECT_MIN_PLANES = {"x86-64-v4": 8, "x86-64-v4-amd": 1, "x86-64-v3": 1}  # images x groups
+DIRECT_MIN_ROWS = {"x86-64-v4": 0, "x86-64-v4-amd": 64, "x86-64-v3": 64}  # output rows of all planes, N * groups * OH
 DIRECT_MIN_WIDTH = 16  # output columns: a vector of float32 (AVX-512), two (AVX2)
 DIRECT_FAST_ISAS = frozenset(DIRECT_MAX_TAPS)  # instruction sets where the direct forward can win
 # Winograd F(4x4, 3x3) (3x3 kernels, stride 1; dilated ones by their phases) against im2col,
@@ -175,7 +176,25 @@ DIRECT_FAST_ISAS = frozenset(DIRECT_MAX_TAPS)  # instruction sets where the dire
 # group it takes 0.6-0.9x im2col's time, with 8 0.8-1.1x, with 3 1.5-2x.
 WINOGRAD_MIN_TILES = 128  # 4x4 output tiles of the batch
 WINOGRAD_MIN_CHANNELS = 16  # input and output channels per group
-WINOGRAD_FAST_ISAS = frozenset({"x86-64-v4", "x86-64-v3"})  # where the rule was measured
+# Measured on the AMD CPUs; Intel's AVX-512 by the same rule, unmeasured there.
+WINOGRAD_FAST_ISAS = frozenset({"x86-64-v4", "x86-64-v4-amd", "x86-64-v3"})
+
+
+@functools.lru_cache(maxsize=1)
+def rule_isa():
+    """The key of auto's tables for this CPU: the instruction set the direct kernel's loader picked
+    ("x86-64-v4", "x86-64-v3" or "baseline"), "x86-64-v4-amd" for AVX-512 on an AMD CPU."""
+    isa = _direct.vector_isa()
+    return isa + "-amd" if isa == "x86-64-v4" and _cpu_vendor() == "AuthenticAMD" else isa
+
+
+def _cpu_vendor():
+    """/proc/cpuinfo's vendor_id ("GenuineIntel", "AuthenticAMD"), or "" where there is none."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), "")
+    except OSError:
+        return ""
 
 
 def _winograd_wins(g, direction, isa):
@@ -194,8 +213,7 @@ def _winograd_wins(g, direction, isa):
 def choose_algo(problem, isa=None):
     """``algo="auto"``: the one algorithm that can run when the other cannot (im2col's BLAS sizes
     past a C int, direct's scratch past ``DIRECT_MAX_SCRATCH_BYTES``); otherwise, on a CPU whose
-    instruction set ``isa`` (default: the running one, as the direct kernel's loader picked it)
-    is in ``WINOGRAD_FAST_ISAS``, "winograd" forward and backward (with dx) for 3x3 kernels at
+    instruction set ``isa`` (default: the running one's, ``rule_isa``) is in ``WINOGRAD_FAST_ISAS``, "winograd" forward and backward (with dx) for 3x3 kernels at
     stride 1 (dilated ones by their phases' undilated geometry, ``dilation_phases``) with at
     least ``WINOGRAD_MIN_TILES`` 4x4 output tiles and ``WINOGRAD_MIN_CHANNELS`` input and output
     channels per group (backward: paddings up to 2);
@@ -212,7 +230,7 @@ def choose_algo(problem, isa=None):
         return "direct"
     if _direct_scratch_bytes(g, direction) > DIRECT_MAX_SCRATCH_BYTES:
         return "im2col"
-    isa = _direct.vector_isa() if isa is None else isa
+    isa = rule_isa() if isa is None else isa
     if _winograd_wins(g, direction, isa):
         return "winograd"
     if (direction == "forward" and isa in DIRECT_FAST_ISAS and g.KH * g.KW > 1 and g.K <= DIRECT_MAX_TAPS[isa]
