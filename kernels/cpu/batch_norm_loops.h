@@ -14,10 +14,12 @@
 #include "target_clones.h"
 
 #define FL_BN_PARTS 8
+/* conv2d_winograd.pyx takes the plane sum alone (its bias gradient). */
+#define FL_BN_MAYBE_UNUSED __attribute__((unused))
 
 /* sum of x[i] - shift: with shift the channel's mean, the sum of squares of deviations (square=1). */
 #define FL_BN_SUM(T)                                                                          \
-    FL_CLONES static double fl_bn_sum_##T(const T *x, ptrdiff_t n, double shift, int square)  \
+    FL_CLONES FL_BN_MAYBE_UNUSED static double fl_bn_sum_##T(const T *x, ptrdiff_t n, double shift, int square)  \
     {                                                                                         \
         double part[FL_BN_PARTS] = {0};                                                       \
         ptrdiff_t i = 0, k;                                                                   \
@@ -44,7 +46,7 @@
 
 /* sums[0] += sum of dy, sums[1] += sum of dy * (x - mean). */
 #define FL_BN_GRAD_SUMS(T)                                                                    \
-    FL_CLONES static void fl_bn_grad_sums_##T(const T *dy, const T *x, ptrdiff_t n, double mean, \
+    FL_CLONES FL_BN_MAYBE_UNUSED static void fl_bn_grad_sums_##T(const T *dy, const T *x, ptrdiff_t n, double mean, \
                                               double *sums)                                   \
     {                                                                                         \
         double s0[FL_BN_PARTS] = {0}, s1[FL_BN_PARTS] = {0};                                  \
@@ -67,7 +69,7 @@
 /* y = (x - mean) * scale + shift, elementwise in T: the forward, and (mean 0, shift 0) the
  * backward's input gradient in eval mode. */
 #define FL_BN_AFFINE(T)                                                                       \
-    FL_CLONES static void fl_bn_affine_##T(const T *x, T *y, ptrdiff_t n, T mean, T scale, T shift) \
+    FL_CLONES FL_BN_MAYBE_UNUSED static void fl_bn_affine_##T(const T *x, T *y, ptrdiff_t n, T mean, T scale, T shift) \
     {                                                                                         \
         for (ptrdiff_t i = 0; i < n; i++)                                                     \
             y[i] = (x[i] - mean) * scale + shift;                                             \
@@ -75,7 +77,7 @@
 
 /* dx = a * dy + b * (x - mean) + c, elementwise in T: the input gradient in training mode. */
 #define FL_BN_GRAD_INPUT(T)                                                                   \
-    FL_CLONES static void fl_bn_grad_input_##T(const T *dy, const T *x, T *dx, ptrdiff_t n, T mean, \
+    FL_CLONES FL_BN_MAYBE_UNUSED static void fl_bn_grad_input_##T(const T *dy, const T *x, T *dx, ptrdiff_t n, T mean, \
                                                T a, T b, T c)                                 \
     {                                                                                         \
         for (ptrdiff_t i = 0; i < n; i++)                                                     \

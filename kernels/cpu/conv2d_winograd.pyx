@@ -18,6 +18,10 @@ from cython.parallel cimport prange, threadid
 from _blas cimport gemm, single_threaded_blas
 from _conv2d cimport Conv2dShape, conv2d_shape
 
+cdef extern from "batch_norm_loops.h" nogil:
+    double fl_bn_sum_float(const float* x, Py_ssize_t n, double shift, int square)
+    double fl_bn_sum_double(const double* x, Py_ssize_t n, double shift, int square)
+
 cdef extern from "winograd_f4x3.h" nogil:
     Py_ssize_t fl_wino_scratch(Py_ssize_t P)
     void fl_wino_filter_float(const float* w, float* U, Py_ssize_t plane, Py_ssize_t Cg)
@@ -181,3 +185,21 @@ def filters_grad(const floating[:, :, :, :, ::1] dU, floating[:, :, :, ::1] dw, 
         else:
             fl_wino_filter_grad_double(&dU[0, f // Fg, 0, f % Fg, 0], runs, groups * POSITIONS * Fg * Cg, Fg * Cg,
                                        Cg, &dw[f, 0, 0, 0])
+
+
+def bias_grad(const floating[:, :, ::1] dy, floating[::1] db, int num_threads):
+    """db[c] = the sum of dy[:, c, :] (N, C, cells of a plane): each plane summed in double
+    (batch_norm_loops.h), the planes in order, rounded once; a channel a task, so the bits do not
+    depend on the thread count. NumPy's sum over the same axes runs on one thread."""
+    cdef Py_ssize_t N = dy.shape[0], C = dy.shape[1], S = dy.shape[2], n, c
+    cdef double total
+    if db.shape[0] != C:
+        raise ValueError(f"db must have {C} entries, got {db.shape[0]}")
+    for c in prange(C, nogil=True, schedule="static", num_threads=num_threads):
+        total = 0
+        for n in range(N):
+            if floating is float:
+                total = total + fl_bn_sum_float(&dy[n, c, 0], S, 0.0, 0)
+            else:
+                total = total + fl_bn_sum_double(&dy[n, c, 0], S, 0.0, 0)
+        db[c] = <floating>total

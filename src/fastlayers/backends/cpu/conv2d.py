@@ -656,7 +656,7 @@ def _winograd_weight_grad(dy, x, g, dw, db, threads):
     with scratch("winograd", (threads, _winograd.workspace_size(g.Cg, g.Fg, rows, tiles_w)), x.dtype) as work:
         _winograd.conv2d_backward_weight(x, dy, dU, work, g, rows, threads)
     _winograd.filters_grad(dU, dw, threads_for(g.F * g.Cg * 36 * (runs + 9)))
-    db[...] = dy.sum(axis=(0, 2, 3), dtype=np.float64)
+    _winograd.bias_grad(dy.reshape(g.N, g.F, g.OH * g.OW), db, threads_for(dy.size))
 
 
 def _phased_winograd_backward(dy, x, w, g, outs):
