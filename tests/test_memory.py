@@ -126,3 +126,51 @@ def test_workspace_views_match_each_request_and_nested_calls_get_their_own():
         pass
     with workspace("test_views", (4, 6), np.float32) as again:
         assert again is first
+
+
+@pytest.mark.parametrize("algo, shape", [("winograd", (4, 16, 12, 12)), ("direct", (32, 3, 20, 20))])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_derived_weights_are_reused_only_while_the_weights_are_unchanged(algo, shape, dtype):
+    """The transformed (winograd) or packed (direct) filters a call derives from w are kept and
+    handed out again to calls on the same, unchanged w; a w changed in place (as an optimiser's
+    step changes it) is derived again, so every result is the reference's for the w of its call."""
+    import fastlayers as fl
+    from fastlayers.backends.cpu import _common
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape).astype(dtype)
+    w = rng.standard_normal((16, shape[1], 3, 3)).astype(dtype)
+    dy = rng.standard_normal((shape[0], 16) + shape[2:]).astype(dtype)
+    fl.release_workspaces()
+    rtol = 1e-4 if dtype == np.float32 else 1e-10
+    for step in range(3):
+        y = fl.conv2d(x, w, padding=1, algo=algo, backend="cpu")
+        kept = dict(_common._derived)
+        assert fl.conv2d(x, w, padding=1, algo=algo, backend="cpu").tobytes() == y.tobytes()
+        assert kept and all(_common._derived[k][1] is v[1] for k, v in kept.items())  # reused, not remade
+        np.testing.assert_allclose(y, fl.conv2d(x, w, padding=1, backend="numpy"), rtol=rtol, atol=rtol)
+        dx, _, _ = fl.conv2d_backward(dy, x, w, padding=1, algo=algo, backend="cpu")
+        np.testing.assert_allclose(dx, fl.conv2d_backward(dy, x, w, padding=1, backend="numpy")[0],
+                                   rtol=rtol, atol=rtol)
+        w -= 0.1 * rng.standard_normal(w.shape).astype(dtype)  # in place: the same array, new values
+    assert fl.release_workspaces() >= 2 * w.nbytes  # the copies of w at least
+    assert not _common._derived
+
+
+def test_derived_weights_stay_bounded():
+    from fastlayers.backends.cpu import _common
+
+    _common.release_workspaces()
+    arrays = [np.full(8, i, np.float32) for i in range(_common.DERIVED_MAX_ENTRIES + 5)]
+    for i, a in enumerate(arrays):
+        made = _common.derived("test", a, None, lambda: a * 2)
+        assert not made.flags.writeable and made[0] == 2 * i
+    assert 0 < len(_common._derived) <= _common.DERIVED_MAX_ENTRIES
+    big = np.zeros(_common.DERIVED_MAX_BYTES // 8, np.float32)  # the copy and the result pass the limit
+    _common.derived("test", big, None, lambda: big + 1)
+    _common.derived("test", big[1:], None, lambda: big[1:] + 1)
+    assert _common._derived_bytes() <= _common.DERIVED_MAX_BYTES
+    nan = np.full(4, np.nan, np.float32)
+    first = _common.derived("test", nan, None, lambda: nan + 1)
+    assert _common.derived("test", nan, None, lambda: nan + 1) is not first  # NaN never compares equal
+    _common.release_workspaces()

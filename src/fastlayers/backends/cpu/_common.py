@@ -69,10 +69,43 @@ class workspace:
         return False
 
 
+# What ``derived`` keeps: (kind, address, shape, strides, dtype, options) -> (a copy of the weight,
+# what was made from it). Bounded: past either limit the whole cache is dropped.
+_derived = {}
+DERIVED_MAX_ENTRIES = 32
+DERIVED_MAX_BYTES = 64 << 20
+
+
+def derived(kind, w, options, make):
+    """``make()``, the array a kernel derives from the weight array ``w`` (Winograd's transformed
+    filters, the direct kernel's packed ones), made once and handed out again, read only, to
+    calls on the same array (address, shape, strides, dtype, ``options``) while its contents equal
+    a copy kept of them: a weight changed in place (an optimiser's step) is compared unequal and
+    derived again, NaNs always are. The comparison is one pass over w and its copy, 5-10x cheaper
+    than the transforms (measured: docs/performance.md, "Derived weights kept")."""
+    key = (kind, w.__array_interface__["data"][0], w.shape, w.strides, w.dtype.str, options)
+    kept = _derived.get(key)
+    if kept is not None and np.array_equal(kept[0], w):
+        return kept[1]
+    result = make()
+    result.flags.writeable = False
+    entry = (w.copy(), result)
+    if len(_derived) >= DERIVED_MAX_ENTRIES or _derived_bytes() + entry[0].nbytes + result.nbytes > DERIVED_MAX_BYTES:
+        _derived.clear()
+    _derived[key] = entry
+    return result
+
+
+def _derived_bytes():
+    return sum(copy.nbytes + result.nbytes for copy, result in list(_derived.values()))
+
+
 def release_workspaces():
-    """``fastlayers.release_workspaces()``: empty every thread's cache. Buffers checked out by a
-    running call stay with it and are cached again when it returns. Returns the bytes released."""
-    released = 0
+    """``fastlayers.release_workspaces()``: empty every thread's cache and the derived weights.
+    Buffers checked out by a running call stay with it and are cached again when it returns.
+    Returns the bytes released."""
+    released = _derived_bytes()
+    _derived.clear()
     for cache in list(_caches):
         for slot in list(cache.buffers):
             entry = cache.buffers.pop(slot, None)

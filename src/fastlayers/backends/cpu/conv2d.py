@@ -45,7 +45,7 @@ from ..._cpu import conv2d_winograd as _winograd
 from ..._cpu import im2col as _im2col
 from ..._dispatch import threads_for
 from ...ops.conv2d import Conv2dGeometry, dilation_phases
-from ._common import BLAS_INT_MAX, contiguous
+from ._common import BLAS_INT_MAX, contiguous, derived
 from ._common import workspace as scratch
 
 # A tile's columns sized to sit in L2 (1-2 MiB per core) beside the gemm's packed panels; timings
@@ -300,10 +300,8 @@ def direct_forward(x, w, b, g, outs):
     bias = contiguous(b) if b is not None else np.zeros(g.F, dtype=x.dtype)
     packed_b = _pack_filters(bias.reshape(g.groups, g.Fg, 1))
     band, nbytes = _direct_band(g, False, x.dtype, threads)
-    # The packed weights in a workspace, as the other scratch: no allocation per call.
-    with scratch("packed filters", _packed_shape(g.groups, g.Fg, g.K), x.dtype) as packed_w, \
-            scratch("direct", (threads, nbytes), np.uint8) as work:
-        _pack_filters(contiguous(w).reshape(g.groups, g.Fg, -1), packed_w)
+    packed_w = derived("direct", w, g.groups, lambda: _pack_filters(contiguous(w).reshape(g.groups, g.Fg, -1)))
+    with scratch("direct", (threads, nbytes), np.uint8) as work:
         _direct.conv2d_forward(contiguous(x), packed_w, packed_b.reshape(packed_b.shape[:2] + (-1,)), y, work, g,
                                band, threads)
     return (y,)
@@ -367,8 +365,11 @@ def direct_backward(dy, x, w, g, outs):
     if dx is not None:
         G, Fg, Cg = g.groups, g.Fg, g.Cg
         # dx convolves dy with each group's filters flipped and transposed: (G, Cg, Fg*KH*KW)
-        flipped = contiguous(w).reshape(G, Fg, Cg, g.KH, g.KW)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
-        packed_wt = _pack_filters(flipped.reshape(G, Cg, -1))
+        def pack_flipped():
+            flipped = contiguous(w).reshape(G, Fg, Cg, g.KH, g.KW)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+            return _pack_filters(flipped.reshape(G, Cg, -1))
+
+        packed_wt = derived("direct input", w, G, pack_flipped)
         zeros = np.zeros((G, packed_wt.shape[1], _direct.FILTER_BLOCK), dtype=x.dtype)
         band, nbytes = _direct_band(g, True, x.dtype, threads)
         with scratch("direct", (threads, nbytes), np.uint8) as work:
@@ -544,12 +545,27 @@ _WINOGRAD_MIN_TILES = 32
 _WINOGRAD_MIN_TASKS = 2
 
 
-def _winograd_filters(w, g):
+def _transform_filters(w, g):
     """U (groups, 36, Fg, Cg) = G w G^T for every filter and channel, computed in float64 and
     rounded once to w's dtype (conv2d_winograd.pyx)."""
     U = np.empty((g.groups, 36, g.Fg, g.Cg), dtype=w.dtype)
     _winograd.transform_filters(contiguous(w), U, g.groups, threads_for(g.F * g.Cg * 36 * 9))
     return U
+
+
+def _winograd_filters(w, g):
+    """w's transformed filters, kept while w is unchanged (``derived``)."""
+    return derived("winograd", w, g.groups, lambda: _transform_filters(w, g))
+
+
+def _winograd_input_filters(w, g):
+    """The transformed filters of the data gradient's forward (``_winograd_input_geometry``): w
+    flipped 180 degrees with each group's in- and out-channels swapped; kept as ``_winograd_filters``."""
+    def transform():
+        flipped = contiguous(w).reshape(g.groups, g.Fg, g.Cg, 3, 3)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+        return _transform_filters(np.ascontiguousarray(flipped).reshape(g.C, g.Fg, 3, 3), _winograd_input_geometry(g))
+
+    return derived("winograd input", w, g.groups, transform)
 
 
 def _winograd_band(g):
@@ -566,13 +582,14 @@ def _winograd_band(g):
     return max(1, min(rows, tile_rows)), tiles_w
 
 
-def _winograd_run(x, w, b, g, y, threads):
-    """y = conv2d(x, w) + b by the F(4x4, 3x3) kernel: x, w, b finite, sizes checked non-degenerate."""
+def _winograd_run(x, U, b, g, y, threads):
+    """y = conv2d(x, w) + b by the F(4x4, 3x3) kernel on w's transformed filters U: x, w, b
+    finite, sizes checked non-degenerate."""
     rows, tiles_w = _winograd_band(g)
     if max(g.Fg, g.Cg, rows * tiles_w) > BLAS_INT_MAX:
         raise ValueError(f"conv2d sizes exceed what BLAS can index (C ints) for algo='winograd': {g}")
     with scratch("winograd", (threads, _winograd.workspace_size(g.Cg, g.Fg, rows, tiles_w)), x.dtype) as work:
-        _winograd.conv2d_forward(contiguous(x), _winograd_filters(w, g), contiguous(b), y, work, g, rows, threads)
+        _winograd.conv2d_forward(contiguous(x), U, contiguous(b), y, work, g, rows, threads)
 
 
 def _phase_split(a, dh, dw, out):
@@ -614,7 +631,7 @@ def winograd_forward(x, w, b, g, outs):
         return im2col_forward(x, w, b, g, outs)
     threads = _forward_threads(x, w, b, g, y, "winograd")
     if threads is not None:
-        _winograd_run(x, w, b, g, y, threads)
+        _winograd_run(x, _winograd_filters(w, g), b, g, y, threads)
     return (y,)
 
 
@@ -683,10 +700,8 @@ def winograd_backward(dy, x, w, g, outs):
         return im2col_backward(dy, x, w, g, outs)
     dyc = contiguous(dy)
     if dx is not None:
-        G = g.groups
-        flipped = contiguous(w).reshape(G, g.Fg, g.Cg, 3, 3)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
-        _winograd_run(dyc, np.ascontiguousarray(flipped).reshape(g.C, g.Fg, 3, 3), None,
-                      _winograd_input_geometry(g), dx, threads_for(g.flops // 2))
+        _winograd_run(dyc, _winograd_input_filters(w, g), None, _winograd_input_geometry(g), dx,
+                      threads_for(g.flops // 2))
     if _finite(x):
         _winograd_weight_grad(dyc, contiguous(x), g, dw, db, threads_for(g.flops // 2))
     else:  # a NaN of x spreads over its tiles' transforms: im2col's products are the reference's
