@@ -172,5 +172,10 @@ def test_derived_weights_stay_bounded():
     assert _common._derived_bytes() <= _common.DERIVED_MAX_BYTES
     nan = np.full(4, np.nan, np.float32)
     first = _common.derived("test", nan, None, lambda: nan + 1)
-    assert _common.derived("test", nan, None, lambda: nan + 1) is not first  # NaN never compares equal
+    assert _common.derived("test", nan, None, lambda: nan + 1) is first  # the same bits, NaN or not
+    zeros = np.zeros(4)
+    first = _common.derived("test", zeros, None, lambda: np.copysign(1, zeros[:1]))
+    zeros[0] = -0.0  # equal in value, not in bits: derived again (its sign is -1 now)
+    again = _common.derived("test", zeros, None, lambda: np.copysign(1, zeros[:1]))
+    assert again is not first and again[0] == -1
     _common.release_workspaces()

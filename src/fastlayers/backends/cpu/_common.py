@@ -79,13 +79,15 @@ DERIVED_MAX_BYTES = 64 << 20
 def derived(kind, w, options, make):
     """``make()``, the array a kernel derives from the weight array ``w`` (Winograd's transformed
     filters, the direct kernel's packed ones), made once and handed out again, read only, to
-    calls on the same array (address, shape, strides, dtype, ``options``) while its contents equal
-    a copy kept of them: a weight changed in place (an optimiser's step) is compared unequal and
-    derived again, NaNs always are. The comparison is one pass over w and its copy, 5-10x cheaper
-    than the transforms (measured: docs/performance.md, "Derived weights kept")."""
+    calls on the same array (address, shape, strides, dtype, ``options``) while its bits equal
+    those of a copy kept of them: a weight changed in place (an optimiser's step) is derived
+    again, and so is one whose zeros changed sign (bits, not values: results stay the same bit
+    for bit). The comparison is one pass over w and its copy, 5-10x cheaper than the transforms
+    (measured: docs/performance.md, "Derived weights kept")."""
     key = (kind, w.__array_interface__["data"][0], w.shape, w.strides, w.dtype.str, options)
     kept = _derived.get(key)
-    if kept is not None and np.array_equal(kept[0], w):
+    bits = np.dtype(f"u{w.dtype.itemsize}")
+    if kept is not None and np.array_equal(kept[0].view(bits), w.view(bits)):
         return kept[1]
     result = make()
     result.flags.writeable = False
