@@ -163,15 +163,18 @@ def _check_fits(g, algo, direction):
 # plane's taps are long vector passes; on small planes the direct kernel's blocks win, and
 # backward im2col. By instruction set ("-amd": on AMD's CPUs, where they differ), where measured:
 DIRECT_MIN_FLOPS = 400_000
-DIRECT_MAX_TAPS = {"x86-64-v4": 2048, "x86-64-v4-amd": 2048, "x86-64-v3": 160}  # taps per output, C/groups * KH * KW
+# taps per output, C/groups * KH * KW
+DIRECT_MAX_TAPS = {"x86-64-v4": 2048, "x86-64-v4-amd": 2048, "x86-64-v3": 160}
 DIRECT_MIN_PLANES = {"x86-64-v4": 8, "x86-64-v4-amd": 1, "x86-64-v3": 1}  # images x groups
-DIRECT_MIN_ROWS = {"x86-64-v4": 0, "x86-64-v4-amd": 64, "x86-64-v3": 64}  # output rows of all planes, N * groups * OH
+# output rows of all planes, N * groups * OH
+DIRECT_MIN_ROWS = {"x86-64-v4": 0, "x86-64-v4-amd": 64, "x86-64-v3": 64}
 DIRECT_MIN_WIDTH = 16  # output columns: a vector of float32 (AVX-512), two (AVX2)
 DIRECT_FAST_ISAS = frozenset(DIRECT_MAX_TAPS)  # instruction sets where the direct forward can win
 # Winograd F(4x4, 3x3) (3x3 kernels, stride 1; dilated ones by their phases) against im2col,
-# measured with AVX2 (Zen 3) and AVX-512 (Zen 5) (docs/performance.md): its fixed costs (the filter transform, each task's pass over the 36
-# transformed filters) scale with Cg x Fg as its savings do with tiles x Cg x Fg, so it needs a
-# number of tiles (under 128, two threads, the gains are mixed: 0.6-1.4x im2col's time); and its
+# measured with AVX2 (Zen 3) and AVX-512 (Zen 5) (docs/performance.md): its fixed costs (the
+# filter transform, each task's pass over the 36 transformed filters) scale with Cg x Fg as its
+# savings do with tiles x Cg x Fg, so it needs a number of tiles (under 128, two threads, the
+# gains are mixed: 0.6-1.4x im2col's time); and its
 # transforms (per input and output element) must be spread over enough channels: with 16 a
 # group it takes 0.6-0.9x im2col's time, with 8 0.8-1.1x, with 3 1.5-2x.
 WINOGRAD_MIN_TILES = 128  # 4x4 output tiles of the batch
@@ -213,9 +216,10 @@ def _winograd_wins(g, direction, isa):
 def choose_algo(problem, isa=None):
     """``algo="auto"``: the one algorithm that can run when the other cannot (im2col's BLAS sizes
     past a C int, direct's scratch past ``DIRECT_MAX_SCRATCH_BYTES``); otherwise, on a CPU whose
-    instruction set ``isa`` (default: the running one's, ``rule_isa``) is in ``WINOGRAD_FAST_ISAS``, "winograd" forward and backward (with dx) for 3x3 kernels at
-    stride 1 (dilated ones by their phases' undilated geometry, ``dilation_phases``) with at
-    least ``WINOGRAD_MIN_TILES`` 4x4 output tiles and ``WINOGRAD_MIN_CHANNELS`` input and output
+    instruction set ``isa`` (default: the running one's, ``rule_isa``) is in
+    ``WINOGRAD_FAST_ISAS``, "winograd" forward and backward (with dx) for 3x3 kernels at stride 1
+    (dilated ones by their phases' undilated geometry, ``dilation_phases``) with at least
+    ``WINOGRAD_MIN_TILES`` 4x4 output tiles and ``WINOGRAD_MIN_CHANNELS`` input and output
     channels per group (backward: paddings up to 2);
     else, for the forward on one in ``DIRECT_FAST_ISAS``, "direct" for kernels larger than 1x1
     with at most ``DIRECT_MAX_TAPS[isa]`` taps per output (C/groups * KH * KW), at least
