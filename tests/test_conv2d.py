@@ -8,7 +8,6 @@ import contextlib
 import importlib
 from dataclasses import replace
 import threading
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -156,18 +155,21 @@ def test_im2col_runs_of_same_width_rows(dtype, KH, KW, DH, H, W, N, groups, seed
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", ("row kernel", "filter-vector kernel"))
 @settings(max_examples=40, deadline=None)
-@given(G=st.integers(1, 3), O=st.integers(1, 20), K=st.integers(1, 30), transposed=st.booleans(),
+@given(G=st.integers(1, 3), O=st.integers(1, 40), K=st.integers(1, 30), transposed=st.booleans(),
        seed=st.integers(0, 2**32 - 1))
-def test_direct_filter_packing_is_the_blocked_transpose(dtype, G, O, K, transposed, seed):
-    """The direct kernel's packed weights (compiled): blocks of FILTER_BLOCK filters,
-    filter-fastest, zeros past the last filter, from C-ordered or strided weights."""
+def test_direct_filter_packing_is_the_blocked_transpose(kernel, dtype, G, O, K, transposed, seed):
+    """The direct kernels' packed weights (compiled): blocks of FILTER_BLOCK filters (the row
+    kernel's) or of two vectors (the filter-vector kernel's), filter-fastest, zeros past the last
+    filter, from C-ordered or strided weights."""
     from fastlayers._cpu import conv2d_direct
 
     rng = make_rng(seed)
     w = rng.standard_normal((G, K, O) if transposed else (G, O, K)).astype(dtype)
     w = w.transpose(0, 2, 1) if transposed else w
-    fb = conv2d_direct.FILTER_BLOCK
+    fb = (conv2d_direct.FILTER_BLOCK if kernel == "row kernel"
+          else conv2d_direct.FILTER_VECTOR_BYTES // np.dtype(dtype).itemsize)
     blocks = -(-O // fb)
     want = np.zeros((G, blocks * fb, K), dtype)
     want[:, :O] = w
@@ -202,6 +204,67 @@ def test_direct_kernels_of_each_vector_width_match_reference(vectors, dtype, con
         _check_against_reference(x, w, b, dy, params, "direct", dtype, f"{vectors} {x_shape} {w_shape} {params}")
     finally:
         direct.use_wide_vectors(previous)
+
+
+def _force_direct_kernel(monkeypatch, kernel):
+    """Make the direct forward and dx run ``kernel``: the filter-vector kernel on every problem it
+    runs (the slow baseline build of it where the CPU has no AVX-512), or the row kernel."""
+    from fastlayers._cpu import conv2d_direct
+
+    def fvec_scratch(g, backward_input, itemsize, threads):
+        if kernel == "row kernel" or not conv2d_direct.fvec_runs(g, backward_input):
+            return 0
+        return conv2d_direct.fvec_scratch_bytes(g, backward_input, itemsize, threads)
+
+    monkeypatch.setattr(cpu_conv2d, "_fvec_scratch", fvec_scratch)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", ("row kernel", "filter-vector kernel"))
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(config=st.one_of(conv2d_configs(), wide_conv2d_configs()), seed=st.integers(0, 2**32 - 1),
+       bias=st.booleans())
+def test_direct_row_and_filter_vector_kernels_match_reference(monkeypatch, kernel, dtype, config, seed, bias):
+    """Both inner kernels of the direct forward and dx, each forced where the other would run:
+    the filter-vector kernel's runs of 1-12 positions, partial filter blocks, paddings,
+    dilations and column strides 1-2 (and the row kernel's other strides, which it alone takes)."""
+    x_shape, w_shape, params = config
+    rng = make_rng(seed)
+    x, w = _uniform(rng, x_shape, dtype), _uniform(rng, w_shape, dtype)
+    b = _uniform(rng, (w_shape[0],), dtype) if bias else None
+    dy = _uniform(rng, conv2d_geometry(x_shape, w_shape, **params).y_shape, dtype)
+    _force_direct_kernel(monkeypatch, kernel)
+    _check_against_reference(x, w, b, dy, params, "direct", dtype, f"{kernel} {x_shape} {w_shape} {params}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "x_shape, w_shape, params",
+    [
+        ((1, 64, 7, 7), (96, 64, 3, 3), dict(padding=1)),
+        ((2, 6, 9, 30), (10, 3, 2, 3), dict(padding=(2, 0), dilation=2, groups=2)),
+        ((1, 5, 5, 13), (7, 5, 1, 1), {}),
+        ((1, 3, 23, 29), (40, 3, 7, 7), dict(stride=2, padding=3)),  # a ResNet stem, forward
+    ],
+)
+def test_direct_row_and_filter_vector_kernels_give_the_same_bits(monkeypatch, dtype, x_shape, w_shape, params):
+    """Where both run with AVX-512 each output is the bias plus its taps in the same order, with
+    the same fused multiply-adds: the kernel the backend picks does not change a bit."""
+    from fastlayers._cpu import conv2d_direct
+
+    if conv2d_direct.vector_isa() != "x86-64-v4":
+        pytest.skip("the two kernels round alike only where both run their AVX-512 builds")
+    rng = make_rng(3)
+    x, w, b = _uniform(rng, x_shape, dtype), _uniform(rng, w_shape, dtype), _uniform(rng, (w_shape[0],), dtype)
+    dy = _uniform(rng, conv2d_geometry(x_shape, w_shape, **params).y_shape, dtype)
+    results = {}
+    for kernel in ("row kernel", "filter-vector kernel"):
+        _force_direct_kernel(monkeypatch, kernel)
+        y = fl.conv2d(x, w, b, algo="direct", **params)
+        dx, _, _ = fl.conv2d_backward(dy, x, w, algo="direct", **params)
+        results[kernel] = (y, dx)
+    for want, got in zip(results["row kernel"], results["filter-vector kernel"]):
+        np.testing.assert_array_equal(got, want)
 
 
 # The benchmark cases' shapes at a reduced batch and size: long contractions (K = C * 9 up to

@@ -179,3 +179,39 @@ def test_derived_weights_stay_bounded():
     again = _common.derived("test", zeros, None, lambda: np.copysign(1, zeros[:1]))
     assert again is not first and again[0] == -1
     _common.release_workspaces()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("nbytes", [0, 1, 1000, (1 << 18) - 1, 1 << 18, 3 * (1 << 18) + 5])
+def test_same_bytes_finds_every_difference(nbytes, threads):
+    """The compiled comparison ``derived`` trusts: equal buffers, and a buffer differing in one
+    byte anywhere (first, last, either side of a chunk's edge) or in length."""
+    from fastlayers._cpu import bits
+
+    a = np.random.default_rng(nbytes).integers(0, 256, nbytes, dtype=np.uint8)
+    assert bits.same_bytes(a, a.copy(), threads)
+    chunk = 1 << 18
+    for at in sorted({0, nbytes - 1, chunk - 1, chunk, nbytes // 2} & set(range(nbytes))):
+        b = a.copy()
+        b[at] ^= 1
+        assert not bits.same_bytes(a, b, threads), at
+    with pytest.raises(ValueError, match="same length"):
+        bits.same_bytes(a, np.zeros(nbytes + 1, np.uint8), threads)
+    with pytest.raises(ValueError, match="num_threads"):
+        bits.same_bytes(a, a, 0)
+
+
+def test_derived_weights_compare_strided_weights_too():
+    """A weight that is a strided view is compared by NumPy (the compiled check needs C order):
+    reused while unchanged, derived again once changed."""
+    from fastlayers.backends.cpu import _common
+
+    _common.release_workspaces()
+    base = np.arange(24, dtype=np.float32).reshape(4, 6)
+    w = base[:, ::2]
+    first = _common.derived("test", w, None, lambda: w * 2)
+    assert _common.derived("test", w, None, lambda: w * 2) is first
+    base[3, 4] += 1
+    again = _common.derived("test", w, None, lambda: w * 2)
+    assert again is not first and again[3, 2] == 2 * base[3, 4]
+    _common.release_workspaces()

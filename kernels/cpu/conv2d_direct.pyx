@@ -16,7 +16,7 @@
 # the wrapper (backends/cpu/conv2d.py); the band copy reads only rows and columns checked to be
 # inside the input, and the kernel reads only inside the copy (RowConv says how wide it is).
 from cython cimport floating
-from cython.parallel cimport prange, threadid
+from cython.parallel cimport parallel, prange, threadid
 from libc.stddef cimport ptrdiff_t
 from libc.string cimport memcpy, memset
 
@@ -35,33 +35,44 @@ cdef extern from "conv2d_direct_simd.h" nogil:
     int fl_direct_wide_only
     int fl_direct_uses_avx2()
 
+cdef extern from "conv2d_direct_fvec.h" nogil:
+    enum: FL_FVEC_MAX_POSITIONS
+    void fl_fvec_block_float(const float* base, const ptrdiff_t* toff, ptrdiff_t ntaps,
+                             const float* wp, const float* bias, float* tmp, int np, int sw)
+    void fl_fvec_block_double(const double* base, const ptrdiff_t* toff, ptrdiff_t ntaps,
+                              const double* wp, const double* bias, double* tmp, int np, int sw)
+
 cdef extern from "target_clones.h" nogil:
     const char* fl_clone_isa()
 
 cdef enum:
     VECTOR_BYTES = 64  # one vector of the block kernel; a row segment is at most two
+    FVEC_BLOCK_BYTES = 128  # the filter-vector kernel's block of filters: two vectors
+    FVEC_TASKS_PER_THREAD = 8  # enough for dynamic scheduling to even out the threads' work
 
-FILTER_BLOCK = FL_FB  # filters per register block: the packed weights' last axis
+FILTER_BLOCK = FL_FB  # filters per register block of the row kernel: its packed weights' last axis
+FILTER_VECTOR_BYTES = FVEC_BLOCK_BYTES  # a block of the filter-vector kernel's filters, in bytes
 
 
 def pack_filters(const floating[:, :, :] w, floating[:, :, :, ::1] packed):
-    """w (G, O, K), any strides -> packed (G, ceil(O / FILTER_BLOCK), K, FILTER_BLOCK): each
-    group's filters in blocks of FILTER_BLOCK, filter-fastest (the block kernel's broadcasts read
-    one cache line a tap), zero past the last filter. In compiled code, as the kernel's inputs
+    """w (G, O, K), any strides -> packed (G, ceil(O / B), K, B), B = packed.shape[3] (the row
+    kernel's FILTER_BLOCK, or the filter-vector kernel's FILTER_VECTOR_BYTES / itemsize): each
+    group's filters in blocks of B, filter-fastest (the kernels read a tap's B weights from
+    consecutive memory), zero past the last filter. In compiled code, as the kernels' inputs
     are: a strided NumPy copy of this transpose costs more than a small layer's convolution."""
     cdef Py_ssize_t G = w.shape[0], O = w.shape[1], K = w.shape[2]
-    cdef Py_ssize_t blocks = (O + FL_FB - 1) // FL_FB
+    cdef Py_ssize_t fb = packed.shape[3]
+    cdef Py_ssize_t blocks = (O + fb - 1) // fb if fb > 0 else -1
     cdef Py_ssize_t gi, blk, k, i, f
-    cdef Py_ssize_t fb = FL_FB
-    if packed.shape[0] != G or packed.shape[1] != blocks or packed.shape[2] != K or packed.shape[3] != fb:
+    if packed.shape[0] != G or packed.shape[1] != blocks or packed.shape[2] != K:
         raise ValueError(f"packed must have shape {(G, blocks, K, fb)}, got "
                          f"{(packed.shape[0], packed.shape[1], packed.shape[2], packed.shape[3])}")
     with nogil:
-        # A block (K x FILTER_BLOCK) stays in L1 while its filters are read along their rows.
+        # A block (K x B) stays in L1 while its filters are read along their rows.
         for gi in range(G):
             for blk in range(blocks):
-                for i in range(FL_FB):
-                    f = blk * FL_FB + i
+                for i in range(fb):
+                    f = blk * fb + i
                     if f < O:
                         for k in range(K):
                             packed[gi, blk, k, i] = w[gi, f, k]
@@ -280,6 +291,160 @@ cdef inline void _block(const floating* base, const ptrdiff_t* toff, Py_ssize_t 
         fl_direct_block_float(base, toff, ntaps, in_step, wp, bias, out, ld, out_step, nf, nvec, lanes0, lanes1)
     else:
         fl_direct_block_double(base, toff, ntaps, in_step, wp, bias, out, ld, out_step, nf, nvec, lanes0, lanes1)
+
+
+cdef inline Py_ssize_t _fvec_filters(Py_ssize_t itemsize) noexcept nogil:
+    return FVEC_BLOCK_BYTES // itemsize
+
+
+cdef inline Py_ssize_t _padded_rows(const RowConv* r) noexcept nogil:
+    """Rows of the filter-vector kernel's padded source plane: those the output rows read."""
+    return (r.Ho - 1) * r.SH + (r.KH - 1) * r.DH + 1
+
+
+cdef inline Py_ssize_t _padded_cols(const RowConv* r) noexcept nogil:
+    return (r.Wo - 1) * r.SW + (r.KW - 1) * r.DW + 1
+
+
+def fvec_scratch_bytes(object geometry, bint backward_input, Py_ssize_t itemsize, int num_threads):
+    """Bytes of scratch _conv_fvec needs: tap offsets, the zero-padded copy of the whole input
+    (or of dy), and each thread's block of outputs; parts rounded up to cache lines."""
+    cdef RowConv r = (_backward_input_rows(geometry, 1, itemsize) if backward_input
+                      else _forward_rows(geometry, 1, itemsize))
+    cdef object padded = <object>r.N * r.G * r.Cs * _padded_rows(&r) * _padded_cols(&r)
+    return sum((nbytes + 63) // 64 * 64 for nbytes in
+               (r.K * sizeof(ptrdiff_t), padded * itemsize,
+                num_threads * FL_FVEC_MAX_POSITIONS * FVEC_BLOCK_BYTES))
+
+
+cdef void _pad_plane(const floating* src, floating* padded, Py_ssize_t plane,
+                     const RowConv* r) noexcept nogil:
+    """padded[plane] (Hp, Wp) = source plane ``plane`` at rows PT.., columns PL.., zero elsewhere
+    (Hp, Wp: _padded_rows, _padded_cols; source rows and columns past them, and PT or PL < 0,
+    are cropped)."""
+    cdef Py_ssize_t Hp = _padded_rows(r), Wp = _padded_cols(r)
+    cdef Py_ssize_t lo = max(0, r.PL), hi = min(Wp, r.Ws + r.PL)
+    cdef Py_ssize_t row, th
+    cdef floating* d
+    for row in range(Hp):
+        d = padded + (plane * Hp + row) * Wp
+        th = row - r.PT
+        if th < 0 or th >= r.Hs or hi <= lo:
+            memset(d, 0, Wp * sizeof(floating))
+            continue
+        memset(d, 0, lo * sizeof(floating))
+        memcpy(d + lo, src + (plane * r.Hs + th) * r.Ws + lo - r.PL, (hi - lo) * sizeof(floating))
+        memset(d + hi, 0, (Wp - hi) * sizeof(floating))
+
+
+cdef void _conv_fvec(const floating* src, const floating* wp, const floating* bp, floating* out,
+                     const RowConv* r, unsigned char* scratch, int num_threads) noexcept nogil:
+    """out (N, G*Co, Ho, Wo) from src (N, G*Cs, Hs, Ws), not upsampled (UH = UW = 1), SW = 1 or 2,
+    by the filter-vector kernel (conv2d_direct_fvec.h): ``wp`` holds the weights packed as
+    (G, ceil(Co / B), K, B), B = _fvec_filters, zero-padded, tap k = (c*KH + kh)*KW + kw; ``bp``
+    the bias as (G, ceil(Co / B), B); ``scratch`` is laid out as fvec_scratch_bytes says. The
+    input is padded once; a kernel call is one block of B filters by one run of up to
+    FL_FVEC_MAX_POSITIONS columns of one output row (a row's runs of even widths). Which task
+    computes an output does not change its bits: results do not depend on the thread count."""
+    cdef Py_ssize_t B = _fvec_filters(sizeof(floating))
+    cdef Py_ssize_t Wp = _padded_cols(r)
+    cdef Py_ssize_t P = _padded_rows(r) * Wp, OHW = r.Ho * r.Wo
+    cdef Py_ssize_t nfb = (r.Co + B - 1) // B
+    cdef Py_ssize_t runs = (r.Wo + FL_FVEC_MAX_POSITIONS - 1) // FL_FVEC_MAX_POSITIONS
+    cdef Py_ssize_t pairs = r.N * r.G * nfb
+    cdef Py_ssize_t bands = min(r.Ho, (FVEC_TASKS_PER_THREAD * num_threads + pairs - 1) // pairs)
+    cdef Py_ssize_t band = (r.Ho + bands - 1) // bands
+    cdef ptrdiff_t* toff = <ptrdiff_t*>scratch
+    cdef floating* padded = <floating*>(scratch + (r.K * sizeof(ptrdiff_t) + 63) // 64 * 64)
+    cdef unsigned char* tmps = (<unsigned char*>padded
+                                + (r.N * r.G * r.Cs * P * sizeof(floating) + 63) // 64 * 64)
+    cdef Py_ssize_t task, plane, g, fb, oh, run, ow0, np, c, kh, kw, i, p, nf
+    cdef floating* tmp
+    cdef floating* dst
+    for c in range(r.Cs):
+        for kh in range(r.KH):
+            for kw in range(r.KW):
+                toff[(c * r.KH + kh) * r.KW + kw] = c * P + kh * r.DH * Wp + kw * r.DW
+    # One team for both loops (a small layer's call is as short as two team starts); the
+    # padding loop's barrier ends before any task reads it. A task is a band of whole output
+    # rows of one block of filters: threads writing runs of one row would share its cache lines
+    # (measured: 2 threads no faster than 1). About FVEC_TASKS_PER_THREAD tasks a thread, fewer
+    # where the (plane, filter block) pairs are fewer (a band is at least one row).
+    with parallel(num_threads=num_threads):
+        for c in prange(r.N * r.G * r.Cs, schedule="static"):
+            _pad_plane(src, padded, c, r)
+        for task in prange(r.N * r.G * nfb * bands, schedule="dynamic"):
+            tmp = <floating*>(tmps + threadid() * FL_FVEC_MAX_POSITIONS * FVEC_BLOCK_BYTES)
+            fb = (task // bands) % nfb
+            plane = task // (bands * nfb)
+            g = plane % r.G
+            nf = min(B, r.Co - fb * B)
+            for oh in range((task % bands) * band, min((task % bands + 1) * band, r.Ho)):
+                for run in range(runs):
+                    ow0 = run * r.Wo // runs
+                    np = (run + 1) * r.Wo // runs - ow0
+                    _fvec_block(padded + plane * r.Cs * P + oh * r.SH * Wp + ow0 * r.SW, toff, r.K,
+                                wp + (g * nfb + fb) * r.K * B, bp + (g * nfb + fb) * B, tmp,
+                                <int>np, <int>r.SW)
+                    dst = out + (plane * r.Co + fb * B) * OHW + oh * r.Wo + ow0
+                    for i in range(nf):
+                        for p in range(np):
+                            dst[i * OHW + p] = tmp[p * B + i]
+
+
+cdef inline void _fvec_block(const floating* base, const ptrdiff_t* toff, Py_ssize_t ntaps,
+                             const floating* wp, const floating* bias, floating* tmp,
+                             int np, int sw) noexcept nogil:
+    if floating is float:
+        fl_fvec_block_float(base, toff, ntaps, wp, bias, tmp, np, sw)
+    else:
+        fl_fvec_block_double(base, toff, ntaps, wp, bias, tmp, np, sw)
+
+
+def fvec_runs(object geometry, bint backward_input):
+    """Whether the filter-vector kernel runs this problem: a column stride of 1 or 2 (a constant
+    of its kernels), and for dx a forward of stride 1 (its dy is not upsampled)."""
+    if backward_input:
+        return geometry.stride_h == 1 and geometry.stride_w == 1
+    return geometry.stride_w <= 2
+
+
+cdef RowConv _fvec_rows(object geometry, bint backward_input, Py_ssize_t itemsize,
+                        const unsigned char[::1] scratch, int num_threads) except *:
+    """The row convolution of a problem the filter-vector kernel runs, once the scratch is
+    checked to hold it."""
+    if not fvec_runs(geometry, backward_input):
+        raise ValueError(f"the filter-vector kernel runs column strides 1 and 2 forward and stride 1 "
+                         f"backward, got stride {(geometry.stride_h, geometry.stride_w)}"
+                         + (" backward" if backward_input else " forward"))
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be at least 1, got {num_threads}")
+    need = fvec_scratch_bytes(geometry, backward_input, itemsize, num_threads)
+    if scratch.shape[0] < need:
+        raise ValueError(f"scratch must hold {need} bytes, got {scratch.shape[0]}")
+    return (_backward_input_rows(geometry, 1, itemsize) if backward_input
+            else _forward_rows(geometry, 1, itemsize))
+
+
+def conv2d_forward_fvec(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] packed_w,
+                        const floating[:, :, ::1] packed_b, floating[:, :, :, ::1] y,
+                        unsigned char[::1] scratch, object geometry, int num_threads):
+    """y = conv2d(x, w) + b by the filter-vector kernel (fvec_runs), with the weights and bias
+    packed by the wrapper in blocks of FILTER_VECTOR_BYTES / itemsize (see _conv_fvec)."""
+    cdef RowConv r = _fvec_rows(geometry, False, sizeof(floating), scratch, num_threads)
+    _conv_fvec(&x[0, 0, 0, 0], &packed_w[0, 0, 0, 0], &packed_b[0, 0, 0], &y[0, 0, 0, 0], &r,
+               &scratch[0], num_threads)
+
+
+def conv2d_backward_input_fvec(const floating[:, :, :, ::1] dy,
+                               const floating[:, :, :, ::1] packed_wt,
+                               const floating[:, :, ::1] zeros, floating[:, :, :, ::1] dx,
+                               unsigned char[::1] scratch, object geometry, int num_threads):
+    """dx of y = conv2d(x, w) at stride 1 given dy by the filter-vector kernel, with the flipped,
+    transposed weights packed by the wrapper and a zero bias."""
+    cdef RowConv r = _fvec_rows(geometry, True, sizeof(floating), scratch, num_threads)
+    _conv_fvec(&dy[0, 0, 0, 0], &packed_wt[0, 0, 0, 0], &zeros[0, 0, 0], &dx[0, 0, 0, 0], &r,
+               &scratch[0], num_threads)
 
 
 def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] packed_w,

@@ -5,6 +5,9 @@ import weakref
 
 import numpy as np
 
+from ..._cpu import bits as _bits
+from ..._dispatch import threads_for
+
 BLAS_INT_MAX = 2**31 - 1  # BLAS sizes and leading dimensions are C ints
 # Workspaces start on a cache line: NumPy's large buffers start 16 bytes past a page, which puts
 # half of a 32-byte vector load from a packed weight across two lines (measured:
@@ -82,12 +85,12 @@ def derived(kind, w, options, make):
     calls on the same array (address, shape, strides, dtype, ``options``) while its bits equal
     those of a copy kept of them: a weight changed in place (an optimiser's step) is derived
     again, and so is one whose zeros changed sign (bits, not values: results stay the same bit
-    for bit). The comparison is one pass over w and its copy, 5-10x cheaper than the transforms
+    for bit). The comparison (`_same_bits`) is one pass over w and its copy, stopping at the
+    first difference, 5-10x cheaper than the transforms
     (measured: docs/performance.md, "Derived weights kept")."""
     key = (kind, w.__array_interface__["data"][0], w.shape, w.strides, w.dtype.str, options)
     kept = _derived.get(key)
-    bits = np.dtype(f"u{w.dtype.itemsize}")
-    if kept is not None and np.array_equal(kept[0].view(bits), w.view(bits)):
+    if kept is not None and _same_bits(kept[0], w):
         return kept[1]
     result = make()
     result.flags.writeable = False
@@ -96,6 +99,16 @@ def derived(kind, w, options, make):
         _derived.clear()
     _derived[key] = entry
     return result
+
+
+def _same_bits(kept, w):
+    """Whether w holds the bits of ``kept``, its C-ordered copy: compiled and threaded where w
+    is C-ordered too (``_bits.same_bytes``), by NumPy otherwise."""
+    if w.flags.c_contiguous:
+        as_bytes = lambda a: a.reshape(-1).view(np.uint8)
+        return _bits.same_bytes(as_bytes(kept), as_bytes(w), threads_for(w.size))
+    bits = np.dtype(f"u{w.dtype.itemsize}")
+    return np.array_equal(kept.view(bits), w.view(bits))
 
 
 def _derived_bytes():

@@ -244,19 +244,42 @@ def choose_algo(problem, isa=None):
     return "im2col"
 
 
-def _packed_shape(G, O, K):
-    """The shape of the direct kernel's packed weights of G groups of O filters of K taps."""
-    fb = _direct.FILTER_BLOCK
-    return (G, -(-O // fb), K, fb)
+def _packed_shape(G, O, K, block):
+    """The shape of the direct kernels' packed weights of G groups of O filters of K taps."""
+    return (G, -(-O // block), K, block)
 
 
-def _pack_filters(wg, packed=None):
-    """Weights (G, outputs per group, K) -> (G, blocks, K, FILTER_BLOCK): the direct kernel's
-    blocks of filters, filter-fastest, zero-padded to whole blocks (into ``packed`` if given)."""
-    if packed is None:
-        packed = np.empty(_packed_shape(*wg.shape), dtype=wg.dtype)
+def _pack_filters(wg, block):
+    """Weights (G, outputs per group, K) -> (G, blocks, K, block): a direct kernel's blocks of
+    filters, filter-fastest, zero-padded to whole blocks."""
+    packed = np.empty(_packed_shape(*wg.shape, block), dtype=wg.dtype)
     _direct.pack_filters(wg, packed)
     return packed
+
+
+# The direct forward and dx at stride 1 run the filter-vector kernel on AVX-512: its vectors run
+# along the filters, so every plane width fills them (the row kernel's vectors along the output
+# columns are half idle on 7x7 and 8x8 planes), and it reads the input padded once per call. It
+# ran 1.1-3.5x faster than the row kernel on every stride-1 layer measured (docs/performance.md);
+# with AVX2's 16 registers its accumulators do not fit. The padded copy of the whole input is
+# bounded by FVEC_MAX_SCRATCH_BYTES (past it, the row kernel's bands).
+FVEC_MAX_SCRATCH_BYTES = 8 << 20
+
+
+@functools.lru_cache(maxsize=4096)
+def _fvec_scratch(g, backward_input, itemsize, threads):
+    """The bytes of scratch the filter-vector kernel needs for this problem, 0 where the row
+    kernel runs it."""
+    if not _direct.fvec_runs(g, backward_input) or _direct.vector_isa() != "x86-64-v4":
+        return 0
+    nbytes = _direct.fvec_scratch_bytes(g, backward_input, itemsize, threads)
+    return nbytes if nbytes <= FVEC_MAX_SCRATCH_BYTES else 0
+
+
+def _direct_block(fvec, dtype):
+    """Filters per packed block of the kernel that runs: the filter-vector kernel's or the row
+    kernel's."""
+    return _direct.FILTER_VECTOR_BYTES // np.dtype(dtype).itemsize if fvec else _direct.FILTER_BLOCK
 
 
 # A direct task copies the input rows its band of output rows reads; bands are whole planes but
@@ -300,14 +323,21 @@ def direct_forward(x, w, b, g, outs):
     threads = _forward_threads(x, w, b, g, y, "direct")
     if threads is None:
         return (y,)
+    fvec = _fvec_scratch(g, False, x.itemsize, threads)
+    block = _direct_block(fvec, x.dtype)
     # The packed bias is the accumulators' starting value: zeros when there is no bias.
     bias = contiguous(b) if b is not None else np.zeros(g.F, dtype=x.dtype)
-    packed_b = _pack_filters(bias.reshape(g.groups, g.Fg, 1))
+    packed_b = _pack_filters(bias.reshape(g.groups, g.Fg, 1), block)
+    packed_b = packed_b.reshape(packed_b.shape[:2] + (-1,))
+    packed_w = derived("direct", w, (g.groups, block),
+                       lambda: _pack_filters(contiguous(w).reshape(g.groups, g.Fg, -1), block))
+    if fvec:
+        with scratch("direct", (fvec,), np.uint8) as work:
+            _direct.conv2d_forward_fvec(contiguous(x), packed_w, packed_b, y, work, g, threads)
+        return (y,)
     band, nbytes = _direct_band(g, False, x.dtype, threads)
-    packed_w = derived("direct", w, g.groups, lambda: _pack_filters(contiguous(w).reshape(g.groups, g.Fg, -1)))
     with scratch("direct", (threads, nbytes), np.uint8) as work:
-        _direct.conv2d_forward(contiguous(x), packed_w, packed_b.reshape(packed_b.shape[:2] + (-1,)), y, work, g,
-                               band, threads)
+        _direct.conv2d_forward(contiguous(x), packed_w, packed_b, y, work, g, band, threads)
     return (y,)
 
 
@@ -369,15 +399,22 @@ def direct_backward(dy, x, w, g, outs):
     if dx is not None:
         G, Fg, Cg = g.groups, g.Fg, g.Cg
         # dx convolves dy with each group's filters flipped and transposed: (G, Cg, Fg*KH*KW)
+        fvec = _fvec_scratch(g, True, x.itemsize, threads)
+        block = _direct_block(fvec, x.dtype)
+
         def pack_flipped():
             flipped = contiguous(w).reshape(G, Fg, Cg, g.KH, g.KW)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
-            return _pack_filters(flipped.reshape(G, Cg, -1))
+            return _pack_filters(flipped.reshape(G, Cg, -1), block)
 
-        packed_wt = derived("direct input", w, G, pack_flipped)
-        zeros = np.zeros((G, packed_wt.shape[1], _direct.FILTER_BLOCK), dtype=x.dtype)
-        band, nbytes = _direct_band(g, True, x.dtype, threads)
-        with scratch("direct", (threads, nbytes), np.uint8) as work:
-            _direct.conv2d_backward_input(dyc, packed_wt, zeros, dx, work, g, band, threads)
+        packed_wt = derived("direct input", w, (G, block), pack_flipped)
+        zeros = np.zeros((G, packed_wt.shape[1], block), dtype=x.dtype)
+        if fvec:
+            with scratch("direct", (fvec,), np.uint8) as work:
+                _direct.conv2d_backward_input_fvec(dyc, packed_wt, zeros, dx, work, g, threads)
+        else:
+            band, nbytes = _direct_band(g, True, x.dtype, threads)
+            with scratch("direct", (threads, nbytes), np.uint8) as work:
+                _direct.conv2d_backward_input(dyc, packed_wt, zeros, dx, work, g, band, threads)
     if _im2col_fits(g):  # dw and db by im2col's GEMMs: the direct loops' are 10-40x slower
         im2col_backward(dyc, x, w, replace(g, input_grad=False), (None, dw, db))
     else:
