@@ -157,9 +157,9 @@ def test_im2col_runs_of_same_width_rows(dtype, KH, KW, DH, H, W, N, groups, seed
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kernel", ("row kernel", "filter-vector kernel"))
 @settings(max_examples=40, deadline=None)
-@given(G=st.integers(1, 3), O=st.integers(1, 40), K=st.integers(1, 30), transposed=st.booleans(),
-       seed=st.integers(0, 2**32 - 1))
-def test_direct_filter_packing_is_the_blocked_transpose(kernel, dtype, G, O, K, transposed, seed):
+@given(G=st.integers(1, 3), O=st.integers(1, 40), K=st.integers(1, 150), transposed=st.booleans(),
+       threads=st.integers(1, 3), seed=st.integers(0, 2**32 - 1))
+def test_direct_filter_packing_is_the_blocked_transpose(kernel, dtype, G, O, K, transposed, threads, seed):
     """The direct kernels' packed weights (compiled): blocks of FILTER_BLOCK filters (the row
     kernel's) or of two vectors (the filter-vector kernel's), filter-fastest, zeros past the last
     filter, from C-ordered or strided weights."""
@@ -175,10 +175,10 @@ def test_direct_filter_packing_is_the_blocked_transpose(kernel, dtype, G, O, K, 
     want[:, :O] = w
     want = want.reshape(G, blocks, fb, K).transpose(0, 1, 3, 2)
     packed = np.full((G, blocks, K, fb), np.nan, dtype)
-    conv2d_direct.pack_filters(w, packed)
+    conv2d_direct.pack_filters(w, packed, threads)
     np.testing.assert_array_equal(packed, want)
     with pytest.raises(ValueError, match="packed must have shape"):
-        conv2d_direct.pack_filters(w, np.empty((G, blocks + 1, K, fb), dtype))
+        conv2d_direct.pack_filters(w, np.empty((G, blocks + 1, K, fb), dtype), threads)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -49,36 +49,50 @@ cdef enum:
     VECTOR_BYTES = 64  # one vector of the block kernel; a row segment is at most two
     FVEC_BLOCK_BYTES = 128  # the filter-vector kernel's block of filters: two vectors
     FVEC_TASKS_PER_THREAD = 8  # enough for dynamic scheduling to even out the threads' work
+    PACK_TAPS = 16  # taps per run of pack_filters (see there)
 
 FILTER_BLOCK = FL_FB  # filters per register block of the row kernel: its packed weights' last axis
 FILTER_VECTOR_BYTES = FVEC_BLOCK_BYTES  # a block of the filter-vector kernel's filters, in bytes
 
 
-def pack_filters(const floating[:, :, :] w, floating[:, :, :, ::1] packed):
+def pack_filters(const floating[:, :, :] w, floating[:, :, :, ::1] packed, int num_threads):
     """w (G, O, K), any strides -> packed (G, ceil(O / B), K, B), B = packed.shape[3] (the row
     kernel's FILTER_BLOCK, or the filter-vector kernel's FILTER_VECTOR_BYTES / itemsize): each
     group's filters in blocks of B, filter-fastest (the kernels read a tap's B weights from
     consecutive memory), zero past the last filter. In compiled code, as the kernels' inputs
-    are: a strided NumPy copy of this transpose costs more than a small layer's convolution."""
+    are: a strided NumPy copy of this transpose costs more than a small layer's convolution.
+    Parallel over blocks; each block is written by runs of PACK_TAPS taps, whose PACK_TAPS x B
+    corner (2 KiB for 32 floats) stays in L1 while the B filters' rows are read along it: a
+    whole block (half a MiB for 512 channels at 3x3) would not, and runs of 64-256 taps ran
+    2-2.5x slower (the filters' rows, K apart, fall into few cache sets)."""
     cdef Py_ssize_t G = w.shape[0], O = w.shape[1], K = w.shape[2]
     cdef Py_ssize_t fb = packed.shape[3]
     cdef Py_ssize_t blocks = (O + fb - 1) // fb if fb > 0 else -1
-    cdef Py_ssize_t gi, blk, k, i, f
+    cdef Py_ssize_t task, gi, blk, run, k0, k1, k, i, f
+    cdef Py_ssize_t step = w.strides[2] // <Py_ssize_t>sizeof(floating)  # between taps
+    cdef const floating* src
+    cdef floating* dst
     if packed.shape[0] != G or packed.shape[1] != blocks or packed.shape[2] != K:
         raise ValueError(f"packed must have shape {(G, blocks, K, fb)}, got "
                          f"{(packed.shape[0], packed.shape[1], packed.shape[2], packed.shape[3])}")
-    with nogil:
-        # A block (K x B) stays in L1 while its filters are read along their rows.
-        for gi in range(G):
-            for blk in range(blocks):
-                for i in range(fb):
-                    f = blk * fb + i
-                    if f < O:
-                        for k in range(K):
-                            packed[gi, blk, k, i] = w[gi, f, k]
-                    else:
-                        for k in range(K):
-                            packed[gi, blk, k, i] = 0
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be at least 1, got {num_threads}")
+    for task in prange(G * blocks, nogil=True, schedule="static", num_threads=num_threads):
+        gi = task // blocks
+        blk = task % blocks
+        for run in range((K + PACK_TAPS - 1) // PACK_TAPS):
+            k0 = run * PACK_TAPS
+            k1 = min(k0 + PACK_TAPS, K)
+            dst = &packed[gi, blk, 0, 0]
+            for i in range(fb):
+                f = blk * fb + i
+                if f < O:
+                    src = &w[gi, f, 0]
+                    for k in range(k0, k1):
+                        dst[k * fb + i] = src[k * step]
+                else:
+                    for k in range(k0, k1):
+                        dst[k * fb + i] = 0
 
 
 def vector_isa():

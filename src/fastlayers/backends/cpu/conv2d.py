@@ -253,7 +253,7 @@ def _pack_filters(wg, block):
     """Weights (G, outputs per group, K) -> (G, blocks, K, block): a direct kernel's blocks of
     filters, filter-fastest, zero-padded to whole blocks."""
     packed = np.empty(_packed_shape(*wg.shape, block), dtype=wg.dtype)
-    _direct.pack_filters(wg, packed)
+    _direct.pack_filters(wg, packed, threads_for(wg.size))
     return packed
 
 
