@@ -644,8 +644,9 @@ def test_auto_heuristic():
     least WINOGRAD_MIN_TILES output tiles and WINOGRAD_MIN_CHANNELS channels a group each way (the
     backward with dx and paddings up to 2). Else, forward with AVX-512: direct for kernels larger
     than 1x1 from DIRECT_MIN_FLOPS on and up to DIRECT_MAX_TAPS taps, DIRECT_MIN_PLANES images
-    (Intel) or DIRECT_MIN_ROWS output rows (AMD) and DIRECT_MIN_WIDTH columns, im2col for 1x1,
-    tiny, long, narrow and few-image convolutions;
+    (Intel) or DIRECT_MIN_ROWS output rows (AMD) and DIRECT_MIN_WIDTH columns; on AMD, narrower
+    planes by the filter-vector kernel from FVEC_MIN_FLOPS on, with FVEC_MIN_FILTERS filters;
+    im2col for 1x1, tiny, long, narrow and few-image convolutions;
     with AVX2: direct forward for short contractions (DIRECT_MAX_TAPS["x86-64-v3"]) over at least
     DIRECT_MIN_ROWS output rows, even of one image; im2col otherwise. Backward: im2col (or
     winograd)."""
@@ -655,7 +656,7 @@ def test_auto_heuristic():
         ((32, 1, 28, 28), (8, 1, 5, 5), {}, "direct", "direct", "direct"),  # lenet
         ((32, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "winograd", "winograd", "winograd"),  # resnet-56
         ((8, 256, 14, 14), (256, 256, 3, 3), dict(padding=1), "winograd", "winograd", "winograd"),  # resnet-14: 2304 taps
-        ((1, 128, 28, 28), (128, 128, 3, 3), dict(padding=1), "im2col", "im2col", "im2col"),  # one image: 49 tiles
+        ((1, 128, 28, 28), (128, 128, 3, 3), dict(padding=1), "im2col", "winograd", "im2col"),  # one image: 49 tiles
         ((1, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "winograd", "winograd", "winograd"),  # one image: 196 tiles
         ((32, 64, 8, 8), (128, 64, 3, 3), dict(padding=1), "winograd", "winograd", "winograd"),  # VGG's 8x8 stage
         ((32, 16, 32, 32), (16, 16, 3, 3), dict(padding=1), "winograd", "winograd", "winograd"),  # 16 channels
@@ -669,6 +670,11 @@ def test_auto_heuristic():
         ((1, 16, 64, 64), (32, 16, 3, 3), dict(padding=1), "winograd", "winograd", "winograd"),  # batch 1: 256 tiles
         ((1, 8, 64, 64), (32, 8, 3, 3), dict(padding=1), "im2col", "direct", "direct"),  # batch 1, 64 rows, 72 taps
         ((1, 32, 16, 16), (64, 32, 3, 3), dict(padding=1), "im2col", "im2col", "im2col"),  # batch 1, 16 rows
+        ((1, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), "im2col", "direct", "im2col"),  # narrow: filter vectors
+        ((1, 256, 14, 14), (256, 256, 3, 3), dict(padding=1), "im2col", "direct", "im2col"),  # 16 tiles, 14 wide
+        ((1, 128, 28, 28), (256, 128, 3, 3), dict(stride=2, padding=1), "im2col", "direct", "im2col"),  # 14 wide
+        ((1, 64, 8, 8), (128, 64, 3, 3), dict(padding=1), "im2col", "im2col", "im2col"),  # narrow, 9.4 MFLOP
+        ((8, 256, 7, 7), (16, 256, 3, 3), dict(padding=1), "im2col", "im2col", "im2col"),  # 16 filters: half a block
     ]
     isa = cpu_conv2d.rule_isa()
     for x_shape, w_shape, params, forward_v4, forward_v4_amd, forward_v3 in cases:

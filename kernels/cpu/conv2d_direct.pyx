@@ -322,13 +322,14 @@ cdef inline Py_ssize_t _padded_cols(const RowConv* r) noexcept nogil:
 
 def fvec_scratch_bytes(object geometry, bint backward_input, Py_ssize_t itemsize, int num_threads):
     """Bytes of scratch _conv_fvec needs: tap offsets, the zero-padded copy of the whole input
-    (or of dy), and each thread's block of outputs; parts rounded up to cache lines."""
+    (or of dy), and each thread's block of outputs and of bias; parts rounded up to cache
+    lines."""
     cdef RowConv r = (_backward_input_rows(geometry, 1, itemsize) if backward_input
                       else _forward_rows(geometry, 1, itemsize))
     cdef object padded = <object>r.N * r.G * r.Cs * _padded_rows(&r) * _padded_cols(&r)
     return sum((nbytes + 63) // 64 * 64 for nbytes in
                (r.K * sizeof(ptrdiff_t), padded * itemsize,
-                num_threads * FL_FVEC_MAX_POSITIONS * FVEC_BLOCK_BYTES))
+                num_threads * (FL_FVEC_MAX_POSITIONS + 1) * FVEC_BLOCK_BYTES))
 
 
 cdef void _pad_plane(const floating* src, floating* padded, Py_ssize_t plane,
@@ -351,12 +352,12 @@ cdef void _pad_plane(const floating* src, floating* padded, Py_ssize_t plane,
         memset(d + hi, 0, (Wp - hi) * sizeof(floating))
 
 
-cdef void _conv_fvec(const floating* src, const floating* wp, const floating* bp, floating* out,
+cdef void _conv_fvec(const floating* src, const floating* wp, const floating* bias, floating* out,
                      const RowConv* r, unsigned char* scratch, int num_threads) noexcept nogil:
     """out (N, G*Co, Ho, Wo) from src (N, G*Cs, Hs, Ws), not upsampled (UH = UW = 1), SW = 1 or 2,
     by the filter-vector kernel (conv2d_direct_fvec.h): ``wp`` holds the weights packed as
-    (G, ceil(Co / B), K, B), B = _fvec_filters, zero-padded, tap k = (c*KH + kh)*KW + kw; ``bp``
-    the bias as (G, ceil(Co / B), B); ``scratch`` is laid out as fvec_scratch_bytes says. The
+    (G, ceil(Co / B), K, B), B = _fvec_filters, zero-padded, tap k = (c*KH + kh)*KW + kw;
+    ``bias`` the G*Co biases or NULL (zeros); ``scratch`` is laid out as fvec_scratch_bytes says. The
     input is padded once; a kernel call is one block of B filters by one run of up to
     FL_FVEC_MAX_POSITIONS columns of one output row (a row's runs of even widths). Which task
     computes an output does not change its bits: results do not depend on the thread count."""
@@ -374,6 +375,7 @@ cdef void _conv_fvec(const floating* src, const floating* wp, const floating* bp
                                 + (r.N * r.G * r.Cs * P * sizeof(floating) + 63) // 64 * 64)
     cdef Py_ssize_t task, plane, g, fb, oh, run, ow0, np, c, kh, kw, i, p, nf
     cdef floating* tmp
+    cdef floating* block_bias
     cdef floating* dst
     for c in range(r.Cs):
         for kh in range(r.KH):
@@ -388,17 +390,20 @@ cdef void _conv_fvec(const floating* src, const floating* wp, const floating* bp
         for c in prange(r.N * r.G * r.Cs, schedule="static"):
             _pad_plane(src, padded, c, r)
         for task in prange(r.N * r.G * nfb * bands, schedule="dynamic"):
-            tmp = <floating*>(tmps + threadid() * FL_FVEC_MAX_POSITIONS * FVEC_BLOCK_BYTES)
+            tmp = <floating*>(tmps + threadid() * (FL_FVEC_MAX_POSITIONS + 1) * FVEC_BLOCK_BYTES)
+            block_bias = tmp + FL_FVEC_MAX_POSITIONS * B  # the block's biases, zero past nf
             fb = (task // bands) % nfb
             plane = task // (bands * nfb)
             g = plane % r.G
             nf = min(B, r.Co - fb * B)
+            for i in range(B):
+                block_bias[i] = bias[g * r.Co + fb * B + i] if bias != NULL and i < nf else 0
             for oh in range((task % bands) * band, min((task % bands + 1) * band, r.Ho)):
                 for run in range(runs):
                     ow0 = run * r.Wo // runs
                     np = (run + 1) * r.Wo // runs - ow0
                     _fvec_block(padded + plane * r.Cs * P + oh * r.SH * Wp + ow0 * r.SW, toff, r.K,
-                                wp + (g * nfb + fb) * r.K * B, bp + (g * nfb + fb) * B, tmp,
+                                wp + (g * nfb + fb) * r.K * B, block_bias, tmp,
                                 <int>np, <int>r.SW)
                     dst = out + (plane * r.Co + fb * B) * OHW + oh * r.Wo + ow0
                     for i in range(nf):
@@ -441,24 +446,26 @@ cdef RowConv _fvec_rows(object geometry, bint backward_input, Py_ssize_t itemsiz
 
 
 def conv2d_forward_fvec(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] packed_w,
-                        const floating[:, :, ::1] packed_b, floating[:, :, :, ::1] y,
-                        unsigned char[::1] scratch, object geometry, int num_threads):
-    """y = conv2d(x, w) + b by the filter-vector kernel (fvec_runs), with the weights and bias
-    packed by the wrapper in blocks of FILTER_VECTOR_BYTES / itemsize (see _conv_fvec)."""
+                        const floating[::1] b, floating[:, :, :, ::1] y, unsigned char[::1] scratch,
+                        object geometry, int num_threads):
+    """y = conv2d(x, w) + b by the filter-vector kernel (fvec_runs), with the weights packed by
+    the wrapper in blocks of FILTER_VECTOR_BYTES / itemsize (see _conv_fvec); b: F biases, or
+    none (an empty array) for zeros."""
     cdef RowConv r = _fvec_rows(geometry, False, sizeof(floating), scratch, num_threads)
-    _conv_fvec(&x[0, 0, 0, 0], &packed_w[0, 0, 0, 0], &packed_b[0, 0, 0], &y[0, 0, 0, 0], &r,
-               &scratch[0], num_threads)
+    if b.shape[0] not in (0, geometry.F):
+        raise ValueError(f"b must hold {geometry.F} biases or none, got {b.shape[0]}")
+    _conv_fvec(&x[0, 0, 0, 0], &packed_w[0, 0, 0, 0], &b[0] if b.shape[0] else NULL,
+               &y[0, 0, 0, 0], &r, &scratch[0], num_threads)
 
 
 def conv2d_backward_input_fvec(const floating[:, :, :, ::1] dy,
-                               const floating[:, :, :, ::1] packed_wt,
-                               const floating[:, :, ::1] zeros, floating[:, :, :, ::1] dx,
+                               const floating[:, :, :, ::1] packed_wt, floating[:, :, :, ::1] dx,
                                unsigned char[::1] scratch, object geometry, int num_threads):
     """dx of y = conv2d(x, w) at stride 1 given dy by the filter-vector kernel, with the flipped,
-    transposed weights packed by the wrapper and a zero bias."""
+    transposed weights packed by the wrapper."""
     cdef RowConv r = _fvec_rows(geometry, True, sizeof(floating), scratch, num_threads)
-    _conv_fvec(&dy[0, 0, 0, 0], &packed_wt[0, 0, 0, 0], &zeros[0, 0, 0], &dx[0, 0, 0, 0], &r,
-               &scratch[0], num_threads)
+    _conv_fvec(&dy[0, 0, 0, 0], &packed_wt[0, 0, 0, 0], NULL, &dx[0, 0, 0, 0], &r, &scratch[0],
+               num_threads)
 
 
 def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] packed_w,

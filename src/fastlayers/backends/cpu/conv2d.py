@@ -170,14 +170,22 @@ DIRECT_MIN_PLANES = {"x86-64-v4": 8, "x86-64-v4-amd": 1, "x86-64-v3": 1}  # imag
 DIRECT_MIN_ROWS = {"x86-64-v4": 0, "x86-64-v4-amd": 64, "x86-64-v3": 64}
 DIRECT_MIN_WIDTH = 16  # output columns: a vector of float32 (AVX-512), two (AVX2)
 DIRECT_FAST_ISAS = frozenset(DIRECT_MAX_TAPS)  # instruction sets where the direct forward can win
+# On planes narrower than DIRECT_MIN_WIDTH the direct forward runs the filter-vector kernel
+# (``_fvec_fits``): measured against im2col on AMD's Zen 4, 0.86-0.97x its time from
+# FVEC_MIN_FLOPS on, 0.93-1.35x below (the direct call's set-up, the derived-weights check
+# among it, outweighs its faster loop), with blocks of 32 filters full (fewer leave lanes idle).
+FVEC_MIN_FLOPS = {"x86-64-v4-amd": 15_000_000}
+FVEC_MIN_FILTERS = 32  # filters per group
 # Winograd F(4x4, 3x3) (3x3 kernels, stride 1; dilated ones by their phases) against im2col,
-# measured with AVX2 (Zen 3) and AVX-512 (Zen 5) (docs/performance.md): its fixed costs (the
-# filter transform, each task's pass over the 36 transformed filters) scale with Cg x Fg as its
-# savings do with tiles x Cg x Fg, so it needs a number of tiles (under 128, two threads, the
-# gains are mixed: 0.6-1.4x im2col's time); and its
-# transforms (per input and output element) must be spread over enough channels: with 16 a
-# group it takes 0.6-0.9x im2col's time, with 8 0.8-1.1x, with 3 1.5-2x.
-WINOGRAD_MIN_TILES = 128  # 4x4 output tiles of the batch
+# measured with AVX2 (Zen 3) and AVX-512 (Zen 5, Zen 4) (docs/performance.md): its fixed costs
+# (each task's pass over the 36 transformed filters; the filter transform itself is kept across
+# calls, ``derived``) scale with Cg x Fg as its savings do with tiles x Cg x Fg, so it needs a
+# number of tiles (under 128, two threads, the gains were mixed on Zen 3 and Zen 5: 0.6-1.4x
+# im2col's time; on Zen 4, from 48 tiles on, 0.5-0.85x the best of im2col and direct, with 16-32
+# 0.9-1.2x); and its transforms (per input and output element) must be spread over enough
+# channels: with 16 a group it takes 0.6-0.9x im2col's time, with 8 0.8-1.1x, with 3 1.5-2x.
+WINOGRAD_MIN_TILES = {"x86-64-v4-amd": 48}  # 4x4 output tiles of the batch; elsewhere
+WINOGRAD_MIN_TILES_DEFAULT = 128
 WINOGRAD_MIN_CHANNELS = 16  # input and output channels per group
 # Measured on the AMD CPUs; Intel's AVX-512 by the same rule, unmeasured there.
 WINOGRAD_FAST_ISAS = frozenset({"x86-64-v4", "x86-64-v4-amd", "x86-64-v3"})
@@ -208,7 +216,8 @@ def _winograd_wins(g, direction, isa):
         return False
     g = dilation_phases(g)
     tiles = g.N * -(-g.OH // 4) * -(-g.OW // 4)
-    return (isa in WINOGRAD_FAST_ISAS and tiles >= WINOGRAD_MIN_TILES and min(g.Cg, g.Fg) >= WINOGRAD_MIN_CHANNELS
+    min_tiles = WINOGRAD_MIN_TILES.get(isa, WINOGRAD_MIN_TILES_DEFAULT)
+    return (isa in WINOGRAD_FAST_ISAS and tiles >= min_tiles and min(g.Cg, g.Fg) >= WINOGRAD_MIN_CHANNELS
             and (direction == "forward" or (g.input_grad and max(g.pad_top, g.pad_bottom, g.pad_left,
                                                                  g.pad_right) <= 2)))
 
@@ -219,14 +228,16 @@ def choose_algo(problem, isa=None):
     instruction set ``isa`` (default: the running one's, ``rule_isa``) is in
     ``WINOGRAD_FAST_ISAS``, "winograd" forward and backward (with dx) for 3x3 kernels at stride 1
     (dilated ones by their phases' undilated geometry, ``dilation_phases``) with at least
-    ``WINOGRAD_MIN_TILES`` 4x4 output tiles and ``WINOGRAD_MIN_CHANNELS`` input and output
+    ``WINOGRAD_MIN_TILES[isa]`` 4x4 output tiles and ``WINOGRAD_MIN_CHANNELS`` input and output
     channels per group (backward: paddings up to 2);
     else, for the forward on one in ``DIRECT_FAST_ISAS``, "direct" for kernels larger than 1x1
     with at most ``DIRECT_MAX_TAPS[isa]`` taps per output (C/groups * KH * KW), at least
     ``DIRECT_MIN_FLOPS`` FLOP, ``DIRECT_MIN_PLANES[isa]`` (image, group) planes,
     ``DIRECT_MIN_ROWS[isa]`` output rows over all of them and ``DIRECT_MIN_WIDTH`` output
-    columns; "im2col" otherwise. Several groups of one
-    input channel each (depthwise), forward and backward: "depthwise"."""
+    columns, or on one in ``FVEC_MIN_FLOPS``, for narrower planes the filter-vector kernel runs
+    (``_fvec_fits``, as float32) with at least ``FVEC_MIN_FILTERS`` filters a group, from
+    ``FVEC_MIN_FLOPS[isa]`` FLOP on; "im2col" otherwise. Several groups of one input channel
+    each (depthwise), forward and backward: "depthwise"."""
     g, direction = problem.geometry, problem.direction
     if g.Cg == 1 and g.groups > 1:
         return "depthwise"
@@ -237,6 +248,9 @@ def choose_algo(problem, isa=None):
     isa = rule_isa() if isa is None else isa
     if _winograd_wins(g, direction, isa):
         return "winograd"
+    if (direction == "forward" and isa in FVEC_MIN_FLOPS and g.KH * g.KW > 1 and g.Fg >= FVEC_MIN_FILTERS
+            and g.flops >= FVEC_MIN_FLOPS[isa] and _fvec_fits(g, False, 4)):
+        return "direct"
     if (direction == "forward" and isa in DIRECT_FAST_ISAS and g.KH * g.KW > 1 and g.K <= DIRECT_MAX_TAPS[isa]
             and g.flops >= DIRECT_MIN_FLOPS and g.N * g.groups >= DIRECT_MIN_PLANES[isa]
             and g.N * g.groups * g.OH >= DIRECT_MIN_ROWS[isa] and g.OW >= DIRECT_MIN_WIDTH):
@@ -257,23 +271,34 @@ def _pack_filters(wg, block):
     return packed
 
 
-# The direct forward and dx at stride 1 run the filter-vector kernel on AVX-512: its vectors run
-# along the filters, so every plane width fills them (the row kernel's vectors along the output
-# columns are half idle on 7x7 and 8x8 planes), and it reads the input padded once per call. It
-# ran 1.1-3.5x faster than the row kernel on every stride-1 layer measured (docs/performance.md);
-# with AVX2's 16 registers its accumulators do not fit. The padded copy of the whole input is
-# bounded by FVEC_MAX_SCRATCH_BYTES (past it, the row kernel's bands).
+# The direct forward and dx run the filter-vector kernel on AVX-512 where the row kernel's
+# vectors along the output columns would be partly idle: planes narrower than one vector (7x7,
+# 8x8, 14x14 hold 44-88% of 16 floats a row pair; the filter-vector kernel's vectors along the
+# filters are full from 32 filters on), and from FVEC_MIN_TAPS taps an output (shorter
+# contractions spend more of its call on the outputs' transposed stores). Column strides 1 and 2
+# forward, stride 1 for dx (``_direct.fvec_runs``). Elsewhere the row kernel was 1.1-2x faster,
+# here 1.1-3.5x slower (docs/performance.md); with AVX2's 16 registers the filter-vector
+# kernel's accumulators do not fit. It pads the whole input once per call, up to
+# FVEC_MAX_SCRATCH_BYTES (past it, the row kernel's bands).
+FVEC_MIN_TAPS = 64
 FVEC_MAX_SCRATCH_BYTES = 8 << 20
+
+
+def _fvec_fits(g, backward_input, itemsize):
+    """Whether the filter-vector kernel is the direct kernel for this problem (any CPU)."""
+    cols = g.W if backward_input else g.OW
+    taps = g.Fg * g.KH * g.KW if backward_input else g.K
+    return (_direct.fvec_runs(g, backward_input) and cols < 64 // itemsize and taps >= FVEC_MIN_TAPS
+            and _direct.fvec_scratch_bytes(g, backward_input, itemsize, 1) <= FVEC_MAX_SCRATCH_BYTES)
 
 
 @functools.lru_cache(maxsize=4096)
 def _fvec_scratch(g, backward_input, itemsize, threads):
     """The bytes of scratch the filter-vector kernel needs for this problem, 0 where the row
     kernel runs it."""
-    if not _direct.fvec_runs(g, backward_input) or _direct.vector_isa() != "x86-64-v4":
+    if _direct.vector_isa() != "x86-64-v4" or not _fvec_fits(g, backward_input, itemsize):
         return 0
-    nbytes = _direct.fvec_scratch_bytes(g, backward_input, itemsize, threads)
-    return nbytes if nbytes <= FVEC_MAX_SCRATCH_BYTES else 0
+    return _direct.fvec_scratch_bytes(g, backward_input, itemsize, threads)
 
 
 def _direct_block(fvec, dtype):
@@ -325,19 +350,20 @@ def direct_forward(x, w, b, g, outs):
         return (y,)
     fvec = _fvec_scratch(g, False, x.itemsize, threads)
     block = _direct_block(fvec, x.dtype)
-    # The packed bias is the accumulators' starting value: zeros when there is no bias.
-    bias = contiguous(b) if b is not None else np.zeros(g.F, dtype=x.dtype)
-    packed_b = _pack_filters(bias.reshape(g.groups, g.Fg, 1), block)
-    packed_b = packed_b.reshape(packed_b.shape[:2] + (-1,))
     packed_w = derived("direct", w, (g.groups, block),
                        lambda: _pack_filters(contiguous(w).reshape(g.groups, g.Fg, -1), block))
     if fvec:
+        bias = contiguous(b) if b is not None else np.empty(0, dtype=x.dtype)
         with scratch("direct", (fvec,), np.uint8) as work:
-            _direct.conv2d_forward_fvec(contiguous(x), packed_w, packed_b, y, work, g, threads)
+            _direct.conv2d_forward_fvec(contiguous(x), packed_w, bias, y, work, g, threads)
         return (y,)
+    # The packed bias is the accumulators' starting value: zeros when there is no bias.
+    bias = contiguous(b) if b is not None else np.zeros(g.F, dtype=x.dtype)
+    packed_b = _pack_filters(bias.reshape(g.groups, g.Fg, 1), block)
     band, nbytes = _direct_band(g, False, x.dtype, threads)
     with scratch("direct", (threads, nbytes), np.uint8) as work:
-        _direct.conv2d_forward(contiguous(x), packed_w, packed_b, y, work, g, band, threads)
+        _direct.conv2d_forward(contiguous(x), packed_w, packed_b.reshape(packed_b.shape[:2] + (-1,)), y, work, g,
+                               band, threads)
     return (y,)
 
 
@@ -407,11 +433,11 @@ def direct_backward(dy, x, w, g, outs):
             return _pack_filters(flipped.reshape(G, Cg, -1), block)
 
         packed_wt = derived("direct input", w, (G, block), pack_flipped)
-        zeros = np.zeros((G, packed_wt.shape[1], block), dtype=x.dtype)
         if fvec:
             with scratch("direct", (fvec,), np.uint8) as work:
-                _direct.conv2d_backward_input_fvec(dyc, packed_wt, zeros, dx, work, g, threads)
+                _direct.conv2d_backward_input_fvec(dyc, packed_wt, dx, work, g, threads)
         else:
+            zeros = np.zeros((G, packed_wt.shape[1], block), dtype=x.dtype)
             band, nbytes = _direct_band(g, True, x.dtype, threads)
             with scratch("direct", (threads, nbytes), np.uint8) as work:
                 _direct.conv2d_backward_input(dyc, packed_wt, zeros, dx, work, g, band, threads)
