@@ -462,9 +462,10 @@ def test_backward_without_input_grad_splits_one_images_bands(threads, split_work
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(config=conv2d_configs(), seed=st.integers(0, 2**32 - 1), bias=st.booleans())
 def test_small_batch_input_grad_splits_input_channels(threads, dtype, config, seed, bias, split_work):
-    """Fewer (image, group) planes than threads, with dx: im2col's backward takes a task per
-    plane's dw and db and per block of its input channels for dx (every kernel size, stride, padding and dilation of
-    the issue's ranges; one or two images, one or two groups)."""
+    """Fewer (image, group) planes than threads: im2col's backward takes a task per block of a
+    plane's input channels for its columns of dw (the first also for db) and, with dx, for its
+    slice of dx (every kernel size, stride, padding and dilation of the issue's ranges; one or
+    two images, one or two groups); without dx the same dw and db."""
     x_shape, w_shape, params = config
     if params["groups"] >= threads:  # one group: then one image is fewer planes than threads
         params = dict(params, groups=1)
@@ -478,6 +479,11 @@ def test_small_batch_input_grad_splits_input_channels(threads, dtype, config, se
     dy = _uniform(rng, g.y_shape, dtype)
     with fl.threads(threads):
         _check_against_reference(x, w, b, dy, params, "im2col", dtype, f"{x_shape} {w_shape} {params}")
+        with_dx = fl.conv2d_backward(dy, x, w, algo="im2col", backend="cpu", **params)
+        without_dx = fl.conv2d_backward(dy, x, w, algo="im2col", backend="cpu", input_grad=False, **params)
+    assert without_dx[0] is None
+    for got, want in zip(without_dx[1:], with_dx[1:]):
+        np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -370,22 +370,32 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
                 db_partial[tid, f] += lane_sum(&dy[n, f, 0, 0], OHW)
 
 
-cdef void _weight_grad_plane(const floating* dy, const floating* x, floating* dw_group, floating* db_group,
-                             floating* col_tile, const Conv2dShape* s, Py_ssize_t rows) noexcept nogil:
-    """dw_group (Fg x K) = one (image, group) plane's products, band by band of ``rows`` output
-    rows (its columns built in col_tile; the first band's product overwrites dw_group, so it
-    needs no zeroing, which on a large weight costs a pass over it), and db_group (Fg) += the
-    plane's dy sums."""
-    cdef Py_ssize_t OHW = s.OH * s.OW, band, oh0, band_rows, P, f
+cdef void _weight_grad_block(const floating* dy, const floating* x_block, floating* dw_block,
+                             floating* col_tile, const Conv2dShape* s, Py_ssize_t rows,
+                             Py_ssize_t channels) noexcept nogil:
+    """dw_block (Fg x channels * KH * KW, leading dimension K: columns c0 * KH * KW.. of dw_g) =
+    one (image, group) plane's products for a block of its input channels (x_block: channels
+    c0.., H, W), band by band of ``rows`` output rows (the block's columns built in col_tile; the
+    first band's product overwrites dw_block, so it needs no zeroing, which on a large weight
+    costs a pass over it)."""
+    cdef Conv2dShape b = s[0]  # the block's channels as a group of their own
+    b.Cg = channels
+    b.K = channels * s.KH * s.KW
+    cdef Py_ssize_t OHW = s.OH * s.OW, band, oh0, band_rows, P
     cdef bint pointwise = _is_pointwise(s)
     cdef const floating* col
     for band in range((s.OH + rows - 1) // rows):
         oh0 = band * rows
         band_rows = min(rows, s.OH - oh0)
         P = band_rows * s.OW
-        col = _columns(x, col_tile, s, pointwise, oh0, band_rows)
-        gemm(False, True, <int>s.Fg, <int>s.K, <int>P, <floating>1, dy + oh0 * s.OW, <int>OHW,
-             col, <int>(s.H * s.W if pointwise else P), <floating>(1 if band > 0 else 0), dw_group, <int>s.K)
+        col = _columns(x_block, col_tile, &b, pointwise, oh0, band_rows)
+        gemm(False, True, <int>s.Fg, <int>b.K, <int>P, <floating>1, dy + oh0 * s.OW, <int>OHW,
+             col, <int>(s.H * s.W if pointwise else P), <floating>(1 if band > 0 else 0), dw_block, <int>s.K)
+
+
+cdef inline void _bias_grad_plane(const floating* dy, floating* db_group, const Conv2dShape* s) noexcept nogil:
+    """db_group (Fg) += one (image, group) plane's dy sums."""
+    cdef Py_ssize_t OHW = s.OH * s.OW, f
     for f in range(s.Fg):
         db_group[f] += lane_sum(dy + f * OHW, OHW)
 
@@ -419,30 +429,32 @@ def conv2d_backward_small_batch(const floating[:, :, :, ::1] dy, const floating[
                                 floating[:, ::1] dw_partial, floating[:, ::1] db_partial,
                                 floating[:, ::1] workspace, object geometry, Py_ssize_t rows,
                                 Py_ssize_t channels, int num_threads):
-    """dx, and per-image partial sums of dw and db, for batches with fewer (image, group) planes
-    than threads. Tasks: first each plane's dw and db (into its image's row of
-    ``dw_partial``/``db_partial``, which the caller sums in order: dw written, db added into
-    rows it zeroed), then
-    each plane's blocks of ``channels`` input channels, whose slice of dx a task owns; taken
-    dynamically, so the dx blocks fill the threads around the longer dw tasks. ``workspace`` is
-    (num_threads, K * rows * OW). Every task's gemms depend on ``rows`` and ``channels`` only:
-    the same arguments give the same bits at any thread count."""
+    """dx (None: not computed), and per-image partial sums of dw and db, for batches with fewer
+    (image, group) planes than threads. Tasks, per plane and block of ``channels`` input
+    channels: first the block's columns of dw (into its image's row of ``dw_partial``, which the
+    caller sums in order; the first block's task also adds the plane's db into the row of
+    ``db_partial`` it zeroed), then the block's slice of dx; taken dynamically, so the dx blocks
+    fill the threads around the longer dw tasks. ``workspace`` is (num_threads, K * rows * OW).
+    Every task's gemms depend on ``rows`` and ``channels`` only: the same arguments give the
+    same bits at any thread count."""
     single_threaded_blas()
     cdef Conv2dShape s = conv2d_shape(geometry)
     cdef Py_ssize_t blocks = (s.Cg + channels - 1) // channels
     cdef Py_ssize_t planes = s.N * s.G
     cdef Py_ssize_t task, n, gi, c0, b
-    for task in prange(planes * (1 + blocks), nogil=True, schedule="dynamic", num_threads=num_threads):
-        if task < planes:
-            n = task // s.G
-            gi = task % s.G
-            _weight_grad_plane(&dy[n, gi * s.Fg, 0, 0], &x[n, gi * s.Cg, 0, 0],
-                               &dw_partial[n, gi * s.Fg * s.K], &db_partial[n, gi * s.Fg],
-                               &workspace[threadid(), 0], &s, rows)
+    cdef bint input_grad = dx is not None
+    for task in prange((2 if input_grad else 1) * planes * blocks, nogil=True, schedule="dynamic",
+                       num_threads=num_threads):
+        b = task % (planes * blocks)
+        n = b // (s.G * blocks)
+        gi = (b // blocks) % s.G
+        c0 = (b % blocks) * channels
+        if task < planes * blocks:
+            _weight_grad_block(&dy[n, gi * s.Fg, 0, 0], &x[n, gi * s.Cg + c0, 0, 0],
+                               &dw_partial[n, gi * s.Fg * s.K + c0 * s.KH * s.KW],
+                               &workspace[threadid(), 0], &s, rows, min(channels, s.Cg - c0))
+            if c0 == 0:
+                _bias_grad_plane(&dy[n, gi * s.Fg, 0, 0], &db_partial[n, gi * s.Fg], &s)
         else:
-            b = task - planes
-            n = b // (s.G * blocks)
-            gi = (b // blocks) % s.G
-            c0 = (b % blocks) * channels
             _input_grad_block(&dy[n, gi * s.Fg, 0, 0], &w[gi * s.Fg, c0, 0, 0], &dx[n, gi * s.Cg + c0, 0, 0],
                               &workspace[threadid(), 0], &s, rows, min(channels, s.Cg - c0))

@@ -470,7 +470,10 @@ def im2col_backward(dy, x, w, g, outs):
         return _degenerate_backward(dy, outs)
     _check_fits(g, "im2col", "backward")
     threads = threads_for(g.work("backward")[0] // 2)  # multiply-adds
-    if g.input_grad and g.N * g.groups < threads:  # too few planes for a task each
+    # Too few planes for a task each: tasks by blocks of input channels, with dx always; without
+    # it where there are enough channels for the blocks (with fewer, as the ResNet stem's three,
+    # bands of output rows, summed per thread, were 1.2x faster)
+    if g.N * g.groups < threads and (g.input_grad or g.Cg >= SMALL_BATCH_CHANNEL_BLOCKS):
         return _small_batch_backward(dy, x, w, g, outs, threads)
     if g.input_grad:  # a task (the dx of a group of images) per thread at most
         threads = min(threads, g.N * g.groups)
@@ -497,15 +500,16 @@ def im2col_backward(dy, x, w, g, outs):
     return outs
 
 
-# dx of a small batch is cut into this many blocks of input channels per (image, group) plane
-# (fewer where there are fewer channels): a count of the problem's, so the bits do not depend on
-# the thread count.
+# dw and dx of a small batch are cut into this many blocks of input channels per (image, group)
+# plane (fewer where there are fewer channels): a count of the problem's, so the bits do not depend
+# on the thread count.
 SMALL_BATCH_CHANNEL_BLOCKS = 8
 
 
 def _small_batch_backward(dy, x, w, g, outs, threads):
-    """im2col's backward with dx over fewer (image, group) planes than threads: a task per
-    plane's dw and db, and per block of a plane's input channels for dx."""
+    """im2col's backward over fewer (image, group) planes than threads: a task per block of a
+    plane's input channels for its columns of dw (the first also for db), and for dx (where
+    asked); no partial sums at batch 1."""
     dx, dw, db = outs
     channels = -(-g.Cg // min(g.Cg, SMALL_BATCH_CHANNEL_BLOCKS))
     rows, _ = _tiles(g, 1, x.dtype.itemsize)
