@@ -405,7 +405,10 @@ def threads_for(work: int) -> int:
     most ``get_num_threads()``, and, unless a count was set (``set_num_threads``, ``threads``), at
     most the CPUs that other processes leave free (``fastlayers._cpu_load``). Every CPU op's
     wrapper asks this before it starts a team."""
-    n = min(get_num_threads(), max(1, work // GRAIN_SIZE))
+    grains = work // GRAIN_SIZE
+    if grains < 2:  # one thread whatever the limits: asking them costs as much as a small op
+        return 1
+    n = min(get_num_threads(), grains)
     if n > 1 and _threads_override.get() is None and _default_threads is None:
         n = min(n, free_cpus())
     if n > 1:
