@@ -5,6 +5,7 @@
     python bench/bench_conv2d.py --tiles     # im2col column tile size sweep per case
     python bench/bench_conv2d.py --small     # im2col vs direct on tiny convolutions (min of 50 calls)
     python bench/bench_conv2d.py --layers    # real-network layers: each algorithm, auto, autotuned vs PyTorch
+    python bench/bench_conv2d.py --narrow    # planes narrower than a vector: the direct kernels, im2col, winograd
 
 The table is ``python -m fastlayers bench --ops conv2d --backends numpy,cpu,torch --wide``: every
 algorithm (``cpu:im2col``, ``cpu:direct``, ``cpu:auto``) as a column, PyTorch in its own process,
@@ -149,6 +150,54 @@ def _accepts(call):
         return False
 
 
+# Planes narrower than a vector, where the direct forward runs the filter-vector kernel: x shape,
+# filters, kernel size, stride, padding (ResNet-18's and VGG's batch-1 stages, a few batches).
+NARROW_SHAPES = (
+    ((1, 32, 8, 8), 32, 3, 1, 1), ((1, 64, 8, 8), 64, 3, 1, 1), ((1, 64, 8, 8), 128, 3, 1, 1),
+    ((1, 128, 8, 8), 128, 3, 1, 1), ((1, 256, 7, 7), 256, 3, 1, 1), ((4, 64, 8, 8), 128, 3, 1, 1),
+    ((8, 64, 8, 8), 128, 3, 1, 1), ((1, 256, 14, 14), 256, 3, 1, 1), ((1, 512, 7, 7), 512, 3, 1, 1),
+    ((2, 512, 7, 7), 512, 3, 1, 1), ((1, 128, 28, 28), 256, 3, 2, 1), ((1, 256, 14, 14), 512, 3, 2, 1),
+)
+
+
+def narrow_table(threads, rounds):
+    """The forward on ``NARROW_SHAPES``: direct (its filter-vector kernel, and its row kernel
+    forced), im2col and winograd (where it runs), into ``out=``, alternating (``_alternate``),
+    with the algorithm auto takes."""
+    conv2d = importlib.import_module("fastlayers.backends.cpu.conv2d")
+    rng = np.random.default_rng(0)
+    columns = ("direct", "direct row kernel", "im2col", "winograd")
+    print(f"conv2d forward on narrow planes, float32, {threads} threads, median of {rounds} alternating rounds, ms")
+    print("| x | filters, kernel, stride | MFLOP | " + " | ".join(columns) + " | auto |")
+    print("|---|---|---|" + "---|" * (len(columns) + 1))
+    for x_shape, F, k, stride, padding in NARROW_SHAPES:
+        params = dict(stride=stride, padding=padding)
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        w = (rng.standard_normal((F, x_shape[1], k, k)) / np.sqrt(x_shape[1] * k * k)).astype(np.float32)
+        b = rng.standard_normal(F).astype(np.float32)
+        y = fl.conv2d(x, w, b, **params)
+
+        def row_kernel():
+            kept = conv2d._fvec_scratch
+            conv2d._fvec_scratch = lambda *problem: 0
+            try:
+                fl.conv2d(x, w, b, **params, algo="direct", out=y)
+            finally:
+                conv2d._fvec_scratch = kept
+
+        calls = {"direct": lambda: fl.conv2d(x, w, b, **params, algo="direct", out=y), "direct row kernel": row_kernel,
+                 "im2col": lambda: fl.conv2d(x, w, b, **params, algo="im2col", out=y),
+                 "winograd": lambda: fl.conv2d(x, w, b, **params, algo="winograd", out=y)}
+        calls = {name: fn for name, fn in calls.items() if _accepts(fn)}
+        with fl.threads(threads):
+            ms = _alternate(calls, rounds)
+        problem = CONV2D.forward(x, w, b, stride, padding, 1, 1, "zeros")
+        auto = importlib.import_module("fastlayers._dispatch").select_kernel(CONV2D, problem, "cpu").algo
+        flops = 2 * y.size * x_shape[1] * k * k
+        print(f"| {x_shape} | {F}, {k}x{k}, {stride} | {flops / 1e6:.1f} | "
+              + " | ".join(f"{ms[c]:.3f}" if c in ms else "-" for c in columns) + f" | {auto} |", flush=True)
+
+
 def layers_table(threads, repeat):
     """Forward (into ``out=``) and backward of each algorithm, of auto and autotuned auto
     (``fl.set_autotune``) and of PyTorch (its own conv2d and autograd, in this process) on
@@ -231,7 +280,9 @@ def main(argv=None):
     experiment.add_argument("--tiles", action="store_true", help="im2col column tile size sweep")
     experiment.add_argument("--small", action="store_true", help="im2col vs direct on tiny convolutions")
     experiment.add_argument("--layers", action="store_true", help="real-network layers: each algorithm vs PyTorch")
-    args, names, rest = _op_view.parse(parser, argv, "conv2d", CONV_CASES, ("gemm", "tiles", "small", "layers"))
+    experiment.add_argument("--narrow", action="store_true",
+                            help="planes narrower than a vector: the direct kernels, im2col, winograd")
+    args, names, rest = _op_view.parse(parser, argv, "conv2d", CONV_CASES, ("gemm", "tiles", "small", "layers", "narrow"))
     if args.gemm:
         gemm_and_scaling(names, args.threads, args.repeat)
     elif args.tiles:
@@ -240,6 +291,8 @@ def main(argv=None):
         small_table(args.threads)
     elif args.layers:
         layers_table(args.threads, args.repeat)
+    elif args.narrow:
+        narrow_table(args.threads, 3 * args.repeat)
     else:
         return _op_view.table("conv2d", names, args.threads, args.repeat, rest)
     return 0

@@ -267,6 +267,31 @@ def test_direct_row_and_filter_vector_kernels_give_the_same_bits(monkeypatch, dt
         np.testing.assert_array_equal(got, want)
 
 
+def test_filter_vector_kernel_checks_its_arguments():
+    """The compiled entry refuses what it cannot run before it reads a byte: column strides past
+    2 (and a strided dx), no threads, scratch too small for the padded input, a wrong bias."""
+    from fastlayers._cpu import conv2d_direct
+
+    g = conv2d_geometry((1, 4, 9, 9), (32, 4, 3, 3), padding=1)
+    x, y = np.zeros(g.x_shape, np.float32), np.zeros(g.y_shape, np.float32)
+    packed = np.zeros((1, 1, g.K, conv2d_direct.FILTER_VECTOR_BYTES // 4), np.float32)
+    enough = np.zeros(conv2d_direct.fvec_scratch_bytes(g, False, 4, 2), np.uint8)
+    bias = np.zeros(32, np.float32)
+    conv2d_direct.conv2d_forward_fvec(x, packed, bias, y, enough, g, 2)
+    with pytest.raises(ValueError, match="scratch must hold"):
+        conv2d_direct.conv2d_forward_fvec(x, packed, bias, y, enough[:-1], g, 2)
+    with pytest.raises(ValueError, match="num_threads"):
+        conv2d_direct.conv2d_forward_fvec(x, packed, bias, y, enough, g, 0)
+    with pytest.raises(ValueError, match="b must hold 32 biases"):
+        conv2d_direct.conv2d_forward_fvec(x, packed, bias[:5], y, enough, g, 2)
+    strided = conv2d_geometry((1, 4, 9, 9), (32, 4, 3, 3), stride=(1, 3))
+    assert not conv2d_direct.fvec_runs(strided, False)
+    with pytest.raises(ValueError, match="column strides 1 and 2"):
+        conv2d_direct.conv2d_forward_fvec(x, packed, bias, np.zeros(strided.y_shape, np.float32), enough, strided, 2)
+    assert conv2d_direct.fvec_runs(conv2d_geometry((1, 4, 9, 9), (32, 4, 3, 3), stride=2), False)
+    assert not conv2d_direct.fvec_runs(conv2d_geometry((1, 4, 9, 9), (32, 4, 3, 3), stride=2), True)
+
+
 # The benchmark cases' shapes at a reduced batch and size: long contractions (K = C * 9 up to
 # 576), the pointwise 1x1 path, tiles of several output rows.
 @pytest.mark.parametrize("algo", ALGOS)

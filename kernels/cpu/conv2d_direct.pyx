@@ -326,7 +326,12 @@ def fvec_scratch_bytes(object geometry, bint backward_input, Py_ssize_t itemsize
     lines."""
     cdef RowConv r = (_backward_input_rows(geometry, 1, itemsize) if backward_input
                       else _forward_rows(geometry, 1, itemsize))
-    cdef object padded = <object>r.N * r.G * r.Cs * _padded_rows(&r) * _padded_cols(&r)
+    return _fvec_bytes(&r, itemsize, num_threads)
+
+
+cdef object _fvec_bytes(const RowConv* r, Py_ssize_t itemsize, int num_threads):
+    # In Python ints, as scratch_bytes: no product can wrap.
+    cdef object padded = <object>r.N * r.G * r.Cs * _padded_rows(r) * _padded_cols(r)
     return sum((nbytes + 63) // 64 * 64 for nbytes in
                (r.K * sizeof(ptrdiff_t), padded * itemsize,
                 num_threads * (FL_FVEC_MAX_POSITIONS + 1) * FVEC_BLOCK_BYTES))
@@ -438,11 +443,12 @@ cdef RowConv _fvec_rows(object geometry, bint backward_input, Py_ssize_t itemsiz
                          + (" backward" if backward_input else " forward"))
     if num_threads < 1:
         raise ValueError(f"num_threads must be at least 1, got {num_threads}")
-    need = fvec_scratch_bytes(geometry, backward_input, itemsize, num_threads)
+    cdef RowConv r = (_backward_input_rows(geometry, 1, itemsize) if backward_input
+                      else _forward_rows(geometry, 1, itemsize))
+    need = _fvec_bytes(&r, itemsize, num_threads)
     if scratch.shape[0] < need:
         raise ValueError(f"scratch must hold {need} bytes, got {scratch.shape[0]}")
-    return (_backward_input_rows(geometry, 1, itemsize) if backward_input
-            else _forward_rows(geometry, 1, itemsize))
+    return r
 
 
 def conv2d_forward_fvec(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] packed_w,
