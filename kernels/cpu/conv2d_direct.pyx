@@ -9,12 +9,18 @@
 # with the accumulators in registers. dx is the forward of dy with each group's filters flipped
 # and transposed, dy upsampled by the stride (zeros between its samples) in the padded copy.
 #
+# On AVX-512 the wrapper runs the forward and the stride-1 dx of planes narrower than a vector
+# on the filter-vector kernel instead (_conv_fvec, conv2d_direct_fvec.h): vectors along blocks of
+# filters, over one padded copy of the whole input, the same taps in the same order.
+#
 # Each output element is owned by one task and summed in a fixed order: results are
 # reproducible bit for bit and independent of the thread count.
 #
 # Bounds: sizes come from the conv2d spec (fastlayers.ops.conv2d) and the array shapes are checked by
 # the wrapper (backends/cpu/conv2d.py); the band copy reads only rows and columns checked to be
-# inside the input, and the kernel reads only inside the copy (RowConv says how wide it is).
+# inside the input, and the kernel reads only inside the copy (RowConv says how wide it is); the
+# filter-vector kernel reads only inside its padded copy, whose size its entry checks the
+# scratch holds (fvec_scratch_bytes).
 from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
 from libc.stddef cimport ptrdiff_t

@@ -27,7 +27,8 @@ columns of several whole small images) per thread, two of them in the backward (
 of dx), plus, when images share a tile, their gemm's product in the forward and their dy in the
 backward (filters per group x the tile's columns), and one partial dw (the size of w) per thread
 in the backward; a direct task's row copy is kept to about 1 MiB and refused past
-``DIRECT_MAX_SCRATCH_BYTES`` per thread (its width grows with the stride and dilation); a
+``DIRECT_MAX_SCRATCH_BYTES`` per thread (its width grows with the stride and dilation), the
+filter-vector kernel's padded copy of the whole input to ``FVEC_MAX_SCRATCH_BYTES``; a
 Winograd task holds its tiles' transforms, 36 (Cg + Fg) values a tile (``_winograd_band``), and
 its dw up to ``_WINOGRAD_DW_RUNS`` partial transformed gradients of 36 F Cg values.
 Workspaces are cached per Python thread and checked out for the call
