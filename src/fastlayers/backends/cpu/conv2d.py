@@ -259,15 +259,11 @@ def choose_algo(problem, isa=None):
     return "im2col"
 
 
-def _packed_shape(G, O, K, block):
-    """The shape of the direct kernels' packed weights of G groups of O filters of K taps."""
-    return (G, -(-O // block), K, block)
-
-
 def _pack_filters(wg, block):
     """Weights (G, outputs per group, K) -> (G, blocks, K, block): a direct kernel's blocks of
     filters, filter-fastest, zero-padded to whole blocks."""
-    packed = np.empty(_packed_shape(*wg.shape, block), dtype=wg.dtype)
+    G, O, K = wg.shape
+    packed = np.empty((G, -(-O // block), K, block), dtype=wg.dtype)
     _direct.pack_filters(wg, packed, threads_for(wg.size))
     return packed
 
