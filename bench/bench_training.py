@@ -6,6 +6,9 @@ in one run, and where fastlayers' step spends its time.
     python bench/bench_training.py --threads 1 --repeat 20 --budget 5
     python bench/bench_training.py --models vgg --inference   # also batch 32 and batch 1 inference
 
+The VGG model's inference and step are also cases of the benchmark engine, beside ONNX Runtime
+and OpenVINO: ``python -m fastlayers bench --cases models``.
+
 The models: the digits CNN of examples/cnn_digits.py (batch 32 x 1 x 8 x 8); a CIFAR-shaped CNN
 with batch normalisation and dropout (batch 32 x 3 x 32 x 32): Conv2D(3, 32) -> BatchNorm2d ->
 ReLU -> MaxPool2D -> Conv2D(32, 64) -> BatchNorm2d -> ReLU -> MaxPool2D -> Flatten -> Dropout ->
@@ -31,8 +34,18 @@ import time
 
 import numpy as np
 
+from fastlayers.benchmark.models import MODELS as MODEL_WORKLOADS
+from fastlayers.cases import CASES_BY_NAME
+
 BATCH = 32
 MODELS = ("digits", "cifar-bn", "vgg")
+VGG, VGG_CASE = MODEL_WORKLOADS["vgg"], CASES_BY_NAME["vgg-n32"]
+
+
+def vgg_weights(seed):
+    """The VGG model case's weights (``python -m fastlayers bench --cases models``), drawn from ``seed``."""
+    return VGG.inputs(VGG_CASE, "forward", np.dtype(np.float32), seed)
+
 INFERENCE_BATCHES = (32, 1)
 
 
@@ -49,10 +62,8 @@ def fastlayers_model(model, seed=0):
             L.Conv2D(1, 16, 3, padding=1, **kw), L.ReLU(), L.MaxPool2D(2),
             L.Conv2D(16, 32, 3, padding=1, **kw), L.ReLU(), L.MaxPool2D(2),
             L.Flatten(), L.Dense(32 * 2 * 2, 10, **kw))
-    if model == "vgg":
-        return L.Sequential(*(layer for cin, cout in ((3, 32), (32, 64), (64, 128))
-                              for layer in (L.Conv2D(cin, cout, 3, padding=1, **kw), L.ReLU(), L.MaxPool2D(2))),
-                            L.Flatten(), L.Dense(128 * 4 * 4, 10, **kw))
+    if model == "vgg":  # the engine's model case, with its weights
+        return VGG.fastlayers_model(VGG_CASE, vgg_weights(seed))
     return L.Sequential(
         L.Conv2D(3, 32, 3, padding=1, bias=False, **kw), L.BatchNorm2d(32), L.ReLU(), L.MaxPool2D(2),
         L.Conv2D(32, 64, 3, padding=1, bias=False, **kw), L.BatchNorm2d(64), L.ReLU(), L.MaxPool2D(2),
@@ -60,17 +71,16 @@ def fastlayers_model(model, seed=0):
 
 
 def torch_model(model):
+    import torch
     import torch.nn as nn
 
+    if model == "vgg":
+        return VGG.torch_model(torch, VGG_CASE, vgg_weights(0))
     if model == "digits":
         return nn.Sequential(
             nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Flatten(), nn.Linear(32 * 2 * 2, 10))
-    if model == "vgg":
-        return nn.Sequential(*(layer for cin, cout in ((3, 32), (32, 64), (64, 128))
-                               for layer in (nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))),
-                             nn.Flatten(), nn.Linear(128 * 4 * 4, 10))
     return nn.Sequential(
         nn.Conv2d(3, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(32, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),

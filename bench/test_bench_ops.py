@@ -15,7 +15,7 @@ import fastlayers as fl
 from fastlayers.benchmark.onnx_worker import ENGINES, engine_call
 from fastlayers.benchmark.runner import available_families, family, fastlayers_call
 from fastlayers.benchmark.timing import plan_rounds
-from fastlayers.benchmark.workloads import make_inputs, op_name, work, workload
+from fastlayers.benchmark.workloads import make_inputs, work, workload
 
 MAX_ROUNDS = 7
 
@@ -36,15 +36,16 @@ def test_bench(benchmark, bench_item, found, request):
     available, reason, ops = found[family(label)]
     if not available:
         pytest.skip(f"{label}: {reason}")
-    if ops is not None and op_name(case.op, direction) not in ops:
-        pytest.skip(f"the {family(label)} backend has no {op_name(case.op, direction)}")
+    reason = workload(case.op).unavailable(case, direction, family(label), ops)
+    if reason:
+        pytest.skip(reason)
     config = request.config
     threads = config.getoption("--bench-threads") or fl.get_num_threads()
     dtype, budget = config.getoption("--bench-dtype"), config.getoption("--bench-budget")
     inputs = make_inputs(case, direction, dtype, seed=0)
     if label == "torch":
         fn, sync = _torch_call(case, direction, inputs, 0, threads)
-    elif label in ENGINES:  # ONNX Runtime, OpenVINO: the forward as a one-node model
+    elif label in ENGINES:  # ONNX Runtime, OpenVINO: the forward as an ONNX model
         (fn, _), sync = engine_call(label, case, inputs, threads), None
     else:
         fn, sync = fastlayers_call(case, direction, label, inputs)

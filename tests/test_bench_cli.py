@@ -141,6 +141,9 @@ def test_allocating_calls_return_new_outputs_and_out_calls_reuse_theirs(op, dire
     fresh, _ = runner.fastlayers_call(case, direction, label, inputs)
     first, second = _arrays(fresh()), _arrays(fresh())
     assert not any(np.shares_memory(a, b) for a, b in zip(first, second))
+    if not workloads.workload(op).takes_out:  # a model: its rows all allocate
+        assert not [label for label in runner.labels_for(["cpu"], op) if label.endswith(runner.OUT)]
+        return
     into, _ = runner.fastlayers_call(case, direction, label + "+out", inputs)
     first, second = _arrays(into()), _arrays(into())
     assert all(np.shares_memory(a, b) for a, b in zip(first, second))
@@ -368,9 +371,10 @@ def test_conv_workload_carries_groups_and_dilation(direction):
             np.testing.assert_allclose(t.detach().numpy(), w, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("case", [c for c in ALL_CASES if c.op != "max_pool2d"], ids=lambda c: c.name)
+@pytest.mark.parametrize("case", [c for c in ALL_CASES if c.op not in ("max_pool2d", "vgg")], ids=lambda c: c.name)
 def test_flop_counts(case):
-    """FLOPs of the table's compute-bound cases, counted independently of the geometry."""
+    """FLOPs of the table's compute-bound op cases, counted independently of the geometry (the
+    models: test_model_flops)."""
     if case.op == "conv2d":
         N, C, H, W = case.shape
         p = case.params
@@ -412,6 +416,7 @@ TINY_SHAPES = {
     "rnn": ((3, 2, 4, 5), {}),
     "lstm": ((3, 2, 4, 5), {}),
     "gru": ((3, 2, 4, 5), {}),
+    "vgg": ((2, 3, 8, 8), {}),
 }
 
 
@@ -460,14 +465,15 @@ def test_torch_call_computes_what_fastlayers_computes(op, direction):
 
 
 @pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
-@pytest.mark.parametrize("case", ["tiny-conv", "tiny-pool", "t-grouped"])
+@pytest.mark.parametrize("case", ["tiny-conv", "tiny-pool", "t-grouped", "t-vgg"])
 def test_inference_engines_time_the_same_forward(engine, case):
-    """The one-node ONNX model an engine times computes what fastlayers' forward computes."""
+    """The ONNX model an engine times (one node for an op, the network for a model) computes
+    what fastlayers' forward computes."""
     pytest.importorskip("onnx")
     pytest.importorskip(engine)
     from fastlayers.benchmark.onnx_worker import engine_call
 
-    case = {**TINY_CASES, GROUPED_CONV.name: GROUPED_CONV}[case]
+    case = {**TINY_CASES, GROUPED_CONV.name: GROUPED_CONV, "t-vgg": _tiny_case("vgg")}[case]
     inputs = workloads.make_inputs(case, "forward", np.float32, seed=0)
     fn, version = engine_call(engine, case, inputs, threads=1)
     got = np.asarray(list(fn().values())[0] if engine == "openvino" else fn()[0])
@@ -489,3 +495,53 @@ def test_rounds_of_fast_calls_make_several_calls_after_a_warm_up(one_call, repea
     times = timing.time_call(lambda: made.append(1), repeat, budget_s, clock=clock)
     assert len(made) == warmups + calls * rounds
     assert times == pytest.approx([one_call / calls] * rounds)
+
+
+# ---------------------------------------------------------------------------- model cases
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is not installed")
+@pytest.mark.parametrize("family", ["numpy", "cpu"])
+def test_model_training_steps_follow_torch(family):
+    """Three training steps of the model case on each side, float64, from the same inputs: the
+    losses agree step by step, so the updates (SGD with momentum) did too; the step's own loss
+    only from the second step on depends on them."""
+    import torch
+
+    case = _tiny_case("vgg")
+    inputs = workloads.make_inputs(case, "backward", np.float64, seed=4)
+    ours = runner.fastlayers_call(case, "backward", family, inputs)[0]
+    theirs = workloads.workload("vgg").torch_call(torch, case, "backward", inputs, seed=4)
+    losses = [(float(ours()), float(theirs())) for _ in range(3)]
+    assert losses[0][0] != losses[2][0]  # the steps moved the weights
+    for got, want in losses:
+        assert got == pytest.approx(want, rel=1e-10)  # float64, orders of summation aside
+
+
+def test_model_runs_where_its_layers_do():
+    """Which families time a model case, and why not the others."""
+    vgg, case = workloads.workload("vgg"), _tiny_case("vgg")
+    cpu_ops = set(fl.available_backends()["cpu"]["ops"])
+    assert vgg.unavailable(case, "backward", "cpu", cpu_ops) is None
+    assert vgg.unavailable(case, "forward", "torch", None) is None
+    assert vgg.unavailable(case, "forward", "onnxruntime", {"conv2d", "vgg"}) is None
+    assert vgg.unavailable(case, "backward", "onnxruntime", {"conv2d", "vgg"}) == "onnxruntime runs inference only"
+    assert "host backends" in vgg.unavailable(case, "forward", "cuda", cpu_ops)
+    assert vgg.unavailable(case, "forward", "cpu", cpu_ops - {"relu"}) == "the cpu backend has no relu"
+    labels = runner.labels_for(runner.FAMILIES, "vgg")
+    assert not [label for label in labels if label.endswith(runner.OUT)]  # a model takes no out=
+
+
+def test_model_flops():
+    """The convolutions' and the Dense layer's multiply-adds, by hand for the tiny case."""
+    case = _tiny_case("vgg")  # (2, 3, 8, 8): planes 8, 4, 2; features 128 * 1 * 1
+    convs = [2 * 2 * 32 * 64 * 3 * 9, 2 * 2 * 64 * 16 * 32 * 9, 2 * 2 * 128 * 4 * 64 * 9]
+    forward = sum(convs) + 2 * 2 * 128 * 10
+    assert workloads.work(case, "forward", "float32") == (forward, "flop")
+    assert workloads.work(case, "backward", "float32") == (3 * forward - convs[0], "flop")
+
+
+def test_model_rows_are_named_infer_and_train(tiny_run):
+    report = json.loads(tiny_run["json"].read_text())
+    out = format_table(dict(report, results=[dict(r, case="m", op="vgg") for r in report["results"][:2]]))
+    assert re.search(r"^m +infer ", out, flags=re.M) and "train = one training step" in out

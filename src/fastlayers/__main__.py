@@ -6,6 +6,7 @@ Examples::
     python -m fastlayers bench --ops conv2d --backends cpu,torch --threads 1
     python -m fastlayers bench --add-case mine=conv2d:8,64,32,32:F=64,kernel_size=3,padding=1 --cases mine
     python -m fastlayers bench --ops max_pool2d --wide       # one row per case, one column per backend
+    python -m fastlayers bench --cases models --wide          # a whole CNN: inference and a training step
     python -m fastlayers bench --compare before.json after.json
 """
 from __future__ import annotations
@@ -66,7 +67,8 @@ def _parser():
                        help=f"a subset that runs in about a minute: {', '.join(QUICK_CASES)}; repeat 5, budget 0.5 s")
     bench.add_argument("--cases", type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
                        help="case names (default: the case table of fastlayers.cases; 'layers': real networks' "
-                            "layers; 'all': the table, the sweeps and the layers)")
+                            "layers; 'models': a whole CNN through fastlayers.layers, its inference (infer) and "
+                            "training step (train); 'all': the table, the sweeps, the layers and the models)")
     bench.add_argument("--add-case", action="append", type=_case_spec, default=[], metavar="NAME=OP:SHAPE[:k=v,...]",
                        help="define an extra case, e.g. mine=conv2d:8,64,32,32:F=64,kernel_size=3,padding=1 "
                             "(rnn shape: T,N,D,H); select it with --cases or it is added to the run")

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class Case:
     name: str
-    op: str  # "conv2d", "max_pool2d", "rnn", "lstm" or "gru"
-    shape: tuple  # conv2d/max_pool2d: (N, C, H, W); rnn, lstm, gru: (T, N, D, H)
+    op: str  # "conv2d", "max_pool2d", "rnn", "lstm", "gru", or a model ("vgg")
+    shape: tuple  # conv2d/max_pool2d and the models: (N, C, H, W); rnn, lstm, gru: (T, N, D, H)
     # conv2d: F, kernel_size, stride, padding (dilation, groups: 1 unless given); pool: kernel_size, stride, padding
     params: dict = field(default_factory=dict)
     # Cases of one sweep vary only shape[0] (N for conv2d, T for rnn): plots draw them as a line.
@@ -44,7 +44,7 @@ SWEEP_CASES = tuple(
     for n in (1, 4, 16, 64)
 ) + tuple(Case(f"rnn-small-t{t}", "rnn", (t, 32, 128, 256), sweep="rnn-small length") for t in (10, 25, 100))
 
-# Layers of real networks, outside the design table: the VGG-style model of bench/bench_training.py
+# Layers of real networks, outside the design table: the VGG-style model (MODEL_CASES below)
 # (batch 32 and 1), ResNet-18's stem and 3x3 layers at batch 1, a ResNet-50 bottleneck 1x1,
 # VGG-16's full-size layer, MobileNet's depthwise layers and a dilated layer.
 # ``--cases layers`` selects them.
@@ -66,17 +66,26 @@ LAYER_CASES = (
     Case("dilated-256-n4", "conv2d", (4, 256, 28, 28), dict(F=256, kernel_size=3, padding=2, dilation=2)),
 )
 
-ALL_CASES = CASES + SWEEP_CASES + LAYER_CASES
+# Whole networks (fastlayers.benchmark.models): the VGG-style CNN of the layer cases above, its
+# inference ("forward") at batch 32 and 1 and its training step ("backward") at batch 32.
+# ``--cases models`` selects them.
+MODEL_CASES = (
+    Case("vgg-n32", "vgg", (32, 3, 32, 32)),
+    Case("vgg-n1", "vgg", (1, 3, 32, 32)),
+)
+
+ALL_CASES = CASES + SWEEP_CASES + LAYER_CASES + MODEL_CASES
 CASES_BY_NAME = {c.name: c for c in ALL_CASES}
 
-# ``--quick``: every op, and both sweeps up to a size where the NumPy reference still takes about
+# ``--quick``: every op and model, and both sweeps up to a size where the NumPy reference still takes about
 # 2 s a call (resnet-28 at N=16): the whole run stays near a minute on a quiet 2-core machine.
 QUICK_CASES = ("cifar-stem", "resnet-28-n1", "resnet-28-n4", "resnet-28-n16", "pool-56",
-               "rnn-small-t10", "rnn-small-t25", "rnn-small", "lstm-small", "gru-small")
+               "rnn-small-t10", "rnn-small-t25", "rnn-small", "lstm-small", "gru-small", "vgg-n32", "vgg-n1")
 
 
 # Names that stand for a group of cases in ``--cases``.
-CASE_GROUPS = {"all": tuple(c.name for c in ALL_CASES), "layers": tuple(c.name for c in LAYER_CASES)}
+CASE_GROUPS = {"all": tuple(c.name for c in ALL_CASES), "layers": tuple(c.name for c in LAYER_CASES),
+               "models": tuple(c.name for c in MODEL_CASES)}
 
 
 def expand_groups(names):

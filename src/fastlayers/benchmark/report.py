@@ -4,6 +4,9 @@ from __future__ import annotations
 import json
 
 from .runner import SCHEMA, allocates, family, label_order
+from ..ops._workload import Workload
+from .models import MODEL_LEGEND, MODELS
+from .workloads import WORKLOADS
 from .timing import MIN_ROUND_S, MIN_ROUNDS_FOR_SPREAD, UNSTABLE_SPREAD, WARMUP_S, allocator_line, machine_line
 
 COLUMNS = ("case", "dir", "backend", "median ms", "(min - max)", "spread", "n", "rate", "% roof", "vs best other")
@@ -25,8 +28,10 @@ def _ms(v):
     return f"{v:.3g}" if v < 10 else f"{v:.0f}" if v >= 1000 else f"{v:.1f}"
 
 
-def _short(direction):
-    return "fwd" if direction == "forward" else "bwd"
+def _short(r):
+    """Result ``r``'s direction as the tables name it: fwd/bwd for an op, infer/train for a model."""
+    names = WORKLOADS[r["op"]].direction_names if r["op"] in WORKLOADS else Workload.direction_names
+    return names[r["direction"]]
 
 
 def _spread_cell(r):
@@ -46,7 +51,7 @@ def _legend(report):
         *([f"PyTorch {torch['version']} on {torch['device']}, {torch['threads']} threads, in its own process"]
           if torch else []),
         *(f"{engine} {info['version']}, {info['threads']} threads, float32, in its own process: forwards as "
-          f"one-node ONNX models" for engine, info in settings.get("engines", {}).items()),
+          f"ONNX models (one node an op; the whole network a model)" for engine, info in settings.get("engines", {}).items()),
         f"roofs measured in this run: GEMM {roofs['gemm_gflops']:.1f} GFLOP/s (NumPy BLAS, {M}x{K} @ {K}x{N}), "
         f"copy {roofs['copy_gbs']:.1f} GB/s; % roof = rate / roof",
         allocator_line(settings["allocator"]),
@@ -55,6 +60,7 @@ def _legend(report):
         "every row allocates its outputs on each call, as PyTorch does; +out: fastlayers writing into "
         "preallocated out= buffers instead",
         "vs best other = median of the fastest other backend (allocating) / this median (> 1: this one is faster)",
+        *([MODEL_LEGEND] if any(r["op"] in MODELS for r in report["results"]) else []),
         f"median over n rounds (of calls lasting at least {1e3 * MIN_ROUND_S:g} ms) after "
         f"{1e3 * WARMUP_S:g} ms of warm-up calls; spread = interquartile range / median, "
         f"! = unstable (over {100 * UNSTABLE_SPREAD:.0f}%), ? = under {MIN_ROUNDS_FOR_SPREAD} rounds to tell",
@@ -77,7 +83,7 @@ def format_table(report):
             breaks.add(len(rows))
         ratio = "" if r["vs_best_other"] is None else f"{r['vs_best_other']:.2f}x {r['best_other']}"
         rows.append((
-            r["case"], _short(r["direction"]), r["backend"], _ms(r["median_ms"]),
+            r["case"], _short(r), r["backend"], _ms(r["median_ms"]),
             f"({_ms(r['min_ms'])} - {_ms(r['max_ms'])})", _spread_cell(r), str(r["rounds"]),
             f"{r['rate']:.2f} {r['rate_unit']}", f"{r['roof_pct']:.0f}%", ratio,
         ))
@@ -120,14 +126,14 @@ def _wide_rows(results):
     labels = sorted({r["backend"] for r in results}, key=label_order)
     cells = {}
     for r in results:
-        cells.setdefault((r["case"], _short(r["direction"])), {})[r["backend"]] = (r["median_ms"], r["unstable"])
+        cells.setdefault((r["case"], _short(r)), {})[r["backend"]] = (r["median_ms"], r["unstable"])
     cases = list(dict.fromkeys(r["case"] for r in results))
     for case in cases:
         fwd, bwd = cells.get((case, "fwd"), {}), cells.get((case, "bwd"), {})
         both = {b: (fwd[b][0] + bwd[b][0], bool(fwd[b][1] or bwd[b][1])) for b in fwd if b in bwd}
         if both:
             cells[case, "fwd+bwd"] = both
-    directions = ("fwd", "bwd", "fwd+bwd")
+    directions = ("fwd", "bwd", "fwd+bwd", "infer", "train")
     rows = [("case", "dir", *(f"{b} ms" for b in labels), "fastest", "vs next family")]
     for (case, direction), by_label in sorted(cells.items(),
                                               key=lambda kv: (cases.index(kv[0][0]), directions.index(kv[0][1]))):
@@ -229,6 +235,7 @@ def plot(report, path):
     sweeps = sorted({r["sweep"] for r in results if r["sweep"]})
     sweeps = [s for s in sweeps if len({r["case"] for r in results if r["sweep"] == s}) > 1]
     groups = list(dict.fromkeys((r["case"], r["direction"]) for r in results))
+    names = {(r["case"], r["direction"]): _short(r) for r in results}
     backends = sorted({r["backend"] for r in results}, key=label_order)
     by_key = {(r["case"], r["direction"], r["backend"]): r for r in results}
     fig = Figure(figsize=(max(14, 0.9 * len(groups)), 10 + 4 * bool(sweeps)), layout="constrained")
@@ -250,7 +257,7 @@ def plot(report, path):
         ratios = [(x, r) for x, r in zip(xs, present) if r["vs_best_other"]]
         speed_ax.bar([x for x, _ in ratios], [r["vs_best_other"] - 1 for _, r in ratios], width, bottom=1,
                      color=[color[r["backend"]] for _, r in ratios])
-    labels = [f"{c} {_short(d)}" for c, d in groups]
+    labels = [f"{g[0]} {names[g]}" for g in groups]
     for ax in (times_ax, speed_ax):
         ax.set_xticks(range(len(groups)), labels, fontsize=8, rotation=30, ha="right")
         ax.set_xlim(-0.5, len(groups) - 0.5)
@@ -280,7 +287,7 @@ def plot(report, path):
                 if pts:
                     n, med, q1, q3 = zip(*pts)
                     ax.errorbar(n, med, yerr=[[m - a for m, a in zip(med, q1)], [b - m for m, b in zip(med, q3)]],
-                                fmt=style, color=color[backend], label=f"{backend} {_short(direction)}", capsize=2,
+                                fmt=style, color=color[backend], label=f"{backend} {Workload.direction_names[direction]}", capsize=2,
                                 markersize=3)
         sizes = sorted({r["shape"][0] for r in results if r["sweep"] == sweep})
         ax.set_xscale("log", base=2)

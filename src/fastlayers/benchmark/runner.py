@@ -26,9 +26,8 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from .. import _dispatch
-from .. import functional as F
 from .timing import GEMM_SHAPE, copy_roof, gemm_roof, machine_info, spread, steady_allocator, time_call
-from .workloads import DIRECTIONS, OPS, call_args, make_inputs, op_name, work, workload
+from .workloads import DIRECTIONS, OPS, call_args, make_inputs, work, workload
 
 SCHEMA = "fastlayers-bench/2"
 FAMILIES = ("numpy", "cpu", "cuda", "torch", "onnxruntime", "openvino")
@@ -75,7 +74,7 @@ def labels_for(families, op, out_rows=True, algos=None):
     for fam in families:
         split = fam in ALGO_FAMILIES and algos
         labels += [f"{fam}:{a}" for a in algos] if split else [fam]
-        if out_rows and fam in OUT_FAMILIES:
+        if out_rows and fam in OUT_FAMILIES and workload(op).takes_out:
             labels.append(f"{fam}:{DEFAULT_ALGO}{OUT}" if split else f"{fam}{OUT}")
     return labels
 
@@ -101,11 +100,11 @@ def plan(cases, directions, families, found, out_rows=True, algos=None):
     items, skips = [], []
     for case in cases:
         for direction in directions:
-            op = op_name(case.op, direction)
             for label in labels_for(families, case.op, out_rows, algos):
                 available, reason, ops = found[family(label)]
-                if available and ops is not None and op not in ops:
-                    available, reason = False, f"the {family(label)} backend has no {op}"
+                if available:
+                    reason = workload(case.op).unavailable(case, direction, family(label), ops)
+                    available = reason is None
                 if available:
                     items.append((case, direction, label))
                 else:
@@ -143,8 +142,7 @@ def fastlayers_call(case, direction, label, inputs):
         empty, sync = cuda.device_array, cuda.synchronize
     if out:
         kwargs["out"] = workload(case.op).outputs(case, direction, inputs, empty)
-    fn = getattr(F, op_name(case.op, direction))
-    return (lambda: fn(*args, **kwargs)), sync
+    return workload(case.op).fastlayers_call(case, direction, args, kwargs), sync
 
 
 class Progress:

@@ -1,5 +1,6 @@
 """The benchmark's view of the ops: each op's workload is its spec's (``SPECS[op].workload``,
-defined next to the spec in ``fastlayers/ops/<family>.py``); these helpers only look it up.
+defined next to the spec in ``fastlayers/ops/<family>.py``), and each model's (a network made of
+the ops' layers, :mod:`.models`) its own; these helpers only look them up.
 
 A workload gives, for a case of the table (:mod:`fastlayers.cases`) and a direction: the inputs
 (NumPy arrays, the functional API's positional arguments in order), the keyword options of the
@@ -12,20 +13,18 @@ from __future__ import annotations
 import numpy as np
 
 from ..ops import SPECS
+from ..ops._workload import op_name  # noqa: F401  (the engine's and the tables' name for it)
+from .models import MODELS
 
 DIRECTIONS = ("forward", "backward")
-# The ops the benchmark can time: those whose spec has a workload.
-OPS = tuple(name for name, spec in SPECS.items() if spec.workload is not None)
-
-
-def op_name(op, direction):
-    """The functional API's name of ``op`` in ``direction``: ``rnn`` + backward -> ``rnn_backward``."""
-    return op if direction == "forward" else f"{op}_backward"
+# What a case can time (its ``op``): the ops whose spec has a workload, then the models.
+WORKLOADS = {**{name: spec.workload for name, spec in SPECS.items() if spec.workload is not None}, **MODELS}
+OPS = tuple(WORKLOADS)
 
 
 def workload(op):
-    """The workload of the op family ``op`` (a case's ``op``)."""
-    return SPECS[op].workload
+    """The workload of ``op`` (a case's ``op``: an op family or a model)."""
+    return WORKLOADS[op]
 
 
 def make_inputs(case, direction, dtype, seed=0):

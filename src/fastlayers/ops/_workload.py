@@ -57,6 +57,24 @@ class Workload:
         arguments made with the inputs (the gated ops' backward ``workspace``)."""
         return self.options(case, direction)
 
+    # The tables' names of the two directions (the wide view adds "fwd+bwd", the sum of an op's
+    # two, where both are measured; a model's, named otherwise, get none).
+    direction_names = {"forward": "fwd", "backward": "bwd"}
+    takes_out = True  # whether fastlayers' call takes out= buffers (the "+out" rows)
+
+    def fastlayers_call(self, case, direction, args, kwargs):
+        """The timed fastlayers call: the functional API's function of the op and direction."""
+        from .. import functional
+
+        fn = getattr(functional, op_name(case.op, direction))
+        return lambda: fn(*args, **kwargs)
+
+    def unavailable(self, case, direction, family, ops):
+        """Why ``family`` cannot time ``case`` in ``direction`` (None: it can); ``ops``: the
+        function names the family runs (None: every one)."""
+        op = op_name(case.op, direction)
+        return None if ops is None or op in ops else f"the {family} backend has no {op}"
+
     # Whether ``onnx_model`` builds the forward (the inference engines run no backward).
     onnx_forward = False
 
@@ -66,15 +84,20 @@ class Workload:
         raise NotImplementedError(f"no ONNX model for {type(self).__name__}")
 
 
-def onnx_graph(onnx, case, node, feed, outputs, constants):
-    """A one-node ONNX model (opset 17): ``feed`` {name: array} its inputs, ``outputs`` [(name,
-    array dtype, shape)], ``constants`` {name: array} initializers."""
+def op_name(op, direction):
+    """The functional API's name of ``op`` in ``direction``: ``rnn`` + backward -> ``rnn_backward``."""
+    return op if direction == "forward" else f"{op}_backward"
+
+
+def onnx_graph(onnx, case, nodes, feed, outputs, constants):
+    """An ONNX model (opset 17) of ``nodes`` in order: ``feed`` {name: array} its inputs,
+    ``outputs`` [(name, array dtype, shape)], ``constants`` {name: array} initializers."""
     helper, numpy_helper = onnx.helper, onnx.numpy_helper
 
     def info(name, dtype, shape):
         return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), list(shape))
 
-    graph = helper.make_graph([node], case.name, [info(n, a.dtype, a.shape) for n, a in feed.items()],
+    graph = helper.make_graph(list(nodes), case.name, [info(n, a.dtype, a.shape) for n, a in feed.items()],
                               [info(*o) for o in outputs],
                               initializer=[numpy_helper.from_array(a, n) for n, a in constants.items()])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

@@ -308,7 +308,7 @@ class Conv2dWorkload(Workload):
             strides=[g.stride_h, g.stride_w], pads=[g.pad_top, g.pad_left, g.pad_bottom, g.pad_right],
             dilations=[g.dilation_h, g.dilation_w], group=g.groups)
         feed = {"input": inputs["input"]}
-        model = onnx_graph(onnx, case, node, feed, [("output", inputs["input"].dtype, g.y_shape)],
+        model = onnx_graph(onnx, case, [node], feed, [("output", inputs["input"].dtype, g.y_shape)],
                            {"weight": inputs["weight"], "bias": inputs["bias"]})
         return model, feed
 

@@ -194,7 +194,7 @@ class MaxPool2dWorkload(Workload):
         node = onnx.helper.make_node("MaxPool", ["input"], ["output"], kernel_shape=[g.KH, g.KW],
                                      strides=[g.stride_h, g.stride_w], pads=[g.pad_h, g.pad_w, g.pad_h, g.pad_w])
         feed = {"input": inputs["input"]}
-        return onnx_graph(onnx, case, node, feed, [("output", inputs["input"].dtype, g.y_shape)], {}), feed
+        return onnx_graph(onnx, case, [node], feed, [("output", inputs["input"].dtype, g.y_shape)], {}), feed
 
 
 class MaxPool2dSpec(OpSpec):
