@@ -245,3 +245,35 @@ def test_training_order_gradient_check():
         down = loss(x)
         w[index] = keep
         np.testing.assert_allclose(grads["3.w"][index], (up - down) / (2 * eps), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "numpy"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("pool_kw", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1)],
+                         ids=["2x2", "3x3-s2-p1"])
+def test_a_relu_after_a_pool_runs_in_the_pools_call(backend, dtype, pool_kw):
+    """The plan fuses the ReLU that runs after a pool into the pool's call (one step fewer) and
+    gives the bits of the two calls one after the other, NaN, infinities and -0.0 included."""
+    rng = make_rng(5)
+    kw = dict(dtype=dtype)
+    model = L.Sequential(L.MaxPool2D(**pool_kw, **kw), L.ReLU(**kw), L.Flatten(**kw), backend=backend).eval()
+    pool = L.MaxPool2D(**pool_kw, backend=backend, **kw).eval()
+    for call in range(3):
+        x = draw(rng, 3, 9, 2, dtype, special=call > 0)  # negative maxima too: the ReLU zeroes them
+        expected = fl.relu(pool.forward(x), backend=backend).reshape(2, -1)
+        got = model.forward(x)
+        assert got.tobytes() == expected.tobytes()  # bit for bit: NaN payloads and signed zeros
+        (planned,) = model._plans.values()
+        assert len(planned.steps) == 2  # the pool with its ReLU, then Flatten
+
+
+def test_the_cuda_pool_declines_a_fused_relu():
+    from dataclasses import replace
+
+    from fastlayers.ops import max_pool2d as pool_spec
+
+    problem = pool_spec.MAX_POOL2D.forward(np.zeros((1, 1, 4, 4), np.float32), 2, None, 0, 1, False, False)
+    cuda = next(k for k in pool_spec.KERNELS if k.backend == "cuda")
+    assert cuda.declines(problem) is None
+    problem.geometry = replace(problem.geometry, relu=True)
+    assert "fuses no ReLU" in cuda.declines(problem)

@@ -116,12 +116,14 @@ cdef void _pool_plane_scan(const floating* x, floating* y, int64_t* indices,
 
 
 def max_pool2d_forward(const floating[:, :, ::1] x, floating[:, :, ::1] y, int64_t[:, :, ::1] indices,
-                       int KH, int KW, int SH, int SW, int PH, int PW, bint stream,
+                       int KH, int KW, int SH, int SW, int PH, int PW, bint stream, bint relu,
                        floating[:, ::1] work, int num_threads):
     """x (P, H, W) -> y, indices (P, OH, OW); P = N*C planes, all sizes > 0, geometry validated
     (every window holds at least one input cell). The first maximum wins, of several NaNs the
     last (as in PyTorch). ``indices`` None: the maxima only (inference), the same values.
-    ``stream``: write the outputs around the cache (2x2 stride-2 path only).
+    ``stream``: write the outputs around the cache (2x2 stride-2 path only). ``relu``: each
+    plane's maxima through a ReLU once it is pooled, while it is in cache (relu.pyx's rule: NaN
+    and -0.0 stay); the indices are the maxima's either way.
     ``work`` (at least num_threads rows, of at least one cell): each thread's phase rows for the
     general path, taken when a row holds ``phase_cells(...)`` (and KW <= W, KH * W < 2**31);
     otherwise each output scans its window."""
@@ -141,18 +143,20 @@ def max_pool2d_forward(const floating[:, :, ::1] x, floating[:, :, ::1] y, int64
     if num_threads == 1:  # no OpenMP region: entering one costs more than a small batch's planes
         with nogil:
             for p in range(P):
-                _pool_plane(x, y, index_base, p, KH, KW, SH, SW, PH, PW, stream, tiles_2x2, phases, &work[0, 0])
+                _pool_plane(x, y, index_base, p, KH, KW, SH, SW, PH, PW, stream, relu, tiles_2x2, phases,
+                            &work[0, 0])
         return
     for p in prange(P, nogil=True, schedule="guided", num_threads=num_threads):
-        _pool_plane(x, y, index_base, p, KH, KW, SH, SW, PH, PW, stream, tiles_2x2, phases,
+        _pool_plane(x, y, index_base, p, KH, KW, SH, SW, PH, PW, stream, relu, tiles_2x2, phases,
                     &work[threadid(), 0] if phases else NULL)  # a row per thread only for phase rows
 
 
 cdef void _pool_plane(const floating[:, :, ::1] x, floating[:, :, ::1] y, int64_t* index_base, Py_ssize_t p,
                       Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH, Py_ssize_t SW, Py_ssize_t PH, Py_ssize_t PW,
-                      bint stream, bint tiles_2x2, bint phases, floating* work) noexcept nogil:
+                      bint stream, bint relu, bint tiles_2x2, bint phases, floating* work) noexcept nogil:
     """Plane p of max_pool2d_forward, by the path it chose; ``work``: this thread's phase rows."""
-    cdef Py_ssize_t H = x.shape[1], W = x.shape[2], OH = y.shape[1], OW = y.shape[2]
+    cdef Py_ssize_t H = x.shape[1], W = x.shape[2], OH = y.shape[1], OW = y.shape[2], i
+    cdef floating* plane = &y[p, 0, 0]
     cdef int64_t* plane_indices = NULL if index_base == NULL else index_base + p * OH * OW
     if tiles_2x2:
         _pool_plane_2x2(&x[p, 0, 0], &y[p, 0, 0], plane_indices, W, OH, OW, stream)
@@ -165,6 +169,9 @@ cdef void _pool_plane(const floating[:, :, ::1] x, floating[:, :, ::1] y, int64_
                                         SH, SW, PH, PW, work)
     else:
         _pool_plane_scan(&x[p, 0, 0], &y[p, 0, 0], plane_indices, H, W, OH, OW, KH, KW, SH, SW, PH, PW)
+    if relu:
+        for i in range(OH * OW):
+            plane[i] = 0 if plane[i] < 0 else plane[i]
 
 
 # ---------------------------------------------------------------------------- backward

@@ -51,7 +51,8 @@ never overwritten. Assigning any attribute of a layer (its options, ``training``
 ``.to(dtype)``) drops its plans; the thread count is read at every call. A Sequential in which no
 layer keeps records (eval mode, ``no_grad()``) runs its forward on NumPy inputs through an
 inference plan per input signature (``_InferencePlan``): the layers' kernels called directly into
-buffers the plan keeps, ReLU in place, and MaxPool2D without indices. In every mode a Sequential
+buffers the plan keeps, ReLU in place, a ReLU after a MaxPool2D inside the pool's call, and
+MaxPool2D without indices. In every mode a Sequential
 runs a ReLU followed by a MaxPool2D as the pool then the ReLU (the same values and gradients, but
 for the sign of a zero; see ``Sequential._order``).
 
@@ -62,6 +63,7 @@ shift 0. ``rng`` is a seed or a ``numpy.random.Generator``.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 import contextlib
 import contextvars
 import math
@@ -350,10 +352,18 @@ class Layer:
         whether x is such a buffer. By default the layer's forward, whose output is never one."""
         return self.forward, self.forward(x), False
 
-    def _planned_step(self, x: Any, keep: bool, owned: bool = False) -> Tuple[Callable[[Any], Any], Any, bool]:
+    def _fused_inference_step(self, following: Layer, x: Any, keep: bool,
+                              owned: bool) -> Optional[Tuple[Callable[[Any], Any], Any, bool]]:
+        """``_inference_step`` of this layer and ``following`` (the next in the plan) as one
+        step, or None where this layer fuses none (the default)."""
+        return None
+
+    def _planned_step(self, x: Any, keep: bool, owned: bool = False,
+                      forward_call: Optional[Callable[[Any], Any]] = None) -> Tuple[Callable[[Any], Any], Any, bool]:
         """``_inference_step`` of a layer whose forward is one planned op call on x and the
-        layer's parameters (``_forward_call``): the step calls the plan's kernel directly."""
-        key, arrays, prepare = self._forward_call(x)
+        layer's parameters (``forward_call``, by default ``_forward_call``): the step calls the
+        plan's kernel directly."""
+        key, arrays, prepare = (forward_call or self._forward_call)(x)
         y = self._run(key, arrays, prepare)
         try:
             planned = self._plans.get(key)
@@ -717,18 +727,30 @@ class MaxPool2D(Layer):
         self.padding = pair("padding", padding, 0)
         self.ceil_mode = ceil_mode
 
-    def _forward_call(self, x: Any) -> Tuple[Any, Tuple[Any, ...], Callable[[], Tuple[Any, Any, Any]]]:
+    def _forward_call(self, x: Any, relu: bool = False) -> Tuple[Any, Tuple[Any, ...], Callable[[], Tuple[Any, Any, Any]]]:
         """The forward's op call: its plan key, its arrays and how to check it. The indices only
-        when recording: without them the kernel writes the maxima alone."""
+        when recording: without them the kernel writes the maxima alone. ``relu``: the maxima
+        through a ReLU, in the same call (the geometry's ``relu``)."""
         options = (self.kernel_size, self.stride, self.padding, 1, self.ceil_mode, self.recording)
 
         def prepare():
             self._check_input(x, 4)
-            return MAX_POOL2D, MAX_POOL2D.forward(x, *options), self.backend
+            problem = MAX_POOL2D.forward(x, *options)
+            if relu:
+                problem.geometry = replace(problem.geometry, relu=True)
+            return MAX_POOL2D, problem, self.backend
 
-        return self._key((x,), "forward", *options), (x,), prepare
+        return self._key((x,), "forward", *options, relu), (x,), prepare
 
     _inference_step = Layer._planned_step
+
+    def _fused_inference_step(self, following: Layer, x: Any, keep: bool,
+                              owned: bool) -> Optional[Tuple[Callable[[Any], Any], Any, bool]]:
+        """A ReLU after the pool (as ``Sequential._order`` puts the ReLU of ReLU -> MaxPool2D)
+        runs in the pool's call, on each plane as it is pooled: one pass and one step fewer."""
+        if type(following) is not ReLU:
+            return None
+        return self._planned_step(x, keep, owned, lambda x: self._forward_call(x, relu=True))
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         recording = self.recording
@@ -1398,8 +1420,9 @@ class _InferencePlan:
     """A Sequential's forward for one input signature where no layer keeps records: each layer's
     ``_inference_step`` in ``Sequential._order`` (its planned kernel called directly, checked
     once), the outputs of all but the last written into buffers the plan keeps (no allocation per
-    call), a ReLU in place on the buffer before it (so a ReLU moved after its MaxPool2D rewrites
-    the pool's output). The last step's output is new at every call (a copy where it is a view of
+    call), a ReLU in place on the buffer before it, and a layer and the next as one step where
+    the first fuses them (``_fused_inference_step``: a ReLU moved after its MaxPool2D runs in the
+    pool's call, on each plane as it is pooled). The last step's output is new at every call (a copy where it is a view of
     a kept buffer), as the caller may hold it. Made by its first call; ``lock``: one call at a time
     (the kept buffers), a concurrent one takes the layers' own forwards."""
 
@@ -1420,10 +1443,16 @@ class _InferencePlan:
         return x.copy() if self.copy_out else x
 
     def _make(self, x: Any) -> Any:
-        steps, owned, last = [], False, len(self.order) - 1
-        for i, layer in enumerate(self.order):
-            step, x, owned = layer._inference_step(x, i < last, owned)
+        steps, owned, order, i = [], False, self.order, 0
+        while i < len(order):  # a layer and the next as one step where the first fuses them
+            fused = order[i]._fused_inference_step(order[i + 1], x, i + 2 < len(order), owned) \
+                if i + 1 < len(order) else None
+            if fused is None:
+                step, x, owned = order[i]._inference_step(x, i + 1 < len(order), owned)
+            else:
+                step, x, owned = fused
             steps.append(step)
+            i += 1 if fused is None else 2
         self.steps, self.copy_out = steps, owned
         return x.copy() if owned else x
 

@@ -29,6 +29,10 @@ class Pool2dGeometry(ImageBatch):
     dilation_w: int
     ceil_mode: bool
     indices: bool = True  # whether the caller takes the indices (False: a kernel may skip them)
+    # The maxima through a ReLU (x < 0 -> 0; NaN and -0.0 kept, as fastlayers.relu): a
+    # Sequential's inference plan fuses the ReLU after a pool (``layers.MaxPool2D``). Never set
+    # by the functional API.
+    relu: bool = False
 
     @property
     def y_shape(self):
@@ -114,6 +118,12 @@ def _cpu_declines(problem):
     return None
 
 
+def _cuda_declines(problem):
+    if problem.geometry.relu:
+        return "the cuda max_pool2d kernel fuses no ReLU"
+    return None
+
+
 KERNELS = (
     Kernel("numpy", "reference", "fastlayers.backends.numpy",
            {"forward": "max_pool2d_forward", "backward": "max_pool2d_backward"}, allocates=True),
@@ -121,7 +131,7 @@ KERNELS = (
     Kernel("cpu", "simd", "fastlayers.backends.cpu.max_pool2d", {"forward": "forward", "backward": "backward"},
            declines=_cpu_declines, allocates=True),
     Kernel("cuda", "thread_per_output", "fastlayers.backends.cuda.max_pool2d",
-           {"forward": "forward", "backward": "backward"}, allocates=True),
+           {"forward": "forward", "backward": "backward"}, declines=_cuda_declines, allocates=True),
 )
 
 

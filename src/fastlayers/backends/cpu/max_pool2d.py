@@ -42,7 +42,7 @@ def forward(x, g, outs):
         args = (np.ascontiguousarray(x).reshape(planes, g.H, g.W), y.reshape(planes, g.OH, g.OW),
                 None if indices is None else indices.reshape(planes, g.OH, g.OW),
                 g.KH, g.KW, g.stride_h, g.stride_w, g.pad_h, g.pad_w,
-                y.nbytes + (0 if indices is None else indices.nbytes) >= STREAMING_MIN_BYTES)
+                y.nbytes + (0 if indices is None else indices.nbytes) >= STREAMING_MIN_BYTES, g.relu)
         if cells == 0:  # the 2x2 path: no workspace to check out (microseconds a call)
             _kernels.max_pool2d_forward(*args, _NO_WORK[x.dtype], threads)
             return y, indices
