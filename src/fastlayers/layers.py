@@ -358,8 +358,8 @@ class Layer:
         step, or None where this layer fuses none (the default)."""
         return None
 
-    def _planned_step(self, x: Any, keep: bool, owned: bool = False,
-                      forward_call: Optional[Callable[[Any], Any]] = None) -> Tuple[Callable[[Any], Any], Any, bool]:
+    def _planned_step(self, x: Any, keep: bool, owned: bool = False, forward_call: Optional[Callable[[Any], Any]] = None
+                      ) -> Tuple[Callable[[Any], Any], Any, bool]:
         """``_inference_step`` of a layer whose forward is one planned op call on x and the
         layer's parameters (``forward_call``, by default ``_forward_call``): the step calls the
         plan's kernel directly."""
@@ -727,7 +727,8 @@ class MaxPool2D(Layer):
         self.padding = pair("padding", padding, 0)
         self.ceil_mode = ceil_mode
 
-    def _forward_call(self, x: Any, relu: bool = False) -> Tuple[Any, Tuple[Any, ...], Callable[[], Tuple[Any, Any, Any]]]:
+    def _forward_call(self, x: Any,
+                      relu: bool = False) -> Tuple[Any, Tuple[Any, ...], Callable[[], Tuple[Any, Any, Any]]]:
         """The forward's op call: its plan key, its arrays and how to check it. The indices only
         when recording: without them the kernel writes the maxima alone. ``relu``: the maxima
         through a ReLU, in the same call (the geometry's ``relu``)."""
@@ -1422,9 +1423,10 @@ class _InferencePlan:
     once), the outputs of all but the last written into buffers the plan keeps (no allocation per
     call), a ReLU in place on the buffer before it, and a layer and the next as one step where
     the first fuses them (``_fused_inference_step``: a ReLU moved after its MaxPool2D runs in the
-    pool's call, on each plane as it is pooled). The last step's output is new at every call (a copy where it is a view of
-    a kept buffer), as the caller may hold it. Made by its first call; ``lock``: one call at a time
-    (the kept buffers), a concurrent one takes the layers' own forwards."""
+    pool's call, on each plane as it is pooled). The last step's output is new at every call (a
+    copy where it is a view of a kept buffer), as the caller may hold it. Made by its first call;
+    ``lock``: one call at a time (the kept buffers), a concurrent one takes the layers' own
+    forwards."""
 
     __slots__ = ("layers", "order", "epoch", "usable", "lock", "steps", "copy_out")
 

@@ -23,8 +23,8 @@ CLASSES = 10
 
 class VggWorkload(Workload):
     """The VGG-style CNN: three stages of Conv(3x3, padding 1) -> ReLU -> MaxPool(2) with 32, 64
-    and 128 filters, Flatten, Dense(to 10 classes). Case shape (N, C, H, W), H and W at least 8 (each pool halves them,
-    rounding down)."""
+    and 128 filters, Flatten, Dense(to 10 classes). Case shape (N, C, H, W), H and W at least 8
+    (each pool halves them, rounding down)."""
 
     STAGES = (32, 64, 128)
     direction_names = {"forward": "infer", "backward": "train"}
@@ -35,7 +35,7 @@ class VggWorkload(Workload):
                               "max_pool2d_backward", "linear_backward")}
 
     def _convs(self, case):
-        """(in channels, out channels, plane side) of each convolution."""
+        """(in channels, out channels, plane height, plane width) of each convolution."""
         channels = (case.shape[1],) + self.STAGES
         return [(channels[i], channels[i + 1], case.shape[2] >> i, case.shape[3] >> i) for i in range(len(self.STAGES))]
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 
-from .runner import SCHEMA, allocates, family, label_order
 from ..ops._workload import Workload
 from .models import MODEL_LEGEND, MODELS
+from .runner import SCHEMA, allocates, family, label_order
 from .workloads import WORKLOADS
 from .timing import MIN_ROUND_S, MIN_ROUNDS_FOR_SPREAD, UNSTABLE_SPREAD, WARMUP_S, allocator_line, machine_line
 
@@ -51,7 +51,8 @@ def _legend(report):
         *([f"PyTorch {torch['version']} on {torch['device']}, {torch['threads']} threads, in its own process"]
           if torch else []),
         *(f"{engine} {info['version']}, {info['threads']} threads, float32, in its own process: forwards as "
-          f"ONNX models (one node an op; the whole network a model)" for engine, info in settings.get("engines", {}).items()),
+          f"ONNX models (an op one node, a model the whole network)"
+          for engine, info in settings.get("engines", {}).items()),
         f"roofs measured in this run: GEMM {roofs['gemm_gflops']:.1f} GFLOP/s (NumPy BLAS, {M}x{K} @ {K}x{N}), "
         f"copy {roofs['copy_gbs']:.1f} GB/s; % roof = rate / roof",
         allocator_line(settings["allocator"]),
@@ -287,7 +288,8 @@ def plot(report, path):
                 if pts:
                     n, med, q1, q3 = zip(*pts)
                     ax.errorbar(n, med, yerr=[[m - a for m, a in zip(med, q1)], [b - m for m, b in zip(med, q3)]],
-                                fmt=style, color=color[backend], label=f"{backend} {Workload.direction_names[direction]}", capsize=2,
+                                fmt=style, color=color[backend], capsize=2,
+                                label=f"{backend} {Workload.direction_names[direction]}",
                                 markersize=3)
         sizes = sorted({r["shape"][0] for r in results if r["sweep"] == sweep})
         ax.set_xscale("log", base=2)
