@@ -321,6 +321,7 @@ def test_compare_refuses_a_file_that_is_not_a_report(tmp_path, capsys):
     (["--add-case", "x=conv2d:1,2,3,3"], "needs F= and kernel_size="),
     (["--add-case", "x=conv2d:1,2,3,3:F=2"], "for conv2d needs kernel_size=,"),
     (["--add-case", "x=max_pool2d:1,2,4,4"], "for max_pool2d needs kernel_size=,"),
+    (["--add-case", "x=vgg:1,3,4,32"], "the vgg model needs images of at least 8x8, got 4x32"),
     (["--dtype", "float16"], "invalid choice: 'float16'"),
 ])
 def test_bad_arguments_are_named(argv, message, capsys):

@@ -48,7 +48,11 @@ def _case_spec(text):
     if missing:
         raise argparse.ArgumentTypeError(
             f"--add-case for {op} needs {' and '.join(f'{k}=' for k in missing)}, got {text!r}")
-    return Case(name, op, shape, kv)
+    case = Case(name, op, shape, kv)
+    error = workload(op).case_error(case)
+    if error:
+        raise argparse.ArgumentTypeError(f"--add-case: {error}, in {text!r}")
+    return case
 
 
 def _parser():

@@ -34,6 +34,12 @@ class VggWorkload(Workload):
                  "backward": ("conv2d", "relu", "max_pool2d", "linear", "conv2d_backward", "relu_backward",
                               "max_pool2d_backward", "linear_backward")}
 
+    def case_error(self, case):
+        side = 1 << len(self.STAGES)
+        if min(case.shape[2:]) < side:
+            return f"the {case.op} model needs images of at least {side}x{side}, got {case.shape[2]}x{case.shape[3]}"
+        return None
+
     def _convs(self, case):
         """(in channels, out channels, plane height, plane width) of each convolution."""
         channels = (case.shape[1],) + self.STAGES

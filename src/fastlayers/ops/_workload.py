@@ -45,6 +45,11 @@ class Workload:
     gpu_target: Optional[Tuple[str, float]] = None
 
     @staticmethod
+    def case_error(case):
+        """Why ``case`` (a user's ``--add-case``) is no case of this workload, or None."""
+        return None
+
+    @staticmethod
     def args(case, direction, inputs):
         return tuple(inputs.values())
 
