@@ -275,5 +275,8 @@ def test_the_cuda_pool_declines_a_fused_relu():
     problem = pool_spec.MAX_POOL2D.forward(np.zeros((1, 1, 4, 4), np.float32), 2, None, 0, 1, False, False)
     cuda = next(k for k in pool_spec.KERNELS if k.backend == "cuda")
     assert cuda.declines(problem) is None
+    backward = pool_spec.MAX_POOL2D.backward(np.zeros((1, 1, 2, 2), np.float32), np.zeros((1, 1, 2, 2), np.int64),
+                                             (1, 1, 4, 4))
+    assert cuda.declines(backward) is None  # the backward's geometry has no ReLU to fuse
     problem.geometry = replace(problem.geometry, relu=True)
     assert "fuses no ReLU" in cuda.declines(problem)

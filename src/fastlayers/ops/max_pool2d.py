@@ -119,7 +119,7 @@ def _cpu_declines(problem):
 
 
 def _cuda_declines(problem):
-    if problem.geometry.relu:
+    if problem.direction == "forward" and problem.geometry.relu:
         return "the cuda max_pool2d kernel fuses no ReLU"
     return None
 
