@@ -159,16 +159,16 @@ cdef void _pool_plane(const floating[:, :, ::1] x, floating[:, :, ::1] y, int64_
     cdef floating* plane = &y[p, 0, 0]
     cdef int64_t* plane_indices = NULL if index_base == NULL else index_base + p * OH * OW
     if tiles_2x2:
-        _pool_plane_2x2(&x[p, 0, 0], &y[p, 0, 0], plane_indices, W, OH, OW, stream)
+        _pool_plane_2x2(&x[p, 0, 0], plane, plane_indices, W, OH, OW, stream)
     elif phases:
         if floating is float:
-            fl_pool_plane_phases_float(&x[p, 0, 0], &y[p, 0, 0], plane_indices, H, W, OH, OW, KH, KW,
+            fl_pool_plane_phases_float(&x[p, 0, 0], plane, plane_indices, H, W, OH, OW, KH, KW,
                                        SH, SW, PH, PW, work)
         else:
-            fl_pool_plane_phases_double(&x[p, 0, 0], &y[p, 0, 0], plane_indices, H, W, OH, OW, KH, KW,
+            fl_pool_plane_phases_double(&x[p, 0, 0], plane, plane_indices, H, W, OH, OW, KH, KW,
                                         SH, SW, PH, PW, work)
     else:
-        _pool_plane_scan(&x[p, 0, 0], &y[p, 0, 0], plane_indices, H, W, OH, OW, KH, KW, SH, SW, PH, PW)
+        _pool_plane_scan(&x[p, 0, 0], plane, plane_indices, H, W, OH, OW, KH, KW, SH, SW, PH, PW)
     if relu:
         for i in range(OH * OW):
             plane[i] = 0 if plane[i] < 0 else plane[i]

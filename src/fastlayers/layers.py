@@ -1447,14 +1447,10 @@ class _InferencePlan:
     def _make(self, x: Any) -> Any:
         steps, owned, order, i = [], False, self.order, 0
         while i < len(order):  # a layer and the next as one step where the first fuses them
-            fused = order[i]._fused_inference_step(order[i + 1], x, i + 2 < len(order), owned) \
-                if i + 1 < len(order) else None
-            if fused is None:
-                step, x, owned = order[i]._inference_step(x, i + 1 < len(order), owned)
-            else:
-                step, x, owned = fused
+            fused = i + 1 < len(order) and order[i]._fused_inference_step(order[i + 1], x, i + 2 < len(order), owned)
+            step, x, owned = fused or order[i]._inference_step(x, i + 1 < len(order), owned)
             steps.append(step)
-            i += 1 if fused is None else 2
+            i += 2 if fused else 1
         self.steps, self.copy_out = steps, owned
         return x.copy() if owned else x
 
