@@ -23,6 +23,7 @@ from fastlayers.ops.conv2d import conv2d_geometry
 
 # The module, not the package attribute (the cpu package exports its op functions by op name).
 cpu_conv2d = importlib.import_module("fastlayers.backends.cpu.conv2d")
+_winograd = importlib.import_module("fastlayers._cpu.conv2d_winograd")
 
 ALGOS = ("im2col", "direct", "auto")
 DTYPES = (np.float32, np.float64)
@@ -673,7 +674,9 @@ def test_concurrent_callers_keep_their_own_workspaces():
 def test_auto_heuristic():
     """With AVX-512 or AVX2: winograd, forward and backward, for 3x3 stride-1 kernels with at
     least WINOGRAD_MIN_TILES output tiles and WINOGRAD_MIN_CHANNELS channels a group each way (the
-    backward with dx and paddings up to 2). Else, forward with AVX-512: direct for kernels larger
+    backward with dx and paddings up to 2), the forward on AMD's AVX-512 also from
+    WINOGRAD_FEW_TILES tiles and WINOGRAD_FEW_TILES_MIN_FLOPS on, both with at most
+    WINOGRAD_MAX_FILTER_VALUES_PER_TILE transformed filter values a tile. Else, forward with AVX-512: direct for kernels larger
     than 1x1 from DIRECT_MIN_FLOPS on and up to DIRECT_MAX_TAPS taps, DIRECT_MIN_PLANES images
     (Intel) or DIRECT_MIN_ROWS output rows (AMD) and DIRECT_MIN_WIDTH columns; on AMD, narrower
     planes by the filter-vector kernel from FVEC_MIN_FLOPS on, with FVEC_MIN_FILTERS filters;
@@ -681,6 +684,7 @@ def test_auto_heuristic():
     with AVX2: direct forward for short contractions (DIRECT_MAX_TAPS["x86-64-v3"]) over at least
     DIRECT_MIN_ROWS output rows, even of one image; im2col otherwise. Backward: im2col (or
     winograd)."""
+    FEW = ("winograd", "im2col")  # forward by Winograd on few tiles (AMD's AVX-512), backward im2col
     cases = [  # forward with AVX-512 (Intel, AMD), with AVX2
         ((1, 1, 8, 8), (4, 1, 3, 3), {}, "im2col", "im2col", "im2col"),  # tiny: set-up dominates
         ((32, 3, 32, 32), (32, 3, 3, 3), dict(padding=1), "direct", "direct", "direct"),  # cifar-stem: 3 channels
@@ -700,12 +704,15 @@ def test_auto_heuristic():
         ((1, 3, 224, 224), (64, 3, 7, 7), dict(stride=2, padding=3), "im2col", "direct", "direct"),  # ResNet stem, batch 1
         ((1, 16, 64, 64), (32, 16, 3, 3), dict(padding=1), "winograd", "winograd", "winograd"),  # batch 1: 256 tiles
         ((1, 8, 64, 64), (32, 8, 3, 3), dict(padding=1), "im2col", "direct", "direct"),  # batch 1, 64 rows, 72 taps
-        ((1, 32, 16, 16), (64, 32, 3, 3), dict(padding=1), "im2col", "im2col", "im2col"),  # batch 1, 16 rows
+        ((1, 32, 16, 16), (64, 32, 3, 3), dict(padding=1), "im2col", FEW, "im2col"),  # batch 1, 16 tiles, 9.4 MFLOP
+        ((1, 32, 16, 16), (32, 32, 3, 3), dict(padding=1), "im2col", "im2col", "im2col"),  # 16 tiles, 4.7 MFLOP
         ((1, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), "im2col", "direct", "im2col"),  # narrow: filter vectors
-        ((1, 256, 14, 14), (256, 256, 3, 3), dict(padding=1), "im2col", "direct", "im2col"),  # 16 tiles, 14 wide
+        ((1, 256, 7, 7), (256, 256, 3, 3), dict(padding=1), "im2col", "direct", "im2col"),  # 4 tiles: too few
+        ((1, 256, 14, 14), (256, 256, 3, 3), dict(padding=1), "im2col", FEW, "im2col"),  # 16 tiles, 14 wide
+        ((1, 512, 14, 14), (512, 512, 3, 3), dict(padding=1), "im2col", "direct", "im2col"),  # 2.25 MiB of U a tile
         ((1, 128, 28, 28), (256, 128, 3, 3), dict(stride=2, padding=1), "im2col", "direct", "im2col"),  # 14 wide
-        ((1, 64, 8, 8), (128, 64, 3, 3), dict(padding=1), "im2col", "im2col", "im2col"),  # narrow, 9.4 MFLOP
-        ((8, 256, 7, 7), (16, 256, 3, 3), dict(padding=1), "im2col", "im2col", "im2col"),  # 16 filters: half a block
+        ((1, 64, 8, 8), (128, 64, 3, 3), dict(padding=1), "im2col", "im2col", "im2col"),  # narrow, 4 tiles
+        ((8, 256, 7, 7), (16, 256, 3, 3), dict(padding=1), "im2col", FEW, "im2col"),  # 16 filters, 32 tiles
     ]
     isa = cpu_conv2d.rule_isa()
     for x_shape, w_shape, params, forward_v4, forward_v4_amd, forward_v3 in cases:
@@ -716,7 +723,8 @@ def test_auto_heuristic():
         args = (params.get("stride", 1), params.get("padding", 0), 1, params.get("groups", 1), "zeros")
         problems = (CONV2D.forward(x, w, None, *args), CONV2D.backward(dy, x, w, *args),
                     CONV2D.backward(dy, x, w, *args, input_grad=False))
-        expected = {isa: [forward, forward if forward == "winograd" else "im2col", "im2col"]
+        expected = {isa: list(forward) + ["im2col"] if isinstance(forward, tuple)
+                    else [forward, forward if forward == "winograd" else "im2col", "im2col"]
                     for isa, forward in (("x86-64-v4", forward_v4), ("x86-64-v4-amd", forward_v4_amd),
                                          ("x86-64-v3", forward_v3))}
         expected["baseline"] = ["im2col"] * 3
@@ -1149,6 +1157,57 @@ def test_winograd_takes_3x3_stride_1_and_backward_paddings_up_to_2():
         fl.conv2d_backward(np.ones((1, 2, 10, 10)), x, w, padding=3, algo="winograd")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("x_shape, F, padding", [
+    ((1, 16, 8, 8), 40, 1),  # two tile rows in one task: blocks of 32 and 8 filters
+    ((1, 24, 16, 13), 64, 1),  # 16x13 output, the tiles cut at the right edge
+    ((1, 20, 5, 9), 17, (1, 2)),  # 17 filters: blocks of 16 and 1
+    ((2, 16, 4, 4), 48, 0),  # two images' one tile row each
+])
+def test_winograd_splits_the_filters_of_calls_with_few_tile_rows(x_shape, F, padding, dtype, split_work):
+    """Calls whose tile rows make fewer than two tasks (batch 1, small planes) give each task a
+    block of the filters: y and the dx that runs the same kernel (its filters are x's channels)
+    against the reference, and bit for bit at 1, 2 and 3 threads."""
+    g = conv2d_geometry(x_shape, (F, x_shape[1], 3, 3), padding=padding)
+    rows, _ = cpu_conv2d._winograd_band(g)
+    assert cpu_conv2d._winograd_task_filters(g, rows) < F
+    rng = make_rng(sum(x_shape) + F)
+    x, w = _uniform(rng, x_shape, dtype, "C"), _uniform(rng, (F, x_shape[1], 3, 3), dtype, "C")
+    b, dy = _uniform(rng, (F,), dtype), _uniform(rng, g.y_shape, dtype, "C")
+    results = []
+    for threads in (1, 2, 3):
+        with fl.threads(threads):
+            y = fl.conv2d(x, w, b, padding=padding, algo="winograd")
+            dx, _, _ = fl.conv2d_backward(dy, x, w, padding=padding, algo="winograd")
+        results.append((y, dx))
+    x64, w64, dy64 = x.astype(np.float64), w.astype(np.float64), dy.astype(np.float64)
+    _assert_winograd_close(results[0][0], ref.conv2d(x64, w64, b.astype(np.float64), padding=padding), dtype, g.K,
+                           f"y {x_shape} {F}")
+    _assert_winograd_close(results[0][1], ref.conv2d_backward(dy64, x64, w64, padding=padding)[0], dtype, F * 9,
+                           f"dx {x_shape} {F}")
+    for y, dx in results[1:]:
+        np.testing.assert_array_equal(y, results[0][0])
+        np.testing.assert_array_equal(dx, results[0][1])
+
+
+def test_winograd_kernel_checks_its_filters_and_workspace():
+    x, w = np.ones((1, 16, 8, 8), np.float32), np.ones((32, 16, 3, 3), np.float32)
+    g = conv2d_geometry(x.shape, w.shape, padding=1)
+    U = cpu_conv2d._winograd_filters(w, g)
+    y = np.empty(g.y_shape, np.float32)
+    rows, tiles_w = cpu_conv2d._winograd_band(g)
+    work = np.empty((2, _winograd.workspace_size(16, 16, rows, tiles_w)), np.float32)
+    for filters in (0, 33):
+        with pytest.raises(ValueError, match="filters must be from 1 to 32"):
+            _winograd.conv2d_forward(x, U, None, y, work, g, rows, filters, 1)
+    with pytest.raises(ValueError, match="workspace must be at least"):
+        _winograd.conv2d_forward(x, U, None, y, work, g, rows, 32, 1)  # sized for 16 filters
+    with pytest.raises(ValueError, match="workspace must be at least"):
+        _winograd.conv2d_forward(x, U, None, y, work, g, rows, 16, 3)  # sized for 2 threads
+    _winograd.conv2d_forward(x, U, None, y, work, g, rows, 16, 2)
+    np.testing.assert_allclose(y, ref.conv2d(x, w, padding=1), rtol=1e-5)
+
+
 def test_winograd_is_thread_count_independent_and_keeps_the_references_nans(split_work, monkeypatch):
     for name in ("_WINOGRAD_TILES", "_WINOGRAD_MIN_TILES"):  # several tasks, and dw runs, on a small call
         monkeypatch.setattr(cpu_conv2d, name, 4)
@@ -1174,3 +1233,8 @@ def test_winograd_is_thread_count_independent_and_keeps_the_references_nans(spli
     for got, want in zip(fl.conv2d_backward(dy, x, w, padding=1, algo="winograd"),
                          ref.conv2d_backward(dy, x, w, padding=1)):
         np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    x[0, 0, 0, 0] = 0
+    for value in (np.inf, np.nan):  # w's transform, kept across calls, is checked again as w changes in place
+        w[1, 2, 0, 1] = value
+        np.testing.assert_array_equal(np.isnan(fl.conv2d(x, w, padding=1, algo="winograd")),
+                                      np.isnan(ref.conv2d(x, w, padding=1)))

@@ -1,11 +1,13 @@
 # conv2d forward by Winograd's F(4x4, 3x3) over NCHW: for 3x3 kernels at stride 1 and dilation 1.
 #
-# The work is cut into tasks of one group and a block of ``rows`` consecutive tile rows (4 output
+# The work is cut into tasks of one group, a block of ``rows`` consecutive tile rows (4 output
 # rows each) of the batch, which may span images (small planes have few tiles; the GEMMs want
-# P = rows x tiles_w of them). A task transforms its input tiles into V (36, Cg, P), multiplies
-# each of the 36 transformed positions by the transformed filters U[xi] (Fg x Cg) in one
-# single-threaded BLAS gemm (M[xi] = U[xi] @ V[xi]) and transforms M back into its band of y; the
-# transforms are in winograd_f4x3.h. V and M live in the calling thread's slice of the workspace,
+# P = rows x tiles_w of them), and a block of ``filters`` of the group's filters (all of them but
+# on calls with too few tile rows to give every thread a task: a batch-1 small plane). A task
+# transforms its input tiles into V (36, Cg, P), multiplies each of the 36 transformed positions
+# by its filters' transformed filters U[xi] (filters x Cg) in one single-threaded BLAS gemm
+# (M[xi] = U[xi] @ V[xi]) and transforms M back into its band of y; the transforms are in
+# winograd_f4x3.h. Tasks of one tile block and different filters each transform its input. V and M live in the calling thread's slice of the workspace,
 # sized by the Python wrapper (backends/cpu/conv2d.py) to stay in cache. The band height does not
 # depend on the thread count, and every output is written by one task: y is the same bit for bit
 # at any thread count.
@@ -57,7 +59,8 @@ TILE_SIZE = TILE
 
 
 def workspace_size(Py_ssize_t Cg, Py_ssize_t Fg, Py_ssize_t rows, Py_ssize_t tiles_w):
-    """Values of one thread's workspace: V, M and the transforms' scratch."""
+    """Values of one thread's workspace: V, M and the transforms' scratch, for tasks of ``Fg``
+    filters."""
     return POSITIONS * (Cg + Fg) * rows * tiles_w + fl_wino_scratch(rows * tiles_w)
 
 
@@ -80,14 +83,15 @@ def transform_filters(const floating[:, :, :, ::1] w, floating[:, :, :, ::1] U, 
 
 cdef void _block(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] U, const floating[::1] b,
                  bint has_bias, floating[:, :, :, ::1] y, floating* V, const Conv2dShape* s, Py_ssize_t gi,
-                 Py_ssize_t first, Py_ssize_t rows, Py_ssize_t tiles_h, Py_ssize_t tiles_w) noexcept nogil:
-    """Tile rows [first, first + rows) of the batch (row R: image R // tiles_h, tile row R % tiles_h)
-    of group gi. V: the thread's workspace, (36, Cg, P) then M (36, Fg, P) then the transforms'
-    scratch."""
+                 Py_ssize_t f0, Py_ssize_t nf, Py_ssize_t first, Py_ssize_t rows, Py_ssize_t tiles_h,
+                 Py_ssize_t tiles_w) noexcept nogil:
+    """Filters [f0, f0 + nf) of group gi on tile rows [first, first + rows) of the batch (row R:
+    image R // tiles_h, tile row R % tiles_h). V: the thread's workspace, (36, Cg, P) then M
+    (36, nf, P) then the transforms' scratch."""
     cdef Py_ssize_t P = rows * tiles_w, xi
     cdef floating* M = V + POSITIONS * s.Cg * P
-    cdef floating* scratch = M + POSITIONS * s.Fg * P
-    cdef const floating* bias = &b[gi * s.Fg] if has_bias else NULL
+    cdef floating* scratch = M + POSITIONS * nf * P
+    cdef const floating* bias = &b[gi * s.Fg + f0] if has_bias else NULL
     if floating is float:
         fl_wino_input_float(&x[0, gi * s.Cg, 0, 0], s.C * s.H * s.W, V, P, scratch, s.Cg, s.H, s.W, first, rows,
                             tiles_h, tiles_w, s.PT, s.PL)
@@ -95,34 +99,41 @@ cdef void _block(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] U,
         fl_wino_input_double(&x[0, gi * s.Cg, 0, 0], s.C * s.H * s.W, V, P, scratch, s.Cg, s.H, s.W, first, rows,
                              tiles_h, tiles_w, s.PT, s.PL)
     for xi in range(POSITIONS):
-        # M[xi] (Fg x P) = U[gi, xi] (Fg x Cg) @ V[xi] (Cg x P)
-        gemm(False, False, <int>s.Fg, <int>P, <int>s.Cg, <floating>1, &U[gi, xi, 0, 0], <int>s.Cg,
-             V + xi * s.Cg * P, <int>P, <floating>0, M + xi * s.Fg * P, <int>P)
+        # M[xi] (nf x P) = U[gi, xi, f0:f0 + nf] (nf x Cg) @ V[xi] (Cg x P)
+        gemm(False, False, <int>nf, <int>P, <int>s.Cg, <floating>1, &U[gi, xi, f0, 0], <int>s.Cg,
+             V + xi * s.Cg * P, <int>P, <floating>0, M + xi * nf * P, <int>P)
     if floating is float:
-        fl_wino_output_float(M, P, &y[0, gi * s.Fg, 0, 0], s.F * s.OH * s.OW, bias, scratch, s.Fg, s.OH, s.OW, first,
-                             rows, tiles_h, tiles_w)
+        fl_wino_output_float(M, P, &y[0, gi * s.Fg + f0, 0, 0], s.F * s.OH * s.OW, bias, scratch, nf, s.OH, s.OW,
+                             first, rows, tiles_h, tiles_w)
     else:
-        fl_wino_output_double(M, P, &y[0, gi * s.Fg, 0, 0], s.F * s.OH * s.OW, bias, scratch, s.Fg, s.OH, s.OW,
+        fl_wino_output_double(M, P, &y[0, gi * s.Fg + f0, 0, 0], s.F * s.OH * s.OW, bias, scratch, nf, s.OH, s.OW,
                               first, rows, tiles_h, tiles_w)
 
 
 def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] U, const floating[::1] b,
                    floating[:, :, :, ::1] y, floating[:, ::1] workspace, object geometry, Py_ssize_t rows,
-                   int num_threads):
+                   Py_ssize_t filters, int num_threads):
     """y = conv2d(x, w) (+ b; None for no bias) for 3x3 kernels, stride 1, dilation 1. ``U`` is
     (groups, 36, Fg, Cg), the transformed filters; ``workspace`` (num_threads,
-    workspace_size(Cg, Fg, rows, tiles_w)); ``rows``: tile rows per task (across images)."""
+    workspace_size(Cg, filters, rows, tiles_w)); ``rows``: tile rows per task (across images);
+    ``filters``: filters per task (1 to Fg)."""
     single_threaded_blas()
     cdef Conv2dShape s = conv2d_shape(geometry)
     cdef bint has_bias = b is not None
     cdef Py_ssize_t tiles_h = (s.OH + TILE - 1) // TILE, tiles_w = (s.OW + TILE - 1) // TILE
     cdef Py_ssize_t total = s.N * tiles_h, blocks = (total + rows - 1) // rows
-    cdef Py_ssize_t task, gi, first
-    for task in prange(s.G * blocks, nogil=True, schedule="dynamic", num_threads=num_threads):
-        gi = task // blocks
-        first = (task % blocks) * rows
-        _block(x, U, b, has_bias, y, &workspace[threadid(), 0], &s, gi, first, min(rows, total - first), tiles_h,
-               tiles_w)
+    cdef Py_ssize_t fblocks = (s.Fg + filters - 1) // filters
+    cdef Py_ssize_t task, gi, first, f0
+    if filters < 1 or filters > s.Fg:
+        raise ValueError(f"filters must be from 1 to {s.Fg}, got {filters}")
+    if workspace.shape[0] < num_threads or workspace.shape[1] < workspace_size(s.Cg, filters, rows, tiles_w):
+        raise ValueError(f"workspace must be at least ({num_threads}, {workspace_size(s.Cg, filters, rows, tiles_w)})")
+    for task in prange(s.G * blocks * fblocks, nogil=True, schedule="dynamic", num_threads=num_threads):
+        gi = task // (blocks * fblocks)
+        first = (task // fblocks % blocks) * rows
+        f0 = task % fblocks * filters
+        _block(x, U, b, has_bias, y, &workspace[threadid(), 0], &s, gi, f0, min(filters, s.Fg - f0), first,
+               min(rows, total - first), tiles_h, tiles_w)
 
 
 cdef void _weight_block(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dU,

@@ -81,7 +81,8 @@ DERIVED_MAX_BYTES = 64 << 20
 
 def derived(kind, w, options, make):
     """``make()``, the array a kernel derives from the weight array ``w`` (Winograd's transformed
-    filters, the direct kernel's packed ones), made once and handed out again, read only, to
+    filters, the direct kernel's packed ones) or None (it cannot be used), made once and handed
+    out again, read only, to
     calls on the same array (address, shape, strides, dtype, ``options``) while its bits equal
     those of a copy kept of them: a weight changed in place (an optimiser's step) is derived
     again, and so is one whose zeros changed sign (bits, not values: results stay the same bit
@@ -93,9 +94,10 @@ def derived(kind, w, options, make):
     if kept is not None and _same_bits(kept[0], w):
         return kept[1]
     result = make()
-    result.flags.writeable = False
+    if result is not None:
+        result.flags.writeable = False
     entry = (w.copy(), result)
-    if len(_derived) >= DERIVED_MAX_ENTRIES or _derived_bytes() + entry[0].nbytes + result.nbytes > DERIVED_MAX_BYTES:
+    if len(_derived) >= DERIVED_MAX_ENTRIES or _derived_bytes() + entry[0].nbytes + _nbytes(result) > DERIVED_MAX_BYTES:
         _derived.clear()
     _derived[key] = entry
     return result
@@ -111,8 +113,12 @@ def _same_bits(kept, w):
     return np.array_equal(kept.view(bits), w.view(bits))
 
 
+def _nbytes(result):
+    return 0 if result is None else result.nbytes
+
+
 def _derived_bytes():
-    return sum(copy.nbytes + result.nbytes for copy, result in list(_derived.values()))
+    return sum(copy.nbytes + _nbytes(result) for copy, result in list(_derived.values()))
 
 
 def release_workspaces():

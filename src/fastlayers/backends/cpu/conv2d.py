@@ -40,6 +40,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from ..._cpu import bits as _bits
 from ..._cpu import conv2d_depthwise as _depthwise
 from ..._cpu import conv2d_direct as _direct
 from ..._cpu import conv2d_winograd as _winograd
@@ -71,7 +72,12 @@ def set_column_tile_bytes(nbytes):
 
 
 def _finite(*arrays):
-    return all(np.isfinite(a).all() for a in arrays)
+    """Whether the arrays hold no NaN and no infinity."""
+    return all(_bits.all_finite(contiguous(a).reshape(-1), threads_for(a.size)) if a.dtype in _FLOATS
+               else np.isfinite(a).all() for a in arrays)
+
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _degenerate(x, w):
@@ -185,8 +191,21 @@ FVEC_MIN_FILTERS = 32  # filters per group
 # im2col's time; on Zen 4, from 48 tiles on, 0.5-0.85x the best of im2col and direct, with 16-32
 # 0.9-1.2x); and its transforms (per input and output element) must be spread over enough
 # channels: with 16 a group it takes 0.6-0.9x im2col's time, with 8 0.8-1.1x, with 3 1.5-2x.
+# On Zen 4 the forward also wins on fewer tiles, from 16 (batch 1 on 14x14 and 16x16 planes
+# with 64 to 256 channels, in a chain of such layers: 0.74-0.92x the time of im2col and direct),
+# since calls with too few tile rows for two tasks split the filters (``_winograd_task_filters``),
+# from about 9 MFLOP on (smaller calls' 72 gemm calls and transforms cost as much as they save)
+# and with at most 1 MiB of float32 transformed filters (36 Cg Fg values) per tile: every call
+# reads them all, and where they do not stay in cache between calls (512 channels on 14x14: 2.25
+# MiB a tile, 1.5x) that costs more than the multiplications saved. Alone in a loop, 4-tile
+# calls (8x8, 7x7 planes) won too (0.71-0.93x), but in a chain of layers they lost (1.07-1.5x).
+# The backward's dw (a task's partial dU of 36 Fg Cg values, summed on few threads) still needs
+# the tiles of the first rule (at batch 1 it ran 1.4-3x im2col's time).
 WINOGRAD_MIN_TILES = {"x86-64-v4-amd": 48}  # 4x4 output tiles of the batch; elsewhere
 WINOGRAD_MIN_TILES_DEFAULT = 128
+WINOGRAD_FEW_TILES = {"x86-64-v4-amd": 16}  # the forward's, below WINOGRAD_MIN_TILES
+WINOGRAD_FEW_TILES_MIN_FLOPS = 8_000_000
+WINOGRAD_MAX_FILTER_VALUES_PER_TILE = 1 << 18  # forward: 36 Cg Fg / tiles
 WINOGRAD_MIN_CHANNELS = 16  # input and output channels per group
 # Measured on the AMD CPUs; Intel's AVX-512 by the same rule, unmeasured there.
 WINOGRAD_FAST_ISAS = frozenset({"x86-64-v4", "x86-64-v4-amd", "x86-64-v3"})
@@ -218,9 +237,14 @@ def _winograd_wins(g, direction, isa):
     g = dilation_phases(g)
     tiles = g.N * -(-g.OH // 4) * -(-g.OW // 4)
     min_tiles = WINOGRAD_MIN_TILES.get(isa, WINOGRAD_MIN_TILES_DEFAULT)
-    return (isa in WINOGRAD_FAST_ISAS and tiles >= min_tiles and min(g.Cg, g.Fg) >= WINOGRAD_MIN_CHANNELS
-            and (direction == "forward" or (g.input_grad and max(g.pad_top, g.pad_bottom, g.pad_left,
-                                                                 g.pad_right) <= 2)))
+    if isa not in WINOGRAD_FAST_ISAS or min(g.Cg, g.Fg) < WINOGRAD_MIN_CHANNELS:
+        return False
+    if direction != "forward":
+        return tiles >= min_tiles and g.input_grad and max(g.pad_top, g.pad_bottom, g.pad_left, g.pad_right) <= 2
+    if 36 * g.Cg * g.Fg > WINOGRAD_MAX_FILTER_VALUES_PER_TILE * tiles:
+        return False
+    return tiles >= min_tiles or (isa in WINOGRAD_FEW_TILES and tiles >= WINOGRAD_FEW_TILES[isa]
+                                  and g.flops >= WINOGRAD_FEW_TILES_MIN_FLOPS)
 
 
 def choose_algo(problem, isa=None):
@@ -228,9 +252,11 @@ def choose_algo(problem, isa=None):
     past a C int, direct's scratch past ``DIRECT_MAX_SCRATCH_BYTES``); otherwise, on a CPU whose
     instruction set ``isa`` (default: the running one's, ``rule_isa``) is in
     ``WINOGRAD_FAST_ISAS``, "winograd" forward and backward (with dx) for 3x3 kernels at stride 1
-    (dilated ones by their phases' undilated geometry, ``dilation_phases``) with at least
-    ``WINOGRAD_MIN_TILES[isa]`` 4x4 output tiles and ``WINOGRAD_MIN_CHANNELS`` input and output
-    channels per group (backward: paddings up to 2);
+    (dilated ones by their phases' undilated geometry, ``dilation_phases``) with
+    ``WINOGRAD_MIN_CHANNELS`` input and output channels per group and at least
+    ``WINOGRAD_MIN_TILES[isa]`` 4x4 output tiles (backward: paddings up to 2), the forward
+    also with ``WINOGRAD_FEW_TILES[isa]`` where given from ``WINOGRAD_FEW_TILES_MIN_FLOPS`` on,
+    and with at most ``WINOGRAD_MAX_FILTER_VALUES_PER_TILE`` transformed filter values per tile;
     else, for the forward on one in ``DIRECT_FAST_ISAS``, "direct" for kernels larger than 1x1
     with at most ``DIRECT_MAX_TAPS[isa]`` taps per output (C/groups * KH * KW), at least
     ``DIRECT_MIN_FLOPS`` FLOP, ``DIRECT_MIN_PLANES[isa]`` (image, group) planes,
@@ -611,6 +637,7 @@ def depthwise_backward(dy, x, w, g, outs):
 _WINOGRAD_TILES = 64
 _WINOGRAD_MIN_TILES = 32
 _WINOGRAD_MIN_TASKS = 2
+_WINOGRAD_FILTER_MULTIPLE = 16
 
 
 def _transform_filters(w, g):
@@ -622,8 +649,14 @@ def _transform_filters(w, g):
 
 
 def _winograd_filters(w, g):
-    """w's transformed filters, kept while w is unchanged (``derived``)."""
-    return derived("winograd", w, g.groups, lambda: _transform_filters(w, g))
+    """w's transformed filters, or None where they hold a NaN or an infinity (where w does: G's
+    rows sum to at most 1 in magnitude; a tile's transforms would spread it to all its outputs);
+    kept while w is unchanged (``derived``), so the check runs once."""
+    def transform():
+        U = _transform_filters(w, g)
+        return U if _finite(U) else None
+
+    return derived("winograd", w, g.groups, transform)
 
 
 def _winograd_input_filters(w, g):
@@ -650,14 +683,29 @@ def _winograd_band(g):
     return max(1, min(rows, tile_rows)), tiles_w
 
 
+def _winograd_task_filters(g, rows):
+    """Filters per forward task: all of the group's, unless its tile rows make fewer than
+    ``_WINOGRAD_MIN_TASKS`` tasks (batch 1 on small planes: 16x16 has four tile rows, all in one
+    task, 8x8 two); then a share of them in whole blocks of ``_WINOGRAD_FILTER_MULTIPLE``, for
+    that many tasks. More tasks than that ran slower on two threads (each transforms the input
+    again and runs its own 36 gemms: docs/performance.md). It does not depend on the thread
+    count."""
+    tasks = g.groups * -(-g.N * -(-g.OH // _winograd.TILE_SIZE) // rows)
+    if tasks >= _WINOGRAD_MIN_TASKS:
+        return g.Fg
+    per_task = -(-g.Fg // -(-_WINOGRAD_MIN_TASKS // tasks))
+    return min(g.Fg, _WINOGRAD_FILTER_MULTIPLE * -(-per_task // _WINOGRAD_FILTER_MULTIPLE))
+
+
 def _winograd_run(x, U, b, g, y, threads):
     """y = conv2d(x, w) + b by the F(4x4, 3x3) kernel on w's transformed filters U: x, w, b
     finite, sizes checked non-degenerate."""
     rows, tiles_w = _winograd_band(g)
     if max(g.Fg, g.Cg, rows * tiles_w) > BLAS_INT_MAX:
         raise ValueError(f"conv2d sizes exceed what BLAS can index (C ints) for algo='winograd': {g}")
-    with scratch("winograd", (threads, _winograd.workspace_size(g.Cg, g.Fg, rows, tiles_w)), x.dtype) as work:
-        _winograd.conv2d_forward(contiguous(x), U, contiguous(b), y, work, g, rows, threads)
+    filters = _winograd_task_filters(g, rows)
+    with scratch("winograd", (threads, _winograd.workspace_size(g.Cg, filters, rows, tiles_w)), x.dtype) as work:
+        _winograd.conv2d_forward(contiguous(x), U, contiguous(b), y, work, g, rows, filters, threads)
 
 
 def _phase_split(a, dh, dw, out):
@@ -695,11 +743,13 @@ def winograd_forward(x, w, b, g, outs):
     (y,) = outs
     if (g.dilation_h, g.dilation_w) != (1, 1):
         return _phased_winograd_forward(x, w, b, g, y)
-    if not _finite(x, w):  # a tile's transforms spread a NaN or an infinity to all its outputs
-        return im2col_forward(x, w, b, g, outs)
     threads = _forward_threads(x, w, b, g, y, "winograd")
-    if threads is not None:
-        _winograd_run(x, _winograd_filters(w, g), b, g, y, threads)
+    if threads is None:
+        return (y,)
+    U = _winograd_filters(w, g)
+    if U is None or not _finite(x):  # a tile's transforms spread a NaN or an infinity to all its outputs
+        return im2col_forward(x, w, b, g, outs)
+    _winograd_run(x, U, b, g, y, threads)
     return (y,)
 
 
