@@ -201,6 +201,28 @@ def test_same_bytes_finds_every_difference(nbytes, threads):
         bits.same_bytes(a, a, 0)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n", [0, 1, 17, (1 << 16) - 1, 1 << 16, 3 * (1 << 16) + 5])
+def test_all_finite_finds_every_nan_and_infinity(n, threads, dtype):
+    """The compiled check Winograd trusts (conv2d): finite values, extremes and subnormals
+    included, pass; one NaN or infinity anywhere (first, last, either side of a chunk's edge)
+    fails it."""
+    from fastlayers._cpu import bits
+
+    info = np.finfo(dtype)
+    a = np.random.default_rng(n).choice(np.array([0.0, -0.0, 1.5, info.max, -info.max, info.tiny / 4], dtype), n)
+    assert bits.all_finite(a, threads)
+    chunk = (1 << 18) // a.itemsize
+    for at in sorted({0, n - 1, chunk - 1, chunk, n // 2} & set(range(n))):
+        for value in (np.nan, np.inf, -np.inf):
+            b = a.copy()
+            b[at] = value
+            assert not bits.all_finite(b, threads), (at, value)
+    with pytest.raises(ValueError, match="num_threads"):
+        bits.all_finite(a, 0)
+
+
 def test_derived_weights_compare_strided_weights_too():
     """A weight that is a strided view is compared by NumPy (the compiled check needs C order):
     reused while unchanged, derived again once changed."""
