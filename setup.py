@@ -88,8 +88,11 @@ def _openblas_link_args():
 # (kernels/cpu/max_pool2d_phases.h), which GCC makes only when
 # comparisons cannot trap (else a branch, mispredicted on every other element of real data).
 # im2col's row copies stay loops: as memcpy/memset calls they cost more than the copy on small planes.
+# The optimisers' updates round every product and sum apart, as the NumPy expressions they match,
+# and vectorise their square roots (no errno to set: the roots are of sums of squares).
 MODULE_FLAGS = {"rnn": ["-fno-trapping-math"], "gated_rnn": ["-fno-trapping-math"], "relu": ["-fno-trapping-math"],
-                "max_pool2d": ["-fno-trapping-math"], "im2col": ["-fno-tree-loop-distribute-patterns"]}
+                "max_pool2d": ["-fno-trapping-math"], "im2col": ["-fno-tree-loop-distribute-patterns"],
+                "optim": ["-ffp-contract=off", "-fno-math-errno"]}
 
 
 def extensions():

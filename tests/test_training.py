@@ -1,4 +1,6 @@
 """Training pieces: the loss, the optimisers, and the two training examples reaching their accuracies."""
+import types
+
 import numpy as np
 import pytest
 from _helpers import assert_grad_matches, load_example, make_rng, numeric_grad
@@ -137,6 +139,73 @@ def test_optimisers_skip_parameters_without_a_gradient_and_clear_them():
     layer.backward(np.ones((1, 2), np.float32))
     fl.optim.Adam(layer).zero_grad()
     assert dict(layer.grads) == {}
+
+
+class Strided:
+    """A model whose parameters and gradients are random arrays, of sizes past the compiled
+    updates' block (16384 elements), as contiguous arrays (C and F order: the compiled passes)
+    or as strided views (the NumPy expressions)."""
+
+    def __init__(self, dtype, contiguous, seed=0):
+        rng = make_rng(seed)
+        shapes = {"w": (150, 130), "wf": (40, 70), "b": (7,)}
+        self.params, self.grads, self._g = {}, {}, {}
+        for name, shape in shapes.items():
+            base = rng.uniform(-1, 1, shape[:-1] + (2 * shape[-1],)).astype(dtype)
+            p = base[..., ::2]
+            if contiguous:
+                p = np.asfortranarray(p) if name == "wf" else np.ascontiguousarray(p)
+            self.params[name] = p
+            self._g[name] = rng.uniform(-1, 1, shape).astype(dtype)
+
+    def backward(self):
+        """Gradients laid out as their parameters (empty_like), depending on them."""
+        self.grads = {}
+        for name, p in self.params.items():
+            self.grads[name] = np.multiply(self._g[name], 1 + p * p, out=np.empty_like(p))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("make_opt", [lambda m: fl.optim.SGD(m, lr=0.1),
+                                      lambda m: fl.optim.SGD(m, lr=0.05, momentum=0.9, weight_decay=0.01),
+                                      lambda m: fl.optim.Adam(m, lr=0.05, betas=(0.8, 0.95)),
+                                      lambda m: fl.optim.Adam(m, lr=0.01, weight_decay=0.1)],
+                         ids=["sgd", "sgd_momentum", "adam", "adam_wd"])
+def test_compiled_updates_give_the_numpy_expressions_bits(make_opt, dtype, split_work, monkeypatch):
+    """Contiguous parameters take the compiled updates (kernels/cpu/optim.pyx), strided views the
+    NumPy expressions: the same values bit for bit after several steps, on 1 or 2 threads."""
+    compiled, kernels = [], fl.optim._kernels
+    monkeypatch.setattr(fl.optim, "_kernels", types.SimpleNamespace(**{
+        name: lambda *a, _run=getattr(kernels, name): compiled.append(1) or _run(*a)
+        for name in ("sgd_update", "adam_update")}))
+    results = []
+    for contiguous, threads in ((False, 1), (True, 1), (True, 2)):
+        model = Strided(dtype, contiguous)
+        opt = make_opt(model)
+        compiled.clear()
+        with fl.threads(threads):
+            for _ in range(4):
+                model.backward()
+                opt.step()
+        assert len(compiled) == (4 * len(model.params) if contiguous else 0)
+        assert all(p.dtype == dtype for p in model.params.values())
+        results.append(model.params)
+    assert results[1]["wf"].flags.f_contiguous and not results[0]["w"].flags.c_contiguous
+    for other in results[1:]:
+        for name, p in results[0].items():
+            np.testing.assert_array_equal(other[name], p, err_msg=name)
+
+
+def test_compiled_updates_check_their_sizes():
+    from fastlayers._cpu import optim as kernels
+
+    p, g = np.zeros(4), np.zeros(3)
+    with pytest.raises(ValueError, match="g must have the 4 elements of p"):
+        kernels.sgd_update(p, g, p[:0], 0.1, 0.0, 0.0, False, 1)
+    with pytest.raises(ValueError, match="g, m and v must have the 4 elements of p"):
+        kernels.adam_update(p, p, p, g, 0.1, 0.9, 0.99, 1e-8, 0.0, 1, 1)
+    with pytest.raises(ValueError, match="step must be at least 1"):
+        kernels.adam_update(p, p, p.copy(), p.copy(), 0.1, 0.9, 0.99, 1e-8, 0.0, 0, 1)
 
 
 def test_optimiser_errors():

@@ -15,10 +15,12 @@ nothing between host and GPU. ``state_dict()`` then copies the state to the host
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Dict, Iterator, Mapping, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
+from ._cpu import optim as _kernels
+from ._dispatch import threads_for
 from .ops._checks import is_device_array
 
 __all__ = ["Optimizer", "SGD", "Adam", "StepLR", "CosineAnnealingLR", "clip_grad_norm_"]
@@ -45,6 +47,25 @@ def _like(value: Any, p: Any) -> Any:
     return _device().to_device(a) if is_device_array(p) else a
 
 
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _flat(p: np.ndarray, *others: np.ndarray) -> Optional[List[np.ndarray]]:
+    """1-D views of ``p`` and ``others`` for the compiled updates, which take NumPy arrays of one
+    float dtype laid out alike in one contiguous block (C or F order), element for element; None
+    for any other (the NumPy expressions run those)."""
+    if type(p) is not np.ndarray:
+        return None
+    dtype, strides, shape, flags = p.dtype, p.strides, p.shape, p.flags
+    order = "C" if flags.c_contiguous else "F" if flags.f_contiguous else None
+    if order is None or dtype not in _FLOATS:
+        return None
+    for a in others:
+        if type(a) is not np.ndarray or a.strides != strides or a.shape != shape or a.dtype != dtype:
+            return None
+    return [p.reshape(-1, order=order), *(a.reshape(-1, order=order) for a in others)]
+
+
 def _positive_int(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -61,21 +82,26 @@ class Optimizer:
         self.lr = _non_negative("lr", lr)
         self.state: Dict[str, Tuple[np.ndarray, ...]] = {}
 
-    def _pairs(self) -> Iterator[Tuple[str, np.ndarray, np.ndarray]]:
-        params, grads = self.model.params, self.model.grads
-        if not set(params) & set(grads):
-            raise RuntimeError(f"no gradient for {sorted(params)}: call model.backward(...) before step()")
+    def _pairs(self) -> List[Tuple[str, np.ndarray, np.ndarray]]:
+        """(name, parameter, gradient) of every parameter that has a gradient, each checked; the
+        model's parameters and gradients are looked up once (a Sequential names them afresh at
+        every lookup)."""
+        params, grads = dict(self.model.params.items()), self.model.grads
+        pairs = []
         for name, p in params.items():
             g = grads.get(name)
             if g is None:
                 continue  # a parameter no backward reached (as torch.optim skips grad None)
             if g.shape != p.shape:
                 raise ValueError(f"gradient of {name!r} has shape {g.shape}, the parameter {p.shape}")
-            yield name, p, g
+            pairs.append((name, p, g))
+        if not pairs:
+            raise RuntimeError(f"no gradient for {sorted(params)}: call model.backward(...) before step()")
+        return pairs
 
     def step(self) -> None:
         """Update every parameter that has a gradient, once (checks every gradient first)."""
-        pairs = list(self._pairs())
+        pairs = self._pairs()
         self._begin_step()
         for name, p, g in pairs:
             self._update(name, p, g)
@@ -145,6 +171,15 @@ class SGD(Optimizer):
             v = self.state[name][0] if self.momentum else None
             _device().sgd_update(p, g, v, self.lr, self.momentum, self.weight_decay, first)
             return
+        first = self.momentum and name not in self.state
+        v = (np.empty_like(p),) if first else self.state.get(name, ())
+        flat = _flat(p, g, *v)
+        if flat is not None:  # one compiled pass, the same bits as the expressions below
+            _kernels.sgd_update(*flat[:2], flat[2] if v else flat[0][:0], self.lr, self.momentum,
+                                self.weight_decay, first, threads_for(p.size))
+            if first:
+                self.state[name] = v
+            return
         if self.weight_decay:
             g = g + self.weight_decay * p
         if self.momentum:
@@ -188,11 +223,15 @@ class Adam(Optimizer):
                 self.state[name] = tuple(_device().zeros(tuple(p.shape), p.dtype) for _ in range(2))
             _device().adam_update(p, g, *self.state[name], self.lr, self.betas, self.eps, self.weight_decay, self.t)
             return
-        if self.weight_decay:
-            g = g + self.weight_decay * p
         if name not in self.state:
             self.state[name] = (np.zeros_like(p), np.zeros_like(p))
         m, v = self.state[name]
+        flat = _flat(p, g, m, v)
+        if flat is not None:  # one compiled pass, the same bits as the expressions below
+            _kernels.adam_update(*flat, self.lr, b1, b2, self.eps, self.weight_decay, self.t, threads_for(p.size))
+            return
+        if self.weight_decay:
+            g = g + self.weight_decay * p
         m *= b1
         m += (1 - b1) * g
         v *= b2
