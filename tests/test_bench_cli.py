@@ -184,6 +184,41 @@ def test_a_torch_timing_on_other_inputs_is_refused(monkeypatch):
     assert len(refused) == 2 and all("other inputs" in s["reason"] for s in refused)
 
 
+def test_passes_measure_every_family_in_turn_and_keep_all_their_rounds(monkeypatch):
+    """--passes 3: fastlayers' rows, then the peer's, three times; each pass with its share of the
+    rounds (repeat 5: 2 a pass) and the budget, a row's rounds those of every pass; a peer that
+    fails in a later pass loses its row (no row of some passes only)."""
+    jobs, order = [], []
+
+    def worker(module, job, threads, progress):
+        jobs.append(job)
+        order.append("torch")
+        if len(jobs) == 3 and fail_last:
+            return None, "the torch worker failed"
+        digest = runner.inputs_digest(workloads.make_inputs(_tiny_case("rnn"), job["items"][0]["direction"],
+                                                            np.float32, 0))
+        results = [dict(times_s=[1e-3] * job["repeat"], inputs_sha256=digest) for _ in job["items"]]
+        return dict(torch_version="x", threads=threads, device="cpu", allocator={}, results=results), None
+
+    found = dict(runner.available_families(), torch=(True, "a stand-in worker", None))
+    monkeypatch.setattr(runner, "available_families", lambda: found)
+    monkeypatch.setattr(runner, "_run_worker", worker)
+    timed = runner.time_call
+    monkeypatch.setattr(runner, "time_call", lambda *a, **k: order.append("numpy") or timed(*a, **k))
+    for fail_last in (False, True):
+        jobs.clear(), order.clear()
+        report = runner.run([_tiny_case("rnn")], ["forward"], families=("numpy", "torch"), threads=1, repeat=5,
+                            budget_s=0.3, progress=io.StringIO(), passes=3)
+        assert order == ["numpy", "torch"] * 3
+        assert [(j["repeat"], j["budget_s"]) for j in jobs] == [(2, pytest.approx(0.1))] * 3
+        rows = {r["backend"]: r for r in report["results"]}
+        assert rows["numpy"]["rounds"] == 6
+        if fail_last:
+            assert "torch" not in rows and [s["backend"] for s in report["skipped"]] == ["torch"]
+        else:
+            assert rows["torch"]["rounds"] == 6
+
+
 def test_inputs_digest_tells_different_inputs_apart():
     case = _tiny_case("conv2d")
     a = workloads.make_inputs(case, "forward", np.float32, seed=0)

@@ -88,6 +88,10 @@ def _parser():
     bench.add_argument("--repeat", type=int, help="most timed rounds per measurement (default 7, --quick 5)")
     bench.add_argument("--budget", type=float,
                        help="seconds per measurement that cap the rounds (at least one); default 2, --quick 0.5")
+    bench.add_argument("--passes", type=int, default=1,
+                       help="measure the whole table this many times, fastlayers then each peer in every pass, "
+                            "the rounds and the budget shared among the passes (default 1): on a machine whose "
+                            "speed drifts over minutes, every backend then meets each phase of it")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--no-out", action="store_true", help="leave out the +out rows (fastlayers into out= buffers)")
     bench.add_argument("--wide", action="store_true",
@@ -131,8 +135,8 @@ def bench(args, parser):
         parser.error(f"--threads must be >= 1, got {args.threads}")
     repeat = args.repeat or (5 if args.quick else 7)
     budget = args.budget or (0.5 if args.quick else 2.0)
-    if repeat < 1 or budget <= 0:
-        parser.error(f"--repeat must be >= 1 and --budget > 0, got {repeat} and {budget}")
+    if repeat < 1 or budget <= 0 or args.passes < 1:
+        parser.error(f"--repeat and --passes must be >= 1 and --budget > 0, got {repeat}, {args.passes} and {budget}")
     cases = _select_cases(args, parser)
     if not cases:
         parser.error(f"no case left: --cases/--quick selected none of the ops {args.ops}")
@@ -142,7 +146,7 @@ def bench(args, parser):
         except ImportError:
             parser.error("--plot needs matplotlib: pip install fastlayers[bench]")
     report = benchmark.run(cases, args.directions, args.backends, args.dtype, args.threads, repeat, budget, args.seed,
-                           out_rows=not args.no_out, algos=args.algos)
+                           out_rows=not args.no_out, algos=args.algos, passes=args.passes)
     print((benchmark.format_wide if args.wide else benchmark.format_table)(report))
     if args.json:
         with open(args.json, "w") as f:

@@ -101,7 +101,8 @@ def _summary(report):
     if unstable:
         cases = ",".join(dict.fromkeys(r["case"] for r in unstable))
         lines += ["", f"{len(unstable)} of {len(report['results'])} measurements unstable (!): their ratios may not "
-                      f"hold; rerun on a quieter machine, e.g. --cases {cases} --repeat 15"]
+                      f"hold; rerun on a quieter machine, or spread over time, e.g. --cases {cases} --repeat 15 "
+                      f"--passes 3"]
     notes = {}
     for s in report["skipped"]:
         backends, cases = notes.setdefault(" ".join(s["reason"].split()), ({}, {}))

@@ -168,7 +168,7 @@ SETTLE_S = 0.25
 
 def run(cases, directions=DIRECTIONS, families=FAMILIES, dtype="float32", threads=None,
         repeat=7, budget_s=2.0, seed=0, out_rows=True, progress=None, clock=time.perf_counter, torch_device="cpu",
-        algos=None):
+        algos=None, passes=1):
     """Time every (case, direction, backend) and return the report.
 
     ``threads`` (default: all usable CPUs) is given to fastlayers (``fl.threads``), to NumPy's BLAS
@@ -177,7 +177,10 @@ def run(cases, directions=DIRECTIONS, families=FAMILIES, dtype="float32", thread
     rounds and at least one (``timing.time_call``: a round of a fast call makes several calls). ``out_rows`` adds the ``+out`` rows; ``clock`` is the timer's clock
     for the in-process measurements (PyTorch's worker always uses ``time.perf_counter``);
     ``torch_device`` is where PyTorch runs ("cuda": its GPU, against fastlayers' cuda); ``algos``
-    (default all) the ``algo=`` rows of the families that take one."""
+    (default all) the ``algo=`` rows of the families that take one. ``passes``: the whole table
+    is measured that many times, fastlayers' rows then each peer's in every pass, each pass with
+    its share of the rounds and the budget, and a row's rounds are those of all passes: on a
+    machine whose speed drifts over minutes every family then meets each phase of it."""
     progress = progress or sys.stderr
     threads = threads or _dispatch.get_num_threads()
     dtype = np.dtype(dtype).name
@@ -185,46 +188,56 @@ def run(cases, directions=DIRECTIONS, families=FAMILIES, dtype="float32", thread
     found = available_families()
     machine = machine_info(threads)  # now, so that its load average is the one the timings met first
     items, skips = plan(cases, directions, families, found, out_rows, algos)
-    print(f"fastlayers bench: {len(items)} measurements, {threads} threads, {dtype}; measuring roofs",
-          file=progress, flush=True)
+    print(f"fastlayers bench: {len(items)} measurements, {threads} threads, {dtype}"
+          + (f", {passes} passes" if passes > 1 else "") + "; measuring roofs", file=progress, flush=True)
     roofs_before = gemm_roof(dtype, threads), copy_roof(threads)
     ours = [item for item in items if family(item[2]) not in PEERS]
-    timings, digests = {}, {}
-    bar = Progress(len(items), progress)
-    with _dispatch.threads(threads), threadpool_limits(limits=threads, user_api="blas"):
-        for case, direction, label in ours:
-            bar.step(f"{case.name} {direction} {label}")
-            inputs = make_inputs(case, direction, dtype, seed)
-            digests[case.name, direction, label] = inputs_digest(inputs)
-            fn, sync = fastlayers_call(case, direction, label, inputs)
-            # Let the previous measurement's idle workers go to sleep first: OpenBLAS (NumPy's,
-            # after the reference) and OpenMP threads busy-wait ~0.1 s after their last call, and
-            # on a 2-core machine that takes a core from the next backend's threads.
-            time.sleep(SETTLE_S)
-            timings[case.name, direction, label] = time_call(fn, repeat, budget_s, sync, clock)
-    peers = {}
-    ours_digest = {(c, d): digest for (c, d, _), digest in digests.items()}
-    for peer in dict.fromkeys(family(label) for _, _, label in items if family(label) in PEERS):
-        peer_items = [item for item in items if family(item[2]) == peer]
-        job = dict(engine=peer, threads=threads, dtype=dtype, repeat=repeat, budget_s=budget_s, seed=seed,
-                   device=torch_device, progress=dict(total=bar.total, done=bar.done, elapsed_s=bar.elapsed_s()),
-                   items=[dict(case=asdict(case), direction=direction) for case, direction, _ in peer_items])
-        reply, failure = _run_worker(PEERS[peer], job, threads, progress)
-        bar.done += len(peer_items)
-        if reply is None:
-            skips += [dict(case=c.name, direction=d, backend=label, reason=failure) for c, d, label in peer_items]
-            continue
-        peers[peer] = {k: v for k, v in reply.items() if k != "results"}
-        for (case, direction, label), result in zip(peer_items, reply["results"]):
-            expected = ours_digest.get((case.name, direction))
-            if expected is None:
-                expected = ours_digest[case.name, direction] = inputs_digest(make_inputs(case, direction, dtype, seed))
-            if result["inputs_sha256"] != expected:
-                skips.append(dict(case=case.name, direction=direction, backend=label,
-                                  reason=f"the {peer} worker built other inputs than the engine's (their digests differ)"))
+    timings, digests, peers, failed = {}, {}, {}, set()
+    bar = Progress(len(items) * passes, progress)
+    rounds, budget_s = -(-repeat // passes), budget_s / passes
+    for _ in range(passes):
+        with _dispatch.threads(threads), threadpool_limits(limits=threads, user_api="blas"):
+            for case, direction, label in ours:
+                bar.step(f"{case.name} {direction} {label}")
+                inputs = make_inputs(case, direction, dtype, seed)
+                digests[case.name, direction, label] = inputs_digest(inputs)
+                fn, sync = fastlayers_call(case, direction, label, inputs)
+                # Let the previous measurement's idle workers go to sleep first: OpenBLAS (NumPy's,
+                # after the reference) and OpenMP threads busy-wait ~0.1 s after their last call, and
+                # on a 2-core machine that takes a core from the next backend's threads.
+                time.sleep(SETTLE_S)
+                timings.setdefault((case.name, direction, label), []).extend(
+                    time_call(fn, rounds, budget_s, sync, clock))
+        ours_digest = {(c, d): digest for (c, d, _), digest in digests.items()}
+        for peer in dict.fromkeys(family(label) for _, _, label in items if family(label) in PEERS):
+            peer_items = [(c, d, label) for c, d, label in items
+                          if family(label) == peer and (c.name, d, label) not in failed]
+            if not peer_items:
                 continue
-            timings[case.name, direction, label] = result["times_s"]
-            digests[case.name, direction, label] = result["inputs_sha256"]
+            job = dict(engine=peer, threads=threads, dtype=dtype, repeat=rounds, budget_s=budget_s, seed=seed,
+                       device=torch_device, progress=dict(total=bar.total, done=bar.done, elapsed_s=bar.elapsed_s()),
+                       items=[dict(case=asdict(case), direction=direction) for case, direction, _ in peer_items])
+            reply, failure = _run_worker(PEERS[peer], job, threads, progress)
+            bar.done += len(peer_items)
+            if reply is None:
+                skips += [dict(case=c.name, direction=d, backend=label, reason=failure) for c, d, label in peer_items]
+                for c, d, label in peer_items:  # a row has the rounds of every pass or none
+                    failed.add((c.name, d, label))
+                    timings.pop((c.name, d, label), None)
+                continue
+            peers[peer] = {k: v for k, v in reply.items() if k != "results"}
+            for (case, direction, label), result in zip(peer_items, reply["results"]):
+                expected = ours_digest.get((case.name, direction))
+                if expected is None:
+                    expected = ours_digest[case.name, direction] = inputs_digest(make_inputs(case, direction, dtype, seed))
+                if result["inputs_sha256"] != expected:
+                    skips.append(dict(case=case.name, direction=direction, backend=label,
+                                      reason=f"the {peer} worker built other inputs than the engine's (their digests differ)"))
+                    failed.add((case.name, direction, label))
+                    timings.pop((case.name, direction, label), None)
+                    continue
+                timings.setdefault((case.name, direction, label), []).extend(result["times_s"])
+                digests[case.name, direction, label] = result["inputs_sha256"]
     torch_info = peers.pop("torch", None)
     if torch_info is not None:
         torch_info = dict(version=torch_info["torch_version"], threads=torch_info["threads"],
