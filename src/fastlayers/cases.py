@@ -58,6 +58,7 @@ LAYER_CASES = (
     Case("vgg-conv3-n1", "conv2d", (1, 64, 8, 8), dict(F=128, **_PAD1)),
     Case("resnet18-stem-n1", "conv2d", (1, 3, 224, 224), dict(F=64, kernel_size=7, stride=2, padding=3)),
     Case("resnet18-64-n1", "conv2d", (1, 64, 56, 56), dict(F=64, **_PAD1)),
+    Case("resnet18-256-n1", "conv2d", (1, 256, 14, 14), dict(F=256, **_PAD1)),
     Case("resnet18-512-n1", "conv2d", (1, 512, 7, 7), dict(F=512, **_PAD1)),
     Case("resnet50-1x1-n8", "conv2d", (8, 256, 56, 56), dict(F=64, kernel_size=1)),
     Case("vgg16-conv1_2-n2", "conv2d", (2, 64, 224, 224), dict(F=64, **_PAD1)),
