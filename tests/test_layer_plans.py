@@ -152,6 +152,36 @@ def test_gradients_accumulate_across_planned_backwards():
     np.testing.assert_array_equal(layer.grads["w"], once + once)
 
 
+@pytest.mark.parametrize("make_layer, kept", [(lambda: L.Conv2D(2, 3, 3, rng=0), {"w", "b"}),
+                                              (lambda: L.Dense(4, 3, rng=0), {"b"})], ids=["Conv2D", "Dense"])
+def test_gradients_are_the_kernels_buffers_and_a_held_one_is_never_written_again(make_layer, kept):
+    """A layer keeps its kernels' gradient outputs as they are (no copy; Dense's W gradient, the
+    transpose of the kernel's, is copied), and the next step's backward writes them again once
+    zero_grad has dropped them; one the caller still holds, or a view of it, keeps its values."""
+    layer = make_layer()
+    rng = make_rng(11)
+    x = rng.standard_normal((2, 2, 5, 5) if isinstance(layer, L.Conv2D) else (2, 4)).astype(np.float32)
+
+    def step(scale):
+        layer.zero_grad()
+        y = layer(x * scale)
+        layer.backward(np.full_like(y, scale))
+        return {name: id(g) for name, g in layer.grads.items()}
+
+    first = step(1.0)
+    second = step(2.0)
+    assert {name for name in first if second[name] == first[name]} == kept  # written again: no one held them
+    held = dict(layer.grads)
+    view = held["b"][:1]
+    values = {name: g.copy() for name, g in held.items()}
+    again = step(3.0)
+    assert not set(again.values()) & set(second.values())  # held: new buffers
+    for name, g in held.items():
+        np.testing.assert_array_equal(g, values[name], err_msg=name)
+    np.testing.assert_array_equal(view, values["b"][:1])
+    assert all(not np.array_equal(layer.grads[name], values[name]) for name in kept)  # the new step's
+
+
 # ---------------------------------------------------------------------------- invalidation
 
 

@@ -423,6 +423,10 @@ class Layer:
                 self._grads[name] = _gpu().copy(grad)
         elif name in self._grads:
             self._grads[name] += grad
+        elif type(grad) is np.ndarray and grad.dtype == self.dtype and grad.flags.owndata and grad.flags.writeable:
+            # the kernel's own output (fresh, or its plan's buffer, which the plan writes again only
+            # once no one holds it: after zero_grad): kept as it is, not copied
+            self._grads[name] = grad
         else:
             self._grads[name] = np.array(grad, dtype=self.dtype)
 
