@@ -42,6 +42,61 @@ def test_softmax_cross_entropy_gradient():
     assert_grad_matches(dlogits, numeric)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, label_dtype, layout", [
+    ((32, 10), np.int64, "C"), ((1, 10), np.int32, "C"), ((7, 1), np.uint8, "C"), ((3, 4, 5), np.int64, "C"),
+    ((0, 6), np.int64, "C"), ((5, 1000), np.int16, "C"), ((6, 9), np.int64, "strided"), ((9,), np.int64, "C"),
+])
+def test_host_loss_against_the_float64_reference(shape, label_dtype, layout, dtype):
+    """The compiled host loss (kernels/cpu/loss.pyx, in double, each result rounded once) against
+    the same formulas in extended precision (x86's 80-bit long double, 11 more bits than
+    double): dlogits within 4 ulps of the logits' type of the largest |dlogit| (the double sum of
+    up to 1000 exponentials and a division, then one rounding), the loss within 4 ulps relative;
+    any label dtype, non-contiguous logits, empty batches, one class."""
+    if dtype == np.float64 and np.finfo(np.longdouble).eps >= np.finfo(np.float64).eps:
+        pytest.skip("long double is no wider than double here: no truth for float64")
+    rng = make_rng(sum(shape))
+    z = (rng.standard_normal(shape[:-1] + (2 * shape[-1],)) * 4).astype(dtype)
+    z = z[..., ::2] if layout == "strided" else np.ascontiguousarray(z[..., ::2])
+    labels = rng.integers(0, shape[-1], shape[:-1]).astype(label_dtype)
+    loss, dz = fl.losses.softmax_cross_entropy(z, labels)
+    assert type(loss) is dtype and dz.dtype == dtype and dz.shape == z.shape
+    zl = z.astype(np.longdouble)
+    top = zl.max(axis=-1, keepdims=True)
+    e = np.exp(zl - top)
+    total = e.sum(axis=-1, keepdims=True)
+    onehot = np.arange(shape[-1]) == labels[..., None]
+    want_dz = (e / total - onehot) / max(labels.size, 1)
+    want_loss = (top + np.log(total) - zl)[onehot].sum() / max(labels.size, 1)
+    eps = np.finfo(dtype).eps
+    np.testing.assert_allclose(loss.astype(np.longdouble), want_loss, rtol=4 * eps, atol=0)
+    np.testing.assert_allclose(dz.astype(np.longdouble), want_dz, rtol=0,
+                               atol=4 * eps * max(np.finfo(dtype).tiny, np.abs(want_dz).max(initial=0)))
+
+
+def test_host_loss_keeps_the_references_checks_and_nans():
+    z = np.zeros((2, 3), np.float32)
+    with pytest.raises(TypeError, match="labels must be integers"):
+        fl.losses.softmax_cross_entropy(z, np.zeros(2))
+    with pytest.raises(ValueError, match=r"labels must have shape \(2,\)"):
+        fl.losses.softmax_cross_entropy(z, np.zeros(3, int))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\), got values in \[-1, 0\]"):
+        fl.losses.softmax_cross_entropy(z, np.array([0, -1]))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        fl.losses.softmax_cross_entropy(z, np.array([0, 3], np.uint64))
+    z[1, 2] = np.nan  # a NaN score makes its row's loss and gradient NaN, as in the reference
+    loss, dz = fl.losses.softmax_cross_entropy(z, np.array([0, 1]))
+    want_loss, want_dz = fl.reference.softmax_cross_entropy(z, np.array([0, 1]))
+    assert np.isnan(loss) and np.isnan(want_loss)
+    np.testing.assert_array_equal(np.isnan(dz), np.isnan(want_dz))
+    from fastlayers._cpu import loss as kernels
+
+    with pytest.raises(ValueError, match="labels must have 2 entries"):
+        kernels.softmax_cross_entropy(z, np.zeros(3, np.intp), np.empty_like(z), 1.0)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\), got 5 at 1"):
+        kernels.softmax_cross_entropy(z, np.array([0, 5], np.intp), np.empty_like(z), 1.0)
+
+
 # ---------------------------------------------------------------------------- optimisers
 
 

@@ -10,7 +10,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import reference
-from .ops._checks import array_dtype, is_device_array
+from ._cpu import loss as _kernels
+from .ops._checks import FLOAT_DTYPES, array_dtype, check_labels, is_device_array
 
 __all__ = ["softmax", "softmax_cross_entropy"]
 
@@ -35,7 +36,7 @@ def softmax_cross_entropy(logits, labels):
     (no transfer) or the host (copied); a label outside [0, K) makes the loss NaN instead of
     raising, since checking would read the labels back to the host."""
     if not is_device_array(logits):
-        return reference.softmax_cross_entropy(logits, labels)
+        return _host_softmax_cross_entropy(logits, labels)
     dt = array_dtype("logits", logits)
     if dt not in (np.float32, np.float64):
         raise TypeError(f"logits must be float32 or float64, got {dt}")
@@ -48,3 +49,17 @@ def softmax_cross_entropy(logits, labels):
     from .backends.cuda.training import softmax_cross_entropy as on_device
 
     return on_device(logits, labels)
+
+
+def _host_softmax_cross_entropy(logits, labels):
+    """The host loss: float32 and float64 scores with at least one class by the compiled rows
+    (kernels/cpu/loss.pyx: in double, each result rounded once), others by the reference."""
+    z = np.asarray(logits)
+    if z.dtype not in FLOAT_DTYPES or z.ndim < 1 or z.shape[-1] == 0:
+        return reference.softmax_cross_entropy(logits, labels)
+    labels = check_labels(labels, z.shape)
+    count = max(labels.size, 1)
+    rows = np.ascontiguousarray(z).reshape(-1, z.shape[-1])
+    dz = np.empty_like(rows)
+    total = _kernels.softmax_cross_entropy(rows, labels.astype(np.intp, copy=False).reshape(-1), dz, 1 / count)
+    return z.dtype.type(total / count), dz.reshape(z.shape)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .ops import BATCH_NORM, CONV2D, FUNCTIONS, GRU, LINEAR, LSTM, MAX_POOL2D, RELU, RNN
+from .ops._checks import check_labels
 from .ops._spec import run
 
 # Every function of the functional API (``ops.FUNCTIONS``), and the layers' own ops.
@@ -538,14 +539,7 @@ def softmax_cross_entropy(logits, labels):
     logits (..., K), labels (...) of ints in [0, K). Returns (loss, dlogits), where dlogits is the
     gradient of the mean loss. Stable for any logits: the max is subtracted before exp."""
     logits = np.asarray(logits)
-    labels = np.asarray(labels)
-    if labels.dtype.kind not in "iu":
-        raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
-    if labels.shape != logits.shape[:-1]:
-        raise ValueError(f"labels must have shape {logits.shape[:-1]} (logits without its last axis), got {labels.shape}")
-    K = logits.shape[-1]
-    if labels.size and (labels.min() < 0 or labels.max() >= K):
-        raise ValueError(f"labels must lie in [0, {K}), got values in [{labels.min()}, {labels.max()}]")
+    labels = check_labels(labels, logits.shape)
     shifted = logits - logits.max(axis=-1, keepdims=True)
     log_p = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
     picked = np.take_along_axis(log_p, labels[..., None], axis=-1)[..., 0]

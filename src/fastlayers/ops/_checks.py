@@ -124,6 +124,21 @@ def check_no_alias(name, out, others):
 # ---------------------------------------------------------------------------- scalar parameters
 
 
+def check_labels(labels, logits_shape):
+    """``labels`` as an integer array of shape ``logits_shape[:-1]`` with values in [0, K), K the
+    last axis (a TypeError or ValueError naming it otherwise)."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
+    if labels.shape != tuple(logits_shape[:-1]):
+        raise ValueError(f"labels must have shape {tuple(logits_shape[:-1])} (logits without its last axis), "
+                         f"got {labels.shape}")
+    K = logits_shape[-1]
+    if labels.size and (labels.min() < 0 or labels.max() >= K):
+        raise ValueError(f"labels must lie in [0, {K}), got values in [{labels.min()}, {labels.max()}]")
+    return labels
+
+
 def check_int(name, v):
     if isinstance(v, (bool, np.bool_)):
         raise TypeError(f"{name} must be an int, got bool")
