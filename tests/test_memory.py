@@ -181,17 +181,25 @@ def test_derived_weights_stay_bounded():
     _common.release_workspaces()
 
 
+def _edges(n, chunk):
+    """Positions of n where a share of the buffers may end: the ends, both sides of every
+    ``chunk`` and of the halves (a thread's share, cache-line rounded), and a sample between."""
+    half = -(-n // 2)
+    near = {0, n - 1, half, half - 1, -(-half // 64) * 64, -(-half // 64) * 64 - 1}
+    near |= {k * chunk + d for k in range(1, n // chunk + 1) for d in (-1, 0)}
+    return sorted((near | set(range(0, n, 4093))) & set(range(n)))
+
+
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("nbytes", [0, 1, 1000, (1 << 18) - 1, 1 << 18, 3 * (1 << 18) + 5])
+@pytest.mark.parametrize("nbytes", [0, 1, 1000, (1 << 17) + 3, (1 << 18) - 1, 1 << 18, 3 * (1 << 18) + 5])
 def test_same_bytes_finds_every_difference(nbytes, threads):
     """The compiled comparison ``derived`` trusts: equal buffers, and a buffer differing in one
-    byte anywhere (first, last, either side of a chunk's edge) or in length."""
+    byte anywhere (first, last, either side of a thread's share or a chunk's edge) or in length."""
     from fastlayers._cpu import bits
 
     a = np.random.default_rng(nbytes).integers(0, 256, nbytes, dtype=np.uint8)
     assert bits.same_bytes(a, a.copy(), threads)
-    chunk = 1 << 18
-    for at in sorted({0, nbytes - 1, chunk - 1, chunk, nbytes // 2} & set(range(nbytes))):
+    for at in _edges(nbytes, 1 << 18):
         b = a.copy()
         b[at] ^= 1
         assert not bits.same_bytes(a, b, threads), at
@@ -201,26 +209,48 @@ def test_same_bytes_finds_every_difference(nbytes, threads):
         bits.same_bytes(a, a, 0)
 
 
+def test_same_bytes_takes_arrays_of_any_dtype_and_shape_in_c_order():
+    """``derived`` hands it the weight and its copy as they are: the bytes count, not the shape;
+    a strided view is refused (it would be read as if contiguous), and so is a non-array."""
+    from fastlayers._cpu import bits
+
+    w = np.random.default_rng(0).standard_normal((8, 3, 3, 3)).astype(np.float32)
+    assert bits.same_bytes(w, w.copy().reshape(-1).view(np.uint8), 2)
+    flipped = w.copy()
+    flipped.reshape(-1)[-1] *= -1
+    assert not bits.same_bytes(w, flipped, 1)
+    assert bits.address(w) == w.ctypes.data and bits.address(w[1:]) == w[1:].ctypes.data
+    with pytest.raises(ValueError, match="C-contiguous"):
+        bits.same_bytes(w[:, :, ::2], w[:, :, ::2].copy(), 1)
+    with pytest.raises(TypeError):
+        bits.same_bytes(w.tolist(), w, 1)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("n", [0, 1, 17, (1 << 16) - 1, 1 << 16, 3 * (1 << 16) + 5])
+@pytest.mark.parametrize("n", [0, 1, 17, (1 << 14) + 3, (1 << 16) - 1, 1 << 16, 3 * (1 << 16) + 5])
 def test_all_finite_finds_every_nan_and_infinity(n, threads, dtype):
     """The compiled check Winograd trusts (conv2d): finite values, extremes and subnormals
-    included, pass; one NaN or infinity anywhere (first, last, either side of a chunk's edge)
-    fails it."""
+    included, pass; one NaN or infinity anywhere (first, last, either side of a thread's share
+    or a chunk's edge) fails it, in an array of any shape."""
     from fastlayers._cpu import bits
 
     info = np.finfo(dtype)
     a = np.random.default_rng(n).choice(np.array([0.0, -0.0, 1.5, info.max, -info.max, info.tiny / 4], dtype), n)
     assert bits.all_finite(a, threads)
-    chunk = (1 << 18) // a.itemsize
-    for at in sorted({0, n - 1, chunk - 1, chunk, n // 2} & set(range(n))):
+    if n % 2 == 0:
+        assert bits.all_finite(a.reshape(2, -1), threads)
+    for at in _edges(n, (1 << 18) // a.itemsize):
         for value in (np.nan, np.inf, -np.inf):
             b = a.copy()
             b[at] = value
             assert not bits.all_finite(b, threads), (at, value)
     with pytest.raises(ValueError, match="num_threads"):
         bits.all_finite(a, 0)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        bits.all_finite(np.zeros((4, 4), dtype)[:, ::2], threads)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        bits.all_finite(np.zeros(4, np.int32), threads)
 
 
 def test_derived_weights_compare_strided_weights_too():

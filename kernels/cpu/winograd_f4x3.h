@@ -30,9 +30,17 @@
 
 #include "target_clones.h"
 
-/* Values of the transforms' scratch for a block of P tiles: the tiles' 6x6 input patches and
- * their B^T combination (36 x P each); the output transform uses less. */
-static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P; }
+/* The transforms' vector loops run along the block's P tiles of several channels (filters) at
+ * once, at least FL_WINO_LANES values a loop: a batch-1 small plane has 4 or 16 tiles a block,
+ * too few for a loop of 16-lane vectors; channel-major, tile-fastest, the layout of V and M's
+ * rows, so that the last step writes V whole. Channels (filters) a pass: */
+#define FL_WINO_LANES 64
+static inline ptrdiff_t fl_wino_channels(ptrdiff_t P) { return (FL_WINO_LANES + P - 1) / P; }
+
+/* Values of the transforms' scratch for a block of P tiles: the 6x6 input patches of a pass's
+ * tiles and their B^T combination (36 x P x fl_wino_channels(P) each); the output transforms
+ * use less. */
+static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P * fl_wino_channels(P); }
 
 /* The tile loops' pointers (rows of one scratch or V/M array) never overlap, but GCC
  * versions a loop for aliasing only up to 10 pointer pairs and leaves the 12-pointer transform
@@ -133,15 +141,15 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P; }
     }
 
 /* B^T applied to six vectors (rows of a tile, or its columns): the 36 products' input side. */
-/* Planes q = 0..3 of `out` (P apart) = columns q of a line of P interleaved 4-wide tiles:
- * out[q * P + p] = line[4 p + q]. */
-#define FL_WINO_DEINTERLEAVE4(T, line, out, P)                                                \
+/* Planes q = 0..3 of `out` (``stride`` apart) = columns q of a line of n interleaved 4-wide
+ * tiles: out[q * stride + p] = line[4 p + q]. */
+#define FL_WINO_DEINTERLEAVE4(T, line, out, n, stride)                                        \
     do {                                                                                      \
         const T *restrict in_ = (line);                                                       \
-        T *restrict o0_ = (out), *restrict o1_ = o0_ + (P), *restrict o2_ = o1_ + (P);        \
-        T *restrict o3_ = o2_ + (P);                                                          \
+        T *restrict o0_ = (out), *restrict o1_ = o0_ + (stride), *restrict o2_ = o1_ + (stride); \
+        T *restrict o3_ = o2_ + (stride);                                                     \
         FL_WINO_SIMD                                                                          \
-        for (ptrdiff_t p_ = 0; p_ < (P); p_++) {                                              \
+        for (ptrdiff_t p_ = 0; p_ < (n); p_++) {                                              \
             o0_[p_] = in_[4 * p_];                                                            \
             o1_[p_] = in_[4 * p_ + 1];                                                        \
             o2_[p_] = in_[4 * p_ + 2];                                                        \
@@ -164,78 +172,83 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P; }
 /* V[xi][c][p] = (B^T d B)[xi] for the P = rows x tiles_w tiles of tile rows first ..
  * first + rows - 1 of the batch (row R: image R / tiles_h, tile row R % tiles_h; ``image``
  * values between x's images, x at the group's first channel), d the 6x6 patch of channel c at
- * input rows 4i - PT .., columns 4j - PL .. (zero outside the H x W input). Vectorised along
- * the block's tiles, whatever the plane's width: for each patch row a, the tile rows' input
- * rows are copied (zero-padded) into one line, 4 values a tile, which is deinterleaved along
- * all P tiles into ``d`` (36 x P: row a, column k of every tile; columns 4 and 5 are the next
- * tile's 0 and 1, but for a tile row's last tile); B^T combines d row against row into ``t``
- * (the same), and B each row's 6 columns into the 36 positions. */
+ * input rows 4i - PT .., columns 4j - PL .. (zero outside the H x W input). A pass takes ``cb``
+ * channels (fl_wino_channels), its L = cb x P lanes channel-major: for each channel and patch
+ * row a, the tile rows' input rows are copied (zero-padded) into one line, 4 values a tile,
+ * which is deinterleaved along the P tiles into ``d`` (36 x L: row a, column k of every tile;
+ * columns 4 and 5 are the next tile's 0 and 1, but for a tile row's last tile); B^T combines d
+ * row against row into ``t`` (the same), and B each row's 6 columns into the 36 positions, each
+ * a vector loop along all L lanes. */
 #define FL_WINO_INPUT(T)                                                                      \
     FL_CLONES static void fl_wino_input_##T(const T *x, ptrdiff_t image, T *V, ptrdiff_t P, T *scratch, \
                                             ptrdiff_t Cg, ptrdiff_t H, ptrdiff_t W, ptrdiff_t first, \
                                             ptrdiff_t rows, ptrdiff_t tiles_h, ptrdiff_t tiles_w, \
                                             ptrdiff_t PT, ptrdiff_t PL)                       \
     {                                                                                         \
-        T *restrict d = scratch, *restrict t = scratch + 36 * P;                              \
+        const ptrdiff_t cb_max = fl_wino_channels(P);                                         \
+        T *restrict d = scratch, *restrict t = scratch + 36 * P * cb_max;                     \
         /* line[4p + m] (in t's place) = input column 4j + m - PL of tile p = (r, j): inside for \
          * m in [m_lo, m_hi) of the tile row's 4 tiles_w values */                            \
         const ptrdiff_t n4 = 4 * tiles_w, m_lo = PL < n4 ? PL : n4;                           \
         const ptrdiff_t m_hi = W + PL < n4 ? (W + PL > m_lo ? W + PL : m_lo) : n4;            \
-        for (ptrdiff_t c = 0; c < Cg; c++) {                                                  \
-            for (int a = 0; a < 6; a++) { /* input row a of every tile: d[6a + k][p] */       \
-                T *restrict line = t;                                                         \
-                for (ptrdiff_t r = 0; r < rows; r++) {                                        \
-                    const ptrdiff_t R = first + r, ih = 4 * (R % tiles_h) - PT + a;           \
-                    T *restrict ln = line + r * n4;                                           \
-                    if (ih < 0 || ih >= H) {                                                  \
-                        for (ptrdiff_t m = 0; m < n4; m++)                                    \
+        for (ptrdiff_t c0 = 0; c0 < Cg; c0 += cb_max) {                                       \
+            const ptrdiff_t L = (Cg - c0 < cb_max ? Cg - c0 : cb_max) * P;                    \
+            for (ptrdiff_t c = c0; c < c0 + L / P; c++) {                                     \
+                for (int a = 0; a < 6; a++) { /* input row a of every tile: d[6a + k][lane] */ \
+                    T *restrict line = t;                                                     \
+                    for (ptrdiff_t r = 0; r < rows; r++) {                                    \
+                        const ptrdiff_t R = first + r, ih = 4 * (R % tiles_h) - PT + a;       \
+                        T *restrict ln = line + r * n4;                                       \
+                        if (ih < 0 || ih >= H) {                                              \
+                            for (ptrdiff_t m = 0; m < n4; m++)                                \
+                                ln[m] = 0;                                                    \
+                            continue;                                                         \
+                        }                                                                     \
+                        const T *restrict xr = x + (R / tiles_h) * image + c * H * W + ih * W; \
+                        for (ptrdiff_t m = 0; m < m_lo; m++)                                  \
                             ln[m] = 0;                                                        \
-                        continue;                                                             \
+                        for (ptrdiff_t m = m_lo; m < m_hi; m++)                               \
+                            ln[m] = xr[m - PL];                                               \
+                        for (ptrdiff_t m = m_hi; m < n4; m++)                                 \
+                            ln[m] = 0;                                                        \
                     }                                                                         \
-                    const T *restrict xr = x + (R / tiles_h) * image + c * H * W + ih * W;                        \
-                    for (ptrdiff_t m = 0; m < m_lo; m++)                                      \
-                        ln[m] = 0;                                                            \
-                    for (ptrdiff_t m = m_lo; m < m_hi; m++)                                   \
-                        ln[m] = xr[m - PL];                                                   \
-                    for (ptrdiff_t m = m_hi; m < n4; m++)                                     \
-                        ln[m] = 0;                                                            \
-                }                                                                             \
-                T *restrict d0 = d + 6 * a * P, *restrict d1 = d0 + P;                        \
-                T *restrict d4 = d0 + 4 * P, *restrict d5 = d4 + P;                           \
-                FL_WINO_DEINTERLEAVE4(T, line, d0, P);                                        \
-                FL_WINO_SIMD                                                                  \
-                for (ptrdiff_t p = 0; p + 1 < P; p++) { /* columns 4 and 5: the next tile's 0 and 1 */ \
-                    d4[p] = d0[p + 1];                                                        \
-                    d5[p] = d1[p + 1];                                                        \
-                }                                                                             \
-                for (ptrdiff_t r = 0; r < rows; r++) { /* but a row's last tile's lie past its line */ \
-                    const ptrdiff_t R = first + r, ih = 4 * (R % tiles_h) - PT + a, p = (r + 1) * tiles_w - 1; \
-                    const T *xr = x + (R / tiles_h) * image + c * H * W;                      \
-                    const ptrdiff_t col = n4 - PL, in_row = ih >= 0 && ih < H;                \
-                    d4[p] = in_row && col >= 0 && col < W ? xr[ih * W + col] : (T)0;          \
-                    d5[p] = in_row && col + 1 >= 0 && col + 1 < W ? xr[ih * W + col + 1] : (T)0; \
+                    T *restrict d0 = d + 6 * a * L + (c - c0) * P, *restrict d1 = d0 + L;     \
+                    T *restrict d4 = d0 + 4 * L, *restrict d5 = d4 + L;                       \
+                    FL_WINO_DEINTERLEAVE4(T, line, d0, P, L);                                 \
+                    FL_WINO_SIMD                                                              \
+                    for (ptrdiff_t p = 0; p + 1 < P; p++) { /* columns 4 and 5: the next tile's 0 and 1 */ \
+                        d4[p] = d0[p + 1];                                                    \
+                        d5[p] = d1[p + 1];                                                    \
+                    }                                                                         \
+                    for (ptrdiff_t r = 0; r < rows; r++) { /* but a row's last tile's lie past its line */ \
+                        const ptrdiff_t R = first + r, ih = 4 * (R % tiles_h) - PT + a, p = (r + 1) * tiles_w - 1; \
+                        const T *xr = x + (R / tiles_h) * image + c * H * W;                  \
+                        const ptrdiff_t col = n4 - PL, in_row = ih >= 0 && ih < H;            \
+                        d4[p] = in_row && col >= 0 && col < W ? xr[ih * W + col] : (T)0;      \
+                        d5[p] = in_row && col + 1 >= 0 && col + 1 < W ? xr[ih * W + col + 1] : (T)0; \
+                    }                                                                         \
                 }                                                                             \
             }                                                                                 \
             {                                                                                 \
-                const T *restrict e0 = d, *restrict e1 = d + 6 * P, *restrict e2 = d + 12 * P; \
-                const T *restrict e3 = d + 18 * P, *restrict e4 = d + 24 * P, *restrict e5 = d + 30 * P; \
-                T *restrict t0 = t, *restrict t1 = t + 6 * P, *restrict t2 = t + 12 * P;      \
-                T *restrict t3 = t + 18 * P, *restrict t4 = t + 24 * P, *restrict t5 = t + 30 * P; \
+                const T *restrict e0 = d, *restrict e1 = d + 6 * L, *restrict e2 = d + 12 * L; \
+                const T *restrict e3 = d + 18 * L, *restrict e4 = d + 24 * L, *restrict e5 = d + 30 * L; \
+                T *restrict t0 = t, *restrict t1 = t + 6 * L, *restrict t2 = t + 12 * L;      \
+                T *restrict t3 = t + 18 * L, *restrict t4 = t + 24 * L, *restrict t5 = t + 30 * L; \
                 FL_WINO_SIMD                                                                  \
-                for (ptrdiff_t q = 0; q < 6 * P; q++) /* t = B^T d, every column of every tile */ \
+                for (ptrdiff_t q = 0; q < 6 * L; q++) /* t = B^T d, every column of every tile */ \
                     FL_WINO_BT(T, e0[q], e1[q], e2[q], e3[q], e4[q], e5[q], t0[q], t1[q], t2[q], t3[q], \
                                t4[q], t5[q]);                                                 \
             }                                                                                 \
             for (int a = 0; a < 6; a++) { /* (B^T d) B, row a of every tile */                \
-                const T *restrict s0 = t + 6 * a * P, *restrict s1 = s0 + P, *restrict s2 = s1 + P; \
-                const T *restrict s3 = s2 + P, *restrict s4 = s3 + P, *restrict s5 = s4 + P;  \
-                T *restrict v0 = V + (6 * a * Cg + c) * P, *restrict v1 = v0 + Cg * P;        \
+                const T *restrict s0 = t + 6 * a * L, *restrict s1 = s0 + L, *restrict s2 = s1 + L; \
+                const T *restrict s3 = s2 + L, *restrict s4 = s3 + L, *restrict s5 = s4 + L;  \
+                T *restrict v0 = V + (6 * a * Cg + c0) * P, *restrict v1 = v0 + Cg * P;       \
                 T *restrict v2 = v1 + Cg * P, *restrict v3 = v2 + Cg * P, *restrict v4 = v3 + Cg * P; \
                 T *restrict v5 = v4 + Cg * P;                                                 \
                 FL_WINO_SIMD                                                                  \
-                for (ptrdiff_t p = 0; p < P; p++)                                             \
-                    FL_WINO_BT(T, s0[p], s1[p], s2[p], s3[p], s4[p], s5[p], v0[p], v1[p], v2[p], v3[p], \
-                               v4[p], v5[p]);                                                 \
+                for (ptrdiff_t q = 0; q < L; q++)                                             \
+                    FL_WINO_BT(T, s0[q], s1[q], s2[q], s3[q], s4[q], s5[q], v0[q], v1[q], v2[q], v3[q], \
+                               v4[q], v5[q]);                                                 \
             }                                                                                 \
         }                                                                                     \
     }
@@ -252,51 +265,55 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P; }
 
 /* y[f] over the output rows of the block's tiles (as in fl_wino_input; ``image`` values
  * between y's images, y at the group's first filter) = A^T M[.][f][p] A (+ bias[f]), M (36, Fg,
- * P): A^T combines the 36 positions into 4 rows of 6 (``u``, 24 x P), then for each output
- * row s, A each tile's 6 columns into its 4 outputs, the bias added, written interleaved into
- * one line (``o``, 4 x P) whose tile rows are copied into y: the columns of a last tile past OW
- * and the rows past OH are cut. */
+ * P): a pass takes ``fb`` filters (fl_wino_channels), whose L = fb x P lanes are contiguous in
+ * every position's row of M; A^T combines the 36 positions into 4 rows of 6 (``u``, 24 x L),
+ * along all L lanes; then for each filter and output row s, A each tile's 6 columns into its 4
+ * outputs, the bias added, written interleaved into one line (``o``, 4 x P) whose tile rows are
+ * copied into y: the columns of a last tile past OW and the rows past OH are cut. */
 #define FL_WINO_OUTPUT(T)                                                                     \
     FL_CLONES static void fl_wino_output_##T(const T *M, ptrdiff_t P, T *y, ptrdiff_t image, const T *bias, \
                                              T *scratch, ptrdiff_t Fg, ptrdiff_t OH, ptrdiff_t OW, \
                                              ptrdiff_t first, ptrdiff_t rows, ptrdiff_t tiles_h, \
                                              ptrdiff_t tiles_w)                               \
     {                                                                                         \
-        const ptrdiff_t plane = Fg * P;                                                       \
-        T *restrict u = scratch, *restrict o = scratch + 24 * P;                              \
-        for (ptrdiff_t f = 0; f < Fg; f++) {                                                  \
-            const T b = bias ? bias[f] : (T)0;                                                \
-            const T *m = M + f * P;                                                           \
+        const ptrdiff_t plane = Fg * P, fb_max = fl_wino_channels(P);                         \
+        T *restrict u = scratch, *restrict o = scratch + 24 * P * fb_max;                     \
+        for (ptrdiff_t f0 = 0; f0 < Fg; f0 += fb_max) {                                       \
+            const ptrdiff_t L = (Fg - f0 < fb_max ? Fg - f0 : fb_max) * P;                    \
             for (int k = 0; k < 6; k++) { /* u = A^T m: column k of the tiles' 4 rows */      \
-                const T *restrict m0 = m + k * plane, *restrict m1 = m0 + 6 * plane;          \
+                const T *restrict m0 = M + k * plane + f0 * P, *restrict m1 = m0 + 6 * plane; \
                 const T *restrict m2 = m1 + 6 * plane, *restrict m3 = m2 + 6 * plane;         \
                 const T *restrict m4 = m3 + 6 * plane, *restrict m5 = m4 + 6 * plane;         \
-                T *restrict u0 = u + k * P, *restrict u1 = u0 + 6 * P, *restrict u2 = u1 + 6 * P; \
-                T *restrict u3 = u2 + 6 * P;                                                  \
+                T *restrict u0 = u + k * L, *restrict u1 = u0 + 6 * L, *restrict u2 = u1 + 6 * L; \
+                T *restrict u3 = u2 + 6 * L;                                                  \
                 FL_WINO_SIMD                                                                  \
-                for (ptrdiff_t p = 0; p < P; p++)                                             \
-                    FL_WINO_AT(T, m0[p], m1[p], m2[p], m3[p], m4[p], m5[p], u0[p], u1[p], u2[p], u3[p]); \
+                for (ptrdiff_t q = 0; q < L; q++)                                             \
+                    FL_WINO_AT(T, m0[q], m1[q], m2[q], m3[q], m4[q], m5[q], u0[q], u1[q], u2[q], u3[q]); \
             }                                                                                 \
-            for (int s = 0; s < 4; s++) { /* output row s of every tile, + b: o[4p + q] = column q */ \
-                const T *restrict a0 = u + 6 * s * P, *restrict a1 = a0 + P, *restrict a2 = a1 + P; \
-                const T *restrict a3 = a2 + P, *restrict a4 = a3 + P, *restrict a5 = a4 + P;  \
-                FL_WINO_SIMD                                                                  \
-                for (ptrdiff_t p = 0; p < P; p++) {                                           \
-                    T o0, o1, o2, o3;                                                         \
-                    FL_WINO_AT(T, a0[p], a1[p], a2[p], a3[p], a4[p], a5[p], o0, o1, o2, o3);  \
-                    o[4 * p] = o0 + b;                                                        \
-                    o[4 * p + 1] = o1 + b;                                                    \
-                    o[4 * p + 2] = o2 + b;                                                    \
-                    o[4 * p + 3] = o3 + b;                                                    \
-                }                                                                             \
-                for (ptrdiff_t r = 0; r < rows; r++) { /* a tile row's outputs, cut at OW */  \
-                    const ptrdiff_t R = first + r, oh = 4 * (R % tiles_h) + s;                \
-                    if (oh >= OH)                                                             \
-                        continue;                                                             \
-                    T *restrict yr = y + (R / tiles_h) * image + f * OH * OW + oh * OW;       \
-                    const T *restrict orow = o + 4 * r * tiles_w;                             \
-                    for (ptrdiff_t q = 0; q < OW; q++)                                        \
-                        yr[q] = orow[q];                                                      \
+            for (ptrdiff_t f = f0; f < f0 + L / P; f++) {                                     \
+                const T b = bias ? bias[f] : (T)0;                                            \
+                for (int s = 0; s < 4; s++) { /* output row s of every tile, + b: o[4p + q] = column q */ \
+                    const T *restrict a0 = u + 6 * s * L + (f - f0) * P, *restrict a1 = a0 + L; \
+                    const T *restrict a2 = a1 + L, *restrict a3 = a2 + L, *restrict a4 = a3 + L; \
+                    const T *restrict a5 = a4 + L;                                            \
+                    FL_WINO_SIMD                                                              \
+                    for (ptrdiff_t p = 0; p < P; p++) {                                       \
+                        T o0, o1, o2, o3;                                                     \
+                        FL_WINO_AT(T, a0[p], a1[p], a2[p], a3[p], a4[p], a5[p], o0, o1, o2, o3); \
+                        o[4 * p] = o0 + b;                                                    \
+                        o[4 * p + 1] = o1 + b;                                                \
+                        o[4 * p + 2] = o2 + b;                                                \
+                        o[4 * p + 3] = o3 + b;                                                \
+                    }                                                                         \
+                    for (ptrdiff_t r = 0; r < rows; r++) { /* a tile row's outputs, cut at OW */ \
+                        const ptrdiff_t R = first + r, oh = 4 * (R % tiles_h) + s;            \
+                        if (oh >= OH)                                                         \
+                            continue;                                                         \
+                        T *restrict yr = y + (R / tiles_h) * image + f * OH * OW + oh * OW;   \
+                        const T *restrict orow = o + 4 * r * tiles_w;                         \
+                        for (ptrdiff_t q = 0; q < OW; q++)                                    \
+                            yr[q] = orow[q];                                                  \
+                    }                                                                         \
                 }                                                                             \
             }                                                                                 \
         }                                                                                     \
@@ -342,7 +359,7 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P; }
                     for (; m < n4; m++)                                                       \
                         ln[m] = 0;                                                            \
                 }                                                                             \
-                FL_WINO_DEINTERLEAVE4(T, line, d + 4 * s * P, P);                             \
+                FL_WINO_DEINTERLEAVE4(T, line, d + 4 * s * P, P, P);                             \
             }                                                                                 \
             for (int q = 0; q < 4; q++) { /* t = A dY: column q of every tile */              \
                 const T *restrict d0 = d + q * P, *restrict d1 = d0 + 4 * P, *restrict d2 = d1 + 4 * P; \

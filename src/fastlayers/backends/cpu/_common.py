@@ -89,7 +89,7 @@ def derived(kind, w, options, make):
     for bit). The comparison (`_same_bits`) is one pass over w and its copy, stopping at the
     first difference, 5-10x cheaper than the transforms
     (measured: docs/performance.md, "Derived weights kept")."""
-    key = (kind, w.__array_interface__["data"][0], w.shape, w.strides, w.dtype.str, options)
+    key = (kind, _bits.address(w), w.shape, w.strides, w.dtype.str, options)
     kept = _derived.get(key)
     if kept is not None and _same_bits(kept[0], w):
         return kept[1]
@@ -104,11 +104,10 @@ def derived(kind, w, options, make):
 
 
 def _same_bits(kept, w):
-    """Whether w holds the bits of ``kept``, its C-ordered copy: compiled and threaded where w
-    is C-ordered too (``_bits.same_bytes``), by NumPy otherwise."""
+    """Whether w holds the bits of ``kept``, its C-ordered copy: compiled and threaded (by the
+    bytes both reads take) where w is C-ordered too (``_bits.same_bytes``), by NumPy otherwise."""
     if w.flags.c_contiguous:
-        as_bytes = lambda a: a.reshape(-1).view(np.uint8)
-        return _bits.same_bytes(as_bytes(kept), as_bytes(w), threads_for(w.size))
+        return _bits.same_bytes(kept, w, threads_for(2 * w.nbytes))
     bits = np.dtype(f"u{w.dtype.itemsize}")
     return np.array_equal(kept.view(bits), w.view(bits))
 

@@ -73,7 +73,7 @@ def set_column_tile_bytes(nbytes):
 
 def _finite(*arrays):
     """Whether the arrays hold no NaN and no infinity."""
-    return all(_bits.all_finite(contiguous(a).reshape(-1), threads_for(a.size)) if a.dtype in _FLOATS
+    return all(_bits.all_finite(contiguous(a), threads_for(a.size)) if a.dtype in _FLOATS
                else np.isfinite(a).all() for a in arrays)
 
 
