@@ -1206,6 +1206,12 @@ def test_winograd_kernel_checks_its_filters_and_workspace():
         _winograd.conv2d_forward(x, U, None, y, work, g, rows, 16, 3)  # sized for 2 threads
     _winograd.conv2d_forward(x, U, None, y, work, g, rows, 16, 2)
     np.testing.assert_allclose(y, ref.conv2d(x, w, padding=1), rtol=1e-5)
+    dU = np.zeros((1, 1, 36, 32, 16), np.float32)  # the weight gradient's tasks take all 32 filters
+    with pytest.raises(ValueError, match="workspace must be at least"):
+        _winograd.conv2d_backward_weight(x, y, dU, work, g, rows, 1)
+    _winograd.conv2d_backward_weight(x, y, dU, np.empty((1, _winograd.workspace_size(16, 32, rows, tiles_w)),
+                                                         np.float32), g, rows, 1)
+    assert np.isfinite(dU).all() and dU.any()
 
 
 def test_winograd_is_thread_count_independent_and_keeps_the_references_nans(split_work, monkeypatch):

@@ -174,6 +174,8 @@ def conv2d_backward_weight(const floating[:, :, :, ::1] x, const floating[:, :, 
     cdef Py_ssize_t tasks = s.G * blocks, runs = dU.shape[0], q, task, gi, first
     if dU.shape[1] != s.G or dU.shape[2] != POSITIONS or dU.shape[3] != s.Fg or dU.shape[4] != s.Cg or runs > tasks:
         raise ValueError(f"dU must be (runs <= {tasks}, {s.G}, {POSITIONS}, {s.Fg}, {s.Cg})")
+    if workspace.shape[0] < num_threads or workspace.shape[1] < workspace_size(s.Cg, s.Fg, rows, tiles_w):
+        raise ValueError(f"workspace must be at least ({num_threads}, {workspace_size(s.Cg, s.Fg, rows, tiles_w)})")
     for q in prange(runs, nogil=True, schedule="dynamic", num_threads=num_threads):
         for task in range(q * tasks // runs, (q + 1) * tasks // runs):
             gi = task // blocks
