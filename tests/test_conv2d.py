@@ -707,11 +707,12 @@ def test_auto_heuristic():
         ((1, 32, 16, 16), (64, 32, 3, 3), dict(padding=1), "im2col", FEW, "im2col"),  # batch 1, 16 tiles, 9.4 MFLOP
         ((1, 32, 16, 16), (32, 32, 3, 3), dict(padding=1), "im2col", "im2col", "im2col"),  # 16 tiles, 4.7 MFLOP
         ((1, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), "im2col", "direct", "im2col"),  # narrow: filter vectors
-        ((1, 256, 7, 7), (256, 256, 3, 3), dict(padding=1), "im2col", "direct", "im2col"),  # 4 tiles: too few
+        ((1, 256, 7, 7), (256, 256, 3, 3), dict(padding=1), "im2col", "direct", "im2col"),  # 2.25 MiB of U a tile
         ((1, 256, 14, 14), (256, 256, 3, 3), dict(padding=1), "im2col", FEW, "im2col"),  # 16 tiles, 14 wide
         ((1, 512, 14, 14), (512, 512, 3, 3), dict(padding=1), "im2col", "direct", "im2col"),  # 2.25 MiB of U a tile
         ((1, 128, 28, 28), (256, 128, 3, 3), dict(stride=2, padding=1), "im2col", "direct", "im2col"),  # 14 wide
-        ((1, 64, 8, 8), (128, 64, 3, 3), dict(padding=1), "im2col", "im2col", "im2col"),  # narrow, 4 tiles
+        ((1, 64, 8, 8), (128, 64, 3, 3), dict(padding=1), "im2col", FEW, "im2col"),  # 4 tiles, 9.4 MFLOP
+        ((1, 32, 8, 8), (64, 32, 3, 3), dict(padding=1), "im2col", "im2col", "im2col"),  # 4 tiles, 2.4 MFLOP
         ((8, 256, 7, 7), (16, 256, 3, 3), dict(padding=1), "im2col", FEW, "im2col"),  # 16 filters, 32 tiles
     ]
     isa = cpu_conv2d.rule_isa()

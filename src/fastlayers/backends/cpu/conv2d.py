@@ -191,19 +191,21 @@ FVEC_MIN_FILTERS = 32  # filters per group
 # im2col's time; on Zen 4, from 48 tiles on, 0.5-0.85x the best of im2col and direct, with 16-32
 # 0.9-1.2x); and its transforms (per input and output element) must be spread over enough
 # channels: with 16 a group it takes 0.6-0.9x im2col's time, with 8 0.8-1.1x, with 3 1.5-2x.
-# On Zen 4 the forward also wins on fewer tiles, from 16 (batch 1 on 14x14 and 16x16 planes
-# with 64 to 256 channels, in a chain of such layers: 0.74-0.92x the time of im2col and direct),
+# On Zen 4 the forward also wins on fewer tiles, from 4 (batch 1 on 14x14 and 16x16 planes
+# with 64 to 256 channels, in a chain of such layers: 0.74-0.92x the time of im2col and direct;
+# 8x8 planes of 96-128 channels 0.90-0.94x, and the VGG model's 64 to 128 at 8x8 took 0.875x
+# the whole model's time, once the transforms ran along several channels' tiles at once),
 # since calls with too few tile rows for two tasks split the filters (``_winograd_task_filters``),
 # from about 9 MFLOP on (smaller calls' 72 gemm calls and transforms cost as much as they save)
 # and with at most 1 MiB of float32 transformed filters (36 Cg Fg values) per tile: every call
 # reads them all, and where they do not stay in cache between calls (512 channels on 14x14: 2.25
-# MiB a tile, 1.5x) that costs more than the multiplications saved. Alone in a loop, 4-tile
-# calls (8x8, 7x7 planes) won too (0.71-0.93x), but in a chain of layers they lost (1.07-1.5x).
+# MiB a tile, 1.5x; 256 channels on 7x7, 2.25 MiB, 1.47x) that costs more than the
+# multiplications saved.
 # The backward's dw (a task's partial dU of 36 Fg Cg values, summed on few threads) still needs
 # the tiles of the first rule (at batch 1 it ran 1.4-3x im2col's time).
 WINOGRAD_MIN_TILES = {"x86-64-v4-amd": 48}  # 4x4 output tiles of the batch; elsewhere
 WINOGRAD_MIN_TILES_DEFAULT = 128
-WINOGRAD_FEW_TILES = {"x86-64-v4-amd": 16}  # the forward's, below WINOGRAD_MIN_TILES
+WINOGRAD_FEW_TILES = {"x86-64-v4-amd": 4}  # the forward's, below WINOGRAD_MIN_TILES
 WINOGRAD_FEW_TILES_MIN_FLOPS = 8_000_000
 WINOGRAD_MAX_FILTER_VALUES_PER_TILE = 1 << 18  # forward: 36 Cg Fg / tiles
 WINOGRAD_MIN_CHANNELS = 16  # input and output channels per group
