@@ -251,6 +251,10 @@ def test_all_finite_finds_every_nan_and_infinity(n, threads, dtype):
         bits.all_finite(np.zeros((4, 4), dtype)[:, ::2], threads)
     with pytest.raises(TypeError, match="float32 or float64"):
         bits.all_finite(np.zeros(4, np.int32), threads)
+    with pytest.raises(ValueError, match="native byte order"):
+        bits.all_finite(a.astype(a.dtype.newbyteorder()), threads)
+    with pytest.raises(ValueError, match="aligned"):
+        bits.all_finite(np.zeros(4 * a.itemsize + 1, np.uint8)[1:].view(dtype), threads)
 
 
 def test_derived_weights_compare_strided_weights_too():

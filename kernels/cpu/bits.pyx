@@ -68,13 +68,16 @@ def same_bytes(cnp.ndarray a not None, cnp.ndarray b not None, int num_threads):
 
 
 def all_finite(cnp.ndarray a not None, int num_threads):
-    """Whether a (a C-contiguous float32 or float64 array of any shape) holds no NaN and no infinity."""
+    """Whether a (a C-contiguous, aligned, native float32 or float64 array of any shape) holds no
+    NaN and no infinity."""
     _check_c_order(a, "a")
     if num_threads < 1:
         raise ValueError(f"num_threads must be at least 1, got {num_threads}")
     cdef int kind = cnp.PyArray_TYPE(a)
     if kind != cnp.NPY_FLOAT32 and kind != cnp.NPY_FLOAT64:
         raise TypeError(f"a must be float32 or float64, got {a.dtype}")
+    if not cnp.PyArray_ISNOTSWAPPED(a) or not cnp.PyArray_ISALIGNED(a):
+        raise ValueError(f"a must be aligned and in native byte order, got dtype {a.dtype.str}")
     cdef Py_ssize_t n = cnp.PyArray_SIZE(a), itemsize = cnp.PyArray_ITEMSIZE(a)
     if n == 0:
         return True
