@@ -40,10 +40,15 @@ def _assert_conv2d_close(actual, expected, dtype, terms, err_msg=""):
 
 def _uniform(rng, shape, dtype, layout="C"):
     """Uniform [-1, 1) data; ``layout`` "F" is Fortran order, "strided" a view with a step of 2
-    in the last axis (neither is C-contiguous)."""
+    in the last axis (neither is C-contiguous), "unaligned" C order one byte past an aligned
+    address (a view into a byte buffer)."""
     if layout == "strided":
         return rng.uniform(-1, 1, shape[:-1] + (2 * shape[-1],)).astype(dtype)[..., ::2]
     a = rng.uniform(-1, 1, shape).astype(dtype)
+    if layout == "unaligned":
+        raw = np.empty(a.nbytes + 1, np.uint8)[1:]
+        raw[...] = a.reshape(-1).view(np.uint8)
+        return raw.view(dtype).reshape(shape)
     return np.asfortranarray(a) if layout == "F" else a
 
 
@@ -95,7 +100,7 @@ def conv2d_configs(draw):
 @pytest.mark.parametrize("algo", ALGOS)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(config=conv2d_configs(), seed=st.integers(0, 2**32 - 1),
-       layout=st.sampled_from(["C", "F", "strided"]), bias=st.booleans())
+       layout=st.sampled_from(["C", "F", "strided", "unaligned"]), bias=st.booleans())
 def test_matches_reference(algo, dtype, config, seed, layout, bias):
     x_shape, w_shape, params = config
     rng = make_rng(seed)
@@ -1005,7 +1010,7 @@ def _assert_winograd_close(actual, expected, dtype, K, err_msg):
 @pytest.mark.parametrize("dtype", DTYPES)
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(config=st.one_of(winograd_configs(), dilated_winograd_configs()), seed=st.integers(0, 2**32 - 1),
-       layout=st.sampled_from(["C", "F", "strided"]), bias=st.booleans())
+       layout=st.sampled_from(["C", "F", "strided", "unaligned"]), bias=st.booleans())
 def test_winograd_matches_reference(dtype, config, seed, layout, bias):
     """Forward and backward (dx and dw by Winograd) against the float64 reference; dilated
     convolutions by their dilation phases (ops.conv2d.dilation_phases), within the undilated

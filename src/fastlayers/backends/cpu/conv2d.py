@@ -72,8 +72,9 @@ def set_column_tile_bytes(nbytes):
 
 
 def _finite(*arrays):
-    """Whether the arrays hold no NaN and no infinity."""
-    return all(_bits.all_finite(contiguous(a), threads_for(a.size)) if a.dtype in _FLOATS
+    """Whether the arrays hold no NaN and no infinity: compiled where an array is aligned (a
+    view into a byte buffer may not be), by NumPy otherwise."""
+    return all(_bits.all_finite(contiguous(a), threads_for(a.size)) if a.dtype in _FLOATS and a.flags.aligned
                else np.isfinite(a).all() for a in arrays)
 
 
