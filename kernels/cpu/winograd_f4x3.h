@@ -140,7 +140,6 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P * fl_wino_c
         }                                                                                     \
     }
 
-/* B^T applied to six vectors (rows of a tile, or its columns): the 36 products' input side. */
 /* Planes q = 0..3 of `out` (``stride`` apart) = columns q of a line of n interleaved 4-wide
  * tiles: out[q * stride + p] = line[4 p + q]. */
 #define FL_WINO_DEINTERLEAVE4(T, line, out, n, stride)                                        \
@@ -157,6 +156,7 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P * fl_wino_c
         }                                                                                     \
     } while (0)
 
+/* B^T applied to six vectors (rows of a tile, or its columns): the 36 products' input side. */
 #define FL_WINO_BT(T, d0, d1, d2, d3, d4, d5, t0, t1, t2, t3, t4, t5)                         \
     do {                                                                                      \
         const T s1_ = (d4) - 4 * (d2), s2_ = (d3) - 4 * (d1);                                 \
@@ -192,8 +192,8 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P * fl_wino_c
         const ptrdiff_t n4 = 4 * tiles_w, m_lo = PL < n4 ? PL : n4;                           \
         const ptrdiff_t m_hi = W + PL < n4 ? (W + PL > m_lo ? W + PL : m_lo) : n4;            \
         for (ptrdiff_t c0 = 0; c0 < Cg; c0 += cb_max) {                                       \
-            const ptrdiff_t L = (Cg - c0 < cb_max ? Cg - c0 : cb_max) * P;                    \
-            for (ptrdiff_t c = c0; c < c0 + L / P; c++) {                                     \
+            const ptrdiff_t cb = Cg - c0 < cb_max ? Cg - c0 : cb_max, L = cb * P;             \
+            for (ptrdiff_t c = c0; c < c0 + cb; c++) {                                        \
                 for (int a = 0; a < 6; a++) { /* input row a of every tile: d[6a + k][lane] */ \
                     T *restrict line = t;                                                     \
                     for (ptrdiff_t r = 0; r < rows; r++) {                                    \
@@ -279,7 +279,7 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P * fl_wino_c
         const ptrdiff_t plane = Fg * P, fb_max = fl_wino_channels(P);                         \
         T *restrict u = scratch, *restrict o = scratch + 24 * P * fb_max;                     \
         for (ptrdiff_t f0 = 0; f0 < Fg; f0 += fb_max) {                                       \
-            const ptrdiff_t L = (Fg - f0 < fb_max ? Fg - f0 : fb_max) * P;                    \
+            const ptrdiff_t fb = Fg - f0 < fb_max ? Fg - f0 : fb_max, L = fb * P;             \
             for (int k = 0; k < 6; k++) { /* u = A^T m: column k of the tiles' 4 rows */      \
                 const T *restrict m0 = M + k * plane + f0 * P, *restrict m1 = m0 + 6 * plane; \
                 const T *restrict m2 = m1 + 6 * plane, *restrict m3 = m2 + 6 * plane;         \
@@ -290,7 +290,7 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P * fl_wino_c
                 for (ptrdiff_t q = 0; q < L; q++)                                             \
                     FL_WINO_AT(T, m0[q], m1[q], m2[q], m3[q], m4[q], m5[q], u0[q], u1[q], u2[q], u3[q]); \
             }                                                                                 \
-            for (ptrdiff_t f = f0; f < f0 + L / P; f++) {                                     \
+            for (ptrdiff_t f = f0; f < f0 + fb; f++) {                                        \
                 const T b = bias ? bias[f] : (T)0;                                            \
                 for (int s = 0; s < 4; s++) { /* output row s of every tile, + b: o[4p + q] = column q */ \
                     const T *restrict a0 = u + 6 * s * L + (f - f0) * P, *restrict a1 = a0 + L; \
