@@ -273,6 +273,44 @@ def test_direct_row_and_filter_vector_kernels_give_the_same_bits(monkeypatch, dt
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "x_shape, w_shape, params",
+    [
+        ((1, 130, 7, 7), (40, 130, 3, 3), dict(padding=1)),  # 1170 taps: two chunks of channels
+        ((2, 12, 20, 15), (33, 12, 3, 3), dict(padding=2, dilation=2)),  # groups of 8 rows of 15
+        ((1, 200, 5, 5), (32, 100, 3, 3), dict(padding=(3, 1), groups=2)),  # rows reading no input
+        ((1, 64, 13, 13), (48, 64, 3, 3), dict(stride=2, padding=1)),
+        ((1, 8, 1, 9), (32, 8, 3, 3), dict(padding=1)),  # one row: only the kernel's middle row reads x
+    ],
+)
+def test_filter_vector_kernel_chunks_rows_and_padding_match_reference(monkeypatch, dtype, x_shape, w_shape, params):
+    """The filter-vector kernel's passes over chunks of channels continue each output's sum, its
+    groups of rows cover the plane, and the kernel rows that read only padding, left out, change
+    nothing, forward and dx."""
+    rng = make_rng(11)
+    x, w, b = _uniform(rng, x_shape, dtype), _uniform(rng, w_shape, dtype), _uniform(rng, (w_shape[0],), dtype)
+    dy = _uniform(rng, conv2d_geometry(x_shape, w_shape, **params).y_shape, dtype)
+    _force_direct_kernel(monkeypatch, "filter-vector kernel")
+    _check_against_reference(x, w, b, dy, params, "direct", dtype, f"{x_shape} {w_shape} {params}")
+
+
+def test_filter_vector_kernel_keeps_the_references_nans_of_padding(monkeypatch):
+    """A non-finite weight times a padding zero is NaN in the reference: the filter-vector kernel
+    multiplies the padding rows it otherwise leaves out, also for a weight changed in place."""
+    rng = make_rng(12)
+    x, w = _uniform(rng, (1, 16, 7, 7), np.float64), _uniform(rng, (32, 16, 3, 3), np.float64)
+    _force_direct_kernel(monkeypatch, "filter-vector kernel")
+    np.testing.assert_allclose(fl.conv2d(x, w, padding=1, algo="direct"), ref.conv2d(x, w, padding=1), rtol=1e-12)
+    for value in (np.inf, np.nan):
+        w[3, 5, 0, 1] = value  # kernel row 0: the top output row multiplies it by padding
+        y = fl.conv2d(x, w, padding=1, algo="direct")
+        want = ref.conv2d(x, w, padding=1)
+        assert np.isnan(want[0, 3, 0]).all()
+        np.testing.assert_array_equal(np.isnan(y), np.isnan(want))
+        np.testing.assert_array_equal(np.isinf(y), np.isinf(want))
+
+
 def test_filter_vector_kernel_checks_its_arguments():
     """The compiled entry refuses what it cannot run before it reads a byte: column strides past
     2 (and a strided dx), no threads, scratch too small for the padded input, a wrong bias."""
@@ -283,17 +321,17 @@ def test_filter_vector_kernel_checks_its_arguments():
     packed = np.zeros((1, 1, g.K, conv2d_direct.FILTER_VECTOR_BYTES // 4), np.float32)
     enough = np.zeros(conv2d_direct.fvec_scratch_bytes(g, False, 4, 2), np.uint8)
     bias = np.zeros(32, np.float32)
-    conv2d_direct.conv2d_forward_fvec(x, packed, bias, y, enough, g, 2)
+    conv2d_direct.conv2d_forward_fvec(x, packed, bias, y, enough, g, True, 2)
     with pytest.raises(ValueError, match="scratch must hold"):
-        conv2d_direct.conv2d_forward_fvec(x, packed, bias, y, enough[:-1], g, 2)
+        conv2d_direct.conv2d_forward_fvec(x, packed, bias, y, enough[:-1], g, True, 2)
     with pytest.raises(ValueError, match="num_threads"):
-        conv2d_direct.conv2d_forward_fvec(x, packed, bias, y, enough, g, 0)
+        conv2d_direct.conv2d_forward_fvec(x, packed, bias, y, enough, g, True, 0)
     with pytest.raises(ValueError, match="b must hold 32 biases"):
-        conv2d_direct.conv2d_forward_fvec(x, packed, bias[:5], y, enough, g, 2)
+        conv2d_direct.conv2d_forward_fvec(x, packed, bias[:5], y, enough, g, True, 2)
     strided = conv2d_geometry((1, 4, 9, 9), (32, 4, 3, 3), stride=(1, 3))
     assert not conv2d_direct.fvec_runs(strided, False)
     with pytest.raises(ValueError, match="column strides 1 and 2"):
-        conv2d_direct.conv2d_forward_fvec(x, packed, bias, np.zeros(strided.y_shape, np.float32), enough, strided, 2)
+        conv2d_direct.conv2d_forward_fvec(x, packed, bias, np.zeros(strided.y_shape, np.float32), enough, strided, True, 2)
     assert conv2d_direct.fvec_runs(conv2d_geometry((1, 4, 9, 9), (32, 4, 3, 3), stride=2), False)
     assert not conv2d_direct.fvec_runs(conv2d_geometry((1, 4, 9, 9), (32, 4, 3, 3), stride=2), True)
 

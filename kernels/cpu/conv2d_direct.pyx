@@ -43,10 +43,13 @@ cdef extern from "conv2d_direct_simd.h" nogil:
 
 cdef extern from "conv2d_direct_fvec.h" nogil:
     enum: FL_FVEC_MAX_POSITIONS
-    void fl_fvec_block_float(const float* base, const ptrdiff_t* toff, ptrdiff_t ntaps,
-                             const float* wp, const float* bias, float* tmp, int np, int sw)
-    void fl_fvec_block_double(const double* base, const ptrdiff_t* toff, ptrdiff_t ntaps,
-                              const double* wp, const double* bias, double* tmp, int np, int sw)
+    void fl_fvec_block_float(const float* base, const ptrdiff_t* toff, const float* wp,
+                             ptrdiff_t nruns, ptrdiff_t run_taps, ptrdiff_t run_stride,
+                             const float* init, ptrdiff_t init_step, float* tmp, int np, int sw)
+    void fl_fvec_block_double(const double* base, const ptrdiff_t* toff, const double* wp,
+                              ptrdiff_t nruns, ptrdiff_t run_taps, ptrdiff_t run_stride,
+                              const double* init, ptrdiff_t init_step, double* tmp, int np,
+                              int sw)
 
 cdef extern from "target_clones.h" nogil:
     const char* fl_clone_isa()
@@ -55,6 +58,8 @@ cdef enum:
     VECTOR_BYTES = 64  # one vector of the block kernel; a row segment is at most two
     FVEC_BLOCK_BYTES = 128  # the filter-vector kernel's block of filters: two vectors
     FVEC_TASKS_PER_THREAD = 8  # enough for dynamic scheduling to even out the threads' work
+    FVEC_PARTIAL_BYTES = 16384  # a thread's partial sums of a group of output rows (see _conv_fvec)
+    FVEC_CHUNK_TAPS = 1024  # taps of one pass over a group of rows: 128 KiB of weights
     PACK_TAPS = 16  # taps per run of pack_filters (see there)
 
 FILTER_BLOCK = FL_FB  # filters per register block of the row kernel: its packed weights' last axis
@@ -340,7 +345,7 @@ cdef object _fvec_bytes(const RowConv* r, Py_ssize_t itemsize, int num_threads):
     cdef object padded = <object>r.N * r.G * r.Cs * _padded_rows(r) * _padded_cols(r)
     return sum((nbytes + 63) // 64 * 64 for nbytes in
                (r.K * sizeof(ptrdiff_t), padded * itemsize,
-                num_threads * (FL_FVEC_MAX_POSITIONS + 1) * FVEC_BLOCK_BYTES))
+                num_threads * (FVEC_PARTIAL_BYTES + FVEC_BLOCK_BYTES)))
 
 
 cdef void _pad_plane(const floating* src, floating* padded, Py_ssize_t plane,
@@ -364,14 +369,18 @@ cdef void _pad_plane(const floating* src, floating* padded, Py_ssize_t plane,
 
 
 cdef void _conv_fvec(const floating* src, const floating* wp, const floating* bias, floating* out,
-                     const RowConv* r, unsigned char* scratch, int num_threads) noexcept nogil:
+                     const RowConv* r, unsigned char* scratch, bint skip_padding,
+                     int num_threads) noexcept nogil:
     """out (N, G*Co, Ho, Wo) from src (N, G*Cs, Hs, Ws), not upsampled (UH = UW = 1), SW = 1 or 2,
     by the filter-vector kernel (conv2d_direct_fvec.h): ``wp`` holds the weights packed as
     (G, ceil(Co / B), K, B), B = _fvec_filters, zero-padded, tap k = (c*KH + kh)*KW + kw;
     ``bias`` the G*Co biases or NULL (zeros); ``scratch`` is laid out as fvec_scratch_bytes says. The
     input is padded once; a kernel call is one block of B filters by one run of up to
-    FL_FVEC_MAX_POSITIONS columns of one output row (a row's runs of even widths). Which task
-    computes an output does not change its bits: results do not depend on the thread count."""
+    FL_FVEC_MAX_POSITIONS columns of one output row (a row's runs of even widths), over one
+    chunk of the input channels. With ``skip_padding`` an output row leaves out the kernel rows
+    that read only padding (products of a weight and a zero: the caller's weights are finite).
+    Which task computes an output does not change its bits: results do not depend on the thread
+    count."""
     cdef Py_ssize_t B = _fvec_filters(sizeof(floating))
     cdef Py_ssize_t Wp = _padded_cols(r)
     cdef Py_ssize_t P = _padded_rows(r) * Wp, OHW = r.Ho * r.Wo
@@ -380,14 +389,25 @@ cdef void _conv_fvec(const floating* src, const floating* wp, const floating* bi
     cdef Py_ssize_t pairs = r.N * r.G * nfb
     cdef Py_ssize_t bands = min(r.Ho, (FVEC_TASKS_PER_THREAD * num_threads + pairs - 1) // pairs)
     cdef Py_ssize_t band = (r.Ho + bands - 1) // bands
+    # Rows whose partial sums fit FVEC_PARTIAL_BYTES go through the channels together, in chunks
+    # of about FVEC_CHUNK_TAPS taps: the chunk's packed weights stay in L2 for all of the rows
+    # (a block of 512 channels' 3x3 weights, 576 KiB, did not: 81 against 97 GFLOP/s a thread).
+    cdef Py_ssize_t group_rows = max(1, FVEC_PARTIAL_BYTES // (r.Wo * B * sizeof(floating)))
+    cdef Py_ssize_t KHW = r.KH * r.KW
+    cdef Py_ssize_t chunks = (r.Cs * KHW + FVEC_CHUNK_TAPS - 1) // FVEC_CHUNK_TAPS
+    cdef Py_ssize_t chunk = (r.Cs + chunks - 1) // chunks  # channels
+    chunks = (r.Cs + chunk - 1) // chunk  # none empty
     cdef ptrdiff_t* toff = <ptrdiff_t*>scratch
     cdef floating* padded = <floating*>(scratch + (r.K * sizeof(ptrdiff_t) + 63) // 64 * 64)
-    cdef unsigned char* tmps = (<unsigned char*>padded
-                                + (r.N * r.G * r.Cs * P * sizeof(floating) + 63) // 64 * 64)
-    cdef Py_ssize_t task, plane, g, fb, oh, run, ow0, np, c, kh, kw, i, p, nf
-    cdef floating* tmp
+    cdef unsigned char* partials = (<unsigned char*>padded
+                                    + (r.N * r.G * r.Cs * P * sizeof(floating) + 63) // 64 * 64)
+    cdef Py_ssize_t task, plane, g, fb, oh, oh0, oh1, row0, row1, run, ow0, np, c, c0, c1, kh, kw, i, p, nf
+    cdef Py_ssize_t kh0, kh1, first, rows_group, ci
+    cdef floating* partial
     cdef floating* block_bias
+    cdef floating* part
     cdef floating* dst
+    cdef const floating* block_w
     for c in range(r.Cs):
         for kh in range(r.KH):
             for kw in range(r.KW):
@@ -401,34 +421,63 @@ cdef void _conv_fvec(const floating* src, const floating* wp, const floating* bi
         for c in prange(r.N * r.G * r.Cs, schedule="static"):
             _pad_plane(src, padded, c, r)
         for task in prange(r.N * r.G * nfb * bands, schedule="dynamic"):
-            tmp = <floating*>(tmps + threadid() * (FL_FVEC_MAX_POSITIONS + 1) * FVEC_BLOCK_BYTES)
-            block_bias = tmp + FL_FVEC_MAX_POSITIONS * B  # the block's biases, zero past nf
+            partial = <floating*>(partials + threadid() * (FVEC_PARTIAL_BYTES + FVEC_BLOCK_BYTES))
+            block_bias = partial + FVEC_PARTIAL_BYTES // sizeof(floating)  # zero past nf
             fb = (task // bands) % nfb
             plane = task // (bands * nfb)
             g = plane % r.G
             nf = min(B, r.Co - fb * B)
+            block_w = wp + (g * nfb + fb) * r.K * B
             for i in range(B):
                 block_bias[i] = bias[g * r.Co + fb * B + i] if bias != NULL and i < nf else 0
-            for oh in range((task % bands) * band, min((task % bands + 1) * band, r.Ho)):
-                for run in range(runs):
-                    ow0 = run * r.Wo // runs
-                    np = (run + 1) * r.Wo // runs - ow0
-                    _fvec_block(padded + plane * r.Cs * P + oh * r.SH * Wp + ow0 * r.SW, toff, r.K,
-                                wp + (g * nfb + fb) * r.K * B, block_bias, tmp,
-                                <int>np, <int>r.SW)
-                    dst = out + (plane * r.Co + fb * B) * OHW + oh * r.Wo + ow0
+            row0 = (task % bands) * band
+            row1 = min(row0 + band, r.Ho)
+            for rows_group in range((row1 - row0 + group_rows - 1) // group_rows):
+                oh0 = row0 + rows_group * group_rows
+                oh1 = min(oh0 + group_rows, row1)
+                for ci in range(chunks):
+                    c0 = ci * chunk
+                    c1 = min(c0 + chunk, r.Cs)
+                    for oh in range(oh0, oh1):
+                        kh0, kh1 = 0, r.KH
+                        if skip_padding:
+                            kh0, kh1 = _rows_inside(oh, r)
+                        first = c0 * KHW + kh0 * r.KW  # the first tap of the chunk's run
+                        for run in range(runs):
+                            ow0 = run * r.Wo // runs
+                            np = (run + 1) * r.Wo // runs - ow0
+                            part = partial + ((oh - oh0) * r.Wo + ow0) * B
+                            _fvec_block(padded + plane * r.Cs * P + oh * r.SH * Wp + ow0 * r.SW,
+                                        toff + first, block_w + first * B,
+                                        c1 - c0 if kh1 - kh0 < r.KH else 1,
+                                        (kh1 - kh0) * r.KW if kh1 - kh0 < r.KH else (c1 - c0) * KHW,
+                                        KHW, block_bias if c0 == 0 else part, 0 if c0 == 0 else B,
+                                        part, <int>np, <int>r.SW)
+                for oh in range(oh0, oh1):
+                    dst = out + (plane * r.Co + fb * B) * OHW + oh * r.Wo
+                    part = partial + (oh - oh0) * r.Wo * B
                     for i in range(nf):
-                        for p in range(np):
-                            dst[i * OHW + p] = tmp[p * B + i]
+                        for p in range(r.Wo):
+                            dst[i * OHW + p] = part[p * B + i]
 
 
-cdef inline void _fvec_block(const floating* base, const ptrdiff_t* toff, Py_ssize_t ntaps,
-                             const floating* wp, const floating* bias, floating* tmp,
+cdef inline (Py_ssize_t, Py_ssize_t) _rows_inside(Py_ssize_t oh, const RowConv* r) noexcept nogil:
+    """The kernel rows [kh0, kh1) output row oh reads inside the source (the others read only
+    padding rows): 0 <= oh*SH + kh*DH - PT < Hs; kh1 <= kh0 where none does."""
+    cdef Py_ssize_t top = r.PT - oh * r.SH  # kh*DH >= top
+    cdef Py_ssize_t kh0 = max(0, (top + r.DH - 1) // r.DH) if top > 0 else 0
+    cdef Py_ssize_t kh1 = min(r.KH, (r.Hs - 1 + top) // r.DH + 1) if r.Hs - 1 + top >= 0 else 0
+    return kh0, max(kh0, kh1)
+
+
+cdef inline void _fvec_block(const floating* base, const ptrdiff_t* toff, const floating* wp,
+                             Py_ssize_t nruns, Py_ssize_t run_taps, Py_ssize_t run_stride,
+                             const floating* init, Py_ssize_t init_step, floating* tmp,
                              int np, int sw) noexcept nogil:
     if floating is float:
-        fl_fvec_block_float(base, toff, ntaps, wp, bias, tmp, np, sw)
+        fl_fvec_block_float(base, toff, wp, nruns, run_taps, run_stride, init, init_step, tmp, np, sw)
     else:
-        fl_fvec_block_double(base, toff, ntaps, wp, bias, tmp, np, sw)
+        fl_fvec_block_double(base, toff, wp, nruns, run_taps, run_stride, init, init_step, tmp, np, sw)
 
 
 def fvec_runs(object geometry, bint backward_input):
@@ -459,25 +508,37 @@ cdef RowConv _fvec_rows(object geometry, bint backward_input, Py_ssize_t itemsiz
 
 def conv2d_forward_fvec(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] packed_w,
                         const floating[::1] b, floating[:, :, :, ::1] y, unsigned char[::1] scratch,
-                        object geometry, int num_threads):
+                        object geometry, bint skip_padding, int num_threads):
     """y = conv2d(x, w) + b by the filter-vector kernel (fvec_runs), with the weights packed by
     the wrapper in blocks of FILTER_VECTOR_BYTES / itemsize (see _conv_fvec); b: F biases, or
-    none (an empty array) for zeros."""
+    none (an empty array) for zeros. skip_padding: leave out the products of weights and padding
+    rows (w finite: they are zeros)."""
     cdef RowConv r = _fvec_rows(geometry, False, sizeof(floating), scratch, num_threads)
+    _check_packed(packed_w, &r)
     if b.shape[0] not in (0, geometry.F):
         raise ValueError(f"b must hold {geometry.F} biases or none, got {b.shape[0]}")
     _conv_fvec(&x[0, 0, 0, 0], &packed_w[0, 0, 0, 0], &b[0] if b.shape[0] else NULL,
-               &y[0, 0, 0, 0], &r, &scratch[0], num_threads)
+               &y[0, 0, 0, 0], &r, &scratch[0], skip_padding, num_threads)
 
 
 def conv2d_backward_input_fvec(const floating[:, :, :, ::1] dy,
                                const floating[:, :, :, ::1] packed_wt, floating[:, :, :, ::1] dx,
-                               unsigned char[::1] scratch, object geometry, int num_threads):
+                               unsigned char[::1] scratch, object geometry, bint skip_padding,
+                               int num_threads):
     """dx of y = conv2d(x, w) at stride 1 given dy by the filter-vector kernel, with the flipped,
-    transposed weights packed by the wrapper."""
+    transposed weights packed by the wrapper; skip_padding as in conv2d_forward_fvec."""
     cdef RowConv r = _fvec_rows(geometry, True, sizeof(floating), scratch, num_threads)
+    _check_packed(packed_wt, &r)
     _conv_fvec(&dy[0, 0, 0, 0], &packed_wt[0, 0, 0, 0], NULL, &dx[0, 0, 0, 0], &r, &scratch[0],
-               num_threads)
+               skip_padding, num_threads)
+
+
+cdef _check_packed(const floating[:, :, :, ::1] packed, const RowConv* r):
+    cdef Py_ssize_t B = _fvec_filters(sizeof(floating))
+    want = (r.G, (r.Co + B - 1) // B, r.K, B)
+    got = (packed.shape[0], packed.shape[1], packed.shape[2], packed.shape[3])
+    if got != want:
+        raise ValueError(f"packed weights must have shape {want}, got {got}")
 
 
 def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] packed_w,

@@ -376,12 +376,21 @@ def direct_forward(x, w, b, g, outs):
         return (y,)
     fvec = _fvec_scratch(g, False, x.itemsize, threads)
     block = _direct_block(fvec, x.dtype)
-    packed_w = derived("direct", w, (g.groups, block),
-                       lambda: _pack_filters(contiguous(w).reshape(g.groups, g.Fg, -1), block))
+
+    def pack():
+        return _pack_filters(contiguous(w).reshape(g.groups, g.Fg, -1), block)
+
+    # The filter-vector kernel leaves out the weights' products with padding rows, zeros where
+    # the weights are finite; elsewhere they are the reference's NaNs, and the weights are packed
+    # for each call (not kept: ``derived`` keeps only what its kernel can use).
+    packed_w = derived("direct", w, (g.groups, block), lambda: pack() if not fvec or _finite(w) else None)
+    skip_padding = packed_w is not None
+    if packed_w is None:
+        packed_w = pack()
     if fvec:
         bias = contiguous(b) if b is not None else np.empty(0, dtype=x.dtype)
         with scratch("direct", (fvec,), np.uint8) as work:
-            _direct.conv2d_forward_fvec(contiguous(x), packed_w, bias, y, work, g, threads)
+            _direct.conv2d_forward_fvec(contiguous(x), packed_w, bias, y, work, g, skip_padding, threads)
         return (y,)
     # The packed bias is the accumulators' starting value: zeros when there is no bias.
     bias = contiguous(b) if b is not None else np.zeros(g.F, dtype=x.dtype)
@@ -461,7 +470,8 @@ def direct_backward(dy, x, w, g, outs):
         packed_wt = derived("direct input", w, (G, block), pack_flipped)
         if fvec:
             with scratch("direct", (fvec,), np.uint8) as work:
-                _direct.conv2d_backward_input_fvec(dyc, packed_wt, dx, work, g, threads)
+                # w was checked finite with dy where im2col fits: its products with padding are zeros
+                _direct.conv2d_backward_input_fvec(dyc, packed_wt, dx, work, g, _im2col_fits(g), threads)
         else:
             zeros = np.zeros((G, packed_wt.shape[1], block), dtype=x.dtype)
             band, nbytes = _direct_band(g, True, x.dtype, threads)
