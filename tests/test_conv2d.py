@@ -163,17 +163,23 @@ def test_im2col_runs_of_same_width_rows(dtype, KH, KW, DH, H, W, N, groups, seed
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kernel", ("row kernel", "filter-vector kernel"))
 @settings(max_examples=40, deadline=None)
-@given(G=st.integers(1, 3), O=st.integers(1, 40), K=st.integers(1, 150), transposed=st.booleans(),
+@given(G=st.integers(1, 3), O=st.integers(1, 40), K=st.integers(1, 150),
+       layout=st.sampled_from(["C-ordered", "transposed", "every other filter"]),
        threads=st.integers(1, 3), seed=st.integers(0, 2**32 - 1))
-def test_direct_filter_packing_is_the_blocked_transpose(kernel, dtype, G, O, K, transposed, threads, seed):
+def test_direct_filter_packing_is_the_blocked_transpose(kernel, dtype, G, O, K, layout, threads, seed):
     """The direct kernels' packed weights (compiled): blocks of FILTER_BLOCK filters (the row
-    kernel's) or of two vectors (the filter-vector kernel's), filter-fastest, zeros past the last
-    filter, from C-ordered or strided weights."""
+    kernel's) or of two vectors (the filter-vector kernel's, by register tiles where the taps are
+    consecutive), filter-fastest, zeros past the last filter, from C-ordered or strided weights
+    (taps apart, or filters further apart than K)."""
     from fastlayers._cpu import conv2d_direct
 
     rng = make_rng(seed)
-    w = rng.standard_normal((G, K, O) if transposed else (G, O, K)).astype(dtype)
-    w = w.transpose(0, 2, 1) if transposed else w
+    if layout == "transposed":
+        w = rng.standard_normal((G, K, O)).astype(dtype).transpose(0, 2, 1)
+    elif layout == "every other filter":
+        w = rng.standard_normal((G, 2 * O, K)).astype(dtype)[:, ::2]
+    else:
+        w = rng.standard_normal((G, O, K)).astype(dtype)
     fb = (conv2d_direct.FILTER_BLOCK if kernel == "row kernel"
           else conv2d_direct.FILTER_VECTOR_BYTES // np.dtype(dtype).itemsize)
     blocks = -(-O // fb)
@@ -273,6 +279,15 @@ def test_direct_row_and_filter_vector_kernels_give_the_same_bits(monkeypatch, dt
         np.testing.assert_array_equal(got, want)
 
 
+WEIGHTS_PACKED = ("kept packed", "packed by the tasks")
+
+
+def _pack_weights(monkeypatch, weights):
+    """Make the filter-vector forward of one image keep its packed weights, or pack them in its
+    tasks, whatever their size."""
+    monkeypatch.setattr(cpu_conv2d, "FVEC_UNPACKED_MIN_WEIGHT_BYTES", 0 if weights == "packed by the tasks" else 2**62)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     "x_shape, w_shape, params",
@@ -284,31 +299,39 @@ def test_direct_row_and_filter_vector_kernels_give_the_same_bits(monkeypatch, dt
         ((1, 8, 1, 9), (32, 8, 3, 3), dict(padding=1)),  # one row: only the kernel's middle row reads x
     ],
 )
-def test_filter_vector_kernel_chunks_rows_and_padding_match_reference(monkeypatch, dtype, x_shape, w_shape, params):
+@pytest.mark.parametrize("weights", WEIGHTS_PACKED)
+def test_filter_vector_kernel_chunks_rows_and_padding_match_reference(monkeypatch, weights, dtype, x_shape, w_shape,
+                                                                     params):
     """The filter-vector kernel's passes over chunks of channels continue each output's sum, its
     groups of rows cover the plane, and the kernel rows that read only padding, left out, change
-    nothing, forward and dx."""
+    nothing, forward and dx; with the weights packed once and kept, or packed by the forward's
+    tasks chunk by chunk (one image)."""
     rng = make_rng(11)
     x, w, b = _uniform(rng, x_shape, dtype), _uniform(rng, w_shape, dtype), _uniform(rng, (w_shape[0],), dtype)
     dy = _uniform(rng, conv2d_geometry(x_shape, w_shape, **params).y_shape, dtype)
     _force_direct_kernel(monkeypatch, "filter-vector kernel")
-    _check_against_reference(x, w, b, dy, params, "direct", dtype, f"{x_shape} {w_shape} {params}")
+    _pack_weights(monkeypatch, weights)
+    _check_against_reference(x, w, b, dy, params, "direct", dtype, f"{weights} {x_shape} {w_shape} {params}")
 
 
-def test_filter_vector_kernel_keeps_the_references_nans_of_padding(monkeypatch):
+@pytest.mark.parametrize("weights", WEIGHTS_PACKED)
+def test_filter_vector_kernel_keeps_the_references_nans_of_padding(monkeypatch, weights):
     """A non-finite weight times a padding zero is NaN in the reference: the filter-vector kernel
-    multiplies the padding rows it otherwise leaves out, also for a weight changed in place."""
+    multiplies the padding rows it otherwise leaves out (packed by the tasks: those of the chunk
+    of channels that holds it), also for a weight changed in place."""
     rng = make_rng(12)
-    x, w = _uniform(rng, (1, 16, 7, 7), np.float64), _uniform(rng, (32, 16, 3, 3), np.float64)
+    x, w = _uniform(rng, (1, 260, 7, 7), np.float64), _uniform(rng, (40, 260, 3, 3), np.float64)
     _force_direct_kernel(monkeypatch, "filter-vector kernel")
+    _pack_weights(monkeypatch, weights)
     np.testing.assert_allclose(fl.conv2d(x, w, padding=1, algo="direct"), ref.conv2d(x, w, padding=1), rtol=1e-12)
     for value in (np.inf, np.nan):
-        w[3, 5, 0, 1] = value  # kernel row 0: the top output row multiplies it by padding
+        w[3, 200, 0, 1] = value  # kernel row 0: the top output row multiplies it by padding
         y = fl.conv2d(x, w, padding=1, algo="direct")
         want = ref.conv2d(x, w, padding=1)
         assert np.isnan(want[0, 3, 0]).all()
         np.testing.assert_array_equal(np.isnan(y), np.isnan(want))
         np.testing.assert_array_equal(np.isinf(y), np.isinf(want))
+        np.testing.assert_allclose(y[np.isfinite(want)], want[np.isfinite(want)], rtol=1e-12)
 
 
 def test_filter_vector_kernel_checks_its_arguments():
@@ -332,6 +355,13 @@ def test_filter_vector_kernel_checks_its_arguments():
     assert not conv2d_direct.fvec_runs(strided, False)
     with pytest.raises(ValueError, match="column strides 1 and 2"):
         conv2d_direct.conv2d_forward_fvec(x, packed, bias, np.zeros(strided.y_shape, np.float32), enough, strided, True, 2)
+    conv2d_direct.conv2d_forward_fvec_unpacked(x, np.zeros(g.w_shape, np.float32), bias, y, enough, g, 2)
+    with pytest.raises(ValueError, match=r"w must have shape \(32, 4, 3, 3\)"):
+        conv2d_direct.conv2d_forward_fvec_unpacked(x, np.zeros((32, 4, 3, 2), np.float32), bias, y, enough, g, 2)
+    with pytest.raises(ValueError, match="packed weights must have shape"):
+        conv2d_direct.conv2d_forward_fvec(x, packed[:, :, 1:], bias, y, enough, g, True, 2)
+    with pytest.raises(ValueError, match="scratch must hold"):
+        conv2d_direct.conv2d_forward_fvec_unpacked(x, np.zeros(g.w_shape, np.float32), bias, y, enough[:-1], g, 2)
     assert conv2d_direct.fvec_runs(conv2d_geometry((1, 4, 9, 9), (32, 4, 3, 3), stride=2), False)
     assert not conv2d_direct.fvec_runs(conv2d_geometry((1, 4, 9, 9), (32, 4, 3, 3), stride=2), True)
 

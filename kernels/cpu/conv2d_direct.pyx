@@ -24,6 +24,7 @@
 from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
 from libc.stddef cimport ptrdiff_t
+from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
 from _conv2d cimport Conv2dShape, TapColumns, conv2d_shape, lane_sum, tap_columns
@@ -51,6 +52,12 @@ cdef extern from "conv2d_direct_fvec.h" nogil:
                               const double* init, ptrdiff_t init_step, double* tmp, int np,
                               int sw)
 
+cdef extern from "filter_tiles.h" nogil:
+    int fl_pack_block_uint32_t(const uint32_t* w, ptrdiff_t ld, ptrdiff_t K, int nf, uint32_t* dst,
+                               uint32_t exponent)
+    int fl_pack_block_uint64_t(const uint64_t* w, ptrdiff_t ld, ptrdiff_t K, int nf, uint64_t* dst,
+                               uint64_t exponent)
+
 cdef extern from "target_clones.h" nogil:
     const char* fl_clone_isa()
 
@@ -72,25 +79,27 @@ def pack_filters(const floating[:, :, :] w, floating[:, :, :, ::1] packed, int n
     group's filters in blocks of B, filter-fastest (the kernels read a tap's B weights from
     consecutive memory), zero past the last filter. In compiled code, as the kernels' inputs
     are: a strided NumPy copy of this transpose costs more than a small layer's convolution.
-    Parallel over blocks; each block is written by runs of PACK_TAPS taps, whose PACK_TAPS x B
-    corner (2 KiB for 32 floats) stays in L1 while the B filters' rows are read along it: a
-    whole block (half a MiB for 512 channels at 3x3) would not, and runs of 64-256 taps ran
-    2-2.5x slower (the filters' rows, K apart, fall into few cache sets)."""
+    Parallel over blocks. The filter-vector kernel's blocks, where w's taps are consecutive, go
+    by tiles transposed in registers (filter_tiles.h); other blocks by runs of PACK_TAPS taps,
+    whose PACK_TAPS x B corner (2 KiB for 32 floats) stays in L1 while the B filters' rows are
+    read along it: a whole block (half a MiB for 512 channels at 3x3) would not, and runs of
+    64-256 taps ran 2-2.5x slower (the filters' rows, K apart, fall into few cache sets)."""
     cdef Py_ssize_t G = w.shape[0], O = w.shape[1], K = w.shape[2]
     cdef Py_ssize_t fb = packed.shape[3]
     cdef Py_ssize_t blocks = (O + fb - 1) // fb if fb > 0 else -1
     cdef Py_ssize_t task, gi, blk, run, k0, k1, k, i, f
     cdef Py_ssize_t step = w.strides[2] // <Py_ssize_t>sizeof(floating)  # between taps
+    cdef bint tiles = _tiles_pack(w, fb)
     cdef const floating* src
     cdef floating* dst
-    if packed.shape[0] != G or packed.shape[1] != blocks or packed.shape[2] != K:
-        raise ValueError(f"packed must have shape {(G, blocks, K, fb)}, got "
-                         f"{(packed.shape[0], packed.shape[1], packed.shape[2], packed.shape[3])}")
-    if num_threads < 1:
-        raise ValueError(f"num_threads must be at least 1, got {num_threads}")
+    _check_packing(G, O, K, packed.shape[0], packed.shape[1], packed.shape[2], fb, num_threads)
     for task in prange(G * blocks, nogil=True, schedule="static", num_threads=num_threads):
         gi = task // blocks
         blk = task % blocks
+        if tiles:
+            _pack_block(&w[gi, blk * fb, 0], w.strides[1] // sizeof(floating), K,
+                        <int>min(fb, O - blk * fb), &packed[gi, blk, 0, 0])
+            continue
         for run in range((K + PACK_TAPS - 1) // PACK_TAPS):
             k0 = run * PACK_TAPS
             k1 = min(k0 + PACK_TAPS, K)
@@ -104,6 +113,30 @@ def pack_filters(const floating[:, :, :] w, floating[:, :, :, ::1] packed, int n
                 else:
                     for k in range(k0, k1):
                         dst[k * fb + i] = 0
+
+
+cdef bint _tiles_pack(const floating[:, :, :] w, Py_ssize_t fb):
+    """Whether the register tiles pack these blocks: the filter-vector kernel's, of consecutive taps."""
+    return fb == FVEC_BLOCK_BYTES // sizeof(floating) and (w.shape[2] <= 1 or w.strides[2] == sizeof(floating))
+
+
+cdef _check_packing(Py_ssize_t G, Py_ssize_t O, Py_ssize_t K, Py_ssize_t pg, Py_ssize_t pblocks,
+                    Py_ssize_t pk, Py_ssize_t fb, int num_threads):
+    blocks = (O + fb - 1) // fb if fb > 0 else -1
+    if pg != G or pblocks != blocks or pk != K:
+        raise ValueError(f"packed must have shape {(G, blocks, K, fb)}, got {(pg, pblocks, pk, fb)}")
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be at least 1, got {num_threads}")
+
+
+cdef inline bint _pack_block(const floating* w, Py_ssize_t ld, Py_ssize_t K, int nf,
+                             floating* dst) noexcept nogil:
+    """Packs one filter-vector block (filter_tiles.h); whether its values are all finite."""
+    if floating is float:
+        return fl_pack_block_uint32_t(<const uint32_t*>w, ld, K, nf, <uint32_t*>dst, 0x7f800000U)
+    else:
+        return fl_pack_block_uint64_t(<const uint64_t*>w, ld, K, nf, <uint64_t*>dst,
+                                      0x7ff0000000000000ULL)
 
 
 def vector_isa():
@@ -333,8 +366,8 @@ cdef inline Py_ssize_t _padded_cols(const RowConv* r) noexcept nogil:
 
 def fvec_scratch_bytes(object geometry, bint backward_input, Py_ssize_t itemsize, int num_threads):
     """Bytes of scratch _conv_fvec needs: tap offsets, the zero-padded copy of the whole input
-    (or of dy), and each thread's block of outputs and of bias; parts rounded up to cache
-    lines."""
+    (or of dy), each thread's block of outputs and of bias, and its chunk of packed weights
+    (conv2d_forward_fvec_unpacked); parts rounded up to cache lines."""
     cdef RowConv r = (_backward_input_rows(geometry, 1, itemsize) if backward_input
                       else _forward_rows(geometry, 1, itemsize))
     return _fvec_bytes(&r, itemsize, num_threads)
@@ -345,7 +378,19 @@ cdef object _fvec_bytes(const RowConv* r, Py_ssize_t itemsize, int num_threads):
     cdef object padded = <object>r.N * r.G * r.Cs * _padded_rows(r) * _padded_cols(r)
     return sum((nbytes + 63) // 64 * 64 for nbytes in
                (r.K * sizeof(ptrdiff_t), padded * itemsize,
-                num_threads * (FVEC_PARTIAL_BYTES + FVEC_BLOCK_BYTES)))
+                num_threads * (FVEC_PARTIAL_BYTES + FVEC_BLOCK_BYTES + _chunk_bytes(r))))
+
+
+cdef inline Py_ssize_t _chunk_channels(const RowConv* r) noexcept nogil:
+    """The source channels of one chunk (see _conv_fvec): about FVEC_CHUNK_TAPS taps, the chunks
+    of one size but the last."""
+    cdef Py_ssize_t chunks = (r.Cs * r.KH * r.KW + FVEC_CHUNK_TAPS - 1) // FVEC_CHUNK_TAPS
+    return (r.Cs + chunks - 1) // chunks
+
+
+cdef inline Py_ssize_t _chunk_bytes(const RowConv* r) noexcept nogil:
+    """A chunk's packed weights: a block of filters at each of its taps, rounded up to cache lines."""
+    return (_chunk_channels(r) * r.KH * r.KW * FVEC_BLOCK_BYTES + 63) // 64 * 64
 
 
 cdef void _pad_plane(const floating* src, floating* padded, Py_ssize_t plane,
@@ -368,17 +413,21 @@ cdef void _pad_plane(const floating* src, floating* padded, Py_ssize_t plane,
         memset(d + hi, 0, (Wp - hi) * sizeof(floating))
 
 
-cdef void _conv_fvec(const floating* src, const floating* wp, const floating* bias, floating* out,
-                     const RowConv* r, unsigned char* scratch, bint skip_padding,
-                     int num_threads) noexcept nogil:
+cdef void _conv_fvec(const floating* src, const floating* wp, const floating* w,
+                     const floating* bias, floating* out, const RowConv* r, unsigned char* scratch,
+                     bint skip_padding, int num_threads) noexcept nogil:
     """out (N, G*Co, Ho, Wo) from src (N, G*Cs, Hs, Ws), not upsampled (UH = UW = 1), SW = 1 or 2,
     by the filter-vector kernel (conv2d_direct_fvec.h): ``wp`` holds the weights packed as
-    (G, ceil(Co / B), K, B), B = _fvec_filters, zero-padded, tap k = (c*KH + kh)*KW + kw;
+    (G, ceil(Co / B), K, B), B = _fvec_filters, zero-padded, tap k = (c*KH + kh)*KW + kw; or,
+    where ``w`` is not NULL, ``w`` holds them unpacked, (G*Co, K), and each task packs the chunk
+    of its block it is about to use into its scratch (filter_tiles.h): a call then reads the
+    weights once, from w, with no packing kept between calls to be checked against w.
     ``bias`` the G*Co biases or NULL (zeros); ``scratch`` is laid out as fvec_scratch_bytes says. The
     input is padded once; a kernel call is one block of B filters by one run of up to
     FL_FVEC_MAX_POSITIONS columns of one output row (a row's runs of even widths), over one
     chunk of the input channels. With ``skip_padding`` an output row leaves out the kernel rows
-    that read only padding (products of a weight and a zero: the caller's weights are finite).
+    that read only padding (products of a weight and a zero: the caller's weights are finite;
+    from unpacked weights, where the chunk packed is).
     Which task computes an output does not change its bits: results do not depend on the thread
     count."""
     cdef Py_ssize_t B = _fvec_filters(sizeof(floating))
@@ -394,16 +443,19 @@ cdef void _conv_fvec(const floating* src, const floating* wp, const floating* bi
     # (a block of 512 channels' 3x3 weights, 576 KiB, did not: 81 against 97 GFLOP/s a thread).
     cdef Py_ssize_t group_rows = max(1, FVEC_PARTIAL_BYTES // (r.Wo * B * sizeof(floating)))
     cdef Py_ssize_t KHW = r.KH * r.KW
-    cdef Py_ssize_t chunks = (r.Cs * KHW + FVEC_CHUNK_TAPS - 1) // FVEC_CHUNK_TAPS
-    cdef Py_ssize_t chunk = (r.Cs + chunks - 1) // chunks  # channels
-    chunks = (r.Cs + chunk - 1) // chunk  # none empty
+    cdef Py_ssize_t chunk = _chunk_channels(r)
+    cdef Py_ssize_t chunks = (r.Cs + chunk - 1) // chunk
+    cdef Py_ssize_t thread_bytes = FVEC_PARTIAL_BYTES + FVEC_BLOCK_BYTES + _chunk_bytes(r)
     cdef ptrdiff_t* toff = <ptrdiff_t*>scratch
     cdef floating* padded = <floating*>(scratch + (r.K * sizeof(ptrdiff_t) + 63) // 64 * 64)
     cdef unsigned char* partials = (<unsigned char*>padded
                                     + (r.N * r.G * r.Cs * P * sizeof(floating) + 63) // 64 * 64)
     cdef Py_ssize_t task, plane, g, fb, oh, oh0, oh1, row0, row1, run, ow0, np, c, c0, c1, kh, kw, i, p, nf
     cdef Py_ssize_t kh0, kh1, first, rows_group, ci
+    cdef bint skip
     cdef floating* partial
+    cdef floating* chunk_w
+    cdef const floating* chunk_base
     cdef floating* block_bias
     cdef floating* part
     cdef floating* dst
@@ -421,13 +473,14 @@ cdef void _conv_fvec(const floating* src, const floating* wp, const floating* bi
         for c in prange(r.N * r.G * r.Cs, schedule="static"):
             _pad_plane(src, padded, c, r)
         for task in prange(r.N * r.G * nfb * bands, schedule="dynamic"):
-            partial = <floating*>(partials + threadid() * (FVEC_PARTIAL_BYTES + FVEC_BLOCK_BYTES))
+            partial = <floating*>(partials + threadid() * thread_bytes)
             block_bias = partial + FVEC_PARTIAL_BYTES // sizeof(floating)  # zero past nf
+            chunk_w = block_bias + FVEC_BLOCK_BYTES // sizeof(floating)
             fb = (task // bands) % nfb
             plane = task // (bands * nfb)
             g = plane % r.G
             nf = min(B, r.Co - fb * B)
-            block_w = wp + (g * nfb + fb) * r.K * B
+            block_w = wp + (g * nfb + fb) * r.K * B if w == NULL else NULL
             for i in range(B):
                 block_bias[i] = bias[g * r.Co + fb * B + i] if bias != NULL and i < nf else 0
             row0 = (task % bands) * band
@@ -438,9 +491,14 @@ cdef void _conv_fvec(const floating* src, const floating* wp, const floating* bi
                 for ci in range(chunks):
                     c0 = ci * chunk
                     c1 = min(c0 + chunk, r.Cs)
+                    skip = skip_padding
+                    chunk_base = block_w + c0 * KHW * B if w == NULL else chunk_w  # at tap c0 * KHW
+                    if w != NULL:
+                        skip = _pack_block(w + (g * r.Co + fb * B) * r.K + c0 * KHW, r.K,
+                                           (c1 - c0) * KHW, <int>nf, chunk_w) and skip
                     for oh in range(oh0, oh1):
                         kh0, kh1 = 0, r.KH
-                        if skip_padding:
+                        if skip:
                             kh0, kh1 = _rows_inside(oh, r)
                         first = c0 * KHW + kh0 * r.KW  # the first tap of the chunk's run
                         for run in range(runs):
@@ -448,7 +506,7 @@ cdef void _conv_fvec(const floating* src, const floating* wp, const floating* bi
                             np = (run + 1) * r.Wo // runs - ow0
                             part = partial + ((oh - oh0) * r.Wo + ow0) * B
                             _fvec_block(padded + plane * r.Cs * P + oh * r.SH * Wp + ow0 * r.SW,
-                                        toff + first, block_w + first * B,
+                                        toff + first, chunk_base + (first - c0 * KHW) * B,
                                         c1 - c0 if kh1 - kh0 < r.KH else 1,
                                         (kh1 - kh0) * r.KW if kh1 - kh0 < r.KH else (c1 - c0) * KHW,
                                         KHW, block_bias if c0 == 0 else part, 0 if c0 == 0 else B,
@@ -515,10 +573,30 @@ def conv2d_forward_fvec(const floating[:, :, :, ::1] x, const floating[:, :, :, 
     rows (w finite: they are zeros)."""
     cdef RowConv r = _fvec_rows(geometry, False, sizeof(floating), scratch, num_threads)
     _check_packed(packed_w, &r)
+    _check_bias(b, geometry)
+    _conv_fvec(&x[0, 0, 0, 0], &packed_w[0, 0, 0, 0], NULL, &b[0] if b.shape[0] else NULL,
+               &y[0, 0, 0, 0], &r, &scratch[0], skip_padding, num_threads)
+
+
+def conv2d_forward_fvec_unpacked(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
+                                 const floating[::1] b, floating[:, :, :, ::1] y,
+                                 unsigned char[::1] scratch, object geometry, int num_threads):
+    """conv2d_forward_fvec with w (F, C / groups, KH, KW) as given, each task packing the
+    chunks of its block of filters (see _conv_fvec); the padding rows' products are left out
+    where a chunk's weights are finite."""
+    cdef RowConv r = _fvec_rows(geometry, False, sizeof(floating), scratch, num_threads)
+    want = (geometry.F, geometry.C // geometry.groups, geometry.KH, geometry.KW)
+    got = (w.shape[0], w.shape[1], w.shape[2], w.shape[3])
+    if got != want:
+        raise ValueError(f"w must have shape {want}, got {got}")
+    _check_bias(b, geometry)
+    _conv_fvec(&x[0, 0, 0, 0], NULL, &w[0, 0, 0, 0], &b[0] if b.shape[0] else NULL,
+               &y[0, 0, 0, 0], &r, &scratch[0], True, num_threads)
+
+
+cdef _check_bias(const floating[::1] b, object geometry):
     if b.shape[0] not in (0, geometry.F):
         raise ValueError(f"b must hold {geometry.F} biases or none, got {b.shape[0]}")
-    _conv_fvec(&x[0, 0, 0, 0], &packed_w[0, 0, 0, 0], &b[0] if b.shape[0] else NULL,
-               &y[0, 0, 0, 0], &r, &scratch[0], skip_padding, num_threads)
 
 
 def conv2d_backward_input_fvec(const floating[:, :, :, ::1] dy,
@@ -529,8 +607,8 @@ def conv2d_backward_input_fvec(const floating[:, :, :, ::1] dy,
     transposed weights packed by the wrapper; skip_padding as in conv2d_forward_fvec."""
     cdef RowConv r = _fvec_rows(geometry, True, sizeof(floating), scratch, num_threads)
     _check_packed(packed_wt, &r)
-    _conv_fvec(&dy[0, 0, 0, 0], &packed_wt[0, 0, 0, 0], NULL, &dx[0, 0, 0, 0], &r, &scratch[0],
-               skip_padding, num_threads)
+    _conv_fvec(&dy[0, 0, 0, 0], &packed_wt[0, 0, 0, 0], NULL, NULL, &dx[0, 0, 0, 0], &r,
+               &scratch[0], skip_padding, num_threads)
 
 
 cdef _check_packed(const floating[:, :, :, ::1] packed, const RowConv* r):

@@ -327,6 +327,15 @@ def _fvec_scratch(g, backward_input, itemsize, threads):
     return _direct.fvec_scratch_bytes(g, backward_input, itemsize, threads)
 
 
+# One image's filter-vector forward with this many bytes of weights packs them as its tasks go
+# (``conv2d_forward_fvec_unpacked``): a call reads them once, where a kept packing costs a pass
+# over w and its kept copy (to tell it is still right) and one over the packing, all three
+# too large to stay in cache between calls (Zen 4, batch 1, 2 threads, in chains of four such
+# layers: 512 channels at 7x7 0.58x the kept packing's time, at 14x14 0.83x; 256 channels at 7x7
+# and 14x14, 2.25 MiB, 1.03-1.04x; docs/performance.md).
+FVEC_UNPACKED_MIN_WEIGHT_BYTES = 4 << 20
+
+
 def _direct_block(fvec, dtype):
     """Filters per packed block of the kernel that runs: the filter-vector kernel's or the row
     kernel's."""
@@ -375,23 +384,11 @@ def direct_forward(x, w, b, g, outs):
     if threads is None:
         return (y,)
     fvec = _fvec_scratch(g, False, x.itemsize, threads)
-    block = _direct_block(fvec, x.dtype)
-
-    def pack():
-        return _pack_filters(contiguous(w).reshape(g.groups, g.Fg, -1), block)
-
-    # The filter-vector kernel leaves out the weights' products with padding rows, zeros where
-    # the weights are finite; elsewhere they are the reference's NaNs, and the weights are packed
-    # for each call (not kept: ``derived`` keeps only what its kernel can use).
-    packed_w = derived("direct", w, (g.groups, block), lambda: pack() if not fvec or _finite(w) else None)
-    skip_padding = packed_w is not None
-    if packed_w is None:
-        packed_w = pack()
     if fvec:
-        bias = contiguous(b) if b is not None else np.empty(0, dtype=x.dtype)
-        with scratch("direct", (fvec,), np.uint8) as work:
-            _direct.conv2d_forward_fvec(contiguous(x), packed_w, bias, y, work, g, skip_padding, threads)
-        return (y,)
+        return (_fvec_forward(x, w, b, g, y, fvec, threads),)
+    block = _direct.FILTER_BLOCK
+    packed_w = derived("direct", w, (g.groups, block),
+                       lambda: _pack_filters(contiguous(w).reshape(g.groups, g.Fg, -1), block))
     # The packed bias is the accumulators' starting value: zeros when there is no bias.
     bias = contiguous(b) if b is not None else np.zeros(g.F, dtype=x.dtype)
     packed_b = _pack_filters(bias.reshape(g.groups, g.Fg, 1), block)
@@ -400,6 +397,28 @@ def direct_forward(x, w, b, g, outs):
         _direct.conv2d_forward(contiguous(x), packed_w, packed_b.reshape(packed_b.shape[:2] + (-1,)), y, work, g,
                                band, threads)
     return (y,)
+
+
+def _fvec_forward(x, w, b, g, y, nbytes, threads):
+    """The direct forward by the filter-vector kernel, with ``nbytes`` of scratch. It leaves out
+    the weights' products with padding rows, zeros where the weights are finite; elsewhere they
+    are the reference's NaNs, and the weights are packed for each call (not kept: ``derived``
+    keeps only what its kernel can use)."""
+    bias = contiguous(b) if b is not None else np.empty(0, dtype=x.dtype)
+    with scratch("direct", (nbytes,), np.uint8) as work:
+        if g.N == 1 and w.nbytes >= FVEC_UNPACKED_MIN_WEIGHT_BYTES:
+            _direct.conv2d_forward_fvec_unpacked(contiguous(x), contiguous(w), bias, y, work, g, threads)
+            return y
+        block = _direct_block(True, x.dtype)
+
+        def pack():
+            return _pack_filters(contiguous(w).reshape(g.groups, g.Fg, -1), block)
+
+        packed_w = derived("direct", w, (g.groups, block), lambda: pack() if _finite(w) else None)
+        skip_padding = packed_w is not None
+        _direct.conv2d_forward_fvec(contiguous(x), pack() if packed_w is None else packed_w, bias, y, work, g,
+                                    skip_padding, threads)
+    return y
 
 
 def im2col_forward(x, w, b, g, outs):
