@@ -747,8 +747,8 @@ def test_concurrent_callers_keep_their_own_workspaces():
 def test_auto_heuristic():
     """With AVX-512 or AVX2: winograd, forward and backward, for 3x3 stride-1 kernels with at
     least WINOGRAD_MIN_TILES output tiles and WINOGRAD_MIN_CHANNELS channels a group each way (the
-    backward with dx and paddings up to 2), the forward on AMD's AVX-512 also from
-    WINOGRAD_FEW_TILES tiles and WINOGRAD_FEW_TILES_MIN_FLOPS on, both with at most
+    backward with dx and paddings up to 2), on AMD's AVX-512 also from WINOGRAD_FEW_TILES tiles
+    and WINOGRAD_FEW_TILES_MIN_FLOPS on (the backward from WINOGRAD_FEW_TILES_BACKWARD_MIN_FLOPS), both with at most
     WINOGRAD_MAX_FILTER_VALUES_PER_TILE transformed filter values a tile. Else, forward with AVX-512: direct for kernels larger
     than 1x1 from DIRECT_MIN_FLOPS on and up to DIRECT_MAX_TAPS taps, DIRECT_MIN_PLANES images
     (Intel) or DIRECT_MIN_ROWS output rows (AMD) and DIRECT_MIN_WIDTH columns; on AMD, narrower
@@ -758,6 +758,7 @@ def test_auto_heuristic():
     DIRECT_MIN_ROWS output rows, even of one image; im2col otherwise. Backward: im2col (or
     winograd)."""
     FEW = ("winograd", "im2col")  # forward by Winograd on few tiles (AMD's AVX-512), backward im2col
+    FEW_BOTH = ("winograd", "winograd")  # from WINOGRAD_FEW_TILES_BACKWARD_MIN_FLOPS: dx by Winograd too
     cases = [  # forward with AVX-512 (Intel, AMD), with AVX2
         ((1, 1, 8, 8), (4, 1, 3, 3), {}, "im2col", "im2col", "im2col"),  # tiny: set-up dominates
         ((32, 3, 32, 32), (32, 3, 3, 3), dict(padding=1), "direct", "direct", "direct"),  # cifar-stem: 3 channels
@@ -781,12 +782,13 @@ def test_auto_heuristic():
         ((1, 32, 16, 16), (32, 32, 3, 3), dict(padding=1), "im2col", "im2col", "im2col"),  # 16 tiles, 4.7 MFLOP
         ((1, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), "im2col", "direct", "im2col"),  # narrow: filter vectors
         ((1, 256, 7, 7), (256, 256, 3, 3), dict(padding=1), "im2col", "direct", "im2col"),  # 2.25 MiB of U a tile
-        ((1, 256, 14, 14), (256, 256, 3, 3), dict(padding=1), "im2col", FEW, "im2col"),  # 16 tiles, 14 wide
+        ((1, 256, 14, 14), (256, 256, 3, 3), dict(padding=1), "im2col", FEW_BOTH, "im2col"),  # 16 tiles, 14 wide
         ((1, 512, 14, 14), (512, 512, 3, 3), dict(padding=1), "im2col", "direct", "im2col"),  # 2.25 MiB of U a tile
         ((1, 128, 28, 28), (256, 128, 3, 3), dict(stride=2, padding=1), "im2col", "direct", "im2col"),  # 14 wide
         ((1, 64, 8, 8), (128, 64, 3, 3), dict(padding=1), "im2col", FEW, "im2col"),  # 4 tiles, 9.4 MFLOP
         ((1, 32, 8, 8), (64, 32, 3, 3), dict(padding=1), "im2col", "im2col", "im2col"),  # 4 tiles, 2.4 MFLOP
-        ((8, 256, 7, 7), (16, 256, 3, 3), dict(padding=1), "im2col", FEW, "im2col"),  # 16 filters, 32 tiles
+        ((8, 256, 7, 7), (16, 256, 3, 3), dict(padding=1), "im2col", FEW_BOTH, "im2col"),  # 16 filters, 32 tiles, 29 MFLOP
+        ((8, 128, 7, 7), (16, 128, 3, 3), dict(padding=1), "im2col", FEW, "im2col"),  # 32 tiles, 14 MFLOP
     ]
     isa = cpu_conv2d.rule_isa()
     for x_shape, w_shape, params, forward_v4, forward_v4_amd, forward_v3 in cases:
@@ -1075,14 +1077,30 @@ def _assert_winograd_close(actual, expected, dtype, K, err_msg):
     _assert_conv2d_close(actual, expected, dtype, terms=9 * (K + 1), err_msg=err_msg)
 
 
+WINOGRAD_WEIGHT_GRADS = ("dw by Winograd", "dw by im2col")
+
+
+def _winograd_weight_grad(mp, weight_grad):
+    """Make the Winograd backward take dw by Winograd (as on many tiles) or by im2col's GEMMs (as
+    on few), whatever the problem's tiles."""
+    mp.setattr(cpu_conv2d, "_winograd_weight_grad_wins", lambda g: weight_grad == "dw by Winograd")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weight_grad", WINOGRAD_WEIGHT_GRADS)
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(config=st.one_of(winograd_configs(), dilated_winograd_configs()), seed=st.integers(0, 2**32 - 1),
        layout=st.sampled_from(["C", "F", "strided", "unaligned"]), bias=st.booleans())
-def test_winograd_matches_reference(dtype, config, seed, layout, bias):
-    """Forward and backward (dx and dw by Winograd) against the float64 reference; dilated
-    convolutions by their dilation phases (ops.conv2d.dilation_phases), within the undilated
-    budgets."""
+def test_winograd_matches_reference(dtype, weight_grad, config, seed, layout, bias):
+    """Forward and backward (dx by Winograd, dw by Winograd or by im2col) against the float64
+    reference; dilated convolutions by their dilation phases (ops.conv2d.dilation_phases),
+    within the undilated budgets."""
+    with pytest.MonkeyPatch.context() as mp:
+        _winograd_weight_grad(mp, weight_grad)
+        _check_winograd_against_reference(dtype, config, seed, layout, bias)
+
+
+def _check_winograd_against_reference(dtype, config, seed, layout, bias):
     x_shape, w_shape, params = config
     rng = make_rng(seed)
     x, w = _uniform(rng, x_shape, dtype, layout), _uniform(rng, w_shape, dtype, layout)
@@ -1169,7 +1187,9 @@ def test_winograd_declines_dilations_whose_phases_do_not_tile_the_input():
     ((2, 4, 6, 5), dict(padding=(2, 1), groups=2)),
     ((2, 4, 6, 9), dict(padding=(2, 3), dilation=(2, 3), groups=2)),  # by the dilation phases
 ])
-def test_winograd_gradients_match_finite_differences(x_shape, params):
+@pytest.mark.parametrize("weight_grad", WINOGRAD_WEIGHT_GRADS)
+def test_winograd_gradients_match_finite_differences(monkeypatch, weight_grad, x_shape, params):
+    _winograd_weight_grad(monkeypatch, weight_grad)
     rng = make_rng(14)
     arrays = dict(input=rng.uniform(-1, 1, x_shape), weight=rng.uniform(-1, 1, (4, 2, 3, 3)),
                   bias=rng.uniform(-1, 1, 4))
@@ -1198,9 +1218,10 @@ def winograd_float32_bound(K):
 
 @pytest.mark.parametrize("x_shape, F", [((2, 3, 32, 32), 32), ((2, 32, 32, 32), 64), ((2, 64, 28, 28), 64),
                                         ((1, 128, 14, 14), 128), ((1, 256, 8, 8), 256)])
-def test_winograd_float32_error_within_its_bound(x_shape, F):
-    """Normwise error of y, dx and dw against the float64 reference on the benchmark layers'
-    shapes (fewer images), data drawn as at initialisation."""
+def test_winograd_float32_error_within_its_bound(monkeypatch, x_shape, F):
+    """Normwise error of y, dx and dw (by Winograd, also on few tiles) against the float64
+    reference on the benchmark layers' shapes (fewer images), data drawn as at initialisation."""
+    _winograd_weight_grad(monkeypatch, "dw by Winograd")
     rng = make_rng(11)
     C = x_shape[1]
     x = rng.standard_normal(x_shape).astype(np.float32)

@@ -202,12 +202,17 @@ FVEC_MIN_FILTERS = 32  # filters per group
 # reads them all, and where they do not stay in cache between calls (512 channels on 14x14: 2.25
 # MiB a tile, 1.5x; 256 channels on 7x7, 2.25 MiB, 1.47x) that costs more than the
 # multiplications saved.
-# The backward's dw (a task's partial dU of 36 Fg Cg values, summed on few threads) still needs
-# the tiles of the first rule (at batch 1 it ran 1.4-3x im2col's time).
+# The backward's dx, a Winograd forward, follows the forward's rules, on few tiles from
+# WINOGRAD_FEW_TILES_BACKWARD_MIN_FLOPS on (the backward's time against im2col's: 256 channels
+# on 14x14 at batch 1 0.88x, 256 to 16 on 7x7 at batch 8 0.63x; 9.4 MFLOP layers of the VGG
+# model at batch 1 1.15-1.3x); its dw (a task's partial dU of 36 Fg Cg values, summed on few
+# threads) still needs the tiles of the first rule (at batch 1 it ran 1.4-3x im2col's time): on
+# fewer tiles it is im2col's (``winograd_backward``).
 WINOGRAD_MIN_TILES = {"x86-64-v4-amd": 48}  # 4x4 output tiles of the batch; elsewhere
 WINOGRAD_MIN_TILES_DEFAULT = 128
 WINOGRAD_FEW_TILES = {"x86-64-v4-amd": 4}  # the forward's, below WINOGRAD_MIN_TILES
 WINOGRAD_FEW_TILES_MIN_FLOPS = 8_000_000
+WINOGRAD_FEW_TILES_BACKWARD_MIN_FLOPS = 20_000_000  # a forward's: the backward's dx
 WINOGRAD_MAX_FILTER_VALUES_PER_TILE = 1 << 18  # forward: 36 Cg Fg / tiles
 WINOGRAD_MIN_CHANNELS = 16  # input and output channels per group
 # Measured on the AMD CPUs; Intel's AVX-512 by the same rule, unmeasured there.
@@ -231,6 +236,18 @@ def _cpu_vendor():
         return ""
 
 
+def _winograd_tiles(g):
+    """The 4x4 output tiles of the batch."""
+    return g.N * -(-g.OH // 4) * -(-g.OW // 4)
+
+
+def _winograd_weight_grad_wins(g):
+    """Whether the Winograd backward takes dw by Winograd, not by im2col's GEMMs: from the first
+    rule's tiles on (on fewer, at batch 1, its partial sums of 36 Fg Cg values a task cost
+    1.4-3x im2col's time)."""
+    return _winograd_tiles(g) >= WINOGRAD_MIN_TILES.get(rule_isa(), WINOGRAD_MIN_TILES_DEFAULT)
+
+
 def _winograd_wins(g, direction, isa):
     """Whether "auto" takes winograd for this problem (both directions: the backward's dx is a
     winograd forward with Cg and Fg swapped; without dx the backward is im2col's either way); a
@@ -238,16 +255,18 @@ def _winograd_wins(g, direction, isa):
     if (g.KH, g.KW, g.stride_h, g.stride_w) != (3, 3, 1, 1) or dilation_phases(g) is None:
         return False
     g = dilation_phases(g)
-    tiles = g.N * -(-g.OH // 4) * -(-g.OW // 4)
+    tiles = _winograd_tiles(g)
     min_tiles = WINOGRAD_MIN_TILES.get(isa, WINOGRAD_MIN_TILES_DEFAULT)
     if isa not in WINOGRAD_FAST_ISAS or min(g.Cg, g.Fg) < WINOGRAD_MIN_CHANNELS:
         return False
-    if direction != "forward":
-        return tiles >= min_tiles and g.input_grad and max(g.pad_top, g.pad_bottom, g.pad_left, g.pad_right) <= 2
+    few = (isa in WINOGRAD_FEW_TILES and tiles >= WINOGRAD_FEW_TILES[isa] and g.flops >= WINOGRAD_FEW_TILES_MIN_FLOPS
+           and 36 * g.Cg * g.Fg <= WINOGRAD_MAX_FILTER_VALUES_PER_TILE * tiles)
+    if direction != "forward":  # dx by the forward's rules (dw by im2col's GEMMs on few tiles)
+        few = few and g.flops >= WINOGRAD_FEW_TILES_BACKWARD_MIN_FLOPS
+        return g.input_grad and max(g.pad_top, g.pad_bottom, g.pad_left, g.pad_right) <= 2 and (tiles >= min_tiles or few)
     if 36 * g.Cg * g.Fg > WINOGRAD_MAX_FILTER_VALUES_PER_TILE * tiles:
         return False
-    return tiles >= min_tiles or (isa in WINOGRAD_FEW_TILES and tiles >= WINOGRAD_FEW_TILES[isa]
-                                  and g.flops >= WINOGRAD_FEW_TILES_MIN_FLOPS)
+    return tiles >= min_tiles or few
 
 
 def choose_algo(problem, isa=None):
@@ -257,9 +276,10 @@ def choose_algo(problem, isa=None):
     ``WINOGRAD_FAST_ISAS``, "winograd" forward and backward (with dx) for 3x3 kernels at stride 1
     (dilated ones by their phases' undilated geometry, ``dilation_phases``) with
     ``WINOGRAD_MIN_CHANNELS`` input and output channels per group and at least
-    ``WINOGRAD_MIN_TILES[isa]`` 4x4 output tiles (backward: paddings up to 2), the forward
-    also with ``WINOGRAD_FEW_TILES[isa]`` where given from ``WINOGRAD_FEW_TILES_MIN_FLOPS`` on,
-    and with at most ``WINOGRAD_MAX_FILTER_VALUES_PER_TILE`` transformed filter values per tile;
+    ``WINOGRAD_MIN_TILES[isa]`` 4x4 output tiles (backward: paddings up to 2), also with
+    ``WINOGRAD_FEW_TILES[isa]`` where given from ``WINOGRAD_FEW_TILES_MIN_FLOPS`` on (the
+    backward, whose dw is then im2col's, from ``WINOGRAD_FEW_TILES_BACKWARD_MIN_FLOPS``), and the
+    forward with at most ``WINOGRAD_MAX_FILTER_VALUES_PER_TILE`` transformed filter values per tile;
     else, for the forward on one in ``DIRECT_FAST_ISAS``, "direct" for kernels larger than 1x1
     with at most ``DIRECT_MAX_TAPS[isa]`` taps per output (C/groups * KH * KW), at least
     ``DIRECT_MIN_FLOPS`` FLOP, ``DIRECT_MIN_PLANES[isa]`` (image, group) planes,
@@ -852,8 +872,9 @@ def winograd_backward(dy, x, w, g, outs):
     if dx is not None:
         _winograd_run(dyc, _winograd_input_filters(w, g), None, _winograd_input_geometry(g), dx,
                       threads_for(g.flops // 2))
-    if _finite(x):
+    # A NaN of x spreads over its tiles' transforms: im2col's products are the reference's.
+    if _winograd_weight_grad_wins(g) and _finite(x):
         _winograd_weight_grad(dyc, contiguous(x), g, dw, db, threads_for(g.flops // 2))
-    else:  # a NaN of x spreads over its tiles' transforms: im2col's products are the reference's
+    else:
         im2col_backward(dyc, x, w, replace(g, input_grad=False), (None, dw, db))
     return outs
