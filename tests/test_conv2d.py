@@ -808,6 +808,9 @@ def test_auto_heuristic():
         for other in expected:
             assert [cpu_conv2d.choose_algo(p, other) for p in problems] == expected[other], (x_shape, other)
     assert isa in ("x86-64-v4", "x86-64-v4-amd", "x86-64-v3", "baseline")
+    # the winograd backward's dw: by Winograd on many tiles, by im2col's GEMMs on few
+    assert not cpu_conv2d._winograd_weight_grad_wins(conv2d_geometry((1, 256, 14, 14), (256, 256, 3, 3), padding=1))
+    assert cpu_conv2d._winograd_weight_grad_wins(conv2d_geometry((32, 64, 16, 16), (64, 64, 3, 3), padding=1))
     # the winograd backward declines paddings past 2: auto does not ask it
     g = conv2d_geometry((32, 64, 28, 28), (64, 64, 3, 3), padding=3)
     assert [_auto(g, d, "x86-64-v3") for d in ("forward", "backward")] == ["winograd", "im2col"]

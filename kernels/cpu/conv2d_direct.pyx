@@ -11,7 +11,8 @@
 #
 # On AVX-512 the wrapper runs the forward and the stride-1 dx of planes narrower than a vector
 # on the filter-vector kernel instead (_conv_fvec, conv2d_direct_fvec.h): vectors along blocks of
-# filters, over one padded copy of the whole input, the same taps in the same order.
+# filters, over one padded copy of the whole input, the same taps in the same order (less, where
+# the weights are finite, the kernel rows that read only padding: their products are zeros).
 #
 # Each output element is owned by one task and summed in a fixed order: results are
 # reproducible bit for bit and independent of the thread count.
@@ -20,7 +21,8 @@
 # the wrapper (backends/cpu/conv2d.py); the band copy reads only rows and columns checked to be
 # inside the input, and the kernel reads only inside the copy (RowConv says how wide it is); the
 # filter-vector kernel reads only inside its padded copy, whose size its entry checks the
-# scratch holds (fvec_scratch_bytes).
+# scratch holds (fvec_scratch_bytes), and packed weights of the shape its entry checks, or w's
+# first nf rows of a block (the filters there are) where its tasks pack them.
 from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
 from libc.stddef cimport ptrdiff_t

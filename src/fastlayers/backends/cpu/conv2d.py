@@ -203,9 +203,9 @@ FVEC_MIN_FILTERS = 32  # filters per group
 # MiB a tile, 1.5x; 256 channels on 7x7, 2.25 MiB, 1.47x) that costs more than the
 # multiplications saved.
 # The backward's dx, a Winograd forward, follows the forward's rules, on few tiles from
-# WINOGRAD_FEW_TILES_BACKWARD_MIN_FLOPS on (the backward's time against im2col's: 256 channels
-# on 14x14 at batch 1 0.88x, 256 to 16 on 7x7 at batch 8 0.63x; 9.4 MFLOP layers of the VGG
-# model at batch 1 1.15-1.3x); its dw (a task's partial dU of 36 Fg Cg values, summed on few
+# WINOGRAD_FEW_TILES_BACKWARD_MIN_FLOPS on (the backward's time against im2col's, calls
+# alternated: 256 channels on 14x14 at batch 1 0.95x, 128 on 16x16 0.89x, 256 to 16 on 7x7 at
+# batch 8 0.82x; the VGG model's 9.4 MFLOP layers at batch 1 1.25x); its dw (a task's partial dU of 36 Fg Cg values, summed on few
 # threads) still needs the tiles of the first rule (at batch 1 it ran 1.4-3x im2col's time): on
 # fewer tiles it is im2col's (``winograd_backward``).
 WINOGRAD_MIN_TILES = {"x86-64-v4-amd": 48}  # 4x4 output tiles of the batch; elsewhere
@@ -420,10 +420,11 @@ def direct_forward(x, w, b, g, outs):
 
 
 def _fvec_forward(x, w, b, g, y, nbytes, threads):
-    """The direct forward by the filter-vector kernel, with ``nbytes`` of scratch. It leaves out
-    the weights' products with padding rows, zeros where the weights are finite; elsewhere they
-    are the reference's NaNs, and the weights are packed for each call (not kept: ``derived``
-    keeps only what its kernel can use)."""
+    """The direct forward by the filter-vector kernel, with ``nbytes`` of scratch: one image with
+    ``FVEC_UNPACKED_MIN_WEIGHT_BYTES`` of weights packed by its tasks, other calls on a packing
+    kept across calls (``derived``). It leaves out the weights' products with padding rows,
+    zeros where the weights are finite; elsewhere they are the reference's NaNs, and the weights
+    are packed for each call (not kept: ``derived`` keeps only what its kernel can use)."""
     bias = contiguous(b) if b is not None else np.empty(0, dtype=x.dtype)
     with scratch("direct", (nbytes,), np.uint8) as work:
         if g.N == 1 and w.nbytes >= FVEC_UNPACKED_MIN_WEIGHT_BYTES:
