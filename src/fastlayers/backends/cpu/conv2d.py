@@ -259,14 +259,13 @@ def _winograd_wins(g, direction, isa):
     min_tiles = WINOGRAD_MIN_TILES.get(isa, WINOGRAD_MIN_TILES_DEFAULT)
     if isa not in WINOGRAD_FAST_ISAS or min(g.Cg, g.Fg) < WINOGRAD_MIN_CHANNELS:
         return False
-    few = (isa in WINOGRAD_FEW_TILES and tiles >= WINOGRAD_FEW_TILES[isa] and g.flops >= WINOGRAD_FEW_TILES_MIN_FLOPS
-           and 36 * g.Cg * g.Fg <= WINOGRAD_MAX_FILTER_VALUES_PER_TILE * tiles)
+    fits = 36 * g.Cg * g.Fg <= WINOGRAD_MAX_FILTER_VALUES_PER_TILE * tiles
+    few = (fits and isa in WINOGRAD_FEW_TILES and tiles >= WINOGRAD_FEW_TILES[isa]
+           and g.flops >= WINOGRAD_FEW_TILES_MIN_FLOPS)
     if direction != "forward":  # dx by the forward's rules (dw by im2col's GEMMs on few tiles)
         few = few and g.flops >= WINOGRAD_FEW_TILES_BACKWARD_MIN_FLOPS
         return g.input_grad and max(g.pad_top, g.pad_bottom, g.pad_left, g.pad_right) <= 2 and (tiles >= min_tiles or few)
-    if 36 * g.Cg * g.Fg > WINOGRAD_MAX_FILTER_VALUES_PER_TILE * tiles:
-        return False
-    return tiles >= min_tiles or few
+    return fits and (tiles >= min_tiles or few)
 
 
 def choose_algo(problem, isa=None):
