@@ -1127,6 +1127,23 @@ def _check_winograd_against_reference(dtype, config, seed, layout, bias):
     np.testing.assert_array_equal(dw_only, dw)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weight_grad", WINOGRAD_WEIGHT_GRADS)
+@pytest.mark.parametrize("config", [
+    ((1, 33, 8, 8), (40, 33, 3, 3), dict(padding=1)),  # channels and filters over 2 vectors: 3 blocks each
+    ((2, 16, 5, 19), (17, 16, 3, 3), dict(padding=(0, 2))),  # whole vectors of channels, one filter past
+    ((3, 36, 7, 6), (34, 18, 3, 3), dict(padding=(2, 1), groups=2)),  # 18 a group, 17 filters
+    ((1, 20, 16, 16), (48, 20, 3, 3), dict(padding="same")),  # batch 1, one tile row of a task for two
+])
+def test_winograd_vector_blocks_of_channels_and_filters(dtype, weight_grad, config):
+    """The transforms take channels and filters in a vector's lanes (16 floats, 8 doubles): counts
+    over several vectors, with a partial last one (its lanes past a group's channels or filters
+    zeros or never stored), against the reference, forward and backward."""
+    with pytest.MonkeyPatch.context() as mp:
+        _winograd_weight_grad(mp, weight_grad)
+        _check_winograd_against_reference(dtype, config, 14, "C", True)
+
+
 @pytest.mark.parametrize("pads", [(0, 2, 1, 0), (2, 0, 0, 2), (1, 2, 2, 1)])
 def test_winograd_takes_asymmetric_padding(pads):
     """The kernels take (top, bottom, left, right) paddings as the geometry holds them (the API

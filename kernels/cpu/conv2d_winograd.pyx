@@ -4,11 +4,13 @@
 # rows each) of the batch, which may span images (small planes have few tiles; the GEMMs want
 # P = rows x tiles_w of them), and a block of ``filters`` of the group's filters (all of them but
 # on calls with too few tile rows to give every thread a task: a batch-1 small plane). A task
-# transforms its input tiles into V (36, Cg, P), multiplies each of the 36 transformed positions
-# by its filters' transformed filters U[xi] (filters x Cg) in one single-threaded BLAS gemm
-# (M[xi] = U[xi] @ V[xi]) and transforms M back into its band of y; the transforms are in
-# winograd_f4x3.h. Tasks of one tile block and different filters each transform its input. V and M live in the calling thread's slice of the workspace,
-# sized by the Python wrapper (backends/cpu/conv2d.py) to stay in cache. The band height does not
+# transforms its input tiles into V (36, P, Cg), multiplies each of the 36 transformed positions
+# by its filters' transformed filters U[xi] (Cg x filters) in one single-threaded BLAS gemm
+# (M[xi] = V[xi] @ U[xi], tile-major as V, so that the transforms take channels and filters in
+# a vector's lanes) and transforms M back into its band of y; the transforms are in
+# winograd_f4x3.h. Tasks of one tile block and different filters each transform its input. V
+# and M live in the calling thread's slice of the workspace, sized by the Python wrapper
+# (backends/cpu/conv2d.py) to stay in cache. The band height does not
 # depend on the thread count, and every output is written by one task: y is the same bit for bit
 # at any thread count.
 #
@@ -25,24 +27,25 @@ cdef extern from "batch_norm_loops.h" nogil:
     double fl_bn_sum_double(const double* x, Py_ssize_t n, double shift, int square)
 
 cdef extern from "winograd_f4x3.h" nogil:
-    Py_ssize_t fl_wino_scratch(Py_ssize_t P)
+    Py_ssize_t fl_wino_scratch(Py_ssize_t rows, Py_ssize_t tiles_w)
+    Py_ssize_t FL_WINO_CHANNEL_LANES
     void fl_wino_filter_float(const float* w, float* U, Py_ssize_t plane, Py_ssize_t Cg)
     void fl_wino_filter_double(const double* w, double* U, Py_ssize_t plane, Py_ssize_t Cg)
     void fl_wino_filter_grad_float(const float* dU, Py_ssize_t runs, Py_ssize_t stride, Py_ssize_t plane,
                                    Py_ssize_t Cg, float* dw)
     void fl_wino_filter_grad_double(const double* dU, Py_ssize_t runs, Py_ssize_t stride, Py_ssize_t plane,
                                     Py_ssize_t Cg, double* dw)
-    void fl_wino_input_float(const float* x, Py_ssize_t image, float* V, Py_ssize_t P, float* scratch,
-                             Py_ssize_t Cg, Py_ssize_t H, Py_ssize_t W, Py_ssize_t first, Py_ssize_t rows,
-                             Py_ssize_t tiles_h, Py_ssize_t tiles_w, Py_ssize_t PT, Py_ssize_t PL)
-    void fl_wino_input_double(const double* x, Py_ssize_t image, double* V, Py_ssize_t P, double* scratch,
-                              Py_ssize_t Cg, Py_ssize_t H, Py_ssize_t W, Py_ssize_t first, Py_ssize_t rows,
-                              Py_ssize_t tiles_h, Py_ssize_t tiles_w, Py_ssize_t PT, Py_ssize_t PL)
-    void fl_wino_output_float(const float* M, Py_ssize_t P, float* y, Py_ssize_t image, const float* bias,
-                              float* scratch, Py_ssize_t Fg, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t first,
+    void fl_wino_input_float(const float* x, Py_ssize_t image, Py_ssize_t readable, float* V, Py_ssize_t ldv,
+                             float* scratch, Py_ssize_t Cg, Py_ssize_t H, Py_ssize_t W, Py_ssize_t first,
+                             Py_ssize_t rows, Py_ssize_t tiles_h, Py_ssize_t tiles_w, Py_ssize_t PT, Py_ssize_t PL)
+    void fl_wino_input_double(const double* x, Py_ssize_t image, Py_ssize_t readable, double* V, Py_ssize_t ldv,
+                              double* scratch, Py_ssize_t Cg, Py_ssize_t H, Py_ssize_t W, Py_ssize_t first,
+                              Py_ssize_t rows, Py_ssize_t tiles_h, Py_ssize_t tiles_w, Py_ssize_t PT, Py_ssize_t PL)
+    void fl_wino_output_float(const float* M, Py_ssize_t P, Py_ssize_t ldm, float* y, Py_ssize_t image,
+                              const float* bias, Py_ssize_t nf, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t first,
                               Py_ssize_t rows, Py_ssize_t tiles_h, Py_ssize_t tiles_w)
-    void fl_wino_output_double(const double* M, Py_ssize_t P, double* y, Py_ssize_t image, const double* bias,
-                               double* scratch, Py_ssize_t Fg, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t first,
+    void fl_wino_output_double(const double* M, Py_ssize_t P, Py_ssize_t ldm, double* y, Py_ssize_t image,
+                               const double* bias, Py_ssize_t nf, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t first,
                                Py_ssize_t rows, Py_ssize_t tiles_h, Py_ssize_t tiles_w)
     void fl_wino_grad_output_float(const float* dy, Py_ssize_t image, float* dM, Py_ssize_t P, float* scratch,
                                    Py_ssize_t Fg, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t first, Py_ssize_t rows,
@@ -58,10 +61,15 @@ cdef enum:
 TILE_SIZE = TILE
 
 
+cdef inline Py_ssize_t _lanes_padded(Py_ssize_t n) noexcept nogil:
+    """The length of V's and M's rows for n channels or filters: whole vectors of the transforms."""
+    return (n + FL_WINO_CHANNEL_LANES - 1) // FL_WINO_CHANNEL_LANES * FL_WINO_CHANNEL_LANES
+
+
 def workspace_size(Py_ssize_t Cg, Py_ssize_t Fg, Py_ssize_t rows, Py_ssize_t tiles_w):
     """Values of one thread's workspace: V, M and the transforms' scratch, for tasks of ``Fg``
     filters."""
-    return POSITIONS * (Cg + Fg) * rows * tiles_w + fl_wino_scratch(rows * tiles_w)
+    return POSITIONS * (_lanes_padded(Cg) + _lanes_padded(Fg)) * rows * tiles_w + fl_wino_scratch(rows, tiles_w)
 
 
 def transform_filters(const floating[:, :, :, ::1] w, floating[:, :, :, ::1] U, Py_ssize_t groups,
@@ -86,27 +94,28 @@ cdef void _block(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] U,
                  Py_ssize_t f0, Py_ssize_t nf, Py_ssize_t first, Py_ssize_t rows, Py_ssize_t tiles_h,
                  Py_ssize_t tiles_w) noexcept nogil:
     """Filters [f0, f0 + nf) of group gi on tile rows [first, first + rows) of the batch (row R:
-    image R // tiles_h, tile row R % tiles_h). V: the thread's workspace, (36, Cg, P) then M
-    (36, nf, P) then the transforms' scratch."""
-    cdef Py_ssize_t P = rows * tiles_w, xi
-    cdef floating* M = V + POSITIONS * s.Cg * P
-    cdef floating* scratch = M + POSITIONS * nf * P
+    image R // tiles_h, tile row R % tiles_h). V: the thread's workspace, (36, P, ldv) then M
+    (36, P, ldm) then the transforms' scratch."""
+    cdef Py_ssize_t P = rows * tiles_w, ldv = _lanes_padded(s.Cg), ldm = _lanes_padded(nf), xi
+    cdef Py_ssize_t readable = (s.N * s.C - gi * s.Cg) * s.H * s.W
+    cdef floating* M = V + POSITIONS * P * ldv
+    cdef floating* scratch = M + POSITIONS * P * ldm
     cdef const floating* bias = &b[gi * s.Fg + f0] if has_bias else NULL
     if floating is float:
-        fl_wino_input_float(&x[0, gi * s.Cg, 0, 0], s.C * s.H * s.W, V, P, scratch, s.Cg, s.H, s.W, first, rows,
-                            tiles_h, tiles_w, s.PT, s.PL)
+        fl_wino_input_float(&x[0, gi * s.Cg, 0, 0], s.C * s.H * s.W, readable, V, ldv, scratch, s.Cg, s.H, s.W,
+                            first, rows, tiles_h, tiles_w, s.PT, s.PL)
     else:
-        fl_wino_input_double(&x[0, gi * s.Cg, 0, 0], s.C * s.H * s.W, V, P, scratch, s.Cg, s.H, s.W, first, rows,
-                             tiles_h, tiles_w, s.PT, s.PL)
+        fl_wino_input_double(&x[0, gi * s.Cg, 0, 0], s.C * s.H * s.W, readable, V, ldv, scratch, s.Cg, s.H, s.W,
+                             first, rows, tiles_h, tiles_w, s.PT, s.PL)
     for xi in range(POSITIONS):
-        # M[xi] (nf x P) = U[gi, xi, f0:f0 + nf] (nf x Cg) @ V[xi] (Cg x P)
-        gemm(False, False, <int>nf, <int>P, <int>s.Cg, <floating>1, &U[gi, xi, f0, 0], <int>s.Cg,
-             V + xi * s.Cg * P, <int>P, <floating>0, M + xi * nf * P, <int>P)
+        # M[xi] (P x nf) = V[xi] (P x Cg) @ U[gi, xi, :, f0:f0 + nf] (Cg x nf)
+        gemm(False, False, <int>P, <int>nf, <int>s.Cg, <floating>1, V + xi * P * ldv, <int>ldv,
+             &U[gi, xi, 0, f0], <int>s.Fg, <floating>0, M + xi * P * ldm, <int>ldm)
     if floating is float:
-        fl_wino_output_float(M, P, &y[0, gi * s.Fg + f0, 0, 0], s.F * s.OH * s.OW, bias, scratch, nf, s.OH, s.OW,
+        fl_wino_output_float(M, P, ldm, &y[0, gi * s.Fg + f0, 0, 0], s.F * s.OH * s.OW, bias, nf, s.OH, s.OW,
                              first, rows, tiles_h, tiles_w)
     else:
-        fl_wino_output_double(M, P, &y[0, gi * s.Fg + f0, 0, 0], s.F * s.OH * s.OW, bias, scratch, nf, s.OH, s.OW,
+        fl_wino_output_double(M, P, ldm, &y[0, gi * s.Fg + f0, 0, 0], s.F * s.OH * s.OW, bias, nf, s.OH, s.OW,
                               first, rows, tiles_h, tiles_w)
 
 
@@ -114,7 +123,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                    floating[:, :, :, ::1] y, floating[:, ::1] workspace, object geometry, Py_ssize_t rows,
                    Py_ssize_t filters, int num_threads):
     """y = conv2d(x, w) (+ b; None for no bias) for 3x3 kernels, stride 1, dilation 1. ``U`` is
-    (groups, 36, Fg, Cg), the transformed filters; ``workspace`` (num_threads,
+    (groups, 36, Cg, Fg), the transformed filters (transform_filters' transposed); ``workspace`` (num_threads,
     workspace_size(Cg, filters, rows, tiles_w)); ``rows``: tile rows per task (across images);
     ``filters``: filters per task (1 to Fg)."""
     single_threaded_blas()
@@ -141,23 +150,24 @@ cdef void _weight_block(const floating[:, :, :, ::1] x, const floating[:, :, :, 
                         Py_ssize_t tiles_h, Py_ssize_t tiles_w) noexcept nogil:
     """dU[gi, xi] += dM[xi] @ V[xi]^T over tile rows [first, first + rows) of the batch: V from x
     (as in _block), dM the transformed gradients of the same tiles of dy, in M's place."""
-    cdef Py_ssize_t P = rows * tiles_w, xi
-    cdef floating* dM = V + POSITIONS * s.Cg * P
+    cdef Py_ssize_t P = rows * tiles_w, ldv = _lanes_padded(s.Cg), xi
+    cdef Py_ssize_t readable = (s.N * s.C - gi * s.Cg) * s.H * s.W
+    cdef floating* dM = V + POSITIONS * P * ldv
     cdef floating* scratch = dM + POSITIONS * s.Fg * P
     if floating is float:
-        fl_wino_input_float(&x[0, gi * s.Cg, 0, 0], s.C * s.H * s.W, V, P, scratch, s.Cg, s.H, s.W, first, rows,
-                            tiles_h, tiles_w, s.PT, s.PL)
+        fl_wino_input_float(&x[0, gi * s.Cg, 0, 0], s.C * s.H * s.W, readable, V, ldv, scratch, s.Cg, s.H, s.W,
+                            first, rows, tiles_h, tiles_w, s.PT, s.PL)
         fl_wino_grad_output_float(&dy[0, gi * s.Fg, 0, 0], s.F * s.OH * s.OW, dM, P, scratch, s.Fg, s.OH, s.OW,
                                   first, rows, tiles_h, tiles_w)
     else:
-        fl_wino_input_double(&x[0, gi * s.Cg, 0, 0], s.C * s.H * s.W, V, P, scratch, s.Cg, s.H, s.W, first, rows,
-                             tiles_h, tiles_w, s.PT, s.PL)
+        fl_wino_input_double(&x[0, gi * s.Cg, 0, 0], s.C * s.H * s.W, readable, V, ldv, scratch, s.Cg, s.H, s.W,
+                             first, rows, tiles_h, tiles_w, s.PT, s.PL)
         fl_wino_grad_output_double(&dy[0, gi * s.Fg, 0, 0], s.F * s.OH * s.OW, dM, P, scratch, s.Fg, s.OH, s.OW,
                                    first, rows, tiles_h, tiles_w)
     for xi in range(POSITIONS):
-        # dU[gi, xi] (Fg x Cg) += dM[xi] (Fg x P) @ V[xi]^T (P x Cg)
-        gemm(False, True, <int>s.Fg, <int>s.Cg, <int>P, <floating>1, dM + xi * s.Fg * P, <int>P,
-             V + xi * s.Cg * P, <int>P, <floating>1, &dU[gi, xi, 0, 0], <int>s.Cg)
+        # dU[gi, xi] (Fg x Cg) += dM[xi] (Fg x P) @ V[xi] (P x Cg)
+        gemm(False, False, <int>s.Fg, <int>s.Cg, <int>P, <floating>1, dM + xi * s.Fg * P, <int>P,
+             V + xi * P * ldv, <int>ldv, <floating>1, &dU[gi, xi, 0, 0], <int>s.Cg)
 
 
 def conv2d_backward_weight(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dy,

@@ -15,13 +15,15 @@
  *           [0  4  0 -5  0  1]        [  0     0     1   ]
  *
  * The elementwise products summed over the channels are 36 GEMMs, one per position xi of the
- * 6x6 transformed tile (the caller runs them). Here: the filter transform, in double, the
- * input transform of a block of P tiles into V (36, Cg, P) and the output transform of M
- * (36, Fg, P) into y, for one group, with the input's zero padding applied as the tiles are
- * read. The transforms run as vector loops along the block's tiles (which span tile rows and
- * images), so that small planes (2 or 4 tiles a row) vectorise as well as large ones. Each loop
- * is written once, as a macro over the element type T (float or double), and compiled for
- * AVX-512, AVX2 and the baseline (target_clones.h).
+ * 6x6 transformed tile (the caller runs them). Here: the filter transform, in double; the
+ * input transform of a block of P tiles into V (36, P, Cg) and the output transform of M
+ * (36, P, Fg) into y, for one group, with the input's zero padding applied as the tiles are
+ * read: both put channels (filters) in the lanes of 64-byte vectors, so that every vector is
+ * full however few tiles a plane has (a batch-1 8x8 plane has 4), the NCHW planes transposed in
+ * registers on the way in and out (tile_transpose.h); and for the weight gradient the
+ * transform of dy into dM (36, Fg, P), as vector loops along the tiles. Each is written once, as
+ * a macro over the element type T (float or double), and compiled for AVX-512, AVX2 and the
+ * baseline (target_clones.h).
  */
 #ifndef FASTLAYERS_WINOGRAD_F4X3_H
 #define FASTLAYERS_WINOGRAD_F4X3_H
@@ -29,18 +31,22 @@
 #include <stddef.h>
 
 #include "target_clones.h"
+#include "tile_transpose.h"
 
-/* The transforms' vector loops run along the block's P tiles of several channels (filters) at
- * once, at least FL_WINO_LANES values a loop: a batch-1 small plane has 4 or 16 tiles a block,
- * too few for a loop of 16-lane vectors; channel-major, tile-fastest, the layout of V and M's
- * rows, so that the last step writes V whole. Channels (filters) a pass: */
-#define FL_WINO_LANES 64
-static inline ptrdiff_t fl_wino_channels(ptrdiff_t P) { return (FL_WINO_LANES + P - 1) / P; }
+typedef float fl_wino_vfloat __attribute__((vector_size(64), aligned(4), may_alias));
+typedef double fl_wino_vdouble __attribute__((vector_size(64), aligned(8), may_alias));
 
-/* Values of the transforms' scratch for a block of P tiles: the 6x6 input patches of a pass's
- * tiles and their B^T combination (36 x P x fl_wino_channels(P) each); the output transforms
- * use less. */
-static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P * fl_wino_channels(P); }
+/* Channels (filters) a vector of the transforms, for floats; V's and M's rows are a multiple
+ * of it long (of the 8 doubles too). */
+#define FL_WINO_CHANNEL_LANES 16
+
+/* Values of the transforms' scratch for blocks of rows x tiles_w = P tiles: the input
+ * transform's 13 x (4 tiles_w + 2) vectors (zeros, its gathered rows and their B^T
+ * combination), the weight gradient's output transform's 44 P. */
+static inline ptrdiff_t fl_wino_scratch(ptrdiff_t rows, ptrdiff_t tiles_w) {
+    const ptrdiff_t input = 13 * (4 * tiles_w + 2) * FL_WINO_CHANNEL_LANES;
+    return input > 44 * rows * tiles_w ? input : 44 * rows * tiles_w;
+}
 
 /* The tile loops' pointers (rows of one scratch or V/M array) never overlap, but GCC
  * versions a loop for aliasing only up to 10 pointer pairs and leaves the 12-pointer transform
@@ -169,86 +175,107 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P * fl_wino_c
         t5 = 4 * (d1) - 5 * (d3) + (d5);                                                      \
     } while (0)
 
-/* V[xi][c][p] = (B^T d B)[xi] for the P = rows x tiles_w tiles of tile rows first ..
+/* dst[m][i] = src[i * plane + m] for the m < W values of a row of L channels (i < nc; zeros for
+ * the lanes i >= nc), ``readable`` values readable from src on: L x L tiles loaded a row a
+ * channel, transposed in registers (tile_transpose.h), stored a column a vector; a tile's loads
+ * may read past the row's W values where the array goes on, as its columns past W are not
+ * stored. */
+#define FL_WINO_GATHER(T, U, UV, L)                                                           \
+    static inline __attribute__((always_inline)) void fl_wino_gather_##T(                      \
+        const T *src, ptrdiff_t plane, ptrdiff_t nc, ptrdiff_t W, ptrdiff_t readable, T *dst)  \
+    {                                                                                         \
+        const U *s_ = (const U *)src;                                                         \
+        for (ptrdiff_t m0 = 0; m0 < W; m0 += (L)) {                                           \
+            const ptrdiff_t n = W - m0 < (L) ? W - m0 : (L);                                  \
+            UV v[L];                                                                          \
+            if (nc >= (L) && ((L) - 1) * plane + m0 + (L) <= readable) {                      \
+                _Pragma("GCC unroll 16") for (int i = 0; i < (L); i++)                        \
+                    v[i] = *(const UV *)(s_ + i * plane + m0);                                \
+            } else { /* the last channels, or the array's last values */                     \
+                for (int i = 0; i < (L); i++) {                                               \
+                    U part[L] = {0};                                                          \
+                    const ptrdiff_t at = i * plane + m0;                                      \
+                    for (ptrdiff_t m = 0; i < nc && m < n; m++)                               \
+                        part[m] = s_[at + m];                                                 \
+                    __builtin_memcpy(&v[i], part, sizeof part);                               \
+                }                                                                             \
+            }                                                                                 \
+            fl_tile_transpose_##U(v);                                                         \
+            if (n == (L)) { /* unrolled: a loop of these became a memcpy out of the stack */  \
+                _Pragma("GCC unroll 16") for (int m = 0; m < (L); m++)                        \
+                    *(UV *)(dst + (m0 + m) * (L)) = v[m];                                     \
+                continue;                                                                     \
+            }                                                                                 \
+            for (ptrdiff_t m = 0; m < n; m++)                                                 \
+                *(UV *)(dst + (m0 + m) * (L)) = v[m];                                         \
+        }                                                                                     \
+    }
+
+/* V[xi][p][c] = (B^T d B)[xi] for the P = rows x tiles_w tiles p of tile rows first ..
  * first + rows - 1 of the batch (row R: image R / tiles_h, tile row R % tiles_h; ``image``
- * values between x's images, x at the group's first channel), d the 6x6 patch of channel c at
- * input rows 4i - PT .., columns 4j - PL .. (zero outside the H x W input). A pass takes ``cb``
- * channels (fl_wino_channels), its L = cb x P lanes channel-major: for each channel and patch
- * row a, the tile rows' input rows are copied (zero-padded) into one line, 4 values a tile,
- * which is deinterleaved along the P tiles into ``d`` (36 x L: row a, column k of every tile;
- * columns 4 and 5 are the next tile's 0 and 1, but for a tile row's last tile); B^T combines d
- * row against row into ``t`` (the same), and B each row's 6 columns into the 36 positions, each
- * a vector loop along all L lanes. */
-#define FL_WINO_INPUT(T)                                                                      \
-    FL_CLONES static void fl_wino_input_##T(const T *x, ptrdiff_t image, T *V, ptrdiff_t P, T *scratch, \
-                                            ptrdiff_t Cg, ptrdiff_t H, ptrdiff_t W, ptrdiff_t first, \
+ * values between x's images, x at the group's first channel, ``readable`` values readable from
+ * x on), d the 6x6 patch of channel c at input rows 4i - PT .., columns 4j - PL .. (zero outside
+ * the H x W input); V's rows ``ldv`` values apart (a multiple of L >= Cg; the lanes past Cg hold
+ * zeros). Channels go in the lanes of a vector, L at a time, so every vector is full whatever
+ * the plane's size: for each tile row, the 6 input rows its patches read are gathered
+ * channel-fastest into ``X`` (6 x cols vectors, a column of L channels each; zeros around, the
+ * padding), B^T combines them row against row into ``t``, and B each tile's 6 columns of t into
+ * its 36 positions, vector by vector. */
+#define FL_WINO_INPUT(T, VT, L)                                                               \
+    FL_CLONES static void fl_wino_input_##T(const T *x, ptrdiff_t image, ptrdiff_t readable, T *V, ptrdiff_t ldv, \
+                                            T *scratch, ptrdiff_t Cg, ptrdiff_t H, ptrdiff_t W, ptrdiff_t first, \
                                             ptrdiff_t rows, ptrdiff_t tiles_h, ptrdiff_t tiles_w, \
                                             ptrdiff_t PT, ptrdiff_t PL)                       \
     {                                                                                         \
-        const ptrdiff_t cb_max = fl_wino_channels(P);                                         \
-        T *restrict d = scratch, *restrict t = scratch + 36 * P * cb_max;                     \
-        /* line[4p + m] (in t's place) = input column 4j + m - PL of tile p = (r, j): inside for \
-         * m in [m_lo, m_hi) of the tile row's 4 tiles_w values */                            \
-        const ptrdiff_t n4 = 4 * tiles_w, m_lo = PL < n4 ? PL : n4;                           \
-        const ptrdiff_t m_hi = W + PL < n4 ? (W + PL > m_lo ? W + PL : m_lo) : n4;            \
-        for (ptrdiff_t c0 = 0; c0 < Cg; c0 += cb_max) {                                       \
-            const ptrdiff_t cb = Cg - c0 < cb_max ? Cg - c0 : cb_max, L = cb * P;             \
-            for (ptrdiff_t c = c0; c < c0 + cb; c++) {                                        \
-                for (int a = 0; a < 6; a++) { /* input row a of every tile: d[6a + k][lane] */ \
-                    T *restrict line = t;                                                     \
-                    for (ptrdiff_t r = 0; r < rows; r++) {                                    \
-                        const ptrdiff_t R = first + r, ih = 4 * (R % tiles_h) - PT + a;       \
-                        T *restrict ln = line + r * n4;                                       \
-                        if (ih < 0 || ih >= H) {                                              \
-                            for (ptrdiff_t m = 0; m < n4; m++)                                \
-                                ln[m] = 0;                                                    \
-                            continue;                                                         \
-                        }                                                                     \
-                        const T *restrict xr = x + (R / tiles_h) * image + c * H * W + ih * W; \
-                        for (ptrdiff_t m = 0; m < m_lo; m++)                                  \
-                            ln[m] = 0;                                                        \
-                        for (ptrdiff_t m = m_lo; m < m_hi; m++)                               \
-                            ln[m] = xr[m - PL];                                               \
-                        for (ptrdiff_t m = m_hi; m < n4; m++)                                 \
-                            ln[m] = 0;                                                        \
+        /* the patches' columns, PL + W <= cols (4 tiles_w >= the output's width W + PL + PR - 2) */ \
+        const ptrdiff_t P = rows * tiles_w, cols = 4 * tiles_w + 2;                           \
+        T *restrict zero = scratch, *restrict X = zero + cols * (L), *restrict t = X + 6 * cols * (L); \
+        for (ptrdiff_t m = 0; m < 7 * cols * (L); m++) /* a row outside the input; X's padding */ \
+            zero[m] = 0;                                                                      \
+        for (ptrdiff_t c0 = 0; c0 < Cg; c0 += (L)) {                                          \
+            for (ptrdiff_t r = 0; r < rows; r++) {                                            \
+                const ptrdiff_t R = first + r, top = 4 * (R % tiles_h) - PT;                  \
+                const ptrdiff_t at = (R / tiles_h) * image + c0 * H * W;                      \
+                const T *row[6];                                                              \
+                for (int a = 0; a < 6; a++) {                                                 \
+                    if (top + a < 0 || top + a >= H) {                                        \
+                        row[a] = zero;                                                        \
+                        continue;                                                             \
                     }                                                                         \
-                    T *restrict d0 = d + 6 * a * L + (c - c0) * P, *restrict d1 = d0 + L;     \
-                    T *restrict d4 = d0 + 4 * L, *restrict d5 = d4 + L;                       \
-                    FL_WINO_DEINTERLEAVE4(T, line, d0, P, L);                                 \
-                    FL_WINO_SIMD                                                              \
-                    for (ptrdiff_t p = 0; p + 1 < P; p++) { /* columns 4 and 5: the next tile's 0 and 1 */ \
-                        d4[p] = d0[p + 1];                                                    \
-                        d5[p] = d1[p + 1];                                                    \
-                    }                                                                         \
-                    for (ptrdiff_t r = 0; r < rows; r++) { /* but a row's last tile's lie past its line */ \
-                        const ptrdiff_t R = first + r, ih = 4 * (R % tiles_h) - PT + a, p = (r + 1) * tiles_w - 1; \
-                        const T *xr = x + (R / tiles_h) * image + c * H * W;                  \
-                        const ptrdiff_t col = n4 - PL, in_row = ih >= 0 && ih < H;            \
-                        d4[p] = in_row && col >= 0 && col < W ? xr[ih * W + col] : (T)0;      \
-                        d5[p] = in_row && col + 1 >= 0 && col + 1 < W ? xr[ih * W + col + 1] : (T)0; \
+                    row[a] = X + a * cols * (L);                                              \
+                    fl_wino_gather_##T(x + at + (top + a) * W, H * W, Cg - c0, W,             \
+                                       readable - at - (top + a) * W, X + (a * cols + PL) * (L)); \
+                }                                                                             \
+                for (ptrdiff_t m = 0; m < cols; m++) { /* t = B^T d, column m */              \
+                    const ptrdiff_t o = m * (L);                                              \
+                    VT t0, t1, t2, t3, t4, t5;                                                \
+                    FL_WINO_BT(VT, *(const VT *)(row[0] + o), *(const VT *)(row[1] + o),      \
+                               *(const VT *)(row[2] + o), *(const VT *)(row[3] + o),          \
+                               *(const VT *)(row[4] + o), *(const VT *)(row[5] + o), t0, t1, t2, t3, t4, t5); \
+                    *(VT *)(t + o) = t0;                                                      \
+                    *(VT *)(t + cols * (L) + o) = t1;                                         \
+                    *(VT *)(t + 2 * cols * (L) + o) = t2;                                     \
+                    *(VT *)(t + 3 * cols * (L) + o) = t3;                                     \
+                    *(VT *)(t + 4 * cols * (L) + o) = t4;                                     \
+                    *(VT *)(t + 5 * cols * (L) + o) = t5;                                     \
+                }                                                                             \
+                for (ptrdiff_t j = 0; j < tiles_w; j++) { /* (B^T d) B: row a, tile j */      \
+                    T *v = V + (r * tiles_w + j) * ldv + c0;                                  \
+                    for (int a = 0; a < 6; a++) {                                             \
+                        const T *s = t + (a * cols + 4 * j) * (L);                            \
+                        VT v0, v1, v2, v3, v4, v5;                                            \
+                        FL_WINO_BT(VT, *(const VT *)s, *(const VT *)(s + (L)), *(const VT *)(s + 2 * (L)), \
+                                   *(const VT *)(s + 3 * (L)), *(const VT *)(s + 4 * (L)),    \
+                                   *(const VT *)(s + 5 * (L)), v0, v1, v2, v3, v4, v5);       \
+                        T *o = v + 6 * a * P * ldv;                                           \
+                        *(VT *)o = v0;                                                        \
+                        *(VT *)(o + P * ldv) = v1;                                            \
+                        *(VT *)(o + 2 * P * ldv) = v2;                                        \
+                        *(VT *)(o + 3 * P * ldv) = v3;                                        \
+                        *(VT *)(o + 4 * P * ldv) = v4;                                        \
+                        *(VT *)(o + 5 * P * ldv) = v5;                                        \
                     }                                                                         \
                 }                                                                             \
-            }                                                                                 \
-            {                                                                                 \
-                const T *restrict e0 = d, *restrict e1 = d + 6 * L, *restrict e2 = d + 12 * L; \
-                const T *restrict e3 = d + 18 * L, *restrict e4 = d + 24 * L, *restrict e5 = d + 30 * L; \
-                T *restrict t0 = t, *restrict t1 = t + 6 * L, *restrict t2 = t + 12 * L;      \
-                T *restrict t3 = t + 18 * L, *restrict t4 = t + 24 * L, *restrict t5 = t + 30 * L; \
-                FL_WINO_SIMD                                                                  \
-                for (ptrdiff_t q = 0; q < 6 * L; q++) /* t = B^T d, every column of every tile */ \
-                    FL_WINO_BT(T, e0[q], e1[q], e2[q], e3[q], e4[q], e5[q], t0[q], t1[q], t2[q], t3[q], \
-                               t4[q], t5[q]);                                                 \
-            }                                                                                 \
-            for (int a = 0; a < 6; a++) { /* (B^T d) B, row a of every tile */                \
-                const T *restrict s0 = t + 6 * a * L, *restrict s1 = s0 + L, *restrict s2 = s1 + L; \
-                const T *restrict s3 = s2 + L, *restrict s4 = s3 + L, *restrict s5 = s4 + L;  \
-                T *restrict v0 = V + (6 * a * Cg + c0) * P, *restrict v1 = v0 + Cg * P;       \
-                T *restrict v2 = v1 + Cg * P, *restrict v3 = v2 + Cg * P, *restrict v4 = v3 + Cg * P; \
-                T *restrict v5 = v4 + Cg * P;                                                 \
-                FL_WINO_SIMD                                                                  \
-                for (ptrdiff_t q = 0; q < L; q++)                                             \
-                    FL_WINO_BT(T, s0[q], s1[q], s2[q], s3[q], s4[q], s5[q], v0[q], v1[q], v2[q], v3[q], \
-                               v4[q], v5[q]);                                                 \
             }                                                                                 \
         }                                                                                     \
     }
@@ -264,55 +291,65 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t P) { return 72 * P * fl_wino_c
     } while (0)
 
 /* y[f] over the output rows of the block's tiles (as in fl_wino_input; ``image`` values
- * between y's images, y at the group's first filter) = A^T M[.][f][p] A (+ bias[f]), M (36, Fg,
- * P): a pass takes ``fb`` filters (fl_wino_channels), whose L = fb x P lanes are contiguous in
- * every position's row of M; A^T combines the 36 positions into 4 rows of 6 (``u``, 24 x L),
- * along all L lanes; then for each filter and output row s, A each tile's 6 columns into its 4
- * outputs, the bias added, written interleaved into one line (``o``, 4 x P) whose tile rows are
- * copied into y: the columns of a last tile past OW and the rows past OH are cut. */
-#define FL_WINO_OUTPUT(T)                                                                     \
-    FL_CLONES static void fl_wino_output_##T(const T *M, ptrdiff_t P, T *y, ptrdiff_t image, const T *bias, \
-                                             T *scratch, ptrdiff_t Fg, ptrdiff_t OH, ptrdiff_t OW, \
+ * between y's images, y at the block's first filter) = A^T M[.][p][f] A (+ bias[f]) for the
+ * nf filters, M (36, P, ldm): filters go in the lanes of a vector, L at a time. For each tile,
+ * A^T combines its 36 positions into 4 rows of 6 and A each row into its 4 outputs, the bias
+ * added; the 16 outputs (vectors of L filters) are transposed in registers (L x L tiles,
+ * tile_transpose.h) into each filter's 4 rows of 4, stored cut at OH and OW. (Keeping 4 tiles'
+ * outputs to store whole rows of 16 ran slower but on 56x56 planes: docs/performance.md.) */
+#define FL_WINO_OUTPUT(T, U, UV, VT, L)                                                       \
+    FL_CLONES static void fl_wino_output_##T(const T *M, ptrdiff_t P, ptrdiff_t ldm, T *y, ptrdiff_t image, \
+                                             const T *bias, ptrdiff_t nf, ptrdiff_t OH, ptrdiff_t OW, \
                                              ptrdiff_t first, ptrdiff_t rows, ptrdiff_t tiles_h, \
                                              ptrdiff_t tiles_w)                               \
     {                                                                                         \
-        const ptrdiff_t plane = Fg * P, fb_max = fl_wino_channels(P);                         \
-        T *restrict u = scratch, *restrict o = scratch + 24 * P * fb_max;                     \
-        for (ptrdiff_t f0 = 0; f0 < Fg; f0 += fb_max) {                                       \
-            const ptrdiff_t fb = Fg - f0 < fb_max ? Fg - f0 : fb_max, L = fb * P;             \
-            for (int k = 0; k < 6; k++) { /* u = A^T m: column k of the tiles' 4 rows */      \
-                const T *restrict m0 = M + k * plane + f0 * P, *restrict m1 = m0 + 6 * plane; \
-                const T *restrict m2 = m1 + 6 * plane, *restrict m3 = m2 + 6 * plane;         \
-                const T *restrict m4 = m3 + 6 * plane, *restrict m5 = m4 + 6 * plane;         \
-                T *restrict u0 = u + k * L, *restrict u1 = u0 + 6 * L, *restrict u2 = u1 + 6 * L; \
-                T *restrict u3 = u2 + 6 * L;                                                  \
-                FL_WINO_SIMD                                                                  \
-                for (ptrdiff_t q = 0; q < L; q++)                                             \
-                    FL_WINO_AT(T, m0[q], m1[q], m2[q], m3[q], m4[q], m5[q], u0[q], u1[q], u2[q], u3[q]); \
-            }                                                                                 \
-            for (ptrdiff_t f = f0; f < f0 + fb; f++) {                                        \
-                const T b = bias ? bias[f] : (T)0;                                            \
-                for (int s = 0; s < 4; s++) { /* output row s of every tile, + b: o[4p + q] = column q */ \
-                    const T *restrict a0 = u + 6 * s * L + (f - f0) * P, *restrict a1 = a0 + L; \
-                    const T *restrict a2 = a1 + L, *restrict a3 = a2 + L, *restrict a4 = a3 + L; \
-                    const T *restrict a5 = a4 + L;                                            \
-                    FL_WINO_SIMD                                                              \
-                    for (ptrdiff_t p = 0; p < P; p++) {                                       \
-                        T o0, o1, o2, o3;                                                     \
-                        FL_WINO_AT(T, a0[p], a1[p], a2[p], a3[p], a4[p], a5[p], o0, o1, o2, o3); \
-                        o[4 * p] = o0 + b;                                                    \
-                        o[4 * p + 1] = o1 + b;                                                \
-                        o[4 * p + 2] = o2 + b;                                                \
-                        o[4 * p + 3] = o3 + b;                                                \
+        const ptrdiff_t plane = P * ldm;                                                      \
+        for (ptrdiff_t f0 = 0; f0 < nf; f0 += (L)) {                                          \
+            const ptrdiff_t nb = nf - f0 < (L) ? nf - f0 : (L);                               \
+            VT b = {0};                                                                       \
+            for (ptrdiff_t i = 0; bias && i < nb; i++)                                        \
+                b[i] = bias[f0 + i];                                                          \
+            for (ptrdiff_t r = 0; r < rows; r++) {                                            \
+                const ptrdiff_t R = first + r, top = 4 * (R % tiles_h);                       \
+                const ptrdiff_t nrow = OH - top < 4 ? OH - top : 4;                           \
+                T *yr = y + (R / tiles_h) * image + f0 * OH * OW + top * OW;                  \
+                for (ptrdiff_t j = 0; j < tiles_w; j++) {                                     \
+                    const T *m = M + (r * tiles_w + j) * ldm + f0;                            \
+                    VT u[4][6], o[16];                                                        \
+                    _Pragma("GCC unroll 6") for (int k = 0; k < 6; k++) /* A^T m: column k */ \
+                        FL_WINO_AT(VT, *(const VT *)(m + k * plane), *(const VT *)(m + (6 + k) * plane), \
+                                   *(const VT *)(m + (12 + k) * plane), *(const VT *)(m + (18 + k) * plane), \
+                                   *(const VT *)(m + (24 + k) * plane), *(const VT *)(m + (30 + k) * plane), \
+                                   u[0][k], u[1][k], u[2][k], u[3][k]);                       \
+                    _Pragma("GCC unroll 4") for (int s = 0; s < 4; s++) { /* then A: row s */ \
+                        FL_WINO_AT(VT, u[s][0], u[s][1], u[s][2], u[s][3], u[s][4], u[s][5], o[4 * s], \
+                                   o[4 * s + 1], o[4 * s + 2], o[4 * s + 3]);                 \
+                        o[4 * s] += b;                                                        \
+                        o[4 * s + 1] += b;                                                    \
+                        o[4 * s + 2] += b;                                                    \
+                        o[4 * s + 3] += b;                                                    \
                     }                                                                         \
-                    for (ptrdiff_t r = 0; r < rows; r++) { /* a tile row's outputs, cut at OW */ \
-                        const ptrdiff_t R = first + r, oh = 4 * (R % tiles_h) + s;            \
-                        if (oh >= OH)                                                         \
-                            continue;                                                         \
-                        T *restrict yr = y + (R / tiles_h) * image + f * OH * OW + oh * OW;   \
-                        const T *restrict orow = o + 4 * r * tiles_w;                         \
-                        for (ptrdiff_t q = 0; q < OW; q++)                                    \
-                            yr[q] = orow[q];                                                  \
+                    const ptrdiff_t ncol = OW - 4 * j < 4 ? OW - 4 * j : 4;                   \
+                    _Pragma("GCC unroll 2") for (int h = 0; h < 16 / (L); h++) { /* rows 4 h L / 16 .. */ \
+                        UV v[L];                                                              \
+                        _Pragma("GCC unroll 16") for (int i = 0; i < (L); i++)                \
+                            v[i] = (UV)o[h * (L) + i];                                        \
+                        fl_tile_transpose_##U(v);                                             \
+                        for (ptrdiff_t i = 0; i < nb; i++) { /* filter f0 + i: L outputs */   \
+                            T *yf = yr + i * OH * OW + 4 * j;                                 \
+                            const VT out = (VT)v[i];                                          \
+                            for (int s = 0; s < (L) / 4; s++) {                               \
+                                const int row = h * (L) / 4 + s;                              \
+                                if (row >= nrow)                                              \
+                                    break;                                                    \
+                                if (ncol == 4) {                                              \
+                                    __builtin_memcpy(yf + row * OW, (const T *)&out + 4 * s, 4 * sizeof(T)); \
+                                    continue;                                                 \
+                                }                                                             \
+                                for (ptrdiff_t q = 0; q < ncol; q++)                          \
+                                    yf[row * OW + q] = out[4 * s + q];                        \
+                            }                                                                 \
+                        }                                                                     \
                     }                                                                         \
                 }                                                                             \
             }                                                                                 \
@@ -387,10 +424,12 @@ FL_WINO_FILTER(float)
 FL_WINO_FILTER(double)
 FL_WINO_FILTER_GRAD(float)
 FL_WINO_FILTER_GRAD(double)
-FL_WINO_INPUT(float)
-FL_WINO_INPUT(double)
-FL_WINO_OUTPUT(float)
-FL_WINO_OUTPUT(double)
+FL_WINO_GATHER(float, uint32_t, fl_v16u32, 16)
+FL_WINO_GATHER(double, uint64_t, fl_v8u64, 8)
+FL_WINO_INPUT(float, fl_wino_vfloat, 16)
+FL_WINO_INPUT(double, fl_wino_vdouble, 8)
+FL_WINO_OUTPUT(float, uint32_t, fl_v16u32, fl_wino_vfloat, 16)
+FL_WINO_OUTPUT(double, uint64_t, fl_v8u64, fl_wino_vdouble, 8)
 FL_WINO_GRAD_OUTPUT(float)
 FL_WINO_GRAD_OUTPUT(double)
 

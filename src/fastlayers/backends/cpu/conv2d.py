@@ -693,11 +693,12 @@ _WINOGRAD_FILTER_MULTIPLE = 16
 
 
 def _transform_filters(w, g):
-    """U (groups, 36, Fg, Cg) = G w G^T for every filter and channel, computed in float64 and
-    rounded once to w's dtype (conv2d_winograd.pyx)."""
+    """U (groups, 36, Cg, Fg) = G w G^T for every filter and channel, computed in float64 and
+    rounded once to w's dtype (conv2d_winograd.pyx), each position's filters a row of a channel
+    (the GEMMs' right-hand operand)."""
     U = np.empty((g.groups, 36, g.Fg, g.Cg), dtype=w.dtype)
     _winograd.transform_filters(contiguous(w), U, g.groups, threads_for(g.F * g.Cg * 36 * 9))
-    return U
+    return np.ascontiguousarray(U.transpose(0, 1, 3, 2))
 
 
 def _winograd_filters(w, g):
@@ -753,7 +754,7 @@ def _winograd_run(x, U, b, g, y, threads):
     """y = conv2d(x, w) + b by the F(4x4, 3x3) kernel on w's transformed filters U: x, w, b
     finite, sizes checked non-degenerate."""
     rows, tiles_w = _winograd_band(g)
-    if max(g.Fg, g.Cg, rows * tiles_w) > BLAS_INT_MAX:
+    if max(g.Fg + 15, g.Cg + 15, rows * tiles_w) > BLAS_INT_MAX:  # V's and M's rows: whole 16-lane vectors
         raise ValueError(f"conv2d sizes exceed what BLAS can index (C ints) for algo='winograd': {g}")
     filters = _winograd_task_filters(g, rows)
     with scratch("winograd", (threads, _winograd.workspace_size(g.Cg, filters, rows, tiles_w)), x.dtype) as work:
@@ -835,7 +836,7 @@ def _winograd_dw_runs(g, itemsize):
 def _winograd_weight_grad(dy, x, g, dw, db, threads):
     """dw and db of a stride-1 3x3 convolution, dw by Winograd (x and dy finite, C-contiguous)."""
     rows, tiles_w = _winograd_band(g)
-    if max(g.Fg, g.Cg, rows * tiles_w) > BLAS_INT_MAX:
+    if max(g.Fg + 15, g.Cg + 15, rows * tiles_w) > BLAS_INT_MAX:  # V's and M's rows: whole 16-lane vectors
         raise ValueError(f"conv2d sizes exceed what BLAS can index (C ints) for algo='winograd': {g}")
     runs = _winograd_dw_runs(g, x.dtype.itemsize)
     threads = min(threads, runs)
