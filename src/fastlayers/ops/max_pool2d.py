@@ -139,8 +139,9 @@ KERNELS = (
 
 
 class MaxPool2dWorkload(Workload):
-    """max_pool2d: case shape (N, C, H, W); params kernel_size, stride, padding. The forward
-    returns the indices on both sides (training needs them for the backward)."""
+    """max_pool2d: case shape (N, C, H, W); params kernel_size, stride, padding. The forward is
+    inference's, the maxima only, on every side (the engines' MaxPool node, PyTorch's default);
+    the backward takes the indices of a forward that returned them, as training does."""
 
     required = ("kernel_size",)
     gpu_target = ("bandwidth", 0.7)
@@ -149,12 +150,13 @@ class MaxPool2dWorkload(Workload):
     def options(case, direction):
         if direction == "backward":
             return {}
-        return dict(stride=case.params.get("stride"), padding=case.params.get("padding", 0), return_indices=True)
+        return dict(stride=case.params.get("stride"), padding=case.params.get("padding", 0), return_indices=False)
 
     @staticmethod
-    def geometry(case):
-        return pool2d_geometry(case.shape, case.params["kernel_size"], case.params.get("stride"),
-                               case.params.get("padding", 0))
+    def geometry(case, indices=True):
+        g = pool2d_geometry(case.shape, case.params["kernel_size"], case.params.get("stride"),
+                            case.params.get("padding", 0))
+        return g if indices else replace(g, indices=False)
 
     def inputs(self, case, direction, dtype, seed):
         from .. import reference  # it validates through this module's spec
@@ -175,19 +177,18 @@ class MaxPool2dWorkload(Workload):
 
     def outputs(self, case, direction, inputs, empty):
         if direction == "forward":
-            y_shape = self.geometry(case).y_shape
-            return empty(y_shape, inputs["input"].dtype), empty(y_shape, INDEX_DTYPE)
+            return empty(self.geometry(case).y_shape, inputs["input"].dtype)
         return empty(inputs["input_shape"], inputs["grad_output"].dtype)
 
     def work(self, case, direction, dtype):
-        return self.geometry(case).work(direction, np.dtype(dtype).itemsize)
+        return self.geometry(case, indices=direction == "backward").work(direction, np.dtype(dtype).itemsize)
 
     def torch_call(self, torch, case, direction, inputs, seed, device="cpu"):
         nnf, k, stride = torch.nn.functional, case.params["kernel_size"], case.params.get("stride")
         padding = case.params.get("padding", 0)
         if direction == "forward":
             x = torch.from_numpy(inputs["input"]).to(device)
-            return torch_no_grad(torch, lambda: nnf.max_pool2d(x, k, stride, padding, return_indices=True))
+            return torch_no_grad(torch, lambda: nnf.max_pool2d(x, k, stride, padding))
         # The same x the indices were taken from: the forward's inputs under the same seed.
         dy = torch.from_numpy(inputs["grad_output"]).to(device)
         x = torch.from_numpy(self.inputs(case, "forward", inputs["grad_output"].dtype, seed)["input"]).to(device).requires_grad_()
