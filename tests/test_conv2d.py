@@ -23,6 +23,7 @@ from fastlayers.ops.conv2d import conv2d_geometry
 
 # The module, not the package attribute (the cpu package exports its op functions by op name).
 cpu_conv2d = importlib.import_module("fastlayers.backends.cpu.conv2d")
+_im2col = importlib.import_module("fastlayers._cpu.im2col")
 _winograd = importlib.import_module("fastlayers._cpu.conv2d_winograd")
 
 ALGOS = ("im2col", "direct", "auto")
@@ -608,6 +609,40 @@ def test_small_batch_forward_splits_many_filters(threads, dtype, config, F, seed
     dy = _uniform(rng, g.y_shape, dtype)
     with fl.threads(threads):
         _check_against_reference(x, w, b, dy, params, "im2col", dtype, f"{x_shape} {w_shape} {params}")
+
+
+@pytest.mark.parametrize("x_shape, F", [((1, 40, 7, 7), 70), ((1, 9, 8, 5), 33), ((1, 3, 4, 16), 5)])
+def test_small_batch_weight_grad_on_packed_columns(x_shape, F):
+    """float32 dw of one image on bands of at most SMALL_BATCH_PACKED_MAX_POSITIONS positions
+    runs on packed columns (packed_gemm.h's blocks; channel blocks past a panel's 32 columns, a
+    last partial panel): against the float64 reference, the same bits at 2 to 4 threads (tasks
+    by channel blocks); the kernel checks the panels it is given."""
+    rng = make_rng(16)
+    x, w = rng.uniform(-1, 1, x_shape).astype(np.float32), rng.uniform(-1, 1, (F, x_shape[1], 3, 3)).astype(np.float32)
+    g = conv2d_geometry(x.shape, w.shape, padding=1)
+    rows, _ = cpu_conv2d._tiles(g, 1, 4)
+    assert min(rows, g.OH) * g.OW <= cpu_conv2d.SMALL_BATCH_PACKED_MAX_POSITIONS
+    dy = rng.uniform(-1, 1, g.y_shape).astype(np.float32)
+    runs = []
+    for threads in (2, 3, 4):
+        with fl.threads(threads):
+            runs.append(fl.conv2d_backward(dy, x, w, padding=1, algo="im2col", backend="cpu"))
+    for run in runs[1:]:
+        for a, c in zip(run, runs[0]):
+            np.testing.assert_array_equal(a, c)
+    wants = ref.conv2d_backward(dy.astype(np.float64), x.astype(np.float64), w.astype(np.float64), padding=1)
+    _assert_conv2d_close(runs[0][1], wants[1], np.float32, terms=g.N * g.OH * g.OW, err_msg="dw")
+    _assert_conv2d_close(runs[0][0], wants[0], np.float32, terms=g.F * 9, err_msg="dx")
+    channels = -(-g.Cg // min(g.Cg, cpu_conv2d.SMALL_BATCH_CHANNEL_BLOCKS))
+    work = np.zeros((2, g.K * rows * g.OW), np.float32)
+    dw, db = np.zeros((1, g.F * g.K), np.float32), np.zeros((1, g.F), np.float32)
+    panels = np.zeros((2, _im2col.panels_size(channels, g, rows) - 1), np.float32)
+    with pytest.raises(ValueError, match="panels must be at least"):
+        _im2col.conv2d_backward_small_batch(dy, x, w, None, dw, db, work, g, rows, channels, 2, panels)
+    as64 = [a.astype(np.float64) for a in (dy, x, w)]
+    with pytest.raises(TypeError, match="panels are float32 only"):
+        _im2col.conv2d_backward_small_batch(*as64, None, dw.astype(np.float64), db.astype(np.float64),
+                                            work.astype(np.float64), g, rows, channels, 2, panels)
 
 
 @pytest.mark.parametrize("w_shape, params", [

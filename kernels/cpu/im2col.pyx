@@ -15,6 +15,7 @@ from cython.parallel cimport prange, threadid
 from libc.string cimport memcpy, memset
 
 from _blas cimport gemm, single_threaded_blas
+from _packed cimport FL_PANEL, pack_panels_f32, packed_product, panel_count
 from _conv2d cimport Conv2dShape, TapColumns, conv2d_shape, lane_sum, tap_columns
 
 
@@ -371,13 +372,15 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
 
 
 cdef void _weight_grad_block(const floating* dy, const floating* x_block, floating* dw_block,
-                             floating* col_tile, const Conv2dShape* s, Py_ssize_t rows,
-                             Py_ssize_t channels) noexcept nogil:
+                             floating* col_tile, float* panels, const Conv2dShape* s, Py_ssize_t rows,
+                             Py_ssize_t channels, bint avx512) noexcept nogil:
     """dw_block (Fg x channels * KH * KW, leading dimension K: columns c0 * KH * KW.. of dw_g) =
     one (image, group) plane's products for a block of its input channels (x_block: channels
     c0.., H, W), band by band of ``rows`` output rows (the block's columns built in col_tile; the
     first band's product overwrites dw_block, so it needs no zeroing, which on a large weight
-    costs a pass over it)."""
+    costs a pass over it). With ``panels`` (float32 only: room for panel_count(channels * KH *
+    KW) panels of the band's positions), the columns are packed there and multiplied by
+    packed_gemm.h's register blocks (``avx512``: its AVX-512 blocking) instead of a gemm."""
     cdef Conv2dShape b = s[0]  # the block's channels as a group of their own
     b.Cg = channels
     b.K = channels * s.KH * s.KW
@@ -389,6 +392,11 @@ cdef void _weight_grad_block(const floating* dy, const floating* x_block, floati
         band_rows = min(rows, s.OH - oh0)
         P = band_rows * s.OW
         col = _columns(x_block, col_tile, &b, pointwise, oh0, band_rows)
+        if floating is float:
+            if panels != NULL:  # dw_block (Fg x b.K) = dy's band (Fg x P) @ col^T (P x b.K), packed
+                pack_panels_f32(col, s.H * s.W if pointwise else P, True, P, b.K, panels, 0, panel_count(b.K))
+                packed_product(dy + oh0 * s.OW, OHW, panels, P, dw_block, s.K, s.Fg, b.K, band > 0, avx512)
+                continue
         gemm(False, True, <int>s.Fg, <int>b.K, <int>P, <floating>1, dy + oh0 * s.OW, <int>OHW,
              col, <int>(s.H * s.W if pointwise else P), <floating>(1 if band > 0 else 0), dw_block, <int>s.K)
 
@@ -424,25 +432,43 @@ cdef void _input_grad_block(const floating* dy, const floating* w_block, floatin
             _col2im(dcol, P, dx_block, s, oh0, band_rows, channels)
 
 
+def panels_size(Py_ssize_t channels, object geometry, Py_ssize_t rows):
+    """Values of one thread's packed columns in the small-batch dw (conv2d_backward_small_batch's
+    ``panels``): the panels of a block of ``channels`` input channels over a band of ``rows``."""
+    cdef Conv2dShape s = conv2d_shape(geometry)
+    return panel_count(channels * s.KH * s.KW) * FL_PANEL * min(rows, s.OH) * s.OW
+
+
 def conv2d_backward_small_batch(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
                                 const floating[:, :, :, ::1] w, floating[:, :, :, ::1] dx,
                                 floating[:, ::1] dw_partial, floating[:, ::1] db_partial,
                                 floating[:, ::1] workspace, object geometry, Py_ssize_t rows,
-                                Py_ssize_t channels, int num_threads):
+                                Py_ssize_t channels, int num_threads, float[:, ::1] panels=None,
+                                bint avx512=False):
     """dx (None: not computed), and per-image partial sums of dw and db, for batches with fewer
     (image, group) planes than threads. Tasks, per plane and block of ``channels`` input
     channels: first the block's columns of dw (into its image's row of ``dw_partial``, which the
     caller sums in order; the first block's task also adds the plane's db into the row of
     ``db_partial`` it zeroed), then the block's slice of dx; taken dynamically, so the dx blocks
-    fill the threads around the longer dw tasks. ``workspace`` is (num_threads, K * rows * OW).
-    Every task's gemms depend on ``rows`` and ``channels`` only: the same arguments give the
-    same bits at any thread count."""
+    fill the threads around the longer dw tasks. ``workspace`` is (num_threads, K * rows * OW);
+    ``panels`` (float32; None: dw by gemms) (num_threads, panels_size(channels, geometry, rows)),
+    where dw's products run on packed columns (_weight_grad_block; ``avx512`` as for
+    rnn_forward). Every task's products depend on ``rows``, ``channels`` and whether ``panels``
+    is given only: the same arguments give the same bits at any thread count."""
     single_threaded_blas()
     cdef Conv2dShape s = conv2d_shape(geometry)
     cdef Py_ssize_t blocks = (s.Cg + channels - 1) // channels
     cdef Py_ssize_t planes = s.N * s.G
     cdef Py_ssize_t task, n, gi, c0, b
     cdef bint input_grad = dx is not None
+    cdef float* packed = NULL
+    cdef Py_ssize_t panel_values = 0
+    if panels is not None:
+        if floating is not float:
+            raise TypeError("panels are float32 only: dw's products in double run on gemms")
+        if panels.shape[0] < num_threads or panels.shape[1] < panels_size(channels, geometry, rows):
+            raise ValueError(f"panels must be at least ({num_threads}, {panels_size(channels, geometry, rows)})")
+        packed, panel_values = &panels[0, 0], panels.shape[1]
     for task in prange((2 if input_grad else 1) * planes * blocks, nogil=True, schedule="dynamic",
                        num_threads=num_threads):
         b = task % (planes * blocks)
@@ -451,8 +477,9 @@ def conv2d_backward_small_batch(const floating[:, :, :, ::1] dy, const floating[
         c0 = (b % blocks) * channels
         if task < planes * blocks:
             _weight_grad_block(&dy[n, gi * s.Fg, 0, 0], &x[n, gi * s.Cg + c0, 0, 0],
-                               &dw_partial[n, gi * s.Fg * s.K + c0 * s.KH * s.KW],
-                               &workspace[threadid(), 0], &s, rows, min(channels, s.Cg - c0))
+                               &dw_partial[n, gi * s.Fg * s.K + c0 * s.KH * s.KW], &workspace[threadid(), 0],
+                               NULL if packed == NULL else packed + threadid() * panel_values, &s, rows,
+                               min(channels, s.Cg - c0), avx512)
             if c0 == 0:
                 _bias_grad_plane(&dy[n, gi * s.Fg, 0, 0], &db_partial[n, gi * s.Fg], &s)
         else:

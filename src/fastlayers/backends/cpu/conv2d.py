@@ -47,6 +47,7 @@ from ..._cpu import conv2d_winograd as _winograd
 from ..._cpu import im2col as _im2col
 from ..._dispatch import threads_for
 from ...ops.conv2d import Conv2dGeometry, dilation_phases
+from . import _gated
 from ._common import BLAS_INT_MAX, contiguous, derived
 from ._common import workspace as scratch
 
@@ -579,24 +580,35 @@ def im2col_backward(dy, x, w, g, outs):
 # plane (fewer where there are fewer channels): a count of the problem's, so the bits do not depend
 # on the thread count.
 SMALL_BATCH_CHANNEL_BLOCKS = 8
+# Up to this many output positions a band, the small batch's dw products (depth: the positions)
+# run in float32 on the columns packed for packed_gemm.h's register blocks, not OpenBLAS's gemm:
+# 0.81x its time on 7x7 planes with 512 channels, 0.98x on 8x8, slower from 16x16 on
+# (docs/performance.md).
+SMALL_BATCH_PACKED_MAX_POSITIONS = 64
 
 
 def _small_batch_backward(dy, x, w, g, outs, threads):
     """im2col's backward over fewer (image, group) planes than threads: a task per block of a
     plane's input channels for its columns of dw (the first also for db), and for dx (where
-    asked); no partial sums at batch 1."""
+    asked); no partial sums at batch 1; dw's products on packed columns on bands of at most
+    ``SMALL_BATCH_PACKED_MAX_POSITIONS`` positions (float32, where packed_gemm.h has a blocking)."""
     dx, dw, db = outs
     channels = -(-g.Cg // min(g.Cg, SMALL_BATCH_CHANNEL_BLOCKS))
     rows, _ = _tiles(g, 1, x.dtype.itemsize)
     partials = g.N if g.N > 1 else 0
+    packed = (x.dtype == np.float32 and _gated.PACKED_BLOCKING is not None
+              and min(rows, g.OH) * g.OW <= SMALL_BATCH_PACKED_MAX_POSITIONS)
+    panels = (threads, _im2col.panels_size(channels, g, rows)) if packed else (0, 0)
     with scratch("columns", (threads, g.K * rows * g.OW), x.dtype) as workspace, \
+            scratch("dw panels", panels, np.float32) as dw_panels, \
             scratch("dw", (partials, g.F * g.K), x.dtype) as dw_partial, \
             scratch("db", (partials, g.F), x.dtype) as db_partial:
         if g.N == 1:  # the one image's partial sums are the result
             dw_partial, db_partial = dw.reshape(1, -1), db.reshape(1, -1)
-        db_partial[...] = 0  # dw_partial: every plane's part is written (its first band's gemm)
+        db_partial[...] = 0  # dw_partial: every plane's part is written (its first band's product)
         _im2col.conv2d_backward_small_batch(contiguous(dy), contiguous(x), contiguous(w), dx, dw_partial,
-                                            db_partial, workspace, g, rows, channels, threads)
+                                            db_partial, workspace, g, rows, channels, threads,
+                                            dw_panels if packed else None, _gated.avx512_blocking())
         if g.N > 1:
             np.sum(dw_partial, axis=0, out=dw.reshape(-1))
             np.sum(db_partial, axis=0, out=db)
