@@ -66,37 +66,33 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t rows, ptrdiff_t tiles_w) {
         t5 = (c);                                                                             \
     } while (0)
 
-/* U[xi][c] = (G w[c] G^T)[xi] for the Cg channels of one filter w (Cg x 3 x 3, contiguous), U
- * at the filter's row of position 0, ``plane`` values between positions: in double, rounded
- * once to T. Blocks of channels are first transposed to tap-major doubles, so that every step
- * is a vector loop over channels. */
-#define FL_WINO_FILTER_BLOCK 64
+/* U[xi][i] = (G w[i] G^T)[xi] for one channel of nf <= FL_WINO_FILTER_LANES filters, w[i] the
+ * 3 x 3 at w + i ld, U[xi][i] at U + xi plane + i: in double, rounded once to T. The block's
+ * taps are gathered filter-fastest, so that every step is a vector loop over the filters; the
+ * caller takes a channel's filters block by block, so that U's rows (a position and channel,
+ * the filters contiguous) are written in order. */
+#define FL_WINO_FILTER_LANES 16
 #define FL_WINO_FILTER(T)                                                                     \
-    FL_CLONES static void fl_wino_filter_##T(const T *w, T *U, ptrdiff_t plane, ptrdiff_t Cg) \
+    FL_CLONES static void fl_wino_filter_##T(const T *w, ptrdiff_t ld, ptrdiff_t nf, T *U, ptrdiff_t plane) \
     {                                                                                         \
-        double g[9][FL_WINO_FILTER_BLOCK], t[18][FL_WINO_FILTER_BLOCK];                      \
-        for (ptrdiff_t c0 = 0; c0 < Cg; c0 += FL_WINO_FILTER_BLOCK) {                         \
-            const ptrdiff_t nc = Cg - c0 < FL_WINO_FILTER_BLOCK ? Cg - c0 : FL_WINO_FILTER_BLOCK; \
-            for (ptrdiff_t c = 0; c < nc; c++)                                                \
-                for (int k = 0; k < 9; k++)                                                   \
-                    g[k][c] = (double)w[9 * (c0 + c) + k];                                    \
-            for (int k = 0; k < 3; k++) /* t = G g, column k: t[3r + k] */                    \
-                for (ptrdiff_t c = 0; c < nc; c++)                                            \
-                    FL_WINO_G(g[k][c], g[3 + k][c], g[6 + k][c], t[k][c], t[3 + k][c], t[6 + k][c], \
-                              t[9 + k][c], t[12 + k][c], t[15 + k][c]);                       \
-            for (int r = 0; r < 6; r++) { /* (G g) G^T, row r */                              \
-                T *u0 = U + 6 * r * plane + c0, *u1 = u0 + plane, *u2 = u1 + plane;           \
-                T *u3 = u2 + plane, *u4 = u3 + plane, *u5 = u4 + plane;                       \
-                for (ptrdiff_t c = 0; c < nc; c++) {                                          \
-                    double o0, o1, o2, o3, o4, o5;                                            \
-                    FL_WINO_G(t[3 * r][c], t[3 * r + 1][c], t[3 * r + 2][c], o0, o1, o2, o3, o4, o5); \
-                    u0[c] = (T)o0;                                                            \
-                    u1[c] = (T)o1;                                                            \
-                    u2[c] = (T)o2;                                                            \
-                    u3[c] = (T)o3;                                                            \
-                    u4[c] = (T)o4;                                                            \
-                    u5[c] = (T)o5;                                                            \
-                }                                                                             \
+        enum { N = FL_WINO_FILTER_LANES };                                                    \
+        double g[9][N], t[18][N];                                                             \
+        for (int k = 0; k < 9; k++)                                                           \
+            for (int i = 0; i < N; i++)                                                       \
+                g[k][i] = i < nf ? (double)w[i * ld + k] : 0.0;                               \
+        for (int k = 0; k < 3; k++) /* t = G g, column k: t[3r + k] */                        \
+            for (int i = 0; i < N; i++)                                                       \
+                FL_WINO_G(g[k][i], g[3 + k][i], g[6 + k][i], t[k][i], t[3 + k][i], t[6 + k][i], t[9 + k][i], \
+                          t[12 + k][i], t[15 + k][i]);                                        \
+        for (int r = 0; r < 6; r++) { /* (G g) G^T, row r */                                  \
+            double o[6][N];                                                                   \
+            for (int i = 0; i < N; i++)                                                       \
+                FL_WINO_G(t[3 * r][i], t[3 * r + 1][i], t[3 * r + 2][i], o[0][i], o[1][i], o[2][i], o[3][i], \
+                          o[4][i], o[5][i]);                                                  \
+            for (int j = 0; j < 6; j++) {                                                     \
+                T *u = U + (6 * r + j) * plane;                                               \
+                for (ptrdiff_t i = 0; i < nf; i++)                                            \
+                    u[i] = (T)o[j][i];                                                        \
             }                                                                                 \
         }                                                                                     \
     }
@@ -110,6 +106,7 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t rows, ptrdiff_t tiles_w) {
         o2 = (q_ - p_) * (1.0 / 6) + (s5);                                                    \
     } while (0)
 
+#define FL_WINO_FILTER_BLOCK 64 /* channels a block of the weight gradient's transform */
 /* dw[c] (3 x 3, for the Cg channels of one filter, contiguous) = G^T dU[c] G, dU summed over
  * ``runs`` partials (``stride`` values apart; ``plane`` values between positions, dU at the
  * filter's row of position 0): the sums and the transform in double, in a fixed order, rounded

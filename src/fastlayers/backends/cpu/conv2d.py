@@ -708,9 +708,9 @@ def _transform_filters(w, g):
     """U (groups, 36, Cg, Fg) = G w G^T for every filter and channel, computed in float64 and
     rounded once to w's dtype (conv2d_winograd.pyx), each position's filters a row of a channel
     (the GEMMs' right-hand operand)."""
-    U = np.empty((g.groups, 36, g.Fg, g.Cg), dtype=w.dtype)
+    U = np.empty((g.groups, 36, g.Cg, g.Fg), dtype=w.dtype)
     _winograd.transform_filters(contiguous(w), U, g.groups, threads_for(g.F * g.Cg * 36 * 9))
-    return np.ascontiguousarray(U.transpose(0, 1, 3, 2))
+    return U
 
 
 def _winograd_filters(w, g):
