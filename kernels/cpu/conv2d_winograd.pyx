@@ -78,8 +78,8 @@ def transform_filters(const floating[:, :, :, ::1] w, floating[:, :, :, ::1] U, 
     """U (groups, 36, Cg, Fg) = G w[f, c] G^T for the filters w (F, Cg, 3, 3), F = groups * Fg:
     computed in double and rounded once to w's type: a task a channel of a group, its filters in
     blocks of FL_WINO_FILTER_LANES, so that each of U's rows is written in order by one task
-    (blocks of filters over all channels wrote each row's line in a separate visit: 2-3x slower
-    on 256 and 512 channels)."""
+    (tasks of filter blocks over all channels wrote each row in as many visits as blocks, several
+    times slower on wide layers: docs/performance.md)."""
     cdef Py_ssize_t F = w.shape[0], Fg = F // groups, Cg = w.shape[1], task, gi, c, f, q
     cdef Py_ssize_t blocks = (Fg + FL_WINO_FILTER_LANES - 1) // FL_WINO_FILTER_LANES
     if w.shape[2] != 3 or w.shape[3] != 3 or F % groups:

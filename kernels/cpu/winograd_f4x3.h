@@ -212,8 +212,8 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t rows, ptrdiff_t tiles_w) {
  * first + rows - 1 of the batch (row R: image R / tiles_h, tile row R % tiles_h; ``image``
  * values between x's images, x at the group's first channel, ``readable`` values readable from
  * x on), d the 6x6 patch of channel c at input rows 4i - PT .., columns 4j - PL .. (zero outside
- * the H x W input); V's rows ``ldv`` values apart (a multiple of L >= Cg; the lanes past Cg hold
- * zeros). Channels go in the lanes of a vector, L at a time, so every vector is full whatever
+ * the H x W input); V's rows ``ldv`` values apart (a multiple of L >= Cg; the products read
+ * none of the lanes past Cg). Channels go in the lanes of a vector, L at a time, so every vector is full whatever
  * the plane's size: for each tile row, the 6 input rows its patches read are gathered
  * channel-fastest into ``X`` (6 x cols vectors, a column of L channels each; zeros around, the
  * padding), B^T combines them row against row into ``t``, and B each tile's 6 columns of t into

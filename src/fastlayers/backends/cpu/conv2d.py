@@ -581,8 +581,8 @@ def im2col_backward(dy, x, w, g, outs):
 # on the thread count.
 SMALL_BATCH_CHANNEL_BLOCKS = 8
 # Up to this many output positions a band, the small batch's dw products (depth: the positions)
-# run in float32 on the columns packed for packed_gemm.h's register blocks, not OpenBLAS's gemm:
-# 0.81x its time on 7x7 planes with 512 channels, 0.98x on 8x8, slower from 16x16 on
+# run in float32 on the columns packed for packed_gemm.h's register blocks, not OpenBLAS's gemm,
+# which packs and scales dw first: faster on 7x7 planes, even on 8x8, slower from 16x16 on
 # (docs/performance.md).
 SMALL_BATCH_PACKED_MAX_POSITIONS = 64
 
