@@ -337,7 +337,8 @@ def test_filter_vector_kernel_keeps_the_references_nans_of_padding(monkeypatch, 
 
 def test_filter_vector_kernel_checks_its_arguments():
     """The compiled entry refuses what it cannot run before it reads a byte: column strides past
-    2 (and a strided dx), no threads, scratch too small for the padded input, a wrong bias."""
+    2 (and a strided dx), no threads, scratch too small for the padded input, a wrong bias,
+    output rows too wide for a thread's partial sums (which once overran them)."""
     from fastlayers._cpu import conv2d_direct
 
     g = conv2d_geometry((1, 4, 9, 9), (32, 4, 3, 3), padding=1)
@@ -365,6 +366,15 @@ def test_filter_vector_kernel_checks_its_arguments():
         conv2d_direct.conv2d_forward_fvec_unpacked(x, np.zeros(g.w_shape, np.float32), bias, y, enough[:-1], g, 2)
     assert conv2d_direct.fvec_runs(conv2d_geometry((1, 4, 9, 9), (32, 4, 3, 3), stride=2), False)
     assert not conv2d_direct.fvec_runs(conv2d_geometry((1, 4, 9, 9), (32, 4, 3, 3), stride=2), True)
+    columns = conv2d_direct.FVEC_MAX_COLUMNS
+    wide = conv2d_geometry((1, 4, 3, columns + 1), (32, 4, 3, 3), padding=1)
+    xw, yw = np.zeros(wide.x_shape, np.float32), np.zeros(wide.y_shape, np.float32)
+    room = np.zeros(2 * conv2d_direct.fvec_scratch_bytes(conv2d_geometry((1, 4, 3, columns), (32, 4, 3, 3),
+                                                                          padding=1), False, 4, 2), np.uint8)
+    for call in (lambda: conv2d_direct.conv2d_forward_fvec(xw, packed, bias, yw, room, wide, True, 2),
+                 lambda: conv2d_direct.conv2d_backward_input_fvec(yw, packed, xw, room, wide, True, 2)):
+        with pytest.raises(ValueError, match=f"output rows of at most {columns} columns, got {columns + 1}"):
+            call()
 
 
 # The benchmark cases' shapes at a reduced batch and size: long contractions (K = C * 9 up to

@@ -73,6 +73,7 @@ cdef enum:
 
 FILTER_BLOCK = FL_FB  # filters per register block of the row kernel: its packed weights' last axis
 FILTER_VECTOR_BYTES = FVEC_BLOCK_BYTES  # a block of the filter-vector kernel's filters, in bytes
+FVEC_MAX_COLUMNS = FVEC_PARTIAL_BYTES // FVEC_BLOCK_BYTES  # its output rows' widest: a row's partial sums
 
 
 def pack_filters(const floating[:, :, :] w, floating[:, :, :, ::1] packed, int num_threads):
@@ -560,6 +561,9 @@ cdef RowConv _fvec_rows(object geometry, bint backward_input, Py_ssize_t itemsiz
         raise ValueError(f"num_threads must be at least 1, got {num_threads}")
     cdef RowConv r = (_backward_input_rows(geometry, 1, itemsize) if backward_input
                       else _forward_rows(geometry, 1, itemsize))
+    if r.Wo > FVEC_MAX_COLUMNS:  # a thread's partial sums hold a whole output row
+        raise ValueError(f"the filter-vector kernel takes output rows of at most {FVEC_MAX_COLUMNS} columns, "
+                         f"got {r.Wo}")
     need = _fvec_bytes(&r, itemsize, num_threads)
     if scratch.shape[0] < need:
         raise ValueError(f"scratch must hold {need} bytes, got {scratch.shape[0]}")
