@@ -1357,9 +1357,13 @@ def test_winograd_kernel_checks_its_filters_and_workspace():
     y = np.empty(g.y_shape, np.float32)
     rows, tiles_w = cpu_conv2d._winograd_band(g)
     work = np.empty((2, _winograd.workspace_size(16, 16, rows, tiles_w)), np.float32)
-    for filters in (0, 33):
+    for filters in (0, 33):  # checked before anything is divided by it
         with pytest.raises(ValueError, match="filters must be from 1 to 32"):
             _winograd.conv2d_forward(x, U, None, y, work, g, rows, filters, 1)
+    with pytest.raises(ValueError, match="rows must be at least 1"):
+        _winograd.conv2d_forward(x, U, None, y, work, g, 0, 16, 1)
+    with pytest.raises(ValueError, match=r"U must be \(1, 36, 16, 32\)"):  # (groups, 36, Cg, Fg)
+        _winograd.conv2d_forward(x, np.ascontiguousarray(U.transpose(0, 1, 3, 2)), None, y, work, g, rows, 16, 1)
     with pytest.raises(ValueError, match="workspace must be at least"):
         _winograd.conv2d_forward(x, U, None, y, work, g, rows, 32, 1)  # sized for 16 filters
     with pytest.raises(ValueError, match="workspace must be at least"):
@@ -1369,6 +1373,8 @@ def test_winograd_kernel_checks_its_filters_and_workspace():
     dU = np.zeros((1, 1, 36, 32, 16), np.float32)  # the weight gradient's tasks take all 32 filters
     with pytest.raises(ValueError, match="workspace must be at least"):
         _winograd.conv2d_backward_weight(x, y, dU, work, g, rows, 1)
+    with pytest.raises(ValueError, match="rows must be at least 1"):
+        _winograd.conv2d_backward_weight(x, y, dU, work, g, 0, 1)
     _winograd.conv2d_backward_weight(x, y, dU, np.empty((1, _winograd.workspace_size(16, 32, rows, tiles_w)),
                                                          np.float32), g, rows, 1)
     assert np.isfinite(dU).all() and dU.any()

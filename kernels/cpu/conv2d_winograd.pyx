@@ -141,11 +141,15 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     cdef Conv2dShape s = conv2d_shape(geometry)
     cdef bint has_bias = b is not None
     cdef Py_ssize_t tiles_h = (s.OH + TILE - 1) // TILE, tiles_w = (s.OW + TILE - 1) // TILE
-    cdef Py_ssize_t total = s.N * tiles_h, blocks = (total + rows - 1) // rows
-    cdef Py_ssize_t fblocks = (s.Fg + filters - 1) // filters
-    cdef Py_ssize_t task, gi, first, f0
+    cdef Py_ssize_t total = s.N * tiles_h, blocks, fblocks, task, gi, first, f0
+    if rows < 1:
+        raise ValueError(f"rows must be at least 1, got {rows}")
     if filters < 1 or filters > s.Fg:
         raise ValueError(f"filters must be from 1 to {s.Fg}, got {filters}")
+    if U.shape[0] != s.G or U.shape[1] != POSITIONS or U.shape[2] != s.Cg or U.shape[3] != s.Fg:
+        raise ValueError(f"U must be ({s.G}, {POSITIONS}, {s.Cg}, {s.Fg}), got "
+                         f"({U.shape[0]}, {U.shape[1]}, {U.shape[2]}, {U.shape[3]})")
+    blocks, fblocks = (total + rows - 1) // rows, (s.Fg + filters - 1) // filters
     if workspace.shape[0] < num_threads or workspace.shape[1] < workspace_size(s.Cg, filters, rows, tiles_w):
         raise ValueError(f"workspace must be at least ({num_threads}, {workspace_size(s.Cg, filters, rows, tiles_w)})")
     for task in prange(s.G * blocks * fblocks, nogil=True, schedule="dynamic", num_threads=num_threads):
@@ -191,8 +195,11 @@ def conv2d_backward_weight(const floating[:, :, :, ::1] x, const floating[:, :, 
     single_threaded_blas()
     cdef Conv2dShape s = conv2d_shape(geometry)
     cdef Py_ssize_t tiles_h = (s.OH + TILE - 1) // TILE, tiles_w = (s.OW + TILE - 1) // TILE
-    cdef Py_ssize_t total = s.N * tiles_h, blocks = (total + rows - 1) // rows
-    cdef Py_ssize_t tasks = s.G * blocks, runs = dU.shape[0], q, task, gi, first
+    cdef Py_ssize_t total = s.N * tiles_h, blocks, tasks, runs = dU.shape[0], q, task, gi, first
+    if rows < 1:
+        raise ValueError(f"rows must be at least 1, got {rows}")
+    blocks = (total + rows - 1) // rows
+    tasks = s.G * blocks
     if dU.shape[1] != s.G or dU.shape[2] != POSITIONS or dU.shape[3] != s.Fg or dU.shape[4] != s.Cg or runs > tasks:
         raise ValueError(f"dU must be (runs <= {tasks}, {s.G}, {POSITIONS}, {s.Fg}, {s.Cg})")
     if workspace.shape[0] < num_threads or workspace.shape[1] < workspace_size(s.Cg, s.Fg, rows, tiles_w):
