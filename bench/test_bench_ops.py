@@ -16,6 +16,7 @@ from fastlayers.benchmark.onnx_worker import ENGINES, engine_call
 from fastlayers.benchmark.runner import available_families, family, fastlayers_call
 from fastlayers.benchmark.timing import plan_rounds
 from fastlayers.benchmark.workloads import make_inputs, work, workload
+from fastlayers.ops._workload import SWAPPED_FAMILY
 
 MAX_ROUNDS = 7
 
@@ -25,10 +26,11 @@ def found():
     return available_families()
 
 
-def _torch_call(case, direction, inputs, seed, threads):
+def _torch_call(case, direction, inputs, seed, threads, swapped):
     torch = pytest.importorskip("torch")
     torch.set_num_threads(threads)
-    return workload(case.op).torch_call(torch, case, direction, inputs, seed), None
+    swap = dict(swap=True) if swapped else {}  # the model with fastlayers.torch's modules
+    return workload(case.op).torch_call(torch, case, direction, inputs, seed, **swap), None
 
 
 def test_bench(benchmark, bench_item, found, request):
@@ -43,8 +45,8 @@ def test_bench(benchmark, bench_item, found, request):
     threads = config.getoption("--bench-threads") or fl.get_num_threads()
     dtype, budget = config.getoption("--bench-dtype"), config.getoption("--bench-budget")
     inputs = make_inputs(case, direction, dtype, seed=0)
-    if label == "torch":
-        fn, sync = _torch_call(case, direction, inputs, 0, threads)
+    if label in ("torch", SWAPPED_FAMILY):
+        fn, sync = _torch_call(case, direction, inputs, 0, threads, label == SWAPPED_FAMILY)
     elif label in ENGINES:  # ONNX Runtime, OpenVINO: the forward as an ONNX model
         (fn, _), sync = engine_call(label, case, inputs, threads), None
     else:

@@ -22,6 +22,7 @@ from fastlayers.__main__ import _case_spec, main
 from fastlayers.benchmark import report as report_module, runner, timing, workloads
 from fastlayers.benchmark.report import COLUMNS, format_table
 from fastlayers.benchmark import format_wide as benchmark_format_wide
+from fastlayers.ops._workload import SWAPPED_FAMILY
 from fastlayers.cases import ALL_CASES, CASES_BY_NAME, LAYER_CASES, QUICK_CASES, Case, cases_named, expand_groups
 
 TINY = [
@@ -83,7 +84,9 @@ def test_json_accounts_for_every_planned_measurement(tiny_run):
                 assert key in measured | skipped, f"{key} neither measured nor skipped"
                 fam = runner.family(label)
                 available, _, ops = families[fam]
-                if available and (ops is None or workloads.op_name(op, direction) in ops):
+                if fam == SWAPPED_FAMILY:  # PyTorch's modules swapped: the model cases only
+                    assert key in skipped, f"{key}: an op case has no torch.nn module to swap"
+                elif available and (ops is None or workloads.op_name(op, direction) in ops):
                     assert key in measured, f"{key} is available here but was not measured"
             assert (case, direction, "numpy") in measured
             assert ((case, direction, "torch") in measured) == HAS_TORCH
@@ -554,12 +557,45 @@ def test_model_training_steps_follow_torch(family):
         assert got == pytest.approx(want, rel=1e-10)  # float64, orders of summation aside
 
 
+@pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is not installed")
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_model_through_fastlayers_torch_follows_torch(direction, monkeypatch):
+    """The fastlayers.torch rows: PyTorch's program with the model's Conv2d and MaxPool2d swapped
+    for fastlayers.torch's (so its kernels run them), agreeing with PyTorch's own step by step
+    (float64: three inferences, or three training steps whose updates move the weights)."""
+    import torch
+    import fastlayers.torch as flt
+
+    called = []
+    for name in ("conv2d", "max_pool2d"):
+        op = getattr(flt.functional, name)
+        monkeypatch.setattr(flt.functional, name, lambda *a, _op=op, _name=name, **k: called.append(_name) or _op(*a, **k))
+    case = _tiny_case("vgg")
+    inputs = workloads.make_inputs(case, direction, np.float64, seed=4)
+    vgg = workloads.workload("vgg")
+    swapped, theirs = (vgg.torch_call(torch, case, direction, inputs, seed=4, swap=s) for s in (True, False))
+    results = []
+    for _ in range(3):
+        got = swapped()
+        assert called == ["conv2d", "max_pool2d"] * 3  # each of the 3 stages on fastlayers' kernels
+        del called[:]
+        results.append((got, theirs()))
+        assert not called
+    for got, want in results:
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    if direction == "backward":
+        assert results[0][0] != results[2][0]  # the steps moved the weights
+
+
 def test_model_runs_where_its_layers_do():
     """Which families time a model case, and why not the others."""
     vgg, case = workloads.workload("vgg"), _tiny_case("vgg")
     cpu_ops = set(fl.available_backends()["cpu"]["ops"])
     assert vgg.unavailable(case, "backward", "cpu", cpu_ops) is None
     assert vgg.unavailable(case, "forward", "torch", None) is None
+    assert vgg.unavailable(case, "backward", SWAPPED_FAMILY, None) is None
+    conv = workloads.workload("conv2d")
+    assert "model cases" in conv.unavailable(TINY_CASES["tiny-conv"], "forward", SWAPPED_FAMILY, None)
     assert vgg.unavailable(case, "forward", "onnxruntime", {"conv2d", "vgg"}) is None
     assert vgg.unavailable(case, "backward", "onnxruntime", {"conv2d", "vgg"}) == "onnxruntime runs inference only"
     assert "host backends" in vgg.unavailable(case, "forward", "cuda", cpu_ops)

@@ -1352,6 +1352,25 @@ def test_winograd_splits_the_filters_of_calls_with_few_tile_rows(x_shape, F, pad
         np.testing.assert_array_equal(dx, results[0][1])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("F, Cg, groups", [(16, 16, 1), (40, 24, 1), (64, 17, 1), (12, 10, 2), (33, 3, 3)])
+def test_winograd_data_gradient_filters_read_in_place_equal_a_flipped_copys(dtype, F, Cg, groups):
+    """The data gradient's transformed filters, read from w rotated in place (``flipped``), are
+    bit for bit those of the rotated, channel-swapped copy transformed as forward filters: over
+    whole and partial vector blocks of either channel count, and groups."""
+    w = np.random.default_rng(F * Cg).standard_normal((F, Cg, 3, 3)).astype(dtype)
+    Fg = F // groups
+    copy = np.ascontiguousarray(w.reshape(groups, Fg, Cg, 3, 3)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4))
+    expected = np.empty((groups, 36, Fg, Cg), dtype)
+    _winograd.transform_filters(copy.reshape(groups * Cg, Fg, 3, 3), expected, groups, 2)
+    for threads in (1, 3):
+        U = np.full((groups, 36, Fg, Cg), np.nan, dtype)
+        _winograd.transform_filters(w, U, groups, threads, True)
+        np.testing.assert_array_equal(U, expected)
+    with pytest.raises(ValueError, match=rf"U must be \({groups}, 36, {Fg}, {Cg}\)"):
+        _winograd.transform_filters(w, np.empty((groups, 36, Cg + 1, Fg), dtype), groups, 1, True)
+
+
 def test_winograd_kernel_checks_its_filters_and_workspace():
     x, w = np.ones((1, 16, 8, 8), np.float32), np.ones((32, 16, 3, 3), np.float32)
     g = conv2d_geometry(x.shape, w.shape, padding=1)

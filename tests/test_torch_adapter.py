@@ -429,6 +429,36 @@ def test_conv2d_skips_the_input_gradient_when_the_input_needs_none(monkeypatch):
     assert asked == [False, True]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_calls_autograd_does_not_record_run_the_kernels_directly(monkeypatch, dtype):
+    """Under no_grad, or on tensors none of which needs a gradient, conv2d and max_pool2d call the
+    kernel without an autograd Function (no grad_fn), with the same bits as the recorded call,
+    and max_pool2d computes the indices only where they are asked for."""
+    asked = []
+    pool = fl.max_pool2d
+    monkeypatch.setattr(fl, "max_pool2d", lambda *a, **k: asked.append(k["return_indices"]) or pool(*a, **k))
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 8, 8, dtype=dtype)
+    w, b = torch.randn(4, 3, 3, 3, dtype=dtype, requires_grad=True), torch.randn(4, dtype=dtype, requires_grad=True)
+    recorded_y = flt.conv2d(x, w, b, 1, 1)
+    recorded_p, recorded_i = flt.max_pool2d(x.requires_grad_(), 3, 2, 1, return_indices=True)
+    assert recorded_y.grad_fn is not None and recorded_p.grad_fn is not None and asked == [True]
+    x.requires_grad_(False)
+    with torch.no_grad():
+        runs = [(flt.conv2d(x, w, b, 1, 1), *flt.max_pool2d(x, 3, 2, 1, return_indices=True))]
+    runs.append((flt.conv2d(x, w.detach(), b.detach(), 1, 1), *flt.max_pool2d(x, 3, 2, 1, return_indices=True)))
+    for y, p, i in runs:
+        assert y.grad_fn is None and p.grad_fn is None and not y.requires_grad
+        torch.testing.assert_close(y, recorded_y.detach(), rtol=0, atol=0)
+        torch.testing.assert_close(p, recorded_p.detach(), rtol=0, atol=0)
+        torch.testing.assert_close(i, recorded_i, rtol=0, atol=0)
+    del asked[:]
+    with torch.no_grad():
+        maxima = flt.max_pool2d(x[0], 3, 2, 1)  # unbatched, no indices
+    torch.testing.assert_close(maxima, recorded_p[0].detach(), rtol=0, atol=0)
+    assert asked == [False]
+
+
 def test_channels_last_and_strided_inputs_are_copied_and_give_torch_gradients():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 7, 7, dtype=torch.float64).to(memory_format=torch.channels_last).requires_grad_()

@@ -30,8 +30,9 @@ cdef extern from "winograd_f4x3.h" nogil:
     Py_ssize_t fl_wino_scratch(Py_ssize_t rows, Py_ssize_t tiles_w)
     Py_ssize_t FL_WINO_CHANNEL_LANES
     Py_ssize_t FL_WINO_FILTER_LANES
-    void fl_wino_filter_float(const float* w, Py_ssize_t ld, Py_ssize_t nf, float* U, Py_ssize_t plane)
-    void fl_wino_filter_double(const double* w, Py_ssize_t ld, Py_ssize_t nf, double* U, Py_ssize_t plane)
+    void fl_wino_filter_float(const float* w, Py_ssize_t ld, Py_ssize_t nf, float* U, Py_ssize_t plane, int flip)
+    void fl_wino_filter_double(const double* w, Py_ssize_t ld, Py_ssize_t nf, double* U, Py_ssize_t plane,
+                               int flip)
     void fl_wino_filter_grad_float(const float* dU, Py_ssize_t runs, Py_ssize_t stride, Py_ssize_t plane,
                                    Py_ssize_t Cg, float* dw)
     void fl_wino_filter_grad_double(const double* dU, Py_ssize_t runs, Py_ssize_t stride, Py_ssize_t plane,
@@ -74,30 +75,37 @@ def workspace_size(Py_ssize_t Cg, Py_ssize_t Fg, Py_ssize_t rows, Py_ssize_t til
 
 
 def transform_filters(const floating[:, :, :, ::1] w, floating[:, :, :, ::1] U, Py_ssize_t groups,
-                      int num_threads):
+                      int num_threads, bint flipped=False):
     """U (groups, 36, Cg, Fg) = G w[f, c] G^T for the filters w (F, Cg, 3, 3), F = groups * Fg:
     computed in double and rounded once to w's type: a task a channel of a group, its filters in
     blocks of FL_WINO_FILTER_LANES, so that each of U's rows is written in order by one task
     (tasks of filter blocks over all channels wrote each row in as many visits as blocks, several
-    times slower on wide layers: docs/performance.md)."""
-    cdef Py_ssize_t F = w.shape[0], Fg = F // groups, Cg = w.shape[1], task, gi, c, f, q
-    cdef Py_ssize_t blocks = (Fg + FL_WINO_FILTER_LANES - 1) // FL_WINO_FILTER_LANES
+    times slower on wide layers: docs/performance.md). ``flipped``: the data gradient's filters
+    instead, U (groups, 36, Fg, Cg) = G w[f, c] rotated 180 degrees G^T (dy's Fg channels in,
+    dx's Cg out), read from w in place."""
+    cdef Py_ssize_t F = w.shape[0], Fg = F // groups, Cg = w.shape[1], task, gi, t, q, lane
+    # A task's channel and its filters (the lanes): (c, f) of the forward's filters, (f, c) flipped.
+    cdef Py_ssize_t channels = Fg if flipped else Cg, lanes = Cg if flipped else Fg
+    cdef Py_ssize_t blocks = (lanes + FL_WINO_FILTER_LANES - 1) // FL_WINO_FILTER_LANES
+    cdef Py_ssize_t ld = 9 if flipped else Cg * 9
+    cdef const floating* first
     if w.shape[2] != 3 or w.shape[3] != 3 or F % groups:
         raise ValueError(f"w must be (groups * Fg, Cg, 3, 3) filters, got {w.shape[0]}x{w.shape[1]}x{w.shape[2]}x"
                          f"{w.shape[3]} for {groups} groups")
-    if U.shape[0] != groups or U.shape[1] != POSITIONS or U.shape[2] != Cg or U.shape[3] != Fg:
-        raise ValueError(f"U must be ({groups}, {POSITIONS}, {Cg}, {Fg})")
-    for task in prange(groups * Cg, nogil=True, schedule="static", num_threads=num_threads):
-        gi = task // Cg
-        c = task % Cg
+    if U.shape[0] != groups or U.shape[1] != POSITIONS or U.shape[2] != channels or U.shape[3] != lanes:
+        raise ValueError(f"U must be ({groups}, {POSITIONS}, {channels}, {lanes})")
+    for task in prange(groups * channels, nogil=True, schedule="static", num_threads=num_threads):
+        gi = task // channels
+        t = task % channels
         for q in range(blocks):
-            f = q * FL_WINO_FILTER_LANES
+            lane = q * FL_WINO_FILTER_LANES
+            first = &w[gi * Fg + t, lane, 0, 0] if flipped else &w[gi * Fg + lane, t, 0, 0]
             if floating is float:
-                fl_wino_filter_float(&w[gi * Fg + f, c, 0, 0], Cg * 9, min(FL_WINO_FILTER_LANES, Fg - f),
-                                     &U[gi, 0, c, f], Cg * Fg)
+                fl_wino_filter_float(first, ld, min(FL_WINO_FILTER_LANES, lanes - lane), &U[gi, 0, t, lane],
+                                     channels * lanes, flipped)
             else:
-                fl_wino_filter_double(&w[gi * Fg + f, c, 0, 0], Cg * 9, min(FL_WINO_FILTER_LANES, Fg - f),
-                                      &U[gi, 0, c, f], Cg * Fg)
+                fl_wino_filter_double(first, ld, min(FL_WINO_FILTER_LANES, lanes - lane), &U[gi, 0, t, lane],
+                                      channels * lanes, flipped)
 
 
 cdef void _block(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] U, const floating[::1] b,

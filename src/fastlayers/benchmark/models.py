@@ -5,7 +5,8 @@ A model case (``op`` a key of ``MODELS``, shape the input batch (N, C, H, W)) ti
 zero the gradients, forward, softmax cross-entropy, backward (no gradient for the images), an SGD
 update with momentum. fastlayers runs it through ``fastlayers.layers`` on a host backend
 (``numpy``: the reference; ``cpu``), PyTorch through ``torch.nn`` and ``torch.optim.SGD`` in its
-own process, ONNX Runtime and OpenVINO the inference as an ONNX model of the whole network. The
+own process (and, as ``fastlayers.torch``, the same program with its modules swapped by
+``fastlayers.torch.convert``: what a PyTorch user gets from fastlayers), ONNX Runtime and OpenVINO the inference as an ONNX model of the whole network. The
 weights are inputs of the case, drawn from the seed like the images, so every side runs the same
 network on the same batch (the inputs' digests say so).
 """
@@ -138,8 +139,14 @@ class VggWorkload(Workload):
                 module.bias.copy_(torch.from_numpy(inputs[f"{name}.bias"]))
         return net
 
-    def torch_call(self, torch, case, direction, inputs, seed, device="cpu"):
+    def torch_call(self, torch, case, direction, inputs, seed, device="cpu", swap=False):
+        """PyTorch's inference or training step; ``swap``: with the model's torch.nn modules
+        swapped for fastlayers.torch's (``fastlayers.torch.convert``), as a PyTorch user would."""
         net = self.torch_model(torch, case, inputs, device)
+        if swap:
+            from ..torch import convert
+
+            convert(net)
         x = torch.from_numpy(inputs["input"]).to(device)
         if direction == "forward":
             net.eval()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from ..ops._workload import Workload
+from ..ops._workload import SWAPPED_FAMILY, Workload
 from .models import MODEL_LEGEND, MODELS
 from .runner import SCHEMA, allocates, family, label_order
 from .workloads import WORKLOADS
@@ -50,6 +50,9 @@ def _legend(report):
         f"machine: {machine_line(report['machine'])}",
         *([f"PyTorch {torch['version']} on {torch['device']}, {torch['threads']} threads, in its own process"]
           if torch else []),
+        *([f"{SWAPPED_FAMILY}: PyTorch's model with its Conv2d and MaxPool2d swapped for fastlayers.torch's "
+           f"(fastlayers.torch.convert), in PyTorch's process"]
+          if any(r["backend"] == SWAPPED_FAMILY for r in report["results"]) else []),
         *(f"{engine} {info['version']}, {info['threads']} threads, float32, in its own process: forwards as "
           f"ONNX models (an op one node, a model the whole network)"
           for engine, info in settings.get("engines", {}).items()),

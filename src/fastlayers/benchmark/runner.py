@@ -2,7 +2,9 @@
 report (a JSON-ready dict).
 
 Backend labels: ``family[:algo][+out]``. The family is ``numpy`` (the reference), ``cpu``,
-``cuda``, ``torch`` (PyTorch, timed in its own process by :mod:`.torch_worker`), or an inference
+``cuda``, ``torch`` (PyTorch, timed in its own process by :mod:`.torch_worker`),
+``fastlayers.torch`` (the model cases' PyTorch programs with their modules swapped for
+fastlayers.torch's, in the same worker), or an inference
 engine, ``onnxruntime`` or ``openvino`` (the forward as a one-node ONNX model, timed in its own
 process by :mod:`.onnx_worker`: these are the peers ``PEERS`` run outside); ``:algo``
 names an op's algorithm (conv2d's ``algo=``); ``+out`` marks fastlayers writing into
@@ -26,14 +28,15 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from .. import _dispatch
+from ..ops._workload import SWAPPED_FAMILY
 from .timing import GEMM_SHAPE, copy_roof, gemm_roof, machine_info, spread, steady_allocator, time_call
 from .workloads import DIRECTIONS, OPS, call_args, make_inputs, work, workload
 
 SCHEMA = "fastlayers-bench/2"
-FAMILIES = ("numpy", "cpu", "cuda", "torch", "onnxruntime", "openvino")
+FAMILIES = ("numpy", "cpu", "cuda", "torch", SWAPPED_FAMILY, "onnxruntime", "openvino")
 # Families timed in a worker process of their own: family -> the worker's module.
-PEERS = {"torch": "fastlayers.benchmark.torch_worker", "onnxruntime": "fastlayers.benchmark.onnx_worker",
-         "openvino": "fastlayers.benchmark.onnx_worker"}
+PEERS = {"torch": "fastlayers.benchmark.torch_worker", SWAPPED_FAMILY: "fastlayers.benchmark.torch_worker",
+         "onnxruntime": "fastlayers.benchmark.onnx_worker", "openvino": "fastlayers.benchmark.onnx_worker"}
 OUT = "+out"
 # Families whose kernels take out= buffers (the reference would only add a copy; PyTorch's
 # functional ops have no out=).
@@ -84,8 +87,10 @@ def available_families():
     found = {name: (r["available"], r["reason"], set(r["ops"])) for name, r in _dispatch.available_backends().items()}
     if importlib.util.find_spec("torch") is not None:  # not imported here: it runs in its own process
         found["torch"] = (True, "PyTorch, in a separate process", None)
+        found[SWAPPED_FAMILY] = (True, "PyTorch with fastlayers.torch's modules, in a separate process", None)
     else:
-        found["torch"] = (False, "PyTorch is not installed (pip install fastlayers[torch])", None)
+        found["torch"] = found[SWAPPED_FAMILY] = (False, "PyTorch is not installed (pip install fastlayers[torch])",
+                                                  None)
     inference = {op for op in OPS if workload(op).onnx_forward}  # the forwards, by op name
     for engine, package in (("onnxruntime", "onnxruntime"), ("openvino", "openvino")):
         missing = [p for p in ("onnx", package) if importlib.util.find_spec(p) is None]
@@ -238,7 +243,8 @@ def run(cases, directions=DIRECTIONS, families=FAMILIES, dtype="float32", thread
                     continue
                 timings.setdefault((case.name, direction, label), []).extend(result["times_s"])
                 digests[case.name, direction, label] = result["inputs_sha256"]
-    torch_info = peers.pop("torch", None)
+    torch_info = peers.pop("torch", None) or peers.get(SWAPPED_FAMILY)  # one PyTorch, whichever worker ran
+    peers.pop(SWAPPED_FAMILY, None)
     if torch_info is not None:
         torch_info = dict(version=torch_info["torch_version"], threads=torch_info["threads"],
                           device=torch_info["device"], allocator=torch_info["allocator"])

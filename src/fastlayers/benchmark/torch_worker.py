@@ -13,6 +13,7 @@ import json
 import sys
 
 from ..cases import Case
+from ..ops._workload import SWAPPED_FAMILY
 from .runner import Progress, inputs_digest
 from .timing import steady_allocator, time_call
 from .workloads import make_inputs, workload
@@ -29,13 +30,15 @@ def run_job(job, stream=sys.stderr):
         torch.backends.cudnn.benchmark = True
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
         sync = torch.cuda.synchronize
+    # The fastlayers.torch rows: the model's torch.nn modules swapped for fastlayers.torch's.
+    swapped = dict(swap=True) if job.get("engine") == SWAPPED_FAMILY else {}
     bar = Progress(stream=stream, **job["progress"])
     results = []
     for item in job["items"]:
         case = Case(**{**item["case"], "shape": tuple(item["case"]["shape"])})
-        bar.step(f"{case.name} {item['direction']} torch")
+        bar.step(f"{case.name} {item['direction']} {job.get('engine', 'torch')}")
         inputs = make_inputs(case, item["direction"], job["dtype"], job["seed"])
-        fn = workload(case.op).torch_call(torch, case, item["direction"], inputs, job["seed"], device)
+        fn = workload(case.op).torch_call(torch, case, item["direction"], inputs, job["seed"], device, **swapped)
         results.append(dict(times_s=time_call(fn, job["repeat"], job["budget_s"], sync),
                             inputs_sha256=inputs_digest(inputs)))
     return dict(torch_version=torch.__version__, threads=torch.get_num_threads(), device=device,

@@ -24,6 +24,11 @@ def normal(seed, dtype):
     return lambda shape, scale=1.0: (rng.standard_normal(shape) * scale).astype(dtype)
 
 
+# The benchmark family of PyTorch programs run with their torch.nn modules swapped for
+# fastlayers.torch's (``fastlayers.torch.convert``), as a PyTorch user would run fastlayers.
+SWAPPED_FAMILY = "fastlayers.torch"
+
+
 def torch_no_grad(torch, fn):
     def call():
         with torch.no_grad():
@@ -77,6 +82,8 @@ class Workload:
     def unavailable(self, case, direction, family, ops):
         """Why ``family`` cannot time ``case`` in ``direction`` (None: it can); ``ops``: the
         function names the family runs (None: every one)."""
+        if family == SWAPPED_FAMILY:  # an op case's PyTorch call is torch.nn.functional's: nothing to swap
+            return f"{family} runs the model cases (torch.nn modules to swap) only"
         op = op_name(case.op, direction)
         return None if ops is None or op in ops else f"the {family} backend has no {op}"
 

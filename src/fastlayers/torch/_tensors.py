@@ -18,7 +18,7 @@ def as_array(name, tensor):
     tensor's memory is not C-contiguous."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
-    if tensor.device.type != "cpu":
+    if not tensor.is_cpu:
         raise TypeError(
             f"{name} is on {tensor.device}, but fastlayers.torch runs CPU tensors only "
             f"(its CUDA path is not built yet); move it with .cpu() or use torch.nn's module"
@@ -27,7 +27,10 @@ def as_array(name, tensor):
         raise TypeError(f"{name} must be a dense (strided) tensor, got layout {tensor.layout}")
     if tensor.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must have dtype torch.float32 or torch.float64, got {tensor.dtype}")
-    tensor = tensor.detach().resolve_conj().resolve_neg()
+    if tensor.requires_grad:
+        tensor = tensor.detach()
+    if tensor.is_conj() or tensor.is_neg():
+        tensor = tensor.resolve_conj().resolve_neg()
     if not tensor.is_contiguous():
         tensor = tensor.contiguous()
     return tensor.numpy()

@@ -26,15 +26,26 @@ from ._tensors import as_array, as_tensor
 __all__ = ["conv2d", "gru", "lstm", "max_pool2d", "rnn"]
 
 
+def _records_graph(*tensors):
+    """Whether autograd records a call on ``tensors``: grad mode is on and one needs a gradient.
+    Where it does not (inference, ``torch.no_grad()``), the ops call their kernel directly, without
+    a torch.autograd.Function (its node, context and saved tensors cost ~6-20 us a call, as much
+    as a batch-1 layer's kernel)."""
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+
+
+def _conv2d_forward(input, weight, bias, stride, padding, dilation, groups):
+    b = None if bias is None else as_array("bias", bias)
+    return as_tensor(fl.conv2d(as_array("input", input), as_array("weight", weight), b, stride, padding, dilation, groups))
+
+
 class _Conv2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, weight, bias, stride, padding, dilation, groups):
-        b = None if bias is None else as_array("bias", bias)
-        y = fl.conv2d(as_array("input", input), as_array("weight", weight), b, stride, padding, dilation, groups)
         ctx.save_for_backward(input, weight)
         ctx.geometry = (stride, padding, dilation, groups)
         ctx.has_bias = bias is not None
-        return as_tensor(y)
+        return _conv2d_forward(input, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
     @once_differentiable
@@ -142,7 +153,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     input (N, C, H, W) or unbatched (C, H, W), weight (F, C // groups, KH, KW), bias (F,) or None
     -> (N, F, OH, OW) (or (F, OH, OW)). ``padding`` may be "same" or "valid"."""
     input, unbatched = _batched(input, "input", 4)
-    y = _Conv2d.apply(input, weight, bias, stride, padding, dilation, groups)
+    call = _Conv2d.apply if _records_graph(input, weight, bias) else _conv2d_forward
+    y = call(input, weight, bias, stride, padding, dilation, groups)
     return y.squeeze(0) if unbatched else y
 
 
@@ -157,9 +169,14 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     input, unbatched = _batched(input, "input", 4)
     if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
         stride = kernel_size  # PyTorch's default, also spelt stride=[]
-    y, indices = _MaxPool2d.apply(input, kernel_size, stride, padding, dilation, ceil_mode)
+    if _records_graph(input):
+        y, indices = _MaxPool2d.apply(input, kernel_size, stride, padding, dilation, ceil_mode)
+    else:  # no backward to come: the indices only where asked for
+        result = fl.max_pool2d(as_array("input", input), kernel_size, stride, padding, dilation, ceil_mode,
+                               return_indices=return_indices)
+        y, indices = (as_tensor(r) for r in result) if return_indices else (as_tensor(result), None)
     if unbatched:
-        y, indices = y.squeeze(0), indices.squeeze(0)
+        y, indices = y.squeeze(0), None if indices is None else indices.squeeze(0)
     return (y, indices) if return_indices else y
 
 

@@ -704,34 +704,29 @@ _WINOGRAD_MIN_TASKS = 2
 _WINOGRAD_FILTER_MULTIPLE = 16
 
 
-def _transform_filters(w, g):
+def _transform_filters(w, g, flipped=False):
     """U (groups, 36, Cg, Fg) = G w G^T for every filter and channel, computed in float64 and
     rounded once to w's dtype (conv2d_winograd.pyx), each position's filters a row of a channel
-    (the GEMMs' right-hand operand)."""
-    U = np.empty((g.groups, 36, g.Cg, g.Fg), dtype=w.dtype)
-    _winograd.transform_filters(contiguous(w), U, g.groups, threads_for(g.F * g.Cg * 36 * 9))
+    (the GEMMs' right-hand operand); or None where w holds a NaN or an infinity (a tile's
+    transforms would spread it to all its outputs; where w is finite so is U: G's rows sum to
+    at most 1 in magnitude). ``flipped``: the data gradient's, (groups, 36, Fg, Cg), of w rotated
+    180 degrees with each group's in- and out-channels swapped (``_winograd_input_geometry``)."""
+    if not _finite(w):
+        return None
+    U = np.empty((g.groups, 36) + ((g.Fg, g.Cg) if flipped else (g.Cg, g.Fg)), dtype=w.dtype)
+    _winograd.transform_filters(contiguous(w), U, g.groups, threads_for(g.F * g.Cg * 36 * 9), flipped)
     return U
 
 
 def _winograd_filters(w, g):
-    """w's transformed filters, or None where they hold a NaN or an infinity (where w does: G's
-    rows sum to at most 1 in magnitude; a tile's transforms would spread it to all its outputs);
-    kept while w is unchanged (``derived``), so the check runs once."""
-    def transform():
-        U = _transform_filters(w, g)
-        return U if _finite(U) else None
-
-    return derived("winograd", w, g.groups, transform)
+    """w's transformed filters (``_transform_filters``), kept while w is unchanged (``derived``),
+    so the finiteness check runs once."""
+    return derived("winograd", w, g.groups, lambda: _transform_filters(w, g))
 
 
 def _winograd_input_filters(w, g):
-    """The transformed filters of the data gradient's forward (``_winograd_input_geometry``): w
-    flipped 180 degrees with each group's in- and out-channels swapped; kept as ``_winograd_filters``."""
-    def transform():
-        flipped = contiguous(w).reshape(g.groups, g.Fg, g.Cg, 3, 3)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
-        return _transform_filters(np.ascontiguousarray(flipped).reshape(g.C, g.Fg, 3, 3), _winograd_input_geometry(g))
-
-    return derived("winograd input", w, g.groups, transform)
+    """The transformed filters of the data gradient's forward, kept as ``_winograd_filters``."""
+    return derived("winograd input", w, g.groups, lambda: _transform_filters(w, g, flipped=True))
 
 
 def _winograd_band(g):
