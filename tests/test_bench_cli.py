@@ -569,7 +569,8 @@ def test_model_through_fastlayers_torch_follows_torch(direction, monkeypatch):
     called = []
     for name in ("conv2d", "max_pool2d"):
         op = getattr(flt.functional, name)
-        monkeypatch.setattr(flt.functional, name, lambda *a, _op=op, _name=name, **k: called.append(_name) or _op(*a, **k))
+        monkeypatch.setattr(flt.functional, name,
+                            lambda *a, _op=op, _name=name, **k: called.append(_name) or _op(*a, **k))
     case = _tiny_case("vgg")
     inputs = workloads.make_inputs(case, direction, np.float64, seed=4)
     vgg = workloads.workload("vgg")

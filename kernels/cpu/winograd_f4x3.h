@@ -99,7 +99,7 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t rows, ptrdiff_t tiles_w) {
         }                                                                                     \
     }                                                                                         \
     /* A whole block with nf and flip constants: its loads and stores are vector loops (with  \
-     * nf a variable GCC left the stores scalar, 1.25x slower). */                            \
+     * nf a variable GCC left the stores scalar: docs/performance.md). */                     \
     FL_CLONES static void fl_wino_filter_##T(const T *w, ptrdiff_t ld, ptrdiff_t nf, T *U, ptrdiff_t plane, \
                                              int flip)                                        \
     {                                                                                         \

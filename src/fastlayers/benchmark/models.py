@@ -6,9 +6,10 @@ zero the gradients, forward, softmax cross-entropy, backward (no gradient for th
 update with momentum. fastlayers runs it through ``fastlayers.layers`` on a host backend
 (``numpy``: the reference; ``cpu``), PyTorch through ``torch.nn`` and ``torch.optim.SGD`` in its
 own process (and, as ``fastlayers.torch``, the same program with its modules swapped by
-``fastlayers.torch.convert``: what a PyTorch user gets from fastlayers), ONNX Runtime and OpenVINO the inference as an ONNX model of the whole network. The
-weights are inputs of the case, drawn from the seed like the images, so every side runs the same
-network on the same batch (the inputs' digests say so).
+``fastlayers.torch.convert``: what a PyTorch user gets from fastlayers), ONNX Runtime and
+OpenVINO the inference as an ONNX model of the whole network. The weights are inputs of the case,
+drawn from the seed like the images, so every side runs the same network on the same batch (the
+inputs' digests say so).
 """
 from __future__ import annotations
 

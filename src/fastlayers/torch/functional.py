@@ -29,14 +29,15 @@ __all__ = ["conv2d", "gru", "lstm", "max_pool2d", "rnn"]
 def _records_graph(*tensors):
     """Whether autograd records a call on ``tensors``: grad mode is on and one needs a gradient.
     Where it does not (inference, ``torch.no_grad()``), the ops call their kernel directly, without
-    a torch.autograd.Function (its node, context and saved tensors cost ~6-20 us a call, as much
-    as a batch-1 layer's kernel)."""
+    a torch.autograd.Function (its node, context and saved tensors cost as much as a batch-1
+    layer's kernel: docs/performance.md)."""
     return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
 
 
 def _conv2d_forward(input, weight, bias, stride, padding, dilation, groups):
     b = None if bias is None else as_array("bias", bias)
-    return as_tensor(fl.conv2d(as_array("input", input), as_array("weight", weight), b, stride, padding, dilation, groups))
+    y = fl.conv2d(as_array("input", input), as_array("weight", weight), b, stride, padding, dilation, groups)
+    return as_tensor(y)
 
 
 class _Conv2d(torch.autograd.Function):
