@@ -876,6 +876,37 @@ def _auto(g, direction, isa=None):
     return cpu_conv2d.choose_algo(Problem(direction, g, {}, ()), isa)
 
 
+def test_auto_in_a_training_step_leaves_few_outputs_to_im2col(monkeypatch):
+    """Inside ``weights_change`` (a training step: weights derived again on every call), Winograd
+    and the direct kernels that keep packed filters need TRAINING_MIN_OUTPUTS output positions
+    over the batch; outside, and on larger batches, the choice is the usual one; one image's
+    filter-vector forward on FVEC_UNPACKED_MIN_WEIGHT_BYTES of weights keeps no packing and stays."""
+    isa = "x86-64-v4-amd"
+    few = conv2d_geometry((1, 128, 16, 16), (128, 128, 3, 3), padding=1)  # 256 outputs, 16 tiles
+    many = conv2d_geometry((2, 128, 16, 16), (128, 128, 3, 3), padding=1)  # 512 outputs
+    wide = conv2d_geometry((1, 512, 7, 7), (512, 512, 3, 3), padding=2, dilation=2)  # 9 MiB of weights
+    outside = [_auto(g, d, isa) for g in (few, many) for d in ("forward", "backward")]
+    assert outside == ["winograd", "winograd", "winograd", "winograd"]
+    assert _auto(wide, "forward", isa) == "direct"
+    with _dispatch.weights_change():
+        assert _dispatch.weights_changing()
+        assert [_auto(g, d, isa) for g in (few, many) for d in ("forward", "backward")] == [
+            "im2col", "im2col", "winograd", "winograd"]
+        assert _auto(wide, "forward", isa) == "direct"
+        monkeypatch.setattr(cpu_conv2d, "FVEC_UNPACKED_MIN_WEIGHT_BYTES", 1 << 40)  # now a kept packing
+        assert _auto(wide, "forward", isa) == "im2col"
+    assert not _dispatch.weights_changing()
+    # The choice is remembered per setting: the same problem in and out of a training step.
+    x, w = np.ones((1, 128, 16, 16), np.float32), np.ones((128, 128, 3, 3), np.float32)
+    problem = CONV2D.forward(x, w, None, 1, 1, 1, 1, "zeros")
+    monkeypatch.setattr(cpu_conv2d, "rule_isa", lambda: isa)
+    _dispatch._choices.clear()
+    with _dispatch.weights_change():
+        assert _dispatch.select_kernel(CONV2D, problem, "cpu").algo == "im2col"
+    assert _dispatch.select_kernel(CONV2D, problem, "cpu").algo == "winograd"
+    _dispatch._choices.clear()
+
+
 def test_auto_runs_an_algorithm_that_fits():
     """auto weighs scratch: the direct loops' row copies grow with the stride (issue 13's case: 0.63 s and
     ~400 MiB kept cached, where im2col takes 1 ms), im2col's gemm sizes are C ints."""

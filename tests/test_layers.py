@@ -257,6 +257,33 @@ def test_eval_and_no_grad_keep_nothing_for_a_backward():
         model.backward(np.ones((64, 5), np.float32))
 
 
+def test_training_steps_choose_their_conv_kernels_as_training(monkeypatch):
+    """A Conv2D forward that records (training mode, outside no_grad) and every backward choose
+    their kernel inside ``weights_change`` (weights derived again on every call); eval-mode and
+    no_grad forwards outside it, each kept under its own plan."""
+    from fastlayers import _dispatch
+    from fastlayers.backends.cpu import conv2d as cpu_conv2d
+
+    asked = []
+    choose = cpu_conv2d.choose_algo
+    monkeypatch.setattr(cpu_conv2d, "choose_algo",
+                        lambda problem, *a: asked.append((problem.direction, _dispatch.weights_changing()))
+                        or choose(problem, *a))
+    _dispatch._choices.clear()
+    conv = L.Conv2D(3, 5, 3, padding=1, backend="cpu")
+    x = make_rng(7).standard_normal((2, 3, 9, 7)).astype(np.float32)
+    y = conv.forward(x)
+    conv.backward(np.ones_like(y))
+    conv.eval()
+    np.testing.assert_array_equal(conv.forward(x), y)
+    conv.train()
+    with fl.no_grad():
+        conv.forward(x)
+    assert asked == [("forward", True), ("backward", True), ("forward", False)]
+    assert not _dispatch.weights_changing()
+    _dispatch._choices.clear()
+
+
 def test_train_and_eval_reach_every_child():
     model = L.Sequential(L.Dense(3, 3), L.Sequential(L.Dropout(0.5), L.BatchNorm2d(2)))
     assert model.eval() is model

@@ -459,6 +459,30 @@ def test_calls_autograd_does_not_record_run_the_kernels_directly(monkeypatch, dt
     assert asked == [False]
 
 
+def test_conv2d_on_weights_that_need_a_gradient_chooses_as_a_training_step(monkeypatch):
+    """Forward and backward of a conv2d whose weight needs a gradient choose their kernel inside
+    ``weights_change`` (a training step's weights change before the next call); a conv2d whose
+    weight needs none (only the input's gradient) or under no_grad does not."""
+    from fastlayers import _dispatch
+
+    seen = []
+    for name in ("conv2d", "conv2d_backward"):
+        op = getattr(fl, name)
+        monkeypatch.setattr(fl, name, lambda *a, _op=op, _name=name, **k: seen.append(
+            (_name, _dispatch.weights_changing())) or _op(*a, **k))
+    x = torch.randn(1, 3, 6, 6, dtype=torch.float64)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    flt.conv2d(x, w, None, 1, 1).sum().backward()
+    assert seen == [("conv2d", True), ("conv2d_backward", True)]
+    del seen[:]
+    x.requires_grad_()
+    flt.conv2d(x, w.detach(), None, 1, 1).sum().backward()
+    with torch.no_grad():
+        flt.conv2d(x, w, None, 1, 1)
+    assert seen == [("conv2d", False), ("conv2d_backward", False), ("conv2d", False)]
+    assert not _dispatch.weights_changing()
+
+
 def test_channels_last_and_strided_inputs_are_copied_and_give_torch_gradients():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 7, 7, dtype=torch.float64).to(memory_format=torch.channels_last).requires_grad_()

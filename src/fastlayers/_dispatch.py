@@ -33,6 +33,7 @@ _default_backend = None
 _default_threads = None
 _backend_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastlayers_backend", default=None)
 _threads_override: contextvars.ContextVar[int | None] = contextvars.ContextVar("fastlayers_threads", default=None)
+_weights_change: contextvars.ContextVar[bool] = contextvars.ContextVar("fastlayers_weights_change", default=False)
 
 
 def _check_backend_name(name: str | None) -> None:
@@ -123,8 +124,27 @@ def _backend_name(spec, problem, backend):
 
 def backend_settings() -> tuple:
     """What the backend choice depends on besides the call: ``use_backend``'s and
-    ``set_backend``'s choices (what a layer's plans are kept under)."""
-    return _backend_override.get(), _default_backend
+    ``set_backend``'s choices and ``weights_change`` (what a layer's plans are kept under)."""
+    return _backend_override.get(), _default_backend, _weights_change.get()
+
+
+@contextlib.contextmanager
+def weights_change() -> Iterator[None]:
+    """The calls inside are a training step's (the layers' forwards that record for a backward,
+    their backwards, fastlayers.torch's on weights that need a gradient): the weights change
+    before the next call, so "auto" counts, for an algorithm that derives arrays from them
+    (Winograd's transformed filters, packed filters), that it derives them on every call. In the
+    current thread (and asyncio task) only, as ``use_backend``."""
+    token = _weights_change.set(True)
+    try:
+        yield
+    finally:
+        _weights_change.reset(token)
+
+
+def weights_changing() -> bool:
+    """Whether the calls now run inside ``weights_change``."""
+    return _weights_change.get()
 
 
 def host_backend(backend: str | None) -> str:
@@ -153,7 +173,7 @@ def select_kernel(spec, problem, backend, algo="auto"):
     again. Errors are not remembered."""
     try:
         key = (spec, problem.direction, problem.geometry, problem.outputs, tuple(problem.options.items()),
-               problem.on_gpu, backend, _backend_override.get(), _default_backend, algo)
+               problem.on_gpu, backend, *backend_settings(), algo)
         kernel = _choices.get(key)
     except TypeError:  # an unhashable geometry or option: chosen every time
         key, kernel = None, None
@@ -233,7 +253,7 @@ def set_autotune(enabled: bool) -> None:
 def plan_settings() -> tuple:
     """What a kept plan's kernel choice depends on besides the call: ``backend_settings()`` and
     whether ``set_autotune(True)`` is in force (the functional API's replays are keyed by it)."""
-    return _backend_override.get(), _default_backend, _autotune
+    return (*backend_settings(), _autotune)
 
 
 def autotuned() -> dict[tuple, str]:

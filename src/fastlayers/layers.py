@@ -692,8 +692,11 @@ class Conv2D(Layer):
     _inference_step = Layer._planned_step
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        key, arrays, prepare = self._forward_call(x)
-        y = self._run(key, arrays, prepare)
+        # A forward that records is a training step's: its weights change before the next call
+        # (the kernel choice then counts their derived arrays as made on every call).
+        with _dispatch.weights_change() if self.recording else contextlib.nullcontext():
+            key, arrays, prepare = self._forward_call(x)
+            y = self._run(key, arrays, prepare)
         self._record((x, arrays[1]))
         return y
 
@@ -702,8 +705,10 @@ class Conv2D(Layer):
         network's input, the backward then computes only the parameters' gradients)."""
         x, w = self._last_record()
         arrays = (dy, x, w)
-        dx, dw, db = self._run(self._key(arrays, "backward", *self._options(), input_grad), arrays,
-                               lambda: (CONV2D, CONV2D.backward(dy, x, w, *self._options(), input_grad), self.backend))
+        with _dispatch.weights_change():
+            dx, dw, db = self._run(self._key(arrays, "backward", *self._options(), input_grad), arrays,
+                                   lambda: (CONV2D, CONV2D.backward(dy, x, w, *self._options(), input_grad),
+                                            self.backend))
         self._accumulate("w", dw)
         if "b" in self._parameters:
             self._accumulate("b", db)

@@ -15,11 +15,14 @@ which :class:`~fastlayers.torch.RNN`, :class:`~fastlayers.torch.LSTM` and
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
 import fastlayers as fl
+from fastlayers import _dispatch
 
 from ._tensors import as_array, as_tensor
 
@@ -40,21 +43,29 @@ def _conv2d_forward(input, weight, bias, stride, padding, dilation, groups):
     return as_tensor(y)
 
 
+def _training(ctx):
+    """Where the weight needs a gradient, a training step's call: its weights change before the
+    next (``fastlayers._dispatch.weights_change``)."""
+    return _dispatch.weights_change() if ctx.needs_input_grad[1] else contextlib.nullcontext()
+
+
 class _Conv2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, weight, bias, stride, padding, dilation, groups):
         ctx.save_for_backward(input, weight)
         ctx.geometry = (stride, padding, dilation, groups)
         ctx.has_bias = bias is not None
-        return _conv2d_forward(input, weight, bias, stride, padding, dilation, groups)
+        with _training(ctx):
+            return _conv2d_forward(input, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output):
         input, weight = ctx.saved_tensors
-        dx, dw, db = fl.conv2d_backward(as_array("grad_output", grad_output), as_array("input", input),
-                                        as_array("weight", weight), *ctx.geometry,
-                                        input_grad=bool(ctx.needs_input_grad[0]))
+        with _training(ctx):
+            dx, dw, db = fl.conv2d_backward(as_array("grad_output", grad_output), as_array("input", input),
+                                            as_array("weight", weight), *ctx.geometry,
+                                            input_grad=bool(ctx.needs_input_grad[0]))
         return None if dx is None else as_tensor(dx), as_tensor(dw), as_tensor(db) if ctx.has_bias else None, None, None, None, None
 
 

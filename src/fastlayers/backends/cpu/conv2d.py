@@ -45,6 +45,7 @@ from ..._cpu import conv2d_depthwise as _depthwise
 from ..._cpu import conv2d_direct as _direct
 from ..._cpu import conv2d_winograd as _winograd
 from ..._cpu import im2col as _im2col
+from ... import _dispatch
 from ..._dispatch import threads_for
 from ...ops.conv2d import Conv2dGeometry, dilation_phases
 from . import _gated
@@ -218,6 +219,14 @@ WINOGRAD_MAX_FILTER_VALUES_PER_TILE = 1 << 18  # forward: 36 Cg Fg / tiles
 WINOGRAD_MIN_CHANNELS = 16  # input and output channels per group
 # Measured on the AMD CPUs; Intel's AVX-512 by the same rule, unmeasured there.
 WINOGRAD_FAST_ISAS = frozenset({"x86-64-v4", "x86-64-v4-amd", "x86-64-v3"})
+# In a training step (``_dispatch.weights_change``) the weights change before every call, so
+# Winograd's transformed filters (4x the weights, written then read cold) and the direct kernels'
+# packed filters are derived again on every call: those algorithms then need this many output
+# positions over the batch (N OH OW) to win it back. Below it, with weights changed before each
+# call, im2col was 1.0-2.0x faster than Winograd (batch 1-2, 32-256 channels, 8x8-16x16 planes),
+# above it Winograd 1.0-2.1x faster (docs/performance.md); one image's filter-vector forward on
+# FVEC_UNPACKED_MIN_WEIGHT_BYTES of weights keeps no packing and is not concerned.
+TRAINING_MIN_OUTPUTS = 512
 
 
 @functools.lru_cache(maxsize=1)
@@ -286,7 +295,9 @@ def choose_algo(problem, isa=None):
     ``DIRECT_MIN_ROWS[isa]`` output rows over all of them and ``DIRECT_MIN_WIDTH`` output
     columns, or on one in ``FVEC_MIN_FLOPS``, for narrower planes the filter-vector kernel runs
     (``_fvec_fits``, as float32) with at least ``FVEC_MIN_FILTERS`` filters a group, from
-    ``FVEC_MIN_FLOPS[isa]`` FLOP on; "im2col" otherwise. Several groups of one input channel
+    ``FVEC_MIN_FLOPS[isa]`` FLOP on; "im2col" otherwise. Inside ``_dispatch.weights_change`` (a
+    training step), Winograd and the direct kernels that keep packed filters need
+    ``TRAINING_MIN_OUTPUTS`` output positions over the batch. Several groups of one input channel
     each (depthwise), forward and backward: "depthwise"."""
     g, direction = problem.geometry, problem.direction
     if g.Cg == 1 and g.groups > 1:
@@ -296,11 +307,16 @@ def choose_algo(problem, isa=None):
     if _direct_scratch_bytes(g, direction) > DIRECT_MAX_SCRATCH_BYTES:
         return "im2col"
     isa = rule_isa() if isa is None else isa
-    if _winograd_wins(g, direction, isa):
+    # What a training step's weights, derived again on every call, leave to im2col.
+    derives_too_often = _dispatch.weights_changing() and g.N * g.OH * g.OW < TRAINING_MIN_OUTPUTS
+    if _winograd_wins(g, direction, isa) and not derives_too_often:
         return "winograd"
     if (direction == "forward" and isa in FVEC_MIN_FLOPS and g.KH * g.KW > 1 and g.Fg >= FVEC_MIN_FILTERS
-            and g.flops >= FVEC_MIN_FLOPS[isa] and _fvec_fits(g, False, 4)):
+            and g.flops >= FVEC_MIN_FLOPS[isa] and _fvec_fits(g, False, 4)
+            and not (derives_too_often and (g.N > 1 or 4 * g.F * g.K < FVEC_UNPACKED_MIN_WEIGHT_BYTES))):
         return "direct"
+    if derives_too_often:
+        return "im2col"
     if (direction == "forward" and isa in DIRECT_FAST_ISAS and g.KH * g.KW > 1 and g.K <= DIRECT_MAX_TAPS[isa]
             and g.flops >= DIRECT_MIN_FLOPS and g.N * g.groups >= DIRECT_MIN_PLANES[isa]
             and g.N * g.groups * g.OH >= DIRECT_MIN_ROWS[isa] and g.OW >= DIRECT_MIN_WIDTH):
