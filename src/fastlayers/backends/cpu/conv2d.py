@@ -313,7 +313,7 @@ def choose_algo(problem, isa=None):
         return "winograd"
     if (direction == "forward" and isa in FVEC_MIN_FLOPS and g.KH * g.KW > 1 and g.Fg >= FVEC_MIN_FILTERS
             and g.flops >= FVEC_MIN_FLOPS[isa] and _fvec_fits(g, False, 4)
-            and not (derives_too_often and (g.N > 1 or 4 * g.F * g.K < FVEC_UNPACKED_MIN_WEIGHT_BYTES))):
+            and not (derives_too_often and not _fvec_unpacked(g, 4))):
         return "direct"
     if derives_too_often:
         return "im2col"
@@ -370,6 +370,11 @@ def _fvec_scratch(g, backward_input, itemsize, threads):
 # layers: 512 channels at 7x7 0.58x the kept packing's time, at 14x14 0.83x; 256 channels at 7x7
 # and 14x14, 2.25 MiB, 1.03-1.04x; docs/performance.md).
 FVEC_UNPACKED_MIN_WEIGHT_BYTES = 4 << 20
+
+
+def _fvec_unpacked(g, itemsize):
+    """Whether the filter-vector forward packs the weights as its tasks go, keeping no packing."""
+    return g.N == 1 and g.F * g.K * itemsize >= FVEC_UNPACKED_MIN_WEIGHT_BYTES
 
 
 def _direct_block(fvec, dtype):
@@ -443,7 +448,7 @@ def _fvec_forward(x, w, b, g, y, nbytes, threads):
     are packed for each call (not kept: ``derived`` keeps only what its kernel can use)."""
     bias = contiguous(b) if b is not None else np.empty(0, dtype=x.dtype)
     with scratch("direct", (nbytes,), np.uint8) as work:
-        if g.N == 1 and w.nbytes >= FVEC_UNPACKED_MIN_WEIGHT_BYTES:
+        if _fvec_unpacked(g, x.itemsize):
             _direct.conv2d_forward_fvec_unpacked(contiguous(x), contiguous(w), bias, y, work, g, threads)
             return y
         block = _direct_block(True, x.dtype)
