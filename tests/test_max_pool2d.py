@@ -37,8 +37,10 @@ def assert_forward_matches(x, **params):
     assert y.dtype == x.dtype and idx.dtype == np.int64
     np.testing.assert_array_equal(y, y_ref, err_msg=str(params))  # NaN == NaN here
     np.testing.assert_array_equal(idx, idx_ref, err_msg=str(params))
+    bits = f"u{x.itemsize}"
+    np.testing.assert_array_equal(y.view(bits), y_ref.view(bits), err_msg=str(params))
     values = cpu_pool(x, return_indices=False, **params)
-    np.testing.assert_array_equal(values.view(f"u{x.itemsize}"), y_ref.view(f"u{x.itemsize}"), err_msg=str(params))
+    np.testing.assert_array_equal(values.view(bits), y_ref.view(bits), err_msg=str(params))
     return y, idx
 
 
@@ -66,6 +68,15 @@ def pool_problems(draw):
     return shape, params
 
 
+@pytest.fixture(params=["wide", "16-byte"])
+def vectors(request):
+    """Run a test with the 2x2 planes' 32-byte vectors (AVX2 CPUs; elsewhere both runs take the
+    16-byte rows), then with the 16-byte SSE2 rows that other CPUs run."""
+    previous = cpu_backend._kernels.use_baseline_vectors(request.param == "16-byte")
+    yield request.param
+    cpu_backend._kernels.use_baseline_vectors(previous)
+
+
 @pytest.fixture(params=[False, True], ids=["cached-stores", "streaming-stores"])
 def streaming(request, monkeypatch):
     """Run a test with the 2x2 path's ordinary stores, then with its non-temporal ones (used for
@@ -87,18 +98,46 @@ def test_forward_matches_reference(problem, dtype, seed, nan, neg_inf):
     assert_forward_matches(x, **params)
 
 
-# The 2x2 stride-2 fast path works on 4 (float32) or 2 (float64) outputs at a time: widths
-# around those multiples exercise the vector loop and its scalar tail; odd sizes drop the last
-# row/column (floor) or fall back to the general path (ceil mode); widths whose rows are not
-# 16-byte aligned take ordinary stores even when streaming.
+# The 2x2 stride-2 fast path works on 8 (float32) or 4 (float64) outputs at a time in its
+# 32-byte vectors, then 4 or 2 in its 16-byte ones, then one: widths around those multiples
+# exercise each loop and the tails; odd sizes drop the last row/column (floor) or fall back to
+# the general path (ceil mode); widths whose rows are not 16-byte aligned take ordinary stores
+# even when streaming (and streaming takes the 16-byte rows).
+WIDTHS_2X2 = [(2, 2), (2, 8), (4, 10), (6, 14), (7, 9), (5, 16), (3, 18), (8, 17), (2, 34), (4, 40), (3, 46)]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("hw", [(2, 2), (2, 8), (4, 10), (6, 14), (7, 9), (5, 16), (3, 18), (8, 17)])
+@pytest.mark.parametrize("hw", WIDTHS_2X2)
 @pytest.mark.parametrize("ceil_mode", [False, True])
-def test_forward_2x2_fast_path(dtype, hw, ceil_mode, streaming):
+def test_forward_2x2_fast_path(dtype, hw, ceil_mode, streaming, vectors):
     rng = make_rng(sum(hw))
     for nan, neg_inf in [(0.0, 0.0), (0.15, 0.0), (0.0, 0.5), (0.1, 0.3)]:
         x = tie_data(rng, (2, 3, *hw), dtype, nan, neg_inf)
+        x[rng.random(x.shape) < 0.1] = -0.0  # ties of zeros of both signs: the first wins, sign and all
         assert_forward_matches(x, kernel_size=2, stride=2, ceil_mode=ceil_mode)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hw", WIDTHS_2X2)
+@pytest.mark.parametrize("indexed", [False, True])
+def test_forward_2x2_relu_inside_the_pool_is_relu_of_the_maxima(dtype, hw, indexed, vectors):
+    """The kernel's fused ReLU (a Sequential's ReLU next to its MaxPool2D) on 2x2 tiles: bit for
+    bit relu.pyx's rule (x < 0 -> +0; NaN and -0.0 kept) applied to the reference's maxima (of
+    tied zeros the first, whatever its sign), and their indices."""
+    rng = make_rng(hw[1])
+    x = tie_data(rng, (2, 3, *hw), dtype, nan=0.1, neg_inf=0.1)
+    x[rng.random(x.shape) < 0.2] = -0.0
+    y_ref, idx_ref = ref.max_pool2d(x, 2, return_indices=True)
+    expected = np.where(y_ref < 0, dtype(0), y_ref)
+    planes = x.shape[0] * x.shape[1]
+    y = np.full((planes,) + y_ref.shape[2:], 7, dtype)
+    idx = np.full(y.shape, -5, np.int64) if indexed else None
+    cpu_backend._kernels.max_pool2d_forward(x.reshape(planes, *hw), y, idx, 2, 2, 2, 2, 0, 0, False, True,
+                                            np.empty((1, 1), dtype), 1)
+    bits = f"u{x.itemsize}"
+    np.testing.assert_array_equal(y.view(bits), expected.reshape(y.shape).view(bits))
+    if indexed:
+        np.testing.assert_array_equal(idx, idx_ref.reshape(idx.shape))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -216,8 +255,8 @@ def test_backward_matches_reference(problem, dtype, seed):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("hw", [(2, 2), (4, 8), (6, 10), (8, 14), (4, 18)])
-def test_backward_2x2_tiles(dtype, hw, streaming):
+@pytest.mark.parametrize("hw", [(2, 2), (4, 8), (6, 10), (8, 14), (4, 18), (2, 34), (4, 40), (2, 46)])
+def test_backward_2x2_tiles(dtype, hw, streaming, vectors):
     rng = make_rng(hw[1])
     x = tie_data(rng, (2, 3, *hw), dtype, nan=0.1)
     _, idx = cpu_pool(x, 2)
@@ -231,11 +270,12 @@ def test_backward_2x2_tiles(dtype, hw, streaming):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("tile", [(2, 2), (3, 2), (1, 3), (2, 4)])
-def test_backward_foreign_indices(dtype, tile):
+@pytest.mark.parametrize("OW", [5, 19])
+def test_backward_foreign_indices(dtype, tile, OW, vectors):
     """Indices that are in range but not in their own tile (as a caller may pass, or a pool with
     overlapping windows produces) take the scatter-add path and still add up correctly."""
     rng = make_rng(tile[0] * 10 + tile[1])
-    OH, OW = 3, 5
+    OH = 3
     shape = (2, 2, OH * tile[0], OW * tile[1])
     dy = rng.standard_normal((2, 2, OH, OW)).astype(dtype)
     idx = rng.integers(0, shape[2] * shape[3], size=dy.shape)

@@ -3,9 +3,8 @@
 # Inputs are validated by the max_pool2d spec (fastlayers.ops.max_pool2d) (and the sizes below by the Python wrapper) before
 # they get here: every pointer offset computed below stays inside its plane.
 #
-# Both directions are memory-bound once vectorised; the vector row loops live in
-# max_pool2d_simd.h. The forward works a row of outputs at a time, the running maximum and its
-# index kept in the output row itself (in L1) rather than in scratch buffers.
+# Both directions are memory-bound once vectorised; the vector loops live in C: the 2x2 stride-2
+# planes in max_pool2d_simd.h, the general forward in max_pool2d_phases.h.
 from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.math cimport INFINITY
@@ -13,18 +12,17 @@ from libc.stdint cimport INT32_MAX, int32_t, int64_t, uint64_t
 from libc.string cimport memset
 
 cdef extern from "max_pool2d_simd.h" nogil:
-    # The 2x2 stride-2 rows, vectorised with SSE2 (the header says why they are C).
-    void fl_pool_row_2x2_float(const float* x0, const float* x1, float* y, int64_t* indices,
-                               Py_ssize_t OW, int64_t first, int64_t W, bint stream)
-    void fl_pool_row_2x2_double(const double* x0, const double* x1, double* y, int64_t* indices,
-                                Py_ssize_t OW, int64_t first, int64_t W, bint stream)
-    void fl_pool_values_2x2_float(const float* x0, const float* x1, float* y, Py_ssize_t OW, bint stream)
-    void fl_pool_values_2x2_double(const double* x0, const double* x1, double* y, Py_ssize_t OW, bint stream)
-    Py_ssize_t fl_route_row_2x2_float(const float* dy, const int64_t* indices, float* r0, float* r1,
-                                      Py_ssize_t OW, int64_t first, int64_t W, bint stream)
-    Py_ssize_t fl_route_row_2x2_double(const double* dy, const int64_t* indices, double* r0, double* r1,
-                                       Py_ssize_t OW, int64_t first, int64_t W, bint stream)
-    void fl_store_fence()
+    # Planes of 2x2 stride-2 tiles, vectorised (the header says how and why in C); NULL indices:
+    # the maxima only.
+    void fl_pool_plane_2x2_float(const float* x, float* y, int64_t* indices, Py_ssize_t W, Py_ssize_t OH,
+                                 Py_ssize_t OW, bint stream, bint relu)
+    void fl_pool_plane_2x2_double(const double* x, double* y, int64_t* indices, Py_ssize_t W, Py_ssize_t OH,
+                                  Py_ssize_t OW, bint stream, bint relu)
+    Py_ssize_t fl_route_plane_2x2_float(const float* dy, const int64_t* indices, float* dx, Py_ssize_t W,
+                                        Py_ssize_t OH, Py_ssize_t OW, bint stream)
+    Py_ssize_t fl_route_plane_2x2_double(const double* dy, const int64_t* indices, double* dx, Py_ssize_t W,
+                                         Py_ssize_t OH, Py_ssize_t OW, bint stream)
+    int fl_pool_baseline_only
 
 cdef extern from "max_pool2d_phases.h" nogil:
     # A plane of the general path (any window, stride, padding), over phase rows; NULL indices:
@@ -36,12 +34,11 @@ cdef extern from "max_pool2d_phases.h" nogil:
     void fl_pool_plane_phases_double(const double* x, double* y, int64_t* indices, Py_ssize_t H, Py_ssize_t W,
                                      Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH,
                                      Py_ssize_t SW, Py_ssize_t PH, Py_ssize_t PW, double* work)
-    int fl_pool_baseline_only
 
 
 def use_baseline_vectors(bint only):
-    """Tests: run the general path's 16-byte (SSE2) variant even where AVX2 is there. Returns
-    the previous setting."""
+    """Tests: run the 16-byte (SSE2) variants of the 2x2 planes and the general path even where
+    AVX2 is there. Returns the previous setting."""
     global fl_pool_baseline_only
     previous = bool(fl_pool_baseline_only)
     fl_pool_baseline_only = only
@@ -63,26 +60,6 @@ def phase_cells(Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, Py_ssi
 
 
 # ---------------------------------------------------------------------------- forward
-
-
-cdef void _pool_plane_2x2(const floating* x, floating* y, int64_t* indices,
-                          Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, bint stream) noexcept nogil:
-    """NULL indices: the maxima only."""
-    cdef Py_ssize_t oh
-    for oh in range(OH):
-        if indices == NULL:
-            if floating is float:
-                fl_pool_values_2x2_float(x + 2 * oh * W, x + (2 * oh + 1) * W, y + oh * OW, OW, stream)
-            else:
-                fl_pool_values_2x2_double(x + 2 * oh * W, x + (2 * oh + 1) * W, y + oh * OW, OW, stream)
-        elif floating is float:
-            fl_pool_row_2x2_float(x + 2 * oh * W, x + (2 * oh + 1) * W, y + oh * OW, indices + oh * OW,
-                                  OW, 2 * oh * W, W, stream)
-        else:
-            fl_pool_row_2x2_double(x + 2 * oh * W, x + (2 * oh + 1) * W, y + oh * OW, indices + oh * OW,
-                                   OW, 2 * oh * W, W, stream)
-    if stream:
-        fl_store_fence()
 
 
 cdef void _pool_plane_scan(const floating* x, floating* y, int64_t* indices,
@@ -158,9 +135,13 @@ cdef void _pool_plane(const floating[:, :, ::1] x, floating[:, :, ::1] y, int64_
     cdef Py_ssize_t H = x.shape[1], W = x.shape[2], OH = y.shape[1], OW = y.shape[2], i
     cdef floating* plane = &y[p, 0, 0]
     cdef int64_t* plane_indices = NULL if index_base == NULL else index_base + p * OH * OW
-    if tiles_2x2:
-        _pool_plane_2x2(&x[p, 0, 0], plane, plane_indices, W, OH, OW, stream)
-    elif phases:
+    if tiles_2x2:  # the ReLU inside, in registers
+        if floating is float:
+            fl_pool_plane_2x2_float(&x[p, 0, 0], plane, plane_indices, W, OH, OW, stream, relu)
+        else:
+            fl_pool_plane_2x2_double(&x[p, 0, 0], plane, plane_indices, W, OH, OW, stream, relu)
+        return
+    if phases:
         if floating is float:
             fl_pool_plane_phases_float(&x[p, 0, 0], plane, plane_indices, H, W, OH, OW, KH, KW,
                                        SH, SW, PH, PW, work)
@@ -175,22 +156,6 @@ cdef void _pool_plane(const floating[:, :, ::1] x, floating[:, :, ::1] y, int64_
 
 
 # ---------------------------------------------------------------------------- backward
-
-
-cdef Py_ssize_t _route_tiles_2x2(const floating* dy, const int64_t* indices, floating* dx,
-                                 Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, bint stream) noexcept nogil:
-    """_route_tiles for 2x2 tiles, one pass over each output row."""
-    cdef Py_ssize_t oh, matched = 0
-    for oh in range(OH):
-        if floating is float:
-            matched += fl_route_row_2x2_float(dy + oh * OW, indices + oh * OW, dx + 2 * oh * W,
-                                              dx + (2 * oh + 1) * W, OW, 2 * oh * W, W, stream)
-        else:
-            matched += fl_route_row_2x2_double(dy + oh * OW, indices + oh * OW, dx + 2 * oh * W,
-                                               dx + (2 * oh + 1) * W, OW, 2 * oh * W, W, stream)
-    if stream:
-        fl_store_fence()
-    return matched
 
 
 cdef Py_ssize_t _route_tiles(const floating* dy, const int64_t* indices, floating* dx,
@@ -275,7 +240,10 @@ cdef Py_ssize_t _route_plane(const floating* dy, const int64_t* indices, floatin
     cdef Py_ssize_t matched = -1
     if H % OH == 0 and W % OW == 0:
         if H // OH == 2 and W // OW == 2:
-            matched = _route_tiles_2x2(dy, indices, dx, W, OH, OW, stream)
+            if floating is float:
+                matched = fl_route_plane_2x2_float(dy, indices, dx, W, OH, OW, stream)
+            else:
+                matched = fl_route_plane_2x2_double(dy, indices, dx, W, OH, OW, stream)
         else:
             matched = _route_tiles(dy, indices, dx, W, OH, OW, H // OH, W // OW)
     if matched != OH * OW:

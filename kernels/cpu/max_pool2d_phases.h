@@ -185,7 +185,6 @@ FL_PHASE_ROWS(double)
     }
 
 #ifdef FL_HAS_CLONES
-static int fl_pool_baseline_only = 0; /* tests run the 16-byte variant on AVX2 CPUs too */
 #define FL_POOL_PHASES(T, I)                                                                  \
     FL_POOL_PLANE_PAIR(T, I, 32, fl_pool_plane_phases_avx2_##T, __attribute__((target("arch=x86-64-v3")))) \
     FL_POOL_PLANE_PAIR(T, I, 16, fl_pool_plane_phases_base_##T, )                             \
@@ -198,7 +197,6 @@ static int fl_pool_baseline_only = 0; /* tests run the 16-byte variant on AVX2 C
             fl_pool_plane_phases_base_##T(FL_POOL_PHASES_CALL);                               \
     }
 #else
-static int fl_pool_baseline_only = 0; /* one variant only: nothing to choose */
 #if defined(__AVX2__) || !(defined(__x86_64__) || defined(__i386__))
 #define FL_POOL_PHASES(T, I) FL_POOL_PLANE_PAIR(T, I, 32, fl_pool_plane_phases_##T, )
 #else

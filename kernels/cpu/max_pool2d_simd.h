@@ -1,6 +1,6 @@
-/* The row loops of max_pool2d.pyx, vectorised with SSE2: the 2x2 stride-2 pool (the common
- * non-overlapping, unpadded case) forward and backward (max_pool2d_phases.h has the general
- * forward).
+/* The 2x2 stride-2 pool (the common non-overlapping, unpadded case) of max_pool2d.pyx, forward
+ * and backward (max_pool2d_phases.h has the general forward): rows vectorised with SSE2, and at
+ * the end whole planes, in 32-byte vectors on CPUs with AVX2.
  *
  * Why C: GCC 12 does not vectorise these loops at the baseline x86-64 ISA (SSE2) when written
  * as scalar selects (the NaN-aware compare chain and the int64 index selects defeat it), and even
@@ -22,6 +22,9 @@
 
 #include <stdint.h>
 #include <stddef.h>
+#include <string.h>
+
+#include "target_clones.h"
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
@@ -293,5 +296,236 @@ FL_POOL_VALUES_2X2(float)
 FL_POOL_VALUES_2X2(double)
 FL_ROUTE_ROW_2X2(float)
 FL_ROUTE_ROW_2X2(double)
+
+/* ------------------------------------------------------------------------- 2x2 planes
+ * A whole plane of 2x2 tiles, forward (y and, unless NULL, the indices; `relu`: y through a
+ * ReLU, relu.pyx's rule: x < 0 -> 0, NaN and -0.0 kept) and backward (returns the hits, as the
+ * rows do). On CPUs with AVX2 the planes run in 32-byte vectors (GCC's vector extensions, in a
+ * function built for x86-64-v3 and chosen at run time): 8 float or 4 double outputs a step, in
+ * registers from the loads to the store, the ReLU included; the SSE2 rows above take each row's
+ * tail. The SSE2 rows take whole planes on the other CPUs, where the tests ask for them
+ * (fl_pool_baseline_only), and for non-temporal stores, which the vector extensions cannot
+ * express (multi-MiB outputs, where memory, not instructions, sets the pace). Same order and
+ * rule everywhere, so the same bits. */
+
+static int fl_pool_baseline_only = 0; /* tests run the 16-byte variants on AVX2 CPUs too */
+
+#define FL_POOL_PLANE_2X2_BASE(T)                                                             \
+    static inline void fl_pool_plane_2x2_base_##T(const T *x, T *y, int64_t *indices, ptrdiff_t W, \
+                                                  ptrdiff_t OH, ptrdiff_t OW, int stream, int relu) \
+    {                                                                                         \
+        for (ptrdiff_t oh = 0; oh < OH; oh++) {                                               \
+            const T *x0 = x + 2 * oh * W;                                                     \
+            if (indices)                                                                      \
+                fl_pool_row_2x2_##T(x0, x0 + W, y + oh * OW, indices + oh * OW, OW, 2 * oh * W, W, stream); \
+            else                                                                              \
+                fl_pool_values_2x2_##T(x0, x0 + W, y + oh * OW, OW, stream);                  \
+        }                                                                                     \
+        if (stream)                                                                           \
+            fl_store_fence();                                                                 \
+        for (ptrdiff_t i = 0; relu && i < OH * OW; i++)                                       \
+            y[i] = y[i] < 0 ? 0 : y[i];                                                       \
+    }                                                                                         \
+    static inline ptrdiff_t fl_route_plane_2x2_base_##T(const T *g, const int64_t *indices, T *dx, \
+                                                        ptrdiff_t W, ptrdiff_t OH, ptrdiff_t OW, int stream) \
+    {                                                                                         \
+        ptrdiff_t matched = 0;                                                                \
+        for (ptrdiff_t oh = 0; oh < OH; oh++)                                                 \
+            matched += fl_route_row_2x2_##T(g + oh * OW, indices + oh * OW, dx + 2 * oh * W,  \
+                                            dx + (2 * oh + 1) * W, OW, 2 * oh * W, W, stream); \
+        if (stream)                                                                           \
+            fl_store_fence();                                                                 \
+        return matched;                                                                       \
+    }
+
+FL_POOL_PLANE_2X2_BASE(float)
+FL_POOL_PLANE_2X2_BASE(double)
+
+#if defined(FL_HAS_CLONES)
+#define FL_POOL_WIDE 1
+/* Even and odd elements of the 2 LANES consecutive ones in p, q; and their interleaving back. */
+#define FL_EVEN_float(p, q) __builtin_shufflevector(p, q, 0, 2, 4, 6, 8, 10, 12, 14)
+#define FL_ODD_float(p, q) __builtin_shufflevector(p, q, 1, 3, 5, 7, 9, 11, 13, 15)
+#define FL_LOW_PAIRS_float(e, o) __builtin_shufflevector(e, o, 0, 8, 1, 9, 2, 10, 3, 11)
+#define FL_HIGH_PAIRS_float(e, o) __builtin_shufflevector(e, o, 4, 12, 5, 13, 6, 14, 7, 15)
+#define FL_EVEN_double(p, q) __builtin_shufflevector(p, q, 0, 2, 4, 6)
+#define FL_ODD_double(p, q) __builtin_shufflevector(p, q, 1, 3, 5, 7)
+#define FL_LOW_PAIRS_double(e, o) __builtin_shufflevector(e, o, 0, 4, 1, 5)
+#define FL_HIGH_PAIRS_double(e, o) __builtin_shufflevector(e, o, 2, 6, 3, 7)
+
+/* The vector types of T's wide planes: vec (32 bytes of T), mask (as many lanes of I, T's
+ * width); and quads of int64 lanes (the indices, in FL_QUADS_T of them a vector): steps[h]
+ * the offsets 2 l of the tiles of quad h's lanes l from the block's first tile. */
+typedef int64_t fl_quad __attribute__((vector_size(32)));
+typedef int32_t fl_int32x8 __attribute__((vector_size(32)));
+#define FL_WIDE_TYPES(T, I)                                                                   \
+    enum { LANES = 32 / sizeof(T), QUADS = FL_QUADS_##T };                                    \
+    typedef T vec __attribute__((vector_size(32)));                                           \
+    typedef I mask __attribute__((vector_size(32)));                                          \
+    fl_quad steps[QUADS];                                                                     \
+    for (int h = 0; h < QUADS; h++)                                                           \
+        for (int l = 0; l < 4; l++)                                                           \
+            steps[h][l] = 2 * (4 * h + l);
+
+/* A mask's lanes as int64 quads q[], and back (the masks all ones or zero). */
+#define FL_QUADS_float 2
+#define FL_WIDEN_float(k, q)                                                                  \
+    (q[0] = __builtin_convertvector(__builtin_shufflevector(k, k, 0, 1, 2, 3), fl_quad),     \
+     q[1] = __builtin_convertvector(__builtin_shufflevector(k, k, 4, 5, 6, 7), fl_quad))
+#define FL_NARROW_float(q) __builtin_shufflevector((fl_int32x8)q[0], (fl_int32x8)q[1], 0, 2, 4, 6, 8, 10, 12, 14)
+#define FL_QUADS_double 1
+#define FL_WIDEN_double(k, q) (q[0] = k)
+#define FL_NARROW_double(q) q[0]
+
+/* Challenge the running maximum m by v, at offset K of the tile (the caller keeps W + 1 in I). */
+#define FL_WIDE_STEP(v, K, I, INDEXED)                                                        \
+    {                                                                                         \
+        mask wins = (v > m) | (v != v);                                                       \
+        m = (vec)((wins & (mask)v) | (~wins & (mask)m));                                      \
+        if (INDEXED)                                                                          \
+            k = (wins & ((mask){0} + (I)(K))) | (~wins & k);                                  \
+    }
+
+#define FL_POOL_PLANE_2X2_WIDE(T, I, NAME, INDEXED)                                           \
+    __attribute__((target("arch=x86-64-v3"))) static void NAME(                               \
+        const T *restrict x, T *restrict y, int64_t *restrict indices, ptrdiff_t W, ptrdiff_t OH, \
+        ptrdiff_t OW, int relu)                                                               \
+    {                                                                                         \
+        FL_WIDE_TYPES(T, I)                                                                   \
+        const vec zero = {0};                                                                 \
+        for (ptrdiff_t oh = 0; oh < OH; oh++) {                                               \
+            const T *x0 = x + 2 * oh * W, *x1 = x0 + W;                                       \
+            T *y_row = y + oh * OW;                                                           \
+            int64_t first = 2 * oh * W;                                                       \
+            ptrdiff_t ow = 0;                                                                 \
+            for (; ow + LANES <= OW; ow += LANES) {                                           \
+                vec p0, p1, q0, q1;                                                           \
+                memcpy(&p0, x0 + 2 * ow, sizeof p0);                                          \
+                memcpy(&p1, x0 + 2 * ow + LANES, sizeof p1);                                  \
+                memcpy(&q0, x1 + 2 * ow, sizeof q0);                                          \
+                memcpy(&q1, x1 + 2 * ow + LANES, sizeof q1);                                  \
+                vec b = FL_ODD_##T(p0, p1), c = FL_EVEN_##T(q0, q1), d = FL_ODD_##T(q0, q1);  \
+                vec m = FL_EVEN_##T(p0, p1);                                                  \
+                mask k = {0};                                                                 \
+                FL_WIDE_STEP(b, 1, I, INDEXED)                                                \
+                FL_WIDE_STEP(c, W, I, INDEXED)                                                \
+                FL_WIDE_STEP(d, W + 1, I, INDEXED)                                            \
+                if (relu)                                                                     \
+                    m = (vec)(~(m < zero) & (mask)m);                                         \
+                memcpy(y_row + ow, &m, sizeof m);                                             \
+                if (INDEXED) {                                                                \
+                    fl_quad q[QUADS];                                                         \
+                    FL_WIDEN_##T(k, q);                                                       \
+                    for (int h = 0; h < QUADS; h++) {                                         \
+                        fl_quad at = q[h] + steps[h] + (first + 2 * ow);                      \
+                        memcpy(indices + oh * OW + ow + 4 * h, &at, sizeof at);               \
+                    }                                                                         \
+                }                                                                             \
+            }                                                                                 \
+            if (INDEXED)                                                                      \
+                fl_pool_row_2x2_##T(x0 + 2 * ow, x1 + 2 * ow, y_row + ow, indices + oh * OW + ow, OW - ow, \
+                                    first + 2 * ow, W, 0);                                    \
+            else                                                                              \
+                fl_pool_values_2x2_##T(x0 + 2 * ow, x1 + 2 * ow, y_row + ow, OW - ow, 0);     \
+            for (; relu && ow < OW; ow++)                                                     \
+                y_row[ow] = y_row[ow] < 0 ? 0 : y_row[ow];                                    \
+        }                                                                                     \
+    }
+
+#define FL_ROUTE_PLANE_2X2_WIDE(T, I)                                                         \
+    __attribute__((target("arch=x86-64-v3"))) static ptrdiff_t fl_route_plane_2x2_wide_##T(   \
+        const T *restrict g, const int64_t *restrict indices, T *restrict dx, ptrdiff_t W,    \
+        ptrdiff_t OH, ptrdiff_t OW)                                                           \
+    {                                                                                         \
+        FL_WIDE_TYPES(T, I)                                                                   \
+        ptrdiff_t matched = 0;                                                                \
+        for (ptrdiff_t oh = 0; oh < OH; oh++) {                                               \
+            const T *g_row = g + oh * OW;                                                     \
+            const int64_t *i_row = indices + oh * OW;                                         \
+            T *r0 = dx + 2 * oh * W, *r1 = r0 + W;                                            \
+            int64_t first = 2 * oh * W;                                                       \
+            fl_quad count = {0}; /* minus the hits */                                         \
+            ptrdiff_t ow = 0;                                                                 \
+            for (; ow + LANES <= OW; ow += LANES) {                                           \
+                fl_quad e0[QUADS], e1[QUADS], e2[QUADS], e3[QUADS];                           \
+                for (int h = 0; h < QUADS; h++) {                                             \
+                    fl_quad t; /* the offsets in the tiles, compared in int64 */              \
+                    memcpy(&t, i_row + ow + 4 * h, sizeof t);                                 \
+                    t -= steps[h] + (first + 2 * ow);                                         \
+                    e0[h] = t == 0, e1[h] = t == 1, e2[h] = t == W, e3[h] = t == W + 1;       \
+                    count += e0[h] + e1[h] + e2[h] + e3[h];                                   \
+                }                                                                             \
+                vec gv;                                                                       \
+                memcpy(&gv, g_row + ow, sizeof gv);                                           \
+                vec h0 = (vec)((mask)FL_NARROW_##T(e0) & (mask)gv);                           \
+                vec h1 = (vec)((mask)FL_NARROW_##T(e1) & (mask)gv);                           \
+                vec h2 = (vec)((mask)FL_NARROW_##T(e2) & (mask)gv);                           \
+                vec h3 = (vec)((mask)FL_NARROW_##T(e3) & (mask)gv);                           \
+                vec p = FL_LOW_PAIRS_##T(h0, h1), q = FL_HIGH_PAIRS_##T(h0, h1);              \
+                memcpy(r0 + 2 * ow, &p, sizeof p);                                            \
+                memcpy(r0 + 2 * ow + LANES, &q, sizeof q);                                    \
+                p = FL_LOW_PAIRS_##T(h2, h3), q = FL_HIGH_PAIRS_##T(h2, h3);                  \
+                memcpy(r1 + 2 * ow, &p, sizeof p);                                            \
+                memcpy(r1 + 2 * ow + LANES, &q, sizeof q);                                    \
+            }                                                                                 \
+            for (int l = 0; l < 4; l++)                                                       \
+                matched -= (ptrdiff_t)count[l];                                               \
+            matched += fl_route_row_2x2_##T(g_row + ow, i_row + ow, r0 + 2 * ow, r1 + 2 * ow, OW - ow, \
+                                            first + 2 * ow, W, 0);                            \
+        }                                                                                     \
+        return matched;                                                                       \
+    }
+
+FL_POOL_PLANE_2X2_WIDE(float, int32_t, fl_pool_plane_2x2_values_float, 0)
+FL_POOL_PLANE_2X2_WIDE(float, int32_t, fl_pool_plane_2x2_indexed_float, 1)
+FL_POOL_PLANE_2X2_WIDE(double, int64_t, fl_pool_plane_2x2_values_double, 0)
+FL_POOL_PLANE_2X2_WIDE(double, int64_t, fl_pool_plane_2x2_indexed_double, 1)
+FL_ROUTE_PLANE_2X2_WIDE(float, int32_t)
+FL_ROUTE_PLANE_2X2_WIDE(double, int64_t)
+
+/* Whether a plane of width W takes the wide functions: an AVX2 CPU, ordinary stores, and the
+ * tile offsets (up to W + 1) in int32 lanes. */
+static inline int fl_pool_wide(ptrdiff_t W, int stream)
+{
+    __builtin_cpu_init();
+    return !stream && W < INT32_MAX && __builtin_cpu_supports("x86-64-v3") && !fl_pool_baseline_only;
+}
+#endif
+
+#if defined(FL_POOL_WIDE)
+#define FL_POOL_PLANE_2X2(T)                                                                  \
+    static inline void fl_pool_plane_2x2_##T(const T *x, T *y, int64_t *indices, ptrdiff_t W, ptrdiff_t OH, \
+                                             ptrdiff_t OW, int stream, int relu)              \
+    {                                                                                         \
+        if (!fl_pool_wide(W, stream))                                                         \
+            fl_pool_plane_2x2_base_##T(x, y, indices, W, OH, OW, stream, relu);               \
+        else if (indices)                                                                     \
+            fl_pool_plane_2x2_indexed_##T(x, y, indices, W, OH, OW, relu);                    \
+        else                                                                                  \
+            fl_pool_plane_2x2_values_##T(x, y, indices, W, OH, OW, relu);                     \
+    }                                                                                         \
+    static inline ptrdiff_t fl_route_plane_2x2_##T(const T *g, const int64_t *indices, T *dx, ptrdiff_t W, \
+                                                   ptrdiff_t OH, ptrdiff_t OW, int stream)    \
+    {                                                                                         \
+        if (fl_pool_wide(W, stream))                                                          \
+            return fl_route_plane_2x2_wide_##T(g, indices, dx, W, OH, OW);                    \
+        return fl_route_plane_2x2_base_##T(g, indices, dx, W, OH, OW, stream);                \
+    }
+#else
+#define FL_POOL_PLANE_2X2(T)                                                                  \
+    static inline void fl_pool_plane_2x2_##T(const T *x, T *y, int64_t *indices, ptrdiff_t W, ptrdiff_t OH, \
+                                             ptrdiff_t OW, int stream, int relu)              \
+    {                                                                                         \
+        fl_pool_plane_2x2_base_##T(x, y, indices, W, OH, OW, stream, relu);                   \
+    }                                                                                         \
+    static inline ptrdiff_t fl_route_plane_2x2_##T(const T *g, const int64_t *indices, T *dx, ptrdiff_t W, \
+                                                   ptrdiff_t OH, ptrdiff_t OW, int stream)    \
+    {                                                                                         \
+        return fl_route_plane_2x2_base_##T(g, indices, dx, W, OH, OW, stream);                \
+    }
+#endif
+
+FL_POOL_PLANE_2X2(float)
+FL_POOL_PLANE_2X2(double)
 
 #endif

@@ -3,8 +3,7 @@
  * picks the version for the CPU it runs on (an ifunc: GCC on x86-64 Linux), so the default,
  * portable build still uses the wide vectors where they exist. Elsewhere, with other compilers or
  * with FL_NO_CLONES defined, it is the one baseline build (FASTLAYERS_NATIVE=1 in setup.py
- * compiles everything for the build machine instead). Loops the baseline already vectorises
- * well (the SSE2 max-pool rows) do without. */
+ * compiles everything for the build machine instead). */
 #ifndef FASTLAYERS_TARGET_CLONES_H
 #define FASTLAYERS_TARGET_CLONES_H
 

@@ -119,6 +119,7 @@ def max_pool2d_impl(x, g):
     # v is NaN).
     first, last = hit.argmax(axis=-1), hit.shape[-1] - 1 - hit[..., ::-1].argmax(axis=-1)
     local = np.where(np.isnan(y), last, first)
+    y = np.take_along_axis(win, local[..., None], axis=-1)[..., 0]  # the winner's bits: of tied zeros, its sign
     kh, kw = np.divmod(local, g.KW)
     ih = np.arange(g.OH)[:, None] * g.stride_h - g.pad_h + kh * g.dilation_h
     iw = np.arange(g.OW)[None, :] * g.stride_w - g.pad_w + kw * g.dilation_w
