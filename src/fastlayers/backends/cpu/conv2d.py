@@ -388,6 +388,7 @@ def _direct_block(fvec, dtype):
 _DIRECT_BAND_BYTES = 1 << 20
 
 
+@functools.lru_cache(maxsize=4096)  # a small call's set-up costs as much as its kernel
 def _direct_band(g, backward_input, dtype, threads):
     """Output rows per direct task, and the bytes of per-thread scratch it needs."""
     planes, rows = g.N * g.groups, g.H if backward_input else g.OH
@@ -430,14 +431,24 @@ def direct_forward(x, w, b, g, outs):
     block = _direct.FILTER_BLOCK
     packed_w = derived("direct", w, (g.groups, block),
                        lambda: _pack_filters(contiguous(w).reshape(g.groups, g.Fg, -1), block))
-    # The packed bias is the accumulators' starting value: zeros when there is no bias.
-    bias = contiguous(b) if b is not None else np.zeros(g.F, dtype=x.dtype)
-    packed_b = _pack_filters(bias.reshape(g.groups, g.Fg, 1), block)
     band, nbytes = _direct_band(g, False, x.dtype, threads)
     with scratch("direct", (threads, nbytes), np.uint8) as work:
-        _direct.conv2d_forward(contiguous(x), packed_w, packed_b.reshape(packed_b.shape[:2] + (-1,)), y, work, g,
-                               band, threads)
+        _direct.conv2d_forward(contiguous(x), packed_w, _packed_bias(b, g, x.dtype, block), y, work, g, band,
+                               threads)
     return (y,)
+
+
+def _packed_bias(b, g, dtype, block):
+    """The row kernel's starting accumulators (G, blocks, block): each group's biases in blocks
+    of filters, zero-padded to whole blocks; zeros without a bias. A view of b where the blocks
+    are whole (packing it cost a small call 2 us)."""
+    blocks = -(-g.Fg // block)
+    if b is None:
+        return np.zeros((g.groups, blocks, block), dtype=dtype)
+    bias = contiguous(b)
+    if g.Fg % block == 0:
+        return bias.reshape(g.groups, blocks, block)
+    return _pack_filters(bias.reshape(g.groups, g.Fg, 1), block).reshape(g.groups, blocks, block)
 
 
 def _fvec_forward(x, w, b, g, y, nbytes, threads):
