@@ -567,7 +567,7 @@ def test_model_through_fastlayers_torch_follows_torch(direction, monkeypatch):
     import fastlayers.torch as flt
 
     called = []
-    for name in ("conv2d", "max_pool2d"):
+    for name in ("conv2d", "relu_max_pool2d"):  # convert(fuse=True): each ReLU -> pool pair one call
         op = getattr(flt.functional, name)
         monkeypatch.setattr(flt.functional, name,
                             lambda *a, _op=op, _name=name, **k: called.append(_name) or _op(*a, **k))
@@ -578,7 +578,7 @@ def test_model_through_fastlayers_torch_follows_torch(direction, monkeypatch):
     results = []
     for _ in range(3):
         got = swapped()
-        assert called == ["conv2d", "max_pool2d"] * 3  # each of the 3 stages on fastlayers' kernels
+        assert called == ["conv2d", "relu_max_pool2d"] * 3  # each of the 3 stages on fastlayers' kernels
         del called[:]
         results.append((got, theirs()))
         assert not called

@@ -328,6 +328,84 @@ def test_convert_reports_what_it_kept_and_why_and_revert_restores():
     assert type(root) is flt.Conv2d
 
 
+POOL_CONFIGS = [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=3, stride=2, ceil_mode=True),
+                dict(kernel_size=(2, 3), stride=(1, 2), padding=(1, 0))]
+
+
+@pytest.mark.parametrize("params", POOL_CONFIGS, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_relu_max_pool2d_equals_max_pool2d_of_relu(params, dtype):
+    """The fused call against torch's max_pool2d(relu(x)) on ties (small integers, zeros among
+    them, so whole windows are <= 0) and NaNs: the same values (a zero's sign aside: compared as
+    values), and the gradients the same, element for element (each routes one dy per window:
+    exact, up to the order of adding overlapping windows' terms)."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randint(-3, 3, (2, 3, 9, 10), generator=gen).to(dtype)
+    x[torch.rand(x.shape, generator=gen) < 0.05] = float("nan")
+    xt, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
+    yt = torch.nn.functional.max_pool2d(torch.relu(xt), **params)
+    yf = flt.functional.relu_max_pool2d(xf, **params)
+    torch.testing.assert_close(yf, yt, rtol=0, atol=0, equal_nan=True)
+    dy = torch.randn(yt.shape, generator=gen, dtype=dtype)
+    yt.backward(dy)
+    yf.backward(dy)
+    torch.testing.assert_close(xf.grad, xt.grad, rtol=NORMWISE[dtype], atol=NORMWISE[dtype], equal_nan=True)
+    with torch.no_grad():  # the inference path, no autograd Function
+        torch.testing.assert_close(flt.functional.relu_max_pool2d(x, **params), yt.detach(), rtol=0, atol=0,
+                                   equal_nan=True)
+
+
+@pytest.mark.parametrize("params", POOL_CONFIGS, ids=str)
+def test_relu_max_pool2d_gradient_check(params):
+    """Finite differences in float64 (distinct values, none near zero: the ReLU's kink and the
+    maxima's ties are where a derivative does not exist)."""
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randperm(2 * 2 * 7 * 8, generator=gen).reshape(2, 2, 7, 8).double() / 10 - 5.05
+    x.requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: flt.functional.relu_max_pool2d(t, **params), (x,))
+
+
+def test_convert_fuse_runs_relu_pool_pairs_as_one_call_and_revert_restores():
+    """convert(fuse=True) on a VGG-style stack: each ReLU -> MaxPool2d pair becomes FusedReLU ->
+    ReLUMaxPool2d, the model's outputs and gradients those of the original (float64); a pair
+    whose ReLU is shared or hooked, or whose pool returns indices, is kept and said why."""
+    torch.manual_seed(0)
+    original = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Conv2d(8, 6, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1),
+                             nn.Flatten(), nn.Linear(6 * 4 * 4, 5)).double()
+    fused = copy.deepcopy(original)
+    report = flt.convert(fused, fuse=True)
+    assert [type(m) for m in fused][:6] == [flt.Conv2d, flt.modules.FusedReLU, flt.modules.ReLUMaxPool2d] * 2
+    swapped = {name: (old, new) for name, old, new in report.swapped}
+    assert swapped["1"] == ("torch.nn.modules.activation.ReLU", "fastlayers.torch.modules.FusedReLU")
+    assert swapped["2"] == ("torch.nn.modules.pooling.MaxPool2d", "fastlayers.torch.modules.ReLUMaxPool2d")
+    assert "1" not in {name for name, _, _ in report.kept}
+    gen = torch.Generator().manual_seed(5)
+    x, targets = torch.randn(4, 3, 16, 16, generator=gen, dtype=torch.float64), torch.randint(0, 5, (4,), generator=gen)
+    logits_t, grads_t = loss_and_grads(original, x, targets)
+    logits_f, grads_f = loss_and_grads(fused, x, targets)
+    tol = 1e-10  # float64 through four layers: rounding is ~1e-15 normwise
+    assert torch.linalg.vector_norm(logits_f - logits_t) <= tol * torch.linalg.vector_norm(logits_t)
+    for (name, _), gf, gt in zip(original.named_parameters(), grads_f, grads_t):
+        assert torch.linalg.vector_norm(gf - gt) <= tol * torch.linalg.vector_norm(gt), name
+    kept_again = {name: reason for name, _, reason in flt.convert(fused, fuse=True).kept}
+    assert kept_again["2"] == "already fastlayers.torch.modules.ReLUMaxPool2d"
+    reverted = flt.revert(fused)
+    assert {name for name, _, _ in reverted.swapped} >= {"1", "2", "4", "5"}
+    assert [type(m) for m in fused][:6] == [nn.Conv2d, nn.ReLU, nn.MaxPool2d] * 2
+
+    shared, hooked, pool = nn.ReLU(), nn.ReLU(), nn.MaxPool2d(2)
+    hooked.register_forward_hook(lambda module, args, output: None)
+    model = nn.Sequential(shared, nn.MaxPool2d(2), shared, nn.MaxPool2d(2), hooked, nn.MaxPool2d(2),
+                          nn.ReLU(), nn.MaxPool2d(2, return_indices=True), nn.ReLU(), pool, nn.Identity(), pool)
+    kept = {name: reason for name, _, reason in flt.convert(model, fuse=True).kept}
+    assert kept["0"] == "no fastlayers equivalent; not fused: the ReLU is used in several places"
+    assert kept["4"] == "no fastlayers equivalent; not fused: the ReLU has hooks"
+    assert kept["6"] == "no fastlayers equivalent; not fused: the pool returns indices"
+    assert kept["8"] == "no fastlayers equivalent; not fused: the pool is used in several places"
+    assert [type(m) for m in model][:10] == [nn.ReLU, flt.MaxPool2d] * 5
+
+
 def test_modules_take_torch_checkpoints_and_refuse_what_they_cannot_run():
     torch.manual_seed(0)
     for reference, ours in ((nn.Conv2d(3, 4, 3, padding_mode="circular", padding=1), flt.Conv2d(3, 4, 3, padding_mode="circular", padding=1)),

@@ -6,7 +6,7 @@ zero the gradients, forward, softmax cross-entropy, backward (no gradient for th
 update with momentum. fastlayers runs it through ``fastlayers.layers`` on a host backend
 (``numpy``: the reference; ``cpu``), PyTorch through ``torch.nn`` and ``torch.optim.SGD`` in its
 own process (and, as ``fastlayers.torch``, the same program with its modules swapped by
-``fastlayers.torch.convert``: what a PyTorch user gets from fastlayers), ONNX Runtime and
+``fastlayers.torch.convert(net, fuse=True)``: what a PyTorch user gets from fastlayers), ONNX Runtime and
 OpenVINO the inference as an ONNX model of the whole network. The weights are inputs of the case,
 drawn from the seed like the images, so every side runs the same network on the same batch (the
 inputs' digests say so).
@@ -142,12 +142,13 @@ class VggWorkload(Workload):
 
     def torch_call(self, torch, case, direction, inputs, seed, device="cpu", swap=False):
         """PyTorch's inference or training step; ``swap``: with the model's torch.nn modules
-        swapped for fastlayers.torch's (``fastlayers.torch.convert``), as a PyTorch user would."""
+        swapped for fastlayers.torch's, each ReLU -> MaxPool2d pair as one call
+        (``fastlayers.torch.convert(net, fuse=True)``), as a PyTorch user after speed would."""
         net = self.torch_model(torch, case, inputs, device)
         if swap:
             from ..torch import convert
 
-            convert(net)
+            convert(net, fuse=True)
         x = torch.from_numpy(inputs["input"]).to(device)
         if direction == "forward":
             net.eval()

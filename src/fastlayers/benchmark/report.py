@@ -51,7 +51,8 @@ def _legend(report):
         *([f"PyTorch {torch['version']} on {torch['device']}, {torch['threads']} threads, in its own process"]
           if torch else []),
         *([f"{SWAPPED_FAMILY}: PyTorch's model with its Conv2d and MaxPool2d swapped for fastlayers.torch's "
-           f"(fastlayers.torch.convert), in PyTorch's process"]
+           f"and each ReLU -> MaxPool2d pair run as one call (fastlayers.torch.convert(model, fuse=True)), in "
+           f"PyTorch's process"]
           if any(r["backend"] == SWAPPED_FAMILY for r in report["results"]) else []),
         *(f"{engine} {info['version']}, {info['threads']} threads, float32, in its own process: forwards as "
           f"ONNX models (an op one node, a model the whole network)"

@@ -25,7 +25,7 @@ def normal(seed, dtype):
 
 
 # The benchmark family of PyTorch programs run with their torch.nn modules swapped for
-# fastlayers.torch's (``fastlayers.torch.convert``), as a PyTorch user would run fastlayers.
+# fastlayers.torch's (``fastlayers.torch.convert(net, fuse=True)``), as a PyTorch user would run fastlayers.
 SWAPPED_FAMILY = "fastlayers.torch"
 
 

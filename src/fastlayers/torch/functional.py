@@ -16,6 +16,7 @@ which :class:`~fastlayers.torch.RNN`, :class:`~fastlayers.torch.LSTM` and
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -24,9 +25,11 @@ from torch.autograd.function import once_differentiable
 import fastlayers as fl
 from fastlayers import _dispatch
 
+from ..ops._spec import replays, run
+from ..ops.max_pool2d import MAX_POOL2D
 from ._tensors import as_array, as_tensor
 
-__all__ = ["conv2d", "gru", "lstm", "max_pool2d", "rnn"]
+__all__ = ["conv2d", "gru", "lstm", "max_pool2d", "relu_max_pool2d", "rnn"]
 
 
 def _records_graph(*tensors):
@@ -69,23 +72,41 @@ class _Conv2d(torch.autograd.Function):
         return None if dx is None else as_tensor(dx), as_tensor(dw), as_tensor(db) if ctx.has_bias else None, None, None, None, None
 
 
+@replays
+def _relu_pool(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
+    """fastlayers' max_pool2d of the array ``input``, its maxima through a ReLU in the same call
+    (the geometry's ``relu``, as a Sequential's inference plan runs a ReLU next to its pool); its
+    plans replayed as the functional API's."""
+    problem = MAX_POOL2D.forward(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+    problem.geometry = replace(problem.geometry, relu=True)
+    return run(MAX_POOL2D, problem, None, "auto", None)
+
+
+def _pool_forward(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, relu):
+    """fastlayers' max_pool2d of the array x; ``relu``: with the ReLU inside (``_relu_pool``)."""
+    pool = _relu_pool if relu else fl.max_pool2d
+    return pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices=return_indices)
+
+
 class _MaxPool2d(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, input, kernel_size, stride, padding, dilation, ceil_mode):
-        y, indices = fl.max_pool2d(as_array("input", input), kernel_size, stride, padding, dilation, ceil_mode,
-                                   return_indices=True)
-        indices = as_tensor(indices)
+    def forward(ctx, input, kernel_size, stride, padding, dilation, ceil_mode, relu):
+        y, indices = _pool_forward(as_array("input", input), kernel_size, stride, padding, dilation, ceil_mode, True,
+                                   relu)
+        indices, y = as_tensor(indices), as_tensor(y)
         ctx.mark_non_differentiable(indices)
-        ctx.save_for_backward(indices)
+        ctx.save_for_backward(indices, y if relu else None)
         ctx.input_shape = tuple(input.shape)
-        return as_tensor(y), indices
+        return y, indices
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output, grad_indices):
-        (indices,) = ctx.saved_tensors
+        indices, y = ctx.saved_tensors
+        if y is not None:  # the ReLU's backward first, as torch's: none where the output is <= 0 (NaN passes)
+            grad_output = torch.where(y <= 0, 0, grad_output)
         dx = fl.max_pool2d_backward(as_array("grad_output", grad_output), indices.numpy(), ctx.input_shape)
-        return as_tensor(dx), None, None, None, None, None
+        return as_tensor(dx), None, None, None, None, None, None
 
 
 class _Rnn(torch.autograd.Function):
@@ -178,14 +199,29 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     the int64 flat indices ``ih * W + iw`` of each maximum, as PyTorch's. With ``dilation`` > 1
     the forward runs on fastlayers' NumPy reference (the cpu kernel has no dilation), the
     backward on the cpu kernel."""
+    return _max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices, False)
+
+
+@torch.compiler.disable
+def relu_max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    """``max_pool2d(relu(input), ...)`` in one fastlayers call, as ``relu(max_pool2d(input, ...))``:
+    the ReLU on the pooled maxima, 1 / (kernel area) of the elements (what
+    ``convert(model, fuse=True)`` runs for a ReLU followed by a MaxPool2d). The same values (a zero
+    may differ in sign: fastlayers' ReLU keeps -0.0) and the same gradients: a ReLU is
+    non-decreasing, so the window's maximum through it is its maximum of the ReLU's outputs, and
+    where that is not positive both orders pass no gradient."""
+    return _max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, False, True)
+
+
+def _max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices, relu):
     input, unbatched = _batched(input, "input", 4)
     if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
         stride = kernel_size  # PyTorch's default, also spelt stride=[]
     if _records_graph(input):
-        y, indices = _MaxPool2d.apply(input, kernel_size, stride, padding, dilation, ceil_mode)
+        y, indices = _MaxPool2d.apply(input, kernel_size, stride, padding, dilation, ceil_mode, relu)
     else:  # no backward to come: the indices only where asked for
-        result = fl.max_pool2d(as_array("input", input), kernel_size, stride, padding, dilation, ceil_mode,
-                               return_indices=return_indices)
+        result = _pool_forward(as_array("input", input), kernel_size, stride, padding, dilation, ceil_mode,
+                               return_indices, relu)
         y, indices = (as_tensor(r) for r in result) if return_indices else (as_tensor(result), None)
     if unbatched:
         y, indices = y.squeeze(0), None if indices is None else indices.squeeze(0)

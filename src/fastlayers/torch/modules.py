@@ -14,7 +14,7 @@ from torch import nn
 from . import functional
 from ._tensors import FLOAT_DTYPES
 
-__all__ = ["Conv2d", "GRU", "LSTM", "MaxPool2d", "RNN"]
+__all__ = ["Conv2d", "FusedReLU", "GRU", "LSTM", "MaxPool2d", "RNN", "ReLUMaxPool2d"]
 
 
 def _parameters_reason(module):
@@ -66,6 +66,24 @@ class MaxPool2d(nn.MaxPool2d):
     def forward(self, input):
         return functional.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
                                      self.ceil_mode, self.return_indices)
+
+
+class ReLUMaxPool2d(MaxPool2d):
+    """A :class:`MaxPool2d` that also runs, in its one fastlayers call, the ReLU before it
+    (:func:`~fastlayers.torch.functional.relu_max_pool2d`): made by ``convert(model, fuse=True)``,
+    which turns that ReLU into a :class:`FusedReLU`; ``revert`` restores both."""
+
+    def forward(self, input):
+        return functional.relu_max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
+                                          self.ceil_mode)
+
+
+class FusedReLU(nn.ReLU):
+    """A :class:`torch.nn.ReLU` whose work the :class:`ReLUMaxPool2d` after it does: its forward
+    passes the input through."""
+
+    def forward(self, input):
+        return input
 
 
 class _Stacked(_Refusing):
