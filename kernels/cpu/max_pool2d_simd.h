@@ -342,7 +342,6 @@ FL_POOL_PLANE_2X2_BASE(float)
 FL_POOL_PLANE_2X2_BASE(double)
 
 #if defined(FL_HAS_CLONES)
-#define FL_POOL_WIDE 1
 /* Even and odd elements of the 2 LANES consecutive ones in p, q; and their interleaving back. */
 #define FL_EVEN_float(p, q) __builtin_shufflevector(p, q, 0, 2, 4, 6, 8, 10, 12, 14)
 #define FL_ODD_float(p, q) __builtin_shufflevector(p, q, 1, 3, 5, 7, 9, 11, 13, 15)
@@ -490,9 +489,7 @@ static inline int fl_pool_wide(ptrdiff_t W, int stream)
     __builtin_cpu_init();
     return !stream && W < INT32_MAX && __builtin_cpu_supports("x86-64-v3") && !fl_pool_baseline_only;
 }
-#endif
 
-#if defined(FL_POOL_WIDE)
 #define FL_POOL_PLANE_2X2(T)                                                                  \
     static inline void fl_pool_plane_2x2_##T(const T *x, T *y, int64_t *indices, ptrdiff_t W, ptrdiff_t OH, \
                                              ptrdiff_t OW, int stream, int relu)              \
@@ -511,21 +508,14 @@ static inline int fl_pool_wide(ptrdiff_t W, int stream)
             return fl_route_plane_2x2_wide_##T(g, indices, dx, W, OH, OW);                    \
         return fl_route_plane_2x2_base_##T(g, indices, dx, W, OH, OW, stream);                \
     }
-#else
-#define FL_POOL_PLANE_2X2(T)                                                                  \
-    static inline void fl_pool_plane_2x2_##T(const T *x, T *y, int64_t *indices, ptrdiff_t W, ptrdiff_t OH, \
-                                             ptrdiff_t OW, int stream, int relu)              \
-    {                                                                                         \
-        fl_pool_plane_2x2_base_##T(x, y, indices, W, OH, OW, stream, relu);                   \
-    }                                                                                         \
-    static inline ptrdiff_t fl_route_plane_2x2_##T(const T *g, const int64_t *indices, T *dx, ptrdiff_t W, \
-                                                   ptrdiff_t OH, ptrdiff_t OW, int stream)    \
-    {                                                                                         \
-        return fl_route_plane_2x2_base_##T(g, indices, dx, W, OH, OW, stream);                \
-    }
-#endif
 
 FL_POOL_PLANE_2X2(float)
 FL_POOL_PLANE_2X2(double)
+#else /* no wide planes: the rows take them all */
+#define fl_pool_plane_2x2_float fl_pool_plane_2x2_base_float
+#define fl_pool_plane_2x2_double fl_pool_plane_2x2_base_double
+#define fl_route_plane_2x2_float fl_route_plane_2x2_base_float
+#define fl_route_plane_2x2_double fl_route_plane_2x2_base_double
+#endif
 
 #endif
