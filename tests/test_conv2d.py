@@ -19,7 +19,9 @@ import fastlayers as fl
 from fastlayers import _dispatch
 from fastlayers import reference as ref
 from fastlayers.ops import CONV2D
-from fastlayers.ops.conv2d import conv2d_geometry
+from fastlayers.ops import conv2d as cpu_conv2d_spec
+from fastlayers.ops._spec import run as spec_run
+from fastlayers.ops.conv2d import conv2d_geometry, fuse_epilogue
 
 # The module, not the package attribute (the cpu package exports its op functions by op name).
 cpu_conv2d = importlib.import_module("fastlayers.backends.cpu.conv2d")
@@ -1462,3 +1464,132 @@ def test_winograd_is_thread_count_independent_and_keeps_the_references_nans(spli
         w[1, 2, 0, 1] = value
         np.testing.assert_array_equal(np.isnan(fl.conv2d(x, w, padding=1, algo="winograd")),
                                       np.isnan(ref.conv2d(x, w, padding=1)))
+
+
+# ---------------------------------------------------------------------------- the epilogue
+# A Sequential's inference plan runs Conv2D -> MaxPool2D(2) -> ReLU (or Conv2D -> ReLU) as one
+# call: the geometry's epilogue (``fuse_epilogue``). The Winograd kernel pools and rectifies in
+# its output transform, the others pool from a workspace: either way the values must be those of
+# the convolution by the same algorithm, then fl.max_pool2d, then fl.relu, bit for bit.
+
+EPILOGUES = ((True, True), (True, False), (False, True))  # (pool, relu)
+
+
+def _forward_problem(x, w, b, params):
+    return CONV2D.forward(x, w, b, params.get("stride", 1), params.get("padding", 0), params.get("dilation", 1),
+                          params.get("groups", 1), "zeros")
+
+
+def _with_epilogue(x, w, b, params, pool, relu, **kw):
+    """conv2d with the epilogue, through the spec's run (``kw``: backend, algo, out)."""
+    problem = fuse_epilogue(_forward_problem(x, w, b, params), pool, relu)
+    return spec_run(CONV2D, problem, kw.get("backend", "cpu"), kw.get("algo", "auto"), kw.get("out"))
+
+
+def _separate(x, w, b, params, pool, relu, **kw):
+    """What the epilogue must equal: the convolution, then the pool, then the ReLU, by calls."""
+    y = fl.conv2d(x, w, b, **params, **kw)
+    if pool:
+        y = fl.max_pool2d(y, 2, backend=kw.get("backend", "cpu"))
+    return fl.relu(y, backend=kw.get("backend", "cpu")) if relu else y
+
+
+def _special_cells(rng, a, values=(np.nan, np.inf, -np.inf, -0.0)):
+    for value in values:
+        a[rng.random(a.shape) < 0.03] = value
+    return a
+
+
+@pytest.mark.parametrize("algo", ("im2col", "direct", "winograd", "depthwise", "reference"))
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(config=st.one_of(winograd_configs(), conv2d_configs()), seed=st.integers(0, 2**32 - 1),
+       epilogue=st.sampled_from(EPILOGUES), bias=st.booleans(), special=st.booleans())
+def test_epilogue_is_the_pool_and_relu_of_the_convolution(algo, dtype, config, seed, epilogue, bias, special):
+    """Every CPU algorithm and the reference, against its own convolution followed by the pool and
+    the ReLU, bit for bit (NaN payloads and signed zeros included), on random shapes (odd planes:
+    the pool drops the last row or column), with NaN, infinities and -0.0 in x (Winograd then
+    takes im2col, its convolution as well)."""
+    x_shape, w_shape, params = config
+    if algo == "depthwise":  # one input channel per group
+        groups = x_shape[1]
+        w_shape, params = (groups * w_shape[0] // params.get("groups", 1),) + (1,) + w_shape[2:], \
+            dict(params, groups=groups)
+    g = conv2d_geometry(x_shape, w_shape, **params)
+    pool, relu = epilogue
+    assume(not pool or (g.OH >= 2 and g.OW >= 2))
+    if algo == "winograd":
+        problem = _forward_problem(np.empty(x_shape, dtype), np.empty(w_shape, dtype), None, params)
+        assume(not cpu_conv2d_spec._cpu_winograd_declines(problem))
+    rng = make_rng(seed)
+    x, w = _uniform(rng, x_shape, dtype), _uniform(rng, w_shape, dtype)
+    b = _uniform(rng, (w_shape[0],), dtype) if bias else None
+    if special:
+        _special_cells(rng, x)
+    kw = dict(backend="numpy") if algo == "reference" else dict(algo=algo, backend="cpu")
+    got = _with_epilogue(x, w, b, params, pool, relu, **kw)
+    want = _separate(x, w, b, params, pool, relu, **kw)
+    assert got.shape == want.shape == (g.N, g.F) + ((g.OH // 2, g.OW // 2) if pool else (g.OH, g.OW))
+    assert got.dtype == dtype
+    assert got.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("epilogue", EPILOGUES)
+@pytest.mark.parametrize("x_shape, F, padding", [
+    ((1, 32, 16, 16), 64, 1),  # VGG's second stage at batch 1: the filters split over tasks
+    ((2, 64, 8, 8), 128, 1),  # VGG's third stage
+    ((3, 5, 11, 9), 17, 1),  # odd planes, a partial vector of filters
+    ((1, 3, 32, 32), 32, 1),  # VGG's first layer
+    ((2, 20, 11, 9), 40, 0),  # 9x7 output: a tile row and column cut, pooled 4x3
+])
+def test_winograd_epilogue_pools_tiles_of_overflowed_values_as_the_pool_does(dtype, epilogue, x_shape, F, padding):
+    """An input near the type's largest value overflows in the transforms: the tiles that read
+    it hold infinities and NaNs (inf - inf), the others finite values, which the fused pool must
+    treat as max_pool2d does (a NaN wins, of several the last) and the ReLU keep; against the
+    unfused Winograd call, bit for bit, and on ordinary data too."""
+    rng = make_rng(21)
+    w = _uniform(rng, (F, x_shape[1], 3, 3), dtype)
+    b = _uniform(rng, (F,), dtype)
+    pool, relu = epilogue
+    for overflow in (False, True):
+        x = _uniform(rng, x_shape, dtype)
+        if overflow:  # one cell an image: the tiles that read it
+            x[:, 0, 1, 1] = np.finfo(dtype).max / 4
+        got = _with_epilogue(x, w, b, dict(padding=padding), pool, relu, algo="winograd")
+        want = _separate(x, w, b, dict(padding=padding), pool, relu, algo="winograd")
+        assert np.isnan(want).any() == overflow and np.isfinite(want).any()
+        assert got.tobytes() == want.tobytes()
+
+
+def test_epilogue_writes_into_out_buffers_and_checks_them():
+    rng = make_rng(22)
+    x, w = _uniform(rng, (2, 4, 9, 8), np.float32), _uniform(rng, (6, 4, 3, 3), np.float32)
+    for algo in ("winograd", "im2col"):
+        out = np.full((2, 6, 4, 4), 7, np.float32)
+        got = _with_epilogue(x, w, None, dict(padding=1), True, True, algo=algo, out=out)
+        assert got is out
+        np.testing.assert_array_equal(out, _separate(x, w, None, dict(padding=1), True, True, algo=algo))
+        with pytest.raises(ValueError, match="out"):
+            _with_epilogue(x, w, None, dict(padding=1), True, True, algo=algo, out=np.empty((2, 6, 9, 8), np.float32))
+
+
+def test_fuse_epilogue_needs_a_forward_with_planes_to_pool():
+    x = np.zeros((1, 2, 3, 3), np.float32)
+    w = np.zeros((4, 2, 3, 3), np.float32)
+    one = CONV2D.forward(x, w, None, 1, 0, 1, 1, "zeros")  # a 1x1 output
+    with pytest.raises(ValueError, match="at least 2x2"):
+        fuse_epilogue(one, True, True)
+    assert fuse_epilogue(CONV2D.forward(x, w, None, 1, 0, 1, 1, "zeros"), False, True).outputs[0][1] == (1, 4, 1, 1)
+    backward = CONV2D.backward(np.zeros((1, 4, 1, 1), np.float32), x, w, 1, 0, 1, 1, "zeros")
+    with pytest.raises(ValueError, match="forward"):
+        fuse_epilogue(backward, False, True)
+
+
+def test_the_cuda_kernels_decline_an_epilogue():
+    problem = CONV2D.forward(np.zeros((1, 2, 4, 4), np.float32), np.zeros((3, 2, 3, 3), np.float32), None, 1, 1, 1,
+                             1, "zeros")
+    cuda = [k for k in cpu_conv2d_spec.KERNELS if k.backend == "cuda"]
+    assert all(k.declines(problem) is None for k in cuda)
+    fuse_epilogue(problem, True, False)
+    assert all("fuse no pool or ReLU" in k.declines(problem) for k in cuda)

@@ -280,3 +280,59 @@ def test_the_cuda_pool_declines_a_fused_relu():
     assert cuda.declines(backward) is None  # the backward's geometry has no ReLU to fuse
     problem.geometry = replace(problem.geometry, relu=True)
     assert "fuses no ReLU" in cuda.declines(problem)
+
+
+def _steps(model):
+    (planned,) = model._plans.values()
+    return len(planned.steps)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "numpy"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_convs_pool_and_relu_run_as_its_epilogue(backend, dtype):
+    """Conv2D -> ReLU -> MaxPool2D(2), Conv2D -> MaxPool2D(2), Conv2D -> ReLU: one step each (the
+    convolution's epilogue), the values of the layers' own forwards bit for bit (NaN payloads,
+    signed zeros), odd planes (the pool drops the last row or column), special inputs."""
+    rng = make_rng(30)
+    kw = dict(dtype=dtype, backend=backend)
+    cases = [  # (layers after the conv, steps of the plan: the conv's with its epilogue, Flatten)
+        (lambda: [L.ReLU(**kw), L.MaxPool2D(2, **kw)], 2),
+        (lambda: [L.MaxPool2D(2, **kw), L.ReLU(**kw)], 2),
+        (lambda: [L.MaxPool2D(2, **kw)], 2),
+        (lambda: [L.ReLU(**kw)], 2),
+        (lambda: [L.MaxPool2D(2, stride=1, **kw), L.ReLU(**kw)], 3),  # not the 2x2 pool: its own step
+        (lambda: [L.MaxPool2D(2, ceil_mode=True, **kw), L.ReLU(**kw)], 3),
+    ]
+    for C, F, size, padding in ((3, 8, 9, 1), (4, 20, 8, 0), (2, 5, 7, 2)):
+        for tail, steps in cases:
+            model = L.Sequential(L.Conv2D(C, F, 3, padding=padding, rng=rng, **kw), *tail(), L.Flatten(**kw)).eval()
+            for call in range(3):
+                x = draw(rng, C, size, 2, dtype, special=call == 2)
+                expected = layer_by_layer(L.Sequential(*model._order()), x)
+                got = model.forward(x)
+                assert got.tobytes() == expected.tobytes()
+            assert _steps(model) == steps
+
+
+def test_a_convs_epilogue_keeps_the_errors_of_the_layers():
+    """A conv whose output is too small to pool is not fused: the pool's own error is raised."""
+    model = L.Sequential(L.Conv2D(2, 3, 3), L.ReLU(), L.MaxPool2D(2)).eval()
+    x = np.zeros((1, 2, 3, 3), np.float32)  # a 1x1 output
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        model.forward(x)
+
+
+def test_a_layer_on_another_backend_is_not_fused():
+    kw = dict(dtype=np.float64)
+    model = L.Sequential(L.Conv2D(2, 3, 3, padding=1, **kw), L.ReLU(backend="numpy", **kw),
+                         L.MaxPool2D(2, backend="numpy", **kw)).eval()
+    x = make_rng(31).standard_normal((1, 2, 6, 6))
+    np.testing.assert_array_equal(model.forward(x), layer_by_layer(L.Sequential(*model._order()), x))
+    assert _steps(model) == 2  # the conv, then the pool with its ReLU (both on numpy)
+
+
+def test_the_vgg_plan_runs_each_stage_in_one_step():
+    """Conv -> ReLU -> MaxPool twice, Flatten, Dense: four steps."""
+    model = next(models(np.float32))[1].eval()
+    model.forward(make_rng(32).standard_normal((2, 3, 16, 16)).astype(np.float32))
+    assert _steps(model) == 4

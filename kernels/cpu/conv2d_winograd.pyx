@@ -45,10 +45,10 @@ cdef extern from "winograd_f4x3.h" nogil:
                               Py_ssize_t rows, Py_ssize_t tiles_h, Py_ssize_t tiles_w, Py_ssize_t PT, Py_ssize_t PL)
     void fl_wino_output_float(const float* M, Py_ssize_t P, Py_ssize_t ldm, float* y, Py_ssize_t image,
                               const float* bias, Py_ssize_t nf, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t first,
-                              Py_ssize_t rows, Py_ssize_t tiles_h, Py_ssize_t tiles_w)
+                              Py_ssize_t rows, Py_ssize_t tiles_h, Py_ssize_t tiles_w, int pool, int relu)
     void fl_wino_output_double(const double* M, Py_ssize_t P, Py_ssize_t ldm, double* y, Py_ssize_t image,
                                const double* bias, Py_ssize_t nf, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t first,
-                               Py_ssize_t rows, Py_ssize_t tiles_h, Py_ssize_t tiles_w)
+                               Py_ssize_t rows, Py_ssize_t tiles_h, Py_ssize_t tiles_w, int pool, int relu)
     void fl_wino_grad_output_float(const float* dy, Py_ssize_t image, float* dM, Py_ssize_t P, float* scratch,
                                    Py_ssize_t Fg, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t first, Py_ssize_t rows,
                                    Py_ssize_t tiles_h, Py_ssize_t tiles_w)
@@ -111,15 +111,16 @@ def transform_filters(const floating[:, :, :, ::1] w, floating[:, :, :, ::1] U, 
 cdef void _block(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] U, const floating[::1] b,
                  bint has_bias, floating[:, :, :, ::1] y, floating* V, const Conv2dShape* s, Py_ssize_t gi,
                  Py_ssize_t f0, Py_ssize_t nf, Py_ssize_t first, Py_ssize_t rows, Py_ssize_t tiles_h,
-                 Py_ssize_t tiles_w) noexcept nogil:
+                 Py_ssize_t tiles_w, bint pool, bint relu) noexcept nogil:
     """Filters [f0, f0 + nf) of group gi on tile rows [first, first + rows) of the batch (row R:
     image R // tiles_h, tile row R % tiles_h). V: the thread's workspace, (36, P, ldv) then M
-    (36, P, ldm) then the transforms' scratch."""
+    (36, P, ldm) then the transforms' scratch. ``pool``, ``relu``: y's epilogue (conv2d_forward)."""
     cdef Py_ssize_t P = rows * tiles_w, ldv = _lanes_padded(s.Cg), ldm = _lanes_padded(nf), xi
     cdef Py_ssize_t readable = (s.N * s.C - gi * s.Cg) * s.H * s.W
     cdef floating* M = V + POSITIONS * P * ldv
     cdef floating* scratch = M + POSITIONS * P * ldm
     cdef const floating* bias = &b[gi * s.Fg + f0] if has_bias else NULL
+    cdef Py_ssize_t plane = (s.OH // 2) * (s.OW // 2) if pool else s.OH * s.OW  # y's
     if floating is float:
         fl_wino_input_float(&x[0, gi * s.Cg, 0, 0], s.C * s.H * s.W, readable, V, ldv, scratch, s.Cg, s.H, s.W,
                             first, rows, tiles_h, tiles_w, s.PT, s.PL)
@@ -131,22 +132,26 @@ cdef void _block(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] U,
         gemm(False, False, <int>P, <int>nf, <int>s.Cg, <floating>1, V + xi * P * ldv, <int>ldv,
              &U[gi, xi, 0, f0], <int>s.Fg, <floating>0, M + xi * P * ldm, <int>ldm)
     if floating is float:
-        fl_wino_output_float(M, P, ldm, &y[0, gi * s.Fg + f0, 0, 0], s.F * s.OH * s.OW, bias, nf, s.OH, s.OW,
-                             first, rows, tiles_h, tiles_w)
+        fl_wino_output_float(M, P, ldm, &y[0, gi * s.Fg + f0, 0, 0], s.F * plane, bias, nf, s.OH, s.OW,
+                             first, rows, tiles_h, tiles_w, pool, relu)
     else:
-        fl_wino_output_double(M, P, ldm, &y[0, gi * s.Fg + f0, 0, 0], s.F * s.OH * s.OW, bias, nf, s.OH, s.OW,
-                              first, rows, tiles_h, tiles_w)
+        fl_wino_output_double(M, P, ldm, &y[0, gi * s.Fg + f0, 0, 0], s.F * plane, bias, nf, s.OH, s.OW,
+                              first, rows, tiles_h, tiles_w, pool, relu)
 
 
 def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] U, const floating[::1] b,
                    floating[:, :, :, ::1] y, floating[:, ::1] workspace, object geometry, Py_ssize_t rows,
-                   Py_ssize_t filters, int num_threads):
+                   Py_ssize_t filters, int num_threads, bint pool=False, bint relu=False):
     """y = conv2d(x, w) (+ b; None for no bias) for 3x3 kernels, stride 1, dilation 1. ``U`` is
     (groups, 36, Cg, Fg), the transformed filters (transform_filters); ``workspace`` (num_threads,
     workspace_size(Cg, filters, rows, tiles_w)); ``rows``: tile rows per task (across images);
-    ``filters``: filters per task (1 to Fg)."""
+    ``filters``: filters per task (1 to Fg). ``pool``: y (N, F, OH // 2, OW // 2) is the 2x2
+    stride-2 max-pool of the convolution instead; ``relu``: y through a ReLU (after the pool)."""
     single_threaded_blas()
     cdef Conv2dShape s = conv2d_shape(geometry)
+    cdef Py_ssize_t OH = s.OH // 2 if pool else s.OH, OW = s.OW // 2 if pool else s.OW
+    if y.shape[0] != s.N or y.shape[1] != s.F or y.shape[2] != OH or y.shape[3] != OW:
+        raise ValueError(f"y must be ({s.N}, {s.F}, {OH}, {OW})")
     cdef bint has_bias = b is not None
     cdef Py_ssize_t tiles_h = (s.OH + TILE - 1) // TILE, tiles_w = (s.OW + TILE - 1) // TILE
     cdef Py_ssize_t total = s.N * tiles_h, blocks, fblocks, task, gi, first, f0
@@ -165,7 +170,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
         first = (task // fblocks % blocks) * rows
         f0 = task % fblocks * filters
         _block(x, U, b, has_bias, y, &workspace[threadid(), 0], &s, gi, f0, min(filters, s.Fg - f0), first,
-               min(rows, total - first), tiles_h, tiles_w)
+               min(rows, total - first), tiles_h, tiles_w, pool, relu)
 
 
 cdef void _weight_block(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dU,

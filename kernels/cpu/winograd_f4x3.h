@@ -301,20 +301,68 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t rows, ptrdiff_t tiles_w) {
         o3 = b_ + 8 * e_ + (m5);                                                              \
     } while (0)
 
+/* relu.pyx's ReLU of a vector (``zero`` in scope): x < 0 -> 0; NaN and -0.0 kept. */
+#define FL_WINO_RELU(VT, UV, v) ((VT)(~(UV)((v) < zero) & (UV)(v)))
+
+/* m = v where v wins against m (v > m, or v is NaN): max_pool2d's rule. */
+#define FL_WINO_CHALLENGE(VT, UV, m, v)                                                       \
+    do {                                                                                      \
+        const UV wins_ = (UV)((v) > (m)) | (UV)((v) != (v));                                  \
+        m = (VT)((wins_ & (UV)(v)) | (~wins_ & (UV)(m)));                                     \
+    } while (0)
+
+/* FL_WINO_OUTPUT's pooled store of a tile (o: its 16 outputs row-major, L filters a vector):
+ * window (a, c) covers the tile's rows 2a, 2a + 1 and columns 2c, 2c + 1, pooled output row
+ * top / 2 + a and column 2j + c; the four maxima are transposed as the outputs are (the other
+ * vectors zero), and each filter's 2 x 2 stored cut at POH and POW. */
+#define FL_WINO_POOL_STORE(T, U, UV, VT, L)                                                   \
+    do {                                                                                      \
+        UV v[L];                                                                              \
+        for (int a = 0; a < 2; a++)                                                           \
+            for (int c = 0; c < 2; c++) {                                                     \
+                const int at = 8 * a + 2 * c;                                                 \
+                VT m_ = o[at];                                                                \
+                FL_WINO_CHALLENGE(VT, UV, m_, o[at + 1]);                                     \
+                FL_WINO_CHALLENGE(VT, UV, m_, o[at + 4]);                                     \
+                FL_WINO_CHALLENGE(VT, UV, m_, o[at + 5]);                                     \
+                v[2 * a + c] = relu ? (UV)FL_WINO_RELU(VT, UV, m_) : (UV)m_;                  \
+            }                                                                                 \
+        _Pragma("GCC unroll 16") for (int i = 4; i < (L); i++)                                \
+            v[i] = (UV){0};                                                                   \
+        fl_tile_transpose_##U(v);                                                             \
+        const ptrdiff_t prow = top / 2, pcol = 2 * j;                                         \
+        const ptrdiff_t nprow = POH - prow < 2 ? POH - prow : 2;                              \
+        const ptrdiff_t npcol = POW - pcol < 2 ? POW - pcol : 2;                              \
+        T *yp = y + (R / tiles_h) * image + f0 * POH * POW + prow * POW + pcol;               \
+        for (ptrdiff_t i = 0; i < nb; i++) { /* filter f0 + i */                              \
+            const VT out = (VT)v[i];                                                          \
+            for (ptrdiff_t a = 0; a < nprow; a++)                                             \
+                for (ptrdiff_t c = 0; c < npcol; c++)                                         \
+                    yp[i * POH * POW + a * POW + c] = out[2 * a + c];                         \
+        }                                                                                     \
+    } while (0)
+
 /* y[f] over the output rows of the block's tiles (as in fl_wino_input; ``image`` values
  * between y's images, y at the block's first filter) = A^T M[.][p][f] A (+ bias[f]) for the
  * nf filters, M (36, P, ldm): filters go in the lanes of a vector, L at a time. For each tile,
  * A^T combines its 36 positions into 4 rows of 6 and A each row into its 4 outputs, the bias
  * added; the 16 outputs (vectors of L filters) are transposed in registers (L x L tiles,
  * tile_transpose.h) into each filter's 4 rows of 4, stored cut at OH and OW. (Keeping 4 tiles'
- * outputs to store whole rows of 16 ran slower but on 56x56 planes: docs/performance.md.) */
+ * outputs to store whole rows of 16 ran slower but on 56x56 planes: docs/performance.md.)
+ * ``relu``: each output through a ReLU (relu.pyx's rule: x < 0 -> 0, NaN and -0.0 kept) before
+ * the store. ``pool``: y is instead the 2x2 stride-2 max-pool of the OH x OW output (OH / 2 x
+ * OW / 2, an odd last row or column dropped; ``image`` values of that y between images), then
+ * the ReLU: a tile's four windows are pooled in the filters' lanes before the transpose, by
+ * max_pool2d's order and rule (row-major, v replaces the maximum m where v > m or v is NaN), so
+ * the values are those of the separate pool bit for bit. */
 #define FL_WINO_OUTPUT(T, U, UV, VT, L)                                                       \
     FL_CLONES static void fl_wino_output_##T(const T *M, ptrdiff_t P, ptrdiff_t ldm, T *y, ptrdiff_t image, \
                                              const T *bias, ptrdiff_t nf, ptrdiff_t OH, ptrdiff_t OW, \
                                              ptrdiff_t first, ptrdiff_t rows, ptrdiff_t tiles_h, \
-                                             ptrdiff_t tiles_w)                               \
+                                             ptrdiff_t tiles_w, int pool, int relu)           \
     {                                                                                         \
-        const ptrdiff_t plane = P * ldm;                                                      \
+        const ptrdiff_t plane = P * ldm, POH = OH / 2, POW = OW / 2;                          \
+        const VT zero = {0};                                                                  \
         for (ptrdiff_t f0 = 0; f0 < nf; f0 += (L)) {                                          \
             const ptrdiff_t nb = nf - f0 < (L) ? nf - f0 : (L);                               \
             VT b = {0};                                                                       \
@@ -340,6 +388,12 @@ static inline ptrdiff_t fl_wino_scratch(ptrdiff_t rows, ptrdiff_t tiles_w) {
                         o[4 * s + 2] += b;                                                    \
                         o[4 * s + 3] += b;                                                    \
                     }                                                                         \
+                    if (pool) {                                                               \
+                        FL_WINO_POOL_STORE(T, U, UV, VT, L);                                  \
+                        continue;                                                             \
+                    }                                                                         \
+                    for (int q = 0; relu && q < 16; q++)                                      \
+                        o[q] = FL_WINO_RELU(VT, UV, o[q]);                                    \
                     const ptrdiff_t ncol = OW - 4 * j < 4 ? OW - 4 * j : 4;                   \
                     _Pragma("GCC unroll 2") for (int h = 0; h < 16 / (L); h++) { /* rows 4 h L / 16 .. */ \
                         UV v[L];                                                              \

@@ -82,7 +82,7 @@ from . import _dispatch, init, reference
 from .ops import CONV2D, LINEAR, MAX_POOL2D, RELU
 from .ops._checks import FLOAT_DTYPES, array_dtype, check_choice, is_device_array, pair
 from .ops._spec import NONE, plan
-from .ops.conv2d import PADDING_MODES
+from .ops.conv2d import PADDING_MODES, conv2d_geometry, fuse_epilogue
 from .ops.rnn import NONLINEARITIES
 from .functional import (
     IntOrPair,
@@ -263,6 +263,12 @@ class ParameterDict(Mapping[str, np.ndarray]):
         return "{" + ", ".join(f"{k!r}: array({_shape(v)}, {v.dtype})" for k, v in self._named().items()) + "}"
 
 
+def _fusable(layer: Layer, following: Layer, kind: type) -> bool:
+    """Whether ``following`` is a ``kind`` layer that an inference step of ``layer`` may run in
+    its own call: exactly that type, on the same backend."""
+    return type(following) is kind and following.backend == layer.backend
+
+
 class Layer:
     """Base class: records, gradient accumulation, modes, parameters, state dicts, dtype, device.
 
@@ -352,10 +358,12 @@ class Layer:
         whether x is such a buffer. By default the layer's forward, whose output is never one."""
         return self.forward, self.forward(x), False
 
-    def _fused_inference_step(self, following: Layer, x: Any, keep: bool,
-                              owned: bool) -> Optional[Tuple[Callable[[Any], Any], Any, bool]]:
-        """``_inference_step`` of this layer and ``following`` (the next in the plan) as one
-        step, or None where this layer fuses none (the default)."""
+    def _fused_inference_step(self, following: List[Layer], x: Any,
+                              owned: bool) -> Optional[Tuple[Callable[[Any], Any], Any, bool, int]]:
+        """``_inference_step`` of this layer and the first ``n`` of ``following`` (the layers
+        after it in the plan) as one step: ``(step, y, owned, n)``, the step keeping its output
+        where layers follow those (``len(following) > n``); or None where this layer fuses none
+        (the default)."""
         return None
 
     def _planned_step(self, x: Any, keep: bool, owned: bool = False, forward_call: Optional[Callable[[Any], Any]] = None
@@ -676,20 +684,50 @@ class Conv2D(Layer):
     def _options(self) -> Tuple[Any, ...]:
         return self.stride, self.padding, self.dilation, self.groups, self.padding_mode
 
-    def _forward_call(self, x: Any) -> Tuple[Any, Tuple[Any, ...], Callable[[], Tuple[Any, Any, Any]]]:
-        """The forward's op call: its plan key, its arrays and how to check it."""
+    def _forward_call(self, x: Any, pool: bool = False,
+                      relu: bool = False) -> Tuple[Any, Tuple[Any, ...], Callable[[], Tuple[Any, Any, Any]]]:
+        """The forward's op call: its plan key, its arrays and how to check it. ``pool``,
+        ``relu``: the output through a 2x2 stride-2 max-pool and a ReLU, in the same call (the
+        geometry's epilogue)."""
         w, b = self._parameters["w"], self._parameters.get("b")
 
         def prepare():
             self._check_input(x, 4)
             if x.shape[1] != self.in_channels:
                 raise ValueError(f"Conv2D input x must have {self.in_channels} channels (axis 1), got shape {x.shape}")
-            return CONV2D, CONV2D.forward(x, w, b, *self._options()), self.backend
+            problem = CONV2D.forward(x, w, b, *self._options())
+            if pool or relu:
+                fuse_epilogue(problem, pool, relu)
+            return CONV2D, problem, self.backend
 
         arrays = (x, w, b)
-        return self._key(arrays, "forward", *self._options()), arrays, prepare
+        return self._key(arrays, "forward", *self._options(), pool, relu), arrays, prepare
 
     _inference_step = Layer._planned_step
+
+    def _fused_inference_step(self, following: List[Layer], x: Any,
+                              owned: bool) -> Optional[Tuple[Callable[[Any], Any], Any, bool, int]]:
+        """A MaxPool2D(2) after the convolution (2x2, stride 2, no padding, floor mode) and a
+        ReLU after that (as ``Sequential._order`` puts Conv2D -> ReLU -> MaxPool2D), or a ReLU
+        alone, run as the convolution's epilogue: the Winograd kernel pools and rectifies each
+        output tile in registers, the others pool their output from a workspace. One step, and
+        with the pool no full-size output buffer."""
+        pool = _fusable(self, following[0], MaxPool2D) and following[0]._pools_2x2() and self._pools(x)
+        relu = len(following) > pool and _fusable(self, following[pool], ReLU)
+        if not (pool or relu):
+            return None
+        n = pool + relu
+        return (*self._planned_step(x, len(following) > n, owned, lambda x: self._forward_call(x, pool, relu)), n)
+
+    def _pools(self, x: Any) -> bool:
+        """Whether this layer's output on x has planes of at least 2x2 (a pool's windows fit);
+        False where x is not a valid input (the layer's own forward then says why)."""
+        try:
+            g = conv2d_geometry(x.shape, self._parameters["w"].shape, self.stride, self.padding, self.dilation,
+                                self.groups)
+        except (TypeError, ValueError, AttributeError):
+            return False
+        return g.OH >= 2 and g.OW >= 2
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         # A forward that records is a training step's: its weights change before the next call
@@ -754,13 +792,17 @@ class MaxPool2D(Layer):
 
     _inference_step = Layer._planned_step
 
-    def _fused_inference_step(self, following: Layer, x: Any, keep: bool,
-                              owned: bool) -> Optional[Tuple[Callable[[Any], Any], Any, bool]]:
+    def _fused_inference_step(self, following: List[Layer], x: Any,
+                              owned: bool) -> Optional[Tuple[Callable[[Any], Any], Any, bool, int]]:
         """A ReLU after the pool (as ``Sequential._order`` puts the ReLU of ReLU -> MaxPool2D)
         runs in the pool's call, on each plane as it is pooled: one pass and one step fewer."""
-        if type(following) is not ReLU:
+        if not following or not _fusable(self, following[0], ReLU):
             return None
-        return self._planned_step(x, keep, owned, lambda x: self._forward_call(x, relu=True))
+        return (*self._planned_step(x, len(following) > 1, owned, lambda x: self._forward_call(x, relu=True)), 1)
+
+    def _pools_2x2(self) -> bool:
+        """Whether this pool is the 2x2 stride-2 one a Conv2D's epilogue runs (no padding, floor)."""
+        return self.kernel_size == (2, 2) and self.stride == (2, 2) and self.padding == (0, 0) and not self.ceil_mode
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         recording = self.recording
@@ -1430,9 +1472,10 @@ class _InferencePlan:
     """A Sequential's forward for one input signature where no layer keeps records: each layer's
     ``_inference_step`` in ``Sequential._order`` (its planned kernel called directly, checked
     once), the outputs of all but the last written into buffers the plan keeps (no allocation per
-    call), a ReLU in place on the buffer before it, and a layer and the next as one step where
-    the first fuses them (``_fused_inference_step``: a ReLU moved after its MaxPool2D runs in the
-    pool's call, on each plane as it is pooled). The last step's output is new at every call (a
+    call), a ReLU in place on the buffer before it, and a layer and the next ones as one step
+    where the first fuses them (``_fused_inference_step``: a Conv2D's MaxPool2D(2) and ReLU run
+    as the convolution's epilogue, a ReLU moved after its MaxPool2D in the pool's call, on each
+    plane as it is pooled). The last step's output is new at every call (a
     copy where it is a view of a kept buffer), as the caller may hold it. Made by its first call;
     ``lock``: one call at a time (the kept buffers), a concurrent one takes the layers' own
     forwards."""
@@ -1456,10 +1499,11 @@ class _InferencePlan:
     def _make(self, x: Any) -> Any:
         steps, owned, order, i = [], False, self.order, 0
         while i < len(order):  # a layer and the next as one step where the first fuses them
-            fused = i + 1 < len(order) and order[i]._fused_inference_step(order[i + 1], x, i + 2 < len(order), owned)
-            step, x, owned = fused or order[i]._inference_step(x, i + 1 < len(order), owned)
+            following = order[i + 1:]
+            fused = order[i]._fused_inference_step(following, x, owned) if following else None
+            step, x, owned, n = fused or (*order[i]._inference_step(x, bool(following), owned), 0)
             steps.append(step)
-            i += 2 if fused else 1
+            i += 1 + n
         self.steps, self.copy_out = steps, owned
         return x.copy() if owned else x
 

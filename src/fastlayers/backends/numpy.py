@@ -21,7 +21,10 @@ def _into(outs, results):
 
 
 def conv2d_forward(x, w, b, g, outs):
-    return _into(outs, (ref.conv2d_impl(x, w, b, g),))
+    y = ref.conv2d_impl(x, w, b, g.plain)
+    if g.pool:  # the epilogue (Conv2dGeometry.pool, relu): the reference pool, then its ReLU
+        y = ref.max_pool2d_impl(y, g.pooling)[0]
+    return _into(outs, (ref.relu_impl(y, None)[0] if g.relu else y,))
 
 
 def conv2d_backward(dy, x, w, g, outs):

@@ -7,6 +7,7 @@ from functools import cached_property
 import numpy as np
 
 from ._checks import MAX_ELEMENTS, check_array, check_choice, check_int, check_shape, is_gpu, pair
+from .max_pool2d import Pool2dGeometry
 from ._spec import ImageBatch, Kernel, OpSpec, Problem, batch_hooks, lead_one
 from ._workload import Workload, normal, onnx_graph, torch_no_grad
 
@@ -21,7 +22,9 @@ class Conv2dGeometry(ImageBatch):
     Padding is (top, bottom, left, right): ``padding="same"`` can be asymmetric. The kernels get
     these fields as one C struct (kernels/cpu/_conv2d.pxd) or one tuple (kernels/cuda/conv2d.py).
     ``input_grad`` (backward only): whether the backward computes grad_input; when False its
-    kernels skip that work and return None for it."""
+    kernels skip that work and return None for it. ``pool`` and ``relu`` (forward only): the
+    output's epilogue, set by a Sequential's inference plan for Conv2D -> MaxPool2D(2) -> ReLU
+    (``fuse_epilogue``), never by the functional API."""
 
     F: int
     KH: int
@@ -38,6 +41,10 @@ class Conv2dGeometry(ImageBatch):
     dilation_w: int
     groups: int
     input_grad: bool = True
+    # The output through a 2x2 stride-2 max-pool (OH // 2 x OW // 2 of the OH x OW convolution:
+    # floor mode, no indices), then a ReLU (x < 0 -> 0; NaN and -0.0 kept, as fastlayers.relu).
+    pool: bool = False
+    relu: bool = False
 
     # The derived sizes are read several times a call by the kernel wrappers, and on every call of
     # a layer's kept plan (the geometry is the same object): computed once. So is the hash, which
@@ -70,7 +77,21 @@ class Conv2dGeometry(ImageBatch):
 
     @property
     def y_shape(self):
+        """The output's shape: the convolution's, or with ``pool`` the pooled one."""
+        if self.pool:
+            return (self.N, self.F, self.OH // 2, self.OW // 2)
         return (self.N, self.F, self.OH, self.OW)
+
+    @cached_property
+    def plain(self):
+        """This geometry without the epilogue (``pool``, ``relu``): the convolution alone."""
+        return replace(self, pool=False, relu=False) if self.pool or self.relu else self
+
+    @cached_property
+    def pooling(self):
+        """The ``Pool2dGeometry`` of the epilogue's pool (and ReLU), on the convolution's output."""
+        return Pool2dGeometry(self.N, self.F, self.OH, self.OW, 2, 2, self.OH // 2, self.OW // 2, 2, 2, 0, 0, 1, 1,
+                              False, indices=False, relu=self.relu)
 
     @cached_property
     def flops(self):
@@ -136,6 +157,19 @@ def conv2d_geometry(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1)
     return g
 
 
+def fuse_epilogue(problem, pool, relu):
+    """A batched forward ``problem`` with the epilogue ``pool`` (a 2x2 stride-2 max-pool of its
+    output) and ``relu`` (a ReLU after it): its geometry and its output's shape. The pool needs an
+    output of at least 2x2 (as max_pool2d does)."""
+    g = problem.geometry
+    if problem.direction != "forward" or (pool and (g.OH < 2 or g.OW < 2)):
+        raise ValueError(f"a conv2d epilogue needs a forward with an output of at least 2x2 to pool, got {g}")
+    g = problem.geometry = replace(g, pool=pool, relu=relu)
+    (name, _, dtype), = problem.outputs
+    problem.outputs = problem.kernel_outputs = ((name, g.y_shape, dtype),)
+    return problem
+
+
 # ---------------------------------------------------------------------------- padding modes
 #
 # A padding mode other than "zeros" pads the input explicitly (the kernels then run unpadded);
@@ -180,10 +214,17 @@ def fold_padding(dxp, rows, cols, shape):
 # ---------------------------------------------------------------------------- kernels
 
 
+def _cuda_declines(problem):
+    g = problem.geometry
+    if g.pool or g.relu:
+        return "the cuda conv2d kernels fuse no pool or ReLU"
+    return None
+
+
 def _cuda_direct_declines(problem):
     if problem.direction == "backward":
         return "the cuda 'direct' kernel is forward only (the backward runs implicit GEMMs whatever algo= says)"
-    return None
+    return _cuda_declines(problem)
 
 
 def _cpu_depthwise_declines(problem):
@@ -237,7 +278,8 @@ KERNELS = (
     Kernel("cpu", "winograd", "fastlayers.backends.cpu.conv2d",
            {"forward": "winograd_forward", "backward": "winograd_backward"}, declines=_cpu_winograd_declines),
     Kernel("cuda", "implicit_gemm", "fastlayers.backends.cuda.conv2d",
-           {"forward": "implicit_gemm_forward", "backward": "implicit_gemm_backward"}, allocates=True),
+           {"forward": "implicit_gemm_forward", "backward": "implicit_gemm_backward"}, declines=_cuda_declines,
+           allocates=True),
     Kernel("cuda", "direct", "fastlayers.backends.cuda.conv2d", {"forward": "direct_forward"},
            declines=_cuda_direct_declines, allocates=True),
 )

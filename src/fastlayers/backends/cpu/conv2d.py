@@ -45,10 +45,12 @@ from ..._cpu import conv2d_depthwise as _depthwise
 from ..._cpu import conv2d_direct as _direct
 from ..._cpu import conv2d_winograd as _winograd
 from ..._cpu import im2col as _im2col
+from ..._cpu import relu as _relu
 from ... import _dispatch
 from ..._dispatch import threads_for
 from ...ops.conv2d import Conv2dGeometry, dilation_phases
 from . import _gated
+from . import max_pool2d as _max_pool2d
 from ._common import BLAS_INT_MAX, contiguous, derived
 from ._common import workspace as scratch
 
@@ -81,6 +83,35 @@ def _finite(*arrays):
 
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _with_epilogue(forward, x, w, b, g, outs):
+    """``forward`` (a kernel wrapper) on a geometry whose epilogue (``g.pool``, ``g.relu``) it
+    does not fuse: the convolution alone (``g.plain``) into a workspace, then the pool and its
+    ReLU in max_pool2d's kernel; with a ReLU alone, the convolution into y, then the ReLU over y
+    in place. The values are those of the separate calls, bit for bit."""
+    (y,) = outs
+    if not g.pool:
+        forward(x, w, b, g.plain, outs)
+        flat = y.reshape(-1)
+        _relu.forward(flat, flat, threads_for(flat.size))
+        return (y,)
+    with scratch("conv2d epilogue", g.plain.y_shape, x.dtype) as full:
+        forward(x, w, b, g.plain, (full,))
+        _max_pool2d.forward(full, g.pooling, (y, None))
+    return (y,)
+
+
+def _unfused_epilogue(forward):
+    """A kernel wrapper ``forward(x, w, b, g, outs)`` that also takes geometries with an
+    epilogue, by ``_with_epilogue``."""
+    @functools.wraps(forward)
+    def run(x, w, b, g, outs):
+        if g.pool or g.relu:
+            return _with_epilogue(forward, x, w, b, g, outs)
+        return forward(x, w, b, g, outs)
+
+    return run
 
 
 def _degenerate(x, w):
@@ -420,6 +451,7 @@ def _degenerate_backward(dy, outs):
     return outs
 
 
+@_unfused_epilogue
 def direct_forward(x, w, b, g, outs):
     (y,) = outs
     threads = _forward_threads(x, w, b, g, y, "direct")
@@ -474,6 +506,7 @@ def _fvec_forward(x, w, b, g, y, nbytes, threads):
     return y
 
 
+@_unfused_epilogue
 def im2col_forward(x, w, b, g, outs):
     (y,) = outs
     threads = _forward_threads(x, w, b, g, y, "im2col")
@@ -696,6 +729,7 @@ _DEPTHWISE_LOOPS = {"rows": _depthwise.ROWS, "padded": _depthwise.PADDED, "block
                     "3x3": _depthwise.SAME_3X3}
 
 
+@_unfused_epilogue
 def depthwise_forward(x, w, b, g, outs):
     (y,) = outs
     if not _finite(w):  # padding taps are skipped, not multiplied by zero: the reference's NaNs need im2col
@@ -797,7 +831,7 @@ def _winograd_run(x, U, b, g, y, threads):
         raise ValueError(f"conv2d sizes exceed what BLAS can index (C ints) for algo='winograd': {g}")
     filters = _winograd_task_filters(g, rows)
     with scratch("winograd", (threads, _winograd.workspace_size(g.Cg, filters, rows, tiles_w)), x.dtype) as work:
-        _winograd.conv2d_forward(contiguous(x), U, contiguous(b), y, work, g, rows, filters, threads)
+        _winograd.conv2d_forward(contiguous(x), U, contiguous(b), y, work, g, rows, filters, threads, g.pool, g.relu)
 
 
 def _phase_split(a, dh, dw, out):
@@ -832,7 +866,11 @@ def _phased_winograd_forward(x, w, b, g, y):
 
 
 def winograd_forward(x, w, b, g, outs):
+    """The forward, its epilogue (``g.pool``, ``g.relu``) fused into the output transform but on
+    a dilated or degenerate problem."""
     (y,) = outs
+    if (g.pool or g.relu) and ((g.dilation_h, g.dilation_w) != (1, 1) or _degenerate(x, w)):
+        return _with_epilogue(winograd_forward, x, w, b, g, outs)
     if (g.dilation_h, g.dilation_w) != (1, 1):
         return _phased_winograd_forward(x, w, b, g, y)
     threads = _forward_threads(x, w, b, g, y, "winograd")
