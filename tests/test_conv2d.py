@@ -800,7 +800,8 @@ def test_auto_heuristic():
     and WINOGRAD_FEW_TILES_MIN_FLOPS on (the backward from WINOGRAD_FEW_TILES_BACKWARD_MIN_FLOPS), both with at most
     WINOGRAD_MAX_FILTER_VALUES_PER_TILE transformed filter values a tile. Else, forward with AVX-512: direct for kernels larger
     than 1x1 from DIRECT_MIN_FLOPS on and up to DIRECT_MAX_TAPS taps, DIRECT_MIN_PLANES images
-    (Intel) or DIRECT_MIN_ROWS output rows (AMD) and DIRECT_MIN_WIDTH columns; on AMD, narrower
+    (Intel) or DIRECT_MIN_ROWS output rows (AMD; DIRECT_MIN_ROWS_WHOLE_VECTORS where the rows are
+    whole vectors) and DIRECT_MIN_WIDTH columns; on AMD, narrower
     planes by the filter-vector kernel from FVEC_MIN_FLOPS on, with FVEC_MIN_FILTERS filters;
     im2col for 1x1, tiny, long, narrow and few-image convolutions;
     with AVX2: direct forward for short contractions (DIRECT_MAX_TAPS["x86-64-v3"]) over at least
@@ -827,6 +828,8 @@ def test_auto_heuristic():
         ((1, 3, 224, 224), (64, 3, 7, 7), dict(stride=2, padding=3), "im2col", "direct", "direct"),  # ResNet stem, batch 1
         ((1, 16, 64, 64), (32, 16, 3, 3), dict(padding=1), "winograd", "winograd", "winograd"),  # batch 1: 256 tiles
         ((1, 8, 64, 64), (32, 8, 3, 3), dict(padding=1), "im2col", "direct", "direct"),  # batch 1, 64 rows, 72 taps
+        ((1, 3, 32, 32), (32, 3, 3, 3), dict(padding=1), "im2col", "direct", "im2col"),  # 32 rows of 2 vectors
+        ((1, 3, 24, 24), (32, 3, 3, 3), dict(padding=1), "im2col", "im2col", "im2col"),  # 24 rows of 1.5 vectors
         ((1, 32, 16, 16), (64, 32, 3, 3), dict(padding=1), "im2col", FEW, "im2col"),  # batch 1, 16 tiles, 9.4 MFLOP
         ((1, 32, 16, 16), (32, 32, 3, 3), dict(padding=1), "im2col", "im2col", "im2col"),  # 16 tiles, 4.7 MFLOP
         ((1, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), "im2col", "direct", "im2col"),  # narrow: filter vectors

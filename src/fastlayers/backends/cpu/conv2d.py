@@ -210,6 +210,10 @@ DIRECT_MIN_PLANES = {"x86-64-v4": 8, "x86-64-v4-amd": 1, "x86-64-v3": 1}  # imag
 # output rows of all planes, N * groups * OH
 DIRECT_MIN_ROWS = {"x86-64-v4": 0, "x86-64-v4-amd": 64, "x86-64-v3": 64}
 DIRECT_MIN_WIDTH = 16  # output columns: a vector of float32 (AVX-512), two (AVX2)
+# Where each output row is whole vectors (OW a multiple of DIRECT_MIN_WIDTH), fewer rows do: on
+# Zen 4 at batch 1, 32 rows of 32 took 0.58-0.94x im2col's time (3 to 64 channels, 32 to 128
+# filters), rows of 24 (a vector and a half) 1.0-1.3x (docs/performance.md).
+DIRECT_MIN_ROWS_WHOLE_VECTORS = {"x86-64-v4-amd": 32}
 DIRECT_FAST_ISAS = frozenset(DIRECT_MAX_TAPS)  # instruction sets where the direct forward can win
 # On planes narrower than DIRECT_MIN_WIDTH the direct forward runs the filter-vector kernel
 # (``_fvec_fits``): measured against im2col on AMD's Zen 4, 0.86-0.97x its time from
@@ -323,8 +327,9 @@ def choose_algo(problem, isa=None):
     else, for the forward on one in ``DIRECT_FAST_ISAS``, "direct" for kernels larger than 1x1
     with at most ``DIRECT_MAX_TAPS[isa]`` taps per output (C/groups * KH * KW), at least
     ``DIRECT_MIN_FLOPS`` FLOP, ``DIRECT_MIN_PLANES[isa]`` (image, group) planes,
-    ``DIRECT_MIN_ROWS[isa]`` output rows over all of them and ``DIRECT_MIN_WIDTH`` output
-    columns, or on one in ``FVEC_MIN_FLOPS``, for narrower planes the filter-vector kernel runs
+    ``DIRECT_MIN_ROWS[isa]`` output rows over all of them (``DIRECT_MIN_ROWS_WHOLE_VECTORS[isa]``
+    where given and the rows are whole multiples of ``DIRECT_MIN_WIDTH``) and ``DIRECT_MIN_WIDTH``
+    output columns, or on one in ``FVEC_MIN_FLOPS``, for narrower planes the filter-vector kernel runs
     (``_fvec_fits``, as float32) with at least ``FVEC_MIN_FILTERS`` filters a group, from
     ``FVEC_MIN_FLOPS[isa]`` FLOP on; "im2col" otherwise. Inside ``_dispatch.weights_change`` (a
     training step), Winograd and the direct kernels that keep packed filters need
@@ -350,9 +355,16 @@ def choose_algo(problem, isa=None):
         return "im2col"
     if (direction == "forward" and isa in DIRECT_FAST_ISAS and g.KH * g.KW > 1 and g.K <= DIRECT_MAX_TAPS[isa]
             and g.flops >= DIRECT_MIN_FLOPS and g.N * g.groups >= DIRECT_MIN_PLANES[isa]
-            and g.N * g.groups * g.OH >= DIRECT_MIN_ROWS[isa] and g.OW >= DIRECT_MIN_WIDTH):
+            and g.N * g.groups * g.OH >= _direct_min_rows(g, isa) and g.OW >= DIRECT_MIN_WIDTH):
         return "direct"
     return "im2col"
+
+
+def _direct_min_rows(g, isa):
+    """The output rows over all planes the direct forward needs to win on ``isa``."""
+    if isa in DIRECT_MIN_ROWS_WHOLE_VECTORS and g.OW % DIRECT_MIN_WIDTH == 0:
+        return DIRECT_MIN_ROWS_WHOLE_VECTORS[isa]
+    return DIRECT_MIN_ROWS[isa]
 
 
 def _pack_filters(wg, block):
