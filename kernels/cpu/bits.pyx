@@ -60,7 +60,11 @@ def same_bytes(cnp.ndarray a not None, cnp.ndarray b not None, int num_threads):
     cdef Py_ssize_t share = _share(n, num_threads, 1 << 16), tasks = (n + share - 1) // share
     cdef Py_ssize_t c, lo
     cdef int differ = 0
-    for c in prange(tasks, nogil=True, schedule="static", num_threads=num_threads if tasks > 1 else 1):
+    if tasks == 1:  # no OpenMP region: entering one costs as much as comparing a small layer's weights
+        with nogil:
+            differ = memcmp(pa, pb, n) != 0
+        return differ == 0
+    for c in prange(tasks, nogil=True, schedule="static", num_threads=num_threads):
         lo = c * share
         if memcmp(pa + lo, pb + lo, min(share, n - lo)) != 0:
             differ += 1
@@ -85,10 +89,18 @@ def all_finite(cnp.ndarray a not None, int num_threads):
     cdef Py_ssize_t step = _share(n * itemsize, num_threads, 1 << 15) // itemsize, tasks = (n + step - 1) // step
     cdef Py_ssize_t c, lo
     cdef int bad = 0
-    for c in prange(tasks, nogil=True, schedule="static", num_threads=num_threads if tasks > 1 else 1):
+    if tasks == 1:  # no OpenMP region (as in same_bytes)
+        with nogil:
+            bad = _finite_run(p, kind, n) == 0
+        return bad == 0
+    for c in prange(tasks, nogil=True, schedule="static", num_threads=num_threads):
         lo = c * step
-        if kind == cnp.NPY_FLOAT32:
-            bad += not fl_all_finite_float(<const float*>p + lo, min(step, n - lo))
-        else:
-            bad += not fl_all_finite_double(<const double*>p + lo, min(step, n - lo))
+        bad += _finite_run(p + lo * itemsize, kind, min(step, n - lo)) == 0
     return bad == 0
+
+
+cdef inline int _finite_run(const char* p, int kind, Py_ssize_t n) noexcept nogil:
+    """Whether the n values of type ``kind`` at p are all finite."""
+    if kind == cnp.NPY_FLOAT32:
+        return fl_all_finite_float(<const float*>p, n)
+    return fl_all_finite_double(<const double*>p, n)
