@@ -20,7 +20,6 @@ import contextvars
 import operator
 import os
 import time
-from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -34,6 +33,23 @@ _default_threads = None
 _backend_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastlayers_backend", default=None)
 _threads_override: contextvars.ContextVar[int | None] = contextvars.ContextVar("fastlayers_threads", default=None)
 _weights_change: contextvars.ContextVar[bool] = contextvars.ContextVar("fastlayers_weights_change", default=False)
+
+
+class ContextSetting(contextlib.ContextDecorator):
+    """``with``: a context variable set to ``value`` for the block, in the current thread (and
+    asyncio task) only, and reset after it; also a decorator (as ``contextlib.contextmanager``'s
+    objects). A class, not a generator: every small layer's call enters one, and a generator's
+    context manager costs microseconds of it. Re-entrant: each ``with`` keeps its own token."""
+
+    def __init__(self, var: contextvars.ContextVar, value: Any) -> None:
+        self._var, self._value, self._tokens = var, value, []
+
+    def __enter__(self) -> None:
+        self._tokens.append(self._var.set(self._value))
+
+    def __exit__(self, *exc: Any) -> bool:
+        self._var.reset(self._tokens.pop())
+        return False
 
 
 def _check_backend_name(name: str | None) -> None:
@@ -90,15 +106,10 @@ def set_backend(name: str | None) -> None:
     _default_backend = name
 
 
-@contextlib.contextmanager
-def use_backend(name: str) -> Iterator[None]:
+def use_backend(name: str) -> ContextSetting:
     """Use backend ``name`` for ops called inside the block, in this thread only."""
     _check_backend_name(name)
-    token = _backend_override.set(name)
-    try:
-        yield
-    finally:
-        _backend_override.reset(token)
+    return ContextSetting(_backend_override, name)
 
 
 def _declines(kernel, problem):
@@ -128,18 +139,13 @@ def backend_settings() -> tuple:
     return _backend_override.get(), _default_backend, _weights_change.get()
 
 
-@contextlib.contextmanager
-def weights_change() -> Iterator[None]:
+def weights_change() -> ContextSetting:
     """The calls inside are a training step's (the layers' forwards that record for a backward,
     their backwards, fastlayers.torch's on weights that need a gradient): the weights change
     before the next call, so "auto" counts, for an algorithm that derives arrays from them
     (Winograd's transformed filters, packed filters), that it derives them on every call. In the
     current thread (and asyncio task) only, as ``use_backend``."""
-    token = _weights_change.set(True)
-    try:
-        yield
-    finally:
-        _weights_change.reset(token)
+    return ContextSetting(_weights_change, True)
 
 
 def weights_changing() -> bool:
@@ -444,11 +450,6 @@ def set_num_threads(n: int | None) -> None:
     _default_threads = None if n is None else _check_threads(n)
 
 
-@contextlib.contextmanager
-def threads(n: int) -> Iterator[None]:
+def threads(n: int) -> ContextSetting:
     """Run the CPU kernels called inside the block with at most ``n`` threads, in this thread only."""
-    token = _threads_override.set(_check_threads(n))
-    try:
-        yield
-    finally:
-        _threads_override.reset(token)
+    return ContextSetting(_threads_override, _check_threads(n))

@@ -108,15 +108,10 @@ _L = TypeVar("_L", bound="Layer")
 _grad_enabled = contextvars.ContextVar("fastlayers_grad_enabled", default=True)
 
 
-@contextlib.contextmanager
-def no_grad() -> Iterator[None]:
+def no_grad() -> _dispatch.ContextSetting:
     """Within this context (per thread and per asyncio task) no layer keeps a record for a
-    backward, as ``torch.no_grad()``."""
-    token = _grad_enabled.set(False)
-    try:
-        yield
-    finally:
-        _grad_enabled.reset(token)
+    backward, as ``torch.no_grad()``; also a decorator."""
+    return _dispatch.ContextSetting(_grad_enabled, False)
 
 
 def is_grad_enabled() -> bool:
