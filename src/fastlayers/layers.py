@@ -51,8 +51,9 @@ never overwritten. Assigning any attribute of a layer (its options, ``training``
 ``.to(dtype)``) drops its plans; the thread count is read at every call. A Sequential in which no
 layer keeps records (eval mode, ``no_grad()``) runs its forward on NumPy inputs through an
 inference plan per input signature (``_InferencePlan``): the layers' kernels called directly into
-buffers the plan keeps, ReLU in place, a ReLU after a MaxPool2D inside the pool's call, and
-MaxPool2D without indices. In every mode a Sequential
+buffers the plan keeps, ReLU in place, a ReLU after a MaxPool2D inside the pool's call, a
+Conv2D's MaxPool2D(2) and ReLU inside the convolution's (its epilogue), and MaxPool2D without
+indices. In every mode a Sequential
 runs a ReLU followed by a MaxPool2D as the pool then the ReLU (the same values and gradients, but
 for the sign of a zero; see ``Sequential._order``).
 
