@@ -27,6 +27,7 @@ from fastlayers.ops.conv2d import conv2d_geometry, fuse_epilogue
 cpu_conv2d = importlib.import_module("fastlayers.backends.cpu.conv2d")
 _im2col = importlib.import_module("fastlayers._cpu.im2col")
 _winograd = importlib.import_module("fastlayers._cpu.conv2d_winograd")
+_direct_kernels = importlib.import_module("fastlayers._cpu.conv2d_direct")
 
 ALGOS = ("im2col", "direct", "auto")
 DTYPES = (np.float32, np.float64)
@@ -1596,3 +1597,31 @@ def test_the_cuda_kernels_decline_an_epilogue():
     assert all(k.declines(problem) is None for k in cuda)
     fuse_epilogue(problem, True, False)
     assert all("fuse no pool or ReLU" in k.declines(problem) for k in cuda)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("x_shape, w_shape, params", [
+    ((1, 3, 32, 32), (32, 3, 3, 3), dict(padding=1)),  # VGG's first layer at batch 1
+    ((2, 4, 9, 21), (9, 4, 3, 3), dict(padding=1)),  # odd rows and columns: the last ones dropped
+    ((3, 6, 12, 40), (10, 3, 3, 5), dict(padding=(1, 2), groups=2)),  # groups, a filter block cut
+    ((1, 2, 35, 33), (8, 2, 5, 5), dict(stride=1, padding=2, dilation=1)),  # one image, many bands
+    ((2, 3, 20, 38), (6, 3, 3, 3), dict(stride=(1, 2), padding=1)),  # column stride: 19 wide
+])
+def test_direct_epilogue_pools_pairs_of_rows_in_its_tasks(dtype, threads, x_shape, w_shape, params):
+    """The direct row kernel pools each pair of output rows in its task (rows wider than a
+    vector: conv2d_direct.pools): against its own convolution, then the pool and the ReLU, bit
+    for bit, at 1-3 threads (bands of other heights), with NaN and infinities in x."""
+    rng = make_rng(23)
+    g = conv2d_geometry(x_shape, w_shape, **params)
+    x, w = _uniform(rng, x_shape, dtype), _uniform(rng, w_shape, dtype)
+    b = _uniform(rng, (w_shape[0],), dtype)
+    for special in (False, True):
+        if special:
+            _special_cells(rng, x)
+        with fl.threads(threads):
+            for pool, relu in ((True, True), (True, False)):
+                got = _with_epilogue(x, w, b, params, pool, relu, algo="direct")
+                want = _separate(x, w, b, params, pool, relu, algo="direct")
+                assert got.tobytes() == want.tobytes(), (special, pool, relu)
+    assert _direct_kernels.pools(g, np.dtype(dtype).itemsize) == (g.OW > 64 // np.dtype(dtype).itemsize)

@@ -26,7 +26,7 @@
 from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
 from libc.stddef cimport ptrdiff_t
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
 from _conv2d cimport Conv2dShape, TapColumns, conv2d_shape, lane_sum, tap_columns
@@ -43,6 +43,13 @@ cdef extern from "conv2d_direct_simd.h" nogil:
                                 int lanes0, int lanes1)
     int fl_direct_wide_only
     int fl_direct_uses_avx2()
+
+cdef extern from "max_pool2d_simd.h" nogil:
+    # The epilogue's pool: one pair of output rows of a filter as a 2x2 plane (NULL indices).
+    void fl_pool_plane_2x2_float(const float* x, float* y, int64_t* indices, Py_ssize_t W, Py_ssize_t OH,
+                                 Py_ssize_t OW, bint stream, bint relu)
+    void fl_pool_plane_2x2_double(const double* x, double* y, int64_t* indices, Py_ssize_t W, Py_ssize_t OH,
+                                  Py_ssize_t OW, bint stream, bint relu)
 
 cdef extern from "conv2d_direct_fvec.h" nogil:
     enum: FL_FVEC_MAX_POSITIONS
@@ -284,18 +291,24 @@ cdef void _copy_band(const floating* src, floating* dst, Py_ssize_t row0,
 
 cdef void _conv_rows(const floating* src, const floating* wp, const floating* bp, floating* out,
                      const RowConv* r, unsigned char* scratch, Py_ssize_t scratch_stride,
-                     int num_threads) noexcept nogil:
+                     int num_threads, Py_ssize_t pool_at=0, bint relu=False) noexcept nogil:
     """out (N, G*Co, Ho, Wo) from src (N, G*Cs, Hs, Ws). ``wp`` holds the weights packed as
     (G, ceil(Co / FL_FB), K, FL_FB), zero-padded, tap k = (c*KH + kh)*KW + kw; ``bp`` the bias as
     (G, ceil(Co / FL_FB), FL_FB). Parallel over bands of output rows; ``scratch`` gives each
-    thread ``scratch_stride`` bytes (scratch_bytes)."""
+    thread ``scratch_stride`` bytes (scratch_bytes). ``pool_at`` > 0 (rows wider than a vector
+    and even bands only): out is instead (N, G*Co, Ho // 2, Wo // 2), the 2x2 stride-2 max-pool of
+    the convolution, each pair of output rows computed into the thread's scratch from byte
+    ``pool_at`` on (2 Co Wo values) and pooled there by max_pool2d's plane kernel, then (``relu``)
+    through a ReLU; bands start on even rows, and an odd last row is not computed."""
     cdef Py_ssize_t L = _lanes(sizeof(floating))
     cdef Py_ssize_t OHW = r.Ho * r.Wo
     cdef Py_ssize_t bands = (r.Ho + r.band - 1) // r.band
     cdef Py_ssize_t row_step = r.SH * r.SW * r.Wq  # between output rows, in the copy
-    cdef Py_ssize_t task, n, g, row0, row1, oh, seg, ow0, nl, c, kh, kw, k, q
+    cdef Py_ssize_t POW = r.Wo // 2, POHW = (r.Ho // 2) * (r.Wo // 2)
+    cdef Py_ssize_t task, n, g, row0, row1, oh, seg, ow0, nl, c, kh, kw, k, q, half, f
     cdef int nvec
     cdef floating* copy
+    cdef floating* pair
     cdef ptrdiff_t* toff
     cdef unsigned char* mine
     for task in prange(r.N * r.G * bands, nogil=True, schedule="dynamic", num_threads=num_threads):
@@ -314,12 +327,28 @@ cdef void _conv_rows(const floating* src, const floating* wp, const floating* bp
                     q = kw * r.DW
                     toff[k] = ((c * r.BH + kh * r.DH) * r.SW + q % r.SW) * r.Wq + q // r.SW
         row1 = min(row0 + r.band, r.Ho)
-        if r.Wo <= L:
+        if pool_at:
+            pair = <floating*>(mine + pool_at)
+            for oh in range(row0, row1 - 1, 2):
+                for half in range(2):
+                    for seg in range((r.Wo + 2 * L - 1) // (2 * L)):
+                        ow0 = seg * 2 * L
+                        nl = min(2 * L, r.Wo - ow0)
+                        _blocks(copy + (oh + half - row0) * row_step + ow0, toff, L, wp, bp,
+                                pair + half * r.Wo + ow0, L, 2 if nl > L else 1, min(L, nl), nl - L, g, r, 2 * r.Wo)
+                for f in range(r.Co):
+                    if floating is float:
+                        fl_pool_plane_2x2_float(pair + f * 2 * r.Wo, out + ((n * r.G + g) * r.Co + f) * POHW
+                                                + oh // 2 * POW, NULL, r.Wo, 1, POW, False, relu)
+                    else:
+                        fl_pool_plane_2x2_double(pair + f * 2 * r.Wo, out + ((n * r.G + g) * r.Co + f) * POHW
+                                                 + oh // 2 * POW, NULL, r.Wo, 1, POW, False, relu)
+        elif r.Wo <= L:
             # narrow rows: the kernel's two vectors are the same columns of two output rows
             for oh in range(row0, row1, 2):
                 nvec = 2 if oh + 1 < row1 else 1
                 _blocks(copy + (oh - row0) * row_step, toff, row_step, wp, bp,
-                        out + (n * r.G + g) * r.Co * OHW + oh * r.Wo, r.Wo, nvec, r.Wo, r.Wo, g, r)
+                        out + (n * r.G + g) * r.Co * OHW + oh * r.Wo, r.Wo, nvec, r.Wo, r.Wo, g, r, OHW)
         else:
             # wide rows: segments of two vectors along the row
             for oh in range(row0, row1):
@@ -328,19 +357,20 @@ cdef void _conv_rows(const floating* src, const floating* wp, const floating* bp
                     nl = min(2 * L, r.Wo - ow0)
                     _blocks(copy + (oh - row0) * row_step + ow0, toff, L, wp, bp,
                             out + (n * r.G + g) * r.Co * OHW + oh * r.Wo + ow0, L,
-                            2 if nl > L else 1, min(L, nl), nl - L, g, r)
+                            2 if nl > L else 1, min(L, nl), nl - L, g, r, OHW)
 
 
 cdef inline void _blocks(const floating* base, const ptrdiff_t* toff, Py_ssize_t in_step,
                          const floating* wp, const floating* bp, floating* out, Py_ssize_t out_step,
                          int nvec, Py_ssize_t lanes0, Py_ssize_t lanes1, Py_ssize_t g,
-                         const RowConv* r) noexcept nogil:
-    """Every filter block of group g for one placement of the kernel's vectors."""
+                         const RowConv* r, Py_ssize_t ld) noexcept nogil:
+    """Every filter block of group g for one placement of the kernel's vectors; ``ld``: values
+    between two filters' outputs."""
     cdef Py_ssize_t nfb = (r.Co + FL_FB - 1) // FL_FB
     cdef Py_ssize_t fb
     for fb in range(nfb):
         _block(base, toff, r.K, in_step, wp + (g * nfb + fb) * r.K * FL_FB, bp + (g * nfb + fb) * FL_FB,
-               out + fb * FL_FB * r.Ho * r.Wo, r.Ho * r.Wo, out_step, <int>min(FL_FB, r.Co - fb * FL_FB),
+               out + fb * FL_FB * ld, ld, out_step, <int>min(FL_FB, r.Co - fb * FL_FB),
                nvec, <int>lanes0, <int>lanes1)
 
 
@@ -627,11 +657,35 @@ cdef _check_packed(const floating[:, :, :, ::1] packed, const RowConv* r):
 
 def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] packed_w,
                    const floating[:, :, ::1] packed_b, floating[:, :, :, ::1] y,
-                   unsigned char[:, ::1] scratch, object geometry, Py_ssize_t band, int num_threads):
-    """y = conv2d(x, w) + b with the weights and bias packed by the wrapper (see _conv_rows)."""
+                   unsigned char[:, ::1] scratch, object geometry, Py_ssize_t band, int num_threads,
+                   bint pool=False, bint relu=False):
+    """y = conv2d(x, w) + b with the weights and bias packed by the wrapper (see _conv_rows).
+    ``pool``: y (N, F, OH // 2, OW // 2) is the 2x2 stride-2 max-pool of the convolution, then
+    (``relu``) its ReLU: for output rows wider than a vector (``pools``) and an even ``band`` (or
+    one of all the rows), the scratch ``pooled_scratch_bytes`` a thread."""
     cdef RowConv r = _forward_rows(geometry, band, sizeof(floating))
+    cdef Py_ssize_t pool_at = 0
+    if pool:
+        if not pools(geometry, sizeof(floating)) or (r.band % 2 and r.band < r.Ho):
+            raise ValueError(f"the pooled direct forward takes rows wider than {_lanes(sizeof(floating))} "
+                             f"values and an even band (or all rows), got {r.Wo} and {r.band}")
+        if y.shape[0] != r.N or y.shape[1] != r.G * r.Co or y.shape[2] != r.Ho // 2 or y.shape[3] != r.Wo // 2:
+            raise ValueError(f"y must be ({r.N}, {r.G * r.Co}, {r.Ho // 2}, {r.Wo // 2})")
+        pool_at = scratch_bytes(geometry, band, False, sizeof(floating))
+        if scratch.shape[1] < pooled_scratch_bytes(geometry, band, sizeof(floating)):
+            raise ValueError(f"scratch must have {pooled_scratch_bytes(geometry, band, sizeof(floating))} bytes a thread")
     _conv_rows(&x[0, 0, 0, 0], &packed_w[0, 0, 0, 0], &packed_b[0, 0, 0], &y[0, 0, 0, 0], &r,
-               &scratch[0, 0], scratch.shape[1], num_threads)
+               &scratch[0, 0], scratch.shape[1], num_threads, pool_at, relu)
+
+
+def pools(object geometry, Py_ssize_t itemsize):
+    """Whether conv2d_forward pools this forward itself (its output rows wider than a vector)."""
+    return geometry.OW > _lanes(itemsize) and geometry.OH >= 2
+
+
+def pooled_scratch_bytes(object geometry, Py_ssize_t band, Py_ssize_t itemsize):
+    """scratch_bytes of the pooled forward: and a pair of output rows of all the group's filters."""
+    return scratch_bytes(geometry, band, False, itemsize) + (2 * geometry.Fg * geometry.OW * itemsize + 63) // 64 * 64
 
 
 def conv2d_backward_input(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] packed_wt,

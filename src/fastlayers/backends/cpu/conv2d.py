@@ -441,6 +441,9 @@ def _direct_band(g, backward_input, dtype, threads):
     while band > 1 and nbytes > _DIRECT_BAND_BYTES:
         band = -(-band // 2)
         nbytes = _direct.scratch_bytes(g, band, backward_input, itemsize)
+    if g.pool:  # the epilogue's pool takes whole pairs of rows, and a pair of rows of scratch
+        band += band % 2
+        nbytes = _direct.pooled_scratch_bytes(g, band, itemsize)
     return band, nbytes
 
 
@@ -463,13 +466,18 @@ def _degenerate_backward(dy, outs):
     return outs
 
 
-@_unfused_epilogue
 def direct_forward(x, w, b, g, outs):
+    """The forward; its epilogue's pool and ReLU (``g.pool``) fused into the row kernel's tasks
+    where its rows are wider than a vector (``conv2d_direct.pools``), else ``_with_epilogue``."""
     (y,) = outs
+    if (g.pool or g.relu) and (not g.pool or _degenerate(x, w) or not _direct.pools(g, x.itemsize)):
+        return _with_epilogue(direct_forward, x, w, b, g, outs)
     threads = _forward_threads(x, w, b, g, y, "direct")
     if threads is None:
         return (y,)
     fvec = _fvec_scratch(g, False, x.itemsize, threads)
+    if fvec and g.pool:
+        return _with_epilogue(direct_forward, x, w, b, g, outs)
     if fvec:
         return (_fvec_forward(x, w, b, g, y, fvec, threads),)
     block = _direct.FILTER_BLOCK
@@ -478,7 +486,7 @@ def direct_forward(x, w, b, g, outs):
     band, nbytes = _direct_band(g, False, x.dtype, threads)
     with scratch("direct", (threads, nbytes), np.uint8) as work:
         _direct.conv2d_forward(contiguous(x), packed_w, _packed_bias(b, g, x.dtype, block), y, work, g, band,
-                               threads)
+                               threads, g.pool, g.relu)
     return (y,)
 
 
