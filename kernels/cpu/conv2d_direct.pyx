@@ -305,7 +305,7 @@ cdef void _conv_rows(const floating* src, const floating* wp, const floating* bp
     cdef Py_ssize_t bands = (r.Ho + r.band - 1) // r.band
     cdef Py_ssize_t row_step = r.SH * r.SW * r.Wq  # between output rows, in the copy
     cdef Py_ssize_t POW = r.Wo // 2, POHW = (r.Ho // 2) * (r.Wo // 2)
-    cdef Py_ssize_t task, n, g, row0, row1, oh, seg, ow0, nl, c, kh, kw, k, q, half, f
+    cdef Py_ssize_t task, n, g, row0, row1, oh, c, kh, kw, k, q, half, f
     cdef int nvec
     cdef floating* copy
     cdef floating* pair
@@ -331,11 +331,7 @@ cdef void _conv_rows(const floating* src, const floating* wp, const floating* bp
             pair = <floating*>(mine + pool_at)
             for oh in range(row0, row1 - 1, 2):
                 for half in range(2):
-                    for seg in range((r.Wo + 2 * L - 1) // (2 * L)):
-                        ow0 = seg * 2 * L
-                        nl = min(2 * L, r.Wo - ow0)
-                        _blocks(copy + (oh + half - row0) * row_step + ow0, toff, L, wp, bp,
-                                pair + half * r.Wo + ow0, L, 2 if nl > L else 1, min(L, nl), nl - L, g, r, 2 * r.Wo)
+                    _wide_row(copy + (oh + half - row0) * row_step, toff, wp, bp, pair + half * r.Wo, 2 * r.Wo, g, r)
                 for f in range(r.Co):
                     if floating is float:
                         fl_pool_plane_2x2_float(pair + f * 2 * r.Wo, out + ((n * r.G + g) * r.Co + f) * POHW
@@ -350,14 +346,21 @@ cdef void _conv_rows(const floating* src, const floating* wp, const floating* bp
                 _blocks(copy + (oh - row0) * row_step, toff, row_step, wp, bp,
                         out + (n * r.G + g) * r.Co * OHW + oh * r.Wo, r.Wo, nvec, r.Wo, r.Wo, g, r, OHW)
         else:
-            # wide rows: segments of two vectors along the row
             for oh in range(row0, row1):
-                for seg in range((r.Wo + 2 * L - 1) // (2 * L)):
-                    ow0 = seg * 2 * L
-                    nl = min(2 * L, r.Wo - ow0)
-                    _blocks(copy + (oh - row0) * row_step + ow0, toff, L, wp, bp,
-                            out + (n * r.G + g) * r.Co * OHW + oh * r.Wo + ow0, L,
-                            2 if nl > L else 1, min(L, nl), nl - L, g, r, OHW)
+                _wide_row(copy + (oh - row0) * row_step, toff, wp, bp, out + (n * r.G + g) * r.Co * OHW + oh * r.Wo,
+                          OHW, g, r)
+
+
+cdef inline void _wide_row(const floating* row, const ptrdiff_t* toff, const floating* wp, const floating* bp,
+                           floating* out, Py_ssize_t ld, Py_ssize_t g, const RowConv* r) noexcept nogil:
+    """One output row wider than a vector, of every filter of group g (``ld`` values between two
+    filters' rows), from its band copy's ``row``: segments of two vectors along the row."""
+    cdef Py_ssize_t L = _lanes(sizeof(floating))
+    cdef Py_ssize_t seg, ow0, nl
+    for seg in range((r.Wo + 2 * L - 1) // (2 * L)):
+        ow0 = seg * 2 * L
+        nl = min(2 * L, r.Wo - ow0)
+        _blocks(row + ow0, toff, L, wp, bp, out + ow0, L, 2 if nl > L else 1, min(L, nl), nl - L, g, r, ld)
 
 
 cdef inline void _blocks(const floating* base, const ptrdiff_t* toff, Py_ssize_t in_step,

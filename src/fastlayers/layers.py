@@ -705,9 +705,8 @@ class Conv2D(Layer):
                               owned: bool) -> Optional[Tuple[Callable[[Any], Any], Any, bool, int]]:
         """A MaxPool2D(2) after the convolution (2x2, stride 2, no padding, floor mode) and a
         ReLU after that (as ``Sequential._order`` puts Conv2D -> ReLU -> MaxPool2D), or a ReLU
-        alone, run as the convolution's epilogue: the Winograd kernel pools and rectifies each
-        output tile in registers, the others pool their output from a workspace. One step, and
-        with the pool no full-size output buffer."""
+        alone, run as the convolution's epilogue (the cpu kernels: backends/cpu/conv2d.py). One
+        step, and with the pool no full-size output buffer."""
         pool = _fusable(self, following[0], MaxPool2D) and following[0]._pools_2x2() and self._pools(x)
         relu = len(following) > pool and _fusable(self, following[pool], ReLU)
         if not (pool or relu):
@@ -1494,7 +1493,7 @@ class _InferencePlan:
 
     def _make(self, x: Any) -> Any:
         steps, owned, order, i = [], False, self.order, 0
-        while i < len(order):  # a layer and the next as one step where the first fuses them
+        while i < len(order):  # a layer and the next ones as one step where the first fuses them
             following = order[i + 1:]
             fused = order[i]._fused_inference_step(following, x, owned) if following else None
             step, x, owned, n = fused or (*order[i]._inference_step(x, bool(following), owned), 0)

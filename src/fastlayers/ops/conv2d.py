@@ -7,9 +7,9 @@ from functools import cached_property
 import numpy as np
 
 from ._checks import MAX_ELEMENTS, check_array, check_choice, check_int, check_shape, is_gpu, pair
-from .max_pool2d import Pool2dGeometry
 from ._spec import ImageBatch, Kernel, OpSpec, Problem, batch_hooks, lead_one
 from ._workload import Workload, normal, onnx_graph, torch_no_grad
+from .max_pool2d import Pool2dGeometry
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 _NUMPY_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
